@@ -1,0 +1,1 @@
+"""mediation_server."""

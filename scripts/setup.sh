@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Idempotent setup on a fresh Debian 12 machine, as root: system packages and the project's venv.
+# Sourced by scripts/test.sh and scripts/demo.sh; safe to run on its own.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+APT_PACKAGES=(
+  iproute2 nftables iptables iputils-ping conntrack tcpdump tshark iperf3
+  strongswan-charon strongswan-swanctl strongswan-libcharon libstrongswan
+  libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins
+  charon-systemd strongswan-pki
+  lighttpd postgresql chromium
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing system packages (${missing[*]}); run as root" >&2; exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  "$PY" -m venv "$ROOT/.venv"
+fi
+stamp="$ROOT/.venv/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  "$ROOT/.venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$ROOT/.venv/bin/pip" install -q -e "$ROOT[test]"
+  rm -f "$ROOT"/.venv/.installed-*; touch "$stamp"
+fi

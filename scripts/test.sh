@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run every check: lint, type check of the core, and all tests (unit, interop with a real strongSwan,
+# network-namespace scenarios, web over real lighttpd/Chromium/PostgreSQL). Needs root.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+bash scripts/setup.sh
+export PATH="$ROOT/.venv/bin:$PATH"
+echo "== ruff"; ruff check .
+echo "== mypy --strict core_ike"; mypy --strict core_ike
+echo "== pytest"
+mkdir -p test-output
+exec pytest -q -rs --junitxml=test-output/junit.xml "$@"
