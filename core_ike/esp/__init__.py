@@ -1,0 +1,43 @@
+"""Sans-IO ESP (RFC 4303) tunnel-mode SAs, anti-replay window and inbound SAD."""
+
+from __future__ import annotations
+
+from .errors import (
+    DropReason,
+    EspError,
+    EspIntegrityError,
+    EspPaddingError,
+    EspReplayError,
+    EspTruncatedError,
+    EspUnknownSpiError,
+    SequenceExhaustedError,
+)
+from .replay import ReplayWindow
+from .sa import (
+    NEXT_HEADER_IPV4,
+    NEXT_HEADER_IPV6,
+    NEXT_HEADER_NO_NEXT,
+    EspCounters,
+    EspSa,
+    key_lengths,
+)
+from .sad import InboundSad
+
+__all__ = [
+    "DropReason",
+    "EspCounters",
+    "EspError",
+    "EspIntegrityError",
+    "EspPaddingError",
+    "EspReplayError",
+    "EspSa",
+    "EspTruncatedError",
+    "EspUnknownSpiError",
+    "InboundSad",
+    "NEXT_HEADER_IPV4",
+    "NEXT_HEADER_IPV6",
+    "NEXT_HEADER_NO_NEXT",
+    "ReplayWindow",
+    "SequenceExhaustedError",
+    "key_lengths",
+]

@@ -1,0 +1,242 @@
+"""Sans-IO ESP security association for tunnel mode (RFC 4303).
+
+Packet layout (RFC 4303 2)::
+
+    SPI (4) | Sequence Number (4) | IV | ciphertext(inner | padding | Pad Length | Next Header) | ICV
+
+Supported transforms:
+
+- AES-GCM with a 16-octet ICV (RFC 4106): KEYMAT = key | 4-octet salt (RFC 4106 8.1), nonce =
+  salt | 8-octet explicit IV, AAD = SPI | Seq (or SPI | Seq-high | Seq-low with ESN, RFC 4106 5).
+  The explicit IV is the 64-bit packet counter (RFC 4106 3.1: a counter is a valid IV).
+- AES-CBC (RFC 3602) + HMAC-SHA1-96 (RFC 2404) / HMAC-SHA2-256-128, -384-192, -512-256
+  (RFC 4868). KEYMAT = encryption key | integrity key (RFC 7296 2.17). ICV over
+  SPI | Seq | IV | ciphertext (| Seq-high with ESN, RFC 4303 2.2.1).
+
+Performance notes: ciphers are keyed once per SA. For CBC one long-lived encryptor context is used:
+each packet is prefixed with one block ``seq XOR C_prev`` whose ciphertext becomes the packet's IV,
+i.e. IV = E(K, nonce) as in NIST SP 800-38A Appendix C (unpredictable, RFC 3602 2.3); decryption
+feeds ``IV | ciphertext`` into a long-lived decryptor and drops the first output block, which is
+exactly CBC decryption under that IV.
+"""
+
+from __future__ import annotations
+
+import hmac as stdlib_hmac  # compare_digest only; every MAC is computed with `cryptography`
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..constants import EncrId, IntegId
+from ..errors import LocalError
+from .errors import (
+    EspIntegrityError,
+    EspPaddingError,
+    EspReplayError,
+    EspTruncatedError,
+    SequenceExhaustedError,
+)
+from .replay import ReplayWindow
+
+NEXT_HEADER_IPV4 = 4  # RFC 4303 2.6 (IANA protocol numbers)
+NEXT_HEADER_IPV6 = 41
+NEXT_HEADER_NO_NEXT = 59  # RFC 4303 2.6: dummy packet, discard
+
+_HDR = struct.Struct(">II")
+_SEQ_HI = struct.Struct(">I")
+_Q = struct.Struct(">Q")
+_QQ = struct.Struct(">QQ")
+
+# RFC 4303 2.4: pad bytes are 1, 2, 3, ... ; index by pad length
+_PADS = [bytes(range(1, n + 1)) for n in range(256)]
+
+_INTEG: dict[IntegId, tuple[type[hashes.HashAlgorithm], int, int]] = {
+    # id: (hash, key length, ICV length)
+    IntegId.HMAC_SHA1_96: (hashes.SHA1, 20, 12),  # RFC 2404
+    IntegId.HMAC_SHA2_256_128: (hashes.SHA256, 32, 16),  # RFC 4868 2.1
+    IntegId.HMAC_SHA2_384_192: (hashes.SHA384, 48, 24),
+    IntegId.HMAC_SHA2_512_256: (hashes.SHA512, 64, 32),
+}
+
+GCM_ICV = 16
+GCM_SALT = 4
+GCM_IV = 8
+CBC_IV = 16
+
+
+def key_lengths(encr_id: EncrId, key_bits: int, integ_id: IntegId = IntegId.NONE) -> tuple[int, int]:
+    """(encryption key length incl. salt, integrity key length) in octets, for KEYMAT (RFC 7296 2.17)."""
+    if key_bits not in (128, 192, 256):
+        raise LocalError(f"unsupported AES key size {key_bits}")
+    if encr_id == EncrId.AES_GCM_16:
+        if integ_id not in (IntegId.NONE, 0):
+            raise LocalError("AES-GCM is combined mode: no integrity transform (RFC 4106 8.1)")
+        return key_bits // 8 + GCM_SALT, 0
+    if encr_id == EncrId.AES_CBC:
+        if integ_id not in _INTEG:
+            raise LocalError(f"unsupported ESP integrity algorithm {integ_id}")
+        return key_bits // 8, _INTEG[integ_id][1]
+    raise LocalError(f"unsupported ESP encryption algorithm {encr_id}")
+
+
+@dataclass(slots=True)
+class EspCounters:
+    """Per-SA counters; bytes are inner (plaintext IP) octets, times are the caller's `now`."""
+
+    bytes_in: int = 0
+    packets_in: int = 0
+    bytes_out: int = 0
+    packets_out: int = 0
+    last_in: float = 0.0
+    last_out: float = 0.0
+    drop_bad_icv: int = 0
+    drop_replay: int = 0
+    drop_bad_padding: int = 0
+    drop_truncated: int = 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class EspSa:
+    """One direction of an ESP SA: `seal` for outbound, `open` for inbound."""
+
+    def __init__(
+        self,
+        spi: int,
+        encr_id: EncrId,
+        key_bits: int,
+        encr_key: bytes,
+        integ_id: IntegId = IntegId.NONE,
+        integ_key: bytes = b"",
+        *,
+        replay_window: int = 128,
+        esn: bool = False,
+    ) -> None:
+        encr_len, integ_len = key_lengths(encr_id, key_bits, integ_id)
+        if len(encr_key) != encr_len or len(integ_key) != integ_len:
+            raise LocalError(
+                f"ESP key lengths {len(encr_key)}/{len(integ_key)} != expected {encr_len}/{integ_len}"
+            )
+        if not 0 < spi <= 0xFFFFFFFF:
+            raise LocalError("SPI must be a non-zero 32-bit value (RFC 4303 2.1)")
+        self.spi = spi
+        self.encr_id = encr_id
+        self.key_bits = key_bits
+        self.integ_id = integ_id
+        self.esn = esn
+        self.seq_out = 0  # last sequence number sent (RFC 4303 3.3.3: first is 1)
+        self.seq_max = 0xFFFFFFFFFFFFFFFF if esn else 0xFFFFFFFF
+        self.window = ReplayWindow(replay_window, esn)
+        self.counters = EspCounters()
+        self._spi_bytes = spi.to_bytes(4, "big")
+        self._gcm = encr_id == EncrId.AES_GCM_16
+        if self._gcm:
+            self._aead = AESGCM(encr_key[:-GCM_SALT])
+            self._salt = encr_key[-GCM_SALT:]
+            self._align = 4  # RFC 4106 3.2 / RFC 4303 2.4: 4-octet alignment
+            self._iv_len = GCM_IV
+            self.icv_len = GCM_ICV
+        else:
+            algo = algorithms.AES(encr_key)
+            self._cbc_enc = Cipher(algo, modes.CBC(bytes(CBC_IV))).encryptor()
+            self._cbc_dec = Cipher(algo, modes.CBC(bytes(CBC_IV))).decryptor()
+            self._chain = bytes(CBC_IV)  # last ciphertext block output by _cbc_enc
+            hash_cls, _, self.icv_len = _INTEG[integ_id]
+            self._hmac = hmac.HMAC(integ_key, hash_cls())
+            self._align = CBC_IV  # RFC 3602 2.4: block size
+            self._iv_len = CBC_IV
+        # overhead for MTU computations: header + IV + ICV + worst-case padding + 2 trailer octets
+        self.overhead = 8 + self._iv_len + self.icv_len + self._align - 1 + 2
+        self._min_len = 8 + self._iv_len + self.icv_len + self._align
+
+    # -- outbound --------------------------------------------------------------------------------
+
+    def seal(self, inner: bytes, next_header: int = NEXT_HEADER_IPV4, now: float = 0.0) -> bytes:
+        """Encapsulate one inner IP packet; returns the ESP packet (no UDP header)."""
+        seq = self.seq_out + 1
+        if seq > self.seq_max:
+            # RFC 4303 3.3.3: the counter must not cycle; the SA has to be rekeyed
+            raise SequenceExhaustedError(f"ESP SPI {self.spi:08x}: sequence numbers exhausted")
+        self.seq_out = seq
+        n = len(inner)
+        padlen = -(n + 2) % self._align  # RFC 4303 2.4
+        trailer = _PADS[padlen] + bytes((padlen, next_header))
+        hdr = self._spi_bytes + _SEQ_HI.pack(seq & 0xFFFFFFFF)
+        if self._gcm:
+            iv = _Q.pack(seq)
+            aad = self._spi_bytes + _Q.pack(seq) if self.esn else hdr  # RFC 4106 5
+            out = hdr + iv + self._aead.encrypt(self._salt + iv, inner + trailer, aad)
+        else:
+            # one block seq XOR C_prev: its ciphertext is the IV (see module docstring)
+            seed = _QQ.pack(0, seq)
+            nonce = (int.from_bytes(seed) ^ int.from_bytes(self._chain)).to_bytes(16)
+            ct = self._cbc_enc.update(nonce + inner + trailer)
+            self._chain = ct[-CBC_IV:]
+            body = hdr + ct
+            mac = self._hmac.copy()
+            mac.update(body)
+            if self.esn:
+                mac.update(_SEQ_HI.pack(seq >> 32))  # RFC 4303 2.2.1: implicit high bits
+            out = body + mac.finalize()[: self.icv_len]
+        c = self.counters
+        c.bytes_out += n
+        c.packets_out += 1
+        c.last_out = now
+        return out
+
+    @property
+    def seq_remaining(self) -> int:
+        return self.seq_max - self.seq_out
+
+    # -- inbound ---------------------------------------------------------------------------------
+
+    def open(self, packet: bytes, now: float = 0.0) -> tuple[int, bytes]:
+        """Verify, decrypt and decapsulate; returns (next header, inner packet).
+
+        Raises an `EspError` subclass (and counts it) when the packet is dropped.
+        """
+        c = self.counters
+        length = len(packet)
+        if length < self._min_len or (length - 8 - self._iv_len - self.icv_len) % self._align:
+            c.drop_truncated += 1
+            raise EspTruncatedError(f"ESP packet of {length} octets", self.spi)
+        seq_lo = _HDR.unpack_from(packet)[1]
+        window = self.window
+        seq = window.infer_high(seq_lo)
+        if not window.check(seq):  # RFC 4303 3.4.3: before the ICV check
+            c.drop_replay += 1
+            raise EspReplayError(f"ESP SPI {self.spi:08x}: replayed seq {seq}", self.spi, seq)
+        view = memoryview(packet)
+        if self._gcm:
+            aad = self._spi_bytes + _Q.pack(seq) if self.esn else view[:8]
+            try:
+                plain = self._aead.decrypt(self._salt + view[8:16], view[16:], aad)
+            except InvalidTag:
+                c.drop_bad_icv += 1
+                raise EspIntegrityError(f"ESP SPI {self.spi:08x}: bad ICV", self.spi, seq) from None
+        else:
+            end = length - self.icv_len
+            mac = self._hmac.copy()
+            mac.update(view[:end])
+            if self.esn:
+                mac.update(_SEQ_HI.pack(seq >> 32))
+            # constant-time compare of the truncated ICV (RFC 4303 3.4.4.1)
+            if not stdlib_hmac.compare_digest(mac.finalize()[: self.icv_len], view[end:]):
+                c.drop_bad_icv += 1
+                raise EspIntegrityError(f"ESP SPI {self.spi:08x}: bad ICV", self.spi, seq)
+            plain = self._cbc_dec.update(view[8:end])[CBC_IV:]
+        window.update(seq)  # only after the integrity check (RFC 4303 3.4.3)
+        padlen = plain[-2]
+        body_len = len(plain) - 2 - padlen
+        if body_len < 0 or plain[body_len:-2] != _PADS[padlen]:
+            c.drop_bad_padding += 1
+            raise EspPaddingError(f"ESP SPI {self.spi:08x}: bad padding", self.spi, seq)
+        c.bytes_in += body_len
+        c.packets_in += 1
+        c.last_in = now
+        return plain[-1], plain[:body_len]
