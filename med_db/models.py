@@ -1,0 +1,178 @@
+"""SQLAlchemy 2.0 typed models of med_db; they match ``schema.sql`` (a test compares them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    VARBINARY,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
+
+# Connection.status values, as strongSwan's medcli listener writes them.
+STATUS_DOWN = 1
+STATUS_CONNECTING = 2
+STATUS_UP = 3
+STATUS_NAMES: dict[int, str] = {STATUS_DOWN: "DOWN", STATUS_CONNECTING: "CONNECTING", STATUS_UP: "UP"}
+
+KEYID_LEN = 20
+
+
+def _varbinary(n: int) -> TypeEngine[bytes]:
+    """VARBINARY(n) in SQLite/MySQL, BYTEA in PostgreSQL (see the dialect notes in schema.sql)."""
+    return VARBINARY(n).with_variant(postgresql.BYTEA(), "postgresql")
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC timestamp, the form every DATETIME column holds."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# ------------------------------------------------------------------ server side
+
+
+class User(Base):
+    __tablename__ = "user"
+    __table_args__ = (UniqueConstraint("login", name="uq_user_login"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(64))
+    password: Mapped[str] = mapped_column(String(255))
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    peers: Mapped[list[Peer]] = relationship(
+        back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Peer(Base):
+    __tablename__ = "peer"
+    __table_args__ = (
+        UniqueConstraint("user", "alias", name="uq_peer_user_alias"),
+        UniqueConstraint("keyid", name="uq_peer_keyid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        "user", Integer, ForeignKey("user.id", ondelete="CASCADE", name="fk_peer_user")
+    )
+    alias: Mapped[str] = mapped_column(String(64))
+    keyid: Mapped[bytes] = mapped_column(_varbinary(KEYID_LEN))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    owner: Mapped[User] = relationship(back_populates="peers")
+
+
+class MeCallback(Base):
+    """Persistent callback registration of the mediation server (requester waits for target)."""
+
+    __tablename__ = "me_callback"
+    __table_args__ = (
+        UniqueConstraint(
+            "requester_id_type", "requester_id", "target_id_type", "target_id", name="uq_me_callback"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requester_id_type: Mapped[int] = mapped_column(SmallInteger)
+    requester_id: Mapped[bytes] = mapped_column(_varbinary(255))
+    target_id_type: Mapped[int] = mapped_column(SmallInteger)
+    target_id: Mapped[bytes] = mapped_column(_varbinary(255))
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class MediationGrant(Base):
+    """Optional authorization: ``peer`` may mediate with ``target`` (see schema.sql for the policy)."""
+
+    __tablename__ = "mediation_grant"
+    __table_args__ = (PrimaryKeyConstraint("peer", "target", name="pk_mediation_grant"),)
+
+    peer_id: Mapped[int] = mapped_column(
+        "peer", Integer, ForeignKey("peer.id", ondelete="CASCADE", name="fk_grant_peer")
+    )
+    target_id: Mapped[int] = mapped_column(
+        "target", Integer, ForeignKey("peer.id", ondelete="CASCADE", name="fk_grant_target")
+    )
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# ------------------------------------------------------------------ client side
+
+
+class ClientConfig(Base):
+    """This client's own key pair (single row, id 1). private_key: DER PKCS#8."""
+
+    __tablename__ = "client_config"
+    __table_args__ = (
+        PrimaryKeyConstraint("id", name="pk_client_config"),
+        CheckConstraint('"id" = 1', name="ck_client_config_single"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, autoincrement=False, default=1)
+    keyid: Mapped[bytes] = mapped_column(_varbinary(KEYID_LEN))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class MediationServerConfig(Base):
+    """The mediation server this client registers with (single row, id 1)."""
+
+    __tablename__ = "mediation_server_config"
+    __table_args__ = (
+        PrimaryKeyConstraint("id", name="pk_mediation_server_config"),
+        CheckConstraint('"id" = 1', name="ck_mediation_server_config_single"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, autoincrement=False, default=1)
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer, default=500)
+    keyid: Mapped[bytes] = mapped_column(_varbinary(KEYID_LEN))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Connection(Base):
+    """A mediated connection to another peer, with the status the client daemon writes."""
+
+    __tablename__ = "connection"
+    __table_args__ = (
+        UniqueConstraint("alias", name="uq_connection_alias"),
+        UniqueConstraint("keyid", name="uq_connection_keyid"),
+        CheckConstraint('"status" IN (1, 2, 3)', name="ck_connection_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean)
+    keyid: Mapped[bytes] = mapped_column(_varbinary(KEYID_LEN))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    local_subnet: Mapped[str | None] = mapped_column(String(64))
+    remote_subnet: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(SmallInteger, default=STATUS_DOWN)
+    status_changed: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    @property
+    def status_name(self) -> str:
+        return STATUS_NAMES.get(self.status, str(self.status))
