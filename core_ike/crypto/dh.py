@@ -1,0 +1,293 @@
+"""Diffie-Hellman / key exchange methods for the KE payload (RFC 7296 3.4, RFC 5903, RFC 8031).
+
+Sans-IO: `new_key_exchange(group)` returns an object with the IKE wire encoding of our public value
+and `compute(peer_public)` for the shared secret g^ir. All arithmetic is done by `cryptography`
+(OpenSSL); peer values are validated as RFC 6989 asks, failures raise
+`ProtocolError(..., INVALID_SYNTAX)`.
+
+Encodings (RFC 7296 3.4 / RFC 5903 7 / RFC 8031 2):
+- MODP: g^x mod p, big-endian, left-padded to the modulus length; g^ir likewise.
+- ECP: x || y, each the fixed field length, no point-format octet; g^ir = x only.
+- Curve25519/Curve448: the u-coordinate (32/56 octets); g^ir = X25519/X448 output, never all zero.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ..constants import DhId, NotifyType
+from ..errors import LocalError, ProtocolError
+
+try:  # FFDH is deprecated in `cryptography` (still ~7x faster than pow()); keep a fallback
+    from cryptography.hazmat.primitives.asymmetric import dh as _ffdh
+except ImportError:  # pragma: no cover - future cryptography releases
+    _ffdh = None  # type: ignore[assignment]
+
+__all__ = ["KeyExchange", "new_key_exchange", "key_exchange_from_private", "public_length",
+           "SUPPORTED_GROUPS"]
+
+
+class KeyExchange(Protocol):
+    group: int
+    public: bytes
+
+    def compute(self, peer_public: bytes) -> bytes: ...
+
+
+def _invalid(group: int, why: str) -> ProtocolError:
+    return ProtocolError(f"invalid KE data for group {group}: {why}", NotifyType.INVALID_SYNTAX)
+
+
+# --- MODP groups: RFC 2409 6.2 (group 2) and RFC 3526 3-5 (groups 14-16), generator 2 ----------
+
+_MODP_1024 = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF", 16)
+_MODP_2048 = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+    "15728E5A8AACAA68FFFFFFFFFFFFFFFF",
+    16,
+)
+_MODP_3072 = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+    "15728E5A8AAAC42DAD33170D04507A33A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
+    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C"
+    "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF",
+    16,
+)
+_MODP_4096 = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+    "15728E5A8AAAC42DAD33170D04507A33A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
+    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C"
+    "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A92108011A723C12A787E6D7"
+    "88719A10BDBA5B2699C327186AF4E23C1A946834B6150BDA2583E9CA2AD44CE8DBBBC2DB04DE8EF92E8EFC141FBECAA6"
+    "287C59474E6BC05D99B2964FA090C3A2233BA186515BE7ED1F612970CEE2D7AFB81BDD762170481CD0069127D5B05AA9"
+    "93B4EA988D8FDDC186FFB7DC90A6C08F4DF435C934063199FFFFFFFFFFFFFFFF",
+    16,
+)
+
+_MODP_PRIMES: dict[int, int] = {
+    DhId.MODP_1024: _MODP_1024,
+    DhId.MODP_2048: _MODP_2048,
+    DhId.MODP_3072: _MODP_3072,
+    DhId.MODP_4096: _MODP_4096,
+}
+
+# Private exponent bits for the pow() fallback: at least twice the group's strength (RFC 3526 8).
+_MODP_EXP_BITS: dict[int, int] = {DhId.MODP_1024: 256, DhId.MODP_2048: 256, DhId.MODP_3072: 320, DhId.MODP_4096: 384}
+
+
+@dataclass(frozen=True)
+class _ModpGroup:
+    group: int
+    p: int
+    length: int  # octets
+    numbers: _ffdh.DHParameterNumbers | None
+    params: _ffdh.DHParameters | None  # cached: building them is the slow part
+
+
+_MODP_CACHE: dict[int, _ModpGroup] = {}
+
+
+def _modp_group(group: int) -> _ModpGroup:
+    g = _MODP_CACHE.get(group)
+    if g is None:
+        p = _MODP_PRIMES[group]
+        numbers = params = None
+        if _ffdh is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                numbers = _ffdh.DHParameterNumbers(p, 2)
+                params = numbers.parameters()
+        g = _ModpGroup(group, p, (p.bit_length() + 7) // 8, numbers, params)
+        _MODP_CACHE[group] = g
+    return g
+
+
+class _ModpExchange:
+    """MODP Diffie-Hellman (RFC 7296 3.4: values left-padded to the modulus length)."""
+
+    __slots__ = ("group", "public", "_g", "_key", "_x")
+
+    def __init__(self, group: int, private: int | None = None) -> None:
+        self.group = group
+        self._g = _modp_group(group)
+        self._key: _ffdh.DHPrivateKey | None = None
+        self._x = 0
+        if self._g.params is not None and private is None:
+            key = self._g.params.generate_private_key()
+            self._key = key
+            y = int(key.public_key().public_numbers().y)
+        else:
+            if private is None:
+                private = secrets.randbits(_MODP_EXP_BITS[group]) | (1 << (_MODP_EXP_BITS[group] - 1))
+            self._x = private
+            y = pow(2, private, self._g.p)
+        self.public = y.to_bytes(self._g.length, "big")
+
+    def compute(self, peer_public: bytes) -> bytes:
+        g = self._g
+        if len(peer_public) != g.length:
+            raise _invalid(self.group, f"length {len(peer_public)}, expected {g.length}")
+        y = int.from_bytes(peer_public, "big")
+        if not 1 < y < g.p - 1:  # RFC 6989 2.1
+            raise _invalid(self.group, "public value out of range")
+        if self._key is not None and g.numbers is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                peer = _ffdh.DHPublicNumbers(y, g.numbers).public_key()
+            try:
+                z = self._key.exchange(peer)
+            except ValueError as e:
+                raise _invalid(self.group, str(e)) from None
+            return bytes(z).rjust(g.length, b"\x00")
+        return pow(y, self._x, g.p).to_bytes(g.length, "big")
+
+
+# --- ECP groups: RFC 5903 (public = x || y, shared = x) -----------------------------------------
+
+_ECP_CURVES: dict[int, tuple[type[ec.EllipticCurve], int]] = {
+    DhId.ECP_256: (ec.SECP256R1, 32),
+    DhId.ECP_384: (ec.SECP384R1, 48),
+    DhId.ECP_521: (ec.SECP521R1, 66),
+}
+_ECDH = ec.ECDH()
+
+
+class _EcpExchange:
+    __slots__ = ("group", "public", "_curve", "_flen", "_key")
+
+    def __init__(self, group: int, private: int | None = None) -> None:
+        curve_cls, self._flen = _ECP_CURVES[group]
+        self.group = group
+        self._curve = curve_cls()
+        if private is None:
+            self._key = ec.generate_private_key(self._curve)
+        else:
+            self._key = ec.derive_private_key(private, self._curve)
+        point = self._key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        self.public = point[1:]  # RFC 5903 7: drop the 0x04 point-format octet
+
+    def compute(self, peer_public: bytes) -> bytes:
+        if len(peer_public) != 2 * self._flen:
+            raise _invalid(self.group, f"length {len(peer_public)}, expected {2 * self._flen}")
+        try:  # RFC 6989 2.3: the point must be on the curve (checked by OpenSSL on load)
+            peer = ec.EllipticCurvePublicKey.from_encoded_point(self._curve, b"\x04" + peer_public)
+            z = self._key.exchange(_ECDH, peer)
+        except ValueError as e:
+            raise _invalid(self.group, str(e)) from None
+        return z.rjust(self._flen, b"\x00")  # RFC 5903 7: x-coordinate only, fixed length
+
+
+# --- Curve25519 / Curve448: RFC 8031 -------------------------------------------------------------
+
+class _X25519Exchange:
+    __slots__ = ("group", "public", "_key")
+
+    def __init__(self, group: int, private: bytes | None = None) -> None:
+        self.group = group
+        if private is None:
+            self._key = x25519.X25519PrivateKey.generate()
+        else:
+            self._key = x25519.X25519PrivateKey.from_private_bytes(private)
+        self.public = self._key.public_key().public_bytes_raw()
+
+    def compute(self, peer_public: bytes) -> bytes:
+        if len(peer_public) != 32:
+            raise _invalid(self.group, f"length {len(peer_public)}, expected 32")
+        try:  # RFC 8031 2.3 / RFC 7748 6.1: an all-zero result must be rejected (OpenSSL does)
+            z = self._key.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as e:
+            raise _invalid(self.group, str(e)) from None
+        if not any(z):
+            raise _invalid(self.group, "all-zero shared secret")
+        return z
+
+
+class _X448Exchange:
+    __slots__ = ("group", "public", "_key")
+
+    def __init__(self, group: int, private: bytes | None = None) -> None:
+        self.group = group
+        if private is None:
+            self._key = x448.X448PrivateKey.generate()
+        else:
+            self._key = x448.X448PrivateKey.from_private_bytes(private)
+        self.public = self._key.public_key().public_bytes_raw()
+
+    def compute(self, peer_public: bytes) -> bytes:
+        if len(peer_public) != 56:
+            raise _invalid(self.group, f"length {len(peer_public)}, expected 56")
+        try:  # RFC 8031 2.3 / RFC 7748 6.2: reject the all-zero output
+            z = self._key.exchange(x448.X448PublicKey.from_public_bytes(peer_public))
+        except ValueError as e:
+            raise _invalid(self.group, str(e)) from None
+        if not any(z):
+            raise _invalid(self.group, "all-zero shared secret")
+        return z
+
+
+SUPPORTED_GROUPS: frozenset[int] = frozenset(
+    [*_MODP_PRIMES, *_ECP_CURVES, DhId.CURVE25519, DhId.CURVE448]
+)
+
+_PUBLIC_LENGTHS: dict[int, int] = {
+    DhId.MODP_1024: 128, DhId.MODP_2048: 256, DhId.MODP_3072: 384, DhId.MODP_4096: 512,
+    DhId.ECP_256: 64, DhId.ECP_384: 96, DhId.ECP_521: 132, DhId.CURVE25519: 32, DhId.CURVE448: 56,
+}
+
+
+def public_length(group: int) -> int:
+    """Octets of the KE data for `group` (RFC 7296 3.4); LocalError if unsupported."""
+    try:
+        return _PUBLIC_LENGTHS[group]
+    except KeyError:
+        raise LocalError(f"unsupported DH group {group}") from None
+
+
+def new_key_exchange(group: int) -> KeyExchange:
+    """A fresh ephemeral key pair for `group` (a DhId value)."""
+    if group in _MODP_PRIMES:
+        return _ModpExchange(group)
+    if group in _ECP_CURVES:
+        return _EcpExchange(group)
+    if group == DhId.CURVE25519:
+        return _X25519Exchange(group)
+    if group == DhId.CURVE448:
+        return _X448Exchange(group)
+    raise LocalError(f"unsupported DH group {group}")
+
+
+def key_exchange_from_private(group: int, private: bytes) -> KeyExchange:
+    """Deterministic key pair from a known private value (test vectors only).
+
+    MODP/ECP: big-endian integer; Curve25519/448: the raw scalar (RFC 7748).
+    """
+    if group in _MODP_PRIMES:
+        return _ModpExchange(group, int.from_bytes(private, "big"))
+    if group in _ECP_CURVES:
+        return _EcpExchange(group, int.from_bytes(private, "big"))
+    if group == DhId.CURVE25519:
+        return _X25519Exchange(group, private)
+    if group == DhId.CURVE448:
+        return _X448Exchange(group, private)
+    raise LocalError(f"unsupported DH group {group}")

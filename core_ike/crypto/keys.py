@@ -1,0 +1,128 @@
+"""IKE and CHILD SA key derivation (RFC 7296 2.13, 2.14, 2.17, 2.18).
+
+"i" keys protect what the original initiator sends, "r" keys the other direction, regardless of
+who sends a given request (RFC 7296 2.14).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import LocalError
+from .prf import Prf, prf_plus
+from .sk import AeadProtector, CbcHmacProtector, key_lengths, make_protector
+
+__all__ = ["IkeKeys", "ChildKeys", "skeyseed", "derive_ike_keys", "derive_ike_rekey_keys",
+           "derive_child_keys", "ike_protectors"]
+
+
+@dataclass(frozen=True, repr=False)
+class IkeKeys:
+    sk_d: bytes
+    sk_ai: bytes
+    sk_ar: bytes
+    sk_ei: bytes
+    sk_er: bytes
+    sk_pi: bytes
+    sk_pr: bytes
+
+    def __repr__(self) -> str:  # never log key material by accident
+        return "IkeKeys(<secret>)"
+
+
+@dataclass(frozen=True, repr=False)
+class ChildKeys:
+    """KEYMAT split for one CHILD_SA pair (RFC 7296 2.17); "i" = initiator -> responder SA."""
+
+    encr_i: bytes
+    integ_i: bytes
+    encr_r: bytes
+    integ_r: bytes
+
+    def __repr__(self) -> str:
+        return "ChildKeys(<secret>)"
+
+
+def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:
+    """RFC 7296 2.14: SKEYSEED = prf(Ni | Nr, g^ir); the nonces are the key.
+
+    AES-based PRFs with a fixed 128-bit key use only the first 64 bits of Ni and of Nr.
+    """
+    key = ni[:8] + nr[:8] if prf.fixed_key else ni + nr
+    return prf(key, shared)
+
+
+def _split_ike(prf: Prf, seed_key: bytes, seed: bytes, encr_id: int, key_bits: int | None,
+               integ_id: int | None) -> IkeKeys:
+    # RFC 7296 2.14: {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, ...)
+    e_len, a_len = key_lengths(encr_id, key_bits, integ_id)
+    p_len = prf.key_size
+    lengths = (p_len, a_len, a_len, e_len, e_len, p_len, p_len)
+    stream = prf_plus(prf, seed_key, seed, sum(lengths))
+    parts: list[bytes] = []
+    pos = 0
+    for n in lengths:
+        parts.append(stream[pos : pos + n])
+        pos += n
+    return IkeKeys(*parts)
+
+
+def _check_spis(spi_i: bytes, spi_r: bytes) -> None:
+    if len(spi_i) != 8 or len(spi_r) != 8:
+        raise LocalError("IKE SPIs must be 8 octets each")
+
+
+def derive_ike_keys(
+    prf_id: int, encr_id: int, key_bits: int | None, integ_id: int | None,
+    ni: bytes, nr: bytes, shared: bytes, spi_i: bytes, spi_r: bytes,
+) -> IkeKeys:
+    """Keys of a new IKE SA after IKE_SA_INIT (RFC 7296 2.14)."""
+    _check_spis(spi_i, spi_r)
+    prf = Prf(prf_id)
+    seed_key = skeyseed(prf, ni, nr, shared)
+    return _split_ike(prf, seed_key, ni + nr + spi_i + spi_r, encr_id, key_bits, integ_id)
+
+
+def derive_ike_rekey_keys(
+    old_prf_id: int, old_sk_d: bytes, prf_id: int, encr_id: int, key_bits: int | None,
+    integ_id: int | None, shared: bytes, ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes,
+) -> IkeKeys:
+    """Keys of the new IKE SA in a CREATE_CHILD_SA rekey (RFC 7296 2.18).
+
+    SKEYSEED = prf_old(SK_d_old, g^ir(new) | Ni | Nr); prf+ uses the new SA's PRF. Ni/Nr are the
+    CREATE_CHILD_SA nonces, spi_i/spi_r the new SA's SPIs (initiator of the rekey = "i").
+    """
+    _check_spis(spi_i, spi_r)
+    seed_key = Prf(old_prf_id)(old_sk_d, shared + ni + nr)
+    return _split_ike(Prf(prf_id), seed_key, ni + nr + spi_i + spi_r, encr_id, key_bits, integ_id)
+
+
+def derive_child_keys(
+    prf_id: int, sk_d: bytes, ni: bytes, nr: bytes, encr_id: int, key_bits: int | None,
+    integ_id: int | None, shared: bytes | None = None,
+) -> ChildKeys:
+    """CHILD_SA keying material (RFC 7296 2.17).
+
+    KEYMAT = prf+(SK_d, Ni | Nr), or prf+(SK_d, g^ir(new) | Ni | Nr) with PFS. Initiator->responder
+    keys come first, encryption key before integrity key; AEAD keys include the salt
+    (RFC 4106 8.1, RFC 4309 7.1, RFC 7634 2).
+    """
+    e_len, a_len = key_lengths(encr_id, key_bits, integ_id)
+    seed = (shared or b"") + ni + nr
+    km = prf_plus(Prf(prf_id), sk_d, seed, 2 * (e_len + a_len))
+    first = e_len + a_len
+    return ChildKeys(
+        encr_i=km[:e_len],
+        integ_i=km[e_len:first],
+        encr_r=km[first : first + e_len],
+        integ_r=km[first + e_len :],
+    )
+
+
+def ike_protectors(
+    keys: IkeKeys, encr_id: int, key_bits: int | None, integ_id: int | None, initiator: bool,
+) -> tuple[CbcHmacProtector | AeadProtector, CbcHmacProtector | AeadProtector]:
+    """(outbound, inbound) SK protectors for the original initiator or responder (RFC 7296 2.14)."""
+    p_i = make_protector(encr_id, key_bits, integ_id, keys.sk_ei, keys.sk_ai)
+    p_r = make_protector(encr_id, key_bits, integ_id, keys.sk_er, keys.sk_ar)
+    return (p_i, p_r) if initiator else (p_r, p_i)

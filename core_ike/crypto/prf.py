@@ -1,0 +1,89 @@
+"""Pseudo-random functions and prf+ (RFC 7296 2.13).
+
+HMAC PRFs (RFC 2104 with SHA-1, RFC 4868 with SHA-2) use the stdlib one-shot `hmac.digest`, which
+runs in OpenSSL without building HMAC objects. AES-CMAC-PRF-128 (RFC 4615) uses `cryptography`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import cmac
+from cryptography.hazmat.primitives.ciphers import algorithms
+
+from ..constants import PrfId
+from ..errors import LocalError
+
+__all__ = ["Prf", "prf_plus", "SUPPORTED_PRFS"]
+
+# RFC 7296 3.3.2 / RFC 4868 2.1: HMAC PRFs, preferred key size = output size.
+_HMAC_PRFS: dict[int, tuple[str, int]] = {
+    PrfId.HMAC_SHA1: ("sha1", 20),
+    PrfId.HMAC_SHA2_256: ("sha256", 32),
+    PrfId.HMAC_SHA2_384: ("sha384", 48),
+    PrfId.HMAC_SHA2_512: ("sha512", 64),
+}
+
+SUPPORTED_PRFS: frozenset[int] = frozenset([*_HMAC_PRFS, PrfId.AES128_CMAC])
+
+
+def _aes_cmac(key: bytes, data: bytes) -> bytes:
+    c = cmac.CMAC(algorithms.AES(key))
+    c.update(data)
+    return c.finalize()
+
+
+def _aes_cmac_prf_128(key: bytes, data: bytes) -> bytes:
+    # RFC 4615 3: a key that is not 128 bits is first run through AES-CMAC under the zero key.
+    if len(key) != 16:
+        key = _aes_cmac(bytes(16), key)
+    return _aes_cmac(key, data)
+
+
+class Prf:
+    """A negotiated PRF: `prf(key, data) -> bytes` (RFC 7296 2.13)."""
+
+    __slots__ = ("prf_id", "key_size", "output_size", "name", "_fn", "_digest")
+
+    def __init__(self, prf_id: int) -> None:
+        self.prf_id = prf_id
+        if prf_id in _HMAC_PRFS:
+            self._digest, self.output_size = _HMAC_PRFS[prf_id]
+            self.name = f"HMAC-{self._digest.upper()}"
+            self._fn: Callable[[bytes, bytes], bytes] | None = None
+        elif prf_id == PrfId.AES128_CMAC:
+            self._digest, self.output_size, self.name = "", 16, "AES-CMAC-PRF-128"
+            self._fn = _aes_cmac_prf_128
+        else:
+            raise LocalError(f"unsupported PRF {prf_id}")
+        self.key_size = self.output_size  # RFC 7296 2.13: preferred key length = output length
+
+    def __call__(self, key: bytes, data: bytes) -> bytes:
+        if self._fn is None:
+            return hmac.digest(key, data, self._digest)
+        return self._fn(key, data)
+
+    @property
+    def fixed_key(self) -> bool:
+        """RFC 7296 2.14: AES-based PRFs take only 64 bits of each nonce for SKEYSEED."""
+        return self._fn is not None
+
+    def __repr__(self) -> str:
+        return f"Prf({self.name})"
+
+
+def prf_plus(prf: Prf, key: bytes, seed: bytes, length: int) -> bytes:
+    """RFC 7296 2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n), output T1 | T2 | ...
+
+    The counter is one octet, so at most 255 blocks can be produced.
+    """
+    blocks = -(-length // prf.output_size)
+    if blocks > 255:
+        raise LocalError(f"prf+ cannot produce {length} octets with {prf.name}")
+    out: list[bytes] = []
+    t = b""
+    for n in range(1, blocks + 1):
+        t = prf(key, t + seed + bytes((n,)))
+        out.append(t)
+    return b"".join(out)[:length]
