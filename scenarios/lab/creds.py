@@ -1,0 +1,70 @@
+"""Credentials for lab peers: RSA key pairs as PEM for swanctl, and ID_KEY_ID identities.
+
+The key id of a raw RSA public key is the SHA-1 of its DER-encoded PKCS#1 RSAPublicKey (the way
+strongSwan and the reference portal derive it); swanctl identities use it as ``keyid:#<hex>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+if TYPE_CHECKING:
+    from scenarios.lab.charon import Charon
+
+
+@dataclass(frozen=True)
+class RsaKeyPair:
+    private_pem: bytes       # PKCS#1 "RSA PRIVATE KEY" (swanctl private/ or rsa/)
+    public_pem: bytes        # SubjectPublicKeyInfo "PUBLIC KEY" (swanctl pubkey/)
+    public_der_pkcs1: bytes  # DER RSAPublicKey
+
+    @property
+    def keyid(self) -> str:
+        """Hex SHA-1 of the DER RSAPublicKey."""
+        return keyid_of(self.public_der_pkcs1)
+
+    @property
+    def identity(self) -> str:
+        """swanctl identity string ``keyid:#<hex>``."""
+        return f"keyid:#{self.keyid}"
+
+
+def keyid_of(public_der_pkcs1: bytes) -> str:
+    return hashlib.sha1(public_der_pkcs1).hexdigest()
+
+
+def rsa_keypair(bits: int = 2048) -> RsaKeyPair:
+    """A fresh RSA key pair (public exponent 65537)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pub = key.public_key()
+    return RsaKeyPair(
+        private_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption()),
+        public_pem=pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        public_der_pkcs1=pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1),
+    )
+
+
+def keyid_from_pem(public_pem: bytes) -> str:
+    """Key id of an RSA public key given as PEM (SubjectPublicKeyInfo or PKCS#1)."""
+    pub = serialization.load_pem_public_key(public_pem)
+    if not isinstance(pub, rsa.RSAPublicKey):
+        raise ValueError("not an RSA public key")
+    return keyid_of(pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1))
+
+
+def install_keypair(charon: Charon, name: str, key: RsaKeyPair, own: bool = True) -> str:
+    """Write ``key`` into a :class:`~scenarios.lab.charon.Charon`'s swanctl tree.
+
+    The public key always goes to ``pubkey/<name>.pem`` (reference it with ``pubkeys = <name>.pem``);
+    with ``own`` the private key goes to ``private/<name>.pem``. Returns the pubkey file name.
+    """
+    charon.add_file("pubkey", f"{name}.pem", key.public_pem)
+    if own:
+        charon.add_file("private", f"{name}.pem", key.private_pem)
+    return f"{name}.pem"

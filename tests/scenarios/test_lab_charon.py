@@ -1,0 +1,142 @@
+"""The lab proven with strongSwan alone: charon<->charon PSK tunnel, and mediation through NATs.
+
+netlab.md §6. One topology per test case group (module-scoped), conntrack flushed between cases.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from scenarios.lab import Lab, cleanup_orphans, nat_lab, two_hosts
+from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.medsetup import LAN, CharonMediation
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.interop,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
+                       reason="strongSwan charon/swanctl not installed"),
+]
+
+PSK_CONF = """connections {{
+  host {{
+    local_addrs = {me}
+    remote_addrs = {peer}
+    proposals = aes128gcm16-prfsha256-x25519
+    local {{
+      auth = psk
+      id = {myid}
+    }}
+    remote {{
+      auth = psk
+      id = {peerid}
+    }}
+    children {{
+      net {{
+        local_ts = {myin}/32
+        remote_ts = {peerin}/32
+        esp_proposals = aes128gcm16-x25519
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike {{
+    id-1 = alice@lab
+    id-2 = bob@lab
+    secret = "alice-bob-0123456789abcdef"
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def direct() -> Iterator[Lab]:
+    cleanup_orphans()
+    lab = two_hosts()
+    yield lab
+    lab.teardown()
+
+
+@pytest.fixture(scope="module")
+def natted() -> Iterator[Lab]:
+    cleanup_orphans()
+    lab = nat_lab(nat_a="eim", nat_b="eim")
+    yield lab
+    lab.teardown()
+
+
+@pytest.fixture()
+def mediation(natted: Lab) -> Iterator[CharonMediation]:
+    natted.flush_conntrack()
+    med = CharonMediation(natted)
+    med.start()
+    yield med
+    med.stop()
+    natted.flush_conntrack()
+
+
+def test_two_hosts_psk_tunnel(direct: Lab) -> None:
+    inner = direct.info["inner"]
+    alice = Charon(direct, "alice", conf=PSK_CONF.format(
+        me="192.0.2.1", peer="192.0.2.2", myid="alice@lab", peerid="bob@lab",
+        myin=inner["alice"], peerin=inner["bob"])).start()
+    bob = Charon(direct, "bob", conf=PSK_CONF.format(
+        me="192.0.2.2", peer="192.0.2.1", myid="bob@lab", peerid="alice@lab",
+        myin=inner["bob"], peerin=inner["alice"])).start()
+    try:
+        alice.initiate(child="net", timeout=10)
+        a_child = alice.wait_child("net", timeout=5)
+        b_child = bob.wait_child("net", timeout=5)
+        assert a_child["ike"]["state"] == "ESTABLISHED"
+        assert a_child["spi-in"] == b_child["spi-out"] and a_child["spi-out"] == b_child["spi-in"]
+        assert a_child["encr-alg"] == "AES_GCM_16"
+        with direct.capture("bob", "eth0", "udp") as cap:
+            sent, received, out = direct.ping("alice", inner["bob"], source=inner["alice"], count=3,
+                                              interval=0.05)
+        assert (sent, received) == (3, 3), out
+        esp = cap.of_kind("esp-in-udp", "esp")
+        assert len(esp) >= 6
+        assert {f"{p.spi:08x}" for p in esp} == {a_child["spi-in"], a_child["spi-out"]}
+        alice.wait_log(r"CHILD_SA net\{\d+\} established", timeout=1)
+    finally:
+        alice.stop()
+        bob.stop()
+
+
+def test_charon_mediation_eim(natted: Lab, mediation: CharonMediation) -> None:
+    med = mediation
+    med.bring_up_mediation()
+    carol_sas = med.carol.list_sas("medsrv")
+    assert sorted(sa["remote-host"] for sa in carol_sas) == ["203.0.113.1", "203.0.113.2"]
+    assert {sa["remote-port"] for sa in carol_sas} == {"4500"}
+
+    mark = med.alice.log_mark()
+    elapsed = med.initiate_and_wait(timeout=20)
+    assert elapsed < 15
+    child = med.alice.wait_child("net")
+    ike = child["ike"]
+    assert ike["name"] == "p2p" and ike["state"] == "ESTABLISHED"
+    assert (ike["remote-host"], ike["remote-port"]) == ("203.0.113.2", "4500")
+    assert child["local-ts"] == [f"{LAN['alice']}/32"] and child["remote-ts"] == [f"{LAN['bob']}/32"]
+    med.bob.wait_child("net", timeout=5)
+    med.alice.wait_log(r"IKE_SA p2p\[\d+\] established between 10\.1\.0\.2\[alice@p2p\]\.\.\."
+                       r"203\.0\.113\.2\[bob@p2p\]", since=mark, timeout=2)
+
+    with natted.capture("natB", "wan0", "udp port 4500") as wan, \
+            natted.capture("carol", "eth0", "udp") as at_carol:
+        sent, received, out = natted.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.05)
+        assert (sent, received) == (3, 3), out
+        sent, received, out = natted.ping("bob", LAN["alice"], source=LAN["bob"], count=2, interval=0.05)
+        assert (sent, received) == (2, 2), out
+    esp = wan.of_kind("esp-in-udp")
+    directions = {(p.src, p.sport, p.dst, p.dport) for p in esp}
+    assert ("203.0.113.1", 4500, "203.0.113.2", 4500) in directions
+    assert ("203.0.113.2", 4500, "203.0.113.1", 4500) in directions
+    assert {f"{p.spi:08x}" for p in esp} <= {child["spi-in"], child["spi-out"]}
+    assert not at_carol.of_kind("esp-in-udp", "esp"), "ESP went through the mediation server"
