@@ -1,0 +1,594 @@
+"""Check lists: pairing, pacing, retransmission, triggered checks, selection ([ME] §5, RFC 8445).
+
+Sans-IO: every entry point takes `now` (seconds, monotonic); the owner drains `datagrams_to_send()`,
+`next_event()` and re-arms one timer from `get_timer()`, calling `handle_timer(now)` when it fires.
+
+One CheckList per connect ID. Roles are fixed by ME_CONNECT: the ME_CONNECT initiator is the
+controlling side (it selects the pair and nominates it by sending IKE_SA_INIT, reference §8). Create
+the initiator's list when *sending* ME_CONNECT (netlab.md §11 race: the relayed answer may arrive
+before the response to our own request).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..codec.message import Message
+from ..constants import MeEndpointFamily, MeEndpointType
+from ..errors import DecodeError, LocalError, ProtocolError
+from .checks import (
+    Check,
+    KeyRule,
+    decode_check,
+    encode_check,
+    mac_key,
+    make_check,
+    request_endpoint,
+    response_endpoint,
+)
+from .endpoints import Addr, Endpoint, limit_endpoints, make_endpoint, normalize_addr, remove_redundant
+
+log = logging.getLogger("core_ike.me")
+
+
+@dataclass(frozen=True)
+class CheckListConfig:
+    """Tunables; defaults are strongSwan's `connect_manager.c` constants unless noted."""
+
+    pacing: float = 0.025  # ME_INTERVAL: one check every T ([ME] §5.1 "T")
+    rto: float = 0.025  # first retransmission timeout
+    boost: int = 2  # ME_BOOST: the first `boost` retransmissions use `rto`
+    retrans_base: float = 1.8  # ME_RETRANS_BASE
+    max_retransmits: int = 13  # ME_MAX_RETRANS; one more timeout marks the pair Failed
+    # controlling side: wait after the first success with no pair Waiting (strongSwan: 1000 ms);
+    # 0 when the best succeeded pair cannot be beaten by any pending pair
+    finish_wait: float = 0.050
+    transaction_timeout: float = 30.0  # [ME] §4.3 overall timer, from list creation (initiator)
+    responder_timeout: float = 60.0  # weakness #7: no IKE_SA_INIT with this connect ID -> give up
+    max_remote_endpoints: int = 16  # [ME] §4.2 / RFC 8445 §19.5.1: drop lowest priority first
+    max_pairs: int = 100  # RFC 8445 6.1.2.5 default
+    max_early_checks: int = 8  # checks buffered before our key / the peer's key is known
+    key_rule: KeyRule = KeyRule.SENDER  # reference §7.2 INTEROP
+
+
+def retransmit_timeout(cfg: CheckListConfig, n: int) -> float:
+    """Seconds between retransmission n-1 (or the first send) and retransmission n (n >= 1).
+
+    Reference §7.6: 25, 25, then 25 * 1.8^(n-2) ms truncated to whole ms; n = max+1 is the final
+    timeout after which the pair fails.
+    """
+    base_ms = cfg.rto * 1000.0
+    if n <= cfg.boost:
+        return base_ms / 1000.0
+    return math.floor(base_ms * cfg.retrans_base ** (n - cfg.boost) + 1e-9) / 1000.0
+
+
+def pair_priority(g: int, d: int) -> int:
+    """[ME] §5.1 / RFC 8445 6.1.2.3: 2^32*MIN(G,D) + 2*MAX(G,D) + (G>D ? 1 : 0).
+
+    G = the ME_CONNECT initiator's endpoint priority, D = the responder's, on both sides.
+    """
+    return (min(g, d) << 32) + 2 * max(g, d) + (1 if g > d else 0)
+
+
+class PairState(Enum):
+    WAITING = "WAITING"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class ListState(Enum):
+    NONE = "NONE"  # initiator data only
+    WAITING = "WAITING"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class PairInfo:
+    """Immutable snapshot of a pair, for events and reports."""
+
+    id: int
+    local: Addr  # base: where checks (and the mediated IKE_SA) leave from
+    remote: Addr
+    local_type: MeEndpointType
+    remote_type: MeEndpointType
+    priority: int
+    state: PairState
+    mapped: Addr | None = None  # our address as seen by the peer on this pair (valid pair local)
+
+    def __str__(self) -> str:
+        return (f"#{self.id} {self.local[0]}[{self.local[1]}] - {self.remote[0]}[{self.remote[1]}] "
+                f"({self.local_type.name}->{self.remote_type.name}) {self.state.value}")
+
+
+@dataclass(frozen=True)
+class PairStateChanged:
+    connect_id: bytes
+    pair: PairInfo
+    old: PairState | None  # None: pair just created
+    new: PairState
+
+
+@dataclass(frozen=True)
+class CheckListSucceeded:
+    connect_id: bytes
+    selected: PairInfo
+    tried: tuple[PairInfo, ...]
+
+
+@dataclass(frozen=True)
+class CheckListFailed:
+    connect_id: bytes
+    reason: str
+    tried: tuple[PairInfo, ...]
+
+
+@dataclass(frozen=True)
+class CheckListStopped:
+    connect_id: bytes
+    reason: str
+
+
+CheckListEvent = PairStateChanged | CheckListSucceeded | CheckListFailed | CheckListStopped
+Datagram = tuple[bytes, Addr, Addr]  # (IKE octets without non-ESP marker, local base, remote)
+
+
+@dataclass(eq=False)
+class Pair:
+    id: int
+    local: Endpoint
+    remote: Endpoint
+    priority: int
+    state: PairState = PairState.WAITING
+    retransmits: int = 0
+    deadline: float | None = None  # next retransmission or final timeout
+    packet: bytes | None = None
+    mapped: Endpoint | None = None
+
+    @property
+    def base(self) -> Addr:
+        return self.local.local_base
+
+    @property
+    def remote_addr(self) -> Addr:
+        return self.remote.addr
+
+    def info(self) -> PairInfo:
+        return PairInfo(self.id, self.base, self.remote_addr, self.local.type, self.remote.type,
+                        self.priority, self.state, None if self.mapped is None else self.mapped.addr)
+
+
+@dataclass
+class _Side:
+    key: bytes | None = None
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+
+class CheckList:
+    """The checks of one connect ID, on one side."""
+
+    def __init__(self, connect_id: bytes, *, is_initiator: bool, now: float,
+                 config: CheckListConfig | None = None) -> None:
+        self.connect_id = connect_id
+        self.is_initiator = is_initiator  # ME_CONNECT initiator = controlling side
+        self.config = config or CheckListConfig()
+        self.created = now
+        self.state = ListState.NONE
+        self.finished = False
+        self.pairs: list[Pair] = []
+        self._initiator = _Side()
+        self._responder = _Side()
+        self._by_id: dict[int, Pair] = {}
+        self._triggered: deque[Pair] = deque()
+        self._next_tick: float | None = None
+        self._last_check: float | None = None
+        self._finish_at: float | None = None
+        timeout = self.config.transaction_timeout if is_initiator else self.config.responder_timeout
+        self._expires_at: float | None = now + timeout
+        self._out: list[Datagram] = []
+        self._events: deque[CheckListEvent] = deque()
+        self._early: list[tuple[Check, Addr, Addr]] = []
+
+    # --- construction ([ME] §4.1 steps 3, 5, 6, 8) ------------------------------------------------
+
+    @classmethod
+    def for_initiator(cls, connect_id: bytes, my_key: bytes, my_endpoints: Sequence[Endpoint],
+                      now: float, config: CheckListConfig | None = None) -> CheckList:
+        """A: when *sending* ME_CONNECT; then `set_responder_data` when the peer's answer arrives."""
+        cl = cls(connect_id, is_initiator=True, now=now, config=config)
+        cl.set_initiator_data(my_key, my_endpoints, now)
+        return cl
+
+    @classmethod
+    def for_responder(cls, connect_id: bytes, peer_key: bytes, peer_endpoints: Sequence[Endpoint],
+                      now: float, config: CheckListConfig | None = None) -> CheckList:
+        """B: on the relayed ME_CONNECT request; `set_responder_data` when sending its own request."""
+        cl = cls(connect_id, is_initiator=False, now=now, config=config)
+        cl.set_initiator_data(peer_key, peer_endpoints, now)
+        return cl
+
+    def set_initiator_data(self, key: bytes, endpoints: Sequence[Endpoint], now: float) -> None:
+        """Data of the ME_CONNECT initiator (own data on A, the peer's on B); state stays NONE."""
+        if self._initiator.key is not None:
+            raise LocalError("initiator data already set")
+        self._initiator = _Side(key, self._accept(endpoints, local=self.is_initiator))
+
+    def set_responder_data(self, key: bytes, endpoints: Sequence[Endpoint], now: float) -> None:
+        """Data of the ME_CONNECT responder: builds the pairs and starts checking at `now`."""
+        if self._initiator.key is None or self._responder.key is not None:
+            raise LocalError("responder data out of order")
+        self._responder = _Side(key, self._accept(endpoints, local=not self.is_initiator))
+        self._build_pairs()
+        self._set_list_state(ListState.WAITING)
+        if not self.pairs:
+            log.info("checklist %s: no pairs (no common address family)", self.connect_id.hex())
+        self._schedule_tick(now)
+        early, self._early = self._early, []
+        for check, src, dst in early:  # checks that arrived before both keys were known
+            self._process(check, src, dst, now)
+        self._update(now)
+
+    def _accept(self, endpoints: Sequence[Endpoint], *, local: bool) -> list[Endpoint]:
+        eps = [e for e in endpoints if e.address is not None and e.family != MeEndpointFamily.NONE]
+        if not local:
+            eps = limit_endpoints(remove_redundant(eps), self.config.max_remote_endpoints)
+        return eps
+
+    @property
+    def _local(self) -> _Side:
+        return self._initiator if self.is_initiator else self._responder
+
+    @property
+    def _remote(self) -> _Side:
+        return self._responder if self.is_initiator else self._initiator
+
+    # --- pairing ([ME] §5.1, reference §6.2) ------------------------------------------------------
+
+    def _build_pairs(self) -> None:
+        candidates: list[tuple[Endpoint, Endpoint, int]] = []
+        # reference §6.2.1: initiator x responder endpoints, same family only
+        for i_ep in self._initiator.endpoints:
+            for r_ep in self._responder.endpoints:
+                if i_ep.family != r_ep.family:
+                    continue
+                local, remote = (i_ep, r_ep) if self.is_initiator else (r_ep, i_ep)
+                candidates.append((local, remote, pair_priority(i_ep.priority, r_ep.priority)))
+        candidates.sort(key=lambda c: -c[2])  # stable: ties keep insertion order (§6.2.4)
+        seen: set[tuple[Addr, Addr]] = set()
+        for local, remote, prio in candidates:
+            key = (local.local_base, remote.addr)
+            if key in seen:  # RFC 8445 6.1.2.4 / reference §6.2.5: prune by (local base, remote)
+                continue
+            seen.add(key)
+            if len(self.pairs) >= self.config.max_pairs:  # RFC 8445 6.1.2.5: drop lowest first
+                break
+            self._add_pair(local, remote, prio)
+
+    def _add_pair(self, local: Endpoint, remote: Endpoint, prio: int) -> Pair:
+        """New pair: id = count + 1 (its checks' Message ID), inserted after equal priorities."""
+        pair = Pair(len(self._by_id) + 1, local, remote, prio)
+        idx = len(self.pairs)
+        while idx > 0 and self.pairs[idx - 1].priority < prio:
+            idx -= 1
+        self.pairs.insert(idx, pair)
+        self._by_id[pair.id] = pair
+        self._events.append(PairStateChanged(self.connect_id, pair.info(), None, pair.state))
+        log.debug("checklist %s: added pair %s", self.connect_id.hex(), pair.info())
+        return pair
+
+    def _pair_priority(self, local: Endpoint, remote: Endpoint) -> int:
+        if self.is_initiator:
+            return pair_priority(local.priority, remote.priority)
+        return pair_priority(remote.priority, local.priority)
+
+    # --- the one mutation point of pair states (design principle 6) -------------------------------
+
+    def _set_pair_state(self, pair: Pair, new: PairState) -> None:
+        old = pair.state
+        if old == new:
+            return
+        pair.state = new
+        log.info("checklist %s: pair %s: %s -> %s", self.connect_id.hex(), pair.id, old.value, new.value)
+        self._events.append(PairStateChanged(self.connect_id, pair.info(), old, new))
+
+    def _set_list_state(self, new: ListState) -> None:
+        if self.state != new:
+            log.debug("checklist %s: %s -> %s", self.connect_id.hex(), self.state.value, new.value)
+            self.state = new
+
+    # --- sans-IO surface ----------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> CheckListEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        if self.finished:
+            return None
+        times = [t for t in (self._next_tick, self._finish_at, self._expires_at) if t is not None]
+        times += [p.deadline for p in self.pairs if p.deadline is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.finished:
+            return
+        if self._expires_at is not None and now >= self._expires_at:
+            self._expire(now)
+            return
+        for pair in list(self.pairs):
+            if pair.deadline is not None and now >= pair.deadline:
+                self._retransmit(pair, now)
+        if self._next_tick is not None and now >= self._next_tick:
+            self._tick(now)
+        if self._finish_at is not None and now >= self._finish_at:
+            self._select(now)
+            return
+        self._update(now)
+
+    def stop(self, now: float, reason: str = "mediated IKE_SA_INIT received") -> None:
+        """Reference §8: the responder stops on IKE_SA_INIT carrying this connect ID."""
+        if self.finished:
+            return
+        self._finish()
+        self._events.append(CheckListStopped(self.connect_id, reason))
+        log.info("checklist %s stopped: %s", self.connect_id.hex(), reason)
+
+    # --- sending ([ME] §5.1, reference §7.6) ------------------------------------------------------
+
+    def _schedule_tick(self, now: float) -> None:
+        if self._next_tick is None and not self.finished and self.state != ListState.NONE:
+            last = self._last_check
+            self._next_tick = now if last is None else max(now, last + self.config.pacing)
+
+    def _tick(self, now: float) -> None:
+        """Triggered FIFO first, else the highest-priority Waiting pair, else stop ticking."""
+        pair = None
+        while self._triggered and pair is None:
+            cand = self._triggered.popleft()
+            if cand.state == PairState.WAITING:
+                pair = cand
+        if pair is None:
+            pair = next((p for p in self.pairs if p.state == PairState.WAITING), None)
+        if pair is None:
+            self._next_tick = None
+            return
+        self._send_request(pair, now)
+        self._last_check = now
+        self._next_tick = now + self.config.pacing
+
+    def _send_request(self, pair: Pair, now: float) -> None:
+        own, peer = self._keys()
+        key = mac_key(False, True, own, peer, self.config.key_rule)
+        check = make_check(False, pair.id, self.connect_id, request_endpoint(), key)
+        pair.packet = encode_check(check)
+        pair.retransmits = 0
+        pair.deadline = now + retransmit_timeout(self.config, 1)
+        self._out.append((pair.packet, pair.base, pair.remote_addr))
+        self._set_pair_state(pair, PairState.IN_PROGRESS)
+
+    def _retransmit(self, pair: Pair, now: float) -> None:
+        if pair.state != PairState.IN_PROGRESS or pair.packet is None:
+            pair.deadline = None
+            return
+        if pair.retransmits >= self.config.max_retransmits:
+            pair.deadline = None
+            self._set_pair_state(pair, PairState.FAILED)
+            return
+        pair.retransmits += 1
+        pair.deadline = now + retransmit_timeout(self.config, pair.retransmits + 1)
+        self._out.append((pair.packet, pair.base, pair.remote_addr))  # cached packet replayed
+
+    def _keys(self) -> tuple[bytes, bytes]:
+        own, peer = self._local.key, self._remote.key
+        if own is None or peer is None:
+            raise LocalError("check list keys not known yet")
+        return own, peer
+
+    # --- receiving ------------------------------------------------------------------------------------
+
+    def receive_check(self, data: bytes | Message | Check, src: Addr, dst: Addr, now: float) -> str | None:
+        """Process a check received from `src` on local address `dst`.
+
+        Returns None when accepted, else the reason it was dropped (reference §7.1: drop silently;
+        the caller may log the reason at debug level).
+        """
+        try:
+            check = data if isinstance(data, Check) else decode_check(data)
+        except (DecodeError, ProtocolError) as exc:
+            return self._drop(f"malformed check: {exc}")
+        if check.connect_id != self.connect_id:
+            return self._drop("unknown connect ID")
+        src, dst = normalize_addr(src), normalize_addr(dst)
+        if self._local.key is None or self._remote.key is None:
+            if len(self._early) >= self.config.max_early_checks or check.is_response:
+                return self._drop("check list not ready")
+            self._early.append((check, src, dst))
+            return None
+        reason = self._process(check, src, dst, now)
+        self._update(now)
+        return reason
+
+    def _drop(self, reason: str) -> str:
+        log.debug("checklist %s: dropping check: %s", self.connect_id.hex(), reason)
+        return reason
+
+    def _process(self, check: Check, src: Addr, dst: Addr, now: float) -> str | None:
+        own, peer = self._keys()
+        if not check.verify(mac_key(check.is_response, False, own, peer, self.config.key_rule)):
+            return self._drop(f"invalid ME_CONNECTAUTH in check {check.message_id} from {src}")
+        if check.is_response:
+            return self._on_response(check, src, dst, now)
+        self._on_request(check, src, dst, now)
+        return None
+
+    def _on_request(self, check: Check, src: Addr, dst: Addr, now: float) -> None:
+        """[ME] §5.2 / reference §7.4."""
+        req_ep = check.endpoint
+        own, peer = self._keys()
+        if not self.finished:
+            pair = self._find_or_create_pair(src, dst, req_ep.priority)
+            if pair is not None:
+                self._trigger(pair, now)
+        # reference §7.4 step 3: same MID, observed source, priority copied, our own MAC (§7.2)
+        key = mac_key(True, True, own, peer, self.config.key_rule)
+        resp = make_check(True, check.message_id, self.connect_id,
+                          response_endpoint(src, req_ep.priority), key)
+        self._out.append((encode_check(resp), dst, src))
+
+    def _find_or_create_pair(self, src: Addr, dst: Addr, prflx_priority: int) -> Pair | None:
+        for p in self.pairs:
+            if p.base == dst and p.remote_addr == src:
+                return p
+        remote = next((e for e in self._remote.endpoints if e.addr == src), None)
+        if remote is None:
+            # RFC 8445 7.3.1.3 / reference §7.4 step 1: remote PEER_REFLEXIVE, request's priority
+            if len(self._remote.endpoints) >= self.config.max_remote_endpoints + 4:
+                return None
+            remote = make_endpoint(MeEndpointType.PEER_REFLEXIVE, src[0], src[1], priority=prflx_priority)
+            self._remote.endpoints.append(remote)
+            log.info("checklist %s: learnt remote peer reflexive %s", self.connect_id.hex(), remote)
+        if len(self.pairs) >= self.config.max_pairs:
+            return None
+        # reference §7.4 table, "none": local = our endpoint based at the destination, else HOST there
+        local = next((e for e in self._local.endpoints if e.local_base == dst), None)
+        if local is None:
+            local = make_endpoint(MeEndpointType.HOST, dst[0], dst[1])
+        if local.family != remote.family:
+            return None
+        return self._add_pair(local, remote, self._pair_priority(local, remote))
+
+    def _trigger(self, pair: Pair, now: float) -> None:
+        """RFC 8445 7.3.1.4 / reference §7.4 step 2 (weakness #16: cancel, then re-queue)."""
+        if pair.state == PairState.SUCCEEDED:
+            return
+        if pair.state == PairState.IN_PROGRESS:
+            pair.deadline = None  # no more retransmissions; a late response is still accepted
+        self._set_pair_state(pair, PairState.WAITING)
+        if pair not in self._triggered:
+            self._triggered.append(pair)
+        self._schedule_tick(now)
+
+    def _on_response(self, check: Check, src: Addr, dst: Addr, now: float) -> str | None:
+        """[ME] §5.3 / reference §7.5."""
+        pair = self._by_id.get(check.message_id)
+        if pair is None:
+            return self._drop(f"response for unknown pair {check.message_id}")
+        if pair.state in (PairState.SUCCEEDED, PairState.FAILED) or self.finished:
+            return None  # duplicate or late answer: nothing to learn
+        pair.deadline = None
+        if src != pair.remote_addr or dst != pair.base:
+            # RFC 8445 7.2.5.2.1: non-symmetric addresses fail the pair (strongSwan leaves it)
+            log.info("checklist %s: pair %d: asymmetric response %s -> %s", self.connect_id.hex(),
+                     pair.id, src, dst)
+            self._set_pair_state(pair, PairState.FAILED)
+            return None
+        pair.mapped = self._learn_local(check.endpoint, pair)
+        self._set_pair_state(pair, PairState.SUCCEEDED)
+        return None
+
+    def _learn_local(self, mapped: Endpoint, pair: Pair) -> Endpoint:
+        """RFC 8445 7.2.5.3.1: an unknown mapped address is a local prflx, base = the pair's base.
+
+        Weakness #6: the valid pair (mapped local, remote) is recorded on the checked pair
+        (`PairInfo.mapped`); it has the same (base, remote) so it needs no check of its own.
+        """
+        for e in self._local.endpoints:
+            if e.addr == mapped.addr:
+                return e
+        local = make_endpoint(MeEndpointType.PEER_REFLEXIVE, mapped.addr[0], mapped.addr[1],
+                              base=pair.base, priority=mapped.priority)
+        self._local.endpoints.append(local)
+        log.info("checklist %s: learnt local peer reflexive %s", self.connect_id.hex(), local)
+        return local
+
+    # --- list state and selection ([ME] §5.4, reference §7.7, §8) ---------------------------------
+
+    def _recompute_state(self) -> None:
+        if self.state == ListState.NONE or self.finished:
+            return
+        states = {p.state for p in self.pairs}
+        if PairState.WAITING in states:
+            return  # reference §7.7: unchanged while any pair is Waiting
+        if PairState.IN_PROGRESS in states:
+            self._set_list_state(ListState.IN_PROGRESS)
+        elif PairState.SUCCEEDED in states:
+            self._set_list_state(ListState.SUCCEEDED)
+        else:
+            self._set_list_state(ListState.FAILED)
+
+    def _update(self, now: float) -> None:
+        if self.finished:
+            return
+        self._recompute_state()
+        if self.state == ListState.FAILED:
+            self._fail(f"all {len(self.pairs)} pairs failed" if self.pairs else "no candidate pairs")
+            return
+        if not self.is_initiator:
+            return  # the controlled side waits for IKE_SA_INIT (reference §8)
+        best = self._best_succeeded()
+        if best is None:
+            return
+        pending = [p for p in self.pairs if p.state in (PairState.WAITING, PairState.IN_PROGRESS)]
+        if all(p.priority < best.priority for p in pending):
+            self._select(now)  # nothing pending can beat it: finish at once
+        elif self._finish_at is None and not any(p.state == PairState.WAITING for p in pending):
+            self._finish_at = now + self.config.finish_wait  # reference §8 (strongSwan: 1000 ms)
+
+    def _best_succeeded(self) -> Pair | None:
+        return next((p for p in self.pairs if p.state == PairState.SUCCEEDED), None)
+
+    def _select(self, now: float) -> None:
+        best = self._best_succeeded()
+        if best is None:
+            self._finish_at = None
+            return
+        self._finish()
+        log.info("checklist %s: selected pair %s", self.connect_id.hex(), best.info())
+        self._events.append(CheckListSucceeded(self.connect_id, best.info(), self.tried()))
+
+    def _fail(self, reason: str) -> None:
+        self._finish()
+        log.info("checklist %s failed: %s; tried: %s", self.connect_id.hex(), reason,
+                 ", ".join(str(p) for p in self.tried()) or "nothing")
+        self._events.append(CheckListFailed(self.connect_id, reason, self.tried()))
+
+    def _expire(self, now: float) -> None:
+        if self.is_initiator and self._best_succeeded() is not None:
+            self._select(now)
+            return
+        if self.state == ListState.NONE:
+            reason = "no answer from the peer within %.1f s" % (now - self.created)
+        elif self.is_initiator:
+            reason = "no check succeeded within %.1f s" % (now - self.created)
+        else:
+            reason = "no mediated IKE_SA_INIT within %.1f s" % (now - self.created)
+        self._fail(reason)
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._next_tick = self._finish_at = self._expires_at = None
+        self._triggered.clear()
+        for p in self.pairs:
+            p.deadline = None
+
+    def tried(self) -> tuple[PairInfo, ...]:
+        return tuple(p.info() for p in self.pairs)
+
+    @property
+    def local_endpoints(self) -> list[Endpoint]:
+        return list(self._local.endpoints)
+
+    @property
+    def remote_endpoints(self) -> list[Endpoint]:
+        return list(self._remote.endpoints)

@@ -1,0 +1,159 @@
+"""Connectivity-check messages ([ME] §5.1, reference ike-me-protocol.md §7.1-§7.3).
+
+A check is a plaintext INFORMATIONAL with SPIs 0/0, Message ID = the sender's pair id, flags I
+(request) or R (response), and exactly three notifies in this order: ME_CONNECTID, ME_ENDPOINT,
+ME_CONNECTAUTH. No SK payload. The 4-octet non-ESP marker is added by the transport, not here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+from ..codec.message import Message, decode_message, encode_message
+from ..codec.payloads import NotifyPayload, Payload
+from ..constants import ExchangeType, HeaderFlag, MeEndpointType, NotifyType
+from ..errors import DecodeError, ProtocolError
+from .endpoints import Addr, Endpoint, addressless_endpoint, decode_endpoint, encode_endpoint, make_endpoint
+
+log = logging.getLogger("core_ike.me")
+
+ZERO_SPI = b"\x00" * 8
+MAC_LEN = 20  # SHA-1, reference §2.2 (ME_CONNECTAUTH exactly 20 octets)
+
+
+class KeyRule(Enum):
+    """Which ME_CONNECTKEY MACs a check (reference §7.2, INTEROP).
+
+    SENDER: strongSwan (`build_signature`): every check is MACed with the sender's own key and
+    verified with the peer's key. DRAFT: [ME] §5.1.1, the key provided by the check's responder
+    (requests: the receiver's key; responses: the sender's key). Only SENDER interoperates.
+    """
+
+    SENDER = "sender"
+    DRAFT = "draft"
+
+
+def mac_key(is_response: bool, sending: bool, own_key: bytes, peer_key: bytes, rule: KeyRule) -> bytes:
+    """The key for a check we send (`sending`) or verify, per the rule."""
+    if rule is KeyRule.SENDER:
+        return own_key if sending else peer_key
+    # [ME] §5.1.1: always the key of the side answering the check
+    if is_response:
+        return own_key if sending else peer_key
+    return peer_key if sending else own_key
+
+
+def compute_mac(message_id: int, connect_id: bytes, endpoint_data: bytes, key: bytes) -> bytes:
+    """[ME] §5.1.1 / reference §7.2: SHA1(MID(4, big-endian) | CONNECTID | ME_ENDPOINT data | key).
+
+    Plain SHA-1 with a secret suffix (not HMAC), over notification data only, exactly as carried.
+    """
+    return hashlib.sha1(message_id.to_bytes(4, "big") + connect_id + endpoint_data + key).digest()
+
+
+@dataclass(frozen=True)
+class Check:
+    """A parsed or to-be-sent check; `endpoint_data` are the exact ME_ENDPOINT octets."""
+
+    is_response: bool
+    message_id: int
+    connect_id: bytes
+    endpoint_data: bytes
+    auth: bytes
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return decode_endpoint(self.endpoint_data)
+
+    def verify(self, key: bytes) -> bool:
+        expected = compute_mac(self.message_id, self.connect_id, self.endpoint_data, key)
+        return len(self.auth) == MAC_LEN and _consteq(expected, self.auth)
+
+
+def _consteq(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+def request_endpoint() -> Endpoint:
+    """Reference §7.1: request ME_ENDPOINT = address-less PEER_REFLEXIVE, priority 0x0080FFFF."""
+    return addressless_endpoint(MeEndpointType.PEER_REFLEXIVE)
+
+
+def response_endpoint(observed_src: Addr, priority: int) -> Endpoint:
+    """Reference §7.1 / §7.4 step 3: PEER_REFLEXIVE with the request's observed source, its priority."""
+    return make_endpoint(MeEndpointType.PEER_REFLEXIVE, observed_src[0], observed_src[1], priority=priority)
+
+
+def make_check(is_response: bool, message_id: int, connect_id: bytes, endpoint: Endpoint,
+               key: bytes) -> Check:
+    data = encode_endpoint(endpoint)
+    return Check(is_response, message_id, connect_id, data, compute_mac(message_id, connect_id, data, key))
+
+
+def check_to_message(check: Check) -> Message:
+    """Reference §7.1: SPIs 0/0, INFORMATIONAL, MID = pair id, I for requests / R for responses."""
+    flags = HeaderFlag.RESPONSE if check.is_response else HeaderFlag.INITIATOR
+    payloads: list[Payload] = [
+        NotifyPayload(NotifyType.ME_CONNECTID, check.connect_id),
+        NotifyPayload(NotifyType.ME_ENDPOINT, check.endpoint_data),
+        NotifyPayload(NotifyType.ME_CONNECTAUTH, check.auth),
+    ]
+    return Message(spi_i=ZERO_SPI, spi_r=ZERO_SPI, exchange=ExchangeType.INFORMATIONAL, flags=flags,
+                   message_id=check.message_id, payloads=payloads)
+
+
+def encode_check(check: Check) -> bytes:
+    """The IKE message octets (no non-ESP marker)."""
+    return encode_message(check_to_message(check))[0]
+
+
+def is_connectivity_check(msg: Message) -> bool:
+    """Reference §7.3 (fix of weakness #13): SPIs 0/0, INFORMATIONAL, plaintext, carries ME_CONNECTID."""
+    if msg.spi_i != ZERO_SPI or msg.spi_r != ZERO_SPI or msg.exchange != ExchangeType.INFORMATIONAL:
+        return False
+    if msg.encrypted:
+        return False
+    return any(isinstance(p, NotifyPayload) and p.type == NotifyType.ME_CONNECTID for p in msg.payloads)
+
+
+def check_from_message(msg: Message) -> Check:
+    """Validate a received check; DecodeError(reason) means drop silently (reference §7.1)."""
+    if msg.spi_i != ZERO_SPI or msg.spi_r != ZERO_SPI:
+        raise DecodeError("check with non-zero SPIs")
+    if msg.exchange != ExchangeType.INFORMATIONAL or msg.encrypted:
+        raise DecodeError("not a plaintext INFORMATIONAL")
+    found: dict[int, bytes] = {}
+    for p in msg.payloads:
+        if not isinstance(p, NotifyPayload):
+            continue  # reference §7.1: non-notify payloads ignored
+        t = int(p.type)
+        if t not in (NotifyType.ME_CONNECTID, NotifyType.ME_ENDPOINT, NotifyType.ME_CONNECTAUTH):
+            continue
+        if t in found:
+            log.info("ignoring duplicate %s in connectivity check", NotifyType(t).name)
+            continue
+        found[t] = p.data
+    for t in (NotifyType.ME_CONNECTID, NotifyType.ME_ENDPOINT, NotifyType.ME_CONNECTAUTH):
+        if t not in found:
+            raise DecodeError(f"connectivity check without {t.name}")
+    is_response = bool(msg.flags & HeaderFlag.RESPONSE)
+    check = Check(is_response, msg.message_id, found[NotifyType.ME_CONNECTID],
+                  found[NotifyType.ME_ENDPOINT], found[NotifyType.ME_CONNECTAUTH])
+    try:
+        ep = check.endpoint
+    except ProtocolError as exc:
+        raise DecodeError(f"connectivity check: {exc}") from None
+    if is_response and ep.address is None:
+        # weakness #17: strongSwan dereferences the missing address; we refuse the response
+        raise DecodeError("connectivity check response without a mapped address")
+    return check
+
+
+def decode_check(data: bytes | Message) -> Check:
+    msg = data if isinstance(data, Message) else decode_message(data)
+    return check_from_message(msg)

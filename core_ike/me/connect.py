@@ -1,0 +1,174 @@
+"""ME_CONNECT notify sets: build and parse the relay and callback messages ([ME] §4, reference §2.5, §4).
+
+| Message                | Payloads (strongSwan order)                                             |
+|------------------------|-------------------------------------------------------------------------|
+| A -> MS request        | N(ME_CONNECTID) N(ME_CONNECTKEY) N(ME_CALLBACK) N(ME_ENDPOINT)+ ID_PEER(B) |
+| MS -> B request        | N(ME_CONNECTID) N(ME_CONNECTKEY=keyA) N(ME_ENDPOINT)+ ID_PEER(A)         |
+| B -> MS request        | N(ME_CONNECTID) N(ME_CONNECTKEY=keyB) N(ME_RESPONSE) N(ME_ENDPOINT)+ ID_PEER(A) |
+| MS -> A request        | N(ME_CONNECTID) N(ME_CONNECTKEY=keyB) N(ME_RESPONSE) N(ME_ENDPOINT)+ ID_PEER(B) |
+| MS -> waiter callback  | N(ME_CALLBACK) ID_PEER(peer that came online)                            |
+| response               | (empty) | N(ME_CONNECT_FAILED) | N(INVALID_SYNTAX)                       |
+
+Reference §2.5 INTEROP: accept any order, send strongSwan's order.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from ..codec.payloads import IdPayload, NotifyPayload, Payload
+from ..constants import NotifyType, PayloadType
+from ..errors import ProtocolError
+from .endpoints import Endpoint, decode_endpoint, encode_endpoint
+
+# reference §2.2 / §4.2 (strongSwan validation on every ME_CONNECT)
+CONNECT_ID_MIN, CONNECT_ID_MAX = 4, 16
+CONNECT_KEY_MIN, CONNECT_KEY_MAX = 16, 32
+DEFAULT_CONNECT_ID_LEN = 4  # strongSwan sends 4
+DEFAULT_CONNECT_KEY_LEN = 16  # strongSwan sends 16
+
+
+def new_connect_id(length: int = DEFAULT_CONNECT_ID_LEN) -> bytes:
+    """Reference §4.1 step 1: only the ME_CONNECT initiator draws the connect ID (strong RNG)."""
+    if not CONNECT_ID_MIN <= length <= CONNECT_ID_MAX:
+        raise ValueError(f"connect ID length {length} outside {CONNECT_ID_MIN}..{CONNECT_ID_MAX}")
+    return secrets.token_bytes(length)
+
+
+def new_connect_key(length: int = DEFAULT_CONNECT_KEY_LEN) -> bytes:
+    """Reference §4.1: each side draws its own ME_CONNECTKEY."""
+    if not CONNECT_KEY_MIN <= length <= CONNECT_KEY_MAX:
+        raise ValueError(f"connect key length {length} outside {CONNECT_KEY_MIN}..{CONNECT_KEY_MAX}")
+    return secrets.token_bytes(length)
+
+
+class ConnectKind(Enum):
+    REQUEST = "request"  # A -> MS or MS -> B
+    RESPONSE = "response"  # B -> MS or MS -> A (carries ME_RESPONSE)
+    CALLBACK = "callback"  # MS -> waiter
+
+
+@dataclass(frozen=True)
+class MeConnect:
+    """A parsed ME_CONNECT request. `endpoint_data` keeps the octets as received, so the MS can
+    relay them unchanged (reference §4.1 step 4)."""
+
+    kind: ConnectKind
+    peer: IdPayload
+    connect_id: bytes = b""
+    key: bytes = b""
+    endpoints: tuple[Endpoint, ...] = ()
+    endpoint_data: tuple[bytes, ...] = ()
+    callback: bool = False
+
+
+def _syntax(msg: str) -> ProtocolError:
+    return ProtocolError(msg, NotifyType.INVALID_SYNTAX)
+
+
+def _id_peer(peer: IdPayload) -> IdPayload:
+    if peer.ptype == PayloadType.ID_PEER:
+        return peer
+    return IdPayload(PayloadType.ID_PEER, peer.id_type, peer.data)
+
+
+def build_connect(connect_id: bytes, key: bytes, endpoints: Sequence[Endpoint | bytes], peer: IdPayload,
+                  *, callback: bool = False, response: bool = False) -> list[Payload]:
+    """One of the four relay requests, in strongSwan's order (N..., ID_PEER).
+
+    A -> MS: callback=True (strongSwan always asks); B -> MS and MS -> A: response=True. Endpoints
+    given as bytes are copied unchanged (the MS relays what it received).
+    """
+    _check_lengths(connect_id, key)
+    out: list[Payload] = [NotifyPayload(NotifyType.ME_CONNECTID, connect_id),
+                          NotifyPayload(NotifyType.ME_CONNECTKEY, key)]
+    if callback:
+        out.append(NotifyPayload(NotifyType.ME_CALLBACK))
+    if response:
+        out.append(NotifyPayload(NotifyType.ME_RESPONSE))
+    for ep in endpoints:
+        out.append(NotifyPayload(NotifyType.ME_ENDPOINT, ep if isinstance(ep, bytes) else encode_endpoint(ep)))
+    out.append(_id_peer(peer))
+    return out
+
+
+def build_relay(req: MeConnect, requester: IdPayload) -> list[Payload]:
+    """MS -> target: ID_PEER rewritten to the requester; ID, key, endpoints copied; no ME_CALLBACK."""
+    return build_connect(req.connect_id, req.key, req.endpoint_data, requester,
+                         response=req.kind is ConnectKind.RESPONSE)
+
+
+def build_callback(peer_online: IdPayload) -> list[Payload]:
+    """Reference §5: MS -> waiting requester, `N(ME_CALLBACK) ID_PEER(peer that came online)`."""
+    return [NotifyPayload(NotifyType.ME_CALLBACK), _id_peer(peer_online)]
+
+
+def build_connect_failed() -> list[Payload]:
+    return [NotifyPayload(NotifyType.ME_CONNECT_FAILED)]
+
+
+def _check_lengths(connect_id: bytes, key: bytes) -> None:
+    if not CONNECT_ID_MIN <= len(connect_id) <= CONNECT_ID_MAX:
+        raise _syntax(f"ME_CONNECTID of {len(connect_id)} octets ({CONNECT_ID_MIN}..{CONNECT_ID_MAX} expected)")
+    if not CONNECT_KEY_MIN <= len(key) <= CONNECT_KEY_MAX:
+        raise _syntax(f"ME_CONNECTKEY of {len(key)} octets ({CONNECT_KEY_MIN}..{CONNECT_KEY_MAX} expected)")
+
+
+def parse_connect(payloads: Sequence[Payload]) -> MeConnect:
+    """Parse an ME_CONNECT request (any payload order, reference §2.5).
+
+    Missing ID_PEER, ME_CONNECTID, ME_CONNECTKEY or ME_ENDPOINT, or any value outside the limits of
+    reference §4.2 -> ProtocolError(INVALID_SYNTAX) (strongSwan; the draft says ME_CONNECT_FAILED for
+    "no endpoints"). A message with ME_CALLBACK and no ME_CONNECTID is a callback.
+    """
+    peer: IdPayload | None = None
+    cid: bytes | None = None
+    key: bytes | None = None
+    flags: set[int] = set()
+    eps: list[bytes] = []
+    for p in payloads:
+        if isinstance(p, IdPayload) and p.ptype == PayloadType.ID_PEER:
+            if peer is not None:
+                raise _syntax("more than one ID_PEER")  # strongSwan rules: exactly 1
+            peer = p
+        elif isinstance(p, NotifyPayload):
+            t = int(p.type)
+            if t == NotifyType.ME_CONNECTID:
+                cid = p.data if cid is None else cid
+            elif t == NotifyType.ME_CONNECTKEY:
+                key = p.data if key is None else key
+            elif t == NotifyType.ME_ENDPOINT:
+                eps.append(p.data)
+            elif t in (NotifyType.ME_CALLBACK, NotifyType.ME_RESPONSE):
+                flags.add(t)
+    if peer is None:
+        raise _syntax("ME_CONNECT without ID_PEER")
+    if cid is None and NotifyType.ME_CALLBACK in flags:
+        return MeConnect(ConnectKind.CALLBACK, peer, callback=True)
+    if cid is None or key is None:
+        raise _syntax("ME_CONNECT without ME_CONNECTID or ME_CONNECTKEY")
+    _check_lengths(cid, key)
+    if not eps:
+        raise _syntax("ME_CONNECT without ME_ENDPOINT")
+    endpoints = tuple(decode_endpoint(d) for d in eps)  # raises INVALID_SYNTAX (§4.2)
+    kind = ConnectKind.RESPONSE if NotifyType.ME_RESPONSE in flags else ConnectKind.REQUEST
+    return MeConnect(kind, peer, cid, key, endpoints, tuple(eps), NotifyType.ME_CALLBACK in flags)
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    """Outcome of an ME_CONNECT response: ok (empty SK{}) or the error notify received."""
+
+    ok: bool
+    error: NotifyType | int | None = None
+
+
+def parse_connect_response(payloads: Sequence[Payload]) -> ConnectResult:
+    """Reference §2.5: empty = accepted; N(ME_CONNECT_FAILED) or another error notify = refused."""
+    for p in payloads:
+        if isinstance(p, NotifyPayload) and p.is_error:
+            return ConnectResult(False, p.type)
+    return ConnectResult(True)

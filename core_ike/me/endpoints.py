@@ -1,0 +1,209 @@
+"""ME endpoints: values, priorities, the ME_ENDPOINT notify data codec and host gathering.
+
+[ME] = draft-brunner-ikev2-mediation-00; wire layout as strongSwan's `endpoint_notify.c` (see
+reference ike-me-protocol.md §2.3, §2.4, §4.2, §6.1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from ..constants import ME_TYPE_PREFERENCE, MeEndpointFamily, MeEndpointType, NotifyType
+from ..errors import ProtocolError
+
+Addr = tuple[str, int]
+"""A transport address: (textual IP address, UDP port)."""
+
+MAX_IP_PREF = 65535
+# [ME] §4.4.1 / strongSwan: data is 8 (no address), 12 (IPv4) or 24 (IPv6) octets
+_LEN_BY_FAMILY = {MeEndpointFamily.NONE: 8, MeEndpointFamily.IPV4: 12, MeEndpointFamily.IPV6: 24}
+
+
+def endpoint_priority(ep_type: MeEndpointType, ip_pref: int = MAX_IP_PREF) -> int:
+    """[ME] §3.3.5.1: priority = 2^16 * type_pref + ip_pref (no component, unlike RFC 8445)."""
+    if not 0 <= ip_pref <= MAX_IP_PREF:
+        raise ValueError(f"ip_pref {ip_pref} outside 0..65535")
+    return (ME_TYPE_PREFERENCE[ep_type] << 16) + ip_pref
+
+
+def family_of(address: str) -> MeEndpointFamily:
+    ip = ipaddress.ip_address(address)
+    return MeEndpointFamily.IPV4 if ip.version == 4 else MeEndpointFamily.IPV6
+
+
+def normalize_address(address: str) -> str:
+    """Canonical text form, so that addresses compare equal whatever their spelling."""
+    return str(ipaddress.ip_address(address))
+
+
+def normalize_addr(addr: Addr) -> Addr:
+    return (normalize_address(addr[0]), int(addr[1]))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An ME endpoint. `base` is local state only, never sent ([ME] §3.3; reference §1 "Base").
+
+    `address` is None for the address-less form (family NONE): srflx requests and check requests.
+    """
+
+    type: MeEndpointType
+    family: MeEndpointFamily
+    address: str | None
+    port: int
+    priority: int
+    base: Addr | None = None
+
+    @property
+    def addr(self) -> Addr:
+        if self.address is None:
+            raise ValueError("address-less endpoint has no transport address")
+        return (self.address, self.port)
+
+    @property
+    def local_base(self) -> Addr:
+        """The base of a local endpoint: the address packets really leave from (host: itself)."""
+        return self.base if self.base is not None else self.addr
+
+    def __str__(self) -> str:
+        where = "-" if self.address is None else f"{self.address}[{self.port}]"
+        return f"{self.type.name}:{where} prio {self.priority}"
+
+
+def make_endpoint(
+    ep_type: MeEndpointType,
+    address: str,
+    port: int,
+    *,
+    base: Addr | None = None,
+    ip_pref: int = MAX_IP_PREF,
+    priority: int | None = None,
+) -> Endpoint:
+    """An endpoint with an address; priority from [ME] §3.3.5.1 unless given explicitly."""
+    addr = normalize_address(address)
+    prio = endpoint_priority(ep_type, ip_pref) if priority is None else priority
+    return Endpoint(ep_type, family_of(addr), addr, port, prio,
+                    normalize_addr(base) if base is not None else None)
+
+
+def addressless_endpoint(ep_type: MeEndpointType, priority: int | None = None) -> Endpoint:
+    """[ME] §3.3.2.2 / §5.1: the 8-octet form (srflx request, check request)."""
+    prio = endpoint_priority(ep_type) if priority is None else priority
+    return Endpoint(ep_type, MeEndpointFamily.NONE, None, 0, prio)
+
+
+# --- ME_ENDPOINT notify data ([ME] §4.4.1, reference §2.3) ----------------------------------------
+
+def encode_endpoint(ep: Endpoint) -> bytes:
+    """Priority(4) | Family(1) | Type(1) | Port(2) | Address(0/4/16), big-endian."""
+    head = ep.priority.to_bytes(4, "big") + bytes([int(ep.family), int(ep.type)])
+    if ep.family == MeEndpointFamily.NONE or ep.address is None:
+        # reference §2.3: port 0 when there is no address
+        return head[:4] + bytes([int(MeEndpointFamily.NONE), int(ep.type)]) + b"\x00\x00"
+    return head + ep.port.to_bytes(2, "big") + ipaddress.ip_address(ep.address).packed
+
+
+def _syntax(msg: str) -> ProtocolError:
+    return ProtocolError(msg, NotifyType.INVALID_SYNTAX)
+
+
+def decode_endpoint(data: bytes) -> Endpoint:
+    """Parse ME_ENDPOINT data; anything strongSwan would refuse -> ProtocolError(INVALID_SYNTAX).
+
+    Reference §4.2: length 8/12/24 only, family >= 3 invalid, type 0 or >= 5 invalid; the length must
+    also match the family (8 = no address, 12 = IPv4, 24 = IPv6, §2.3).
+    """
+    if len(data) not in (8, 12, 24):
+        raise _syntax(f"ME_ENDPOINT data of {len(data)} octets (8, 12 or 24 expected)")
+    priority = int.from_bytes(data[0:4], "big")
+    try:
+        family = MeEndpointFamily(data[4])
+    except ValueError:
+        raise _syntax(f"ME_ENDPOINT with invalid family {data[4]}") from None
+    try:
+        ep_type = MeEndpointType(data[5])
+    except ValueError:
+        raise _syntax(f"ME_ENDPOINT with invalid type {data[5]}") from None
+    if _LEN_BY_FAMILY[family] != len(data):
+        raise _syntax(f"ME_ENDPOINT family {family.name} with {len(data)} octets")
+    if family == MeEndpointFamily.NONE:
+        # reference §2.3: for family 0 the port is not interpreted
+        return Endpoint(ep_type, family, None, 0, priority)
+    port = int.from_bytes(data[6:8], "big")
+    raw = data[8:]
+    address = str(ipaddress.IPv4Address(raw) if family == MeEndpointFamily.IPV4
+                  else ipaddress.IPv6Address(raw))
+    return Endpoint(ep_type, family, address, port, priority)
+
+
+# --- sets of endpoints -----------------------------------------------------------------------------
+
+def remove_redundant(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
+    """[ME] §3.3.4 / RFC 8445 5.1.3: same transport address and same base -> keep the higher priority.
+
+    Order of the survivors is preserved (first occurrence of each key).
+    """
+    best: dict[tuple[Addr | None, Addr | None], Endpoint] = {}
+    order: list[tuple[Addr | None, Addr | None]] = []
+    for ep in endpoints:
+        key = (None if ep.address is None else ep.addr, ep.base if ep.base is not None else
+               (None if ep.address is None else ep.addr))
+        old = best.get(key)
+        if old is None:
+            order.append(key)
+            best[key] = ep
+        elif ep.priority > old.priority:
+            best[key] = ep
+    return [best[k] for k in order]
+
+
+def limit_endpoints(endpoints: Sequence[Endpoint], maximum: int) -> list[Endpoint]:
+    """[ME] §4.2 (draft): counts SHOULD be limited, dropping the lowest priority first.
+
+    Keeps the original order of the survivors.
+    """
+    if len(endpoints) <= maximum:
+        return list(endpoints)
+    ranked = sorted(range(len(endpoints)), key=lambda i: -endpoints[i].priority)
+    keep = set(ranked[:maximum])
+    return [ep for i, ep in enumerate(endpoints) if i in keep]
+
+
+def is_usable_host_address(address: str) -> bool:
+    """[ME] §3.3.1 / strongSwan: no loopback; also no unspecified, multicast or link-local v6."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
+        return False
+    return not (ip.version == 6 and ip.is_link_local)
+
+
+def host_endpoints(addresses: Iterable[str], port: int, ip_pref: int = MAX_IP_PREF) -> list[Endpoint]:
+    """Pure part of gathering: one HOST endpoint per usable address, all on the IKE socket's port.
+
+    [ME] §3.3.1 / reference §6.1: every regular local address, with the port of the mediation SA's
+    local endpoint (normally 4500). strongSwan gives every HOST the same ip_pref 65535.
+    """
+    out = [make_endpoint(MeEndpointType.HOST, a.split("%", 1)[0], port, ip_pref=ip_pref)
+           for a in addresses if is_usable_host_address(a)]
+    return remove_redundant(out)
+
+
+def gather_host_endpoints(port: int, *, use_ipv4: bool = True, use_ipv6: bool = True) -> list[Endpoint]:
+    """Host endpoints of this machine (OS call through aioice; loopback is skipped)."""
+    from aioice.ice import get_host_addresses  # the field's helper (design principle 10)
+
+    return host_endpoints(get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6), port)
+
+
+def srflx_endpoint(address: str, port: int, base: Addr, ip_pref: int = MAX_IP_PREF) -> Endpoint:
+    """[ME] §3.3.2: the server-reflexive endpoint learnt from the MS, base = local addr toward the MS."""
+    return make_endpoint(MeEndpointType.SERVER_REFLEXIVE, address, port, base=base, ip_pref=ip_pref)
+
+
+def with_base(ep: Endpoint, base: Addr) -> Endpoint:
+    return replace(ep, base=normalize_addr(base))

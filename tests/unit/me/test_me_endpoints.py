@@ -1,0 +1,108 @@
+"""ME endpoints: priorities ([ME] §3.3.5.1), ME_ENDPOINT codec (reference §2.3, §4.2), gathering."""
+
+from __future__ import annotations
+
+import pytest
+
+from core_ike.constants import MeEndpointFamily, MeEndpointType, NotifyType
+from core_ike.errors import ProtocolError
+from core_ike.me.endpoints import (
+    Endpoint,
+    addressless_endpoint,
+    decode_endpoint,
+    encode_endpoint,
+    endpoint_priority,
+    host_endpoints,
+    limit_endpoints,
+    make_endpoint,
+    remove_redundant,
+    srflx_endpoint,
+)
+
+
+@pytest.mark.parametrize(("ep_type", "prio"), [
+    (MeEndpointType.HOST, 0x00FFFFFF),
+    (MeEndpointType.PEER_REFLEXIVE, 0x0080FFFF),
+    (MeEndpointType.SERVER_REFLEXIVE, 0x0040FFFF),
+    (MeEndpointType.RELAYED, 0x0000FFFF),
+])
+def test_priorities_table(ep_type: MeEndpointType, prio: int) -> None:
+    assert endpoint_priority(ep_type) == prio
+
+
+def test_priority_formula_and_bounds() -> None:
+    assert endpoint_priority(MeEndpointType.HOST, 0) == 255 << 16
+    assert endpoint_priority(MeEndpointType.PEER_REFLEXIVE, 1) > endpoint_priority(
+        MeEndpointType.SERVER_REFLEXIVE)  # prflx MUST rank above srflx
+    with pytest.raises(ValueError):
+        endpoint_priority(MeEndpointType.HOST, 65536)
+
+
+V4 = make_endpoint(MeEndpointType.PEER_REFLEXIVE, "203.0.113.1", 4500, priority=0x0080FFFF)
+V6 = make_endpoint(MeEndpointType.HOST, "2001:db8::1", 4500)
+
+
+@pytest.mark.parametrize(("ep", "hexdata"), [
+    (addressless_endpoint(MeEndpointType.PEER_REFLEXIVE), "0080ffff00020000"),
+    (addressless_endpoint(MeEndpointType.SERVER_REFLEXIVE, priority=0), "0000000000030000"),
+    (V4, "0080ffff01021194cb007101"),
+    (V6, "00ffffff02011194" + "20010db8000000000000000000000001"),
+])
+def test_codec_roundtrip(ep: Endpoint, hexdata: str) -> None:
+    assert encode_endpoint(ep).hex() == hexdata
+    back = decode_endpoint(bytes.fromhex(hexdata))
+    assert back == ep
+
+
+@pytest.mark.parametrize(("hexdata", "why"), [
+    ("", "0 octets"),
+    ("0080ffff000200", "7 octets"),
+    ("0080ffff0102119400", "9 octets"),
+    ("0080ffff03021194cb007101", "family 3"),
+    ("0080ffff01001194cb007101", "type 0"),
+    ("0080ffff01051194cb007101", "type 5"),
+    ("0080ffff00021194cb007101", "family NONE with 12"),
+    ("0080ffff01020000", "IPv4 with 8"),
+    ("0080ffff02021194cb007101", "IPv6 with 12"),
+    ("0080ffff01021194" + "00" * 16, "IPv4 with 24"),
+])
+def test_codec_malformed(hexdata: str, why: str) -> None:
+    with pytest.raises(ProtocolError) as ei:
+        decode_endpoint(bytes.fromhex(hexdata))
+    assert ei.value.notify == NotifyType.INVALID_SYNTAX, why
+
+
+def test_addressless_ignores_port() -> None:
+    ep = decode_endpoint(bytes.fromhex("0040ffff00031194"))
+    assert ep.family == MeEndpointFamily.NONE and ep.address is None and ep.port == 0
+
+
+def test_remove_redundant_same_address_and_base() -> None:
+    host = make_endpoint(MeEndpointType.HOST, "10.1.0.2", 4500)
+    prflx = make_endpoint(MeEndpointType.PEER_REFLEXIVE, "10.1.0.2", 4500, base=("10.1.0.2", 4500))
+    srflx = srflx_endpoint("203.0.113.1", 4500, base=("10.1.0.2", 4500))
+    other_base = make_endpoint(MeEndpointType.PEER_REFLEXIVE, "203.0.113.1", 4500, base=("10.1.0.3", 4500))
+    out = remove_redundant([prflx, srflx, host, other_base])
+    assert out == [host, srflx, other_base]
+
+
+def test_limit_endpoints_drops_lowest_first() -> None:
+    eps = [make_endpoint(MeEndpointType.RELAYED, "192.0.2.1", 1),
+           make_endpoint(MeEndpointType.HOST, "192.0.2.2", 1),
+           make_endpoint(MeEndpointType.SERVER_REFLEXIVE, "192.0.2.3", 1)]
+    assert [e.address for e in limit_endpoints(eps, 2)] == ["192.0.2.2", "192.0.2.3"]
+
+
+def test_host_endpoints_pure_part() -> None:
+    eps = host_endpoints(["127.0.0.1", "10.1.0.2", "::1", "fe80::1", "2001:db8::2", "0.0.0.0",
+                          "10.1.0.2"], 4500)
+    assert [(e.address, e.port, e.type) for e in eps] == [
+        ("10.1.0.2", 4500, MeEndpointType.HOST), ("2001:db8::2", 4500, MeEndpointType.HOST)]
+    assert all(e.priority == 0x00FFFFFF for e in eps)
+
+
+def test_gather_host_endpoints_uses_ike_port() -> None:
+    from core_ike.me.endpoints import gather_host_endpoints
+
+    eps = gather_host_endpoints(4500)
+    assert all(e.port == 4500 and e.address not in ("127.0.0.1", "::1") for e in eps)
