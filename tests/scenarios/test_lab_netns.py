@@ -1,0 +1,120 @@
+"""The lab's own behaviour: topology, NAT classes (netlab.md §3), delay hub (§10), teardown, pcap parsing."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import sys
+from collections.abc import Iterator
+
+import pytest
+from pyroute2 import netns
+
+from scenarios.lab import Lab, cleanup_orphans, nat_lab, read_pcap, wait_for
+from scenarios.lab.netns import read_text
+from scenarios.lab.pcap import classify_udp
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+ECHO = """
+import socket, sys
+socks = []
+for port in (3478, 3479):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port)); socks.append(s)
+print("ready", flush=True)
+import select
+while True:
+    for s in select.select(socks, [], [])[0]:
+        data, addr = s.recvfrom(2048)
+        s.sendto(f"{addr[0]}:{addr[1]}".encode(), addr)
+"""
+
+PROBE = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 5000)); s.settimeout(2)
+for port in (3478, 3479):
+    s.sendto(b"x", ("203.0.113.10", port)); print(s.recvfrom(2048)[0].decode())
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    cleanup_orphans()
+    lab = nat_lab(nat_a="eim", nat_b="symmetric")
+    yield lab
+    lab.teardown()
+
+
+def test_pcap_classification() -> None:
+    assert classify_udp(500, 500, b"\x00" * 28) == ("ike", None)
+    assert classify_udp(4500, 4500, b"\xff") == ("keepalive", None)
+    assert classify_udp(4500, 4500, b"\x00\x00\x00\x00" + b"\x01" * 28) == ("ike", None)
+    assert classify_udp(4500, 31000, struct.pack("!II", 0xC0FFEE01, 1) + b"\x00" * 16) == ("esp-in-udp", 0xC0FFEE01)
+    assert classify_udp(53, 40000, b"abc") == ("other", None)
+
+
+@root_only
+@pytest.mark.netns
+def test_nat_classes(lab: Lab) -> None:
+    assert lab.ping("alice", "203.0.113.10", count=1)[1] == 1
+    assert lab.ping("bob", "203.0.113.10", count=1)[1] == 1
+    logf = lab.host_dir("carol") / "echo.log"
+    echo = lab.popen("carol", [sys.executable, "-c", ECHO], logf)
+    try:
+        wait_for(lambda: "ready" in read_text(logf), 5, what="echo server")
+        seen_a = lab.run("alice", [sys.executable, "-c", PROBE]).stdout.split()
+        seen_b = lab.run("bob", [sys.executable, "-c", PROBE]).stdout.split()
+    finally:
+        lab.stop(echo)
+    assert seen_a == ["203.0.113.1:5000", "203.0.113.1:5000"]      # EIM, port preserved
+    assert all(s.startswith("203.0.113.2:") for s in seen_b)
+    assert seen_b[0] != seen_b[1]                                   # address-and-port-dependent
+    lab.flush_conntrack()
+    out = lab.run("natA", ["conntrack", "-L"], check=False).stdout
+    assert "dport=3478" not in out
+
+
+@root_only
+@pytest.mark.netns
+def test_unsolicited_wan_udp_is_dropped(lab: Lab) -> None:
+    with lab.capture("natB", "wan0", "udp port 4500") as cap:
+        lab.run("carol", [sys.executable, "-c",
+                          "import socket; s=socket.socket(2,2); s.sendto(b'\\0'*8, ('203.0.113.2', 4500))"])
+    assert [p.flow()[:4] for p in cap.packets] == [("203.0.113.10", cap.packets[0].sport, "203.0.113.2", 4500)]
+    out = lab.run("natB", ["conntrack", "-L", "-p", "udp"], check=False).stdout
+    assert "dport=4500" not in out                                  # never confirmed (netlab.md §3.1)
+
+
+@root_only
+@pytest.mark.netns
+def test_delay_hub_rtt() -> None:
+    lab = nat_lab(delay_ms=20)
+    try:
+        assert lab.ping("alice", "203.0.113.10", count=1)[1] == 1   # ARP out of the way
+        sent, received, out = lab.ping("alice", "203.0.113.10", count=5, interval=0.05)
+        assert (sent, received) == (5, 5), out
+        rtt = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+        assert all(39.0 <= r <= 50.0 for r in rtt), rtt
+        hub = lab.info["delay_hub_pid"]
+        assert os.path.exists(f"/proc/{hub}")
+    finally:
+        lab.teardown()
+    assert not [n for n in netns.listnetns() if n.startswith(lab.prefix)]
+    assert not os.path.exists(f"/proc/{hub}")
+
+
+@root_only
+@pytest.mark.netns
+def test_teardown_idempotent_and_capture_file() -> None:
+    lab = nat_lab()
+    with lab.capture("carol", "eth0", "icmp") as cap:
+        lab.ping("alice", "203.0.113.10", count=2, interval=0.05)
+    assert len(read_pcap(cap.path)) == len(cap.packets) == 4
+    assert {(p.src, p.dst) for p in cap.packets} == {("203.0.113.1", "203.0.113.10"),
+                                                     ("203.0.113.10", "203.0.113.1")}
+    sleeper = lab.popen("bob", ["sleep", "600"], lab.dir / "sleep.log")
+    lab.teardown()
+    lab.teardown()
+    assert sleeper.poll() is not None
+    assert not [n for n in netns.listnetns() if n.startswith(lab.prefix)]
