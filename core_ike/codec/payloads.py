@@ -23,7 +23,7 @@ from ..constants import (
 
 @dataclass(frozen=True)
 class Transform:
-    type: TransformType
+    type: TransformType | int  # unknown types kept as int (RFC 7296 3.3.6: reject that proposal)
     id: int
     key_length: int | None = None  # bits, RFC 7296 3.3.5 attribute 14
 
@@ -31,14 +31,14 @@ class Transform:
 @dataclass
 class Proposal:
     num: int
-    protocol: ProtocolId
+    protocol: ProtocolId | int  # unknown protocol ids kept as int
     spi: bytes = b""
     transforms: list[Transform] = field(default_factory=list)
 
-    def of_type(self, t: TransformType) -> list[Transform]:
+    def of_type(self, t: TransformType | int) -> list[Transform]:
         return [x for x in self.transforms if x.type == t]
 
-    def first(self, t: TransformType) -> Transform | None:
+    def first(self, t: TransformType | int) -> Transform | None:
         for x in self.transforms:
             if x.type == t:
                 return x

@@ -1,0 +1,409 @@
+"""IKE messages: header, payload chains, SK protection and SKF fragmentation (sans-IO).
+
+- `decode_message(data)`: IKE header (RFC 7296 3.1) + plaintext payloads; SK/SKF are kept as received.
+- `decrypt_message(msg, protector)`: verify and decrypt SK (RFC 7296 3.14), parse the inner payloads.
+- `encode_message(msg, protector, fragment_size)`: one datagram, or RFC 7383 SKF fragments.
+- `Reassembler`: RFC 7383 2.6 reassembly with limits and a deadline driven by `now`.
+- `split_natt(datagram)`: RFC 3948 2.2/2.3 demultiplexing of a UDP 4500 payload.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, TypeVar
+
+from ..buffer import Buffer
+from ..constants import (
+    IKE_HEADER_LEN,
+    IKE_VERSION,
+    NAT_KEEPALIVE,
+    NON_ESP_MARKER,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    PayloadType,
+)
+from ..errors import DecodeError, LocalError, ProtocolError
+from .payloads import NotifyPayload, Payload, SkfPayload, SkPayload
+from .summary import describe_message, summarize
+from .wire import ENCRYPTED_TYPES, encode_payloads, pull_chain, pull_header, push_chain
+
+# RFC 7296 3.1: SPIi(8) SPIr(8) NextPayload(1) Version(1) Exchange(1) Flags(1) MessageID(4) Length(4)
+_HEADER = struct.Struct("!8s8sBBBBII")
+_GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
+_SKF_HEADER = struct.Struct("!BBHHH")  # RFC 7383 2.5: generic header + Fragment Number + Total Fragments
+SK_HEADER_LEN = 4
+SKF_HEADER_LEN = 8
+MAX_MESSAGE_SIZE = 65535 - 8  # largest UDP payload; RFC 7296 2.8 needs far less
+
+_EXCHANGES: dict[int, ExchangeType] = {m.value: m for m in ExchangeType}
+_FLAGS: list[HeaderFlag] = [HeaderFlag(i) for i in range(256)]
+
+T = TypeVar("T")
+
+
+class SkProtector(Protocol):
+    """One direction of SK protection (implemented by `core_ike.crypto.sk`).
+
+    `prefix` is everything before the IV with final lengths: the IKE header and the SK (or SKF)
+    header, plus the fragment number/total for SKF (RFC 7296 3.14, RFC 5282 5.1, RFC 7383 2.5).
+    """
+
+    def sealed_length(self, plaintext_len: int) -> int:
+        """len(IV | ciphertext incl. padding and Pad Length | ICV) for `plaintext_len` octets."""
+        ...
+
+    def seal(self, prefix: bytes, plaintext: bytes) -> bytes:
+        """Pad, encrypt and authenticate; returns IV | ciphertext | ICV."""
+        ...
+
+    def open(self, prefix: bytes, body: bytes) -> bytes:
+        """Verify the ICV (IntegrityError), decrypt and strip the padding."""
+        ...
+
+
+@dataclass
+class Message:
+    spi_i: bytes
+    spi_r: bytes
+    exchange: int  # ExchangeType member when known, else the raw value
+    flags: HeaderFlag
+    message_id: int
+    payloads: list[Payload] = field(default_factory=list)  # inner payloads for protected messages
+    encrypted: bool = False  # payloads are (to be) carried inside SK
+    raw: bytes = b""  # as received, from the IKE header on (fragment 1 for reassembled messages)
+    sk: SkPayload | SkfPayload | None = None  # as received, before decryption
+    decrypted: bool = False  # `sk` was verified and its inner payloads are in `payloads`
+    unprotected: int = 0  # leading entries of `payloads` that were outside SK (RFC 7296 3.14)
+
+    # --- header flags (RFC 7296 3.1) -----------------------------------------------------------
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flags & HeaderFlag.RESPONSE)
+
+    @property
+    def is_request(self) -> bool:
+        return not self.flags & HeaderFlag.RESPONSE
+
+    @property
+    def is_initiator(self) -> bool:
+        """I flag: sent by the original initiator of the IKE SA."""
+        return bool(self.flags & HeaderFlag.INITIATOR)
+
+    # --- payload access ------------------------------------------------------------------------
+    def get(self, ptype: int) -> Payload | None:
+        for p in self.payloads:
+            if p.ptype == ptype:
+                return p
+        return None
+
+    def get_all(self, ptype: int) -> list[Payload]:
+        return [p for p in self.payloads if p.ptype == ptype]
+
+    def first(self, cls: type[T]) -> T | None:
+        """Typed access: the first payload that is an instance of `cls`."""
+        for p in self.payloads:
+            if isinstance(p, cls):
+                return p
+        return None
+
+    def all_of(self, cls: type[T]) -> list[T]:
+        return [p for p in self.payloads if isinstance(p, cls)]
+
+    def notify(self, ntype: int) -> NotifyPayload | None:
+        for p in self.payloads:
+            if isinstance(p, NotifyPayload) and p.type == ntype:
+                return p
+        return None
+
+    def notifies(self, ntype: int | None = None) -> list[NotifyPayload]:
+        """All notifies of `ntype` (all notifies when None)."""
+        return [
+            p for p in self.payloads
+            if isinstance(p, NotifyPayload) and (ntype is None or p.type == ntype)
+        ]
+
+    def error_notify(self) -> NotifyPayload | None:
+        """The first error notify (type < 16384, RFC 7296 3.10.1), if any."""
+        for p in self.payloads:
+            if isinstance(p, NotifyPayload) and p.is_error:
+                return p
+        return None
+
+    # --- logging -------------------------------------------------------------------------------
+    def summary(self) -> str:
+        """strongSwan-style payload list, e.g. `[ SA KE No N(NATD_S_IP) N(NATD_D_IP) ]`."""
+        return summarize(self.payloads, self.sk, self.decrypted)
+
+    def describe(self) -> str:
+        """e.g. `IKE_SA_INIT request 0 [ SA KE No ]` (follows strongSwan's generating/parsed lines)."""
+        return describe_message(self.exchange, self.is_response, self.message_id, self.summary())
+
+
+# --- decoding --------------------------------------------------------------------------------------
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse the IKE header and the plaintext payloads; SK/SKF are kept raw in `msg.sk`."""
+    n = len(data)
+    if n < IKE_HEADER_LEN:
+        raise DecodeError(f"IKE message of {n} octets shorter than the {IKE_HEADER_LEN}-octet header")
+    if n > MAX_MESSAGE_SIZE:
+        raise DecodeError(f"IKE message of {n} octets exceeds {MAX_MESSAGE_SIZE}")
+    spi_i, spi_r, first, version, exchange, flags, mid, length = _HEADER.unpack_from(data)
+    if version >> 4 != IKE_VERSION >> 4:
+        # RFC 7296 2.5 / 3.1: answer with the highest version we support; minor version ignored
+        raise ProtocolError(
+            f"IKE major version {version >> 4} not supported", NotifyType.INVALID_MAJOR_VERSION
+        )
+    if length != n:
+        raise DecodeError(f"IKE header length {length} differs from the datagram length {n}")
+    buf = Buffer(data)
+    buf.pos = IKE_HEADER_LEN
+    payloads, stop = pull_chain(buf, first, ENCRYPTED_TYPES)
+    sk = _pull_encrypted(buf, data, stop) if stop else None
+    return Message(
+        spi_i, spi_r, _EXCHANGES.get(exchange, exchange), _FLAGS[flags], mid, payloads,
+        encrypted=sk is not None, raw=data, sk=sk,
+    )
+
+
+def _pull_encrypted(buf: Buffer, data: bytes, ptype: int) -> SkPayload | SkfPayload:
+    start = buf.pos
+    nxt, _crit, body_len = pull_header(buf)
+    if body_len != buf.remaining:
+        # RFC 7296 3.14 / RFC 7383 2.5: SK and SKF are the last payload; one per message
+        raise DecodeError(
+            f"{buf.remaining - body_len} octets after the encrypted payload (type {ptype}); it must be last"
+        )
+    if ptype == PayloadType.SK:
+        return SkPayload(nxt, data[: start + SK_HEADER_LEN], data[start + SK_HEADER_LEN :])
+    if body_len < 4:
+        raise DecodeError(f"SKF payload body of {body_len} octets lacks fragment number and total")
+    number = buf.pull_u16()
+    total = buf.pull_u16()
+    if number == 0 or number > total:
+        # RFC 7383 2.6: invalid fragment numbers are discarded
+        raise DecodeError(f"SKF fragment number {number} invalid for total {total}")
+    if number != 1 and nxt != PayloadType.NONE:
+        raise DecodeError(f"SKF fragment {number} has Next Payload {nxt}; only fragment 1 may")  # 2.5
+    split = start + SKF_HEADER_LEN
+    return SkfPayload(nxt, number, total, data[:split], data[split:])
+
+
+def _parse_inner(plaintext: bytes, first: int) -> list[Payload]:
+    """Inner payloads of a verified SK: syntax errors are now answerable (RFC 7296 3.10.1)."""
+    try:
+        payloads, stop = pull_chain(Buffer(plaintext), first, ENCRYPTED_TYPES)
+    except DecodeError as e:
+        raise ProtocolError(f"invalid encrypted payload contents: {e}", NotifyType.INVALID_SYNTAX) from e
+    if stop:
+        raise ProtocolError(f"nested encrypted payload (type {stop})", NotifyType.INVALID_SYNTAX)
+    return payloads
+
+
+def decrypt_message(msg: Message, protector: SkProtector) -> Message:
+    """Verify and decrypt SK; returns a new Message whose payloads include the inner ones.
+
+    IntegrityError (a DecodeError) when the ICV fails: drop silently (RFC 7296 2.21.2).
+    A message without SK, or already decrypted, is returned unchanged.
+    """
+    sk = msg.sk
+    if sk is None or msg.decrypted:
+        return msg
+    if isinstance(sk, SkfPayload):
+        raise LocalError("SKF fragments are decrypted by a Reassembler")
+    inner = _parse_inner(protector.open(sk.prefix, sk.body), sk.first_inner)
+    return replace(
+        msg, payloads=msg.payloads + inner, decrypted=True, unprotected=len(msg.payloads)
+    )
+
+
+# --- encoding --------------------------------------------------------------------------------------
+
+
+def _header(msg: Message, first: int, length: int) -> bytes:
+    if len(msg.spi_i) != 8 or len(msg.spi_r) != 8:
+        raise LocalError(f"IKE SPIs must be 8 octets ({len(msg.spi_i)}, {len(msg.spi_r)})")
+    return _HEADER.pack(
+        msg.spi_i, msg.spi_r, first, IKE_VERSION, int(msg.exchange), int(msg.flags),
+        msg.message_id, length,
+    )
+
+
+def encode_message(
+    msg: Message, protector: SkProtector | None = None, fragment_size: int | None = None
+) -> list[bytes]:
+    """Encode `msg` into datagrams (without the non-ESP marker).
+
+    Plaintext messages give one datagram. With `msg.encrypted` all payloads go inside SK sealed by
+    `protector`; if `fragment_size` (maximum IKE message length, header included) is set and the
+    message is larger, RFC 7383 SKF fragments are produced instead, each sealed separately.
+    """
+    first = int(msg.payloads[0].ptype) if msg.payloads else PayloadType.NONE
+    if not msg.encrypted:
+        buf = Buffer()
+        buf.push_bytes(_header(msg, first, 0))
+        push_chain(buf, msg.payloads)
+        buf.patch_u32(24, buf.tell)
+        return [buf.getvalue()]
+    if protector is None:
+        raise LocalError("encrypted message needs a protector")
+    inner = encode_payloads(msg.payloads)
+    sealed = protector.sealed_length(len(inner))
+    total = IKE_HEADER_LEN + SK_HEADER_LEN + sealed
+    if fragment_size is None or total <= fragment_size:
+        prefix = _header(msg, PayloadType.SK, total) + _GENERIC.pack(first, 0, SK_HEADER_LEN + sealed)
+        return [prefix + _seal(protector, prefix, inner, sealed)]
+    return _fragment(msg, protector, inner, first, fragment_size)
+
+
+def _seal(protector: SkProtector, prefix: bytes, plaintext: bytes, sealed: int) -> bytes:
+    body = protector.seal(prefix, plaintext)
+    if len(body) != sealed:
+        raise LocalError(f"protector sealed {len(body)} octets, announced {sealed}")
+    return body
+
+
+def _max_chunk(protector: SkProtector, room: int, limit: int) -> int:
+    """Largest plaintext length n <= limit with sealed_length(n) <= room (binary search)."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if protector.sealed_length(mid) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _fragment(
+    msg: Message, protector: SkProtector, inner: bytes, first: int, fragment_size: int
+) -> list[bytes]:
+    """RFC 7383 2.5: split the inner payload octets over SKF payloads of one Message ID."""
+    room = fragment_size - IKE_HEADER_LEN - SKF_HEADER_LEN
+    chunk = _max_chunk(protector, room, len(inner))
+    if chunk < 1:
+        raise LocalError(f"fragment_size {fragment_size} leaves no room for fragment data")
+    total = -(-len(inner) // chunk)
+    if total > 0xFFFF:
+        raise LocalError(f"{total} fragments exceed the 16-bit Total Fragments field")
+    out: list[bytes] = []
+    for i in range(total):
+        part = inner[i * chunk : (i + 1) * chunk]
+        sealed = protector.sealed_length(len(part))
+        length = IKE_HEADER_LEN + SKF_HEADER_LEN + sealed
+        # RFC 7383 2.5: Next Payload is the first inner type in fragment 1 only, else 0
+        nxt = first if i == 0 else PayloadType.NONE
+        prefix = _header(msg, PayloadType.SKF, length) + _SKF_HEADER.pack(
+            nxt, 0, SKF_HEADER_LEN + sealed, i + 1, total
+        )
+        out.append(prefix + _seal(protector, prefix, part, sealed))
+    return out
+
+
+# --- RFC 7383 reassembly ---------------------------------------------------------------------------
+
+ReassemblyKey = tuple[bytes, bytes, int, bool]
+
+
+@dataclass
+class _Partial:
+    total: int
+    deadline: float
+    parts: dict[int, bytes] = field(default_factory=dict)  # fragment number -> plaintext
+    size: int = 0
+    first: Message | None = None  # fragment 1 (header, Next Payload, raw)
+
+
+class Reassembler:
+    """Collects SKF fragments per (SPIi, SPIr, Message ID, response flag) (RFC 7383 2.6).
+
+    Each fragment is verified and decrypted when it arrives, so forged fragments cannot poison a
+    reassembly (RFC 7383 2.6 / 5). Limits bound memory; an incomplete message is dropped once its
+    deadline (`timeout` after its first fragment) has passed.
+    """
+
+    def __init__(self, max_fragments: int = 32, max_size: int = 65536, timeout: float = 30.0) -> None:
+        self.max_fragments = max_fragments
+        self.max_size = max_size
+        self.timeout = timeout
+        self._partials: dict[ReassemblyKey, _Partial] = {}
+
+    def __len__(self) -> int:
+        return len(self._partials)
+
+    def next_deadline(self) -> float | None:
+        return min((p.deadline for p in self._partials.values()), default=None)
+
+    def expire(self, now: float) -> list[ReassemblyKey]:
+        """Drop reassemblies whose deadline passed; returns their keys (for a log line)."""
+        gone = [k for k, p in self._partials.items() if p.deadline <= now]
+        for k in gone:
+            del self._partials[k]
+        return gone
+
+    def discard(self, key: ReassemblyKey) -> None:
+        self._partials.pop(key, None)
+
+    def add(self, msg: Message, protector: SkProtector, now: float) -> Message | None:
+        """Feed one decoded SKF message; returns the assembled, decrypted Message when complete.
+
+        Raises IntegrityError for a fragment failing its ICV (drop it, keep the others),
+        DecodeError when a limit is exceeded (the whole reassembly is dropped).
+        """
+        skf = msg.sk
+        if not isinstance(skf, SkfPayload):
+            raise LocalError("Reassembler.add needs a message carrying an SKF payload")
+        self.expire(now)
+        if skf.total > self.max_fragments:
+            raise DecodeError(f"{skf.total} fragments announced, limit {self.max_fragments}")
+        key: ReassemblyKey = (msg.spi_i, msg.spi_r, msg.message_id, msg.is_response)
+        part = self._partials.get(key)
+        if part is not None and (
+            skf.total < part.total or (skf.total == part.total and skf.number in part.parts)
+        ):
+            return None  # RFC 7383 2.6: smaller Total Fragments or duplicate: discard the fragment
+        plaintext = protector.open(skf.prefix, skf.body)  # IntegrityError propagates
+        if part is None or skf.total > part.total:
+            # RFC 7383 2.6: a larger total means the sender re-fragmented; start over
+            part = _Partial(skf.total, now + self.timeout)
+            self._partials[key] = part
+        if part.size + len(plaintext) > self.max_size:
+            del self._partials[key]
+            raise DecodeError(f"reassembled message exceeds {self.max_size} octets")
+        part.parts[skf.number] = plaintext
+        part.size += len(plaintext)
+        if skf.number == 1:
+            part.first = msg
+        if len(part.parts) < part.total:
+            return None
+        del self._partials[key]
+        return _assemble(part)
+
+
+def _assemble(part: _Partial) -> Message:
+    first = part.first
+    assert first is not None and isinstance(first.sk, SkfPayload)  # all numbers 1..total present
+    data = b"".join(part.parts[i] for i in range(1, part.total + 1))
+    inner = _parse_inner(data, first.sk.first_inner)
+    return replace(
+        first, payloads=first.payloads + inner, decrypted=True, unprotected=len(first.payloads)
+    )
+
+
+# --- UDP 4500 demultiplexing -----------------------------------------------------------------------
+
+NattKind = Literal["keepalive", "ike", "esp"]
+
+
+def split_natt(datagram: bytes) -> tuple[NattKind, bytes]:
+    """RFC 3948 2.2/2.3: 0xFF alone = NAT-keepalive; 4 zero octets = IKE (marker stripped); else ESP."""
+    if datagram == NAT_KEEPALIVE:
+        return "keepalive", b""
+    if len(datagram) < 4:
+        raise DecodeError(f"UDP payload of {len(datagram)} octets is neither keepalive, IKE nor ESP")
+    if datagram[:4] == NON_ESP_MARKER:
+        return "ike", datagram[4:]
+    return "esp", datagram

@@ -1,0 +1,538 @@
+"""Payload bodies on the wire: `pull_x(buf)` / `push_x(buf, v)` pairs and a registry by wire type.
+
+Each `pull_x` receives a `Buffer` that covers exactly one payload *body* (the octets after the 4-octet
+generic payload header) and must consume all of it; each `push_x` appends a body. The generic header
+and payload chains are handled by `pull_chain` / `push_chain` (RFC 7296 3.2). SK and SKF are not in the
+registry: they need the whole datagram (their ICV covers the IKE header) and live in `codec.message`.
+
+Every length inconsistency raises `DecodeError` with the offending numbers in the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from ..buffer import Buffer
+from ..constants import (
+    CfgType,
+    IdType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+    TransformAttr,
+    TransformType,
+    TsType,
+)
+from ..errors import DecodeError, LocalError, ProtocolError
+from .payloads import (
+    AuthPayload,
+    CertPayload,
+    CertReqPayload,
+    CfgAttribute,
+    CpPayload,
+    DeletePayload,
+    EapPayload,
+    IdPayload,
+    KePayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    Proposal,
+    SaPayload,
+    TrafficSelector,
+    Transform,
+    TsPayload,
+    UnknownPayload,
+    VendorIdPayload,
+)
+
+GENERIC_HEADER_LEN = 4  # RFC 7296 3.2
+CRITICAL = 0x80  # RFC 7296 3.2: C bit
+
+# Value -> enum member lookups (faster than calling the enum on the hot path); unknown stay int.
+_PAYLOAD_TYPES: dict[int, PayloadType] = {m.value: m for m in PayloadType}
+_NOTIFY_TYPES: dict[int, NotifyType] = {m.value: m for m in NotifyType}
+_PROTOCOLS: dict[int, ProtocolId] = {m.value: m for m in ProtocolId}
+_TRANSFORM_TYPES: dict[int, TransformType] = {m.value: m for m in TransformType}
+_ID_TYPES: dict[int, IdType] = {m.value: m for m in IdType}
+_CFG_TYPES: dict[int, CfgType] = {m.value: m for m in CfgType}
+
+
+def _rest(buf: Buffer) -> bytes:
+    return buf.pull_bytes(buf.remaining)
+
+
+def _need_body(buf: Buffer, n: int, what: str) -> None:
+    if buf.remaining < n:
+        raise DecodeError(f"{what} body too short: {buf.remaining} octets, need at least {n}")
+
+
+# --- SA (RFC 7296 3.3) ---------------------------------------------------------------------------
+
+_LAST_PROPOSAL, _MORE_PROPOSALS = 0, 2  # RFC 7296 3.3.1
+_LAST_TRANSFORM, _MORE_TRANSFORMS = 0, 3  # RFC 7296 3.3.2
+_AF_TV = 0x8000  # RFC 7296 3.3.5: attribute format bit (1 = TV)
+
+
+def _pull_attributes(buf: Buffer) -> int | None:
+    """RFC 7296 3.3.5: only Key Length (TV, type 14) is defined; unknown attributes are skipped."""
+    key_length: int | None = None
+    while not buf.eof():
+        _need_body(buf, 4, "transform attribute")
+        af_type = buf.pull_u16()
+        if af_type & _AF_TV:
+            value = buf.pull_u16()
+            if af_type & 0x7FFF == TransformAttr.KEY_LENGTH:
+                key_length = value
+        else:
+            length = buf.pull_u16()
+            if length > buf.remaining:
+                raise DecodeError(
+                    f"transform attribute {af_type} length {length} exceeds {buf.remaining} remaining"
+                )
+            buf.pull_bytes(length)  # TLV attribute: skipped (none defined for IKEv2)
+    return key_length
+
+
+def _pull_transform(buf: Buffer) -> tuple[bool, Transform]:
+    _need_body(buf, 8, "transform")
+    more = buf.pull_u8()
+    buf.pull_u8()
+    length = buf.pull_u16()
+    if more not in (_LAST_TRANSFORM, _MORE_TRANSFORMS):
+        raise DecodeError(f"transform Last Substruc {more} is neither 0 nor 3")
+    if length < 8 or length - 4 > buf.remaining:
+        raise DecodeError(f"transform length {length} invalid ({buf.remaining + 4} octets left)")
+    ttype = buf.pull_u8()
+    buf.pull_u8()
+    tid = buf.pull_u16()
+    key_length = _pull_attributes(buf.sub(length - 8))
+    t = Transform(_TRANSFORM_TYPES.get(ttype, ttype), tid, key_length)  # unknown types kept (3.3.6)
+    return more == _MORE_TRANSFORMS, t
+
+
+def _pull_proposal(buf: Buffer) -> tuple[bool, Proposal]:
+    _need_body(buf, 8, "proposal")
+    more = buf.pull_u8()
+    buf.pull_u8()
+    length = buf.pull_u16()
+    if more not in (_LAST_PROPOSAL, _MORE_PROPOSALS):
+        raise DecodeError(f"proposal Last Substruc {more} is neither 0 nor 2")
+    if length < 8 or length - 4 > buf.remaining:
+        raise DecodeError(f"proposal length {length} invalid ({buf.remaining + 4} octets left)")
+    body = buf.sub(length - 4)
+    num = body.pull_u8()
+    proto = body.pull_u8()
+    spi_size = body.pull_u8()
+    n_transforms = body.pull_u8()
+    if spi_size > body.remaining:
+        raise DecodeError(f"proposal SPI size {spi_size} exceeds proposal length {length}")
+    spi = body.pull_bytes(spi_size)
+    transforms: list[Transform] = []
+    more_t = n_transforms > 0
+    while more_t:
+        more_t, t = _pull_transform(body)
+        transforms.append(t)
+    if len(transforms) != n_transforms or not body.eof():
+        raise DecodeError(
+            f"proposal {num}: {n_transforms} transforms announced, {len(transforms)} found, "
+            f"{body.remaining} octets left over"
+        )
+    # RFC 7296 3.3.1: numbering (1, 2, ...) is not enforced: a response echoes the chosen number
+    p = Proposal(num, _PROTOCOLS.get(proto, proto), spi, transforms)
+    return more == _MORE_PROPOSALS, p
+
+
+def pull_sa(buf: Buffer) -> SaPayload:
+    proposals: list[Proposal] = []
+    more = not buf.eof()
+    while more:
+        if buf.eof():
+            raise DecodeError("SA payload: Last Substruc announces another proposal, none present")
+        more, p = _pull_proposal(buf)
+        proposals.append(p)
+    if not buf.eof():
+        raise DecodeError(f"SA payload: {buf.remaining} octets after the last proposal")
+    return SaPayload(proposals)
+
+
+def push_sa(buf: Buffer, v: SaPayload) -> None:
+    for i, p in enumerate(v.proposals):
+        start = buf.tell
+        buf.push_u8(_MORE_PROPOSALS if i + 1 < len(v.proposals) else _LAST_PROPOSAL)
+        buf.push_u8(0)
+        buf.push_u16(0)  # patched below
+        buf.push_u8(p.num)
+        buf.push_u8(int(p.protocol))
+        buf.push_u8(len(p.spi))
+        buf.push_u8(len(p.transforms))
+        buf.push_bytes(p.spi)
+        for j, t in enumerate(p.transforms):
+            buf.push_u8(_MORE_TRANSFORMS if j + 1 < len(p.transforms) else _LAST_TRANSFORM)
+            buf.push_u8(0)
+            buf.push_u16(12 if t.key_length is not None else 8)
+            buf.push_u8(int(t.type))
+            buf.push_u8(0)
+            buf.push_u16(t.id)
+            if t.key_length is not None:
+                buf.push_u16(_AF_TV | TransformAttr.KEY_LENGTH)  # 0x800E
+                buf.push_u16(t.key_length)
+        buf.patch_u16(start + 2, buf.tell - start)
+
+
+# --- KE, ID, CERT, CERTREQ, AUTH, Nonce, V, EAP (RFC 7296 3.4-3.9, 3.12, 3.16) ----------------
+
+
+def pull_ke(buf: Buffer) -> KePayload:
+    _need_body(buf, 4, "KE")  # RFC 7296 3.4: Group(2) RESERVED(2) data
+    group = buf.pull_u16()
+    buf.pull_u16()
+    return KePayload(group, _rest(buf))
+
+
+def push_ke(buf: Buffer, v: KePayload) -> None:
+    buf.push_u16(v.group)
+    buf.push_u16(0)
+    buf.push_bytes(v.data)
+
+
+_ID_ADDR_LEN: dict[int, int] = {IdType.IPV4_ADDR: 4, IdType.IPV6_ADDR: 16}  # RFC 7296 3.5
+
+
+def pull_id(buf: Buffer, ptype: int = PayloadType.IDi) -> IdPayload:
+    """IDi/IDr (RFC 7296 3.5) and ID_PEER (ME draft 4.3): IDType(1) RESERVED(3) data."""
+    _need_body(buf, 4, "ID")
+    raw_body = buf.pull_bytes(buf.remaining)
+    id_type = raw_body[0]
+    data = raw_body[4:]
+    want = _ID_ADDR_LEN.get(id_type)
+    if want is not None and len(data) != want:
+        raise DecodeError(f"ID type {id_type}: address of {len(data)} octets, expected {want}")
+    pt = _PAYLOAD_TYPES.get(ptype, PayloadType.IDi)
+    return IdPayload(pt, _ID_TYPES.get(id_type, id_type), data, raw_body)
+
+
+def push_id(buf: Buffer, v: IdPayload) -> None:
+    buf.push_bytes(v.body)  # as received when re-sent (RFC 7296 2.15 signs these octets)
+
+
+def pull_cert(buf: Buffer) -> CertPayload:
+    _need_body(buf, 1, "CERT")  # RFC 7296 3.6: Encoding(1) data
+    enc = buf.pull_u8()
+    return CertPayload(enc, _rest(buf))
+
+
+def push_cert(buf: Buffer, v: CertPayload) -> None:
+    buf.push_u8(v.encoding)
+    buf.push_bytes(v.data)
+
+
+def pull_certreq(buf: Buffer) -> CertReqPayload:
+    _need_body(buf, 1, "CERTREQ")  # RFC 7296 3.7: Encoding(1) CA hashes
+    enc = buf.pull_u8()
+    return CertReqPayload(enc, _rest(buf))
+
+
+def push_certreq(buf: Buffer, v: CertReqPayload) -> None:
+    buf.push_u8(v.encoding)
+    buf.push_bytes(v.data)
+
+
+def pull_auth(buf: Buffer) -> AuthPayload:
+    _need_body(buf, 4, "AUTH")  # RFC 7296 3.8: Method(1) RESERVED(3) data
+    method = buf.pull_u8()
+    buf.pull_bytes(3)
+    return AuthPayload(method, _rest(buf))
+
+
+def push_auth(buf: Buffer, v: AuthPayload) -> None:
+    buf.push_u8(v.method)
+    buf.push_bytes(b"\x00\x00\x00")
+    buf.push_bytes(v.data)
+
+
+NONCE_MIN, NONCE_MAX = 16, 256  # RFC 7296 3.9
+
+
+def pull_nonce(buf: Buffer) -> NoncePayload:
+    n = buf.remaining
+    if not NONCE_MIN <= n <= NONCE_MAX:  # RFC 7296 3.9: 16..256 octets
+        raise DecodeError(f"nonce of {n} octets outside {NONCE_MIN}..{NONCE_MAX}")
+    return NoncePayload(_rest(buf))
+
+
+def push_nonce(buf: Buffer, v: NoncePayload) -> None:
+    buf.push_bytes(v.data)
+
+
+def pull_vendor_id(buf: Buffer) -> VendorIdPayload:
+    return VendorIdPayload(_rest(buf))  # RFC 7296 3.12: opaque
+
+
+def push_vendor_id(buf: Buffer, v: VendorIdPayload) -> None:
+    buf.push_bytes(v.data)
+
+
+def pull_eap(buf: Buffer) -> EapPayload:
+    return EapPayload(_rest(buf))  # RFC 7296 3.16: the EAP message, opaque here
+
+
+def push_eap(buf: Buffer, v: EapPayload) -> None:
+    buf.push_bytes(v.data)
+
+
+# --- Notify, Delete (RFC 7296 3.10, 3.11) ----------------------------------------------------------
+
+
+def pull_notify(buf: Buffer) -> NotifyPayload:
+    _need_body(buf, 4, "Notify")  # ProtocolID(1) SPISize(1) Type(2) SPI data
+    proto = buf.pull_u8()
+    spi_size = buf.pull_u8()
+    ntype = buf.pull_u16()
+    if spi_size > buf.remaining:
+        raise DecodeError(f"Notify {ntype}: SPI size {spi_size} exceeds {buf.remaining} remaining octets")
+    spi = buf.pull_bytes(spi_size)
+    return NotifyPayload(
+        _NOTIFY_TYPES.get(ntype, ntype), _rest(buf), _PROTOCOLS.get(proto, proto), spi
+    )
+
+
+def push_notify(buf: Buffer, v: NotifyPayload) -> None:
+    buf.push_u8(int(v.protocol))
+    buf.push_u8(len(v.spi))
+    buf.push_u16(int(v.type))
+    buf.push_bytes(v.spi)
+    buf.push_bytes(v.data)
+
+
+def pull_delete(buf: Buffer) -> DeletePayload:
+    _need_body(buf, 4, "Delete")  # ProtocolID(1) SPISize(1) NumSPIs(2) SPIs
+    proto = buf.pull_u8()
+    spi_size = buf.pull_u8()
+    count = buf.pull_u16()
+    if spi_size * count != buf.remaining:
+        raise DecodeError(
+            f"Delete: {count} SPIs of {spi_size} octets need {spi_size * count}, have {buf.remaining}"
+        )
+    spis = [buf.pull_bytes(spi_size) for _ in range(count)]
+    return DeletePayload(_PROTOCOLS.get(proto, proto), spis)
+
+
+def push_delete(buf: Buffer, v: DeletePayload) -> None:
+    sizes = {len(s) for s in v.spis}
+    if len(sizes) > 1:
+        raise LocalError(f"Delete payload with SPIs of different sizes {sorted(sizes)}")
+    buf.push_u8(int(v.protocol))
+    buf.push_u8(sizes.pop() if sizes else 0)
+    buf.push_u16(len(v.spis))
+    for s in v.spis:
+        buf.push_bytes(s)
+
+
+# --- Traffic selectors (RFC 7296 3.13) -------------------------------------------------------------
+
+_TS_LEN: dict[int, tuple[int, int]] = {TsType.IPV4_ADDR_RANGE: (16, 4), TsType.IPV6_ADDR_RANGE: (40, 16)}
+
+
+def pull_ts(buf: Buffer, ptype: int = PayloadType.TSi) -> TsPayload:
+    _need_body(buf, 4, "TS")  # NumTS(1) RESERVED(3) selectors
+    count = buf.pull_u8()
+    buf.pull_bytes(3)
+    selectors: list[TrafficSelector] = []
+    for i in range(count):
+        _need_body(buf, 4, f"traffic selector {i + 1}/{count}")
+        ts_type = buf.pull_u8()
+        proto = buf.pull_u8()
+        length = buf.pull_u16()
+        if length < 4 or length - 4 > buf.remaining:
+            raise DecodeError(f"traffic selector {i + 1}: length {length}, {buf.remaining + 4} left")
+        body = buf.sub(length - 4)
+        known = _TS_LEN.get(ts_type)
+        if known is None:
+            continue  # RFC 7296 3.13.1: other TS types (e.g. FC) are not ours; skip by length
+        if length != known[0]:
+            raise DecodeError(f"traffic selector type {ts_type}: length {length}, expected {known[0]}")
+        sport = body.pull_u16()
+        eport = body.pull_u16()
+        a = body.pull_bytes(known[1])
+        b = body.pull_bytes(known[1])
+        selectors.append(TrafficSelector(TsType(ts_type), proto, sport, eport, a, b))
+    if not buf.eof():
+        raise DecodeError(f"TS payload: {buf.remaining} octets after {count} selectors")
+    return TsPayload(_PAYLOAD_TYPES.get(ptype, PayloadType.TSi), selectors)
+
+
+def push_ts(buf: Buffer, v: TsPayload) -> None:
+    buf.push_u8(len(v.selectors))
+    buf.push_bytes(b"\x00\x00\x00")
+    for s in v.selectors:
+        want = _TS_LEN[s.ts_type][1]
+        if len(s.start_addr) != want or len(s.end_addr) != want:
+            raise LocalError(f"traffic selector {s.ts_type.name} needs {want}-octet addresses")
+        buf.push_u8(int(s.ts_type))
+        buf.push_u8(s.ip_proto)
+        buf.push_u16(8 + 2 * want)
+        buf.push_u16(s.start_port)
+        buf.push_u16(s.end_port)
+        buf.push_bytes(s.start_addr)
+        buf.push_bytes(s.end_addr)
+
+
+# --- Configuration payload (RFC 7296 3.15) ---------------------------------------------------------
+
+
+def pull_cp(buf: Buffer) -> CpPayload:
+    _need_body(buf, 4, "CP")  # CFGType(1) RESERVED(3) attributes
+    cfg_type = buf.pull_u8()
+    buf.pull_bytes(3)
+    attrs: list[CfgAttribute] = []
+    while not buf.eof():
+        _need_body(buf, 4, "configuration attribute")
+        atype = buf.pull_u16() & 0x7FFF  # RFC 7296 3.15.1: R bit ignored
+        length = buf.pull_u16()
+        if length > buf.remaining:
+            raise DecodeError(f"configuration attribute {atype}: length {length} > {buf.remaining} left")
+        attrs.append(CfgAttribute(atype, buf.pull_bytes(length)))
+    return CpPayload(_CFG_TYPES.get(cfg_type, cfg_type), attrs)
+
+
+def push_cp(buf: Buffer, v: CpPayload) -> None:
+    buf.push_u8(int(v.cfg_type))
+    buf.push_bytes(b"\x00\x00\x00")
+    for a in v.attributes:
+        buf.push_u16(a.type & 0x7FFF)
+        buf.push_u16(len(a.value))
+        buf.push_bytes(a.value)
+
+
+# --- registry and chains ---------------------------------------------------------------------------
+
+
+class PayloadCodec(NamedTuple):
+    pull: Callable[[Buffer, int], Payload]
+    push: Callable[[Buffer, Any], None]
+
+
+def _fixed(f: Callable[[Buffer], Payload]) -> Callable[[Buffer, int], Payload]:
+    def pull(buf: Buffer, ptype: int) -> Payload:
+        return f(buf)
+
+    return pull
+
+
+REGISTRY: dict[int, PayloadCodec] = {
+    PayloadType.SA: PayloadCodec(_fixed(pull_sa), push_sa),
+    PayloadType.KE: PayloadCodec(_fixed(pull_ke), push_ke),
+    PayloadType.IDi: PayloadCodec(pull_id, push_id),
+    PayloadType.IDr: PayloadCodec(pull_id, push_id),
+    PayloadType.ID_PEER: PayloadCodec(pull_id, push_id),
+    PayloadType.CERT: PayloadCodec(_fixed(pull_cert), push_cert),
+    PayloadType.CERTREQ: PayloadCodec(_fixed(pull_certreq), push_certreq),
+    PayloadType.AUTH: PayloadCodec(_fixed(pull_auth), push_auth),
+    PayloadType.NONCE: PayloadCodec(_fixed(pull_nonce), push_nonce),
+    PayloadType.NOTIFY: PayloadCodec(_fixed(pull_notify), push_notify),
+    PayloadType.DELETE: PayloadCodec(_fixed(pull_delete), push_delete),
+    PayloadType.VENDOR_ID: PayloadCodec(_fixed(pull_vendor_id), push_vendor_id),
+    PayloadType.TSi: PayloadCodec(pull_ts, push_ts),
+    PayloadType.TSr: PayloadCodec(pull_ts, push_ts),
+    PayloadType.CP: PayloadCodec(_fixed(pull_cp), push_cp),
+    PayloadType.EAP: PayloadCodec(_fixed(pull_eap), push_eap),
+}
+"""Wire type -> body codec. SK (46) and SKF (53) are framed by `codec.message`."""
+
+ENCRYPTED_TYPES = frozenset((PayloadType.SK, PayloadType.SKF))
+
+
+def pull_header(buf: Buffer) -> tuple[int, bool, int]:
+    """RFC 7296 3.2 generic payload header -> (next payload, critical, body length)."""
+    if buf.remaining < GENERIC_HEADER_LEN:
+        raise DecodeError(f"payload header truncated: {buf.remaining} octets at offset {buf.pos}")
+    nxt = buf.pull_u8()
+    crit = buf.pull_u8() & CRITICAL != 0
+    length = buf.pull_u16()
+    if length < GENERIC_HEADER_LEN:
+        raise DecodeError(f"payload length {length} < {GENERIC_HEADER_LEN} at offset {buf.pos - 4}")
+    if length - GENERIC_HEADER_LEN > buf.remaining:
+        raise DecodeError(
+            f"payload length {length} at offset {buf.pos - 4} exceeds the "
+            f"{buf.remaining + GENERIC_HEADER_LEN} octets left in the message"
+        )
+    return nxt, crit, length - GENERIC_HEADER_LEN
+
+
+def pull_body(buf: Buffer, ptype: int, critical: bool, body_len: int) -> Payload:
+    """Decode one body of `ptype`; unknown types per RFC 7296 2.5 (skip, or reject if critical)."""
+    codec = REGISTRY.get(ptype)
+    body = buf.sub(body_len)
+    if codec is None:
+        if critical:
+            raise ProtocolError(
+                f"unsupported critical payload type {ptype}",
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
+                data=bytes([ptype]),
+            )
+        return UnknownPayload(_PAYLOAD_TYPES.get(ptype, ptype), critical, body.pull_bytes(body_len))
+    payload = codec.pull(body, ptype)
+    if not body.eof():
+        raise DecodeError(f"payload {ptype}: {body.remaining} unparsed octets in the body")
+    return payload
+
+
+def pull_chain(buf: Buffer, first: int, stop: frozenset[int] = frozenset()) -> tuple[list[Payload], int]:
+    """Parse a payload chain starting with type `first` until Next Payload 0 or a type in `stop`.
+
+    Returns (payloads, type where it stopped): 0 when the chain ended, else the stop type (the buffer
+    is left at that payload's generic header). With no stop type the chain must fill the buffer.
+    """
+    payloads: list[Payload] = []
+    ptype = first
+    while ptype != PayloadType.NONE:
+        if ptype in stop:
+            return payloads, ptype
+        nxt, crit, body_len = pull_header(buf)
+        payloads.append(pull_body(buf, ptype, crit, body_len))
+        ptype = nxt
+    if not buf.eof():
+        raise DecodeError(f"{buf.remaining} octets after the last payload (Next Payload 0)")
+    return payloads, PayloadType.NONE
+
+
+def wire_type(p: Payload) -> int:
+    return int(p.ptype)
+
+
+def push_chain(buf: Buffer, payloads: Sequence[Payload], next_after: int = PayloadType.NONE) -> None:
+    """Append generic header + body for each payload; the last one's Next Payload is `next_after`."""
+    n = len(payloads)
+    for i, p in enumerate(payloads):
+        ptype = int(p.ptype)
+        nxt = int(payloads[i + 1].ptype) if i + 1 < n else next_after
+        start = buf.tell
+        buf.push_u8(nxt)
+        if isinstance(p, UnknownPayload):
+            buf.push_u8(CRITICAL if p.critical else 0)
+            buf.push_u16(GENERIC_HEADER_LEN + len(p.data))
+            buf.push_bytes(p.data)
+            continue
+        codec = REGISTRY.get(ptype)
+        if codec is None:
+            raise LocalError(f"cannot encode payload type {ptype} ({type(p).__name__}) in a chain")
+        buf.push_u8(0)  # RFC 7296 3.2: C = 0 for all payloads defined there
+        buf.push_u16(0)
+        codec.push(buf, p)
+        length = buf.tell - start
+        if length > 0xFFFF:
+            raise LocalError(f"payload type {ptype} of {length} octets exceeds 65535")
+        buf.patch_u16(start + 2, length)
+
+
+def encode_payloads(payloads: Sequence[Payload]) -> bytes:
+    buf = Buffer()
+    push_chain(buf, payloads)
+    return buf.getvalue()
+
+
+def decode_payloads(data: bytes, first: int) -> list[Payload]:
+    payloads, _ = pull_chain(Buffer(data), first)
+    return payloads
