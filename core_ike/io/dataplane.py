@@ -1,0 +1,209 @@
+"""Pluggable data-plane interface: what the IKE daemon asks of an IPsec backend.
+
+The IKE engine turns CHILD_SA events into calls here (install / update / delete SA, install /
+delete policy) and drains `DataPlaneEvent`s (lifetime expiry, acquire) back. Two backends implement
+it: `core_ike.io.userspace.UserspaceDataPlane` (ESP over TUN in Python, the default on hosts whose
+kernel lacks ESP) and `core_ike.io.xfrm.XfrmDataPlane` (kernel SAs through NETLINK_XFRM).
+
+Make-before-break rekey (RFC 7296 2.8): install the new inbound SA, then the new outbound SA with
+`update_sa`/`install_sa`, then delete the old SAs; both inbound SAs are accepted meanwhile.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Protocol, runtime_checkable
+
+from ..constants import EncrId, IntegId
+from ..errors import LocalError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Direction(IntEnum):
+    """Values match XFRM_POLICY_IN / OUT / FWD."""
+
+    IN = 0
+    OUT = 1
+    FWD = 2
+
+
+class PolicyAction(IntEnum):
+    PROTECT = 0  # traffic goes through the SA with the policy's reqid
+    TRAP = 1  # like PROTECT but no SA yet: matching traffic raises an Acquire
+    BYPASS = 2
+    DROP = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """Limits; 0 = unlimited. Seconds count from installation (RFC 7296 2.8 rekey timers)."""
+
+    soft_bytes: int = 0
+    hard_bytes: int = 0
+    soft_packets: int = 0
+    hard_packets: int = 0
+    soft_seconds: float = 0.0
+    hard_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SaParams:
+    """One ESP SA, one direction (tunnel mode).
+
+    `src`/`dst` are the outer addresses (for an inbound SA: src = peer, dst = us); the ports are
+    only used with `encap` (ESP-in-UDP, RFC 3948). Keys follow RFC 7296 2.17 KEYMAT: for AES-GCM
+    `encr_key` ends with the 4-octet salt, for CBC `integ_key` is the separate integrity key.
+    """
+
+    spi: int
+    direction: Direction
+    src: str
+    dst: str
+    encr_id: EncrId
+    encr_key_bits: int
+    encr_key: bytes
+    integ_id: IntegId = IntegId.NONE
+    integ_key: bytes = b""
+    src_port: int = 4500
+    dst_port: int = 4500
+    encap: bool = False
+    reqid: int = 0
+    lifetime: Lifetime = field(default_factory=Lifetime)
+    replay_window: int = 128
+    esn: bool = False
+    nat_keepalive: bool | None = None  # None: send keepalives when `encap` (RFC 3948 2.3)
+
+    def __repr__(self) -> str:  # never log keys
+        return (
+            f"SaParams(spi={self.spi:08x}, {self.direction.name}, {self.src}:{self.src_port} -> "
+            f"{self.dst}:{self.dst_port}, encap={self.encap}, {self.encr_id.name}-{self.encr_key_bits}"
+            f"/{self.integ_id.name}, reqid={self.reqid})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSelector:
+    """An address range as a subnet, plus IP protocol (0 = any) and port range (RFC 7296 3.13.1)."""
+
+    subnet: IPNetwork
+    protocol: int = 0
+    port_start: int = 0
+    port_end: int = 65535
+
+    @classmethod
+    def parse(cls, text: str, protocol: int = 0, ports: tuple[int, int] = (0, 65535)) -> TrafficSelector:
+        return cls(ipaddress.ip_network(text, strict=False), protocol, ports[0], ports[1])
+
+    @property
+    def any_port(self) -> bool:
+        return self.port_start == 0 and self.port_end == 65535
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyParams:
+    """Policy for traffic local -> remote (OUT) or remote -> local (IN/FWD), bound to SAs by reqid.
+
+    `tunnel_src`/`tunnel_dst` are the outer addresses of the template (needed by XFRM and for
+    acquires); the userspace backend routes the remote selector into its TUN device.
+    """
+
+    local: TrafficSelector
+    remote: TrafficSelector
+    direction: Direction
+    reqid: int
+    tunnel_src: str = ""
+    tunnel_dst: str = ""
+    action: PolicyAction = PolicyAction.PROTECT
+    priority: int = 0  # 0: backend default (more specific first)
+
+
+@dataclass(frozen=True, slots=True)
+class SaUsage:
+    bytes: int
+    packets: int
+    last_use: float  # backend clock (monotonic seconds); 0.0 = never used
+
+
+# -- events out (design principle 9) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SaExpired:
+    """A lifetime limit was reached: soft -> rekey, hard -> the SA is gone (RFC 7296 2.8)."""
+
+    spi: int
+    direction: Direction
+    reqid: int
+    hard: bool
+    reason: str  # "bytes" | "packets" | "time" | "sequence"
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Traffic matched a TRAP policy without SA: the IKE engine should negotiate one."""
+
+    reqid: int
+    src: str  # packet source / destination that triggered it
+    dst: str
+    protocol: int
+    tunnel_src: str = ""
+    tunnel_dst: str = ""
+
+
+DataPlaneEvent = SaExpired | Acquire
+EventSink = Callable[[DataPlaneEvent], None]
+SendDatagram = Callable[[bytes, tuple[str, int]], None]
+"""`send(data, (host, port))` on the IKE transport's UDP 4500 socket, no non-ESP marker added."""
+
+
+@runtime_checkable
+class DataPlane(Protocol):
+    """What a data-plane backend offers to the IKE daemon."""
+
+    name: str
+
+    def allocate_spi(self, src: str, dst: str, reqid: int = 0) -> int:
+        """A fresh inbound SPI (src = peer, dst = us), unique on this host."""
+        ...
+
+    def install_sa(self, params: SaParams) -> None: ...
+
+    def update_sa(
+        self,
+        spi: int,
+        direction: Direction,
+        *,
+        src: str | None = None,
+        dst: str | None = None,
+        src_port: int | None = None,
+        dst_port: int | None = None,
+        encap: bool | None = None,
+    ) -> None:
+        """Change outer addresses/ports or UDP encapsulation (NAT mapping change, RFC 7296 2.23)."""
+        ...
+
+    def delete_sa(self, spi: int, direction: Direction) -> None: ...
+
+    def install_policy(self, policy: PolicyParams) -> None: ...
+
+    def delete_policy(self, policy: PolicyParams) -> None: ...
+
+    def query_usage(self, spi: int, direction: Direction) -> SaUsage: ...
+
+    def next_event(self) -> DataPlaneEvent | None:
+        """Drain one pending event (None when empty)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DataPlaneError(LocalError):
+    """A backend operation failed (kernel refused, unknown SA...)."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno

@@ -1,0 +1,621 @@
+"""Userspace ESP data plane over a TUN device (the default where the kernel lacks ESP).
+
+Outbound: IP packet read from TUN -> policy lookup (destination, source, protocol, ports) -> the
+current outbound SA of the policy's reqid -> `EspSa.seal` -> ESP-in-UDP through the IKE transport's
+4500 socket (RFC 3948, `send_udp`) or plain ESP on a raw IP protocol 50 socket (RFC 4303).
+Inbound: the transport's demux (RFC 3948 2.2: non-zero first word) calls `receive_esp`; raw ESP
+arrives on our own protocol 50 socket -> SA by SPI -> `open` -> inbound policy check -> TUN.
+
+The 4500 socket must NOT have the UDP_ENCAP option set (the kernel would swallow ESP, netlab.md 5).
+Routes for the remote traffic selectors point into the TUN device (pyroute2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
+from ..constants import NAT_KEEPALIVE
+from ..esp import EspError, EspSa, InboundSad, SequenceExhaustedError
+from .dataplane import (
+    Acquire,
+    DataPlaneError,
+    DataPlaneEvent,
+    Direction,
+    PolicyAction,
+    PolicyParams,
+    SaExpired,
+    SaParams,
+    SaUsage,
+    SendDatagram,
+)
+
+_T = TypeVar("_T")
+log = logging.getLogger("core_ike.io.userspace")
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IPPROTO_ESP = 50
+_READ_BATCH = 64  # packets per readiness callback
+_PORT_PROTOS = (6, 17, 132)  # TCP, UDP, SCTP: ports at the start of the L4 header
+
+
+@dataclass(slots=True)
+class _SaState:
+    params: SaParams
+    esp: EspSa
+    addr: tuple[str, int]
+    installed: float
+    soft_sent: bool = False
+    last_keepalive: float = 0.0
+
+
+@dataclass(slots=True)
+class SaStatus:
+    """One row of the SA listing (for `ikectl list-sas`)."""
+
+    spi: int
+    direction: str
+    reqid: int
+    src: str
+    dst: str
+    encap: bool
+    algorithm: str
+    seq_out: int
+    replay_top: int
+    installed: float
+    counters: dict[str, float | int] = field(default_factory=dict)
+
+
+def _packet_flow(pkt: bytes) -> tuple[Any, Any, int, int, int] | None:
+    """(src, dst, protocol, sport, dport) of an IPv4/IPv6 packet; None if unparsable."""
+    try:
+        if pkt[0] >> 4 == 4:
+            ihl = (pkt[0] & 0x0F) * 4
+            proto, src, dst = pkt[9], pkt[12:16], pkt[16:20]
+            l4 = ihl
+        elif pkt[0] >> 4 == 6:
+            proto, src, dst = pkt[6], pkt[8:24], pkt[24:40]
+            l4 = 40  # extension headers are not walked: such flows match "any port" only
+        else:
+            return None
+        sport = dport = 0
+        if proto in _PORT_PROTOS and len(pkt) >= l4 + 4:
+            sport, dport = struct.unpack_from(">HH", pkt, l4)
+        return ipaddress.ip_address(src), ipaddress.ip_address(dst), proto, sport, dport
+    except (IndexError, ValueError):
+        return None
+
+
+def _ts_match(p: PolicyParams, src: Any, dst: Any, proto: int, sport: int, dport: int, out: bool) -> bool:
+    local, remote = (p.local, p.remote)
+    lo_addr, re_addr, lo_port, re_port = (src, dst, sport, dport) if out else (dst, src, dport, sport)
+    if lo_addr not in local.subnet or re_addr not in remote.subnet:
+        return False
+    for ts, port in ((local, lo_port), (remote, re_port)):
+        if ts.protocol and ts.protocol != proto:
+            return False
+        if not ts.any_port and not ts.port_start <= port <= ts.port_end:
+            return False
+    return True
+
+
+class UserspaceDataPlane:
+    """ESP in Python over TUN; implements `core_ike.io.dataplane.DataPlane`."""
+
+    name = "userspace"
+
+    def __init__(
+        self,
+        send_udp: SendDatagram | None = None,
+        *,
+        tun_name: str = "ipsec0",
+        mtu: int = 1400,
+        tun_addresses: tuple[str, ...] = (),
+        keepalive_interval: float = 20.0,
+        tick_interval: float = 1.0,
+        wakeup: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.send_udp = send_udp
+        self.tun_name = tun_name
+        self.mtu = mtu
+        self.tun_addresses = tun_addresses
+        self.keepalive_interval = keepalive_interval
+        self.tick_interval = tick_interval
+        self.wakeup = wakeup
+        self.clock = clock
+        self.sad = InboundSad()
+        self._sas: dict[tuple[int, Direction], _SaState] = {}
+        self._out_by_reqid: dict[int, _SaState] = {}
+        self._policies: list[PolicyParams] = []
+        self._out_cache: dict[bytes, _SaState | None] = {}
+        self._in_cache: dict[tuple[int, bytes], bool] = {}
+        self._events: deque[DataPlaneEvent] = deque()
+        self._tun_fd = -1
+        self._tun_index = 0
+        self._raw: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._routes: dict[str, int] = {}  # remote subnet -> number of OUT policies using it
+        self._acquired: set[tuple[int, bytes]] = set()
+        self.drop_no_policy = 0  # outbound packet matches no policy / no SA
+        self.drop_policy_mismatch = 0  # decrypted packet outside the SA's inbound selectors
+        self.drop_send_error = 0
+        self.keepalives_sent = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Create and configure the TUN device and register readers (call inside the loop)."""
+        self._loop = loop or asyncio.get_running_loop()
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+        try:
+            ifr = struct.pack("16sH", self.tun_name.encode(), IFF_TUN | IFF_NO_PI)
+            fcntl.ioctl(fd, TUNSETIFF, ifr)
+        except OSError:
+            os.close(fd)
+            raise
+        self._tun_fd = fd
+
+        def setup(ipr: Any) -> int:
+            index = int(ipr.link_lookup(ifname=self.tun_name)[0])
+            ipr.link("set", index=index, mtu=self.mtu, state="up")
+            for a in self.tun_addresses:
+                iface = ipaddress.ip_interface(a)
+                ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            return index
+
+        self._tun_index = _with_iproute(setup)
+        self._loop.add_reader(fd, self._on_tun_readable)
+        self._tick = self._loop.call_later(self.tick_interval, self._on_tick)
+        log.info("userspace ESP data plane on %s (mtu %d)", self.tun_name, self.mtu)
+
+    def close(self) -> None:
+        if self._tick:
+            self._tick.cancel()
+        if self._loop and self._tun_fd >= 0:
+            self._loop.remove_reader(self._tun_fd)
+        if self._tun_fd >= 0:
+            os.close(self._tun_fd)  # the (non-persistent) TUN device and its routes vanish
+            self._tun_fd = -1
+        if self._raw is not None:
+            if self._loop:
+                self._loop.remove_reader(self._raw.fileno())
+            self._raw.close()
+            self._raw = None
+
+    # -- SA management ---------------------------------------------------------------------------
+
+    def allocate_spi(self, src: str, dst: str, reqid: int = 0) -> int:
+        while True:
+            spi = secrets.randbits(32)
+            if spi >= 256 and spi not in self.sad:  # RFC 4303 2.1: 1..255 reserved
+                return spi
+
+    def install_sa(self, params: SaParams) -> None:
+        esp = EspSa(
+            params.spi,
+            params.encr_id,
+            params.encr_key_bits,
+            params.encr_key,
+            params.integ_id,
+            params.integ_key,
+            replay_window=params.replay_window,
+            esn=params.esn,
+        )
+        st = _SaState(params, esp, (params.dst, params.dst_port), self.clock())
+        self._sas[(params.spi, params.direction)] = st
+        if params.direction == Direction.IN:
+            self.sad.add(esp)
+        else:
+            if not params.encap:
+                self._ensure_raw_socket()
+            self._out_by_reqid[params.reqid] = st  # make-before-break: new outbound SA takes over
+            self._out_cache.clear()
+        log.info("installed %r", params)
+
+    def update_sa(
+        self,
+        spi: int,
+        direction: Direction,
+        *,
+        src: str | None = None,
+        dst: str | None = None,
+        src_port: int | None = None,
+        dst_port: int | None = None,
+        encap: bool | None = None,
+    ) -> None:
+        st = self._get(spi, direction)
+        p = st.params
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("src", src),
+                ("dst", dst),
+                ("src_port", src_port),
+                ("dst_port", dst_port),
+                ("encap", encap),
+            )
+            if v is not None
+        }
+        st.params = p = _replace(p, **changes)
+        st.addr = (p.dst, p.dst_port)
+        if direction == Direction.OUT:
+            if not p.encap:
+                self._ensure_raw_socket()
+            self._out_by_reqid[p.reqid] = st
+            self._out_cache.clear()
+        log.info("updated %r", p)
+
+    def delete_sa(self, spi: int, direction: Direction) -> None:
+        st = self._sas.pop((spi, direction), None)
+        if st is None:
+            return
+        if direction == Direction.IN:
+            self.sad.remove(spi)
+            self._in_cache.clear()
+        elif self._out_by_reqid.get(st.params.reqid) is st:
+            # fall back to another outbound SA of the same reqid, if one is left
+            rest = [
+                s
+                for (_, d), s in self._sas.items()
+                if d == Direction.OUT and s.params.reqid == st.params.reqid
+            ]
+            if rest:
+                self._out_by_reqid[st.params.reqid] = max(rest, key=lambda s: s.installed)
+            else:
+                del self._out_by_reqid[st.params.reqid]
+            self._out_cache.clear()
+        log.info("deleted SA %08x %s", spi, direction.name)
+
+    def query_usage(self, spi: int, direction: Direction) -> SaUsage:
+        c = self._get(spi, direction).esp.counters
+        if direction == Direction.IN:
+            return SaUsage(c.bytes_in, c.packets_in, c.last_in)
+        return SaUsage(c.bytes_out, c.packets_out, c.last_out)
+
+    def _get(self, spi: int, direction: Direction) -> _SaState:
+        st = self._sas.get((spi, direction))
+        if st is None:
+            raise DataPlaneError(f"no SA {spi:08x} {direction.name}", errno.ENOENT)
+        return st
+
+    # -- policies --------------------------------------------------------------------------------
+
+    def install_policy(self, policy: PolicyParams) -> None:
+        if policy in self._policies:
+            return
+        self._policies.append(policy)
+        # more specific first (longest prefixes), then explicit priority
+        self._policies.sort(
+            key=lambda p: (p.priority, -(p.remote.subnet.prefixlen + p.local.subnet.prefixlen))
+        )
+        self._out_cache.clear()
+        self._in_cache.clear()
+        if policy.direction == Direction.OUT and policy.action in (PolicyAction.PROTECT, PolicyAction.TRAP):
+            self._add_route(policy)
+
+    def delete_policy(self, policy: PolicyParams) -> None:
+        if policy not in self._policies:
+            return
+        self._policies.remove(policy)
+        self._out_cache.clear()
+        self._in_cache.clear()
+        if policy.direction == Direction.OUT and policy.action in (PolicyAction.PROTECT, PolicyAction.TRAP):
+            self._del_route(policy)
+
+    def _add_route(self, policy: PolicyParams) -> None:
+        key = str(policy.remote.subnet)
+        self._routes[key] = self._routes.get(key, 0) + 1
+        if self._routes[key] > 1 or self._tun_fd < 0:
+            return
+
+        def add(ipr: Any) -> None:
+            kw: dict[str, Any] = {"dst": key, "oif": self._tun_index}
+            src = self._local_source(ipr, policy)
+            if src:
+                kw["prefsrc"] = src
+            ipr.route("replace", **kw)
+
+        _with_iproute(add)
+
+    def _del_route(self, policy: PolicyParams) -> None:
+        key = str(policy.remote.subnet)
+        n = self._routes.get(key, 0) - 1
+        if n > 0:
+            self._routes[key] = n
+            return
+        self._routes.pop(key, None)
+        if self._tun_fd < 0:
+            return
+
+        def delete(ipr: Any) -> None:
+            ipr.route("del", dst=key, oif=self._tun_index)
+
+        try:
+            _with_iproute(delete)
+        except Exception as e:  # route already gone with the device
+            log.debug("route %s: %s", key, e)
+
+    @staticmethod
+    def _local_source(ipr: Any, policy: PolicyParams) -> str | None:
+        """A local address inside the local selector, used as route source (like charon)."""
+        for msg in ipr.get_addr():
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr and ipaddress.ip_address(addr) in policy.local.subnet:
+                return str(addr)
+        return None
+
+    # -- outbound path ---------------------------------------------------------------------------
+
+    def _on_tun_readable(self) -> None:
+        fd = self._tun_fd
+        now = self.clock()
+        for _ in range(_READ_BATCH):
+            try:
+                pkt = os.read(fd, 65535)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.warning("TUN read: %s", e)
+                return
+            if pkt:
+                self._outbound(pkt, now)
+
+    def _outbound(self, pkt: bytes, now: float) -> None:
+        v6 = pkt[0] >> 4 == 6
+        key = pkt[8:40] if v6 else pkt[12:20]
+        if self._needs_ports():
+            key = key + pkt[9:10] + pkt[20:24] if not v6 else key + pkt[6:7] + pkt[40:44]
+        try:
+            st = self._out_cache[key]
+        except KeyError:
+            st = self._lookup_out(pkt)
+            if len(self._out_cache) > 65536:
+                self._out_cache.clear()
+            self._out_cache[key] = st
+        if st is None:
+            self.drop_no_policy += 1
+            return
+        try:
+            esp = st.esp.seal(pkt, 41 if v6 else 4, now)  # RFC 4303 2.6 next header
+        except SequenceExhaustedError:
+            self._expire(st, True, "sequence")
+            return
+        try:
+            if st.params.encap:
+                if self.send_udp is None:
+                    raise OSError("no UDP transport for ESP-in-UDP")
+                self.send_udp(esp, st.addr)
+            elif self._raw is not None:
+                self._raw.sendto(esp, (st.addr[0], 0))
+        except OSError as e:
+            self.drop_send_error += 1
+            log.debug("ESP send to %s: %s", st.addr, e)
+
+    def _needs_ports(self) -> bool:
+        return any(
+            p.local.protocol or p.remote.protocol or not p.local.any_port or not p.remote.any_port
+            for p in self._policies
+        )
+
+    def _lookup_out(self, pkt: bytes) -> _SaState | None:
+        flow = _packet_flow(pkt)
+        if flow is None:
+            return None
+        for p in self._policies:
+            if p.direction != Direction.OUT or not _ts_match(p, *flow, out=True):
+                continue
+            if p.action in (PolicyAction.BYPASS, PolicyAction.DROP):
+                return None
+            st = self._out_by_reqid.get(p.reqid)
+            if st is None and p.action == PolicyAction.TRAP:
+                self._acquire(p, flow)
+            return st
+        return None
+
+    def _acquire(self, p: PolicyParams, flow: tuple[Any, Any, int, int, int]) -> None:
+        key = (p.reqid, flow[1].packed)
+        if key in self._acquired:
+            return
+        self._acquired.add(key)
+        self._emit(Acquire(p.reqid, str(flow[0]), str(flow[1]), flow[2], p.tunnel_src, p.tunnel_dst))
+
+    # -- inbound path ----------------------------------------------------------------------------
+
+    def receive_esp(self, data: bytes, src: tuple[str, int]) -> None:
+        """ESP (without UDP header) from the IKE transport's demux or the raw socket."""
+        try:
+            sa, nh, inner = self.sad.open(data, self.clock())
+        except EspError as e:
+            log.debug("ESP from %s dropped: %s", src, e)
+            return
+        if nh not in (4, 41) or not inner:
+            return  # RFC 4303 2.6: next header 59 = dummy packet, discard silently
+        if not self._inbound_allowed(sa.spi, inner):
+            self.drop_policy_mismatch += 1
+            return
+        try:
+            os.write(self._tun_fd, inner)
+        except OSError as e:
+            self.drop_send_error += 1
+            log.debug("TUN write: %s", e)
+
+    def _inbound_allowed(self, spi: int, inner: bytes) -> bool:
+        """RFC 4301 5.2.1 (4): the decrypted packet must match the SA's inbound selectors."""
+        key = (spi, inner[8:40] if inner[0] >> 4 == 6 else inner[12:20])
+        ok = self._in_cache.get(key)
+        if ok is None:
+            st = self._sas.get((spi, Direction.IN))
+            flow = _packet_flow(inner)
+            ok = (
+                st is not None
+                and flow is not None
+                and any(
+                    p.direction in (Direction.IN, Direction.FWD)
+                    and p.reqid == st.params.reqid
+                    and _ts_match(p, *flow, out=False)
+                    for p in self._policies
+                )
+            )
+            if not self._needs_ports():
+                if len(self._in_cache) > 65536:
+                    self._in_cache.clear()
+                self._in_cache[key] = ok
+        return ok
+
+    def _ensure_raw_socket(self) -> None:
+        if self._raw is not None or self._loop is None:
+            return
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_ESP)
+        s.setblocking(False)
+        self._raw = s
+        self._loop.add_reader(s.fileno(), self._on_raw_readable)
+
+    def _on_raw_readable(self) -> None:
+        raw = self._raw
+        if raw is None:
+            return
+        for _ in range(_READ_BATCH):
+            try:
+                data, addr = raw.recvfrom(65535)
+            except BlockingIOError:
+                return
+            ihl = (data[0] & 0x0F) * 4  # IPv4 raw sockets deliver the IP header
+            self.receive_esp(data[ihl:], (addr[0], 0))
+
+    # -- timers: lifetimes and NAT keepalives ----------------------------------------------------
+
+    def _on_tick(self) -> None:
+        now = self.clock()
+        self.check_timers(now)
+        if self._loop is not None:
+            self._tick = self._loop.call_later(self.tick_interval, self._on_tick)
+
+    def check_timers(self, now: float) -> None:
+        """Lifetime expiry (RFC 7296 2.8) and NAT keepalives (RFC 3948 2.3)."""
+        kept: set[tuple[str, int]] = set()
+        for st in list(self._sas.values()):
+            self._check_lifetime(st, now)
+            p = st.params
+            want_ka = p.encap if p.nat_keepalive is None else p.nat_keepalive
+            if p.direction != Direction.OUT or not want_ka or self.send_udp is None:
+                continue
+            last = max(st.esp.counters.last_out, st.last_keepalive)
+            if now - last >= self.keepalive_interval and st.addr not in kept:
+                kept.add(st.addr)
+                st.last_keepalive = now
+                try:
+                    self.send_udp(NAT_KEEPALIVE, st.addr)
+                    self.keepalives_sent += 1
+                except OSError as e:
+                    log.debug("keepalive to %s: %s", st.addr, e)
+
+    def _check_lifetime(self, st: _SaState, now: float) -> None:
+        lt = st.params.lifetime
+        c = st.esp.counters
+        out = st.params.direction == Direction.OUT
+        nbytes, npkts = (c.bytes_out, c.packets_out) if out else (c.bytes_in, c.packets_in)
+        age = now - st.installed
+        for hard, lim_b, lim_p, lim_t in (
+            (True, lt.hard_bytes, lt.hard_packets, lt.hard_seconds),
+            (False, lt.soft_bytes, lt.soft_packets, lt.soft_seconds),
+        ):
+            reason = ""
+            if lim_b and nbytes >= lim_b:
+                reason = "bytes"
+            elif lim_p and npkts >= lim_p:
+                reason = "packets"
+            elif lim_t and age >= lim_t:
+                reason = "time"
+            if reason:
+                self._expire(st, hard, reason)
+                return
+        if out and not st.soft_sent and st.esp.seq_remaining < st.esp.seq_max // 100:
+            self._expire(st, False, "sequence")  # RFC 4303 3.3.3: rekey before the counter cycles
+
+    def _expire(self, st: _SaState, hard: bool, reason: str) -> None:
+        p = st.params
+        if not hard and st.soft_sent:
+            return
+        st.soft_sent = True
+        self._emit(SaExpired(p.spi, p.direction, p.reqid, hard, reason))
+        if hard:
+            self.delete_sa(p.spi, p.direction)
+
+    # -- events and listing ----------------------------------------------------------------------
+
+    def _emit(self, ev: DataPlaneEvent) -> None:
+        self._events.append(ev)
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def next_event(self) -> DataPlaneEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def list_sas(self) -> list[SaStatus]:
+        rows = []
+        for (spi, d), st in sorted(self._sas.items(), key=lambda kv: (kv[1].params.reqid, kv[0])):
+            p = st.params
+            rows.append(
+                SaStatus(
+                    spi=spi,
+                    direction=d.name.lower(),
+                    reqid=p.reqid,
+                    src=f"{p.src}[{p.src_port}]" if p.encap else p.src,
+                    dst=f"{p.dst}[{p.dst_port}]" if p.encap else p.dst,
+                    encap=p.encap,
+                    algorithm=f"{p.encr_id.name}_{p.encr_key_bits}"
+                    + (f"/{p.integ_id.name}" if p.integ_id else ""),
+                    seq_out=st.esp.seq_out,
+                    replay_top=st.esp.window.top,
+                    installed=st.installed,
+                    counters=st.esp.counters.as_dict(),
+                )
+            )
+        return rows
+
+    def stats(self) -> dict[str, int]:
+        """Drops not attributable to one SA."""
+        return {
+            "drop_unknown_spi": self.sad.drop_unknown_spi,
+            "drop_truncated": self.sad.drop_truncated,
+            "drop_no_policy": self.drop_no_policy,
+            "drop_policy_mismatch": self.drop_policy_mismatch,
+            "drop_send_error": self.drop_send_error,
+            "keepalives_sent": self.keepalives_sent,
+        }
+
+
+def _with_iproute(fn: Callable[[Any], _T]) -> _T:
+    """Run `fn(IPRoute())` in a worker thread: pyroute2's sync API refuses a running event loop."""
+
+    def run() -> _T:
+        with IPRoute() as ipr:
+            return fn(ipr)
+
+    with ThreadPoolExecutor(1) as ex:
+        return ex.submit(run).result()
+
+
+def _replace(p: SaParams, **changes: Any) -> SaParams:
+    import dataclasses
+
+    return dataclasses.replace(p, **changes)

@@ -1,0 +1,100 @@
+"""Run the userspace ESP backend with static keys (no IKE) inside a namespace; for the netns tests.
+
+Usage: python static_esp_peer.py CONFIG.json
+Prints READY when up; on SIGTERM writes the SA listing and stats to config["report"] and exits.
+The UDP 4500 socket here is a stand-in for the IKE transport: it demultiplexes per RFC 3948 2.2
+(0xFF keepalive / zero non-ESP marker = IKE / otherwise ESP) and never sets UDP_ENCAP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from core_ike.constants import EncrId, IntegId
+from core_ike.io.dataplane import Direction, PolicyParams, SaParams, TrafficSelector
+from core_ike.io.userspace import UserspaceDataPlane
+
+
+class _Demux(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.backend: UserspaceDataPlane | None = None
+        self.ike = 0
+        self.keepalives = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        if data == b"\xff":
+            self.keepalives += 1  # RFC 3948 2.3
+        elif data[:4] == b"\x00\x00\x00\x00":
+            self.ike += 1  # IKE would go to the engine
+        elif self.backend is not None:
+            self.backend.receive_esp(data, addr)
+
+
+def _sa(d: dict[str, Any]) -> SaParams:
+    return SaParams(
+        spi=d["spi"],
+        direction=Direction[d["direction"]],
+        src=d["src"],
+        dst=d["dst"],
+        src_port=d.get("src_port", 4500),
+        dst_port=d.get("dst_port", 4500),
+        encap=d["encap"],
+        encr_id=EncrId[d["encr"]],
+        encr_key_bits=d["bits"],
+        encr_key=bytes.fromhex(d["key"]),
+        integ_id=IntegId[d.get("integ", "NONE")],
+        integ_key=bytes.fromhex(d.get("integ_key", "")),
+        reqid=d["reqid"],
+    )
+
+
+def _policy(d: dict[str, Any]) -> PolicyParams:
+    return PolicyParams(
+        local=TrafficSelector.parse(d["local"]),
+        remote=TrafficSelector.parse(d["remote"]),
+        direction=Direction[d["direction"]],
+        reqid=d["reqid"],
+    )
+
+
+async def main(cfg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    transport, demux = await loop.create_datagram_endpoint(_Demux, local_addr=("0.0.0.0", cfg.get("port", 4500)))
+    backend = UserspaceDataPlane(
+        transport.sendto,
+        tun_name=cfg["tun"],
+        tun_addresses=tuple(cfg["tun_addresses"]),
+        keepalive_interval=cfg.get("keepalive", 20.0),
+        tick_interval=0.5,
+    )
+    backend.start()
+    demux.backend = backend
+    for sa in cfg["sas"]:
+        backend.install_sa(_sa(sa))
+    for pol in cfg["policies"]:
+        backend.install_policy(_policy(pol))
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print("READY", flush=True)
+    await stop.wait()
+    report = {
+        "sas": [dataclasses.asdict(r) for r in backend.list_sas()],
+        "stats": backend.stats(),
+        "keepalives_received": demux.keepalives,
+    }
+    with open(cfg["report"], "w") as f:
+        json.dump(report, f)
+    backend.close()
+    transport.close()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    with open(sys.argv[1]) as f:
+        asyncio.run(main(json.load(f)))
