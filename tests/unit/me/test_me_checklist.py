@@ -1,0 +1,403 @@
+"""Check lists ([ME] §5, reference §6-§8): pairing, pacing, retransmission, triggered checks, prflx
+learning, selection and failure, with a fake clock and a tiny simulated NAT."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+
+from core_ike.constants import MeEndpointType
+from core_ike.me.checklist import (
+    CheckList,
+    CheckListConfig,
+    CheckListEvent,
+    CheckListFailed,
+    CheckListStopped,
+    CheckListSucceeded,
+    ListState,
+    PairState,
+    PairStateChanged,
+    pair_priority,
+    retransmit_timeout,
+)
+from core_ike.me.checks import decode_check, make_check, request_endpoint, response_endpoint
+from core_ike.me.endpoints import (
+    Addr,
+    Endpoint,
+    decode_endpoint,
+    encode_endpoint,
+    make_endpoint,
+    srflx_endpoint,
+)
+
+CID = bytes.fromhex("deadbeef")
+KEY_A = bytes(range(16))
+KEY_B = bytes(range(16, 32))
+A_HOST, A_PUB = ("10.1.0.2", 4500), ("203.0.113.1", 4500)
+B_HOST, B_PUB = ("10.2.0.2", 4500), ("203.0.113.2", 4500)
+MS = ("198.51.100.1", 4500)
+
+
+def eps_of(host: Addr, pub: Addr) -> list[Endpoint]:
+    return [make_endpoint(MeEndpointType.HOST, *host), srflx_endpoint(pub[0], pub[1], base=host)]
+
+
+def wire(eps: list[Endpoint]) -> list[Endpoint]:
+    """What the other side sees after ME_CONNECT relay: no base."""
+    return [decode_endpoint(encode_endpoint(e)) for e in eps]
+
+
+def make_pair_of_lists(cfg: CheckListConfig | None = None, now: float = 0.0) -> tuple[CheckList, CheckList]:
+    a = CheckList.for_initiator(CID, KEY_A, eps_of(A_HOST, A_PUB), now, cfg)  # when sending ME_CONNECT
+    b = CheckList.for_responder(CID, KEY_A, wire(eps_of(A_HOST, A_PUB)), now, cfg)
+    b.set_responder_data(KEY_B, eps_of(B_HOST, B_PUB), now)
+    a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), now)
+    return a, b
+
+
+def drain(cl: CheckList) -> list[CheckListEvent]:
+    out = []
+    while (ev := cl.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+# --- pure functions ------------------------------------------------------------------------------
+
+def test_pair_priority_formula() -> None:
+    g, d = 0x00FFFFFF, 0x0040FFFF
+    assert pair_priority(g, d) == (d << 32) + 2 * g + 1
+    assert pair_priority(d, g) == (d << 32) + 2 * g
+    assert pair_priority(g, g) == (g << 32) + 2 * g
+
+
+def test_retransmission_schedule_values() -> None:
+    cfg = CheckListConfig()
+    ms = [round(retransmit_timeout(cfg, n) * 1000) for n in range(1, 15)]
+    assert ms == [25, 25, 45, 81, 145, 262, 472, 850, 1530, 2754, 4958, 8926, 16067, 28920]
+
+
+# --- pairing on the worked example of reference §6.2 ---------------------------------------------
+
+def test_worked_example_pairs() -> None:
+    a, b = make_pair_of_lists()
+    assert [(p.id, p.base, p.remote_addr) for p in a.pairs] == [(1, A_HOST, B_HOST), (2, A_HOST, B_PUB)]
+    assert [(p.id, p.base, p.remote_addr) for p in b.pairs] == [(1, B_HOST, A_HOST), (2, B_HOST, A_PUB)]
+    # G = the ME_CONNECT initiator's endpoint on both sides: host-host ranks the same on A and B
+    assert a.pairs[0].priority == b.pairs[0].priority
+    assert a.pairs[1].priority == pair_priority(0x00FFFFFF, 0x0040FFFF)  # A host -> B srflx
+    assert b.pairs[1].priority == pair_priority(0x0040FFFF, 0x00FFFFFF)  # A srflx -> B host
+    assert a.state == b.state == ListState.WAITING
+    ev = drain(a)
+    assert [(e.pair.id, e.old, e.new) for e in ev if isinstance(e, PairStateChanged)] == [
+        (1, None, PairState.WAITING), (2, None, PairState.WAITING)]
+
+
+def test_family_mismatch_not_paired_and_no_pairs_fails() -> None:
+    a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, "2001:db8::1", 4500)], 0.0)
+    a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.0)
+    ev = drain(a)
+    assert isinstance(ev[-1], CheckListFailed) and ev[-1].reason == "no candidate pairs"
+
+
+def test_limits_on_remote_endpoints_and_pairs() -> None:
+    cfg = CheckListConfig(max_remote_endpoints=3, max_pairs=2)
+    remote = [make_endpoint(MeEndpointType.RELAYED, f"192.0.2.{i}", 4500) for i in range(1, 5)]
+    remote.append(make_endpoint(MeEndpointType.HOST, "192.0.2.9", 4500))
+    a = CheckList.for_initiator(CID, KEY_A, eps_of(A_HOST, A_PUB), 0.0, cfg)
+    a.set_responder_data(KEY_B, remote, 0.0)
+    assert len(a.remote_endpoints) == 3 and ("192.0.2.9", 4500) in [e.addr for e in a.remote_endpoints]
+    assert len(a.pairs) == 2 and a.pairs[0].remote_addr == ("192.0.2.9", 4500)
+
+
+# --- pacing and retransmission --------------------------------------------------------------------
+
+def run_alone(cl: CheckList, until: float) -> list[tuple[float, Addr, Addr]]:
+    sent = []
+    while (t := cl.get_timer()) is not None and t <= until:
+        cl.handle_timer(t)
+        sent += [(t, src, dst) for _, src, dst in cl.datagrams_to_send()]
+    return sent
+
+
+def test_pacing_and_retransmission_timestamps() -> None:
+    cfg = CheckListConfig(transaction_timeout=100.0)
+    a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0, cfg)
+    a.set_responder_data(KEY_B, [make_endpoint(MeEndpointType.HOST, *B_HOST)], 0.0)
+    sent = run_alone(a, 100.0)
+    expected = [0, 25, 50, 95, 176, 321, 583, 1055, 1905, 3435, 6189, 11147, 20073, 36140]
+    assert [round(t * 1000) for t, _, _ in sent] == expected  # 14 packets, reference §7.6
+    ev = drain(a)
+    failed = [e for e in ev if isinstance(e, CheckListFailed)]
+    fail_change = [e for e in ev if isinstance(e, PairStateChanged) and e.new == PairState.FAILED]
+    assert len(failed) == 1 and failed[0].reason == "all 1 pairs failed"
+    assert len(fail_change) == 1 and a.get_timer() is None
+
+
+def test_pacing_one_check_every_t() -> None:
+    cfg = CheckListConfig(pacing=0.010, transaction_timeout=100.0)
+    a = CheckList.for_initiator(CID, KEY_A, eps_of(A_HOST, A_PUB), 0.0, cfg)
+    a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.0)
+    first = run_alone(a, 0.011)
+    assert [(round(t * 1000), d) for t, _, d in first] == [(0, B_HOST), (10, B_PUB)]
+
+
+# --- requests: responses, triggered checks, prflx learning ---------------------------------------
+
+def started_initiator() -> CheckList:
+    a = CheckList.for_initiator(CID, KEY_A, eps_of(A_HOST, A_PUB), 0.0)
+    a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.0)
+    return a
+
+
+def request_from_b(mid: int) -> bytes:
+    from core_ike.me.checks import encode_check
+
+    return encode_check(make_check(False, mid, CID, request_endpoint(), KEY_B))
+
+
+def test_request_answered_with_observed_address_and_own_key() -> None:
+    a = started_initiator()
+    assert a.receive_check(request_from_b(7), B_PUB, A_HOST, 0.0) is None
+    (data, src, dst), = a.datagrams_to_send()
+    resp = decode_check(data)
+    assert (src, dst) == (A_HOST, B_PUB) and resp.is_response and resp.message_id == 7
+    assert resp.endpoint.addr == B_PUB and resp.endpoint.type == MeEndpointType.PEER_REFLEXIVE
+    assert resp.verify(KEY_A)  # INTEROP §7.2: the sender's own key
+
+
+def test_triggered_in_progress_pair_cancels_retransmissions() -> None:
+    a = started_initiator()
+    a.handle_timer(0.0)  # pair 1 sent
+    a.handle_timer(0.025)  # pair 2 sent (and pair 1 retransmitted)
+    a.datagrams_to_send()
+    p2 = a.pairs[1]
+    assert p2.state == PairState.IN_PROGRESS and p2.deadline is not None
+    a.receive_check(request_from_b(1), B_PUB, A_HOST, 0.030)
+    assert p2.state == PairState.WAITING and p2.deadline is None  # weakness #16 fixed
+    assert len(a.datagrams_to_send()) == 1  # only the response, the triggered check waits for T
+    assert a.get_timer() == pytest.approx(0.050)
+    a.handle_timer(0.050)
+    out = a.datagrams_to_send()
+    assert (p2.base, p2.remote_addr) in [(s, d) for _, s, d in out]
+    assert p2.state == PairState.IN_PROGRESS and p2.retransmits == 0
+
+
+def test_triggered_failed_pair_is_rechecked() -> None:
+    cfg = CheckListConfig(max_retransmits=0, transaction_timeout=100.0)
+    a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0, cfg)
+    a.set_responder_data(KEY_B, [make_endpoint(MeEndpointType.HOST, *B_PUB),
+                                 make_endpoint(MeEndpointType.HOST, *B_HOST)], 0.0)
+    a.handle_timer(0.0)  # pair 1 sent
+    a.handle_timer(0.025)  # pair 1 times out (no retransmissions allowed), pair 2 sent
+    assert [p.state for p in a.pairs] == [PairState.FAILED, PairState.IN_PROGRESS]
+    a.receive_check(request_from_b(1), B_PUB, A_HOST, 0.030)
+    assert a.pairs[0].state == PairState.WAITING
+    a.handle_timer(0.050)
+    assert a.pairs[0].state == PairState.IN_PROGRESS
+
+
+def test_remote_prflx_learnt_from_request_and_paired() -> None:
+    a = started_initiator()
+    odd = ("203.0.113.2", 61000)  # B behind a NAT that changed its port
+    a.receive_check(request_from_b(3), odd, A_HOST, 0.0)
+    prflx = [e for e in a.remote_endpoints if e.addr == odd]
+    assert prflx and prflx[0].type == MeEndpointType.PEER_REFLEXIVE and prflx[0].priority == 0x0080FFFF
+    new = [p for p in a.pairs if p.remote_addr == odd]
+    assert len(new) == 1 and new[0].id == 3 and new[0].base == A_HOST
+    assert a.pairs.index(new[0]) == 1  # inserted by priority: prflx ranks above srflx
+
+
+def test_local_prflx_learnt_from_response() -> None:
+    a = started_initiator()
+    a.handle_timer(0.0)
+    a.datagrams_to_send()
+    p1 = a.pairs[0]
+    mapped = ("198.51.100.77", 3333)
+    from core_ike.me.checks import encode_check
+
+    resp = make_check(True, p1.id, CID, response_endpoint(mapped, 0x0080FFFF), KEY_B)
+    assert a.receive_check(encode_check(resp), B_HOST, A_HOST, 0.001) is None
+    learnt = [e for e in a.local_endpoints if e.addr == mapped]
+    assert learnt and learnt[0].base == A_HOST and learnt[0].type == MeEndpointType.PEER_REFLEXIVE
+    assert p1.state == PairState.SUCCEEDED and p1.info().mapped == mapped
+    ev = drain(a)
+    ok = [e for e in ev if isinstance(e, CheckListSucceeded)]
+    assert ok and ok[0].selected.id == 1  # highest pair succeeded: finish at once
+
+
+def test_asymmetric_response_fails_pair() -> None:
+    a = started_initiator()
+    a.handle_timer(0.0)
+    from core_ike.me.checks import encode_check
+
+    resp = make_check(True, 1, CID, response_endpoint(A_HOST, 0x0080FFFF), KEY_B)
+    a.receive_check(encode_check(resp), ("10.2.0.3", 4500), A_HOST, 0.001)
+    assert a.pairs[0].state == PairState.FAILED
+
+
+def test_drops_with_reasons() -> None:
+    a = started_initiator()
+    from core_ike.me.checks import encode_check
+
+    bad_mac = encode_check(make_check(False, 1, CID, request_endpoint(), KEY_A))  # peer must use KEY_B
+    assert "ME_CONNECTAUTH" in (a.receive_check(bad_mac, B_PUB, A_HOST, 0.0) or "")
+    other = encode_check(make_check(False, 1, b"\x01\x02\x03\x04", request_endpoint(), KEY_B))
+    assert a.receive_check(other, B_PUB, A_HOST, 0.0) == "unknown connect ID"
+    assert "malformed" in (a.receive_check(b"\x00" * 10, B_PUB, A_HOST, 0.0) or "")
+    assert a.datagrams_to_send() == []
+
+
+def test_early_request_buffered_until_keys_known() -> None:
+    a = CheckList.for_initiator(CID, KEY_A, eps_of(A_HOST, A_PUB), 0.0)
+    assert a.receive_check(request_from_b(2), B_PUB, A_HOST, 0.001) is None
+    assert a.datagrams_to_send() == []
+    a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.002)
+    out = a.datagrams_to_send()
+    assert len(out) == 1 and decode_check(out[0][0]).is_response
+    assert a.pairs[1].state == PairState.WAITING  # triggered
+
+
+# --- the simulated network ------------------------------------------------------------------------
+
+@dataclass
+class Nat:
+    """RFC 4787 NAT: EIM or symmetric (address+port dependent) mapping, APDF filtering."""
+
+    public_ip: str
+    symmetric: bool = False
+    ports: itertools.count[int] = field(default_factory=lambda: itertools.count(40000))
+    out_map: dict[tuple[Addr, Addr | None], int] = field(default_factory=dict)
+    in_map: dict[int, Addr] = field(default_factory=dict)
+    permits: dict[int, set[Addr]] = field(default_factory=dict)
+
+    def outbound(self, src: Addr, dst: Addr) -> Addr:
+        key = (src, dst if self.symmetric else None)
+        port = self.out_map.get(key)
+        if port is None:
+            port = src[1] if src[1] not in self.in_map else next(self.ports)
+            self.out_map[key] = port
+            self.in_map[port] = src
+        self.permits.setdefault(port, set()).add(dst)  # APDF: remember where we sent to
+        return (self.public_ip, port)
+
+    def inbound(self, src: Addr, port: int) -> Addr | None:
+        if src not in self.permits.get(port, set()):
+            return None
+        return self.in_map.get(port)
+
+
+@dataclass
+class Host:
+    cl: CheckList
+    private: Addr
+    nat: Nat
+
+
+class Net:
+    def __init__(self, latency: float = 0.005) -> None:
+        self.hosts: list[Host] = []
+        self.latency = latency
+        self.flight: list[tuple[float, bytes, Addr, Addr]] = []  # (arrival, data, src, dst) public view
+
+    def send(self, host: Host, data: bytes, src: Addr, dst: Addr, now: float) -> None:
+        assert src == host.private
+        pub_src = host.nat.outbound(src, dst)
+        self.flight.append((now + self.latency, data, pub_src, dst))
+
+    def deliver(self, data: bytes, src: Addr, dst: Addr, now: float) -> None:
+        for h in self.hosts:
+            if dst[0] == h.nat.public_ip:
+                inside = h.nat.inbound(src, dst[1])
+                if inside is not None:
+                    h.cl.receive_check(data, src, inside, now)
+        # private destinations are not routable across the internet: dropped
+
+    def run(self, until: float, stop_when_finished: CheckList | None = None) -> float:
+        now = 0.0
+        while stop_when_finished is None or not stop_when_finished.finished:
+            for h in self.hosts:
+                for data, src, dst in h.cl.datagrams_to_send():
+                    self.send(h, data, src, dst, now)
+            times = [t for h in self.hosts if (t := h.cl.get_timer()) is not None]
+            times += [f[0] for f in self.flight]
+            if not times or min(times) > until:
+                return now
+            now = min(times)
+            arrived = [f for f in self.flight if f[0] <= now]
+            self.flight = [f for f in self.flight if f[0] > now]
+            for _, data, src, dst in arrived:
+                self.deliver(data, src, dst, now)
+            for h in self.hosts:
+                t = h.cl.get_timer()
+                if t is not None and t <= now:
+                    h.cl.handle_timer(now)
+        return now
+
+
+def two_peers(symmetric: bool, cfg: CheckListConfig | None = None) -> tuple[Net, CheckList, CheckList]:
+    nat_a, nat_b = Nat("203.0.113.1", symmetric), Nat("203.0.113.2", symmetric)
+    # the mediation SAs created the srflx mappings (EIM: 4500 -> 4500), filtering only the MS in
+    assert nat_a.outbound(A_HOST, MS) == A_PUB and nat_b.outbound(B_HOST, MS) == B_PUB
+    a, b = make_pair_of_lists(cfg)
+    net = Net()
+    net.hosts = [Host(a, A_HOST, nat_a), Host(b, B_HOST, nat_b)]
+    return net, a, b
+
+
+def test_two_lists_through_eim_apdf_nats_select_host_to_srflx() -> None:
+    net, a, b = two_peers(symmetric=False)
+    net.run(until=0.5)
+    ev_a = drain(a)
+    ok = [e for e in ev_a if isinstance(e, CheckListSucceeded)]
+    assert len(ok) == 1
+    sel = ok[0].selected
+    assert (sel.local, sel.remote) == (A_HOST, B_PUB) and sel.id == 2
+    assert sel.local_type == MeEndpointType.HOST and sel.remote_type == MeEndpointType.SERVER_REFLEXIVE
+    assert sel.mapped == A_PUB
+    assert a.finished and not b.finished  # B waits for IKE_SA_INIT
+    assert [p.state for p in b.pairs] == [PairState.IN_PROGRESS, PairState.SUCCEEDED]
+    b.stop(0.5)
+    assert isinstance(drain(b)[-1], CheckListStopped)
+    assert b.get_timer() is None
+
+
+def test_success_is_fast() -> None:
+    """RTT 10 ms, T 25 ms: pair 2 succeeds at 35 ms, pair 1 still pending -> finish 50 ms later."""
+    net, a, _ = two_peers(symmetric=False)
+    done_at = net.run(until=1.0, stop_when_finished=a)
+    assert a.finished and any(isinstance(e, CheckListSucceeded) for e in drain(a))
+    assert done_at == pytest.approx(0.085)
+
+
+def test_symmetric_nat_fails_within_deadline_listing_pairs() -> None:
+    cfg = CheckListConfig(transaction_timeout=5.0, responder_timeout=10.0)
+    net, a, b = two_peers(symmetric=True, cfg=cfg)
+    net.run(until=20.0)
+    failed = [e for e in drain(a) if isinstance(e, CheckListFailed)]
+    assert len(failed) == 1
+    assert failed[0].reason.startswith("no check succeeded within 5.0")
+    assert [(p.local, p.remote, p.state) for p in failed[0].tried] == [
+        (A_HOST, B_HOST, PairState.IN_PROGRESS), (A_HOST, B_PUB, PairState.IN_PROGRESS)]
+    assert "10.1.0.2[4500] - 203.0.113.2[4500]" in str(failed[0].tried[1])
+    b_failed = [e for e in drain(b) if isinstance(e, CheckListFailed)]
+    assert b_failed and "IKE_SA_INIT" in b_failed[0].reason  # weakness #7: responder timeout
+
+
+def test_symmetric_nat_all_pairs_failed() -> None:
+    cfg = CheckListConfig(max_retransmits=3)
+    net, a, _ = two_peers(symmetric=True, cfg=cfg)
+    net.run(until=5.0)
+    failed = [e for e in drain(a) if isinstance(e, CheckListFailed)]
+    assert len(failed) == 1 and failed[0].reason == "all 2 pairs failed"
+    assert all(p.state == PairState.FAILED for p in failed[0].tried)
+
+
+def test_default_deadline_bounds_failure() -> None:
+    net, a, _ = two_peers(symmetric=True)
+    end = net.run(until=120.0)
+    failed = [e for e in drain(a) if isinstance(e, CheckListFailed)]
+    assert len(failed) == 1 and a.finished
+    assert end <= CheckListConfig().responder_timeout + 1
