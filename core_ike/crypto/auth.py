@@ -1,0 +1,261 @@
+"""AUTH payload computation (RFC 7296 2.15, RFC 4754, RFC 7427, RFC 8420) and key identifiers.
+
+Signed octets: RealMessage | NonceData(peer) | prf(SK_p, RestOfIDPayload). PSK AUTH:
+prf(prf(PSK, "Key Pad for IKEv2"), octets). Signatures: method 1 (RSA PKCS#1 v1.5 SHA-1), 9/10/11
+(ECDSA, r || s fixed length), 14 (length octet | AlgorithmIdentifier DER | signature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from ..constants import AuthMethod, HashAlgorithm
+from ..errors import LocalError
+from .prf import Prf
+from .sigalg import SigAlg, algorithm_identifier, parse_algorithm_identifier
+
+__all__ = [
+    "PrivateKey", "PublicKey", "KEY_PAD", "SUPPORTED_SIGNATURE_HASHES", "signed_octets", "psk_auth",
+    "verify_psk_auth", "create_signature_auth", "verify_signature_auth", "keyid_sha1", "spki_sha1",
+    "load_private_key", "load_public_key",
+]
+
+PrivateKey = (
+    rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+)
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+
+KEY_PAD = b"Key Pad for IKEv2"  # RFC 7296 2.15: 17 ASCII octets, no NUL terminator
+
+# RFC 7427 4: what we announce in N(SIGNATURE_HASH_ALGORITHMS)
+SUPPORTED_SIGNATURE_HASHES: tuple[int, ...] = (
+    HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512, HashAlgorithm.IDENTITY,
+)
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512,
+}
+_HASH_ID = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA2_256,
+            "sha384": HashAlgorithm.SHA2_384, "sha512": HashAlgorithm.SHA2_512}
+
+# RFC 4754 3 / RFC 7296 3.8: ECDSA methods bind curve and hash
+_ECDSA_METHODS: dict[int, tuple[str, str, int]] = {
+    AuthMethod.ECDSA_256: ("secp256r1", "sha256", 32),
+    AuthMethod.ECDSA_384: ("secp384r1", "sha384", 48),
+    AuthMethod.ECDSA_521: ("secp521r1", "sha512", 66),
+}
+_CURVE_METHOD = {curve: m for m, (curve, _, _) in _ECDSA_METHODS.items()}
+
+
+# --- RFC 7296 2.15: signed octets and PSK ------------------------------------------------------
+
+def signed_octets(real_message: bytes, peer_nonce: bytes, prf: Prf, sk_p: bytes, id_body: bytes) -> bytes:
+    """InitiatorSignedOctets / ResponderSignedOctets (RFC 7296 2.15).
+
+    `real_message` is our IKE_SA_INIT message as sent (from the IKE header on), `peer_nonce` the
+    other side's Nonce data, `sk_p` our SK_pi/SK_pr, `id_body` our ID payload body as on the wire
+    (IDType | RESERVED | data). The verifier uses the peer's message, our nonce, SK_p of the peer.
+    """
+    return real_message + peer_nonce + prf(sk_p, id_body)
+
+
+def psk_auth(prf: Prf, psk: bytes, octets: bytes) -> bytes:
+    """AUTH data for method 2: prf(prf(Shared Secret, "Key Pad for IKEv2"), octets)."""
+    return prf(prf(psk, KEY_PAD), octets)
+
+
+def verify_psk_auth(prf: Prf, psk: bytes, octets: bytes, data: bytes) -> bool:
+    return hmac.compare_digest(psk_auth(prf, psk, octets), data)
+
+
+# --- signatures ------------------------------------------------------------------------------------
+
+def _ec_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> str:
+    return key.curve.name
+
+
+def _pick_hash(key: PrivateKey, peer_hash_algs: set[int]) -> str | None:
+    """A RFC 7427 hash the peer announced, preferring the one matching the key's strength."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        pref = {"secp384r1": ["sha384", "sha512", "sha256"], "secp521r1": ["sha512", "sha384", "sha256"]}
+        order = pref.get(_ec_curve(key), ["sha256", "sha384", "sha512"])
+    else:
+        order = ["sha256", "sha384", "sha512"]
+    for name in order:
+        if _HASH_ID[name] in peer_hash_algs:
+            return name
+    return None
+
+
+def _legacy_method(key: PrivateKey) -> int:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return AuthMethod.RSA_SIG
+    if isinstance(key, ec.EllipticCurvePrivateKey) and _ec_curve(key) in _CURVE_METHOD:
+        return _CURVE_METHOD[_ec_curve(key)]
+    raise LocalError(f"no classic AUTH method for a {type(key).__name__}; peer must support RFC 7427")
+
+
+def create_signature_auth(
+    private_key: PrivateKey, method: int, octets: bytes, peer_hash_algs: set[int],
+    rsa_pss: bool = False,
+) -> tuple[int, bytes]:
+    """Sign `octets`; returns (AUTH method, AUTH data).
+
+    With method 14 (RFC 7427) a hash the peer announced in SIGNATURE_HASH_ALGORITHMS is used; if
+    it announced none we can use, RSA and ECDSA keys fall back to methods 1 / 9-11 (RFC 7427 4).
+    EdDSA always uses method 14 (RFC 8420). `rsa_pss` selects RSASSA-PSS for RSA under method 14.
+    """
+    if isinstance(private_key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        alg = SigAlg("ed25519" if isinstance(private_key, ed25519.Ed25519PrivateKey) else "ed448", None)
+        return AuthMethod.DIGITAL_SIGNATURE, _with_algid(alg, private_key.sign(octets))
+    if method == AuthMethod.DIGITAL_SIGNATURE:
+        hash_name = _pick_hash(private_key, peer_hash_algs)
+        if hash_name is not None:
+            return AuthMethod.DIGITAL_SIGNATURE, _sign_rfc7427(private_key, hash_name, octets, rsa_pss)
+        method = _legacy_method(private_key)
+    return method, _sign_legacy(private_key, method, octets)
+
+
+def _with_algid(alg: SigAlg, signature: bytes) -> bytes:
+    der = algorithm_identifier(alg)
+    return bytes((len(der),)) + der + signature  # RFC 7427 3
+
+
+def _sign_rfc7427(key: PrivateKey, hash_name: str, octets: bytes, rsa_pss: bool) -> bytes:
+    h = _HASHES[hash_name]()
+    if isinstance(key, rsa.RSAPrivateKey):
+        if rsa_pss:  # RFC 7427 A.4.3 / RFC 4055: MGF1 with the same hash, salt = hash length
+            pss = padding.PSS(mgf=padding.MGF1(_HASHES[hash_name]()), salt_length=h.digest_size)
+            return _with_algid(SigAlg("rsa-pss", hash_name, h.digest_size), key.sign(octets, pss, h))
+        return _with_algid(SigAlg("rsa", hash_name), key.sign(octets, padding.PKCS1v15(), h))
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return _with_algid(SigAlg("ecdsa", hash_name), key.sign(octets, ec.ECDSA(h)))  # DER sig
+    raise LocalError(f"cannot sign with a {type(key).__name__}")
+
+
+def _sign_legacy(key: PrivateKey, method: int, octets: bytes) -> bytes:
+    if method == AuthMethod.RSA_SIG:
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise LocalError("AUTH method 1 needs an RSA key")
+        return key.sign(octets, padding.PKCS1v15(), hashes.SHA1())  # RFC 7296 3.8
+    if method in _ECDSA_METHODS:
+        curve, hash_name, flen = _ECDSA_METHODS[method]
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or _ec_curve(key) != curve:
+            raise LocalError(f"AUTH method {method} needs a {curve} key")
+        r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(_HASHES[hash_name]())))
+        return r.to_bytes(flen, "big") + s.to_bytes(flen, "big")  # RFC 4754 7: r || s
+    raise LocalError(f"unsupported signature AUTH method {method}")
+
+
+def verify_signature_auth(public_key: PublicKey, method: int, data: bytes, octets: bytes) -> bool:
+    """Check AUTH data of method 1, 9-11 or 14 against `octets`; False on any mismatch."""
+    try:
+        if method == AuthMethod.DIGITAL_SIGNATURE:
+            return _verify_rfc7427(public_key, data, octets)
+        if method == AuthMethod.RSA_SIG and isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(data, octets, padding.PKCS1v15(), hashes.SHA1())
+            return True
+        if method in _ECDSA_METHODS and isinstance(public_key, ec.EllipticCurvePublicKey):
+            curve, hash_name, flen = _ECDSA_METHODS[method]
+            if _ec_curve(public_key) != curve or len(data) != 2 * flen:
+                return False
+            der = encode_dss_signature(int.from_bytes(data[:flen], "big"), int.from_bytes(data[flen:], "big"))
+            public_key.verify(der, octets, ec.ECDSA(_HASHES[hash_name]()))
+            return True
+    except (InvalidSignature, ValueError):
+        return False
+    return False
+
+
+def _verify_rfc7427(key: PublicKey, data: bytes, octets: bytes) -> bool:
+    # RFC 7427 3: ASN.1 length (1 octet) | AlgorithmIdentifier | Signature Value
+    if not data or len(data) < 1 + data[0]:
+        return False
+    alg = parse_algorithm_identifier(data[1 : 1 + data[0]])
+    sig = data[1 + data[0] :]
+    if alg is None:
+        return False
+    if alg.kind == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey):
+        key.verify(sig, octets)  # RFC 8420: PureEdDSA over the whole octets
+        return True
+    if alg.kind == "ed448" and isinstance(key, ed448.Ed448PublicKey):
+        key.verify(sig, octets)
+        return True
+    if alg.hash is None:
+        return False
+    h = _HASHES[alg.hash]()
+    if alg.kind == "rsa" and isinstance(key, rsa.RSAPublicKey):
+        key.verify(sig, octets, padding.PKCS1v15(), h)
+        return True
+    if alg.kind == "rsa-pss" and isinstance(key, rsa.RSAPublicKey) and alg.mgf_hash is not None:
+        pss = padding.PSS(mgf=padding.MGF1(_HASHES[alg.mgf_hash]()), salt_length=alg.salt_length)
+        key.verify(sig, octets, pss, h)
+        return True
+    if alg.kind == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(sig, octets, ec.ECDSA(h))  # DER Ecdsa-Sig-Value (RFC 7427 3)
+        return True
+    return False
+
+
+# --- key identifiers and loading --------------------------------------------------------------------
+
+def _subject_public_key(key: PublicKey) -> bytes:
+    if isinstance(key, rsa.RSAPublicKey):
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def keyid_sha1(public_key: PublicKey) -> bytes:
+    """KEYID_PUBKEY_SHA1: SHA-1 of the SPKI BIT STRING contents (RFC 5280 4.2.1.2 method 1)."""
+    return hashlib.sha1(_subject_public_key(public_key)).digest()
+
+
+def spki_sha1(public_key: PublicKey) -> bytes:
+    """SHA-1 of the whole SubjectPublicKeyInfo DER (RFC 7296 3.7 CERTREQ CA hashes)."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha1(der).digest()
+
+
+def load_private_key(data: bytes, password: bytes | None = None) -> PrivateKey:
+    """PEM or DER; PKCS#8 or the traditional PKCS#1 / SEC1 formats."""
+    try:
+        if data.lstrip().startswith(b"-----"):
+            key = serialization.load_pem_private_key(data, password)
+        else:
+            key = serialization.load_der_private_key(data, password)
+    except (ValueError, TypeError) as e:
+        raise LocalError(f"cannot load private key: {e}") from None
+    if not isinstance(key, PrivateKey):
+        raise LocalError(f"unsupported private key type {type(key).__name__}")
+    return key
+
+
+def load_public_key(data: bytes) -> PublicKey:
+    """PEM or DER; SubjectPublicKeyInfo, PKCS#1 RSAPublicKey, or an X.509 certificate's key."""
+    pem = data.lstrip().startswith(b"-----")
+    key: object
+    try:
+        if b"CERTIFICATE-----" in data:
+            from cryptography import x509
+
+            key = x509.load_pem_x509_certificate(data).public_key()
+        elif pem:
+            key = serialization.load_pem_public_key(data)
+        else:
+            key = serialization.load_der_public_key(data)
+    except ValueError as e:
+        raise LocalError(f"cannot load public key: {e}") from None
+    if not isinstance(key, PublicKey):
+        raise LocalError(f"unsupported public key type {type(key).__name__}")
+    return key
