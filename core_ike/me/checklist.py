@@ -52,6 +52,7 @@ class CheckListConfig:
     responder_timeout: float = 60.0  # weakness #7: no IKE_SA_INIT with this connect ID -> give up
     max_remote_endpoints: int = 16  # [ME] §4.2 / RFC 8445 §19.5.1: drop lowest priority first
     max_pairs: int = 100  # RFC 8445 6.1.2.5 default
+    max_learnt_remote: int = 8  # remote prflx endpoints learnt from requests (RFC 8445 19.5.1)
     max_early_checks: int = 8  # checks buffered before our key / the peer's key is known
     key_rule: KeyRule = KeyRule.SENDER  # reference §7.2 INTEROP
 
@@ -453,7 +454,8 @@ class CheckList:
         remote = next((e for e in self._remote.endpoints if e.addr == src), None)
         if remote is None:
             # RFC 8445 7.3.1.3 / reference §7.4 step 1: remote PEER_REFLEXIVE, request's priority
-            if len(self._remote.endpoints) >= self.config.max_remote_endpoints + 4:
+            learnt = sum(1 for e in self._remote.endpoints if e.type == MeEndpointType.PEER_REFLEXIVE)
+            if learnt >= self.config.max_learnt_remote:
                 return None
             remote = make_endpoint(MeEndpointType.PEER_REFLEXIVE, src[0], src[1], priority=prflx_priority)
             self._remote.endpoints.append(remote)
