@@ -17,6 +17,7 @@ charons. Register more in ``DRIVERS`` (e.g. our mediation server and clients).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -24,7 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+_VENV_PY = ROOT / ".venv" / "bin" / "python"
+if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+    os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])  # the project's venv has pyroute2, vici
+sys.path.insert(0, str(ROOT))
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab  # noqa: E402
 from scenarios.lab.medsetup import CharonMediation, MediatedSetupDriver  # noqa: E402

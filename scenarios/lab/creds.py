@@ -30,8 +30,13 @@ class RsaKeyPair:
 
     @property
     def identity(self) -> str:
-        """swanctl identity string ``keyid:#<hex>``."""
+        """Identity string ``keyid:#<hex>``; quote it in swanctl.conf (``#`` starts a comment there)."""
         return f"keyid:#{self.keyid}"
+
+    @property
+    def swanctl_id(self) -> str:
+        """The identity quoted for swanctl.conf: ``"keyid:#<hex>"``."""
+        return f'"{self.identity}"'
 
 
 def keyid_of(public_der_pkcs1: bytes) -> str:

@@ -309,6 +309,14 @@ class Lab:
 
     # -- teardown -----------------------------------------------------------------------------------
 
+    def detach(self) -> None:
+        """Leave namespaces and daemons running after this process exits (``scenarios/run --keep``).
+
+        Remove them later with :func:`cleanup_stale` (``scenarios/run --cleanup PREFIX``)."""
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.teardown)
+        self._closed = True
+
     def teardown(self, remove_dir: bool = False) -> None:
         """Stop recorded processes, kill leftovers in the lab's namespaces, delete the namespaces."""
         if self._closed:

@@ -13,6 +13,7 @@ import pytest
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab, two_hosts
 from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.creds import install_keypair, rsa_keypair
 from scenarios.lab.medsetup import LAN, CharonMediation
 
 pytestmark = [
@@ -50,6 +51,31 @@ secrets {{
     id-1 = alice@lab
     id-2 = bob@lab
     secret = "alice-bob-0123456789abcdef"
+  }}
+}}
+"""
+
+
+RSA_CONF = """connections {{
+  host {{
+    local_addrs = {me}
+    remote_addrs = {peer}
+    local {{
+      auth = pubkey
+      id = "{myid}"
+      pubkeys = {mykey}
+    }}
+    remote {{
+      auth = pubkey
+      id = "{peerid}"
+      pubkeys = {peerkey}
+    }}
+    children {{
+      net {{
+        local_ts = {myin}/32
+        remote_ts = {peerin}/32
+      }}
+    }}
   }}
 }}
 """
@@ -107,6 +133,30 @@ def test_two_hosts_psk_tunnel(direct: Lab) -> None:
     finally:
         alice.stop()
         bob.stop()
+
+
+def test_two_hosts_rsa_keyid(direct: Lab) -> None:
+    """Raw RSA-2048 public keys with ID_KEY_ID identities: our keyid derivation is the one charon uses."""
+    inner = direct.info["inner"]
+    keys = {"alice": rsa_keypair(), "bob": rsa_keypair()}
+    addrs = {"alice": "192.0.2.1", "bob": "192.0.2.2"}
+    charons = {}
+    for me, peer in (("alice", "bob"), ("bob", "alice")):
+        c = Charon(direct, me, name="charon-rsa", conf=RSA_CONF.format(
+            me=addrs[me], peer=addrs[peer], myid=keys[me].identity, peerid=keys[peer].identity,
+            mykey=f"{me}.pem", peerkey=f"{peer}.pem", myin=inner[me], peerin=inner[peer]))
+        install_keypair(c, me, keys[me], own=True)
+        install_keypair(c, peer, keys[peer], own=False)
+        charons[me] = c.start()
+    try:
+        charons["alice"].initiate(child="net", timeout=10)
+        sa = charons["bob"].wait_ike("host", timeout=5)[0]
+        assert sa["remote-id"].replace(":", "") == keys["alice"].keyid   # charon prints 01:ad:98:...
+        assert sa["local-id"].replace(":", "") == keys["bob"].keyid
+        assert direct.ping("alice", inner["bob"], source=inner["alice"], count=1)[1] == 1
+    finally:
+        for c in charons.values():
+            c.stop()
 
 
 def test_charon_mediation_eim(natted: Lab, mediation: CharonMediation) -> None:
