@@ -148,8 +148,7 @@ def remove_redundant(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
     best: dict[tuple[Addr | None, Addr | None], Endpoint] = {}
     order: list[tuple[Addr | None, Addr | None]] = []
     for ep in endpoints:
-        key = (None if ep.address is None else ep.addr, ep.base if ep.base is not None else
-               (None if ep.address is None else ep.addr))
+        key = (None, ep.base) if ep.address is None else (ep.addr, ep.local_base)
         old = best.get(key)
         if old is None:
             order.append(key)

@@ -401,3 +401,11 @@ def test_default_deadline_bounds_failure() -> None:
     failed = [e for e in drain(a) if isinstance(e, CheckListFailed)]
     assert len(failed) == 1 and a.finished
     assert end <= CheckListConfig().responder_timeout + 1
+
+
+def test_finish_wait_configurable_and_deadline_selects_success() -> None:
+    cfg = CheckListConfig(finish_wait=100.0, transaction_timeout=1.0)
+    net, a, _ = two_peers(symmetric=False, cfg=cfg)
+    end = net.run(until=5.0, stop_when_finished=a)
+    ok = [e for e in drain(a) if isinstance(e, CheckListSucceeded)]
+    assert ok and ok[0].selected.id == 2 and end == pytest.approx(1.0)

@@ -148,3 +148,13 @@ def test_authorization_allow_list() -> None:
     one_way = Authorizer(Policy.ALLOW_LIST, allowed=[("alice", "bob")], symmetric=False)
     assert one_way.check("bob", "alice") is not None
     assert Authorizer().check("x", "y") is None  # "all" is the default
+
+
+def test_repeated_request_refreshes_expiry() -> None:
+    reg = Registry(RegistryConfig(callback_ttl=600.0))
+    reg.update_sa_id("alice", 1, 0.0)
+    reg.check_and_register("bob", "alice", 0.0)
+    reg.check_and_register("bob", "alice", 100.0)
+    assert reg.handle_timer(650.0) == []  # the stale heap entry is ignored
+    assert [r.expires for r in reg.registrations()] == [700.0]
+    assert len(reg.handle_timer(700.0)) == 1 and reg.registrations() == []
