@@ -124,3 +124,103 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'med.sqlite'}"
     server: PgServer = request.getfixturevalue("pg_server")
     return server.new_database()
+
+
+# ------------------------------------------------------------------ lighttpd + FastCGI portals
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN_PASSWORD = "client-admin-pw"
+SHORT_TIMEOUT = 3.0  # idle timeout of the /strict instance
+
+
+class Portal:
+    """lighttpd on 127.0.0.1:<port> in front of three FastCGI backends started with the real launchers:
+    /srv (server manager), /cli (client manager), /strict (server manager with tight throttling and a
+    short session timeout, for the security tests)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ms_pem = REFERENCE_PEM
+
+    def _start_app(self, name: str, module: str, extra: list[str]) -> Path:
+        sock = self.base / f"{name}.sock"
+        log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
+        cmd = [os.environ.get("PYTHON", str(REPO / ".venv/bin/python")), "-m", module, "--socket", str(sock),
+               "--db", f"sqlite:///{self.base / (name + '.sqlite')}", *extra]
+        self.procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        return sock
+
+    def start(self) -> None:
+        (self.base / "www").mkdir()
+        (self.base / "ms.pem").write_text(self.ms_pem)
+        import sys
+
+        hash_out = subprocess.run([sys.executable, "-m", "medmgr_web.client_manager", "hash-password"],
+                                  input=ADMIN_PASSWORD + "\n", capture_output=True, text=True, check=True,
+                                  cwd=REPO)
+        (self.base / "admin.hash").write_text(hash_out.stdout)
+        socks = {
+            "srv": self._start_app("srv", "medmgr_web.server_manager", [
+                "--ms-address", "ms.example.net", "--ms-public-key", str(self.base / "ms.pem"),
+                "--throttle-address", "1000"]),
+            "cli": self._start_app("cli", "medmgr_web.client_manager", [
+                "--admin-hash-file", str(self.base / "admin.hash"), "--throttle-address", "1000"]),
+            "strict": self._start_app("strict", "medmgr_web.server_manager", [
+                "--throttle-account", "3", "--throttle-address", "6", "--throttle-window", "60",
+                "--session-timeout", str(SHORT_TIMEOUT)]),
+        }
+        wait_for(lambda: all(s.exists() for s in socks.values()), 30, "FastCGI sockets")
+        fcgi = ",\n".join(
+            f'  "/{name}" => (( "socket" => "{sock}", "check-local" => "disable" ))'
+            for name, sock in socks.items()
+        )
+        conf = self.base / "lighttpd.conf"
+        conf.write_text(f"""
+server.modules += ( "mod_fastcgi" )
+server.document-root = "{self.base / 'www'}"
+server.bind = "127.0.0.1"
+server.port = {self.port}
+server.pid-file = "{self.base / 'lighttpd.pid'}"
+server.errorlog = "{self.base / 'lighttpd-error.log'}"
+fastcgi.server = (
+{fcgi}
+)
+""")
+        subprocess.run([str(LIGHTTPD), "-tt", "-f", str(conf)], check=True, capture_output=True)
+        self.procs.append(subprocess.Popen([str(LIGHTTPD), "-D", "-f", str(conf)], cwd=self.base))
+
+        def up() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, 15, "lighttpd")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):  # our own children, by PID
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def portal() -> Iterator[Portal]:
+    if not LIGHTTPD.exists():
+        pytest.skip("lighttpd is not installed (/usr/sbin/lighttpd)")
+    base = Path(tempfile.mkdtemp(prefix="medweb-"))
+    p = Portal(base)
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,300 @@
+"""Server manager portal: accounts and their registered peers (mediation server side).
+
+Controllers (``<base>/<controller>/<action>/<arg>``):
+  user: login, logout, add (register), edit, delete, help   (login/add/help are public)
+  peer: list, add, edit/<id>, delete/<id>
+
+Launcher: ``python -m medmgr_web.server_manager --socket PATH | --bind HOST:PORT --db URL
+--ms-address HOST --ms-public-key PEMFILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from med_db import data
+from med_db.engine import create_all, make_engine, make_session_factory
+from med_db.keyid import KeyError_, format_keyid, key_description, parse_peer_public_key, pem_from_spki
+from med_db.models import Peer
+from medmgr_web.launcher import add_common_args, serve
+from medmgr_web.security import DUMMY_HASH, SessionStore, Throttle, hash_password, verify_password
+from medmgr_web.web import HTTPError, PortalApp, Request, Response, redirect
+
+NAME_RE = re.compile(r"[A-Za-z0-9\-_@.]{1,64}")
+NAME_CHARS = "A-Z a-z 0-9 - _ @ . (at most 64 characters)"
+MAX_PASSWORD = 1024
+
+
+@dataclass
+class ServerManagerConfig:
+    ms_address: str = "mediation.example.net"
+    ms_port: int = 500
+    ms_public_key_pem: str | None = None
+    password_min_length: int = 8
+    session_timeout: float = 900.0
+    throttle_account: int = 5
+    throttle_address: int = 20
+    throttle_window: float = 900.0
+
+
+def validate_name(value: str, what: str) -> str | None:
+    """Error message for a login/alias, or None.  Full-match regex: never loops, never crashes."""
+    if not value:
+        return f"{what} is missing."
+    if NAME_RE.fullmatch(value) is None:
+        return f"{what} invalid, valid characters: {NAME_CHARS}."
+    return None
+
+
+def validate_new_password(password: str, confirm: str, min_length: int) -> str | None:
+    if not password:
+        return "Password is missing."
+    if len(password) < min_length:
+        return f"Password requires at least {min_length} characters."
+    if len(password) > MAX_PASSWORD:
+        return f"Password too long (at most {MAX_PASSWORD} characters)."
+    if password != confirm:
+        return "Password not confirmed."
+    return None
+
+
+class ServerManager(PortalApp):
+    cookie_name = "medsrv_sid"
+    templates_prefix = "server/"
+    title = "Mediation Service"
+
+    def __init__(self, session_factory: sessionmaker[Session], config: ServerManagerConfig) -> None:
+        super().__init__(session_factory, SessionStore(config.session_timeout), "user/login", "peer/list")
+        self.config = config
+        self.throttle_account = Throttle(config.throttle_account, config.throttle_window)
+        self.throttle_address = Throttle(config.throttle_address, config.throttle_window)
+        self.ms_keyid: str | None = None
+        if config.ms_public_key_pem:
+            self.ms_keyid = format_keyid(parse_peer_public_key(config.ms_public_key_pem)[1])
+        r = self.route
+        r("user", "login", self.user_login, public=True)
+        r("user", "logout", self.user_logout, methods=("POST",))
+        r("user", "add", self.user_add, public=True)
+        r("user", "edit", self.user_edit)
+        r("user", "delete", self.user_delete, methods=("POST",))
+        r("user", "help", self.user_help, public=True, methods=("GET",))
+        r("peer", "list", self.peer_list, methods=("GET",))
+        r("peer", "add", self.peer_add)
+        r("peer", "edit", self.peer_edit)
+        r("peer", "delete", self.peer_delete, methods=("POST",))
+
+    def user_exists(self, req: Request) -> bool:
+        return req.user_id is not None and data.get_user(req.db, req.user_id) is not None
+
+    def context(self, req: Request) -> dict[str, Any]:
+        user = None if req.user_id is None else data.get_user(req.db, req.user_id)
+        return {"user_login": None if user is None else user.login}
+
+    # -- user controller -------------------------------------------------------------------
+
+    def user_login(self, req: Request) -> Response:
+        if req.method == "GET":
+            return self.render(req, "user/login.html", login="")
+        login = req.field("login")
+        password = req.field("password", strip=False)
+        wait = max(self.throttle_account.retry_after(login.lower()),
+                   self.throttle_address.retry_after(req.remote_addr))
+        if wait:
+            return self.render(req, "user/login.html", status=429, login=login, errors=[
+                f"Too many failed login attempts. Try again in {wait} seconds."])
+        user = data.get_user_by_login(req.db, login) if login else None
+        ok = verify_password(password, user.password if user else DUMMY_HASH) and user is not None
+        if not ok or user is None:
+            self.throttle_account.fail(login.lower())
+            self.throttle_address.fail(req.remote_addr)
+            return self.render(req, "user/login.html", status=401, login=login,
+                               errors=["Invalid username or password."])
+        self.throttle_account.reset(login.lower())
+        self.start_login(req, user.id)
+        return redirect(req.url("peer/list"))
+
+    def user_logout(self, req: Request) -> Response:
+        self.end_login(req)
+        return redirect(req.url("user/login"))
+
+    def user_add(self, req: Request) -> Response:
+        if req.method == "GET":
+            return self.render(req, "user/add.html", new_login="")
+        login = req.field("new_login")
+        errors = [e for e in (
+            validate_name(login, "Username"),
+            validate_new_password(req.field("new_password", False), req.field("confirm_password", False),
+                                  self.config.password_min_length),
+        ) if e]
+        if not errors:
+            try:
+                user = data.create_user(req.db, login, hash_password(req.field("new_password", False)))
+            except data.DataError as exc:
+                errors.append(str(exc))
+        if errors:
+            return self.render(req, "user/add.html", status=400, new_login=login, errors=errors)
+        self.start_login(req, user.id)
+        req.flash(f"Welcome, {login}! Register your first peer below.")
+        return redirect(req.url("peer/list"))
+
+    def user_edit(self, req: Request) -> Response:
+        assert req.user_id is not None
+        user = data.get_user(req.db, req.user_id)
+        assert user is not None
+        if req.method == "GET":
+            return self.render(req, "user/edit.html", new_login=user.login)
+        login = req.field("new_login")
+        new_pw, confirm = req.field("new_password", False), req.field("confirm_password", False)
+        errors = []
+        if not verify_password(req.field("old_password", False), user.password):
+            errors.append("Password verification failed.")
+        if err := validate_name(login, "Username"):
+            errors.append(err)
+        if new_pw or confirm:
+            if err := validate_new_password(new_pw, confirm, self.config.password_min_length):
+                errors.append(err)
+        if not errors:
+            try:
+                data.update_user(req.db, user, login, hash_password(new_pw) if new_pw else None)
+            except data.DataError as exc:
+                errors.append(str(exc))
+        if errors:
+            return self.render(req, "user/edit.html", status=400, new_login=login, errors=errors)
+        req.flash("Account updated.")
+        return redirect(req.url("peer/list"))
+
+    def user_delete(self, req: Request) -> Response:
+        assert req.user_id is not None
+        user = data.get_user(req.db, req.user_id)
+        assert user is not None
+        if not verify_password(req.field("password", False), user.password):
+            return self.render(req, "user/edit.html", status=400, new_login=user.login,
+                               errors=["Password verification failed; the account was not deleted."])
+        data.delete_user(req.db, user.id)
+        self.store.drop_user(user.id)
+        self.end_login(req)
+        return redirect(req.url("user/login"))
+
+    def user_help(self, req: Request) -> Response:
+        return self.render(req, "user/help.html", ms_address=self.config.ms_address,
+                           ms_port=self.config.ms_port, ms_pem=self.config.ms_public_key_pem,
+                           ms_keyid=self.ms_keyid)
+
+    # -- peer controller -------------------------------------------------------------------
+
+    def _peer_or_404(self, req: Request) -> Peer:
+        assert req.user_id is not None
+        if len(req.args) != 1 or not req.args[0].isdigit() or len(req.args[0]) > 18:
+            raise HTTPError(404, "Peer not found.")
+        peer = data.get_peer(req.db, req.user_id, int(req.args[0]))
+        if peer is None:  # missing or someone else's: indistinguishable
+            raise HTTPError(404, "Peer not found.")
+        return peer
+
+    def peer_list(self, req: Request) -> Response:
+        assert req.user_id is not None
+        rows = [
+            {"id": p.id, "alias": p.alias, "keyid": format_keyid(p.keyid),
+             "since": p.created.strftime("%Y-%m-%d %H:%M UTC"), "kind": key_description(p.public_key)}
+            for p in data.list_peers(req.db, req.user_id)
+        ]
+        return self.render(req, "peer/list.html", peers=rows)
+
+    def _peer_form(self, req: Request) -> tuple[str, str, list[str], tuple[bytes, bytes] | None]:
+        alias, pem = req.field("alias"), req.field("public_key")
+        errors: list[str] = []
+        if err := validate_name(alias, "Alias"):
+            errors.append(err)
+        parsed = None
+        try:
+            parsed = parse_peer_public_key(pem)
+        except KeyError_ as exc:
+            errors.append(str(exc))
+        return alias, pem, errors, parsed
+
+    def peer_add(self, req: Request) -> Response:
+        assert req.user_id is not None
+        if req.method == "GET":
+            return self.render(req, "peer/add.html", alias="", public_key="")
+        alias, pem, errors, parsed = self._peer_form(req)
+        if not errors and parsed is not None:
+            try:
+                peer = data.add_peer(req.db, req.user_id, alias, parsed[0], parsed[1])
+            except data.DataError as exc:
+                errors.append(str(exc))
+            else:
+                req.flash(f"Peer {peer.alias} added, identity {format_keyid(peer.keyid)}.")
+                return redirect(req.url("peer/list"))
+        return self.render(req, "peer/add.html", status=400, alias=alias, public_key=pem, errors=errors)
+
+    def peer_edit(self, req: Request) -> Response:
+        peer = self._peer_or_404(req)
+        info = {"id": peer.id, "keyid": format_keyid(peer.keyid),
+                "since": peer.created.strftime("%Y-%m-%d %H:%M UTC")}
+        if req.method == "GET":
+            return self.render(req, "peer/edit.html", peer=info, alias=peer.alias,
+                               public_key=pem_from_spki(peer.public_key))
+        alias, pem, errors, parsed = self._peer_form(req)
+        if not errors and parsed is not None:
+            try:
+                data.update_peer(req.db, peer, alias, parsed[0], parsed[1])
+            except data.DataError as exc:
+                errors.append(str(exc))
+            else:
+                req.flash(f"Peer {alias} saved.")
+                return redirect(req.url("peer/list"))
+        return self.render(req, "peer/edit.html", status=400, peer=info, alias=alias, public_key=pem,
+                           errors=errors)
+
+    def peer_delete(self, req: Request) -> Response:
+        peer = self._peer_or_404(req)
+        alias = peer.alias
+        data.delete_peer(req.db, peer.user_id, peer.id)
+        req.flash(f"Peer {alias} deleted.")
+        return redirect(req.url("peer/list"))
+
+
+def create_app(db: str | sessionmaker[Session] | None = None,
+               config: ServerManagerConfig | None = None, *, init_db: bool = True) -> ServerManager:
+    """WSGI app factory.  ``db`` is a database URL or a ready session factory."""
+    if db is None or isinstance(db, str):
+        engine = make_engine(db)
+        if init_db:
+            create_all(engine)
+        factory = make_session_factory(engine)
+    else:
+        factory = db
+    return ServerManager(factory, config or ServerManagerConfig())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m medmgr_web.server_manager", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--ms-address", default="mediation.example.net", help="mediation server host name/address")
+    p.add_argument("--ms-port", type=int, default=500, help="mediation server IKE port")
+    p.add_argument("--ms-public-key", metavar="PEMFILE", help="mediation server public key (PEM)")
+    p.add_argument("--password-min-length", type=int, default=8)
+    args = p.parse_args(argv)
+    pem = None
+    if args.ms_public_key:
+        with open(args.ms_public_key, encoding="ascii") as f:
+            pem = f.read()
+    cfg = ServerManagerConfig(
+        ms_address=args.ms_address, ms_port=args.ms_port, ms_public_key_pem=pem,
+        password_min_length=args.password_min_length, session_timeout=args.session_timeout,
+        throttle_account=args.throttle_account, throttle_address=args.throttle_address,
+        throttle_window=args.throttle_window,
+    )
+    serve(create_app(args.db, cfg), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
