@@ -146,6 +146,8 @@ class Message:
 
 def decode_message(data: bytes) -> Message:
     """Parse the IKE header and the plaintext payloads; SK/SKF are kept raw in `msg.sk`."""
+    if type(data) is not bytes:
+        data = bytes(data)  # memoryview / bytearray from the adapter: `raw` must be immutable
     n = len(data)
     if n < IKE_HEADER_LEN:
         raise DecodeError(f"IKE message of {n} octets shorter than the {IKE_HEADER_LEN}-octet header")
@@ -364,10 +366,10 @@ class Reassembler:
         if part is not None and (
             skf.total < part.total or (skf.total == part.total and skf.number in part.parts)
         ):
-            return None  # RFC 7383 2.6: smaller Total Fragments or duplicate: discard the fragment
+            return None  # RFC 7383 2.6.1: smaller Total Fragments or duplicate: discard the fragment
         plaintext = protector.open(skf.prefix, skf.body)  # IntegrityError propagates
         if part is None or skf.total > part.total:
-            # RFC 7383 2.6: a larger total means the sender re-fragmented; start over
+            # RFC 7383 2.6.1: a larger total means the sender re-fragmented; start over
             part = _Partial(skf.total, now + self.timeout)
             self._partials[key] = part
         if part.size + len(plaintext) > self.max_size:

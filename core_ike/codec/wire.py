@@ -10,6 +10,7 @@ Every length inconsistency raises `DecodeError` with the offending numbers in th
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -48,6 +49,10 @@ from .payloads import (
 )
 
 GENERIC_HEADER_LEN = 4  # RFC 7296 3.2
+# Fixed-size leading fields, unpacked in one call on the hot path
+_GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2: Next Payload, C|RESERVED, Payload Length
+_SUBSTRUC = struct.Struct("!BBHBBBB")  # RFC 7296 3.3.1/3.3.2: Last, RESERVED, Length, 4 octets
+_NOTIFY = struct.Struct("!BBH")  # RFC 7296 3.10: Protocol ID, SPI Size, Notify Message Type
 CRITICAL = 0x80  # RFC 7296 3.2: C bit
 
 # Value -> enum member lookups (faster than calling the enum on the hot path); unknown stay int.
@@ -97,35 +102,25 @@ def _pull_attributes(buf: Buffer) -> int | None:
 
 def _pull_transform(buf: Buffer) -> tuple[bool, Transform]:
     _need_body(buf, 8, "transform")
-    more = buf.pull_u8()
-    buf.pull_u8()
-    length = buf.pull_u16()
+    more, _, length, ttype, _, tid_hi, tid_lo = _SUBSTRUC.unpack(buf.pull_bytes(8))
     if more not in (_LAST_TRANSFORM, _MORE_TRANSFORMS):
         raise DecodeError(f"transform Last Substruc {more} is neither 0 nor 3")
-    if length < 8 or length - 4 > buf.remaining:
-        raise DecodeError(f"transform length {length} invalid ({buf.remaining + 4} octets left)")
-    ttype = buf.pull_u8()
-    buf.pull_u8()
-    tid = buf.pull_u16()
-    key_length = _pull_attributes(buf.sub(length - 8))
+    if length < 8 or length - 8 > buf.remaining:
+        raise DecodeError(f"transform length {length} invalid ({buf.remaining + 8} octets left)")
+    tid = tid_hi << 8 | tid_lo
+    key_length = _pull_attributes(buf.sub(length - 8)) if length > 8 else None
     t = Transform(_TRANSFORM_TYPES.get(ttype, ttype), tid, key_length)  # unknown types kept (3.3.6)
     return more == _MORE_TRANSFORMS, t
 
 
 def _pull_proposal(buf: Buffer) -> tuple[bool, Proposal]:
     _need_body(buf, 8, "proposal")
-    more = buf.pull_u8()
-    buf.pull_u8()
-    length = buf.pull_u16()
+    more, _, length, num, proto, spi_size, n_transforms = _SUBSTRUC.unpack(buf.pull_bytes(8))
     if more not in (_LAST_PROPOSAL, _MORE_PROPOSALS):
         raise DecodeError(f"proposal Last Substruc {more} is neither 0 nor 2")
-    if length < 8 or length - 4 > buf.remaining:
-        raise DecodeError(f"proposal length {length} invalid ({buf.remaining + 4} octets left)")
-    body = buf.sub(length - 4)
-    num = body.pull_u8()
-    proto = body.pull_u8()
-    spi_size = body.pull_u8()
-    n_transforms = body.pull_u8()
+    if length < 8 or length - 8 > buf.remaining:
+        raise DecodeError(f"proposal length {length} invalid ({buf.remaining + 8} octets left)")
+    body = buf.sub(length - 8)
     if spi_size > body.remaining:
         raise DecodeError(f"proposal SPI size {spi_size} exceeds proposal length {length}")
     spi = body.pull_bytes(spi_size)
@@ -287,9 +282,7 @@ def push_eap(buf: Buffer, v: EapPayload) -> None:
 
 def pull_notify(buf: Buffer) -> NotifyPayload:
     _need_body(buf, 4, "Notify")  # ProtocolID(1) SPISize(1) Type(2) SPI data
-    proto = buf.pull_u8()
-    spi_size = buf.pull_u8()
-    ntype = buf.pull_u16()
+    proto, spi_size, ntype = _NOTIFY.unpack(buf.pull_bytes(4))
     if spi_size > buf.remaining:
         raise DecodeError(f"Notify {ntype}: SPI size {spi_size} exceeds {buf.remaining} remaining octets")
     spi = buf.pull_bytes(spi_size)
@@ -448,9 +441,8 @@ def pull_header(buf: Buffer) -> tuple[int, bool, int]:
     """RFC 7296 3.2 generic payload header -> (next payload, critical, body length)."""
     if buf.remaining < GENERIC_HEADER_LEN:
         raise DecodeError(f"payload header truncated: {buf.remaining} octets at offset {buf.pos}")
-    nxt = buf.pull_u8()
-    crit = buf.pull_u8() & CRITICAL != 0
-    length = buf.pull_u16()
+    nxt, flags, length = _GENERIC.unpack(buf.pull_bytes(GENERIC_HEADER_LEN))
+    crit = flags & CRITICAL != 0
     if length < GENERIC_HEADER_LEN:
         raise DecodeError(f"payload length {length} < {GENERIC_HEADER_LEN} at offset {buf.pos - 4}")
     if length - GENERIC_HEADER_LEN > buf.remaining:
