@@ -22,7 +22,7 @@ class DecodeError(IkeError):
 class ProtocolError(IkeError):
     """A protocol rule was broken; `notify` is what we answer (None = drop silently)."""
 
-    def __init__(self, message: str, notify: NotifyType | None = None, data: bytes = b"") -> None:
+    def __init__(self, message: str, notify: NotifyType | int | None = None, data: bytes = b"") -> None:
         super().__init__(message)
         self.notify = notify
         self.data = data

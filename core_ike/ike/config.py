@@ -1,0 +1,119 @@
+"""Connection configuration (the swanctl.conf concepts a user knows), as plain dataclasses.
+
+Everything a test must tune is a field here (design principle 7); nothing reads module constants.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..constants import IKE_PORT, NATT_PORT
+from ..errors import LocalError
+from .identity import ANY, Identity
+
+AuthKind = Literal["psk", "pubkey"]
+
+
+@dataclass(frozen=True)
+class RetransmitConfig:
+    """RFC 7296 2.1 leaves timing open; defaults are strongSwan's (retransmit_timeout/base/tries)."""
+
+    timeout: float = 4.0
+    base: float = 1.8
+    tries: int = 5
+
+    def delay(self, attempt: int) -> float:
+        """Wait after the `attempt`-th transmission (0 = first send) before the next one."""
+        return float(self.timeout * self.base**attempt)
+
+
+@dataclass
+class AuthConfig:
+    auth: AuthKind = "psk"
+    id: Identity = ANY
+    # pubkey: local private key (PEM path or key object), remote expected key(s) are found by identity
+    # in the credential store; "signature" selects AUTH method 14 (RFC 7427) or 1 (classic RSA).
+    signature: Literal["rfc7427", "rsa", "rsa-pss"] = "rfc7427"
+    certs: list[Any] = field(default_factory=list)  # local certificate(s) to send (cryptography x509)
+
+
+@dataclass
+class ChildConfig:
+    name: str
+    local_ts: list[str] = field(default_factory=lambda: ["dynamic"])
+    remote_ts: list[str] = field(default_factory=lambda: ["dynamic"])
+    esp_proposals: str = "aes128gcm16-x25519,aes128gcm16,aes256-sha256"
+    mode: Literal["tunnel"] = "tunnel"
+    rekey_time: float = 3600.0
+    life_time: float | None = None  # default: rekey_time * 1.1
+    rekey_bytes: int = 0
+    rekey_packets: int = 0
+    start_action: Literal["none", "start", "trap"] = "none"
+    replay_window: int = 128
+
+
+@dataclass
+class IkeConfig:
+    name: str
+    local_addrs: list[str] = field(default_factory=lambda: ["%any"])
+    remote_addrs: list[str] = field(default_factory=lambda: ["%any"])
+    local_port: int = IKE_PORT
+    remote_port: int = IKE_PORT
+    proposals: str = "aes128gcm16-prfsha256-x25519,aes256-sha256-modp2048"
+    local: AuthConfig = field(default_factory=AuthConfig)
+    remote: AuthConfig = field(default_factory=AuthConfig)
+    children: list[ChildConfig] = field(default_factory=list)
+    rekey_time: float = 14400.0
+    over_time: float | None = None
+    dpd_delay: float = 0.0  # 0 = no liveness checks
+    keepalive_interval: float = 20.0  # RFC 3948 NAT keepalives, sent when behind a NAT
+    retransmit: RetransmitConfig = field(default_factory=RetransmitConfig)
+    fragmentation: bool = True  # RFC 7383, used only when both sides announce it
+    fragment_size: int = 1280
+    encap: bool = False  # force UDP encapsulation (float to 4500)
+    vips: list[str] = field(default_factory=list)  # CP request, e.g. ["0.0.0.0"]
+    pools: list[str] = field(default_factory=list)  # responder: virtual IPs to hand out
+    mediation: bool = False  # ME: this is a mediation connection (to a mediation server)
+    mediated_by: str | None = None  # ME: name of the mediation connection to use
+    mediation_peer: Identity | None = None  # ME: identity to request from the server
+    unique: Literal["no", "replace", "keep"] = "replace"
+    keyingtries: int = 1
+    send_certreq: bool = True
+
+    def child(self, name: str) -> ChildConfig:
+        for c in self.children:
+            if c.name == name:
+                return c
+        raise LocalError(f"no CHILD_SA config named {name!r} in {self.name!r}")
+
+    @property
+    def natt_port(self) -> int:
+        return NATT_PORT if self.local_port in (IKE_PORT, 0) else self.local_port
+
+
+def remote_host(cfg: IkeConfig) -> str | None:
+    """The first concrete remote address, or None for %any (responder-only / mediated)."""
+    for a in cfg.remote_addrs:
+        if a != "%any":
+            return a
+    return None
+
+
+def addr_matches(patterns: list[str], addr: str) -> bool:
+    """swanctl local_addrs/remote_addrs matching: %any, an address, or a subnet."""
+    ip = ipaddress.ip_address(addr)
+    for p in patterns:
+        if p in ("%any", "%any4", "%any6", "0.0.0.0/0", "::/0"):
+            if p == "%any4" and ip.version != 4:
+                continue
+            if p == "%any6" and ip.version != 6:
+                continue
+            return True
+        try:
+            if ip in ipaddress.ip_network(p, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False

@@ -1,0 +1,94 @@
+"""Credential store: PSKs by identity pair, own private keys, trusted public keys and CA certificates.
+
+Public keys are looked up by identity: an ID_KEY_ID identity is matched against the SHA-1 key id of
+each key (exactly as the portal derives it), other identities by configuration. A `resolver` hook lets
+the mediation server look keys up in med_db without the core importing SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from ..constants import IdType
+from ..crypto.auth import PrivateKey, PublicKey, load_private_key, load_public_key
+from ..crypto.auth import keyid_sha1 as keyid_of
+from .identity import Identity
+
+__all__ = ["Credentials", "SharedKey", "PrivateKey", "PublicKey", "keyid_of", "load_private_key",
+           "load_public_key"]
+
+
+@dataclass
+class SharedKey:
+    secret: bytes
+    ids: list[Identity]  # empty = any
+
+
+@dataclass
+class Credentials:
+    shared: list[SharedKey] = field(default_factory=list)
+    private_keys: list[PrivateKey] = field(default_factory=list)
+    public_keys: dict[Identity, PublicKey] = field(default_factory=dict)
+    raw_keys: list[PublicKey] = field(default_factory=list)  # trusted keys found by key id
+    cas: list[x509.Certificate] = field(default_factory=list)
+    resolver: Callable[[Identity], PublicKey | None] | None = None
+
+    def add_psk(self, secret: bytes | str, *ids: str | Identity) -> None:
+        s = secret.encode() if isinstance(secret, str) else secret
+        self.shared.append(SharedKey(s, [i if isinstance(i, Identity) else Identity.parse(i) for i in ids]))
+
+    def add_public_key(self, key: PublicKey, identity: Identity | None = None) -> Identity:
+        """Trust `key`; it answers for `identity` and always for its own ID_KEY_ID."""
+        self.raw_keys.append(key)
+        if identity is not None:
+            self.public_keys[identity] = key
+        return Identity.key_id(keyid_of(key))
+
+    def psk(self, me: Identity, peer: Identity) -> bytes | None:
+        """Best match as swanctl does: both ids listed > one listed > none (RFC 7296 2.15)."""
+        best: tuple[int, bytes] | None = None
+        for sk in self.shared:
+            if not sk.ids:
+                score = 1
+            else:
+                hit_me = any(i.matches(me) for i in sk.ids)
+                hit_peer = any(i.matches(peer) for i in sk.ids)
+                if not hit_peer and not (hit_me and len(sk.ids) == 1):
+                    continue
+                score = 3 if (hit_me and hit_peer) else 2
+            if best is None or score > best[0]:
+                best = (score, sk.secret)
+        return best[1] if best else None
+
+    def private_key_for(self, me: Identity) -> PrivateKey | None:
+        if me.id_type == IdType.KEY_ID:
+            for k in self.private_keys:
+                if keyid_of(k.public_key()) == me.data:
+                    return k
+        return self.private_keys[0] if self.private_keys else None
+
+    def public_key_for(self, peer: Identity) -> PublicKey | None:
+        if peer in self.public_keys:
+            return self.public_keys[peer]
+        if peer.id_type == IdType.KEY_ID:
+            for k in self.raw_keys:
+                if keyid_of(k) == peer.data:
+                    return k
+        if self.resolver is not None:
+            return self.resolver(peer)
+        return None
+
+    def verify_cert(self, cert: x509.Certificate) -> bool:
+        """An end-entity certificate directly issued by one of our CAs and currently valid."""
+        for ca in self.cas:
+            if ca.subject != cert.issuer:
+                continue
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends
+                continue
+            return True
+        return False

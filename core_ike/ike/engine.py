@@ -1,0 +1,555 @@
+"""The sans-IO IKE engine: demultiplexes datagrams to IKE_SAs, answers new IKE_SA_INITs (with
+stateless COOKIEs under load, RFC 7296 2.6), runs timers and collects datagrams and events.
+
+Model: aioquic's QuicConnection. The adapter calls `receive(data, local, remote, now)`,
+`handle_timer(now)` at `get_timer()`, and drains `datagrams_to_send()` and `next_event()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import ipaddress
+import itertools
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec.message import Message, decode_message
+from ..codec.payloads import NoncePayload, NotifyPayload, Proposal
+from ..constants import IKE_PORT, NATT_PORT, ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId
+from ..crypto.proposals import parse_proposals
+from ..errors import DecodeError, ProtocolError
+from . import events as ev
+from .config import IkeConfig, addr_matches
+from .creds import Credentials
+from .identity import Identity
+from .sa import IkeSa, IkeState
+from .task import Task
+from .tasks.child_create import ChildCreate
+from .tasks.ike_auth import IkeAuth
+from .tasks.ike_init import IkeInit
+from .tasks.ike_rekey import IkeRekey
+from .tasks.informational import ChildDelete, Dpd, IkeDelete, Informational
+
+log = logging.getLogger("core_ike.ike")
+Addr = tuple[str, int]
+
+
+class Extension:
+    """Hooks for protocol extensions (the mediation extension plugs in here)."""
+
+    def tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
+        return []
+
+    def on_established(self, sa: IkeSa, now: float) -> None:
+        return None
+
+    def on_destroyed(self, sa: IkeSa, now: float) -> None:
+        return None
+
+    def handle_plain(self, msg: Message, local: Addr, remote: Addr, now: float) -> bool:
+        """An unencrypted message with zero SPIs (ME connectivity check); True if consumed."""
+        return False
+
+    def config_score(self, cfg: IkeConfig, sa: IkeSa) -> int:
+        """Extra preference when choosing a peer config at IKE_AUTH (0 = neutral, <0 = reject)."""
+        return 0
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+
+@dataclass
+class EngineConfig:
+    ike_port: int = IKE_PORT
+    natt_port: int = NATT_PORT
+    cookie_threshold: int = 30  # half-open SAs before COOKIEs are demanded (strongSwan's default)
+    cookie_threshold_ip: int = 3
+    force_cookies: bool = False
+    half_open_timeout: float = 30.0
+    max_half_open: int = 10000  # hard cap on what unauthenticated peers can make us allocate
+    pools: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, configs: list[IkeConfig], creds: Credentials, config: EngineConfig | None = None,
+                 route_source: Callable[[str], str] | None = None) -> None:
+        self.configs = configs
+        self.creds = creds
+        self.cfg = config or EngineConfig()
+        self.ike_port = self.cfg.ike_port
+        self.natt_port = self.cfg.natt_port
+        self.half_open_timeout = self.cfg.half_open_timeout
+        self.route_source = route_source
+        self.extensions: list[Extension] = []
+        self.now = 0.0
+        self.sas: dict[bytes, IkeSa] = {}  # by our own SPI
+        self.init_index: dict[tuple[bytes, Addr], IkeSa] = {}  # responder: (SPIi, peer) of IKE_SA_INIT
+        self._out: list[tuple[bytes, Addr, Addr]] = []
+        self._events: deque[ev.Event] = deque()
+        self._timers: list[tuple[float, int, IkeSa]] = []
+        self._seq = itertools.count()
+        self._ike_ids = itertools.count(1)
+        self._child_ids = itertools.count(1)
+        self._reqids = itertools.count(1)
+        self._spis: set[int] = set()
+        self.spi_allocator: Callable[[], int] | None = None
+        self._cookie_secret = os.urandom(32)
+        self._cookie_version = 0
+        self._half_open = 0
+        self._half_open_by_ip: dict[str, int] = {}
+        self._vips_used: set[str] = set()
+
+    # ================================================================== adapter API
+    def receive(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        """One IKE message (non-ESP marker already stripped) that arrived on `local` from `remote`."""
+        self.now = now
+        try:
+            msg = decode_message(data)
+        except DecodeError as e:
+            log.warning("dropping malformed packet from %s[%d] (%d bytes): %s", remote[0], remote[1], len(data), e)
+            return
+        except ProtocolError as e:
+            log.warning("dropping invalid packet from %s[%d]: %s", remote[0], remote[1], e)
+            self._answer_plain_error(data, e, local, remote)
+            return
+        log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0], local[1],
+                 len(data))
+        self._dispatch(msg, local, remote, now)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> ev.Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        while self._timers:
+            t, _, sa = self._timers[0]
+            if sa.state is IkeState.DESTROYED or t != sa.timer_at:
+                heapq.heappop(self._timers)
+                continue
+            break
+        cands = [self._timers[0][0]] if self._timers else []
+        cands += [d for d in (x.next_deadline() for x in self.extensions) if d is not None]
+        return min(cands) if cands else None
+
+    def handle_timer(self, now: float) -> None:
+        self.now = now
+        while self._timers and self._timers[0][0] <= now:
+            t, _, sa = heapq.heappop(self._timers)
+            if sa.state is IkeState.DESTROYED or t != sa.timer_at:
+                continue  # stale entry
+            sa.timer_at = None
+            d = sa.next_deadline()
+            if d is not None and d <= now:
+                sa.handle_timer(now)
+            self._schedule(sa)
+        for x in self.extensions:
+            d = x.next_deadline()
+            if d is not None and d <= now:
+                x.handle_timer(now)
+
+    # ================================================================== control API
+    def initiate(self, name: str, child: str | None = None, now: float | None = None,
+                 remote: Addr | None = None, local: Addr | None = None) -> IkeSa:
+        """Bring up connection `name` (and CHILD_SA `child`, default: all its children)."""
+        if now is not None:
+            self.now = now
+        cfg = self.config(name)
+        children = [cfg.child(child)] if child else list(cfg.children)
+        for sa in self.sas.values():
+            if sa.config is cfg and sa.established and sa.is_original_initiator and remote is None:
+                for c in children:
+                    sa.queue_task(ChildCreate(c, in_auth=False), self.now)
+                return sa
+        sa = self.new_initiator(cfg, remote, local)
+        sa.queue.append(IkeInit())
+        sa.queue.append(IkeAuth())
+        for i, c in enumerate(children):
+            sa.queue.append(ChildCreate(c, in_auth=(i == 0)))
+        log.info("initiating IKE_SA %s to %s", sa.label, sa.remote[0])
+        sa.initiate_next(self.now)
+        return sa
+
+    def new_initiator(self, cfg: IkeConfig, remote: Addr | None = None, local: Addr | None = None) -> IkeSa:
+        if remote is None:
+            host = next((a for a in cfg.remote_addrs if a != "%any"), None)
+            if host is None:
+                raise ProtocolError(f"connection {cfg.name!r} has no remote address to initiate to")
+            remote = (host, cfg.remote_port)
+        if local is None:
+            local = (self._source_for(cfg, remote[0]), cfg.local_port if not cfg.encap else self.natt_port)
+        sa = IkeSa(self, cfg, True, next(self._ike_ids), local, remote, self.now)
+        while sa.spi_i in self.sas:
+            sa.spi_i = os.urandom(8)
+        self.sas[sa.spi_i] = sa
+        return sa
+
+    def _source_for(self, cfg: IkeConfig, remote_ip: str) -> str:
+        for a in cfg.local_addrs:
+            if a not in ("%any", "%any4", "%any6"):
+                return a
+        if self.route_source is not None:
+            return self.route_source(remote_ip)
+        return "0.0.0.0" if ipaddress.ip_address(remote_ip).version == 4 else "::"
+
+    def terminate(self, sa: IkeSa, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
+        if sa.established:
+            sa.queue_task(IkeDelete("terminated by user"), self.now)
+        else:
+            sa.destroy("terminated by user", self.now, failed=True)
+
+    def terminate_child(self, sa: IkeSa, unique_id: int, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
+        c = sa.children.get(unique_id)
+        if c is not None:
+            sa.queue_task(ChildDelete(child=c, reason="terminated by user"), self.now)
+
+    def rekey_ike(self, sa: IkeSa, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
+        sa.queue_task(IkeRekey(), self.now)
+
+    def rekey_child(self, sa: IkeSa, unique_id: int, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
+        c = sa.children.get(unique_id)
+        if c is not None and c.state == "INSTALLED":
+            c.state = "REKEYING"
+            sa.queue_task(ChildCreate(None, in_auth=False, rekey=c), self.now)
+
+    def config(self, name: str) -> IkeConfig:
+        for c in self.configs:
+            if c.name == name:
+                return c
+        raise ProtocolError(f"no connection named {name!r}")
+
+    def find_sa(self, unique_id: int) -> IkeSa | None:
+        return next((s for s in self.sas.values() if s.unique_id == unique_id), None)
+
+    def ike_sas(self) -> list[IkeSa]:
+        seen: dict[int, IkeSa] = {}
+        for s in self.sas.values():
+            seen[s.unique_id] = s
+        return [seen[k] for k in sorted(seen)]
+
+    # ================================================================== used by SAs and tasks
+    def send(self, data: bytes, local: Addr, remote: Addr) -> None:
+        self._out.append((data, local, remote))
+
+    def emit(self, event: ev.Event) -> None:
+        self._events.append(event)
+
+    def alloc_spi(self) -> int:
+        if self.spi_allocator is not None:
+            return self.spi_allocator()
+        while True:
+            spi = int.from_bytes(os.urandom(4), "big")
+            if spi >= 256 and spi not in self._spis:  # RFC 4303 2.1: 1..255 reserved
+                self._spis.add(spi)
+                return spi
+
+    def next_child_id(self) -> int:
+        return next(self._child_ids)
+
+    def next_reqid(self) -> int:
+        return next(self._reqids)
+
+    def extension_tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
+        out: list[Task] = []
+        for x in self.extensions:
+            out += x.tasks(sa, exchange, initiator, msg)
+        return out
+
+    def responder_tasks(self, sa: IkeSa, msg: Message) -> list[Task]:
+        x = msg.exchange
+        tasks: list[Task]
+        if x == ExchangeType.IKE_SA_INIT:
+            tasks = [IkeInit()]
+        elif x == ExchangeType.IKE_AUTH:
+            tasks = [IkeAuth()]
+            if msg.get(PayloadType.SA) is not None:
+                tasks.append(ChildCreate(None, in_auth=True))
+        elif x == ExchangeType.CREATE_CHILD_SA:
+            tasks = [self._create_child_task(sa, msg)]
+        elif x == ExchangeType.INFORMATIONAL:
+            tasks = [Informational()]
+        else:
+            tasks = []
+        return tasks + self.extension_tasks(sa, x, False, msg)
+
+    def _create_child_task(self, sa: IkeSa, msg: Message) -> Task:
+        rekey = msg.notify(NotifyType.REKEY_SA)
+        if rekey is not None and rekey.protocol in (ProtocolId.ESP, ProtocolId.AH):
+            old = sa.child_by_spi(int.from_bytes(rekey.spi, "big"), inbound=False)
+            if old is None:
+                raise ProtocolError("CHILD_SA to rekey not found", NotifyType.CHILD_SA_NOT_FOUND, rekey.spi)
+            return ChildCreate(None, in_auth=False, rekey=old)
+        sa_pl = msg.get(PayloadType.SA)
+        props: list[Proposal] = getattr(sa_pl, "proposals", [])
+        if props and props[0].protocol == ProtocolId.IKE:
+            return IkeRekey()
+        if sa.mediation:
+            # ME draft 3.1: mediation SAs carry no CHILD_SAs
+            raise ProtocolError("no CHILD_SAs on a mediation connection", NotifyType.NO_ADDITIONAL_SAS)
+        return ChildCreate(None, in_auth=False)
+
+    def ike_proposals_for(self, sa: IkeSa) -> list[Proposal]:
+        out: list[Proposal] = []
+        for c in self._configs_for(sa):
+            for p in parse_proposals(c.proposals, ProtocolId.IKE):
+                if p not in out:
+                    out.append(p)
+        return out
+
+    def _configs_for(self, sa: IkeSa) -> list[IkeConfig]:
+        return [c for c in self.configs if addr_matches(c.local_addrs, sa.local[0])
+                and addr_matches(c.remote_addrs, sa.remote[0])]
+
+    def select_peer_config(self, sa: IkeSa, peer: Identity, wanted: Identity | None,
+                           msg: Message) -> IkeConfig | None:
+        """RFC 7296 2.15 / strongSwan peer_cfg lookup: addresses, both identities, auth method."""
+        auth = msg.get(PayloadType.AUTH)
+        method = getattr(auth, "method", 0)
+        best: tuple[int, IkeConfig] | None = None
+        for c in self._configs_for(sa):
+            if not c.remote.id.matches(peer):
+                continue
+            if wanted is not None and not c.local.id.is_any and c.local.id != wanted:
+                continue
+            if (method == 2) != (c.remote.auth == "psk"):
+                continue
+            score = (2 if not c.remote.id.is_any else 1) + sum(x.config_score(c, sa) for x in self.extensions)
+            if any(x.config_score(c, sa) < 0 for x in self.extensions):
+                continue
+            if best is None or score > best[0]:
+                best = (score, c)
+        return best[1] if best else None
+
+    def is_first_contact(self, sa: IkeSa) -> bool:
+        return not any(s is not sa and s.established and s.config is sa.config for s in self.sas.values())
+
+    def assign_vip(self, sa: IkeSa) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        for pool in sa.config.pools:
+            net = ipaddress.ip_network(pool, strict=False)
+            for host in net.hosts():
+                if str(host) not in self._vips_used:
+                    self._vips_used.add(str(host))
+                    return host
+        return None
+
+    def spi_learned(self, sa: IkeSa) -> None:
+        self._schedule(sa)
+
+    def ike_established(self, sa: IkeSa, now: float) -> None:
+        if not sa.is_original_initiator:
+            self._half_open_done(sa)
+        cfg = sa.config
+        if cfg.rekey_time > 0 and sa.rekey_at is None:
+            sa.rekey_at = now + (cfg.rekey_time if sa.is_original_initiator else cfg.rekey_time * 1.05)
+        if cfg.unique == "replace" and sa.rekeyed_from is None:
+            for other in list(self.sas.values()):
+                if other is not sa and other.config is cfg and other.established and other.peer_id == sa.peer_id \
+                        and other.unique_id != sa.unique_id:
+                    log.info("deleting duplicate IKE_SA %s for peer '%s' due to uniqueness policy",
+                             other.label, other.peer_id)
+                    self.terminate(other, now)
+        for x in self.extensions:
+            x.on_established(sa, now)
+
+    def create_rekeyed_sa(self, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: bytes, now: float) -> IkeSa:
+        new = IkeSa(self, old.config, initiator, next(self._ike_ids), old.local, old.remote, now, spi_i)
+        new.spi_r = spi_r
+        new.my_id, new.peer_id = old.my_id, old.peer_id
+        new.nat_here, new.nat_there = old.nat_here, old.nat_there
+        new.frag_supported, new.peer_hash_algs = old.frag_supported, old.peer_hash_algs
+        new.mediation, new.extension_data = old.mediation, old.extension_data
+        self.sas[spi_i if initiator else spi_r] = new
+        self._schedule(new)
+        return new
+
+    def maintenance(self, sa: IkeSa, now: float) -> None:
+        """Periodic duties of an established SA: rekeying, child expiry, liveness."""
+        if sa.state is not IkeState.ESTABLISHED:
+            return
+        if sa.rekey_at is not None and now >= sa.rekey_at:
+            sa.rekey_at = None
+            log.info("rekeying IKE_SA %s", sa.label)
+            sa.queue_task(IkeRekey(), now)
+        for c in list(sa.children.values()):
+            if c.expire_at is not None and now >= c.expire_at:
+                log.info("CHILD_SA %s{%d} expired", c.name, c.unique_id)
+                c.expire_at = None
+                sa.queue_task(ChildDelete(child=c, reason="expired"), now)
+            elif c.rekey_at is not None and now >= c.rekey_at and c.state == "INSTALLED":
+                c.rekey_at = None
+                c.state = "REKEYING"
+                log.info("rekeying CHILD_SA %s{%d}", c.name, c.unique_id)
+                sa.queue_task(ChildCreate(None, in_auth=False, rekey=c), now)
+        if sa.config.dpd_delay > 0 and not sa.dpd_pending and now >= sa.last_in + sa.config.dpd_delay \
+                and sa.outstanding is None:
+            sa.queue_task(Dpd(), now)
+
+    def forget(self, sa: IkeSa) -> None:
+        for k in [k for k, v in self.sas.items() if v is sa]:
+            del self.sas[k]
+        for ik in [k for k, v in self.init_index.items() if v is sa]:
+            del self.init_index[ik]
+        if not sa.is_original_initiator and sa.established_at is None:
+            self._half_open_done(sa)
+        for x in self.extensions:
+            x.on_destroyed(sa, self.now)
+
+    # ================================================================== internals
+    def _schedule(self, sa: IkeSa) -> None:
+        """Keep at most one live heap entry per SA: push only when the deadline moved earlier."""
+        d = sa.next_deadline()
+        if d is None or (sa.timer_at is not None and sa.timer_at <= d):
+            return
+        sa.timer_at = d
+        heapq.heappush(self._timers, (d, next(self._seq), sa))
+
+    reschedule = _schedule
+
+    def _dispatch(self, msg: Message, local: Addr, remote: Addr, now: float) -> None:
+        if msg.spi_i == b"\x00" * 8 and msg.spi_r == b"\x00" * 8:
+            if not any(x.handle_plain(msg, local, remote, now) for x in self.extensions):
+                log.info("dropping message with zero SPIs from %s[%d]", *remote)
+            return
+        if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.is_response and msg.spi_r == b"\x00" * 8:
+            self._init_request(msg, local, remote, now)
+            return
+        # RFC 7296 2.6: the SPI that we chose is SPIi for SAs we initiated, SPIr otherwise
+        ours = msg.spi_r if msg.flags & HeaderFlag.INITIATOR else msg.spi_i
+        sa = self.sas.get(ours)
+        if sa is None and msg.is_response and msg.exchange == ExchangeType.IKE_SA_INIT:
+            sa = self.sas.get(msg.spi_i)
+        if sa is None:
+            log.info("ignoring %s for unknown IKE_SA %s_i %s_r", "response" if msg.is_response else "request",
+                     msg.spi_i.hex(), msg.spi_r.hex())
+            return
+        if sa.is_original_initiator and msg.flags & HeaderFlag.INITIATOR or \
+                not sa.is_original_initiator and not msg.flags & HeaderFlag.INITIATOR:
+            log.info("ignoring message with wrong initiator flag for %s", sa.label)
+            return
+        self._update_addresses(sa, local, remote, msg)
+        sa.receive(msg, now)
+        if sa.state is IkeState.DESTROYED:
+            return
+        self._schedule(sa)
+
+    def _update_addresses(self, sa: IkeSa, local: Addr, remote: Addr, msg: Message) -> None:
+        """Port floating and RFC 7296 2.23 dynamic updates (applied before decryption; the integrity
+        check that follows rejects forgeries, after which only valid peers could have moved us)."""
+        if sa.local != local:
+            sa.local = local
+        if sa.remote != remote and (sa.nat_there or sa.remote[0] == remote[0]):
+            if sa.established:
+                self.emit(ev.PeerAddressChanged(sa.unique_id, remote))
+            sa.remote = remote
+
+    def _init_request(self, msg: Message, local: Addr, remote: Addr, now: float) -> None:
+        key = (msg.spi_i, remote)
+        old = self.init_index.get(key)
+        if old is not None and old.state is not IkeState.DESTROYED:
+            if old.init_request == msg.raw and old.cached_response is not None:
+                log.info("received retransmit of IKE_SA_INIT from %s[%d], retransmitting response", *remote)
+                old.receive(msg, now)  # answered from the response cache
+            return
+        if self._half_open >= self.cfg.max_half_open:
+            log.warning("dropping IKE_SA_INIT from %s: too many half-open IKE_SAs", remote[0])
+            return
+        if self._needs_cookie(remote[0]) and not self._cookie_ok(msg, remote):
+            self._send_cookie(msg, local, remote)
+            return
+        cfgs = [c for c in self.configs if addr_matches(c.local_addrs, local[0])
+                and addr_matches(c.remote_addrs, remote[0])]
+        if not cfgs:
+            log.info("no IKE config found for %s...%s, sending NO_PROPOSAL_CHOSEN", local[0], remote[0])
+            self._reply_error(msg, NotifyType.NO_PROPOSAL_CHOSEN, local, remote)
+            return
+        sa = IkeSa(self, cfgs[0], False, next(self._ike_ids), local, remote, now, spi_i=msg.spi_i)
+        while sa.spi_r in self.sas:
+            sa.spi_r = os.urandom(8)
+        log.info("%s[%d] is initiating an IKE_SA", remote[0], remote[1])
+        self.sas[sa.spi_r] = sa
+        self.init_index[key] = sa
+        self._half_open += 1
+        self._half_open_by_ip[remote[0]] = self._half_open_by_ip.get(remote[0], 0) + 1
+        sa.extension_data["half_open"] = True
+        sa.receive(msg, now)
+        if sa.state is not IkeState.DESTROYED:
+            self._schedule(sa)
+
+    def _half_open_done(self, sa: IkeSa) -> None:
+        if sa.extension_data.pop("half_open", None):
+            self._half_open -= 1
+            ip = sa.remote[0]
+            n = self._half_open_by_ip.get(ip, 1) - 1
+            if n <= 0:
+                self._half_open_by_ip.pop(ip, None)
+            else:
+                self._half_open_by_ip[ip] = n
+
+    # ------------------------------------------------------------------ cookies (RFC 7296 2.6)
+    def _needs_cookie(self, ip: str) -> bool:
+        return (self.cfg.force_cookies or self._half_open >= self.cfg.cookie_threshold
+                or self._half_open_by_ip.get(ip, 0) >= self.cfg.cookie_threshold_ip)
+
+    def _cookie_for(self, msg: Message, remote: Addr, version: int, secret: bytes) -> bytes:
+        nonce = msg.get(PayloadType.NONCE)
+        ni = nonce.data if isinstance(nonce, NoncePayload) else b""
+        ip = ipaddress.ip_address(remote[0]).packed
+        # RFC 7296 2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)
+        return bytes([version & 0xFF]) + hashlib.sha256(ni + ip + msg.spi_i + secret).digest()
+
+    def _cookie_ok(self, msg: Message, remote: Addr) -> bool:
+        first = msg.payloads[0] if msg.payloads else None
+        if not isinstance(first, NotifyPayload) or int(first.type) != NotifyType.COOKIE:
+            return False
+        want = self._cookie_for(msg, remote, self._cookie_version, self._cookie_secret)
+        return first.data == want
+
+    def _send_cookie(self, msg: Message, local: Addr, remote: Addr) -> None:
+        cookie = self._cookie_for(msg, remote, self._cookie_version, self._cookie_secret)
+        log.info("sending COOKIE to %s[%d] (%d half-open IKE_SAs)", remote[0], remote[1], self._half_open)
+        self._reply_error(msg, NotifyType.COOKIE, local, remote, cookie)
+
+    def rotate_cookie_secret(self) -> None:
+        self._cookie_version += 1
+        self._cookie_secret = os.urandom(32)
+
+    def _reply_error(self, msg: Message, notify: int, local: Addr, remote: Addr, data: bytes = b"") -> None:
+        """Unauthenticated IKE_SA_INIT answer without state: N(COOKIE) or an error (RFC 7296 2.6, 2.21)."""
+        from ..codec.message import encode_message
+
+        resp = Message(spi_i=msg.spi_i, spi_r=b"\x00" * 8, exchange=msg.exchange, flags=HeaderFlag.RESPONSE,
+                       message_id=msg.message_id, payloads=[NotifyPayload(notify, data)])
+        pkt = encode_message(resp)[0]
+        if local[1] == self.natt_port:
+            pkt = b"\x00\x00\x00\x00" + pkt
+        self.send(pkt, local, remote)
+
+    def _answer_plain_error(self, data: bytes, e: ProtocolError, local: Addr, remote: Addr) -> None:
+        """Header-level errors of IKE_SA_INIT requests (INVALID_MAJOR_VERSION, unsupported critical)."""
+        if e.notify is None or len(data) < 28 or data[18] != ExchangeType.IKE_SA_INIT or data[19] & 0x20:
+            return
+        hdr = Message(spi_i=data[:8], spi_r=b"\x00" * 8, exchange=data[18], flags=HeaderFlag.NONE,
+                      message_id=int.from_bytes(data[20:24], "big"), payloads=[])
+        self._reply_error(hdr, int(e.notify), local, remote, e.data)
+
+
+def make_engine(configs: list[IkeConfig], creds: Credentials, **kw: Any) -> Engine:
+    return Engine(configs, creds, EngineConfig(**kw))

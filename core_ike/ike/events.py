@@ -1,0 +1,102 @@
+"""Events out of the IKE engine (design principle 9): frozen dataclasses drained by the adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class IkeSaEstablished:
+    name: str
+    unique_id: int
+    local: Addr
+    remote: Addr
+    local_id: str
+    remote_id: str
+    spi_i: bytes
+    spi_r: bytes
+    initiator: bool
+    rekeyed_from: int | None = None
+
+
+@dataclass(frozen=True)
+class IkeSaFailed:
+    """An IKE_SA could not be established; `reason` says why in words a user understands."""
+
+    name: str
+    unique_id: int
+    reason: str
+    notify: int | None = None
+
+
+@dataclass(frozen=True)
+class IkeSaDeleted:
+    name: str
+    unique_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildKeys:
+    """Everything a data plane needs to install one CHILD_SA (both directions)."""
+
+    encr_id: int
+    key_bits: int
+    integ_id: int
+    esn: bool
+    spi_in: int
+    spi_out: int
+    key_in: bytes  # encryption (+ salt) key for inbound
+    integ_in: bytes
+    key_out: bytes
+    integ_out: bytes
+
+
+@dataclass(frozen=True)
+class ChildSaEstablished:
+    ike_name: str
+    ike_unique_id: int
+    name: str
+    unique_id: int
+    reqid: int
+    local: Addr
+    remote: Addr
+    encap: bool
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    keys: ChildKeys
+    proposal: str
+    rekeyed_from: int | None = None  # unique id of the CHILD_SA this one replaces (make-before-break)
+
+
+@dataclass(frozen=True)
+class ChildSaFailed:
+    ike_name: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildSaDeleted:
+    ike_name: str
+    name: str
+    unique_id: int
+    spi_in: int
+    spi_out: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerAddressChanged:
+    """NAT mapping of the peer changed (RFC 7296 2.23 dynamic address update)."""
+
+    ike_unique_id: int
+    remote: Addr
+
+
+Event = (
+    IkeSaEstablished | IkeSaFailed | IkeSaDeleted | ChildSaEstablished | ChildSaFailed | ChildSaDeleted
+    | PeerAddressChanged
+)

@@ -1,0 +1,83 @@
+"""IKE identities (RFC 7296 3.5) parsed and printed the way strongSwan users write them."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ..constants import IdType
+from ..errors import LocalError
+
+
+@dataclass(frozen=True)
+class Identity:
+    id_type: int
+    data: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        """strongSwan syntax: `keyid:#hex` / `@#hex` (KEY_ID), `@fqdn`, `user@host` (RFC822),
+        an IP address, `%any` (matches everything), or a plain name (FQDN)."""
+        text = text.strip()
+        if not text:
+            raise LocalError("empty identity")
+        if text == "%any":
+            return ANY
+        for prefix in ("keyid:#", "@#"):
+            if text.startswith(prefix):
+                try:
+                    return cls(IdType.KEY_ID, bytes.fromhex(text[len(prefix):].replace(":", "")))
+                except ValueError as e:
+                    raise LocalError(f"bad KEY_ID identity {text!r}") from e
+        if text.startswith("keyid:"):
+            return cls(IdType.KEY_ID, text[6:].encode())
+        if text.startswith("@"):
+            return cls(IdType.FQDN, text[1:].encode())
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            return cls(IdType.IPV4_ADDR if ip.version == 4 else IdType.IPV6_ADDR, ip.packed)
+        if "@" in text:
+            return cls(IdType.RFC822_ADDR, text.encode())
+        if "=" in text:
+            raise LocalError(f"DN identities need a certificate subject, not text: {text!r}")
+        return cls(IdType.FQDN, text.encode())
+
+    @classmethod
+    def key_id(cls, keyid: bytes) -> Identity:
+        return cls(IdType.KEY_ID, keyid)
+
+    @property
+    def is_any(self) -> bool:
+        return self.id_type == 0
+
+    def matches(self, other: Identity) -> bool:
+        """True when `other` satisfies this (configured) identity; %any matches every identity."""
+        return self.is_any or (self.id_type == other.id_type and self.data == other.data)
+
+    def __str__(self) -> str:
+        t = self.id_type
+        if self.is_any:
+            return "%any"
+        if t in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+            try:
+                return str(ipaddress.ip_address(self.data))
+            except ValueError:
+                return self.data.hex()
+        if t == IdType.KEY_ID:
+            return ":".join(f"{b:02x}" for b in self.data)
+        if t in (IdType.FQDN, IdType.RFC822_ADDR):
+            return self.data.decode("utf-8", "replace")
+        if t == IdType.DER_ASN1_DN:
+            return _dn_text(self.data)
+        return f"({t}){self.data.hex()}"
+
+
+ANY = Identity(0, b"")
+
+
+def _dn_text(der: bytes) -> str:
+    """Display a DER DN; the printable form comes from the certificate when there is one."""
+    return "asn1dn:#" + der.hex()

@@ -1,0 +1,345 @@
+"""CHILD_SA creation in IKE_AUTH and CREATE_CHILD_SA, including CHILD_SA rekeying
+(RFC 7296 1.3.1, 1.3.3, 2.9 narrowing, 2.17 keying, 2.19 CP)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import struct
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ...codec.message import Message
+from ...codec.payloads import (
+    CfgAttribute,
+    CpPayload,
+    KePayload,
+    NoncePayload,
+    NotifyPayload,
+    Proposal,
+    SaPayload,
+    TrafficSelector,
+    TsPayload,
+)
+from ...constants import (
+    CfgAttr,
+    CfgType,
+    ExchangeType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+    TransformType,
+    name_of,
+)
+from ...crypto.dh import KeyExchange, new_key_exchange
+from ...crypto.keys import derive_child_keys
+from ...crypto.proposals import describe, parse_proposals, select_proposal
+from ...errors import ProtocolError
+from .. import events as ev
+from .. import ts as tsmod
+from ..config import ChildConfig
+from ..task import Status, Task
+
+if TYPE_CHECKING:
+    from ..sa import ChildSa, IkeSa
+
+log = logging.getLogger("core_ike.ike")
+
+
+def _strip_dh(props: list[Proposal]) -> list[Proposal]:
+    """RFC 7296 1.2: no KE in IKE_AUTH, so the first CHILD_SA's proposals carry no DH."""
+    return [Proposal(p.num, p.protocol, p.spi, [t for t in p.transforms if t.type != TransformType.DH])
+            for p in props]
+
+
+def _esp_proposals(cfg: ChildConfig, spi: int, in_auth: bool) -> list[Proposal]:
+    props = parse_proposals(cfg.esp_proposals, ProtocolId.ESP)
+    if in_auth:
+        props = _strip_dh(props)
+    return [replace(p, spi=struct.pack("!I", spi)) for p in props]
+
+
+def _pfs_group(props: list[Proposal]) -> int | None:
+    for p in props:
+        d = p.first(TransformType.DH)
+        if d is not None and d.id != 0:
+            return d.id
+    return None
+
+
+def _dynamic_local(sa: IkeSa) -> str:
+    vip = sa.extension_data.get("vip")
+    return str(vip) if vip else sa.local[0]
+
+
+def local_selectors(sa: IkeSa, cfg: ChildConfig) -> list[TrafficSelector]:
+    return [tsmod.parse(t, _dynamic_local(sa)) for t in cfg.local_ts]
+
+
+def remote_selectors(sa: IkeSa, cfg: ChildConfig) -> list[TrafficSelector]:
+    peer = sa.extension_data.get("peer_vip") or sa.remote[0]
+    return [tsmod.parse(t, str(peer)) for t in cfg.remote_ts]
+
+
+def schedule(sa: IkeSa, child: ChildSa, now: float, rekey_initiator: bool) -> None:
+    cfg = child.config
+    if cfg.rekey_time > 0:
+        # the side that created the SA rekeys first; the other one only as a fallback (avoids collisions)
+        child.rekey_at = now + (cfg.rekey_time if rekey_initiator else cfg.rekey_time * 1.05)
+    life = cfg.life_time if cfg.life_time is not None else (cfg.rekey_time * 1.1 if cfg.rekey_time else 0)
+    child.expire_at = now + life if life else None
+
+
+class ChildCreate(Task):
+    name = "CHILD_CREATE"
+
+    def __init__(self, cfg: ChildConfig | None, in_auth: bool, rekey: ChildSa | None = None) -> None:
+        self.cfg = cfg if cfg is not None else (rekey.config if rekey else None)
+        self.in_auth = in_auth
+        self.exchange = ExchangeType.IKE_AUTH if in_auth else ExchangeType.CREATE_CHILD_SA
+        self.rekey = rekey
+        self.spi_in = 0
+        self.proposals: list[Proposal] = []
+        self.ke: KeyExchange | None = None
+        self.nonce = b""
+        self.error: ProtocolError | None = None
+        self.chosen: Proposal | None = None
+        self.tsi: list[TrafficSelector] = []
+        self.tsr: list[TrafficSelector] = []
+        self.child: ChildSa | None = None
+        self.peer_nonce = b""
+        self.shared: bytes | None = None
+        self.cp_reply: CpPayload | None = None
+
+    # ---------------------------------------------------------------- initiator
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        assert self.cfg is not None
+        self.spi_in = sa.engine.alloc_spi()
+        self.proposals = _esp_proposals(self.cfg, self.spi_in, self.in_auth)
+        if self.rekey is not None:
+            msg.payloads.append(NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP,
+                                              struct.pack("!I", self.rekey.spi_in)))
+        if self.in_auth and sa.config.vips:
+            attrs = [CfgAttribute(CfgAttr.INTERNAL_IP4_ADDRESS if ipaddress.ip_address(v).version == 4
+                                  else CfgAttr.INTERNAL_IP6_ADDRESS) for v in sa.config.vips]
+            msg.payloads.append(CpPayload(CfgType.CFG_REQUEST, attrs))
+        msg.payloads.append(SaPayload(self.proposals))
+        if not self.in_auth:
+            self.nonce = os.urandom(32)
+            msg.payloads.append(NoncePayload(self.nonce))
+            group = _pfs_group(self.proposals)
+            if group is not None:
+                self.ke = new_key_exchange(group)
+                msg.payloads.append(KePayload(group, self.ke.public))
+        local = local_selectors(sa, self.cfg) if not sa.config.vips or not self.in_auth else \
+            [tsmod.full(ipaddress.ip_address(v).version) for v in sa.config.vips]
+        msg.payloads.append(TsPayload(PayloadType.TSi, local))
+        msg.payloads.append(TsPayload(PayloadType.TSr, remote_selectors(sa, self.cfg)))
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        assert self.cfg is not None
+        for n in msg.get_all(PayloadType.NOTIFY):
+            assert isinstance(n, NotifyPayload)
+            if n.is_error:
+                reason = f"received {name_of(NotifyType, int(n.type))} notify"
+                if int(n.type) == NotifyType.INVALID_KE_PAYLOAD and len(n.data) == 2 and not self.in_auth:
+                    self.ke = None
+                    self.proposals = [p for p in self.proposals
+                                      if any(t.id == int.from_bytes(n.data, "big")
+                                             for t in p.of_type(TransformType.DH))] or self.proposals
+                self._fail(sa, reason, now)
+                return Status.DONE
+        if self.in_auth and not sa.established:
+            return Status.DONE  # IKE_AUTH itself failed; reported by IkeAuth
+        try:
+            self._process_response(sa, msg)
+        except ProtocolError as e:
+            self._fail(sa, str(e), now)
+            if not self.in_auth:
+                # RFC 7296 1.3: a CHILD_SA we cannot accept must be deleted again
+                from .informational import ChildDelete
+
+                if self.chosen is not None and self.chosen.spi:
+                    sa.queue.append(ChildDelete(spi_in=self.spi_in))
+            return Status.DONE
+        self._install(sa, now, initiator=True)
+        return Status.DONE
+
+    def _process_response(self, sa: IkeSa, msg: Message) -> None:
+        assert self.cfg is not None
+        sa_pl = msg.get(PayloadType.SA)
+        tsi, tsr = msg.get(PayloadType.TSi), msg.get(PayloadType.TSr)
+        if not isinstance(sa_pl, SaPayload) or not isinstance(tsi, TsPayload) or not isinstance(tsr, TsPayload):
+            raise ProtocolError("CHILD_SA response lacks SA or TS payloads", NotifyType.INVALID_SYNTAX)
+        if len(sa_pl.proposals) != 1 or select_proposal(self.proposals, sa_pl.proposals) is None:
+            raise ProtocolError("peer chose an ESP proposal we did not offer", NotifyType.NO_PROPOSAL_CHOSEN)
+        self.chosen = sa_pl.proposals[0]
+        if len(self.chosen.spi) != 4:
+            raise ProtocolError("ESP SPI must be 4 octets", NotifyType.INVALID_SYNTAX)
+        cp = msg.get(PayloadType.CP)
+        if isinstance(cp, CpPayload) and cp.cfg_type == CfgType.CFG_REPLY:
+            for a in cp.attributes:
+                if a.type in (CfgAttr.INTERNAL_IP4_ADDRESS, CfgAttr.INTERNAL_IP6_ADDRESS) and a.value:
+                    vip = ipaddress.ip_address(a.value[:4] if a.type == CfgAttr.INTERNAL_IP4_ADDRESS else a.value[:16])
+                    sa.extension_data["vip"] = vip
+                    log.info("installing new virtual IP %s", vip)
+        self.tsi, self.tsr = tsi.selectors, tsr.selectors
+        if not self.in_auth:
+            nonce = msg.get(PayloadType.NONCE)
+            if not isinstance(nonce, NoncePayload):
+                raise ProtocolError("CREATE_CHILD_SA response lacks a nonce", NotifyType.INVALID_SYNTAX)
+            self.peer_nonce = nonce.data
+            if self.ke is not None:
+                ke = msg.get(PayloadType.KE)
+                if not isinstance(ke, KePayload) or ke.group != self.ke.group:
+                    raise ProtocolError("PFS KE payload missing or of another group", NotifyType.INVALID_SYNTAX)
+                self.shared = self.ke.compute(ke.data)
+
+    def _fail(self, sa: IkeSa, reason: str, now: float) -> None:
+        assert self.cfg is not None
+        log.warning("failed to establish CHILD_SA %s: %s", self.cfg.name, reason)
+        sa.engine.emit(ev.ChildSaFailed(sa.name, self.cfg.name, reason))
+
+    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        if self.cfg is not None and sa.established:
+            self._fail(sa, reason, now)
+        elif self.cfg is not None:
+            sa.engine.emit(ev.ChildSaFailed(sa.name, self.cfg.name, reason))
+
+    # ---------------------------------------------------------------- responder
+    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+        try:
+            self._select(sa, msg)
+        except ProtocolError as e:
+            if not self.in_auth:
+                raise
+            log.warning("CHILD_SA in IKE_AUTH not established: %s", e)
+            self.error = e
+
+    def _select(self, sa: IkeSa, msg: Message) -> None:
+        sa_pl = msg.get(PayloadType.SA)
+        tsi, tsr = msg.get(PayloadType.TSi), msg.get(PayloadType.TSr)
+        if not isinstance(sa_pl, SaPayload) or not isinstance(tsi, TsPayload) or not isinstance(tsr, TsPayload):
+            raise ProtocolError("CHILD_SA request lacks SA or TS payloads", NotifyType.INVALID_SYNTAX)
+        self._handle_cp(sa, msg)
+        cfg, tsi_n, tsr_n = self._pick_config(sa, tsi.selectors, tsr.selectors)
+        self.cfg = cfg
+        self.spi_in = sa.engine.alloc_spi()
+        ours = _esp_proposals(cfg, self.spi_in, self.in_auth)
+        chosen = select_proposal(ours, sa_pl.proposals)
+        if chosen is None:
+            raise ProtocolError("no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN)
+        if len(chosen.spi) != 4:
+            raise ProtocolError("ESP SPI must be 4 octets", NotifyType.INVALID_SYNTAX)
+        self._pfs_r(msg, chosen)
+        self.chosen = chosen
+        self.tsi, self.tsr = tsi_n, tsr_n
+
+    def _pick_config(self, sa: IkeSa, tsi: list[TrafficSelector],
+                     tsr: list[TrafficSelector]) -> tuple[ChildConfig, list[TrafficSelector], list[TrafficSelector]]:
+        candidates = [self.rekey.config] if self.rekey is not None else sa.config.children
+        for cfg in candidates:
+            tsi_n = tsmod.narrow(tsi, remote_selectors(sa, cfg))
+            tsr_n = tsmod.narrow(tsr, local_selectors(sa, cfg))
+            if tsi_n and tsr_n:
+                return cfg, tsi_n, tsr_n
+        log.info("traffic selectors %s === %s unacceptable", tsmod.list_text(tsr), tsmod.list_text(tsi))
+        if not candidates:
+            raise ProtocolError("no CHILD_SA config found", NotifyType.TS_UNACCEPTABLE)
+        raise ProtocolError("traffic selectors unacceptable", NotifyType.TS_UNACCEPTABLE)
+
+    def _pfs_r(self, msg: Message, chosen: Proposal) -> None:
+        if self.in_auth:
+            return
+        nonce = msg.get(PayloadType.NONCE)
+        if not isinstance(nonce, NoncePayload):
+            raise ProtocolError("CREATE_CHILD_SA request lacks a nonce", NotifyType.INVALID_SYNTAX)
+        self.peer_nonce = nonce.data
+        self.nonce = os.urandom(32)
+        d = chosen.first(TransformType.DH)
+        ke = msg.get(PayloadType.KE)
+        if d is not None and d.id != 0:
+            if not isinstance(ke, KePayload) or ke.group != d.id:
+                raise ProtocolError("PFS group mismatch", NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", d.id))
+            self.ke = new_key_exchange(d.id)
+            self.shared = self.ke.compute(ke.data)
+
+    def _handle_cp(self, sa: IkeSa, msg: Message) -> None:
+        cp = msg.get(PayloadType.CP)
+        if not (self.in_auth and isinstance(cp, CpPayload) and cp.cfg_type == CfgType.CFG_REQUEST):
+            return
+        vip = sa.engine.assign_vip(sa)
+        if vip is None:
+            log.info("no virtual IP available for '%s'", sa.peer_id)
+            return
+        sa.extension_data["peer_vip"] = vip
+        attr = CfgAttr.INTERNAL_IP4_ADDRESS if vip.version == 4 else CfgAttr.INTERNAL_IP6_ADDRESS
+        value = vip.packed if vip.version == 4 else vip.packed + b"\x80"
+        self.cp_reply = CpPayload(CfgType.CFG_REPLY, [CfgAttribute(attr, value)])
+
+    def build_r(self, sa: IkeSa, msg: Message) -> None:
+        if self.error is not None:
+            if self.error.notify is not None:
+                msg.payloads.append(NotifyPayload(self.error.notify, self.error.data))
+            return
+        if self.chosen is None:
+            return
+        if self.cp_reply is not None:
+            msg.payloads.append(self.cp_reply)
+        ours = replace(self.chosen, spi=struct.pack("!I", self.spi_in))
+        msg.payloads.append(SaPayload([ours]))
+        if not self.in_auth:
+            msg.payloads.append(NoncePayload(self.nonce))
+            if self.ke is not None:
+                msg.payloads.append(KePayload(self.ke.group, self.ke.public))
+        msg.payloads.append(TsPayload(PayloadType.TSi, self.tsi))
+        msg.payloads.append(TsPayload(PayloadType.TSr, self.tsr))
+        self._install(sa, sa.engine.now, initiator=False)
+
+    # ---------------------------------------------------------------- both
+    def _install(self, sa: IkeSa, now: float, initiator: bool) -> None:
+        from ..sa import ChildSa
+
+        assert self.cfg is not None and self.chosen is not None
+        e = self.chosen.first(TransformType.ENCR)
+        i = self.chosen.first(TransformType.INTEG)
+        esn = self.chosen.first(TransformType.ESN)
+        assert e is not None
+        integ = i.id if i is not None and i.id != 0 else 0
+        if self.in_auth:
+            ni, nr = sa.ni, sa.nr
+        else:
+            ni, nr = (self.nonce, self.peer_nonce) if initiator else (self.peer_nonce, self.nonce)
+        km = derive_child_keys(sa.prf_id, sa.sk_d, ni, nr, e.id, e.key_length, integ or None, self.shared)
+        spi_out = int.from_bytes(self.chosen.spi, "big")
+        if initiator:
+            k_out, a_out, k_in, a_in = km.encr_i, km.integ_i, km.encr_r, km.integ_r
+        else:
+            k_out, a_out, k_in, a_in = km.encr_r, km.integ_r, km.encr_i, km.integ_i
+        # our TS: initiator's TSi is its local side
+        local_ts, remote_ts = (self.tsi, self.tsr) if initiator else (self.tsr, self.tsi)
+        keys = ev.ChildKeys(e.id, e.key_length or 0, integ, bool(esn and esn.id == 1),
+                            self.spi_in, spi_out, k_in, a_in, k_out, a_out)
+        uid = sa.engine.next_child_id()
+        reqid = self.rekey.reqid if self.rekey is not None else sa.engine.next_reqid()
+        child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen,
+                        describe(self.chosen), keys, local_ts, remote_ts, "INSTALLED", now,
+                        rekeyed_from=self.rekey.unique_id if self.rekey else None)
+        schedule(sa, child, now, initiator)
+        sa.children[uid] = child
+        self.child = child
+        encap = sa.nat_here or sa.nat_there or sa.config.encap or sa.uses_marker
+        log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s", child.name, uid,
+                 self.spi_in, spi_out, tsmod.list_text(local_ts), tsmod.list_text(remote_ts))
+        sa.engine.emit(ev.ChildSaEstablished(
+            sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap,
+            tuple(tsmod.to_text(t) for t in local_ts), tuple(tsmod.to_text(t) for t in remote_ts),
+            keys, child.proposal_text, child.rekeyed_from))
+        if self.rekey is not None:
+            self.rekey.state = "REKEYED"
+            self.rekey.rekey_at = None
+            if initiator:
+                from .informational import ChildDelete
+
+                sa.queue.append(ChildDelete(child=self.rekey, reason="rekeyed"))

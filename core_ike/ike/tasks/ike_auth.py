@@ -1,0 +1,248 @@
+"""IKE_AUTH: identities, certificates and AUTH (RFC 7296 1.2, 2.15, 3.5-3.8; RFC 7427)."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ...codec.message import Message
+from ...codec.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, NotifyPayload
+from ...constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType, PayloadType, name_of
+from ...crypto.auth import create_signature_auth, psk_auth, signed_octets, verify_signature_auth
+from ...errors import AuthenticationError, ProtocolError
+from .. import events as ev
+from ..creds import PublicKey
+from ..identity import Identity
+from ..task import Status, Task
+
+if TYPE_CHECKING:
+    from ..sa import IkeSa
+
+log = logging.getLogger("core_ike.ike")
+
+
+def _default_id(addr: str) -> Identity:
+    ip = ipaddress.ip_address(addr)
+    return Identity(IdType.IPV4_ADDR if ip.version == 4 else IdType.IPV6_ADDR, ip.packed)
+
+
+def _my_identity(sa: IkeSa) -> Identity:
+    i = sa.config.local.id
+    if i.is_any:
+        certs = sa.config.local.certs
+        if certs:
+            der = certs[0].subject.public_bytes()
+            return Identity(IdType.DER_ASN1_DN, der)
+        return _default_id(sa.local[0])
+    return i
+
+
+def _octets(sa: IkeSa, initiator_side: bool, id_body: bytes) -> bytes:
+    """RFC 7296 2.15: RealMessage | NonceData of the other side | prf(SK_p, RestOfIDPayload)."""
+    if initiator_side:
+        return signed_octets(sa.init_request, sa.nr, sa.prf, sa.sk_pi, id_body)
+    return signed_octets(sa.init_response, sa.ni, sa.prf, sa.sk_pr, id_body)
+
+
+def build_auth(sa: IkeSa, msg: Message, initiator_side: bool, id_pl: IdPayload) -> None:
+    cfg = sa.config.local
+    octets = _octets(sa, initiator_side, id_pl.body)
+    creds = sa.engine.creds
+    assert sa.my_id is not None and sa.peer_id is not None or cfg.auth == "pubkey"
+    if cfg.auth == "psk":
+        psk = creds.psk(sa.my_id or Identity(0, b""), sa.peer_id or sa.config.remote.id)
+        if psk is None:
+            raise ProtocolError(f"no shared key found for '{sa.my_id}' - '{sa.peer_id}'", None)
+        msg.payloads.append(AuthPayload(AuthMethod.PSK, psk_auth(sa.prf, psk, octets)))
+        log.info("authentication of '%s' (myself) with pre-shared key", sa.my_id)
+        return
+    key = creds.private_key_for(sa.my_id or Identity(0, b""))
+    if key is None:
+        raise ProtocolError(f"no private key found for '{sa.my_id}'", None)
+    hashes = set(sa.peer_hash_algs)
+    method_pref = cfg.signature
+    method = int(AuthMethod.RSA_SIG) if method_pref == "rsa" or not hashes else int(AuthMethod.DIGITAL_SIGNATURE)
+    m, data = create_signature_auth(key, method, octets, hashes, rsa_pss=(method_pref == "rsa-pss"))
+    msg.payloads.append(AuthPayload(m, data))
+    log.info("authentication of '%s' (myself) with %s successful", sa.my_id, _method_text(m))
+
+
+def _method_text(method: int) -> str:
+    return {1: "RSA signature", 2: "pre-shared key", 14: "RFC 7427 signature scheme"}.get(
+        method, name_of(AuthMethod, method))
+
+
+def _peer_key(sa: IkeSa, msg: Message) -> PublicKey:
+    creds = sa.engine.creds
+    assert sa.peer_id is not None
+    cert_pl = [c for c in msg.get_all(PayloadType.CERT)
+               if isinstance(c, CertPayload) and c.encoding == CertEncoding.X509_SIGNATURE]
+    if cert_pl:
+        try:
+            cert = x509.load_der_x509_certificate(cert_pl[0].data)
+        except ValueError as e:
+            raise AuthenticationError(f"cannot parse peer certificate: {e}") from e
+        if not creds.verify_cert(cert):
+            raise AuthenticationError(f"no trusted issuer found for '{cert.subject.rfc4514_string()}'")
+        if not _cert_matches(cert, sa.peer_id):
+            raise AuthenticationError(f"peer certificate does not contain identity '{sa.peer_id}'")
+        k = cert.public_key()
+        return k  # type: ignore[return-value]
+    k2 = creds.public_key_for(sa.peer_id)
+    if k2 is None:
+        raise AuthenticationError(f"no trusted public key found for '{sa.peer_id}'")
+    return k2
+
+
+def _cert_matches(cert: x509.Certificate, ident: Identity) -> bool:
+    if ident.id_type == IdType.DER_ASN1_DN:
+        return cert.subject.public_bytes() == ident.data
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    text = str(ident)
+    if ident.id_type == IdType.FQDN:
+        return text in san.get_values_for_type(x509.DNSName)
+    if ident.id_type == IdType.RFC822_ADDR:
+        return text in san.get_values_for_type(x509.RFC822Name)
+    if ident.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+        return ipaddress.ip_address(ident.data) in san.get_values_for_type(x509.IPAddress)
+    return False
+
+
+def verify_auth(sa: IkeSa, msg: Message, peer_is_initiator: bool, id_pl: IdPayload) -> None:
+    auth = msg.get(PayloadType.AUTH)
+    if not isinstance(auth, AuthPayload):
+        raise AuthenticationError("AUTH payload missing")
+    octets = _octets(sa, peer_is_initiator, id_pl.body)
+    expected = sa.config.remote.auth
+    assert sa.peer_id is not None and sa.my_id is not None
+    if auth.method == AuthMethod.PSK:
+        if expected != "psk":
+            raise AuthenticationError("peer used a pre-shared key, but public key authentication is required")
+        psk = sa.engine.creds.psk(sa.my_id, sa.peer_id)
+        if psk is None or not hmac.compare_digest(psk_auth(sa.prf, psk, octets), auth.data):
+            raise AuthenticationError(f"verification of '{sa.peer_id}' with pre-shared key failed")
+        log.info("authentication of '%s' with pre-shared key successful", sa.peer_id)
+        return
+    if expected != "pubkey":
+        raise AuthenticationError(f"peer used {_method_text(auth.method)}, but a pre-shared key is required")
+    key = _peer_key(sa, msg)
+    if not verify_signature_auth(key, auth.method, auth.data, octets):
+        raise AuthenticationError(f"signature validation of '{sa.peer_id}' failed")
+    log.info("authentication of '%s' with %s successful", sa.peer_id, _method_text(auth.method))
+
+
+def _id_payload(ptype: PayloadType, ident: Identity) -> IdPayload:
+    return IdPayload(ptype, ident.id_type, ident.data)
+
+
+def _add_certs(sa: IkeSa, msg: Message) -> None:
+    for c in sa.config.local.certs:
+        msg.payloads.append(CertPayload(CertEncoding.X509_SIGNATURE,
+                                        c.public_bytes(serialization.Encoding.DER)))
+
+
+def _add_certreq(sa: IkeSa, msg: Message) -> None:
+    """RFC 7296 3.7: SHA-1 hashes of the SPKIs of the CAs we trust."""
+    import hashlib
+
+    cas = sa.engine.creds.cas
+    if sa.config.remote.auth == "pubkey" and cas and sa.config.send_certreq:
+        data = b"".join(hashlib.sha1(ca.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest() for ca in cas)
+        msg.payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, data))
+
+
+def established(sa: IkeSa, now: float) -> None:
+    from ..sa import IkeState
+
+    sa.set_state(IkeState.ESTABLISHED)
+    sa.established_at = now
+    log.info("IKE_SA %s established between %s[%s]...%s[%s]", sa.label, sa.local[0], sa.my_id,
+             sa.remote[0], sa.peer_id)
+    sa.engine.ike_established(sa, now)
+    sa.engine.emit(ev.IkeSaEstablished(
+        sa.name, sa.unique_id, sa.local, sa.remote, str(sa.my_id), str(sa.peer_id), sa.spi_i, sa.spi_r,
+        sa.is_original_initiator, sa.rekeyed_from))
+
+
+class IkeAuth(Task):
+    exchange = ExchangeType.IKE_AUTH
+    name = "IKE_AUTH"
+
+    def __init__(self) -> None:
+        self.error: ProtocolError | None = None
+
+    # ---------------------------------------------------------------- initiator
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        sa.my_id = _my_identity(sa)
+        sa.peer_id = sa.config.remote.id
+        idi = _id_payload(PayloadType.IDi, sa.my_id)
+        msg.payloads.append(idi)
+        _add_certs(sa, msg)
+        _add_certreq(sa, msg)
+        if not sa.config.remote.id.is_any:
+            msg.payloads.append(_id_payload(PayloadType.IDr, sa.config.remote.id))
+        build_auth(sa, msg, True, idi)
+        if sa.engine.is_first_contact(sa):
+            msg.payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        for n in msg.get_all(PayloadType.NOTIFY):
+            assert isinstance(n, NotifyPayload)
+            if int(n.type) == NotifyType.AUTHENTICATION_FAILED:
+                raise ProtocolError("peer reported AUTHENTICATION_FAILED: it did not accept our credentials",
+                                    NotifyType.AUTHENTICATION_FAILED)
+            if n.is_error and int(n.type) not in _CHILD_ERRORS:
+                raise ProtocolError(f"received {name_of(NotifyType, int(n.type))} notify error", int(n.type))
+        idr = msg.get(PayloadType.IDr)
+        if not isinstance(idr, IdPayload):
+            raise ProtocolError("IDr payload missing", NotifyType.INVALID_SYNTAX)
+        got = Identity(int(idr.id_type), idr.data)
+        if not sa.config.remote.id.matches(got):
+            raise AuthenticationError(f"peer identity '{got}' does not match '{sa.config.remote.id}'")
+        sa.peer_id = got
+        verify_auth(sa, msg, False, idr)
+        established(sa, now)
+        return Status.DONE
+
+    # ---------------------------------------------------------------- responder
+    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+        idi = msg.get(PayloadType.IDi)
+        if not isinstance(idi, IdPayload):
+            raise ProtocolError("IDi payload missing", NotifyType.INVALID_SYNTAX)
+        sa.peer_id = Identity(int(idi.id_type), idi.data)
+        idr = msg.get(PayloadType.IDr)
+        wanted = Identity(int(idr.id_type), idr.data) if isinstance(idr, IdPayload) else None
+        cfg = sa.engine.select_peer_config(sa, sa.peer_id, wanted, msg)
+        if cfg is None:
+            raise AuthenticationError(f"no matching peer config found for '{sa.peer_id}'")
+        sa.config = cfg
+        sa.name = cfg.name
+        sa.mediation = cfg.mediation
+        log.info("looking for peer configs matching %s[%s]...%s[%s]: selected '%s'",
+                 sa.local[0], wanted or "%any", sa.remote[0], sa.peer_id, cfg.name)
+        sa.my_id = wanted if wanted is not None and cfg.local.id.is_any else _my_identity(sa)
+        verify_auth(sa, msg, True, idi)
+
+    def build_r(self, sa: IkeSa, msg: Message) -> None:
+        assert sa.my_id is not None
+        idr = _id_payload(PayloadType.IDr, sa.my_id)
+        msg.payloads.insert(0, idr)
+        _add_certs(sa, msg)
+        build_auth(sa, msg, False, idr)
+        established(sa, sa.engine.now)
+
+
+_CHILD_ERRORS = {
+    int(NotifyType.NO_PROPOSAL_CHOSEN), int(NotifyType.TS_UNACCEPTABLE), int(NotifyType.SINGLE_PAIR_REQUIRED),
+    int(NotifyType.INTERNAL_ADDRESS_FAILURE), int(NotifyType.FAILED_CP_REQUIRED),
+    int(NotifyType.NO_ADDITIONAL_SAS), int(NotifyType.INVALID_SELECTORS),
+}

@@ -1,0 +1,215 @@
+"""IKE_SA_INIT (RFC 7296 1.2, 2.6 COOKIE, 2.7 INVALID_KE, 2.23 NAT-D; RFC 7383; RFC 7427)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from ...codec.message import Message
+from ...codec.payloads import KePayload, NoncePayload, NotifyPayload, Proposal, SaPayload
+from ...constants import (
+    DhId,
+    ExchangeType,
+    HashAlgorithm,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+    TransformType,
+    name_of,
+)
+from ...crypto.dh import KeyExchange, new_key_exchange
+from ...crypto.keys import derive_ike_keys, ike_protectors
+from ...crypto.prf import Prf
+from ...crypto.proposals import describe, parse_proposals, select_proposal
+from ...errors import ProtocolError
+from ..task import Status, Task
+
+if TYPE_CHECKING:
+    from ..sa import IkeSa
+
+log = logging.getLogger("core_ike.ike")
+
+NONCE_LEN = 32  # RFC 7296 2.10: at least half the PRF key size; 32 covers every PRF we offer
+MAX_COOKIE_ROUNDS = 3
+MAX_KE_ROUNDS = 2
+OUR_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512, HashAlgorithm.IDENTITY)
+
+
+def natd_hash(spi_i: bytes, spi_r: bytes, addr: tuple[str, int]) -> bytes:
+    """RFC 7296 2.23: SHA1(SPIi | SPIr | IP | Port)."""
+    ip = ipaddress.ip_address(addr[0]).packed
+    return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", addr[1])).digest()
+
+
+def algorithms(p: Proposal) -> tuple[int, int | None, int | None, int, int]:
+    """(encr, key bits, integ, prf, dh) of a chosen IKE proposal."""
+    e = p.first(TransformType.ENCR)
+    i = p.first(TransformType.INTEG)
+    f = p.first(TransformType.PRF)
+    d = p.first(TransformType.DH)
+    if e is None or f is None or d is None:
+        raise ProtocolError("chosen proposal lacks ENCR, PRF or DH", NotifyType.NO_PROPOSAL_CHOSEN)
+    integ = i.id if i is not None and i.id != 0 else None
+    return e.id, e.key_length, integ, f.id, d.id
+
+
+def first_group(proposals: list[Proposal]) -> int:
+    for p in proposals:
+        d = p.first(TransformType.DH)
+        if d is not None:
+            return d.id
+    return int(DhId.CURVE25519)
+
+
+def _add_common(sa: IkeSa, msg: Message, src: tuple[str, int], dst: tuple[str, int]) -> None:
+    spi_r = msg.spi_r
+    msg.payloads.append(NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, natd_hash(sa.spi_i, spi_r, src)))
+    msg.payloads.append(NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                                      natd_hash(sa.spi_i, spi_r, dst)))
+    if sa.config.fragmentation:
+        msg.payloads.append(NotifyPayload(NotifyType.FRAGMENTATION_SUPPORTED))
+    msg.payloads.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS,
+                                      b"".join(struct.pack("!H", h) for h in OUR_HASHES)))
+
+
+def _process_common(sa: IkeSa, msg: Message, local: tuple[str, int], remote: tuple[str, int]) -> None:
+    """NAT-D (RFC 7296 2.23), fragmentation (RFC 7383 2.3) and hash algorithms (RFC 7427 4)."""
+    src = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
+    dst = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_DESTINATION_IP)]
+    if src and dst:
+        spi_r = msg.spi_r
+        sa.nat_here = natd_hash(sa.spi_i, spi_r, local) not in dst
+        sa.nat_there = natd_hash(sa.spi_i, spi_r, remote) not in src
+        if sa.nat_here:
+            log.info("local host is behind NAT, sending keep alives")
+        if sa.nat_there:
+            log.info("remote host is behind NAT")
+    sa.frag_supported = msg.notify(NotifyType.FRAGMENTATION_SUPPORTED) is not None
+    h = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    if h is not None:
+        d = h.data
+        sa.peer_hash_algs = {int.from_bytes(d[k:k + 2], "big") for k in range(0, len(d) - 1, 2)}
+
+
+def _install_keys(sa: IkeSa, chosen: Proposal, shared: bytes) -> None:
+    encr, bits, integ, prf_id, _dh = algorithms(chosen)
+    keys = derive_ike_keys(prf_id, encr, bits, integ, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
+    sa.prf = Prf(prf_id)
+    sa.prf_id = prf_id
+    sa.sk_d, sa.sk_pi, sa.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
+    sa.out_prot, sa.in_prot = ike_protectors(keys, encr, bits, integ, sa.is_original_initiator)
+    sa.proposal = chosen
+    sa.proposal_text = describe(chosen)
+
+
+class IkeInit(Task):
+    exchange = ExchangeType.IKE_SA_INIT
+    name = "IKE_INIT"
+
+    def __init__(self) -> None:
+        self.proposals: list[Proposal] = []
+        self.ke: KeyExchange | None = None
+        self.cookie: bytes | None = None
+        self.cookie_rounds = 0
+        self.ke_rounds = 0
+
+    # ---------------------------------------------------------------- initiator
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        if not self.proposals:
+            self.proposals = parse_proposals(sa.config.proposals, ProtocolId.IKE)
+            sa.ni = os.urandom(NONCE_LEN)
+        if self.ke is None:
+            self.ke = new_key_exchange(first_group(self.proposals))
+        if self.cookie is not None:
+            msg.payloads.append(NotifyPayload(NotifyType.COOKIE, self.cookie))  # RFC 7296 2.6: first
+        msg.payloads += [SaPayload(self.proposals), KePayload(self.ke.group, self.ke.public), NoncePayload(sa.ni)]
+        _add_common(sa, msg, sa.local, sa.remote)
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        cookie = msg.notify(NotifyType.COOKIE)
+        if cookie is not None:
+            self.cookie_rounds += 1
+            if self.cookie_rounds > MAX_COOKIE_ROUNDS:
+                raise ProtocolError("too many COOKIE rounds", None)
+            log.info("received COOKIE notify, retrying with cookie")
+            self.cookie = cookie.data
+            return Status.RESTART
+        bad_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if bad_ke is not None:
+            return self._retry_group(bad_ke.data)
+        for n in msg.get_all(PayloadType.NOTIFY):
+            assert isinstance(n, NotifyPayload)
+            if n.is_error:
+                raise ProtocolError(f"received {name_of(NotifyType, int(n.type))} notify error", int(n.type))
+        sa_pl = msg.get(PayloadType.SA)
+        ke = msg.get(PayloadType.KE)
+        nonce = msg.get(PayloadType.NONCE)
+        if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
+            raise ProtocolError("IKE_SA_INIT response lacks SA, KE or Nonce", None)
+        if len(sa_pl.proposals) != 1 or select_proposal(self.proposals, sa_pl.proposals) is None:
+            raise ProtocolError("peer chose a proposal we did not offer", NotifyType.NO_PROPOSAL_CHOSEN)
+        chosen = sa_pl.proposals[0]
+        assert self.ke is not None
+        if ke.group != self.ke.group or algorithms(chosen)[4] != self.ke.group:
+            raise ProtocolError("KE group in response differs from ours", NotifyType.INVALID_SYNTAX)
+        sa.nr = nonce.data
+        sa.spi_r = msg.spi_r
+        sa.init_response = msg.raw
+        _process_common(sa, msg, sa.local, sa.remote)
+        _install_keys(sa, chosen, self.ke.compute(ke.data))
+        sa.engine.spi_learned(sa)
+        log.info("selected proposal: %s", sa.proposal_text)
+        if sa.nat_here or sa.nat_there or sa.config.encap or sa.mediation:
+            sa.float_ports()
+        return Status.DONE
+
+    def _retry_group(self, data: bytes) -> Status:
+        self.ke_rounds += 1
+        if len(data) != 2 or self.ke_rounds > MAX_KE_ROUNDS:
+            raise ProtocolError("invalid INVALID_KE_PAYLOAD", None)
+        group = int.from_bytes(data, "big")
+        offered = {t.id for p in self.proposals for t in p.of_type(TransformType.DH)}
+        if group not in offered:
+            raise ProtocolError(f"peer wants DH group {name_of(DhId, group)} which we did not offer",
+                                NotifyType.INVALID_KE_PAYLOAD)
+        log.info("peer didn't accept DH group %s, it requested %s",
+                 name_of(DhId, self.ke.group if self.ke else 0), name_of(DhId, group))
+        self.ke = new_key_exchange(group)
+        return Status.RESTART
+
+    # ---------------------------------------------------------------- responder
+    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+        sa_pl = msg.get(PayloadType.SA)
+        ke = msg.get(PayloadType.KE)
+        nonce = msg.get(PayloadType.NONCE)
+        if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
+            raise ProtocolError("IKE_SA_INIT request lacks SA, KE or Nonce", NotifyType.INVALID_SYNTAX)
+        ours = sa.engine.ike_proposals_for(sa)
+        chosen = select_proposal(ours, sa_pl.proposals)
+        if chosen is None:
+            log.info("received proposals: %s", ", ".join(describe(p) for p in sa_pl.proposals))
+            log.info("configured proposals: %s", ", ".join(describe(p) for p in ours))
+            raise ProtocolError("no acceptable proposal found", NotifyType.NO_PROPOSAL_CHOSEN)
+        group = algorithms(chosen)[4]
+        if ke.group != group:
+            # RFC 7296 1.2: tell the initiator which group we want
+            raise ProtocolError(f"DH group {name_of(DhId, ke.group)} unacceptable, requesting "
+                                f"{name_of(DhId, group)}", NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", group))
+        if not 16 <= len(nonce.data) <= 256:
+            raise ProtocolError("nonce length out of range", NotifyType.INVALID_SYNTAX)
+        self.ke = new_key_exchange(group)
+        sa.ni = nonce.data
+        sa.nr = os.urandom(NONCE_LEN)
+        sa.init_request = msg.raw
+        _process_common(sa, msg, sa.local, sa.remote)
+        _install_keys(sa, chosen, self.ke.compute(ke.data))
+        log.info("selected proposal: %s", sa.proposal_text)
+
+    def build_r(self, sa: IkeSa, msg: Message) -> None:
+        assert self.ke is not None and sa.proposal is not None
+        msg.payloads += [SaPayload([sa.proposal]), KePayload(self.ke.group, self.ke.public), NoncePayload(sa.nr)]
+        _add_common(sa, msg, sa.local, sa.remote)

@@ -1,0 +1,145 @@
+"""IKE_SA rekeying with CREATE_CHILD_SA (RFC 7296 1.3.2, 2.8, 2.18)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ...codec.message import Message
+from ...codec.payloads import KePayload, NoncePayload, Proposal, SaPayload
+from ...constants import ExchangeType, NotifyType, PayloadType, ProtocolId
+from ...crypto.dh import KeyExchange, new_key_exchange
+from ...crypto.keys import derive_ike_rekey_keys, ike_protectors
+from ...crypto.prf import Prf
+from ...crypto.proposals import describe, parse_proposals, select_proposal
+from ...errors import ProtocolError
+from ..task import Status, Task
+from .ike_init import algorithms, first_group
+
+if TYPE_CHECKING:
+    from ..sa import IkeSa
+
+log = logging.getLogger("core_ike.ike")
+
+
+def _with_spi(props: list[Proposal], spi: bytes) -> list[Proposal]:
+    return [replace(p, spi=spi) for p in props]
+
+
+class IkeRekey(Task):
+    exchange = ExchangeType.CREATE_CHILD_SA
+    name = "IKE_REKEY"
+
+    def __init__(self) -> None:
+        self.spi = os.urandom(8)
+        self.nonce = os.urandom(32)
+        self.ke: KeyExchange | None = None
+        self.proposals: list[Proposal] = []
+        self.chosen: Proposal | None = None
+        self.peer_nonce = b""
+        self.peer_spi = b""
+        self.shared = b""
+        self.new_sa: IkeSa | None = None
+
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        from ..sa import IkeState
+
+        sa.set_state(IkeState.REKEYING)
+        self.proposals = _with_spi(parse_proposals(sa.config.proposals, ProtocolId.IKE), self.spi)
+        if self.ke is None:
+            self.ke = new_key_exchange(first_group(self.proposals))
+        msg.payloads += [SaPayload(self.proposals), NoncePayload(self.nonce), KePayload(self.ke.group, self.ke.public)]
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        from ..sa import IkeState
+
+        bad = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if bad is not None and len(bad.data) == 2:
+            self.ke = new_key_exchange(int.from_bytes(bad.data, "big"))
+            return Status.RESTART
+        for n in msg.notifies(NotifyType.NO_PROPOSAL_CHOSEN) + msg.notifies(NotifyType.TEMPORARY_FAILURE):
+            log.warning("IKE_SA %s rekeying failed: peer sent %s", sa.label, NotifyType(int(n.type)).name)
+            sa.set_state(IkeState.ESTABLISHED)
+            sa.rekey_at = now + 30.0  # RFC 7296 2.25: retry later
+            return Status.DONE
+        sa_pl, ke, nonce = msg.get(PayloadType.SA), msg.get(PayloadType.KE), msg.get(PayloadType.NONCE)
+        if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
+            raise ProtocolError("IKE rekey response lacks SA, KE or Nonce", NotifyType.INVALID_SYNTAX)
+        if len(sa_pl.proposals) != 1 or select_proposal(self.proposals, sa_pl.proposals) is None:
+            raise ProtocolError("peer chose an IKE proposal we did not offer", NotifyType.NO_PROPOSAL_CHOSEN)
+        assert self.ke is not None
+        if ke.group != self.ke.group:
+            raise ProtocolError("KE group mismatch in IKE rekey", NotifyType.INVALID_SYNTAX)
+        self.chosen = sa_pl.proposals[0]
+        self.peer_spi = self.chosen.spi
+        self.peer_nonce = nonce.data
+        self.shared = self.ke.compute(ke.data)
+        new = self._make_sa(sa, now, initiator=True)
+        # RFC 7296 2.18: the initiator of the rekey deletes the old IKE_SA
+        from .informational import IkeDelete
+
+        sa.queue.insert(0, IkeDelete(reason="rekeyed"))
+        sa.set_state(IkeState.REKEYED)
+        new.initiate_next(now)
+        return Status.DONE
+
+    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+        sa_pl, ke, nonce = msg.get(PayloadType.SA), msg.get(PayloadType.KE), msg.get(PayloadType.NONCE)
+        if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
+            raise ProtocolError("IKE rekey request lacks SA, KE or Nonce", NotifyType.INVALID_SYNTAX)
+        ours = parse_proposals(sa.config.proposals, ProtocolId.IKE)
+        chosen = select_proposal(ours, sa_pl.proposals)
+        if chosen is None or len(chosen.spi) != 8:
+            raise ProtocolError("no acceptable IKE proposal for rekeying", NotifyType.NO_PROPOSAL_CHOSEN)
+        group = algorithms(chosen)[4]
+        if ke.group != group:
+            raise ProtocolError("KE group unacceptable", NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", group))
+        self.ke = new_key_exchange(group)
+        self.chosen = chosen
+        self.peer_spi = chosen.spi
+        self.peer_nonce = nonce.data
+        self.shared = self.ke.compute(ke.data)
+
+    def build_r(self, sa: IkeSa, msg: Message) -> None:
+        from ..sa import IkeState
+
+        assert self.chosen is not None and self.ke is not None
+        msg.payloads += [SaPayload([replace(self.chosen, spi=self.spi)]), NoncePayload(self.nonce),
+                         KePayload(self.ke.group, self.ke.public)]
+        self._make_sa(sa, sa.engine.now, initiator=False)
+        sa.set_state(IkeState.REKEYED)
+
+    def _make_sa(self, old: IkeSa, now: float, initiator: bool) -> IkeSa:
+        """The new IKE_SA inherits identities, config and every CHILD_SA (RFC 7296 2.18)."""
+        from ..sa import IkeState
+        from .ike_auth import established
+
+        assert self.chosen is not None
+        spi_i, spi_r = (self.spi, self.peer_spi) if initiator else (self.peer_spi, self.spi)
+        ni, nr = (self.nonce, self.peer_nonce) if initiator else (self.peer_nonce, self.nonce)
+        encr, bits, integ, prf_id, _ = algorithms(self.chosen)
+        keys = derive_ike_rekey_keys(old.prf_id, old.sk_d, prf_id, encr, bits, integ, self.shared, ni, nr,
+                                     spi_i, spi_r)
+        new = old.engine.create_rekeyed_sa(old, initiator, spi_i, spi_r, now)
+        new.prf, new.prf_id = Prf(prf_id), prf_id
+        new.sk_d, new.sk_pi, new.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
+        new.out_prot, new.in_prot = ike_protectors(keys, encr, bits, integ, initiator)
+        new.proposal, new.proposal_text = self.chosen, describe(self.chosen)
+        new.ni, new.nr = ni, nr
+        new.children = old.children
+        old.children = {}
+        new.set_state(IkeState.CONNECTING)
+        new.rekeyed_from = old.unique_id
+        log.info("IKE_SA %s rekeyed to %s, %s", old.label, new.label, new.proposal_text)
+        established(new, now)
+        self.new_sa = new
+        return new
+
+    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        from ..sa import IkeState
+
+        if sa.state is IkeState.REKEYING:
+            sa.set_state(IkeState.ESTABLISHED)

@@ -1,0 +1,90 @@
+"""Traffic selectors (RFC 7296 2.9, 3.13): parsing config text, narrowing, printing."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..codec.payloads import TrafficSelector
+from ..constants import TsType
+from ..errors import LocalError
+
+_MAX4 = b"\xff" * 4
+_MAX16 = b"\xff" * 16
+
+
+def from_cidr(text: str, proto: int = 0, ports: tuple[int, int] = (0, 65535)) -> TrafficSelector:
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise LocalError(f"bad traffic selector {text!r}") from e
+    t = TsType.IPV4_ADDR_RANGE if net.version == 4 else TsType.IPV6_ADDR_RANGE
+    return TrafficSelector(t, proto, ports[0], ports[1], net.network_address.packed, net.broadcast_address.packed)
+
+
+def parse(text: str, dynamic: str | None) -> TrafficSelector:
+    """`10.1.0.0/24`, `10.1.0.2`, `dynamic` (our/peer's address), optional `[proto/port]` suffix."""
+    proto, ports = 0, (0, 65535)
+    if "[" in text and text.endswith("]"):
+        text, spec = text[:-1].split("[", 1)
+        p, _, port = spec.partition("/")
+        proto = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "": 0}.get(p, int(p) if p.isdigit() else -1)
+        if proto < 0:
+            raise LocalError(f"bad protocol in traffic selector: {p!r}")
+        if port and port != "%any":
+            ports = (int(port), int(port))
+    if text == "dynamic":
+        if dynamic is None:
+            raise LocalError("dynamic traffic selector without an address")
+        text = dynamic
+    return from_cidr(text, proto, ports)
+
+
+def full(version: int = 4) -> TrafficSelector:
+    return from_cidr("0.0.0.0/0" if version == 4 else "::/0")
+
+
+def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
+    """RFC 7296 2.9: the responder narrows to the intersection of both selectors."""
+    if a.ts_type != b.ts_type:
+        return None
+    if a.ip_proto and b.ip_proto and a.ip_proto != b.ip_proto:
+        return None
+    proto = a.ip_proto or b.ip_proto
+    sp, ep = max(a.start_port, b.start_port), min(a.end_port, b.end_port)
+    if sp > ep:
+        return None
+    sa, ea = max(a.start_addr, b.start_addr), min(a.end_addr, b.end_addr)
+    if sa > ea:
+        return None
+    return TrafficSelector(a.ts_type, proto, sp, ep, sa, ea)
+
+
+def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) -> list[TrafficSelector]:
+    out: list[TrafficSelector] = []
+    for c in configured:
+        for o in offered:
+            x = intersect(o, c)
+            if x is not None and x not in out:
+                out.append(x)
+    return out
+
+
+def is_subset(inner: list[TrafficSelector], outer: list[TrafficSelector]) -> bool:
+    return all(any(intersect(i, o) == i for o in outer) for i in inner)
+
+
+def to_text(ts: TrafficSelector) -> str:
+    """strongSwan display: `10.1.0.0/24`, `10.1.0.2/32`, or a range `a..b`, plus `[proto/port]`."""
+    lo = ipaddress.ip_address(ts.start_addr)
+    hi = ipaddress.ip_address(ts.end_addr)
+    nets = list(ipaddress.summarize_address_range(lo, hi))
+    base = str(nets[0]) if len(nets) == 1 else f"{lo}..{hi}"
+    if ts.ip_proto or (ts.start_port, ts.end_port) != (0, 65535):
+        proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(ts.ip_proto, str(ts.ip_proto))
+        port = "" if (ts.start_port, ts.end_port) == (0, 65535) else f"/{ts.start_port}"
+        base += f"[{proto}{port}]"
+    return base
+
+
+def list_text(tss: list[TrafficSelector]) -> str:
+    return " ".join(to_text(t) for t in tss)

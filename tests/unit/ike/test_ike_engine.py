@@ -1,0 +1,217 @@
+"""IKE engine driven in memory: two engines, a fake clock, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+from ike_pair import make_pair
+
+from core_ike.constants import NotifyType
+from core_ike.ike import events as ev
+from core_ike.ike.engine import EngineConfig
+from core_ike.ike.sa import IkeState
+
+
+def _up(p, name="home"):  # type: ignore[no-untyped-def]
+    sa = p.a.initiate(name, now=p.now)
+    p.pump()
+    return sa
+
+
+@pytest.mark.parametrize("proposals,esp", [
+    ("aes128gcm16-prfsha256-x25519", "aes128gcm16"),
+    ("aes256-sha256-modp2048", "aes256-sha256"),
+    ("aes128-sha1-ecp256", "aes128-sha1"),
+    ("aes256gcm16-prfsha384-ecp384", "aes256gcm16-ecp384"),
+])
+@pytest.mark.parametrize("auth", ["psk", "pubkey"])
+def test_establish_ike_and_child(proposals: str, esp: str, auth: str) -> None:
+    p = make_pair(proposals, esp, auth)
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    (ike_a,) = p.of("a", ev.IkeSaEstablished)
+    (ike_b,) = p.of("b", ev.IkeSaEstablished)
+    assert ike_a.spi_i == ike_b.spi_i and ike_a.spi_r == ike_b.spi_r
+    (ca,) = p.of("a", ev.ChildSaEstablished)
+    (cb,) = p.of("b", ev.ChildSaEstablished)
+    # the two ends agree on SPIs and keys, crosswise
+    assert ca.keys.spi_in == cb.keys.spi_out and ca.keys.spi_out == cb.keys.spi_in
+    assert ca.keys.key_out == cb.keys.key_in and ca.keys.key_in == cb.keys.key_out
+    assert ca.keys.integ_out == cb.keys.integ_in
+    assert ca.local_ts == ("10.1.0.0/24",) and ca.remote_ts == ("10.2.0.0/24",)
+    assert cb.local_ts == ("10.2.0.0/24",) and cb.remote_ts == ("10.1.0.0/24",)
+    assert ca.proposal == cb.proposal
+
+
+def test_wrong_psk_fails_with_reason() -> None:
+    p = make_pair()
+    p.b.creds.shared.clear()
+    p.b.creds.add_psk("another-secret-entirely", "alice@test", "bob@test")
+    _up(p)
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED
+    assert "AUTHENTICATION_FAILED" in fa.reason
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert "pre-shared key failed" in fb.reason
+    assert not p.a.sas and not p.b.sas
+
+
+def test_no_proposal_chosen() -> None:
+    p = make_pair("aes128gcm16-prfsha256-x25519", b_proposals="aes256-sha512-modp3072")
+    _up(p)
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    assert fa.notify == NotifyType.NO_PROPOSAL_CHOSEN
+
+
+def test_invalid_ke_retry() -> None:
+    p = make_pair("aes128gcm16-prfsha256-x25519-ecp256", b_proposals="aes128gcm16-prfsha256-ecp256")
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    assert "ECP_256" in sa.proposal_text
+
+
+def test_cookie_round() -> None:
+    p = make_pair(engine_b=EngineConfig(force_cookies=True))
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    first_two = [d for s, d in p.wire if s == "a->b"][:2]
+    # RFC 7296 2.6: the retried request starts with N(COOKIE)
+    assert first_two[1][16] == 41 and first_two[0][16] == 33
+
+
+def test_retransmission_then_success() -> None:
+    lost = {"n": 0}
+
+    def drop(side: str, data: bytes) -> bool:
+        if side == "a->b" and lost["n"] < 2:
+            lost["n"] += 1
+            return True
+        return False
+
+    p = make_pair()
+    p.drop = drop
+    sa = p.a.initiate("home", now=p.now)
+    p.pump()
+    assert sa.state is IkeState.CONNECTING
+    p.advance(4.0 + 7.2 + 0.1)
+    assert sa.state is IkeState.ESTABLISHED
+
+
+def test_peer_unreachable_reports() -> None:
+    p = make_pair()
+    p.drop = lambda side, data: True
+    p.a.initiate("home", now=p.now)
+    p.pump()
+    p.advance(200)
+    (f,) = p.of("a", ev.IkeSaFailed)
+    assert "unreachable" in f.reason
+    assert not p.a.sas
+
+
+def test_duplicate_request_answered_from_cache() -> None:
+    p = make_pair()
+    _up(p)
+    last_b = [d for s, d in p.wire if s == "b->a"][-1]
+    last_a = [d for s, d in p.wire if s == "a->b"][-1]
+    p.b.receive(last_a, ("192.0.2.2", 500), ("192.0.2.1", 500), p.now)
+    out = p.b.datagrams_to_send()
+    assert [d for d, _, _ in out] == [last_b]
+
+
+def test_bad_icv_dropped() -> None:
+    p = make_pair()
+    sa = _up(p)
+    p.a.rekey_child(sa, next(iter(sa.children)), now=p.now)
+    (pkt, local, remote), = p.a.datagrams_to_send()
+    bad = pkt[:-1] + bytes([pkt[-1] ^ 1])
+    p.b.receive(bad, remote, local, p.now)
+    assert p.b.datagrams_to_send() == []
+    p.b.receive(pkt, remote, local, p.now)  # the genuine one still works
+    assert len(p.b.datagrams_to_send()) == 1
+
+
+def test_child_rekey_both_directions() -> None:
+    for side in ("a", "b"):
+        p = make_pair(esp="aes128gcm16-x25519")
+        _up(p)
+        eng = p.engine(side)
+        sa = eng.ike_sas()[0]
+        old = next(iter(sa.children.values()))
+        eng.rekey_child(sa, old.unique_id, now=p.now)
+        p.pump()
+        new_a = p.of("a", ev.ChildSaEstablished)
+        new_b = p.of("b", ev.ChildSaEstablished)
+        assert len(new_a) == 2 and len(new_b) == 2
+        assert new_a[1].rekeyed_from is not None and new_b[1].rekeyed_from is not None
+        assert new_a[1].keys.key_out == new_b[1].keys.key_in
+        assert len(p.of("a", ev.ChildSaDeleted)) == 1 and len(p.of("b", ev.ChildSaDeleted)) == 1
+        assert len(sa.children) == 1
+
+
+def test_ike_rekey_both_directions() -> None:
+    for side in ("a", "b"):
+        p = make_pair()
+        _up(p)
+        eng = p.engine(side)
+        sa = eng.ike_sas()[0]
+        eng.rekey_ike(sa, now=p.now)
+        p.pump()
+        assert len(p.of("a", ev.IkeSaEstablished)) == 2
+        assert len(p.of("b", ev.IkeSaEstablished)) == 2
+        na, nb = p.a.ike_sas(), p.b.ike_sas()
+        assert len(na) == 1 and len(nb) == 1
+        assert na[0].spi_i == nb[0].spi_i and na[0].spi_r == nb[0].spi_r
+        assert len(na[0].children) == 1 and len(nb[0].children) == 1
+        # the new SA works: rekey a child through it
+        c = next(iter(na[0].children))
+        p.a.rekey_child(na[0], c, now=p.now)
+        p.pump()
+        assert len(p.of("b", ev.ChildSaEstablished)) == 2
+
+
+def test_delete_from_each_side() -> None:
+    for side in ("a", "b"):
+        p = make_pair()
+        _up(p)
+        eng = p.engine(side)
+        eng.terminate(eng.ike_sas()[0], now=p.now)
+        p.pump()
+        assert not p.a.sas and not p.b.sas
+        assert len(p.of("a", ev.IkeSaDeleted)) == 1 and len(p.of("b", ev.IkeSaDeleted)) == 1
+        assert len(p.of("a", ev.ChildSaDeleted)) == 1
+
+
+def test_dpd_detects_dead_peer() -> None:
+    p = make_pair(a_conf={"dpd_delay": 10.0})
+    sa = _up(p)
+    p.advance(5)
+    assert sa.state is IkeState.ESTABLISHED
+    p.drop = lambda side, data: True
+    p.advance(300)
+    assert sa.state is IkeState.DESTROYED
+    (d,) = p.of("a", ev.IkeSaDeleted)
+    assert "not responding" in d.reason
+
+
+def test_fragmentation_with_large_certificates() -> None:
+    p = make_pair(auth="pubkey", a_conf={"fragment_size": 300}, b_conf={"fragment_size": 300})
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    sizes = [len(d) for s, d in p.wire]
+    assert max(sizes) <= 300 + 4
+
+
+def test_ts_narrowing() -> None:
+    p = make_pair()
+    p.b.configs[0].children[0].remote_ts = ["10.1.0.0/25"]
+    _up(p)
+    (ca,) = p.of("a", ev.ChildSaEstablished)
+    assert ca.local_ts == ("10.1.0.0/25",)
+
+
+def test_ts_unacceptable_keeps_ike_sa() -> None:
+    p = make_pair()
+    p.b.configs[0].children[0].remote_ts = ["172.16.0.0/24"]
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    (f,) = p.of("a", ev.ChildSaFailed)
+    assert "TS_UNACCEPTABLE" in f.reason
