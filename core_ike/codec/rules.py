@@ -56,12 +56,12 @@ _INIT_RESP = (
 )
 # RFC 7296 1.2, 2.16 (EAP rounds), 2.19 (CP), RFC 4739 (multiple auth); ME draft 3.1: no SA/TS
 _AUTH_REQ = (
-    _r(P.IDi, 0, 1), _r(P.CERT, 0, 4), _r(P.CERTREQ), _r(P.IDr, 0, 1), _r(P.AUTH, 0, 1),
+    _r(P.IDi, 0, 1), _r(P.CERT, 0, 16), _r(P.CERTREQ), _r(P.IDr, 0, 1), _r(P.AUTH, 0, 1),
     _r(P.EAP, 0, 1), _r(P.CP, 0, 1), _r(P.SA, 0, 1), _r(P.TSi, 0, 1), _r(P.TSr, 0, 1),
     _r(P.NOTIFY), _r(P.VENDOR_ID),
 )
 _AUTH_RESP = (
-    _r(P.IDr, 0, 1), _r(P.CERT, 0, 4), _r(P.AUTH, 0, 1), _r(P.EAP, 0, 1), _r(P.CP, 0, 1),
+    _r(P.IDr, 0, 1), _r(P.CERT, 0, 16), _r(P.AUTH, 0, 1), _r(P.EAP, 0, 1), _r(P.CP, 0, 1),
     _r(P.SA, 0, 1), _r(P.TSi, 0, 1), _r(P.TSr, 0, 1), _r(P.NOTIFY), _r(P.VENDOR_ID),
 )
 # RFC 7296 1.3: HDR, SK {[N], SA, Ni, [KEi], [TSi, TSr]}
