@@ -65,7 +65,9 @@ def _policy(d: dict[str, Any]) -> PolicyParams:
 
 async def main(cfg: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
-    transport, demux = await loop.create_datagram_endpoint(_Demux, local_addr=("0.0.0.0", cfg.get("port", 4500)))
+    transport, demux = await loop.create_datagram_endpoint(
+        _Demux, local_addr=("0.0.0.0", cfg.get("port", 4500))
+    )
     backend = UserspaceDataPlane(
         transport.sendto,
         tun_name=cfg["tun"],
