@@ -276,11 +276,13 @@ class Lab:
 
     @contextlib.contextmanager
     def capture(self, host: str, iface: str, bpf_filter: str = "", name: str | None = None,
-                timeout: float = 5.0) -> Iterator[Capture]:
+                timeout: float = 5.0, ike_ports: Iterable[int] = (500,),
+                natt_ports: Iterable[int] = (4500,)) -> Iterator[Capture]:
         """``tcpdump -w`` on ``host``:``iface`` for the duration of the block.
 
         Waits until tcpdump listens before entering the block; on exit stops it and parses the file:
-        ``cap.packets`` (list of :class:`~scenarios.lab.pcap.Packet`), ``cap.flows()``.
+        ``cap.packets`` (list of :class:`~scenarios.lab.pcap.Packet`), ``cap.flows()``. UDP on
+        ``ike_ports`` is IKE; on ``natt_ports`` it is told apart as IKE / ESP-in-UDP / keepalive.
         """
         stem = name or f"{host}-{iface}-{next(_seq)}"
         path = self.dir / f"{stem}.pcap"
@@ -289,7 +291,7 @@ class Lab:
         if bpf_filter:
             argv.append(bpf_filter)
         proc = self.popen(host, argv, logf)
-        cap = Capture(path)
+        cap = Capture(path, ike_ports=frozenset(ike_ports), natt_ports=frozenset(natt_ports))
         try:
             wait_for(lambda: proc.poll() is not None or "listening on" in read_text(logf), timeout,
                      what=f"tcpdump on {host}:{iface}")

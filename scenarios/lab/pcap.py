@@ -55,9 +55,11 @@ class Capture:
 
     path: Path
     packets: list[Packet] = field(default_factory=list)
+    ike_ports: frozenset[int] = IKE_PORTS
+    natt_ports: frozenset[int] = NATT_PORTS
 
     def load(self) -> list[Packet]:
-        self.packets = read_pcap(self.path) if self.path.exists() else []
+        self.packets = read_pcap(self.path, self.ike_ports, self.natt_ports) if self.path.exists() else []
         return self.packets
 
     def flows(self) -> list[tuple[str, int | None, str, int | None, str]]:
@@ -71,11 +73,12 @@ class Capture:
         return {p.spi for p in self.packets if p.spi is not None}
 
 
-def classify_udp(sport: int, dport: int, payload: bytes) -> tuple[str, int | None]:
+def classify_udp(sport: int, dport: int, payload: bytes, ike_ports: frozenset[int] = IKE_PORTS,
+                 natt_ports: frozenset[int] = NATT_PORTS) -> tuple[str, int | None]:
     """(kind, spi) of a UDP datagram by ports and content."""
-    if sport in IKE_PORTS or dport in IKE_PORTS:
+    if sport in ike_ports or dport in ike_ports:
         return "ike", None
-    if sport in NATT_PORTS or dport in NATT_PORTS:
+    if sport in natt_ports or dport in natt_ports:
         if payload == b"\xff":
             return "keepalive", None
         if len(payload) >= 4 and payload[:4] == b"\0\0\0\0":
@@ -85,7 +88,7 @@ def classify_udp(sport: int, dport: int, payload: bytes) -> tuple[str, int | Non
     return "other", None
 
 
-def _ip_packet(ts: float, data: bytes) -> Packet | None:
+def _ip_packet(ts: float, data: bytes, ike_ports: frozenset[int], natt_ports: frozenset[int]) -> Packet | None:
     if not data:
         return None
     version = data[0] >> 4
@@ -109,7 +112,7 @@ def _ip_packet(ts: float, data: bytes) -> Packet | None:
     if proto == 17 and len(body) >= 8:
         sport, dport = struct.unpack_from("!HH", body)
         payload = body[8:]
-        kind, spi = classify_udp(sport, dport, payload)
+        kind, spi = classify_udp(sport, dport, payload, ike_ports, natt_ports)
         return Packet(ts, src, sport, dst, dport, kind, spi, proto, payload)
     if proto == 50 and len(body) >= 8:
         return Packet(ts, src, None, dst, None, "esp", struct.unpack_from("!I", body)[0], proto, body)
@@ -135,7 +138,8 @@ def _link_payload(linktype: int, frame: bytes) -> bytes | None:
     return frame[off:] if ethertype in (_ETH_IPV4, _ETH_IPV6) else None
 
 
-def read_pcap(path: str | Path) -> list[Packet]:
+def read_pcap(path: str | Path, ike_ports: frozenset[int] = IKE_PORTS,
+              natt_ports: frozenset[int] = NATT_PORTS) -> list[Packet]:
     """Parse a classic pcap file (either byte order, µs or ns timestamps)."""
     data = Path(path).read_bytes()
     if len(data) < 24:
@@ -158,7 +162,7 @@ def read_pcap(path: str | Path) -> list[Packet]:
         off += caplen
         ts = sec + frac / (1e9 if nano else 1e6)
         ip = _link_payload(linktype, frame)
-        pkt = _ip_packet(ts, ip) if ip else None
+        pkt = _ip_packet(ts, ip, ike_ports, natt_ports) if ip else None
         if pkt:
             packets.append(pkt)
     return packets

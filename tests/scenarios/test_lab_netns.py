@@ -118,3 +118,16 @@ def test_teardown_idempotent_and_capture_file() -> None:
     lab.teardown()
     assert sleeper.poll() is not None
     assert not [n for n in netns.listnetns() if n.startswith(lab.prefix)]
+
+
+@root_only
+@pytest.mark.netns
+def test_same_nat_peer_topology() -> None:
+    lab = nat_lab(same_nat_peer=True, nat_b="symmetric")
+    try:
+        assert lab.hosts == ["alice", "natA", "inet", "natB", "bob", "carol", "venus"]
+        assert lab.ping("venus", "10.1.0.2", count=1)[1] == 1
+        assert lab.ping("venus", "203.0.113.10", count=1)[1] == 1
+        assert lab.info["nat_b"] == "symmetric" and lab.nats == ["natA", "natB"]
+    finally:
+        lab.teardown()
