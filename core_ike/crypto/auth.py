@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Collection
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -83,7 +84,7 @@ def _ec_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> st
     return key.curve.name
 
 
-def _pick_hash(key: PrivateKey, peer_hash_algs: set[int]) -> str | None:
+def _pick_hash(key: PrivateKey, peer_hash_algs: Collection[int]) -> str | None:
     """A RFC 7427 hash the peer announced, preferring the one matching the key's strength."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         pref = {"secp384r1": ["sha384", "sha512", "sha256"], "secp521r1": ["sha512", "sha384", "sha256"]}
@@ -105,7 +106,7 @@ def _legacy_method(key: PrivateKey) -> int:
 
 
 def create_signature_auth(
-    private_key: PrivateKey, method: int, octets: bytes, peer_hash_algs: set[int],
+    private_key: PrivateKey, method: int, octets: bytes, peer_hash_algs: Collection[int],
     rsa_pss: bool = False,
 ) -> tuple[int, bytes]:
     """Sign `octets`; returns (AUTH method, AUTH data).
@@ -171,7 +172,7 @@ def verify_signature_auth(public_key: PublicKey, method: int, data: bytes, octet
             der = encode_dss_signature(int.from_bytes(data[:flen], "big"), int.from_bytes(data[flen:], "big"))
             public_key.verify(der, octets, ec.ECDSA(_HASHES[hash_name]()))
             return True
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
         return False
     return False
 

@@ -119,7 +119,8 @@ def test_round_trip(group: int) -> None:
     assert len(a.public) == len(b.public) == dh.public_length(group)
     s = a.compute(b.public)
     assert s == b.compute(a.public)
-    flen = {DhId.ECP_256: 32, DhId.ECP_384: 48, DhId.ECP_521: 66}.get(group, len(a.public))
+    ecp_len: dict[int, int] = {DhId.ECP_256: 32, DhId.ECP_384: 48, DhId.ECP_521: 66}
+    flen = ecp_len.get(group, len(a.public))
     assert len(s) == flen  # RFC 5903 7: x only; MODP: modulus length
 
 

@@ -10,7 +10,7 @@ from core_ike.constants import DhId, EncrId, IntegId, PrfId
 from core_ike.crypto import dh, keys, sk
 from core_ike.errors import LocalError
 
-DIGEST = {PrfId.HMAC_SHA1: "sha1", PrfId.HMAC_SHA2_256: "sha256", PrfId.HMAC_SHA2_384: "sha384",
+DIGEST: dict[int, str] = {PrfId.HMAC_SHA1: "sha1", PrfId.HMAC_SHA2_256: "sha256", PrfId.HMAC_SHA2_384: "sha384",
           PrfId.HMAC_SHA2_512: "sha512"}
 OUT = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 

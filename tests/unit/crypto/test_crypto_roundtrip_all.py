@@ -64,7 +64,7 @@ def test_every_combination_round_trips() -> None:
         count += 1
     assert count == len(ENCR_SUITES) * len(PRFS) + len(GROUPS)
 
-    keys_ = [rsa.generate_private_key(65537, 2048), ec.generate_private_key(ec.SECP256R1()),
+    keys_: list[auth.PrivateKey] = [rsa.generate_private_key(65537, 2048), ec.generate_private_key(ec.SECP256R1()),
              ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP521R1()),
              ed25519.Ed25519PrivateKey.generate(), ed448.Ed448PrivateKey.generate()]
     for key in keys_:

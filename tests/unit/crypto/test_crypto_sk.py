@@ -123,7 +123,8 @@ def test_gcm_layout_independently_checked(encr: int, bits: int) -> None:
     p = sk.make_protector(encr, bits, None, sk_e)
     prefix, pt = b"\x02" * 32, b"inner payloads"
     body = p.seal(prefix, pt)
-    tag_len = {EncrId.AES_GCM_16: 16, EncrId.AES_GCM_12: 12, EncrId.AES_GCM_8: 8}[encr]
+    tags: dict[int, int] = {EncrId.AES_GCM_16: 16, EncrId.AES_GCM_12: 12, EncrId.AES_GCM_8: 8}
+    tag_len = tags[encr]
     assert len(body) == p.sealed_length(len(pt)) == 8 + len(pt) + 1 + tag_len
     iv = body[:8]
     full = AESGCM(sk_e[:-4]).encrypt(sk_e[-4:] + iv, pt + b"\x00", prefix)
