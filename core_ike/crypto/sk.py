@@ -147,13 +147,15 @@ class CbcHmacProtector:
 class AeadProtector:
     """AES-GCM / AES-CCM (RFC 5282) and ChaCha20-Poly1305 (RFC 7634) in the SK payload."""
 
-    __slots__ = ("_encr_id", "_aead", "_key", "_salt", "_counter", "icv_size", "block_size", "iv_size")
+    __slots__ = ("_aead", "_key", "_salt", "_counter", "_truncated_gcm", "icv_size", "block_size",
+                 "iv_size")
 
     def __init__(self, encr_id: int, sk_e: bytes) -> None:
         salt_len, self.icv_size = _AEAD[encr_id]
         key, self._salt = sk_e[:-salt_len], sk_e[-salt_len:]
-        self._encr_id = encr_id
         self._key = key
+        # GCM with 8/12-octet ICVs: AESGCM only emits/accepts 16-octet tags (SP 800-38D 5.2.1.2)
+        self._truncated_gcm = encr_id in (EncrId.AES_GCM_8, EncrId.AES_GCM_12)
         self._aead: Any
         if encr_id == EncrId.CHACHA20_POLY1305:
             self._aead = ChaCha20Poly1305(key)
@@ -185,10 +187,6 @@ class AeadProtector:
         if self._truncated_gcm:
             out = out[: len(out) - 16 + self.icv_size]  # GCM short tags are prefixes (SP 800-38D 5.2.1.2)
         return iv + out
-
-    @property
-    def _truncated_gcm(self) -> bool:
-        return self._encr_id in (EncrId.AES_GCM_8, EncrId.AES_GCM_12)
 
     def open(self, prefix: bytes, body: bytes) -> bytes:
         if len(body) < self.iv_size + 1 + self.icv_size:
