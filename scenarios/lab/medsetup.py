@@ -11,6 +11,7 @@ same five methods.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -129,23 +130,31 @@ secrets {{
 """
 
 
-def default_peers(initiator: str = "alice", responder: str = "bob") -> tuple[PeerSpec, PeerSpec]:
+def default_peers(initiator: str = "alice", responder: str = "bob",
+                  ts_addrs: Mapping[str, str] | None = None) -> tuple[PeerSpec, PeerSpec]:
+    """Peer specs with child ``net`` between the hosts' ``ts_addrs`` (default: their LAN addresses)."""
+    ts = {**LAN, **(ts_addrs or {})}
     a = PeerSpec(initiator, f"{initiator}@med", f"{initiator}-medsrv-secret-0123456789", f"{initiator}@p2p",
-                 {"net": (f"{LAN[initiator]}/32", f"{LAN[responder]}/32")})
+                 {"net": (f"{ts[initiator]}/32", f"{ts[responder]}/32")})
     b = PeerSpec(responder, f"{responder}@med", f"{responder}-medsrv-secret-0123456789", f"{responder}@p2p",
-                 {"net": (f"{LAN[responder]}/32", f"{LAN[initiator]}/32")})
+                 {"net": (f"{ts[responder]}/32", f"{ts[initiator]}/32")})
     return a, b
 
 
 class CharonMediation:
-    """Three charons: carol = mediation server, ``initiator`` and ``responder`` = mediation clients."""
+    """Three charons: carol = mediation server, ``initiator`` and ``responder`` = mediation clients.
+
+    ``ts_addrs`` overrides the traffic-selector address per host (kernel-libipsec cannot install a
+    CHILD_SA whose TS are the IKE peers' own addresses, e.g. two peers behind one NAT: use inner addresses).
+    """
 
     name = "charon"
 
     def __init__(self, lab: Lab, initiator: str = "alice", responder: str = "bob", settings: str = "",
-                 p2p_psk: str = "alice-bob-p2p-secret-0123456789") -> None:
+                 p2p_psk: str = "alice-bob-p2p-secret-0123456789",
+                 ts_addrs: Mapping[str, str] | None = None) -> None:
         self.lab = lab
-        self.a_spec, self.b_spec = default_peers(initiator, responder)
+        self.a_spec, self.b_spec = default_peers(initiator, responder, ts_addrs)
         self.carol = Charon(lab, "carol", conf=medsrv_conf([self.a_spec, self.b_spec]), settings=settings)
         self.alice = Charon(lab, initiator, conf=peer_conf(self.a_spec, self.b_spec, p2p_psk), settings=settings)
         self.bob = Charon(lab, responder, conf=peer_conf(self.b_spec, self.a_spec, p2p_psk), settings=settings)
