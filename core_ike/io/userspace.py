@@ -52,6 +52,7 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IPPROTO_ESP = 50
+_ROUTED = (PolicyAction.PROTECT, PolicyAction.TRAP)
 _READ_BATCH = 64  # packets per readiness callback
 _PORT_PROTOS = (6, 17, 132)  # TCP, UDP, SCTP: ports at the start of the L4 header
 
@@ -183,6 +184,12 @@ class UserspaceDataPlane:
             return index
 
         self._tun_index = _with_iproute(setup)
+        done: set[str] = set()
+        for p in self._policies:  # policies installed before the TUN device existed
+            key = str(p.remote.subnet)
+            if p.direction == Direction.OUT and p.action in _ROUTED and key not in done:
+                done.add(key)
+                self._route_add(p)
         self._loop.add_reader(fd, self._on_tun_readable)
         self._tick = self._loop.call_later(self.tick_interval, self._on_tick)
         log.info("userspace ESP data plane on %s (mtu %d)", self.tun_name, self.mtu)
@@ -309,7 +316,7 @@ class UserspaceDataPlane:
         )
         self._out_cache.clear()
         self._in_cache.clear()
-        if policy.direction == Direction.OUT and policy.action in (PolicyAction.PROTECT, PolicyAction.TRAP):
+        if policy.direction == Direction.OUT and policy.action in _ROUTED:
             self._add_route(policy)
 
     def delete_policy(self, policy: PolicyParams) -> None:
@@ -318,14 +325,17 @@ class UserspaceDataPlane:
         self._policies.remove(policy)
         self._out_cache.clear()
         self._in_cache.clear()
-        if policy.direction == Direction.OUT and policy.action in (PolicyAction.PROTECT, PolicyAction.TRAP):
+        if policy.direction == Direction.OUT and policy.action in _ROUTED:
             self._del_route(policy)
 
     def _add_route(self, policy: PolicyParams) -> None:
         key = str(policy.remote.subnet)
         self._routes[key] = self._routes.get(key, 0) + 1
-        if self._routes[key] > 1 or self._tun_fd < 0:
-            return
+        if self._routes[key] == 1 and self._tun_index:
+            self._route_add(policy)
+
+    def _route_add(self, policy: PolicyParams) -> None:
+        key = str(policy.remote.subnet)
 
         def add(ipr: Any) -> None:
             kw: dict[str, Any] = {"dst": key, "oif": self._tun_index}
@@ -343,7 +353,7 @@ class UserspaceDataPlane:
             self._routes[key] = n
             return
         self._routes.pop(key, None)
-        if self._tun_fd < 0:
+        if not self._tun_index:
             return
 
         def delete(ipr: Any) -> None:
