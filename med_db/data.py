@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import CursorResult, Result, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,6 +28,10 @@ from med_db.models import (
     User,
     utcnow,
 )
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount
 
 
 class DataError(ValueError):
@@ -72,7 +77,7 @@ def update_user(s: Session, user: User, login: str, password_hash: str | None) -
 
 def delete_user(s: Session, user_id: int) -> bool:
     """Delete a user; the database cascades to their peers."""
-    return s.execute(delete(User).where(User.id == user_id)).rowcount > 0
+    return _rowcount(s.execute(delete(User).where(User.id == user_id))) > 0
 
 
 # ------------------------------------------------------------------ peers (server side)
@@ -125,7 +130,7 @@ def update_peer(s: Session, peer: Peer, alias: str, spki: bytes, keyid: bytes) -
 
 def delete_peer(s: Session, user_id: int, peer_id: int) -> bool:
     stmt = delete(Peer).where(Peer.id == peer_id, Peer.user_id == user_id)
-    return s.execute(stmt).rowcount > 0
+    return _rowcount(s.execute(stmt)) > 0
 
 
 def find_peer_by_keyid(s: Session, keyid: bytes) -> Peer | None:
@@ -186,7 +191,7 @@ def callbacks_for_target(s: Session, target: tuple[int, bytes], now: dt.datetime
 
 
 def prune_callbacks(s: Session, now: dt.datetime) -> int:
-    return s.execute(delete(MeCallback).where(MeCallback.expires <= now)).rowcount
+    return _rowcount(s.execute(delete(MeCallback).where(MeCallback.expires <= now)))
 
 
 # ------------------------------------------------------------------ client side
@@ -274,7 +279,7 @@ def save_connection(
 
 
 def delete_connection(s: Session, conn_id: int) -> bool:
-    return s.execute(delete(Connection).where(Connection.id == conn_id)).rowcount > 0
+    return _rowcount(s.execute(delete(Connection).where(Connection.id == conn_id))) > 0
 
 
 def set_connection_status(

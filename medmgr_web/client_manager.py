@@ -171,7 +171,7 @@ class ClientManager(PortalApp):
                            refresh=self.config.refresh_seconds)
 
     def _conn_form(self, req: Request) -> tuple[dict[str, Any], list[str], dict[str, Any] | None]:
-        form = {k: req.field(k) for k in ("alias", "public_key", "local_subnet", "remote_subnet")}
+        form: dict[str, Any] = {k: req.field(k) for k in ("alias", "public_key", "local_subnet", "remote_subnet")}
         form["active"] = req.field("active") == "yes"
         errors: list[str] = []
         if not form["alias"]:

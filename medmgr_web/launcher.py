@@ -27,7 +27,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def serve(app: Any, args: argparse.Namespace) -> None:
     """Run the WSGI app under flup's threaded FastCGI server until terminated."""
-    from flup.server.fcgi import WSGIServer
+    from flup.server.fcgi import WSGIServer  # type: ignore[import-untyped]
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
