@@ -93,7 +93,7 @@ class Engine:
         self.sas: dict[bytes, IkeSa] = {}  # by our own SPI
         self.init_index: dict[tuple[bytes, Addr], IkeSa] = {}  # responder: (SPIi, peer) of IKE_SA_INIT
         self._out: list[tuple[bytes, Addr, Addr]] = []
-        self._events: deque[ev.Event] = deque()
+        self._events: deque[Any] = deque()
         self._timers: list[tuple[float, int, IkeSa]] = []
         self._seq = itertools.count()
         self._ike_ids = itertools.count(1)
@@ -128,7 +128,7 @@ class Engine:
         out, self._out = self._out, []
         return out
 
-    def next_event(self) -> ev.Event | None:
+    def next_event(self) -> Any:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
@@ -249,7 +249,7 @@ class Engine:
     def send(self, data: bytes, local: Addr, remote: Addr) -> None:
         self._out.append((data, local, remote))
 
-    def emit(self, event: ev.Event) -> None:
+    def emit(self, event: object) -> None:
         self._events.append(event)
 
     def alloc_spi(self) -> int:

@@ -1,0 +1,169 @@
+"""Control socket (JSON lines over a unix socket) and the SA listing shared by the daemons.
+
+Requests: {"cmd": "up", "conn": "home", "child": "net", "timeout": 30}, {"cmd": "down", "ike": 3},
+{"cmd": "down-child", "ike": 3, "child": 5}, {"cmd": "rekey", "ike": 3}, {"cmd": "rekey-child", "ike": 3,
+"child": 5}, {"cmd": "list"}, {"cmd": "conns"}, {"cmd": "stats"}. Replies: {"ok": bool, ...}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..ike import events as ev
+from ..ike import ts as tsmod
+from ..ike.engine import Engine
+from ..ike.sa import IkeSa
+
+log = logging.getLogger("core_ike.control")
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def sa_info(sa: IkeSa, now: float, usage: Callable[[int], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One IKE_SA as swanctl --list-sas shows it (state, SPIs, algorithms, addresses, rekey times)."""
+    children = []
+    for c in sa.children.values():
+        d: dict[str, Any] = {
+            "name": c.name, "uniqueid": c.unique_id, "reqid": c.reqid, "state": c.state,
+            "mode": "TUNNEL", "protocol": "ESP",
+            "encap": bool(sa.nat_here or sa.nat_there or sa.uses_marker),
+            "spi-in": f"{c.spi_in:08x}", "spi-out": f"{c.spi_out:08x}", "proposal": c.proposal_text,
+            "local-ts": [tsmod.to_text(t) for t in c.local_ts], "remote-ts": [tsmod.to_text(t) for t in c.remote_ts],
+            "install-time": round(now - c.established_at),
+            "rekey-time": round(c.rekey_at - now) if c.rekey_at else None,
+            "life-time": round(c.expire_at - now) if c.expire_at else None,
+        }
+        if usage is not None:
+            d.update(usage(c.spi_in))
+        children.append(d)
+    return {
+        "name": sa.name, "uniqueid": sa.unique_id, "state": sa.state.value,
+        "local-host": sa.local[0], "local-port": sa.local[1], "local-id": str(sa.my_id),
+        "remote-host": sa.remote[0], "remote-port": sa.remote[1], "remote-id": str(sa.peer_id),
+        "initiator": sa.is_original_initiator, "initiator-spi": sa.spi_i.hex(), "responder-spi": sa.spi_r.hex(),
+        "nat-local": sa.nat_here, "nat-remote": sa.nat_there, "proposal": sa.proposal_text,
+        "established": round(now - sa.established_at) if sa.established_at else None,
+        "rekey-time": round(sa.rekey_at - now) if sa.rekey_at else None,
+        "child-sas": children,
+    }
+
+
+class Waiter:
+    """Collects events for a pending `up` command until the connection succeeds or fails."""
+
+    def __init__(self, conn: str, child: str | None) -> None:
+        self.conn, self.child = conn, child
+        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.ike_name: str | None = None
+
+    def feed(self, e: object) -> None:
+        if self.done.done():
+            return
+        if isinstance(e, ev.IkeSaFailed) and e.name == self.conn:
+            self.done.set_result({"ok": False, "error": f"IKE_SA '{self.conn}' failed: {e.reason}"})
+        elif isinstance(e, ev.ChildSaFailed) and e.ike_name == self.conn:
+            self.done.set_result({"ok": False, "error": f"CHILD_SA '{e.name}' failed: {e.reason}"})
+        elif isinstance(e, ev.ChildSaEstablished) and e.ike_name == self.conn and \
+                (self.child is None or e.name == self.child):
+            self.done.set_result({"ok": True, "child": e.name, "uniqueid": e.unique_id,
+                                  "spi-in": f"{e.keys.spi_in:08x}", "spi-out": f"{e.keys.spi_out:08x}"})
+        elif isinstance(e, ev.IkeSaEstablished) and e.name == self.conn and self.child == "":
+            self.done.set_result({"ok": True, "ike": e.unique_id})
+
+
+class ControlServer:
+    def __init__(self, path: str, handler: Handler) -> None:
+        self.path = path
+        self.handler = handler
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self.server = await asyncio.start_unix_server(self._client, path=self.path)
+        os.chmod(self.path, 0o600)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                    resp = await self.handler(req)
+                except Exception as e:  # noqa: BLE001 - a bad request must not kill the daemon
+                    resp = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                writer.write(json.dumps(resp).encode() + b"\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+class EngineControl:
+    """Command handlers over an Engine; the daemon forwards every event to `feed`."""
+
+    def __init__(self, engine: Engine, flush: Callable[[], None],
+                 usage: Callable[[int], dict[str, Any]] | None = None) -> None:
+        self.engine = engine
+        self.flush = flush
+        self.usage = usage
+        self.waiters: list[Waiter] = []
+        self.extra: dict[str, Handler] = {}
+
+    def feed(self, e: object) -> None:
+        for w in list(self.waiters):
+            w.feed(e)
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        now = time.monotonic()
+        eng = self.engine
+        if cmd in self.extra:
+            return await self.extra[cmd](req)
+        if cmd == "list":
+            return {"ok": True, "sas": [sa_info(s, now, self.usage) for s in eng.ike_sas()]}
+        if cmd == "conns":
+            return {"ok": True, "conns": [c.name for c in eng.configs]}
+        if cmd == "up":
+            return await self._up(req, now)
+        sa = eng.find_sa(int(req.get("ike", 0)))
+        if sa is None:
+            return {"ok": False, "error": f"no IKE_SA with unique id {req.get('ike')}"}
+        if cmd == "down":
+            eng.terminate(sa, now)
+        elif cmd == "down-child":
+            eng.terminate_child(sa, int(req["child"]), now)
+        elif cmd == "rekey":
+            eng.rekey_ike(sa, now)
+        elif cmd == "rekey-child":
+            eng.rekey_child(sa, int(req["child"]), now)
+        else:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        self.flush()
+        return {"ok": True}
+
+    async def _up(self, req: dict[str, Any], now: float) -> dict[str, Any]:
+        conn = str(req["conn"])
+        child = req.get("child")
+        cfg = self.engine.config(conn)
+        if child is None and cfg.children:
+            child = cfg.children[0].name
+        w = Waiter(conn, child if child is not None else "")
+        self.waiters.append(w)
+        try:
+            self.engine.initiate(conn, child or None, now)
+            self.flush()
+            return await asyncio.wait_for(w.done, float(req.get("timeout", 30)))
+        except TimeoutError:
+            return {"ok": False, "error": f"'{conn}' not established after {req.get('timeout', 30)} s"}
+        finally:
+            self.waiters.remove(w)

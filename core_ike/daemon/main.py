@@ -1,0 +1,120 @@
+"""`iked`: the IKEv2 daemon. Reads a TOML config, binds UDP 500/4500, drives the engine and the
+data plane, serves `ikectl` on a unix socket. Logs in strongSwan's style."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from ..ike.engine import Engine, EngineConfig
+from ..io.transport import UdpTransport, local_addresses, route_source
+from .config import DaemonConfig, load
+from .control import ControlServer, EngineControl
+from .glue import DataPlaneGlue
+
+log = logging.getLogger("core_ike.daemon")
+
+
+def setup_logging(level: str, path: str | None = None) -> None:
+    fmt = "%(asctime)s.%(msecs)03d %(threadName)s %(message)s"
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d [%(name)s] %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    del fmt
+
+
+def make_dataplane(kind: str, tun: str, transport: UdpTransport, natt_port: int) -> Any:
+    if kind == "none":
+        return None
+    from ..io.xfrm import choose_backend
+
+    def send_udp(data: bytes, remote: tuple[str, int]) -> None:
+        # ESP-in-UDP leaves from the NAT-T socket of the address that routes to the peer
+        transport.send(data, (route_source(remote[0]), natt_port), remote)
+
+    return choose_backend(kind, send_udp, tun_name=tun)
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        st = cfg.settings
+        self.engine = Engine(cfg.connections, cfg.creds,
+                             EngineConfig(ike_port=st.port, natt_port=st.natt_port,
+                                          cookie_threshold=st.cookie_threshold, force_cookies=st.force_cookies),
+                             route_source=route_source)
+        addrs = st.listen or local_addresses()
+        self.transport = UdpTransport(self.engine, addrs, [st.port, st.natt_port], on_event=self.on_event)
+        self.dp: Any = None
+        self.glue: DataPlaneGlue | None = None
+        self.control = EngineControl(self.engine, self.transport.flush, self.usage)
+        self.server = ControlServer(st.control, self.control.handle)
+        self.stopped = asyncio.Event()
+
+    def usage(self, spi_in: int) -> dict[str, Any]:
+        if self.dp is None:
+            return {}
+        try:
+            from ..io.dataplane import Direction
+
+            u_in = self.dp.query_usage(spi_in, Direction.IN)
+            return {"bytes-in": u_in.bytes, "packets-in": u_in.packets}
+        except Exception:  # noqa: BLE001 - listing must work even without usage data
+            return {}
+
+    def on_event(self, e: object) -> None:
+        log.debug("event %s", type(e).__name__)
+        if self.glue is not None:
+            self.glue.handle(e)
+        self.control.feed(e)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport.start(loop)
+        self.dp = make_dataplane(self.cfg.settings.dataplane, self.cfg.settings.tun, self.transport,
+                                 self.cfg.settings.natt_port)
+        if self.dp is not None:
+            if hasattr(self.dp, "start"):
+                self.dp.start(loop)
+            self.glue = DataPlaneGlue(self.dp)
+            self.transport.esp_sink = self.dp
+        await self.server.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopped.set)
+        log.info("iked started, %d connection(s) loaded", len(self.cfg.connections))
+        for c in self.cfg.connections:
+            for child in c.children:
+                if child.start_action == "start":
+                    self.engine.initiate(c.name, child.name, loop.time())
+        self.transport.flush()
+        await self.stopped.wait()
+        log.info("iked stopping")
+        self.server.close()
+        if self.dp is not None:
+            self.dp.close()
+        self.transport.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="iked", description="IKEv2 daemon (strongSwan compatible)")
+    ap.add_argument("-c", "--config", required=True, help="TOML configuration file")
+    ap.add_argument("--log-level", default=None)
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+    except Exception as e:  # noqa: BLE001
+        print(f"iked: {e}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
+    asyncio.run(Daemon(cfg).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""asyncio UDP transport for the sans-IO engine (design principle 2; model: aioquic asyncio/protocol).
+
+One non-blocking socket per (local address, port): the IKE port (500) and the NAT-T port (4500).
+On the NAT-T port datagrams are demultiplexed in userspace (RFC 3948 2.2): a single 0xFF octet is
+a NAT keepalive, a leading zero word is the non-ESP marker of an IKE message, anything else is ESP
+for the data plane. UDP_ENCAP is deliberately not set (this kernel would swallow ESP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..codec.message import split_natt
+from ..errors import DecodeError
+
+log = logging.getLogger("core_ike.net")
+Addr = tuple[str, int]
+
+
+class SansIoEngine(Protocol):
+    natt_port: int
+
+    def receive(self, data: bytes, local: Addr, remote: Addr, now: float) -> None: ...
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr, Addr]]: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_event(self) -> Any: ...
+
+
+class EspSink(Protocol):
+    def receive_esp(self, data: bytes, src: tuple[str, int]) -> None: ...
+
+
+def route_source(remote_ip: str) -> str:
+    """The local address the kernel would use towards `remote_ip` (no packet is sent)."""
+    fam = socket.AF_INET if ipaddress.ip_address(remote_ip).version == 4 else socket.AF_INET6
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.connect((remote_ip, 9))
+        return str(s.getsockname()[0])
+
+
+def local_addresses() -> list[str]:
+    """Every configured IPv4/IPv6 unicast address (loopback included; link-local excluded)."""
+    out: list[str] = []
+    try:
+        from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
+        with IPRoute() as ipr:
+            for a in ipr.get_addr():
+                ip = a.get_attr("IFA_ADDRESS")
+                if ip and not ipaddress.ip_address(ip).is_link_local and ip not in out:
+                    out.append(ip)
+    except Exception as e:  # noqa: BLE001 - fall back to the wildcard
+        log.warning("cannot list local addresses (%s); binding the wildcard address", e)
+        return ["0.0.0.0"]
+    return out
+
+
+class UdpTransport:
+    """Owns the sockets and the timer of one engine; forwards events to `on_event`."""
+
+    def __init__(
+        self, engine: SansIoEngine, addresses: list[str], ports: list[int],
+        on_event: Callable[[Any], None] | None = None, esp_sink: EspSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.addresses = addresses
+        self.ports = ports
+        self.on_event = on_event
+        self.esp_sink = esp_sink
+        self.clock = clock
+        self.sockets: dict[Addr, socket.socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.stats = {"rx": 0, "tx": 0, "keepalive": 0, "esp": 0, "dropped": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        for addr in self.addresses:
+            for port in self.ports:
+                self._open(addr, port)
+        self.flush()
+
+    def _open(self, addr: str, port: int) -> None:
+        fam = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setblocking(False)
+        s.bind((addr, port))
+        bound = s.getsockname()
+        key = (addr, int(bound[1]))
+        self.sockets[key] = s
+        assert self._loop is not None
+        self._loop.add_reader(s.fileno(), self._readable, s, key)
+        log.info("listening on %s[%d]", addr, key[1])
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for s in self.sockets.values():
+            if self._loop is not None:
+                self._loop.remove_reader(s.fileno())
+            s.close()
+        self.sockets.clear()
+
+    def socket_for(self, local: Addr) -> socket.socket | None:
+        s = self.sockets.get(local)
+        if s is None:
+            # wildcard bind or unknown source: any socket on that port will do
+            for (a, p), sock in self.sockets.items():
+                if p == local[1] and (a in ("0.0.0.0", "::") or local[0] in ("0.0.0.0", "::")):
+                    return sock
+        return s
+
+    # ------------------------------------------------------------------ receive
+    def _readable(self, s: socket.socket, local: Addr) -> None:
+        now = self.clock()
+        for _ in range(64):  # batch: drain what is queued, then let others run
+            try:
+                data, remote = s.recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    log.warning("receive error on %s[%d]: %s", local[0], local[1], e)
+                continue
+            self._datagram(data, local, (remote[0], remote[1]), now)
+        self.flush()
+
+    def _datagram(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        self.stats["rx"] += 1
+        if local[1] == self.engine.natt_port:
+            try:
+                kind, payload = split_natt(data)
+            except DecodeError as e:
+                self.stats["dropped"] += 1
+                log.info("dropping %d-byte datagram from %s[%d]: %s", len(data), remote[0], remote[1], e)
+                return
+            if kind == "keepalive":
+                self.stats["keepalive"] += 1
+                return
+            if kind == "esp":
+                self.stats["esp"] += 1
+                if self.esp_sink is not None:
+                    self.esp_sink.receive_esp(data, remote)
+                return
+            data = payload
+        self.engine.receive(data, local, remote, now)
+
+    # ------------------------------------------------------------------ send, timers, events
+    def send(self, data: bytes, local: Addr, remote: Addr) -> None:
+        s = self.socket_for(local)
+        if s is None:
+            self.stats["dropped"] += 1
+            log.warning("no socket for %s[%d], dropping %d bytes to %s[%d]", local[0], local[1], len(data),
+                        remote[0], remote[1])
+            return
+        try:
+            s.sendto(data, remote)
+            self.stats["tx"] += 1
+        except OSError as e:
+            log.warning("error sending to %s[%d]: %s", remote[0], remote[1], e)
+
+    def flush(self) -> None:
+        """Send what the engine produced, forward its events and re-arm the one timer."""
+        for data, local, remote in self.engine.datagrams_to_send():
+            self.send(data, local, remote)
+        while (ev := self.engine.next_event()) is not None:
+            if self.on_event is not None:
+                try:
+                    self.on_event(ev)
+                except Exception:  # noqa: BLE001 - an event handler must not kill the daemon
+                    log.exception("event handler failed for %r", ev)
+        # handlers may have produced more work (e.g. initiating); send it too
+        for data, local, remote in self.engine.datagrams_to_send():
+            self.send(data, local, remote)
+        self._arm()
+
+    def _arm(self) -> None:
+        t = self.engine.get_timer()
+        if t == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = t
+        if t is not None and self._loop is not None:
+            delay = max(0.0, t - self.clock())
+            self._timer = self._loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.engine.handle_timer(self.clock())
+        self.flush()

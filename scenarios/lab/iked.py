@@ -1,0 +1,113 @@
+"""Drive our own daemons (iked, and the mediation daemons built on it) inside a lab namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from scenarios.lab.netns import Lab, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class IkedError(RuntimeError):
+    pass
+
+
+class Iked:
+    """`iked -c <toml>` in `host`; `ctl()` talks to its control socket (JSON lines)."""
+
+    module = "core_ike.daemon.main"
+
+    def __init__(self, lab: Lab, host: str, toml: str, name: str = "iked",
+                 files: dict[str, bytes | str] | None = None) -> None:
+        self.lab, self.host, self.name = lab, host, name
+        self.dir = lab.host_dir(host) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ctl_path = str(self.dir / "ctl.sock")
+        self.log_path = self.dir / "iked.log"
+        for fname, data in (files or {}).items():
+            p = self.dir / fname
+            p.write_bytes(data if isinstance(data, bytes) else data.encode())
+            if fname.endswith((".key", ".pem")):
+                os.chmod(p, 0o600)
+        self.template = toml
+        self.conf_path = self.dir / "iked.toml"
+        self.conf_path.write_text(toml.replace("@CTL@", self.ctl_path).replace("@DIR@", str(self.dir)))
+        self.proc: Any = None
+
+    def start(self, timeout: float = 15.0) -> Iked:
+        env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        self.proc = self.lab.popen(self.host, [sys.executable, "-m", self.module, "-c", str(self.conf_path)],
+                                   self.log_path, env=env)
+        try:
+            wait_for(self._ready, timeout, interval=0.02, what=f"{self.name} control socket")
+        except Exception as e:
+            raise IkedError(f"{self.name} did not start: {e}\n{self.log_tail()}") from e
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise IkedError(f"{self.name} exited with {self.proc.returncode}\n{self.log_tail()}")
+        if not os.path.exists(self.ctl_path):
+            return False
+        try:
+            self.ctl({"cmd": "conns"}, timeout=2)
+        except OSError:
+            return False
+        return True
+
+    def ctl(self, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(self.ctl_path)
+            s.sendall(json.dumps(req).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        reply: dict[str, Any] = json.loads(buf)
+        return reply
+
+    def up(self, conn: str, child: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
+        r = self.ctl({"cmd": "up", "conn": conn, "child": child, "timeout": timeout}, timeout=timeout + 5)
+        if not r.get("ok"):
+            raise IkedError(f"up {conn}: {r.get('error')}\n{self.log_tail()}")
+        return r
+
+    def list_sas(self) -> list[dict[str, Any]]:
+        sas: list[dict[str, Any]] = self.ctl({"cmd": "list"})["sas"]
+        return sas
+
+    def wait_sas(self, pred: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+        out: list[list[dict[str, Any]]] = []
+
+        def check() -> bool:
+            sas = self.list_sas()
+            if pred(sas):
+                out.append(sas)
+                return True
+            return False
+
+        wait_for(check, timeout, interval=0.02, what=f"{self.name} SA state")
+        return out[0]
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.lab.stop(self.proc)
+            self.proc = None
