@@ -64,9 +64,22 @@ class Daemon:
             from ..io.dataplane import Direction
 
             u_in = self.dp.query_usage(spi_in, Direction.IN)
-            return {"bytes-in": u_in.bytes, "packets-in": u_in.packets}
+            out: dict[str, Any] = {"bytes-in": u_in.bytes, "packets-in": u_in.packets}
         except Exception:  # noqa: BLE001 - listing must work even without usage data
             return {}
+        if hasattr(self.dp, "list_sas") and hasattr(self.dp, "stats"):
+            # userspace backend: outbound counters (newest outbound SA of the same reqid) and drops by reason
+            rows = self.dp.list_sas()
+            mine = [r for r in rows if r.spi == spi_in and r.direction == "in"]
+            if mine:
+                c_in = mine[0].counters
+                outs = [r for r in rows if r.direction == "out" and r.reqid == mine[0].reqid]
+                if outs:
+                    c_out = max(outs, key=lambda r: r.installed).counters
+                    out.update({"bytes-out": c_out["bytes_out"], "packets-out": c_out["packets_out"]})
+                out["drops"] = {k: v for k, v in c_in.items() if k.startswith("drop_")}
+                out["dataplane"] = self.dp.stats()
+        return out
 
     def on_event(self, e: object) -> None:
         log.debug("event %s", type(e).__name__)
