@@ -9,7 +9,7 @@ APT_PACKAGES=(
   strongswan-charon strongswan-swanctl strongswan-libcharon libstrongswan
   libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins
   charon-systemd strongswan-pki
-  lighttpd postgresql chromium
+  lighttpd postgresql chromium fonts-dejavu-core
 )
 
 missing=()
@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}
