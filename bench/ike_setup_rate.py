@@ -1,0 +1,490 @@
+#!/usr/bin/env python3
+"""IKE_SA setup rate, responder CPU per IKE_SA and responder memory per IKE_SA: our iked vs charon.
+
+What is measured: *childless* IKE_SAs (RFC 6023; IKE_SA_INIT + IKE_AUTH, no CHILD_SA, so no data plane is
+involved on either side), proposal aes128gcm16-prfsha256-x25519, authentication PSK and RSA-2048 raw
+public keys (ID_KEY_ID). Two namespaces (``two_hosts``): the load driver in alice, the responder in bob.
+Each (auth, responder) pair gets a fresh responder; both responders are driven by the same driver in the
+same run:
+
+- the driver is our own sans-IO ``Engine`` used as a many-SA initiator in one process (``driver`` sub-
+  command, run inside alice), keeping ``--inflight`` setups in flight, every IKE_SA with its own SPIs and
+  (PSK) its own identity, sent from ``--source-ips`` addresses round-robin (like many clients; it keeps the
+  per-IP half-open count under the responders' per-IP COOKIE thresholds). ``--drivers 2`` splits the
+  load over two driver processes if one saturates (the driver reports its own CPU per SA and how busy it
+  was);
+- a warm-up batch (``--warmup``) first, then the measured ``--count`` SAs, which are kept: the responder
+  holds all of them when its RSS is read;
+- responder CPU = utime+stime of the responder process (/proc/<pid>/stat, all threads) over the measured
+  batch; memory = VmRSS delta / SAs;
+- our iked: ``dataplane = "none"``, log level warning, cookie threshold raised, ``unique = "no"``;
+- charon 5.9.8: kernel-netlink without kernel-libipsec (no CHILD_SAs, so no TUN), logging default 0,
+  ``unique = never``, cookie/block thresholds raised, ``threads = 16``, IKE_SA hash table 4096 x 16
+  segments (strongSwan's advice for many SAs; its default is one bucket).
+
+Usage (root): ``.venv/bin/python bench/ike_setup_rate.py [--count 2000] [--inflight 32]``.
+Writes the table to stdout and to bench/results/ike_setup_rate.txt (``--out``; ``--out -`` = stdout only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PROPOSAL = "aes128gcm16-prfsha256-x25519"
+PSK = "bench-shared-secret-0123456789abcdef"
+RESP_IP = "192.0.2.2"
+RESP_PSK_ID = "responder@bench"
+RESULTS = ROOT / "bench" / "results" / "ike_setup_rate.txt"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ====================================================================== the load driver (runs in alice)
+def _childless_extension() -> Any:
+    """An engine extension adding N(CHILDLESS_IKEV2_SUPPORTED) to our IKE_SA_INIT requests (RFC 6023 3)."""
+    from core_ike.codec.message import Message
+    from core_ike.codec.payloads import NotifyPayload
+    from core_ike.constants import ExchangeType, NotifyType
+    from core_ike.ike.engine import Extension
+    from core_ike.ike.sa import IkeSa
+    from core_ike.ike.task import Status, Task
+
+    class ChildlessNotify(Task):
+        exchange = ExchangeType.IKE_SA_INIT
+        name = "childless"
+
+        def build_i(self, sa: IkeSa, msg: Message) -> None:
+            msg.payloads.append(NotifyPayload(NotifyType.CHILDLESS_IKEV2_SUPPORTED))
+
+        def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+            return Status.DONE
+
+    class Childless(Extension):
+        def tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
+            if initiator and exchange == ExchangeType.IKE_SA_INIT:
+                return [ChildlessNotify()]
+            return []
+
+    return Childless()
+
+
+def drive(spec: dict[str, Any]) -> dict[str, Any]:
+    """Set up spec["count"] IKE_SAs to spec["remote"], keeping spec["inflight"] in flight; returns figures."""
+    from core_ike.ike import events as ev
+    from core_ike.ike.config import AuthConfig, IkeConfig, RetransmitConfig
+    from core_ike.ike.creds import Credentials, load_private_key, load_public_key
+    from core_ike.ike.engine import Engine, EngineConfig
+    from core_ike.ike.identity import Identity
+    from core_ike.ike.tasks.ike_auth import IkeAuth
+    from core_ike.ike.tasks.ike_init import IkeInit
+
+    count, inflight_max, auth = int(spec["count"]), int(spec["inflight"]), spec["auth"]
+    ips: list[str] = spec["ips"]
+    remote = (spec["remote"], 500)
+    creds = Credentials()
+    kind = "psk" if auth == "psk" else "pubkey"
+    if auth == "psk":
+        creds.add_psk(PSK)
+        resp_id = Identity.parse(RESP_PSK_ID)
+        my_id = None
+    else:
+        creds.private_keys.append(load_private_key(Path(spec["key"]).read_bytes()))
+        resp_id = creds.add_public_key(load_public_key(Path(spec["peer_pub"]).read_bytes()))
+        my_id = Identity.parse(spec["my_id"])
+    base = IkeConfig("bench", local_addrs=list(ips), remote_addrs=[remote[0]], proposals=PROPOSAL,
+                     remote=AuthConfig(kind, resp_id), children=[], rekey_time=10**7,
+                     retransmit=RetransmitConfig(2.0, 1.8, 4), send_certreq=False)
+    engine = Engine([base], creds, EngineConfig())
+    engine.extensions.append(_childless_extension())
+
+    socks: dict[tuple[str, int], socket.socket] = {}
+    by_fd: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
+    poller = select.epoll()
+    for ip in ips:
+        for port in (500, 4500):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+            s.bind((ip, port))
+            s.setblocking(False)
+            socks[(ip, port)] = s
+            by_fd[s.fileno()] = (s, (ip, port))
+            poller.register(s.fileno(), select.EPOLLIN)
+
+    def flush() -> None:
+        for data, local, peer in engine.datagrams_to_send():
+            socks[(local[0], local[1])].sendto(data, peer)
+
+    prefix = spec["prefix"]
+    started = done = failed = inflight = 0
+    reasons: dict[str, int] = {}
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    deadline = t0 + float(spec["timeout"])
+    t_last = t0
+    while done + failed < count:
+        now = time.monotonic()
+        if now > deadline:
+            break
+        while inflight < inflight_max and started < count:
+            ident = my_id or Identity.parse(f"{prefix}{started}@bench")
+            cfg = dataclasses.replace(base, name=f"{prefix}{started}", local=AuthConfig(kind, ident))
+            sa = engine.new_initiator(cfg, remote, (ips[started % len(ips)], 500))
+            sa.queue.append(IkeInit())
+            sa.queue.append(IkeAuth())
+            sa.initiate_next(now)
+            started += 1
+            inflight += 1
+        flush()
+        timer = engine.get_timer()
+        wait = 0.05 if timer is None else min(0.05, max(0.0, timer - now))
+        for fd, _ in poller.poll(wait):
+            s, local = by_fd[fd]
+            for _ in range(256):
+                try:
+                    data, peer = s.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                if local[1] == 4500:
+                    if not data.startswith(b"\0\0\0\0"):
+                        continue  # ESP or keepalive: none expected
+                    data = data[4:]
+                engine.receive(data, local, peer, time.monotonic())
+        now = time.monotonic()
+        timer = engine.get_timer()
+        if timer is not None and timer <= now:
+            engine.handle_timer(now)
+        flush()
+        while (e := engine.next_event()) is not None:
+            if isinstance(e, ev.IkeSaEstablished):
+                done += 1
+                inflight -= 1
+                t_last = time.monotonic()
+            elif isinstance(e, ev.IkeSaFailed):
+                failed += 1
+                inflight -= 1
+                reasons[e.reason] = reasons.get(e.reason, 0) + 1
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    for s in socks.values():
+        s.close()
+    return {"established": done, "failed": failed, "started": started, "t_start": t0, "t_end": t_last,
+            "cpu": cpu, "reasons": reasons}
+
+
+# ====================================================================== the orchestration (root namespace)
+@dataclass
+class Result:
+    impl: str
+    auth: str
+    count: int
+    established: int  # as the driver saw them
+    held: int  # as the responder lists them after the batch (warm-up included)
+    seconds: float
+    resp_cpu: float  # seconds over the measured batch
+    rss_delta_kib: float
+    driver_cpu: float
+    drivers: int
+
+    @property
+    def rate(self) -> float:
+        return self.established / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000.0 * self.resp_cpu / max(1, self.established)
+
+    @property
+    def kib(self) -> float:
+        return self.rss_delta_kib / max(1, self.established)
+
+    @property
+    def driver_ms(self) -> float:
+        return 1000.0 * self.driver_cpu / max(1, self.established)
+
+    @property
+    def driver_busy(self) -> float:
+        return self.driver_cpu / (self.seconds * self.drivers) if self.seconds > 0 else 0.0
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def proc_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def find_pid(root: int, comm: str) -> int:
+    """`root` or its first descendant whose /proc/<pid>/comm starts with `comm`."""
+    todo = [root]
+    while todo:
+        pid = todo.pop(0)
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith(comm):
+                return pid
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            todo += [int(k) for k in kids]
+    raise RuntimeError(f"no process {comm!r} under {root}")
+
+
+class Responder:
+    impl = ""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def pid(self) -> int: raise NotImplementedError
+    def held(self) -> int: raise NotImplementedError
+
+
+class OursResponder(Responder):
+    impl = "ours"
+
+    def __init__(self, lab: Any, auth: str, keys: dict[str, Any]) -> None:
+        from scenarios.lab.iked import Iked
+
+        files: dict[str, bytes | str] = {}
+        out = [f'[daemon]\nlisten = ["{RESP_IP}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "warning"\n'
+               'cookie_threshold = 1000000\n']
+        if auth == "psk":
+            out.append(f'[[secrets.ike]]\nsecret = "{PSK}"\n')
+            local = f'{{ auth = "psk", id = "{RESP_PSK_ID}" }}'
+            remote = '{ auth = "psk", id = "%any" }'
+        else:
+            files["resp.key"] = keys["resp"].private_pem
+            files["driver.pub"] = keys["driver"].public_pem
+            out.append('[[secrets.private]]\nfile = "resp.key"\n[[secrets.pubkey]]\nfile = "driver.pub"\n')
+            local = f'{{ auth = "pubkey", id = "{keys["resp"].identity}" }}'
+            remote = f'{{ auth = "pubkey", id = "{keys["driver"].identity}" }}'
+        out.append(f'[connections.bench]\nlocal_addrs = ["{RESP_IP}"]\nremote_addrs = ["%any"]\n'
+                   f'proposals = "{PROPOSAL}"\nunique = "no"\nlocal = {local}\nremote = {remote}\n')
+        self.iked = Iked(lab, "bob", "\n".join(out), name=f"iked-{auth}", files=files)
+
+    def start(self) -> None:
+        self.iked.start()
+
+    def stop(self) -> None:
+        self.iked.stop()
+
+    def pid(self) -> int:
+        return find_pid(self.iked.proc.pid, "python")
+
+    def held(self) -> int:
+        return sum(1 for s in self.iked.list_sas() if s.get("state") == "ESTABLISHED")
+
+
+CHARON_SETTINGS = """threads = 16
+cookie_threshold = 1000000
+cookie_threshold_ip = 1000000
+block_threshold = 1000000
+init_limit_half_open = 0
+ikesa_table_size = 4096
+ikesa_table_segments = 16
+retransmit_tries = 2
+"""
+
+
+class CharonResponder(Responder):
+    impl = "charon"
+
+    def __init__(self, lab: Any, auth: str, keys: dict[str, Any]) -> None:
+        from scenarios.lab.charon import PLUGINS, Charon
+        from scenarios.lab.creds import install_keypair
+
+        if auth == "psk":
+            local = f"auth = psk\n      id = {RESP_PSK_ID}"
+            remote = "auth = psk\n      id = %any"
+            secrets = f'secrets {{\n  ike-bench {{\n    secret = "{PSK}"\n  }}\n}}\n'
+        else:
+            local = f"auth = pubkey\n      id = {keys['resp'].swanctl_id}\n      pubkeys = resp.pem"
+            remote = f"auth = pubkey\n      id = {keys['driver'].swanctl_id}\n      pubkeys = driver.pem"
+            secrets = ""
+        conf = (f"connections {{\n  bench {{\n    local_addrs = {RESP_IP}\n    proposals = {PROPOSAL}\n"
+                f"    unique = never\n    rekey_time = 0\n    childless = allow\n"
+                f"    local {{\n      {local}\n    }}\n    remote {{\n      {remote}\n    }}\n  }}\n}}\n{secrets}")
+        plugins = PLUGINS.replace("kernel-libipsec ", "")
+        self.charon = Charon(lab, "bob", name=f"charon-{auth}", conf=conf, settings=CHARON_SETTINGS,
+                             plugins=plugins, ike_level=0, log_levels={"default": 0})
+        if auth != "psk":
+            install_keypair(self.charon, "resp", keys["resp"], own=True)
+            install_keypair(self.charon, "driver", keys["driver"], own=False)
+
+    def start(self) -> None:
+        self.charon.start()
+
+    def stop(self) -> None:
+        self.charon.stop()
+
+    def pid(self) -> int:
+        return find_pid(self.charon.proc.pid, "charon")
+
+    def held(self) -> int:
+        from scenarios.lab.charon import decode
+
+        with contextlib.closing(self.charon.vici(timeout=30)) as s:
+            stats = decode(s.stats())
+        return int(stats["ikesas"]["total"])
+
+
+def _run_drivers(lab: Any, auth: str, count: int, inflight: int, drivers: int, ips: list[str],
+                 keydir: Path, prefix: str, timeout: float) -> list[dict[str, Any]]:
+    procs = []
+    for j in range(drivers):
+        n = count // drivers + (1 if j < count % drivers else 0)
+        spec = {"auth": auth, "count": n, "inflight": max(1, inflight // drivers), "ips": ips[j::drivers],
+                "remote": RESP_IP, "prefix": f"{prefix}d{j}n", "timeout": timeout,
+                "key": str(keydir / "driver.key"), "peer_pub": str(keydir / "resp.pub"),
+                "my_id": ""}
+        if auth != "psk":
+            spec["my_id"] = (keydir / "driver.id").read_text()
+        argv = ["ip", "netns", "exec", lab.ns("alice"), sys.executable, str(Path(__file__).resolve()),
+                "driver", json.dumps(spec)]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT)}))
+    out = []
+    for p in procs:
+        so, se = p.communicate(timeout=timeout + 30)
+        if p.returncode != 0:
+            raise RuntimeError(f"driver failed rc={p.returncode}: {se[-2000:]}")
+        out.append(json.loads(so.strip().splitlines()[-1]))
+    return out
+
+
+def measure(lab: Any, resp: Responder, auth: str, count: int, inflight: int, drivers: int, warmup: int,
+            ips: list[str], keydir: Path, timeout: float) -> Result:
+    resp.start()
+    try:
+        pid = resp.pid()
+        if warmup:
+            _run_drivers(lab, auth, warmup, inflight, drivers, ips, keydir, f"w{resp.impl}", timeout)
+        time.sleep(0.3)
+        cpu0, rss0 = proc_cpu(pid), proc_rss_kib(pid)
+        runs = _run_drivers(lab, auth, count, inflight, drivers, ips, keydir, f"m{resp.impl}", timeout)
+        cpu1 = proc_cpu(pid)
+        time.sleep(0.3)
+        rss1 = proc_rss_kib(pid)
+        held = resp.held()
+    finally:
+        resp.stop()
+    est = sum(r["established"] for r in runs)
+    secs = max(r["t_end"] for r in runs) - min(r["t_start"] for r in runs)
+    fails: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["reasons"].items():
+            fails[k] = fails.get(k, 0) + v
+    if fails:
+        print(f"  {resp.impl}/{auth}: failures {fails}", file=sys.stderr)
+    return Result(resp.impl, auth, count, est, held, secs, cpu1 - cpu0, float(rss1 - rss0),
+                  sum(r["cpu"] for r in runs), drivers)
+
+
+def run_bench(count: int = 2000, inflight: int = 32, auths: Sequence[str] = ("psk", "rsa"),
+              impls: Sequence[str] = ("ours", "charon"), drivers: int = 1, warmup: int = 50,
+              source_ips: int = 16, timeout: float = 300.0) -> list[Result]:
+    from scenarios.lab import cleanup_orphans, two_hosts
+    from scenarios.lab.creds import rsa_keypair
+
+    cleanup_orphans()
+    lab = two_hosts(inner=False)
+    results: list[Result] = []
+    try:
+        ips = [f"192.0.2.{100 + i}" for i in range(source_ips)]
+        for ip in ips:
+            lab.addr("alice", "eth0", f"{ip}/24")
+        keys = {"resp": rsa_keypair(), "driver": rsa_keypair()}
+        keydir = lab.host_dir("alice") / "bench-keys"
+        keydir.mkdir(parents=True, exist_ok=True)
+        (keydir / "driver.key").write_bytes(keys["driver"].private_pem)
+        os.chmod(keydir / "driver.key", 0o600)
+        (keydir / "resp.pub").write_bytes(keys["resp"].public_pem)
+        (keydir / "driver.id").write_text(keys["driver"].identity)
+        for auth in auths:
+            for impl in impls:
+                resp: Responder = (OursResponder if impl == "ours" else CharonResponder)(lab, auth, keys)
+                results.append(measure(lab, resp, auth, count, inflight, drivers, warmup, ips, keydir, timeout))
+    finally:
+        lab.teardown()
+    return results
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
+
+
+def table(results: list[Result], inflight: int, drivers: int, warmup: int) -> str:
+    lines = [
+        "IKE_SA setup rate: childless IKE_SA (IKE_SA_INIT + IKE_AUTH, RFC 6023, no CHILD_SA), "
+        f"{PROPOSAL}",
+        f"driver: our sans-IO Engine as initiator, {drivers} process(es) in netns alice, {inflight} setups "
+        f"in flight; responder in netns bob; {warmup} warm-up SAs before each measured batch",
+        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+        f"{'auth':5} {'responder':9} {'SAs':>6} {'held':>6} {'setups/s':>9} {'CPU ms/SA':>10} {'KiB/SA':>8} "
+        f"{'driver ms/SA':>13} {'driver busy':>12}",
+    ]
+    by = {(r.auth, r.impl): r for r in results}
+    for auth in dict.fromkeys(r.auth for r in results):
+        for impl in ("ours", "charon"):
+            r = by.get((auth, impl))
+            if r is None:
+                continue
+            lines.append(f"{auth:5} {impl:9} {r.established:6d} {r.held:6d} {r.rate:9.0f} {r.cpu_ms:10.2f} "
+                         f"{r.kib:8.1f} {r.driver_ms:13.2f} {100 * r.driver_busy:11.0f}%")
+        o, c = by.get((auth, "ours")), by.get((auth, "charon"))
+        if o and c:
+            lines.append(f"{auth:5} {'ours/ch.':9} {'':6} {'':6} {_ratio(o.rate, c.rate):>9} "
+                         f"{_ratio(o.cpu_ms, c.cpu_ms):>10} {_ratio(o.kib, c.kib):>8}")
+    lines += ["", "target (issue 2): setups/s ratio >= 1, CPU ratio <= 0.5, KiB/SA ratio <= 1",
+              "held = IKE_SAs the responder lists after the batch (warm-up SAs included)",
+              "driver busy = driver CPU / (wall time x driver processes); near 100% means the driver limits the rate"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["driver"]:
+        print(json.dumps(drive(json.loads(args_in[1]))))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--count", type=int, default=2000, help="measured IKE_SAs per responder and auth")
+    ap.add_argument("--inflight", type=int, default=32)
+    ap.add_argument("--drivers", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--source-ips", type=int, default=16)
+    ap.add_argument("--auth", default="psk,rsa")
+    ap.add_argument("--impl", default="ours,charon")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args(args_in)
+    res = run_bench(a.count, a.inflight, a.auth.split(","), a.impl.split(","), a.drivers, a.warmup,
+                    a.source_ips)
+    text = table(res, a.inflight, a.drivers, a.warmup)
+    print(text, end="")
+    if a.out != "-":
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
