@@ -42,13 +42,17 @@ def make_dataplane(kind: str, tun: str, transport: UdpTransport, natt_port: int)
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig) -> None:
+    """iked's runtime; the mediation daemons reuse it with their engine extensions and commands."""
+
+    def __init__(self, cfg: DaemonConfig, extensions: list[Any] | None = None) -> None:
         self.cfg = cfg
         st = cfg.settings
         self.engine = Engine(cfg.connections, cfg.creds,
                              EngineConfig(ike_port=st.port, natt_port=st.natt_port,
                                           cookie_threshold=st.cookie_threshold, force_cookies=st.force_cookies),
                              route_source=route_source)
+        self.engine.extensions.extend(extensions or [])
+        self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
         addrs = st.listen or local_addresses()
         self.transport = UdpTransport(self.engine, addrs, [st.port, st.natt_port], on_event=self.on_event)
         self.dp: Any = None
@@ -86,6 +90,15 @@ class Daemon:
         if self.glue is not None:
             self.glue.handle(e)
         self.control.feed(e)
+        for fn in self.listeners:
+            fn(e)
+
+    def autostart(self, now: float) -> None:
+        """Bring up every CHILD_SA with start_action = start (swanctl semantics)."""
+        for c in self.cfg.connections:
+            for child in c.children:
+                if child.start_action == "start":
+                    self.engine.initiate(c.name, child.name, now)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -101,10 +114,7 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopped.set)
         log.info("iked started, %d connection(s) loaded", len(self.cfg.connections))
-        for c in self.cfg.connections:
-            for child in c.children:
-                if child.start_action == "start":
-                    self.engine.initiate(c.name, child.name, loop.time())
+        self.autostart(loop.time())
         self.transport.flush()
         await self.stopped.wait()
         log.info("iked stopping")
