@@ -23,6 +23,11 @@ class Identity:
             raise LocalError("empty identity")
         if text == "%any":
             return ANY
+        if text.startswith("asn1dn:#"):
+            try:
+                return cls(IdType.DER_ASN1_DN, bytes.fromhex(text[8:]))
+            except ValueError as e:
+                raise LocalError(f"bad DN identity {text!r}") from e
         for prefix in ("keyid:#", "@#"):
             if text.startswith(prefix):
                 try:
@@ -48,6 +53,14 @@ class Identity:
     @classmethod
     def key_id(cls, keyid: bytes) -> Identity:
         return cls(IdType.KEY_ID, keyid)
+
+    def canonical(self) -> str:
+        """Text that `parse` turns back into this identity (registry keys, DB rows, configs)."""
+        if self.id_type == IdType.KEY_ID:
+            return "keyid:#" + self.data.hex()
+        if self.id_type == IdType.FQDN and (b"@" in self.data or not self.data):
+            return "@" + self.data.decode("utf-8", "replace")
+        return str(self)
 
     @property
     def is_any(self) -> bool:
