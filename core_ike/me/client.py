@@ -1,0 +1,576 @@
+"""The peer (client) role of the mediation extension: `MediationClient`, an engine Extension.
+
+[ME] = draft-brunner-ikev2-mediation-00; reference = ike-me-protocol.md. What it does:
+- mediation connections (config.mediation): N(ME_MEDIATION) in IKE_SA_INIT (§3.2), the engine floats
+  to 4500 (§3.3), srflx discovery in IKE_AUTH (§3.4);
+- `connect(name, now)` for a mediated connection (config.mediated_by / mediation_peer): brings the
+  mediation SA up if needed, sends ME_CONNECT (§4.1), creates the check list *when sending* (netlab.md
+  §11 race), waits for a callback when the peer is offline (§5), runs the checks (§7) and starts the
+  mediated IKE_SA on the selected pair with N(ME_CONNECTID) (§9);
+- as target: answers relayed ME_CONNECTs, sends its own ME_CONNECT + ME_RESPONSE, checks, and stops
+  on the mediated IKE_SA_INIT (§8).
+Every connect() ends in MediatedEstablished or MediationFailed within bounded, configurable times
+(weakness #8 of reference §11).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..codec.message import Message
+from ..codec.payloads import IdPayload, Payload
+from ..constants import ExchangeType, NotifyType, PayloadType, name_of
+from ..errors import LocalError, ProtocolError
+from ..ike.engine import Engine, Extension
+from ..ike.identity import Identity
+from ..ike.sa import IkeState
+from ..ike.task import Task
+from . import events as mev
+from .checklist import (
+    CheckListConfig,
+    CheckListFailed,
+    CheckListSucceeded,
+    PairInfo,
+    PairState,
+    PairStateChanged,
+)
+from .checks import is_connectivity_check
+from .connect import (
+    ConnectKind,
+    ConnectResult,
+    build_connect,
+    build_connect_failed,
+    new_connect_id,
+    new_connect_key,
+    parse_connect,
+)
+from .endpoints import Endpoint, host_endpoints, remove_redundant, srflx_endpoint
+from .engine import CheckEngine
+from .tasks import (
+    FAIL_KEY,
+    ROLE_KEY,
+    ConnectIdInit,
+    ConnectIdResponder,
+    FailureWatch,
+    MeConnectRequest,
+    MeConnectResponder,
+    MediationInit,
+    MeOutbox,
+    SrflxRequest,
+)
+
+if TYPE_CHECKING:
+    from ..ike.sa import IkeSa
+
+log = logging.getLogger("core_ike.me")
+Addr = tuple[str, int]
+SRFLX_KEY = "me_srflx"  # sa.extension_data of a mediation SA (shared with its rekeyed successors)
+NON_ESP = b"\x00\x00\x00\x00"  # RFC 3948 2.2: checks always carry the marker (reference §7.1)
+_AUTH_WORDS = ("AUTHENTICATION_FAILED", "authentication", "verification", "signature", "identity",
+               "no shared key", "no private key", "trusted public key")
+
+
+@dataclass
+class MediationClientConfig:
+    """Everything a test or operator tunes (design principle 7)."""
+
+    checks: CheckListConfig = field(default_factory=CheckListConfig)
+    server_timeout: float = 30.0  # mediation SA must be up within this -> "mediation server unreachable"
+    connect_timeout: float = 15.0  # answer to our ME_CONNECT ([ME] §4.3 spirit)
+    callback_timeout: float = 120.0  # wait for ME_CALLBACK after ME_CONNECT_FAILED -> "peer offline"
+    ike_timeout: float = 30.0  # mediated IKE_SA established after the pair was selected
+    srflx_always: bool = True  # request the srflx even without NAT here (strongSwan: only with NAT)
+    host_addresses: Callable[[], Iterable[str]] | None = None  # None: aioice gathering (§6.1)
+
+
+@dataclass
+class Attempt:
+    """One mediated connection being brought up (per mediated config name)."""
+
+    name: str
+    mediation: str
+    peer: Identity
+    started: float
+    state: str = "mediation"  # mediation connecting relayed callback checking initiating established failed
+    deadline: float | None = None
+    connect_id: bytes | None = None
+    sa_id: int | None = None
+    pair: PairInfo | None = None
+    reason: str = ""
+    tried: tuple[PairInfo, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.state not in ("established", "failed")
+
+
+@dataclass
+class Session:
+    """Our side of one connect ID (initiator = we sent the first ME_CONNECT)."""
+
+    connect_id: bytes
+    initiator: bool
+    peer: Identity
+    name: str = ""
+    key: bytes = b""
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MediationSaStatus:
+    name: str
+    unique_id: int
+    state: str
+    local: Addr
+    remote: Addr
+    srflx: Addr | None
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    name: str
+    peer: str
+    state: str
+    since: float
+    connect_id: str | None
+    pairs: tuple[str, ...]
+    selected: str | None
+    sa_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    mediation: tuple[MediationSaStatus, ...]
+    connections: tuple[ConnectionStatus, ...]
+    target_lists: tuple[str, ...]  # check lists where we are the ME_CONNECT target
+
+
+def id_peer(ident: Identity) -> IdPayload:
+    return IdPayload(PayloadType.ID_PEER, ident.id_type, ident.data)
+
+
+def _ident(p: IdPayload) -> Identity:
+    return Identity(int(p.id_type), p.data)
+
+
+def _pairs_text(tried: Iterable[PairInfo]) -> str:
+    return ", ".join(f"{p.local[0]}[{p.local[1]}]-{p.remote[0]}[{p.remote[1]}] {p.state.value}"
+                     for p in tried) or "no pairs"
+
+
+class MediationClient(Extension):
+    def __init__(self, engine: Engine, config: MediationClientConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or MediationClientConfig()
+        self.checks = CheckEngine(self.config.checks)
+        self.outbox = MeOutbox()
+        self.attempts: dict[str, Attempt] = {}
+        self.sessions: dict[bytes, Session] = {}
+        self._mediated: dict[int, str] = {}  # mediated IKE_SA unique id -> attempt name
+        self._target_sas: dict[int, str] = {}  # mediated IKE_SAs we answered -> peer (status)
+        self._initiating: tuple[str, bytes] | None = None
+        engine.extensions.append(self)
+
+    # ================================================================== control API
+    def connect(self, name: str, now: float) -> Attempt:
+        """Bring up mediated connection `name`; returns its attempt (already running: unchanged)."""
+        cfg = self.engine.config(name)
+        if cfg.mediated_by is None or cfg.mediation_peer is None:
+            raise LocalError(f"connection {name!r} is not mediated (needs mediated_by and mediation_peer)")
+        med = self.engine.config(cfg.mediated_by)
+        if not med.mediation:
+            raise LocalError(f"{cfg.mediated_by!r} is not a mediation connection")
+        old = self.attempts.get(name)
+        if old is not None and old.active:
+            return old
+        att = Attempt(name, med.name, cfg.mediation_peer, now, deadline=now + self.config.server_timeout)
+        self.attempts[name] = att
+        log.info("mediated connection '%s': mediating with '%s' via '%s'", name, att.peer, med.name)
+        self.engine.emit(mev.MediatedConnecting(name, str(att.peer), now))
+        sa = self.mediation_sa(med.name)
+        if sa is not None and sa.established:
+            self._send_connect(sa, att, now)
+        elif sa is None:
+            log.info("initiating mediation connection '%s'", med.name)
+            self.engine.initiate(med.name, now=now)
+        self._pump(now)
+        return att
+
+    def cancel(self, name: str, now: float) -> None:
+        att = self.attempts.get(name)
+        if att is not None and att.active:
+            self._fail(att, "cancelled by user", now)
+            self._pump(now)
+
+    def mediation_sa(self, name: str) -> IkeSa | None:
+        """The live mediation SA of config `name` (established one preferred)."""
+        best: IkeSa | None = None
+        for sa in self.engine.ike_sas():
+            if sa.config.name != name or sa.extension_data.get(ROLE_KEY) != "peer":
+                continue
+            if sa.state in (IkeState.DESTROYED, IkeState.DELETING, IkeState.REKEYED):
+                continue
+            if sa.established:
+                return sa
+            best = best or sa
+        return best
+
+    def status(self) -> ClientStatus:
+        meds = []
+        for sa in self.engine.ike_sas():
+            if sa.extension_data.get(ROLE_KEY) == "peer":
+                srflx = sa.extension_data.get(SRFLX_KEY)
+                meds.append(MediationSaStatus(sa.name, sa.unique_id, sa.state.value, sa.local, sa.remote,
+                                              srflx.addr if isinstance(srflx, Endpoint) else None))
+        conns = []
+        for att in self.attempts.values():
+            cl = self.checks.get(att.connect_id) if att.connect_id else None
+            tried = cl.tried() if cl is not None else att.tried
+            conns.append(ConnectionStatus(
+                att.name, str(att.peer), att.state, att.started,
+                att.connect_id.hex() if att.connect_id else None, tuple(str(p) for p in tried),
+                str(att.pair) if att.pair else None, att.sa_id, att.reason))
+        targets = tuple(f"{s.connect_id.hex()} from '{s.peer}'" for s in self.sessions.values() if not s.initiator)
+        return ClientStatus(tuple(meds), tuple(conns), targets)
+
+    # ================================================================== Extension hooks
+    def tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
+        if exchange == ExchangeType.IKE_SA_INIT:
+            if initiator and sa.config.mediation:
+                return [MediationInit()]
+            if initiator and self._initiating is not None and self._initiating[0] == sa.config.name:
+                self._mediated[sa.unique_id] = self._initiating[0]
+                return [ConnectIdInit(self._initiating[1], self._mediated_failed)]
+            n = msg.notify(NotifyType.ME_CONNECTID) if msg is not None and not initiator else None
+            if n is not None:
+                return [ConnectIdResponder(n.data, self._mediated_request)]
+        elif exchange == ExchangeType.IKE_AUTH and initiator:
+            if sa.extension_data.get(ROLE_KEY) == "peer":
+                send = self.config.srflx_always or sa.nat_here  # reference §3.4 INTEROP
+                return [SrflxRequest(send, self._mediation_up, self.outbox)]
+            if sa.unique_id in self._mediated:
+                return [FailureWatch(ExchangeType.IKE_AUTH, self._mediated_failed)]
+        elif exchange == ExchangeType.ME_CONNECT and not initiator and \
+                sa.extension_data.get(ROLE_KEY) == "peer":
+            return [MeConnectResponder(self._on_connect, self.outbox)]
+        return []
+
+    def on_established(self, sa: IkeSa, now: float) -> None:
+        name = self._mediated.get(sa.unique_id)
+        att = self.attempts.get(name) if name else None
+        if att is None or att.sa_id != sa.unique_id or att.state != "initiating":
+            return
+        att.state, att.deadline = "established", None
+        self._end_session(att)
+        log.info("mediated connection '%s' to '%s' established in %.3f s", att.name, att.peer, now - att.started)
+        self.engine.emit(mev.MediatedEstablished(att.name, str(att.peer), sa.unique_id, sa.local, sa.remote,
+                                                 now - att.started))
+
+    def on_destroyed(self, sa: IkeSa, now: float) -> None:
+        for task in self.outbox.drop(sa):
+            if not task.completed:
+                task.completed = True
+                if task.on_failed is not None:
+                    task.on_failed(sa, "mediation connection lost", now)
+        self._target_sas.pop(sa.unique_id, None)
+        name = self._mediated.pop(sa.unique_id, None)
+        att = self.attempts.get(name) if name else None
+        if att is not None and att.sa_id == sa.unique_id and att.state == "initiating":
+            self._fail(att, self._classify("mediated IKE_SA failed", sa), now)
+        if sa.extension_data.get(ROLE_KEY) == "peer" and sa.established_at is None:
+            for a in list(self.attempts.values()):
+                if a.state == "mediation" and a.mediation == sa.config.name and self.mediation_sa(a.mediation) is None:
+                    self._fail(a, self._classify("mediation server unreachable", sa), now)
+        self._pump(now)
+
+    def handle_plain(self, msg: Message, local: Addr, remote: Addr, now: float) -> bool:
+        if not is_connectivity_check(msg):
+            return False
+        reason = self.checks.receive_check(msg, remote, local, now)  # src = remote, dst = local
+        if reason is not None:
+            log.debug("dropping connectivity check from %s[%d]: %s", remote[0], remote[1], reason)
+        self._pump(now)
+        return True
+
+    def next_deadline(self) -> float | None:
+        ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
+        t = self.checks.get_timer()
+        if t is not None:
+            ds.append(t)
+        return min(ds) if ds else None
+
+    def handle_timer(self, now: float) -> None:
+        self.checks.handle_timer(now)
+        self._pump(now)
+        for att in list(self.attempts.values()):
+            if att.deadline is not None and now >= att.deadline and att.active:
+                self._timeout(att, now)
+        self._pump(now)
+
+    # ================================================================== mediation SA
+    def _mediation_up(self, sa: IkeSa, srflx: Endpoint | None, now: float) -> None:
+        """IKE_AUTH done (inside the task manager of `sa`): store the srflx, send waiting ME_CONNECTs."""
+        if srflx is not None and srflx.address is not None:
+            # reference §3.4: base = the local address used toward the MS
+            sa.extension_data[SRFLX_KEY] = srflx_endpoint(srflx.address, srflx.port, base=sa.local)
+            log.info("server reflexive endpoint of '%s': %s[%d]", sa.name, srflx.address, srflx.port)
+        ep = sa.extension_data.get(SRFLX_KEY)
+        self.engine.emit(mev.MediationSaUp(sa.name, sa.unique_id, sa.local, sa.remote,
+                                           ep.addr if isinstance(ep, Endpoint) else None))
+        for att in list(self.attempts.values()):
+            if att.state == "mediation" and att.mediation == sa.config.name:
+                self._send_connect(sa, att, now)
+
+    def gather(self, sa: IkeSa) -> list[Endpoint]:
+        """Reference §6.1: HOST endpoints on the mediation SA's local port, plus the srflx."""
+        port = sa.local[1]
+        if self.config.host_addresses is not None:
+            eps = host_endpoints(self.config.host_addresses(), port)
+        else:
+            from .endpoints import gather_host_endpoints
+
+            eps = gather_host_endpoints(port)
+        srflx = sa.extension_data.get(SRFLX_KEY)
+        if isinstance(srflx, Endpoint):
+            eps.append(srflx)
+        return remove_redundant(eps)
+
+    # ================================================================== ME_CONNECT, initiator (A)
+    def _send_connect(self, sa: IkeSa, att: Attempt, now: float) -> None:
+        att.state, att.deadline = "connecting", now + self.config.connect_timeout
+        holder: list[bytes] = []
+
+        def build(s: IkeSa, t: float) -> list[Payload]:
+            cid, key = new_connect_id(), new_connect_key()  # reference §4.1 step 1
+            eps = self.gather(s)
+            # created when *sending* (netlab.md §11): the relayed answer may come before our response
+            self.checks.create_initiator(cid, key, eps, t)
+            self.sessions[cid] = Session(cid, True, att.peer, att.name, key, eps)
+            att.connect_id, att.tried = cid, ()
+            holder.append(cid)
+            self.engine.emit(mev.MeConnectSent(att.name, str(att.peer), cid.hex(), tuple(map(str, eps))))
+            return build_connect(cid, key, eps, id_peer(att.peer), callback=True)
+
+        def done(s: IkeSa, result: ConnectResult, t: float) -> None:
+            if not holder or att.connect_id != holder[0] or not att.active:
+                return
+            if result.ok:
+                if att.state == "connecting":  # else the relayed answer came first (the race)
+                    att.state = "relayed"
+                    att.deadline = t + self.config.checks.transaction_timeout + 1.0
+                return
+            self._end_session(att)
+            if result.error == NotifyType.ME_CONNECT_FAILED:
+                # reference §4.1 step 3: offline (or refused); we asked for a callback
+                att.state, att.deadline = "callback", t + self.config.callback_timeout
+                log.info("peer '%s' is not online, waiting for a callback until %.1f", att.peer, att.deadline)
+                self.engine.emit(mev.PeerNotOnline(att.name, str(att.peer), att.deadline))
+            else:
+                self._fail(att, f"refused by the mediation server: {name_of(NotifyType, int(result.error or 0))}", t)
+            self._pump(t)
+
+        def failed(s: IkeSa, reason: str, t: float) -> None:
+            if att.active and (not holder or att.connect_id == holder[0]) and att.state in ("connecting", "relayed"):
+                self._fail(att, f"mediation server unreachable: {reason}", t)
+
+        self.outbox.send(sa, MeConnectRequest(build, done, failed), now)
+
+    # ================================================================== received ME_CONNECT
+    def _on_connect(self, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+        try:
+            if msg.notify(NotifyType.ME_CONNECT_FAILED) is not None:
+                return self._forwarded_failure(msg, now)
+            req = parse_connect(msg.payloads)
+            peer = _ident(req.peer)
+            if req.kind is ConnectKind.CALLBACK:
+                self._callback(sa, peer, now)
+                return []
+            if req.kind is ConnectKind.REQUEST:
+                return self._relayed_request(sa, req.connect_id, req.key, list(req.endpoints), peer, now)
+            self._relayed_answer(req.connect_id, req.key, list(req.endpoints), peer, now)
+            return []
+        finally:
+            self._pump(now)
+
+    def _callback(self, sa: IkeSa, peer: Identity, now: float) -> None:
+        """Reference §5: re-run mediation for every connection waiting for `peer`."""
+        names = []
+        for att in list(self.attempts.values()):
+            if att.state == "callback" and att.peer == peer and att.mediation == sa.config.name:
+                names.append(att.name)
+                self._send_connect(sa, att, now)
+        log.info("received ME_CALLBACK for '%s'%s", peer, f", retrying {', '.join(names)}" if names else "")
+        self.engine.emit(mev.CallbackReceived(str(peer), tuple(names)))
+
+    def _relayed_request(self, sa: IkeSa, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity,
+                         now: float) -> list[Payload]:
+        """We are the target (reference §4.1 step 5): responder list, empty answer, own ME_CONNECT."""
+        try:
+            self.checks.create_responder(cid, key, eps, now)
+        except LocalError as e:
+            log.info("ME_CONNECT from '%s' refused: %s", peer, e)
+            return build_connect_failed()
+        sess = Session(cid, False, peer)
+        self.sessions[cid] = sess
+        log.info("received ME_CONNECT from '%s' (connect ID %s, %d endpoints)", peer, cid.hex(), len(eps))
+        self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
+
+        def build(s: IkeSa, t: float) -> list[Payload]:
+            sess.key, sess.endpoints = new_connect_key(), self.gather(s)
+            self.engine.emit(mev.MeConnectSent("", str(peer), cid.hex(), tuple(map(str, sess.endpoints)), True))
+            return build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True)
+
+        def done(s: IkeSa, result: ConnectResult, t: float) -> None:
+            if self.checks.get(cid) is None:
+                return
+            if not result.ok:  # reference §4.1 step 6 (draft): the initiator has left
+                self._end_target(cid, "the mediation server refused our answer", t)
+                return
+            cl = self.checks.set_responder_data(cid, sess.key, sess.endpoints, t)  # checks start at t
+            self.engine.emit(mev.ChecksStarted("", str(peer), cid.hex(), False,
+                                               tuple(str(p) for p in cl.tried())))
+            self._pump(t)
+
+        def failed(s: IkeSa, reason: str, t: float) -> None:
+            self._end_target(cid, f"answer not delivered: {reason}", t)
+
+        self.outbox.send(sa, MeConnectRequest(build, done, failed), now)
+        return []
+
+    def _relayed_answer(self, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity, now: float) -> None:
+        """The target's ME_RESPONSE (reference §4.1 step 8): build pairs, start checking."""
+        sess = self.sessions.get(cid)
+        att = self.attempts.get(sess.name) if sess is not None and sess.initiator else None
+        cl = self.checks.get(cid)
+        if att is None or cl is None or not att.active or att.connect_id != cid or not cl.is_initiator:
+            log.info("ignoring ME_CONNECT answer for unknown connect ID %s", cid.hex())
+            return
+        try:
+            self.checks.set_responder_data(cid, key, eps, now)
+        except LocalError as e:
+            log.info("ignoring duplicate ME_CONNECT answer for %s: %s", cid.hex(), e)
+            return
+        att.state = "checking"
+        att.deadline = now + self.config.checks.transaction_timeout + 1.0
+        self.engine.emit(mev.ChecksStarted(att.name, str(att.peer), cid.hex(), True,
+                                           tuple(str(p) for p in cl.tried())))
+
+    def _forwarded_failure(self, msg: Message, now: float) -> list[Payload]:
+        """Draft §4 / reference §4.1: the target failed; the MS forwards ME_CONNECT_FAILED."""
+        n = msg.notify(NotifyType.ME_CONNECTID)
+        sess = self.sessions.get(n.data) if n is not None else None
+        if sess is None:
+            return []
+        if sess.initiator:
+            att = self.attempts.get(sess.name)
+            if att is not None and att.active and att.connect_id == sess.connect_id:
+                self._fail(att, f"refused: peer '{sess.peer}' did not accept the mediation", now)
+        else:
+            self._end_target(sess.connect_id, "the initiator gave up", now)
+        return []
+
+    # ================================================================== mediated IKE_SA
+    def _initiate(self, att: Attempt, selected: PairInfo, now: float) -> None:
+        """Reference §9.1 step 4: IKE_SA_INIT from the pair's local base to its remote."""
+        assert att.connect_id is not None
+        att.state, att.pair, att.deadline = "initiating", selected, now + self.config.ike_timeout
+        self.engine.emit(mev.MediatedInitiating(att.name, str(att.peer), att.connect_id.hex(),
+                                                selected.local, selected.remote))
+        self._initiating = (att.name, att.connect_id)
+        try:
+            sa = self.engine.initiate(att.name, now=now, local=selected.local, remote=selected.remote)
+        except ProtocolError as e:
+            self._fail(att, f"mediated IKE_SA failed: {e}", now)
+            return
+        finally:
+            self._initiating = None
+        att.sa_id = sa.unique_id
+
+    def _mediated_failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        sa.extension_data.setdefault(FAIL_KEY, reason)
+
+    def _mediated_request(self, sa: IkeSa, cid: bytes, now: float) -> None:
+        """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (reference §8)."""
+        sess = self.sessions.pop(cid, None)
+        if self.checks.stop(cid, now):
+            log.info("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
+        if sess is not None:
+            self._target_sas[sa.unique_id] = str(sess.peer)
+        self._pump(now)
+
+    # ================================================================== checks and timers
+    def _pump(self, now: float) -> None:
+        """Send the checks' datagrams, act on their events."""
+        for _ in range(100):
+            for data, local, remote in self.checks.datagrams_to_send():
+                self.engine.send(NON_ESP + data, local, remote)
+            ev = self.checks.next_event()
+            if ev is None:
+                return
+            sess = self.sessions.get(ev.connect_id)
+            att = self.attempts.get(sess.name) if sess is not None and sess.initiator else None
+            if isinstance(ev, PairStateChanged) and ev.new == PairState.SUCCEEDED and sess is not None:
+                self.engine.emit(mev.PairSucceeded(att.name if att else "", str(sess.peer), ev.connect_id.hex(),
+                                                   str(ev.pair)))
+            elif isinstance(ev, CheckListSucceeded) and att is not None and att.connect_id == ev.connect_id:
+                att.tried = ev.tried
+                self._initiate(att, ev.selected, now)
+            elif isinstance(ev, CheckListFailed):
+                if att is not None and att.connect_id == ev.connect_id and att.active:
+                    att.tried = ev.tried
+                    self._fail(att, f"checks failed: {ev.reason}; tried {_pairs_text(ev.tried)}", now)
+                elif sess is not None and not sess.initiator:
+                    self._end_target(ev.connect_id, f"checks failed: {ev.reason}", now)
+
+    def _timeout(self, att: Attempt, now: float) -> None:
+        t = now - att.started
+        if att.state == "mediation":
+            self._fail(att, f"mediation server unreachable: no mediation connection after {t:.1f} s", now)
+        elif att.state == "connecting":
+            self._fail(att, f"mediation server unreachable: no answer to ME_CONNECT after {t:.1f} s", now)
+        elif att.state == "callback":
+            self._fail(att, f"peer offline: no ME_CALLBACK within {self.config.callback_timeout:g} s", now)
+        elif att.state in ("relayed", "checking"):
+            self._fail(att, f"checks failed: no result after {t:.1f} s; tried {_pairs_text(self._tried(att))}", now)
+        elif att.state == "initiating":
+            self._fail(att, f"mediated IKE_SA failed: not established within {self.config.ike_timeout:g} s", now)
+
+    def _tried(self, att: Attempt) -> tuple[PairInfo, ...]:
+        cl = self.checks.get(att.connect_id) if att.connect_id else None
+        return cl.tried() if cl is not None else att.tried
+
+    def _fail(self, att: Attempt, reason: str, now: float) -> None:
+        if not att.active:
+            return
+        att.tried = self._tried(att)
+        att.state, att.reason, att.deadline = "failed", reason, None
+        self._end_session(att)
+        log.warning("mediated connection '%s' to '%s' failed: %s", att.name, att.peer, reason)
+        self.engine.emit(mev.MediationFailed(att.name, str(att.peer), reason))
+        sa = self.engine.find_sa(att.sa_id) if att.sa_id is not None else None
+        if sa is not None and not sa.established:
+            sa.destroy(reason, now, failed=True)
+
+    def _end_session(self, att: Attempt) -> None:
+        if att.connect_id is not None:
+            self.sessions.pop(att.connect_id, None)
+            self.checks.remove(att.connect_id)
+
+    def _end_target(self, cid: bytes, reason: str, now: float) -> None:
+        sess = self.sessions.pop(cid, None)
+        self.checks.remove(cid)
+        if sess is not None:
+            log.info("checks for connect ID %s from '%s' ended: %s", cid.hex(), sess.peer, reason)
+            self.engine.emit(mev.ChecksEnded(str(sess.peer), cid.hex(), reason))
+
+    @staticmethod
+    def _classify(default: str, sa: IkeSa) -> str:
+        reason = str(sa.extension_data.get(FAIL_KEY, "IKE_SA destroyed"))
+        if any(w in reason for w in _AUTH_WORDS):
+            return f"authentication failed: {reason}"
+        return f"{default}: {reason}"
+

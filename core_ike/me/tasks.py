@@ -1,0 +1,315 @@
+"""The small IKE tasks of the mediation extension (design principle 5), for both roles.
+
+They only carry payloads in and out; the decisions live in `client.MediationClient` and in
+`mediation_server.relay.MediationServer`, which hand callbacks to the tasks. Reference:
+ike-me-protocol.md ([ME] = draft-brunner-ikev2-mediation-00).
+
+`MeOutbox` serializes our ME_CONNECT requests per IKE_SA: the task manager batches queued tasks of
+the same exchange type into one message, which must not happen to two ME_CONNECTs (each carries
+exactly one ID_PEER, reference §2.5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from ..codec.message import Message
+from ..codec.payloads import NotifyPayload, Payload
+from ..constants import ExchangeType, MeEndpointType, NotifyType, PayloadType
+from ..errors import ProtocolError
+from ..ike.task import Status, Task
+from .connect import ConnectResult, parse_connect_response
+from .endpoints import Endpoint, addressless_endpoint, decode_endpoint, encode_endpoint
+
+if TYPE_CHECKING:
+    from ..ike.sa import IkeSa
+
+log = logging.getLogger("core_ike.me")
+
+FailedCb = Callable[["IkeSa", str, float], None]
+ROLE_KEY = "me_role"  # sa.extension_data: "peer" (our mediation SA) or "server" (a peer's SA at the MS)
+FAIL_KEY = "me_fail"  # sa.extension_data: why an exchange of this SA failed (for the final report)
+
+
+def has_notify(msg: Message, ntype: int) -> bool:
+    return msg.notify(ntype) is not None
+
+
+class MeOutbox:
+    """One ME_CONNECT exchange in flight per IKE_SA (window 1, no batching)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[int, deque[MeConnectRequest]] = {}
+        self._busy: dict[int, MeConnectRequest] = {}
+        self._inside: set[int] = set()
+
+    @contextmanager
+    def inside(self, sa: IkeSa) -> Iterator[None]:
+        """Mark code running inside the task manager of `sa` (its message ID is not advanced yet:
+        new requests are only queued; the task manager starts them afterwards)."""
+        new = sa.unique_id not in self._inside
+        self._inside.add(sa.unique_id)
+        try:
+            yield
+        finally:
+            if new:
+                self._inside.discard(sa.unique_id)
+
+    def send(self, sa: IkeSa, task: MeConnectRequest, now: float) -> None:
+        task.outbox = self
+        self._queues.setdefault(sa.unique_id, deque()).append(task)
+        self._pump(sa, now)
+
+    def finished(self, sa: IkeSa, task: MeConnectRequest, now: float) -> None:
+        if self._busy.get(sa.unique_id) is task:
+            del self._busy[sa.unique_id]
+            self._pump(sa, now)
+
+    def _pump(self, sa: IkeSa, now: float) -> None:
+        q = self._queues.get(sa.unique_id)
+        if sa.unique_id in self._busy or not q:
+            return
+        task = q.popleft()
+        self._busy[sa.unique_id] = task
+        sa.queue.append(task)
+        if sa.unique_id not in self._inside:
+            sa.initiate_next(now)
+
+    def drop(self, sa: IkeSa) -> list[MeConnectRequest]:
+        """The SA is gone: the requests that never completed (their owners get `failed`)."""
+        out = list(self._queues.pop(sa.unique_id, deque()))
+        busy = self._busy.pop(sa.unique_id, None)
+        return ([busy] if busy is not None else []) + out
+
+    def pending(self, sa: IkeSa) -> int:
+        return len(self._queues.get(sa.unique_id, ())) + (1 if sa.unique_id in self._busy else 0)
+
+
+# --- IKE_SA_INIT ------------------------------------------------------------------------------------
+
+class MediationInit(Task):
+    """Peer: N(ME_MEDIATION) in the IKE_SA_INIT of a mediation connection ([ME] §3.1, reference §3.2)."""
+
+    exchange = ExchangeType.IKE_SA_INIT
+    name = "ME_MEDIATION"
+
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        sa.extension_data[ROLE_KEY] = "peer"
+        msg.payloads.append(NotifyPayload(NotifyType.ME_MEDIATION))
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        if msg.get(PayloadType.SA) is None:
+            return Status.DONE  # COOKIE / INVALID_KE round: IKE_INIT restarts the exchange
+        if not has_notify(msg, NotifyType.ME_MEDIATION):
+            # reference §3.2: the peer MUST abort
+            raise ProtocolError("server did not return a ME_MEDIATION", None)
+        return Status.DONE
+
+    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        sa.extension_data.setdefault(FAIL_KEY, reason)
+
+
+class MediationEcho(Task):
+    """Server: echo N(ME_MEDIATION) (reference §3.2; strongSwan echoes it for any initiator)."""
+
+    exchange = ExchangeType.IKE_SA_INIT
+    name = "ME_MEDIATION"
+
+    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+        sa.extension_data[ROLE_KEY] = "server"
+
+    def build_r(self, sa: IkeSa, msg: Message) -> None:
+        msg.payloads.append(NotifyPayload(NotifyType.ME_MEDIATION))
+
+
+class ConnectIdInit(Task):
+    """Mediated IKE_SA_INIT: N(ME_CONNECTID) in every request, COOKIE/INVALID_KE retries included
+    (reference §9.2); `on_failed` learns why the exchange failed."""
+
+    exchange = ExchangeType.IKE_SA_INIT
+    name = "ME_CONNECTID"
+
+    def __init__(self, connect_id: bytes, on_failed: FailedCb) -> None:
+        self.connect_id = connect_id
+        self.on_failed = on_failed
+
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        msg.payloads.append(NotifyPayload(NotifyType.ME_CONNECTID, self.connect_id))
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        return Status.DONE
+
+    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        self.on_failed(sa, reason, now)
+
+
+class ConnectIdResponder(Task):
+    """Target: IKE_SA_INIT carrying ME_CONNECTID stops that check list (reference §8, §9.2)."""
+
+    exchange = ExchangeType.IKE_SA_INIT
+    name = "ME_CONNECTID"
+
+    def __init__(self, connect_id: bytes, on_request: Callable[[IkeSa, bytes, float], None]) -> None:
+        self.connect_id = connect_id
+        self.on_request = on_request
+
+    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+        self.on_request(sa, self.connect_id, now)
+
+    def build_r(self, sa: IkeSa, msg: Message) -> None:
+        return None  # reference §9.2: the responder does not echo it
+
+
+class FailureWatch(Task):
+    """Adds nothing; reports why an exchange of a mediated IKE_SA failed."""
+
+    name = "ME_WATCH"
+
+    def __init__(self, exchange: ExchangeType, on_failed: FailedCb) -> None:
+        self.exchange = exchange
+        self.on_failed = on_failed
+
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        return None
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        return Status.DONE
+
+    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        self.on_failed(sa, reason, now)
+
+
+# --- IKE_AUTH: server-reflexive discovery ----------------------------------------------------------
+
+def first_endpoint(msg: Message) -> Endpoint | None:
+    """The first ME_ENDPOINT of a message (reference §3.4: only the first one counts), or None."""
+    n = msg.notify(NotifyType.ME_ENDPOINT)
+    if n is None:
+        return None
+    try:
+        return decode_endpoint(n.data)
+    except ProtocolError as e:
+        log.info("ignoring invalid ME_ENDPOINT: %s", e)
+        return None
+
+
+class SrflxRequest(Task):
+    """Peer: address-less SERVER_REFLEXIVE ME_ENDPOINT in IKE_AUTH, srflx from the response
+    ([ME] §3.3.2.2, reference §3.4). `on_result(sa, endpoint or None, now)` runs after the IKE_SA
+    is established."""
+
+    exchange = ExchangeType.IKE_AUTH
+    name = "ME_SRFLX"
+
+    def __init__(self, send: bool, on_result: Callable[[IkeSa, Endpoint | None, float], None],
+                 outbox: MeOutbox) -> None:
+        self.send = send
+        self.on_result = on_result
+        self.outbox = outbox
+
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        if self.send:
+            ep = addressless_endpoint(MeEndpointType.SERVER_REFLEXIVE)
+            msg.payloads.append(NotifyPayload(NotifyType.ME_ENDPOINT, encode_endpoint(ep)))
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        if not sa.established:
+            return Status.DONE  # IKE_AUTH failed; reported through `failed`
+        ep = first_endpoint(msg)
+        if ep is not None and (ep.type != MeEndpointType.SERVER_REFLEXIVE or ep.address is None):
+            ep = None
+        with self.outbox.inside(sa):
+            self.on_result(sa, ep, now)
+        return Status.DONE
+
+    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        sa.extension_data.setdefault(FAIL_KEY, reason)
+
+
+class ServerAuth(Task):
+    """Server side of IKE_AUTH on a mediation SA: srflx answer and child refusal, done by `answer`."""
+
+    exchange = ExchangeType.IKE_AUTH
+    name = "ME_AUTH"
+
+    def __init__(self, answer: Callable[[IkeSa, Message, bool, bool], None]) -> None:
+        self.answer = answer
+        self.want_srflx = False
+        self.has_child = False
+
+    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+        ep = first_endpoint(msg)
+        self.want_srflx = ep is not None and ep.type == MeEndpointType.SERVER_REFLEXIVE
+        self.has_child = msg.get(PayloadType.SA) is not None
+
+    def build_r(self, sa: IkeSa, msg: Message) -> None:
+        self.answer(sa, msg, self.want_srflx, self.has_child)
+
+
+# --- ME_CONNECT (exchange 240) ----------------------------------------------------------------------
+
+class MeConnectRequest(Task):
+    """One ME_CONNECT request we send ([ME] §4, reference §2.5); sent through a MeOutbox.
+
+    `build(sa, now)` returns the payloads (called when the request is generated: the initiator's
+    check list is created there, netlab.md §11); `done(sa, result, now)` gets the response;
+    `on_failed(sa, reason, now)` a timeout or the loss of the SA.
+    """
+
+    exchange = ExchangeType.ME_CONNECT
+    name = "ME_CONNECT"
+
+    def __init__(self, build: Callable[[IkeSa, float], list[Payload]],
+                 done: Callable[[IkeSa, ConnectResult, float], None] | None = None,
+                 on_failed: FailedCb | None = None) -> None:
+        self.build = build
+        self.done = done
+        self.on_failed = on_failed
+        self.outbox: MeOutbox | None = None
+        self.completed = False
+
+    def build_i(self, sa: IkeSa, msg: Message) -> None:
+        msg.payloads += self.build(sa, sa.engine.now)
+
+    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+        self.completed = True
+        assert self.outbox is not None
+        with self.outbox.inside(sa):
+            if self.done is not None:
+                self.done(sa, parse_connect_response(msg.payloads), now)
+            self.outbox.finished(sa, self, now)
+        return Status.DONE
+
+    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        if self.completed:
+            return
+        self.completed = True
+        assert self.outbox is not None
+        with self.outbox.inside(sa):
+            if self.on_failed is not None:
+                self.on_failed(sa, reason, now)
+            self.outbox.finished(sa, self, now)
+
+
+class MeConnectResponder(Task):
+    """A received ME_CONNECT request: `handler(sa, msg, now)` returns the response payloads
+    (empty, or N(ME_CONNECT_FAILED)); a ProtocolError is answered with its notify (INVALID_SYNTAX)."""
+
+    exchange = ExchangeType.ME_CONNECT
+    name = "ME_CONNECT"
+
+    def __init__(self, handler: Callable[[IkeSa, Message, float], list[Payload]], outbox: MeOutbox) -> None:
+        self.handler = handler
+        self.outbox = outbox
+        self.reply: list[Payload] = []
+
+    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+        with self.outbox.inside(sa):
+            self.reply = self.handler(sa, msg, now)
+
+    def build_r(self, sa: IkeSa, msg: Message) -> None:
+        msg.payloads += self.reply

@@ -1,0 +1,267 @@
+"""The mediation server role of the ME extension: `MediationServer`, an engine Extension.
+
+[ME] = draft-brunner-ikev2-mediation-00; reference = ike-me-protocol.md. It
+- echoes N(ME_MEDIATION) (§3.2), prefers mediation configs for peers that asked for mediation and
+  refuses mediation configs to peers that did not (weakness #11);
+- answers the srflx request in IKE_AUTH with the observed source address/port (§3.4) and refuses
+  SA/TS in that IKE_AUTH with NO_ADDITIONAL_SAS without failing the IKE_SA (§3.5);
+- registers the peer in the Registry when its mediation SA is up, removes it when the SA goes (§5);
+- relays ME_CONNECT in both directions (§4, the four exchanges), answers ME_CONNECT_FAILED for
+  offline targets, registers and fires callbacks (§5), forwards a target's failure to the initiator
+  (weakness #10), and enforces the registry's limits and authorization (one log line each).
+
+It lives here and not in core_ike because the Registry is the server's (architecture.md); the core
+only provides the hooks and the tasks (`core_ike.me.tasks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from core_ike.codec.message import Message
+from core_ike.codec.payloads import IdPayload, NotifyPayload, Payload
+from core_ike.constants import ExchangeType, MeEndpointType, NotifyType, PayloadType
+from core_ike.errors import ProtocolError
+from core_ike.ike.config import IkeConfig
+from core_ike.ike.engine import Engine, Extension
+from core_ike.ike.identity import Identity
+from core_ike.ike.sa import IkeSa, IkeState
+from core_ike.ike.task import Task
+from core_ike.me import events as mev
+from core_ike.me.connect import (
+    ConnectKind,
+    ConnectResult,
+    MeConnect,
+    build_callback,
+    build_relay,
+    parse_connect,
+)
+from core_ike.me.endpoints import encode_endpoint, make_endpoint
+from core_ike.me.tasks import (
+    ROLE_KEY,
+    MeConnectRequest,
+    MeConnectResponder,
+    MediationEcho,
+    MeOutbox,
+    ServerAuth,
+)
+
+from .registry import PeerRecord, Refused, Registry, TargetOffline, TargetOnline
+
+log = logging.getLogger("mediation_server")
+Addr = tuple[str, int]
+REQUESTED_KEY = "me_requested"  # the peer sent N(ME_MEDIATION) in IKE_SA_INIT
+
+# payloads of a CHILD_SA in IKE_AUTH, and the errors ChildCreate answers when it has no config
+_CHILD_PAYLOADS = {PayloadType.SA, PayloadType.TSi, PayloadType.TSr, PayloadType.CP}
+_CHILD_ERRORS = {NotifyType.TS_UNACCEPTABLE, NotifyType.NO_PROPOSAL_CHOSEN, NotifyType.SINGLE_PAIR_REQUIRED,
+                 NotifyType.INTERNAL_ADDRESS_FAILURE, NotifyType.FAILED_CP_REQUIRED, NotifyType.INVALID_SELECTORS}
+
+
+@dataclass(frozen=True)
+class OnlinePeer:
+    identity: str
+    endpoint: Addr | None
+    since: float
+    last_activity: float
+    unique_id: int
+
+
+def _uid(sa_id: Hashable) -> int:
+    """The registry's SaId is the mediation SA's unique id."""
+    assert isinstance(sa_id, int)
+    return sa_id
+
+
+def _fixed(payloads: list[Payload]) -> Callable[[IkeSa, float], list[Payload]]:
+    return lambda sa, now: payloads
+
+
+def _id_peer(ident: Identity) -> IdPayload:
+    return IdPayload(PayloadType.ID_PEER, ident.id_type, ident.data)
+
+
+class MediationServer(Extension):
+    def __init__(self, engine: Engine, registry: Registry | None = None,
+                 clock: Callable[[float], float] | None = None) -> None:
+        """`clock(now)` maps the engine's monotonic time to the registry's (wall clock when the
+        registry persists callbacks, see registry.py); default: the same time."""
+        self.engine = engine
+        self.registry = registry or Registry()
+        self.clock = clock or (lambda now: now)
+        self.outbox = MeOutbox()
+        self._sas: dict[int, IkeSa] = {}  # registered mediation SAs by unique id (the registry's SaId)
+        engine.extensions.append(self)
+
+    # ================================================================== status
+    def status(self) -> list[OnlinePeer]:
+        """Online peers with identity, public endpoint, since when, last activity."""
+        return [OnlinePeer(r.identity, r.endpoint, r.since, r.last_activity, _uid(r.sa_id))
+                for r in self.registry.online_peers()]
+
+    def lookup(self, identity: str) -> PeerRecord | None:
+        return self.registry.lookup(identity)
+
+    # ================================================================== Extension hooks
+    def tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
+        if initiator or msg is None:
+            return []
+        if exchange == ExchangeType.IKE_SA_INIT:
+            if msg.notify(NotifyType.ME_MEDIATION) is not None:
+                sa.extension_data[REQUESTED_KEY] = True
+                return [MediationEcho()]
+            return []
+        if sa.extension_data.get(ROLE_KEY) != "server":
+            return []
+        if exchange == ExchangeType.IKE_AUTH:
+            return [ServerAuth(self._auth_answer)]
+        if sa.unique_id in self._sas:
+            self.registry.touch(str(sa.peer_id), self.clock(self.engine.now))
+            if exchange == ExchangeType.ME_CONNECT:
+                return [MeConnectResponder(self._on_connect, self.outbox)]
+        return []
+
+    def config_score(self, cfg: IkeConfig, sa: IkeSa) -> int:
+        if sa.is_original_initiator:
+            return 0
+        if sa.extension_data.get(REQUESTED_KEY):
+            return 10 if cfg.mediation else 0
+        return -1 if cfg.mediation else 0  # no mediation config for peers that did not ask for it
+
+    def on_established(self, sa: IkeSa, now: float) -> None:
+        if sa.extension_data.get(ROLE_KEY) != "server" or not sa.mediation or sa.peer_id is None:
+            return
+        identity = str(sa.peer_id)
+        self._sas[sa.unique_id] = sa
+        reg = self.registry.update_sa_id(identity, sa.unique_id, self.clock(now), endpoint=sa.remote)
+        log.info("peer '%s' online at %s[%d] (mediation SA %s)", identity, sa.remote[0], sa.remote[1], sa.label)
+        replaced = reg.replaced_sa_id
+        self.engine.emit(mev.PeerOnline(identity, sa.unique_id, sa.remote,
+                                        _uid(replaced) if replaced is not None else None))
+        old = self._sas.get(_uid(replaced)) if replaced is not None else None
+        if old is not None and replaced != sa.rekeyed_from and old.state is IkeState.ESTABLISHED:
+            log.info("deleting mediation SA %s of '%s': replaced by %s", old.label, identity, sa.label)
+            self.engine.terminate(old, now)
+        for cb in reg.callbacks:  # reference §5: ME_CONNECT{N(ME_CALLBACK), ID_PEER} to each waiter
+            waiter = self._sas.get(_uid(cb.requester_sa))
+            if waiter is None or not waiter.established:
+                continue
+            log.info("sending ME_CALLBACK for '%s' to '%s'", identity, cb.requester)
+            self.outbox.send(waiter, MeConnectRequest(_fixed(build_callback(_id_peer(sa.peer_id)))), now)
+            self.engine.emit(mev.CallbackSent(cb.requester, identity))
+
+    def on_destroyed(self, sa: IkeSa, now: float) -> None:
+        for task in self.outbox.drop(sa):
+            if not task.completed and task.on_failed is not None:
+                task.completed = True
+                task.on_failed(sa, "mediation SA gone", now)
+        if self._sas.pop(sa.unique_id, None) is None:
+            return
+        identity = self.registry.remove_sa(sa.unique_id)
+        if identity is not None:
+            self.engine.emit(mev.PeerOffline(identity, sa.unique_id))
+
+    def next_deadline(self) -> float | None:
+        t = self.registry.get_timer()
+        if t is None:
+            return None
+        return self.engine.now + max(0.0, t - self.clock(self.engine.now))
+
+    def handle_timer(self, now: float) -> None:
+        self.registry.handle_timer(self.clock(now))
+
+    # ================================================================== IKE_AUTH
+    def _auth_answer(self, sa: IkeSa, msg: Message, want_srflx: bool, has_child: bool) -> None:
+        if not sa.mediation:
+            return
+        if has_child:
+            # [ME] §3.1 / reference §3.5: mediation SAs carry no CHILD_SA; the IKE_SA stays
+            msg.payloads = [p for p in msg.payloads if p.ptype not in _CHILD_PAYLOADS and not (
+                isinstance(p, NotifyPayload) and int(p.type) in _CHILD_ERRORS)]
+            msg.payloads.append(NotifyPayload(NotifyType.NO_ADDITIONAL_SAS))
+            for child in list(sa.children.values()):
+                sa.remove_child(child, "no CHILD_SAs on a mediation connection")
+            log.info("refusing CHILD_SA on mediation connection %s: NO_ADDITIONAL_SAS", sa.label)
+        if want_srflx:
+            # reference §3.4: the address and port the request arrived from
+            ep = make_endpoint(MeEndpointType.SERVER_REFLEXIVE, sa.remote[0], sa.remote[1])
+            msg.payloads.append(NotifyPayload(NotifyType.ME_ENDPOINT, encode_endpoint(ep)))
+
+    # ================================================================== ME_CONNECT relay
+    def _on_connect(self, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+        assert sa.peer_id is not None
+        requester = str(sa.peer_id)
+        if msg.notify(NotifyType.ME_CONNECT_FAILED) is not None:
+            self._forward_failure(sa, msg, now)
+            return []
+        req = parse_connect(msg.payloads)  # INVALID_SYNTAX per reference §4.2
+        if req.kind is ConnectKind.CALLBACK:
+            raise ProtocolError("ME_CALLBACK request from a peer", NotifyType.INVALID_SYNTAX)
+        target_id = Identity(int(req.peer.id_type), req.peer.data)
+        target = str(target_id)
+        if target == requester:
+            return self._refuse(requester, target, "a peer cannot mediate with itself", NotifyType.ME_CONNECT_FAILED)
+        d = self.registry.request_connect(requester, target, self.clock(now), n_endpoints=len(req.endpoints),
+                                          callback=req.callback, is_response=req.kind is ConnectKind.RESPONSE)
+        if isinstance(d, Refused):
+            return self._refuse(requester, target, d.detail, d.notify, logged=True)
+        if isinstance(d, TargetOffline):
+            why = "callback registered" if d.callback_registered else (
+                d.callback_refused.detail if d.callback_refused else "no callback requested")
+            return self._refuse(requester, target, f"peer is not online ({why})", NotifyType.ME_CONNECT_FAILED)
+        assert isinstance(d, TargetOnline)
+        tsa = self._sas.get(_uid(d.sa_id))
+        if tsa is None or not tsa.established:
+            return self._refuse(requester, target, "peer's mediation SA is not usable", NotifyType.ME_CONNECT_FAILED)
+        self._relay(sa, tsa, req, target_id, now)
+        return []
+
+    def _relay(self, origin: IkeSa, target_sa: IkeSa, req: MeConnect, target_id: Identity, now: float) -> None:
+        """Reference §4.1 steps 4 and 7: ID_PEER rewritten to the requester, the rest copied."""
+        assert origin.peer_id is not None
+        payloads = build_relay(req, _id_peer(origin.peer_id))
+        requester, target, cid = str(origin.peer_id), str(target_id), req.connect_id
+        origin_id = origin.unique_id
+
+        def done(s: IkeSa, result: ConnectResult, t: float) -> None:
+            if not result.ok:  # the target refused: tell the other side (weakness #10)
+                log.info("'%s' refused the ME_CONNECT from '%s'", target, requester)
+                self._send_failure(origin_id, cid, target_id, t)
+
+        def failed(s: IkeSa, reason: str, t: float) -> None:
+            log.info("relaying ME_CONNECT from '%s' to '%s' failed: %s", requester, target, reason)
+            self._send_failure(origin_id, cid, target_id, t)
+
+        log.info("relaying ME_CONNECT%s from '%s' to '%s'",
+                 " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
+        self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), now)
+        self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
+
+    def _send_failure(self, sa_id: int, cid: bytes, about: Identity, now: float) -> None:
+        """Draft §4: ME_CONNECT{N(ME_CONNECTID), N(ME_CONNECT_FAILED), ID_PEER(about)}."""
+        sa = self._sas.get(sa_id)
+        if sa is None or not sa.established:
+            return
+        payloads: list[Payload] = [NotifyPayload(NotifyType.ME_CONNECTID, cid),
+                                   NotifyPayload(NotifyType.ME_CONNECT_FAILED), _id_peer(about)]
+        self.outbox.send(sa, MeConnectRequest(_fixed(payloads)), now)
+
+    def _forward_failure(self, sa: IkeSa, msg: Message, now: float) -> None:
+        """A peer reports ME_CONNECT{IDp, N(ME_CONNECT_FAILED)}: forward it to IDp ([ME] §4)."""
+        assert sa.peer_id is not None
+        idp = msg.get(PayloadType.ID_PEER)
+        cid = msg.notify(NotifyType.ME_CONNECTID)
+        if not isinstance(idp, IdPayload) or cid is None:
+            raise ProtocolError("ME_CONNECT_FAILED without ID_PEER or ME_CONNECTID", NotifyType.INVALID_SYNTAX)
+        rec = self.registry.lookup(str(Identity(int(idp.id_type), idp.data)))
+        if rec is not None:
+            log.info("forwarding ME_CONNECT_FAILED from '%s' to '%s'", sa.peer_id, rec.identity)
+            self._send_failure(_uid(rec.sa_id), cid.data, sa.peer_id, now)
+
+    def _refuse(self, requester: str, target: str, reason: str, notify: int, logged: bool = False) -> list[Payload]:
+        if not logged:  # the registry logs its own refusals
+            log.info("ME_CONNECT from '%s' to '%s' refused: %s", requester, target, reason)
+        self.engine.emit(mev.ConnectRefused(requester, target, reason, int(notify)))
+        return [NotifyPayload(notify)]
