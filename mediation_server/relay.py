@@ -89,7 +89,7 @@ class MediationServer(Extension):
         """`clock(now)` maps the engine's monotonic time to the registry's (wall clock when the
         registry persists callbacks, see registry.py); default: the same time."""
         self.engine = engine
-        self.registry = registry or Registry()
+        self.registry = registry if registry is not None else Registry()
         self.clock = clock or (lambda now: now)
         self.outbox = MeOutbox()
         self._sas: dict[int, IkeSa] = {}  # registered mediation SAs by unique id (the registry's SaId)
@@ -118,7 +118,7 @@ class MediationServer(Extension):
         if exchange == ExchangeType.IKE_AUTH:
             return [ServerAuth(self._auth_answer)]
         if sa.unique_id in self._sas:
-            self.registry.touch(str(sa.peer_id), self.clock(self.engine.now))
+            self.registry.touch(sa.peer_id.canonical() if sa.peer_id else "", self.clock(self.engine.now))
             if exchange == ExchangeType.ME_CONNECT:
                 return [MeConnectResponder(self._on_connect, self.outbox)]
         return []
@@ -133,7 +133,7 @@ class MediationServer(Extension):
     def on_established(self, sa: IkeSa, now: float) -> None:
         if sa.extension_data.get(ROLE_KEY) != "server" or not sa.mediation or sa.peer_id is None:
             return
-        identity = str(sa.peer_id)
+        identity = sa.peer_id.canonical()
         self._sas[sa.unique_id] = sa
         reg = self.registry.update_sa_id(identity, sa.unique_id, self.clock(now), endpoint=sa.remote)
         log.info("peer '%s' online at %s[%d] (mediation SA %s)", identity, sa.remote[0], sa.remote[1], sa.label)
@@ -192,7 +192,7 @@ class MediationServer(Extension):
     # ================================================================== ME_CONNECT relay
     def _on_connect(self, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         assert sa.peer_id is not None
-        requester = str(sa.peer_id)
+        requester = sa.peer_id.canonical()
         if msg.notify(NotifyType.ME_CONNECT_FAILED) is not None:
             self._forward_failure(sa, msg, now)
             return []
@@ -200,7 +200,7 @@ class MediationServer(Extension):
         if req.kind is ConnectKind.CALLBACK:
             raise ProtocolError("ME_CALLBACK request from a peer", NotifyType.INVALID_SYNTAX)
         target_id = Identity(int(req.peer.id_type), req.peer.data)
-        target = str(target_id)
+        target = target_id.canonical()
         if target == requester:
             return self._refuse(requester, target, "a peer cannot mediate with itself", NotifyType.ME_CONNECT_FAILED)
         d = self.registry.request_connect(requester, target, self.clock(now), n_endpoints=len(req.endpoints),
@@ -222,7 +222,7 @@ class MediationServer(Extension):
         """Reference §4.1 steps 4 and 7: ID_PEER rewritten to the requester, the rest copied."""
         assert origin.peer_id is not None
         payloads = build_relay(req, _id_peer(origin.peer_id))
-        requester, target, cid = str(origin.peer_id), str(target_id), req.connect_id
+        requester, target, cid = origin.peer_id.canonical(), target_id.canonical(), req.connect_id
         origin_id = origin.unique_id
 
         def done(s: IkeSa, result: ConnectResult, t: float) -> None:
@@ -255,7 +255,7 @@ class MediationServer(Extension):
         cid = msg.notify(NotifyType.ME_CONNECTID)
         if not isinstance(idp, IdPayload) or cid is None:
             raise ProtocolError("ME_CONNECT_FAILED without ID_PEER or ME_CONNECTID", NotifyType.INVALID_SYNTAX)
-        rec = self.registry.lookup(str(Identity(int(idp.id_type), idp.data)))
+        rec = self.registry.lookup(Identity(int(idp.id_type), idp.data).canonical())
         if rec is not None:
             log.info("forwarding ME_CONNECT_FAILED from '%s' to '%s'", sa.peer_id, rec.identity)
             self._send_failure(_uid(rec.sa_id), cid.data, sa.peer_id, now)

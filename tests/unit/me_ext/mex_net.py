@@ -199,7 +199,7 @@ def make_net(*, latency: float = 0.0, symmetric: tuple[bool, bool] = (False, Fal
                         local=AuthConfig("psk", Identity.parse(IDS["ms"])), remote=AuthConfig("psk"),
                         mediation=server_ext)
         eng = Engine([cfg], creds)
-        srv = MediationServer(eng, registry or Registry()) if server_ext else None
+        srv = MediationServer(eng, registry) if server_ext else None
         net.add(Node("ms", eng, MS_IP, None, srv))
     ea, ca = _peer_engine("alice", "bob", A_IP, "10.1.0.0/24", "10.2.0.0/24", med_psk=psk_alice,
                           med_child=med_child, ccfg=replace(ccfg, host_addresses=lambda: [A_IP]))
