@@ -27,6 +27,7 @@ Addr = tuple[str, int]
 MS_IP = "198.51.100.1"
 A_IP, A_PUB = "10.1.0.2", "203.0.113.1"
 B_IP, B_PUB = "10.2.0.2", "203.0.113.2"
+B_SAME = "10.1.0.3"  # bob behind alice's NAT (behind-same-nat scenario)
 IDS = {"alice": "alice@example.net", "bob": "bob@example.net", "ms": "medsrv.example.net"}
 
 
@@ -188,7 +189,7 @@ def _peer_engine(me: str, other: str, ip: str, local_net: str, remote_net: str, 
 def make_net(*, latency: float = 0.0, symmetric: tuple[bool, bool] = (False, False),
              registry: Registry | None = None, ccfg: MediationClientConfig | None = None,
              with_server: bool = True, server_ext: bool = True, psk_alice: str = "alice-medsrv-secret",
-             med_child: bool = False) -> Net:
+             med_child: bool = False, same_nat: bool = False) -> Net:
     net = Net(latency)
     ccfg = ccfg or client_config()
     if with_server:
@@ -203,10 +204,12 @@ def make_net(*, latency: float = 0.0, symmetric: tuple[bool, bool] = (False, Fal
         net.add(Node("ms", eng, MS_IP, None, srv))
     ea, ca = _peer_engine("alice", "bob", A_IP, "10.1.0.0/24", "10.2.0.0/24", med_psk=psk_alice,
                           med_child=med_child, ccfg=replace(ccfg, host_addresses=lambda: [A_IP]))
-    eb, cb = _peer_engine("bob", "alice", B_IP, "10.2.0.0/24", "10.1.0.0/24", med_psk="bob-medsrv-secret",
-                          med_child=False, ccfg=replace(ccfg, host_addresses=lambda: [B_IP]))
-    net.add(Node("alice", ea, A_IP, Nat(A_PUB, symmetric[0]), ca))
-    net.add(Node("bob", eb, B_IP, Nat(B_PUB, symmetric[1]), cb))
+    b_ip = B_SAME if same_nat else B_IP
+    eb, cb = _peer_engine("bob", "alice", b_ip, "10.2.0.0/24", "10.1.0.0/24", med_psk="bob-medsrv-secret",
+                          med_child=False, ccfg=replace(ccfg, host_addresses=lambda: [b_ip]))
+    nat_a = Nat(A_PUB, symmetric[0])
+    net.add(Node("alice", ea, A_IP, nat_a, ca))
+    net.add(Node("bob", eb, b_ip, nat_a if same_nat else Nat(B_PUB, symmetric[1]), cb))
     return net
 
 
