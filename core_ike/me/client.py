@@ -178,6 +178,7 @@ class MediationClient(Extension):
     # ================================================================== control API
     def connect(self, name: str, now: float) -> Attempt:
         """Bring up mediated connection `name`; returns its attempt (already running: unchanged)."""
+        self.engine.now = max(self.engine.now, now)  # tasks built from here on read the engine's clock
         cfg = self.engine.config(name)
         if cfg.mediated_by is None or cfg.mediation_peer is None:
             raise LocalError(f"connection {name!r} is not mediated (needs mediated_by and mediation_peer)")
@@ -201,6 +202,7 @@ class MediationClient(Extension):
         return att
 
     def cancel(self, name: str, now: float) -> None:
+        self.engine.now = max(self.engine.now, now)
         att = self.attempts.get(name)
         if att is not None and att.active:
             self._fail(att, "cancelled by user", now)

@@ -49,7 +49,7 @@ def test_symmetric_nats_fail_with_checks_failed_within_deadline() -> None:
     net.run(60.0, until=lambda: bool(_failed(net)))
     (f,) = _failed(net)
     assert f.reason.startswith("checks failed") and "203.0.113.2" in f.reason  # lists the tried pairs
-    assert net.now - t0 <= 5.0 + 0.5  # transaction_timeout of the test config
+    assert 5.0 - 1e-6 <= net.now - t0 <= 5.0 + 0.1  # transaction_timeout of the test config
     assert not net.nodes["alice"].of(ev.IkeSaEstablished)[1:]  # only the mediation SA
     # bob's list ends too (responder timeout), nothing stays behind
     net.run(15.0)

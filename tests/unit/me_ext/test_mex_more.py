@@ -85,3 +85,17 @@ def test_rekeyed_mediation_sa_stays_registered_and_mediates() -> None:
     assert not ms.of(mev.PeerOffline)
     _connect(net)
     assert alice.of(mev.MediatedEstablished)
+
+
+def test_cancel_while_waiting_for_callback() -> None:
+    net = make_net()
+    register(net, "alice")
+    alice = net.nodes["alice"]
+    alice.ext.connect("bob", net.now)
+    net.run(1.0)
+    alice.ext.cancel("bob", net.now)
+    (f,) = alice.of(mev.MediationFailed)
+    assert f.reason == "cancelled by user"
+    (conn,) = alice.ext.status().connections
+    assert conn.state == "failed" and conn.reason == "cancelled by user"
+    assert alice.ext.next_deadline() is None
