@@ -94,6 +94,7 @@ def test_cancel_while_waiting_for_callback() -> None:
     alice.ext.connect("bob", net.now)
     net.run(1.0)
     alice.ext.cancel("bob", net.now)
+    net.run(0.1)
     (f,) = alice.of(mev.MediationFailed)
     assert f.reason == "cancelled by user"
     (conn,) = alice.ext.status().connections
