@@ -18,7 +18,8 @@ same run:
 - responder CPU = utime+stime of the responder process (/proc/<pid>/stat, all threads) over the measured
   batch; memory = VmRSS delta / SAs;
 - our iked: ``dataplane = "none"``, log level warning, cookie threshold raised, ``unique = "no"``;
-- charon 5.9.8: kernel-netlink without kernel-libipsec (no CHILD_SAs, so no TUN), logging default 0,
+- charon 5.9.8: kernel-netlink without kernel-libipsec (no CHILD_SAs, so no TUN), openssl loaded before
+  gmp (faster RSA), logging default 0,
   ``unique = never``, cookie/block thresholds raised, ``threads = 16``, IKE_SA hash table 4096 x 16
   segments (strongSwan's advice for many SAs; its default is one bucket).
 
@@ -294,6 +295,10 @@ class OursResponder(Responder):
         return sum(1 for s in self.iked.list_sas() if s.get("state") == "ESTABLISHED")
 
 
+# the lab's plugin list without kernel-libipsec, openssl before gmp: the first loaded plugin serves a
+# feature, and openssl's RSA is faster than gmp's (RSA responder 1.08 vs 1.25 ms per IKE_SA here)
+CHARON_PLUGINS = ("random nonce aes sha1 sha2 hmac openssl gmp curve25519 pem pkcs1 pkcs8 x509 pubkey kdf "
+                  "kernel-netlink socket-default vici")
 CHARON_SETTINGS = """threads = 16
 cookie_threshold = 1000000
 cookie_threshold_ip = 1000000
@@ -308,8 +313,8 @@ retransmit_tries = 2
 class CharonResponder(Responder):
     impl = "charon"
 
-    def __init__(self, lab: Any, auth: str, keys: dict[str, Any]) -> None:
-        from scenarios.lab.charon import PLUGINS, Charon
+    def __init__(self, lab: Any, auth: str, keys: dict[str, Any], plugins: str | None = None) -> None:
+        from scenarios.lab.charon import Charon
         from scenarios.lab.creds import install_keypair
 
         if auth == "psk":
@@ -323,7 +328,7 @@ class CharonResponder(Responder):
         conf = (f"connections {{\n  bench {{\n    local_addrs = {RESP_IP}\n    proposals = {PROPOSAL}\n"
                 f"    unique = never\n    rekey_time = 0\n    childless = allow\n"
                 f"    local {{\n      {local}\n    }}\n    remote {{\n      {remote}\n    }}\n  }}\n}}\n{secrets}")
-        plugins = PLUGINS.replace("kernel-libipsec ", "")
+        plugins = plugins or CHARON_PLUGINS
         self.charon = Charon(lab, "bob", name=f"charon-{auth}", conf=conf, settings=CHARON_SETTINGS,
                              plugins=plugins, ike_level=0, log_levels={"default": 0})
         if auth != "psk":
@@ -371,17 +376,57 @@ def _run_drivers(lab: Any, auth: str, count: int, inflight: int, drivers: int, i
     return out
 
 
+def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """Sample `pid` with py-spy (collapsed stacks, per-function lines) while the batch runs."""
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        print("py-spy not installed in the venv; no profile", file=sys.stderr)
+        return None
+    proc = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "1000",
+                             "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attach before the load starts
+    return proc
+
+
+def hot_spots(raw: Path, top: int = 15) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_n: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n_s = line.rpartition(" ")
+        if not n_s.isdigit():
+            continue
+        n = int(n_s)
+        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
+                  for f in stack.split(";")]
+        total += n
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    out = [f"py-spy samples: {total}", "self %  function"]
+    out += [f"{100 * v / total:5.1f}  {k}" for k, v in sorted(self_n.items(), key=lambda kv: -kv[1])[:top]]
+    out += ["incl %  function"]
+    out += [f"{100 * v / total:5.1f}  {k}" for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:top * 2]]
+    return "\n".join(out) + "\n"
+
+
 def measure(lab: Any, resp: Responder, auth: str, count: int, inflight: int, drivers: int, warmup: int,
-            ips: list[str], keydir: Path, timeout: float) -> Result:
+            ips: list[str], keydir: Path, timeout: float, profile: Path | None = None) -> Result:
     resp.start()
     try:
         pid = resp.pid()
         if warmup:
             _run_drivers(lab, auth, warmup, inflight, drivers, ips, keydir, f"w{resp.impl}", timeout)
+        spy = _py_spy(pid, profile / f"{resp.impl}-{auth}.txt") if profile and resp.impl == "ours" else None
         time.sleep(0.3)
         cpu0, rss0 = proc_cpu(pid), proc_rss_kib(pid)
         runs = _run_drivers(lab, auth, count, inflight, drivers, ips, keydir, f"m{resp.impl}", timeout)
         cpu1 = proc_cpu(pid)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
         time.sleep(0.3)
         rss1 = proc_rss_kib(pid)
         held = resp.held()
@@ -401,7 +446,8 @@ def measure(lab: Any, resp: Responder, auth: str, count: int, inflight: int, dri
 
 def run_bench(count: int = 2000, inflight: int = 32, auths: Sequence[str] = ("psk", "rsa"),
               impls: Sequence[str] = ("ours", "charon"), drivers: int = 1, warmup: int = 50,
-              source_ips: int = 16, timeout: float = 300.0) -> list[Result]:
+              source_ips: int = 16, timeout: float = 300.0, profile: Path | None = None,
+              charon_plugins: str | None = None) -> list[Result]:
     from scenarios.lab import cleanup_orphans, two_hosts
     from scenarios.lab.creds import rsa_keypair
 
@@ -421,8 +467,10 @@ def run_bench(count: int = 2000, inflight: int = 32, auths: Sequence[str] = ("ps
         (keydir / "driver.id").write_text(keys["driver"].identity)
         for auth in auths:
             for impl in impls:
-                resp: Responder = (OursResponder if impl == "ours" else CharonResponder)(lab, auth, keys)
-                results.append(measure(lab, resp, auth, count, inflight, drivers, warmup, ips, keydir, timeout))
+                resp: Responder = (OursResponder(lab, auth, keys) if impl == "ours"
+                                   else CharonResponder(lab, auth, keys, charon_plugins))
+                results.append(measure(lab, resp, auth, count, inflight, drivers, warmup, ips, keydir, timeout,
+                                       profile))
     finally:
         lab.teardown()
     return results
@@ -432,13 +480,15 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
 
-def table(results: list[Result], inflight: int, drivers: int, warmup: int) -> str:
+def table(results: list[Result], inflight: int, drivers: int, warmup: int,
+          load: tuple[float, float] | None = None) -> str:
     lines = [
         "IKE_SA setup rate: childless IKE_SA (IKE_SA_INIT + IKE_AUTH, RFC 6023, no CHILD_SA), "
         f"{PROPOSAL}",
         f"driver: our sans-IO Engine as initiator, {drivers} process(es) in netns alice, {inflight} setups "
         f"in flight; responder in netns bob; {warmup} warm-up SAs before each measured batch",
-        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}",
+        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}"
+        + (f", 1-min load average before/after: {load[0]:.2f}/{load[1]:.2f}" if load else ""),
         "",
         f"{'auth':5} {'responder':9} {'SAs':>6} {'held':>6} {'setups/s':>9} {'CPU ms/SA':>10} {'KiB/SA':>8} "
         f"{'driver ms/SA':>13} {'driver busy':>12}",
@@ -457,7 +507,9 @@ def table(results: list[Result], inflight: int, drivers: int, warmup: int) -> st
                          f"{_ratio(o.cpu_ms, c.cpu_ms):>10} {_ratio(o.kib, c.kib):>8}")
     lines += ["", "target (issue 2): setups/s ratio >= 1, CPU ratio <= 0.5, KiB/SA ratio <= 1",
               "held = IKE_SAs the responder lists after the batch (warm-up SAs included)",
-              "driver busy = driver CPU / (wall time x driver processes); near 100% means the driver limits the rate"]
+              "driver busy = driver CPU / (wall time x driver processes); near 100% means the driver limits the rate",
+              "setups/s needs an otherwise idle machine (driver and responder share its CPUs); CPU ms/SA and",
+              "KiB/SA are per-process figures and hardly depend on other load"]
     return "\n".join(lines) + "\n"
 
 
@@ -475,10 +527,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--auth", default="psk,rsa")
     ap.add_argument("--impl", default="ours,charon")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--profile", metavar="DIR", help="py-spy our responder during the measured batches "
+                    "(needs `pip install py-spy` in the venv); collapsed stacks and hot spots go to DIR")
+    ap.add_argument("--charon-plugins", default=None,
+                    help="charon's plugin load list (default: the lab's, without kernel-libipsec; the order "
+                    "decides which plugin serves a feature, e.g. gmp or openssl for RSA)")
     a = ap.parse_args(args_in)
+    prof = Path(a.profile) if a.profile else None
+    if prof:
+        prof.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()[0]
     res = run_bench(a.count, a.inflight, a.auth.split(","), a.impl.split(","), a.drivers, a.warmup,
-                    a.source_ips)
-    text = table(res, a.inflight, a.drivers, a.warmup)
+                    a.source_ips, profile=prof, charon_plugins=a.charon_plugins)
+    text = table(res, a.inflight, a.drivers, a.warmup, (load0, os.getloadavg()[0]))
+    if a.charon_plugins:
+        text += f"charon plugins: {a.charon_plugins}\n"
+    if prof:
+        for f in sorted(prof.glob("ours-*.txt")):
+            hs = hot_spots(f)
+            (prof / f"hotspots-{f.stem}.txt").write_text(hs)
+            text += f"\nprofile of our responder, {f.stem}:\n{hs}"
     print(text, end="")
     if a.out != "-":
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
