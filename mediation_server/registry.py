@@ -151,12 +151,14 @@ class Authorizer:
 
     def __init__(self, policy: Policy = Policy.ALL, *,
                  owner_of: Callable[[Identity], str | None] | None = None,
-                 allowed: Iterable[tuple[Identity, Identity]] = (), symmetric: bool = True) -> None:
+                 allowed: Iterable[tuple[Identity, Identity]] = (), symmetric: bool = True,
+                 allowed_fn: Callable[[Identity, Identity], bool] | None = None) -> None:
         if policy is Policy.SAME_OWNER and owner_of is None:
             raise ValueError("same-owner policy needs an owner_of function")
         self.policy = policy
         self._owner_of = owner_of
         self._symmetric = symmetric
+        self._allowed_fn = allowed_fn  # e.g. the portal's mediation_grant table
         self._allowed: set[tuple[Identity, Identity]] = set()
         for a, b in allowed:
             self.allow(a, b)
@@ -177,6 +179,8 @@ class Authorizer:
             return Refused(RefusalReason.NOT_AUTHORIZED,
                            f"'{requester}' and '{target}' do not belong to the same user")
         if (requester, target) in self._allowed:
+            return None
+        if self._allowed_fn is not None and self._allowed_fn(requester, target):
             return None
         return Refused(RefusalReason.NOT_AUTHORIZED, f"'{requester}' may not reach '{target}'")
 

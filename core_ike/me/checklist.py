@@ -40,14 +40,15 @@ log = logging.getLogger("core_ike.me")
 class CheckListConfig:
     """Tunables; defaults are strongSwan's `connect_manager.c` constants unless noted."""
 
-    pacing: float = 0.025  # ME_INTERVAL: one check every T ([ME] §5.1 "T")
+    pacing: float = 0.005  # T ([ME] §5.1); RFC 8445 14.2 allows 5 ms (strongSwan: 25 ms)
     rto: float = 0.025  # first retransmission timeout
     boost: int = 2  # ME_BOOST: the first `boost` retransmissions use `rto`
     retrans_base: float = 1.8  # ME_RETRANS_BASE
     max_retransmits: int = 13  # ME_MAX_RETRANS; one more timeout marks the pair Failed
     # controlling side: wait after the first success with no pair Waiting (strongSwan: 1000 ms);
     # 0 when the best succeeded pair cannot be beaten by any pending pair
-    finish_wait: float = 0.050
+    finish_wait: float = 0.050  # upper bound of the wait for a better pair after the first success
+    finish_rtts: float = 2.0  # ... which is this many measured check round trips (plus one pacing tick)
     transaction_timeout: float = 30.0  # [ME] §4.3 overall timer, from list creation (initiator)
     responder_timeout: float = 60.0  # weakness #7: no IKE_SA_INIT with this connect ID -> give up
     max_remote_endpoints: int = 16  # [ME] §4.2 / RFC 8445 §19.5.1: drop lowest priority first
@@ -153,6 +154,7 @@ class Pair:
     deadline: float | None = None  # next retransmission or final timeout
     packet: bytes | None = None
     mapped: Endpoint | None = None
+    sent_at: float = 0.0  # last transmission of this pair's check (RTT estimate)
 
     @property
     def base(self) -> Addr:
@@ -192,6 +194,7 @@ class CheckList:
         self._next_tick: float | None = None
         self._last_check: float | None = None
         self._finish_at: float | None = None
+        self._rtt: float | None = None  # smallest check round trip seen (adaptive finish wait)
         timeout = self.config.transaction_timeout if is_initiator else self.config.responder_timeout
         self._expires_at: float | None = now + timeout
         self._out: list[Datagram] = []
@@ -375,6 +378,7 @@ class CheckList:
         pair.packet = encode_check(check)
         pair.retransmits = 0
         pair.deadline = now + retransmit_timeout(self.config, 1)
+        pair.sent_at = now
         self._out.append((pair.packet, pair.base, pair.remote_addr))
         self._set_pair_state(pair, PairState.IN_PROGRESS)
 
@@ -388,6 +392,7 @@ class CheckList:
             return
         pair.retransmits += 1
         pair.deadline = now + retransmit_timeout(self.config, pair.retransmits + 1)
+        pair.sent_at = now
         self._out.append((pair.packet, pair.base, pair.remote_addr))  # cached packet replayed
 
     def _keys(self) -> tuple[bytes, bytes]:
@@ -496,6 +501,8 @@ class CheckList:
             self._set_pair_state(pair, PairState.FAILED)
             return None
         pair.mapped = self._learn_local(check.endpoint, pair)
+        rtt = max(0.0, now - pair.sent_at)
+        self._rtt = rtt if self._rtt is None else min(self._rtt, rtt)
         self._set_pair_state(pair, PairState.SUCCEEDED)
         return None
 
@@ -545,7 +552,11 @@ class CheckList:
         if all(p.priority < best.priority for p in pending):
             self._select(now)  # nothing pending can beat it: finish at once
         elif self._finish_at is None and not any(p.state == PairState.WAITING for p in pending):
-            self._finish_at = now + self.config.finish_wait  # reference §8 (strongSwan: 1000 ms)
+            # reference §8 (strongSwan waits 1000 ms): a better pair that works answers within about
+            # a round trip of its last check, so wait a few measured RTTs, never more than finish_wait
+            rtt = self._rtt if self._rtt is not None else self.config.finish_wait
+            wait = min(self.config.finish_wait, self.config.finish_rtts * rtt + self.config.pacing)
+            self._finish_at = now + wait
 
     def _best_succeeded(self) -> Pair | None:
         return next((p for p in self.pairs if p.state == PairState.SUCCEEDED), None)

@@ -24,8 +24,11 @@ class Iked:
     module = "core_ike.daemon.main"
 
     def __init__(self, lab: Lab, host: str, toml: str, name: str = "iked",
-                 files: dict[str, bytes | str] | None = None) -> None:
+                 files: dict[str, bytes | str] | None = None, module: str | None = None) -> None:
+        """`module`: `mediation_server` / `mediation_client` run the mediation daemons instead."""
         self.lab, self.host, self.name = lab, host, name
+        if module is not None:
+            self.module = module
         self.dir = lab.host_dir(host) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ctl_path = str(self.dir / "ctl.sock")
@@ -79,6 +82,13 @@ class Iked:
         r = self.ctl({"cmd": "up", "conn": conn, "child": child, "timeout": timeout}, timeout=timeout + 5)
         if not r.get("ok"):
             raise IkedError(f"up {conn}: {r.get('error')}\n{self.log_tail()}")
+        return r
+
+    def status(self) -> dict[str, Any]:
+        """The mediation daemons' `status` command."""
+        r = self.ctl({"cmd": "status"})
+        if not r.get("ok"):
+            raise IkedError(f"status: {r.get('error')}")
         return r
 
     def list_sas(self) -> list[dict[str, Any]]:

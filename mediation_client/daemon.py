@@ -1,0 +1,178 @@
+"""`python -m mediation_client -c client.toml`: the mediation client daemon.
+
+The iked runtime plus the MediationClient engine extension. Connections come from the TOML file
+(swanctl-like: one `mediation = true` connection, mediated ones with `mediated_by`/`mediation_peer`)
+and/or from the client manager's database (`[client] database = URL`): the own key pair, the mediation
+server and every active connection, as strongSwan's medcli plugin does; status (DOWN / CONNECTING / UP,
+last error) is written back there for the portal to show.
+
+```toml
+[client]
+database = "sqlite:////var/lib/ikeme/client.sqlite"   # optional
+server_timeout = 30      # mediation server must answer within this
+connect_timeout = 15     # answer to our ME_CONNECT
+callback_timeout = 120   # wait this long for an offline peer to come online
+check_timeout = 30       # connectivity checks give up after this
+finish_wait = 0.05       # after the first successful pair, wait this long for a better one
+reconnect = 5            # seconds before re-establishing a lost mediation connection (doubles up to 60)
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from core_ike.daemon.config import DaemonConfig, duration, load
+from core_ike.daemon.main import Daemon, setup_logging
+from core_ike.errors import LocalError
+from core_ike.ike import events as ev
+from core_ike.me import events as mev
+from core_ike.me.checklist import CheckListConfig
+from core_ike.me.client import MediationClient, MediationClientConfig
+
+from .status import DbStatus, load_db_connections
+
+log = logging.getLogger("mediation_client")
+
+
+def client_config(c: dict[str, Any]) -> MediationClientConfig:
+    checks = CheckListConfig(
+        transaction_timeout=duration(c.get("check_timeout", 30)),
+        finish_wait=float(c.get("finish_wait", 0.05)),
+    )
+    return MediationClientConfig(
+        checks=checks,
+        server_timeout=duration(c.get("server_timeout", 30)),
+        connect_timeout=duration(c.get("connect_timeout", 15)),
+        callback_timeout=duration(c.get("callback_timeout", 120)),
+    )
+
+
+class ClientDaemon(Daemon):
+    def __init__(self, cfg: DaemonConfig, client: dict[str, Any]) -> None:
+        self.db: DbStatus | None = None
+        if client.get("database"):
+            self.db = load_db_connections(str(client["database"]), cfg)
+        super().__init__(cfg)
+        self.mediation = MediationClient(self.engine, client_config(client))
+        # import and warm the host-address gathering now, not in the middle of the first ME_CONNECT
+        from core_ike.me.endpoints import gather_host_endpoints
+
+        gather_host_endpoints(0)
+        self.reconnect_base = duration(client.get("reconnect", 5))
+        self._backoff: dict[str, float] = {}
+        self.listeners.append(self.on_mediation_event)
+        self.control.extra["up"] = self.up
+        self.control.extra["status"] = self.status
+        self.waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+
+    # ------------------------------------------------------------------ startup and reconnects
+    def autostart(self, now: float) -> None:
+        if self.db is not None:
+            self.db.reset()
+        for c in self.cfg.connections:
+            if c.mediation:
+                log.info("initiating mediation connection '%s'", c.name)
+                self.engine.initiate(c.name, None, now)
+        for c in self.cfg.connections:
+            if c.mediated_by and any(ch.start_action == "start" for ch in c.children):
+                self.mediation.connect(c.name, now)
+            elif not c.mediated_by and not c.mediation:
+                for ch in c.children:
+                    if ch.start_action == "start":
+                        self.engine.initiate(c.name, ch.name, now)
+
+    def _mediation_lost(self, name: str) -> None:
+        delay = self._backoff.get(name, self.reconnect_base)
+        self._backoff[name] = min(delay * 2, 60.0)
+        log.info("mediation connection '%s' lost, re-establishing in %.0f s", name, delay)
+        loop = asyncio.get_running_loop()
+
+        def retry() -> None:
+            if self.mediation.mediation_sa(name) is None:
+                self.engine.initiate(name, None, time.monotonic())
+                self.transport.flush()
+
+        loop.call_later(delay, retry)
+
+    def on_mediation_event(self, e: object) -> None:
+        cfgs = {c.name: c for c in self.cfg.connections}
+        if isinstance(e, mev.MediationSaUp):
+            self._backoff.pop(e.name, None)
+            log.info("mediation connection '%s' up, public endpoint %s", e.name,
+                     f"{e.srflx[0]}[{e.srflx[1]}]" if e.srflx else "unknown")
+        elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted) and e.name in cfgs and cfgs[e.name].mediation:
+            if self.transport.sockets:
+                self._mediation_lost(e.name)
+        if self.db is not None:
+            self.db.on_event(e)
+        for name, fut in list(self.waiters):
+            if fut.done():
+                continue
+            if isinstance(e, mev.MediatedEstablished) and e.name == name:
+                fut.set_result({"ok": True, "conn": name, "ike": e.unique_id, "remote": list(e.remote),
+                                "elapsed_ms": round(e.elapsed * 1000, 1)})
+            elif isinstance(e, mev.MediationFailed) and e.name == name:
+                fut.set_result({"ok": False, "error": f"'{name}' failed: {e.reason}"})
+
+    # ------------------------------------------------------------------ control commands
+    async def up(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req["conn"])
+        cfg = self.engine.config(name)
+        if not cfg.mediated_by:
+            return await self.control._up(req, time.monotonic())
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiters.append((name, fut))
+        try:
+            self.mediation.connect(name, time.monotonic())
+            self.transport.flush()
+            return await asyncio.wait_for(fut, float(req.get("timeout", 60)))
+        except TimeoutError:
+            return {"ok": False, "error": f"'{name}' not established after {req.get('timeout', 60)} s"}
+        finally:
+            self.waiters.remove((name, fut))
+
+    async def status(self, req: dict[str, Any]) -> dict[str, Any]:
+        st = self.mediation.status()
+        return {"ok": True, "status": _jsonable(dataclasses.asdict(st))}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, int | float | str | bool) or v is None:
+        return v
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mediation-client", description="IKEv2 mediation client")
+    ap.add_argument("-c", "--config", required=True)
+    ap.add_argument("--log-level", default=None)
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+        client = tomllib.loads(Path(args.config).read_text()).get("client", {})
+        setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
+        daemon = ClientDaemon(cfg, client)
+    except (LocalError, OSError, ValueError) as e:
+        print(f"mediation-client: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(daemon.run())
+    finally:
+        if daemon.db is not None:
+            daemon.db.reset()
+    return 0

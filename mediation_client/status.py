@@ -1,0 +1,91 @@
+"""The client manager's database as the client daemon sees it: configuration in, status out.
+
+In (like strongSwan's medcli plugin): the own RSA key pair, the mediation server (address, port, key)
+and every active connection (peer key, subnets) become a mediation connection `medsrv` and one
+mediated connection per alias, all authenticated with raw public keys under their ID_KEY_IDs.
+Out: each connection's status (1 DOWN, 2 CONNECTING, 3 UP), when it changed and the last error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from core_ike.daemon.config import DaemonConfig
+from core_ike.ike import events as ev
+from core_ike.ike.config import AuthConfig, ChildConfig, IkeConfig
+from core_ike.ike.creds import load_private_key, load_public_key
+from core_ike.ike.identity import Identity
+from core_ike.me import events as mev
+from med_db import data
+from med_db.engine import make_engine, make_session_factory
+from med_db.models import STATUS_CONNECTING, STATUS_DOWN, STATUS_UP
+
+log = logging.getLogger("mediation_client.db")
+
+MEDIATION_NAME = "medsrv"
+
+
+class DbStatus:
+    def __init__(self, sessions: sessionmaker[Session], ids: dict[str, int]) -> None:
+        self.sessions = sessions
+        self.ids = ids  # connection alias -> row id
+
+    def reset(self) -> None:
+        with self.sessions.begin() as s:
+            data.reset_connection_status(s)
+
+    def set(self, alias: str, status: int, error: str | None = None) -> None:
+        cid = self.ids.get(alias)
+        if cid is None:
+            return
+        try:
+            with self.sessions.begin() as s:
+                data.set_connection_status(s, cid, status, error)
+        except Exception as e:  # noqa: BLE001 - status is informative; never take the daemon down
+            log.warning("cannot write status of '%s': %s", alias, e)
+
+    def on_event(self, e: object) -> None:
+        if isinstance(e, mev.MediatedConnecting):
+            self.set(e.name, STATUS_CONNECTING)
+        elif isinstance(e, ev.ChildSaEstablished) and e.ike_name in self.ids:
+            self.set(e.ike_name, STATUS_UP)
+        elif isinstance(e, mev.MediationFailed):
+            self.set(e.name, STATUS_DOWN, e.reason)
+        elif isinstance(e, ev.IkeSaDeleted) and e.name in self.ids:
+            self.set(e.name, STATUS_DOWN, e.reason)
+
+
+def load_db_connections(url: str, cfg: DaemonConfig) -> DbStatus:
+    """Add the database's mediation and mediated connections and keys to `cfg`."""
+    sessions = make_session_factory(make_engine(url))
+    ids: dict[str, int] = {}
+    with sessions() as s:
+        me = data.get_client_config(s)
+        server = data.get_server_config(s)
+        conns = [c for c in data.list_connections(s) if c.active]
+        if me is None or server is None:
+            log.warning("client database %s has no key pair or no mediation server yet", url)
+            return DbStatus(sessions, ids)
+        my_id = Identity.key_id(me.keyid)
+        server_id = Identity.key_id(server.keyid)
+        cfg.creds.private_keys.append(load_private_key(me.private_key))
+        cfg.creds.add_public_key(load_public_key(server.public_key))
+        cfg.connections.append(IkeConfig(
+            MEDIATION_NAME, remote_addrs=[server.address], remote_port=server.port,
+            proposals="aes128gcm16-prfsha256-x25519,aes256-sha256-modp2048",
+            local=AuthConfig("pubkey", my_id), remote=AuthConfig("pubkey", server_id),
+            mediation=True, dpd_delay=60.0))
+        for c in conns:
+            peer = Identity.key_id(c.keyid)
+            cfg.creds.add_public_key(load_public_key(c.public_key))
+            child = ChildConfig(c.alias, local_ts=[c.local_subnet or "dynamic"],
+                                remote_ts=[c.remote_subnet or "dynamic"], start_action="start")
+            cfg.connections.append(IkeConfig(
+                c.alias, remote_addrs=["%any"], local=AuthConfig("pubkey", my_id),
+                remote=AuthConfig("pubkey", peer), children=[child], mediated_by=MEDIATION_NAME,
+                mediation_peer=peer))
+            ids[c.alias] = c.id
+    log.info("loaded %d active connection(s) from the client database", len(ids))
+    return DbStatus(sessions, ids)

@@ -1,0 +1,113 @@
+"""`python -m mediation_server -c server.toml`: the mediation server daemon.
+
+The iked runtime plus the MediationServer engine extension, peers from med_db (RSA/EC keys under
+their ID_KEY_ID, registered in the portal) and PSK pseudonyms from the config file. Extra config:
+
+```toml
+[mediation]
+database = "sqlite:////var/lib/ikeme/med_db.sqlite"   # optional: portal peers + persistent callbacks
+policy = "all"              # all | same-owner | allow-list | grants (the portal's mediation_grant table)
+allow = [["alice@med", "bob@med"]]                    # for allow-list
+callback_ttl = "10m"
+connect_rate = 5            # ME_CONNECT requests per second per peer
+connect_burst = 10
+max_endpoints = 16          # ME_ENDPOINTs accepted per ME_CONNECT
+max_pending_callbacks = 16  # callback registrations per requester
+```
+
+and a mediation connection (`mediation = true`, remote id `%any`, no children).
+`ikectl -s <control> status` lists the online peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from core_ike.daemon.config import DaemonConfig, duration, load
+from core_ike.daemon.main import Daemon, setup_logging
+from core_ike.errors import LocalError
+
+from .registry import Authorizer, Policy, Registry, RegistryConfig
+from .relay import MediationServer
+
+
+def _registry(med: dict[str, Any], cfg: DaemonConfig) -> Registry:
+    rc = RegistryConfig(
+        callback_ttl=duration(med.get("callback_ttl", 600)),
+        connect_rate=float(med.get("connect_rate", 5.0)),
+        connect_burst=int(med.get("connect_burst", 10)),
+        max_endpoints=int(med.get("max_endpoints", 16)),
+        max_pending_callbacks=int(med.get("max_pending_callbacks", 16)),
+    )
+    policy = str(med.get("policy", "all"))
+    store = None
+    portal = None
+    if med.get("database"):
+        from med_db.engine import make_engine, make_session_factory
+
+        from .db import DbCallbackStore, PortalPeers
+
+        sessions = make_session_factory(make_engine(str(med["database"])))
+        portal = PortalPeers(sessions)
+        cfg.creds.resolver = portal.public_key
+        store = DbCallbackStore(sessions)
+    if policy == "all":
+        auth = Authorizer(Policy.ALL)
+    elif policy == "same-owner":
+        if portal is None:
+            raise LocalError("policy 'same-owner' needs [mediation] database")
+        auth = Authorizer(Policy.SAME_OWNER, owner_of=portal.owner_of)
+    elif policy == "allow-list":
+        auth = Authorizer(Policy.ALLOW_LIST, allowed=[(a, b) for a, b in med.get("allow", [])])
+    elif policy == "grants":
+        if portal is None:
+            raise LocalError("policy 'grants' needs [mediation] database")
+        auth = Authorizer(Policy.ALLOW_LIST, allowed_fn=portal.granted,
+                          allowed=[(a, b) for a, b in med.get("allow", [])])
+    else:
+        raise LocalError(f"unknown mediation policy {policy!r} (all, same-owner, allow-list, grants)")
+    return Registry(rc, store=store, authorizer=auth)
+
+
+class ServerDaemon(Daemon):
+    def __init__(self, cfg: DaemonConfig, med: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        registry = _registry(med, cfg)
+        # the registry keeps wall-clock times so persisted callback expiries survive a restart
+        offset = time.time() - time.monotonic()
+        self.mediation = MediationServer(self.engine, registry, clock=lambda now: now + offset)
+        self.control.extra["status"] = self.status
+
+    async def status(self, req: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        peers = [{"identity": p.identity, "endpoint": f"{p.endpoint[0]}[{p.endpoint[1]}]" if p.endpoint else "",
+                  "since": round(now - p.since), "idle": round(now - p.last_activity), "ike": p.unique_id}
+                 for p in self.mediation.status()]
+        waiting = [{"requester": r.requester, "target": r.target, "expires_in": round(r.expires - now)}
+                   for r in self.mediation.registry.registrations()]
+        return {"ok": True, "peers": peers, "callbacks": waiting}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mediation-server", description="IKEv2 mediation server")
+    ap.add_argument("-c", "--config", required=True)
+    ap.add_argument("--log-level", default=None)
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+        med = tomllib.loads(Path(args.config).read_text()).get("mediation", {})
+        if cfg.settings.dataplane == "auto":
+            cfg.settings.dataplane = "none"  # the server carries no CHILD_SAs
+        setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
+        daemon = ServerDaemon(cfg, med)
+    except (LocalError, OSError, ValueError) as e:
+        print(f"mediation-server: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(daemon.run())
+    return 0

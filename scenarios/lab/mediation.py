@@ -1,0 +1,117 @@
+"""Our mediation server and clients on a `nat_lab`: configs, start, and the checks every scenario makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scenarios.lab.iked import Iked
+from scenarios.lab.netns import Lab
+from scenarios.lab.topologies import CAROL
+
+PSK = {"alice": "alice-medsrv-secret-0123456789", "bob": "bob-medsrv-secret-0123456789",
+       "venus": "venus-medsrv-secret-0123456789"}
+P2P_PSK = "peer-to-peer-secret-0123456789"
+LAN = {"alice": "10.1.0.2", "bob": "10.2.0.2", "venus": "10.1.0.3"}
+
+
+def server_toml(peers: list[str], policy: str = "all", extra: str = "") -> str:
+    secrets = "".join(f'[[secrets.ike]]\nid = ["carol@med", "{p}@med"]\nsecret = "{PSK[p]}"\n' for p in peers)
+    return f"""[daemon]
+listen = ["{CAROL}"]
+control = "@CTL@"
+dataplane = "none"
+
+[mediation]
+policy = "{policy}"
+{extra}
+{secrets}
+[connections.medsrv]
+local_addrs = ["{CAROL}"]
+mediation = true
+local = {{ auth = "psk", id = "carol@med" }}
+remote = {{ auth = "psk", id = "%any" }}
+"""
+
+
+def client_toml(me: str, peers: list[str], ts: dict[str, str] | None = None, start: bool = False,
+                client: str = "") -> str:
+    ts = ts or LAN
+    out = [f"""[daemon]
+listen = ["{LAN[me]}"]
+control = "@CTL@"
+dataplane = "userspace"
+
+[client]
+{client}
+[[secrets.ike]]
+id = ["{me}@med", "carol@med"]
+secret = "{PSK[me]}"
+
+[[secrets.ike]]
+secret = "{P2P_PSK}"
+
+[connections.medsrv]
+remote_addrs = ["{CAROL}"]
+mediation = true
+local = {{ auth = "psk", id = "{me}@med" }}
+remote = {{ auth = "psk", id = "carol@med" }}
+"""]
+    for p in peers:
+        out.append(f"""[connections.{p}]
+remote_addrs = ["%any"]
+mediated_by = "medsrv"
+mediation_peer = "{p}@med"
+local = {{ auth = "psk", id = "{me}@p2p" }}
+remote = {{ auth = "psk", id = "{p}@p2p" }}
+[connections.{p}.children.net]
+local_ts = ["{ts[me]}/32"]
+remote_ts = ["{ts[p]}/32"]
+start_action = "{'start' if start else 'none'}"
+""")
+    return "\n".join(out)
+
+
+@dataclass
+class OurMediation:
+    """carol = our mediation server; alice, bob (, venus) = our mediation clients."""
+
+    lab: Lab
+    peers: list[str] = field(default_factory=lambda: ["alice", "bob"])
+    server: Iked | None = None
+    clients: dict[str, Iked] = field(default_factory=dict)
+
+    def start_server(self, policy: str = "all", extra: str = "") -> Iked:
+        self.server = Iked(self.lab, "carol", server_toml(self.peers, policy, extra), name="medsrv",
+                           module="mediation_server").start()
+        return self.server
+
+    def start_client(self, me: str, ts: dict[str, str] | None = None, start: bool = False,
+                     client: str = "") -> Iked:
+        others = [p for p in self.peers if p != me]
+        c = Iked(self.lab, me, client_toml(me, others, ts, start, client), name="medcli",
+                 module="mediation_client").start()
+        self.clients[me] = c
+        return c
+
+    def wait_registered(self, *peers: str, timeout: float = 10.0) -> list[dict]:  # type: ignore[type-arg]
+        assert self.server is not None
+        from scenarios.lab.netns import wait_for
+
+        want = {f"{p}@med" for p in peers}
+        found: list[list[dict]] = []  # type: ignore[type-arg]
+
+        def ok() -> bool:
+            st = self.server.status()["peers"]  # type: ignore[union-attr]
+            if want <= {p["identity"] for p in st}:
+                found.append(st)
+                return True
+            return False
+
+        wait_for(ok, timeout, interval=0.02, what=f"{sorted(want)} registered at the mediation server")
+        return found[0]
+
+    def stop(self) -> None:
+        for c in self.clients.values():
+            c.stop()
+        if self.server is not None:
+            self.server.stop()
