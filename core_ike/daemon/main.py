@@ -8,6 +8,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from typing import Any
 
 from ..ike.engine import Engine, EngineConfig
@@ -34,9 +35,15 @@ def make_dataplane(kind: str, tun: str, transport: UdpTransport, natt_port: int)
         return None
     from ..io.xfrm import choose_backend
 
+    sources: dict[str, tuple[float, str]] = {}  # peer -> (looked up at, local source): no lookup per packet
+
     def send_udp(data: bytes, remote: tuple[str, int]) -> None:
         # ESP-in-UDP leaves from the NAT-T socket of the address that routes to the peer
-        transport.send(data, (route_source(remote[0]), natt_port), remote)
+        now = time.monotonic()
+        hit = sources.get(remote[0])
+        if hit is None or now - hit[0] > 1.0:
+            hit = sources[remote[0]] = (now, route_source(remote[0]))
+        transport.send(data, (hit[1], natt_port), remote)
 
     return choose_backend(kind, send_udp, tun_name=tun)
 
@@ -109,6 +116,11 @@ class Daemon:
             if hasattr(self.dp, "start"):
                 self.dp.start(loop)
             self.glue = DataPlaneGlue(self.dp)
+            from ..io.userspace import grow_rcvbuf
+
+            for addr in self.transport.addresses:  # ESP-in-UDP arrives on the NAT-T sockets
+                if (s := self.transport.socket_for((addr, self.cfg.settings.natt_port))) is not None:
+                    grow_rcvbuf(s)
             self.transport.esp_sink = self.dp
         await self.server.start()
         for sig in (signal.SIGINT, signal.SIGTERM):

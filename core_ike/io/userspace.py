@@ -496,6 +496,7 @@ class UserspaceDataPlane:
             return
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_ESP)
         s.setblocking(False)
+        grow_rcvbuf(s)
         self._raw = s
         self._loop.add_reader(s.fileno(), self._on_raw_readable)
 
@@ -612,6 +613,19 @@ class UserspaceDataPlane:
             "drop_send_error": self.drop_send_error,
             "keepalives_sent": self.keepalives_sent,
         }
+
+
+def grow_rcvbuf(s: socket.socket, size: int = 4 << 20) -> None:
+    """Enlarge an ESP receive socket's buffer: with the default (~200 KB) a TCP burst through the
+    tunnel overflows it while the event loop is busy sealing, and every overflow is a TCP loss."""
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if opt is None:
+            continue
+        try:
+            s.setsockopt(socket.SOL_SOCKET, opt, size)
+            return
+        except OSError:
+            continue
 
 
 def _with_iproute(fn: Callable[[Any], _T]) -> _T:
