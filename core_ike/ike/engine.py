@@ -187,7 +187,11 @@ class Engine:
                 raise ProtocolError(f"connection {cfg.name!r} has no remote address to initiate to")
             remote = (host, cfg.remote_port)
         if local is None:
-            local = (self._source_for(cfg, remote[0]), cfg.local_port if not cfg.encap else self.natt_port)
+            # RFC 3948 / RFC 7296 2.23: IKE_SA_INIT goes 500 -> 500 even with forced encapsulation
+            # (the SA floats afterwards); a peer on a non-500 port is reached from the NAT-T socket,
+            # with the non-ESP marker
+            port = cfg.local_port if remote[1] == self.ike_port else self.natt_port
+            local = (self._source_for(cfg, remote[0]), port)
         sa = IkeSa(self, cfg, True, next(self._ike_ids), local, remote, self.now)
         while sa.spi_i in self.sas:
             sa.spi_i = os.urandom(8)

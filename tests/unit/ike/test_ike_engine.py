@@ -215,3 +215,16 @@ def test_ts_unacceptable_keeps_ike_sa() -> None:
     assert sa.state is IkeState.ESTABLISHED
     (f,) = p.of("a", ev.ChildSaFailed)
     assert "TS_UNACCEPTABLE" in f.reason
+
+
+def test_forced_encapsulation_starts_on_500_then_floats() -> None:
+    p = make_pair(a_conf={"encap": True})
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    first = p.a.datagrams_to_send()  # nothing pending
+    assert first == []
+    assert p.wire[0][1][:4] != b"\x00\x00\x00\x00"  # IKE_SA_INIT without marker, i.e. on port 500
+    assert sa.local[1] == 4500 and sa.remote[1] == 4500
+    (ca,) = p.of("a", ev.ChildSaEstablished)
+    (cb,) = p.of("b", ev.ChildSaEstablished)
+    assert ca.encap and cb.encap
