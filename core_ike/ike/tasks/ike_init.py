@@ -67,7 +67,10 @@ def first_group(proposals: list[Proposal]) -> int:
 
 def _add_common(sa: IkeSa, msg: Message, src: tuple[str, int], dst: tuple[str, int]) -> None:
     spi_r = msg.spi_r
-    msg.payloads.append(NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, natd_hash(sa.spi_i, spi_r, src)))
+    # forced encapsulation: a source hash that matches nothing makes the peer see a NAT and
+    # encapsulate ESP as well (what strongSwan's encap = yes does)
+    natd_src = os.urandom(20) if sa.config.encap else natd_hash(sa.spi_i, spi_r, src)
+    msg.payloads.append(NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, natd_src))
     msg.payloads.append(NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP,
                                       natd_hash(sa.spi_i, spi_r, dst)))
     if sa.config.fragmentation:

@@ -228,3 +228,5 @@ def test_forced_encapsulation_starts_on_500_then_floats() -> None:
     (ca,) = p.of("a", ev.ChildSaEstablished)
     (cb,) = p.of("b", ev.ChildSaEstablished)
     assert ca.encap and cb.encap
+    # the responder was made to see a NAT in front of the initiator (fake NAT-D source hash)
+    assert p.b.ike_sas()[0].nat_there and not sa.nat_there
