@@ -20,19 +20,14 @@ reconnect = 5            # seconds before re-establishing a lost mediation conne
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import logging
-import sys
 import time
-import tomllib
-from pathlib import Path
 from typing import Any
 
-from core_ike.daemon.config import DaemonConfig, duration, load
-from core_ike.daemon.main import Daemon, setup_logging
-from core_ike.errors import LocalError
+from core_ike.daemon.config import DaemonConfig, duration
+from core_ike.daemon.main import Daemon, run_main
 from core_ike.ike import events as ev
 from core_ike.me import events as mev
 from core_ike.me.checklist import CheckListConfig
@@ -123,6 +118,10 @@ class ClientDaemon(Daemon):
             elif isinstance(e, mev.MediationFailed) and e.name == name:
                 fut.set_result({"ok": False, "error": f"'{name}' failed: {e.reason}"})
 
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.reset()  # every connection is DOWN when the daemon is not running
+
     # ------------------------------------------------------------------ control commands
     async def up(self, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req["conn"])
@@ -158,21 +157,5 @@ def _jsonable(v: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mediation-client", description="IKEv2 mediation client")
-    ap.add_argument("-c", "--config", required=True)
-    ap.add_argument("--log-level", default=None)
-    args = ap.parse_args(argv)
-    try:
-        cfg = load(args.config)
-        client = tomllib.loads(Path(args.config).read_text()).get("client", {})
-        setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
-        daemon = ClientDaemon(cfg, client)
-    except (LocalError, OSError, ValueError) as e:
-        print(f"mediation-client: {e}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(daemon.run())
-    finally:
-        if daemon.db is not None:
-            daemon.db.reset()
-    return 0
+    return run_main("mediation-client", "IKEv2 mediation client", argv,
+                    lambda cfg, raw: ClientDaemon(cfg, raw.get("client", {})))

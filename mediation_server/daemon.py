@@ -21,16 +21,11 @@ and a mediation connection (`mediation = true`, remote id `%any`, no children).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
 import time
-import tomllib
-from pathlib import Path
 from typing import Any
 
-from core_ike.daemon.config import DaemonConfig, duration, load
-from core_ike.daemon.main import Daemon, setup_logging
+from core_ike.daemon.config import DaemonConfig, duration
+from core_ike.daemon.main import Daemon, run_main
 from core_ike.errors import LocalError
 
 from .registry import Authorizer, Policy, Registry, RegistryConfig
@@ -94,20 +89,11 @@ class ServerDaemon(Daemon):
         return {"ok": True, "peers": peers, "callbacks": waiting}
 
 
+def _build(cfg: DaemonConfig, raw: dict[str, Any]) -> Daemon:
+    if cfg.settings.dataplane == "auto":
+        cfg.settings.dataplane = "none"  # the server carries no CHILD_SAs
+    return ServerDaemon(cfg, raw.get("mediation", {}))
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mediation-server", description="IKEv2 mediation server")
-    ap.add_argument("-c", "--config", required=True)
-    ap.add_argument("--log-level", default=None)
-    args = ap.parse_args(argv)
-    try:
-        cfg = load(args.config)
-        med = tomllib.loads(Path(args.config).read_text()).get("mediation", {})
-        if cfg.settings.dataplane == "auto":
-            cfg.settings.dataplane = "none"  # the server carries no CHILD_SAs
-        setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
-        daemon = ServerDaemon(cfg, med)
-    except (LocalError, OSError, ValueError) as e:
-        print(f"mediation-server: {e}", file=sys.stderr)
-        return 2
-    asyncio.run(daemon.run())
-    return 0
+    return run_main("mediation-server", "IKEv2 mediation server", argv, _build)

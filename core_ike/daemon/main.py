@@ -9,8 +9,12 @@ import logging
 import signal
 import sys
 import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ..errors import LocalError
 from ..ike.engine import Engine, EngineConfig
 from ..io.transport import UdpTransport, local_addresses, route_source
 from .config import DaemonConfig, load
@@ -100,6 +104,10 @@ class Daemon:
         for fn in self.listeners:
             fn(e)
 
+    def close(self) -> None:
+        """After the event loop ended (also on errors): release what outlives it."""
+        return None
+
     def autostart(self, now: float) -> None:
         """Bring up every CHILD_SA with start_action = start (swanctl semantics)."""
         for c in self.cfg.connections:
@@ -136,19 +144,33 @@ class Daemon:
         self.transport.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="iked", description="IKEv2 daemon (strongSwan compatible)")
+def run_main(prog: str, description: str, argv: list[str] | None,
+             build: Callable[[DaemonConfig, dict[str, Any]], Daemon]) -> int:
+    """Shared entry point of iked and the mediation daemons: `-c config.toml [--log-level L]`.
+
+    `build(cfg, raw_toml)` makes the daemon; configuration errors end with exit code 2 and one line.
+    """
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("-c", "--config", required=True, help="TOML configuration file")
     ap.add_argument("--log-level", default=None)
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
-    except Exception as e:  # noqa: BLE001
-        print(f"iked: {e}", file=sys.stderr)
+        raw = tomllib.loads(Path(args.config).read_text())
+        setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
+        daemon = build(cfg, raw)
+    except (LocalError, OSError, ValueError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
-    asyncio.run(Daemon(cfg).run())
+    try:
+        asyncio.run(daemon.run())
+    finally:
+        daemon.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("iked", "IKEv2 daemon (strongSwan compatible)", argv, lambda cfg, raw: Daemon(cfg))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+from core_ike.daemon.ctl import call
 from scenarios.lab.netns import Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,18 +64,7 @@ class Iked:
         return True
 
     def ctl(self, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(self.ctl_path)
-            s.sendall(json.dumps(req).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        reply: dict[str, Any] = json.loads(buf)
-        return reply
+        return call(self.ctl_path, req, timeout)
 
     def up(self, conn: str, child: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
         r = self.ctl({"cmd": "up", "conn": conn, "child": child, "timeout": timeout}, timeout=timeout + 5)
