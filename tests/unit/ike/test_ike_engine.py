@@ -22,6 +22,8 @@ def _up(p, name="home"):  # type: ignore[no-untyped-def]
     ("aes256-sha256-modp2048", "aes256-sha256"),
     ("aes128-sha1-ecp256", "aes128-sha1"),
     ("aes256gcm16-prfsha384-ecp384", "aes256gcm16-ecp384"),
+    ("aes192-sha512-modp3072", "aes192-sha512"),
+    ("aes256-sha384-ecp521", "aes256-sha384-modp3072"),
 ])
 @pytest.mark.parametrize("auth", ["psk", "pubkey"])
 def test_establish_ike_and_child(proposals: str, esp: str, auth: str) -> None:
@@ -230,3 +232,69 @@ def test_forced_encapsulation_starts_on_500_then_floats() -> None:
     assert ca.encap and cb.encap
     # the responder was made to see a NAT in front of the initiator (fake NAT-D source hash)
     assert p.b.ike_sas()[0].nat_there and not sa.nat_there
+
+
+def _ca_and_cert(name: str, ca_key, ca_name, ee_key):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
+            .public_key(ee_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+
+
+def test_x509_certificates_with_fragmentation() -> None:
+    """IKE_AUTH with X.509 end-entity certificates issued by a trusted CA (RFC 7296 3.6, 3.7), sent in
+    fragments (RFC 7383) because a certificate-sized message exceeds the fragment size."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from core_ike.ike.config import AuthConfig
+    from core_ike.ike.identity import Identity
+
+    ca_key = rsa.generate_private_key(65537, 2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+    ca = _ca_and_cert("Test CA", ca_key, ca_name, ca_key)
+    p = make_pair(auth="pubkey", a_conf={"fragment_size": 600}, b_conf={"fragment_size": 600})
+    for eng, me, peer in ((p.a, "alice@test", "bob@test"), (p.b, "bob@test", "alice@test")):
+        key = eng.creds.private_keys[0]
+        cert = _ca_and_cert(me, ca_key, ca_name, key)
+        eng.creds.raw_keys.clear()  # trust only the CA now
+        eng.creds.cas.append(ca)
+        cfg = eng.configs[0]
+        cfg.local = AuthConfig("pubkey", Identity.parse(me), certs=[cert])
+        cfg.remote = AuthConfig("pubkey", Identity.parse(peer))
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED, p.of("a", ev.IkeSaFailed)
+    assert str(sa.peer_id) == "bob@test"
+    assert max(len(d) for _, d in p.wire) <= 600 + 4
+    assert sum(1 for s, d in p.wire if s == "a->b") > 3  # IKE_AUTH went in several fragments
+
+
+def test_untrusted_certificate_rejected() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from core_ike.ike.config import AuthConfig
+    from core_ike.ike.identity import Identity
+
+    rogue_key = rsa.generate_private_key(65537, 2048)
+    rogue = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rogue CA")])
+    p = make_pair(auth="pubkey")
+    key = p.a.creds.private_keys[0]
+    p.a.configs[0].local = AuthConfig("pubkey", Identity.parse("alice@test"),
+                                      certs=[_ca_and_cert("alice@test", rogue_key, rogue, key)])
+    p.b.configs[0].remote = AuthConfig("pubkey", Identity.parse("alice@test"))
+    p.b.creds.raw_keys.clear()
+    _up(p)
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert "no trusted issuer" in fb.reason
