@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from ..constants import IKE_PORT, NATT_PORT
@@ -101,19 +102,36 @@ def remote_host(cfg: IkeConfig) -> str | None:
     return None
 
 
-def addr_matches(patterns: list[str], addr: str) -> bool:
-    """swanctl local_addrs/remote_addrs matching: %any, an address, or a subnet."""
-    ip = ipaddress.ip_address(addr)
+_ANY = {"%any": 0, "%any4": 4, "%any6": 6, "0.0.0.0/0": 4, "::/0": 6}
+
+
+@lru_cache(maxsize=1024)
+def _patterns(patterns: tuple[str, ...]) -> tuple[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network | None], ...]:
+    """Parsed once: (version wildcard, network) per pattern; unparsable patterns are skipped."""
+    out: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network | None]] = []
     for p in patterns:
-        if p in ("%any", "%any4", "%any6", "0.0.0.0/0", "::/0"):
-            if p == "%any4" and ip.version != 4:
-                continue
-            if p == "%any6" and ip.version != 6:
-                continue
-            return True
+        if p in _ANY:
+            out.append((_ANY[p], None))
+            continue
         try:
-            if ip in ipaddress.ip_network(p, strict=False):
-                return True
+            out.append((-1, ipaddress.ip_network(p, strict=False)))
         except ValueError:
             continue
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(addr)
+
+
+def addr_matches(patterns: list[str], addr: str) -> bool:
+    """swanctl local_addrs/remote_addrs matching: %any, an address, or a subnet (parsed once)."""
+    ip = _ip(addr)
+    for version, net in _patterns(tuple(patterns)):
+        if net is None:
+            if version in (0, ip.version):
+                return True
+        elif ip.version == net.version and ip in net:
+            return True
     return False

@@ -206,7 +206,8 @@ class IkeSa:
         packets = self._encode(msg)
         if exchange == ExchangeType.IKE_SA_INIT:
             self.init_request = packets[0]
-        log.info("generating %s request %d %s", name_of(ExchangeType, exchange), mid, msg.summary())
+        if log.isEnabledFor(logging.INFO):
+            log.info("generating %s request %d %s", name_of(ExchangeType, exchange), mid, msg.summary())
         self.outstanding = Outstanding(mid, exchange, tasks, packets, 0,
                                        now + self.config.retransmit.delay(0))
         self._send(packets, now)
@@ -233,8 +234,9 @@ class IkeSa:
             return
         self.last_in = now
         self.dpd_pending = False
-        log.info("parsed %s %s %d %s", name_of(ExchangeType, full.exchange),
-                 "response" if full.is_response else "request", full.message_id, full.summary())
+        if log.isEnabledFor(logging.INFO):
+            log.info("parsed %s %s %d %s", name_of(ExchangeType, full.exchange),
+                     "response" if full.is_response else "request", full.message_id, full.summary())
         if full.is_response:
             self._process_response(full, now)
         else:
@@ -315,8 +317,9 @@ class IkeSa:
         self.after_response(now)
 
     def _send_response(self, resp: Message, now: float) -> None:
-        log.info("generating %s response %d %s", name_of(ExchangeType, resp.exchange),
-                 resp.message_id, resp.summary())
+        if log.isEnabledFor(logging.INFO):
+            log.info("generating %s response %d %s", name_of(ExchangeType, resp.exchange),
+                     resp.message_id, resp.summary())
         packets = self._encode(resp)
         if resp.exchange == ExchangeType.IKE_SA_INIT:
             self.init_response = packets[0]

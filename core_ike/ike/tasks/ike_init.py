@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import struct
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ...codec.message import Message
@@ -39,9 +40,14 @@ MAX_KE_ROUNDS = 2
 OUR_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512, HashAlgorithm.IDENTITY)
 
 
+@lru_cache(maxsize=4096)
+def _packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
+
+
 def natd_hash(spi_i: bytes, spi_r: bytes, addr: tuple[str, int]) -> bytes:
     """RFC 7296 2.23: SHA1(SPIi | SPIr | IP | Port)."""
-    ip = ipaddress.ip_address(addr[0]).packed
+    ip = _packed(addr[0])
     return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", addr[1])).digest()
 
 
@@ -192,7 +198,7 @@ class IkeInit(Task):
         if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
             raise ProtocolError("IKE_SA_INIT request lacks SA, KE or Nonce", NotifyType.INVALID_SYNTAX)
         ours = sa.engine.ike_proposals_for(sa)
-        chosen = select_proposal(ours, sa_pl.proposals)
+        chosen = select_proposal(ours, sa_pl.proposals, ke.group)
         if chosen is None:
             log.info("received proposals: %s", ", ".join(describe(p) for p in sa_pl.proposals))
             log.info("configured proposals: %s", ", ".join(describe(p) for p in ours))
