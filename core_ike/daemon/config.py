@@ -57,7 +57,10 @@ class DaemonSettings:
     tun: str = "ipsec0"
     log_level: str = "info"
     log_file: str | None = None
-    cookie_threshold: int = 30
+    cookie_threshold: int = 30  # half-open IKE_SAs before COOKIEs are demanded (RFC 7296 2.6)
+    cookie_threshold_ip: int = 3  # ... from one address
+    half_open_timeout: float = 30.0
+    max_half_open: int = 10000
     force_cookies: bool = False
 
 

@@ -60,7 +60,9 @@ class Daemon:
         st = cfg.settings
         self.engine = Engine(cfg.connections, cfg.creds,
                              EngineConfig(ike_port=st.port, natt_port=st.natt_port,
-                                          cookie_threshold=st.cookie_threshold, force_cookies=st.force_cookies),
+                                          cookie_threshold=st.cookie_threshold,
+                                          cookie_threshold_ip=st.cookie_threshold_ip, force_cookies=st.force_cookies,
+                                          half_open_timeout=st.half_open_timeout, max_half_open=st.max_half_open),
                              route_source=route_source)
         self.engine.extensions.extend(extensions or [])
         self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
