@@ -179,16 +179,17 @@ def select_proposal(configured: list[Proposal], offered: list[Proposal],
     """RFC 7296 2.7: the first of the peer's proposals acceptable to one of ours, reduced to one
     transform per type, keeping the peer's proposal number and SPI; None = NO_PROPOSAL_CHOSEN.
 
-    `ke_group` (IKE_SA_INIT / CREATE_CHILD_SA responder): prefer that DH group when acceptable.
+    `ke_group` (IKE_SA_INIT / CREATE_CHILD_SA responder): prefer that DH group when acceptable, in
+    any acceptable proposal pair (charon's default offer lists AES-CBC proposals with every group first
+    and its KE is x25519: without this we would answer INVALID_KE_PAYLOAD for MODP_2048).
     """
-    for theirs in offered:
-        for ours in configured:
-            if ours.protocol != theirs.protocol:
-                continue
-            got = _match(ours, theirs, ke_group)
-            if got is not None:
+    matches = [got for theirs in offered for ours in configured if ours.protocol == theirs.protocol
+               and (got := _match(ours, theirs, ke_group)) is not None]
+    if ke_group is not None:
+        for got in matches:
+            if any(t.id == ke_group for t in got.of_type(TransformType.DH)):
                 return got
-    return None
+    return matches[0] if matches else None
 
 
 # --- names ---------------------------------------------------------------------------------------

@@ -102,6 +102,10 @@ SELECT_CASES = [
      "AES_CBC_128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"),
     ("aes128-sha256-modp2048", "aes128-sha256-x25519-modp2048", ProtocolId.IKE, DhId.CURVE25519,
      "AES_CBC_128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"),
+    # ... also in a later proposal pair: charon's default offer (CBC proposal with every group first, KE x25519)
+    ("aes128gcm16-prfsha256-x25519,aes256-sha256-modp2048",
+     "aes128-aes256-sha256-x25519-modp2048,aes128gcm16-prfsha256-x25519", ProtocolId.IKE, DhId.CURVE25519,
+     "AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519"),
     # no common DH group / key length / PRF
     ("aes128-sha256-modp2048", "aes128-sha256-x25519", ProtocolId.IKE, None, None),
     ("aes128-sha256-modp2048", "aes256-sha256-modp2048", ProtocolId.IKE, None, None),
