@@ -255,3 +255,30 @@ def test_cookie_round_when_loaded(env: Env) -> None:
     finally:
         loaded.stop()
         env.iked.start()
+
+
+JUNK = r'''
+import os, socket, struct
+s500 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s4500 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+hdr = os.urandom(8) + bytes(8) + bytes([33, 0x20, 34, 0x08]) + bytes(4)
+cases = [b"", b"\x01", os.urandom(27), hdr + struct.pack("!I", 28), hdr + struct.pack("!I", 500),
+         hdr + struct.pack("!I", 60) + os.urandom(32), os.urandom(1400), os.urandom(9000)]
+for c in cases:
+    s500.sendto(c, ("192.0.2.1", 500))
+    s4500.sendto(b"\x00\x00\x00\x00" + c, ("192.0.2.1", 4500))
+    s4500.sendto(os.urandom(4) + c, ("192.0.2.1", 4500))   # looks like ESP with an unknown SPI
+print(len(cases))
+'''
+
+
+def test_daemon_survives_garbage(env: Env) -> None:
+    """Malformed datagrams on 500 and 4500 are dropped with a log line; the daemon keeps serving."""
+    _clean(env)
+    before = env.iked.log_text().count("dropping")
+    out = env.lab.run("bob", ["python3", "-c", JUNK])
+    assert out.stdout.strip() == "8"
+    wait_for(lambda: env.iked.log_text().count("dropping") >= before + 6, 5, what="drop log lines")
+    assert env.iked.proc.poll() is None
+    env.iked.up("psk-gcm", "net")
+    _check_agree(env, "psk-gcm", "gcm")

@@ -298,3 +298,17 @@ def test_untrusted_certificate_rejected() -> None:
     _up(p)
     (fb,) = p.of("b", ev.IkeSaFailed)
     assert "no trusted issuer" in fb.reason
+
+
+def test_virtual_ip_via_configuration_payload() -> None:
+    """RFC 7296 2.19: the initiator asks for an address (CFG_REQUEST), the responder assigns one
+    from its pool and the CHILD_SA's local selector becomes that address."""
+    p = make_pair(a_conf={"vips": ["0.0.0.0"]}, b_conf={"pools": ["10.99.0.0/30"]})
+    p.a.configs[0].children[0].local_ts = ["dynamic"]
+    p.b.configs[0].children[0].remote_ts = ["dynamic"]
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    assert str(sa.extension_data["vip"]) == "10.99.0.1"
+    (ca,) = p.of("a", ev.ChildSaEstablished)
+    (cb,) = p.of("b", ev.ChildSaEstablished)
+    assert ca.local_ts == ("10.99.0.1/32",) and cb.remote_ts == ("10.99.0.1/32",)
