@@ -31,6 +31,9 @@ class DbStatus:
     def __init__(self, sessions: sessionmaker[Session], ids: dict[str, int]) -> None:
         self.sessions = sessions
         self.ids = ids  # connection alias -> row id
+        # IKE_SAs carrying a CHILD_SA per alias: both peers may initiate at once (own ME_CONNECT and a
+        # callback crossing), and the uniqueness policy then deletes one of two healthy SAs
+        self.live: dict[str, set[int]] = {}
 
     def reset(self) -> None:
         with self.sessions.begin() as s:
@@ -48,13 +51,19 @@ class DbStatus:
 
     def on_event(self, e: object) -> None:
         if isinstance(e, mev.MediatedConnecting):
-            self.set(e.name, STATUS_CONNECTING)
+            if not self.live.get(e.name):
+                self.set(e.name, STATUS_CONNECTING)
         elif isinstance(e, ev.ChildSaEstablished) and e.ike_name in self.ids:
+            self.live.setdefault(e.ike_name, set()).add(e.ike_unique_id)
             self.set(e.ike_name, STATUS_UP)
         elif isinstance(e, mev.MediationFailed):
-            self.set(e.name, STATUS_DOWN, e.reason)
+            if not self.live.get(e.name):
+                self.set(e.name, STATUS_DOWN, e.reason)
         elif isinstance(e, ev.IkeSaDeleted) and e.name in self.ids:
-            self.set(e.name, STATUS_DOWN, e.reason)
+            live = self.live.get(e.name, set())
+            live.discard(e.unique_id)
+            if not live:
+                self.set(e.name, STATUS_DOWN, e.reason)
 
 
 def load_db_connections(url: str, cfg: DaemonConfig) -> DbStatus:

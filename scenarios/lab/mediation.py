@@ -115,3 +115,39 @@ class OurMediation:
             c.stop()
         if self.server is not None:
             self.server.stop()
+
+
+def server_toml_pubkey(keyid_identity: str, database: str, key_file: str = "server.key", policy: str = "all",
+                       extra: str = "") -> str:
+    """carol with its own RSA key (ID_KEY_ID `keyid_identity`), peers from the portal's med_db."""
+    return f"""[daemon]
+listen = ["{CAROL}"]
+control = "@CTL@"
+dataplane = "none"
+
+[mediation]
+database = "{database}"
+policy = "{policy}"
+{extra}
+[[secrets.private]]
+file = "{key_file}"
+
+[connections.medsrv]
+local_addrs = ["{CAROL}"]
+mediation = true
+local = {{ auth = "pubkey", id = "{keyid_identity}" }}
+remote = {{ auth = "pubkey", id = "%any" }}
+"""
+
+
+def client_toml_db(me: str, database: str, client: str = "") -> str:
+    """A mediation client configured entirely from its client manager's database."""
+    return f"""[daemon]
+listen = ["{LAN[me]}"]
+control = "@CTL@"
+dataplane = "userspace"
+
+[client]
+database = "{database}"
+{client}
+"""
