@@ -1,4 +1,5 @@
-"""The README's main job: the live demo (`bash scripts/demo.sh`), run through the scenario runner."""
+"""The README's main job: the live demo (`bash scripts/demo.sh`), run through the scenario runner: the
+`medsrv-rsa` story (portals, RSA keys, mediation server and two clients behind NATs, direct tunnel, ping)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-DEMO = "ike-charon"
+DEMO = "medsrv-rsa"  # `scenarios/run ike-charon` runs the earlier demo (our iked with a real charon)
 
 
 def main() -> int:
