@@ -62,7 +62,9 @@ class IkeConfig:
     remote_addrs: list[str] = field(default_factory=lambda: ["%any"])
     local_port: int = IKE_PORT
     remote_port: int = IKE_PORT
-    proposals: str = "aes128gcm16-prfsha256-x25519,aes256-sha256-modp2048"
+    # the CBC proposal offers x25519 first: a default charon responder prefers its own (CBC, x25519-first)
+    # proposal and would answer INVALID_KE_PAYLOAD(MODP_2048) to our x25519 KE if we offered only MODP_2048
+    proposals: str = "aes128gcm16-prfsha256-x25519,aes256-sha256-x25519-modp2048"
     local: AuthConfig = field(default_factory=AuthConfig)
     remote: AuthConfig = field(default_factory=AuthConfig)
     children: list[ChildConfig] = field(default_factory=list)
