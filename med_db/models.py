@@ -17,7 +17,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
@@ -35,6 +35,20 @@ def _varbinary(n: int) -> TypeEngine[bytes]:
     return VARBINARY(n).with_variant(postgresql.BYTEA(), "postgresql")
 
 
+def _datetime() -> TypeEngine[dt.datetime]:
+    """DATETIME; DATETIME(6) in MySQL/MariaDB, which otherwise drop the microseconds (see schema.sql)."""
+    return DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
+# MySQL/MariaDB table options, as at the end of each CREATE TABLE in schema.sql: InnoDB (foreign keys),
+# utf8mb4, binary collation (case-sensitive UNIQUE and comparisons, as in SQLite and PostgreSQL).
+MYSQL_TABLE_OPTIONS: dict[str, str] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+
 def utcnow() -> dt.datetime:
     """Naive UTC timestamp, the form every DATETIME column holds."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -49,12 +63,12 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "user"
-    __table_args__ = (UniqueConstraint("login", name="uq_user_login"),)
+    __table_args__ = (UniqueConstraint("login", name="uq_user_login"), MYSQL_TABLE_OPTIONS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     login: Mapped[str] = mapped_column(String(64))
     password: Mapped[str] = mapped_column(String(255))
-    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
 
     peers: Mapped[list[Peer]] = relationship(
         back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
@@ -66,6 +80,7 @@ class Peer(Base):
     __table_args__ = (
         UniqueConstraint("user", "alias", name="uq_peer_user_alias"),
         UniqueConstraint("keyid", name="uq_peer_keyid"),
+        MYSQL_TABLE_OPTIONS,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -75,8 +90,8 @@ class Peer(Base):
     alias: Mapped[str] = mapped_column(String(64))
     keyid: Mapped[bytes] = mapped_column(_varbinary(KEYID_LEN))
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
-    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow, onupdate=utcnow)
 
     owner: Mapped[User] = relationship(back_populates="peers")
 
@@ -89,6 +104,7 @@ class MeCallback(Base):
         UniqueConstraint(
             "requester_id_type", "requester_id", "target_id_type", "target_id", name="uq_me_callback"
         ),
+        MYSQL_TABLE_OPTIONS,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -96,15 +112,15 @@ class MeCallback(Base):
     requester_id: Mapped[bytes] = mapped_column(_varbinary(255))
     target_id_type: Mapped[int] = mapped_column(SmallInteger)
     target_id: Mapped[bytes] = mapped_column(_varbinary(255))
-    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    expires: Mapped[dt.datetime] = mapped_column(DateTime)
+    created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
+    expires: Mapped[dt.datetime] = mapped_column(_datetime())
 
 
 class MediationGrant(Base):
     """Optional authorization: ``peer`` may mediate with ``target`` (see schema.sql for the policy)."""
 
     __tablename__ = "mediation_grant"
-    __table_args__ = (PrimaryKeyConstraint("peer", "target", name="pk_mediation_grant"),)
+    __table_args__ = (PrimaryKeyConstraint("peer", "target", name="pk_mediation_grant"), MYSQL_TABLE_OPTIONS)
 
     peer_id: Mapped[int] = mapped_column(
         "peer", Integer, ForeignKey("peer.id", ondelete="CASCADE", name="fk_grant_peer")
@@ -112,7 +128,7 @@ class MediationGrant(Base):
     target_id: Mapped[int] = mapped_column(
         "target", Integer, ForeignKey("peer.id", ondelete="CASCADE", name="fk_grant_target")
     )
-    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
 
 
 # ------------------------------------------------------------------ client side
@@ -125,13 +141,14 @@ class ClientConfig(Base):
     __table_args__ = (
         PrimaryKeyConstraint("id", name="pk_client_config"),
         CheckConstraint('"id" = 1', name="ck_client_config_single"),
+        MYSQL_TABLE_OPTIONS,
     )
 
     id: Mapped[int] = mapped_column(Integer, autoincrement=False, default=1)
     keyid: Mapped[bytes] = mapped_column(_varbinary(KEYID_LEN))
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
     private_key: Mapped[bytes] = mapped_column(LargeBinary)
-    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
 
 
 class MediationServerConfig(Base):
@@ -141,6 +158,7 @@ class MediationServerConfig(Base):
     __table_args__ = (
         PrimaryKeyConstraint("id", name="pk_mediation_server_config"),
         CheckConstraint('"id" = 1', name="ck_mediation_server_config_single"),
+        MYSQL_TABLE_OPTIONS,
     )
 
     id: Mapped[int] = mapped_column(Integer, autoincrement=False, default=1)
@@ -148,7 +166,7 @@ class MediationServerConfig(Base):
     port: Mapped[int] = mapped_column(Integer, default=500)
     keyid: Mapped[bytes] = mapped_column(_varbinary(KEYID_LEN))
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
-    updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow, onupdate=utcnow)
 
 
 class Connection(Base):
@@ -159,6 +177,7 @@ class Connection(Base):
         UniqueConstraint("alias", name="uq_connection_alias"),
         UniqueConstraint("keyid", name="uq_connection_keyid"),
         CheckConstraint('"status" IN (1, 2, 3)', name="ck_connection_status"),
+        MYSQL_TABLE_OPTIONS,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -169,9 +188,9 @@ class Connection(Base):
     local_subnet: Mapped[str | None] = mapped_column(String(64))
     remote_subnet: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[int] = mapped_column(SmallInteger, default=STATUS_DOWN)
-    status_changed: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    status_changed: Mapped[dt.datetime | None] = mapped_column(_datetime())
     last_error: Mapped[str | None] = mapped_column(String(255))
-    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
 
     @property
     def status_name(self) -> str:

@@ -1,4 +1,4 @@
-"""Fixtures for the web/DB tests: a real PostgreSQL, a real lighttpd with the portals behind it."""
+"""Fixtures for the web/DB tests: a real PostgreSQL and MariaDB, a real lighttpd with the portals behind it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+MARIADBD = Path("/usr/sbin/mariadbd")
+MARIADB_INSTALL_DB = Path("/usr/bin/mariadb-install-db")
 LIGHTTPD = Path("/usr/sbin/lighttpd")
 
 _db_counter = itertools.count()
@@ -117,13 +120,119 @@ def pg_server() -> Iterator[PgServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+# ------------------------------------------------------------------ MariaDB
+
+
+class MyServer:
+    """A throw-away MariaDB server: private data directory, unix socket only (--skip-networking),
+    run as the ``mysql`` user; root logs in over the socket without a password."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.data = base / "data"
+        self.sock = base / "mysqld.sock"
+        self.log = base / "mariadbd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        pw = pwd.getpwnam("mysql")
+        os.chown(self.base, pw.pw_uid, pw.pw_gid)
+        subprocess.run(
+            [str(MARIADB_INSTALL_DB), "--no-defaults", f"--datadir={self.data}", "--user=mysql",
+             "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
+            check=True, capture_output=True, timeout=120, cwd=self.base,
+        )
+        self.proc = subprocess.Popen(
+            [str(MARIADBD), "--no-defaults", f"--datadir={self.data}", f"--socket={self.sock}",
+             "--skip-networking", "--user=mysql", f"--pid-file={self.base / 'mariadbd.pid'}",
+             f"--log-error={self.log}", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
+             "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--skip-name-resolve"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.base,
+        )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"mariadbd exited: {self.log.read_text(errors='replace')[-2000:]}")
+            return self.sock.exists() and self._ping()
+
+        wait_for(up, 60, "mariadbd")
+
+    def _connect(self) -> Any:
+        import pymysql
+
+        return pymysql.connect(unix_socket=str(self.sock), user="root", autocommit=True)
+
+    def _ping(self) -> bool:
+        try:
+            self._connect().close()
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()  # SIGTERM to our child, by PID: clean shutdown
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def url(self, dbname: str) -> str:
+        return f"mysql://root@localhost/{dbname}?unix_socket={self.sock}"
+
+    def new_database(self) -> str:
+        """Create a fresh database and return its URL (``mysql://``: med_db picks PyMySQL)."""
+        name = f"t{os.getpid()}_{next(_db_counter)}"
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{name}`")
+        finally:
+            conn.close()
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def my_server() -> Iterator[MyServer]:
+    if os.geteuid() != 0 or not MARIADBD.exists() or not MARIADB_INSTALL_DB.exists():
+        pytest.skip("MariaDB tests need root and Debian's mariadb-server (/usr/sbin/mariadbd)")
+    try:
+        pwd.getpwnam("mysql")
+        import pymysql  # noqa: F401
+    except (KeyError, ImportError):
+        pytest.skip("no mysql system user or PyMySQL not installed")
+    base = Path(tempfile.mkdtemp(prefix="medmy-"))
+    server = MyServer(base)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def new_database(request: pytest.FixtureRequest, url: str, tmp_path: Path, name: str = "second") -> str:
+    """Another empty database on the same backend as ``url``."""
+    if url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / (name + '.sqlite')}"
+    server = request.getfixturevalue("my_server" if url.startswith("mysql") else "pg_server")
+    return server.new_database()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=[
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.pg),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: SQLite in a temp dir, or a fresh database on the session's PostgreSQL."""
+    """An empty database: SQLite in a temp dir, or a fresh database on the session's PostgreSQL or
+    MariaDB server."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'med.sqlite'}"
-    server: PgServer = request.getfixturevalue("pg_server")
-    return server.new_database()
+    server = request.getfixturevalue("my_server" if request.param == "mysql" else "pg_server")
+    return server.new_database()  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------ lighttpd + FastCGI portals
