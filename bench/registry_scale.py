@@ -51,7 +51,7 @@ PSK = "registry-scale-shared-secret-0123456789"
 TICK = 0.05  # keepalive / DPD pacing granularity in the generators
 
 
-def server_toml(ctl: str, log_level: str) -> str:
+def server_toml(ctl: str, log_level: str, unique: str) -> str:
     return f"""[daemon]
 listen = ["{SERVER}"]
 control = "{ctl}"
@@ -70,6 +70,7 @@ local_addrs = ["{SERVER}"]
 mediation = true
 local = {{ auth = "psk", id = "medsrv@scale" }}
 remote = {{ auth = "psk", id = "%any" }}
+unique = "{unique}"
 """
 
 
@@ -274,7 +275,7 @@ class Bench:
 
     def start_server(self) -> int:
         conf = self.dir / "server.toml"
-        conf.write_text(server_toml(self.ctl, self.args.server_log_level))
+        conf.write_text(server_toml(self.ctl, self.args.server_log_level, self.args.unique))
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.server = subprocess.Popen([sys.executable, "-m", "mediation_server", "-c", str(conf)],
@@ -337,6 +338,11 @@ class Bench:
         a = self.args
         pid = self.start_server()
         base = rss_kib(pid)
+        spy = None
+        if a.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "50",
+                                    "-p", str(pid), "-f", "raw", "-o", a.profile], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         self.start_generators()
         stages: list[Stage] = []
         prev = 0
@@ -347,6 +353,10 @@ class Bench:
             rs = self.ask_all({"cmd": "register", "target": per, "max_seconds": a.max_seconds},
                               a.max_seconds + 60)
             st.seconds = time.monotonic() - t0
+            if spy is not None:  # registrations only
+                spy.send_signal(2)
+                spy.wait(30)
+                spy = None
             st.established = sum(r["established"] for r in rs)
             st.failed = sum(r["failed"] for r in rs)
             st.capped = any(r["capped"] for r in rs)
@@ -409,7 +419,8 @@ def report(args: argparse.Namespace, base: int, stages: list[Stage], load: tuple
            "mediation SAs on 127.0.0.1[4500] in a private netns)",
            f"{time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores shared by the server and {args.procs} "
            f"generator process(es); load average {load[0]:.2f} before, {load[1]:.2f} after (other jobs share the "
-           f"machine); server log level {args.server_log_level}; window {args.window}/generator",
+           f"machine); server log level {args.server_log_level}; window {args.window}/generator; "
+           f"server unique = {args.unique}",
            f"server RSS before registrations: {base / 1024:.1f} MiB; CPU windows {args.measure:g} s; keepalive "
            f"every {args.keepalive:g} s per peer, DPD every {args.dpd:g} s per peer", "",
            f"{'peers':>8} {'failed':>6} {'reg/s':>7} {'RSS MiB':>8} {'KiB/peer':>9} {'cpu idle':>9} "
@@ -462,6 +473,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--measure", type=float, default=10.0, help="seconds per CPU window")
     ap.add_argument("--max-seconds", type=float, default=900.0, help="registration time cap per stage")
     ap.add_argument("--server-log-level", default="warning")
+    ap.add_argument("--unique", default="no",
+                    help="the server connection's uniqueness policy; 'replace' scans every IKE_SA per "
+                         "registration in Engine.ike_established (O(n) each); the registry already keeps one "
+                         "mediation SA per identity, so 'no' loses nothing")
+    ap.add_argument("--profile", help="py-spy the server during the first registration stage (collapsed stacks)")
     ap.add_argument("--out", help="also write the report here (e.g. bench/results/registry_scale.txt)")
     ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)

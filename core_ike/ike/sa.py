@@ -116,7 +116,7 @@ class IkeSa:
         self.outstanding: Outstanding | None = None
         self.queue: list[Task] = []
         self.cached_response: tuple[int, list[bytes]] | None = None
-        self.reassembler = Reassembler()
+        self.reassembler: Reassembler | None = None  # created on the first SKF fragment (memory per SA)
         # children
         self.children: dict[int, ChildSa] = {}
         # timers
@@ -251,6 +251,8 @@ class IkeSa:
         if self.in_prot is None:
             raise DecodeError("encrypted message before keys exist")
         if isinstance(msg.sk, SkfPayload):
+            if self.reassembler is None:
+                self.reassembler = Reassembler()
             return self.reassembler.add(msg, self.in_prot, now)  # RFC 7383 2.6
         return decrypt_message(msg, self.in_prot)
 
@@ -366,13 +368,14 @@ class IkeSa:
                 ds.append(self.last_out + self.config.keepalive_interval)
         elif not self.is_original_initiator:
             ds.append(self.created_at + self.engine.half_open_timeout)
-        nxt = self.reassembler.next_deadline()
+        nxt = self.reassembler.next_deadline() if self.reassembler is not None else None
         if nxt is not None:
             ds.append(nxt)
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
-        self.reassembler.expire(now)
+        if self.reassembler is not None:
+            self.reassembler.expire(now)
         out = self.outstanding
         if out is not None and now >= out.deadline:
             self._retransmit(out, now)
