@@ -83,7 +83,6 @@ def load_db_connections(url: str, cfg: DaemonConfig) -> DbStatus:
         cfg.creds.add_public_key(load_public_key(server.public_key))
         cfg.connections.append(IkeConfig(
             MEDIATION_NAME, remote_addrs=[server.address], remote_port=server.port,
-            proposals="aes128gcm16-prfsha256-x25519,aes256-sha256-modp2048",
             local=AuthConfig("pubkey", my_id), remote=AuthConfig("pubkey", server_id),
             mediation=True, dpd_delay=60.0))
         for c in conns:
