@@ -299,6 +299,7 @@ class Lab:
                 raise LabError(f"tcpdump on {host}:{iface} failed: {read_text(logf)}")
             yield cap
         finally:
+            _settle(path)
             self.stop(proc, sig=signal.SIGINT)
             cap.load()
 
@@ -343,3 +344,19 @@ def read_text(path: Path) -> str:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+def _settle(path: Path, quiet: float = 0.04, limit: float = 0.5) -> None:
+    """Let tcpdump write what is still in flight: wait until the capture file stops growing for
+    `quiet` seconds (at most `limit`), so the last packets of a ping are not lost at SIGINT."""
+    deadline = time.monotonic() + limit
+    last = -1
+    while time.monotonic() < deadline:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        if size == last:
+            return
+        last = size
+        time.sleep(quiet)
