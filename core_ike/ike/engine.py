@@ -36,6 +36,10 @@ from .tasks.ike_rekey import IkeRekey
 from .tasks.informational import ChildDelete, Dpd, IkeDelete, Informational
 
 log = logging.getLogger("core_ike.ike")
+
+# two SAs with the same peer established from opposite ends within this time collided (see _replace_duplicate)
+COLLISION_WINDOW = 5.0
+
 Addr = tuple[str, int]
 
 
@@ -91,6 +95,7 @@ class Engine:
         self.extensions: list[Extension] = []
         self.now = 0.0
         self.sas: dict[bytes, IkeSa] = {}  # by our own SPI
+        self._deferred_terminate: list[IkeSa] = []  # duplicates to delete once their IKE_AUTH is done
         self.init_index: dict[tuple[bytes, Addr], IkeSa] = {}  # responder: (SPIi, peer) of IKE_SA_INIT
         self._out: list[tuple[bytes, Addr, Addr]] = []
         self._events: deque[Any] = deque()
@@ -123,6 +128,7 @@ class Engine:
         log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0], local[1],
                  len(data))
         self._dispatch(msg, local, remote, now)
+        self._run_deferred(now)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr, Addr]]:
         out, self._out = self._out, []
@@ -367,11 +373,32 @@ class Engine:
             for other in list(self.sas.values()):
                 if other is not sa and other.config is cfg and other.established and other.peer_id == sa.peer_id \
                         and other.unique_id != sa.unique_id:
-                    log.info("deleting duplicate IKE_SA %s for peer '%s' due to uniqueness policy",
-                             other.label, other.peer_id)
-                    self.terminate(other, now)
+                    self._replace_duplicate(sa, other, now)
         for x in self.extensions:
             x.on_established(sa, now)
+
+    def _replace_duplicate(self, sa: IkeSa, other: IkeSa, now: float) -> None:
+        """Uniqueness policy "replace": the new SA replaces the old one, except for a collision (both peers
+        initiated at once, e.g. a mediated connection started from both ends): there both peers must drop
+        the same SA, the one created with the lowest nonce (the RFC 7296 2.8.1 rule for colliding rekeys)
+        or they delete one each and lose both. Deleting the new SA waits until its IKE_AUTH is done."""
+        loser = other
+        collision = other.established_at is not None and now - other.established_at < COLLISION_WINDOW \
+            and other.is_original_initiator != sa.is_original_initiator
+        if collision and min(sa.ni, sa.nr) < min(other.ni, other.nr):
+            loser = sa
+        log.info("deleting duplicate IKE_SA %s for peer '%s' due to uniqueness policy%s", loser.label,
+                 loser.peer_id, " (collision: lowest nonce)" if collision else "")
+        if loser is sa:
+            self._deferred_terminate.append(sa)
+        else:
+            self.terminate(other, now)
+
+    def _run_deferred(self, now: float) -> None:
+        while self._deferred_terminate:
+            sa = self._deferred_terminate.pop(0)
+            if sa.established and sa.state is not IkeState.DELETING:
+                self.terminate(sa, now)
 
     def create_rekeyed_sa(self, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: bytes, now: float) -> IkeSa:
         new = IkeSa(self, old.config, initiator, next(self._ike_ids), old.local, old.remote, now, spi_i)

@@ -149,9 +149,12 @@ def run(story: Story) -> None:
         def one_pair() -> bool:
             """Each side has exactly one mediated SA and they are the two ends of the same CHILD_SA (when
             both sides initiate at once, the uniqueness policy deletes the older duplicate)."""
-            a = [sa for sa in clients["alice"].list_sas() if sa["name"] == "bob" and sa["child-sas"]]
-            b = [sa for sa in clients["bob"].list_sas() if sa["name"] == "alice" and sa["child-sas"]]
-            if len(a) != 1 or len(b) != 1 or a[0]["child-sas"][0]["spi-in"] != b[0]["child-sas"][0]["spi-out"]:
+            settled = all(c["state"] in ("established", "failed")
+                          for h in clients for c in clients[h].status()["status"]["connections"])
+            a = [sa for sa in clients["alice"].list_sas() if sa["name"] == "bob"]
+            b = [sa for sa in clients["bob"].list_sas() if sa["name"] == "alice"]
+            if not settled or len(a) != 1 or len(b) != 1 or not a[0]["child-sas"] or not b[0]["child-sas"] \
+                    or a[0]["child-sas"][0]["spi-in"] != b[0]["child-sas"][0]["spi-out"]:
                 return False
             final.update(alice=a[0], bob=b[0])
             return True
