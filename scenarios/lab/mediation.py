@@ -34,7 +34,8 @@ remote = {{ auth = "psk", id = "%any" }}
 
 
 def client_toml(me: str, peers: list[str], ts: dict[str, str] | None = None, start: bool = False,
-                client: str = "") -> str:
+                client: str = "", mediation_extra: str = "") -> str:
+    """`mediation_extra`: more settings of the mediation connection (e.g. dpd_delay, retransmit)."""
     ts = ts or LAN
     out = [f"""[daemon]
 listen = ["{LAN[me]}"]
@@ -55,6 +56,7 @@ remote_addrs = ["{CAROL}"]
 mediation = true
 local = {{ auth = "psk", id = "{me}@med" }}
 remote = {{ auth = "psk", id = "carol@med" }}
+{mediation_extra}
 """]
     for p in peers:
         out.append(f"""[connections.{p}]
@@ -86,9 +88,9 @@ class OurMediation:
         return self.server
 
     def start_client(self, me: str, ts: dict[str, str] | None = None, start: bool = False,
-                     client: str = "") -> Iked:
+                     client: str = "", mediation_extra: str = "") -> Iked:
         others = [p for p in self.peers if p != me]
-        c = Iked(self.lab, me, client_toml(me, others, ts, start, client), name="medcli",
+        c = Iked(self.lab, me, client_toml(me, others, ts, start, client, mediation_extra), name="medcli",
                  module="mediation_client").start()
         self.clients[me] = c
         return c
