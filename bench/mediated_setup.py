@@ -51,13 +51,15 @@ class OursMediation:
 
     name = "ours"
 
+    connect_rate = 1000.0  # server's per-peer ME_CONNECT rate limit (default 5/s, burst 10; see --connect-rate)
+
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
         self.med = OurMediation(lab)
         self.polled = 0  # runs where the CHILD_SA was not yet listed when `up` returned
 
     def start(self) -> None:
-        self.med.start_server()
+        self.med.start_server(extra=f"connect_rate = {self.connect_rate:g}\nconnect_burst = 1000")
         self.med.start_client("bob")
         self.med.start_client("alice")
 
@@ -197,10 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hang-runs", type=int, default=0,
                     help="also run ours this many times at 0 ms (limit --hang-timeout) and count hangs/failures")
     ap.add_argument("--hang-timeout", type=float, default=5.0)
+    ap.add_argument("--connect-rate", type=float, default=1000.0,
+                    help="ours: the server's per-peer ME_CONNECT/s limit; back-to-back runs make ~10/s, over the "
+                         "default 5/s (burst 10), and a refused ME_CONNECT looks like 'peer offline' to the client")
     ap.add_argument("--out", help="also write the report to this file (e.g. bench/results/mediated_setup.txt)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     cleanup_orphans()
+    OursMediation.connect_rate = args.connect_rate
     results: list[Result] = []
     started = time.monotonic()
     load0 = os.getloadavg()
@@ -216,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
            "nat_lab EIM NATs + WAN drop, delay via the TAP hub",
            f"{time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores, load average {load0[0]:.2f} before, "
            f"{load1[0]:.2f} after (other jobs share the machine)",
-           f"runs per cell {args.runs}, per-run limit {args.timeout:g} s", "", HEADER]
+           f"runs per cell {args.runs}, per-run limit {args.timeout:g} s; ours: server connect_rate "
+           f"{args.connect_rate:g}/s per peer", "", HEADER]
     out += [r.row() for r in results]
     out += [f"  {r.driver} {r.condition}: {r.note}" for r in results if r.note]
     cmp_lines = comparison(results)

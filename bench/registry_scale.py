@@ -89,6 +89,10 @@ class Generator:
         creds = Credentials()
         creds.add_psk(PSK)
         self.engine = Engine([], creds, EngineConfig())
+        # load-generator shortcuts around O(n)-per-SA scans of the engine (fine for a few SAs, quadratic for
+        # 50k): every simulated peer has its own config, so each SA is a first contact
+        self.engine.is_first_contact = lambda sa: True  # type: ignore[method-assign]
+        self.by_id: dict[int, Any] = {}  # unique id -> IkeSa (Engine.find_sa scans)
         self.client = MediationClient(self.engine, MediationClientConfig(srflx_always=True,
                                                                          host_addresses=lambda: []))
         self.transport = UdpTransport(self.engine, self.addrs, [500, 4500], on_event=self.on_event)
@@ -113,11 +117,13 @@ class Generator:
         cfg = IkeConfig(name=f"med{self.idx}-{i}", local_addrs=[self.addrs[i % len(self.addrs)]],
                         remote_addrs=[SERVER], mediation=True, proposals="aes128gcm16-prfsha256-x25519",
                         local=AuthConfig("psk", Identity.parse(f"peer{self.idx}-{i}@scale")),
-                        remote=AuthConfig("psk", ANY), rekey_time=0.0, keepalive_interval=0.0)
+                        remote=AuthConfig("psk", ANY), rekey_time=0.0, keepalive_interval=0.0,
+                        unique="no")  # "replace" scans every SA at each establishment
         # what Engine.initiate does, without its scan over every SA (O(n) per call at this scale)
         sa = self.engine.new_initiator(cfg)
         sa.queue.append(IkeInit())
         sa.queue.append(IkeAuth())
+        self.by_id[sa.unique_id] = sa
         sa.initiate_next(now)
         self.started += 1
         self.inflight += 1
@@ -133,10 +139,11 @@ class Generator:
 
         if isinstance(e, ev.IkeSaEstablished):
             self.inflight -= 1
-            sa = self.engine.find_sa(e.unique_id)
+            sa = self.by_id.pop(e.unique_id, None)
             if sa is not None:
                 self.established.append(sa)
         elif isinstance(e, ev.IkeSaFailed):
+            self.by_id.pop(e.unique_id, None)
             self.inflight -= 1
             self.failed += 1
         else:
@@ -417,7 +424,7 @@ def report(args: argparse.Namespace, base: int, stages: list[Stage], load: tuple
            total: float) -> str:
     out = ["registry scale: registered peers held by one mediation_server (PSK, ME_MEDIATION + srflx request, "
            "mediation SAs on 127.0.0.1[4500] in a private netns)",
-           f"{time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores shared by the server and {args.procs} "
+           f"{getattr(args, 'started_at', '')} (start)  {os.cpu_count()} cores shared by the server and {args.procs} "
            f"generator process(es); load average {load[0]:.2f} before, {load[1]:.2f} after (other jobs share the "
            f"machine); server log level {args.server_log_level}; window {args.window}/generator; "
            f"server unique = {args.unique}",
@@ -447,6 +454,7 @@ def report(args: argparse.Namespace, base: int, stages: list[Stage], load: tuple
 
 def inner_main(args: argparse.Namespace) -> int:
     load0 = os.getloadavg()
+    args.started_at = time.strftime("%Y-%m-%d %H:%M")
     started = time.monotonic()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     bench = Bench(args)
