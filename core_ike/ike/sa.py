@@ -72,6 +72,16 @@ class Outstanding:
 
 
 class IkeSa:
+    # a mediation server holds one IkeSa per registered peer: no per-instance __dict__ (about 1 KiB each)
+    __slots__ = (
+        "cached_response", "children", "config", "created_at", "dpd_pending", "engine", "established_at",
+        "extension_data", "frag_supported", "in_prot", "init_request", "init_response",
+        "is_original_initiator", "last_in", "last_out", "local", "mediation", "my_id", "my_mid", "name",
+        "nat_here", "nat_there", "ni", "nr", "out_prot", "outstanding", "peer_hash_algs", "peer_id",
+        "peer_mid", "prf", "prf_id", "proposal", "proposal_text", "queue", "reassembler", "rekey_at",
+        "rekeyed_from", "remote", "sk_d", "sk_pi", "sk_pr", "spi_i", "spi_r", "state", "timer_at", "unique_id",
+    )
+
     def __init__(
         self, engine: Engine, config: IkeConfig, initiator: bool, unique_id: int,
         local: Addr, remote: Addr, now: float, spi_i: bytes | None = None,
