@@ -87,7 +87,9 @@ class RefusalReason(Enum):
 
 _REFUSAL_NOTIFY = {
     RefusalReason.NOT_AUTHORIZED: NotifyType.ME_CONNECT_FAILED,
-    RefusalReason.RATE_LIMITED: NotifyType.ME_CONNECT_FAILED,
+    # RFC 7296 3.10.1 TEMPORARY_FAILURE: "try again later" - the client fails fast instead of waiting
+    # for a callback that would never come
+    RefusalReason.RATE_LIMITED: NotifyType.TEMPORARY_FAILURE,
     RefusalReason.TOO_MANY_ENDPOINTS: NotifyType.INVALID_SYNTAX,  # like the limits of ref. §4.2
     RefusalReason.TOO_MANY_CALLBACKS: NotifyType.ME_CONNECT_FAILED,
 }

@@ -97,6 +97,10 @@ class Engine:
         self.sas: dict[bytes, IkeSa] = {}  # by our own SPI
         self._deferred_terminate: list[IkeSa] = []  # duplicates to delete once their IKE_AUTH is done
         self.init_index: dict[tuple[bytes, Addr], IkeSa] = {}  # responder: (SPIi, peer) of IKE_SA_INIT
+        # indexes so nothing scans every SA (a mediation server holds 100k of them)
+        self.by_uid: dict[int, IkeSa] = {}
+        self._est_by_conf: dict[str, dict[int, IkeSa]] = {}  # established SAs per config name
+        self._est_by_peer: dict[tuple[str, str], dict[int, IkeSa]] = {}  # ... per (config, peer identity)
         self._out: list[tuple[bytes, Addr, Addr]] = []
         self._events: deque[Any] = deque()
         self._timers: list[tuple[float, int, IkeSa]] = []
@@ -172,8 +176,8 @@ class Engine:
             self.now = now
         cfg = self.config(name)
         children = [cfg.child(child)] if child else list(cfg.children)
-        for sa in self.sas.values():
-            if sa.config is cfg and sa.established and sa.is_original_initiator and remote is None:
+        for sa in (self._est_by_conf.get(cfg.name, {}).values() if remote is None else ()):
+            if sa.config is cfg and sa.established and sa.is_original_initiator:
                 for c in children:
                     sa.queue_task(ChildCreate(c, in_auth=False), self.now)
                 return sa
@@ -201,7 +205,7 @@ class Engine:
         sa = IkeSa(self, cfg, True, next(self._ike_ids), local, remote, self.now)
         while sa.spi_i in self.sas:
             sa.spi_i = os.urandom(8)
-        self.sas[sa.spi_i] = sa
+        self._add(sa)
         return sa
 
     def _source_for(self, cfg: IkeConfig, remote_ip: str) -> str:
@@ -247,13 +251,14 @@ class Engine:
         raise ProtocolError(f"no connection named {name!r}")
 
     def find_sa(self, unique_id: int) -> IkeSa | None:
-        return next((s for s in self.sas.values() if s.unique_id == unique_id), None)
+        return self.by_uid.get(unique_id)
 
     def ike_sas(self) -> list[IkeSa]:
-        seen: dict[int, IkeSa] = {}
-        for s in self.sas.values():
-            seen[s.unique_id] = s
-        return [seen[k] for k in sorted(seen)]
+        return [self.by_uid[k] for k in sorted(self.by_uid)]
+
+    def _add(self, sa: IkeSa) -> None:
+        self.sas[sa.own_spi] = sa
+        self.by_uid[sa.unique_id] = sa
 
     # ================================================================== used by SAs and tasks
     def send(self, data: bytes, local: Addr, remote: Addr) -> None:
@@ -349,7 +354,7 @@ class Engine:
         return best[1] if best else None
 
     def is_first_contact(self, sa: IkeSa) -> bool:
-        return not any(s is not sa and s.established and s.config is sa.config for s in self.sas.values())
+        return not any(s is not sa for s in self._est_by_conf.get(sa.config.name, {}).values())
 
     def assign_vip(self, sa: IkeSa) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         for pool in sa.config.pools:
@@ -369,11 +374,15 @@ class Engine:
         cfg = sa.config
         if cfg.rekey_time > 0 and sa.rekey_at is None:
             sa.rekey_at = now + (cfg.rekey_time if sa.is_original_initiator else cfg.rekey_time * 1.05)
+        peer = sa.peer_id.canonical() if sa.peer_id is not None else ""
+        same = self._est_by_peer.setdefault((cfg.name, peer), {})
         if cfg.unique == "replace" and sa.rekeyed_from is None:
-            for other in list(self.sas.values()):
-                if other is not sa and other.config is cfg and other.established and other.peer_id == sa.peer_id \
-                        and other.unique_id != sa.unique_id:
+            for other in list(same.values()):
+                if other is not sa and other.config is cfg and other.established:
                     self._replace_duplicate(sa, other, now)
+        same[sa.unique_id] = sa
+        self._est_by_conf.setdefault(cfg.name, {})[sa.unique_id] = sa
+        sa.indexed = (cfg.name, peer)
         for x in self.extensions:
             x.on_established(sa, now)
 
@@ -407,7 +416,7 @@ class Engine:
         new.nat_here, new.nat_there = old.nat_here, old.nat_there
         new.frag_supported, new.peer_hash_algs = old.frag_supported, old.peer_hash_algs
         new.mediation, new.extension_data = old.mediation, old.extension_data
-        self.sas[spi_i if initiator else spi_r] = new
+        self._add(new)
         self._schedule(new)
         return new
 
@@ -434,10 +443,18 @@ class Engine:
             sa.queue_task(Dpd(), now)
 
     def forget(self, sa: IkeSa) -> None:
-        for k in [k for k, v in self.sas.items() if v is sa]:
-            del self.sas[k]
-        for ik in [k for k, v in self.init_index.items() if v is sa]:
-            del self.init_index[ik]
+        if self.sas.get(sa.own_spi) is sa:
+            del self.sas[sa.own_spi]
+        if self.sas.get(sa.spi_i) is sa:  # an initiator before its SPIr was known
+            del self.sas[sa.spi_i]
+        if self.by_uid.get(sa.unique_id) is sa:
+            del self.by_uid[sa.unique_id]
+        if sa.init_key is not None and self.init_index.get(sa.init_key) is sa:
+            del self.init_index[sa.init_key]
+        if sa.indexed is not None:
+            name, peer = sa.indexed
+            _unindex(self._est_by_conf, name, sa.unique_id)
+            _unindex(self._est_by_peer, (name, peer), sa.unique_id)
         if not sa.is_original_initiator and sa.established_at is None:
             self._half_open_done(sa)
         for x in self.extensions:
@@ -515,8 +532,9 @@ class Engine:
         while sa.spi_r in self.sas:
             sa.spi_r = os.urandom(8)
         log.info("%s[%d] is initiating an IKE_SA", remote[0], remote[1])
-        self.sas[sa.spi_r] = sa
+        self._add(sa)
         self.init_index[key] = sa
+        sa.init_key = key
         self._half_open += 1
         self._half_open_by_ip[remote[0]] = self._half_open_by_ip.get(remote[0], 0) + 1
         sa.extension_data["half_open"] = True
@@ -580,6 +598,14 @@ class Engine:
         hdr = Message(spi_i=data[:8], spi_r=b"\x00" * 8, exchange=data[18], flags=HeaderFlag.NONE,
                       message_id=int.from_bytes(data[20:24], "big"), payloads=[])
         self._reply_error(hdr, int(e.notify), local, remote, e.data)
+
+
+def _unindex(index: dict[Any, dict[int, IkeSa]], key: object, uid: int) -> None:
+    d = index.get(key)
+    if d is not None:
+        d.pop(uid, None)
+        if not d:
+            del index[key]
 
 
 def make_engine(configs: list[IkeConfig], creds: Credentials, **kw: Any) -> Engine:

@@ -80,6 +80,7 @@ class IkeSa:
         "nat_here", "nat_there", "ni", "nr", "out_prot", "outstanding", "peer_hash_algs", "peer_id",
         "peer_mid", "prf", "prf_id", "proposal", "proposal_text", "queue", "reassembler", "rekey_at",
         "rekeyed_from", "remote", "sk_d", "sk_pi", "sk_pr", "spi_i", "spi_r", "state", "timer_at", "unique_id",
+        "init_key", "indexed",
     )
 
     def __init__(
@@ -136,6 +137,8 @@ class IkeSa:
         self.dpd_pending = False
         self.rekeyed_from: int | None = None
         self.timer_at: float | None = None  # the engine's heap entry for this SA
+        self.init_key: tuple[bytes, Addr] | None = None  # responder: the engine's IKE_SA_INIT index key
+        self.indexed: tuple[str, str] | None = None  # engine's established index: (config, peer)
 
     # ------------------------------------------------------------------ naming / state
     @property
@@ -147,6 +150,11 @@ class IkeSa:
         if new is not self.state:
             log.debug("IKE_SA %s state change: %s => %s", self.label, self.state.value, new.value)
             self.state = new
+
+    @property
+    def own_spi(self) -> bytes:
+        """The SPI we chose: the engine's key for this SA (RFC 7296 2.6)."""
+        return self.spi_i if self.is_original_initiator else self.spi_r
 
     @property
     def established(self) -> bool:

@@ -371,6 +371,8 @@ class MediationClient(Extension):
                 att.state, att.deadline = "callback", t + self.config.callback_timeout
                 log.info("peer '%s' is not online, waiting for a callback until %.1f", att.peer, att.deadline)
                 self.engine.emit(mev.PeerNotOnline(att.name, str(att.peer), att.deadline))
+            elif result.error == NotifyType.TEMPORARY_FAILURE:
+                self._fail(att, "refused by the mediation server: too many requests, try again later", t)
             else:
                 self._fail(att, f"refused by the mediation server: {name_of(NotifyType, int(result.error or 0))}", t)
             self._pump(t)

@@ -122,7 +122,7 @@ def test_rate_limit_token_bucket() -> None:
     results = [reg.request_connect("alice", "bob", 100.0, n_endpoints=1, callback=False) for _ in range(4)]
     assert [isinstance(r, Refused) for r in results] == [False, False, False, True]
     assert isinstance(results[3], Refused) and results[3].reason is RefusalReason.RATE_LIMITED
-    assert results[3].notify == NotifyType.ME_CONNECT_FAILED
+    assert results[3].notify == NotifyType.TEMPORARY_FAILURE  # fail fast, not "offline"
     assert isinstance(reg.request_connect("alice", "bob", 100.5, n_endpoints=1, callback=False), TargetOnline)
     assert isinstance(reg.request_connect("alice", "bob", 100.5, n_endpoints=1, callback=False), Refused)
 
