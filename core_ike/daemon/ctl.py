@@ -53,6 +53,43 @@ def format_sas(sas: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _addr(a: Any) -> str:
+    return f"{a[0]}[{a[1]}]" if a else "-"
+
+
+def format_status(reply: dict[str, Any]) -> str:
+    """The mediation daemons' `status`: online peers (server) or mediation/check state (client)."""
+    out: list[str] = []
+    if "peers" in reply:
+        out.append(f"{len(reply['peers'])} peer(s) online:")
+        for p in reply["peers"]:
+            out.append(f"  {p['identity']} @ {p['endpoint']}, online {p['since']}s, idle {p['idle']}s, "
+                       f"IKE_SA #{p['ike']}")
+        if reply.get("callbacks"):
+            out.append("callbacks waiting:")
+            for c in reply["callbacks"]:
+                out.append(f"  {c['requester']} waits for {c['target']} (expires in {c['expires_in']}s)")
+        return "\n".join(out)
+    st = reply.get("status", {})
+    for m in st.get("mediation", []):
+        out.append(f"mediation {m['name']}: #{m['unique_id']} {m['state']} {_addr(m['local'])} ... "
+                   f"{_addr(m['remote'])}, public endpoint {_addr(m['srflx'])}")
+    for c in st.get("connections", []):
+        line = f"  {c['name']} -> {c['peer']}: {c['state']}"
+        if c.get("selected"):
+            line += f", pair {c['selected']}"
+        if c.get("sa_id"):
+            line += f", IKE_SA #{c['sa_id']}"
+        if c.get("reason"):
+            line += f" ({c['reason']})"
+        out.append(line)
+        for pair in c.get("pairs", []):
+            out.append(f"      {pair}")
+    for t in st.get("target_lists", []):
+        out.append(f"  checks as target: {t}")
+    return "\n".join(out) or "no mediation state"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ikectl", description="control iked")
     ap.add_argument("-s", "--socket", default="/run/iked.ctl")
@@ -94,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {reply.get('error')}", file=sys.stderr)
     elif args.cmd == "list":
         print(format_sas(reply["sas"]))
+    elif args.cmd == "status":
+        print(format_status(reply))
     elif args.cmd == "up":
         print(f"established CHILD_SA {reply.get('child')}{{{reply.get('uniqueid')}}} with SPIs "
               f"{reply.get('spi-in')}_i {reply.get('spi-out')}_o" if "child" in reply else "established")
