@@ -185,7 +185,11 @@ class IkeSa:
     def _encode(self, msg: Message) -> list[bytes]:
         frag = self.config.fragment_size if (self.frag_supported and self.config.fragmentation) else None
         prot = self.out_prot if msg.encrypted else None
-        return encode_message(msg, prot, frag)
+        packets = encode_message(msg, prot, frag)
+        if len(packets) > 1:
+            log.info("splitting IKE message into %d fragments of at most %d bytes (RFC 7383)",
+                     len(packets), max(map(len, packets)))
+        return packets
 
     def new_message(self, exchange: int, response: bool, mid: int) -> Message:
         flags = HeaderFlag.INITIATOR if self.is_original_initiator else HeaderFlag.NONE
@@ -271,7 +275,10 @@ class IkeSa:
         if isinstance(msg.sk, SkfPayload):
             if self.reassembler is None:
                 self.reassembler = Reassembler()
-            return self.reassembler.add(msg, self.in_prot, now)  # RFC 7383 2.6
+            full = self.reassembler.add(msg, self.in_prot, now)  # RFC 7383 2.6
+            log.info("received fragment #%d of %d%s", msg.sk.number, msg.sk.total,
+                     ", reassembled fragmented IKE message" if full is not None else ", waiting for the rest")
+            return full
         return decrypt_message(msg, self.in_prot)
 
     def _process_response(self, msg: Message, now: float) -> None:
