@@ -126,17 +126,22 @@ class UdpTransport:
 
     # ------------------------------------------------------------------ receive
     def _readable(self, s: socket.socket, local: Addr) -> None:
-        now = self.clock()
+        engine = self.engine
+        recvfrom = s.recvfrom
         for _ in range(64):  # batch: drain what is queued, then let others run
             try:
-                data, remote = s.recvfrom(65535)
+                data, remote = recvfrom(65535)
             except BlockingIOError:
                 break
             except OSError as e:
                 if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     log.warning("receive error on %s[%d]: %s", local[0], local[1], e)
                 continue
-            self._datagram(data, local, (remote[0], remote[1]), now)
+            self._datagram(data, local, (remote[0], remote[1]), self.clock())
+            # answer at once (not after the whole batch): the peer works on it while we go on
+            out = engine.datagrams_to_send()
+            if out:
+                self._send_all(out)
         self.flush()
 
     def _datagram(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
@@ -160,6 +165,19 @@ class UdpTransport:
         self.engine.receive(data, local, remote, now)
 
     # ------------------------------------------------------------------ send, timers, events
+    def _send_all(self, out: list[tuple[bytes, Addr, Addr]]) -> None:
+        sockets = self.sockets
+        for data, local, remote in out:
+            s = sockets.get(local)
+            if s is None:
+                self.send(data, local, remote)
+                continue
+            try:
+                s.sendto(data, remote)
+                self.stats["tx"] += 1
+            except OSError as e:
+                log.warning("error sending to %s[%d]: %s", remote[0], remote[1], e)
+
     def send(self, data: bytes, local: Addr, remote: Addr) -> None:
         s = self.socket_for(local)
         if s is None:
@@ -175,17 +193,18 @@ class UdpTransport:
 
     def flush(self) -> None:
         """Send what the engine produced, forward its events and re-arm the one timer."""
-        for data, local, remote in self.engine.datagrams_to_send():
-            self.send(data, local, remote)
-        while (ev := self.engine.next_event()) is not None:
+        engine = self.engine
+        if out := engine.datagrams_to_send():
+            self._send_all(out)
+        while (ev := engine.next_event()) is not None:
             if self.on_event is not None:
                 try:
                     self.on_event(ev)
                 except Exception:  # noqa: BLE001 - an event handler must not kill the daemon
                     log.exception("event handler failed for %r", ev)
         # handlers may have produced more work (e.g. initiating); send it too
-        for data, local, remote in self.engine.datagrams_to_send():
-            self.send(data, local, remote)
+        if out := engine.datagrams_to_send():
+            self._send_all(out)
         self._arm()
 
     def _arm(self) -> None:
