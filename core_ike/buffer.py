@@ -17,7 +17,7 @@ class Buffer:
     __slots__ = ("_data", "_end", "pos", "_out")
 
     def __init__(self, data: bytes | memoryview | None = None) -> None:
-        self._data = memoryview(data if data is not None else b"")
+        self._data = data if type(data) is memoryview else memoryview(data if data is not None else b"")
         self._end = len(self._data)
         self.pos = 0
         self._out = bytearray()
@@ -35,10 +35,12 @@ class Buffer:
             raise DecodeError(f"truncated: need {n} octets at offset {self.pos}, have {self.remaining}")
 
     def pull_bytes(self, n: int) -> bytes:
-        self._need(n)
-        v = bytes(self._data[self.pos : self.pos + n])
-        self.pos += n
-        return v
+        pos = self.pos
+        end = pos + n
+        if n < 0 or end > self._end:
+            self._need(n)
+        self.pos = end
+        return bytes(self._data[pos:end])
 
     def pull_u8(self) -> int:
         self._need(1)
@@ -66,10 +68,12 @@ class Buffer:
 
     def sub(self, n: int) -> Buffer:
         """A buffer over the next `n` octets; advances this one past them."""
-        self._need(n)
-        b = Buffer(self._data[self.pos : self.pos + n])
-        self.pos += n
-        return b
+        pos = self.pos
+        end = pos + n
+        if n < 0 or end > self._end:
+            self._need(n)
+        self.pos = end
+        return Buffer(self._data[pos:end])
 
     # --- writing -----------------------------------------------------------------
     def push_bytes(self, v: bytes | bytearray | memoryview) -> None:

@@ -478,12 +478,31 @@ def pull_chain(buf: Buffer, first: int, stop: frozenset[int] = frozenset()) -> t
     is left at that payload's generic header). With no stop type the chain must fill the buffer.
     """
     payloads: list[Payload] = []
+    append = payloads.append
     ptype = first
-    while ptype != PayloadType.NONE:
+    data, end = buf._data, buf._end
+    unpack_from = _GENERIC.unpack_from
+    registry = REGISTRY
+    while ptype:
         if ptype in stop:
             return payloads, ptype
-        nxt, crit, body_len = pull_header(buf)
-        payloads.append(pull_body(buf, ptype, crit, body_len))
+        pos = buf.pos
+        if end - pos < GENERIC_HEADER_LEN:
+            pull_header(buf)  # raises with the details
+        nxt, flags, length = unpack_from(data, pos)
+        body_end = pos + length
+        if length < GENERIC_HEADER_LEN or body_end > end:
+            pull_header(buf)  # raises with the details
+        codec = registry.get(ptype)
+        if codec is None:
+            buf.pos = pos + GENERIC_HEADER_LEN
+            append(pull_body(buf, ptype, flags & CRITICAL != 0, length - GENERIC_HEADER_LEN))
+        else:
+            body = Buffer(data[pos + GENERIC_HEADER_LEN : body_end])
+            buf.pos = body_end
+            append(codec.pull(body, ptype))
+            if body.pos < body._end:
+                raise DecodeError(f"payload {ptype}: {body.remaining} unparsed octets in the body")
         ptype = nxt
     if not buf.eof():
         raise DecodeError(f"{buf.remaining} octets after the last payload (Next Payload 0)")

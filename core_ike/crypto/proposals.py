@@ -115,14 +115,26 @@ def _complete(p: Proposal, text: str) -> Proposal:
     return p
 
 
+_PARSED: dict[tuple[str, int], tuple[Proposal, ...]] = {}  # parsed once per string (called per SA)
+
+
 def parse_proposals(text: str, protocol: ProtocolId) -> list[Proposal]:
-    """Proposals numbered from 1 (RFC 7296 3.3.1) for a ',' separated list of proposal strings."""
-    parts = [s for s in (x.strip() for x in text.split(",")) if s]
-    if not parts:
-        raise LocalError("empty proposal list")
-    if protocol not in (ProtocolId.IKE, ProtocolId.ESP):
-        raise LocalError(f"no proposals for protocol {protocol}")
-    return [_parse_one(s, protocol, i) for i, s in enumerate(parts, 1)]
+    """Proposals numbered from 1 (RFC 7296 3.3.1) for a ',' separated list of proposal strings.
+
+    Results are cached per (text, protocol); callers get fresh Proposal objects (they may set the SPI)
+    sharing the immutable transforms.
+    """
+    hit = _PARSED.get((text, protocol))
+    if hit is None:
+        parts = [s for s in (x.strip() for x in text.split(",")) if s]
+        if not parts:
+            raise LocalError("empty proposal list")
+        if protocol not in (ProtocolId.IKE, ProtocolId.ESP):
+            raise LocalError(f"no proposals for protocol {protocol}")
+        hit = tuple(_parse_one(s, protocol, i) for i, s in enumerate(parts, 1))
+        if len(_PARSED) < 1024:
+            _PARSED[(text, protocol)] = hit
+    return [Proposal(p.num, p.protocol, p.spi, list(p.transforms)) for p in hit]
 
 
 def parse_ike_proposals(text: str) -> list[Proposal]:
@@ -142,13 +154,15 @@ def _choose(ttype: TransformType, ours: list[Transform], theirs: list[Transform]
             ke_group: int | None) -> Transform | None | bool:
     """The chosen transform, None for "type absent / NONE accepted", False for no match."""
     if theirs and ours:
+        # all of one type here: compare (id, key length) tuples, not Transform dataclasses (hot path)
+        keys = [(t.id, t.key_length) for t in ours]
         if ttype == TransformType.DH and ke_group is not None:
             # prefer the group whose KE payload we already have (avoids INVALID_KE_PAYLOAD, RFC 7296 1.2)
-            hit = [t for t in theirs if t.id == ke_group and t in ours]
-            if hit:
-                return hit[0]
+            for t in theirs:
+                if t.id == ke_group and (t.id, t.key_length) in keys:
+                    return t
         for t in theirs:  # the peer's order expresses its preference (RFC 7296 2.7)
-            if t in ours:
+            if (t.id, t.key_length) in keys:
                 return t
         return False
     if theirs:  # they offer a type we do not configure: only acceptable as NONE
@@ -163,10 +177,26 @@ def _choose(ttype: TransformType, ours: list[Transform], theirs: list[Transform]
     return None
 
 
+_TTYPES = tuple(TransformType)
+_NO_TRANSFORMS: list[Transform] = []
+
+
+def _by_type(p: Proposal) -> dict[int, list[Transform]]:
+    out: dict[int, list[Transform]] = {}
+    for t in p.transforms:
+        lst = out.get(t.type)
+        if lst is None:
+            out[t.type] = [t]
+        else:
+            lst.append(t)
+    return out
+
+
 def _match(ours: Proposal, theirs: Proposal, ke_group: int | None) -> Proposal | None:
     chosen: list[Transform] = []
-    for ttype in TransformType:
-        c = _choose(ttype, ours.of_type(ttype), theirs.of_type(ttype), ke_group)
+    o, t = _by_type(ours), _by_type(theirs)
+    for ttype in _TTYPES:
+        c = _choose(ttype, o.get(ttype, _NO_TRANSFORMS), t.get(ttype, _NO_TRANSFORMS), ke_group)
         if c is False:
             return None
         if isinstance(c, Transform):
