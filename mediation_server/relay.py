@@ -8,7 +8,10 @@
 - registers the peer in the Registry when its mediation SA is up, removes it when the SA goes (§5);
 - relays ME_CONNECT in both directions (§4, the four exchanges), answers ME_CONNECT_FAILED for
   offline targets, registers and fires callbacks (§5), forwards a target's failure to the initiator
-  (weakness #10), and enforces the registry's limits and authorization (one log line each).
+  (weakness #10), and enforces the registry's limits and authorization (one log line each);
+- optionally (weaknesses #1-#2, our negotiated extension) offers a data relay: when both peers of an
+  ME_CONNECT announced RELAY_VENDOR_ID, a `DataRelay` pair of ports is allocated and one RELAYED
+  ME_ENDPOINT appended to each side's endpoint list (datarelay.py).
 
 It lives here and not in core_ike because the Registry is the server's (architecture.md); the core
 only provides the hooks and the tasks (`core_ike.me.tasks`).
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from core_ike.codec.message import Message
 from core_ike.codec.payloads import IdPayload, NotifyPayload, Payload
@@ -38,8 +41,9 @@ from core_ike.me.connect import (
     build_relay,
     parse_connect,
 )
-from core_ike.me.endpoints import encode_endpoint, make_endpoint
+from core_ike.me.endpoints import encode_endpoint, make_endpoint, relayed_endpoint
 from core_ike.me.tasks import (
+    RELAY_KEY,
     ROLE_KEY,
     MeConnectRequest,
     MeConnectResponder,
@@ -48,6 +52,7 @@ from core_ike.me.tasks import (
     ServerAuth,
 )
 
+from .datarelay import DataRelay, RelayRefused
 from .registry import PeerRecord, Refused, Registry, TargetOffline, TargetOnline
 
 log = logging.getLogger("mediation_server")
@@ -85,10 +90,12 @@ def _id_peer(ident: Identity) -> IdPayload:
 
 class MediationServer(Extension):
     def __init__(self, engine: Engine, registry: Registry | None = None,
-                 clock: Callable[[float], float] | None = None) -> None:
+                 clock: Callable[[float], float] | None = None, relay: DataRelay | None = None) -> None:
         """`clock(now)` maps the engine's monotonic time to the registry's (wall clock when the
-        registry persists callbacks, see registry.py); default: the same time."""
+        registry persists callbacks, see registry.py); default: the same time. `relay`: the data
+        relay table (None or disabled: no relay offered, the Vendor ID is not echoed)."""
         self.engine = engine
+        self.relay = relay if relay is not None and relay.config.enabled else None
         self.registry = registry if registry is not None else Registry()
         self.clock = clock or (lambda now: now)
         self.outbox = MeOutbox()
@@ -111,7 +118,7 @@ class MediationServer(Extension):
         if exchange == ExchangeType.IKE_SA_INIT:
             if msg.notify(NotifyType.ME_MEDIATION) is not None:
                 sa.extension_data[REQUESTED_KEY] = True
-                return [MediationEcho()]
+                return [MediationEcho(relay=self.relay is not None)]
             return []
         if sa.extension_data.get(ROLE_KEY) != "server":
             return []
@@ -165,12 +172,17 @@ class MediationServer(Extension):
 
     def next_deadline(self) -> float | None:
         t = self.registry.get_timer()
-        if t is None:
-            return None
-        return self.engine.now + max(0.0, t - self.clock(self.engine.now))
+        ds = [] if t is None else [self.engine.now + max(0.0, t - self.clock(self.engine.now))]
+        if self.relay is not None and (r := self.relay.get_timer()) is not None:
+            ds.append(r)  # the relay keeps engine (monotonic) time
+        return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
         self.registry.handle_timer(self.clock(now))
+        if self.relay is not None:
+            for r in self.relay.handle_timer(now):
+                self.engine.emit(mev.RelayFreed(r.id, r.a.identity, r.b.identity, "idle", r.a.bytes_in,
+                                                r.b.bytes_in))
 
     # ================================================================== IKE_AUTH
     def _auth_answer(self, sa: IkeSa, msg: Message, want_srflx: bool, has_child: bool) -> None:
@@ -221,8 +233,11 @@ class MediationServer(Extension):
     def _relay(self, origin: IkeSa, target_sa: IkeSa, req: MeConnect, target_id: Identity, now: float) -> None:
         """Reference §4.1 steps 4 and 7: ID_PEER rewritten to the requester, the rest copied."""
         assert origin.peer_id is not None
-        payloads = build_relay(req, _id_peer(origin.peer_id))
         requester, target, cid = origin.peer_id.canonical(), target_id.canonical(), req.connect_id
+        relayed = self._relayed_endpoint(origin, target_sa, req, requester, target, now)
+        if relayed is not None:
+            req = replace(req, endpoint_data=req.endpoint_data + (relayed,))
+        payloads = build_relay(req, _id_peer(origin.peer_id))
         origin_id = origin.unique_id
 
         def done(s: IkeSa, result: ConnectResult, t: float) -> None:
@@ -238,6 +253,31 @@ class MediationServer(Extension):
                  " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
         self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), now)
         self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
+
+    def _relayed_endpoint(self, origin: IkeSa, target_sa: IkeSa, req: MeConnect, requester: str, target: str,
+                          now: float) -> bytes | None:
+        """Our extension: the RELAYED ME_ENDPOINT to append, when both mediation SAs negotiated it.
+
+        Request A -> B: allocate the relay, B gets RELAYED(server:port B sends to); answer B -> A: A
+        gets RELAYED(server:port A sends to). Each port reaches the *other* peer (datarelay.py).
+        """
+        if self.relay is None or not (origin.extension_data.get(RELAY_KEY) and target_sa.extension_data.get(RELAY_KEY)):
+            return None
+        if req.kind is ConnectKind.RESPONSE:
+            r = self.relay.by_connect_id(req.connect_id)
+            if r is None or (r.a.identity, r.b.identity) != (target, requester):
+                return None
+            port = r.a.port
+        else:
+            try:
+                r = self.relay.allocate(req.connect_id, origin.local[0], (requester, origin.remote[0]),
+                                        (target, target_sa.remote[0]), now)
+            except RelayRefused:
+                return None  # logged by the table; the peers still try the direct pairs
+            self.engine.emit(mev.RelayAllocated(r.id, requester, target, req.connect_id.hex(), r.address,
+                                                r.a.port, r.b.port))
+            port = r.b.port
+        return encode_endpoint(relayed_endpoint(r.address, port))
 
     def _send_failure(self, sa_id: int, cid: bytes, about: Identity, now: float) -> None:
         """Draft §4: ME_CONNECT{N(ME_CONNECTID), N(ME_CONNECT_FAILED), ID_PEER(about)}."""

@@ -83,6 +83,7 @@ class MediationClientConfig:
     callback_timeout: float = 120.0  # wait for ME_CALLBACK after ME_CONNECT_FAILED -> "peer offline"
     ike_timeout: float = 30.0  # mediated IKE_SA established after the pair was selected
     srflx_always: bool = True  # request the srflx even without NAT here (strongSwan: only with NAT)
+    relay: bool = True  # announce RELAY_VENDOR_ID: accept RELAYED endpoints from our server (extension)
     host_addresses: Callable[[], Iterable[str]] | None = None  # None: aioice gathering (§6.1)
 
 
@@ -243,7 +244,7 @@ class MediationClient(Extension):
     def tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
         if exchange == ExchangeType.IKE_SA_INIT:
             if initiator and sa.config.mediation:
-                return [MediationInit()]
+                return [MediationInit(relay=self.config.relay)]
             if initiator and self._initiating is not None and self._initiating[0] == sa.config.name:
                 self._mediated[sa.unique_id] = self._initiating[0]
                 return [ConnectIdInit(self._initiating[1], self._mediated_failed)]

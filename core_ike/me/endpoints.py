@@ -17,6 +17,10 @@ Addr = tuple[str, int]
 """A transport address: (textual IP address, UDP port)."""
 
 MAX_IP_PREF = 65535
+# Our optional extension (reference §11 #1-#2: strongSwan's MS relays no data): a peer announces it
+# accepts RELAYED endpoints by this Vendor ID in the mediation connection's IKE_SA_INIT; a server able to
+# relay echoes it. charon never sends it, so nothing changes on the wire with strongSwan peers/servers.
+RELAY_VENDOR_ID = b"ikeme relay 1"
 # [ME] §4.4.1 / strongSwan: data is 8 (no address), 12 (IPv4) or 24 (IPv6) octets
 _LEN_BY_FAMILY = {MeEndpointFamily.NONE: 8, MeEndpointFamily.IPV4: 12, MeEndpointFamily.IPV6: 24}
 
@@ -202,6 +206,11 @@ def gather_host_endpoints(port: int, *, use_ipv4: bool = True, use_ipv6: bool = 
 def srflx_endpoint(address: str, port: int, base: Addr, ip_pref: int = MAX_IP_PREF) -> Endpoint:
     """[ME] §3.3.2: the server-reflexive endpoint learnt from the MS, base = local addr toward the MS."""
     return make_endpoint(MeEndpointType.SERVER_REFLEXIVE, address, port, base=base, ip_pref=ip_pref)
+
+
+def relayed_endpoint(address: str, port: int) -> Endpoint:
+    """[ME] §3.3.3 / RFC 8445 5.1.2.1: a RELAYED endpoint (type preference 0: the last resort)."""
+    return make_endpoint(MeEndpointType.RELAYED, address, port)
 
 
 def with_base(ep: Endpoint, base: Addr) -> Endpoint:

@@ -176,9 +176,32 @@ class CallbackSent:
     online: str
 
 
+@dataclass(frozen=True)
+class RelayAllocated:
+    """Our relay extension: ports `a_port` (where A sends) and `b_port` on `address` for A <-> B."""
+
+    relay_id: int
+    a: str
+    b: str
+    connect_id: str
+    address: str
+    a_port: int
+    b_port: int
+
+
+@dataclass(frozen=True)
+class RelayFreed:
+    relay_id: int
+    a: str
+    b: str
+    reason: str
+    bytes_a_to_b: int
+    bytes_b_to_a: int
+
+
 MeEvent = (
     MediationSaUp | MediatedConnecting | MeConnectSent | PeerNotOnline | CallbackReceived
     | MediationRequested | ChecksStarted | PairSucceeded | MediatedInitiating | MediatedEstablished
     | MediationFailed | ChecksEnded | PeerOnline | PeerOffline | ConnectRelayed | ConnectRefused
-    | CallbackSent
+    | CallbackSent | RelayAllocated | RelayFreed
 )

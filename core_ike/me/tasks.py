@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..codec.message import Message
-from ..codec.payloads import NotifyPayload, Payload
+from ..codec.payloads import NotifyPayload, Payload, VendorIdPayload
 from ..constants import ExchangeType, MeEndpointType, NotifyType, PayloadType
 from ..errors import ProtocolError
 from ..ike.task import Status, Task
 from .connect import ConnectResult, parse_connect_response
-from .endpoints import Endpoint, addressless_endpoint, decode_endpoint, encode_endpoint
+from .endpoints import RELAY_VENDOR_ID, Endpoint, addressless_endpoint, decode_endpoint, encode_endpoint
 
 if TYPE_CHECKING:
     from ..ike.sa import IkeSa
@@ -33,6 +33,11 @@ log = logging.getLogger("core_ike.me")
 FailedCb = Callable[["IkeSa", str, float], None]
 ROLE_KEY = "me_role"  # sa.extension_data: "peer" (our mediation SA) or "server" (a peer's SA at the MS)
 FAIL_KEY = "me_fail"  # sa.extension_data: why an exchange of this SA failed (for the final report)
+RELAY_KEY = "me_relay"  # sa.extension_data of a mediation SA: both ends negotiated the data relay
+
+
+def has_relay_vid(msg: Message) -> bool:
+    return any(isinstance(p, VendorIdPayload) and p.data == RELAY_VENDOR_ID for p in msg.payloads)
 
 
 def has_notify(msg: Message, ntype: int) -> bool:
@@ -92,14 +97,20 @@ class MeOutbox:
 # --- IKE_SA_INIT ------------------------------------------------------------------------------------
 
 class MediationInit(Task):
-    """Peer: N(ME_MEDIATION) in the IKE_SA_INIT of a mediation connection ([ME] §3.1, reference §3.2)."""
+    """Peer: N(ME_MEDIATION) in the IKE_SA_INIT of a mediation connection ([ME] §3.1, reference §3.2),
+    plus our relay Vendor ID when `relay` (the server's echo is recorded under RELAY_KEY)."""
 
     exchange = ExchangeType.IKE_SA_INIT
     name = "ME_MEDIATION"
 
+    def __init__(self, relay: bool = False) -> None:
+        self.relay = relay
+
     def build_i(self, sa: IkeSa, msg: Message) -> None:
         sa.extension_data[ROLE_KEY] = "peer"
         msg.payloads.append(NotifyPayload(NotifyType.ME_MEDIATION))
+        if self.relay:
+            msg.payloads.append(VendorIdPayload(RELAY_VENDOR_ID))
 
     def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
         if msg.get(PayloadType.SA) is None:
@@ -107,6 +118,8 @@ class MediationInit(Task):
         if not has_notify(msg, NotifyType.ME_MEDIATION):
             # reference §3.2: the peer MUST abort
             raise ProtocolError("server did not return a ME_MEDIATION", None)
+        if self.relay and has_relay_vid(msg):
+            sa.extension_data[RELAY_KEY] = True
         return Status.DONE
 
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
@@ -114,16 +127,26 @@ class MediationInit(Task):
 
 
 class MediationEcho(Task):
-    """Server: echo N(ME_MEDIATION) (reference §3.2; strongSwan echoes it for any initiator)."""
+    """Server: echo N(ME_MEDIATION) (reference §3.2; strongSwan echoes it for any initiator), and our
+    relay Vendor ID when the peer sent it and the server relays (`relay`)."""
 
     exchange = ExchangeType.IKE_SA_INIT
     name = "ME_MEDIATION"
 
+    def __init__(self, relay: bool = False) -> None:
+        self.relay = relay
+        self.echo = False
+
     def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
         sa.extension_data[ROLE_KEY] = "server"
+        self.echo = self.relay and has_relay_vid(msg)
+        if self.echo:
+            sa.extension_data[RELAY_KEY] = True
 
     def build_r(self, sa: IkeSa, msg: Message) -> None:
         msg.payloads.append(NotifyPayload(NotifyType.ME_MEDIATION))
+        if self.echo:
+            msg.payloads.append(VendorIdPayload(RELAY_VENDOR_ID))
 
 
 class ConnectIdInit(Task):

@@ -20,6 +20,7 @@ from core_ike.ike.engine import Engine
 from core_ike.ike.identity import Identity
 from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
+from mediation_server.datarelay import DataRelay, RelayConfig
 from mediation_server.registry import Registry
 from mediation_server.relay import MediationServer
 
@@ -123,6 +124,13 @@ class Net:
                 self._receive(n, data, src, dst)
 
     def _receive(self, n: Node, data: bytes, src: Addr, local: Addr) -> None:
+        relay = getattr(n.ext, "relay", None)
+        if isinstance(relay, DataRelay) and local[1] not in (500, 4500):
+            for out, port, dst in relay.receive(data, local[1], src, self.now):  # the MS's data relay
+                self.wire.append((self.now, n.name, (n.ip, port), dst, out))
+                heapq.heappush(self._flight, (self.now + self.latency, next(self._seq), n.name, out,
+                                              (n.ip, port), dst))
+            return
         if data == b"\xff":
             return  # NAT keepalive (RFC 3948 2.3)
         if local[1] == 4500:
@@ -189,7 +197,7 @@ def _peer_engine(me: str, other: str, ip: str, local_net: str, remote_net: str, 
 def make_net(*, latency: float = 0.0, symmetric: tuple[bool, bool] = (False, False),
              registry: Registry | None = None, ccfg: MediationClientConfig | None = None,
              with_server: bool = True, server_ext: bool = True, psk_alice: str = "alice-medsrv-secret",
-             med_child: bool = False, same_nat: bool = False) -> Net:
+             med_child: bool = False, same_nat: bool = False, relay: RelayConfig | None = None) -> Net:
     net = Net(latency)
     ccfg = ccfg or client_config()
     if with_server:
@@ -200,7 +208,8 @@ def make_net(*, latency: float = 0.0, symmetric: tuple[bool, bool] = (False, Fal
                         local=AuthConfig("psk", Identity.parse(IDS["ms"])), remote=AuthConfig("psk"),
                         mediation=server_ext)
         eng = Engine([cfg], creds)
-        srv = MediationServer(eng, registry) if server_ext else None
+        table = DataRelay(relay) if relay is not None else None
+        srv = MediationServer(eng, registry, relay=table) if server_ext else None
         net.add(Node("ms", eng, MS_IP, None, srv))
     ea, ca = _peer_engine("alice", "bob", A_IP, "10.1.0.0/24", "10.2.0.0/24", med_psk=psk_alice,
                           med_child=med_child, ccfg=replace(ccfg, host_addresses=lambda: [A_IP]))

@@ -1,0 +1,123 @@
+"""Our relay extension in memory: symmetric NATs on both sides connect through the MS's data relay.
+
+Negotiated by RELAY_VENDOR_ID in the mediation IKE_SA_INIT (reference §11 #1-#2); without it (or with
+the server's relay off) the symmetric case still ends in "checks failed".
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mex_net import A_PUB, B_PUB, IDS, MS_IP, client_config, make_net, register
+
+from core_ike.constants import MeEndpointType
+from core_ike.ike import events as ev
+from core_ike.me import events as mev
+from core_ike.me.tasks import RELAY_KEY
+from mediation_server.datarelay import RelayConfig
+
+PORTS = (50000, 50099)
+
+
+def _connect(net) -> float:  # type: ignore[no-untyped-def]
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    t0 = net.now
+    alice.ext.connect("bob", net.now)
+    net.run(60.0, until=lambda: bool(alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished))
+            or bool(alice.of(mev.MediationFailed)))
+    return t0
+
+
+def _relay_ports(net) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    (alloc,) = net.nodes["ms"].of(mev.RelayAllocated)
+    return alloc.a_port, alloc.b_port
+
+
+def test_negotiated_on_both_mediation_sas() -> None:
+    net = make_net(relay=RelayConfig(ports=PORTS))
+    register(net)
+    for name in ("alice", "bob"):
+        (sa,) = [s for s in net.nodes[name].engine.ike_sas() if s.name == "medsrv"]
+        assert sa.extension_data.get(RELAY_KEY) is True
+    assert all(s.extension_data.get(RELAY_KEY) for s in net.nodes["ms"].engine.ike_sas())
+
+
+def test_symmetric_nats_both_sides_connect_through_the_relay() -> None:
+    net = make_net(symmetric=(True, True), relay=RelayConfig(ports=PORTS), latency=0.01)
+    register(net)
+    t0 = _connect(net)
+    alice, bob, ms = net.nodes["alice"], net.nodes["bob"], net.nodes["ms"]
+    assert not alice.of(mev.MediationFailed), alice.of(mev.MediationFailed)
+    a_port, b_port = _relay_ports(net)
+    (est,) = alice.of(mev.MediatedEstablished)
+    assert est.remote == (MS_IP, a_port)  # alice reaches bob at the relay port she sends to
+    (ike_b,) = [e for e in bob.of(ev.IkeSaEstablished) if e.name == "alice"]
+    assert ike_b.remote == (MS_IP, b_port)
+    (ca,) = alice.of(ev.ChildSaEstablished)
+    (cb,) = bob.of(ev.ChildSaEstablished)
+    # both sides see a NAT: ESP is UDP-encapsulated, from 4500, to the relay
+    assert ca.encap and cb.encap and ca.local[1] == 4500 and cb.local[1] == 4500
+    assert ca.remote == (MS_IP, a_port) and cb.remote == (MS_IP, b_port)
+    sas = {s.name: s for s in alice.engine.ike_sas()}
+    assert sas["bob"].remote == (MS_IP, a_port) and sas["bob"].nat_here and sas["bob"].nat_there
+    # the selected pair is the RELAYED one; the direct ones did not hold up the selection
+    (init,) = alice.of(mev.MediatedInitiating)
+    assert init.remote == (MS_IP, a_port)
+    t_sel = alice.first(mev.MediatedInitiating)[0]  # type: ignore[index]
+    t_relay_ok = min(t for t, e in alice.events if isinstance(e, mev.PairSucceeded))
+    assert t_sel - t_relay_ok < 0.2, (t_sel, t_relay_ok)  # a few RTTs, not the direct pairs' 65 s
+    assert est.elapsed < 1.5, est.elapsed
+    # every datagram of the mediated SA went via the MS, none directly between the NATs
+    direct = [w for w in net.wire if w[1] in ("alice", "bob") and w[3][0] in (A_PUB, B_PUB)
+              and w[0] >= t_sel]
+    assert not direct
+    relayed = [w for w in net.wire if w[1] == "ms" and w[2][1] in (a_port, b_port)]
+    assert relayed
+    (st,) = ms.ext.relay.status(net.now)
+    assert (st.a, st.b) == (IDS["alice"], IDS["bob"]) and st.bytes_a_to_b > 0 and st.bytes_b_to_a > 0
+    assert st.a_latched is not None and st.a_latched[0] == A_PUB and st.b_latched[0] == B_PUB
+    assert t0 < t_sel
+
+
+def test_direct_pair_still_wins_when_it_works() -> None:
+    net = make_net(relay=RelayConfig(ports=PORTS))
+    register(net)
+    _connect(net)
+    alice = net.nodes["alice"]
+    (est,) = alice.of(mev.MediatedEstablished)
+    assert est.remote == (B_PUB, 4500)  # the relayed pair has the lowest priority
+    cl_pairs = alice.ext.status().connections[0].pairs
+    assert any("RELAYED" in p for p in cl_pairs)
+
+
+def test_relay_expires_when_idle_and_frees_ports() -> None:
+    net = make_net(relay=RelayConfig(ports=PORTS, idle_timeout=30.0))
+    register(net)
+    _connect(net)
+    ms = net.nodes["ms"]
+    assert len(ms.ext.relay) == 1
+    net.run(40.0)
+    assert len(ms.ext.relay) == 0
+    (freed,) = ms.of(mev.RelayFreed)
+    assert freed.reason == "idle"
+
+
+def test_relay_disabled_at_server_still_checks_failed() -> None:
+    net = make_net(symmetric=(True, True), relay=RelayConfig(ports=PORTS, enabled=False))
+    register(net)
+    _connect(net)
+    (f,) = net.nodes["alice"].of(mev.MediationFailed)
+    assert f.reason.startswith("checks failed") and "RELAYED" not in f.reason
+    assert not any(s.extension_data.get(RELAY_KEY) for s in net.nodes["ms"].engine.ike_sas())
+
+
+def test_client_without_relay_gets_no_relayed_endpoints() -> None:
+    ccfg = client_config()
+    net = make_net(symmetric=(True, True), relay=RelayConfig(ports=PORTS), ccfg=replace(ccfg, relay=False))
+    register(net)
+    _connect(net)
+    assert not net.nodes["ms"].of(mev.RelayAllocated)
+    (f,) = net.nodes["alice"].of(mev.MediationFailed)
+    assert f.reason.startswith("checks failed")
+    eps = net.nodes["bob"].of(mev.MediationRequested)[0].endpoints
+    assert not any(MeEndpointType.RELAYED.name in e for e in eps)
