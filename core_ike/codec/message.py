@@ -39,6 +39,9 @@ MAX_MESSAGE_SIZE = 65535 - 8  # largest UDP payload; RFC 7296 2.8 needs far less
 
 _EXCHANGES: dict[int, ExchangeType] = {m.value: m for m in ExchangeType}
 _FLAGS: list[HeaderFlag] = [HeaderFlag(i) for i in range(256)]
+# bit tests by table (IntFlag's `&` runs Python code); indexing with an int subclass is C-fast
+_IS_RESPONSE: tuple[bool, ...] = tuple(bool(i & HeaderFlag.RESPONSE) for i in range(256))
+_IS_INITIATOR: tuple[bool, ...] = tuple(bool(i & HeaderFlag.INITIATOR) for i in range(256))
 
 T = TypeVar("T")
 
@@ -80,16 +83,16 @@ class Message:
     # --- header flags (RFC 7296 3.1) -----------------------------------------------------------
     @property
     def is_response(self) -> bool:
-        return bool(self.flags & HeaderFlag.RESPONSE)
+        return _IS_RESPONSE[self.flags & 0xFF if self.flags > 0xFF else self.flags]
 
     @property
     def is_request(self) -> bool:
-        return not self.flags & HeaderFlag.RESPONSE
+        return not _IS_RESPONSE[self.flags & 0xFF if self.flags > 0xFF else self.flags]
 
     @property
     def is_initiator(self) -> bool:
         """I flag: sent by the original initiator of the IKE SA."""
-        return bool(self.flags & HeaderFlag.INITIATOR)
+        return _IS_INITIATOR[self.flags & 0xFF if self.flags > 0xFF else self.flags]
 
     # --- payload access ------------------------------------------------------------------------
     def get(self, ptype: int) -> Payload | None:

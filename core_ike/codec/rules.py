@@ -11,7 +11,6 @@ Unknown non-critical payloads (UnknownPayload) are ignored, as RFC 7296 2.5 requ
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 from ..constants import ExchangeType, NotifyType, PayloadType
@@ -156,25 +155,37 @@ def _check_unprotected(msg: Message, rule: MessageRule) -> None:
     _check_counts(msg, CONNECTIVITY_CHECK if checks else rule)
 
 
+_COMPILED: dict[int, tuple[MessageRule, frozenset[int], tuple[tuple[int, int, int], ...]]] = {}
+
+
+def _compiled(rule: MessageRule) -> tuple[frozenset[int], tuple[tuple[int, int, int], ...]]:
+    """(allowed types, (type, min, max) bounds that can fail) of a rule, computed once."""
+    hit = _COMPILED.get(id(rule))
+    if hit is None or hit[0] is not rule:
+        bounds = tuple((int(r.ptype), r.min, r.max) for r in rule.payloads if r.min > 0 or r.max < N)
+        hit = _COMPILED[id(rule)] = (rule, rule.allowed(), bounds)
+    return hit[1], hit[2]
+
+
 def _check_counts(msg: Message, rule: MessageRule) -> None:
-    counts: Counter[int] = Counter()
+    allowed, bounds = _compiled(rule)
+    counts: dict[int, int] = {}
+    inside = msg.unprotected if rule.encrypted else 0
     for i, p in enumerate(msg.payloads):
-        if isinstance(p, UnknownPayload):
+        if type(p) is UnknownPayload:
             continue  # RFC 7296 2.5: non-critical unknown payloads are ignored
-        ptype = int(p.ptype)
-        counts[ptype] += 1
-        if rule.encrypted and i < msg.unprotected:
+        ptype = p.ptype
+        counts[ptype] = counts.get(ptype, 0) + 1
+        if i < inside:
             raise _fail(rule.name, f"{_name(ptype)} must be inside SK")
-    allowed = rule.allowed()
-    for ptype in counts:
         if ptype not in allowed:
             raise _fail(rule.name, f"payload {_name(ptype)} not allowed")
-    for r in rule.payloads:
-        n = counts.get(r.ptype, 0)
-        if n < r.min:
-            raise _fail(rule.name, f"{_name(r.ptype)} occurs {n} times, at least {r.min} required")
-        if n > r.max:
-            raise _fail(rule.name, f"{_name(r.ptype)} occurs {n} times, at most {r.max} allowed")
+    for ptype, lo, hi in bounds:
+        n = counts.get(ptype, 0)
+        if n < lo:
+            raise _fail(rule.name, f"{_name(ptype)} occurs {n} times, at least {lo} required")
+        if n > hi:
+            raise _fail(rule.name, f"{_name(ptype)} occurs {n} times, at most {hi} allowed")
 
 
 def check_rules(msg: Message) -> None:

@@ -100,6 +100,9 @@ def _pull_attributes(buf: Buffer) -> int | None:
     return key_length
 
 
+_TRANSFORMS: dict[tuple[int, int, int | None], Transform] = {}
+
+
 def _pull_transform(buf: Buffer) -> tuple[bool, Transform]:
     _need_body(buf, 8, "transform")
     more, _, length, ttype, _, tid_hi, tid_lo = _SUBSTRUC.unpack(buf.pull_bytes(8))
@@ -109,7 +112,12 @@ def _pull_transform(buf: Buffer) -> tuple[bool, Transform]:
         raise DecodeError(f"transform length {length} invalid ({buf.remaining + 8} octets left)")
     tid = tid_hi << 8 | tid_lo
     key_length = _pull_attributes(buf.sub(length - 8)) if length > 8 else None
-    t = Transform(_TRANSFORM_TYPES.get(ttype, ttype), tid, key_length)  # unknown types kept (3.3.6)
+    key = (ttype, tid, key_length)
+    t = _TRANSFORMS.get(key)
+    if t is None:
+        t = Transform(_TRANSFORM_TYPES.get(ttype, ttype), tid, key_length)  # unknown types kept (3.3.6)
+        if len(_TRANSFORMS) < 4096:
+            _TRANSFORMS[key] = t  # frozen: shared by every SA that negotiates it (memory per SA)
     return more == _MORE_TRANSFORMS, t
 
 

@@ -129,8 +129,13 @@ def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def addr_matches(patterns: list[str], addr: str) -> bool:
     """swanctl local_addrs/remote_addrs matching: %any, an address, or a subnet (parsed once)."""
+    return _addr_matches(tuple(patterns), addr)
+
+
+@lru_cache(maxsize=16384)
+def _addr_matches(patterns: tuple[str, ...], addr: str) -> bool:
     ip = _ip(addr)
-    for version, net in _patterns(tuple(patterns)):
+    for version, net in _patterns(patterns):
         if net is None:
             if version in (0, ip.version):
                 return True

@@ -480,7 +480,8 @@ class Engine:
             self._init_request(msg, local, remote, now)
             return
         # RFC 7296 2.6: the SPI that we chose is SPIi for SAs we initiated, SPIr otherwise
-        ours = msg.spi_r if msg.flags & HeaderFlag.INITIATOR else msg.spi_i
+        from_initiator = msg.is_initiator
+        ours = msg.spi_r if from_initiator else msg.spi_i
         sa = self.sas.get(ours)
         if sa is None and msg.is_response and msg.exchange == ExchangeType.IKE_SA_INIT:
             sa = self.sas.get(msg.spi_i)
@@ -488,8 +489,7 @@ class Engine:
             log.info("ignoring %s for unknown IKE_SA %s_i %s_r", "response" if msg.is_response else "request",
                      msg.spi_i.hex(), msg.spi_r.hex())
             return
-        if sa.is_original_initiator and msg.flags & HeaderFlag.INITIATOR or \
-                not sa.is_original_initiator and not msg.flags & HeaderFlag.INITIATOR:
+        if sa.is_original_initiator == from_initiator:
             log.info("ignoring message with wrong initiator flag for %s", sa.label)
             return
         self._update_addresses(sa, local, remote, msg)

@@ -29,6 +29,10 @@ log = logging.getLogger("core_ike.ike")
 Addr = tuple[str, int]
 
 
+# (original initiator, response) -> header flags, without IntFlag arithmetic per message
+_HEADER_FLAGS = ((HeaderFlag.NONE, HeaderFlag.RESPONSE),
+                 (HeaderFlag.INITIATOR, HeaderFlag.INITIATOR | HeaderFlag.RESPONSE))
+
 class IkeState(Enum):
     CREATED = "CREATED"
     CONNECTING = "CONNECTING"
@@ -118,7 +122,7 @@ class IkeSa:
         self.nat_here = False
         self.nat_there = False
         self.frag_supported = False
-        self.peer_hash_algs: set[int] = set()
+        self.peer_hash_algs: frozenset[int] = frozenset()
         self.mediation = config.mediation
         self.extension_data: dict[str, Any] = {}  # per-extension state (e.g. ME)
         # message IDs and retransmission
@@ -192,9 +196,7 @@ class IkeSa:
         return packets
 
     def new_message(self, exchange: int, response: bool, mid: int) -> Message:
-        flags = HeaderFlag.INITIATOR if self.is_original_initiator else HeaderFlag.NONE
-        if response:
-            flags |= HeaderFlag.RESPONSE
+        flags = _HEADER_FLAGS[self.is_original_initiator][response]
         return Message(
             spi_i=self.spi_i, spi_r=self.spi_r, exchange=exchange, flags=flags, message_id=mid,
             payloads=[], encrypted=exchange != ExchangeType.IKE_SA_INIT,

@@ -165,6 +165,9 @@ def established(sa: IkeSa, now: float) -> None:
 
     sa.set_state(IkeState.ESTABLISHED)
     sa.established_at = now
+    # RFC 7296 2.15: the IKE_SA_INIT messages were only needed for AUTH; a retransmitted IKE_AUTH
+    # request is answered from the response cache
+    sa.init_request = sa.init_response = b""
     log.info("IKE_SA %s established between %s[%s]...%s[%s]", sa.label, sa.local[0], sa.my_id,
              sa.remote[0], sa.peer_id)
     sa.engine.ike_established(sa, now)

@@ -101,13 +101,29 @@ def _process_common(sa: IkeSa, msg: Message, local: tuple[str, int], remote: tup
     h = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if h is not None:
         d = h.data
-        sa.peer_hash_algs = {int.from_bytes(d[k:k + 2], "big") for k in range(0, len(d) - 1, 2)}
+        algs = _HASH_SETS.get(d)
+        if algs is None:
+            algs = frozenset(int.from_bytes(d[k:k + 2], "big") for k in range(0, len(d) - 1, 2))
+            if len(_HASH_SETS) < 256:
+                _HASH_SETS[d] = algs
+        sa.peer_hash_algs = algs  # shared between SAs: most peers send the same list
+
+
+_HASH_SETS: dict[bytes, frozenset[int]] = {}  # N(SIGNATURE_HASH_ALGORITHMS) data -> parsed set
+_PRFS: dict[int, Prf] = {}  # Prf objects are stateless: one per algorithm
+
+
+def _prf(prf_id: int) -> Prf:
+    p = _PRFS.get(prf_id)
+    if p is None:
+        p = _PRFS[prf_id] = Prf(prf_id)
+    return p
 
 
 def _install_keys(sa: IkeSa, chosen: Proposal, shared: bytes) -> None:
     encr, bits, integ, prf_id, _dh = algorithms(chosen)
     keys = derive_ike_keys(prf_id, encr, bits, integ, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
-    sa.prf = Prf(prf_id)
+    sa.prf = _prf(prf_id)
     sa.prf_id = prf_id
     sa.sk_d, sa.sk_pi, sa.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
     sa.out_prot, sa.in_prot = ike_protectors(keys, encr, bits, integ, sa.is_original_initiator)
