@@ -13,6 +13,13 @@ connect_rate = 5            # ME_CONNECT requests per second per peer
 connect_burst = 10
 max_endpoints = 16          # ME_ENDPOINTs accepted per ME_CONNECT
 max_pending_callbacks = 16  # callback registrations per requester
+relay = true                # data relay for peers that cannot reach each other (our extension)
+relay_ports = "50000-50999" # UDP ports on the server's address, two per relay
+relay_per_peer = 8
+relay_total = 200
+relay_idle_timeout = "2m"   # ports freed after this long without traffic
+relay_rate = 2000000        # bytes/s per relay (both directions together)
+relay_packet_rate = 4000    # packets/s per relay
 ```
 
 and a mediation connection (`mediation = true`, remote id `%any`, no children).
@@ -28,8 +35,27 @@ from core_ike.daemon.config import DaemonConfig, duration
 from core_ike.daemon.main import Daemon, run_main
 from core_ike.errors import LocalError
 
+from .datarelay import DataRelay, RelayConfig
 from .registry import Authorizer, Policy, Registry, RegistryConfig
 from .relay import MediationServer
+from .relaysock import RelaySockets
+
+
+def relay_config(med: dict[str, Any]) -> RelayConfig:
+    lo, _, hi = str(med.get("relay_ports", "50000-50999")).partition("-")
+    try:
+        ports = (int(lo), int(hi or lo))
+    except ValueError:
+        raise LocalError(f"relay_ports {med.get('relay_ports')!r}: expected 'low-high'") from None
+    try:
+        return RelayConfig(
+            enabled=bool(med.get("relay", True)), ports=ports,
+            per_peer=int(med.get("relay_per_peer", 8)), total=int(med.get("relay_total", 200)),
+            idle_timeout=duration(med.get("relay_idle_timeout", 120)),
+            rate_bytes=float(med.get("relay_rate", 2_000_000)),
+            rate_packets=float(med.get("relay_packet_rate", 4000)))
+    except ValueError as e:
+        raise LocalError(str(e)) from None
 
 
 def _registry(med: dict[str, Any], cfg: DaemonConfig) -> Registry:
@@ -76,7 +102,12 @@ class ServerDaemon(Daemon):
         registry = _registry(med, cfg)
         # the registry keeps wall-clock times so persisted callback expiries survive a restart
         offset = time.time() - time.monotonic()
-        self.mediation = MediationServer(self.engine, registry, clock=lambda now: now + offset)
+        rc = relay_config(med)
+        self.relay = DataRelay(rc) if rc.enabled else None
+        self.mediation = MediationServer(self.engine, registry, clock=lambda now: now + offset, relay=self.relay)
+        self.relay_sockets = RelaySockets(self.relay) if self.relay is not None else None
+        if self.relay_sockets is not None:
+            self.listeners.append(self.relay_sockets.on_event)
         self.control.extra["status"] = self.status
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +117,18 @@ class ServerDaemon(Daemon):
                  for p in self.mediation.status()]
         waiting = [{"requester": r.requester, "target": r.target, "expires_in": round(r.expires - now)}
                    for r in self.mediation.registry.registrations()]
-        return {"ok": True, "peers": peers, "callbacks": waiting}
+        mono = time.monotonic()
+        relays = [{"id": r.id, "a": r.a, "b": r.b, "a_port": r.a_port, "b_port": r.b_port, "address": r.address,
+                   "a_latched": f"{r.a_latched[0]}[{r.a_latched[1]}]" if r.a_latched else "",
+                   "b_latched": f"{r.b_latched[0]}[{r.b_latched[1]}]" if r.b_latched else "",
+                   "bytes_a_to_b": r.bytes_a_to_b, "bytes_b_to_a": r.bytes_b_to_a, "packets": r.packets,
+                   "idle": round(r.idle, 1), "age": round(r.age, 1)}
+                  for r in (self.relay.status(mono) if self.relay is not None else [])]
+        return {"ok": True, "peers": peers, "callbacks": waiting, "relays": relays}
+
+    def close(self) -> None:
+        if self.relay_sockets is not None:
+            self.relay_sockets.close()
 
 
 def _build(cfg: DaemonConfig, raw: dict[str, Any]) -> Daemon:

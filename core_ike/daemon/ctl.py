@@ -69,6 +69,12 @@ def format_status(reply: dict[str, Any]) -> str:
             out.append("callbacks waiting:")
             for c in reply["callbacks"]:
                 out.append(f"  {c['requester']} waits for {c['target']} (expires in {c['expires_in']}s)")
+        if reply.get("relays"):
+            out.append(f"{len(reply['relays'])} relay(s):")
+            for r in reply["relays"]:
+                out.append(f"  #{r['id']} {r['a']} {r['a_latched'] or '-'} -> {r['address']}[{r['a_port']}] | "
+                           f"{r['address']}[{r['b_port']}] <- {r['b_latched'] or '-'} {r['b']}: "
+                           f"{r['bytes_a_to_b']} B ->, {r['bytes_b_to_a']} B <-, idle {r['idle']}s")
         return "\n".join(out)
     st = reply.get("status", {})
     for m in st.get("mediation", []):

@@ -2,7 +2,8 @@
 
 natB maps every new destination to a new random port (nftables `masquerade fully-random`), so the
 endpoint carol learned for bob is useless to alice and bob's checks arrive at natA from ports alice never
-sent to (dropped by its WAN rule). Without a relay there is no direct path: alice's `up bob` must end
+sent to (dropped by its WAN rule). With carol's data relay off (`[mediation] relay = false`,
+explicitly: the relay-on case is symmetric-nat-relay) there is no path: alice's `up bob` must end
 with "checks failed: ..." listing the pairs it tried, within the configured deadline
 (`[client] check_timeout = 5`), not hang; nothing may be left half up.
 """
@@ -31,7 +32,7 @@ def run(story: Story) -> None:
     med = OurMediation(lab)
     client = f"check_timeout = {CHECK_TIMEOUT:g}"
     story.step(f"start mediation_server on carol, mediation_client on bob and alice ([client] {client})")
-    med.start_server()
+    med.start_server(extra="relay = false")  # the relay-disabled case: its failure report stays tested
     bob = med.start_client("bob", client=client)
     alice = med.start_client("alice", client=client)
     peers = med.wait_registered("alice", "bob")

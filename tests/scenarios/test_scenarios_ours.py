@@ -1,7 +1,8 @@
 """The scenarios with our own daemons, each through ``scenarios/run`` to a PASSED verdict (exit code 0).
 
 medsrv-psk, medsrv-rsa (portals over HTTP: lighttpd + FastCGI in the namespaces), behind-same-nat
-(callback path, LAN pair), symmetric-nat (clear failure within check_timeout) and ike-charon (the
+(callback path, LAN pair), symmetric-nat (relay off: clear failure within check_timeout),
+symmetric-nat-relay(-both) (through the mediation server's data relay) and ike-charon (the
 earlier demo, our iked with a real charon). About 30 s together.
 """
 
@@ -22,7 +23,7 @@ RUN = ROOT / "scenarios" / "run"
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
 
-OURS = ["medsrv-psk", "behind-same-nat", "symmetric-nat"]
+OURS = ["medsrv-psk", "behind-same-nat", "symmetric-nat", "symmetric-nat-relay", "symmetric-nat-relay-both"]
 
 
 def run_scenario(name: str, timeout: float = 90.0) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -52,6 +53,8 @@ def test_scenario_ours(name: str) -> None:
     if name == "symmetric-nat":
         assert "checks failed" in res.stdout
         assert elapsed < 30
+    if name.startswith("symmetric-nat-relay"):
+        assert "through carol's data relay" in res.stdout and "PASS  carol relays the ESP-in-UDP" in res.stdout
 
 
 @pytest.mark.skipif(not Path("/usr/sbin/lighttpd").exists(), reason="lighttpd not installed")
