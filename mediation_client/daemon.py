@@ -15,6 +15,7 @@ callback_timeout = 120   # wait this long for an offline peer to come online
 check_timeout = 30       # connectivity checks give up after this
 finish_wait = 0.05       # after the first successful pair, wait this long for a better one
 reconnect = 5            # seconds before re-establishing a lost mediation connection (doubles up to 60)
+relay = true             # announce our relay extension: accept RELAYED endpoints from our server
 ```
 """
 
@@ -48,6 +49,7 @@ def client_config(c: dict[str, Any]) -> MediationClientConfig:
         server_timeout=duration(c.get("server_timeout", 30)),
         connect_timeout=duration(c.get("connect_timeout", 15)),
         callback_timeout=duration(c.get("callback_timeout", 120)),
+        relay=bool(c.get("relay", True)),
     )
 
 
