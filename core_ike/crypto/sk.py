@@ -147,27 +147,31 @@ class CbcHmacProtector:
 class AeadProtector:
     """AES-GCM / AES-CCM (RFC 5282) and ChaCha20-Poly1305 (RFC 7634) in the SK payload."""
 
-    __slots__ = ("_aead", "_key", "_salt", "_counter", "_truncated_gcm", "icv_size", "block_size",
+    __slots__ = ("_encr_id", "_key", "_salt", "_counter", "_truncated_gcm", "icv_size", "block_size",
                  "iv_size")
 
     def __init__(self, encr_id: int, sk_e: bytes) -> None:
         salt_len, self.icv_size = _AEAD[encr_id]
         key, self._salt = sk_e[:-salt_len], sk_e[-salt_len:]
         self._key = key
+        self._encr_id = encr_id
         # GCM with 8/12-octet ICVs: AESGCM only emits/accepts 16-octet tags (SP 800-38D 5.2.1.2)
         self._truncated_gcm = encr_id in (EncrId.AES_GCM_8, EncrId.AES_GCM_12)
-        self._aead: Any
-        if encr_id == EncrId.CHACHA20_POLY1305:
-            self._aead = ChaCha20Poly1305(key)
-        elif encr_id in (EncrId.AES_CCM_8, EncrId.AES_CCM_12, EncrId.AES_CCM_16):
-            self._aead = AESCCM(key, tag_length=self.icv_size)
-        else:
-            self._aead = AESGCM(key)
         # RFC 5282 3.1: the explicit IV must never repeat under one key. A 64-bit counter from a
         # random start gives uniqueness without a random draw per message.
         self._counter = int.from_bytes(os.urandom(8), "big")
         self.block_size = 1
         self.iv_size = _AEAD_IV_LEN
+
+    @property
+    def _aead(self) -> Any:
+        """A fresh cipher object per message: each holds ~2.5 KiB of OpenSSL contexts, which per IKE_SA
+        (two directions, mostly idle) cost more memory than the SA itself; creating one takes < 1 us."""
+        if self._encr_id == EncrId.CHACHA20_POLY1305:
+            return ChaCha20Poly1305(self._key)
+        if self._encr_id in (EncrId.AES_CCM_8, EncrId.AES_CCM_12, EncrId.AES_CCM_16):
+            return AESCCM(self._key, tag_length=self.icv_size)
+        return AESGCM(self._key)
 
     def sealed_length(self, plaintext_len: int) -> int:
         return self.iv_size + plaintext_len + 1 + self.icv_size
