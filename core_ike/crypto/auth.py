@@ -69,9 +69,18 @@ def signed_octets(real_message: bytes, peer_nonce: bytes, prf: Prf, sk_p: bytes,
     return real_message + peer_nonce + prf(sk_p, id_body)
 
 
+_PADDED_PSKS: dict[tuple[int, bytes], bytes] = {}  # (PRF, secret) -> prf(secret, KEY_PAD), per config
+
+
 def psk_auth(prf: Prf, psk: bytes, octets: bytes) -> bytes:
     """AUTH data for method 2: prf(prf(Shared Secret, "Key Pad for IKEv2"), octets)."""
-    return prf(prf(psk, KEY_PAD), octets)
+    key = (prf.prf_id, psk)
+    padded = _PADDED_PSKS.get(key)
+    if padded is None:
+        padded = prf(psk, KEY_PAD)
+        if len(_PADDED_PSKS) < 1024:
+            _PADDED_PSKS[key] = padded
+    return prf(padded, octets)
 
 
 def verify_psk_auth(prf: Prf, psk: bytes, octets: bytes, data: bytes) -> bool:

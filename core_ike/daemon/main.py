@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -50,6 +51,15 @@ def make_dataplane(kind: str, tun: str, transport: UdpTransport, natt_port: int)
         transport.send(data, (hit[1], natt_port), remote)
 
     return choose_backend(kind, send_udp, tun_name=tun)
+
+
+def tune_gc() -> None:
+    """Startup objects (modules, config) go to the permanent generation and collections run less
+    often: IKE_SAs make few reference cycles, and full collections over a large SA table cost
+    ~5 % of the CPU per IKE_SA setup."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 class Daemon:
@@ -138,6 +148,7 @@ class Daemon:
         log.info("iked started, %d connection(s) loaded", len(self.cfg.connections))
         self.autostart(loop.time())
         self.transport.flush()
+        tune_gc()
         await self.stopped.wait()
         log.info("iked stopping")
         self.server.close()
