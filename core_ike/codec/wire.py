@@ -491,6 +491,9 @@ def pull_chain(buf: Buffer, first: int, stop: frozenset[int] = frozenset()) -> t
     data, end = buf._data, buf._end
     unpack_from = _GENERIC.unpack_from
     registry = REGISTRY
+    # the common bodies straight from the underlying bytes (one copy per field, no Buffer)
+    raw = data.obj
+    fast = _FAST_PULL if type(raw) is bytes and len(raw) == end else {}
     while ptype:
         if ptype in stop:
             return payloads, ptype
@@ -501,6 +504,14 @@ def pull_chain(buf: Buffer, first: int, stop: frozenset[int] = frozenset()) -> t
         body_end = pos + length
         if length < GENERIC_HEADER_LEN or body_end > end:
             pull_header(buf)  # raises with the details
+        f = fast.get(ptype)
+        if f is not None:
+            got = f(raw, pos + GENERIC_HEADER_LEN, body_end)  # type: ignore[arg-type]
+            if got is not None:
+                buf.pos = body_end
+                append(got)
+                ptype = nxt
+                continue
         codec = registry.get(ptype)
         if codec is None:
             buf.pos = pos + GENERIC_HEADER_LEN
@@ -524,9 +535,19 @@ def wire_type(p: Payload) -> int:
 def push_chain(buf: Buffer, payloads: Sequence[Payload], next_after: int = PayloadType.NONE) -> None:
     """Append generic header + body for each payload; the last one's Next Payload is `next_after`."""
     n = len(payloads)
+    out = buf._out
+    pack = _GENERIC.pack
     for i, p in enumerate(payloads):
+        nxt = payloads[i + 1].ptype if i + 1 < n else next_after
+        f = _FAST_PUSH.get(type(p))
+        if f is not None:
+            body = f(p)
+            if len(body) > 0xFFFF - GENERIC_HEADER_LEN:
+                raise LocalError(f"payload type {int(p.ptype)} of {len(body) + 4} octets exceeds 65535")
+            out += pack(nxt, 0, GENERIC_HEADER_LEN + len(body))
+            out += body
+            continue
         ptype = int(p.ptype)
-        nxt = int(payloads[i + 1].ptype) if i + 1 < n else next_after
         start = buf.tell
         buf.push_u8(nxt)
         if isinstance(p, UnknownPayload):
@@ -544,6 +565,83 @@ def push_chain(buf: Buffer, payloads: Sequence[Payload], next_after: int = Paylo
         if length > 0xFFFF:
             raise LocalError(f"payload type {ptype} of {length} octets exceeds 65535")
         buf.patch_u16(start + 2, length)
+
+
+# --- fast paths for the frequent payloads (same octets as the pull_x/push_x pairs; on any
+# irregularity the fast pull returns None and the general codec produces the error) ---------------
+_KE_HEAD = struct.Struct("!HH")
+
+
+def _fast_pull_notify(raw: bytes, start: int, end: int) -> NotifyPayload | None:
+    if end - start < 4:
+        return None
+    proto, spi_size, ntype = _NOTIFY.unpack_from(raw, start)
+    spi_end = start + 4 + spi_size
+    if spi_end > end:
+        return None
+    return NotifyPayload(_NOTIFY_TYPES.get(ntype, ntype), raw[spi_end:end], _PROTOCOLS.get(proto, proto),
+                         raw[start + 4 : spi_end] if spi_size else b"")
+
+
+def _fast_pull_nonce(raw: bytes, start: int, end: int) -> NoncePayload | None:
+    if not NONCE_MIN <= end - start <= NONCE_MAX:
+        return None
+    return NoncePayload(raw[start:end])
+
+
+def _fast_pull_ke(raw: bytes, start: int, end: int) -> KePayload | None:
+    if end - start < 4:
+        return None
+    return KePayload(_KE_HEAD.unpack_from(raw, start)[0], raw[start + 4 : end])
+
+
+def _fast_pull_auth(raw: bytes, start: int, end: int) -> AuthPayload | None:
+    if end - start < 4:
+        return None
+    return AuthPayload(raw[start], raw[start + 4 : end])
+
+
+def _fast_pull_vendor(raw: bytes, start: int, end: int) -> VendorIdPayload | None:
+    return VendorIdPayload(raw[start:end])
+
+
+_FAST_PULL: dict[int, Callable[[bytes, int, int], Payload | None]] = {
+    PayloadType.NOTIFY: _fast_pull_notify,
+    PayloadType.NONCE: _fast_pull_nonce,
+    PayloadType.KE: _fast_pull_ke,
+    PayloadType.AUTH: _fast_pull_auth,
+    PayloadType.VENDOR_ID: _fast_pull_vendor,
+}
+
+
+def _fast_push_notify(v: NotifyPayload) -> bytes:
+    return _NOTIFY.pack(v.protocol, len(v.spi), v.type) + v.spi + v.data
+
+
+def _fast_push_nonce(v: NoncePayload) -> bytes:
+    return v.data
+
+
+def _fast_push_ke(v: KePayload) -> bytes:
+    return _KE_HEAD.pack(v.group, 0) + v.data
+
+
+def _fast_push_auth(v: AuthPayload) -> bytes:
+    return bytes((v.method, 0, 0, 0)) + v.data
+
+
+def _fast_push_id(v: IdPayload) -> bytes:
+    return v.body
+
+
+_FAST_PUSH: dict[type, Callable[[Any], bytes]] = {
+    NotifyPayload: _fast_push_notify,
+    NoncePayload: _fast_push_nonce,
+    KePayload: _fast_push_ke,
+    AuthPayload: _fast_push_auth,
+    IdPayload: _fast_push_id,
+    VendorIdPayload: _fast_push_nonce,
+}
 
 
 def encode_payloads(payloads: Sequence[Payload]) -> bytes:
