@@ -220,8 +220,9 @@ def decrypt_message(msg: Message, protector: SkProtector) -> Message:
     if isinstance(sk, SkfPayload):
         raise LocalError("SKF fragments are decrypted by a Reassembler")
     inner = _parse_inner(protector.open(sk.prefix, sk.body), sk.first_inner)
-    return replace(
-        msg, payloads=msg.payloads + inner, decrypted=True, unprotected=len(msg.payloads)
+    return Message(  # not dataclasses.replace: this runs for every protected message
+        msg.spi_i, msg.spi_r, msg.exchange, msg.flags, msg.message_id, msg.payloads + inner, msg.encrypted,
+        msg.raw, sk, True, len(msg.payloads),
     )
 
 

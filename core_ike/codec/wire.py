@@ -160,28 +160,27 @@ def pull_sa(buf: Buffer) -> SaPayload:
     return SaPayload(proposals)
 
 
+_TRANSFORM_HEAD = struct.Struct("!BBHBBH")  # RFC 7296 3.3.2: Last, RESERVED, Length, Type, RESERVED, ID
+_KEY_LENGTH_ATTR = struct.Struct("!HH")  # RFC 7296 3.3.5: TV attribute 14
+
+
 def push_sa(buf: Buffer, v: SaPayload) -> None:
+    out = buf._out
+    n_props = len(v.proposals)
     for i, p in enumerate(v.proposals):
-        start = buf.tell
-        buf.push_u8(_MORE_PROPOSALS if i + 1 < len(v.proposals) else _LAST_PROPOSAL)
-        buf.push_u8(0)
-        buf.push_u16(0)  # patched below
-        buf.push_u8(p.num)
-        buf.push_u8(int(p.protocol))
-        buf.push_u8(len(p.spi))
-        buf.push_u8(len(p.transforms))
-        buf.push_bytes(p.spi)
+        parts = [b"", p.spi]
+        last_t = len(p.transforms) - 1
         for j, t in enumerate(p.transforms):
-            buf.push_u8(_MORE_TRANSFORMS if j + 1 < len(p.transforms) else _LAST_TRANSFORM)
-            buf.push_u8(0)
-            buf.push_u16(12 if t.key_length is not None else 8)
-            buf.push_u8(int(t.type))
-            buf.push_u8(0)
-            buf.push_u16(t.id)
-            if t.key_length is not None:
-                buf.push_u16(_AF_TV | TransformAttr.KEY_LENGTH)  # 0x800E
-                buf.push_u16(t.key_length)
-        buf.patch_u16(start + 2, buf.tell - start)
+            more = _MORE_TRANSFORMS if j < last_t else _LAST_TRANSFORM
+            if t.key_length is None:
+                parts.append(_TRANSFORM_HEAD.pack(more, 0, 8, t.type, 0, t.id))
+            else:
+                parts.append(_TRANSFORM_HEAD.pack(more, 0, 12, t.type, 0, t.id)
+                             + _KEY_LENGTH_ATTR.pack(_AF_TV | TransformAttr.KEY_LENGTH, t.key_length))  # 0x800E
+        body_len = 8 + sum(len(x) for x in parts)
+        parts[0] = _SUBSTRUC.pack(_MORE_PROPOSALS if i + 1 < n_props else _LAST_PROPOSAL, 0, body_len,
+                                  p.num, p.protocol, len(p.spi), len(p.transforms))
+        out += b"".join(parts)
 
 
 # --- KE, ID, CERT, CERTREQ, AUTH, Nonce, V, EAP (RFC 7296 3.4-3.9, 3.12, 3.16) ----------------

@@ -152,7 +152,8 @@ class IkeSa:
     def set_state(self, new: IkeState) -> None:
         """The one mutation point of the IKE_SA state (design principle 6)."""
         if new is not self.state:
-            log.debug("IKE_SA %s state change: %s => %s", self.label, self.state.value, new.value)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("IKE_SA %s state change: %s => %s", self.label, self.state.value, new.value)
             self.state = new
 
     @property

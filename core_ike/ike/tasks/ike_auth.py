@@ -168,8 +168,9 @@ def established(sa: IkeSa, now: float) -> None:
     # RFC 7296 2.15: the IKE_SA_INIT messages were only needed for AUTH; a retransmitted IKE_AUTH
     # request is answered from the response cache
     sa.init_request = sa.init_response = b""
-    log.info("IKE_SA %s established between %s[%s]...%s[%s]", sa.label, sa.local[0], sa.my_id,
-             sa.remote[0], sa.peer_id)
+    if log.isEnabledFor(logging.INFO):
+        log.info("IKE_SA %s established between %s[%s]...%s[%s]", sa.label, sa.local[0], sa.my_id,
+                 sa.remote[0], sa.peer_id)
     sa.engine.ike_established(sa, now)
     sa.engine.emit(ev.IkeSaEstablished(
         sa.name, sa.unique_id, sa.local, sa.remote, str(sa.my_id), str(sa.peer_id), sa.spi_i, sa.spi_r,
