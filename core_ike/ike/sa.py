@@ -224,8 +224,12 @@ class IkeSa:
     def _send_request(self, exchange: int, tasks: list[Task], now: float) -> None:
         mid = self.my_mid
         msg = self.new_message(exchange, False, mid)
-        for t in tasks:
-            t.build_i(self, msg)
+        try:
+            for t in tasks:
+                t.build_i(self, msg)
+        except ProtocolError as e:  # e.g. our own credentials are missing: fail with the reason
+            self._task_failed(Outstanding(mid, exchange, tasks, [], 0, now), str(e), now, None)
+            return
         if exchange == ExchangeType.IKE_SA_INIT:
             self.set_state(IkeState.CONNECTING) if self.state is IkeState.CREATED else None
         packets = self._encode(msg)

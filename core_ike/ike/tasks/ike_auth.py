@@ -53,17 +53,17 @@ def build_auth(sa: IkeSa, msg: Message, initiator_side: bool, id_pl: IdPayload) 
     cfg = sa.config.local
     octets = _octets(sa, initiator_side, id_pl.body)
     creds = sa.engine.creds
-    assert sa.my_id is not None and sa.peer_id is not None or cfg.auth == "pubkey"
+    # our own credentials missing: the peer learns AUTHENTICATION_FAILED, we log the precise reason
     if cfg.auth == "psk":
         psk = creds.psk(sa.my_id or Identity(0, b""), sa.peer_id or sa.config.remote.id)
         if psk is None:
-            raise ProtocolError(f"no shared key found for '{sa.my_id}' - '{sa.peer_id}'", None)
+            raise AuthenticationError(f"no shared key found for '{sa.my_id}' - '{sa.peer_id}'")
         msg.payloads.append(AuthPayload(AuthMethod.PSK, psk_auth(sa.prf, psk, octets)))
         log.info("authentication of '%s' (myself) with pre-shared key", sa.my_id)
         return
     key = creds.private_key_for(sa.my_id or Identity(0, b""))
     if key is None:
-        raise ProtocolError(f"no private key found for '{sa.my_id}'", None)
+        raise AuthenticationError(f"no private key found for '{sa.my_id}'")
     hashes = set(sa.peer_hash_algs)
     method_pref = cfg.signature
     method = int(AuthMethod.RSA_SIG) if method_pref == "rsa" or not hashes else int(AuthMethod.DIGITAL_SIGNATURE)

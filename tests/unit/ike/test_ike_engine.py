@@ -312,3 +312,19 @@ def test_virtual_ip_via_configuration_payload() -> None:
     (ca,) = p.of("a", ev.ChildSaEstablished)
     (cb,) = p.of("b", ev.ChildSaEstablished)
     assert ca.local_ts == ("10.99.0.1/32",) and cb.remote_ts == ("10.99.0.1/32",)
+
+
+def test_missing_own_credentials_fail_with_reason_on_both_sides() -> None:
+    p = make_pair()
+    p.a.creds.shared.clear()  # the initiator has no PSK: it cannot build its AUTH
+    _up(p)
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    assert "no shared key found" in fa.reason
+    assert not p.a.sas
+    p = make_pair()
+    p.b.creds.shared.clear()  # the responder has none: the initiator is told AUTHENTICATION_FAILED
+    _up(p)
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert "no shared key" in fb.reason or "pre-shared key failed" in fb.reason
