@@ -159,10 +159,17 @@ class UdpTransport:
             if kind == "esp":
                 self.stats["esp"] += 1
                 if self.esp_sink is not None:
-                    self.esp_sink.receive_esp(data, remote)
+                    try:
+                        self.esp_sink.receive_esp(data, remote)
+                    except Exception:  # noqa: BLE001 - one packet lost, never the daemon
+                        log.exception("internal error on an ESP packet from %s[%d]; dropped", *remote)
                 return
             data = payload
-        self.engine.receive(data, local, remote, now)
+        try:
+            self.engine.receive(data, local, remote, now)
+        except Exception:  # noqa: BLE001 - last line of defence: one datagram lost, never the daemon
+            self.stats["dropped"] += 1
+            log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
 
     # ------------------------------------------------------------------ send, timers, events
     def _send_all(self, out: list[tuple[bytes, Addr, Addr]]) -> None:
@@ -222,5 +229,8 @@ class UdpTransport:
     def _fire(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.engine.handle_timer(self.clock())
+        try:
+            self.engine.handle_timer(self.clock())
+        except Exception:  # noqa: BLE001 - keep the timer running for every other SA
+            log.exception("internal error in a timer")
         self.flush()
