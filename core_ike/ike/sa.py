@@ -334,9 +334,9 @@ class IkeSa:
         if mid != self.peer_mid:
             log.info("%s: ignoring request %d, expected %d", self.label, mid, self.peer_mid)
             return
-        tasks = self.engine.responder_tasks(self, msg)
         resp = self.new_message(msg.exchange, True, mid)
         try:
+            tasks = self.engine.responder_tasks(self, msg)  # may refuse, e.g. CHILD_SA_NOT_FOUND
             for t in tasks:
                 t.process_r(self, msg, now)
             for t in tasks:

@@ -75,9 +75,12 @@ def is_subset(inner: list[TrafficSelector], outer: list[TrafficSelector]) -> boo
 
 def to_text(ts: TrafficSelector) -> str:
     """strongSwan display: `10.1.0.0/24`, `10.1.0.2/32`, or a range `a..b`, plus `[proto/port]`."""
-    lo = ipaddress.ip_address(ts.start_addr)
-    hi = ipaddress.ip_address(ts.end_addr)
-    nets = list(ipaddress.summarize_address_range(lo, hi))
+    try:
+        lo = ipaddress.ip_address(ts.start_addr)
+        hi = ipaddress.ip_address(ts.end_addr)
+    except ValueError:
+        return f"{ts.start_addr.hex()}..{ts.end_addr.hex()}"
+    nets = list(ipaddress.summarize_address_range(lo, hi)) if lo <= hi and lo.version == hi.version else []
     base = str(nets[0]) if len(nets) == 1 else f"{lo}..{hi}"
     if ts.ip_proto or (ts.start_port, ts.end_port) != (0, 65535):
         proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(ts.ip_proto, str(ts.ip_proto))

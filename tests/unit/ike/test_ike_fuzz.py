@@ -104,3 +104,49 @@ def test_engine_survives_mutated_traffic_and_keeps_serving() -> None:
     sa2 = p.a.initiate("home", now=p.now, remote=B)
     p.pump()
     assert sa2.state is IkeState.ESTABLISHED
+
+
+def _seal(sa, exchange: int, mid: int, first: int, inner: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    """An SK-protected request with arbitrary (mutated) inner payload octets, sealed with `sa`'s keys."""
+    sk_len = 4 + sa.out_prot.sealed_length(len(inner))
+    total = 28 + sk_len
+    hdr = sa.spi_i + sa.spi_r + bytes([46, 0x20, exchange, 0x08 if sa.is_original_initiator else 0]) + \
+        struct.pack("!II", mid, total)
+    prefix = hdr + bytes([first, 0]) + struct.pack("!H", sk_len)
+    return prefix + sa.out_prot.seal(prefix, inner)
+
+
+def test_tasks_survive_mutated_inner_payloads() -> None:
+    """Authenticated but nonsensical requests (mutated inner payloads of CREATE_CHILD_SA, INFORMATIONAL
+    and ME_CONNECT) reach the responder's tasks: they must answer with an error or nothing, never raise."""
+    from core_ike.codec.wire import encode_payloads
+    from core_ike.constants import ExchangeType
+
+    rng = random.Random(2023)
+    p = make_pair()
+    sa = p.a.initiate("home", now=p.now)
+    p.pump()
+    # capture a real CREATE_CHILD_SA request's inner payloads (a CHILD rekey)
+    p.a.rekey_child(sa, next(iter(sa.children)), now=p.now)
+    ((pkt, _, _),) = p.a.datagrams_to_send()
+    bsa = p.b.ike_sas()[0]
+    from core_ike.codec.message import decode_message, decrypt_message
+
+    req = decrypt_message(decode_message(pkt), bsa.in_prot)
+    inner = encode_payloads(req.payloads)
+    first = int(req.payloads[0].ptype)
+    answered = 0
+    for i in range(600):
+        mid = bsa.peer_mid
+        exchange = rng.choice([ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL, ExchangeType.ME_CONNECT,
+                               ExchangeType.IKE_AUTH])
+        data = _seal(sa, int(exchange), mid, first if rng.random() < 0.8 else rng.randrange(256),
+                     _mutate(rng, inner))
+        p.b.receive(data, B, A, p.now)
+        answered += len(p.b.datagrams_to_send())
+        if bsa.state is IkeState.DESTROYED:
+            break
+    assert answered > 100  # most of them were processed and answered (errors included)
+    sa2 = p.a.initiate("home", now=p.now, remote=B)
+    p.pump()
+    assert sa2.state is IkeState.ESTABLISHED
