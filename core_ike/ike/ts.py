@@ -80,7 +80,8 @@ def to_text(ts: TrafficSelector) -> str:
         hi = ipaddress.ip_address(ts.end_addr)
     except ValueError:
         return f"{ts.start_addr.hex()}..{ts.end_addr.hex()}"
-    nets = list(ipaddress.summarize_address_range(lo, hi)) if lo <= hi and lo.version == hi.version else []
+    ok = lo.version == hi.version and int(lo) <= int(hi)
+    nets = list(ipaddress.summarize_address_range(lo, hi)) if ok else []
     base = str(nets[0]) if len(nets) == 1 else f"{lo}..{hi}"
     if ts.ip_proto or (ts.start_port, ts.end_port) != (0, 65535):
         proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(ts.ip_proto, str(ts.ip_proto))

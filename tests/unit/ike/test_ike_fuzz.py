@@ -136,7 +136,7 @@ def test_tasks_survive_mutated_inner_payloads() -> None:
     inner = encode_payloads(req.payloads)
     first = int(req.payloads[0].ptype)
     answered = 0
-    for i in range(600):
+    for _ in range(600):
         mid = bsa.peer_mid
         exchange = rng.choice([ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL, ExchangeType.ME_CONNECT,
                                ExchangeType.IKE_AUTH])
