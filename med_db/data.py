@@ -6,12 +6,12 @@ Errors meant for users are raised as :class:`DataError` with the message to show
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import CursorResult, Result, delete, exists, select, update
+from sqlalchemy import CursorResult, Result, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -152,6 +152,50 @@ def peer_may_mediate(s: Session, peer_id: int, target_id: int) -> bool:
 
 def grant_mediation(s: Session, peer_id: int, target_id: int) -> None:
     s.add(MediationGrant(peer_id=peer_id, target_id=target_id, created=utcnow()))
+    s.flush()
+
+
+def list_grants(s: Session, peer_id: int) -> Sequence[Peer]:
+    """The peers ``peer_id`` may reach (its grant rows' targets, any owner), by alias.  Empty: no rows,
+    i.e. the peer may reach every registered peer."""
+    return s.scalars(
+        select(Peer).join(MediationGrant, MediationGrant.target_id == Peer.id)
+        .where(MediationGrant.peer_id == peer_id).order_by(Peer.alias, Peer.id)
+    ).all()
+
+
+def grant_counts(s: Session, user_id: int) -> dict[int, int]:
+    """For ``user_id``'s restricted peers (those with grant rows): peer id -> number of targets."""
+    rows = s.execute(
+        select(MediationGrant.peer_id, func.count())
+        .join(Peer, Peer.id == MediationGrant.peer_id)
+        .where(Peer.user_id == user_id)
+        .group_by(MediationGrant.peer_id)
+    ).all()
+    return {int(peer_id): int(n) for peer_id, n in rows}
+
+
+def set_grants(s: Session, peer_id: int, target_ids: Iterable[int]) -> None:
+    """Replace ``peer_id``'s grant rows by ``target_ids`` (empty: no rows, every peer reachable).
+
+    Rows that stay keep their creation time.  Ownership is the caller's business (the portal allows the
+    owner's peers and peers named by ID_KEY_ID); here every target must exist and differ from the peer.
+    """
+    targets = set(target_ids)
+    if peer_id in targets:
+        raise DataError("A peer cannot be listed as reachable from itself.")
+    if targets:
+        found = set(s.scalars(select(Peer.id).where(Peer.id.in_(targets))))
+        if found != targets:
+            raise DataError("No such peer.")
+    current = set(s.scalars(select(MediationGrant.target_id).where(MediationGrant.peer_id == peer_id)))
+    gone = current - targets
+    if gone:
+        s.execute(
+            delete(MediationGrant).where(MediationGrant.peer_id == peer_id, MediationGrant.target_id.in_(gone))
+        )
+    now = utcnow()
+    s.add_all(MediationGrant(peer_id=peer_id, target_id=t, created=now) for t in sorted(targets - current))
     s.flush()
 
 

@@ -2,7 +2,7 @@
 
 Controllers (``<base>/<controller>/<action>/<arg>``):
   user: login, logout, add (register), edit, delete, help   (login/add/help are public)
-  peer: list, add, edit/<id>, delete/<id>
+  peer: list, add, edit/<id>, delete/<id>, access/<id> (who the peer may reach: mediation_grant rows)
 
 Launcher: ``python -m medmgr_web.server_manager --socket PATH | --bind HOST:PORT --db URL
 --ms-address HOST --ms-public-key PEMFILE``.
@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
-from med_db.keyid import KeyError_, format_keyid, key_description, parse_peer_public_key, pem_from_spki
+from med_db.keyid import (
+    KeyError_,
+    format_keyid,
+    key_description,
+    parse_keyid,
+    parse_peer_public_key,
+    pem_from_spki,
+)
 from med_db.models import Peer
 from medmgr_web.launcher import add_common_args, serve
 from medmgr_web.security import DUMMY_HASH, SessionStore, Throttle, hash_password, verify_password
@@ -29,6 +36,9 @@ from medmgr_web.web import HTTPError, PortalApp, Request, Response, redirect
 NAME_RE = re.compile(r"[A-Za-z0-9\-_@.]{1,64}")
 NAME_CHARS = "A-Z a-z 0-9 - _ @ . (at most 64 characters)"
 MAX_PASSWORD = 1024
+KEYID_LEN = 20
+MAX_KEYIDS = 100  # per submission of the access form
+_KEYID_SEP = re.compile(r"[\s,;]+")
 
 
 @dataclass
@@ -88,6 +98,7 @@ class ServerManager(PortalApp):
         r("peer", "add", self.peer_add)
         r("peer", "edit", self.peer_edit)
         r("peer", "delete", self.peer_delete, methods=("POST",))
+        r("peer", "access", self.peer_access)
 
     def user_exists(self, req: Request) -> bool:
         return req.user_id is not None and data.get_user(req.db, req.user_id) is not None
@@ -188,20 +199,28 @@ class ServerManager(PortalApp):
 
     # -- peer controller -------------------------------------------------------------------
 
+    @staticmethod
+    def _id_or_404(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            raise HTTPError(404, "Peer not found.")
+        return int(text)
+
     def _peer_or_404(self, req: Request) -> Peer:
         assert req.user_id is not None
-        if len(req.args) != 1 or not req.args[0].isdigit() or len(req.args[0]) > 18:
+        if len(req.args) != 1:
             raise HTTPError(404, "Peer not found.")
-        peer = data.get_peer(req.db, req.user_id, int(req.args[0]))
+        peer = data.get_peer(req.db, req.user_id, self._id_or_404(req.args[0]))
         if peer is None:  # missing or someone else's: indistinguishable
             raise HTTPError(404, "Peer not found.")
         return peer
 
     def peer_list(self, req: Request) -> Response:
         assert req.user_id is not None
+        counts = data.grant_counts(req.db, req.user_id)
         rows = [
             {"id": p.id, "alias": p.alias, "keyid": format_keyid(p.keyid),
-             "since": p.created.strftime("%Y-%m-%d %H:%M UTC"), "kind": key_description(p.public_key)}
+             "since": p.created.strftime("%Y-%m-%d %H:%M UTC"), "kind": key_description(p.public_key),
+             "grants": counts.get(p.id, 0)}
             for p in data.list_peers(req.db, req.user_id)
         ]
         return self.render(req, "peer/list.html", peers=rows)
@@ -236,7 +255,8 @@ class ServerManager(PortalApp):
     def peer_edit(self, req: Request) -> Response:
         peer = self._peer_or_404(req)
         info = {"id": peer.id, "keyid": format_keyid(peer.keyid),
-                "since": peer.created.strftime("%Y-%m-%d %H:%M UTC")}
+                "since": peer.created.strftime("%Y-%m-%d %H:%M UTC"),
+                "grants": len(data.list_grants(req.db, peer.id))}
         if req.method == "GET":
             return self.render(req, "peer/edit.html", peer=info, alias=peer.alias,
                                public_key=pem_from_spki(peer.public_key))
@@ -251,6 +271,88 @@ class ServerManager(PortalApp):
                 return redirect(req.url("peer/list"))
         return self.render(req, "peer/edit.html", status=400, peer=info, alias=alias, public_key=pem,
                            errors=errors)
+
+    def _keyid_targets(self, req: Request, peer: Peer, text: str) -> tuple[list[Peer], list[str]]:
+        """Peers named by ID_KEY_ID in the access form (any owner: the keyid is the explicit way to
+        name another user's peer), and the errors to show."""
+        found: list[Peer] = []
+        errors: list[str] = []
+        tokens = [t for t in _KEYID_SEP.split(text) if t]
+        if len(tokens) > MAX_KEYIDS:
+            return [], [f"Too many ID_KEY_IDs (at most {MAX_KEYIDS} at a time)."]
+        for token in tokens:
+            shown = token if len(token) <= 80 else token[:80] + "\u2026"
+            try:
+                keyid = parse_keyid(token)
+            except ValueError:
+                keyid = b""
+            if len(keyid) != KEYID_LEN:
+                errors.append(f"\u201c{shown}\u201d is not an ID_KEY_ID: expected {KEYID_LEN} bytes in "
+                              "colon-separated hex, e.g. ed:90:e6:\u2026:26:29.")
+                continue
+            target = data.find_peer_by_keyid(req.db, keyid)
+            if target is None:
+                errors.append(f"{format_keyid(keyid)}: No peer with this ID_KEY_ID is registered.")
+            elif target.id == peer.id:
+                errors.append(f"{format_keyid(keyid)} is this peer itself; it does not need to be listed.")
+            else:
+                found.append(target)
+        return found, errors
+
+    def peer_access(self, req: Request) -> Response:
+        """Who this peer may reach: everyone (no grant rows) or only the listed peers."""
+        assert req.user_id is not None
+        peer = self._peer_or_404(req)
+        own = [p for p in data.list_peers(req.db, req.user_id) if p.id != peer.id]
+        granted = data.list_grants(req.db, peer.id)
+        # other users' peers appear only once granted (they were named by ID_KEY_ID): keyid, no alias
+        foreign = [p for p in granted if p.user_id != req.user_id]
+        selectable = {p.id for p in own} | {p.id for p in foreign}
+        info = {"id": peer.id, "alias": peer.alias, "keyid": format_keyid(peer.keyid)}
+
+        def page(status: int, scope: str, checked: set[int], add_keyids: str, errors: list[str]) -> Response:
+            return self.render(
+                req, "peer/access.html", status=status, peer=info, scope=scope, add_keyids=add_keyids,
+                errors=errors,
+                own=[{"id": p.id, "alias": p.alias, "keyid": format_keyid(p.keyid), "checked": p.id in checked}
+                     for p in own],
+                foreign=[{"id": p.id, "keyid": format_keyid(p.keyid), "checked": p.id in checked}
+                         for p in foreign],
+            )
+
+        if req.method == "GET":
+            return page(200, "listed" if granted else "all", {p.id for p in granted}, "", [])
+        checked: set[int] = set()
+        for name in req.form:
+            if name.startswith("target_"):
+                tid = self._id_or_404(name[len("target_"):])
+                if tid not in selectable:  # someone else's peer, or none at all: indistinguishable
+                    raise HTTPError(404, "Peer not found.")
+                checked.add(tid)
+        scope = req.field("scope")
+        add_keyids = req.field("add_keyids")
+        errors: list[str] = []
+        targets: set[int] = set()
+        if scope == "listed":
+            named, errors = self._keyid_targets(req, peer, add_keyids)
+            targets = checked | {p.id for p in named}
+            if not targets and not errors:
+                errors.append("Select at least one peer, or choose \u201cevery registered peer\u201d.")
+        elif scope != "all":
+            errors.append("Choose who this peer may reach.")
+        if not errors:
+            try:
+                data.set_grants(req.db, peer.id, targets)
+            except data.DataError as exc:
+                errors.append(str(exc))
+        if errors:
+            return page(400, scope, checked, add_keyids, errors)
+        if targets:
+            n = len(targets)
+            req.flash(f"Peer {peer.alias} may now reach only {n} listed peer{'s' if n != 1 else ''}.")
+        else:
+            req.flash(f"Peer {peer.alias} may now reach every registered peer.")
+        return redirect(req.url("peer/list"))
 
     def peer_delete(self, req: Request) -> Response:
         peer = self._peer_or_404(req)

@@ -100,3 +100,47 @@ def test_register_add_peer_keyid_in_browser(portal: Portal, browser: object, ref
     r = c.get("peer/list")
     (pid,) = re.findall(r'/peer/edit/(\d+)"', r.body)
     assert "deleted" in c.post(f"peer/delete/{pid}", {"csrf": r.csrf()}).text()
+
+
+def test_peer_access_page_in_browser(portal: Portal, browser: object) -> None:
+    """Restrict a peer to another one by ticking it (the page's script selects "only these peers"),
+    see it marked on the list; screenshots of the access page at desktop and phone width."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    for width, height, tag in ((1100, 760, "desktop"), (390, 844, "phone")):
+        c = WebClient(portal.url + "/srv")
+        login = f"access{tag}{next(_n)}"
+        c.submit("user/add", "user/add", {"new_login": login, "new_password": "browser password",
+                                          "confirm_password": "browser password"})
+        for alias in ("home", "office"):
+            pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+            c.submit("peer/add", "peer/add", {"alias": alias, "public_key": pem})
+        ctx = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
+        page = ctx.new_page()
+        page.on("response", lambda r: failed.append(r.url)
+                if r.status >= 400 and r.request.resource_type != "document" else None)
+        page.on("pageerror", lambda e: failed.append(str(e)))
+        base = portal.url + "/srv"
+        page.goto(base + "/user/login")
+        page.fill("#login", login)
+        page.fill("#password", "browser password")
+        page.click("button[type=submit]")
+        page.wait_for_url("**/peer/list")
+        page.click("tr:has-text('home') >> text=every peer")
+        page.wait_for_url("**/peer/access/*")
+        assert page.is_checked("#scope_all")
+        page.check("label.target:has-text('office') input")
+        assert page.is_checked("#scope_listed")  # app.js
+        page.screenshot(path=str(SHOTS / f"server-peer-access-{tag}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        page.click("button[name=save]")
+        page.wait_for_url("**/peer/list")
+        assert "may now reach only 1 listed peer" in page.locator(".notice").inner_text()
+        assert page.locator("tr:has-text('home') a.restricted").inner_text() == "only 1 peer"
+        page.screenshot(path=str(SHOTS / f"server-peer-list-restricted-{tag}.png"), full_page=True)
+        ctx.close()
+    assert failed == [], failed
