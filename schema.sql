@@ -95,7 +95,8 @@ CREATE TABLE "me_callback" (
 
 -- Optional authorization: who may mediate with whom.  Policy (mediation server): a peer without any
 -- row here may reach every registered peer (the reference behaviour); a peer with rows may reach only
--- the listed targets.  Rows vanish with either peer.
+-- the listed targets.  Rows vanish with either peer; a restricted peer therefore also holds a row naming
+-- itself ("peer" = "target"), so deleting every peer it may reach never turns it into an open one.
 CREATE TABLE "mediation_grant" (
     "peer"       INTEGER NOT NULL,
     "target"     INTEGER NOT NULL,

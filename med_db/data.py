@@ -160,7 +160,8 @@ def list_grants(s: Session, peer_id: int) -> Sequence[Peer]:
     i.e. the peer may reach every registered peer."""
     return s.scalars(
         select(Peer).join(MediationGrant, MediationGrant.target_id == Peer.id)
-        .where(MediationGrant.peer_id == peer_id).order_by(Peer.alias, Peer.id)
+        .where(MediationGrant.peer_id == peer_id, MediationGrant.target_id != peer_id)
+        .order_by(Peer.alias, Peer.id)
     ).all()
 
 
@@ -169,7 +170,7 @@ def grant_counts(s: Session, user_id: int) -> dict[int, int]:
     rows = s.execute(
         select(MediationGrant.peer_id, func.count())
         .join(Peer, Peer.id == MediationGrant.peer_id)
-        .where(Peer.user_id == user_id)
+        .where(Peer.user_id == user_id, MediationGrant.target_id != MediationGrant.peer_id)
         .group_by(MediationGrant.peer_id)
     ).all()
     return {int(peer_id): int(n) for peer_id, n in rows}
@@ -188,6 +189,9 @@ def set_grants(s: Session, peer_id: int, target_ids: Iterable[int]) -> None:
         found = set(s.scalars(select(Peer.id).where(Peer.id.in_(targets))))
         if found != targets:
             raise DataError("No such peer.")
+    if targets:
+        # schema.sql: the self row marks the peer as restricted even when all its targets are deleted
+        targets.add(peer_id)
     current = set(s.scalars(select(MediationGrant.target_id).where(MediationGrant.peer_id == peer_id)))
     gone = current - targets
     if gone:

@@ -97,5 +97,11 @@ def test_grants_vanish_with_either_peer(session: Session) -> None:
     assert d.delete_peer(s, a0.user_id, a0.id)
     s.commit()
     s.expire_all()
-    assert d.list_grants(s, a2.id) == []  # its only target is gone: back to everyone
+    # its only target is gone, but it stays restricted (schema.sql: the self row), never open to everyone
+    assert d.list_grants(s, a2.id) == []
+    assert not d.peer_may_mediate(s, a2.id, a1.id)
+    assert s.scalar(select(func.count()).select_from(MediationGrant)) == 1
+    d.set_grants(s, a2.id, [])  # explicitly opened again by its owner
+    s.commit()
+    assert d.peer_may_mediate(s, a2.id, a1.id)
     assert s.scalar(select(func.count()).select_from(MediationGrant)) == 0

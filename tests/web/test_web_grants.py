@@ -54,7 +54,9 @@ def save(c: WebClient, pid: int, scope: str, targets: Sequence[int] = (), keyids
 def grant_rows(portal: Portal, pid: int) -> list[int]:
     db = sqlite3.connect(portal.base / "srv.sqlite")
     try:
-        return sorted(t for (t,) in db.execute('SELECT "target" FROM mediation_grant WHERE "peer" = ?', (pid,)))
+        # schema.sql: a restricted peer also has a row naming itself (kept when its targets go away)
+        rows = db.execute('SELECT "target" FROM mediation_grant WHERE "peer" = ?', (pid,))
+        return sorted(t for (t,) in rows if t != pid)
     finally:
         db.close()
 

@@ -77,3 +77,19 @@ def test_same_owner_and_grant_policies(tmp_path: Path) -> None:
     assert grants.check(ids[0], ids[1]) is None  # listed
     assert grants.check(ids[0], ids[2]) is not None  # p0 has grants, p2 is not among them
     assert grants.check(ids[2], ids[0]) is None  # p2 has no grant rows: may reach everyone
+
+
+def test_restriction_survives_deleting_every_granted_peer(tmp_path: Path) -> None:
+    """A restricted peer whose only granted target is deleted must not become open to everyone."""
+    sessions = _sessions(tmp_path)
+    portal = PortalPeers(sessions, cache_ttl=0.0)
+    keys = [rsa.generate_private_key(65537, 2048).public_key() for _ in range(3)]
+    ids = [Identity.key_id(keyid_of(k)).canonical() for k in keys]
+    with sessions.begin() as s:
+        u = data.create_user(s, "pat", "x")
+        p = [data.add_peer(s, u.id, f"p{i}", spki_der(k), keyid_of(k)) for i, k in enumerate(keys)]
+        data.set_grants(s, p[0].id, [p[1].id])
+    assert portal.granted(ids[0], ids[1]) and not portal.granted(ids[0], ids[2])
+    with sessions.begin() as s:
+        assert data.delete_peer(s, u.id, p[1].id)
+    assert not portal.granted(ids[0], ids[2])  # still restricted, now to nobody
