@@ -18,6 +18,7 @@ relay_ports = "50000-50999" # UDP ports on the server's address, two per relay
 relay_per_peer = 8
 relay_total = 200
 relay_idle_timeout = "2m"   # ports freed after this long without traffic
+relay_unused_timeout = "15s" # ... for a relay that only ever saw ME checks (direct pair won, or nothing)
 relay_rate = 2000000        # bytes/s per relay (both directions together)
 relay_packet_rate = 4000    # packets/s per relay
 ```
@@ -52,6 +53,7 @@ def relay_config(med: dict[str, Any]) -> RelayConfig:
             enabled=bool(med.get("relay", True)), ports=ports,
             per_peer=int(med.get("relay_per_peer", 8)), total=int(med.get("relay_total", 200)),
             idle_timeout=duration(med.get("relay_idle_timeout", 120)),
+            unused_timeout=duration(med.get("relay_unused_timeout", 15)),
             rate_bytes=float(med.get("relay_rate", 2_000_000)),
             rate_packets=float(med.get("relay_packet_rate", 4000)))
     except ValueError as e:
@@ -122,7 +124,7 @@ class ServerDaemon(Daemon):
                    "a_latched": f"{r.a_latched[0]}[{r.a_latched[1]}]" if r.a_latched else "",
                    "b_latched": f"{r.b_latched[0]}[{r.b_latched[1]}]" if r.b_latched else "",
                    "bytes_a_to_b": r.bytes_a_to_b, "bytes_b_to_a": r.bytes_b_to_a, "packets": r.packets,
-                   "idle": round(r.idle, 1), "age": round(r.age, 1)}
+                   "idle": round(r.idle, 1), "age": round(r.age, 1), "in_use": r.in_use}
                   for r in (self.relay.status(mono) if self.relay is not None else [])]
         return {"ok": True, "peers": peers, "callbacks": waiting, "relays": relays}
 

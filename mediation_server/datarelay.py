@@ -20,9 +20,29 @@ Rules:
   and packets per relay, and an idle timeout that frees the ports (RFC 8656 §3.2: allocations expire
   unless refreshed; here any traffic refreshes). Each refusal and each expiry logs one line.
 
+Lifetime (when the two ports are given back):
+- a relay is allocated for every ME_CONNECT between two relay-capable peers, before anyone knows
+  whether a direct pair will work. A relay that is *unused* -- it never forwarded anything but ME
+  connectivity checks (plaintext INFORMATIONAL, SPIs 0/0, after the non-ESP marker), i.e. neither
+  the mediated IKE_SA nor its ESP ever went through it -- is freed after `unused_timeout` (default
+  15 s) without traffic instead of `idle_timeout`. This covers a relay that never latched both sides
+  and one whose relayed pair was checked (both sides latched by the checks) while a direct pair was
+  selected: the server cannot see where the mediated IKE_SA was established (it never passes through
+  the server unless it uses the relay, and the protocol has no message saying so), so the short
+  timeout after the last check is how such a relay goes. The ME_CONNECT response that completes the
+  exchange refreshes it (`touch`). Once anything else was forwarded the relay is *in use* and only
+  `idle_timeout` applies;
+- when a peer's mediation SA is destroyed and the peer did not re-register (it is offline at the
+  server, `release_peer`), its relays are freed -- except those that carry traffic: both sides
+  latched and active within `idle_timeout`. The data path does not depend on the mediation SA (a
+  mediated IKE_SA and its CHILD_SAs through the relay outlive it, and a client finishes its checks
+  without it); those relays end by the idle timeout, or the unused timeout if only checks went
+  through them. A re-registration that replaces the mediation SA (rekey, reauthentication,
+  uniqueness replace) frees nothing.
+
 `DataRelay` is a table: `allocate()` -> ports, `receive(data, port, src, now)` -> datagrams to send
-(data, out port, destination), `get_timer()` / `handle_timer(now)` for expiry, `take_changes()` for the
-socket layer (ports to open / close).
+(data, out port, destination), `get_timer()` / `handle_timer(now)` for expiry, `release_peer()` when a
+peer goes offline, `take_changes()` for the socket layer (ports to open / close).
 """
 
 from __future__ import annotations
@@ -46,6 +66,7 @@ class RelayConfig:
     per_peer: int = 8  # relays one peer may hold (RFC 8656 §7.2 quota)
     total: int = 200  # relays in total
     idle_timeout: float = 120.0  # s without traffic (either way) -> ports freed
+    unused_timeout: float = 15.0  # same, for a relay that never forwarded anything but ME checks
     rate_bytes: float = 2_000_000.0  # bytes/s per relay, both directions together (token bucket)
     rate_packets: float = 4000.0  # packets/s per relay
     burst: float = 0.5  # bucket depth, in seconds of the rates
@@ -54,6 +75,8 @@ class RelayConfig:
         lo, hi = self.ports
         if not 1024 <= lo <= hi <= 65535:
             raise ValueError(f"relay port range {lo}-{hi} invalid (1024..65535)")
+        if not (self.idle_timeout > 0 and self.unused_timeout > 0):
+            raise ValueError("relay timeouts must be positive")
 
 
 @dataclass
@@ -79,6 +102,8 @@ class Relay:
     packet_tokens: float = 0.0
     refill_at: float = 0.0
     rate_drops: int = 0
+    in_use: bool = False  # forwarded something other than a connectivity check (module docstring)
+    freed_reason: str = ""
 
     def other(self, side: Side) -> Side:
         return self.b if side is self.a else self.a
@@ -86,6 +111,20 @@ class Relay:
     @property
     def bytes(self) -> int:
         return self.a.bytes_in + self.b.bytes_in
+
+    @property
+    def both_latched(self) -> bool:
+        return self.a.latched is not None and self.b.latched is not None
+
+
+_CHECK_PREFIX = bytes(20)  # non-ESP marker (4) + IKE SPIs 0/0 (16)
+_INFORMATIONAL = 37
+
+
+def is_check(data: bytes) -> bool:
+    """An ME connectivity check as the relay sees it (core_ike.me.checks): non-ESP marker, an IKE header
+    with zero SPIs, exchange INFORMATIONAL. Anything else (IKE_SA_INIT, IKE, ESP, keepalives) is use."""
+    return len(data) >= 32 and data[22] == _INFORMATIONAL and data.startswith(_CHECK_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -104,6 +143,7 @@ class RelayStatus:
     packets: int
     idle: float
     age: float
+    in_use: bool = False
 
 
 @dataclass
@@ -126,7 +166,7 @@ class DataRelay:
         lo, hi = self.config.ports
         self._cursor = lo
         self._changes = Changes()
-        self.stats = {"allocated": 0, "refused": 0, "expired": 0, "forwarded": 0, "dropped": 0}
+        self.stats = {"allocated": 0, "refused": 0, "expired": 0, "forwarded": 0, "dropped": 0, "released": 0}
 
     def __len__(self) -> int:
         return len(self._relays)
@@ -186,10 +226,32 @@ class DataRelay:
     def by_connect_id(self, connect_id: bytes) -> Relay | None:
         return self._by_cid.get(connect_id)
 
+    def touch(self, relay: Relay, now: float) -> None:
+        """Signalling for this relay went through the server (the ME_CONNECT response): not idle."""
+        relay.last_activity = max(relay.last_activity, now)
+
+    def carries_traffic(self, relay: Relay, now: float) -> bool:
+        """Both sides latched and active within the idle timeout (kept when a peer goes offline)."""
+        return relay.both_latched and now - relay.last_activity < self.config.idle_timeout
+
+    def release_peer(self, identity: str, now: float) -> list[Relay]:
+        """`identity` went offline (its mediation SA gone, not re-registered): free its relays except
+        those carrying traffic (module docstring); returns the freed ones."""
+        gone = [r for r in self._relays.values()
+                if identity in (r.a.identity, r.b.identity) and not self.carries_traffic(r, now)]
+        for r in gone:
+            self.stats["released"] += 1
+            self.release(r.id, f"mediation SA of '{identity}' gone")
+        kept = sum(1 for r in self._relays.values() if identity in (r.a.identity, r.b.identity))
+        if kept:
+            log.info("'%s' offline: keeping %d relay(s) that carry traffic", identity, kept)
+        return gone
+
     def release(self, relay_id: int, reason: str) -> None:
         r = self._relays.pop(relay_id, None)
         if r is None:
             return
+        r.freed_reason = reason
         self._by_cid.pop(r.connect_id, None)
         for side in (r.a, r.b):
             self._by_port.pop(side.port, None)
@@ -225,6 +287,10 @@ class DataRelay:
             return []
         side.bytes_in += len(data)
         side.packets_in += 1
+        if not r.in_use and not is_check(data):
+            r.in_use = True
+            log.info("relay %d '%s' <-> '%s' in use (first datagram other than a check, from '%s')", r.id,
+                     r.a.identity, r.b.identity, side.identity)
         self.stats["forwarded"] += 1
         return [(data, other.port, other.latched)]
 
@@ -249,17 +315,24 @@ class DataRelay:
         return True
 
     # ------------------------------------------------------------------ timers and the socket layer
+    def _expires(self, r: Relay) -> float:
+        cfg = self.config
+        return r.last_activity + (cfg.idle_timeout if r.in_use else min(cfg.unused_timeout, cfg.idle_timeout))
+
     def get_timer(self) -> float | None:
         if not self._relays:
             return None
-        return min(r.last_activity for r in self._relays.values()) + self.config.idle_timeout
+        return min(self._expires(r) for r in self._relays.values())
 
     def handle_timer(self, now: float) -> list[Relay]:
-        """Free the relays idle for `idle_timeout`; returns them."""
-        gone = [r for r in self._relays.values() if now >= r.last_activity + self.config.idle_timeout]
+        """Free the relays idle for `idle_timeout` (unused ones: `unused_timeout`); returns them, each
+        with `freed_reason` "idle" or "unused"."""
+        gone = [r for r in self._relays.values() if now >= self._expires(r)]
         for r in gone:
             self.stats["expired"] += 1
-            self.release(r.id, f"idle for {now - r.last_activity:.0f} s")
+            what = "idle" if r.in_use else "unused"
+            self.release(r.id, f"{what} for {now - r.last_activity:.0f} s")
+            r.freed_reason = what
         return gone
 
     def take_changes(self) -> Changes:
@@ -270,5 +343,5 @@ class DataRelay:
     def status(self, now: float) -> list[RelayStatus]:
         return [RelayStatus(r.id, r.connect_id.hex(), r.address, r.a.identity, r.b.identity, r.a.port,
                             r.b.port, r.a.latched, r.b.latched, r.a.bytes_in, r.b.bytes_in,
-                            r.a.packets_in + r.b.packets_in, now - r.last_activity, now - r.created)
+                            r.a.packets_in + r.b.packets_in, now - r.last_activity, now - r.created, r.in_use)
                 for r in self._relays.values()]

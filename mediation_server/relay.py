@@ -11,7 +11,8 @@
   (weakness #10), and enforces the registry's limits and authorization (one log line each);
 - optionally (weaknesses #1-#2, our negotiated extension) offers a data relay: when both peers of an
   ME_CONNECT announced RELAY_VENDOR_ID, a `DataRelay` pair of ports is allocated and one RELAYED
-  ME_ENDPOINT appended to each side's endpoint list (datarelay.py).
+  ME_ENDPOINT appended to each side's endpoint list (datarelay.py); unused relays expire early, and a
+  peer going offline frees its relays that carry no traffic (datarelay.py "Lifetime").
 
 It lives here and not in core_ike because the Registry is the server's (architecture.md); the core
 only provides the hooks and the tasks (`core_ike.me.tasks`).
@@ -52,7 +53,7 @@ from core_ike.me.tasks import (
     ServerAuth,
 )
 
-from .datarelay import DataRelay, RelayRefused
+from .datarelay import DataRelay, Relay, RelayRefused
 from .registry import PeerRecord, Refused, Registry, TargetOffline, TargetOnline
 
 log = logging.getLogger("mediation_server")
@@ -169,6 +170,9 @@ class MediationServer(Extension):
         identity = self.registry.remove_sa(sa.unique_id)
         if identity is not None:
             self.engine.emit(mev.PeerOffline(identity, sa.unique_id))
+            if self.relay is not None:  # offline, not re-registered: its relays without traffic go
+                for r in self.relay.release_peer(identity, now):
+                    self._freed(r, "mediation SA gone")
 
     def next_deadline(self) -> float | None:
         t = self.registry.get_timer()
@@ -181,8 +185,10 @@ class MediationServer(Extension):
         self.registry.handle_timer(self.clock(now))
         if self.relay is not None:
             for r in self.relay.handle_timer(now):
-                self.engine.emit(mev.RelayFreed(r.id, r.a.identity, r.b.identity, "idle", r.a.bytes_in,
-                                                r.b.bytes_in))
+                self._freed(r, r.freed_reason)
+
+    def _freed(self, r: Relay, reason: str) -> None:
+        self.engine.emit(mev.RelayFreed(r.id, r.a.identity, r.b.identity, reason, r.a.bytes_in, r.b.bytes_in))
 
     # ================================================================== IKE_AUTH
     def _auth_answer(self, sa: IkeSa, msg: Message, want_srflx: bool, has_child: bool) -> None:
@@ -267,6 +273,7 @@ class MediationServer(Extension):
             r = self.relay.by_connect_id(req.connect_id)
             if r is None or (r.a.identity, r.b.identity) != (target, requester):
                 return None
+            self.relay.touch(r, now)
             port = r.a.port
         else:
             try:

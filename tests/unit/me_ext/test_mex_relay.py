@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from mex_net import A_PUB, B_PUB, IDS, MS_IP, client_config, make_net, register
 
 from core_ike.constants import MeEndpointType
@@ -90,16 +91,128 @@ def test_direct_pair_still_wins_when_it_works() -> None:
     assert any("RELAYED" in p for p in cl_pairs)
 
 
-def test_relay_expires_when_idle_and_frees_ports() -> None:
-    net = make_net(relay=RelayConfig(ports=PORTS, idle_timeout=30.0))
+def _freed_at(net) -> list[tuple[float, mev.RelayFreed]]:  # type: ignore[no-untyped-def]
+    return [(t, e) for t, e in net.nodes["ms"].events if isinstance(e, mev.RelayFreed)]
+
+
+def _last_relayed(net) -> float:  # type: ignore[no-untyped-def]
+    return max(w[0] for w in net.wire if w[1] == "ms" and w[2][1] >= PORTS[0])
+
+
+def test_direct_pair_wins_relay_freed_after_the_unused_timeout() -> None:
+    """Gap: the relay allocated for the ME_CONNECT must not hold its ports for the idle timeout when the
+    direct pair wins. The relayed pair is checked (both sides latch) but only checks go through it."""
+    net = make_net(relay=RelayConfig(ports=PORTS, idle_timeout=120.0, unused_timeout=15.0), latency=0.01)
     register(net)
     _connect(net)
     ms = net.nodes["ms"]
-    assert len(ms.ext.relay) == 1
+    assert net.nodes["alice"].of(mev.MediatedEstablished)[0].remote == (B_PUB, 4500)
+    (st,) = ms.ext.relay.status(net.now)
+    assert st.a_latched and st.b_latched and not st.in_use  # checked, never used
+    last = _last_relayed(net)
     net.run(40.0)
     assert len(ms.ext.relay) == 0
-    (freed,) = ms.of(mev.RelayFreed)
-    assert freed.reason == "idle"
+    ((t, freed),) = _freed_at(net)
+    assert freed.reason == "unused" and t == pytest.approx(last + 15.0, abs=0.1)
+
+
+def test_relay_in_use_is_kept_past_the_unused_timeout_then_idles_out() -> None:
+    net = make_net(symmetric=(True, True), relay=RelayConfig(ports=PORTS, idle_timeout=30.0, unused_timeout=2.0),
+                   latency=0.01)
+    register(net)
+    _connect(net)
+    ms = net.nodes["ms"]
+    (st,) = ms.ext.relay.status(net.now)
+    assert st.in_use  # the mediated IKE_SA went through it
+    net.run(10.0)
+    assert len(ms.ext.relay) == 1 and not _freed_at(net)
+    # silence the tunnel (no keepalives, DPD, ... through the relay): it idles out after idle_timeout
+    net.hook = lambda sender, data, src, dst: None if dst[0] == MS_IP and dst[1] >= PORTS[0] else 0.0
+    t_quiet = _last_relayed(net)
+    net.run(40.0)
+    ((t, freed),) = _freed_at(net)
+    assert freed.reason == "idle" and t == pytest.approx(t_quiet + 30.0, abs=0.1)
+
+
+def _mediation_sa(net, name: str):  # type: ignore[no-untyped-def]
+    (sa,) = [s for s in net.nodes[name].engine.ike_sas() if s.name == "medsrv" and s.established]
+    return sa
+
+
+def test_peer_offline_frees_its_relays_without_traffic() -> None:
+    """Gap: alice's mediation SA is deleted and she does not re-register: a relay that never latched
+    both sides is freed at once (not after the unused/idle timeout)."""
+    net = make_net(relay=RelayConfig(ports=PORTS), latency=0.01)
+    register(net)
+    # the relay's ports are unreachable (a firewall): it is allocated, never latched; the direct pair wins
+    net.hook = lambda sender, data, src, dst: None if dst[0] == MS_IP and dst[1] >= PORTS[0] else 0.0
+    _connect(net)
+    ms = net.nodes["ms"]
+    (st,) = ms.ext.relay.status(net.now)
+    assert st.a_latched is None and st.b_latched is None
+    net.nodes["alice"].engine.terminate(_mediation_sa(net, "alice"), net.now)
+    t0 = net.now
+    net.run(1.0)
+    assert ms.ext.registry.lookup(IDS["alice"]) is None
+    ((t, freed),) = _freed_at(net)
+    assert freed.reason == "mediation SA gone" and t - t0 < 0.1 and len(ms.ext.relay) == 0
+    assert len(ms.ext.relay.take_changes().closed) == 2
+
+
+def test_peer_offline_keeps_a_relay_latched_by_checks_until_the_unused_timeout() -> None:
+    net = make_net(relay=RelayConfig(ports=PORTS, unused_timeout=15.0), latency=0.01)
+    register(net)
+    _connect(net)
+    ms = net.nodes["ms"]
+    last = _last_relayed(net)
+    net.nodes["alice"].engine.terminate(_mediation_sa(net, "alice"), net.now)
+    net.run(1.0)
+    assert ms.ext.registry.lookup(IDS["alice"]) is None and len(ms.ext.relay) == 1
+    net.run(20.0)
+    ((t, freed),) = _freed_at(net)
+    assert freed.reason == "unused" and t == pytest.approx(last + 15.0, abs=0.1)
+
+
+def test_peer_offline_keeps_a_relay_that_carries_traffic() -> None:
+    """The data path does not depend on the mediation SAs: both gone, the tunnel through the relay stays."""
+    net = make_net(symmetric=(True, True), relay=RelayConfig(ports=PORTS, idle_timeout=30.0), latency=0.01)
+    register(net)
+    _connect(net)
+    ms, alice, bob = net.nodes["ms"], net.nodes["alice"], net.nodes["bob"]
+    alice.engine.terminate(_mediation_sa(net, "alice"), net.now)
+    bob.engine.terminate(_mediation_sa(net, "bob"), net.now)
+    net.run(1.0)
+    assert ms.ext.registry.lookup(IDS["alice"]) is None and ms.ext.registry.lookup(IDS["bob"]) is None
+    assert len(ms.ext.relay) == 1 and not _freed_at(net)
+    # the mediated IKE_SA still works through the relay: rekey its CHILD_SA
+    sa = next(s for s in alice.engine.ike_sas() if s.name == "bob")
+    before = ms.ext.relay.status(net.now)[0].packets
+    n_child = len(alice.of(ev.ChildSaEstablished))
+    alice.engine.rekey_child(sa, next(iter(sa.children)), net.now)
+    net.run(1.0)
+    assert len(alice.of(ev.ChildSaEstablished)) == n_child + 1
+    assert ms.ext.relay.status(net.now)[0].packets > before
+
+
+def test_re_registration_frees_nothing() -> None:
+    """A new mediation SA of the same peer replaces the old one: the peer never went offline."""
+    net = make_net(relay=RelayConfig(ports=PORTS), latency=0.01)
+    register(net)
+    net.hook = lambda sender, data, src, dst: None if dst[0] == MS_IP and dst[1] >= PORTS[0] else 0.0
+    _connect(net)
+    ms = net.nodes["ms"]
+    alice = net.nodes["alice"].engine
+    ids = [ms.ext.registry.lookup(IDS["alice"]).sa_id]  # type: ignore[union-attr]
+    alice.rekey_ike(_mediation_sa(net, "alice"), net.now)  # rekey: the old SA is deleted
+    net.run(2.0)
+    ids.append(ms.ext.registry.lookup(IDS["alice"]).sa_id)  # type: ignore[union-attr]
+    alice.initiate("medsrv", now=net.now, remote=(MS_IP, 500))  # a second SA replaces it (uniqueness)
+    net.run(2.0)
+    ids.append(ms.ext.registry.lookup(IDS["alice"]).sa_id)  # type: ignore[union-attr]
+    assert len(set(ids)) == 3
+    alive = {s.unique_id for s in ms.engine.ike_sas()}
+    assert ids[0] not in alive and ids[1] not in alive  # the old ones are gone
+    assert not ms.of(mev.PeerOffline) and len(ms.ext.relay) == 1 and not _freed_at(net)
 
 
 def test_relay_disabled_at_server_still_checks_failed() -> None:

@@ -6,7 +6,10 @@ import logging
 
 import pytest
 
-from mediation_server.datarelay import DataRelay, RelayConfig, RelayRefused
+from core_ike.constants import NON_ESP_MARKER, MeEndpointType
+from core_ike.me.checks import encode_check, make_check
+from core_ike.me.endpoints import make_endpoint
+from mediation_server.datarelay import DataRelay, RelayConfig, RelayRefused, is_check
 
 SRV = "198.51.100.1"
 A_IP, B_IP = "203.0.113.1", "203.0.113.2"
@@ -56,17 +59,97 @@ def test_only_the_mediation_sa_ip_can_latch_and_same_ip_relatches() -> None:
 
 
 def test_idle_expiry_frees_the_ports() -> None:
-    t, pa, pb = _relay(idle_timeout=30.0)
+    t, pa, pb = _relay(idle_timeout=30.0, unused_timeout=5.0)
     t.take_changes()
-    assert t.get_timer() == 30.0
+    assert t.get_timer() == 5.0  # nothing forwarded yet: the unused timeout
+    t.receive(b"y", pb, (B_IP, 2), 1.0)  # bob latched, nothing forwarded (alice unknown)
+    t.receive(IKE_SA_INIT, pa, (A_IP, 1), 2.0)  # forwarded, not a check: in use
+    assert t.get_timer() == 32.0
     t.receive(b"x", pa, (A_IP, 1), 10.0)  # traffic refreshes
     assert t.get_timer() == 40.0
     assert t.handle_timer(39.0) == [] and len(t) == 1
     (gone,) = t.handle_timer(40.0)
-    assert gone.connect_id == b"cid1" and len(t) == 0 and t.get_timer() is None
+    assert gone.connect_id == b"cid1" and gone.freed_reason == "idle" and len(t) == 0 and t.get_timer() is None
     assert t.take_changes().closed == [(SRV, pa), (SRV, pb)]
     assert t.receive(b"x", pa, (A_IP, 1), 41.0) == []
     assert t.stats["expired"] == 1
+
+
+def _check(is_response: bool = False) -> bytes:
+    ep = make_endpoint(MeEndpointType.PEER_REFLEXIVE, A_IP, 4500)
+    return NON_ESP_MARKER + encode_check(make_check(is_response, 3, b"cid1", ep, b"k" * 16))
+
+
+# the mediated IKE_SA_INIT through the relay (non-ESP marker, SPIi set) and ESP-in-UDP (SPI first)
+IKE_SA_INIT = NON_ESP_MARKER + bytes.fromhex("0102030405060708" + "00" * 8 + "21202208" + "00" * 8)
+ESP = bytes.fromhex("c0ffee01") + b"\x00\x00\x00\x01" + b"e" * 40
+
+
+def test_only_checks_is_unused() -> None:
+    assert is_check(_check()) and is_check(_check(True))
+    for data in (IKE_SA_INIT, ESP, b"\xff", b"", _check()[4:], NON_ESP_MARKER + bytes(28)):
+        assert not is_check(data), data
+
+
+def test_unused_relay_expires_early(caplog: pytest.LogCaptureFixture) -> None:
+    """Gap: a relay is allocated for every ME_CONNECT; when the direct pair wins it must not hold its
+    ports for the idle timeout. Never latched, or latched by checks only: the unused timeout."""
+    caplog.set_level(logging.INFO, logger="mediation_server.relay")
+    t, pa, pb = _relay(idle_timeout=120.0)  # default unused_timeout: 15 s
+    assert t.config.unused_timeout == 15.0 and t.get_timer() == 15.0
+    t.touch(t.by_connect_id(b"cid1"), 4.0)  # type: ignore[arg-type]  # the ME_CONNECT response went through
+    assert t.get_timer() == 19.0
+    # the relayed pair is checked both ways while the direct pair wins: both sides latched, checks only
+    assert t.receive(_check(), pa, (A_IP, 4500), 5.0) == []
+    assert t.receive(_check(), pb, (B_IP, 4500), 5.1) != []
+    assert t.receive(_check(True), pa, (A_IP, 4500), 5.2) != []
+    (st,) = t.status(5.2)
+    assert st.a_latched and st.b_latched and not st.in_use
+    assert t.get_timer() == pytest.approx(20.2)
+    assert t.handle_timer(20.0) == []
+    (gone,) = t.handle_timer(20.2)
+    assert gone.freed_reason == "unused" and len(t) == 0 and "unused for 15 s" in caplog.text
+    # a relay that never latched at all goes the same way; the unused timeout never exceeds the idle one
+    t2 = DataRelay(RelayConfig(ports=(50000, 50009), idle_timeout=10.0, unused_timeout=15.0))
+    t2.allocate(b"c", SRV, ("alice", A_IP), ("bob", B_IP), 0.0)
+    assert t2.get_timer() == 10.0 and t2.handle_timer(10.0)[0].freed_reason == "unused"
+
+
+def test_relay_carrying_data_is_in_use() -> None:
+    for data in (IKE_SA_INIT, ESP):
+        t, pa, pb = _relay(idle_timeout=120.0, unused_timeout=15.0)
+        t.receive(_check(), pb, (B_IP, 4500), 1.0)
+        t.receive(_check(), pa, (A_IP, 4500), 1.0)
+        assert t.get_timer() == 16.0
+        assert t.receive(data, pa, (A_IP, 4500), 2.0) == [(data, pb, (B_IP, 4500))]
+        assert t.status(2.0)[0].in_use and t.get_timer() == 122.0
+        t.receive(_check(), pa, (A_IP, 4500), 3.0)  # stays in use
+        assert t.handle_timer(100.0) == [] and t.get_timer() == 123.0
+
+
+def test_release_peer_keeps_relays_that_carry_traffic() -> None:
+    """Gap: a peer's mediation SA is gone (not re-registered): its relays go, except those carrying
+    traffic (both sides latched, active within the idle timeout); other peers' relays stay."""
+    t = DataRelay(RelayConfig(ports=(50000, 50009), idle_timeout=60.0))
+    unused = t.allocate(b"c1", SRV, ("alice", A_IP), ("bob", B_IP), 0.0)
+    busy = t.allocate(b"c2", SRV, ("carl", B_IP), ("alice", A_IP), 0.0)
+    half = t.allocate(b"c3", SRV, ("alice", A_IP), ("dave", B_IP), 0.0)
+    other = t.allocate(b"c4", SRV, ("erin", B_IP), ("dave", B_IP), 0.0)
+    t.receive(b"y", busy.a.port, (B_IP, 1), 1.0)
+    assert t.receive(ESP, busy.b.port, (A_IP, 2), 2.0)  # carl <-> alice tunnel through the relay
+    t.receive(b"x", half.a.port, (A_IP, 2), 2.0)  # only alice latched
+    t.take_changes()
+    gone = t.release_peer("alice", 10.0)
+    assert {r.id for r in gone} == {unused.id, half.id}
+    assert {r.id for r in t} == {busy.id, other.id}
+    assert sorted(p for _, p in t.take_changes().closed) == sorted(
+        [unused.a.port, unused.b.port, half.a.port, half.b.port])
+    assert t.stats["released"] == 2
+    assert t.receive(ESP, busy.b.port, (A_IP, 2), 11.0) == [(ESP, busy.a.port, (B_IP, 1))]  # still relays
+    # carrying traffic means active within the idle timeout
+    assert t.carries_traffic(busy, 11.0 + 59.0) and not t.carries_traffic(busy, 11.0 + 60.0)
+    assert [r.id for r in t.release_peer("alice", 71.0)] == [busy.id]
+    assert t.release_peer("nobody", 71.0) == [] and [r.id for r in t] == [other.id]
 
 
 def test_limits_per_peer_total_and_ports(caplog: pytest.LogCaptureFixture) -> None:
@@ -102,3 +185,5 @@ def test_rate_cap_drops_then_recovers(caplog: pytest.LogCaptureFixture) -> None:
 def test_config_checks_port_range() -> None:
     with pytest.raises(ValueError):
         RelayConfig(ports=(100, 200))
+    with pytest.raises(ValueError):
+        RelayConfig(unused_timeout=0.0)

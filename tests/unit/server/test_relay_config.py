@@ -16,6 +16,10 @@ def test_relay_settings() -> None:
     assert rc.enabled and rc.ports == (40000, 40009) and rc.per_peer == 2 and rc.total == 5
     assert rc.idle_timeout == 60.0 and rc.rate_bytes == 1000.0 and rc.rate_packets == 10.0
     assert relay_config({}).ports == (50000, 50999) and not relay_config({"relay": False}).enabled
+    assert relay_config({}).unused_timeout == 15.0
+    assert relay_config({"relay_unused_timeout": "5s"}).unused_timeout == 5.0
+    with pytest.raises(LocalError):
+        relay_config({"relay_unused_timeout": 0})
     for bad in ("x-y", "80-90", "60000-50000"):
         with pytest.raises(LocalError):
             relay_config({"relay_ports": bad})
