@@ -51,8 +51,8 @@ class CheckListConfig:
     finish_rtts: float = 2.0  # ... which is this many measured check round trips (plus one pacing tick)
     transaction_timeout: float = 30.0  # [ME] §4.3 overall timer, from list creation (initiator)
     responder_timeout: float = 60.0  # weakness #7: no IKE_SA_INIT with this connect ID -> give up
-    max_remote_endpoints: int = 16  # [ME] §4.2 / RFC 8445 §19.5.1: drop lowest priority first
-    max_pairs: int = 100  # RFC 8445 6.1.2.5 default
+    max_remote_endpoints: int = 16  # [ME] §4.2 / RFC 8445 §19.5.1: drop lowest priority first (one RELAYED kept)
+    max_pairs: int = 100  # RFC 8445 6.1.2.5 default (one pair to a RELAYED endpoint always kept)
     max_learnt_remote: int = 8  # remote prflx endpoints learnt from requests (RFC 8445 19.5.1)
     max_early_checks: int = 8  # checks buffered before our key / the peer's key is known
     key_rule: KeyRule = KeyRule.SENDER  # reference §7.2 INTEROP
@@ -267,13 +267,19 @@ class CheckList:
                 candidates.append((local, remote, pair_priority(i_ep.priority, r_ep.priority)))
         candidates.sort(key=lambda c: -c[2])  # stable: ties keep insertion order (§6.2.4)
         seen: set[tuple[Addr, Addr]] = set()
+        pruned: list[tuple[Endpoint, Endpoint, int]] = []
         for local, remote, prio in candidates:
             key = (local.local_base, remote.addr)
             if key in seen:  # RFC 8445 6.1.2.4 / reference §6.2.5: prune by (local base, remote)
                 continue
             seen.add(key)
-            if len(self.pairs) >= self.config.max_pairs:  # RFC 8445 6.1.2.5: drop lowest first
-                break
+            pruned.append((local, remote, prio))
+        limit = self.config.max_pairs
+        kept = pruned[:limit]  # RFC 8445 6.1.2.5: drop lowest first ...
+        relayed = next((c for c in pruned[limit:] if c[1].type == MeEndpointType.RELAYED), None)
+        if relayed is not None and limit > 0 and not any(c[1].type == MeEndpointType.RELAYED for c in kept):
+            kept = [*kept[:limit - 1], relayed]  # ... but keep the best relayed pair (limit_endpoints)
+        for local, remote, prio in kept:
             self._add_pair(local, remote, prio)
 
     def _add_pair(self, local: Endpoint, remote: Endpoint, prio: int) -> Pair:

@@ -165,12 +165,18 @@ def remove_redundant(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
 def limit_endpoints(endpoints: Sequence[Endpoint], maximum: int) -> list[Endpoint]:
     """[ME] §4.2 (draft): counts SHOULD be limited, dropping the lowest priority first.
 
-    Keeps the original order of the survivors.
+    One RELAYED endpoint (the highest-priority one) is exempt: its type preference 0 ranks it last,
+    yet it is the only candidate that works between endpoint-dependent NATs (our relay extension), so
+    the others are trimmed to make room for it. Keeps the original order of the survivors.
     """
     if len(endpoints) <= maximum:
         return list(endpoints)
+    if maximum <= 0:
+        return []
     ranked = sorted(range(len(endpoints)), key=lambda i: -endpoints[i].priority)
-    keep = set(ranked[:maximum])
+    relayed = [i for i in ranked if endpoints[i].type == MeEndpointType.RELAYED][:1]
+    others = [i for i in ranked if i not in relayed][:maximum - len(relayed)]
+    keep = {*relayed, *others}
     return [ep for i, ep in enumerate(endpoints) if i in keep]
 
 

@@ -112,6 +112,25 @@ def test_limits_on_remote_endpoints_and_pairs() -> None:
     assert len(a.pairs) == 2 and a.pairs[0].remote_addr == ("192.0.2.9", 4500)
 
 
+def test_relayed_endpoint_survives_the_limits() -> None:
+    """Our relay extension: the RELAYED endpoint ranks last (type preference 0) but is the only one that
+    works between symmetric NATs; neither max_remote_endpoints nor max_pairs may drop it first."""
+    cfg = CheckListConfig(max_remote_endpoints=4, max_pairs=3)
+    relayed = make_endpoint(MeEndpointType.RELAYED, *MS)
+    remote = [make_endpoint(MeEndpointType.HOST, f"192.0.2.{i}", 4500) for i in range(1, 7)] + [relayed]
+    local = [make_endpoint(MeEndpointType.HOST, f"10.1.0.{i}", 4500) for i in range(2, 5)]
+    a = CheckList.for_initiator(CID, KEY_A, local, 0.0, cfg)
+    a.set_responder_data(KEY_B, remote, 0.0)
+    assert len(a.remote_endpoints) == 4 and relayed.addr in [e.addr for e in a.remote_endpoints]
+    assert len(a.pairs) == 3
+    assert [p.remote.type for p in a.pairs] == [MeEndpointType.HOST, MeEndpointType.HOST, MeEndpointType.RELAYED]
+    assert a.pairs[-1].remote_addr == MS
+    # without a RELAYED endpoint the limits work as before: the highest priorities
+    b = CheckList.for_initiator(CID, KEY_A, local, 0.0, cfg)
+    b.set_responder_data(KEY_B, remote[:-1], 0.0)
+    assert len(b.remote_endpoints) == 4 and all(p.remote.type == MeEndpointType.HOST for p in b.pairs)
+
+
 # --- pacing and retransmission --------------------------------------------------------------------
 
 def run_alone(cl: CheckList, until: float) -> list[tuple[float, Addr, Addr]]:

@@ -87,10 +87,27 @@ def test_remove_redundant_same_address_and_base() -> None:
 
 
 def test_limit_endpoints_drops_lowest_first() -> None:
-    eps = [make_endpoint(MeEndpointType.RELAYED, "192.0.2.1", 1),
+    eps = [make_endpoint(MeEndpointType.SERVER_REFLEXIVE, "192.0.2.1", 1, ip_pref=1),
            make_endpoint(MeEndpointType.HOST, "192.0.2.2", 1),
            make_endpoint(MeEndpointType.SERVER_REFLEXIVE, "192.0.2.3", 1)]
     assert [e.address for e in limit_endpoints(eps, 2)] == ["192.0.2.2", "192.0.2.3"]
+    assert limit_endpoints(eps, 0) == [] and limit_endpoints(eps, 3) == eps
+
+
+def test_limit_endpoints_keeps_one_relayed_endpoint() -> None:
+    """The RELAYED endpoint ranks last (type preference 0) but is exempt: others are trimmed instead."""
+    hosts = [make_endpoint(MeEndpointType.HOST, f"192.0.2.{i}", 4500, ip_pref=100 + i) for i in range(1, 20)]
+    relayed = make_endpoint(MeEndpointType.RELAYED, "198.51.100.1", 50001)
+    out = limit_endpoints([*hosts[:8], relayed, *hosts[8:]], 16)
+    assert len(out) == 16 and relayed in out
+    # the trimmed ones are the lowest-priority hosts (4 dropped: 19 hosts + 1 relayed -> 16)
+    assert {e.address for e in out if e.type == MeEndpointType.HOST} == {f"192.0.2.{i}" for i in range(5, 20)}
+    assert out.index(relayed) == 4  # original order kept
+    # at most one RELAYED endpoint is exempt: the best one; further RELAYED ones rank as usual
+    worse = make_endpoint(MeEndpointType.RELAYED, "198.51.100.1", 50003, ip_pref=1)
+    out = limit_endpoints([worse, relayed, *hosts[:4]], 3)
+    assert out == [relayed, hosts[2], hosts[3]]
+    assert limit_endpoints([*hosts[:3], relayed], 1) == [relayed]
 
 
 def test_host_endpoints_pure_part() -> None:
