@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import CursorResult, Result, delete, exists, func, select, update
+from sqlalchemy import CursorResult, Result, case, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -166,14 +166,20 @@ def list_grants(s: Session, peer_id: int) -> Sequence[Peer]:
 
 
 def grant_counts(s: Session, user_id: int) -> dict[int, int]:
-    """For ``user_id``'s restricted peers (those with grant rows): peer id -> number of targets."""
+    """For ``user_id``'s restricted peers (those with grant rows): peer id -> number of targets (0 when
+    every listed peer was deleted: still restricted, see schema.sql)."""
+    others = func.sum(case((MediationGrant.target_id != MediationGrant.peer_id, 1), else_=0))
     rows = s.execute(
-        select(MediationGrant.peer_id, func.count())
+        select(MediationGrant.peer_id, others)
         .join(Peer, Peer.id == MediationGrant.peer_id)
-        .where(Peer.user_id == user_id, MediationGrant.target_id != MediationGrant.peer_id)
+        .where(Peer.user_id == user_id)
         .group_by(MediationGrant.peer_id)
     ).all()
-    return {int(peer_id): int(n) for peer_id, n in rows}
+    return {int(peer_id): int(n or 0) for peer_id, n in rows}
+
+
+def is_restricted(s: Session, peer_id: int) -> bool:
+    return bool(s.scalar(select(exists().where(MediationGrant.peer_id == peer_id))))
 
 
 def set_grants(s: Session, peer_id: int, target_ids: Iterable[int]) -> None:

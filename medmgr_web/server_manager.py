@@ -220,7 +220,7 @@ class ServerManager(PortalApp):
         rows = [
             {"id": p.id, "alias": p.alias, "keyid": format_keyid(p.keyid),
              "since": p.created.strftime("%Y-%m-%d %H:%M UTC"), "kind": key_description(p.public_key),
-             "grants": counts.get(p.id, 0)}
+             "grants": counts.get(p.id)}  # None: may reach every peer
             for p in data.list_peers(req.db, req.user_id)
         ]
         return self.render(req, "peer/list.html", peers=rows)
@@ -256,7 +256,7 @@ class ServerManager(PortalApp):
         peer = self._peer_or_404(req)
         info = {"id": peer.id, "keyid": format_keyid(peer.keyid),
                 "since": peer.created.strftime("%Y-%m-%d %H:%M UTC"),
-                "grants": len(data.list_grants(req.db, peer.id))}
+                "grants": len(data.list_grants(req.db, peer.id)) if data.is_restricted(req.db, peer.id) else None}
         if req.method == "GET":
             return self.render(req, "peer/edit.html", peer=info, alias=peer.alias,
                                public_key=pem_from_spki(peer.public_key))
@@ -321,7 +321,8 @@ class ServerManager(PortalApp):
             )
 
         if req.method == "GET":
-            return page(200, "listed" if granted else "all", {p.id for p in granted}, "", [])
+            scope = "listed" if data.is_restricted(req.db, peer.id) else "all"
+            return page(200, scope, {p.id for p in granted}, "", [])
         checked: set[int] = set()
         for name in req.form:
             if name.startswith("target_"):
