@@ -74,7 +74,8 @@ def format_status(reply: dict[str, Any]) -> str:
             for r in reply["relays"]:
                 out.append(f"  #{r['id']} {r['a']} {r['a_latched'] or '-'} -> {r['address']}[{r['a_port']}] | "
                            f"{r['address']}[{r['b_port']}] <- {r['b_latched'] or '-'} {r['b']}: "
-                           f"{r['bytes_a_to_b']} B ->, {r['bytes_b_to_a']} B <-, idle {r['idle']}s")
+                           f"{r['bytes_a_to_b']} B ->, {r['bytes_b_to_a']} B <-, idle {r['idle']}s"
+                           f"{', carrying a tunnel' if r.get('in_use') else ', checks only'}")
         return "\n".join(out)
     st = reply.get("status", {})
     for m in st.get("mediation", []):
