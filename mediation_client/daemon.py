@@ -39,6 +39,11 @@ from .status import DbStatus, load_db_connections
 log = logging.getLogger("mediation_client")
 
 
+# the [client] keys read here (docs/configuration.md documents exactly these; tests compare them)
+CLIENT_KEYS = ("database", "server_timeout", "connect_timeout", "callback_timeout", "check_timeout", "finish_wait",
+               "reconnect", "relay")
+
+
 def client_config(c: dict[str, Any]) -> MediationClientConfig:
     checks = CheckListConfig(
         transaction_timeout=duration(c.get("check_timeout", 30)),

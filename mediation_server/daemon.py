@@ -41,6 +41,11 @@ from .registry import Authorizer, Policy, Registry, RegistryConfig
 from .relay import MediationServer
 from .relaysock import RelaySockets
 
+# the [mediation] keys read below (docs/configuration.md documents exactly these; tests compare them)
+MEDIATION_KEYS = ("database", "policy", "allow", "callback_ttl", "connect_rate", "connect_burst", "max_endpoints",
+                  "max_pending_callbacks", "relay", "relay_ports", "relay_per_peer", "relay_total",
+                  "relay_idle_timeout", "relay_unused_timeout", "relay_rate", "relay_packet_rate")
+
 
 def relay_config(med: dict[str, Any]) -> RelayConfig:
     lo, _, hi = str(med.get("relay_ports", "50000-50999")).partition("-")

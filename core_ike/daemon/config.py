@@ -118,6 +118,15 @@ def _child(name: str, d: dict[str, Any]) -> ChildConfig:
 
 _SIMPLE = ("proposals", "unique", "vips", "pools", "encap", "fragmentation", "mediation", "mediated_by",
            "keyingtries", "local_port", "remote_port", "local_addrs", "remote_addrs", "fragment_size")
+_DURATIONS = ("rekey_time", "dpd_delay", "keepalive_interval")
+
+# the keys each table accepts (docs/configuration.md documents exactly these; tests compare them)
+CONNECTION_KEYS = (*_SIMPLE, *_DURATIONS, "mediation_peer", "local", "remote", "retransmit", "children")
+AUTH_KEYS = ("auth", "id", "signature", "certs")
+RETRANSMIT_KEYS = ("timeout", "base", "tries")
+CHILD_KEYS = ("local_ts", "remote_ts", "esp_proposals", "start_action", "mode", "rekey_time", "life_time",
+              "replay_window")
+SECRET_KEYS = {"ike": ("id", "secret"), "private": ("file",), "pubkey": ("file", "id"), "ca": ("file",)}
 
 
 def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
@@ -125,7 +134,7 @@ def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
     for key in _SIMPLE:
         if key in d:
             setattr(cfg, key, d[key])
-    for key in ("rekey_time", "dpd_delay", "keepalive_interval"):
+    for key in _DURATIONS:
         if key in d:
             setattr(cfg, key, duration(d[key]))
     if "mediation_peer" in d:
