@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any
 
-from core_ike.daemon.config import DaemonConfig, duration
+from core_ike.daemon.config import DaemonConfig, check_keys, duration
 from core_ike.daemon.main import Daemon, run_main
 from core_ike.ike import events as ev
 from core_ike.me import events as mev
@@ -163,6 +163,11 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+def _build(cfg: DaemonConfig, raw: dict[str, Any]) -> Daemon:
+    client = raw.get("client", {})
+    check_keys("[client]", client, CLIENT_KEYS)
+    return ClientDaemon(cfg, client)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_main("mediation-client", "IKEv2 mediation client", argv,
-                    lambda cfg, raw: ClientDaemon(cfg, raw.get("client", {})))
+    return run_main("mediation-client", "IKEv2 mediation client", argv, _build)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from core_ike.daemon.config import DaemonConfig, duration
+from core_ike.daemon.config import DaemonConfig, check_keys, duration
 from core_ike.daemon.main import Daemon, run_main
 from core_ike.errors import LocalError
 
@@ -141,7 +141,9 @@ class ServerDaemon(Daemon):
 def _build(cfg: DaemonConfig, raw: dict[str, Any]) -> Daemon:
     if cfg.settings.dataplane == "auto":
         cfg.settings.dataplane = "none"  # the server carries no CHILD_SAs
-    return ServerDaemon(cfg, raw.get("mediation", {}))
+    med = raw.get("mediation", {})
+    check_keys("[mediation]", med, MEDIATION_KEYS)
+    return ServerDaemon(cfg, med)
 
 
 def main(argv: list[str] | None = None) -> int:

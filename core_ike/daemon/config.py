@@ -89,7 +89,16 @@ def _path(base: Path, p: str) -> Path:
     return q if q.is_absolute() else base / q
 
 
-def _auth(d: dict[str, Any], base: Path) -> AuthConfig:
+def check_keys(where: str, d: dict[str, Any], allowed: tuple[str, ...] | set[str]) -> None:
+    """A typo in a key is an error with the section named, not a setting silently ignored."""
+    unknown = sorted(k for k in d if k not in allowed)
+    if unknown:
+        raise LocalError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                         f"in {where} (accepted: {', '.join(sorted(allowed))})")
+
+
+def _auth(d: dict[str, Any], base: Path, where: str = "[connections.*.local]") -> AuthConfig:
+    check_keys(where, d, AUTH_KEYS)
     a = AuthConfig(auth=d.get("auth", "psk"), id=Identity.parse(d.get("id", "%any")))
     if "signature" in d:
         a.signature = d["signature"]
@@ -100,7 +109,11 @@ def _auth(d: dict[str, Any], base: Path) -> AuthConfig:
     return a
 
 
-def _child(name: str, d: dict[str, Any]) -> ChildConfig:
+def _child(name: str, d: dict[str, Any], conn: str = "*") -> ChildConfig:
+    check_keys(f"[connections.{conn}.children.{name}]", d, CHILD_KEYS)
+    if d.get("start_action", "none") not in ("none", "start"):
+        raise LocalError(f"[connections.{conn}.children.{name}] start_action must be 'none' or 'start' "
+                         "(trap policies are not supported yet)")
     c = ChildConfig(name)
     for key in ("local_ts", "remote_ts"):
         if key in d:
@@ -119,6 +132,7 @@ def _child(name: str, d: dict[str, Any]) -> ChildConfig:
 _SIMPLE = ("proposals", "unique", "vips", "pools", "encap", "fragmentation", "mediation", "mediated_by",
            "keyingtries", "local_port", "remote_port", "local_addrs", "remote_addrs", "fragment_size")
 _DURATIONS = ("rekey_time", "dpd_delay", "keepalive_interval")
+_DAEMON_DURATIONS = ("half_open_timeout",)
 
 # the keys each table accepts (docs/configuration.md documents exactly these; tests compare them)
 CONNECTION_KEYS = (*_SIMPLE, *_DURATIONS, "mediation_peer", "local", "remote", "retransmit", "children")
@@ -130,6 +144,7 @@ SECRET_KEYS = {"ike": ("id", "secret"), "private": ("file",), "pubkey": ("file",
 
 
 def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
+    check_keys(f"[connections.{name}]", d, CONNECTION_KEYS)
     cfg = IkeConfig(name)
     for key in _SIMPLE:
         if key in d:
@@ -139,19 +154,24 @@ def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
             setattr(cfg, key, duration(d[key]))
     if "mediation_peer" in d:
         cfg.mediation_peer = Identity.parse(d["mediation_peer"])
-    cfg.local = _auth(d.get("local", {}), base)
-    cfg.remote = _auth(d.get("remote", {}), base)
+    cfg.local = _auth(d.get("local", {}), base, f"[connections.{name}.local]")
+    cfg.remote = _auth(d.get("remote", {}), base, f"[connections.{name}.remote]")
     if "retransmit" in d:
         r = d["retransmit"]
+        check_keys(f"[connections.{name}.retransmit]", r, RETRANSMIT_KEYS)
         cfg.retransmit = RetransmitConfig(duration(r.get("timeout", 4)), float(r.get("base", 1.8)),
                                           int(r.get("tries", 5)))
-    cfg.children = [_child(n, c) for n, c in d.get("children", {}).items()]
+    cfg.children = [_child(n, c, name) for n, c in d.get("children", {}).items()]
     if cfg.mediation and cfg.mediated_by:
         raise LocalError(f"{name}: a mediation connection cannot be a mediated connection at the same time")
     return cfg
 
 
 def secrets(d: dict[str, Any], base: Path) -> Credentials:
+    check_keys("[secrets]", d, set(SECRET_KEYS))
+    for kind, entries in d.items():
+        for e in entries:
+            check_keys(f"[[secrets.{kind}]]", e, SECRET_KEYS[kind])
     creds = Credentials()
     for s in d.get("ike", []):
         ids = s.get("id", [])
@@ -177,6 +197,6 @@ def load(path: str | Path) -> DaemonConfig:
     for k, v in raw.get("daemon", {}).items():
         if not hasattr(st, k):
             raise LocalError(f"unknown [daemon] setting {k!r}")
-        setattr(st, k, v)
+        setattr(st, k, duration(v) if k in _DAEMON_DURATIONS else v)
     conns = [connection(n, c, base) for n, c in raw.get("connections", {}).items()]
     return DaemonConfig(st, conns, secrets(raw.get("secrets", {}), base))

@@ -23,9 +23,8 @@ class _Installed:
 class DataPlaneGlue:
     """Make-before-break: a rekeyed CHILD_SA's new SAs are installed before the old ones go."""
 
-    def __init__(self, dp: DataPlane, replay_window: int = 128) -> None:
+    def __init__(self, dp: DataPlane) -> None:
         self.dp = dp
-        self.replay_window = replay_window
         self.children: dict[int, _Installed] = {}  # by CHILD_SA unique id
         self.policies: dict[int, list[PolicyParams]] = {}  # by reqid
 
@@ -39,7 +38,7 @@ class DataPlaneGlue:
         k = e.keys
         common = dict(encr_id=EncrId(k.encr_id), encr_key_bits=k.key_bits or 128,
                       integ_id=IntegId(k.integ_id), encap=e.encap, reqid=e.reqid,
-                      replay_window=self.replay_window, esn=k.esn, lifetime=Lifetime())
+                      replay_window=e.replay_window, esn=k.esn, lifetime=Lifetime())
         try:
             self.dp.install_sa(SaParams(k.spi_in, Direction.IN, e.remote[0], e.local[0], encr_key=k.key_in,
                                         integ_key=k.integ_in, src_port=e.remote[1], dst_port=e.local[1],

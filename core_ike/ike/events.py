@@ -69,6 +69,7 @@ class ChildSaEstablished:
     keys: ChildKeys
     proposal: str
     rekeyed_from: int | None = None  # unique id of the CHILD_SA this one replaces (make-before-break)
+    replay_window: int = 128  # RFC 4303 3.4.3, from the CHILD_SA's config
 
 
 @dataclass(frozen=True)

@@ -335,7 +335,7 @@ class ChildCreate(Task):
         sa.engine.emit(ev.ChildSaEstablished(
             sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap,
             tuple(tsmod.to_text(t) for t in local_ts), tuple(tsmod.to_text(t) for t in remote_ts),
-            keys, child.proposal_text, child.rekeyed_from))
+            keys, child.proposal_text, child.rekeyed_from, self.cfg.replay_window))
         if self.rekey is not None:
             self.rekey.state = "REKEYED"
             self.rekey.rekey_at = None
