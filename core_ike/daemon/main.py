@@ -76,6 +76,7 @@ class Daemon:
                              route_source=route_source)
         self.engine.extensions.extend(extensions or [])
         self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
+        self._tries: dict[str, int] = {}  # keying tries so far per connection
         addrs = st.listen or local_addresses()
         self.transport = UdpTransport(self.engine, addrs, [st.port, st.natt_port], on_event=self.on_event)
         self.dp: Any = None
@@ -112,6 +113,7 @@ class Daemon:
         log.debug("event %s", type(e).__name__)
         if self.glue is not None:
             self.glue.handle(e)
+        self._keyingtries(e)
         self.control.feed(e)
         for fn in self.listeners:
             fn(e)
@@ -119,6 +121,38 @@ class Daemon:
     def close(self) -> None:
         """After the event loop ended (also on errors): release what outlives it."""
         return None
+
+    def _keyingtries(self, e: object) -> None:
+        """swanctl keyingtries: retry a failed IKE_SA we initiated (0 = forever), with a growing delay.
+        Mediation and mediated connections have their own recovery (the mediation client)."""
+        from ..ike import events as ev
+
+        if isinstance(e, ev.IkeSaEstablished):
+            self._tries.pop(e.name, None)
+            return
+        if not isinstance(e, ev.IkeSaFailed) or not e.initiator:
+            return
+        try:
+            cfg = self.engine.config(e.name)
+        except Exception:  # noqa: BLE001 - a config removed meanwhile
+            return
+        if cfg.mediation or cfg.mediated_by or cfg.keyingtries == 1:
+            return
+        n = self._tries.get(e.name, 1)
+        if cfg.keyingtries and n >= cfg.keyingtries:
+            log.info("giving up on '%s' after %d keying tries", e.name, n)
+            self._tries.pop(e.name, None)
+            return
+        self._tries[e.name] = n + 1
+        delay = min(2.0 ** (n - 1), 60.0)
+        log.info("keying try %d of %s for '%s' in %.0f s", n + 1, cfg.keyingtries or "unlimited", e.name, delay)
+
+        def retry() -> None:
+            if self.transport.sockets:
+                self.engine.initiate(e.name, None, time.monotonic())
+                self.transport.flush()
+
+        asyncio.get_running_loop().call_later(delay, retry)
 
     def autostart(self, now: float) -> None:
         """Bring up every CHILD_SA with start_action = start (swanctl semantics)."""

@@ -29,6 +29,7 @@ class IkeSaFailed:
     unique_id: int
     reason: str
     notify: int | None = None
+    initiator: bool = False  # we initiated it (keyingtries applies)
 
 
 @dataclass(frozen=True)

@@ -316,7 +316,7 @@ class IkeSa:
             t.failed(self, reason, now)
         if out.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) or not self.established:
             log.warning("establishing IKE_SA %s failed: %s", self.label, reason)
-            self.engine.emit(ev.IkeSaFailed(self.name, self.unique_id, reason, notify))
+            self.engine.emit(ev.IkeSaFailed(self.name, self.unique_id, reason, notify, self.is_original_initiator))
             if self.in_prot is not None and notify is not None and notify != NotifyType.AUTHENTICATION_FAILED:
                 pass
             self.destroy(reason, now, notify_peer=False, failed=True)
@@ -372,7 +372,8 @@ class IkeSa:
         resp.payloads.append(NotifyPayload(e.notify, e.data))
         self._send_response(resp, now)
         if req.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and not self.established:
-            self.engine.emit(ev.IkeSaFailed(self.name, self.unique_id, str(e), int(e.notify)))
+            self.engine.emit(ev.IkeSaFailed(self.name, self.unique_id, str(e), int(e.notify),
+                                             self.is_original_initiator))
             self.destroy(str(e), now, notify_peer=False, failed=True)
 
     def after_response(self, now: float) -> None:
@@ -429,16 +430,17 @@ class IkeSa:
         rt = self.config.retransmit
         if out.attempt >= rt.tries:
             reason = f"giving up after {rt.tries} retransmits"
-            log.warning("%s: %s", self.label, reason)
             if out.exchange == ExchangeType.IKE_SA_INIT:
                 reason = f"peer {self.remote[0]} unreachable: no response to IKE_SA_INIT ({reason})"
             else:
                 reason = f"peer not responding: {reason}"
+            log.warning("%s %s: %s", "IKE_SA" if self.established else "establishing IKE_SA", self.label, reason)
             self.outstanding = None
             for t in out.tasks:
                 t.failed(self, reason, now)
             if not self.established:
-                self.engine.emit(ev.IkeSaFailed(self.name, self.unique_id, reason))
+                self.engine.emit(ev.IkeSaFailed(self.name, self.unique_id, reason, None,
+                                                 self.is_original_initiator))
             self.destroy(reason, now, notify_peer=False, failed=not self.established)
             return
         out.attempt += 1

@@ -1,0 +1,95 @@
+"""keyingtries: a connection with start_action = start whose peer is not up yet keeps retrying (with a
+growing delay) and comes up by itself once the peer (a real charon) starts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from scenarios.lab import cleanup_orphans, two_hosts
+from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.iked import Iked
+from scenarios.lab.netns import wait_for
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.interop,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
+                       reason="strongSwan charon/swanctl not installed"),
+]
+
+CHARON_CONF = """connections {
+  home {
+    local_addrs = 192.0.2.2
+    remote_addrs = 192.0.2.1
+    proposals = aes128gcm16-prfsha256-x25519
+    local {
+      auth = psk
+      id = bob@lab
+    }
+    remote {
+      auth = psk
+      id = alice@lab
+    }
+    children {
+      net {
+        local_ts = 10.10.2.1/32
+        remote_ts = 10.10.1.1/32
+      }
+    }
+  }
+}
+secrets {
+  ike {
+    id-1 = alice@lab
+    id-2 = bob@lab
+    secret = "keyingtries-secret-0123456789"
+  }
+}
+"""
+
+IKED_CONF = """[daemon]
+listen = ["192.0.2.1"]
+control = "@CTL@"
+dataplane = "none"
+
+[[secrets.ike]]
+id = ["alice@lab", "bob@lab"]
+secret = "keyingtries-secret-0123456789"
+
+[connections.home]
+remote_addrs = ["192.0.2.2"]
+keyingtries = 0
+local = { auth = "psk", id = "alice@lab" }
+remote = { auth = "psk", id = "bob@lab" }
+[connections.home.retransmit]
+timeout = 0.3
+base = 1.5
+tries = 1
+[connections.home.children.net]
+local_ts = ["10.10.1.1/32"]
+remote_ts = ["10.10.2.1/32"]
+start_action = "start"
+"""
+
+
+def test_connection_retries_until_the_peer_is_up() -> None:
+    cleanup_orphans()
+    lab = two_hosts()
+    iked = Iked(lab, "alice", IKED_CONF)
+    charon = Charon(lab, "bob", name="charon-late", conf=CHARON_CONF)
+    try:
+        iked.start()
+        wait_for(lambda: "keying try 2 of unlimited for 'home'" in iked.log_text(), 10, what="second try")
+        assert not iked.list_sas() or iked.list_sas()[0]["state"] != "ESTABLISHED"
+        charon.start()
+        sas = iked.wait_sas(lambda s: any(x["state"] == "ESTABLISHED" and x["child-sas"] for x in s), timeout=20)
+        assert sas[0]["name"] == "home"
+        assert "unreachable" in iked.log_text()  # the failed tries said why
+    finally:
+        iked.stop()
+        charon.stop()
+        lab.teardown()
