@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -200,45 +200,28 @@ class _EcpExchange:
 
 # --- Curve25519 / Curve448: RFC 8031 -------------------------------------------------------------
 
-class _X25519Exchange:
-    __slots__ = ("group", "public", "_key")
+_MONTGOMERY: dict[int, tuple[Any, Any, int]] = {  # group -> (private class, public class, octets)
+    DhId.CURVE25519: (x25519.X25519PrivateKey, x25519.X25519PublicKey, 32),
+    DhId.CURVE448: (x448.X448PrivateKey, x448.X448PublicKey, 56),
+}
+
+
+class _MontgomeryExchange:
+    """X25519 and X448 (RFC 8031; RFC 7748 6.1/6.2)."""
+
+    __slots__ = ("group", "public", "_key", "_pub_cls", "_len")
 
     def __init__(self, group: int, private: bytes | None = None) -> None:
         self.group = group
-        if private is None:
-            self._key = x25519.X25519PrivateKey.generate()
-        else:
-            self._key = x25519.X25519PrivateKey.from_private_bytes(private)
-        self.public = self._key.public_key().public_bytes_raw()
+        priv_cls, self._pub_cls, self._len = _MONTGOMERY[group]
+        self._key = priv_cls.generate() if private is None else priv_cls.from_private_bytes(private)
+        self.public: bytes = self._key.public_key().public_bytes_raw()
 
     def compute(self, peer_public: bytes) -> bytes:
-        if len(peer_public) != 32:
-            raise _invalid(self.group, f"length {len(peer_public)}, expected 32")
-        try:  # RFC 8031 2.3 / RFC 7748 6.1: an all-zero result must be rejected (OpenSSL does)
-            z = self._key.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
-        except ValueError as e:
-            raise _invalid(self.group, str(e)) from None
-        if not any(z):
-            raise _invalid(self.group, "all-zero shared secret")
-        return z
-
-
-class _X448Exchange:
-    __slots__ = ("group", "public", "_key")
-
-    def __init__(self, group: int, private: bytes | None = None) -> None:
-        self.group = group
-        if private is None:
-            self._key = x448.X448PrivateKey.generate()
-        else:
-            self._key = x448.X448PrivateKey.from_private_bytes(private)
-        self.public = self._key.public_key().public_bytes_raw()
-
-    def compute(self, peer_public: bytes) -> bytes:
-        if len(peer_public) != 56:
-            raise _invalid(self.group, f"length {len(peer_public)}, expected 56")
-        try:  # RFC 8031 2.3 / RFC 7748 6.2: reject the all-zero output
-            z = self._key.exchange(x448.X448PublicKey.from_public_bytes(peer_public))
+        if len(peer_public) != self._len:
+            raise _invalid(self.group, f"length {len(peer_public)}, expected {self._len}")
+        try:  # RFC 8031 2.3 / RFC 7748 6: an all-zero result must be rejected (OpenSSL does)
+            z: bytes = self._key.exchange(self._pub_cls.from_public_bytes(peer_public))
         except ValueError as e:
             raise _invalid(self.group, str(e)) from None
         if not any(z):
@@ -270,10 +253,8 @@ def new_key_exchange(group: int) -> KeyExchange:
         return _ModpExchange(group)
     if group in _ECP_CURVES:
         return _EcpExchange(group)
-    if group == DhId.CURVE25519:
-        return _X25519Exchange(group)
-    if group == DhId.CURVE448:
-        return _X448Exchange(group)
+    if group in _MONTGOMERY:
+        return _MontgomeryExchange(group)
     raise LocalError(f"unsupported DH group {group}")
 
 
@@ -286,8 +267,6 @@ def key_exchange_from_private(group: int, private: bytes) -> KeyExchange:
         return _ModpExchange(group, int.from_bytes(private, "big"))
     if group in _ECP_CURVES:
         return _EcpExchange(group, int.from_bytes(private, "big"))
-    if group == DhId.CURVE25519:
-        return _X25519Exchange(group, private)
-    if group == DhId.CURVE448:
-        return _X448Exchange(group, private)
+    if group in _MONTGOMERY:
+        return _MontgomeryExchange(group, private)
     raise LocalError(f"unsupported DH group {group}")
