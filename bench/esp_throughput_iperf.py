@@ -29,6 +29,7 @@ from scenarios.lab import Lab, cleanup_orphans, two_hosts  # noqa: E402
 from scenarios.lab.charon import Charon  # noqa: E402
 from scenarios.lab.iked import Iked  # noqa: E402
 from scenarios.lab.netns import wait_for  # noqa: E402
+from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml  # noqa: E402
 
 A, B = "192.0.2.1", "192.0.2.2"
 A_IN, B_IN = "10.10.1.1", "10.10.2.1"
@@ -37,68 +38,11 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 def iked_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, encap: bool) -> str:
-    # with encap the engine initiates from 4500 (with the non-ESP marker): talk to the peer's 4500 directly
-    port = "\nremote_port = 4500" if encap else ""
-    return f"""[daemon]
-listen = ["{me}"]
-control = "@CTL@"
-dataplane = "userspace"
-tun = "ipsec0"
-log_level = "info"
-
-[[secrets.ike]]
-id = ["{my_id}", "{peer_id}"]
-secret = "{PSK}"
-
-[connections.net]
-local_addrs = ["{me}"]
-remote_addrs = ["{peer}"]
-proposals = "aes128gcm16-prfsha256-x25519"
-rekey_time = 0
-encap = {"true" if encap else "false"}{port}
-local = {{ auth = "psk", id = "{my_id}" }}
-remote = {{ auth = "psk", id = "{peer_id}" }}
-[connections.net.children.net]
-local_ts = ["{lts}/32"]
-remote_ts = ["{rts}/32"]
-esp_proposals = "aes128gcm16"
-rekey_time = 0
-"""
+    return iked_psk_toml(me, peer, my_id, peer_id, lts, rts, PSK, encap=encap, extra_daemon='log_level = "info"')
 
 
 def charon_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str) -> str:
-    return f"""connections {{
-  net {{
-    local_addrs = {me}
-    remote_addrs = {peer}
-    proposals = aes128gcm16-prfsha256-x25519
-    rekey_time = 0
-    local {{
-      auth = psk
-      id = {my_id}
-    }}
-    remote {{
-      auth = psk
-      id = {peer_id}
-    }}
-    children {{
-      net {{
-        local_ts = {lts}/32
-        remote_ts = {rts}/32
-        esp_proposals = aes128gcm16
-        rekey_time = 0
-      }}
-    }}
-  }}
-}}
-secrets {{
-  ike-1 {{
-    id-1 = {my_id}
-    id-2 = {peer_id}
-    secret = "{PSK}"
-  }}
-}}
-"""
+    return charon_psk_conf(me, peer, my_id, peer_id, lts, rts, PSK)
 
 
 def cpu_ticks(lab: Lab, host: str, comms: tuple[str, ...]) -> int:

@@ -26,6 +26,7 @@ from scenarios.lab import Lab, cleanup_orphans, nat_lab, two_hosts
 from scenarios.lab.charon import CHARON, Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
+from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml
 
 pytestmark = [
     pytest.mark.netns,
@@ -49,66 +50,11 @@ PORT_FORWARD = f"""table ip portfwd {{
 }}
 """
 
-CHARON_CONF = f"""connections {{
-  nat {{
-    local_addrs = {CAROL}
-    remote_addrs = {NAT_PUB}
-    proposals = aes128gcm16-prfsha256-x25519
-    rekey_time = 0
-    local {{
-      auth = psk
-      id = carol@lab
-    }}
-    remote {{
-      auth = psk
-      id = alice@lab
-    }}
-    children {{
-      net {{
-        local_ts = {C_IN}/32
-        remote_ts = {A_IN}/32
-        esp_proposals = aes128gcm16
-        rekey_time = 0
-      }}
-    }}
-  }}
-}}
-secrets {{
-  ike-1 {{
-    id-1 = alice@lab
-    id-2 = carol@lab
-    secret = "{PSK}"
-  }}
-}}
-"""
-
+CHARON_CONF = charon_psk_conf(CAROL, NAT_PUB, "carol@lab", "alice@lab", C_IN, A_IN, PSK, conn="nat")
 
 def iked_conf(me: str, peer: str, my_id: str, peer_id: str, local_ts: str, remote_ts: str,
               encap: bool | None = None) -> str:
-    enc = "" if encap is None else f"encap = {'true' if encap else 'false'}\n"
-    return f"""[daemon]
-listen = ["{me}"]
-control = "@CTL@"
-dataplane = "userspace"
-tun = "ipsec0"
-
-[[secrets.ike]]
-id = ["{my_id}", "{peer_id}"]
-secret = "{PSK}"
-
-[connections.net]
-local_addrs = ["{me}"]
-remote_addrs = ["{peer}"]
-proposals = "aes128gcm16-prfsha256-x25519"
-rekey_time = 0
-{enc}local = {{ auth = "psk", id = "{my_id}" }}
-remote = {{ auth = "psk", id = "{peer_id}" }}
-[connections.net.children.net]
-local_ts = ["{local_ts}/32"]
-remote_ts = ["{remote_ts}/32"]
-esp_proposals = "aes128gcm16"
-rekey_time = 0
-"""
+    return iked_psk_toml(me, peer, my_id, peer_id, local_ts, remote_ts, PSK, encap=encap)
 
 
 @dataclass
