@@ -29,6 +29,7 @@ from ..ike.identity import Identity
 from ..ike.sa import IkeState
 from ..ike.task import Task
 from . import events as mev
+from . import tiebreak
 from .checklist import (
     CheckListConfig,
     CheckListFailed,
@@ -95,7 +96,9 @@ class Attempt:
     mediation: str
     peer: Identity
     started: float
-    state: str = "mediation"  # mediation connecting relayed callback checking initiating established failed
+    # mediation connecting relayed callback checking initiating established failed, or yielded: the
+    # peer's simultaneous attempt won the tie-break (tiebreak.py), connect_id is then the peer's
+    state: str = "mediation"
     deadline: float | None = None
     connect_id: bytes | None = None
     sa_id: int | None = None
@@ -118,6 +121,7 @@ class Session:
     name: str = ""
     key: bytes = b""
     endpoints: list[Endpoint] = field(default_factory=list)
+    mediation: str = ""  # config of the mediation SA the request came on (target sessions)
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ class MediationClient(Extension):
         self._mediated: dict[int, str] = {}  # mediated IKE_SA unique id -> attempt name
         self._target_sas: dict[int, str] = {}  # mediated IKE_SAs we answered -> peer (status)
         self._initiating: tuple[str, bytes] | None = None
+        self._unsent: dict[str, tuple[IkeSa, MeConnectRequest]] = {}  # attempt -> ME_CONNECT not built yet
         engine.extensions.append(self)
 
     # ================================================================== control API
@@ -193,6 +198,12 @@ class MediationClient(Extension):
         self.attempts[name] = att
         log.info("mediated connection '%s': mediating with '%s' via '%s'", name, att.peer, med.name)
         self.engine.emit(mev.MediatedConnecting(name, str(att.peer), now))
+        for sess in self.sessions.values():
+            if not sess.initiator and sess.peer == att.peer and sess.mediation == med.name \
+                    and self.checks.get(sess.connect_id) is not None:
+                # reference §11 #15: the peer is already mediating with us; join its attempt
+                self._yield(att, sess.connect_id, now, "already the target of its")
+                return att
         sa = self.mediation_sa(med.name)
         if sa is not None and sa.established:
             self._send_connect(sa, att, now)
@@ -265,7 +276,7 @@ class MediationClient(Extension):
     def on_established(self, sa: IkeSa, now: float) -> None:
         name = self._mediated.get(sa.unique_id)
         att = self.attempts.get(name) if name else None
-        if att is None or att.sa_id != sa.unique_id or att.state != "initiating":
+        if att is None or att.sa_id != sa.unique_id or att.state not in ("initiating", "yielded"):
             return
         att.state, att.deadline = "established", None
         self._end_session(att)
@@ -282,7 +293,7 @@ class MediationClient(Extension):
         self._target_sas.pop(sa.unique_id, None)
         name = self._mediated.pop(sa.unique_id, None)
         att = self.attempts.get(name) if name else None
-        if att is not None and att.sa_id == sa.unique_id and att.state == "initiating":
+        if att is not None and att.sa_id == sa.unique_id and att.state in ("initiating", "yielded"):
             self._fail(att, self._classify("mediated IKE_SA failed", sa), now)
         if sa.extension_data.get(ROLE_KEY) == "peer" and sa.established_at is None:
             for a in list(self.attempts.values()):
@@ -348,6 +359,8 @@ class MediationClient(Extension):
         holder: list[bytes] = []
 
         def build(s: IkeSa, t: float) -> list[Payload]:
+            if self._unsent.get(att.name, (s, None))[1] is task:
+                del self._unsent[att.name]
             cid, key = new_connect_id(), new_connect_key()  # reference §4.1 step 1
             eps = self.gather(s)
             # created when *sending* (netlab.md §11): the relayed answer may come before our response
@@ -379,10 +392,14 @@ class MediationClient(Extension):
             self._pump(t)
 
         def failed(s: IkeSa, reason: str, t: float) -> None:
+            if self._unsent.get(att.name, (s, None))[1] is task:
+                del self._unsent[att.name]
             if att.active and (not holder or att.connect_id == holder[0]) and att.state in ("connecting", "relayed"):
                 self._fail(att, f"mediation server unreachable: {reason}", t)
 
-        self.outbox.send(sa, MeConnectRequest(build, done, failed), now)
+        task = MeConnectRequest(build, done, failed)
+        self._unsent[att.name] = (sa, task)
+        self.outbox.send(sa, task, now)
 
     # ================================================================== received ME_CONNECT
     def _on_connect(self, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
@@ -413,13 +430,28 @@ class MediationClient(Extension):
 
     def _relayed_request(self, sa: IkeSa, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity,
                          now: float) -> list[Payload]:
-        """We are the target (reference §4.1 step 5): responder list, empty answer, own ME_CONNECT."""
+        """We are the target (reference §4.1 step 5): responder list, empty answer, own ME_CONNECT.
+        With our own attempt to `peer` in progress, the tie-break (tiebreak.py) keeps one of the two."""
+        rival = next((a for a in self.attempts.values() if a.active and a.state != "yielded" and a.peer == peer
+                      and a.mediation == sa.config.name), None)
+        if rival is not None:
+            own = str(self.engine.config(rival.mediation).local.id)
+            decision = tiebreak.decide(rival.state, rival.connect_id, rival.name not in self._unsent, cid, own,
+                                       str(peer))
+            if decision == "keep":  # empty answer, no check list: the peer abandons its attempt
+                log.info("simultaneous ME_CONNECT from '%s' (connect ID %s): keeping our attempt '%s' "
+                         "(connect ID %s)", peer, cid.hex(), rival.name, (rival.connect_id or b"").hex())
+                return []
+            if decision == "yield":
+                self._yield(rival, cid, now, "simultaneous ME_CONNECT, yielded to its")
         try:
             self.checks.create_responder(cid, key, eps, now)
         except LocalError as e:
             log.info("ME_CONNECT from '%s' refused: %s", peer, e)
+            if rival is not None and rival.state == "yielded" and rival.connect_id == cid:
+                self._fail(rival, f"mediation by the peer failed: {e}", now)
             return build_connect_failed()
-        sess = Session(cid, False, peer)
+        sess = Session(cid, False, peer, mediation=sa.config.name)
         self.sessions[cid] = sess
         log.info("received ME_CONNECT from '%s' (connect ID %s, %d endpoints)", peer, cid.hex(), len(eps))
         self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
@@ -464,6 +496,19 @@ class MediationClient(Extension):
         self.engine.emit(mev.ChecksStarted(att.name, str(att.peer), cid.hex(), True,
                                            tuple(str(p) for p in cl.tried())))
 
+    def _yield(self, att: Attempt, cid: bytes, now: float, why: str) -> None:
+        """Reference §11 #15: the peer's attempt `cid` wins; ours ends without MediationFailed and
+        follows `cid` as its target; the peer's mediated IKE_SA completes it (on_established)."""
+        unsent = self._unsent.pop(att.name, None)
+        if unsent is not None:
+            self.outbox.cancel(unsent[0], unsent[1], now)
+        own = att.connect_id.hex() if att.connect_id is not None and unsent is None else "(none)"
+        self._end_session(att)  # our check list and session (reference §8: nothing was nominated)
+        att.state, att.connect_id, att.tried, att.pair = "yielded", cid, (), None
+        att.deadline = now + self.config.checks.responder_timeout + self.config.ike_timeout
+        log.info("mediated connection '%s' to '%s': %s connect ID %s (ours %s), waiting for its mediated "
+                 "IKE_SA", att.name, att.peer, why, cid.hex(), own)
+
     def _forwarded_failure(self, msg: Message, now: float) -> list[Payload]:
         """Draft §4 / reference §4.1: the target failed; the MS forwards ME_CONNECT_FAILED."""
         n = msg.notify(NotifyType.ME_CONNECTID)
@@ -505,6 +550,10 @@ class MediationClient(Extension):
             log.info("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
         if sess is not None:
             self._target_sas[sa.unique_id] = str(sess.peer)
+        for att in self.attempts.values():
+            if att.state == "yielded" and att.connect_id == cid:  # reference §11 #15: our connect() waits
+                att.sa_id, att.deadline = sa.unique_id, now + self.config.ike_timeout
+                self._mediated[sa.unique_id] = att.name
         self._pump(now)
 
     # ================================================================== checks and timers
@@ -543,6 +592,9 @@ class MediationClient(Extension):
             self._fail(att, f"checks failed: no result after {t:.1f} s; tried {_pairs_text(self._tried(att))}", now)
         elif att.state == "initiating":
             self._fail(att, f"mediated IKE_SA failed: not established within {self.config.ike_timeout:g} s", now)
+        elif att.state == "yielded":
+            self._fail(att, f"mediated IKE_SA failed: the peer's (tie-break winner) not established after "
+                            f"{t:.1f} s", now)
 
     def _tried(self, att: Attempt) -> tuple[PairInfo, ...]:
         cl = self.checks.get(att.connect_id) if att.connect_id else None
@@ -571,6 +623,9 @@ class MediationClient(Extension):
         if sess is not None:
             log.info("checks for connect ID %s from '%s' ended: %s", cid.hex(), sess.peer, reason)
             self.engine.emit(mev.ChecksEnded(str(sess.peer), cid.hex(), reason))
+        for att in list(self.attempts.values()):
+            if att.state == "yielded" and att.connect_id == cid and att.sa_id is None:
+                self._fail(att, f"mediation by the peer failed: {reason}", now)
 
     @staticmethod
     def _classify(default: str, sa: IkeSa) -> str:

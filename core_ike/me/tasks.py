@@ -84,6 +84,19 @@ class MeOutbox:
         if sa.unique_id not in self._inside:
             sa.initiate_next(now)
 
+    def cancel(self, sa: IkeSa, task: MeConnectRequest, now: float) -> bool:
+        """Withdraw a request not built yet (still queued here or in the SA's queue); False if sent."""
+        q = self._queues.get(sa.unique_id)
+        if q is not None and task in q:
+            q.remove(task)
+            return True
+        if self._busy.get(sa.unique_id) is task and task in sa.queue:
+            sa.queue.remove(task)
+            del self._busy[sa.unique_id]
+            self._pump(sa, now)
+            return True
+        return False
+
     def drop(self, sa: IkeSa) -> list[MeConnectRequest]:
         """The SA is gone: the requests that never completed (their owners get `failed`)."""
         out = list(self._queues.pop(sa.unique_id, deque()))
