@@ -4,9 +4,14 @@ shared by the interop tests and the benchmarks so both sides are described once.
 from __future__ import annotations
 
 
+def _host(addr: str) -> str:
+    return f"{addr}/128" if ":" in addr else f"{addr}/32"
+
+
 def iked_psk_toml(me: str, peer: str, my_id: str, peer_id: str, local_ts: str, remote_ts: str, psk: str, *,
                   encap: bool | None = None, conn: str = "net", extra_daemon: str = "") -> str:
-    """Connection `conn` with CHILD_SA `net` (`local_ts`/`remote_ts` are host addresses, /32), no rekeying."""
+    """Connection `conn` with CHILD_SA `net` (`local_ts`/`remote_ts` are host addresses: /32 or /128),
+    no rekeying."""
     enc = "" if encap is None else f"encap = {'true' if encap else 'false'}\n"
     return f"""[daemon]
 listen = ["{me}"]
@@ -26,8 +31,8 @@ rekey_time = 0
 {enc}local = {{ auth = "psk", id = "{my_id}" }}
 remote = {{ auth = "psk", id = "{peer_id}" }}
 [connections.{conn}.children.net]
-local_ts = ["{local_ts}/32"]
-remote_ts = ["{remote_ts}/32"]
+local_ts = ["{_host(local_ts)}"]
+remote_ts = ["{_host(remote_ts)}"]
 esp_proposals = "aes128gcm16"
 rekey_time = 0
 """
@@ -52,8 +57,8 @@ def charon_psk_conf(me: str, peer: str, my_id: str, peer_id: str, local_ts: str,
     }}
     children {{
       net {{
-        local_ts = {local_ts}/32
-        remote_ts = {remote_ts}/32
+        local_ts = {_host(local_ts)}
+        remote_ts = {_host(remote_ts)}
         esp_proposals = aes128gcm16
         rekey_time = 0
       }}
