@@ -9,7 +9,7 @@ APT_PACKAGES=(
   strongswan-charon strongswan-swanctl strongswan-libcharon libstrongswan
   libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins
   charon-systemd strongswan-pki
-  lighttpd postgresql mariadb-server chromium fonts-dejavu-core
+  lighttpd apache2 postgresql mariadb-server chromium fonts-dejavu-core
 )
 
 missing=()
