@@ -260,11 +260,6 @@ class NotifyType(IntEnum):
         return int(self) < 16384
 
 
-def notify_is_error(value: int) -> bool:
-    """RFC 7296 3.10.1: types below 16384 are errors, unknown ones included."""
-    return value < 16384
-
-
 class MeEndpointFamily(IntEnum):
     NONE = 0
     IPV4 = 1

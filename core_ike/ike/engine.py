@@ -77,6 +77,7 @@ class EngineConfig:
     cookie_threshold: int = 30  # half-open SAs before COOKIEs are demanded (strongSwan's default)
     cookie_threshold_ip: int = 3
     force_cookies: bool = False
+    cookie_secret_lifetime: float = 600.0  # RFC 7296 2.6: rotate the cookie secret this often
     half_open_timeout: float = 30.0
     max_half_open: int = 10000  # hard cap on what unauthenticated peers can make us allocate
     pools: dict[str, list[str]] = field(default_factory=dict)
@@ -112,6 +113,8 @@ class Engine:
         self.spi_allocator: Callable[[], int] | None = None
         self._cookie_secret = os.urandom(32)
         self._cookie_version = 0
+        self._old_cookie_secret: bytes | None = None  # the previous secret stays valid for one period
+        self._cookie_rotated = 0.0
         self._half_open = 0
         self._half_open_by_ip: dict[str, int] = {}
         self._vips_used: set[str] = set()
@@ -566,19 +569,30 @@ class Engine:
 
     def _cookie_ok(self, msg: Message, remote: Addr) -> bool:
         first = msg.payloads[0] if msg.payloads else None
-        if not isinstance(first, NotifyPayload) or int(first.type) != NotifyType.COOKIE:
+        if not isinstance(first, NotifyPayload) or int(first.type) != NotifyType.COOKIE or not first.data:
             return False
-        want = self._cookie_for(msg, remote, self._cookie_version, self._cookie_secret)
-        return first.data == want
+        # RFC 7296 2.6: the version octet says which secret made the cookie (current or previous one)
+        if first.data[0] == self._cookie_version & 0xFF:
+            secret: bytes | None = self._cookie_secret
+        elif first.data[0] == (self._cookie_version - 1) & 0xFF:
+            secret = self._old_cookie_secret
+        else:
+            secret = None
+        return secret is not None and first.data == self._cookie_for(msg, remote, first.data[0], secret)
 
     def _send_cookie(self, msg: Message, local: Addr, remote: Addr) -> None:
+        if self.now - self._cookie_rotated >= self.cfg.cookie_secret_lifetime:
+            self.rotate_cookie_secret()
         cookie = self._cookie_for(msg, remote, self._cookie_version, self._cookie_secret)
         log.info("sending COOKIE to %s[%d] (%d half-open IKE_SAs)", remote[0], remote[1], self._half_open)
         self._reply_error(msg, NotifyType.COOKIE, local, remote, cookie)
 
     def rotate_cookie_secret(self) -> None:
+        """RFC 7296 2.6: change the secret regularly; cookies of the previous one stay valid meanwhile."""
+        self._old_cookie_secret = self._cookie_secret
         self._cookie_version += 1
         self._cookie_secret = os.urandom(32)
+        self._cookie_rotated = self.now
 
     def _reply_error(self, msg: Message, notify: int, local: Addr, remote: Addr, data: bytes = b"") -> None:
         """Unauthenticated IKE_SA_INIT answer without state: N(COOKIE) or an error (RFC 7296 2.6, 2.21)."""
@@ -606,7 +620,3 @@ def _unindex(index: dict[Any, dict[int, IkeSa]], key: object, uid: int) -> None:
         d.pop(uid, None)
         if not d:
             del index[key]
-
-
-def make_engine(configs: list[IkeConfig], creds: Credentials, **kw: Any) -> Engine:
-    return Engine(configs, creds, EngineConfig(**kw))

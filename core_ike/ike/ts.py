@@ -69,10 +69,6 @@ def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) ->
     return out
 
 
-def is_subset(inner: list[TrafficSelector], outer: list[TrafficSelector]) -> bool:
-    return all(any(intersect(i, o) == i for o in outer) for i in inner)
-
-
 def to_text(ts: TrafficSelector) -> str:
     """strongSwan display: `10.1.0.0/24`, `10.1.0.2/32`, or a range `a..b`, plus `[proto/port]`."""
     try:

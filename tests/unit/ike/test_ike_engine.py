@@ -328,3 +328,39 @@ def test_missing_own_credentials_fail_with_reason_on_both_sides() -> None:
     assert fa.notify == NotifyType.AUTHENTICATION_FAILED
     (fb,) = p.of("b", ev.IkeSaFailed)
     assert "no shared key" in fb.reason or "pre-shared key failed" in fb.reason
+
+
+def _cookies_sent(p) -> int:  # type: ignore[no-untyped-def]
+    from core_ike.codec.message import decode_message
+
+    n = 0
+    for side, d in p.wire:
+        if side == "b->a" and d[:4] != b"\x00\x00\x00\x00" and len(d) >= 28 and d[18] == 34:
+            n += any(int(x.type) == NotifyType.COOKIE for x in decode_message(d).notifies())
+    return n
+
+
+@pytest.mark.parametrize("rotations,cookies", [(1, 1), (2, 2)])
+def test_cookie_secret_rotation(rotations: int, cookies: int) -> None:
+    """RFC 7296 2.6: a cookie made just before the secret changed is still accepted (previous secret);
+    one two secrets old is not, the initiator simply gets a fresh COOKIE and goes on."""
+    p = make_pair(engine_b=EngineConfig(force_cookies=True))
+    sa = p.a.initiate("home", now=p.now)
+    for data, local, remote in p.a.datagrams_to_send():  # IKE_SA_INIT without cookie -> N(COOKIE)
+        p.wire.append(("a->b", data))
+        p.b.receive(data, remote, local, p.now)
+    for _ in range(rotations):
+        p.b.rotate_cookie_secret()
+    p.pump()
+    assert sa.state is IkeState.ESTABLISHED
+    assert _cookies_sent(p) == cookies
+
+
+def test_cookie_secret_rotates_by_itself() -> None:
+    p = make_pair(engine_b=EngineConfig(force_cookies=True, cookie_secret_lifetime=60.0))
+    _up(p)
+    v0 = p.b._cookie_version
+    p.now += 120
+    sa2 = p.a.initiate("home", now=p.now, remote=("192.0.2.2", 500))
+    p.pump()
+    assert sa2.state is IkeState.ESTABLISHED and p.b._cookie_version == v0 + 1
