@@ -30,6 +30,7 @@ from .identity import Identity
 from .sa import IkeSa, IkeState
 from .task import Task
 from .tasks.child_create import ChildCreate
+from .tasks.collisions import check_create_child
 from .tasks.ike_auth import IkeAuth
 from .tasks.ike_init import IkeInit
 from .tasks.ike_rekey import IkeRekey
@@ -310,14 +311,18 @@ class Engine:
 
     def _create_child_task(self, sa: IkeSa, msg: Message) -> Task:
         rekey = msg.notify(NotifyType.REKEY_SA)
-        if rekey is not None and rekey.protocol in (ProtocolId.ESP, ProtocolId.AH):
-            old = sa.child_by_spi(int.from_bytes(rekey.spi, "big"), inbound=False)
-            if old is None:
-                raise ProtocolError("CHILD_SA to rekey not found", NotifyType.CHILD_SA_NOT_FOUND, rekey.spi)
-            return ChildCreate(None, in_auth=False, rekey=old)
         sa_pl = msg.get(PayloadType.SA)
         props: list[Proposal] = getattr(sa_pl, "proposals", [])
-        if props and props[0].protocol == ProtocolId.IKE:
+        is_ike = bool(props) and props[0].protocol == ProtocolId.IKE
+        old = None
+        if rekey is not None and rekey.protocol in (ProtocolId.ESP, ProtocolId.AH):
+            old = sa.child_by_spi(int.from_bytes(rekey.spi, "big"), inbound=False)
+            if old is None:  # RFC 7296 2.25.1
+                raise ProtocolError("CHILD_SA to rekey not found", NotifyType.CHILD_SA_NOT_FOUND, rekey.spi)
+        check_create_child(sa, msg, is_ike and old is None, old)  # RFC 7296 2.25 collisions
+        if old is not None:
+            return ChildCreate(None, in_auth=False, rekey=old)
+        if is_ike:
             return IkeRekey()
         if sa.mediation:
             # ME draft 3.1: mediation SAs carry no CHILD_SAs

@@ -40,6 +40,7 @@ from .. import events as ev
 from .. import ts as tsmod
 from ..config import ChildConfig
 from ..task import Status, Task
+from . import collisions
 
 if TYPE_CHECKING:
     from ..sa import ChildSa, IkeSa
@@ -111,6 +112,7 @@ class ChildCreate(Task):
         self.peer_nonce = b""
         self.shared: bytes | None = None
         self.cp_reply: CpPayload | None = None
+        self.collision: ChildCreate | None = None  # the peer's rekey of the same CHILD_SA (RFC 7296 2.8.1)
 
     # ---------------------------------------------------------------- initiator
     def build_i(self, sa: IkeSa, msg: Message) -> None:
@@ -143,11 +145,19 @@ class ChildCreate(Task):
             assert isinstance(n, NotifyPayload)
             if n.is_error:
                 reason = f"received {name_of(NotifyType, int(n.type))} notify"
+                if self.rekey is not None and int(n.type) in (NotifyType.TEMPORARY_FAILURE,
+                                                              NotifyType.CHILD_SA_NOT_FOUND):
+                    # RFC 7296 2.25: a collision with the peer's rekey or delete, not a failure
+                    log.info("CHILD_SA %s{%d} not rekeyed: %s", self.rekey.name, self.rekey.unique_id, reason)
+                    collisions.child_rekey_refused(sa, self.rekey, int(n.type), now)
+                    return Status.DONE
                 if int(n.type) == NotifyType.INVALID_KE_PAYLOAD and len(n.data) == 2 and not self.in_auth:
                     self.ke = None
                     self.proposals = [p for p in self.proposals
                                       if any(t.id == int.from_bytes(n.data, "big")
                                              for t in p.of_type(TransformType.DH))] or self.proposals
+                if self.rekey is not None:
+                    collisions.child_rekey_refused(sa, self.rekey, int(n.type), now)
                 self._fail(sa, reason, now)
                 return Status.DONE
         if self.in_auth and not sa.established:
@@ -337,9 +347,9 @@ class ChildCreate(Task):
             tuple(tsmod.to_text(t) for t in local_ts), tuple(tsmod.to_text(t) for t in remote_ts),
             keys, child.proposal_text, child.rekeyed_from, self.cfg.replay_window))
         if self.rekey is not None:
+            if initiator:
+                sa.queue += collisions.child_rekey_done(sa, self, self.rekey)
+            else:
+                collisions.child_rekey_answered(sa, self, self.rekey)
             self.rekey.state = "REKEYED"
             self.rekey.rekey_at = None
-            if initiator:
-                from .informational import ChildDelete
-
-                sa.queue.append(ChildDelete(child=self.rekey, reason="rekeyed"))

@@ -1,0 +1,119 @@
+"""Simultaneous rekeying and rekey/delete collisions (RFC 7296 2.8.1, 2.8.2, 2.25).
+
+Both peers may start a rekey of the same SA at once (each answers the other's request, so each ends up
+with two new SAs), or one peer may rekey what the other is deleting. The rules here decide which SA
+survives so that both peers end with the same single SA; the tasks call them at the points where a
+collision becomes visible (answering the peer's request while ours is in flight, processing our response).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ...codec.message import Message
+from ...constants import ExchangeType, NotifyType
+from ...errors import ProtocolError
+from ..task import Task
+
+if TYPE_CHECKING:
+    from ..sa import ChildSa, IkeSa
+    from .child_create import ChildCreate
+
+log = logging.getLogger("core_ike.ike")
+
+REKEY_RETRY = 10.0  # seconds before a rekey refused with TEMPORARY_FAILURE is tried again (RFC 7296 2.25)
+
+
+def ours_is_redundant(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -> bool:
+    """RFC 7296 2.8.1: of two colliding rekeys, the SA created with the lowest of the four nonces is
+    redundant and is closed by the peer that created it (the initiator of that exchange). "Lowest" is an
+    octet-by-octet comparison where a nonce that is a prefix of the other is the lower one: exactly
+    Python's ordering of bytes. Both peers compute this on the same four nonces and so agree."""
+    return min(ours) < min(theirs)
+
+
+def own_task(sa: IkeSa, match: type[Task], pred: object = None) -> tuple[Task | None, bool]:
+    """Our task of type `match` (and with `rekey is pred` when given) for this IKE_SA:
+    (task, True) if its request is in flight, (task, False) if only queued, (None, False) otherwise."""
+    def hit(t: Task) -> bool:
+        return isinstance(t, match) and (pred is None or getattr(t, "rekey", None) is pred)
+
+    if sa.outstanding is not None:
+        for t in sa.outstanding.tasks:
+            if hit(t):
+                return t, True
+    for t in sa.queue:
+        if hit(t):
+            return t, False
+    return None, False
+
+
+def check_create_child(sa: IkeSa, msg: Message, ike_rekey: bool, old: ChildSa | None) -> None:
+    """Refusals of a CREATE_CHILD_SA request before any task sees it (RFC 7296 2.25)."""
+    from ..sa import IkeState
+
+    if sa.state is IkeState.DELETING or (sa.state is not IkeState.ESTABLISHED and not ike_rekey) or \
+            (ike_rekey and sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING)):
+        # RFC 7296 2.25 / 2.25.2: no new CHILD_SAs on an IKE_SA that is being rekeyed or closed, and a
+        # request to rekey an IKE_SA we are closing is answered with TEMPORARY_FAILURE
+        raise ProtocolError(f"IKE_SA is {sa.state.value}", NotifyType.TEMPORARY_FAILURE)
+    if ike_rekey and sa.outstanding is not None and sa.outstanding.exchange == ExchangeType.CREATE_CHILD_SA \
+            and sa.state is not IkeState.REKEYING:
+        # RFC 7296 2.25: our own CHILD_SA exchange is still open on this IKE_SA; the peer retries later
+        raise ProtocolError("CHILD_SA exchange in progress", NotifyType.TEMPORARY_FAILURE)
+    if old is not None and old.state == "DELETING":
+        # RFC 7296 2.25.1: a request to rekey a CHILD_SA we are closing gets TEMPORARY_FAILURE
+        raise ProtocolError("CHILD_SA to rekey is being deleted", NotifyType.TEMPORARY_FAILURE)
+
+
+def child_rekey_answered(sa: IkeSa, responder: ChildCreate, old: ChildSa) -> None:
+    """We answered the peer's rekey of `old`. RFC 7296 2.25.1: if we are rekeying it too, our exchange
+    collided (decided when our response arrives, 2.8.1); if our rekey was only queued, drop it."""
+    from .child_create import ChildCreate
+
+    mine, in_flight = own_task(sa, ChildCreate, old)
+    if mine is None:
+        return
+    if in_flight:
+        assert isinstance(mine, ChildCreate)
+        log.info("CHILD_SA %s{%d} rekey collision: the peer rekeys it too", old.name, old.unique_id)
+        mine.collision = responder
+    else:
+        sa.queue.remove(mine)
+
+
+def child_rekey_done(sa: IkeSa, mine: ChildCreate, old: ChildSa) -> list[Task]:
+    """Our rekey of `old` completed; returns the deletes to queue (RFC 7296 2.8.1)."""
+    from .informational import ChildDelete
+
+    theirs = mine.collision
+    if theirs is None or mine.child is None:
+        # RFC 7296 1.3.3 / 2.8: the rekey initiator deletes the old CHILD_SA
+        return [ChildDelete(child=old, reason="rekeyed")]
+    if ours_is_redundant((mine.nonce, mine.peer_nonce), (theirs.nonce, theirs.peer_nonce)):
+        # RFC 7296 2.8.1: our new SA has the lowest nonce: we close it; the peer closes the old one
+        log.info("CHILD_SA rekey collision lost: closing redundant CHILD_SA %s{%d}", mine.child.name,
+                 mine.child.unique_id)
+        return [ChildDelete(child=mine.child, reason="rekey collision (redundant)")]
+    log.info("CHILD_SA rekey collision won: the peer closes its redundant CHILD_SA")
+    return [ChildDelete(child=old, reason="rekeyed")]
+
+
+def child_rekey_refused(sa: IkeSa, old: ChildSa, notify: int, now: float) -> None:
+    """The peer refused our rekey of `old`: not a failure of the IKE_SA (RFC 7296 2.25)."""
+    if sa.children.get(old.unique_id) is not old or old.state != "REKEYING":
+        return  # meanwhile deleted (e.g. by the peer's DELETE that crossed our request)
+    old.state = "INSTALLED"
+    if notify == NotifyType.TEMPORARY_FAILURE:
+        old.rekey_at = now + REKEY_RETRY  # RFC 7296 2.25: try again a bit later
+    # CHILD_SA_NOT_FOUND (2.25.1): the peer is deleting it; its DELETE removes ours
+
+
+def move_queue(old: IkeSa, new: IkeSa) -> None:
+    """RFC 7296 2.18: once the IKE_SA is rekeyed, our pending requests (CHILD_SA rekeys, a user's
+    terminate) continue on the new one; a queued IKE rekey of the old SA has become pointless."""
+    from .ike_rekey import IkeRekey
+
+    new.queue.extend(t for t in old.queue if not isinstance(t, IkeRekey))
+    old.queue.clear()
