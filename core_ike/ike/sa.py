@@ -348,6 +348,8 @@ class IkeSa:
         if any(getattr(t, "closes_ike", False) for t in tasks):
             self.destroy("deleted by peer", now)
             return
+        for t in tasks:
+            t.responded(self, now)
         self.after_response(now)
 
     def _send_response(self, resp: Message, now: float) -> None:

@@ -42,6 +42,10 @@ class Task:
     def build_r(self, sa: IkeSa, msg: Message) -> None:
         raise NotImplementedError
 
+    def responded(self, sa: IkeSa, now: float) -> None:
+        """Responder: the response built by this task was sent; default: nothing."""
+        return None
+
     def failed(self, sa: IkeSa, reason: str, now: float) -> None:
         """The exchange carrying this task failed (timeout, error notify); default: nothing."""
         return None

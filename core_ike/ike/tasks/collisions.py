@@ -19,6 +19,7 @@ from ..task import Task
 if TYPE_CHECKING:
     from ..sa import ChildSa, IkeSa
     from .child_create import ChildCreate
+    from .ike_rekey import IkeRekey
 
 log = logging.getLogger("core_ike.ike")
 
@@ -102,12 +103,54 @@ def child_rekey_done(sa: IkeSa, mine: ChildCreate, old: ChildSa) -> list[Task]:
 
 def child_rekey_refused(sa: IkeSa, old: ChildSa, notify: int, now: float) -> None:
     """The peer refused our rekey of `old`: not a failure of the IKE_SA (RFC 7296 2.25)."""
-    if sa.children.get(old.unique_id) is not old or old.state != "REKEYING":
+    if old.state != "REKEYING":
         return  # meanwhile deleted (e.g. by the peer's DELETE that crossed our request)
     old.state = "INSTALLED"
     if notify == NotifyType.TEMPORARY_FAILURE:
         old.rekey_at = now + REKEY_RETRY  # RFC 7296 2.25: try again a bit later
     # CHILD_SA_NOT_FOUND (2.25.1): the peer is deleting it; its DELETE removes ours
+
+
+def ike_rekey_answered(sa: IkeSa, responder: IkeRekey) -> bool:
+    """We answered the peer's rekey of this IKE_SA. RFC 7296 2.25.2: if our own IKE rekey is in flight,
+    the exchanges collided (decided when our response arrives, 2.8.2); True then."""
+    from .ike_rekey import IkeRekey
+
+    mine, in_flight = own_task(sa, IkeRekey)
+    if mine is None or not in_flight:
+        return False
+    assert isinstance(mine, IkeRekey)
+    log.info("IKE_SA %s rekey collision: the peer rekeys it too", sa.label)
+    mine.collision = responder
+    return True
+
+
+def ike_rekey_done(old: IkeSa, mine: IkeRekey, new: IkeSa, now: float) -> bool:
+    """Our rekey of `old` produced `new`; after a collision (RFC 7296 2.8.2) keep one of the two new
+    IKE_SAs. Returns True if we are to delete the old IKE_SA (we initiated the surviving rekey)."""
+    from .informational import IkeDelete
+
+    theirs = mine.collision.new_sa if mine.collision is not None else None
+    if mine.collision is None or theirs is None:
+        move_queue(old, new)
+        return True
+    if ours_is_redundant((mine.nonce, mine.peer_nonce), (mine.collision.nonce, mine.collision.peer_nonce)):
+        # RFC 7296 2.8.2: our new IKE_SA has the lowest nonce: we delete it; the CHILD_SAs stay on the
+        # peer's new IKE_SA and the peer, which initiated the surviving rekey, deletes the old IKE_SA
+        log.info("IKE_SA rekey collision lost: deleting redundant IKE_SA %s", new.label)
+        theirs.children.update(new.children)
+        new.children = {}
+        new.queue.append(IkeDelete(reason="rekey collision (redundant)"))
+        move_queue(old, theirs)
+        theirs.initiate_next(now)
+        return False
+    # RFC 7296 2.8.2: our new IKE_SA survives and carries the CHILD_SAs; the peer deletes its redundant
+    # one (its children moved here before its DELETE arrives) and we delete the old IKE_SA
+    log.info("IKE_SA rekey collision won: %s survives, the peer deletes %s", new.label, theirs.label)
+    new.children.update(theirs.children)
+    theirs.children = {}
+    move_queue(old, new)
+    return True
 
 
 def move_queue(old: IkeSa, new: IkeSa) -> None:

@@ -17,6 +17,7 @@ from ...crypto.prf import Prf
 from ...crypto.proposals import describe, parse_proposals, select_proposal
 from ...errors import ProtocolError
 from ..task import Status, Task
+from . import collisions
 from .ike_init import algorithms, first_group
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class IkeRekey(Task):
         self.peer_spi = b""
         self.shared = b""
         self.new_sa: IkeSa | None = None
+        self.collision: IkeRekey | None = None  # the peer's rekey of the same IKE_SA (RFC 7296 2.8.2)
+        self.colliding = False  # responder: our own IKE rekey is in flight (RFC 7296 2.25.2)
 
     def build_i(self, sa: IkeSa, msg: Message) -> None:
         from ..sa import IkeState
@@ -62,8 +65,9 @@ class IkeRekey(Task):
             return Status.RESTART
         for n in msg.notifies(NotifyType.NO_PROPOSAL_CHOSEN) + msg.notifies(NotifyType.TEMPORARY_FAILURE):
             log.warning("IKE_SA %s rekeying failed: peer sent %s", sa.label, NotifyType(int(n.type)).name)
-            sa.set_state(IkeState.ESTABLISHED)
-            sa.rekey_at = now + 30.0  # RFC 7296 2.25: retry later
+            if sa.state is IkeState.REKEYING:
+                sa.set_state(IkeState.ESTABLISHED)
+                sa.rekey_at = now + 30.0  # RFC 7296 2.25: retry later
             return Status.DONE
         sa_pl, ke, nonce = msg.get(PayloadType.SA), msg.get(PayloadType.KE), msg.get(PayloadType.NONCE)
         if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
@@ -78,11 +82,12 @@ class IkeRekey(Task):
         self.peer_nonce = nonce.data
         self.shared = self.ke.compute(ke.data)
         new = self._make_sa(sa, now, initiator=True)
-        # RFC 7296 2.18: the initiator of the rekey deletes the old IKE_SA
-        from .informational import IkeDelete
-
-        sa.queue.insert(0, IkeDelete(reason="rekeyed"))
         sa.set_state(IkeState.REKEYED)
+        if collisions.ike_rekey_done(sa, self, new, now):
+            # RFC 7296 2.18 (2.8.2 after a collision): the initiator of the surviving rekey deletes the old
+            from .informational import IkeDelete
+
+            sa.queue.insert(0, IkeDelete(reason="rekeyed"))
         new.initiate_next(now)
         return Status.DONE
 
@@ -109,8 +114,16 @@ class IkeRekey(Task):
         assert self.chosen is not None and self.ke is not None
         msg.payloads += [SaPayload([replace(self.chosen, spi=self.spi)]), NoncePayload(self.nonce),
                          KePayload(self.ke.group, self.ke.public)]
+        self.colliding = collisions.ike_rekey_answered(sa, self)
         self._make_sa(sa, sa.engine.now, initiator=False)
         sa.set_state(IkeState.REKEYED)
+
+    def responded(self, sa: IkeSa, now: float) -> None:
+        # RFC 7296 2.18: our pending requests continue on the new IKE_SA; after a collision they wait
+        # until it is known which new IKE_SA survives (RFC 7296 2.8.2)
+        if self.new_sa is not None and not self.colliding:
+            collisions.move_queue(sa, self.new_sa)
+            self.new_sa.initiate_next(now)
 
     def _make_sa(self, old: IkeSa, now: float, initiator: bool) -> IkeSa:
         """The new IKE_SA inherits identities, config and every CHILD_SA (RFC 7296 2.18)."""

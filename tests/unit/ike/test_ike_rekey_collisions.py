@@ -124,3 +124,69 @@ def test_child_rekey_of_unknown_child_sa_not_found() -> None:
     sa_a, sa_b = _only(p)
     (ca,) = sa_a.children.values()
     assert ca.state == "INSTALLED" and len(p.of("a", ev.ChildSaEstablished)) == 1
+
+
+def test_simultaneous_ike_rekey_both_nonce_orders() -> None:
+    outcomes: set[str] = set()
+    for _ in range(40):
+        p = _up()
+        old_a, old_b = _only(p)
+        (child_a,) = old_a.children.values()
+        p.a.rekey_ike(old_a, now=p.now)
+        p.b.rekey_ike(old_b, now=p.now)
+        p.pump()
+        sa_a, sa_b = _assert_consistent(p)
+        assert sa_a.unique_id != old_a.unique_id and sa_b.unique_id != old_b.unique_id
+        assert sa_a.children[child_a.unique_id] is child_a  # the CHILD_SA moved, it was not recreated
+        # both sides made two new IKE_SAs; the redundant one and the old one are deleted once each
+        for side in ("a", "b"):
+            assert len(p.of(side, ev.IkeSaEstablished)) == 3
+            deleted = [e.unique_id for e in p.of(side, ev.IkeSaDeleted)]
+            assert len(deleted) == 2 and len(set(deleted)) == 2
+            assert len(p.of(side, ev.ChildSaEstablished)) == 1 and not p.of(side, ev.ChildSaDeleted)
+        outcomes.add("a won" if sa_a.is_original_initiator else "b won")
+        if len(outcomes) == 2:
+            break
+    assert outcomes == {"a won", "b won"}
+    _rekey_and_delete_still_work(p)
+
+
+def test_ike_rekey_crossing_ike_delete() -> None:
+    """RFC 7296 2.25.2: the delete wins; no new IKE_SA is left behind on either side."""
+    for rekeyer in ("a", "b"):
+        p = _up()
+        sa_a, sa_b = _only(p)
+        deleter = "b" if rekeyer == "a" else "a"
+        p.engine(rekeyer).rekey_ike(sa_a if rekeyer == "a" else sa_b, now=p.now)
+        p.engine(deleter).terminate(sa_b if rekeyer == "a" else sa_a, now=p.now)
+        p.pump()
+        p.advance(60)
+        assert not p.a.sas and not p.b.sas
+        for side in ("a", "b"):
+            assert len(p.of(side, ev.IkeSaEstablished)) == 1 and len(p.of(side, ev.IkeSaDeleted)) == 1
+            assert not _live_children(p, side)
+
+
+def test_child_rekey_during_ike_rekey() -> None:
+    """RFC 7296 2.25: the peer's CHILD_SA rekey on the IKE_SA we are rekeying gets TEMPORARY_FAILURE
+    (and is retried later); our own queued CHILD_SA rekey continues on the new IKE_SA."""
+    p = _up()
+    sa_a, sa_b = _only(p)
+    p.a.rekey_ike(sa_a, now=p.now)
+    p.a.rekey_child(sa_a, next(iter(sa_a.children)), now=p.now)  # queued behind the IKE rekey
+    assert len(sa_a.queue) == 1
+    p.pump()
+    new_a, new_b = _assert_consistent(p)
+    assert new_a is not sa_a
+    assert len(p.of("a", ev.ChildSaEstablished)) == 2 and len(p.of("b", ev.ChildSaEstablished)) == 2
+
+    # now the crossing case: A rekeys the IKE_SA while B's CHILD_SA rekey is on its way
+    p.b.rekey_child(new_b, next(iter(new_b.children)), now=p.now)
+    p.a.rekey_ike(new_a, now=p.now)
+    p.pump()
+    # each refused the other's request with TEMPORARY_FAILURE; both retry later, nothing failed
+    assert not p.of("a", ev.ChildSaFailed) and not p.of("b", ev.ChildSaFailed)
+    p.advance(60)
+    sa_a, sa_b = _assert_consistent(p)
+    assert sa_a is not new_a
+    _rekey_and_delete_still_work(p)
