@@ -131,7 +131,7 @@ def _child(name: str, d: dict[str, Any], conn: str = "*") -> ChildConfig:
 
 _SIMPLE = ("proposals", "unique", "vips", "pools", "encap", "fragmentation", "mediation", "mediated_by",
            "keyingtries", "local_port", "remote_port", "local_addrs", "remote_addrs", "fragment_size")
-_DURATIONS = ("rekey_time", "dpd_delay", "keepalive_interval")
+_DURATIONS = ("rekey_time", "dpd_delay", "keepalive_interval", "rekey_retry", "ike_rekey_retry")
 _DAEMON_DURATIONS = ("half_open_timeout",)
 
 # the keys each table accepts (docs/configuration.md documents exactly these; tests compare them)

@@ -69,6 +69,8 @@ class IkeConfig:
     remote: AuthConfig = field(default_factory=AuthConfig)
     children: list[ChildConfig] = field(default_factory=list)
     rekey_time: float = 14400.0
+    rekey_retry: float = 10.0  # RFC 7296 2.25: retry a rekey the peer refused with TEMPORARY_FAILURE (CHILD_SA)
+    ike_rekey_retry: float = 30.0  # ... and an IKE_SA rekey the peer refused
     over_time: float | None = None
     dpd_delay: float = 0.0  # 0 = no liveness checks
     keepalive_interval: float = 20.0  # RFC 3948 NAT keepalives, sent when behind a NAT

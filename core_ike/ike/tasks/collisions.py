@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("core_ike.ike")
 
-REKEY_RETRY = 10.0  # seconds before a rekey refused with TEMPORARY_FAILURE is tried again (RFC 7296 2.25)
 
 
 def ours_is_redundant(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -> bool:
@@ -107,7 +106,7 @@ def child_rekey_refused(sa: IkeSa, old: ChildSa, notify: int, now: float) -> Non
         return  # meanwhile deleted (e.g. by the peer's DELETE that crossed our request)
     old.state = "INSTALLED"
     if notify == NotifyType.TEMPORARY_FAILURE:
-        old.rekey_at = now + REKEY_RETRY  # RFC 7296 2.25: try again a bit later
+        old.rekey_at = now + sa.config.rekey_retry  # RFC 7296 2.25: try again a bit later
     # CHILD_SA_NOT_FOUND (2.25.1): the peer is deleting it; its DELETE removes ours
 
 

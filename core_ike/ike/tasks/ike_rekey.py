@@ -67,7 +67,7 @@ class IkeRekey(Task):
             log.warning("IKE_SA %s rekeying failed: peer sent %s", sa.label, NotifyType(int(n.type)).name)
             if sa.state is IkeState.REKEYING:
                 sa.set_state(IkeState.ESTABLISHED)
-                sa.rekey_at = now + 30.0  # RFC 7296 2.25: retry later
+                sa.rekey_at = now + sa.config.ike_rekey_retry  # RFC 7296 2.25: retry later
             return Status.DONE
         sa_pl, ke, nonce = msg.get(PayloadType.SA), msg.get(PayloadType.KE), msg.get(PayloadType.NONCE)
         if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
