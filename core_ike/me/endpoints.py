@@ -191,14 +191,26 @@ def is_usable_host_address(address: str) -> bool:
     return not (ip.version == 6 and ip.is_link_local)
 
 
-def host_endpoints(addresses: Iterable[str], port: int, ip_pref: int = MAX_IP_PREF) -> list[Endpoint]:
+# RFC 8421 / RFC 6724 spirit (reference §11 #3): a global IPv6 HOST ranks above an IPv4 HOST, so the v6
+# host pair is checked first and selected as soon as it works (no wait for an equal-priority v4 pair).
+# strongSwan gives every HOST 65535; the peers' pair priorities stay identical (both use the advertised
+# values), so only the order among HOST pairs changes.
+HOST_IP_PREF = {MeEndpointFamily.IPV6: MAX_IP_PREF, MeEndpointFamily.IPV4: MAX_IP_PREF - 1}
+
+
+def host_endpoints(addresses: Iterable[str], port: int, ip_pref: int | None = None) -> list[Endpoint]:
     """Pure part of gathering: one HOST endpoint per usable address, all on the IKE socket's port.
 
     [ME] §3.3.1 / reference §6.1: every regular local address, with the port of the mediation SA's
-    local endpoint (normally 4500). strongSwan gives every HOST the same ip_pref 65535.
+    local endpoint (normally 4500). `ip_pref` None: `HOST_IP_PREF` by family (IPv6 preferred).
     """
-    out = [make_endpoint(MeEndpointType.HOST, a.split("%", 1)[0], port, ip_pref=ip_pref)
-           for a in addresses if is_usable_host_address(a)]
+    out = []
+    for a in addresses:
+        if not is_usable_host_address(a):
+            continue
+        addr = a.split("%", 1)[0]
+        pref = HOST_IP_PREF[family_of(addr)] if ip_pref is None else ip_pref
+        out.append(make_endpoint(MeEndpointType.HOST, addr, port, ip_pref=pref))
     return remove_redundant(out)
 
 

@@ -2,7 +2,8 @@
 
 medsrv-psk, medsrv-rsa (portals over HTTP: lighttpd + FastCGI in the namespaces), behind-same-nat
 (callback path, LAN pair), symmetric-nat (relay off: clear failure within check_timeout),
-symmetric-nat-relay(-both) (through the mediation server's data relay) and ike-charon (the
+symmetric-nat-relay(-both) (through the mediation server's data relay), dual-stack (v4 NATs, global
+v6: the direct IPv6 host pair wins) and ike-charon (the
 earlier demo, our iked with a real charon). About 30 s together.
 """
 
@@ -23,7 +24,8 @@ RUN = ROOT / "scenarios" / "run"
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
 
-OURS = ["medsrv-psk", "behind-same-nat", "symmetric-nat", "symmetric-nat-relay", "symmetric-nat-relay-both"]
+OURS = ["medsrv-psk", "behind-same-nat", "symmetric-nat", "symmetric-nat-relay", "symmetric-nat-relay-both",
+        "dual-stack"]
 
 
 def run_scenario(name: str, timeout: float = 90.0) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -55,6 +57,8 @@ def test_scenario_ours(name: str) -> None:
         assert elapsed < 30
     if name.startswith("symmetric-nat-relay"):
         assert "through carol's data relay" in res.stdout and "PASS  carol relays the ESP-in-UDP" in res.stdout
+    if name == "dual-stack":
+        assert "PASS  the IPv6 HOST-HOST pair was selected" in res.stdout
 
 
 @pytest.mark.skipif(not Path("/usr/sbin/lighttpd").exists(), reason="lighttpd not installed")

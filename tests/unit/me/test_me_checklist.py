@@ -73,6 +73,25 @@ def test_pair_priority_formula() -> None:
     assert pair_priority(g, g) == (g << 32) + 2 * g
 
 
+def test_dual_stack_ipv6_host_pair_ranks_first() -> None:
+    """Reference §11 #3: gathered HOSTs prefer IPv6, so the v6 host pair is pair 1 on both sides, above
+    the v4 host pair and far above the v4 host -> srflx pair (v6 has no srflx: no NAT, no v6 MS)."""
+    from core_ike.me.endpoints import host_endpoints
+
+    a_eps = [*host_endpoints(["10.1.0.2", "2001:db8:1::2"], 4500), srflx_endpoint(*A_PUB, base=A_HOST)]
+    b_eps = [*host_endpoints(["10.2.0.2", "2001:db8:2::2"], 4500), srflx_endpoint(*B_PUB, base=B_HOST)]
+    a = CheckList.for_initiator(CID, KEY_A, a_eps, 0.0)
+    b = CheckList.for_responder(CID, KEY_A, wire(a_eps), 0.0)
+    b.set_responder_data(KEY_B, b_eps, 0.0)
+    a.set_responder_data(KEY_B, wire(b_eps), 0.0)
+    assert [(p.id, p.base, p.remote_addr) for p in a.pairs] == [
+        (1, ("2001:db8:1::2", 4500), ("2001:db8:2::2", 4500)), (2, A_HOST, B_HOST), (3, A_HOST, B_PUB)]
+    assert [(p.id, p.base, p.remote_addr) for p in b.pairs] == [
+        (1, ("2001:db8:2::2", 4500), ("2001:db8:1::2", 4500)), (2, B_HOST, A_HOST), (3, B_HOST, A_PUB)]
+    assert [p.priority for p in a.pairs[:2]] == [p.priority for p in b.pairs[:2]]
+    assert a.pairs[0].priority > a.pairs[1].priority > a.pairs[2].priority
+
+
 def test_retransmission_schedule_values() -> None:
     cfg = CheckListConfig()
     ms = [round(retransmit_timeout(cfg, n) * 1000) for n in range(1, 15)]

@@ -115,7 +115,9 @@ def test_host_endpoints_pure_part() -> None:
                           "10.1.0.2"], 4500)
     assert [(e.address, e.port, e.type) for e in eps] == [
         ("10.1.0.2", 4500, MeEndpointType.HOST), ("2001:db8::2", 4500, MeEndpointType.HOST)]
-    assert all(e.priority == 0x00FFFFFF for e in eps)
+    # RFC 8421 spirit: the global IPv6 HOST ranks above the IPv4 HOST (strongSwan: 0x00FFFFFF for both)
+    assert [e.priority for e in eps] == [0x00FFFFFE, 0x00FFFFFF]
+    assert all(e.priority == 0x00FFFFFF for e in host_endpoints(["10.1.0.2", "2001:db8::2"], 4500, ip_pref=65535))
 
 
 def test_gather_host_endpoints_uses_ike_port() -> None:

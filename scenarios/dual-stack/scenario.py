@@ -1,0 +1,129 @@
+"""dual-stack: IPv4 behind two NATs, global IPv6 without NAT; mediation over IPv4 finds the direct IPv6 path.
+
+nat_lab plus IPv6: alice 2001:db8:1::2 and bob 2001:db8:2::2 routed (not translated) by natA/natB over the
+internet bridge (2001:db8:ff::/64); nat_lab's WAN rule sits on the input hook and never sees routed v6,
+so a CPE-like forward filter drops new inbound IPv6 UDP (simultaneous checks open it, as for IPv4).
+carol (mediation server) has IPv4 only. Both clients listen on their v4 LAN and v6 global address and advertise HOST endpoints of both families plus the v4 srflx; the IPv6 HOST pair
+(preferred by ip_pref, RFC 8421 spirit) is selected, and the mediated IKE_SA + CHILD_SA (v4 LAN /32
+traffic selectors, i.e. IPv4 inside ESP-in-UDP over IPv6) run directly between the two v6 addresses.
+"""
+
+from __future__ import annotations
+
+import re
+
+from scenarios.lab import nat_lab
+from scenarios.lab.iked import Iked
+from scenarios.lab.mediation import LAN, OurMediation, client_toml
+from scenarios.lab.netns import Lab, wait_for
+from scenarios.lab.story import Story
+from scenarios.lab.topologies import CAROL
+
+TITLE = "dual stack: v4 behind NATs, global v6; mediation over v4 selects the direct IPv6 path"
+
+V6 = {"alice": "2001:db8:1::2", "bob": "2001:db8:2::2"}
+# (nat, LAN side, WAN side, LAN prefix behind it)
+V6_NATS = {"natA": ("2001:db8:1::1", "2001:db8:ff::1", "2001:db8:1::/64"),
+           "natB": ("2001:db8:2::1", "2001:db8:ff::2", "2001:db8:2::/64")}
+
+
+# a CPE's IPv6 firewall: routed (not NATed) traffic crosses the forward hook, which nat_lab's input-only
+# WAN rule does not see; unsolicited inbound UDP is dropped, replies to what the LAN sent pass (conntrack)
+V6_FW = """table inet fw6 {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "wan0" meta nfproto ipv6 ct state new meta l4proto udp counter drop
+  }
+}
+"""
+
+
+def add_ipv6(lab: Lab) -> None:
+    """Global IPv6 for alice and bob, routed by the NATs without translation (nodad: no DAD delay)."""
+    def ip(host: str, *args: str) -> None:
+        lab.run(host, ["ip", "-6", *args])
+
+    for nat, (lan, wan, _) in V6_NATS.items():
+        lab.sysctl(nat, "net.ipv6.conf.all.forwarding", 1)
+        ip(nat, "addr", "add", f"{lan}/64", "dev", "lan0", "nodad")
+        ip(nat, "addr", "add", f"{wan}/64", "dev", "wan0", "nodad")
+        lab.nft(nat, V6_FW)
+    for peer, nat in (("alice", "natA"), ("bob", "natB")):
+        ip(peer, "addr", "add", f"{V6[peer]}/64", "dev", "eth0", "nodad")
+        ip(peer, "route", "add", "default", "via", V6_NATS[nat][0])
+    ip("natA", "route", "add", V6_NATS["natB"][2], "via", V6_NATS["natB"][1])
+    ip("natB", "route", "add", V6_NATS["natA"][2], "via", V6_NATS["natA"][1])
+
+
+def dual_toml(me: str) -> str:
+    toml = client_toml(me, [p for p in ("alice", "bob") if p != me])
+    return toml.replace(f'listen = ["{LAN[me]}"]', f'listen = ["{LAN[me]}", "{V6[me]}"]', 1)
+
+
+def show_log(story: Story, text: str, keys: tuple[str, ...]) -> None:
+    for line in text.splitlines():
+        if any(k in line for k in keys):
+            story.say(line)
+
+
+def run(story: Story) -> None:
+    story.step("topology: alice 10.1.0.2 + 2001:db8:1::2 | natA (v4 NAT, v6 routed) -- internet (v4 + v6) -- "
+               f"natB | bob 10.2.0.2 + 2001:db8:2::2; carol {CAROL} (IPv4 only) = mediation server")
+    lab = story.lab(nat_lab(nat_a="eim", nat_b="eim"))
+    add_ipv6(lab)
+    fw = lab.run("natB", ["nft", "list", "table", "inet", "fw"]).stdout
+    story.check("ct state new meta l4proto udp drop" in fw and "hook input" in fw,
+                "nat_lab's WAN rule (table inet fw) is on the input hook: it never sees routed IPv6")
+    story.say("added a CPE-like IPv6 forward filter (table inet fw6): new inbound UDP from wan0 dropped")
+    # the first echo may be lost while the links' own fe80:: addresses finish DAD (needed for ND)
+    wait_for(lambda: lab.ping("alice", V6["bob"], count=1, wait=0.3)[1] == 1, 10, interval=0.05,
+             what="IPv6 alice -> bob")
+    story.say("alice -> bob ICMPv6 echo answered (ICMP is not filtered): IPv6 routed end to end, no NAT")
+
+    med = OurMediation(lab)
+    story.step("start mediation_server on carol, mediation_client (listening on v4 + v6) on bob and alice")
+    med.start_server()
+    bob = Iked(lab, "bob", dual_toml("bob"), name="medcli", module="mediation_client").start()
+    alice = Iked(lab, "alice", dual_toml("alice"), name="medcli", module="mediation_client").start()
+    med.clients.update(alice=alice, bob=bob)
+    peers = med.wait_registered("alice", "bob")
+    for p in peers:
+        story.say(f"online: {p['identity']} at {p['endpoint']} (mediation SA #{p['ike']}, over IPv4)")
+
+    story.step("alice: up bob (ME_CONNECT via carol over IPv4, checks on both families, direct IKE_SA)")
+    with lab.capture("natB", "wan0", "udp or ip6") as cap:
+        r = alice.up("bob", timeout=30)
+        story.say(f"mediated connection up in {r['elapsed_ms']} ms, peer at {r['remote'][0]}[{r['remote'][1]}]")
+        log = alice.log_text()
+        show_log(story, log, ("ME_CONNECT", "checklist", "selected pair", "initiating IKE_SA", "established"))
+        sa_a = alice.wait_sas(lambda s: any(x["name"] == "bob" and x["child-sas"] for x in s))
+        sa_b = bob.wait_sas(lambda s: any(x["name"] == "alice" and x["child-sas"] for x in s))
+        story.step("ping both ways through the tunnel (IPv4 inside ESP-in-UDP over IPv6)")
+        a2b = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.1)
+        b2a = lab.ping("bob", LAN["alice"], source=LAN["bob"], count=3, interval=0.1)
+    (ma,) = [x for x in sa_a if x["name"] == "bob"]
+    (mb,) = [x for x in sa_b if x["name"] == "alice"]
+    story.say(f"alice: {ma['local-host']}[{ma['local-port']}] ... {ma['remote-host']}[{ma['remote-port']}] "
+              f"CHILD_SA {ma['child-sas'][0]['spi-in']}_i {ma['child-sas'][0]['spi-out']}_o")
+    story.say(f"bob:   {mb['local-host']}[{mb['local-port']}] ... {mb['remote-host']}[{mb['remote-port']}] "
+              f"CHILD_SA {mb['child-sas'][0]['spi-in']}_i {mb['child-sas'][0]['spi-out']}_o")
+    sel = [ln for ln in log.splitlines() if "selected pair" in ln]
+    story.check(any(V6["alice"] in ln and V6["bob"] in ln for ln in sel),
+                "the IPv6 HOST-HOST pair was selected")
+    story.check(ma["remote-host"] == V6["bob"] and mb["remote-host"] == V6["alice"],
+                "the mediated SA runs directly between the two global IPv6 addresses")
+    story.check(ma["child-sas"][0]["spi-in"] == mb["child-sas"][0]["spi-out"], "both peers agree on the SPIs")
+    story.check(a2b[1] == 3 and b2a[1] == 3, f"ping alice->bob {a2b[1]}/3, bob->alice {b2a[1]}/3 (IPv4 LAN /32s)")
+    story.packets("natB wan0 (ESP)", [p for p in cap.packets if p.kind in ("esp-in-udp", "esp")])
+    esp = cap.of_kind("esp-in-udp")
+    direct = [p for p in esp if {p.src, p.dst} == set(V6.values())]
+    via_carol = [p for p in esp if CAROL in (p.src, p.dst)]
+    story.check(len(direct) >= 6 and {p.src for p in direct} == set(V6.values()) and not via_carol
+                and len(direct) == len(esp),
+                f"ESP-in-UDP went over IPv6 between alice and bob directly ({len(direct)} packets), none via carol")
+    drops = {nat: ",".join(re.findall(r"counter packets (\d+)",
+                                      lab.run(nat, ["nft", "list", "table", "inet", "fw6"]).stdout))
+             for nat in V6_NATS}
+    story.say("unsolicited inbound IPv6 UDP dropped by the CPE filters (checks arriving before the local side's own check opened "
+              f"the pinhole): natA {drops['natA']}, natB {drops['natB']}")
+    med.stop()
