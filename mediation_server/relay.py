@@ -44,6 +44,7 @@ from core_ike.me.connect import (
 )
 from core_ike.me.endpoints import encode_endpoint, make_endpoint, relayed_endpoint
 from core_ike.me.tasks import (
+    OURS_KEY,
     RELAY_KEY,
     ROLE_KEY,
     MeConnectRequest,
@@ -59,6 +60,10 @@ from .registry import PeerRecord, Refused, Registry, TargetOffline, TargetOnline
 log = logging.getLogger("mediation_server")
 Addr = tuple[str, int]
 REQUESTED_KEY = "me_requested"  # the peer sent N(ME_MEDIATION) in IKE_SA_INIT
+ANSWERED_KEY = "me_answered"  # when we last answered an ME_CONNECT request of this peer
+# netlab.md §11: strongSwan peers may handle the relayed answer before our response to their own
+# ME_CONNECT (its threads reorder them) and then never check; give such peers this head start
+ANSWER_GRACE = 0.1
 
 # payloads of a CHILD_SA in IKE_AUTH, and the errors ChildCreate answers when it has no config
 _CHILD_PAYLOADS = {PayloadType.SA, PayloadType.TSi, PayloadType.TSr, PayloadType.CP}
@@ -101,6 +106,7 @@ class MediationServer(Extension):
         self.clock = clock or (lambda now: now)
         self.outbox = MeOutbox()
         self._sas: dict[int, IkeSa] = {}  # registered mediation SAs by unique id (the registry's SaId)
+        self._deferred: list[tuple[float, Callable[[float], None]]] = []
         engine.extensions.append(self)
 
     # ================================================================== status
@@ -179,9 +185,14 @@ class MediationServer(Extension):
         ds = [] if t is None else [self.engine.now + max(0.0, t - self.clock(self.engine.now))]
         if self.relay is not None and (r := self.relay.get_timer()) is not None:
             ds.append(r)  # the relay keeps engine (monotonic) time
+        ds += [t for t, _ in self._deferred]
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
+        due = [f for t, f in self._deferred if t <= now]
+        self._deferred = [(t, f) for t, f in self._deferred if t > now]
+        for f in due:
+            f(now)
         self.registry.handle_timer(self.clock(now))
         if self.relay is not None:
             for r in self.relay.handle_timer(now):
@@ -233,6 +244,8 @@ class MediationServer(Extension):
         tsa = self._sas.get(_uid(d.sa_id))
         if tsa is None or not tsa.established:
             return self._refuse(requester, target, "peer's mediation SA is not usable", NotifyType.ME_CONNECT_FAILED)
+        if req.kind is not ConnectKind.RESPONSE:
+            sa.extension_data[ANSWERED_KEY] = now  # our (empty) response goes out right after this
         self._relay(sa, tsa, req, target_id, now)
         return []
 
@@ -257,7 +270,18 @@ class MediationServer(Extension):
 
         log.info("relaying ME_CONNECT%s from '%s' to '%s'",
                  " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
-        self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), now)
+        answered = target_sa.extension_data.get(ANSWERED_KEY)
+        if req.kind is ConnectKind.RESPONSE and not target_sa.extension_data.get(OURS_KEY) \
+                and isinstance(answered, float) and now < answered + ANSWER_GRACE:
+            # not our client (no IMPL_VENDOR_ID): let it process our response to its own request first
+            def later(t: float) -> None:
+                if target_sa.established:
+                    self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), t)
+                    self.engine.reschedule(target_sa)
+
+            self._deferred.append((answered + ANSWER_GRACE, later))
+        else:
+            self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), now)
         self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
 
     def _relayed_endpoint(self, origin: IkeSa, target_sa: IkeSa, req: MeConnect, requester: str, target: str,

@@ -21,6 +21,7 @@ MAX_IP_PREF = 65535
 # accepts RELAYED endpoints by this Vendor ID in the mediation connection's IKE_SA_INIT; a server able to
 # relay echoes it. charon never sends it, so nothing changes on the wire with strongSwan peers/servers.
 RELAY_VENDOR_ID = b"ikeme relay 1"
+IMPL_VENDOR_ID = b"ikeme 1"  # our clients announce themselves (the server adapts to strongSwan peers otherwise)
 # [ME] §4.4.1 / strongSwan: data is 8 (no address), 12 (IPv4) or 24 (IPv6) octets
 _LEN_BY_FAMILY = {MeEndpointFamily.NONE: 8, MeEndpointFamily.IPV4: 12, MeEndpointFamily.IPV6: 24}
 

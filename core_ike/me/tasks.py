@@ -23,7 +23,14 @@ from ..constants import ExchangeType, MeEndpointType, NotifyType, PayloadType
 from ..errors import ProtocolError
 from ..ike.task import Status, Task
 from .connect import ConnectResult, parse_connect_response
-from .endpoints import RELAY_VENDOR_ID, Endpoint, addressless_endpoint, decode_endpoint, encode_endpoint
+from .endpoints import (
+    IMPL_VENDOR_ID,
+    RELAY_VENDOR_ID,
+    Endpoint,
+    addressless_endpoint,
+    decode_endpoint,
+    encode_endpoint,
+)
 
 if TYPE_CHECKING:
     from ..ike.sa import IkeSa
@@ -34,10 +41,15 @@ FailedCb = Callable[["IkeSa", str, float], None]
 ROLE_KEY = "me_role"  # sa.extension_data: "peer" (our mediation SA) or "server" (a peer's SA at the MS)
 FAIL_KEY = "me_fail"  # sa.extension_data: why an exchange of this SA failed (for the final report)
 RELAY_KEY = "me_relay"  # sa.extension_data of a mediation SA: both ends negotiated the data relay
+OURS_KEY = "me_ours"  # sa.extension_data at the server: the peer is our own client (IMPL_VENDOR_ID)
 
 
 def has_relay_vid(msg: Message) -> bool:
     return any(isinstance(p, VendorIdPayload) and p.data == RELAY_VENDOR_ID for p in msg.payloads)
+
+
+def has_impl_vid(msg: Message) -> bool:
+    return any(isinstance(p, VendorIdPayload) and p.data == IMPL_VENDOR_ID for p in msg.payloads)
 
 
 def has_notify(msg: Message, ntype: int) -> bool:
@@ -122,6 +134,7 @@ class MediationInit(Task):
     def build_i(self, sa: IkeSa, msg: Message) -> None:
         sa.extension_data[ROLE_KEY] = "peer"
         msg.payloads.append(NotifyPayload(NotifyType.ME_MEDIATION))
+        msg.payloads.append(VendorIdPayload(IMPL_VENDOR_ID))
         if self.relay:
             msg.payloads.append(VendorIdPayload(RELAY_VENDOR_ID))
 
@@ -152,6 +165,8 @@ class MediationEcho(Task):
 
     def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
         sa.extension_data[ROLE_KEY] = "server"
+        if has_impl_vid(msg):
+            sa.extension_data[OURS_KEY] = True
         self.echo = self.relay and has_relay_vid(msg)
         if self.echo:
             sa.extension_data[RELAY_KEY] = True

@@ -77,3 +77,29 @@ def test_latency_20ms_time_to_child() -> None:
     alice = net.nodes["alice"]
     t_child = next(t for t, e in alice.events if isinstance(e, ev.ChildSaEstablished))
     assert t_child - t0 < 0.25 * 1.29  # the issue's target vs charon's 1.29 s
+
+
+def _answer_delay(foreign: bool) -> float:
+    from core_ike.me.tasks import OURS_KEY
+
+    net = make_net()
+    register(net)
+    alice, ms = net.nodes["alice"], net.nodes["ms"]
+    if foreign:  # as if alice were a strongSwan peer: it did not announce our implementation Vendor ID
+        for sa in ms.engine.ike_sas():
+            if sa.peer_id is not None and str(sa.peer_id) == IDS["alice"]:
+                sa.extension_data.pop(OURS_KEY, None)
+    _connect(net)
+    sent = alice.first(mev.MeConnectSent)
+    started = alice.first(mev.ChecksStarted)
+    assert sent is not None and started is not None and alice.of(ev.ChildSaEstablished)
+    return started[0] - sent[0]
+
+
+def test_relayed_answer_waits_for_strongswan_peers_only() -> None:
+    """netlab.md §11: a charon may process the relayed answer before our response to its own ME_CONNECT
+    and then never check; peers that are not ours get the answer ANSWER_GRACE later, ours at once."""
+    from mediation_server.relay import ANSWER_GRACE
+
+    assert _answer_delay(foreign=False) < ANSWER_GRACE
+    assert _answer_delay(foreign=True) >= ANSWER_GRACE
