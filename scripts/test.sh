@@ -10,4 +10,5 @@ echo "== ruff"; ruff check .
 echo "== mypy --strict core_ike"; mypy --strict core_ike
 echo "== pytest"
 mkdir -p test-output
+export IKEME_REQUIRE_ALL=1  # tests/conftest.py: a missing component fails, it is never skipped
 exec pytest -q -rs --junitxml=test-output/junit.xml "$@"
