@@ -14,7 +14,7 @@ import re
 
 from scenarios.lab import nat_lab
 from scenarios.lab.iked import Iked
-from scenarios.lab.mediation import LAN, OurMediation, client_toml
+from scenarios.lab.mediation import LAN, OurMediation, client_toml, mediated_sas, ping_both, say_sa, show_log
 from scenarios.lab.netns import Lab, wait_for
 from scenarios.lab.story import Story
 from scenarios.lab.topologies import CAROL
@@ -60,12 +60,6 @@ def dual_toml(me: str) -> str:
     return toml.replace(f'listen = ["{LAN[me]}"]', f'listen = ["{LAN[me]}", "{V6[me]}"]', 1)
 
 
-def show_log(story: Story, text: str, keys: tuple[str, ...]) -> None:
-    for line in text.splitlines():
-        if any(k in line for k in keys):
-            story.say(line)
-
-
 def run(story: Story) -> None:
     story.step("topology: alice 10.1.0.2 + 2001:db8:1::2 | natA (v4 NAT, v6 routed) -- internet (v4 + v6) -- "
                f"natB | bob 10.2.0.2 + 2001:db8:2::2; carol {CAROL} (IPv4 only) = mediation server")
@@ -96,24 +90,18 @@ def run(story: Story) -> None:
         story.say(f"mediated connection up in {r['elapsed_ms']} ms, peer at {r['remote'][0]}[{r['remote'][1]}]")
         log = alice.log_text()
         show_log(story, log, ("ME_CONNECT", "checklist", "selected pair", "initiating IKE_SA", "established"))
-        sa_a = alice.wait_sas(lambda s: any(x["name"] == "bob" and x["child-sas"] for x in s))
-        sa_b = bob.wait_sas(lambda s: any(x["name"] == "alice" and x["child-sas"] for x in s))
+        ma, mb = mediated_sas(alice, bob, "bob", "alice")
         story.step("ping both ways through the tunnel (IPv4 inside ESP-in-UDP over IPv6)")
-        a2b = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.1)
-        b2a = lab.ping("bob", LAN["alice"], source=LAN["bob"], count=3, interval=0.1)
-    (ma,) = [x for x in sa_a if x["name"] == "bob"]
-    (mb,) = [x for x in sa_b if x["name"] == "alice"]
-    story.say(f"alice: {ma['local-host']}[{ma['local-port']}] ... {ma['remote-host']}[{ma['remote-port']}] "
-              f"CHILD_SA {ma['child-sas'][0]['spi-in']}_i {ma['child-sas'][0]['spi-out']}_o")
-    story.say(f"bob:   {mb['local-host']}[{mb['local-port']}] ... {mb['remote-host']}[{mb['remote-port']}] "
-              f"CHILD_SA {mb['child-sas'][0]['spi-in']}_i {mb['child-sas'][0]['spi-out']}_o")
+        a2b, b2a = ping_both(lab, "alice", "bob", LAN)
+    say_sa(story, "alice", ma)
+    say_sa(story, "bob", mb)
     sel = [ln for ln in log.splitlines() if "selected pair" in ln]
     story.check(any(V6["alice"] in ln and V6["bob"] in ln for ln in sel),
                 "the IPv6 HOST-HOST pair was selected")
     story.check(ma["remote-host"] == V6["bob"] and mb["remote-host"] == V6["alice"],
                 "the mediated SA runs directly between the two global IPv6 addresses")
     story.check(ma["child-sas"][0]["spi-in"] == mb["child-sas"][0]["spi-out"], "both peers agree on the SPIs")
-    story.check(a2b[1] == 3 and b2a[1] == 3, f"ping alice->bob {a2b[1]}/3, bob->alice {b2a[1]}/3 (IPv4 LAN /32s)")
+    story.check(a2b == 3 and b2a == 3, f"ping alice->bob {a2b}/3, bob->alice {b2a}/3 (IPv4 LAN /32s)")
     story.packets("natB wan0 (ESP)", [p for p in cap.packets if p.kind in ("esp-in-udp", "esp")])
     esp = cap.of_kind("esp-in-udp")
     direct = [p for p in esp if {p.src, p.dst} == set(V6.values())]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import Lab
@@ -153,3 +154,35 @@ dataplane = "userspace"
 database = "{database}"
 {client}
 """
+
+
+# -- the checks every mediation scenario makes ----------------------------------------------------------
+
+
+def show_log(story: Any, text: str, keys: tuple[str, ...], who: str = "") -> None:
+    """Tell the lines of a daemon log that contain one of `keys`."""
+    for line in text.splitlines():
+        if any(k in line for k in keys):
+            story.say(f"{who}: {line}" if who else line)
+
+
+def mediated_sas(a: Iked, b: Iked, a_conn: str, b_conn: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wait until `a` lists its mediated IKE_SA `a_conn` with a CHILD_SA and `b` its `b_conn`; return both."""
+    sas_a = a.wait_sas(lambda s: any(x["name"] == a_conn and x["child-sas"] for x in s))
+    sas_b = b.wait_sas(lambda s: any(x["name"] == b_conn and x["child-sas"] for x in s))
+    (sa_a,) = [x for x in sas_a if x["name"] == a_conn]
+    (sa_b,) = [x for x in sas_b if x["name"] == b_conn]
+    return sa_a, sa_b
+
+
+def say_sa(story: Any, who: str, sa: dict[str, Any]) -> None:
+    c = sa["child-sas"][0]
+    story.say(f"{who + ':':<6} {sa['local-host']}[{sa['local-port']}] ... {sa['remote-host']}[{sa['remote-port']}] "
+              f"CHILD_SA {c['spi-in']}_i {c['spi-out']}_o")
+
+
+def ping_both(lab: Lab, a: str, b: str, addr: dict[str, str], count: int = 3) -> tuple[int, int]:
+    """Replies received a->b and b->a (`addr`: each host's tunnel address)."""
+    ab = lab.ping(a, addr[b], source=addr[a], count=count, interval=0.1)
+    ba = lab.ping(b, addr[a], source=addr[b], count=count, interval=0.1)
+    return ab[1], ba[1]

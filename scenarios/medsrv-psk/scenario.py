@@ -8,17 +8,11 @@ both peers, ping both ways, and a capture on natB's WAN side showing the ESP goi
 from __future__ import annotations
 
 from scenarios.lab import nat_lab
-from scenarios.lab.mediation import LAN, OurMediation
+from scenarios.lab.mediation import LAN, OurMediation, mediated_sas, ping_both, say_sa, show_log
 from scenarios.lab.story import Story
 from scenarios.lab.topologies import CAROL
 
 TITLE = "our mediation server and clients: alice and bob behind two EIM NATs, PSK pseudonyms"
-
-
-def show_log(story: Story, text: str, keys: tuple[str, ...]) -> None:
-    for line in text.splitlines():
-        if any(k in line for k in keys):
-            story.say(line)
 
 
 def run(story: Story) -> None:
@@ -42,21 +36,15 @@ def run(story: Story) -> None:
         story.say(f"mediated connection up in {r['elapsed_ms']} ms, peer at {r['remote'][0]}[{r['remote'][1]}]")
         show_log(story, alice.log_text(), ("ME_CONNECT", "checklist", "selected pair", "initiating IKE_SA",
                                            "established"))
-        sa_a = alice.wait_sas(lambda s: any(x["name"] == "bob" and x["child-sas"] for x in s))
-        sa_b = bob.wait_sas(lambda s: any(x["name"] == "alice" and x["child-sas"] for x in s))
+        ma, mb = mediated_sas(alice, bob, "bob", "alice")
         story.step("ping both ways through the tunnel")
-        a2b = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.1)
-        b2a = lab.ping("bob", LAN["alice"], source=LAN["bob"], count=3, interval=0.1)
-    (ma,) = [x for x in sa_a if x["name"] == "bob"]
-    (mb,) = [x for x in sa_b if x["name"] == "alice"]
-    story.say(f"alice: {ma['local-host']}[{ma['local-port']}] ... {ma['remote-host']}[{ma['remote-port']}] "
-              f"CHILD_SA {ma['child-sas'][0]['spi-in']}_i {ma['child-sas'][0]['spi-out']}_o")
-    story.say(f"bob:   {mb['local-host']}[{mb['local-port']}] ... {mb['remote-host']}[{mb['remote-port']}] "
-              f"CHILD_SA {mb['child-sas'][0]['spi-in']}_i {mb['child-sas'][0]['spi-out']}_o")
+        a2b, b2a = ping_both(lab, "alice", "bob", LAN)
+    say_sa(story, "alice", ma)
+    say_sa(story, "bob", mb)
     story.check(ma["remote-host"] == "203.0.113.2" and mb["remote-host"] == "203.0.113.1",
                 "the mediated SA runs between the two NATs' public addresses")
     story.check(ma["child-sas"][0]["spi-in"] == mb["child-sas"][0]["spi-out"], "both peers agree on the SPIs")
-    story.check(a2b[1] == 3 and b2a[1] == 3, f"ping alice->bob {a2b[1]}/3, bob->alice {b2a[1]}/3")
+    story.check(a2b == 3 and b2a == 3, f"ping alice->bob {a2b}/3, bob->alice {b2a}/3")
     story.packets("natB wan0 (UDP)", [p for p in cap.packets if p.kind in ("esp-in-udp", "esp")])
     esp = cap.of_kind("esp-in-udp")
     direct = [p for p in esp if {p.src, p.dst} == {"203.0.113.1", "203.0.113.2"}]

@@ -15,7 +15,7 @@ import re
 import time
 
 from scenarios.lab import nat_lab
-from scenarios.lab.mediation import LAN, OurMediation
+from scenarios.lab.mediation import LAN, OurMediation, mediated_sas, say_sa, show_log
 from scenarios.lab.story import Story
 from scenarios.lab.topologies import CAROL
 
@@ -49,19 +49,14 @@ def run(story: Story, nat_a: str = NAT_A) -> None:
         elapsed = time.monotonic() - t0
         story.say(f"mediated connection up in {r['elapsed_ms']} ms ({elapsed:.2f} s for `up`), peer at "
                   f"{r['remote'][0]}[{r['remote'][1]}]")
-        for line in alice.log_text().splitlines():
-            if any(k in line for k in ("selected pair", "initiating IKE_SA", "RELAYED", "established")):
-                story.say(f"alice: {line}")
-        sa_a = alice.wait_sas(lambda s: any(x["name"] == "bob" and x["child-sas"] for x in s))
-        sa_b = bob.wait_sas(lambda s: any(x["name"] == "alice" and x["child-sas"] for x in s))
+        show_log(story, alice.log_text(), ("selected pair", "initiating IKE_SA", "RELAYED", "established"), "alice")
+        ma, mb = mediated_sas(alice, bob, "bob", "alice")
         story.step("ping both ways through the tunnel (via carol's relay)")
         a2b = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=5, interval=0.1)
         b2a = lab.ping("bob", LAN["alice"], source=LAN["bob"], count=5, interval=0.1)
         status = med.server.status()
-    (ma,) = [x for x in sa_a if x["name"] == "bob"]
-    (mb,) = [x for x in sa_b if x["name"] == "alice"]
-    story.say(f"alice: {ma['local-host']}[{ma['local-port']}] ... {ma['remote-host']}[{ma['remote-port']}]")
-    story.say(f"bob:   {mb['local-host']}[{mb['local-port']}] ... {mb['remote-host']}[{mb['remote-port']}]")
+    say_sa(story, "alice", ma)
+    say_sa(story, "bob", mb)
     relay_ports = set(range(PORTS[0], PORTS[1] + 1))
     story.check(ma["remote-host"] == CAROL and int(ma["remote-port"]) in relay_ports
                 and mb["remote-host"] == CAROL and int(mb["remote-port"]) in relay_ports
