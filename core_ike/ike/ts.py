@@ -39,6 +39,16 @@ def parse(text: str, dynamic: str | None) -> TrafficSelector:
     return from_cidr(text, proto, ports)
 
 
+def is_dynamic(text: str) -> bool:
+    """`dynamic` or `dynamic[proto/port]` in a config."""
+    return text.split("[", 1)[0] == "dynamic"
+
+
+def is_host(ts: TrafficSelector) -> bool:
+    """One address (a /32 or /128), any protocol and ports."""
+    return ts.start_addr == ts.end_addr
+
+
 def full(version: int = 4) -> TrafficSelector:
     return from_cidr("0.0.0.0/0" if version == 4 else "::/0")
 

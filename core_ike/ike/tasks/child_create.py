@@ -78,9 +78,33 @@ def local_selectors(sa: IkeSa, cfg: ChildConfig) -> list[TrafficSelector]:
     return [tsmod.parse(t, _dynamic_local(sa)) for t in cfg.local_ts]
 
 
+def _peer_behind_nat(sa: IkeSa) -> bool:
+    """A `dynamic` remote TS cannot be the peer's address we see: NAT hides its own (inner) address."""
+    return sa.nat_there and not sa.extension_data.get("peer_vip")
+
+
 def remote_selectors(sa: IkeSa, cfg: ChildConfig) -> list[TrafficSelector]:
+    """The remote TS we propose. Behind a NAT the peer's `dynamic` is its inner address, which only it
+    knows: we offer the whole address family and accept only a single host back (docs/configuration.md,
+    "Traffic selectors"; RFC 7296 2.9 lets the responder narrow)."""
     peer = sa.extension_data.get("peer_vip") or sa.remote[0]
+    if _peer_behind_nat(sa):
+        any_net = "0.0.0.0/0" if ipaddress.ip_address(sa.remote[0]).version == 4 else "::/0"
+        return [tsmod.parse(t, any_net if tsmod.is_dynamic(t) else None) for t in cfg.remote_ts]
     return [tsmod.parse(t, str(peer)) for t in cfg.remote_ts]
+
+
+def narrow_remote(sa: IkeSa, cfg: ChildConfig, offered: list[TrafficSelector]) -> list[TrafficSelector]:
+    """Narrow the peer's selectors for its side (RFC 7296 2.9). A `dynamic` entry of a peer behind a
+    NAT takes the single host address the peer offers as its own (its inner address)."""
+    if not _peer_behind_nat(sa):
+        return tsmod.narrow(offered, remote_selectors(sa, cfg))
+    out: list[TrafficSelector] = []
+    for text, sel in zip(cfg.remote_ts, remote_selectors(sa, cfg), strict=True):
+        for t in tsmod.narrow(offered, [sel]):
+            if t not in out and (not tsmod.is_dynamic(text) or tsmod.is_host(t)):
+                out.append(t)
+    return out
 
 
 def schedule(sa: IkeSa, child: ChildSa, now: float, rekey_initiator: bool) -> None:
@@ -195,6 +219,10 @@ class ChildCreate(Task):
                     sa.extension_data["vip"] = vip
                     log.info("installing new virtual IP %s", vip)
         self.tsi, self.tsr = tsi.selectors, tsr.selectors
+        if _peer_behind_nat(sa) and narrow_remote(sa, self.cfg, self.tsr) != self.tsr:
+            # we offered "any" for the peer's dynamic address: it must answer with its own host address
+            raise ProtocolError(f"peer's traffic selectors {tsmod.list_text(self.tsr)} are not its own address",
+                                NotifyType.TS_UNACCEPTABLE)
         if not self.in_auth:
             nonce = msg.get(PayloadType.NONCE)
             if not isinstance(nonce, NoncePayload):
@@ -250,7 +278,7 @@ class ChildCreate(Task):
                      tsr: list[TrafficSelector]) -> tuple[ChildConfig, list[TrafficSelector], list[TrafficSelector]]:
         candidates = [self.rekey.config] if self.rekey is not None else sa.config.children
         for cfg in candidates:
-            tsi_n = tsmod.narrow(tsi, remote_selectors(sa, cfg))
+            tsi_n = narrow_remote(sa, cfg, tsi)
             tsr_n = tsmod.narrow(tsr, local_selectors(sa, cfg))
             if tsi_n and tsr_n:
                 return cfg, tsi_n, tsr_n

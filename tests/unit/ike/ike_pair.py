@@ -25,6 +25,12 @@ class Pair:
     wire: list[tuple[str, bytes]] = field(default_factory=list)  # ("a->b" / "b->a", datagram)
     drop: Callable[[str, bytes], bool] | None = None  # return True to lose a datagram
     tamper: Callable[[str, bytes], bytes] | None = None
+    nat: dict[str, str] = field(default_factory=dict)  # inner address -> public address of a NAT in front
+
+    def _translate(self, local: tuple[str, int], remote: tuple[str, int]) -> tuple[tuple[str, int], tuple[str, int]]:
+        """What the receiver sees: the sender's NAT rewrites the source, the receiver's NAT the destination."""
+        inner = {pub: priv for priv, pub in self.nat.items()}
+        return (inner.get(remote[0], remote[0]), remote[1]), (self.nat.get(local[0], local[0]), local[1])
 
     def engine(self, side: str) -> Engine:
         return self.a if side == "a" else self.b
@@ -48,7 +54,8 @@ class Pair:
                     if remote[1] == dst.natt_port:
                         assert data.startswith(NON_ESP_MARKER)
                         data = data[4:]
-                    dst.receive(data, remote, local, self.now)
+                    at, frm = self._translate(local, remote)
+                    dst.receive(data, at, frm, self.now)
             self._drain()
             if not moved:
                 break

@@ -219,6 +219,40 @@ def test_ts_unacceptable_keeps_ike_sa() -> None:
     assert "TS_UNACCEPTABLE" in f.reason
 
 
+def test_dynamic_ts_between_two_natted_peers() -> None:
+    """Both peers behind NATs with `dynamic` selectors (the portal's empty subnets): each side's TS is
+    its own inner address, although the other sees only its NAT's address."""
+    from ike_pair import A_IP, B_IP
+
+    p = make_pair()
+    p.a.configs[0].remote_addrs = ["203.0.113.2"]
+    p.nat = {A_IP: "203.0.113.1", B_IP: "203.0.113.2"}
+    for eng in (p.a, p.b):
+        eng.configs[0].children[0].local_ts = ["dynamic"]
+        eng.configs[0].children[0].remote_ts = ["dynamic"]
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED and sa.nat_here and sa.nat_there
+    (ca,) = p.of("a", ev.ChildSaEstablished)
+    (cb,) = p.of("b", ev.ChildSaEstablished)
+    assert (ca.local_ts, ca.remote_ts) == ((f"{A_IP}/32",), (f"{B_IP}/32",))
+    assert (cb.local_ts, cb.remote_ts) == ((f"{B_IP}/32",), (f"{A_IP}/32",))
+
+
+def test_dynamic_ts_behind_nat_refuses_a_subnet() -> None:
+    """`dynamic` for a peer behind a NAT accepts only one host address, never the peer's subnet."""
+    from ike_pair import A_IP, B_IP
+
+    p = make_pair()
+    p.a.configs[0].remote_addrs = ["203.0.113.2"]
+    p.nat = {A_IP: "203.0.113.1", B_IP: "203.0.113.2"}
+    p.b.configs[0].children[0].remote_ts = ["dynamic"]  # a offers 10.1.0.0/24 as its side
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    (f,) = p.of("a", ev.ChildSaFailed)
+    assert "TS_UNACCEPTABLE" in f.reason
+    assert not p.of("b", ev.ChildSaEstablished)
+
+
 def test_forced_encapsulation_starts_on_500_then_floats() -> None:
     p = make_pair(a_conf={"encap": True})
     sa = _up(p)
