@@ -74,7 +74,6 @@ class ClientDaemon(Daemon):
         self.listeners.append(self.on_mediation_event)
         self.control.extra["up"] = self.up
         self.control.extra["status"] = self.status
-        self.waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
 
     # ------------------------------------------------------------------ startup and reconnects
     def autostart(self, now: float) -> None:
@@ -116,14 +115,6 @@ class ClientDaemon(Daemon):
                 self._mediation_lost(e.name)
         if self.db is not None:
             self.db.on_event(e)
-        for name, fut in list(self.waiters):
-            if fut.done():
-                continue
-            if isinstance(e, mev.MediatedEstablished) and e.name == name:
-                fut.set_result({"ok": True, "conn": name, "ike": e.unique_id, "remote": list(e.remote),
-                                "elapsed_ms": round(e.elapsed * 1000, 1)})
-            elif isinstance(e, mev.MediationFailed) and e.name == name:
-                fut.set_result({"ok": False, "error": f"'{name}' failed: {e.reason}"})
 
     def close(self) -> None:
         if self.db is not None:
@@ -131,20 +122,18 @@ class ClientDaemon(Daemon):
 
     # ------------------------------------------------------------------ control commands
     async def up(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`up` of a mediated connection: mediation, checks, then the IKE_SA and its CHILD_SAs, all of
+        which must succeed (control.Waiter); other connections as iked does."""
         name = str(req["conn"])
         cfg = self.engine.config(name)
         if not cfg.mediated_by:
             return await self.control._up(req, time.monotonic())
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters.append((name, fut))
-        try:
-            self.mediation.connect(name, time.monotonic())
-            self.transport.flush()
-            return await asyncio.wait_for(fut, float(req.get("timeout", 60)))
-        except TimeoutError:
-            return {"ok": False, "error": f"'{name}' not established after {req.get('timeout', 60)} s"}
-        finally:
-            self.waiters.remove((name, fut))
+        req = {"timeout": 60, **req}
+        return await self.control._up(req, time.monotonic(),
+                                      start=lambda conn, child, now: self._connect(conn, now))
+
+    def _connect(self, name: str, now: float) -> None:
+        self.mediation.connect(name, now)
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
         st = self.mediation.status()

@@ -56,9 +56,19 @@ class DbStatus:
         elif isinstance(e, ev.ChildSaEstablished) and e.ike_name in self.ids:
             self.live.setdefault(e.ike_name, set()).add(e.ike_unique_id)
             self.set(e.ike_name, STATUS_UP)
+        elif isinstance(e, mev.PeerNotOnline):
+            if not self.live.get(e.name):
+                self.set(e.name, STATUS_CONNECTING, f"peer offline: waiting for '{e.peer}' to come online")
         elif isinstance(e, mev.MediationFailed):
             if not self.live.get(e.name):
                 self.set(e.name, STATUS_DOWN, e.reason)
+        elif isinstance(e, ev.ChildSaFailed) and e.ike_name in self.ids:
+            # the mediated IKE_SA may stand, but without its CHILD_SA there is no tunnel
+            if not self.live.get(e.ike_name):
+                self.set(e.ike_name, STATUS_DOWN, f"CHILD_SA '{e.name}' failed: {e.reason}")
+        elif isinstance(e, ev.IkeSaFailed) and e.name in self.ids:
+            if not self.live.get(e.name):
+                self.set(e.name, STATUS_DOWN, f"IKE_SA failed: {e.reason}")
         elif isinstance(e, ev.IkeSaDeleted) and e.name in self.ids:
             live = self.live.get(e.name, set())
             live.discard(e.unique_id)

@@ -19,6 +19,7 @@ from ..ike import events as ev
 from ..ike import ts as tsmod
 from ..ike.engine import Engine
 from ..ike.sa import IkeSa
+from ..me import events as mev
 
 log = logging.getLogger("core_ike.control")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -54,26 +55,51 @@ def sa_info(sa: IkeSa, now: float, usage: Callable[[int], dict[str, Any]] | None
 
 
 class Waiter:
-    """Collects events for a pending `up` command until the connection succeeds or fails."""
+    """Collects events for a pending `up` until the IKE_SA and every requested CHILD_SA are established
+    (ok) or the first of them fails (the reason, in the peer's words where it gave one)."""
 
-    def __init__(self, conn: str, child: str | None) -> None:
-        self.conn, self.child = conn, child
+    def __init__(self, conn: str, children: list[str]) -> None:
+        self.conn = conn
+        self.pending = set(children)
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.ike_name: str | None = None
+        self.ike: int | None = None
+        self.established: list[dict[str, Any]] = []
+        self.mediated: dict[str, Any] = {}
+
+    def _fail(self, error: str) -> None:
+        self.done.set_result({"ok": False, "conn": self.conn, "error": error})
+
+    def _maybe_done(self) -> None:
+        if self.ike is not None and not self.pending:
+            res: dict[str, Any] = {"ok": True, "conn": self.conn, "ike": self.ike, "children": self.established}
+            if self.established:  # the first CHILD_SA, as swanctl --initiate prints it
+                first = self.established[0]
+                res.update({"child": first["name"], "uniqueid": first["uniqueid"],
+                            "spi-in": first["spi-in"], "spi-out": first["spi-out"]})
+            res.update(self.mediated)
+            self.done.set_result(res)
 
     def feed(self, e: object) -> None:
         if self.done.done():
             return
         if isinstance(e, ev.IkeSaFailed) and e.name == self.conn:
-            self.done.set_result({"ok": False, "error": f"IKE_SA '{self.conn}' failed: {e.reason}"})
-        elif isinstance(e, ev.ChildSaFailed) and e.ike_name == self.conn:
-            self.done.set_result({"ok": False, "error": f"CHILD_SA '{e.name}' failed: {e.reason}"})
-        elif isinstance(e, ev.ChildSaEstablished) and e.ike_name == self.conn and \
-                (self.child is None or e.name == self.child):
-            self.done.set_result({"ok": True, "child": e.name, "uniqueid": e.unique_id,
-                                  "spi-in": f"{e.keys.spi_in:08x}", "spi-out": f"{e.keys.spi_out:08x}"})
-        elif isinstance(e, ev.IkeSaEstablished) and e.name == self.conn and self.child == "":
-            self.done.set_result({"ok": True, "ike": e.unique_id})
+            self._fail(f"IKE_SA '{self.conn}' failed: {e.reason}")
+        elif isinstance(e, mev.MediationFailed) and e.name == self.conn:
+            self._fail(f"'{self.conn}' failed: {e.reason}")
+        elif isinstance(e, ev.ChildSaFailed) and e.ike_name == self.conn and e.name in self.pending:
+            self._fail(f"CHILD_SA '{e.name}' failed: {e.reason}")
+        elif isinstance(e, ev.IkeSaEstablished) and e.name == self.conn and self.ike is None:
+            self.ike = e.unique_id
+            self._maybe_done()
+        elif isinstance(e, mev.MediatedEstablished) and e.name == self.conn:
+            self.mediated = {"remote": list(e.remote), "elapsed_ms": round(e.elapsed * 1000, 1)}
+        elif isinstance(e, ev.ChildSaEstablished) and e.ike_name == self.conn and e.name in self.pending:
+            self.pending.discard(e.name)
+            self.ike = e.ike_unique_id  # the IKE_SA carrying it (a crossing mediated SA may win)
+            self.established.append({"name": e.name, "uniqueid": e.unique_id, "spi-in": f"{e.keys.spi_in:08x}",
+                                     "spi-out": f"{e.keys.spi_out:08x}", "local-ts": list(e.local_ts),
+                                     "remote-ts": list(e.remote_ts)})
+            self._maybe_done()
 
 
 class ControlServer:
@@ -151,19 +177,27 @@ class EngineControl:
         self.flush()
         return {"ok": True}
 
-    async def _up(self, req: dict[str, Any], now: float) -> dict[str, Any]:
+    async def _up(self, req: dict[str, Any], now: float,
+                  start: Callable[[str, str | None, float], None] | None = None) -> dict[str, Any]:
+        """`up CONN [--child NAME]`: initiate and wait for the IKE_SA and the CHILD_SA(s) (all of the
+        connection's children when none is named); `start` replaces engine.initiate (mediated ones)."""
         conn = str(req["conn"])
-        child = req.get("child")
+        child = req.get("child") or None
         cfg = self.engine.config(conn)
-        if child is None and cfg.children:
-            child = cfg.children[0].name
-        w = Waiter(conn, child if child is not None else "")
+        if child is not None:
+            cfg.child(child)  # unknown child: LocalError, reported as such
+        w = Waiter(conn, [child] if child else [c.name for c in cfg.children])
         self.waiters.append(w)
+        timeout = float(req.get("timeout", 30))
         try:
-            self.engine.initiate(conn, child or None, now)
+            (start or self._initiate)(conn, child, now)
             self.flush()
-            return await asyncio.wait_for(w.done, float(req.get("timeout", 30)))
+            return await asyncio.wait_for(w.done, timeout)
         except TimeoutError:
-            return {"ok": False, "error": f"'{conn}' not established after {req.get('timeout', 30)} s"}
+            what = "its CHILD_SA(s) " + ", ".join(sorted(w.pending)) if w.ike is not None else "the IKE_SA"
+            return {"ok": False, "conn": conn, "error": f"'{conn}': {what} not established after {timeout:g} s"}
         finally:
             self.waiters.remove(w)
+
+    def _initiate(self, conn: str, child: str | None, now: float) -> None:
+        self.engine.initiate(conn, child, now)

@@ -595,11 +595,15 @@ class CheckList:
         self._fail(reason)
 
     def _finish(self) -> None:
+        """The list ends: pairs without an answer by now end FAILED (late answers are ignored), so
+        every pair a report lists ends SUCCEEDED or FAILED."""
         self.finished = True
         self._next_tick = self._finish_at = self._expires_at = None
         self._triggered.clear()
         for p in self.pairs:
             p.deadline = None
+            if p.state in (PairState.WAITING, PairState.IN_PROGRESS):
+                self._set_pair_state(p, PairState.FAILED)
 
     def tried(self) -> tuple[PairInfo, ...]:
         return tuple(p.info() for p in self.pairs)

@@ -383,7 +383,8 @@ class MediationClient(Extension):
             if result.error == NotifyType.ME_CONNECT_FAILED:
                 # reference §4.1 step 3: offline (or refused); we asked for a callback
                 att.state, att.deadline = "callback", t + self.config.callback_timeout
-                log.info("peer '%s' is not online, waiting for a callback until %.1f", att.peer, att.deadline)
+                log.info("peer '%s' is not online, waiting up to %.0f s for a callback", att.peer,
+                         self.config.callback_timeout)
                 self.engine.emit(mev.PeerNotOnline(att.name, str(att.peer), att.deadline))
             elif result.error == NotifyType.TEMPORARY_FAILURE:
                 self._fail(att, "refused by the mediation server: too many requests, try again later", t)

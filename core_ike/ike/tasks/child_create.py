@@ -137,6 +137,8 @@ class ChildCreate(Task):
         self.shared: bytes | None = None
         self.cp_reply: CpPayload | None = None
         self.collision: ChildCreate | None = None  # the peer's rekey of the same CHILD_SA (RFC 7296 2.8.1)
+        self._sent_tsi: list[TrafficSelector] = []  # what we proposed, for the failure reason
+        self._sent_tsr: list[TrafficSelector] = []
 
     # ---------------------------------------------------------------- initiator
     def build_i(self, sa: IkeSa, msg: Message) -> None:
@@ -160,15 +162,19 @@ class ChildCreate(Task):
                 msg.payloads.append(KePayload(group, self.ke.public))
         local = local_selectors(sa, self.cfg) if not sa.config.vips or not self.in_auth else \
             [tsmod.full(ipaddress.ip_address(v).version) for v in sa.config.vips]
-        msg.payloads.append(TsPayload(PayloadType.TSi, local))
-        msg.payloads.append(TsPayload(PayloadType.TSr, remote_selectors(sa, self.cfg)))
+        self._sent_tsi, self._sent_tsr = local, remote_selectors(sa, self.cfg)
+        msg.payloads.append(TsPayload(PayloadType.TSi, self._sent_tsi))
+        msg.payloads.append(TsPayload(PayloadType.TSr, self._sent_tsr))
 
     def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
         assert self.cfg is not None
         for n in msg.get_all(PayloadType.NOTIFY):
             assert isinstance(n, NotifyPayload)
             if n.is_error:
-                reason = f"received {name_of(NotifyType, int(n.type))} notify"
+                reason = f"{name_of(NotifyType, int(n.type))} from the peer"
+                if int(n.type) == NotifyType.TS_UNACCEPTABLE:
+                    reason += (f" (we proposed {tsmod.list_text(self._sent_tsi)} === "
+                               f"{tsmod.list_text(self._sent_tsr)})")
                 if self.rekey is not None and int(n.type) in (NotifyType.TEMPORARY_FAILURE,
                                                               NotifyType.CHILD_SA_NOT_FOUND):
                     # RFC 7296 2.25: a collision with the peer's rekey or delete, not a failure

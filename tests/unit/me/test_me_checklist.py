@@ -400,8 +400,12 @@ def test_two_lists_through_eim_apdf_nats_select_host_to_srflx() -> None:
     assert sel.mapped == A_PUB
     assert a.finished and not b.finished  # B waits for IKE_SA_INIT
     assert [p.state for p in b.pairs] == [PairState.IN_PROGRESS, PairState.SUCCEEDED]
+    # a finished list reports every pair as SUCCEEDED or FAILED, never still IN_PROGRESS
+    assert {p.state for p in ok[0].tried} <= {PairState.SUCCEEDED, PairState.FAILED}
+    assert [p.state for p in a.tried()] == [PairState.FAILED, PairState.SUCCEEDED]
     b.stop(0.5)
     assert isinstance(drain(b)[-1], CheckListStopped)
+    assert [p.state for p in b.tried()] == [PairState.FAILED, PairState.SUCCEEDED]
     assert b.get_timer() is None
 
 
@@ -431,7 +435,7 @@ def test_symmetric_nat_fails_within_deadline_listing_pairs() -> None:
     assert len(failed) == 1
     assert failed[0].reason.startswith("no check succeeded within 5.0")
     assert [(p.local, p.remote, p.state) for p in failed[0].tried] == [
-        (A_HOST, B_HOST, PairState.IN_PROGRESS), (A_HOST, B_PUB, PairState.IN_PROGRESS)]
+        (A_HOST, B_HOST, PairState.FAILED), (A_HOST, B_PUB, PairState.FAILED)]
     assert "10.1.0.2[4500] - 203.0.113.2[4500]" in str(failed[0].tried[1])
     b_failed = [e for e in drain(b) if isinstance(e, CheckListFailed)]
     assert b_failed and "IKE_SA_INIT" in b_failed[0].reason  # weakness #7: responder timeout
