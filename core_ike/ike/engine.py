@@ -13,7 +13,7 @@ import ipaddress
 import itertools
 import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +117,8 @@ class Engine:
         self._old_cookie_secret: bytes | None = None  # the previous secret stays valid for one period
         self._cookie_rotated = 0.0
         self._half_open = 0
+        # what `ikectl stats` and the metrics show: drops by reason, cookies, refusals
+        self.counters: Counter[str] = Counter()
         self._half_open_by_ip: dict[str, int] = {}
         self._vips_used: set[str] = set()
 
@@ -127,9 +129,11 @@ class Engine:
         try:
             msg = decode_message(data)
         except DecodeError as e:
+            self.counters["drop-malformed"] += 1
             log.warning("dropping malformed packet from %s[%d] (%d bytes): %s", remote[0], remote[1], len(data), e)
             return
         except ProtocolError as e:
+            self.counters["drop-invalid"] += 1
             log.warning("dropping invalid packet from %s[%d]: %s", remote[0], remote[1], e)
             self._answer_plain_error(data, e, local, remote)
             return
@@ -247,6 +251,10 @@ class Engine:
         if c is not None and c.state == "INSTALLED":
             c.state = "REKEYING"
             sa.queue_task(ChildCreate(None, in_auth=False, rekey=c), self.now)
+
+    @property
+    def half_open(self) -> int:
+        return self._half_open
 
     def config(self, name: str) -> IkeConfig:
         for c in self.configs:
@@ -525,6 +533,7 @@ class Engine:
                 old.receive(msg, now)  # answered from the response cache
             return
         if self._half_open >= self.cfg.max_half_open:
+            self.counters["drop-half-open-limit"] += 1
             log.warning("dropping IKE_SA_INIT from %s: too many half-open IKE_SAs", remote[0])
             return
         if self._needs_cookie(remote[0]) and not self._cookie_ok(msg, remote):
@@ -589,6 +598,7 @@ class Engine:
         if self.now - self._cookie_rotated >= self.cfg.cookie_secret_lifetime:
             self.rotate_cookie_secret()
         cookie = self._cookie_for(msg, remote, self._cookie_version, self._cookie_secret)
+        self.counters["cookies-sent"] += 1
         log.info("sending COOKIE to %s[%d] (%d half-open IKE_SAs)", remote[0], remote[1], self._half_open)
         self._reply_error(msg, NotifyType.COOKIE, local, remote, cookie)
 
