@@ -25,11 +25,15 @@ import asyncio
 import dataclasses
 import logging
 import time
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from core_ike.daemon.config import DaemonConfig, check_keys, duration
-from core_ike.daemon.main import Daemon, run_main
+from core_ike.daemon.main import run_main
+from core_ike.daemon.runtime import Daemon
 from core_ike.ike import events as ev
+from core_ike.ike.config import IkeConfig
 from core_ike.me import events as mev
 from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
@@ -60,6 +64,8 @@ def client_config(c: dict[str, Any]) -> MediationClientConfig:
 
 class ClientDaemon(Daemon):
     def __init__(self, cfg: DaemonConfig, client: dict[str, Any]) -> None:
+        self.client = client
+        self._new_client: dict[str, Any] = client
         self.db: DbStatus | None = None
         if client.get("database"):
             self.db = load_db_connections(str(client["database"]), cfg)
@@ -79,17 +85,42 @@ class ClientDaemon(Daemon):
     def autostart(self, now: float) -> None:
         if self.db is not None:
             self.db.reset()
-        for c in self.cfg.connections:
-            if c.mediation:
-                log.info("initiating mediation connection '%s'", c.name)
-                self.engine.initiate(c.name, None, now)
-        for c in self.cfg.connections:
-            if c.mediated_by and any(ch.start_action == "start" for ch in c.children):
-                self.mediation.connect(c.name, now)
-            elif not c.mediated_by and not c.mediation:
-                for ch in c.children:
-                    if ch.start_action == "start":
-                        self.engine.initiate(c.name, ch.name, now)
+        for c in sorted(self.cfg.connections, key=lambda c: 0 if c.mediation else 1):
+            self.start_connection(c, now)
+
+    def start_connection(self, cfg: IkeConfig, now: float, force: bool = False) -> None:
+        """The mediation connection always; mediated ones through the mediation client."""
+        if cfg.mediation:
+            log.info("initiating mediation connection '%s'", cfg.name)
+            self.engine.initiate(cfg.name, None, now)
+        elif cfg.mediated_by:
+            if force or any(ch.start_action == "start" for ch in cfg.children):
+                self.mediation.connect(cfg.name, now)
+        else:
+            super().start_connection(cfg, now, force)
+
+    def stop_connection(self, name: str, now: float) -> bool:
+        self.mediation.cancel(name, now)
+        return super().stop_connection(name, now)
+
+    # ------------------------------------------------------------------ reload
+    def load_config(self) -> DaemonConfig:
+        """The TOML file again, plus the client database's connections and keys (the portal's saves)."""
+        new = super().load_config()
+        raw = tomllib.loads(Path(str(self.config_path)).read_text()).get("client", {})
+        check_keys("[client]", raw, CLIENT_KEYS)
+        self._new_client = raw
+        if self.client.get("database"):
+            fresh = load_db_connections(str(self.client["database"]), new)
+            if self.db is not None:
+                self.db.ids.clear()
+                self.db.ids.update(fresh.ids)
+            fresh.close()
+        return new
+
+    def _settings_needing_restart(self, new: DaemonConfig) -> list[str]:
+        keys = super()._settings_needing_restart(new)
+        return keys + (["[client]"] if self._new_client != self.client else [])
 
     def _mediation_lost(self, name: str) -> None:
         delay = self._backoff.get(name, self.reconnect_base)
@@ -98,7 +129,8 @@ class ClientDaemon(Daemon):
         loop = asyncio.get_running_loop()
 
         def retry() -> None:
-            if self.mediation.mediation_sa(name) is None:
+            if self.mediation.mediation_sa(name) is None and not self.stopping and \
+                    any(c.name == name for c in self.engine.configs):
                 self.engine.initiate(name, None, time.monotonic())
                 self.transport.flush()
 
@@ -111,7 +143,7 @@ class ClientDaemon(Daemon):
             log.info("mediation connection '%s' up, public endpoint %s", e.name,
                      f"{e.srflx[0]}[{e.srflx[1]}]" if e.srflx else "unknown")
         elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted) and e.name in cfgs and cfgs[e.name].mediation:
-            if self.transport.sockets:
+            if self.transport.sockets and not self.stopping:
                 self._mediation_lost(e.name)
         if self.db is not None:
             self.db.on_event(e)

@@ -35,6 +35,12 @@ class DbStatus:
         # callback crossing), and the uniqueness policy then deletes one of two healthy SAs
         self.live: dict[str, set[int]] = {}
 
+    def close(self) -> None:
+        """Release the database connections (a reload reads the database with a DbStatus of its own)."""
+        bind = self.sessions.kw.get("bind")
+        if bind is not None:
+            bind.dispose()
+
     def reset(self) -> None:
         with self.sessions.begin() as s:
             data.reset_connection_status(s)

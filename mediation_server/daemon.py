@@ -30,10 +30,13 @@ and a mediation connection (`mediation = true`, remote id `%any`, no children).
 from __future__ import annotations
 
 import time
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from core_ike.daemon.config import DaemonConfig, check_keys, duration
-from core_ike.daemon.main import Daemon, run_main
+from core_ike.daemon.main import run_main
+from core_ike.daemon.runtime import Daemon
 from core_ike.errors import LocalError
 
 from .datarelay import DataRelay, RelayConfig
@@ -106,6 +109,8 @@ def _registry(med: dict[str, Any], cfg: DaemonConfig) -> Registry:
 class ServerDaemon(Daemon):
     def __init__(self, cfg: DaemonConfig, med: dict[str, Any]) -> None:
         super().__init__(cfg)
+        self.med = med
+        self._new_med = med
         registry = _registry(med, cfg)
         # the registry keeps wall-clock times so persisted callback expiries survive a restart
         offset = time.time() - time.monotonic()
@@ -116,6 +121,27 @@ class ServerDaemon(Daemon):
         if self.relay_sockets is not None:
             self.listeners.append(self.relay_sockets.on_event)
         self.control.extra["status"] = self.status
+
+    def load_config(self) -> DaemonConfig:
+        """Reload: connections, PSK pseudonyms and keys from the file (peers' keys come from med_db at
+        each authentication anyway); [mediation] settings need a restart, which reload reports."""
+        new = super().load_config()
+        if new.settings.dataplane == "auto":
+            new.settings.dataplane = "none"
+        self._new_med = tomllib.loads(Path(str(self.config_path)).read_text()).get("mediation", {})
+        check_keys("[mediation]", self._new_med, MEDIATION_KEYS)
+        return new
+
+    def _settings_needing_restart(self, new: DaemonConfig) -> list[str]:
+        keys = super()._settings_needing_restart(new)
+        return keys + (["[mediation]"] if self._new_med != self.med else [])
+
+    def stats(self) -> dict[str, Any]:
+        st = super().stats()
+        st.update({"registered-peers": len(self.mediation.status()),
+                   "callbacks-waiting": len(self.mediation.registry.registrations()),
+                   "relays": len(self.relay.status(time.monotonic())) if self.relay is not None else 0})
+        return st
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
         now = time.time()

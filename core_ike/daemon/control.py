@@ -15,8 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..errors import LocalError, ProtocolError
 from ..ike import events as ev
 from ..ike import ts as tsmod
+from ..ike.config import IkeConfig
 from ..ike.engine import Engine
 from ..ike.sa import IkeSa
 from ..me import events as mev
@@ -25,7 +27,8 @@ log = logging.getLogger("core_ike.control")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def sa_info(sa: IkeSa, now: float, usage: Callable[[int], dict[str, Any]] | None = None) -> dict[str, Any]:
+def sa_info(sa: IkeSa, now: float,
+            usage: Callable[[int, int], dict[str, Any]] | None = None) -> dict[str, Any]:
     """One IKE_SA as swanctl --list-sas shows it (state, SPIs, algorithms, addresses, rekey times)."""
     children = []
     for c in sa.children.values():
@@ -40,7 +43,7 @@ def sa_info(sa: IkeSa, now: float, usage: Callable[[int], dict[str, Any]] | None
             "life-time": round(c.expire_at - now) if c.expire_at else None,
         }
         if usage is not None:
-            d.update(usage(c.spi_in))
+            d.update(usage(c.spi_in, c.spi_out))
         children.append(d)
     return {
         "name": sa.name, "uniqueid": sa.unique_id, "state": sa.state.value,
@@ -52,6 +55,22 @@ def sa_info(sa: IkeSa, now: float, usage: Callable[[int], dict[str, Any]] | None
         "rekey-time": round(sa.rekey_at - now) if sa.rekey_at else None,
         "child-sas": children,
     }
+
+
+def conn_info(c: IkeConfig) -> dict[str, Any]:
+    """One loaded connection as swanctl --list-conns shows it."""
+    info: dict[str, Any] = {
+        "name": c.name, "local-addrs": c.local_addrs, "remote-addrs": c.remote_addrs,
+        "remote-port": c.remote_port, "proposals": c.proposals,
+        "local": {"auth": c.local.auth, "id": str(c.local.id)}, "remote": {"auth": c.remote.auth, "id": str(c.remote.id)},
+        "rekey-time": c.rekey_time, "dpd-delay": c.dpd_delay, "unique": c.unique, "keyingtries": c.keyingtries,
+        "encap": c.encap, "vips": c.vips, "mediation": c.mediation, "mediated-by": c.mediated_by,
+        "mediation-peer": str(c.mediation_peer) if c.mediation_peer is not None else None,
+        "children": [{"name": ch.name, "mode": ch.mode.upper(), "local-ts": ch.local_ts, "remote-ts": ch.remote_ts,
+                      "esp-proposals": ch.esp_proposals, "rekey-time": ch.rekey_time, "start-action": ch.start_action}
+                     for ch in c.children],
+    }
+    return info
 
 
 class Waiter:
@@ -119,9 +138,16 @@ class ControlServer:
             while line := await reader.readline():
                 try:
                     req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("a request is a JSON object")
                     resp = await self.handler(req)
+                except (LocalError, ProtocolError, ValueError) as e:
+                    resp = {"ok": False, "error": str(e)}
+                except KeyError as e:
+                    resp = {"ok": False, "error": f"missing {e} in the request"}
                 except Exception as e:  # noqa: BLE001 - a bad request must not kill the daemon
-                    resp = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                    log.exception("control request %r failed", line[:200])
+                    resp = {"ok": False, "error": f"internal error: {e} (details in the daemon's log)"}
                 writer.write(json.dumps(resp).encode() + b"\n")
                 await writer.drain()
         finally:
@@ -138,44 +164,88 @@ class EngineControl:
     """Command handlers over an Engine; the daemon forwards every event to `feed`."""
 
     def __init__(self, engine: Engine, flush: Callable[[], None],
-                 usage: Callable[[int], dict[str, Any]] | None = None) -> None:
+                 usage: Callable[[int, int], dict[str, Any]] | None = None) -> None:
         self.engine = engine
         self.flush = flush
         self.usage = usage
         self.waiters: list[Waiter] = []
         self.extra: dict[str, Handler] = {}
+        self._changed = asyncio.Event()  # set on every event: `down` waits for its SAs to go
 
     def feed(self, e: object) -> None:
         for w in list(self.waiters):
             w.feed(e)
+        self._changed.set()
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
         now = time.monotonic()
-        eng = self.engine
         if cmd in self.extra:
             return await self.extra[cmd](req)
         if cmd == "list":
-            return {"ok": True, "sas": [sa_info(s, now, self.usage) for s in eng.ike_sas()]}
+            return {"ok": True, "sas": [sa_info(s, now, self.usage) for s in self.engine.ike_sas()]}
         if cmd == "conns":
-            return {"ok": True, "conns": [c.name for c in eng.configs]}
+            return {"ok": True, "conns": [conn_info(c) for c in self.engine.configs]}
         if cmd == "up":
             return await self._up(req, now)
-        sa = eng.find_sa(int(req.get("ike", 0)))
-        if sa is None:
-            return {"ok": False, "error": f"no IKE_SA with unique id {req.get('ike')}"}
-        if cmd == "down":
-            eng.terminate(sa, now)
-        elif cmd == "down-child":
-            eng.terminate_child(sa, int(req["child"]), now)
-        elif cmd == "rekey":
-            eng.rekey_ike(sa, now)
-        elif cmd == "rekey-child":
-            eng.rekey_child(sa, int(req["child"]), now)
-        else:
+        if cmd in ("down-child", "rekey-child"):  # older request forms
+            cmd = cmd.split("-")[0]
+        if cmd not in ("down", "rekey"):
             return {"ok": False, "error": f"unknown command {cmd!r}"}
+        targets = self._targets(req.get("ike"), req.get("child"))
+        if isinstance(targets, str):
+            return {"ok": False, "error": targets}
+        done: list[str] = []
+        for sa, child in targets:
+            if child is None:
+                (self.engine.terminate if cmd == "down" else self.engine.rekey_ike)(sa, now)
+            else:
+                (self.engine.terminate_child if cmd == "down" else self.engine.rekey_child)(sa, child, now)
+            done.append(f"{sa.name}[{sa.unique_id}]" if child is None else
+                        f"{sa.children[child].name}{{{child}}}")
         self.flush()
-        return {"ok": True}
+        if cmd == "down":
+            gone = await self._gone(targets, float(req.get("timeout", 10)))
+            if not gone:
+                return {"ok": False, "error": f"the peer did not confirm the DELETE of {', '.join(done)} "
+                                              f"within {float(req.get('timeout', 10)):g} s"}
+        return {"ok": True, "done": done}
+
+    def _targets(self, ike: Any, child: Any) -> list[tuple[IkeSa, int | None]] | str:
+        """IKE_SAs and CHILD_SAs named by unique id or by connection / CHILD_SA name (swanctl
+        --terminate / --rekey with --ike, --ike-id, --child, --child-id); an error text when none."""
+        sas = self.engine.ike_sas()
+        if ike not in (None, ""):
+            key = str(ike)
+            sas = [sa for sa in sas if (str(sa.unique_id) == key if key.isdigit() else sa.name == key)]
+            if not sas:
+                return f"no IKE_SA {'with unique id' if key.isdigit() else 'of connection'} {key!r}"
+        if child in (None, ""):
+            if ike in (None, ""):
+                return "name an IKE_SA or a CHILD_SA (by name or unique id)"
+            return [(sa, None) for sa in sas]
+        key = str(child)
+        hits: list[tuple[IkeSa, int | None]] = [(sa, uid) for sa in sas for uid, c in sa.children.items()
+                if (str(uid) == key if key.isdigit() else c.name == key)]
+        return hits or f"no CHILD_SA {'with unique id' if key.isdigit() else 'named'} {key!r}"
+
+    async def _gone(self, targets: list[tuple[IkeSa, int | None]], timeout: float) -> bool:
+        """Wait until every targeted SA is gone (the peer answered the DELETE, or it timed out)."""
+        def left() -> bool:
+            live = {id(sa) for sa in self.engine.ike_sas()}
+            return any(id(sa) in live and (c is None or c in sa.children) for sa, c in targets)
+
+        deadline = time.monotonic() + timeout
+        while left():
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return not left()
+        return True
 
     async def _up(self, req: dict[str, Any], now: float,
                   start: Callable[[str, str | None, float], None] | None = None) -> dict[str, Any]:

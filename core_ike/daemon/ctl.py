@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
+
+DEFAULT_SOCKET = "/run/iked.ctl"
 
 
 def call(path: str, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
@@ -44,6 +48,8 @@ def format_sas(sas: list[dict[str, Any]]) -> str:
                        f"{'-in-UDP' if c['encap'] else ''}, {c['protocol']}:")
             out.append(f"    {c['proposal']}")
             extra = f", {c['bytes-in']} bytes_i ({c['packets-in']} pkts)" if "bytes-in" in c else ""
+            if "bytes-out" in c:
+                extra += f", {c['bytes-out']} bytes_o ({c['packets-out']} pkts)"
             out.append(f"    installed {c['install-time']}s ago{extra}")
             if c.get("rekey-time") is not None:
                 out.append(f"    rekeying in {c['rekey-time']}s, expires in {c['life-time']}s")
@@ -97,54 +103,166 @@ def format_status(reply: dict[str, Any]) -> str:
     return "\n".join(out) or "no mediation state"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ikectl", description="control iked")
-    ap.add_argument("-s", "--socket", default="/run/iked.ctl")
-    ap.add_argument("--json", action="store_true", help="print raw JSON replies")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="initiate a connection")
-    up.add_argument("conn")
-    up.add_argument("--child")
-    up.add_argument("--timeout", type=float, default=30)
-    down = sub.add_parser("down", help="delete an IKE_SA (or one CHILD_SA)")
-    down.add_argument("ike", type=int)
-    down.add_argument("--child", type=int)
-    rk = sub.add_parser("rekey", help="rekey an IKE_SA (or one CHILD_SA)")
-    rk.add_argument("ike", type=int)
-    rk.add_argument("--child", type=int)
-    sub.add_parser("list", help="list SAs")
-    sub.add_parser("conns", help="list loaded connections")
-    st = sub.add_parser("status", help="daemon-specific status (mediation)")
-    st.add_argument("what", nargs="?", default="")
-    args = ap.parse_args(argv)
-    req: dict[str, Any]
+def format_conns(conns: list[dict[str, Any]]) -> str:
+    """swanctl --list-conns style text."""
+    out: list[str] = []
+    for c in conns:
+        role = ", mediation" if c.get("mediation") else \
+            f", mediated by {c['mediated-by']} to {c['mediation-peer']}" if c.get("mediated-by") else ""
+        out.append(f"{c['name']}: IKEv2, no reauthentication, rekeying every {c['rekey-time']:g}s"
+                   f"{', dpd delay ' + format(c['dpd-delay'], 'g') + 's' if c.get('dpd-delay') else ''}{role}")
+        out.append(f"  local:  {', '.join(c['local-addrs'])}")
+        out.append(f"  remote: {', '.join(c['remote-addrs'])}"
+                   f"{'' if c.get('remote-port') in (None, 500) else ' port ' + str(c['remote-port'])}")
+        out.append(f"  proposals: {c['proposals']}")
+        for side in ("local", "remote"):
+            auth = c[side]
+            kind = "pre-shared key" if auth["auth"] == "psk" else "public key"
+            out.append(f"  {side} {kind} authentication:")
+            out.append(f"    id: {auth['id']}")
+        for ch in c["children"]:
+            out.append(f"  {ch['name']}: {ch['mode']}, rekeying every {ch['rekey-time']:g}s"
+                       f"{', start' if ch['start-action'] == 'start' else ''}")
+            out.append(f"    esp proposals: {ch['esp-proposals']}")
+            out.append(f"    local:  {' '.join(ch['local-ts'])}")
+            out.append(f"    remote: {' '.join(ch['remote-ts'])}")
+    return "\n".join(out) or "no connections loaded"
+
+
+def format_stats(st: dict[str, Any]) -> str:
+    """swanctl --stats style text."""
+    up = st.get("uptime", 0)
+    out = [f"{st.get('daemon', 'daemon')}: running for {int(up // 3600)}h {int(up % 3600 // 60)}m {int(up % 60)}s",
+           f"IKE_SAs: {st['ike-sas-total']} total, {st['half-open']} half-open"
+           + "".join(f", {n} {state}" for state, n in sorted(st.get("ike-sas", {}).items())),
+           f"CHILD_SAs: {st.get('child-sas', 0)}",
+           f"connections loaded: {st.get('connections', 0)}"]
+    for key in ("registered-peers", "callbacks-waiting", "relays"):
+        if key in st:
+            out.append(f"{key.replace('-', ' ')}: {st[key]}")
+    for title, d in (("since start", st.get("events", {})), ("packets", st.get("counters", {})),
+                     ("data plane", st.get("dataplane", {}))):
+        if d:
+            out.append(f"{title}:")
+            out.extend(f"  {k}: {v}" for k, v in sorted(d.items()))
+    return "\n".join(out)
+
+
+def format_up(r: dict[str, Any]) -> str:
+    lines = [f"established IKE_SA {r['conn']}[{r['ike']}]" + (f" in {r['elapsed_ms']} ms, peer at "
+                                                            f"{r['remote'][0]}[{r['remote'][1]}]"
+                                                            if "elapsed_ms" in r else "")]
+    for c in r.get("children", []):
+        lines.append(f"established CHILD_SA {c['name']}{{{c['uniqueid']}}} with SPIs {c['spi-in']}_i "
+                     f"{c['spi-out']}_o and TS {' '.join(c['local-ts'])} === {' '.join(c['remote-ts'])}")
+    return "\n".join(lines)
+
+
+def format_keyid(path: str) -> dict[str, Any]:
+    """`ikectl keyid FILE`: the ID_KEY_ID of a public key, certificate, OpenSSH line or private key,
+    in both notations and as the swanctl.conf lines that use it. Runs locally, no daemon."""
+    # the portal's parser: ikectl and the server manager accept the same forms
+    from med_db.keyid import keyid_colon, keyid_of, keyid_text, public_key_from_text
+
+    data = Path(path).read_bytes()
+    key = public_key_from_text(data, allow_private=True)
+    kid = keyid_of(key)
+    return {"ok": True, "file": path, "keyid": keyid_text(kid), "keyid-colon": keyid_colon(kid),
+            "swanctl": f'id = "{keyid_text(kid)}"'}
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
     if args.cmd == "up":
-        req = {"cmd": "up", "conn": args.conn, "child": args.child, "timeout": args.timeout}
-    elif args.cmd in ("down", "rekey"):
-        base = "down" if args.cmd == "down" else "rekey"
-        req = {"cmd": base + ("-child" if args.child else ""), "ike": args.ike, "child": args.child}
-    elif args.cmd == "status":
-        req = {"cmd": "status", "what": args.what}
-    else:
-        req = {"cmd": args.cmd}
-    try:
-        reply = call(args.socket, req, timeout=getattr(args, "timeout", 30) + 5)
-    except OSError as e:
-        print(f"ikectl: cannot reach {args.socket}: {e}", file=sys.stderr)
+        return {"cmd": "up", "conn": args.conn, "child": args.child, "timeout": args.timeout}
+    if args.cmd in ("down", "rekey"):
+        return {"cmd": args.cmd, "ike": args.ike, "child": args.child, "timeout": args.timeout}
+    if args.cmd == "status":
+        return {"cmd": "status", "what": args.what}
+    if args.cmd == "loglevel":
+        sub, level = (args.args if len(args.args) == 2 else ["any", *args.args])
+        return {"cmd": "loglevel", "subsystem": sub, "level": level}
+    return {"cmd": args.cmd}
+
+
+def _text(cmd: str, reply: dict[str, Any]) -> str:
+    if cmd == "list":
+        return format_sas(reply["sas"]) or "no IKE_SAs"
+    if cmd == "conns":
+        return format_conns(reply["conns"])
+    if cmd == "stats":
+        return format_stats(reply["stats"])
+    if cmd == "status":
+        return format_status(reply)
+    if cmd == "up":
+        return format_up(reply)
+    if cmd == "reload":
+        rs = reply.get("restart-needed") or []
+        return (f"reloaded: {len(reply['added'])} added, {len(reply['removed'])} removed, "
+                f"{len(reply['changed'])} changed, {len(reply['unchanged'])} unchanged"
+                + "".join(f"\n  {k}: {', '.join(reply[k])}" for k in ("added", "removed", "changed") if reply[k])
+                + (f"\nneeds a restart to take effect: {', '.join(rs)}" if rs else ""))
+    if cmd == "loglevel":
+        return f"log level of {reply['subsystem']} is now {reply['level']}"
+    if cmd == "keyid":
+        return f"{reply['keyid']}\n{reply['keyid-colon']}\nswanctl.conf: {reply['swanctl']}"
+    if cmd in ("down", "rekey"):
+        return f"{'closed' if cmd == 'down' else 'rekeying'} {', '.join(reply.get('done', []))}"
+    return "ok"
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ikectl", description="control iked and the mediation daemons "
+                                 "(in the spirit of swanctl; docs/operations.md)")
+    ap.add_argument("-s", "--socket", default=os.environ.get("IKECTL_SOCKET", DEFAULT_SOCKET),
+                    help=f"the daemon's control socket (default: $IKECTL_SOCKET or {DEFAULT_SOCKET})")
+    ap.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="initiate a connection; waits for the IKE_SA and its CHILD_SAs")
+    up.add_argument("conn")
+    up.add_argument("--child", help="only this CHILD_SA (default: all of the connection's)")
+    up.add_argument("--timeout", type=float, default=30)
+    for name, what in (("down", "close (DELETE)"), ("rekey", "rekey")):
+        p = sub.add_parser(name, help=f"{what} IKE_SAs or CHILD_SAs, by connection name or unique id")
+        p.add_argument("ike", nargs="?", help="connection name or IKE_SA unique id")
+        p.add_argument("--child", help="CHILD_SA name or unique id")
+        p.add_argument("--timeout", type=float, default=10)
+    sub.add_parser("list", help="list IKE_SAs and CHILD_SAs (bytes and packets in both directions)")
+    sub.add_parser("conns", help="list loaded connections with their settings")
+    sub.add_parser("stats", help="uptime, SAs by state, half-open, cookies, drops, failures by reason")
+    sub.add_parser("reload", help="re-read the configuration (as SIGHUP does)")
+    ll = sub.add_parser("loglevel", help="change a log level at run time: loglevel [SUBSYSTEM] LEVEL")
+    ll.add_argument("args", nargs="+", metavar="[SUBSYSTEM] LEVEL",
+                    help="subsystem: any, ike, me, dataplane, control, daemon, mediation_server, "
+                         "mediation_client; level: debug, info, warning, error")
+    st = sub.add_parser("status", help="mediation state (server: peers online; client: connections, checks)")
+    st.add_argument("what", nargs="?", default="")
+    kid = sub.add_parser("keyid", help="print the ID_KEY_ID of a key, certificate or OpenSSH key file")
+    kid.add_argument("file")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.cmd == "loglevel" and len(args.args) > 2:
+        print("ikectl: loglevel takes [SUBSYSTEM] LEVEL", file=sys.stderr)
         return 2
+    if args.cmd == "keyid":
+        try:
+            reply = format_keyid(args.file)
+        except (OSError, ValueError) as e:
+            reply = {"ok": False, "error": f"{args.file}: {e.strerror if isinstance(e, OSError) else e}"}
+    else:
+        try:
+            reply = call(args.socket, _request(args), timeout=getattr(args, "timeout", 30) + 5)
+        except OSError as e:
+            print(f"ikectl: cannot reach the daemon at {args.socket}: {e.strerror or e}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(reply, indent=2))
     elif not reply.get("ok"):
-        print(f"failed: {reply.get('error')}", file=sys.stderr)
-    elif args.cmd == "list":
-        print(format_sas(reply["sas"]))
-    elif args.cmd == "status":
-        print(format_status(reply))
-    elif args.cmd == "up":
-        print(f"established CHILD_SA {reply.get('child')}{{{reply.get('uniqueid')}}} with SPIs "
-              f"{reply.get('spi-in')}_i {reply.get('spi-out')}_o" if "child" in reply else "established")
+        print(f"ikectl: {reply.get('error')}", file=sys.stderr)
     else:
-        print(json.dumps({k: v for k, v in reply.items() if k != "ok"}, indent=2) if len(reply) > 1 else "ok")
+        print(_text(args.cmd, reply))
     return 0 if reply.get("ok") else 1
 
 

@@ -44,6 +44,7 @@ def run_main(prog: str, description: str, argv: list[str] | None,
         raw = tomllib.loads(Path(args.config).read_text())
         setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
         daemon = build(cfg, raw)
+        daemon.prog, daemon.config_path = prog, args.config  # log lines, reload
     except (LocalError, OSError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2

@@ -8,13 +8,18 @@ import gc
 import logging
 import signal
 import time
+from collections import Counter
 from typing import Any
 
+from ..errors import LocalError
+from ..ike import events as ev
+from ..ike.config import IkeConfig
 from ..ike.engine import Engine, EngineConfig
 from ..io.transport import UdpTransport, local_addresses, route_source
-from .config import DaemonConfig
+from .config import DaemonConfig, load
 from .control import ControlServer, EngineControl
 from .glue import DataPlaneGlue
+from .lifecycle import diff_configs, monotonic_usec, sd_notify
 
 log = logging.getLogger("core_ike.daemon")
 
@@ -67,34 +72,42 @@ class Daemon:
         self.glue: DataPlaneGlue | None = None
         self.control = EngineControl(self.engine, self.transport.flush, self.usage)
         self.server = ControlServer(st.control, self.control.handle)
+        self.control.extra.update({"reload": self._reload_cmd, "stats": self._stats_cmd,
+                                   "loglevel": self._loglevel_cmd})
         self.stopped = asyncio.Event()
+        self.prog = "iked"  # name in log lines; run_main sets it
+        self.config_path: str | None = None  # re-read on reload; run_main sets it
+        self.started_at = time.monotonic()
+        self.stopping = False
+        self.shutdown_timeout = 2.0  # seconds to wait for the peers' DELETE responses
+        self.events: Counter[str] = Counter()  # IKE_SA / CHILD_SA outcomes, failures by reason
+        self._all_gone = asyncio.Event()
 
-    def usage(self, spi_in: int) -> dict[str, Any]:
+    def usage(self, spi_in: int, spi_out: int) -> dict[str, Any]:
+        """Bytes and packets of one CHILD_SA, both directions, from the data plane (and, for the
+        userspace one, drops by reason)."""
         if self.dp is None:
             return {}
-        try:
-            from ..io.dataplane import Direction
+        from ..io.dataplane import Direction
 
-            u_in = self.dp.query_usage(spi_in, Direction.IN)
-            out: dict[str, Any] = {"bytes-in": u_in.bytes, "packets-in": u_in.packets}
-        except Exception:  # noqa: BLE001 - listing must work even without usage data
-            return {}
-        if hasattr(self.dp, "list_sas") and hasattr(self.dp, "stats"):
-            # userspace backend: outbound counters (newest outbound SA of the same reqid) and drops by reason
-            rows = self.dp.list_sas()
-            mine = [r for r in rows if r.spi == spi_in and r.direction == "in"]
+        out: dict[str, Any] = {}
+        for spi, d, key in ((spi_in, Direction.IN, "in"), (spi_out, Direction.OUT, "out")):
+            try:
+                u = self.dp.query_usage(spi, d)
+            except Exception:  # noqa: BLE001 - listing must work even without usage data
+                continue
+            out.update({f"bytes-{key}": u.bytes, f"packets-{key}": u.packets})
+        if hasattr(self.dp, "list_sas"):
+            mine = [r for r in self.dp.list_sas() if r.spi == spi_in and r.direction == "in"]
             if mine:
-                c_in = mine[0].counters
-                outs = [r for r in rows if r.direction == "out" and r.reqid == mine[0].reqid]
-                if outs:
-                    c_out = max(outs, key=lambda r: r.installed).counters
-                    out.update({"bytes-out": c_out["bytes_out"], "packets-out": c_out["packets_out"]})
-                out["drops"] = {k: v for k, v in c_in.items() if k.startswith("drop_")}
-                out["dataplane"] = self.dp.stats()
+                out["drops"] = {k: v for k, v in mine[0].counters.items() if k.startswith("drop_") and v}
         return out
 
     def on_event(self, e: object) -> None:
         log.debug("event %s", type(e).__name__)
+        self._count(e)
+        if self.stopping and isinstance(e, ev.IkeSaDeleted | ev.IkeSaFailed) and not self.engine.ike_sas():
+            self._all_gone.set()
         if self.glue is not None:
             self.glue.handle(e)
         self._keyingtries(e)
@@ -109,8 +122,6 @@ class Daemon:
     def _keyingtries(self, e: object) -> None:
         """swanctl keyingtries: retry a failed IKE_SA we initiated (0 = forever), with a growing delay.
         Mediation and mediated connections have their own recovery (the mediation client)."""
-        from ..ike import events as ev
-
         if isinstance(e, ev.IkeSaEstablished):
             self._tries.pop(e.name, None)
             return
@@ -132,7 +143,7 @@ class Daemon:
         log.info("keying try %d of %s for '%s' in %.0f s", n + 1, cfg.keyingtries or "unlimited", e.name, delay)
 
         def retry() -> None:
-            if self.transport.sockets:
+            if self.transport.sockets and not self.stopping:
                 self.engine.initiate(e.name, None, time.monotonic())
                 self.transport.flush()
 
@@ -141,10 +152,122 @@ class Daemon:
     def autostart(self, now: float) -> None:
         """Bring up every CHILD_SA with start_action = start (swanctl semantics)."""
         for c in self.cfg.connections:
-            for child in c.children:
-                if child.start_action == "start":
-                    self.engine.initiate(c.name, child.name, now)
+            self.start_connection(c, now)
 
+    def start_connection(self, cfg: IkeConfig, now: float, force: bool = False) -> None:
+        """Initiate the CHILD_SAs of `cfg` with start_action = start (all of them when `force`)."""
+        children = [ch for ch in cfg.children if force or ch.start_action == "start"]
+        for ch in children:
+            self.engine.initiate(cfg.name, ch.name, now)
+
+    def stop_connection(self, name: str, now: float) -> bool:
+        """Close every IKE_SA of connection `name` (DELETE when established); True if one was up
+        that we had initiated (a changed connection is then brought up again)."""
+        was_up = False
+        for sa in self.engine.ike_sas():
+            if sa.config.name == name:
+                was_up = was_up or (sa.established and sa.is_original_initiator)
+                self.engine.terminate(sa, now)
+        self._tries.pop(name, None)
+        return was_up
+
+    # ------------------------------------------------------------------ reload
+    def load_config(self) -> DaemonConfig:
+        """Read the configuration again (the mediation daemons add their database's part)."""
+        if self.config_path is None:
+            raise LocalError("no configuration file to reload")
+        return load(self.config_path)
+
+    def reload(self) -> dict[str, Any]:
+        """SIGHUP / `ikectl reload`: re-read the configuration; added connections start, removed ones
+        close, changed ones are closed and brought up again, untouched SAs stay (docs/operations.md)."""
+        sd_notify("RELOADING=1", monotonic_usec())
+        try:
+            new = self.load_config()
+        except (LocalError, OSError, ValueError) as e:
+            log.error("reload failed, configuration unchanged: %s", e)
+            sd_notify("READY=1", f"STATUS=reload failed: {e}")
+            return {"ok": False, "error": f"reload failed, configuration unchanged: {e}"}
+        now = time.monotonic()
+        diff, merged = diff_configs(self.engine.configs, new.connections)
+        restart = self._settings_needing_restart(new)
+        if new.settings.log_level != self.cfg.settings.log_level:
+            logging.getLogger().setLevel(new.settings.log_level.upper())
+        if new.creds.resolver is None:
+            new.creds.resolver = self.engine.creds.resolver  # the mediation server's database lookup
+        reinit = [n for n in diff.changed if self.stop_connection(n, now)]
+        for n in diff.removed:
+            self.stop_connection(n, now)
+        self.engine.configs[:] = merged
+        self.engine.creds = new.creds
+        self.cfg = DaemonConfig(self.cfg.settings, merged, new.creds)
+        by_name = {c.name: c for c in merged}
+        for n in self._start_order([*diff.added, *diff.changed]):
+            self.start_connection(by_name[n], now, force=n in reinit)
+        self.transport.flush()
+        log.info("reloaded configuration: %s%s", diff.summary(),
+                 f"; needs a restart to change: {', '.join(restart)}" if restart else "")
+        sd_notify("READY=1", f"STATUS={self._status_line()}")
+        return {"ok": True, "added": diff.added, "removed": diff.removed, "changed": diff.changed,
+                "unchanged": diff.unchanged, "restart-needed": restart}
+
+    def _start_order(self, names: list[str]) -> list[str]:
+        """Mediation connections before the connections they mediate."""
+        by_name = {c.name: c for c in self.engine.configs}
+        return sorted(names, key=lambda n: 0 if by_name[n].mediation else 1)
+
+    def _settings_needing_restart(self, new: DaemonConfig) -> list[str]:
+        old, cur = vars(self.cfg.settings), vars(new.settings)
+        return [k for k in cur if k != "log_level" and cur[k] != old.get(k)]
+
+    # ------------------------------------------------------------------ control commands
+    async def _reload_cmd(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.reload()
+
+    async def _loglevel_cmd(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`ikectl loglevel [SUBSYSTEM] LEVEL`: subsystems are logger names below the package
+        (ike, me, dataplane, control, ...; "any" = all)."""
+        level = str(req.get("level", "")).upper()
+        if level not in LOG_LEVELS:
+            return {"ok": False, "error": f"unknown log level {req.get('level')!r} (one of {', '.join(LOG_LEVELS)})"}
+        sub = str(req.get("subsystem") or "any")
+        logger = logging.getLogger() if sub == "any" else logging.getLogger(_logger_name(sub))
+        logger.setLevel(level)
+        log.info("log level of %s set to %s", sub, level)
+        return {"ok": True, "subsystem": sub, "level": level}
+
+    def stats(self) -> dict[str, Any]:
+        """`ikectl stats` (swanctl --stats): uptime, SAs by state, half-open, cookies, drops, outcomes."""
+        by_state: Counter[str] = Counter(sa.state.value for sa in self.engine.ike_sas())
+        children = sum(len(sa.children) for sa in self.engine.ike_sas())
+        dp: dict[str, Any] = {}
+        if self.dp is not None and hasattr(self.dp, "stats"):
+            dp = {k: v for k, v in self.dp.stats().items() if isinstance(v, int | float)}
+        return {"daemon": self.prog, "uptime": round(time.monotonic() - self.started_at, 1),
+                "ike-sas": dict(by_state), "ike-sas-total": sum(by_state.values()), "child-sas": children,
+                "half-open": self.engine.half_open, "counters": dict(self.engine.counters),
+                "events": dict(self.events), "connections": len(self.engine.configs), "dataplane": dp}
+
+    async def _stats_cmd(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "stats": self.stats()}
+
+    def _count(self, e: object) -> None:
+        if isinstance(e, ev.IkeSaEstablished):
+            self.events["ike-established"] += 1
+        elif isinstance(e, ev.IkeSaFailed):
+            self.events["ike-failed"] += 1
+            self.events[f"ike-failed:{failure_kind(e.reason)}"] += 1
+        elif isinstance(e, ev.ChildSaEstablished):
+            self.events["child-established"] += 1
+        elif isinstance(e, ev.ChildSaFailed):
+            self.events["child-failed"] += 1
+            self.events[f"child-failed:{failure_kind(e.reason)}"] += 1
+
+    def _status_line(self) -> str:
+        n = len([sa for sa in self.engine.ike_sas() if sa.established])
+        return f"{n} IKE_SA(s) up, {len(self.engine.configs)} connection(s) loaded"
+
+    # ------------------------------------------------------------------ run and stop
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.transport.start(loop)
@@ -163,13 +286,57 @@ class Daemon:
         await self.server.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopped.set)
-        log.info("iked started, %d connection(s) loaded", len(self.cfg.connections))
-        self.autostart(loop.time())
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        log.info("%s started, %d connection(s) loaded", self.prog, len(self.cfg.connections))
+        self.autostart(time.monotonic())
         self.transport.flush()
         tune_gc()
+        sd_notify("READY=1", f"STATUS={self._status_line()}")
         await self.stopped.wait()
-        log.info("iked stopping")
+        await self.shutdown()
         self.server.close()
         if self.dp is not None:
             self.dp.close()
         self.transport.close()
+
+    def _sighup(self) -> None:
+        log.info("received SIGHUP, reloading the configuration")
+        self.reload()
+
+    async def shutdown(self) -> None:
+        """SIGTERM / SIGINT: DELETE every IKE_SA (the peers and the mediation server learn at once) and
+        wait up to `shutdown_timeout` for the answers."""
+        self.stopping = True
+        sd_notify("STOPPING=1")
+        sas = self.engine.ike_sas()
+        up = [sa for sa in sas if sa.established]
+        log.info("%s stopping: deleting %d IKE_SA(s)", self.prog, len(up))
+        now = time.monotonic()
+        for sa in sas:
+            self.engine.terminate(sa, now)
+        self.transport.flush()
+        if self.engine.ike_sas():
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), self.shutdown_timeout)
+            except TimeoutError:
+                left = self.engine.ike_sas()
+                log.info("%d IKE_SA(s) did not confirm the DELETE within %.0f s: %s", len(left),
+                         self.shutdown_timeout, ", ".join(sa.label for sa in left))
+        log.info("%s stopped", self.prog)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _logger_name(subsystem: str) -> str:
+    """`ike` -> core_ike.ike, `mediation_server` stays as it is."""
+    return subsystem if "." in subsystem or subsystem.startswith("mediation") else f"core_ike.{subsystem}"
+
+
+def failure_kind(reason: str) -> str:
+    """A short label for a failure reason (metrics and stats): the notify name when the reason starts
+    with one (`TS_UNACCEPTABLE from the peer`), else its first words."""
+    head = reason.split(" ", 1)[0]
+    if head.isupper() and "_" in head:
+        return head
+    return " ".join(reason.split()[:3]).rstrip(":,")
