@@ -42,8 +42,8 @@ class Iked:
         self.conf_path.write_text(toml.replace("@CTL@", self.ctl_path).replace("@DIR@", str(self.dir)))
         self.proc: Any = None
 
-    def start(self, timeout: float = 15.0) -> Iked:
-        env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> Iked:
+        env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = self.lab.popen(self.host, [sys.executable, "-m", self.module, "-c", str(self.conf_path)],
                                    self.log_path, env=env)
         try:
@@ -105,7 +105,19 @@ class Iked:
     def log_tail(self, n: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """SIGTERM (the daemon DELETEs its SAs first), SIGKILL after 3 s; returns the exit status."""
+        rc = None
         if self.proc is not None:
-            self.lab.stop(self.proc)
+            rc = self.lab.stop(self.proc)
             self.proc = None
+        return rc
+
+    def write_config(self, toml: str) -> None:
+        """Replace the configuration file (then reload with SIGHUP or `reload`)."""
+        self.conf_path.write_text(toml.replace("@CTL@", self.ctl_path).replace("@DIR@", str(self.dir)))
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the daemon itself (not its `ip netns exec` parent's process group)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)

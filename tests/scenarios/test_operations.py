@@ -1,0 +1,175 @@
+"""What an administrator meets, on real daemons in network namespaces, through the installed `ikectl`:
+`up` that fails with the peer's reason, reload (SIGHUP and `ikectl reload`) that keeps untouched SAs,
+DELETE on SIGTERM, sd_notify readiness, `down` by name, `conns`, `stats`, `list` with both directions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scenarios.lab import two_hosts, wait_for
+from scenarios.lab.iked import Iked
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+
+IKECTL = str(Path(sys.executable).parent / "ikectl")  # the console command setup installs
+
+SECRETS = """
+[[secrets.ike]]
+id = ["alice@example.org", "bob@example.org"]
+secret = "operations-test-secret-0123456789"
+"""
+
+
+def conf(me: str, peer_ip: str | None, local_ts: str, remote_ts: str, extra: str = "") -> str:
+    other = "bob" if me == "alice" else "alice"
+    remote = f'remote_addrs = ["{peer_ip}"]\n' if peer_ip else ""
+    return f"""[daemon]
+control = "@CTL@"
+dataplane = "userspace"
+tun = "ipsec0"
+{SECRETS}
+[connections.home]
+{remote}local = {{ auth = "psk", id = "{me}@example.org" }}
+remote = {{ auth = "psk", id = "{other}@example.org" }}
+[connections.home.children.net]
+local_ts = ["{local_ts}"]
+remote_ts = ["{remote_ts}"]
+{extra}"""
+
+
+def ikectl(d: Iked, *args: str, timeout: float = 40) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([IKECTL, "-s", d.ctl_path, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def ikectl_json(d: Iked, *args: str) -> dict[str, Any]:
+    r = ikectl(d, "--json", *args)
+    reply: dict[str, Any] = json.loads(r.stdout)
+    return reply
+
+
+class Notifications:
+    """A NOTIFY_SOCKET as systemd provides it: collects the daemon's sd_notify datagrams."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.got: list[str] = []
+
+    def seen(self, line: str) -> bool:
+        try:
+            while True:
+                self.got.extend(self.sock.recv(4096).decode().splitlines())
+        except TimeoutError:
+            pass
+        return line in self.got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def pair():  # type: ignore[no-untyped-def]
+    lab = two_hosts()
+    a_in, b_in = lab.info["inner"]["alice"], lab.info["inner"]["bob"]
+    note = Notifications(lab.dir / "notify.sock")
+    alice = Iked(lab, "alice", conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32"))
+    # bob expects another subnet on alice's side: the CHILD_SA is refused with TS_UNACCEPTABLE
+    bob = Iked(lab, "bob", conf("bob", None, f"{b_in}/32", "172.16.0.0/24"))
+    try:
+        alice.start(env={"NOTIFY_SOCKET": str(note.path)})
+        bob.start()
+        yield lab, alice, bob, note
+    finally:
+        note.close()
+        lab.teardown()
+
+
+def test_up_fails_with_the_peers_reason_then_reload_fixes_it(pair) -> None:  # type: ignore[no-untyped-def]
+    lab, alice, bob, note = pair
+    a_in, b_in = lab.info["inner"]["alice"], lab.info["inner"]["bob"]
+    assert wait_for(lambda: note.seen("READY=1"), 10, what="READY=1 from alice")
+
+    r = ikectl(alice, "up", "home")
+    assert r.returncode == 1, r.stdout
+    assert "CHILD_SA 'net' failed: TS_UNACCEPTABLE from the peer" in r.stderr
+    assert f"we proposed {a_in}/32 === {b_in}/32" in r.stderr
+    assert "Error" not in r.stderr and "established" not in r.stdout
+
+    # bob's admin fixes the config and sends SIGHUP; the change needs no restart
+    bob.write_config(conf("bob", None, f"{b_in}/32", f"{a_in}/32"))
+    bob.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded configuration: 0 added, 0 removed, 1 changed (home)" in bob.log_text(), 10,
+             what="bob's reload")
+    r = ikectl(alice, "up", "home")
+    assert r.returncode == 0, r.stderr
+    assert "established CHILD_SA net{" in r.stdout and f"{a_in}/32 === {b_in}/32" in r.stdout
+
+    sent, received, _ = lab.ping("alice", b_in, source=a_in, count=3, interval=0.1)
+    assert received == 3
+    (sa,) = ikectl_json(alice, "list")["sas"]
+    (child,) = sa["child-sas"]
+    assert child["packets-out"] >= 3 and child["packets-in"] >= 3 and child["bytes-out"] > 0
+    assert "bytes_o" in ikectl(alice, "list").stdout
+
+    # a reload that adds a connection keeps the running IKE_SA (same unique id)
+    alice.write_config(conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32") + """
+[connections.spare]
+remote_addrs = ["192.0.2.2"]
+local = { auth = "psk", id = "alice@example.org" }
+remote = { auth = "psk", id = "bob@example.org" }
+""")
+    r = ikectl(alice, "reload")
+    assert r.returncode == 0 and "1 added, 0 removed, 0 changed, 1 unchanged" in r.stdout, r.stdout + r.stderr
+    assert note.seen("RELOADING=1")
+    (sa2,) = ikectl_json(alice, "list")["sas"]
+    assert sa2["uniqueid"] == sa["uniqueid"]
+    conns = ikectl(alice, "conns").stdout
+    assert "spare: IKEv2" in conns and f"local:  {a_in}/32" in conns and "pre-shared key" in conns
+
+    stats = ikectl(alice, "stats")
+    assert stats.returncode == 0 and "IKE_SAs: 1 total, 0 half-open, 1 ESTABLISHED" in stats.stdout
+    st = ikectl_json(alice, "stats")["stats"]
+    assert st["events"]["child-failed:TS_UNACCEPTABLE"] == 1 and st["events"]["child-established"] == 1
+
+    # a bad edit: the reload is refused, nothing changes
+    alice.write_config(conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32",
+                            'esp_proposals = "aes128-sha256-modp9999"\n'))
+    r = ikectl(alice, "reload")
+    assert r.returncode == 1 and "reload failed, configuration unchanged" in r.stderr
+    assert len(ikectl_json(alice, "list")["sas"]) == 1
+
+    # down by connection name; both sides lose the SA
+    r = ikectl(alice, "down", "home")
+    assert r.returncode == 0 and "closed home[" in r.stdout, r.stderr
+    assert ikectl_json(alice, "list")["sas"] == []
+    bob.wait_sas(lambda sas: not sas, timeout=5)
+    r = ikectl(alice, "down", "home")
+    assert r.returncode == 1 and "no IKE_SA of connection 'home'" in r.stderr
+
+
+def test_sigterm_sends_delete(pair) -> None:  # type: ignore[no-untyped-def]
+    lab, alice, bob, note = pair
+    a_in, b_in = lab.info["inner"]["alice"], lab.info["inner"]["bob"]
+    bob.write_config(conf("bob", None, f"{b_in}/32", f"{a_in}/32"))
+    assert ikectl(bob, "reload").returncode == 0
+    assert ikectl(alice, "up", "home").returncode == 0
+    bob.wait_sas(lambda sas: len(sas) == 1, timeout=5)
+    assert alice.stop() == 0
+    log = alice.log_text()
+    assert "stopping: deleting 1 IKE_SA(s)" in log and "did not confirm" not in log
+    assert note.seen("STOPPING=1")
+    # bob learnt it from the DELETE, not from a DPD timeout
+    assert bob.list_sas() == []
+    assert "received DELETE for IKE_SA" in bob.log_text()
