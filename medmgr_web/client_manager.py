@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
-from med_db.keyid import KeyError_, format_keyid, parse_peer_public_key, pem_from_spki
+from med_db.keyid import KeyError_, keyid_text, parse_peer_public_key, pem_from_spki
 from med_db.models import STATUS_NAMES, Connection
 from medmgr_web.launcher import add_common_args, serve
 from medmgr_web.security import SessionStore, Throttle, hash_password, verify_password
@@ -103,8 +103,8 @@ class ClientManager(PortalApp):
         cfg = data.get_client_config(req.db)
         info = None
         if cfg is not None:
-            info = {"pem": pem_from_spki(cfg.public_key), "keyid": format_keyid(cfg.keyid),
-                    "keyid_hex": cfg.keyid.hex(), "created": cfg.created.strftime("%Y-%m-%d %H:%M UTC")}
+            info = {"pem": pem_from_spki(cfg.public_key), "keyid": cfg.keyid,
+                    "created": cfg.created.strftime("%Y-%m-%d %H:%M UTC")}
         return self.render(req, "key/show.html", key=info)
 
     def key_generate(self, req: Request) -> Response:
@@ -113,7 +113,7 @@ class ClientManager(PortalApp):
                 "A key pair exists already. Tick \u201cReplace the existing key\u201d to generate a new one "
                 "(the old identity stops working everywhere it is registered)."])
         cfg = data.generate_client_key(req.db)
-        req.flash(f"New 2048-bit RSA key pair generated; identity {format_keyid(cfg.keyid)}.")
+        req.flash(f"New 2048-bit RSA key pair generated; identity {keyid_text(cfg.keyid)}.")
         return redirect(req.url("key/show"))
 
     # -- server ----------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class ClientManager(PortalApp):
             return self.render(req, "server/edit.html", address=cfg.address if cfg else "",
                                port=str(cfg.port) if cfg else "500",
                                public_key=pem_from_spki(cfg.public_key) if cfg else "",
-                               keyid=format_keyid(cfg.keyid) if cfg else None)
+                               keyid=cfg.keyid if cfg else None)
         address, port_text, pem = req.field("address"), req.field("port") or "500", req.field("public_key")
         errors: list[str] = []
         if not address:
@@ -158,7 +158,7 @@ class ClientManager(PortalApp):
 
     def connection_list(self, req: Request) -> Response:
         rows = [
-            {"id": c.id, "alias": c.alias, "keyid": format_keyid(c.keyid), "active": c.active,
+            {"id": c.id, "alias": c.alias, "keyid": c.keyid, "active": c.active,
              "local": c.local_subnet or "dynamic", "remote": c.remote_subnet or "dynamic",
              "status": STATUS_NAMES.get(c.status, str(c.status)),
              "changed": c.status_changed.strftime("%Y-%m-%d %H:%M:%S UTC") if c.status_changed else "\u2014",
@@ -209,7 +209,7 @@ class ClientManager(PortalApp):
 
     def connection_edit(self, req: Request) -> Response:
         conn = self._conn_or_404(req)
-        info = {"id": conn.id, "keyid": format_keyid(conn.keyid), "status": conn.status_name,
+        info = {"id": conn.id, "keyid": conn.keyid, "status": conn.status_name,
                 "error": conn.last_error}
         if req.method == "GET":
             form = {"alias": conn.alias, "public_key": pem_from_spki(conn.public_key),

@@ -22,8 +22,8 @@ from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import (
     KeyError_,
-    format_keyid,
     key_description,
+    keyid_text,
     parse_keyid,
     parse_peer_public_key,
     pem_from_spki,
@@ -31,6 +31,7 @@ from med_db.keyid import (
 from med_db.models import Peer
 from medmgr_web.launcher import add_common_args, serve
 from medmgr_web.security import DUMMY_HASH, SessionStore, Throttle, hash_password, verify_password
+from medmgr_web.swanctl import SERVER_KEY_FILE, SnippetPeer, conn_names, parse_subnets, swanctl_conf
 from medmgr_web.web import HTTPError, PortalApp, Request, Response, redirect
 
 NAME_RE = re.compile(r"[A-Za-z0-9\-_@.]{1,64}")
@@ -84,9 +85,9 @@ class ServerManager(PortalApp):
         self.config = config
         self.throttle_account = Throttle(config.throttle_account, config.throttle_window)
         self.throttle_address = Throttle(config.throttle_address, config.throttle_window)
-        self.ms_keyid: str | None = None
+        self.ms_keyid: bytes | None = None
         if config.ms_public_key_pem:
-            self.ms_keyid = format_keyid(parse_peer_public_key(config.ms_public_key_pem)[1])
+            self.ms_keyid = parse_peer_public_key(config.ms_public_key_pem)[1]
         r = self.route
         r("user", "login", self.user_login, public=True)
         r("user", "logout", self.user_logout, methods=("POST",))
@@ -193,9 +194,56 @@ class ServerManager(PortalApp):
         return redirect(req.url("user/login"))
 
     def user_help(self, req: Request) -> Response:
+        setup, errors = (None, []) if req.user_id is None else self._swanctl_setup(req)
         return self.render(req, "user/help.html", ms_address=self.config.ms_address,
                            ms_port=self.config.ms_port, ms_pem=self.config.ms_public_key_pem,
-                           ms_keyid=self.ms_keyid)
+                           ms_keyid=self.ms_keyid, setup=setup, errors=errors)
+
+    def _swanctl_setup(self, req: Request) -> tuple[dict[str, Any], list[str]]:
+        """The Help page's strongSwan section: for the selected peer (``?peer=ID``) its swanctl.conf
+        and key files, with the subnets behind each peer from the ``net_<ID>`` fields (GET, nothing is
+        stored)."""
+        assert req.user_id is not None
+        own = list(data.list_peers(req.db, req.user_id))
+        setup: dict[str, Any] = {"peers": [], "me": None}
+        if not own:
+            return setup, []
+        by_id = {p.id: p for p in own}
+        wanted = req.query.get("peer", "")
+        me = by_id.get(int(wanted)) if wanted.isascii() and wanted.isdigit() and len(wanted) < 18 else None
+        if me is None:
+            me = own[0]
+        # the peers `me` may reach: its access list (any owner) or all the user's other peers, each of
+        # which must in turn accept `me` (the server checks both directions, see the access page)
+        targets = list(data.list_grants(req.db, me.id)) if data.is_restricted(req.db, me.id) else \
+            [p for p in own if p.id != me.id]
+        targets = [t for t in targets if data.peer_may_mediate(req.db, t.id, me.id)]
+        foreign = [t for t in targets if t.user_id != req.user_id]
+        listed = own + foreign
+        names = dict(zip([p.id for p in listed], conn_names(
+            [p.alias for p in own] + [f"peer-{p.keyid.hex()[:8]}" for p in foreign]), strict=True))
+        errors: list[str] = []
+        subnets: dict[int, tuple[str, ...]] = {}
+        for p in listed:
+            nets, err = parse_subnets(req.query.get(f"net_{p.id}", "")[:1000])
+            if err:
+                errors.append(f"{names[p.id]}: {err}")
+            subnets[p.id] = nets
+        setup["peers"] = [{"id": p.id, "name": names[p.id], "own": p.user_id == req.user_id,
+                           "net": req.query.get(f"net_{p.id}", "")[:1000], "keyid": p.keyid} for p in listed]
+        setup["me"] = {"id": me.id, "name": names[me.id], "keyid": me.keyid}
+        setup["reach"] = [names[t.id] for t in targets]
+        setup["missing_subnets"] = not subnets[me.id] or any(not subnets[t.id] for t in targets)
+        if self.ms_keyid is None or not self.config.ms_public_key_pem:
+            return setup, errors
+        snippet = [SnippetPeer(names[p.id], p.keyid, subnets[p.id]) for p in [me, *targets]]
+        setup["conf"] = swanctl_conf(snippet[0], snippet[1:], self.config.ms_address, self.config.ms_port,
+                                     self.ms_keyid)
+        setup["files"] = [{"name": SERVER_KEY_FILE, "what": "the mediation server's public key",
+                           "pem": self.config.ms_public_key_pem.strip() + "\n"}] + [
+            {"name": f"{names[p.id]}.pem", "what": "this peer's public key" if p is me else "its peer's public key",
+             "pem": pem_from_spki(p.public_key)} for p in [me, *targets]]
+        return setup, errors
 
     # -- peer controller -------------------------------------------------------------------
 
@@ -218,7 +266,7 @@ class ServerManager(PortalApp):
         assert req.user_id is not None
         counts = data.grant_counts(req.db, req.user_id)
         rows = [
-            {"id": p.id, "alias": p.alias, "keyid": format_keyid(p.keyid),
+            {"id": p.id, "alias": p.alias, "keyid": p.keyid,
              "since": p.created.strftime("%Y-%m-%d %H:%M UTC"), "kind": key_description(p.public_key),
              "grants": counts.get(p.id)}  # None: may reach every peer
             for p in data.list_peers(req.db, req.user_id)
@@ -235,6 +283,8 @@ class ServerManager(PortalApp):
             parsed = parse_peer_public_key(pem)
         except KeyError_ as exc:
             errors.append(str(exc))
+            if "PRIVATE KEY" in pem:  # never sent back to the browser
+                pem = ""
         return alias, pem, errors, parsed
 
     def peer_add(self, req: Request) -> Response:
@@ -248,13 +298,13 @@ class ServerManager(PortalApp):
             except data.DataError as exc:
                 errors.append(str(exc))
             else:
-                req.flash(f"Peer {peer.alias} added, identity {format_keyid(peer.keyid)}.")
+                req.flash(f"Peer {peer.alias} added, identity {keyid_text(peer.keyid)}.")
                 return redirect(req.url("peer/list"))
         return self.render(req, "peer/add.html", status=400, alias=alias, public_key=pem, errors=errors)
 
     def peer_edit(self, req: Request) -> Response:
         peer = self._peer_or_404(req)
-        info = {"id": peer.id, "keyid": format_keyid(peer.keyid),
+        info = {"id": peer.id, "keyid": peer.keyid,
                 "since": peer.created.strftime("%Y-%m-%d %H:%M UTC"),
                 "grants": len(data.list_grants(req.db, peer.id)) if data.is_restricted(req.db, peer.id) else None}
         if req.method == "GET":
@@ -287,14 +337,15 @@ class ServerManager(PortalApp):
             except ValueError:
                 keyid = b""
             if len(keyid) != KEYID_LEN:
-                errors.append(f"\u201c{shown}\u201d is not an ID_KEY_ID: expected {KEYID_LEN} bytes in "
-                              "colon-separated hex, e.g. ed:90:e6:\u2026:26:29.")
+                errors.append(f"\u201c{shown}\u201d is not an ID_KEY_ID: expected {KEYID_LEN} bytes as "
+                              "keyid:# and 40 hex digits, or in colon-separated hex, e.g. "
+                              "keyid:#ed90e6\u20262629 or ed:90:e6:\u2026:26:29.")
                 continue
             target = data.find_peer_by_keyid(req.db, keyid)
             if target is None:
-                errors.append(f"{format_keyid(keyid)}: No peer with this ID_KEY_ID is registered.")
+                errors.append(f"{keyid_text(keyid)}: No peer with this ID_KEY_ID is registered.")
             elif target.id == peer.id:
-                errors.append(f"{format_keyid(keyid)} is this peer itself; it does not need to be listed.")
+                errors.append(f"{keyid_text(keyid)} is this peer itself; it does not need to be listed.")
             else:
                 found.append(target)
         return found, errors
@@ -308,15 +359,15 @@ class ServerManager(PortalApp):
         # other users' peers appear only once granted (they were named by ID_KEY_ID): keyid, no alias
         foreign = [p for p in granted if p.user_id != req.user_id]
         selectable = {p.id for p in own} | {p.id for p in foreign}
-        info = {"id": peer.id, "alias": peer.alias, "keyid": format_keyid(peer.keyid)}
+        info = {"id": peer.id, "alias": peer.alias, "keyid": peer.keyid}
 
         def page(status: int, scope: str, checked: set[int], add_keyids: str, errors: list[str]) -> Response:
             return self.render(
                 req, "peer/access.html", status=status, peer=info, scope=scope, add_keyids=add_keyids,
                 errors=errors,
-                own=[{"id": p.id, "alias": p.alias, "keyid": format_keyid(p.keyid), "checked": p.id in checked}
+                own=[{"id": p.id, "alias": p.alias, "keyid": p.keyid, "checked": p.id in checked}
                      for p in own],
-                foreign=[{"id": p.id, "keyid": format_keyid(p.keyid), "checked": p.id in checked}
+                foreign=[{"id": p.id, "keyid": p.keyid, "checked": p.id in checked}
                          for p in foreign],
             )
 

@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 from sqlalchemy.orm import Session, sessionmaker
 
+from med_db.keyid import keyid_colon, keyid_text
 from medmgr_web.security import LoginSession, SessionStore, csrf_ok
 
 log = logging.getLogger("medmgr_web")
@@ -67,6 +68,7 @@ class Request:
         self.db = db
         self.login = login
         self.form: dict[str, str] = {}
+        self.query: dict[str, str] = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")[:MAX_BODY]))
         self.args: list[str] = []
         self.new_login: LoginSession | None = None  # set when a new cookie must be sent
         self.clear_cookie = False
@@ -146,6 +148,9 @@ class PortalApp:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        # key ids (20 raw octets) as the pages show them: keyid:#<hex>, and strongSwan's colon form
+        self.jinja.filters["keyid_text"] = keyid_text
+        self.jinja.filters["keyid_colon"] = keyid_colon
 
     # -- routing ---------------------------------------------------------------------------
 

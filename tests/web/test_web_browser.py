@@ -18,7 +18,8 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-REFERENCE_KEYID = "ed:90:e6:4f:ec:a2:1f:4b:68:97:99:24:22:e0:de:21:b9:d6:26:29"
+REFERENCE_KEYID = "keyid:#ed90e64feca21f4b6897992422e0de21b9d62629"
+REFERENCE_KEYID_COLON = "ed:90:e6:4f:ec:a2:1f:4b:68:97:99:24:22:e0:de:21:b9:d6:26:29"
 _n = itertools.count()
 
 
@@ -73,6 +74,7 @@ def test_register_add_peer_keyid_in_browser(portal: Portal, browser: object, ref
         if tag == "desktop":
             page.wait_for_url("**/peer/list")
             assert page.locator("code.keyid").first.inner_text() == REFERENCE_KEYID
+            assert page.locator(".keyid-colon").first.inner_text() == REFERENCE_KEYID_COLON
             assert "sidv150" in page.locator("table.list").inner_text()
             page.screenshot(path=str(SHOTS / f"server-peer-list-{tag}.png"), full_page=True)
         else:

@@ -43,14 +43,16 @@ def test_generate_key_shows_public_never_private(portal: Portal) -> None:
     c = admin(portal)
     r = c.submit("key/show", "key/generate", {})
     assert r.status == 200
-    m = re.search(r'id="keyid">([0-9a-f:]{59})<', r.body)
+    m = re.search(r'id="keyid">keyid:#([0-9a-f]{40})<', r.body)
     assert m, r.text()
+    assert f"identity keyid:#{m.group(1)}." in r.text()  # the notice names it the same way
     assert "BEGIN PUBLIC KEY" in r.text() and "PRIVATE" not in r.body.replace("private key stays", "")
     db_path = portal.base / "cli.sqlite"
     assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
     with sqlite3.connect(db_path) as db:
         keyid, priv = db.execute('SELECT keyid, private_key FROM "client_config"').fetchone()
-    assert ":".join(f"{b:02x}" for b in keyid) == m.group(1)
+    assert keyid.hex() == m.group(1)
+    assert ":".join(f"{b:02x}" for b in keyid) in r.text()  # and the colon form next to it
     key = serialization.load_der_private_key(priv, None)
     assert key.key_size == 2048  # type: ignore[union-attr]
     # a second generate needs the explicit "replace" box
