@@ -13,17 +13,21 @@ backends (see the dialect notes in schema.sql).
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import ExceptionContext, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_SQLITE_PATH = "/var/lib/ikeme/med_db.sqlite"
 URL_ENV = "MED_DB_URL"
+
+log = logging.getLogger("med_db")
 
 
 def default_url() -> str:
@@ -114,3 +118,114 @@ def create_all(engine: Engine) -> None:
         load_schema(engine)
     else:
         Base.metadata.create_all(engine)
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message is one line for the admin (no password in it)."""
+
+
+_DRIVERS = {"psycopg": "psycopg[binary]", "pymysql": "PyMySQL", "MySQLdb": "PyMySQL"}
+
+
+def safe_url(url: str) -> str:
+    """``url`` for messages: the password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _oneline(e: BaseException) -> str:
+    orig = getattr(e, "orig", None) or e  # the driver's own words, not SQLAlchemy's wrapper text
+    args = getattr(orig, "args", ())
+    text = args[1] if len(args) == 2 and isinstance(args[0], int) else orig  # PyMySQL: (code, message)
+    return " ".join(str(text).split()) or type(orig).__name__
+
+
+def open_database(url: str, *, create_tables: bool = True) -> Engine:
+    """An engine the daemons can rely on: the database is reachable and has the med_db tables.
+
+    Missing tables are created as the portal creates them (:func:`create_all`, idempotent) unless
+    ``create_tables`` is false.  Anything in the way is a :class:`DatabaseError` with one line: an
+    invalid URL, a missing driver, an SQLite directory that does not exist (a new SQLite file is
+    created, and removed again when the database then cannot be set up), a server that cannot be
+    reached, tables that cannot be created.
+    """
+    try:
+        u = make_url(normalize_url(url))
+    except ArgumentError:
+        raise DatabaseError(f"invalid database URL {safe_url(url)!r} (sqlite:///PATH, postgresql://..., "
+                            "mysql://...)") from None
+    shown = safe_url(url)
+    created: Path | None = None
+    kwargs: dict[str, Any] = {}
+    if u.get_backend_name() == "sqlite":
+        created = _new_sqlite_file(u, shown)
+    elif u.get_backend_name() == "postgresql" and "connect_timeout" not in u.query:
+        kwargs["connect_args"] = {"connect_timeout": 10}  # a server that does not answer: fail, do not hang
+    try:
+        engine = make_engine(u.render_as_string(hide_password=False), **kwargs)
+        try:
+            _check_tables(engine, shown, create_tables)
+        except BaseException:
+            engine.dispose()
+            raise
+    except ModuleNotFoundError as e:
+        _remove(created)
+        pkg = _DRIVERS.get(e.name or "", e.name)
+        raise DatabaseError(f"cannot open {shown}: the database driver is not installed (pip install {pkg})") from None
+    except OSError as e:
+        _remove(created)
+        raise DatabaseError(f"cannot open {shown}: {e.strerror or e}") from None
+    except BaseException:
+        _remove(created)
+        raise
+    return engine
+
+
+def _new_sqlite_file(u: URL, shown: str) -> Path | None:
+    """The SQLite file open_database is about to create (None: it exists or is not a file)."""
+    db = u.database or ""
+    if db in ("", ":memory:") or db.startswith("file:"):
+        return None
+    p = Path(db)
+    if not p.parent.is_dir():
+        raise DatabaseError(f"cannot open {shown}: directory {p.parent} does not exist")
+    if p.is_dir():
+        raise DatabaseError(f"cannot open {shown}: {p} is a directory")
+    return None if p.exists() else p
+
+
+def _remove(p: Path | None) -> None:
+    """Undo the creation of a new SQLite file (and its journal) that could not be set up."""
+    if p is None:
+        return
+    for f in (p, p.with_name(p.name + "-journal")):
+        try:
+            f.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _check_tables(engine: Engine, shown: str, create_tables: bool) -> None:
+    from med_db.models import Base
+
+    try:
+        present = set(inspect(engine).get_table_names())
+    except SQLAlchemyError as e:
+        raise DatabaseError(f"cannot open {shown}: {_oneline(e)}") from None
+    missing = sorted(set(Base.metadata.tables) - present)
+    if not missing:
+        return
+    if not create_tables:
+        raise DatabaseError(f"{shown} lacks the med_db tables {', '.join(missing)}: start the portal once, "
+                            f"or load schema.sql (python -m med_db.schema {engine.dialect.name})")
+    try:
+        create_all(engine)
+    except SQLAlchemyError as e:
+        raise DatabaseError(f"cannot create the med_db tables in {shown}: {_oneline(e)}; create them with the "
+                            f"portal or load schema.sql (python -m med_db.schema {engine.dialect.name})") from None
+    if present & set(Base.metadata.tables):
+        log.info("created the missing med_db table(s) %s in %s", ", ".join(missing), shown)
+    else:
+        log.info("created the med_db tables in %s (schema.sql)", shown)

@@ -13,13 +13,14 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.daemon.config import DaemonConfig
+from core_ike.errors import LocalError
 from core_ike.ike import events as ev
 from core_ike.ike.config import AuthConfig, ChildConfig, IkeConfig
 from core_ike.ike.creds import load_private_key, load_public_key
 from core_ike.ike.identity import Identity
 from core_ike.me import events as mev
 from med_db import data
-from med_db.engine import make_engine, make_session_factory
+from med_db.engine import DatabaseError, make_session_factory, open_database
 from med_db.models import STATUS_CONNECTING, STATUS_DOWN, STATUS_UP
 
 log = logging.getLogger("mediation_client.db")
@@ -84,7 +85,10 @@ class DbStatus:
 
 def load_db_connections(url: str, cfg: DaemonConfig) -> DbStatus:
     """Add the database's mediation and mediated connections and keys to `cfg`."""
-    sessions = make_session_factory(make_engine(url))
+    try:  # missing tables are created as the portal creates them; an unusable database stops the start
+        sessions = make_session_factory(open_database(url))
+    except DatabaseError as e:
+        raise LocalError(f"[client] database: {e}") from None
     ids: dict[str, int] = {}
     with sessions() as s:
         me = data.get_client_config(s)

@@ -80,11 +80,9 @@ def _registry(med: dict[str, Any], cfg: DaemonConfig) -> Registry:
     store = None
     portal = None
     if med.get("database"):
-        from med_db.engine import make_engine, make_session_factory
+        from .db import DbCallbackStore, PortalPeers, open_sessions
 
-        from .db import DbCallbackStore, PortalPeers
-
-        sessions = make_session_factory(make_engine(str(med["database"])))
+        sessions = open_sessions(str(med["database"]))
         portal = PortalPeers(sessions)
         cfg.creds.resolver = portal.public_key
         store = DbCallbackStore(sessions)

@@ -17,13 +17,24 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.constants import IdType
+from core_ike.errors import LocalError
 from core_ike.ike.creds import PublicKey, load_public_key
 from core_ike.ike.identity import Identity
+from med_db.engine import DatabaseError, make_session_factory, open_database
 from med_db.models import MeCallback, MediationGrant, Peer
 
 from .registry import CallbackRegistration
 
 log = logging.getLogger("mediation_server.db")
+
+
+def open_sessions(url: str) -> sessionmaker[Session]:
+    """The server's med_db: missing tables are created as the portal creates them, so the server may
+    start first; a database that cannot be opened or reached stops the start with one line."""
+    try:
+        return make_session_factory(open_database(url))
+    except DatabaseError as e:
+        raise LocalError(f"[mediation] database: {e}") from None
 
 
 def _keyid(identity: str) -> bytes | None:

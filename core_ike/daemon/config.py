@@ -7,6 +7,7 @@ port = 500                      # IKE port; natt_port = 4500
 control = "/run/iked.ctl"       # control socket for ikectl
 dataplane = "auto"              # auto | userspace | xfrm | none
 tun = "ipsec0"
+log_target = "stderr"           # stderr | stdout | syslog[:FACILITY] | file:PATH
 
 [[secrets.ike]]                 # pre-shared keys
 id = ["alice@example.org", "bob@example.org"]
@@ -30,21 +31,41 @@ remote_ts = ["10.2.0.0/24"]
 esp_proposals = "aes128gcm16"
 start_action = "start"
 ```
+
+Everything is checked here, when the file is loaded: types, choices, ranges, identities, proposals,
+traffic selectors, durations, key and certificate files. A mistake is a LocalError whose one-line
+message names the section, the key and the bad value, so that `up` never meets a bad setting.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import logging.handlers
+import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from cryptography import x509
 
+from ..crypto.proposals import parse_esp_proposals, parse_ike_proposals
 from ..errors import LocalError
-from ..ike.config import AuthConfig, ChildConfig, IkeConfig, RetransmitConfig
-from ..ike.creds import Credentials, load_private_key, load_public_key
+from ..ike import ts as tsmod
+from ..ike.config import AuthConfig, AuthKind, ChildConfig, IkeConfig, RetransmitConfig
+from ..ike.creds import Credentials, PrivateKey, PublicKey, load_private_key, load_public_key
 from ..ike.identity import Identity
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DATAPLANES = ("auto", "userspace", "xfrm", "none")
+# top-level tables besides [daemon], [secrets], [connections]: the mediation daemons read their own
+DAEMON_SECTIONS = ("mediation", "client")
+
+Signature = Literal["rfc7427", "rsa", "rsa-pss"]
+StartAction = Literal["none", "start"]
+Mode = Literal["tunnel"]
 
 
 @dataclass
@@ -56,7 +77,8 @@ class DaemonSettings:
     dataplane: str = "auto"
     tun: str = "ipsec0"
     log_level: str = "info"
-    log_file: str | None = None
+    log_target: str = "stderr"  # stderr | stdout | syslog | syslog:FACILITY | file:PATH
+    log_file: str | None = None  # the same as log_target = "file:PATH"
     cookie_threshold: int = 30  # half-open IKE_SAs before COOKIEs are demanded (RFC 7296 2.6)
     cookie_threshold_ip: int = 3  # ... from one address
     half_open_timeout: float = 30.0
@@ -69,6 +91,18 @@ class DaemonConfig:
     settings: DaemonSettings
     connections: list[IkeConfig]
     creds: Credentials
+    raw: dict[str, Any] = field(default_factory=dict)  # the whole TOML document ([mediation], [client])
+
+
+# ---------------------------------------------------------------------------------------- values
+
+
+def show(v: Any) -> str:
+    """A value the way it looks in the TOML file."""
+    try:
+        return json.dumps(v, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(v)
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -76,17 +110,204 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def duration(v: Any) -> float:
     """Seconds from a number or a strongSwan-style string: `30s`, `20m`, `4h`, `1d`."""
-    if isinstance(v, int | float):
-        return float(v)
-    s = str(v).strip()
-    if s and s[-1] in _DURATION_UNITS:
-        return float(s[:-1]) * _DURATION_UNITS[s[-1]]
-    return float(s)
+    if isinstance(v, bool):
+        v = None  # TOML true/false is no duration
+    try:
+        if isinstance(v, int | float):
+            out = float(v)
+        else:
+            s = str(v).strip() if isinstance(v, str) else ""
+            out = float(s[:-1]) * _DURATION_UNITS[s[-1]] if s and s[-1] in _DURATION_UNITS else float(s)
+    except ValueError:
+        out = float("nan")
+    if not out >= 0 or out == float("inf"):
+        raise LocalError(f"bad duration {show(v)} (seconds, or a number followed by s, m, h or d)")
+    return out
+
+
+def _dur(where: str, key: str, v: Any) -> float:
+    try:
+        return duration(v)
+    except LocalError as e:
+        raise LocalError(f"{where} {key}: {e}") from None
+
+
+def _str(where: str, key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise LocalError(f"{where} {key}: expected a non-empty string, got {show(v)}")
+    return v
+
+
+def _bool(where: str, key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise LocalError(f"{where} {key}: expected true or false, got {show(v)}")
+    return v
+
+
+def _int(where: str, key: str, v: Any, lo: int = 0, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f"{lo}-{hi}" if hi is not None else f">= {lo}"
+        raise LocalError(f"{where} {key}: expected an integer {rng}, got {show(v)}")
+    return v
+
+
+def _port(where: str, key: str, v: Any) -> int:
+    return _int(where, key, v, 0, 65535)
+
+
+def _number(where: str, key: str, v: Any, lo: float = 0.0) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v >= lo:
+        raise LocalError(f"{where} {key}: expected a number >= {lo:g}, got {show(v)}")
+    return float(v)
+
+
+def _choice(where: str, key: str, v: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise LocalError(f"{where} {key}: {show(v)} is not one of {', '.join(choices)}")
+    return v
+
+
+def _strs(where: str, key: str, v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise LocalError(f"{where} {key}: expected a list of strings, got {show(v)}")
+    return list(v)
+
+
+def _table(where: str, v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise LocalError(f"{where} must be a table, got {show(v)}")
+    return v
+
+
+def _identity(where: str, key: str, v: Any) -> Identity:
+    try:
+        i = Identity.parse(_str(where, key, v))
+    except LocalError as e:
+        raise LocalError(f"{where} {key}: {e}") from None
+    if not i.is_any and not i.data:
+        raise LocalError(f"{where} {key}: empty identity {show(v)}")
+    return i
+
+
+_ADDR_WILDCARDS = ("%any", "%any4", "%any6")
+
+
+def _addrs(where: str, key: str, v: Any, subnets: bool = True) -> list[str]:
+    """Addresses (and subnets, `%any`): host names are not resolved, so they are refused here."""
+    out = _strs(where, key, v)
+    for a in out:
+        if subnets and a in _ADDR_WILDCARDS:
+            continue
+        try:
+            ipaddress.ip_network(a, strict=False) if subnets else ipaddress.ip_address(a)
+        except ValueError:
+            what = "an address, a subnet or %any" if subnets else "an IP address"
+            raise LocalError(f"{where} {key}: {show(a)} is not {what} (host names are not resolved)") from None
+    return out
+
+
+def _subnets(where: str, key: str, v: Any) -> list[str]:
+    out = _strs(where, key, v)
+    for a in out:
+        try:
+            ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            raise LocalError(f"{where} {key}: {show(a)} is not a subnet") from None
+    return out
+
+
+def _ike_proposals(where: str, key: str, v: Any) -> str:
+    text = _str(where, key, v)
+    try:
+        parse_ike_proposals(text)
+    except LocalError as e:
+        raise LocalError(f"{where} {key}: {e}") from None
+    return text
+
+
+def _esp_proposals(where: str, key: str, v: Any) -> str:
+    text = _str(where, key, v)
+    try:
+        parse_esp_proposals(text)
+    except LocalError as e:
+        raise LocalError(f"{where} {key}: {e}") from None
+    return text
+
+
+def _selectors(where: str, key: str, v: Any) -> list[str]:
+    out = _strs(where, key, v)
+    for text in out:
+        try:
+            t = tsmod.parse(text, "192.0.2.1")  # any address stands in for `dynamic`
+            ok = t.ip_proto <= 255 and t.end_port <= 65535
+        except (LocalError, ValueError):
+            ok = False
+        if not ok:
+            raise LocalError(f"{where} {key}: bad traffic selector {show(text)} "
+                             "(a subnet, an address or dynamic, optionally [proto/port])")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- files
 
 
 def _path(base: Path, p: str) -> Path:
     q = Path(p)
     return q if q.is_absolute() else base / q
+
+
+def _read(where: str, key: str, base: Path, name: Any) -> tuple[Path, bytes]:
+    p = _path(base, _str(where, key, name))
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise LocalError(f"{where} {key}: cannot read {p}: {e.strerror or e}") from None
+    if not data.strip():
+        raise LocalError(f"{where} {key}: {p} is empty")
+    return p, data
+
+
+def _pem_kind(data: bytes) -> str:
+    head = data.lstrip()[:64]
+    return head.split(b"-----BEGIN ", 1)[1].split(b"-----", 1)[0].decode("ascii", "replace") \
+        if head.startswith(b"-----BEGIN ") else ""
+
+
+def _private_key(where: str, base: Path, name: Any) -> PrivateKey:
+    p, data = _read(where, "file", base, name)
+    kind = _pem_kind(data)
+    if "ENCRYPTED" in kind or b"Proc-Type: 4,ENCRYPTED" in data[:200]:
+        raise LocalError(f"{where} file: {p} is encrypted (store the private key without a passphrase)")
+    if kind and "PRIVATE KEY" not in kind:
+        raise LocalError(f"{where} file: {p} holds a {kind.lower()}, not a private key")
+    try:
+        return load_private_key(data)
+    except LocalError as e:
+        reason = str(e) if str(e).startswith("unsupported") else "not a PEM or DER private key (RSA, EC, Ed25519, Ed448)"
+        raise LocalError(f"{where} file: {p}: {reason}") from None
+
+
+def _public_key(where: str, base: Path, name: Any) -> PublicKey:
+    p, data = _read(where, "file", base, name)
+    kind = _pem_kind(data)
+    if "PRIVATE KEY" in kind:
+        raise LocalError(f"{where} file: {p} holds a private key; give the public key (openssl pkey -pubout)")
+    try:
+        return load_public_key(data)
+    except LocalError as e:
+        reason = str(e) if str(e).startswith("unsupported") else "not a PEM or DER public key or certificate"
+        raise LocalError(f"{where} file: {p}: {reason}") from None
+
+
+def _certificate(where: str, key: str, base: Path, name: Any) -> x509.Certificate:
+    p, data = _read(where, key, base, name)
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise LocalError(f"{where} {key}: {p}: not a PEM certificate") from None
+
+
+# ---------------------------------------------------------------------------------------- sections
 
 
 def check_keys(where: str, d: dict[str, Any], allowed: tuple[str, ...] | set[str]) -> None:
@@ -97,45 +318,124 @@ def check_keys(where: str, d: dict[str, Any], allowed: tuple[str, ...] | set[str
                          f"in {where} (accepted: {', '.join(sorted(allowed))})")
 
 
+def _ifname(where: str, key: str, v: Any) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= 15 or "/" in v or v.strip() != v:
+        raise LocalError(f"{where} {key}: {show(v)} is not an interface name (1-15 characters, no '/')")
+    return v
+
+
+def _log_target(where: str, key: str, v: Any) -> str:
+    t = _str(where, key, v)
+    kind, _, arg = t.partition(":")
+    if kind in ("stderr", "stdout") and not arg:
+        return t
+    if kind == "syslog" and (not arg or arg in logging.handlers.SysLogHandler.facility_names):
+        return t
+    if kind == "file" and arg.strip():
+        return t
+    raise LocalError(f"{where} {key}: {show(v)} is not stderr, stdout, syslog, syslog:FACILITY or file:PATH")
+
+
+def log_target(st: DaemonSettings) -> str:
+    """The log destination: `log_file` is a shorthand for `log_target = "file:PATH"`."""
+    return f"file:{st.log_file}" if st.log_file else st.log_target
+
+
+_DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
+    "listen": lambda w, k, v: _addrs(w, k, v, subnets=False),
+    "port": _port,
+    "natt_port": _port,
+    "control": _str,
+    "dataplane": lambda w, k, v: _choice(w, k, v, DATAPLANES),
+    "tun": _ifname,
+    "log_level": lambda w, k, v: _choice(w, k, v.lower() if isinstance(v, str) else v, LOG_LEVELS),
+    "log_target": _log_target,
+    "log_file": _str,
+    "cookie_threshold": _int,
+    "cookie_threshold_ip": _int,
+    "half_open_timeout": _dur,
+    "max_half_open": lambda w, k, v: _int(w, k, v, 1),
+    "force_cookies": _bool,
+}
+
+
+def _daemon(d: Any) -> DaemonSettings:
+    d = _table("[daemon]", d)
+    st = DaemonSettings()
+    for k, v in d.items():
+        check = _DAEMON_CHECKS.get(k)
+        if check is None:
+            raise LocalError(f"unknown [daemon] setting {k!r} (accepted: {', '.join(_DAEMON_CHECKS)})")
+        setattr(st, k, check("[daemon]", k, v))
+    if st.port == st.natt_port and st.port:
+        raise LocalError(f"[daemon] port and natt_port are both {st.port}; they must differ")
+    if st.log_file and "log_target" in d:
+        raise LocalError("[daemon] log_file and log_target both set; use log_target = \"file:PATH\" alone")
+    return st
+
+
 def _auth(d: dict[str, Any], base: Path, where: str = "[connections.*.local]") -> AuthConfig:
+    d = _table(where, d)
     check_keys(where, d, AUTH_KEYS)
-    a = AuthConfig(auth=d.get("auth", "psk"), id=Identity.parse(d.get("id", "%any")))
+    a = AuthConfig()
+    if "auth" in d:
+        a.auth = cast(AuthKind, _choice(where, "auth", d["auth"], ("psk", "pubkey")))
+    if "id" in d:
+        a.id = _identity(where, "id", d["id"])
     if "signature" in d:
-        a.signature = d["signature"]
-    for c in d.get("certs", []):
-        a.certs.append(x509.load_pem_x509_certificate(_path(base, c).read_bytes()))
-    if a.auth not in ("psk", "pubkey"):
-        raise LocalError(f"unknown auth method {a.auth!r} (use psk or pubkey)")
+        a.signature = cast(Signature, _choice(where, "signature", d["signature"], ("rfc7427", "rsa", "rsa-pss")))
+    for c in _strs(where, "certs", d["certs"]) if "certs" in d else []:
+        a.certs.append(_certificate(where, "certs", base, c))
     return a
 
 
 def _child(name: str, d: dict[str, Any], conn: str = "*") -> ChildConfig:
-    check_keys(f"[connections.{conn}.children.{name}]", d, CHILD_KEYS)
-    if d.get("start_action", "none") not in ("none", "start"):
-        raise LocalError(f"[connections.{conn}.children.{name}] start_action must be 'none' or 'start' "
-                         "(trap policies are not supported yet)")
+    where = f"[connections.{conn}.children.{name}]"
+    d = _table(where, d)
+    check_keys(where, d, CHILD_KEYS)
     c = ChildConfig(name)
     for key in ("local_ts", "remote_ts"):
         if key in d:
-            setattr(c, key, list(d[key]))
-    for key in ("esp_proposals", "start_action", "mode"):
-        if key in d:
-            setattr(c, key, d[key])
+            setattr(c, key, _selectors(where, key, d[key]))
+    if "esp_proposals" in d:
+        c.esp_proposals = _esp_proposals(where, "esp_proposals", d["esp_proposals"])
+    if "start_action" in d:
+        if d["start_action"] == "trap":
+            raise LocalError(f"{where} start_action must be 'none' or 'start' (trap policies are not supported yet)")
+        c.start_action = cast(StartAction, _choice(where, "start_action", d["start_action"], ("none", "start")))
+    if "mode" in d:
+        c.mode = cast(Mode, _choice(where, "mode", d["mode"], ("tunnel",)))
     for key in ("rekey_time", "life_time"):
         if key in d:
-            setattr(c, key, duration(d[key]))
+            setattr(c, key, _dur(where, key, d[key]))
+    if c.life_time is not None and c.life_time <= c.rekey_time:
+        raise LocalError(f"{where} life_time ({c.life_time:g} s) must be longer than rekey_time ({c.rekey_time:g} s)")
     if "replay_window" in d:
-        c.replay_window = int(d["replay_window"])
+        c.replay_window = _int(where, "replay_window", d["replay_window"])
     return c
 
 
-_SIMPLE = ("proposals", "unique", "vips", "pools", "encap", "fragmentation", "mediation", "mediated_by",
-           "keyingtries", "local_port", "remote_port", "local_addrs", "remote_addrs", "fragment_size")
-_DURATIONS = ("rekey_time", "dpd_delay", "keepalive_interval", "rekey_retry", "ike_rekey_retry")
-_DAEMON_DURATIONS = ("half_open_timeout",)
+# key -> check of the plain connection settings (each check returns the value to store)
+_CONN_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
+    "proposals": _ike_proposals,
+    "unique": lambda w, k, v: _choice(w, k, v, ("replace", "keep", "no")),
+    "vips": lambda w, k, v: _addrs(w, k, v, subnets=False),
+    "pools": _subnets,
+    "encap": _bool,
+    "fragmentation": _bool,
+    "mediation": _bool,
+    "mediated_by": _str,
+    "keyingtries": _int,
+    "local_port": _port,
+    "remote_port": _port,
+    "local_addrs": _addrs,
+    "remote_addrs": _addrs,
+    "fragment_size": lambda w, k, v: _int(w, k, v, 256, 65535),
+    **{k: _dur for k in ("rekey_time", "dpd_delay", "keepalive_interval", "rekey_retry", "ike_rekey_retry")},
+}
 
 # the keys each table accepts (docs/configuration.md documents exactly these; tests compare them)
-CONNECTION_KEYS = (*_SIMPLE, *_DURATIONS, "mediation_peer", "local", "remote", "retransmit", "children")
+CONNECTION_KEYS = (*_CONN_CHECKS, "mediation_peer", "local", "remote", "retransmit", "children")
 AUTH_KEYS = ("auth", "id", "signature", "certs")
 RETRANSMIT_KEYS = ("timeout", "base", "tries")
 CHILD_KEYS = ("local_ts", "remote_ts", "esp_proposals", "start_action", "mode", "rekey_time", "life_time",
@@ -144,45 +444,73 @@ SECRET_KEYS = {"ike": ("id", "secret"), "private": ("file",), "pubkey": ("file",
 
 
 def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
-    check_keys(f"[connections.{name}]", d, CONNECTION_KEYS)
+    where = f"[connections.{name}]"
+    d = _table(where, d)
+    check_keys(where, d, CONNECTION_KEYS)
     cfg = IkeConfig(name)
-    for key in _SIMPLE:
+    for key, check in _CONN_CHECKS.items():
         if key in d:
-            setattr(cfg, key, d[key])
-    for key in _DURATIONS:
-        if key in d:
-            setattr(cfg, key, duration(d[key]))
+            setattr(cfg, key, check(where, key, d[key]))
     if "mediation_peer" in d:
-        cfg.mediation_peer = Identity.parse(d["mediation_peer"])
+        cfg.mediation_peer = _identity(where, "mediation_peer", d["mediation_peer"])
     cfg.local = _auth(d.get("local", {}), base, f"[connections.{name}.local]")
     cfg.remote = _auth(d.get("remote", {}), base, f"[connections.{name}.remote]")
     if "retransmit" in d:
-        r = d["retransmit"]
-        check_keys(f"[connections.{name}.retransmit]", r, RETRANSMIT_KEYS)
-        cfg.retransmit = RetransmitConfig(duration(r.get("timeout", 4)), float(r.get("base", 1.8)),
-                                          int(r.get("tries", 5)))
-    cfg.children = [_child(n, c, name) for n, c in d.get("children", {}).items()]
+        w = f"[connections.{name}.retransmit]"
+        r = _table(w, d["retransmit"])
+        check_keys(w, r, RETRANSMIT_KEYS)
+        cfg.retransmit = RetransmitConfig(_dur(w, "timeout", r.get("timeout", 4)),
+                                          _number(w, "base", r.get("base", 1.8), 1.0),
+                                          _int(w, "tries", r.get("tries", 5)))
+    cfg.children = [_child(n, c, name) for n, c in _table(f"{where} children", d.get("children", {})).items()]
     if cfg.mediation and cfg.mediated_by:
         raise LocalError(f"{name}: a mediation connection cannot be a mediated connection at the same time")
+    if cfg.mediated_by and cfg.mediation_peer is None:
+        raise LocalError(f"{where} mediated_by needs mediation_peer (the peer's identity at the mediation server)")
     return cfg
 
 
+def _mediators(conns: list[IkeConfig], raw: dict[str, Any]) -> None:
+    """`mediated_by` names a mediation connection of this file (or, for the mediation client with a
+    database, the `medsrv` connection the database brings)."""
+    by_name = {c.name: c for c in conns}
+    from_db = isinstance(raw.get("client"), dict) and bool(raw["client"].get("database"))
+    for c in conns:
+        if not c.mediated_by:
+            continue
+        target = by_name.get(c.mediated_by)
+        if target is None and not from_db:
+            raise LocalError(f"[connections.{c.name}] mediated_by: no connection {show(c.mediated_by)} in this file")
+        if target is not None and not target.mediation:
+            raise LocalError(f"[connections.{c.name}] mediated_by: connection {show(c.mediated_by)} "
+                             "is not a mediation connection (mediation = true)")
+
+
 def secrets(d: dict[str, Any], base: Path) -> Credentials:
+    d = _table("[secrets]", d)
     check_keys("[secrets]", d, set(SECRET_KEYS))
     for kind, entries in d.items():
+        if not isinstance(entries, list):
+            raise LocalError(f"[[secrets.{kind}]] must be an array of tables ([[secrets.{kind}]] blocks)")
         for e in entries:
-            check_keys(f"[[secrets.{kind}]]", e, SECRET_KEYS[kind])
+            check_keys(f"[[secrets.{kind}]]", _table(f"[[secrets.{kind}]]", e), SECRET_KEYS[kind])
+            if kind != "ike" and "file" not in e:
+                raise LocalError(f"[[secrets.{kind}]] needs file")
     creds = Credentials()
     for s in d.get("ike", []):
+        if "secret" not in s:
+            raise LocalError("[[secrets.ike]] needs secret")
         ids = s.get("id", [])
-        creds.add_psk(s["secret"], *([ids] if isinstance(ids, str) else ids))
+        ids = [ids] if isinstance(ids, str) else _strs("[[secrets.ike]]", "id", ids)
+        creds.add_psk(_str("[[secrets.ike]]", "secret", s["secret"]),
+                      *(_identity("[[secrets.ike]]", "id", i) for i in ids))
     for s in d.get("private", []):
-        creds.private_keys.append(load_private_key(_path(base, s["file"]).read_bytes()))
+        creds.private_keys.append(_private_key("[[secrets.private]]", base, s["file"]))
     for s in d.get("pubkey", []):
-        key = load_public_key(_path(base, s["file"]).read_bytes())
-        creds.add_public_key(key, Identity.parse(s["id"]) if "id" in s else None)
+        key = _public_key("[[secrets.pubkey]]", base, s["file"])
+        creds.add_public_key(key, _identity("[[secrets.pubkey]]", "id", s["id"]) if "id" in s else None)
     for s in d.get("ca", []):
-        creds.cas.append(x509.load_pem_x509_certificate(_path(base, s["file"]).read_bytes()))
+        creds.cas.append(_certificate("[[secrets.ca]]", "file", base, s["file"]))
     return creds
 
 
@@ -190,13 +518,23 @@ def load(path: str | Path) -> DaemonConfig:
     p = Path(path)
     try:
         raw = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except OSError as e:
+        raise LocalError(f"cannot read config {p}: {e.strerror or e}") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise LocalError(f"cannot read config {p}: {e}") from e
+    check_keys(f"config {p}", raw, ("daemon", "secrets", "connections", *DAEMON_SECTIONS))
     base = p.parent
-    st = DaemonSettings()
-    for k, v in raw.get("daemon", {}).items():
-        if not hasattr(st, k):
-            raise LocalError(f"unknown [daemon] setting {k!r}")
-        setattr(st, k, duration(v) if k in _DAEMON_DURATIONS else v)
-    conns = [connection(n, c, base) for n, c in raw.get("connections", {}).items()]
-    return DaemonConfig(st, conns, secrets(raw.get("secrets", {}), base))
+    st = _daemon(raw.get("daemon", {}))
+    conns = [connection(n, c, base) for n, c in _table("[connections]", raw.get("connections", {})).items()]
+    _mediators(conns, raw)
+    return DaemonConfig(st, conns, secrets(raw.get("secrets", {}), base), raw)
+
+
+def check_host(cfg: DaemonConfig) -> None:
+    """What the configuration needs from this host before the daemon starts (the bind of the IKE
+    sockets is checked by the transport itself): the control socket's directory."""
+    d = Path(cfg.settings.control).parent
+    if not d.is_dir():
+        raise LocalError(f"[daemon] control: directory {d} does not exist")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise LocalError(f"[daemon] control: cannot create a socket in {d}: permission denied")

@@ -3,55 +3,55 @@ data plane, serves `ikectl` on a unix socket. Logs in strongSwan's style."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
-import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ..errors import LocalError
-from .config import DaemonConfig, load
+from .config import LOG_LEVELS, DaemonConfig, check_host, load, log_target
 from .runtime import Daemon
+from .startup import EXIT_STATUS, STARTUP_FAILED, OneLineArgumentParser, log_handler, one_line, report_failure
 
 log = logging.getLogger("core_ike.daemon")
 
 
-def setup_logging(level: str, path: str | None = None) -> None:
-    fmt = "%(asctime)s.%(msecs)03d %(threadName)s %(message)s"
-    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d [%(name)s] %(message)s", "%H:%M:%S"))
+def setup_logging(level: str, target: str = "stderr", prog: str = "iked") -> None:
+    """Root logger to `target` (stderr, stdout, syslog[:FACILITY], file:PATH; docs/configuration.md)."""
+    handler = log_handler(target, prog)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    del fmt
+    root.setLevel(level.upper())
 
 
 def run_main(prog: str, description: str, argv: list[str] | None,
              build: Callable[[DaemonConfig, dict[str, Any]], Daemon]) -> int:
     """Shared entry point of iked and the mediation daemons: `-c config.toml [--log-level L]`.
 
-    `build(cfg, raw_toml)` makes the daemon; configuration errors end with exit code 2 and one line.
+    `build(cfg, raw_toml)` makes the daemon. Every start-up failure (command line, configuration, host,
+    database, binding the sockets) ends with exit status 2 and one line on stderr, no traceback.
     """
-    ap = argparse.ArgumentParser(prog=prog, description=description)
-    ap.add_argument("-c", "--config", required=True, help="TOML configuration file")
-    ap.add_argument("--log-level", default=None)
+    ap = OneLineArgumentParser(prog=prog, description=description, epilog=EXIT_STATUS)
+    ap.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML configuration file")
+    ap.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="overrides [daemon] log_level")
     args = ap.parse_args(argv)
+    daemon: Daemon | None = None
     try:
         cfg = load(args.config)
-        raw = tomllib.loads(Path(args.config).read_text())
-        setup_logging(args.log_level or cfg.settings.log_level, cfg.settings.log_file)
-        daemon = build(cfg, raw)
+        check_host(cfg)
+        setup_logging(args.log_level or cfg.settings.log_level, log_target(cfg.settings), prog)
+        daemon = build(cfg, cfg.raw)
         daemon.prog, daemon.config_path = prog, args.config  # log lines, reload
-    except (LocalError, OSError, ValueError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    try:
         asyncio.run(daemon.run())
+    except (LocalError, OSError, ValueError) as e:
+        report_failure(prog, one_line(e))
+        return STARTUP_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
+        return 130
     finally:
-        daemon.close()
+        if daemon is not None:
+            daemon.close()
     return 0
 
 

@@ -18,10 +18,16 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..codec.message import split_natt
-from ..errors import DecodeError
+from ..errors import DecodeError, LocalError
 
 log = logging.getLogger("core_ike.net")
 Addr = tuple[str, int]
+
+_BIND_HINTS = {
+    errno.EADDRNOTAVAIL: " (the host has no such address)",
+    errno.EADDRINUSE: " (another program, such as charon or a second daemon, uses it)",
+    errno.EACCES: " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+}
 
 
 class SansIoEngine(Protocol):
@@ -85,26 +91,41 @@ class UdpTransport:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Bind every (address, port); when one fails, none stays open and the LocalError names it."""
         self._loop = loop or asyncio.get_running_loop()
-        for addr in self.addresses:
-            for port in self.ports:
-                self._open(addr, port)
+        try:
+            for addr in self.addresses:
+                for port in self.ports:
+                    self._open(addr, port)
+        except LocalError:
+            self.close()
+            raise
+        for addr, port in self.sockets:
+            log.info("listening on %s[%d]", addr, port)
         self.flush()
 
     def _open(self, addr: str, port: int) -> None:
-        fam = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+        try:
+            fam = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+        except ValueError:
+            raise LocalError(f"cannot listen on {addr!r}: not an IP address") from None
         s = socket.socket(fam, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # no SO_REUSEADDR: Linux would let a second daemon bind the same UDP address and port and
+        # silently share (steal) its datagrams; it must fail instead
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         s.setblocking(False)
-        s.bind((addr, port))
+        try:
+            s.bind((addr, port))
+        except OSError as e:
+            s.close()
+            hint = _BIND_HINTS.get(e.errno or 0, "")
+            raise LocalError(f"cannot listen on {addr}[{port}]: {e.strerror or e}{hint}") from None
         bound = s.getsockname()
         key = (addr, int(bound[1]))
         self.sockets[key] = s
         assert self._loop is not None
         self._loop.add_reader(s.fileno(), self._readable, s, key)
-        log.info("listening on %s[%d]", addr, key[1])
 
     def close(self) -> None:
         if self._timer is not None:

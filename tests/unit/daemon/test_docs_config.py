@@ -137,13 +137,18 @@ _WRAP: dict[str, tuple[str, Callable[[str, Path], Any]]] = {
     "iked.secrets.private": ('[[secrets.private]]\nfile = "alice.key"\n{kv}\n', lambda t, b: _load(t, b)),
     "iked.secrets.pubkey": ('[[secrets.pubkey]]\nfile = "bob.pub"\n{kv}\n', lambda t, b: _load(t, b)),
     "iked.secrets.ca": ('[[secrets.ca]]\nfile = "ca.pem"\n{kv}\n', lambda t, b: _load(t, b)),
-    "iked.connection": ("[connections.c]\n{kv}\n", lambda t, b: _load(t, b)),
+    # a mediation connection for `mediated_by` to name (the loader checks that it exists)
+    "iked.connection": ('[connections.medsrv]\nmediation = true\n[connections.c]\n{kv}\n', lambda t, b: _load(t, b)),
     "iked.auth": ("[connections.c.local]\n{kv}\n", lambda t, b: _load(t, b)),
     "iked.retransmit": ("[connections.c.retransmit]\n{kv}\n", lambda t, b: _load(t, b)),
     "iked.child": ("[connections.c.children.net]\n{kv}\n", lambda t, b: _load(t, b)),
     "mediation_server.mediation": ("[mediation]\n{kv}\n", _load_server),
     "mediation_client.client": ("[client]\n{kv}\n", _load_client),
 }
+
+
+# keys that are only valid together with another one (the loader refuses them alone)
+_COMPANIONS = {"mediated_by": 'mediation_peer = "bob@med"\n'}
 
 
 def test_every_section_is_documented() -> None:
@@ -162,7 +167,7 @@ def test_documented_keys_are_exactly_the_accepted_keys(section: str) -> None:
 def test_documented_examples_load(section: str, files: Path) -> None:
     template, loader = _WRAP[section]
     for key, cells in KEYS[section].items():
-        text = template.format(kv=f"{key} = {_example(cells)}")
+        text = template.format(kv=_COMPANIONS.get(key, "") + f"{key} = {_example(cells)}")
         lines = text.splitlines()  # a required key set by the template gives way to the documented one
         text = "\n".join(ln for i, ln in enumerate(lines) if not (ln.startswith(f"{key} = ") and i < len(lines) - 1))
         loader(text + "\n", files)

@@ -1,0 +1,99 @@
+"""What the daemons need before they run: the log destination and one-line start-up failures.
+
+Log lines keep strongSwan's shape behind a time stamp and the logger name. Under systemd, journald
+reads stderr: the daemon then leaves the time stamp to journald and marks each line with its
+priority the way sd-daemon(3) describes (`<6>` info, `<4>` warning, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+from typing import NoReturn, TextIO
+
+from ..errors import LocalError
+
+EXIT_STATUS = ("exit status: 0 after SIGTERM or SIGINT; 2 when the configuration or the start-up fails "
+               "(one line on stderr says why)")
+STARTUP_FAILED = 2
+
+_LINE = "[%(name)s] %(message)s"
+_TIMED = logging.Formatter(f"%(asctime)s.%(msecs)03d {_LINE}", "%H:%M:%S")
+
+
+class JournalFormatter(logging.Formatter):
+    """Each line prefixed with its syslog priority (sd-daemon(3)); journald adds the time."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lv = record.levelno
+        prio = 7 if lv <= logging.DEBUG else 6 if lv <= logging.INFO else 4 if lv <= logging.WARNING \
+            else 3 if lv <= logging.ERROR else 2
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
+def under_journald(stream: TextIO) -> bool:
+    """True when `stream` is the journal stream systemd gave us ($JOURNAL_STREAM = "DEVICE:INODE")."""
+    want = os.environ.get("JOURNAL_STREAM")
+    if not want:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+def log_handler(target: str, prog: str) -> logging.Handler:
+    """The handler for a validated `log_target` (stderr, stdout, syslog[:FACILITY], file:PATH)."""
+    kind, _, arg = target.partition(":")
+    handler: logging.Handler
+    if kind in ("stderr", "stdout"):
+        stream = sys.stderr if kind == "stderr" else sys.stdout
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(JournalFormatter(_LINE) if under_journald(stream) else _TIMED)
+        return handler
+    if kind == "syslog":
+        facility = logging.handlers.SysLogHandler.facility_names[arg or "daemon"]
+        try:
+            syslog = logging.handlers.SysLogHandler("/dev/log", facility)
+        except OSError as e:
+            raise LocalError(f"cannot log to syslog: /dev/log: {e.strerror or e}") from None
+        syslog.ident = f"{prog}[{os.getpid()}]: "
+        syslog.setFormatter(logging.Formatter(_LINE))
+        return syslog
+    try:
+        handler = logging.FileHandler(arg)
+    except OSError as e:
+        raise LocalError(f"cannot write the log to {arg}: {e.strerror or e}") from None
+    handler.setFormatter(_TIMED)
+    return handler
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a start-up failure on one line (OSError: the file and the reason)."""
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def report_failure(prog: str, message: str) -> None:
+    """One line on stderr; also into the log when it goes elsewhere (a file, syslog), so the log
+    says why the daemon stopped."""
+    journal = under_journald(sys.stderr)
+    print(f"{'<3>' if journal else ''}{prog}: {message}", file=sys.stderr, flush=True)
+    for h in logging.getLogger().handlers:
+        if not (isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr):
+            record = logging.LogRecord(prog, logging.ERROR, __file__, 0, "%s", (f"cannot start: {message}",), None)
+            h.handle(record)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Command-line mistakes end like every other start-up failure: one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(STARTUP_FAILED, f"{self.prog}: {message}\n")

@@ -1,0 +1,316 @@
+"""Start-up mistakes end the daemons the same way (docs/configuration.md, "Start-up checks and exit
+status"): exit status 2, exactly one line on stderr naming what is wrong, no traceback, and no database
+file left behind. Each case runs the real daemon as a subprocess with a control socket in a temp dir
+and high ports, so nothing touches 500/4500; the success cases start a daemon on a database nobody
+created yet, wait for its control socket and stop it with SIGTERM."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from core_ike.daemon.ctl import call
+
+ROOT = Path(__file__).resolve().parents[3]
+IKED, SERVER, CLIENT = "core_ike.daemon.main", "mediation_server", "mediation_client"
+PROG = {IKED: "iked", SERVER: "mediation-server", CLIENT: "mediation-client"}
+
+DAEMON = """[daemon]
+listen = ["{listen}"]
+port = {port}
+natt_port = {natt}
+control = "{dir}/ctl.sock"
+dataplane = "none"
+"""
+PSK = """
+[[secrets.ike]]
+id = ["alice@lab", "bob@lab"]
+secret = "startup-test-secret"
+"""
+CONN = """
+[connections.home]
+remote_addrs = ["192.0.2.2"]
+local = { auth = "psk", id = "alice@lab" }
+remote = { auth = "psk", id = "bob@lab" }
+"""
+CHILD = """
+[connections.home.children.net]
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.2.0.0/24"]
+"""
+SERVER_CONN = """
+[connections.medsrv]
+mediation = true
+local = { auth = "psk", id = "carol@med" }
+remote = { auth = "psk", id = "%any" }
+"""
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    module: str
+    toml: str  # {dir} {listen} {port} {natt} are filled in
+    message: str  # the one line on stderr after "PROG: ", {dir} {port} {natt} filled in
+    args: tuple[str, ...] = ()
+    db: str = ""  # a database file that must not exist afterwards (nor its directory)
+
+
+BASE = DAEMON + PSK + CONN + CHILD
+CASES = [
+    # ---------------------------------------------------------------- command line
+    Case("log-level option", IKED, BASE, "argument --log-level: invalid choice: 'bogus' "
+         "(choose from 'debug', 'info', 'warning', 'error')", ("--log-level", "bogus")),
+    Case("config missing", IKED, BASE, "cannot read config {dir}/none.toml: No such file or directory",
+         ("-c", "{dir}/none.toml")),
+    Case("toml syntax", IKED, "[daemon]\nport = \n", "cannot read config {dir}/test.toml: "
+         "Invalid value (at line 2, column 8)"),
+    Case("unknown section", IKED, BASE + "[conections.x]\n", "unknown key 'conections' in config {dir}/test.toml "
+         "(accepted: client, connections, daemon, mediation, secrets)"),
+    # ---------------------------------------------------------------- [daemon]
+    Case("log_level", IKED, BASE + "", '[daemon] log_level: "bogus" is not one of debug, info, warning, error'),
+    Case("log_target", IKED, BASE, '[daemon] log_target: "syslog:nowhere" is not stderr, stdout, syslog, '
+         "syslog:FACILITY or file:PATH"),
+    Case("log file directory", IKED, BASE, "cannot write the log to {dir}/nodir/iked.log: No such file or directory"),
+    Case("port type", IKED, BASE, '[daemon] port: expected an integer 0-65535, got "500"'),
+    Case("listen host name", IKED, BASE,
+         '[daemon] listen: "vpn.example.org" is not an IP address (host names are not resolved)'),
+    Case("dataplane", IKED, BASE, '[daemon] dataplane: "kernel" is not one of auto, userspace, xfrm, none'),
+    Case("control directory", IKED, BASE, "[daemon] control: directory {dir}/nodir does not exist"),
+    # ---------------------------------------------------------------- connections
+    Case("ike proposal", IKED, BASE, "[connections.home] proposals: unknown algorithm 'modp9999' in proposal "
+         "'aes128-sha256-modp9999'"),
+    Case("esp proposal", IKED, BASE, "[connections.home.children.net] esp_proposals: 'prfsha256': "
+         "ESP proposals take no PRF"),
+    Case("identity", IKED, BASE, "[connections.home.local] id: bad KEY_ID identity 'keyid:#zz'"),
+    Case("traffic selector", IKED, BASE, '[connections.home.children.net] local_ts: bad traffic selector '
+         '"10.1.0.0/33" (a subnet, an address or dynamic, optionally [proto/port])'),
+    Case("duration", IKED, BASE, '[connections.home] rekey_time: bad duration "4x" '
+         "(seconds, or a number followed by s, m, h or d)"),
+    Case("remote host name", IKED, BASE, '[connections.home] remote_addrs: "vpn.example.org" is not an address, '
+         "a subnet or %any (host names are not resolved)"),
+    Case("mediated_by", CLIENT, BASE, '[connections.home] mediated_by: no connection "medsrv" in this file'),
+    Case("psk without secret", IKED, BASE, "[[secrets.ike]] needs secret"),
+    # ---------------------------------------------------------------- key and certificate files
+    Case("private key missing", IKED, BASE, "[[secrets.private]] file: cannot read {dir}/missing.key: "
+         "No such file or directory"),
+    Case("private key garbage", IKED, BASE, "[[secrets.private]] file: {dir}/garbage.pem: not a PEM or DER "
+         "private key (RSA, EC, Ed25519, Ed448)"),
+    Case("private key is public", IKED, BASE, "[[secrets.private]] file: {dir}/peer.pub holds a public key, "
+         "not a private key"),
+    Case("private key empty", IKED, BASE, "[[secrets.private]] file: {dir}/empty.key is empty"),
+    Case("public key is private", IKED, BASE, "[[secrets.pubkey]] file: {dir}/own.key holds a private key; "
+         "give the public key (openssl pkey -pubout)"),
+    Case("certificate garbage", IKED, BASE, "[connections.home.local] certs: {dir}/garbage.pem: not a PEM certificate"),
+    Case("ca unreadable", IKED, BASE, "[[secrets.ca]] file: cannot read {dir}: Is a directory"),
+    # ---------------------------------------------------------------- binding the IKE sockets
+    Case("address not on this host", IKED, BASE, "cannot listen on {listen}[{port}]: Cannot assign requested "
+         "address (the host has no such address)"),
+    Case("port in use", IKED, BASE, "cannot listen on 127.0.0.1[{natt}]: Address already in use "
+         "(another program, such as charon or a second daemon, uses it)"),
+    Case("server port in use", SERVER, DAEMON + PSK + SERVER_CONN, "cannot listen on 127.0.0.1[{natt}]: "
+         "Address already in use (another program, such as charon or a second daemon, uses it)"),
+    # ---------------------------------------------------------------- databases
+    Case("server db directory", SERVER, DAEMON + PSK + SERVER_CONN + '[mediation]\ndatabase = '
+         '"sqlite:///{dir}/nodir/med_db.sqlite"\n', "[mediation] database: cannot open "
+         "sqlite:///{dir}/nodir/med_db.sqlite: directory {dir}/nodir does not exist", db="nodir/med_db.sqlite"),
+    Case("server db not sqlite", SERVER, DAEMON + PSK + SERVER_CONN + '[mediation]\ndatabase = '
+         '"sqlite:///{dir}/garbage.pem"\n', "[mediation] database: cannot open sqlite:///{dir}/garbage.pem: "
+         "file is not a database"),
+    Case("server db unreachable", SERVER, DAEMON + PSK + SERVER_CONN + '[mediation]\ndatabase = '
+         '"postgresql://ikeme:secret@127.0.0.1:1/med_db"\n', "[mediation] database: cannot open "
+         'postgresql://ikeme:***@127.0.0.1:1/med_db: connection failed: connection to server at "127.0.0.1", '
+         "port 1 failed: Connection refused Is the server running on that host and accepting TCP/IP connections?"),
+    Case("client db directory", CLIENT, DAEMON + '[client]\ndatabase = "sqlite:///{dir}/nodir/client.sqlite"\n',
+         "[client] database: cannot open sqlite:///{dir}/nodir/client.sqlite: directory {dir}/nodir does not exist",
+         db="nodir/client.sqlite"),
+]
+
+# what each case changes in its TOML (by name; the default TOML of a case is valid)
+EDITS: dict[str, tuple[str, str]] = {
+    "log_level": ('dataplane = "none"\n', 'dataplane = "none"\nlog_level = "bogus"\n'),
+    "log_target": ('dataplane = "none"\n', 'dataplane = "none"\nlog_target = "syslog:nowhere"\n'),
+    "log file directory": ('dataplane = "none"\n', 'dataplane = "none"\nlog_target = "file:{dir}/nodir/iked.log"\n'),
+    "port type": ("port = {port}", 'port = "500"'),
+    "listen host name": ('listen = ["{listen}"]', 'listen = ["vpn.example.org"]'),
+    "dataplane": ('dataplane = "none"', 'dataplane = "kernel"'),
+    "control directory": ('control = "{dir}/ctl.sock"', 'control = "{dir}/nodir/ctl.sock"'),
+    "ike proposal": ('remote_addrs = ["192.0.2.2"]\n', 'remote_addrs = ["192.0.2.2"]\n'
+                     'proposals = "aes128-sha256-modp9999"\n'),
+    "esp proposal": ('remote_ts = ["10.2.0.0/24"]\n', 'remote_ts = ["10.2.0.0/24"]\n'
+                     'esp_proposals = "aes128gcm16-prfsha256"\n'),
+    "identity": ('id = "alice@lab" }', 'id = "keyid:#zz" }'),
+    "traffic selector": ('local_ts = ["10.1.0.0/24"]', 'local_ts = ["10.1.0.0/33"]'),
+    "duration": ('remote_addrs = ["192.0.2.2"]\n', 'remote_addrs = ["192.0.2.2"]\nrekey_time = "4x"\n'),
+    "remote host name": ('remote_addrs = ["192.0.2.2"]', 'remote_addrs = ["vpn.example.org"]'),
+    "mediated_by": ('remote_addrs = ["192.0.2.2"]\n', 'remote_addrs = ["%any"]\nmediated_by = "medsrv"\n'
+                    'mediation_peer = "bob@med"\n'),
+    "psk without secret": ('secret = "startup-test-secret"\n', ""),
+    "private key missing": ("[[secrets.ike]]", '[[secrets.private]]\nfile = "missing.key"\n[[secrets.ike]]'),
+    "private key garbage": ("[[secrets.ike]]", '[[secrets.private]]\nfile = "garbage.pem"\n[[secrets.ike]]'),
+    "private key is public": ("[[secrets.ike]]", '[[secrets.private]]\nfile = "peer.pub"\n[[secrets.ike]]'),
+    "private key empty": ("[[secrets.ike]]", '[[secrets.private]]\nfile = "empty.key"\n[[secrets.ike]]'),
+    "public key is private": ("[[secrets.ike]]", '[[secrets.pubkey]]\nfile = "own.key"\n[[secrets.ike]]'),
+    "certificate garbage": ('id = "alice@lab" }', 'id = "alice@lab", certs = ["garbage.pem"] }'),
+    "ca unreadable": ("[[secrets.ike]]", '[[secrets.ca]]\nfile = "{dir}"\n[[secrets.ike]]'),
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _absent_address() -> str:
+    """A documentation address (RFC 5737) this host does not have."""
+    for host in range(254, 200, -1):
+        addr = str(ipaddress.ip_address("192.0.2.0") + host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((addr, 0))
+            except OSError:
+                return addr
+    raise AssertionError("every tried 192.0.2.x address is local")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """Key files good and bad, as the cases name them."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "own.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    (tmp_path / "peer.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "garbage.pem").write_text("this is not a key, a certificate or a database\n" * 20)
+    (tmp_path / "empty.key").write_bytes(b"")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "startup test")])
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return tmp_path
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "MED_DB_URL")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _argv(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A UDP port on 127.0.0.1 someone else already holds."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_startup_mistake_is_one_line(case: Case, workdir: Path, held_port: int) -> None:
+    port, natt = _free_port(), _free_port()
+    if "port in use" in case.name:
+        natt = held_port
+    listen = _absent_address() if case.name == "address not on this host" else "127.0.0.1"
+    fill = {"dir": str(workdir), "listen": listen, "port": str(port), "natt": str(natt)}
+    text = case.toml
+    if case.name in EDITS:
+        text = _replace(text, *EDITS[case.name])
+    for k, v in fill.items():
+        text = text.replace("{" + k + "}", v)
+    conf = workdir / "test.toml"
+    conf.write_text(text)
+    args = [a.format(**fill) for a in case.args]
+    if "-c" not in args:
+        args = ["-c", str(conf), *args]
+    r = subprocess.run(_argv(case.module, *args), capture_output=True, text=True, timeout=60, env=_env(),
+                       cwd=workdir)
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out
+    assert r.returncode == 2, out
+    assert r.stderr.splitlines() == [f"{PROG[case.module]}: {case.message.format(**fill)}"]
+    assert r.stdout == ""
+    if case.db:
+        assert not (workdir / case.db).exists() and not (workdir / case.db).parent.exists()
+    assert not (workdir / "ctl.sock").exists()
+
+
+def _ready(ctl: Path) -> bool:
+    try:
+        return bool(call(str(ctl), {"cmd": "conns"}, timeout=2)["ok"])
+    except OSError:
+        return False
+
+
+def _wait_ready(proc: subprocess.Popen[str], ctl: Path, timeout: float = 30.0) -> None:
+    """The control socket answers (the daemon is up, its signal handlers in place)."""
+    deadline = time.monotonic() + timeout
+    while not _ready(ctl):
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"exited with {proc.returncode}: {err}")
+        assert time.monotonic() < deadline, "the control socket does not answer"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("module,section,tables", [
+    (SERVER, "mediation", {"peer", "me_callback", "mediation_grant", "user"}),
+    (CLIENT, "client", {"client_config", "mediation_server_config", "connection"}),
+])
+def test_daemon_creates_the_database(module: str, section: str, tables: set[str], workdir: Path) -> None:
+    """Started before the portal, a daemon creates the med_db tables itself, the same ones the portal
+    creates; it runs, stops cleanly on SIGTERM, and starts again on the database it made."""
+    db = workdir / "new.sqlite"
+    text = DAEMON.format(dir=workdir, listen="127.0.0.1", port=_free_port(), natt=_free_port())
+    text += f'\n[{section}]\ndatabase = "sqlite:///{db}"\n'
+    if module == SERVER:
+        text += PSK + SERVER_CONN
+    conf = workdir / "test.toml"
+    conf.write_text(text)
+    for run in ("first", "second"):
+        proc = subprocess.Popen(_argv(module, "-c", str(conf)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=_env(), cwd=workdir)
+        try:
+            _wait_ready(proc, workdir / "ctl.sock")
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err
+        assert "Traceback" not in out + err
+        created = f"created the med_db tables in sqlite:///{db}"
+        assert (created in err) == (run == "first"), err
+        assert "started" in err and "stopped" in err
+        with sqlite3.connect(db) as c:
+            names = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables <= names
+        assert oct(db.stat().st_mode & 0o777) == "0o600"  # the client's private key will live there
