@@ -7,6 +7,11 @@ password from stdin), then start with ``--admin-hash-file /etc/ikeme/client-admi
 Controllers: user (login, logout), key (show, generate), server (edit),
 connection (list, add, edit/<id>, delete/<id>).  The private key lives in the client database
 (SQLite file mode 0600) and is never shown.
+
+With ``--daemon-socket PATH`` every saved change (key pair, server, connection added, edited or
+deleted) is followed by a ``reload`` on the mediation client's control socket (the JSON-line
+protocol of ``ikectl``), so the daemon picks it up at once; when that fails the change stays saved
+and the page says why the daemon was not reloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import ipaddress
+import logging
 import re
 import sys
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core_ike.daemon.ctl import call as control_call
 from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import KeyError_, keyid_text, parse_peer_public_key, pem_from_spki
@@ -29,6 +36,7 @@ from medmgr_web.launcher import add_common_args, serve
 from medmgr_web.security import SessionStore, Throttle, hash_password, verify_password
 from medmgr_web.web import HTTPError, PortalApp, Request, Response, redirect
 
+log = logging.getLogger("medmgr_web.client_manager")
 ALIAS_RE = re.compile(r"[A-Za-z0-9\-_@.]{1,64}")
 HOST_RE = re.compile(r"[A-Za-z0-9.\-:\[\]]{1,255}")
 ADMIN_ID = 1
@@ -43,6 +51,8 @@ class ClientManagerConfig:
     throttle_address: int = 20
     throttle_window: float = 900.0
     refresh_seconds: int = 10
+    daemon_socket: str | None = None  # the mediation client's control socket: reload after a save
+    daemon_timeout: float = 10.0      # seconds to wait for its answer
 
 
 def parse_subnet(value: str, what: str) -> tuple[str | None, str | None]:
@@ -75,6 +85,36 @@ class ClientManager(PortalApp):
         r("connection", "add", self.connection_add)
         r("connection", "edit", self.connection_edit)
         r("connection", "delete", self.connection_delete, methods=("POST",))
+
+    def saved(self, req: Request, message: str) -> None:
+        """A change is saved: tell the user, and have the mediation client reload its configuration."""
+        path = self.config.daemon_socket
+        if not path:
+            req.flash(message)
+            return
+        req.db.commit()  # the daemon reads the database: the change must be there before it reloads
+        timeout = self.config.daemon_timeout
+        try:
+            reply = control_call(path, {"cmd": "reload"}, timeout)
+        except FileNotFoundError:
+            reason = f"no control socket at {path} (is the mediation client running?)"
+        except ConnectionRefusedError:
+            reason = f"nothing listens on {path} (is the mediation client running?)"
+        except TimeoutError:
+            reason = f"no answer from {path} within {timeout:g} s"
+        except OSError as exc:
+            reason = f"{path}: {exc.strerror or exc}"
+        except ValueError:
+            reason = f"the answer on {path} was not understood"
+        else:
+            if reply.get("ok"):
+                restart = reply.get("restart-needed") or []
+                req.flash(f"{message} The mediation client reloaded its configuration"
+                          + (f"; a restart is needed for: {', '.join(map(str, restart))}." if restart else "."))
+                return
+            reason = str(reply.get("error") or "it answered with an error")
+        log.warning("mediation client not reloaded: %s", reason)
+        req.flash(f"{message.rstrip('.')} \u2014 saved; the mediation client was not reloaded: {reason}")
 
     # -- user ------------------------------------------------------------------------------
 
@@ -113,7 +153,7 @@ class ClientManager(PortalApp):
                 "A key pair exists already. Tick \u201cReplace the existing key\u201d to generate a new one "
                 "(the old identity stops working everywhere it is registered)."])
         cfg = data.generate_client_key(req.db)
-        req.flash(f"New 2048-bit RSA key pair generated; identity {keyid_text(cfg.keyid)}.")
+        self.saved(req, f"New 2048-bit RSA key pair generated; identity {keyid_text(cfg.keyid)}.")
         return redirect(req.url("key/show"))
 
     # -- server ----------------------------------------------------------------------------
@@ -139,11 +179,13 @@ class ClientManager(PortalApp):
             parsed = parse_peer_public_key(pem)
         except KeyError_ as exc:
             errors.append(str(exc))
+            if "PRIVATE KEY" in pem:  # never sent back to the browser
+                pem = ""
         if errors or parsed is None:
             return self.render(req, "server/edit.html", status=400, address=address, port=port_text,
                                public_key=pem, keyid=None, errors=errors)
         data.set_server_config(req.db, address, port, parsed[0], parsed[1])
-        req.flash("Mediation server saved.")
+        self.saved(req, "Mediation server saved.")
         return redirect(req.url("connection/list"))
 
     # -- connection ------------------------------------------------------------------------
@@ -183,6 +225,8 @@ class ClientManager(PortalApp):
             parsed = parse_peer_public_key(form["public_key"])
         except KeyError_ as exc:
             errors.append(str(exc))
+            if "PRIVATE KEY" in form["public_key"]:  # never sent back to the browser
+                form["public_key"] = ""
         local, e1 = parse_subnet(form["local_subnet"], "Local subnet")
         remote, e2 = parse_subnet(form["remote_subnet"], "Remote subnet")
         errors += [e for e in (e1, e2) if e]
@@ -203,7 +247,7 @@ class ClientManager(PortalApp):
             except data.DataError as exc:
                 errors.append(str(exc))
             else:
-                req.flash(f"Connection {values['alias']} added.")
+                self.saved(req, f"Connection {values['alias']} added.")
                 return redirect(req.url("connection/list"))
         return self.render(req, "connection/add.html", status=400, form=form, errors=errors)
 
@@ -223,7 +267,7 @@ class ClientManager(PortalApp):
             except data.DataError as exc:
                 errors.append(str(exc))
             else:
-                req.flash(f"Connection {values['alias']} saved.")
+                self.saved(req, f"Connection {values['alias']} saved.")
                 return redirect(req.url("connection/list"))
         return self.render(req, "connection/edit.html", status=400, conn=info, form=form, errors=errors)
 
@@ -231,7 +275,7 @@ class ClientManager(PortalApp):
         conn = self._conn_or_404(req)
         alias = conn.alias
         data.delete_connection(req.db, conn.id)
-        req.flash(f"Connection {alias} deleted.")
+        self.saved(req, f"Connection {alias} deleted.")
         return redirect(req.url("connection/list"))
 
 
@@ -273,13 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admin-hash-file", required=True, metavar="FILE",
                    help="file holding the admin password's scrypt hash (see hash-password)")
     p.add_argument("--refresh", type=int, default=10, help="status page refresh interval, seconds")
+    p.add_argument("--daemon-socket", metavar="PATH", default=None,
+                   help="the mediation client's control socket ([daemon] control): reload it after every save")
     args = p.parse_args(args_in)
     with open(args.admin_hash_file, encoding="ascii") as f:
         admin_hash = f.read().strip()
     cfg = ClientManagerConfig(
         admin_password_hash=admin_hash, session_timeout=args.session_timeout,
         throttle_account=args.throttle_account, throttle_address=args.throttle_address,
-        throttle_window=args.throttle_window, refresh_seconds=args.refresh,
+        throttle_window=args.throttle_window, refresh_seconds=args.refresh, daemon_socket=args.daemon_socket,
     )
     serve(create_app(args.db, cfg), args)
     return 0

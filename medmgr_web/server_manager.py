@@ -86,8 +86,10 @@ class ServerManager(PortalApp):
         self.throttle_account = Throttle(config.throttle_account, config.throttle_window)
         self.throttle_address = Throttle(config.throttle_address, config.throttle_window)
         self.ms_keyid: bytes | None = None
+        self.ms_pem: str | None = None  # as a PEM public key, whatever form the file had
         if config.ms_public_key_pem:
-            self.ms_keyid = parse_peer_public_key(config.ms_public_key_pem)[1]
+            spki, self.ms_keyid = parse_peer_public_key(config.ms_public_key_pem)
+            self.ms_pem = pem_from_spki(spki)
         r = self.route
         r("user", "login", self.user_login, public=True)
         r("user", "logout", self.user_logout, methods=("POST",))
@@ -196,7 +198,7 @@ class ServerManager(PortalApp):
     def user_help(self, req: Request) -> Response:
         setup, errors = (None, []) if req.user_id is None else self._swanctl_setup(req)
         return self.render(req, "user/help.html", ms_address=self.config.ms_address,
-                           ms_port=self.config.ms_port, ms_pem=self.config.ms_public_key_pem,
+                           ms_port=self.config.ms_port, ms_pem=self.ms_pem,
                            ms_keyid=self.ms_keyid, setup=setup, errors=errors)
 
     def _swanctl_setup(self, req: Request) -> tuple[dict[str, Any], list[str]]:
@@ -234,13 +236,13 @@ class ServerManager(PortalApp):
         setup["me"] = {"id": me.id, "name": names[me.id], "keyid": me.keyid}
         setup["reach"] = [names[t.id] for t in targets]
         setup["missing_subnets"] = not subnets[me.id] or any(not subnets[t.id] for t in targets)
-        if self.ms_keyid is None or not self.config.ms_public_key_pem:
+        if self.ms_keyid is None or self.ms_pem is None:
             return setup, errors
         snippet = [SnippetPeer(names[p.id], p.keyid, subnets[p.id]) for p in [me, *targets]]
         setup["conf"] = swanctl_conf(snippet[0], snippet[1:], self.config.ms_address, self.config.ms_port,
                                      self.ms_keyid)
         setup["files"] = [{"name": SERVER_KEY_FILE, "what": "the mediation server's public key",
-                           "pem": self.config.ms_public_key_pem.strip() + "\n"}] + [
+                           "pem": self.ms_pem}] + [
             {"name": f"{names[p.id]}.pem", "what": "this peer's public key" if p is me else "its peer's public key",
              "pem": pem_from_spki(p.public_key)} for p in [me, *targets]]
         return setup, errors
@@ -433,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(p)
     p.add_argument("--ms-address", default="mediation.example.net", help="mediation server host name/address")
     p.add_argument("--ms-port", type=int, default=500, help="mediation server IKE port")
-    p.add_argument("--ms-public-key", metavar="PEMFILE", help="mediation server public key (PEM)")
+    p.add_argument("--ms-public-key", metavar="FILE",
+                   help="mediation server public key (PEM public key or certificate, or OpenSSH line)")
     p.add_argument("--password-min-length", type=int, default=8)
     args = p.parse_args(argv)
     pem = None

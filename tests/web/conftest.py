@@ -243,9 +243,10 @@ SHORT_TIMEOUT = 3.0  # idle timeout of the /strict instance
 
 
 class Portal:
-    """lighttpd on 127.0.0.1:<port> in front of three FastCGI backends started with the real launchers:
+    """lighttpd on 127.0.0.1:<port> in front of four FastCGI backends started with the real launchers:
     /srv (server manager), /cli (client manager), /strict (server manager with tight throttling and a
-    short session timeout, for the security tests)."""
+    short session timeout, for the security tests), /dcli (client manager with ``--daemon-socket
+    <base>/medcli.ctl``, where a test may put a stand-in for the mediation client's control socket)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -253,6 +254,7 @@ class Portal:
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ms_pem = REFERENCE_PEM
+        self.daemon_socket = base / "medcli.ctl"
 
     def _start_app(self, name: str, module: str, extra: list[str]) -> Path:
         sock = self.base / f"{name}.sock"
@@ -280,6 +282,9 @@ class Portal:
             "strict": self._start_app("strict", "medmgr_web.server_manager", [
                 "--throttle-account", "3", "--throttle-address", "6", "--throttle-window", "60",
                 "--session-timeout", str(SHORT_TIMEOUT)]),
+            "dcli": self._start_app("dcli", "medmgr_web.client_manager", [
+                "--admin-hash-file", str(self.base / "admin.hash"), "--throttle-address", "1000",
+                "--daemon-socket", str(self.daemon_socket)]),
         }
         wait_for(lambda: all(s.exists() for s in socks.values()), 30, "FastCGI sockets")
         fcgi = ",\n".join(

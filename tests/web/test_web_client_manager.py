@@ -3,10 +3,17 @@ with the status the client daemon writes."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import queue
 import re
+import socket
 import sqlite3
 import stat
+import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ADMIN_PASSWORD, Portal
@@ -116,3 +123,119 @@ def test_connections_crud_and_live_status(portal: Portal) -> None:
     assert c.get("connection/edit/424242").status == 404
     r = c.post(f"connection/delete/{cid}", {"csrf": r.csrf()})
     assert "Connection bob2 deleted." in r.text()
+
+
+def test_connection_status_says_why_it_failed(portal: Portal) -> None:
+    """The daemon's last error is shown next to the status (list and edit page), escaped, and goes
+    away with the next status the daemon writes without one."""
+    c = admin(portal)
+    r = c.submit("connection/add", "connection/add", {"alias": "carolx", "public_key": ec_pem(), "active": "yes"})
+    (cid,) = [int(x) for x in re.findall(r'/connection/edit/(\d+)">carolx<', r.body)]
+    engine = make_engine(f"sqlite:///{portal.base / 'cli.sqlite'}")
+    why = "peer <b>offline</b>: ME_CONNECT_FAILED, no ME_CALLBACK within 120 s"
+    try:
+        with make_session_factory(engine)() as s:
+            data.set_connection_status(s, cid, 1, error=why)
+            s.commit()
+        r = c.get("connection/list")
+        cell = re.search(r'>carolx</a>.*?<td data-label="Status">(.*?)</td>', r.body, re.S)
+        assert cell, r.body
+        assert "DOWN" in cell.group(1) and f"Last error: {html.escape(why, quote=False)}" in cell.group(1)
+        assert "<b>offline" not in r.body  # autoescaped
+        r = c.get(f"connection/edit/{cid}")
+        assert f"Last error: {why}" in r.text() and "DOWN" in r.text()
+        with make_session_factory(engine)() as s:
+            data.set_connection_status(s, cid, 3)
+            s.commit()
+        r = c.get("connection/list")
+        assert "Last error" not in r.text() and "UP" in r.text()
+    finally:
+        engine.dispose()
+        c.post(f"connection/delete/{cid}", {"csrf": r.csrf()})
+
+
+class FakeDaemon:
+    """A stand-in for the mediation client's control socket (JSON lines, as ``ikectl`` talks to it):
+    records each request together with what the client database held at that moment, and answers
+    with ``reply``."""
+
+    def __init__(self, path: Path, db_path: Path, reply: dict[str, Any]) -> None:
+        self.path, self.db_path, self.reply = path, db_path, reply
+        self.requests: queue.Queue[tuple[dict[str, Any], list[str]]] = queue.Queue()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn, conn.makefile("rwb") as f:
+                req = json.loads(f.readline())
+                with sqlite3.connect(self.db_path) as db:
+                    aliases = sorted(a for (a,) in db.execute('SELECT alias FROM "connection"'))
+                self.requests.put((req, aliases))
+                f.write(json.dumps(self.reply).encode() + b"\n")
+                f.flush()
+
+    def next(self) -> tuple[dict[str, Any], list[str]]:
+        return self.requests.get(timeout=10)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+def dadmin(portal: Portal) -> WebClient:
+    c = WebClient(portal.url + "/dcli")
+    r = c.submit("user/login", "user/login", {"password": ADMIN_PASSWORD})
+    assert r.status == 200 and "Connections" in r.text()
+    return c
+
+
+def test_every_save_reloads_the_mediation_client(portal: Portal, reference_pem: str) -> None:
+    c = dadmin(portal)
+    db = portal.base / "dcli.sqlite"
+    fake = FakeDaemon(portal.daemon_socket, db, {"ok": True, "added": [], "removed": [], "changed": [],
+                                                 "unchanged": [], "restart-needed": []})
+    try:
+        r = c.submit("connection/add", "connection/add", {"alias": "rl1", "public_key": ec_pem(), "active": "yes"})
+        assert "Connection rl1 added. The mediation client reloaded its configuration." in r.text()
+        req, aliases = fake.next()
+        assert req == {"cmd": "reload"} and "rl1" in aliases  # the change was in the database already
+        (cid,) = [int(x) for x in re.findall(r'/connection/edit/(\d+)">rl1<', r.body)]
+        r = c.get(f"connection/edit/{cid}")
+        r = c.post(f"connection/edit/{cid}", {"csrf": r.csrf(), "alias": "rl2", "public_key": ec_pem()})
+        assert "Connection rl2 saved. The mediation client reloaded" in r.text()
+        assert fake.next()[1].count("rl2") == 1
+        r = c.submit("server/edit", "server/edit", {"address": "ms.example.net", "port": "500",
+                                                    "public_key": reference_pem})
+        assert "Mediation server saved. The mediation client reloaded" in r.text()
+        assert fake.next()[0] == {"cmd": "reload"}
+        r = c.submit("key/show", "key/generate", {"replace": "yes"})
+        assert "key pair generated" in r.text() and "The mediation client reloaded" in r.text()
+        assert fake.next()[0] == {"cmd": "reload"}
+        r = c.post(f"connection/delete/{cid}", {"csrf": r.csrf()})
+        assert "Connection rl2 deleted. The mediation client reloaded" in r.text()
+        assert "rl2" not in fake.next()[1]
+        # nothing saved, nothing reloaded: a form with errors, and a page view
+        c.submit("connection/add", "connection/add", {"alias": "bad alias", "public_key": ""})
+        c.get("connection/list")
+        assert fake.requests.empty()
+        # the daemon refuses: saved anyway, and the page says why it was not reloaded
+        fake.reply = {"ok": False, "error": "client.toml: [client] database cannot be opened"}
+        r = c.submit("connection/add", "connection/add", {"alias": "rl3", "public_key": ec_pem()})
+        assert ("Connection rl3 added \u2014 saved; the mediation client was not reloaded: "
+                "client.toml: [client] database cannot be opened") in r.text()
+        assert "rl3" in fake.next()[1] and ">rl3<" in r.body
+    finally:
+        fake.close()
+    # no daemon at all (the socket is gone): saved, with the reason
+    r = c.submit("connection/add", "connection/add", {"alias": "rl4", "public_key": ec_pem()})
+    assert r.status == 200 and ">rl4<" in r.body
+    assert (f"Connection rl4 added \u2014 saved; the mediation client was not reloaded: no control socket at "
+            f"{portal.daemon_socket} (is the mediation client running?)") in r.text()
