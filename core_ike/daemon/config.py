@@ -45,7 +45,7 @@ import logging.handlers
 import os
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -359,13 +359,27 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
 }
 
 
+def _by_default(default: Any) -> Callable[[str, str, Any], Any]:
+    """The check of a [daemon] setting without one of its own: the type of its default."""
+    if isinstance(default, bool):
+        return _bool
+    if isinstance(default, int):
+        return _int
+    if isinstance(default, float):
+        return _dur
+    if isinstance(default, list):
+        return _strs
+    return _str
+
+
 def _daemon(d: Any) -> DaemonSettings:
     d = _table("[daemon]", d)
     st = DaemonSettings()
+    accepted = [f.name for f in fields(DaemonSettings)]
     for k, v in d.items():
-        check = _DAEMON_CHECKS.get(k)
-        if check is None:
-            raise LocalError(f"unknown [daemon] setting {k!r} (accepted: {', '.join(_DAEMON_CHECKS)})")
+        if k not in accepted:
+            raise LocalError(f"unknown [daemon] setting {k!r} (accepted: {', '.join(accepted)})")
+        check = _DAEMON_CHECKS.get(k) or _by_default(getattr(st, k))
         setattr(st, k, check("[daemon]", k, v))
     if st.port == st.natt_port and st.port:
         raise LocalError(f"[daemon] port and natt_port are both {st.port}; they must differ")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
+import socket
 import sys
+from logging.handlers import SysLogHandler
 from typing import NoReturn, TextIO
 
 from ..errors import LocalError
@@ -19,6 +20,7 @@ from ..errors import LocalError
 EXIT_STATUS = ("exit status: 0 after SIGTERM or SIGINT; 2 when the configuration or the start-up fails "
                "(one line on stderr says why)")
 STARTUP_FAILED = 2
+SYSLOG_SOCKET = "/dev/log"
 
 _LINE = "[%(name)s] %(message)s"
 _TIMED = logging.Formatter(f"%(asctime)s.%(msecs)03d {_LINE}", "%H:%M:%S")
@@ -46,7 +48,29 @@ def under_journald(stream: TextIO) -> bool:
     return want == f"{st.st_dev}:{st.st_ino}"
 
 
-def log_handler(target: str, prog: str) -> logging.Handler:
+class QuietSysLogHandler(SysLogHandler):
+    """As syslog(3): a line the syslog daemon cannot take (it restarts) is dropped, and the next one
+    reconnects; never a traceback on stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None
+
+
+def _check_syslog(path: str) -> None:
+    """SysLogHandler starts without a listener (and fails at each line); at start-up that is an error."""
+    err: OSError | None = None
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as s:
+            try:
+                s.connect(path)
+                return
+            except OSError as e:
+                err = e
+    reason = err.strerror if err is not None and err.strerror else str(err)
+    raise LocalError(f"cannot log to syslog: {path}: {reason}")
+
+
+def log_handler(target: str, prog: str, syslog_socket: str = SYSLOG_SOCKET) -> logging.Handler:
     """The handler for a validated `log_target` (stderr, stdout, syslog[:FACILITY], file:PATH)."""
     kind, _, arg = target.partition(":")
     handler: logging.Handler
@@ -56,11 +80,8 @@ def log_handler(target: str, prog: str) -> logging.Handler:
         handler.setFormatter(JournalFormatter(_LINE) if under_journald(stream) else _TIMED)
         return handler
     if kind == "syslog":
-        facility = logging.handlers.SysLogHandler.facility_names[arg or "daemon"]
-        try:
-            syslog = logging.handlers.SysLogHandler("/dev/log", facility)
-        except OSError as e:
-            raise LocalError(f"cannot log to syslog: /dev/log: {e.strerror or e}") from None
+        _check_syslog(syslog_socket)
+        syslog = QuietSysLogHandler(syslog_socket, SysLogHandler.facility_names[arg or "daemon"])
         syslog.ident = f"{prog}[{os.getpid()}]: "
         syslog.setFormatter(logging.Formatter(_LINE))
         return syslog

@@ -314,3 +314,24 @@ def test_daemon_creates_the_database(module: str, section: str, tables: set[str]
             names = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables <= names
         assert oct(db.stat().st_mode & 0o777) == "0o600"  # the client's private key will live there
+
+
+def test_under_journald_lines_carry_priorities(workdir: Path, held_port: int) -> None:
+    """Started by systemd (stderr is the journal stream): log lines and the failure line carry their
+    syslog priority and no time stamp of their own (journald adds it)."""
+    db = workdir / "med_db.sqlite"
+    text = DAEMON.format(dir=workdir, listen="127.0.0.1", port=_free_port(), natt=held_port)
+    conf = workdir / "test.toml"
+    conf.write_text(text + PSK + SERVER_CONN + f'[mediation]\ndatabase = "sqlite:///{db}"\n')
+    journal = workdir / "journal"
+    with open(journal, "w") as err:
+        st = os.fstat(err.fileno())
+        env = {**_env(), "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        r = subprocess.run(_argv(SERVER, "-c", str(conf)), stdout=subprocess.PIPE, stderr=err, text=True,
+                           timeout=60, env=env, cwd=workdir)
+    lines = journal.read_text().splitlines()
+    assert r.returncode == 2
+    assert lines[0] == f"<6>[med_db] created the med_db tables in sqlite:///{db} (schema.sql)"
+    assert lines[-1] == (f"<3>mediation-server: cannot listen on 127.0.0.1[{held_port}]: Address already in use "
+                         "(another program, such as charon or a second daemon, uses it)")
+    assert all(line.startswith(("<6>", "<3>")) for line in lines), lines
