@@ -537,6 +537,8 @@ def load(path: str | Path) -> DaemonConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise LocalError(f"cannot read config {p}: {e}") from e
     check_keys(f"config {p}", raw, ("daemon", "secrets", "connections", *DAEMON_SECTIONS))
+    for section in DAEMON_SECTIONS:
+        _table(f"[{section}]", raw.get(section, {}))
     base = p.parent
     st = _daemon(raw.get("daemon", {}))
     conns = [connection(n, c, base) for n, c in _table("[connections]", raw.get("connections", {})).items()]

@@ -36,22 +36,26 @@ def run_main(prog: str, description: str, argv: list[str] | None,
     ap.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML configuration file")
     ap.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="overrides [daemon] log_level")
     args = ap.parse_args(argv)
-    daemon: Daemon | None = None
     try:
         cfg = load(args.config)
         check_host(cfg)
         setup_logging(args.log_level or cfg.settings.log_level, log_target(cfg.settings), prog)
         daemon = build(cfg, cfg.raw)
-        daemon.prog, daemon.config_path = prog, args.config  # log lines, reload
-        asyncio.run(daemon.run())
-    except (LocalError, OSError, ValueError) as e:
+    except (LocalError, OSError, ValueError, TypeError) as e:  # ValueError, TypeError: int("x"), float([1])
         report_failure(prog, one_line(e))
         return STARTUP_FAILED
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
+    daemon.prog, daemon.config_path = prog, args.config  # log lines, reload
+    try:
+        asyncio.run(daemon.run())  # binds the sockets and the control socket first
+    except (LocalError, OSError) as e:
+        report_failure(prog, one_line(e))
+        return STARTUP_FAILED
+    except KeyboardInterrupt:
+        return 130
     finally:
-        if daemon is not None:
-            daemon.close()
+        daemon.close()
     return 0
 
 

@@ -141,6 +141,9 @@ CASES = [
          '"postgresql://ikeme:secret@127.0.0.1:1/med_db"\n', "[mediation] database: cannot open "
          'postgresql://ikeme:***@127.0.0.1:1/med_db: connection failed: connection to server at "127.0.0.1", '
          "port 1 failed: Connection refused Is the server running on that host and accepting TCP/IP connections?"),
+    Case("mediation not a table", SERVER, "mediation = 5\n" + DAEMON + PSK + SERVER_CONN, "[mediation] must be a table, got 5"),
+    Case("mediation value type", SERVER, DAEMON + PSK + SERVER_CONN + "[mediation]\nconnect_rate = [5]\n",
+         "float() argument must be a string or a real number, not 'list'"),
     Case("client db directory", CLIENT, DAEMON + '[client]\ndatabase = "sqlite:///{dir}/nodir/client.sqlite"\n',
          "[client] database: cannot open sqlite:///{dir}/nodir/client.sqlite: directory {dir}/nodir does not exist",
          db="nodir/client.sqlite"),
