@@ -110,16 +110,15 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def duration(v: Any) -> float:
     """Seconds from a number or a strongSwan-style string: `30s`, `20m`, `4h`, `1d`."""
-    if isinstance(v, bool):
-        v = None  # TOML true/false is no duration
+    out = float("nan")
     try:
-        if isinstance(v, int | float):
+        if isinstance(v, int | float) and not isinstance(v, bool):  # TOML true/false is no duration
             out = float(v)
-        else:
-            s = str(v).strip() if isinstance(v, str) else ""
+        elif isinstance(v, str):
+            s = v.strip()
             out = float(s[:-1]) * _DURATION_UNITS[s[-1]] if s and s[-1] in _DURATION_UNITS else float(s)
     except ValueError:
-        out = float("nan")
+        pass
     if not out >= 0 or out == float("inf"):
         raise LocalError(f"bad duration {show(v)} (seconds, or a number followed by s, m, h or d)")
     return out
@@ -478,7 +477,8 @@ def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
                                           _int(w, "tries", r.get("tries", 5)))
     cfg.children = [_child(n, c, name) for n, c in _table(f"{where} children", d.get("children", {})).items()]
     if cfg.mediation and cfg.mediated_by:
-        raise LocalError(f"{name}: a mediation connection cannot be a mediated connection at the same time")
+        raise LocalError(f"{where} a mediation connection cannot be a mediated connection at the same time "
+                         "(mediation = true and mediated_by)")
     if cfg.mediated_by and cfg.mediation_peer is None:
         raise LocalError(f"{where} mediated_by needs mediation_peer (the peer's identity at the mediation server)")
     return cfg
