@@ -10,6 +10,10 @@ APT_PACKAGES=(
   libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins
   charon-systemd strongswan-pki
   lighttpd apache2 postgresql mariadb-server chromium fonts-dejavu-core
+  # what a minimal Debian (debootstrap --variant=minbase) lacks and nothing above is sure to pull in:
+  # libatomic1 for Playwright's bundled node (browser tests), procps for sysctl (tests) and /bin/kill
+  # (the units' ExecReload), systemd for systemd-analyze and systemd-sysusers (tests/deploy/)
+  libatomic1 procps systemd
 )
 
 missing=()
@@ -36,4 +40,20 @@ if [ ! -f "$stamp" ]; then
   "$ROOT/.venv/bin/pip" install -q --upgrade pip >/dev/null
   "$ROOT/.venv/bin/pip" install -q -e "$ROOT[test]"
   rm -f "$ROOT"/.venv/.installed-*; touch "$stamp"
+fi
+
+# The commands on PATH (root only): /usr/local/bin/NAME -> .venv/bin/NAME.  A NAME there that is no
+# symlink, or links to the installed product (/opt/ikeme, deploy/install.sh), is left alone.
+if [ "$(id -u)" = 0 ]; then
+  mkdir -p /usr/local/bin
+  for c in iked ikectl mediation-server mediation-client medmgr-server medmgr-client; do
+    l=/usr/local/bin/$c t="$ROOT/.venv/bin/$c"
+    [ -x "$t" ] || continue
+    if [ -L "$l" ]; then
+      case "$(readlink "$l")" in "$t"|/opt/ikeme/*) continue ;; esac
+    elif [ -e "$l" ]; then
+      continue
+    fi
+    ln -sfn "$t" "$l"
+  done
 fi
