@@ -84,6 +84,7 @@ class DaemonSettings:
     half_open_timeout: float = 30.0
     max_half_open: int = 10000
     force_cookies: bool = False
+    metrics: str | None = None  # ADDRESS:PORT for Prometheus metrics (docs/operations.md); off when unset
 
 
 @dataclass
@@ -355,7 +356,20 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "half_open_timeout": _dur,
     "max_half_open": lambda w, k, v: _int(w, k, v, 1),
     "force_cookies": _bool,
+    "metrics": lambda w, k, v: _metrics(w, k, v),
 }
+
+
+def _metrics(where: str, key: str, v: Any) -> str:
+    from .metrics import parse_listen
+
+    text = _str(where, key, v)
+    try:
+        host, _ = parse_listen(text)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise LocalError(f"{where} {key}: {show(v)} is not ADDRESS:PORT (e.g. \"127.0.0.1:9488\")") from None
+    return text
 
 
 def _by_default(default: Any) -> Callable[[str, str, Any], Any]:

@@ -82,6 +82,7 @@ class Daemon:
         self.shutdown_timeout = 2.0  # seconds to wait for the peers' DELETE responses
         self.events: Counter[str] = Counter()  # IKE_SA / CHILD_SA outcomes, failures by reason
         self._all_gone = asyncio.Event()
+        self.metrics: Any = None  # MetricsServer when [daemon] metrics is set
 
     def usage(self, spi_in: int, spi_out: int) -> dict[str, Any]:
         """Bytes and packets of one CHILD_SA, both directions, from the data plane (and, for the
@@ -231,6 +232,8 @@ class Daemon:
         if level not in LOG_LEVELS:
             return {"ok": False, "error": f"unknown log level {req.get('level')!r} (one of {', '.join(LOG_LEVELS)})"}
         sub = str(req.get("subsystem") or "any")
+        if sub not in SUBSYSTEMS:
+            return {"ok": False, "error": f"unknown subsystem {sub!r} (one of {', '.join(SUBSYSTEMS)})"}
         logger = logging.getLogger() if sub == "any" else logging.getLogger(_logger_name(sub))
         logger.setLevel(level)
         log.info("log level of %s set to %s", sub, level)
@@ -243,7 +246,14 @@ class Daemon:
         dp: dict[str, Any] = {}
         if self.dp is not None and hasattr(self.dp, "stats"):
             dp = {k: v for k, v in self.dp.stats().items() if isinstance(v, int | float)}
+        esp_in = esp_out = 0
+        if self.dp is not None:
+            for sa in self.engine.ike_sas():
+                for c in sa.children.values():
+                    u = self.usage(c.spi_in, c.spi_out)
+                    esp_in, esp_out = esp_in + u.get("bytes-in", 0), esp_out + u.get("bytes-out", 0)
         return {"daemon": self.prog, "uptime": round(time.monotonic() - self.started_at, 1),
+                "esp-bytes-in": esp_in, "esp-bytes-out": esp_out,
                 "ike-sas": dict(by_state), "ike-sas-total": sum(by_state.values()), "child-sas": children,
                 "half-open": self.engine.half_open, "counters": dict(self.engine.counters),
                 "events": dict(self.events), "connections": len(self.engine.configs), "dataplane": dp}
@@ -284,6 +294,11 @@ class Daemon:
                     grow_rcvbuf(s)
             self.transport.esp_sink = self.dp
         await self.server.start()
+        if self.cfg.settings.metrics:
+            from .metrics import MetricsServer  # prometheus_client only when asked for
+
+            self.metrics = MetricsServer(self.cfg.settings.metrics, self.stats)
+            await self.metrics.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopped.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
@@ -295,6 +310,8 @@ class Daemon:
         await self.stopped.wait()
         await self.shutdown()
         self.server.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.dp is not None:
             self.dp.close()
         self.transport.close()
@@ -326,11 +343,13 @@ class Daemon:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SUBSYSTEMS = ("any", "ike", "me", "dataplane", "control", "daemon", "io", "net", "mediation_server",
+              "mediation_client")  # logger names below core_ike, and the mediation daemons'
 
 
 def _logger_name(subsystem: str) -> str:
     """`ike` -> core_ike.ike, `mediation_server` stays as it is."""
-    return subsystem if "." in subsystem or subsystem.startswith("mediation") else f"core_ike.{subsystem}"
+    return subsystem if subsystem.startswith("mediation") else f"core_ike.{subsystem}"
 
 
 def failure_kind(reason: str) -> str:

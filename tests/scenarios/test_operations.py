@@ -30,14 +30,16 @@ secret = "operations-test-secret-0123456789"
 """
 
 
-def conf(me: str, peer_ip: str | None, local_ts: str, remote_ts: str, extra: str = "") -> str:
+def conf(me: str, peer_ip: str | None, local_ts: str, remote_ts: str, extra: str = "",
+         metrics: bool = False) -> str:
     other = "bob" if me == "alice" else "alice"
+    metrics_line = 'metrics = "127.0.0.1:9488"\n' if metrics else ""
     remote = f'remote_addrs = ["{peer_ip}"]\n' if peer_ip else ""
     return f"""[daemon]
 control = "@CTL@"
 dataplane = "userspace"
 tun = "ipsec0"
-{SECRETS}
+{metrics_line}{SECRETS}
 [connections.home]
 {remote}local = {{ auth = "psk", id = "{me}@example.org" }}
 remote = {{ auth = "psk", id = "{other}@example.org" }}
@@ -84,7 +86,7 @@ def pair():  # type: ignore[no-untyped-def]
     lab = two_hosts()
     a_in, b_in = lab.info["inner"]["alice"], lab.info["inner"]["bob"]
     note = Notifications(lab.dir / "notify.sock")
-    alice = Iked(lab, "alice", conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32"))
+    alice = Iked(lab, "alice", conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32", metrics=True))
     # bob expects another subnet on alice's side: the CHILD_SA is refused with TS_UNACCEPTABLE
     bob = Iked(lab, "bob", conf("bob", None, f"{b_in}/32", "172.16.0.0/24"))
     try:
@@ -124,7 +126,7 @@ def test_up_fails_with_the_peers_reason_then_reload_fixes_it(pair) -> None:  # t
     assert "bytes_o" in ikectl(alice, "list").stdout
 
     # a reload that adds a connection keeps the running IKE_SA (same unique id)
-    alice.write_config(conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32") + """
+    alice.write_config(conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32", metrics=True) + """
 [connections.spare]
 remote_addrs = ["192.0.2.2"]
 local = { auth = "psk", id = "alice@example.org" }
@@ -143,9 +145,23 @@ remote = { auth = "psk", id = "bob@example.org" }
     st = ikectl_json(alice, "stats")["stats"]
     assert st["events"]["child-failed:TS_UNACCEPTABLE"] == 1 and st["events"]["child-established"] == 1
 
+    r = ikectl(alice, "loglevel", "ike", "debug")
+    assert r.returncode == 0 and "log level of ike is now DEBUG" in r.stdout
+    r = ikectl(alice, "loglevel", "bogus")
+    assert r.returncode == 1 and "unknown log level 'bogus'" in r.stderr
+
+    # Prometheus metrics on alice's loopback (opt-in; the scrape runs inside alice's namespace)
+    scrape = lab.run("alice", [sys.executable, "-c", "import urllib.request as u; print(u.urlopen("
+                               "'http://127.0.0.1:9488/metrics', timeout=5).read().decode())"]).stdout
+    assert 'ikeme_ike_sas{state="ESTABLISHED"} 1.0' in scrape
+    assert 'ikeme_child_sa_failures_total{reason="TS_UNACCEPTABLE"} 1.0' in scrape
+    assert "ikeme_child_sa_setups_total 1.0" in scrape
+    out_bytes = [ln for ln in scrape.splitlines() if ln.startswith('ikeme_esp_bytes_total{direction="out"}')]
+    assert out_bytes and float(out_bytes[0].split()[-1]) > 0
+
     # a bad edit: the reload is refused, nothing changes
     alice.write_config(conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32",
-                            'esp_proposals = "aes128-sha256-modp9999"\n'))
+                            'esp_proposals = "aes128-sha256-modp9999"\n', metrics=True))
     r = ikectl(alice, "reload")
     assert r.returncode == 1 and "reload failed, configuration unchanged" in r.stderr
     assert len(ikectl_json(alice, "list")["sas"]) == 1

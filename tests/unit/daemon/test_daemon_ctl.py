@@ -74,3 +74,35 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text('[daemon]\nbogus = 1\n')
     with pytest.raises(LocalError, match="unknown \\[daemon\\] setting 'bogus'"):
         load(bad)
+
+
+def test_ikectl_keyid_prints_both_notations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ikectl keyid FILE` for a public key, a private key and an OpenSSH line: the same ID_KEY_ID,
+    SHA-1 over the subjectPublicKey (for RSA the PKCS#1 RSAPublicKey), as strongSwan computes it."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from core_ike.daemon.ctl import main
+
+    key = rsa.generate_private_key(65537, 2048)
+    pub = key.public_key()
+    want = hashlib.sha1(pub.public_bytes(ser.Encoding.DER, ser.PublicFormat.PKCS1)).hexdigest()
+    files = {
+        "pub.pem": pub.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo),
+        "key.pem": key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()),
+        "id_rsa.pub": pub.public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH) + b" me@host\n",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert main(["keyid", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0] == f"keyid:#{want}"
+        assert out[1] == ":".join(want[i:i + 2] for i in range(0, 40, 2))
+        assert out[2] == f'swanctl.conf: id = "keyid:#{want}"'
+    (tmp_path / "junk").write_text("not a key\n")
+    assert main(["keyid", str(tmp_path / "junk")]) == 1
+    assert "ikectl:" in capsys.readouterr().err
+    assert main(["keyid", str(tmp_path / "missing")]) == 1
+    assert "No such file" in capsys.readouterr().err
