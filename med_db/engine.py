@@ -77,7 +77,7 @@ def _mysql_handle_error(ctx: ExceptionContext) -> BaseException | None:
     exc, orig = ctx.sqlalchemy_exception, ctx.original_exception
     if not isinstance(exc, DBAPIError) or isinstance(exc, IntegrityError):
         return None
-    args = getattr(orig, "args", ())
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
     if args and args[0] in _MYSQL_CONSTRAINT_ERRORS:
         return IntegrityError(ctx.statement, ctx.parameters, orig, connection_invalidated=exc.connection_invalidated)
     return None
@@ -137,7 +137,7 @@ def safe_url(url: str) -> str:
 
 def _oneline(e: BaseException) -> str:
     orig = getattr(e, "orig", None) or e  # the driver's own words, not SQLAlchemy's wrapper text
-    args = getattr(orig, "args", ())
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
     text = args[1] if len(args) == 2 and isinstance(args[0], int) else orig  # PyMySQL: (code, message)
     return " ".join(str(text).split()) or type(orig).__name__
 

@@ -29,7 +29,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from core_ike.daemon.config import DaemonConfig, check_keys, duration
+from core_ike.daemon.config import (
+    CHECK_BOOL,
+    CHECK_DURATION,
+    CHECK_NUMBER,
+    DaemonConfig,
+    check_section,
+    database_url,
+    duration,
+)
 from core_ike.daemon.main import run_main
 from core_ike.daemon.runtime import Daemon
 from core_ike.ike import events as ev
@@ -43,9 +51,13 @@ from .status import DbStatus, load_db_connections
 log = logging.getLogger("mediation_client")
 
 
-# the [client] keys read here (docs/configuration.md documents exactly these; tests compare them)
-CLIENT_KEYS = ("database", "server_timeout", "connect_timeout", "callback_timeout", "check_timeout", "finish_wait",
-               "reconnect", "relay")
+# every [client] key and its check (docs/configuration.md documents exactly these; tests compare them)
+CLIENT_CHECKS: dict[str, Any] = {
+    "database": database_url, "server_timeout": CHECK_DURATION, "connect_timeout": CHECK_DURATION,
+    "callback_timeout": CHECK_DURATION, "check_timeout": CHECK_DURATION, "finish_wait": CHECK_NUMBER,
+    "reconnect": CHECK_DURATION, "relay": CHECK_BOOL,
+}
+CLIENT_KEYS = tuple(CLIENT_CHECKS)
 
 
 def client_config(c: dict[str, Any]) -> MediationClientConfig:
@@ -108,8 +120,7 @@ class ClientDaemon(Daemon):
         """The TOML file again, plus the client database's connections and keys (the portal's saves)."""
         new = super().load_config()
         raw = tomllib.loads(Path(str(self.config_path)).read_text()).get("client", {})
-        check_keys("[client]", raw, CLIENT_KEYS)
-        self._new_client = raw
+        self._new_client = check_section("[client]", raw, CLIENT_CHECKS)
         if self.client.get("database"):
             fresh = load_db_connections(str(self.client["database"]), new)
             if self.db is not None:
@@ -185,8 +196,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def _build(cfg: DaemonConfig, raw: dict[str, Any]) -> Daemon:
-    client = raw.get("client", {})
-    check_keys("[client]", client, CLIENT_KEYS)
+    client = check_section("[client]", raw.get("client", {}), CLIENT_CHECKS)
     return ClientDaemon(cfg, client)
 
 

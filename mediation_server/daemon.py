@@ -34,7 +34,19 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from core_ike.daemon.config import DaemonConfig, check_keys, duration
+from core_ike.daemon.config import (
+    CHECK_BOOL,
+    CHECK_DURATION,
+    CHECK_IDENTITY,
+    CHECK_INT,
+    CHECK_NUMBER,
+    CHECK_STR,
+    DaemonConfig,
+    check_choice,
+    check_section,
+    database_url,
+    duration,
+)
 from core_ike.daemon.main import run_main
 from core_ike.daemon.runtime import Daemon
 from core_ike.errors import LocalError
@@ -44,10 +56,36 @@ from .registry import Authorizer, Policy, Registry, RegistryConfig
 from .relay import MediationServer
 from .relaysock import RelaySockets
 
-# the [mediation] keys read below (docs/configuration.md documents exactly these; tests compare them)
-MEDIATION_KEYS = ("database", "policy", "allow", "callback_ttl", "connect_rate", "connect_burst", "max_endpoints",
-                  "max_pending_callbacks", "relay", "relay_ports", "relay_per_peer", "relay_total",
-                  "relay_idle_timeout", "relay_unused_timeout", "relay_rate", "relay_packet_rate")
+POLICIES = ("all", "same-owner", "allow-list", "grants")
+
+
+def _allow(where: str, key: str, v: Any) -> list[tuple[str, str]]:
+    if not isinstance(v, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                                          for p in v):
+        raise LocalError(f"{where} {key}: expected a list of [requester, target] identity pairs, got {v!r}")
+    for pair in v:
+        for ident in pair:
+            CHECK_IDENTITY(where, key, ident)
+    return [(a, b) for a, b in v]
+
+
+def _port_range(where: str, key: str, v: Any) -> str:
+    lo, _, hi = CHECK_STR(where, key, v).partition("-")
+    if not (lo.isdigit() and (hi or lo).isdigit() and 0 < int(lo) <= int(hi or lo) < 65536):
+        raise LocalError(f"{where} {key}: {v!r} is not a port range LOW-HIGH (e.g. \"50000-50999\")")
+    return str(v)
+
+
+# every [mediation] key and its check (docs/configuration.md documents exactly these; tests compare them)
+MEDIATION_CHECKS: dict[str, Any] = {
+    "database": database_url, "policy": check_choice(POLICIES), "allow": _allow,
+    "callback_ttl": CHECK_DURATION, "connect_rate": CHECK_NUMBER, "connect_burst": CHECK_INT,
+    "max_endpoints": CHECK_INT, "max_pending_callbacks": CHECK_INT, "relay": CHECK_BOOL,
+    "relay_ports": _port_range, "relay_per_peer": CHECK_INT, "relay_total": CHECK_INT,
+    "relay_idle_timeout": CHECK_DURATION, "relay_unused_timeout": CHECK_DURATION,
+    "relay_rate": CHECK_NUMBER, "relay_packet_rate": CHECK_NUMBER,
+}
+MEDIATION_KEYS = tuple(MEDIATION_CHECKS)
 
 
 def relay_config(med: dict[str, Any]) -> RelayConfig:
@@ -126,8 +164,8 @@ class ServerDaemon(Daemon):
         new = super().load_config()
         if new.settings.dataplane == "auto":
             new.settings.dataplane = "none"
-        self._new_med = tomllib.loads(Path(str(self.config_path)).read_text()).get("mediation", {})
-        check_keys("[mediation]", self._new_med, MEDIATION_KEYS)
+        raw = tomllib.loads(Path(str(self.config_path)).read_text()).get("mediation", {})
+        self._new_med = check_section("[mediation]", raw, MEDIATION_CHECKS)
         return new
 
     def _settings_needing_restart(self, new: DaemonConfig) -> list[str]:
@@ -165,8 +203,7 @@ class ServerDaemon(Daemon):
 def _build(cfg: DaemonConfig, raw: dict[str, Any]) -> Daemon:
     if cfg.settings.dataplane == "auto":
         cfg.settings.dataplane = "none"  # the server carries no CHILD_SAs
-    med = raw.get("mediation", {})
-    check_keys("[mediation]", med, MEDIATION_KEYS)
+    med = check_section("[mediation]", raw.get("mediation", {}), MEDIATION_CHECKS)
     return ServerDaemon(cfg, med)
 
 

@@ -318,6 +318,39 @@ def check_keys(where: str, d: dict[str, Any], allowed: tuple[str, ...] | set[str
                          f"in {where} (accepted: {', '.join(sorted(allowed))})")
 
 
+Check = Callable[[str, str, Any], Any]
+
+
+def check_section(where: str, d: Any, checks: dict[str, Check]) -> dict[str, Any]:
+    """Validate a daemon's own table ([mediation], [client]): known keys only, each value through its
+    check (which names the key in its one-line error); returns the checked values."""
+    table = _table(where, d)
+    check_keys(where, table, tuple(checks))
+    return {k: checks[k](where, k, v) for k, v in table.items()}
+
+
+def database_url(where: str, key: str, v: Any) -> str:
+    """`sqlite:////var/lib/ikeme/med_db.sqlite`, `postgresql://user:pw@host/db`, `mysql://...`."""
+    text = _str(where, key, v)
+    if "://" not in text:
+        raise LocalError(f"{where} {key}: {show(v)} is not a database URL (sqlite:////PATH, "
+                         "postgresql://USER@HOST/DB, mysql://USER@HOST/DB)")
+    return text
+
+
+# checks other modules combine into their tables (each: where, key, value -> value)
+CHECK_INT: Check = _int
+CHECK_NUMBER: Check = _number
+CHECK_DURATION: Check = _dur
+CHECK_BOOL: Check = _bool
+CHECK_STR: Check = _str
+CHECK_IDENTITY: Check = _identity
+
+
+def check_choice(choices: tuple[str, ...]) -> Check:
+    return lambda w, k, v: _choice(w, k, v, choices)
+
+
 def _ifname(where: str, key: str, v: Any) -> str:
     if not isinstance(v, str) or not 0 < len(v) <= 15 or "/" in v or v.strip() != v:
         raise LocalError(f"{where} {key}: {show(v)} is not an interface name (1-15 characters, no '/')")
