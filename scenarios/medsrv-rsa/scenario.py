@@ -24,7 +24,7 @@ from typing import Any
 from scenarios.lab import nat_lab, wait_for
 from scenarios.lab.creds import rsa_keypair
 from scenarios.lab.iked import Iked
-from scenarios.lab.mediation import LAN, client_toml_db, server_toml_pubkey
+from scenarios.lab.mediation import LAN, client_toml_db, server_toml_pubkey, show_log
 from scenarios.lab.netns import Lab
 from scenarios.lab.portal import Browser, Page, PortalSite, stop_sites
 from scenarios.lab.story import Story
@@ -95,8 +95,10 @@ def run(story: Story) -> None:
 
     story.step("alice and bob: client manager (lighttpd + FastCGI on 127.0.0.1:8080), generate key pairs")
     hash_file = admin_hash(lab)
+    # each client manager asks its mediation client (control socket below) to reload after a save
     cli = {h: PortalSite(lab, h, "client_manager", bind="127.0.0.1", port=8080, mount="/medcli",
-                         args=["--admin-hash-file", str(hash_file)]).start() for h in ("alice", "bob")}
+                         args=["--admin-hash-file", str(hash_file), "--daemon-socket",
+                               str(lab.host_dir(h) / "medcli" / "ctl.sock")]).start() for h in ("alice", "bob")}
     local_web = {h: Browser(lab, h, cli[h].url) for h in cli}
     keys = {h: client_key(story, local_web[h], h) for h in cli}
 
@@ -209,7 +211,34 @@ def run(story: Story) -> None:
     via_carol = [p for p in esp if CAROL in (p.src, p.dst)]
     story.check(len(direct) >= 6 and {p.src for p in direct} == set(PUBLIC.values()) and not via_carol,
                 f"ESP went NAT to NAT directly ({len(direct)} packets), none via the mediation server")
+    portal_edits(story, lab, local_web["alice"], clients, keys["bob"][1])
     for c in clients.values():
         c.stop()
     server.stop()
     stop_sites(srv, *cli.values())
+
+
+def portal_edits(story: Story, lab: Lab, web: Browser, clients: dict[str, Iked], bob_pem: str) -> None:
+    """A save in the client manager reaches the running daemon (reload), without a restart."""
+    def mediated(host: str, conn: str) -> list[dict[str, Any]]:
+        return [sa for sa in clients[host].list_sas() if sa["name"] == conn and sa["child-sas"]]
+
+    m = re.search(r'connection/edit/(\d+)"[^>]*>bob<', web.get("connection/list").body)
+    assert m, "bob's connection is listed"
+    edit = f"connection/edit/{m.group(1)}"
+    form = {"alias": "bob", "public_key": bob_pem, "local_subnet": "", "remote_subnet": ""}
+
+    story.step("the user at alice deactivates the connection in the client manager (the daemon keeps running)")
+    story.say(f"alice: {first_notice(web.submit(edit, edit, form))}")
+    wait_for(lambda: not mediated("alice", "bob") and not mediated("bob", "alice"), 10, interval=0.05,
+             what="the tunnel closed on both sides")
+    show_log(story, clients["alice"].log_text(), ("reloaded configuration",), "alice")
+    story.check("reloaded configuration: 0 added, 1 removed (bob)" in clients["alice"].log_text(),
+                "the save made alice's daemon reload and close the connection (DELETE: bob's side is gone too)")
+
+    story.step("... and activates it again: the connection comes back by itself")
+    story.say(f"alice: {first_notice(web.submit(edit, edit, {**form, 'active': 'yes'}))}")
+    wait_for(lambda: mediated("alice", "bob") and mediated("bob", "alice"), 20, interval=0.05,
+             what="the tunnel back on both sides")
+    sent, received, _ = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.1)
+    story.check(received == 3, f"tunnel back after the reload, ping {received}/{sent}")
