@@ -90,6 +90,7 @@ class ClientDaemon(Daemon):
         self.reconnect_base = duration(client.get("reconnect", 5))
         self._backoff: dict[str, float] = {}
         self.listeners.append(self.on_mediation_event)
+        self._child_failed: dict[str, str] = {}  # connection -> why its last CHILD_SA failed
         self.control.extra["up"] = self.up
         self.control.extra["status"] = self.status
 
@@ -156,6 +157,10 @@ class ClientDaemon(Daemon):
         elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted) and e.name in cfgs and cfgs[e.name].mediation:
             if self.transport.sockets and not self.stopping:
                 self._mediation_lost(e.name)
+        elif isinstance(e, ev.ChildSaFailed):
+            self._child_failed[e.ike_name] = f"CHILD_SA '{e.name}' failed: {e.reason}"
+        elif isinstance(e, ev.ChildSaEstablished):
+            self._child_failed.pop(e.ike_name, None)
         if self.db is not None:
             self.db.on_event(e)
 
@@ -179,8 +184,17 @@ class ClientDaemon(Daemon):
         self.mediation.connect(name, now)
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
-        st = self.mediation.status()
-        return {"ok": True, "status": _jsonable(dataclasses.asdict(st))}
+        """The mediation client's view, checked against the engine: a mediated IKE_SA that is up without
+        its CHILD_SA carries no traffic and is not reported as established."""
+        st: dict[str, Any] = _jsonable(dataclasses.asdict(self.mediation.status()))
+        live = {sa.unique_id: sa for sa in self.engine.ike_sas()}
+        for c in st["connections"]:
+            sa = live.get(c.get("sa_id") or -1)
+            if c["state"] == "established" and (sa is None or not sa.children):
+                c["state"] = "no tunnel"
+                c["reason"] = self._child_failed.get(c["name"]) or \
+                    ("the mediated IKE_SA is gone" if sa is None else "the IKE_SA has no CHILD_SA")
+        return {"ok": True, "status": st}
 
 
 def _jsonable(v: Any) -> Any:

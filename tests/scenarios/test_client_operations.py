@@ -46,6 +46,12 @@ def test_mediated_up_fails_with_reason_and_reload_fixes_the_peer(med) -> None:  
     assert r.returncode == 1, r.stdout
     assert "CHILD_SA 'net' failed: TS_UNACCEPTABLE from the peer" in r.stderr, r.stderr
     assert "established" not in r.stdout
+    # the mediation worked, the tunnel did not: status says so instead of "established"
+    st = json.loads(ikectl(alice.ctl_path, "--json", "status").stdout)["status"]
+    (conn,) = [c for c in st["connections"] if c["name"] == "bob"]
+    assert conn["state"] == "no tunnel" and "TS_UNACCEPTABLE" in conn["reason"], conn
+    text = ikectl(alice.ctl_path, "status").stdout
+    assert "bob -> bob@med: no tunnel, pair #" in text and "(CHILD_SA 'net' failed: TS_UNACCEPTABLE" in text
 
     bob.write_config(client_toml("bob", ["alice"]))
     r = ikectl(bob.ctl_path, "reload")
