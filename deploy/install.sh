@@ -100,6 +100,10 @@ say "installing $(sed -n 's/^version = "\(.*\)"/ikeme \1/p' "$SRC/pyproject.toml
 for c in "${COMMANDS[@]}"; do
   [ -x "$D$PREFIX/bin/$c" ] || { echo "install.sh: $D$PREFIX/bin/$c is missing" >&2; exit 1; }
 done
+# schema.sql lives beside the packages in the source tree, not in any package: put it where
+# med_db.schema looks for it (the portals and daemons create their tables from it)
+schema_path=$("$D$PREFIX/bin/python" -I -c 'from med_db.schema import SCHEMA_PATH; print(SCHEMA_PATH)')
+install -m 0644 "$SRC/schema.sql" "$schema_path"
 
 # -- shared files: examples, web server snippets, docs
 install -d -m 0755 "$D$SHARE/examples" "$D$SHARE/doc"

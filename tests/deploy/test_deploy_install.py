@@ -76,6 +76,13 @@ def test_installed_commands_run_from_the_installed_venv(installed: Path) -> None
     assert r.returncode == 0, r.stderr
     for path in r.stdout.split():
         assert path.startswith(f"{installed}/opt/ikeme/lib/") and "site-packages" in path, path
+    # the installed product makes its database from the installed schema (as portals and daemons do)
+    r = subprocess.run([str(bin_ / "python"), "-c", "import sys; from med_db.engine import make_engine, "
+                        "create_all; from sqlalchemy import inspect; e = make_engine(sys.argv[1]); create_all(e);"
+                        "print(len(inspect(e).get_table_names()))", f"sqlite:///{installed}/schema-check.sqlite"],
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0 and int(r.stdout) >= 5, r.stderr[-2000:]
+    (installed / "schema-check.sqlite").unlink()
     # the package data the portals need came along (templates, static files, schema)
     r = subprocess.run([str(bin_ / "python"), "-c", "import importlib.resources as r, medmgr_web;"
                         "print(sum(1 for _ in r.files(medmgr_web).joinpath('templates').iterdir()))"],

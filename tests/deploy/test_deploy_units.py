@@ -95,6 +95,16 @@ def test_hardening(name: str) -> None:
         assert u.get("PrivateDevices") == "yes" and not u.all("DeviceAllow")
 
 
+@pytest.mark.parametrize("name", UNITS)
+def test_units_can_read_what_they_name_in_etc_ikeme(name: str) -> None:
+    """/etc/ikeme is root:ikeme 0750, its files 0640 (deploy/install.sh): a unit that names a file
+    there runs in group ikeme."""
+    u = unit(name)
+    names = " ".join(u.all("ExecStart") + u.all("EnvironmentFile"))
+    assert "/etc/ikeme/" in names
+    assert "ikeme" in {u.get("Group")} | u.words("SupplementaryGroups"), name
+
+
 @pytest.mark.parametrize("name", DAEMONS)
 def test_daemons_notify_and_reload(name: str) -> None:
     u = unit(name)

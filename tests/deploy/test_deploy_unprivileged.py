@@ -2,7 +2,8 @@
 (AmbientCapabilities= / CapabilityBoundingSet=, read from deploy/*.service, applied with setpriv as
 systemd applies them), in a network namespace of their own: each tells its readiness over
 $NOTIFY_SOCKET (Type=notify), answers on its control socket, re-reads its configuration on SIGHUP
-(ExecReload=) and stops on SIGTERM; a mediation client registers at a mediation server that way.
+(ExecReload=) and stops on SIGTERM; the mediation server creates its SQLite database; a mediation
+client registers at a mediation server that way.
 Without one of the capabilities the unit grants, a daemon does not start: the grants are needed,
 not just harmless."""
 
@@ -54,6 +55,7 @@ control = "{run}/mediation-server.ctl"
 dataplane = "none"
 
 [mediation]
+database = "sqlite:///{state}/med_db.sqlite"
 relay = true
 relay_ports = "50000-50009"
 
@@ -104,7 +106,8 @@ def _cap_mask(caps: set[str]) -> int:
 class Env:
     def __init__(self, installed: Path, netns: list[str], base: Path) -> None:
         self.installed, self.netns, self.base = installed, netns, base
-        self.run = base / "run"
+        self.run = base / "run"  # stands in for /run/ikeme
+        self.state = base / "state"  # ... and /var/lib/ikeme
         self.procs: list[subprocess.Popen[str]] = []
 
     def ctl(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -113,7 +116,7 @@ class Env:
 
     def start(self, name: str, caps: set[str]) -> tuple[subprocess.Popen[str], socket.socket]:
         conf = self.base / f"{name}.toml"
-        conf.write_text(CONFIGS[name].format(run=self.run, secret=SECRET))
+        conf.write_text(CONFIGS[name].format(run=self.run, state=self.state, secret=SECRET))
         conf.chmod(0o644)
         notify_path = self.base / f"{name}.notify"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -175,8 +178,9 @@ def env(installed: Path) -> Iterator[Env]:
             subprocess.run(["ip", "-n", ns, "addr", "add", f"10.77.0.{i + 1}/24", "dev", f"v{i}"], check=True)
             for dev in ("lo", f"v{i}"):
                 subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
-        e.run.mkdir(mode=0o750)
-        shutil.chown(e.run, USER, GROUP)
+        for d in (e.run, e.state):
+            d.mkdir(mode=0o750)
+            shutil.chown(d, USER, GROUP)
         yield e
     finally:
         for p in e.procs:
@@ -209,6 +213,9 @@ def test_daemon_runs_with_its_units_capabilities(env: Env, name: str) -> None:
     assert int(st["CapEff"], 16) == _cap_mask(caps) == int(st["CapAmb"], 16) == int(st["CapBnd"], 16)
     r = env.ctl(name, "--json", "conns")
     assert r.returncode == 0, r.stderr
+    if name == "mediation-server":  # it made its database from the installed schema
+        db = env.state / "med_db.sqlite"
+        assert db.stat().st_uid == pwd.getpwnam(USER).pw_uid and db.stat().st_size > 0
     if name in TUN:
         link = subprocess.run(["ip", "-n", env.netns[NETNS[name]], "-o", "link", "show", TUN[name]], capture_output=True,
                               text=True)
