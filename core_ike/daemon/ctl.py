@@ -11,6 +11,20 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SOCKET = "/run/iked.ctl"
+# where the installed units' daemons listen (docs/deployment.md), then the daemons' own default
+KNOWN_SOCKETS = ("/run/ikeme/iked.ctl", "/run/ikeme/mediation-client.ctl", "/run/ikeme/mediation-server.ctl",
+                 DEFAULT_SOCKET)
+
+
+def default_socket(candidates: tuple[str, ...] = KNOWN_SOCKETS) -> str | list[str]:
+    """$IKECTL_SOCKET, else the one control socket present on this host (a list when several are:
+    the user must choose with -s), else the daemons' default."""
+    if env := os.environ.get("IKECTL_SOCKET"):
+        return env
+    present = [c for c in candidates if os.path.exists(c)]
+    if len(present) == 1:
+        return present[0]
+    return present or DEFAULT_SOCKET
 
 
 def call(path: str, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
@@ -213,8 +227,9 @@ def _text(cmd: str, reply: dict[str, Any]) -> str:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ikectl", description="control iked and the mediation daemons "
                                  "(in the spirit of swanctl; docs/operations.md)")
-    ap.add_argument("-s", "--socket", default=os.environ.get("IKECTL_SOCKET", DEFAULT_SOCKET),
-                    help=f"the daemon's control socket (default: $IKECTL_SOCKET or {DEFAULT_SOCKET})")
+    ap.add_argument("-s", "--socket", default=None,
+                    help="the daemon's control socket (default: $IKECTL_SOCKET, else the one socket of "
+                         f"{', '.join(KNOWN_SOCKETS)} that exists)")
     ap.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="initiate a connection; waits for the IKE_SA and its CHILD_SAs")
@@ -252,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             reply = {"ok": False, "error": f"{args.file}: {e.strerror if isinstance(e, OSError) else e}"}
     else:
+        sock = args.socket or default_socket()
+        if isinstance(sock, list):
+            print(f"ikectl: several daemons run here ({', '.join(sock)}): choose one with -s", file=sys.stderr)
+            return 2
+        args.socket = sock
         try:
             reply = call(args.socket, _request(args), timeout=getattr(args, "timeout", 30) + 5)
         except OSError as e:

@@ -106,3 +106,17 @@ def test_ikectl_keyid_prints_both_notations(tmp_path: Path, capsys: pytest.Captu
     assert "ikectl:" in capsys.readouterr().err
     assert main(["keyid", str(tmp_path / "missing")]) == 1
     assert "No such file" in capsys.readouterr().err
+
+
+def test_ikectl_finds_the_one_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core_ike.daemon.ctl import DEFAULT_SOCKET, default_socket
+
+    a, b = str(tmp_path / "iked.ctl"), str(tmp_path / "mediation-client.ctl")
+    monkeypatch.delenv("IKECTL_SOCKET", raising=False)
+    assert default_socket((a, b)) == DEFAULT_SOCKET  # none present: the daemons' default
+    Path(b).touch()
+    assert default_socket((a, b)) == b
+    Path(a).touch()
+    assert default_socket((a, b)) == [a, b]  # several: the user chooses
+    monkeypatch.setenv("IKECTL_SOCKET", "/x/y.ctl")
+    assert default_socket((a, b)) == "/x/y.ctl"
