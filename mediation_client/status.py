@@ -20,7 +20,7 @@ from core_ike.ike.creds import load_private_key, load_public_key
 from core_ike.ike.identity import Identity
 from core_ike.me import events as mev
 from med_db import data
-from med_db.engine import DatabaseError, make_session_factory, open_database
+from med_db.engine import DatabaseError, make_session_factory, open_database, safe_url
 from med_db.models import STATUS_CONNECTING, STATUS_DOWN, STATUS_UP
 
 log = logging.getLogger("mediation_client.db")
@@ -95,7 +95,7 @@ def load_db_connections(url: str, cfg: DaemonConfig) -> DbStatus:
         server = data.get_server_config(s)
         conns = [c for c in data.list_connections(s) if c.active]
         if me is None or server is None:
-            log.warning("client database %s has no key pair or no mediation server yet", url)
+            log.warning("client database %s has no key pair or no mediation server yet", safe_url(url))
             return DbStatus(sessions, ids)
         my_id = Identity.key_id(me.keyid)
         server_id = Identity.key_id(server.keyid)

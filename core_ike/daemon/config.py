@@ -601,3 +601,11 @@ def check_host(cfg: DaemonConfig) -> None:
         raise LocalError(f"[daemon] control: directory {d} does not exist")
     if not os.access(d, os.W_OK | os.X_OK):
         raise LocalError(f"[daemon] control: cannot create a socket in {d}: permission denied")
+    from .control import control_socket_in_use
+
+    if control_socket_in_use(cfg.settings.control):
+        raise LocalError(f"control socket {cfg.settings.control} is in use by another running daemon")
+    if cfg.settings.metrics:
+        from .metrics import check_listen
+
+        check_listen(cfg.settings.metrics)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -121,6 +122,19 @@ class Waiter:
             self._maybe_done()
 
 
+def control_socket_in_use(path: str) -> bool:
+    """Does a process accept connections on the unix socket at `path`?"""
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 class ControlServer:
     def __init__(self, path: str, handler: Handler) -> None:
         self.path = path
@@ -129,7 +143,9 @@ class ControlServer:
 
     async def start(self) -> None:
         if os.path.exists(self.path):
-            os.unlink(self.path)
+            if control_socket_in_use(self.path):
+                raise LocalError(f"control socket {self.path} is in use by another running daemon")
+            os.unlink(self.path)  # left behind by a daemon that did not stop cleanly
         self.server = await asyncio.start_unix_server(self._client, path=self.path)
         os.chmod(self.path, 0o600)
 

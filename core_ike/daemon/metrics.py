@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from ..errors import LocalError
 
 log = logging.getLogger("core_ike.daemon")
 
@@ -82,6 +85,18 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def check_listen(listen: str) -> None:
+    """Start-up check: the metrics address can be bound (one clear line instead of a late failure)."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server binds it
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise LocalError(f"cannot serve metrics on {host}[{port}]: {e.strerror or e}") from None
+
+
 class MetricsServer:
     def __init__(self, listen: str, stats: Callable[[], dict[str, Any]]) -> None:
         self.host, self.port = parse_listen(listen)
@@ -90,7 +105,10 @@ class MetricsServer:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._client, self.host, self.port)
+        try:
+            self.server = await asyncio.start_server(self._client, self.host, self.port)
+        except OSError as e:
+            raise LocalError(f"cannot serve metrics on {self.host}[{self.port}]: {e.strerror or e}") from None
         log.info("serving Prometheus metrics on http://%s:%d/metrics", self.host, self.port)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -280,6 +280,8 @@ class Daemon:
     # ------------------------------------------------------------------ run and stop
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # from the first moment: a stop during start-up is clean
+            loop.add_signal_handler(sig, self.stopped.set)
         self.transport.start(loop)
         self.dp = make_dataplane(self.cfg.settings.dataplane, self.cfg.settings.tun, self.transport,
                                  self.cfg.settings.natt_port)
@@ -299,8 +301,6 @@ class Daemon:
 
             self.metrics = MetricsServer(self.cfg.settings.metrics, self.stats)
             await self.metrics.start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stopped.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         log.info("%s started, %d connection(s) loaded", self.prog, len(self.cfg.connections))
         self.autostart(time.monotonic())

@@ -129,6 +129,8 @@ CASES = [
          "address (the host has no such address)"),
     Case("port in use", IKED, BASE, "cannot listen on 127.0.0.1[{natt}]: Address already in use "
          "(another program, such as charon or a second daemon, uses it)"),
+    Case("control socket in use", IKED, BASE, "control socket {dir}/ctl.sock is in use by another running daemon"),
+    Case("metrics port in use", IKED, BASE, "cannot serve metrics on 127.0.0.1[{natt}]: Address already in use"),
     Case("server port in use", SERVER, DAEMON + PSK + SERVER_CONN, "cannot listen on 127.0.0.1[{natt}]: "
          "Address already in use (another program, such as charon or a second daemon, uses it)"),
     # ---------------------------------------------------------------- databases
@@ -170,6 +172,7 @@ EDITS: dict[str, tuple[str, str]] = {
     "listen host name": ('listen = ["{listen}"]', 'listen = ["vpn.example.org"]'),
     "dataplane": ('dataplane = "none"', 'dataplane = "kernel"'),
     "control directory": ('control = "{dir}/ctl.sock"', 'control = "{dir}/nodir/ctl.sock"'),
+    "metrics port in use": ('control = "{dir}/ctl.sock"', 'control = "{dir}/ctl.sock"\nmetrics = "127.0.0.1:{natt}"'),
     "ike proposal": ('remote_addrs = ["192.0.2.2"]\n', 'remote_addrs = ["192.0.2.2"]\n'
                      'proposals = "aes128-sha256-modp9999"\n'),
     "esp proposal": ('remote_ts = ["10.2.0.0/24"]\n', 'remote_ts = ["10.2.0.0/24"]\n'
@@ -251,8 +254,18 @@ def held_port() -> Iterator[int]:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_startup_mistake_is_one_line(case: Case, workdir: Path, held_port: int) -> None:
     port, natt = _free_port(), _free_port()
-    if "port in use" in case.name:
+    if "port in use" in case.name and "metrics" not in case.name:
         natt = held_port
+    held: list[socket.socket] = []
+    if case.name == "metrics port in use":  # a TCP listener on the port the metrics want
+        held.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        held[0].bind(("127.0.0.1", 0))
+        held[0].listen()
+        natt = held[0].getsockname()[1]
+    if case.name == "control socket in use":  # another daemon answers on the control socket
+        held.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        held[0].bind(str(workdir / "ctl.sock"))
+        held[0].listen()
     listen = _absent_address() if case.name == "address not on this host" else "127.0.0.1"
     fill = {"dir": str(workdir), "listen": listen, "port": str(port), "natt": str(natt)}
     text = case.toml
@@ -265,8 +278,12 @@ def test_startup_mistake_is_one_line(case: Case, workdir: Path, held_port: int) 
     args = [a.format(**fill) for a in case.args]
     if "-c" not in args:
         args = ["-c", str(conf), *args]
-    r = subprocess.run(_argv(case.module, *args), capture_output=True, text=True, timeout=60, env=_env(),
-                       cwd=workdir)
+    try:
+        r = subprocess.run(_argv(case.module, *args), capture_output=True, text=True, timeout=60, env=_env(),
+                           cwd=workdir)
+    finally:
+        for h in held:
+            h.close()
     out = r.stdout + r.stderr
     assert "Traceback" not in out, out
     assert r.returncode == 2, out
@@ -279,7 +296,8 @@ def test_startup_mistake_is_one_line(case: Case, workdir: Path, held_port: int) 
     assert r.stdout == ""
     if case.db:
         assert not (workdir / case.db).exists() and not (workdir / case.db).parent.exists()
-    assert not (workdir / "ctl.sock").exists()
+    # no socket left behind; the other daemon's socket is left alone
+    assert (workdir / "ctl.sock").exists() == (case.name == "control socket in use")
 
 
 def _ready(ctl: Path) -> bool:
