@@ -78,6 +78,7 @@ if [ -z "$D" ] && command -v dpkg-query >/dev/null; then
   done
   if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
+    apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
   fi
 fi
