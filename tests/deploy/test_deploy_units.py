@@ -34,7 +34,8 @@ def _in_root(root: Path, script: str) -> subprocess.CompletedProcess[str]:
     for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("sbin", "usr/sbin")):
         if not (root / link).is_symlink():
             (root / link).symlink_to(target)
-    setup = (f"mount --bind /usr/lib/systemd {root}/usr/lib/systemd && "
+    setup = ("mount -t tmpfs tmpfs /run && "  # systemd-analyze leaves a marker in /run/systemd
+             f"mount --bind /usr/lib/systemd {root}/usr/lib/systemd && "
              f"mount --bind /usr/bin/kill {root}/usr/bin/kill && cd {root}/etc/systemd/system && ")
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", setup + script],
                           capture_output=True, text=True, timeout=120)
