@@ -185,5 +185,5 @@ Installed into ${D:-/}.  Next steps (docs/deployment.md, also in $SHARE/doc/):
   5. Web server: $SHARE/lighttpd-medmgr.conf or apache-medmgr.conf (README-medmgr.md).
   Firewall: UDP 500 and 4500; on the mediation server also the relay ports ([mediation] relay_ports,
   default UDP 50000-50999); the portal's HTTPS port.
-  Control: ikectl -s /run/ikeme/iked.ctl list (mediation-server.ctl / mediation-client.ctl status).
+  Control: ikectl list / ikectl status (with several daemons: ikectl -s /run/ikeme/NAME.ctl ...).
 EOF
