@@ -63,6 +63,9 @@ check "portals have no capabilities" '[ "$(caps medmgr-server)" = 00000000000000
 check "ikectl reaches iked at /run/ikeme/iked.ctl" "ikectl -s /run/ikeme/iked.ctl conns"
 check "ikectl status of the mediation server" "ikectl -s /run/ikeme/mediation-server.ctl status"
 check "ikectl status of the mediation client" "ikectl -s /run/ikeme/mediation-client.ctl status"
+check "the client manager reaches the mediation client's socket from inside its sandbox" \
+  "nsenter -t $(systemctl show -p MainPID --value medmgr-client) -m setpriv --reuid ikeme --regid www-data \
+     --groups ikeme -- /opt/ikeme/bin/ikectl -s /run/ikeme/mediation-client.ctl conns"
 check "TUN devices ipsec0 and ipsec1" "ip link show ipsec0 && ip link show ipsec1"
 check "databases in /var/lib/ikeme, owner-only" \
   '[ "$(stat -c %U:%a /var/lib/ikeme/med_db.sqlite /var/lib/ikeme/client.sqlite | sort -u)" = ikeme:600 ]'

@@ -187,6 +187,12 @@ def test_portal_databases_are_the_daemons() -> None:
     assert unit("medmgr-client.service").environment()["MED_DB_URL"] == client_db
 
 
+def test_client_manager_reloads_the_mediation_client() -> None:
+    control = _example("mediation-client.service")["daemon"]["control"]  # type: ignore[index]
+    cmd = (unit("medmgr-client.service").get("ExecStart") or "").split()
+    assert cmd[cmd.index("--daemon-socket") + 1] == control
+
+
 def test_web_server_snippets_name_the_portal_sockets() -> None:
     sockets = set()
     for name in PORTALS:
