@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["hash-password"]:
         return _hash_password_cmd()
-    p = argparse.ArgumentParser(prog="python -m medmgr_web.client_manager", description=__doc__,
+    p = argparse.ArgumentParser(prog="medmgr-client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--admin-hash-file", required=True, metavar="FILE",

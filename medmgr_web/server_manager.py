@@ -430,7 +430,7 @@ def create_app(db: str | sessionmaker[Session] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medmgr_web.server_manager", description=__doc__,
+    p = argparse.ArgumentParser(prog="medmgr-server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--ms-address", default="mediation.example.net", help="mediation server host name/address")

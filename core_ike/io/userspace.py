@@ -166,13 +166,20 @@ class UserspaceDataPlane:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Create and configure the TUN device and register readers (call inside the loop)."""
         self._loop = loop or asyncio.get_running_loop()
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+        except OSError as e:
+            raise DataPlaneError(f"cannot open /dev/net/tun for the userspace data plane: {e.strerror}",
+                                 e.errno or 0) from None
         try:
             ifr = struct.pack("16sH", self.tun_name.encode(), IFF_TUN | IFF_NO_PI)
             fcntl.ioctl(fd, TUNSETIFF, ifr)
-        except OSError:
+        except OSError as e:
             os.close(fd)
-            raise
+            hint = {errno.EPERM: " (needs CAP_NET_ADMIN)",
+                    errno.EBUSY: " (another daemon on this host uses that name: set [daemon] tun)"}.get(e.errno or 0, "")
+            raise DataPlaneError(f"cannot create TUN device {self.tun_name}: {e.strerror}{hint}",
+                                 e.errno or 0) from None
         self._tun_fd = fd
 
         def setup(ipr: Any) -> int:
