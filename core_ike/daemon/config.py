@@ -216,22 +216,20 @@ def _subnets(where: str, key: str, v: Any) -> list[str]:
     return out
 
 
-def _ike_proposals(where: str, key: str, v: Any) -> str:
-    text = _str(where, key, v)
-    try:
-        parse_ike_proposals(text)
-    except LocalError as e:
-        raise LocalError(f"{where} {key}: {e}") from None
-    return text
+def _proposals_check(parse: Callable[[str], object]) -> Callable[[str, str, Any], str]:
+    """A check that parses a proposal string now, so a bad algorithm fails at load, not at `up`."""
+    def check(where: str, key: str, v: Any) -> str:
+        text = _str(where, key, v)
+        try:
+            parse(text)
+        except LocalError as e:
+            raise LocalError(f"{where} {key}: {e}") from None
+        return text
+    return check
 
 
-def _esp_proposals(where: str, key: str, v: Any) -> str:
-    text = _str(where, key, v)
-    try:
-        parse_esp_proposals(text)
-    except LocalError as e:
-        raise LocalError(f"{where} {key}: {e}") from None
-    return text
+_ike_proposals = _proposals_check(parse_ike_proposals)
+_esp_proposals = _proposals_check(parse_esp_proposals)
 
 
 def _selectors(where: str, key: str, v: Any) -> list[str]:
