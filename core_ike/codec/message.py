@@ -311,34 +311,105 @@ def _fragment(
 
 # --- RFC 7383 reassembly ---------------------------------------------------------------------------
 
-ReassemblyKey = tuple[bytes, bytes, int, bool]
+ReassemblyKey = tuple[bytes, bytes, int, bool]  # (SPIi, SPIr, Message ID, response)
+
+# What holding a fragment costs beyond its plaintext octets (bytes object and dict slot), and an
+# incomplete message beyond its fragments (the _Partial, its dict, the key tuple, the budget's slot):
+# the accounting below is of memory held, not of payload octets.
+FRAGMENT_OVERHEAD = 100
+MESSAGE_OVERHEAD = 500
 
 
-@dataclass
+@dataclass(frozen=True)
+class Drop:
+    """Fragments a Reassembler gave up (for the caller's counters and log lines)."""
+
+    key: ReassemblyKey
+    reason: str  # memory | limit | expired | replaced | duplicate | closed
+    fragments: int  # datagrams dropped: those held plus the one that caused it, if any
+    octets: int  # accounted octets released
+
+
+@dataclass(eq=False)  # hashed by identity: a key of ReassemblyBudget._age
 class _Partial:
+    key: ReassemblyKey
     total: int
     deadline: float
     parts: dict[int, bytes] = field(default_factory=dict)  # fragment number -> plaintext
-    size: int = 0
-    first: Message | None = None  # fragment 1 (header, Next Payload, raw)
+    size: int = 0  # plaintext octets (the max_size limit)
+    cost: int = 0  # accounted octets (the memory caps)
+    first: Message | None = None  # fragment 1 (header, Next Payload, raw), without its ciphertext
+
+
+class ReassemblyBudget:
+    """One cap on the octets held by incomplete messages of many Reassemblers (one per IKE SA).
+
+    When it is full, the oldest incomplete message of any of them is dropped first; the Reassembler
+    that needed the room reports that drop.
+    """
+
+    def __init__(self, max_total: int) -> None:
+        self.max_total = max_total
+        self.used = 0
+        self.peak = 0
+        self._age: dict[_Partial, Reassembler] = {}  # insertion order = age
+
+    def __len__(self) -> int:
+        return len(self._age)
+
+    def _charge(self, part: _Partial, owner: Reassembler, octets: int) -> None:
+        self._age.setdefault(part, owner)
+        self.used += octets
+        self.peak = max(self.peak, self.used)
+
+    def _release(self, part: _Partial) -> None:
+        if self._age.pop(part, None) is not None:
+            self.used -= part.cost
+
+    def _make_room(self, octets: int, keep: _Partial | None) -> list[Drop]:
+        """Drop the oldest incomplete messages except `keep` until `octets` more fit (or none is left)."""
+        drops: list[Drop] = []
+        while self.used + octets > self.max_total:
+            victim = next((p for p in self._age if p is not keep), None)
+            if victim is None:
+                break
+            drops.append(self._age[victim]._remove(victim.key, "memory"))
+        return drops
 
 
 class Reassembler:
     """Collects SKF fragments per (SPIi, SPIr, Message ID, response flag) (RFC 7383 2.6).
 
     Each fragment is verified and decrypted when it arrives, so forged fragments cannot poison a
-    reassembly (RFC 7383 2.6 / 5). Limits bound memory; an incomplete message is dropped once its
-    deadline (`timeout` after its first fragment) has passed.
+    reassembly (RFC 7383 2.6 / 5), nor push out others. Limits bound memory: per message
+    (`max_fragments`, `max_size` plaintext octets), per Reassembler (`max_bytes` accounted octets of all
+    its incomplete messages) and, through a shared `budget`, across Reassemblers; when a memory cap is
+    hit the oldest incomplete message goes first. An incomplete message is dropped once its deadline
+    (`timeout` after its first fragment) has passed. Every fragment given up is reported in `drops`
+    (drained by the caller with `take_drops`).
     """
 
-    def __init__(self, max_fragments: int = 32, max_size: int = 65536, timeout: float = 30.0) -> None:
+    def __init__(self, max_fragments: int = 32, max_size: int = 65536, timeout: float = 30.0,
+                 max_bytes: int | None = None, budget: ReassemblyBudget | None = None) -> None:
         self.max_fragments = max_fragments
         self.max_size = max_size
         self.timeout = timeout
-        self._partials: dict[ReassemblyKey, _Partial] = {}
+        self.max_bytes = max_bytes
+        self.budget = budget
+        self.used = 0  # accounted octets of the incomplete messages held
+        self.peak = 0
+        self.drops: list[Drop] = []
+        self._partials: dict[ReassemblyKey, _Partial] = {}  # insertion order = age
 
     def __len__(self) -> int:
         return len(self._partials)
+
+    def keys(self) -> list[ReassemblyKey]:
+        return list(self._partials)
+
+    def take_drops(self) -> list[Drop]:
+        out, self.drops = self.drops, []
+        return out
 
     def next_deadline(self) -> float | None:
         return min((p.deadline for p in self._partials.values()), default=None)
@@ -347,11 +418,36 @@ class Reassembler:
         """Drop reassemblies whose deadline passed; returns their keys (for a log line)."""
         gone = [k for k, p in self._partials.items() if p.deadline <= now]
         for k in gone:
-            del self._partials[k]
+            self.drops.append(self._remove(k, "expired"))
         return gone
 
-    def discard(self, key: ReassemblyKey) -> None:
-        self._partials.pop(key, None)
+    def discard(self, key: ReassemblyKey, reason: str = "replaced") -> None:
+        if key in self._partials:
+            self.drops.append(self._remove(key, reason))
+
+    def clear(self) -> None:
+        """Give up everything (the IKE SA is gone): releases the shared budget."""
+        for k in list(self._partials):
+            self.drops.append(self._remove(k, "closed"))
+
+    def _forget(self, key: ReassemblyKey) -> _Partial:
+        part = self._partials.pop(key)
+        self.used -= part.cost
+        if self.budget is not None:
+            self.budget._release(part)
+        return part
+
+    def _remove(self, key: ReassemblyKey, reason: str, extra: int = 0) -> Drop:
+        part = self._forget(key)
+        return Drop(key, reason, len(part.parts) + extra, part.cost)
+
+    def _refuse(self, key: ReassemblyKey, reason: str, why: str) -> DecodeError:
+        """Drop the fragment at hand with its whole message (RFC 7383 2.6: a message over a limit)."""
+        if key in self._partials:
+            self.drops.append(self._remove(key, reason, 1))
+        else:
+            self.drops.append(Drop(key, reason, 1, 0))
+        return DecodeError(why)
 
     def add(self, msg: Message, protector: SkProtector, now: float) -> Message | None:
         """Feed one decoded SKF message; returns the assembled, decrypted Message when complete.
@@ -363,30 +459,61 @@ class Reassembler:
         if not isinstance(skf, SkfPayload):
             raise LocalError("Reassembler.add needs a message carrying an SKF payload")
         self.expire(now)
-        if skf.total > self.max_fragments:
-            raise DecodeError(f"{skf.total} fragments announced, limit {self.max_fragments}")
         key: ReassemblyKey = (msg.spi_i, msg.spi_r, msg.message_id, msg.is_response)
+        if skf.total > self.max_fragments:
+            # not authenticated yet: this fragment goes, a reassembly under way stays
+            self.drops.append(Drop(key, "limit", 1, 0))
+            raise DecodeError(f"{skf.total} fragments announced, limit {self.max_fragments}")
         part = self._partials.get(key)
         if part is not None and (
             skf.total < part.total or (skf.total == part.total and skf.number in part.parts)
         ):
-            return None  # RFC 7383 2.6.1: smaller Total Fragments or duplicate: discard the fragment
+            # RFC 7383 2.6.1: smaller Total Fragments or duplicate: discard the fragment
+            self.drops.append(Drop(key, "duplicate", 1, 0))
+            return None
         plaintext = protector.open(skf.prefix, skf.body)  # IntegrityError propagates
-        if part is None or skf.total > part.total:
+        if part is not None and skf.total > part.total:
             # RFC 7383 2.6.1: a larger total means the sender re-fragmented; start over
-            part = _Partial(skf.total, now + self.timeout)
+            self.drops.append(self._remove(key, "replaced"))
+            part = None
+        if part is not None and part.size + len(plaintext) > self.max_size:
+            raise self._refuse(key, "limit", f"reassembled message exceeds {self.max_size} octets")
+        # fragment 1 is kept for its header, without the ciphertext (decode_message copied it)
+        first = replace(msg, sk=replace(skf, body=b"")) if skf.number == 1 else None
+        cost = len(plaintext) + FRAGMENT_OVERHEAD + (len(msg.raw) if first is not None else 0)
+        cost += MESSAGE_OVERHEAD if part is None else 0
+        self._make_room(cost, part, key)
+        if part is None:
+            part = _Partial(key, skf.total, now + self.timeout)
             self._partials[key] = part
-        if part.size + len(plaintext) > self.max_size:
-            del self._partials[key]
-            raise DecodeError(f"reassembled message exceeds {self.max_size} octets")
         part.parts[skf.number] = plaintext
         part.size += len(plaintext)
-        if skf.number == 1:
-            part.first = msg
+        part.cost += cost
+        self.used += cost
+        self.peak = max(self.peak, self.used)
+        if self.budget is not None:
+            self.budget._charge(part, self, cost)
+        if first is not None:
+            part.first = first
         if len(part.parts) < part.total:
             return None
-        del self._partials[key]
-        return _assemble(part)
+        return _assemble(self._forget(key))
+
+    def _make_room(self, cost: int, part: _Partial | None, key: ReassemblyKey) -> None:
+        """The memory caps: drop the oldest other incomplete messages (here, then anywhere under the
+        budget) until `cost` more octets fit; if they never do, the message at hand goes."""
+        if self.max_bytes is not None:
+            for k in [k for k in self._partials if self._partials[k] is not part]:
+                if self.used + cost <= self.max_bytes:
+                    break
+                self.drops.append(self._remove(k, "memory"))
+            if self.used + cost > self.max_bytes:
+                raise self._refuse(key, "memory", f"incomplete messages exceed {self.max_bytes} octets")
+        if self.budget is not None:
+            self.drops += self.budget._make_room(cost, part)
+            if self.budget.used + cost > self.budget.max_total:
+                raise self._refuse(key, "memory",
+                                   f"incomplete messages exceed the total of {self.budget.max_total} octets")
 
 
 def _assemble(part: _Partial) -> Message:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..codec.message import Message, decode_message
+from ..codec.message import Message, ReassemblyBudget, decode_message
 from ..codec.payloads import NoncePayload, NotifyPayload, Proposal
 from ..constants import IKE_PORT, NATT_PORT, ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId
 from ..crypto.proposals import parse_proposals
@@ -81,6 +81,9 @@ class EngineConfig:
     cookie_secret_lifetime: float = 600.0  # RFC 7296 2.6: rotate the cookie secret this often
     half_open_timeout: float = 30.0
     max_half_open: int = 10000  # hard cap on what unauthenticated peers can make us allocate
+    # RFC 7383 reassembly memory (accounted octets of incomplete messages): per IKE_SA and engine-wide
+    frag_max_per_sa: int = 2 * 1024 * 1024
+    frag_max_total: int = 64 * 1024 * 1024
     pools: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -119,6 +122,8 @@ class Engine:
         self._half_open = 0
         # what `ikectl stats` and the metrics show: drops by reason, cookies, refusals
         self.counters: Counter[str] = Counter()
+        # incomplete fragmented messages of all IKE_SAs share this (core_ike/ike/fragments.py)
+        self.frag_budget = ReassemblyBudget(self.cfg.frag_max_total)
         self._half_open_by_ip: dict[str, int] = {}
         self._vips_used: set[str] = set()
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from ..codec.message import Message, Reassembler, SkProtector, decrypt_message, encode_message
+from ..codec.message import Message, SkProtector, decrypt_message, encode_message
 from ..codec.payloads import NotifyPayload, Proposal, SkfPayload
 from ..codec.rules import check_rules
 from ..constants import ExchangeType, HeaderFlag, NotifyType, name_of
 from ..errors import DecodeError, IntegrityError, ProtocolError
 from . import events as ev
 from .config import ChildConfig, IkeConfig
+from .fragments import FragmentReceiver
 from .identity import Identity
 from .task import Status, Task
 
@@ -79,10 +80,10 @@ class IkeSa:
     # a mediation server holds one IkeSa per registered peer: no per-instance __dict__ (about 1 KiB each)
     __slots__ = (
         "cached_response", "children", "config", "created_at", "dpd_pending", "engine", "established_at",
-        "extension_data", "frag_supported", "in_prot", "init_request", "init_response",
+        "extension_data", "frag_supported", "fragments", "in_prot", "init_request", "init_response",
         "is_original_initiator", "last_in", "last_out", "local", "mediation", "my_id", "my_mid", "name",
         "nat_here", "nat_there", "ni", "nr", "out_prot", "outstanding", "peer_hash_algs", "peer_id",
-        "peer_mid", "prf", "prf_id", "proposal", "proposal_text", "queue", "reassembler", "rekey_at",
+        "peer_mid", "prf", "prf_id", "proposal", "proposal_text", "queue", "rekey_at",
         "rekeyed_from", "remote", "sk_d", "sk_pi", "sk_pr", "spi_i", "spi_r", "state", "timer_at", "unique_id",
         "init_key", "indexed",
     )
@@ -131,7 +132,7 @@ class IkeSa:
         self.outstanding: Outstanding | None = None
         self.queue: list[Task] = []
         self.cached_response: tuple[int, list[bytes]] | None = None
-        self.reassembler: Reassembler | None = None  # created on the first SKF fragment (memory per SA)
+        self.fragments: FragmentReceiver | None = None  # created on the first SKF fragment (memory per SA)
         # children
         self.children: dict[int, ChildSa] = {}
         # timers
@@ -280,12 +281,9 @@ class IkeSa:
         if self.in_prot is None:
             raise DecodeError("encrypted message before keys exist")
         if isinstance(msg.sk, SkfPayload):
-            if self.reassembler is None:
-                self.reassembler = Reassembler()
-            full = self.reassembler.add(msg, self.in_prot, now)  # RFC 7383 2.6
-            log.info("received fragment #%d of %d%s", msg.sk.number, msg.sk.total,
-                     ", reassembled fragmented IKE message" if full is not None else ", waiting for the rest")
-            return full
+            if self.fragments is None:
+                self.fragments = FragmentReceiver(self)
+            return self.fragments.receive(self, msg, self.in_prot, now)  # RFC 7383 2.6
         return decrypt_message(msg, self.in_prot)
 
     def _process_response(self, msg: Message, now: float) -> None:
@@ -328,8 +326,7 @@ class IkeSa:
     def _process_request(self, msg: Message, now: float) -> None:
         mid = msg.message_id
         if mid == self.peer_mid - 1 and self.cached_response and self.cached_response[0] == mid:
-            log.info("received retransmit of request with ID %d, retransmitting response", mid)
-            self._send(self.cached_response[1], now)
+            self.resend_response(mid, now)
             return
         if mid != self.peer_mid:
             log.info("%s: ignoring request %d, expected %d", self.label, mid, self.peer_mid)
@@ -351,6 +348,12 @@ class IkeSa:
         for t in tasks:
             t.responded(self, now)
         self.after_response(now)
+
+    def resend_response(self, mid: int, now: float) -> None:
+        """A retransmitted request `mid` (RFC 7296 2.1): send our cached response again."""
+        if self.cached_response is not None and self.cached_response[0] == mid:
+            log.info("received retransmit of request with ID %d, retransmitting response", mid)
+            self._send(self.cached_response[1], now)
 
     def _send_response(self, resp: Message, now: float) -> None:
         if log.isEnabledFor(logging.INFO):
@@ -403,14 +406,14 @@ class IkeSa:
                 ds.append(self.last_out + self.config.keepalive_interval)
         elif not self.is_original_initiator:
             ds.append(self.created_at + self.engine.half_open_timeout)
-        nxt = self.reassembler.next_deadline() if self.reassembler is not None else None
+        nxt = self.fragments.next_deadline() if self.fragments is not None else None
         if nxt is not None:
             ds.append(nxt)
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
-        if self.reassembler is not None:
-            self.reassembler.expire(now)
+        if self.fragments is not None:
+            self.fragments.expire(self, now)
         out = self.outstanding
         if out is not None and now >= out.deadline:
             self._retransmit(out, now)
@@ -461,6 +464,9 @@ class IkeSa:
         self.set_state(IkeState.DESTROYED)
         self.outstanding = None
         self.queue.clear()
+        if self.fragments is not None:
+            self.fragments.close(self, now)  # gives back its share of the engine-wide budget
+            self.fragments = None
         self.engine.forget(self)
 
     def remove_child(self, child: ChildSa, reason: str) -> None:
