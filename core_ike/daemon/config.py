@@ -83,6 +83,8 @@ class DaemonSettings:
     cookie_threshold_ip: int = 3  # ... from one address
     half_open_timeout: float = 30.0
     max_half_open: int = 10000
+    frag_max_per_sa: int = 2 * 1024 * 1024  # octets of incomplete IKE fragment sets per IKE_SA (RFC 7383)
+    frag_max_total: int = 64 * 1024 * 1024  # ... of all IKE_SAs together
     force_cookies: bool = False
     metrics: str | None = None  # ADDRESS:PORT for Prometheus metrics (docs/operations.md); off when unset
 
@@ -386,6 +388,9 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "cookie_threshold_ip": _int,
     "half_open_timeout": _dur,
     "max_half_open": lambda w, k, v: _int(w, k, v, 1),
+    # no less than the size limit of one reassembled message (64 KiB)
+    "frag_max_per_sa": lambda w, k, v: _int(w, k, v, 65536),
+    "frag_max_total": lambda w, k, v: _int(w, k, v, 65536),
     "force_cookies": _bool,
     "metrics": lambda w, k, v: _metrics(w, k, v),
 }

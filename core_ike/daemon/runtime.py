@@ -61,7 +61,8 @@ class Daemon:
                              EngineConfig(ike_port=st.port, natt_port=st.natt_port,
                                           cookie_threshold=st.cookie_threshold,
                                           cookie_threshold_ip=st.cookie_threshold_ip, force_cookies=st.force_cookies,
-                                          half_open_timeout=st.half_open_timeout, max_half_open=st.max_half_open),
+                                          half_open_timeout=st.half_open_timeout, max_half_open=st.max_half_open,
+                                          frag_max_per_sa=st.frag_max_per_sa, frag_max_total=st.frag_max_total),
                              route_source=route_source)
         self.engine.extensions.extend(extensions or [])
         self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
