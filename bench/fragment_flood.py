@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""IKE fragment flood (issue 9): incomplete RFC 7383 fragment sets against half-open IKE_SAs, and what
+they cost the responder's memory.
+
+An attacker engine completes IKE_SA_INIT with a real responder :class:`core_ike.ike.engine.Engine` (so it
+holds the keys and its fragments pass the ICV), never sends IKE_AUTH, and then sends ``--sets`` fragment
+sets of ``--set-kib`` KiB each: fragments 2..N (N <= 32) of an IKE_AUTH request whose fragment 1 never
+comes. Everything runs in one process with a fake clock; the datagrams go straight to
+``Engine.receive`` (no sockets), generated one set at a time (the attacker keeps nothing).
+
+Scenarios:
+
+- ``mids`` (default): one half-open IKE_SA, set *i* carries Message ID *i* (1, 2, 3, ...);
+- ``sas``: ``--sas`` half-open IKE_SAs, each gets sets at the Message ID it expects (inside the window),
+  round robin: what the engine-wide budget is for.
+
+Measured: VmRSS after setup and after the flood (``gc.collect()`` first), the plaintext octets the engine
+holds in incomplete reassemblies (walked), its accounted octets (``Engine.frag_budget``: current and peak),
+the ``drop-fragment-*`` counters, the responder's time in ``Engine.receive``; then the clock moves past the
+half-open timeout and the same is measured again. Each run is a fresh process; ``--before REV`` also runs
+the flood against ``git archive REV`` of this repository, for a before/after table.
+
+    bench/fragment_flood.py                                    # 6000 sets of 62 KiB, one half-open IKE_SA
+    bench/fragment_flood.py --before a4837d6^                  # ... and the same before the fix
+    bench/fragment_flood.py --scenario sas --sas 1500 --sets 1500
+    bench/fragment_flood.py --out bench/results/fragment_flood.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+_VENV_PY = ROOT / ".venv" / "bin" / "python"
+if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+    os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])
+
+PSK = "fragment-flood-shared-secret-0123456789"
+VICTIM, ATTACKER = "192.0.2.2", "192.0.2.1"
+MIB = 1024 * 1024
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ====================================================================== the flood (one process)
+class Flood:
+    """A responder engine (the victim) and an attacker engine with `n_sas` half-open IKE_SAs to it."""
+
+    def __init__(self, n_sas: int, engine_kw: dict[str, Any]) -> None:
+        from core_ike.ike.config import AuthConfig, IkeConfig
+        from core_ike.ike.creds import Credentials
+        from core_ike.ike.engine import Engine, EngineConfig
+        from core_ike.ike.identity import Identity
+
+        creds_v, creds_a = Credentials(), Credentials()
+        for c in (creds_v, creds_a):
+            c.add_psk(PSK, "attacker@flood", "victim@flood")
+        auth_a = (AuthConfig("psk", Identity.parse("attacker@flood")), AuthConfig("psk", Identity.parse("victim@flood")))
+        cfg_a = IkeConfig("flood", local_addrs=[ATTACKER], remote_addrs=[VICTIM], local=auth_a[0], remote=auth_a[1],
+                          proposals="aes128gcm16-prfsha256-x25519")
+        cfg_v = IkeConfig("gw", local_addrs=[VICTIM], remote_addrs=["%any"], local=auth_a[1], remote=auth_a[0],
+                          proposals="aes128gcm16-prfsha256-x25519")
+        # a real attacker answers COOKIEs (it has a real address); the bench skips that round trip
+        kw = {"cookie_threshold": 10**9, "cookie_threshold_ip": 10**9, **engine_kw}
+        self.victim = Engine([cfg_v], creds_v, EngineConfig(**kw))
+        self.attacker = Engine([cfg_a], creds_a, EngineConfig())
+        self.now = 1000.0
+        self.receive_s = 0.0
+        self.pairs: list[tuple[Any, Any]] = []  # (attacker's SA, victim's SA)
+        for _ in range(n_sas):
+            sa = self.attacker.initiate("flood", now=self.now, remote=(VICTIM, 500))
+            self._pump()
+            (vsa,) = [s for s in self.victim.ike_sas() if s.spi_i == sa.spi_i]
+            assert sa.out_prot is not None and vsa.in_prot is not None and not vsa.established
+            self.pairs.append((sa, vsa))
+
+    def _pump(self) -> None:
+        """IKE_SA_INIT both ways; the attacker's IKE_AUTH is never delivered."""
+        for _ in range(4):
+            for data, _local, remote in self.attacker.datagrams_to_send():
+                if data[18] == 34:  # IKE_SA_INIT
+                    self.victim.receive(data, remote, (ATTACKER, 500), self.now)
+            for data, _local, remote in self.victim.datagrams_to_send():
+                self.attacker.receive(data, remote, (VICTIM, 500), self.now)
+
+    def one_set(self, sa: Any, vsa: Any, mid: int, set_bytes: int, frag_size: int) -> int:
+        """Fragments 2..N of an IKE_AUTH request of `set_bytes` octets; returns the datagrams sent."""
+        from core_ike.codec.message import encode_message
+        from core_ike.codec.payloads import VendorIdPayload
+
+        msg = sa.new_message(35, False, mid)  # IKE_AUTH
+        msg.payloads.append(VendorIdPayload(bytes(set_bytes)))
+        frags = encode_message(msg, sa.out_prot, frag_size)[1:]
+        t = time.perf_counter()
+        for d in frags:
+            self.victim.receive(d, vsa.local, vsa.remote, self.now)
+        self.receive_s += time.perf_counter() - t
+        self.victim.datagrams_to_send()  # nothing is expected; keep the list empty anyway
+        return len(frags)
+
+    def held(self) -> dict[str, int]:
+        """Plaintext octets and messages in incomplete reassemblies (works before and after the fix)."""
+        octets = messages = 0
+        for s in self.victim.ike_sas():
+            r = getattr(s, "fragments", None)
+            r = getattr(r, "reassembler", None) or getattr(s, "reassembler", None)
+            for part in getattr(r, "_partials", {}).values():
+                messages += 1
+                octets += sum(len(p) for p in part.parts.values())
+        budget = getattr(self.victim, "frag_budget", None)
+        return {"plaintext": octets, "messages": messages,
+                "accounted": budget.used if budget is not None else -1,
+                "accounted_peak": budget.peak if budget is not None else -1}
+
+    def expire(self) -> None:
+        """Move the clock past the half-open timeout, firing the victim's timers."""
+        end = self.now + self.victim.cfg.half_open_timeout + 1
+        while (t := self.victim.get_timer()) is not None and t <= end:
+            self.now = max(self.now, t)
+            self.victim.handle_timer(self.now)
+        self.now = end
+
+
+def run(scenario: str, sets: int, set_kib: float, frag_size: int, n_sas: int, rate: float,
+        engine_kw: dict[str, Any]) -> dict[str, Any]:
+    """One flood in this process; returns the figures."""
+    import core_ike
+
+    flood = Flood(n_sas if scenario == "sas" else 1, engine_kw)
+    gc.collect()
+    out: dict[str, Any] = {"scenario": scenario, "sets": sets, "set_kib": set_kib, "sas": len(flood.pairs),
+                           "src": str(Path(core_ike.__file__).resolve().parents[1]),
+                           "rss_setup": rss_mib()}
+    set_bytes = int(set_kib * 1024)
+    datagrams = 0
+    held_max = 0
+    t0 = time.perf_counter()
+    for i in range(sets):
+        if scenario == "sas":
+            sa, vsa = flood.pairs[i % len(flood.pairs)]
+            mid = vsa.peer_mid  # the Message ID it expects: inside the window
+        else:
+            sa, vsa = flood.pairs[0]
+            mid = 1 + i
+        datagrams += flood.one_set(sa, vsa, mid, set_bytes, frag_size)
+        flood.now += 1.0 / rate
+        if i % 500 == 0:
+            held_max = max(held_max, flood.held()["plaintext"])
+    out["seconds"] = time.perf_counter() - t0
+    out["receive_s"] = flood.receive_s
+    out["datagrams"] = datagrams
+    out["sim_seconds"] = sets / rate
+    gc.collect()
+    out["rss_flood"] = rss_mib()
+    out["held_flood"] = flood.held()
+    out["held_plaintext_max"] = max(held_max, out["held_flood"]["plaintext"])
+    out["counters"] = {k: v for k, v in sorted(flood.victim.counters.items()) if k.startswith("drop-")}
+    flood.expire()
+    gc.collect()
+    out["rss_expired"] = rss_mib()
+    out["held_expired"] = flood.held()
+    out["half_open_left"] = flood.victim.half_open
+    return out
+
+
+# ====================================================================== orchestration
+def _child(args: argparse.Namespace, src: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", "--src", str(src), "--scenario", args.scenario,
+           "--sets", str(args.sets), "--set-kib", str(args.set_kib), "--frag-size", str(args.frag_size),
+           "--sas", str(args.sas), "--rate", str(args.rate)]
+    for k in ("frag_max_per_sa", "frag_max_total"):
+        if getattr(args, k) is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"flood run against {src} failed:\n{res.stderr[-3000:]}")
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def export(rev: str, into: Path) -> Path:
+    """`git archive REV` of this repository, unpacked (the working tree stays untouched)."""
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    tar = into / "tree.tar"
+    tar.write_bytes(data)
+    with tarfile.open(tar) as t:
+        t.extractall(into / "tree", filter="data")
+    return into / "tree"
+
+
+def _kib(n: int) -> str:
+    return "n/a" if n < 0 else f"{n / 1024:.0f}"
+
+
+def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    head = (f"{'tree':<10} {'sets':>5} {'SAs':>4} {'datagrams':>9} {'RSS setup':>9} {'RSS flood':>9} "
+            f"{'growth':>7} {'RSS expired':>11} {'held KiB':>8} {'acct KiB':>8} {'acct peak':>9} "
+            f"{'recv s':>6}   (RSS in MiB)")
+    out = [head]
+    for name, r in rows:
+        out.append(f"{name:<10} {r['sets']:>5} {r['sas']:>4} {r['datagrams']:>9} {r['rss_setup']:>9.1f} "
+                   f"{r['rss_flood']:>9.1f} {r['rss_flood'] - r['rss_setup']:>7.1f} {r['rss_expired']:>11.1f} "
+                   f"{r['held_flood']['plaintext'] / 1024:>8.0f} {_kib(r['held_flood']['accounted']):>8} "
+                   f"{_kib(r['held_flood']['accounted_peak']):>9} {r['receive_s']:>6.1f}")
+    for name, r in rows:
+        drops = ", ".join(f"{k}={v}" for k, v in r["counters"].items()) or "none counted"
+        out.append(f"{name}: drops: {drops}; after the half-open timeout: {r['held_expired']['plaintext']} "
+                   f"octets held, {r['half_open_left']} half-open")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--scenario", choices=("mids", "sas"), default="mids")
+    ap.add_argument("--sets", type=int, default=6000, help="incomplete fragment sets sent")
+    ap.add_argument("--set-kib", type=float, default=62.0, help="size of each set (fragments 2..N)")
+    ap.add_argument("--frag-size", type=int, default=2100, help="IKE datagram size of the fragments")
+    ap.add_argument("--sas", type=int, default=1500, help="half-open IKE_SAs (scenario sas)")
+    ap.add_argument("--rate", type=float, default=1000.0, help="sets per simulated second (fake clock)")
+    ap.add_argument("--frag-max-per-sa", dest="frag_max_per_sa", type=int, help="EngineConfig override")
+    ap.add_argument("--frag-max-total", dest="frag_max_total", type=int, help="EngineConfig override")
+    ap.add_argument("--before", metavar="REV", help="also run against `git archive REV` (e.g. the commit before a fix)")
+    ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help="append the report to this file")
+    args = ap.parse_args(argv)
+    if args.child:
+        sys.path.insert(0, str(args.src))
+        # drop lines are formatted as in a daemon, then discarded
+        logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))
+        kw = {k: getattr(args, k) for k in ("frag_max_per_sa", "frag_max_total") if getattr(args, k) is not None}
+        print(json.dumps(run(args.scenario, args.sets, args.set_kib, args.frag_size, args.sas, args.rate, kw)))
+        return
+    rows: list[tuple[str, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.before:
+            rows.append(("before", _child(args, export(args.before, Path(tmp)))))
+        rows.append(("this tree", _child(args, ROOT)))
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=False).stdout.strip()
+    report = "\n".join([
+        f"fragment flood ({args.scenario}): {args.sets} incomplete sets of {args.set_kib:g} KiB "
+        f"(fragments 2..N of {args.frag_size}-octet datagrams) "
+        + ("against one half-open IKE_SA, Message IDs 1, 2, 3, ..." if args.scenario == "mids"
+           else f"over {args.sas} half-open IKE_SAs, each at its expected Message ID"),
+        f"{time.strftime('%Y-%m-%d %H:%M')}  HEAD {rev}" + (f", before = {args.before}" if args.before else "")
+        + f"; {args.rate:g} sets per simulated second; in-process, Engine.receive fed directly",
+        table(rows),
+        "command: bench/fragment_flood.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    ])
+    print(report)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(report + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
