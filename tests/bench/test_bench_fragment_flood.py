@@ -1,0 +1,62 @@
+"""bench/fragment_flood.py, short and bounded: the engine's accounted reassembly octets never exceed the caps
+(asserted on the accounting and its peak, not on timing), and the RSS stays far below what the sets weigh."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "fragment_flood.py"
+SET = 62 * 1024
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fragment_flood", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fragment_flood"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sets_for_other_message_ids_cost_nothing() -> None:
+    bench = _load()
+    flood = bench.Flood(1, {})
+    sa, vsa = flood.pairs[0]
+    gc.collect()
+    rss0 = bench.rss_mib()
+    sent = 0
+    for mid in range(1, 1001):  # 1000 sets of 62 KiB = 60 MiB of fragments if they were kept
+        sent += flood.one_set(sa, vsa, mid, SET, 2100)
+    gc.collect()
+    grown = bench.rss_mib() - rss0
+    eng = flood.victim
+    held = flood.held()
+    assert held["messages"] == 1 and held["plaintext"] < SET  # request 1, the one expected, in its window
+    assert eng.frag_budget.peak == eng.frag_budget.used <= eng.cfg.frag_max_per_sa
+    assert eng.counters["drop-fragment-window"] == sent - sent // 1000
+    assert grown < 30, f"RSS grew {grown:.1f} MiB"  # before the fix: about 60 MiB
+    flood.expire()
+    assert eng.frag_budget.used == 0 and eng.half_open == 0
+
+
+def test_many_half_open_sas_stay_within_the_budget() -> None:
+    bench = _load()
+    total, per_sa = 4 * 1024 * 1024, 256 * 1024
+    flood = bench.Flood(150, {"frag_max_total": total, "frag_max_per_sa": per_sa})
+    eng = flood.victim
+    for i in range(300):  # 150 SAs x 62 KiB, twice, each at the Message ID it expects: ~9 MiB offered
+        sa, vsa = flood.pairs[i % len(flood.pairs)]
+        flood.one_set(sa, vsa, vsa.peer_mid, SET, 2100)
+        assert eng.frag_budget.used <= total
+    assert eng.frag_budget.peak <= total
+    assert eng.frag_budget.used > total - 2 * SET  # full, not emptied
+    assert eng.counters["drop-fragment-memory"] > 0
+    held = [vsa.fragments.reassembler for _, vsa in flood.pairs if vsa.fragments is not None]
+    assert all(r.peak <= per_sa for r in held)
+    assert eng.frag_budget.used == sum(r.used for r in held)  # the budget is the sum of what the SAs hold
+    flood.expire()
+    assert eng.frag_budget.used == 0 and len(eng.frag_budget) == 0 and eng.half_open == 0
