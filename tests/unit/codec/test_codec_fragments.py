@@ -183,3 +183,62 @@ def test_decode_accepts_memoryview(protector: Any) -> None:
 def test_fragment_size_too_small(protector: Any) -> None:
     with pytest.raises(LocalError):
         encode_message(_big(), protector, fragment_size=60)
+
+
+def _incomplete(protector: Any, mid: int, cert_len: int = 3000) -> list[bytes]:
+    """All fragments of a message but fragment 1: it never completes."""
+    return encode_message(_big(mid=mid, cert_len=cert_len), protector, fragment_size=800)[1:]
+
+
+def test_per_reassembler_cap_drops_the_oldest_message_first(protector: Any) -> None:
+    r = Reassembler(max_bytes=8000)
+    for mid in (1, 2, 3):
+        for f in _incomplete(protector, mid):
+            r.add(decode_message(f), protector, 0.0)
+            assert r.used <= 8000
+    assert [k[2] for k in r.keys()] == [2, 3] and r.peak <= 8000
+    drops = r.take_drops()
+    assert [(d.key[2], d.reason) for d in drops] == [(1, "memory")] and drops[0].fragments == 4
+    assert r.take_drops() == []
+
+
+def test_a_message_larger_than_the_cap_is_dropped_whole(protector: Any) -> None:
+    r = Reassembler(max_bytes=3000)
+    with pytest.raises(DecodeError, match="exceed 3000 octets"):
+        for f in _incomplete(protector, 1, cert_len=6000):
+            r.add(decode_message(f), protector, 0.0)
+    assert len(r) == 0 and r.used == 0
+    (d,) = r.take_drops()
+    assert d.reason == "memory" and d.fragments >= 2
+
+
+def test_budget_shared_by_reassemblers_drops_the_oldest_anywhere(protector: Any) -> None:
+    from core_ike.codec.message import ReassemblyBudget
+
+    budget = ReassemblyBudget(8000)
+    r1, r2 = Reassembler(budget=budget), Reassembler(budget=budget)
+    for r, mid in ((r1, 1), (r2, 2), (r1, 3)):
+        for f in _incomplete(protector, mid):
+            r.add(decode_message(f), protector, 0.0)
+            assert budget.used <= 8000
+    assert r1.keys() == [(SPI_I, SPI_R, 3, False)] and [k[2] for k in r2.keys()] == [2]
+    assert budget.used == r1.used + r2.used and budget.peak <= 8000
+    assert [(d.key[2], d.reason) for d in r1.take_drops()] == [(1, "memory")]  # reported by who needed room
+    r1.clear()
+    r2.expire(100.0)
+    assert budget.used == 0 and len(budget) == 0
+    assert [d.reason for d in r1.take_drops() + r2.take_drops()] == ["closed", "expired"]
+
+
+def test_an_unauthenticated_over_limit_fragment_leaves_the_reassembly_alone(protector: Any) -> None:
+    frags = encode_message(_big(), protector, fragment_size=800)
+    r = Reassembler(max_fragments=len(frags))
+    r.add(decode_message(frags[0]), protector, 0.0)
+    bogus = bytearray(frags[1])
+    bogus[34:36] = (len(frags) + 1).to_bytes(2, "big")  # Total Fragments (not authenticated yet)
+    with pytest.raises(DecodeError):
+        r.add(decode_message(bytes(bogus)), protector, 0.0)
+    result = None
+    for f in frags[1:]:
+        result = r.add(decode_message(f), protector, 0.0)
+    assert result is not None and r.used == 0
