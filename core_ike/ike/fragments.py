@@ -62,10 +62,11 @@ class FragmentReceiver:
                 return None
         if mid != expected:
             self._drop(sa, now, Drop((msg.spi_i, msg.spi_r, mid, response), "window", 1, 0),
-                       f"fragment #{skf.number} of {_what(response, mid)} outside the message-ID window "
-                       f"(expected {'none' if expected is None else expected})")
+                       "fragment #%d of %s outside the message-ID window (expected %s)",
+                       skf.number, _what(response, mid), "none" if expected is None else expected)
             return None
         r = self.reassembler
+        # what is left of an earlier Message ID is outside the window now: it can never complete
         for key in r.keys():
             if key[3] == response and key[2] != mid:
                 r.discard(key, "replaced")
@@ -74,7 +75,7 @@ class FragmentReceiver:
         except IntegrityError as e:
             self._report(sa, now)
             self._drop(sa, now, Drop((msg.spi_i, msg.spi_r, mid, response), "integrity", 1, 0),
-                       f"fragment #{skf.number} of {_what(response, mid)}: integrity check failed ({e})")
+                       "fragment #%d of %s: integrity check failed (%s)", skf.number, _what(response, mid), e)
             return None
         except DecodeError as e:
             self._report(sa, now, str(e))
@@ -93,12 +94,12 @@ class FragmentReceiver:
                 prot.open(skf.prefix, skf.body)
             except IntegrityError as e:
                 self._drop(sa, now, Drop(key, "integrity", 1, 0),
-                           f"fragment #1 of {_what(False, msg.message_id)}: integrity check failed ({e})")
+                           "fragment #1 of %s: integrity check failed (%s)", _what(False, msg.message_id), e)
                 return
             sa.resend_response(msg.message_id, now)
             return
-        self._drop(sa, now, Drop(key, "retransmit", 1, 0),
-                   f"fragment #{skf.number} of retransmitted {_what(False, msg.message_id)} ignored")
+        self._drop(sa, now, Drop(key, "retransmit", 1, 0), "fragment #%d of retransmitted %s ignored",
+                   skf.number, _what(False, msg.message_id))
 
     def expire(self, sa: IkeSa, now: float) -> None:
         self.reassembler.expire(now)
@@ -123,16 +124,17 @@ class FragmentReceiver:
                 text += f" of IKE_SA {d.key[0].hex()}_i {d.key[1].hex()}_r"
             cause = why if why is not None and i == len(drops) - 1 else None  # the refused fragment is last
             text += f" ({d.octets} octets held): " + (cause or _REASONS.get(d.reason, d.reason))
-            self._drop(sa, now, d, text)
+            self._drop(sa, now, d, "%s", text)
 
-    def _drop(self, sa: IkeSa, now: float, d: Drop, text: str) -> None:
+    def _drop(self, sa: IkeSa, now: float, d: Drop, fmt: str, *args: object) -> None:
+        """Count `d`; log it unless this IKE_SA logged a drop less than LOG_INTERVAL ago."""
         sa.engine.counters[f"drop-fragment-{d.reason}"] += d.fragments
         if now < self.log_at:
             self.suppressed += 1
             return
         more = f" ({self.suppressed} more fragment drop lines suppressed)" if self.suppressed else ""
         log.log(logging.INFO if d.reason in _ROUTINE else logging.WARNING,
-                "%s: dropping %s%s", sa.label, text, more)
+                "%s: dropping " + fmt + "%s", sa.label, *args, more)
         self.log_at = now + LOG_INTERVAL
         self.suppressed = 0
 
