@@ -22,7 +22,9 @@ import ipaddress
 import logging
 import re
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,8 +34,9 @@ from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import KeyError_, keyid_text, parse_peer_public_key, pem_from_spki
 from med_db.models import STATUS_NAMES, Connection
-from medmgr_web.launcher import add_common_args, serve
-from medmgr_web.security import SessionStore, Throttle, hash_password, verify_password
+from medmgr_web.launcher import add_common_args, serve, throttle_config
+from medmgr_web.security import SessionStore, hash_password, verify_password
+from medmgr_web.throttle import LoginThrottle, ThrottleConfig
 from medmgr_web.web import HTTPError, PortalApp, Request, Response, redirect
 
 log = logging.getLogger("medmgr_web.client_manager")
@@ -47,9 +50,8 @@ ADMIN_KEY = "admin"
 class ClientManagerConfig:
     admin_password_hash: str
     session_timeout: float = 900.0
-    throttle_account: int = 5
-    throttle_address: int = 20
-    throttle_window: float = 900.0
+    max_sessions: int = 10_000
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     refresh_seconds: int = 10
     daemon_socket: str | None = None  # the mediation client's control socket: reload after a save
     daemon_timeout: float = 10.0      # seconds to wait for its answer
@@ -67,14 +69,15 @@ def parse_subnet(value: str, what: str) -> tuple[str | None, str | None]:
 
 class ClientManager(PortalApp):
     cookie_name = "medcli_sid"
+    csrf_cookie_name = "medcli_csrf"
     templates_prefix = "client/"
     title = "Mediation Client"
 
-    def __init__(self, session_factory: sessionmaker[Session], config: ClientManagerConfig) -> None:
-        super().__init__(session_factory, SessionStore(config.session_timeout), "user/login", "connection/list")
+    def __init__(self, session_factory: sessionmaker[Session], config: ClientManagerConfig, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(session_factory, SessionStore(config.session_timeout, config.max_sessions, clock),
+                         LoginThrottle(config.throttle, clock, sleep), "user/login", "connection/list")
         self.config = config
-        self.throttle_account = Throttle(config.throttle_account, config.throttle_window)
-        self.throttle_address = Throttle(config.throttle_address, config.throttle_window)
         r = self.route
         r("user", "login", self.user_login, public=True)
         r("user", "logout", self.user_logout, methods=("POST",))
@@ -121,15 +124,14 @@ class ClientManager(PortalApp):
     def user_login(self, req: Request) -> Response:
         if req.method == "GET":
             return self.render(req, "user/login.html")
-        wait = max(self.throttle_account.retry_after(ADMIN_KEY), self.throttle_address.retry_after(req.remote_addr))
-        if wait:
-            return self.render(req, "user/login.html", status=429,
-                               errors=[f"Too many failed login attempts. Try again in {wait} seconds."])
+        attempt = self.throttle.begin(req.remote_addr, ADMIN_KEY)
+        if attempt.retry_after:
+            return self.login_refused(req, "user/login.html", attempt)
+        self.throttle.wait(attempt)
         if not verify_password(req.field("password", False), self.config.admin_password_hash):
-            self.throttle_account.fail(ADMIN_KEY)
-            self.throttle_address.fail(req.remote_addr)
+            self.throttle.failed(attempt)
             return self.render(req, "user/login.html", status=401, errors=["Invalid password."])
-        self.throttle_account.reset(ADMIN_KEY)
+        self.throttle.succeeded(attempt)
         self.start_login(req, ADMIN_ID)
         return redirect(req.url("connection/list"))
 
@@ -280,8 +282,10 @@ class ClientManager(PortalApp):
 
 
 def create_app(db: str | sessionmaker[Session] | None, config: ClientManagerConfig,
-               *, init_db: bool = True) -> ClientManager:
-    """WSGI app factory.  ``db`` is a database URL or a ready session factory."""
+               *, init_db: bool = True, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> ClientManager:
+    """WSGI app factory.  ``db`` is a database URL or a ready session factory; ``clock`` (monotonic
+    seconds) and ``sleep`` drive session expiry and login throttling."""
     if db is None or isinstance(db, str):
         engine = make_engine(db)
         if init_db:
@@ -289,7 +293,7 @@ def create_app(db: str | sessionmaker[Session] | None, config: ClientManagerConf
         factory = make_session_factory(engine)
     else:
         factory = db
-    return ClientManager(factory, config)
+    return ClientManager(factory, config, clock=clock, sleep=sleep)
 
 
 def _hash_password_cmd() -> int:
@@ -323,9 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.admin_hash_file, encoding="ascii") as f:
         admin_hash = f.read().strip()
     cfg = ClientManagerConfig(
-        admin_password_hash=admin_hash, session_timeout=args.session_timeout,
-        throttle_account=args.throttle_account, throttle_address=args.throttle_address,
-        throttle_window=args.throttle_window, refresh_seconds=args.refresh, daemon_socket=args.daemon_socket,
+        admin_password_hash=admin_hash, session_timeout=args.session_timeout, max_sessions=args.max_sessions,
+        throttle=throttle_config(args), refresh_seconds=args.refresh, daemon_socket=args.daemon_socket,
     )
     serve(create_app(args.db, cfg), args)
     return 0

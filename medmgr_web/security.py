@@ -1,14 +1,15 @@
-"""Password hashing, login sessions, CSRF tokens and login throttling for the portals."""
+"""Password hashing, login sessions and CSRF tokens for the portals (throttling: ``throttle.py``)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,43 +51,62 @@ def verify_password(password: str, stored: str) -> bool:
 DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
-@dataclass
+@dataclass(slots=True)
 class LoginSession:
     sid: str
     csrf: str
+    user_id: int
     last_seen: float
-    user_id: int | None = None
     flash: list[str] = field(default_factory=list)
 
 
 class SessionStore:
-    """In-memory sessions (one process; flup serves with threads).  IDs from ``secrets``."""
+    """Login sessions in memory (one process; flup serves with threads), created at login only.
 
-    def __init__(self, idle_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+    At most ``max_sessions``: a new login evicts the session idle the longest.  Sessions idle for
+    more than ``idle_timeout`` are swept at every lookup, oldest first (the store is kept in order of
+    last use, so the sweep is amortized O(1)).  IDs and CSRF tokens from ``secrets``."""
+
+    def __init__(self, idle_timeout: float, max_sessions: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.idle_timeout = idle_timeout
+        self.max_sessions = max(1, max_sessions)
         self.clock = clock
-        self._sessions: dict[str, LoginSession] = {}
+        self.evicted = 0  # sessions dropped to make room, since start
+        self._sessions: OrderedDict[str, LoginSession] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def sweep(self) -> int:
+        """Drop the expired sessions now; the number left."""
+        with self._lock:
+            self._sweep(self.clock())
+            return len(self._sessions)
 
     def get(self, sid: str | None) -> LoginSession | None:
         if not sid:
             return None
-        now = self.clock()
         with self._lock:
+            now = self.clock()
+            self._sweep(now)
             sess = self._sessions.get(sid)
             if sess is None:
                 return None
-            if now - sess.last_seen > self.idle_timeout:
-                del self._sessions[sid]
-                return None
             sess.last_seen = now
+            self._sessions.move_to_end(sid)
             return sess
 
-    def new(self, user_id: int | None = None) -> LoginSession:
-        now = self.clock()
-        sess = LoginSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, user_id)
+    def new(self, user_id: int) -> LoginSession:
         with self._lock:
-            self._expire(now)
+            now = self.clock()
+            self._sweep(now)
+            while len(self._sessions) >= self.max_sessions:
+                self._sessions.popitem(last=False)
+                self.evicted += 1
+            sess = LoginSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32), user_id, now)
             self._sessions[sess.sid] = sess
         return sess
 
@@ -99,45 +119,34 @@ class SessionStore:
             for sid in [s for s, v in self._sessions.items() if v.user_id == user_id]:
                 del self._sessions[sid]
 
-    def _expire(self, now: float) -> None:
-        for sid in [s for s, v in self._sessions.items() if now - v.last_seen > self.idle_timeout]:
-            del self._sessions[sid]
+    def _sweep(self, now: float) -> None:
+        sessions = self._sessions
+        while sessions and now - next(iter(sessions.values())).last_seen > self.idle_timeout:
+            sessions.popitem(last=False)
 
 
-class Throttle:
-    """Failed-login limiter: at most ``limit`` failures per key within ``window`` seconds."""
+# -- CSRF ---------------------------------------------------------------------------------------
+# A logged-in form carries its session's random token.  An anonymous form (login, registration)
+# has no server-side session: its token is an HMAC, under a per-process secret, of a random value
+# the browser holds in a cookie of its own (HttpOnly, SameSite=Strict), and a POST must bring back
+# both (a signed double-submit cookie).  Anonymous requests thus cost the server no memory.
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self._fails: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+CSRF_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
-    def retry_after(self, key: str) -> int:
-        """Seconds until ``key`` may try again (0 = allowed now)."""
-        now = self.clock()
-        with self._lock:
-            q = self._fails.get(key)
-            if q is None:
-                return 0
-            while q and now - q[0] >= self.window:
-                q.popleft()
-            if not q:
-                del self._fails[key]
-                return 0
-            if len(q) < self.limit:
-                return 0
-            return max(1, int(q[0] + self.window - now + 0.999))
 
-    def fail(self, key: str) -> None:
-        with self._lock:
-            self._fails.setdefault(key, deque()).append(self.clock())
+def new_csrf_nonce() -> str:
+    return secrets.token_urlsafe(32)
 
-    def reset(self, key: str) -> None:
-        with self._lock:
-            self._fails.pop(key, None)
+
+def anon_csrf_token(key: bytes, nonce: str) -> str:
+    mac = hmac.new(key, b"medmgr anonymous form\0" + nonce.encode("ascii"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
 
 def csrf_ok(expected: str, got: str | None) -> bool:
     return got is not None and hmac.compare_digest(expected.encode(), got.encode("utf-8", "replace"))
+
+
+def anon_csrf_ok(key: bytes, nonce: str | None, got: str | None) -> bool:
+    return nonce is not None and CSRF_NONCE_RE.fullmatch(nonce) is not None and \
+        csrf_ok(anon_csrf_token(key, nonce), got)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,9 +31,10 @@ from med_db.keyid import (
     pem_from_spki,
 )
 from med_db.models import Peer
-from medmgr_web.launcher import add_common_args, serve
-from medmgr_web.security import DUMMY_HASH, SessionStore, Throttle, hash_password, verify_password
+from medmgr_web.launcher import add_common_args, serve, throttle_config
+from medmgr_web.security import DUMMY_HASH, SessionStore, hash_password, verify_password
 from medmgr_web.swanctl import SERVER_KEY_FILE, SnippetPeer, conn_names, parse_subnets, swanctl_conf
+from medmgr_web.throttle import LoginThrottle, ThrottleConfig
 from medmgr_web.web import HTTPError, PortalApp, Request, Response, redirect
 
 NAME_RE = re.compile(r"[A-Za-z0-9\-_@.]{1,64}")
@@ -49,9 +52,8 @@ class ServerManagerConfig:
     ms_public_key_pem: str | None = None
     password_min_length: int = 8
     session_timeout: float = 900.0
-    throttle_account: int = 5
-    throttle_address: int = 20
-    throttle_window: float = 900.0
+    max_sessions: int = 10_000
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
 
 
 def validate_name(value: str, what: str) -> str | None:
@@ -77,14 +79,15 @@ def validate_new_password(password: str, confirm: str, min_length: int) -> str |
 
 class ServerManager(PortalApp):
     cookie_name = "medsrv_sid"
+    csrf_cookie_name = "medsrv_csrf"
     templates_prefix = "server/"
     title = "Mediation Service"
 
-    def __init__(self, session_factory: sessionmaker[Session], config: ServerManagerConfig) -> None:
-        super().__init__(session_factory, SessionStore(config.session_timeout), "user/login", "peer/list")
+    def __init__(self, session_factory: sessionmaker[Session], config: ServerManagerConfig, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(session_factory, SessionStore(config.session_timeout, config.max_sessions, clock),
+                         LoginThrottle(config.throttle, clock, sleep), "user/login", "peer/list")
         self.config = config
-        self.throttle_account = Throttle(config.throttle_account, config.throttle_window)
-        self.throttle_address = Throttle(config.throttle_address, config.throttle_window)
         self.ms_keyid: bytes | None = None
         self.ms_pem: str | None = None  # as a PEM public key, whatever form the file had
         if config.ms_public_key_pem:
@@ -117,19 +120,17 @@ class ServerManager(PortalApp):
             return self.render(req, "user/login.html", login="")
         login = req.field("login")
         password = req.field("password", strip=False)
-        wait = max(self.throttle_account.retry_after(login.lower()),
-                   self.throttle_address.retry_after(req.remote_addr))
-        if wait:
-            return self.render(req, "user/login.html", status=429, login=login, errors=[
-                f"Too many failed login attempts. Try again in {wait} seconds."])
+        attempt = self.throttle.begin(req.remote_addr, login)
+        if attempt.retry_after:
+            return self.login_refused(req, "user/login.html", attempt, login=login)
+        self.throttle.wait(attempt)  # before the database is read: holds no connection
         user = data.get_user_by_login(req.db, login) if login else None
         ok = verify_password(password, user.password if user else DUMMY_HASH) and user is not None
         if not ok or user is None:
-            self.throttle_account.fail(login.lower())
-            self.throttle_address.fail(req.remote_addr)
+            self.throttle.failed(attempt)
             return self.render(req, "user/login.html", status=401, login=login,
                                errors=["Invalid username or password."])
-        self.throttle_account.reset(login.lower())
+        self.throttle.succeeded(attempt)
         self.start_login(req, user.id)
         return redirect(req.url("peer/list"))
 
@@ -417,8 +418,11 @@ class ServerManager(PortalApp):
 
 
 def create_app(db: str | sessionmaker[Session] | None = None,
-               config: ServerManagerConfig | None = None, *, init_db: bool = True) -> ServerManager:
-    """WSGI app factory.  ``db`` is a database URL or a ready session factory."""
+               config: ServerManagerConfig | None = None, *, init_db: bool = True,
+               clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> ServerManager:
+    """WSGI app factory.  ``db`` is a database URL or a ready session factory; ``clock`` (monotonic
+    seconds) and ``sleep`` drive session expiry and login throttling."""
     if db is None or isinstance(db, str):
         engine = make_engine(db)
         if init_db:
@@ -426,7 +430,7 @@ def create_app(db: str | sessionmaker[Session] | None = None,
         factory = make_session_factory(engine)
     else:
         factory = db
-    return ServerManager(factory, config or ServerManagerConfig())
+    return ServerManager(factory, config or ServerManagerConfig(), clock=clock, sleep=sleep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,8 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ServerManagerConfig(
         ms_address=args.ms_address, ms_port=args.ms_port, ms_public_key_pem=pem,
         password_min_length=args.password_min_length, session_timeout=args.session_timeout,
-        throttle_account=args.throttle_account, throttle_address=args.throttle_address,
-        throttle_window=args.throttle_window,
+        max_sessions=args.max_sessions, throttle=throttle_config(args),
     )
     serve(create_app(args.db, cfg), args)
     return 0

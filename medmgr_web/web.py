@@ -1,6 +1,9 @@
 """A small WSGI toolkit for the portals: requests, responses, controller/action routing behind an
 auth filter, login sessions with CSRF tokens, one DB session per request, jinja2 templates.
 
+Server-side sessions exist for logged-in users only; anonymous pages carry a CSRF token bound to a
+cookie of their own (``security.py``), so requests without a login cost the server no memory.
+
 URL scheme (as the reference portal): ``<base>/<controller>/<action>/<arg>...``; ``<base>/static/*``
 serves the shipped CSS/JS/icon.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 import http.cookies
 import logging
 import mimetypes
+import secrets
 import traceback
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -22,7 +26,16 @@ import jinja2
 from sqlalchemy.orm import Session, sessionmaker
 
 from med_db.keyid import keyid_colon, keyid_text
-from medmgr_web.security import LoginSession, SessionStore, csrf_ok
+from medmgr_web.security import (
+    CSRF_NONCE_RE,
+    LoginSession,
+    SessionStore,
+    anon_csrf_ok,
+    anon_csrf_token,
+    csrf_ok,
+    new_csrf_nonce,
+)
+from medmgr_web.throttle import Attempt, LoginThrottle
 
 log = logging.getLogger("medmgr_web")
 
@@ -72,6 +85,9 @@ class Request:
         self.args: list[str] = []
         self.new_login: LoginSession | None = None  # set when a new cookie must be sent
         self.clear_cookie = False
+        self.csrf_nonce: str | None = None       # the anonymous-form cookie, as received
+        self.new_csrf_nonce: str | None = None   # set when that cookie must be (re)issued
+        self.clear_csrf = False
 
     @property
     def secure(self) -> bool:
@@ -105,13 +121,6 @@ class Request:
         value = self.form.get(name, "")
         return value.strip() if strip else value
 
-    def ensure_login(self, store: SessionStore) -> LoginSession:
-        """The login session, created (anonymous) if there is none; needed for the CSRF token."""
-        if self.login is None:
-            self.login = store.new()
-            self.new_login = self.login
-        return self.login
-
     def flash(self, message: str) -> None:
         if self.login is not None:
             self.login.flash.append(message)
@@ -131,13 +140,16 @@ class PortalApp:
     """Base WSGI application: subclasses register routes and provide template context."""
 
     cookie_name = "SID"
+    csrf_cookie_name = "CSRF"  # the anonymous forms' cookie
     templates_prefix = ""
     title = "Portal"
 
-    def __init__(self, session_factory: sessionmaker[Session], store: SessionStore,
+    def __init__(self, session_factory: sessionmaker[Session], store: SessionStore, throttle: LoginThrottle,
                  login_url: str, home_url: str) -> None:
         self.session_factory = session_factory
         self.store = store
+        self.throttle = throttle
+        self.csrf_key = secrets.token_bytes(32)  # signs the anonymous forms' tokens; per process
         self.login_url = login_url
         self.home_url = home_url
         self.routes: dict[tuple[str, str], Route] = {}
@@ -185,10 +197,20 @@ class PortalApp:
             raise HTTPError(405, "Method not allowed.")
         req.read_form()
         if req.method == "POST":
-            if req.login is None or not csrf_ok(req.login.csrf, req.form.get("csrf")):
-                raise HTTPError(403, "The form has expired or did not come from this site. Reload the page "
-                                     "and try again.")
+            self.check_csrf(req)
         return route.handler(req)
+
+    def check_csrf(self, req: Request) -> None:
+        token = req.form.get("csrf")
+        if req.login is not None:
+            ok = csrf_ok(req.login.csrf, token)
+        else:
+            ok = anon_csrf_ok(self.csrf_key, req.csrf_nonce, token)
+        if not ok:
+            hint = " (no form cookie came with it: are cookies enabled?)" if req.login is None and \
+                req.csrf_nonce is None else ""
+            raise HTTPError(403, f"The form has expired or did not come from this site{hint}. Reload the page "
+                                 "and try again.")
 
     def static(self, name: str) -> Response:
         if not name or "/" in name or name.startswith("."):
@@ -207,11 +229,20 @@ class PortalApp:
     def context(self, req: Request) -> dict[str, Any]:
         return {}
 
+    def csrf_token(self, req: Request) -> str:
+        """The token for this page's forms: the session's, or (anonymous) one bound to the form cookie."""
+        if req.login is not None:
+            return req.login.csrf
+        if req.csrf_nonce is None:
+            req.csrf_nonce = req.new_csrf_nonce = new_csrf_nonce()
+        return anon_csrf_token(self.csrf_key, req.csrf_nonce)
+
     def render(self, req: Request, template: str, status: int = 200, **ctx: Any) -> Response:
-        login = req.ensure_login(self.store)
-        flashes, login.flash = login.flash, []
+        flashes: list[str] = []
+        if req.login is not None:
+            flashes, req.login.flash = req.login.flash, []
         full: dict[str, Any] = {
-            "base": req.base, "csrf": login.csrf, "flashes": flashes, "title": self.title,
+            "base": req.base, "csrf": self.csrf_token(req), "flashes": flashes, "title": self.title,
             "logged_in": req.user_id is not None, "errors": [],
         }
         full.update(self.context(req))
@@ -234,30 +265,35 @@ class PortalApp:
 
     # -- WSGI ------------------------------------------------------------------------------
 
-    def _cookie(self, req: Request) -> str | None:
+    def _read_cookies(self, req: Request) -> None:
         jar = http.cookies.SimpleCookie()
         try:
             jar.load(req.environ.get("HTTP_COOKIE", ""))
         except http.cookies.CookieError:
-            return None
-        morsel = jar.get(self.cookie_name)
-        return None if morsel is None else morsel.value
+            return
+        sid = jar.get(self.cookie_name)
+        if sid is not None and sid.value:
+            req.login = self.store.get(sid.value)
+            req.clear_cookie = req.login is None  # expired or unknown: the browser may forget it
+        nonce = jar.get(self.csrf_cookie_name)
+        if nonce is not None and CSRF_NONCE_RE.fullmatch(nonce.value):
+            req.csrf_nonce = nonce.value
 
-    def _set_cookie(self, req: Request, resp: Response) -> None:
-        path = req.base or "/"
+    def _set_cookies(self, req: Request, resp: Response) -> None:
+        flags = f"; Path={req.base or '/'}; HttpOnly; SameSite=Strict" + ("; Secure" if req.secure else "")
         if req.new_login is not None:
-            flags = f"; Path={path}; HttpOnly; SameSite=Strict"
-            if req.secure:
-                flags += "; Secure"
             resp.headers.append(("Set-Cookie", f"{self.cookie_name}={req.new_login.sid}{flags}"))
         elif req.clear_cookie:
-            resp.headers.append(("Set-Cookie", f"{self.cookie_name}=; Path={path}; Max-Age=0; HttpOnly; "
-                                               "SameSite=Strict"))
+            resp.headers.append(("Set-Cookie", f"{self.cookie_name}={flags}; Max-Age=0"))
+        if req.new_csrf_nonce is not None:
+            resp.headers.append(("Set-Cookie", f"{self.csrf_cookie_name}={req.new_csrf_nonce}{flags}"))
+        elif req.clear_csrf:
+            resp.headers.append(("Set-Cookie", f"{self.csrf_cookie_name}={flags}; Max-Age=0"))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         db = self.session_factory()
         req = Request(environ, db, None)
-        req.login = self.store.get(self._cookie(req))
+        self._read_cookies(req)
         try:
             try:
                 resp = self.dispatch(req)
@@ -271,7 +307,7 @@ class PortalApp:
                 resp = self.error_page(req, 500, "Internal error; the request was not completed.")
         finally:
             db.close()
-        self._set_cookie(req, resp)
+        self._set_cookies(req, resp)
         headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(resp.body)))]
         if resp.content_type.startswith("text/html"):
             headers.append(("Cache-Control", "no-store"))
@@ -281,12 +317,28 @@ class PortalApp:
 
     # -- login helpers ---------------------------------------------------------------------
 
+    def login_refused(self, req: Request, template: str, attempt: Attempt, **ctx: Any) -> Response:
+        """The answer to a login attempt from a blocked address (``throttle.py``)."""
+        resp = self.render(req, template, status=429, errors=[
+            f"Too many failed login attempts from your address. Try again in {attempt.retry_after} seconds."],
+            **ctx)
+        resp.headers.append(("Retry-After", str(attempt.retry_after)))
+        return resp
+
     def start_login(self, req: Request, user_id: int) -> None:
-        """Log in with a fresh session id (no fixation); the old session is dropped."""
+        """Log in with a fresh session id (no fixation); the old session is dropped, and so is the
+        anonymous forms' cookie."""
         if req.login is not None:
             self.store.drop(req.login.sid)
         req.login = self.store.new(user_id)
         req.new_login = req.login
+        req.clear_csrf = req.csrf_nonce is not None
+
+    def stats(self) -> str:
+        """One line for the log (SIGUSR1, ``launcher.py``)."""
+        counts = {"sessions": self.store.sweep(), "max_sessions": self.store.max_sessions,
+                  "sessions_evicted": self.store.evicted, **self.throttle.stats()}
+        return "portal stats: " + " ".join(f"{k}={v}" for k, v in counts.items())
 
     def end_login(self, req: Request) -> None:
         if req.login is not None:

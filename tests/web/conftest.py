@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import os
 import pwd
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -240,12 +242,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "client-admin-pw"
 SHORT_TIMEOUT = 3.0  # idle timeout of the /strict instance
+_addresses = itertools.count(1)
+
+
+def fresh_address() -> str:
+    """A loopback source address no other test of this run uses (all of 127/8 is local), so that each
+    test has its own client address as far as the portals' login throttling is concerned."""
+    n = next(_addresses)
+    return f"127.{100 + os.getpid() % 100}.{n // 250}.{n % 250 + 1}"
 
 
 class Portal:
     """lighttpd on 127.0.0.1:<port> in front of four FastCGI backends started with the real launchers:
-    /srv (server manager), /cli (client manager), /strict (server manager with tight throttling and a
-    short session timeout, for the security tests), /dcli (client manager with ``--daemon-socket
+    /srv (server manager), /cli (client manager), /strict (server manager with tight throttling: 6
+    failures per address, delays after 3 per account, at most 0.2 s; and a short session timeout, for
+    the security tests), /dcli (client manager with ``--daemon-socket
     <base>/medcli.ctl``, where a test may put a stand-in for the mediation client's control socket)."""
 
     def __init__(self, base: Path) -> None:
@@ -253,6 +264,7 @@ class Portal:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.apps: dict[str, subprocess.Popen[bytes]] = {}
         self.ms_pem = REFERENCE_PEM
         self.daemon_socket = base / "medcli.ctl"
 
@@ -261,8 +273,20 @@ class Portal:
         log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
         cmd = [os.environ.get("PYTHON", str(REPO / ".venv/bin/python")), "-m", module, "--socket", str(sock),
                "--db", f"sqlite:///{self.base / (name + '.sqlite')}", *extra]
-        self.procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        self.apps[name] = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(self.apps[name])
         return sock
+
+    def log(self, name: str) -> str:
+        return (self.base / f"{name}.log").read_text(errors="replace")
+
+    def stats(self, name: str) -> dict[str, int]:
+        """The counters of app ``name`` (sessions, throttling): SIGUSR1 makes it log them."""
+        seen = self.log(name).count("portal stats:")
+        self.apps[name].send_signal(signal.SIGUSR1)  # our own child, by PID
+        wait_for(lambda: self.log(name).count("portal stats:") > seen, 10, f"{name} stats")
+        line = self.log(name).split("portal stats:")[-1].splitlines()[0]
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
 
     def start(self) -> None:
         (self.base / "www").mkdir()
@@ -281,7 +305,7 @@ class Portal:
                 "--admin-hash-file", str(self.base / "admin.hash"), "--throttle-address", "1000"]),
             "strict": self._start_app("strict", "medmgr_web.server_manager", [
                 "--throttle-account", "3", "--throttle-address", "6", "--throttle-window", "60",
-                "--session-timeout", str(SHORT_TIMEOUT)]),
+                "--throttle-delay-max", "0.2", "--session-timeout", str(SHORT_TIMEOUT)]),
             "dcli": self._start_app("dcli", "medmgr_web.client_manager", [
                 "--admin-hash-file", str(self.base / "admin.hash"), "--throttle-address", "1000",
                 "--daemon-socket", str(self.daemon_socket)]),

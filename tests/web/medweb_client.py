@@ -37,13 +37,15 @@ class WebClient:
     base_url: str  # e.g. http://127.0.0.1:8088/srv
     cookies: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # local address to connect from (e.g. 127.0.0.2: another client address)
 
     def request(self, method: str, path: str, form: dict[str, str] | None = None,
                 follow: bool = True) -> Reply:
         url = urllib.parse.urlsplit(self.base_url)
         target = url.path.rstrip("/") + "/" + path.lstrip("/") if not path.startswith(url.path + "/") else path
         for _ in range(5):
-            conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+            conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30,
+                                              source_address=None if self.source is None else (self.source, 0))
             hdrs = dict(self.headers)
             if self.cookies:
                 hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
