@@ -52,7 +52,8 @@ class Attempt:
     account: str       # the account key (lower case)
     retry_after: int   # > 0: refused, the address is blocked for this many more seconds
     delay: float       # seconds to wait before answering
-    recent: int        # failures on the account within the window before this attempt
+    recent: int        # failures on the account within the window before this attempt (counted up
+                       # to where the delay stops growing)
 
 
 def address_key(remote_addr: str) -> str:
@@ -178,8 +179,9 @@ class LoginThrottle:
             self._addresses.refund(attempt.address, self.clock())
             self._accounts.reset(attempt.account)
         if attempt.recent:
-            log.warning("login to %r from %s after %d failed attempts on the account (answer delayed %.1f s)",
-                        attempt.account, attempt.address, attempt.recent, attempt.delay)
+            more = " or more" if attempt.recent >= self._accounts.keep else ""  # counted up to the cap
+            log.warning("login to %r from %s after %d%s failed attempts on the account (answer delayed %.1f s)",
+                        attempt.account, attempt.address, attempt.recent, more, attempt.delay)
 
     def failed(self, attempt: Attempt) -> None:
         cfg = self.config
