@@ -8,6 +8,7 @@ integrity algorithms, and ESP proposals default to "noesn".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..codec.payloads import Proposal, Transform
@@ -15,7 +16,7 @@ from ..constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, Transfo
 from ..errors import LocalError
 
 __all__ = ["Algorithms", "parse_proposals", "parse_ike_proposals", "parse_esp_proposals",
-           "select_proposal", "describe", "to_keywords"]
+           "select_proposal", "restrict_proposals", "describe", "transform_name", "to_keywords"]
 
 _E, _P, _I, _D, _N = (TransformType.ENCR, TransformType.PRF, TransformType.INTEG, TransformType.DH,
                       TransformType.ESN)
@@ -222,6 +223,24 @@ def select_proposal(configured: list[Proposal], offered: list[Proposal],
     return matches[0] if matches else None
 
 
+def restrict_proposals(proposals: list[Proposal], accept: Callable[[Transform], bool]
+                       ) -> tuple[list[Proposal], list[Transform]]:
+    """`proposals` without the transforms `accept` refuses, and the refused ones (first seen first).
+
+    A proposal left without encryption algorithm, or with classic encryption but no integrity
+    algorithm, goes entirely; the rest are numbered from 1 again (RFC 7296 3.3.1)."""
+    kept: list[Proposal] = []
+    refused: list[Transform] = []
+    for p in proposals:
+        ts = [t for t in p.transforms if accept(t)]
+        refused += [t for t in p.transforms if t not in ts and t not in refused]
+        encrs = [t for t in ts if t.type == _E]
+        if not encrs or (not all(t.id in _AEAD_IDS for t in encrs) and not any(t.type == _I for t in ts)):
+            continue
+        kept.append(Proposal(len(kept) + 1, p.protocol, p.spi, ts))
+    return kept, refused
+
+
 # --- names ---------------------------------------------------------------------------------------
 
 _ENCR_NAMES = {EncrId.AES_CBC: "AES_CBC", EncrId.AES_CTR: "AES_CTR", EncrId.AES_GCM_8: "AES_GCM_8",
@@ -252,7 +271,8 @@ _NAMES: dict[int, tuple[dict[int, str], str]] = {
 _LOG_ORDER = (_E, _I, _P, _D, _N)  # strongSwan prints ENCR/INTEG/PRF/KE/ESN
 
 
-def _name(t: Transform) -> str:
+def transform_name(t: Transform) -> str:
+    """strongSwan's name of one transform, e.g. "AES_GCM_16_128", "CHACHA20_POLY1305"."""
     table, prefix = _NAMES.get(int(t.type), ({}, f"TRANSFORM{int(t.type)}"))
     base = table.get(t.id, f"{prefix}_{t.id}")
     return f"{base}_{t.key_length}" if t.key_length else base
@@ -260,7 +280,7 @@ def _name(t: Transform) -> str:
 
 def describe(proposal: Proposal, with_protocol: bool = False) -> str:
     """strongSwan-style text, e.g. "AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"."""
-    names = [_name(t) for ttype in _LOG_ORDER for t in proposal.of_type(ttype)]
+    names = [transform_name(t) for ttype in _LOG_ORDER for t in proposal.of_type(ttype)]
     text = "/".join(names)
     if with_protocol:
         text = f"{ProtocolId(proposal.protocol).name}:{text}"
@@ -276,7 +296,7 @@ def to_keywords(proposal: Proposal) -> str:
     for t in [t for ttype in _LOG_ORDER for t in proposal.of_type(ttype)]:
         word = _KEYWORD_OF.get(t)
         if word is None:
-            raise LocalError(f"no keyword for transform {_name(t)}")
+            raise LocalError(f"no keyword for transform {transform_name(t)}")
         words.append(word)
     return "-".join(words)
 

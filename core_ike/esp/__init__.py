@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .algorithms import USERSPACE, EspTransforms, fixed_key_bits, key_lengths
 from .errors import (
     DropReason,
     EspError,
@@ -19,7 +20,6 @@ from .sa import (
     NEXT_HEADER_NO_NEXT,
     EspCounters,
     EspSa,
-    key_lengths,
 )
 from .sad import InboundSad
 
@@ -31,6 +31,7 @@ __all__ = [
     "EspPaddingError",
     "EspReplayError",
     "EspSa",
+    "EspTransforms",
     "EspTruncatedError",
     "EspUnknownSpiError",
     "InboundSad",
@@ -39,5 +40,7 @@ __all__ = [
     "NEXT_HEADER_NO_NEXT",
     "ReplayWindow",
     "SequenceExhaustedError",
+    "USERSPACE",
+    "fixed_key_bits",
     "key_lengths",
 ]

@@ -4,11 +4,12 @@ Packet layout (RFC 4303 2)::
 
     SPI (4) | Sequence Number (4) | IV | ciphertext(inner | padding | Pad Length | Next Header) | ICV
 
-Supported transforms:
+Transforms (KEYMAT layout, nonces, AAD and the AEAD table: `algorithms.py`):
 
-- AES-GCM with a 16-octet ICV (RFC 4106): KEYMAT = key | 4-octet salt (RFC 4106 8.1), nonce =
-  salt | 8-octet explicit IV, AAD = SPI | Seq (or SPI | Seq-high | Seq-low with ESN, RFC 4106 5).
-  The explicit IV is the 64-bit packet counter (RFC 4106 3.1: a counter is a valid IV).
+- AEAD: AES-GCM with 8/12/16-octet ICVs (RFC 4106), AES-CCM with 8/12/16-octet ICVs (RFC 4309),
+  ChaCha20-Poly1305 (RFC 7634). Nonce = salt | 8-octet explicit IV, AAD = SPI | Seq (or
+  SPI | Seq-high | Seq-low with ESN). The explicit IV is the 64-bit packet counter (RFC 4106 3.1,
+  RFC 4309 3.1, RFC 7634 2: a counter is a valid IV; it never repeats under one key).
 - AES-CBC (RFC 3602) + HMAC-SHA1-96 (RFC 2404) / HMAC-SHA2-256-128, -384-192, -512-256
   (RFC 4868). KEYMAT = encryption key | integrity key (RFC 7296 2.17). ICV over
   SPI | Seq | IV | ciphertext (| Seq-high with ESN, RFC 4303 2.2.1).
@@ -27,12 +28,12 @@ import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives import hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..constants import EncrId, IntegId
 from ..errors import LocalError
+from .algorithms import AEAD_ALIGN, AEAD_IV, AEADS, INTEG, aead_ciphers, key_lengths
 from .errors import (
     EspIntegrityError,
     EspPaddingError,
@@ -54,33 +55,7 @@ _QQ = struct.Struct(">QQ")
 # RFC 4303 2.4: pad bytes are 1, 2, 3, ... ; index by pad length
 _PADS = [bytes(range(1, n + 1)) for n in range(256)]
 
-_INTEG: dict[IntegId, tuple[type[hashes.HashAlgorithm], int, int]] = {
-    # id: (hash, key length, ICV length)
-    IntegId.HMAC_SHA1_96: (hashes.SHA1, 20, 12),  # RFC 2404
-    IntegId.HMAC_SHA2_256_128: (hashes.SHA256, 32, 16),  # RFC 4868 2.1
-    IntegId.HMAC_SHA2_384_192: (hashes.SHA384, 48, 24),
-    IntegId.HMAC_SHA2_512_256: (hashes.SHA512, 64, 32),
-}
-
-GCM_ICV = 16
-GCM_SALT = 4
-GCM_IV = 8
 CBC_IV = 16
-
-
-def key_lengths(encr_id: EncrId, key_bits: int, integ_id: IntegId = IntegId.NONE) -> tuple[int, int]:
-    """(encryption key length incl. salt, integrity key length) in octets, for KEYMAT (RFC 7296 2.17)."""
-    if key_bits not in (128, 192, 256):
-        raise LocalError(f"unsupported AES key size {key_bits}")
-    if encr_id == EncrId.AES_GCM_16:
-        if integ_id not in (IntegId.NONE, 0):
-            raise LocalError("AES-GCM is combined mode: no integrity transform (RFC 4106 8.1)")
-        return key_bits // 8 + GCM_SALT, 0
-    if encr_id == EncrId.AES_CBC:
-        if integ_id not in _INTEG:
-            raise LocalError(f"unsupported ESP integrity algorithm {integ_id}")
-        return key_bits // 8, _INTEG[integ_id][1]
-    raise LocalError(f"unsupported ESP encryption algorithm {encr_id}")
 
 
 @dataclass(slots=True)
@@ -134,19 +109,20 @@ class EspSa:
         self.window = ReplayWindow(replay_window, esn)
         self.counters = EspCounters()
         self._spi_bytes = spi.to_bytes(4, "big")
-        self._gcm = encr_id == EncrId.AES_GCM_16
-        if self._gcm:
-            self._aead = AESGCM(encr_key[:-GCM_SALT])
-            self._salt = encr_key[-GCM_SALT:]
-            self._align = 4  # RFC 4106 3.2 / RFC 4303 2.4: 4-octet alignment
-            self._iv_len = GCM_IV
-            self.icv_len = GCM_ICV
+        spec = AEADS.get(encr_id)
+        self._is_aead = spec is not None
+        if spec is not None:
+            self._seal_aead, self._open_aead = aead_ciphers(encr_id, encr_key[: -spec.salt])
+            self._salt = encr_key[-spec.salt :]
+            self._align = AEAD_ALIGN
+            self._iv_len = AEAD_IV
+            self.icv_len = spec.icv
         else:
             algo = algorithms.AES(encr_key)
             self._cbc_enc = Cipher(algo, modes.CBC(bytes(CBC_IV))).encryptor()
             self._cbc_dec = Cipher(algo, modes.CBC(bytes(CBC_IV))).decryptor()
             self._chain = bytes(CBC_IV)  # last ciphertext block output by _cbc_enc
-            hash_cls, _, self.icv_len = _INTEG[integ_id]
+            hash_cls, _, self.icv_len = INTEG[integ_id]
             self._hmac = hmac.HMAC(integ_key, hash_cls())
             self._align = CBC_IV  # RFC 3602 2.4: block size
             self._iv_len = CBC_IV
@@ -167,10 +143,10 @@ class EspSa:
         padlen = -(n + 2) % self._align  # RFC 4303 2.4
         trailer = _PADS[padlen] + bytes((padlen, next_header))
         hdr = self._spi_bytes + _SEQ_HI.pack(seq & 0xFFFFFFFF)
-        if self._gcm:
+        if self._is_aead:
             iv = _Q.pack(seq)
-            aad = self._spi_bytes + _Q.pack(seq) if self.esn else hdr  # RFC 4106 5
-            out = hdr + iv + self._aead.encrypt(self._salt + iv, inner + trailer, aad)
+            aad = self._spi_bytes + iv if self.esn else hdr  # RFC 4106 5, RFC 4309 5, RFC 7634 2.1
+            out = hdr + iv + self._seal_aead(self._salt + iv, inner + trailer, aad)
         else:
             # one block seq XOR C_prev: its ciphertext is the IV (see module docstring)
             seed = _QQ.pack(0, seq)
@@ -212,10 +188,10 @@ class EspSa:
             c.drop_replay += 1
             raise EspReplayError(f"ESP SPI {self.spi:08x}: replayed seq {seq}", self.spi, seq)
         view = memoryview(packet)
-        if self._gcm:
+        if self._is_aead:
             aad = self._spi_bytes + _Q.pack(seq) if self.esn else view[:8]
             try:
-                plain = self._aead.decrypt(self._salt + view[8:16], view[16:], aad)
+                plain = self._open_aead(self._salt + view[8:16], view[16:], aad)
             except InvalidTag:
                 c.drop_bad_icv += 1
                 raise EspIntegrityError(f"ESP SPI {self.spi:08x}: bad ICV", self.spi, seq) from None

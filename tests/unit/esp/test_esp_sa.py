@@ -9,7 +9,7 @@ import struct
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
 from core_ike.constants import EncrId, IntegId
 from core_ike.errors import IntegrityError, LocalError
@@ -29,6 +29,12 @@ from core_ike.esp import (
 SUITES = [
     (EncrId.AES_GCM_16, 128, IntegId.NONE),
     (EncrId.AES_GCM_16, 256, IntegId.NONE),
+    (EncrId.AES_GCM_8, 128, IntegId.NONE),
+    (EncrId.AES_GCM_12, 192, IntegId.NONE),
+    (EncrId.AES_CCM_8, 128, IntegId.NONE),
+    (EncrId.AES_CCM_12, 256, IntegId.NONE),
+    (EncrId.AES_CCM_16, 128, IntegId.NONE),
+    (EncrId.CHACHA20_POLY1305, 256, IntegId.NONE),
     (EncrId.AES_CBC, 128, IntegId.HMAC_SHA1_96),
     (EncrId.AES_CBC, 128, IntegId.HMAC_SHA2_256_128),
     (EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_384_192),
@@ -41,6 +47,38 @@ HASHES = {
     IntegId.HMAC_SHA2_512_256: ("sha512", 32),
 }
 SPI = 0xC0FFEE01
+# RFC 4106 8.1, RFC 4309 7.1, RFC 7634 2: (salt length, ICV length)
+AEAD = {EncrId.AES_GCM_8: (4, 8), EncrId.AES_GCM_12: (4, 12), EncrId.AES_GCM_16: (4, 16),
+        EncrId.AES_CCM_8: (3, 8), EncrId.AES_CCM_12: (3, 12), EncrId.AES_CCM_16: (3, 16),
+        EncrId.CHACHA20_POLY1305: (4, 16)}
+GCM, CBC = (EncrId.AES_GCM_16, 128, IntegId.NONE), (EncrId.AES_CBC, 128, IntegId.HMAC_SHA2_256_128)
+# the drop tests run for one suite of each cipher family and ICV length
+DROP_SUITES = [GCM, (EncrId.AES_GCM_8, 128, IntegId.NONE), (EncrId.AES_CCM_12, 256, IntegId.NONE),
+               (EncrId.CHACHA20_POLY1305, 256, IntegId.NONE), CBC]
+
+
+def _suite_id(s: tuple[EncrId, int, IntegId]) -> str:
+    return f"{s[0].name}-{s[1]}-{s[2].name}"
+
+
+def _aead_by_hand(encr: EncrId, key: bytes, encrypt: bool, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    """`cryptography` used directly; GCM short tags are the full tag's leading octets (SP 800-38D 5.2.1.2),
+    checked here by recomputing the full tag (no truncated-tag API involved)."""
+    salt_len, icv = AEAD[encr]
+    if encr == EncrId.CHACHA20_POLY1305:
+        c: AESGCM | AESCCM | ChaCha20Poly1305 = ChaCha20Poly1305(key)
+    elif encr in (EncrId.AES_CCM_8, EncrId.AES_CCM_12, EncrId.AES_CCM_16):
+        c = AESCCM(key, tag_length=icv)
+    else:
+        c = AESGCM(key)
+        if icv < 16:
+            if encrypt:
+                return c.encrypt(nonce, data, aad)[: len(data) + icv]
+            ct, tag = data[:-icv], data[-icv:]
+            plain = Cipher(algorithms.AES(key), modes.CTR(nonce + b"\x00\x00\x00\x02")).decryptor().update(ct)
+            assert c.encrypt(nonce, plain, aad)[len(plain) : len(plain) + icv] == tag
+            return plain
+    return c.encrypt(nonce, data, aad) if encrypt else c.decrypt(nonce, data, aad)
 
 
 def _keys(encr: EncrId, bits: int, integ: IntegId, seed: int = 1) -> tuple[bytes, bytes]:
@@ -61,9 +99,10 @@ def _independent_open(suite: tuple[EncrId, int, IntegId], packet: bytes, esn_hi:
     """Decrypt with `cryptography`/`hashlib` directly, following RFC 4303/4106 by hand."""
     ek, ik = _keys(*suite)
     spi_seq = packet[:8]
-    if suite[0] == EncrId.AES_GCM_16:
+    if suite[0] in AEAD:  # nonce = salt | explicit IV; AAD = SPI | (Seq-hi |) Seq-lo (RFC 4106 4-5, 4309 4-5, 7634 2)
+        salt = AEAD[suite[0]][0]
         aad = spi_seq if esn_hi is None else packet[:4] + struct.pack(">I", esn_hi) + packet[4:8]
-        return AESGCM(ek[:-4]).decrypt(ek[-4:] + packet[8:16], packet[16:], aad)
+        return _aead_by_hand(suite[0], ek[:-salt], False, ek[-salt:] + packet[8:16], packet[16:], aad)
     name, icv_len = HASHES[suite[2]]
     extra = b"" if esn_hi is None else struct.pack(">I", esn_hi)
     icv = hmac.digest(ik, packet[:-icv_len] + extra, name)[:icv_len]
@@ -72,11 +111,11 @@ def _independent_open(suite: tuple[EncrId, int, IntegId], packet: bytes, esn_hi:
     return dec.update(packet[24:-icv_len]) + dec.finalize()
 
 
-@pytest.mark.parametrize("suite", SUITES, ids=lambda s: f"{s[0].name}-{s[1]}-{s[2].name}")
+@pytest.mark.parametrize("suite", SUITES, ids=_suite_id)
 @pytest.mark.parametrize("esn", [False, True])
 def test_round_trip_and_independent_decrypt(suite: tuple[EncrId, int, IntegId], esn: bool) -> None:
     tx, rx = _pair(suite, esn=esn)
-    block = 4 if suite[0] == EncrId.AES_GCM_16 else 16
+    block = 4 if suite[0] in AEAD else 16
     for n in (0, 1, 2, 3, 20, 84, 1400, 1401):
         inner = os.urandom(n)
         pkt = tx.seal(inner, 4, now=5.0)
@@ -133,7 +172,7 @@ def test_key_lengths_match_keymat_layout() -> None:
         EspSa(0, EncrId.AES_GCM_16, 128, bytes(20))
 
 
-@pytest.mark.parametrize("suite", [SUITES[0], SUITES[3]], ids=["gcm", "cbc"])
+@pytest.mark.parametrize("suite", DROP_SUITES, ids=_suite_id)
 def test_replay_dropped_and_counted(suite: tuple[EncrId, int, IntegId]) -> None:
     tx, rx = _pair(suite, replay_window=32)
     pkts = [tx.seal(bytes(40)) for _ in range(40)]
@@ -147,7 +186,7 @@ def test_replay_dropped_and_counted(suite: tuple[EncrId, int, IntegId]) -> None:
     assert rx.counters.drop_replay == 2 and rx.counters.packets_in == 2
 
 
-@pytest.mark.parametrize("suite", [SUITES[0], SUITES[3]], ids=["gcm", "cbc"])
+@pytest.mark.parametrize("suite", DROP_SUITES, ids=_suite_id)
 def test_bad_icv_does_not_advance_window(suite: tuple[EncrId, int, IntegId]) -> None:
     tx, rx = _pair(suite)
     good = tx.seal(bytes(100))
@@ -165,9 +204,10 @@ def _craft(suite: tuple[EncrId, int, IntegId], plain: bytes, seq: int = 1) -> by
     """Build an ESP packet around an arbitrary (possibly badly padded) plaintext."""
     ek, ik = _keys(*suite)
     hdr = struct.pack(">II", SPI, seq)
-    if suite[0] == EncrId.AES_GCM_16:
+    if suite[0] in AEAD:
         iv = struct.pack(">Q", seq)
-        return hdr + iv + AESGCM(ek[:-4]).encrypt(ek[-4:] + iv, plain, hdr)
+        salt = AEAD[suite[0]][0]
+        return hdr + iv + _aead_by_hand(suite[0], ek[:-salt], True, ek[-salt:] + iv, plain, hdr)
     iv = os.urandom(16)
     enc = Cipher(algorithms.AES(ek), modes.CBC(iv)).encryptor()
     body = hdr + iv + enc.update(plain) + enc.finalize()
@@ -175,10 +215,10 @@ def _craft(suite: tuple[EncrId, int, IntegId], plain: bytes, seq: int = 1) -> by
     return body + hmac.digest(ik, body, name)[:icv_len]
 
 
-@pytest.mark.parametrize("suite", [SUITES[0], SUITES[3]], ids=["gcm", "cbc"])
+@pytest.mark.parametrize("suite", DROP_SUITES, ids=_suite_id)
 def test_bad_padding(suite: tuple[EncrId, int, IntegId]) -> None:
     _, rx = _pair(suite)
-    block = 4 if suite[0] == EncrId.AES_GCM_16 else 16
+    block = 4 if suite[0] in AEAD else 16
     inner = bytes(block * 2 - 4)
     cases = [
         inner + bytes([0, 0]) + bytes([2, 4]),  # pad bytes must be 1, 2 (RFC 4303 2.4)
@@ -193,7 +233,7 @@ def test_bad_padding(suite: tuple[EncrId, int, IntegId]) -> None:
     assert rx.open(ok) == (4, inner)
 
 
-@pytest.mark.parametrize("suite", [SUITES[0], SUITES[3]], ids=["gcm", "cbc"])
+@pytest.mark.parametrize("suite", DROP_SUITES, ids=_suite_id)
 def test_truncated(suite: tuple[EncrId, int, IntegId]) -> None:
     tx, rx = _pair(suite)
     pkt = tx.seal(bytes(64))
@@ -205,7 +245,7 @@ def test_truncated(suite: tuple[EncrId, int, IntegId]) -> None:
 
 
 def test_sad_unknown_spi_and_rekey_overlap() -> None:
-    suite = SUITES[0]
+    suite = GCM
     tx_old, rx_old = _pair(suite)
     ek, _ = _keys(suite[0], suite[1], suite[2], seed=9)
     tx_new = EspSa(0x2222, suite[0], suite[1], ek)
@@ -225,7 +265,7 @@ def test_sad_unknown_spi_and_rekey_overlap() -> None:
 
 
 def test_sequence_exhaustion() -> None:
-    tx, rx = _pair(SUITES[0])
+    tx, rx = _pair(GCM)
     tx.seq_out = 0xFFFFFFFE
     rx.open(tx.seal(b"x" * 20))  # seq 2^32-1 is the last one
     assert tx.seq_remaining == 0
@@ -234,17 +274,17 @@ def test_sequence_exhaustion() -> None:
     assert tx.counters.packets_out == 1
 
 
-def test_esn_crosses_32_bit_boundary() -> None:
-    for suite in (SUITES[0], SUITES[2]):
-        tx, rx = _pair(suite, esn=True, replay_window=64)
-        tx.seq_out = 0xFFFFFFF0
-        pkts = [tx.seal(bytes([i]) * 30) for i in range(40)]
-        for i, p in enumerate(pkts):
-            if i % 3 == 0:
-                continue
-            assert rx.open(p)[1] == bytes([i]) * 30
-        for i in range(0, 40, 3):  # late arrivals from before the wrap, still inside the window
-            assert rx.open(pkts[i])[1] == bytes([i]) * 30
-        assert rx.window.top == 0xFFFFFFF0 + 40
-        with pytest.raises(EspReplayError):
-            rx.open(pkts[39])
+@pytest.mark.parametrize("suite", DROP_SUITES, ids=_suite_id)
+def test_esn_crosses_32_bit_boundary(suite: tuple[EncrId, int, IntegId]) -> None:
+    tx, rx = _pair(suite, esn=True, replay_window=64)
+    tx.seq_out = 0xFFFFFFF0
+    pkts = [tx.seal(bytes([i]) * 30) for i in range(40)]
+    for i, p in enumerate(pkts):
+        if i % 3 == 0:
+            continue
+        assert rx.open(p)[1] == bytes([i]) * 30
+    for i in range(0, 40, 3):  # late arrivals from before the wrap, still inside the window
+        assert rx.open(pkts[i])[1] == bytes([i]) * 30
+    assert rx.window.top == 0xFFFFFFF0 + 40
+    with pytest.raises(EspReplayError):
+        rx.open(pkts[39])
