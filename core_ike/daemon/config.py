@@ -593,6 +593,9 @@ def load(path: str | Path) -> DaemonConfig:
     st = _daemon(raw.get("daemon", {}))
     conns = [connection(n, c, base) for n, c in _table("[connections]", raw.get("connections", {})).items()]
     _mediators(conns, raw)
+    from .glue import check_installable  # the data plane's ESP transforms (glue imports the engine)
+
+    check_installable(st.dataplane, conns)
     return DaemonConfig(st, conns, secrets(raw.get("secrets", {}), base), raw)
 
 

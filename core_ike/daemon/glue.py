@@ -1,15 +1,40 @@
-"""Turns IKE engine events into data-plane calls (install / rekey / delete CHILD_SAs and policies)."""
+"""Turns IKE engine events into data-plane calls (install / rekey / delete CHILD_SAs and policies).
+
+The glue is also an engine extension declaring what the data plane can install (`esp_transforms`):
+CHILD_SA proposals, ours and the peer's, are restricted to those (core_ike/ike/tasks/child_create.py).
+A CHILD_SA the data plane refuses anyway is deleted (DELETE to the peer, RFC 7296 1.4.1) and reported
+as that CHILD_SA's failure: its ChildSaEstablished event becomes a ChildSaFailed for every other
+consumer (`ikectl up` fails with the reason, the status writers see a failure).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..constants import EncrId, IntegId
+from ..crypto.proposals import parse_esp_proposals, restrict_proposals, transform_name
+from ..errors import LocalError
+from ..esp.algorithms import fixed_key_bits
 from ..ike import events as ev
-from ..io.dataplane import DataPlane, Direction, Lifetime, PolicyParams, SaParams, TrafficSelector
+from ..ike.config import IkeConfig
+from ..ike.engine import Engine, Extension
+from ..ike.tasks.informational import ChildDelete
+from ..io.dataplane import (
+    DataPlane,
+    Direction,
+    Lifetime,
+    PolicyParams,
+    SaParams,
+    TrafficSelector,
+    declared_transforms,
+)
 
 log = logging.getLogger("core_ike.dataplane")
+
+DeleteChild = Callable[[int, int, str], None]
+"""`delete_child(ike_unique_id, child_unique_id, reason)`: send a DELETE for that CHILD_SA."""
 
 
 @dataclass
@@ -20,65 +45,126 @@ class _Installed:
     policies: list[PolicyParams] = field(default_factory=list)
 
 
-class DataPlaneGlue:
+class DataPlaneGlue(Extension):
     """Make-before-break: a rekeyed CHILD_SA's new SAs are installed before the old ones go."""
 
-    def __init__(self, dp: DataPlane) -> None:
+    def __init__(self, dp: DataPlane, delete_child: DeleteChild | None = None) -> None:
         self.dp = dp
+        self.esp_transforms = dp.esp_transforms  # read by the CHILD_SA proposal selection
+        self.delete_child = delete_child
         self.children: dict[int, _Installed] = {}  # by CHILD_SA unique id
         self.policies: dict[int, list[PolicyParams]] = {}  # by reqid
 
-    def handle(self, e: object) -> None:
+    def handle(self, e: object) -> object:
+        """Act on one engine event; returns the event the other consumers should see (a CHILD_SA that
+        could not be installed comes back as ChildSaFailed)."""
         if isinstance(e, ev.ChildSaEstablished):
-            self.install(e)
+            error = self.install(e)
+            if error is not None:
+                return self._failed(e, error)
         elif isinstance(e, ev.ChildSaDeleted):
             self.remove(e)
+        return e
 
-    def install(self, e: ev.ChildSaEstablished) -> None:
+    def install(self, e: ev.ChildSaEstablished) -> str | None:
+        """Install both SAs and, for a new reqid, the policies; the error text when that failed (then
+        nothing of this CHILD_SA stays installed)."""
         k = e.keys
-        common = dict(encr_id=EncrId(k.encr_id), encr_key_bits=k.key_bits or 128,
+        encr = EncrId(k.encr_id)
+        common = dict(encr_id=encr, encr_key_bits=k.key_bits or fixed_key_bits(encr),
                       integ_id=IntegId(k.integ_id), encap=e.encap, reqid=e.reqid,
                       replay_window=e.replay_window, esn=k.esn, lifetime=Lifetime())
+        done: list[tuple[int, Direction]] = []
+        new_pols: list[PolicyParams] = []
         try:
             self.dp.install_sa(SaParams(k.spi_in, Direction.IN, e.remote[0], e.local[0], encr_key=k.key_in,
                                         integ_key=k.integ_in, src_port=e.remote[1], dst_port=e.local[1],
                                         **common))  # type: ignore[arg-type]
+            done.append((k.spi_in, Direction.IN))
             self.dp.install_sa(SaParams(k.spi_out, Direction.OUT, e.local[0], e.remote[0], encr_key=k.key_out,
                                         integ_key=k.integ_out, src_port=e.local[1], dst_port=e.remote[1],
                                         **common))  # type: ignore[arg-type]
-        except Exception as err:  # noqa: BLE001 - report and keep the daemon alive
-            log.error("unable to install CHILD_SA %s{%d} in the data plane: %s", e.name, e.unique_id, err)
-            return
-        inst = _Installed(e.reqid, k.spi_in, k.spi_out)
-        self.children[e.unique_id] = inst
-        if e.reqid not in self.policies:
-            pols: list[PolicyParams] = []
-            for lts in e.local_ts:
-                for rts in e.remote_ts:
-                    lsel, rsel = TrafficSelector.parse(_net(lts)), TrafficSelector.parse(_net(rts))
-                    for d in (Direction.OUT, Direction.IN):
-                        pols.append(PolicyParams(lsel, rsel, d, e.reqid, e.local[0], e.remote[0]))
-            for p in pols:
-                self.dp.install_policy(p)
-            self.policies[e.reqid] = pols
+            done.append((k.spi_out, Direction.OUT))
+            if e.reqid not in self.policies:
+                for p in _policies(e):
+                    self.dp.install_policy(p)
+                    new_pols.append(p)
+        except Exception as err:  # noqa: BLE001 - any refusal: undo, report, keep the daemon alive
+            for p in new_pols:
+                self._quietly(self.dp.delete_policy, p)
+            for spi, d in done:
+                self._quietly(self.dp.delete_sa, spi, d)
+            return str(err) or type(err).__name__
+        self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out)
+        if new_pols:
+            self.policies[e.reqid] = new_pols
         log.info("installed CHILD_SA %s{%d} in the %s data plane (%s, %s)", e.name, e.unique_id,
                  getattr(self.dp, "name", "?"), e.proposal, "UDP-encapsulated" if e.encap else "plain ESP")
+        return None
+
+    def _failed(self, e: ev.ChildSaEstablished, error: str) -> ev.ChildSaFailed:
+        reason = f"the {getattr(self.dp, 'name', '?')} data plane could not install it ({e.proposal}): {error}"
+        log.error("unable to install CHILD_SA %s{%d}: %s; deleting it", e.name, e.unique_id, reason)
+        if self.delete_child is not None:
+            self.delete_child(e.ike_unique_id, e.unique_id, reason)
+        return ev.ChildSaFailed(e.ike_name, e.name, reason)
 
     def remove(self, e: ev.ChildSaDeleted) -> None:
         inst = self.children.pop(e.unique_id, None)
         if inst is None:
             return
         for spi, d in ((inst.spi_in, Direction.IN), (inst.spi_out, Direction.OUT)):
-            try:
-                self.dp.delete_sa(spi, d)
-            except Exception as err:  # noqa: BLE001
-                log.warning("deleting SA %08x failed: %s", spi, err)
+            self._quietly(self.dp.delete_sa, spi, d)
         if not any(c.reqid == inst.reqid for c in self.children.values()):
             for p in self.policies.pop(inst.reqid, []):
-                try:
-                    self.dp.delete_policy(p)
-                except Exception as err:  # noqa: BLE001
-                    log.warning("deleting policy failed: %s", err)
+                self._quietly(self.dp.delete_policy, p)
+
+    @staticmethod
+    def _quietly(fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception as err:  # noqa: BLE001
+            log.warning("data plane: %s%r failed: %s", getattr(fn, "__name__", "call"), args, err)
+
+
+def _policies(e: ev.ChildSaEstablished) -> list[PolicyParams]:
+    pols: list[PolicyParams] = []
+    for lts in e.local_ts:
+        for rts in e.remote_ts:
+            lsel, rsel = TrafficSelector.parse(_net(lts)), TrafficSelector.parse(_net(rts))
+            for d in (Direction.OUT, Direction.IN):
+                pols.append(PolicyParams(lsel, rsel, d, e.reqid, e.local[0], e.remote[0]))
+    return pols
+
+
+def engine_child_deleter(engine: Engine) -> DeleteChild:
+    """The `delete_child` callback for `engine`: queue a DELETE of the CHILD_SA (RFC 7296 1.4.1) on
+    its IKE_SA; the adapter sends it with the engine's other output."""
+    def delete(ike_unique_id: int, child_unique_id: int, reason: str) -> None:
+        sa = engine.find_sa(ike_unique_id)
+        child = sa.children.get(child_unique_id) if sa is not None else None
+        if sa is None or child is None:
+            return
+        sa.queue_task(ChildDelete(child=child, reason=reason), engine.now)
+
+    return delete
+
+
+def check_installable(dataplane: str, connections: list[IkeConfig]) -> None:
+    """At load: a CHILD_SA none of whose ESP proposals the configured data plane can install is a
+    mistake (LocalError naming the algorithms and what the data plane installs). With `auto` the data
+    plane is known only once it runs: such a CHILD_SA then fails at `up`, with the same words."""
+    caps = declared_transforms(dataplane)
+    if caps is None:
+        return
+    for c in connections:
+        for ch in c.children:
+            kept, refused = restrict_proposals(parse_esp_proposals(ch.esp_proposals), caps.accepts)
+            if not kept:
+                names = ", ".join(transform_name(t) for t in refused)
+                raise LocalError(f"[connections.{c.name}.children.{ch.name}] esp_proposals '{ch.esp_proposals}': "
+                                 f"the {dataplane} data plane cannot install {names} (it installs "
+                                 f"{caps.summary()})")
 
 
 def _net(text: str) -> str:

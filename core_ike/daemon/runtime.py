@@ -18,7 +18,7 @@ from ..ike.engine import Engine, EngineConfig
 from ..io.transport import UdpTransport, local_addresses, route_source
 from .config import DaemonConfig, load
 from .control import ControlServer, EngineControl
-from .glue import DataPlaneGlue
+from .glue import DataPlaneGlue, engine_child_deleter
 from .lifecycle import diff_configs, monotonic_usec, sd_notify
 
 log = logging.getLogger("core_ike.daemon")
@@ -107,11 +107,11 @@ class Daemon:
 
     def on_event(self, e: object) -> None:
         log.debug("event %s", type(e).__name__)
+        if self.glue is not None:
+            e = self.glue.handle(e)  # a CHILD_SA the data plane refused comes back as ChildSaFailed
         self._count(e)
         if self.stopping and isinstance(e, ev.IkeSaDeleted | ev.IkeSaFailed) and not self.engine.ike_sas():
             self._all_gone.set()
-        if self.glue is not None:
-            self.glue.handle(e)
         self._keyingtries(e)
         self.control.feed(e)
         for fn in self.listeners:
@@ -289,7 +289,8 @@ class Daemon:
         if self.dp is not None:
             if hasattr(self.dp, "start"):
                 self.dp.start(loop)
-            self.glue = DataPlaneGlue(self.dp)
+            self.glue = DataPlaneGlue(self.dp, engine_child_deleter(self.engine))
+            self.engine.extensions.append(self.glue)  # CHILD_SA proposals: only what the data plane installs
             from ..io.userspace import grow_rcvbuf
 
             for addr in self.transport.addresses:  # ESP-in-UDP arrives on the NAT-T sockets

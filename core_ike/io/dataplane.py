@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from ..constants import EncrId, IntegId
 from ..errors import LocalError
+from ..esp.algorithms import USERSPACE, EspTransforms
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -165,6 +166,8 @@ class DataPlane(Protocol):
     """What a data-plane backend offers to the IKE daemon."""
 
     name: str
+    esp_transforms: EspTransforms
+    """What `install_sa` can install: the daemon offers and accepts only these in CHILD_SA proposals."""
 
     def allocate_spi(self, src: str, dst: str, reqid: int = 0) -> int:
         """A fresh inbound SPI (src = peer, dst = us), unique on this host."""
@@ -207,3 +210,16 @@ class DataPlaneError(LocalError):
     def __init__(self, message: str, errno: int = 0) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+def declared_transforms(kind: str) -> EspTransforms | None:
+    """The ESP transforms of the data plane `[daemon] dataplane = kind` names, known before it runs;
+    None where that is not known yet (`auto`: XFRM or userspace, decided by the kernel at start-up)
+    or nothing is installed (`none`)."""
+    if kind == "userspace":
+        return USERSPACE
+    if kind == "xfrm":
+        from .xfrm import XFRM_TRANSFORMS
+
+        return XFRM_TRANSFORMS
+    return None

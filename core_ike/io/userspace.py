@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
 from ..constants import NAT_KEEPALIVE
-from ..esp import EspError, EspSa, InboundSad, SequenceExhaustedError
+from ..esp import USERSPACE, EspError, EspSa, InboundSad, SequenceExhaustedError
 from .dataplane import (
     Acquire,
     DataPlaneError,
@@ -121,6 +121,7 @@ class UserspaceDataPlane:
     """ESP in Python over TUN; implements `core_ike.io.dataplane.DataPlane`."""
 
     name = "userspace"
+    esp_transforms = USERSPACE  # everything EspSa runs: AES-GCM/CCM 8/12/16, ChaCha20-Poly1305, AES-CBC+HMAC
 
     def __init__(
         self,

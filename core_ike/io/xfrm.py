@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any
 
 from ..constants import EncrId, IntegId
+from ..esp.algorithms import AES_KEY_BITS, EspTransforms
 from .dataplane import (
     Acquire,
     DataPlane,
@@ -72,6 +73,12 @@ _AUTH_NAMES = {
     IntegId.HMAC_SHA2_384_192: ("hmac(sha384)", 192),
     IntegId.HMAC_SHA2_512_256: ("hmac(sha512)", 256),
 }
+XFRM_TRANSFORMS = EspTransforms(
+    "xfrm",
+    frozenset((int(e), b) for e in (EncrId.AES_GCM_16, EncrId.AES_CBC) for b in AES_KEY_BITS),
+    frozenset(int(i) for i in _AUTH_NAMES),
+)
+"""What `encode_newsa` encodes (rfc4106(gcm(aes)) with a 16-octet ICV, cbc(aes) with the HMACs)."""
 
 
 def _family(addr: str) -> int:
@@ -311,6 +318,7 @@ class XfrmDataPlane:
     """Kernel SAs and policies; implements `core_ike.io.dataplane.DataPlane`."""
 
     name = "xfrm"
+    esp_transforms = XFRM_TRANSFORMS
 
     def __init__(self) -> None:
         self.nl = XfrmSocket()

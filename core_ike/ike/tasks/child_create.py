@@ -34,8 +34,9 @@ from ...constants import (
 )
 from ...crypto.dh import KeyExchange, new_key_exchange
 from ...crypto.keys import derive_child_keys
-from ...crypto.proposals import describe, parse_proposals, select_proposal
+from ...crypto.proposals import describe, parse_proposals, restrict_proposals, select_proposal, transform_name
 from ...errors import ProtocolError
+from ...esp.algorithms import EspTransforms
 from .. import events as ev
 from .. import ts as tsmod
 from ..config import ChildConfig
@@ -54,11 +55,41 @@ def _strip_dh(props: list[Proposal]) -> list[Proposal]:
             for p in props]
 
 
-def _esp_proposals(cfg: ChildConfig, spi: int, in_auth: bool) -> list[Proposal]:
+def installable(sa: IkeSa) -> EspTransforms | None:
+    """The ESP transforms the data plane can install, declared by an engine extension (the daemon's
+    data-plane glue); None: nothing declared (no data plane), every configured proposal is used."""
+    for x in sa.engine.extensions:
+        t = getattr(x, "esp_transforms", None)
+        if isinstance(t, EspTransforms):
+            return t
+    return None
+
+
+def _esp_proposals(sa: IkeSa, cfg: ChildConfig, spi: int, in_auth: bool) -> list[Proposal]:
+    """Our ESP proposals: the configured ones, without what the data plane cannot install (we neither
+    offer nor accept an SA that would carry nothing); ProtocolError(NO_PROPOSAL_CHOSEN) naming the
+    algorithms when nothing is left."""
     props = parse_proposals(cfg.esp_proposals, ProtocolId.ESP)
+    dp = installable(sa)
+    if dp is not None:
+        props, refused = restrict_proposals(props, dp.accepts)
+        if not props:
+            names = ", ".join(transform_name(t) for t in refused)
+            raise ProtocolError(f"esp_proposals '{cfg.esp_proposals}' of CHILD_SA '{cfg.name}': the {dp.dataplane} "
+                                f"data plane cannot install {names}", NotifyType.NO_PROPOSAL_CHOSEN)
     if in_auth:
         props = _strip_dh(props)
     return [replace(p, spi=struct.pack("!I", spi)) for p in props]
+
+
+def _left_out(sa: IkeSa, cfg: ChildConfig) -> str:
+    """For the NO_PROPOSAL_CHOSEN log line: configured algorithms the data plane cannot install."""
+    dp = installable(sa)
+    if dp is None:
+        return ""
+    _, refused = restrict_proposals(parse_proposals(cfg.esp_proposals, ProtocolId.ESP), dp.accepts)
+    names = ", ".join(transform_name(t) for t in refused)
+    return f" (not used: {names}, which the {dp.dataplane} data plane cannot install)" if names else ""
 
 
 def _pfs_group(props: list[Proposal]) -> int | None:
@@ -144,7 +175,7 @@ class ChildCreate(Task):
     def build_i(self, sa: IkeSa, msg: Message) -> None:
         assert self.cfg is not None
         self.spi_in = sa.engine.alloc_spi()
-        self.proposals = _esp_proposals(self.cfg, self.spi_in, self.in_auth)
+        self.proposals = _esp_proposals(sa, self.cfg, self.spi_in, self.in_auth)
         if self.rekey is not None:
             msg.payloads.append(NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP,
                                               struct.pack("!I", self.rekey.spi_in)))
@@ -270,10 +301,10 @@ class ChildCreate(Task):
         cfg, tsi_n, tsr_n = self._pick_config(sa, tsi.selectors, tsr.selectors)
         self.cfg = cfg
         self.spi_in = sa.engine.alloc_spi()
-        ours = _esp_proposals(cfg, self.spi_in, self.in_auth)
+        ours = _esp_proposals(sa, cfg, self.spi_in, self.in_auth)
         chosen = select_proposal(ours, sa_pl.proposals)
         if chosen is None:
-            raise ProtocolError("no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN)
+            raise ProtocolError(f"no acceptable ESP proposal{_left_out(sa, cfg)}", NotifyType.NO_PROPOSAL_CHOSEN)
         if len(chosen.spi) != 4:
             raise ProtocolError("ESP SPI must be 4 octets", NotifyType.INVALID_SYNTAX)
         self._pfs_r(msg, chosen)
