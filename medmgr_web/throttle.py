@@ -147,9 +147,10 @@ class LoginThrottle:
         self.clock = clock
         self.sleep = sleep
         self._addresses = FailureLog(config.window, config.address_limit, config.max_keys)
-        # more failures than this change nothing: the delay has reached its cap
+        # failures counted per account: enough for the delay to reach its cap, and one more so that the
+        # log can tell "exactly n" from "n or more"
         steps = math.ceil(math.log2(max(1.0, config.delay_max / config.delay_base))) if config.delay_base > 0 else 0
-        self._accounts = FailureLog(config.window, config.account_free + steps + 1, config.max_keys)
+        self._accounts = FailureLog(config.window, config.account_free + steps + 2, config.max_keys)
         self._lock = threading.Lock()
 
     def begin(self, remote_addr: str, login: str) -> Attempt:
