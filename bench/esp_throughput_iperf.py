@@ -3,9 +3,9 @@
 strongSwan charon with kernel-libipsec on both ends, in the same two namespaces (``two_hosts``).
 
 Usage (root): .venv/bin/python bench/esp_throughput_iperf.py [--seconds 10] [--modes ours-udp,ours-esp,charon]
-              [--out bench/results/esp_throughput.txt]
+              [--esp aes128gcm16] [--out bench/results/esp_throughput.txt]
 
-Tunnel: aes128gcm16 CHILD_SA between the inner addresses 10.10.1.1 (alice) and 10.10.2.1 (bob).
+Tunnel: an aes128gcm16 CHILD_SA (or the ESP proposal of ``--esp``, e.g. chacha20poly1305) between the inner addresses 10.10.1.1 (alice) and 10.10.2.1 (bob).
 ``ours-udp``: iked with ``encap = true`` (ESP-in-UDP on 4500, as charon+kernel-libipsec always does);
 ``ours-esp``: iked with plain ESP (IP protocol 50). For each mode iperf3 runs alice -> bob and bob -> alice
 (``-R``); the CPU column is the ESP process (iked / charon) CPU time over the run / wall time, per side.
@@ -35,14 +35,18 @@ A, B = "192.0.2.1", "192.0.2.2"
 A_IN, B_IN = "10.10.1.1", "10.10.2.1"
 PSK = "bench-secret-0123456789abcdef"
 HZ = os.sysconf("SC_CLK_TCK")
+BASE_ESP = "aes128gcm16"  # what iked_psk_toml / charon_psk_conf write
 
 
-def iked_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, encap: bool) -> str:
-    return iked_psk_toml(me, peer, my_id, peer_id, lts, rts, PSK, encap=encap, extra_daemon='log_level = "info"')
+def iked_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, encap: bool,
+              esp: str = BASE_ESP) -> str:
+    toml = iked_psk_toml(me, peer, my_id, peer_id, lts, rts, PSK, encap=encap, extra_daemon='log_level = "info"')
+    return toml.replace(f'esp_proposals = "{BASE_ESP}"', f'esp_proposals = "{esp}"')
 
 
-def charon_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str) -> str:
-    return charon_psk_conf(me, peer, my_id, peer_id, lts, rts, PSK)
+def charon_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, esp: str = BASE_ESP) -> str:
+    conf = charon_psk_conf(me, peer, my_id, peer_id, lts, rts, PSK)
+    return conf.replace(f"esp_proposals = {BASE_ESP}", f"esp_proposals = {esp}")
 
 
 def cpu_ticks(lab: Lab, host: str, comms: tuple[str, ...]) -> int:
@@ -82,11 +86,11 @@ def iperf(lab: Lab, seconds: float, reverse: bool, comms: tuple[str, ...]) -> tu
     return bps / 1e6, cpu["alice"], cpu["bob"]
 
 
-def run_mode(lab: Lab, mode: str, seconds: float) -> dict[str, tuple[float, float, float]]:
+def run_mode(lab: Lab, mode: str, seconds: float, esp: str = BASE_ESP) -> dict[str, tuple[float, float, float]]:
     if mode.startswith("ours"):
         encap = mode == "ours-udp"
-        a = Iked(lab, "alice", iked_conf(A, B, "alice@lab", "bob@lab", A_IN, B_IN, encap), name=f"iked-{mode}")
-        b = Iked(lab, "bob", iked_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, encap), name=f"iked-{mode}")
+        a = Iked(lab, "alice", iked_conf(A, B, "alice@lab", "bob@lab", A_IN, B_IN, encap, esp), name=f"iked-{mode}")
+        b = Iked(lab, "bob", iked_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, encap, esp), name=f"iked-{mode}")
         daemons: list[Any] = [a, b]
         comms: tuple[str, ...] = ("python",)
         a.start()
@@ -94,8 +98,8 @@ def run_mode(lab: Lab, mode: str, seconds: float) -> dict[str, tuple[float, floa
         a.up("net", "net")
         b.wait_sas(lambda s: len(s) == 1 and s[0]["child-sas"])
     else:
-        a2 = Charon(lab, "alice", name="charon", conf=charon_conf(A, B, "alice@lab", "bob@lab", A_IN, B_IN))
-        b2 = Charon(lab, "bob", name="charon", conf=charon_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN))
+        a2 = Charon(lab, "alice", name="charon", conf=charon_conf(A, B, "alice@lab", "bob@lab", A_IN, B_IN, esp))
+        b2 = Charon(lab, "bob", name="charon", conf=charon_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, esp))
         daemons = [a2, b2]
         comms = ("charon",)
         a2.start()
@@ -116,6 +120,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--modes", default="ours-udp,ours-esp,charon")
+    ap.add_argument("--esp", default=BASE_ESP, help="the CHILD_SA's ESP proposal (default: %(default)s)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "esp_throughput.txt"))
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("iperf3"):
@@ -126,11 +131,11 @@ def main() -> int:
     results: dict[str, dict[str, tuple[float, float, float]]] = {}
     try:
         for mode in args.modes.split(","):
-            results[mode] = run_mode(lab, mode, args.seconds)
+            results[mode] = run_mode(lab, mode, args.seconds, args.esp)
             print(mode, results[mode], flush=True)
     finally:
         lab.teardown()
-    lines = [f"# iperf3 TCP through an aes128gcm16 CHILD_SA, two_hosts veth, {args.seconds:g} s per direction",
+    lines = [f"# iperf3 TCP through an {args.esp} CHILD_SA, two_hosts veth, {args.seconds:g} s per direction",
              f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.uname().release}, {os.cpu_count()} CPUs; "
              "CPU% = ESP process CPU time / wall time (100% = one core)",
              f"{'mode':<10} {'direction':<11} {'Mbit/s':>9} {'CPU% alice':>11} {'CPU% bob':>9}"]
