@@ -74,6 +74,9 @@ def client_config(c: dict[str, Any]) -> MediationClientConfig:
     )
 
 
+STABLE_AFTER = 10.0  # at most one immediate re-establishment of a mediation connection this often
+
+
 class ClientDaemon(Daemon):
     def __init__(self, cfg: DaemonConfig, client: dict[str, Any]) -> None:
         self.client = client
@@ -89,6 +92,7 @@ class ClientDaemon(Daemon):
         gather_host_endpoints(0)
         self.reconnect_base = duration(client.get("reconnect", 5))
         self._backoff: dict[str, float] = {}
+        self._immediate: dict[str, float] = {}  # mediation connection -> last immediate re-establishment
         self.listeners.append(self.on_mediation_event)
         self._child_failed: dict[str, str] = {}  # connection -> why its last CHILD_SA failed
         self.control.extra["up"] = self.up
@@ -134,10 +138,19 @@ class ClientDaemon(Daemon):
         keys = super()._settings_needing_restart(new)
         return keys + (["[client]"] if self._new_client != self.client else [])
 
-    def _mediation_lost(self, name: str) -> None:
-        delay = self._backoff.get(name, self.reconnect_base)
-        self._backoff[name] = min(delay * 2, 60.0)
-        log.info("mediation connection '%s' lost, re-establishing in %.0f s", name, delay)
+    def _mediation_lost(self, name: str, established: bool) -> None:
+        """Re-establish the mediation connection: at once when an established SA went (the server
+        deleted it or answered INVALID_IKE_SPI after a restart), at most once per STABLE_AFTER;
+        else (failed attempts, a server that keeps closing us) with a growing delay."""
+        now = time.monotonic()
+        if established and now - self._immediate.get(name, -STABLE_AFTER) >= STABLE_AFTER:
+            self._immediate[name] = now
+            delay = 0.0
+        else:
+            delay = self._backoff.get(name, self.reconnect_base)
+            self._backoff[name] = min(delay * 2, 60.0)
+        log.info("mediation connection '%s' lost, re-establishing %s", name,
+                 "now" if delay == 0 else f"in {delay:.0f} s")
         loop = asyncio.get_running_loop()
 
         def retry() -> None:
@@ -156,7 +169,7 @@ class ClientDaemon(Daemon):
                      f"{e.srflx[0]}[{e.srflx[1]}]" if e.srflx else "unknown")
         elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted) and e.name in cfgs and cfgs[e.name].mediation:
             if self.transport.sockets and not self.stopping:
-                self._mediation_lost(e.name)
+                self._mediation_lost(e.name, isinstance(e, ev.IkeSaDeleted))
         elif isinstance(e, ev.ChildSaFailed):
             self._child_failed[e.ike_name] = f"CHILD_SA '{e.name}' failed: {e.reason}"
         elif isinstance(e, ev.ChildSaEstablished):

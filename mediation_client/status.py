@@ -12,7 +12,7 @@ import logging
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core_ike.daemon.config import DaemonConfig
+from core_ike.daemon.config import MEDIATION_DPD_DELAY, DaemonConfig
 from core_ike.errors import LocalError
 from core_ike.ike import events as ev
 from core_ike.ike.config import AuthConfig, ChildConfig, IkeConfig
@@ -104,7 +104,7 @@ def load_db_connections(url: str, cfg: DaemonConfig) -> DbStatus:
         cfg.connections.append(IkeConfig(
             MEDIATION_NAME, remote_addrs=[server.address], remote_port=server.port,
             local=AuthConfig("pubkey", my_id), remote=AuthConfig("pubkey", server_id),
-            mediation=True, dpd_delay=60.0))
+            mediation=True, dpd_delay=MEDIATION_DPD_DELAY))
         for c in conns:
             peer = Identity.key_id(c.keyid)
             cfg.creds.add_public_key(load_public_key(c.public_key))

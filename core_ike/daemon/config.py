@@ -497,6 +497,11 @@ _CONN_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     **{k: _dur for k in ("rekey_time", "dpd_delay", "keepalive_interval", "rekey_retry", "ike_rekey_retry")},
 }
 
+# A mediation connection we initiate checks its server this often when idle: a restarted server answers
+# with INVALID_IKE_SPI (RFC 7296 2.21.4) and the client registers again at once (docs/operations.md,
+# "Recovery"). 20 s is the NAT keepalive interval a NATed client sends anyway.
+MEDIATION_DPD_DELAY = 20.0
+
 # the keys each table accepts (docs/configuration.md documents exactly these; tests compare them)
 CONNECTION_KEYS = (*_CONN_CHECKS, "mediation_peer", "local", "remote", "retransmit", "children")
 AUTH_KEYS = ("auth", "id", "signature", "certs")
@@ -531,6 +536,8 @@ def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
                          "(mediation = true and mediated_by)")
     if cfg.mediated_by and cfg.mediation_peer is None:
         raise LocalError(f"{where} mediated_by needs mediation_peer (the peer's identity at the mediation server)")
+    if cfg.mediation and "dpd_delay" not in d and any(a != "%any" for a in cfg.remote_addrs):
+        cfg.dpd_delay = MEDIATION_DPD_DELAY
     return cfg
 
 

@@ -326,6 +326,7 @@ class Daemon:
         """SIGTERM / SIGINT: DELETE every IKE_SA (the peers and the mediation server learn at once) and
         wait up to `shutdown_timeout` for the answers."""
         self.stopping = True
+        self.engine.accepting = False  # a peer told to go must reach the next instance, not this one
         sd_notify("STOPPING=1")
         sas = self.engine.ike_sas()
         up = [sa for sa in sas if sa.established]

@@ -20,7 +20,16 @@ from typing import Any
 
 from ..codec.message import Message, ReassemblyBudget, decode_message
 from ..codec.payloads import NoncePayload, NotifyPayload, Proposal
-from ..constants import IKE_PORT, NATT_PORT, ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId
+from ..constants import (
+    IKE_PORT,
+    NATT_PORT,
+    NON_ESP_MARKER,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+)
 from ..crypto.proposals import parse_proposals
 from ..errors import DecodeError, ProtocolError
 from . import events as ev
@@ -84,6 +93,7 @@ class EngineConfig:
     # RFC 7383 reassembly memory (accounted octets of incomplete messages): per IKE_SA and engine-wide
     frag_max_per_sa: int = 2 * 1024 * 1024
     frag_max_total: int = 64 * 1024 * 1024
+    invalid_spi_rate: float = 20.0  # INVALID_IKE_SPI answers per second at most (RFC 7296 2.21.4)
     pools: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -124,6 +134,9 @@ class Engine:
         self.counters: Counter[str] = Counter()
         # incomplete fragmented messages of all IKE_SAs share this (core_ike/ike/fragments.py)
         self.frag_budget = ReassemblyBudget(self.cfg.frag_max_total)
+        self.accepting = True  # False while the daemon shuts down: no new IKE_SAs from peers
+        self._spi_tokens = float(self.cfg.invalid_spi_rate)  # INVALID_IKE_SPI answers left (token bucket)
+        self._spi_refill = 0.0
         self._half_open_by_ip: dict[str, int] = {}
         self._vips_used: set[str] = set()
 
@@ -509,9 +522,14 @@ class Engine:
         if sa is None:
             log.info("ignoring %s for unknown IKE_SA %s_i %s_r", "response" if msg.is_response else "request",
                      msg.spi_i.hex(), msg.spi_r.hex())
+            if not msg.is_response:
+                self._answer_invalid_spi(msg, local, remote, now)
             return
         if sa.is_original_initiator == from_initiator:
             log.info("ignoring message with wrong initiator flag for %s", sa.label)
+            return
+        if msg.is_response and msg.sk is None and msg.exchange == ExchangeType.INFORMATIONAL:
+            self._invalid_spi_answer(sa, msg, now)
             return
         self._update_addresses(sa, local, remote, msg)
         sa.receive(msg, now)
@@ -536,6 +554,9 @@ class Engine:
             if old.init_request == msg.raw and old.cached_response is not None:
                 log.info("received retransmit of IKE_SA_INIT from %s[%d], retransmitting response", *remote)
                 old.receive(msg, now)  # answered from the response cache
+            return
+        if not self.accepting:
+            log.info("shutting down: ignoring IKE_SA_INIT from %s[%d]", *remote)
             return
         if self._half_open >= self.cfg.max_half_open:
             self.counters["drop-half-open-limit"] += 1
@@ -624,6 +645,41 @@ class Engine:
         if local[1] == self.natt_port:
             pkt = b"\x00\x00\x00\x00" + pkt
         self.send(pkt, local, remote)
+
+    def _answer_invalid_spi(self, msg: Message, local: Addr, remote: Addr, now: float) -> None:
+        """RFC 7296 2.21.4 / 1.5: a request for an IKE_SA we do not know (we restarted, or it expired)
+        gets an unprotected INVALID_IKE_SPI response, so the peer need not wait for its DPD to fail.
+        Rate-limited (a token bucket of `invalid_spi_rate` per second): spoofed requests cannot make
+        us send more than that."""
+        rate = self.cfg.invalid_spi_rate
+        self._spi_tokens = min(rate, self._spi_tokens + (now - self._spi_refill) * rate)
+        self._spi_refill = now
+        if self._spi_tokens < 1.0:
+            self.counters["invalid-spi-suppressed"] += 1
+            return
+        self._spi_tokens -= 1.0
+        self.counters["invalid-spi-sent"] += 1
+        from ..codec.message import encode_message
+
+        flags = HeaderFlag.RESPONSE | (HeaderFlag.NONE if msg.is_initiator else HeaderFlag.INITIATOR)
+        resp = Message(spi_i=msg.spi_i, spi_r=msg.spi_r, exchange=ExchangeType.INFORMATIONAL, flags=flags,
+                       message_id=msg.message_id, payloads=[NotifyPayload(NotifyType.INVALID_IKE_SPI)])
+        pkt = encode_message(resp)[0]
+        log.info("sending INVALID_IKE_SPI to %s[%d] for unknown IKE_SA %s_i %s_r", remote[0], remote[1],
+                 msg.spi_i.hex(), msg.spi_r.hex())
+        self.send(NON_ESP_MARKER + pkt if local[1] == self.natt_port else pkt, local, remote)
+
+    def _invalid_spi_answer(self, sa: IkeSa, msg: Message, now: float) -> None:
+        """The peer answered our request with INVALID_IKE_SPI (RFC 7296 2.21.4): it lost this IKE_SA
+        (a restart). Unprotected, so only the answer to the request in flight counts (same SPIs and
+        message ID); the SA is closed at once instead of after its retransmissions."""
+        out = sa.outstanding
+        notify = msg.notify(NotifyType.INVALID_IKE_SPI)
+        if notify is None or out is None or out.mid != msg.message_id or not sa.established:
+            log.info("%s: ignoring unprotected INFORMATIONAL response %d", sa.label, msg.message_id)
+            return
+        log.info("%s: the peer answered INVALID_IKE_SPI, it has lost this IKE_SA", sa.label)
+        sa.destroy("the peer lost this IKE_SA (INVALID_IKE_SPI: it restarted)", now)
 
     def _answer_plain_error(self, data: bytes, e: ProtocolError, local: Addr, remote: Addr) -> None:
         """Header-level errors of IKE_SA_INIT requests (INVALID_MAJOR_VERSION, unsupported critical)."""

@@ -398,3 +398,39 @@ def test_cookie_secret_rotates_by_itself() -> None:
     sa2 = p.a.initiate("home", now=p.now, remote=("192.0.2.2", 500))
     p.pump()
     assert sa2.state is IkeState.ESTABLISHED and p.b._cookie_version == v0 + 1
+
+
+def test_restarted_peer_answers_invalid_ike_spi_and_the_sa_closes_at_once() -> None:
+    """RFC 7296 2.21.4: the restarted responder knows no IKE_SA, answers the DPD request with an
+    unprotected INVALID_IKE_SPI; the initiator closes its SA at once, not after its retransmissions."""
+    p = make_pair(a_conf={"dpd_delay": 10.0})
+    sa = _up(p)
+    assert sa.state is IkeState.ESTABLISHED
+    fresh = make_pair()  # bob restarted: same address, no state
+    p.b = fresh.b
+    p.advance(10.5)  # alice's DPD goes out and is answered at once
+    deleted = p.of("a", ev.IkeSaDeleted)
+    assert len(deleted) == 1 and "INVALID_IKE_SPI" in deleted[0].reason
+    assert sa.state is IkeState.DESTROYED and p.a.ike_sas() == []
+    assert p.b.counters["invalid-spi-sent"] == 1
+    assert sum(1 for side, _ in p.wire if side == "a->b") == sum(1 for side, _ in p.wire if side == "b->a")
+
+
+def test_invalid_ike_spi_answers_are_rate_limited_and_unsolicited_ones_ignored() -> None:
+    p = make_pair(a_kw={"invalid_spi_rate": 5.0})
+    sa = _up(p)
+    # a stray INVALID_IKE_SPI that answers nothing we sent does not close the SA
+    from core_ike.codec.message import Message, encode_message
+    from core_ike.codec.payloads import NotifyPayload
+    from core_ike.constants import ExchangeType, HeaderFlag
+
+    stray = Message(spi_i=sa.spi_i, spi_r=sa.spi_r, exchange=ExchangeType.INFORMATIONAL, flags=HeaderFlag.RESPONSE,
+                    message_id=77, payloads=[NotifyPayload(NotifyType.INVALID_IKE_SPI)])
+    p.a.receive(encode_message(stray)[0], sa.local, sa.remote, p.now)
+    assert sa.state is IkeState.ESTABLISHED
+    # requests for unknown SPIs: at most invalid_spi_rate answers per second
+    for i in range(20):
+        req = Message(spi_i=bytes([i + 1]) * 8, spi_r=b"\x02" * 8, exchange=ExchangeType.INFORMATIONAL,
+                      flags=HeaderFlag.INITIATOR, message_id=1, payloads=[NotifyPayload(NotifyType.INVALID_IKE_SPI)])
+        p.a.receive(encode_message(req)[0], sa.local, ("198.51.100.9", 500), p.now)
+    assert p.a.counters["invalid-spi-sent"] == 5 and p.a.counters["invalid-spi-suppressed"] == 15
