@@ -32,6 +32,7 @@ from ..constants import (
 )
 from ..crypto.proposals import parse_proposals
 from ..errors import DecodeError, ProtocolError
+from ..logutil import LogLimiter
 from . import events as ev
 from .config import IkeConfig, addr_matches
 from .creds import Credentials
@@ -135,6 +136,7 @@ class Engine:
         # incomplete fragmented messages of all IKE_SAs share this (core_ike/ike/fragments.py)
         self.frag_budget = ReassemblyBudget(self.cfg.frag_max_total)
         self.accepting = True  # False while the daemon shuts down: no new IKE_SAs from peers
+        self.log_limit = LogLimiter(log)  # lines remote parties can trigger at will
         self._spi_tokens = float(self.cfg.invalid_spi_rate)  # INVALID_IKE_SPI answers left (token bucket)
         self._spi_refill = 0.0
         self._half_open_by_ip: dict[str, int] = {}
@@ -148,11 +150,13 @@ class Engine:
             msg = decode_message(data)
         except DecodeError as e:
             self.counters["drop-malformed"] += 1
-            log.warning("dropping malformed packet from %s[%d] (%d bytes): %s", remote[0], remote[1], len(data), e)
+            self.log_limit.warning("malformed-packet", now, "dropping malformed packet from %s[%d] (%d bytes): %s",
+                                   remote[0], remote[1], len(data), e)
             return
         except ProtocolError as e:
             self.counters["drop-invalid"] += 1
-            log.warning("dropping invalid packet from %s[%d]: %s", remote[0], remote[1], e)
+            self.log_limit.warning("invalid-packet", now, "dropping invalid packet from %s[%d]: %s", remote[0],
+                                   remote[1], e)
             self._answer_plain_error(data, e, local, remote)
             return
         log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0], local[1],
@@ -560,7 +564,8 @@ class Engine:
             return
         if self._half_open >= self.cfg.max_half_open:
             self.counters["drop-half-open-limit"] += 1
-            log.warning("dropping IKE_SA_INIT from %s: too many half-open IKE_SAs", remote[0])
+            self.log_limit.warning("half-open-limit", now, "dropping IKE_SA_INIT from %s: too many half-open IKE_SAs",
+                                   remote[0])
             return
         if self._needs_cookie(remote[0]) and not self._cookie_ok(msg, remote):
             self._send_cookie(msg, local, remote)

@@ -252,10 +252,12 @@ class IkeSa:
                 return
             check_rules(full)
         except IntegrityError as e:
-            log.warning("%s: dropping message %d: integrity check failed (%s)", self.label, msg.message_id, e)
+            self.engine.log_limit.warning("integrity", now, "%s: dropping message %d: integrity check failed (%s)",
+                                          self.label, msg.message_id, e)
             return
         except DecodeError as e:
-            log.warning("%s: dropping malformed message %d: %s", self.label, msg.message_id, e)
+            self.engine.log_limit.warning("malformed-message", now, "%s: dropping malformed message %d: %s",
+                                          self.label, msg.message_id, e)
             return
         except ProtocolError as e:
             log.warning("%s: invalid message %d: %s", self.label, msg.message_id, e)

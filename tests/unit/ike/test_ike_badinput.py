@@ -106,3 +106,21 @@ def test_bad_icv_and_replay_dropped(caplog: pytest.LogCaptureFixture) -> None:
     p.a.receive(resp[0], local, remote, p.now)
     p.pump()
     assert len(p.of("a", ev.ChildSaEstablished)) == 2
+
+
+def test_malformed_packet_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    """120 malformed packets in one second give 10 warnings, then one line counting the rest."""
+    import logging
+
+    from core_ike.ike.creds import Credentials
+    from core_ike.ike.engine import Engine
+
+    eng = Engine([], Credentials())
+    with caplog.at_level(logging.WARNING, logger="core_ike.ike"):
+        for i in range(120):
+            eng.receive(b"\x01" * 10, ("192.0.2.1", 500), ("198.51.100.7", 500), 100.0 + i / 200)
+        eng.receive(b"\x01" * 10, ("192.0.2.1", 500), ("198.51.100.7", 500), 101.5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("dropping malformed packet" in ln for ln in lines) == 11  # 10 in the first second, 1 after
+    assert "110 more malformed-packet message(s) suppressed in 2 s" in lines
+    assert eng.counters["drop-malformed"] == 121
