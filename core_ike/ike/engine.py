@@ -29,6 +29,7 @@ from ..constants import (
     NotifyType,
     PayloadType,
     ProtocolId,
+    name_of,
 )
 from ..crypto.proposals import parse_proposals
 from ..errors import DecodeError, ProtocolError
@@ -325,6 +326,11 @@ class Engine:
     def responder_tasks(self, sa: IkeSa, msg: Message) -> list[Task]:
         x = msg.exchange
         tasks: list[Task]
+        if x not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and not sa.established:
+            # RFC 7296 1.2: before IKE_AUTH has authenticated the peer nothing else is processed
+            # (an ME_CONNECT, a CREATE_CHILD_SA or an INFORMATIONAL from an unauthenticated peer)
+            raise ProtocolError(f"{name_of(ExchangeType, x)} request before the IKE_SA is authenticated",
+                                NotifyType.INVALID_SYNTAX)
         if x == ExchangeType.IKE_SA_INIT:
             tasks = [IkeInit()]
         elif x == ExchangeType.IKE_AUTH:

@@ -124,3 +124,34 @@ def test_malformed_packet_warnings_are_rate_limited(caplog: pytest.LogCaptureFix
     assert sum("dropping malformed packet" in ln for ln in lines) == 11  # 10 in the first second, 1 after
     assert "110 more malformed-packet message(s) suppressed in 2 s" in lines
     assert eng.counters["drop-malformed"] == 121
+
+
+@pytest.mark.parametrize("exchange", [240, 37])  # ME_CONNECT, INFORMATIONAL
+def test_requests_before_ike_auth_are_refused(exchange: int) -> None:
+    """After IKE_SA_INIT (keys exist) but before IKE_AUTH, a well-formed request of another exchange
+    is answered with INVALID_SYNTAX and never processed (RFC 7296 1.2)."""
+    from core_ike.codec.message import decrypt_message
+    from core_ike.codec.payloads import IdPayload, NotifyPayload
+    from core_ike.constants import IdType, PayloadType
+
+    p = make_pair()
+    p.drop = lambda side, data: side == "a->b" and len(p.wire) > 2  # IKE_SA_INIT passes, IKE_AUTH is lost
+    sa = p.a.initiate("home", now=p.now)
+    p.pump()
+    (bob_sa,) = p.b.ike_sas()
+    assert not bob_sa.established and bob_sa.in_prot is not None
+    req = sa.new_message(exchange, False, 1)
+    if exchange == 240:  # a well-formed ME_CONNECT: IDp and the ME notifies ([ME] 4.2)
+        req.payloads += [IdPayload(PayloadType.ID_PEER, IdType.FQDN, b"bob@med"),
+                         NotifyPayload(NotifyType.ME_CONNECTID, b"\x01" * 4)]
+    before = len(p.wire)
+    for pkt in sa._encode(req):
+        p.b.receive(pkt[4:] if pkt.startswith(b"\x00" * 4) else pkt, bob_sa.local, bob_sa.remote, p.now)
+    answers = p.b.datagrams_to_send()
+    assert len(answers) == 1
+    raw = answers[0][0]
+    resp = decrypt_message(decode_message(raw[4:] if raw.startswith(b"\x00" * 4) else raw), sa.in_prot)
+    assert resp.is_response and resp.exchange == exchange
+    assert resp.notify(NotifyType.INVALID_SYNTAX) is not None
+    assert not any(s.established for s in p.b.ike_sas()) and not p.of("b", ev.ChildSaEstablished)
+    assert len(p.wire) == before
