@@ -42,6 +42,7 @@ class _Installed:
     reqid: int
     spi_in: int
     spi_out: int
+    ike: int = 0  # unique id of the IKE_SA carrying it
     policies: list[PolicyParams] = field(default_factory=list)
 
 
@@ -64,7 +65,22 @@ class DataPlaneGlue(Extension):
                 return self._failed(e, error)
         elif isinstance(e, ev.ChildSaDeleted):
             self.remove(e)
+        elif isinstance(e, ev.PeerAddressChanged):
+            self.follow(e)
         return e
+
+    def follow(self, e: ev.PeerAddressChanged) -> None:
+        """The peer's NAT mapping changed (RFC 7296 2.23): its CHILD_SAs' ESP goes to the new address
+        and is expected from it."""
+        for inst in self.children.values():
+            if inst.ike == e.ike_unique_id:
+                self._quietly(self.dp.update_sa, inst.spi_out, Direction.OUT, dst=e.remote[0], dst_port=e.remote[1])
+                self._quietly(self.dp.update_sa, inst.spi_in, Direction.IN, src=e.remote[0], src_port=e.remote[1])
+                log.info("CHILD_SA with SPIs %08x_i %08x_o now to %s[%d]", inst.spi_in, inst.spi_out, *e.remote)
+
+    def ike_of(self, spi_in: int) -> int | None:
+        """The IKE_SA (unique id) whose CHILD_SA has inbound SPI `spi_in`."""
+        return next((i.ike for i in self.children.values() if i.spi_in == spi_in), None)
 
     def install(self, e: ev.ChildSaEstablished) -> str | None:
         """Install both SAs and, for a new reqid, the policies; the error text when that failed (then
@@ -95,7 +111,7 @@ class DataPlaneGlue(Extension):
             for spi, d in done:
                 self._quietly(self.dp.delete_sa, spi, d)
             return str(err) or type(err).__name__
-        self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out)
+        self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out, e.ike_unique_id)
         if new_pols:
             self.policies[e.reqid] = new_pols
         log.info("installed CHILD_SA %s{%d} in the %s data plane (%s, %s)", e.name, e.unique_id,
@@ -120,9 +136,9 @@ class DataPlaneGlue(Extension):
                 self._quietly(self.dp.delete_policy, p)
 
     @staticmethod
-    def _quietly(fn: Callable[..., None], *args: object) -> None:
+    def _quietly(fn: Callable[..., None], *args: object, **kwargs: object) -> None:
         try:
-            fn(*args)
+            fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
             log.warning("data plane: %s%r failed: %s", getattr(fn, "__name__", "call"), args, err)
 

@@ -291,6 +291,8 @@ class Daemon:
                 self.dp.start(loop)
             self.glue = DataPlaneGlue(self.dp, engine_child_deleter(self.engine))
             self.engine.extensions.append(self.glue)  # CHILD_SA proposals: only what the data plane installs
+            if hasattr(self.dp, "on_mapping"):
+                self.dp.on_mapping = self._esp_mapping
             from ..io.userspace import grow_rcvbuf
 
             for addr in self.transport.addresses:  # ESP-in-UDP arrives on the NAT-T sockets
@@ -317,6 +319,13 @@ class Daemon:
         if self.dp is not None:
             self.dp.close()
         self.transport.close()
+
+    def _esp_mapping(self, spi_in: int, src: tuple[str, int]) -> None:
+        """The data plane saw the peer's ESP from a new NAT mapping: the IKE_SA follows and checks it."""
+        ike = self.glue.ike_of(spi_in) if self.glue is not None else None
+        if ike is not None:
+            self.engine.peer_mapping(ike, src, time.monotonic())
+            self.transport.flush()
 
     def _sighup(self) -> None:
         log.info("received SIGHUP, reloading the configuration")

@@ -326,7 +326,7 @@ class Engine:
     def responder_tasks(self, sa: IkeSa, msg: Message) -> list[Task]:
         x = msg.exchange
         tasks: list[Task]
-        if x not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and not sa.established:
+        if x not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and sa.established_at is None:
             # RFC 7296 1.2: before IKE_AUTH has authenticated the peer nothing else is processed
             # (an ME_CONNECT, a CREATE_CHILD_SA or an INFORMATIONAL from an unauthenticated peer)
             raise ProtocolError(f"{name_of(ExchangeType, x)} request before the IKE_SA is authenticated",
@@ -541,21 +541,45 @@ class Engine:
         if msg.is_response and msg.sk is None and msg.exchange == ExchangeType.INFORMATIONAL:
             self._invalid_spi_answer(sa, msg, now)
             return
-        self._update_addresses(sa, local, remote, msg)
+        old = (sa.local, sa.remote, sa.last_in)
+        moved = self._update_addresses(sa, local, remote) and sa.established
+        if moved:
+            sa.last_in = float("-inf")  # set again by sa.receive once the message is authenticated
         sa.receive(msg, now)
         if sa.state is IkeState.DESTROYED:
             return
+        if moved and sa.last_in == float("-inf"):
+            sa.local, sa.remote, sa.last_in = old  # not authenticated: the move is not taken
+        elif moved:
+            log.info("%s: the peer moved to %s[%d] (RFC 7296 2.23)", sa.label, *sa.remote)
+            self.emit(ev.PeerAddressChanged(sa.unique_id, sa.remote))
         self._schedule(sa)
 
-    def _update_addresses(self, sa: IkeSa, local: Addr, remote: Addr, msg: Message) -> None:
-        """Port floating and RFC 7296 2.23 dynamic updates (applied before decryption; the integrity
-        check that follows rejects forgeries, after which only valid peers could have moved us)."""
+    def _update_addresses(self, sa: IkeSa, local: Addr, remote: Addr) -> bool:
+        """Port floating and RFC 7296 2.23 dynamic updates. Applied before decryption so that a response
+        goes back where the request came from (RFC 7296 2.11); `_dispatch` undoes it when the message
+        fails its integrity check, and reports a move only once the message was authenticated."""
+        moved = False
         if sa.local != local:
-            sa.local = local
+            sa.local, moved = local, True
         if sa.remote != remote and (sa.nat_there or sa.remote[0] == remote[0]):
-            if sa.established:
-                self.emit(ev.PeerAddressChanged(sa.unique_id, remote))
-            sa.remote = remote
+            sa.remote, moved = remote, True
+        return moved
+
+    def peer_mapping(self, unique_id: int, remote: Addr, now: float) -> None:
+        """The data plane saw authenticated ESP-in-UDP of this IKE_SA's peer arrive from `remote` (its
+        NAT mapping changed): follow it (IKE and ESP share the NAT-T mapping, RFC 3948) and check
+        that the peer answers there (a DPD); an unanswered check closes the SA as any DPD does."""
+        sa = self.by_uid.get(unique_id)
+        if sa is None or not sa.established or sa.remote == remote or not sa.nat_there:
+            return
+        self.now = now
+        log.info("%s: NAT mapping of the peer changed to %s[%d], checking liveness there", sa.label, *remote)
+        sa.remote = remote
+        self.emit(ev.PeerAddressChanged(sa.unique_id, remote))
+        if not sa.dpd_pending:
+            sa.queue_task(Dpd(), now)
+        self._schedule(sa)
 
     def _init_request(self, msg: Message, local: Addr, remote: Addr, now: float) -> None:
         key = (msg.spi_i, remote)

@@ -161,6 +161,9 @@ class UserspaceDataPlane:
         self.drop_policy_mismatch = 0  # decrypted packet outside the SA's inbound selectors
         self.drop_send_error = 0
         self.keepalives_sent = 0
+        # (spi_in, new source) of authenticated ESP from a changed NAT mapping; set by the daemon
+        self.on_mapping: Callable[[int, tuple[str, int]], None] | None = None
+        self._mapping_seen: dict[int, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -465,6 +468,7 @@ class UserspaceDataPlane:
         except EspError as e:
             log.debug("ESP from %s dropped: %s", src, e)
             return
+        self._check_mapping(sa.spi, src)
         if nh not in (4, 41) or not inner:
             return  # RFC 4303 2.6: next header 59 = dummy packet, discard silently
         if not self._inbound_allowed(sa.spi, inner):
@@ -475,6 +479,19 @@ class UserspaceDataPlane:
         except OSError as e:
             self.drop_send_error += 1
             log.debug("TUN write: %s", e)
+
+    def _check_mapping(self, spi: int, src: tuple[str, int]) -> None:
+        """Authenticated UDP-encapsulated ESP from another address or port than the SA's peer: its NAT
+        mapping changed. Reported (at most once a second per SA) to `on_mapping`, as the kernel reports
+        XFRM_MSG_MAPPING; the IKE side follows and verifies (core_ike/ike/engine.py peer_mapping)."""
+        st = self._sas.get((spi, Direction.IN))
+        if st is None or not st.params.encap or (st.params.src, st.params.src_port) == src:
+            return
+        now = self.clock()
+        if self.on_mapping is None or now - self._mapping_seen.get(spi, -1.0) < 1.0:
+            return
+        self._mapping_seen[spi] = now
+        self.on_mapping(spi, src)
 
     def _inbound_allowed(self, spi: int, inner: bytes) -> bool:
         """RFC 4301 5.2.1 (4): the decrypted packet must match the SA's inbound selectors."""

@@ -155,3 +155,27 @@ def test_requests_before_ike_auth_are_refused(exchange: int) -> None:
     assert resp.notify(NotifyType.INVALID_SYNTAX) is not None
     assert not any(s.established for s in p.b.ike_sas()) and not p.of("b", ev.ChildSaEstablished)
     assert len(p.wire) == before
+
+
+def test_a_forged_message_from_elsewhere_does_not_move_the_sa() -> None:
+    """RFC 7296 2.23: the peer's address is updated only by an authenticated message. A copy of a real
+    request with a broken ICV, sent from another address, leaves the SA (and its ESP) where it was."""
+    p = make_pair(a_conf={"dpd_delay": 5.0})
+    p.a.configs[0].encap = True  # b sees a NAT in front of a: b follows a's moves
+    p.a.initiate("home", now=p.now)
+    p.pump()
+    (bob_sa,) = p.b.ike_sas()
+    assert bob_sa.nat_there
+    home = bob_sa.remote
+    p.drop = lambda side, data: True  # catch a's next request (its DPD) instead of delivering it
+    p.advance(5.5)
+    (req,) = [d for side, d in p.wire if side == "a->b"][-1:]
+    forged = req[:-1] + bytes([req[-1] ^ 1])
+    p.b.receive(forged[4:], bob_sa.local, ("198.51.100.66", 4500), p.now)
+    p.pump()
+    assert bob_sa.remote == home and not p.of("b", ev.PeerAddressChanged)
+    p.b.receive(req[4:], bob_sa.local, ("198.51.100.66", 4500), p.now)  # the real one, moved
+    p.pump()
+    assert bob_sa.remote == ("198.51.100.66", 4500)
+    (moved,) = p.of("b", ev.PeerAddressChanged)
+    assert moved.remote == ("198.51.100.66", 4500)
