@@ -293,6 +293,10 @@ class Daemon:
             self.engine.extensions.append(self.glue)  # CHILD_SA proposals: only what the data plane installs
             if hasattr(self.dp, "on_mapping"):
                 self.dp.on_mapping = self._esp_mapping
+            if hasattr(self.dp, "read_events"):  # XFRM: the kernel's expire/acquire messages
+                loop.add_reader(self.dp.fileno(), self._read_kernel_events)
+            elif hasattr(self.dp, "wakeup"):  # userspace: it calls us when it queued an event
+                self.dp.wakeup = lambda: loop.call_soon(self._dataplane_events)
             from ..io.userspace import grow_rcvbuf
 
             for addr in self.transport.addresses:  # ESP-in-UDP arrives on the NAT-T sockets
@@ -319,6 +323,37 @@ class Daemon:
         if self.dp is not None:
             self.dp.close()
         self.transport.close()
+
+    def _dataplane_events(self) -> None:
+        """Lifetime expiry from the data plane (RFC 7296 2.8): soft -> rekey that CHILD_SA, hard -> it
+        is gone there, so delete it (DELETE to the peer). Acquires need trap policies, which are not
+        supported (start_action = trap is refused at load): logged."""
+        from ..io.dataplane import Acquire
+
+        now = time.monotonic()
+        while (e := self.dp.next_event()) is not None:
+            if isinstance(e, Acquire):
+                log.info("ignoring acquire for reqid %d (%s -> %s): no trap policies", e.reqid, e.src, e.dst)
+                continue
+            hit = self._child_by_spi(e.spi)
+            if hit is None:
+                continue
+            sa, uid = hit
+            log.info("CHILD_SA %s{%d}: %s lifetime (%s) reached, %s", sa.children[uid].name, uid,
+                     "hard" if e.hard else "soft", e.reason, "deleting it" if e.hard else "rekeying")
+            (self.engine.terminate_child if e.hard else self.engine.rekey_child)(sa, uid, now)
+        self.transport.flush()
+
+    def _read_kernel_events(self) -> None:
+        self.dp.read_events()
+        self._dataplane_events()
+
+    def _child_by_spi(self, spi: int) -> tuple[Any, int] | None:
+        for sa in self.engine.ike_sas():
+            for uid, c in sa.children.items():
+                if spi in (c.spi_in, c.spi_out) and c.state == "INSTALLED":
+                    return sa, uid
+        return None
 
     def _esp_mapping(self, spi_in: int, src: tuple[str, int]) -> None:
         """The data plane saw the peer's ESP from a new NAT mapping: the IKE_SA follows and checks it."""

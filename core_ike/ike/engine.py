@@ -487,6 +487,11 @@ class Engine:
             sa.queue_task(Dpd(), now)
 
     def forget(self, sa: IkeSa) -> None:
+        vip = sa.extension_data.get("peer_vip")
+        if vip is not None and not any(s is not sa and s.extension_data.get("peer_vip") == vip
+                                       for s in self.by_uid.values()):
+            self._vips_used.discard(str(vip))  # back to the pool (not while a rekeyed successor holds it)
+            log.info("released virtual IP %s of %s", vip, sa.label)
         if self.sas.get(sa.own_spi) is sa:
             del self.sas[sa.own_spi]
         if self.sas.get(sa.spi_i) is sa:  # an initiator before its SPIr was known

@@ -434,3 +434,17 @@ def test_invalid_ike_spi_answers_are_rate_limited_and_unsolicited_ones_ignored()
                       flags=HeaderFlag.INITIATOR, message_id=1, payloads=[NotifyPayload(NotifyType.INVALID_IKE_SPI)])
         p.a.receive(encode_message(req)[0], sa.local, ("198.51.100.9", 500), p.now)
     assert p.a.counters["invalid-spi-sent"] == 5 and p.a.counters["invalid-spi-suppressed"] == 15
+
+
+def test_virtual_ip_returns_to_the_pool_when_its_ike_sa_goes() -> None:
+    """A pool of one address: the next client gets it once the first IKE_SA is deleted."""
+    p = make_pair(a_conf={"vips": ["0.0.0.0"]}, b_conf={"pools": ["10.99.0.1/32"]})
+    p.a.configs[0].children[0].local_ts = ["dynamic"]
+    p.b.configs[0].children[0].remote_ts = ["dynamic"]
+    sa = _up(p)
+    assert str(sa.extension_data["vip"]) == "10.99.0.1"
+    p.a.terminate(sa, p.now)
+    p.pump()
+    assert p.b.ike_sas() == []
+    again = _up(p)
+    assert str(again.extension_data["vip"]) == "10.99.0.1"
