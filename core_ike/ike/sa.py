@@ -402,7 +402,9 @@ class IkeSa:
             if c.expire_at is not None:
                 ds.append(c.expire_at)
         if self.established:
-            if self.config.dpd_delay > 0 and not self.dpd_pending:
+            # a request in flight is the liveness check (its retransmissions time out); the DPD is due
+            # only when none is (engine.maintenance sends it then), else this deadline never moves
+            if self.config.dpd_delay > 0 and not self.dpd_pending and self.outstanding is None:
                 ds.append(self.last_in + self.config.dpd_delay)
             if self.nat_here and self.config.keepalive_interval > 0:
                 ds.append(self.last_out + self.config.keepalive_interval)
