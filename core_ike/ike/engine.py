@@ -7,8 +7,8 @@ Model: aioquic's QuicConnection. The adapter calls `receive(data, local, remote,
 
 from __future__ import annotations
 
-import hashlib
 import heapq
+import hmac
 import ipaddress
 import itertools
 import logging
@@ -21,7 +21,9 @@ from typing import Any
 from ..codec.message import Message, ReassemblyBudget, decode_message
 from ..codec.payloads import NoncePayload, NotifyPayload, Proposal
 from ..constants import (
+    IKE_HEADER_LEN,
     IKE_PORT,
+    IKE_VERSION,
     NATT_PORT,
     NON_ESP_MARKER,
     ExchangeType,
@@ -38,6 +40,18 @@ from . import events as ev
 from .config import IkeConfig, addr_matches
 from .creds import Credentials
 from .identity import Identity
+from .prefilter import (
+    HEADER_TAIL,
+    IKE_SA_INIT,
+    INITIATOR,
+    RESPONSE,
+    ZERO_SPI,
+    SourceLimiter,
+    cookie_reply,
+    cookie_value,
+    packed_ip,
+    scan_init,
+)
 from .sa import IkeSa, IkeState
 from .task import Task
 from .tasks.child_create import ChildCreate
@@ -96,6 +110,7 @@ class EngineConfig:
     frag_max_per_sa: int = 2 * 1024 * 1024
     frag_max_total: int = 64 * 1024 * 1024
     invalid_spi_rate: float = 20.0  # INVALID_IKE_SPI answers per second at most (RFC 7296 2.21.4)
+    init_rate_ip: float = 50.0  # while COOKIEs are demanded: IKE_SA_INIT requests per second per source (0: any)
     pools: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -140,6 +155,7 @@ class Engine:
         self.log_limit = LogLimiter(log)  # lines remote parties can trigger at will
         self._spi_tokens = float(self.cfg.invalid_spi_rate)  # INVALID_IKE_SPI answers left (token bucket)
         self._spi_refill = 0.0
+        self.init_limiter = SourceLimiter(self.cfg.init_rate_ip)  # IKE_SA_INITs per source under load
         self._half_open_by_ip: dict[str, int] = {}
         self._vips_used: set[str] = set()
 
@@ -147,6 +163,10 @@ class Engine:
     def receive(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
         """One IKE message (non-ESP marker already stripped) that arrived on `local` from `remote`."""
         self.now = now
+        if type(data) is not bytes:
+            data = bytes(data)  # a memoryview or bytearray from the adapter
+        if self._prefilter(data, local, remote, now):
+            return
         try:
             msg = decode_message(data)
         except DecodeError as e:
@@ -640,33 +660,94 @@ class Engine:
         return (self.cfg.force_cookies or self._half_open >= self.cfg.cookie_threshold
                 or self._half_open_by_ip.get(ip, 0) >= self.cfg.cookie_threshold_ip)
 
-    def _cookie_for(self, msg: Message, remote: Addr, version: int, secret: bytes) -> bytes:
-        nonce = msg.get(PayloadType.NONCE)
-        ni = nonce.data if isinstance(nonce, NoncePayload) else b""
-        ip = ipaddress.ip_address(remote[0]).packed
-        # RFC 7296 2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)
-        return bytes([version & 0xFF]) + hashlib.sha256(ni + ip + msg.spi_i + secret).digest()
-
     def _cookie_ok(self, msg: Message, remote: Addr) -> bool:
         first = msg.payloads[0] if msg.payloads else None
-        if not isinstance(first, NotifyPayload) or int(first.type) != NotifyType.COOKIE or not first.data:
+        if not isinstance(first, NotifyPayload) or int(first.type) != NotifyType.COOKIE:
+            return False
+        nonce = msg.get(PayloadType.NONCE)
+        ni = nonce.data if isinstance(nonce, NoncePayload) else b""
+        return self._cookie_valid(first.data, ni, remote[0], msg.spi_i)
+
+    def _cookie_valid(self, cookie: bytes, ni: bytes, ip: str, spi_i: bytes) -> bool:
+        if not cookie:
             return False
         # RFC 7296 2.6: the version octet says which secret made the cookie (current or previous one)
-        if first.data[0] == self._cookie_version & 0xFF:
+        if cookie[0] == self._cookie_version & 0xFF:
             secret: bytes | None = self._cookie_secret
-        elif first.data[0] == (self._cookie_version - 1) & 0xFF:
+        elif cookie[0] == (self._cookie_version - 1) & 0xFF:
             secret = self._old_cookie_secret
         else:
             secret = None
-        return secret is not None and first.data == self._cookie_for(msg, remote, first.data[0], secret)
+        return secret is not None and hmac.compare_digest(cookie, cookie_value(ni, packed_ip(ip), spi_i, cookie[0],
+                                                                               secret))
 
-    def _send_cookie(self, msg: Message, local: Addr, remote: Addr) -> None:
+    def _new_cookie(self, ni: bytes, remote: Addr, spi_i: bytes) -> bytes:
         if self.now - self._cookie_rotated >= self.cfg.cookie_secret_lifetime:
             self.rotate_cookie_secret()
-        cookie = self._cookie_for(msg, remote, self._cookie_version, self._cookie_secret)
         self.counters["cookies-sent"] += 1
-        log.info("sending COOKIE to %s[%d] (%d half-open IKE_SAs)", remote[0], remote[1], self._half_open)
-        self._reply_error(msg, NotifyType.COOKIE, local, remote, cookie)
+        self.log_limit.log(logging.INFO, "cookie", self.now, "sending COOKIE to %s[%d] (%d half-open IKE_SAs)",
+                           remote[0], remote[1], self._half_open)
+        return cookie_value(ni, packed_ip(remote[0]), spi_i, self._cookie_version, self._cookie_secret)
+
+    def _send_cookie(self, msg: Message, local: Addr, remote: Addr) -> None:
+        nonce = msg.get(PayloadType.NONCE)
+        ni = nonce.data if isinstance(nonce, NoncePayload) else b""
+        cookie = self._new_cookie(ni, remote, msg.spi_i)
+        self._send_plain(cookie_reply(msg.spi_i, msg.message_id.to_bytes(4, "big"), cookie), local, remote)
+
+    def _send_plain(self, pkt: bytes, local: Addr, remote: Addr) -> None:
+        self.send(NON_ESP_MARKER + pkt if local[1] == self.natt_port else pkt, local, remote)
+
+    # ------------------------------------------------------------------ pre-filter (core_ike/ike/prefilter.py)
+    def _prefilter(self, data: bytes, local: Addr, remote: Addr, now: float) -> bool:
+        """Decisions on the raw datagram before it is decoded, so that a flood costs little per datagram
+        (docs/operations.md, "Floods"): the fixed header (RFC 7296 3.1), and for IKE_SA_INIT requests
+        while COOKIEs are demanded the per-source limit and the COOKIE itself (RFC 7296 2.6) from the
+        generic payload headers. True when the datagram was dropped or answered here."""
+        n = len(data)
+        if n < IKE_HEADER_LEN:
+            return self._drop("malformed", now, remote, "%d octets, shorter than the IKE header", n)
+        first, version, exchange, flags, mid, length = HEADER_TAIL.unpack_from(data, 16)
+        if length != n:
+            return self._drop("malformed", now, remote, "IKE header length %d differs from the datagram's %d",
+                              length, n)
+        if exchange < IKE_SA_INIT:
+            return self._drop("header", now, remote, "reserved exchange type %d", exchange)  # RFC 7296 3.1
+        if exchange != IKE_SA_INIT or flags & RESPONSE or data[8:16] != ZERO_SPI \
+                or data[:8] == ZERO_SPI:
+            return False
+        # an IKE_SA_INIT request for a new IKE_SA: Message ID 0 (RFC 7296 2.2), from the initiator (3.1)
+        major = version >> 4 == IKE_VERSION >> 4
+        if major and (mid != 0 or not flags & INITIATOR):
+            return self._drop("header", now, remote, "IKE_SA_INIT request with Message ID %d, flags 0x%02x",
+                              mid, flags)
+        ip = remote[0]
+        if not self._needs_cookie(ip):
+            return False
+        if not major:  # RFC 7296 2.5 asks for INVALID_MAJOR_VERSION; not to every datagram of a flood
+            return self._drop("header", now, remote, "IKE major version %d", version >> 4)
+        if not self.init_limiter.allow(ip, now):
+            return self._drop("init-rate", now, remote, "more than %g IKE_SA_INIT requests per second",
+                              self.cfg.init_rate_ip)
+        found = scan_init(data, first)
+        if found is None:
+            return self._drop("invalid", now, remote, "IKE_SA_INIT request without a usable Nonce payload")
+        cookie, ni = found
+        spi_i = data[:8]
+        if cookie and self._cookie_valid(cookie, ni, ip, spi_i):
+            return False
+        if (spi_i, remote) in self.init_index:
+            return False  # a retransmission of a request we answered: from the response cache
+        self._send_plain(cookie_reply(spi_i, data[20:24], self._new_cookie(ni, remote, spi_i)), local, remote)
+        return True
+
+    def _drop(self, reason: str, now: float, remote: Addr, what: str, *args: object) -> bool:
+        """Count a pre-filter drop as drop-REASON; its log line is rate-limited per reason."""
+        self.counters[f"drop-{reason}"] += 1
+        kind = f"{reason} " if reason in ("malformed", "invalid") else ""
+        self.log_limit.warning(f"{reason}-packet", now, f"dropping {kind}packet from %s[%d]: {what}", remote[0],
+                               remote[1], *args)
+        return True
 
     def rotate_cookie_secret(self) -> None:
         """RFC 7296 2.6: change the secret regularly; cookies of the previous one stay valid meanwhile."""

@@ -23,6 +23,13 @@ from ..errors import DecodeError, LocalError
 log = logging.getLogger("core_ike.net")
 Addr = tuple[str, int]
 
+# Under a flood the socket queue must absorb what arrives while the engine is busy with one costly
+# datagram (a DH, a signature, a GC pass): 4 MiB holds thousands of IKE_SA_INITs (docs/operations.md,
+# "Floods"). The kernel doubles the value and caps SO_RCVBUF at net.core.rmem_max unless we may force it.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+READ_BATCH = 256  # datagrams read per wakeup before other work (timers, control socket) gets its turn
+SO_RCVBUFFORCE = 33  # Linux asm-generic/socket.h; Python's socket module lacks it
+
 _BIND_HINTS = {
     errno.EADDRNOTAVAIL: " (the host has no such address)",
     errno.EADDRINUSE: " (another program, such as charon or a second daemon, uses it)",
@@ -69,13 +76,29 @@ def local_addresses() -> list[str]:
     return out
 
 
+def _set_receive_buffer(s: socket.socket, size: int) -> None:
+    """SO_RCVBUFFORCE goes beyond net.core.rmem_max (root or CAP_NET_ADMIN); else SO_RCVBUF, capped."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError as e:
+            log.warning("cannot set the socket receive buffer to %d octets: %s", size, e)
+            return
+    got = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice what it grants
+    if got < size:
+        log.info("socket receive buffer %d octets instead of %d: net.core.rmem_max caps it (docs/operations.md)",
+                 got, size)
+
+
 class UdpTransport:
     """Owns the sockets and the timer of one engine; forwards events to `on_event`."""
 
     def __init__(
         self, engine: SansIoEngine, addresses: list[str], ports: list[int],
         on_event: Callable[[Any], None] | None = None, esp_sink: EspSink | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, receive_buffer: int = RECEIVE_BUFFER,
     ) -> None:
         self.engine = engine
         self.addresses = addresses
@@ -83,6 +106,7 @@ class UdpTransport:
         self.on_event = on_event
         self.esp_sink = esp_sink
         self.clock = clock
+        self.receive_buffer = receive_buffer
         self.sockets: dict[Addr, socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -115,6 +139,8 @@ class UdpTransport:
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         s.setblocking(False)
+        if self.receive_buffer > 0:
+            _set_receive_buffer(s, self.receive_buffer)
         try:
             s.bind((addr, port))
         except OSError as e:
@@ -149,7 +175,7 @@ class UdpTransport:
     def _readable(self, s: socket.socket, local: Addr) -> None:
         engine = self.engine
         recvfrom = s.recvfrom
-        for _ in range(64):  # batch: drain what is queued, then let others run
+        for _ in range(READ_BATCH):  # drain what is queued, then let others run
             try:
                 data, remote = recvfrom(65535)
             except BlockingIOError:

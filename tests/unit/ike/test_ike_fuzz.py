@@ -101,6 +101,9 @@ def test_engine_survives_mutated_traffic_and_keeps_serving() -> None:
     p.a.rekey_child(sa, next(iter(sa.children)), now=p.now)
     p.pump()
     assert len(sa.children) == 1 and next(iter(sa.children.values())).rekeyed_from is not None
+    # the mutated IKE_SA_INITs left half-open SAs: COOKIEs are demanded from A, and with them A's
+    # IKE_SA_INIT requests are limited per second (init_rate_ip); a second later A is served again
+    p.now += 1.0
     sa2 = p.a.initiate("home", now=p.now, remote=B)
     p.pump()
     assert sa2.state is IkeState.ESTABLISHED

@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""IKE_SA_INIT flood with spoofed sources (issue 9): can a legitimate initiator still get an IKE_SA?
+
+Lab (three namespaces, built here): ``flood`` -- veth -- ``resp`` -- veth -- ``legit``.
+
+- ``resp`` runs our iked as responder (PSK, default cookie thresholds, log level info, ``unique = "no"``);
+  its default route points at ``flood``, so COOKIE answers to spoofed sources leave the host the way they
+  would on a real network (and are dropped in ``flood``, which does not forward);
+- ``flood`` sends IKE_SA_INIT requests (SA, KE x25519, Nonce, two NAT-D notifies: 240 octets of IKE, as an
+  initiator sends them) from ``--sources`` spoofed addresses in 100.64.0.0/10, each with its own SPIi and
+  nonce, through a raw socket (IP_HDRINCL) in batches of ``--batch`` with sendmmsg(2) (via ctypes: no C
+  to build), at ``--pps`` (0 = as fast as it can), for ``--duration`` seconds at most; it reports the
+  rate it achieved;
+- ``legit`` runs our iked as the legitimate initiator (default retransmission: 4 s, then 7.2 s ...):
+  ``--attempts`` times, during the flood, ``ikectl up legitN`` (a new IKE_SA each, childless), and
+  counts those established within ``--deadline`` seconds.
+
+Measured per run (a fresh responder each): the flood rate achieved, legitimate successes within the
+deadline and their setup times, the responder's CPU (utime+stime over the flood, as % of one CPU) and
+RSS (before, peak, after), what the kernel dropped at the responder's socket (``/proc/net/snmp`` of
+``resp``: ``RcvbufErrors``), and the responder's ``ikectl stats`` counters.
+
+``--tree DIR`` runs the responder from another source tree (e.g. ``git archive`` of an older commit)
+and ``--before REV`` does that for REV next to this tree, for a before/after table.
+
+    .venv/bin/python bench/ike_flood.py                            # 3 runs, 20 attempts each
+    .venv/bin/python bench/ike_flood.py --before 52e1892 --out bench/results/ike_flood.txt
+    .venv/bin/python bench/ike_flood.py flood-only --pps 0         # just the generator's rate
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import io
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+_VENV_PY = ROOT / ".venv" / "bin" / "python"
+if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+    os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PSK = "flood-bench-shared-secret-0123456789abcdef"
+PROPOSAL = "aes128gcm16-prfsha256-x25519"
+RESP_IP, LEGIT_IP = "192.0.2.2", "192.0.2.1"
+RESP_FLOOD_IP, FLOOD_IP = "198.51.100.2", "198.51.100.1"
+SPOOF_NET = 0x64400000  # 100.64.0.0/10 (RFC 6598): never a real peer here
+RESULTS = ROOT / "bench" / "results" / "ike_flood.txt"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ====================================================================== the flood generator (in ``flood``)
+def init_template() -> tuple[bytes, int, int]:
+    """A real IKE_SA_INIT request (as our initiator builds it), the offsets of its KE and nonce data."""
+    from core_ike.codec.message import Message, encode_message
+    from core_ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
+    from core_ike.constants import ExchangeType, HeaderFlag, NotifyType, ProtocolId
+    from core_ike.crypto.proposals import parse_proposals
+
+    marker, ke = b"\xa5" * 32, b"\x5a" * 32
+    props = parse_proposals(PROPOSAL, ProtocolId.IKE)
+    msg = Message(b"\x11" * 8, b"\x00" * 8, ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0,
+                  [SaPayload(props), KePayload(31, ke), NoncePayload(marker),
+                   NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, bytes(20)),
+                   NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, bytes(20))])
+    data = encode_message(msg)[0]
+    return data, data.index(ke), data.index(marker)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(_IoVec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+def build_packets(n: int, sources: int, dst: str, seed: int = 9) -> list[bytes]:
+    """`n` IPv4/UDP/IKE_SA_INIT datagrams, source address i % sources in 100.64/10, own SPIi and nonce each.
+    IP_HDRINCL: the kernel fills in the IP checksum and ID; a zero UDP checksum means none (RFC 768)."""
+    import random
+
+    rng = random.Random(seed)
+    ike, kpos, npos = init_template()
+    udp_len = 8 + len(ike)
+    dst_b = socket.inet_aton(dst)
+    out = []
+    for i in range(n):
+        src = struct.pack("!I", SPOOF_NET + 1 + (i % sources) % ((1 << 22) - 2))
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0, 64, socket.IPPROTO_UDP, 0, src, dst_b)
+        udp = struct.pack("!HHHH", 500, 500, udp_len, 0)
+        # random X25519 public values: valid points, so each costs a half-open responder a DH computation
+        body = rng.randbytes(8) + ike[8:kpos] + rng.randbytes(32) + ike[kpos + 32:npos] + rng.randbytes(32) \
+            + ike[npos + 32:]
+        out.append(ip + udp + body)
+    return out
+
+
+def flood(spec: dict[str, Any]) -> dict[str, Any]:
+    """Send spoofed IKE_SA_INITs to spec["dst"] (raw socket, sendmmsg batches) until spec["duration"]
+    seconds or spec["count"] datagrams; paced to spec["pps"] (0: unpaced). Returns the achieved rate."""
+    pkts = build_packets(int(spec["pool"]), int(spec["sources"]), spec["dst"])
+    n, batch = len(pkts), int(spec["batch"])
+    blob = ctypes.create_string_buffer(b"".join(pkts))
+    base = ctypes.addressof(blob)
+    iovs = (_IoVec * n)()
+    msgs = (_MMsgHdr * (n + batch))()  # the pool twice over at the wrap: batches never split
+    off = 0
+    for i, p in enumerate(pkts):
+        iovs[i].iov_base, iovs[i].iov_len = base + off, len(p)
+        off += len(p)
+    for i in range(n + batch):
+        msgs[i].msg_hdr.msg_iov = ctypes.pointer(iovs[i % n])
+        msgs[i].msg_hdr.msg_iovlen = 1
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    sendmmsg = libc.sendmmsg
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    sendmmsg.restype = ctypes.c_int
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IPPROTO_RAW implies IP_HDRINCL
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+    s.connect((spec["dst"], 0))
+    fd, size = s.fileno(), ctypes.sizeof(_MMsgHdr)
+    mbase = ctypes.addressof(msgs)
+    pps, count, duration = float(spec["pps"]), int(spec["count"]), float(spec["duration"])
+    sent = errors = calls = 0
+    pos = 0
+    t0 = time.monotonic()
+    end = t0 + duration
+    now = t0
+    while sent < count and now < end:
+        k = min(batch, count - sent)
+        r = sendmmsg(fd, mbase + pos * size, k, 0)
+        calls += 1
+        if r < 0:
+            errors += 1
+            r = 0
+        sent += r
+        pos = (pos + r) % n
+        now = time.monotonic()
+        if pps > 0:
+            ahead = t0 + sent / pps - now
+            if ahead > 0.0005:
+                time.sleep(ahead)
+                now = time.monotonic()
+    elapsed = time.monotonic() - t0
+    s.close()
+    return {"sent": sent, "seconds": elapsed, "pps": sent / elapsed if elapsed > 0 else 0.0,
+            "errors": errors, "calls": calls, "sources": int(spec["sources"]), "bytes": len(pkts[0])}
+
+
+# ====================================================================== the lab and the measurement
+def build_lab() -> Any:
+    from scenarios.lab import Lab, cleanup_orphans
+
+    cleanup_orphans()
+    lab = Lab()
+    try:
+        for h in ("flood", "resp", "legit"):
+            lab.add_host(h)
+        lab.link("flood", "eth0", "resp", "eth1", f"{FLOOD_IP}/24", f"{RESP_FLOOD_IP}/24")
+        lab.link("legit", "eth0", "resp", "eth0", f"{LEGIT_IP}/24", f"{RESP_IP}/24")
+        lab.route("resp", "default", FLOOD_IP)  # answers to the spoofed sources go back out
+        lab.route("flood", "192.0.2.0/24", RESP_FLOOD_IP)  # the flood goes to the address the legit one uses
+        for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter",
+                    "net.ipv4.conf.eth1.rp_filter"):
+            lab.sysctl("resp", key, 0)
+    except BaseException:
+        lab.teardown()
+        raise
+    return lab
+
+
+def responder_toml(log_level: str, extra: str = "") -> str:
+    return (f'[daemon]\nlisten = ["{RESP_IP}"]\ncontrol = "@CTL@"\ndataplane = "none"\n'
+            f'log_level = "{log_level}"\n{extra}\n'
+            f'[[secrets.ike]]\nsecret = "{PSK}"\n'
+            f'[connections.gw]\nlocal_addrs = ["{RESP_IP}"]\nremote_addrs = ["%any"]\nproposals = "{PROPOSAL}"\n'
+            'unique = "no"\nlocal = { auth = "psk", id = "responder@bench" }\n'
+            'remote = { auth = "psk", id = "%any" }\n')
+
+
+def legit_toml(attempts: int) -> str:
+    out = [f'[daemon]\nlisten = ["{LEGIT_IP}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "info"\n',
+           f'[[secrets.ike]]\nsecret = "{PSK}"\n']
+    for i in range(attempts):
+        out.append(f'[connections.legit{i}]\nlocal_addrs = ["{LEGIT_IP}"]\nremote_addrs = ["{RESP_IP}"]\n'
+                   f'proposals = "{PROPOSAL}"\nlocal = {{ auth = "psk", id = "legit{i}@bench" }}\n'
+                   'remote = { auth = "psk", id = "responder@bench" }\n')
+    return "\n".join(out)
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def find_python(root: int) -> int:
+    todo = [root]
+    while todo:
+        pid = todo.pop(0)
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("python"):
+                return pid
+            todo += [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    raise RuntimeError(f"no python under {root}")
+
+
+def udp_stats(lab: Any, host: str) -> dict[str, int]:
+    lines = [ln.split() for ln in lab.run(host, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if ln.startswith("Udp:")]
+    return dict(zip(lines[0][1:], (int(v) for v in lines[1][1:]), strict=True))
+
+
+def start_flood(lab: Any, spec: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(["ip", "netns", "exec", lab.ns("flood"), sys.executable, __file__, "flood",
+                             json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, Any]:
+    from scenarios.lab.iked import Iked
+
+    resp = Iked(lab, "resp", responder_toml(a.log_level, a.responder_extra), name=f"resp{run}-{tree.name}")
+    legit = Iked(lab, "legit", legit_toml(a.attempts), name=f"legit{run}-{tree.name}")
+    resp.start(env={"PYTHONPATH": str(tree)})
+    legit.start()
+    out: dict[str, Any] = {"tree": str(tree)}
+    try:
+        pid = find_python(resp.proc.pid)
+        udp0 = udp_stats(lab, "resp")
+        rss0, cpu0 = proc_rss_kib(pid), proc_cpu(pid)
+        spec = {"dst": RESP_IP, "pps": a.pps, "duration": a.duration, "count": a.count,
+                "sources": a.sources, "pool": min(a.pool, max(a.sources, 1024)), "batch": a.batch}
+        fl = start_flood(lab, spec) if a.pps >= 0 else None
+        t_flood = time.monotonic()
+        time.sleep(a.settle)  # the flood reaches its rate, cookies engage
+        times: list[float | None] = []
+        rss_peak = rss0
+        for i in range(a.attempts):
+            t = time.monotonic()
+            try:
+                r = legit.ctl({"cmd": "up", "conn": f"legit{i}", "timeout": a.deadline}, timeout=a.deadline + 5)
+                ok = bool(r.get("ok"))
+            except OSError:
+                ok = False
+            dt = time.monotonic() - t
+            times.append(dt if ok and dt <= a.deadline else None)
+            rss_peak = max(rss_peak, proc_rss_kib(pid))
+            time.sleep(a.gap)
+        in_flood = time.monotonic() - t_flood
+        fres: dict[str, Any] = {}
+        if fl is not None:
+            so, se = fl.communicate(timeout=a.duration + 60)
+            if fl.returncode != 0:
+                raise RuntimeError(f"flood failed: {se[-2000:]}")
+            fres = json.loads(so.strip().splitlines()[-1])
+        cpu1 = proc_cpu(pid)
+        flood_secs = float(fres.get("seconds", in_flood))
+        rss1 = proc_rss_kib(pid)
+        udp1 = udp_stats(lab, "resp")
+        stats = resp.ctl({"cmd": "stats"}).get("stats", {})
+        out.update({
+            "flood": fres, "times": times, "ok": sum(1 for x in times if x is not None),
+            "cpu_pct": 100.0 * (cpu1 - cpu0) / max(flood_secs, in_flood),
+            "rss0": rss0, "rss_peak": max(rss_peak, rss1), "rss1": rss1,
+            "udp": {k: udp1[k] - udp0.get(k, 0) for k in ("InDatagrams", "RcvbufErrors", "InErrors",
+                                                           "OutDatagrams", "SndbufErrors")},
+            "counters": stats.get("counters", {}), "half_open": stats.get("half-open"),
+        })
+    finally:
+        legit.stop()
+        resp.stop()
+    return out
+
+
+def git_tree(rev: str) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="ikeflood-"))
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        tf.extractall(d, filter="data")
+    return d
+
+
+def _q(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+
+
+def report(label: str, runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
+    lines = []
+    for i, r in enumerate(runs):
+        f = r["flood"]
+        ts = [x for x in r["times"] if x is not None]
+        c = r["counters"]
+        drops = {k: v for k, v in c.items() if k.startswith("drop-")}
+        lines.append(
+            f"{label:9} run {i + 1}: flood {f.get('pps', 0) / 1000:6.1f} kpps ({f.get('sent', 0)} sent) "
+            f"legit {r['ok']:2d}/{len(r['times'])} in {a.deadline:.0f} s, setup s {_q(ts)}; "
+            f"CPU {r['cpu_pct']:3.0f}%, RSS MiB {r['rss0'] / 1024:.1f}/{r['rss_peak'] / 1024:.1f}/{r['rss1'] / 1024:.1f}; "
+            f"kernel: {r['udp']['InDatagrams']} delivered, {r['udp']['RcvbufErrors']} rcvbuf drops; "
+            f"cookies-sent {c.get('cookies-sent', 0)} {drops or ''}")
+    oks = [float(r["ok"]) for r in runs]
+    allts = [x for r in runs for x in r["times"] if x is not None]
+    lines.append(
+        f"{label:9} median over {len(runs)} runs: flood {_q([r['flood'].get('pps', 0) / 1000 for r in runs])} kpps, "
+        f"legit {_q(oks)} of {a.attempts}, setup s {_q(allts)}, CPU % {_q([r['cpu_pct'] for r in runs])}, "
+        f"RSS peak MiB {_q([r['rss_peak'] / 1024 for r in runs])}, rcvbuf drops "
+        f"{_q([float(r['udp']['RcvbufErrors']) for r in runs])}")
+    return lines
+
+
+def head() -> str:
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return rev + ("+dirty" if dirty else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["flood"]:
+        print(json.dumps(flood(json.loads(args_in[1]))))
+        return 0
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("mode", nargs="?", default="measure", choices=["measure", "flood-only"])
+    ap.add_argument("--pps", type=float, default=0, help="flood rate target; 0 = as fast as it can, -1 = no flood")
+    ap.add_argument("--duration", type=float, default=60.0, help="flood stops after this many seconds at most")
+    ap.add_argument("--count", type=int, default=20_000_000, help="... or after this many datagrams")
+    ap.add_argument("--sources", type=int, default=65536, help="distinct spoofed source addresses")
+    ap.add_argument("--pool", type=int, default=65536, help="distinct prebuilt datagrams (cycled)")
+    ap.add_argument("--batch", type=int, default=256, help="datagrams per sendmmsg call")
+    ap.add_argument("--attempts", type=int, default=20)
+    ap.add_argument("--deadline", type=float, default=5.0)
+    ap.add_argument("--gap", type=float, default=0.3, help="pause between legitimate attempts")
+    ap.add_argument("--settle", type=float, default=2.0, help="flood time before the first attempt")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--log-level", default="info", help="the responder's log_level")
+    ap.add_argument("--responder-extra", default="", help="extra [daemon] lines for the responder")
+    ap.add_argument("--tree", default=str(ROOT), help="run the responder from this source tree")
+    ap.add_argument("--before", metavar="REV", help="also run the responder from `git archive REV`")
+    ap.add_argument("--out", default="-", help=f"write the table here too (e.g. {RESULTS.relative_to(ROOT)})")
+    a = ap.parse_args(args_in)
+    lab = build_lab()
+    try:
+        if a.mode == "flood-only":
+            spec = {"dst": RESP_IP, "pps": a.pps, "duration": a.duration, "count": a.count,
+                    "sources": a.sources, "pool": min(a.pool, max(a.sources, 1024)), "batch": a.batch}
+            udp0 = udp_stats(lab, "resp")
+            p = start_flood(lab, spec)
+            so, se = p.communicate(timeout=a.duration + 60)
+            udp1 = udp_stats(lab, "resp")
+            print(so.strip() or se)
+            print({k: udp1[k] - udp0[k] for k in ("InDatagrams", "NoPorts", "InErrors")})
+            return 0
+        trees: list[tuple[str, Path]] = []
+        if a.before:
+            trees.append((f"before {a.before}", git_tree(a.before)))
+        trees.append(("this tree" if Path(a.tree) == ROOT else f"tree {a.tree}", Path(a.tree)))
+        load0 = os.getloadavg()[0]
+        results: dict[str, list[dict[str, Any]]] = {}
+        for label, tree in trees:
+            results[label] = []
+            for run in range(a.runs):
+                r = one_run(lab, a, tree, run)
+                results[label].append(r)
+                print("\n".join(report(label, [r], a)[:1]), flush=True)
+    finally:
+        lab.teardown()
+    short = {lb: ("before" if lb.startswith("before") else "after") for lb in results}
+    lines = [
+        f"IKE_SA_INIT flood with spoofed sources: {a.sources} source addresses, flood target "
+        f"{'max' if a.pps == 0 else f'{a.pps:.0f} pps'}, sendmmsg batches of {a.batch} via a raw socket; "
+        f"{a.attempts} legitimate childless IKE_SAs (our iked, PSK, {PROPOSAL}) per run, "
+        f"success = established within {a.deadline:.0f} s",
+        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"HEAD {head()}, load avg before {load0:.2f}; responder log_level {a.log_level}"
+        + (f"; responder extra: {a.responder_extra!r}" if a.responder_extra else ""),
+        "labels: " + ", ".join(f"{lb} = {short[lb]}" for lb in results),
+        "",
+    ]
+    for label, runs in results.items():
+        lines += report(label, runs, a)
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if a.out != "-":
+        Path(a.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
