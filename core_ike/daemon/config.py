@@ -505,7 +505,7 @@ MEDIATION_DPD_DELAY = 20.0
 # the keys each table accepts (docs/configuration.md documents exactly these; tests compare them)
 CONNECTION_KEYS = (*_CONN_CHECKS, "mediation_peer", "local", "remote", "retransmit", "children")
 AUTH_KEYS = ("auth", "id", "signature", "certs")
-RETRANSMIT_KEYS = ("timeout", "base", "tries")
+RETRANSMIT_KEYS = ("timeout", "base", "tries", "early_timeout", "early_base")
 CHILD_KEYS = ("local_ts", "remote_ts", "esp_proposals", "start_action", "mode", "rekey_time", "life_time",
               "replay_window")
 SECRET_KEYS = {"ike": ("id", "secret"), "private": ("file",), "pubkey": ("file", "id"), "ca": ("file",)}
@@ -527,9 +527,12 @@ def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
         w = f"[connections.{name}.retransmit]"
         r = _table(w, d["retransmit"])
         check_keys(w, r, RETRANSMIT_KEYS)
-        cfg.retransmit = RetransmitConfig(_dur(w, "timeout", r.get("timeout", 4)),
-                                          _number(w, "base", r.get("base", 1.8), 1.0),
-                                          _int(w, "tries", r.get("tries", 5)))
+        dflt = RetransmitConfig()
+        cfg.retransmit = RetransmitConfig(_dur(w, "timeout", r.get("timeout", dflt.timeout)),
+                                          _number(w, "base", r.get("base", dflt.base), 1.0),
+                                          _int(w, "tries", r.get("tries", dflt.tries)),
+                                          _dur(w, "early_timeout", r.get("early_timeout", dflt.early_timeout)),
+                                          _number(w, "early_base", r.get("early_base", dflt.early_base), 1.01))
     cfg.children = [_child(n, c, name) for n, c in _table(f"{where} children", d.get("children", {})).items()]
     if cfg.mediation and cfg.mediated_by:
         raise LocalError(f"{where} a mediation connection cannot be a mediated connection at the same time "

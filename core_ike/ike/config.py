@@ -19,15 +19,51 @@ AuthKind = Literal["psk", "pubkey"]
 
 @dataclass(frozen=True)
 class RetransmitConfig:
-    """RFC 7296 2.1 leaves timing open; defaults are strongSwan's (retransmit_timeout/base/tries)."""
+    """When a request is sent again (RFC 7296 2.1: the requester retransmits; 2.4: the waits MUST grow
+    exponentially), a pure function of (config, attempt, prompt).
+
+    The main schedule is strongSwan's (retransmit_timeout / _base / _tries): waits `timeout * base^n`, and
+    the exchange fails after `tries` retransmissions (4, 7.2, 13, 23.3, 42, then 75.6 s: 165 s).
+    A *prompt* exchange, one somebody waits for (IKE_SA_INIT, IKE_AUTH, ME_CONNECT: `Task.prompt`), first
+    runs an early schedule: waits `early_timeout * early_base^n` while shorter than `timeout`, then the main
+    schedule from its start. Under packet loss that turns a lost message into a sub-second delay instead of
+    4 s and more (docs/operations.md, "Loss"); it is bounded: at most `early_steps()` more packets, all within
+    the first `early_span()` seconds. `early_timeout = 0` gives strongSwan's schedule for every exchange.
+    """
 
     timeout: float = 4.0
     base: float = 1.8
     tries: int = 5
+    early_timeout: float = 0.25
+    early_base: float = 1.2
 
-    def delay(self, attempt: int) -> float:
+    def early_steps(self) -> int:
+        """How many waits of the early schedule precede the main one."""
+        if self.early_timeout <= 0 or self.early_base <= 1.0:
+            return 0
+        n, wait = 0, self.early_timeout
+        while wait < self.timeout:
+            n, wait = n + 1, wait * self.early_base
+        return n
+
+    def early_span(self) -> float:
+        """Seconds the early schedule lasts (sum of its waits)."""
+        return sum(self.early_timeout * self.early_base**i for i in range(self.early_steps()))
+
+    def delay(self, attempt: int, prompt: bool = False) -> float:
         """Wait after the `attempt`-th transmission (0 = first send) before the next one."""
-        return float(self.timeout * self.base**attempt)
+        early = self.early_steps() if prompt else 0
+        if attempt < early:
+            return float(self.early_timeout * self.early_base**attempt)
+        return float(self.timeout * self.base ** (attempt - early))
+
+    def retransmits(self, prompt: bool = False) -> int:
+        """Retransmissions before the exchange fails."""
+        return self.tries + (self.early_steps() if prompt else 0)
+
+    def give_up_after(self, prompt: bool = False) -> float:
+        """Seconds from the first send until the exchange fails without an answer."""
+        return sum(self.delay(i, prompt) for i in range(self.retransmits(prompt) + 1))
 
 
 @dataclass

@@ -74,6 +74,8 @@ class Outstanding:
     packets: list[bytes]
     attempt: int
     deadline: float
+    prompt: bool = False  # on the early retransmission schedule (RetransmitConfig)
+    sent_at: float = 0.0  # last transmission
 
 
 class IkeSa:
@@ -211,7 +213,11 @@ class IkeSa:
 
     def initiate_next(self, now: float) -> None:
         """Start the next exchange from the queue if none is in flight (window 1)."""
-        if self.outstanding is not None or not self.queue or self.state is IkeState.DESTROYED:
+        if self.outstanding is not None:
+            if not self.outstanding.prompt and any(t.prompt for t in self.queue):
+                self._hurry(self.outstanding)
+            return
+        if not self.queue or self.state is IkeState.DESTROYED:
             return
         if self.state is IkeState.DELETING and not getattr(self.queue[0], "is_delete", False):
             return
@@ -238,10 +244,21 @@ class IkeSa:
             self.init_request = packets[0]
         if log.isEnabledFor(logging.INFO):
             log.info("generating %s request %d %s", name_of(ExchangeType, exchange), mid, msg.summary())
+        # RFC 7296 2.1 / RetransmitConfig: a prompt exchange, or one a prompt request waits behind
+        prompt = any(t.prompt for t in tasks) or any(t.prompt for t in self.queue)
         self.outstanding = Outstanding(mid, exchange, tasks, packets, 0,
-                                       now + self.config.retransmit.delay(0))
+                                       now + self.config.retransmit.delay(0, prompt), prompt, now)
         self._send(packets, now)
         self.engine.reschedule(self)
+
+    def _hurry(self, out: Outstanding) -> None:
+        """A prompt request queued behind `out` (window 1): `out` continues on the early schedule, so a
+        lost DPD or rekey in flight does not hold an `up` back for the main schedule's seconds."""
+        out.prompt = True
+        due = out.sent_at + self.config.retransmit.delay(out.attempt, True)
+        if due < out.deadline:
+            out.deadline = due
+            self.engine.reschedule(self)
 
     # ------------------------------------------------------------------ receiving
     def receive(self, msg: Message, now: float) -> None:
@@ -437,8 +454,9 @@ class IkeSa:
 
     def _retransmit(self, out: Outstanding, now: float) -> None:
         rt = self.config.retransmit
-        if out.attempt >= rt.tries:
-            reason = f"giving up after {rt.tries} retransmits"
+        tries = rt.retransmits(out.prompt)
+        if out.attempt >= tries:
+            reason = f"giving up after {tries} retransmits"
             if out.exchange == ExchangeType.IKE_SA_INIT:
                 reason = f"peer {self.remote[0]} unreachable: no response to IKE_SA_INIT ({reason})"
             else:
@@ -454,7 +472,8 @@ class IkeSa:
             return
         out.attempt += 1
         log.info("retransmit %d of request with message ID %d", out.attempt, out.mid)
-        out.deadline = now + rt.delay(out.attempt)
+        out.deadline = now + rt.delay(out.attempt, out.prompt)
+        out.sent_at = now
         self._send(out.packets, now)
 
     # ------------------------------------------------------------------ teardown

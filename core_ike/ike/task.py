@@ -29,6 +29,9 @@ class Task:
 
     exchange: ExchangeType = ExchangeType.INFORMATIONAL
     name: str = "task"
+    # somebody waits for this exchange (an `up`, a mediation): the request is retransmitted on the early
+    # schedule of RetransmitConfig, and so is a request in flight that it has to wait for (window 1)
+    prompt: bool = False
 
     def build_i(self, sa: IkeSa, msg: Message) -> None:
         raise NotImplementedError

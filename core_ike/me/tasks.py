@@ -313,6 +313,7 @@ class MeConnectRequest(Task):
 
     exchange = ExchangeType.ME_CONNECT
     name = "ME_CONNECT"
+    prompt = True  # a mediated `up` waits for it, at both ends of the relay (RetransmitConfig early schedule)
 
     def __init__(self, build: Callable[[IkeSa, float], list[Payload]],
                  done: Callable[[IkeSa, ConnectResult, float], None] | None = None,

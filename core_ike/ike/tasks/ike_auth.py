@@ -180,6 +180,7 @@ def established(sa: IkeSa, now: float) -> None:
 class IkeAuth(Task):
     exchange = ExchangeType.IKE_AUTH
     name = "IKE_AUTH"
+    prompt = True  # the initial exchanges: an `up` waits (RetransmitConfig early schedule)
 
     def __init__(self) -> None:
         self.error: ProtocolError | None = None

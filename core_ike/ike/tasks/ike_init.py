@@ -134,6 +134,7 @@ def _install_keys(sa: IkeSa, chosen: Proposal, shared: bytes) -> None:
 class IkeInit(Task):
     exchange = ExchangeType.IKE_SA_INIT
     name = "IKE_INIT"
+    prompt = True  # the initial exchanges: an `up` waits (RetransmitConfig early schedule)
 
     def __init__(self) -> None:
         self.proposals: list[Proposal] = []
