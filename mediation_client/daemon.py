@@ -10,9 +10,10 @@ last error) is written back there for the portal to show.
 [client]
 database = "sqlite:////var/lib/ikeme/client.sqlite"   # optional
 server_timeout = 30      # mediation server must answer within this
-connect_timeout = 15     # answer to our ME_CONNECT
+connect_timeout = 0      # answer to our ME_CONNECT: 0 = as long as the mediation SA retransmits it
 callback_timeout = 120   # wait this long for an offline peer to come online
-check_timeout = 30       # connectivity checks give up after this
+check_timeout = 30       # the peer's answer, then the connectivity checks, each give up after this
+ike_timeout = 0          # mediated IKE_SA: 0 = as long as its retransmissions go on
 finish_wait = 0.05       # after the first successful pair, wait this long for a better one
 reconnect = 5            # seconds before re-establishing a lost mediation connection (doubles up to 60)
 relay = true             # announce our relay extension: accept RELAYED endpoints from our server
@@ -54,7 +55,8 @@ log = logging.getLogger("mediation_client")
 # every [client] key and its check (docs/configuration.md documents exactly these; tests compare them)
 CLIENT_CHECKS: dict[str, Any] = {
     "database": database_url, "server_timeout": CHECK_DURATION, "connect_timeout": CHECK_DURATION,
-    "callback_timeout": CHECK_DURATION, "check_timeout": CHECK_DURATION, "finish_wait": CHECK_NUMBER,
+    "callback_timeout": CHECK_DURATION, "check_timeout": CHECK_DURATION, "ike_timeout": CHECK_DURATION,
+    "finish_wait": CHECK_NUMBER,
     "reconnect": CHECK_DURATION, "relay": CHECK_BOOL,
 }
 CLIENT_KEYS = tuple(CLIENT_CHECKS)
@@ -68,8 +70,9 @@ def client_config(c: dict[str, Any]) -> MediationClientConfig:
     return MediationClientConfig(
         checks=checks,
         server_timeout=duration(c.get("server_timeout", 30)),
-        connect_timeout=duration(c.get("connect_timeout", 15)),
+        connect_timeout=duration(c.get("connect_timeout", 0)),
         callback_timeout=duration(c.get("callback_timeout", 120)),
+        ike_timeout=duration(c.get("ike_timeout", 0)),
         relay=bool(c.get("relay", True)),
     )
 

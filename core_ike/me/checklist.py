@@ -44,11 +44,22 @@ class CheckListConfig:
     rto: float = 0.025  # first retransmission timeout
     boost: int = 2  # ME_BOOST: the first `boost` retransmissions use `rto`
     retrans_base: float = 1.8  # ME_RETRANS_BASE
-    max_retransmits: int = 13  # ME_MAX_RETRANS; one more timeout marks the pair Failed
+    # RFC 8445 14.3 style: no wait longer than rto_max (strongSwan's grow to 16 s, so a pair whose first
+    # checks were lost is hardly checked again before the deadline), nor shorter than rto_per_pair per
+    # pair still Waiting or In-Progress (Ta * N: the rate stays bounded with many pairs); 0 = no bound
+    rto_max: float = 1.0
+    rto_per_pair: float = 0.05
+    # one more timeout marks the pair Failed; with rto_max the checks go on until the list's deadline
+    # (transaction_timeout), as ICE's do (strongSwan: ME_MAX_RETRANS 13)
+    max_retransmits: int = 40
     # controlling side: wait after the first success with no pair Waiting (strongSwan: 1000 ms);
     # 0 when the best succeeded pair cannot be beaten by any pending pair
     finish_wait: float = 0.050  # upper bound of the wait for a better pair after the first success
     finish_rtts: float = 2.0  # ... which is this many measured check round trips (plus one pacing tick)
+    # our relay extension: when the best succeeded pair is RELAYED (the server would carry the traffic)
+    # and a better pair is still pending although the peer's checks arrive on it (the path works at least
+    # one way: ours or their answers were lost), that pair gets this long before the relay is taken
+    relay_wait: float = 1.0
     transaction_timeout: float = 30.0  # [ME] §4.3 overall timer, from list creation (initiator)
     responder_timeout: float = 60.0  # weakness #7: no IKE_SA_INIT with this connect ID -> give up
     max_remote_endpoints: int = 16  # [ME] §4.2 / RFC 8445 §19.5.1: drop lowest priority first (one RELAYED kept)
@@ -58,16 +69,21 @@ class CheckListConfig:
     key_rule: KeyRule = KeyRule.SENDER  # reference §7.2 INTEROP
 
 
-def retransmit_timeout(cfg: CheckListConfig, n: int) -> float:
+def retransmit_timeout(cfg: CheckListConfig, n: int, active: int = 1) -> float:
     """Seconds between retransmission n-1 (or the first send) and retransmission n (n >= 1).
 
     Reference §7.6: 25, 25, then 25 * 1.8^(n-2) ms truncated to whole ms; n = max+1 is the final
-    timeout after which the pair fails.
+    timeout after which the pair fails. With `rto_max` no wait exceeds max(rto_max, rto_per_pair *
+    active), `active` = the list's pairs Waiting or In-Progress (RFC 8445 14.3).
     """
     base_ms = cfg.rto * 1000.0
     if n <= cfg.boost:
-        return base_ms / 1000.0
-    return math.floor(base_ms * cfg.retrans_base ** (n - cfg.boost) + 1e-9) / 1000.0
+        wait = base_ms / 1000.0
+    else:
+        wait = math.floor(base_ms * cfg.retrans_base ** (n - cfg.boost) + 1e-9) / 1000.0
+    if cfg.rto_max > 0:
+        wait = min(wait, max(cfg.rto_max, cfg.rto_per_pair * active))
+    return wait
 
 
 def pair_priority(g: int, d: int) -> int:
@@ -155,6 +171,7 @@ class Pair:
     packet: bytes | None = None
     mapped: Endpoint | None = None
     sent_at: float = 0.0  # last transmission of this pair's check (RTT estimate)
+    heard: bool = False  # a check request of the peer arrived on this pair
 
     @property
     def base(self) -> Addr:
@@ -195,11 +212,13 @@ class CheckList:
         self._last_check: float | None = None
         self._finish_at: float | None = None
         self._rtt: float | None = None  # smallest check round trip seen (adaptive finish wait)
-        timeout = self.config.transaction_timeout if is_initiator else self.config.responder_timeout
-        self._expires_at: float | None = now + timeout
+        self._expires_at: float | None = now + self._timeout()
         self._out: list[Datagram] = []
         self._events: deque[CheckListEvent] = deque()
         self._early: list[tuple[Check, Addr, Addr]] = []
+
+    def _timeout(self) -> float:
+        return self.config.transaction_timeout if self.is_initiator else self.config.responder_timeout
 
     # --- construction ([ME] §4.1 steps 3, 5, 6, 8) ------------------------------------------------
 
@@ -232,6 +251,10 @@ class CheckList:
         self._responder = _Side(key, self._accept(endpoints, local=not self.is_initiator))
         self._build_pairs()
         self._set_list_state(ListState.WAITING)
+        # [ME] §4.3: the checks get their whole time from when they can start; the wait for the peer's
+        # answer before that (state NONE) was bounded from creation (its ME_CONNECTs may have been
+        # retransmitted under loss, which must not eat into the checks' time)
+        self._expires_at = now + self._timeout()
         if not self.pairs:
             log.info("checklist %s: no pairs (no common address family)", self.connect_id.hex())
         self._schedule_tick(now)
@@ -383,7 +406,7 @@ class CheckList:
         check = make_check(False, pair.id, self.connect_id, request_endpoint(), key)
         pair.packet = encode_check(check)
         pair.retransmits = 0
-        pair.deadline = now + retransmit_timeout(self.config, 1)
+        pair.deadline = now + retransmit_timeout(self.config, 1, self._active())
         pair.sent_at = now
         self._out.append((pair.packet, pair.base, pair.remote_addr))
         self._set_pair_state(pair, PairState.IN_PROGRESS)
@@ -397,9 +420,12 @@ class CheckList:
             self._set_pair_state(pair, PairState.FAILED)
             return
         pair.retransmits += 1
-        pair.deadline = now + retransmit_timeout(self.config, pair.retransmits + 1)
+        pair.deadline = now + retransmit_timeout(self.config, pair.retransmits + 1, self._active())
         pair.sent_at = now
         self._out.append((pair.packet, pair.base, pair.remote_addr))  # cached packet replayed
+
+    def _active(self) -> int:
+        return sum(1 for p in self.pairs if p.state in (PairState.WAITING, PairState.IN_PROGRESS))
 
     def _keys(self) -> tuple[bytes, bytes]:
         own, peer = self._local.key, self._remote.key
@@ -451,6 +477,7 @@ class CheckList:
         if not self.finished:
             pair = self._find_or_create_pair(src, dst, req_ep.priority)
             if pair is not None:
+                pair.heard = True
                 self._trigger(pair, now)
         # reference §7.4 step 3: same MID, observed source, priority copied, our own MAC (§7.2)
         key = mac_key(True, True, own, peer, self.config.key_rule)
@@ -557,12 +584,16 @@ class CheckList:
         pending = [p for p in self.pairs if p.state in (PairState.WAITING, PairState.IN_PROGRESS)]
         if all(p.priority < best.priority for p in pending):
             self._select(now)  # nothing pending can beat it: finish at once
-        elif self._finish_at is None and not any(p.state == PairState.WAITING for p in pending):
+        elif not any(p.state == PairState.WAITING for p in pending):
             # reference §8 (strongSwan waits 1000 ms): a better pair that works answers within about
             # a round trip of its last check, so wait a few measured RTTs, never more than finish_wait
             rtt = self._rtt if self._rtt is not None else self.config.finish_wait
             wait = min(self.config.finish_wait, self.config.finish_rtts * rtt + self.config.pacing)
-            self._finish_at = now + wait
+            if best.remote.type == MeEndpointType.RELAYED and any(p.heard and p.priority > best.priority
+                                                                  for p in pending):
+                wait = max(wait, self.config.relay_wait)
+            due = now + wait  # a new best (not relayed) may shorten the wait, nothing lengthens it
+            self._finish_at = due if self._finish_at is None else min(self._finish_at, due)
 
     def _best_succeeded(self) -> Pair | None:
         return next((p for p in self.pairs if p.state == PairState.SUCCEEDED), None)

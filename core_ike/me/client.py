@@ -80,9 +80,14 @@ class MediationClientConfig:
 
     checks: CheckListConfig = field(default_factory=CheckListConfig)
     server_timeout: float = 30.0  # mediation SA must be up within this -> "mediation server unreachable"
-    connect_timeout: float = 15.0  # answer to our ME_CONNECT ([ME] §4.3 spirit)
+    # the server's answer to our ME_CONNECT: 0 = as long as the mediation SA retransmits the request (its
+    # RetransmitConfig, early schedule); > 0 = also give up this long after the request was *sent* (a request
+    # queued behind another exchange of the SA has no deadline of its own: window 1, RFC 7296 2.3)
+    connect_timeout: float = 0.0
     callback_timeout: float = 120.0  # wait for ME_CALLBACK after ME_CONNECT_FAILED -> "peer offline"
-    ike_timeout: float = 30.0  # mediated IKE_SA established after the pair was selected
+    # the mediated IKE_SA after the pair was selected: 0 = as long as its own retransmissions go on (the
+    # mediated connection's RetransmitConfig); > 0 = also give up after this long
+    ike_timeout: float = 0.0
     srflx_always: bool = True  # request the srflx even without NAT here (strongSwan: only with NAT)
     relay: bool = True  # announce RELAY_VENDOR_ID: accept RELAYED endpoints from our server (extension)
     host_addresses: Callable[[], Iterable[str]] | None = None  # None: aioice gathering (§6.1)
@@ -179,6 +184,7 @@ class MediationClient(Extension):
         self._target_sas: dict[int, str] = {}  # mediated IKE_SAs we answered -> peer (status)
         self._initiating: tuple[str, bytes] | None = None
         self._unsent: dict[str, tuple[IkeSa, MeConnectRequest]] = {}  # attempt -> ME_CONNECT not built yet
+        self._unsent_answers: dict[bytes, tuple[IkeSa, MeConnectRequest]] = {}  # target: answer not built yet
         engine.extensions.append(self)
 
     # ================================================================== control API
@@ -355,12 +361,16 @@ class MediationClient(Extension):
 
     # ================================================================== ME_CONNECT, initiator (A)
     def _send_connect(self, sa: IkeSa, att: Attempt, now: float) -> None:
-        att.state, att.deadline = "connecting", now + self.config.connect_timeout
+        # no deadline while queued behind another exchange of the SA: that one is bounded by its own
+        # retransmissions, and the SA's loss fails this request (on_destroyed)
+        att.state, att.deadline = "connecting", None
         holder: list[bytes] = []
 
         def build(s: IkeSa, t: float) -> list[Payload]:
             if self._unsent.get(att.name, (s, None))[1] is task:
                 del self._unsent[att.name]
+            if self.config.connect_timeout > 0:
+                att.deadline = t + self.config.connect_timeout
             cid, key = new_connect_id(), new_connect_key()  # reference §4.1 step 1
             eps = self.gather(s)
             # created when *sending* (netlab.md §11): the relayed answer may come before our response
@@ -458,6 +468,7 @@ class MediationClient(Extension):
         self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
 
         def build(s: IkeSa, t: float) -> list[Payload]:
+            self._unsent_answers.pop(cid, None)
             sess.key, sess.endpoints = new_connect_key(), self.gather(s)
             self.engine.emit(mev.MeConnectSent("", str(peer), cid.hex(), tuple(map(str, sess.endpoints)), True))
             return build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True)
@@ -474,9 +485,12 @@ class MediationClient(Extension):
             self._pump(t)
 
         def failed(s: IkeSa, reason: str, t: float) -> None:
+            self._unsent_answers.pop(cid, None)
             self._end_target(cid, f"answer not delivered: {reason}", t)
 
-        self.outbox.send(sa, MeConnectRequest(build, done, failed), now)
+        answer = MeConnectRequest(build, done, failed)
+        self._unsent_answers[cid] = (sa, answer)
+        self.outbox.send(sa, answer, now)
         return []
 
     def _relayed_answer(self, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity, now: float) -> None:
@@ -506,7 +520,8 @@ class MediationClient(Extension):
         own = att.connect_id.hex() if att.connect_id is not None and unsent is None else "(none)"
         self._end_session(att)  # our check list and session (reference §8: nothing was nominated)
         att.state, att.connect_id, att.tried, att.pair = "yielded", cid, (), None
-        att.deadline = now + self.config.checks.responder_timeout + self.config.ike_timeout
+        ike = self.config.ike_timeout or self.engine.config(att.name).retransmit.give_up_after(True)
+        att.deadline = now + self.config.checks.responder_timeout + ike
         log.info("mediated connection '%s' to '%s': %s connect ID %s (ours %s), waiting for its mediated "
                  "IKE_SA", att.name, att.peer, why, cid.hex(), own)
 
@@ -528,7 +543,7 @@ class MediationClient(Extension):
     def _initiate(self, att: Attempt, selected: PairInfo, now: float) -> None:
         """Reference §9.1 step 4: IKE_SA_INIT from the pair's local base to its remote."""
         assert att.connect_id is not None
-        att.state, att.pair, att.deadline = "initiating", selected, now + self.config.ike_timeout
+        att.state, att.pair, att.deadline = "initiating", selected, self._ike_deadline(now)
         self.engine.emit(mev.MediatedInitiating(att.name, str(att.peer), att.connect_id.hex(),
                                                 selected.local, selected.remote))
         self._initiating = (att.name, att.connect_id)
@@ -540,6 +555,10 @@ class MediationClient(Extension):
         finally:
             self._initiating = None
         att.sa_id = sa.unique_id
+
+    def _ike_deadline(self, now: float) -> float | None:
+        """The mediated IKE_SA: its retransmissions decide (RFC 7296 2.1), unless ike_timeout caps them."""
+        return now + self.config.ike_timeout if self.config.ike_timeout > 0 else None
 
     def _mediated_failed(self, sa: IkeSa, reason: str, now: float) -> None:
         sa.extension_data.setdefault(FAIL_KEY, reason)
@@ -553,7 +572,7 @@ class MediationClient(Extension):
             self._target_sas[sa.unique_id] = str(sess.peer)
         for att in self.attempts.values():
             if att.state == "yielded" and att.connect_id == cid:  # reference §11 #15: our connect() waits
-                att.sa_id, att.deadline = sa.unique_id, now + self.config.ike_timeout
+                att.sa_id, att.deadline = sa.unique_id, self._ike_deadline(now)
                 self._mediated[sa.unique_id] = att.name
         self._pump(now)
 
@@ -592,7 +611,8 @@ class MediationClient(Extension):
         elif att.state in ("relayed", "checking"):
             self._fail(att, f"checks failed: no result after {t:.1f} s; tried {_pairs_text(self._tried(att))}", now)
         elif att.state == "initiating":
-            self._fail(att, f"mediated IKE_SA failed: not established within {self.config.ike_timeout:g} s", now)
+            self._fail(att, f"mediated IKE_SA failed: not established within {self.config.ike_timeout:g} s "
+                            "(ike_timeout)", now)
         elif att.state == "yielded":
             self._fail(att, f"mediated IKE_SA failed: the peer's (tie-break winner) not established after "
                             f"{t:.1f} s", now)
@@ -606,6 +626,9 @@ class MediationClient(Extension):
             return
         att.tried = self._tried(att)
         att.state, att.reason, att.deadline = "failed", reason, None
+        unsent = self._unsent.pop(att.name, None)
+        if unsent is not None:  # never sent: withdrawn, it would only hold up the SA's next requests
+            self.outbox.cancel(unsent[0], unsent[1], now)
         self._end_session(att)
         log.warning("mediated connection '%s' to '%s' failed: %s", att.name, att.peer, reason)
         self.engine.emit(mev.MediationFailed(att.name, str(att.peer), reason))
@@ -621,6 +644,9 @@ class MediationClient(Extension):
     def _end_target(self, cid: bytes, reason: str, now: float) -> None:
         sess = self.sessions.pop(cid, None)
         self.checks.remove(cid)
+        unsent = self._unsent_answers.pop(cid, None)
+        if unsent is not None:  # the initiator gave up before our answer left: withdraw it
+            self.outbox.cancel(unsent[0], unsent[1], now)
         if sess is not None:
             log.info("checks for connect ID %s from '%s' ended: %s", cid.hex(), sess.peer, reason)
             self.engine.emit(mev.ChecksEnded(str(sess.peer), cid.hex(), reason))

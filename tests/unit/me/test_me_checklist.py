@@ -92,10 +92,35 @@ def test_dual_stack_ipv6_host_pair_ranks_first() -> None:
     assert a.pairs[0].priority > a.pairs[1].priority > a.pairs[2].priority
 
 
+STRONGSWAN_RETRANSMISSION = CheckListConfig(rto_max=0.0, max_retransmits=13)  # reference §7.6, unbounded waits
+
+
 def test_retransmission_schedule_values() -> None:
+    ms = [round(retransmit_timeout(STRONGSWAN_RETRANSMISSION, n) * 1000) for n in range(1, 15)]
+    assert ms == [25, 25, 45, 81, 145, 262, 472, 850, 1530, 2754, 4958, 8926, 16067, 28920]
+
+
+def test_retransmission_waits_are_bounded_by_default() -> None:
+    """RFC 8445 14.3 style: strongSwan's fast start, then no wait above rto_max (1 s), which grows with the
+    number of active pairs (rto_per_pair each) so that many pairs do not multiply the packet rate."""
     cfg = CheckListConfig()
     ms = [round(retransmit_timeout(cfg, n) * 1000) for n in range(1, 15)]
-    assert ms == [25, 25, 45, 81, 145, 262, 472, 850, 1530, 2754, 4958, 8926, 16067, 28920]
+    assert ms == [25, 25, 45, 81, 145, 262, 472, 850] + [1000] * 6
+    assert retransmit_timeout(cfg, 14, active=20) == 1.0
+    assert retransmit_timeout(cfg, 14, active=60) == pytest.approx(3.0)
+    assert retransmit_timeout(cfg, 3, active=60) == 0.045  # the fast start is never slowed down
+
+
+def test_default_retransmissions_go_on_until_the_deadline() -> None:
+    """A pair nobody answers is checked about once a second until the list's transaction timeout."""
+    a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0)
+    a.set_responder_data(KEY_B, [make_endpoint(MeEndpointType.HOST, *B_HOST)], 0.0)
+    sent = [t for t, _, _ in run_alone(a, 100.0)]
+    deadline = CheckListConfig().transaction_timeout
+    assert len(sent) == 1 + 8 + 28 and sent[-1] == pytest.approx(29.905)  # last check just before 30 s
+    assert all(b - a_ <= 1.0 + 1e-9 for a_, b in zip(sent, sent[1:], strict=False))
+    failed = [e for e in drain(a) if isinstance(e, CheckListFailed)]
+    assert len(failed) == 1 and failed[0].reason == f"no check succeeded within {deadline:.1f} s"
 
 
 # --- pairing on the worked example of reference §6.2 ---------------------------------------------
@@ -161,7 +186,7 @@ def run_alone(cl: CheckList, until: float) -> list[tuple[float, Addr, Addr]]:
 
 
 def test_pacing_and_retransmission_timestamps() -> None:
-    cfg = CheckListConfig(transaction_timeout=100.0)
+    cfg = CheckListConfig(transaction_timeout=100.0, rto_max=0.0, max_retransmits=13)
     a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0, cfg)
     a.set_responder_data(KEY_B, [make_endpoint(MeEndpointType.HOST, *B_HOST)], 0.0)
     sent = run_alone(a, 100.0)
