@@ -110,6 +110,9 @@ class Attempt:
     pair: PairInfo | None = None
     reason: str = ""
     tried: tuple[PairInfo, ...] = ()
+    # the server's ME_CALLBACK for the peer came while our ME_CONNECT was in flight: its answer may still
+    # say "offline" (a retransmission answered from the server's cache, under loss), then ask again at once
+    called_back: bool = False
 
     @property
     def active(self) -> bool:
@@ -363,7 +366,7 @@ class MediationClient(Extension):
     def _send_connect(self, sa: IkeSa, att: Attempt, now: float) -> None:
         # no deadline while queued behind another exchange of the SA: that one is bounded by its own
         # retransmissions, and the SA's loss fails this request (on_destroyed)
-        att.state, att.deadline = "connecting", None
+        att.state, att.deadline, att.called_back = "connecting", None, False
         holder: list[bytes] = []
 
         def build(s: IkeSa, t: float) -> list[Payload]:
@@ -390,7 +393,10 @@ class MediationClient(Extension):
                     att.deadline = t + self.config.checks.transaction_timeout + 1.0
                 return
             self._end_session(att)
-            if result.error == NotifyType.ME_CONNECT_FAILED:
+            if result.error == NotifyType.ME_CONNECT_FAILED and att.called_back:
+                log.info("peer '%s' reported offline, but its ME_CALLBACK came meanwhile: asking again", att.peer)
+                self._send_connect(s, att, t)
+            elif result.error == NotifyType.ME_CONNECT_FAILED:
                 # reference §4.1 step 3: offline (or refused); we asked for a callback
                 att.state, att.deadline = "callback", t + self.config.callback_timeout
                 log.info("peer '%s' is not online, waiting up to %.0f s for a callback", att.peer,
@@ -433,9 +439,13 @@ class MediationClient(Extension):
         """Reference §5: re-run mediation for every connection waiting for `peer`."""
         names = []
         for att in list(self.attempts.values()):
-            if att.state == "callback" and att.peer == peer and att.mediation == sa.config.name:
+            if att.peer != peer or att.mediation != sa.config.name:
+                continue
+            if att.state == "callback":
                 names.append(att.name)
                 self._send_connect(sa, att, now)
+            elif att.state == "connecting" and att.name not in self._unsent:
+                att.called_back = True  # our ME_CONNECT is in flight; its answer decides (done)
         log.info("received ME_CALLBACK for '%s'%s", peer, f", retrying {', '.join(names)}" if names else "")
         self.engine.emit(mev.CallbackReceived(str(peer), tuple(names)))
 

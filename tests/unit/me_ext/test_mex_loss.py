@@ -194,3 +194,32 @@ def test_without_relay_wait_the_relay_wins_that_race() -> None:
     _wait(net, 30.0)
     (est,) = alice.of(mev.MediatedEstablished)
     assert est.remote[0] == MS_IP, est
+
+
+def test_callback_during_a_retransmitted_me_connect_is_not_lost() -> None:
+    """bob is offline; the server's "offline" answer to alice is lost; bob comes online and the server sends
+    alice the ME_CALLBACK while her ME_CONNECT is still being retransmitted; the retransmission is answered
+    from the server's cache ("offline" again). alice asks once more at once instead of waiting for a
+    callback that already came (callback_timeout)."""
+    net = make_net(ccfg=client_config(callback_timeout=10.0))
+    register(net, "alice")
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    lost: list[float] = []
+
+    def hook(sender: str, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> float | None:
+        off = 4 if data[:4] == b"\x00\x00\x00\x00" else 0
+        response = len(data) > off + 19 and bool(data[off + 19] & 0x20)
+        if sender == "ms" and dst[0] == A_PUB and _exchange(data) == ExchangeType.ME_CONNECT and response \
+                and not lost:
+            lost.append(net.now)
+            return None
+        return 0.0
+
+    net.hook = hook
+    alice.ext.connect("bob", net.now)
+    net.run(0.1)
+    assert lost and alice.ext.attempts["bob"].state == "connecting"
+    bob.engine.initiate("medsrv", now=net.now)  # bob comes online: the server calls alice back at once
+    net.run(5.0, until=lambda: bool(alice.of(mev.MediatedEstablished) or alice.of(mev.MediationFailed)))
+    assert alice.of(mev.CallbackReceived) and not alice.of(mev.PeerNotOnline)
+    assert alice.of(mev.MediatedEstablished), alice.of(mev.MediationFailed)
