@@ -11,7 +11,9 @@ Lab (three namespaces, built here): ``flood`` -- veth -- ``resp`` -- veth -- ``l
   nonce, through a raw socket (IP_HDRINCL) in batches of ``--batch`` with sendmmsg(2) (via ctypes: no C
   to build), at ``--pps`` (0 = as fast as it can), for ``--duration`` seconds at most; it reports the
   rate it achieved;
-- ``legit`` runs our iked as the legitimate initiator (default retransmission: 4 s, then 7.2 s ...):
+- ``legit`` runs our iked as the legitimate initiator, by default with strongSwan's retransmission
+  schedule (4 s, then 7.2 s ...: ``early_timeout = 0``, as charon would; ``--legit-retransmit default``
+  for ours, which retransmits IKE_SA_INIT and IKE_AUTH from 0.25 s on):
   ``--attempts`` times, during the flood, ``ikectl up legitN`` (a new IKE_SA each, childless), and
   counts those established within ``--deadline`` seconds.
 
@@ -201,13 +203,14 @@ def responder_toml(log_level: str, extra: str = "") -> str:
             'remote = { auth = "psk", id = "%any" }\n')
 
 
-def legit_toml(attempts: int) -> str:
+def legit_toml(attempts: int, schedule: str) -> str:
     out = [f'[daemon]\nlisten = ["{LEGIT_IP}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "info"\n',
            f'[[secrets.ike]]\nsecret = "{PSK}"\n']
     for i in range(attempts):
         out.append(f'[connections.legit{i}]\nlocal_addrs = ["{LEGIT_IP}"]\nremote_addrs = ["{RESP_IP}"]\n'
                    f'proposals = "{PROPOSAL}"\nlocal = {{ auth = "psk", id = "legit{i}@bench" }}\n'
-                   'remote = { auth = "psk", id = "responder@bench" }\n')
+                   'remote = { auth = "psk", id = "responder@bench" }\n'
+                   + ("retransmit = { early_timeout = 0 }\n" if schedule == "strongswan" else ""))
     return "\n".join(out)
 
 
@@ -250,7 +253,7 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
     from scenarios.lab.iked import Iked
 
     resp = Iked(lab, "resp", responder_toml(a.log_level, a.responder_extra), name=f"resp{run}-{tree.name}")
-    legit = Iked(lab, "legit", legit_toml(a.attempts), name=f"legit{run}-{tree.name}")
+    legit = Iked(lab, "legit", legit_toml(a.attempts, a.legit_retransmit), name=f"legit{run}-{tree.name}")
     resp.start(env={"PYTHONPATH": str(tree)})
     legit.start()
     out: dict[str, Any] = {"tree": str(tree)}
@@ -365,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap", type=float, default=0.3, help="pause between legitimate attempts")
     ap.add_argument("--settle", type=float, default=2.0, help="flood time before the first attempt")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--legit-retransmit", choices=["strongswan", "default"], default="strongswan",
+                    help="the legitimate initiator's retransmissions: strongSwan's (4 s, then 7.2 s, ...: "
+                    "early_timeout = 0) or our default (early ones from 0.25 s)")
     ap.add_argument("--log-level", default="info", help="the responder's log_level")
     ap.add_argument("--responder-extra", default="", help="extra [daemon] lines for the responder")
     ap.add_argument("--tree", default=str(ROOT), help="run the responder from this source tree")
@@ -401,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"IKE_SA_INIT flood with spoofed sources: {a.sources} source addresses, flood target "
         f"{'max' if a.pps == 0 else f'{a.pps:.0f} pps'}, sendmmsg batches of {a.batch} via a raw socket; "
-        f"{a.attempts} legitimate childless IKE_SAs (our iked, PSK, {PROPOSAL}) per run, "
+        f"{a.attempts} legitimate childless IKE_SAs (our iked, PSK, {PROPOSAL}, {a.legit_retransmit} "
+        "retransmissions) per run, "
         f"success = established within {a.deadline:.0f} s",
         f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, "
         f"HEAD {head()}, load avg before {load0:.2f}; responder log_level {a.log_level}"

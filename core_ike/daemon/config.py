@@ -86,6 +86,8 @@ class DaemonSettings:
     frag_max_per_sa: int = 2 * 1024 * 1024  # octets of incomplete IKE fragment sets per IKE_SA (RFC 7383)
     frag_max_total: int = 64 * 1024 * 1024  # ... of all IKE_SAs together
     force_cookies: bool = False
+    init_rate_ip: float = 50.0  # while COOKIEs are demanded: IKE_SA_INIT requests per second from one address
+    receive_buffer: int = 4 * 1024 * 1024  # socket receive buffer of each IKE socket (docs/operations.md)
     metrics: str | None = None  # ADDRESS:PORT for Prometheus metrics (docs/operations.md); off when unset
 
 
@@ -392,6 +394,8 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "frag_max_per_sa": lambda w, k, v: _int(w, k, v, 65536),
     "frag_max_total": lambda w, k, v: _int(w, k, v, 65536),
     "force_cookies": _bool,
+    "init_rate_ip": _number,
+    "receive_buffer": _int,
     "metrics": lambda w, k, v: _metrics(w, k, v),
 }
 

@@ -62,13 +62,15 @@ class Daemon:
                                           cookie_threshold=st.cookie_threshold,
                                           cookie_threshold_ip=st.cookie_threshold_ip, force_cookies=st.force_cookies,
                                           half_open_timeout=st.half_open_timeout, max_half_open=st.max_half_open,
-                                          frag_max_per_sa=st.frag_max_per_sa, frag_max_total=st.frag_max_total),
+                                          frag_max_per_sa=st.frag_max_per_sa, frag_max_total=st.frag_max_total,
+                                          init_rate_ip=st.init_rate_ip),
                              route_source=route_source)
         self.engine.extensions.extend(extensions or [])
         self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
         self._tries: dict[str, int] = {}  # keying tries so far per connection
         addrs = st.listen or local_addresses()
-        self.transport = UdpTransport(self.engine, addrs, [st.port, st.natt_port], on_event=self.on_event)
+        self.transport = UdpTransport(self.engine, addrs, [st.port, st.natt_port], on_event=self.on_event,
+                                      receive_buffer=st.receive_buffer)
         self.dp: Any = None
         self.glue: DataPlaneGlue | None = None
         self.control = EngineControl(self.engine, self.transport.flush, self.usage)

@@ -9,10 +9,13 @@ for the data plane. UDP_ENCAP is deliberately not set (this kernel would swallow
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import errno
 import ipaddress
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -29,6 +32,41 @@ Addr = tuple[str, int]
 RECEIVE_BUFFER = 4 * 1024 * 1024
 READ_BATCH = 256  # datagrams read per wakeup before other work (timers, control socket) gets its turn
 SO_RCVBUFFORCE = 33  # Linux asm-generic/socket.h; Python's socket module lacks it
+SO_ATTACH_REUSEPORT_CBPF = 51
+
+
+class _SockFprog(ctypes.Structure):  # struct sock_fprog (linux/filter.h)
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def steering_program(natt: bool) -> list[tuple[int, int, int, int]]:
+    """Classic BPF for the port's SO_REUSEPORT group (the UDP payload at offset 0): which of our three
+    sockets a datagram is queued to. 1: an IKE_SA_INIT request for a new IKE_SA (zero SPIr) whose first
+    payload is a notify (a COOKIE, RFC 7296 2.6); 2: one without; 0: everything else (IKE_AUTH, the
+    IKE_SAs we have, ESP and keepalives on the NAT-T port). A flood of new IKE_SA_INITs then overflows
+    only its own queue, never the one of the IKE_SAs being set up or in use (docs/operations.md, "Floods")."""
+    o = 4 if natt else 0  # RFC 3948 2.2: the non-ESP marker
+    ld_len, ldb, ldw, ret = 0x80, 0x30, 0x20, 0x06  # BPF_LD|BPF_LEN, BPF_LD|BPF_B|BPF_ABS, ...|BPF_W|..., BPF_RET
+    jge, jeq, jset = 0x35, 0x15, 0x45
+    body: list[tuple[int, int, int, int]] = [(ld_len, 0, 0, 0), (jge, 0, -1, o + 28)]
+    if natt:
+        body += [(ldw, 0, 0, 0), (jeq, 0, -1, 0)]
+    body += [(ldb, 0, 0, o + 18), (jeq, 0, -1, 34),  # IKE_SA_INIT
+             (ldb, 0, 0, o + 19), (jset, -1, 0, 0x20),  # a request
+             (ldw, 0, 0, o + 8), (jeq, 0, -1, 0), (ldw, 0, 0, o + 12), (jeq, 0, -1, 0),  # SPIr zero
+             (ldb, 0, 0, o + 16), (jeq, 0, 1, 41),  # first payload a notify
+             (ret, 0, 0, 1), (ret, 0, 0, 2)]
+    last = len(body)  # -1 jumps go to the final `ret #0`
+    out = [(c, last - i - 1 if jt == -1 else jt, last - i - 1 if jf == -1 else jf, k)
+           for i, (c, jt, jf, k) in enumerate(body)]
+    return out + [(ret, 0, 0, 0)]
+
+
+def _attach_steering(s: socket.socket, natt: bool) -> None:
+    prog = steering_program(natt)
+    code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in prog))
+    fprog = _SockFprog(len(prog), ctypes.addressof(code))
+    s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))  # the kernel copies it now
 
 _BIND_HINTS = {
     errno.EADDRNOTAVAIL: " (the host has no such address)",
@@ -76,20 +114,15 @@ def local_addresses() -> list[str]:
     return out
 
 
-def _set_receive_buffer(s: socket.socket, size: int) -> None:
-    """SO_RCVBUFFORCE goes beyond net.core.rmem_max (root or CAP_NET_ADMIN); else SO_RCVBUF, capped."""
+def _set_receive_buffer(s: socket.socket, size: int) -> int:
+    """SO_RCVBUFFORCE goes beyond net.core.rmem_max (root or CAP_NET_ADMIN); else SO_RCVBUF, capped.
+    Returns the size granted."""
     try:
         s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except OSError:
-        try:
+        with contextlib.suppress(OSError):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-        except OSError as e:
-            log.warning("cannot set the socket receive buffer to %d octets: %s", size, e)
-            return
-    got = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice what it grants
-    if got < size:
-        log.info("socket receive buffer %d octets instead of %d: net.core.rmem_max caps it (docs/operations.md)",
-                 got, size)
+    return s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice what it grants
 
 
 class UdpTransport:
@@ -108,6 +141,8 @@ class UdpTransport:
         self.clock = clock
         self.receive_buffer = receive_buffer
         self.sockets: dict[Addr, socket.socket] = {}
+        self._queues: list[socket.socket] = []  # the IKE_SA_INIT queues beside each socket (steering_program)
+        self._small_buffer_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -133,34 +168,60 @@ class UdpTransport:
             fam = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
         except ValueError:
             raise LocalError(f"cannot listen on {addr!r}: not an IP address") from None
-        s = socket.socket(fam, socket.SOCK_DGRAM)
         # no SO_REUSEADDR: Linux would let a second daemon bind the same UDP address and port and
-        # silently share (steal) its datagrams; it must fail instead
+        # silently share (steal) its datagrams; it must fail instead. So a plain socket is bound first
+        # (it fails when anyone holds the port), and only then the SO_REUSEPORT group of our own queues.
+        if port:
+            self._socket(fam, addr, port, reuse=False).close()
+        s = self._socket(fam, addr, port, reuse=True)
+        key = (addr, int(s.getsockname()[1]))
+        self.sockets[key] = s
+        assert self._loop is not None
+        self._loop.add_reader(s.fileno(), self._readable, s, key)
+        queues: list[socket.socket] = []
+        try:
+            for _ in range(2):
+                queues.append(self._socket(fam, addr, key[1], reuse=True))
+            _attach_steering(s, key[1] == self.engine.natt_port)
+        except (LocalError, OSError) as e:
+            log.info("one receive queue on %s[%d] (no SO_REUSEPORT steering: %s)", addr, key[1], e)
+            for q in queues:
+                q.close()
+            return
+        for q in queues:
+            self._queues.append(q)
+            self._loop.add_reader(q.fileno(), self._readable, q, key)
+
+    def _socket(self, fam: int, addr: str, port: int, reuse: bool) -> socket.socket:
+        s = socket.socket(fam, socket.SOCK_DGRAM)
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.setblocking(False)
-        if self.receive_buffer > 0:
-            _set_receive_buffer(s, self.receive_buffer)
+        if reuse and self.receive_buffer > 0:
+            got = _set_receive_buffer(s, self.receive_buffer)
+            if got < self.receive_buffer and not self._small_buffer_logged:
+                self._small_buffer_logged = True
+                log.info("socket receive buffer %d octets instead of %d: net.core.rmem_max caps it "
+                         "(docs/operations.md, \"Floods\")", got, self.receive_buffer)
         try:
             s.bind((addr, port))
         except OSError as e:
             s.close()
             hint = _BIND_HINTS.get(e.errno or 0, "")
             raise LocalError(f"cannot listen on {addr}[{port}]: {e.strerror or e}{hint}") from None
-        bound = s.getsockname()
-        key = (addr, int(bound[1]))
-        self.sockets[key] = s
-        assert self._loop is not None
-        self._loop.add_reader(s.fileno(), self._readable, s, key)
+        return s
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for s in self.sockets.values():
+        for s in [*self.sockets.values(), *self._queues]:
             if self._loop is not None:
                 self._loop.remove_reader(s.fileno())
             s.close()
         self.sockets.clear()
+        self._queues.clear()
 
     def socket_for(self, local: Addr) -> socket.socket | None:
         s = self.sockets.get(local)
