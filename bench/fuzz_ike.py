@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Coverage-guided fuzzing (atheris, libFuzzer) of the decoder, the pre-filter and Engine.receive.
+
+The targets are the hypothesis tests of tests/unit/ike/test_ike_fuzz_coverage.py (the test command runs
+them bounded and derandomized for a few seconds); here atheris drives them through hypothesis'
+``fuzz_one_input`` with core_ike instrumented, for as long as you ask, keeping a corpus. ``raw`` feeds
+libFuzzer's bytes straight to the decoder and the pre-filter's walk (no structure). A crash stops the run
+with the input saved by libFuzzer (``crash-*``); hypothesis prints the failing example.
+
+    .venv/bin/pip install atheris                      # not in the test extras: only this bench needs it
+    .venv/bin/python bench/fuzz_ike.py --target engine --seconds 600
+    .venv/bin/python bench/fuzz_ike.py --all --seconds 60 --out bench/results/fuzz_ike.txt
+
+Each target runs in its own process (``--all``) and reports libFuzzer's final line (executions, coverage
+edges ``cov``, features ``ft``, corpus size) and the executions per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_VENV_PY = ROOT / ".venv" / "bin" / "python"
+if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+    os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])
+for p in (ROOT, ROOT / "tests" / "unit" / "ike"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+TARGETS = ("raw", "decode", "walk", "engine")
+CORPUS = ROOT / "test-output" / "fuzz-corpus"
+
+
+def run_one(target: str, seconds: int) -> None:
+    import logging
+
+    import atheris
+
+    logging.disable(logging.CRITICAL)  # the engine logs every bad packet; the fuzzer needs no log
+    with atheris.instrument_imports(include=["core_ike"]):
+        import core_ike.codec.message  # noqa: F401
+        import core_ike.codec.wire  # noqa: F401
+        import core_ike.ike.engine  # noqa: F401
+        import core_ike.ike.prefilter  # noqa: F401
+        import core_ike.ike.sa  # noqa: F401
+        import core_ike.ike.tasks.ike_auth  # noqa: F401
+        import core_ike.ike.tasks.ike_init  # noqa: F401
+    import test_ike_fuzz_coverage as t
+
+    if target == "raw":
+        from core_ike.codec.message import decode_message
+        from core_ike.errors import DecodeError, ProtocolError
+        from core_ike.ike.prefilter import scan_init
+
+        def fuzz(data: bytes) -> None:
+            try:
+                decode_message(data)
+            except (DecodeError, ProtocolError):
+                pass
+            if len(data) >= 28:
+                scan_init(data, data[16])
+    else:
+        test = {"decode": t.test_decoder_raises_only_typed_errors, "walk": t.test_prefilter_walk_agrees_with_the_decoder,
+                "engine": t.test_engine_receive_never_raises_and_keeps_serving}[target]
+        fuzz = test.hypothesis.fuzz_one_input  # type: ignore[attr-defined]
+    corpus = CORPUS / target
+    corpus.mkdir(parents=True, exist_ok=True)
+    atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-print_final_stats=1", "-rss_limit_mb=4096",
+                   str(corpus)], fuzz)
+    atheris.Fuzz()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--target", choices=TARGETS, default="engine")
+    ap.add_argument("--all", action="store_true", help="every target, one after the other")
+    ap.add_argument("--seconds", type=int, default=300)
+    ap.add_argument("--out", default="-")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        run_one(a.one, a.seconds)
+        return 0
+    lines = [f"coverage-guided fuzzing (atheris over libFuzzer, core_ike instrumented), {a.seconds} s per target",
+             f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, HEAD "
+             + subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip(), ""]
+    failed = False
+    for target in (TARGETS if a.all else (a.target,)):
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, __file__, "--one", target, "--seconds", str(a.seconds)],
+                           capture_output=True, text=True, cwd=ROOT)
+        secs = time.monotonic() - t0
+        out = p.stdout + p.stderr
+        done = [ln for ln in out.splitlines() if " DONE " in ln or "#" in ln and " cov: " in ln]
+        runs = re.search(r"stat::number_of_executed_units: (\d+)", out)
+        n = int(runs.group(1)) if runs else 0
+        status = "ok" if p.returncode == 0 else f"FAILED (exit {p.returncode})"
+        failed |= p.returncode != 0
+        lines.append(f"{target:7} {status}: {n} executions in {secs:.0f} s ({n / max(secs, 1e-9):.0f}/s); "
+                     + (done[-1].strip() if done else "no libFuzzer status line"))
+        if p.returncode != 0:
+            lines += ["  " + ln for ln in out.splitlines()[-40:]]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if a.out != "-":
+        Path(a.out).write_text(text)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
