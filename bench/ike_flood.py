@@ -39,6 +39,7 @@ import ctypes.util
 import io
 import json
 import os
+import signal
 import socket
 import statistics
 import struct
@@ -148,10 +149,12 @@ def flood(spec: dict[str, Any]) -> dict[str, Any]:
     pps, count, duration = float(spec["pps"]), int(spec["count"]), float(spec["duration"])
     sent = errors = calls = 0
     pos = 0
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))  # the measurement is done: report
     t0 = time.monotonic()
     end = t0 + duration
     now = t0
-    while sent < count and now < end:
+    while sent < count and now < end and not stop:
         k = min(batch, count - sent)
         r = sendmmsg(fd, mbase + pos * size, k, 0)
         calls += 1
@@ -282,6 +285,7 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
         in_flood = time.monotonic() - t_flood
         fres: dict[str, Any] = {}
         if fl is not None:
+            fl.send_signal(signal.SIGTERM)
             so, se = fl.communicate(timeout=a.duration + 60)
             if fl.returncode != 0:
                 raise RuntimeError(f"flood failed: {se[-2000:]}")
@@ -358,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("mode", nargs="?", default="measure", choices=["measure", "flood-only"])
     ap.add_argument("--pps", type=float, default=0, help="flood rate target; 0 = as fast as it can, -1 = no flood")
-    ap.add_argument("--duration", type=float, default=60.0, help="flood stops after this many seconds at most")
-    ap.add_argument("--count", type=int, default=20_000_000, help="... or after this many datagrams")
+    ap.add_argument("--duration", type=float, default=150.0,
+                    help="the flood stops after this many seconds at most (else when the attempts are done)")
+    ap.add_argument("--count", type=int, default=10**9, help="... or after this many datagrams")
     ap.add_argument("--sources", type=int, default=65536, help="distinct spoofed source addresses")
     ap.add_argument("--pool", type=int, default=65536, help="distinct prebuilt datagrams (cycled)")
     ap.add_argument("--batch", type=int, default=256, help="datagrams per sendmmsg call")
