@@ -4,7 +4,9 @@ carol (on the internet segment) responds; PSK, one CHILD_SA ``net``. Ours (iked 
 Both drivers have the :class:`DirectSetupDriver` surface the loss benchmark and tests use: ``start()``,
 ``setup(timeout)`` (seconds until alice has the IKE_SA and its CHILD_SA, an exception when not within
 ``timeout``), ``reset()`` (both sides forget the SAs) and ``stop()``. The CHILD_SA is negotiated only: no data
-plane (``dataplane = "none"``; charon installs into kernel-libipsec but no traffic is sent).
+plane (``dataplane = "none"``; charon installs into kernel-libipsec but no traffic is sent). The traffic
+selectors are inner addresses on ``lo`` (alice 10.10.1.1, carol 10.10.3.1): kernel-libipsec refuses a route
+for the IKE peers' own addresses ("conflicts with IKE traffic").
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from scenarios.lab.iked import Iked, IkedError
 from scenarios.lab.netns import Lab, wait_for
 from scenarios.lab.topologies import CAROL
 
-ALICE_LAN = "10.1.0.2"
 PSK = "direct-loss-secret-0123456789"
 IDS = {"alice": "alice@direct", "carol": "carol@direct"}
+INNER = {"alice": "10.10.1.1", "carol": "10.10.3.1"}
+
+
+def add_inner(lab: Lab) -> None:
+    """The traffic-selector addresses, once per lab."""
+    if not lab.info.get("direct_inner"):
+        for host, ip in INNER.items():
+            lab.addr(host, "lo", f"{ip}/32")
+        lab.info["direct_inner"] = dict(INNER)
 
 
 class DirectSetupDriver(Protocol):
@@ -39,7 +49,7 @@ def iked_toml(me: str, retransmit: str = "") -> str:
     other = "carol" if me == "alice" else "alice"
     remote = f'remote_addrs = ["{CAROL}"]\n' if me == "alice" else ""
     local = f'local_addrs = ["{CAROL}"]\n' if me == "carol" else ""
-    ts = {"alice": ALICE_LAN, "carol": CAROL}
+    ts = INNER
     rt = f"[connections.home.retransmit]\n{retransmit}\n" if retransmit else ""
     return f"""[daemon]
 control = "@CTL@"
@@ -69,6 +79,7 @@ class OurDirect:
         self.alice = Iked(lab, "alice", iked_toml("alice", retransmit), name="iked-direct")
 
     def start(self) -> None:
+        add_inner(self.lab)
         self.carol.start()
         self.alice.start()
 
@@ -93,7 +104,7 @@ class OurDirect:
 
 def charon_conf(me: str) -> str:
     other = "carol" if me == "alice" else "alice"
-    ts = {"alice": ALICE_LAN, "carol": CAROL}
+    ts = INNER
     addrs = f"remote_addrs = {CAROL}" if me == "alice" else f"local_addrs = {CAROL}"
     return f"""connections {{
   home {{
@@ -135,6 +146,7 @@ class CharonDirect:
         self.alice = Charon(lab, "alice", name="charon-direct", conf=charon_conf("alice"), settings=settings)
 
     def start(self) -> None:
+        add_inner(self.lab)
         self.carol.start()
         self.alice.start()
 
