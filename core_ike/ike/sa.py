@@ -420,8 +420,10 @@ class IkeSa:
                 ds.append(c.expire_at)
         if self.established:
             # a request in flight is the liveness check (its retransmissions time out); the DPD is due
-            # only when none is (engine.maintenance sends it then), else this deadline never moves
-            if self.config.dpd_delay > 0 and not self.dpd_pending and self.outstanding is None:
+            # only when engine.maintenance can send it (ESTABLISHED, nothing in flight), else this
+            # deadline would stay in the past and the timer loop would spin
+            if self.config.dpd_delay > 0 and not self.dpd_pending and self.outstanding is None \
+                    and self.state is IkeState.ESTABLISHED:
                 ds.append(self.last_in + self.config.dpd_delay)
             if self.nat_here and self.config.keepalive_interval > 0:
                 ds.append(self.last_out + self.config.keepalive_interval)
