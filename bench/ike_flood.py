@@ -257,7 +257,13 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
 
     resp = Iked(lab, "resp", responder_toml(a.log_level, a.responder_extra), name=f"resp{run}-{tree.name}")
     legit = Iked(lab, "legit", legit_toml(a.attempts, a.legit_retransmit), name=f"legit{run}-{tree.name}")
-    resp.start(env={"PYTHONPATH": str(tree)})
+    # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path
+    env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
+    src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"], capture_output=True,
+                         text=True, env={**os.environ, **env}, check=True).stdout.strip()
+    if not src.startswith(str(tree)):
+        raise RuntimeError(f"the responder would load {src}, not the tree {tree}")
+    resp.start(env=env)
     legit.start()
     out: dict[str, Any] = {"tree": str(tree)}
     try:
@@ -323,9 +329,9 @@ def _q(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
 
-def report(label: str, runs: list[dict[str, Any]], a: argparse.Namespace) -> list[str]:
+def report(label: str, runs: list[dict[str, Any]], a: argparse.Namespace, first: int = 0) -> list[str]:
     lines = []
-    for i, r in enumerate(runs):
+    for i, r in enumerate(runs, first):
         f = r["flood"]
         ts = [x for x in r["times"] if x is not None]
         c = r["counters"]
@@ -405,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(a.runs):
                 r = one_run(lab, a, tree, run)
                 results[label].append(r)
-                print("\n".join(report(label, [r], a)[:1]), flush=True)
+                print(report(label, [r], a, run)[0], flush=True)
     finally:
         lab.teardown()
     short = {lb: ("before" if lb.startswith("before") else "after") for lb in results}

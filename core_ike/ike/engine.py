@@ -41,11 +41,10 @@ from .config import IkeConfig, addr_matches
 from .creds import Credentials
 from .identity import Identity
 from .prefilter import (
-    HEADER_TAIL,
+    HEADER,
     IKE_SA_INIT,
     INITIATOR,
     RESPONSE,
-    ZERO_SPI,
     SourceLimiter,
     cookie_reply,
     cookie_value,
@@ -707,14 +706,13 @@ class Engine:
         n = len(data)
         if n < IKE_HEADER_LEN:
             return self._drop("malformed", now, remote, "%d octets, shorter than the IKE header", n)
-        first, version, exchange, flags, mid, length = HEADER_TAIL.unpack_from(data, 16)
+        spi_i_n, spi_r_n, first, version, exchange, flags, mid, length = HEADER.unpack_from(data)
         if length != n:
             return self._drop("malformed", now, remote, "IKE header length %d differs from the datagram's %d",
                               length, n)
         if exchange < IKE_SA_INIT:
             return self._drop("header", now, remote, "reserved exchange type %d", exchange)  # RFC 7296 3.1
-        if exchange != IKE_SA_INIT or flags & RESPONSE or data[8:16] != ZERO_SPI \
-                or data[:8] == ZERO_SPI:
+        if exchange != IKE_SA_INIT or flags & RESPONSE or spi_r_n or not spi_i_n:
             return False
         # an IKE_SA_INIT request for a new IKE_SA: Message ID 0 (RFC 7296 2.2), from the initiator (3.1)
         major = version >> 4 == IKE_VERSION >> 4
@@ -736,9 +734,10 @@ class Engine:
         spi_i = data[:8]
         if cookie and self._cookie_valid(cookie, ni, ip, spi_i):
             return False
-        if (spi_i, remote) in self.init_index:
+        if self.init_index and (spi_i, remote) in self.init_index:
             return False  # a retransmission of a request we answered: from the response cache
-        self._send_plain(cookie_reply(spi_i, data[20:24], self._new_cookie(ni, remote, spi_i)), local, remote)
+        reply = cookie_reply(spi_i, data[20:24], self._new_cookie(ni, remote, spi_i))
+        self._out.append((NON_ESP_MARKER + reply if local[1] == self.natt_port else reply, local, remote))
         return True
 
     def _drop(self, reason: str, now: float, remote: Addr, what: str, *args: object) -> bool:

@@ -17,10 +17,13 @@ import struct
 from ..codec.wire import NONCE_MAX, NONCE_MIN
 from ..constants import IKE_HEADER_LEN, IKE_VERSION, ExchangeType, HeaderFlag, NotifyType, PayloadType
 
-# RFC 7296 3.1, after the SPIs: Next Payload, Version, Exchange Type, Flags, Message ID, Length
-HEADER_TAIL = struct.Struct("!BBBBII")
+# RFC 7296 3.1: SPIi and SPIr (as numbers: zero tests without slicing), Next Payload, Version, Exchange
+# Type, Flags, Message ID, Length
+HEADER = struct.Struct("!QQBBBBII")
 _GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
-_NOTIFY = struct.Struct("!BBH")  # RFC 7296 3.10: Protocol ID, SPI Size, Notify Message Type
+# a Notify's generic header and its Protocol ID, SPI Size, Notify Message Type (RFC 7296 3.2, 3.10)
+_NOTIFY_HEAD = struct.Struct("!BBHBBH")
+_NOTIFY_TYPE, _NONCE_TYPE, _COOKIE = int(PayloadType.NOTIFY), int(PayloadType.NONCE), int(NotifyType.COOKIE)
 ZERO_SPI = bytes(8)
 # plain ints: bit tests with IntFlag members run Python code
 RESPONSE, INITIATOR, IKE_SA_INIT = int(HeaderFlag.RESPONSE), int(HeaderFlag.INITIATOR), int(ExchangeType.IKE_SA_INIT)
@@ -42,20 +45,21 @@ def scan_init(data: bytes, ptype: int) -> tuple[bytes, bytes] | None:
     """
     pos, end = IKE_HEADER_LEN, len(data)
     cookie = b""
-    for i in range(SCAN_MAX):
+    unpack = _GENERIC.unpack_from
+    if ptype == _NOTIFY_TYPE and end >= pos + 8:
+        _n, _c, length, _proto, spi_size, ntype = _NOTIFY_HEAD.unpack_from(data, pos)
+        if ntype == _COOKIE and 8 + spi_size <= length and pos + length <= end:
+            cookie = data[pos + 8 + spi_size : pos + length]
+    for _ in range(SCAN_MAX):
         if not ptype or pos + 4 > end:
             return None
-        nxt, _crit, length = _GENERIC.unpack_from(data, pos)
+        nxt, _crit, length = unpack(data, pos)
         if length < 4 or pos + length > end:
             return None
-        if ptype == PayloadType.NONCE:
+        if ptype == _NONCE_TYPE:
             if not NONCE_MIN <= length - 4 <= NONCE_MAX:
                 return None
             return cookie, data[pos + 4 : pos + length]
-        if i == 0 and ptype == PayloadType.NOTIFY and length >= 8:
-            _proto, spi_size, ntype = _NOTIFY.unpack_from(data, pos + 4)
-            if ntype == NotifyType.COOKIE and 8 + spi_size <= length:
-                cookie = data[pos + 8 + spi_size : pos + length]
         pos += length
         ptype = nxt
     return None
