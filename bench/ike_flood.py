@@ -13,7 +13,8 @@ Lab (three namespaces, built here): ``flood`` -- veth -- ``resp`` -- veth -- ``l
   rate it achieved;
 - ``legit`` runs our iked as the legitimate initiator, by default with strongSwan's retransmission
   schedule (4 s, then 7.2 s ...: ``early_timeout = 0``, as charon would; ``--legit-retransmit default``
-  for ours, which retransmits IKE_SA_INIT and IKE_AUTH from 0.25 s on):
+  for ours, which retransmits IKE_SA_INIT and IKE_AUTH from 0.25 s on; ``--legit charon``: a real strongSwan
+  charon instead):
   ``--attempts`` times, during the flood, ``ikectl up legitN`` (a new IKE_SA each, childless), and
   counts those established within ``--deadline`` seconds.
 
@@ -217,6 +218,60 @@ def legit_toml(attempts: int, schedule: str) -> str:
     return "\n".join(out)
 
 
+CHARON_PLUGINS = ("random nonce aes sha1 sha2 hmac openssl gmp curve25519 pem pkcs1 pkcs8 x509 pubkey kdf "
+                  "kernel-netlink socket-default vici")
+
+
+class CharonLegit:
+    """A real strongSwan charon as the legitimate initiator (its own retransmission schedule: 4 s, 7.2 s, ...):
+    connections legit0.. without CHILD_SAs, each `up` a vici initiate of a new IKE_SA."""
+
+    def __init__(self, lab: Any, attempts: int, name: str) -> None:
+        from scenarios.lab.charon import Charon
+
+        conns = "".join(
+            f"  legit{i} {{\n    local_addrs = {LEGIT_IP}\n    remote_addrs = {RESP_IP}\n    proposals = {PROPOSAL}\n"
+            f"    version = 2\n    local {{\n      auth = psk\n      id = legit{i}@bench\n    }}\n"
+            "    remote {\n      auth = psk\n      id = responder@bench\n    }\n  }\n" for i in range(attempts))
+        conf = f'connections {{\n{conns}}}\nsecrets {{\n  ike-1 {{\n    secret = "{PSK}"\n  }}\n}}\n'
+        self.charon = Charon(lab, "legit", name=name, conf=conf, plugins=CHARON_PLUGINS)
+
+    def start(self) -> None:
+        self.charon.start()
+
+    def stop(self) -> None:
+        self.charon.stop()
+
+    def up(self, i: int, deadline: float) -> bool:
+        from scenarios.lab.charon import CharonError
+
+        try:
+            self.charon.initiate(ike=f"legit{i}", timeout=deadline)
+        except CharonError:
+            return False
+        return True
+
+
+class IkedLegit:
+    def __init__(self, lab: Any, attempts: int, schedule: str, name: str) -> None:
+        from scenarios.lab.iked import Iked
+
+        self.iked = Iked(lab, "legit", legit_toml(attempts, schedule), name=name)
+
+    def start(self) -> None:
+        self.iked.start()
+
+    def stop(self) -> None:
+        self.iked.stop()
+
+    def up(self, i: int, deadline: float) -> bool:
+        try:
+            r = self.iked.ctl({"cmd": "up", "conn": f"legit{i}", "timeout": deadline}, timeout=deadline + 5)
+        except OSError:
+            return False
+        return bool(r.get("ok"))
+
+
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -256,7 +311,9 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
     from scenarios.lab.iked import Iked
 
     resp = Iked(lab, "resp", responder_toml(a.log_level, a.responder_extra), name=f"resp{run}-{tree.name}")
-    legit = Iked(lab, "legit", legit_toml(a.attempts, a.legit_retransmit), name=f"legit{run}-{tree.name}")
+    legit: CharonLegit | IkedLegit = (
+        CharonLegit(lab, a.attempts, f"charon{run}-{tree.name}") if a.legit == "charon"
+        else IkedLegit(lab, a.attempts, a.legit_retransmit, f"legit{run}-{tree.name}"))
     # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path
     env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
     src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"], capture_output=True,
@@ -279,11 +336,7 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
         rss_peak = rss0
         for i in range(a.attempts):
             t = time.monotonic()
-            try:
-                r = legit.ctl({"cmd": "up", "conn": f"legit{i}", "timeout": a.deadline}, timeout=a.deadline + 5)
-                ok = bool(r.get("ok"))
-            except OSError:
-                ok = False
+            ok = legit.up(i, a.deadline)
             dt = time.monotonic() - t
             times.append(dt if ok and dt <= a.deadline else None)
             rss_peak = max(rss_peak, proc_rss_kib(pid))
@@ -379,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap", type=float, default=0.3, help="pause between legitimate attempts")
     ap.add_argument("--settle", type=float, default=2.0, help="flood time before the first attempt")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--legit", choices=["ours", "charon"], default="ours",
+                    help="the legitimate initiator: our iked or a real strongSwan charon (strongSwan's schedule)")
     ap.add_argument("--legit-retransmit", choices=["strongswan", "default"], default="strongswan",
                     help="the legitimate initiator's retransmissions: strongSwan's (4 s, then 7.2 s, ...: "
                     "early_timeout = 0) or our default (early ones from 0.25 s)")
@@ -418,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"IKE_SA_INIT flood with spoofed sources: {a.sources} source addresses, flood target "
         f"{'max' if a.pps == 0 else f'{a.pps:.0f} pps'}, sendmmsg batches of {a.batch} via a raw socket; "
-        f"{a.attempts} legitimate childless IKE_SAs (our iked, PSK, {PROPOSAL}, {a.legit_retransmit} "
-        "retransmissions) per run, "
+        f"{a.attempts} legitimate childless IKE_SAs ("
+        + ("charon 5.9" if a.legit == "charon" else f"our iked, {a.legit_retransmit} retransmissions")
+        + f", PSK, {PROPOSAL}) per run, "
         f"success = established within {a.deadline:.0f} s",
         f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, "
         f"HEAD {head()}, load avg before {load0:.2f}; responder log_level {a.log_level}"

@@ -53,7 +53,7 @@ def test_short_flood_cookies_engage_and_legitimate_initiators_get_through() -> N
     bench = _load()
     a = argparse.Namespace(pps=20000.0, duration=30.0, count=10**7, sources=4096, pool=4096, batch=64, attempts=3,
                            deadline=5.0, gap=0.1, settle=1.0, log_level="info", responder_extra="",
-                           legit_retransmit="default")
+                           legit="ours", legit_retransmit="default")
     lab = bench.build_lab()
     try:
         r = bench.one_run(lab, a, bench.ROOT, 0)
