@@ -184,7 +184,15 @@ def test_ping_through_userspace_esp(lab: dict[str, Any], encap: bool, cbc: bool)
     print(
         f"\n{lab['kind']} encap={encap} cbc={cbc}: a->b {got_ab}/5 rtt {rtt_ab} ms, b->a {got_ba}/5 rtt {rtt_ba} ms"
     )
-    time.sleep(2.5)  # let NAT keepalives pass (interval 1 s; a busy machine may delay one)
+    # wait until the 20 ESP packets of the pings, and with a NAT a's keepalive (RFC 3948 2.3, interval
+    # 1 s), are in the capture (tcpdump -U writes each packet as it comes)
+    wanted = "esp or udp port 4500" + (" and not (udp[4:2] = 9 and udp[8] = 0xff)" if lab["kind"] == "nat" else "")
+    keepalive = "udp port 4500 and udp[4:2] = 9 and udp[8] = 0xff"
+    deadline = time.monotonic() + 15
+    while len(sh("tcpdump", "-nn", "-r", str(pcap), wanted).stdout.splitlines()) < 20 or \
+            (lab["kind"] == "nat" and not sh("tcpdump", "-nn", "-r", str(pcap), keepalive).stdout):
+        assert time.monotonic() < deadline, "the pings' ESP (and the NAT keepalive) did not reach the capture"
+        time.sleep(0.1)
     tcpdump.send_signal(signal.SIGTERM)
     tcpdump.wait(5)
     for p in peers.values():

@@ -92,7 +92,7 @@ def test_installed_commands_run_from_the_installed_venv(installed: Path) -> None
 
 def test_rerun_keeps_admin_files_then_uninstall() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        pytest.skip("needs root: install.sh chowns files to the ikeme account and runs useradd")
     root = Path(tempfile.mkdtemp(prefix="ikeme-reinstall-", dir="/var/tmp"))
     try:
         first = install(root, "--extras", "")
