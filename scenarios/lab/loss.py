@@ -1,4 +1,4 @@
-"""Random packet loss in a lab's routers with nftables (netlab.md §10: this kernel has no netem).
+"""Random packet loss in a lab's routers with nftables (this kernel has no netem qdisc, so `tc qdisc ... netem loss` is not available; see scenarios/lab/README.md).
 
 ``add_loss(lab, hosts, percent)`` loads, in each of ``hosts``, a filter chain on the forward hook that
 drops ``percent`` % of the packets the host forwards (``numgen random mod 100 < percent drop``), in both

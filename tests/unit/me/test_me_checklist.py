@@ -92,7 +92,7 @@ def test_dual_stack_ipv6_host_pair_ranks_first() -> None:
     assert a.pairs[0].priority > a.pairs[1].priority > a.pairs[2].priority
 
 
-STRONGSWAN_RETRANSMISSION = CheckListConfig(rto_max=0.0, max_retransmits=13)  # reference §7.6, unbounded waits
+STRONGSWAN_RETRANSMISSION = CheckListConfig(rto_max=0.0, max_retransmits=13)  # strongSwan's check schedule: waits grow without bound (core_ike/me/checklist.py CheckListConfig)
 
 
 def test_retransmission_schedule_values() -> None:
