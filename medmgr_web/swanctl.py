@@ -59,6 +59,12 @@ def parse_subnets(text: str) -> tuple[tuple[str, ...], str | None]:
     return tuple(out), None
 
 
+def _auth(side: str, keyid: bytes, pubkeys: str) -> str:
+    """A `local` / `remote` section: raw public key, identified by its ID_KEY_ID (one setting a line)."""
+    return (f"    {side} {{\n      auth = pubkey\n      id = \"{keyid_text(keyid)}\"\n"
+            f"      pubkeys = {pubkeys}\n    }}")
+
+
 def _ts(subnets: tuple[str, ...]) -> str:
     return ", ".join(subnets) if subnets else "dynamic"
 
@@ -78,16 +84,8 @@ def swanctl_conf(me: SnippetPeer, others: Sequence[SnippetPeer], ms_address: str
     remote_addrs = {ms_address}{port}
     version = 2
     mediation = yes
-    local {{
-      auth = pubkey
-      id = "{keyid_text(me.keyid)}"
-      pubkeys = {me.name}.pem
-    }}
-    remote {{
-      auth = pubkey
-      id = "{keyid_text(ms_keyid)}"
-      pubkeys = {SERVER_KEY_FILE}
-    }}
+{_auth("local", me.keyid, f"{me.name}.pem")}
+{_auth("remote", ms_keyid, SERVER_KEY_FILE)}
   }}""",
     ]
     for other in others:
@@ -100,16 +98,8 @@ def swanctl_conf(me: SnippetPeer, others: Sequence[SnippetPeer], ms_address: str
     version = 2
     mediated_by = {MEDIATION_CONN}
     mediation_peer = "{keyid_text(other.keyid)}"
-    local {{
-      auth = pubkey
-      id = "{keyid_text(me.keyid)}"
-      pubkeys = {me.name}.pem
-    }}
-    remote {{
-      auth = pubkey
-      id = "{keyid_text(other.keyid)}"
-      pubkeys = {other.name}.pem
-    }}
+{_auth("local", me.keyid, f"{me.name}.pem")}
+{_auth("remote", other.keyid, f"{other.name}.pem")}
     children {{
       {other.name} {{{note}
         local_ts = {_ts(me.subnets)}
