@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.daemon.ctl import call as control_call
+from core_ike.version import add_version_argument
 from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import KeyError_, keyid_text, parse_peer_public_key, pem_from_spki
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="medmgr-client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
+    add_version_argument(p)
     p.add_argument("--admin-hash-file", required=True, metavar="FILE",
                    help="file holding the admin password's scrypt hash (see hash-password)")
     p.add_argument("--refresh", type=int, default=10, help="status page refresh interval, seconds")

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core_ike.version import add_version_argument
 from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import (
@@ -437,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="medmgr-server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
+    add_version_argument(p)
     p.add_argument("--ms-address", default="mediation.example.net", help="mediation server host name/address")
     p.add_argument("--ms-port", type=int, default=500, help="mediation server IKE port")
     p.add_argument("--ms-public-key", metavar="FILE",

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..version import add_version_argument
+
 DEFAULT_SOCKET = "/run/iked.ctl"
 # where the installed units' daemons listen (docs/deployment.md), then the daemons' own default
 KNOWN_SOCKETS = ("/run/ikeme/iked.ctl", "/run/ikeme/mediation-client.ctl", "/run/ikeme/mediation-server.ctl",
@@ -231,6 +233,7 @@ def parser() -> argparse.ArgumentParser:
                     help="the daemon's control socket (default: $IKECTL_SOCKET, else the one socket of "
                          f"{', '.join(KNOWN_SOCKETS)} that exists)")
     ap.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
+    add_version_argument(ap)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="initiate a connection; waits for the IKE_SA and its CHILD_SAs")
     up.add_argument("conn")

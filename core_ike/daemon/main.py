@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LocalError
+from ..version import add_version_argument
 from .config import LOG_LEVELS, DaemonConfig, check_host, load, log_target
 from .runtime import Daemon
 from .startup import EXIT_STATUS, STARTUP_FAILED, OneLineArgumentParser, log_handler, one_line, report_failure
@@ -35,6 +36,7 @@ def run_main(prog: str, description: str, argv: list[str] | None,
     ap = OneLineArgumentParser(prog=prog, description=description, epilog=EXIT_STATUS)
     ap.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML configuration file")
     ap.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="overrides [daemon] log_level")
+    add_version_argument(ap)
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
