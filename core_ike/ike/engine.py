@@ -51,7 +51,8 @@ from .prefilter import (
     packed_ip,
     scan_init,
 )
-from .sa import IkeSa, IkeState
+from .sa import IkeSa
+from .state import ChildState, IkeState
 from .task import Task
 from .tasks.child_create import ChildCreate
 from .tasks.collisions import check_create_child
@@ -290,8 +291,8 @@ class Engine:
         if now is not None:
             self.now = now
         c = sa.children.get(unique_id)
-        if c is not None and c.state == "INSTALLED":
-            c.state = "REKEYING"
+        if c is not None and c.state is ChildState.INSTALLED:
+            c.set_state(ChildState.REKEYING)
             sa.queue_task(ChildCreate(None, in_auth=False, rekey=c), self.now)
 
     @property
@@ -496,9 +497,9 @@ class Engine:
                 log.info("CHILD_SA %s{%d} expired", c.name, c.unique_id)
                 c.expire_at = None
                 sa.queue_task(ChildDelete(child=c, reason="expired"), now)
-            elif c.rekey_at is not None and now >= c.rekey_at and c.state == "INSTALLED":
+            elif c.rekey_at is not None and now >= c.rekey_at and c.state is ChildState.INSTALLED:
                 c.rekey_at = None
-                c.state = "REKEYING"
+                c.set_state(ChildState.REKEYING)
                 log.info("rekeying CHILD_SA %s{%d}", c.name, c.unique_id)
                 sa.queue_task(ChildCreate(None, in_auth=False, rekey=c), now)
         if sa.config.dpd_delay > 0 and not sa.dpd_pending and now >= sa.last_in + sa.config.dpd_delay \

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..codec.message import Message, SkProtector, decrypt_message, encode_message
@@ -18,9 +17,12 @@ from ..codec.rules import check_rules
 from ..constants import ExchangeType, HeaderFlag, NotifyType, name_of
 from ..errors import DecodeError, IntegrityError, ProtocolError
 from . import events as ev
-from .config import ChildConfig, IkeConfig
+from .config import IkeConfig
 from .fragments import FragmentReceiver
 from .identity import Identity
+from .state import ChildSa, ChildState, IkeState
+
+__all__ = ["ChildSa", "ChildState", "IkeSa", "IkeState", "Outstanding"]
 from .task import Status, Task
 
 if TYPE_CHECKING:
@@ -33,36 +35,6 @@ Addr = tuple[str, int]
 # (original initiator, response) -> header flags, without IntFlag arithmetic per message
 _HEADER_FLAGS = ((HeaderFlag.NONE, HeaderFlag.RESPONSE),
                  (HeaderFlag.INITIATOR, HeaderFlag.INITIATOR | HeaderFlag.RESPONSE))
-
-class IkeState(Enum):
-    CREATED = "CREATED"
-    CONNECTING = "CONNECTING"
-    ESTABLISHED = "ESTABLISHED"
-    REKEYING = "REKEYING"
-    REKEYED = "REKEYED"
-    DELETING = "DELETING"
-    DESTROYED = "DESTROYED"
-
-
-@dataclass
-class ChildSa:
-    name: str
-    unique_id: int
-    reqid: int
-    config: ChildConfig
-    spi_in: int
-    spi_out: int = 0
-    proposal: Proposal | None = None
-    proposal_text: str = ""
-    keys: ev.ChildKeys | None = None
-    local_ts: list[Any] = field(default_factory=list)
-    remote_ts: list[Any] = field(default_factory=list)
-    state: str = "CREATED"
-    established_at: float = 0.0
-    rekey_at: float | None = None
-    expire_at: float | None = None
-    rekeyed_from: int | None = None
-
 
 @dataclass
 class Outstanding:
@@ -497,11 +469,11 @@ class IkeSa:
     def remove_child(self, child: ChildSa, reason: str) -> None:
         if self.children.pop(child.unique_id, None) is None:
             return
-        if child.state in ("INSTALLED", "REKEYING", "REKEYED", "DELETING"):
+        if child.state.live:
             log.info("CHILD_SA %s{%d} closed (%s)", child.name, child.unique_id, reason)
             self.engine.emit(ev.ChildSaDeleted(self.name, child.name, child.unique_id, child.spi_in,
                                                child.spi_out, reason))
-        child.state = "DELETED"
+        child.set_state(ChildState.DELETED)
 
     def child_by_spi(self, spi: int, inbound: bool) -> ChildSa | None:
         for c in self.children.values():

@@ -30,6 +30,7 @@ from ..ike.sa import IkeState
 from ..ike.task import Task
 from . import events as mev
 from . import tiebreak
+from .attempt import Attempt, AttemptState
 from .checklist import (
     CheckListConfig,
     CheckListFailed,
@@ -91,32 +92,6 @@ class MediationClientConfig:
     srflx_always: bool = True  # request the srflx even without NAT here (strongSwan: only with NAT)
     relay: bool = True  # announce RELAY_VENDOR_ID: accept RELAYED endpoints from our server (extension)
     host_addresses: Callable[[], Iterable[str]] | None = None  # None: aioice gathering (§6.1)
-
-
-@dataclass
-class Attempt:
-    """One mediated connection being brought up (per mediated config name)."""
-
-    name: str
-    mediation: str
-    peer: Identity
-    started: float
-    # mediation connecting relayed callback checking initiating established failed, or yielded: the
-    # peer's simultaneous attempt won the tie-break (tiebreak.py), connect_id is then the peer's
-    state: str = "mediation"
-    deadline: float | None = None
-    connect_id: bytes | None = None
-    sa_id: int | None = None
-    pair: PairInfo | None = None
-    reason: str = ""
-    tried: tuple[PairInfo, ...] = ()
-    # the server's ME_CALLBACK for the peer came while our ME_CONNECT was in flight: its answer may still
-    # say "offline" (a retransmission answered from the server's cache, under loss), then ask again at once
-    called_back: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.state not in ("established", "failed")
 
 
 @dataclass
@@ -254,7 +229,7 @@ class MediationClient(Extension):
             cl = self.checks.get(att.connect_id) if att.connect_id else None
             tried = cl.tried() if cl is not None else att.tried
             conns.append(ConnectionStatus(
-                att.name, str(att.peer), att.state, att.started,
+                att.name, str(att.peer), att.state.value, att.started,
                 att.connect_id.hex() if att.connect_id else None, tuple(str(p) for p in tried),
                 str(att.pair) if att.pair else None, att.sa_id, att.reason))
         targets = tuple(f"{s.connect_id.hex()} from '{s.peer}'" for s in self.sessions.values() if not s.initiator)
@@ -285,9 +260,9 @@ class MediationClient(Extension):
     def on_established(self, sa: IkeSa, now: float) -> None:
         name = self._mediated.get(sa.unique_id)
         att = self.attempts.get(name) if name else None
-        if att is None or att.sa_id != sa.unique_id or att.state not in ("initiating", "yielded"):
+        if att is None or att.sa_id != sa.unique_id or att.state not in (AttemptState.INITIATING, AttemptState.YIELDED):
             return
-        att.state, att.deadline = "established", None
+        att.set_state(AttemptState.ESTABLISHED, None)
         self._end_session(att)
         log.info("mediated connection '%s' to '%s' established in %.3f s", att.name, att.peer, now - att.started)
         self.engine.emit(mev.MediatedEstablished(att.name, str(att.peer), sa.unique_id, sa.local, sa.remote,
@@ -302,11 +277,11 @@ class MediationClient(Extension):
         self._target_sas.pop(sa.unique_id, None)
         name = self._mediated.pop(sa.unique_id, None)
         att = self.attempts.get(name) if name else None
-        if att is not None and att.sa_id == sa.unique_id and att.state in ("initiating", "yielded"):
+        if att is not None and att.sa_id == sa.unique_id and att.state in (AttemptState.INITIATING, AttemptState.YIELDED):
             self._fail(att, self._classify("mediated IKE_SA failed", sa), now)
         if sa.extension_data.get(ROLE_KEY) == "peer" and sa.established_at is None:
             for a in list(self.attempts.values()):
-                if a.state == "mediation" and a.mediation == sa.config.name and self.mediation_sa(a.mediation) is None:
+                if a.state is AttemptState.MEDIATION and a.mediation == sa.config.name and self.mediation_sa(a.mediation) is None:
                     self._fail(a, self._classify("mediation server unreachable", sa), now)
         self._pump(now)
 
@@ -345,7 +320,7 @@ class MediationClient(Extension):
         self.engine.emit(mev.MediationSaUp(sa.name, sa.unique_id, sa.local, sa.remote,
                                            ep.addr if isinstance(ep, Endpoint) else None))
         for att in list(self.attempts.values()):
-            if att.state == "mediation" and att.mediation == sa.config.name:
+            if att.state is AttemptState.MEDIATION and att.mediation == sa.config.name:
                 self._send_connect(sa, att, now)
 
     def gather(self, sa: IkeSa) -> list[Endpoint]:
@@ -366,7 +341,8 @@ class MediationClient(Extension):
     def _send_connect(self, sa: IkeSa, att: Attempt, now: float) -> None:
         # no deadline while queued behind another exchange of the SA: that one is bounded by its own
         # retransmissions, and the SA's loss fails this request (on_destroyed)
-        att.state, att.deadline, att.called_back = "connecting", None, False
+        att.set_state(AttemptState.CONNECTING, None)
+        att.called_back = False
         holder: list[bytes] = []
 
         def build(s: IkeSa, t: float) -> list[Payload]:
@@ -388,9 +364,8 @@ class MediationClient(Extension):
             if not holder or att.connect_id != holder[0] or not att.active:
                 return
             if result.ok:
-                if att.state == "connecting":  # else the relayed answer came first (the race)
-                    att.state = "relayed"
-                    att.deadline = t + self.config.checks.transaction_timeout + 1.0
+                if att.state is AttemptState.CONNECTING:  # else the relayed answer came first (the race)
+                    att.set_state(AttemptState.RELAYED, t + self.config.checks.transaction_timeout + 1.0)
                 return
             self._end_session(att)
             if result.error == NotifyType.ME_CONNECT_FAILED and att.called_back:
@@ -398,10 +373,11 @@ class MediationClient(Extension):
                 self._send_connect(s, att, t)
             elif result.error == NotifyType.ME_CONNECT_FAILED:
                 # reference §4.1 step 3: offline (or refused); we asked for a callback
-                att.state, att.deadline = "callback", t + self.config.callback_timeout
+                until = t + self.config.callback_timeout
+                att.set_state(AttemptState.CALLBACK, until)
                 log.info("peer '%s' is not online, waiting up to %.0f s for a callback", att.peer,
                          self.config.callback_timeout)
-                self.engine.emit(mev.PeerNotOnline(att.name, str(att.peer), att.deadline))
+                self.engine.emit(mev.PeerNotOnline(att.name, str(att.peer), until))
             elif result.error == NotifyType.TEMPORARY_FAILURE:
                 self._fail(att, "refused by the mediation server: too many requests, try again later", t)
             else:
@@ -411,7 +387,7 @@ class MediationClient(Extension):
         def failed(s: IkeSa, reason: str, t: float) -> None:
             if self._unsent.get(att.name, (s, None))[1] is task:
                 del self._unsent[att.name]
-            if att.active and (not holder or att.connect_id == holder[0]) and att.state in ("connecting", "relayed"):
+            if att.active and (not holder or att.connect_id == holder[0]) and att.state in (AttemptState.CONNECTING, AttemptState.RELAYED):
                 self._fail(att, f"mediation server unreachable: {reason}", t)
 
         task = MeConnectRequest(build, done, failed)
@@ -441,10 +417,10 @@ class MediationClient(Extension):
         for att in list(self.attempts.values()):
             if att.peer != peer or att.mediation != sa.config.name:
                 continue
-            if att.state == "callback":
+            if att.state is AttemptState.CALLBACK:
                 names.append(att.name)
                 self._send_connect(sa, att, now)
-            elif att.state == "connecting" and att.name not in self._unsent:
+            elif att.state is AttemptState.CONNECTING and att.name not in self._unsent:
                 att.called_back = True  # our ME_CONNECT is in flight; its answer decides (done)
         log.info("received ME_CALLBACK for '%s'%s", peer, f", retrying {', '.join(names)}" if names else "")
         self.engine.emit(mev.CallbackReceived(str(peer), tuple(names)))
@@ -453,7 +429,7 @@ class MediationClient(Extension):
                          now: float) -> list[Payload]:
         """We are the target (reference §4.1 step 5): responder list, empty answer, own ME_CONNECT.
         With our own attempt to `peer` in progress, the tie-break (tiebreak.py) keeps one of the two."""
-        rival = next((a for a in self.attempts.values() if a.active and a.state != "yielded" and a.peer == peer
+        rival = next((a for a in self.attempts.values() if a.active and a.state is not AttemptState.YIELDED and a.peer == peer
                       and a.mediation == sa.config.name), None)
         if rival is not None:
             own = str(self.engine.config(rival.mediation).local.id)
@@ -469,7 +445,7 @@ class MediationClient(Extension):
             self.checks.create_responder(cid, key, eps, now)
         except LocalError as e:
             log.info("ME_CONNECT from '%s' refused: %s", peer, e)
-            if rival is not None and rival.state == "yielded" and rival.connect_id == cid:
+            if rival is not None and rival.state is AttemptState.YIELDED and rival.connect_id == cid:
                 self._fail(rival, f"mediation by the peer failed: {e}", now)
             return build_connect_failed()
         sess = Session(cid, False, peer, mediation=sa.config.name)
@@ -516,8 +492,7 @@ class MediationClient(Extension):
         except LocalError as e:
             log.info("ignoring duplicate ME_CONNECT answer for %s: %s", cid.hex(), e)
             return
-        att.state = "checking"
-        att.deadline = now + self.config.checks.transaction_timeout + 1.0
+        att.set_state(AttemptState.CHECKING, now + self.config.checks.transaction_timeout + 1.0)
         self.engine.emit(mev.ChecksStarted(att.name, str(att.peer), cid.hex(), True,
                                            tuple(str(p) for p in cl.tried())))
 
@@ -529,9 +504,9 @@ class MediationClient(Extension):
             self.outbox.cancel(unsent[0], unsent[1], now)
         own = att.connect_id.hex() if att.connect_id is not None and unsent is None else "(none)"
         self._end_session(att)  # our check list and session (reference §8: nothing was nominated)
-        att.state, att.connect_id, att.tried, att.pair = "yielded", cid, (), None
+        att.connect_id, att.tried, att.pair = cid, (), None
         ike = self.config.ike_timeout or self.engine.config(att.name).retransmit.give_up_after(True)
-        att.deadline = now + self.config.checks.responder_timeout + ike
+        att.set_state(AttemptState.YIELDED, now + self.config.checks.responder_timeout + ike)
         log.info("mediated connection '%s' to '%s': %s connect ID %s (ours %s), waiting for its mediated "
                  "IKE_SA", att.name, att.peer, why, cid.hex(), own)
 
@@ -553,7 +528,8 @@ class MediationClient(Extension):
     def _initiate(self, att: Attempt, selected: PairInfo, now: float) -> None:
         """Reference §9.1 step 4: IKE_SA_INIT from the pair's local base to its remote."""
         assert att.connect_id is not None
-        att.state, att.pair, att.deadline = "initiating", selected, self._ike_deadline(now)
+        att.pair = selected
+        att.set_state(AttemptState.INITIATING, self._ike_deadline(now))
         self.engine.emit(mev.MediatedInitiating(att.name, str(att.peer), att.connect_id.hex(),
                                                 selected.local, selected.remote))
         self._initiating = (att.name, att.connect_id)
@@ -581,7 +557,7 @@ class MediationClient(Extension):
         if sess is not None:
             self._target_sas[sa.unique_id] = str(sess.peer)
         for att in self.attempts.values():
-            if att.state == "yielded" and att.connect_id == cid:  # reference §11 #15: our connect() waits
+            if att.state is AttemptState.YIELDED and att.connect_id == cid:  # reference §11 #15: our connect() waits
                 att.sa_id, att.deadline = sa.unique_id, self._ike_deadline(now)
                 self._mediated[sa.unique_id] = att.name
         self._pump(now)
@@ -612,18 +588,18 @@ class MediationClient(Extension):
 
     def _timeout(self, att: Attempt, now: float) -> None:
         t = now - att.started
-        if att.state == "mediation":
+        if att.state is AttemptState.MEDIATION:
             self._fail(att, f"mediation server unreachable: no mediation connection after {t:.1f} s", now)
-        elif att.state == "connecting":
+        elif att.state is AttemptState.CONNECTING:
             self._fail(att, f"mediation server unreachable: no answer to ME_CONNECT after {t:.1f} s", now)
-        elif att.state == "callback":
+        elif att.state is AttemptState.CALLBACK:
             self._fail(att, f"peer offline: no ME_CALLBACK within {self.config.callback_timeout:g} s", now)
-        elif att.state in ("relayed", "checking"):
+        elif att.state in (AttemptState.RELAYED, AttemptState.CHECKING):
             self._fail(att, f"checks failed: no result after {t:.1f} s; tried {_pairs_text(self._tried(att))}", now)
-        elif att.state == "initiating":
+        elif att.state is AttemptState.INITIATING:
             self._fail(att, f"mediated IKE_SA failed: not established within {self.config.ike_timeout:g} s "
                             "(ike_timeout)", now)
-        elif att.state == "yielded":
+        elif att.state is AttemptState.YIELDED:
             self._fail(att, f"mediated IKE_SA failed: the peer's (tie-break winner) not established after "
                             f"{t:.1f} s", now)
 
@@ -635,7 +611,8 @@ class MediationClient(Extension):
         if not att.active:
             return
         att.tried = self._tried(att)
-        att.state, att.reason, att.deadline = "failed", reason, None
+        att.reason = reason
+        att.set_state(AttemptState.FAILED, None)
         unsent = self._unsent.pop(att.name, None)
         if unsent is not None:  # never sent: withdrawn, it would only hold up the SA's next requests
             self.outbox.cancel(unsent[0], unsent[1], now)
@@ -661,7 +638,7 @@ class MediationClient(Extension):
             log.info("checks for connect ID %s from '%s' ended: %s", cid.hex(), sess.peer, reason)
             self.engine.emit(mev.ChecksEnded(str(sess.peer), cid.hex(), reason))
         for att in list(self.attempts.values()):
-            if att.state == "yielded" and att.connect_id == cid and att.sa_id is None:
+            if att.state is AttemptState.YIELDED and att.connect_id == cid and att.sa_id is None:
                 self._fail(att, f"mediation by the peer failed: {reason}", now)
 
     @staticmethod

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+from .attempt import AttemptState
+
 Decision = Literal["keep", "yield", "none"]
 
 # attempt states ([ME] §4 / §7): the peer may know our connect ID, compare
-_COMPARED = frozenset({"connecting", "relayed", "checking"})
-_YIELD = frozenset({"mediation", "callback"})  # the peer cannot know about our attempt
+_COMPARED = frozenset({AttemptState.CONNECTING, AttemptState.RELAYED, AttemptState.CHECKING})
+_YIELD = frozenset({AttemptState.MEDIATION, AttemptState.CALLBACK})  # the peer cannot know about our attempt
 
 
 def own_attempt_wins(own_cid: bytes, peer_cid: bytes, own_id: str, peer_id: str) -> bool:
@@ -39,12 +41,12 @@ def own_attempt_wins(own_cid: bytes, peer_cid: bytes, own_id: str, peer_id: str)
     return own_id > peer_id
 
 
-def decide(state: str, own_cid: bytes | None, sent: bool, peer_cid: bytes, own_id: str,
+def decide(state: AttemptState, own_cid: bytes | None, sent: bool, peer_cid: bytes, own_id: str,
            peer_id: str) -> Decision:
     """What to do with our attempt in `state` when the peer's fresh ME_CONNECT `peer_cid` arrives.
 
     `sent`: our ME_CONNECT carrying `own_cid` has been built (the peer may have it)."""
-    if state == "initiating":
+    if state is AttemptState.INITIATING:
         return "keep"
     if state in _YIELD or (state in _COMPARED and (own_cid is None or not sent)):
         return "yield"

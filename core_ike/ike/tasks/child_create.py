@@ -40,11 +40,12 @@ from ...esp.algorithms import EspTransforms
 from .. import events as ev
 from .. import ts as tsmod
 from ..config import ChildConfig
+from ..state import ChildSa, ChildState
 from ..task import Status, Task
 from . import collisions
 
 if TYPE_CHECKING:
-    from ..sa import ChildSa, IkeSa
+    from ..sa import IkeSa
 
 log = logging.getLogger("core_ike.ike")
 
@@ -374,8 +375,6 @@ class ChildCreate(Task):
 
     # ---------------------------------------------------------------- both
     def _install(self, sa: IkeSa, now: float, initiator: bool) -> None:
-        from ..sa import ChildSa
-
         assert self.cfg is not None and self.chosen is not None
         e = self.chosen.first(TransformType.ENCR)
         i = self.chosen.first(TransformType.INTEG)
@@ -399,7 +398,7 @@ class ChildCreate(Task):
         uid = sa.engine.next_child_id()
         reqid = self.rekey.reqid if self.rekey is not None else sa.engine.next_reqid()
         child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen,
-                        describe(self.chosen), keys, local_ts, remote_ts, "INSTALLED", now,
+                        describe(self.chosen), keys, local_ts, remote_ts, ChildState.INSTALLED, now,
                         rekeyed_from=self.rekey.unique_id if self.rekey else None)
         schedule(sa, child, now, initiator)
         sa.children[uid] = child
@@ -416,5 +415,5 @@ class ChildCreate(Task):
                 sa.queue += collisions.child_rekey_done(sa, self, self.rekey)
             else:
                 collisions.child_rekey_answered(sa, self, self.rekey)
-            self.rekey.state = "REKEYED"
+            self.rekey.set_state(ChildState.REKEYED)
             self.rekey.rekey_at = None

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 from ...codec.message import Message
 from ...constants import ExchangeType, NotifyType
 from ...errors import ProtocolError
+from ..state import ChildSa, ChildState
 from ..task import Task
 
 if TYPE_CHECKING:
-    from ..sa import ChildSa, IkeSa
+    from ..sa import IkeSa
     from .child_create import ChildCreate
     from .ike_rekey import IkeRekey
 
@@ -62,7 +63,7 @@ def check_create_child(sa: IkeSa, msg: Message, ike_rekey: bool, old: ChildSa | 
             and sa.state is not IkeState.REKEYING:
         # RFC 7296 2.25: our own CHILD_SA exchange is still open on this IKE_SA; the peer retries later
         raise ProtocolError("CHILD_SA exchange in progress", NotifyType.TEMPORARY_FAILURE)
-    if old is not None and old.state == "DELETING":
+    if old is not None and old.state is ChildState.DELETING:
         # RFC 7296 2.25.1: a request to rekey a CHILD_SA we are closing gets TEMPORARY_FAILURE
         raise ProtocolError("CHILD_SA to rekey is being deleted", NotifyType.TEMPORARY_FAILURE)
 
@@ -102,9 +103,9 @@ def child_rekey_done(sa: IkeSa, mine: ChildCreate, old: ChildSa) -> list[Task]:
 
 def child_rekey_refused(sa: IkeSa, old: ChildSa, notify: int, now: float) -> None:
     """The peer refused our rekey of `old`: not a failure of the IKE_SA (RFC 7296 2.25)."""
-    if old.state != "REKEYING":
+    if old.state is not ChildState.REKEYING:
         return  # meanwhile deleted (e.g. by the peer's DELETE that crossed our request)
-    old.state = "INSTALLED"
+    old.set_state(ChildState.INSTALLED)
     if notify == NotifyType.TEMPORARY_FAILURE:
         old.rekey_at = now + sa.config.rekey_retry  # RFC 7296 2.25: try again a bit later
     # CHILD_SA_NOT_FOUND (2.25.1): the peer is deleting it; its DELETE removes ours

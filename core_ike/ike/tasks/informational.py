@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 from ...codec.message import Message
 from ...codec.payloads import DeletePayload, NotifyPayload
 from ...constants import ExchangeType, NotifyType, PayloadType, ProtocolId, name_of
+from ..state import ChildSa, ChildState
 from ..task import Status, Task
 
 if TYPE_CHECKING:
-    from ..sa import ChildSa, IkeSa
+    from ..sa import IkeSa
 
 log = logging.getLogger("core_ike.ike")
 
@@ -30,7 +31,7 @@ class ChildDelete(Task):
         if self.child is not None:
             log.info("closing CHILD_SA %s{%d} with SPIs %08x_i %08x_o", self.child.name, self.child.unique_id,
                      self.child.spi_in, self.child.spi_out)
-            self.child.state = "DELETING"
+            self.child.set_state(ChildState.DELETING)
         msg.payloads.append(DeletePayload(ProtocolId.ESP, [struct.pack("!I", self.spi_in)]))
 
     def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
@@ -117,7 +118,7 @@ class Informational(Task):
         spis: list[bytes] = []
         for c in self.deleted:
             # RFC 7296 1.4.1: answer with our inbound SPI unless we already deleted it ourselves
-            if c.state != "DELETING":
+            if c.state is not ChildState.DELETING:
                 spis.append(struct.pack("!I", c.spi_in))
             log.info("closing CHILD_SA %s{%d} with SPIs %08x_i %08x_o", c.name, c.unique_id, c.spi_in, c.spi_out)
             sa.remove_child(c, "deleted by peer")

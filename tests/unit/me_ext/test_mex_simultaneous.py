@@ -13,6 +13,7 @@ from mex_net import make_net, register
 from core_ike.ike import events as ev
 from core_ike.me import client as client_mod
 from core_ike.me import events as mev
+from core_ike.me.attempt import AttemptState
 from core_ike.me.tiebreak import decide, own_attempt_wins
 
 LOW, HIGH = bytes.fromhex("10000001"), bytes.fromhex("f0000002")
@@ -108,7 +109,7 @@ def test_yielded_attempt_fails_with_the_winner() -> None:
 def test_rule() -> None:
     assert own_attempt_wins(HIGH, LOW, "a", "b") and not own_attempt_wins(LOW, HIGH, "b", "a")
     assert own_attempt_wins(bytes(4), bytes(8), "b", "a") and not own_attempt_wins(bytes(4), bytes(8), "a", "b")
-    assert decide("callback", HIGH, True, LOW, "a", "b") == "yield"
-    assert decide("connecting", HIGH, False, LOW, "a", "b") == "yield"  # not sent: the peer cannot know it
-    assert decide("initiating", LOW, True, HIGH, "a", "b") == "keep"
-    assert decide("relayed", HIGH, True, LOW, "a", "b") == "keep"
+    assert decide(AttemptState.CALLBACK, HIGH, True, LOW, "a", "b") == "yield"
+    assert decide(AttemptState.CONNECTING, HIGH, False, LOW, "a", "b") == "yield"  # not sent: the peer cannot know it
+    assert decide(AttemptState.INITIATING, LOW, True, HIGH, "a", "b") == "keep"
+    assert decide(AttemptState.RELAYED, HIGH, True, LOW, "a", "b") == "keep"

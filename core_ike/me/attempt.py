@@ -1,0 +1,64 @@
+"""One mediated connection being brought up (`MediationClient.connect`) and its state machine.
+
+draft-brunner-ikev2-mediation §4 (ME_CONNECT), §5 (callback), §7-§9 (checks, the mediated IKE_SA).
+The state changes in exactly one method, which logs the transition (design principle 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ..ike.identity import Identity
+from .checklist import PairInfo
+
+log = logging.getLogger("core_ike.me")
+
+
+class AttemptState(StrEnum):
+    MEDIATION = "mediation"  # waiting for the mediation IKE_SA (§3)
+    CONNECTING = "connecting"  # our ME_CONNECT is queued or in flight (§4.1 step 1-2)
+    RELAYED = "relayed"  # the server accepted it; waiting for the target's ME_RESPONSE (§4.1 step 7)
+    CALLBACK = "callback"  # the target was offline; waiting for ME_CALLBACK (§5)
+    CHECKING = "checking"  # connectivity checks run (§7)
+    INITIATING = "initiating"  # the mediated IKE_SA_INIT went out on the selected pair (§9)
+    YIELDED = "yielded"  # the peer's simultaneous attempt won the tie-break (tiebreak.py); we follow it
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+    @property
+    def active(self) -> bool:
+        return self not in (AttemptState.ESTABLISHED, AttemptState.FAILED)
+
+
+@dataclass
+class Attempt:
+    """One mediated connection being brought up (per mediated config name)."""
+
+    name: str
+    mediation: str
+    peer: Identity
+    started: float
+    # YIELDED: connect_id is then the peer's
+    state: AttemptState = AttemptState.MEDIATION
+    deadline: float | None = None
+    connect_id: bytes | None = None
+    sa_id: int | None = None
+    pair: PairInfo | None = None
+    reason: str = ""
+    tried: tuple[PairInfo, ...] = ()
+    # the server's ME_CALLBACK for the peer came while our ME_CONNECT was in flight: its answer may still
+    # say "offline" (a retransmission answered from the server's cache, under loss), then ask again at once
+    called_back: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.state.active
+
+    def set_state(self, new: AttemptState, deadline: float | None) -> None:
+        """The one mutation point of the attempt's state; every state has its own deadline (or none)."""
+        if new is not self.state:
+            log.debug("mediated connection '%s' state change: %s => %s", self.name, self.state.value, new.value)
+            self.state = new
+        self.deadline = deadline
