@@ -20,10 +20,11 @@ the ``drop-fragment-*`` counters, the responder's time in ``Engine.receive``; th
 half-open timeout and the same is measured again. Each run is a fresh process; ``--before REV`` also runs
 the flood against ``git archive REV`` of this repository, for a before/after table.
 
-    bench/fragment_flood.py                                    # 6000 sets of 62 KiB, one half-open IKE_SA
+    bench/fragment_flood.py --scenario mids                    # 6000 sets of 62 KiB, one half-open IKE_SA
     bench/fragment_flood.py --before a4837d6^                  # ... and the same before the fix
     bench/fragment_flood.py --scenario sas --sas 1500 --sets 1500
-    bench/fragment_flood.py --out bench/results/fragment_flood.txt
+    bench/fragment_flood.py --out bench/results/fragment_flood.txt    # both scenarios, 3 rounds each
+    bench/fragment_flood.py --quick                                   # a smoke run
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(
 PSK = "fragment-flood-shared-secret-0123456789"
 VICTIM, ATTACKER = "192.0.2.2", "192.0.2.1"
 MIB = 1024 * 1024
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -224,20 +228,46 @@ def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(out)
 
 
+def _figures(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    figs = []
+    if runs.get("mids"):
+        rs = runs["mids"]
+        figs.append(results_io.figure(
+            "fragment_flood_mids_rss", f"RSS growth under {rs[0]['sets']} incomplete IKE fragment sets of "
+            f"{args.set_kib:g} KiB against one half-open IKE_SA (Message IDs 1, 2, 3, ...)",
+            results_io.sample([r["rss_flood"] - r["rss_setup"] for r in rs], "MiB", 1),
+            differences=["in-process: Engine.receive fed directly, fake clock; strongSwan not measured"]))
+        figs.append(results_io.figure(
+            "fragment_flood_mids_held", "fragment plaintext held at the end of that flood",
+            results_io.sample([r["held_flood"]["plaintext"] / 1024 for r in rs], "KiB", 0), readme=False))
+    if runs.get("sas"):
+        rs = runs["sas"]
+        figs.append(results_io.figure(
+            "fragment_flood_sas_peak", f"accounted reassembly octets, peak, {rs[0]['sets']} sets over "
+            f"{rs[0]['sas']} half-open IKE_SAs (each at its expected Message ID; frag_max_total "
+            f"{(args.frag_max_total or 64 * MIB) / MIB:g} MiB)",
+            results_io.sample([r["held_flood"]["accounted_peak"] / 1024 for r in rs], "KiB", 0),
+            differences=["in-process: Engine.receive fed directly, fake clock; strongSwan not measured"]))
+        figs.append(results_io.figure(
+            "fragment_flood_sas_rss", "RSS growth in that flood",
+            results_io.sample([r["rss_flood"] - r["rss_setup"] for r in rs], "MiB", 1), readme=False))
+    return figs
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--scenario", choices=("mids", "sas"), default="mids")
-    ap.add_argument("--sets", type=int, default=6000, help="incomplete fragment sets sent")
+    ap.add_argument("--scenario", choices=("mids", "sas", "both"), default="both")
+    ap.add_argument("--sets", type=int, help="incomplete fragment sets sent (default 6000 mids, 3000 sas)")
     ap.add_argument("--set-kib", type=float, default=62.0, help="size of each set (fragments 2..N)")
     ap.add_argument("--frag-size", type=int, default=2100, help="IKE datagram size of the fragments")
-    ap.add_argument("--sas", type=int, default=1500, help="half-open IKE_SAs (scenario sas)")
+    ap.add_argument("--sas", type=int, help="half-open IKE_SAs (scenario sas; default 1500)")
     ap.add_argument("--rate", type=float, default=1000.0, help="sets per simulated second (fake clock)")
     ap.add_argument("--frag-max-per-sa", dest="frag_max_per_sa", type=int, help="EngineConfig override")
     ap.add_argument("--frag-max-total", dest="frag_max_total", type=int, help="EngineConfig override")
     ap.add_argument("--before", metavar="REV", help="also run against `git archive REV` (e.g. the commit before a fix)")
     ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, help="append the report to this file")
+    results_io.add_args(ap, rounds=3)
     args = ap.parse_args(argv)
     if args.child:
         sys.path.insert(0, str(args.src))
@@ -246,27 +276,34 @@ def main(argv: list[str] | None = None) -> None:
         kw = {k: getattr(args, k) for k in ("frag_max_per_sa", "frag_max_total") if getattr(args, k) is not None}
         print(json.dumps(run(args.scenario, args.sets, args.set_kib, args.frag_size, args.sas, args.rate, kw)))
         return
-    rows: list[tuple[str, dict[str, Any]]] = []
+    header = results_io.start_header(argv)
+    rounds = results_io.rounds_of(args)
+    scenarios = ("mids", "sas") if args.scenario == "both" else (args.scenario,)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in scenarios}
+    text: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.before:
-            rows.append(("before", _child(args, export(args.before, Path(tmp)))))
-        rows.append(("this tree", _child(args, ROOT)))
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=False).stdout.strip()
-    report = "\n".join([
-        f"fragment flood ({args.scenario}): {args.sets} incomplete sets of {args.set_kib:g} KiB "
-        f"(fragments 2..N of {args.frag_size}-octet datagrams) "
-        + ("against one half-open IKE_SA, Message IDs 1, 2, 3, ..." if args.scenario == "mids"
-           else f"over {args.sas} half-open IKE_SAs, each at its expected Message ID"),
-        f"{time.strftime('%Y-%m-%d %H:%M')}  HEAD {rev}" + (f", before = {args.before}" if args.before else "")
-        + f"; {args.rate:g} sets per simulated second; in-process, Engine.receive fed directly",
-        table(rows),
-        "command: bench/fragment_flood.py " + " ".join(sys.argv[1:] if argv is None else argv),
-    ])
-    print(report)
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(report + "\n\n")
+        before_src = export(args.before, Path(tmp)) if args.before else None
+        for scenario in scenarios:
+            sargs = argparse.Namespace(**vars(args))
+            sargs.scenario = scenario
+            sargs.sets = args.sets or ((200 if args.quick else 6000) if scenario == "mids" else (100 if args.quick else 3000))
+            sargs.sas = args.sas or (50 if args.quick else 1500)
+            rows: list[tuple[str, dict[str, Any]]] = []
+            if before_src is not None:
+                rows.append(("before", _child(sargs, before_src)))
+            for i in range(rounds):
+                r = _child(sargs, ROOT)
+                runs[scenario].append(r)
+                rows.append((f"round {i + 1}", r))
+            text += [f"fragment flood ({scenario}): {sargs.sets} incomplete sets of {args.set_kib:g} KiB "
+                     f"(fragments 2..N of {args.frag_size}-octet datagrams) "
+                     + ("against one half-open IKE_SA, Message IDs 1, 2, 3, ..." if scenario == "mids"
+                        else f"over {sargs.sas} half-open IKE_SAs, each at its expected Message ID")
+                     + f"; {args.rate:g} sets per simulated second; in-process, Engine.receive fed directly"
+                     + (f"; before = {args.before}" if args.before else ""),
+                     table(rows), ""]
+    header = results_io.finish_header(header, args.quick, rounds)
+    results_io.write_results(args.out, "fragment_flood", header, _figures(runs, args), "\n".join(text))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Topology: :func:`scenarios.lab.nat_lab` (alice behind natA, bob behind natB, car
 with :func:`scenarios.lab.loss.add_loss` dropping ``--loss`` % of the packets each NAT forwards
 (``numgen random mod 100 < N drop``): alice <-> carol crosses one lossy hop, alice <-> bob two.
 
-Cases, each ``--runs`` times per driver:
+Cases, ``--rounds`` runs per driver; the drivers alternate run by run (A B, B A, ...), each in a lab of its own:
 
 - ``mediated``: both mediation SAs are up (brought up before the loss is switched on); the clock runs from
   ``up bob`` on alice until alice lists the mediated IKE_SA with its CHILD_SA installed
@@ -18,18 +18,17 @@ path), then the loss is switched on again: every run starts from the same state 
 charon is restarted: it keeps the failed mediation queued and would never try again). A run counts as a success
 within ``--target`` seconds; ``--limit`` is how long one run may take at all.
 
-    bench/loss_setup.py                                   # ours and charon, both cases, 10 runs, 30 % loss
+    bench/loss_setup.py                                   # ours and charon, both cases, 10 rounds, 30 % loss
     bench/loss_setup.py --drivers ours --cases mediated -v
-    bench/loss_setup.py --out bench/results/loss_setup.txt
+    bench/loss_setup.py --quick --drivers ours            # a smoke run
+    bench/loss_setup.py --out bench/results/loss_setup.txt   # and loss_setup.json (bench/results_io.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import results_io  # noqa: E402
 from mediated_setup import OursMediation  # noqa: E402
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab  # noqa: E402
@@ -110,81 +110,119 @@ class Result:
                 f"{statistics.median(self.times):>7.2f} s {spread:>17} {len(self.failures):>6} {self.dropped:>8}")
 
 
-def measure(case: str, driver_name: str, runs: int, loss: int, limit: float, verbose: bool) -> Result:
-    res = Result(case, driver_name, runs)
-    lab = nat_lab()
-    drv = DRIVERS[(case, driver_name)](lab)
-    if verbose:
-        print(f"{case} {driver_name}: lab {lab.dir}", flush=True)
+def _one_run(case: str, drv: Any, lab: Lab, res: Result, i: int, loss: int, limit: float, verbose: bool) -> None:
+    """One setup under loss, then the loss off and both sides reset (a failed charon mediation: restarted)."""
+    add_loss(lab, percent=loss)
+    failed_before = len(res.failures)
+    t0 = time.monotonic()
     try:
-        drv.start()
-        for i in range(runs):
-            add_loss(lab, percent=loss)
-            failed_before = len(res.failures)
-            t0 = time.monotonic()
-            try:
-                t = drv.setup(limit)
-                res.times.append(t)
-                if verbose:
-                    print(f"  {case} {driver_name} run {i + 1}: {t:.2f} s", flush=True)
-            except Exception as e:  # noqa: BLE001 - a failed run is a data point
-                res.failures.append(f"run {i + 1} after {time.monotonic() - t0:.1f} s: {str(e).splitlines()[0]}")
-                if verbose:
-                    print(f"  {case} {driver_name} run {i + 1}: FAILED {res.failures[-1]}", flush=True)
-            res.dropped += sum(loss_counters(lab).values())
-            add_loss(lab, percent=0)
-            try:
-                drv.reset()
-                reset_ok = True
-            except Exception:  # noqa: BLE001 - recoverable drivers start afresh
-                if not hasattr(drv, "recover"):
-                    raise
-                reset_ok = False
-            if (len(res.failures) > failed_before or not reset_ok) and hasattr(drv, "recover"):
-                drv.recover()
+        t = drv.setup(limit)
+        res.times.append(t)
+        if verbose:
+            print(f"  {case} {drv.name} run {i + 1}: {t:.2f} s", flush=True)
+    except Exception as e:  # noqa: BLE001 - a failed run is a data point
+        res.failures.append(f"run {i + 1} after {time.monotonic() - t0:.1f} s: {str(e).splitlines()[0]}")
+        if verbose:
+            print(f"  {case} {drv.name} run {i + 1}: FAILED {res.failures[-1]}", flush=True)
+    res.dropped += sum(loss_counters(lab).values())
+    add_loss(lab, percent=0)
+    try:
+        drv.reset()
+        reset_ok = True
+    except Exception:  # noqa: BLE001 - recoverable drivers start afresh
+        if not hasattr(drv, "recover"):
+            raise
+        reset_ok = False
+    if (len(res.failures) > failed_before or not reset_ok) and hasattr(drv, "recover"):
+        drv.recover()
+
+
+def measure_case(case: str, drivers: list[str], rounds: int, loss: int, limit: float,
+                 verbose: bool) -> list[Result]:
+    """Every driver in a lab of its own, all started; the runs alternate between them (A B, B A, ...)."""
+    results = {d: Result(case, d, rounds) for d in drivers}
+    labs: dict[str, Lab] = {}
+    drvs: dict[str, Any] = {}
+    try:
+        for d in drivers:
+            labs[d] = nat_lab()
+            drvs[d] = DRIVERS[(case, d)](labs[d])
+            if verbose:
+                print(f"{case} {d}: lab {labs[d].dir}", flush=True)
+            drvs[d].start()
+        for i, d in results_io.interleave(rounds, drivers):
+            _one_run(case, drvs[d], labs[d], results[d], i, loss, limit, verbose)
     finally:
-        drv.stop()
-        lab.teardown()
-    return res
+        for d in drvs:
+            try:
+                drvs[d].stop()
+            except Exception:  # noqa: BLE001 - tear the labs down anyway
+                pass
+        for lab in labs.values():
+            lab.teardown()
+    return [results[d] for d in drivers]
 
 
-def machine(commit: str | None = None) -> list[str]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine())
-    if commit is None:
-        try:
-            commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                                    text=True, check=False).stdout.strip()
-        except OSError:
-            commit = "?"
-    return [f"machine: {os.cpu_count()} x {model}, Linux {platform.release()}, Python {platform.python_version()}",
-            f"commit: {commit or '?'}"]
+CASE_LABEL = {"mediated": "mediated setups (`up` on alice to the CHILD_SA, both mediation SAs up)",
+              "direct": "direct IKE_SA + CHILD_SA (alice behind natA to carol)"}
+
+
+def differences(case: str) -> list[str]:
+    out = ["ours: IKE_SA_INIT, IKE_AUTH and ME_CONNECT are first retransmitted after 0.25 s (x1.2 per try) "
+           "until the 4 s x1.8 schedule; charon: its default 4 s x1.8 from the first try (both defaults)"]
+    if case == "mediated":
+        out.append("charon waits 1000 ms (ME_WAIT_TO_FINISH) for more candidate checks before it starts the "
+                   "mediated IKE_SA")
+        out.append("after a failed run charon is restarted (it keeps the failed mediation queued and sends no "
+                   "new ME_CONNECT); ours recovers by itself")
+        rate = getattr(OursMediation, "connect_rate", None)
+        if rate is not None and float(rate) != 5.0:
+            out.append(f"ours: the server's per-peer ME_CONNECT limit raised to {rate:g}/s (default 5/s)")
+    return out
+
+
+def figures(results: list[Result], loss: int, target: float) -> list[dict[str, Any]]:
+    figs = []
+    for case in dict.fromkeys(r.case for r in results):
+        by = {r.driver: r for r in results if r.case == case}
+        o, c = by.get("ours"), by.get("charon")
+        label = f"{CASE_LABEL[case]} under {loss} % random loss in each NAT"
+        figs.append(results_io.figure(
+            f"loss_{case}_within", f"{label}: succeeded within {target:g} s",
+            results_io.count(o.within(target), o.runs, "") if o else None,
+            results_io.count(c.within(target), c.runs, "") if c else None, better="higher",
+            differences=differences(case)))
+        figs.append(results_io.figure(
+            f"loss_{case}_time", f"{label}: time of the successful runs",
+            results_io.sample(o.times, "s", 2) if o else None,
+            results_io.sample(c.times, "s", 2) if c else None,
+            differences=["medians of the successful runs only (a side with fewer successes drops its slow tail)"]))
+    return [f for f in figs if f["ours"] is not None or f["charon"] is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--loss", type=int, default=30, help="percent of the packets each NAT forwards that it drops")
     ap.add_argument("--cases", default="mediated,direct")
     ap.add_argument("--drivers", default="ours,charon")
     ap.add_argument("--target", type=float, default=30.0, help="a run counts when it succeeds within this")
-    ap.add_argument("--limit", type=float, default=90.0, help="per-run limit (the up / initiate timeout)")
-    ap.add_argument("--out", help="also write the report here (e.g. bench/results/loss_setup.txt)")
-    ap.add_argument("--commit", help="commit to name in the report (default: git describe of this tree)")
+    ap.add_argument("--limit", type=float, help="per-run limit (the up / initiate timeout; default 60 s, "
+                    "30 s with --quick)")
     ap.add_argument("-v", "--verbose", action="store_true")
+    results_io.add_args(ap, rounds=10)
     args = ap.parse_args(argv)
+    rounds = results_io.rounds_of(args)
+    limit = args.limit or (30.0 if args.quick else 60.0)
     cleanup_orphans()
-    started = time.monotonic()
-    load0 = os.getloadavg()
-    results = [measure(c.strip(), d.strip(), args.runs, args.loss, args.limit, args.verbose)
-               for c in args.cases.split(",") for d in args.drivers.split(",")]
-    load1 = os.getloadavg()
+    header = results_io.start_header(argv)
+    drivers = [d.strip() for d in args.drivers.split(",")]
+    results = [r for c in args.cases.split(",") for r in measure_case(c.strip(), drivers, rounds, args.loss, limit,
+                                                                      args.verbose)]
+    header = results_io.finish_header(header, args.quick, rounds)
     out = [f"setups under {args.loss} % random loss in each NAT (natA, natB forward chains; alice-carol one lossy "
            "hop, alice-bob two); mediated: both mediation SAs up, 'up' on alice -> CHILD_SA installed; "
-           "direct: alice -> carol IKE_SA + CHILD_SA",
-           f"{time.strftime('%Y-%m-%d %H:%M')}  load average {load0[0]:.2f} before, {load1[0]:.2f} after",
-           *machine(args.commit),
-           f"runs per cell {args.runs}, per-run limit {args.limit:g} s; 'ok' = succeeded within {args.target:g} s",
+           "direct: alice -> carol IKE_SA + CHILD_SA; the drivers alternate run by run, each in a lab of its own",
+           f"runs per cell {rounds}, per-run limit {limit:g} s; 'ok' = succeeded within {args.target:g} s",
            "",
            f"{'case':<9} {'driver':<7} {'ok':>5} {'median':>9} {'min-max':>17} {'failed':>6} {'dropped':>8}"]
     out += [r.row(args.target) for r in results]
@@ -194,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     fails = [f"  {r.case} {r.driver} {f}" for r in results for f in r.failures]
     if fails:
         out += ["", "failures:", *fails[:50]]
-    out.append(f"total {time.monotonic() - started:.1f} s")
-    text = "\n".join(out)
-    print("\n" + text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    results_io.write_results(args.out, "loss_setup", header, figures(results, args.loss, args.target), "\n".join(out))
     return 0
 
 

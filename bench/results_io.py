@@ -107,13 +107,13 @@ def start_header(argv: Sequence[str] | None = None, script: str | None = None) -
             "load_before": [round(x, 2) for x in os.getloadavg()], "_t0": time.monotonic()}
 
 
-def finish_header(header: dict[str, Any], quick: bool, rounds: int) -> dict[str, Any]:
+def finish_header(header: dict[str, Any], quick: bool, rounds: int | None) -> dict[str, Any]:
     """Adds the load after, the duration, ``quick`` and ``rounds``."""
     h = dict(header)
     t0 = h.pop("_t0", None)
     h["load_after"] = [round(x, 2) for x in os.getloadavg()]
     h["seconds"] = round(time.monotonic() - t0, 1) if t0 is not None else None
-    h["quick"], h["rounds"] = bool(quick), int(rounds)
+    h["quick"], h["rounds"] = bool(quick), rounds
     return h
 
 
@@ -124,7 +124,7 @@ def header_lines(h: dict[str, Any]) -> list[str]:
             f"machine: {m['cpus']} x {m['model']}, Linux {m['kernel']}, Python {m['python']}",
             f"load average (1 min): {lb[0]} before, {la[0]} after (the machine is shared; a quiet machine gives "
             "steadier figures)",
-            f"rounds: {h.get('rounds')}{'  (--quick: a smoke run, not a measurement)' if h.get('quick') else ''}"
+            f"rounds: {h.get('rounds') or 'each script its own'}{'  (--quick: a smoke run, not a measurement)' if h.get('quick') else ''}"
             + (f"  duration: {h['seconds']} s" if h.get("seconds") is not None else ""),
             f"command: {h['command']}"]
 
