@@ -1,9 +1,13 @@
 """Suite-wide rules.
 
+What a test needs (root, strongSwan, lighttpd, ...) is declared with the ``needs`` marker of
+tests/guards.py and checked here before the test's fixtures are set up.
+
 With IKEME_REQUIRE_ALL=1 (set by scripts/test.sh, the README's test command, which installs every
 component first) a test may not skip because a component is missing or root is lacking: such a skip
-would hide a broken setup, so it fails instead. The only skips allowed there are the ones this machine
-cannot do at all (kernel ESP), listed in ALLOWED_SKIPS.
+would hide a broken setup, so it fails instead (tests/guards.py fails it directly; any other skip is
+turned into a failure below). The only skips allowed there are the ones this machine cannot do at all
+(kernel ESP), listed in ALLOWED_SKIPS.
 """
 
 from __future__ import annotations
@@ -14,14 +18,28 @@ from typing import Any
 
 import pytest
 
+from tests.guards import REQUIRE_ALL, require
+
 ALLOWED_SKIPS = ("kernel lacks INET_ESP",)
+pytest_plugins = ["pytester"]  # tests/test_guards.py runs the needs marker in an inner session
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs(*components, why=''): components the test needs "
+                                       "(tests/guards.py); missing ones skip it, or fail it under IKEME_REQUIRE_ALL=1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        require(*mark.args, why=mark.kwargs.get("why", ""))
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
-    if not report.skipped or os.environ.get("IKEME_REQUIRE_ALL") != "1":
+    if not report.skipped or os.environ.get(REQUIRE_ALL) != "1":
         return
     reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
     if any(a in reason for a in ALLOWED_SKIPS):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import socket
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from core_ike.codec.message import decode_message
 from core_ike.codec.payloads import KePayload, NoncePayload
 from core_ike.constants import ExchangeType
+from tests.guards import needs
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "ike_flood.py"
 
@@ -48,7 +48,7 @@ def test_flood_datagrams_are_ike_sa_init_requests_from_spoofed_sources() -> None
 
 
 @pytest.mark.netns
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+@needs("root", why="a spoofed flood in network namespaces")
 def test_short_flood_cookies_engage_and_legitimate_initiators_get_through() -> None:
     bench = _load()
     a = argparse.Namespace(pps=20000.0, duration=30.0, count=10**7, sources=4096, pool=4096, batch=64, attempts=3,

@@ -3,16 +3,17 @@ shape are asserted, no timing."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.guards import needs
+
 pytestmark = [
     pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+    needs("root", why="bench/loss_setup.py builds network namespaces"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]

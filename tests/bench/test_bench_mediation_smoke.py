@@ -4,8 +4,6 @@ with tiny counts. Only completion and positive numbers are asserted, no timing t
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +11,11 @@ from types import ModuleType
 
 import pytest
 
-from scenarios.lab.charon import CHARON
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+    needs("root", why="the benchmarks build network namespaces"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +31,7 @@ def _load(name: str) -> ModuleType:
 
 
 @pytest.mark.interop
-@pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
-                    reason="strongSwan charon/swanctl not installed")
+@needs("strongswan", why="the charon side of the comparison")
 def test_mediated_setup_smoke() -> None:
     bench = _load("mediated_setup")
     bench.cleanup_orphans()

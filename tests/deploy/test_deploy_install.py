@@ -11,8 +11,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 from unitfiles import COMMANDS, DEPLOY, UNITS, install
+
+from tests.guards import require
 
 CONFIGS = ("iked.toml", "mediation-server.toml", "mediation-client.toml", "medmgr-server.env",
            "medmgr-client.env")
@@ -91,8 +92,7 @@ def test_installed_commands_run_from_the_installed_venv(installed: Path) -> None
 
 
 def test_rerun_keeps_admin_files_then_uninstall() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: install.sh chowns files to the ikeme account and runs useradd")
+    require("root", why="install.sh chowns files to the ikeme account and runs useradd")
     root = Path(tempfile.mkdtemp(prefix="ikeme-reinstall-", dir="/var/tmp"))
     try:
         first = install(root, "--extras", "")

@@ -13,9 +13,7 @@ control ``list`` reply; a CHILD_SA rekey under ``ping -i 0.01 -c 300`` loses no 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,17 +21,16 @@ from typing import Any
 import pytest
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab, two_hosts
-from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.interop,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
-                       reason="strongSwan charon/swanctl not installed"),
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
 ]
 
 ALICE, NAT_PUB, CAROL = "10.1.0.2", "203.0.113.1", "203.0.113.10"

@@ -8,25 +8,22 @@ and a ping must cross the tunnel as ESP. Plus rekeying and deletes from each sid
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from scenarios.lab import Lab, cleanup_orphans, two_hosts
-from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.charon import Charon
 from scenarios.lab.creds import install_keypair, rsa_keypair
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.interop,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
-                       reason="strongSwan charon/swanctl not installed"),
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
 ]
 
 A, B = "192.0.2.1", "192.0.2.2"

@@ -3,22 +3,18 @@ floating to 4500), a CHILD_SA with IPv6 traffic selectors, and ESP-in-UDP over I
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 from scenarios.lab import cleanup_orphans, two_hosts
-from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.interop,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
-                       reason="strongSwan charon/swanctl not installed"),
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
 ]
 
 A, B, A_IN, B_IN = "2001:db8::1", "2001:db8::2", "2001:db8:a::1", "2001:db8:b::1"

@@ -3,22 +3,18 @@ growing delay) and comes up by itself once the peer (a real charon) starts."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 from scenarios.lab import cleanup_orphans, two_hosts
-from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.interop,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
-                       reason="strongSwan charon/swanctl not installed"),
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
 ]
 
 CHARON_CONF = """connections {

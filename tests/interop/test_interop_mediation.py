@@ -19,9 +19,7 @@ daemons are restarted per case and conntrack is flushed in between.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,19 +28,18 @@ from typing import Any
 import pytest
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab
-from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.mediation import LAN, P2P_PSK, client_toml, server_toml
 from scenarios.lab.medsetup import default_peers, medsrv_conf, peer_conf
 from scenarios.lab.netns import wait_for
 from scenarios.lab.topologies import CAROL
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.interop,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
-                       reason="strongSwan charon/swanctl not installed"),
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
 ]
 
 PUBLIC = {"alice": "203.0.113.1", "bob": "203.0.113.2"}

@@ -17,9 +17,7 @@ as it is, into a charon's swanctl directory (plus the peer's own private key):
 from __future__ import annotations
 
 import html
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,20 +27,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab, wait_for
-from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.charon import Charon
 from scenarios.lab.creds import RsaKeyPair, rsa_keypair
 from scenarios.lab.iked import Iked
 from scenarios.lab.mediation import LAN, server_toml_pubkey
 from scenarios.lab.portal import Browser, Page, PortalSite, stop_sites
 from scenarios.lab.topologies import CAROL
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.interop,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
-                       reason="strongSwan charon/swanctl not installed"),
-    pytest.mark.skipif(not os.path.exists("/usr/sbin/lighttpd"), reason="lighttpd not installed"),
+    needs("root", "strongswan", "lighttpd", why="charon and the portal in network namespaces"),
 ]
 
 PUBLIC = {"alice": "203.0.113.1", "bob": "203.0.113.2"}

@@ -8,7 +8,6 @@ CHILD_SA alice -> carol (iked on both). Each setup must succeed; the times are p
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -19,8 +18,9 @@ from scenarios.lab.direct import OurDirect
 from scenarios.lab.loss import add_loss, loss_counters
 from scenarios.lab.mediation import OurMediation
 from scenarios.lab.medsetup import forget_direct_mappings
+from tests.guards import needs
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+pytestmark = [pytest.mark.netns, needs("root", why="daemons behind lossy NATs in network namespaces")]
 
 LOSS = 30
 RUNS = 3

@@ -8,15 +8,14 @@ mapping like the kernel's XFRM_MSG_MAPPING). Ping through the tunnel resumes bot
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from scenarios.lab import cleanup_orphans, nat_lab, wait_for
 from scenarios.lab.iked import Iked
 from scenarios.lab.topologies import CAROL, NAT_RULESET
+from tests.guards import needs
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+pytestmark = [pytest.mark.netns, needs("root", why="daemons behind a NAT in network namespaces")]
 
 A_IN, C_IN = "10.1.0.2", "10.3.0.1"
 SECRET = """[[secrets.ike]]

@@ -9,7 +9,6 @@ reach the new server with their IKE_SA_INIT retransmissions.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -17,8 +16,9 @@ import pytest
 
 from scenarios.lab import cleanup_orphans, nat_lab, wait_for
 from scenarios.lab.mediation import LAN, OurMediation
+from tests.guards import needs
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+pytestmark = [pytest.mark.netns, needs("root", why="daemons behind NATs in network namespaces")]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and SIGTERM tells the peer and the mediation server at once (DELETE), not after 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,9 @@ import pytest
 
 from scenarios.lab import nat_lab, wait_for
 from scenarios.lab.mediation import LAN, OurMediation, client_toml
+from tests.guards import needs
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+pytestmark = [pytest.mark.netns, needs("root", why="daemons behind NATs in network namespaces")]
 
 IKECTL = str(Path(sys.executable).parent / "ikectl")
 

@@ -5,23 +5,20 @@ netlab.md §6. One topology per test case group (module-scoped), conntrack flush
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab, two_hosts
-from scenarios.lab.charon import CHARON, Charon
+from scenarios.lab.charon import Charon
 from scenarios.lab.creds import install_keypair, rsa_keypair
 from scenarios.lab.medsetup import LAN, CharonMediation
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.interop,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-    pytest.mark.skipif(not os.path.exists(CHARON) or not shutil.which("swanctl"),
-                       reason="strongSwan charon/swanctl not installed"),
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
 ]
 
 PSK_CONF = """connections {{

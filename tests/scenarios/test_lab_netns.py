@@ -14,8 +14,9 @@ from pyroute2 import netns
 from scenarios.lab import Lab, cleanup_orphans, nat_lab, read_pcap, wait_for
 from scenarios.lab.netns import read_text
 from scenarios.lab.pcap import classify_udp
+from tests.guards import needs
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+root_only = needs("root", why="network namespaces")
 
 ECHO = """
 import socket, sys

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.guards import needs
 
 RUN = Path(__file__).resolve().parents[2] / "scenarios" / "run"
 
@@ -23,8 +23,7 @@ def test_runner_lists_scenarios() -> None:
 
 @pytest.mark.netns
 @pytest.mark.interop
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
-@pytest.mark.skipif(not shutil.which("swanctl"), reason="strongSwan not installed")
+@needs("root", "strongswan", why="the charon scenarios in network namespaces")
 @pytest.mark.parametrize("name", CHARON_SCENARIOS)
 def test_runner_charon_scenario(name: str) -> None:
     res = subprocess.run([sys.executable, str(RUN), name], capture_output=True, text=True, timeout=120)

@@ -3,15 +3,15 @@ and re-establish their mediation SAs by themselves, and mediation works again.""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from scenarios.lab import cleanup_orphans, nat_lab
 from scenarios.lab.mediation import LAN, OurMediation
+from tests.guards import needs
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+pytestmark = [pytest.mark.netns, needs("root", why="daemons behind NATs in network namespaces")]
 
 FAST_DPD = """dpd_delay = "1s"
 [connections.medsrv.retransmit]

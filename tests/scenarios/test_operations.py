@@ -6,7 +6,6 @@ DELETE on SIGTERM, sd_notify readiness, `down` by name, `conns`, `stats`, `list`
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,8 +17,9 @@ import pytest
 
 from scenarios.lab import two_hosts, wait_for
 from scenarios.lab.iked import Iked
+from tests.guards import needs
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+pytestmark = [pytest.mark.netns, needs("root", why="daemons in network namespaces")]
 
 IKECTL = str(Path(sys.executable).parent / "ikectl")  # the console command setup installs
 

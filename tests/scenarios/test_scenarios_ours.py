@@ -9,8 +9,6 @@ earlier demo, our iked with a real charon). About 30 s together.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.guards import needs
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "scenarios" / "run"
 
-pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+pytestmark = [pytest.mark.netns, needs("root", why="scenarios in network namespaces")]
 
 OURS = ["medsrv-psk", "behind-same-nat", "symmetric-nat", "symmetric-nat-relay", "symmetric-nat-relay-both",
         "dual-stack"]
@@ -61,7 +60,7 @@ def test_scenario_ours(name: str) -> None:
         assert "PASS  the IPv6 HOST-HOST pair was selected" in res.stdout
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/lighttpd").exists(), reason="lighttpd not installed")
+@needs("lighttpd", why="the portals of medsrv-rsa")
 def test_scenario_medsrv_rsa() -> None:
     res, _ = run_scenario("medsrv-rsa")
     assert_passed("medsrv-rsa", res)
@@ -70,7 +69,7 @@ def test_scenario_medsrv_rsa() -> None:
 
 
 @pytest.mark.interop
-@pytest.mark.skipif(not shutil.which("swanctl"), reason="strongSwan not installed")
+@needs("strongswan", why="ike-charon runs a charon")
 def test_scenario_ike_charon() -> None:
     res, _ = run_scenario("ike-charon")
     assert_passed("ike-charon", res)
