@@ -9,9 +9,10 @@ with the input saved by libFuzzer (``crash-*``); hypothesis prints the failing e
 
     .venv/bin/pip install atheris                      # not in the test extras: only this bench needs it
     .venv/bin/python bench/fuzz_ike.py --target engine --seconds 600
-    .venv/bin/python bench/fuzz_ike.py --all --seconds 60 --out bench/results/fuzz_ike.txt
+    .venv/bin/python bench/fuzz_ike.py --seconds 60 --out bench/results/fuzz_ike.txt   # and fuzz_ike.json
+    .venv/bin/python bench/fuzz_ike.py --quick                                         # 3 s per target
 
-Each target runs in its own process (``--all``) and reports libFuzzer's final line (executions, coverage
+Each target runs in its own process and reports libFuzzer's final line (executions, coverage
 edges ``cov``, features ``ft``, corpus size) and the executions per second.
 """
 
@@ -29,9 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 _VENV_PY = ROOT / ".venv" / "bin" / "python"
 if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
     os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])
-for p in (ROOT, ROOT / "tests" / "unit" / "ike"):
+for p in (ROOT, ROOT / "tests" / "unit" / "ike", ROOT / "bench"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+
+import results_io  # noqa: E402
 
 TARGETS = ("raw", "decode", "walk", "engine")
 CORPUS = ROOT / "test-output" / "fuzz-corpus"
@@ -76,42 +79,60 @@ def run_one(target: str, seconds: int) -> None:
     atheris.Fuzz()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--target", choices=TARGETS, default="engine")
-    ap.add_argument("--all", action="store_true", help="every target, one after the other")
-    ap.add_argument("--seconds", type=int, default=300)
-    ap.add_argument("--out", default="-")
+    ap.add_argument("--target", choices=TARGETS, action="append", help="only these targets (default: every one)")
+    ap.add_argument("--all", action="store_true", help="every target (the default)")
+    ap.add_argument("--seconds", type=int, help="per target and round (default 60, 3 with --quick)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    results_io.add_args(ap, rounds=1)
+    a = ap.parse_args(argv)
+    seconds = a.seconds or (3 if a.quick else 60)
     if a.one:
-        run_one(a.one, a.seconds)
+        run_one(a.one, seconds)
         return 0
-    lines = [f"coverage-guided fuzzing (atheris over libFuzzer, core_ike instrumented), {a.seconds} s per target",
-             f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, HEAD "
-             + subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip(), ""]
-    failed = False
-    for target in (TARGETS if a.all else (a.target,)):
-        t0 = time.monotonic()
-        p = subprocess.run([sys.executable, __file__, "--one", target, "--seconds", str(a.seconds)],
-                           capture_output=True, text=True, cwd=ROOT)
-        secs = time.monotonic() - t0
-        out = p.stdout + p.stderr
-        done = [ln for ln in out.splitlines() if " DONE " in ln or "#" in ln and " cov: " in ln]
-        runs = re.search(r"stat::number_of_executed_units: (\d+)", out)
-        n = int(runs.group(1)) if runs else 0
-        status = "ok" if p.returncode == 0 else f"FAILED (exit {p.returncode})"
-        failed |= p.returncode != 0
-        lines.append(f"{target:7} {status}: {n} executions in {secs:.0f} s ({n / max(secs, 1e-9):.0f}/s); "
-                     + (done[-1].strip() if done else "no libFuzzer status line"))
-        if p.returncode != 0:
-            lines += ["  " + ln for ln in out.splitlines()[-40:]]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if a.out != "-":
-        Path(a.out).write_text(text)
-    return 1 if failed else 0
+    header = results_io.start_header(argv)
+    rounds = results_io.rounds_of(a)
+    targets = tuple(a.target) if a.target else TARGETS
+    lines = [f"coverage-guided fuzzing (atheris over libFuzzer, core_ike instrumented), {seconds} s per target "
+             f"and round, {rounds} round(s); the corpus in {CORPUS.relative_to(ROOT)} carries over", ""]
+    rate: dict[str, list[float]] = {t: [] for t in targets}
+    cov: dict[str, list[float]] = {t: [] for t in targets}
+    crashed: dict[str, int] = {t: 0 for t in targets}
+    for rnd in range(rounds):
+        for target in targets:
+            t0 = time.monotonic()
+            p = subprocess.run([sys.executable, __file__, "--one", target, "--seconds", str(seconds)],
+                               capture_output=True, text=True, cwd=ROOT)
+            secs = time.monotonic() - t0
+            out = p.stdout + p.stderr
+            done = [ln for ln in out.splitlines() if " DONE " in ln or "#" in ln and " cov: " in ln]
+            runs = re.search(r"stat::number_of_executed_units: (\d+)", out)
+            edges = re.findall(r" cov: (\d+)", out)
+            n = int(runs.group(1)) if runs else 0
+            status = "ok" if p.returncode == 0 else f"FAILED (exit {p.returncode})"
+            crashed[target] += p.returncode != 0
+            rate[target].append(n / max(secs, 1e-9))
+            if edges:
+                cov[target].append(float(edges[-1]))
+            lines.append(f"round {rnd + 1} {target:7} {status}: {n} executions in {secs:.0f} s "
+                         f"({n / max(secs, 1e-9):.0f}/s); " + (done[-1].strip() if done else "no libFuzzer status line"))
+            if p.returncode != 0:
+                lines += ["  " + ln for ln in out.splitlines()[-40:]]
+    header = results_io.finish_header(header, a.quick, rounds)
+    runs_total = rounds * len(targets)
+    figs = [results_io.figure("fuzz_crashes", f"coverage-guided fuzzing of the decoder, the pre-filter and "
+                              f"Engine.receive ({', '.join(targets)}; {seconds} s each): runs that crashed",
+                              results_io.count(sum(crashed.values()), runs_total, "runs"),
+                              differences=["strongSwan is not fuzzed here"])]
+    for t in targets:
+        figs.append(results_io.figure(f"fuzz_{t}_rate", f"fuzzing target {t}: executions per second",
+                                      results_io.sample(rate[t], "exec/s", 0), better="higher", readme=False))
+        if cov[t]:
+            figs.append(results_io.figure(f"fuzz_{t}_cov", f"fuzzing target {t}: coverage edges at the end",
+                                          results_io.sample(cov[t], "edges", 0), better="higher", readme=False))
+    results_io.write_results(a.out, "fuzz_ike", header, figs, "\n".join(lines))
+    return 1 if any(crashed.values()) else 0
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ NAT sends) and while every peer sends a DPD (empty INFORMATIONAL, answered by th
 ``--max-seconds`` caps the registration time of a stage; a capped stage is measured at what it reached and the
 report extrapolates to the target, labelled as such.
 
-    bench/registry_scale.py                                  # 10k and 100k peers
-    bench/registry_scale.py --peers 200 --measure 2          # smoke
-    bench/registry_scale.py --out bench/results/registry_scale.txt
+    bench/registry_scale.py                                  # 10k and 100k peers, 3 rounds
+    bench/registry_scale.py --quick                          # smoke: 200 peers, 1 round
+    bench/registry_scale.py --out bench/results/registry_scale.txt   # and registry_scale.json
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ _VENV_PY = ROOT / ".venv" / "bin" / "python"
 if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
     os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io  # noqa: E402
 
 SERVER = "127.0.0.1"
 PSK = "registry-scale-shared-secret-0123456789"
@@ -452,43 +455,96 @@ def report(args: argparse.Namespace, base: int, stages: list[Stage], load: tuple
     return "\n".join(out)
 
 
+def differences(args: argparse.Namespace) -> list[str]:
+    out = [f"server cookie_threshold raised to 1000000 (default 30): {args.procs} x {args.window} registrations "
+           "in flight would otherwise each take a COOKIE round trip",
+           f"{args.procs} load-generator process(es) share the {os.cpu_count()} cores with the server"]
+    if args.server_log_level != "info":
+        out.append(f"server log_level {args.server_log_level} (default info: a line per registration)")
+    if args.unique != "replace":
+        out.append(f"server connection unique = {args.unique} (default replace)")
+    return out
+
+
+def figures(args: argparse.Namespace, rounds: list[tuple[int, list[Stage]]]) -> list[dict[str, Any]]:
+    figs = []
+    top = max(args.peers)
+    for target in args.peers:
+        stages = [(base, st) for base, sts in rounds for st in sts if st.target == target and st.established]
+        if not stages:
+            continue
+        per = [(st.rss_kib - base) / st.established for base, st in stages]
+        capped = any(st.capped for _, st in stages)
+        what = f"{target} registered peers" + (" (registration capped: fewer reached)" if capped else "")
+        readme = target == top
+        figs.append(results_io.figure(f"registry_{target}_kib_per_peer",
+                                      f"mediation server memory per registered peer, {what}",
+                                      results_io.sample(per, "KiB", 2), readme=readme, differences=differences(args)))
+        figs.append(results_io.figure(f"registry_{target}_rss", f"mediation server RSS, {what}",
+                                      results_io.sample([st.rss_kib / 1024 for _, st in stages], "MiB", 1),
+                                      readme=False))
+        figs.append(results_io.figure(f"registry_{target}_reg_rate",
+                                      f"registrations per second into one mediation server, up to {what}",
+                                      results_io.sample([st.reg_rate for _, st in stages], "/s", 0),
+                                      better="higher", readme=readme, differences=differences(args)))
+        if args.keepalive > 0:
+            figs.append(results_io.figure(
+                f"registry_{target}_cpu_keepalive",
+                f"server CPU with a NAT keepalive per peer every {args.keepalive:g} s, {what}",
+                results_io.sample([st.cpu_keepalive for _, st in stages], "CPU s/s", 3), readme=False))
+        if args.dpd > 0:
+            figs.append(results_io.figure(
+                f"registry_{target}_cpu_dpd", f"server CPU with a DPD per peer every {args.dpd:g} s, {what}",
+                results_io.sample([st.cpu_dpd for _, st in stages], "CPU s/s", 3), readme=False))
+    return figs
+
+
 def inner_main(args: argparse.Namespace) -> int:
-    load0 = os.getloadavg()
-    args.started_at = time.strftime("%Y-%m-%d %H:%M")
-    started = time.monotonic()
+    header = results_io.start_header([a for a in sys.argv[1:] if a != "--in-netns"], script="bench/registry_scale.py")
+    n_rounds = results_io.rounds_of(args)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    bench = Bench(args)
-    try:
-        base, stages = bench.run()
-    finally:
-        bench.stop()
-    text = report(args, base, stages, (load0[0], os.getloadavg()[0]), time.monotonic() - started)
-    print("\n" + text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    return 0 if stages and all(s.established > 0 for s in stages) else 1
+    rounds: list[tuple[int, list[Stage]]] = []
+    texts = []
+    for i in range(n_rounds):
+        load0 = os.getloadavg()
+        args.started_at = time.strftime("%Y-%m-%d %H:%M")
+        started = time.monotonic()
+        bench = Bench(args)
+        try:
+            base, stages = bench.run()
+        finally:
+            bench.stop()
+        rounds.append((base, stages))
+        texts.append(f"round {i + 1}: " + report(args, base, stages, (load0[0], os.getloadavg()[0]),
+                                                  time.monotonic() - started))
+    header = results_io.finish_header(header, args.quick, n_rounds)
+    results_io.write_results(args.out, "registry_scale", header, figures(args, rounds), "\n\n".join(texts))
+    return 0 if rounds and all(st.established > 0 for _, sts in rounds for st in sts) else 1
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--peers", type=lambda s: sorted(int(x) for x in s.split(",")), default=[10000, 100000])
+    ap.add_argument("--peers", type=lambda s: sorted(int(x) for x in s.split(",")),
+                    help="registered-peer stages (default 10000,100000; 200 with --quick)")
     ap.add_argument("--procs", type=int, default=2, help="load-generator processes")
     ap.add_argument("--addrs", type=int, default=64, help="loopback source addresses per generator")
     ap.add_argument("--window", type=int, default=64, help="registrations in flight per generator")
-    ap.add_argument("--keepalive", type=float, default=20.0, help="NAT keepalive interval per peer (0: skip)")
-    ap.add_argument("--dpd", type=float, default=60.0, help="DPD interval per peer (0: skip)")
-    ap.add_argument("--measure", type=float, default=10.0, help="seconds per CPU window")
+    ap.add_argument("--keepalive", type=float, help="NAT keepalive interval per peer (0: skip; default 20, 2 --quick)")
+    ap.add_argument("--dpd", type=float, help="DPD interval per peer (0: skip; default 60, 2 with --quick)")
+    ap.add_argument("--measure", type=float, help="seconds per CPU window (default 10, 1 with --quick)")
     ap.add_argument("--max-seconds", type=float, default=900.0, help="registration time cap per stage")
     ap.add_argument("--server-log-level", default="warning")
-    ap.add_argument("--unique", default="no",
-                    help="the server connection's uniqueness policy; 'replace' scans every IKE_SA per "
-                         "registration in Engine.ike_established (O(n) each); the registry already keeps one "
-                         "mediation SA per identity, so 'no' loses nothing")
+    ap.add_argument("--unique", default="replace",
+                    help="the server connection's uniqueness policy (users' default: replace)")
     ap.add_argument("--profile", help="py-spy the server during the first registration stage (collapsed stacks)")
-    ap.add_argument("--out", help="also write the report here (e.g. bench/results/registry_scale.txt)")
     ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    results_io.add_args(ap, rounds=3)
+    a = ap.parse_args(argv)
+    a.peers = a.peers or ([200] if a.quick else [10000, 100000])
+    for k, full, quick in (("keepalive", 20.0, 2.0), ("dpd", 60.0, 2.0), ("measure", 10.0, 1.0)):
+        if getattr(a, k) is None:
+            setattr(a, k, quick if a.quick else full)
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,8 +555,6 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         argv2 = list(sys.argv[1:] if argv is None else argv)
-        if args.out:  # resolve before entering the netns (same filesystem, but be explicit)
-            argv2 = [*argv2, "--out", str(Path(args.out).resolve())]
         return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--in-netns", *argv2]).returncode
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
