@@ -212,6 +212,11 @@ class Charon:
                 for _ in s.terminate(req):
                     pass
 
+    def terminate_all(self) -> None:
+        """Terminate every IKE_SA (wait for :meth:`list_sas` to be empty)."""
+        for sa in self.list_sas():
+            self.terminate(ike=sa["name"])
+
     def list_sas(self, ike: str | None = None) -> list[dict[str, Any]]:
         """IKE_SAs as dicts of str values; each gets its connection name under ``"name"``."""
         req = {"ike": ike} if ike else {}

@@ -84,17 +84,27 @@ class Iked:
         return sas
 
     def wait_sas(self, pred: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
-        out: list[list[dict[str, Any]]] = []
-
-        def check() -> bool:
+        """Poll ``list`` until ``pred(sas)`` holds; returns those SAs."""
+        def check() -> tuple[list[dict[str, Any]]] | None:
             sas = self.list_sas()
-            if pred(sas):
-                out.append(sas)
-                return True
-            return False
+            return (sas,) if pred(sas) else None  # a tuple: an empty list may be the awaited state
 
-        wait_for(check, timeout, interval=0.02, what=f"{self.name} SA state")
-        return out[0]
+        return wait_for(check, timeout, interval=0.02, what=f"{self.name} SA state")[0]
+
+    def down_all(self) -> None:
+        """``down`` every IKE_SA (the daemon DELETEs them; wait for :meth:`list_sas` to be empty)."""
+        for sa in self.list_sas():
+            self.ctl({"cmd": "down", "ike": sa["uniqueid"]})
+
+    def wait_peers(self, identities: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The mediation server's ``status`` peers, once every one of ``identities`` is registered."""
+        want = set(identities)
+
+        def check() -> tuple[list[dict[str, Any]]] | None:
+            peers: list[dict[str, Any]] = self.status()["peers"]
+            return (peers,) if want <= {p["identity"] for p in peers} else None
+
+        return wait_for(check, timeout, interval=0.02, what=f"{sorted(want)} registered at {self.name}")[0]
 
     def log_text(self) -> str:
         try:

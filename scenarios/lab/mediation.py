@@ -96,22 +96,10 @@ class OurMediation:
         self.clients[me] = c
         return c
 
-    def wait_registered(self, *peers: str, timeout: float = 10.0) -> list[dict]:  # type: ignore[type-arg]
+    def wait_registered(self, *peers: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The server's peers once ``<peer>@med`` of every one of ``peers`` is registered."""
         assert self.server is not None
-        from scenarios.lab.netns import wait_for
-
-        want = {f"{p}@med" for p in peers}
-        found: list[list[dict]] = []  # type: ignore[type-arg]
-
-        def ok() -> bool:
-            st = self.server.status()["peers"]  # type: ignore[union-attr]
-            if want <= {p["identity"] for p in st}:
-                found.append(st)
-                return True
-            return False
-
-        wait_for(ok, timeout, interval=0.02, what=f"{sorted(want)} registered at the mediation server")
-        return found[0]
+        return self.server.wait_peers({f"{p}@med" for p in peers}, timeout)
 
     def stop(self) -> None:
         for c in self.clients.values():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from scenarios.lab.charon import Charon, CharonError
-from scenarios.lab.netns import Lab
+from scenarios.lab.netns import Lab, wait_for
 from scenarios.lab.topologies import CAROL
 
 LAN = {"alice": "10.1.0.2", "bob": "10.2.0.2", "venus": "10.1.0.3"}
@@ -186,11 +186,13 @@ class CharonMediation:
         for c in (self.alice, self.bob):
             c.terminate(ike="p2p", timeout=timeout)
         for c in (self.alice, self.bob):
-            deadline = time.monotonic() + timeout
-            while any(sa["name"] == "p2p" for sa in c.list_sas()):
-                if time.monotonic() > deadline:
-                    raise CharonError(f"p2p SA on {c.host} not gone\n{c.log_tail()}")
-                time.sleep(0.01)
+            def gone(c: Charon = c) -> bool:
+                return not any(sa["name"] == "p2p" for sa in c.list_sas())
+
+            try:
+                wait_for(gone, timeout, what=f"p2p SA on {c.host} gone")
+            except TimeoutError as e:
+                raise CharonError(f"{e}\n{c.log_tail()}") from None
         forget_direct_mappings(self.lab)
 
     def stop(self) -> None:

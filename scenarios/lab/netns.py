@@ -21,6 +21,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -37,6 +39,8 @@ log = logging.getLogger("lab")
 T = TypeVar("T")
 _seq = itertools.count()
 _ORPHAN_RE = re.compile(r"^lb(\d+)x\d+_")
+_ARPHRD_ETHER = 1
+_MARK_ETHERTYPE = 0x88B5  # IEEE 802 local experimental: never IP, so read_pcap passes over the marker
 
 
 class LabError(RuntimeError):
@@ -278,18 +282,24 @@ class Lab:
     def capture(self, host: str, iface: str, bpf_filter: str = "", name: str | None = None,
                 timeout: float = 5.0, ike_ports: Iterable[int] = (500,),
                 natt_ports: Iterable[int] = (4500,)) -> Iterator[Capture]:
-        """``tcpdump -w`` on ``host``:``iface`` for the duration of the block.
+        """``tcpdump -w`` on ``host``:``iface`` (an Ethernet interface) for the duration of the block.
 
-        Waits until tcpdump listens before entering the block; on exit stops it and parses the file:
-        ``cap.packets`` (list of :class:`~scenarios.lab.pcap.Packet`), ``cap.flows()``. UDP on
-        ``ike_ports`` is IKE; on ``natt_ports`` it is told apart as IKE / ESP-in-UDP / keepalive.
+        Waits until tcpdump listens before entering the block. On exit it sends a marker frame out of
+        the interface and waits until tcpdump has written it: every packet that crossed the interface
+        during the block is then in the file (tcpdump drops what it has not read yet at SIGINT). Then
+        stops tcpdump and parses the file: ``cap.packets`` (list of :class:`~scenarios.lab.pcap.Packet`,
+        the marker is not one), ``cap.flows()``. UDP on ``ike_ports`` is IKE; on ``natt_ports`` it is
+        told apart as IKE / ESP-in-UDP / keepalive.
         """
+        links = self.nl(host).get_links(ifname=iface)
+        if not links or links[0]["ifi_type"] != _ARPHRD_ETHER:
+            raise LabError(f"capture on {host}:{iface}: not an Ethernet interface")
         stem = name or f"{host}-{iface}-{next(_seq)}"
         path = self.dir / f"{stem}.pcap"
         logf = self.dir / f"{stem}.tcpdump.log"
         argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-i", iface, "-w", str(path)]
         if bpf_filter:
-            argv.append(bpf_filter)
+            argv.append(f"({bpf_filter}) or ether proto {_MARK_ETHERTYPE:#06x}")
         proc = self.popen(host, argv, logf)
         cap = Capture(path, ike_ports=frozenset(ike_ports), natt_ports=frozenset(natt_ports))
         try:
@@ -298,10 +308,30 @@ class Lab:
             if proc.poll() is not None:
                 raise LabError(f"tcpdump on {host}:{iface} failed: {read_text(logf)}")
             yield cap
+            mark = self._send_mark(host, iface)
+            try:
+                wait_for(lambda: mark in _read_bytes(path), timeout, what=f"the marker in {path.name}")
+            except TimeoutError as e:
+                raise LabError(f"tcpdump on {host}:{iface}: {e}\n{read_text(logf)}") from None
         finally:
-            _settle(path)
             self.stop(proc, sig=signal.SIGINT)
             cap.load()
+
+    def _send_mark(self, host: str, iface: str) -> bytes:
+        """Send one frame with a fresh 16-octet tag out of ``host``:``iface``; returns the tag.
+
+        Addressed to the interface's own MAC address, so the peer (or the bridge) drops it; packet
+        sockets see it after every frame that crossed the interface before."""
+        tag = os.urandom(16)
+        netns.pushns(self.ns(host))
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+                s.bind((iface, 0))
+                mac = s.getsockname()[4]
+                s.send(mac + mac + struct.pack("!H", _MARK_ETHERTYPE) + tag + bytes(30))  # 60: Ethernet minimum
+        finally:
+            netns.popns()
+        return tag
 
     # -- NAT ----------------------------------------------------------------------------------------
 
@@ -346,17 +376,8 @@ def read_text(path: Path) -> str:
         return ""
 
 
-def _settle(path: Path, quiet: float = 0.04, limit: float = 0.5) -> None:
-    """Let tcpdump write what is still in flight: wait until the capture file stops growing for
-    `quiet` seconds (at most `limit`), so the last packets of a ping are not lost at SIGINT."""
-    deadline = time.monotonic() + limit
-    last = -1
-    while time.monotonic() < deadline:
-        try:
-            size = path.stat().st_size
-        except OSError:
-            size = 0
-        if size == last:
-            return
-        last = size
-        time.sleep(quiet)
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
