@@ -46,6 +46,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SCHEMA = 1
+# bench/run_all's order (and README.md's rows): the comparisons first, the long floods and scans last
+ORDER = ["mediated_setup", "ike_setup_rate", "charon_initiator", "esp_throughput_iperf", "esp_throughput",
+         "loss_setup", "registry_scale", "fragment_flood", "ike_flood", "fuzz_ike"]
 
 
 # ====================================================================== command line
@@ -95,6 +98,18 @@ def commit() -> str:
     return out or "?"
 
 
+def strongswan_version() -> str | None:
+    """The installed strongSwan's version (``swanctl --version`` prints it before it looks for a daemon)."""
+    import re
+
+    try:
+        p = subprocess.run(["swanctl", "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"strongSwan (\S+)", p.stdout + p.stderr)
+    return m.group(1) if m else None
+
+
 def start_header(argv: Sequence[str] | None = None, script: str | None = None) -> dict[str, Any]:
     """The header at the start of a run: date, machine, load before, commit, command."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -104,6 +119,7 @@ def start_header(argv: Sequence[str] | None = None, script: str | None = None) -
             "command": " ".join([name, *(shlex.quote(a) for a in args)]),
             "machine": {"cpus": os.cpu_count(), "model": _cpu_model(), "kernel": platform.release(),
                         "python": platform.python_version()},
+            "strongswan": strongswan_version(),
             "load_before": [round(x, 2) for x in os.getloadavg()], "_t0": time.monotonic()}
 
 
@@ -120,7 +136,8 @@ def finish_header(header: dict[str, Any], quick: bool, rounds: int | None) -> di
 def header_lines(h: dict[str, Any]) -> list[str]:
     m = h["machine"]
     lb, la = h["load_before"], h.get("load_after") or ["?"]
-    return [f"date: {h['date']}  commit: {h['commit']}",
+    return [f"date: {h['date']}  commit: {h['commit']}"
+            + (f"  strongSwan {h['strongswan']}" if h.get("strongswan") else ""),
             f"machine: {m['cpus']} x {m['model']}, Linux {m['kernel']}, Python {m['python']}",
             f"load average (1 min): {lb[0]} before, {la[0]} after (the machine is shared; a quiet machine gives "
             "steadier figures)",

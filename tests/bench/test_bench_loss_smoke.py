@@ -1,33 +1,24 @@
-"""Smoke test: bench/loss_setup.py runs end to end (ours, one run per case). Completion and the report's
-shape are asserted, no timing."""
+"""Smoke test: bench/loss_setup.py --quick runs end to end (ours, one run per case) and writes the shared
+results shape; the README generator turns it into rows. Completion and shape are asserted, no timing."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_run import figures, readme_rows, run_quick
 
-from tests.guards import needs
-
-pytestmark = [
-    pytest.mark.netns,
-    needs("root", why="bench/loss_setup.py builds network namespaces"),
-]
-
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.netns, pytest.mark.needs("root", "iproute2")]
 
 
-def test_loss_setup_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "loss_setup.txt"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "loss_setup.py"), "--runs", "1", "--drivers", "ours",
-                        "--limit", "50", "--out", str(out)], capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    text = out.read_text()
-    assert "machine:" in text and "commit:" in text
-    rows = {tuple(line.split()[:2]): line.split() for line in text.splitlines()
-            if line.startswith(("mediated ", "direct "))}
-    assert set(rows) == {("mediated", "ours"), ("direct", "ours")}, text
-    for row in rows.values():
-        assert row[2] in ("0/1", "1/1"), row  # ok within the target (a data point, not asserted)
+def test_loss_setup_quick(tmp_path: Path) -> None:
+    doc = run_quick("loss_setup", tmp_path, "--drivers", "ours")
+    figs = figures(doc)
+    assert {"loss_mediated_within", "loss_direct_within"} <= set(figs)
+    for case in ("mediated", "direct"):
+        within = figs[f"loss_{case}_within"]
+        assert within["ours"]["of"] == 1 and within["ours"]["count"] in (0, 1)  # a data point, not asserted
+        assert within["charon"] is None and within["ratio"] is None
+    assert any("ME_WAIT_TO_FINISH" in d for d in figs["loss_mediated_within"]["differences"])
+    rows = readme_rows(tmp_path)
+    assert any("smoke run" in r and "loss_setup.txt" in r for r in rows)

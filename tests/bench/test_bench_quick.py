@@ -1,0 +1,31 @@
+"""Smoke runs of the in-process benches (fragment flood, fuzzing) with --quick: the shared results shape,
+the figures the README takes, and the README generator over them (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from bench_run import figures, readme_rows, run_quick
+
+
+def test_fragment_flood_quick(tmp_path: Path) -> None:
+    doc = run_quick("fragment_flood", tmp_path)
+    figs = figures(doc)
+    assert figs["fragment_flood_mids_rss"]["readme"] and figs["fragment_flood_sas_peak"]["readme"]
+    held = figs["fragment_flood_mids_held"]["ours"]
+    assert held["n"] == 1 and held["median"] < 62  # one incomplete set at most (the expected Message ID)
+    assert figs["fragment_flood_sas_peak"]["ours"]["median"] <= 64 * 1024  # frag_max_total
+    assert len(readme_rows(tmp_path)) == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
+                    reason="atheris (the test extra) is not installed: pip install -e .[test]")
+def test_fuzz_ike_quick(tmp_path: Path) -> None:
+    doc = run_quick("fuzz_ike", tmp_path, "--seconds", "2", timeout=120)
+    figs = figures(doc)
+    crashes = figs["fuzz_crashes"]["ours"]
+    assert crashes == {"count": 0, "of": 4, "unit": "runs"}
+    assert all(figs[f"fuzz_{t}_rate"]["ours"]["median"] > 0 for t in ("raw", "decode", "walk", "engine"))
+    assert len(readme_rows(tmp_path)) == 1
