@@ -1,10 +1,9 @@
-"""Smoke test: bench/mediated_setup.py (ours and charon) and bench/registry_scale.py still run end to end
-with tiny counts. Only completion and positive numbers are asserted, no timing thresholds."""
+"""Smoke test: bench/mediated_setup.py (ours and charon) still runs end to end with tiny counts. Only
+completion and positive numbers are asserted, no timing thresholds."""
 
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -42,17 +41,3 @@ def test_mediated_setup_smoke() -> None:
     lines = bench.comparison(results)
     assert len(lines) == 2 and "0ms" in lines[1], lines
 
-
-def test_registry_scale_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "registry_scale.txt"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "registry_scale.py"), "--peers", "200",
-                        "--measure", "1", "--keepalive", "2", "--dpd", "2", "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    rows = [line.split() for line in out.read_text().splitlines() if line.strip().startswith("200 ")]
-    assert rows, out.read_text()
-    peers, failed, reg_rate, rss_mib, kib_per_peer = rows[0][:5]
-    assert int(peers) == 200 and int(failed) == 0
-    assert float(reg_rate) > 0 and float(rss_mib) > 0 and float(kib_per_peer) > 0
-    ka_rate, dpd_rate = float(rows[0][6]), float(rows[0][8])
-    assert ka_rate > 0 and dpd_rate > 0, rows[0]
