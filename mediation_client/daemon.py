@@ -47,6 +47,7 @@ from core_ike.me import events as mev
 from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
 
+from .hostaddr import REFRESH, HostAddresses
 from .status import DbStatus, load_db_connections
 
 log = logging.getLogger("mediation_client")
@@ -88,11 +89,11 @@ class ClientDaemon(Daemon):
         if client.get("database"):
             self.db = load_db_connections(str(client["database"]), cfg)
         super().__init__(cfg)
-        self.mediation = MediationClient(self.engine, client_config(client))
-        # import and warm the host-address gathering now, not in the middle of the first ME_CONNECT
-        from core_ike.me.endpoints import gather_host_endpoints
-
-        gather_host_endpoints(0)
+        # [ME] §3.3.1: HOST endpoints only on addresses our sockets are bound to, never on our TUN device;
+        # the snapshot is read at start and every REFRESH s, never while an ME_CONNECT is being built
+        self.hosts = HostAddresses(lambda: [a for a, _ in self.transport.sockets], (cfg.settings.tun,))
+        self.mediation = MediationClient(self.engine, dataclasses.replace(client_config(client),
+                                                                          host_addresses=self.hosts))
         self.reconnect_base = duration(client.get("reconnect", 5))
         self._backoff: dict[str, float] = {}
         self._immediate: dict[str, float] = {}  # mediation connection -> last immediate re-establishment
@@ -103,10 +104,16 @@ class ClientDaemon(Daemon):
 
     # ------------------------------------------------------------------ startup and reconnects
     def autostart(self, now: float) -> None:
+        self._refresh_hosts()
         if self.db is not None:
             self.db.reset()
         for c in sorted(self.cfg.connections, key=lambda c: 0 if c.mediation else 1):
             self.start_connection(c, now)
+
+    def _refresh_hosts(self) -> None:
+        self.hosts.refresh()
+        if not self.stopping:
+            asyncio.get_running_loop().call_later(REFRESH, self._refresh_hosts)
 
     def start_connection(self, cfg: IkeConfig, now: float, force: bool = False) -> None:
         """The mediation connection always; mediated ones through the mediation client."""

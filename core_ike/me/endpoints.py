@@ -1,13 +1,13 @@
-"""ME endpoints: values, priorities, the ME_ENDPOINT notify data codec and host gathering.
+"""ME endpoints: values, priorities, the ME_ENDPOINT notify data codec and the choice of host candidates.
 
 [ME] = draft-brunner-ikev2-mediation-00; wire layout as strongSwan's `endpoint_notify.c` (see
-reference ike-me-protocol.md §2.3, §2.4, §4.2, §6.1).
+docs/protocol.md §2.3, §2.4, §4.2, §6.1).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from ..constants import ME_TYPE_PREFERENCE, MeEndpointFamily, MeEndpointType, NotifyType
@@ -17,7 +17,7 @@ Addr = tuple[str, int]
 """A transport address: (textual IP address, UDP port)."""
 
 MAX_IP_PREF = 65535
-# Our optional extension (reference §11 #1-#2: strongSwan's MS relays no data): a peer announces it
+# Our optional extension (docs/protocol.md §11.1: strongSwan's MS relays no data): a peer announces it
 # accepts RELAYED endpoints by this Vendor ID in the mediation connection's IKE_SA_INIT; a server able to
 # relay echoes it. charon never sends it, so nothing changes on the wire with strongSwan peers/servers.
 RELAY_VENDOR_ID = b"ikeme relay 1"
@@ -49,7 +49,7 @@ def normalize_addr(addr: Addr) -> Addr:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An ME endpoint. `base` is local state only, never sent ([ME] §3.3; reference §1 "Base").
+    """An ME endpoint. `base` is local state only, never sent ([ME] §3.3; docs/protocol.md §1 "base").
 
     `address` is None for the address-less form (family NONE): srflx requests and check requests.
     """
@@ -99,13 +99,13 @@ def addressless_endpoint(ep_type: MeEndpointType, priority: int | None = None) -
     return Endpoint(ep_type, MeEndpointFamily.NONE, None, 0, prio)
 
 
-# --- ME_ENDPOINT notify data ([ME] §4.4.1, reference §2.3) ----------------------------------------
+# --- ME_ENDPOINT notify data ([ME] §4.4.1, docs/protocol.md §2.3) ------------------------------------
 
 def encode_endpoint(ep: Endpoint) -> bytes:
     """Priority(4) | Family(1) | Type(1) | Port(2) | Address(0/4/16), big-endian."""
     head = ep.priority.to_bytes(4, "big") + bytes([int(ep.family), int(ep.type)])
     if ep.family == MeEndpointFamily.NONE or ep.address is None:
-        # reference §2.3: port 0 when there is no address
+        # docs/protocol.md §2.3: port 0 when there is no address
         return head[:4] + bytes([int(MeEndpointFamily.NONE), int(ep.type)]) + b"\x00\x00"
     return head + ep.port.to_bytes(2, "big") + ipaddress.ip_address(ep.address).packed
 
@@ -117,7 +117,7 @@ def _syntax(msg: str) -> ProtocolError:
 def decode_endpoint(data: bytes) -> Endpoint:
     """Parse ME_ENDPOINT data; anything strongSwan would refuse -> ProtocolError(INVALID_SYNTAX).
 
-    Reference §4.2: length 8/12/24 only, family >= 3 invalid, type 0 or >= 5 invalid; the length must
+    docs/protocol.md §4.2: length 8/12/24 only, family >= 3 invalid, type 0 or >= 5 invalid; the length must
     also match the family (8 = no address, 12 = IPv4, 24 = IPv6, §2.3).
     """
     if len(data) not in (8, 12, 24):
@@ -134,7 +134,7 @@ def decode_endpoint(data: bytes) -> Endpoint:
     if _LEN_BY_FAMILY[family] != len(data):
         raise _syntax(f"ME_ENDPOINT family {family.name} with {len(data)} octets")
     if family == MeEndpointFamily.NONE:
-        # reference §2.3: for family 0 the port is not interpreted
+        # docs/protocol.md §2.3: for family 0 the port is not interpreted
         return Endpoint(ep_type, family, None, 0, priority)
     port = int.from_bytes(data[6:8], "big")
     raw = data[8:]
@@ -192,7 +192,7 @@ def is_usable_host_address(address: str) -> bool:
     return not (ip.version == 6 and ip.is_link_local)
 
 
-# RFC 8421 / RFC 6724 spirit (reference §11 #3): a global IPv6 HOST ranks above an IPv4 HOST, so the v6
+# RFC 8421 / RFC 6724 spirit (docs/protocol.md §11.2): a global IPv6 HOST ranks above an IPv4 HOST, so the v6
 # host pair is checked first and selected as soon as it works (no wait for an equal-priority v4 pair).
 # strongSwan gives every HOST 65535; the peers' pair priorities stay identical (both use the advertised
 # values), so only the order among HOST pairs changes.
@@ -200,9 +200,9 @@ HOST_IP_PREF = {MeEndpointFamily.IPV6: MAX_IP_PREF, MeEndpointFamily.IPV4: MAX_I
 
 
 def host_endpoints(addresses: Iterable[str], port: int, ip_pref: int | None = None) -> list[Endpoint]:
-    """Pure part of gathering: one HOST endpoint per usable address, all on the IKE socket's port.
+    """One HOST endpoint per usable address (see `host_candidates`), all on the IKE socket's port.
 
-    [ME] §3.3.1 / reference §6.1: every regular local address, with the port of the mediation SA's
+    [ME] §3.3.1, docs/protocol.md §6.1: every regular local address, with the port of the mediation SA's
     local endpoint (normally 4500). `ip_pref` None: `HOST_IP_PREF` by family (IPv6 preferred).
     """
     out = []
@@ -215,11 +215,62 @@ def host_endpoints(addresses: Iterable[str], port: int, ip_pref: int | None = No
     return remove_redundant(out)
 
 
-def gather_host_endpoints(port: int, *, use_ipv4: bool = True, use_ipv6: bool = True) -> list[Endpoint]:
-    """Host endpoints of this machine (OS call through aioice; loopback is skipped)."""
-    from aioice.ice import get_host_addresses  # the field's helper (design principle 10)
+@dataclass(frozen=True)
+class HostAddress:
+    """One address configured on this host, as the adapter read it from the OS (the core never asks).
 
-    return host_endpoints(get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6), port)
+    `loopback`: the interface is a loopback one (IFF_LOOPBACK), e.g. tunnel-inner /32s put on `lo`;
+    `usable`: the interface is up and the address can be a source (not tentative or failed DAD, RFC 4862 5.4).
+    """
+
+    address: str
+    interface: str = ""
+    loopback: bool = False
+    usable: bool = True
+
+
+WILDCARDS = {"0.0.0.0": 4, "::": 6}
+
+
+def host_candidates(found: Iterable[HostAddress], bound: Collection[str], *,
+                    exclude_interfaces: Collection[str] = (), exclude_addresses: Collection[str] = ()) -> list[str]:
+    """[ME] §3.3.1: which local addresses become HOST endpoints: those the client can send checks and
+    the mediated IKE_SA from. A pair on any other address costs a pacing interval ([ME] §5.1) and a
+    check that can never leave.
+
+    - `bound`: the addresses our IKE sockets are bound to; a wildcard ("0.0.0.0", "::") stands for
+      every address of its family. An address without a socket cannot be a check's source.
+    - loopback interfaces, interfaces that are down and addresses that cannot be a source are skipped,
+      as are `is_usable_host_address` rejects (strongSwan skips loopback and down interfaces too);
+    - `exclude_interfaces` / `exclude_addresses`: what we installed ourselves (our TUN device, virtual
+      IPs): traffic to them runs inside the tunnel being set up, never beside it (strongSwan skips
+      virtual IPs the same way).
+
+    Returns canonical addresses, deduplicated, in the order found.
+    """
+    bound_set = {normalize_address(a.split("%", 1)[0]) for a in bound if _is_ip(a.split("%", 1)[0])}
+    families = {WILDCARDS[a] for a in bound_set if a in WILDCARDS}
+    excluded = {normalize_address(a) for a in exclude_addresses if _is_ip(a)}
+    out: list[str] = []
+    for h in found:
+        raw = h.address.split("%", 1)[0]
+        if h.loopback or not h.usable or h.interface in exclude_interfaces or not is_usable_host_address(raw):
+            continue
+        addr = normalize_address(raw)
+        if addr in excluded or addr in out:
+            continue
+        if addr not in bound_set and ipaddress.ip_address(addr).version not in families:
+            continue
+        out.append(addr)
+    return out
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def srflx_endpoint(address: str, port: int, base: Addr, ip_pref: int = MAX_IP_PREF) -> Endpoint:

@@ -8,10 +8,12 @@ from core_ike.constants import MeEndpointFamily, MeEndpointType, NotifyType
 from core_ike.errors import ProtocolError
 from core_ike.me.endpoints import (
     Endpoint,
+    HostAddress,
     addressless_endpoint,
     decode_endpoint,
     encode_endpoint,
     endpoint_priority,
+    host_candidates,
     host_endpoints,
     limit_endpoints,
     make_endpoint,
@@ -120,8 +122,36 @@ def test_host_endpoints_pure_part() -> None:
     assert all(e.priority == 0x00FFFFFF for e in host_endpoints(["10.1.0.2", "2001:db8::2"], 4500, ip_pref=65535))
 
 
-def test_gather_host_endpoints_uses_ike_port() -> None:
-    from core_ike.me.endpoints import gather_host_endpoints
+# an address list as a host with a tunnel /32 on lo, a container bridge, a VPN device and our own TUN has it
+FOUND = [
+    HostAddress("127.0.0.1", "lo", loopback=True), HostAddress("10.10.1.1", "lo", loopback=True),
+    HostAddress("10.1.0.2", "eth0"), HostAddress("2001:db8::2", "eth0"), HostAddress("fe80::1%eth0", "eth0"),
+    HostAddress("172.17.0.1", "docker0"), HostAddress("10.8.0.6", "tun0"), HostAddress("10.99.0.1", "ipsec0"),
+    HostAddress("192.0.2.9", "eth1", usable=False), HostAddress("2001:db8::3", "eth0", usable=False),
+]
 
-    eps = gather_host_endpoints(4500)
-    assert all(e.port == 4500 and e.address not in ("127.0.0.1", "::1") for e in eps)
+
+def test_host_candidates_only_where_a_socket_is_bound() -> None:
+    # the daemon's sockets on 10.1.0.2 only (listen = ["10.1.0.2"]): nothing else can be a check's source
+    assert host_candidates(FOUND, ["10.1.0.2"]) == ["10.1.0.2"]
+    # sockets on every address the host had at start (the default listen): still no loopback-interface
+    # address (the /32 on lo), no down interface, no tentative IPv6 address, not our TUN device
+    everything = [h.address.split("%")[0] for h in FOUND]
+    assert host_candidates(FOUND, everything, exclude_interfaces=["ipsec0"]) == [
+        "10.1.0.2", "2001:db8::2", "172.17.0.1", "10.8.0.6"]
+    # a virtual IP we installed is excluded by address, wherever it sits
+    assert host_candidates(FOUND, everything, exclude_interfaces=["ipsec0"], exclude_addresses=["10.8.0.6"]) == [
+        "10.1.0.2", "2001:db8::2", "172.17.0.1"]
+
+
+def test_host_candidates_wildcard_bind_covers_its_family_only() -> None:
+    assert host_candidates(FOUND, ["0.0.0.0"], exclude_interfaces=["ipsec0"]) == ["10.1.0.2", "172.17.0.1", "10.8.0.6"]
+    assert host_candidates(FOUND, ["::"]) == ["2001:db8::2"]
+    assert host_candidates(FOUND, []) == []
+
+
+def test_host_candidates_canonical_and_deduplicated() -> None:
+    found = [HostAddress("2001:DB8:0:0::2", "eth0"), HostAddress("2001:db8::2", "eth1"), HostAddress("bogus", "x")]
+    assert host_candidates(found, ["2001:db8::2", "not an address"]) == ["2001:db8::2"]
+    eps = host_endpoints(host_candidates(FOUND, ["10.1.0.2"]), 4500)
+    assert [(e.address, e.port, e.type) for e in eps] == [("10.1.0.2", 4500, MeEndpointType.HOST)]

@@ -1,0 +1,75 @@
+"""The OS side of host-candidate gathering ([ME] §3.3.1): which addresses this host has.
+
+The sans-IO core decides which of them to offer (`core_ike.me.endpoints.host_candidates`); this module
+reads them from the kernel (rtnetlink through pyroute2, which the data plane already uses) and keeps a
+snapshot, so that building an ME_CONNECT never waits for the OS: the snapshot is taken when the daemon
+starts and refreshed every `REFRESH` seconds by the daemon's loop. Addresses that appear later have
+no IKE socket anyway (the transport binds at start), so a snapshot as old as that loses nothing the
+filter would keep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+from core_ike.me.endpoints import HostAddress, host_candidates
+
+log = logging.getLogger("mediation_client")
+
+REFRESH = 10.0  # seconds between two reads of the host's addresses
+IFF_UP = 0x1  # linux/if.h
+IFF_LOOPBACK = 0x8
+# linux/if_addr.h: an address that cannot be a source (yet): DAD running or failed (RFC 4862 5.4)
+IFA_F_TENTATIVE = 0x40
+IFA_F_DADFAILED = 0x08
+
+
+def read_host_addresses() -> list[HostAddress]:
+    """Every address of every interface, with what the filter needs to know about it."""
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
+    with IPRoute() as ipr:
+        links = {int(link["index"]): link for link in ipr.get_links()}
+        addrs = list(ipr.get_addr())
+    return [h for h in (_host_address(a, links) for a in addrs) if h is not None]
+
+
+def _host_address(msg: Any, links: dict[int, Any]) -> HostAddress | None:
+    ip = msg.get_attr("IFA_ADDRESS")
+    if not ip:
+        return None
+    link = links.get(int(msg["index"]))
+    flags = int(link["flags"]) if link is not None else 0
+    name = str(link.get_attr("IFLA_IFNAME") or "") if link is not None else ""
+    aflags = int(msg.get_attr("IFA_FLAGS") or msg["flags"] or 0)
+    usable = bool(flags & IFF_UP) and not aflags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
+    return HostAddress(str(ip), name, loopback=bool(flags & IFF_LOOPBACK), usable=usable)
+
+
+class HostAddresses:
+    """A snapshot of the host's addresses and the filter over it, as `MediationClientConfig.host_addresses`.
+
+    `bound()` gives the addresses our IKE sockets are bound to (read at each call: the transport may
+    rebind); `exclude_interfaces` names our own TUN device.
+    """
+
+    def __init__(self, bound: Callable[[], Collection[str]], exclude_interfaces: Collection[str] = (),
+                 exclude_addresses: Callable[[], Collection[str]] = tuple,
+                 read: Callable[[], list[HostAddress]] = read_host_addresses) -> None:
+        self.bound = bound
+        self.exclude_interfaces = tuple(exclude_interfaces)
+        self.exclude_addresses = exclude_addresses
+        self.read = read
+        self.snapshot: list[HostAddress] = []
+
+    def refresh(self) -> None:
+        try:
+            self.snapshot = self.read()
+        except Exception as e:  # noqa: BLE001 - keep the last snapshot; the srflx endpoint still works
+            log.warning("cannot read the host's addresses (%s); keeping %d known", e, len(self.snapshot))
+
+    def __call__(self) -> list[str]:
+        return host_candidates(self.snapshot, self.bound(), exclude_interfaces=self.exclude_interfaces,
+                               exclude_addresses=self.exclude_addresses())

@@ -1,0 +1,48 @@
+"""The mediation client's host addresses ([ME] §3.3.1): read from the kernel by the adapter, filtered by
+the core's pure `host_candidates` against the sockets the daemon has bound."""
+
+from __future__ import annotations
+
+from core_ike.me.endpoints import HostAddress
+from mediation_client.hostaddr import HostAddresses, read_host_addresses
+
+
+def test_reads_the_kernel_addresses_with_their_interface_facts() -> None:
+    found = read_host_addresses()  # rtnetlink dump: no privileges needed
+    lo = [h for h in found if h.address == "127.0.0.1"]
+    assert lo and lo[0].loopback and lo[0].interface == "lo"
+    assert all(h.address and isinstance(h.usable, bool) for h in found)
+
+
+def test_snapshot_filtered_by_the_bound_sockets() -> None:
+    reads: list[int] = []
+    host = [HostAddress("10.1.0.2", "eth0"), HostAddress("10.10.1.1", "lo", loopback=True),
+            HostAddress("10.99.0.1", "ipsec0"), HostAddress("192.0.2.7", "eth1")]
+
+    def read() -> list[HostAddress]:
+        reads.append(1)
+        return host
+
+    bound = ["10.1.0.2", "10.10.1.1", "10.99.0.1"]
+    hosts = HostAddresses(lambda: bound, ("ipsec0",), read=read)
+    assert hosts() == []  # nothing read yet: no host endpoint, never a blocking OS call here
+    hosts.refresh()
+    assert hosts() == ["10.1.0.2"] and len(reads) == 1
+    assert hosts() == ["10.1.0.2"] and len(reads) == 1  # calls read the snapshot, not the OS
+    bound.append("192.0.2.7")  # the transport bound one more address
+    assert hosts() == ["10.1.0.2", "192.0.2.7"]
+
+
+def test_a_failed_read_keeps_the_last_snapshot() -> None:
+    answers: list[list[HostAddress] | Exception] = [[HostAddress("10.1.0.2", "eth0")], OSError("netlink")]
+
+    def read() -> list[HostAddress]:
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    hosts = HostAddresses(lambda: ["0.0.0.0"], read=read)
+    hosts.refresh()
+    hosts.refresh()
+    assert hosts() == ["10.1.0.2"]
