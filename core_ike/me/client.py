@@ -1,16 +1,16 @@
 """The peer (client) role of the mediation extension: `MediationClient`, an engine Extension.
 
-[ME] = draft-brunner-ikev2-mediation-00; reference = ike-me-protocol.md. What it does:
+[ME] = draft-brunner-ikev2-mediation-00; § numbers are docs/protocol.md sections. What it does:
 - mediation connections (config.mediation): N(ME_MEDIATION) in IKE_SA_INIT (§3.2), the engine floats
   to 4500 (§3.3), srflx discovery in IKE_AUTH (§3.4);
 - `connect(name, now)` for a mediated connection (config.mediated_by / mediation_peer): brings the
-  mediation SA up if needed, sends ME_CONNECT (§4.1), creates the check list *when sending* (netlab.md
-  §11 race), waits for a callback when the peer is offline (§5), runs the checks (§7) and starts the
+  mediation SA up if needed, sends ME_CONNECT (§4.1), creates the check list *when sending* (the
+  relayed answer may come first, §4.4), waits for a callback when the peer is offline (§5), runs the checks (§7) and starts the
   mediated IKE_SA on the selected pair with N(ME_CONNECTID) (§9);
 - as target: answers relayed ME_CONNECTs, sends its own ME_CONNECT + ME_RESPONSE, checks, and stops
   on the mediated IKE_SA_INIT (§8).
 Every connect() ends in MediatedEstablished or MediationFailed within bounded, configurable times
-(weakness #8 of reference §11).
+(§11.4).
 """
 
 from __future__ import annotations
@@ -70,14 +70,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("core_ike.me")
 Addr = tuple[str, int]
 SRFLX_KEY = "me_srflx"  # sa.extension_data of a mediation SA (shared with its rekeyed successors)
-NON_ESP = b"\x00\x00\x00\x00"  # RFC 3948 2.2: checks always carry the marker (reference §7.1)
+NON_ESP = b"\x00\x00\x00\x00"  # RFC 3948 2.2: checks always carry the marker (docs/protocol.md §7.1)
 _AUTH_WORDS = ("AUTHENTICATION_FAILED", "authentication", "verification", "signature", "identity",
                "no shared key", "no private key", "trusted public key")
 
 
 @dataclass
 class MediationClientConfig:
-    """Everything a test or operator tunes (design principle 7)."""
+    """Everything a test or operator tunes (CONTRIBUTING.md principle 7)."""
 
     checks: CheckListConfig = field(default_factory=CheckListConfig)
     server_timeout: float = 30.0  # mediation SA must be up within this -> "mediation server unreachable"
@@ -91,7 +91,9 @@ class MediationClientConfig:
     ike_timeout: float = 0.0
     srflx_always: bool = True  # request the srflx even without NAT here (strongSwan: only with NAT)
     relay: bool = True  # announce RELAY_VENDOR_ID: accept RELAYED endpoints from our server (extension)
-    host_addresses: Callable[[], Iterable[str]] | None = None  # None: aioice gathering (§6.1)
+    # [ME] §3.3.1: the local addresses to offer as HOST endpoints, read by the adapter (the core never asks
+    # the OS; mediation_client/hostaddr.py); None: none, only the server-reflexive endpoint
+    host_addresses: Callable[[], Iterable[str]] | None = None
 
 
 @dataclass
@@ -185,7 +187,7 @@ class MediationClient(Extension):
         for sess in self.sessions.values():
             if not sess.initiator and sess.peer == att.peer and sess.mediation == med.name \
                     and self.checks.get(sess.connect_id) is not None:
-                # reference §11 #15: the peer is already mediating with us; join its attempt
+                # the peer is already mediating with us; join its attempt (docs/protocol.md §11.9)
                 self._yield(att, sess.connect_id, now, "already the target of its")
                 return att
         sa = self.mediation_sa(med.name)
@@ -248,7 +250,7 @@ class MediationClient(Extension):
                 return [ConnectIdResponder(n.data, self._mediated_request)]
         elif exchange == ExchangeType.IKE_AUTH and initiator:
             if sa.extension_data.get(ROLE_KEY) == "peer":
-                send = self.config.srflx_always or sa.nat_here  # reference §3.4 INTEROP
+                send = self.config.srflx_always or sa.nat_here  # docs/protocol.md §3.4: strongSwan asks only with a NAT here
                 return [SrflxRequest(send, self._mediation_up, self.outbox)]
             if sa.unique_id in self._mediated:
                 return [FailureWatch(ExchangeType.IKE_AUTH, self._mediated_failed)]
@@ -313,7 +315,7 @@ class MediationClient(Extension):
     def _mediation_up(self, sa: IkeSa, srflx: Endpoint | None, now: float) -> None:
         """IKE_AUTH done (inside the task manager of `sa`): store the srflx, send waiting ME_CONNECTs."""
         if srflx is not None and srflx.address is not None:
-            # reference §3.4: base = the local address used toward the MS
+            # docs/protocol.md §3.4: base = the local address used toward the MS
             sa.extension_data[SRFLX_KEY] = srflx_endpoint(srflx.address, srflx.port, base=sa.local)
             log.info("server reflexive endpoint of '%s': %s[%d]", sa.name, srflx.address, srflx.port)
         ep = sa.extension_data.get(SRFLX_KEY)
@@ -324,14 +326,9 @@ class MediationClient(Extension):
                 self._send_connect(sa, att, now)
 
     def gather(self, sa: IkeSa) -> list[Endpoint]:
-        """Reference §6.1: HOST endpoints on the mediation SA's local port, plus the srflx."""
+        """docs/protocol.md §6.1: HOST endpoints on the mediation SA's local port, plus the srflx."""
         port = sa.local[1]
-        if self.config.host_addresses is not None:
-            eps = host_endpoints(self.config.host_addresses(), port)
-        else:
-            from .endpoints import gather_host_endpoints
-
-            eps = gather_host_endpoints(port)
+        eps = host_endpoints(self.config.host_addresses() if self.config.host_addresses is not None else (), port)
         srflx = sa.extension_data.get(SRFLX_KEY)
         if isinstance(srflx, Endpoint):
             eps.append(srflx)
@@ -350,9 +347,9 @@ class MediationClient(Extension):
                 del self._unsent[att.name]
             if self.config.connect_timeout > 0:
                 att.deadline = t + self.config.connect_timeout
-            cid, key = new_connect_id(), new_connect_key()  # reference §4.1 step 1
+            cid, key = new_connect_id(), new_connect_key()  # docs/protocol.md §4.1 step 1
             eps = self.gather(s)
-            # created when *sending* (netlab.md §11): the relayed answer may come before our response
+            # created when *sending*: the relayed answer may come before our response (docs/protocol.md §4.4)
             self.checks.create_initiator(cid, key, eps, t)
             self.sessions[cid] = Session(cid, True, att.peer, att.name, key, eps)
             att.connect_id, att.tried = cid, ()
@@ -372,7 +369,7 @@ class MediationClient(Extension):
                 log.info("peer '%s' reported offline, but its ME_CALLBACK came meanwhile: asking again", att.peer)
                 self._send_connect(s, att, t)
             elif result.error == NotifyType.ME_CONNECT_FAILED:
-                # reference §4.1 step 3: offline (or refused); we asked for a callback
+                # docs/protocol.md §4.1 step 3: offline (or refused); we asked for a callback
                 until = t + self.config.callback_timeout
                 att.set_state(AttemptState.CALLBACK, until)
                 log.info("peer '%s' is not online, waiting up to %.0f s for a callback", att.peer,
@@ -412,7 +409,7 @@ class MediationClient(Extension):
             self._pump(now)
 
     def _callback(self, sa: IkeSa, peer: Identity, now: float) -> None:
-        """Reference §5: re-run mediation for every connection waiting for `peer`."""
+        """docs/protocol.md §5: re-run mediation for every connection waiting for `peer`."""
         names = []
         for att in list(self.attempts.values()):
             if att.peer != peer or att.mediation != sa.config.name:
@@ -427,7 +424,7 @@ class MediationClient(Extension):
 
     def _relayed_request(self, sa: IkeSa, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity,
                          now: float) -> list[Payload]:
-        """We are the target (reference §4.1 step 5): responder list, empty answer, own ME_CONNECT.
+        """We are the target (docs/protocol.md §4.1 step 5): responder list, empty answer, own ME_CONNECT.
         With our own attempt to `peer` in progress, the tie-break (tiebreak.py) keeps one of the two."""
         rival = next((a for a in self.attempts.values() if a.active and a.state is not AttemptState.YIELDED and a.peer == peer
                       and a.mediation == sa.config.name), None)
@@ -462,7 +459,7 @@ class MediationClient(Extension):
         def done(s: IkeSa, result: ConnectResult, t: float) -> None:
             if self.checks.get(cid) is None:
                 return
-            if not result.ok:  # reference §4.1 step 6 (draft): the initiator has left
+            if not result.ok:  # docs/protocol.md §4.1 step 6 (draft): the initiator has left
                 self._end_target(cid, "the mediation server refused our answer", t)
                 return
             cl = self.checks.set_responder_data(cid, sess.key, sess.endpoints, t)  # checks start at t
@@ -480,7 +477,7 @@ class MediationClient(Extension):
         return []
 
     def _relayed_answer(self, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity, now: float) -> None:
-        """The target's ME_RESPONSE (reference §4.1 step 8): build pairs, start checking."""
+        """The target's ME_RESPONSE (docs/protocol.md §4.1 step 8): build pairs, start checking."""
         sess = self.sessions.get(cid)
         att = self.attempts.get(sess.name) if sess is not None and sess.initiator else None
         cl = self.checks.get(cid)
@@ -497,13 +494,13 @@ class MediationClient(Extension):
                                            tuple(str(p) for p in cl.tried())))
 
     def _yield(self, att: Attempt, cid: bytes, now: float, why: str) -> None:
-        """Reference §11 #15: the peer's attempt `cid` wins; ours ends without MediationFailed and
+        """The tie-break (docs/protocol.md §11.9): the peer's attempt `cid` wins; ours ends without MediationFailed and
         follows `cid` as its target; the peer's mediated IKE_SA completes it (on_established)."""
         unsent = self._unsent.pop(att.name, None)
         if unsent is not None:
             self.outbox.cancel(unsent[0], unsent[1], now)
         own = att.connect_id.hex() if att.connect_id is not None and unsent is None else "(none)"
-        self._end_session(att)  # our check list and session (reference §8: nothing was nominated)
+        self._end_session(att)  # our check list and session (nothing was nominated, docs/protocol.md §8)
         att.connect_id, att.tried, att.pair = cid, (), None
         ike = self.config.ike_timeout or self.engine.config(att.name).retransmit.give_up_after(True)
         att.set_state(AttemptState.YIELDED, now + self.config.checks.responder_timeout + ike)
@@ -511,7 +508,7 @@ class MediationClient(Extension):
                  "IKE_SA", att.name, att.peer, why, cid.hex(), own)
 
     def _forwarded_failure(self, msg: Message, now: float) -> list[Payload]:
-        """Draft §4 / reference §4.1: the target failed; the MS forwards ME_CONNECT_FAILED."""
+        """[ME] §4, docs/protocol.md §4.5: the target failed; the MS forwards ME_CONNECT_FAILED."""
         n = msg.notify(NotifyType.ME_CONNECTID)
         sess = self.sessions.get(n.data) if n is not None else None
         if sess is None:
@@ -526,7 +523,7 @@ class MediationClient(Extension):
 
     # ================================================================== mediated IKE_SA
     def _initiate(self, att: Attempt, selected: PairInfo, now: float) -> None:
-        """Reference §9.1 step 4: IKE_SA_INIT from the pair's local base to its remote."""
+        """docs/protocol.md §9.2: IKE_SA_INIT from the pair's local base to its remote."""
         assert att.connect_id is not None
         att.pair = selected
         att.set_state(AttemptState.INITIATING, self._ike_deadline(now))
@@ -550,14 +547,14 @@ class MediationClient(Extension):
         sa.extension_data.setdefault(FAIL_KEY, reason)
 
     def _mediated_request(self, sa: IkeSa, cid: bytes, now: float) -> None:
-        """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (reference §8)."""
+        """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
         sess = self.sessions.pop(cid, None)
         if self.checks.stop(cid, now):
             log.info("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
         if sess is not None:
             self._target_sas[sa.unique_id] = str(sess.peer)
         for att in self.attempts.values():
-            if att.state is AttemptState.YIELDED and att.connect_id == cid:  # reference §11 #15: our connect() waits
+            if att.state is AttemptState.YIELDED and att.connect_id == cid:  # docs/protocol.md §11.9: our connect() waits
                 att.sa_id, att.deadline = sa.unique_id, self._ike_deadline(now)
                 self._mediated[sa.unique_id] = att.name
         self._pump(now)
