@@ -89,6 +89,7 @@ class DaemonSettings:
     init_rate_ip: float = 50.0  # while COOKIEs are demanded: IKE_SA_INIT requests per second from one address
     receive_buffer: int = 4 * 1024 * 1024  # socket receive buffer of each IKE socket (docs/operations.md)
     metrics: str | None = None  # ADDRESS:PORT for Prometheus metrics (docs/operations.md); off when unset
+    workers: int = 1  # iked's processes sharing the IKE ports (docs/operations.md, "Workers"); 0 = "auto"
 
 
 @dataclass
@@ -397,7 +398,17 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "init_rate_ip": _number,
     "receive_buffer": _int,
     "metrics": lambda w, k, v: _metrics(w, k, v),
+    "workers": lambda w, k, v: _workers(w, k, v),
 }
+
+
+def _workers(where: str, key: str, v: Any) -> int:
+    """A number of processes (1-64: the first octet of an SPI names the worker), or "auto" (0: one per CPU)."""
+    if v == "auto":
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64:
+        raise LocalError(f"{where} {key}: expected an integer 1-64 or \"auto\", got {show(v)}")
+    return v
 
 
 def _metrics(where: str, key: str, v: Any) -> str:

@@ -14,6 +14,7 @@ from ..version import add_version_argument
 from .config import LOG_LEVELS, DaemonConfig, check_host, load, log_target
 from .runtime import Daemon
 from .startup import EXIT_STATUS, STARTUP_FAILED, OneLineArgumentParser, log_handler, one_line, report_failure
+from .workers import check_workers, resolve_workers, run_supervisor
 
 log = logging.getLogger("core_ike.daemon")
 
@@ -27,11 +28,13 @@ def setup_logging(level: str, target: str = "stderr", prog: str = "iked") -> Non
 
 
 def run_main(prog: str, description: str, argv: list[str] | None,
-             build: Callable[[DaemonConfig, dict[str, Any]], Daemon]) -> int:
+             build: Callable[[DaemonConfig, dict[str, Any]], Daemon], multi_worker: bool = False) -> int:
     """Shared entry point of iked and the mediation daemons: `-c config.toml [--log-level L]`.
 
     `build(cfg, raw_toml)` makes the daemon. Every start-up failure (command line, configuration, host,
     database, binding the sockets) ends with exit status 2 and one line on stderr, no traceback.
+    With `multi_worker` (iked), `[daemon] workers` > 1 runs the workers' supervisor instead
+    (core_ike/daemon/workers.py); the other daemons refuse it.
     """
     ap = OneLineArgumentParser(prog=prog, description=description, epilog=EXIT_STATUS)
     ap.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML configuration file")
@@ -40,8 +43,12 @@ def run_main(prog: str, description: str, argv: list[str] | None,
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
+        workers = resolve_workers(cfg.settings.workers)
+        check_workers(prog, workers, cfg.settings.dataplane, multi_worker)
         check_host(cfg)
         setup_logging(args.log_level or cfg.settings.log_level, log_target(cfg.settings), prog)
+        if workers > 1:
+            return run_supervisor(prog, args.config, cfg, workers, args.log_level)
         daemon = build(cfg, cfg.raw)
     except (LocalError, OSError, ValueError, TypeError) as e:  # ValueError, TypeError: int("x"), float([1])
         report_failure(prog, one_line(e))
@@ -62,7 +69,8 @@ def run_main(prog: str, description: str, argv: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main("iked", "IKEv2 daemon (strongSwan compatible)", argv, lambda cfg, raw: Daemon(cfg))
+    return run_main("iked", "IKEv2 daemon (strongSwan compatible)", argv, lambda cfg, raw: Daemon(cfg),
+                    multi_worker=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LocalError
 from ..ike import events as ev
@@ -20,6 +20,9 @@ from .config import DaemonConfig, load
 from .control import ControlServer, EngineControl
 from .glue import DataPlaneGlue, engine_child_deleter
 from .lifecycle import diff_configs, monotonic_usec, sd_notify
+
+if TYPE_CHECKING:
+    from .workers import WorkerSpec
 
 log = logging.getLogger("core_ike.daemon")
 
@@ -54,27 +57,34 @@ def tune_gc() -> None:
 class Daemon:
     """iked's runtime; the mediation daemons reuse it with their engine extensions and commands."""
 
-    def __init__(self, cfg: DaemonConfig, extensions: list[Any] | None = None) -> None:
+    def __init__(self, cfg: DaemonConfig, extensions: list[Any] | None = None,
+                 worker: WorkerSpec | None = None) -> None:
         self.cfg = cfg
         st = cfg.settings
+        self.worker = worker  # one of several processes (core_ike/daemon/workers.py)
+        self.initiates = worker is None or worker.index == 0  # only one worker starts connections
         self.engine = Engine(cfg.connections, cfg.creds,
                              EngineConfig(ike_port=st.port, natt_port=st.natt_port,
                                           cookie_threshold=st.cookie_threshold,
                                           cookie_threshold_ip=st.cookie_threshold_ip, force_cookies=st.force_cookies,
                                           half_open_timeout=st.half_open_timeout, max_half_open=st.max_half_open,
                                           frag_max_per_sa=st.frag_max_per_sa, frag_max_total=st.frag_max_total,
-                                          init_rate_ip=st.init_rate_ip),
+                                          init_rate_ip=st.init_rate_ip,
+                                          spi_tag=worker.index if worker else None,
+                                          unique_id_stride=worker.count if worker else 1,
+                                          cookie_seed=worker.cookie_seed if worker else None),
                              route_source=route_source)
         self.engine.extensions.extend(extensions or [])
         self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
         self._tries: dict[str, int] = {}  # keying tries so far per connection
         addrs = st.listen or local_addresses()
         self.transport = UdpTransport(self.engine, addrs, [st.port, st.natt_port], on_event=self.on_event,
-                                      receive_buffer=st.receive_buffer)
+                                      receive_buffer=st.receive_buffer,
+                                      groups=worker.sockets() if worker else None)
         self.dp: Any = None
         self.glue: DataPlaneGlue | None = None
         self.control = EngineControl(self.engine, self.transport.flush, self.usage)
-        self.server = ControlServer(st.control, self.control.handle)
+        self.server = ControlServer(worker.control_path(st.control) if worker else st.control, self.control.handle)
         self.control.extra.update({"reload": self._reload_cmd, "stats": self._stats_cmd,
                                    "loglevel": self._loglevel_cmd})
         self.stopped = asyncio.Event()
@@ -155,6 +165,8 @@ class Daemon:
 
     def autostart(self, now: float) -> None:
         """Bring up every CHILD_SA with start_action = start (swanctl semantics)."""
+        if not self.initiates:
+            return
         for c in self.cfg.connections:
             self.start_connection(c, now)
 
@@ -206,7 +218,7 @@ class Daemon:
         self.engine.creds = new.creds
         self.cfg = DaemonConfig(self.cfg.settings, merged, new.creds)
         by_name = {c.name: c for c in merged}
-        for n in self._start_order([*diff.added, *diff.changed]):
+        for n in self._start_order([*diff.added, *diff.changed]) if self.initiates else []:
             self.start_connection(by_name[n], now, force=n in reinit)
         self.transport.flush()
         log.info("reloaded configuration: %s%s", diff.summary(),
@@ -299,14 +311,11 @@ class Daemon:
                 loop.add_reader(self.dp.fileno(), self._read_kernel_events)
             elif hasattr(self.dp, "wakeup"):  # userspace: it calls us when it queued an event
                 self.dp.wakeup = lambda: loop.call_soon(self._dataplane_events)
-            from ..io.userspace import grow_rcvbuf
-
-            for addr in self.transport.addresses:  # ESP-in-UDP arrives on the NAT-T sockets
-                if (s := self.transport.socket_for((addr, self.cfg.settings.natt_port))) is not None:
-                    grow_rcvbuf(s)
+            if hasattr(self.dp, "attach_transport"):  # userspace: it reads ESP-in-UDP on the NAT-T sockets
+                self.dp.attach_transport(self.transport, self.cfg.settings.natt_port)
             self.transport.esp_sink = self.dp
         await self.server.start()
-        if self.cfg.settings.metrics:
+        if self.cfg.settings.metrics and self.worker is None:  # the workers' supervisor serves them
             from .metrics import MetricsServer  # prometheus_client only when asked for
 
             self.metrics = MetricsServer(self.cfg.settings.metrics, self.stats)

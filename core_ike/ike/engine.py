@@ -7,6 +7,7 @@ Model: aioquic's QuicConnection. The adapter calls `receive(data, local, remote,
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import hmac
 import ipaddress
@@ -112,6 +113,14 @@ class EngineConfig:
     invalid_spi_rate: float = 20.0  # INVALID_IKE_SPI answers per second at most (RFC 7296 2.21.4)
     init_rate_ip: float = 50.0  # while COOKIEs are demanded: IKE_SA_INIT requests per second per source (0: any)
     pools: dict[str, list[str]] = field(default_factory=dict)
+    # a worker of several (docs/operations.md, "Workers"): the first octet of every SPI we choose (IKE
+    # and ESP), by which the kernel steers an IKE_SA's datagrams to this worker (like strongSwan's
+    # charon.spi_label); unique IDs count from spi_tag + 1 in steps of unique_id_stride
+    spi_tag: int | None = None
+    unique_id_stride: int = 1
+    # the cookie secret's seed shared by the workers: the secret of period v is derived from it, so any
+    # worker verifies another's COOKIE, and all rotate together (RFC 7296 2.6); None: a random secret
+    cookie_seed: bytes | None = None
 
 
 class Engine:
@@ -137,15 +146,15 @@ class Engine:
         self._events: deque[Any] = deque()
         self._timers: list[tuple[float, int, IkeSa]] = []
         self._seq = itertools.count()
-        self._ike_ids = itertools.count(1)
-        self._child_ids = itertools.count(1)
+        self._ike_ids = itertools.count(1 + (self.cfg.spi_tag or 0), self.cfg.unique_id_stride)
+        self._child_ids = itertools.count(1 + (self.cfg.spi_tag or 0), self.cfg.unique_id_stride)
         self._reqids = itertools.count(1)
         self._spis: set[int] = set()
         self.spi_allocator: Callable[[], int] | None = None
         self._cookie_secret = os.urandom(32)
         self._cookie_version = 0
         self._old_cookie_secret: bytes | None = None  # the previous secret stays valid for one period
-        self._cookie_rotated = 0.0
+        self._cookie_rotated = 0.0 if self.cfg.cookie_seed is None else float("-inf")  # seeded: at first use
         self._half_open = 0
         # what `ikectl stats` and the metrics show: drops by reason, cookies, refusals
         self.counters: Counter[str] = Counter()
@@ -255,7 +264,7 @@ class Engine:
             local = (self._source_for(cfg, remote[0]), port)
         sa = IkeSa(self, cfg, True, next(self._ike_ids), local, remote, self.now)
         while sa.spi_i in self.sas:
-            sa.spi_i = os.urandom(8)
+            sa.spi_i = self.new_spi()
         self._add(sa)
         return sa
 
@@ -322,11 +331,18 @@ class Engine:
     def emit(self, event: object) -> None:
         self._events.append(event)
 
+    def new_spi(self) -> bytes:
+        """An IKE SPI of ours (RFC 7296 3.1), its first octet the worker's `spi_tag` when set."""
+        spi = os.urandom(8)
+        return spi if self.cfg.spi_tag is None else bytes((self.cfg.spi_tag,)) + spi[1:]
+
     def alloc_spi(self) -> int:
         if self.spi_allocator is not None:
             return self.spi_allocator()
         while True:
             spi = int.from_bytes(os.urandom(4), "big")
+            if self.cfg.spi_tag is not None:
+                spi = self.cfg.spi_tag << 24 | spi & 0xFFFFFF
             if spi >= 256 and spi not in self._spis:  # RFC 4303 2.1: 1..255 reserved
                 self._spis.add(spi)
                 return spi
@@ -633,7 +649,7 @@ class Engine:
             return
         sa = IkeSa(self, cfgs[0], False, next(self._ike_ids), local, remote, now, spi_i=msg.spi_i)
         while sa.spi_r in self.sas:
-            sa.spi_r = os.urandom(8)
+            sa.spi_r = self.new_spi()
         log.info("%s[%d] is initiating an IKE_SA", remote[0], remote[1])
         self._add(sa)
         self.init_index[key] = sa
@@ -671,6 +687,8 @@ class Engine:
     def _cookie_valid(self, cookie: bytes, ni: bytes, ip: str, spi_i: bytes) -> bool:
         if not cookie:
             return False
+        if self.cfg.cookie_seed is not None and self.now - self._cookie_rotated >= self.cfg.cookie_secret_lifetime:
+            self.rotate_cookie_secret()  # another worker may have started the period already
         # RFC 7296 2.6: the version octet says which secret made the cookie (current or previous one)
         if cookie[0] == self._cookie_version & 0xFF:
             secret: bytes | None = self._cookie_secret
@@ -751,6 +769,14 @@ class Engine:
 
     def rotate_cookie_secret(self) -> None:
         """RFC 7296 2.6: change the secret regularly; cookies of the previous one stay valid meanwhile."""
+        seed = self.cfg.cookie_seed
+        if seed is not None:  # periods of the shared clock: every worker has the same secrets at once
+            period = int(self.now // self.cfg.cookie_secret_lifetime)
+            self._cookie_version = period
+            self._cookie_secret = hashlib.sha256(seed + period.to_bytes(8, "big", signed=True)).digest()
+            self._old_cookie_secret = hashlib.sha256(seed + (period - 1).to_bytes(8, "big", signed=True)).digest()
+            self._cookie_rotated = period * self.cfg.cookie_secret_lifetime
+            return
         self._old_cookie_secret = self._cookie_secret
         self._cookie_version += 1
         self._cookie_secret = os.urandom(32)

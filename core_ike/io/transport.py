@@ -39,40 +39,144 @@ class _SockFprog(ctypes.Structure):  # struct sock_fprog (linux/filter.h)
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def steering_program(natt: bool) -> list[tuple[int, int, int, int]]:
-    """Classic BPF for the port's SO_REUSEPORT group (the UDP payload at offset 0): which of our three
-    sockets a datagram is queued to. 1: an IKE_SA_INIT request for a new IKE_SA (zero SPIr) whose first
-    payload is a notify (a COOKIE, RFC 7296 2.6); 2: one without; 0: everything else (IKE_AUTH, the
-    IKE_SAs we have, ESP and keepalives on the NAT-T port). A flood of new IKE_SA_INITs then overflows
-    only its own queue, never the one of the IKE_SAs being set up or in use (docs/operations.md, "Floods")."""
+QUEUES = 3  # sockets per worker and port: everything else, new IKE_SA_INITs with a leading notify, without
+
+# classic BPF opcodes (linux/filter.h)
+_LD_LEN, _LDB, _LDW, _LD_MEM, _ST = 0x80, 0x30, 0x20, 0x60, 0x02
+_JA, _JEQ, _JGE, _JSET = 0x05, 0x15, 0x35, 0x45
+_MOD, _MUL, _ADD = 0x94, 0x24, 0x04  # BPF_ALU with a constant operand
+_RET_K, _RET_A = 0x06, 0x16
+
+
+def steering_program(natt: bool, workers: int = 1) -> list[tuple[int, int, int, int]]:
+    """Classic BPF for the port's SO_REUSEPORT group (the UDP payload at offset 0): the index of the
+    socket a datagram is queued to, `QUEUES * worker + queue`.
+
+    The queue: 1 for an IKE_SA_INIT request for a new IKE_SA (zero SPIr) whose first payload is a notify
+    (a COOKIE, RFC 7296 2.6), 2 for one without, 0 for everything else (IKE_AUTH, the IKE_SAs we have, ESP
+    and keepalives on the NAT-T port): a flood of new IKE_SA_INITs overflows only its own queues, never
+    the one of the IKE_SAs being set up or in use (docs/operations.md, "Floods").
+
+    The worker: every IKE_SA belongs to the worker whose index is the first octet of the SPI it chose
+    for itself (`spi_tag`, as strongSwan's charon.spi_label does for clusters): our SPI is SPIr in
+    messages from the original initiator (flag I set, RFC 7296 3.1), SPIi in the others. A new
+    IKE_SA_INIT request is placed by its initiator's SPI (its low word modulo the number of workers),
+    so its retransmissions reach the same worker; ESP on the NAT-T port by the first octet of its SPI
+    (RFC 4303 2.1), which that worker tagged the same way. A single 0xFF keepalive goes to worker 0.
+    """
     o = 4 if natt else 0  # RFC 3948 2.2: the non-ESP marker
-    ld_len, ldb, ldw, ret = 0x80, 0x30, 0x20, 0x06  # BPF_LD|BPF_LEN, BPF_LD|BPF_B|BPF_ABS, ...|BPF_W|..., BPF_RET
-    jge, jeq, jset = 0x35, 0x15, 0x45
-    body: list[tuple[int, int, int, int]] = [(ld_len, 0, 0, 0), (jge, 0, -1, o + 28)]
+    n = max(1, workers)
+    code: list[tuple[int, str | int, str | int, int]] = [(_LD_LEN, 0, 0, 0)]
+    labels: dict[str, int] = {}
+
+    def label(name: str) -> None:
+        labels[name] = len(code)
+
+    def pick() -> None:  # A = the octet that names the worker -> A = its first socket
+        code.extend([(_MOD, 0, 0, n), (_MUL, 0, 0, QUEUES), (_RET_A, 0, 0, 0)])
+
     if natt:
-        body += [(ldw, 0, 0, 0), (jeq, 0, -1, 0)]
-    body += [(ldb, 0, 0, o + 18), (jeq, 0, -1, 34),  # IKE_SA_INIT
-             (ldb, 0, 0, o + 19), (jset, -1, 0, 0x20),  # a request
-             (ldw, 0, 0, o + 8), (jeq, 0, -1, 0), (ldw, 0, 0, o + 12), (jeq, 0, -1, 0),  # SPIr zero
-             (ldb, 0, 0, o + 16), (jeq, 0, 1, 41),  # first payload a notify
-             (ret, 0, 0, 1), (ret, 0, 0, 2)]
-    last = len(body)  # -1 jumps go to the final `ret #0`
-    out = [(c, last - i - 1 if jt == -1 else jt, last - i - 1 if jf == -1 else jf, k)
-           for i, (c, jt, jf, k) in enumerate(body)]
-    return out + [(ret, 0, 0, 0)]
+        code += [(_JGE, 0, "ret0", 8), (_LDW, 0, 0, 0), (_JEQ, "ike", 0, 0), (_LDB, 0, 0, 0)]  # ESP: its SPI
+        pick()
+        label("ike")
+        code.append((_LD_LEN, 0, 0, 0))
+    code += [(_JGE, 0, "ret0", o + 28),
+             (_LDB, 0, 0, o + 18), (_JEQ, 0, "ours", 34),  # IKE_SA_INIT
+             (_LDB, 0, 0, o + 19), (_JSET, "ours", 0, 0x20),  # a request
+             (_LDW, 0, 0, o + 8), (_JEQ, 0, "ours", 0), (_LDW, 0, 0, o + 12), (_JEQ, 0, "ours", 0),  # SPIr zero
+             (_LDW, 0, 0, o + 4), (_MOD, 0, 0, n), (_MUL, 0, 0, QUEUES), (_ST, 0, 0, 0),  # the initiator's SPI
+             (_LDB, 0, 0, o + 16), (_JEQ, 0, "plain", 41),  # first payload a notify
+             (_LD_MEM, 0, 0, 0), (_ADD, 0, 0, 1), (_RET_A, 0, 0, 0)]
+    label("plain")
+    code += [(_LD_MEM, 0, 0, 0), (_ADD, 0, 0, 2), (_RET_A, 0, 0, 0)]
+    label("ours")
+    code += [(_LDB, 0, 0, o + 19), (_JSET, "spir", 0, 0x08), (_LDB, 0, 0, o), (_JA, 0, 0, -1)]
+    ja = len(code) - 1
+    label("spir")
+    code.append((_LDB, 0, 0, o + 8))
+    label("pick")
+    pick()
+    label("ret0")
+    code.append((_RET_K, 0, 0, 0))
+    code[ja] = (_JA, 0, 0, labels["pick"] - ja - 1)
+
+    def rel(i: int, target: str | int) -> int:
+        return labels[target] - i - 1 if isinstance(target, str) else target
+
+    return [(c, rel(i, jt), rel(i, jf), k) for i, (c, jt, jf, k) in enumerate(code)]
 
 
-def _attach_steering(s: socket.socket, natt: bool) -> None:
-    prog = steering_program(natt)
+def _attach_steering(s: socket.socket, natt: bool, workers: int = 1) -> None:
+    prog = steering_program(natt, workers)
     code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in prog))
     fprog = _SockFprog(len(prog), ctypes.addressof(code))
     s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))  # the kernel copies it now
+
 
 _BIND_HINTS = {
     errno.EADDRNOTAVAIL: " (the host has no such address)",
     errno.EADDRINUSE: " (another program, such as charon or a second daemon, uses it)",
     errno.EACCES: " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
 }
+
+
+def _bound_socket(fam: int, addr: str, port: int, reuse: bool, receive_buffer: int) -> tuple[socket.socket, int]:
+    """A bound non-blocking UDP socket (SO_REUSEPORT when `reuse`) and the receive buffer it got."""
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if reuse:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.setblocking(False)
+    got = receive_buffer
+    if reuse and receive_buffer > 0:
+        got = _set_receive_buffer(s, receive_buffer)
+    try:
+        s.bind((addr, port))
+    except OSError as e:
+        s.close()
+        hint = _BIND_HINTS.get(e.errno or 0, "")
+        raise LocalError(f"cannot listen on {addr}[{port}]: {e.strerror or e}{hint}") from None
+    return s, got
+
+
+def _log_small_buffer(got: int, wanted: int) -> None:
+    log.info("socket receive buffer %d octets instead of %d: net.core.rmem_max caps it "
+             "(docs/operations.md, \"Floods\")", got, wanted)
+
+
+def open_group(addr: str, port: int, workers: int, natt: bool,
+               receive_buffer: int = RECEIVE_BUFFER) -> list[socket.socket]:
+    """The SO_REUSEPORT group of one (address, port) for `workers` processes: QUEUES sockets per worker,
+    bound in order (worker k owns sockets QUEUES*k .. QUEUES*k+2: the group's indices, which
+    steering_program returns), with the steering program attached (`natt`: the port of RFC 3948). The caller keeps every socket open
+    while the workers run: a closed one would move the last socket of the group into its place.
+    As in UdpTransport, a plain bind first fails when another program holds the port."""
+    try:
+        fam = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+    except ValueError:
+        raise LocalError(f"cannot listen on {addr!r}: not an IP address") from None
+    if port:
+        _bound_socket(fam, addr, port, False, 0)[0].close()
+    out: list[socket.socket] = []
+    try:
+        small = 0
+        for _ in range(QUEUES * workers):
+            s, got = _bound_socket(fam, addr, int(out[0].getsockname()[1]) if out else port, True, receive_buffer)
+            out.append(s)
+            small = small or (got < receive_buffer and got)
+        try:
+            _attach_steering(out[0], natt, workers)
+        except OSError as e:
+            raise LocalError(f"cannot steer datagrams on {addr}[{port}] to {workers} workers "
+                             f"(SO_ATTACH_REUSEPORT_CBPF: {e.strerror or e})") from None
+        if small:
+            _log_small_buffer(small, receive_buffer)
+    except LocalError:
+        for s in out:
+            s.close()
+        raise
+    return out
 
 
 class SansIoEngine(Protocol):
@@ -132,6 +236,7 @@ class UdpTransport:
         self, engine: SansIoEngine, addresses: list[str], ports: list[int],
         on_event: Callable[[Any], None] | None = None, esp_sink: EspSink | None = None,
         clock: Callable[[], float] = time.monotonic, receive_buffer: int = RECEIVE_BUFFER,
+        groups: dict[Addr, list[socket.socket]] | None = None,
     ) -> None:
         self.engine = engine
         self.addresses = addresses
@@ -140,6 +245,9 @@ class UdpTransport:
         self.esp_sink = esp_sink
         self.clock = clock
         self.receive_buffer = receive_buffer
+        # a worker's share of SO_REUSEPORT groups its supervisor opened (open_group): per (address, port)
+        # its QUEUES sockets, already bound and steered
+        self.groups = groups
         self.sockets: dict[Addr, socket.socket] = {}
         self._queues: list[socket.socket] = []  # the IKE_SA_INIT queues beside each socket (steering_program)
         self._small_buffer_logged = False
@@ -152,6 +260,11 @@ class UdpTransport:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Bind every (address, port); when one fails, none stays open and the LocalError names it."""
         self._loop = loop or asyncio.get_running_loop()
+        if self.groups is not None:
+            for key, socks in self.groups.items():
+                self._adopt(key, socks)
+            self.flush()
+            return
         try:
             for addr in self.addresses:
                 for port in self.ports:
@@ -162,6 +275,14 @@ class UdpTransport:
         for addr, port in self.sockets:
             log.info("listening on %s[%d]", addr, port)
         self.flush()
+
+    def _adopt(self, key: Addr, socks: list[socket.socket]) -> None:
+        assert self._loop is not None
+        self.sockets[key] = socks[0]
+        self._queues.extend(socks[1:])
+        for s in socks:
+            s.setblocking(False)
+            self._loop.add_reader(s.fileno(), self._readable, s, key)
 
     def _open(self, addr: str, port: int) -> None:
         try:
@@ -193,24 +314,10 @@ class UdpTransport:
             self._loop.add_reader(q.fileno(), self._readable, q, key)
 
     def _socket(self, fam: int, addr: str, port: int, reuse: bool) -> socket.socket:
-        s = socket.socket(fam, socket.SOCK_DGRAM)
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if reuse:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.setblocking(False)
-        if reuse and self.receive_buffer > 0:
-            got = _set_receive_buffer(s, self.receive_buffer)
-            if got < self.receive_buffer and not self._small_buffer_logged:
-                self._small_buffer_logged = True
-                log.info("socket receive buffer %d octets instead of %d: net.core.rmem_max caps it "
-                         "(docs/operations.md, \"Floods\")", got, self.receive_buffer)
-        try:
-            s.bind((addr, port))
-        except OSError as e:
-            s.close()
-            hint = _BIND_HINTS.get(e.errno or 0, "")
-            raise LocalError(f"cannot listen on {addr}[{port}]: {e.strerror or e}{hint}") from None
+        s, got = _bound_socket(fam, addr, port, reuse, self.receive_buffer)
+        if got < self.receive_buffer and not self._small_buffer_logged:
+            self._small_buffer_logged = True
+            _log_small_buffer(got, self.receive_buffer)
         return s
 
     def close(self) -> None:

@@ -51,6 +51,7 @@ class IkeRekey(Task):
         from ..sa import IkeState
 
         sa.set_state(IkeState.REKEYING)
+        self.spi = sa.engine.new_spi()  # tagged for the worker that owns the IKE_SA (EngineConfig.spi_tag)
         self.proposals = _with_spi(parse_proposals(sa.config.proposals, ProtocolId.IKE), self.spi)
         if self.ke is None:
             self.ke = new_key_exchange(first_group(self.proposals))
@@ -112,6 +113,7 @@ class IkeRekey(Task):
         from ..sa import IkeState
 
         assert self.chosen is not None and self.ke is not None
+        self.spi = sa.engine.new_spi()  # tagged for the worker that owns the IKE_SA (EngineConfig.spi_tag)
         msg.payloads += [SaPayload([replace(self.chosen, spi=self.spi)]), NoncePayload(self.nonce),
                          KePayload(self.ke.group, self.ke.public)]
         self.colliding = collisions.ike_rekey_answered(sa, self)
