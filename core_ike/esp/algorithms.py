@@ -92,7 +92,7 @@ def key_lengths(encr_id: EncrId, key_bits: int, integ_id: IntegId = IntegId.NONE
 
 
 # (nonce, data, aad) -> ciphertext | ICV, and back; open raises InvalidTag
-AeadSeal = Callable[[bytes, bytes, bytes], bytes]
+AeadSeal = Callable[[bytes, bytes | bytearray, bytes], bytes]
 AeadOpen = Callable[[bytes, memoryview, bytes | memoryview], bytes]
 
 
@@ -116,7 +116,7 @@ def _short_gcm(gcm: AESGCM, aes: algorithms.AES, icv: int) -> tuple[AeadSeal, Ae
     encrypt = gcm.encrypt
     cut = 16 - icv
 
-    def seal(nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    def seal(nonce: bytes, data: bytes | bytearray, aad: bytes) -> bytes:
         return encrypt(nonce, data, aad)[:-cut]
 
     def open_(nonce: bytes, data: memoryview, aad: bytes | memoryview) -> bytes:

@@ -132,7 +132,7 @@ class EspSa:
 
     # -- outbound --------------------------------------------------------------------------------
 
-    def seal(self, inner: bytes, next_header: int = NEXT_HEADER_IPV4, now: float = 0.0) -> bytes:
+    def seal(self, inner: bytes | bytearray, next_header: int = NEXT_HEADER_IPV4, now: float = 0.0) -> bytes:
         """Encapsulate one inner IP packet; returns the ESP packet (no UDP header)."""
         seq = self.seq_out + 1
         if seq > self.seq_max:

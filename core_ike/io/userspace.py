@@ -6,21 +6,21 @@ current outbound SA of the policy's reqid -> `EspSa.seal` -> ESP-in-UDP through 
 Inbound: the transport's demux (RFC 3948 2.2: non-zero first word) calls `receive_esp`; raw ESP
 arrives on our own protocol 50 socket -> SA by SPI -> `open` -> inbound policy check -> TUN.
 
-The 4500 socket must NOT have the UDP_ENCAP option set (the kernel would swallow ESP, netlab.md 5).
+The 4500 socket must NOT have the UDP_ENCAP option set (the kernel would swallow ESP, docs/nat-lab.md §6).
 Routes for the remote traffic selectors point into the TUN device (pyroute2).
+Kernel offloads (TSO reads from the TUN device, UDP_SEGMENT sends, UDP_GRO reads, GSO writes to the
+TUN device) and how to switch each off: `core_ike.io.fastpath`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import ipaddress
 import logging
 import os
 import secrets
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,17 +44,16 @@ from .dataplane import (
     SaUsage,
     SendDatagram,
 )
+from .fastpath import OFFLOAD_ENV, UdpEspIo, offload_steps, open_tun
+from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment
+from .tsmatch import packet_flow, ts_match
 
 _T = TypeVar("_T")
 log = logging.getLogger("core_ike.io.userspace")
 
-TUNSETIFF = 0x400454CA
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
 IPPROTO_ESP = 50
 _ROUTED = (PolicyAction.PROTECT, PolicyAction.TRAP)
 _READ_BATCH = 64  # packets per readiness callback
-_PORT_PROTOS = (6, 17, 132)  # TCP, UDP, SCTP: ports at the start of the L4 header
 
 
 @dataclass(slots=True)
@@ -84,39 +83,6 @@ class SaStatus:
     counters: dict[str, float | int] = field(default_factory=dict)
 
 
-def _packet_flow(pkt: bytes) -> tuple[Any, Any, int, int, int] | None:
-    """(src, dst, protocol, sport, dport) of an IPv4/IPv6 packet; None if unparsable."""
-    try:
-        if pkt[0] >> 4 == 4:
-            ihl = (pkt[0] & 0x0F) * 4
-            proto, src, dst = pkt[9], pkt[12:16], pkt[16:20]
-            l4 = ihl
-        elif pkt[0] >> 4 == 6:
-            proto, src, dst = pkt[6], pkt[8:24], pkt[24:40]
-            l4 = 40  # extension headers are not walked: such flows match "any port" only
-        else:
-            return None
-        sport = dport = 0
-        if proto in _PORT_PROTOS and len(pkt) >= l4 + 4:
-            sport, dport = struct.unpack_from(">HH", pkt, l4)
-        return ipaddress.ip_address(src), ipaddress.ip_address(dst), proto, sport, dport
-    except (IndexError, ValueError):
-        return None
-
-
-def _ts_match(p: PolicyParams, src: Any, dst: Any, proto: int, sport: int, dport: int, out: bool) -> bool:
-    local, remote = (p.local, p.remote)
-    lo_addr, re_addr, lo_port, re_port = (src, dst, sport, dport) if out else (dst, src, dport, sport)
-    if lo_addr not in local.subnet or re_addr not in remote.subnet:
-        return False
-    for ts, port in ((local, lo_port), (remote, re_port)):
-        if ts.protocol and ts.protocol != proto:
-            return False
-        if not ts.any_port and not ts.port_start <= port <= ts.port_end:
-            return False
-    return True
-
-
 class UserspaceDataPlane:
     """ESP in Python over TUN; implements `core_ike.io.dataplane.DataPlane`."""
 
@@ -134,8 +100,14 @@ class UserspaceDataPlane:
         tick_interval: float = 1.0,
         wakeup: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        offload: frozenset[str] | None = None,
     ) -> None:
         self.send_udp = send_udp
+        self.offload = offload_steps(os.environ.get(OFFLOAD_ENV)) if offload is None else offload
+        self._vnet = self._tso = False  # TUN frames carry a virtio header / TSO super-packets
+        self._udp: UdpEspIo | None = None  # the NAT-T sockets, once `attach_transport` ran
+        self._pending: dict[tuple[str, int], list[bytes]] = {}  # sealed ESP-in-UDP per peer, for one send
+        self._rbuf = bytearray(VNET_HDR_LEN + 65535)
         self.tun_name = tun_name
         self.mtu = mtu
         self.tun_addresses = tun_addresses
@@ -160,6 +132,7 @@ class UserspaceDataPlane:
         self.drop_no_policy = 0  # outbound packet matches no policy / no SA
         self.drop_policy_mismatch = 0  # decrypted packet outside the SA's inbound selectors
         self.drop_send_error = 0
+        self.drop_bad_frame = 0  # TUN frame with a virtio header we cannot segment
         self.keepalives_sent = 0
         # (spi_in, new source) of authenticated ESP from a changed NAT mapping; set by the daemon
         self.on_mapping: Callable[[int, tuple[str, int]], None] | None = None
@@ -170,20 +143,8 @@ class UserspaceDataPlane:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Create and configure the TUN device and register readers (call inside the loop)."""
         self._loop = loop or asyncio.get_running_loop()
-        try:
-            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-        except OSError as e:
-            raise DataPlaneError(f"cannot open /dev/net/tun for the userspace data plane: {e.strerror}",
-                                 e.errno or 0) from None
-        try:
-            ifr = struct.pack("16sH", self.tun_name.encode(), IFF_TUN | IFF_NO_PI)
-            fcntl.ioctl(fd, TUNSETIFF, ifr)
-        except OSError as e:
-            os.close(fd)
-            hint = {errno.EPERM: " (needs CAP_NET_ADMIN)",
-                    errno.EBUSY: " (another daemon on this host uses that name: set [daemon] tun)"}.get(e.errno or 0, "")
-            raise DataPlaneError(f"cannot create TUN device {self.tun_name}: {e.strerror}{hint}",
-                                 e.errno or 0) from None
+        off = self.offload
+        fd, self._vnet, self._tso = open_tun(self.tun_name, "tso" in off or "coalesce" in off, "tso" in off)
         self._tun_fd = fd
 
         def setup(ipr: Any) -> int:
@@ -203,9 +164,24 @@ class UserspaceDataPlane:
                 self._route_add(p)
         self._loop.add_reader(fd, self._on_tun_readable)
         self._tick = self._loop.call_later(self.tick_interval, self._on_tick)
-        log.info("userspace ESP data plane on %s (mtu %d)", self.tun_name, self.mtu)
+        log.info("userspace ESP data plane on %s (mtu %d, offloads: %s)", self.tun_name, self.mtu,
+                 ", ".join(s for s in ("tso", "gso", "gro", "coalesce") if s in off and (s != "tso" or self._tso))
+                 or "none")
+
+    def attach_transport(self, transport: Any, natt_port: int) -> None:
+        """Read and send ESP-in-UDP on the IKE transport's NAT-T sockets ourselves (in batches, with
+        UDP_GRO / UDP_SEGMENT when on); IKE messages and keepalives go back to the transport."""
+        if self._loop is None:
+            raise DataPlaneError("attach_transport before start")
+        self._udp = UdpEspIo(transport, natt_port, self.offload, self._receive_batch, self.clock)
+        self._udp.start(self._loop)
+        for s in self._udp.sockets():
+            grow_rcvbuf(s)
 
     def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         if self._tick:
             self._tick.cancel()
         if self._loop and self._tun_fd >= 0:
@@ -389,26 +365,51 @@ class UserspaceDataPlane:
     def _on_tun_readable(self) -> None:
         fd = self._tun_fd
         now = self.clock()
-        for _ in range(_READ_BATCH):
-            try:
-                pkt = os.read(fd, 65535)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                log.warning("TUN read: %s", e)
-                return
-            if pkt:
-                self._outbound(pkt, now)
+        batch = self._udp is not None and (self._vnet or self._udp.gso)
+        buf, view = self._rbuf, memoryview(self._rbuf)
+        try:
+            for _ in range(_READ_BATCH):
+                try:
+                    if not self._vnet:
+                        pkt = os.read(fd, 65535)
+                        if pkt:
+                            self._outbound(pkt, now, batch)
+                        continue
+                    n = os.readv(fd, [buf])
+                except BlockingIOError:
+                    return
+                except OSError as e:
+                    log.warning("TUN read: %s", e)
+                    return
+                try:  # a TSO super-packet becomes MSS-sized segments, one ESP packet each
+                    pkts = segment(view[VNET_HDR_LEN:n], VnetHdr.parse(view[:n]))
+                except OffloadError as e:
+                    self.drop_bad_frame += 1
+                    log.debug("TUN frame of %d octets dropped: %s", n, e)
+                    continue
+                for p in pkts:
+                    self._outbound(bytes(p) if len(pkts) == 1 else p, now, batch)
+                if len(self._pending) > 1 or sum(map(len, self._pending.values())) >= 64:
+                    self._flush_sends()
+        finally:
+            if self._pending:
+                self._flush_sends()
 
-    def _outbound(self, pkt: bytes, now: float) -> None:
+    def _flush_sends(self) -> None:
+        assert self._udp is not None
+        pending, self._pending = self._pending, {}
+        for addr, pkts in pending.items():
+            self._udp.send(pkts, addr)
+
+    def _outbound(self, pkt: bytes | bytearray, now: float, batch: bool = False) -> None:
         v6 = pkt[0] >> 4 == 6
-        key = pkt[8:40] if v6 else pkt[12:20]
+        key = bytes(pkt[8:40] if v6 else pkt[12:20])
         if self._needs_ports():
-            key = key + pkt[9:10] + pkt[20:24] if not v6 else key + pkt[6:7] + pkt[40:44]
+            key = key + bytes(pkt[9:10] + pkt[20:24] if not v6 else pkt[6:7] + pkt[40:44])
         try:
             st = self._out_cache[key]
         except KeyError:
-            st = self._lookup_out(pkt)
+            st = self._lookup_out(bytes(pkt))
             if len(self._out_cache) > 65536:
                 self._out_cache.clear()
             self._out_cache[key] = st
@@ -419,6 +420,9 @@ class UserspaceDataPlane:
             esp = st.esp.seal(pkt, 41 if v6 else 4, now)  # RFC 4303 2.6 next header
         except SequenceExhaustedError:
             self._expire(st, True, "sequence")
+            return
+        if batch and st.params.encap:  # sent by _flush_sends, runs of equal size in one send
+            self._pending.setdefault(st.addr, []).append(esp)
             return
         try:
             if st.params.encap:
@@ -438,11 +442,11 @@ class UserspaceDataPlane:
         )
 
     def _lookup_out(self, pkt: bytes) -> _SaState | None:
-        flow = _packet_flow(pkt)
+        flow = packet_flow(pkt)
         if flow is None:
             return None
         for p in self._policies:
-            if p.direction != Direction.OUT or not _ts_match(p, *flow, out=True):
+            if p.direction != Direction.OUT or not ts_match(p, *flow, out=True):
                 continue
             if p.action in (PolicyAction.BYPASS, PolicyAction.DROP):
                 return None
@@ -463,19 +467,42 @@ class UserspaceDataPlane:
 
     def receive_esp(self, data: bytes, src: tuple[str, int]) -> None:
         """ESP (without UDP header) from the IKE transport's demux or the raw socket."""
+        self._receive_batch([(data, src)])
+
+    def _receive_batch(self, packets: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Decrypt a batch of ESP packets and write the inner packets to the TUN device, TCP segments
+        of one flow merged into one write when `coalesce` is on."""
+        now = self.clock()
+        open_, allowed = self.sad.open, self._inbound_allowed
+        merge = Coalescer() if self._vnet and "coalesce" in self.offload and len(packets) > 1 else None
+        out: list[bytes] = []
+        last_src: tuple[str, int] | None = None
+        for data, src in packets:
+            try:
+                sa, nh, inner = open_(data, now)
+            except EspError as e:
+                log.debug("ESP from %s dropped: %s", src, e)
+                continue
+            if src != last_src:
+                last_src = src
+                self._check_mapping(sa.spi, src)
+            if nh not in (4, 41) or not inner:
+                continue  # RFC 4303 2.6: next header 59 = dummy packet, discard silently
+            if not allowed(sa.spi, inner):
+                self.drop_policy_mismatch += 1
+                continue
+            if merge is not None:
+                merge.add(inner)
+            else:
+                out.append(inner)
+        fd, vnet = self._tun_fd, self._vnet
         try:
-            sa, nh, inner = self.sad.open(data, self.clock())
-        except EspError as e:
-            log.debug("ESP from %s dropped: %s", src, e)
-            return
-        self._check_mapping(sa.spi, src)
-        if nh not in (4, 41) or not inner:
-            return  # RFC 4303 2.6: next header 59 = dummy packet, discard silently
-        if not self._inbound_allowed(sa.spi, inner):
-            self.drop_policy_mismatch += 1
-            return
-        try:
-            os.write(self._tun_fd, inner)
+            if merge is not None:
+                for frame in merge.frames():
+                    os.writev(fd, frame)
+            else:
+                for inner in out:
+                    os.write(fd, NO_OFFLOAD + inner if vnet else inner)
         except OSError as e:
             self.drop_send_error += 1
             log.debug("TUN write: %s", e)
@@ -499,14 +526,14 @@ class UserspaceDataPlane:
         ok = self._in_cache.get(key)
         if ok is None:
             st = self._sas.get((spi, Direction.IN))
-            flow = _packet_flow(inner)
+            flow = packet_flow(inner)
             ok = (
                 st is not None
                 and flow is not None
                 and any(
                     p.direction in (Direction.IN, Direction.FWD)
                     and p.reqid == st.params.reqid
-                    and _ts_match(p, *flow, out=False)
+                    and ts_match(p, *flow, out=False)
                     for p in self._policies
                 )
             )
@@ -635,7 +662,8 @@ class UserspaceDataPlane:
             "drop_truncated": self.sad.drop_truncated,
             "drop_no_policy": self.drop_no_policy,
             "drop_policy_mismatch": self.drop_policy_mismatch,
-            "drop_send_error": self.drop_send_error,
+            "drop_send_error": self.drop_send_error + (self._udp.send_errors if self._udp else 0),
+            "drop_bad_frame": self.drop_bad_frame,
             "keepalives_sent": self.keepalives_sent,
         }
 

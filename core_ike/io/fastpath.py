@@ -1,0 +1,272 @@
+"""Kernel offloads for the userspace ESP data plane: the TUN device with a virtio header (TSO reads,
+GSO writes), ESP-in-UDP sent with UDP_SEGMENT and received with UDP_GRO.
+
+Each step can be switched off (``IKEME_ESP_OFFLOAD``, a comma list of the steps to use, ``all``
+(the default) or ``none``; the ESP benchmark measures each one, bench/esp_throughput_iperf.py):
+
+- ``tso``: the TUN device gets ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` (CSUM, TSO4, TSO6): the kernel
+  hands over TCP super-packets of up to 64 KiB, which `offload.segment` cuts into MSS-sized
+  segments; each still travels in its own ESP packet (RFC 4303 2).
+- ``gso``: a run of ESP packets of equal size to one peer leaves in one ``sendmsg`` with
+  ``UDP_SEGMENT`` (the kernel cuts it into datagrams; on the wire they are ordinary RFC 3948
+  ESP-in-UDP datagrams).
+- ``gro``: the NAT-T socket gets ``UDP_GRO``: one read returns several datagrams of one peer glued
+  together, with their size in a control message; they are split before anything else looks at them.
+- ``coalesce``: decrypted TCP segments of one flow are written to the TUN device as one GSO packet
+  (`offload.Coalescer`).
+
+When the kernel refuses a step, it is logged once and the data plane goes on without it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import LocalError
+from .offload import split_gro
+
+log = logging.getLogger("core_ike.io.userspace")
+
+OFFLOAD_ENV = "IKEME_ESP_OFFLOAD"
+OFFLOAD_STEPS = ("tso", "gso", "gro", "coalesce")
+
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels (newer ones allow more)
+GSO_MAX_BYTES = 65000  # below the 64 KiB limit of one IP datagram, UDP and IP headers included
+_GRO_CMSG = socket.CMSG_SPACE(4)
+READ_BATCH = 256
+Addr = tuple[str, int]
+
+
+def offload_steps(value: str | None) -> frozenset[str]:
+    """The steps named by ``IKEME_ESP_OFFLOAD`` (unset: all)."""
+    text = (value or "all").strip().lower()
+    if text == "all":
+        return frozenset(OFFLOAD_STEPS)
+    if text == "none":
+        return frozenset()
+    steps = frozenset(s.strip() for s in text.split(",") if s.strip())
+    unknown = steps - set(OFFLOAD_STEPS)
+    if unknown:
+        raise LocalError(f"{OFFLOAD_ENV}: unknown step(s) {', '.join(sorted(unknown))} "
+                         f"(steps: {', '.join(OFFLOAD_STEPS)}, or all / none)")
+    return steps
+
+
+def open_tun(name: str, vnet: bool, tso: bool) -> tuple[int, bool, bool]:
+    """Open TUN device `name`: (fd, virtio header on?, TSO on?). A kernel that refuses the virtio
+    header or the offloads gets a plain device (logged once)."""
+    from .dataplane import DataPlaneError
+
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    except OSError as e:
+        raise DataPlaneError(f"cannot open /dev/net/tun for the userspace data plane: {e.strerror}",
+                             e.errno or 0) from None
+    flags = IFF_TUN | IFF_NO_PI
+    for extra in ((IFF_VNET_HDR, 0) if vnet else (0,)):
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags | extra))
+            vnet = bool(extra)
+            break
+        except OSError as e:
+            if extra and e.errno == errno.EINVAL:
+                log.info("TUN %s: no virtio header (%s); segmentation offload off", name, e.strerror)
+                continue
+            os.close(fd)
+            hint = {errno.EPERM: " (needs CAP_NET_ADMIN)",
+                    errno.EBUSY: " (another daemon on this host uses that name: set [daemon] tun)"}.get(
+                        e.errno or 0, "")
+            raise DataPlaneError(f"cannot create TUN device {name}: {e.strerror}{hint}", e.errno or 0) from None
+    if vnet:
+        want = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if tso else 0
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, want)
+        except OSError as e:
+            log.info("TUN %s: TUNSETOFFLOAD refused (%s); TCP segmentation offload off", name, e.strerror)
+            tso = False
+    return fd, vnet, tso and vnet
+
+
+def enable_gro(s: socket.socket) -> bool:
+    try:
+        s.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    except OSError as e:
+        log.info("UDP_GRO refused on the NAT-T socket (%s); datagrams are read one by one", e.strerror)
+        return False
+
+
+def runs(packets: list[bytes]) -> Iterable[list[bytes]]:
+    """Consecutive packets that one UDP_SEGMENT send can carry: all of one size, except that the
+    last may be shorter; at most GSO_MAX_SEGMENTS and GSO_MAX_BYTES."""
+    run: list[bytes] = []
+    size = total = 0
+    for p in packets:
+        n = len(p)
+        if run and (n > size or len(run) >= GSO_MAX_SEGMENTS or total + n > GSO_MAX_BYTES
+                    or len(run[-1]) != size):
+            yield run
+            run = []
+        if not run:
+            size, total = n, 0
+        run.append(p)
+        total += n
+    if run:
+        yield run
+
+
+class UdpEspIo:
+    """The ESP side of the IKE transport's NAT-T sockets: reads them (with UDP_GRO when on), hands
+    ESP to `on_esp` as a batch and everything else (IKE, keepalives) back to the transport; sends
+    ESP runs with UDP_SEGMENT when on."""
+
+    def __init__(self, transport: Any, natt_port: int, steps: frozenset[str],
+                 on_esp: Callable[[list[tuple[bytes, Addr]]], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.transport = transport
+        self.natt_port = natt_port
+        self.gso = "gso" in steps
+        self.gro = "gro" in steps
+        self.on_esp = on_esp
+        self.clock = clock
+        self._loop: Any = None
+        self._taken: list[tuple[socket.socket, Addr]] = []
+        self._gro_on: set[int] = set()
+        self._sources: dict[str, tuple[float, socket.socket | None]] = {}
+        self.send_errors = 0
+        self.gso_sends = 0
+
+    def start(self, loop: Any) -> None:
+        self._loop = loop
+        for key, s in list(self.transport.sockets.items()):
+            if key[1] != self.natt_port:
+                continue
+            if self.gro and enable_gro(s):
+                self._gro_on.add(s.fileno())
+            loop.remove_reader(s.fileno())
+            loop.add_reader(s.fileno(), self._readable, s, key)
+            self._taken.append((s, key))
+
+    def sockets(self) -> list[socket.socket]:
+        return [s for s, _ in self._taken]
+
+    def close(self) -> None:
+        """Give the sockets back to the transport (without GRO: it reads datagrams one by one)."""
+        for s, key in self._taken:
+            if s.fileno() < 0:
+                continue
+            if s.fileno() in self._gro_on:
+                s.setsockopt(SOL_UDP, UDP_GRO, 0)
+            if self._loop is not None:
+                self._loop.remove_reader(s.fileno())
+                self._loop.add_reader(s.fileno(), self.transport._readable, s, key)
+        self._taken.clear()
+
+    # -- receive -------------------------------------------------------------------------------
+
+    def _readable(self, s: socket.socket, local: Addr) -> None:
+        tr = self.transport
+        gro = s.fileno() in self._gro_on
+        esp: list[tuple[bytes, Addr]] = []
+        other = n = 0
+        for _ in range(READ_BATCH):
+            try:
+                if gro:
+                    data, anc, _flags, remote = s.recvmsg(65535, _GRO_CMSG)
+                else:
+                    data, remote = s.recvfrom(65535)
+                    anc = []
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    log.warning("receive error on %s[%d]: %s", local[0], local[1], e)
+                continue
+            n += 1
+            if len(remote) != 2:
+                remote = (remote[0], remote[1])
+            parts = [data]
+            for level, kind, value in anc:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    parts = split_gro(data, int.from_bytes(value[:4], sys.byteorder))
+            for d in parts:
+                if len(d) > 1 and d[:4] != b"\0\0\0\0":  # RFC 3948 2.2: ESP (non-zero SPI)
+                    esp.append((d, remote))
+                else:
+                    other += 1
+                    tr._datagram(d, local, remote, self.clock())
+        tr.stats["rx"] += n
+        tr.stats["esp"] += len(esp)
+        if esp:
+            try:
+                self.on_esp(esp)
+            except Exception:  # noqa: BLE001 - a batch lost, never the daemon
+                log.exception("internal error on %d ESP packets; dropped", len(esp))
+        if other:
+            tr.flush()
+
+    # -- send ----------------------------------------------------------------------------------
+
+    def socket_for(self, remote: Addr) -> socket.socket | None:
+        """The NAT-T socket of the address that routes to the peer (looked up at most once a second)."""
+        now = self.clock()
+        hit = self._sources.get(remote[0])
+        if hit is None or now - hit[0] > 1.0:
+            from .transport import route_source
+
+            try:
+                s = self.transport.socket_for((route_source(remote[0]), self.natt_port))
+            except OSError:
+                s = None
+            hit = self._sources[remote[0]] = (now, s)
+        return hit[1]
+
+    def send(self, packets: list[bytes], remote: Addr) -> None:
+        """ESP packets to one peer, in order."""
+        s = self.socket_for(remote)
+        if s is None:
+            self.send_errors += len(packets)
+            return
+        for run in runs(packets) if self.gso else ([p] for p in packets):
+            try:
+                if len(run) > 1:
+                    s.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(run[0])))], 0, remote)
+                    self.gso_sends += 1
+                else:
+                    s.sendto(run[0], remote)
+            except OSError as e:
+                if len(run) > 1 and e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    log.info("UDP_SEGMENT refused towards %s (%s); ESP datagrams are sent one by one",
+                             remote[0], e.strerror)
+                    self.gso = False
+                    for p in run:
+                        self._send_one(s, p, remote)
+                    continue
+                self.send_errors += len(run)
+                log.debug("ESP send to %s: %s", remote, e)
+
+    def _send_one(self, s: socket.socket, p: bytes, remote: Addr) -> None:
+        try:
+            s.sendto(p, remote)
+        except OSError as e:
+            self.send_errors += 1
+            log.debug("ESP send to %s: %s", remote, e)
+
