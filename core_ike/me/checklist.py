@@ -4,9 +4,9 @@ Sans-IO: every entry point takes `now` (seconds, monotonic); the owner drains `d
 `next_event()` and re-arms one timer from `get_timer()`, calling `handle_timer(now)` when it fires.
 
 One CheckList per connect ID. Roles are fixed by ME_CONNECT: the ME_CONNECT initiator is the
-controlling side (it selects the pair and nominates it by sending IKE_SA_INIT, reference §8). Create
-the initiator's list when *sending* ME_CONNECT (netlab.md §11 race: the relayed answer may arrive
-before the response to our own request).
+controlling side (it selects the pair and nominates it by sending IKE_SA_INIT, docs/protocol.md §8).
+Create the initiator's list when *sending* ME_CONNECT: the relayed answer may arrive before the response
+to our own request (docs/protocol.md §4.4).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class CheckListConfig:
     """Tunables; defaults are strongSwan's `connect_manager.c` constants unless noted."""
 
     pacing: float = 0.005  # T ([ME] §5.1); RFC 8445 14.2 allows 5 ms (strongSwan: 25 ms)
+    # the first check of this many pairs goes out at once when the list starts, the rest one per pacing
+    # interval: the pair that works is often not the first by priority (the peer's private HOST address
+    # behind another NAT ranks first), and a few 84-octet datagrams are no load a pacing interval would
+    # spare the network (RFC 8445 14 paces the steady flow of checks); 1 = strictly paced
+    initial_burst: int = 4
     rto: float = 0.025  # first retransmission timeout
     boost: int = 2  # ME_BOOST: the first `boost` retransmissions use `rto`
     retrans_base: float = 1.8  # ME_RETRANS_BASE
@@ -52,28 +57,32 @@ class CheckListConfig:
     # one more timeout marks the pair Failed; with rto_max the checks go on until the list's deadline
     # (transaction_timeout), as ICE's do (strongSwan: ME_MAX_RETRANS 13)
     max_retransmits: int = 40
-    # controlling side: wait after the first success with no pair Waiting (strongSwan: 1000 ms);
-    # 0 when the best succeeded pair cannot be beaten by any pending pair
-    finish_wait: float = 0.050  # upper bound of the wait for a better pair after the first success
-    finish_rtts: float = 2.0  # ... which is this many measured check round trips (plus one pacing tick)
+    # controlling side, after a pair succeeded while a better one is still pending (strongSwan waits
+    # 1000 ms): a better pair that works answers about a round trip after its check left, so each one is
+    # waited for until finish_rtts measured check round trips plus finish_margin (the peers' scheduling
+    # jitter) after its first check, and not at all once that has passed; never longer than finish_wait
+    # after the first success
+    finish_wait: float = 0.050
+    finish_rtts: float = 1.0
+    finish_margin: float = 0.005
     # our relay extension: when the best succeeded pair is RELAYED (the server would carry the traffic)
     # and a better pair is still pending although the peer's checks arrive on it (the path works at least
     # one way: ours or their answers were lost), that pair gets this long before the relay is taken
     relay_wait: float = 1.0
     transaction_timeout: float = 30.0  # [ME] §4.3 overall timer, from list creation (initiator)
-    responder_timeout: float = 60.0  # weakness #7: no IKE_SA_INIT with this connect ID -> give up
+    responder_timeout: float = 60.0  # no IKE_SA_INIT with this connect ID -> give up (docs/protocol.md §11.3)
     max_remote_endpoints: int = 16  # [ME] §4.2 / RFC 8445 §19.5.1: drop lowest priority first (one RELAYED kept)
     max_pairs: int = 100  # RFC 8445 6.1.2.5 default (one pair to a RELAYED endpoint always kept)
     max_learnt_remote: int = 8  # remote prflx endpoints learnt from requests (RFC 8445 19.5.1)
     max_early_checks: int = 8  # checks buffered before our key / the peer's key is known
-    key_rule: KeyRule = KeyRule.SENDER  # reference §7.2 INTEROP
+    key_rule: KeyRule = KeyRule.SENDER  # strongSwan's, the one that interoperates (docs/protocol.md §7.2)
 
 
 def retransmit_timeout(cfg: CheckListConfig, n: int, active: int = 1) -> float:
     """Seconds between retransmission n-1 (or the first send) and retransmission n (n >= 1).
 
-    Reference §7.6: 25, 25, then 25 * 1.8^(n-2) ms truncated to whole ms; n = max+1 is the final
-    timeout after which the pair fails. With `rto_max` no wait exceeds max(rto_max, rto_per_pair *
+    strongSwan's schedule (docs/protocol.md §7.6): 25, 25, then 25 * 1.8^(n-2) ms truncated to whole
+    ms; n = max+1 is the final timeout after which the pair fails. With `rto_max` no wait exceeds max(rto_max, rto_per_pair *
     active), `active` = the list's pairs Waiting or In-Progress (RFC 8445 14.3).
     """
     base_ms = cfg.rto * 1000.0
@@ -170,7 +179,12 @@ class Pair:
     deadline: float | None = None  # next retransmission or final timeout
     packet: bytes | None = None
     mapped: Endpoint | None = None
-    sent_at: float = 0.0  # last transmission of this pair's check (RTT estimate)
+    sent_at: float = 0.0  # last transmission of this pair's check
+    first_sent: float | None = None  # first transmission of its current check (retransmissions keep it)
+    initial_sent: float | None = None  # the pair's very first check
+    # Karn's rule (RFC 6298 3): only a check sent once gives a round-trip sample; an answer after a
+    # retransmission or a triggered re-send is timed from the pair's first check (an upper bound)
+    clean: bool = False
     heard: bool = False  # a check request of the peer arrived on this pair
 
     @property
@@ -212,6 +226,7 @@ class CheckList:
         self._last_check: float | None = None
         self._finish_at: float | None = None
         self._rtt: float | None = None  # smallest check round trip seen (adaptive finish wait)
+        self._first_success: float | None = None
         self._expires_at: float | None = now + self._timeout()
         self._out: list[Datagram] = []
         self._events: deque[CheckListEvent] = deque()
@@ -220,7 +235,7 @@ class CheckList:
     def _timeout(self) -> float:
         return self.config.transaction_timeout if self.is_initiator else self.config.responder_timeout
 
-    # --- construction ([ME] §4.1 steps 3, 5, 6, 8) ------------------------------------------------
+    # --- construction (docs/protocol.md §4.1 steps 3, 5, 6, 8) ---------------------------------------------
 
     @classmethod
     def for_initiator(cls, connect_id: bytes, my_key: bytes, my_endpoints: Sequence[Endpoint],
@@ -277,23 +292,23 @@ class CheckList:
     def _remote(self) -> _Side:
         return self._responder if self.is_initiator else self._initiator
 
-    # --- pairing ([ME] §5.1, reference §6.2) ------------------------------------------------------
+    # --- pairing ([ME] §5.1, docs/protocol.md §6.2) --------------------------------------------------
 
     def _build_pairs(self) -> None:
         candidates: list[tuple[Endpoint, Endpoint, int]] = []
-        # reference §6.2.1: initiator x responder endpoints, same family only
+        # docs/protocol.md §6.2 step 1: initiator x responder endpoints, same family only
         for i_ep in self._initiator.endpoints:
             for r_ep in self._responder.endpoints:
                 if i_ep.family != r_ep.family:
                     continue
                 local, remote = (i_ep, r_ep) if self.is_initiator else (r_ep, i_ep)
                 candidates.append((local, remote, pair_priority(i_ep.priority, r_ep.priority)))
-        candidates.sort(key=lambda c: -c[2])  # stable: ties keep insertion order (§6.2.4)
+        candidates.sort(key=lambda c: -c[2])  # stable: ties keep insertion order (docs/protocol.md §6.2 step 4)
         seen: set[tuple[Addr, Addr]] = set()
         pruned: list[tuple[Endpoint, Endpoint, int]] = []
         for local, remote, prio in candidates:
             key = (local.local_base, remote.addr)
-            if key in seen:  # RFC 8445 6.1.2.4 / reference §6.2.5: prune by (local base, remote)
+            if key in seen:  # RFC 8445 6.1.2.4: prune by (local base, remote)
                 continue
             seen.add(key)
             pruned.append((local, remote, prio))
@@ -370,14 +385,14 @@ class CheckList:
         self._update(now)
 
     def stop(self, now: float, reason: str = "mediated IKE_SA_INIT received") -> None:
-        """Reference §8: the responder stops on IKE_SA_INIT carrying this connect ID."""
+        """The responder stops on IKE_SA_INIT carrying this connect ID (docs/protocol.md §8, §9.2)."""
         if self.finished:
             return
         self._finish()
         self._events.append(CheckListStopped(self.connect_id, reason))
         log.info("checklist %s stopped: %s", self.connect_id.hex(), reason)
 
-    # --- sending ([ME] §5.1, reference §7.6) ------------------------------------------------------
+    # --- sending ([ME] §5.1, docs/protocol.md §7.6) --------------------------------------------------
 
     def _schedule_tick(self, now: float) -> None:
         if self._next_tick is None and not self.finished and self.state != ListState.NONE:
@@ -385,20 +400,25 @@ class CheckList:
             self._next_tick = now if last is None else max(now, last + self.config.pacing)
 
     def _tick(self, now: float) -> None:
-        """Triggered FIFO first, else the highest-priority Waiting pair, else stop ticking."""
-        pair = None
-        while self._triggered and pair is None:
-            cand = self._triggered.popleft()
-            if cand.state == PairState.WAITING:
-                pair = cand
-        if pair is None:
-            pair = next((p for p in self.pairs if p.state == PairState.WAITING), None)
-        if pair is None:
+        """Triggered FIFO first, else the highest-priority Waiting pair, else stop ticking; the list's
+        first tick sends up to `initial_burst` checks."""
+        burst = max(1, self.config.initial_burst) if self._last_check is None else 1
+        sent = 0
+        while sent < burst and (pair := self._next_waiting()) is not None:
+            self._send_request(pair, now)
+            sent += 1
+        if not sent:
             self._next_tick = None
             return
-        self._send_request(pair, now)
         self._last_check = now
         self._next_tick = now + self.config.pacing
+
+    def _next_waiting(self) -> Pair | None:
+        while self._triggered:
+            cand = self._triggered.popleft()
+            if cand.state == PairState.WAITING:
+                return cand
+        return next((p for p in self.pairs if p.state == PairState.WAITING), None)
 
     def _send_request(self, pair: Pair, now: float) -> None:
         own, peer = self._keys()
@@ -407,7 +427,10 @@ class CheckList:
         pair.packet = encode_check(check)
         pair.retransmits = 0
         pair.deadline = now + retransmit_timeout(self.config, 1, self._active())
-        pair.sent_at = now
+        pair.clean = pair.initial_sent is None
+        if pair.initial_sent is None:
+            pair.initial_sent = now
+        pair.sent_at = pair.first_sent = now
         self._out.append((pair.packet, pair.base, pair.remote_addr))
         self._set_pair_state(pair, PairState.IN_PROGRESS)
 
@@ -421,7 +444,7 @@ class CheckList:
             return
         pair.retransmits += 1
         pair.deadline = now + retransmit_timeout(self.config, pair.retransmits + 1, self._active())
-        pair.sent_at = now
+        pair.sent_at, pair.clean = now, False
         self._out.append((pair.packet, pair.base, pair.remote_addr))  # cached packet replayed
 
     def _active(self) -> int:
@@ -438,7 +461,7 @@ class CheckList:
     def receive_check(self, data: bytes | Message | Check, src: Addr, dst: Addr, now: float) -> str | None:
         """Process a check received from `src` on local address `dst`.
 
-        Returns None when accepted, else the reason it was dropped (reference §7.1: drop silently;
+        Returns None when accepted, else the reason it was dropped ([ME] §5.2: drop silently;
         the caller may log the reason at debug level).
         """
         try:
@@ -471,7 +494,7 @@ class CheckList:
         return None
 
     def _on_request(self, check: Check, src: Addr, dst: Addr, now: float) -> None:
-        """[ME] §5.2 / reference §7.4."""
+        """[ME] §5.2, docs/protocol.md §7.4."""
         req_ep = check.endpoint
         own, peer = self._keys()
         if not self.finished:
@@ -479,7 +502,7 @@ class CheckList:
             if pair is not None:
                 pair.heard = True
                 self._trigger(pair, now)
-        # reference §7.4 step 3: same MID, observed source, priority copied, our own MAC (§7.2)
+        # docs/protocol.md §7.4 step 3: same MID, observed source, priority copied, our own MAC (§7.2)
         key = mac_key(True, True, own, peer, self.config.key_rule)
         resp = make_check(True, check.message_id, self.connect_id,
                           response_endpoint(src, req_ep.priority), key)
@@ -491,7 +514,7 @@ class CheckList:
                 return p
         remote = next((e for e in self._remote.endpoints if e.addr == src), None)
         if remote is None:
-            # RFC 8445 7.3.1.3 / reference §7.4 step 1: remote PEER_REFLEXIVE, request's priority
+            # RFC 8445 7.3.1.3: remote PEER_REFLEXIVE, request's priority
             learnt = sum(1 for e in self._remote.endpoints if e.type == MeEndpointType.PEER_REFLEXIVE)
             if learnt >= self.config.max_learnt_remote:
                 return None
@@ -500,7 +523,7 @@ class CheckList:
             log.info("checklist %s: learnt remote peer reflexive %s", self.connect_id.hex(), remote)
         if len(self.pairs) >= self.config.max_pairs:
             return None
-        # reference §7.4 table, "none": local = our endpoint based at the destination, else HOST there
+        # docs/protocol.md §7.4, no pair yet: local = our endpoint based at the destination, else HOST there
         local = next((e for e in self._local.endpoints if e.local_base == dst), None)
         if local is None:
             local = make_endpoint(MeEndpointType.HOST, dst[0], dst[1])
@@ -509,7 +532,7 @@ class CheckList:
         return self._add_pair(local, remote, self._pair_priority(local, remote))
 
     def _trigger(self, pair: Pair, now: float) -> None:
-        """RFC 8445 7.3.1.4 / reference §7.4 step 2 (weakness #16: cancel, then re-queue)."""
+        """RFC 8445 7.3.1.4: cancel the retransmissions, then re-queue (docs/protocol.md §11.10)."""
         if pair.state == PairState.SUCCEEDED:
             return
         if pair.state == PairState.IN_PROGRESS:
@@ -520,7 +543,7 @@ class CheckList:
         self._schedule_tick(now)
 
     def _on_response(self, check: Check, src: Addr, dst: Addr, now: float) -> str | None:
-        """[ME] §5.3 / reference §7.5."""
+        """[ME] §5.3, docs/protocol.md §7.5."""
         pair = self._by_id.get(check.message_id)
         if pair is None:
             return self._drop(f"response for unknown pair {check.message_id}")
@@ -534,15 +557,18 @@ class CheckList:
             self._set_pair_state(pair, PairState.FAILED)
             return None
         pair.mapped = self._learn_local(check.endpoint, pair)
-        rtt = max(0.0, now - pair.sent_at)
+        start = pair.sent_at if pair.clean or pair.initial_sent is None else pair.initial_sent
+        rtt = max(0.0, now - start)
         self._rtt = rtt if self._rtt is None else min(self._rtt, rtt)
+        if self._first_success is None:
+            self._first_success = now
         self._set_pair_state(pair, PairState.SUCCEEDED)
         return None
 
     def _learn_local(self, mapped: Endpoint, pair: Pair) -> Endpoint:
         """RFC 8445 7.2.5.3.1: an unknown mapped address is a local prflx, base = the pair's base.
 
-        Weakness #6: the valid pair (mapped local, remote) is recorded on the checked pair
+        The draft's valid pair (mapped local, remote) is recorded on the checked pair
         (`PairInfo.mapped`); it has the same (base, remote) so it needs no check of its own.
         """
         for e in self._local.endpoints:
@@ -554,14 +580,14 @@ class CheckList:
         log.info("checklist %s: learnt local peer reflexive %s", self.connect_id.hex(), local)
         return local
 
-    # --- list state and selection ([ME] §5.4, reference §7.7, §8) ---------------------------------
+    # --- list state and selection ([ME] §5.4, docs/protocol.md §7.7, §8) -----------------------------
 
     def _recompute_state(self) -> None:
         if self.state == ListState.NONE or self.finished:
             return
         states = {p.state for p in self.pairs}
         if PairState.WAITING in states:
-            return  # reference §7.7: unchanged while any pair is Waiting
+            return  # docs/protocol.md §7.7: unchanged while any pair is Waiting
         if PairState.IN_PROGRESS in states:
             self._set_list_state(ListState.IN_PROGRESS)
         elif PairState.SUCCEEDED in states:
@@ -577,23 +603,38 @@ class CheckList:
             self._fail(f"all {len(self.pairs)} pairs failed" if self.pairs else "no candidate pairs")
             return
         if not self.is_initiator:
-            return  # the controlled side waits for IKE_SA_INIT (reference §8)
+            return  # the controlled side waits for IKE_SA_INIT (docs/protocol.md §8)
         best = self._best_succeeded()
         if best is None:
             return
-        pending = [p for p in self.pairs if p.state in (PairState.WAITING, PairState.IN_PROGRESS)]
-        if all(p.priority < best.priority for p in pending):
-            self._select(now)  # nothing pending can beat it: finish at once
-        elif not any(p.state == PairState.WAITING for p in pending):
-            # reference §8 (strongSwan waits 1000 ms): a better pair that works answers within about
-            # a round trip of its last check, so wait a few measured RTTs, never more than finish_wait
-            rtt = self._rtt if self._rtt is not None else self.config.finish_wait
-            wait = min(self.config.finish_wait, self.config.finish_rtts * rtt + self.config.pacing)
-            if best.remote.type == MeEndpointType.RELAYED and any(p.heard and p.priority > best.priority
-                                                                  for p in pending):
-                wait = max(wait, self.config.relay_wait)
-            due = now + wait  # a new best (not relayed) may shorten the wait, nothing lengthens it
-            self._finish_at = due if self._finish_at is None else min(self._finish_at, due)
+        due = self._finish_due(best, now)
+        if due <= now:
+            self._select(now)
+        else:
+            self._finish_at = due
+
+    def _finish_due(self, best: Pair, now: float) -> float:
+        """When the controlling side nominates `best` ([ME] §5.4, docs/protocol.md §8): at once when no
+        better pair is pending; else when every better pending pair had its round trip (finish_rtts
+        measured RTTs plus finish_margin after its first check, or after the next tick for one not sent
+        yet) without an answer, at most finish_wait after the first success."""
+        better = [p for p in self.pairs if p.priority > best.priority
+                  and p.state in (PairState.WAITING, PairState.IN_PROGRESS)]
+        if not better:
+            return now
+        cfg = self.config
+        first = self._first_success if self._first_success is not None else now
+        rtt = self._rtt if self._rtt is not None else cfg.finish_wait
+        due = now
+        for p in better:
+            sent = p.first_sent if p.state == PairState.IN_PROGRESS and p.first_sent is not None else None
+            start = sent if sent is not None else (self._next_tick if self._next_tick is not None else now)
+            due = max(due, start + cfg.finish_rtts * rtt + cfg.finish_margin)
+        due = min(due, first + cfg.finish_wait)
+        if best.remote.type == MeEndpointType.RELAYED and any(p.heard for p in better):
+            # our relay extension: a better pair the peer's checks arrive on works at least one way
+            due = max(due, first + cfg.relay_wait)
+        return due
 
     def _best_succeeded(self) -> Pair | None:
         return next((p for p in self.pairs if p.state == PairState.SUCCEEDED), None)

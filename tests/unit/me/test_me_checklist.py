@@ -1,4 +1,4 @@
-"""Check lists ([ME] §5, reference §6-§8): pairing, pacing, retransmission, triggered checks, prflx
+"""Check lists ([ME] §5, docs/protocol.md §6-§8): pairing, pacing, retransmission, triggered checks, prflx
 learning, selection and failure, with a fake clock and a tiny simulated NAT."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_pair_priority_formula() -> None:
 
 
 def test_dual_stack_ipv6_host_pair_ranks_first() -> None:
-    """Reference §11 #3: gathered HOSTs prefer IPv6, so the v6 host pair is pair 1 on both sides, above
+    """docs/protocol.md §11.2: gathered HOSTs prefer IPv6, so the v6 host pair is pair 1 on both sides, above
     the v4 host pair and far above the v4 host -> srflx pair (v6 has no srflx: no NAT, no v6 MS)."""
     from core_ike.me.endpoints import host_endpoints
 
@@ -123,7 +123,7 @@ def test_default_retransmissions_go_on_until_the_deadline() -> None:
     assert len(failed) == 1 and failed[0].reason == f"no check succeeded within {deadline:.1f} s"
 
 
-# --- pairing on the worked example of reference §6.2 ---------------------------------------------
+# --- pairing on the worked example of docs/protocol.md §6.2 ------------------------------------------
 
 def test_worked_example_pairs() -> None:
     a, b = make_pair_of_lists()
@@ -191,7 +191,7 @@ def test_pacing_and_retransmission_timestamps() -> None:
     a.set_responder_data(KEY_B, [make_endpoint(MeEndpointType.HOST, *B_HOST)], 0.0)
     sent = run_alone(a, 100.0)
     expected = [0, 25, 50, 95, 176, 321, 583, 1055, 1905, 3435, 6189, 11147, 20073, 36140]
-    assert [round(t * 1000) for t, _, _ in sent] == expected  # 14 packets, reference §7.6
+    assert [round(t * 1000) for t, _, _ in sent] == expected  # 14 packets, docs/protocol.md §7.6
     ev = drain(a)
     failed = [e for e in ev if isinstance(e, CheckListFailed)]
     fail_change = [e for e in ev if isinstance(e, PairStateChanged) and e.new == PairState.FAILED]
@@ -200,16 +200,28 @@ def test_pacing_and_retransmission_timestamps() -> None:
 
 
 def test_pacing_one_check_every_t() -> None:
-    cfg = CheckListConfig(pacing=0.010, transaction_timeout=100.0)
+    cfg = CheckListConfig(pacing=0.010, transaction_timeout=100.0, initial_burst=1)
     a = CheckList.for_initiator(CID, KEY_A, eps_of(A_HOST, A_PUB), 0.0, cfg)
     a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.0)
     first = run_alone(a, 0.011)
     assert [(round(t * 1000), d) for t, _, d in first] == [(0, B_HOST), (10, B_PUB)]
 
 
+def test_first_checks_go_out_together_then_paced() -> None:
+    """The pair that works (here the second) is not delayed by the first one's pacing interval; the
+    checks after the initial burst, triggered ones included, keep the pacing."""
+    many = [make_endpoint(MeEndpointType.HOST, f"10.2.0.{i}", 4500) for i in range(2, 8)]
+    cfg = CheckListConfig(pacing=0.010, transaction_timeout=100.0, initial_burst=3, rto=1.0)
+    a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0, cfg)
+    a.set_responder_data(KEY_B, wire(many), 0.0)
+    sent = run_alone(a, 0.031)
+    assert [(round(t * 1000), d[0]) for t, _, d in sent] == [
+        (0, "10.2.0.2"), (0, "10.2.0.3"), (0, "10.2.0.4"), (10, "10.2.0.5"), (20, "10.2.0.6"), (30, "10.2.0.7")]
+
+
 # --- requests: responses, triggered checks, prflx learning ---------------------------------------
 
-STRONGSWAN_PACING = CheckListConfig(pacing=0.025)  # strongSwan's ME_INTERVAL, as the timelines below assume
+STRONGSWAN_PACING = CheckListConfig(pacing=0.025, initial_burst=1)  # strongSwan's ME_INTERVAL, as the timelines below assume
 
 
 def started_initiator() -> CheckList:
@@ -242,7 +254,7 @@ def test_triggered_in_progress_pair_cancels_retransmissions() -> None:
     p2 = a.pairs[1]
     assert p2.state == PairState.IN_PROGRESS and p2.deadline is not None
     a.receive_check(request_from_b(1), B_PUB, A_HOST, 0.030)
-    assert p2.state == PairState.WAITING and p2.deadline is None  # weakness #16 fixed
+    assert p2.state == PairState.WAITING and p2.deadline is None  # docs/protocol.md §11.10
     assert len(a.datagrams_to_send()) == 1  # only the response, the triggered check waits for T
     assert a.get_timer() == pytest.approx(0.050)
     a.handle_timer(0.050)
@@ -252,7 +264,7 @@ def test_triggered_in_progress_pair_cancels_retransmissions() -> None:
 
 
 def test_triggered_failed_pair_is_rechecked() -> None:
-    cfg = CheckListConfig(max_retransmits=0, transaction_timeout=100.0)
+    cfg = CheckListConfig(max_retransmits=0, transaction_timeout=100.0, initial_burst=1)
     a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0, cfg)
     a.set_responder_data(KEY_B, [make_endpoint(MeEndpointType.HOST, *B_PUB),
                                  make_endpoint(MeEndpointType.HOST, *B_HOST)], 0.0)
@@ -435,12 +447,75 @@ def test_two_lists_through_eim_apdf_nats_select_host_to_srflx() -> None:
 
 
 def test_success_is_fast() -> None:
-    """RTT 10 ms, T 5 ms: pair 2 succeeds within a round trip or two; pair 1 (host->host) is still
-    pending, so the list waits 2 measured RTTs + T for it (not strongSwan's fixed 1000 ms)."""
+    """RTT 10 ms: both first checks leave at 0 (initial burst), pair 2 (host->srflx) is answered at 10 ms;
+    pair 1 (host->host, better, unreachable) left at the same moment, so it gets one measured round trip
+    plus finish_margin (5 ms) from its check: the list selects at 15 ms (strongSwan: 1000 ms more)."""
     net, a, _ = two_peers(symmetric=False)
     done_at = net.run(until=1.0, stop_when_finished=a)
-    assert a.finished and any(isinstance(e, CheckListSucceeded) for e in drain(a))
-    assert 0.010 <= done_at <= 0.040
+    ok = [e for e in drain(a) if isinstance(e, CheckListSucceeded)]
+    assert ok and ok[0].selected.id == 2
+    assert done_at == pytest.approx(0.015)
+
+
+def answer(cl: CheckList, mid: int, src: Addr, now: float) -> None:
+    """The peer's response to our check `mid`, arriving from `src` at our host address."""
+    from core_ike.me.checks import encode_check
+
+    resp = make_check(True, mid, CID, response_endpoint(A_HOST, 0x0080FFFF), KEY_B)
+    assert cl.receive_check(encode_check(resp), src, A_HOST, now) is None
+
+
+def host_and_srflx_list(cfg: CheckListConfig) -> CheckList:
+    a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0, cfg)
+    a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.0)  # pair 1 -> B_HOST, pair 2 -> B_PUB
+    a.handle_timer(0.0)
+    return a
+
+
+def advance(cl: CheckList, until: float) -> None:
+    """Run the list's timers up to `until` (nothing arrives meanwhile)."""
+    while (t := cl.get_timer()) is not None and t <= until:
+        cl.handle_timer(t)
+        cl.datagrams_to_send()
+
+
+def selected_at(cl: CheckList) -> int | None:
+    ok = [e for e in drain(cl) if isinstance(e, CheckListSucceeded)]
+    return ok[0].selected.id if ok else None
+
+
+def test_better_pair_answering_within_its_round_trip_is_selected() -> None:
+    a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0))  # both checks left at 0
+    answer(a, 2, B_PUB, 0.010)  # RTT 10 ms: pair 1 is waited for until 0 + 10 + 5 ms
+    advance(a, 0.0139)
+    assert selected_at(a) is None
+    answer(a, 1, B_HOST, 0.014)
+    assert selected_at(a) == 1  # the better pair, at once: nothing better is pending
+
+
+def test_better_pair_silent_for_its_round_trip_is_not_waited_for() -> None:
+    # strictly paced: pair 1 left at 0, pair 2 at 10 ms and is answered at 20 ms (RTT 10 ms); pair 1 had
+    # 20 ms without an answer, more than a round trip and the margin: no wait at all
+    a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0, pacing=0.010, initial_burst=1, rto=1.0))
+    a.handle_timer(0.010)
+    answer(a, 2, B_PUB, 0.020)
+    assert selected_at(a) == 2 and a.finished
+
+
+def test_round_trip_after_a_triggered_resend_is_timed_from_the_first_check() -> None:
+    """Karn's rule: the answer that comes after a re-send may belong to the first check; timing it from
+    the re-send would shorten the estimate and dismiss a better pair too early."""
+    a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0))
+    a.receive_check(request_from_b(9), B_PUB, A_HOST, 0.008)  # the peer's check on pair 2: triggered
+    a.handle_timer(0.008)  # re-sent at 8 ms
+    assert a.pairs[1].state == PairState.IN_PROGRESS and a.pairs[1].first_sent == pytest.approx(0.008)
+    answer(a, 2, B_PUB, 0.010)  # 10 ms after the first check, 2 ms after the re-send
+    # pair 1 (sent at 0) is waited for until 0 + RTT 10 ms + margin 5 ms; timed from the re-send (2 ms) its
+    # time would have passed at 7 ms
+    advance(a, 0.0149)
+    assert selected_at(a) is None
+    advance(a, 0.015)
+    assert selected_at(a) == 2
 
 
 def test_finish_wait_is_bounded_by_config() -> None:
@@ -463,7 +538,7 @@ def test_symmetric_nat_fails_within_deadline_listing_pairs() -> None:
         (A_HOST, B_HOST, PairState.FAILED), (A_HOST, B_PUB, PairState.FAILED)]
     assert "10.1.0.2[4500] - 203.0.113.2[4500]" in str(failed[0].tried[1])
     b_failed = [e for e in drain(b) if isinstance(e, CheckListFailed)]
-    assert b_failed and "IKE_SA_INIT" in b_failed[0].reason  # weakness #7: responder timeout
+    assert b_failed and "IKE_SA_INIT" in b_failed[0].reason  # responder timeout, docs/protocol.md §11.3
 
 
 def test_symmetric_nat_all_pairs_failed() -> None:
