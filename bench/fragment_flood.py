@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""IKE fragment flood (issue 9): incomplete RFC 7383 fragment sets against half-open IKE_SAs, and what
+"""IKE fragment flood: incomplete RFC 7383 fragment sets against half-open IKE_SAs, and what
 they cost the responder's memory.
 
 An attacker engine completes IKE_SA_INIT with a real responder :class:`core_ike.ike.engine.Engine` (so it

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""IKE_SA_INIT flood with spoofed sources (issue 9): can a legitimate initiator still get an IKE_SA?
+"""IKE_SA_INIT flood with spoofed sources: can a legitimate initiator still get an IKE_SA?
 
 Lab (three namespaces, built here): ``flood`` -- veth -- ``resp`` -- veth -- ``legit``.
 
@@ -40,6 +40,7 @@ import ctypes.util
 import io
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -59,12 +60,15 @@ if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io  # noqa: E402
+
 PSK = "flood-bench-shared-secret-0123456789abcdef"
 PROPOSAL = "aes128gcm16-prfsha256-x25519"
 RESP_IP, LEGIT_IP = "192.0.2.2", "192.0.2.1"
 RESP_FLOOD_IP, FLOOD_IP = "198.51.100.2", "198.51.100.1"
 SPOOF_NET = 0x64400000  # 100.64.0.0/10 (RFC 6598): never a real peer here
-RESULTS = ROOT / "bench" / "results" / "ike_flood.txt"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -172,8 +176,10 @@ def flood(spec: dict[str, Any]) -> dict[str, Any]:
                 now = time.monotonic()
     elapsed = time.monotonic() - t0
     s.close()
+    ru = resource.getrusage(resource.RUSAGE_SELF)  # includes building the pool before t0: an upper bound
     return {"sent": sent, "seconds": elapsed, "pps": sent / elapsed if elapsed > 0 else 0.0,
-            "errors": errors, "calls": calls, "sources": int(spec["sources"]), "bytes": len(pkts[0])}
+            "errors": errors, "calls": calls, "sources": int(spec["sources"]), "bytes": len(pkts[0]),
+            "cpu": ru.ru_utime + ru.ru_stime}
 
 
 # ====================================================================== the lab and the measurement
@@ -284,15 +290,33 @@ def proc_rss_kib(pid: int) -> int:
     return 0
 
 
-def find_python(root: int) -> int:
+def find_pythons(root: int) -> list[int]:
+    """Every python process under `root` (iked with workers: the supervisor and each worker)."""
+    out: list[int] = []
     todo = [root]
     while todo:
         pid = todo.pop(0)
         with contextlib.suppress(OSError):
             if Path(f"/proc/{pid}/comm").read_text().strip().startswith("python"):
-                return pid
+                out.append(pid)
             todo += [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    raise RuntimeError(f"no python under {root}")
+    if not out:
+        raise RuntimeError(f"no python under {root}")
+    return out
+
+
+def find_python(root: int) -> int:
+    return find_pythons(root)[0]
+
+
+def _wait_workers(root: int, workers: int, timeout: float = 30.0) -> list[int]:
+    """The supervisor and its `workers` processes once they all run (polled with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = find_pythons(root)
+        if workers == 1 or len(pids) >= workers + 1 or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
 
 
 def udp_stats(lab: Any, host: str) -> dict[str, int]:
@@ -310,10 +334,12 @@ def start_flood(lab: Any, spec: dict[str, Any]) -> subprocess.Popen[str]:
 def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, Any]:
     from scenarios.lab.iked import Iked
 
-    resp = Iked(lab, "resp", responder_toml(a.log_level, a.responder_extra), name=f"resp{run}-{tree.name}")
+    workers = int(getattr(a, "workers_now", 1))
+    extra = a.responder_extra + (f"\nworkers = {workers}" if workers != 1 else "")
+    resp = Iked(lab, "resp", responder_toml(a.log_level, extra), name=f"resp{run}-w{workers}-{tree.name}")
     legit: CharonLegit | IkedLegit = (
-        CharonLegit(lab, a.attempts, f"charon{run}-{tree.name}") if a.legit == "charon"
-        else IkedLegit(lab, a.attempts, a.legit_retransmit, f"legit{run}-{tree.name}"))
+        CharonLegit(lab, a.attempts, f"charon{run}-w{workers}-{tree.name}") if a.legit == "charon"
+        else IkedLegit(lab, a.attempts, a.legit_retransmit, f"legit{run}-w{workers}-{tree.name}"))
     # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path
     env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
     src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"], capture_output=True,
@@ -322,11 +348,11 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
         raise RuntimeError(f"the responder would load {src}, not the tree {tree}")
     resp.start(env=env)
     legit.start()
-    out: dict[str, Any] = {"tree": str(tree)}
+    out: dict[str, Any] = {"tree": str(tree), "workers": workers, "legit": a.legit}
     try:
-        pid = find_python(resp.proc.pid)
+        pids = _wait_workers(resp.proc.pid, workers)
         udp0 = udp_stats(lab, "resp")
-        rss0, cpu0 = proc_rss_kib(pid), proc_cpu(pid)
+        rss0, cpu0 = sum(proc_rss_kib(p) for p in pids), sum(proc_cpu(p) for p in pids)
         spec = {"dst": RESP_IP, "pps": a.pps, "duration": a.duration, "count": a.count,
                 "sources": a.sources, "pool": min(a.pool, max(a.sources, 1024)), "batch": a.batch}
         fl = start_flood(lab, spec) if a.pps >= 0 else None
@@ -339,7 +365,7 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
             ok = legit.up(i, a.deadline)
             dt = time.monotonic() - t
             times.append(dt if ok and dt <= a.deadline else None)
-            rss_peak = max(rss_peak, proc_rss_kib(pid))
+            rss_peak = max(rss_peak, sum(proc_rss_kib(p) for p in pids))
             time.sleep(a.gap)
         in_flood = time.monotonic() - t_flood
         fres: dict[str, Any] = {}
@@ -349,14 +375,16 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
             if fl.returncode != 0:
                 raise RuntimeError(f"flood failed: {se[-2000:]}")
             fres = json.loads(so.strip().splitlines()[-1])
-        cpu1 = proc_cpu(pid)
+        cpu1 = sum(proc_cpu(p) for p in pids)
         flood_secs = float(fres.get("seconds", in_flood))
-        rss1 = proc_rss_kib(pid)
+        rss1 = sum(proc_rss_kib(p) for p in pids)
         udp1 = udp_stats(lab, "resp")
         stats = resp.ctl({"cmd": "stats"}).get("stats", {})
         out.update({
             "flood": fres, "times": times, "ok": sum(1 for x in times if x is not None),
             "cpu_pct": 100.0 * (cpu1 - cpu0) / max(flood_secs, in_flood),
+            "gen_cpu_pct": 100.0 * float(fres.get("cpu", 0.0)) / flood_secs if flood_secs else 0.0,
+            "flood_secs": flood_secs,
             "rss0": rss0, "rss_peak": max(rss_peak, rss1), "rss1": rss1,
             "udp": {k: udp1[k] - udp0.get(k, 0) for k in ("InDatagrams", "RcvbufErrors", "InErrors",
                                                            "OutDatagrams", "SndbufErrors")},
@@ -390,27 +418,18 @@ def report(label: str, runs: list[dict[str, Any]], a: argparse.Namespace, first:
         c = r["counters"]
         drops = {k: v for k, v in c.items() if k.startswith("drop-")}
         lines.append(
-            f"{label:9} run {i + 1}: flood {f.get('pps', 0) / 1000:6.1f} kpps ({f.get('sent', 0)} sent) "
-            f"legit {r['ok']:2d}/{len(r['times'])} in {a.deadline:.0f} s, setup s {_q(ts)}; "
-            f"CPU {r['cpu_pct']:3.0f}%, RSS MiB {r['rss0'] / 1024:.1f}/{r['rss_peak'] / 1024:.1f}/{r['rss1'] / 1024:.1f}; "
+            f"{label} run {i + 1}: flood {f.get('pps', 0) / 1000:6.1f} kpps ({f.get('sent', 0)} sent, generator CPU "
+            f"{r.get('gen_cpu_pct', 0):3.0f}%) legit {r['ok']:2d}/{len(r['times'])} in {a.deadline:.0f} s, "
+            f"setup s {_q(ts)}; responder CPU {r['cpu_pct']:3.0f}%, COOKIEs/s {_cookie_rate(r) / 1000:.1f}k, "
+            f"RSS MiB {r['rss0'] / 1024:.1f}/{r['rss_peak'] / 1024:.1f}/{r['rss1'] / 1024:.1f}; "
             f"kernel: {r['udp']['InDatagrams']} delivered, {r['udp']['RcvbufErrors']} rcvbuf drops; "
             f"cookies-sent {c.get('cookies-sent', 0)} {drops or ''}")
-    oks = [float(r["ok"]) for r in runs]
-    allts = [x for r in runs for x in r["times"] if x is not None]
-    lines.append(
-        f"{label:9} median over {len(runs)} runs: flood {_q([r['flood'].get('pps', 0) / 1000 for r in runs])} kpps, "
-        f"legit {_q(oks)} of {a.attempts}, setup s {_q(allts)}, CPU % {_q([r['cpu_pct'] for r in runs])}, "
-        f"RSS peak MiB {_q([r['rss_peak'] / 1024 for r in runs])}, rcvbuf drops "
-        f"{_q([float(r['udp']['RcvbufErrors']) for r in runs])}")
     return lines
 
 
-def head() -> str:
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return rev + ("+dirty" if dirty else "")
+def _cookie_rate(r: dict[str, Any]) -> float:
+    secs = float(r.get("flood_secs") or r["flood"].get("seconds") or 0.0)
+    return float(r["counters"].get("cookies-sent", 0)) / secs if secs else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,9 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", type=float, default=5.0)
     ap.add_argument("--gap", type=float, default=0.3, help="pause between legitimate attempts")
     ap.add_argument("--settle", type=float, default=2.0, help="flood time before the first attempt")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--legit", choices=["ours", "charon"], default="ours",
-                    help="the legitimate initiator: our iked or a real strongSwan charon (strongSwan's schedule)")
+    ap.add_argument("--legit", choices=["ours", "charon"], nargs="+", default=["ours", "charon"],
+                    help="the legitimate initiator(s): our iked and/or a real strongSwan charon (strongSwan's "
+                    "schedule); several are interleaved run by run")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="the responder's [daemon] workers; several are interleaved run by run")
     ap.add_argument("--legit-retransmit", choices=["strongswan", "default"], default="strongswan",
                     help="the legitimate initiator's retransmissions: strongSwan's (4 s, then 7.2 s, ...: "
                     "early_timeout = 0) or our default (early ones from 0.25 s)")
@@ -441,8 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--responder-extra", default="", help="extra [daemon] lines for the responder")
     ap.add_argument("--tree", default=str(ROOT), help="run the responder from this source tree")
     ap.add_argument("--before", metavar="REV", help="also run the responder from `git archive REV`")
-    ap.add_argument("--out", default="-", help=f"write the table here too (e.g. {RESULTS.relative_to(ROOT)})")
+    results_io.add_args(ap, rounds=3)
     a = ap.parse_args(args_in)
+    rounds = results_io.rounds_of(a)
+    if a.quick:
+        a.pps, a.sources, a.pool, a.attempts, a.duration, a.settle = 20000.0, 4096, 4096, 3, 30.0, 1.0
+    header = results_io.start_header(args_in, "bench/ike_flood.py")
     lab = build_lab()
     try:
         if a.mode == "flood-only":
@@ -459,37 +484,50 @@ def main(argv: list[str] | None = None) -> int:
         if a.before:
             trees.append((f"before {a.before}", git_tree(a.before)))
         trees.append(("this tree" if Path(a.tree) == ROOT else f"tree {a.tree}", Path(a.tree)))
-        load0 = os.getloadavg()[0]
-        results: dict[str, list[dict[str, Any]]] = {}
-        for label, tree in trees:
-            results[label] = []
-            for run in range(a.runs):
-                r = one_run(lab, a, tree, run)
-                results[label].append(r)
-                print(report(label, [r], a, run)[0], flush=True)
+        sides = [(t, lg, w) for t in range(len(trees)) for lg in a.legit for w in a.workers]
+        names = {sd: f"{'before ' if trees[sd[0]][0].startswith('before') else ''}{sd[1]:6} w{sd[2]}" for sd in sides}
+        results: dict[tuple[int, str, int], list[dict[str, Any]]] = {sd: [] for sd in sides}
+        for run, name in results_io.interleave(rounds, [names[sd] for sd in sides]):
+            sd = next(k for k, v in names.items() if v == name)
+            a.workers_now, a.legit_now = sd[2], sd[1]
+            r = one_run(lab, argparse.Namespace(**{**vars(a), "legit": sd[1]}), trees[sd[0]][1], run)
+            results[sd].append(r)
+            print(report(name, [r], a, run)[0], flush=True)
     finally:
         lab.teardown()
-    short = {lb: ("before" if lb.startswith("before") else "after") for lb in results}
-    lines = [
-        f"IKE_SA_INIT flood with spoofed sources: {a.sources} source addresses, flood target "
-        f"{'max' if a.pps == 0 else f'{a.pps:.0f} pps'}, sendmmsg batches of {a.batch} via a raw socket; "
-        f"{a.attempts} legitimate childless IKE_SAs ("
-        + ("charon 5.9" if a.legit == "charon" else f"our iked, {a.legit_retransmit} retransmissions")
-        + f", PSK, {PROPOSAL}) per run, "
-        f"success = established within {a.deadline:.0f} s",
-        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}, "
-        f"HEAD {head()}, load avg before {load0:.2f}; responder log_level {a.log_level}"
-        + (f"; responder extra: {a.responder_extra!r}" if a.responder_extra else ""),
-        "labels: " + ", ".join(f"{lb} = {short[lb]}" for lb in results),
-        "",
-    ]
-    for label, runs in results.items():
-        lines += report(label, runs, a)
-        lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if a.out != "-":
-        Path(a.out).write_text(text)
+    text = [f"IKE_SA_INIT flood with spoofed sources: {a.sources} source addresses, flood target "
+            f"{'max' if a.pps == 0 else f'{a.pps:.0f} pps'}, sendmmsg batches of {a.batch} via a raw socket, one "
+            f"generator process; {a.attempts} legitimate childless IKE_SAs per run (PSK, {PROPOSAL}): `ours` = "
+            f"our iked with {a.legit_retransmit} retransmissions, `charon` = strongSwan charon (4 s, 7.2 s, ...); "
+            f"success = established within {a.deadline:.0f} s; responder log_level {a.log_level}, "
+            f"default cookie thresholds, `wN` = [daemon] workers = N"
+            + (f"; responder extra: {a.responder_extra!r}" if a.responder_extra else "")
+            + "; trees: " + ", ".join(f"{lb} = {t}" for lb, t in trees), ""]
+    figures = []
+    for sd in sides:
+        runs = results[sd]
+        text += report(names[sd], runs, a)
+        ok = sum(r["ok"] for r in runs)
+        n = sum(len(r["times"]) for r in runs)
+        before = trees[sd[0]][0].startswith("before")
+        who = "our iked (strongSwan's schedule)" if sd[1] == "ours" and a.legit_retransmit == "strongswan" else (
+            "our iked (our schedule)" if sd[1] == "ours" else "strongSwan charon")
+        diffs = [f"flood {_q([r['flood'].get('pps', 0) / 1000 for r in runs])} kpps from one generator process "
+                 f"using {_q([r.get('gen_cpu_pct', 0) for r in runs])} % of a CPU on the same 2-CPU machine",
+                 f"responder: {sd[2]} worker(s), CPU {_q([r['cpu_pct'] for r in runs])} % of one CPU, "
+                 f"COOKIEs/s {_q([_cookie_rate(r) / 1000 for r in runs])}k"]
+        figures.append(results_io.figure(
+            f"flood_legit_{sd[1]}_w{sd[2]}" + ("_before" if before else ""),
+            f"legitimate IKE_SA within {a.deadline:.0f} s during an IKE_SA_INIT flood, {who}, workers = {sd[2]}"
+            + (" (before)" if before else ""),
+            results_io.count(ok, n, f"within {a.deadline:.0f} s"), None, better="higher", differences=diffs,
+            readme=not before and sd[2] == max(a.workers)))
+        figures.append(results_io.figure(
+            f"flood_cookies_{sd[1]}_w{sd[2]}" + ("_before" if before else ""),
+            f"COOKIE answers per second under that flood, workers = {sd[2]}" + (" (before)" if before else ""),
+            results_io.sample([_cookie_rate(r) for r in runs], "/s"), None, better="higher", readme=False))
+    header = results_io.finish_header(header, a.quick, rounds)
+    results_io.write_results(a.out, "ike_flood", header, figures, "\n".join(text))
     return 0
 
 

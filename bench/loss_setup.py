@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Setups under random packet loss (issue 9): mediated connections and direct IKE_SA + CHILD_SA.
+"""Setups under random packet loss: mediated connections and direct IKE_SA + CHILD_SA.
 
 Topology: :func:`scenarios.lab.nat_lab` (alice behind natA, bob behind natB, carol on the internet segment),
 with :func:`scenarios.lab.loss.add_loss` dropping ``--loss`` % of the packets each NAT forwards

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How many registered peers one mediation server holds: memory per peer and CPU on keepalives (issue 4).
+"""How many registered peers one mediation server holds: memory per peer and CPU on keepalives.
 
 Everything runs in a network namespace of its own (``ip netns``), so all traffic stays on its loopback:
 

@@ -1,4 +1,4 @@
-"""The mediation server's UDP data relay, sans-IO (our extension; reference ike-me-protocol.md §11 #1-#2).
+"""The mediation server's UDP data relay, sans-IO (our extension, docs/protocol.md §11.1).
 
 strongSwan defines the RELAYED endpoint type but its MS relays nothing, so two peers behind
 endpoint-dependent (symmetric) NATs never connect. Here the MS offers, to peers that negotiated it

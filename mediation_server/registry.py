@@ -1,10 +1,10 @@
 """Registry of online peers and callback registrations (pure logic: no IO, no SQL, `now` passed in).
 
-Reference ike-me-protocol.md §5 (strongSwan `mediation_manager.c`), with the weaknesses of §11 fixed:
+The protocol is docs/protocol.md §5 (strongSwan's `mediation_manager.c`); what differs (§11.5, §11.7):
 - one mediation SA per identity; a new registration replaces the old and reports the replaced SA;
-- removal on SA destruction drops every stale entry (#9) and never removes a newer registration;
-- callback registrations expire (configurable TTL) and persist through a storage Protocol (#9, #18);
-- authorization policy and per-peer limits (#11), each refusal typed with a reason and a notify.
+- removal on SA destruction drops every stale entry and never removes a newer registration;
+- callback registrations expire (configurable TTL) and persist through a storage Protocol;
+- authorization policy and per-peer limits, each refusal typed with a reason and a notify.
 
 Clock: `now` is whatever the caller uses consistently. With a persistent store, pass wall-clock time
 (time.time()) so that stored expiry times stay meaningful across restarts.
@@ -149,7 +149,7 @@ class _Bucket:
 
 
 class Authorizer:
-    """Who may be mediated to whom (weakness #11). Refusals carry a reason for the log line."""
+    """Who may be mediated to whom (docs/protocol.md §11.7). Refusals carry a reason for the log line."""
 
     def __init__(self, policy: Policy = Policy.ALL, *,
                  owner_of: Callable[[Identity], str | None] | None = None,
@@ -210,7 +210,7 @@ class Registry:
     def update_sa_id(self, identity: Identity, sa_id: SaId, now: float,
                      endpoint: Addr | None = None) -> Registered:
         """The peer authenticated (IKE_AUTH) or its SA was rekeyed/reauthenticated: register it and
-        drain callbacks waiting for it (reference §5 `update_sa_id`)."""
+        drain callbacks waiting for it (docs/protocol.md §5; strongSwan's `update_sa_id`)."""
         old = self._peers.get(identity)
         replaced: SaId | None = None
         if old is not None and old.sa_id != sa_id:
@@ -249,7 +249,7 @@ class Registry:
     def remove_sa(self, sa_id: SaId) -> Identity | None:
         """MS-side SA destroyed: the peer goes offline unless a newer SA replaced this one.
 
-        Fix of weakness #9: nothing stale is left (offline peers have no entry at all; callback
+        Nothing stale is left (docs/protocol.md §11.5: offline peers have no entry at all; callback
         registrations are separate and expire).
         """
         identity = self._by_sa.pop(sa_id, None)
@@ -279,7 +279,7 @@ class Registry:
         return None if rec is None else rec.sa_id
 
     def check_and_register(self, target: Identity, requester: Identity, now: float) -> SaId | None | Refused:
-        """Reference §5: online -> its SA id; offline -> register the requester (deduplicated) and
+        """docs/protocol.md §5: online -> its SA id; offline -> register the requester (deduplicated) and
         return None; too many pending callbacks -> Refused."""
         sa_id = self.check(target)
         if sa_id is not None:

@@ -1,15 +1,15 @@
 """The mediation server role of the ME extension: `MediationServer`, an engine Extension.
 
-[ME] = draft-brunner-ikev2-mediation-00; reference = ike-me-protocol.md. It
+[ME] = draft-brunner-ikev2-mediation-00; § numbers are docs/protocol.md sections. It
 - echoes N(ME_MEDIATION) (§3.2), prefers mediation configs for peers that asked for mediation and
-  refuses mediation configs to peers that did not (weakness #11);
+  refuses mediation configs to peers that did not (§11.7);
 - answers the srflx request in IKE_AUTH with the observed source address/port (§3.4) and refuses
   SA/TS in that IKE_AUTH with NO_ADDITIONAL_SAS without failing the IKE_SA (§3.5);
 - registers the peer in the Registry when its mediation SA is up, removes it when the SA goes (§5);
 - relays ME_CONNECT in both directions (§4, the four exchanges), answers ME_CONNECT_FAILED for
   offline targets, registers and fires callbacks (§5), forwards a target's failure to the initiator
-  (weakness #10), and enforces the registry's limits and authorization (one log line each);
-- optionally (weaknesses #1-#2, our negotiated extension) offers a data relay: when both peers of an
+  (§4.5), and enforces the registry's limits and authorization (one log line each);
+- optionally (§11.1, our negotiated extension) offers a data relay: when both peers of an
   ME_CONNECT announced RELAY_VENDOR_ID, a `DataRelay` pair of ports is allocated and one RELAYED
   ME_ENDPOINT appended to each side's endpoint list (datarelay.py); unused relays expire early, and a
   peer going offline frees its relays that carry no traffic (datarelay.py "Lifetime").
@@ -29,10 +29,11 @@ from core_ike.codec.payloads import IdPayload, NotifyPayload, Payload
 from core_ike.constants import ExchangeType, MeEndpointType, NotifyType, PayloadType
 from core_ike.errors import ProtocolError
 from core_ike.ike.config import IkeConfig
+from core_ike.ike.context import Task
 from core_ike.ike.engine import Engine, Extension
 from core_ike.ike.identity import Identity
-from core_ike.ike.sa import IkeSa, IkeState
-from core_ike.ike.task import Task
+from core_ike.ike.sa import IkeSa
+from core_ike.ike.state import IkeState
 from core_ike.me import events as mev
 from core_ike.me.connect import (
     ConnectKind,
@@ -44,13 +45,11 @@ from core_ike.me.connect import (
 )
 from core_ike.me.endpoints import encode_endpoint, make_endpoint, relayed_endpoint
 from core_ike.me.tasks import (
-    OURS_KEY,
-    RELAY_KEY,
-    ROLE_KEY,
     MeConnectRequest,
     MeConnectResponder,
     MediationEcho,
     MeOutbox,
+    MeSaState,
     ServerAuth,
 )
 
@@ -59,9 +58,7 @@ from .registry import PeerRecord, Refused, Registry, TargetOffline, TargetOnline
 
 log = logging.getLogger("mediation_server")
 Addr = tuple[str, int]
-REQUESTED_KEY = "me_requested"  # the peer sent N(ME_MEDIATION) in IKE_SA_INIT
-ANSWERED_KEY = "me_answered"  # when we last answered an ME_CONNECT request of this peer
-# netlab.md §11: strongSwan peers may handle the relayed answer before our response to their own
+# docs/protocol.md §4.4: strongSwan peers may handle the relayed answer before our response to their own
 # ME_CONNECT (its threads reorder them) and then never check; give such peers this head start
 ANSWER_GRACE = 0.1
 
@@ -124,10 +121,11 @@ class MediationServer(Extension):
             return []
         if exchange == ExchangeType.IKE_SA_INIT:
             if msg.notify(NotifyType.ME_MEDIATION) is not None:
-                sa.extension_data[REQUESTED_KEY] = True
+                sa.extension(MeSaState).requested = True
                 return [MediationEcho(relay=self.relay is not None)]
             return []
-        if sa.extension_data.get(ROLE_KEY) != "server":
+        me = sa.find_extension(MeSaState)
+        if me is None or me.role != "server":
             return []
         if exchange == ExchangeType.IKE_AUTH:
             return [ServerAuth(self._auth_answer)]
@@ -140,12 +138,14 @@ class MediationServer(Extension):
     def config_score(self, cfg: IkeConfig, sa: IkeSa) -> int:
         if sa.is_original_initiator:
             return 0
-        if sa.extension_data.get(REQUESTED_KEY):
+        me = sa.find_extension(MeSaState)
+        if me is not None and me.requested:
             return 10 if cfg.mediation else 0
         return -1 if cfg.mediation else 0  # no mediation config for peers that did not ask for it
 
     def on_established(self, sa: IkeSa, now: float) -> None:
-        if sa.extension_data.get(ROLE_KEY) != "server" or not sa.mediation or sa.peer_id is None:
+        me = sa.find_extension(MeSaState)
+        if me is None or me.role != "server" or not sa.mediation or sa.peer_id is None:
             return
         identity = sa.peer_id.canonical()
         self._sas[sa.unique_id] = sa
@@ -158,7 +158,7 @@ class MediationServer(Extension):
         if old is not None and replaced != sa.rekeyed_from and old.state is IkeState.ESTABLISHED:
             log.info("deleting mediation SA %s of '%s': replaced by %s", old.label, identity, sa.label)
             self.engine.terminate(old, now)
-        for cb in reg.callbacks:  # reference §5: ME_CONNECT{N(ME_CALLBACK), ID_PEER} to each waiter
+        for cb in reg.callbacks:  # docs/protocol.md §5: ME_CONNECT{N(ME_CALLBACK), ID_PEER} to each waiter
             waiter = self._sas.get(_uid(cb.requester_sa))
             if waiter is None or not waiter.established:
                 continue
@@ -206,7 +206,7 @@ class MediationServer(Extension):
         if not sa.mediation:
             return
         if has_child:
-            # [ME] §3.1 / reference §3.5: mediation SAs carry no CHILD_SA; the IKE_SA stays
+            # [ME] §3.1, docs/protocol.md §3.5: mediation SAs carry no CHILD_SA; the IKE_SA stays
             msg.payloads = [p for p in msg.payloads if p.ptype not in _CHILD_PAYLOADS and not (
                 isinstance(p, NotifyPayload) and int(p.type) in _CHILD_ERRORS)]
             msg.payloads.append(NotifyPayload(NotifyType.NO_ADDITIONAL_SAS))
@@ -214,7 +214,7 @@ class MediationServer(Extension):
                 sa.remove_child(child, "no CHILD_SAs on a mediation connection")
             log.info("refusing CHILD_SA on mediation connection %s: NO_ADDITIONAL_SAS", sa.label)
         if want_srflx:
-            # reference §3.4: the address and port the request arrived from
+            # docs/protocol.md §3.4: the address and port the request arrived from
             ep = make_endpoint(MeEndpointType.SERVER_REFLEXIVE, sa.remote[0], sa.remote[1])
             msg.payloads.append(NotifyPayload(NotifyType.ME_ENDPOINT, encode_endpoint(ep)))
 
@@ -225,7 +225,7 @@ class MediationServer(Extension):
         if msg.notify(NotifyType.ME_CONNECT_FAILED) is not None:
             self._forward_failure(sa, msg, now)
             return []
-        req = parse_connect(msg.payloads)  # INVALID_SYNTAX per reference §4.2
+        req = parse_connect(msg.payloads)  # INVALID_SYNTAX per docs/protocol.md §4.2
         if req.kind is ConnectKind.CALLBACK:
             raise ProtocolError("ME_CALLBACK request from a peer", NotifyType.INVALID_SYNTAX)
         target_id = Identity(int(req.peer.id_type), req.peer.data)
@@ -245,12 +245,12 @@ class MediationServer(Extension):
         if tsa is None or not tsa.established:
             return self._refuse(requester, target, "peer's mediation SA is not usable", NotifyType.ME_CONNECT_FAILED)
         if req.kind is not ConnectKind.RESPONSE:
-            sa.extension_data[ANSWERED_KEY] = now  # our (empty) response goes out right after this
+            sa.extension(MeSaState).answered = now  # our (empty) response goes out right after this
         self._relay(sa, tsa, req, target_id, now)
         return []
 
     def _relay(self, origin: IkeSa, target_sa: IkeSa, req: MeConnect, target_id: Identity, now: float) -> None:
-        """Reference §4.1 steps 4 and 7: ID_PEER rewritten to the requester, the rest copied."""
+        """docs/protocol.md §4.1 steps 4 and 7: ID_PEER rewritten to the requester, the rest copied."""
         assert origin.peer_id is not None
         requester, target, cid = origin.peer_id.canonical(), target_id.canonical(), req.connect_id
         relayed = self._relayed_endpoint(origin, target_sa, req, requester, target, now)
@@ -260,7 +260,7 @@ class MediationServer(Extension):
         origin_id = origin.unique_id
 
         def done(s: IkeSa, result: ConnectResult, t: float) -> None:
-            if not result.ok:  # the target refused: tell the other side (weakness #10)
+            if not result.ok:  # the target refused: tell the other side (docs/protocol.md §4.5)
                 log.info("'%s' refused the ME_CONNECT from '%s'", target, requester)
                 self._send_failure(origin_id, cid, target_id, t)
 
@@ -270,9 +270,10 @@ class MediationServer(Extension):
 
         log.info("relaying ME_CONNECT%s from '%s' to '%s'",
                  " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
-        answered = target_sa.extension_data.get(ANSWERED_KEY)
-        if req.kind is ConnectKind.RESPONSE and not target_sa.extension_data.get(OURS_KEY) \
-                and isinstance(answered, float) and now < answered + ANSWER_GRACE:
+        target_me = target_sa.extension(MeSaState)
+        answered = target_me.answered
+        if req.kind is ConnectKind.RESPONSE and not target_me.ours \
+                and answered is not None and now < answered + ANSWER_GRACE:
             # not our client (no IMPL_VENDOR_ID): let it process our response to its own request first
             def later(t: float) -> None:
                 if target_sa.established:
@@ -291,7 +292,7 @@ class MediationServer(Extension):
         Request A -> B: allocate the relay, B gets RELAYED(server:port B sends to); answer B -> A: A
         gets RELAYED(server:port A sends to). Each port reaches the *other* peer (datarelay.py).
         """
-        if self.relay is None or not (origin.extension_data.get(RELAY_KEY) and target_sa.extension_data.get(RELAY_KEY)):
+        if self.relay is None or not (origin.extension(MeSaState).relay and target_sa.extension(MeSaState).relay):
             return None
         if req.kind is ConnectKind.RESPONSE:
             r = self.relay.by_connect_id(req.connect_id)

@@ -104,7 +104,7 @@ RULES: dict[tuple[int, bool], MessageRule] = {
     )
 }
 
-# ME draft 5 / ike-me-protocol 7.1: connectivity check = INFORMATIONAL, SPIs 0/0, no SK, these notifies
+# [ME] §5, docs/protocol.md §7.1: connectivity check = INFORMATIONAL, SPIs 0/0, no SK, these notifies
 ME_CHECK_NOTIFIES = frozenset(
     (NotifyType.ME_CONNECTID, NotifyType.ME_ENDPOINT, NotifyType.ME_CONNECTAUTH)
 )

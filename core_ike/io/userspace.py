@@ -133,6 +133,7 @@ class UserspaceDataPlane:
         self.drop_policy_mismatch = 0  # decrypted packet outside the SA's inbound selectors
         self.drop_send_error = 0
         self.drop_bad_frame = 0  # TUN frame with a virtio header we cannot segment
+        self.tso_frames = self.tso_segments = self.coalesced = self.tun_writes = 0
         self.keepalives_sent = 0
         # (spi_in, new source) of authenticated ESP from a changed NAT mapping; set by the daemon
         self.on_mapping: Callable[[int, tuple[str, int]], None] | None = None
@@ -387,6 +388,9 @@ class UserspaceDataPlane:
                     self.drop_bad_frame += 1
                     log.debug("TUN frame of %d octets dropped: %s", n, e)
                     continue
+                if len(pkts) > 1:
+                    self.tso_frames += 1
+                    self.tso_segments += len(pkts)
                 for p in pkts:
                     self._outbound(bytes(p) if len(pkts) == 1 else p, now, batch)
                 if len(self._pending) > 1 or sum(map(len, self._pending.values())) >= 64:
@@ -498,9 +502,13 @@ class UserspaceDataPlane:
         fd, vnet = self._tun_fd, self._vnet
         try:
             if merge is not None:
-                for frame in merge.frames():
+                frames = merge.frames()
+                self.coalesced += merge.coalesced
+                self.tun_writes += len(frames)
+                for frame in frames:
                     os.writev(fd, frame)
             else:
+                self.tun_writes += len(out)
                 for inner in out:
                     os.write(fd, NO_OFFLOAD + inner if vnet else inner)
         except OSError as e:
@@ -664,6 +672,11 @@ class UserspaceDataPlane:
             "drop_policy_mismatch": self.drop_policy_mismatch,
             "drop_send_error": self.drop_send_error + (self._udp.send_errors if self._udp else 0),
             "drop_bad_frame": self.drop_bad_frame,
+            "tso_frames": self.tso_frames,  # super-packets read from the TUN device
+            "tso_segments": self.tso_segments,
+            "tun_writes": self.tun_writes,
+            "coalesced": self.coalesced,  # segments written inside another one's TUN write
+            **(self._udp.counters() if self._udp else {}),
             "keepalives_sent": self.keepalives_sent,
         }
 

@@ -1,6 +1,6 @@
 """Kernel data plane through NETLINK_XFRM (own small encoder; pyroute2 has no XFRM SA API).
 
-Struct layouts from <linux/xfrm.h> (see netlab.md 5): xfrm_selector 56, xfrm_id 24,
+Struct layouts from <linux/xfrm.h> (docs/nat-lab.md §6): xfrm_selector 56, xfrm_id 24,
 xfrm_lifetime_cfg 64, xfrm_lifetime_cur 32, xfrm_usersa_info 224, xfrm_userpolicy_info 168,
 xfrm_user_tmpl 64, xfrm_user_acquire 280. Netlink framing per RFC 3549 / <linux/netlink.h>.
 
@@ -489,7 +489,7 @@ def kernel_supports_esp() -> bool:
 
     Side-effect free: a child process unshares into a new, empty network namespace and tries
     XFRM_MSG_NEWSA there (cbc(aes) + hmac(sha256)); the namespace and the SA vanish with it.
-    EPROTONOSUPPORT means no ESP (netlab.md 5). Without the rights to do that: False.
+    EPROTONOSUPPORT means no ESP (docs/nat-lab.md §6). Without the rights to do that: False.
     """
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -1,4 +1,4 @@
-"""Connectivity-check messages ([ME] §5.1, reference ike-me-protocol.md §7.1-§7.3).
+"""Connectivity-check messages ([ME] §5.1, docs/protocol.md §7.1-§7.3).
 
 A check is a plaintext INFORMATIONAL with SPIs 0/0, Message ID = the sender's pair id, flags I
 (request) or R (response), and exactly three notifies in this order: ME_CONNECTID, ME_ENDPOINT,
@@ -21,11 +21,11 @@ from .endpoints import Addr, Endpoint, addressless_endpoint, decode_endpoint, en
 log = logging.getLogger("core_ike.me")
 
 ZERO_SPI = b"\x00" * 8
-MAC_LEN = 20  # SHA-1, reference §2.2 (ME_CONNECTAUTH exactly 20 octets)
+MAC_LEN = 20  # SHA-1: ME_CONNECTAUTH is exactly 20 octets (docs/protocol.md §2.2)
 
 
 class KeyRule(Enum):
-    """Which ME_CONNECTKEY MACs a check (reference §7.2, INTEROP).
+    """Which ME_CONNECTKEY MACs a check (docs/protocol.md §7.2: draft and strongSwan differ).
 
     SENDER: strongSwan (`build_signature`): every check is MACed with the sender's own key and
     verified with the peer's key. DRAFT: [ME] §5.1.1, the key provided by the check's responder
@@ -47,7 +47,7 @@ def mac_key(is_response: bool, sending: bool, own_key: bytes, peer_key: bytes, r
 
 
 def compute_mac(message_id: int, connect_id: bytes, endpoint_data: bytes, key: bytes) -> bytes:
-    """[ME] §5.1.1 / reference §7.2: SHA1(MID(4, big-endian) | CONNECTID | ME_ENDPOINT data | key).
+    """[ME] §5.1.1: SHA1(MID(4, big-endian) | CONNECTID | ME_ENDPOINT data | key).
 
     Plain SHA-1 with a secret suffix (not HMAC), over notification data only, exactly as carried.
     """
@@ -80,12 +80,12 @@ def _consteq(a: bytes, b: bytes) -> bool:
 
 
 def request_endpoint() -> Endpoint:
-    """Reference §7.1: request ME_ENDPOINT = address-less PEER_REFLEXIVE, priority 0x0080FFFF."""
+    """docs/protocol.md §7.1: request ME_ENDPOINT = address-less PEER_REFLEXIVE, priority 0x0080FFFF."""
     return addressless_endpoint(MeEndpointType.PEER_REFLEXIVE)
 
 
 def response_endpoint(observed_src: Addr, priority: int) -> Endpoint:
-    """Reference §7.1 / §7.4 step 3: PEER_REFLEXIVE with the request's observed source, its priority."""
+    """docs/protocol.md §7.1, §7.4 step 3: PEER_REFLEXIVE with the request's observed source, its priority."""
     return make_endpoint(MeEndpointType.PEER_REFLEXIVE, observed_src[0], observed_src[1], priority=priority)
 
 
@@ -96,7 +96,7 @@ def make_check(is_response: bool, message_id: int, connect_id: bytes, endpoint: 
 
 
 def check_to_message(check: Check) -> Message:
-    """Reference §7.1: SPIs 0/0, INFORMATIONAL, MID = pair id, I for requests / R for responses."""
+    """docs/protocol.md §7.1: SPIs 0/0, INFORMATIONAL, MID = pair id, I for requests / R for responses."""
     flags = HeaderFlag.RESPONSE if check.is_response else HeaderFlag.INITIATOR
     payloads: list[Payload] = [
         NotifyPayload(NotifyType.ME_CONNECTID, check.connect_id),
@@ -113,7 +113,8 @@ def encode_check(check: Check) -> bytes:
 
 
 def is_connectivity_check(msg: Message) -> bool:
-    """Reference §7.3 (fix of weakness #13): SPIs 0/0, INFORMATIONAL, plaintext, carries ME_CONNECTID."""
+    """SPIs 0/0, INFORMATIONAL, plaintext, carries ME_CONNECTID: unprotected error notifies are no checks
+    (docs/protocol.md §7.3)."""
     if msg.spi_i != ZERO_SPI or msg.spi_r != ZERO_SPI or msg.exchange != ExchangeType.INFORMATIONAL:
         return False
     if msg.encrypted:
@@ -122,7 +123,7 @@ def is_connectivity_check(msg: Message) -> bool:
 
 
 def check_from_message(msg: Message) -> Check:
-    """Validate a received check; DecodeError(reason) means drop silently (reference §7.1)."""
+    """Validate a received check; DecodeError(reason) means drop silently ([ME] §5.2)."""
     if msg.spi_i != ZERO_SPI or msg.spi_r != ZERO_SPI:
         raise DecodeError("check with non-zero SPIs")
     if msg.exchange != ExchangeType.INFORMATIONAL or msg.encrypted:
@@ -130,7 +131,7 @@ def check_from_message(msg: Message) -> Check:
     found: dict[int, bytes] = {}
     for p in msg.payloads:
         if not isinstance(p, NotifyPayload):
-            continue  # reference §7.1: non-notify payloads ignored
+            continue  # non-notify payloads are ignored (docs/protocol.md §7.1)
         t = int(p.type)
         if t not in (NotifyType.ME_CONNECTID, NotifyType.ME_ENDPOINT, NotifyType.ME_CONNECTAUTH):
             continue
@@ -149,7 +150,7 @@ def check_from_message(msg: Message) -> Check:
     except ProtocolError as exc:
         raise DecodeError(f"connectivity check: {exc}") from None
     if is_response and ep.address is None:
-        # weakness #17: strongSwan dereferences the missing address; we refuse the response
+        # the response has no mapped address to learn: refused (docs/protocol.md §11.12)
         raise DecodeError("connectivity check response without a mapped address")
     return check
 

@@ -5,8 +5,8 @@
   to 4500 (§3.3), srflx discovery in IKE_AUTH (§3.4);
 - `connect(name, now)` for a mediated connection (config.mediated_by / mediation_peer): brings the
   mediation SA up if needed, sends ME_CONNECT (§4.1), creates the check list *when sending* (the
-  relayed answer may come first, §4.4), waits for a callback when the peer is offline (§5), runs the checks (§7) and starts the
-  mediated IKE_SA on the selected pair with N(ME_CONNECTID) (§9);
+  relayed answer may come first, §4.4), waits for a callback when the peer is offline (§5), runs the
+  checks (§7) and starts the mediated IKE_SA on the selected pair with N(ME_CONNECTID) (§9);
 - as target: answers relayed ME_CONNECTs, sends its own ME_CONNECT + ME_RESPONSE, checks, and stops
   on the mediated IKE_SA_INIT (§8).
 Every connect() ends in MediatedEstablished or MediationFailed within bounded, configurable times
@@ -18,16 +18,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..codec.message import Message
 from ..codec.payloads import IdPayload, Payload
 from ..constants import ExchangeType, NotifyType, PayloadType, name_of
-from ..errors import LocalError, ProtocolError
+from ..errors import LocalError, LocalUsageError, ProtocolError
+from ..ike.context import IkeSaView, Task
 from ..ike.engine import Engine, Extension
 from ..ike.identity import Identity
 from ..ike.sa import IkeState
-from ..ike.task import Task
 from . import events as mev
 from . import tiebreak
 from .attempt import Attempt, AttemptState
@@ -52,32 +51,25 @@ from .connect import (
 from .endpoints import Endpoint, host_endpoints, remove_redundant, srflx_endpoint
 from .engine import CheckEngine
 from .tasks import (
-    FAIL_KEY,
-    ROLE_KEY,
     ConnectIdInit,
     ConnectIdResponder,
-    FailureWatch,
     MeConnectRequest,
     MeConnectResponder,
     MediationInit,
     MeOutbox,
+    MeSaState,
     SrflxRequest,
+    me_role,
 )
-
-if TYPE_CHECKING:
-    from ..ike.sa import IkeSa
 
 log = logging.getLogger("core_ike.me")
 Addr = tuple[str, int]
-SRFLX_KEY = "me_srflx"  # sa.extension_data of a mediation SA (shared with its rekeyed successors)
 NON_ESP = b"\x00\x00\x00\x00"  # RFC 3948 2.2: checks always carry the marker (docs/protocol.md §7.1)
-_AUTH_WORDS = ("AUTHENTICATION_FAILED", "authentication", "verification", "signature", "identity",
-               "no shared key", "no private key", "trusted public key")
 
 
 @dataclass
 class MediationClientConfig:
-    """Everything a test or operator tunes (CONTRIBUTING.md principle 7)."""
+    """Everything a test or operator tunes (design principle 7)."""
 
     checks: CheckListConfig = field(default_factory=CheckListConfig)
     server_timeout: float = 30.0  # mediation SA must be up within this -> "mediation server unreachable"
@@ -163,14 +155,13 @@ class MediationClient(Extension):
         self._mediated: dict[int, str] = {}  # mediated IKE_SA unique id -> attempt name
         self._target_sas: dict[int, str] = {}  # mediated IKE_SAs we answered -> peer (status)
         self._initiating: tuple[str, bytes] | None = None
-        self._unsent: dict[str, tuple[IkeSa, MeConnectRequest]] = {}  # attempt -> ME_CONNECT not built yet
-        self._unsent_answers: dict[bytes, tuple[IkeSa, MeConnectRequest]] = {}  # target: answer not built yet
+        self._unsent: dict[str, tuple[IkeSaView, MeConnectRequest]] = {}  # attempt -> ME_CONNECT not built yet
+        self._unsent_answers: dict[bytes, tuple[IkeSaView, MeConnectRequest]] = {}  # target: answer not built yet
         engine.extensions.append(self)
 
     # ================================================================== control API
     def connect(self, name: str, now: float) -> Attempt:
         """Bring up mediated connection `name`; returns its attempt (already running: unchanged)."""
-        self.engine.now = max(self.engine.now, now)  # tasks built from here on read the engine's clock
         cfg = self.engine.config(name)
         if cfg.mediated_by is None or cfg.mediation_peer is None:
             raise LocalError(f"connection {name!r} is not mediated (needs mediated_by and mediation_peer)")
@@ -200,17 +191,16 @@ class MediationClient(Extension):
         return att
 
     def cancel(self, name: str, now: float) -> None:
-        self.engine.now = max(self.engine.now, now)
         att = self.attempts.get(name)
         if att is not None and att.active:
             self._fail(att, "cancelled by user", now)
             self._pump(now)
 
-    def mediation_sa(self, name: str) -> IkeSa | None:
+    def mediation_sa(self, name: str) -> IkeSaView | None:
         """The live mediation SA of config `name` (established one preferred)."""
-        best: IkeSa | None = None
+        best: IkeSaView | None = None
         for sa in self.engine.ike_sas():
-            if sa.config.name != name or sa.extension_data.get(ROLE_KEY) != "peer":
+            if sa.config.name != name or me_role(sa) != "peer":
                 continue
             if sa.state in (IkeState.DESTROYED, IkeState.DELETING, IkeState.REKEYED):
                 continue
@@ -222,10 +212,10 @@ class MediationClient(Extension):
     def status(self) -> ClientStatus:
         meds = []
         for sa in self.engine.ike_sas():
-            if sa.extension_data.get(ROLE_KEY) == "peer":
-                srflx = sa.extension_data.get(SRFLX_KEY)
+            st = sa.find_extension(MeSaState)
+            if st is not None and st.role == "peer":
                 meds.append(MediationSaStatus(sa.name, sa.unique_id, sa.state.value, sa.local, sa.remote,
-                                              srflx.addr if isinstance(srflx, Endpoint) else None))
+                                              st.srflx.addr if st.srflx is not None else None))
         conns = []
         for att in self.attempts.values():
             cl = self.checks.get(att.connect_id) if att.connect_id else None
@@ -238,28 +228,26 @@ class MediationClient(Extension):
         return ClientStatus(tuple(meds), tuple(conns), targets)
 
     # ================================================================== Extension hooks
-    def tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
+    def tasks(self, sa: IkeSaView, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
         if exchange == ExchangeType.IKE_SA_INIT:
             if initiator and sa.config.mediation:
                 return [MediationInit(relay=self.config.relay)]
             if initiator and self._initiating is not None and self._initiating[0] == sa.config.name:
                 self._mediated[sa.unique_id] = self._initiating[0]
-                return [ConnectIdInit(self._initiating[1], self._mediated_failed)]
+                return [ConnectIdInit(self._initiating[1])]
             n = msg.notify(NotifyType.ME_CONNECTID) if msg is not None and not initiator else None
             if n is not None:
                 return [ConnectIdResponder(n.data, self._mediated_request)]
         elif exchange == ExchangeType.IKE_AUTH and initiator:
-            if sa.extension_data.get(ROLE_KEY) == "peer":
+            if me_role(sa) == "peer":
                 send = self.config.srflx_always or sa.nat_here  # docs/protocol.md §3.4: strongSwan asks only with a NAT here
                 return [SrflxRequest(send, self._mediation_up, self.outbox)]
-            if sa.unique_id in self._mediated:
-                return [FailureWatch(ExchangeType.IKE_AUTH, self._mediated_failed)]
         elif exchange == ExchangeType.ME_CONNECT and not initiator and \
-                sa.extension_data.get(ROLE_KEY) == "peer":
+                me_role(sa) == "peer":
             return [MeConnectResponder(self._on_connect, self.outbox)]
         return []
 
-    def on_established(self, sa: IkeSa, now: float) -> None:
+    def on_established(self, sa: IkeSaView, now: float) -> None:
         name = self._mediated.get(sa.unique_id)
         att = self.attempts.get(name) if name else None
         if att is None or att.sa_id != sa.unique_id or att.state not in (AttemptState.INITIATING, AttemptState.YIELDED):
@@ -270,7 +258,7 @@ class MediationClient(Extension):
         self.engine.emit(mev.MediatedEstablished(att.name, str(att.peer), sa.unique_id, sa.local, sa.remote,
                                                  now - att.started))
 
-    def on_destroyed(self, sa: IkeSa, now: float) -> None:
+    def on_destroyed(self, sa: IkeSaView, now: float) -> None:
         for task in self.outbox.drop(sa):
             if not task.completed:
                 task.completed = True
@@ -281,7 +269,7 @@ class MediationClient(Extension):
         att = self.attempts.get(name) if name else None
         if att is not None and att.sa_id == sa.unique_id and att.state in (AttemptState.INITIATING, AttemptState.YIELDED):
             self._fail(att, self._classify("mediated IKE_SA failed", sa), now)
-        if sa.extension_data.get(ROLE_KEY) == "peer" and sa.established_at is None:
+        if me_role(sa) == "peer" and sa.established_at is None:
             for a in list(self.attempts.values()):
                 if a.state is AttemptState.MEDIATION and a.mediation == sa.config.name and self.mediation_sa(a.mediation) is None:
                     self._fail(a, self._classify("mediation server unreachable", sa), now)
@@ -312,42 +300,42 @@ class MediationClient(Extension):
         self._pump(now)
 
     # ================================================================== mediation SA
-    def _mediation_up(self, sa: IkeSa, srflx: Endpoint | None, now: float) -> None:
+    def _mediation_up(self, sa: IkeSaView, srflx: Endpoint | None, now: float) -> None:
         """IKE_AUTH done (inside the task manager of `sa`): store the srflx, send waiting ME_CONNECTs."""
         if srflx is not None and srflx.address is not None:
             # docs/protocol.md §3.4: base = the local address used toward the MS
-            sa.extension_data[SRFLX_KEY] = srflx_endpoint(srflx.address, srflx.port, base=sa.local)
+            sa.extension(MeSaState).srflx = srflx_endpoint(srflx.address, srflx.port, base=sa.local)
             log.info("server reflexive endpoint of '%s': %s[%d]", sa.name, srflx.address, srflx.port)
-        ep = sa.extension_data.get(SRFLX_KEY)
+        ep = sa.extension(MeSaState).srflx
         self.engine.emit(mev.MediationSaUp(sa.name, sa.unique_id, sa.local, sa.remote,
-                                           ep.addr if isinstance(ep, Endpoint) else None))
+                                           ep.addr if ep is not None else None))
         for att in list(self.attempts.values()):
             if att.state is AttemptState.MEDIATION and att.mediation == sa.config.name:
                 self._send_connect(sa, att, now)
 
-    def gather(self, sa: IkeSa) -> list[Endpoint]:
+    def gather(self, sa: IkeSaView) -> list[Endpoint]:
         """docs/protocol.md §6.1: HOST endpoints on the mediation SA's local port, plus the srflx."""
         port = sa.local[1]
         eps = host_endpoints(self.config.host_addresses() if self.config.host_addresses is not None else (), port)
-        srflx = sa.extension_data.get(SRFLX_KEY)
-        if isinstance(srflx, Endpoint):
+        srflx = sa.extension(MeSaState).srflx
+        if srflx is not None:
             eps.append(srflx)
         return remove_redundant(eps)
 
     # ================================================================== ME_CONNECT, initiator (A)
-    def _send_connect(self, sa: IkeSa, att: Attempt, now: float) -> None:
+    def _send_connect(self, sa: IkeSaView, att: Attempt, now: float) -> None:
         # no deadline while queued behind another exchange of the SA: that one is bounded by its own
         # retransmissions, and the SA's loss fails this request (on_destroyed)
         att.set_state(AttemptState.CONNECTING, None)
         att.called_back = False
         holder: list[bytes] = []
 
-        def build(s: IkeSa, t: float) -> list[Payload]:
+        def build(s: IkeSaView, t: float) -> list[Payload]:
             if self._unsent.get(att.name, (s, None))[1] is task:
                 del self._unsent[att.name]
             if self.config.connect_timeout > 0:
                 att.deadline = t + self.config.connect_timeout
-            cid, key = new_connect_id(), new_connect_key()  # docs/protocol.md §4.1 step 1
+            cid, key = new_connect_id(self.engine.rng), new_connect_key(self.engine.rng)  # docs/protocol.md §4.1 step 1
             eps = self.gather(s)
             # created when *sending*: the relayed answer may come before our response (docs/protocol.md §4.4)
             self.checks.create_initiator(cid, key, eps, t)
@@ -357,7 +345,7 @@ class MediationClient(Extension):
             self.engine.emit(mev.MeConnectSent(att.name, str(att.peer), cid.hex(), tuple(map(str, eps))))
             return build_connect(cid, key, eps, id_peer(att.peer), callback=True)
 
-        def done(s: IkeSa, result: ConnectResult, t: float) -> None:
+        def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
             if not holder or att.connect_id != holder[0] or not att.active:
                 return
             if result.ok:
@@ -381,7 +369,7 @@ class MediationClient(Extension):
                 self._fail(att, f"refused by the mediation server: {name_of(NotifyType, int(result.error or 0))}", t)
             self._pump(t)
 
-        def failed(s: IkeSa, reason: str, t: float) -> None:
+        def failed(s: IkeSaView, reason: str, t: float) -> None:
             if self._unsent.get(att.name, (s, None))[1] is task:
                 del self._unsent[att.name]
             if att.active and (not holder or att.connect_id == holder[0]) and att.state in (AttemptState.CONNECTING, AttemptState.RELAYED):
@@ -392,7 +380,7 @@ class MediationClient(Extension):
         self.outbox.send(sa, task, now)
 
     # ================================================================== received ME_CONNECT
-    def _on_connect(self, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    def _on_connect(self, sa: IkeSaView, msg: Message, now: float) -> list[Payload]:
         try:
             if msg.notify(NotifyType.ME_CONNECT_FAILED) is not None:
                 return self._forwarded_failure(msg, now)
@@ -408,7 +396,7 @@ class MediationClient(Extension):
         finally:
             self._pump(now)
 
-    def _callback(self, sa: IkeSa, peer: Identity, now: float) -> None:
+    def _callback(self, sa: IkeSaView, peer: Identity, now: float) -> None:
         """docs/protocol.md §5: re-run mediation for every connection waiting for `peer`."""
         names = []
         for att in list(self.attempts.values()):
@@ -422,7 +410,7 @@ class MediationClient(Extension):
         log.info("received ME_CALLBACK for '%s'%s", peer, f", retrying {', '.join(names)}" if names else "")
         self.engine.emit(mev.CallbackReceived(str(peer), tuple(names)))
 
-    def _relayed_request(self, sa: IkeSa, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity,
+    def _relayed_request(self, sa: IkeSaView, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity,
                          now: float) -> list[Payload]:
         """We are the target (docs/protocol.md §4.1 step 5): responder list, empty answer, own ME_CONNECT.
         With our own attempt to `peer` in progress, the tie-break (tiebreak.py) keeps one of the two."""
@@ -450,13 +438,13 @@ class MediationClient(Extension):
         log.info("received ME_CONNECT from '%s' (connect ID %s, %d endpoints)", peer, cid.hex(), len(eps))
         self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
 
-        def build(s: IkeSa, t: float) -> list[Payload]:
+        def build(s: IkeSaView, t: float) -> list[Payload]:
             self._unsent_answers.pop(cid, None)
-            sess.key, sess.endpoints = new_connect_key(), self.gather(s)
+            sess.key, sess.endpoints = new_connect_key(self.engine.rng), self.gather(s)
             self.engine.emit(mev.MeConnectSent("", str(peer), cid.hex(), tuple(map(str, sess.endpoints)), True))
             return build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True)
 
-        def done(s: IkeSa, result: ConnectResult, t: float) -> None:
+        def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
             if self.checks.get(cid) is None:
                 return
             if not result.ok:  # docs/protocol.md §4.1 step 6 (draft): the initiator has left
@@ -467,7 +455,7 @@ class MediationClient(Extension):
                                                tuple(str(p) for p in cl.tried())))
             self._pump(t)
 
-        def failed(s: IkeSa, reason: str, t: float) -> None:
+        def failed(s: IkeSaView, reason: str, t: float) -> None:
             self._unsent_answers.pop(cid, None)
             self._end_target(cid, f"answer not delivered: {reason}", t)
 
@@ -532,7 +520,7 @@ class MediationClient(Extension):
         self._initiating = (att.name, att.connect_id)
         try:
             sa = self.engine.initiate(att.name, now=now, local=selected.local, remote=selected.remote)
-        except ProtocolError as e:
+        except (LocalUsageError, ProtocolError) as e:
             self._fail(att, f"mediated IKE_SA failed: {e}", now)
             return
         finally:
@@ -543,10 +531,7 @@ class MediationClient(Extension):
         """The mediated IKE_SA: its retransmissions decide (RFC 7296 2.1), unless ike_timeout caps them."""
         return now + self.config.ike_timeout if self.config.ike_timeout > 0 else None
 
-    def _mediated_failed(self, sa: IkeSa, reason: str, now: float) -> None:
-        sa.extension_data.setdefault(FAIL_KEY, reason)
-
-    def _mediated_request(self, sa: IkeSa, cid: bytes, now: float) -> None:
+    def _mediated_request(self, sa: IkeSaView, cid: bytes, now: float) -> None:
         """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
         sess = self.sessions.pop(cid, None)
         if self.checks.stop(cid, now):
@@ -639,9 +624,12 @@ class MediationClient(Extension):
                 self._fail(att, f"mediation by the peer failed: {reason}", now)
 
     @staticmethod
-    def _classify(default: str, sa: IkeSa) -> str:
-        reason = str(sa.extension_data.get(FAIL_KEY, "IKE_SA destroyed"))
-        if any(w in reason for w in _AUTH_WORDS):
-            return f"authentication failed: {reason}"
-        return f"{default}: {reason}"
-
+    def _classify(default: str, sa: IkeSaView) -> str:
+        """The report of a lost SA: authentication failures by their type (errors.AuthenticationFailed, or
+        AUTHENTICATION_FAILED from the peer, RFC 7296 2.21.2), everything else under `default`."""
+        f = sa.failure
+        if f is None:
+            return f"{default}: IKE_SA destroyed"
+        if f.authentication:
+            return f"authentication failed: {f.reason}"
+        return f"{default}: {f.reason}"

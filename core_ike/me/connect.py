@@ -1,4 +1,4 @@
-"""ME_CONNECT notify sets: build and parse the relay and callback messages ([ME] §4, reference §2.5, §4).
+"""ME_CONNECT notify sets: build and parse the relay and callback messages ([ME] §4, docs/protocol.md §2.5, §4).
 
 | Message                | Payloads (strongSwan order)                                             |
 |------------------------|-------------------------------------------------------------------------|
@@ -9,12 +9,11 @@
 | MS -> waiter callback  | N(ME_CALLBACK) ID_PEER(peer that came online)                            |
 | response               | (empty) | N(ME_CONNECT_FAILED) | N(INVALID_SYNTAX)                       |
 
-Reference §2.5 INTEROP: accept any order, send strongSwan's order.
+docs/protocol.md §2.5: accept any order, send strongSwan's order (the draft puts ID_PEER first).
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -22,27 +21,28 @@ from enum import Enum
 from ..codec.payloads import IdPayload, NotifyPayload, Payload
 from ..constants import NotifyType, PayloadType
 from ..errors import ProtocolError
+from ..rng import Rng
 from .endpoints import Endpoint, decode_endpoint, encode_endpoint
 
-# reference §2.2 / §4.2 (strongSwan validation on every ME_CONNECT)
+# docs/protocol.md §2.2, §4.2 (strongSwan validation on every ME_CONNECT)
 CONNECT_ID_MIN, CONNECT_ID_MAX = 4, 16
 CONNECT_KEY_MIN, CONNECT_KEY_MAX = 16, 32
 DEFAULT_CONNECT_ID_LEN = 4  # strongSwan sends 4
 DEFAULT_CONNECT_KEY_LEN = 16  # strongSwan sends 16
 
 
-def new_connect_id(length: int = DEFAULT_CONNECT_ID_LEN) -> bytes:
-    """Reference §4.1 step 1: only the ME_CONNECT initiator draws the connect ID (strong RNG)."""
+def new_connect_id(rng: Rng, length: int = DEFAULT_CONNECT_ID_LEN) -> bytes:
+    """docs/protocol.md §4.1 step 1: only the ME_CONNECT initiator draws the connect ID (strong RNG)."""
     if not CONNECT_ID_MIN <= length <= CONNECT_ID_MAX:
         raise ValueError(f"connect ID length {length} outside {CONNECT_ID_MIN}..{CONNECT_ID_MAX}")
-    return secrets.token_bytes(length)
+    return rng.bytes(length)
 
 
-def new_connect_key(length: int = DEFAULT_CONNECT_KEY_LEN) -> bytes:
-    """Reference §4.1: each side draws its own ME_CONNECTKEY."""
+def new_connect_key(rng: Rng, length: int = DEFAULT_CONNECT_KEY_LEN) -> bytes:
+    """docs/protocol.md §4.1 step 1: each side draws its own ME_CONNECTKEY."""
     if not CONNECT_KEY_MIN <= length <= CONNECT_KEY_MAX:
         raise ValueError(f"connect key length {length} outside {CONNECT_KEY_MIN}..{CONNECT_KEY_MAX}")
-    return secrets.token_bytes(length)
+    return rng.bytes(length)
 
 
 class ConnectKind(Enum):
@@ -54,7 +54,7 @@ class ConnectKind(Enum):
 @dataclass(frozen=True)
 class MeConnect:
     """A parsed ME_CONNECT request. `endpoint_data` keeps the octets as received, so the MS can
-    relay them unchanged (reference §4.1 step 4)."""
+    relay them unchanged (docs/protocol.md §4.1 step 4)."""
 
     kind: ConnectKind
     peer: IdPayload
@@ -102,7 +102,7 @@ def build_relay(req: MeConnect, requester: IdPayload) -> list[Payload]:
 
 
 def build_callback(peer_online: IdPayload) -> list[Payload]:
-    """Reference §5: MS -> waiting requester, `N(ME_CALLBACK) ID_PEER(peer that came online)`."""
+    """docs/protocol.md §5: MS -> waiting requester, `N(ME_CALLBACK) ID_PEER(peer that came online)`."""
     return [NotifyPayload(NotifyType.ME_CALLBACK), _id_peer(peer_online)]
 
 
@@ -118,10 +118,10 @@ def _check_lengths(connect_id: bytes, key: bytes) -> None:
 
 
 def parse_connect(payloads: Sequence[Payload]) -> MeConnect:
-    """Parse an ME_CONNECT request (any payload order, reference §2.5).
+    """Parse an ME_CONNECT request (any payload order, docs/protocol.md §2.5).
 
     Missing ID_PEER, ME_CONNECTID, ME_CONNECTKEY or ME_ENDPOINT, or any value outside the limits of
-    reference §4.2 -> ProtocolError(INVALID_SYNTAX) (strongSwan; the draft says ME_CONNECT_FAILED for
+    docs/protocol.md §4.2 -> ProtocolError(INVALID_SYNTAX) (strongSwan; the draft says ME_CONNECT_FAILED for
     "no endpoints"). A message with ME_CALLBACK and no ME_CONNECTID is a callback.
     """
     peer: IdPayload | None = None
@@ -167,7 +167,7 @@ class ConnectResult:
 
 
 def parse_connect_response(payloads: Sequence[Payload]) -> ConnectResult:
-    """Reference §2.5: empty = accepted; N(ME_CONNECT_FAILED) or another error notify = refused."""
+    """docs/protocol.md §2.5: empty = accepted; N(ME_CONNECT_FAILED) or another error notify = refused."""
     for p in payloads:
         if isinstance(p, NotifyPayload) and p.is_error:
             return ConnectResult(False, p.type)

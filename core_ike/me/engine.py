@@ -1,4 +1,4 @@
-"""All check lists of one peer, keyed by connect ID (fix of weakness #18: a dict, not a list).
+"""All check lists of one peer, keyed by connect ID (docs/protocol.md §11.13).
 
 Sans-IO, same surface as a single CheckList: `receive_check` demultiplexes on ME_CONNECTID,
 `get_timer` is the earliest deadline of all lists, `datagrams_to_send`/`next_event` drain them all.
@@ -36,19 +36,19 @@ class CheckEngine:
 
     def _add(self, cl: CheckList) -> CheckList:
         if cl.connect_id in self._lists:
-            # reference §6.2: a duplicate connect ID is refused ("already exists, aborting")
+            # docs/protocol.md §6.2: a duplicate connect ID is refused (strongSwan: "already exists, aborting")
             raise LocalError(f"checklist with connect ID {cl.connect_id.hex()} already exists")
         self._lists[cl.connect_id] = cl
         return cl
 
     def create_initiator(self, connect_id: bytes, my_key: bytes, my_endpoints: Sequence[Endpoint],
                          now: float) -> CheckList:
-        """Call when *sending* ME_CONNECT (netlab.md §11 race)."""
+        """Call when *sending* ME_CONNECT: the relayed answer may come first (docs/protocol.md §4.4)."""
         return self._add(CheckList.for_initiator(connect_id, my_key, my_endpoints, now, self.config))
 
     def create_responder(self, connect_id: bytes, peer_key: bytes, peer_endpoints: Sequence[Endpoint],
                          now: float) -> CheckList:
-        """Call on the relayed ME_CONNECT request (reference §4.1 step 5)."""
+        """Call on the relayed ME_CONNECT request (docs/protocol.md §4.1 step 5)."""
         return self._add(CheckList.for_responder(connect_id, peer_key, peer_endpoints, now, self.config))
 
     def set_responder_data(self, connect_id: bytes, key: bytes, endpoints: Sequence[Endpoint],
@@ -60,7 +60,7 @@ class CheckEngine:
         return cl
 
     def stop(self, connect_id: bytes, now: float, reason: str = "mediated IKE_SA_INIT received") -> bool:
-        """Reference §9.2: the responder got IKE_SA_INIT + N(ME_CONNECTID); stop and remove."""
+        """docs/protocol.md §9.2: the responder got IKE_SA_INIT + N(ME_CONNECTID); stop and remove."""
         cl = self._lists.pop(connect_id, None)
         if cl is None:
             return False

@@ -1,12 +1,12 @@
 """The small IKE tasks of the mediation extension (design principle 5), for both roles.
 
 They only carry payloads in and out; the decisions live in `client.MediationClient` and in
-`mediation_server.relay.MediationServer`, which hand callbacks to the tasks. Reference:
-ike-me-protocol.md ([ME] = draft-brunner-ikev2-mediation-00).
+`mediation_server.relay.MediationServer`, which hand callbacks to the tasks. Protocol:
+docs/protocol.md ([ME] = draft-brunner-ikev2-mediation-00).
 
 `MeOutbox` serializes our ME_CONNECT requests per IKE_SA: the task manager batches queued tasks of
 the same exchange type into one message, which must not happen to two ME_CONNECTs (each carries
-exactly one ID_PEER, reference §2.5).
+exactly one ID_PEER, docs/protocol.md §2.5).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from ..codec.message import Message
 from ..codec.payloads import NotifyPayload, Payload, VendorIdPayload
 from ..constants import ExchangeType, MeEndpointType, NotifyType, PayloadType
 from ..errors import ProtocolError
-from ..ike.task import Status, Task
+from ..ike.context import IkeSaView, Status, Task
 from .connect import ConnectResult, parse_connect_response
 from .endpoints import (
     IMPL_VENDOR_ID,
@@ -32,16 +33,37 @@ from .endpoints import (
     encode_endpoint,
 )
 
-if TYPE_CHECKING:
-    from ..ike.sa import IkeSa
-
 log = logging.getLogger("core_ike.me")
 
-FailedCb = Callable[["IkeSa", str, float], None]
-ROLE_KEY = "me_role"  # sa.extension_data: "peer" (our mediation SA) or "server" (a peer's SA at the MS)
-FAIL_KEY = "me_fail"  # sa.extension_data: why an exchange of this SA failed (for the final report)
-RELAY_KEY = "me_relay"  # sa.extension_data of a mediation SA: both ends negotiated the data relay
-OURS_KEY = "me_ours"  # sa.extension_data at the server: the peer is our own client (IMPL_VENDOR_ID)
+FailedCb = Callable[[IkeSaView, str, float], None]
+
+
+@dataclass
+class MeSaState:
+    """What the mediation extension knows about one IKE_SA ([ME] = draft-brunner-ikev2-mediation §3);
+    `sa.extension(MeSaState)` (typed per-extension state, core_ike/ike/context.py)."""
+
+    # "peer": our mediation SA to the server; "server": a peer's mediation SA at the server; None: neither
+    role: Literal["peer", "server"] | None = None
+    relay: bool = False  # both ends negotiated the data relay (our extension, RELAY_VENDOR_ID)
+    ours: bool = False  # server: the peer is our own client (IMPL_VENDOR_ID)
+    requested: bool = False  # server: the peer sent N(ME_MEDIATION) in IKE_SA_INIT ([ME] §3.1)
+    srflx: Endpoint | None = None  # peer: our server-reflexive endpoint as the server saw it ([ME] §3.3)
+    answered: float | None = None  # server: when we answered the peer's last ME_CONNECT request
+
+    def for_successor(self) -> MeSaState:
+        """RFC 7296 2.18: the rekeyed IKE_SA is the same mediation connection: role, relay and srflx
+        carry over (a copy); the timing of the last answer does not."""
+        return replace(self, answered=None)
+
+
+def me_state(sa: IkeSaView) -> MeSaState | None:
+    return sa.find_extension(MeSaState)
+
+
+def me_role(sa: IkeSaView) -> str | None:
+    st = sa.find_extension(MeSaState)
+    return st.role if st is not None else None
 
 
 def has_relay_vid(msg: Message) -> bool:
@@ -65,7 +87,7 @@ class MeOutbox:
         self._inside: set[int] = set()
 
     @contextmanager
-    def inside(self, sa: IkeSa) -> Iterator[None]:
+    def inside(self, sa: IkeSaView) -> Iterator[None]:
         """Mark code running inside the task manager of `sa` (its message ID is not advanced yet:
         new requests are only queued; the task manager starts them afterwards)."""
         new = sa.unique_id not in self._inside
@@ -76,17 +98,17 @@ class MeOutbox:
             if new:
                 self._inside.discard(sa.unique_id)
 
-    def send(self, sa: IkeSa, task: MeConnectRequest, now: float) -> None:
+    def send(self, sa: IkeSaView, task: MeConnectRequest, now: float) -> None:
         task.outbox = self
         self._queues.setdefault(sa.unique_id, deque()).append(task)
         self._pump(sa, now)
 
-    def finished(self, sa: IkeSa, task: MeConnectRequest, now: float) -> None:
+    def finished(self, sa: IkeSaView, task: MeConnectRequest, now: float) -> None:
         if self._busy.get(sa.unique_id) is task:
             del self._busy[sa.unique_id]
             self._pump(sa, now)
 
-    def _pump(self, sa: IkeSa, now: float) -> None:
+    def _pump(self, sa: IkeSaView, now: float) -> None:
         q = self._queues.get(sa.unique_id)
         if sa.unique_id in self._busy or not q:
             return
@@ -96,7 +118,7 @@ class MeOutbox:
         if sa.unique_id not in self._inside:
             sa.initiate_next(now)
 
-    def cancel(self, sa: IkeSa, task: MeConnectRequest, now: float) -> bool:
+    def cancel(self, sa: IkeSaView, task: MeConnectRequest, now: float) -> bool:
         """Withdraw a request not built yet (still queued here or in the SA's queue); False if sent."""
         q = self._queues.get(sa.unique_id)
         if q is not None and task in q:
@@ -109,21 +131,21 @@ class MeOutbox:
             return True
         return False
 
-    def drop(self, sa: IkeSa) -> list[MeConnectRequest]:
+    def drop(self, sa: IkeSaView) -> list[MeConnectRequest]:
         """The SA is gone: the requests that never completed (their owners get `failed`)."""
         out = list(self._queues.pop(sa.unique_id, deque()))
         busy = self._busy.pop(sa.unique_id, None)
         return ([busy] if busy is not None else []) + out
 
-    def pending(self, sa: IkeSa) -> int:
+    def pending(self, sa: IkeSaView) -> int:
         return len(self._queues.get(sa.unique_id, ())) + (1 if sa.unique_id in self._busy else 0)
 
 
 # --- IKE_SA_INIT ------------------------------------------------------------------------------------
 
 class MediationInit(Task):
-    """Peer: N(ME_MEDIATION) in the IKE_SA_INIT of a mediation connection ([ME] §3.1, reference §3.2),
-    plus our relay Vendor ID when `relay` (the server's echo is recorded under RELAY_KEY)."""
+    """Peer: N(ME_MEDIATION) in the IKE_SA_INIT of a mediation connection ([ME] §3.1, docs/protocol.md §3.2),
+    plus our relay Vendor ID when `relay` (the server's echo is recorded in MeSaState.relay)."""
 
     exchange = ExchangeType.IKE_SA_INIT
     name = "ME_MEDIATION"
@@ -131,29 +153,26 @@ class MediationInit(Task):
     def __init__(self, relay: bool = False) -> None:
         self.relay = relay
 
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
-        sa.extension_data[ROLE_KEY] = "peer"
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        sa.extension(MeSaState).role = "peer"
         msg.payloads.append(NotifyPayload(NotifyType.ME_MEDIATION))
         msg.payloads.append(VendorIdPayload(IMPL_VENDOR_ID))
         if self.relay:
             msg.payloads.append(VendorIdPayload(RELAY_VENDOR_ID))
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         if msg.get(PayloadType.SA) is None:
             return Status.DONE  # COOKIE / INVALID_KE round: IKE_INIT restarts the exchange
         if not has_notify(msg, NotifyType.ME_MEDIATION):
-            # reference §3.2: the peer MUST abort
+            # [ME] §3.1: the peer MUST abort
             raise ProtocolError("server did not return a ME_MEDIATION", None)
         if self.relay and has_relay_vid(msg):
-            sa.extension_data[RELAY_KEY] = True
+            sa.extension(MeSaState).relay = True
         return Status.DONE
-
-    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
-        sa.extension_data.setdefault(FAIL_KEY, reason)
 
 
 class MediationEcho(Task):
-    """Server: echo N(ME_MEDIATION) (reference §3.2; strongSwan echoes it for any initiator), and our
+    """Server: echo N(ME_MEDIATION) (docs/protocol.md §3.2; strongSwan echoes it for any initiator), and our
     relay Vendor ID when the peer sent it and the server relays (`relay`)."""
 
     exchange = ExchangeType.IKE_SA_INIT
@@ -163,15 +182,14 @@ class MediationEcho(Task):
         self.relay = relay
         self.echo = False
 
-    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
-        sa.extension_data[ROLE_KEY] = "server"
-        if has_impl_vid(msg):
-            sa.extension_data[OURS_KEY] = True
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        st = sa.extension(MeSaState)
+        st.role = "server"
+        st.ours = has_impl_vid(msg)
         self.echo = self.relay and has_relay_vid(msg)
-        if self.echo:
-            sa.extension_data[RELAY_KEY] = True
+        st.relay = self.echo
 
-    def build_r(self, sa: IkeSa, msg: Message) -> None:
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         msg.payloads.append(NotifyPayload(NotifyType.ME_MEDIATION))
         if self.echo:
             msg.payloads.append(VendorIdPayload(RELAY_VENDOR_ID))
@@ -179,65 +197,42 @@ class MediationEcho(Task):
 
 class ConnectIdInit(Task):
     """Mediated IKE_SA_INIT: N(ME_CONNECTID) in every request, COOKIE/INVALID_KE retries included
-    (reference §9.2); `on_failed` learns why the exchange failed."""
+    ([ME] §4.4 / docs/protocol.md §9.2); a failure is the task manager's to report (IkeSa.failure)."""
 
     exchange = ExchangeType.IKE_SA_INIT
     name = "ME_CONNECTID"
 
-    def __init__(self, connect_id: bytes, on_failed: FailedCb) -> None:
+    def __init__(self, connect_id: bytes) -> None:
         self.connect_id = connect_id
-        self.on_failed = on_failed
 
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
         msg.payloads.append(NotifyPayload(NotifyType.ME_CONNECTID, self.connect_id))
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         return Status.DONE
-
-    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
-        self.on_failed(sa, reason, now)
 
 
 class ConnectIdResponder(Task):
-    """Target: IKE_SA_INIT carrying ME_CONNECTID stops that check list (reference §8, §9.2)."""
+    """Target: IKE_SA_INIT carrying ME_CONNECTID stops that check list (docs/protocol.md §8, §9.2)."""
 
     exchange = ExchangeType.IKE_SA_INIT
     name = "ME_CONNECTID"
 
-    def __init__(self, connect_id: bytes, on_request: Callable[[IkeSa, bytes, float], None]) -> None:
+    def __init__(self, connect_id: bytes, on_request: Callable[[IkeSaView, bytes, float], None]) -> None:
         self.connect_id = connect_id
         self.on_request = on_request
 
-    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         self.on_request(sa, self.connect_id, now)
 
-    def build_r(self, sa: IkeSa, msg: Message) -> None:
-        return None  # reference §9.2: the responder does not echo it
-
-
-class FailureWatch(Task):
-    """Adds nothing; reports why an exchange of a mediated IKE_SA failed."""
-
-    name = "ME_WATCH"
-
-    def __init__(self, exchange: ExchangeType, on_failed: FailedCb) -> None:
-        self.exchange = exchange
-        self.on_failed = on_failed
-
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
-        return None
-
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
-        return Status.DONE
-
-    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
-        self.on_failed(sa, reason, now)
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        return None  # docs/protocol.md §9.2: the responder does not echo it
 
 
 # --- IKE_AUTH: server-reflexive discovery ----------------------------------------------------------
 
 def first_endpoint(msg: Message) -> Endpoint | None:
-    """The first ME_ENDPOINT of a message (reference §3.4: only the first one counts), or None."""
+    """The first ME_ENDPOINT of a message (docs/protocol.md §3.4: only the first one counts), or None."""
     n = msg.notify(NotifyType.ME_ENDPOINT)
     if n is None:
         return None
@@ -250,24 +245,24 @@ def first_endpoint(msg: Message) -> Endpoint | None:
 
 class SrflxRequest(Task):
     """Peer: address-less SERVER_REFLEXIVE ME_ENDPOINT in IKE_AUTH, srflx from the response
-    ([ME] §3.3.2.2, reference §3.4). `on_result(sa, endpoint or None, now)` runs after the IKE_SA
+    ([ME] §3.3.2.2, docs/protocol.md §3.4). `on_result(sa, endpoint or None, now)` runs after the IKE_SA
     is established."""
 
     exchange = ExchangeType.IKE_AUTH
     name = "ME_SRFLX"
 
-    def __init__(self, send: bool, on_result: Callable[[IkeSa, Endpoint | None, float], None],
+    def __init__(self, send: bool, on_result: Callable[[IkeSaView, Endpoint | None, float], None],
                  outbox: MeOutbox) -> None:
         self.send = send
         self.on_result = on_result
         self.outbox = outbox
 
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
         if self.send:
             ep = addressless_endpoint(MeEndpointType.SERVER_REFLEXIVE)
             msg.payloads.append(NotifyPayload(NotifyType.ME_ENDPOINT, encode_endpoint(ep)))
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         if not sa.established:
             return Status.DONE  # IKE_AUTH failed; reported through `failed`
         ep = first_endpoint(msg)
@@ -277,9 +272,6 @@ class SrflxRequest(Task):
             self.on_result(sa, ep, now)
         return Status.DONE
 
-    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
-        sa.extension_data.setdefault(FAIL_KEY, reason)
-
 
 class ServerAuth(Task):
     """Server side of IKE_AUTH on a mediation SA: srflx answer and child refusal, done by `answer`."""
@@ -287,27 +279,27 @@ class ServerAuth(Task):
     exchange = ExchangeType.IKE_AUTH
     name = "ME_AUTH"
 
-    def __init__(self, answer: Callable[[IkeSa, Message, bool, bool], None]) -> None:
+    def __init__(self, answer: Callable[[IkeSaView, Message, bool, bool], None]) -> None:
         self.answer = answer
         self.want_srflx = False
         self.has_child = False
 
-    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         ep = first_endpoint(msg)
         self.want_srflx = ep is not None and ep.type == MeEndpointType.SERVER_REFLEXIVE
         self.has_child = msg.get(PayloadType.SA) is not None
 
-    def build_r(self, sa: IkeSa, msg: Message) -> None:
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         self.answer(sa, msg, self.want_srflx, self.has_child)
 
 
 # --- ME_CONNECT (exchange 240) ----------------------------------------------------------------------
 
 class MeConnectRequest(Task):
-    """One ME_CONNECT request we send ([ME] §4, reference §2.5); sent through a MeOutbox.
+    """One ME_CONNECT request we send ([ME] §4, docs/protocol.md §2.5); sent through a MeOutbox.
 
     `build(sa, now)` returns the payloads (called when the request is generated: the initiator's
-    check list is created there, netlab.md §11); `done(sa, result, now)` gets the response;
+    check list is created there, docs/protocol.md §4.4); `done(sa, result, now)` gets the response;
     `on_failed(sa, reason, now)` a timeout or the loss of the SA.
     """
 
@@ -315,8 +307,8 @@ class MeConnectRequest(Task):
     name = "ME_CONNECT"
     prompt = True  # a mediated `up` waits for it, at both ends of the relay (RetransmitConfig early schedule)
 
-    def __init__(self, build: Callable[[IkeSa, float], list[Payload]],
-                 done: Callable[[IkeSa, ConnectResult, float], None] | None = None,
+    def __init__(self, build: Callable[[IkeSaView, float], list[Payload]],
+                 done: Callable[[IkeSaView, ConnectResult, float], None] | None = None,
                  on_failed: FailedCb | None = None) -> None:
         self.build = build
         self.done = done
@@ -324,10 +316,10 @@ class MeConnectRequest(Task):
         self.outbox: MeOutbox | None = None
         self.completed = False
 
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
-        msg.payloads += self.build(sa, sa.engine.now)
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        msg.payloads += self.build(sa, now)
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         self.completed = True
         assert self.outbox is not None
         with self.outbox.inside(sa):
@@ -336,7 +328,7 @@ class MeConnectRequest(Task):
             self.outbox.finished(sa, self, now)
         return Status.DONE
 
-    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+    def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
         if self.completed:
             return
         self.completed = True
@@ -354,14 +346,14 @@ class MeConnectResponder(Task):
     exchange = ExchangeType.ME_CONNECT
     name = "ME_CONNECT"
 
-    def __init__(self, handler: Callable[[IkeSa, Message, float], list[Payload]], outbox: MeOutbox) -> None:
+    def __init__(self, handler: Callable[[IkeSaView, Message, float], list[Payload]], outbox: MeOutbox) -> None:
         self.handler = handler
         self.outbox = outbox
         self.reply: list[Payload] = []
 
-    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         with self.outbox.inside(sa):
             self.reply = self.handler(sa, msg, now)
 
-    def build_r(self, sa: IkeSa, msg: Message) -> None:
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         msg.payloads += self.reply

@@ -1,4 +1,4 @@
-"""Tie-break for simultaneous mediation ([ME] reference §11 weakness #15), our client only.
+"""Tie-break for simultaneous mediation (docs/protocol.md §11.9), our client only.
 
 When both peers start a mediated connection to each other at about the same time, each sends an
 ME_CONNECT ([ME] §4) and each receives the other's relayed request while its own attempt is in

@@ -1,6 +1,6 @@
 """charon-behind-same-nat: alice and venus behind one NAT, venus comes online later (callback path).
 
-Model: strongSwan's testing/tests/p2pnat/behind-same-nat (netlab.md §6.7). alice registers and asks for
+Model: strongSwan's testing/tests/p2pnat/behind-same-nat (docs/nat-lab.md §7.4). alice registers and asks for
 venus while venus is offline (ME_CONNECT_FAILED, callback registered at carol); when venus registers,
 carol sends ME_CALLBACK, alice re-runs mediation and the host-to-host pair on the LAN wins.
 """

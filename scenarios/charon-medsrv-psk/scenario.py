@@ -1,6 +1,6 @@
 """charon-medsrv-psk: three strongSwan charons (carol = mediation server; alice, bob behind EIM NATs).
 
-The reference behaviour our implementation is measured against (netlab.md §6.3-§6.5, strongSwan's
+The reference behaviour our implementation is measured against (docs/nat-lab.md §7.4, strongSwan's
 testing/tests/p2pnat/medsrv-psk): mediation SAs to carol, ME_CONNECT relayed by carol, connectivity
 checks, then a direct IKE_SA + CHILD_SA between the NATs; ping both ways; ESP goes NAT to NAT.
 """

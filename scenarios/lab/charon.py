@@ -1,4 +1,4 @@
-"""Drive a real strongSwan charon (Debian 5.9.8) inside a lab namespace (netlab.md §6).
+"""Drive a real strongSwan charon (Debian 5.9.8) inside a lab namespace (docs/nat-lab.md §7).
 
 Each instance gets its own directory ``<lab>/<host>/<name>/`` holding ``strongswan.conf``, the swanctl
 tree (``swanctl/swanctl.conf``, ``private/``, ``pubkey/`` ...), a private ``run/`` bind-mounted over

@@ -1,4 +1,4 @@
-"""Userspace delay/loss "hub" on TAP devices, in place of a bridge (netlab.md §10: no netem here).
+"""Userspace delay/loss "hub" on TAP devices, in place of a bridge (docs/nat-lab.md §5: no netem here).
 
 One TAP device per port, each created inside its own namespace (``NS:IFNAME``); every Ethernet frame read
 from one port is written to all other ports after a fixed one-way delay, or dropped with probability

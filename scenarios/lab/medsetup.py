@@ -1,4 +1,4 @@
-"""strongSwan-only mediation on a :func:`~scenarios.lab.topologies.nat_lab` (netlab.md §6.3-§6.5).
+"""strongSwan-only mediation on a :func:`~scenarios.lab.topologies.nat_lab` (docs/nat-lab.md §7.4).
 
 carol runs a charon mediation server (``mediation = yes``, ``remote.id = %any``); alice and bob run
 charons with a ``medsrv`` mediation connection and a mediated ``p2p`` connection (child ``net``).
@@ -54,7 +54,7 @@ class PeerSpec:
 
 
 def medsrv_conf(peers: list[PeerSpec], server_id: str = "carol@med", local_addr: str = CAROL) -> str:
-    """swanctl.conf of a charon mediation server accepting every peer by its PSK (netlab.md §6.3)."""
+    """swanctl.conf of a charon mediation server accepting every peer by its PSK (docs/nat-lab.md §7.4)."""
     secrets = "\n".join(
         f"  ike-{p.host} {{\n    id-1 = {server_id}\n    id-2 = {p.med_id}\n    secret = \"{p.med_psk}\"\n  }}"
         for p in peers)

@@ -1,6 +1,6 @@
 """Network-namespace lab: hosts, veth links, bridges, NAT, processes, captures.
 
-Recipe and platform facts: ``shared/reference/netlab.md`` §2-§4 and §9. Every namespace of a lab is
+Why it is built this way: ``docs/nat-lab.md`` §2. Every namespace of a lab is
 named ``<prefix><host>``; the prefix is unique per run (default ``lb<pid>x<n>_``) so parallel runs never
 collide, and veth pairs are created directly between two namespaces (never in the root namespace), so no
 temporary interface names are needed.

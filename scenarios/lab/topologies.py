@@ -1,22 +1,24 @@
-"""Ready-made lab topologies (netlab.md §2-§3).
+"""Ready-made lab topologies (docs/nat-lab.md §3, §4).
 
 ``two_hosts``: two namespaces on one link, for IKE interop tests. ``nat_lab``: alice behind natA, bob
 behind natB, carol (mediation server) on the internet segment, optionally venus behind natA too, with
-Linux NAT (endpoint-independent or symmetric) and the WAN input drop rule of netlab.md §3.1; the internet
+Linux NAT (endpoint-independent or symmetric) and the WAN input drop rule (docs/nat-lab.md §4.2); the internet
 segment is a bridge, or the userspace delay hub of :mod:`scenarios.lab.delay` when ``delay_ms`` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from scenarios.lab.netns import Lab, LabError, read_text, wait_for
+from scenarios.lab.netns import Lab, LabError, cleanup_orphans, read_text, wait_for
 
 NatKind = Literal["eim", "symmetric"]
 
-# netlab.md §3: endpoint-independent mapping (port preserving) vs address-and-port-dependent (random)
+# docs/nat-lab.md §4: endpoint-independent mapping (port preserving) vs address-and-port-dependent (random)
 _NAT_RULES = {
     "eim": 'oifname "wan0" masquerade',
     "symmetric": 'oifname "wan0" masquerade fully-random',
@@ -30,7 +32,7 @@ NAT_RULESET = """table ip nat {{
 }}
 """
 
-# netlab.md §3.1: unsolicited inbound UDP must not take the conntrack tuple (CPE-like WAN filter)
+# docs/nat-lab.md §4.2: unsolicited inbound UDP must not take the conntrack tuple (CPE-like WAN filter)
 WAN_DROP_RULESET = """table inet fw {
   chain input {
     type filter hook input priority filter; policy accept;
@@ -71,14 +73,14 @@ def two_hosts(prefix: str | None = None, names: tuple[str, str] = ("alice", "bob
 def nat_lab(prefix: str | None = None, nat_a: NatKind = "eim", nat_b: NatKind = "eim",
             same_nat_peer: bool = False, delay_ms: float | None = None, loss: float = 0.0,
             wan_drop: bool = True, workdir: str | Path | None = None) -> Lab:
-    """The NAT topology of netlab.md §2::
+    """The NAT topology of docs/nat-lab.md §3.2::
 
         alice 10.1.0.2 [venus 10.1.0.3] -- natA 10.1.0.1 | 203.0.113.1 --+
         bob   10.2.0.2                  -- natB 10.2.0.1 | 203.0.113.2 --+-- inet (br0 or delay hub)
                                                    carol 203.0.113.10 --+
 
     ``nat_a``/``nat_b``: "eim" (masquerade) or "symmetric" (masquerade fully-random). ``wan_drop`` adds
-    the §3.1 input drop rule on both NATs. ``delay_ms`` (even 0) replaces the bridge by the userspace
+    the input drop rule of docs/nat-lab.md §4.2 on both NATs. ``delay_ms`` (even 0) replaces the bridge by the userspace
     TAP hub adding that one-way delay per hop through the internet segment (and ``loss``).
     """
     lab = Lab(prefix, workdir)
@@ -132,6 +134,18 @@ def _build_nat_lab(lab: Lab, nat_a: NatKind, nat_b: NatKind, same_nat_peer: bool
         lab.addrs[nat] = NAT_PUBLIC[nat]
     lab.info.update(nat_a=nat_a, nat_b=nat_b, delay_ms=delay_ms, loss=loss, carol=CAROL,
                     public=dict(NAT_PUBLIC), same_nat_peer=same_nat_peer)
+
+
+@contextlib.contextmanager
+def lab_session(build: Callable[..., Lab], **kw: Any) -> Iterator[Lab]:
+    """``with lab_session(nat_lab, nat_b="symmetric") as lab:`` removes the namespaces of dead runs
+    (:func:`cleanup_orphans`), builds the lab with ``build(**kw)`` and tears it down at the end."""
+    cleanup_orphans()
+    lab = build(**kw)
+    try:
+        yield lab
+    finally:
+        lab.teardown()
 
 
 def start_delay_hub(lab: Lab, ports: list[tuple[str, str]], delay_ms: float, loss: float = 0.0,

@@ -1,7 +1,7 @@
 """symmetric-nat-relay-both: alice AND bob behind symmetric NATs: connected through carol's data relay.
 
-The same run as `symmetric-nat-relay` with natA symmetric too (no direct path at all, reference
-ice-and-nat.md: "relay only").
+The same run as `symmetric-nat-relay` with natA symmetric too (no direct path at all: only
+the relay works, docs/nat-lab.md §4).
 """
 
 from __future__ import annotations

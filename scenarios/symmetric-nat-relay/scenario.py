@@ -1,6 +1,6 @@
 """symmetric-nat-relay: bob behind a symmetric NAT connects to alice through carol's data relay.
 
-Our relay extension (reference §11 #1-#2; strongSwan's mediation server relays no data): alice and bob
+Our relay extension (docs/protocol.md §11.1; strongSwan's mediation server relays no data): alice and bob
 announce the relay Vendor ID on their mediation connections, carol (`[mediation] relay = true`) echoes it
 and, relaying the ME_CONNECTs, offers each side a RELAYED endpoint: a UDP port on carol that reaches the
 other peer. The direct pairs cannot work (natB maps each destination to a new random port), the relayed

@@ -1,8 +1,8 @@
-"""Mediation interop with strongSwan charon (issue 4, "Interop with strongSwan"), on a real-NAT lab.
+"""Mediation interop with strongSwan charon , on a real-NAT lab.
 
-``nat_lab`` (netlab.md §2-§3): alice 10.1.0.2 behind natA 203.0.113.1, bob 10.2.0.2 behind natB
+``nat_lab`` (docs/nat-lab.md §3.2): alice 10.1.0.2 behind natA 203.0.113.1, bob 10.2.0.2 behind natB
 203.0.113.2 (both endpoint-independent masquerade with the WAN drop rule), carol 203.0.113.10 = the
-mediation server. PSK pseudonyms alice@med / bob@med at the server (netlab.md §6.3-§6.4), mediated
+mediation server. PSK pseudonyms alice@med / bob@med at the server (docs/nat-lab.md §7.4), mediated
 connection alice@p2p <-> bob@p2p with a CHILD_SA 10.1.0.2/32 === 10.2.0.2/32.
 
 Cases (each one mixes our daemons and charons differently):
@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from scenarios.lab import Lab, cleanup_orphans, nat_lab
+from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
-from scenarios.lab.mediation import LAN, P2P_PSK, client_toml, server_toml
+from scenarios.lab.mediation import LAN, P2P_PSK, PUBLIC, client_toml, server_toml
 from scenarios.lab.medsetup import default_peers, medsrv_conf, peer_conf
-from scenarios.lab.netns import wait_for
 from scenarios.lab.topologies import CAROL
 from tests.guards import needs
 
@@ -42,18 +40,7 @@ pytestmark = [
     needs("root", "strongswan", why="strongSwan charon in network namespaces"),
 ]
 
-PUBLIC = {"alice": "203.0.113.1", "bob": "203.0.113.2"}
 OTHER = {"alice": "bob", "bob": "alice"}
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    cleanup_orphans()
-    lab = nat_lab(nat_a="eim", nat_b="eim")
-    try:
-        yield lab
-    finally:
-        lab.teardown()
 
 
 # ---------------------------------------------------------------------------------------------- servers
@@ -69,15 +56,7 @@ class OurServer:
 
     def online(self, timeout: float = 15.0) -> dict[str, str]:
         """identity -> public endpoint "ip[port]" once both peers are registered."""
-        found: dict[str, str] = {}
-
-        def ok() -> bool:
-            found.clear()
-            found.update({p["identity"]: p["endpoint"] for p in self.d.status()["peers"]})
-            return {"alice@med", "bob@med"} <= found.keys()
-
-        wait_for(ok, timeout, interval=0.02, what="alice@med and bob@med registered at our server")
-        return found
+        return {p["identity"]: p["endpoint"] for p in self.d.wait_peers({"alice@med", "bob@med"}, timeout)}
 
     def logs(self) -> str:
         return f"--- our server (carol) ---\n{self.d.log_tail(60)}"
@@ -194,7 +173,8 @@ CASES = [
 
 @pytest.mark.parametrize(("server_kind", "alice_kind", "bob_kind"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_mediated_tunnel(lab: Lab, server_kind: str, alice_kind: str, bob_kind: str) -> None:
+def test_mediated_tunnel(nat_lab_per_module: Lab, server_kind: str, alice_kind: str, bob_kind: str) -> None:
+    lab = nat_lab_per_module
     case = f"{server_kind[0]}{alice_kind[0]}{bob_kind[0]}"
     lab.flush_conntrack()  # nothing runs between cases: forget every mapping, mediation SAs included
     server = SERVERS[server_kind](lab, case)

@@ -1,6 +1,6 @@
 """The lab proven with strongSwan alone: charon<->charon PSK tunnel, and mediation through NATs.
 
-netlab.md §6. One topology per test case group (module-scoped), conntrack flushed between cases.
+docs/nat-lab.md §7. One topology per test case group (module-scoped), conntrack flushed between cases.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scenarios.lab import Lab, cleanup_orphans, nat_lab, two_hosts
+from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.creds import install_keypair, rsa_keypair
 from scenarios.lab.medsetup import LAN, CharonMediation
@@ -79,19 +79,13 @@ RSA_CONF = """connections {{
 
 
 @pytest.fixture(scope="module")
-def direct() -> Iterator[Lab]:
-    cleanup_orphans()
-    lab = two_hosts()
-    yield lab
-    lab.teardown()
+def direct(two_hosts_per_module: Lab) -> Lab:
+    return two_hosts_per_module
 
 
 @pytest.fixture(scope="module")
-def natted() -> Iterator[Lab]:
-    cleanup_orphans()
-    lab = nat_lab(nat_a="eim", nat_b="eim")
-    yield lab
-    lab.teardown()
+def natted(nat_lab_per_module: Lab) -> Lab:
+    return nat_lab_per_module
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The lab's own behaviour: topology, NAT classes (netlab.md §3), delay hub (§10), teardown, pcap parsing."""
+"""The lab's own behaviour: topology, NAT classes (docs/nat-lab.md §4), delay hub (§5.2), teardown, pcap parsing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import netns
 
-from scenarios.lab import Lab, cleanup_orphans, nat_lab, read_pcap, wait_for
+from scenarios.lab import Lab, lab_session, nat_lab, read_pcap, wait_for
 from scenarios.lab.netns import read_text
 from scenarios.lab.pcap import classify_udp
 from tests.guards import needs
@@ -41,10 +41,8 @@ for port in (3478, 3479):
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    cleanup_orphans()
-    lab = nat_lab(nat_a="eim", nat_b="symmetric")
-    yield lab
-    lab.teardown()
+    with lab_session(nat_lab, nat_a="eim", nat_b="symmetric") as lab:
+        yield lab
 
 
 def test_pcap_classification() -> None:
@@ -84,7 +82,7 @@ def test_unsolicited_wan_udp_is_dropped(lab: Lab) -> None:
                           "import socket; s=socket.socket(2,2); s.sendto(b'\\0'*8, ('203.0.113.2', 4500))"])
     assert [p.flow()[:4] for p in cap.packets] == [("203.0.113.10", cap.packets[0].sport, "203.0.113.2", 4500)]
     out = lab.run("natB", ["conntrack", "-L", "-p", "udp"], check=False).stdout
-    assert "dport=4500" not in out                                  # never confirmed (netlab.md §3.1)
+    assert "dport=4500" not in out                                  # never confirmed (docs/nat-lab.md §4.2)
 
 
 @root_only

@@ -49,7 +49,7 @@ ZERO = bytes(8)
 SPI_I = bytes.fromhex("0102030405060708")
 SPI_R = bytes.fromhex("1112131415161718")
 
-# --- ike-me-protocol.md 7.2: connectivity check known answer -------------------------------------
+# --- docs/protocol.md §7.2: connectivity check known answer ----------------------------------
 
 CID = bytes.fromhex("deadbeef")
 KEY_A = bytes(range(16))

@@ -19,7 +19,7 @@ def h(s: str) -> bytes:
     return bytes.fromhex("".join(s.split()))
 
 
-# medsrv-portal-and-schema.md 4.3 (strongSwan medsrv test.sql), known answer 4.2
+# the RSA-2048 key of strongSwan's medsrv test data (test.sql); its key ID is the known answer below
 SAMPLE_PEM = b"""-----BEGIN PUBLIC KEY-----
 MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAzZRsIp99UrIdoctThOfc
 r2Up92BTSlY1Xv1J6Hqcbx3dX/MDvX60nCPeA63Eh0VvQetfkpR73I/42+RD+NES
@@ -98,7 +98,7 @@ def test_rfc4754_ecdsa_p256_vector() -> None:
     assert not auth.verify_signature_auth(pub, AuthMethod.DIGITAL_SIGNATURE, r + s, b"abc")
 
 
-# RFC 7427 Appendix A (reference doc 7.1): length octet and DER
+# RFC 7427 Appendix A: length octet and DER
 ALGIDS = [
     (SigAlg("rsa", "sha256"), "0f", "300d06092a864886f70d01010b0500"),
     (SigAlg("rsa", "sha384"), "0f", "300d06092a864886f70d01010c0500"),

@@ -58,7 +58,7 @@ def test_prf_vectors(source: str, prf_id: int, key: bytes, data: bytes, expected
 
 
 def test_prf_plus_smoke_vector() -> None:
-    # strongSwan tests/suites/test_prf_plus.c (reference doc 11 item 2): 122 octets, HMAC-SHA-256
+    # strongSwan tests/suites/test_prf_plus.c: 122 octets, HMAC-SHA-256
     out = prf_plus(Prf(PrfId.HMAC_SHA2_256), KEY_0B, b"Hi There", 122)
     assert len(out) == 122
     assert out[:16] == h("b9 bd c0 89 88 b4 c2 b7 5a a9 3e 59 6a c8 42 05")

@@ -1,7 +1,7 @@
 """Both peers initiate at once (a mediated connection started from both ends): one IKE_SA must survive.
 
-With uniqueness "replace", each peer used to delete the older of its two SAs; as each peer finishes its
-own SA last, they deleted one each and lost both. Now both drop the one with the lowest nonce.
+With uniqueness "replace", deleting the older of its two SAs is not enough: each peer finishes its own SA
+last, so they would delete one each and lose both. Both drop the one with the lowest nonce instead.
 """
 
 from __future__ import annotations

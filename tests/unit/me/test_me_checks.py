@@ -1,4 +1,4 @@
-"""Connectivity-check messages: the known-answer vector of reference §7.2, byte-exact."""
+"""Connectivity-check messages: the known-answer vector of docs/protocol.md §7.2, byte-exact."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def _replace(data: bytes, old: str, new: str) -> bytes:
 
 
 @pytest.mark.parametrize(("data", "reason"), [
-    # response without a mapped address (strongSwan would crash, weakness #17)
+    # response without a mapped address (strongSwan would crash, docs/protocol.md §11.12)
     (_replace(_replace(RESPONSE, "29000014" "0000a003" "0080ffff01021194cb007101",
                        "29000010" "0000a003" "0080ffff00020000"), "00000058", "00000054"), "mapped"),
     (_replace(REQUEST, "0000a005", "0000a00f"), "ME_CONNECTID"),  # connect id notify missing

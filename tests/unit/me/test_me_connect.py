@@ -1,4 +1,4 @@
-"""ME_CONNECT notify sets (reference §2.5, §4.1, §4.2)."""
+"""ME_CONNECT notify sets (docs/protocol.md §2.5, §4.1, §4.2)."""
 
 from __future__ import annotations
 

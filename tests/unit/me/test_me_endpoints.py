@@ -1,4 +1,4 @@
-"""ME endpoints: priorities ([ME] §3.3.5.1), ME_ENDPOINT codec (reference §2.3, §4.2), gathering."""
+"""ME endpoints: priorities ([ME] §3.3.5.1), ME_ENDPOINT codec (docs/protocol.md §2.3, §4.2), gathering."""
 
 from __future__ import annotations
 

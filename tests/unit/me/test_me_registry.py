@@ -1,4 +1,4 @@
-"""Mediation server registry (reference §5, weaknesses #9 and #11 fixed), fake clock."""
+"""Mediation server registry (docs/protocol.md §5, §11.5, §11.7), fake clock."""
 
 from __future__ import annotations
 

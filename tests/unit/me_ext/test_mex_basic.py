@@ -97,7 +97,7 @@ def _answer_delay(foreign: bool) -> float:
 
 
 def test_relayed_answer_waits_for_strongswan_peers_only() -> None:
-    """netlab.md §11: a charon may process the relayed answer before our response to its own ME_CONNECT
+    """docs/protocol.md §4.4: a charon may process the relayed answer before our response to its own ME_CONNECT
     and then never check; peers that are not ours get the answer ANSWER_GRACE later, ours at once."""
     from mediation_server.relay import ANSWER_GRACE
 

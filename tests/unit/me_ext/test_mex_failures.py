@@ -113,7 +113,7 @@ def test_child_in_mediation_ike_auth_gets_no_additional_sas() -> None:
 
 
 def test_race_relayed_answer_before_own_response() -> None:
-    """netlab.md §11: the relayed ME_RESPONSE reaches alice before the MS's answer to her request."""
+    """docs/protocol.md §4.4: the relayed ME_RESPONSE reaches alice before the MS's answer to her request."""
     net = make_net()
     register(net)
     held: list[float] = []

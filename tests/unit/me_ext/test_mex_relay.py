@@ -1,6 +1,6 @@
 """Our relay extension in memory: symmetric NATs on both sides connect through the MS's data relay.
 
-Negotiated by RELAY_VENDOR_ID in the mediation IKE_SA_INIT (reference §11 #1-#2); without it (or with
+Negotiated by RELAY_VENDOR_ID in the mediation IKE_SA_INIT (docs/protocol.md §11.1); without it (or with
 the server's relay off) the symmetric case still ends in "checks failed".
 """
 

@@ -1,4 +1,4 @@
-"""Simultaneous mediation (reference §11 weakness #15): both peers connect() to each other at about the
+"""Simultaneous mediation (docs/protocol.md §11.9): both peers connect() to each other at about the
 same time; the tie-break in core_ike/me/tiebreak.py keeps exactly one attempt, so exactly one mediated
 IKE_SA is ever set up (no duplicate for the IKE_SA collision rule to delete)."""
 
