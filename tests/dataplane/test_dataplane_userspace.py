@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.guards import require
+
 pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +36,7 @@ CBC_KEYS = {"key": "33" * 16, "integ": "HMAC_SHA2_256_128", "integ_key": "44" * 
 
 
 def _need_root() -> None:
-    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or not shutil.which("tcpdump"):
-        pytest.skip("needs root, /dev/net/tun and tcpdump")
+    require("root", "tun", "tcpdump", why="TUN devices and captures in network namespaces")
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

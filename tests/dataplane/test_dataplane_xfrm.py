@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from core_ike.io.dataplane import (
     TrafficSelector,
 )
 from core_ike.io.xfrm import XfrmDataPlane, choose_backend, kernel_supports_esp
+from tests.guards import require
 
 pytestmark = pytest.mark.netns
 
@@ -39,8 +39,7 @@ def sh(*args: str) -> str:
 
 @pytest.fixture
 def xfrm() -> Iterator[XfrmDataPlane]:
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("needs root and iproute2")
+    require("root", "iproute2", why="XFRM state in a network namespace")
     from pyroute2 import netns
 
     sh("ip", "netns", "add", NS)
@@ -141,8 +140,7 @@ def test_install_sa(xfrm: XfrmDataPlane) -> None:
 
 
 def test_detection_and_choice() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    require("root", why="XFRM netlink")
     supported = kernel_supports_esp()
     backend = choose_backend("auto")
     try:
