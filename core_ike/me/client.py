@@ -240,7 +240,7 @@ class MediationClient(Extension):
                 return [ConnectIdResponder(n.data, self._mediated_request)]
         elif exchange == ExchangeType.IKE_AUTH and initiator:
             if me_role(sa) == "peer":
-                send = self.config.srflx_always or sa.nat_here  # docs/protocol.md §3.4: strongSwan asks only with a NAT here
+                send = self.config.srflx_always or sa.nat_here  # docs/protocol.md §3.4 (interop)
                 return [SrflxRequest(send, self._mediation_up, self.outbox)]
         elif exchange == ExchangeType.ME_CONNECT and not initiator and \
                 me_role(sa) == "peer":
