@@ -13,12 +13,15 @@ turned into a failure below). The only skips allowed there are the ones this mac
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.guards import REQUIRE_ALL, require
+
+if TYPE_CHECKING:
+    from scenarios.lab import Lab
 
 ALLOWED_SKIPS = ("kernel lacks INET_ESP",)
 pytest_plugins = ["pytester"]  # tests/test_guards.py runs the needs marker in an inner session
@@ -47,3 +50,39 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     report.outcome = "failed"
     report.longrepr = (f"skipped where every component is installed ({reason}); "
                        "a skip here would hide a broken setup")
+
+
+# -- labs (scenarios/lab): imported when a test asks for one, so unit-test runs need no pyroute2 ----------
+
+
+def _lab(topology: str) -> Iterator[Lab]:
+    import scenarios.lab as labs
+
+    with labs.lab_session(getattr(labs, topology)) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def nat_lab_per_module() -> Iterator[Lab]:
+    """One ``nat_lab()`` for the test module: alice behind natA, bob behind natB (EIM NATs with the WAN
+    drop rule), carol on the internet segment. Flush conntrack between cases that must not share mappings."""
+    yield from _lab("nat_lab")
+
+
+@pytest.fixture
+def nat_lab_per_test() -> Iterator[Lab]:
+    """A fresh ``nat_lab()`` for one test."""
+    yield from _lab("nat_lab")
+
+
+@pytest.fixture(scope="module")
+def two_hosts_per_module() -> Iterator[Lab]:
+    """One ``two_hosts()`` lab for the test module: alice 192.0.2.1 <-> bob 192.0.2.2, inner addresses
+    10.10.1.1 / 10.10.2.1 on ``lo``."""
+    yield from _lab("two_hosts")
+
+
+@pytest.fixture
+def two_hosts_per_test() -> Iterator[Lab]:
+    """A fresh ``two_hosts()`` lab for one test."""
+    yield from _lab("two_hosts")

@@ -7,12 +7,13 @@ from typing import Any
 
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import Lab
-from scenarios.lab.topologies import CAROL
+from scenarios.lab.topologies import CAROL, NAT_PUBLIC
 
 PSK = {"alice": "alice-medsrv-secret-0123456789", "bob": "bob-medsrv-secret-0123456789",
        "venus": "venus-medsrv-secret-0123456789"}
 P2P_PSK = "peer-to-peer-secret-0123456789"
 LAN = {"alice": "10.1.0.2", "bob": "10.2.0.2", "venus": "10.1.0.3"}
+PUBLIC = {"alice": NAT_PUBLIC["natA"], "venus": NAT_PUBLIC["natA"], "bob": NAT_PUBLIC["natB"]}  # their NAT's
 
 
 def server_toml(peers: list[str], policy: str = "all", extra: str = "") -> str:

@@ -8,7 +8,6 @@ encrypted fragments (SKF) in both directions; charon's log must show it reassemb
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
@@ -16,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from scenarios.lab import Lab, cleanup_orphans, two_hosts
+from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from tests.guards import needs
@@ -51,17 +50,8 @@ def _cert(cn: str, san: str, key: rsa.RSAPrivateKey, ca_key: rsa.RSAPrivateKey, 
     return b.sign(ca_key, hashes.SHA256())
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    cleanup_orphans()
-    lab = two_hosts()
-    try:
-        yield lab
-    finally:
-        lab.teardown()
-
-
-def test_certificates_with_fragmentation_both_directions(lab: Lab) -> None:
+def test_certificates_with_fragmentation_both_directions(two_hosts_per_test: Lab) -> None:
+    lab = two_hosts_per_test
     ca_key, a_key, b_key = (rsa.generate_private_key(65537, 2048) for _ in range(3))
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Interop Test CA")])
     ca = _cert("Interop Test CA", "", ca_key, ca_key, ca_name, ca=True)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from scenarios.lab import Lab, cleanup_orphans, two_hosts
+from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.creds import install_keypair, rsa_keypair
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from tests.guards import needs
+from tests.interop.charon_pair import clear, esp_on_wire
 
 pytestmark = [
     pytest.mark.netns,
@@ -114,9 +115,8 @@ rekey_time = 0
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    cleanup_orphans()
-    lab = two_hosts()
+def env(two_hosts_per_module: Lab) -> Iterator[Env]:
+    lab = two_hosts_per_module
     keys = {f"{who}-{prop}": rsa_keypair() for who in ("alice", "bob") for prop in PROPOSALS}
     charon = Charon(lab, "bob", name="charon", conf=_charon_conf(keys), settings="retransmit_tries = 2")
     for prop in PROPOSALS:
@@ -131,16 +131,6 @@ def env() -> Iterator[Env]:
     finally:
         iked.stop()
         charon.stop()
-        lab.teardown()
-
-
-def _clean(env: Env) -> None:
-    """Delete every SA on both sides and wait until both are empty."""
-    for sa in env.iked.list_sas():
-        env.iked.ctl({"cmd": "down", "ike": sa["uniqueid"]})
-    for sa in env.charon.list_sas():
-        env.charon.terminate(ike=sa["name"])
-    wait_for(lambda: not env.iked.list_sas() and not env.charon.list_sas(), 10, what="SAs gone")
 
 
 def _check_agree(env: Env, conn: str, prop: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
@@ -163,15 +153,12 @@ def _ping_is_esp(env: Env, spis: set[str]) -> None:
     with env.lab.capture("bob", "eth0", "udp or esp") as cap:
         sent, received, out = env.lab.ping("alice", B_IN, source=A_IN, count=3, interval=0.05)
     assert (sent, received) == (3, 3), out + "\n" + env.iked.log_tail()
-    esp = cap.of_kind("esp-in-udp", "esp")
-    assert len(esp) >= 6, [str(p) for p in cap.packets]
-    assert {f"{p.spi:08x}" for p in esp} == spis
-    assert not [p for p in cap.packets if p.kind == "other" and p.proto == 1], "plain ICMP on the wire"
+    esp_on_wire(cap.packets, ("esp-in-udp", "esp"), spis, 6)
 
 
 @pytest.mark.parametrize("auth,prop", CASES)
 def test_we_initiate(env: Env, auth: str, prop: str) -> None:
-    _clean(env)
+    clear(env.iked, env.charon)
     conn = f"{auth}-{prop}"
     r = env.iked.up(conn, "net")
     our, theirs = _check_agree(env, conn, prop)
@@ -182,7 +169,7 @@ def test_we_initiate(env: Env, auth: str, prop: str) -> None:
 
 @pytest.mark.parametrize("auth,prop", CASES)
 def test_charon_initiates(env: Env, auth: str, prop: str) -> None:
-    _clean(env)
+    clear(env.iked, env.charon)
     conn = f"{auth}-{prop}"
     env.charon.initiate(child="net", ike=conn, timeout=15)
     our, theirs = _check_agree(env, conn, prop)
@@ -197,7 +184,7 @@ def _our_sa(env: Env) -> dict:  # type: ignore[type-arg]
 
 @pytest.mark.parametrize("who", ["ours", "charon"])
 def test_rekey_and_delete(env: Env, who: str) -> None:
-    _clean(env)
+    clear(env.iked, env.charon)
     env.iked.up("psk-gcm", "net")
     _check_agree(env, "psk-gcm", "gcm")
     old = _our_sa(env)
@@ -235,7 +222,7 @@ def test_rekey_and_delete(env: Env, who: str) -> None:
 
 def test_cookie_round_when_loaded(env: Env) -> None:
     """charon initiates to our responder that demands COOKIEs (RFC 7296 2.6)."""
-    _clean(env)
+    clear(env.iked, env.charon)
     env.iked.stop()
     toml = env.iked.template.replace('tun = "ipsec0"', 'tun = "ipsec0"\nforce_cookies = true')
     loaded = Iked(env.lab, "alice", toml, name="iked-cookie")
@@ -271,7 +258,7 @@ print(len(cases))
 
 def test_daemon_survives_garbage(env: Env) -> None:
     """Malformed datagrams on 500 and 4500 are dropped with a log line; the daemon keeps serving."""
-    _clean(env)
+    clear(env.iked, env.charon)
     before = env.iked.log_text().count("dropping")
     out = env.lab.run("bob", ["python3", "-c", JUNK])
     assert out.stdout.strip() == "8"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios.lab import cleanup_orphans, two_hosts
+from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml
@@ -21,9 +21,8 @@ A, B, A_IN, B_IN = "2001:db8::1", "2001:db8::2", "2001:db8:a::1", "2001:db8:b::1
 PSK = "ipv6-interop-secret-0123456789"
 
 
-def test_ipv6_tunnel_with_charon() -> None:
-    cleanup_orphans()
-    lab = two_hosts()
+def test_ipv6_tunnel_with_charon(two_hosts_per_test: Lab) -> None:
+    lab = two_hosts_per_test
     charon = Charon(lab, "bob", name="charon-v6", conf=charon_psk_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, PSK))
     iked = Iked(lab, "alice", iked_psk_toml(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK), name="iked-v6")
     try:
@@ -46,4 +45,3 @@ def test_ipv6_tunnel_with_charon() -> None:
     finally:
         iked.stop()
         charon.stop()
-        lab.teardown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios.lab import cleanup_orphans, two_hosts
+from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
@@ -72,9 +72,8 @@ start_action = "start"
 """
 
 
-def test_connection_retries_until_the_peer_is_up() -> None:
-    cleanup_orphans()
-    lab = two_hosts()
+def test_connection_retries_until_the_peer_is_up(two_hosts_per_test: Lab) -> None:
+    lab = two_hosts_per_test
     iked = Iked(lab, "alice", IKED_CONF)
     charon = Charon(lab, "bob", name="charon-late", conf=CHARON_CONF)
     try:
@@ -88,4 +87,3 @@ def test_connection_retries_until_the_peer_is_up() -> None:
     finally:
         iked.stop()
         charon.stop()
-        lab.teardown()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,11 +25,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from scenarios.lab import Lab, cleanup_orphans, nat_lab, wait_for
+from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.creds import RsaKeyPair, rsa_keypair
 from scenarios.lab.iked import Iked
-from scenarios.lab.mediation import LAN, server_toml_pubkey
+from scenarios.lab.mediation import LAN, PUBLIC, server_toml_pubkey
 from scenarios.lab.portal import Browser, Page, PortalSite, stop_sites
 from scenarios.lab.topologies import CAROL
 from tests.guards import needs
@@ -41,7 +40,6 @@ pytestmark = [
     needs("root", "strongswan", "lighttpd", why="charon and the portal in network namespaces"),
 ]
 
-PUBLIC = {"alice": "203.0.113.1", "bob": "203.0.113.2"}
 PASSWORD = "snippet-user-password"
 _FILE_RE = re.compile(r'<pre class="file"[^>]*data-file="([^"]+)"[^>]*>(.*?)</pre>', re.S)
 
@@ -71,17 +69,8 @@ def snippet_files(page: Page) -> dict[str, str]:
     return {name: html.unescape(body) for name, body in _FILE_RE.findall(page.body)}
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    cleanup_orphans()
-    lab = nat_lab(nat_a="eim", nat_b="eim")
-    try:
-        yield lab
-    finally:
-        lab.teardown()
-
-
-def test_help_page_snippet_runs_in_charon_through_our_server(lab: Lab) -> None:
+def test_help_page_snippet_runs_in_charon_through_our_server(nat_lab_per_module: Lab) -> None:
+    lab = nat_lab_per_module
     server_key = rsa_keypair()
     keys = {"alice": rsa_keypair(), "bob": rsa_keypair()}
     ms_dir = lab.host_dir("carol") / "snippet-ms"
@@ -140,14 +129,8 @@ def test_help_page_snippet_runs_in_charon_through_our_server(lab: Lab) -> None:
 
         for host in ("bob", "alice"):
             charons[host].initiate(ike="medsrv", timeout=15)
-        want = {me.identity: host for host, me in keys.items()}
-        online: dict[str, str] = {}
-
-        def registered() -> bool:
-            online.update({p["identity"]: p["endpoint"] for p in server.status()["peers"] if p["identity"] in want})
-            return len(online) == 2
-
-        wait_for(registered, 15, interval=0.02, what="alice and bob registered at our server by key id")
+        want = {me.identity for me in keys.values()}
+        online = {p["identity"]: p["endpoint"] for p in server.wait_peers(want, 15) if p["identity"] in want}
         assert sorted(online.values()) == ["203.0.113.1[4500]", "203.0.113.2[4500]"], online
 
         charons["alice"].initiate(child="bob", wait=False)
