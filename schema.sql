@@ -3,6 +3,7 @@
 -- Server side (mediation server + server manager portal): "user", peer, me_callback, mediation_grant.
 -- Client side (mediation client + client manager portal): client_config, mediation_server_config,
 -- connection.  Both sides may live in one database or in separate ones; they share no tables.
+-- Portals (either side): web_session, web_secret, each row tagged with its portal.
 --
 -- The SQLAlchemy models in med_db/models.py match this file; tests/web/test_db_schema.py creates the
 -- schema once from this file and once from the models and compares tables, columns, nullability,
@@ -55,7 +56,9 @@
 
 -- ---------------------------------------------------------------- server side
 
--- Portal accounts.  password = "scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>" (salted, parameters stored).
+-- Portal accounts.  password = an Argon2id hash (RFC 9106) in the PHC string format
+-- "$argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<salt b64>$<hash b64>", or an scrypt hash
+-- "scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>", accepted and replaced by Argon2id at the next login.
 CREATE TABLE "user" (
     "id"         INTEGER NOT NULL /*! AUTO_INCREMENT */ PRIMARY KEY,
     "login"      VARCHAR(64) NOT NULL,
@@ -150,4 +153,32 @@ CREATE TABLE "connection" (
     CONSTRAINT "uq_connection_alias" UNIQUE ("alias"),
     CONSTRAINT "uq_connection_keyid" UNIQUE ("keyid"),
     CONSTRAINT "ck_connection_status" CHECK ("status" IN (1, 2, 3))
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
+
+-- ---------------------------------------------------------------- portals
+
+-- Logins to the portals (server manager: "medsrv", client manager: "medcli"), shared by all the
+-- portal's processes and kept across restarts.  id = SHA-256 (hex) of the random session id in the
+-- browser's cookie (a copy of the database holds no usable cookie); user_id = "user".id for the
+-- server manager, 1 (the administrator) for the client manager, hence no foreign key; data = JSON
+-- (the session's CSRF token, messages for the next page).  A row idle longer than the portal's
+-- --session-timeout is expired and deleted by the portal.
+CREATE TABLE "web_session" (
+    "id"         VARCHAR(64) NOT NULL,
+    "portal"     VARCHAR(16) NOT NULL,
+    "user_id"    INTEGER NOT NULL,
+    "data"       TEXT NOT NULL,
+    "created"    DATETIME /*! (6) */ NOT NULL,
+    "last_seen"  DATETIME /*! (6) */ NOT NULL,
+    CONSTRAINT "pk_web_session" PRIMARY KEY ("id")
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
+CREATE INDEX "ix_web_session_last_seen" ON "web_session" ("portal", "last_seen");
+
+-- Each portal's signing key for the CSRF tokens of its anonymous forms (login, registration), made
+-- by the first process to start, so that every process accepts the tokens of the others.
+CREATE TABLE "web_secret" (
+    "portal"     VARCHAR(16) NOT NULL,
+    "secret"     VARBINARY(64) NOT NULL,
+    "created"    DATETIME /*! (6) */ NOT NULL,
+    CONSTRAINT "pk_web_secret" PRIMARY KEY ("portal")
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;

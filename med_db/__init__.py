@@ -20,6 +20,8 @@ from med_db.models import (
     MediationServerConfig,
     Peer,
     User,
+    WebSecret,
+    WebSession,
 )
 
 __all__ = [
@@ -35,4 +37,6 @@ __all__ = [
     "MediationServerConfig",
     "Peer",
     "User",
+    "WebSecret",
+    "WebSession",
 ]

@@ -10,11 +10,13 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     PrimaryKeyConstraint,
     SmallInteger,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql, postgresql
@@ -195,3 +197,37 @@ class Connection(Base):
     @property
     def status_name(self) -> str:
         return STATUS_NAMES.get(self.status, str(self.status))
+
+
+# ------------------------------------------------------------------ portals
+
+
+class WebSession(Base):
+    """A portal login (server-side session): the cookie holds a random id, this row its SHA-256, so
+    the database never holds a usable cookie.  Rows exist for logged-in users only."""
+
+    __tablename__ = "web_session"
+    __table_args__ = (
+        PrimaryKeyConstraint("id", name="pk_web_session"),
+        Index("ix_web_session_last_seen", "portal", "last_seen"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    id: Mapped[str] = mapped_column(String(64))
+    portal: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int] = mapped_column(Integer)
+    data: Mapped[str] = mapped_column(Text)
+    created: Mapped[dt.datetime] = mapped_column(_datetime())
+    last_seen: Mapped[dt.datetime] = mapped_column(_datetime())
+
+
+class WebSecret(Base):
+    """A portal's signing key (one row per portal), shared by all its processes: the CSRF tokens of
+    the anonymous forms are signed with it, so any process accepts what another one issued."""
+
+    __tablename__ = "web_secret"
+    __table_args__ = (PrimaryKeyConstraint("portal", name="pk_web_secret"), MYSQL_TABLE_OPTIONS)
+
+    portal: Mapped[str] = mapped_column(String(16))
+    secret: Mapped[bytes] = mapped_column(_varbinary(64))
+    created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)

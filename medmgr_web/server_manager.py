@@ -1,6 +1,6 @@
 """Server manager portal: accounts and their registered peers (mediation server side).
 
-Controllers (``<base>/<controller>/<action>/<arg>``):
+Pages (``<base>/<controller>/<action>/<id>``):
   user: login, logout, add (register), edit, delete, help   (login/add/help are public)
   peer: list, add, edit/<id>, delete/<id>, access/<id> (who the peer may reach: mediation_grant rows)
 
@@ -11,39 +11,28 @@ Launcher: ``python -m medmgr_web.server_manager --socket PATH | --bind HOST:PORT
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from flask import abort, current_app, flash, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.version import add_version_argument
 from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
-from med_db.keyid import (
-    KeyError_,
-    key_description,
-    keyid_text,
-    parse_keyid,
-    parse_peer_public_key,
-    pem_from_spki,
-)
+from med_db.keyid import key_description, keyid_text, parse_peer_public_key, pem_from_spki
 from med_db.models import Peer
+from medmgr_web import forms
+from medmgr_web import portal as web
+from medmgr_web import validation as v
 from medmgr_web.launcher import add_common_args, serve, throttle_config
-from medmgr_web.security import DUMMY_HASH, SessionStore, hash_password, verify_password
+from medmgr_web.security import DUMMY_HASH, hash_password, needs_rehash, verify_password
 from medmgr_web.swanctl import SERVER_KEY_FILE, SnippetPeer, conn_names, parse_subnets, swanctl_conf
-from medmgr_web.throttle import LoginThrottle, ThrottleConfig
-from medmgr_web.web import HTTPError, PortalApp, Request, Response, redirect
-
-NAME_RE = re.compile(r"[A-Za-z0-9\-_@.]{1,64}")
-NAME_CHARS = "A-Z a-z 0-9 - _ @ . (at most 64 characters)"
-MAX_PASSWORD = 1024
-KEYID_LEN = 20
-MAX_KEYIDS = 100  # per submission of the access form
-_KEYID_SEP = re.compile(r"[\s,;]+")
+from medmgr_web.throttle import ThrottleConfig
 
 
 @dataclass
@@ -57,373 +46,344 @@ class ServerManagerConfig:
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
 
 
-def validate_name(value: str, what: str) -> str | None:
-    """Error message for a login/alias, or None.  Full-match regex: never loops, never crashes."""
-    if not value:
-        return f"{what} is missing."
-    if NAME_RE.fullmatch(value) is None:
-        return f"{what} invalid, valid characters: {NAME_CHARS}."
-    return None
+@dataclass(frozen=True)
+class MediationServer:
+    address: str
+    port: int
+    keyid: bytes | None  # from --ms-public-key
+    pem: str | None      # that key as a PEM public key, whatever form the file had
 
 
-def validate_new_password(password: str, confirm: str, min_length: int) -> str | None:
-    if not password:
-        return "Password is missing."
-    if len(password) < min_length:
-        return f"Password requires at least {min_length} characters."
-    if len(password) > MAX_PASSWORD:
-        return f"Password too long (at most {MAX_PASSWORD} characters)."
-    if password != confirm:
-        return "Password not confirmed."
-    return None
+def _ms() -> MediationServer:
+    return cast(MediationServer, current_app.extensions["medsrv"])
 
 
-class ServerManager(PortalApp):
-    cookie_name = "medsrv_sid"
-    csrf_cookie_name = "medsrv_csrf"
-    templates_prefix = "server/"
-    title = "Mediation Service"
+def _uid() -> int:
+    uid = web.user_id()
+    assert uid is not None  # the auth filter lets only logged-in users through
+    return uid
 
-    def __init__(self, session_factory: sessionmaker[Session], config: ServerManagerConfig, *,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
-        super().__init__(session_factory, SessionStore(config.session_timeout, config.max_sessions, clock),
-                         LoginThrottle(config.throttle, clock, sleep), "user/login", "peer/list")
-        self.config = config
-        self.ms_keyid: bytes | None = None
-        self.ms_pem: str | None = None  # as a PEM public key, whatever form the file had
-        if config.ms_public_key_pem:
-            spki, self.ms_keyid = parse_peer_public_key(config.ms_public_key_pem)
-            self.ms_pem = pem_from_spki(spki)
-        r = self.route
-        r("user", "login", self.user_login, public=True)
-        r("user", "logout", self.user_logout, methods=("POST",))
-        r("user", "add", self.user_add, public=True)
-        r("user", "edit", self.user_edit)
-        r("user", "delete", self.user_delete, methods=("POST",))
-        r("user", "help", self.user_help, public=True, methods=("GET",))
-        r("peer", "list", self.peer_list, methods=("GET",))
-        r("peer", "add", self.peer_add)
-        r("peer", "edit", self.peer_edit)
-        r("peer", "delete", self.peer_delete, methods=("POST",))
-        r("peer", "access", self.peer_access)
 
-    def user_exists(self, req: Request) -> bool:
-        return req.user_id is not None and data.get_user(req.db, req.user_id) is not None
+def _user_valid(db: Session, uid: int) -> bool:
+    return data.get_user(db, uid) is not None
 
-    def context(self, req: Request) -> dict[str, Any]:
-        user = None if req.user_id is None else data.get_user(req.db, req.user_id)
-        return {"user_login": None if user is None else user.login}
 
-    # -- user controller -------------------------------------------------------------------
+def _context() -> dict[str, Any]:
+    uid = web.user_id()
+    user = None if uid is None else data.get_user(web.db(), uid)
+    return {"user_login": None if user is None else user.login}
 
-    def user_login(self, req: Request) -> Response:
-        if req.method == "GET":
-            return self.render(req, "user/login.html", login="")
-        login = req.field("login")
-        password = req.field("password", strip=False)
-        attempt = self.throttle.begin(req.remote_addr, login)
-        if attempt.retry_after:
-            return self.login_refused(req, "user/login.html", attempt, login=login)
-        self.throttle.wait(attempt)  # before the database is read: holds no connection
-        user = data.get_user_by_login(req.db, login) if login else None
-        ok = verify_password(password, user.password if user else DUMMY_HASH) and user is not None
-        if not ok or user is None:
-            self.throttle.failed(attempt)
-            return self.render(req, "user/login.html", status=401, login=login,
-                               errors=["Invalid username or password."])
-        self.throttle.succeeded(attempt)
-        self.start_login(req, user.id)
-        return redirect(req.url("peer/list"))
 
-    def user_logout(self, req: Request) -> Response:
-        self.end_login(req)
-        return redirect(req.url("user/login"))
+# -- user ---------------------------------------------------------------------------------------------
 
-    def user_add(self, req: Request) -> Response:
-        if req.method == "GET":
-            return self.render(req, "user/add.html", new_login="")
-        login = req.field("new_login")
-        errors = [e for e in (
-            validate_name(login, "Username"),
-            validate_new_password(req.field("new_password", False), req.field("confirm_password", False),
-                                  self.config.password_min_length),
-        ) if e]
-        if not errors:
-            try:
-                user = data.create_user(req.db, login, hash_password(req.field("new_password", False)))
-            except data.DataError as exc:
-                errors.append(str(exc))
-        if errors:
-            return self.render(req, "user/add.html", status=400, new_login=login, errors=errors)
-        self.start_login(req, user.id)
-        req.flash(f"Welcome, {login}! Register your first peer below.")
-        return redirect(req.url("peer/list"))
 
-    def user_edit(self, req: Request) -> Response:
-        assert req.user_id is not None
-        user = data.get_user(req.db, req.user_id)
-        assert user is not None
-        if req.method == "GET":
-            return self.render(req, "user/edit.html", new_login=user.login)
-        login = req.field("new_login")
-        new_pw, confirm = req.field("new_password", False), req.field("confirm_password", False)
-        errors = []
-        if not verify_password(req.field("old_password", False), user.password):
-            errors.append("Password verification failed.")
-        if err := validate_name(login, "Username"):
-            errors.append(err)
-        if new_pw or confirm:
-            if err := validate_new_password(new_pw, confirm, self.config.password_min_length):
-                errors.append(err)
-        if not errors:
-            try:
-                data.update_user(req.db, user, login, hash_password(new_pw) if new_pw else None)
-            except data.DataError as exc:
-                errors.append(str(exc))
-        if errors:
-            return self.render(req, "user/edit.html", status=400, new_login=login, errors=errors)
-        req.flash("Account updated.")
-        return redirect(req.url("peer/list"))
+def user_login() -> ResponseReturnValue:
+    form = forms.LoginForm()
+    if request.method == "GET":
+        return web.render("user/login.html", form=form)
+    form.validate()
+    login, password = form.login.data or "", form.password.data or ""
+    app = web.portal()
+    attempt = app.throttle.begin(request.remote_addr or "", login)
+    if attempt.retry_after:
+        return web.login_refused("user/login.html", attempt, form=form)
+    app.throttle.wait(attempt)  # before the database is read: holds no connection
+    db = web.db()
+    user = data.get_user_by_login(db, login) if login else None
+    # the same work whether the account exists or not: timing does not tell logins apart
+    if not verify_password(password, user.password if user is not None else DUMMY_HASH) or user is None:
+        app.throttle.failed(attempt)
+        return web.render("user/login.html", status=401, form=form, errors=["Invalid username or password."])
+    app.throttle.succeeded(attempt)
+    if needs_rehash(user.password):
+        data.update_user(db, user, user.login, hash_password(password))
+    web.login_user(user.id)
+    return web.redirect("peer_list")
 
-    def user_delete(self, req: Request) -> Response:
-        assert req.user_id is not None
-        user = data.get_user(req.db, req.user_id)
-        assert user is not None
-        if not verify_password(req.field("password", False), user.password):
-            return self.render(req, "user/edit.html", status=400, new_login=user.login,
-                               errors=["Password verification failed; the account was not deleted."])
-        data.delete_user(req.db, user.id)
-        self.store.drop_user(user.id)
-        self.end_login(req)
-        return redirect(req.url("user/login"))
 
-    def user_help(self, req: Request) -> Response:
-        setup, errors = (None, []) if req.user_id is None else self._swanctl_setup(req)
-        return self.render(req, "user/help.html", ms_address=self.config.ms_address,
-                           ms_port=self.config.ms_port, ms_pem=self.ms_pem,
-                           ms_keyid=self.ms_keyid, setup=setup, errors=errors)
+def user_logout() -> ResponseReturnValue:
+    web.logout_user()
+    return web.redirect("user_login")
 
-    def _swanctl_setup(self, req: Request) -> tuple[dict[str, Any], list[str]]:
-        """The Help page's strongSwan section: for the selected peer (``?peer=ID``) its swanctl.conf
-        and key files, with the subnets behind each peer from the ``net_<ID>`` fields (GET, nothing is
-        stored)."""
-        assert req.user_id is not None
-        own = list(data.list_peers(req.db, req.user_id))
-        setup: dict[str, Any] = {"peers": [], "me": None}
-        if not own:
-            return setup, []
-        by_id = {p.id: p for p in own}
-        wanted = req.query.get("peer", "")
-        me = by_id.get(int(wanted)) if wanted.isascii() and wanted.isdigit() and len(wanted) < 18 else None
-        if me is None:
-            me = own[0]
-        # the peers `me` may reach: its access list (any owner) or all the user's other peers, each of
-        # which must in turn accept `me` (the server checks both directions, see the access page)
-        targets = list(data.list_grants(req.db, me.id)) if data.is_restricted(req.db, me.id) else \
-            [p for p in own if p.id != me.id]
-        targets = [t for t in targets if data.peer_may_mediate(req.db, t.id, me.id)]
-        foreign = [t for t in targets if t.user_id != req.user_id]
-        listed = own + foreign
-        names = dict(zip([p.id for p in listed], conn_names(
-            [p.alias for p in own] + [f"peer-{p.keyid.hex()[:8]}" for p in foreign]), strict=True))
-        errors: list[str] = []
-        subnets: dict[int, tuple[str, ...]] = {}
-        for p in listed:
-            nets, err = parse_subnets(req.query.get(f"net_{p.id}", "")[:1000])
-            if err:
-                errors.append(f"{names[p.id]}: {err}")
-            subnets[p.id] = nets
-        setup["peers"] = [{"id": p.id, "name": names[p.id], "own": p.user_id == req.user_id,
-                           "net": req.query.get(f"net_{p.id}", "")[:1000], "keyid": p.keyid} for p in listed]
-        setup["me"] = {"id": me.id, "name": names[me.id], "keyid": me.keyid}
-        setup["reach"] = [names[t.id] for t in targets]
-        setup["missing_subnets"] = not subnets[me.id] or any(not subnets[t.id] for t in targets)
-        if self.ms_keyid is None or self.ms_pem is None:
-            return setup, errors
-        snippet = [SnippetPeer(names[p.id], p.keyid, subnets[p.id]) for p in [me, *targets]]
-        setup["conf"] = swanctl_conf(snippet[0], snippet[1:], self.config.ms_address, self.config.ms_port,
-                                     self.ms_keyid)
-        setup["files"] = [{"name": SERVER_KEY_FILE, "what": "the mediation server's public key",
-                           "pem": self.ms_pem}] + [
-            {"name": f"{names[p.id]}.pem", "what": "this peer's public key" if p is me else "its peer's public key",
-             "pem": pem_from_spki(p.public_key)} for p in [me, *targets]]
-        return setup, errors
 
-    # -- peer controller -------------------------------------------------------------------
-
-    @staticmethod
-    def _id_or_404(text: str) -> int:
-        if not text.isascii() or not text.isdigit() or len(text) > 18:
-            raise HTTPError(404, "Peer not found.")
-        return int(text)
-
-    def _peer_or_404(self, req: Request) -> Peer:
-        assert req.user_id is not None
-        if len(req.args) != 1:
-            raise HTTPError(404, "Peer not found.")
-        peer = data.get_peer(req.db, req.user_id, self._id_or_404(req.args[0]))
-        if peer is None:  # missing or someone else's: indistinguishable
-            raise HTTPError(404, "Peer not found.")
-        return peer
-
-    def peer_list(self, req: Request) -> Response:
-        assert req.user_id is not None
-        counts = data.grant_counts(req.db, req.user_id)
-        rows = [
-            {"id": p.id, "alias": p.alias, "keyid": p.keyid,
-             "since": p.created.strftime("%Y-%m-%d %H:%M UTC"), "kind": key_description(p.public_key),
-             "grants": counts.get(p.id)}  # None: may reach every peer
-            for p in data.list_peers(req.db, req.user_id)
-        ]
-        return self.render(req, "peer/list.html", peers=rows)
-
-    def _peer_form(self, req: Request) -> tuple[str, str, list[str], tuple[bytes, bytes] | None]:
-        alias, pem = req.field("alias"), req.field("public_key")
-        errors: list[str] = []
-        if err := validate_name(alias, "Alias"):
-            errors.append(err)
-        parsed = None
+def user_add() -> ResponseReturnValue:
+    form = forms.RegisterForm()
+    if request.method == "GET":
+        return web.render("user/add.html", form=form)
+    errors: list[str] = []
+    if form.validate():
         try:
-            parsed = parse_peer_public_key(pem)
-        except KeyError_ as exc:
+            user = data.create_user(web.db(), form.new_login.data or "", hash_password(form.new_password.data or ""))
+        except data.DataError as exc:
             errors.append(str(exc))
-            if "PRIVATE KEY" in pem:  # never sent back to the browser
-                pem = ""
-        return alias, pem, errors, parsed
-
-    def peer_add(self, req: Request) -> Response:
-        assert req.user_id is not None
-        if req.method == "GET":
-            return self.render(req, "peer/add.html", alias="", public_key="")
-        alias, pem, errors, parsed = self._peer_form(req)
-        if not errors and parsed is not None:
-            try:
-                peer = data.add_peer(req.db, req.user_id, alias, parsed[0], parsed[1])
-            except data.DataError as exc:
-                errors.append(str(exc))
-            else:
-                req.flash(f"Peer {peer.alias} added, identity {keyid_text(peer.keyid)}.")
-                return redirect(req.url("peer/list"))
-        return self.render(req, "peer/add.html", status=400, alias=alias, public_key=pem, errors=errors)
-
-    def peer_edit(self, req: Request) -> Response:
-        peer = self._peer_or_404(req)
-        info = {"id": peer.id, "keyid": peer.keyid,
-                "since": peer.created.strftime("%Y-%m-%d %H:%M UTC"),
-                "grants": len(data.list_grants(req.db, peer.id)) if data.is_restricted(req.db, peer.id) else None}
-        if req.method == "GET":
-            return self.render(req, "peer/edit.html", peer=info, alias=peer.alias,
-                               public_key=pem_from_spki(peer.public_key))
-        alias, pem, errors, parsed = self._peer_form(req)
-        if not errors and parsed is not None:
-            try:
-                data.update_peer(req.db, peer, alias, parsed[0], parsed[1])
-            except data.DataError as exc:
-                errors.append(str(exc))
-            else:
-                req.flash(f"Peer {alias} saved.")
-                return redirect(req.url("peer/list"))
-        return self.render(req, "peer/edit.html", status=400, peer=info, alias=alias, public_key=pem,
-                           errors=errors)
-
-    def _keyid_targets(self, req: Request, peer: Peer, text: str) -> tuple[list[Peer], list[str]]:
-        """Peers named by ID_KEY_ID in the access form (any owner: the keyid is the explicit way to
-        name another user's peer), and the errors to show."""
-        found: list[Peer] = []
-        errors: list[str] = []
-        tokens = [t for t in _KEYID_SEP.split(text) if t]
-        if len(tokens) > MAX_KEYIDS:
-            return [], [f"Too many ID_KEY_IDs (at most {MAX_KEYIDS} at a time)."]
-        for token in tokens:
-            shown = token if len(token) <= 80 else token[:80] + "\u2026"
-            try:
-                keyid = parse_keyid(token)
-            except ValueError:
-                keyid = b""
-            if len(keyid) != KEYID_LEN:
-                errors.append(f"\u201c{shown}\u201d is not an ID_KEY_ID: expected {KEYID_LEN} bytes as "
-                              "keyid:# and 40 hex digits, or in colon-separated hex, e.g. "
-                              "keyid:#ed90e6\u20262629 or ed:90:e6:\u2026:26:29.")
-                continue
-            target = data.find_peer_by_keyid(req.db, keyid)
-            if target is None:
-                errors.append(f"{keyid_text(keyid)}: No peer with this ID_KEY_ID is registered.")
-            elif target.id == peer.id:
-                errors.append(f"{keyid_text(keyid)} is this peer itself; it does not need to be listed.")
-            else:
-                found.append(target)
-        return found, errors
-
-    def peer_access(self, req: Request) -> Response:
-        """Who this peer may reach: everyone (no grant rows) or only the listed peers."""
-        assert req.user_id is not None
-        peer = self._peer_or_404(req)
-        own = [p for p in data.list_peers(req.db, req.user_id) if p.id != peer.id]
-        granted = data.list_grants(req.db, peer.id)
-        # other users' peers appear only once granted (they were named by ID_KEY_ID): keyid, no alias
-        foreign = [p for p in granted if p.user_id != req.user_id]
-        selectable = {p.id for p in own} | {p.id for p in foreign}
-        info = {"id": peer.id, "alias": peer.alias, "keyid": peer.keyid}
-
-        def page(status: int, scope: str, checked: set[int], add_keyids: str, errors: list[str]) -> Response:
-            return self.render(
-                req, "peer/access.html", status=status, peer=info, scope=scope, add_keyids=add_keyids,
-                errors=errors,
-                own=[{"id": p.id, "alias": p.alias, "keyid": p.keyid, "checked": p.id in checked}
-                     for p in own],
-                foreign=[{"id": p.id, "keyid": p.keyid, "checked": p.id in checked}
-                         for p in foreign],
-            )
-
-        if req.method == "GET":
-            scope = "listed" if data.is_restricted(req.db, peer.id) else "all"
-            return page(200, scope, {p.id for p in granted}, "", [])
-        checked: set[int] = set()
-        for name in req.form:
-            if name.startswith("target_"):
-                tid = self._id_or_404(name[len("target_"):])
-                if tid not in selectable:  # someone else's peer, or none at all: indistinguishable
-                    raise HTTPError(404, "Peer not found.")
-                checked.add(tid)
-        scope = req.field("scope")
-        add_keyids = req.field("add_keyids")
-        errors: list[str] = []
-        targets: set[int] = set()
-        if scope == "listed":
-            named, errors = self._keyid_targets(req, peer, add_keyids)
-            targets = checked | {p.id for p in named}
-            if not targets and not errors:
-                errors.append("Select at least one peer, or choose \u201cevery registered peer\u201d.")
-        elif scope != "all":
-            errors.append("Choose who this peer may reach.")
-        if not errors:
-            try:
-                data.set_grants(req.db, peer.id, targets)
-            except data.DataError as exc:
-                errors.append(str(exc))
-        if errors:
-            return page(400, scope, checked, add_keyids, errors)
-        if targets:
-            n = len(targets)
-            req.flash(f"Peer {peer.alias} may now reach only {n} listed peer{'s' if n != 1 else ''}.")
         else:
-            req.flash(f"Peer {peer.alias} may now reach every registered peer.")
-        return redirect(req.url("peer/list"))
+            web.login_user(user.id)
+            flash(f"Welcome, {user.login}! Register your first peer below.")
+            return web.redirect("peer_list")
+    return web.render("user/add.html", status=400, form=form, errors=errors)
 
-    def peer_delete(self, req: Request) -> Response:
-        peer = self._peer_or_404(req)
-        alias = peer.alias
-        data.delete_peer(req.db, peer.user_id, peer.id)
-        req.flash(f"Peer {alias} deleted.")
-        return redirect(req.url("peer/list"))
+
+def user_edit() -> ResponseReturnValue:
+    db = web.db()
+    user = data.get_user(db, _uid())
+    assert user is not None
+    form = forms.AccountForm()
+    if request.method == "GET":
+        form.new_login.data = user.login
+        return web.render("user/edit.html", form=form)
+    valid = form.validate()
+    errors: list[str] = []
+    if not verify_password(form.old_password.data or "", user.password):
+        errors.append("Password verification failed.")
+    elif valid:
+        new_pw = form.new_password.data or ""
+        try:
+            data.update_user(db, user, form.new_login.data or "", hash_password(new_pw) if new_pw else None)
+        except data.DataError as exc:
+            errors.append(str(exc))
+        else:
+            flash("Account updated.")
+            return web.redirect("peer_list")
+    return web.render("user/edit.html", status=400, form=form, errors=errors)
+
+
+def user_delete() -> ResponseReturnValue:
+    db = web.db()
+    user = data.get_user(db, _uid())
+    assert user is not None
+    form = forms.DeleteAccountForm()
+    if not verify_password(form.password.data or "", user.password):
+        account = forms.AccountForm(formdata=None, new_login=user.login)
+        return web.render("user/edit.html", status=400, form=account,
+                          errors=["Password verification failed; the account was not deleted."])
+    data.delete_user(db, user.id)
+    web.portal().store.drop_user(user.id, db)  # the account's other sessions, in every process
+    web.logout_user()
+    return web.redirect("user_login")
+
+
+def user_help() -> ResponseReturnValue:
+    ms = _ms()
+    setup, errors = (None, []) if web.user_id() is None else _swanctl_setup(_uid())
+    return web.render("user/help.html", ms_address=ms.address, ms_port=ms.port, ms_pem=ms.pem,
+                      ms_keyid=ms.keyid, setup=setup, errors=errors)
+
+
+def _swanctl_setup(uid: int) -> tuple[dict[str, Any], list[str]]:
+    """The Help page's strongSwan section: for the selected peer (``?peer=ID``) its swanctl.conf and
+    key files, with the subnets behind each peer from the ``net_<ID>`` fields (GET, nothing is
+    stored)."""
+    db = web.db()
+    own = list(data.list_peers(db, uid))
+    setup: dict[str, Any] = {"peers": [], "me": None}
+    if not own:
+        return setup, []
+    by_id = {p.id: p for p in own}
+    wanted = v.parse_id(request.args.get("peer", ""))
+    me = by_id.get(wanted) if wanted is not None else None
+    if me is None:
+        me = own[0]
+    # the peers `me` may reach: its access list (any owner) or all the user's other peers, each of
+    # which must in turn accept `me` (the server checks both directions, see the access page)
+    targets = list(data.list_grants(db, me.id)) if data.is_restricted(db, me.id) else \
+        [p for p in own if p.id != me.id]
+    targets = [t for t in targets if data.peer_may_mediate(db, t.id, me.id)]
+    foreign = [t for t in targets if t.user_id != uid]
+    listed = own + foreign
+    names = dict(zip([p.id for p in listed], conn_names(
+        [p.alias for p in own] + [f"peer-{p.keyid.hex()[:8]}" for p in foreign]), strict=True))
+    errors: list[str] = []
+    subnets: dict[int, tuple[str, ...]] = {}
+    for p in listed:
+        nets, err = parse_subnets(request.args.get(f"net_{p.id}", "")[:1000])
+        if err:
+            errors.append(f"{names[p.id]}: {err}")
+        subnets[p.id] = nets
+    setup["peers"] = [{"id": p.id, "name": names[p.id], "own": p.user_id == uid,
+                       "net": request.args.get(f"net_{p.id}", "")[:1000], "keyid": p.keyid} for p in listed]
+    setup["me"] = {"id": me.id, "name": names[me.id], "keyid": me.keyid}
+    setup["reach"] = [names[t.id] for t in targets]
+    setup["missing_subnets"] = not subnets[me.id] or any(not subnets[t.id] for t in targets)
+    ms = _ms()
+    if ms.keyid is None or ms.pem is None:
+        return setup, errors
+    snippet = [SnippetPeer(names[p.id], p.keyid, subnets[p.id]) for p in [me, *targets]]
+    setup["conf"] = swanctl_conf(snippet[0], snippet[1:], ms.address, ms.port, ms.keyid)
+    setup["files"] = [{"name": SERVER_KEY_FILE, "what": "the mediation server's public key", "pem": ms.pem}] + [
+        {"name": f"{names[p.id]}.pem", "what": "this peer's public key" if p is me else "its peer's public key",
+         "pem": pem_from_spki(p.public_key)} for p in [me, *targets]]
+    return setup, errors
+
+
+# -- peer ---------------------------------------------------------------------------------------------
+
+
+def _peer_or_404(ident: str) -> Peer:
+    pid = v.parse_id(ident)
+    peer = None if pid is None else data.get_peer(web.db(), _uid(), pid)
+    if peer is None:  # missing or someone else's: indistinguishable
+        abort(404, "Peer not found.")
+    return peer
+
+
+def peer_list() -> ResponseReturnValue:
+    db, uid = web.db(), _uid()
+    counts = data.grant_counts(db, uid)
+    rows = [
+        {"id": p.id, "alias": p.alias, "keyid": p.keyid,
+         "since": p.created.strftime("%Y-%m-%d %H:%M UTC"), "kind": key_description(p.public_key),
+         "grants": counts.get(p.id)}  # None: may reach every peer
+        for p in data.list_peers(db, uid)
+    ]
+    return web.render("peer/list.html", peers=rows)
+
+
+def peer_add() -> ResponseReturnValue:
+    form = forms.PeerForm()
+    if request.method == "GET":
+        return web.render("peer/add.html", form=form)
+    errors: list[str] = []
+    if form.validate() and form.public_key.parsed is not None:
+        spki, keyid = form.public_key.parsed
+        try:
+            peer = data.add_peer(web.db(), _uid(), form.alias.data or "", spki, keyid)
+        except data.DataError as exc:
+            errors.append(str(exc))
+        else:
+            flash(f"Peer {peer.alias} added, identity {keyid_text(peer.keyid)}.")
+            return web.redirect("peer_list")
+    return web.render("peer/add.html", status=400, form=form, errors=errors)
+
+
+def peer_edit(ident: str) -> ResponseReturnValue:
+    db = web.db()
+    peer = _peer_or_404(ident)
+    info = {"id": peer.id, "keyid": peer.keyid, "alias": peer.alias,
+            "since": peer.created.strftime("%Y-%m-%d %H:%M UTC"),
+            "grants": len(data.list_grants(db, peer.id)) if data.is_restricted(db, peer.id) else None}
+    form = forms.PeerForm()
+    if request.method == "GET":
+        form.alias.data, form.public_key.data = peer.alias, pem_from_spki(peer.public_key)
+        return web.render("peer/edit.html", form=form, peer=info)
+    errors: list[str] = []
+    if form.validate() and form.public_key.parsed is not None:
+        spki, keyid = form.public_key.parsed
+        try:
+            data.update_peer(db, peer, form.alias.data or "", spki, keyid)
+        except data.DataError as exc:
+            errors.append(str(exc))
+        else:
+            flash(f"Peer {peer.alias} saved.")
+            return web.redirect("peer_list")
+    return web.render("peer/edit.html", status=400, form=form, peer=info, errors=errors)
+
+
+def _keyid_targets(peer: Peer, text: str) -> tuple[list[Peer], list[str]]:
+    """Peers named by ID_KEY_ID in the access form (any owner: the keyid is the explicit way to name
+    another user's peer), and the errors to show."""
+    tokens, error = v.parse_keyids(text)
+    if error:
+        return [], [error]
+    found: list[Peer] = []
+    errors: list[str] = []
+    for token in tokens:
+        if token.keyid is None:
+            errors.append(f"\u201c{token.shown}\u201d is not an ID_KEY_ID: {v.KEYID_FORMAT_HINT}")
+            continue
+        target = data.find_peer_by_keyid(web.db(), token.keyid)
+        if target is None:
+            errors.append(f"{keyid_text(token.keyid)}: No peer with this ID_KEY_ID is registered.")
+        elif target.id == peer.id:
+            errors.append(f"{keyid_text(token.keyid)} is this peer itself; it does not need to be listed.")
+        else:
+            found.append(target)
+    return found, errors
+
+
+def peer_access(ident: str) -> ResponseReturnValue:
+    """Who this peer may reach: everyone (no grant rows) or only the listed peers."""
+    db = web.db()
+    peer = _peer_or_404(ident)
+    own = [p for p in data.list_peers(db, _uid()) if p.id != peer.id]
+    granted = data.list_grants(db, peer.id)
+    # other users' peers appear only once granted (they were named by ID_KEY_ID): keyid, no alias
+    foreign = [p for p in granted if p.user_id != _uid()]
+    selectable = {p.id for p in own} | {p.id for p in foreign}
+    info = {"id": peer.id, "alias": peer.alias, "keyid": peer.keyid}
+    form = forms.AccessForm()
+
+    def page(status: int, checked: set[int], errors: list[str]) -> ResponseReturnValue:
+        return web.render(
+            "peer/access.html", status=status, peer=info, form=form, errors=errors,
+            own=[{"id": p.id, "alias": p.alias, "keyid": p.keyid, "checked": p.id in checked} for p in own],
+            foreign=[{"id": p.id, "keyid": p.keyid, "checked": p.id in checked} for p in foreign],
+        )
+
+    if request.method == "GET":
+        form.scope.data = "listed" if data.is_restricted(db, peer.id) else "all"
+        return page(200, {p.id for p in granted}, [])
+    # the ticked peers: one checkbox per peer, target_<id>; any other id is someone else's or none
+    checked: set[int] = set()
+    for name in request.form:
+        if name.startswith("target_"):
+            tid = v.parse_id(name[len("target_"):])
+            if tid is None or tid not in selectable:
+                abort(404, "Peer not found.")
+            checked.add(tid)
+    errors: list[str] = []
+    targets: set[int] = set()
+    if form.validate() and form.scope.data == "listed":
+        named, errors = _keyid_targets(peer, form.add_keyids.data or "")
+        targets = checked | {p.id for p in named}
+        if not targets and not errors:
+            errors.append("Select at least one peer, or choose \u201cevery registered peer\u201d.")
+    if not errors and not form.errors:
+        try:
+            data.set_grants(db, peer.id, targets)
+        except data.DataError as exc:
+            errors.append(str(exc))
+    if errors or form.errors:
+        return page(400, checked, errors)
+    if targets:
+        n = len(targets)
+        flash(f"Peer {peer.alias} may now reach only {n} listed peer{'s' if n != 1 else ''}.")
+    else:
+        flash(f"Peer {peer.alias} may now reach every registered peer.")
+    return web.redirect("peer_list")
+
+
+def peer_delete(ident: str) -> ResponseReturnValue:
+    peer = _peer_or_404(ident)
+    alias = peer.alias
+    data.delete_peer(web.db(), peer.user_id, peer.id)
+    flash(f"Peer {alias} deleted.")
+    return web.redirect("peer_list")
+
+
+_GET_POST = ["GET", "POST"]
+ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
+    ("/user/login", user_login, _GET_POST),
+    ("/user/logout", user_logout, ["POST"]),
+    ("/user/add", user_add, _GET_POST),
+    ("/user/edit", user_edit, _GET_POST),
+    ("/user/delete", user_delete, ["POST"]),
+    ("/user/help", user_help, ["GET"]),
+    ("/peer/list", peer_list, ["GET"]),
+    ("/peer/add", peer_add, _GET_POST),
+    ("/peer/edit/<ident>", peer_edit, _GET_POST),
+    ("/peer/delete/<ident>", peer_delete, ["POST"]),
+    ("/peer/access/<ident>", peer_access, _GET_POST),
+]
+PUBLIC = frozenset({"user_login", "user_add", "user_help"})
 
 
 def create_app(db: str | sessionmaker[Session] | None = None,
                config: ServerManagerConfig | None = None, *, init_db: bool = True,
-               clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> ServerManager:
-    """WSGI app factory.  ``db`` is a database URL or a ready session factory; ``clock`` (monotonic
+               clock: Callable[[], float] = time.time,
+               sleep: Callable[[float], None] = time.sleep) -> web.Portal:
+    """WSGI app factory.  ``db`` is a database URL or a ready session factory; ``clock`` (wall-clock
     seconds) and ``sleep`` drive session expiry and login throttling."""
+    cfg = config or ServerManagerConfig()
     if db is None or isinstance(db, str):
         engine = make_engine(db)
         if init_db:
@@ -431,7 +391,21 @@ def create_app(db: str | sessionmaker[Session] | None = None,
         factory = make_session_factory(engine)
     else:
         factory = db
-    return ServerManager(factory, config or ServerManagerConfig(), clock=clock, sleep=sleep)
+    settings = web.PortalSettings(
+        name="medsrv", title="Mediation Service", templates="server/", login_endpoint="user_login",
+        home_endpoint="peer_list", public=PUBLIC, session_timeout=cfg.session_timeout,
+        max_sessions=cfg.max_sessions, throttle=cfg.throttle)
+    app = web.make_portal(__name__, settings, factory, clock=clock, sleep=sleep, user_valid=_user_valid,
+                          context=_context)
+    app.config["PASSWORD_MIN_LENGTH"] = cfg.password_min_length
+    keyid = pem = None
+    if cfg.ms_public_key_pem:
+        spki, keyid = parse_peer_public_key(cfg.ms_public_key_pem)
+        pem = pem_from_spki(spki)
+    app.extensions["medsrv"] = MediationServer(cfg.ms_address, cfg.ms_port, keyid, pem)
+    for rule, view, methods in ROUTES:
+        app.add_url_rule(rule, view.__name__, view, methods=methods)
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -241,7 +241,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "client-admin-pw"
-SHORT_TIMEOUT = 3.0  # idle timeout of the /strict instance
+SHORT_TIMEOUT = 300  # idle timeout of the /strict instance, seconds (tests age its sessions in the database)
 _addresses = itertools.count(1)
 
 
@@ -253,11 +253,12 @@ def fresh_address() -> str:
 
 
 class Portal:
-    """lighttpd on 127.0.0.1:<port> in front of four FastCGI backends started with the real launchers:
-    /srv (server manager), /cli (client manager), /strict (server manager with tight throttling: 6
-    failures per address, delays after 3 per account, at most 0.2 s; and a short session timeout, for
-    the security tests), /dcli (client manager with ``--daemon-socket
-    <base>/medcli.ctl``, where a test may put a stand-in for the mediation client's control socket)."""
+    """lighttpd on 127.0.0.1:<port> in front of five FastCGI backends started with the real launchers:
+    /srv (server manager), /srv2 (a second server manager process on /srv's database), /cli (client
+    manager), /strict (server manager with tight throttling: 6 failures per address, delays after 3
+    per account, at most 0.2 s; and a shorter session timeout, for the security tests), /dcli (client
+    manager with ``--daemon-socket <base>/medcli.ctl``, where a test may put a stand-in for the
+    mediation client's control socket)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -268,11 +269,11 @@ class Portal:
         self.ms_pem = REFERENCE_PEM
         self.daemon_socket = base / "medcli.ctl"
 
-    def _start_app(self, name: str, module: str, extra: list[str]) -> Path:
+    def _start_app(self, name: str, module: str, extra: list[str], db: str | None = None) -> Path:
         sock = self.base / f"{name}.sock"
         log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
         cmd = [os.environ.get("PYTHON", str(REPO / ".venv/bin/python")), "-m", module, "--socket", str(sock),
-               "--db", f"sqlite:///{self.base / (name + '.sqlite')}", *extra]
+               "--db", f"sqlite:///{self.base / ((db or name) + '.sqlite')}", *extra]
         self.apps[name] = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.apps[name])
         return sock
@@ -297,10 +298,13 @@ class Portal:
                                   input=ADMIN_PASSWORD + "\n", capture_output=True, text=True, check=True,
                                   cwd=REPO)
         (self.base / "admin.hash").write_text(hash_out.stdout)
+        srv_args = ["--ms-address", "ms.example.net", "--ms-public-key", str(self.base / "ms.pem"),
+                    "--throttle-address", "1000"]
+        srv = self._start_app("srv", "medmgr_web.server_manager", srv_args)
+        wait_for(srv.exists, 30, "the first FastCGI socket")  # it creates the database and its tables
         socks = {
-            "srv": self._start_app("srv", "medmgr_web.server_manager", [
-                "--ms-address", "ms.example.net", "--ms-public-key", str(self.base / "ms.pem"),
-                "--throttle-address", "1000"]),
+            "srv": srv,
+            "srv2": self._start_app("srv2", "medmgr_web.server_manager", srv_args, db="srv"),
             "cli": self._start_app("cli", "medmgr_web.client_manager", [
                 "--admin-hash-file", str(self.base / "admin.hash"), "--throttle-address", "1000"]),
             "strict": self._start_app("strict", "medmgr_web.server_manager", [

@@ -45,9 +45,12 @@ def _describe(engine: Engine) -> dict[str, Any]:
         )
         uniques = sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table))
         checks = sorted(str(c["name"]) for c in insp.get_check_constraints(table))
+        # the indexes schema.sql names (MySQL also lists those behind its keys)
+        indexes = sorted((str(i["name"]), tuple(i["column_names"])) for i in insp.get_indexes(table)
+                         if str(i["name"]).startswith("ix_"))
         options = {k: str(v).lower() for k, v in insp.get_table_options(table).items()}  # MySQL only
         out[table] = {"columns": cols, "pk": pk, "fks": fks, "uniques": uniques, "checks": checks,
-                      "options": options}
+                      "indexes": indexes, "options": options}
     return out
 
 
@@ -76,7 +79,7 @@ def test_schema_sql_matches_models(db_url: str, request: pytest.FixtureRequest, 
     a, b = _describe(from_sql), _describe(from_models)
     assert set(a) == set(Base.metadata.tables) == {
         "user", "peer", "me_callback", "mediation_grant", "client_config", "mediation_server_config",
-        "connection",
+        "connection", "web_session", "web_secret",
     }
     for table in a:
         assert a[table] == b[table], table
@@ -84,6 +87,7 @@ def test_schema_sql_matches_models(db_url: str, request: pytest.FixtureRequest, 
     assert ("user", "alias") in a["peer"]["uniques"] and ("keyid",) in a["peer"]["uniques"]
     assert a["peer"]["columns"]["public_key"][1] is False  # NOT NULL
     assert a["connection"]["columns"]["last_error"][1] is True
+    assert a["web_session"]["indexes"] == [("ix_web_session_last_seen", ("portal", "last_seen"))]
     if from_sql.dialect.name == "mysql":
         assert a["user"]["options"]["mysql_engine"] == "innodb"
         assert a["user"]["options"]["mysql_default charset"] == "utf8mb4"
@@ -95,7 +99,9 @@ def test_schema_sql_matches_models(db_url: str, request: pytest.FixtureRequest, 
 
 def test_schema_statement_split_and_dialects() -> None:
     stmts = statements(schema_sql("sqlite"))
-    assert len(stmts) == 7 and all(s.startswith("CREATE TABLE") for s in stmts)
+    assert len(stmts) == 10 and sum(s.startswith("CREATE TABLE") for s in stmts) == 9
+    assert [s.split("(")[0].strip() for s in stmts if not s.startswith("CREATE TABLE")] == [
+        'CREATE INDEX "ix_web_session_last_seen" ON "web_session"']
     pg = schema_sql("postgresql")
     code = "\n".join(line.split("--")[0] for line in pg.splitlines())
     assert "BLOB" not in code and "VARBINARY" not in code and "DATETIME" not in code
@@ -104,7 +110,7 @@ def test_schema_statement_split_and_dialects() -> None:
     assert "/*!" not in lite and "AUTO_INCREMENT" not in lite and "utf8mb4" not in lite
     my = schema_sql("mysql")
     assert "/*! AUTO_INCREMENT */" in my and "ANSI_QUOTES" in my
-    assert my.count("COLLATE=utf8mb4_bin */;") == 7 and "DATETIME /*! (6) */" in my
+    assert my.count("COLLATE=utf8mb4_bin */;") == 9 and "DATETIME /*! (6) */" in my
 
 
 def test_mysql_urls_use_pymysql() -> None:

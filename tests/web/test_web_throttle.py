@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from wsgi_client import FakeClock, WsgiClient
+from medweb_client import FakeClock, WsgiClient
 
 from medmgr_web import client_manager, server_manager
 from medmgr_web.security import hash_password
@@ -147,32 +147,37 @@ def test_server_manager_owner_logs_in_while_a_stranger_is_blocked(tmp_path: Path
     cfg = server_manager.ServerManagerConfig(throttle=ThrottleConfig(address_limit=6, account_free=3))
     app = server_manager.create_app(f"sqlite:///{tmp_path / 'med.sqlite'}", cfg, clock=clock, sleep=clock.sleep)
     owner = WsgiClient(app, "192.0.2.10")
-    r = owner.submit("user/add", {"new_login": "alice", "new_password": PASSWORD, "confirm_password": PASSWORD})
+    r = owner.submit("user/add", "user/add", {"new_login": "alice", "new_password": PASSWORD,
+                                              "confirm_password": PASSWORD}, follow=False)
     assert r.status == 303
     stranger = WsgiClient(app, "203.0.113.66")
     for _ in range(6):
-        assert stranger.submit("user/login", {"login": "alice", "password": "guess"}).status == 401
-    r = stranger.submit("user/login", {"login": "alice", "password": PASSWORD})
+        r = stranger.submit("user/login", "user/login", {"login": "alice", "password": "guess"}, follow=False)
+        assert r.status == 401
+    r = stranger.submit("user/login", "user/login", {"login": "alice", "password": PASSWORD}, follow=False)
     # blocked until the first failure is 900 s old; the fake sleeps moved the clock by 3.5 s
     assert r.status == 429 and r.headers["retry-after"] == "897"
     assert "Too many failed login attempts from your address. Try again in 897 seconds." in r.text()
     assert clock.slept == [0.5, 1.0, 2.0]  # the stranger's 4th to 6th guesses waited
-    r = WsgiClient(app, "192.0.2.10").submit("user/login", {"login": "alice", "password": PASSWORD})
+    owner = WsgiClient(app, "192.0.2.10")
+    r = owner.submit("user/login", "user/login", {"login": "alice", "password": PASSWORD}, follow=False)
     assert r.status == 303 and r.location == "/srv/peer/list"
     assert clock.slept == [0.5, 1.0, 2.0, 4.0]  # the owner waited too, and got in
 
 
 def test_client_manager_admin_cannot_be_locked_out(tmp_path: Path) -> None:
     clock = FakeClock()
-    cfg = client_manager.ClientManagerConfig(hash_password(PASSWORD, n=2**14),
+    cfg = client_manager.ClientManagerConfig(hash_password(PASSWORD),
                                              throttle=ThrottleConfig(address_limit=10, delay_max=2.0))
     app = client_manager.create_app(f"sqlite:///{tmp_path / 'cli.sqlite'}", cfg, clock=clock, sleep=clock.sleep)
     for i in range(3):  # three addresses, ten guesses each: all blocked
         stranger = WsgiClient(app, f"2001:db8:{i}::1", base="/cli")
         for _ in range(10):
-            assert stranger.submit("user/login", {"password": "guess"}).status == 401
-        assert WsgiClient(app, f"2001:db8:{i}::2", base="/cli").submit(  # the same /64
-            "user/login", {"password": PASSWORD}).status == 429
+            r = stranger.submit("user/login", "user/login", {"password": "guess"}, follow=False)
+            assert r.status == 401
+        same_64 = WsgiClient(app, f"2001:db8:{i}::2", base="/cli")
+        assert same_64.submit("user/login", "user/login", {"password": PASSWORD}, follow=False).status == 429
     assert max(clock.slept) == 2.0
-    r = WsgiClient(app, "2001:db8:ff::1", base="/cli").submit("user/login", {"password": PASSWORD})
+    admin = WsgiClient(app, "2001:db8:ff::1", base="/cli")
+    r = admin.submit("user/login", "user/login", {"password": PASSWORD}, follow=False)
     assert r.status == 303 and r.location == "/cli/connection/list"
