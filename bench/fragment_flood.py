@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import logging
 import os
@@ -62,6 +63,24 @@ def rss_mib() -> float:
     return 0.0
 
 
+def rng_kw(engine_cls: Any) -> dict[str, Any]:
+    """The Engine's random source where it takes one (a --before tree may predate that input)."""
+    p = inspect.signature(engine_cls).parameters.get("rng")
+    if p is None or p.default is not inspect.Parameter.empty:
+        return {}
+    try:
+        from core_ike.sysrng import SystemRng
+    except ImportError:
+        from core_ike.io.sysrng import SystemRng  # type: ignore[no-redef]
+    return {"rng": SystemRng()}
+
+
+def receiver(sa: Any) -> Any:
+    """An IKE_SA's fragment receiver (in its task manager, or on the SA in older trees), or None."""
+    tm = getattr(sa, "tm", None)
+    return getattr(tm, "fragments", None) if tm is not None else getattr(sa, "fragments", None)
+
+
 # ====================================================================== the flood (one process)
 class Flood:
     """A responder engine (the victim) and an attacker engine with `n_sas` half-open IKE_SAs to it."""
@@ -82,8 +101,9 @@ class Flood:
                           proposals="aes128gcm16-prfsha256-x25519")
         # a real attacker answers COOKIEs (it has a real address); the bench skips that round trip
         kw = {"cookie_threshold": 10**9, "cookie_threshold_ip": 10**9, **engine_kw}
-        self.victim = Engine([cfg_v], creds_v, EngineConfig(**kw))
-        self.attacker = Engine([cfg_a], creds_a, EngineConfig())
+        rng = rng_kw(Engine)
+        self.victim = Engine([cfg_v], creds_v, EngineConfig(**kw), **rng)
+        self.attacker = Engine([cfg_a], creds_a, EngineConfig(), **rng)
         self.now = 1000.0
         self.receive_s = 0.0
         self.pairs: list[tuple[Any, Any]] = []  # (attacker's SA, victim's SA)
@@ -122,8 +142,7 @@ class Flood:
         """Plaintext octets and messages in incomplete reassemblies (works before and after the fix)."""
         octets = messages = 0
         for s in self.victim.ike_sas():
-            r = getattr(s, "fragments", None)
-            r = getattr(r, "reassembler", None) or getattr(s, "reassembler", None)
+            r = getattr(receiver(s), "reassembler", None) or getattr(s, "reassembler", None)
             for part in getattr(r, "_partials", {}).values():
                 messages += 1
                 octets += sum(len(p) for p in part.parts.values())

@@ -5,7 +5,7 @@ The targets are the hypothesis tests of tests/unit/ike/test_ike_fuzz_coverage.py
 them bounded and derandomized for a few seconds); here atheris drives them through hypothesis'
 ``fuzz_one_input`` with core_ike instrumented, for as long as you ask, keeping a corpus. ``raw`` feeds
 libFuzzer's bytes straight to the decoder and the pre-filter's walk (no structure). A crash stops the run
-with the input saved by libFuzzer (``crash-*``); hypothesis prints the failing example.
+with the input saved by libFuzzer (``test-output/fuzz-crashes/crash-*``); hypothesis prints the failing example.
 
     .venv/bin/pip install atheris                      # not in the test extras: only this bench needs it
     .venv/bin/python bench/fuzz_ike.py --target engine --seconds 600
@@ -74,8 +74,10 @@ def run_one(target: str, seconds: int) -> None:
         fuzz = test.hypothesis.fuzz_one_input  # type: ignore[attr-defined]
     corpus = CORPUS / target
     corpus.mkdir(parents=True, exist_ok=True)
+    crashes = ROOT / "test-output" / "fuzz-crashes"
+    crashes.mkdir(parents=True, exist_ok=True)
     atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-print_final_stats=1", "-rss_limit_mb=4096",
-                   str(corpus)], fuzz)
+                   f"-artifact_prefix={crashes}/", str(corpus)], fuzz)
     atheris.Fuzz()
 
 

@@ -91,7 +91,9 @@ class Generator:
         self.addrs = [f"127.{1 + idx}.{k // 250}.{k % 250 + 1}" for k in range(n_addrs)]
         creds = Credentials()
         creds.add_psk(PSK)
-        self.engine = Engine([], creds, EngineConfig())
+        from fragment_flood import rng_kw
+
+        self.engine = Engine([], creds, EngineConfig(), **rng_kw(Engine))
         # load-generator shortcuts around O(n)-per-SA scans of the engine (fine for a few SAs, quadratic for
         # 50k): every simulated peer has its own config, so each SA is a first contact
         self.engine.is_first_contact = lambda sa: True  # type: ignore[method-assign]

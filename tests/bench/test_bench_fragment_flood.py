@@ -55,7 +55,7 @@ def test_many_half_open_sas_stay_within_the_budget() -> None:
     assert eng.frag_budget.peak <= total
     assert eng.frag_budget.used > total - 2 * SET  # full, not emptied
     assert eng.counters["drop-fragment-memory"] > 0
-    held = [vsa.fragments.reassembler for _, vsa in flood.pairs if vsa.fragments is not None]
+    held = [bench.receiver(vsa).reassembler for _, vsa in flood.pairs if bench.receiver(vsa) is not None]
     assert all(r.peak <= per_sa for r in held)
     assert eng.frag_budget.used == sum(r.used for r in held)  # the budget is the sum of what the SAs hold
     flood.expire()

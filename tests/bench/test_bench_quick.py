@@ -4,10 +4,12 @@ the figures the README takes, and the README generator over them (no timing asse
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from bench_run import figures, readme_rows, run_quick
+from bench_run import ROOT, figures, readme_rows, run_quick
 
 
 def test_fragment_flood_quick(tmp_path: Path) -> None:
@@ -29,3 +31,14 @@ def test_fuzz_ike_quick(tmp_path: Path) -> None:
     assert crashes == {"count": 0, "of": 4, "unit": "runs"}
     assert all(figs[f"fuzz_{t}_rate"]["ours"]["median"] > 0 for t in ("raw", "decode", "walk", "engine"))
     assert len(readme_rows(tmp_path)) == 1
+
+
+def test_run_all_quick_one_bench(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all"), "--quick", "--only", "fragment_flood",
+                        "--results", str(tmp_path)], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "fragment_flood           ok" in p.stdout
+    assert (tmp_path / "fragment_flood.json").exists() and not (tmp_path / "run_all.txt").exists()
+    listing = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all"), "--list"], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT).stdout
+    assert "fragment_flood           adopted" in listing and "loss_setup               adopted" in listing
