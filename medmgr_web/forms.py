@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from flask_wtf import FlaskForm
+from flask_wtf import FlaskForm  # type: ignore[import-untyped]  # no type information shipped
 from wtforms import BooleanField, Field, PasswordField, StringField
 from wtforms.validators import StopValidation
 
@@ -22,7 +22,7 @@ def _strip(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
-class PortalForm(FlaskForm):
+class PortalForm(FlaskForm):  # type: ignore[misc]
     class Meta:
         csrf = False  # checked for every POST by CSRFProtect (portal.py)
 

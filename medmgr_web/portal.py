@@ -18,7 +18,7 @@ from typing import Any, cast
 from flask import Flask, Response, current_app, g, get_flashed_messages, render_template, request, url_for
 from flask import redirect as flask_redirect
 from flask import session as flask_session
-from flask_wtf.csrf import CSRFError, CSRFProtect
+from flask_wtf.csrf import CSRFError, CSRFProtect  # type: ignore[import-untyped]  # no type information
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 

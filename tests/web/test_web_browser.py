@@ -64,9 +64,18 @@ def test_register_add_peer_keyid_in_browser(portal: Portal, browser: object, ref
         if tag == "desktop":
             page.fill("#public_key", reference_pem)
         else:
+            # the alias field's pattern (validation.py's rule) as Chromium applies it
+            for alias, bad in (("bad name!", True), ("x" * 64, False), ("a.b-c_d@e", False), ("été", True)):
+                page.fill("#alias", alias)
+                assert page.evaluate("document.querySelector('#alias').validity.patternMismatch") is bad, alias
+            page.fill("#alias", "sidv150")
             page.fill("#public_key", "not a key")
             page.click("button[name=add]")
             assert "Parsing public key failed." in page.locator(".errors").inner_text()
+            # the message also stands under its field, which is marked invalid; the alias is kept
+            assert "Parsing public key failed." in page.locator("#public_key-error").inner_text()
+            assert page.get_attribute("#public_key", "aria-invalid") == "true"
+            assert page.input_value("#alias") == "sidv150"
             page.screenshot(path=str(SHOTS / f"server-peer-add-error-{tag}.png"), full_page=True)
             page.fill("#public_key", reference_pem)
         page.screenshot(path=str(SHOTS / f"server-peer-add-{tag}.png"), full_page=True)
