@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scenarios.lab import nat_lab, wait_for
+from scenarios.lab import Lab, wait_for
 from scenarios.lab.mediation import LAN, OurMediation, client_toml
 from tests.guards import needs
 
@@ -25,15 +25,13 @@ def ikectl(sock: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def med():  # type: ignore[no-untyped-def]
-    lab = nat_lab()
-    m = OurMediation(lab)
+def med(nat_lab_per_test: Lab):  # type: ignore[no-untyped-def]
+    m = OurMediation(nat_lab_per_test)
     try:
         m.start_server()
         yield m
     finally:
         m.stop()
-        lab.teardown()
 
 
 def test_mediated_up_fails_with_reason_and_reload_fixes_the_peer(med) -> None:  # type: ignore[no-untyped-def]

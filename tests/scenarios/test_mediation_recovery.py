@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from scenarios.lab import cleanup_orphans, nat_lab
+from scenarios.lab import Lab
 from scenarios.lab.mediation import LAN, OurMediation
 from tests.guards import needs
 
@@ -21,9 +21,8 @@ tries = 2
 """
 
 
-def test_clients_reregister_after_server_restart() -> None:
-    cleanup_orphans()
-    lab = nat_lab()
+def test_clients_reregister_after_server_restart(nat_lab_per_test: Lab) -> None:
+    lab = nat_lab_per_test
     med = OurMediation(lab)
     try:
         med.start_server()
@@ -46,4 +45,3 @@ def test_clients_reregister_after_server_restart() -> None:
         print(f"clients re-registered {took:.1f} s after the server restart")
     finally:
         med.stop()
-        lab.teardown()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from scenarios.lab import two_hosts, wait_for
+from scenarios.lab import Lab, wait_for
 from scenarios.lab.iked import Iked
 from tests.guards import needs
 
@@ -82,8 +82,8 @@ class Notifications:
 
 
 @pytest.fixture
-def pair():  # type: ignore[no-untyped-def]
-    lab = two_hosts()
+def pair(two_hosts_per_test: Lab):  # type: ignore[no-untyped-def]
+    lab = two_hosts_per_test
     a_in, b_in = lab.info["inner"]["alice"], lab.info["inner"]["bob"]
     note = Notifications(lab.dir / "notify.sock")
     alice = Iked(lab, "alice", conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32", metrics=True))
@@ -95,7 +95,6 @@ def pair():  # type: ignore[no-untyped-def]
         yield lab, alice, bob, note
     finally:
         note.close()
-        lab.teardown()
 
 
 def test_up_fails_with_the_peers_reason_then_reload_fixes_it(pair) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,11 +26,9 @@ OURS = ["medsrv-psk", "behind-same-nat", "symmetric-nat", "symmetric-nat-relay",
         "dual-stack"]
 
 
-def run_scenario(name: str, timeout: float = 90.0) -> tuple[subprocess.CompletedProcess[str], float]:
-    t0 = time.monotonic()
-    res = subprocess.run([sys.executable, str(RUN), name], capture_output=True, text=True, timeout=timeout,
-                         cwd=ROOT)
-    return res, time.monotonic() - t0
+def run_scenario(name: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(RUN), name], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
 
 
 def assert_passed(name: str, res: subprocess.CompletedProcess[str]) -> None:
@@ -49,11 +46,11 @@ def test_runner_lists_ours() -> None:
 
 @pytest.mark.parametrize("name", OURS)
 def test_scenario_ours(name: str) -> None:
-    res, elapsed = run_scenario(name)
+    res = run_scenario(name)
     assert_passed(name, res)
     if name == "symmetric-nat":
-        assert "checks failed" in res.stdout
-        assert elapsed < 30
+        # bounded, no hang: the scenario checks the failure came at check_timeout
+        assert "checks failed" in res.stdout and "PASS  failure reported in" in res.stdout
     if name.startswith("symmetric-nat-relay"):
         assert "through carol's data relay" in res.stdout and "PASS  carol relays the ESP-in-UDP" in res.stdout
     if name == "dual-stack":
@@ -62,7 +59,7 @@ def test_scenario_ours(name: str) -> None:
 
 @needs("lighttpd", why="the portals of medsrv-rsa")
 def test_scenario_medsrv_rsa() -> None:
-    res, _ = run_scenario("medsrv-rsa")
+    res = run_scenario("medsrv-rsa")
     assert_passed("medsrv-rsa", res)
     assert "both connection lists show UP" in res.stdout
     assert res.stdout.count("Peer ") >= 2  # "Peer alice added, identity ..." from the server manager
@@ -71,7 +68,7 @@ def test_scenario_medsrv_rsa() -> None:
 @pytest.mark.interop
 @needs("strongswan", why="ike-charon runs a charon")
 def test_scenario_ike_charon() -> None:
-    res, _ = run_scenario("ike-charon")
+    res = run_scenario("ike-charon")
     assert_passed("ike-charon", res)
 
 
