@@ -105,6 +105,19 @@ def open_tun(name: str, vnet: bool, tso: bool) -> tuple[int, bool, bool]:
     return fd, vnet, tso and vnet
 
 
+def grow_rcvbuf(s: socket.socket, size: int = 4 << 20) -> None:
+    """Enlarge an ESP receive socket's buffer: with the default (~200 KB) a TCP burst through the
+    tunnel overflows it while the event loop is busy sealing, and every overflow is a TCP loss."""
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if opt is None:
+            continue
+        try:
+            s.setsockopt(socket.SOL_SOCKET, opt, size)
+            return
+        except OSError:
+            continue
+
+
 def enable_gro(s: socket.socket) -> bool:
     try:
         s.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -152,7 +165,10 @@ class UdpEspIo:
         self._gro_on: set[int] = set()
         self._sources: dict[str, tuple[float, socket.socket | None]] = {}
         self.send_errors = 0
-        self.gso_sends = 0
+        self.gso_sends = 0  # sendmsg calls with UDP_SEGMENT
+        self.udp_sends = 0  # ESP datagrams sent
+        self.udp_reads = 0
+        self.gro_reads = 0  # reads that returned several datagrams
 
     def start(self, loop: Any) -> None:
         self._loop = loop
@@ -164,6 +180,10 @@ class UdpEspIo:
             loop.remove_reader(s.fileno())
             loop.add_reader(s.fileno(), self._readable, s, key)
             self._taken.append((s, key))
+
+    def counters(self) -> dict[str, int]:
+        return {"esp_udp_sends": self.udp_sends, "esp_gso_sends": self.gso_sends,
+                "esp_udp_reads": self.udp_reads, "esp_gro_reads": self.gro_reads}
 
     def sockets(self) -> list[socket.socket]:
         return [s for s, _ in self._taken]
@@ -207,6 +227,7 @@ class UdpEspIo:
             for level, kind, value in anc:
                 if level == SOL_UDP and kind == UDP_GRO:
                     parts = split_gro(data, int.from_bytes(value[:4], sys.byteorder))
+                    self.gro_reads += len(parts) > 1
             for d in parts:
                 if len(d) > 1 and d[:4] != b"\0\0\0\0":  # RFC 3948 2.2: ESP (non-zero SPI)
                     esp.append((d, remote))
@@ -214,6 +235,7 @@ class UdpEspIo:
                     other += 1
                     tr._datagram(d, local, remote, self.clock())
         tr.stats["rx"] += n
+        self.udp_reads += n
         tr.stats["esp"] += len(esp)
         if esp:
             try:
@@ -245,6 +267,7 @@ class UdpEspIo:
         if s is None:
             self.send_errors += len(packets)
             return
+        self.udp_sends += len(packets)
         for run in runs(packets) if self.gso else ([p] for p in packets):
             try:
                 if len(run) > 1:

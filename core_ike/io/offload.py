@@ -40,6 +40,7 @@ _UDP = 17
 _FIN, _PSH, _ACK, _CWR = 0x01, 0x08, 0x10, 0x80
 _H = struct.Struct(">H")
 _I = struct.Struct(">I")
+_HH = struct.Struct(">HH")
 MAX_IP_PACKET = 65535
 
 
@@ -122,70 +123,80 @@ def complete_checksum(pkt: bytearray, hdr: VnetHdr) -> None:
     pkt[at : at + 2] = c
 
 
-def segment(frame: bytes | memoryview, hdr: VnetHdr) -> list[bytearray]:
+def _bswap16(x: int) -> int:
+    return ((x & 0xFF) << 8) | (x >> 8)
+
+
+def segment(frame: bytes | memoryview, hdr: VnetHdr) -> list[bytes]:
     """The IP packets of one TUN frame (the virtio header already stripped into `hdr`): one packet,
-    its checksum completed if partial, or, for a TCP GSO frame, its MSS-sized segments."""
-    pkt = bytearray(frame)
+    its checksum completed if partial, or, for a TCP GSO frame, its MSS-sized segments.
+
+    The segments' checksums are sums of parts (RFC 1624 style): the headers' constant words once,
+    then per segment the words that change (lengths, IP ID, sequence number, flags) and the payload."""
     gso = hdr.gso_type & ~GSO_ECN
     if gso == GSO_NONE:
         if hdr.flags & F_NEEDS_CSUM:
+            pkt = bytearray(frame)
             complete_checksum(pkt, hdr)
-        return [pkt]
+            return [bytes(pkt)]
+        return [bytes(frame)]
     if gso not in (GSO_TCPV4, GSO_TCPV6):
         raise OffloadError(f"GSO type {hdr.gso_type} not segmented here")
-    v6, off, proto = l4_offset(pkt)
+    v6, off, proto = l4_offset(frame)
     if v6 != (gso == GSO_TCPV6):
         raise OffloadError("GSO type does not match the IP version")
     off = hdr.csum_start or off  # the TCP header's place (after any IPv6 extension headers)
     if proto != _TCP and not v6:
         raise OffloadError("TCP GSO frame without TCP")
-    if len(pkt) < off + 20:
+    if len(frame) < off + 20:
         raise OffloadError("truncated TCP header")
-    thl = (pkt[off + 12] >> 4) * 4
+    thl = (frame[off + 12] >> 4) * 4
     h = off + thl
     mss = hdr.gso_size
-    if thl < 20 or len(pkt) < h or mss <= 0:
+    if thl < 20 or len(frame) < h or mss <= 0:
         raise OffloadError("bad TCP header length or segment size")
-    payload = memoryview(pkt)[h:]
-    total = len(payload)
+    total = len(frame) - h
     if total <= mss:
+        pkt = bytearray(frame)
         complete_checksum(pkt, VnetHdr(F_NEEDS_CSUM, 0, 0, 0, off, 16))
-        return [pkt]
-    ip_hdr = bytes(pkt[:off])
-    tcp_hdr = bytearray(pkt[off:h])
-    tcp_hdr[16:18] = b"\0\0"
-    seq0 = _I.unpack_from(tcp_hdr, 4)[0]
-    flags = tcp_hdr[13]
-    ip_id = 0 if v6 else _H.unpack_from(ip_hdr, 4)[0]
-    addrs = bytes(pkt[8:40]) if v6 else bytes(pkt[12:20])
-    proto_b = b"\0\0\0\x06" if v6 else b"\0\x06"
-    out: list[bytearray] = []
+        return [bytes(pkt)]
+    view = memoryview(frame)
+    ip_hdr = bytes(view[:off])
+    tcp = bytes(view[off:h])
+    ports, mid, rest = tcp[0:4], bytearray(tcp[8:16]), tcp[18:thl]
+    seq0 = _I.unpack_from(tcp, 4)[0]
+    flags = tcp[13]
+    # constant words: pseudo-header addresses and protocol (RFC 9293 3.1, RFC 8200 8.1), ports, ack,
+    # data offset, window, urgent pointer, options; flags (the high octet of their word) per segment
+    addrs = ip_hdr[8:40] if v6 else ip_hdr[12:20]
+    mid[5] = 0
+    const = int.from_bytes(addrs, "little") + (_TCP << 8) + int.from_bytes(ports + bytes(mid) + rest, "little")
+    if v6:
+        ip_a, ip_b = ip_hdr[:4], ip_hdr[6:]
+        ext = off - 40  # extension headers count in the IPv6 payload length
+    else:
+        ip_a, ip_b, ip_c = ip_hdr[:2], ip_hdr[6:10], ip_hdr[12:]
+        ip_id = _H.unpack_from(ip_hdr, 4)[0]
+        ip_const = int.from_bytes(ip_a + ip_b + ip_c, "little")
+    out: list[bytes] = []
     n = (total + mss - 1) // mss
+    mid_flags = flags & ~(_FIN | _PSH)
+    join = b"".join
     for i in range(n):
-        chunk = payload[i * mss : (i + 1) * mss]
-        plen = len(chunk)
-        tcp_len = thl + plen
-        last = i == n - 1
-        f = flags if last else flags & ~(_FIN | _PSH)
+        chunk = view[h + i * mss : h + (i + 1) * mss]
+        tcp_len = thl + len(chunk)
+        f = flags if i == n - 1 else mid_flags
         if i:
             f &= ~_CWR  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
-        tcp_hdr[4:8] = _I.pack((seq0 + i * mss) & 0xFFFFFFFF)
-        tcp_hdr[13] = f
+        mid[5] = f
+        seq_b = _I.pack((seq0 + i * mss) & 0xFFFFFFFF)
+        s = const + _bswap16(tcp_len) + (f << 8) + int.from_bytes(seq_b, "little") + csum_le(chunk)
         if v6:
-            ip = bytearray(ip_hdr)
-            ip[4:6] = _H.pack(len(ip_hdr) - 40 + tcp_len)
-            pseudo = addrs + tcp_len.to_bytes(4, "big") + proto_b
+            ip = join((ip_a, _H.pack(ext + tcp_len), ip_b))
         else:
-            ip = bytearray(ip_hdr)
-            ip[2:4] = _H.pack(off + tcp_len)
-            ip[4:6] = _H.pack((ip_id + i) & 0xFFFF)  # consecutive IDs, as Linux TSO (RFC 6864 4.1)
-            ip[10:12] = b"\0\0"
-            ip[10:12] = ipv4_header_checksum(ip)
-            pseudo = addrs + proto_b + tcp_len.to_bytes(2, "big")
-        s = int.from_bytes(pseudo, "little") + int.from_bytes(tcp_hdr, "little") + csum_le(chunk)
-        seg = ip + tcp_hdr + chunk
-        seg[off + 16 : off + 18] = _finish(s)
-        out.append(seg)
+            var = _HH.pack(off + tcp_len, (ip_id + i) & 0xFFFF)  # consecutive IDs, as Linux TSO (RFC 6864 4.1)
+            ip = join((ip_a, var, ip_b, _finish(ip_const + int.from_bytes(var, "little")), ip_c))
+        out.append(join((ip, ports, seq_b, mid, _finish(s), rest, chunk)))
     return out
 
 
@@ -202,7 +213,7 @@ def split_gro(data: bytes, gso_size: int) -> list[bytes]:
 class _Flow:
     __slots__ = ("head", "key", "tkey", "off", "h", "v6", "next_seq", "mss", "parts", "size", "closed", "psh")
 
-    def __init__(self, pkt: bytes, key: bytes, off: int, h: int, v6: bool, seq: int, plen: int) -> None:
+    def __init__(self, pkt: bytes, key: object, off: int, h: int, v6: bool, seq: int, plen: int) -> None:
         self.head = pkt
         self.key = key
         self.tkey = b""
@@ -227,34 +238,44 @@ def _tuple_key(pkt: bytes) -> bytes:
     return bytes(pkt[12:20] + pkt[off : off + 4])
 
 
-def _tcp_candidate(pkt: bytes) -> tuple[bytes, int, int, bool, int, int] | None:
+_V4TCP = struct.Struct(">BBH2xHBB2x8s4sIIBB2s2x2s")  # IPv4 (no options) + TCP fixed header
+
+
+def _tcp_candidate(pkt: bytes) -> tuple[object, int, int, bool, int, int] | None:
     """(flow key, L4 offset, header length, IPv6?, seq, payload length) of a plain data segment
-    (ACK, optionally PSH; no IP options, fragments or extension headers) whose checksum verifies."""
+    (ACK, optionally PSH; no IP options, fragments or extension headers) whose checksum verifies.
+    The key holds every header field that must be equal in segments merged into one (as GRO,
+    net/ipv4/tcp_offload.c): addresses, ports, ack, window, urgent pointer, options, TOS, TTL, DF."""
     n = len(pkt)
     if n < 40:
         return None
-    b0 = pkt[0]
-    if b0 == 0x45:
-        if pkt[9] != _TCP or pkt[6] & 0x3F or pkt[7] or _H.unpack_from(pkt, 2)[0] != n:
-            return None  # not TCP, or a fragment (MF / offset), or a length mismatch
+    if pkt[0] == 0x45:
+        _, tos, length, frag, ttl, proto, addrs, ports, seq, ack, doff, flags, win, urg = _V4TCP.unpack_from(pkt)
+        if proto != _TCP or frag & 0x3FFF or length != n:
+            return None  # not TCP, a fragment (MF or offset), or a length mismatch
         off, v6 = 20, False
-        key_ip = pkt[0:2] + pkt[6:7] + pkt[8:10] + pkt[12:20]
-    elif b0 >> 4 == 6:
+        h = 20 + (doff >> 4) * 4
+        key: object = (addrs, ports, ack, win, urg, tos, ttl, frag, pkt[40:h] if h > 40 else b"")
+    elif pkt[0] >> 4 == 6:
         if n < 60 or pkt[6] != _TCP or _H.unpack_from(pkt, 4)[0] != n - 40:
             return None
         off, v6 = 40, True
-        key_ip = pkt[0:4] + pkt[7:40]
+        doff, flags = pkt[52], pkt[53]
+        h = 40 + (doff >> 4) * 4
+        key = pkt[0:4] + pkt[7:44] + pkt[48:52] + pkt[54:56] + pkt[58:h]
+        seq = _I.unpack_from(pkt, 44)[0]
     else:
         return None
-    thl = (pkt[off + 12] >> 4) * 4
-    h = off + thl
     plen = n - h
-    if thl < 20 or plen <= 0 or pkt[off + 13] not in (_ACK, _ACK | _PSH):
+    if h < off + 20 or plen <= 0 or flags not in (_ACK, _ACK | _PSH):
         return None
-    if (pseudo_sum(pkt, v6, _TCP, n - off) + csum_le(memoryview(pkt)[off:])) % 0xFFFF:
-        return None  # bad checksum: written alone, the kernel counts and drops it
-    key = key_ip + pkt[off : off + 4] + pkt[off + 8 : off + 12] + pkt[off + 14 : off + 16] + pkt[off + 18 : h]
-    return key, off, h, v6, _I.unpack_from(pkt, off + 4)[0], plen
+    # one sum over the whole packet: an IPv4 header with a right checksum adds 0 (RFC 791 3.1), the
+    # IPv6 header's first 8 octets are taken out; the addresses count once more for the pseudo-header
+    small = (_TCP << 8) + _bswap16(n - off)
+    small += -int.from_bytes(pkt[:8], "little") if v6 else int.from_bytes(addrs, "little")
+    if (int.from_bytes(pkt, "little") % 0xFFFF + small) % 0xFFFF:
+        return None  # a bad checksum: written alone, the kernel counts and drops it
+    return key, off, h, v6, seq, plen
 
 
 class Coalescer:
@@ -264,15 +285,15 @@ class Coalescer:
     def __init__(self, max_size: int = MAX_IP_PACKET) -> None:
         self.max_size = max_size
         self._out: list[list[bytes | bytearray | memoryview]] = []
-        self._flows: dict[bytes, _Flow] = {}
+        self._flows: dict[object, _Flow] = {}
         self.coalesced = 0  # segments merged into another one's write
 
     def add(self, pkt: bytes) -> None:
         c = _tcp_candidate(pkt)
         if c is None:  # after what its flow queued: a FIN or SYN must not overtake the flow's data
             t = _tuple_key(pkt)
-            for fl in [f for f in self._flows.values() if f.tkey == t]:
-                self._flush(fl)
+            for same in [f for f in self._flows.values() if f.tkey == t]:
+                self._flush(same)
             self._out.append([NO_OFFLOAD, pkt])
             return
         key, off, h, v6, seq, plen = c

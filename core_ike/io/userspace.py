@@ -15,6 +15,7 @@ TUN device) and how to switch each off: `core_ike.io.fastpath`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -44,7 +45,7 @@ from .dataplane import (
     SaUsage,
     SendDatagram,
 )
-from .fastpath import OFFLOAD_ENV, UdpEspIo, offload_steps, open_tun
+from .fastpath import OFFLOAD_ENV, UdpEspIo, grow_rcvbuf, offload_steps, open_tun
 from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment
 from .tsmatch import packet_flow, ts_match
 
@@ -119,6 +120,7 @@ class UserspaceDataPlane:
         self._sas: dict[tuple[int, Direction], _SaState] = {}
         self._out_by_reqid: dict[int, _SaState] = {}
         self._policies: list[PolicyParams] = []
+        self._ports = False  # some policy has a protocol or port selector
         self._out_cache: dict[bytes, _SaState | None] = {}
         self._in_cache: dict[tuple[int, bytes], bool] = {}
         self._events: deque[DataPlaneEvent] = deque()
@@ -238,19 +240,8 @@ class UserspaceDataPlane:
         encap: bool | None = None,
     ) -> None:
         st = self._get(spi, direction)
-        p = st.params
-        changes: dict[str, Any] = {
-            k: v
-            for k, v in (
-                ("src", src),
-                ("dst", dst),
-                ("src_port", src_port),
-                ("dst_port", dst_port),
-                ("encap", encap),
-            )
-            if v is not None
-        }
-        st.params = p = _replace(p, **changes)
+        given: dict[str, Any] = {"src": src, "dst": dst, "src_port": src_port, "dst_port": dst_port, "encap": encap}
+        st.params = p = dataclasses.replace(st.params, **{k: v for k, v in given.items() if v is not None})
         st.addr = (p.dst, p.dst_port)
         if direction == Direction.OUT:
             if not p.encap:
@@ -302,8 +293,7 @@ class UserspaceDataPlane:
         self._policies.sort(
             key=lambda p: (p.priority, -(p.remote.subnet.prefixlen + p.local.subnet.prefixlen))
         )
-        self._out_cache.clear()
-        self._in_cache.clear()
+        self._policies_changed()
         if policy.direction == Direction.OUT and policy.action in _ROUTED:
             self._add_route(policy)
 
@@ -311,10 +301,15 @@ class UserspaceDataPlane:
         if policy not in self._policies:
             return
         self._policies.remove(policy)
-        self._out_cache.clear()
-        self._in_cache.clear()
+        self._policies_changed()
         if policy.direction == Direction.OUT and policy.action in _ROUTED:
             self._del_route(policy)
+
+    def _policies_changed(self) -> None:
+        self._out_cache.clear()
+        self._in_cache.clear()
+        self._ports = any(p.local.protocol or p.remote.protocol or not p.local.any_port or not p.remote.any_port
+                          for p in self._policies)
 
     def _add_route(self, policy: PolicyParams) -> None:
         key = str(policy.remote.subnet)
@@ -392,7 +387,7 @@ class UserspaceDataPlane:
                     self.tso_frames += 1
                     self.tso_segments += len(pkts)
                 for p in pkts:
-                    self._outbound(bytes(p) if len(pkts) == 1 else p, now, batch)
+                    self._outbound(p, now, batch)
                 if len(self._pending) > 1 or sum(map(len, self._pending.values())) >= 64:
                     self._flush_sends()
         finally:
@@ -440,10 +435,8 @@ class UserspaceDataPlane:
             log.debug("ESP send to %s: %s", st.addr, e)
 
     def _needs_ports(self) -> bool:
-        return any(
-            p.local.protocol or p.remote.protocol or not p.local.any_port or not p.remote.any_port
-            for p in self._policies
-        )
+        """Does any policy look at protocols or ports? (kept by install/delete_policy)"""
+        return self._ports
 
     def _lookup_out(self, pkt: bytes) -> _SaState | None:
         flow = packet_flow(pkt)
@@ -681,19 +674,6 @@ class UserspaceDataPlane:
         }
 
 
-def grow_rcvbuf(s: socket.socket, size: int = 4 << 20) -> None:
-    """Enlarge an ESP receive socket's buffer: with the default (~200 KB) a TCP burst through the
-    tunnel overflows it while the event loop is busy sealing, and every overflow is a TCP loss."""
-    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-        if opt is None:
-            continue
-        try:
-            s.setsockopt(socket.SOL_SOCKET, opt, size)
-            return
-        except OSError:
-            continue
-
-
 def _with_iproute(fn: Callable[[Any], _T]) -> _T:
     """Run `fn(IPRoute())` in a worker thread: pyroute2's sync API refuses a running event loop."""
 
@@ -703,9 +683,3 @@ def _with_iproute(fn: Callable[[Any], _T]) -> _T:
 
     with ThreadPoolExecutor(1) as ex:
         return ex.submit(run).result()
-
-
-def _replace(p: SaParams, **changes: Any) -> SaParams:
-    import dataclasses
-
-    return dataclasses.replace(p, **changes)
