@@ -37,7 +37,7 @@ class MediatedConnecting:
 
 @dataclass(frozen=True)
 class MeConnectSent:
-    """Our ME_CONNECT left ([ME] §4.1 step 1 or 6); `endpoints` as advertised."""
+    """Our ME_CONNECT left (docs/protocol.md §4.1 step 1 or 6); `endpoints` as advertised."""
 
     name: str
     peer: str
@@ -65,7 +65,7 @@ class CallbackReceived:
 
 @dataclass(frozen=True)
 class MediationRequested:
-    """We are the target of a relayed ME_CONNECT from `peer` ([ME] §4.1 step 5)."""
+    """We are the target of a relayed ME_CONNECT from `peer` (docs/protocol.md §4.1 step 5)."""
 
     peer: str
     connect_id: str

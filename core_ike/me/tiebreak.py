@@ -11,7 +11,7 @@ Rule: compare the two connect IDs as unsigned big-endian integers; the attempt w
 wins. If they are equal (a 2^-32 event with 4-octet IDs), the attempt of the peer whose mediation
 identity has the higher canonical text (str(Identity)) wins. The winner answers the loser's request
 with an empty response and starts no check list for it; the loser abandons its own attempt and serves
-the winner's request as an ordinary target ([ME] §4.1 step 5), its connect() being satisfied by the
+the winner's request as an ordinary target (docs/protocol.md §4.1 step 5), its connect() being satisfied by the
 winner's mediated IKE_SA.
 
 An attempt the peer cannot know about (its ME_CONNECT not sent yet, or refused as "peer offline" and

@@ -243,7 +243,7 @@ def test_request_answered_with_observed_address_and_own_key() -> None:
     resp = decode_check(data)
     assert (src, dst) == (A_HOST, B_PUB) and resp.is_response and resp.message_id == 7
     assert resp.endpoint.addr == B_PUB and resp.endpoint.type == MeEndpointType.PEER_REFLEXIVE
-    assert resp.verify(KEY_A)  # INTEROP §7.2: the sender's own key
+    assert resp.verify(KEY_A)  # the sender's own key (docs/protocol.md §7.2)
 
 
 def test_triggered_in_progress_pair_cancels_retransmissions() -> None:

@@ -52,7 +52,7 @@ def test_known_answer_response() -> None:
 def test_decode_and_verify_with_senders_key() -> None:
     req, resp = decode_check(REQUEST), decode_check(RESPONSE)
     assert not req.is_response and resp.is_response
-    assert req.verify(KEY_A) and not req.verify(KEY_B)  # INTEROP: sender's own key
+    assert req.verify(KEY_A) and not req.verify(KEY_B)  # sender's own key (docs/protocol.md §7.2)
     assert resp.verify(KEY_B)
     assert resp.endpoint.addr == ("203.0.113.1", 4500)
     assert is_connectivity_check(decode_message(REQUEST))

@@ -6,9 +6,9 @@ from mex_net import A_PUB, B_SAME, IDS, make_net, register
 
 from core_ike.codec.message import Message
 from core_ike.ike import events as ev
+from core_ike.ike.context import Task
 from core_ike.ike.engine import Extension
 from core_ike.ike.sa import IkeSa
-from core_ike.ike.task import Task
 from core_ike.me import events as mev
 from core_ike.me.connect import build_connect_failed
 from core_ike.me.tasks import MeConnectResponder, MeOutbox
@@ -36,7 +36,7 @@ def test_behind_same_nat_host_pair_wins_and_callback() -> None:
 
 
 class _Refuser(Extension):
-    """A target that answers every relayed ME_CONNECT with ME_CONNECT_FAILED ([ME] §4.1 step 5)."""
+    """A target that answers every relayed ME_CONNECT with ME_CONNECT_FAILED (docs/protocol.md §4.1 step 5)."""
 
     def __init__(self) -> None:
         self.outbox = MeOutbox()
