@@ -21,6 +21,9 @@ class AttemptState(StrEnum):
     CONNECTING = "connecting"  # our ME_CONNECT is queued or in flight (§4.1 step 1-2)
     RELAYED = "relayed"  # the server accepted it; waiting for the target's ME_RESPONSE (§4.1 step 7)
     CALLBACK = "callback"  # the target was offline; waiting for ME_CALLBACK (§5)
+    # the server refused our ME_CONNECT for its rate limit (TEMPORARY_FAILURE, RFC 7296 3.10.1 "try again
+    # later"): asked again at the deadline, with a growing backoff (client.rate_limit_backoff)
+    RATE_LIMITED = "rate limited"
     CHECKING = "checking"  # connectivity checks run (§7)
     INITIATING = "initiating"  # the mediated IKE_SA_INIT went out on the selected pair (§9)
     YIELDED = "yielded"  # the peer's simultaneous attempt won the tie-break (tiebreak.py); we follow it
@@ -51,6 +54,7 @@ class Attempt:
     # the server's ME_CALLBACK for the peer came while our ME_CONNECT was in flight: its answer may still
     # say "offline" (a retransmission answered from the server's cache, under loss), then ask again at once
     called_back: bool = False
+    rate_limited: int = 0  # TEMPORARY_FAILURE answers to this attempt's ME_CONNECTs in a row
 
     @property
     def active(self) -> bool:

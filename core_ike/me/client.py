@@ -26,7 +26,8 @@ from ..errors import LocalError, LocalUsageError, ProtocolError
 from ..ike.context import IkeSaView, Task
 from ..ike.engine import Engine, Extension
 from ..ike.identity import Identity
-from ..ike.sa import IkeState
+from ..ike.state import IkeState
+from ..rng import Rng
 from . import events as mev
 from . import tiebreak
 from .attempt import Attempt, AttemptState
@@ -78,6 +79,10 @@ class MediationClientConfig:
     # queued behind another exchange of the SA has no deadline of its own: window 1, RFC 7296 2.3)
     connect_timeout: float = 0.0
     callback_timeout: float = 120.0  # wait for ME_CALLBACK after ME_CONNECT_FAILED -> "peer offline"
+    # the server's rate limit (TEMPORARY_FAILURE, RFC 7296 3.10.1): ask again after rate_limit_retry s,
+    # doubling each time, at most rate_limit_tries times, then fail as "rate limited"
+    rate_limit_retry: float = 0.5
+    rate_limit_tries: int = 5
     # the mediated IKE_SA after the pair was selected: 0 = as long as its own retransmissions go on (the
     # mediated connection's RetransmitConfig); > 0 = also give up after this long
     ike_timeout: float = 0.0
@@ -131,6 +136,11 @@ class ClientStatus:
     target_lists: tuple[str, ...]  # check lists where we are the ME_CONNECT target
 
 
+def rate_limit_backoff(cfg: MediationClientConfig, n: int) -> float:
+    """Seconds before asking again after the n-th rate-limit refusal in a row (n >= 1): doubling."""
+    return float(cfg.rate_limit_retry * 2 ** (n - 1))
+
+
 def id_peer(ident: Identity) -> IdPayload:
     return IdPayload(PayloadType.ID_PEER, ident.id_type, ident.data)
 
@@ -145,9 +155,11 @@ def _pairs_text(tried: Iterable[PairInfo]) -> str:
 
 
 class MediationClient(Extension):
-    def __init__(self, engine: Engine, config: MediationClientConfig | None = None) -> None:
+    def __init__(self, engine: Engine, config: MediationClientConfig | None = None,
+                 rng: Rng | None = None) -> None:
         self.engine = engine
         self.config = config or MediationClientConfig()
+        self.rng: Rng = rng if rng is not None else engine.rng  # connect IDs and keys (docs/protocol.md §4.1)
         self.checks = CheckEngine(self.config.checks)
         self.outbox = MeOutbox()
         self.attempts: dict[str, Attempt] = {}
@@ -335,7 +347,7 @@ class MediationClient(Extension):
                 del self._unsent[att.name]
             if self.config.connect_timeout > 0:
                 att.deadline = t + self.config.connect_timeout
-            cid, key = new_connect_id(self.engine.rng), new_connect_key(self.engine.rng)  # docs/protocol.md §4.1 step 1
+            cid, key = new_connect_id(self.rng), new_connect_key(self.rng)  # docs/protocol.md §4.1 step 1
             eps = self.gather(s)
             # created when *sending*: the relayed answer may come before our response (docs/protocol.md §4.4)
             self.checks.create_initiator(cid, key, eps, t)
@@ -348,6 +360,8 @@ class MediationClient(Extension):
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
             if not holder or att.connect_id != holder[0] or not att.active:
                 return
+            if result.error != NotifyType.TEMPORARY_FAILURE:
+                att.rate_limited = 0
             if result.ok:
                 if att.state is AttemptState.CONNECTING:  # else the relayed answer came first (the race)
                     att.set_state(AttemptState.RELAYED, t + self.config.checks.transaction_timeout + 1.0)
@@ -364,7 +378,7 @@ class MediationClient(Extension):
                          self.config.callback_timeout)
                 self.engine.emit(mev.PeerNotOnline(att.name, str(att.peer), until))
             elif result.error == NotifyType.TEMPORARY_FAILURE:
-                self._fail(att, "refused by the mediation server: too many requests, try again later", t)
+                self._rate_limited(att, t)
             else:
                 self._fail(att, f"refused by the mediation server: {name_of(NotifyType, int(result.error or 0))}", t)
             self._pump(t)
@@ -440,7 +454,7 @@ class MediationClient(Extension):
 
         def build(s: IkeSaView, t: float) -> list[Payload]:
             self._unsent_answers.pop(cid, None)
-            sess.key, sess.endpoints = new_connect_key(self.engine.rng), self.gather(s)
+            sess.key, sess.endpoints = new_connect_key(self.rng), self.gather(s)
             self.engine.emit(mev.MeConnectSent("", str(peer), cid.hex(), tuple(map(str, sess.endpoints)), True))
             return build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True)
 
@@ -576,6 +590,8 @@ class MediationClient(Extension):
             self._fail(att, f"mediation server unreachable: no answer to ME_CONNECT after {t:.1f} s", now)
         elif att.state is AttemptState.CALLBACK:
             self._fail(att, f"peer offline: no ME_CALLBACK within {self.config.callback_timeout:g} s", now)
+        elif att.state is AttemptState.RATE_LIMITED:
+            self._retry_connect(att, now)
         elif att.state in (AttemptState.RELAYED, AttemptState.CHECKING):
             self._fail(att, f"checks failed: no result after {t:.1f} s; tried {_pairs_text(self._tried(att))}", now)
         elif att.state is AttemptState.INITIATING:
@@ -584,6 +600,30 @@ class MediationClient(Extension):
         elif att.state is AttemptState.YIELDED:
             self._fail(att, f"mediated IKE_SA failed: the peer's (tie-break winner) not established after "
                             f"{t:.1f} s", now)
+
+    def _rate_limited(self, att: Attempt, now: float) -> None:
+        """The server refused our ME_CONNECT for its rate limit: the peer may well be online, so this is
+        neither "offline" (no callback will come) nor final; ask again after a backoff."""
+        att.rate_limited += 1
+        if att.rate_limited >= self.config.rate_limit_tries:
+            self._fail(att, f"rate limited by the mediation server: ME_CONNECT refused {att.rate_limited} times "
+                            "(TEMPORARY_FAILURE), try again later", now)
+            return
+        wait = rate_limit_backoff(self.config, att.rate_limited)
+        att.reason = f"rate limited by the mediation server, asking again in {wait:g} s"
+        att.set_state(AttemptState.RATE_LIMITED, now + wait)
+        log.info("mediated connection '%s': ME_CONNECT rate limited by the mediation server, asking again in "
+                 "%g s", att.name, wait)
+
+    def _retry_connect(self, att: Attempt, now: float) -> None:
+        att.reason = ""
+        sa = self.mediation_sa(att.mediation)
+        if sa is not None and sa.established:
+            self._send_connect(sa, att, now)
+            return
+        att.set_state(AttemptState.MEDIATION, now + self.config.server_timeout)
+        if sa is None:
+            self.engine.initiate(att.mediation, now=now)
 
     def _tried(self, att: Attempt) -> tuple[PairInfo, ...]:
         cl = self.checks.get(att.connect_id) if att.connect_id else None
