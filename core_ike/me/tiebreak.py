@@ -1,23 +1,24 @@
 """Tie-break for simultaneous mediation (docs/protocol.md §11.9), our client only.
 
 When both peers start a mediated connection to each other at about the same time, each sends an
-ME_CONNECT ([ME] §4) and each receives the other's relayed request while its own attempt is in
-progress. Without a rule both run check lists and both send an IKE_SA_INIT ([ME] §8, §9), and the
+ME_CONNECT ([ME] §4) and each receives the other's relayed request while its own attempt is in progress.
+Without a rule both run check lists and both send an IKE_SA_INIT (docs/protocol.md §8, §9), and the
 IKE_SA collision rule later deletes one of the two tunnels. No wire change is needed to pick one: each
 side holds both connect IDs (its own, drawn when it sent ME_CONNECT, and the peer's, in the relayed
 request), so both compute the same answer.
 
 Rule: compare the two connect IDs as unsigned big-endian integers; the attempt with the higher value
 wins. If they are equal (a 2^-32 event with 4-octet IDs), the attempt of the peer whose mediation
-identity has the higher canonical text (str(Identity)) wins. The winner answers the loser's request
-with an empty response and starts no check list for it; the loser abandons its own attempt and serves
-the winner's request as an ordinary target (docs/protocol.md §4.1 step 5), its connect() being satisfied by the
-winner's mediated IKE_SA.
+identity has the higher canonical text (str(Identity)) wins. The winner answers the loser's request with
+an empty response and starts no check list for it; the loser abandons its own attempt and serves the
+winner's request as an ordinary target (docs/protocol.md §4.1 step 5), its connect() being satisfied by
+the winner's mediated IKE_SA.
 
 An attempt the peer cannot know about (its ME_CONNECT not sent yet, or refused as "peer offline" and
-waiting for a callback, [ME] §5) always yields; one that has already sent its IKE_SA_INIT (the
-nomination, [ME] §8) is always kept. A peer that does not apply the rule (charon) is unaffected: it
-either receives an empty answer (we keep ours and it is our target too) or our ME_RESPONSE.
+waiting for a callback, docs/protocol.md §5) always yields; one that has already sent its IKE_SA_INIT
+(the nomination, docs/protocol.md §8) is always kept. A peer that does not apply the rule (charon) is
+unaffected: it either receives an empty answer (we keep ours and it is our target too) or our
+ME_RESPONSE.
 """
 
 from __future__ import annotations
