@@ -28,8 +28,8 @@ pytest_plugins = ["pytester"]  # tests/test_guards.py runs the needs marker in a
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "needs(*components, why=''): components the test needs "
-                                       "(tests/guards.py); missing ones skip it, or fail it under IKEME_REQUIRE_ALL=1")
+    config.addinivalue_line("markers", "needs(*components, why=''): components the test needs (tests/guards.py); "
+                                       "missing ones skip it, or fail it under IKEME_REQUIRE_ALL=1")
 
 
 @pytest.hookimpl(tryfirst=True)

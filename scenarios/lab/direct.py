@@ -12,7 +12,7 @@ for the IKE peers' own addresses ("conflicts with IKE traffic").
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked, IkedError
@@ -68,7 +68,31 @@ remote_ts = ["{ts[other]}/32"]
 {rt}"""
 
 
-class OurDirect:
+D = TypeVar("D", Iked, Charon)
+
+
+class _Pair(Generic[D]):
+    """What both drivers do alike: carol starts before alice; both stop; both forget every SA."""
+
+    lab: Lab
+    alice: D
+    carol: D
+
+    def start(self) -> None:
+        add_inner(self.lab)
+        self.carol.start()
+        self.alice.start()
+
+    def _wait_gone(self, timeout: float, what: str) -> None:
+        wait_for(lambda: not self.alice.list_sas() and not self.carol.list_sas(), timeout, interval=0.02,
+                 what=what)
+
+    def stop(self) -> None:
+        self.alice.stop()
+        self.carol.stop()
+
+
+class OurDirect(_Pair[Iked]):
     """iked on carol (responder) and alice (initiator, ``up home``)."""
 
     name = "ours"
@@ -77,11 +101,6 @@ class OurDirect:
         self.lab = lab
         self.carol = Iked(lab, "carol", iked_toml("carol", retransmit), name="iked-direct")
         self.alice = Iked(lab, "alice", iked_toml("alice", retransmit), name="iked-direct")
-
-    def start(self) -> None:
-        add_inner(self.lab)
-        self.carol.start()
-        self.alice.start()
 
     def setup(self, timeout: float) -> float:
         t0 = time.monotonic()
@@ -94,12 +113,7 @@ class OurDirect:
         for d in (self.alice, self.carol):
             for sa in d.list_sas():
                 d.ctl({"cmd": "down", "ike": sa["uniqueid"], "timeout": 2}, timeout=5)
-        wait_for(lambda: not self.alice.list_sas() and not self.carol.list_sas(), timeout, interval=0.02,
-                 what="direct SAs gone")
-
-    def stop(self) -> None:
-        self.alice.stop()
-        self.carol.stop()
+        self._wait_gone(timeout, "direct SAs gone")
 
 
 def charon_conf(me: str) -> str:
@@ -135,7 +149,7 @@ secrets {{
 """
 
 
-class CharonDirect:
+class CharonDirect(_Pair[Charon]):
     """charon on carol and alice with strongSwan's default retransmission (4 s * 1.8^n, 5 tries)."""
 
     name = "charon"
@@ -144,11 +158,6 @@ class CharonDirect:
         self.lab = lab
         self.carol = Charon(lab, "carol", name="charon-direct", conf=charon_conf("carol"), settings=settings)
         self.alice = Charon(lab, "alice", name="charon-direct", conf=charon_conf("alice"), settings=settings)
-
-    def start(self) -> None:
-        add_inner(self.lab)
-        self.carol.start()
-        self.alice.start()
 
     def setup(self, timeout: float) -> float:
         t0 = time.monotonic()
@@ -160,9 +169,4 @@ class CharonDirect:
         for c in (self.alice, self.carol):
             for sa in c.list_sas():
                 c.terminate(ike=sa["name"], timeout=timeout)
-        wait_for(lambda: not self.alice.list_sas() and not self.carol.list_sas(), timeout, interval=0.02,
-                 what="charon direct SAs gone")
-
-    def stop(self) -> None:
-        self.alice.stop()
-        self.carol.stop()
+        self._wait_gone(timeout, "charon direct SAs gone")

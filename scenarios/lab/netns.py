@@ -328,7 +328,8 @@ class Lab:
             with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
                 s.bind((iface, 0))
                 mac = s.getsockname()[4]
-                s.send(mac + mac + struct.pack("!H", _MARK_ETHERTYPE) + tag + bytes(30))  # 60: Ethernet minimum
+                # 60 octets: the Ethernet minimum
+                s.send(mac + mac + struct.pack("!H", _MARK_ETHERTYPE) + tag + bytes(30))
         finally:
             netns.popns()
         return tag

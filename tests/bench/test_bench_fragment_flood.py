@@ -4,26 +4,15 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "fragment_flood.py"
 SET = 62 * 1024
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fragment_flood", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["fragment_flood"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
-
-def test_sets_for_other_message_ids_cost_nothing() -> None:
-    bench = _load()
+def test_sets_for_other_message_ids_cost_nothing(load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("fragment_flood")
     flood = bench.Flood(1, {})
     sa, vsa = flood.pairs[0]
     gc.collect()
@@ -43,8 +32,8 @@ def test_sets_for_other_message_ids_cost_nothing() -> None:
     assert eng.frag_budget.used == 0 and eng.half_open == 0
 
 
-def test_many_half_open_sas_stay_within_the_budget() -> None:
-    bench = _load()
+def test_many_half_open_sas_stay_within_the_budget(load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("fragment_flood")
     total, per_sa = 4 * 1024 * 1024, 256 * 1024
     flood = bench.Flood(150, {"frag_max_total": total, "frag_max_per_sa": per_sa})
     eng = flood.victim

@@ -5,10 +5,8 @@ legitimate initiators still get their IKE_SA (no timing thresholds)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import socket
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -18,20 +16,10 @@ from core_ike.codec.payloads import KePayload, NoncePayload
 from core_ike.constants import ExchangeType
 from tests.guards import needs
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ike_flood.py"
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ike_flood", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["ike_flood"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_flood_datagrams_are_ike_sa_init_requests_from_spoofed_sources() -> None:
-    bench = _load()
+def test_flood_datagrams_are_ike_sa_init_requests_from_spoofed_sources(
+        load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("ike_flood")
     pkts = bench.build_packets(64, 16, "192.0.2.2")
     sources, spis, kes = set(), set(), set()
     for p in pkts:
@@ -49,8 +37,9 @@ def test_flood_datagrams_are_ike_sa_init_requests_from_spoofed_sources() -> None
 
 @pytest.mark.netns
 @needs("root", why="a spoofed flood in network namespaces")
-def test_short_flood_cookies_engage_and_legitimate_initiators_get_through() -> None:
-    bench = _load()
+def test_short_flood_cookies_engage_and_legitimate_initiators_get_through(
+        load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("ike_flood")
     a = argparse.Namespace(pps=20000.0, duration=30.0, count=10**7, sources=4096, pool=4096, batch=64, attempts=3,
                            deadline=5.0, gap=0.1, settle=1.0, log_level="info", responder_extra="",
                            legit="ours", legit_retransmit="default")

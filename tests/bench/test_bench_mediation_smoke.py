@@ -3,8 +3,7 @@ completion and positive numbers are asserted, no timing thresholds."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -20,19 +19,11 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.mark.interop
 @needs("strongswan", why="the charon side of the comparison")
-def test_mediated_setup_smoke() -> None:
-    bench = _load("mediated_setup")
+def test_mediated_setup_smoke(load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("mediated_setup")
     bench.cleanup_orphans()
     results = [bench.measure(d, "0", 2, 10.0, False) for d in ("charon", "ours")]
     for r in results:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -17,20 +15,11 @@ pytestmark = [
     needs("root", "strongswan", why="strongSwan charon in network namespaces"),
 ]
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ike_setup_rate.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ike_setup_rate", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["ike_setup_rate"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
-
-def test_ike_setup_rate_smoke() -> None:
-    bench = _load()
+def test_ike_setup_rate_smoke(load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("ike_setup_rate")
     n, warmup = 20, 4
     results = bench.run_bench(count=n, inflight=8, warmup=warmup, source_ips=4, timeout=60.0)
     assert {(r.impl, r.auth) for r in results} == {(i, a) for i in ("ours", "charon") for a in ("psk", "rsa")}

@@ -1,9 +1,10 @@
 """ESP data plane on the wire: our userspace ESP (iked) against charon (kernel-libipsec) across a NAT,
 and iked against iked with plain ESP (IP protocol 50) on a direct link.
 
-NAT pair (``nat_pair``, tests/interop/charon_pair.py): our iked on alice 10.1.0.2 behind natA (203.0.113.1, masquerade, WAN drop of new
-inbound UDP) plus a port forward of UDP 500/4500 on natA to alice, so that charon on carol 203.0.113.10 can
-initiate too. Inner (tunnel) addresses on ``lo``: alice 10.10.1.1, carol 10.10.2.1.
+NAT pair (``nat_pair``, tests/interop/charon_pair.py): our iked on alice 10.1.0.2 behind natA
+(203.0.113.1, masquerade, WAN drop of new inbound UDP) plus a port forward of UDP 500/4500 on natA to
+alice, so that charon on carol 203.0.113.10 can initiate too. Inner (tunnel) addresses on ``lo``:
+alice 10.10.1.1, carol 10.10.2.1.
 Direct lab (``two_hosts``): iked on alice 192.0.2.1 and on bob 192.0.2.2, ``encap = false``.
 
 Checked: ping both ways through the tunnel; a capture on the link shows only ESP-in-UDP on 4500 (NAT)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scenarios.lab import cleanup_orphans, nat_lab, wait_for
+from scenarios.lab import lab_session, nat_lab, wait_for
 from scenarios.lab.direct import OurDirect
 from scenarios.lab.loss import add_loss, loss_counters
 from scenarios.lab.mediation import OurMediation
@@ -28,31 +28,27 @@ RUNS = 3
 
 @pytest.fixture(scope="module")
 def mediation() -> Iterator[OurMediation]:
-    cleanup_orphans()
-    lab = nat_lab()
-    med = OurMediation(lab)
-    try:
-        med.start_server()
-        for p in ("bob", "alice"):
-            med.start_client(p)
-        med.wait_registered("alice", "bob", timeout=15)
-        yield med
-    finally:
-        med.stop()
-        lab.teardown()
+    with lab_session(nat_lab) as lab:
+        med = OurMediation(lab)
+        try:
+            med.start_server()
+            for p in ("bob", "alice"):
+                med.start_client(p)
+            med.wait_registered("alice", "bob", timeout=15)
+            yield med
+        finally:
+            med.stop()
 
 
 @pytest.fixture(scope="module")
 def direct() -> Iterator[OurDirect]:
-    cleanup_orphans()
-    lab = nat_lab()
-    d = OurDirect(lab)
-    try:
-        d.start()
-        yield d
-    finally:
-        d.stop()
-        lab.teardown()
+    with lab_session(nat_lab) as lab:
+        d = OurDirect(lab)
+        try:
+            d.start()
+            yield d
+        finally:
+            d.stop()
 
 
 def _forget_mediated(med: OurMediation) -> None:

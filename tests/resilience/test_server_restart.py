@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from scenarios.lab import cleanup_orphans, nat_lab, wait_for
+from scenarios.lab import Lab, wait_for
 from scenarios.lab.mediation import LAN, OurMediation
 from tests.guards import needs
 
@@ -22,10 +22,8 @@ pytestmark = [pytest.mark.netns, needs("root", why="daemons behind NATs in netwo
 
 
 @pytest.fixture
-def med():  # type: ignore[no-untyped-def]
-    cleanup_orphans()
-    lab = nat_lab()
-    m = OurMediation(lab)
+def med(nat_lab_per_test: Lab):  # type: ignore[no-untyped-def]
+    m = OurMediation(nat_lab_per_test)
     try:
         m.start_server()
         for p in ("alice", "bob"):
@@ -34,7 +32,6 @@ def med():  # type: ignore[no-untyped-def]
         yield m
     finally:
         m.stop()
-        lab.teardown()
 
 
 def _restart(med: OurMediation, sig: int) -> float:
