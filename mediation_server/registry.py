@@ -90,7 +90,7 @@ _REFUSAL_NOTIFY = {
     # RFC 7296 3.10.1 TEMPORARY_FAILURE: "try again later" - the client fails fast instead of waiting
     # for a callback that would never come
     RefusalReason.RATE_LIMITED: NotifyType.TEMPORARY_FAILURE,
-    RefusalReason.TOO_MANY_ENDPOINTS: NotifyType.INVALID_SYNTAX,  # like the limits of ref. §4.2
+    RefusalReason.TOO_MANY_ENDPOINTS: NotifyType.INVALID_SYNTAX,  # like the limits of docs/protocol.md §4.2
     RefusalReason.TOO_MANY_CALLBACKS: NotifyType.ME_CONNECT_FAILED,
 }
 

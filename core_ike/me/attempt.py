@@ -1,6 +1,7 @@
 """One mediated connection being brought up (`MediationClient.connect`) and its state machine.
 
-draft-brunner-ikev2-mediation §4 (ME_CONNECT), §5 (callback), §7-§9 (checks, the mediated IKE_SA).
+docs/protocol.md §4 (ME_CONNECT), §5 (callbacks), §7-§9 (checks, selection, the mediated IKE_SA); the
+§ numbers below are its sections.
 The state changes in exactly one method, which logs the transition (design principle 6).
 """
 

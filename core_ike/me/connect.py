@@ -153,7 +153,7 @@ def parse_connect(payloads: Sequence[Payload]) -> MeConnect:
     _check_lengths(cid, key)
     if not eps:
         raise _syntax("ME_CONNECT without ME_ENDPOINT")
-    endpoints = tuple(decode_endpoint(d) for d in eps)  # raises INVALID_SYNTAX (§4.2)
+    endpoints = tuple(decode_endpoint(d) for d in eps)  # raises INVALID_SYNTAX (docs/protocol.md §4.2)
     kind = ConnectKind.RESPONSE if NotifyType.ME_RESPONSE in flags else ConnectKind.REQUEST
     return MeConnect(kind, peer, cid, key, endpoints, tuple(eps), NotifyType.ME_CALLBACK in flags)
 

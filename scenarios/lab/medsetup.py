@@ -80,7 +80,7 @@ secrets {{
 
 def peer_conf(me: PeerSpec, other: PeerSpec, p2p_psk: str, server_id: str = "carol@med",
               server_addr: str = CAROL, extra_p2p: str = "") -> str:
-    """swanctl.conf of a mediation client with connection ``medsrv`` and mediated ``p2p`` (§6.4)."""
+    """swanctl.conf of a mediation client with connection ``medsrv`` and mediated ``p2p`` (docs/nat-lab.md §7.4)."""
     children = "\n".join(
         f"      {name} {{\n        local_ts = {lts}\n        remote_ts = {rts}\n      }}"
         for name, (lts, rts) in me.children.items())

@@ -22,12 +22,12 @@ SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
 EXEMPT = {"CHANGELOG.md", SELF}
 
 OUTSIDE = re.compile("|".join([
-    r"reference\s*§", r"reference doc\b", r"netlab", r"weakness(es)? #", r"\.\./shared", r"/work/shared",
+    r"reference\s*§", r"\bref\.\s*§", r"reference doc\b", r"netlab", r"weakness(es)? #", r"\.\./shared", r"/work/shared",
     r"shared/reference", r"seed-systems", r"ike-me-protocol", r"ice-and-nat\.md", r"ikev2-essentials",
     r"medsrv-portal-and-schema", r"\bdesign\.md",
 ]), re.IGNORECASE)
 DOC_PATH = re.compile(r"(?<![\w/.-])docs/([\w.-]+\.md)")
-SECTION_CITE = re.compile(r"docs/(protocol|nat-lab)\.md`?((?:(?:\s*[,/-]\s*|\s+and\s+|\s+)?§\d+(?:\.\d+)*)+)")
+SECTION_CITE = re.compile(r"docs/(protocol|nat-lab)\.md`{0,2}((?:(?:\s*[,/-]\s*|\s+and\s+|\s+)?§\d+(?:\.\d+)*)+)")
 SECTION = re.compile(r"§(\d+(?:\.\d+)*)")
 HEADING = re.compile(r"^#{2,4} (\d+(?:\.\d+)*)\.? ", re.MULTILINE)
 PRINCIPLE_CITE = re.compile(r"design principles? (\d+)", re.IGNORECASE)
@@ -76,7 +76,7 @@ def test_no_citation_of_documents_outside_the_repository() -> None:
 
 def test_the_pattern_catches_what_it_must() -> None:
     for bad in ("# reference §7.2 INTEROP", "(netlab.md §11)", "weakness #15", "`../shared/design.md`",
-                "see ike-me-protocol.md 7.1", "(reference doc 11 item 2)"):
+                "see ike-me-protocol.md 7.1", "(reference doc 11 item 2)", "the limits of ref. §4.2"):
         assert OUTSIDE.search(bad), bad
     for good in ("# docs/protocol.md §7.2", "RFC 7296 §2.6", "draft-brunner-ikev2-mediation §4.2",
                  "a reference to the key", "the reference implementation"):
@@ -113,6 +113,8 @@ def test_cited_sections_exist() -> None:
 def test_section_pattern() -> None:
     m = SECTION_CITE.search("(docs/protocol.md §7.1-§7.3, §4 and §11.10)")
     assert m is not None and SECTION.findall(m.group(2)) == ["7.1", "7.3", "4", "11.10"]
+    m = SECTION_CITE.search("``docs/nat-lab.md`` §2")
+    assert m is not None and SECTION.findall(m.group(2)) == ["2"]
 
 
 def test_design_principles_are_in_contributing() -> None:
