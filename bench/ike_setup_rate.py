@@ -53,7 +53,10 @@ PROPOSAL = "aes128gcm16-prfsha256-x25519"
 PSK = "bench-shared-secret-0123456789abcdef"
 RESP_IP = "192.0.2.2"
 RESP_PSK_ID = "responder@bench"
-RESULTS = ROOT / "bench" / "results" / "ike_setup_rate.txt"
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -63,15 +66,15 @@ def _childless_extension() -> Any:
     from core_ike.codec.message import Message
     from core_ike.codec.payloads import NotifyPayload
     from core_ike.constants import ExchangeType, NotifyType
+    from core_ike.ike.context import Status, Task
     from core_ike.ike.engine import Extension
     from core_ike.ike.sa import IkeSa
-    from core_ike.ike.task import Status, Task
 
     class ChildlessNotify(Task):
         exchange = ExchangeType.IKE_SA_INIT
         name = "childless"
 
-        def build_i(self, sa: IkeSa, msg: Message) -> None:
+        def build_i(self, sa: IkeSa, msg: Message, now: float) -> None:
             msg.payloads.append(NotifyPayload(NotifyType.CHILDLESS_IKEV2_SUPPORTED))
 
         def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
@@ -203,6 +206,14 @@ class Result:
     rss_delta_kib: float
     driver_cpu: float
     drivers: int
+    worker_cpu: list[float] = dataclasses.field(default_factory=list)  # per worker process (ours, workers > 1)
+
+    @property
+    def capacity(self) -> float:
+        """CPU-normalised capacity (IKE_SAs per second): the batch over the CPU time of the busiest process,
+        the rate if each process had a core of its own (one process: established / its CPU seconds)."""
+        busiest = max(self.worker_cpu) if self.worker_cpu else self.resp_cpu
+        return self.established / busiest if busiest > 0 else 0.0
 
     @property
     def rate(self) -> float:
@@ -256,18 +267,29 @@ class Responder:
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def pid(self) -> int: raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        """The responder's processes whose CPU counts (the first is the one pid() names)."""
+        return [self.pid()]
+
+    def workers(self) -> list[int]:
+        """The processes that do the work when there are several (ours with workers > 1), else []."""
+        return []
     def held(self) -> int: raise NotImplementedError
 
 
 class OursResponder(Responder):
     impl = "ours"
 
-    def __init__(self, lab: Any, auth: str, keys: dict[str, Any]) -> None:
+    def __init__(self, lab: Any, auth: str, keys: dict[str, Any], workers: int = 1) -> None:
         from scenarios.lab.iked import Iked
 
+        self.n_workers = workers
+        self.impl = "ours" if workers == 1 else f"ours-w{workers}"
         files: dict[str, bytes | str] = {}
+        # COOKIEs off as on charon's side (its cookie_threshold and cookie_threshold_ip are raised alike)
         out = [f'[daemon]\nlisten = ["{RESP_IP}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "warning"\n'
-               'cookie_threshold = 1000000\n']
+               f'cookie_threshold = 1000000\ncookie_threshold_ip = 1000000\nworkers = {workers}\n']
         if auth == "psk":
             out.append(f'[[secrets.ike]]\nsecret = "{PSK}"\n')
             local = f'{{ auth = "psk", id = "{RESP_PSK_ID}" }}'
@@ -290,6 +312,18 @@ class OursResponder(Responder):
 
     def pid(self) -> int:
         return find_pid(self.iked.proc.pid, "python")
+
+    def pids(self) -> list[int]:
+        root = self.pid()
+        deadline = time.monotonic() + 30
+        while True:  # the supervisor and its workers, once all run
+            kids = [int(k) for k in Path(f"/proc/{root}/task/{root}/children").read_text().split()]
+            if len(kids) >= (self.n_workers if self.n_workers > 1 else 0) or time.monotonic() > deadline:
+                return [root, *kids]
+            time.sleep(0.05)
+
+    def workers(self) -> list[int]:
+        return self.pids()[1:]
 
     def held(self) -> int:
         return sum(1 for s in self.iked.list_sas() if s.get("state") == "ESTABLISHED")
@@ -417,18 +451,21 @@ def measure(lab: Any, resp: Responder, auth: str, count: int, inflight: int, dri
     resp.start()
     try:
         pid = resp.pid()
+        pids, wpids = resp.pids(), resp.workers()
         if warmup:
             _run_drivers(lab, auth, warmup, inflight, drivers, ips, keydir, f"w{resp.impl}", timeout)
         spy = _py_spy(pid, profile / f"{resp.impl}-{auth}.txt") if profile and resp.impl == "ours" else None
         time.sleep(0.3)
-        cpu0, rss0 = proc_cpu(pid), proc_rss_kib(pid)
+        cpu0, rss0 = sum(proc_cpu(p) for p in pids), sum(proc_rss_kib(p) for p in pids)
+        w0 = [proc_cpu(p) for p in wpids]
         runs = _run_drivers(lab, auth, count, inflight, drivers, ips, keydir, f"m{resp.impl}", timeout)
-        cpu1 = proc_cpu(pid)
+        cpu1 = sum(proc_cpu(p) for p in pids)
+        wcpu = [proc_cpu(p) - c for p, c in zip(wpids, w0, strict=True)]
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
         time.sleep(0.3)
-        rss1 = proc_rss_kib(pid)
+        rss1 = sum(proc_rss_kib(p) for p in pids)
         held = resp.held()
     finally:
         resp.stop()
@@ -441,13 +478,15 @@ def measure(lab: Any, resp: Responder, auth: str, count: int, inflight: int, dri
     if fails:
         print(f"  {resp.impl}/{auth}: failures {fails}", file=sys.stderr)
     return Result(resp.impl, auth, count, est, held, secs, cpu1 - cpu0, float(rss1 - rss0),
-                  sum(r["cpu"] for r in runs), drivers)
+                  sum(r["cpu"] for r in runs), drivers, wcpu)
 
 
 def run_bench(count: int = 2000, inflight: int = 32, auths: Sequence[str] = ("psk", "rsa"),
               impls: Sequence[str] = ("ours", "charon"), drivers: int = 1, warmup: int = 50,
               source_ips: int = 16, timeout: float = 300.0, profile: Path | None = None,
-              charon_plugins: str | None = None) -> list[Result]:
+              charon_plugins: str | None = None, rounds: int = 1) -> list[Result]:
+    """`impls`: "ours", "ours-wN" (ours with [daemon] workers = N), "charon"; interleaved round by round
+    (results_io.interleave), each auth in turn, a fresh responder for each measurement."""
     from scenarios.lab import cleanup_orphans, two_hosts
     from scenarios.lab.creds import rsa_keypair
 
@@ -465,12 +504,18 @@ def run_bench(count: int = 2000, inflight: int = 32, auths: Sequence[str] = ("ps
         os.chmod(keydir / "driver.key", 0o600)
         (keydir / "resp.pub").write_bytes(keys["resp"].public_pem)
         (keydir / "driver.id").write_text(keys["driver"].identity)
-        for auth in auths:
-            for impl in impls:
-                resp: Responder = (OursResponder(lab, auth, keys) if impl == "ours"
-                                   else CharonResponder(lab, auth, keys, charon_plugins))
-                results.append(measure(lab, resp, auth, count, inflight, drivers, warmup, ips, keydir, timeout,
-                                       profile))
+        for _round, impl in results_io.interleave(rounds, list(impls)):
+            for auth in auths:
+                resp: Responder
+                if impl.startswith("ours"):
+                    resp = OursResponder(lab, auth, keys, int(impl.partition("-w")[2] or 1))
+                else:
+                    resp = CharonResponder(lab, auth, keys, charon_plugins)
+                r = measure(lab, resp, auth, count, inflight, drivers, warmup, ips, keydir, timeout, profile)
+                print(f"  {r.impl:8} {auth}: {r.established} SAs, {r.rate:.0f}/s, CPU {r.cpu_ms:.3f} ms/SA, "
+                      f"capacity {r.capacity:.0f}/s" + (f", workers CPU s {[round(c, 2) for c in r.worker_cpu]}"
+                                                       if r.worker_cpu else ""), file=sys.stderr, flush=True)
+                results.append(r)
     finally:
         lab.teardown()
     return results
@@ -493,14 +538,13 @@ def table(results: list[Result], inflight: int, drivers: int, warmup: int,
         f"{'auth':5} {'responder':9} {'SAs':>6} {'held':>6} {'setups/s':>9} {'CPU ms/SA':>10} {'KiB/SA':>8} "
         f"{'driver ms/SA':>13} {'driver busy':>12}",
     ]
-    by = {(r.auth, r.impl): r for r in results}
+    by = {(r.auth, r.impl): r for r in results}  # the last round's, for the ratio line
     for auth in dict.fromkeys(r.auth for r in results):
-        for impl in ("ours", "charon"):
-            r = by.get((auth, impl))
-            if r is None:
-                continue
-            lines.append(f"{auth:5} {impl:9} {r.established:6d} {r.held:6d} {r.rate:9.0f} {r.cpu_ms:10.2f} "
-                         f"{r.kib:8.1f} {r.driver_ms:13.2f} {100 * r.driver_busy:11.0f}%")
+        for r in sorted((r for r in results if r.auth == auth), key=lambda r: r.impl):
+            lines.append(f"{auth:5} {r.impl:9} {r.established:6d} {r.held:6d} {r.rate:9.0f} {r.cpu_ms:10.3f} "
+                         f"{r.kib:8.1f} {r.driver_ms:13.2f} {100 * r.driver_busy:11.0f}%"
+                         + (f"  capacity {r.capacity:.0f}/s, workers' CPU s "
+                            + "/".join(f"{c:.2f}" for c in r.worker_cpu) if r.worker_cpu else ""))
         o, c = by.get((auth, "ours")), by.get((auth, "charon"))
         if o and c:
             lines.append(f"{auth:5} {'ours/ch.':9} {'':6} {'':6} {_ratio(o.rate, c.rate):>9} "
@@ -511,6 +555,48 @@ def table(results: list[Result], inflight: int, drivers: int, warmup: int,
               "setups/s needs an otherwise idle machine (driver and responder share its CPUs); CPU ms/SA and",
               "KiB/SA are per-process figures and hardly depend on other load"]
     return "\n".join(lines) + "\n"
+
+
+def figures_of(res: list[Result], inflight: int) -> list[dict[str, Any]]:
+    """The shared results shape (bench/results_io.py): per auth, CPU per IKE_SA ours vs charon, the
+    setup rate, and the CPU-normalised capacity of workers = N over workers = 1."""
+    figs: list[dict[str, Any]] = []
+    same = ("same on both sides: childless IKE_SAs, " + PROPOSAL + ", COOKIEs off (cookie thresholds "
+            "raised to 10^6 on both), no data plane; ours log_level warning, charon log level 0")
+    for auth in dict.fromkeys(r.auth for r in res):
+        by: dict[str, list[Result]] = {}
+        for r in res:
+            if r.auth == auth:
+                by.setdefault(r.impl, []).append(r)
+        ours, ch = by.get("ours", []), by.get("charon", [])
+        diffs = [same, "driver: our minimal initiator (no NAT-D, MOBIKE or fragmentation notifies), "
+                 f"{inflight} in flight, 16 source addresses",
+                 "ours: one process (workers = 1, the default); charon: threads = 16 on both CPUs"]
+        figs.append(results_io.figure(
+            f"setup_cpu_{auth}", f"responder CPU per IKE_SA ({auth.upper()}, minimal driver)",
+            results_io.sample([r.cpu_ms for r in ours], "ms"), results_io.sample([r.cpu_ms for r in ch], "ms"),
+            differences=diffs, readme=True))
+        figs.append(results_io.figure(
+            f"setup_rate_{auth}", f"IKE_SA setups per second ({auth.upper()}, driver and responder on the same 2 CPUs)",
+            results_io.sample([r.rate for r in ours], "/s", 0), results_io.sample([r.rate for r in ch], "/s", 0),
+            better="higher", differences=[*diffs, "the driver shares the CPUs: a driver-bound rate"], readme=False))
+        w1 = [r.capacity for r in ours]
+        for impl, rs in by.items():
+            if not impl.startswith("ours-w") or not w1:
+                continue
+            n = int(impl.partition("-w")[2])
+            pairs = list(zip(sorted(w1), sorted(r.capacity for r in rs), strict=False))
+            figs.append(results_io.figure(
+                f"setup_capacity_w{n}_{auth}",
+                f"IKE_SA setup capacity, workers = {n} over workers = 1 ({auth.upper()}, CPU-normalised)",
+                results_io.sample([b / a for a, b in pairs if a], "x", 2), None, better="higher",
+                differences=["CPU-normalised: the batch's IKE_SAs over the CPU seconds of the busiest worker (the "
+                             "rate with a core per worker); the driver shares the machine's 2 CPUs, so the wall "
+                             "rate cannot show it",
+                             f"workers = {n}: " + ", ".join(f"{r.capacity:.0f}/s" for r in rs)
+                             + "; workers = 1: " + ", ".join(f"{c:.0f}/s" for c in w1)],
+                readme=True))
+    return figs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -525,20 +611,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--source-ips", type=int, default=16)
     ap.add_argument("--auth", default="psk,rsa")
-    ap.add_argument("--impl", default="ours,charon")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--impl", default="ours,ours-w2,charon",
+                    help="responders, interleaved: ours, ours-wN (workers = N), charon")
     ap.add_argument("--profile", metavar="DIR", help="py-spy our responder during the measured batches "
                     "(needs `pip install py-spy` in the venv); collapsed stacks and hot spots go to DIR")
     ap.add_argument("--charon-plugins", default=None,
                     help="charon's plugin load list (default: the lab's, without kernel-libipsec; the order "
                     "decides which plugin serves a feature, e.g. gmp or openssl for RSA)")
+    results_io.add_args(ap, rounds=3)
     a = ap.parse_args(args_in)
+    rounds = results_io.rounds_of(a)
+    if a.quick:
+        a.count, a.warmup = 60, 10
+    header = results_io.start_header(args_in, "bench/ike_setup_rate.py")
     prof = Path(a.profile) if a.profile else None
     if prof:
         prof.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()[0]
     res = run_bench(a.count, a.inflight, a.auth.split(","), a.impl.split(","), a.drivers, a.warmup,
-                    a.source_ips, profile=prof, charon_plugins=a.charon_plugins)
+                    a.source_ips, profile=prof, charon_plugins=a.charon_plugins, rounds=rounds)
     text = table(res, a.inflight, a.drivers, a.warmup, (load0, os.getloadavg()[0]))
     if a.charon_plugins:
         text += f"charon plugins: {a.charon_plugins}\n"
@@ -547,10 +638,8 @@ def main(argv: list[str] | None = None) -> int:
             hs = hot_spots(f)
             (prof / f"hotspots-{f.stem}.txt").write_text(hs)
             text += f"\nprofile of our responder, {f.stem}:\n{hs}"
-    print(text, end="")
-    if a.out != "-":
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
+    header = results_io.finish_header(header, a.quick, rounds)
+    results_io.write_results(a.out, "ike_setup_rate", header, figures_of(res, a.inflight), text)
     return 0
 
 

@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""Responder CPU per IKE_SA with a real strongSwan initiator: our iked vs charon as the responder.
+
+The load is what users' peers send: a strongSwan 5.9 charon in netns ``alice`` initiates ``--count``
+IKE_SAs, each its own connection with its own identity (PSK: ``cN@bench``; RSA: certificates
+``CN=cN`` from one CA, RSA-2048, each sent in IKE_AUTH), with everything charon puts into its messages by
+default: NAT-D, FRAGMENTATION_SUPPORTED, SIGNATURE_HASH_ALGORITHMS and REDIRECT_SUPPORTED in IKE_SA_INIT,
+MOBIKE_SUPPORTED, INITIAL_CONTACT and the move to port 4500 (MOBIKE, RFC 4555 without NAT) in IKE_AUTH.
+The IKE_SAs are childless (RFC 6023: no data plane on either side). ``--inflight`` initiations run at
+once (one vici ``initiate`` per thread, each waiting for its IKE_SA).
+
+The responder in netns ``bob``, fresh for each measurement, after ``--warmup`` IKE_SAs: our iked (users'
+defaults: one worker, log_level warning) or charon 5.9.8 (openssl before gmp, log level 0, 16 threads).
+Same settings both sides: proposal aes128gcm16-prfsha256-x25519, COOKIEs off on both (thresholds raised to
+10^6: the load comes from one address, and both would otherwise demand COOKIEs of it), unique = never.
+The figure: responder CPU (utime + stime of all its processes/threads, /proc) over the measured batch
+divided by the IKE_SAs it established. Rounds interleave the responders (ours, charon, charon, ours ...).
+
+    .venv/bin/python bench/charon_initiator.py --rounds 3 --out bench/results/charon_initiator.txt
+    .venv/bin/python bench/charon_initiator.py --profile /tmp/prof   # py-spy our responder too
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+_VENV_PY = ROOT / ".venv" / "bin" / "python"
+if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+    os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io  # noqa: E402
+from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, hot_spots, proc_cpu  # noqa: E402
+
+PROPOSAL = "aes128gcm16-prfsha256-x25519"
+PSK = "charon-initiator-bench-secret-0123456789"
+RESP_IP, INIT_IP = "192.0.2.2", "192.0.2.1"
+RESP_ID = "responder@bench"
+
+
+# ====================================================================== credentials
+@dataclass
+class Pki:
+    ca_pem: bytes
+    resp: tuple[bytes, bytes]  # key, certificate (PEM)
+    clients: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def make_pki(n: int) -> Pki:
+    """A CA, the responder's certificate (CN=responder) and `n` client certificates (CN=cK), RSA-2048."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key() -> rsa.RSAPrivateKey:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def pem(k: rsa.RSAPrivateKey) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    ca_key = key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bench"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, serial: int) -> tuple[bytes, bytes]:
+        k = key()
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bench"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        c = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(k.public_key())
+             .serial_number(serial).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=2))
+             .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{cn}.bench")]), critical=False)
+             .sign(ca_key, hashes.SHA256()))
+        return pem(k), c.public_bytes(serialization.Encoding.PEM)
+
+    return Pki(ca.public_bytes(serialization.Encoding.PEM), leaf("responder", 2),
+               [leaf(f"c{i}", 10 + i) for i in range(n)])
+
+
+# ====================================================================== the two responders
+class Responder:
+    impl = ""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def pids(self) -> list[int]: raise NotImplementedError
+    def held(self) -> int: raise NotImplementedError
+
+
+class Ours(Responder):
+    impl = "ours"
+
+    def __init__(self, lab: Any, auth: str, pki: Pki) -> None:
+        from scenarios.lab.iked import Iked
+
+        files: dict[str, bytes | str] = {}
+        out = [f'[daemon]\nlisten = ["{RESP_IP}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "warning"\n'
+               'cookie_threshold = 1000000\ncookie_threshold_ip = 1000000\n']
+        if auth == "psk":
+            out.append(f'[[secrets.ike]]\nsecret = "{PSK}"\n')
+            local = f'{{ auth = "psk", id = "{RESP_ID}" }}'
+            remote = '{ auth = "psk", id = "%any" }'
+        else:
+            files.update({"resp.key": pki.resp[0], "resp.crt": pki.resp[1], "ca.crt": pki.ca_pem})
+            out.append('[[secrets.private]]\nfile = "resp.key"\n[[secrets.ca]]\nfile = "ca.crt"\n')
+            local = '{ auth = "pubkey", id = "responder.bench", certs = ["resp.crt"] }'
+            remote = '{ auth = "pubkey", id = "%any" }'
+        out.append(f'[connections.bench]\nlocal_addrs = ["{RESP_IP}"]\nremote_addrs = ["%any"]\n'
+                   f'proposals = "{PROPOSAL}"\nunique = "no"\nlocal = {local}\nremote = {remote}\n')
+        self.iked = Iked(lab, "bob", "\n".join(out), name=f"iked-{auth}", files=files)
+
+    def start(self) -> None:
+        self.iked.start()
+
+    def stop(self) -> None:
+        self.iked.stop()
+
+    def pids(self) -> list[int]:
+        root = find_pid(self.iked.proc.pid, "python")
+        kids = [int(k) for k in Path(f"/proc/{root}/task/{root}/children").read_text().split()]
+        return [root, *kids]
+
+    def held(self) -> int:
+        return sum(1 for s in self.iked.list_sas() if s.get("state") == "ESTABLISHED")
+
+
+class Charon(Responder):
+    impl = "charon"
+
+    def __init__(self, lab: Any, auth: str, pki: Pki) -> None:
+        from scenarios.lab.charon import Charon as CharonProc
+
+        if auth == "psk":
+            local = f"auth = psk\n      id = {RESP_ID}"
+            remote = "auth = psk\n      id = %any"
+            secrets = f'secrets {{\n  ike-bench {{\n    secret = "{PSK}"\n  }}\n}}\n'
+        else:
+            local = "auth = pubkey\n      id = responder.bench\n      certs = resp.crt"
+            remote = "auth = pubkey\n      id = %any\n      cacerts = ca.crt"
+            secrets = ""
+        conf = (f"connections {{\n  bench {{\n    local_addrs = {RESP_IP}\n    proposals = {PROPOSAL}\n"
+                f"    unique = never\n    rekey_time = 0\n    childless = allow\n"
+                f"    local {{\n      {local}\n    }}\n    remote {{\n      {remote}\n    }}\n  }}\n}}\n{secrets}")
+        self.charon = CharonProc(lab, "bob", name=f"charon-{auth}", conf=conf, settings=CHARON_SETTINGS,
+                                 plugins=CHARON_PLUGINS, ike_level=0, log_levels={"default": 0})
+        if auth != "psk":
+            self.charon.add_file("private", "resp.key", pki.resp[0])
+            self.charon.add_file("x509", "resp.crt", pki.resp[1])
+            self.charon.add_file("x509ca", "ca.crt", pki.ca_pem)
+
+    def start(self) -> None:
+        self.charon.start()
+
+    def stop(self) -> None:
+        self.charon.stop()
+
+    def pids(self) -> list[int]:
+        return [find_pid(self.charon.proc.pid, "charon")]
+
+    def held(self) -> int:
+        from scenarios.lab.charon import decode
+
+        with contextlib.closing(self.charon.vici(timeout=30)) as s:
+            stats = decode(s.stats())
+        return int(stats["ikesas"]["total"])
+
+
+# ====================================================================== the initiator (charon in alice)
+def initiator(lab: Any, auth: str, pki: Pki, n: int, name: str, threads: int = 64) -> Any:
+    """charon with connections c0..c{n-1}, one identity each (swanctl defaults otherwise: MOBIKE,
+    fragmentation, NAT-D; no CHILD_SA: `initiate` of the IKE_SA alone is childless, RFC 6023)."""
+    from scenarios.lab.charon import Charon as CharonProc
+
+    conns = []
+    for i in range(n):
+        if auth == "psk":
+            local = f"auth = psk\n      id = c{i}@bench"
+            remote = f"auth = psk\n      id = {RESP_ID}"
+        else:
+            # send_cert = always: our responder sends no CERTREQ, so charon's default (ifasked) would
+            # leave the certificate out for ours only
+            local = f"auth = pubkey\n      certs = c{i % len(pki.clients)}.crt"
+            remote = "auth = pubkey\n      id = responder.bench\n      cacerts = ca.crt"
+        conns.append(f"  c{i} {{\n    local_addrs = {INIT_IP}\n    remote_addrs = {RESP_IP}\n"
+                     f"    proposals = {PROPOSAL}\n    version = 2\n    rekey_time = 0\n"
+                     + ("    send_cert = always\n" if auth != "psk" else "")
+                     + f"    local {{\n      {local}\n    }}\n    remote {{\n      {remote}\n    }}\n  }}\n")
+    secrets = f'secrets {{\n  ike-1 {{\n    secret = "{PSK}"\n  }}\n}}\n' if auth == "psk" else ""
+    ch = CharonProc(lab, "alice", name=name, conf="connections {\n" + "".join(conns) + "}\n" + secrets,
+                    # each waiting vici initiate holds one of charon's threads: many more than --inflight
+                    settings=f"threads = {threads}\nretransmit_tries = 3\n",
+                    plugins=CHARON_PLUGINS, ike_level=0, log_levels={"default": 0})
+    if auth != "psk":
+        ch.add_file("x509ca", "ca.crt", pki.ca_pem)
+        for k, (key, cert) in enumerate(pki.clients):
+            ch.add_file("private", f"c{k}.key", key)
+            ch.add_file("x509", f"c{k}.crt", cert)
+    return ch
+
+
+def initiate_all(init: Any, names: list[str], inflight: int, timeout: float) -> tuple[int, list[str]]:
+    """vici initiate of every name, `inflight` at a time (each call waits for its IKE_SA)."""
+    from scenarios.lab.charon import CharonError
+
+    todo = list(reversed(names))
+    lock = threading.Lock()
+    ok: list[str] = []
+    failed: list[str] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                name = todo.pop()
+            try:
+                init.initiate(ike=name, timeout=timeout)
+                with lock:
+                    ok.append(name)
+            except CharonError as e:
+                with lock:
+                    failed.append(f"{name}: {str(e).splitlines()[0]}")
+
+    threads = [threading.Thread(target=work) for _ in range(inflight)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(ok), failed
+
+
+@dataclass
+class Run:
+    impl: str
+    auth: str
+    established: int
+    failed: list[str]
+    seconds: float
+    resp_cpu: float
+    init_cpu: float
+    held: int
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000.0 * self.resp_cpu / max(1, self.established)
+
+
+def measure(lab: Any, resp: Responder, auth: str, pki: Pki, count: int, warmup: int, inflight: int, run: int,
+            profile: Path | None) -> Run:
+    init = initiator(lab, auth, pki, warmup + count, f"init-{resp.impl}-{auth}-{run}", threads=4 * inflight + 16)
+    resp.start()
+    spy = None
+    try:
+        init.start()
+        pids = resp.pids()
+        if warmup:
+            initiate_all(init, [f"c{i}" for i in range(warmup)], inflight, 30.0)
+        if profile is not None and resp.impl == "ours":
+            spy = _py_spy(pids[0], profile / f"{resp.impl}-{auth}-{run}.txt")
+        ipid = find_pid(init.proc.pid, "charon")
+        cpu0, icpu0 = sum(proc_cpu(p) for p in pids), proc_cpu(ipid)
+        t0 = time.monotonic()
+        n, failed = initiate_all(init, [f"c{i}" for i in range(warmup, warmup + count)], inflight, 30.0)
+        secs = time.monotonic() - t0
+        cpu1, icpu1 = sum(proc_cpu(p) for p in pids), proc_cpu(ipid)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+        held = resp.held()
+    finally:
+        with contextlib.suppress(Exception):
+            init.stop()
+        resp.stop()
+    return Run(resp.impl, auth, n, failed, secs, cpu1 - cpu0, icpu1 - icpu0, held)
+
+
+def _py_spy(pid: int, out: Path) -> Any:
+    import subprocess
+
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        print("py-spy not installed in the venv; no profile", file=sys.stderr)
+        return None
+    return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "1000",
+                             "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--count", type=int, default=300, help="measured IKE_SAs per responder, auth and round")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--inflight", type=int, default=16)
+    ap.add_argument("--auth", default="psk,rsa")
+    ap.add_argument("--impl", default="ours,charon")
+    ap.add_argument("--identities", type=int, default=16, help="RSA: client certificates (cycled)")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy our responder (collapsed stacks, hot spots)")
+    results_io.add_args(ap, rounds=3)
+    a = ap.parse_args(args_in)
+    rounds = results_io.rounds_of(a)
+    if a.quick:
+        a.count, a.warmup, a.identities = 20, 4, 4
+    header = results_io.start_header(args_in, "bench/charon_initiator.py")
+    prof = Path(a.profile) if a.profile else None
+    if prof:
+        prof.mkdir(parents=True, exist_ok=True)
+    from scenarios.lab import cleanup_orphans, two_hosts
+
+    cleanup_orphans()
+    pki = make_pki(a.identities)
+    lab = two_hosts(inner=False)
+    runs: list[Run] = []
+    try:
+        for rnd, impl in results_io.interleave(rounds, a.impl.split(",")):
+            for auth in a.auth.split(","):
+                resp: Responder = Ours(lab, auth, pki) if impl == "ours" else Charon(lab, auth, pki)
+                r = measure(lab, resp, auth, pki, a.count, a.warmup, a.inflight, rnd, prof)
+                runs.append(r)
+                print(f"  round {rnd + 1} {impl:6} {auth}: {r.established}/{a.count} in {r.seconds:.1f} s, responder "
+                      f"CPU {r.cpu_ms:.3f} ms/IKE_SA, initiator {1000 * r.init_cpu / max(1, r.established):.3f} ms"
+                      + (f", failed: {r.failed[:3]}" if r.failed else ""), file=sys.stderr, flush=True)
+    finally:
+        lab.teardown()
+    lines = [f"{'round':5} {'auth':4} {'responder':9} {'IKE_SAs':>8} {'held':>6} {'seconds':>8} {'CPU ms/SA':>10} "
+             f"{'initiator ms/SA':>16}"]
+    for i, r in enumerate(runs):
+        lines.append(f"{i // max(1, len(a.auth.split(','))) + 1:5} {r.auth:4} {r.impl:9} {r.established:8d} "
+                     f"{r.held:6d} {r.seconds:8.1f} {r.cpu_ms:10.3f} {1000 * r.init_cpu / max(1, r.established):16.3f}")
+        if r.failed:
+            lines.append(f"      failed: {len(r.failed)}: {r.failed[:3]}")
+    figures = []
+    for auth in a.auth.split(","):
+        o = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "ours" and r.established]
+        c = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "charon" and r.established]
+        what = ("PSK, one identity per IKE_SA" if auth == "psk"
+                else f"RSA-2048 certificates from one CA, {a.identities} identities")
+        figures.append(results_io.figure(
+            f"charon_initiator_cpu_{auth}", f"responder CPU per IKE_SA with a strongSwan initiator ({what})",
+            results_io.sample(o, "ms"), results_io.sample(c, "ms"),
+            differences=["same on both sides: childless IKE_SAs from charon 5.9.8 (NAT-D, fragmentation, "
+                         "signature hash, redirect and MOBIKE notifies, float to 4500), " + PROPOSAL
+                         + ", COOKIEs off (thresholds 10^6 on both), unique = never, no data plane",
+                         "ours: users' defaults (one worker process, log_level warning); charon: log level 0, "
+                         "16 threads on 2 CPUs (its CPU is the sum over threads)"],
+            readme=True))
+    if prof:
+        for f in sorted(prof.glob("ours-*.txt")):
+            hs = hot_spots(f)
+            (prof / f"hotspots-{f.stem}.txt").write_text(hs)
+    header = results_io.finish_header(header, a.quick, rounds)
+    results_io.write_results(a.out, "charon_initiator", header, figures, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
