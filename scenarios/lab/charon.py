@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -280,20 +279,21 @@ class Charon:
                  interval: float = 0.01) -> re.Match[str]:
         """Tail charon.log from offset ``since`` until a line matches ``regex``; returns the match."""
         pattern = re.compile(regex, re.MULTILINE)
-        deadline = time.monotonic() + timeout
         buf, pos = "", since
-        while True:
+
+        def found() -> re.Match[str] | None:
+            nonlocal buf, pos
             chunk = self.log_text(pos)
-            if chunk:
-                pos += len(chunk.encode())
-                buf += chunk
-                m = pattern.search(buf)
-                if m:
-                    return m
-            if time.monotonic() >= deadline:
-                raise CharonError(f"{self.host}: no log line matching {regex!r} within {timeout}s\n"
-                                  f"{self.log_tail()}")
-            time.sleep(interval)
+            if not chunk:
+                return None
+            pos += len(chunk.encode())
+            buf += chunk
+            return pattern.search(buf)
+
+        try:
+            return wait_for(found, timeout, interval, what=f"a log line matching {regex!r} on {self.host}")
+        except TimeoutError as e:
+            raise CharonError(f"{e}\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 30) -> str:
         text = self.log_text() or read_text(self.dir / "stdout.log")
