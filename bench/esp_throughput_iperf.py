@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """TCP throughput (iperf3) through an IKEv2 tunnel: our iked (userspace ESP over TUN) on both ends vs
-strongSwan charon with kernel-libipsec on both ends, in the same two namespaces (``two_hosts``).
+strongSwan charon with kernel-libipsec (strongSwan's userspace ESP fallback: this kernel has no ESP) on
+both ends, in the same two namespaces (``two_hosts``, one veth link), ESP-in-UDP on both sides.
 
-Usage (root): .venv/bin/python bench/esp_throughput_iperf.py [--seconds 10] [--modes ours-udp,ours-esp,charon]
-              [--esp aes128gcm16] [--out bench/results/esp_throughput.txt]
+Usage (root):
+    bench/esp_throughput_iperf.py [--quick] [--rounds 3] [--seconds 6] [--sides ...] [--esp aes128gcm16]
+                                  [--out bench/results/esp_throughput_iperf.txt]
 
-Tunnel: an aes128gcm16 CHILD_SA (or the ESP proposal of ``--esp``, e.g. chacha20poly1305) between the inner addresses 10.10.1.1 (alice) and 10.10.2.1 (bob).
-``ours-udp``: iked with ``encap = true`` (ESP-in-UDP on 4500, as charon+kernel-libipsec always does);
-``ours-esp``: iked with plain ESP (IP protocol 50). For each mode iperf3 runs alice -> bob and bob -> alice
-(``-R``); the CPU column is the ESP process (iked / charon) CPU time over the run / wall time, per side.
+Sides: ``charon`` and ``ours:STEPS`` where STEPS is the ``IKEME_ESP_OFFLOAD`` value (core_ike/io/fastpath.py):
+``none`` (one TUN read, one seal, one send per packet; the transport's reads), ``tso`` (TSO super-packets
+from the TUN device, cut into segments by us), ``tso,gso`` (+ one UDP_SEGMENT send per run of ESP packets),
+``tso,gso,gro`` (+ UDP_GRO reads), ``all`` (+ decrypted segments coalesced into one TUN write: users'
+default). Each round runs every side once, alternating the order (results_io.interleave); each side
+gets a fresh pair of daemons, iperf3 runs alice -> bob and bob -> alice (``-R``). CPU = the ESP
+process's CPU time over the run / wall time (100 % = one core), on the sending and the receiving host.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io  # noqa: E402
 
 from scenarios.lab import Lab, cleanup_orphans, two_hosts  # noqa: E402
 from scenarios.lab.charon import Charon  # noqa: E402
@@ -36,11 +44,12 @@ A_IN, B_IN = "10.10.1.1", "10.10.2.1"
 PSK = "bench-secret-0123456789abcdef"
 HZ = os.sysconf("SC_CLK_TCK")
 BASE_ESP = "aes128gcm16"  # what iked_psk_toml / charon_psk_conf write
+DEFAULT_SIDES = "none,tso,tso+gso,tso+gso+gro,all,charon"
+DIRECTIONS = ("alice->bob", "bob->alice")
 
 
-def iked_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, encap: bool,
-              esp: str = BASE_ESP) -> str:
-    toml = iked_psk_toml(me, peer, my_id, peer_id, lts, rts, PSK, encap=encap, extra_daemon='log_level = "info"')
+def iked_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, esp: str = BASE_ESP) -> str:
+    toml = iked_psk_toml(me, peer, my_id, peer_id, lts, rts, PSK, encap=True, extra_daemon='log_level = "info"')
     return toml.replace(f'esp_proposals = "{BASE_ESP}"', f'esp_proposals = "{esp}"')
 
 
@@ -65,8 +74,8 @@ def cpu_ticks(lab: Lab, host: str, comms: tuple[str, ...]) -> int:
     return total
 
 
-def iperf(lab: Lab, seconds: float, reverse: bool, comms: tuple[str, ...]) -> tuple[float, float, float]:
-    """(Mbit/s received, CPU% alice, CPU% bob) of one iperf3 TCP run alice -> bob (or -R)."""
+def iperf(lab: Lab, seconds: float, reverse: bool, comms: tuple[str, ...]) -> dict[str, float]:
+    """One iperf3 TCP run alice -> bob (or -R): Mbit/s received, retransmits, CPU % per host."""
     srv = lab.popen("bob", ["iperf3", "-s", "-1", "-B", B_IN], lab.dir / "iperf3-server.log")
     wait_for(lambda: f"{B_IN}:5201" in lab.run("bob", ["ss", "-ltn"], check=False).stdout, 5,
              interval=0.05, what="iperf3 -s")
@@ -80,21 +89,34 @@ def iperf(lab: Lab, seconds: float, reverse: bool, comms: tuple[str, ...]) -> tu
     try:
         data: Any = json.loads(res.stdout)
         bps = float(data["end"]["sum_received"]["bits_per_second"])
+        retrans = float(data["end"]["sum_sent"].get("retransmits", 0))
     except (ValueError, KeyError) as e:
         raise RuntimeError(f"iperf3 failed: {e}\n{res.stdout[-2000:]}\n{res.stderr}") from e
     cpu = {h: 100.0 * (c1[h] - c0[h]) / HZ / wall for h in c0}
-    return bps / 1e6, cpu["alice"], cpu["bob"]
+    sender, receiver = ("bob", "alice") if reverse else ("alice", "bob")
+    return {"mbps": bps / 1e6, "retrans": retrans, "cpu_tx": cpu[sender], "cpu_rx": cpu[receiver]}
 
 
-def run_mode(lab: Lab, mode: str, seconds: float, esp: str = BASE_ESP) -> dict[str, tuple[float, float, float]]:
-    if mode.startswith("ours"):
-        encap = mode == "ours-udp"
-        a = Iked(lab, "alice", iked_conf(A, B, "alice@lab", "bob@lab", A_IN, B_IN, encap, esp), name=f"iked-{mode}")
-        b = Iked(lab, "bob", iked_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, encap, esp), name=f"iked-{mode}")
+def tun_mtu(lab: Lab, host: str) -> str:
+    out = lab.run(host, ["ip", "-o", "link", "show"], check=False).stdout
+    for line in out.splitlines():
+        if "ipsec" in line or "tun" in line:
+            parts = line.split()
+            if "mtu" in parts:
+                return parts[parts.index("mtu") + 1]
+    return "?"
+
+
+def run_side(lab: Lab, side: str, seconds: float, esp: str) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    info: dict[str, Any] = {}
+    if side.startswith("ours"):
+        env = {"IKEME_ESP_OFFLOAD": side.split(":", 1)[1]}
+        a = Iked(lab, "alice", iked_conf(A, B, "alice@lab", "bob@lab", A_IN, B_IN, esp), name="iked-bench")
+        b = Iked(lab, "bob", iked_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, esp), name="iked-bench")
         daemons: list[Any] = [a, b]
         comms: tuple[str, ...] = ("python",)
-        a.start()
-        b.start()
+        a.start(env=env)
+        b.start(env=env)
         a.up("net", "net")
         b.wait_sas(lambda s: len(s) == 1 and s[0]["child-sas"])
     else:
@@ -109,51 +131,121 @@ def run_mode(lab: Lab, mode: str, seconds: float, esp: str = BASE_ESP) -> dict[s
     try:
         sent, received, out = lab.ping("alice", B_IN, source=A_IN, count=3, interval=0.05)
         if received != sent:
-            raise RuntimeError(f"{mode}: tunnel does not pass ping\n{out}")
-        return {"alice->bob": iperf(lab, seconds, False, comms), "bob->alice": iperf(lab, seconds, True, comms)}
+            raise RuntimeError(f"{side}: tunnel does not pass ping\n{out}")
+        info["tun_mtu"] = tun_mtu(lab, "alice")
+        res = {"alice->bob": iperf(lab, seconds, False, comms), "bob->alice": iperf(lab, seconds, True, comms)}
+        if side.startswith("ours"):
+            st = daemons[0].ctl({"cmd": "stats"}).get("stats", {})
+            info["dataplane_alice"] = st.get("dataplane", {})
+        return res, info
     finally:
         for d in daemons:
             d.stop()
 
 
-def main() -> int:
+def label_of(side: str) -> str:
+    if side == "charon":
+        return "charon (kernel-libipsec)"
+    steps = side.split(":", 1)[1]
+    return {"none": "ours, no offload", "all": "ours, all offloads (default)"}.get(steps, f"ours, {steps}")
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--modes", default="ours-udp,ours-esp,charon")
+    results_io.add_args(ap, rounds=3)
+    ap.add_argument("--seconds", type=float, default=None, help="iperf3 time per direction (default 6, 2 with --quick)")
+    ap.add_argument("--sides", default=DEFAULT_SIDES,
+                    help="comma-separated: 'charon' or an IKEME_ESP_OFFLOAD value with '+' between steps "
+                         "(default: %(default)s; with --quick: none,all,charon)")
     ap.add_argument("--esp", default=BASE_ESP, help="the CHILD_SA's ESP proposal (default: %(default)s)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "esp_throughput.txt"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    rounds = results_io.rounds_of(args)
+    seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 6.0)
+    text = "none,all,charon" if args.quick and args.sides == DEFAULT_SIDES else args.sides
+    sides = [s if s == "charon" else "ours:" + s.replace("+", ",") for s in text.split(",") if s]
     if os.geteuid() != 0 or not shutil.which("iperf3"):
         print("needs root and iperf3", file=sys.stderr)
         return 2
+    header = results_io.start_header(argv if argv is not None else sys.argv[1:])
     cleanup_orphans()
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {s: [] for s in sides}
+    infos: dict[str, dict[str, Any]] = {}
     lab = two_hosts()
-    results: dict[str, dict[str, tuple[float, float, float]]] = {}
     try:
-        for mode in args.modes.split(","):
-            results[mode] = run_mode(lab, mode, args.seconds, args.esp)
-            print(mode, results[mode], flush=True)
+        for r, side in results_io.interleave(rounds, sides):
+            res, info = run_side(lab, side, seconds, args.esp)
+            runs[side].append(res)
+            infos[side] = info
+            print(f"round {r + 1} {side}: " + ", ".join(
+                f"{d} {v['mbps']:.0f} Mbit/s (CPU tx {v['cpu_tx']:.0f} % rx {v['cpu_rx']:.0f} %, "
+                f"{v['retrans']:.0f} retransmits)" for d, v in res.items()), flush=True)
     finally:
         lab.teardown()
-    lines = [f"# iperf3 TCP through an {args.esp} CHILD_SA, two_hosts veth, {args.seconds:g} s per direction",
-             f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.uname().release}, {os.cpu_count()} CPUs; "
-             "CPU% = ESP process CPU time / wall time (100% = one core)",
-             f"{'mode':<10} {'direction':<11} {'Mbit/s':>9} {'CPU% alice':>11} {'CPU% bob':>9}"]
-    for mode, dirs in results.items():
-        for d, (mbps, ca, cb) in dirs.items():
-            lines.append(f"{mode:<10} {d:<11} {mbps:>9.1f} {ca:>11.0f} {cb:>9.0f}")
-    if "charon" in results:
-        lines.append("")
-        for mode in results:
-            if mode == "charon":
-                continue
-            for d in results[mode]:
-                ratio = results[mode][d][0] / results["charon"][d][0]
-                lines.append(f"ratio {mode}/charon {d}: {ratio:.2f}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    header = results_io.finish_header(header, args.quick, rounds)
+    return report(args, header, sides, runs, infos, seconds)
+
+
+def values(runs: list[dict[str, dict[str, float]]], key: str) -> list[float]:
+    return [r[d][key] for r in runs for d in DIRECTIONS]
+
+
+def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, list[dict[str, dict[str, float]]]],
+           infos: dict[str, dict[str, Any]], seconds: float) -> int:
+    differences = [
+        "charon: kernel-libipsec, strongSwan's userspace ESP fallback (this kernel has no ESP/XFRM); "
+        "ours: the userspace data plane, users' defaults (all offloads on)",
+        f"same CHILD_SA both sides: {args.esp}, ESP-in-UDP on port 4500, one veth link between two namespaces",
+        "ours: one Python process per host; charon: kernel-libipsec's threads",
+        f"TUN MTU: ours {infos.get(next((s for s in sides if s.startswith('ours')), ''), {}).get('tun_mtu', '?')}, "
+        f"charon {infos.get('charon', {}).get('tun_mtu', '?')}",
+        "iperf3 client and server and both daemons share the machine's 2 CPUs (and other sessions' work)",
+    ]
+    ours_main = "ours:all" if "ours:all" in runs else next((s for s in sides if s.startswith("ours")), None)
+    figs = []
+    ch = runs.get("charon") or []
+    if ours_main:
+        o = runs[ours_main]
+        figs.append(results_io.figure(
+            "esp_tcp_throughput", "ESP TCP throughput through a tunnel (iperf3, both directions)",
+            results_io.sample(values(o, "mbps"), "Mbit/s", 1), results_io.sample(values(ch, "mbps"), "Mbit/s", 1),
+            better="higher", differences=differences, readme=True))
+        for key, what in (("cpu_tx", "sending"), ("cpu_rx", "receiving")):
+            figs.append(results_io.figure(
+                f"esp_{key}", f"CPU of the ESP process on the {what} host (100 % = one core)",
+                results_io.sample(values(o, key), "%", 1), results_io.sample(values(ch, key), "%", 1),
+                better=None, differences=["the same runs as the throughput figure"], readme=False))
+        eff_o = [r[d]["mbps"] / max(1e-9, (r[d]["cpu_tx"] + r[d]["cpu_rx"]) / 100) for r in o for d in DIRECTIONS]
+        eff_c = [r[d]["mbps"] / max(1e-9, (r[d]["cpu_tx"] + r[d]["cpu_rx"]) / 100) for r in ch for d in DIRECTIONS]
+        figs.append(results_io.figure(
+            "esp_mbps_per_core", "throughput per core the two ESP processes use (Mbit/s / (CPU tx + rx))",
+            results_io.sample(eff_o, "Mbit/s per core", 1), results_io.sample(eff_c, "Mbit/s per core", 1),
+            better="higher", differences=["less sensitive to the machine's load than Mbit/s"], readme=False))
+    for side in sides:
+        if side == "charon" or side == ours_main:
+            continue
+        figs.append(results_io.figure(
+            f"esp_tcp_{side.split(':', 1)[1].replace(',', '_')}", f"ESP TCP throughput, {label_of(side)}",
+            results_io.sample(values(runs[side], "mbps"), "Mbit/s", 1), None, better="higher",
+            differences=[f"IKEME_ESP_OFFLOAD={side.split(':', 1)[1]}; other sides in the table above"], readme=False))
+    lines = [f"iperf3 TCP, {seconds:g} s per direction, {len(next(iter(runs.values())))} round(s); "
+             "medians over both directions and all rounds (min-max)",
+             f"{'side':<34} {'Mbit/s':>22} {'CPU tx %':>9} {'CPU rx %':>9} {'Mbit/s/core':>12} {'retrans':>8}"]
+    for side in sides:
+        rs = runs[side]
+        mb = results_io.sample(values(rs, "mbps"), "", 1)
+        if not mb:
+            continue
+        eff = [r[d]["mbps"] / max(1e-9, (r[d]["cpu_tx"] + r[d]["cpu_rx"]) / 100) for r in rs for d in DIRECTIONS]
+        med = results_io.sample(eff, "", 0)
+        tx = results_io.sample(values(rs, "cpu_tx"), "", 0)
+        rx = results_io.sample(values(rs, "cpu_rx"), "", 0)
+        rt = results_io.sample(values(rs, "retrans"), "", 0)
+        assert med and tx and rx and rt
+        lines.append(f"{label_of(side):<34} {mb['median']:>7.0f} ({mb['min']:.0f}-{mb['max']:.0f}){'':>4} "
+                     f"{tx['median']:>9.0f} {rx['median']:>9.0f} {med['median']:>12.0f} {rt['median']:>8.0f}")
+    notes = [f"{side}: data plane counters on alice after both directions: {infos[side]['dataplane_alice']}"
+             for side in sides if infos.get(side, {}).get("dataplane_alice")]
+    results_io.write_results(args.out, "esp_throughput_iperf", header, figs, "\n".join(lines), notes)
     return 0
 
 

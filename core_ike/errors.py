@@ -1,8 +1,12 @@
 """Errors typed by consequence (design principle 8).
 
 - DecodeError: the octets cannot be parsed; drop the datagram and log one line.
-- ProtocolError: the peer broke a rule; carries the notify to answer with (if any).
-- LocalError: our own caller misused the API or the configuration is inconsistent.
+- ProtocolError: the peer broke a rule (or refused ours); carries the notify to answer with (if any).
+- AuthenticationFailed: a ProtocolError whose cause is credentials: the peer's did not verify, ours
+  are missing, or the peer answered AUTHENTICATION_FAILED (RFC 7296 2.21.2). Callers that report
+  failures (the mediation client) tell it from other failures by type, never by message text.
+- LocalUsageError: our own caller misused the API or the configuration is inconsistent; nothing goes
+  to the peer. `LocalError` is the same class (the configuration loaders raise it by that name).
 Raised deep, caught once at the receive boundary.
 """
 
@@ -28,13 +32,18 @@ class ProtocolError(IkeError):
         self.data = data
 
 
-class AuthenticationError(ProtocolError):
+class AuthenticationFailed(ProtocolError):
+    """Credentials refused or missing; the peer learns AUTHENTICATION_FAILED (RFC 7296 2.21.2)."""
+
     def __init__(self, message: str) -> None:
         super().__init__(message, NotifyType.AUTHENTICATION_FAILED)
 
 
-class LocalError(IkeError):
-    """Local misuse or bad configuration."""
+class LocalUsageError(IkeError):
+    """Local misuse of the API or bad configuration."""
+
+
+LocalError = LocalUsageError
 
 
 class IntegrityError(DecodeError):

@@ -29,7 +29,7 @@ from core_ike.codec.payloads import IdPayload, NotifyPayload, Payload
 from core_ike.constants import ExchangeType, MeEndpointType, NotifyType, PayloadType
 from core_ike.errors import ProtocolError
 from core_ike.ike.config import IkeConfig
-from core_ike.ike.context import Task
+from core_ike.ike.context import IkeSaView, Task
 from core_ike.ike.engine import Engine, Extension
 from core_ike.ike.identity import Identity
 from core_ike.ike.sa import IkeSa
@@ -83,7 +83,7 @@ def _uid(sa_id: Hashable) -> int:
     return sa_id
 
 
-def _fixed(payloads: list[Payload]) -> Callable[[IkeSa, float], list[Payload]]:
+def _fixed(payloads: list[Payload]) -> Callable[[IkeSaView, float], list[Payload]]:
     return lambda sa, now: payloads
 
 
@@ -116,7 +116,7 @@ class MediationServer(Extension):
         return self.registry.lookup(identity)
 
     # ================================================================== Extension hooks
-    def tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
+    def tasks(self, sa: IkeSaView, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
         if initiator or msg is None:
             return []
         if exchange == ExchangeType.IKE_SA_INIT:
@@ -135,7 +135,7 @@ class MediationServer(Extension):
                 return [MeConnectResponder(self._on_connect, self.outbox)]
         return []
 
-    def config_score(self, cfg: IkeConfig, sa: IkeSa) -> int:
+    def config_score(self, cfg: IkeConfig, sa: IkeSaView) -> int:
         if sa.is_original_initiator:
             return 0
         me = sa.find_extension(MeSaState)
@@ -166,7 +166,7 @@ class MediationServer(Extension):
             self.outbox.send(waiter, MeConnectRequest(_fixed(build_callback(_id_peer(sa.peer_id)))), now)
             self.engine.emit(mev.CallbackSent(cb.requester, identity))
 
-    def on_destroyed(self, sa: IkeSa, now: float) -> None:
+    def on_destroyed(self, sa: IkeSaView, now: float) -> None:
         for task in self.outbox.drop(sa):
             if not task.completed and task.on_failed is not None:
                 task.completed = True
@@ -202,7 +202,7 @@ class MediationServer(Extension):
         self.engine.emit(mev.RelayFreed(r.id, r.a.identity, r.b.identity, reason, r.a.bytes_in, r.b.bytes_in))
 
     # ================================================================== IKE_AUTH
-    def _auth_answer(self, sa: IkeSa, msg: Message, want_srflx: bool, has_child: bool) -> None:
+    def _auth_answer(self, sa: IkeSaView, msg: Message, want_srflx: bool, has_child: bool) -> None:
         if not sa.mediation:
             return
         if has_child:
@@ -219,7 +219,7 @@ class MediationServer(Extension):
             msg.payloads.append(NotifyPayload(NotifyType.ME_ENDPOINT, encode_endpoint(ep)))
 
     # ================================================================== ME_CONNECT relay
-    def _on_connect(self, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    def _on_connect(self, sa: IkeSaView, msg: Message, now: float) -> list[Payload]:
         assert sa.peer_id is not None
         requester = sa.peer_id.canonical()
         if msg.notify(NotifyType.ME_CONNECT_FAILED) is not None:
@@ -249,7 +249,7 @@ class MediationServer(Extension):
         self._relay(sa, tsa, req, target_id, now)
         return []
 
-    def _relay(self, origin: IkeSa, target_sa: IkeSa, req: MeConnect, target_id: Identity, now: float) -> None:
+    def _relay(self, origin: IkeSaView, target_sa: IkeSaView, req: MeConnect, target_id: Identity, now: float) -> None:
         """docs/protocol.md §4.1 steps 4 and 7: ID_PEER rewritten to the requester, the rest copied."""
         assert origin.peer_id is not None
         requester, target, cid = origin.peer_id.canonical(), target_id.canonical(), req.connect_id
@@ -259,12 +259,12 @@ class MediationServer(Extension):
         payloads = build_relay(req, _id_peer(origin.peer_id))
         origin_id = origin.unique_id
 
-        def done(s: IkeSa, result: ConnectResult, t: float) -> None:
+        def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
             if not result.ok:  # the target refused: tell the other side (docs/protocol.md §4.5)
                 log.info("'%s' refused the ME_CONNECT from '%s'", target, requester)
                 self._send_failure(origin_id, cid, target_id, t)
 
-        def failed(s: IkeSa, reason: str, t: float) -> None:
+        def failed(s: IkeSaView, reason: str, t: float) -> None:
             log.info("relaying ME_CONNECT from '%s' to '%s' failed: %s", requester, target, reason)
             self._send_failure(origin_id, cid, target_id, t)
 
@@ -278,14 +278,13 @@ class MediationServer(Extension):
             def later(t: float) -> None:
                 if target_sa.established:
                     self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), t)
-                    self.engine.reschedule(target_sa)
 
             self._deferred.append((answered + ANSWER_GRACE, later))
         else:
             self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), now)
         self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
 
-    def _relayed_endpoint(self, origin: IkeSa, target_sa: IkeSa, req: MeConnect, requester: str, target: str,
+    def _relayed_endpoint(self, origin: IkeSaView, target_sa: IkeSaView, req: MeConnect, requester: str, target: str,
                           now: float) -> bytes | None:
         """Our extension: the RELAYED ME_ENDPOINT to append, when both mediation SAs negotiated it.
 
@@ -320,7 +319,7 @@ class MediationServer(Extension):
                                    NotifyPayload(NotifyType.ME_CONNECT_FAILED), _id_peer(about)]
         self.outbox.send(sa, MeConnectRequest(_fixed(payloads)), now)
 
-    def _forward_failure(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def _forward_failure(self, sa: IkeSaView, msg: Message, now: float) -> None:
         """A peer reports ME_CONNECT{IDp, N(ME_CONNECT_FAILED)}: forward it to IDp ([ME] §4)."""
         assert sa.peer_id is not None
         idp = msg.get(PayloadType.ID_PEER)

@@ -13,7 +13,6 @@ Encodings (RFC 7296 3.4 / RFC 5903 7 / RFC 8031 2):
 
 from __future__ import annotations
 
-import secrets
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..constants import DhId, NotifyType
 from ..errors import LocalError, ProtocolError
+from ..rng import Rng, randbits
 
 try:  # FFDH is deprecated in `cryptography` (still ~7x faster than pow()); keep a fallback
     from cryptography.hazmat.primitives.asymmetric import dh as _ffdh
@@ -128,7 +128,7 @@ class _ModpExchange:
 
     __slots__ = ("group", "public", "_g", "_key", "_x")
 
-    def __init__(self, group: int, private: int | None = None) -> None:
+    def __init__(self, group: int, private: int | None = None, rng: Rng | None = None) -> None:
         self.group = group
         self._g = _modp_group(group)
         self._key: _ffdh.DHPrivateKey | None = None
@@ -139,7 +139,9 @@ class _ModpExchange:
             y = int(key.public_key().public_numbers().y)
         else:
             if private is None:
-                private = secrets.randbits(_MODP_EXP_BITS[group]) | (1 << (_MODP_EXP_BITS[group] - 1))
+                if rng is None:
+                    raise LocalError("a MODP key exchange needs a private value or a random source")
+                private = randbits(rng, _MODP_EXP_BITS[group]) | (1 << (_MODP_EXP_BITS[group] - 1))
             self._x = private
             y = pow(2, private, self._g.p)
         self.public = y.to_bytes(self._g.length, "big")
@@ -247,10 +249,11 @@ def public_length(group: int) -> int:
         raise LocalError(f"unsupported DH group {group}") from None
 
 
-def new_key_exchange(group: int) -> KeyExchange:
-    """A fresh ephemeral key pair for `group` (a DhId value)."""
+def new_key_exchange(group: int, rng: Rng) -> KeyExchange:
+    """A fresh ephemeral key pair for `group` (a DhId value). `rng` draws the exponent of the MODP groups
+    computed here; the groups `cryptography` implements draw their private keys from OpenSSL's CSPRNG."""
     if group in _MODP_PRIMES:
-        return _ModpExchange(group)
+        return _ModpExchange(group, rng=rng)
     if group in _ECP_CURVES:
         return _EcpExchange(group)
     if group in _MONTGOMERY:

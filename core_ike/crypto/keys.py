@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import LocalError
+from ..rng import Rng
 from .prf import Prf, prf_plus
 from .sk import AeadProtector, CbcHmacProtector, key_lengths, make_protector
 
@@ -120,9 +121,9 @@ def derive_child_keys(
 
 
 def ike_protectors(
-    keys: IkeKeys, encr_id: int, key_bits: int | None, integ_id: int | None, initiator: bool,
+    keys: IkeKeys, encr_id: int, key_bits: int | None, integ_id: int | None, initiator: bool, rng: Rng,
 ) -> tuple[CbcHmacProtector | AeadProtector, CbcHmacProtector | AeadProtector]:
     """(outbound, inbound) SK protectors for the original initiator or responder (RFC 7296 2.14)."""
-    p_i = make_protector(encr_id, key_bits, integ_id, keys.sk_ei, keys.sk_ai)
-    p_r = make_protector(encr_id, key_bits, integ_id, keys.sk_er, keys.sk_ar)
+    p_i = make_protector(encr_id, key_bits, integ_id, keys.sk_ei, keys.sk_ai, rng=rng)
+    p_r = make_protector(encr_id, key_bits, integ_id, keys.sk_er, keys.sk_ar, rng=rng)
     return (p_i, p_r) if initiator else (p_r, p_i)

@@ -14,7 +14,6 @@ AEAD: AAD = prefix, nonce = salt | 8-octet explicit IV (RFC 5282 4, RFC 7634 2).
 from __future__ import annotations
 
 import hmac
-import os
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20
 
 from ..constants import EncrId, IntegId
 from ..errors import DecodeError, IntegrityError, LocalError
+from ..rng import Rng
 
 __all__ = ["key_lengths", "make_protector", "integ_icv_length", "CbcHmacProtector", "AeadProtector",
            "AEAD_ENCR", "SUPPORTED_ENCR", "SUPPORTED_INTEG"]
@@ -100,15 +100,16 @@ def _strip_padding(data: bytes) -> bytes:
 class CbcHmacProtector:
     """AES-CBC + HMAC-SHA* (RFC 3602 IV rules as used by RFC 7296 3.14)."""
 
-    __slots__ = ("_alg", "_sk_a", "_digest", "icv_size", "block_size", "iv_size")
+    __slots__ = ("_alg", "_sk_a", "_digest", "_rng", "icv_size", "block_size", "iv_size")
 
-    def __init__(self, sk_e: bytes, integ_id: int, sk_a: bytes) -> None:
+    def __init__(self, sk_e: bytes, integ_id: int, sk_a: bytes, rng: Rng) -> None:
         digest, key_len, self.icv_size = _INTEG[integ_id]
         if len(sk_a) != key_len:
             raise LocalError(f"integrity key is {len(sk_a)} octets, expected {key_len}")
         self._alg = algorithms.AES(sk_e)
         # one-shot HMAC per message: a keyed hmac object holds ~0.8 KiB of OpenSSL state per direction
         self._sk_a, self._digest = sk_a, digest
+        self._rng = rng
         self.block_size = self.iv_size = 16
 
     def sealed_length(self, plaintext_len: int) -> int:
@@ -125,7 +126,7 @@ class CbcHmacProtector:
 
     def seal(self, prefix: bytes, plaintext: bytes) -> bytes:
         pad = (-(len(plaintext) + 1)) % 16
-        iv = os.urandom(16)  # RFC 7296 3.14: random, unpredictable IV per message
+        iv = self._rng.bytes(16)  # RFC 7296 3.14: random, unpredictable IV per message
         enc = Cipher(self._alg, modes.CBC(iv)).encryptor()
         ct = enc.update(plaintext + bytes(pad) + bytes((pad,))) + enc.finalize()
         return iv + ct + self._icv(prefix, iv, ct)
@@ -147,7 +148,7 @@ class AeadProtector:
     __slots__ = ("_encr_id", "_key", "_salt", "_counter", "_truncated_gcm", "icv_size", "block_size",
                  "iv_size")
 
-    def __init__(self, encr_id: int, sk_e: bytes) -> None:
+    def __init__(self, encr_id: int, sk_e: bytes, rng: Rng) -> None:
         salt_len, self.icv_size = _AEAD[encr_id]
         key, self._salt = sk_e[:-salt_len], sk_e[-salt_len:]
         self._key = key
@@ -156,7 +157,7 @@ class AeadProtector:
         self._truncated_gcm = encr_id in (EncrId.AES_GCM_8, EncrId.AES_GCM_12)
         # RFC 5282 3.1: the explicit IV must never repeat under one key. A 64-bit counter from a
         # random start gives uniqueness without a random draw per message.
-        self._counter = int.from_bytes(os.urandom(8), "big")
+        self._counter = int.from_bytes(rng.bytes(8), "big")
         self.block_size = 1
         self.iv_size = _AEAD_IV_LEN
 
@@ -211,13 +212,14 @@ class AeadProtector:
 
 
 def make_protector(
-    encr_id: int, key_bits: int | None, integ_id: int | None, sk_e: bytes, sk_a: bytes = b""
+    encr_id: int, key_bits: int | None, integ_id: int | None, sk_e: bytes, sk_a: bytes = b"", *, rng: Rng,
 ) -> CbcHmacProtector | AeadProtector:
-    """The SkProtector for one direction (SK_ei/SK_ai or SK_er/SK_ar; RFC 7296 2.14)."""
+    """The SkProtector for one direction (SK_ei/SK_ai or SK_er/SK_ar; RFC 7296 2.14); `rng` draws the
+    CBC IVs (RFC 7296 3.14) and the start of the AEAD IV counter (RFC 5282 3.1)."""
     e_len, a_len = key_lengths(encr_id, key_bits, integ_id)
     if len(sk_e) != e_len or len(sk_a) != a_len:
         raise LocalError(f"key lengths {len(sk_e)}/{len(sk_a)}, expected {e_len}/{a_len}")
     if encr_id in _AEAD:
-        return AeadProtector(encr_id, sk_e)
+        return AeadProtector(encr_id, sk_e, rng)
     assert integ_id is not None
-    return CbcHmacProtector(sk_e, integ_id, sk_a)
+    return CbcHmacProtector(sk_e, integ_id, sk_a, rng)

@@ -16,6 +16,7 @@ from ..ike import events as ev
 from ..ike.config import IkeConfig
 from ..ike.engine import Engine, EngineConfig
 from ..io.transport import UdpTransport, local_addresses, route_source
+from ..sysrng import SystemRng
 from .config import DaemonConfig, load
 from .control import ControlServer, EngineControl
 from .glue import DataPlaneGlue, engine_child_deleter
@@ -73,7 +74,7 @@ class Daemon:
                                           spi_tag=worker.index if worker else None,
                                           unique_id_stride=worker.count if worker else 1,
                                           cookie_seed=worker.cookie_seed if worker else None),
-                             route_source=route_source)
+                             route_source=route_source, rng=SystemRng())
         self.engine.extensions.extend(extensions or [])
         self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
         self._tries: dict[str, int] = {}  # keying tries so far per connection

@@ -93,7 +93,7 @@ def key_lengths(encr_id: EncrId, key_bits: int, integ_id: IntegId = IntegId.NONE
 
 # (nonce, data, aad) -> ciphertext | ICV, and back; open raises InvalidTag
 AeadSeal = Callable[[bytes, bytes | bytearray, bytes], bytes]
-AeadOpen = Callable[[bytes, memoryview, bytes | memoryview], bytes]
+AeadOpen = Callable[[bytes, bytes | memoryview, bytes | memoryview], bytes]
 
 
 def aead_ciphers(encr_id: EncrId, key: bytes) -> tuple[AeadSeal, AeadOpen]:
@@ -119,7 +119,7 @@ def _short_gcm(gcm: AESGCM, aes: algorithms.AES, icv: int) -> tuple[AeadSeal, Ae
     def seal(nonce: bytes, data: bytes | bytearray, aad: bytes) -> bytes:
         return encrypt(nonce, data, aad)[:-cut]
 
-    def open_(nonce: bytes, data: memoryview, aad: bytes | memoryview) -> bytes:
+    def open_(nonce: bytes, data: bytes | memoryview, aad: bytes | memoryview) -> bytes:
         if len(data) < icv:
             raise InvalidTag
         dec = Cipher(aes, modes.GCM(nonce, bytes(data[-icv:]), min_tag_length=icv)).decryptor()

@@ -55,5 +55,30 @@ class InboundSad:
         nh, inner = sa.open(packet, now)
         return sa, nh, inner
 
+    def open_batch(self, packets: list[bytes], now: float = 0.0) -> list[tuple[EspSa, int, bytes] | EspError]:
+        """`open` for many packets: runs of one SPI go to `EspSa.open_many` together."""
+        out: list[tuple[EspSa, int, bytes] | EspError] = []
+        i, n = 0, len(packets)
+        while i < n:
+            head = packets[i]
+            if len(head) < 8:
+                self.drop_truncated += 1
+                out.append(EspTruncatedError(f"ESP packet of {len(head)} octets"))
+                i += 1
+                continue
+            spi_b = head[:4]
+            j = i + 1
+            while j < n and packets[j][:4] == spi_b:
+                j += 1
+            spi = _SPI.unpack_from(head)[0]
+            sa = self._sas.get(spi)
+            if sa is None:
+                self.drop_unknown_spi += j - i  # RFC 4303 3.4.2: discard, auditable event
+                out += [EspUnknownSpiError(f"no inbound ESP SA for SPI {spi:08x}", spi)] * (j - i)
+            else:
+                out += [r if isinstance(r, EspError) else (sa, r[0], r[1]) for r in sa.open_many(packets[i:j], now)]
+            i = j
+        return out
+
 
 __all__ = ["InboundSad", "EspError"]

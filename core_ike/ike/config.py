@@ -85,8 +85,6 @@ class ChildConfig:
     mode: Literal["tunnel"] = "tunnel"
     rekey_time: float = 3600.0
     life_time: float | None = None  # default: rekey_time * 1.1
-    rekey_bytes: int = 0
-    rekey_packets: int = 0
     start_action: Literal["none", "start", "trap"] = "none"
     replay_window: int = 128
 
@@ -107,7 +105,6 @@ class IkeConfig:
     rekey_time: float = 14400.0
     rekey_retry: float = 10.0  # RFC 7296 2.25: retry a rekey the peer refused with TEMPORARY_FAILURE (CHILD_SA)
     ike_rekey_retry: float = 30.0  # ... and an IKE_SA rekey the peer refused
-    over_time: float | None = None
     dpd_delay: float = 0.0  # 0 = no liveness checks
     keepalive_interval: float = 20.0  # RFC 3948 NAT keepalives, sent when behind a NAT
     retransmit: RetransmitConfig = field(default_factory=RetransmitConfig)

@@ -13,13 +13,12 @@ import hmac
 import ipaddress
 import itertools
 import logging
-import os
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..codec.message import Message, ReassemblyBudget, decode_message
+from ..codec.message import Message, ReassemblyBudget, decode_message, encode_message
 from ..codec.payloads import NoncePayload, NotifyPayload, Proposal
 from ..constants import (
     IKE_HEADER_LEN,
@@ -32,13 +31,16 @@ from ..constants import (
     NotifyType,
     PayloadType,
     ProtocolId,
-    name_of,
 )
 from ..crypto.proposals import parse_proposals
-from ..errors import DecodeError, ProtocolError
+from ..errors import DecodeError, LocalUsageError, ProtocolError
+from ..esp.algorithms import EspTransforms
 from ..logutil import LogLimiter
+from ..rng import Rng
+from ..sysrng import SystemRng
 from . import events as ev
 from .config import IkeConfig, addr_matches
+from .context import IkeSaView, Task, Vip
 from .creds import Credentials
 from .identity import Identity
 from .prefilter import (
@@ -54,18 +56,15 @@ from .prefilter import (
 )
 from .sa import IkeSa
 from .state import ChildState, IkeState
-from .task import Task
 from .tasks.child_create import ChildCreate
-from .tasks.collisions import check_create_child
 from .tasks.ike_auth import IkeAuth
 from .tasks.ike_init import IkeInit
 from .tasks.ike_rekey import IkeRekey
-from .tasks.informational import ChildDelete, Dpd, IkeDelete, Informational
+from .tasks.informational import ChildDelete, Dpd, IkeDelete
+from .uniqueness import EstablishedIndex
+from .vips import VipPool
 
 log = logging.getLogger("core_ike.ike")
-
-# two SAs with the same peer established from opposite ends within this time collided (see _replace_duplicate)
-COLLISION_WINDOW = 5.0
 
 Addr = tuple[str, int]
 
@@ -112,7 +111,6 @@ class EngineConfig:
     frag_max_total: int = 64 * 1024 * 1024
     invalid_spi_rate: float = 20.0  # INVALID_IKE_SPI answers per second at most (RFC 7296 2.21.4)
     init_rate_ip: float = 50.0  # while COOKIEs are demanded: IKE_SA_INIT requests per second per source (0: any)
-    pools: dict[str, list[str]] = field(default_factory=dict)
     # a worker of several (docs/operations.md, "Workers"): the first octet of every SPI we choose (IKE
     # and ESP), by which the kernel steers an IKE_SA's datagrams to this worker (like strongSwan's
     # charon.spi_label); unique IDs count from spi_tag + 1 in steps of unique_id_stride
@@ -124,10 +122,14 @@ class EngineConfig:
 
 
 class Engine:
+    """Implements context.TaskContext, the part of it tasks may use."""
+
     def __init__(self, configs: list[IkeConfig], creds: Credentials, config: EngineConfig | None = None,
-                 route_source: Callable[[str], str] | None = None) -> None:
+                 route_source: Callable[[str], str] | None = None, *, rng: Rng | None = None) -> None:
         self.configs = configs
         self.creds = creds
+        # the one random source (core_ike/rng.py): tests pass a SeededRng; default the OS CSPRNG
+        self.rng: Rng = rng if rng is not None else SystemRng()
         self.cfg = config or EngineConfig()
         self.ike_port = self.cfg.ike_port
         self.natt_port = self.cfg.natt_port
@@ -136,12 +138,10 @@ class Engine:
         self.extensions: list[Extension] = []
         self.now = 0.0
         self.sas: dict[bytes, IkeSa] = {}  # by our own SPI
-        self._deferred_terminate: list[IkeSa] = []  # duplicates to delete once their IKE_AUTH is done
         self.init_index: dict[tuple[bytes, Addr], IkeSa] = {}  # responder: (SPIi, peer) of IKE_SA_INIT
         # indexes so nothing scans every SA (a mediation server holds 100k of them)
         self.by_uid: dict[int, IkeSa] = {}
-        self._est_by_conf: dict[str, dict[int, IkeSa]] = {}  # established SAs per config name
-        self._est_by_peer: dict[tuple[str, str], dict[int, IkeSa]] = {}  # ... per (config, peer identity)
+        self.established_index = EstablishedIndex()
         self._out: list[tuple[bytes, Addr, Addr]] = []
         self._events: deque[Any] = deque()
         self._timers: list[tuple[float, int, IkeSa]] = []
@@ -151,7 +151,7 @@ class Engine:
         self._reqids = itertools.count(1)
         self._spis: set[int] = set()
         self.spi_allocator: Callable[[], int] | None = None
-        self._cookie_secret = os.urandom(32)
+        self._cookie_secret = self.rng.bytes(32)
         self._cookie_version = 0
         self._old_cookie_secret: bytes | None = None  # the previous secret stays valid for one period
         self._cookie_rotated = 0.0 if self.cfg.cookie_seed is None else float("-inf")  # seeded: at first use
@@ -166,7 +166,7 @@ class Engine:
         self._spi_refill = 0.0
         self.init_limiter = SourceLimiter(self.cfg.init_rate_ip)  # IKE_SA_INITs per source under load
         self._half_open_by_ip: dict[str, int] = {}
-        self._vips_used: set[str] = set()
+        self.vips = VipPool()
 
     # ================================================================== adapter API
     def receive(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
@@ -236,7 +236,7 @@ class Engine:
             self.now = now
         cfg = self.config(name)
         children = [cfg.child(child)] if child else list(cfg.children)
-        for sa in (self._est_by_conf.get(cfg.name, {}).values() if remote is None else ()):
+        for sa in (self.established_index.of_config(cfg.name) if remote is None else ()):
             if sa.config is cfg and sa.established and sa.is_original_initiator:
                 for c in children:
                     sa.queue_task(ChildCreate(c, in_auth=False), self.now)
@@ -254,7 +254,7 @@ class Engine:
         if remote is None:
             host = next((a for a in cfg.remote_addrs if a != "%any"), None)
             if host is None:
-                raise ProtocolError(f"connection {cfg.name!r} has no remote address to initiate to")
+                raise LocalUsageError(f"connection {cfg.name!r} has no remote address to initiate to")
             remote = (host, cfg.remote_port)
         if local is None:
             # RFC 3948 / RFC 7296 2.23: IKE_SA_INIT goes 500 -> 500 even with forced encapsulation
@@ -312,7 +312,7 @@ class Engine:
         for c in self.configs:
             if c.name == name:
                 return c
-        raise ProtocolError(f"no connection named {name!r}")
+        raise LocalUsageError(f"no connection named {name!r}")
 
     def find_sa(self, unique_id: int) -> IkeSa | None:
         return self.by_uid.get(unique_id)
@@ -333,14 +333,14 @@ class Engine:
 
     def new_spi(self) -> bytes:
         """An IKE SPI of ours (RFC 7296 3.1), its first octet the worker's `spi_tag` when set."""
-        spi = os.urandom(8)
+        spi = self.rng.bytes(8)
         return spi if self.cfg.spi_tag is None else bytes((self.cfg.spi_tag,)) + spi[1:]
 
     def alloc_spi(self) -> int:
         if self.spi_allocator is not None:
             return self.spi_allocator()
         while True:
-            spi = int.from_bytes(os.urandom(4), "big")
+            spi = int.from_bytes(self.rng.bytes(4), "big")
             if self.cfg.spi_tag is not None:
                 spi = self.cfg.spi_tag << 24 | spi & 0xFFFFFF
             if spi >= 256 and spi not in self._spis:  # RFC 4303 2.1: 1..255 reserved
@@ -359,49 +359,8 @@ class Engine:
             out += x.tasks(sa, exchange, initiator, msg)
         return out
 
-    def responder_tasks(self, sa: IkeSa, msg: Message) -> list[Task]:
-        x = msg.exchange
-        tasks: list[Task]
-        if x not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and sa.established_at is None:
-            # RFC 7296 1.2: before IKE_AUTH has authenticated the peer nothing else is processed
-            # (an ME_CONNECT, a CREATE_CHILD_SA or an INFORMATIONAL from an unauthenticated peer)
-            raise ProtocolError(f"{name_of(ExchangeType, x)} request before the IKE_SA is authenticated",
-                                NotifyType.INVALID_SYNTAX)
-        if x == ExchangeType.IKE_SA_INIT:
-            tasks = [IkeInit()]
-        elif x == ExchangeType.IKE_AUTH:
-            tasks = [IkeAuth()]
-            if msg.get(PayloadType.SA) is not None:
-                tasks.append(ChildCreate(None, in_auth=True))
-        elif x == ExchangeType.CREATE_CHILD_SA:
-            tasks = [self._create_child_task(sa, msg)]
-        elif x == ExchangeType.INFORMATIONAL:
-            tasks = [Informational()]
-        else:
-            tasks = []
-        return tasks + self.extension_tasks(sa, x, False, msg)
-
-    def _create_child_task(self, sa: IkeSa, msg: Message) -> Task:
-        rekey = msg.notify(NotifyType.REKEY_SA)
-        sa_pl = msg.get(PayloadType.SA)
-        props: list[Proposal] = getattr(sa_pl, "proposals", [])
-        is_ike = bool(props) and props[0].protocol == ProtocolId.IKE
-        old = None
-        if rekey is not None and rekey.protocol in (ProtocolId.ESP, ProtocolId.AH):
-            old = sa.child_by_spi(int.from_bytes(rekey.spi, "big"), inbound=False)
-            if old is None:  # RFC 7296 2.25.1
-                raise ProtocolError("CHILD_SA to rekey not found", NotifyType.CHILD_SA_NOT_FOUND, rekey.spi)
-        check_create_child(sa, msg, is_ike and old is None, old)  # RFC 7296 2.25 collisions
-        if old is not None:
-            return ChildCreate(None, in_auth=False, rekey=old)
-        if is_ike:
-            return IkeRekey()
-        if sa.mediation:
-            # ME draft 3.1: mediation SAs carry no CHILD_SAs
-            raise ProtocolError("no CHILD_SAs on a mediation connection", NotifyType.NO_ADDITIONAL_SAS)
-        return ChildCreate(None, in_auth=False)
-
-    def ike_proposals_for(self, sa: IkeSa) -> list[Proposal]:
+    # ------------------------------------------------------------------ context.TaskContext
+    def ike_proposals_for(self, sa: IkeSaView) -> list[Proposal]:
         out: list[Proposal] = []
         for c in self._configs_for(sa):
             for p in parse_proposals(c.proposals, ProtocolId.IKE):
@@ -409,13 +368,14 @@ class Engine:
                     out.append(p)
         return out
 
-    def _configs_for(self, sa: IkeSa) -> list[IkeConfig]:
+    def _configs_for(self, sa: IkeSaView) -> list[IkeConfig]:
         return [c for c in self.configs if addr_matches(c.local_addrs, sa.local[0])
                 and addr_matches(c.remote_addrs, sa.remote[0])]
 
-    def select_peer_config(self, sa: IkeSa, peer: Identity, wanted: Identity | None,
+    def select_peer_config(self, view: IkeSaView, peer: Identity, wanted: Identity | None,
                            msg: Message) -> IkeConfig | None:
         """RFC 7296 2.15 / strongSwan peer_cfg lookup: addresses, both identities, auth method."""
+        sa = _own(view)
         auth = msg.get(PayloadType.AUTH)
         method = getattr(auth, "method", 0)
         best: tuple[int, IkeConfig] | None = None
@@ -433,101 +393,62 @@ class Engine:
                 best = (score, c)
         return best[1] if best else None
 
-    def is_first_contact(self, sa: IkeSa) -> bool:
-        return not any(s is not sa for s in self._est_by_conf.get(sa.config.name, {}).values())
+    def is_first_contact(self, sa: IkeSaView) -> bool:
+        return self.established_index.is_first_contact(_own(sa))
 
-    def assign_vip(self, sa: IkeSa) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        for pool in sa.config.pools:
-            net = ipaddress.ip_network(pool, strict=False)
-            for host in net.hosts():
-                if str(host) not in self._vips_used:
-                    self._vips_used.add(str(host))
-                    return host
+    def assign_vip(self, sa: IkeSaView) -> Vip | None:
+        return self.vips.lease(sa.config.pools)
+
+    def esp_transforms(self) -> EspTransforms | None:
+        """What the data plane can install, declared by an engine extension (the daemon's data-plane glue)."""
+        for x in self.extensions:
+            t = getattr(x, "esp_transforms", None)
+            if isinstance(t, EspTransforms):
+                return t
         return None
 
-    def spi_learned(self, sa: IkeSa) -> None:
-        self._schedule(sa)
+    def spi_learned(self, sa: IkeSaView) -> None:
+        self._schedule(_own(sa))
 
-    def ike_established(self, sa: IkeSa, now: float) -> None:
+    def ike_established(self, view: IkeSaView, now: float) -> None:
+        sa = _own(view)
         if not sa.is_original_initiator:
             self._half_open_done(sa)
         cfg = sa.config
         if cfg.rekey_time > 0 and sa.rekey_at is None:
             sa.rekey_at = now + (cfg.rekey_time if sa.is_original_initiator else cfg.rekey_time * 1.05)
-        peer = sa.peer_id.canonical() if sa.peer_id is not None else ""
-        same = self._est_by_peer.setdefault((cfg.name, peer), {})
-        if cfg.unique == "replace" and sa.rekeyed_from is None:
-            for other in list(same.values()):
-                if other is not sa and other.config is cfg and other.established:
-                    self._replace_duplicate(sa, other, now)
-        same[sa.unique_id] = sa
-        self._est_by_conf.setdefault(cfg.name, {})[sa.unique_id] = sa
-        sa.indexed = (cfg.name, peer)
+        for other in self.established_index.established(sa, now):
+            self.terminate(other, now)
         for x in self.extensions:
             x.on_established(sa, now)
 
-    def _replace_duplicate(self, sa: IkeSa, other: IkeSa, now: float) -> None:
-        """Uniqueness policy "replace": the new SA replaces the old one, except for a collision (both peers
-        initiated at once, e.g. a mediated connection started from both ends): there both peers must drop
-        the same SA, the one created with the lowest nonce (the RFC 7296 2.8.1 rule for colliding rekeys)
-        or they delete one each and lose both. Deleting the new SA waits until its IKE_AUTH is done."""
-        loser = other
-        collision = other.established_at is not None and now - other.established_at < COLLISION_WINDOW \
-            and other.is_original_initiator != sa.is_original_initiator
-        if collision and min(sa.ni, sa.nr) < min(other.ni, other.nr):
-            loser = sa
-        log.info("deleting duplicate IKE_SA %s for peer '%s' due to uniqueness policy%s", loser.label,
-                 loser.peer_id, " (collision: lowest nonce)" if collision else "")
-        if loser is sa:
-            self._deferred_terminate.append(sa)
-        else:
-            self.terminate(other, now)
-
     def _run_deferred(self, now: float) -> None:
-        while self._deferred_terminate:
-            sa = self._deferred_terminate.pop(0)
+        deferred = self.established_index.deferred
+        while deferred:
+            sa = deferred.pop(0)
             if sa.established and sa.state is not IkeState.DELETING:
                 self.terminate(sa, now)
 
-    def create_rekeyed_sa(self, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: bytes, now: float) -> IkeSa:
+    def create_rekeyed_sa(self, view: IkeSaView, initiator: bool, spi_i: bytes, spi_r: bytes, now: float) -> IkeSa:
+        old = _own(view)
         new = IkeSa(self, old.config, initiator, next(self._ike_ids), old.local, old.remote, now, spi_i)
         new.spi_r = spi_r
         new.my_id, new.peer_id = old.my_id, old.peer_id
         new.nat_here, new.nat_there = old.nat_here, old.nat_there
         new.frag_supported, new.peer_hash_algs = old.frag_supported, old.peer_hash_algs
-        new.mediation, new.extension_data = old.mediation, old.extension_data
+        new.mediation = old.mediation
+        # RFC 7296 2.18: the successor keeps the configuration payloads' outcome; extensions decide theirs
+        new.vip, new.peer_vip = old.vip, old.peer_vip
+        if new.peer_vip is not None:
+            self.vips.hold(new.peer_vip)
+        new.inherit_extensions(old)
         self._add(new)
         self._schedule(new)
         return new
 
-    def maintenance(self, sa: IkeSa, now: float) -> None:
-        """Periodic duties of an established SA: rekeying, child expiry, liveness."""
-        if sa.state is not IkeState.ESTABLISHED:
-            return
-        if sa.rekey_at is not None and now >= sa.rekey_at:
-            sa.rekey_at = None
-            log.info("rekeying IKE_SA %s", sa.label)
-            sa.queue_task(IkeRekey(), now)
-        for c in list(sa.children.values()):
-            if c.expire_at is not None and now >= c.expire_at:
-                log.info("CHILD_SA %s{%d} expired", c.name, c.unique_id)
-                c.expire_at = None
-                sa.queue_task(ChildDelete(child=c, reason="expired"), now)
-            elif c.rekey_at is not None and now >= c.rekey_at and c.state is ChildState.INSTALLED:
-                c.rekey_at = None
-                c.set_state(ChildState.REKEYING)
-                log.info("rekeying CHILD_SA %s{%d}", c.name, c.unique_id)
-                sa.queue_task(ChildCreate(None, in_auth=False, rekey=c), now)
-        if sa.config.dpd_delay > 0 and not sa.dpd_pending and now >= sa.last_in + sa.config.dpd_delay \
-                and sa.outstanding is None:
-            sa.queue_task(Dpd(), now)
-
     def forget(self, sa: IkeSa) -> None:
-        vip = sa.extension_data.get("peer_vip")
-        if vip is not None and not any(s is not sa and s.extension_data.get("peer_vip") == vip
-                                       for s in self.by_uid.values()):
-            self._vips_used.discard(str(vip))  # back to the pool (not while a rekeyed successor holds it)
-            log.info("released virtual IP %s of %s", vip, sa.label)
+        if sa.peer_vip is not None:
+            self.vips.release(sa.peer_vip, sa.label)  # back to the pool unless a rekeyed successor holds it
         if self.sas.get(sa.own_spi) is sa:
             del self.sas[sa.own_spi]
         if self.sas.get(sa.spi_i) is sa:  # an initiator before its SPIr was known
@@ -536,10 +457,7 @@ class Engine:
             del self.by_uid[sa.unique_id]
         if sa.init_key is not None and self.init_index.get(sa.init_key) is sa:
             del self.init_index[sa.init_key]
-        if sa.indexed is not None:
-            name, peer = sa.indexed
-            _unindex(self._est_by_conf, name, sa.unique_id)
-            _unindex(self._est_by_peer, (name, peer), sa.unique_id)
+        self.established_index.forget(sa)
         if not sa.is_original_initiator and sa.established_at is None:
             self._half_open_done(sa)
         for x in self.extensions:
@@ -656,13 +574,14 @@ class Engine:
         sa.init_key = key
         self._half_open += 1
         self._half_open_by_ip[remote[0]] = self._half_open_by_ip.get(remote[0], 0) + 1
-        sa.extension_data["half_open"] = True
+        sa.half_open = True
         sa.receive(msg, now)
         if sa.state is not IkeState.DESTROYED:
             self._schedule(sa)
 
     def _half_open_done(self, sa: IkeSa) -> None:
-        if sa.extension_data.pop("half_open", None):
+        if sa.half_open:
+            sa.half_open = False
             self._half_open -= 1
             ip = sa.remote[0]
             n = self._half_open_by_ip.get(ip, 1) - 1
@@ -779,13 +698,11 @@ class Engine:
             return
         self._old_cookie_secret = self._cookie_secret
         self._cookie_version += 1
-        self._cookie_secret = os.urandom(32)
+        self._cookie_secret = self.rng.bytes(32)
         self._cookie_rotated = self.now
 
     def _reply_error(self, msg: Message, notify: int, local: Addr, remote: Addr, data: bytes = b"") -> None:
         """Unauthenticated IKE_SA_INIT answer without state: N(COOKIE) or an error (RFC 7296 2.6, 2.21)."""
-        from ..codec.message import encode_message
-
         resp = Message(spi_i=msg.spi_i, spi_r=b"\x00" * 8, exchange=msg.exchange, flags=HeaderFlag.RESPONSE,
                        message_id=msg.message_id, payloads=[NotifyPayload(notify, data)])
         pkt = encode_message(resp)[0]
@@ -806,8 +723,6 @@ class Engine:
             return
         self._spi_tokens -= 1.0
         self.counters["invalid-spi-sent"] += 1
-        from ..codec.message import encode_message
-
         flags = HeaderFlag.RESPONSE | (HeaderFlag.NONE if msg.is_initiator else HeaderFlag.INITIATOR)
         resp = Message(spi_i=msg.spi_i, spi_r=msg.spi_r, exchange=ExchangeType.INFORMATIONAL, flags=flags,
                        message_id=msg.message_id, payloads=[NotifyPayload(NotifyType.INVALID_IKE_SPI)])
@@ -837,9 +752,7 @@ class Engine:
         self._reply_error(hdr, int(e.notify), local, remote, e.data)
 
 
-def _unindex(index: dict[Any, dict[int, IkeSa]], key: object, uid: int) -> None:
-    d = index.get(key)
-    if d is not None:
-        d.pop(uid, None)
-        if not d:
-            del index[key]
+def _own(view: IkeSaView) -> IkeSa:
+    """The engine's own IkeSa behind the view a task holds (tasks only ever see the engine's SAs)."""
+    assert isinstance(view, IkeSa)
+    return view

@@ -30,6 +30,7 @@ class IkeSaFailed:
     reason: str
     notify: int | None = None
     initiator: bool = False  # we initiated it (keyingtries applies)
+    authentication: bool = False  # credentials were refused or missing (errors.AuthenticationFailed)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from ..codec.message import Message, SkProtector
 from ..codec.payloads import Proposal
 from . import events as ev
 from .config import IkeConfig
-from .context import ExtState, InFlight, Task, TaskContext, Vip
+from .context import ExtState, Failure, Task, TaskContext, Vip
 from .identity import Identity
 from .state import ChildSa, ChildState, IkeState
 from .task_manager import Outstanding, TaskManager
@@ -177,8 +177,9 @@ class IkeSa:
     def cached_response(self) -> tuple[int, list[bytes]] | None:
         return self.tm.cached_response
 
-    def in_flight(self) -> InFlight | None:
-        return self.tm.outstanding
+    @property
+    def failure(self) -> Failure | None:
+        return self.tm.failure
 
     def new_message(self, exchange: int, response: bool, mid: int) -> Message:
         return self.tm.new_message(exchange, response, mid)

@@ -469,44 +469,37 @@ class UserspaceDataPlane:
     def _receive_batch(self, packets: list[tuple[bytes, tuple[str, int]]]) -> None:
         """Decrypt a batch of ESP packets and write the inner packets to the TUN device, TCP segments
         of one flow merged into one write when `coalesce` is on."""
-        now = self.clock()
-        open_, allowed = self.sad.open, self._inbound_allowed
-        merge = Coalescer() if self._vnet and "coalesce" in self.offload and len(packets) > 1 else None
+        allowed = self._inbound_allowed
         out: list[bytes] = []
-        last_src: tuple[str, int] | None = None
-        for data, src in packets:
-            try:
-                sa, nh, inner = open_(data, now)
-            except EspError as e:
-                log.debug("ESP from %s dropped: %s", src, e)
+        last: tuple[int, tuple[str, int]] | None = None
+        for r, (_, src) in zip(self.sad.open_batch([d for d, _ in packets], self.clock()), packets, strict=True):
+            if isinstance(r, EspError):
+                log.debug("ESP from %s dropped: %s", src, r)
                 continue
-            if src != last_src:
-                last_src = src
+            sa, nh, inner = r
+            if (sa.spi, src) != last:
+                last = (sa.spi, src)
                 self._check_mapping(sa.spi, src)
             if nh not in (4, 41) or not inner:
                 continue  # RFC 4303 2.6: next header 59 = dummy packet, discard silently
             if not allowed(sa.spi, inner):
                 self.drop_policy_mismatch += 1
                 continue
-            if merge is not None:
-                merge.add(inner)
-            else:
-                out.append(inner)
-        fd, vnet = self._tun_fd, self._vnet
-        try:
-            if merge is not None:
-                frames = merge.frames()
-                self.coalesced += merge.coalesced
-                self.tun_writes += len(frames)
-                for frame in frames:
-                    os.writev(fd, frame)
-            else:
-                self.tun_writes += len(out)
-                for inner in out:
-                    os.write(fd, NO_OFFLOAD + inner if vnet else inner)
-        except OSError as e:
-            self.drop_send_error += 1
-            log.debug("TUN write: %s", e)
+            out.append(inner)
+        if self._vnet and "coalesce" in self.offload and len(out) > 1:
+            merge = Coalescer()
+            merge.add_all(out)
+            frames = merge.frames()
+            self.coalesced += merge.coalesced
+        else:
+            frames = [[NO_OFFLOAD, p] if self._vnet else [p] for p in out]
+        self.tun_writes += len(frames)
+        for frame in frames:
+            try:
+                os.writev(self._tun_fd, frame)
+            except OSError as e:
+                self.drop_send_error += 1
+                log.debug("TUN write: %s", e)
 
     def _check_mapping(self, spi: int, src: tuple[str, int]) -> None:
         """Authenticated UDP-encapsulated ESP from another address or port than the SA's peer: its NAT

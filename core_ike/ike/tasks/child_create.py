@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import struct
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ...codec.message import Message
 from ...codec.payloads import (
@@ -40,12 +38,10 @@ from ...esp.algorithms import EspTransforms
 from .. import events as ev
 from .. import ts as tsmod
 from ..config import ChildConfig
+from ..context import IkeSaView, Status, Task
 from ..state import ChildSa, ChildState
-from ..task import Status, Task
 from . import collisions
-
-if TYPE_CHECKING:
-    from ..sa import IkeSa
+from .informational import ChildDelete
 
 log = logging.getLogger("core_ike.ike")
 
@@ -56,17 +52,13 @@ def _strip_dh(props: list[Proposal]) -> list[Proposal]:
             for p in props]
 
 
-def installable(sa: IkeSa) -> EspTransforms | None:
+def installable(sa: IkeSaView) -> EspTransforms | None:
     """The ESP transforms the data plane can install, declared by an engine extension (the daemon's
     data-plane glue); None: nothing declared (no data plane), every configured proposal is used."""
-    for x in sa.engine.extensions:
-        t = getattr(x, "esp_transforms", None)
-        if isinstance(t, EspTransforms):
-            return t
-    return None
+    return sa.ctx.esp_transforms()
 
 
-def _esp_proposals(sa: IkeSa, cfg: ChildConfig, spi: int, in_auth: bool) -> list[Proposal]:
+def _esp_proposals(sa: IkeSaView, cfg: ChildConfig, spi: int, in_auth: bool) -> list[Proposal]:
     """Our ESP proposals: the configured ones, without what the data plane cannot install (we neither
     offer nor accept an SA that would carry nothing); ProtocolError(NO_PROPOSAL_CHOSEN) naming the
     algorithms when nothing is left."""
@@ -83,7 +75,7 @@ def _esp_proposals(sa: IkeSa, cfg: ChildConfig, spi: int, in_auth: bool) -> list
     return [replace(p, spi=struct.pack("!I", spi)) for p in props]
 
 
-def _left_out(sa: IkeSa, cfg: ChildConfig) -> str:
+def _left_out(sa: IkeSaView, cfg: ChildConfig) -> str:
     """For the NO_PROPOSAL_CHOSEN log line: configured algorithms the data plane cannot install."""
     dp = installable(sa)
     if dp is None:
@@ -101,32 +93,31 @@ def _pfs_group(props: list[Proposal]) -> int | None:
     return None
 
 
-def _dynamic_local(sa: IkeSa) -> str:
-    vip = sa.extension_data.get("vip")
-    return str(vip) if vip else sa.local[0]
+def _dynamic_local(sa: IkeSaView) -> str:
+    return str(sa.vip) if sa.vip is not None else sa.local[0]
 
 
-def local_selectors(sa: IkeSa, cfg: ChildConfig) -> list[TrafficSelector]:
+def local_selectors(sa: IkeSaView, cfg: ChildConfig) -> list[TrafficSelector]:
     return [tsmod.parse(t, _dynamic_local(sa)) for t in cfg.local_ts]
 
 
-def _peer_behind_nat(sa: IkeSa) -> bool:
+def _peer_behind_nat(sa: IkeSaView) -> bool:
     """A `dynamic` remote TS cannot be the peer's address we see: NAT hides its own (inner) address."""
-    return sa.nat_there and not sa.extension_data.get("peer_vip")
+    return sa.nat_there and sa.peer_vip is None
 
 
-def remote_selectors(sa: IkeSa, cfg: ChildConfig) -> list[TrafficSelector]:
+def remote_selectors(sa: IkeSaView, cfg: ChildConfig) -> list[TrafficSelector]:
     """The remote TS we propose. Behind a NAT the peer's `dynamic` is its inner address, which only it
     knows: we offer the whole address family and accept only a single host back (docs/configuration.md,
     "Traffic selectors"; RFC 7296 2.9 lets the responder narrow)."""
-    peer = sa.extension_data.get("peer_vip") or sa.remote[0]
+    peer = sa.peer_vip or sa.remote[0]
     if _peer_behind_nat(sa):
         any_net = "0.0.0.0/0" if ipaddress.ip_address(sa.remote[0]).version == 4 else "::/0"
         return [tsmod.parse(t, any_net if tsmod.is_dynamic(t) else None) for t in cfg.remote_ts]
     return [tsmod.parse(t, str(peer)) for t in cfg.remote_ts]
 
 
-def narrow_remote(sa: IkeSa, cfg: ChildConfig, offered: list[TrafficSelector]) -> list[TrafficSelector]:
+def narrow_remote(sa: IkeSaView, cfg: ChildConfig, offered: list[TrafficSelector]) -> list[TrafficSelector]:
     """Narrow the peer's selectors for its side (RFC 7296 2.9). A `dynamic` entry of a peer behind a
     NAT takes the single host address the peer offers as its own (its inner address)."""
     if not _peer_behind_nat(sa):
@@ -139,7 +130,7 @@ def narrow_remote(sa: IkeSa, cfg: ChildConfig, offered: list[TrafficSelector]) -
     return out
 
 
-def schedule(sa: IkeSa, child: ChildSa, now: float, rekey_initiator: bool) -> None:
+def schedule(sa: IkeSaView, child: ChildSa, now: float, rekey_initiator: bool) -> None:
     cfg = child.config
     if cfg.rekey_time > 0:
         # the side that created the SA rekeys first; the other one only as a fallback (avoids collisions)
@@ -173,9 +164,9 @@ class ChildCreate(Task):
         self._sent_tsr: list[TrafficSelector] = []
 
     # ---------------------------------------------------------------- initiator
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
         assert self.cfg is not None
-        self.spi_in = sa.engine.alloc_spi()
+        self.spi_in = sa.ctx.alloc_spi()
         self.proposals = _esp_proposals(sa, self.cfg, self.spi_in, self.in_auth)
         if self.rekey is not None:
             msg.payloads.append(NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP,
@@ -186,11 +177,11 @@ class ChildCreate(Task):
             msg.payloads.append(CpPayload(CfgType.CFG_REQUEST, attrs))
         msg.payloads.append(SaPayload(self.proposals))
         if not self.in_auth:
-            self.nonce = os.urandom(32)
+            self.nonce = sa.ctx.rng.bytes(32)
             msg.payloads.append(NoncePayload(self.nonce))
             group = _pfs_group(self.proposals)
             if group is not None:
-                self.ke = new_key_exchange(group)
+                self.ke = new_key_exchange(group, sa.ctx.rng)
                 msg.payloads.append(KePayload(group, self.ke.public))
         local = local_selectors(sa, self.cfg) if not sa.config.vips or not self.in_auth else \
             [tsmod.full(ipaddress.ip_address(v).version) for v in sa.config.vips]
@@ -198,7 +189,7 @@ class ChildCreate(Task):
         msg.payloads.append(TsPayload(PayloadType.TSi, self._sent_tsi))
         msg.payloads.append(TsPayload(PayloadType.TSr, self._sent_tsr))
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         assert self.cfg is not None
         for n in msg.get_all(PayloadType.NOTIFY):
             assert isinstance(n, NotifyPayload)
@@ -230,15 +221,13 @@ class ChildCreate(Task):
             self._fail(sa, str(e), now)
             if not self.in_auth:
                 # RFC 7296 1.3: a CHILD_SA we cannot accept must be deleted again
-                from .informational import ChildDelete
-
                 if self.chosen is not None and self.chosen.spi:
                     sa.queue.append(ChildDelete(spi_in=self.spi_in))
             return Status.DONE
         self._install(sa, now, initiator=True)
         return Status.DONE
 
-    def _process_response(self, sa: IkeSa, msg: Message) -> None:
+    def _process_response(self, sa: IkeSaView, msg: Message) -> None:
         assert self.cfg is not None
         sa_pl = msg.get(PayloadType.SA)
         tsi, tsr = msg.get(PayloadType.TSi), msg.get(PayloadType.TSr)
@@ -254,7 +243,7 @@ class ChildCreate(Task):
             for a in cp.attributes:
                 if a.type in (CfgAttr.INTERNAL_IP4_ADDRESS, CfgAttr.INTERNAL_IP6_ADDRESS) and a.value:
                     vip = ipaddress.ip_address(a.value[:4] if a.type == CfgAttr.INTERNAL_IP4_ADDRESS else a.value[:16])
-                    sa.extension_data["vip"] = vip
+                    sa.vip = vip
                     log.info("installing new virtual IP %s", vip)
         self.tsi, self.tsr = tsi.selectors, tsr.selectors
         if _peer_behind_nat(sa) and narrow_remote(sa, self.cfg, self.tsr) != self.tsr:
@@ -272,19 +261,19 @@ class ChildCreate(Task):
                     raise ProtocolError("PFS KE payload missing or of another group", NotifyType.INVALID_SYNTAX)
                 self.shared = self.ke.compute(ke.data)
 
-    def _fail(self, sa: IkeSa, reason: str, now: float) -> None:
+    def _fail(self, sa: IkeSaView, reason: str, now: float) -> None:
         assert self.cfg is not None
         log.warning("failed to establish CHILD_SA %s: %s", self.cfg.name, reason)
-        sa.engine.emit(ev.ChildSaFailed(sa.name, self.cfg.name, reason))
+        sa.ctx.emit(ev.ChildSaFailed(sa.name, self.cfg.name, reason))
 
-    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+    def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
         if self.cfg is not None and sa.established:
             self._fail(sa, reason, now)
         elif self.cfg is not None:
-            sa.engine.emit(ev.ChildSaFailed(sa.name, self.cfg.name, reason))
+            sa.ctx.emit(ev.ChildSaFailed(sa.name, self.cfg.name, reason))
 
     # ---------------------------------------------------------------- responder
-    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         try:
             self._select(sa, msg)
         except ProtocolError as e:
@@ -293,7 +282,7 @@ class ChildCreate(Task):
             log.warning("CHILD_SA in IKE_AUTH not established: %s", e)
             self.error = e
 
-    def _select(self, sa: IkeSa, msg: Message) -> None:
+    def _select(self, sa: IkeSaView, msg: Message) -> None:
         sa_pl = msg.get(PayloadType.SA)
         tsi, tsr = msg.get(PayloadType.TSi), msg.get(PayloadType.TSr)
         if not isinstance(sa_pl, SaPayload) or not isinstance(tsi, TsPayload) or not isinstance(tsr, TsPayload):
@@ -301,18 +290,18 @@ class ChildCreate(Task):
         self._handle_cp(sa, msg)
         cfg, tsi_n, tsr_n = self._pick_config(sa, tsi.selectors, tsr.selectors)
         self.cfg = cfg
-        self.spi_in = sa.engine.alloc_spi()
+        self.spi_in = sa.ctx.alloc_spi()
         ours = _esp_proposals(sa, cfg, self.spi_in, self.in_auth)
         chosen = select_proposal(ours, sa_pl.proposals)
         if chosen is None:
             raise ProtocolError(f"no acceptable ESP proposal{_left_out(sa, cfg)}", NotifyType.NO_PROPOSAL_CHOSEN)
         if len(chosen.spi) != 4:
             raise ProtocolError("ESP SPI must be 4 octets", NotifyType.INVALID_SYNTAX)
-        self._pfs_r(msg, chosen)
+        self._pfs_r(sa, msg, chosen)
         self.chosen = chosen
         self.tsi, self.tsr = tsi_n, tsr_n
 
-    def _pick_config(self, sa: IkeSa, tsi: list[TrafficSelector],
+    def _pick_config(self, sa: IkeSaView, tsi: list[TrafficSelector],
                      tsr: list[TrafficSelector]) -> tuple[ChildConfig, list[TrafficSelector], list[TrafficSelector]]:
         candidates = [self.rekey.config] if self.rekey is not None else sa.config.children
         for cfg in candidates:
@@ -325,36 +314,36 @@ class ChildCreate(Task):
             raise ProtocolError("no CHILD_SA config found", NotifyType.TS_UNACCEPTABLE)
         raise ProtocolError("traffic selectors unacceptable", NotifyType.TS_UNACCEPTABLE)
 
-    def _pfs_r(self, msg: Message, chosen: Proposal) -> None:
+    def _pfs_r(self, sa: IkeSaView, msg: Message, chosen: Proposal) -> None:
         if self.in_auth:
             return
         nonce = msg.get(PayloadType.NONCE)
         if not isinstance(nonce, NoncePayload):
             raise ProtocolError("CREATE_CHILD_SA request lacks a nonce", NotifyType.INVALID_SYNTAX)
         self.peer_nonce = nonce.data
-        self.nonce = os.urandom(32)
+        self.nonce = sa.ctx.rng.bytes(32)
         d = chosen.first(TransformType.DH)
         ke = msg.get(PayloadType.KE)
         if d is not None and d.id != 0:
             if not isinstance(ke, KePayload) or ke.group != d.id:
                 raise ProtocolError("PFS group mismatch", NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", d.id))
-            self.ke = new_key_exchange(d.id)
+            self.ke = new_key_exchange(d.id, sa.ctx.rng)
             self.shared = self.ke.compute(ke.data)
 
-    def _handle_cp(self, sa: IkeSa, msg: Message) -> None:
+    def _handle_cp(self, sa: IkeSaView, msg: Message) -> None:
         cp = msg.get(PayloadType.CP)
         if not (self.in_auth and isinstance(cp, CpPayload) and cp.cfg_type == CfgType.CFG_REQUEST):
             return
-        vip = sa.engine.assign_vip(sa)
+        vip = sa.ctx.assign_vip(sa)
         if vip is None:
             log.info("no virtual IP available for '%s'", sa.peer_id)
             return
-        sa.extension_data["peer_vip"] = vip
+        sa.peer_vip = vip
         attr = CfgAttr.INTERNAL_IP4_ADDRESS if vip.version == 4 else CfgAttr.INTERNAL_IP6_ADDRESS
         value = vip.packed if vip.version == 4 else vip.packed + b"\x80"
         self.cp_reply = CpPayload(CfgType.CFG_REPLY, [CfgAttribute(attr, value)])
 
-    def build_r(self, sa: IkeSa, msg: Message) -> None:
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         if self.error is not None:
             if self.error.notify is not None:
                 msg.payloads.append(NotifyPayload(self.error.notify, self.error.data))
@@ -371,10 +360,10 @@ class ChildCreate(Task):
                 msg.payloads.append(KePayload(self.ke.group, self.ke.public))
         msg.payloads.append(TsPayload(PayloadType.TSi, self.tsi))
         msg.payloads.append(TsPayload(PayloadType.TSr, self.tsr))
-        self._install(sa, sa.engine.now, initiator=False)
+        self._install(sa, now, initiator=False)
 
     # ---------------------------------------------------------------- both
-    def _install(self, sa: IkeSa, now: float, initiator: bool) -> None:
+    def _install(self, sa: IkeSaView, now: float, initiator: bool) -> None:
         assert self.cfg is not None and self.chosen is not None
         e = self.chosen.first(TransformType.ENCR)
         i = self.chosen.first(TransformType.INTEG)
@@ -395,8 +384,8 @@ class ChildCreate(Task):
         local_ts, remote_ts = (self.tsi, self.tsr) if initiator else (self.tsr, self.tsi)
         keys = ev.ChildKeys(e.id, e.key_length or 0, integ, bool(esn and esn.id == 1),
                             self.spi_in, spi_out, k_in, a_in, k_out, a_out)
-        uid = sa.engine.next_child_id()
-        reqid = self.rekey.reqid if self.rekey is not None else sa.engine.next_reqid()
+        uid = sa.ctx.next_child_id()
+        reqid = self.rekey.reqid if self.rekey is not None else sa.ctx.next_reqid()
         child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen,
                         describe(self.chosen), keys, local_ts, remote_ts, ChildState.INSTALLED, now,
                         rekeyed_from=self.rekey.unique_id if self.rekey else None)
@@ -406,13 +395,13 @@ class ChildCreate(Task):
         encap = sa.nat_here or sa.nat_there or sa.config.encap or sa.uses_marker
         log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s", child.name, uid,
                  self.spi_in, spi_out, tsmod.list_text(local_ts), tsmod.list_text(remote_ts))
-        sa.engine.emit(ev.ChildSaEstablished(
+        sa.ctx.emit(ev.ChildSaEstablished(
             sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap,
             tuple(tsmod.to_text(t) for t in local_ts), tuple(tsmod.to_text(t) for t in remote_ts),
             keys, child.proposal_text, child.rekeyed_from, self.cfg.replay_window))
         if self.rekey is not None:
             if initiator:
-                sa.queue += collisions.child_rekey_done(sa, self, self.rekey)
+                sa.queue.extend(collisions.child_rekey_done(sa, self, self.rekey))
             else:
                 collisions.child_rekey_answered(sa, self, self.rekey)
             self.rekey.set_state(ChildState.REKEYED)

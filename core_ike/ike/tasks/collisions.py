@@ -9,16 +9,16 @@ collision becomes visible (answering the peer's request while ours is in flight,
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ...codec.message import Message
 from ...constants import ExchangeType, NotifyType
 from ...errors import ProtocolError
-from ..state import ChildSa, ChildState
-from ..task import Task
+from ..context import IkeSaView, Task
+from ..state import ChildSa, ChildState, IkeState
+from .informational import ChildDelete, IkeDelete
 
-if TYPE_CHECKING:
-    from ..sa import IkeSa
+if TYPE_CHECKING:  # these two import this module; at run time tasks are told apart by `Task.name`
     from .child_create import ChildCreate
     from .ike_rekey import IkeRekey
 
@@ -34,11 +34,11 @@ def ours_is_redundant(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) ->
     return min(ours) < min(theirs)
 
 
-def own_task(sa: IkeSa, match: type[Task], pred: object = None) -> tuple[Task | None, bool]:
-    """Our task of type `match` (and with `rekey is pred` when given) for this IKE_SA:
+def own_task(sa: IkeSaView, name: str, pred: object = None) -> tuple[Task | None, bool]:
+    """Our task named `name` (and with `rekey is pred` when given) for this IKE_SA:
     (task, True) if its request is in flight, (task, False) if only queued, (None, False) otherwise."""
     def hit(t: Task) -> bool:
-        return isinstance(t, match) and (pred is None or getattr(t, "rekey", None) is pred)
+        return t.name == name and (pred is None or getattr(t, "rekey", None) is pred)
 
     if sa.outstanding is not None:
         for t in sa.outstanding.tasks:
@@ -50,10 +50,8 @@ def own_task(sa: IkeSa, match: type[Task], pred: object = None) -> tuple[Task | 
     return None, False
 
 
-def check_create_child(sa: IkeSa, msg: Message, ike_rekey: bool, old: ChildSa | None) -> None:
+def check_create_child(sa: IkeSaView, msg: Message, ike_rekey: bool, old: ChildSa | None) -> None:
     """Refusals of a CREATE_CHILD_SA request before any task sees it (RFC 7296 2.25)."""
-    from ..sa import IkeState
-
     if sa.state is IkeState.DELETING or (sa.state is not IkeState.ESTABLISHED and not ike_rekey) or \
             (ike_rekey and sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING)):
         # RFC 7296 2.25 / 2.25.2: no new CHILD_SAs on an IKE_SA that is being rekeyed or closed, and a
@@ -68,26 +66,21 @@ def check_create_child(sa: IkeSa, msg: Message, ike_rekey: bool, old: ChildSa | 
         raise ProtocolError("CHILD_SA to rekey is being deleted", NotifyType.TEMPORARY_FAILURE)
 
 
-def child_rekey_answered(sa: IkeSa, responder: ChildCreate, old: ChildSa) -> None:
+def child_rekey_answered(sa: IkeSaView, responder: ChildCreate, old: ChildSa) -> None:
     """We answered the peer's rekey of `old`. RFC 7296 2.25.1: if we are rekeying it too, our exchange
     collided (decided when our response arrives, 2.8.1); if our rekey was only queued, drop it."""
-    from .child_create import ChildCreate
-
-    mine, in_flight = own_task(sa, ChildCreate, old)
+    mine, in_flight = own_task(sa, "CHILD_CREATE", old)
     if mine is None:
         return
     if in_flight:
-        assert isinstance(mine, ChildCreate)
         log.info("CHILD_SA %s{%d} rekey collision: the peer rekeys it too", old.name, old.unique_id)
-        mine.collision = responder
+        cast("ChildCreate", mine).collision = responder
     else:
         sa.queue.remove(mine)
 
 
-def child_rekey_done(sa: IkeSa, mine: ChildCreate, old: ChildSa) -> list[Task]:
+def child_rekey_done(sa: IkeSaView, mine: ChildCreate, old: ChildSa) -> list[Task]:
     """Our rekey of `old` completed; returns the deletes to queue (RFC 7296 2.8.1)."""
-    from .informational import ChildDelete
-
     theirs = mine.collision
     if theirs is None or mine.child is None:
         # RFC 7296 1.3.3 / 2.8: the rekey initiator deletes the old CHILD_SA
@@ -101,7 +94,7 @@ def child_rekey_done(sa: IkeSa, mine: ChildCreate, old: ChildSa) -> list[Task]:
     return [ChildDelete(child=old, reason="rekeyed")]
 
 
-def child_rekey_refused(sa: IkeSa, old: ChildSa, notify: int, now: float) -> None:
+def child_rekey_refused(sa: IkeSaView, old: ChildSa, notify: int, now: float) -> None:
     """The peer refused our rekey of `old`: not a failure of the IKE_SA (RFC 7296 2.25)."""
     if old.state is not ChildState.REKEYING:
         return  # meanwhile deleted (e.g. by the peer's DELETE that crossed our request)
@@ -111,25 +104,20 @@ def child_rekey_refused(sa: IkeSa, old: ChildSa, notify: int, now: float) -> Non
     # CHILD_SA_NOT_FOUND (2.25.1): the peer is deleting it; its DELETE removes ours
 
 
-def ike_rekey_answered(sa: IkeSa, responder: IkeRekey) -> bool:
+def ike_rekey_answered(sa: IkeSaView, responder: IkeRekey) -> bool:
     """We answered the peer's rekey of this IKE_SA. RFC 7296 2.25.2: if our own IKE rekey is in flight,
     the exchanges collided (decided when our response arrives, 2.8.2); True then."""
-    from .ike_rekey import IkeRekey
-
-    mine, in_flight = own_task(sa, IkeRekey)
+    mine, in_flight = own_task(sa, "IKE_REKEY")
     if mine is None or not in_flight:
         return False
-    assert isinstance(mine, IkeRekey)
     log.info("IKE_SA %s rekey collision: the peer rekeys it too", sa.label)
-    mine.collision = responder
+    cast("IkeRekey", mine).collision = responder
     return True
 
 
-def ike_rekey_done(old: IkeSa, mine: IkeRekey, new: IkeSa, now: float) -> bool:
+def ike_rekey_done(old: IkeSaView, mine: IkeRekey, new: IkeSaView, now: float) -> bool:
     """Our rekey of `old` produced `new`; after a collision (RFC 7296 2.8.2) keep one of the two new
     IKE_SAs. Returns True if we are to delete the old IKE_SA (we initiated the surviving rekey)."""
-    from .informational import IkeDelete
-
     theirs = mine.collision.new_sa if mine.collision is not None else None
     if mine.collision is None or theirs is None:
         move_queue(old, new)
@@ -153,10 +141,8 @@ def ike_rekey_done(old: IkeSa, mine: IkeRekey, new: IkeSa, now: float) -> bool:
     return True
 
 
-def move_queue(old: IkeSa, new: IkeSa) -> None:
+def move_queue(old: IkeSaView, new: IkeSaView) -> None:
     """RFC 7296 2.18: once the IKE_SA is rekeyed, our pending requests (CHILD_SA rekeys, a user's
     terminate) continue on the new one; a queued IKE rekey of the old SA has become pointless."""
-    from .ike_rekey import IkeRekey
-
-    new.queue.extend(t for t in old.queue if not isinstance(t, IkeRekey))
+    new.queue.extend(t for t in old.queue if t.name != "IKE_REKEY")
     old.queue.clear()

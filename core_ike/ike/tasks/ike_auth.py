@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -14,14 +14,12 @@ from ...codec.message import Message
 from ...codec.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, NotifyPayload
 from ...constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType, PayloadType, name_of
 from ...crypto.auth import create_signature_auth, psk_auth, signed_octets, verify_signature_auth
-from ...errors import AuthenticationError, ProtocolError
+from ...errors import AuthenticationFailed, ProtocolError
 from .. import events as ev
+from ..context import IkeSaView, Status, Task
 from ..creds import PublicKey
 from ..identity import Identity
-from ..task import Status, Task
-
-if TYPE_CHECKING:
-    from ..sa import IkeSa
+from ..state import IkeState
 
 log = logging.getLogger("core_ike.ike")
 
@@ -31,7 +29,7 @@ def _default_id(addr: str) -> Identity:
     return Identity(IdType.IPV4_ADDR if ip.version == 4 else IdType.IPV6_ADDR, ip.packed)
 
 
-def _my_identity(sa: IkeSa) -> Identity:
+def _my_identity(sa: IkeSaView) -> Identity:
     i = sa.config.local.id
     if i.is_any:
         certs = sa.config.local.certs
@@ -42,28 +40,28 @@ def _my_identity(sa: IkeSa) -> Identity:
     return i
 
 
-def _octets(sa: IkeSa, initiator_side: bool, id_body: bytes) -> bytes:
+def _octets(sa: IkeSaView, initiator_side: bool, id_body: bytes) -> bytes:
     """RFC 7296 2.15: RealMessage | NonceData of the other side | prf(SK_p, RestOfIDPayload)."""
     if initiator_side:
         return signed_octets(sa.init_request, sa.nr, sa.prf, sa.sk_pi, id_body)
     return signed_octets(sa.init_response, sa.ni, sa.prf, sa.sk_pr, id_body)
 
 
-def build_auth(sa: IkeSa, msg: Message, initiator_side: bool, id_pl: IdPayload) -> None:
+def build_auth(sa: IkeSaView, msg: Message, initiator_side: bool, id_pl: IdPayload) -> None:
     cfg = sa.config.local
     octets = _octets(sa, initiator_side, id_pl.body)
-    creds = sa.engine.creds
+    creds = sa.ctx.creds
     # our own credentials missing: the peer learns AUTHENTICATION_FAILED, we log the precise reason
     if cfg.auth == "psk":
         psk = creds.psk(sa.my_id or Identity(0, b""), sa.peer_id or sa.config.remote.id)
         if psk is None:
-            raise AuthenticationError(f"no shared key found for '{sa.my_id}' - '{sa.peer_id}'")
+            raise AuthenticationFailed(f"no shared key found for '{sa.my_id}' - '{sa.peer_id}'")
         msg.payloads.append(AuthPayload(AuthMethod.PSK, psk_auth(sa.prf, psk, octets)))
         log.info("authentication of '%s' (myself) with pre-shared key", sa.my_id)
         return
     key = creds.private_key_for(sa.my_id or Identity(0, b""))
     if key is None:
-        raise AuthenticationError(f"no private key found for '{sa.my_id}'")
+        raise AuthenticationFailed(f"no private key found for '{sa.my_id}'")
     hashes = set(sa.peer_hash_algs)
     method_pref = cfg.signature
     method = int(AuthMethod.RSA_SIG) if method_pref == "rsa" or not hashes else int(AuthMethod.DIGITAL_SIGNATURE)
@@ -77,8 +75,8 @@ def _method_text(method: int) -> str:
         method, name_of(AuthMethod, method))
 
 
-def _peer_key(sa: IkeSa, msg: Message) -> PublicKey:
-    creds = sa.engine.creds
+def _peer_key(sa: IkeSaView, msg: Message) -> PublicKey:
+    creds = sa.ctx.creds
     assert sa.peer_id is not None
     cert_pl = [c for c in msg.get_all(PayloadType.CERT)
                if isinstance(c, CertPayload) and c.encoding == CertEncoding.X509_SIGNATURE]
@@ -86,16 +84,16 @@ def _peer_key(sa: IkeSa, msg: Message) -> PublicKey:
         try:
             cert = x509.load_der_x509_certificate(cert_pl[0].data)
         except ValueError as e:
-            raise AuthenticationError(f"cannot parse peer certificate: {e}") from e
+            raise AuthenticationFailed(f"cannot parse peer certificate: {e}") from e
         if not creds.verify_cert(cert):
-            raise AuthenticationError(f"no trusted issuer found for '{cert.subject.rfc4514_string()}'")
+            raise AuthenticationFailed(f"no trusted issuer found for '{cert.subject.rfc4514_string()}'")
         if not _cert_matches(cert, sa.peer_id):
-            raise AuthenticationError(f"peer certificate does not contain identity '{sa.peer_id}'")
+            raise AuthenticationFailed(f"peer certificate does not contain identity '{sa.peer_id}'")
         k = cert.public_key()
         return k  # type: ignore[return-value]
     k2 = creds.public_key_for(sa.peer_id)
     if k2 is None:
-        raise AuthenticationError(f"no trusted public key found for '{sa.peer_id}'")
+        raise AuthenticationFailed(f"no trusted public key found for '{sa.peer_id}'")
     return k2
 
 
@@ -116,26 +114,26 @@ def _cert_matches(cert: x509.Certificate, ident: Identity) -> bool:
     return False
 
 
-def verify_auth(sa: IkeSa, msg: Message, peer_is_initiator: bool, id_pl: IdPayload) -> None:
+def verify_auth(sa: IkeSaView, msg: Message, peer_is_initiator: bool, id_pl: IdPayload) -> None:
     auth = msg.get(PayloadType.AUTH)
     if not isinstance(auth, AuthPayload):
-        raise AuthenticationError("AUTH payload missing")
+        raise AuthenticationFailed("AUTH payload missing")
     octets = _octets(sa, peer_is_initiator, id_pl.body)
     expected = sa.config.remote.auth
     assert sa.peer_id is not None and sa.my_id is not None
     if auth.method == AuthMethod.PSK:
         if expected != "psk":
-            raise AuthenticationError("peer used a pre-shared key, but public key authentication is required")
-        psk = sa.engine.creds.psk(sa.my_id, sa.peer_id)
+            raise AuthenticationFailed("peer used a pre-shared key, but public key authentication is required")
+        psk = sa.ctx.creds.psk(sa.my_id, sa.peer_id)
         if psk is None or not hmac.compare_digest(psk_auth(sa.prf, psk, octets), auth.data):
-            raise AuthenticationError(f"verification of '{sa.peer_id}' with pre-shared key failed")
+            raise AuthenticationFailed(f"verification of '{sa.peer_id}' with pre-shared key failed")
         log.info("authentication of '%s' with pre-shared key successful", sa.peer_id)
         return
     if expected != "pubkey":
-        raise AuthenticationError(f"peer used {_method_text(auth.method)}, but a pre-shared key is required")
+        raise AuthenticationFailed(f"peer used {_method_text(auth.method)}, but a pre-shared key is required")
     key = _peer_key(sa, msg)
     if not verify_signature_auth(key, auth.method, auth.data, octets):
-        raise AuthenticationError(f"signature validation of '{sa.peer_id}' failed")
+        raise AuthenticationFailed(f"signature validation of '{sa.peer_id}' failed")
     log.info("authentication of '%s' with %s successful", sa.peer_id, _method_text(auth.method))
 
 
@@ -143,26 +141,22 @@ def _id_payload(ptype: PayloadType, ident: Identity) -> IdPayload:
     return IdPayload(ptype, ident.id_type, ident.data)
 
 
-def _add_certs(sa: IkeSa, msg: Message) -> None:
+def _add_certs(sa: IkeSaView, msg: Message) -> None:
     for c in sa.config.local.certs:
         msg.payloads.append(CertPayload(CertEncoding.X509_SIGNATURE,
                                         c.public_bytes(serialization.Encoding.DER)))
 
 
-def _add_certreq(sa: IkeSa, msg: Message) -> None:
+def _add_certreq(sa: IkeSaView, msg: Message) -> None:
     """RFC 7296 3.7: SHA-1 hashes of the SPKIs of the CAs we trust."""
-    import hashlib
-
-    cas = sa.engine.creds.cas
+    cas = sa.ctx.creds.cas
     if sa.config.remote.auth == "pubkey" and cas and sa.config.send_certreq:
         data = b"".join(hashlib.sha1(ca.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest() for ca in cas)
         msg.payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, data))
 
 
-def established(sa: IkeSa, now: float) -> None:
-    from ..sa import IkeState
-
+def established(sa: IkeSaView, now: float) -> None:
     sa.set_state(IkeState.ESTABLISHED)
     sa.established_at = now
     # RFC 7296 2.15: the IKE_SA_INIT messages were only needed for AUTH; a retransmitted IKE_AUTH
@@ -171,8 +165,8 @@ def established(sa: IkeSa, now: float) -> None:
     if log.isEnabledFor(logging.INFO):
         log.info("IKE_SA %s established between %s[%s]...%s[%s]", sa.label, sa.local[0], sa.my_id,
                  sa.remote[0], sa.peer_id)
-    sa.engine.ike_established(sa, now)
-    sa.engine.emit(ev.IkeSaEstablished(
+    sa.ctx.ike_established(sa, now)
+    sa.ctx.emit(ev.IkeSaEstablished(
         sa.name, sa.unique_id, sa.local, sa.remote, str(sa.my_id), str(sa.peer_id), sa.spi_i, sa.spi_r,
         sa.is_original_initiator, sa.rekeyed_from))
 
@@ -186,7 +180,7 @@ class IkeAuth(Task):
         self.error: ProtocolError | None = None
 
     # ---------------------------------------------------------------- initiator
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
         sa.my_id = _my_identity(sa)
         sa.peer_id = sa.config.remote.id
         idi = _id_payload(PayloadType.IDi, sa.my_id)
@@ -196,15 +190,14 @@ class IkeAuth(Task):
         if not sa.config.remote.id.is_any:
             msg.payloads.append(_id_payload(PayloadType.IDr, sa.config.remote.id))
         build_auth(sa, msg, True, idi)
-        if sa.engine.is_first_contact(sa):
+        if sa.ctx.is_first_contact(sa):
             msg.payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         for n in msg.get_all(PayloadType.NOTIFY):
             assert isinstance(n, NotifyPayload)
             if int(n.type) == NotifyType.AUTHENTICATION_FAILED:
-                raise ProtocolError("peer reported AUTHENTICATION_FAILED: it did not accept our credentials",
-                                    NotifyType.AUTHENTICATION_FAILED)
+                raise AuthenticationFailed("peer reported AUTHENTICATION_FAILED: it did not accept our credentials")
             if n.is_error and int(n.type) not in _CHILD_ERRORS:
                 raise ProtocolError(f"received {name_of(NotifyType, int(n.type))} notify error", int(n.type))
         idr = msg.get(PayloadType.IDr)
@@ -212,23 +205,23 @@ class IkeAuth(Task):
             raise ProtocolError("IDr payload missing", NotifyType.INVALID_SYNTAX)
         got = Identity(int(idr.id_type), idr.data)
         if not sa.config.remote.id.matches(got):
-            raise AuthenticationError(f"peer identity '{got}' does not match '{sa.config.remote.id}'")
+            raise AuthenticationFailed(f"peer identity '{got}' does not match '{sa.config.remote.id}'")
         sa.peer_id = got
         verify_auth(sa, msg, False, idr)
         established(sa, now)
         return Status.DONE
 
     # ---------------------------------------------------------------- responder
-    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         idi = msg.get(PayloadType.IDi)
         if not isinstance(idi, IdPayload):
             raise ProtocolError("IDi payload missing", NotifyType.INVALID_SYNTAX)
         sa.peer_id = Identity(int(idi.id_type), idi.data)
         idr = msg.get(PayloadType.IDr)
         wanted = Identity(int(idr.id_type), idr.data) if isinstance(idr, IdPayload) else None
-        cfg = sa.engine.select_peer_config(sa, sa.peer_id, wanted, msg)
+        cfg = sa.ctx.select_peer_config(sa, sa.peer_id, wanted, msg)
         if cfg is None:
-            raise AuthenticationError(f"no matching peer config found for '{sa.peer_id}'")
+            raise AuthenticationFailed(f"no matching peer config found for '{sa.peer_id}'")
         sa.config = cfg
         sa.name = cfg.name
         sa.mediation = cfg.mediation
@@ -237,13 +230,13 @@ class IkeAuth(Task):
         sa.my_id = wanted if wanted is not None and cfg.local.id.is_any else _my_identity(sa)
         verify_auth(sa, msg, True, idi)
 
-    def build_r(self, sa: IkeSa, msg: Message) -> None:
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         assert sa.my_id is not None
         idr = _id_payload(PayloadType.IDr, sa.my_id)
         msg.payloads.insert(0, idr)
         _add_certs(sa, msg)
         build_auth(sa, msg, False, idr)
-        established(sa, sa.engine.now)
+        established(sa, now)
 
 
 _CHILD_ERRORS = {

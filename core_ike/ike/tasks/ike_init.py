@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import os
 import struct
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 from ...codec.message import Message
 from ...codec.payloads import KePayload, NoncePayload, NotifyPayload, Proposal, SaPayload
@@ -27,10 +25,7 @@ from ...crypto.keys import derive_ike_keys, ike_protectors
 from ...crypto.prf import Prf
 from ...crypto.proposals import describe, parse_proposals, select_proposal
 from ...errors import ProtocolError
-from ..task import Status, Task
-
-if TYPE_CHECKING:
-    from ..sa import IkeSa
+from ..context import IkeSaView, Status, Task
 
 log = logging.getLogger("core_ike.ike")
 
@@ -71,11 +66,11 @@ def first_group(proposals: list[Proposal]) -> int:
     return int(DhId.CURVE25519)
 
 
-def _add_common(sa: IkeSa, msg: Message, src: tuple[str, int], dst: tuple[str, int]) -> None:
+def _add_common(sa: IkeSaView, msg: Message, src: tuple[str, int], dst: tuple[str, int]) -> None:
     spi_r = msg.spi_r
     # forced encapsulation: a source hash that matches nothing makes the peer see a NAT and
     # encapsulate ESP as well (what strongSwan's encap = yes does)
-    natd_src = os.urandom(20) if sa.config.encap else natd_hash(sa.spi_i, spi_r, src)
+    natd_src = sa.ctx.rng.bytes(20) if sa.config.encap else natd_hash(sa.spi_i, spi_r, src)
     msg.payloads.append(NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, natd_src))
     msg.payloads.append(NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP,
                                       natd_hash(sa.spi_i, spi_r, dst)))
@@ -85,7 +80,7 @@ def _add_common(sa: IkeSa, msg: Message, src: tuple[str, int], dst: tuple[str, i
                                       b"".join(struct.pack("!H", h) for h in OUR_HASHES)))
 
 
-def _process_common(sa: IkeSa, msg: Message, local: tuple[str, int], remote: tuple[str, int]) -> None:
+def _process_common(sa: IkeSaView, msg: Message, local: tuple[str, int], remote: tuple[str, int]) -> None:
     """NAT-D (RFC 7296 2.23), fragmentation (RFC 7383 2.3) and hash algorithms (RFC 7427 4)."""
     src = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
     dst = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_DESTINATION_IP)]
@@ -120,13 +115,14 @@ def _prf(prf_id: int) -> Prf:
     return p
 
 
-def _install_keys(sa: IkeSa, chosen: Proposal, shared: bytes) -> None:
+def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes) -> None:
     encr, bits, integ, prf_id, _dh = algorithms(chosen)
     keys = derive_ike_keys(prf_id, encr, bits, integ, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
     sa.prf = _prf(prf_id)
     sa.prf_id = prf_id
     sa.sk_d, sa.sk_pi, sa.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
-    sa.out_prot, sa.in_prot = ike_protectors(keys, encr, bits, integ, sa.is_original_initiator)
+    sa.out_prot, sa.in_prot = ike_protectors(keys, encr, bits, integ, sa.is_original_initiator,
+                                                  sa.ctx.rng)
     sa.proposal = chosen
     sa.proposal_text = describe(chosen)
 
@@ -144,18 +140,18 @@ class IkeInit(Task):
         self.ke_rounds = 0
 
     # ---------------------------------------------------------------- initiator
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
         if not self.proposals:
             self.proposals = parse_proposals(sa.config.proposals, ProtocolId.IKE)
-            sa.ni = os.urandom(NONCE_LEN)
+            sa.ni = sa.ctx.rng.bytes(NONCE_LEN)
         if self.ke is None:
-            self.ke = new_key_exchange(first_group(self.proposals))
+            self.ke = new_key_exchange(first_group(self.proposals), sa.ctx.rng)
         if self.cookie is not None:
             msg.payloads.append(NotifyPayload(NotifyType.COOKIE, self.cookie))  # RFC 7296 2.6: first
         msg.payloads += [SaPayload(self.proposals), KePayload(self.ke.group, self.ke.public), NoncePayload(sa.ni)]
         _add_common(sa, msg, sa.local, sa.remote)
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         cookie = msg.notify(NotifyType.COOKIE)
         if cookie is not None:
             self.cookie_rounds += 1
@@ -166,7 +162,7 @@ class IkeInit(Task):
             return Status.RESTART
         bad_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
         if bad_ke is not None:
-            return self._retry_group(bad_ke.data)
+            return self._retry_group(sa, bad_ke.data)
         for n in msg.get_all(PayloadType.NOTIFY):
             assert isinstance(n, NotifyPayload)
             if n.is_error:
@@ -187,13 +183,13 @@ class IkeInit(Task):
         sa.init_response = msg.raw
         _process_common(sa, msg, sa.local, sa.remote)
         _install_keys(sa, chosen, self.ke.compute(ke.data))
-        sa.engine.spi_learned(sa)
+        sa.ctx.spi_learned(sa)
         log.info("selected proposal: %s", sa.proposal_text)
         if sa.nat_here or sa.nat_there or sa.config.encap or sa.mediation:
             sa.float_ports()
         return Status.DONE
 
-    def _retry_group(self, data: bytes) -> Status:
+    def _retry_group(self, sa: IkeSaView, data: bytes) -> Status:
         self.ke_rounds += 1
         if len(data) != 2 or self.ke_rounds > MAX_KE_ROUNDS:
             raise ProtocolError("invalid INVALID_KE_PAYLOAD", None)
@@ -204,17 +200,17 @@ class IkeInit(Task):
                                 NotifyType.INVALID_KE_PAYLOAD)
         log.info("peer didn't accept DH group %s, it requested %s",
                  name_of(DhId, self.ke.group if self.ke else 0), name_of(DhId, group))
-        self.ke = new_key_exchange(group)
+        self.ke = new_key_exchange(group, sa.ctx.rng)
         return Status.RESTART
 
     # ---------------------------------------------------------------- responder
-    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         sa_pl = msg.get(PayloadType.SA)
         ke = msg.get(PayloadType.KE)
         nonce = msg.get(PayloadType.NONCE)
         if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
             raise ProtocolError("IKE_SA_INIT request lacks SA, KE or Nonce", NotifyType.INVALID_SYNTAX)
-        ours = sa.engine.ike_proposals_for(sa)
+        ours = sa.ctx.ike_proposals_for(sa)
         chosen = select_proposal(ours, sa_pl.proposals, ke.group)
         if chosen is None:
             log.info("received proposals: %s", ", ".join(describe(p) for p in sa_pl.proposals))
@@ -227,15 +223,15 @@ class IkeInit(Task):
                                 f"{name_of(DhId, group)}", NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", group))
         if not 16 <= len(nonce.data) <= 256:
             raise ProtocolError("nonce length out of range", NotifyType.INVALID_SYNTAX)
-        self.ke = new_key_exchange(group)
+        self.ke = new_key_exchange(group, sa.ctx.rng)
         sa.ni = nonce.data
-        sa.nr = os.urandom(NONCE_LEN)
+        sa.nr = sa.ctx.rng.bytes(NONCE_LEN)
         sa.init_request = msg.raw
         _process_common(sa, msg, sa.local, sa.remote)
         _install_keys(sa, chosen, self.ke.compute(ke.data))
         log.info("selected proposal: %s", sa.proposal_text)
 
-    def build_r(self, sa: IkeSa, msg: Message) -> None:
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         assert self.ke is not None and sa.proposal is not None
         msg.payloads += [SaPayload([sa.proposal]), KePayload(self.ke.group, self.ke.public), NoncePayload(sa.nr)]
         _add_common(sa, msg, sa.local, sa.remote)

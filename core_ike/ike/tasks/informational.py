@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import TYPE_CHECKING
 
 from ...codec.message import Message
 from ...codec.payloads import DeletePayload, NotifyPayload
 from ...constants import ExchangeType, NotifyType, PayloadType, ProtocolId, name_of
-from ..state import ChildSa, ChildState
-from ..task import Status, Task
-
-if TYPE_CHECKING:
-    from ..sa import IkeSa
+from ..context import IkeSaView, Status, Task
+from ..state import ChildSa, ChildState, IkeState
 
 log = logging.getLogger("core_ike.ike")
 
@@ -27,20 +23,20 @@ class ChildDelete(Task):
         self.spi_in = spi_in if spi_in is not None else (child.spi_in if child else 0)
         self.reason = reason
 
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
         if self.child is not None:
             log.info("closing CHILD_SA %s{%d} with SPIs %08x_i %08x_o", self.child.name, self.child.unique_id,
                      self.child.spi_in, self.child.spi_out)
             self.child.set_state(ChildState.DELETING)
         msg.payloads.append(DeletePayload(ProtocolId.ESP, [struct.pack("!I", self.spi_in)]))
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         # RFC 7296 1.4.1: the response carries the peer's half; either way our half is gone
         if self.child is not None:
             sa.remove_child(self.child, self.reason)
         return Status.DONE
 
-    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+    def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
         if self.child is not None:
             sa.remove_child(self.child, self.reason)
 
@@ -53,20 +49,18 @@ class IkeDelete(Task):
     def __init__(self, reason: str = "deleted") -> None:
         self.reason = reason
 
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
-        from ..sa import IkeState
-
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
         log.info("deleting IKE_SA %s between %s[%s]...%s[%s]", sa.label, sa.local[0], sa.my_id,
                  sa.remote[0], sa.peer_id)
         sa.set_state(IkeState.DELETING)
         msg.payloads.append(DeletePayload(ProtocolId.IKE, []))
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         log.info("IKE_SA deleted")
         sa.destroy(self.reason, now)
         return Status.DONE
 
-    def failed(self, sa: IkeSa, reason: str, now: float) -> None:
+    def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
         sa.destroy(self.reason, now)
 
 
@@ -76,10 +70,10 @@ class Dpd(Task):
     exchange = ExchangeType.INFORMATIONAL
     name = "IKE_DPD"
 
-    def build_i(self, sa: IkeSa, msg: Message) -> None:
+    def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
         sa.dpd_pending = True
 
-    def process_i(self, sa: IkeSa, msg: Message, now: float) -> Status:
+    def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
         return Status.DONE
 
 
@@ -93,7 +87,7 @@ class Informational(Task):
         self.delete_ike = False
         self.deleted: list[ChildSa] = []
 
-    def process_r(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         for p in msg.get_all(PayloadType.DELETE):
             assert isinstance(p, DeletePayload)
             if p.protocol == ProtocolId.IKE:
@@ -112,7 +106,7 @@ class Informational(Task):
             if n.is_error:
                 log.info("received %s error notify", name_of(NotifyType, int(n.type)))
 
-    def build_r(self, sa: IkeSa, msg: Message) -> None:
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         if self.delete_ike:
             return
         spis: list[bytes] = []

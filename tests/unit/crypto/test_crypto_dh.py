@@ -9,6 +9,9 @@ import pytest
 from core_ike.constants import DhId, NotifyType
 from core_ike.crypto import dh
 from core_ike.errors import LocalError, ProtocolError
+from core_ike.rng import SeededRng
+
+RNG = SeededRng("crypto")
 
 
 def h(s: str) -> bytes:
@@ -104,7 +107,7 @@ def test_published_vectors(
 
 def test_rfc5903_ke_payload_length() -> None:
     # RFC 5903 8.1: KE payload length 0x48 = 4 (generic header) + 4 (group, reserved) + 64
-    ke = dh.new_key_exchange(DhId.ECP_256)
+    ke = dh.new_key_exchange(DhId.ECP_256, RNG)
     assert 4 + 4 + len(ke.public) == 0x48
 
 
@@ -114,7 +117,7 @@ ALL_GROUPS = [DhId.MODP_1024, DhId.MODP_2048, DhId.MODP_3072, DhId.MODP_4096, Dh
 
 @pytest.mark.parametrize("group", ALL_GROUPS, ids=lambda g: DhId(g).name)
 def test_round_trip(group: int) -> None:
-    a, b = dh.new_key_exchange(group), dh.new_key_exchange(group)
+    a, b = dh.new_key_exchange(group, RNG), dh.new_key_exchange(group, RNG)
     assert a.group == group
     assert len(a.public) == len(b.public) == dh.public_length(group)
     s = a.compute(b.public)
@@ -133,7 +136,7 @@ def test_modp_known_private_matches_pow(group: int) -> None:
     assert det.public == pow(2, x, p).to_bytes(dh.public_length(group), "big")
     small = dh.key_exchange_from_private(group, b"\x03")
     assert small.public == (8).to_bytes(dh.public_length(group), "big")  # leading zeros kept
-    other = dh.new_key_exchange(group)
+    other = dh.new_key_exchange(group, RNG)
     shared = det.compute(other.public)
     assert shared == other.compute(det.public)
     assert shared == pow(int.from_bytes(other.public, "big"), x, p).to_bytes(len(shared), "big")
@@ -155,7 +158,7 @@ def test_modp_primes_follow_rfc3526_formula(group: int, bits: int, c: int) -> No
 
 
 def test_modp_rejects_bad_values() -> None:
-    ke = dh.new_key_exchange(DhId.MODP_2048)
+    ke = dh.new_key_exchange(DhId.MODP_2048, RNG)
     p = dh._MODP_PRIMES[DhId.MODP_2048]
     bad = [0, 1, p - 1, p, p + 1 if p + 1 < 2**2048 else p]
     for y in bad:
@@ -168,8 +171,8 @@ def test_modp_rejects_bad_values() -> None:
 
 @pytest.mark.parametrize("group", [DhId.ECP_256, DhId.ECP_384, DhId.ECP_521], ids=lambda g: DhId(g).name)
 def test_ecp_rejects_off_curve_and_bad_length(group: int) -> None:
-    ke = dh.new_key_exchange(group)
-    other = bytearray(dh.new_key_exchange(group).public)
+    ke = dh.new_key_exchange(group, RNG)
+    other = bytearray(dh.new_key_exchange(group, RNG).public)
     other[-1] ^= 1  # y changed: almost surely off the curve (RFC 6989 2.3)
     for bad in (bytes(other), bytes(len(other)), bytes(other[:-1])):
         with pytest.raises(ProtocolError) as ei:
@@ -179,7 +182,7 @@ def test_ecp_rejects_off_curve_and_bad_length(group: int) -> None:
 
 def test_x25519_rejects_low_order_points() -> None:
     # RFC 7748 6.1: an all-zero output (e.g. the point u=0 or u=1) must be refused (RFC 8031 2.3)
-    ke = dh.new_key_exchange(DhId.CURVE25519)
+    ke = dh.new_key_exchange(DhId.CURVE25519, RNG)
     for bad in (bytes(32), (1).to_bytes(32, "little"), bytes(31)):
         with pytest.raises(ProtocolError) as ei:
             ke.compute(bad)
@@ -187,13 +190,13 @@ def test_x25519_rejects_low_order_points() -> None:
 
 
 def test_x448_rejects_zero_point() -> None:
-    ke = dh.new_key_exchange(DhId.CURVE448)
+    ke = dh.new_key_exchange(DhId.CURVE448, RNG)
     with pytest.raises(ProtocolError):
         ke.compute(bytes(56))
 
 
 def test_unsupported_group() -> None:
     with pytest.raises(LocalError):
-        dh.new_key_exchange(22)
+        dh.new_key_exchange(22, RNG)
     with pytest.raises(LocalError):
         dh.public_length(99)

@@ -9,10 +9,13 @@ import pytest
 from core_ike.constants import DhId, EncrId, IntegId, PrfId
 from core_ike.crypto import dh, keys, sk
 from core_ike.errors import LocalError
+from core_ike.rng import SeededRng
 
 DIGEST: dict[int, str] = {PrfId.HMAC_SHA1: "sha1", PrfId.HMAC_SHA2_256: "sha256", PrfId.HMAC_SHA2_384: "sha384",
           PrfId.HMAC_SHA2_512: "sha512"}
 OUT = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+
+RNG = SeededRng("crypto")
 
 
 def ref_prf_plus(digest: str, key: bytes, seed: bytes, n: int) -> bytes:
@@ -109,12 +112,12 @@ def test_child_keys_formula(encr: int, bits: int | None, integ: int | None, e_le
 
 
 def test_ike_protectors_pair_up() -> None:
-    ke_i, ke_r = dh.new_key_exchange(DhId.CURVE25519), dh.new_key_exchange(DhId.CURVE25519)
+    ke_i, ke_r = dh.new_key_exchange(DhId.CURVE25519, RNG), dh.new_key_exchange(DhId.CURVE25519, RNG)
     args = (PrfId.HMAC_SHA2_256, EncrId.AES_GCM_16, 128, None)
     k_i = keys.derive_ike_keys(*args, NI, NR, ke_i.compute(ke_r.public), SPI_I, SPI_R)
     k_r = keys.derive_ike_keys(*args, NI, NR, ke_r.compute(ke_i.public), SPI_I, SPI_R)
-    out_i, in_i = keys.ike_protectors(k_i, EncrId.AES_GCM_16, 128, None, initiator=True)
-    out_r, in_r = keys.ike_protectors(k_r, EncrId.AES_GCM_16, 128, None, initiator=False)
+    out_i, in_i = keys.ike_protectors(k_i, EncrId.AES_GCM_16, 128, None, initiator=True, rng=RNG)
+    out_r, in_r = keys.ike_protectors(k_r, EncrId.AES_GCM_16, 128, None, initiator=False, rng=RNG)
     assert in_r.open(b"hdr", out_i.seal(b"hdr", b"to responder")) == b"to responder"
     assert in_i.open(b"hdr", out_r.seal(b"hdr", b"to initiator")) == b"to initiator"
 

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from core_ike.constants import AuthMethod, DhId, EncrId, IntegId, PrfId
 from core_ike.crypto import auth, dh, keys, sk
 from core_ike.crypto.prf import Prf
+from core_ike.rng import SeededRng
 
 ENCR_SUITES: list[tuple[int, int | None, int | None]] = [
     *[(EncrId.AES_CBC, b, i) for b in (128, 192, 256)
@@ -25,16 +26,18 @@ ENCR_SUITES: list[tuple[int, int | None, int | None]] = [
 PRFS = [PrfId.HMAC_SHA1, PrfId.HMAC_SHA2_256, PrfId.HMAC_SHA2_384, PrfId.HMAC_SHA2_512, PrfId.AES128_CMAC]
 GROUPS = sorted(dh.SUPPORTED_GROUPS)
 
+RNG = SeededRng("crypto")
+
 
 def _ike_setup(prf_id: int, encr: int, bits: int | None, integ: int | None, group: int) -> None:
     ni, nr = os.urandom(32), os.urandom(32)
     spi_i, spi_r = os.urandom(8), os.urandom(8)
-    ke_i, ke_r = dh.new_key_exchange(group), dh.new_key_exchange(group)
+    ke_i, ke_r = dh.new_key_exchange(group, RNG), dh.new_key_exchange(group, RNG)
     k_i = keys.derive_ike_keys(prf_id, encr, bits, integ, ni, nr, ke_i.compute(ke_r.public), spi_i, spi_r)
     k_r = keys.derive_ike_keys(prf_id, encr, bits, integ, ni, nr, ke_r.compute(ke_i.public), spi_i, spi_r)
     assert k_i == k_r
-    out_i, in_i = keys.ike_protectors(k_i, encr, bits, integ, initiator=True)
-    out_r, in_r = keys.ike_protectors(k_r, encr, bits, integ, initiator=False)
+    out_i, in_i = keys.ike_protectors(k_i, encr, bits, integ, initiator=True, rng=RNG)
+    out_r, in_r = keys.ike_protectors(k_r, encr, bits, integ, initiator=False, rng=RNG)
     for n in (0, 1, 15, 16, 200):
         pt = os.urandom(n)
         body = out_i.seal(b"hdr", pt)

@@ -12,6 +12,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from core_ike.constants import EncrId, IntegId
 from core_ike.crypto import sk
 from core_ike.errors import DecodeError, IntegrityError, LocalError
+from core_ike.rng import SeededRng
+
+RNG = SeededRng("crypto")
 
 
 def h(s: str) -> bytes:
@@ -63,7 +66,7 @@ GCM_T = h("5bc94fbc3221a5db94fae95ae7121a47")
                                           (EncrId.AES_GCM_8, 8)])
 def test_gcm_vector_open(encr: int, tag_len: int) -> None:
     # RFC 5282 4: nonce = salt(4) | IV(8); the 4-octet salt is the tail of SK_e. AAD = prefix.
-    p = sk.make_protector(encr, 128, None, GCM_K + GCM_IV[:4], b"")
+    p = sk.make_protector(encr, 128, None, GCM_K + GCM_IV[:4], b"", rng=RNG)
     body = GCM_IV[4:] + GCM_C + GCM_T[:tag_len]
     # P's last octet (0x39 = 57) is read as the Pad Length: 60 - 58 = 2 octets of payload remain
     assert p.open(GCM_A, body) == GCM_P[:2]
@@ -80,7 +83,7 @@ CBC_C = h("d296cd94c2cccf8a3a863028b5e1dc0a7586602d253cfff91b8266bea6d61ab1")
 
 def test_cbc_vector_open() -> None:
     sk_a = bytes(range(32))
-    p = sk.make_protector(EncrId.AES_CBC, 128, IntegId.HMAC_SHA2_256_128, CBC_K, sk_a)
+    p = sk.make_protector(EncrId.AES_CBC, 128, IntegId.HMAC_SHA2_256_128, CBC_K, sk_a, rng=RNG)
     prefix = b"H" * 32
     icv = hmac.digest(sk_a, prefix + CBC_IV + CBC_C, "sha256")[:16]  # RFC 4868 2.3 truncation
     # 0x1f = 31 as Pad Length: the whole block pair is padding -> empty inner payloads
@@ -100,7 +103,7 @@ CBC_SUITES = list(itertools.product(
 def test_cbc_layout_independently_checked(bits: int, integ: int, n: int) -> None:
     e_len, a_len = sk.key_lengths(EncrId.AES_CBC, bits, integ)
     sk_e, sk_a = bytes(range(1, e_len + 1)), bytes(range(2, a_len + 2))
-    p = sk.make_protector(EncrId.AES_CBC, bits, integ, sk_e, sk_a)
+    p = sk.make_protector(EncrId.AES_CBC, bits, integ, sk_e, sk_a, rng=RNG)
     prefix, pt = b"\x01" * 32, bytes(range(n))
     body = p.seal(prefix, pt)
     assert len(body) == p.sealed_length(n)
@@ -120,7 +123,7 @@ def test_cbc_layout_independently_checked(bits: int, integ: int, n: int) -> None
 def test_gcm_layout_independently_checked(encr: int, bits: int) -> None:
     e_len, _ = sk.key_lengths(encr, bits, None)
     sk_e = bytes(range(e_len))
-    p = sk.make_protector(encr, bits, None, sk_e)
+    p = sk.make_protector(encr, bits, None, sk_e, rng=RNG)
     prefix, pt = b"\x02" * 32, b"inner payloads"
     body = p.seal(prefix, pt)
     tags: dict[int, int] = {EncrId.AES_GCM_16: 16, EncrId.AES_GCM_12: 12, EncrId.AES_GCM_8: 8}
@@ -133,7 +136,7 @@ def test_gcm_layout_independently_checked(encr: int, bits: int) -> None:
 
 
 def test_gcm_explicit_iv_unique() -> None:
-    p = sk.make_protector(EncrId.AES_GCM_16, 128, None, bytes(20))
+    p = sk.make_protector(EncrId.AES_GCM_16, 128, None, bytes(20), rng=RNG)
     ivs = {p.seal(b"x", b"y")[:8] for _ in range(1000)}
     assert len(ivs) == 1000
 
@@ -148,7 +151,7 @@ ALL_SUITES = [(EncrId.AES_CBC, b, i) for b, i in CBC_SUITES] + [
 @pytest.mark.parametrize("encr,bits,integ", ALL_SUITES)
 def test_tampering_detected(encr: int, bits: int | None, integ: int | None) -> None:
     e_len, a_len = sk.key_lengths(encr, bits, integ)
-    p = sk.make_protector(encr, bits, integ, bytes(e_len), b"\x07" * a_len)
+    p = sk.make_protector(encr, bits, integ, bytes(e_len), b"\x07" * a_len, rng=RNG)
     prefix = b"\x03" * 32
     body = p.seal(prefix, b"payload octets")
     for pos in (0, len(body) // 2, len(body) - 1):
@@ -160,7 +163,7 @@ def test_tampering_detected(encr: int, bits: int | None, integ: int | None) -> N
         p.open(b"\x04" + prefix[1:], body)  # the prefix is authenticated too
     with pytest.raises(DecodeError):
         p.open(prefix, body[:5])
-    other = sk.make_protector(encr, bits, integ, b"\x01" * e_len, b"\x08" * a_len)
+    other = sk.make_protector(encr, bits, integ, b"\x01" * e_len, b"\x08" * a_len, rng=RNG)
     with pytest.raises(IntegrityError):
         other.open(prefix, body)
 
@@ -168,7 +171,7 @@ def test_tampering_detected(encr: int, bits: int | None, integ: int | None) -> N
 @pytest.mark.parametrize("encr,bits,integ", ALL_SUITES)
 def test_plaintext_capacity(encr: int, bits: int | None, integ: int | None) -> None:
     e_len, a_len = sk.key_lengths(encr, bits, integ)
-    p = sk.make_protector(encr, bits, integ, bytes(e_len), bytes(a_len))
+    p = sk.make_protector(encr, bits, integ, bytes(e_len), bytes(a_len), rng=RNG)
     for room in range(60, 140):
         cap = p.plaintext_capacity(room)
         assert p.sealed_length(cap) <= room < p.sealed_length(cap + 1)
@@ -176,7 +179,7 @@ def test_plaintext_capacity(encr: int, bits: int | None, integ: int | None) -> N
 
 def test_bad_padding_after_valid_icv() -> None:
     sk_a = bytes(20)
-    p = sk.make_protector(EncrId.AES_CBC, 128, IntegId.HMAC_SHA1_96, bytes(16), sk_a)
+    p = sk.make_protector(EncrId.AES_CBC, 128, IntegId.HMAC_SHA1_96, bytes(16), sk_a, rng=RNG)
     iv = bytes(16)
     enc = Cipher(algorithms.AES(bytes(16)), modes.CBC(iv)).encryptor()
     ct = enc.update(b"\x00" * 15 + b"\x20") + enc.finalize()  # Pad Length 32 > 15 octets
@@ -188,6 +191,6 @@ def test_bad_padding_after_valid_icv() -> None:
 
 def test_make_protector_checks_key_lengths() -> None:
     with pytest.raises(LocalError):
-        sk.make_protector(EncrId.AES_CBC, 128, IntegId.HMAC_SHA1_96, bytes(16), bytes(19))
+        sk.make_protector(EncrId.AES_CBC, 128, IntegId.HMAC_SHA1_96, bytes(16), bytes(19), rng=RNG)
     with pytest.raises(LocalError):
-        sk.make_protector(EncrId.AES_GCM_16, 128, None, bytes(16))  # salt missing
+        sk.make_protector(EncrId.AES_GCM_16, 128, None, bytes(16), rng=RNG)  # salt missing

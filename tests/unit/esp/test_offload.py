@@ -18,11 +18,14 @@ from core_ike.io.offload import (
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
+    HAVE_NUMPY,
     NO_OFFLOAD,
     VNET_HDR,
     Coalescer,
     OffloadError,
     VnetHdr,
+    chunk_sums,
+    packet_sums,
     segment,
     split_gro,
 )
@@ -208,6 +211,20 @@ def test_split_gro_and_gso_runs() -> None:
     assert [len(r) for r in runs(many)] == [GSO_MAX_SEGMENTS, 3]
     big = [b"y" * 1500] * 50
     assert all(sum(map(len, r)) <= 65000 for r in runs(big))
+
+
+def test_vector_sums_equal_plain_sums() -> None:
+    """Both paths give the RFC 1071 sum: theirs is over little-endian words, which is the big-endian
+    sum byte-swapped (RFC 1071 2(B)), i.e. 256 times it modulo 0xFFFF."""
+    data = memoryview(os.urandom(1348 * 7 + 99))
+    want = [rfc1071(bytes(data[i * 1348 : (i + 1) * 1348])) % 0xFFFF for i in range(7)]
+    for vector in (False, True):
+        assert [256 * x % 0xFFFF for x in chunk_sums(data, 1348, 7, vector=vector)] == want
+    pkts = [os.urandom(n) for n in (1400, 77, 1, 1400, 1399, 60)]
+    want = [rfc1071(p) % 0xFFFF for p in pkts]
+    for vector in (False, True):
+        assert [256 * x % 0xFFFF for x in packet_sums(pkts, vector=vector)] == want
+    assert HAVE_NUMPY  # a dependency (pyproject.toml): the default path is the vector one
 
 
 def test_offload_steps_setting() -> None:

@@ -11,6 +11,7 @@ from core_ike.ike.config import AuthConfig, ChildConfig, IkeConfig
 from core_ike.ike.creds import Credentials
 from core_ike.ike.engine import Engine, EngineConfig
 from core_ike.ike.identity import Identity
+from core_ike.rng import SeededRng
 
 A_IP, B_IP = "192.0.2.1", "192.0.2.2"
 
@@ -88,7 +89,7 @@ def make_pair(
     proposals: str = "aes128gcm16-prfsha256-x25519", esp: str = "aes128gcm16", auth: str = "psk",
     a_kw: dict | None = None, b_kw: dict | None = None, b_proposals: str | None = None,
     b_esp: str | None = None, engine_b: EngineConfig | None = None, a_conf: dict | None = None,
-    b_conf: dict | None = None,
+    b_conf: dict | None = None, seed: int = 0,
 ) -> Pair:
     ca, cb = Credentials(), Credentials()
     ida, idb = Identity.parse("alice@test"), Identity.parse("bob@test")
@@ -114,8 +115,8 @@ def make_pair(
     cfg_b = IkeConfig("gw", local_addrs=[B_IP], remote_addrs=["%any"], proposals=b_proposals or proposals,
                       local=AuthConfig(kind, idb), remote=AuthConfig(kind, ida), children=[child_b],
                       **(b_conf or {}))
-    a = Engine([cfg_a], ca, EngineConfig(**(a_kw or {})))
-    b = Engine([cfg_b], cb, engine_b or EngineConfig(**(b_kw or {})))
+    a = Engine([cfg_a], ca, EngineConfig(**(a_kw or {})), rng=SeededRng(f"a{seed}"))
+    b = Engine([cfg_b], cb, engine_b or EngineConfig(**(b_kw or {})), rng=SeededRng(f"b{seed}"))
     return Pair(a, b)
 
 

@@ -145,7 +145,7 @@ def test_requests_before_ike_auth_are_refused(exchange: int) -> None:
         req.payloads += [IdPayload(PayloadType.ID_PEER, IdType.FQDN, b"bob@med"),
                          NotifyPayload(NotifyType.ME_CONNECTID, b"\x01" * 4)]
     before = len(p.wire)
-    for pkt in sa._encode(req):
+    for pkt in sa.tm._encode(req):
         p.b.receive(pkt[4:] if pkt.startswith(b"\x00" * 4) else pkt, bob_sa.local, bob_sa.remote, p.now)
     answers = p.b.datagrams_to_send()
     assert len(answers) == 1

@@ -342,7 +342,7 @@ def test_virtual_ip_via_configuration_payload() -> None:
     p.b.configs[0].children[0].remote_ts = ["dynamic"]
     sa = _up(p)
     assert sa.state is IkeState.ESTABLISHED
-    assert str(sa.extension_data["vip"]) == "10.99.0.1"
+    assert str(sa.vip) == "10.99.0.1"
     (ca,) = p.of("a", ev.ChildSaEstablished)
     (cb,) = p.of("b", ev.ChildSaEstablished)
     assert ca.local_ts == ("10.99.0.1/32",) and cb.remote_ts == ("10.99.0.1/32",)
@@ -442,9 +442,9 @@ def test_virtual_ip_returns_to_the_pool_when_its_ike_sa_goes() -> None:
     p.a.configs[0].children[0].local_ts = ["dynamic"]
     p.b.configs[0].children[0].remote_ts = ["dynamic"]
     sa = _up(p)
-    assert str(sa.extension_data["vip"]) == "10.99.0.1"
+    assert str(sa.vip) == "10.99.0.1"
     p.a.terminate(sa, p.now)
     p.pump()
     assert p.b.ike_sas() == []
     again = _up(p)
-    assert str(again.extension_data["vip"]) == "10.99.0.1"
+    assert str(again.vip) == "10.99.0.1"

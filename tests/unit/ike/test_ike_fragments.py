@@ -60,7 +60,7 @@ def _feed(p: Pair, sb: IkeSa, datagrams: list[bytes]) -> None:
 
 def _held(sb: IkeSa) -> list[int]:
     """Message IDs of b's incomplete reassemblies for this SA."""
-    return [] if sb.fragments is None else [k[2] for k in sb.fragments.reassembler.keys()]
+    return [] if sb.tm.fragments is None else [k[2] for k in sb.tm.fragments.reassembler.keys()]
 
 
 def test_fragments_of_other_message_ids_are_dropped_before_storing() -> None:
@@ -77,8 +77,8 @@ def test_fragments_of_other_message_ids_are_dropped_before_storing() -> None:
     stray = encode_message(resp, sa.out_prot, 1200)
     _feed(p, sb, stray)
     assert p.b.counters["drop-fragment-window"] == sent + len(stray)
-    assert _held(sb) == [] and p.b.frag_budget.used == 0 and sb.fragments is not None
-    assert sb.fragments.reassembler.peak == 0  # nothing was ever stored
+    assert _held(sb) == [] and p.b.frag_budget.used == 0 and sb.tm.fragments is not None
+    assert sb.tm.fragments.reassembler.peak == 0  # nothing was ever stored
     # the legitimate IKE_AUTH (fragmented) still goes through when a retransmits it
     p.drop = None
     p.advance(10)
@@ -95,12 +95,12 @@ def test_a_set_over_the_per_sa_cap_is_dropped_and_the_sa_still_completes() -> No
     for d in frags:
         _feed(p, sb, [d])
         fed += 1
-        assert sb.fragments is not None and sb.fragments.reassembler.used <= cap
+        assert sb.tm.fragments is not None and sb.tm.fragments.reassembler.used <= cap
         if p.b.counters["drop-fragment-memory"]:
             break
     assert fed < len(frags) and p.b.counters["drop-fragment-memory"] == fed  # the whole set went
     assert _held(sb) == [] and p.b.frag_budget.used == 0
-    assert sb.fragments.reassembler.peak <= cap
+    assert sb.tm.fragments.reassembler.peak <= cap
     p.drop = None
     p.advance(10)  # a retransmits its IKE_AUTH, in fragments that fit
     assert sa.state is IkeState.ESTABLISHED and sb.state is IkeState.ESTABLISHED
@@ -122,7 +122,7 @@ def test_the_engine_wide_budget_holds_across_many_half_open_sas() -> None:
     holding = [bool(_held(sb)) for _, sb in sas]
     assert holding[-1] and not holding[0]
     assert holding == sorted(holding)  # a prefix lost them, the rest kept them
-    assert p.b.frag_budget.used == sum(sb.fragments.reassembler.used for _, sb in sas if sb.fragments)
+    assert p.b.frag_budget.used == sum(sb.tm.fragments.reassembler.used for _, sb in sas if sb.tm.fragments)
     # the half-open SAs expire and give everything back
     p.advance(p.b.cfg.half_open_timeout + 1)
     assert all(sb.state is IkeState.DESTROYED for _, sb in sas)
@@ -166,7 +166,7 @@ def test_a_retransmitted_fragmented_request_is_answered_on_fragment_1_only() -> 
     p.b.receive(auth[0][4:] if auth[0][:4] == bytes(4) else auth[0], sb.local, sb.remote, p.now)
     resent = p.b.datagrams_to_send()
     assert resent and len(p.wire) == before
-    assert sb.fragments is not None and sb.fragments.reassembler.peak > 0 and _held(sb) == []
+    assert sb.tm.fragments is not None and sb.tm.fragments.reassembler.peak > 0 and _held(sb) == []
 
 
 def test_forged_fragments_are_counted_and_never_stored() -> None:

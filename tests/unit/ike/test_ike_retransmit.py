@@ -9,8 +9,8 @@ import pytest
 from ike_pair import make_pair
 
 from core_ike.ike.config import RetransmitConfig
+from core_ike.ike.context import Status, Task
 from core_ike.ike.sa import IkeState
-from core_ike.ike.task import Status, Task
 
 
 def _up(p):  # type: ignore[no-untyped-def]
@@ -102,7 +102,7 @@ class _Prompt(Task):
 
     prompt = True
 
-    def build_i(self, sa, msg):  # type: ignore[no-untyped-def]
+    def build_i(self, sa, msg, now):  # type: ignore[no-untyped-def]
         return None
 
     def process_i(self, sa, msg, now):  # type: ignore[no-untyped-def]

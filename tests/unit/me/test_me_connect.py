@@ -19,11 +19,14 @@ from core_ike.me.connect import (
     parse_connect_response,
 )
 from core_ike.me.endpoints import make_endpoint, srflx_endpoint
+from core_ike.rng import SeededRng
 
 ALICE = IdPayload(PayloadType.ID_PEER, IdType.RFC822_ADDR, b"alice@example.org")
 BOB = IdPayload(PayloadType.IDi, IdType.RFC822_ADDR, b"bob@example.org")
 EPS = [make_endpoint(MeEndpointType.HOST, "10.1.0.2", 4500),
        srflx_endpoint("203.0.113.1", 4500, base=("10.1.0.2", 4500))]
+
+RNG = SeededRng("connect")
 
 
 def _types(payloads: list[object]) -> list[object]:
@@ -31,16 +34,16 @@ def _types(payloads: list[object]) -> list[object]:
 
 
 def test_generation_lengths() -> None:
-    assert len(new_connect_id()) == 4 and len(new_connect_id(16)) == 16
-    assert len(new_connect_key()) == 16
+    assert len(new_connect_id(RNG)) == 4 and len(new_connect_id(RNG, 16)) == 16
+    assert len(new_connect_key(RNG)) == 16
     with pytest.raises(ValueError):
-        new_connect_id(3)
+        new_connect_id(RNG, 3)
     with pytest.raises(ValueError):
-        new_connect_key(33)
+        new_connect_key(RNG, 33)
 
 
 def test_four_relay_messages_in_strongswan_order() -> None:
-    cid, key_a, key_b = new_connect_id(), new_connect_key(), new_connect_key()
+    cid, key_a, key_b = new_connect_id(RNG), new_connect_key(RNG), new_connect_key(RNG)
     a_ms = build_connect(cid, key_a, EPS, BOB, callback=True)
     assert _types(a_ms) == [NotifyType.ME_CONNECTID, NotifyType.ME_CONNECTKEY, NotifyType.ME_CALLBACK,
                             NotifyType.ME_ENDPOINT, NotifyType.ME_ENDPOINT, PayloadType.ID_PEER]
@@ -61,7 +64,7 @@ def test_four_relay_messages_in_strongswan_order() -> None:
 
 
 def test_any_order_accepted() -> None:
-    payloads = build_connect(new_connect_id(), new_connect_key(), EPS, BOB)
+    payloads = build_connect(new_connect_id(RNG), new_connect_key(RNG), EPS, BOB)
     assert parse_connect(list(reversed(payloads))).kind is ConnectKind.REQUEST
 
 
@@ -88,7 +91,7 @@ def _with(payloads: list[object], ntype: int, data: bytes) -> list[object]:
     lambda ps: ps + [ALICE],
 ])
 def test_invalid_syntax(mutate) -> None:  # type: ignore[no-untyped-def]
-    payloads = build_connect(new_connect_id(), new_connect_key(), EPS[:1], BOB)
+    payloads = build_connect(new_connect_id(RNG), new_connect_key(RNG), EPS[:1], BOB)
     with pytest.raises(ProtocolError) as ei:
         parse_connect(mutate(payloads))
     assert ei.value.notify == NotifyType.INVALID_SYNTAX

@@ -20,6 +20,7 @@ from core_ike.ike.engine import Engine
 from core_ike.ike.identity import Identity
 from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
+from core_ike.rng import SeededRng
 from mediation_server.datarelay import DataRelay, RelayConfig
 from mediation_server.registry import Registry
 from mediation_server.relay import MediationServer
@@ -190,7 +191,7 @@ def _peer_engine(me: str, other: str, ip: str, local_net: str, remote_net: str, 
     mediated = IkeConfig(other, local_addrs=["%any"], remote_addrs=["%any"], local=AuthConfig("psk", my_id),
                          remote=AuthConfig("psk", peer_id), children=[child], mediated_by="medsrv",
                          mediation_peer=peer_id)
-    engine = Engine([med, mediated], creds)
+    engine = Engine([med, mediated], creds, rng=SeededRng(me))
     return engine, MediationClient(engine, ccfg)
 
 
@@ -207,7 +208,7 @@ def make_net(*, latency: float = 0.0, symmetric: tuple[bool, bool] = (False, Fal
         cfg = IkeConfig("peers", local_addrs=[MS_IP], remote_addrs=["%any"],
                         local=AuthConfig("psk", Identity.parse(IDS["ms"])), remote=AuthConfig("psk"),
                         mediation=server_ext)
-        eng = Engine([cfg], creds)
+        eng = Engine([cfg], creds, rng=SeededRng("ms"))
         table = DataRelay(relay) if relay is not None else None
         srv = MediationServer(eng, registry, relay=table) if server_ext else None
         net.add(Node("ms", eng, MS_IP, None, srv))

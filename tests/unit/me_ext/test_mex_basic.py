@@ -80,7 +80,7 @@ def test_latency_20ms_time_to_child() -> None:
 
 
 def _answer_delay(foreign: bool) -> float:
-    from core_ike.me.tasks import OURS_KEY
+    from core_ike.me.tasks import MeSaState
 
     net = make_net()
     register(net)
@@ -88,7 +88,7 @@ def _answer_delay(foreign: bool) -> float:
     if foreign:  # as if alice were a strongSwan peer: it did not announce our implementation Vendor ID
         for sa in ms.engine.ike_sas():
             if sa.peer_id is not None and str(sa.peer_id) == IDS["alice"]:
-                sa.extension_data.pop(OURS_KEY, None)
+                sa.extension(MeSaState).ours = False
     _connect(net)
     sent = alice.first(mev.MeConnectSent)
     started = alice.first(mev.ChecksStarted)

@@ -17,6 +17,9 @@ from core_ike.ike.identity import Identity
 from core_ike.me.checks import encode_check, make_check, request_endpoint
 from core_ike.me.connect import build_connect, new_connect_id, new_connect_key
 from core_ike.me.endpoints import host_endpoints
+from core_ike.rng import SeededRng
+
+SEEDED = SeededRng("fuzz")
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:
@@ -52,7 +55,7 @@ def test_server_survives_mutated_me_connect_and_keeps_mediating() -> None:
     a_sa = alice.engine.ike_sas()[0]
     ms_sa = next(s for s in ms.engine.ike_sas() if s.peer_id == a_sa.my_id)
     bob_id = Identity.parse("bob@example.net")
-    good = build_connect(new_connect_id(), new_connect_key(), host_endpoints(["10.1.0.2"], 4500),
+    good = build_connect(new_connect_id(SEEDED), new_connect_key(SEEDED), host_endpoints(["10.1.0.2"], 4500),
                          IdPayload(PayloadType.ID_PEER, IdType.RFC822_ADDR, bob_id.data), callback=True)
     inner = encode_payloads(good)
     first = int(good[0].ptype)
@@ -68,7 +71,7 @@ def test_server_survives_mutated_me_connect_and_keeps_mediating() -> None:
         bob.engine.receive(_mutate(rng, check), ("10.2.0.2", 4500), ("203.0.113.1", 4500), net.now)
     # the server still mediates: after the flood alice is rate limited at first (told so at once),
     # then, once her token bucket refilled, her real attempt to reach bob succeeds
-    a_sa.my_mid = ms_sa.peer_mid
+    a_sa.tm.my_mid = ms_sa.peer_mid
     net.run(3.0)
     alice.ext.connect("bob", net.now)
     net.run(10.0, until=lambda: bool(alice.of(ev.ChildSaEstablished)))

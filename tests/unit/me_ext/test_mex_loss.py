@@ -16,7 +16,7 @@ from core_ike.ike import events as ev
 from core_ike.ike.sa import IkeState
 from core_ike.ike.tasks.informational import Dpd
 from core_ike.me import events as mev
-from core_ike.me.tasks import ROLE_KEY
+from core_ike.me.tasks import me_role
 from mediation_server.datarelay import RelayConfig
 
 NATTED = {"alice": A_PUB, "bob": B_PUB}
@@ -39,7 +39,7 @@ def _exchange(data: bytes) -> int:
 
 
 def _mediation_sa(net: Net, name: str):  # type: ignore[no-untyped-def]
-    return next(s for s in net.nodes[name].engine.ike_sas() if s.extension_data.get(ROLE_KEY) == "peer")
+    return next(s for s in net.nodes[name].engine.ike_sas() if me_role(s) == "peer")
 
 
 def _wait(net: Net, seconds: float) -> None:

@@ -14,7 +14,7 @@ from mex_net import A_PUB, B_PUB, IDS, MS_IP, client_config, make_net, register
 from core_ike.constants import MeEndpointType
 from core_ike.ike import events as ev
 from core_ike.me import events as mev
-from core_ike.me.tasks import RELAY_KEY
+from core_ike.me.tasks import MeSaState
 from mediation_server.datarelay import RelayConfig
 
 PORTS = (50000, 50099)
@@ -39,8 +39,8 @@ def test_negotiated_on_both_mediation_sas() -> None:
     register(net)
     for name in ("alice", "bob"):
         (sa,) = [s for s in net.nodes[name].engine.ike_sas() if s.name == "medsrv"]
-        assert sa.extension_data.get(RELAY_KEY) is True
-    assert all(s.extension_data.get(RELAY_KEY) for s in net.nodes["ms"].engine.ike_sas())
+        assert sa.extension(MeSaState).relay is True
+    assert all(s.extension(MeSaState).relay for s in net.nodes["ms"].engine.ike_sas())
 
 
 def test_symmetric_nats_both_sides_connect_through_the_relay() -> None:
@@ -221,7 +221,7 @@ def test_relay_disabled_at_server_still_checks_failed() -> None:
     _connect(net)
     (f,) = net.nodes["alice"].of(mev.MediationFailed)
     assert f.reason.startswith("checks failed") and "RELAYED" not in f.reason
-    assert not any(s.extension_data.get(RELAY_KEY) for s in net.nodes["ms"].engine.ike_sas())
+    assert not any(s.extension(MeSaState).relay for s in net.nodes["ms"].engine.ike_sas())
 
 
 def test_client_without_relay_gets_no_relayed_endpoints() -> None:

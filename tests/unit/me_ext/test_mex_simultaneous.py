@@ -11,17 +11,29 @@ import pytest
 from mex_net import make_net, register
 
 from core_ike.ike import events as ev
-from core_ike.me import client as client_mod
 from core_ike.me import events as mev
 from core_ike.me.attempt import AttemptState
 from core_ike.me.tiebreak import decide, own_attempt_wins
+from core_ike.rng import SeededRng
 
 LOW, HIGH = bytes.fromhex("10000001"), bytes.fromhex("f0000002")
 
 
-def _fixed_ids(monkeypatch: pytest.MonkeyPatch, first: bytes, second: bytes) -> None:
-    ids = itertools.chain([first, second], (bytes([0, 0, 0, i]) for i in range(1, 200)))
-    monkeypatch.setattr(client_mod, "new_connect_id", lambda: next(ids))
+class _ConnectIds:
+    """The mediation client's random source (MediationClient.rng) with chosen connect IDs: the 4-octet
+    draws are ME_CONNECTIDs (docs/protocol.md §4.1), the 16-octet ones ME_CONNECTKEYs."""
+
+    def __init__(self, first: bytes, seed: str) -> None:
+        self.ids = itertools.chain([first], (bytes([0, 0, 0, i]) for i in range(1, 200)))
+        self.rest = SeededRng(seed)
+
+    def bytes(self, n: int) -> bytes:
+        return next(self.ids) if n == 4 else self.rest.bytes(n)
+
+
+def _fixed_ids(net, alice: bytes, bob: bytes) -> None:  # type: ignore[no-untyped-def]
+    net.nodes["alice"].ext.rng = _ConnectIds(alice, "alice")
+    net.nodes["bob"].ext.rng = _ConnectIds(bob, "bob")
 
 
 def _run_both(net, offset: float, first: str = "alice"):  # type: ignore[no-untyped-def]
@@ -56,11 +68,11 @@ def _assert_one_sa(net) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("offset", [0.0, 0.001, 0.005])
 @pytest.mark.parametrize("alice_high", [True, False])
-def test_simultaneous_connect_one_sa(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+def test_simultaneous_connect_one_sa(caplog: pytest.LogCaptureFixture,
                                      offset: float, alice_high: bool) -> None:
     caplog.set_level(logging.INFO, logger="core_ike")
-    _fixed_ids(monkeypatch, HIGH if alice_high else LOW, LOW if alice_high else HIGH)  # alice draws first
     net = make_net(latency=0.010)
+    _fixed_ids(net, HIGH if alice_high else LOW, LOW if alice_high else HIGH)
     register(net)
     _run_both(net, offset)
     _assert_one_sa(net)

@@ -1,0 +1,463 @@
+"""The task manager of one IKE_SA: request queue, message IDs, retransmission, the response cache, the
+choice of responder tasks and the SA's maintenance (rekeying, expiry, liveness, NAT keepalives).
+
+The shape of strongSwan's task_manager_v2: tasks are queued, the tasks of one exchange type go out
+together in one request; window size 1 (RFC 7296 2.3); a request is retransmitted on the schedule of
+the connection's RetransmitConfig (RFC 7296 2.1, 2.4) and the SA is given up when it is exhausted;
+a retransmitted request is answered from the response cache (RFC 7296 2.1).
+
+Sans-IO: datagrams go out through the engine's `send`, events through `emit`; `now` is an input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..codec.message import Message, decrypt_message, encode_message
+from ..codec.payloads import NotifyPayload, Proposal, SkfPayload
+from ..codec.rules import check_rules
+from ..constants import ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId, name_of
+from ..errors import AuthenticationFailed, DecodeError, IntegrityError, ProtocolError
+from . import events as ev
+from .context import Failure, Status, Task
+from .fragments import FragmentReceiver
+from .state import ChildState, IkeState
+from .tasks.child_create import ChildCreate
+from .tasks.collisions import check_create_child
+from .tasks.ike_auth import IkeAuth
+from .tasks.ike_init import IkeInit
+from .tasks.ike_rekey import IkeRekey
+from .tasks.informational import ChildDelete, Dpd, Informational
+
+if TYPE_CHECKING:
+    from .sa import IkeSa
+
+log = logging.getLogger("core_ike.ike")
+
+# (original initiator, response) -> header flags, without IntFlag arithmetic per message
+_HEADER_FLAGS = ((HeaderFlag.NONE, HeaderFlag.RESPONSE),
+                 (HeaderFlag.INITIATOR, HeaderFlag.INITIATOR | HeaderFlag.RESPONSE))
+
+
+@dataclass
+class Outstanding:
+    """Our request in flight (window size 1, RFC 7296 2.3)."""
+
+    mid: int
+    exchange: int
+    tasks: list[Task]
+    packets: list[bytes]
+    attempt: int
+    deadline: float
+    prompt: bool = False  # on the early retransmission schedule (RetransmitConfig)
+    sent_at: float = 0.0  # last transmission
+
+
+def failure_of(e: ProtocolError) -> Failure:
+    auth = isinstance(e, AuthenticationFailed) or e.notify == NotifyType.AUTHENTICATION_FAILED
+    return Failure(str(e), None if e.notify is None else int(e.notify), auth)
+
+
+class TaskManager:
+    # one per IKE_SA (a mediation server holds 100k of them): no per-instance __dict__
+    __slots__ = ("cached_response", "failure", "fragments", "my_mid", "outstanding", "peer_mid", "queue", "sa")
+
+    def __init__(self, sa: IkeSa) -> None:
+        self.sa = sa
+        self.my_mid = 0
+        self.peer_mid = 0
+        self.outstanding: Outstanding | None = None
+        self.queue: list[Task] = []
+        self.cached_response: tuple[int, list[bytes]] | None = None
+        self.fragments: FragmentReceiver | None = None  # created on the first SKF fragment (memory per SA)
+        self.failure: Failure | None = None  # the first failed exchange (what the SA's loss is reported as)
+
+    # ------------------------------------------------------------------ sending
+    def _send(self, packets: list[bytes], now: float) -> None:
+        sa = self.sa
+        marker = sa.uses_marker
+        for p in packets:
+            data = b"\x00\x00\x00\x00" + p if marker else p
+            log.info("sending packet: from %s[%d] to %s[%d] (%d bytes)",
+                     sa.local[0], sa.local[1], sa.remote[0], sa.remote[1], len(data))
+            sa.engine.send(data, sa.local, sa.remote)
+        sa.last_out = now
+
+    def _encode(self, msg: Message) -> list[bytes]:
+        sa = self.sa
+        frag = sa.config.fragment_size if (sa.frag_supported and sa.config.fragmentation) else None
+        prot = sa.out_prot if msg.encrypted else None
+        packets = encode_message(msg, prot, frag)
+        if len(packets) > 1:
+            log.info("splitting IKE message into %d fragments of at most %d bytes (RFC 7383)",
+                     len(packets), max(map(len, packets)))
+        return packets
+
+    def new_message(self, exchange: int, response: bool, mid: int) -> Message:
+        sa = self.sa
+        flags = _HEADER_FLAGS[sa.is_original_initiator][response]
+        return Message(
+            spi_i=sa.spi_i, spi_r=sa.spi_r, exchange=exchange, flags=flags, message_id=mid,
+            payloads=[], encrypted=exchange != ExchangeType.IKE_SA_INIT,
+        )
+
+    # ------------------------------------------------------------------ initiating
+    def queue_task(self, task: Task, now: float) -> None:
+        self.queue.append(task)
+        self.initiate_next(now)
+
+    def initiate_next(self, now: float) -> None:
+        """Start the next exchange from the queue if none is in flight (window 1)."""
+        sa = self.sa
+        if self.outstanding is not None:
+            if not self.outstanding.prompt and any(t.prompt for t in self.queue):
+                self._hurry(self.outstanding)
+            return
+        if not self.queue or sa.state is IkeState.DESTROYED:
+            return
+        if sa.state is IkeState.DELETING and not self.queue[0].is_delete:
+            return
+        exchange = self.queue[0].exchange
+        tasks: list[Task] = []
+        while self.queue and self.queue[0].exchange == exchange:
+            tasks.append(self.queue.pop(0))
+        tasks += sa.engine.extension_tasks(sa, exchange, True, None)
+        self._send_request(exchange, tasks, now)
+
+    def _send_request(self, exchange: int, tasks: list[Task], now: float) -> None:
+        sa = self.sa
+        mid = self.my_mid
+        msg = self.new_message(exchange, False, mid)
+        try:
+            for t in tasks:
+                t.build_i(sa, msg, now)
+        except ProtocolError as e:  # e.g. our own credentials are missing: fail with the reason
+            self._task_failed(Outstanding(mid, exchange, tasks, [], 0, now), failure_of(e), now)
+            return
+        if exchange == ExchangeType.IKE_SA_INIT and sa.state is IkeState.CREATED:
+            sa.set_state(IkeState.CONNECTING)
+        packets = self._encode(msg)
+        if exchange == ExchangeType.IKE_SA_INIT:
+            sa.init_request = packets[0]
+        if log.isEnabledFor(logging.INFO):
+            log.info("generating %s request %d %s", name_of(ExchangeType, exchange), mid, msg.summary())
+        # RFC 7296 2.1 / RetransmitConfig: a prompt exchange, or one a prompt request waits behind
+        prompt = any(t.prompt for t in tasks) or any(t.prompt for t in self.queue)
+        self.outstanding = Outstanding(mid, exchange, tasks, packets, 0,
+                                       now + sa.config.retransmit.delay(0, prompt), prompt, now)
+        self._send(packets, now)
+        sa.engine.reschedule(sa)
+
+    def _hurry(self, out: Outstanding) -> None:
+        """A prompt request queued behind `out` (window 1): `out` continues on the early schedule, so a
+        lost DPD or rekey in flight does not hold an `up` back for the main schedule's seconds."""
+        out.prompt = True
+        due = out.sent_at + self.sa.config.retransmit.delay(out.attempt, True)
+        if due < out.deadline:
+            out.deadline = due
+            self.sa.engine.reschedule(self.sa)
+
+    # ------------------------------------------------------------------ receiving
+    def receive(self, msg: Message, now: float) -> None:
+        """A message for this SA (header already matched by SPI)."""
+        sa = self.sa
+        try:
+            full = self._unprotect(msg, now)
+            if full is None:
+                return
+            check_rules(full)
+        except IntegrityError as e:
+            sa.engine.log_limit.warning("integrity", now, "%s: dropping message %d: integrity check failed (%s)",
+                                        sa.label, msg.message_id, e)
+            return
+        except DecodeError as e:
+            sa.engine.log_limit.warning("malformed-message", now, "%s: dropping malformed message %d: %s",
+                                        sa.label, msg.message_id, e)
+            return
+        except ProtocolError as e:
+            log.warning("%s: invalid message %d: %s", sa.label, msg.message_id, e)
+            if msg.is_request and e.notify is not None and msg.message_id == self.peer_mid:
+                self._respond_error(msg, e, now)
+            return
+        sa.last_in = now
+        sa.dpd_pending = False
+        if log.isEnabledFor(logging.INFO):
+            log.info("parsed %s %s %d %s", name_of(ExchangeType, full.exchange),
+                     "response" if full.is_response else "request", full.message_id, full.summary())
+        if full.is_response:
+            self._process_response(full, now)
+        else:
+            self._process_request(full, now)
+
+    def _unprotect(self, msg: Message, now: float) -> Message | None:
+        sa = self.sa
+        if msg.sk is None:
+            # RFC 7296 3.14: only IKE_SA_INIT (and ME checks, handled before SA lookup) are plaintext
+            if msg.exchange != ExchangeType.IKE_SA_INIT:
+                raise ProtocolError(f"unencrypted {name_of(ExchangeType, msg.exchange)} message", None)
+            return msg
+        if sa.in_prot is None:
+            raise DecodeError("encrypted message before keys exist")
+        if isinstance(msg.sk, SkfPayload):
+            if self.fragments is None:
+                self.fragments = FragmentReceiver(sa)
+            return self.fragments.receive(sa, msg, sa.in_prot, now)  # RFC 7383 2.6
+        return decrypt_message(msg, sa.in_prot)
+
+    def _process_response(self, msg: Message, now: float) -> None:
+        sa = self.sa
+        out = self.outstanding
+        if out is None or msg.message_id != out.mid or msg.exchange != out.exchange:
+            log.info("%s: ignoring unexpected response %d", sa.label, msg.message_id)
+            return
+        self.outstanding = None
+        restart = False
+        try:
+            for t in out.tasks:
+                st = t.process_i(sa, msg, now)
+                if st is Status.RESTART:
+                    restart = True
+                elif st is Status.NEED_MORE:
+                    self.queue.insert(0, t)
+        except ProtocolError as e:
+            self._task_failed(out, failure_of(e), now)
+            return
+        if restart:
+            self._send_request(out.exchange, out.tasks, now)
+            return
+        self.my_mid += 1
+        self.initiate_next(now)
+
+    def _task_failed(self, out: Outstanding, failure: Failure, now: float) -> None:
+        sa = self.sa
+        if self.failure is None:
+            self.failure = failure
+        for t in out.tasks:
+            t.failed(sa, failure.reason, now)
+        if out.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) or not sa.established:
+            log.warning("establishing IKE_SA %s failed: %s", sa.label, failure.reason)
+            sa.engine.emit(ev.IkeSaFailed(sa.name, sa.unique_id, failure.reason, failure.notify,
+                                          sa.is_original_initiator, failure.authentication))
+            sa.destroy(failure.reason, now, failed=True)
+            return
+        log.warning("%s: %s exchange failed: %s", sa.label, name_of(ExchangeType, out.exchange), failure.reason)
+        self.my_mid += 1
+        self.initiate_next(now)
+
+    def _process_request(self, msg: Message, now: float) -> None:
+        sa = self.sa
+        mid = msg.message_id
+        if mid == self.peer_mid - 1 and self.cached_response and self.cached_response[0] == mid:
+            self.resend_response(mid, now)
+            return
+        if mid != self.peer_mid:
+            log.info("%s: ignoring request %d, expected %d", sa.label, mid, self.peer_mid)
+            return
+        resp = self.new_message(msg.exchange, True, mid)
+        try:
+            tasks = self.responder_tasks(msg)  # may refuse, e.g. CHILD_SA_NOT_FOUND
+            for t in tasks:
+                t.process_r(sa, msg, now)
+            for t in tasks:
+                t.build_r(sa, resp, now)
+        except ProtocolError as e:
+            self._respond_error(msg, e, now)
+            return
+        self._send_response(resp, now)
+        if any(t.closes_ike for t in tasks):
+            sa.destroy("deleted by peer", now)
+            return
+        for t in tasks:
+            t.responded(sa, now)
+        self.initiate_next(now)  # queued work of ours (e.g. our own rekey) may start now
+
+    def resend_response(self, mid: int, now: float) -> None:
+        """A retransmitted request `mid` (RFC 7296 2.1): send our cached response again."""
+        if self.cached_response is not None and self.cached_response[0] == mid:
+            log.info("received retransmit of request with ID %d, retransmitting response", mid)
+            self._send(self.cached_response[1], now)
+
+    def _send_response(self, resp: Message, now: float) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info("generating %s response %d %s", name_of(ExchangeType, resp.exchange),
+                     resp.message_id, resp.summary())
+        packets = self._encode(resp)
+        if resp.exchange == ExchangeType.IKE_SA_INIT:
+            self.sa.init_response = packets[0]
+        self.cached_response = (resp.message_id, packets)
+        self.peer_mid = resp.message_id + 1
+        self._send(packets, now)
+
+    def _respond_error(self, req: Message, e: ProtocolError, now: float) -> None:
+        sa = self.sa
+        log.warning("%s: %s request %d failed: %s", sa.label, name_of(ExchangeType, req.exchange),
+                    req.message_id, e)
+        if e.notify is None:
+            return
+        resp = self.new_message(req.exchange, True, req.message_id)
+        if resp.encrypted and sa.out_prot is None:
+            return
+        resp.payloads.append(NotifyPayload(e.notify, e.data))
+        self._send_response(resp, now)
+        if req.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and not sa.established:
+            failure = failure_of(e)
+            self.failure = self.failure or failure
+            sa.engine.emit(ev.IkeSaFailed(sa.name, sa.unique_id, failure.reason, failure.notify,
+                                          sa.is_original_initiator, failure.authentication))
+            sa.destroy(failure.reason, now, failed=True)
+
+    # ------------------------------------------------------------------ responder tasks
+    def responder_tasks(self, msg: Message) -> list[Task]:
+        """The tasks that answer request `msg` (strongSwan: task_manager_v2 process_request)."""
+        sa = self.sa
+        x = msg.exchange
+        tasks: list[Task]
+        if x not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and sa.established_at is None:
+            # RFC 7296 1.2: before IKE_AUTH has authenticated the peer nothing else is processed
+            # (an ME_CONNECT, a CREATE_CHILD_SA or an INFORMATIONAL from an unauthenticated peer)
+            raise ProtocolError(f"{name_of(ExchangeType, x)} request before the IKE_SA is authenticated",
+                                NotifyType.INVALID_SYNTAX)
+        if x == ExchangeType.IKE_SA_INIT:
+            tasks = [IkeInit()]
+        elif x == ExchangeType.IKE_AUTH:
+            tasks = [IkeAuth()]
+            if msg.get(PayloadType.SA) is not None:
+                tasks.append(ChildCreate(None, in_auth=True))
+        elif x == ExchangeType.CREATE_CHILD_SA:
+            tasks = [self._create_child_task(msg)]
+        elif x == ExchangeType.INFORMATIONAL:
+            tasks = [Informational()]
+        else:
+            tasks = []
+        return tasks + sa.engine.extension_tasks(sa, x, False, msg)
+
+    def _create_child_task(self, msg: Message) -> Task:
+        sa = self.sa
+        rekey = msg.notify(NotifyType.REKEY_SA)
+        sa_pl = msg.get(PayloadType.SA)
+        props: list[Proposal] = getattr(sa_pl, "proposals", [])
+        is_ike = bool(props) and props[0].protocol == ProtocolId.IKE
+        old = None
+        if rekey is not None and rekey.protocol in (ProtocolId.ESP, ProtocolId.AH):
+            old = sa.child_by_spi(int.from_bytes(rekey.spi, "big"), inbound=False)
+            if old is None:  # RFC 7296 2.25.1
+                raise ProtocolError("CHILD_SA to rekey not found", NotifyType.CHILD_SA_NOT_FOUND, rekey.spi)
+        check_create_child(sa, msg, is_ike and old is None, old)  # RFC 7296 2.25 collisions
+        if old is not None:
+            return ChildCreate(None, in_auth=False, rekey=old)
+        if is_ike:
+            return IkeRekey()
+        if sa.mediation:
+            # draft-brunner-ikev2-mediation §3.1: mediation SAs carry no CHILD_SAs
+            raise ProtocolError("no CHILD_SAs on a mediation connection", NotifyType.NO_ADDITIONAL_SAS)
+        return ChildCreate(None, in_auth=False)
+
+    # ------------------------------------------------------------------ timers
+    def next_deadline(self) -> float | None:
+        sa = self.sa
+        ds: list[float] = []
+        if self.outstanding is not None:
+            ds.append(self.outstanding.deadline)
+        if sa.state is IkeState.DESTROYED:
+            return None
+        if sa.rekey_at is not None:
+            ds.append(sa.rekey_at)
+        for c in sa.children.values():
+            if c.rekey_at is not None:
+                ds.append(c.rekey_at)
+            if c.expire_at is not None:
+                ds.append(c.expire_at)
+        cfg = sa.config
+        if sa.established:
+            # a request in flight is the liveness check (its retransmissions time out); the DPD is due
+            # only when maintenance can send it (ESTABLISHED, nothing in flight), else this deadline
+            # would stay in the past and the timer loop would spin
+            if cfg.dpd_delay > 0 and not sa.dpd_pending and self.outstanding is None \
+                    and sa.state is IkeState.ESTABLISHED:
+                ds.append(sa.last_in + cfg.dpd_delay)
+            if sa.nat_here and cfg.keepalive_interval > 0:
+                ds.append(sa.last_out + cfg.keepalive_interval)
+        elif not sa.is_original_initiator:
+            ds.append(sa.created_at + sa.engine.half_open_timeout)
+        nxt = self.fragments.next_deadline() if self.fragments is not None else None
+        if nxt is not None:
+            ds.append(nxt)
+        return min(ds) if ds else None
+
+    def handle_timer(self, now: float) -> None:
+        sa = self.sa
+        if self.fragments is not None:
+            self.fragments.expire(sa, now)
+        out = self.outstanding
+        if out is not None and now >= out.deadline:
+            self._retransmit(out, now)
+        if sa.state is IkeState.DESTROYED:
+            return
+        if not sa.established:
+            if not sa.is_original_initiator and now >= sa.created_at + sa.engine.half_open_timeout:
+                log.info("%s: half-open IKE_SA timed out", sa.label)
+                sa.destroy("half-open timeout", now, failed=True)
+            return
+        self.maintenance(now)
+        if sa.nat_here and sa.config.keepalive_interval > 0 and now >= sa.last_out + sa.config.keepalive_interval:
+            log.debug("sending keep alive to %s[%d]", *sa.remote)
+            sa.engine.send(b"\xff", sa.local, sa.remote)  # RFC 3948 2.3
+            sa.last_out = now
+
+    def maintenance(self, now: float) -> None:
+        """Periodic duties of an established SA: rekeying (RFC 7296 2.8), child expiry, liveness (1.4)."""
+        sa = self.sa
+        if sa.state is not IkeState.ESTABLISHED:
+            return
+        if sa.rekey_at is not None and now >= sa.rekey_at:
+            sa.rekey_at = None
+            log.info("rekeying IKE_SA %s", sa.label)
+            self.queue_task(IkeRekey(), now)
+        for c in list(sa.children.values()):
+            if c.expire_at is not None and now >= c.expire_at:
+                log.info("CHILD_SA %s{%d} expired", c.name, c.unique_id)
+                c.expire_at = None
+                self.queue_task(ChildDelete(child=c, reason="expired"), now)
+            elif c.rekey_at is not None and now >= c.rekey_at and c.state is ChildState.INSTALLED:
+                c.rekey_at = None
+                c.set_state(ChildState.REKEYING)
+                log.info("rekeying CHILD_SA %s{%d}", c.name, c.unique_id)
+                self.queue_task(ChildCreate(None, in_auth=False, rekey=c), now)
+        if sa.config.dpd_delay > 0 and not sa.dpd_pending and now >= sa.last_in + sa.config.dpd_delay \
+                and self.outstanding is None:
+            self.queue_task(Dpd(), now)
+
+    def _retransmit(self, out: Outstanding, now: float) -> None:
+        sa = self.sa
+        rt = sa.config.retransmit
+        tries = rt.retransmits(out.prompt)
+        if out.attempt >= tries:
+            reason = f"giving up after {tries} retransmits"
+            if out.exchange == ExchangeType.IKE_SA_INIT:
+                reason = f"peer {sa.remote[0]} unreachable: no response to IKE_SA_INIT ({reason})"
+            else:
+                reason = f"peer not responding: {reason}"
+            log.warning("%s %s: %s", "IKE_SA" if sa.established else "establishing IKE_SA", sa.label, reason)
+            self.outstanding = None
+            self.failure = self.failure or Failure(reason, timeout=True)
+            for t in out.tasks:
+                t.failed(sa, reason, now)
+            if not sa.established:
+                sa.engine.emit(ev.IkeSaFailed(sa.name, sa.unique_id, reason, None, sa.is_original_initiator))
+            sa.destroy(reason, now, failed=not sa.established)
+            return
+        out.attempt += 1
+        log.info("retransmit %d of request with message ID %d", out.attempt, out.mid)
+        out.deadline = now + rt.delay(out.attempt, out.prompt)
+        out.sent_at = now
+        self._send(out.packets, now)
+
+    def close(self, now: float) -> None:
+        """The SA is destroyed: nothing more goes out, fragments give back their memory share."""
+        self.outstanding = None
+        self.queue.clear()
+        if self.fragments is not None:
+            self.fragments.close(self.sa, now)  # gives back its share of the engine-wide budget
+            self.fragments = None
