@@ -108,16 +108,29 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def create_all(engine: Engine) -> None:
-    """Create missing tables from schema.sql (no-op for tables that exist)."""
+    """Create missing tables from schema.sql (no-op for tables that exist).  Several processes may
+    start at once on a new database (portal processes, a daemon): when another one created the tables
+    first, the error of the one that lost is no error."""
+    import time
+
     from sqlalchemy import inspect
 
     from med_db.models import Base
     from med_db.schema import load_schema
 
-    if not set(inspect(engine).get_table_names()) & set(Base.metadata.tables):
-        load_schema(engine)
-    else:
-        Base.metadata.create_all(engine)
+    for attempt in range(5):
+        try:
+            if not set(inspect(engine).get_table_names()) & set(Base.metadata.tables):
+                load_schema(engine)
+            else:
+                Base.metadata.create_all(engine)
+            return
+        except DBAPIError:
+            if set(Base.metadata.tables) <= set(inspect(engine).get_table_names()):
+                return
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))  # MySQL: another process is still creating the rest
 
 
 class DatabaseError(Exception):
