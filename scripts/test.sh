@@ -8,6 +8,7 @@ bash scripts/setup.sh
 export PATH="$ROOT/.venv/bin:$PATH"
 echo "== ruff"; ruff check .
 echo "== mypy --strict core_ike"; mypy --strict core_ike
+echo "== lint-imports (the sans-IO import contracts, .importlinter)"; lint-imports
 echo "== pytest"
 mkdir -p test-output
 export IKEME_REQUIRE_ALL=1  # tests/conftest.py: a missing component fails, it is never skipped
