@@ -254,7 +254,8 @@ def fresh_address() -> str:
 
 class Portal:
     """lighttpd on 127.0.0.1:<port> in front of five FastCGI backends started with the real launchers:
-    /srv (server manager), /srv2 (a second server manager process on /srv's database), /cli (client
+    /srv (two server manager processes on one database, taken in turn), /srv2 (the second of them
+    alone), /cli (client
     manager), /strict (server manager with tight throttling: 6 failures per address, delays after 3
     per account, at most 0.2 s; and a shorter session timeout, for the security tests), /dcli (client
     manager with ``--daemon-socket <base>/medcli.ctl``, where a test may put a stand-in for the
@@ -315,9 +316,15 @@ class Portal:
                 "--daemon-socket", str(self.daemon_socket)]),
         }
         wait_for(lambda: all(s.exists() for s in socks.values()), 30, "FastCGI sockets")
+        # /srv is both server manager processes, taken in turn: every test through /srv has its
+        # requests served by one or the other, so a login, its session and its CSRF tokens must hold
+        # in both (sessions and the signing key live in the database)
+        backends = {name: [sock] for name, sock in socks.items()}
+        backends["srv"].append(socks["srv2"])
         fcgi = ",\n".join(
-            f'  "/{name}" => (( "socket" => "{sock}", "check-local" => "disable" ))'
-            for name, sock in socks.items()
+            f'  "/{name}" => (' + ", ".join(f'( "socket" => "{sock}", "check-local" => "disable" )'
+                                           for sock in sockets) + ")"
+            for name, sockets in backends.items()
         )
         conf = self.base / "lighttpd.conf"
         conf.write_text(f"""
@@ -327,6 +334,7 @@ server.bind = "127.0.0.1"
 server.port = {self.port}
 server.pid-file = "{self.base / 'lighttpd.pid'}"
 server.errorlog = "{self.base / 'lighttpd-error.log'}"
+fastcgi.balance = "round-robin"
 fastcgi.server = (
 {fcgi}
 )
