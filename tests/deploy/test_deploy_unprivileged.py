@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from unitfiles import unit
 
+from scenarios.lab import wait_for
+
 USER, GROUP = "nobody", "nogroup"
 SECRET = "a long secret for the deploy test"
 
@@ -242,14 +244,18 @@ def test_client_registers_at_the_server_both_unprivileged(env: Env) -> None:
     _notifications(s_notify, server, "READY=1")
     client, c_notify = env.start("mediation-client", unit("mediation-client.service").words("AmbientCapabilities"))
     _notifications(c_notify, client, "READY=1")
-    deadline = time.monotonic() + 30
-    while True:
+    listed: list[str] = []
+
+    def registered() -> bool:
         r = env.ctl("mediation-client", "--json", "list")
+        listed[:] = [r.stdout, r.stderr]
         sas = json.loads(r.stdout).get("sas", []) if r.returncode == 0 else []
-        if any(sa.get("name") == "medsrv" and sa.get("state") == "ESTABLISHED" for sa in sas):
-            break
-        assert time.monotonic() < deadline, f"no mediation SA: {r.stdout} {r.stderr}"
-        time.sleep(0.2)
+        return any(sa.get("name") == "medsrv" and sa.get("state") == "ESTABLISHED" for sa in sas)
+
+    try:
+        wait_for(registered, 30, interval=0.2, what="the client's mediation SA ESTABLISHED")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: {listed}") from None
     status = env.ctl("mediation-server", "status")
     assert status.returncode == 0 and "alice@med" in status.stdout, status.stdout + status.stderr
     _stop(client)
