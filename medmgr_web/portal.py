@@ -13,8 +13,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, cast
 
+import jinja2
 from flask import Flask, Response, current_app, g, get_flashed_messages, render_template, request, url_for
 from flask import redirect as flask_redirect
 from flask import session as flask_session
@@ -81,10 +83,8 @@ def make_portal(import_name: str, settings: PortalSettings, session_factory: ses
     user still exists, ``context`` adds template variables."""
     app = Portal(import_name, static_folder="static", static_url_path="/static",
                  template_folder="templates")
-    app.jinja_options = {**app.jinja_options, "trim_blocks": True, "lstrip_blocks": True}
-    import jinja2
-
-    app.jinja_env.undefined = jinja2.StrictUndefined
+    app.jinja_options = {**app.jinja_options, "trim_blocks": True, "lstrip_blocks": True,
+                         "undefined": jinja2.StrictUndefined}
     # key ids (20 raw octets) as the pages show them: keyid:#<hex>, and strongSwan's colon form
     app.jinja_env.filters["keyid_text"] = keyid_text
     app.jinja_env.filters["keyid_colon"] = keyid_colon
@@ -224,8 +224,6 @@ def _close_db(exc: BaseException | None) -> None:
 
 
 def _error_page(status: int, message: str) -> Response:
-    from http import HTTPStatus
-
     phrase = HTTPStatus(status).phrase
     try:
         body = render_template(

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, request
 from flask.sessions import SessionInterface, SessionMixin
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -237,15 +237,15 @@ class DbSessionInterface(SessionInterface):
             session.modified = False
         return session
 
-    def _cookie_args(self, app: Flask, request: Request) -> dict[str, Any]:
-        secure = request.is_secure or str(request.environ.get("HTTPS", "")).lower() in ("on", "1")
-        return {"path": request.script_root or "/", "httponly": True, "samesite": "Strict", "secure": secure}
+    @staticmethod
+    def _cookie_args() -> dict[str, Any]:
+        # is_secure: wsgi.url_scheme, which flup sets from the web server's HTTPS variable
+        return {"path": request.script_root or "/", "httponly": True, "samesite": "Strict",
+                "secure": request.is_secure}
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, PortalSession)
-        from flask import request
-
-        args = self._cookie_args(app, request)
+        args = self._cookie_args()
         if session.ended or session.new_login is not None:
             if session.sid is not None:
                 self.store.drop(session.sid)
