@@ -50,10 +50,11 @@ def _tun() -> str | None:
     return None if Path("/dev/net/tun").exists() else "/dev/net/tun is missing (kernel module tun)"
 
 
-def _apache2() -> str | None:
-    mod = "/usr/lib/apache2/modules/mod_proxy_fcgi.so"
-    missing = [p for p in ("/usr/sbin/apache2", mod) if not os.path.exists(p)]
-    return f"{' and '.join(missing)} missing (Debian package apache2)" if missing else None
+def _files(package: str, *paths: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        gone = [p for p in paths if not os.path.exists(p)]
+        return f"{' and '.join(gone)} missing (Debian package {package})" if gone else None
+    return check
 
 
 # component -> check: None when present, else what is missing and how to install it
@@ -61,11 +62,12 @@ COMPONENTS: dict[str, Callable[[], str | None]] = {
     "root": _root,
     "strongswan": _strongswan,
     "lighttpd": _file("/usr/sbin/lighttpd", "lighttpd"),
-    "apache2": _apache2,
+    "apache2": _files("apache2", "/usr/sbin/apache2", "/usr/lib/apache2/modules/mod_proxy_fcgi.so"),
     "chromium": _file("/usr/bin/chromium", "chromium"),
     "postgresql": _file("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
-    "mariadb": _file("/usr/sbin/mariadbd", "mariadb-server"),
+    "mariadb": _files("mariadb-server", "/usr/sbin/mariadbd", "/usr/bin/mariadb-install-db"),
     "tcpdump": _command("tcpdump", "tcpdump"),
+    "ethtool": _command("ethtool", "ethtool"),
     "iproute2": _command("ip", "iproute2"),
     "setpriv": _command("setpriv", "util-linux"),
     "tun": _tun,

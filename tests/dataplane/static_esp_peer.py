@@ -4,6 +4,9 @@ Usage: python static_esp_peer.py CONFIG.json
 Prints READY when up; on SIGTERM writes the SA listing and stats to config["report"] and exits.
 The UDP 4500 socket here is a stand-in for the IKE transport: it demultiplexes per RFC 3948 2.2
 (0xFF keepalive / zero non-ESP marker = IKE / otherwise ESP) and never sets UDP_ENCAP.
+With config["transport"] the daemons' own UdpTransport (with an engine that only counts IKE
+datagrams) owns port 4500 and the data plane reads and sends ESP on it (attach_transport), with the
+offload steps of config["offload"] (core_ike/io/fastpath.py).
 """
 
 from __future__ import annotations
@@ -14,11 +17,38 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from core_ike.constants import EncrId, IntegId
 from core_ike.io.dataplane import Direction, PolicyParams, SaParams, TrafficSelector
+from core_ike.io.fastpath import offload_steps
+from core_ike.io.transport import UdpTransport
 from core_ike.io.userspace import UserspaceDataPlane
+
+
+class _CountingEngine:
+    """The transport's engine side: counts IKE datagrams, sends nothing, no timers."""
+
+    natt_port = 4500
+
+    def __init__(self) -> None:
+        self.ike = 0
+
+    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int], now: float) -> None:
+        self.ike += 1
+
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int], tuple[str, int]]]:
+        return []
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+    def next_event(self) -> Any:
+        return None
 
 
 class _Demux(asyncio.DatagramProtocol):
@@ -65,18 +95,36 @@ def _policy(d: dict[str, Any]) -> PolicyParams:
 
 async def main(cfg: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
-    transport, demux = await loop.create_datagram_endpoint(
-        _Demux, local_addr=("0.0.0.0", cfg.get("port", 4500))
-    )
+    engine = _CountingEngine()
+    udp: UdpTransport | None = None
+    send: Callable[[bytes, tuple[str, int]], None]
+    if cfg.get("transport"):
+        udp = UdpTransport(engine, ["0.0.0.0"], [4500])
+        udp.start(loop)
+        natt = udp
+
+        def send_natt(data: bytes, remote: tuple[str, int]) -> None:
+            natt.send(data, ("0.0.0.0", 4500), remote)
+
+        send = send_natt
+    else:
+        transport, demux = await loop.create_datagram_endpoint(
+            _Demux, local_addr=("0.0.0.0", cfg.get("port", 4500))
+        )
+        send = transport.sendto
     backend = UserspaceDataPlane(
-        transport.sendto,
+        send,
         tun_name=cfg["tun"],
         tun_addresses=tuple(cfg["tun_addresses"]),
         keepalive_interval=cfg.get("keepalive", 20.0),
         tick_interval=0.5,
+        offload=offload_steps(cfg.get("offload", "all")),
     )
     backend.start()
-    demux.backend = backend
+    if udp is not None:
+        backend.attach_transport(udp, 4500)
+    else:
+        demux.backend = backend
     for sa in cfg["sas"]:
         backend.install_sa(_sa(sa))
     for pol in cfg["policies"]:
@@ -88,12 +136,16 @@ async def main(cfg: dict[str, Any]) -> None:
     report = {
         "sas": [dataclasses.asdict(r) for r in backend.list_sas()],
         "stats": backend.stats(),
-        "keepalives_received": demux.keepalives,
+        "keepalives_received": udp.stats["keepalive"] if udp else demux.keepalives,
+        "ike_received": engine.ike if udp else demux.ike,
     }
     with open(cfg["report"], "w") as f:
         json.dump(report, f)
     backend.close()
-    transport.close()
+    if udp is not None:
+        udp.close()
+    else:
+        transport.close()
 
 
 if __name__ == "__main__":
