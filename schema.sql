@@ -97,7 +97,7 @@ CREATE TABLE "me_callback" (
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
 
 -- Optional authorization: who may mediate with whom.  Policy (mediation server): a peer without any
--- row here may reach every registered peer (the reference behaviour); a peer with rows may reach only
+-- row here may reach every registered peer (strongSwan's medsrv behaviour); a peer with rows may reach only
 -- the listed targets.  Rows vanish with either peer; a restricted peer therefore also holds a row naming
 -- itself ("peer" = "target"), so deleting every peer it may reach never turns it into an open one.
 CREATE TABLE "mediation_grant" (

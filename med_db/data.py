@@ -350,5 +350,5 @@ def set_connection_status(
 
 
 def reset_connection_status(s: Session, now: dt.datetime | None = None) -> None:
-    """Client daemon start/stop: every connection is DOWN (as the reference listener does)."""
+    """Client daemon start/stop: every connection is DOWN (as strongSwan's medcli listener does)."""
     s.execute(update(Connection).values(status=STATUS_DOWN, status_changed=now or utcnow()))

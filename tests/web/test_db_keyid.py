@@ -1,4 +1,4 @@
-"""Key identifiers: the reference known answer and the per-key-type rule."""
+"""Key identifiers: strongSwan's known answer and the per-key-type rule."""
 
 from __future__ import annotations
 
