@@ -138,7 +138,7 @@ def test_mediated_ike_sa_is_retransmitted_not_cut_off() -> None:
     register(net)
     alice = net.nodes["alice"]
     t0 = net.now
-    _drop_mediated_ike(net, t0 + 40.0)  # longer than the old fixed 30 s
+    _drop_mediated_ike(net, t0 + 40.0)  # beyond any fixed 30 s cut-off: ike_timeout = 0 means none
     alice.ext.connect("bob", net.now)
     _wait(net, 90.0)
     assert not alice.of(mev.MediationFailed), alice.of(mev.MediationFailed)
