@@ -169,7 +169,7 @@ def test_relayed_endpoint_survives_the_limits() -> None:
     assert len(a.pairs) == 3
     assert [p.remote.type for p in a.pairs] == [MeEndpointType.HOST, MeEndpointType.HOST, MeEndpointType.RELAYED]
     assert a.pairs[-1].remote_addr == MS
-    # without a RELAYED endpoint the limits work as before: the highest priorities
+    # without a RELAYED endpoint the limits simply keep the highest priorities
     b = CheckList.for_initiator(CID, KEY_A, local, 0.0, cfg)
     b.set_responder_data(KEY_B, remote[:-1], 0.0)
     assert len(b.remote_endpoints) == 4 and all(p.remote.type == MeEndpointType.HOST for p in b.pairs)
