@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.guards import require
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MARIADBD = Path("/usr/sbin/mariadbd")
 MARIADB_INSTALL_DB = Path("/usr/bin/mariadb-install-db")
@@ -25,7 +27,7 @@ LIGHTTPD = Path("/usr/sbin/lighttpd")
 
 _db_counter = itertools.count()
 
-# The RSA-2048 key of the reference (strongSwan medsrv test.sql); its keyid is ed90e64f...2629.
+# The RSA-2048 key of strongSwan's medsrv test data (test.sql); its keyid is ed90e64f...2629.
 REFERENCE_PEM = """-----BEGIN PUBLIC KEY-----
 MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAzZRsIp99UrIdoctThOfc
 r2Up92BTSlY1Xv1J6Hqcbx3dX/MDvX60nCPeA63Eh0VvQetfkpR73I/42+RD+NES
@@ -106,8 +108,7 @@ class PgServer:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    if os.geteuid() != 0 or not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL tests need root and Debian's postgresql-15 (/usr/lib/postgresql/15/bin)")
+    require("root", "postgresql", why="a PostgreSQL server of the tests' own")
     try:
         pwd.getpwnam("postgres")
     except KeyError:
@@ -198,8 +199,7 @@ class MyServer:
 
 @pytest.fixture(scope="session")
 def my_server() -> Iterator[MyServer]:
-    if os.geteuid() != 0 or not MARIADBD.exists() or not MARIADB_INSTALL_DB.exists():
-        pytest.skip("MariaDB tests need root and Debian's mariadb-server (/usr/sbin/mariadbd)")
+    require("root", "mariadb", why="a MariaDB server of the tests' own")
     try:
         pwd.getpwnam("mysql")
         import pymysql  # noqa: F401
@@ -364,8 +364,7 @@ fastcgi.server = (
 
 @pytest.fixture(scope="session")
 def portal() -> Iterator[Portal]:
-    if not LIGHTTPD.exists():
-        pytest.skip("lighttpd is not installed (/usr/sbin/lighttpd)")
+    require("lighttpd", why="the portals behind lighttpd")
     base = Path(tempfile.mkdtemp(prefix="medweb-"))
     p = Portal(base)
     try:

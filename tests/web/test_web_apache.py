@@ -25,6 +25,8 @@ import pytest
 from conftest import ADMIN_PASSWORD, REFERENCE_PEM, REPO, free_port, wait_for
 from medweb_client import WebClient
 
+from tests.guards import require
+
 pytestmark = pytest.mark.web
 
 APACHE = Path("/usr/sbin/apache2")
@@ -157,10 +159,7 @@ DocumentRoot "{self.base}"
 
 @pytest.fixture(scope="module")
 def apache() -> Iterator[ApachePortal]:
-    if not APACHE.exists() or not (MODULES / "mod_proxy_fcgi.so").exists():
-        pytest.skip("Apache is not installed (apt-get install apache2)")
-    if os.geteuid() != 0:
-        pytest.skip("the Apache test starts apache2 as root (it switches to www-data)")
+    require("apache2", "root", why="apache2 starts as root and switches to www-data")
     try:
         grp.getgrnam(APACHE_USER)
     except KeyError:

@@ -4,13 +4,14 @@ peer, check the keyid shown; screenshots of the main pages at desktop and phone 
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from pathlib import Path
 
 import pytest
 from conftest import ADMIN_PASSWORD, Portal
 from medweb_client import WebClient
+
+from tests.guards import require
 
 pytestmark = pytest.mark.web
 
@@ -25,8 +26,7 @@ _n = itertools.count()
 
 @pytest.fixture(scope="module")
 def browser() -> object:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("chromium is not installed")
+    require("chromium", why="the browser tests")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
