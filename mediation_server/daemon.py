@@ -29,10 +29,13 @@ and a mediation connection (`mediation = true`, remote id `%any`, no children).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from core_ike.daemon.config import (
     CHECK_BOOL,
@@ -52,6 +55,7 @@ from core_ike.daemon.runtime import Daemon
 from core_ike.errors import LocalError
 
 from .datarelay import DataRelay, RelayConfig
+from .db import DbCallbackStore, PortalPeers, open_sessions
 from .registry import Authorizer, Policy, Registry, RegistryConfig
 from .relay import MediationServer
 from .relaysock import RelaySockets
@@ -106,7 +110,8 @@ def relay_config(med: dict[str, Any]) -> RelayConfig:
         raise LocalError(str(e)) from None
 
 
-def _registry(med: dict[str, Any], cfg: DaemonConfig) -> Registry:
+def _registry(med: dict[str, Any], cfg: DaemonConfig) -> tuple[Registry, PortalPeers | None,
+                                                               DbCallbackStore | None]:
     rc = RegistryConfig(
         callback_ttl=duration(med.get("callback_ttl", 600)),
         connect_rate=float(med.get("connect_rate", 5.0)),
@@ -118,10 +123,12 @@ def _registry(med: dict[str, Any], cfg: DaemonConfig) -> Registry:
     store = None
     portal = None
     if med.get("database"):
-        from .db import DbCallbackStore, PortalPeers, open_sessions
-
         sessions = open_sessions(str(med["database"]))
         portal = PortalPeers(sessions)
+        try:
+            portal.refresh()  # the first snapshot, before the engine runs; later ones off the event loop
+        except SQLAlchemyError as e:
+            raise LocalError(f"[mediation] database: {e}") from None
         cfg.creds.resolver = portal.public_key
         store = DbCallbackStore(sessions)
     if policy == "all":
@@ -139,7 +146,7 @@ def _registry(med: dict[str, Any], cfg: DaemonConfig) -> Registry:
                           allowed=[(a, b) for a, b in med.get("allow", [])])
     else:
         raise LocalError(f"unknown mediation policy {policy!r} (all, same-owner, allow-list, grants)")
-    return Registry(rc, store=store, authorizer=auth)
+    return Registry(rc, store=store, authorizer=auth), portal, store
 
 
 class ServerDaemon(Daemon):
@@ -147,7 +154,7 @@ class ServerDaemon(Daemon):
         super().__init__(cfg)
         self.med = med
         self._new_med = med
-        registry = _registry(med, cfg)
+        registry, self.portal, self.store = _registry(med, cfg)
         # the registry keeps wall-clock times so persisted callback expiries survive a restart
         offset = time.time() - time.monotonic()
         rc = relay_config(med)
@@ -162,6 +169,8 @@ class ServerDaemon(Daemon):
         """Reload: connections, PSK pseudonyms and keys from the file (peers' keys come from med_db at
         each authentication anyway); [mediation] settings need a restart, which reload reports."""
         new = super().load_config()
+        if self.portal is not None:
+            new.creds.resolver = self.portal.public_key
         if new.settings.dataplane == "auto":
             new.settings.dataplane = "none"
         raw = tomllib.loads(Path(str(self.config_path)).read_text()).get("mediation", {})
@@ -194,6 +203,20 @@ class ServerDaemon(Daemon):
                    "idle": round(r.idle, 1), "age": round(r.age, 1), "in_use": r.in_use}
                   for r in (self.relay.status(mono) if self.relay is not None else [])]
         return {"ok": True, "peers": peers, "callbacks": waiting, "relays": relays}
+
+    async def run(self) -> None:
+        """The daemon's run, plus med_db traffic off the event loop: the peers' snapshot refresh and the
+        callback registrations' writes run in worker threads (mediation_server/db.py)."""
+        background = [asyncio.create_task(c) for c in (
+            self.portal.refresh_loop() if self.portal is not None else None,
+            self.store.flush_loop() if self.store is not None else None) if c is not None]
+        try:
+            await super().run()
+        finally:
+            for t in background:
+                t.cancel()
+            if self.store is not None:
+                self.store.flush()  # what the last changes left unwritten
 
     def close(self) -> None:
         if self.relay_sockets is not None:

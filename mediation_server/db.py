@@ -2,18 +2,22 @@
 public key under their ID_KEY_ID; callback registrations persist in `me_callback`; the optional
 `mediation_grant` table and the peers' owners drive the authorization policies.
 
-A peer registered in the portal can connect at once: lookups go to the database (with a short cache
-so a burst of IKE_AUTHs does not hammer it), no restart needed.
+A peer registered in the portal can connect without a restart: the server keeps a snapshot of the peers
+and grants, refreshed off the event loop (`PortalPeers`), so no lookup inside the engine waits for SQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.constants import IdType
@@ -45,28 +49,96 @@ def _keyid(identity: str) -> bytes | None:
     return i.data if i.id_type == IdType.KEY_ID else None
 
 
+@dataclass(frozen=True)
+class PortalPeer:
+    id: int
+    user_id: int
+    alias: str
+    keyid: bytes
+    public_key: bytes  # SubjectPublicKeyInfo DER, loaded when it is first used
+
+
 class PortalPeers:
-    """Public keys, owners and grants of the peers in med_db."""
+    """The peers of med_db and their grants, as a snapshot in memory.
 
-    def __init__(self, sessions: sessionmaker[Session], cache_ttl: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    The lookups (`public_key`, `owner_of`, `alias_of`, `granted`) run inside the engine, on the event
+    loop, and never query the database: a slow query would stall every IKE_SA. `refresh()` does the
+    queries; the daemon runs it in a worker thread (`asyncio.to_thread`) every `refresh_interval`
+    seconds and at once when a lookup misses (`on_miss`), so a peer registered in the portal can
+    connect within about one round of that without a restart. A refresh reads only the rows changed
+    since the last one (the `updated` column) and reloads everything when rows were deleted.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], refresh_interval: float = 2.0) -> None:
         self.sessions = sessions
-        self.cache_ttl = cache_ttl
-        self.clock = clock
-        self._cache: dict[bytes, tuple[float, Peer | None]] = {}
+        self.refresh_interval = refresh_interval
+        self.on_miss: Callable[[], None] | None = None  # the daemon wakes its refresher
+        self._lock = threading.Lock()  # refresh() runs in a worker thread
+        self._by_id: dict[int, PortalPeer] = {}
+        self._by_keyid: dict[bytes, PortalPeer] = {}
+        self._grants: dict[int, frozenset[int]] = {}  # peer id -> its grant rows' targets (self row included)
+        self._grants_mark: tuple[object, ...] | None = None
+        self._since: dt.datetime | None = None  # the newest `updated` seen
+        self._keys: dict[bytes, PublicKey | None] = {}  # loaded public keys by key id (parsed once)
 
-    def _peer(self, keyid: bytes) -> Peer | None:
-        now = self.clock()
-        hit = self._cache.get(keyid)
-        if hit is not None and now - hit[0] < self.cache_ttl:
-            return hit[1]
+    # ------------------------------------------------------------------ the database side (worker thread)
+    def refresh(self) -> None:
+        """Bring the snapshot up to date (blocking SQL: call it off the event loop)."""
         with self.sessions() as s:
-            peer = s.scalars(select(Peer).where(Peer.keyid == keyid)).one_or_none()
-            if peer is not None:
-                s.expunge(peer)
-        if len(self._cache) > 10000:
-            self._cache.clear()
-        self._cache[keyid] = (now, peer)
+            q = select(Peer.id, Peer.user_id, Peer.alias, Peer.keyid, Peer.public_key, Peer.updated)
+            rows = s.execute(q if self._since is None else q.where(Peer.updated >= self._since)).all()
+            count, id_sum = s.execute(select(func.count(Peer.id), func.coalesce(func.sum(Peer.id), 0))).one()
+            ids = set(self._by_id) | {r.id for r in rows}
+            full = self._since is None or len(ids) != count or sum(ids) != id_sum
+            if full and self._since is not None:
+                rows = s.execute(q).all()  # rows were deleted: start over
+            mark = tuple(s.execute(select(func.count(), func.max(MediationGrant.created))).one())
+            grants: dict[int, set[int]] | None = None
+            if mark != self._grants_mark:
+                grants = {}
+                for peer_id, target_id in s.execute(select(MediationGrant.peer_id, MediationGrant.target_id)):
+                    grants.setdefault(peer_id, set()).add(target_id)
+        with self._lock:
+            by_id = {} if full else dict(self._by_id)
+            for r in rows:
+                by_id[r.id] = PortalPeer(r.id, r.user_id, r.alias, bytes(r.keyid), bytes(r.public_key))
+                if self._since is None or r.updated > self._since:
+                    self._since = r.updated
+            changed = {bytes(r.keyid) for r in rows}
+            self._by_id = by_id
+            self._by_keyid = {p.keyid: p for p in by_id.values()}  # a replaced key id no longer answers
+            self._keys = {k: v for k, v in self._keys.items() if k in self._by_keyid and k not in changed}
+            if grants is not None:
+                self._grants = {k: frozenset(v) for k, v in grants.items()}
+                self._grants_mark = mark
+
+    async def refresh_loop(self, min_interval: float = 0.25) -> None:
+        """Keep the snapshot fresh: every `refresh_interval` seconds, and after a lookup missed (at most
+        every `min_interval` seconds, so unknown identities cannot keep the database busy). The queries
+        run in a worker thread; the event loop never waits for them."""
+        wake = asyncio.Event()
+        self.on_miss = wake.set
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), self.refresh_interval)
+            except TimeoutError:
+                pass
+            wake.clear()
+            started = loop.time()
+            try:
+                await asyncio.to_thread(self.refresh)
+            except SQLAlchemyError as e:
+                log.warning("refreshing the peers from the database failed: %s", e)
+            rest = min_interval - (loop.time() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)  # pacing of the queries, not a synchronisation
+
+    # ------------------------------------------------------------------ lookups (event loop, no SQL)
+    def _peer(self, keyid: bytes) -> PortalPeer | None:
+        peer = self._by_keyid.get(keyid)
+        if peer is None and self.on_miss is not None:
+            self.on_miss()
         return peer
 
     def public_key(self, ident: Identity) -> PublicKey | None:
@@ -77,11 +149,17 @@ class PortalPeers:
         if peer is None:
             log.info("no peer registered with keyid %s", ident)
             return None
+        if peer.keyid in self._keys:
+            return self._keys[peer.keyid]
         try:
-            return load_public_key(peer.public_key)
+            key: PublicKey | None = load_public_key(peer.public_key)
         except Exception as e:  # noqa: BLE001 - a broken row must not break authentication of others
             log.warning("peer '%s': stored public key unusable: %s", peer.alias, e)
-            return None
+            key = None
+        if len(self._keys) > 10000:
+            self._keys.clear()
+        self._keys[peer.keyid] = key
+        return key
 
     def owner_of(self, identity: str) -> str | None:
         kid = _keyid(identity)
@@ -101,8 +179,7 @@ class PortalPeers:
         pa, pb = self._peer(a), self._peer(b)
         if pa is None or pb is None:
             return False
-        with self.sessions() as s:
-            rows = s.scalars(select(MediationGrant.target_id).where(MediationGrant.peer_id == pa.id)).all()
+        rows = self._grants.get(pa.id)
         return not rows or pb.id in rows
 
 
@@ -124,10 +201,16 @@ def _dt(epoch: float) -> dt.datetime:
 
 
 class DbCallbackStore:
-    """registry.RegistrationStore on the me_callback table (times are wall-clock epoch seconds)."""
+    """registry.RegistrationStore on the me_callback table (times are wall-clock epoch seconds).
+
+    With `flush_loop` running (the daemon), `save_registrations` only records the latest state and the
+    write happens in a worker thread: the registry calls it inside the engine, on the event loop."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        self._pending: list[CallbackRegistration] | None = None
+        self._pending_lock = threading.Lock()  # flush() runs in a worker thread
+        self._dirty: asyncio.Event | None = None  # set by flush_loop: writes are deferred to it
 
     def load_registrations(self) -> list[CallbackRegistration]:
         now = _dt(time.time())
@@ -140,6 +223,33 @@ class DbCallbackStore:
         return out
 
     def save_registrations(self, registrations: Sequence[CallbackRegistration]) -> None:
+        with self._pending_lock:
+            self._pending = list(registrations)
+        if self._dirty is not None:
+            self._dirty.set()
+        else:
+            self.flush()
+
+    async def flush_loop(self) -> None:
+        """Write the latest registrations whenever they changed, in a worker thread."""
+        self._dirty = asyncio.Event()
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                try:
+                    await asyncio.to_thread(self.flush)
+                except SQLAlchemyError as e:
+                    log.warning("saving the callback registrations failed: %s", e)
+        finally:
+            self._dirty = None
+
+    def flush(self) -> None:
+        """Write what `save_registrations` recorded (blocking SQL)."""
+        with self._pending_lock:
+            registrations, self._pending = self._pending, None
+        if registrations is None:
+            return
         with self.sessions.begin() as s:
             s.execute(delete(MeCallback))
             for r in registrations:

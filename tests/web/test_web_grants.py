@@ -183,12 +183,14 @@ def test_mediation_server_honours_saved_grants(portal: Portal) -> None:
     alice, alice2 = a_keys["alice"].identity, a_keys["alice2"].identity
     bob, carol = b_keys["bob"].identity, c_keys["carol"].identity
     sessions = make_session_factory(make_engine(f"sqlite:///{portal.base / 'srv.sqlite'}"))
-    peers = PortalPeers(sessions, cache_ttl=0.0)
+    peers = PortalPeers(sessions)
+    peers.refresh()  # the server's snapshot of med_db (refreshed off its event loop, mediation_server/db.py)
     auth = Authorizer(Policy.ALLOW_LIST, allowed_fn=peers.granted)
     assert auth.check(alice, bob) is None and auth.check(alice, carol) is None  # no rows: everyone
 
     r = save(a, a_ids["alice"], "listed", [a_ids["alice2"]], keyids=b_keys["bob"].text)
     assert r.status == 200
+    peers.refresh()
     assert peers.granted(alice, bob) and peers.granted(alice, alice2)
     assert not peers.granted(alice, carol)
     assert auth.check(alice, bob) is None
@@ -197,6 +199,7 @@ def test_mediation_server_honours_saved_grants(portal: Portal) -> None:
     assert auth.check(bob, alice) is None and auth.check(carol, alice) is None  # they are unrestricted
 
     assert save(a, a_ids["alice"], "all").status == 200
+    peers.refresh()
     assert peers.granted(alice, carol) and auth.check(alice, carol) is None
 
 

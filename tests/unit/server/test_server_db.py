@@ -47,13 +47,17 @@ def test_callbacks_survive_restart_and_expire(tmp_path: Path) -> None:
 
 def test_portal_peer_authenticates_by_keyid_without_restart(tmp_path: Path) -> None:
     sessions = _sessions(tmp_path)
-    portal = PortalPeers(sessions, cache_ttl=0.0)
+    portal = PortalPeers(sessions)
+    portal.refresh()
+    misses: list[int] = []
+    portal.on_miss = lambda: misses.append(1)
     key = rsa.generate_private_key(65537, 2048).public_key()
     ident = Identity.key_id(keyid_of(key))
-    assert portal.public_key(ident) is None  # not registered yet
+    assert portal.public_key(ident) is None and misses  # not registered yet: the refresher is woken
     with sessions.begin() as s:
         user = data.create_user(s, "pat", "x")
         data.add_peer(s, user.id, "laptop", spki_der(key), keyid_of(key))
+    portal.refresh()  # what the daemon's refresh_loop runs in a worker thread
     found = portal.public_key(ident)
     assert found is not None and found.public_numbers() == key.public_numbers()
     assert portal.alias_of(ident.canonical()) == "laptop"
@@ -61,7 +65,7 @@ def test_portal_peer_authenticates_by_keyid_without_restart(tmp_path: Path) -> N
 
 def test_same_owner_and_grant_policies(tmp_path: Path) -> None:
     sessions = _sessions(tmp_path)
-    portal = PortalPeers(sessions, cache_ttl=0.0)
+    portal = PortalPeers(sessions)
     keys = [rsa.generate_private_key(65537, 2048).public_key() for _ in range(3)]
     ids = [Identity.key_id(keyid_of(k)).canonical() for k in keys]
     with sessions.begin() as s:
@@ -70,6 +74,7 @@ def test_same_owner_and_grant_policies(tmp_path: Path) -> None:
         p = [data.add_peer(s, u.id, f"p{i}", spki_der(k), keyid_of(k))
              for i, (u, k) in enumerate(zip((u1, u1, u2), keys, strict=True))]
         data.grant_mediation(s, p[0].id, p[1].id)
+    portal.refresh()
     same = Authorizer(Policy.SAME_OWNER, owner_of=portal.owner_of)
     assert same.check(ids[0], ids[1]) is None
     assert same.check(ids[0], ids[2]) is not None
@@ -82,14 +87,17 @@ def test_same_owner_and_grant_policies(tmp_path: Path) -> None:
 def test_restriction_survives_deleting_every_granted_peer(tmp_path: Path) -> None:
     """A restricted peer whose only granted target is deleted must not become open to everyone."""
     sessions = _sessions(tmp_path)
-    portal = PortalPeers(sessions, cache_ttl=0.0)
+    portal = PortalPeers(sessions)
     keys = [rsa.generate_private_key(65537, 2048).public_key() for _ in range(3)]
     ids = [Identity.key_id(keyid_of(k)).canonical() for k in keys]
     with sessions.begin() as s:
         u = data.create_user(s, "pat", "x")
         p = [data.add_peer(s, u.id, f"p{i}", spki_der(k), keyid_of(k)) for i, k in enumerate(keys)]
         data.set_grants(s, p[0].id, [p[1].id])
+    portal.refresh()
     assert portal.granted(ids[0], ids[1]) and not portal.granted(ids[0], ids[2])
     with sessions.begin() as s:
         assert data.delete_peer(s, u.id, p[1].id)
+    portal.refresh()
+    assert portal.alias_of(ids[1]) is None  # the deleted peer is gone from the snapshot
     assert not portal.granted(ids[0], ids[2])  # still restricted, now to nobody

@@ -1,0 +1,74 @@
+"""A slow credential store must not stall IKE: the mediation server's med_db lookups answer from a
+snapshot (mediation_server/db.py PortalPeers), whose queries run in a worker thread. Here every query
+blocks on an Event (a PostgreSQL server under load) while another IKE_SA authenticates by a key from
+that store: the exchange completes on the event loop meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from ike_pair import make_pair
+
+from core_ike.ike import events as ev
+from core_ike.ike.creds import keyid_of
+from med_db import data
+from med_db.engine import create_all, make_engine, make_session_factory
+from med_db.keyid import spki_der
+from mediation_server.db import PortalPeers
+
+
+class _SlowSessions:
+    """A session factory whose every session waits for `gate` (and says so in `entered`)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.gate, self.entered = real, threading.Event(), threading.Event()
+
+    def __call__(self) -> Any:
+        self.entered.set()
+        assert self.gate.wait(30.0), "the test never opened the gate"
+        return self.real()
+
+
+async def _wait(pred: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_blocked_refresh_does_not_stall_an_ike_auth(tmp_path: Path) -> None:
+    sessions = make_session_factory(make_engine(f"sqlite:///{tmp_path / 'med.sqlite'}"))
+    create_all(sessions.kw["bind"])
+    p = make_pair(auth="pubkey")
+    key_a = p.a.creds.private_keys[0].public_key()
+    # the responder knows the initiator's key only from the portal's database
+    p.b.creds.raw_keys.clear()
+    p.b.creds.public_keys.clear()
+    with sessions.begin() as s:
+        user = data.create_user(s, "pat", "x")
+        data.add_peer(s, user.id, "alice", spki_der(key_a), keyid_of(key_a))
+    portal = PortalPeers(sessions, refresh_interval=0.05)
+    portal.refresh()
+    p.b.creds.resolver = portal.public_key
+    slow = _SlowSessions(sessions)
+    portal.sessions = slow  # from now on every query blocks until the gate opens
+
+    async def scenario() -> None:
+        refresher = asyncio.create_task(portal.refresh_loop())
+        assert await asyncio.to_thread(slow.entered.wait, 10.0)  # a refresh is stuck in its query
+        p.a.initiate("home", now=p.now)
+        p.pump()  # on the event loop, while the worker thread waits for the database
+        assert [e.name for e in p.of("b", ev.IkeSaEstablished)] == ["gw"]
+        assert p.of("a", ev.ChildSaEstablished) and not slow.gate.is_set() and not refresher.done()
+        # a peer registered meanwhile shows up once the database answers again
+        key_c = p.b.creds.private_keys[0].public_key()
+        with sessions.begin() as s:
+            data.add_peer(s, user.id, "carol", spki_der(key_c), keyid_of(key_c))
+        slow.gate.set()
+        await _wait(lambda: portal.alias_of("keyid:#" + keyid_of(key_c).hex()) == "carol")
+        refresher.cancel()
+
+    asyncio.run(scenario())
