@@ -39,6 +39,12 @@ class AuthenticationFailed(ProtocolError):
         super().__init__(message, NotifyType.AUTHENTICATION_FAILED)
 
 
+class CredentialsPending(IkeError):
+    """A credential lookup is under way in the adapter (e.g. a database query in a worker thread): the
+    request is left unanswered and its retransmission (RFC 7296 2.1) is processed again, by when the
+    answer is there. Raised by a `Credentials.resolver`, caught by the task manager."""
+
+
 class LocalUsageError(IkeError):
     """Local misuse of the API or bad configuration."""
 

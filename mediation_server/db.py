@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.constants import IdType
-from core_ike.errors import LocalError
+from core_ike.errors import CredentialsPending, LocalError
 from core_ike.ike.creds import PublicKey, load_public_key
 from core_ike.ike.identity import Identity
 from med_db.engine import DatabaseError, make_session_factory, open_database
@@ -80,6 +80,8 @@ class PortalPeers:
         self._grants_mark: tuple[object, ...] | None = None
         self._since: dt.datetime | None = None  # the newest `updated` seen
         self._keys: dict[bytes, PublicKey | None] = {}  # loaded public keys by key id (parsed once)
+        self._generation = 0  # refreshes done
+        self._asked: dict[bytes, int] = {}  # key ids missed -> the generation when first missed
 
     # ------------------------------------------------------------------ the database side (worker thread)
     def refresh(self) -> None:
@@ -111,6 +113,7 @@ class PortalPeers:
             if grants is not None:
                 self._grants = {k: frozenset(v) for k, v in grants.items()}
                 self._grants_mark = mark
+            self._generation += 1
 
     async def refresh_loop(self, min_interval: float = 0.25) -> None:
         """Keep the snapshot fresh: every `refresh_interval` seconds, and after a lookup missed (at most
@@ -147,8 +150,20 @@ class PortalPeers:
             return None
         peer = self._peer(ident.data)
         if peer is None:
+            asked = self._asked.get(ident.data)
+            if asked is None and self.on_miss is not None:
+                # registered since the last refresh? The refresher runs now; the IKE_AUTH request waits
+                # unanswered and its retransmission finds the answer (RFC 7296 2.1)
+                if len(self._asked) > 10000:
+                    self._asked.clear()
+                self._asked[ident.data] = self._generation
+                raise CredentialsPending(f"looking up {ident} in the database")
+            if asked is not None and self._generation - asked < 2:  # the refresh running at the miss
+                raise CredentialsPending(f"looking up {ident} in the database")  # may predate the row
+            self._asked.pop(ident.data, None)
             log.info("no peer registered with keyid %s", ident)
             return None
+        self._asked.pop(ident.data, None)
         if peer.keyid in self._keys:
             return self._keys[peer.keyid]
         try:

@@ -19,7 +19,7 @@ from ..codec.message import Message, decrypt_message, encode_message
 from ..codec.payloads import NotifyPayload, Proposal, SkfPayload
 from ..codec.rules import check_rules
 from ..constants import ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId, name_of
-from ..errors import AuthenticationFailed, DecodeError, IntegrityError, ProtocolError
+from ..errors import AuthenticationFailed, CredentialsPending, DecodeError, IntegrityError, ProtocolError
 from . import events as ev
 from .context import Failure, Status, Task
 from .fragments import FragmentReceiver
@@ -262,6 +262,10 @@ class TaskManager:
                 t.process_r(sa, msg, now)
             for t in tasks:
                 t.build_r(sa, resp, now)
+        except CredentialsPending as e:
+            log.info("%s: %s request %d waits for credentials (%s); its retransmission is answered", sa.label,
+                     name_of(ExchangeType, msg.exchange), mid, e)
+            return
         except ProtocolError as e:
             self._respond_error(msg, e, now)
             return

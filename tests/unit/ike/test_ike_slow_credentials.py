@@ -72,3 +72,28 @@ def test_blocked_refresh_does_not_stall_an_ike_auth(tmp_path: Path) -> None:
         refresher.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_peer_registered_after_the_snapshot_gets_in_on_the_retransmission(tmp_path: Path) -> None:
+    """The IKE_AUTH of a key id the snapshot does not know yet waits unanswered (CredentialsPending)
+    while the refresher looks; the initiator's retransmission (RFC 7296 2.1) is then answered."""
+    sessions = make_session_factory(make_engine(f"sqlite:///{tmp_path / 'med.sqlite'}"))
+    create_all(sessions.kw["bind"])
+    p = make_pair(auth="pubkey")
+    key_a = p.a.creds.private_keys[0].public_key()
+    p.b.creds.raw_keys.clear()
+    p.b.creds.public_keys.clear()
+    portal = PortalPeers(sessions)
+    portal.refresh()  # empty
+    woken: list[int] = []
+    portal.on_miss = lambda: woken.append(1)
+    p.b.creds.resolver = portal.public_key
+    with sessions.begin() as s:
+        data.add_peer(s, data.create_user(s, "pat", "x").id, "alice", spki_der(key_a), keyid_of(key_a))
+    p.a.initiate("home", now=p.now)
+    p.pump()
+    assert woken and not p.of("b", ev.IkeSaEstablished) and not p.of("b", ev.IkeSaFailed)
+    assert not p.of("a", ev.IkeSaFailed)
+    portal.refresh()  # the worker thread's query returns
+    p.advance(3.0)  # the initiator retransmits its IKE_AUTH
+    assert p.of("b", ev.IkeSaEstablished) and p.of("a", ev.ChildSaEstablished)

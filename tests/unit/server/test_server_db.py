@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from core_ike.errors import CredentialsPending
 from core_ike.ike.creds import keyid_of
 from core_ike.ike.identity import Identity
 from med_db import data
@@ -53,11 +55,19 @@ def test_portal_peer_authenticates_by_keyid_without_restart(tmp_path: Path) -> N
     portal.on_miss = lambda: misses.append(1)
     key = rsa.generate_private_key(65537, 2048).public_key()
     ident = Identity.key_id(keyid_of(key))
-    assert portal.public_key(ident) is None and misses  # not registered yet: the refresher is woken
+    # not in the snapshot: the refresher is woken and the IKE_AUTH waits for its retransmission
+    with pytest.raises(CredentialsPending):
+        portal.public_key(ident)
+    assert misses
+    portal.refresh()  # what the daemon's refresh_loop runs in a worker thread
+    with pytest.raises(CredentialsPending):  # a refresh already running at the miss may predate the row
+        portal.public_key(ident)
+    portal.refresh()
+    assert portal.public_key(ident) is None  # two refreshes later: not registered, a definite answer
     with sessions.begin() as s:
         user = data.create_user(s, "pat", "x")
         data.add_peer(s, user.id, "laptop", spki_der(key), keyid_of(key))
-    portal.refresh()  # what the daemon's refresh_loop runs in a worker thread
+    portal.refresh()
     found = portal.public_key(ident)
     assert found is not None and found.public_numbers() == key.public_numbers()
     assert portal.alias_of(ident.canonical()) == "laptop"
