@@ -7,9 +7,7 @@ Model: aioquic's QuicConnection. The adapter calls `receive(data, local, remote,
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import hmac
 import ipaddress
 import itertools
 import logging
@@ -41,6 +39,7 @@ from ..sysrng import SystemRng
 from . import events as ev
 from .config import IkeConfig, addr_matches
 from .context import IkeSaView, Task, Vip
+from .cookies import CookieSecrets
 from .creds import Credentials
 from .identity import Identity
 from .prefilter import (
@@ -50,8 +49,6 @@ from .prefilter import (
     RESPONSE,
     SourceLimiter,
     cookie_reply,
-    cookie_value,
-    packed_ip,
     scan_init,
 )
 from .sa import IkeSa
@@ -151,10 +148,7 @@ class Engine:
         self._reqids = itertools.count(1)
         self._spis: set[int] = set()
         self.spi_allocator: Callable[[], int] | None = None
-        self._cookie_secret = self.rng.bytes(32)
-        self._cookie_version = 0
-        self._old_cookie_secret: bytes | None = None  # the previous secret stays valid for one period
-        self._cookie_rotated = 0.0 if self.cfg.cookie_seed is None else float("-inf")  # seeded: at first use
+        self.cookies = CookieSecrets(self.cfg.cookie_secret_lifetime, self.cfg.cookie_seed, self.rng)
         self._half_open = 0
         # what `ikectl stats` and the metrics show: drops by reason, cookies, refusals
         self.counters: Counter[str] = Counter()
@@ -604,27 +598,13 @@ class Engine:
         return self._cookie_valid(first.data, ni, remote[0], msg.spi_i)
 
     def _cookie_valid(self, cookie: bytes, ni: bytes, ip: str, spi_i: bytes) -> bool:
-        if not cookie:
-            return False
-        if self.cfg.cookie_seed is not None and self.now - self._cookie_rotated >= self.cfg.cookie_secret_lifetime:
-            self.rotate_cookie_secret()  # another worker may have started the period already
-        # RFC 7296 2.6: the version octet says which secret made the cookie (current or previous one)
-        if cookie[0] == self._cookie_version & 0xFF:
-            secret: bytes | None = self._cookie_secret
-        elif cookie[0] == (self._cookie_version - 1) & 0xFF:
-            secret = self._old_cookie_secret
-        else:
-            secret = None
-        return secret is not None and hmac.compare_digest(cookie, cookie_value(ni, packed_ip(ip), spi_i, cookie[0],
-                                                                               secret))
+        return self.cookies.valid(cookie, ni, ip, spi_i, self.now)
 
     def _new_cookie(self, ni: bytes, remote: Addr, spi_i: bytes) -> bytes:
-        if self.now - self._cookie_rotated >= self.cfg.cookie_secret_lifetime:
-            self.rotate_cookie_secret()
         self.counters["cookies-sent"] += 1
         self.log_limit.log(logging.INFO, "cookie", self.now, "sending COOKIE to %s[%d] (%d half-open IKE_SAs)",
                            remote[0], remote[1], self._half_open)
-        return cookie_value(ni, packed_ip(remote[0]), spi_i, self._cookie_version, self._cookie_secret)
+        return self.cookies.make(ni, remote[0], spi_i, self.now)
 
     def _send_cookie(self, msg: Message, local: Addr, remote: Addr) -> None:
         nonce = msg.get(PayloadType.NONCE)
@@ -687,19 +667,8 @@ class Engine:
         return True
 
     def rotate_cookie_secret(self) -> None:
-        """RFC 7296 2.6: change the secret regularly; cookies of the previous one stay valid meanwhile."""
-        seed = self.cfg.cookie_seed
-        if seed is not None:  # periods of the shared clock: every worker has the same secrets at once
-            period = int(self.now // self.cfg.cookie_secret_lifetime)
-            self._cookie_version = period
-            self._cookie_secret = hashlib.sha256(seed + period.to_bytes(8, "big", signed=True)).digest()
-            self._old_cookie_secret = hashlib.sha256(seed + (period - 1).to_bytes(8, "big", signed=True)).digest()
-            self._cookie_rotated = period * self.cfg.cookie_secret_lifetime
-            return
-        self._old_cookie_secret = self._cookie_secret
-        self._cookie_version += 1
-        self._cookie_secret = self.rng.bytes(32)
-        self._cookie_rotated = self.now
+        """RFC 7296 2.6: change the secret now (it also changes by itself every cookie_secret_lifetime)."""
+        self.cookies.rotate(self.now)
 
     def _reply_error(self, msg: Message, notify: int, local: Addr, remote: Addr, data: bytes = b"") -> None:
         """Unauthenticated IKE_SA_INIT answer without state: N(COOKIE) or an error (RFC 7296 2.6, 2.21)."""

@@ -393,11 +393,11 @@ def test_cookie_secret_rotation(rotations: int, cookies: int) -> None:
 def test_cookie_secret_rotates_by_itself() -> None:
     p = make_pair(engine_b=EngineConfig(force_cookies=True, cookie_secret_lifetime=60.0))
     _up(p)
-    v0 = p.b._cookie_version
+    v0 = p.b.cookies.version
     p.now += 120
     sa2 = p.a.initiate("home", now=p.now, remote=("192.0.2.2", 500))
     p.pump()
-    assert sa2.state is IkeState.ESTABLISHED and p.b._cookie_version == v0 + 1
+    assert sa2.state is IkeState.ESTABLISHED and p.b.cookies.version == v0 + 1
 
 
 def test_restarted_peer_answers_invalid_ike_spi_and_the_sa_closes_at_once() -> None:
