@@ -7,7 +7,7 @@ protocol of context.py and the engine through `ctx` (the `TaskContext` protocol)
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..codec.message import Message, SkProtector
 from ..codec.payloads import Proposal
@@ -79,7 +79,7 @@ class IkeSa:
         self.vip: Vip | None = None
         self.peer_vip: Vip | None = None
         self.half_open = False  # counted by the engine as half-open (responder before IKE_AUTH)
-        self._ext: dict[type, Any] | None = None  # typed per-extension state (extension()), on first use
+        self._ext: list[Any] | None = None  # typed per-extension states (extension()), on first use
         # message IDs, queues and retransmission
         self.tm = TaskManager(self)
         # children
@@ -137,24 +137,28 @@ class IkeSa:
     def extension(self, kind: type[ExtState]) -> ExtState:
         """The state extension `kind` keeps on this SA (context.ExtensionState), created on first use."""
         if self._ext is None:
-            self._ext = {}
-        st = self._ext.get(kind)
-        if st is None:
-            st = self._ext[kind] = kind()
-        return cast(ExtState, st)
+            self._ext = []  # a list: one or two states per SA, less memory than a dict (100k SAs per server)
+        for st in self._ext:
+            if type(st) is kind:
+                return st
+        new = kind()
+        self._ext.append(new)
+        return new
 
     def find_extension(self, kind: type[ExtState]) -> ExtState | None:
-        st = self._ext.get(kind) if self._ext is not None else None
-        return cast(ExtState | None, st)
+        for st in self._ext or ():
+            if type(st) is kind:
+                return st
+        return None
 
     def inherit_extensions(self, old: IkeSa) -> None:
         """RFC 7296 2.18: the rekeyed IKE_SA continues `old`; each extension state says what carries over."""
-        for kind, st in (old._ext or {}).items():
+        for st in old._ext or ():
             nxt = st.for_successor()
             if nxt is not None:
                 if self._ext is None:
-                    self._ext = {}
-                self._ext[kind] = nxt
+                    self._ext = []
+                self._ext.append(nxt)
 
     # ------------------------------------------------------------------ the task manager (task_manager.py)
     @property

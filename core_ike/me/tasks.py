@@ -38,7 +38,7 @@ log = logging.getLogger("core_ike.me")
 FailedCb = Callable[[IkeSaView, str, float], None]
 
 
-@dataclass
+@dataclass(slots=True)  # one per mediation SA: a server holds 100k
 class MeSaState:
     """What the mediation extension knows about one IKE_SA ([ME] = draft-brunner-ikev2-mediation §3);
     `sa.extension(MeSaState)` (typed per-extension state, core_ike/ike/context.py)."""
