@@ -278,8 +278,8 @@ def _tuple_key(pkt: bytes) -> bytes:
 _V4TCP = struct.Struct(">BBH2xHBB2x8s4sIIBB2s2x2s")  # IPv4 (no options) + TCP fixed header
 
 
-def _tcp_candidate(pkt: bytes, total: int) -> tuple[object, int, int, bool, int, int] | None:
-    """(flow key, L4 offset, header length, IPv6?, seq, payload length) of a plain data segment
+def _tcp_candidate(pkt: bytes, total: int) -> tuple[bytes, object, int, int, bool, int, int] | None:
+    """(addresses and ports, flow key, L4 offset, header length, IPv6?, seq, payload length) of a plain data segment
     (ACK, optionally PSH; no IP options, fragments or extension headers) whose checksum verifies
     (`total`: the sum of the packet's words, `packet_sums`).
     The key holds every header field that must be equal in segments merged into one (as GRO,
@@ -293,14 +293,16 @@ def _tcp_candidate(pkt: bytes, total: int) -> tuple[object, int, int, bool, int,
             return None  # not TCP, a fragment (MF or offset), or a length mismatch
         off, v6 = 20, False
         h = 20 + (doff >> 4) * 4
-        key: object = (addrs, ports, ack, win, urg, tos, ttl, frag, pkt[40:h] if h > 40 else b"")
+        key: object = (ack, win, urg, tos, ttl, frag, pkt[40:h] if h > 40 else b"")
+        tkey = addrs + ports
     elif pkt[0] >> 4 == 6:
         if n < 60 or pkt[6] != _TCP or _H.unpack_from(pkt, 4)[0] != n - 40:
             return None
         off, v6 = 40, True
         doff, flags = pkt[52], pkt[53]
         h = 40 + (doff >> 4) * 4
-        key = pkt[0:4] + pkt[7:44] + pkt[48:52] + pkt[54:56] + pkt[58:h]
+        key = pkt[0:4] + pkt[7:8] + pkt[48:52] + pkt[54:56] + pkt[58:h]
+        tkey = pkt[8:44]
         seq = _I.unpack_from(pkt, 44)[0]
     else:
         return None
@@ -313,7 +315,7 @@ def _tcp_candidate(pkt: bytes, total: int) -> tuple[object, int, int, bool, int,
     small += -int.from_bytes(pkt[:8], "little") if v6 else int.from_bytes(addrs, "little")
     if (total + small) % 0xFFFF:
         return None  # a bad checksum: written alone, the kernel counts and drops it
-    return key, off, h, v6, seq, plen
+    return tkey, key, off, h, v6, seq, plen
 
 
 class Coalescer:
@@ -323,7 +325,7 @@ class Coalescer:
     def __init__(self, max_size: int = MAX_IP_PACKET) -> None:
         self.max_size = max_size
         self._out: list[list[bytes | bytearray | memoryview]] = []
-        self._flows: dict[object, _Flow] = {}
+        self._flows: dict[bytes, _Flow] = {}  # by addresses and ports
         self.coalesced = 0  # segments merged into another one's write
 
     def add_all(self, pkts: Sequence[bytes]) -> None:
@@ -332,16 +334,16 @@ class Coalescer:
 
     def add(self, pkt: bytes, total: int | None = None) -> None:
         c = _tcp_candidate(pkt, csum_le(pkt) if total is None else total)
-        if c is None:  # after what its flow queued: a FIN or SYN must not overtake the flow's data
-            t = _tuple_key(pkt)
-            for same in [f for f in self._flows.values() if f.tkey == t]:
-                self._flush(same)
+        if c is None:  # after what its connection queued: a FIN or SYN must not overtake the data
+            pending = self._flows.get(_tuple_key(pkt))
+            if pending is not None:
+                self._flush(pending)
             self._out.append([NO_OFFLOAD, pkt])
             return
-        key, off, h, v6, seq, plen = c
-        fl = self._flows.get(key)
+        t, key, off, h, v6, seq, plen = c
+        fl = self._flows.get(t)  # at most one pending run per connection: its segments stay in order
         if fl is not None:
-            if (not fl.closed and seq == fl.next_seq and plen <= fl.mss
+            if (fl.key == key and not fl.closed and seq == fl.next_seq and plen <= fl.mss
                     and fl.size + plen <= self.max_size and h == fl.h):
                 fl.parts.append(memoryview(pkt)[h:])
                 fl.size += plen
@@ -352,11 +354,11 @@ class Coalescer:
                     fl.psh = bool(pkt[off + 13] & _PSH)
                 return
             self._flush(fl)
-        self._flows[key] = _Flow(pkt, key, off, h, v6, seq, plen)
-        self._flows[key].tkey = _tuple_key(pkt)
+        self._flows[t] = fl = _Flow(pkt, key, off, h, v6, seq, plen)
+        fl.tkey = t
 
     def _flush(self, fl: _Flow) -> None:
-        del self._flows[fl.key]
+        del self._flows[fl.tkey]
         if len(fl.parts) == 1:
             self._out.append([NO_OFFLOAD, fl.head])
             return

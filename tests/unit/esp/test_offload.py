@@ -192,6 +192,25 @@ def test_coalesce_keeps_order_and_refuses_what_gro_refuses() -> None:
     assert [merged_packet(f)[1][-len(fin):] == fin for f in c.frames()] == [False, True]
 
 
+def test_coalesce_keeps_a_connections_order_across_header_changes() -> None:
+    """Bursts of one connection whose headers differ (window, PSH, short tails) come out in sequence
+    order: at most one run per connection is pending."""
+    segs: list[bytes] = []
+    seq = 1000
+    for k, n in enumerate([3000, 5000, 4044, 2000, 6000, 1348, 2700]):
+        pkt = bytearray(tcp_packet(False, os.urandom(n), seq=seq, flags=0x18 if k % 2 else 0x10))
+        if k in (2, 5):
+            pkt[34:36] = b"\x03\xe7"  # another window: another run
+        segs += segment(bytes(pkt), gso_hdr(False, 1348))
+        seq += n
+    c = Coalescer()
+    c.add_all(segs)
+    frames = [merged_packet(f)[1] for f in c.frames()]
+    seqs = [struct.unpack_from(">I", p, 24)[0] for p in frames]
+    assert seqs == sorted(seqs) and len(frames) < len(segs)
+    assert b"".join(p[40:] for p in frames) == b"".join(s[40:] for s in segs)
+
+
 def test_coalesce_single_and_pure_acks_pass_unchanged() -> None:
     ack = tcp_packet(False, b"", flags=0x10, partial=False)
     one = bytes(segment(tcp_packet(False, os.urandom(100)), gso_hdr(False, 1000))[0])
