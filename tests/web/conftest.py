@@ -267,6 +267,7 @@ class Portal:
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.apps: dict[str, subprocess.Popen[bytes]] = {}
+        self.cmds: dict[str, list[str]] = {}
         self.ms_pem = REFERENCE_PEM
         self.daemon_socket = base / "medcli.ctl"
 
@@ -275,9 +276,22 @@ class Portal:
         log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
         cmd = [os.environ.get("PYTHON", str(REPO / ".venv/bin/python")), "-m", module, "--socket", str(sock),
                "--db", f"sqlite:///{self.base / ((db or name) + '.sqlite')}", *extra]
+        self.cmds[name] = cmd
         self.apps[name] = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.apps[name])
         return sock
+
+    def restart(self, name: str) -> None:
+        """Stop app ``name`` (SIGTERM to our own child, by PID) and start it again on its socket."""
+        old = self.apps[name]
+        old.terminate()
+        old.wait(timeout=30)
+        sock = self.base / f"{name}.sock"
+        sock.unlink(missing_ok=True)
+        log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115  (closed with the process)
+        self.apps[name] = subprocess.Popen(self.cmds[name], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[self.procs.index(old)] = self.apps[name]
+        wait_for(sock.exists, 30, f"{name} FastCGI socket after the restart")
 
     def log(self, name: str) -> str:
         return (self.base / f"{name}.log").read_text(errors="replace")

@@ -256,11 +256,14 @@ def test_idle_timeout(portal: Portal) -> None:
 
 def test_two_fastcgi_processes_share_sessions(portal: Portal) -> None:
     """/srv and /srv2 are two FastCGI processes on one database: a login made through one is honoured
-    by the other, a logout through the other ends it in both."""
+    by the other, survives the other's restart, and a logout through the other ends it in both."""
     c, r = register(portal)
     assert r.status == 200
     sid = c.cookies["medsrv_sid"]
     other = WebClient(portal.url + "/srv2", cookies={"medsrv_sid": sid})
+    r = other.get("peer/list", follow=False)
+    assert r.status == 200 and "Your peers" in r.text()
+    portal.restart("srv2")
     r = other.get("peer/list", follow=False)
     assert r.status == 200 and "Your peers" in r.text()
     assert add_peer(other, "via-srv2", ec_pem()).status == 200  # its CSRF token and its writes
