@@ -1,0 +1,116 @@
+"""The mediation server's STUN responder (mediation_server/stun.py): RFC 5389 Binding, RFC 5780
+RESPONSE-ORIGIN / OTHER-ADDRESS / CHANGE-REQUEST, bad input dropped; and the socket side on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+from aioice import stun
+
+from core_ike.errors import LocalError
+from mediation_client.natdisc import DiscoveryConfig, UdpIO, discover
+from mediation_server.stun import CHANGE_IP, CHANGE_PORT, StunResponder, StunServer, StunSettings
+
+A1, A2 = "198.51.100.1", "198.51.100.2"
+CLIENT = ("203.0.113.7", 40001)
+
+
+def request(change: int = 0, method: stun.Method = stun.Method.BINDING,
+            cls: stun.Class = stun.Class.REQUEST) -> stun.Message:
+    m = stun.Message(message_method=method, message_class=cls, transaction_id=os.urandom(12))
+    if change:
+        m.attributes["CHANGE-REQUEST"] = change
+    return m
+
+
+def test_binding_response_attributes() -> None:
+    r = StunResponder(StunSettings(A1, 3478, alt_port=3479, alt_address=A2))
+    req = request()
+    out = r.receive(bytes(req), CLIENT, (A1, 3478))
+    assert out is not None
+    data, origin, dst = out
+    resp = stun.parse_message(data)
+    assert (origin, dst) == ((A1, 3478), CLIENT)
+    assert resp.message_class == stun.Class.RESPONSE and resp.transaction_id == req.transaction_id
+    assert resp.attributes["XOR-MAPPED-ADDRESS"] == CLIENT
+    assert resp.attributes["MAPPED-ADDRESS"] == CLIENT
+    assert resp.attributes["RESPONSE-ORIGIN"] == (A1, 3478)
+    assert resp.attributes["OTHER-ADDRESS"] == (A2, 3479)
+    assert "FINGERPRINT" in resp.attributes
+
+
+@pytest.mark.parametrize(("local", "change", "origin"), [
+    ((A1, 3478), CHANGE_IP | CHANGE_PORT, (A2, 3479)),
+    ((A1, 3478), CHANGE_PORT, (A1, 3479)),
+    ((A1, 3478), CHANGE_IP, (A2, 3478)),
+    ((A2, 3479), CHANGE_IP | CHANGE_PORT, (A1, 3478)),
+    ((A2, 3478), CHANGE_PORT, (A2, 3479)),
+])
+def test_change_request(local: tuple[str, int], change: int, origin: tuple[str, int]) -> None:
+    r = StunResponder(StunSettings(A1, 3478, alt_port=3479, alt_address=A2))
+    out = r.receive(bytes(request(change)), CLIENT, local)
+    assert out is not None
+    assert out[1] == origin
+    assert stun.parse_message(out[0]).attributes["RESPONSE-ORIGIN"] == origin
+    assert r.stats.changed == 1
+
+
+def test_change_the_server_cannot_make_is_420() -> None:
+    r = StunResponder(StunSettings(A1, 3478, alt_port=3479))
+    out = r.receive(bytes(request(CHANGE_IP)), CLIENT, (A1, 3478))
+    assert out is not None
+    resp = stun.parse_message(out[0])
+    assert resp.message_class == stun.Class.ERROR and resp.attributes["ERROR-CODE"][0] == 420
+    assert out[1] == (A1, 3478)  # the error leaves from where the request came in
+    plain = StunResponder(StunSettings(A1, 3478))
+    out = plain.receive(bytes(request()), CLIENT, (A1, 3478))
+    assert out is not None and "OTHER-ADDRESS" not in stun.parse_message(out[0]).attributes
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x00" * 19, b"\x16\x03\x01" + b"\x00" * 40, os.urandom(600),
+    bytes(request(cls=stun.Class.RESPONSE)), bytes(request(cls=stun.Class.INDICATION)),
+    bytes(request(method=stun.Method.ALLOCATE)),
+])
+def test_other_input_is_dropped(data: bytes) -> None:
+    r = StunResponder(StunSettings(A1))
+    assert r.receive(data, CLIENT, (A1, 3478)) is None
+    assert r.stats.dropped == 1 and r.stats.responses == 0
+
+
+def test_server_on_loopback_answers_discovery() -> None:
+    """The socket side: four sockets on 127.0.0.1/127.0.0.2 x two ports; discovery without a NAT."""
+    async def main() -> None:
+        srv = StunServer(StunSettings("127.0.0.1", _free_port(), alt_port=_free_port(),
+                                      alt_address="127.0.0.2"))
+        bound = srv.start()
+        try:
+            assert len(bound) == 4
+            io = UdpIO(("127.0.0.1", 0))
+            try:
+                res = await discover(io, bound[0], DiscoveryConfig(rto=0.5))
+            finally:
+                io.close()
+            assert (res.mapping, res.filtering, res.rfc5780) == ("none", "none", "full"), res
+            assert srv.status()["changed"] == 2  # both filtering tests answered from elsewhere
+        finally:
+            srv.close()
+    asyncio.run(main())
+
+
+def test_unbindable_address_is_a_startup_error() -> None:
+    async def main() -> None:
+        srv = StunServer(StunSettings("127.0.0.1", _free_port(), alt_address="192.0.2.123"))
+        with pytest.raises(LocalError, match=r"STUN 192\.0\.2\.123"):
+            srv.start()
+        assert not srv.sockets
+    asyncio.run(main())
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
