@@ -21,6 +21,10 @@ relay_idle_timeout = "2m"   # ports freed after this long without traffic
 relay_unused_timeout = "15s" # ... for a relay that only ever saw ME checks (direct pair won, or nothing)
 relay_rate = 2000000        # bytes/s per relay (both directions together)
 relay_packet_rate = 4000    # packets/s per relay
+stun = true                 # STUN binding responder (RFC 5389) for the clients' NAT behaviour discovery
+stun_port = 3478
+stun_alt_port = 3479        # RFC 5780: the second port (0: none)
+stun_alt_address = ""       # RFC 5780: the second address (none: mapping EIM and ADM look alike)
 ```
 
 and a mediation connection (`mediation = true`, remote id `%any`, no children).
@@ -59,6 +63,7 @@ from .db import DbCallbackStore, PortalPeers, open_sessions
 from .registry import Authorizer, Policy, Registry, RegistryConfig
 from .relay import MediationServer
 from .relaysock import RelaySockets
+from .stun import STUN_CHECKS, StunServer, stun_settings
 
 POLICIES = ("all", "same-owner", "allow-list", "grants")
 
@@ -88,6 +93,7 @@ MEDIATION_CHECKS: dict[str, Any] = {
     "relay_ports": _port_range, "relay_per_peer": CHECK_INT, "relay_total": CHECK_INT,
     "relay_idle_timeout": CHECK_DURATION, "relay_unused_timeout": CHECK_DURATION,
     "relay_rate": CHECK_NUMBER, "relay_packet_rate": CHECK_NUMBER,
+    **STUN_CHECKS,
 }
 MEDIATION_KEYS = tuple(MEDIATION_CHECKS)
 
@@ -164,6 +170,7 @@ class ServerDaemon(Daemon):
         if self.relay_sockets is not None:
             self.listeners.append(self.relay_sockets.on_event)
         self.control.extra["status"] = self.status
+        self.stun = StunServer(s) if (s := stun_settings(med, cfg)) is not None else None
 
     def load_config(self) -> DaemonConfig:
         """Reload: connections, PSK pseudonyms and keys from the file (peers' keys come from med_db at
@@ -202,7 +209,8 @@ class ServerDaemon(Daemon):
                    "bytes_a_to_b": r.bytes_a_to_b, "bytes_b_to_a": r.bytes_b_to_a, "packets": r.packets,
                    "idle": round(r.idle, 1), "age": round(r.age, 1), "in_use": r.in_use}
                   for r in (self.relay.status(mono) if self.relay is not None else [])]
-        return {"ok": True, "peers": peers, "callbacks": waiting, "relays": relays}
+        return {"ok": True, "peers": peers, "callbacks": waiting, "relays": relays,
+                "stun": self.stun.status() if self.stun is not None else None}
 
     async def run(self) -> None:
         """The daemon's run, plus med_db traffic off the event loop: the peers' snapshot refresh and the
@@ -210,6 +218,8 @@ class ServerDaemon(Daemon):
         background = [asyncio.create_task(c) for c in (
             self.portal.refresh_loop() if self.portal is not None else None,
             self.store.flush_loop() if self.store is not None else None) if c is not None]
+        if self.stun is not None:
+            self.stun.start()
         try:
             await super().run()
         finally:
@@ -221,6 +231,8 @@ class ServerDaemon(Daemon):
     def close(self) -> None:
         if self.relay_sockets is not None:
             self.relay_sockets.close()
+        if self.stun is not None:
+            self.stun.close()
 
 
 def _build(cfg: DaemonConfig, raw: dict[str, Any]) -> Daemon:

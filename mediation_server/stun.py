@@ -19,9 +19,11 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from aioice import stun
 
+from core_ike.daemon.config import CHECK_BOOL, CHECK_INT, DaemonConfig
 from core_ike.errors import LocalError
 
 log = logging.getLogger("mediation_server.stun")
@@ -131,6 +133,46 @@ class StunResponder:
         resp.attributes["ERROR-CODE"] = (code, reason)
         resp.add_fingerprint()
         return bytes(resp)
+
+
+def _port(where: str, key: str, v: Any) -> int:
+    p = CHECK_INT(where, key, v)
+    if not 0 <= p < 65536 or (key == "stun_port" and p == 0):
+        raise LocalError(f"{where} {key}: {v!r} is not a UDP port")
+    return int(p)
+
+
+def _ip(where: str, key: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise LocalError(f"{where} {key}: expected an IP address string, got {v!r}")
+    if v:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise LocalError(f"{where} {key}: {v!r} is not an IP address") from None
+    return v
+
+
+# the [mediation] keys of the STUN responder (mediation_server/daemon.py merges them into its checks)
+STUN_CHECKS: dict[str, Any] = {"stun": CHECK_BOOL, "stun_port": _port, "stun_alt_port": _port,
+                               "stun_alt_address": _ip}
+
+
+def stun_settings(med: dict[str, Any], cfg: DaemonConfig) -> StunSettings | None:
+    """The responder's addresses from `[mediation]`: the primary address is the first `[daemon] listen`
+    address (the one peers reach the server on), the wildcard when none is configured."""
+    if not med.get("stun", True):
+        return None
+    listen = [a for a in cfg.settings.listen if "/" not in a]
+    address = next((a for a in listen if ipaddress.ip_address(a).version == 4), listen[0] if listen else "0.0.0.0")
+    port = int(med.get("stun_port", 3478))
+    alt_port = int(med.get("stun_alt_port", 3479))
+    alt_address = str(med.get("stun_alt_address", ""))
+    if alt_port == port:
+        raise LocalError("[mediation] stun_alt_port must differ from stun_port (RFC 5780 §6)")
+    if alt_address and ipaddress.ip_address(alt_address).version != ipaddress.ip_address(address).version:
+        raise LocalError("[mediation] stun_alt_address must be of the primary address's family (RFC 5780 §6)")
+    return StunSettings(address, port, alt_port, alt_address)
 
 
 class StunServer:
