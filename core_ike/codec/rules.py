@@ -167,7 +167,22 @@ def _compiled(rule: MessageRule) -> tuple[frozenset[int], tuple[tuple[int, int, 
     return hit[1], hit[2]
 
 
+# the payload type sequences a rule already accepted (bounded): the same exchanges repeat per IKE_SA
+_ACCEPTED: set[tuple[int, int, tuple[int, ...]]] = set()
+
+
 def _check_counts(msg: Message, rule: MessageRule) -> None:
+    inside = msg.unprotected if rule.encrypted else 0
+    seen = (id(rule), inside, tuple([-1 if type(p) is UnknownPayload else p.ptype for p in msg.payloads]))
+    if seen in _ACCEPTED:
+        return
+    _check_counts_slow(msg, rule)
+    if len(_ACCEPTED) >= 1024:
+        _ACCEPTED.clear()
+    _ACCEPTED.add(seen)
+
+
+def _check_counts_slow(msg: Message, rule: MessageRule) -> None:
     allowed, bounds = _compiled(rule)
     counts: dict[int, int] = {}
     inside = msg.unprotected if rule.encrypted else 0

@@ -604,7 +604,27 @@ def _fast_pull_vendor(raw: bytes, start: int, end: int) -> VendorIdPayload | Non
     return VendorIdPayload(raw[start:end])
 
 
+# An initiator sends the same SA payload in every IKE_SA_INIT (its configured proposals): the parsed
+# proposals are kept by the payload's octets, bounded (a flood of varied ones only empties it), and each
+# message gets a fresh SaPayload over them. Proposals and Transforms are not changed after parsing (a
+# selected one is copied with dataclasses.replace).
+_SA_CACHE: dict[bytes, tuple[Proposal, ...]] = {}
+SA_CACHE_MAX = 64
+
+
+def _fast_pull_sa(raw: bytes, start: int, end: int) -> SaPayload | None:
+    body = raw[start:end]
+    hit = _SA_CACHE.get(body)
+    if hit is None:
+        sa = pull_sa(Buffer(body))  # errors: the general path raises them again with the details
+        if len(_SA_CACHE) >= SA_CACHE_MAX:
+            _SA_CACHE.clear()
+        hit = _SA_CACHE[body] = tuple(sa.proposals)
+    return SaPayload(list(hit))
+
+
 _FAST_PULL: dict[int, Callable[[bytes, int, int], Payload | None]] = {
+    PayloadType.SA: _fast_pull_sa,
     PayloadType.NOTIFY: _fast_pull_notify,
     PayloadType.NONCE: _fast_pull_nonce,
     PayloadType.KE: _fast_pull_ke,

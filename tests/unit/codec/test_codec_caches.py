@@ -1,0 +1,70 @@
+"""The codec's per-message shortcuts (core_ike/codec/wire.py: parsed SA payloads kept by their octets;
+core_ike/codec/rules.py: payload sequences a rule accepted) give the same results as the full paths:
+equal values, independent lists, the same errors, and a rule violation is never taken for an accepted
+sequence."""
+
+from __future__ import annotations
+
+import pytest
+
+from core_ike.codec import rules, wire
+from core_ike.codec.message import Message, decode_message, encode_message
+from core_ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
+from core_ike.constants import ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId
+from core_ike.crypto.proposals import parse_proposals
+from core_ike.errors import DecodeError, ProtocolError
+
+
+def _init(props: str = "aes128gcm16-prfsha256-x25519", extra: list | None = None) -> bytes:
+    msg = Message(b"\x11" * 8, bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0,
+                  [SaPayload(parse_proposals(props, ProtocolId.IKE)), KePayload(31, b"\x01" * 32),
+                   NoncePayload(b"\x02" * 32), *(extra or [])])
+    return encode_message(msg)[0]
+
+
+def test_sa_payloads_from_the_cache_are_equal_and_independent() -> None:
+    wire._SA_CACHE.clear()
+    a, b = decode_message(_init()), decode_message(_init())
+    sa_a, sa_b = a.first(SaPayload), b.first(SaPayload)
+    assert sa_a is not None and sa_b is not None
+    assert sa_a == sa_b and sa_a is not sa_b and sa_a.proposals is not sa_b.proposals
+    sa_a.proposals.clear()  # one message's list is its own
+    assert decode_message(_init()).first(SaPayload) == sa_b
+    # a different SA payload is parsed on its own
+    other = decode_message(_init("aes256-sha256-modp2048")).first(SaPayload)
+    assert other is not None and other != sa_b
+
+
+def test_the_sa_cache_is_bounded() -> None:
+    wire._SA_CACHE.clear()
+    for i in range(wire.SA_CACHE_MAX + 5):
+        msg = Message(b"\x11" * 8, bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0,
+                      [SaPayload([p.__class__(i % 250 + 1, p.protocol, p.spi, p.transforms)
+                                  for p in parse_proposals("aes128gcm16-prfsha256-x25519", ProtocolId.IKE)]),
+                       KePayload(31, b"\x01" * 32), NoncePayload(b"\x02" * 32)])
+        decode_message(encode_message(msg)[0])
+    assert len(wire._SA_CACHE) <= wire.SA_CACHE_MAX
+
+
+def test_a_malformed_sa_payload_gives_the_general_error() -> None:
+    data = bytearray(_init())
+    sa_at = 28  # the SA payload follows the header; its first proposal's length field is garbled
+    data[sa_at + 4 + 2: sa_at + 4 + 4] = b"\xff\xff"
+    with pytest.raises(DecodeError, match="proposal length 65535 invalid"):
+        decode_message(bytes(data))
+
+
+def test_rules_accept_the_same_sequence_again_and_still_refuse_a_bad_one() -> None:
+    rules._ACCEPTED.clear()
+    good = decode_message(_init())
+    rules.check_rules(good)
+    rules.check_rules(decode_message(_init()))  # from the set of accepted sequences
+    assert len(rules._ACCEPTED) == 1
+    two_nonces = decode_message(_init(extra=[NoncePayload(b"\x03" * 32)]))
+    for _ in range(2):
+        with pytest.raises(ProtocolError, match="occurs 2 times"):
+            rules.check_rules(two_nonces)
+    with_notify = decode_message(_init(extra=[NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, b"\0" * 20)]))
+    rules.check_rules(with_notify)
+    assert with_notify.payloads[-1].ptype == PayloadType.NOTIFY
+    assert len(rules._ACCEPTED) == 2
