@@ -17,6 +17,8 @@ ike_timeout = 0          # mediated IKE_SA: 0 = as long as its retransmissions g
 finish_wait = 0.05       # after the first successful pair, wait this long for a better one
 reconnect = 5            # seconds before re-establishing a lost mediation connection (doubles up to 60)
 relay = true             # announce our relay extension: accept RELAYED endpoints from our server
+nat_discovery = true     # RFC 5780 NAT behaviour discovery against the server's STUN port (natdisc.py)
+stun_port = 3478         # the mediation server's STUN port
 ```
 """
 
@@ -33,6 +35,7 @@ from typing import Any
 from core_ike.daemon.config import (
     CHECK_BOOL,
     CHECK_DURATION,
+    CHECK_INT,
     CHECK_NUMBER,
     DaemonConfig,
     check_section,
@@ -48,6 +51,7 @@ from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
 
 from .hostaddr import REFRESH, HostAddresses
+from .natdisc import NatBehaviour, discover_udp
 from .status import DbStatus, load_db_connections
 
 log = logging.getLogger("mediation_client")
@@ -59,6 +63,7 @@ CLIENT_CHECKS: dict[str, Any] = {
     "callback_timeout": CHECK_DURATION, "check_timeout": CHECK_DURATION, "ike_timeout": CHECK_DURATION,
     "finish_wait": CHECK_NUMBER,
     "reconnect": CHECK_DURATION, "relay": CHECK_BOOL,
+    "nat_discovery": CHECK_BOOL, "stun_port": CHECK_INT,
 }
 CLIENT_KEYS = tuple(CLIENT_CHECKS)
 
@@ -101,6 +106,8 @@ class ClientDaemon(Daemon):
         self._child_failed: dict[str, str] = {}  # connection -> why its last CHILD_SA failed
         self.control.extra["up"] = self.up
         self.control.extra["status"] = self.status
+        self.nat: NatBehaviour | None = None  # RFC 5780 discovery, after each mediation SA comes up
+        self._nat_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ startup and reconnects
     def autostart(self, now: float) -> None:
@@ -177,6 +184,7 @@ class ClientDaemon(Daemon):
             self._backoff.pop(e.name, None)
             log.info("mediation connection '%s' up, public endpoint %s", e.name,
                      f"{e.srflx[0]}[{e.srflx[1]}]" if e.srflx else "unknown")
+            self._discover_nat(e)
         elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted) and e.name in cfgs and cfgs[e.name].mediation:
             if self.transport.sockets and not self.stopping:
                 self._mediation_lost(e.name, isinstance(e, ev.IkeSaDeleted))
@@ -187,7 +195,25 @@ class ClientDaemon(Daemon):
         if self.db is not None:
             self.db.on_event(e)
 
+    def _discover_nat(self, e: mev.MediationSaUp) -> None:
+        """RFC 5780 discovery toward the mediation server's STUN port, from the address the mediation SA
+        uses; one run at a time, the result replaces the last one."""
+        if not self.client.get("nat_discovery", True) or (self._nat_task and not self._nat_task.done()):
+            return
+        server = (e.remote[0], int(self.client.get("stun_port", 3478)))
+
+        async def run() -> None:
+            try:
+                self.nat = await discover_udp(e.local[0], server)
+            except OSError as err:
+                self.nat = NatBehaviour(error=f"STUN from {e.local[0]}: {err.strerror or err}")
+            log.info("NAT behaviour (RFC 5780, STUN %s[%d]): %s", server[0], server[1], self.nat.summary())
+
+        self._nat_task = asyncio.get_running_loop().create_task(run())
+
     def close(self) -> None:
+        if self._nat_task is not None:
+            self._nat_task.cancel()
         if self.db is not None:
             self.db.reset()  # every connection is DOWN when the daemon is not running
 
@@ -217,6 +243,8 @@ class ClientDaemon(Daemon):
                 c["state"] = "no tunnel"
                 c["reason"] = self._child_failed.get(c["name"]) or \
                     ("the mediated IKE_SA is gone" if sa is None else "the IKE_SA has no CHILD_SA")
+        if self.nat is not None:
+            st["nat"] = {**self.nat.as_dict(), "summary": self.nat.summary()}
         return {"ok": True, "status": st}
 
 

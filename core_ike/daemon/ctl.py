@@ -116,6 +116,8 @@ def format_status(reply: dict[str, Any]) -> str:
             out.append(f"      {pair}")
     for t in st.get("target_lists", []):
         out.append(f"  checks as target: {t}")
+    if st.get("nat"):
+        out.append(f"NAT behaviour (RFC 5780, via STUN {st['nat']['server']}): {st['nat']['summary']}")
     return "\n".join(out) or "no mediation state"
 
 
