@@ -8,7 +8,7 @@ Tasks raise `ProtocolError` (the notify to answer with) or `AuthenticationFailed
 manager (task_manager.py) turns that into a notify, a log line and an event.
 
 Tasks import from the IKE package only this module, `state.py` and the value modules (config,
-identity, traffic selectors, events, credentials); the import contract in pyproject.toml holds them to
+identity, traffic selectors, events, credentials); the import contract in .importlinter holds them to
 it. The engine, the IKE_SA and the task manager implement these protocols; nothing here imports them.
 """
 
