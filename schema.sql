@@ -59,11 +59,17 @@
 -- Portal accounts.  password = an Argon2id hash (RFC 9106) in the PHC string format
 -- "$argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<salt b64>$<hash b64>", or an scrypt hash
 -- "scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>", accepted and replaced by Argon2id at the next login.
+-- admin: may use the server manager's operator pages (the first account registered is one, and
+-- `medmgr-server --make-admin LOGIN` makes one); disabled: cannot log in, and the mediation server
+-- refuses its peers.  Their defaults let an older database gain them with ALTER TABLE ... ADD COLUMN
+-- (med_db.engine.create_all does that).
 CREATE TABLE "user" (
     "id"         INTEGER NOT NULL /*! AUTO_INCREMENT */ PRIMARY KEY,
     "login"      VARCHAR(64) NOT NULL,
     "password"   VARCHAR(255) NOT NULL,
     "created"    DATETIME /*! (6) */ NOT NULL,
+    "admin"      BOOLEAN NOT NULL DEFAULT FALSE,
+    "disabled"   BOOLEAN NOT NULL DEFAULT FALSE,
     CONSTRAINT "uq_user_login" UNIQUE ("login")
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
 
@@ -107,6 +113,41 @@ CREATE TABLE "mediation_grant" (
     CONSTRAINT "pk_mediation_grant" PRIMARY KEY ("peer", "target"),
     CONSTRAINT "fk_grant_peer" FOREIGN KEY ("peer") REFERENCES "peer" ("id") ON DELETE CASCADE,
     CONSTRAINT "fk_grant_target" FOREIGN KEY ("target") REFERENCES "peer" ("id") ON DELETE CASCADE
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
+
+-- Presence of the registered peers as the mediation server sees them, written by the server
+-- (mediation_server/presence.py) and read by the server manager, which may run on another host.
+-- One row per peer that was ever online: online, its public endpoint ("192.0.2.1[4500]", IPv6 in
+-- brackets the same way), the NAT behaviour the peer measured and reported (NULL: not reported),
+-- since when it is online, when it was last seen online (the time it went offline once offline),
+-- and its current mediations: JSON list of {"peer": "<keyid hex>", "path": "direct"|"relayed",
+-- "since": "<UTC ISO time>"}.  A server that starts marks every row offline.
+CREATE TABLE "peer_presence" (
+    "peer"        INTEGER NOT NULL,
+    "online"      BOOLEAN NOT NULL,
+    "endpoint"    VARCHAR(64),
+    "nat"         VARCHAR(255),
+    "since"       DATETIME /*! (6) */,
+    "last_seen"   DATETIME /*! (6) */ NOT NULL,
+    "connections" TEXT NOT NULL,
+    CONSTRAINT "pk_peer_presence" PRIMARY KEY ("peer"),
+    CONSTRAINT "fk_presence_peer" FOREIGN KEY ("peer") REFERENCES "peer" ("id") ON DELETE CASCADE
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
+
+-- The mediation server's totals (one row, id = 1), rewritten with its presence writes and at
+-- least every few seconds ("updated": a portal that sees it stand still knows the server stopped
+-- reporting): peers online, mediations (ME_CONNECT exchanges relayed since "started"), relays
+-- allocated now and since "started".
+CREATE TABLE "server_state" (
+    "id"            INTEGER NOT NULL,
+    "started"       DATETIME /*! (6) */ NOT NULL,
+    "updated"       DATETIME /*! (6) */ NOT NULL,
+    "peers_online"  INTEGER NOT NULL,
+    "mediations"    INTEGER NOT NULL,
+    "relays_active" INTEGER NOT NULL,
+    "relays_total"  INTEGER NOT NULL,
+    CONSTRAINT "pk_server_state" PRIMARY KEY ("id"),
+    CONSTRAINT "ck_server_state_single" CHECK ("id" = 1)
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
 
 -- ---------------------------------------------------------------- client side
@@ -181,4 +222,12 @@ CREATE TABLE "web_secret" (
     "secret"     VARBINARY(64) NOT NULL,
     "created"    DATETIME /*! (6) */ NOT NULL,
     CONSTRAINT "pk_web_secret" PRIMARY KEY ("portal")
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
+
+-- Portal settings changed by an operator (server manager: "registration" = "open" | "closed").
+CREATE TABLE "web_setting" (
+    "name"       VARCHAR(64) NOT NULL,
+    "value"      VARCHAR(255) NOT NULL,
+    "updated"    DATETIME /*! (6) */ NOT NULL,
+    CONSTRAINT "pk_web_setting" PRIMARY KEY ("name")
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;

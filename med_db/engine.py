@@ -124,6 +124,7 @@ def create_all(engine: Engine) -> None:
                 load_schema(engine)
             else:
                 Base.metadata.create_all(engine)
+                _add_missing_columns(engine)
             return
         except DBAPIError:
             if set(Base.metadata.tables) <= set(inspect(engine).get_table_names()):
@@ -131,6 +132,29 @@ def create_all(engine: Engine) -> None:
             if attempt == 4:
                 raise
             time.sleep(0.1 * (attempt + 1))  # MySQL: another process is still creating the rest
+
+
+# Columns added to existing tables since their first release, with the DDL that adds them to a database
+# made before (schema.sql gives them defaults for this).
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("user", "admin", 'ALTER TABLE "user" ADD COLUMN "admin" BOOLEAN NOT NULL DEFAULT FALSE'),
+    ("user", "disabled", 'ALTER TABLE "user" ADD COLUMN "disabled" BOOLEAN NOT NULL DEFAULT FALSE'),
+)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    from sqlalchemy import text
+
+    insp = inspect(engine)
+    tables = set(insp.get_table_names())
+    columns = {t: {c["name"] for c in insp.get_columns(t)} for t in {t for t, _, _ in ADDED_COLUMNS} & tables}
+    todo = [ddl for table, column, ddl in ADDED_COLUMNS if table in columns and column not in columns[table]]
+    if not todo:
+        return
+    with engine.begin() as conn:
+        for ddl in todo:
+            conn.execute(text(ddl))
+    log.info("added %d column(s) to the med_db tables", len(todo))
 
 
 class DatabaseError(Exception):
@@ -229,6 +253,8 @@ def _check_tables(engine: Engine, shown: str, create_tables: bool) -> None:
         raise DatabaseError(f"cannot open {shown}: {_oneline(e)}") from None
     missing = sorted(set(Base.metadata.tables) - present)
     if not missing:
+        if create_tables:
+            _add_missing_columns(engine)
         return
     if not create_tables:
         raise DatabaseError(f"{shown} lacks the med_db tables {', '.join(missing)}: start the portal once, "

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -71,6 +72,8 @@ class User(Base):
     login: Mapped[str] = mapped_column(String(64))
     password: Mapped[str] = mapped_column(String(255))
     created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     peers: Mapped[list[Peer]] = relationship(
         back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
@@ -131,6 +134,42 @@ class MediationGrant(Base):
         "target", Integer, ForeignKey("peer.id", ondelete="CASCADE", name="fk_grant_target")
     )
     created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
+
+
+class PeerPresence(Base):
+    """A peer's presence as the mediation server last wrote it (see schema.sql)."""
+
+    __tablename__ = "peer_presence"
+    __table_args__ = (PrimaryKeyConstraint("peer", name="pk_peer_presence"), MYSQL_TABLE_OPTIONS)
+
+    peer_id: Mapped[int] = mapped_column(
+        "peer", Integer, ForeignKey("peer.id", ondelete="CASCADE", name="fk_presence_peer"), autoincrement=False
+    )
+    online: Mapped[bool] = mapped_column(Boolean)
+    endpoint: Mapped[str | None] = mapped_column(String(64))
+    nat: Mapped[str | None] = mapped_column(String(255))
+    since: Mapped[dt.datetime | None] = mapped_column(_datetime())
+    last_seen: Mapped[dt.datetime] = mapped_column(_datetime())
+    connections: Mapped[str] = mapped_column(Text)
+
+
+class ServerState(Base):
+    """The mediation server's totals (single row, id 1; see schema.sql)."""
+
+    __tablename__ = "server_state"
+    __table_args__ = (
+        PrimaryKeyConstraint("id", name="pk_server_state"),
+        CheckConstraint('"id" = 1', name="ck_server_state_single"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, autoincrement=False, default=1)
+    started: Mapped[dt.datetime] = mapped_column(_datetime())
+    updated: Mapped[dt.datetime] = mapped_column(_datetime())
+    peers_online: Mapped[int] = mapped_column(Integer)
+    mediations: Mapped[int] = mapped_column(Integer)
+    relays_active: Mapped[int] = mapped_column(Integer)
+    relays_total: Mapped[int] = mapped_column(Integer)
 
 
 # ------------------------------------------------------------------ client side
@@ -231,3 +270,14 @@ class WebSecret(Base):
     portal: Mapped[str] = mapped_column(String(16))
     secret: Mapped[bytes] = mapped_column(_varbinary(64))
     created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
+
+
+class WebSetting(Base):
+    """A portal setting an operator changed (see schema.sql)."""
+
+    __tablename__ = "web_setting"
+    __table_args__ = (PrimaryKeyConstraint("name", name="pk_web_setting"), MYSQL_TABLE_OPTIONS)
+
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(255))
+    updated: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)

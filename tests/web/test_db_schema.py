@@ -79,7 +79,7 @@ def test_schema_sql_matches_models(db_url: str, request: pytest.FixtureRequest, 
     a, b = _describe(from_sql), _describe(from_models)
     assert set(a) == set(Base.metadata.tables) == {
         "user", "peer", "me_callback", "mediation_grant", "client_config", "mediation_server_config",
-        "connection", "web_session", "web_secret",
+        "connection", "web_session", "web_secret", "peer_presence", "server_state", "web_setting",
     }
     for table in a:
         assert a[table] == b[table], table
@@ -99,7 +99,7 @@ def test_schema_sql_matches_models(db_url: str, request: pytest.FixtureRequest, 
 
 def test_schema_statement_split_and_dialects() -> None:
     stmts = statements(schema_sql("sqlite"))
-    assert len(stmts) == 10 and sum(s.startswith("CREATE TABLE") for s in stmts) == 9
+    assert len(stmts) == 13 and sum(s.startswith("CREATE TABLE") for s in stmts) == 12
     assert [s.split("(")[0].strip() for s in stmts if not s.startswith("CREATE TABLE")] == [
         'CREATE INDEX "ix_web_session_last_seen" ON "web_session"']
     pg = schema_sql("postgresql")
@@ -110,7 +110,7 @@ def test_schema_statement_split_and_dialects() -> None:
     assert "/*!" not in lite and "AUTO_INCREMENT" not in lite and "utf8mb4" not in lite
     my = schema_sql("mysql")
     assert "/*! AUTO_INCREMENT */" in my and "ANSI_QUOTES" in my
-    assert my.count("COLLATE=utf8mb4_bin */;") == 9 and "DATETIME /*! (6) */" in my
+    assert my.count("COLLATE=utf8mb4_bin */;") == 12 and "DATETIME /*! (6) */" in my
 
 
 def test_mysql_urls_use_pymysql() -> None:
