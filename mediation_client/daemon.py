@@ -111,16 +111,19 @@ class ClientDaemon(Daemon):
 
     # ------------------------------------------------------------------ startup and reconnects
     def autostart(self, now: float) -> None:
-        self._refresh_hosts()
+        self.hosts.refresh()
+        log.info("host endpoints offered: %s", ", ".join(self.hosts()) or "none (the server-reflexive one only)")
+        asyncio.get_running_loop().call_later(REFRESH, self._refresh_hosts)
         if self.db is not None:
             self.db.reset()
         for c in sorted(self.cfg.connections, key=lambda c: 0 if c.mediation else 1):
             self.start_connection(c, now)
 
     def _refresh_hosts(self) -> None:
-        self.hosts.refresh()
         if not self.stopping:
-            asyncio.get_running_loop().call_later(REFRESH, self._refresh_hosts)
+            loop = asyncio.get_running_loop()
+            self.hosts.refresh_soon(loop)
+            loop.call_later(REFRESH, self._refresh_hosts)
 
     def start_connection(self, cfg: IkeConfig, now: float, force: bool = False) -> None:
         """The mediation connection always; mediated ones through the mediation client."""

@@ -3,15 +3,18 @@
 The sans-IO core decides which of them to offer (`core_ike.me.endpoints.host_candidates`); this module
 reads them from the kernel (rtnetlink through pyroute2, which the data plane already uses) and keeps a
 snapshot, so that building an ME_CONNECT never waits for the OS: the snapshot is taken when the daemon
-starts and refreshed every `REFRESH` seconds by the daemon's loop. Addresses that appear later have
-no IKE socket anyway (the transport binds at start), so a snapshot as old as that loses nothing the
-filter would keep.
+starts and refreshed every `REFRESH` seconds in a worker thread (pyroute2's synchronous API refuses to
+run inside an event loop's thread, and the loop must not wait for the kernel). Addresses that appear
+later have no IKE socket anyway (the transport binds at start), so a snapshot as old as that loses
+nothing the filter would keep.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from core_ike.me.endpoints import HostAddress, host_candidates
@@ -27,7 +30,13 @@ IFA_F_DADFAILED = 0x08
 
 
 def read_host_addresses() -> list[HostAddress]:
-    """Every address of every interface, with what the filter needs to know about it."""
+    """Every address of every interface, with what the filter needs to know about it (blocking; from
+    any thread, an event loop's included)."""
+    with ThreadPoolExecutor(1) as ex:
+        return ex.submit(_read).result()
+
+
+def _read() -> list[HostAddress]:
     from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
     with IPRoute() as ipr:
@@ -65,10 +74,34 @@ class HostAddresses:
         self.snapshot: list[HostAddress] = []
 
     def refresh(self) -> None:
+        """Read now and wait for it (at start, before the first ME_CONNECT can be built)."""
         try:
-            self.snapshot = self.read()
+            self._set(self.read())
         except Exception as e:  # noqa: BLE001 - keep the last snapshot; the srflx endpoint still works
-            log.warning("cannot read the host's addresses (%s); keeping %d known", e, len(self.snapshot))
+            self._failed(e)
+
+    def refresh_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read in a worker thread; the snapshot is replaced when the read is done."""
+        def done(fut: asyncio.Future[list[HostAddress]]) -> None:
+            if fut.cancelled():
+                return
+            e = fut.exception()
+            if e is not None:
+                self._failed(e)
+            else:
+                self._set(fut.result())
+
+        loop.run_in_executor(None, self.read).add_done_callback(done)
+
+    def _set(self, found: list[HostAddress]) -> None:
+        if not found:
+            log.warning("the host has no addresses at all (reading them failed?); keeping %d known",
+                        len(self.snapshot))
+            return
+        self.snapshot = found
+
+    def _failed(self, e: BaseException) -> None:
+        log.warning("cannot read the host's addresses (%s); keeping %d known", e, len(self.snapshot))
 
     def __call__(self) -> list[str]:
         return host_candidates(self.snapshot, self.bound(), exclude_interfaces=self.exclude_interfaces,

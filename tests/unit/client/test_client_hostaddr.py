@@ -3,6 +3,8 @@ the core's pure `host_candidates` against the sockets the daemon has bound."""
 
 from __future__ import annotations
 
+import asyncio
+
 from core_ike.me.endpoints import HostAddress
 from mediation_client.hostaddr import HostAddresses, read_host_addresses
 
@@ -12,6 +14,23 @@ def test_reads_the_kernel_addresses_with_their_interface_facts() -> None:
     lo = [h for h in found if h.address == "127.0.0.1"]
     assert lo and lo[0].loopback and lo[0].interface == "lo"
     assert all(h.address and isinstance(h.usable, bool) for h in found)
+
+
+def test_reads_inside_a_running_event_loop_too() -> None:
+    """The daemon reads from its loop's thread, where pyroute2's synchronous API refuses to run."""
+    async def main() -> tuple[list[HostAddress], list[str]]:
+        hosts = HostAddresses(lambda: ["0.0.0.0"])
+        hosts.refresh()
+        found = list(hosts.snapshot)
+        hosts.snapshot = []
+        hosts.refresh_soon(asyncio.get_running_loop())
+        while not hosts.snapshot:
+            await asyncio.sleep(0.01)
+        return found, hosts()
+
+    found, offered = asyncio.run(asyncio.wait_for(main(), 10))
+    assert any(h.address == "127.0.0.1" and h.loopback for h in found)
+    assert "127.0.0.1" not in offered
 
 
 def test_snapshot_filtered_by_the_bound_sockets() -> None:
