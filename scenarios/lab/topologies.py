@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from scenarios.lab import natkinds
 from scenarios.lab.netns import Lab, LabError, cleanup_orphans, read_text, wait_for
 
-NatKind = Literal["eim", "symmetric"]
+NatKind = Literal["eim", "symmetric", "port-restricted", "full-cone", "address-restricted", "symmetric-random",
+                  "symmetric-sequential", "none"]  # scenarios/lab/natkinds.py
 
 # docs/nat-lab.md §4: endpoint-independent mapping (port preserving) vs address-and-port-dependent (random)
 _NAT_RULES = {
@@ -95,8 +97,8 @@ def nat_lab(prefix: str | None = None, nat_a: NatKind = "eim", nat_b: NatKind = 
 def _build_nat_lab(lab: Lab, nat_a: NatKind, nat_b: NatKind, same_nat_peer: bool,
                    delay_ms: float | None, loss: float, wan_drop: bool) -> None:
     for kind in (nat_a, nat_b):
-        if kind not in _NAT_RULES:
-            raise LabError(f"unknown NAT kind {kind!r} (eim or symmetric)")
+        if kind not in natkinds.KINDS:
+            raise LabError(f"unknown NAT kind {kind!r} ({', '.join(natkinds.KINDS)})")
     hosts = ["alice", "natA", "inet", "natB", "bob", "carol"] + (["venus"] if same_nat_peer else [])
     for h in hosts:
         lab.add_host(h)
@@ -127,7 +129,11 @@ def _build_nat_lab(lab: Lab, nat_a: NatKind, nat_b: NatKind, same_nat_peer: bool
     # NAT routers
     for nat, kind in (("natA", nat_a), ("natB", nat_b)):
         lab.sysctl(nat, "net.ipv4.ip_forward", 1)
-        lab.nft(nat, NAT_RULESET.format(rule=_NAT_RULES[kind]))
+        lan_host = "10.1.0.2" if nat == "natA" else "10.2.0.2"
+        lab.nft(nat, natkinds.nat_ruleset(kind, NAT_PUBLIC[nat], lan_host))
+        if kind == "none":  # routed: the other router and carol reach the LAN through this one
+            natkinds.routes_for_unnatted(lab, nat, "10.1.0.0/24" if nat == "natA" else "10.2.0.0/24",
+                                         NAT_PUBLIC[nat], ["carol", "natB" if nat == "natA" else "natA"])
         if wan_drop:
             lab.nft(nat, WAN_DROP_RULESET)
         lab.nats.append(nat)
