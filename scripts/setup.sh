@@ -10,6 +10,8 @@ APT_PACKAGES=(
   libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins
   charon-systemd strongswan-pki
   lighttpd apache2 postgresql mariadb-server chromium fonts-dejavu-core
+  # the port-mapping gateway of the NAT lab (NAT-PMP, PCP, UPnP IGD; its nftables backend)
+  miniupnpd-nftables
   # what a minimal Debian (debootstrap --variant=minbase) lacks and nothing above is sure to pull in:
   # libatomic1 for Playwright's bundled node (browser tests), procps for sysctl (tests) and /bin/kill
   # (the units' ExecReload), systemd for systemd-analyze and systemd-sysusers (tests/deploy/)
