@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import LocalError
 from ..version import add_version_argument
+from . import workers as workers_mod
 from .config import LOG_LEVELS, DaemonConfig, check_host, load, log_target
 from .runtime import Daemon
 from .startup import EXIT_STATUS, STARTUP_FAILED, OneLineArgumentParser, log_handler, one_line, report_failure
@@ -41,13 +42,17 @@ def run_main(prog: str, description: str, argv: list[str] | None,
     ap.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="overrides [daemon] log_level")
     add_version_argument(ap)
     args = ap.parse_args(argv)
+    worker = workers_mod.CURRENT  # in a worker process: its spec from the supervisor
+    if worker is not None:
+        prog = f"{prog}-w{worker.index}"
     try:
         cfg = load(args.config)
         workers = resolve_workers(cfg.settings.workers)
         check_workers(prog, workers, cfg.settings.dataplane, multi_worker)
-        check_host(cfg)
+        if worker is None:  # the supervisor checked the host (and serves the control socket)
+            check_host(cfg)
         setup_logging(args.log_level or cfg.settings.log_level, log_target(cfg.settings), prog)
-        if workers > 1:
+        if workers > 1 and worker is None:
             return run_supervisor(prog, args.config, cfg, workers, args.log_level)
         daemon = build(cfg, cfg.raw)
     except (LocalError, OSError, ValueError, TypeError) as e:  # ValueError, TypeError: int("x"), float([1])

@@ -62,6 +62,10 @@ class Daemon:
                  worker: WorkerSpec | None = None) -> None:
         self.cfg = cfg
         st = cfg.settings
+        if worker is None:
+            from . import workers
+
+            worker = workers.CURRENT
         self.worker = worker  # one of several processes (core_ike/daemon/workers.py)
         self.initiates = worker is None or worker.index == 0  # only one worker starts connections
         self.engine = Engine(cfg.connections, cfg.creds,

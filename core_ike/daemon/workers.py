@@ -147,7 +147,7 @@ class Supervisor:
     def start_worker(self, k: int) -> None:
         spec = self.spec(k)
         fds = [fd for fs in spec.groups.values() for fd in fs]
-        cmd = [sys.executable, "-m", "core_ike.daemon.workers", "--prog", self.prog, "-c", self.config_path]
+        cmd = [sys.executable, "-m", "core_ike.daemon.workers", "-c", self.config_path]
         if self.log_level:
             cmd += ["--log-level", self.log_level]
         env = {k2: v for k2, v in os.environ.items() if k2 != "NOTIFY_SOCKET"}  # readiness is ours to report
@@ -374,36 +374,24 @@ def run_supervisor(prog: str, config_path: str, cfg: Any, workers: int, log_leve
 # ---------------------------------------------------------------------------------------- worker
 
 
-def worker_main(argv: list[str] | None = None) -> int:
-    """A worker: the iked runtime on the sockets and with the spec its supervisor gave it on stdin."""
-    import argparse
+CURRENT: WorkerSpec | None = None  # set in a worker process: the runtime takes its sockets, tag and seed
 
-    from .config import load
-    from .main import setup_logging
-    from .runtime import Daemon
-    from .startup import STARTUP_FAILED, one_line, report_failure
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """A worker: iked's own entry point (the same configuration sources and checks), run on the sockets
+    and with the spec its supervisor gave it on stdin."""
+    import argparse
+    import importlib
 
     ap = argparse.ArgumentParser(prog="iked-worker")
-    ap.add_argument("--prog", default="iked")
     ap.add_argument("-c", "--config", required=True)
     ap.add_argument("--log-level")
     args = ap.parse_args(argv)
-    spec = WorkerSpec.from_json(sys.stdin.read())
-    prog = f"{args.prog}-w{spec.index}"
-    try:
-        cfg = load(args.config)
-        from .config import log_target
+    # run as `python -m`, this module is __main__: the runtime reads the spec from the imported one
+    importlib.import_module("core_ike.daemon.workers").CURRENT = WorkerSpec.from_json(sys.stdin.read())
+    from core_ike.daemon.main import main
 
-        setup_logging(args.log_level or cfg.settings.log_level, log_target(cfg.settings), prog)
-        daemon = Daemon(cfg, worker=spec)
-    except (LocalError, OSError, ValueError, TypeError) as e:
-        report_failure(prog, one_line(e))
-        return STARTUP_FAILED
-    daemon.prog, daemon.config_path = prog, args.config
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(daemon.run())
-    daemon.close()
-    return 0
+    return main(["-c", args.config, *(["--log-level", args.log_level] if args.log_level else [])])
 
 
 if __name__ == "__main__":

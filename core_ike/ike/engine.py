@@ -31,7 +31,7 @@ from ..constants import (
     ProtocolId,
 )
 from ..crypto.proposals import parse_proposals
-from ..errors import DecodeError, LocalUsageError, ProtocolError
+from ..errors import CredentialsPending, DecodeError, LocalUsageError, ProtocolError
 from ..esp.algorithms import EspTransforms
 from ..logutil import LogLimiter
 from ..rng import Rng
@@ -49,7 +49,9 @@ from .prefilter import (
     RESPONSE,
     SourceLimiter,
     cookie_reply,
+    header_message,
     scan_init,
+    spi_known,
 )
 from .sa import IkeSa
 from .state import ChildState, IkeState
@@ -161,6 +163,10 @@ class Engine:
         self.init_limiter = SourceLimiter(self.cfg.init_rate_ip)  # IKE_SA_INITs per source under load
         self._half_open_by_ip: dict[str, int] = {}
         self.vips = VipPool()
+        # a configuration source that looks connections up per attempt (docs/gateway.md): called when no
+        # config matches an IKE_SA_INIT (peer None) or an IKE_AUTH (the peer's identity); it raises
+        # CredentialsPending while it looks, and the peer's retransmission (RFC 7296 2.1) is answered
+        self.config_miss: Callable[[Identity | None], None] | None = None
 
     # ================================================================== adapter API
     def receive(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
@@ -385,6 +391,8 @@ class Engine:
                 continue
             if best is None or score > best[0]:
                 best = (score, c)
+        if best is None and self.config_miss is not None:
+            self.config_miss(peer)
         return best[1] if best else None
 
     def is_first_contact(self, sa: IkeSaView) -> bool:
@@ -555,6 +563,12 @@ class Engine:
             return
         cfgs = [c for c in self.configs if addr_matches(c.local_addrs, local[0])
                 and addr_matches(c.remote_addrs, remote[0])]
+        if not cfgs and self.config_miss is not None:
+            try:
+                self.config_miss(None)
+            except CredentialsPending as e:
+                log.info("no IKE config for %s...%s yet (%s): its retransmission is answered", local[0], remote[0], e)
+                return
         if not cfgs:
             log.info("no IKE config found for %s...%s, sending NO_PROPOSAL_CHOSEN", local[0], remote[0])
             self._reply_error(msg, NotifyType.NO_PROPOSAL_CHOSEN, local, remote)
@@ -631,6 +645,11 @@ class Engine:
         if exchange < IKE_SA_INIT:
             return self._drop("header", now, remote, "reserved exchange type %d", exchange)  # RFC 7296 3.1
         if exchange != IKE_SA_INIT or flags & RESPONSE or spi_r_n or not spi_i_n:
+            if (spi_i_n or spi_r_n) and not spi_known(data, flags, exchange, self.sas):
+                self.counters["drop-unknown-spi"] += 1  # not decoded: RFC 7296 2.21.4 needs the header only
+                if not flags & RESPONSE:
+                    self._answer_invalid_spi(header_message(data), local, remote, now)
+                return True
             return False
         # an IKE_SA_INIT request for a new IKE_SA: Message ID 0 (RFC 7296 2.2), from the initiator (3.1)
         major = version >> 4 == IKE_VERSION >> 4

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import socket
 import struct
+from collections.abc import Container
 
+from ..codec.message import Message
 from ..codec.wire import NONCE_MAX, NONCE_MIN
 from ..constants import IKE_HEADER_LEN, IKE_VERSION, ExchangeType, HeaderFlag, NotifyType, PayloadType
 
@@ -63,6 +65,24 @@ def scan_init(data: bytes, ptype: int) -> tuple[bytes, bytes] | None:
         pos += length
         ptype = nxt
     return None
+
+
+def spi_known(data: bytes, flags: int, exchange: int, sas: Container[bytes]) -> bool:
+    """Is the IKE_SA of this message (not a new IKE_SA_INIT request) one of `sas` (by our SPI)? Our SPI
+    is SPIr in messages from the original initiator, SPIi in the others (RFC 7296 3.1, 2.6); an
+    IKE_SA_INIT response may be for an initiator whose SA is still filed under its SPIi alone."""
+    ours = data[8:16] if flags & INITIATOR else data[:8]
+    if ours in sas:
+        return True
+    return exchange == IKE_SA_INIT and data[:8] in sas
+
+
+def header_message(data: bytes) -> Message:
+    """A Message with the fixed header of `data` and no payloads (for answers that need only the
+    header: INVALID_IKE_SPI, RFC 7296 2.21.4)."""
+    _i, _r, _first, _version, exchange, flags, mid, _length = HEADER.unpack_from(data)
+    return Message(spi_i=data[:8], spi_r=data[8:16], exchange=exchange, flags=HeaderFlag(flags), message_id=mid,
+                   payloads=[])
 
 
 def packed_ip(ip: str) -> bytes:
