@@ -117,6 +117,11 @@ class CharonPeer:
         """charon validated a pair: a check response carried a MAC made with the peer's key."""
         return any(self.c.log_lines(r"endpoint pair '\d+' is valid"))
 
+    def answered_checks(self) -> bool:
+        """charon verified a check request's MAC (made with the peer's key) and answered it."""
+        return any(self.c.log_lines(r"generating INFORMATIONAL response \d+ \[ N\(ME_CID\) N\(ME_EP\) N\(ME_CAUTH\) \]")) \
+            and not any(self.c.log_lines("connectivity check verification failed"))
+
     def logs(self) -> str:
         return f"--- charon {self.host} ---\n{self.c.log_tail(80)}"
 
@@ -197,8 +202,13 @@ def test_mediated_tunnel(nat_lab_per_module: Lab, server_kind: str, alice_kind: 
             a2b = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.1)
             b2a = lab.ping("bob", LAN["alice"], source=LAN["bob"], count=3, interval=0.1)
 
-        # both sides' connectivity checks succeeded (MACs verified), not only the mediated IKE_SA_INIT
-        assert alice.checks_ok() and bob.checks_ok()
+        # both sides' connectivity checks succeeded (MACs verified), not only the mediated IKE_SA_INIT. Our
+        # initiator nominates as soon as its own check is answered (docs/protocol.md §8), often
+        # before a charon target's own check on the working pair leaves (charon paces them 25 ms apart), so
+        # such a charon shows that it verified and answered our check; our response MACs are verified by
+        # charon where charon initiates (its pair is valid only after our answer)
+        assert alice.checks_ok()
+        assert bob.checks_ok() or (alice_kind == "ours" and bob_kind == "charon" and bob.answered_checks())
         assert ta.remote_host == PUBLIC["bob"] and tb.remote_host == PUBLIC["alice"], (ta, tb)
         assert ta.spi_in == tb.spi_out and ta.spi_out == tb.spi_in, (ta, tb)
         assert a2b[1] == 3, a2b[2]
