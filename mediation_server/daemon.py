@@ -60,6 +60,7 @@ from core_ike.errors import LocalError
 
 from .datarelay import DataRelay, RelayConfig
 from .db import DbCallbackStore, PortalPeers, open_sessions
+from .presence import PresenceWriter
 from .registry import Authorizer, Policy, Registry, RegistryConfig
 from .relay import MediationServer
 from .relaysock import RelaySockets
@@ -170,7 +171,22 @@ class ServerDaemon(Daemon):
         if self.relay_sockets is not None:
             self.listeners.append(self.relay_sockets.on_event)
         self.control.extra["status"] = self.status
+        # presence for the server manager, which reads only med_db (mediation_server/presence.py)
+        self.presence = PresenceWriter(self.portal.sessions, self.portal, relay=self.relay, nat_of=self._nat_of) \
+            if self.portal is not None else None
+        if self.presence is not None:
+            try:
+                self.presence.start()
+            except SQLAlchemyError as e:
+                raise LocalError(f"[mediation] database: {e}") from None
+            self.listeners.append(self.presence.on_event)
         self.stun = StunServer(s) if (s := stun_settings(med, cfg)) is not None else None
+
+    def _nat_of(self, identity: str) -> str | None:
+        """The NAT behaviour an online peer reported (RFC 5780 terms), when the registry has it."""
+        rec = self.mediation.registry.lookup(identity)
+        nat = getattr(rec, "nat", None)
+        return str(nat) if nat else None
 
     def load_config(self) -> DaemonConfig:
         """Reload: connections, PSK pseudonyms and keys from the file (peers' keys come from med_db at
@@ -217,7 +233,8 @@ class ServerDaemon(Daemon):
         callback registrations' writes run in worker threads (mediation_server/db.py)."""
         background = [asyncio.create_task(c) for c in (
             self.portal.refresh_loop() if self.portal is not None else None,
-            self.store.flush_loop() if self.store is not None else None) if c is not None]
+            self.store.flush_loop() if self.store is not None else None,
+            self.presence.run() if self.presence is not None else None) if c is not None]
         if self.stun is not None:
             self.stun.start()
         try:
@@ -227,6 +244,8 @@ class ServerDaemon(Daemon):
                 t.cancel()
             if self.store is not None:
                 self.store.flush()  # what the last changes left unwritten
+            if self.presence is not None:
+                self.presence.flush()
 
     def close(self) -> None:
         if self.relay_sockets is not None:

@@ -25,7 +25,7 @@ from core_ike.errors import CredentialsPending, LocalError
 from core_ike.ike.creds import PublicKey, load_public_key
 from core_ike.ike.identity import Identity
 from med_db.engine import DatabaseError, make_session_factory, open_database
-from med_db.models import MeCallback, MediationGrant, Peer
+from med_db.models import MeCallback, MediationGrant, Peer, User
 
 from .registry import CallbackRegistration
 
@@ -87,9 +87,12 @@ class PortalPeers:
     def refresh(self) -> None:
         """Bring the snapshot up to date (blocking SQL: call it off the event loop)."""
         with self.sessions() as s:
-            q = select(Peer.id, Peer.user_id, Peer.alias, Peer.keyid, Peer.public_key, Peer.updated)
+            # the peers of a disabled account are left out: they no longer authenticate
+            enabled = (Peer.user_id == User.id, User.disabled.is_(False))
+            q = select(Peer.id, Peer.user_id, Peer.alias, Peer.keyid, Peer.public_key, Peer.updated).where(*enabled)
             rows = s.execute(q if self._since is None else q.where(Peer.updated >= self._since)).all()
-            count, id_sum = s.execute(select(func.count(Peer.id), func.coalesce(func.sum(Peer.id), 0))).one()
+            count, id_sum = s.execute(select(func.count(Peer.id), func.coalesce(func.sum(Peer.id), 0))
+                                      .where(*enabled)).one()
             ids = set(self._by_id) | {r.id for r in rows}
             full = self._since is None or len(ids) != count or sum(ids) != id_sum
             if full and self._since is not None:
@@ -175,6 +178,11 @@ class PortalPeers:
             self._keys.clear()
         self._keys[peer.keyid] = key
         return key
+
+    def known(self, identity: str) -> PortalPeer | None:
+        """The portal peer of an identity in the snapshot (no refresh is asked for a miss)."""
+        kid = _keyid(identity)
+        return self._by_keyid.get(kid) if kid is not None else None
 
     def owner_of(self, identity: str) -> str | None:
         kid = _keyid(identity)

@@ -2,10 +2,13 @@
 
 Pages (``<base>/<controller>/<action>/<id>``):
   user: login, logout, add (register), edit, delete, help   (login/add/help are public)
-  peer: list, add, edit/<id>, delete/<id>, access/<id> (who the peer may reach: mediation_grant rows)
+  peer: list, add, edit/<id>, delete/<id>, access/<id> (who the peer may reach: mediation_grant rows),
+        presence (JSON: the user's peers' presence, polled by the list page)
+  admin: users, peers, user/<id> (disable/enable), settings   (operators only: ``operator.py``)
 
 Launcher: ``python -m medmgr_web.server_manager --socket PATH | --bind HOST:PORT --db URL
---ms-address HOST --ms-public-key PEMFILE``.
+--ms-address HOST --ms-public-key PEMFILE``; ``--make-admin LOGIN`` gives an account the operator
+role and exits (the first account registered has it).
 """
 
 from __future__ import annotations
@@ -17,19 +20,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from flask import abort, current_app, flash, request
+from flask import abort, current_app, flash, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.version import add_version_argument
 from med_db import data
+from med_db import presence as pr
 from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import key_description, keyid_text, parse_peer_public_key, pem_from_spki
-from med_db.models import Peer
-from medmgr_web import forms
+from med_db.models import Peer, utcnow
+from medmgr_web import forms, operator
 from medmgr_web import portal as web
 from medmgr_web import validation as v
 from medmgr_web.launcher import add_common_args, serve, throttle_config
+from medmgr_web.presence import user_presence
 from medmgr_web.security import DUMMY_HASH, hash_password, needs_rehash, verify_password
 from medmgr_web.swanctl import SERVER_KEY_FILE, SnippetPeer, conn_names, parse_subnets, swanctl_conf
 from medmgr_web.throttle import ThrottleConfig
@@ -65,13 +70,15 @@ def _uid() -> int:
 
 
 def _user_valid(db: Session, uid: int) -> bool:
-    return data.get_user(db, uid) is not None
+    user = data.get_user(db, uid)
+    return user is not None and not user.disabled  # a disabled account loses its logins at once
 
 
 def _context() -> dict[str, Any]:
     uid = web.user_id()
     user = None if uid is None else data.get_user(web.db(), uid)
-    return {"user_login": None if user is None else user.login}
+    return {"user_login": None if user is None else user.login, "is_admin": user is not None and user.admin,
+            "registration_open": pr.registration_open(web.db())}
 
 
 # -- user ---------------------------------------------------------------------------------------------
@@ -95,6 +102,9 @@ def user_login() -> ResponseReturnValue:
         app.throttle.failed(attempt)
         return web.render("user/login.html", status=401, form=form, errors=["Invalid username or password."])
     app.throttle.succeeded(attempt)
+    if user.disabled:
+        return web.render("user/login.html", status=403, form=form,
+                          errors=["This account is disabled; ask the operator of this service."])
     if needs_rehash(user.password):
         data.update_user(db, user, user.login, hash_password(password))
     web.login_user(user.id)
@@ -108,19 +118,26 @@ def user_logout() -> ResponseReturnValue:
 
 def user_add() -> ResponseReturnValue:
     form = forms.RegisterForm()
+    db = web.db()
+    if not pr.registration_open(db) and pr.count_users(db) > 0:
+        return web.render("user/add.html", status=403, form=None, closed=True,
+                          errors=["Registration is closed on this server; ask its operator for an account."])
     if request.method == "GET":
-        return web.render("user/add.html", form=form)
+        return web.render("user/add.html", form=form, closed=False)
     errors: list[str] = []
     if form.validate():
+        first = pr.count_users(db) == 0
         try:
-            user = data.create_user(web.db(), form.new_login.data or "", hash_password(form.new_password.data or ""))
+            user = data.create_user(db, form.new_login.data or "", hash_password(form.new_password.data or ""))
         except data.DataError as exc:
             errors.append(str(exc))
         else:
+            if first:  # the first account runs the service: the operator role (operator.py)
+                user.admin = True
             web.login_user(user.id)
             flash(f"Welcome, {user.login}! Register your first peer below.")
             return web.redirect("peer_list")
-    return web.render("user/add.html", status=400, form=form, errors=errors)
+    return web.render("user/add.html", status=400, form=form, errors=errors, closed=False)
 
 
 def user_edit() -> ResponseReturnValue:
@@ -229,13 +246,28 @@ def _peer_or_404(ident: str) -> Peer:
 def peer_list() -> ResponseReturnValue:
     db, uid = web.db(), _uid()
     counts = data.grant_counts(db, uid)
+    peers = list(data.list_peers(db, uid))
+    live = user_presence(db, uid, peers, utcnow())
     rows = [
         {"id": p.id, "alias": p.alias, "keyid": p.keyid,
          "since": p.created.strftime("%Y-%m-%d %H:%M UTC"), "kind": key_description(p.public_key),
-         "grants": counts.get(p.id)}  # None: may reach every peer
-        for p in data.list_peers(db, uid)
+         "grants": counts.get(p.id),  # None: may reach every peer
+         "presence": live["peers"][str(p.id)]}
+        for p in peers
     ]
-    return web.render("peer/list.html", peers=rows)
+    return web.render("peer/list.html", peers=rows, server=live["server"], poll_ms=POLL_MS)
+
+
+POLL_MS = 2000  # the peer list asks for presence this often
+
+
+def peer_presence() -> ResponseReturnValue:
+    """The user's peers' presence as JSON (the list page polls it): only the logged-in user's own
+    peers, so nobody learns anything of another user's."""
+    db, uid = web.db(), _uid()
+    resp = jsonify(user_presence(db, uid, list(data.list_peers(db, uid)), utcnow()))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def peer_add() -> ResponseReturnValue:
@@ -373,6 +405,8 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     ("/peer/edit/<ident>", peer_edit, _GET_POST),
     ("/peer/delete/<ident>", peer_delete, ["POST"]),
     ("/peer/access/<ident>", peer_access, _GET_POST),
+    ("/peer/presence", peer_presence, ["GET"]),
+    *operator.ROUTES,
 ]
 PUBLIC = frozenset({"user_login", "user_add", "user_help"})
 
@@ -409,6 +443,13 @@ def create_app(db: str | sessionmaker[Session] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    # --make-admin needs only the database: no --socket / --bind
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--make-admin")
+    pre.add_argument("--db")
+    early, _ = pre.parse_known_args(argv)
+    if early.make_admin:
+        return operator.make_admin_cmd(early.db, early.make_admin)
     p = argparse.ArgumentParser(prog="medmgr-server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -418,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ms-public-key", metavar="FILE",
                    help="mediation server public key (PEM public key or certificate, or OpenSSH line)")
     p.add_argument("--password-min-length", type=int, default=8)
+    p.add_argument("--make-admin", metavar="LOGIN", help="give the account LOGIN the operator role, then exit")
     args = p.parse_args(argv)
     pem = None
     if args.ms_public_key:

@@ -1,0 +1,275 @@
+"""Presence and the operator view, in process: the mediation server's presence writer on one database,
+the server manager reading it (as it would on another host); who may see what; disabled accounts,
+closed registration, the operator role."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from medweb_client import FakeClock, WsgiClient
+from sqlalchemy import select
+
+from core_ike.ike.identity import Identity
+from core_ike.me import events as mev
+from med_db import presence as pr
+from med_db.engine import create_all, make_engine, make_session_factory
+from med_db.keyid import keyid_text, parse_peer_public_key
+from med_db.models import Peer, PeerPresence, User
+from mediation_server.db import PortalPeers
+from mediation_server.presence import PresenceWriter
+from medmgr_web import server_manager
+from medmgr_web.portal import Portal
+
+PASSWORD = "correct horse battery"
+
+
+def ec_pem() -> str:
+    return ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'med.sqlite'}"
+
+
+@pytest.fixture
+def srv(url: str) -> Portal:
+    clock = FakeClock()
+    return server_manager.create_app(url, clock=clock, sleep=clock.sleep)
+
+
+def register(app: Portal, login: str) -> WsgiClient:
+    c = WsgiClient(app)
+    r = c.submit("user/add", "user/add", {"new_login": login, "new_password": PASSWORD,
+                                          "confirm_password": PASSWORD})
+    assert r.status == 200 and "Your peers" in r.text(), r.text()
+    return c
+
+
+def add_peer(c: WsgiClient, alias: str) -> str:
+    """Adds a peer; returns its identity as the mediation server sees it (keyid:...)."""
+    pem = ec_pem()
+    r = c.submit("peer/add", "peer/add", {"alias": alias, "public_key": pem})
+    assert r.status == 200 and f"Peer {alias} added" in r.text(), r.text()
+    _, keyid = parse_peer_public_key(pem)
+    return Identity.key_id(keyid).canonical()
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def writer(url: str, clock: Clock) -> PresenceWriter:
+    sessions = make_session_factory(make_engine(url))
+    peers = PortalPeers(sessions)
+    peers.refresh()
+    w = PresenceWriter(sessions, peers, wall=clock, nat_of=lambda i: "endpoint-independent mapping")
+    w.start()
+    return w
+
+
+def presence_json(c: WsgiClient) -> dict:  # type: ignore[type-arg]
+    r = c.get("peer/presence")
+    assert r.status == 200 and r.headers["content-type"] == "application/json", r.text()
+    return json.loads(r.body)  # type: ignore[no-any-return]
+
+
+def test_presence_from_the_server_to_the_owner_only(srv: Portal, url: str) -> None:
+    import time
+
+    alice_user = register(srv, "pat")
+    home, office = add_peer(alice_user, "home"), add_peer(alice_user, "office")
+    eve_user = register(srv, "eve")
+    evil = add_peer(eve_user, "evil")
+    clock = Clock(time.time())
+    w = writer(url, clock)
+    w.on_event(mev.PeerOnline(home, 1, ("192.0.2.7", 4500), None))
+    w.on_event(mev.PeerOnline(office, 2, ("198.51.100.9", 61000), None))
+    w.on_event(mev.PeerOnline(evil, 3, ("203.0.113.66", 500), None))
+    w.on_event(mev.ConnectRelayed(office, home, "00", True))
+    w.on_event(mev.ConnectRelayed(evil, home, "01", True))  # a mediation with another user's peer
+    w.flush(stopping=False)
+
+    data = presence_json(alice_user)
+    assert data["server"]["reporting"] is True
+    states = {p["endpoint"]: p for p in data["peers"].values()}
+    assert set(states) == {"192.0.2.7[4500]", "198.51.100.9[61000]"}  # eve's peer is not there
+    home_p = states["192.0.2.7[4500]"]
+    assert home_p["state"] == "online" and home_p["nat"] == "endpoint-independent mapping"
+    paths = {c["peer"]: c["path"] for c in home_p["connections"]}
+    _, evil_keyid = next(iter([("", bytes.fromhex(evil.split("#")[1]))]))
+    # own peers by alias, another user's peer only by its keyid (its alias stays private)
+    assert paths == {"office": "direct", keyid_text(evil_keyid): "direct"}
+    page = alice_user.get("peer/list").text()
+    assert "192.0.2.7[4500]" in page and "203.0.113.66" not in page and "evil" not in page
+    assert "203.0.113.66" not in json.dumps(data)
+
+    # the peer goes offline: the next write says so, with the time it was last seen
+    clock.t += 3
+    w.on_event(mev.PeerOffline(office, 2))
+    w.flush(stopping=False)
+    data = presence_json(alice_user)
+    by_state = sorted(p["state"] for p in data["peers"].values())
+    assert by_state == ["offline", "online"]
+    off = next(p for p in data["peers"].values() if p["state"] == "offline")
+    assert off["endpoint"] == "" and off["connections"] == [] and off["last_seen"].endswith("UTC")
+    home_p = next(p for p in data["peers"].values() if p["state"] == "online")
+    assert [c["peer"] for c in home_p["connections"]] == [keyid_text(evil_keyid)]
+
+    # a server that stops reporting: presence is unknown, not the last thing written
+    with make_session_factory(make_engine(url)).begin() as s:
+        state = pr.server_state(s)
+        assert state is not None and state.peers_online == 2 and state.mediations == 2
+        state.updated = state.updated.replace(year=2000)
+    data = presence_json(alice_user)
+    assert data["server"]["reporting"] is False
+    assert {p["state"] for p in data["peers"].values()} == {"unknown"}
+    assert "has not reported since" in data["server"]["message"]
+
+    # a restarted server marks what the old one left online as offline
+    w2 = writer(url, clock)
+    assert w2 is not None
+    with make_session_factory(make_engine(url))() as s:
+        assert s.scalars(select(PeerPresence).where(PeerPresence.online.is_(True))).all() == []
+
+
+def test_presence_writes_are_batched_off_the_loop(url: str) -> None:
+    """Many events, few writes: the writer coalesces while a write runs in its thread."""
+    import time
+
+    srv = server_manager.create_app(url)
+    c = register(srv, "pat")
+    ids = [add_peer(c, f"p{i}") for i in range(5)]
+    clock = Clock(time.time())
+    w = writer(url, clock)
+    w.tick = 0.05
+
+    async def scenario() -> None:
+        task = asyncio.create_task(w.run())
+        await asyncio.sleep(0)  # the writer's first wait begins
+        for _ in range(20):  # 200 events in one burst of the loop
+            for n, ident in enumerate(ids):
+                w.on_event(mev.PeerOnline(ident, n + 1, ("192.0.2.1", 1000 + n), None))
+                w.on_event(mev.PeerOffline(ident, n + 1))
+        for n, ident in enumerate(ids):
+            w.on_event(mev.PeerOnline(ident, n + 1, ("192.0.2.1", 2000 + n), None))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with make_session_factory(make_engine(url))() as s:
+                online = s.scalars(select(PeerPresence).where(PeerPresence.online.is_(True))).all()
+            if len(online) == 5 and all(p.endpoint and p.endpoint.startswith("192.0.2.1[20") for p in online):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the presence rows never showed all peers online")
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert 1 <= w.writes <= 3, w.writes  # one batch for the burst (plus perhaps a heartbeat)
+
+
+def test_operator_role_search_disable_and_registration(srv: Portal, url: str) -> None:
+    op = register(srv, "operator")  # the first account is an operator
+    users = {f"user{i:02d}": register(srv, f"user{i:02d}") for i in range(30)}
+    add_peer(users["user07"], "laptop")
+    # non-operators: 403 on every operator page, GET and POST
+    u = users["user01"]
+    token = u.get("peer/list").csrf()
+    assert u.get("admin/users").status == 403 and u.get("admin/peers").status == 403
+    assert u.post("admin/settings", {"csrf": token, "registration": "closed"}).status == 403
+    assert u.post("admin/user/1", {"csrf": token, "action": "disable"}).status == 403
+    assert "/admin/users" not in u.get("peer/list").text()
+
+    r = op.get("admin/users")
+    assert r.status == 200 and "Page 1 of 2" in r.text() and "Accounts</dt><dd>31</dd>" in r.body
+    assert "user29" not in r.text() and "user29" in op.get("admin/users?page=2").text()
+    r = op.get("admin/users?q=user0")
+    assert "10 accounts matching" in r.text() and "user10" not in r.text()
+    r = op.get("admin/peers?q=user07")
+    assert "laptop" in r.text() and "1 peer matching" in r.text()
+    assert op.get("admin/users?page=x&q=%25").status == 200  # junk paging, LIKE wildcards taken literally
+    assert "0 accounts matching" in op.get("admin/users?q=%25").text()
+
+    # disable user07: its session ends, it cannot log in, its peer leaves the server's snapshot
+    with make_session_factory(make_engine(url))() as s:
+        uid = s.scalars(select(User.id).where(User.login == "user07")).one()
+        peer_keyid = s.scalars(select(Peer.keyid).where(Peer.user_id == uid)).one()
+    sessions = make_session_factory(make_engine(url))
+    snapshot = PortalPeers(sessions)
+    snapshot.refresh()
+    ident = Identity.key_id(peer_keyid)
+    assert snapshot.public_key(ident) is not None
+    token = op.get("admin/users").csrf()
+    r = op.post(f"admin/user/{uid}", {"csrf": token, "action": "disable"})
+    assert "Account user07 disabled" in r.text()
+    assert users["user07"].get("peer/list", follow=False).status == 303  # logged out
+    c = WsgiClient(srv)
+    r = c.submit("user/login", "user/login", {"login": "user07", "password": PASSWORD})
+    assert r.status == 403 and "This account is disabled" in r.text()
+    snapshot.refresh()
+    assert snapshot.known(ident.canonical()) is None
+    r = op.post(f"admin/user/{uid}", {"csrf": token, "action": "enable"})
+    assert "Account user07 enabled" in r.text()
+    snapshot.refresh()
+    assert snapshot.known(ident.canonical()) is not None
+    # an operator cannot disable itself
+    with make_session_factory(make_engine(url))() as s:
+        op_id = s.scalars(select(User.id).where(User.login == "operator")).one()
+    assert "cannot disable your own" in op.post(f"admin/user/{op_id}", {"csrf": token, "action": "disable"}).text()
+
+    # registration closed: the form is gone, a POST is refused, logins still work
+    r = op.post("admin/settings", {"csrf": token, "registration": "closed"})
+    assert "Self-registration is now closed" in r.text()
+    c = WsgiClient(srv)
+    r = c.get("user/add")
+    assert r.status == 403 and "Registration is closed" in r.text() and 'name="new_login"' not in r.text()
+    assert "/user/add" not in c.get("user/login").text()
+    r = c.submit("user/login", "user/login", {"login": "user01", "password": PASSWORD})
+    assert r.status == 200 and "Your peers" in r.text()
+    op.post("admin/settings", {"csrf": token, "registration": "open"})
+    assert WsgiClient(srv).get("user/add").status == 200
+
+
+def test_make_admin_command(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    engine = make_engine(url)
+    create_all(engine)
+    from medmgr_web.security import hash_password
+
+    with make_session_factory(engine).begin() as s:
+        s.add(User(login="ops", password=hash_password(PASSWORD)))
+    assert server_manager.main(["--db", url, "--make-admin", "ops"]) == 0
+    assert server_manager.main(["--db", url, "--make-admin", "nobody"]) == 1
+    assert "no account 'nobody'" in capsys.readouterr().err
+    with make_session_factory(engine)() as s:
+        assert s.scalars(select(User.admin).where(User.login == "ops")).one() is True
+
+
+def test_older_database_gains_the_new_columns(tmp_path: Path) -> None:
+    """A med_db made before the operator role: the portal adds user.admin / user.disabled."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "user" ("id" INTEGER NOT NULL PRIMARY KEY, "login" VARCHAR(64) NOT NULL, '
+                '"password" VARCHAR(255) NOT NULL, "created" DATETIME NOT NULL)')
+    con.execute("""INSERT INTO "user" VALUES (1, 'old', 'x', '2020-01-01 00:00:00')""")
+    con.commit()
+    con.close()
+    engine = make_engine(f"sqlite:///{path}")
+    create_all(engine)
+    with make_session_factory(engine)() as s:
+        user = s.scalars(select(User)).one()
+        assert (user.login, user.admin, user.disabled) == ("old", False, False)
+    assert re.search(r'"admin"', sqlite3.connect(path).execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'user'").fetchone()[0])
