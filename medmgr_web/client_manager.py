@@ -4,14 +4,17 @@ A single administrator logs in with the password whose hash is configured at set
 ``python -m medmgr_web.client_manager hash-password > /etc/ikeme/client-admin.hash`` (reads the
 password from stdin), then start with ``--admin-hash-file /etc/ikeme/client-admin.hash``.
 
-Pages: user (login, logout), key (show, generate), server (edit),
-connection (list, add, edit/<id>, delete/<id>).  The private key lives in the client database
-(SQLite file mode 0600) and is never shown.
+Pages: user (login, logout), key (show, generate, download), server (edit),
+connection (list, add, edit/<id>, delete/<id>, up/<id>, down/<id>).  The private key lives in the
+client database (SQLite file mode 0600) and is never shown.
 
 With ``--daemon-socket PATH`` every saved change (key pair, server, connection added, edited or
 deleted) is followed by a ``reload`` on the mediation client's control socket (the JSON-line
 protocol of ``ikectl``), so the daemon picks it up at once; when that fails the change stays saved
-and the page says why the daemon was not reloaded.
+and the page says why the daemon was not reloaded.  The same socket answers the connection list's
+live columns (``status``: each connection's path, direct or relayed, and this client's NAT behaviour)
+and its Connect / Disconnect buttons (``up`` / ``down`` of the connection), whose answer or error the
+page shows.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from flask import abort, current_app, flash, request
+from flask import Response, abort, current_app, flash, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,6 +64,53 @@ class ClientManagerConfig:
 
 def _cfg() -> ClientManagerConfig:
     return cast(ClientManagerConfig, current_app.extensions["medcli"])
+
+
+def _daemon(req: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str]:
+    """A request on the mediation client's control socket: (its answer, "") or (None, why not)."""
+    path = _cfg().daemon_socket
+    if not path:
+        return None, "no --daemon-socket configured for this portal"
+    try:
+        return control_call(path, req, timeout), ""
+    except FileNotFoundError:
+        return None, f"no control socket at {path} (is the mediation client running?)"
+    except ConnectionRefusedError:
+        return None, f"nothing listens on {path} (is the mediation client running?)"
+    except TimeoutError:
+        return None, f"no answer from {path} within {timeout:g} s"
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror or exc}"
+    except ValueError:
+        return None, f"the answer on {path} was not understood"
+
+
+def _path(selected: str | None) -> str:
+    """direct / relayed from the selected candidate pair (its text names the endpoint types:
+    core_ike.me.checklist.PairInfo; a RELAYED remote goes through the server's relay)."""
+    if not selected:
+        return ""
+    return "relayed" if "RELAYED" in selected else "direct"
+
+
+def _live() -> tuple[dict[str, dict[str, str]], str, str]:
+    """Per connection alias its live state and path, this client's NAT behaviour, and why the daemon
+    could not be asked (empty when it answered)."""
+    reply, why = _daemon({"cmd": "status"}, STATUS_TIMEOUT)
+    if reply is None:
+        return {}, "", why
+    if not reply.get("ok"):
+        return {}, "", str(reply.get("error") or "the mediation client answered with an error")
+    st = reply.get("status") or {}
+    conns = {str(c.get("name")): {"state": str(c.get("state") or ""), "path": _path(c.get("selected")),
+                                  "reason": str(c.get("reason") or "")}
+             for c in st.get("connections") or [] if isinstance(c, dict)}
+    nat = st.get("nat")
+    return conns, str(nat.get("summary") or "") if isinstance(nat, dict) else "", ""
+
+
+STATUS_TIMEOUT = 2.0  # the connection list waits this long for the daemon's status
+UP_TIMEOUT = 30  # seconds the daemon may take to bring a connection up (mediation, checks, IKE)
 
 
 def saved(message: str) -> None:
@@ -139,6 +189,15 @@ def key_show() -> ResponseReturnValue:
     return web.render("key/show.html", key=_key_info())
 
 
+def key_download() -> ResponseReturnValue:
+    cfg = data.get_client_config(web.db())
+    if cfg is None:
+        abort(404, "No key pair yet.")
+    resp = Response(pem_from_spki(cfg.public_key), content_type="application/x-pem-file")
+    resp.headers["Content-Disposition"] = f'attachment; filename="client-{cfg.keyid.hex()[:8]}.pub.pem"'
+    return resp
+
+
 def key_generate() -> ResponseReturnValue:
     form = forms.KeyForm()
     db = web.db()
@@ -187,16 +246,45 @@ def _conn_or_404(ident: str) -> Connection:
 
 def connection_list() -> ResponseReturnValue:
     db = web.db()
+    live, nat, daemon_error = _live()
     rows = [
         {"id": c.id, "alias": c.alias, "keyid": c.keyid, "active": c.active,
          "local": c.local_subnet or "dynamic", "remote": c.remote_subnet or "dynamic",
          "status": STATUS_NAMES.get(c.status, str(c.status)),
          "changed": c.status_changed.strftime("%Y-%m-%d %H:%M:%S UTC") if c.status_changed else "\u2014",
-         "error": c.last_error}
+         "error": c.last_error, "path": live.get(c.alias, {}).get("path", "")}
         for c in data.list_connections(db)
     ]
     return web.render("connection/list.html", connections=rows, has_key=data.get_client_config(db) is not None,
-                      has_server=data.get_server_config(db) is not None, refresh=_cfg().refresh_seconds)
+                      has_server=data.get_server_config(db) is not None, refresh=_cfg().refresh_seconds,
+                      nat=nat, daemon_error=daemon_error, daemon=bool(_cfg().daemon_socket))
+
+
+def _control_action(ident: str, up: bool) -> ResponseReturnValue:
+    """Connect / Disconnect: ``up`` or ``down`` of the connection on the daemon's control socket; the
+    answer (or why there was none) is the next page's notice."""
+    conn = _conn_or_404(ident)
+    if up:
+        reply, why = _daemon({"cmd": "up", "conn": conn.alias, "timeout": UP_TIMEOUT}, UP_TIMEOUT + 5)
+    else:
+        reply, why = _daemon({"cmd": "down", "ike": conn.alias}, 15)
+    if reply is None:
+        flash(f"{conn.alias}: not {'connected' if up else 'disconnected'}: {why}")
+    elif reply.get("ok"):
+        done = reply.get("done") or reply.get("established") or []
+        detail = f" ({'; '.join(map(str, done))})" if isinstance(done, list) and done else ""
+        flash(f"{conn.alias}: {'connected' if up else 'disconnected'}{detail}.")
+    else:
+        flash(f"{conn.alias}: the mediation client answered: {reply.get('error') or 'an error'}")
+    return web.redirect("connection_list")
+
+
+def connection_up(ident: str) -> ResponseReturnValue:
+    return _control_action(ident, True)
+
+
+def connection_down(ident: str) -> ResponseReturnValue:
+    return _control_action(ident, False)
 
 
 def _save_connection(form: forms.ConnectionForm, conn: Connection | None) -> tuple[str | None, list[str]]:
@@ -257,11 +345,14 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     ("/user/logout", user_logout, ["POST"]),
     ("/key/show", key_show, ["GET"]),
     ("/key/generate", key_generate, ["POST"]),
+    ("/key/download", key_download, ["GET"]),
     ("/server/edit", server_edit, _GET_POST),
     ("/connection/list", connection_list, ["GET"]),
     ("/connection/add", connection_add, _GET_POST),
     ("/connection/edit/<ident>", connection_edit, _GET_POST),
     ("/connection/delete/<ident>", connection_delete, ["POST"]),
+    ("/connection/up/<ident>", connection_up, ["POST"]),
+    ("/connection/down/<ident>", connection_down, ["POST"]),
 ]
 
 

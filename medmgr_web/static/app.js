@@ -75,3 +75,21 @@ function pollPresence() {
   setTimeout(once, every);
 }
 document.addEventListener("DOMContentLoaded", pollPresence);
+
+// Copy buttons (data-copy = the id of the field whose text is copied).
+document.addEventListener("click", function (event) {
+  var btn = event.target.closest && event.target.closest("[data-copy]");
+  if (!btn) return;
+  var field = document.getElementById(btn.getAttribute("data-copy"));
+  var out = document.getElementById("copy-result");
+  if (!field) return;
+  function done(ok) { if (out) out.textContent = ok ? "Copied." : "Copy failed: select the text and copy it."; }
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(field.value).then(function () { done(true); }, function () { done(false); });
+  } else {
+    field.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    done(ok);
+  }
+});

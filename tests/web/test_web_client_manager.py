@@ -157,10 +157,14 @@ def test_connection_status_says_why_it_failed(portal: Portal) -> None:
 class FakeDaemon:
     """A stand-in for the mediation client's control socket (JSON lines, as ``ikectl`` talks to it):
     records each request together with what the client database held at that moment, and answers
-    with ``reply``."""
+    with ``reply``; ``status`` (asked by every connection list) is answered with ``status`` and
+    counted in ``status_asked``, not recorded."""
 
-    def __init__(self, path: Path, db_path: Path, reply: dict[str, Any]) -> None:
+    def __init__(self, path: Path, db_path: Path, reply: dict[str, Any],
+                 status: dict[str, Any] | None = None) -> None:
         self.path, self.db_path, self.reply = path, db_path, reply
+        self.status = status or {"ok": True, "status": {"mediation": [], "connections": [], "target_lists": []}}
+        self.status_asked = 0
         self.requests: queue.Queue[tuple[dict[str, Any], list[str]]] = queue.Queue()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
@@ -176,6 +180,11 @@ class FakeDaemon:
                 return  # closed
             with conn, conn.makefile("rwb") as f:
                 req = json.loads(f.readline())
+                if req.get("cmd") == "status":
+                    self.status_asked += 1
+                    f.write(json.dumps(self.status).encode() + b"\n")
+                    f.flush()
+                    continue
                 with sqlite3.connect(self.db_path) as db:
                     aliases = sorted(a for (a,) in db.execute('SELECT alias FROM "connection"'))
                 self.requests.put((req, aliases))
@@ -239,3 +248,46 @@ def test_every_save_reloads_the_mediation_client(portal: Portal, reference_pem: 
     assert r.status == 200 and ">rl4<" in r.body
     assert (f"Connection rl4 added \u2014 saved; the mediation client was not reloaded: no control socket at "
             f"{portal.daemon_socket} (is the mediation client running?)") in r.text()
+
+
+def test_live_path_nat_and_connect_buttons(portal: Portal) -> None:
+    """The connection list asks the daemon for each connection's path and the NAT behaviour; Connect /
+    Disconnect send ``up`` / ``down`` on the control socket and show its answer or error."""
+    c = dadmin(portal)
+    db = portal.base / "dcli.sqlite"
+    status = {"ok": True, "status": {"mediation": [], "target_lists": [], "connections": [
+        {"name": "via-relay", "state": "established", "selected": "#3 10.1.0.2[4500] - 203.0.113.10[50001] "
+                                                                 "(HOST->RELAYED) succeeded", "reason": ""},
+        {"name": "straight", "state": "established", "selected": "#1 10.1.0.2[4500] - 203.0.113.2[4500] "
+                                                                 "(HOST->SERVER_REFLEXIVE) succeeded", "reason": ""}],
+        "nat": {"summary": "mapping EIM, filtering APDF, port preserving"}}}
+    fake = FakeDaemon(portal.daemon_socket, db, {"ok": True}, status)
+    try:
+        ids = {}
+        for alias in ("via-relay", "straight"):
+            r = c.submit("connection/add", "connection/add", {"alias": alias, "public_key": ec_pem(), "active": "yes"})
+            ids[alias] = int(re.findall(rf'/connection/edit/(\d+)">{alias}<', r.body)[0])
+            fake.next()  # the reload
+        with sqlite3.connect(db) as con:  # the daemon reports both UP
+            con.execute('UPDATE "connection" SET status = 3 WHERE alias IN (\'via-relay\', \'straight\')')
+        r = c.get("connection/list")
+        assert "mapping EIM, filtering APDF, port preserving" in r.text()
+        row = {a: re.search(rf'>{a}</a>.*?</tr>', r.body, re.S).group(0) for a in ids}  # type: ignore[union-attr]
+        assert 'path-relayed">relayed<' in row["via-relay"] and 'path-direct">direct<' in row["straight"]
+        fake.reply = {"ok": True}
+        r = c.post(f"connection/up/{ids['straight']}", {"csrf": r.csrf()})
+        assert fake.next()[0] == {"cmd": "up", "conn": "straight", "timeout": 30}
+        assert "straight: connected." in r.text()
+        fake.reply = {"ok": False, "error": "no IKE_SA of connection 'straight'"}
+        r = c.post(f"connection/down/{ids['straight']}", {"csrf": r.csrf()})
+        assert fake.next()[0] == {"cmd": "down", "ike": "straight"}
+        assert "straight: the mediation client answered: no IKE_SA of connection 'straight'" in r.text()
+        # CSRF: a POST without the token does nothing
+        assert c.post(f"connection/up/{ids['straight']}", {}).status == 403
+        assert fake.requests.empty()
+        assert c.post("connection/up/99999", {"csrf": r.csrf()}).status == 404
+    finally:
+        fake.close()
+    r = c.post(f"connection/up/{ids['straight']}", {"csrf": r.csrf()})
+    assert "straight: not connected: no control socket at" in r.text()
+    assert "Live state unavailable: no control socket at" in r.text()
