@@ -243,8 +243,20 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
         assert med and tx and rx and rt
         lines.append(f"{label_of(side):<34} {mb['median']:>7.0f} ({mb['min']:.0f}-{mb['max']:.0f}){'':>4} "
                      f"{tx['median']:>9.0f} {rx['median']:>9.0f} {med['median']:>12.0f} {rt['median']:>8.0f}")
-    notes = [f"{side}: data plane counters on alice after both directions: {infos[side]['dataplane_alice']}"
-             for side in sides if infos.get(side, {}).get("dataplane_alice")]
+    notes = [
+        "the machine's 2 CPUs are shared with 7 other sessions working at the same time (see the load "
+        "average above): each ESP process got only part of a core, so Mbit/s depends on their load; "
+        "Mbit/s per core (throughput / CPU the two ESP processes used) depends on it less",
+        "steps (IKEME_ESP_OFFLOAD, core_ike/io/fastpath.py): none = one TUN read, one seal and one sendto per "
+        "packet, one TUN write per decrypted packet; tso = TSO super-packets read from the TUN device "
+        "(IFF_VNET_HDR, TUNSETOFFLOAD) and cut into MSS-sized segments by us, one ESP packet each; gso = the "
+        "ESP packets of a super-packet leave in one sendmsg (UDP_SEGMENT); gro = UDP_GRO reads; coalesce = "
+        "decrypted segments of one connection written as one GSO packet; all = every step (the default)",
+        "the Python cost per packet without I/O is in bench/results/esp_throughput.txt",
+        "charon's CPU is its whole process (kernel-libipsec's threads included); ours is iked's process; "
+        "both include the kernel work done in their system calls (TUN and UDP)",
+    ] + [f"{side}: data plane counters on alice after both directions: {infos[side]['dataplane_alice']}"
+         for side in sides if infos.get(side, {}).get("dataplane_alice")]
     results_io.write_results(args.out, "esp_throughput_iperf", header, figs, "\n".join(lines), notes)
     return 0
 
