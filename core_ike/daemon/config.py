@@ -90,6 +90,10 @@ class DaemonSettings:
     receive_buffer: int = 4 * 1024 * 1024  # socket receive buffer of each IKE socket (docs/operations.md)
     metrics: str | None = None  # ADDRESS:PORT for Prometheus metrics (docs/operations.md); off when unset
     workers: int = 1  # iked's processes sharing the IKE ports (docs/operations.md, "Workers"); 0 = "auto"
+    # connections and credentials also from strongSwan's SQL schema / classic files (docs/gateway.md)
+    config_db: str | None = None
+    ipsec_conf: str | None = None
+    ipsec_secrets: str | None = None
 
 
 @dataclass
@@ -399,6 +403,7 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "receive_buffer": _int,
     "metrics": lambda w, k, v: _metrics(w, k, v),
     "workers": lambda w, k, v: _workers(w, k, v),
+    "config_db": lambda w, k, v: database_url(w, k, v),
 }
 
 

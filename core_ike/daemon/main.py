@@ -74,8 +74,9 @@ def run_main(prog: str, description: str, argv: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main("iked", "IKEv2 daemon (strongSwan compatible)", argv, lambda cfg, raw: Daemon(cfg),
-                    multi_worker=True)
+    from gateway.daemon import build  # [daemon] config_db / ipsec_conf (docs/gateway.md)
+
+    return run_main("iked", "IKEv2 daemon (strongSwan compatible)", argv, build, multi_worker=True)
 
 
 if __name__ == "__main__":

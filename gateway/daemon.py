@@ -1,0 +1,112 @@
+"""iked with the gateway's configuration sources: `[daemon] config_db` (strongSwan's SQL schema) and
+`[daemon] ipsec_conf` / `ipsec_secrets` (classic files). The TOML file's own connections and secrets
+stay; the sources' connections come after them (docs/gateway.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from core_ike.daemon.config import DaemonConfig, load
+from core_ike.daemon.lifecycle import diff_configs
+from core_ike.daemon.runtime import Daemon
+from core_ike.errors import LocalError
+
+from .sqlconf.loader import Snapshot
+from .sqlconf.source import SqlConfigSource, merge_creds, open_config_db
+
+log = logging.getLogger("gateway")
+
+
+def uses_gateway(cfg: DaemonConfig) -> bool:
+    st = cfg.settings
+    return bool(getattr(st, "config_db", None) or getattr(st, "ipsec_conf", None))
+
+
+def _with_files(cfg: DaemonConfig) -> DaemonConfig:
+    """Add the connections and secrets of `[daemon] ipsec_conf` / `ipsec_secrets`."""
+    conf = getattr(cfg.settings, "ipsec_conf", None)
+    if not conf:
+        return cfg
+    from .ipsecconf import load_files
+
+    conns, creds = load_files(conf, getattr(cfg.settings, "ipsec_secrets", None))
+    clash = {c.name for c in conns} & {c.name for c in cfg.connections}
+    if clash:
+        raise LocalError(f"[daemon] ipsec_conf: conn {sorted(clash)[0]!r} is also a [connections] table")
+    return replace(cfg, connections=[*cfg.connections, *conns], creds=merge_creds(cfg.creds, creds))
+
+
+def _with_snapshot(cfg: DaemonConfig, snap: Snapshot) -> DaemonConfig:
+    own = {c.name for c in cfg.connections}
+    conns = [c for c in snap.connections if c.name not in own]
+    for c in snap.connections:
+        if c.name in own:
+            log.warning("sql config: peer config '%s' ignored: a connection of this name is in the file", c.name)
+    return replace(cfg, connections=[*cfg.connections, *conns], creds=merge_creds(cfg.creds, snap.creds))
+
+
+class GatewayDaemon(Daemon):
+    def __init__(self, cfg: DaemonConfig, source: SqlConfigSource | None = None) -> None:
+        self.base = cfg  # the files' part, without the database's rows
+        self.source = source
+        if source is not None:
+            cfg = _with_snapshot(cfg, source.read())
+        super().__init__(cfg)
+        self._refresher: asyncio.Task[None] | None = None
+        if source is not None:
+            self.engine.config_miss = source.miss
+            source.on_snapshot = self.apply_snapshot
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """A fresh read of the database (event loop): new and changed rows are used from the next
+        connection attempt on; SAs of a deleted or changed row stay up until they end."""
+        full = _with_snapshot(self.base, snap)
+        diff, merged = diff_configs(self.engine.configs, full.connections)
+        self.engine.configs[:] = merged
+        self.engine.creds = full.creds
+        self.cfg = replace(self.cfg, connections=merged, creds=full.creds)
+        if diff.added or diff.removed or diff.changed:
+            log.info("configuration database: %s", diff.summary())
+        if self.initiates and diff.added:
+            now = time.monotonic()
+            by_name = {c.name: c for c in merged}
+            for n in diff.added:
+                self.start_connection(by_name[n], now)
+            self.transport.flush()
+
+    def load_config(self) -> DaemonConfig:
+        if self.config_path is None:
+            raise LocalError("no configuration file to reload")
+        base = _with_files(load(self.config_path))
+        self.base = base
+        if self.source is None:
+            return base
+        return _with_snapshot(base, self.source.read())
+
+    async def run(self) -> None:
+        if self.source is not None:
+            self._refresher = asyncio.get_running_loop().create_task(self.source.refresh_loop())
+        try:
+            await super().run()
+        finally:
+            if self._refresher is not None:
+                self._refresher.cancel()
+
+
+def build(cfg: DaemonConfig, raw: dict[str, Any] | None = None) -> Daemon:
+    """iked's daemon for `cfg`: the gateway's when a gateway source is configured."""
+    if not uses_gateway(cfg):
+        return Daemon(cfg)
+    cfg = _with_files(cfg)
+    url = getattr(cfg.settings, "config_db", None)
+    source = SqlConfigSource(open_config_db(url)) if url else None
+    try:
+        return GatewayDaemon(cfg, source)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors and a driver's: one line at start-up
+        if isinstance(e, LocalError):
+            raise
+        raise LocalError(f"[daemon] config_db: cannot read the configuration: {str(e).splitlines()[0]}") from None

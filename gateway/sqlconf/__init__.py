@@ -1,0 +1,1 @@
+"""Configuration from a database in strongSwan's `sql` plugin schema (docs/gateway.md)."""
