@@ -19,6 +19,8 @@ reconnect = 5            # seconds before re-establishing a lost mediation conne
 relay = true             # announce our relay extension: accept RELAYED endpoints from our server
 nat_discovery = true     # RFC 5780 NAT behaviour discovery against the server's STUN port (natdisc.py)
 stun_port = 3478         # the mediation server's STUN port
+port_mapping = true      # map the IKE NAT-T port on the gateway (PCP, NAT-PMP, UPnP IGD; portmap.py)
+port_mapping_lifetime = "2h"
 ```
 """
 
@@ -49,9 +51,11 @@ from core_ike.ike.config import IkeConfig
 from core_ike.me import events as mev
 from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
+from core_ike.me.endpoints import Endpoint, mapped_endpoint
 
 from .hostaddr import REFRESH, HostAddresses
-from .natdisc import NatBehaviour, discover_udp
+from .natdisc import NatBehaviour, discover_udp, source_address_for
+from .portmap import PortMapConfig, PortMapper
 from .status import DbStatus, load_db_connections
 
 log = logging.getLogger("mediation_client")
@@ -64,6 +68,7 @@ CLIENT_CHECKS: dict[str, Any] = {
     "finish_wait": CHECK_NUMBER,
     "reconnect": CHECK_DURATION, "relay": CHECK_BOOL,
     "nat_discovery": CHECK_BOOL, "stun_port": CHECK_INT,
+    "port_mapping": CHECK_BOOL, "port_mapping_lifetime": CHECK_DURATION,
 }
 CLIENT_KEYS = tuple(CLIENT_CHECKS)
 
@@ -97,8 +102,10 @@ class ClientDaemon(Daemon):
         # [ME] §3.3.1: HOST endpoints only on addresses our sockets are bound to, never on our TUN device;
         # the snapshot is read at start and every REFRESH s, never while an ME_CONNECT is being built
         self.hosts = HostAddresses(lambda: [a for a, _ in self.transport.sockets], (cfg.settings.tun,))
-        self.mediation = MediationClient(self.engine, dataclasses.replace(client_config(client),
-                                                                          host_addresses=self.hosts))
+        self.portmap: PortMapper | None = None
+        self._portmap_task: asyncio.Task[None] | None = None
+        self.mediation = MediationClient(self.engine, dataclasses.replace(
+            client_config(client), host_addresses=self.hosts, extra_endpoints=self._mapped_endpoints))
         self.reconnect_base = duration(client.get("reconnect", 5))
         self._backoff: dict[str, float] = {}
         self._immediate: dict[str, float] = {}  # mediation connection -> last immediate re-establishment
@@ -111,6 +118,7 @@ class ClientDaemon(Daemon):
 
     # ------------------------------------------------------------------ startup and reconnects
     def autostart(self, now: float) -> None:
+        self._start_port_mapping()
         self.hosts.refresh()
         log.info("host endpoints offered: %s", ", ".join(self.hosts()) or "none (the server-reflexive one only)")
         asyncio.get_running_loop().call_later(REFRESH, self._refresh_hosts)
@@ -214,6 +222,41 @@ class ClientDaemon(Daemon):
 
         self._nat_task = asyncio.get_running_loop().create_task(run())
 
+    def _start_port_mapping(self) -> None:
+        """Map our NAT-T port on the gateway toward the mediation server (the LAN address the kernel
+        picks for it); the mapping is renewed in the background and offered as a candidate."""
+        if not self.client.get("port_mapping", True):
+            return
+        server = next((a for c in self.cfg.connections if c.mediation for a in c.remote_addrs
+                       if a != "%any" and "/" not in a), None)
+        if server is None:
+            return
+        try:
+            local = source_address_for(server)
+        except (OSError, ValueError) as e:
+            log.info("port mapping: no route toward %s (%s)", server, e)
+            return
+        cfg = PortMapConfig(lifetime=int(duration(self.client.get("port_mapping_lifetime", 7200))))
+        self.portmap = PortMapper((local, self.cfg.settings.natt_port), cfg)
+        self._portmap_task = asyncio.get_running_loop().create_task(self.portmap.run())
+
+    def _mapped_endpoints(self, local: tuple[str, int]) -> list[Endpoint]:
+        m = self.portmap.mapping if self.portmap is not None else None
+        if m is None or m.internal[1] != local[1]:
+            return []
+        return [mapped_endpoint(m.external[0], m.external[1], base=m.internal)]
+
+    async def shutdown(self) -> None:
+        """Delete the gateway's port mapping after the SAs (RFC 6886 §3.4, RFC 6887 §15)."""
+        await super().shutdown()
+        if self._portmap_task is not None:
+            self._portmap_task.cancel()
+        if self.portmap is not None:
+            try:
+                await asyncio.wait_for(self.portmap.close(), 5.0)
+            except TimeoutError:
+                log.warning("port mapping not deleted: the gateway did not answer within 5 s")
+
     def close(self) -> None:
         if self._nat_task is not None:
             self._nat_task.cancel()
@@ -248,6 +291,10 @@ class ClientDaemon(Daemon):
                     ("the mediated IKE_SA is gone" if sa is None else "the IKE_SA has no CHILD_SA")
         if self.nat is not None:
             st["nat"] = {**self.nat.as_dict(), "summary": self.nat.summary()}
+        if self.portmap is not None:
+            m = self.portmap.mapping
+            st["port_mapping"] = {**m.as_dict(), "renewals": self.portmap.renewals} if m is not None \
+                else {"error": self.portmap.error or "pending"}
         return {"ok": True, "status": st}
 
 

@@ -118,6 +118,10 @@ def format_status(reply: dict[str, Any]) -> str:
         out.append(f"  checks as target: {t}")
     if st.get("nat"):
         out.append(f"NAT behaviour (RFC 5780, via STUN {st['nat']['server']}): {st['nat']['summary']}")
+    if st.get("port_mapping"):
+        pm = st["port_mapping"]
+        out.append(f"port mapping: {pm['protocol']} {pm['internal']} -> {pm['external']}, lifetime {pm['lifetime']}s"
+                   if "external" in pm else f"port mapping: none ({pm['error']})")
     return "\n".join(out) or "no mediation state"
 
 

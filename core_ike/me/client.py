@@ -91,6 +91,9 @@ class MediationClientConfig:
     # [ME] §3.3.1: the local addresses to offer as HOST endpoints, read by the adapter (the core never asks
     # the OS; mediation_client/hostaddr.py); None: none, only the server-reflexive endpoint
     host_addresses: Callable[[], Iterable[str]] | None = None
+    # more local endpoints for the mediation SA's local transport address (the adapter's port mappings on
+    # the gateway, mediation_client/portmap.py); None: none
+    extra_endpoints: Callable[[Addr], Iterable[Endpoint]] | None = None
 
 
 @dataclass
@@ -332,6 +335,8 @@ class MediationClient(Extension):
         srflx = sa.extension(MeSaState).srflx
         if srflx is not None:
             eps.append(srflx)
+        if self.config.extra_endpoints is not None:
+            eps.extend(self.config.extra_endpoints(sa.local))
         return remove_redundant(eps)
 
     # ================================================================== ME_CONNECT, initiator (A)

@@ -278,6 +278,18 @@ def srflx_endpoint(address: str, port: int, base: Addr, ip_pref: int = MAX_IP_PR
     return make_endpoint(MeEndpointType.SERVER_REFLEXIVE, address, port, base=base, ip_pref=ip_pref)
 
 
+# a gateway's port mapping (PCP RFC 6887, NAT-PMP RFC 6886, UPnP IGD) is an inbound path the NAT promises,
+# unlike the srflx endpoint it merely showed the server: ranked above every srflx and below every prflx
+# and host endpoint (RFC 8445 §5.1.2.2 leaves the type preference of such candidates to the agent)
+MAPPED_PRIORITY = ((ME_TYPE_PREFERENCE[MeEndpointType.SERVER_REFLEXIVE] + 1) << 16) + MAX_IP_PREF
+
+
+def mapped_endpoint(address: str, port: int, base: Addr) -> Endpoint:
+    """A port mapping made on the gateway, sent as a SERVER_REFLEXIVE endpoint ([ME] §3.3.2 has no type of
+    its own for it) with MAPPED_PRIORITY; `base` is the local IKE socket the mapping points to."""
+    return make_endpoint(MeEndpointType.SERVER_REFLEXIVE, address, port, base=base, priority=MAPPED_PRIORITY)
+
+
 def relayed_endpoint(address: str, port: int) -> Endpoint:
     """[ME] §3.3.3 / RFC 8445 5.1.2.1: a RELAYED endpoint (type preference 0: the last resort)."""
     return make_endpoint(MeEndpointType.RELAYED, address, port)
