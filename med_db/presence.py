@@ -177,8 +177,8 @@ def search_peers(s: Session, text: str, offset: int, limit: int
     base = select(Peer, User, PeerPresence).join(User, User.id == Peer.user_id) \
         .outerjoin(PeerPresence, PeerPresence.peer_id == Peer.id).where(*where)
     total = int(s.scalar(select(func.count()).select_from(base.subquery())) or 0)
-    rows = s.execute(base.order_by(User.login, Peer.alias).offset(offset).limit(limit)).tuples().all()
-    return rows, total
+    rows = s.execute(base.order_by(User.login, Peer.alias).offset(offset).limit(limit)).all()
+    return [(p, u, pp) for p, u, pp in rows], total
 
 
 def count_peers(s: Session) -> int:

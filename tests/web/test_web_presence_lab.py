@@ -1,0 +1,164 @@
+"""Presence from a running system, in headless Chromium: a real mediation server (carol, in its network
+namespace) and two mediation clients behind NATs write and read med_db; the server manager runs on
+another "host" (this process, outside the lab's namespaces) and reads only that database. The page
+shows both peers online with their public endpoints and their mediated connection's path; bob's client
+stops and the page, polling, shows bob offline within seconds (the wait is on the page)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from medweb_client import WsgiClient
+from werkzeug.serving import make_server
+
+from med_db import data
+from med_db.engine import create_all, make_engine, make_session_factory
+from med_db.keyid import keyid_text, parse_peer_public_key
+from medmgr_web import server_manager
+from tests.guards import needs, require
+
+pytestmark = [pytest.mark.web, pytest.mark.netns, needs("root", why="daemons behind NATs in network namespaces")]
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PASSWORD = "presence password"
+PUBLIC = {"alice": "203.0.113.1", "bob": "203.0.113.2"}  # their NATs (scenarios.lab.topologies)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    require("chromium", why="the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+def _client_db(url: str, server_spki: bytes, server_keyid: bytes) -> tuple[bytes, bytes]:
+    """A client database as its client manager leaves it: key pair and mediation server; returns the
+    client's (spki, keyid)."""
+    from scenarios.lab.topologies import CAROL
+
+    engine = make_engine(url)
+    create_all(engine)
+    with make_session_factory(engine).begin() as s:
+        me = data.generate_client_key(s)
+        data.set_server_config(s, CAROL, 500, server_spki, server_keyid)
+        out = (me.public_key, me.keyid)
+    engine.dispose()
+    return out
+
+
+def test_page_shows_a_peer_going_offline(nat_lab_per_test, browser: object) -> None:  # type: ignore[no-untyped-def]
+    from scenarios.lab import wait_for
+    from scenarios.lab.creds import rsa_keypair
+    from scenarios.lab.iked import Iked
+    from scenarios.lab.mediation import client_toml_db, server_toml_pubkey
+
+    lab = nat_lab_per_test
+    base = lab.dir / "presence"
+    base.mkdir(parents=True, exist_ok=True)
+    srv_url = f"sqlite:///{base / 'med_db.sqlite'}"
+    # the server manager, outside the lab: a WSGI server on this host's loopback, the same med_db
+    app = server_manager.create_app(srv_url)
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_port}"
+    daemons: list[Iked] = []
+    try:
+        web = WsgiClient(app)
+        r = web.submit("user/add", "user/add", {"new_login": "pat", "new_password": PASSWORD,
+                                                "confirm_password": PASSWORD})
+        assert r.status == 200
+        server_key = rsa_keypair()
+        server_spki, server_keyid = parse_peer_public_key(server_key.public_pem.decode())
+        cli_url = {h: f"sqlite:///{base / f'{h}.sqlite'}" for h in ("alice", "bob")}
+        keys = {h: _client_db(cli_url[h], server_spki, server_keyid) for h in cli_url}
+        engine = make_engine(cli_url["alice"])
+        for h, other in (("alice", "bob"), ("bob", "alice")):
+            engine = make_engine(cli_url[h])
+            with make_session_factory(engine).begin() as s:
+                data.save_connection(s, None, alias=other, spki=keys[other][0], keyid=keys[other][1],
+                                     local_subnet=None, remote_subnet=None, active=True)
+            engine.dispose()
+        ids = {}
+        srv_engine = make_engine(srv_url)
+        with make_session_factory(srv_engine).begin() as s:
+            user = data.get_user_by_login(s, "pat")
+            assert user is not None
+            for h in ("alice", "bob"):
+                ids[h] = data.add_peer(s, user.id, h, keys[h][0], keys[h][1]).id
+        srv_engine.dispose()
+
+        server = Iked(lab, "carol", server_toml_pubkey(server_key.identity, srv_url), name="medsrv",
+                      module="mediation_server", files={"server.key": server_key.private_pem}).start()
+        daemons.append(server)
+        clients = {h: Iked(lab, h, client_toml_db(h, cli_url[h]), name="medcli", module="mediation_client").start()
+                   for h in ("bob", "alice")}
+        daemons.extend(clients.values())
+
+        def tunnel_up() -> bool:
+            return any(sa["name"] == "bob" and sa["child-sas"] for sa in clients["alice"].list_sas())
+
+        wait_for(tunnel_up, 30, interval=0.1, what="alice's mediated tunnel to bob")
+
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        pages = []
+        for width, height, tag in ((1100, 760, "desktop"), (390, 844, "phone")):
+            ctx = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
+            page = ctx.new_page()
+            failed: list[str] = []
+            page.on("pageerror", lambda e, failed=failed: failed.append(str(e)))
+            page.goto(url + "/user/login")
+            page.fill("#login", "pat")
+            page.fill("#password", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url("**/peer/list")
+
+            def cell(host: str, field: str, page=page) -> str:  # type: ignore[no-untyped-def]
+                return f'td[data-presence="{ids[host]}"][data-field="{field}"]'
+
+            for h in ("alice", "bob"):
+                page.wait_for_selector(cell(h, "state") + " .presence-online", timeout=15000)
+                assert page.inner_text(cell(h, "endpoint")).startswith(PUBLIC[h] + "[")
+                assert page.inner_text(cell(h, "last_seen")) == "now"
+            # the mediation both clients asked carol for: direct (nat_lab's NATs let the checks through)
+            page.wait_for_function(
+                "sel => (document.querySelector(sel) || {}).textContent?.includes('bob: direct')",
+                arg=cell("alice", "connections"), timeout=15000)
+            assert "since" in page.inner_text(cell("alice", "connections"))
+            page.screenshot(path=str(SHOTS / f"server-presence-online-{tag}.png"), full_page=True)
+            assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+            pages.append((page, ctx, cell, tag, failed))
+
+        clients["bob"].stop()  # SIGTERM: bob's client deletes its mediation SA at carol
+        for page, _, cell, tag, failed in pages:
+            # no reload: the page's own polling brings the change
+            page.wait_for_selector(cell("bob", "state") + " .presence-offline", timeout=10000)
+            assert page.inner_text(cell("bob", "last_seen")).endswith("UTC")
+            page.wait_for_function(
+                "sel => !(document.querySelector(sel) || {}).textContent?.includes('bob:')",
+                arg=cell("alice", "connections"), timeout=10000)
+            assert page.inner_text(cell("alice", "state")) == "online"
+            page.screenshot(path=str(SHOTS / f"server-presence-offline-{tag}.png"), full_page=True)
+            assert failed == [], failed
+        # the operator's view of the same system: totals from the running server
+        page = pages[0][0]
+        page.goto(url + "/admin/users")
+        assert page.inner_text("#total-online") == "1"
+        assert int(page.inner_text("#total-mediations")) >= 1
+        page.goto(url + "/admin/peers")
+        assert keyid_text(keys["bob"][1]) in page.inner_text("#peers")
+        page.screenshot(path=str(SHOTS / "server-operator-peers-desktop.png"), full_page=True)
+        for _, ctx, _, _, _ in pages:
+            ctx.close()
+    finally:
+        for d in reversed(daemons):
+            d.stop()
+        httpd.shutdown()
