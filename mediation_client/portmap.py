@@ -317,11 +317,12 @@ class PortMapper:
             try:
                 m = await self.map_once()
             except PortMapError as e:
+                (log.info if str(e) != self.error else log.debug)("port mapping of %s[%d]: none (%s)",
+                                                                   *self.internal, e)
                 self.error = str(e)
                 if self.mapping is not None:
                     self._set(None)
-                log.info("port mapping of %s[%d]: none (%s)", *self.internal, e)
-                await asyncio.sleep(60)
+                await asyncio.sleep(60)  # a gateway may start offering it later
                 continue
             renewed = self.mapping is not None
             self.error = ""
