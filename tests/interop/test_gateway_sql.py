@@ -1,0 +1,180 @@
+"""Our iked configured from a database in strongSwan's SQL schema, with a real charon as road warrior.
+
+moon (our iked on alice 192.0.2.1) reads its peer configs, identities and PSKs from an SQLite file
+written the way strongSwan's sql scenarios write data.sql; charon on bob (192.0.2.2) initiates as
+carol@lab. Then rows for dave@lab are inserted while iked runs, and charon's second connection (dave)
+establishes without a restart of iked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from scenarios.lab import Lab
+from scenarios.lab.charon import Charon
+from scenarios.lab.iked import Iked
+from tests.guards import needs
+from tests.interop.charon_pair import esp_on_wire
+from tests.unit.gateway.sqldata import load_sql
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.interop,
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
+]
+
+A, B = "192.0.2.1", "192.0.2.2"
+A_IN, CAROL_IN, DAVE_IN = "10.10.1.1", "10.10.2.1", "10.10.2.2"
+
+
+def _hex(s: str) -> str:
+    return s.encode().hex()
+
+
+def _ip(a: str) -> str:
+    return bytes(int(x) for x in a.split(".")).hex()
+
+
+# moon's rows (identities: 1 moon, 2 carol; PSK 1 for moon+carol; peer config 'carol'); ids as strongSwan
+MOON_ROWS = f"""
+INSERT INTO identities (type, data) VALUES (2, X'{_hex("moon.lab")}');
+INSERT INTO identities (type, data) VALUES (3, X'{_hex("carol@lab")}');
+INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex("carol-sql-secret-0123456789")}');
+INSERT INTO shared_secret_identity (shared_secret, identity) VALUES (1, 1);
+INSERT INTO shared_secret_identity (shared_secret, identity) VALUES (1, 2);
+INSERT INTO ike_configs (local, remote) VALUES ('{A}', '0.0.0.0');
+INSERT INTO proposals (proposal) VALUES ('aes128gcm16-prfsha256-x25519');
+INSERT INTO proposals (proposal) VALUES ('aes128gcm16');
+INSERT INTO ike_config_proposal (ike_cfg, prio, prop) VALUES (1, 0, 1);
+INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, dpd_delay, rekeytime)
+  VALUES ('carol', 1, 1, 2, 2, 0, 0);
+INSERT INTO child_configs (name, rekeytime, lifetime) VALUES ('carol', 0, 0);
+INSERT INTO child_config_proposal (child_cfg, prio, prop) VALUES (1, 0, 2);
+INSERT INTO peer_config_child_config (peer_cfg, child_cfg) VALUES (1, 1);
+INSERT INTO traffic_selectors (type, start_addr, end_addr) VALUES (7, X'{_ip(A_IN)}', X'{_ip(A_IN)}');
+INSERT INTO traffic_selectors (type, start_addr, end_addr) VALUES (7, X'{_ip(CAROL_IN)}', X'{_ip(CAROL_IN)}');
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind) VALUES (1, 1, 0);
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind) VALUES (1, 2, 1);
+"""
+
+# added while iked runs: identity 3 dave, PSK 2 for moon+dave, peer config 'dave' sharing ike_cfg 1
+DAVE_ROWS = f"""
+INSERT INTO identities (type, data) VALUES (3, X'{_hex("dave@lab")}');
+INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex("dave-sql-secret-9876543210")}');
+INSERT INTO shared_secret_identity (shared_secret, identity) VALUES (2, 1);
+INSERT INTO shared_secret_identity (shared_secret, identity) VALUES (2, 3);
+INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, dpd_delay, rekeytime)
+  VALUES ('dave', 1, 1, 3, 2, 0, 0);
+INSERT INTO child_configs (name, rekeytime, lifetime) VALUES ('dave', 0, 0);
+INSERT INTO child_config_proposal (child_cfg, prio, prop) VALUES (2, 0, 2);
+INSERT INTO peer_config_child_config (peer_cfg, child_cfg) VALUES (2, 2);
+INSERT INTO traffic_selectors (type, start_addr, end_addr) VALUES (7, X'{_ip(DAVE_IN)}', X'{_ip(DAVE_IN)}');
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind) VALUES (2, 1, 0);
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind) VALUES (2, 3, 1);
+"""
+
+IKED_TOML = f"""[daemon]
+listen = ["{A}"]
+control = "@CTL@"
+dataplane = "userspace"
+tun = "ipsec0"
+config_db = "sqlite:///@DIR@/ipsec.db"
+"""
+
+
+def _charon_conn(name: str, ident: str, inner: str, secret: str) -> tuple[str, str]:
+    conn = f"""  {name} {{
+    local_addrs = {B}
+    remote_addrs = {A}
+    proposals = aes128gcm16-prfsha256-x25519
+    rekey_time = 0
+    local {{
+      auth = psk
+      id = {ident}
+    }}
+    remote {{
+      auth = psk
+      id = moon.lab
+    }}
+    children {{
+      {name} {{
+        local_ts = {inner}/32
+        remote_ts = {A_IN}/32
+        esp_proposals = aes128gcm16
+        rekey_time = 0
+      }}
+    }}
+  }}"""
+    sec = f"""  ike-{name} {{
+    id-1 = moon.lab
+    id-2 = {ident}
+    secret = "{secret}"
+  }}"""
+    return conn, sec
+
+
+@dataclass
+class Env:
+    lab: Lab
+    iked: Iked
+    charon: Charon
+    db: Path
+
+
+@pytest.fixture(scope="module")
+def env(two_hosts_per_module: Lab) -> Iterator[Env]:
+    lab = two_hosts_per_module
+    lab.addr("bob", "lo", f"{DAVE_IN}/32")
+    c1, s1 = _charon_conn("carol", "carol@lab", CAROL_IN, "carol-sql-secret-0123456789")
+    c2, s2 = _charon_conn("dave", "dave@lab", DAVE_IN, "dave-sql-secret-9876543210")
+    conf = "connections {\n" + c1 + "\n" + c2 + "\n}\nsecrets {\n" + s1 + "\n" + s2 + "\n}\n"
+    charon = Charon(lab, "bob", name="charon", conf=conf)
+    iked = Iked(lab, "alice", IKED_TOML)
+    db = iked.dir / "ipsec.db"
+    load_sql(create_engine(f"sqlite:///{db}"), MOON_ROWS)
+    try:
+        charon.start()
+        iked.start()
+        yield Env(lab, iked, charon, db)
+    finally:
+        iked.stop()
+        charon.stop()
+
+
+def _agree(env: Env, conn: str) -> dict:  # type: ignore[type-arg]
+    ours = env.iked.wait_sas(lambda s: any(x["name"] == conn and x["child-sas"] for x in s), timeout=30)
+    (our,) = [x for x in ours if x["name"] == conn]
+    theirs = env.charon.wait_child(conn, timeout=10)
+    assert our["state"] == "ESTABLISHED" and our["initiator"] is False
+    assert theirs["ike"]["initiator-spi"] == our["initiator-spi"]
+    (child,) = our["child-sas"]
+    assert child["spi-in"] == theirs["spi-out"] and child["spi-out"] == theirs["spi-in"]
+    return theirs
+
+
+def _ping(env: Env, dst: str, spis: set[str]) -> None:
+    with env.lab.capture("bob", "eth0", "udp or esp") as cap:
+        sent, received, out = env.lab.ping("alice", dst, source=A_IN, count=3, interval=0.05)
+    assert (sent, received) == (3, 3), out + "\n" + env.iked.log_tail()
+    esp_on_wire(cap.packets, ("esp-in-udp", "esp"), spis, 6)
+
+
+def test_charon_road_warrior_with_moon_from_sql(env: Env) -> None:
+    env.charon.initiate(child="carol", ike="carol", timeout=20)
+    theirs = _agree(env, "carol")
+    _ping(env, CAROL_IN, {theirs["spi-in"], theirs["spi-out"]})
+    conns = env.iked.ctl({"cmd": "conns"})["conns"]
+    assert [c["name"] for c in conns] == ["carol"]
+
+
+def test_rows_added_while_iked_runs_are_used(env: Env) -> None:
+    load_sql(create_engine(f"sqlite:///{env.db}"), DAVE_ROWS, create=False)
+    env.charon.initiate(child="dave", ike="dave", timeout=30)
+    theirs = _agree(env, "dave")
+    _ping(env, DAVE_IN, {theirs["spi-in"], theirs["spi-out"]})
+    assert "configuration database: 1 added (dave)" in env.iked.log_text()
