@@ -212,13 +212,14 @@ class Supervisor:
     async def ask(self, k: int, req: dict[str, Any], timeout: float = 70.0) -> dict[str, Any]:
         path = worker_control(self.cfg.settings.control, k)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 5.0)
+            # a listing of many IKE_SAs is one long line: no 64 KiB limit (asyncio's default)
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=1 << 28), 5.0)
         except (OSError, TimeoutError) as e:
             return {"ok": False, "error": f"worker {k} does not answer ({e})"}
         try:
             writer.write(json.dumps(req).encode() + b"\n")
             line = await asyncio.wait_for(reader.readline(), timeout)
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, ValueError) as e:  # ValueError: asyncio.LimitOverrunError
             return {"ok": False, "error": f"worker {k} did not answer ({e or 'timeout'})"}
         finally:
             writer.close()

@@ -1,0 +1,41 @@
+"""Smoke runs (--quick) of the benches that measure iked's workers and its CPU per IKE_SA: the shared
+results shape, every side measured, the figures the README takes (no timing thresholds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bench_run import figures, run_quick
+
+from tests.guards import needs
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.interop,
+    needs("root", "strongswan", why="network namespaces and a strongSwan charon"),
+]
+
+
+def test_setup_rate_with_two_workers(tmp_path: Path) -> None:
+    doc = run_quick("ike_setup_rate", tmp_path, "--impl", "ours,ours-w2", "--auth", "psk", timeout=300)
+    figs = figures(doc)
+    cap = figs["setup_capacity_w2_psk"]
+    assert cap["readme"] and cap["ours"]["n"] == 1 and cap["ours"]["median"] > 0
+    assert figs["setup_cpu_psk"]["ours"]["median"] > 0 and figs["setup_cpu_psk"]["charon"] is None
+    assert "ours-w2" in (tmp_path / "ike_setup_rate.txt").read_text()
+
+
+def test_charon_initiator_against_both_responders(tmp_path: Path) -> None:
+    doc = run_quick("charon_initiator", tmp_path, "--auth", "psk", timeout=300)
+    f = figures(doc)["charon_initiator_cpu_psk"]
+    assert f["readme"] and f["ours"]["n"] == 1 and f["charon"]["n"] == 1 and f["ratio"] is not None
+    assert "failed" not in (tmp_path / "charon_initiator.txt").read_text()
+
+
+def test_flood_with_two_workers(tmp_path: Path) -> None:
+    doc = run_quick("ike_flood", tmp_path, "--workers", "2", "--legit", "ours", timeout=300)
+    figs = figures(doc)
+    legit = figs["flood_legit_ours_w2"]
+    assert legit["readme"] and legit["ours"]["of"] == 3
+    assert figs["flood_cookies_ours_w2"]["ours"]["median"] > 0  # both workers' COOKIEs summed over the flood
