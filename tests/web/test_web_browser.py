@@ -155,3 +155,79 @@ def test_peer_access_page_in_browser(portal: Portal, browser: object) -> None:
         page.screenshot(path=str(SHOTS / f"server-peer-list-restricted-{tag}.png"), full_page=True)
         ctx.close()
     assert failed == [], failed
+
+
+def test_operator_and_client_pages_in_browser(portal: Portal, browser: object) -> None:
+    """The operator pages (an account made operator with ``--make-admin``), the client manager's key
+    copy and download buttons and its Connect button with no daemon to answer; desktop and phone."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from medmgr_web import server_manager
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    login = f"operator{next(_n)}"
+    c = WebClient(portal.url + "/srv")
+    c.submit("user/add", "user/add", {"new_login": login, "new_password": "browser password",
+                                      "confirm_password": "browser password"})
+    c.submit("peer/add", "peer/add", {"alias": "opbox", "public_key": ec.generate_private_key(
+        ec.SECP256R1()).public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo).decode()})
+    assert server_manager.main(["--db", f"sqlite:///{portal.base / 'srv.sqlite'}", "--make-admin", login]) == 0
+    d = WebClient(portal.url + "/dcli")
+    d.submit("user/login", "user/login", {"password": ADMIN_PASSWORD})
+    d.submit("key/show", "key/generate", {"replace": "yes"})
+    d.submit("connection/add", "connection/add", {"alias": f"peer{next(_n)}", "active": "yes", "public_key": ec.
+                                                  generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()})
+    for width, height, tag in ((1100, 760, "desktop"), (390, 844, "phone")):
+        ctx = browser.new_context(viewport={"width": width, "height": height},  # type: ignore[attr-defined]
+                                  accept_downloads=True)
+        ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=portal.url)
+        page = ctx.new_page()
+        page.on("response", lambda r: failed.append(r.url)
+                if r.status >= 400 and r.request.resource_type != "document" else None)
+        page.on("pageerror", lambda e: failed.append(str(e)))
+        page.goto(portal.url + "/srv/user/login")
+        page.fill("#login", login)
+        page.fill("#password", "browser password")
+        page.click("button[type=submit]")
+        page.wait_for_url("**/peer/list")
+        page.click("nav >> text=Operator")
+        page.wait_for_url("**/admin/users")
+        assert page.inner_text("#registration-state") == "open"
+        page.fill("#q", login)
+        page.click("form.search button")
+        assert page.locator("#users tbody tr").count() == 1 and "operator" in page.inner_text("#users")
+        page.screenshot(path=str(SHOTS / f"server-operator-users-{tag}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        page.goto(portal.url + f"/srv/admin/peers?q={login}")
+        assert "opbox" in page.inner_text("#peers")
+        page.screenshot(path=str(SHOTS / f"server-operator-peers-{tag}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        # client manager: copy and download the public key
+        page.goto(portal.url + "/dcli/user/login")
+        page.fill("#password", ADMIN_PASSWORD)
+        page.click("button[name=submit]")
+        page.wait_for_url("**/connection/list")
+        page.goto(portal.url + "/dcli/key/show")
+        pem = page.input_value("#pem")
+        page.click("#copy-pem")
+        page.wait_for_selector("#copy-result:has-text('Copied.')")
+        assert page.evaluate("navigator.clipboard.readText()") == pem
+        with page.expect_download() as dl:
+            page.click("#download-pem")
+        path = dl.value.path()
+        assert Path(path).read_text() == pem and dl.value.suggested_filename.endswith(".pub.pem")
+        page.screenshot(path=str(SHOTS / f"client-key-buttons-{tag}.png"), full_page=True)
+        # Connect with no mediation client listening: the page says why
+        page.goto(portal.url + "/dcli/connection/list")
+        assert "Live state unavailable: no control socket" in page.inner_text("#daemon-error")
+        page.locator("button[name=connect]").first.click()
+        page.wait_for_url("**/connection/list")
+        assert "not connected: no control socket" in page.locator(".notice").first.inner_text()
+        page.screenshot(path=str(SHOTS / f"client-connections-actions-{tag}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        ctx.close()
+    assert failed == [], failed
