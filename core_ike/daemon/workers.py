@@ -382,14 +382,15 @@ def worker_main(argv: list[str] | None = None) -> int:
     """A worker: iked's own entry point (the same configuration sources and checks), run on the sockets
     and with the spec its supervisor gave it on stdin."""
     import argparse
-    import importlib
+
+    from core_ike.daemon import workers as registered
 
     ap = argparse.ArgumentParser(prog="iked-worker")
     ap.add_argument("-c", "--config", required=True)
     ap.add_argument("--log-level")
     args = ap.parse_args(argv)
     # run as `python -m`, this module is __main__: the runtime reads the spec from the imported one
-    importlib.import_module("core_ike.daemon.workers").CURRENT = WorkerSpec.from_json(sys.stdin.read())
+    registered.CURRENT = registered.WorkerSpec.from_json(sys.stdin.read())
     from core_ike.daemon.main import main
 
     return main(["-c", args.config, *(["--log-level", args.log_level] if args.log_level else [])])

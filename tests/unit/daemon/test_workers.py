@@ -34,16 +34,16 @@ log_level = "warning"
 workers = {workers}
 {extra}
 """
-RESPONDER = """
+RESPONDER = f"""
 [[secrets.ike]]
-secret = "%s"
+secret = "{PSK}"
 
 [connections.clients]
-remote_addrs = ["%%any"]
+remote_addrs = ["%any"]
 unique = "no"
-local = { auth = "psk", id = "server@test" }
-remote = { auth = "psk", id = "%%any" }
-""" % PSK
+local = {{ auth = "psk", id = "server@test" }}
+remote = {{ auth = "psk", id = "%any" }}
+"""
 SERVER_CONN = """
 [connections.medsrv]
 mediation = true
