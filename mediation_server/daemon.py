@@ -37,9 +37,7 @@ import asyncio
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Any
 
 from core_ike.daemon.config import (
     CHECK_BOOL,
@@ -59,12 +57,14 @@ from core_ike.daemon.runtime import Daemon
 from core_ike.errors import LocalError
 
 from .datarelay import DataRelay, RelayConfig
-from .db import DbCallbackStore, PortalPeers, open_sessions
-from .presence import PresenceWriter
 from .registry import Authorizer, Policy, Registry, RegistryConfig
 from .relay import MediationServer
 from .relaysock import RelaySockets
 from .stun import STUN_CHECKS, StunServer, stun_settings
+
+if TYPE_CHECKING:
+    from .db import DbCallbackStore, PortalPeers
+    from .presence import PresenceWriter
 
 POLICIES = ("all", "same-owner", "allow-list", "grants")
 
@@ -130,14 +130,11 @@ def _registry(med: dict[str, Any], cfg: DaemonConfig) -> tuple[Registry, PortalP
     store = None
     portal = None
     if med.get("database"):
-        sessions = open_sessions(str(med["database"]))
-        portal = PortalPeers(sessions)
-        try:
-            portal.refresh()  # the first snapshot, before the engine runs; later ones off the event loop
-        except SQLAlchemyError as e:
-            raise LocalError(f"[mediation] database: {e}") from None
+        # med_db (SQLAlchemy: about 20 MiB resident) is loaded only by a server configured with a database
+        from .db import open_portal
+
+        portal, store = open_portal(str(med["database"]))
         cfg.creds.resolver = portal.public_key
-        store = DbCallbackStore(sessions)
     if policy == "all":
         auth = Authorizer(Policy.ALL)
     elif policy == "same-owner":
@@ -172,13 +169,13 @@ class ServerDaemon(Daemon):
             self.listeners.append(self.relay_sockets.on_event)
         self.control.extra["status"] = self.status
         # presence for the server manager, which reads only med_db (mediation_server/presence.py)
-        self.presence = PresenceWriter(self.portal.sessions, self.portal, relay=self.relay, nat_of=self._nat_of) \
-            if self.portal is not None else None
-        if self.presence is not None:
-            try:
-                self.presence.start()
-            except SQLAlchemyError as e:
-                raise LocalError(f"[mediation] database: {e}") from None
+        self.presence: PresenceWriter | None = None
+        if self.portal is not None:
+            from .db import checked
+            from .presence import PresenceWriter  # with the database only, as med_db above
+
+            self.presence = PresenceWriter(self.portal.sessions, self.portal, relay=self.relay, nat_of=self._nat_of)
+            checked(self.presence.start)
             self.listeners.append(self.presence.on_event)
         self.stun = StunServer(s) if (s := stun_settings(med, cfg)) is not None else None
 

@@ -41,6 +41,23 @@ def open_sessions(url: str) -> sessionmaker[Session]:
         raise LocalError(f"[mediation] database: {e}") from None
 
 
+def checked(start: Callable[[], None]) -> None:
+    """Run a start-up step against the database; a failure stops the start with one line."""
+    try:
+        start()
+    except SQLAlchemyError as e:
+        raise LocalError(f"[mediation] database: {e}") from None
+
+
+def open_portal(url: str) -> tuple[PortalPeers, DbCallbackStore]:
+    """The server's med_db side: the peers' first snapshot (before the engine runs; later ones are
+    refreshed off the event loop) and the callback store."""
+    sessions = open_sessions(url)
+    portal = PortalPeers(sessions)
+    checked(portal.refresh)
+    return portal, DbCallbackStore(sessions)
+
+
 def _keyid(identity: str) -> bytes | None:
     try:
         i = Identity.parse(identity)
