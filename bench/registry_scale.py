@@ -485,8 +485,9 @@ def figures(args: argparse.Namespace, rounds: list[tuple[int, list[Stage]]]) -> 
         figs.append(results_io.figure(f"registry_{target}_rss", f"mediation server RSS, {what}",
                                       results_io.sample([st.rss_kib / 1024 for _, st in stages], "MiB", 1),
                                       readme=False))
+        prev = max((p for p in args.peers if p < target), default=0)
         figs.append(results_io.figure(f"registry_{target}_reg_rate",
-                                      f"registrations per second into one mediation server, up to {what}",
+                                      f"registrations per second into one mediation server, from {prev} to {what}",
                                       results_io.sample([st.reg_rate for _, st in stages], "/s", 0),
                                       better="higher", readme=readme, differences=differences(args)))
         if args.keepalive > 0:
