@@ -62,6 +62,7 @@ COMPONENTS: dict[str, Callable[[], str | None]] = {
     "root": _root,
     "strongswan": _strongswan,
     "lighttpd": _file("/usr/sbin/lighttpd", "lighttpd"),
+    "miniupnpd": _file("/usr/sbin/miniupnpd", "miniupnpd-nftables"),
     "apache2": _files("apache2", "/usr/sbin/apache2", "/usr/lib/apache2/modules/mod_proxy_fcgi.so"),
     "chromium": _file("/usr/bin/chromium", "chromium"),
     "postgresql": _file("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),

@@ -20,7 +20,7 @@ from tests.guards import needs
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.netns, needs("root", why="network namespaces, nftables and miniupnpd")]
+pytestmark = [pytest.mark.netns, needs("root", "miniupnpd", why="network namespaces, nftables and miniupnpd")]
 
 PROBE = r'''
 import asyncio, json, sys
