@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec.message import Message, ReassemblyBudget, decode_message, encode_message
+from ..codec.message import Message, ReassemblyBudget, decode_message
 from ..codec.payloads import NoncePayload, NotifyPayload, Proposal
 from ..constants import (
     IKE_HEADER_LEN,
@@ -25,7 +25,6 @@ from ..constants import (
     NATT_PORT,
     NON_ESP_MARKER,
     ExchangeType,
-    HeaderFlag,
     NotifyType,
     PayloadType,
     ProtocolId,
@@ -37,6 +36,7 @@ from ..logutil import LogLimiter
 from ..rng import Rng
 from ..sysrng import SystemRng
 from . import events as ev
+from .answers import TokenBucket, error_response, header_error_request, invalid_spi_response
 from .config import IkeConfig, addr_matches
 from .context import IkeSaView, Task, Vip
 from .cookies import CookieSecrets
@@ -158,8 +158,7 @@ class Engine:
         self.frag_budget = ReassemblyBudget(self.cfg.frag_max_total)
         self.accepting = True  # False while the daemon shuts down: no new IKE_SAs from peers
         self.log_limit = LogLimiter(log)  # lines remote parties can trigger at will
-        self._spi_tokens = float(self.cfg.invalid_spi_rate)  # INVALID_IKE_SPI answers left (token bucket)
-        self._spi_refill = 0.0
+        self.invalid_spi_bucket = TokenBucket(self.cfg.invalid_spi_rate)  # INVALID_IKE_SPI answers
         self.init_limiter = SourceLimiter(self.cfg.init_rate_ip)  # IKE_SA_INITs per source under load
         self._half_open_by_ip: dict[str, int] = {}
         self.vips = VipPool()
@@ -500,7 +499,7 @@ class Engine:
             log.info("ignoring message with wrong initiator flag for %s", sa.label)
             return
         if msg.is_response and msg.sk is None and msg.exchange == ExchangeType.INFORMATIONAL:
-            self._invalid_spi_answer(sa, msg, now)
+            sa.tm.invalid_spi_answer(msg, now)
             return
         old = (sa.local, sa.remote, sa.last_in)
         moved = self._update_addresses(sa, local, remote) and sa.established
@@ -690,55 +689,26 @@ class Engine:
         self.cookies.rotate(self.now)
 
     def _reply_error(self, msg: Message, notify: int, local: Addr, remote: Addr, data: bytes = b"") -> None:
-        """Unauthenticated IKE_SA_INIT answer without state: N(COOKIE) or an error (RFC 7296 2.6, 2.21)."""
-        resp = Message(spi_i=msg.spi_i, spi_r=b"\x00" * 8, exchange=msg.exchange, flags=HeaderFlag.RESPONSE,
-                       message_id=msg.message_id, payloads=[NotifyPayload(notify, data)])
-        pkt = encode_message(resp)[0]
-        if local[1] == self.natt_port:
-            pkt = b"\x00\x00\x00\x00" + pkt
-        self.send(pkt, local, remote)
+        """Unauthenticated IKE_SA_INIT answer without state: an error notify (RFC 7296 2.6, 2.21)."""
+        self._send_plain(error_response(msg, notify, data), local, remote)
 
     def _answer_invalid_spi(self, msg: Message, local: Addr, remote: Addr, now: float) -> None:
         """RFC 7296 2.21.4 / 1.5: a request for an IKE_SA we do not know (we restarted, or it expired)
-        gets an unprotected INVALID_IKE_SPI response, so the peer need not wait for its DPD to fail.
-        Rate-limited (a token bucket of `invalid_spi_rate` per second): spoofed requests cannot make
-        us send more than that."""
-        rate = self.cfg.invalid_spi_rate
-        self._spi_tokens = min(rate, self._spi_tokens + (now - self._spi_refill) * rate)
-        self._spi_refill = now
-        if self._spi_tokens < 1.0:
+        gets an unprotected INVALID_IKE_SPI response, so the peer need not wait for its DPD to fail;
+        at most `invalid_spi_rate` per second (answers.py)."""
+        if not self.invalid_spi_bucket.allow(now):
             self.counters["invalid-spi-suppressed"] += 1
             return
-        self._spi_tokens -= 1.0
         self.counters["invalid-spi-sent"] += 1
-        flags = HeaderFlag.RESPONSE | (HeaderFlag.NONE if msg.is_initiator else HeaderFlag.INITIATOR)
-        resp = Message(spi_i=msg.spi_i, spi_r=msg.spi_r, exchange=ExchangeType.INFORMATIONAL, flags=flags,
-                       message_id=msg.message_id, payloads=[NotifyPayload(NotifyType.INVALID_IKE_SPI)])
-        pkt = encode_message(resp)[0]
         log.info("sending INVALID_IKE_SPI to %s[%d] for unknown IKE_SA %s_i %s_r", remote[0], remote[1],
                  msg.spi_i.hex(), msg.spi_r.hex())
-        self.send(NON_ESP_MARKER + pkt if local[1] == self.natt_port else pkt, local, remote)
-
-    def _invalid_spi_answer(self, sa: IkeSa, msg: Message, now: float) -> None:
-        """The peer answered our request with INVALID_IKE_SPI (RFC 7296 2.21.4): it lost this IKE_SA
-        (a restart). Unprotected, so only the answer to the request in flight counts (same SPIs and
-        message ID); the SA is closed at once instead of after its retransmissions."""
-        out = sa.outstanding
-        notify = msg.notify(NotifyType.INVALID_IKE_SPI)
-        if notify is None or out is None or out.mid != msg.message_id or not sa.established:
-            log.info("%s: ignoring unprotected INFORMATIONAL response %d", sa.label, msg.message_id)
-            return
-        log.info("%s: the peer answered INVALID_IKE_SPI, it has lost this IKE_SA", sa.label)
-        sa.destroy("the peer lost this IKE_SA (INVALID_IKE_SPI: it restarted)", now)
+        self._send_plain(invalid_spi_response(msg), local, remote)
 
     def _answer_plain_error(self, data: bytes, e: ProtocolError, local: Addr, remote: Addr) -> None:
         """Header-level errors of IKE_SA_INIT requests (INVALID_MAJOR_VERSION, unsupported critical)."""
-        if e.notify is None or len(data) < 28 or data[18] != ExchangeType.IKE_SA_INIT or data[19] & 0x20:
-            return
-        hdr = Message(spi_i=data[:8], spi_r=b"\x00" * 8, exchange=data[18], flags=HeaderFlag.NONE,
-                      message_id=int.from_bytes(data[20:24], "big"), payloads=[])
-        self._reply_error(hdr, int(e.notify), local, remote, e.data)
-
+        hdr = header_error_request(data, e)
+        if hdr is not None and e.notify is not None:
+            self._reply_error(hdr, int(e.notify), local, remote, e.data)
 
 def _own(view: IkeSaView) -> IkeSa:
     """The engine's own IkeSa behind the view a task holds (tasks only ever see the engine's SAs)."""

@@ -458,6 +458,19 @@ class TaskManager:
         out.sent_at = now
         self._send(out.packets, now)
 
+    def invalid_spi_answer(self, msg: Message, now: float) -> None:
+        """The peer answered our request with INVALID_IKE_SPI (RFC 7296 2.21.4): it lost this IKE_SA
+        (a restart). Unprotected, so only the answer to the request in flight counts (same SPIs and
+        message ID); the SA is closed at once instead of after its retransmissions."""
+        sa = self.sa
+        out = self.outstanding
+        if msg.notify(NotifyType.INVALID_IKE_SPI) is None or out is None or out.mid != msg.message_id \
+                or not sa.established:
+            log.info("%s: ignoring unprotected INFORMATIONAL response %d", sa.label, msg.message_id)
+            return
+        log.info("%s: the peer answered INVALID_IKE_SPI, it has lost this IKE_SA", sa.label)
+        sa.destroy("the peer lost this IKE_SA (INVALID_IKE_SPI: it restarted)", now)
+
     def close(self, now: float) -> None:
         """The SA is destroyed: nothing more goes out, fragments give back their memory share."""
         self.outstanding = None
