@@ -1,7 +1,8 @@
 """Run the userspace ESP backend with static keys (no IKE) inside a namespace; for the netns tests.
 
 Usage: python static_esp_peer.py CONFIG.json
-Prints READY when up; on SIGTERM writes the SA listing and stats to config["report"] and exits.
+Prints READY when up; on SIGTERM writes the SA listing and stats to config["report"] and exits; on
+SIGUSR1 writes them and goes on.
 The UDP 4500 socket here is a stand-in for the IKE transport: it demultiplexes per RFC 3948 2.2
 (0xFF keepalive / zero non-ESP marker = IKE / otherwise ESP) and never sets UDP_ENCAP.
 With config["transport"] the daemons' own UdpTransport (with an engine that only counts IKE
@@ -15,6 +16,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -129,18 +131,24 @@ async def main(cfg: dict[str, Any]) -> None:
         backend.install_sa(_sa(sa))
     for pol in cfg["policies"]:
         backend.install_policy(_policy(pol))
+    def write_report() -> None:
+        report = {
+            "sas": [dataclasses.asdict(r) for r in backend.list_sas()],
+            "stats": backend.stats(),
+            "keepalives_received": udp.stats["keepalive"] if udp else demux.keepalives,
+            "ike_received": engine.ike if udp else demux.ike,
+        }
+        tmp = cfg["report"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f)
+        os.replace(tmp, cfg["report"])  # a reader never sees half a report
+
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, write_report)  # the report so far, and go on
     print("READY", flush=True)
     await stop.wait()
-    report = {
-        "sas": [dataclasses.asdict(r) for r in backend.list_sas()],
-        "stats": backend.stats(),
-        "keepalives_received": udp.stats["keepalive"] if udp else demux.keepalives,
-        "ike_received": engine.ike if udp else demux.ike,
-    }
-    with open(cfg["report"], "w") as f:
-        json.dump(report, f)
+    write_report()
     backend.close()
     if udp is not None:
         udp.close()

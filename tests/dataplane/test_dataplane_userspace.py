@@ -196,6 +196,15 @@ def test_ping_through_userspace_esp(lab: dict[str, Any], encap: bool, cbc: bool)
         time.sleep(0.1)
     tcpdump.send_signal(signal.SIGTERM)
     tcpdump.wait(5)
+    if lab["kind"] == "nat":  # the keepalive is on b's link; wait until b has read it too
+        report_b = lab["tmp"] / "b.json"
+        deadline = time.monotonic() + 15
+        while True:
+            peers["b"].send_signal(signal.SIGUSR1)
+            if report_b.exists() and json.loads(report_b.read_text())["keepalives_received"] >= 1:
+                break
+            assert time.monotonic() < deadline, "b did not count the NAT keepalive"
+            time.sleep(0.1)
     for p in peers.values():
         p.send_signal(signal.SIGTERM)
         p.wait(10)
