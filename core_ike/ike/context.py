@@ -7,9 +7,9 @@ consumes a request (`process_r`) and adds to the response (`build_r`). Every met
 Tasks raise `ProtocolError` (the notify to answer with) or `AuthenticationFailed` to fail; the task
 manager (task_manager.py) turns that into a notify, a log line and an event.
 
-Tasks import from the IKE package only this module, `state.py` and the value modules (config,
-identity, traffic selectors, events, credentials); the import contract in .importlinter holds them to
-it. The engine, the IKE_SA and the task manager implement these protocols; nothing here imports them.
+Tasks import from the IKE package only this module (which re-exports what they use of the value
+modules: config, identity, traffic selectors, events, credentials) and `state.py`; the import contracts
+in .importlinter hold them to it. The engine, the IKE_SA and the task manager implement these protocols; nothing here imports them.
 """
 
 from __future__ import annotations
@@ -23,13 +23,19 @@ from ..codec.message import Message, SkProtector
 from ..codec.payloads import Proposal
 from ..constants import ExchangeType
 from ..rng import Rng
-from .config import IkeConfig
-from .creds import Credentials
+from . import events, ts
+from .config import ChildConfig, IkeConfig
+from .creds import Credentials, PublicKey
 from .identity import Identity
 from .state import ChildSa, IkeState
 
 if TYPE_CHECKING:
     from ..esp.algorithms import EspTransforms
+
+# what tasks use of the value modules, so that tasks import from the IKE package only this module and
+# state.py (.importlinter)
+__all__ = ["Addr", "ChildConfig", "Credentials", "ExtensionState", "Failure", "IkeConfig", "IkeSaView",
+           "Identity", "InFlight", "PublicKey", "Status", "Task", "TaskContext", "Vip", "events", "ts"]
 
 Addr = tuple[str, int]
 Vip = IPv4Address | IPv6Address

@@ -35,10 +35,9 @@ from ...crypto.keys import derive_child_keys
 from ...crypto.proposals import describe, parse_proposals, restrict_proposals, select_proposal, transform_name
 from ...errors import ProtocolError
 from ...esp.algorithms import EspTransforms
-from .. import events as ev
-from .. import ts as tsmod
-from ..config import ChildConfig
-from ..context import IkeSaView, Status, Task
+from ..context import ChildConfig, IkeSaView, Status, Task
+from ..context import events as ev
+from ..context import ts as tsmod
 from ..state import ChildSa, ChildState
 from . import collisions
 from .informational import ChildDelete

@@ -15,10 +15,8 @@ from ...codec.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayloa
 from ...constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType, PayloadType, name_of
 from ...crypto.auth import create_signature_auth, psk_auth, signed_octets, verify_signature_auth
 from ...errors import AuthenticationFailed, ProtocolError
-from .. import events as ev
-from ..context import IkeSaView, Status, Task
-from ..creds import PublicKey
-from ..identity import Identity
+from ..context import Identity, IkeSaView, PublicKey, Status, Task
+from ..context import events as ev
 from ..state import IkeState
 
 log = logging.getLogger("core_ike.ike")
