@@ -52,6 +52,8 @@ from core_ike.me import events as mev
 from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
 from core_ike.me.endpoints import Endpoint, mapped_endpoint
+from core_ike.me.natinfo import NatReport
+from core_ike.me.tasks import me_state
 
 from .hostaddr import REFRESH, HostAddresses
 from .natdisc import NatBehaviour, discover_udp, source_address_for
@@ -219,8 +221,18 @@ class ClientDaemon(Daemon):
             except OSError as err:
                 self.nat = NatBehaviour(error=f"STUN from {e.local[0]}: {err.strerror or err}")
             log.info("NAT behaviour (RFC 5780, STUN %s[%d]): %s", server[0], server[1], self.nat.summary())
+            self._report_nat(e.name, self.nat)
 
         self._nat_task = asyncio.get_running_loop().create_task(run())
+
+    def _report_nat(self, name: str, nat: NatBehaviour) -> None:
+        """Tell our own mediation server (it announced IMPL_VENDOR_ID; a strongSwan one never sees this)."""
+        sa = self.mediation.mediation_sa(name)
+        st = me_state(sa) if sa is not None else None
+        if sa is None or st is None or not st.server_ours or nat.error:
+            return
+        sa.queue_task(NatReport(nat.summary()), time.monotonic())
+        self.transport.flush()
 
     def _start_port_mapping(self) -> None:
         """Map our NAT-T port on the gateway toward the mediation server (the LAN address the kernel

@@ -211,7 +211,8 @@ class ServerDaemon(Daemon):
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
         peers = [{"identity": p.identity, "endpoint": f"{p.endpoint[0]}[{p.endpoint[1]}]" if p.endpoint else "",
-                  "since": round(now - p.since), "idle": round(now - p.last_activity), "ike": p.unique_id}
+                  "since": round(now - p.since), "idle": round(now - p.last_activity), "ike": p.unique_id,
+                  "nat": p.nat}
                  for p in self.mediation.status()]
         waiting = [{"requester": r.requester, "target": r.target, "expires_in": round(r.expires - now)}
                    for r in self.mediation.registry.registrations()]

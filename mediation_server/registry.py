@@ -50,6 +50,7 @@ class PeerRecord:
     endpoint: Addr | None  # public (observed) address of the mediation SA
     since: float
     last_activity: float
+    nat: str | None = None  # the NAT behaviour the peer measured and reported (core_ike/me/natinfo.py)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class Registry:
             log.info("peer '%s' re-registered, replacing mediation SA %s", identity, replaced)
         since = old.since if old is not None and replaced is None else now
         ep = endpoint if endpoint is not None or old is None else old.endpoint
-        self._peers[identity] = PeerRecord(identity, sa_id, ep, since, now)
+        self._peers[identity] = PeerRecord(identity, sa_id, ep, since, now, old.nat if old is not None else None)
         self._by_sa[sa_id] = identity
         return Registered(identity, replaced, self._drain(identity, now))
 
@@ -240,6 +241,11 @@ class Registry:
         if actions:
             self._save()
         return tuple(actions)
+
+    def set_nat(self, identity: Identity, text: str) -> None:
+        rec = self._peers.get(identity)
+        if rec is not None:
+            rec.nat = text
 
     def touch(self, identity: Identity, now: float) -> None:
         rec = self._peers.get(identity)

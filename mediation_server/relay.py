@@ -44,6 +44,7 @@ from core_ike.me.connect import (
     parse_connect,
 )
 from core_ike.me.endpoints import encode_endpoint, make_endpoint, relayed_endpoint
+from core_ike.me.natinfo import NatReportResponder, nat_notify
 from core_ike.me.tasks import (
     MeConnectRequest,
     MeConnectResponder,
@@ -75,6 +76,7 @@ class OnlinePeer:
     since: float
     last_activity: float
     unique_id: int
+    nat: str | None = None  # the NAT behaviour the peer reported (core_ike/me/natinfo.py)
 
 
 def _uid(sa_id: Hashable) -> int:
@@ -109,7 +111,7 @@ class MediationServer(Extension):
     # ================================================================== status
     def status(self) -> list[OnlinePeer]:
         """Online peers with identity, public endpoint, since when, last activity."""
-        return [OnlinePeer(r.identity, r.endpoint, r.since, r.last_activity, _uid(r.sa_id))
+        return [OnlinePeer(r.identity, r.endpoint, r.since, r.last_activity, _uid(r.sa_id), r.nat)
                 for r in self.registry.online_peers()]
 
     def lookup(self, identity: str) -> PeerRecord | None:
@@ -133,7 +135,14 @@ class MediationServer(Extension):
             self.registry.touch(sa.peer_id.canonical() if sa.peer_id else "", self.clock(self.engine.now))
             if exchange == ExchangeType.ME_CONNECT:
                 return [MeConnectResponder(self._on_connect, self.outbox)]
+            if exchange == ExchangeType.INFORMATIONAL and me.ours and nat_notify(msg) is not None:
+                return [NatReportResponder(self._on_nat_report)]
         return []
+
+    def _on_nat_report(self, sa: IkeSaView, text: str) -> None:
+        if sa.peer_id is not None:
+            self.registry.set_nat(sa.peer_id.canonical(), text)
+            log.info("peer '%s' reports its NAT: %s", sa.peer_id, text)
 
     def config_score(self, cfg: IkeConfig, sa: IkeSaView) -> int:
         if sa.is_original_initiator:

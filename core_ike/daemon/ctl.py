@@ -86,7 +86,7 @@ def format_status(reply: dict[str, Any]) -> str:
         out.append(f"{len(reply['peers'])} peer(s) online:")
         for p in reply["peers"]:
             out.append(f"  {p['identity']} @ {p['endpoint']}, online {p['since']}s, idle {p['idle']}s, "
-                       f"IKE_SA #{p['ike']}")
+                       f"IKE_SA #{p['ike']}" + (f", NAT: {p['nat']}" if p.get("nat") else ""))
         if reply.get("callbacks"):
             out.append("callbacks waiting:")
             for c in reply["callbacks"]:

@@ -47,6 +47,7 @@ class MeSaState:
     role: Literal["peer", "server"] | None = None
     relay: bool = False  # both ends negotiated the data relay (our extension, RELAY_VENDOR_ID)
     ours: bool = False  # server: the peer is our own client (IMPL_VENDOR_ID)
+    server_ours: bool = False  # peer: the server announced IMPL_VENDOR_ID (it takes our private notifies)
     requested: bool = False  # server: the peer sent N(ME_MEDIATION) in IKE_SA_INIT ([ME] §3.1)
     srflx: Endpoint | None = None  # peer: our server-reflexive endpoint as the server saw it ([ME] §3.3)
     answered: float | None = None  # server: when we answered the peer's last ME_CONNECT request
@@ -168,6 +169,8 @@ class MediationInit(Task):
             raise ProtocolError("server did not return a ME_MEDIATION", None)
         if self.relay and has_relay_vid(msg):
             sa.extension(MeSaState).relay = True
+        if has_impl_vid(msg):
+            sa.extension(MeSaState).server_ours = True
         return Status.DONE
 
 
@@ -181,6 +184,7 @@ class MediationEcho(Task):
     def __init__(self, relay: bool = False) -> None:
         self.relay = relay
         self.echo = False
+        self.ours = False
 
     def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         st = sa.extension(MeSaState)
@@ -188,9 +192,12 @@ class MediationEcho(Task):
         st.ours = has_impl_vid(msg)
         self.echo = self.relay and has_relay_vid(msg)
         st.relay = self.echo
+        self.ours = st.ours
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         msg.payloads.append(NotifyPayload(NotifyType.ME_MEDIATION))
+        if self.ours:  # only to our own clients: they may then send our private notifies (natinfo.py)
+            msg.payloads.append(VendorIdPayload(IMPL_VENDOR_ID))
         if self.echo:
             msg.payloads.append(VendorIdPayload(RELAY_VENDOR_ID))
 
