@@ -1,24 +1,35 @@
 #!/usr/bin/env python3
-"""Time from "initiate the mediated connection" on alice to its CHILD_SA installed (charon: docs/nat-lab.md §9).
+"""Time from "initiate the mediated connection" on alice to its CHILD_SA installed, ours and charon.
 
-Topology: :func:`scenarios.lab.nat_lab` (alice behind natA, bob behind natB, both endpoint-independent
-NATs with the WAN drop rule, carol = mediation server). Both mediation SAs are up before the clock starts.
-Per run: ``initiate_and_wait()`` on the driver, then ``reset()`` (mediated SAs deleted, punched NAT
-mappings forgotten). Conditions: ``bridge`` (plain Linux bridge) or a one-way delay in ms through the
-userspace TAP hub (compare hub runs with hub runs: the hub itself costs a little).
+Topology: :func:`scenarios.lab.nat_lab` (alice behind natA, bob behind natB, endpoint-independent NATs with
+the WAN drop rule, carol = mediation server), the internet segment through the userspace delay hub. Both
+mediation SAs are up before the clock starts. Conditions (each in a lab of its own):
 
-Drivers implement :class:`scenarios.lab.medsetup.MediatedSetupDriver`; ``charon`` is three strongSwan
-charons, ``ours`` is our mediation_server + two mediation_clients (:class:`OursMediation`).
+- ``0``, ``20``: both peers behind NAT, 0 or 20 ms one-way delay per hop through the hub;
+- ``public``: bob on a routed public address (natB only forwards), 0 ms: alice has one candidate pair; the
+  CHILD_SA's traffic selectors are tunnel-inner /32s on ``lo`` (kernel-libipsec cannot route a CHILD_SA
+  whose selectors are the IKE peers' own addresses, which they would be here);
+- ``extra``: as ``0``, plus two tunnel-inner /32 addresses on ``lo`` of each peer (addresses the daemons
+  do not listen on, as a host with VPN or tunnel addresses has them).
 
-    bench/mediated_setup.py                       # charon and ours, conditions 0 and 20 ms, 10 runs each
-    bench/mediated_setup.py --runs 20 --conditions bridge,0,20,50
-    bench/mediated_setup.py --hang-runs 200 --out bench/results/mediated_setup.txt
+Per condition, rounds alternate the sides (ours then charon, charon then ours, ...; only one of them
+runs at a time: both use port 4500), each side doing ``--runs`` setups per round. Then the hang check:
+``--hang-runs`` setups of each side at 0 ms, limit ``--hang-timeout`` s each, interleaved in blocks.
+Our mediation server runs with its defaults (connect_rate 5/s per peer, burst 10); a run starts at most
+every ``PACE`` s so that no side is measured against a rate limit (users do not start a connection
+several times a second).
+
+    bench/mediated_setup.py --out bench/results/mediated_setup.txt       # default rounds
+    bench/mediated_setup.py --quick                                      # smoke run
+    bench/mediated_setup.py --rounds 2 --runs 3 --conditions 0,public --hang-runs 20
+    bench/mediated_setup.py --before /tmp/old-tree    # also our daemons from another checkout, interleaved
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -32,15 +43,22 @@ _VENV_PY = ROOT / ".venv" / "bin" / "python"
 if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
     os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])  # the project's venv has pyroute2, vici
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_io  # noqa: E402
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab  # noqa: E402
-from scenarios.lab.iked import IkedError  # noqa: E402
-from scenarios.lab.mediation import OurMediation  # noqa: E402
+from scenarios.lab.iked import Iked, IkedError  # noqa: E402
+from scenarios.lab.mediation import LAN, OurMediation, client_toml, server_toml  # noqa: E402
 from scenarios.lab.medsetup import CharonMediation, MediatedSetupDriver, forget_direct_mappings  # noqa: E402
+from scenarios.lab.topologies import CAROL  # noqa: E402
+
+PACE = 0.25  # seconds from one run's start to the next at least (below the server's 5 ME_CONNECT/s)
+WAIT_TO_FINISH_MS = 1000.0  # strongSwan connect_manager.c: #define ME_WAIT_TO_FINISH 1000 /* ms */
 
 
 class OursMediation:
-    """Our mediation_server on carol, our mediation_client on alice and bob (the medsrv-psk setup).
+    """Our mediation_server on carol (default settings), our mediation_client on alice and bob.
 
     Measured externally: from writing ``{"cmd": "up", "conn": "bob"}`` to alice's control socket until
     alice lists the mediated IKE_SA with an INSTALLED CHILD_SA. The ``up`` reply is sent once the mediated
@@ -51,17 +69,26 @@ class OursMediation:
 
     name = "ours"
 
-    connect_rate = 1000.0  # server's per-peer ME_CONNECT rate limit (default 5/s, burst 10; see --connect-rate)
-
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, ts: dict[str, str] | None = None, root: str | None = None) -> None:
         self.lab = lab
         self.med = OurMediation(lab)
+        self.ts = ts
+        self.root = root  # run the daemons from this checkout instead (``--before``)
         self.polled = 0  # runs where the CHILD_SA was not yet listed when `up` returned
 
     def start(self) -> None:
-        self.med.start_server(extra=f"connect_rate = {self.connect_rate:g}\nconnect_burst = 1000")
-        self.med.start_client("bob")
-        self.med.start_client("alice")
+        if self.root is None:
+            self.med.start_server()
+            self.med.start_client("bob", ts=self.ts)
+            self.med.start_client("alice", ts=self.ts)
+            return
+        env = {"PYTHONPATH": self.root}
+        m = self.med
+        m.server = Iked(self.lab, "carol", server_toml(m.peers), name="medsrv", module="mediation_server").start(env=env)
+        for me in ("bob", "alice"):
+            others = [p for p in m.peers if p != me]
+            m.clients[me] = Iked(self.lab, me, client_toml(me, others, self.ts), name="medcli",
+                                 module="mediation_client").start(env=env)
 
     def bring_up_mediation(self) -> None:
         self.med.wait_registered("alice", "bob", timeout=15.0)
@@ -111,10 +138,67 @@ class OursMediation:
         self.med.stop()
 
 
-DRIVERS: dict[str, Callable[[Lab], MediatedSetupDriver]] = {
-    "charon": CharonMediation,
-    "ours": OursMediation,
+SIDES = ["ours", "charon"]
+BEFORE: str | None = None  # --before: the checkout whose daemons run as side "ours-before"
+INNER = {"alice": "10.10.1.1", "bob": "10.10.2.1"}  # tunnel-inner addresses (condition public)
+
+
+def make_driver(name: str, lab: Lab, cond: Condition) -> MediatedSetupDriver:
+    ts = {**LAN, **INNER} if cond.public_bob else None
+    if name == "charon":
+        return CharonMediation(lab, ts_addrs=ts)
+    return OursMediation(lab, ts, BEFORE if name == "ours-before" else None)
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    delay_ms: float
+    public_bob: bool = False
+    extra_addresses: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.public_bob:
+            return (f"bob on a public address (one candidate pair), {self.delay_ms:g} ms, selectors on "
+                    "tunnel /32s on lo")
+        extra = ", two tunnel /32s on lo of each peer" if self.extra_addresses else ""
+        return f"both behind NAT, {self.delay_ms:g} ms one-way per hop{extra}"
+
+
+CONDITIONS = {
+    "0": Condition("0", 0.0),
+    "20": Condition("20", 20.0),
+    "public": Condition("public", 0.0, public_bob=True),
+    "extra": Condition("extra", 0.0, extra_addresses=True),
 }
+
+
+def build_lab(cond: Condition) -> Lab:
+    lab = nat_lab(delay_ms=cond.delay_ms)
+    try:
+        if cond.public_bob:
+            # natB forwards without translating; bob's 10.2.0.2 is routed on the internet segment
+            lab.run("natB", ["nft", "delete", "table", "ip", "nat"])
+            lab.route("natA", "10.2.0.0/24", "203.0.113.2")
+            lab.route("carol", "10.2.0.0/24", "203.0.113.2")
+            for host, ip in INNER.items():
+                lab.addr(host, "lo", f"{ip}/32")
+        if cond.extra_addresses:
+            for host, net in (("alice", "10.10.1"), ("bob", "10.10.2")):
+                for i in (1, 2):
+                    lab.addr(host, "lo", f"{net}.{i}/32")
+    except BaseException:
+        lab.teardown()
+        raise
+    return lab
+
+
+def hub_rtt_ms(lab: Lab) -> float | None:
+    """Average ping round trip alice -> carol (through natA and the hub: one hop each way)."""
+    out = lab.ping("alice", CAROL, count=5, interval=0.2)[2]
+    m = re.search(r"= [\d.]+/([\d.]+)/", out)
+    return float(m.group(1)) if m else None
 
 
 @dataclass
@@ -123,7 +207,7 @@ class Result:
     condition: str
     times: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    hangs: int = 0      # runs that did not finish within the per-run limit
+    hangs: int = 0  # runs that did not finish within the per-run limit
     note: str = ""
 
     @property
@@ -139,112 +223,230 @@ class Result:
 
 
 HEADER = f"{'driver':<10} {'cond':<8} {'runs':>4} {'median':>9} {'min':>9} {'max':>9} {'failed':>6}   (ms)"
-TARGETS = {"0ms": 0.10, "20ms": 0.25}  # ours / charon at most this (the project's goal for a mediated setup)
+
+
+def _runs(driver: MediatedSetupDriver, result: Result, runs: int, timeout: float, verbose: bool,
+          restart: Callable[[], MediatedSetupDriver] | None = None) -> MediatedSetupDriver:
+    """`runs` setups, one started every PACE s at most; a charon that failed one is restarted (it keeps
+    the failed mediation queued and never sends another ME_CONNECT), ours recovers by itself."""
+    for _ in range(runs):
+        t0 = time.monotonic()
+        try:
+            t = driver.initiate_and_wait(timeout)
+            result.times.append(t)
+            if verbose:
+                print(f"  {result.driver} {result.condition}: {t * 1000:.1f} ms", flush=True)
+        except Exception as e:  # noqa: BLE001 - a hang/failure is a data point, not the end
+            if time.monotonic() - t0 >= timeout - 0.05:
+                result.hangs += 1
+            result.failures.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            if verbose:
+                print(f"  {result.driver} {result.condition}: FAILED {result.failures[-1]}", flush=True)
+            if restart is not None:
+                driver.stop()
+                driver = restart()
+                continue
+        try:
+            driver.reset()
+        except Exception as e:  # noqa: BLE001
+            result.failures.append(f"reset: {str(e).splitlines()[0]}")
+        time.sleep(max(0.0, t0 + PACE - time.monotonic()))
+    return driver
+
+
+def _started(name: str, lab: Lab, cond: Condition) -> MediatedSetupDriver:
+    d = make_driver(name, lab, cond)
+    d.start()
+    d.bring_up_mediation()
+    return d
 
 
 def measure(driver_name: str, condition: str, runs: int, timeout: float, verbose: bool) -> Result:
-    delay = None if condition == "bridge" else float(condition)
-    result = Result(driver_name, "bridge" if delay is None else f"{delay:g}ms")
-    lab = nat_lab(delay_ms=delay)
-    driver = DRIVERS[driver_name](lab)
+    """One side alone in a lab of its own (`condition` a key of CONDITIONS or a delay in ms)."""
+    cond = CONDITIONS.get(condition) or Condition(condition, float(condition))
+    result = Result(driver_name, f"{cond.delay_ms:g}ms" if cond.key not in ("public", "extra") else cond.key)
+    lab = build_lab(cond)
+    driver: MediatedSetupDriver | None = None
     try:
-        driver.start()
-        driver.bring_up_mediation()
-        for i in range(runs):
-            t0 = time.monotonic()
-            try:
-                t = driver.initiate_and_wait(timeout)
-                result.times.append(t)
-                if verbose:
-                    print(f"  {driver_name} {result.condition} run {i + 1}: {t * 1000:.1f} ms", flush=True)
-            except Exception as e:  # noqa: BLE001 - a hang/failure is a data point, not the end
-                if time.monotonic() - t0 >= timeout - 0.05:
-                    result.hangs += 1
-                result.failures.append(f"run {i + 1}: {str(e).splitlines()[0]}")
-                if verbose:
-                    print(f"  {driver_name} {result.condition} run {i + 1}: FAILED {result.failures[-1]}")
-            driver.reset()
-        polled = getattr(driver, "polled", None)
-        if polled is not None:
-            result.note = f"{polled} of {runs} runs needed polling after the up reply for the CHILD_SA"
+        driver = _started(driver_name, lab, cond)
+        restart = (lambda: _started(driver_name, lab, cond)) if driver_name == "charon" else None
+        driver = _runs(driver, result, runs, timeout, verbose, restart)
     finally:
-        driver.stop()
+        if driver is not None:
+            driver.stop()
         lab.teardown()
     return result
 
 
+def interleaved(cond: Condition, rounds: int, runs: int, timeout: float, verbose: bool) -> tuple[dict[str, Result], float | None]:
+    """Both sides in one lab, alternating per round; returns the results and the hub's ping RTT."""
+    ckey = f"{cond.delay_ms:g}ms" if cond.key not in ("public", "extra") else cond.key
+    results = {d: Result(d, ckey) for d in SIDES}
+    lab = build_lab(cond)
+    try:
+        rtt = hub_rtt_ms(lab)
+        for _, side in results_io.interleave(rounds, SIDES):
+            driver = _started(side, lab, cond)
+            restart = (lambda s=side: _started(s, lab, cond)) if side == "charon" else None
+            try:
+                driver = _runs(driver, results[side], runs, timeout, verbose, restart)
+            finally:
+                driver.stop()
+            if isinstance(driver, OursMediation) and driver.polled:
+                results[side].note = f"{driver.polled} runs needed polling after the up reply"
+                driver.polled = 0
+    finally:
+        lab.teardown()
+    return results, rtt
+
+
 def comparison(results: list[Result]) -> list[str]:
-    """ours vs charon per condition with the ratio of medians and the issue's target."""
+    """ours vs charon per condition with the ratio of medians."""
     by = {(r.driver, r.condition): r for r in results}
     conds = list(dict.fromkeys(r.condition for r in results))
-    lines = [f"{'cond':<8} {'charon':>9} {'ours':>9} {'ratio':>7} {'target':>7}   (median ms)"]
+    lines = [f"{'cond':<8} {'charon':>9} {'ours':>9} {'ratio':>7}   (median ms)"]
     for c in conds:
         ch, ou = by.get(("charon", c)), by.get(("ours", c))
         if ch is None or ou is None or ch.median_ms is None or ou.median_ms is None:
             continue
-        ratio = ou.median_ms / ch.median_ms
-        tgt = TARGETS.get(c)
-        verdict = "" if tgt is None else f"<= {tgt:.2f}x {'met' if ratio <= tgt else 'MISSED'}"
-        lines.append(f"{c:<8} {ch.median_ms:>9.1f} {ou.median_ms:>9.1f} {ratio:>6.3f}x {verdict}")
+        lines.append(f"{c:<8} {ch.median_ms:>9.1f} {ou.median_ms:>9.1f} {ou.median_ms / ch.median_ms:>6.3f}x")
     return lines
+
+
+def _fmt(r: Result) -> str:
+    ms = [t * 1000 for t in r.times]
+    return f"{statistics.median(ms):.1f} ms ({min(ms):.1f}-{max(ms):.1f}, n={len(ms)})"
+
+
+def _ms(r: Result, minus: float = 0.0) -> dict[str, Any] | None:
+    return results_io.sample([t * 1000 - minus for t in r.times], "ms", 1)
+
+
+COMMON = ["ours: the `up` reply then one list (the CHILD_SA is installed before the reply); charon: "
+          "list-sas polled every 5 ms after a non-blocking initiate",
+          "ours: userspace ESP over TUN; charon: kernel-libipsec (this kernel has no ESP)",
+          "ours: the mediation server's relay extension adds one RELAYED candidate (lowest priority); "
+          "charon's server relays no data"]
+
+
+def figures_for(cond: Condition, res: dict[str, Result], rtt: float | None) -> list[dict[str, Any]]:
+    ours, charon = res["ours"], res["charon"]
+    diffs = list(COMMON)
+    if rtt is not None and cond.delay_ms > 0:
+        diffs.append(f"measured ping RTT alice-carol through the hub {rtt:.1f} ms (nominal {2 * cond.delay_ms:g}); "
+                     f"the protocol's floor is about 5 RTT = {5 * rtt:.0f} ms")
+    key = f"up_to_child_{cond.key}" + ("ms" if cond.key in ("0", "20") else "")
+    label = f"`up` to mediated CHILD_SA, {cond.label}"
+    figs: list[dict[str, Any]] = []
+    if cond.public_bob:
+        diffs.append("one candidate pair on alice: charon finishes its checks at the first success (no "
+                     "ME_WAIT_TO_FINISH)")
+        figs.append(results_io.figure(key, label, _ms(ours), _ms(charon), differences=diffs))
+        return figs
+    waits = [f"charon waits {WAIT_TO_FINISH_MS:.0f} ms (ME_WAIT_TO_FINISH) after its first successful check, "
+             "because the host-host pair stays pending; a compile-time constant in connect_manager.c, "
+             "no strongswan.conf setting changes it: see the next line for charon without it"]
+    figs.append(results_io.figure(key, label, _ms(ours), _ms(charon), differences=waits + diffs,
+                                  readme=not cond.extra_addresses))
+    figs.append(results_io.figure(
+        key + "_charon_nowait", f"{label}: charon's time minus its fixed {WAIT_TO_FINISH_MS:.0f} ms wait",
+        _ms(ours), _ms(charon, WAIT_TO_FINISH_MS),
+        differences=[f"charon's measured times minus {WAIT_TO_FINISH_MS:.0f} ms (ME_WAIT_TO_FINISH cannot be "
+                     "configured, so charon cannot be run without it); not a measurement of a charon build "
+                     "without the wait", *diffs], readme=cond.key in ("0", "20")))
+    return figs
+
+
+def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:
+    """Both sides at 0 ms, `runs` setups each, in four alternating blocks; counts runs over `timeout`."""
+    res = {d: Result(d, "0ms") for d in ("ours", "charon")}
+    cond = CONDITIONS["0"]
+    lab = build_lab(cond)
+    try:
+        blocks = 2
+        per = [runs // blocks + (1 if i < runs % blocks else 0) for i in range(blocks)]
+        for r, side in results_io.interleave(blocks, ["ours", "charon"]):
+            driver = _started(side, lab, cond)
+            restart = (lambda s=side: _started(s, lab, cond)) if side == "charon" else None
+            try:
+                driver = _runs(driver, res[side], per[r], timeout, verbose, restart)
+            finally:
+                driver.stop()
+    finally:
+        lab.teardown()
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--conditions", default="0,20",
-                    help="comma list: 'bridge' or one-way delay in ms through the TAP hub (default 0,20)")
-    ap.add_argument("--drivers", default="charon,ours", help=f"comma list of {', '.join(DRIVERS)}")
+    results_io.add_args(ap, rounds=4)
+    ap.add_argument("--runs", type=int, default=None, help="setups per side and round (default 5, 2 with --quick)")
+    ap.add_argument("--conditions", default="0,20,public,extra", help=f"comma list of {', '.join(CONDITIONS)}")
     ap.add_argument("--timeout", type=float, default=10.0, help="per-run limit; longer counts as a hang")
-    ap.add_argument("--hang-runs", type=int, default=0,
-                    help="also run ours this many times at 0 ms (limit --hang-timeout) and count hangs/failures")
+    ap.add_argument("--hang-runs", type=int, default=None,
+                    help="setups per side at 0 ms for the hang count (default 100, 4 with --quick)")
     ap.add_argument("--hang-timeout", type=float, default=5.0)
-    ap.add_argument("--connect-rate", type=float, default=1000.0,
-                    help="ours: the server's per-peer ME_CONNECT/s limit; back-to-back runs make ~10/s, over the "
-                         "default 5/s (burst 10), and a refused ME_CONNECT looks like 'peer offline' to the client")
-    ap.add_argument("--out", help="also write the report to this file (e.g. bench/results/mediated_setup.txt)")
+    ap.add_argument("--before", help="also run our daemons from this checkout (side ours-before), interleaved")
+    ap.add_argument("--note", action="append", default=[], help="a note for the report (e.g. which checkouts ran)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    global BEFORE
+    if args.before:
+        BEFORE = str(Path(args.before).resolve())
+        SIDES[:] = ["ours", "ours-before", "charon"]
+    rounds = results_io.rounds_of(args)
+    runs = args.runs if args.runs is not None else (2 if args.quick else 5)
+    hang_runs = args.hang_runs if args.hang_runs is not None else (4 if args.quick else 100)
+    conds = ["0"] if args.quick and args.conditions == ap.get_default("conditions") else args.conditions.split(",")
+    header = results_io.start_header(argv)
     cleanup_orphans()
-    OursMediation.connect_rate = args.connect_rate
-    results: list[Result] = []
-    started = time.monotonic()
-    load0 = os.getloadavg()
-    if args.runs > 0:
-        for cond in args.conditions.split(","):
-            for drv in args.drivers.split(","):
-                results.append(measure(drv.strip(), cond.strip(), args.runs, args.timeout, args.verbose))
-    hang: Result | None = None
-    if args.hang_runs > 0:
-        hang = measure("ours", "0", args.hang_runs, args.hang_timeout, args.verbose)
-    load1 = os.getloadavg()
-    out = ["mediated setup: initiate on alice -> CHILD_SA installed (both mediation SAs already up); "
-           "nat_lab EIM NATs + WAN drop, delay via the TAP hub",
-           f"{time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} cores, load average {load0[0]:.2f} before, "
-           f"{load1[0]:.2f} after (other jobs share the machine)",
-           f"runs per cell {args.runs}, per-run limit {args.timeout:g} s; ours: server connect_rate "
-           f"{args.connect_rate:g}/s per peer", "", HEADER]
-    out += [r.row() for r in results]
-    out += [f"  {r.driver} {r.condition}: {r.note}" for r in results if r.note]
-    cmp_lines = comparison(results)
-    if len(cmp_lines) > 1:
-        out += ["", *cmp_lines]
+    figures: list[dict[str, Any]] = []
+    rows: list[Result] = []
+    rtts: list[str] = []
+    before_after: list[str] = []
+    for key in conds:
+        cond = CONDITIONS[key.strip()]
+        res, rtt = interleaved(cond, rounds, runs, args.timeout, args.verbose)
+        rows += list(res.values())
+        figures += figures_for(cond, res, rtt)
+        if rtt is not None:
+            rtts.append(f"{cond.key}: {rtt:.2f} ms")
+        if "ours-before" in res and res["ours-before"].times and res["ours"].times:
+            b, a = res["ours-before"], res["ours"]
+            before_after.append(f"{cond.key}: ours before {_fmt(b)}, after {_fmt(a)}")
+    hang = hang_check(hang_runs, args.hang_timeout, args.verbose) if hang_runs > 0 else None
     if hang is not None:
-        out += ["", f"hang check: ours at 0 ms, {args.hang_runs} runs, limit {args.hang_timeout:g} s per run: "
-                    f"{hang.hangs} hangs, {len(hang.failures)} failures (hangs included), "
-                    f"{len(hang.times)} completed",
-                hang.row()]
-        if hang.note:
-            out.append(f"  {hang.note}")
-    fails = [f"  {r.driver} {r.condition} {f}" for r in [*results, *([hang] if hang else [])] for f in r.failures]
+        figures.append(results_io.figure(
+            "hangs", f"hangs (no CHILD_SA within {args.hang_timeout:g} s) in {hang_runs} mediated setups at 0 ms",
+            results_io.count(hang["ours"].hangs, hang_runs, "hangs"),
+            results_io.count(hang["charon"].hangs, hang_runs, "hangs"), better="lower",
+            differences=["a charon that failed a run is restarted before the next (it never retries a failed "
+                         "mediation by itself); ours is left to recover"]))
+        figures.append(results_io.figure(
+            "failures", f"failed setups (hangs included) in {hang_runs} mediated setups at 0 ms",
+            results_io.count(len(hang["ours"].failures), hang_runs, "failed"),
+            results_io.count(len(hang["charon"].failures), hang_runs, "failed"), better="lower", readme=False))
+    text = [f"per condition: {rounds} rounds alternating the sides, {runs} setups per side and round; a run starts "
+            f"at most every {PACE:g} s; per-run limit {args.timeout:g} s", "", HEADER]
+    text += [r.row() for r in rows]
+    text += [f"  {r.driver} {r.condition}: {r.note}" for r in rows if r.note]
+    if hang is not None:
+        text += ["", f"hang check at 0 ms, limit {args.hang_timeout:g} s per run:", *(r.row() for r in hang.values())]
+    fails = [f"  {r.driver} {r.condition}: {f}" for r in [*rows, *(hang.values() if hang else [])] for f in r.failures]
     if fails:
-        out += ["", "failures:", *fails[:50]]
-    out.append(f"total {time.monotonic() - started:.1f} s")
-    text = "\n".join(out)
-    print("\n" + text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        text += ["", "failures:", *fails[:50]]
+    notes = ["servers with their defaults: our mediation server's connect_rate 5/s per peer (burst 10); charon "
+             "has no such limit",
+             "ping RTT alice-carol through the hub per condition: " + (", ".join(rtts) or "-"),
+             "strongSwan's ME_WAIT_TO_FINISH: src/libcharon/sa/ikev2/connect_manager.c, "
+             "#define ME_WAIT_TO_FINISH 1000 /* ms */, scheduled when the first check succeeds while another "
+             "pair is still in progress; it finishes at once when no pair is pending (one candidate pair)"]
+    notes += args.note
+    if before_after:
+        notes.append(f"before/after (interleaved in the same labs; before = our daemons from {BEFORE}): "
+                     + "; ".join(before_after))
+    header = results_io.finish_header(header, args.quick, rounds)
+    results_io.write_results(args.out, "mediated_setup", header, figures, "\n".join(text), notes)
     return 0
 
 
