@@ -273,3 +273,46 @@ def test_older_database_gains_the_new_columns(tmp_path: Path) -> None:
         assert (user.login, user.admin, user.disabled) == ("old", False, False)
     assert re.search(r'"admin"', sqlite3.connect(path).execute(
         "SELECT sql FROM sqlite_master WHERE name = 'user'").fetchone()[0])
+
+
+def test_relayed_path_and_its_end(srv: Portal, url: str) -> None:
+    """A mediation whose relay starts carrying the tunnel shows "relayed"; freed after its idle timeout,
+    the mediation is gone; a relay only checks went through leaves the mediation "direct"."""
+    import time
+
+    from mediation_server.datarelay import DataRelay, RelayConfig
+
+    c = register(srv, "pat")
+    a, b = add_peer(c, "a"), add_peer(c, "b")
+    clock = Clock(time.time())
+    sessions = make_session_factory(make_engine(url))
+    peers = PortalPeers(sessions)
+    peers.refresh()
+    relay = DataRelay(RelayConfig())
+    w = PresenceWriter(sessions, peers, relay=relay, wall=clock)
+    w.start()
+    w.on_event(mev.PeerOnline(a, 1, ("192.0.2.1", 4500), None))
+    w.on_event(mev.PeerOnline(b, 2, ("192.0.2.2", 4500), None))
+    r = relay.allocate(b"\x01" * 4, "203.0.113.10", (a, "192.0.2.1"), (b, "192.0.2.2"), 0.0)
+    w.on_event(mev.RelayAllocated(r.id, a, b, "01010101", r.address, r.a.port, r.b.port))
+    w.on_event(mev.ConnectRelayed(b, a, "01010101", True))
+    w.flush(stopping=False)
+
+    def paths() -> list[str]:
+        return [m["path"] for p in presence_json(c)["peers"].values() for m in p["connections"]]
+
+    assert paths() == ["direct", "direct"]
+    relay.receive(b"\x00" * 40, r.b.port, ("192.0.2.2", 4500), 1.0)  # b latches (a check would do too)
+    ike = b"\x00" * 4 + b"\x11" * 8 + b"\x00" * 8 + b"\x00\x20\x25" + b"\x00" * 40  # an IKE message, not a check
+    assert relay.receive(ike, r.a.port, ("192.0.2.1", 4500), 1.1)  # forwarded: the relay is in use
+    w.flush(stopping=False)
+    assert paths() == ["relayed", "relayed"]
+    with sessions() as s:
+        state = pr.server_state(s)
+        assert state is not None and (state.relays_active, state.relays_total, state.mediations) == (1, 1, 1)
+    w.on_event(mev.RelayFreed(r.id, a, b, "idle", 10, 10))
+    w.flush(stopping=False)
+    assert paths() == []
+    with sessions() as s:
+        state = pr.server_state(s)
+        assert state is not None and state.relays_active == 0 and state.relays_total == 1
