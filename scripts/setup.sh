@@ -8,7 +8,7 @@ APT_PACKAGES=(
   python3 python3-venv iproute2 nftables iptables iputils-ping conntrack tcpdump tshark iperf3 ethtool
   strongswan-charon strongswan-swanctl strongswan-libcharon libstrongswan
   libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins
-  charon-systemd strongswan-pki
+  charon-systemd strongswan-pki strongswan-starter
   lighttpd apache2 postgresql mariadb-server chromium fonts-dejavu-core
   # the port-mapping gateway of the NAT lab (NAT-PMP, PCP, UPnP IGD; its nftables backend)
   miniupnpd-nftables

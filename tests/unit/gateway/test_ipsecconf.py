@@ -158,10 +158,13 @@ def test_secrets_syntax() -> None:
 fec0::1 : PSK 0sc2VjcmV0
 "C=CH, O=Example, CN=moon" : RSA moon.pem "pass phrase"
 carol : EAP "eap-secret"
+dave@lab : \\
+    PSK "wrapped"
 """)
     assert [(s.kind, s.ids) for s in secrets] == [
         ("PSK", []), ("PSK", ["192.0.2.1", "@gw.lab"]), ("PSK", ["fec0::1"]),
-        ("RSA", ["C=CH, O=Example, CN=moon"]), ("EAP", ["carol"])]
+        ("RSA", ["C=CH, O=Example, CN=moon"]), ("EAP", ["carol"]), ("PSK", ["dave@lab"])]
+    assert secret_value(secrets[5].value, "x") == b"wrapped"  # the seed's backslash continuation
     assert secret_value(secrets[1].value, "x") == b"secret" == secret_value(secrets[2].value, "x")
     assert secrets[3].value == "moon.pem" and secrets[3].passphrase == "pass phrase"
     with pytest.raises(LocalError, match="unknown secret type"):

@@ -1,0 +1,183 @@
+"""ipsec.conf / ipsec.secrets against Debian's strongswan-starter.
+
+1. The starter (the `ipsec` tools' parser) reads the seed's moon files and hands the conns to charon
+   over stroke; the connections charon then lists (vici list-conns) agree with what our loader makes of
+   the same files: names, addresses, authentication per side, identities, certificates, subnets,
+   virtual IP pools and requests, lifetimes, start action.
+2. The seed's example live: road warrior carol is a charon started by the starter from carol's
+   ipsec.conf (auto=start, leftsourceip=%config, PSK), moon is our iked reading moon's ipsec.conf
+   (RSA certificate, rightsourceip=10.3.0.0/16): carol gets 10.3.0.1 and pings moon's subnet from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from gateway.ipsecconf import load_files
+from scenarios.lab import Lab
+from scenarios.lab.charon import PLUGINS, Charon, decode
+from scenarios.lab.iked import Iked
+from scenarios.lab.netns import wait_for
+from tests.guards import needs
+from tests.unit.gateway.sqldata import ca_and_host
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.interop,
+    needs("root", "strongswan", why="strongSwan's starter and charon in network namespaces"),
+]
+
+SEED = Path(__file__).parents[1] / "unit" / "gateway" / "data" / "seed"
+STARTER = "/usr/lib/ipsec/starter"
+A, B = "192.0.2.1", "192.0.2.2"  # moon (alice), carol (bob)
+MOON_NET = "10.1.0.1"
+
+
+class Starter(Charon):
+    """charon started by strongswan-starter from an ipsec.conf (the stroke plugin loads the conns and
+    ipsec.secrets); vici stays on for listing and the SAs."""
+
+    def __init__(self, lab: Lab, host: str, conf: Path, secrets: Path, name: str = "starter") -> None:
+        super().__init__(lab, host, name=name, plugins=PLUGINS + " stroke attr",
+                         settings=f"plugins {{\n  stroke {{\n    secrets_file = {secrets}\n  }}\n}}")
+        self.ipsec_conf = conf
+
+    def start(self, timeout: float = 15.0, load: bool = False) -> Starter:
+        self.write_config()
+        with contextlib.suppress(FileNotFoundError):
+            self.vici_path.unlink()
+        cmd = f"mount --bind {self.run_dir} /run && exec {STARTER} --nofork --conf {self.ipsec_conf}"
+        self.proc = self.lab.popen(self.host, ["sh", "-c", cmd], self.dir / "stdout.log", env=self.env)
+        wait_for(self._vici_ready, timeout, what=f"charon (starter) vici on {self.host}")
+        return self
+
+    def list_conns(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with contextlib.closing(self.vici()) as s:
+            for entry in s.list_conns({}):
+                out.update(decode(entry))
+        return out
+
+    def statusall(self) -> str:
+        """`ipsec statusall` over the stroke socket in this instance's /run."""
+        res = self.lab.run(self.host, ["sh", "-c", f"mount --bind {self.run_dir} /run && exec ipsec statusall"],
+                           check=False, env=self.env)
+        return str(res.stdout)
+
+    def stdout(self) -> str:
+        p = self.dir / "stdout.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+
+def _files(lab: Lab, host: str, which: str, pki: dict[str, Any]) -> tuple[Path, Path]:
+    """The seed's files of `which` (moon or carol) with absolute paths to the certificates and key
+    (the starter looks for relative ones under /etc/ipsec.d)."""
+    d = lab.host_dir(host) / f"seed-{which}"
+    d.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    (d / "caCert.pem").write_bytes(pki["ca"].public_bytes(pem))
+    (d / "moonCert.pem").write_bytes(pki["cert"].public_bytes(pem))
+    key = d / "moonKey.pem"
+    key.write_bytes(pki["key"].private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
+                                              serialization.NoEncryption()))
+    key.chmod(0o600)
+    conf = (SEED / which / "ipsec.conf").read_text().replace("PH_IP_MOON", A)
+    for f in ("caCert.pem", "moonCert.pem"):
+        conf = conf.replace(f"={f}", f"={d / f}")
+    secrets = (SEED / which / "ipsec.secrets").read_text().replace("RSA moonKey.pem", f"RSA {key}")
+    (d / "ipsec.conf").write_text(conf)
+    (d / "ipsec.secrets").write_text(secrets)
+    (d / "ipsec.secrets").chmod(0o600)
+    return d / "ipsec.conf", d / "ipsec.secrets"
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, Any]:
+    return ca_and_host("moon.strongswan.org")
+
+
+def _auth_class(kind: str) -> str:
+    return {"psk": "pre-shared key", "pubkey": "public key"}[kind]
+
+
+def test_starter_and_our_loader_agree_on_moon(two_hosts_per_module: Lab, pki: dict[str, Any]) -> None:
+    lab = two_hosts_per_module
+    conf, secrets = _files(lab, "bob", "moon", pki)
+    starter = Starter(lab, "bob", conf, secrets, name="starter-moon")
+    try:
+        starter.start()
+        theirs = wait_for(lambda: starter.list_conns() or None, 10, what="starter's conns in charon")
+        status = starter.statusall()
+    finally:
+        starter.stop()
+    ours, creds = load_files(conf, secrets)
+    assert sorted(theirs) == sorted(c.name for c in ours) == ["rw"]
+    for c in ours:
+        t = theirs[c.name]
+        assert t["local_addrs"] == c.local_addrs and t["remote_addrs"] == c.remote_addrs
+        assert t["version"] == "IKEv2"
+        assert t["local-1"]["class"] == _auth_class(c.local.auth)
+        assert t["remote-1"]["class"] == _auth_class(c.remote.auth)
+        assert t["local-1"]["id"] == str(c.local.id)
+        assert t["remote-1"].get("id", "%any") == str(c.remote.id)
+        assert len(t["local-1"].get("certs", [])) == len(c.local.certs) == 1
+        # the pools charon made of rightsourceip= (ipsec statusall: "NAME: size/online/offline")
+        pools = re.findall(r"^  (\S+): (\d+)/\d+/\d+$", status.split("Virtual IP pools")[1].split("Listening")[0], re.M)
+        assert [p for p, _ in pools] == c.pools == ["10.3.0.0/16"] and pools[0][1] == "65534"
+        # ipsec.conf's reauth=yes (its default) makes charon reauthenticate where we rekey, at the same time
+        assert int(t["reauth_time"]) == int(c.rekey_time) == 57 * 60
+        assert t["unique"] == {"replace": "UNIQUE_REPLACE", "no": "UNIQUE_NO", "keep": "UNIQUE_KEEP"}[c.unique]
+        (child,) = c.children
+        tc = t["children"][child.name]
+        assert tc["mode"] == "TUNNEL"
+        assert tc["local-ts"] == child.local_ts and tc["remote-ts"] == child.remote_ts
+        assert int(tc["rekey_time"]) == int(child.rekey_time)
+        assert f"{c.name}:   child:  {' '.join(child.local_ts)} === {' '.join(child.remote_ts)} TUNNEL" in status
+    assert len(creds.private_keys) == 1 and len(creds.shared) == 2
+
+
+@pytest.fixture(scope="module")
+def seed(two_hosts_per_module: Lab, pki: dict[str, Any]) -> Iterator[tuple[Iked, Starter]]:
+    lab = two_hosts_per_module
+    lab.addr("alice", "lo", f"{MOON_NET}/32")
+    moon_conf, moon_secrets = _files(lab, "alice", "moon", pki)
+    iked = Iked(lab, "alice", f"""[daemon]
+listen = ["{A}"]
+control = "@CTL@"
+dataplane = "userspace"
+tun = "ipsec0"
+ipsec_conf = "{moon_conf}"
+ipsec_secrets = "{moon_secrets}"
+""")
+    conf, secrets = _files(lab, "bob", "carol", pki)
+    carol = Starter(lab, "bob", conf, secrets, name="starter-carol")
+    try:
+        iked.start()
+        carol.start()
+        yield iked, carol
+    finally:
+        carol.stop()
+        iked.stop()
+
+
+def test_carol_gets_a_virtual_ip_from_moon_reading_ipsec_conf(seed: tuple[Iked, Starter],
+                                                              two_hosts_per_module: Lab) -> None:
+    iked, carol = seed
+    lab = two_hosts_per_module
+    child = carol.wait_child("home", timeout=30)  # auto=start
+    ike = child["ike"]
+    assert ike["state"] == "ESTABLISHED" and ike["remote-id"] == "moon.strongswan.org"
+    assert ike["local-vips"] == ["10.3.0.1"]
+    assert child["local-ts"] == ["10.3.0.1/32"] and child["remote-ts"] == ["10.1.0.0/16"]
+    (ours,) = iked.wait_sas(lambda s: len(s) == 1 and s[0]["child-sas"])
+    assert ours["name"] == "rw" and ours["remote-id"] == "carol@strongswan.org"
+    assert ours["child-sas"][0]["spi-in"] == child["spi-out"]
+    sent, received, out = lab.ping("bob", MOON_NET, source="10.3.0.1", count=3, interval=0.05)
+    assert (sent, received) == (3, 3), out + "\n" + iked.log_tail()
