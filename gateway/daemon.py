@@ -5,10 +5,13 @@ stay; the sources' connections come after them (docs/gateway.md)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from dataclasses import replace
 from typing import Any
+
+from cryptography import x509
 
 from core_ike.daemon.config import DaemonConfig, load
 from core_ike.daemon.lifecycle import diff_configs
@@ -19,6 +22,11 @@ from .sqlconf.loader import Snapshot
 from .sqlconf.source import SqlConfigSource, merge_creds, open_config_db
 
 log = logging.getLogger("gateway")
+
+
+def dn_text(name: x509.Name) -> str:
+    """A DN the way strongSwan prints it: RDNs in encoding order, `, ` between them."""
+    return ", ".join(a.rfc4514_string() for rdn in name.rdns for a in rdn)
 
 
 def uses_gateway(cfg: DaemonConfig) -> bool:
@@ -57,6 +65,7 @@ class GatewayDaemon(Daemon):
             cfg = _with_snapshot(cfg, source.read())
         super().__init__(cfg)
         self._refresher: asyncio.Task[None] | None = None
+        self.control.extra["ipsec-status"] = self._ipsec_status
         if source is not None:
             self.engine.config_miss = source.miss
             source.on_snapshot = self.apply_snapshot
@@ -77,6 +86,24 @@ class GatewayDaemon(Daemon):
             for n in diff.added:
                 self.start_connection(by_name[n], now)
             self.transport.flush()
+
+    async def _ipsec_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        """What `ipsec statusall` shows beyond `list` and `conns`: the pools with their size and the
+        addresses in use, the listening addresses, each connection's certificates and pools."""
+        from core_ike.io.transport import local_addresses
+
+        pools: dict[str, dict[str, int]] = {}
+        for c in self.engine.configs:
+            for p in c.pools:
+                net = ipaddress.ip_network(p, strict=False)
+                size = max(net.num_addresses - 2, 1) if net.num_addresses > 2 else net.num_addresses
+                online = sum(1 for sa in self.engine.ike_sas() if sa.peer_vip is not None and sa.peer_vip in net)
+                pools[p] = {"size": size, "online": online, "offline": 0}
+        conns = {c.name: {"certs": [dn_text(cert.subject) for cert in c.local.certs], "pools": c.pools}
+                 for c in self.engine.configs}
+        return {"ok": True, "pools": pools, "conns": conns,
+                "listening": self.cfg.settings.listen or local_addresses(),
+                "sources": {"config_db": bool(self.source), "ipsec_conf": getattr(self.cfg.settings, "ipsec_conf", None)}}
 
     def load_config(self) -> DaemonConfig:
         if self.config_path is None:

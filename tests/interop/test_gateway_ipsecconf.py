@@ -20,6 +20,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from core_ike.daemon.control import conn_info
+from gateway.daemon import dn_text
+from gateway.ipsec_cmd import conn_lines
+from gateway.ipsec_cmd import main as ipsec_cmd
 from gateway.ipsecconf import load_files
 from scenarios.lab import Lab
 from scenarios.lab.charon import PLUGINS, Charon, decode
@@ -141,6 +145,10 @@ def test_starter_and_our_loader_agree_on_moon(two_hosts_per_module: Lab, pki: di
         assert int(tc["rekey_time"]) == int(child.rekey_time)
         assert f"{c.name}:   child:  {' '.join(child.local_ts)} === {' '.join(child.remote_ts)} TUNNEL" in status
     assert len(creds.private_keys) == 1 and len(creds.shared) == 2
+    # ikeme-ipsec statusall prints our connections exactly as `ipsec statusall` printed the starter's
+    block = status.split("Connections:\n")[1].split("Security Associations")[0].rstrip("\n").split("\n")
+    assert [line for c in ours for line in conn_lines(conn_info(c), {"certs": [dn_text(x.subject) for x in c.local.certs]})] \
+        == block
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +175,8 @@ ipsec_secrets = "{moon_secrets}"
         iked.stop()
 
 
-def test_carol_gets_a_virtual_ip_from_moon_reading_ipsec_conf(seed: tuple[Iked, Starter],
-                                                              two_hosts_per_module: Lab) -> None:
+def test_carol_gets_a_virtual_ip_from_moon_reading_ipsec_conf(seed: tuple[Iked, Starter], two_hosts_per_module: Lab,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     iked, carol = seed
     lab = two_hosts_per_module
     child = carol.wait_child("home", timeout=30)  # auto=start
@@ -181,3 +189,14 @@ def test_carol_gets_a_virtual_ip_from_moon_reading_ipsec_conf(seed: tuple[Iked, 
     assert ours["child-sas"][0]["spi-in"] == child["spi-out"]
     sent, received, out = lab.ping("bob", MOON_NET, source="10.3.0.1", count=3, interval=0.05)
     assert (sent, received) == (3, 3), out + "\n" + iked.log_tail()
+    # the ipsec commands on moon
+    assert ipsec_cmd(["-s", iked.ctl_path, "statusall"]) == 0
+    out = capsys.readouterr().out
+    assert "  10.3.0.0/16: 65534/1/0\n" in out
+    assert f"          rw[{ours['uniqueid']}]: ESTABLISHED" in out
+    assert f"{A}[moon.strongswan.org]...{B}[carol@strongswan.org]" in out
+    assert f"_i {child['spi-in']}_o" in out and "   10.1.0.0/16 === 10.3.0.1/32" in out
+    assert ipsec_cmd(["-s", iked.ctl_path, "down", "rw"]) == 0
+    iked.wait_sas(lambda s: not s)
+    assert ipsec_cmd(["-s", iked.ctl_path, "status"]) == 0
+    assert "Security Associations (0 up, 0 connecting):" in capsys.readouterr().out
