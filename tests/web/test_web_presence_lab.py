@@ -106,7 +106,11 @@ def test_page_shows_a_peer_going_offline(nat_lab_per_test, browser: object) -> N
         def tunnel_up() -> bool:
             return any(sa["name"] == "bob" and sa["child-sas"] for sa in clients["alice"].list_sas())
 
-        wait_for(tunnel_up, 30, interval=0.1, what="alice's mediated tunnel to bob")
+        try:
+            wait_for(tunnel_up, 60, interval=0.1, what="alice's mediated tunnel to bob")
+        except TimeoutError:
+            raise AssertionError("no tunnel; alice: " + clients["alice"].log_tail(30) + "\nbob: "
+                                 + clients["bob"].log_tail(30) + "\ncarol: " + server.log_tail(30)) from None
 
         SHOTS.mkdir(parents=True, exist_ok=True)
         pages = []
