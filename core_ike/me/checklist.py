@@ -59,9 +59,9 @@ class CheckListConfig:
     max_retransmits: int = 40
     # controlling side, after a pair succeeded while a better one is still pending (strongSwan waits
     # 1000 ms): a better pair that works answers about a round trip after its check left, so each one is
-    # waited for until finish_rtts measured check round trips plus finish_margin (the peers' scheduling
-    # jitter) after its first check, and not at all once that has passed; never longer than finish_wait
-    # after the first success
+    # waited for until finish_rtts measured check round trips plus a margin for the peers' scheduling
+    # jitter (finish_margin, at most one more round trip) after its first check, and not at all once that
+    # has passed; never longer than finish_wait after the first success
     finish_wait: float = 0.050
     finish_rtts: float = 1.0
     finish_margin: float = 0.005
@@ -616,7 +616,7 @@ class CheckList:
     def _finish_due(self, best: Pair, now: float) -> float:
         """When the controlling side nominates `best` ([ME] §5.4, docs/protocol.md §8): at once when no
         better pair is pending; else when every better pending pair had its round trip (finish_rtts
-        measured RTTs plus finish_margin after its first check, or after the next tick for one not sent
+        measured RTTs plus the margin after its first check, or after the next tick for one not sent
         yet) without an answer, at most finish_wait after the first success."""
         better = [p for p in self.pairs if p.priority > best.priority
                   and p.state in (PairState.WAITING, PairState.IN_PROGRESS)]
@@ -629,7 +629,7 @@ class CheckList:
         for p in better:
             sent = p.first_sent if p.state == PairState.IN_PROGRESS and p.first_sent is not None else None
             start = sent if sent is not None else (self._next_tick if self._next_tick is not None else now)
-            due = max(due, start + cfg.finish_rtts * rtt + cfg.finish_margin)
+            due = max(due, start + cfg.finish_rtts * rtt + min(cfg.finish_margin, rtt))
         due = min(due, first + cfg.finish_wait)
         if best.remote.type == MeEndpointType.RELAYED and any(p.heard for p in better):
             # our relay extension: a better pair the peer's checks arrive on works at least one way

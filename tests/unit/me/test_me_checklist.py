@@ -493,6 +493,16 @@ def test_better_pair_answering_within_its_round_trip_is_selected() -> None:
     assert selected_at(a) == 1  # the better pair, at once: nothing better is pending
 
 
+def test_margin_is_at_most_one_round_trip() -> None:
+    """On a fast path (RTT 1 ms) the better pair gets 1 ms of margin, not finish_margin's 5 ms."""
+    a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0))
+    answer(a, 2, B_PUB, 0.001)
+    advance(a, 0.0019)
+    assert selected_at(a) is None
+    advance(a, 0.002)
+    assert selected_at(a) == 2
+
+
 def test_better_pair_silent_for_its_round_trip_is_not_waited_for() -> None:
     # strictly paced: pair 1 left at 0, pair 2 at 10 ms and is answered at 20 ms (RTT 10 ms); pair 1 had
     # 20 ms without an answer, more than a round trip and the margin: no wait at all
