@@ -182,8 +182,13 @@ class ServerDaemon(Daemon):
     def _nat_of(self, identity: str) -> str | None:
         """The NAT behaviour an online peer reported (RFC 5780 terms), when the registry has it."""
         rec = self.mediation.registry.lookup(identity)
-        nat = getattr(rec, "nat", None)
-        return str(nat) if nat else None
+        return rec.nat if rec is not None else None
+
+    def autostart(self, now: float) -> None:
+        """The IKE sockets are bound: the STUN responder next (a port in use only disables it)."""
+        if self.stun is not None:
+            self.stun.start()
+        super().autostart(now)
 
     def load_config(self) -> DaemonConfig:
         """Reload: connections, PSK pseudonyms and keys from the file (peers' keys come from med_db at
@@ -233,8 +238,6 @@ class ServerDaemon(Daemon):
             self.portal.refresh_loop() if self.portal is not None else None,
             self.store.flush_loop() if self.store is not None else None,
             self.presence.run() if self.presence is not None else None) if c is not None]
-        if self.stun is not None:
-            self.stun.start()
         try:
             await super().run()
         finally:

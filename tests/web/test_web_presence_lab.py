@@ -1,7 +1,8 @@
 """Presence from a running system, in headless Chromium: a real mediation server (carol, in its network
 namespace) and two mediation clients behind NATs write and read med_db; the server manager runs on
 another "host" (this process, outside the lab's namespaces) and reads only that database. The page
-shows both peers online with their public endpoints and their mediated connection's path; bob's client
+shows both peers online with their public endpoints, the NAT behaviour each client measured and reported,
+and their mediated connection's path; bob's client
 stops and the page, polling, shows bob offline within seconds (the wait is on the page)."""
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ def test_page_shows_a_peer_going_offline(nat_lab_per_test, browser: object) -> N
                 "sel => (document.querySelector(sel) || {}).textContent?.includes('bob: direct')",
                 arg=cell("alice", "connections"), timeout=15000)
             assert "since" in page.inner_text(cell("alice", "connections"))
+            # the NAT behaviour each client measured (STUN against carol) and reported to it
+            for h in ("alice", "bob"):
+                page.wait_for_selector(cell(h, "endpoint") + " .nat:has-text('NAT: mapping')", timeout=20000)
             page.screenshot(path=str(SHOTS / f"server-presence-online-{tag}.png"), full_page=True)
             assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
             pages.append((page, ctx, cell, tag, failed))
