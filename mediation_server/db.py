@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
@@ -243,14 +243,18 @@ def _dt(epoch: float) -> dt.datetime:
 class DbCallbackStore:
     """registry.RegistrationStore on the me_callback table (times are wall-clock epoch seconds).
 
-    With `flush_loop` running (the daemon), `save_registrations` only records the latest state and the
-    write happens in a worker thread: the registry calls it inside the engine, on the event loop."""
+    The registry hands over each registration it adds or drops; a flush writes only those rows (one
+    DELETE by the unique key, plus one INSERT for a put), so its cost follows the changes, never the
+    number of stored registrations. With `flush_loop` running (the daemon), `put`/`drop` only record
+    the change and the write happens in a worker thread: the registry calls them inside the engine, on
+    the event loop. Several changes of one (target, requester) before a flush collapse into the last."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
-        self._pending: list[CallbackRegistration] | None = None
+        self._changes: dict[tuple[str, str], CallbackRegistration | None] = {}
         self._pending_lock = threading.Lock()  # flush() runs in a worker thread
         self._dirty: asyncio.Event | None = None  # set by flush_loop: writes are deferred to it
+        self.rows_written = 0  # rows deleted or inserted by flushes (the scale test counts them)
 
     def load_registrations(self) -> list[CallbackRegistration]:
         now = _dt(time.time())
@@ -262,16 +266,22 @@ class DbCallbackStore:
         log.info("loaded %d callback registration(s) from the database", len(out))
         return out
 
-    def save_registrations(self, registrations: Sequence[CallbackRegistration]) -> None:
+    def put(self, registration: CallbackRegistration) -> None:
+        self._record((registration.target, registration.requester), registration)
+
+    def drop(self, target: str, requester: str) -> None:
+        self._record((target, requester), None)
+
+    def _record(self, key: tuple[str, str], registration: CallbackRegistration | None) -> None:
         with self._pending_lock:
-            self._pending = list(registrations)
+            self._changes[key] = registration
         if self._dirty is not None:
             self._dirty.set()
         else:
             self.flush()
 
     async def flush_loop(self) -> None:
-        """Write the latest registrations whenever they changed, in a worker thread."""
+        """Write the recorded changes whenever there are some, in a worker thread."""
         self._dirty = asyncio.Event()
         try:
             while True:
@@ -285,15 +295,27 @@ class DbCallbackStore:
             self._dirty = None
 
     def flush(self) -> None:
-        """Write what `save_registrations` recorded (blocking SQL)."""
+        """Write what `put`/`drop` recorded (blocking SQL); on failure the changes are kept for the
+        next flush unless newer ones replaced them."""
         with self._pending_lock:
-            registrations, self._pending = self._pending, None
-        if registrations is None:
+            changes, self._changes = self._changes, {}
+        if not changes:
             return
-        with self.sessions.begin() as s:
-            s.execute(delete(MeCallback))
-            for r in registrations:
-                rt, rd = _id_row(r.requester)
-                tt, td = _id_row(r.target)
-                s.add(MeCallback(requester_id_type=rt, requester_id=rd, target_id_type=tt, target_id=td,
-                                 created=_dt(r.created), expires=_dt(r.expires)))
+        try:
+            with self.sessions.begin() as s:
+                for (target, requester), reg in changes.items():
+                    rt, rd = _id_row(requester)
+                    tt, td = _id_row(target)
+                    s.execute(delete(MeCallback).where(
+                        MeCallback.requester_id_type == rt, MeCallback.requester_id == rd,
+                        MeCallback.target_id_type == tt, MeCallback.target_id == td))
+                    self.rows_written += 1
+                    if reg is not None:
+                        s.add(MeCallback(requester_id_type=rt, requester_id=rd, target_id_type=tt,
+                                         target_id=td, created=_dt(reg.created), expires=_dt(reg.expires)))
+                        self.rows_written += 1
+        except SQLAlchemyError:
+            with self._pending_lock:
+                for key, reg in changes.items():
+                    self._changes.setdefault(key, reg)
+            raise

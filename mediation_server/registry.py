@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -123,24 +123,42 @@ ConnectDecision = Refused | TargetOnline | TargetOffline
 
 
 class RegistrationStore(Protocol):
-    """Persistence of callback registrations (the med_db implementation lives with the server)."""
+    """Persistence of callback registrations (the med_db implementation lives with the server).
+
+    Each registry operation hands the store only the registration it changed (`put` / `drop`), so a
+    store's work per operation does not grow with the number of peers or registrations."""
 
     def load_registrations(self) -> list[CallbackRegistration]: ...
 
-    def save_registrations(self, registrations: Sequence[CallbackRegistration]) -> None: ...
+    def put(self, registration: CallbackRegistration) -> None:
+        """Insert or replace the registration of (target, requester)."""
+
+    def drop(self, target: Identity, requester: Identity) -> None:
+        """Remove the registration of (target, requester), if any."""
 
 
 @dataclass
 class MemoryStore:
-    """A RegistrationStore in memory (tests, or a server without a database)."""
+    """A RegistrationStore in memory (tests, or a server without a database); `writes` counts the
+    registrations put or dropped."""
 
-    saved: list[CallbackRegistration] = field(default_factory=list)
+    rows: dict[tuple[Identity, Identity], CallbackRegistration] = field(default_factory=dict)
+    writes: int = 0
+
+    @property
+    def saved(self) -> list[CallbackRegistration]:
+        return list(self.rows.values())
 
     def load_registrations(self) -> list[CallbackRegistration]:
-        return list(self.saved)
+        return list(self.rows.values())
 
-    def save_registrations(self, registrations: Sequence[CallbackRegistration]) -> None:
-        self.saved = list(registrations)
+    def put(self, registration: CallbackRegistration) -> None:
+        self.rows[(registration.target, registration.requester)] = registration
+        self.writes += 1
+
+    def drop(self, target: Identity, requester: Identity) -> None:
+        self.rows.pop((target, requester), None)
+        self.writes += 1
 
 
 @dataclass(slots=True)
@@ -238,8 +256,7 @@ class Registry:
                 continue
             actions.append(SendCallback(requester, rec.sa_id, online))
             self._drop_callback(online, requester)
-        if actions:
-            self._save()
+            self._store_drop(online, requester)
         return tuple(actions)
 
     def set_nat(self, identity: Identity, text: str) -> None:
@@ -294,8 +311,10 @@ class Registry:
         if requester not in regs and self._pending.get(requester, 0) >= self.config.max_pending_callbacks:
             return Refused(RefusalReason.TOO_MANY_CALLBACKS,
                            f"'{requester}' already waits for {self._pending[requester]} peers")
-        self._add_callback(CallbackRegistration(target, requester, now, now + self.config.callback_ttl))
-        self._save()
+        reg = CallbackRegistration(target, requester, now, now + self.config.callback_ttl)
+        self._add_callback(reg)
+        if self._store is not None:
+            self._store.put(reg)
         return None
 
     def request_connect(self, requester: Identity, target: Identity, now: float, *,
@@ -374,12 +393,11 @@ class Registry:
             reg = self._callbacks.get(target, {}).get(requester)
             if reg is not None and reg.expires <= now:
                 self._drop_callback(target, requester)
+                self._store_drop(target, requester)
                 expired.append(reg)
                 log.info("callback for '%s' waiting for '%s' expired", requester, target)
-        if expired:
-            self._save()
         return expired
 
-    def _save(self) -> None:
+    def _store_drop(self, target: Identity, requester: Identity) -> None:
         if self._store is not None:
-            self._store.save_registrations(self.registrations())
+            self._store.drop(target, requester)
