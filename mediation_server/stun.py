@@ -18,7 +18,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aioice import stun
@@ -177,8 +177,10 @@ def stun_settings(med: dict[str, Any], cfg: DaemonConfig) -> StunSettings | None
 
 class StunServer:
     """The asyncio side: binds every address of `settings` and answers from the socket the responder
-    names. Every configured address must bind: a missing alternate socket would drop the answers to
-    CHANGE-REQUEST and make every client believe its NAT filters them."""
+    names. STUN is a help, not the service: when the primary address cannot be bound the responder stays
+    off (clients report "no STUN answer"), when an alternate cannot, the responder offers none
+    (no OTHER-ADDRESS: clients report mapping and filtering unknown) rather than drop CHANGE-REQUEST
+    answers, which would make every client believe its NAT filters them."""
 
     def __init__(self, settings: StunSettings) -> None:
         self.responder = StunResponder(settings)
@@ -188,7 +190,8 @@ class StunServer:
     def start(self) -> list[Addr]:
         """Open the sockets (inside the running loop); return the transport addresses bound."""
         self._loop = asyncio.get_running_loop()
-        for addr in self.responder.settings.addresses():
+        settings = self.responder.settings
+        for addr in settings.addresses():
             fam = socket.AF_INET6 if ipaddress.ip_address(addr[0]).version == 6 else socket.AF_INET
             s = socket.socket(fam, socket.SOCK_DGRAM)
             try:
@@ -196,8 +199,14 @@ class StunServer:
                 s.bind(addr)
             except OSError as err:
                 s.close()
+                primary = addr == (settings.address, settings.port)
+                log.warning("STUN %s[%d]: %s; %s", addr[0], addr[1], err.strerror or err,
+                            "no STUN responder" if primary else "answering without RFC 5780 tests")
                 self.close()
-                raise LocalError(f"[mediation] STUN {addr[0]}[{addr[1]}]: {err.strerror or err}") from None
+                if primary:
+                    return []
+                self.responder.settings = replace(settings, alt_port=0, alt_address="")
+                return self.start()
             self.sockets[addr] = s
             self._loop.add_reader(s.fileno(), self._readable, addr, s)
         if self.sockets:

@@ -10,7 +10,6 @@ import socket
 import pytest
 from aioice import stun
 
-from core_ike.errors import LocalError
 from mediation_client.natdisc import DiscoveryConfig, UdpIO, discover
 from mediation_server.stun import CHANGE_IP, CHANGE_PORT, StunResponder, StunServer, StunSettings
 
@@ -101,12 +100,21 @@ def test_server_on_loopback_answers_discovery() -> None:
     asyncio.run(main())
 
 
-def test_unbindable_address_is_a_startup_error() -> None:
+def test_unbindable_addresses_degrade_truthfully() -> None:
+    """An alternate that cannot be bound: no OTHER-ADDRESS (clients say "unknown", never a wrong
+    filtering); a primary that cannot be bound: no responder at all."""
     async def main() -> None:
-        srv = StunServer(StunSettings("127.0.0.1", _free_port(), alt_address="192.0.2.123"))
-        with pytest.raises(LocalError, match=r"STUN 192\.0\.2\.123"):
-            srv.start()
-        assert not srv.sockets
+        port = _free_port()
+        srv = StunServer(StunSettings("127.0.0.1", port, alt_port=_free_port(), alt_address="192.0.2.123"))
+        assert srv.start() == [("127.0.0.1", port)]
+        out = srv.responder.receive(bytes(request()), CLIENT, ("127.0.0.1", port))
+        assert out is not None and "OTHER-ADDRESS" not in stun.parse_message(out[0]).attributes
+        srv.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+            busy.bind(("127.0.0.1", 0))
+            taken = busy.getsockname()[1]
+            srv = StunServer(StunSettings("127.0.0.1", taken))
+            assert srv.start() == [] and not srv.sockets
     asyncio.run(main())
 
 
