@@ -7,7 +7,7 @@ Usage (root):
     bench/esp_throughput_iperf.py [--quick] [--rounds 3] [--seconds 6] [--sides ...] [--esp aes128gcm16]
                                   [--out bench/results/esp_throughput_iperf.txt]
 
-Sides: ``charon`` and ``ours:STEPS`` where STEPS is the ``IKEME_ESP_OFFLOAD`` value (core_ike/io/fastpath.py):
+Sides: ``charon`` and ``ours:STEPS`` where STEPS is the ``[daemon] esp_offload`` value (docs/configuration.md):
 ``none`` (one TUN read, one seal, one send per packet; the transport's reads), ``tso`` (TSO super-packets
 from the TUN device, cut into segments by us), ``tso,gso`` (+ one UDP_SEGMENT send per run of ESP packets),
 ``tso,gso,gro`` (+ UDP_GRO reads), ``all`` (+ decrypted segments coalesced into one TUN write: users'
@@ -48,8 +48,10 @@ DEFAULT_SIDES = "none,tso,tso+gso,tso+gso+gro,all,charon"
 DIRECTIONS = ("alice->bob", "bob->alice")
 
 
-def iked_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, esp: str = BASE_ESP) -> str:
-    toml = iked_psk_toml(me, peer, my_id, peer_id, lts, rts, PSK, encap=True, extra_daemon='log_level = "info"')
+def iked_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, esp: str = BASE_ESP,
+              offload: str = "all") -> str:
+    toml = iked_psk_toml(me, peer, my_id, peer_id, lts, rts, PSK, encap=True,
+                         extra_daemon=f'log_level = "info"\nesp_offload = "{offload}"')
     return toml.replace(f'esp_proposals = "{BASE_ESP}"', f'esp_proposals = "{esp}"')
 
 
@@ -110,13 +112,13 @@ def tun_mtu(lab: Lab, host: str) -> str:
 def run_side(lab: Lab, side: str, seconds: float, esp: str) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     info: dict[str, Any] = {}
     if side.startswith("ours"):
-        env = {"IKEME_ESP_OFFLOAD": side.split(":", 1)[1]}
-        a = Iked(lab, "alice", iked_conf(A, B, "alice@lab", "bob@lab", A_IN, B_IN, esp), name="iked-bench")
-        b = Iked(lab, "bob", iked_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, esp), name="iked-bench")
+        steps = side.split(":", 1)[1]
+        a = Iked(lab, "alice", iked_conf(A, B, "alice@lab", "bob@lab", A_IN, B_IN, esp, steps), name="iked-bench")
+        b = Iked(lab, "bob", iked_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, esp, steps), name="iked-bench")
         daemons: list[Any] = [a, b]
         comms: tuple[str, ...] = ("python",)
-        a.start(env=env)
-        b.start(env=env)
+        a.start()
+        b.start()
         a.up("net", "net")
         b.wait_sas(lambda s: len(s) == 1 and s[0]["child-sas"])
     else:
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     results_io.add_args(ap, rounds=3)
     ap.add_argument("--seconds", type=float, default=None, help="iperf3 time per direction (default 6, 2 with --quick)")
     ap.add_argument("--sides", default=DEFAULT_SIDES,
-                    help="comma-separated: 'charon' or an IKEME_ESP_OFFLOAD value with '+' between steps "
+                    help="comma-separated: 'charon' or an esp_offload value with '+' between steps "
                          "(default: %(default)s; with --quick: none,all,charon)")
     ap.add_argument("--esp", default=BASE_ESP, help="the CHILD_SA's ESP proposal (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -226,7 +228,7 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
         figs.append(results_io.figure(
             f"esp_tcp_{side.split(':', 1)[1].replace(',', '_')}", f"ESP TCP throughput, {label_of(side)}",
             results_io.sample(values(runs[side], "mbps"), "Mbit/s", 1), None, better="higher",
-            differences=[f"IKEME_ESP_OFFLOAD={side.split(':', 1)[1]}; other sides in the table above"], readme=False))
+            differences=[f"esp_offload = {side.split(':', 1)[1]}; other sides in the table above"], readme=False))
     lines = [f"iperf3 TCP, {seconds:g} s per direction, {len(next(iter(runs.values())))} round(s); "
              "medians over both directions and all rounds (min-max)",
              f"{'side':<34} {'Mbit/s':>22} {'CPU tx %':>9} {'CPU rx %':>9} {'Mbit/s/core':>12} {'retrans':>8}"]
@@ -247,12 +249,15 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
         "the machine's 2 CPUs are shared with 7 other sessions working at the same time (see the load "
         "average above): each ESP process got only part of a core, so Mbit/s depends on their load; "
         "Mbit/s per core (throughput / CPU the two ESP processes used) depends on it less",
-        "steps (IKEME_ESP_OFFLOAD, core_ike/io/fastpath.py): none = one TUN read, one seal and one sendto per "
+        "steps ([daemon] esp_offload, core_ike/io/fastpath.py): none = one TUN read, one seal and one sendto per "
         "packet, one TUN write per decrypted packet; tso = TSO super-packets read from the TUN device "
         "(IFF_VNET_HDR, TUNSETOFFLOAD) and cut into MSS-sized segments by us, one ESP packet each; gso = the "
         "ESP packets of a super-packet leave in one sendmsg (UDP_SEGMENT); gro = UDP_GRO reads; coalesce = "
         "decrypted segments of one connection written as one GSO packet; all = every step (the default)",
         "the Python cost per packet without I/O is in bench/results/esp_throughput.txt",
+        "retransmits of ours without TSO: the TUN device's transmit queue (500 packets) overflows while "
+        "the ESP process waits for a CPU (its 'TX dropped' count equals the sender's retransmits); with TSO a "
+        "queue entry is a super-packet of up to 64 KiB and none were dropped",
         "charon's CPU is its whole process (kernel-libipsec's threads included); ours is iked's process; "
         "both include the kernel work done in their system calls (TUN and UDP)",
     ] + [f"{side}: data plane counters on alice after both directions: {infos[side]['dataplane_alice']}"

@@ -76,6 +76,7 @@ class DaemonSettings:
     control: str = "/run/iked.ctl"
     dataplane: str = "auto"
     tun: str = "ipsec0"
+    esp_offload: str = "all"  # userspace data plane: kernel offload steps (core_ike/io/fastpath.py)
     log_level: str = "info"
     log_target: str = "stderr"  # stderr | stdout | syslog | syslog:FACILITY | file:PATH
     log_file: str | None = None  # the same as log_target = "file:PATH"
@@ -376,6 +377,18 @@ def _log_target(where: str, key: str, v: Any) -> str:
     raise LocalError(f"{where} {key}: {show(v)} is not stderr, stdout, syslog, syslog:FACILITY or file:PATH")
 
 
+def _esp_offload(where: str, key: str, v: Any) -> str:
+    from ..io.fastpath import offload_steps
+
+    if not isinstance(v, str):
+        raise LocalError(f"{where} {key}: {show(v)} is not a string")
+    try:
+        offload_steps(v)
+    except LocalError as e:
+        raise LocalError(f"{where} {key}: {e}") from None
+    return v
+
+
 def log_target(st: DaemonSettings) -> str:
     """The log destination: `log_file` is a shorthand for `log_target = "file:PATH"`."""
     return f"file:{st.log_file}" if st.log_file else st.log_target
@@ -388,6 +401,7 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "control": _str,
     "dataplane": lambda w, k, v: _choice(w, k, v, DATAPLANES),
     "tun": _ifname,
+    "esp_offload": lambda w, k, v: _esp_offload(w, k, v),
     "log_level": lambda w, k, v: _choice(w, k, v.lower() if isinstance(v, str) else v, LOG_LEVELS),
     "log_target": _log_target,
     "log_file": _str,

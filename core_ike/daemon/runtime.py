@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("core_ike.daemon")
 
 
-def make_dataplane(kind: str, tun: str, transport: UdpTransport, natt_port: int) -> Any:
+def make_dataplane(kind: str, tun: str, transport: UdpTransport, natt_port: int, esp_offload: str = "all") -> Any:
     if kind == "none":
         return None
     from ..io.xfrm import choose_backend
@@ -43,7 +43,9 @@ def make_dataplane(kind: str, tun: str, transport: UdpTransport, natt_port: int)
             hit = sources[remote[0]] = (now, route_source(remote[0]))
         transport.send(data, (hit[1], natt_port), remote)
 
-    return choose_backend(kind, send_udp, tun_name=tun)
+    from ..io.fastpath import offload_steps
+
+    return choose_backend(kind, send_udp, tun_name=tun, offload=offload_steps(esp_offload))
 
 
 def tune_gc() -> None:
@@ -304,7 +306,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopped.set)
         self.transport.start(loop)
         self.dp = make_dataplane(self.cfg.settings.dataplane, self.cfg.settings.tun, self.transport,
-                                 self.cfg.settings.natt_port)
+                                 self.cfg.settings.natt_port, self.cfg.settings.esp_offload)
         if self.dp is not None:
             if hasattr(self.dp, "start"):
                 self.dp.start(loop)

@@ -1,8 +1,8 @@
 """Kernel offloads for the userspace ESP data plane: the TUN device with a virtio header (TSO reads,
 GSO writes), ESP-in-UDP sent with UDP_SEGMENT and received with UDP_GRO.
 
-Each step can be switched off (``IKEME_ESP_OFFLOAD``, a comma list of the steps to use, ``all``
-(the default) or ``none``; the ESP benchmark measures each one, bench/esp_throughput_iperf.py):
+Each step can be switched off (``[daemon] esp_offload``, docs/configuration.md: a comma list of the
+steps to use, ``all`` (the default) or ``none``; bench/esp_throughput_iperf.py measures each one):
 
 - ``tso``: the TUN device gets ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` (CSUM, TSO4, TSO6): the kernel
   hands over TCP super-packets of up to 64 KiB, which `offload.segment` cuts into MSS-sized
@@ -36,7 +36,6 @@ from .offload import split_gro
 
 log = logging.getLogger("core_ike.io.userspace")
 
-OFFLOAD_ENV = "IKEME_ESP_OFFLOAD"
 OFFLOAD_STEPS = ("tso", "gso", "gro", "coalesce")
 
 TUNSETIFF = 0x400454CA
@@ -56,7 +55,7 @@ Addr = tuple[str, int]
 
 
 def offload_steps(value: str | None) -> frozenset[str]:
-    """The steps named by ``IKEME_ESP_OFFLOAD`` (unset: all)."""
+    """The steps an ``esp_offload`` setting names."""
     text = (value or "all").strip().lower()
     if text == "all":
         return frozenset(OFFLOAD_STEPS)
@@ -65,7 +64,7 @@ def offload_steps(value: str | None) -> frozenset[str]:
     steps = frozenset(s.strip() for s in text.split(",") if s.strip())
     unknown = steps - set(OFFLOAD_STEPS)
     if unknown:
-        raise LocalError(f"{OFFLOAD_ENV}: unknown step(s) {', '.join(sorted(unknown))} "
+        raise LocalError(f"unknown offload step(s) {', '.join(sorted(unknown))} "
                          f"(steps: {', '.join(OFFLOAD_STEPS)}, or all / none)")
     return steps
 

@@ -45,7 +45,7 @@ from .dataplane import (
     SaUsage,
     SendDatagram,
 )
-from .fastpath import OFFLOAD_ENV, UdpEspIo, grow_rcvbuf, offload_steps, open_tun
+from .fastpath import OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
 from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment
 from .tsmatch import packet_flow, ts_match
 
@@ -104,7 +104,7 @@ class UserspaceDataPlane:
         offload: frozenset[str] | None = None,
     ) -> None:
         self.send_udp = send_udp
-        self.offload = offload_steps(os.environ.get(OFFLOAD_ENV)) if offload is None else offload
+        self.offload = frozenset(OFFLOAD_STEPS) if offload is None else offload
         self._vnet = self._tso = False  # TUN frames carry a virtio header / TSO super-packets
         self._udp: UdpEspIo | None = None  # the NAT-T sockets, once `attach_transport` ran
         self._pending: dict[tuple[str, int], list[bytes]] = {}  # sealed ESP-in-UDP per peer, for one send

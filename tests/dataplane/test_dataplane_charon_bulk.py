@@ -54,11 +54,12 @@ def csum_errors(lab: Lab, host: str) -> int:
 
 def test_bulk_tcp_with_charon(two_hosts_per_test: Lab) -> None:
     lab = two_hosts_per_test
-    iked = Iked(lab, "alice", iked_psk_toml(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK, encap=True))
+    iked = Iked(lab, "alice", iked_psk_toml(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK, encap=True,
+                                            extra_daemon='esp_offload = "all"'))
     charon = Charon(lab, "bob", name="charon", conf=charon_psk_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, PSK))
     try:
         charon.start()
-        iked.start(env={"IKEME_ESP_OFFLOAD": "all"})
+        iked.start()
         iked.up("net", "net")
         charon.wait_child("net", timeout=10)
         sent, received, out = lab.ping("alice", B_IN, source=A_IN, count=3, interval=0.05)

@@ -5,7 +5,7 @@ Both peers run the daemons' UdpTransport on port 4500 with the data plane attach
 transfer over IPv4 one way and over IPv6 the other way must arrive intact (SHA-256 of what was sent
 and what was received), with no TCP checksum error in the receiving kernel, while the counters show
 each step at work: TSO super-packets read and cut into segments, UDP_SEGMENT sends, UDP_GRO reads,
-segments coalesced into GSO writes. With ``IKEME_ESP_OFFLOAD=none`` the same transfer goes packet by
+segments coalesced into GSO writes. With ``esp_offload = "none"`` the same transfer goes packet by
 packet. b's link has no UDP segmentation offload (ethtool tx-udp-segmentation off), so the kernel cuts
 b's UDP_SEGMENT sends in software before the link: what b puts on the wire (tcpdump) is ordinary
 ESP-in-UDP datagrams, one inner packet each, none larger than the TUN MTU plus the ESP and UDP overhead.

@@ -8,11 +8,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
+from typing import Any
 
 import pytest
 
 from core_ike.errors import LocalError
-from core_ike.io.fastpath import GSO_MAX_SEGMENTS, offload_steps, runs
+from core_ike.io.fastpath import GSO_MAX_SEGMENTS, OFFLOAD_STEPS, offload_steps, runs
 from core_ike.io.offload import (
     F_NEEDS_CSUM,
     GSO_NONE,
@@ -250,6 +251,23 @@ def test_offload_steps_setting() -> None:
     assert offload_steps(None) == offload_steps("all") == frozenset({"tso", "gso", "gro", "coalesce"})
     assert offload_steps("none") == frozenset()
     assert offload_steps(" tso, gro ") == frozenset({"tso", "gro"})
-    with pytest.raises(LocalError, match="unknown step"):
+    with pytest.raises(LocalError, match="unknown offload step"):
         offload_steps("tso,turbo")
     assert VNET_HDR.size == 10
+
+
+def test_esp_offload_setting(tmp_path: Any) -> None:
+    """[daemon] esp_offload: a valid value is kept, an unknown step is a clear start-up error."""
+    from core_ike.daemon.config import load
+
+    base = '[daemon]\ndataplane = "userspace"\n'
+    ok = tmp_path / "ok.toml"
+    ok.write_text(base + 'esp_offload = "tso,gso"\n')
+    assert load(ok).settings.esp_offload == "tso,gso"
+    default = tmp_path / "default.toml"
+    default.write_text(base)
+    assert offload_steps(load(default).settings.esp_offload) == frozenset(OFFLOAD_STEPS)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + 'esp_offload = "tso,turbo"\n')
+    with pytest.raises(LocalError, match=r"esp_offload: unknown offload step\(s\) turbo"):
+        load(bad)
