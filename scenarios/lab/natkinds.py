@@ -1,4 +1,4 @@
-"""NAT behaviours of the lab's routers in nftables (docs/nat-lab.md §4.3), in RFC 4787 / RFC 5780 terms.
+"""NAT behaviours of the lab's routers in nftables (docs/nat-lab.md §4.4), in RFC 4787 / RFC 5780 terms.
 
 | kind | mapping | filtering | how |
 |---|---|---|---|

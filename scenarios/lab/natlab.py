@@ -43,7 +43,8 @@ def hairpin_ruleset(public: str, mapped: dict[str, int], port: int = 4500) -> st
     """RFC 4787 §6 hairpinning on one router for the given LAN hosts' mappings ({LAN address: public
     port}): a datagram from the LAN to public:P goes back into the LAN to the host mapped on P, with the
     sender's own mapped address as its source (REQ-9). Linux conntrack cannot look up another flow's
-    mapping, so the rules name the mappings the peers already have (toward the mediation server)."""
+    mapping, so the rules name the mappings the peers already have (toward the mediation server;
+    docs/nat-lab.md §4.6)."""
     pre = "\n    ".join(f'iifname "lan0" ip daddr {public} udp dport {p} dnat to {h}:{port}' for h, p in mapped.items())
     post = "\n    ".join(f'oifname "lan0" ct status dnat ip saddr {h} udp sport {port} snat to {public}:{p}'
                          for h, p in mapped.items())

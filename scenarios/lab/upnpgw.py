@@ -1,5 +1,5 @@
 """A port-mapping gateway in the lab: Debian's miniupnpd (nftables backend) in a NAT namespace, serving
-PCP / NAT-PMP (UDP 5351) and UPnP IGD (SSDP + HTTP) on the LAN side (docs/nat-lab.md §4.4).
+PCP / NAT-PMP (UDP 5351) and UPnP IGD (SSDP + HTTP) on the LAN side (docs/nat-lab.md §4.5).
 
 miniupnpd refuses to map ports on an external address it considers reserved, and the RFC 5737
 documentation blocks of the lab's internet segment are on its list ("Reserved / private IP address

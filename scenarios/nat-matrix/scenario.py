@@ -292,7 +292,7 @@ def write(cells: list[dict[str, Any]], header: dict[str, Any], t: Timing) -> Non
 NOTES = [
     "one lab per cell; the time is `ikectl up` to the CHILD_SA (ours) or initiate to INSTALLED (charon); "
     "packets: what alice and the peer sent on eth0 meanwhile (every datagram, retransmissions included)",
-    "full cone and address-restricted forward new inbound UDP to the one LAN host (docs/nat-lab.md §4.3); "
+    "full cone and address-restricted forward new inbound UDP to the one LAN host (docs/nat-lab.md §4.4); "
     "the hairpin cell hairpins the peers' mappings toward carol; the miniupnpd gateway's WAN address is "
     "198.20.0.2 (miniupnpd refuses RFC 5737 addresses)",
     "port prediction for sequential symmetric NATs and the relay-to-direct upgrade are not implemented: "
