@@ -526,6 +526,14 @@ def main(argv: list[str] | None = None) -> int:
             f"flood_cookies_{sd[1]}_w{sd[2]}" + ("_before" if before else ""),
             f"COOKIE answers per second under that flood, workers = {sd[2]}" + (" (before)" if before else ""),
             results_io.sample([_cookie_rate(r) for r in runs], "/s"), None, better="higher", readme=False))
+        figures.append(results_io.figure(
+            f"flood_cookies_per_cpu_{sd[1]}_w{sd[2]}" + ("_before" if before else ""),
+            f"COOKIE answers per CPU-second of the responder's processes, workers = {sd[2]}"
+            + (" (before)" if before else ""),
+            results_io.sample([_cookie_rate(r) / (r["cpu_pct"] / 100.0) for r in runs if r["cpu_pct"] > 0], "/s"),
+            None, better="higher", readme=False,
+            differences=["what the responder answers with one CPU of its own: with N workers, each on its own core, "
+                         "N times this (the kernel spreads the flood over the workers by the initiator's SPI)"]))
     header = results_io.finish_header(header, a.quick, rounds)
     results_io.write_results(a.out, "ike_flood", header, figures, "\n".join(text))
     return 0

@@ -256,7 +256,10 @@ class Supervisor:
         owner = self._owner(req)
         if owner is not None:
             return await self.ask(owner, req)
-        return combine(await self.ask_all(req))
+        replies = await self.ask_all(req)
+        if cmd in ("reload", "loglevel"):  # the same configuration in each: one answer, or the first error
+            return next((r for r in replies if not r.get("ok")), replies[0])
+        return combine(replies)
 
     def _owner(self, req: dict[str, Any]) -> int | None:
         """The worker whose unique IDs include the one named (EngineConfig.unique_id_stride)."""

@@ -217,6 +217,11 @@ def test_two_workers_set_up_ike_sas_each_on_the_worker_its_spi_names(
     assert "no IKE_SA" not in str(r.get("error", "")), r
     after = {s["uniqueid"] for s in call(str(ctl), {"cmd": "list"})["sas"] if s["state"] == "ESTABLISHED"}
     assert victim["uniqueid"] not in after
+    # reload and loglevel reach every worker; one answer comes back
+    r = call(str(ctl), {"cmd": "reload"})
+    assert r["ok"] and r["unchanged"] == ["clients"], r
+    assert call(str(ctl), {"cmd": "loglevel", "level": "info"})["ok"]
+    assert call(str(ctl), {"cmd": "conns"})["conns"][0]["name"] == "clients"
 
 
 def test_workers_share_the_cookie_secret_and_rotate_together() -> None:
