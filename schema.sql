@@ -153,13 +153,15 @@ CREATE TABLE "server_state" (
 -- ---------------------------------------------------------------- client side
 
 -- This client's own key pair (one row, id = 1).  keyid is our ID_KEY_ID towards the mediation server
--- and the mediated peers.
+-- and the mediated peers.  nat: the NAT behaviour the client daemon last measured with STUN (RFC 5780
+-- summary, e.g. "mapping EIM, filtering APDF, port preserving, no hairpinning"; NULL: not measured).
 CREATE TABLE "client_config" (
     "id"          INTEGER NOT NULL,
     "keyid"       VARBINARY(20) NOT NULL,
     "public_key"  BLOB NOT NULL,
     "private_key" BLOB NOT NULL,
     "created"     DATETIME /*! (6) */ NOT NULL,
+    "nat"         VARCHAR(255),
     CONSTRAINT "pk_client_config" PRIMARY KEY ("id"),
     CONSTRAINT "ck_client_config_single" CHECK ("id" = 1)
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;

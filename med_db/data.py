@@ -349,6 +349,11 @@ def set_connection_status(
     )
 
 
+def set_client_nat(s: Session, nat: str | None) -> None:
+    """Client daemon: the NAT behaviour it measured (RFC 5780 summary), for the client manager."""
+    s.execute(update(ClientConfig).where(ClientConfig.id == 1).values(nat=None if nat is None else nat[:255]))
+
+
 def reset_connection_status(s: Session, now: dt.datetime | None = None) -> None:
     """Client daemon start/stop: every connection is DOWN (as strongSwan's medcli listener does)."""
     s.execute(update(Connection).values(status=STATUS_DOWN, status_changed=now or utcnow()))

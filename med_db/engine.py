@@ -139,6 +139,7 @@ def create_all(engine: Engine) -> None:
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("user", "admin", 'ALTER TABLE "user" ADD COLUMN "admin" BOOLEAN NOT NULL DEFAULT FALSE'),
     ("user", "disabled", 'ALTER TABLE "user" ADD COLUMN "disabled" BOOLEAN NOT NULL DEFAULT FALSE'),
+    ("client_config", "nat", 'ALTER TABLE "client_config" ADD COLUMN "nat" VARCHAR(255)'),
 )
 
 

@@ -190,6 +190,7 @@ class ClientConfig(Base):
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
     private_key: Mapped[bytes] = mapped_column(LargeBinary)
     created: Mapped[dt.datetime] = mapped_column(_datetime(), default=utcnow)
+    nat: Mapped[str | None] = mapped_column(String(255), default=None)
 
 
 class MediationServerConfig(Base):

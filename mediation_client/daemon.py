@@ -222,6 +222,8 @@ class ClientDaemon(Daemon):
                 self.nat = NatBehaviour(error=f"STUN from {e.local[0]}: {err.strerror or err}")
             log.info("NAT behaviour (RFC 5780, STUN %s[%d]): %s", server[0], server[1], self.nat.summary())
             self._report_nat(e.name, self.nat)
+            if self.db is not None:
+                await asyncio.to_thread(self.db.set_nat, None if self.nat.error else self.nat.summary())
 
         self._nat_task = asyncio.get_running_loop().create_task(run())
 

@@ -46,6 +46,14 @@ class DbStatus:
         with self.sessions.begin() as s:
             data.reset_connection_status(s)
 
+    def set_nat(self, text: str | None) -> None:
+        """The NAT behaviour this client measured, for the client manager (client_config.nat)."""
+        try:
+            with self.sessions.begin() as s:
+                data.set_client_nat(s, text)
+        except Exception as e:  # noqa: BLE001 - status is informative; never take the daemon down
+            log.warning("cannot write the NAT behaviour: %s", e)
+
     def set(self, alias: str, status: int, error: str | None = None) -> None:
         cid = self.ids.get(alias)
         if cid is None:

@@ -202,7 +202,8 @@ def test_constraints_enforced_by_database(engine: Engine) -> None:
     with pytest.raises(IntegrityError):  # CHECK status IN (1, 2, 3)
         _raw(engine, ins_conn, a="c", act=True, k=b"\x03" * 20, pk=b"k", st=7, c=now)
     with pytest.raises(IntegrityError):  # single-row client config
-        _raw(engine, 'INSERT INTO "client_config" VALUES (2, :k, :p, :q, :c)', k=b"k", p=b"p", q=b"q", c=now)
+        _raw(engine, 'INSERT INTO "client_config" ("id", "keyid", "public_key", "private_key", "created") '
+             'VALUES (2, :k, :p, :q, :c)', k=b"k", p=b"p", q=b"q", c=now)
     _raw(engine, 'DELETE FROM "user" WHERE "id" = 1')
     with engine.connect() as c:
         assert c.execute(text('SELECT COUNT(*) FROM "peer"')).scalar() == 0
