@@ -297,6 +297,9 @@ NOTES = [
     "198.20.0.2 (miniupnpd refuses RFC 5737 addresses)",
     "port prediction for sequential symmetric NATs and the relay-to-direct upgrade are not implemented: "
     "those cells show what happens without them",
+    "charon at 28-36 ms (no NAT; same NAT with hairpin): every one of its pairs is decided quickly (the host "
+    "pair wins, no pair stays pending), so its fixed 1 s wait after the first successful check "
+    "(ME_WAIT_TO_FINISH) ends early; elsewhere a pending pair keeps it",
 ]
 
 
