@@ -98,6 +98,10 @@ def format_status(reply: dict[str, Any]) -> str:
                            f"{r['address']}[{r['b_port']}] <- {r['b_latched'] or '-'} {r['b']}: "
                            f"{r['bytes_a_to_b']} B ->, {r['bytes_b_to_a']} B <-, idle {r['idle']}s"
                            f"{', carrying a tunnel' if r.get('in_use') else ', checks only'}")
+        if reply.get("stun"):
+            st = reply["stun"]
+            out.append(f"STUN responder on {', '.join(st['addresses']) or 'nothing (see the log)'}: "
+                       f"{st['requests']} requests, {st['changed']} answered from another address or port")
         return "\n".join(out)
     st = reply.get("status", {})
     for m in st.get("mediation", []):

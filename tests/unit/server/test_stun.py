@@ -122,3 +122,23 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_ikectl_status_shows_stun_nat_and_port_mapping() -> None:
+    from core_ike.daemon.ctl import format_status
+
+    server = format_status({"peers": [{"identity": "alice@med", "endpoint": "203.0.113.1[4500]", "since": 5,
+                                       "idle": 1, "ike": 3, "nat": "mapping EIM, filtering APDF"}],
+                            "callbacks": [], "relays": [],
+                            "stun": {"addresses": ["203.0.113.10[3478]", "203.0.113.10[3479]"], "requests": 12,
+                                     "changed": 4}})
+    assert "alice@med @ 203.0.113.1[4500]" in server and "NAT: mapping EIM, filtering APDF" in server
+    assert "STUN responder on 203.0.113.10[3478], 203.0.113.10[3479]: 12 requests, 4 answered" in server
+    client = format_status({"status": {"mediation": [], "connections": [], "target_lists": [],
+                                       "nat": {"server": "203.0.113.10[3478]", "summary": "mapping APDM"},
+                                       "port_mapping": {"protocol": "pcp", "internal": "10.2.0.2[4500]",
+                                                        "external": "198.20.0.2[4500]", "lifetime": 120}}})
+    assert "NAT behaviour (RFC 5780, via STUN 203.0.113.10[3478]): mapping APDM" in client
+    assert "port mapping: pcp 10.2.0.2[4500] -> 198.20.0.2[4500], lifetime 120s" in client
+    none = format_status({"status": {"port_mapping": {"error": "no answer from 10.2.0.1[5351]"}}})
+    assert "port mapping: none (no answer from 10.2.0.1[5351])" in none
