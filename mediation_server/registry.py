@@ -119,7 +119,12 @@ class TargetOffline:
     callback_refused: Refused | None = None
 
 
-ConnectDecision = Refused | TargetOnline | TargetOffline
+@dataclass(frozen=True)
+class TargetElsewhere:
+    """The target is registered at another server of the cluster (mediation_server/cluster/)."""
+
+
+ConnectDecision = Refused | TargetOnline | TargetOffline | TargetElsewhere
 
 
 class RegistrationStore(Protocol):
@@ -259,6 +264,11 @@ class Registry:
             self._store_drop(online, requester)
         return tuple(actions)
 
+    def online_elsewhere(self, identity: Identity, now: float) -> tuple[SendCallback, ...]:
+        """`identity` registered at another server of the cluster: the callbacks waiting for it here
+        fire as for a registration here (docs/protocol.md §5)."""
+        return self._drain(identity, now)
+
     def set_nat(self, identity: Identity, text: str) -> None:
         rec = self._peers.get(identity)
         if rec is not None:
@@ -318,14 +328,18 @@ class Registry:
         return None
 
     def request_connect(self, requester: Identity, target: Identity, now: float, *,
-                        n_endpoints: int, callback: bool, is_response: bool = False) -> ConnectDecision:
-        """All checks of one relayed ME_CONNECT: rate, endpoints, authorization, presence, callback."""
+                        n_endpoints: int, callback: bool, is_response: bool = False,
+                        elsewhere: bool = False) -> ConnectDecision:
+        """All checks of one relayed ME_CONNECT: rate, endpoints, authorization, presence, callback.
+        `elsewhere`: the target is registered at another server of the cluster."""
         self.touch(requester, now)
         refusal = (self._rate_limit(requester, now) or self._endpoint_limit(requester, n_endpoints)
                    or self.authorizer.check(requester, target))
         if refusal is not None:
             log.info("ME_CONNECT from '%s' to '%s' refused: %s", requester, target, refusal.detail)
             return refusal
+        if elsewhere and target not in self._peers:
+            return TargetElsewhere()
         if not callback or is_response:
             sa_id = self.check(target)
             return TargetOnline(sa_id) if sa_id is not None else TargetOffline(False)

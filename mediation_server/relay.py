@@ -54,8 +54,24 @@ from core_ike.me.tasks import (
     ServerAuth,
 )
 
+from .cluster.core import (
+    Cluster,
+    ClusterMessageError,
+    ForwardedConnect,
+    ForwardedFailure,
+    PeerElsewhere,
+    SyncAsked,
+)
 from .datarelay import DataRelay, Relay, RelayRefused
-from .registry import PeerRecord, Refused, Registry, TargetOffline, TargetOnline
+from .registry import (
+    PeerRecord,
+    Refused,
+    Registry,
+    SendCallback,
+    TargetElsewhere,
+    TargetOffline,
+    TargetOnline,
+)
 
 log = logging.getLogger("mediation_server")
 Addr = tuple[str, int]
@@ -95,10 +111,13 @@ def _id_peer(ident: Identity) -> IdPayload:
 
 class MediationServer(Extension):
     def __init__(self, engine: Engine, registry: Registry | None = None,
-                 clock: Callable[[float], float] | None = None, relay: DataRelay | None = None) -> None:
+                 clock: Callable[[float], float] | None = None, relay: DataRelay | None = None,
+                 cluster: Cluster | None = None) -> None:
         """`clock(now)` maps the engine's monotonic time to the registry's (wall clock when the
         registry persists callbacks, see registry.py); default: the same time. `relay`: the data
-        relay table (None or disabled: no relay offered, the Vendor ID is not echoed)."""
+        relay table (None or disabled: no relay offered, the Vendor ID is not echoed). `cluster`: the
+        other servers of the service (cluster/core.py; None: a single server)."""
+        self.cluster = cluster
         self.engine = engine
         self.relay = relay if relay is not None and relay.config.enabled else None
         self.registry = registry if registry is not None else Registry()
@@ -160,6 +179,8 @@ class MediationServer(Extension):
         self._sas[sa.unique_id] = sa
         reg = self.registry.update_sa_id(identity, sa.unique_id, self.clock(now), endpoint=sa.remote)
         log.info("peer '%s' online at %s[%d] (mediation SA %s)", identity, sa.remote[0], sa.remote[1], sa.label)
+        if self.cluster is not None and (rec := self.registry.lookup(identity)) is not None:
+            self.cluster.announce(identity, sa.remote, rec.since)
         replaced = reg.replaced_sa_id
         self.engine.emit(mev.PeerOnline(identity, sa.unique_id, sa.remote,
                                         _uid(replaced) if replaced is not None else None))
@@ -167,13 +188,17 @@ class MediationServer(Extension):
         if old is not None and replaced != sa.rekeyed_from and old.state is IkeState.ESTABLISHED:
             log.info("deleting mediation SA %s of '%s': replaced by %s", old.label, identity, sa.label)
             self.engine.terminate(old, now)
-        for cb in reg.callbacks:  # docs/protocol.md §5: ME_CONNECT{N(ME_CALLBACK), ID_PEER} to each waiter
+        self._callbacks(reg.callbacks, sa.peer_id, now)
+
+    def _callbacks(self, callbacks: tuple[SendCallback, ...], online: Identity, now: float) -> None:
+        """docs/protocol.md §5: ME_CONNECT{N(ME_CALLBACK), ID_PEER(online)} to each waiter."""
+        for cb in callbacks:
             waiter = self._sas.get(_uid(cb.requester_sa))
             if waiter is None or not waiter.established:
                 continue
-            log.info("sending ME_CALLBACK for '%s' to '%s'", identity, cb.requester)
-            self.outbox.send(waiter, MeConnectRequest(_fixed(build_callback(_id_peer(sa.peer_id)))), now)
-            self.engine.emit(mev.CallbackSent(cb.requester, identity))
+            log.info("sending ME_CALLBACK for '%s' to '%s'", online.canonical(), cb.requester)
+            self.outbox.send(waiter, MeConnectRequest(_fixed(build_callback(_id_peer(online)))), now)
+            self.engine.emit(mev.CallbackSent(cb.requester, online.canonical()))
 
     def on_destroyed(self, sa: IkeSaView, now: float) -> None:
         for task in self.outbox.drop(sa):
@@ -184,6 +209,8 @@ class MediationServer(Extension):
             return
         identity = self.registry.remove_sa(sa.unique_id)
         if identity is not None:
+            if self.cluster is not None:
+                self.cluster.withdraw(identity)
             self.engine.emit(mev.PeerOffline(identity, sa.unique_id))
             if self.relay is not None:  # offline, not re-registered: its relays without traffic go
                 for r in self.relay.release_peer(identity, now):
@@ -241,8 +268,21 @@ class MediationServer(Extension):
         target = target_id.canonical()
         if target == requester:
             return self._refuse(requester, target, "a peer cannot mediate with itself", NotifyType.ME_CONNECT_FAILED)
+        remote = self.cluster.where(target) if self.cluster is not None else None
         d = self.registry.request_connect(requester, target, self.clock(now), n_endpoints=len(req.endpoints),
-                                          callback=req.callback, is_response=req.kind is ConnectKind.RESPONSE)
+                                          callback=req.callback, is_response=req.kind is ConnectKind.RESPONSE,
+                                          elsewhere=remote is not None)
+        if isinstance(d, TargetElsewhere) and self.cluster is not None and remote is not None:
+            if req.kind is not ConnectKind.RESPONSE:
+                sa.extension(MeSaState).answered = now
+            log.info("forwarding ME_CONNECT%s from '%s' to '%s' at server %s",
+                     " response" if req.kind is ConnectKind.RESPONSE else "", requester, target, remote.server)
+            self.cluster.forward_connect(remote.server, (sa.peer_id.id_type, sa.peer_id.data), target,
+                                         response=req.kind is ConnectKind.RESPONSE, connect_id=req.connect_id,
+                                         key=req.key, endpoints=req.endpoint_data)
+            self.engine.emit(mev.ConnectRelayed(requester, target, req.connect_id.hex(),
+                                                req.kind is ConnectKind.RESPONSE))
+            return []
         if isinstance(d, Refused):
             return self._refuse(requester, target, d.detail, d.notify, logged=True)
         if isinstance(d, TargetOffline):
@@ -335,13 +375,99 @@ class MediationServer(Extension):
         cid = msg.notify(NotifyType.ME_CONNECTID)
         if not isinstance(idp, IdPayload) or cid is None:
             raise ProtocolError("ME_CONNECT_FAILED without ID_PEER or ME_CONNECTID", NotifyType.INVALID_SYNTAX)
-        rec = self.registry.lookup(Identity(int(idp.id_type), idp.data).canonical())
+        to = Identity(int(idp.id_type), idp.data).canonical()
+        rec = self.registry.lookup(to)
         if rec is not None:
             log.info("forwarding ME_CONNECT_FAILED from '%s' to '%s'", sa.peer_id, rec.identity)
             self._send_failure(_uid(rec.sa_id), cid.data, sa.peer_id, now)
+        elif self.cluster is not None and (remote := self.cluster.where(to)) is not None:
+            log.info("forwarding ME_CONNECT_FAILED from '%s' to '%s' at server %s", sa.peer_id, to, remote.server)
+            self.cluster.forward_failure(remote.server, to, cid.data, (sa.peer_id.id_type, sa.peer_id.data))
 
     def _refuse(self, requester: str, target: str, reason: str, notify: int, logged: bool = False) -> list[Payload]:
         if not logged:  # the registry logs its own refusals
             log.info("ME_CONNECT from '%s' to '%s' refused: %s", requester, target, reason)
         self.engine.emit(mev.ConnectRefused(requester, target, reason, int(notify)))
         return [NotifyPayload(notify)]
+
+    # ================================================================== cluster (cluster/core.py)
+    def on_cluster_message(self, data: bytes, now: float) -> None:
+        """A message from another server of the cluster (the caller flushes the engine after it)."""
+        if self.cluster is None:
+            return
+        try:
+            ev = self.cluster.receive(data)
+        except ClusterMessageError as e:
+            log.warning("dropping a malformed cluster message: %s", e)
+            return
+        if isinstance(ev, PeerElsewhere):
+            self._peer_elsewhere(ev, now)
+        elif isinstance(ev, SyncAsked):
+            self.announce_all()
+        elif isinstance(ev, ForwardedConnect):
+            self._forwarded_connect(ev, now)
+        elif isinstance(ev, ForwardedFailure):
+            rec = self.registry.lookup(ev.to)
+            if rec is not None:
+                self._send_failure(_uid(rec.sa_id), ev.connect_id, Identity(*ev.about), now)
+
+    def announce_all(self) -> None:
+        """Announce every peer registered here (a server joined, or we reconnected to the engine)."""
+        if self.cluster is not None:
+            for rec in self.registry.online_peers():
+                self.cluster.announce(rec.identity, rec.endpoint, rec.since)
+
+    def _peer_elsewhere(self, ev: PeerElsewhere, now: float) -> None:
+        """One registration per identity across the cluster, newest wins: an older one here goes."""
+        rec = self.registry.lookup(ev.identity)
+        if rec is not None and (rec.since, self.cluster.name if self.cluster else "") < (ev.since, ev.server):
+            old = self._sas.get(_uid(rec.sa_id))
+            log.info("peer '%s' registered again at server %s: deleting its mediation SA here", ev.identity,
+                     ev.server)
+            self.registry.remove_sa(rec.sa_id)
+            self._sas.pop(_uid(rec.sa_id), None)
+            self.engine.emit(mev.PeerOffline(ev.identity, _uid(rec.sa_id)))
+            if old is not None and old.state is IkeState.ESTABLISHED:
+                self.engine.terminate(old, now)
+        elif rec is not None and self.cluster is not None:
+            self.cluster.announce(rec.identity, rec.endpoint, rec.since)  # ours is newer: say so again
+            return
+        try:
+            online = Identity.parse(ev.identity)
+        except Exception:  # noqa: BLE001 - an identity text we cannot parse has no callbacks to fire
+            return
+        self._callbacks(self.registry.online_elsewhere(ev.identity, self.clock(now)), online, now)
+
+    def _forwarded_connect(self, ev: ForwardedConnect, now: float) -> None:
+        """docs/protocol.md §4.1 steps 4 and 7 for a requester registered at another server."""
+        assert self.cluster is not None
+        requester = Identity(*ev.requester)
+        rec = self.registry.lookup(ev.target)
+        tsa = self._sas.get(_uid(rec.sa_id)) if rec is not None else None
+        if tsa is None or not tsa.established:
+            log.info("forwarded ME_CONNECT from '%s': '%s' is not registered here", requester, ev.target)
+            self.cluster.forward_failure(ev.origin, requester.canonical(), ev.connect_id,
+                                         _id_tuple(Identity.parse(ev.target)))
+            return
+        req = MeConnect(ConnectKind.RESPONSE if ev.response else ConnectKind.REQUEST, _id_peer(requester),
+                        ev.connect_id, ev.key, endpoint_data=ev.endpoints)
+        payloads = build_relay(req, _id_peer(requester))
+        cluster, origin, target_id = self.cluster, ev.origin, tsa.peer_id
+
+        def fail(why: str) -> None:
+            log.info("forwarded ME_CONNECT from '%s' to '%s' failed: %s", requester, ev.target, why)
+            if target_id is not None:
+                cluster.forward_failure(origin, requester.canonical(), ev.connect_id, _id_tuple(target_id))
+
+        def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
+            if not result.ok:
+                fail("refused by the target")
+
+        log.info("relaying ME_CONNECT%s from '%s' (server %s) to '%s'", " response" if ev.response else "",
+                 requester, origin, ev.target)
+        self.outbox.send(tsa, MeConnectRequest(_fixed(payloads), done, lambda s, r, t: fail(r)), now)
+        self.engine.emit(mev.ConnectRelayed(requester.canonical(), ev.target, ev.connect_id.hex(), ev.response))
+
+
+def _id_tuple(ident: Identity) -> tuple[int, bytes]:
+    return int(ident.id_type), ident.data

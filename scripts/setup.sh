@@ -10,6 +10,8 @@ APT_PACKAGES=(
   libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins
   charon-systemd strongswan-pki strongswan-starter
   lighttpd apache2 postgresql mariadb-server chromium fonts-dejavu-core
+  # the mediation cluster's engine (redis-server) and the engines it was measured against (bench/cluster_engine.py)
+  redis-server nats-server
   # the port-mapping gateway of the NAT lab (NAT-PMP, PCP, UPnP IGD; its nftables backend)
   miniupnpd-nftables
   # what a minimal Debian (debootstrap --variant=minbase) lacks and nothing above is sure to pull in:

@@ -1,0 +1,211 @@
+"""The cluster's sans-IO core: which peer is registered at which server, and the messages between
+servers (docs/architecture.md, "Cluster"). No IO and no clock: the caller passes times in and carries
+`outbox` entries (channel, bytes) over the engine (redis_bus.py), handing received ones to `receive`.
+
+Channels: `PRESENCE` (every server) carries "up"/"down" of each registration and "hello" from a server
+that (re)joined, which every server answers by announcing its own peers again; `server_channel(name)`
+carries ME_CONNECTs and failures forwarded to one server ([ME] §4: the server relays ME_CONNECT
+between the two peers; here the two peers' servers relay it between them).
+
+One registration per identity across the cluster, newest wins: each "up" carries the registration's
+time; a server that holds an older registration of that identity tears its SA down (`PeerElsewhere`).
+Messages are JSON; a malformed one is logged and dropped (`ClusterMessageError`), never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("mediation_server.cluster")
+
+Addr = tuple[str, int]
+PRESENCE = "ikeme.presence"
+
+
+def server_channel(name: str) -> str:
+    return f"ikeme.server.{name}"
+
+
+class ClusterMessageError(ValueError):
+    """A message from the engine that is not one of ours (logged and dropped)."""
+
+
+@dataclass(frozen=True)
+class RemotePeer:
+    server: str
+    endpoint: Addr | None
+    since: float
+
+
+@dataclass(frozen=True)
+class PeerElsewhere:
+    """`identity` registered at `server` at `since` (the newest registration seen for it)."""
+
+    identity: str
+    server: str
+    since: float
+
+
+@dataclass(frozen=True)
+class PeerGoneElsewhere:
+    identity: str
+    server: str
+
+
+@dataclass(frozen=True)
+class ForwardedConnect:
+    """An ME_CONNECT (request or response) from `requester` at `origin` to `target`, registered here."""
+
+    origin: str
+    requester: tuple[int, bytes]  # ID type and data of the requester (it becomes ID_PEER)
+    target: str
+    response: bool
+    connect_id: bytes
+    key: bytes
+    endpoints: tuple[bytes, ...]  # ME_ENDPOINT octets as the requester sent them
+
+
+@dataclass(frozen=True)
+class ForwardedFailure:
+    """Tell `to` (registered here) that its ME_CONNECT `connect_id` to `about` failed ([ME] §4)."""
+
+    to: str
+    connect_id: bytes
+    about: tuple[int, bytes]
+
+
+@dataclass(frozen=True)
+class SyncAsked:
+    server: str
+
+
+ClusterEvent = PeerElsewhere | PeerGoneElsewhere | ForwardedConnect | ForwardedFailure | SyncAsked
+
+
+def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    v = d.get(key)
+    if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
+        raise ClusterMessageError(f"field {key!r}: expected {kind}, got {v!r}")
+    return v
+
+
+def _hex(d: dict[str, Any], key: str) -> bytes:
+    try:
+        return bytes.fromhex(_field(d, key, str))
+    except ValueError:
+        raise ClusterMessageError(f"field {key!r}: not hex") from None
+
+
+def _ident(d: dict[str, Any], key: str) -> tuple[int, bytes]:
+    v = _field(d, key, list)
+    if len(v) != 2 or not isinstance(v[0], int) or not isinstance(v[1], str):
+        raise ClusterMessageError(f"field {key!r}: expected [id type, hex data]")
+    try:
+        return v[0], bytes.fromhex(v[1])
+    except ValueError:
+        raise ClusterMessageError(f"field {key!r}: not hex") from None
+
+
+class Cluster:
+    """One server's view of the others; `outbox` holds what to publish, in order."""
+
+    def __init__(self, name: str) -> None:
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"cluster server name {name!r}: a non-empty word expected")
+        self.name = name
+        self.remote: dict[str, RemotePeer] = {}  # identity -> where it is registered (other servers)
+        self.outbox: list[tuple[str, bytes]] = []
+        self.on_output: Any = None  # called when outbox turns non-empty (the bus wakes its publisher)
+
+    # ------------------------------------------------------------------ what this server says
+    def _put(self, channel: str, msg: dict[str, Any]) -> None:
+        msg["srv"] = self.name
+        self.outbox.append((channel, json.dumps(msg, separators=(",", ":")).encode()))
+        if len(self.outbox) == 1 and self.on_output is not None:
+            self.on_output()
+
+    def announce(self, identity: str, endpoint: Addr | None, since: float) -> None:
+        self.remote.pop(identity, None)  # registered here now (a newer "up" from elsewhere may follow)
+        self._put(PRESENCE, {"t": "up", "id": identity, "ep": list(endpoint) if endpoint else None,
+                             "since": since})
+
+    def withdraw(self, identity: str) -> None:
+        self._put(PRESENCE, {"t": "down", "id": identity})
+
+    def hello(self) -> None:
+        """Joined (or reconnected to) the engine: ask every server to announce its peers again."""
+        self._put(PRESENCE, {"t": "hello"})
+
+    def forward_connect(self, server: str, requester: tuple[int, bytes], target: str, *, response: bool,
+                        connect_id: bytes, key: bytes, endpoints: tuple[bytes, ...]) -> None:
+        self._put(server_channel(server), {
+            "t": "connect", "req": [requester[0], requester[1].hex()], "target": target, "response": response,
+            "cid": connect_id.hex(), "key": key.hex(), "eps": [e.hex() for e in endpoints]})
+
+    def forward_failure(self, server: str, to: str, connect_id: bytes, about: tuple[int, bytes]) -> None:
+        self._put(server_channel(server), {"t": "failed", "to": to, "cid": connect_id.hex(),
+                                           "about": [about[0], about[1].hex()]})
+
+    def take_outbox(self) -> list[tuple[str, bytes]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    # ------------------------------------------------------------------ what the others say
+    def where(self, identity: str) -> RemotePeer | None:
+        return self.remote.get(identity)
+
+    def receive(self, data: bytes) -> ClusterEvent | None:
+        """One message from the engine; None when it needs no action here (our own, or stale)."""
+        try:
+            d = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise ClusterMessageError("not JSON") from None
+        if not isinstance(d, dict):
+            raise ClusterMessageError("not a JSON object")
+        srv = _field(d, "srv", str)
+        if srv == self.name:
+            return None
+        t = _field(d, "t", str)
+        if t == "hello":
+            return SyncAsked(srv)
+        if t == "up":
+            identity, since = _field(d, "id", str), float(_field(d, "since", (int, float)))
+            ep = d.get("ep")
+            if ep is not None and not (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str)
+                                       and isinstance(ep[1], int)):
+                raise ClusterMessageError(f"field 'ep': expected [address, port], got {ep!r}")
+            old = self.remote.get(identity)
+            if old is not None and (old.since, old.server) > (since, srv):
+                return None  # an older registration announced late (or again, after a hello)
+            self.remote[identity] = RemotePeer(srv, (ep[0], ep[1]) if ep else None, since)
+            return PeerElsewhere(identity, srv, since)
+        if t == "down":
+            identity = _field(d, "id", str)
+            old = self.remote.get(identity)
+            if old is None or old.server != srv:
+                return None
+            del self.remote[identity]
+            return PeerGoneElsewhere(identity, srv)
+        if t == "connect":
+            eps = _field(d, "eps", list)
+            if not all(isinstance(e, str) for e in eps):
+                raise ClusterMessageError("field 'eps': expected hex strings")
+            try:
+                endpoints = tuple(bytes.fromhex(e) for e in eps)
+            except ValueError:
+                raise ClusterMessageError("field 'eps': not hex") from None
+            return ForwardedConnect(srv, _ident(d, "req"), _field(d, "target", str),
+                                    bool(_field(d, "response", bool)), _hex(d, "cid"), _hex(d, "key"), endpoints)
+        if t == "failed":
+            return ForwardedFailure(_field(d, "to", str), _hex(d, "cid"), _ident(d, "about"))
+        raise ClusterMessageError(f"unknown message type {t!r}")
+
+    def server_gone(self, server: str) -> list[str]:
+        """`server` left (its engine connection closed): its peers are no longer reachable there."""
+        gone = [i for i, p in self.remote.items() if p.server == server]
+        for i in gone:
+            del self.remote[i]
+        return gone
