@@ -279,7 +279,9 @@ async def discover(io: DatagramIO, server: Addr, cfg: DiscoveryConfig | None = N
     obs.mapped[server] = _mapped_of(first[0])
     other = first[0].attributes.get("OTHER-ADDRESS")
     if other is not None:
-        obs.other = (str(other[0]), int(other[1]))
+        # a server bound to the wildcard names no address of its own: its other port is on the same one
+        o_ip = str(other[0])
+        obs.other = (server[0] if ipaddress.ip_address(o_ip).is_unspecified else o_ip, int(other[1]))
     o = obs.other
     if o is not None:
         # RFC 5780 §4.4 first, while only the primary address has seen this mapping: an answer from

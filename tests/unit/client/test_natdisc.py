@@ -96,3 +96,19 @@ def test_classify_partial_observations() -> None:
                        mapped={(A1, P1): (PUBLIC, 4500), ("198.51.100.2", P1): None})
     r = classify(obs)
     assert r.mapping == "unknown" and r.filtering == "unknown"
+
+
+def test_server_on_the_wildcard_address() -> None:
+    """OTHER-ADDRESS 0.0.0.0[P2] (a server listening on every address): the other port on the same address."""
+    nat = SimNat(mapping="APDM", filtering="APDF", allocation="random")
+    nat.server = StunResponder(StunSettings("0.0.0.0", P1, alt_port=P2))
+    orig = nat.server.receive
+
+    def on_wildcard(data: bytes, src: tuple[str, int], local: tuple[str, int]):  # type: ignore[no-untyped-def]
+        out = orig(data, src, ("0.0.0.0", local[1]))
+        # the kernel sends from the address the request came to: the NAT sees A1
+        return None if out is None else (out[0], (A1, out[1][1]), out[2])
+
+    nat.server.receive = on_wildcard  # type: ignore[method-assign]
+    r = run(nat)
+    assert (r.mapping, r.filtering, r.rfc5780) == ("APDM", "APDF", "port"), r
