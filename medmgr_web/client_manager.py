@@ -95,7 +95,12 @@ def _path(selected: str | None) -> str:
 
 def _live() -> tuple[dict[str, dict[str, str]], str, str]:
     """Per connection alias its live state and path, this client's NAT behaviour, and why the daemon
-    could not be asked (empty when it answered)."""
+    could not be asked (empty when it answered).
+
+    The path is read from the tunnel itself where there is one: the server's relay ports are on the
+    address of the mediation SA (docs/protocol.md §11.1), so a mediated IKE_SA with that remote address
+    is relayed, any other direct; this holds whichever side initiated. Without a tunnel listed, the
+    pair our own attempt selected tells it."""
     reply, why = _daemon({"cmd": "status"}, STATUS_TIMEOUT)
     if reply is None:
         return {}, "", why
@@ -105,6 +110,13 @@ def _live() -> tuple[dict[str, dict[str, str]], str, str]:
     conns = {str(c.get("name")): {"state": str(c.get("state") or ""), "path": _path(c.get("selected")),
                                   "reason": str(c.get("reason") or "")}
              for c in st.get("connections") or [] if isinstance(c, dict)}
+    servers = {str(m["remote"][0]) for m in st.get("mediation") or []
+               if isinstance(m, dict) and isinstance(m.get("remote"), list) and m["remote"]}
+    listing, _ = _daemon({"cmd": "list"}, STATUS_TIMEOUT)
+    for sa in (listing or {}).get("sas") or []:
+        if isinstance(sa, dict) and sa.get("child-sas") and sa.get("remote-host"):
+            entry = conns.setdefault(str(sa.get("name")), {"state": "established", "path": "", "reason": ""})
+            entry["path"] = "relayed" if str(sa["remote-host"]) in servers else "direct"
     nat = st.get("nat")
     return conns, str(nat.get("summary") or "") if isinstance(nat, dict) else "", ""
 

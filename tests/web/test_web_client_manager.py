@@ -165,6 +165,7 @@ class FakeDaemon:
         self.path, self.db_path, self.reply = path, db_path, reply
         self.status = status or {"ok": True, "status": {"mediation": [], "connections": [], "target_lists": []}}
         self.status_asked = 0
+        self.sas: list[dict[str, Any]] = []  # the answer to ``list``
         self.requests: queue.Queue[tuple[dict[str, Any], list[str]]] = queue.Queue()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
@@ -180,9 +181,10 @@ class FakeDaemon:
                 return  # closed
             with conn, conn.makefile("rwb") as f:
                 req = json.loads(f.readline())
-                if req.get("cmd") == "status":
+                if req.get("cmd") in ("status", "list"):
                     self.status_asked += 1
-                    f.write(json.dumps(self.status).encode() + b"\n")
+                    answer = self.status if req["cmd"] == "status" else {"ok": True, "sas": self.sas}
+                    f.write(json.dumps(answer).encode() + b"\n")
                     f.flush()
                     continue
                 with sqlite3.connect(self.db_path) as db:
@@ -272,6 +274,14 @@ def test_live_path_nat_and_connect_buttons(portal: Portal) -> None:
             con.execute('UPDATE "connection" SET status = 3 WHERE alias IN (\'via-relay\', \'straight\')')
         r = c.get("connection/list")
         assert "mapping EIM, filtering APDF, port preserving" in r.text()
+        row = {a: re.search(rf'>{a}</a>.*?</tr>', r.body, re.S).group(0) for a in ids}  # type: ignore[union-attr]
+        assert 'path-relayed">relayed<' in row["via-relay"] and 'path-direct">direct<' in row["straight"]
+        # the tunnels themselves decide (whoever initiated): one to the mediation server's address is relayed
+        status["status"]["mediation"] = [{"name": "medsrv", "remote": ["203.0.113.10", 4500]}]
+        status["status"]["connections"] = []
+        fake.sas = [{"name": "via-relay", "remote-host": "203.0.113.10", "child-sas": [{}]},
+                    {"name": "straight", "remote-host": "203.0.113.2", "child-sas": [{}]}]
+        r = c.get("connection/list")
         row = {a: re.search(rf'>{a}</a>.*?</tr>', r.body, re.S).group(0) for a in ids}  # type: ignore[union-attr]
         assert 'path-relayed">relayed<' in row["via-relay"] and 'path-direct">direct<' in row["straight"]
         fake.reply = {"ok": True}

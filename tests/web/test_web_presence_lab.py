@@ -7,6 +7,7 @@ stops and the page, polling, shows bob offline within seconds (the wait is on th
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from werkzeug.serving import make_server
 from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import keyid_text, parse_peer_public_key
-from medmgr_web import server_manager
+from medmgr_web import client_manager, server_manager
+from medmgr_web.security import hash_password
 from tests.guards import needs, require
 
 pytestmark = [pytest.mark.web, pytest.mark.netns, needs("root", why="daemons behind NATs in network namespaces")]
@@ -144,6 +146,22 @@ def test_page_shows_a_peer_going_offline(nat_lab_per_test, browser: object) -> N
             page.screenshot(path=str(SHOTS / f"server-presence-online-{tag}.png"), full_page=True)
             assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
             pages.append((page, ctx, cell, tag, failed))
+
+        # alice's client manager on alice's database and its daemon's control socket: live path and NAT,
+        # Disconnect and Connect answered by the running mediation client
+        cm = client_manager.create_app(cli_url["alice"], client_manager.ClientManagerConfig(
+            hash_password(PASSWORD), daemon_socket=clients["alice"].ctl_path))
+        cmc = WsgiClient(cm, base="/cli")
+        assert cmc.submit("user/login", "user/login", {"password": PASSWORD}).status == 200
+        r = cmc.get("connection/list")
+        row = re.search(r'>bob</a>.*?</tr>', r.body, re.S)
+        assert row is not None and 'path-direct">direct<' in row.group(0), ("path", r.text())
+        assert "This client's NAT: mapping" in r.text()
+        (cid,) = re.findall(r'/connection/up/(\d+)"', r.body)
+        r = cmc.post(f"connection/down/{cid}", {"csrf": r.csrf()})
+        assert "bob: disconnected" in r.text(), ("down", r.text())
+        r = cmc.post(f"connection/up/{cid}", {"csrf": r.csrf()})
+        assert "bob: connected" in r.text(), ("up", r.text())
 
         clients["bob"].stop()  # SIGTERM: bob's client deletes its mediation SA at carol
         for page, _, cell, tag, failed in pages:
