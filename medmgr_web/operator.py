@@ -103,8 +103,8 @@ def admin_user(ident: str) -> ResponseReturnValue:
         abort(404, "User not found.")
     if user.disabled:
         web.portal().store.drop_user(user.id, db)  # its sessions end in every process
-        flash(f"Account {user.login} disabled: it cannot log in and its peers are refused by the "
-              "mediation server.")
+        flash(f"Account {user.login} disabled: it cannot log in, and the mediation server refuses its "
+              "peers' new authentications (a mediation connection up now lasts until it ends).")
     else:
         flash(f"Account {user.login} enabled.")
     return web.redirect("admin_users", q=request.form.get("q", ""))
