@@ -237,8 +237,13 @@ class Result:
 
 
 def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    """CPU seconds of every thread of `pid`: /proc/PID/task/*/schedstat counts nanoseconds (where
+    /proc/PID/stat counts 10 ms ticks, too coarse for one worker's share of a batch)."""
+    total = 0
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((t / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -585,14 +590,14 @@ def figures_of(res: list[Result], inflight: int) -> list[dict[str, Any]]:
             if not impl.startswith("ours-w") or not w1:
                 continue
             n = int(impl.partition("-w")[2])
-            pairs = list(zip(sorted(w1), sorted(r.capacity for r in rs), strict=False))
+            pairs = list(zip(w1, (r.capacity for r in rs), strict=False))  # round by round (interleaved)
             figs.append(results_io.figure(
                 f"setup_capacity_w{n}_{auth}",
                 f"IKE_SA setup capacity, workers = {n} over workers = 1 ({auth.upper()}, CPU-normalised)",
                 results_io.sample([b / a for a, b in pairs if a], "x", 2), None, better="higher",
                 differences=["CPU-normalised: the batch's IKE_SAs over the CPU seconds of the busiest worker (the "
-                             "rate with a core per worker); the driver shares the machine's 2 CPUs, so the wall "
-                             "rate cannot show it",
+                             "rate with a core per worker), workers = N over workers = 1 of the same round; the "
+                             "driver shares the machine's 2 CPUs, so the wall rate cannot show it",
                              f"workers = {n}: " + ", ".join(f"{r.capacity:.0f}/s" for r in rs)
                              + "; workers = 1: " + ", ".join(f"{c:.0f}/s" for c in w1)],
                 readme=True))
