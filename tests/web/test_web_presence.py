@@ -219,6 +219,7 @@ def test_operator_role_search_disable_and_registration(srv: Portal, url: str) ->
     assert r.status == 403 and "This account is disabled" in r.text()
     snapshot.refresh()
     assert snapshot.known(ident.canonical()) is None
+    assert snapshot.public_key(ident) is None  # the credential lookup: AUTHENTICATION_FAILED
     r = op.post(f"admin/user/{uid}", {"csrf": token, "action": "enable"})
     assert "Account user07 enabled" in r.text()
     snapshot.refresh()
