@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from cryptography import x509
+from sqlalchemy.exc import SQLAlchemyError
 
 from core_ike.daemon.config import DaemonConfig, load
 from core_ike.daemon.lifecycle import diff_configs
@@ -19,6 +20,7 @@ from core_ike.daemon.runtime import Daemon
 from core_ike.errors import LocalError
 
 from .sqlconf.loader import Snapshot
+from .sqlconf.pools import DbVipPool
 from .sqlconf.source import SqlConfigSource, merge_creds, open_config_db
 
 log = logging.getLogger("gateway")
@@ -65,10 +67,19 @@ class GatewayDaemon(Daemon):
             cfg = _with_snapshot(cfg, source.read())
         super().__init__(cfg)
         self._refresher: asyncio.Task[None] | None = None
+        self._pool_task: asyncio.Task[None] | None = None
         self.control.extra["ipsec-status"] = self._ipsec_status
+        self.db_pools: DbVipPool | None = None
         if source is not None:
             self.engine.config_miss = source.miss
             source.on_snapshot = self.apply_snapshot
+            # virtual IPs from the database's pools, bound to identities (docs/gateway.md, "Pools")
+            self.db_pools = DbVipPool(source.db, time.time)
+            try:
+                self.db_pools.read()
+            except SQLAlchemyError as e:
+                log.warning("no virtual IP pools from the database: %s", str(e).splitlines()[0])
+            self.engine.vips = self.db_pools
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """A fresh read of the database (event loop): new and changed rows are used from the next
@@ -95,8 +106,17 @@ class GatewayDaemon(Daemon):
         pools: dict[str, dict[str, int]] = {}
         for c in self.engine.configs:
             for p in c.pools:
-                net = ipaddress.ip_network(p, strict=False)
-                size = max(net.num_addresses - 2, 1) if net.num_addresses > 2 else net.num_addresses
+                dbp = self.db_pools.pools.get(p.lstrip("%")) if self.db_pools is not None else None
+                if dbp is not None:
+                    online = self.db_pools.online(dbp.name) if self.db_pools is not None else 0
+                    bound = sum(1 for a in dbp.addrs if a.identity is not None)
+                    pools[dbp.name] = {"size": len(dbp.addrs), "online": online, "offline": bound - online}
+                    continue
+                try:
+                    net = ipaddress.ip_network(p, strict=False)
+                except ValueError:
+                    continue  # a database pool not loaded (yet)
+                size = net.num_addresses - 2 if net.num_addresses > 2 else net.num_addresses
                 online = sum(1 for sa in self.engine.ike_sas() if sa.peer_vip is not None and sa.peer_vip in net)
                 pools[p] = {"size": size, "online": online, "offline": 0}
         conns = {c.name: {"certs": [dn_text(cert.subject) for cert in c.local.certs], "pools": c.pools}
@@ -114,14 +134,34 @@ class GatewayDaemon(Daemon):
             return base
         return _with_snapshot(base, self.source.read())
 
+    async def _pool_loop(self, pools: DbVipPool, interval: float = 1.0) -> None:
+        """Write the leases behind and load pools added meanwhile (worker thread, every second)."""
+        while True:
+            await asyncio.sleep(interval)  # pacing of the writes, not a synchronisation
+            try:
+                await asyncio.to_thread(pools.flush)
+                await asyncio.to_thread(pools.read)
+            except SQLAlchemyError as e:
+                log.warning("virtual IP pools: the database is not reachable, %d lease change(s) wait: %s",
+                            pools.pending(), str(e).splitlines()[0])
+
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         if self.source is not None:
-            self._refresher = asyncio.get_running_loop().create_task(self.source.refresh_loop())
+            self._refresher = loop.create_task(self.source.refresh_loop())
+        if self.db_pools is not None:
+            self._pool_task = loop.create_task(self._pool_loop(self.db_pools))
         try:
             await super().run()
         finally:
-            if self._refresher is not None:
-                self._refresher.cancel()
+            for t in (self._refresher, self._pool_task):
+                if t is not None:
+                    t.cancel()
+            if self.db_pools is not None:
+                try:
+                    self.db_pools.flush()  # the releases of the shutdown's DELETEs
+                except SQLAlchemyError as e:
+                    log.warning("virtual IP pools: %d lease change(s) not written: %s", self.db_pools.pending(), e)
 
 
 def build(cfg: DaemonConfig, raw: dict[str, Any] | None = None) -> Daemon:

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from core_ike.daemon.ctl import call, default_socket
+from core_ike.errors import LocalError
 from core_ike.version import add_version_argument
 
 AUTH_TEXT = {"psk": "pre-shared key", "pubkey": "public key"}
@@ -125,11 +126,79 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("name", nargs="?")
     for cmd in ("reload", "rereadall", "update"):
         sub.add_parser(cmd, help="re-read the configuration (ipsec.conf, ipsec.secrets, the database)")
+    pool = sub.add_parser("pool", help="virtual IP pools in the database (like `ipsec pool`)")
+    src = pool.add_mutually_exclusive_group(required=True)
+    src.add_argument("--db", metavar="URL", help="the database (sqlite:////PATH, postgresql://..., mysql://...)")
+    src.add_argument("-c", "--config", metavar="FILE", help="iked's TOML file: its [daemon] config_db")
+    psub = pool.add_subparsers(dest="pool_cmd", required=True, metavar="ACTION")
+    add = psub.add_parser("add", help="a pool of a subnet's hosts or of START END")
+    add.add_argument("name")
+    add.add_argument("range", help="a subnet (its hosts) or the first address")
+    add.add_argument("end", nargs="?", help="the last address")
+    add.add_argument("--timeout", default="0", help="seconds (or 30m, 1h, 1d) a released address stays bound to "
+                     "its identity; 0 (default): for ever (static)")
+    psub.add_parser("del", help="delete a pool and its leases").add_argument("name")
+    psub.add_parser("status", help="the pools: range, timeout, size, online, offline")
+    psub.add_parser("leases", help="the leases: address, identity, since, online").add_argument("name", nargs="?")
     return ap
+
+
+def _pool_db(args: argparse.Namespace) -> str:
+    if args.db:
+        return str(args.db)
+    from core_ike.daemon.config import load
+
+    url = getattr(load(args.config).settings, "config_db", None)
+    if not url:
+        raise LocalError(f"{args.config}: [daemon] config_db is not set")
+    return str(url)
+
+
+def pool_main(args: argparse.Namespace) -> int:
+    """`ipsec pool` on the database itself (the daemon loads a new pool within seconds)."""
+    import time
+
+    from core_ike.daemon.config import duration
+
+    from .sqlconf.pools import PoolAdmin, parse_range
+    from .sqlconf.source import open_config_db
+
+    try:
+        admin = PoolAdmin(open_config_db(_pool_db(args)))
+        if args.pool_cmd == "add":
+            timeout = int(duration(args.timeout))
+            n = admin.add(args.name, *parse_range(args.range, args.end), timeout)
+            print(f"added pool '{args.name}': {n} addresses, lease timeout "
+                  f"{'static' if not timeout else f'{timeout} s'}")
+        elif args.pool_cmd == "del":
+            admin.delete(args.name)
+            print(f"deleted pool '{args.name}'")
+        elif args.pool_cmd == "status":
+            print(f"{'name':<16} {'start':<16} {'end':<16} {'timeout':>8} {'size':>7} {'online':>7} {'offline':>7}")
+            for p in admin.status():
+                t = str(p["timeout"]) if p["timeout"] else "static"
+                print(f"{p['name']:<16} {p['start']:<16} {p['end']:<16} {t:>8} {p['size']:>7} {p['online']:>7} "
+                      f"{p['offline']:>7}")
+        else:
+            print(f"{'pool':<16} {'address':<16} {'status':<8} {'since':<20} identity")
+            for r in admin.leases(args.name):
+                when = r["acquired"] if r["online"] else r["released"]
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+                print(f"{r['pool']:<16} {r['address']:<16} {'online' if r['online'] else 'offline':<8} {since:<20} "
+                      f"{r['identity']}")
+    except LocalError as e:
+        print(f"ikeme-ipsec: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors: one line
+        print(f"ikeme-ipsec: database error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.cmd == "pool":
+        return pool_main(args)
     sock = args.socket or default_socket()
     if isinstance(sock, list):
         print(f"ikeme-ipsec: several daemons run here ({', '.join(sock)}): choose one with -s", file=sys.stderr)

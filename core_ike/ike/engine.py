@@ -398,7 +398,7 @@ class Engine:
         return self.established_index.is_first_contact(_own(sa))
 
     def assign_vip(self, sa: IkeSaView) -> Vip | None:
-        return self.vips.lease(sa.config.pools)
+        return self.vips.lease(sa.config.pools, sa.peer_id)  # a persistent pool binds to the identity
 
     def esp_transforms(self) -> EspTransforms | None:
         """What the data plane can install, declared by an engine extension (the daemon's data-plane glue)."""

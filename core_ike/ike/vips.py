@@ -10,6 +10,7 @@ import ipaddress
 import logging
 
 from .context import Vip
+from .identity import Identity
 
 log = logging.getLogger("core_ike.ike")
 
@@ -18,8 +19,9 @@ class VipPool:
     def __init__(self) -> None:
         self._holders: dict[Vip, int] = {}
 
-    def lease(self, pools: list[str]) -> Vip | None:
-        """The first free address of the first pool that has one; None when all are taken."""
+    def lease(self, pools: list[str], identity: Identity | None = None) -> Vip | None:
+        """The first free address of the first pool that has one; None when all are taken. `identity`
+        is for pools that bind addresses to identities (docs/gateway.md, "Pools"); this one does not."""
         for pool in pools:
             for host in ipaddress.ip_network(pool, strict=False).hosts():
                 if host not in self._holders:

@@ -300,12 +300,8 @@ def build(rows: Rows) -> Snapshot:
             snap.problems.append(f"peer config '{r['name']}' (peer_configs.id {pid}): {e}")
             continue
         cfg.local.certs = list(local_certs.get(cfg.local.id, []))
-        if r["pool"]:
-            for name in (p.strip() for p in str(r["pool"]).replace(",", " ").split()):
-                if name in snap.pools:
-                    cfg.pools.extend(snap.pools[name])
-                else:
-                    snap.problems.append(f"peer config '{cfg.name}': no pool named {name!r} in the pools table")
+        if r["pool"]:  # pool names (comma or space separated): the database's pools (gateway/sqlconf/pools.py)
+            cfg.pools.extend(p.strip() for p in str(r["pool"]).replace(",", " ").split())
         if any(c.name == cfg.name for c in snap.connections):
             snap.problems.append(f"peer config '{cfg.name}' (peer_configs.id {pid}): a peer config of this "
                                  "name is loaded already")

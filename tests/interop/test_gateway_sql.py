@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
+from gateway.sqlconf.pools import PoolAdmin
 from scenarios.lab import Lab
-from scenarios.lab.charon import Charon
+from scenarios.lab.charon import Charon, CharonError
 from scenarios.lab.iked import Iked
+from scenarios.lab.netns import wait_for
 from tests.guards import needs
 from tests.interop.charon_pair import esp_on_wire
 from tests.unit.gateway.sqldata import load_sql
@@ -88,11 +90,13 @@ config_db = "sqlite:///@DIR@/ipsec.db"
 
 
 def _charon_conn(name: str, ident: str, inner: str, secret: str) -> tuple[str, str]:
+    vip = "\n    vips = 0.0.0.0" if inner == "dynamic" else ""
+    inner = inner if inner == "dynamic" else f"{inner}/32"
     conn = f"""  {name} {{
     local_addrs = {B}
     remote_addrs = {A}
     proposals = aes128gcm16-prfsha256-x25519
-    rekey_time = 0
+    rekey_time = 0{vip}
     local {{
       auth = psk
       id = {ident}
@@ -103,7 +107,7 @@ def _charon_conn(name: str, ident: str, inner: str, secret: str) -> tuple[str, s
     }}
     children {{
       {name} {{
-        local_ts = {inner}/32
+        local_ts = {inner}
         remote_ts = {A_IN}/32
         esp_proposals = aes128gcm16
         rekey_time = 0
@@ -132,7 +136,8 @@ def env(two_hosts_per_module: Lab) -> Iterator[Env]:
     lab.addr("bob", "lo", f"{DAVE_IN}/32")
     c1, s1 = _charon_conn("carol", "carol@lab", CAROL_IN, "carol-sql-secret-0123456789")
     c2, s2 = _charon_conn("dave", "dave@lab", DAVE_IN, "dave-sql-secret-9876543210")
-    conf = "connections {\n" + c1 + "\n" + c2 + "\n}\nsecrets {\n" + s1 + "\n" + s2 + "\n}\n"
+    c3, s3 = _charon_conn("erin", "erin@lab", "dynamic", "erin-sql-secret-5555555555")
+    conf = "connections {\n" + c1 + "\n" + c2 + "\n" + c3 + "\n}\nsecrets {\n" + s1 + "\n" + s2 + "\n" + s3 + "\n}\n"
     charon = Charon(lab, "bob", name="charon", conf=conf)
     iked = Iked(lab, "alice", IKED_TOML)
     db = iked.dir / "ipsec.db"
@@ -178,3 +183,73 @@ def test_rows_added_while_iked_runs_are_used(env: Env) -> None:
     theirs = _agree(env, "dave")
     _ping(env, DAVE_IN, {theirs["spi-in"], theirs["spi-out"]})
     assert "configuration database: 1 added (dave)" in env.iked.log_text()
+
+
+# erin asks for a virtual IP (vips = 0.0.0.0) from the database pool 'rwpool' (peer_configs.pool)
+ERIN_ROWS = f"""
+INSERT INTO identities (type, data) VALUES (3, X'{_hex("erin@lab")}');
+INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex("erin-sql-secret-5555555555")}');
+INSERT INTO shared_secret_identity (shared_secret, identity) VALUES ((SELECT max(id) FROM shared_secrets), 1);
+INSERT INTO shared_secret_identity (shared_secret, identity)
+  VALUES ((SELECT max(id) FROM shared_secrets), (SELECT max(id) FROM identities));
+INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, dpd_delay, rekeytime, pool)
+  VALUES ('erin', 1, 1, (SELECT max(id) FROM identities), 2, 0, 0, 'rwpool');
+INSERT INTO child_configs (name, rekeytime, lifetime) VALUES ('erin', 0, 0);
+INSERT INTO child_config_proposal (child_cfg, prio, prop) VALUES ((SELECT max(id) FROM child_configs), 0, 2);
+INSERT INTO peer_config_child_config (peer_cfg, child_cfg)
+  VALUES ((SELECT max(id) FROM peer_configs), (SELECT max(id) FROM child_configs));
+INSERT INTO traffic_selectors (type) VALUES (7);
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind)
+  VALUES ((SELECT max(id) FROM child_configs), 1, 0);
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind)
+  VALUES ((SELECT max(id) FROM child_configs), (SELECT max(id) FROM traffic_selectors), 3);
+"""
+
+
+def test_pool_in_the_database_gives_an_identity_its_address_back(env: Env) -> None:
+    """Pool 'rwpool' added to the database while iked runs; erin's address comes from it,
+    stays hers after a reconnect and after a restart of iked, and the lease is in the database."""
+    engine = create_engine(f"sqlite:///{env.db}")
+    # the pool as `ipsec pool --add rwpool --start 10.3.0.1 --end 10.3.0.14 --timeout 60` leaves it, with
+    # zoe holding the first address (one transaction: iked loads the pool as a whole)
+    rows = [f"INSERT INTO addresses (pool, address, identity, acquired, released) VALUES "
+            f"((SELECT id FROM pools WHERE name = 'rwpool'), X'0a0300{i:02x}', "
+            f"{'(SELECT max(id) FROM identities)' if i == 1 else 0}, {1 if i == 1 else 0}, {2 if i == 1 else 1});"
+            for i in range(1, 15)]
+    load_sql(engine, f"""
+        INSERT INTO identities (type, data) VALUES (3, X'{_hex("zoe@lab")}');
+        INSERT INTO pools (name, start, "end", timeout) VALUES ('rwpool', X'0a030001', X'0a03000e', 3600);
+        {" ".join(rows)}
+    """, create=False)
+    wait_for(lambda: "virtual IP pool 'rwpool' loaded" in env.iked.log_text(), 10, what="iked loading the pool")
+    load_sql(engine, ERIN_ROWS, create=False)
+
+    def connect() -> str:
+        try:
+            wait_for(lambda: _try_initiate(env, "erin"), 40, what="erin's IKE_SA (the pool loads within seconds)")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{env.iked.log_tail(40)}") from None
+        (sa,) = [x for x in env.charon.list_sas() if x["name"] == "erin"]
+        (vip,) = sa["local-vips"]
+        return str(vip)
+
+    first = connect()
+    assert first == "10.3.0.2"
+    env.charon.terminate(ike="erin")
+    env.iked.wait_sas(lambda sas: not any(x["name"] == "erin" for x in sas))
+    assert connect() == first  # a reconnect
+    env.charon.terminate(ike="erin")
+    env.iked.stop()
+    env.iked.start()
+    assert connect() == first  # a restart of iked
+    leases = wait_for(lambda: [r for r in PoolAdmin(engine).leases("rwpool") if r["online"]] or None, 10,
+                      what="erin's lease written to the database")
+    assert [(r["address"], r["identity"]) for r in leases] == [(first, "erin@lab")]
+
+
+def _try_initiate(env: Env, conn: str) -> bool:
+    try:
+        env.charon.initiate(child=conn, ike=conn, timeout=15)
+    except CharonError:
+        return False
+    return True
