@@ -264,6 +264,7 @@ POLL_MS = 2000  # the peer list asks for presence this often
 def peer_presence() -> ResponseReturnValue:
     """The user's peers' presence as JSON (the list page polls it): only the logged-in user's own
     peers, so nobody learns anything of another user's."""
+    web.session().passive = True  # polling is no activity of the user: the idle timeout still applies
     db, uid = web.db(), _uid()
     resp = jsonify(user_presence(db, uid, list(data.list_peers(db, uid)), utcnow()))
     resp.headers["Cache-Control"] = "no-store"

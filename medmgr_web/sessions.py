@@ -70,6 +70,7 @@ class PortalSession(CallbackDict[str, Any], SessionMixin):
         self.ended = False                  # log out when the response is saved
         self.clear_sid_cookie = False       # the browser's session cookie names no live session
         self.had_csrf_cookie = False        # an anonymous form cookie came with the request
+        self.passive = False                # a page's own polling: does not count as activity
 
     @property
     def logged_in(self) -> bool:
@@ -259,7 +260,9 @@ class DbSessionInterface(SessionInterface):
             response.delete_cookie(self.cookie_name, **args)
         if session.ended:
             return
-        if session.sid is not None:
+        if session.sid is not None and (session.modified or not session.passive):
+            # a passive request (a page polling) leaves last_seen alone: an open page alone does not
+            # keep a login past its idle timeout
             self.store.save(session.sid, dict(session) if session.modified else None, session.last_seen)
         elif session.modified and CSRF_KEY in session and not session.had_csrf_cookie:
             response.set_cookie(self.csrf_cookie_name, str(session[CSRF_KEY]), **args)

@@ -95,6 +95,20 @@ def test_login_logout_and_idle_expiry(app_clock: tuple[Portal, FakeClock], db: s
     assert "medsrv_sid" not in c.cookies  # the stale cookie was cleared
 
 
+def test_presence_polling_does_not_keep_a_login_alive(app_clock: tuple[Portal, FakeClock]) -> None:
+    """The peer list polls peer/presence every few seconds; an open page alone must not defeat the
+    idle timeout."""
+    app, clock = app_clock
+    c = register(app, "poller")
+    for _ in range(int(TIMEOUT // 60) + 2):
+        clock.advance(60)
+        r = c.get("peer/presence", follow=False)
+        if r.status != 200:
+            break
+    assert r.status == 303 and r.location == "/srv/user/login"
+    assert clock() - FakeClock()() > TIMEOUT
+
+
 def test_expired_sessions_are_swept_and_capped(db: str) -> None:
     clock = FakeClock()
     app = make_app(db, clock, max_sessions=5)
