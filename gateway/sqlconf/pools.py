@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core_ike.errors import LocalError
@@ -275,7 +275,7 @@ class DbVipPool(VipPool):
         now = int(self.clock())
         a.released = now
         heapq.heappush(pool.released, (now, pool.index(a)))
-        self._write("release", (a.row, now))
+        self._write("release", (a.row, a.identity, a.acquired, now))
         log.info("released virtual IP %s of %s (pool '%s')", vip, label, pool.name)
 
     def online(self, name: str) -> int:
@@ -292,45 +292,62 @@ class DbVipPool(VipPool):
 
     def flush(self) -> int:
         """Write the queued acquires and releases in one transaction (a worker thread); returns how
-        many. A failed transaction keeps them queued for the next flush."""
+        many. Each address row gets its final state, each release a row of history (strongSwan's
+        `leases`). A failed transaction keeps them queued for the next flush."""
         with self._lock:
             batch = list(self._writes)
         if not batch:
             return 0
+        final: dict[int, dict[str, Any]] = {}
+        history: list[tuple[int, Identity | None, int, int]] = []
+        for kind, args in batch:
+            if kind == "acquire":
+                row, ident, now = args
+                final[row] = {"ident": ident, "acquired": now, "released": 0}
+            else:
+                row, ident, acquired, now = args
+                final.setdefault(row, {"ident": ident, "acquired": acquired})["released"] = now
+                history.append((row, ident, acquired, now))
         with Session(self.db) as s, s.begin():
-            ids: dict[Identity, int] = {}
-            for kind, args in batch:
-                if kind == "acquire":
-                    row, ident, now = args
-                    iid = 0 if ident is None else self._identity_id(s, ident, ids)
-                    s.execute(update(m.AddressRow).where(m.AddressRow.id == row)
-                              .values(identity=iid, acquired=now, released=0))
-                else:
-                    row, now = args
-                    s.execute(update(m.AddressRow).where(m.AddressRow.id == row).values(released=now))
-                    s.execute(insert(m.LeaseRow).from_select(
-                        ["address", "identity", "acquired", "released"],
-                        select(m.AddressRow.id, m.AddressRow.identity, m.AddressRow.acquired, m.AddressRow.released)
-                        .where(m.AddressRow.id == row)))
+            ids = self._identity_ids(s, {v["ident"] for v in final.values()} | {h[1] for h in history})
+            t = m.AddressRow.__table__  # Core executemany: one statement, a parameter set per row
+            s.connection().execute(
+                t.update().where(t.c.id == bindparam("rid"))  # type: ignore[attr-defined]
+                .values(identity=bindparam("iid"), acquired=bindparam("acq"), released=bindparam("rel")),
+                [{"rid": row, "iid": ids.get(v["ident"], 0), "acq": v["acquired"], "rel": v["released"]}
+                       for row, v in final.items()])
+            if history:
+                s.execute(insert(m.LeaseRow), [{"address": row, "identity": ids.get(ident, 0), "acquired": acq,
+                                                "released": rel} for row, ident, acq, rel in history])
         with self._lock:
             for _ in batch:
                 self._writes.popleft()
         return len(batch)
 
     @staticmethod
-    def _identity_id(s: Session, ident: Identity, cache: dict[Identity, int]) -> int:
-        if ident in cache:
-            return cache[ident]
-        data = b"%any" if ident.is_any else ident.data
-        iid = s.scalar(select(m.SqlIdentity.id).where(m.SqlIdentity.type == ident.id_type,
-                                                     m.SqlIdentity.data == data))
-        if iid is None:
-            obj = m.SqlIdentity(type=ident.id_type, data=data)
-            s.add(obj)
-            s.flush()
-            iid = obj.id
-        cache[ident] = int(iid)
-        return int(iid)
+    def _identity_ids(s: Session, idents: set[Identity | None]) -> dict[Identity | None, int]:
+        """identities.id of each identity, inserting the ones the table lacks (strongSwan's attr-sql
+        does the same)."""
+        want = {(i.id_type, b"%any" if i.is_any else i.data): i for i in idents if i is not None}
+        out: dict[Identity | None, int] = {}
+
+        def lookup() -> None:
+            keys = list(want)
+            for k in range(0, len(keys), 500):
+                chunk = keys[k:k + 500]
+                q = select(m.SqlIdentity.id, m.SqlIdentity.type, m.SqlIdentity.data).where(
+                    m.SqlIdentity.data.in_([d for _, d in chunk]))
+                for iid, t, d in s.execute(q):
+                    hit = want.get((int(t), bytes(d)))
+                    if hit is not None:
+                        out[hit] = int(iid)
+
+        lookup()
+        missing = [{"type": t, "data": d} for (t, d), i in want.items() if i not in out]
+        if missing:
+            s.execute(insert(m.SqlIdentity), missing)
+            lookup()
+        return out
 
 
 def _is_subnet(text: str) -> bool:
