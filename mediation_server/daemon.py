@@ -25,6 +25,8 @@ stun = true                 # STUN binding responder (RFC 5389) for the clients'
 stun_port = 3478
 stun_alt_port = 3479        # RFC 5780: the second port (0: none)
 stun_alt_address = ""       # RFC 5780: the second address (none: mapping EIM and ADM look alike)
+cluster_engine = "redis://10.0.0.5:6379/0"  # optional: one service with the other servers on this Redis
+cluster_name = "ms1"        # this server's name in the cluster (default: the host name)
 ```
 
 and a mediation connection (`mediation = true`, remote id `%any`, no children).
@@ -34,6 +36,7 @@ and a mediation connection (`mediation = true`, remote id `%any`, no children).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import tomllib
 from pathlib import Path
@@ -56,6 +59,7 @@ from core_ike.daemon.main import run_main
 from core_ike.daemon.runtime import Daemon
 from core_ike.errors import LocalError
 
+from .cluster.core import Cluster
 from .datarelay import DataRelay, RelayConfig
 from .registry import Authorizer, Policy, Registry, RegistryConfig
 from .relay import MediationServer
@@ -63,6 +67,7 @@ from .relaysock import RelaySockets
 from .stun import STUN_CHECKS, StunServer, stun_settings
 
 if TYPE_CHECKING:
+    from .cluster.redis_bus import RedisBus
     from .db import DbCallbackStore, PortalPeers
     from .presence import PresenceWriter
 
@@ -77,6 +82,20 @@ def _allow(where: str, key: str, v: Any) -> list[tuple[str, str]]:
         for ident in pair:
             CHECK_IDENTITY(where, key, ident)
     return [(a, b) for a, b in v]
+
+
+def _cluster_engine(where: str, key: str, v: Any) -> str:
+    url = str(CHECK_STR(where, key, v))
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise LocalError(f"{where} {key}: {v!r} is not a Redis URL (redis://HOST:PORT/DB, rediss://…, unix://PATH)")
+    return url
+
+
+def _cluster_name(where: str, key: str, v: Any) -> str:
+    name = str(CHECK_STR(where, key, v))
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise LocalError(f"{where} {key}: {v!r} is not a server name (letters, digits, - _ ., at most 64)")
+    return name
 
 
 def _port_range(where: str, key: str, v: Any) -> str:
@@ -95,6 +114,7 @@ MEDIATION_CHECKS: dict[str, Any] = {
     "relay_idle_timeout": CHECK_DURATION, "relay_unused_timeout": CHECK_DURATION,
     "relay_rate": CHECK_NUMBER, "relay_packet_rate": CHECK_NUMBER,
     **STUN_CHECKS,
+    "cluster_engine": _cluster_engine, "cluster_name": _cluster_name,
 }
 MEDIATION_KEYS = tuple(MEDIATION_CHECKS)
 
@@ -163,7 +183,16 @@ class ServerDaemon(Daemon):
         offset = time.time() - time.monotonic()
         rc = relay_config(med)
         self.relay = DataRelay(rc) if rc.enabled else None
-        self.mediation = MediationServer(self.engine, registry, clock=lambda now: now + offset, relay=self.relay)
+        self.cluster: Cluster | None = None
+        self.bus: RedisBus | None = None
+        if med.get("cluster_engine"):
+            from .cluster.redis_bus import RedisBus  # redis-py only for a server in a cluster
+
+            self.cluster = Cluster(str(med.get("cluster_name") or socket.gethostname()))
+            self.bus = RedisBus(str(med["cluster_engine"]), self.cluster, self._cluster_message,
+                                self._cluster_synced, self._cluster_server_gone)
+        self.mediation = MediationServer(self.engine, registry, clock=lambda now: now + offset, relay=self.relay,
+                                         cluster=self.cluster)
         self.relay_sockets = RelaySockets(self.relay) if self.relay is not None else None
         if self.relay_sockets is not None:
             self.listeners.append(self.relay_sockets.on_event)
@@ -178,6 +207,17 @@ class ServerDaemon(Daemon):
             checked(self.presence.start)
             self.listeners.append(self.presence.on_event)
         self.stun = StunServer(s) if (s := stun_settings(med, cfg)) is not None else None
+
+    def _cluster_message(self, data: bytes) -> None:
+        self.mediation.on_cluster_message(data, time.monotonic())
+        self.transport.flush()
+
+    def _cluster_synced(self) -> None:
+        self.mediation.announce_all()
+
+    def _cluster_server_gone(self, server: str) -> None:
+        if self.cluster is not None:
+            self.cluster.server_gone(server)
 
     def _nat_of(self, identity: str) -> str | None:
         """The NAT behaviour an online peer reported (RFC 5780 terms), when the registry has it."""
@@ -237,7 +277,8 @@ class ServerDaemon(Daemon):
         background = [asyncio.create_task(c) for c in (
             self.portal.refresh_loop() if self.portal is not None else None,
             self.store.flush_loop() if self.store is not None else None,
-            self.presence.run() if self.presence is not None else None) if c is not None]
+            self.presence.run() if self.presence is not None else None,
+            self.bus.run() if self.bus is not None else None) if c is not None]
         try:
             await super().run()
         finally:

@@ -402,7 +402,8 @@ class MediationServer(Extension):
             return
         if isinstance(ev, PeerElsewhere):
             self._peer_elsewhere(ev, now)
-        elif isinstance(ev, SyncAsked):
+        elif isinstance(ev, SyncAsked):  # it (re)joined: what we knew of its peers is void, it says them again
+            self.cluster.server_gone(ev.server)
             self.announce_all()
         elif isinstance(ev, ForwardedConnect):
             self._forwarded_connect(ev, now)

@@ -66,6 +66,7 @@ COMPONENTS: dict[str, Callable[[], str | None]] = {
     "apache2": _files("apache2", "/usr/sbin/apache2", "/usr/lib/apache2/modules/mod_proxy_fcgi.so"),
     "chromium": _file("/usr/bin/chromium", "chromium"),
     "postgresql": _file("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
+    "redis": _file("/usr/bin/redis-server", "redis-server"),
     "mariadb": _files("mariadb-server", "/usr/sbin/mariadbd", "/usr/bin/mariadb-install-db"),
     "tcpdump": _command("tcpdump", "tcpdump"),
     "ethtool": _command("ethtool", "ethtool"),

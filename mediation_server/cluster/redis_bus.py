@@ -1,0 +1,108 @@
+"""The cluster's messages over Redis pub/sub (docs/architecture.md, "Cluster": chosen by
+bench/cluster_engine.py). Redis carries them and forgets them: the presence lives in the servers, which
+announce their peers again whenever a server (re)joins (`hello`), so an engine restart loses nothing
+that the next hello does not bring back; the durable data stays in med_db.
+
+A server that is gone is noticed without a protocol of ours: PUBLISH answers how many subscribers got
+the message, and a server channel with none means that server is not connected; the servers of the
+peers it held are forgotten at once (`Cluster.server_gone`), and a sweep every `sweep_interval` seconds
+asks Redis (PUBSUB NUMSUB) about every server that holds peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .core import PRESENCE, Cluster, server_channel
+
+log = logging.getLogger("mediation_server.cluster")
+SERVER_PREFIX = server_channel("")
+
+
+class RedisBus:
+    """Runs as one asyncio task: `deliver(data)` gets each message from the others; `synced()` runs after
+    each (re)connection's hello (the daemon announces its peers); `gone(server)` when one disappeared."""
+
+    def __init__(self, url: str, cluster: Cluster, deliver: Callable[[bytes], None], synced: Callable[[], None],
+                 gone: Callable[[str], None], retry: float = 0.05, sweep_interval: float = 5.0) -> None:
+        self.url, self.cluster, self.deliver, self.synced, self.gone = url, cluster, deliver, synced, gone
+        self.retry, self.sweep_interval = retry, sweep_interval
+        self.connected = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._warned = False
+
+    async def run(self) -> None:
+        import redis.asyncio as aioredis  # only a server configured with a cluster engine loads redis-py
+
+        loop = asyncio.get_running_loop()
+        self.cluster.on_output = lambda: loop.call_soon(self._wake.set)
+        while True:
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=2, socket_keepalive=True)
+            tasks: list[asyncio.Task[None]] = []
+            ps = client.pubsub()
+            try:
+                await ps.subscribe(PRESENCE, server_channel(self.cluster.name))
+                log.info("cluster: connected to %s as server %s", self.url, self.cluster.name)
+                self._warned = False
+                self.connected.set()
+                # a fresh start: the others announce their peers again, and we ours
+                self.cluster.remote.clear()
+                self.cluster.hello()
+                self.synced()
+                tasks = [asyncio.create_task(self._publish(client)), asyncio.create_task(self._sweep(client))]
+                tasks.append(asyncio.create_task(self._read(ps)))
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()  # raises what ended it
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the engine is down or unreachable: retry
+                if not self._warned:
+                    log.warning("cluster: engine %s unreachable (%s); retrying", self.url, e)
+                    self._warned = True
+            finally:
+                self.connected.clear()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)  # their errors are the one we handled
+                with contextlib.suppress(Exception):
+                    await ps.aclose()  # its own connection: closing it unsubscribes us at once
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await asyncio.sleep(self.retry)  # pacing of the reconnection attempts
+
+    async def _read(self, ps: Any) -> None:
+        while True:
+            m = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            if m is not None and m.get("type") == "message":
+                self.deliver(m["data"])
+
+    async def _publish(self, client: Any) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for channel, data in self.cluster.take_outbox():
+                n = await client.publish(channel, data)
+                if n == 0 and channel.startswith(SERVER_PREFIX):
+                    self._server_gone(channel[len(SERVER_PREFIX):])
+
+    async def _sweep(self, client: Any) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)  # a period, not a synchronisation
+            servers = sorted({p.server for p in self.cluster.remote.values()})
+            if not servers:
+                continue
+            counts = await client.pubsub_numsub(*(server_channel(s) for s in servers))
+            for channel, n in counts:
+                name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                if n == 0:
+                    self._server_gone(name[len(SERVER_PREFIX):])
+
+    def _server_gone(self, server: str) -> None:
+        if server != self.cluster.name:
+            log.info("cluster: server %s is not connected to the engine; forgetting its peers", server)
+            self.gone(server)
