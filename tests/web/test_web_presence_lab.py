@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,10 +164,13 @@ def test_page_shows_a_peer_going_offline(nat_lab_per_test, browser: object) -> N
         r = cmc.post(f"connection/up/{cid}", {"csrf": r.csrf()})
         assert "bob: connected" in r.text(), ("up", r.text())
 
+        stopped = time.monotonic()
         clients["bob"].stop()  # SIGTERM: bob's client deletes its mediation SA at carol
         for page, _, cell, tag, failed in pages:
             # no reload: the page's own polling brings the change
             page.wait_for_selector(cell("bob", "state") + " .presence-offline", timeout=10000)
+            print(f"{tag}: bob offline on the page {time.monotonic() - stopped:.1f} s after its client was "
+                  "told to stop")  # a figure for the record, not a check
             assert page.inner_text(cell("bob", "last_seen")).endswith("UTC")
             page.wait_for_function(
                 "sel => !(document.querySelector(sel) || {}).textContent?.includes('bob:')",
