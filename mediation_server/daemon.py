@@ -25,6 +25,7 @@ stun = true                 # STUN binding responder (RFC 5389) for the clients'
 stun_port = 3478
 stun_alt_port = 3479        # RFC 5780: the second port (0: none)
 stun_alt_address = ""       # RFC 5780: the second address (none: mapping EIM and ADM look alike)
+stun_rate = 500             # STUN answers per second, all clients together
 cluster_engine = "redis://10.0.0.5:6379/0"  # optional: one service with the other servers on this Redis
 cluster_name = "ms1"        # this server's name in the cluster (default: the host name)
 ```

@@ -1,15 +1,16 @@
 """A STUN binding responder on the mediation server (RFC 5389 §7.3, §10), with the NAT behaviour
 discovery additions of RFC 5780 §6-§7 when the server has a second address and/or port.
 
-`StunResponder` is sans-IO: `receive(data, src, local)` answers one datagram and says from which of
+`StunResponder` is sans-IO: `receive(data, src, local, now)` answers one datagram and says from which of
 the server's transport addresses the answer leaves (CHANGE-REQUEST, RFC 5780 §7.2). `StunServer` is the
 thin asyncio side: one UDP socket per (address, port) combination, datagrams fed to the responder.
 
 The codec is aioice's (`aioice.stun`). STUN here is unauthenticated, as RFC 5780 §9 expects of a
-behaviour-discovery server: a Binding request gets the mapped address and nothing else, never an
-amplification (the response is at most a few dozen octets larger than the request, RFC 5780 §9.1
-asks for that only for the padding attribute, which is not supported). The responder answers only
-to requests of the Binding method; everything else is dropped.
+behaviour-discovery server. Being an open UDP responder it could reflect traffic toward a forged
+source, so the answer carries only what discovery needs (XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN,
+OTHER-ADDRESS, FINGERPRINT: 64 octets to a 20-octet request; no MAPPED-ADDRESS or SOFTWARE, and no
+PADDING, RFC 5780 §9.1) and all answers together are rate limited (`stun_rate`). Only Binding
+requests are answered; everything else is dropped.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aioice import stun
 
-from core_ike.daemon.config import CHECK_BOOL, CHECK_INT, DaemonConfig
+from core_ike.daemon.config import CHECK_BOOL, CHECK_INT, CHECK_NUMBER, DaemonConfig
 from core_ike.errors import LocalError
 
 log = logging.getLogger("mediation_server.stun")
@@ -46,7 +48,8 @@ class StunSettings:
     port: int = 3478
     alt_port: int = 0          # 0: none
     alt_address: str = ""      # "": none
-    software: str = "ikeme mediation server"
+    rate: float = 500.0        # answers per second, all sources together (token bucket)
+    burst: int = 200
 
     def addresses(self) -> list[Addr]:
         """Every (address, port) the server answers on: the primary first."""
@@ -69,6 +72,7 @@ class StunStats:
     errors: int = 0
     dropped: int = 0
     changed: int = 0  # answered from another address or port (CHANGE-REQUEST)
+    limited: int = 0  # dropped over the rate limit
 
 
 @dataclass
@@ -78,8 +82,21 @@ class StunResponder:
 
     settings: StunSettings
     stats: StunStats = field(default_factory=StunStats)
+    _tokens: float | None = None
+    _last: float = 0.0
 
-    def receive(self, data: bytes, src: Addr, local: Addr) -> tuple[bytes, Addr, Addr] | None:
+    def _allow(self, now: float) -> bool:
+        s = self.settings
+        tokens = float(s.burst) if self._tokens is None else \
+            min(float(s.burst), self._tokens + max(now - self._last, 0.0) * s.rate)
+        self._last = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+    def receive(self, data: bytes, src: Addr, local: Addr, now: float) -> tuple[bytes, Addr, Addr] | None:
         """(response, local transport address to send it from, destination), or None to drop."""
         if len(data) < 20 or len(data) > MAX_REQUEST:
             self.stats.dropped += 1
@@ -93,6 +110,9 @@ class StunResponder:
             self.stats.dropped += 1  # RFC 5389 §7.3: only Binding here; indications need no answer
             return None
         self.stats.requests += 1
+        if not self._allow(now):
+            self.stats.limited += 1
+            return None
         change = int(msg.attributes.get("CHANGE-REQUEST", 0) or 0)
         origin = self._origin(local, change)
         if origin is None:
@@ -102,12 +122,10 @@ class StunResponder:
         resp = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE,
                             transaction_id=msg.transaction_id)
         resp.attributes["XOR-MAPPED-ADDRESS"] = src
-        resp.attributes["MAPPED-ADDRESS"] = src
         resp.attributes["RESPONSE-ORIGIN"] = origin
         other = self.settings.other_address()
         if other is not None:
             resp.attributes["OTHER-ADDRESS"] = other
-        resp.attributes["SOFTWARE"] = self.settings.software
         resp.add_fingerprint()
         self.stats.responses += 1
         if origin != local:
@@ -155,7 +173,7 @@ def _ip(where: str, key: str, v: Any) -> str:
 
 # the [mediation] keys of the STUN responder (mediation_server/daemon.py merges them into its checks)
 STUN_CHECKS: dict[str, Any] = {"stun": CHECK_BOOL, "stun_port": _port, "stun_alt_port": _port,
-                               "stun_alt_address": _ip}
+                               "stun_alt_address": _ip, "stun_rate": CHECK_NUMBER}
 
 
 def stun_settings(med: dict[str, Any], cfg: DaemonConfig) -> StunSettings | None:
@@ -172,7 +190,10 @@ def stun_settings(med: dict[str, Any], cfg: DaemonConfig) -> StunSettings | None
         raise LocalError("[mediation] stun_alt_port must differ from stun_port (RFC 5780 §6)")
     if alt_address and ipaddress.ip_address(alt_address).version != ipaddress.ip_address(address).version:
         raise LocalError("[mediation] stun_alt_address must be of the primary address's family (RFC 5780 §6)")
-    return StunSettings(address, port, alt_port, alt_address)
+    rate = float(med.get("stun_rate", 500))
+    if rate <= 0:
+        raise LocalError("[mediation] stun_rate must be above 0 (answers per second)")
+    return StunSettings(address, port, alt_port, alt_address, rate=rate, burst=max(int(rate * 0.4), 1))
 
 
 class StunServer:
@@ -222,7 +243,7 @@ class StunServer:
             except OSError as err:  # ICMP errors surface here on Linux
                 log.debug("STUN %s[%d]: %s", local[0], local[1], err)
                 return
-            out = self.responder.receive(data, (src[0], src[1]), local)
+            out = self.responder.receive(data, (src[0], src[1]), local, time.monotonic())
             if out is None:
                 continue
             resp, origin, dst = out
@@ -237,7 +258,8 @@ class StunServer:
     def status(self) -> dict[str, object]:
         st = self.responder.stats
         return {"addresses": [f"{a}[{p}]" for a, p in self.sockets], "requests": st.requests,
-                "responses": st.responses, "changed": st.changed, "errors": st.errors, "dropped": st.dropped}
+                "responses": st.responses, "changed": st.changed, "errors": st.errors, "dropped": st.dropped,
+                "limited": st.limited}
 
     def close(self) -> None:
         for s in self.sockets.values():

@@ -64,7 +64,7 @@ class SimNat:
                 self._deliver(data, pub, dst[1])
             return
         self.sent_to_server += 1
-        out = self.server.receive(data, pub, dst)
+        out = self.server.receive(data, pub, dst, 0.0)
         if out is not None:
             resp, origin, to = out
             self.inbound(resp, origin, to)

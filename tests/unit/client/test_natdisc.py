@@ -104,8 +104,8 @@ def test_server_on_the_wildcard_address() -> None:
     nat.server = StunResponder(StunSettings("0.0.0.0", P1, alt_port=P2))
     orig = nat.server.receive
 
-    def on_wildcard(data: bytes, src: tuple[str, int], local: tuple[str, int]):  # type: ignore[no-untyped-def]
-        out = orig(data, src, ("0.0.0.0", local[1]))
+    def on_wildcard(data: bytes, src: tuple[str, int], local: tuple[str, int], now: float):  # type: ignore[no-untyped-def]
+        out = orig(data, src, ("0.0.0.0", local[1]), now)
         # the kernel sends from the address the request came to: the NAT sees A1
         return None if out is None else (out[0], (A1, out[1][1]), out[2])
 

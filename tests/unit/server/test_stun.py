@@ -28,14 +28,15 @@ def request(change: int = 0, method: stun.Method = stun.Method.BINDING,
 def test_binding_response_attributes() -> None:
     r = StunResponder(StunSettings(A1, 3478, alt_port=3479, alt_address=A2))
     req = request()
-    out = r.receive(bytes(req), CLIENT, (A1, 3478))
+    out = r.receive(bytes(req), CLIENT, (A1, 3478), 0.0)
     assert out is not None
     data, origin, dst = out
     resp = stun.parse_message(data)
     assert (origin, dst) == ((A1, 3478), CLIENT)
     assert resp.message_class == stun.Class.RESPONSE and resp.transaction_id == req.transaction_id
     assert resp.attributes["XOR-MAPPED-ADDRESS"] == CLIENT
-    assert resp.attributes["MAPPED-ADDRESS"] == CLIENT
+    assert "MAPPED-ADDRESS" not in resp.attributes and "SOFTWARE" not in resp.attributes
+    assert len(data) == 64  # what discovery needs and no more (RFC 5780 §9.1: no amplification)
     assert resp.attributes["RESPONSE-ORIGIN"] == (A1, 3478)
     assert resp.attributes["OTHER-ADDRESS"] == (A2, 3479)
     assert "FINGERPRINT" in resp.attributes
@@ -50,22 +51,30 @@ def test_binding_response_attributes() -> None:
 ])
 def test_change_request(local: tuple[str, int], change: int, origin: tuple[str, int]) -> None:
     r = StunResponder(StunSettings(A1, 3478, alt_port=3479, alt_address=A2))
-    out = r.receive(bytes(request(change)), CLIENT, local)
+    out = r.receive(bytes(request(change)), CLIENT, local, 0.0)
     assert out is not None
     assert out[1] == origin
     assert stun.parse_message(out[0]).attributes["RESPONSE-ORIGIN"] == origin
     assert r.stats.changed == 1
 
 
+def test_answers_are_rate_limited() -> None:
+    r = StunResponder(StunSettings(A1, rate=10.0, burst=5))
+    got = [r.receive(bytes(request()), CLIENT, (A1, 3478), 100.0) for _ in range(8)]
+    assert sum(g is not None for g in got) == 5 and r.stats.limited == 3
+    assert r.receive(bytes(request()), CLIENT, (A1, 3478), 100.05) is None  # half a token
+    assert r.receive(bytes(request()), CLIENT, (A1, 3478), 100.2) is not None  # refilled at 10/s
+
+
 def test_change_the_server_cannot_make_is_420() -> None:
     r = StunResponder(StunSettings(A1, 3478, alt_port=3479))
-    out = r.receive(bytes(request(CHANGE_IP)), CLIENT, (A1, 3478))
+    out = r.receive(bytes(request(CHANGE_IP)), CLIENT, (A1, 3478), 0.0)
     assert out is not None
     resp = stun.parse_message(out[0])
     assert resp.message_class == stun.Class.ERROR and resp.attributes["ERROR-CODE"][0] == 420
     assert out[1] == (A1, 3478)  # the error leaves from where the request came in
     plain = StunResponder(StunSettings(A1, 3478))
-    out = plain.receive(bytes(request()), CLIENT, (A1, 3478))
+    out = plain.receive(bytes(request()), CLIENT, (A1, 3478), 0.0)
     assert out is not None and "OTHER-ADDRESS" not in stun.parse_message(out[0]).attributes
 
 
@@ -76,7 +85,7 @@ def test_change_the_server_cannot_make_is_420() -> None:
 ])
 def test_other_input_is_dropped(data: bytes) -> None:
     r = StunResponder(StunSettings(A1))
-    assert r.receive(data, CLIENT, (A1, 3478)) is None
+    assert r.receive(data, CLIENT, (A1, 3478), 0.0) is None
     assert r.stats.dropped == 1 and r.stats.responses == 0
 
 
@@ -107,7 +116,7 @@ def test_unbindable_addresses_degrade_truthfully() -> None:
         port = _free_port()
         srv = StunServer(StunSettings("127.0.0.1", port, alt_port=_free_port(), alt_address="192.0.2.123"))
         assert srv.start() == [("127.0.0.1", port)]
-        out = srv.responder.receive(bytes(request()), CLIENT, ("127.0.0.1", port))
+        out = srv.responder.receive(bytes(request()), CLIENT, ("127.0.0.1", port), 0.0)
         assert out is not None and "OTHER-ADDRESS" not in stun.parse_message(out[0]).attributes
         srv.close()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
