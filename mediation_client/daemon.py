@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import time
 import tomllib
@@ -57,7 +58,7 @@ from core_ike.me.tasks import me_state
 
 from .hostaddr import REFRESH, HostAddresses
 from .natdisc import NatBehaviour, discover_udp, source_address_for
-from .portmap import PortMapConfig, PortMapper
+from .portmap import PortMapConfig, PortMapper, default_gateway
 from .status import DbStatus, load_db_connections
 
 log = logging.getLogger("mediation_client")
@@ -245,6 +246,8 @@ class ClientDaemon(Daemon):
                        if a != "%any" and "/" not in a), None)
         if server is None:
             return
+        if not _is_ip(server):  # a host name: the address toward the gateway (no DNS on the event loop)
+            server = default_gateway() or ""
         try:
             local = source_address_for(server)
         except (OSError, ValueError) as e:
@@ -310,6 +313,14 @@ class ClientDaemon(Daemon):
             st["port_mapping"] = {**m.as_dict(), "renewals": self.portmap.renewals} if m is not None \
                 else {"error": self.portmap.error or "pending"}
         return {"ok": True, "status": st}
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _jsonable(v: Any) -> Any:
