@@ -389,6 +389,18 @@ class Registry:
         else:
             self._pending.pop(requester, None)
 
+    def add_replica(self, reg: CallbackRegistration, now: float) -> None:
+        """A registration made at another server of the cluster (its server persisted it); the
+        requester's limit is that server's to enforce."""
+        if reg.expires > now:
+            self._add_callback(reg)
+
+    def drop_replica(self, target: Identity, requester: Identity) -> None:
+        self._drop_callback(target, requester)
+
+    def callback(self, target: Identity, requester: Identity) -> CallbackRegistration | None:
+        return self._callbacks.get(target, {}).get(requester)
+
     def waiting_for(self, target: Identity) -> list[Identity]:
         return sorted(self._callbacks.get(target, {}))
 

@@ -55,6 +55,8 @@ from core_ike.me.tasks import (
 )
 
 from .cluster.core import (
+    CallbackElsewhere,
+    CallbackFiredElsewhere,
     Cluster,
     ClusterMessageError,
     ForwardedConnect,
@@ -64,6 +66,7 @@ from .cluster.core import (
 )
 from .datarelay import DataRelay, Relay, RelayRefused
 from .registry import (
+    CallbackRegistration,
     PeerRecord,
     Refused,
     Registry,
@@ -193,6 +196,8 @@ class MediationServer(Extension):
     def _callbacks(self, callbacks: tuple[SendCallback, ...], online: Identity, now: float) -> None:
         """docs/protocol.md §5: ME_CONNECT{N(ME_CALLBACK), ID_PEER(online)} to each waiter."""
         for cb in callbacks:
+            if self.cluster is not None:
+                self.cluster.callback_fired(online.canonical(), cb.requester)
             waiter = self._sas.get(_uid(cb.requester_sa))
             if waiter is None or not waiter.established:
                 continue
@@ -286,6 +291,9 @@ class MediationServer(Extension):
         if isinstance(d, Refused):
             return self._refuse(requester, target, d.detail, d.notify, logged=True)
         if isinstance(d, TargetOffline):
+            if d.callback_registered and self.cluster is not None \
+                    and (cr := self.registry.callback(target, requester)) is not None:
+                self.cluster.callback_added(cr.target, cr.requester, cr.created, cr.expires)
             why = "callback registered" if d.callback_registered else (
                 d.callback_refused.detail if d.callback_refused else "no callback requested")
             return self._refuse(requester, target, f"peer is not online ({why})", NotifyType.ME_CONNECT_FAILED)
@@ -407,16 +415,24 @@ class MediationServer(Extension):
             self.announce_all()
         elif isinstance(ev, ForwardedConnect):
             self._forwarded_connect(ev, now)
+        elif isinstance(ev, CallbackElsewhere):
+            self.registry.add_replica(CallbackRegistration(ev.target, ev.requester, ev.created, ev.expires),
+                                      self.clock(now))
+        elif isinstance(ev, CallbackFiredElsewhere):
+            self.registry.drop_replica(ev.target, ev.requester)
         elif isinstance(ev, ForwardedFailure):
             rec = self.registry.lookup(ev.to)
             if rec is not None:
                 self._send_failure(_uid(rec.sa_id), ev.connect_id, Identity(*ev.about), now)
 
     def announce_all(self) -> None:
-        """Announce every peer registered here (a server joined, or we reconnected to the engine)."""
+        """Announce every peer registered here and every callback registration known here (a server
+        joined, or we reconnected to the engine)."""
         if self.cluster is not None:
             for rec in self.registry.online_peers():
                 self.cluster.announce(rec.identity, rec.endpoint, rec.since)
+            for cr in self.registry.registrations():
+                self.cluster.callback_added(cr.target, cr.requester, cr.created, cr.expires)
 
     def _peer_elsewhere(self, ev: PeerElsewhere, now: float) -> None:
         """One registration per identity across the cluster, newest wins: an older one here goes."""

@@ -82,7 +82,25 @@ class SyncAsked:
     server: str
 
 
-ClusterEvent = PeerElsewhere | PeerGoneElsewhere | ForwardedConnect | ForwardedFailure | SyncAsked
+@dataclass(frozen=True)
+class CallbackElsewhere:
+    """A callback registration made at another server ([ME] §4.1 ME_CALLBACK): kept here too, so that
+    it fires wherever its requester is registered when the target comes online."""
+
+    target: str
+    requester: str
+    created: float
+    expires: float
+
+
+@dataclass(frozen=True)
+class CallbackFiredElsewhere:
+    target: str
+    requester: str
+
+
+ClusterEvent = (PeerElsewhere | PeerGoneElsewhere | ForwardedConnect | ForwardedFailure | SyncAsked
+                | CallbackElsewhere | CallbackFiredElsewhere)
 
 
 def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -134,6 +152,13 @@ class Cluster:
 
     def withdraw(self, identity: str) -> None:
         self._put(PRESENCE, {"t": "down", "id": identity})
+
+    def callback_added(self, target: str, requester: str, created: float, expires: float) -> None:
+        self._put(PRESENCE, {"t": "cb", "target": target, "req": requester, "created": created,
+                             "expires": expires})
+
+    def callback_fired(self, target: str, requester: str) -> None:
+        self._put(PRESENCE, {"t": "cbfired", "target": target, "req": requester})
 
     def hello(self) -> None:
         """Joined (or reconnected to) the engine: ask every server to announce its peers again."""
@@ -199,6 +224,11 @@ class Cluster:
                 raise ClusterMessageError("field 'eps': not hex") from None
             return ForwardedConnect(srv, _ident(d, "req"), _field(d, "target", str),
                                     bool(_field(d, "response", bool)), _hex(d, "cid"), _hex(d, "key"), endpoints)
+        if t == "cb":
+            return CallbackElsewhere(_field(d, "target", str), _field(d, "req", str),
+                                     float(_field(d, "created", (int, float))), float(_field(d, "expires", (int, float))))
+        if t == "cbfired":
+            return CallbackFiredElsewhere(_field(d, "target", str), _field(d, "req", str))
         if t == "failed":
             return ForwardedFailure(_field(d, "to", str), _hex(d, "cid"), _ident(d, "about"))
         raise ClusterMessageError(f"unknown message type {t!r}")

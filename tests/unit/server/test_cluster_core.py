@@ -9,6 +9,8 @@ import pytest
 
 from mediation_server.cluster.core import (
     PRESENCE,
+    CallbackElsewhere,
+    CallbackFiredElsewhere,
     Cluster,
     ClusterMessageError,
     ForwardedConnect,
@@ -53,6 +55,9 @@ def test_forwarded_messages_round_trip() -> None:
         ForwardedConnect("a", (3, b"alice@example.net"), "bob@example.net", False, b"\x01" * 4, b"\x02" * 16,
                          (b"\x00\x01", b"\xff")),
         ForwardedFailure("bob@example.net", b"\x01" * 4, (3, b"alice@example.net"))]
+    a.callback_added("bob", "alice", 1.0, 601.0)
+    a.callback_fired("bob", "alice")
+    assert _pass(a, b) == [CallbackElsewhere("bob", "alice", 1.0, 601.0), CallbackFiredElsewhere("bob", "alice")]
 
 
 @pytest.mark.parametrize("data", [

@@ -93,3 +93,34 @@ def test_target_gone_at_its_server_fails_back_to_the_requester() -> None:
     net.run(30.0, until=lambda: bool(alice.of(mev.MediationFailed) or alice.of(mev.PeerNotOnline)))
     assert alice.of(mev.MediationFailed) or alice.of(mev.PeerNotOnline)
     assert not alice.of(ev.ChildSaEstablished)
+
+
+def test_pending_callback_survives_its_server() -> None:
+    """alice waits at server 1 for bob; server 1 dies; alice registers at server 2; bob registers at
+    server 3: server 2 fires alice's callback (its registration came over the cluster)."""
+    net = _net()
+    alice = peer(net, "alice", ["ms1", "ms2"], ["bob"])
+    bob = peer(net, "bob", ["ms3"], ["alice"])
+    up(net, "alice")
+    alice.ext.connect("bob", net.now)
+    net.run(2.0)
+    assert alice.of(mev.PeerNotOnline)
+    for s in ("ms2", "ms3"):
+        assert net.nodes[s].ext.registry.waiting_for(IDS["bob"]) == [IDS["alice"]]
+    # server 1 is gone (its engine connection with it): the others forget its peers
+    del net.nodes["ms1"]
+    for s in ("ms2", "ms3"):
+        net.nodes[s].ext.cluster.server_gone("ms1")
+    for sa in list(alice.engine.ike_sas()):
+        alice.engine.terminate(sa, net.now)
+    net.run(1.0)
+    alice.engine.initiate("medsrv", now=net.now, remote=("198.51.100.2", 500))  # the next in its list
+    net.run(5.0)
+    assert [p.identity for p in net.nodes["ms2"].ext.status()] == [IDS["alice"]]
+    up(net, "bob")
+    net.run(60.0, until=lambda: bool(alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished)))
+    (sent,) = net.nodes["ms2"].of(mev.CallbackSent)
+    assert (sent.requester, sent.online) == (IDS["alice"], IDS["bob"])
+    assert alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished)
+    # fired once: the other copies are gone
+    assert net.nodes["ms3"].ext.registry.waiting_for(IDS["bob"]) == []
