@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import results_io  # noqa: E402
+from bench import results_io
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ENGINES = ["postgresql", "nats", "redis"]

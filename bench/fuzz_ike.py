@@ -47,12 +47,12 @@ def run_one(target: str, seconds: int) -> None:
 
     logging.disable(logging.CRITICAL)  # the engine logs every bad packet; the fuzzer needs no log
     with atheris.instrument_imports(include=["core_ike"]):
-        import core_ike.codec.message  # noqa: F401
-        import core_ike.codec.wire  # noqa: F401
-        import core_ike.ike.engine  # noqa: F401
-        import core_ike.ike.prefilter  # noqa: F401
-        import core_ike.ike.sa  # noqa: F401
-        import core_ike.ike.tasks.ike_auth  # noqa: F401
+        import core_ike.codec.message
+        import core_ike.codec.wire
+        import core_ike.ike.engine
+        import core_ike.ike.prefilter
+        import core_ike.ike.sa
+        import core_ike.ike.tasks.ike_auth
         import core_ike.ike.tasks.ike_init  # noqa: F401
     import test_ike_fuzz_coverage as t
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
              f"and round, {rounds} round(s); the corpus in {CORPUS.relative_to(ROOT)} carries over", ""]
     rate: dict[str, list[float]] = {t: [] for t in targets}
     cov: dict[str, list[float]] = {t: [] for t in targets}
-    crashed: dict[str, int] = {t: 0 for t in targets}
+    crashed: dict[str, int] = dict.fromkeys(targets, 0)
     for rnd in range(rounds):
         for target in targets:
             t0 = time.monotonic()
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True, cwd=ROOT)
             secs = time.monotonic() - t0
             out = p.stdout + p.stderr
-            done = [ln for ln in out.splitlines() if " DONE " in ln or "#" in ln and " cov: " in ln]
+            done = [ln for ln in out.splitlines() if " DONE " in ln or ("#" in ln and " cov: " in ln)]
             runs = re.search(r"stat::number_of_executed_units: (\d+)", out)
             edges = re.findall(r" cov: (\d+)", out)
             n = int(runs.group(1)) if runs else 0

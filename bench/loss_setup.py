@@ -129,7 +129,7 @@ def _one_run(case: str, drv: Any, lab: Lab, res: Result, i: int, loss: int, limi
     try:
         drv.reset()
         reset_ok = True
-    except Exception:  # noqa: BLE001 - recoverable drivers start afresh
+    except Exception:  # recoverable drivers start afresh
         if not hasattr(drv, "recover"):
             raise
         reset_ok = False

@@ -99,7 +99,7 @@ class Generator:
         self.engine.is_first_contact = lambda sa: True  # type: ignore[method-assign]
         self.by_id: dict[int, Any] = {}  # unique id -> IkeSa (Engine.find_sa scans)
         self.client = MediationClient(self.engine, MediationClientConfig(srflx_always=True,
-                                                                         host_addresses=lambda: []))
+                                                                         host_addresses=list))
         self.transport = UdpTransport(self.engine, self.addrs, [500, 4500], on_event=self.on_event)
         self.started = 0
         self.inflight = 0

@@ -14,7 +14,7 @@ _U64 = struct.Struct("!Q")
 class Buffer:
     """Read from `data` or append to an internal bytearray; `pos` is the read cursor."""
 
-    __slots__ = ("_data", "_end", "pos", "_out")
+    __slots__ = ("_data", "_end", "_out", "pos")
 
     def __init__(self, data: bytes | memoryview | None = None) -> None:
         self._data = data if type(data) is memoryview else memoryview(data if data is not None else b"")

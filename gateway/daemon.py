@@ -173,7 +173,7 @@ def build(cfg: DaemonConfig, raw: dict[str, Any] | None = None) -> Daemon:
     source = SqlConfigSource(open_config_db(url)) if url else None
     try:
         return GatewayDaemon(cfg, source)
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors and a driver's: one line at start-up
+    except Exception as e:  # SQLAlchemy's errors and a driver's: one line at start-up
         if isinstance(e, LocalError):
             raise
         raise LocalError(f"[daemon] config_db: cannot read the configuration: {str(e).splitlines()[0]}") from None

@@ -25,9 +25,19 @@ from .prf import Prf
 from .sigalg import SigAlg, algorithm_identifier, parse_algorithm_identifier
 
 __all__ = [
-    "PrivateKey", "PublicKey", "KEY_PAD", "SUPPORTED_SIGNATURE_HASHES", "signed_octets", "psk_auth",
-    "verify_psk_auth", "create_signature_auth", "verify_signature_auth", "keyid_sha1", "spki_sha1",
-    "load_private_key", "load_public_key",
+    "KEY_PAD",
+    "SUPPORTED_SIGNATURE_HASHES",
+    "PrivateKey",
+    "PublicKey",
+    "create_signature_auth",
+    "keyid_sha1",
+    "load_private_key",
+    "load_public_key",
+    "psk_auth",
+    "signed_octets",
+    "spki_sha1",
+    "verify_psk_auth",
+    "verify_signature_auth",
 ]
 
 PrivateKey = (

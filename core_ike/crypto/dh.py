@@ -29,8 +29,13 @@ try:  # FFDH is deprecated in `cryptography` (still ~7x faster than pow()); keep
 except ImportError:  # pragma: no cover - future cryptography releases
     _ffdh = None  # type: ignore[assignment]
 
-__all__ = ["KeyExchange", "new_key_exchange", "key_exchange_from_private", "public_length",
-           "SUPPORTED_GROUPS"]
+__all__ = [
+    "SUPPORTED_GROUPS",
+    "KeyExchange",
+    "key_exchange_from_private",
+    "new_key_exchange",
+    "public_length",
+]
 
 
 class KeyExchange(Protocol):
@@ -126,7 +131,7 @@ def _modp_group(group: int) -> _ModpGroup:
 class _ModpExchange:
     """MODP Diffie-Hellman (RFC 7296 3.4: values left-padded to the modulus length)."""
 
-    __slots__ = ("group", "public", "_g", "_key", "_x")
+    __slots__ = ("_g", "_key", "_x", "group", "public")
 
     def __init__(self, group: int, private: int | None = None, rng: Rng | None = None) -> None:
         self.group = group
@@ -176,7 +181,7 @@ _ECDH = ec.ECDH()
 
 
 class _EcpExchange:
-    __slots__ = ("group", "public", "_curve", "_flen", "_key")
+    __slots__ = ("_curve", "_flen", "_key", "group", "public")
 
     def __init__(self, group: int, private: int | None = None) -> None:
         curve_cls, self._flen = _ECP_CURVES[group]
@@ -211,7 +216,7 @@ _MONTGOMERY: dict[int, tuple[Any, Any, int]] = {  # group -> (private class, pub
 class _MontgomeryExchange:
     """X25519 and X448 (RFC 8031; RFC 7748 6.1/6.2)."""
 
-    __slots__ = ("group", "public", "_key", "_pub_cls", "_len")
+    __slots__ = ("_key", "_len", "_pub_cls", "group", "public")
 
     def __init__(self, group: int, private: bytes | None = None) -> None:
         self.group = group

@@ -13,8 +13,15 @@ from ..rng import Rng
 from .prf import Prf, prf_plus
 from .sk import AeadProtector, CbcHmacProtector, key_lengths, make_protector
 
-__all__ = ["IkeKeys", "ChildKeys", "skeyseed", "derive_ike_keys", "derive_ike_rekey_keys",
-           "derive_child_keys", "ike_protectors"]
+__all__ = [
+    "ChildKeys",
+    "IkeKeys",
+    "derive_child_keys",
+    "derive_ike_keys",
+    "derive_ike_rekey_keys",
+    "ike_protectors",
+    "skeyseed",
+]
 
 
 @dataclass(frozen=True, repr=False)

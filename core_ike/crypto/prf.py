@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from ..constants import PrfId
 from ..errors import LocalError
 
-__all__ = ["Prf", "prf_plus", "SUPPORTED_PRFS"]
+__all__ = ["SUPPORTED_PRFS", "Prf", "prf_plus"]
 
 # RFC 7296 3.3.2 / RFC 4868 2.1: HMAC PRFs, preferred key size = output size.
 _HMAC_PRFS: dict[int, tuple[str, int]] = {
@@ -44,7 +44,7 @@ def _aes_cmac_prf_128(key: bytes, data: bytes) -> bytes:
 class Prf:
     """A negotiated PRF: `prf(key, data) -> bytes` (RFC 7296 2.13)."""
 
-    __slots__ = ("prf_id", "key_size", "output_size", "name", "_fn", "_digest")
+    __slots__ = ("_digest", "_fn", "key_size", "name", "output_size", "prf_id")
 
     def __init__(self, prf_id: int) -> None:
         self.prf_id = prf_id

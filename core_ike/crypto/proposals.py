@@ -15,8 +15,17 @@ from ..codec.payloads import Proposal, Transform
 from ..constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from ..errors import LocalError
 
-__all__ = ["Algorithms", "parse_proposals", "parse_ike_proposals", "parse_esp_proposals",
-           "select_proposal", "restrict_proposals", "describe", "transform_name", "to_keywords"]
+__all__ = [
+    "Algorithms",
+    "describe",
+    "parse_esp_proposals",
+    "parse_ike_proposals",
+    "parse_proposals",
+    "restrict_proposals",
+    "select_proposal",
+    "to_keywords",
+    "transform_name",
+]
 
 _E, _P, _I, _D, _N = (TransformType.ENCR, TransformType.PRF, TransformType.INTEG, TransformType.DH,
                       TransformType.ESN)
@@ -152,7 +161,7 @@ _OPTIONAL_NONE = (TransformType.INTEG, TransformType.DH)  # "NONE" (0) may be of
 
 
 def _choose(ttype: TransformType, ours: list[Transform], theirs: list[Transform],
-            ke_group: int | None) -> Transform | None | bool:
+            ke_group: int | None) -> Transform | bool | None:
     """The chosen transform, None for "type absent / NONE accepted", False for no match."""
     if theirs and ours:
         # all of one type here: compare (id, key length) tuples, not Transform dataclasses (hot path)

@@ -24,8 +24,16 @@ from ..constants import EncrId, IntegId
 from ..errors import DecodeError, IntegrityError, LocalError
 from ..rng import Rng
 
-__all__ = ["key_lengths", "make_protector", "integ_icv_length", "CbcHmacProtector", "AeadProtector",
-           "AEAD_ENCR", "SUPPORTED_ENCR", "SUPPORTED_INTEG"]
+__all__ = [
+    "AEAD_ENCR",
+    "SUPPORTED_ENCR",
+    "SUPPORTED_INTEG",
+    "AeadProtector",
+    "CbcHmacProtector",
+    "integ_icv_length",
+    "key_lengths",
+    "make_protector",
+]
 
 # RFC 7296 3.3.2 / RFC 4868 2: INTEG transforms -> (hash, key length, truncated ICV length)
 _INTEG: dict[int, tuple[str, int, int]] = {
@@ -100,7 +108,7 @@ def _strip_padding(data: bytes) -> bytes:
 class CbcHmacProtector:
     """AES-CBC + HMAC-SHA* (RFC 3602 IV rules as used by RFC 7296 3.14)."""
 
-    __slots__ = ("_alg", "_sk_a", "_digest", "_rng", "icv_size", "block_size", "iv_size")
+    __slots__ = ("_alg", "_digest", "_rng", "_sk_a", "block_size", "icv_size", "iv_size")
 
     def __init__(self, sk_e: bytes, integ_id: int, sk_a: bytes, rng: Rng) -> None:
         digest, key_len, self.icv_size = _INTEG[integ_id]
@@ -145,8 +153,16 @@ class CbcHmacProtector:
 class AeadProtector:
     """AES-GCM / AES-CCM (RFC 5282) and ChaCha20-Poly1305 (RFC 7634) in the SK payload."""
 
-    __slots__ = ("_encr_id", "_key", "_salt", "_counter", "_truncated_gcm", "icv_size", "block_size",
-                 "iv_size")
+    __slots__ = (
+        "_counter",
+        "_encr_id",
+        "_key",
+        "_salt",
+        "_truncated_gcm",
+        "block_size",
+        "icv_size",
+        "iv_size",
+    )
 
     def __init__(self, encr_id: int, sk_e: bytes, rng: Rng) -> None:
         salt_len, self.icv_size = _AEAD[encr_id]

@@ -138,7 +138,6 @@ class Daemon:
 
     def close(self) -> None:
         """After the event loop ended (also on errors): release what outlives it."""
-        return None
 
     def _keyingtries(self, e: object) -> None:
         """swanctl keyingtries: retry a failed IKE_SA we initiated (0 = forever), with a growing delay.

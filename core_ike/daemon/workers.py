@@ -86,7 +86,7 @@ def check_workers(prog: str, workers: int, dataplane: str, multi: bool) -> None:
     if not multi:
         raise LocalError(f"[daemon] workers = {workers}: {prog} runs as one process (all its IKE_SAs share "
                          f"its state: the peer registry, mediation attempts); remove the key or set it to 1")
-    if dataplane == "userspace" or dataplane == "auto" and not _kernel_esp():
+    if dataplane == "userspace" or (dataplane == "auto" and not _kernel_esp()):
         raise LocalError(f"[daemon] workers = {workers} needs dataplane = \"none\" or \"xfrm\": the userspace "
                          f"data plane is one TUN device served by one process (docs/operations.md, \"Workers\")")
 

@@ -24,6 +24,10 @@ from .sa import (
 from .sad import InboundSad
 
 __all__ = [
+    "NEXT_HEADER_IPV4",
+    "NEXT_HEADER_IPV6",
+    "NEXT_HEADER_NO_NEXT",
+    "USERSPACE",
     "DropReason",
     "EspCounters",
     "EspError",
@@ -35,12 +39,8 @@ __all__ = [
     "EspTruncatedError",
     "EspUnknownSpiError",
     "InboundSad",
-    "NEXT_HEADER_IPV4",
-    "NEXT_HEADER_IPV6",
-    "NEXT_HEADER_NO_NEXT",
     "ReplayWindow",
     "SequenceExhaustedError",
-    "USERSPACE",
     "fixed_key_bits",
     "key_lengths",
 ]

@@ -17,7 +17,7 @@ _MASK32 = 0xFFFFFFFF
 class ReplayWindow:
     """Sliding window over 32-bit (or 64-bit ESN) sequence numbers."""
 
-    __slots__ = ("size", "top", "_bitmap", "_mask", "esn")
+    __slots__ = ("_bitmap", "_mask", "esn", "size", "top")
 
     def __init__(self, size: int = 128, esn: bool = False) -> None:
         if size < 0:

@@ -17,7 +17,7 @@ _SPI = struct.Struct(">I")
 class InboundSad:
     """SPI -> EspSa for inbound packets; `open` demultiplexes and decapsulates."""
 
-    __slots__ = ("_sas", "drop_unknown_spi", "drop_truncated")
+    __slots__ = ("_sas", "drop_truncated", "drop_unknown_spi")
 
     def __init__(self) -> None:
         self._sas: dict[int, EspSa] = {}
@@ -81,4 +81,4 @@ class InboundSad:
         return out
 
 
-__all__ = ["InboundSad", "EspError"]
+__all__ = ["EspError", "InboundSad"]

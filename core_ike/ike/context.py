@@ -34,8 +34,24 @@ if TYPE_CHECKING:
 
 # what tasks use of the value modules, so that tasks import from the IKE package only this module and
 # state.py (.importlinter)
-__all__ = ["Addr", "ChildConfig", "Credentials", "ExtensionState", "Failure", "IkeConfig", "IkeSaView",
-           "Identity", "InFlight", "PublicKey", "Status", "Task", "TaskContext", "Vip", "events", "ts"]
+__all__ = [
+    "Addr",
+    "ChildConfig",
+    "Credentials",
+    "ExtensionState",
+    "Failure",
+    "Identity",
+    "IkeConfig",
+    "IkeSaView",
+    "InFlight",
+    "PublicKey",
+    "Status",
+    "Task",
+    "TaskContext",
+    "Vip",
+    "events",
+    "ts",
+]
 
 Addr = tuple[str, int]
 Vip = IPv4Address | IPv6Address
@@ -72,11 +88,9 @@ class Task:
 
     def responded(self, sa: IkeSaView, now: float) -> None:
         """Responder: the response built by this task was sent; default: nothing."""
-        return None
 
     def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
         """The exchange carrying this task failed (timeout, error notify); default: nothing."""
-        return None
 
     @property
     def closes_ike(self) -> bool:

@@ -17,8 +17,15 @@ from ..crypto.auth import PrivateKey, PublicKey, load_private_key, load_public_k
 from ..crypto.auth import keyid_sha1 as keyid_of
 from .identity import Identity
 
-__all__ = ["Credentials", "SharedKey", "PrivateKey", "PublicKey", "keyid_of", "load_private_key",
-           "load_public_key"]
+__all__ = [
+    "Credentials",
+    "PrivateKey",
+    "PublicKey",
+    "SharedKey",
+    "keyid_of",
+    "load_private_key",
+    "load_public_key",
+]
 
 
 @dataclass

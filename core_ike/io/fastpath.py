@@ -239,7 +239,7 @@ class UdpEspIo:
         if esp:
             try:
                 self.on_esp(esp)
-            except Exception:  # noqa: BLE001 - a batch lost, never the daemon
+            except Exception:  # a batch lost, never the daemon
                 log.exception("internal error on %d ESP packets; dropped", len(esp))
         if other:
             tr.flush()

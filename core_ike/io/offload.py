@@ -248,7 +248,7 @@ def split_gro(data: bytes, gso_size: int) -> list[bytes]:
 
 
 class _Flow:
-    __slots__ = ("head", "key", "tkey", "off", "h", "v6", "next_seq", "mss", "parts", "size", "closed", "psh")
+    __slots__ = ("closed", "h", "head", "key", "mss", "next_seq", "off", "parts", "psh", "size", "tkey", "v6")
 
     def __init__(self, pkt: bytes, key: object, off: int, h: int, v6: bool, seq: int, plen: int) -> None:
         self.head = pkt

@@ -360,7 +360,7 @@ class UdpTransport:
             if plain:  # the hot path under a flood: straight to the engine
                 try:
                     receive(data, local, remote, clock())
-                except Exception:  # noqa: BLE001 - last line of defence: one datagram lost, never the daemon
+                except Exception:  # last line of defence: one datagram lost, never the daemon
                     self.stats["dropped"] += 1
                     log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
             else:
@@ -388,13 +388,13 @@ class UdpTransport:
                 if self.esp_sink is not None:
                     try:
                         self.esp_sink.receive_esp(data, remote)
-                    except Exception:  # noqa: BLE001 - one packet lost, never the daemon
+                    except Exception:  # one packet lost, never the daemon
                         log.exception("internal error on an ESP packet from %s[%d]; dropped", *remote)
                 return
             data = payload
         try:
             self.engine.receive(data, local, remote, now)
-        except Exception:  # noqa: BLE001 - last line of defence: one datagram lost, never the daemon
+        except Exception:  # last line of defence: one datagram lost, never the daemon
             self.stats["dropped"] += 1
             log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
 
@@ -434,7 +434,7 @@ class UdpTransport:
             if self.on_event is not None:
                 try:
                     self.on_event(ev)
-                except Exception:  # noqa: BLE001 - an event handler must not kill the daemon
+                except Exception:  # an event handler must not kill the daemon
                     log.exception("event handler failed for %r", ev)
         # handlers may have produced more work (e.g. initiating); send it too
         if out := engine.datagrams_to_send():
@@ -458,6 +458,6 @@ class UdpTransport:
         self._timer_at = None
         try:
             self.engine.handle_timer(self.clock())
-        except Exception:  # noqa: BLE001 - keep the timer running for every other SA
+        except Exception:  # keep the timer running for every other SA
             log.exception("internal error in a timer")
         self.flush()

@@ -317,4 +317,4 @@ class _Session(vici.Session):  # type: ignore[misc]
         self._sock.close()
 
 
-__all__ = ["Charon", "CharonError", "LabError", "decode", "PLUGINS"]
+__all__ = ["PLUGINS", "Charon", "CharonError", "LabError", "decode"]

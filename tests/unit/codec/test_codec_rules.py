@@ -45,7 +45,7 @@ D = DeletePayload(ProtocolId.IKE)
 UNK = UnknownPayload(99, False, b"")
 
 
-def N(t: int, data: bytes = b"") -> NotifyPayload:  # noqa: N802
+def N(t: int, data: bytes = b"") -> NotifyPayload:
     return NotifyPayload(t, data)
 
 

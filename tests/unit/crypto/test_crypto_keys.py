@@ -60,7 +60,7 @@ def test_ike_keys_formula(prf_id: int, encr: int, bits: int, integ: int | None) 
     lengths = [p, a_len, a_len, e_len, e_len, p, p]
     stream = ref_prf_plus(d, seed_key, NI + NR + SPI_I + SPI_R, sum(lengths))
     assert [got.sk_d, got.sk_ai, got.sk_ar, got.sk_ei, got.sk_er, got.sk_pi, got.sk_pr] == cut(stream, lengths)
-    assert "IkeKeys(<secret>)" == repr(got)
+    assert repr(got) == "IkeKeys(<secret>)"
 
 
 def test_skeyseed_cmac_uses_64_bits_of_each_nonce() -> None:

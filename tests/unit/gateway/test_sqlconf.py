@@ -24,7 +24,7 @@ def sqlite() -> Engine:
     return create_engine("sqlite://")
 
 
-def snapshot(db: Engine):  # noqa: ANN201 - the loader's Snapshot
+def snapshot(db: Engine):  # the loader's Snapshot
     with Session(db) as s:
         return load(s)
 

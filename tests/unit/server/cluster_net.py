@@ -10,16 +10,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
 
-from mex_net import IDS, Nat, Net, Node, client_config  # noqa: E402
+from mex_net import IDS, Nat, Net, Node, client_config
 
-from core_ike.ike.config import AuthConfig, ChildConfig, IkeConfig  # noqa: E402
-from core_ike.ike.creds import Credentials  # noqa: E402
-from core_ike.ike.engine import Engine  # noqa: E402
-from core_ike.ike.identity import Identity  # noqa: E402
-from core_ike.me.client import MediationClient  # noqa: E402
-from core_ike.rng import SeededRng  # noqa: E402
-from mediation_server.cluster.core import PRESENCE, Cluster, server_channel  # noqa: E402
-from mediation_server.relay import MediationServer  # noqa: E402
+from core_ike.ike.config import AuthConfig, ChildConfig, IkeConfig
+from core_ike.ike.creds import Credentials
+from core_ike.ike.engine import Engine
+from core_ike.ike.identity import Identity
+from core_ike.me.client import MediationClient
+from core_ike.rng import SeededRng
+from mediation_server.cluster.core import PRESENCE, Cluster, server_channel
+from mediation_server.relay import MediationServer
 
 SERVERS = {"ms1": "198.51.100.1", "ms2": "198.51.100.2", "ms3": "198.51.100.3"}
 PEERS = {"alice": ("10.1.0.2", "203.0.113.1", "10.1.0.0/24"), "bob": ("10.2.0.2", "203.0.113.2", "10.2.0.0/24"),

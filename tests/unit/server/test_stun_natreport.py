@@ -12,17 +12,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
 
-from mex_net import IDS, make_net, register  # noqa: E402
+from mex_net import IDS, make_net, register
 
-from core_ike.codec.payloads import NotifyPayload  # noqa: E402
-from core_ike.me.natinfo import (  # noqa: E402
+from core_ike.codec.payloads import NotifyPayload
+from core_ike.me.natinfo import (
     IKEME_NAT_BEHAVIOUR,
     MAX_TEXT,
     NatReport,
     decode_nat,
     encode_nat,
 )
-from core_ike.me.tasks import MeSaState  # noqa: E402
+from core_ike.me.tasks import MeSaState
 
 TEXT = "mapping APDM, filtering APDF, port not preserved, random ports, no hairpinning"
 
