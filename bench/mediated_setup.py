@@ -23,6 +23,7 @@ several times a second).
     bench/mediated_setup.py --quick                                      # smoke run
     bench/mediated_setup.py --rounds 2 --runs 3 --conditions 0,public --hang-runs 20
     bench/mediated_setup.py --before /tmp/old-tree    # also our daemons from another checkout, interleaved
+    bench/mediated_setup.py --trace 20                # one setup of ours, the three daemons' steps merged by time
 """
 
 from __future__ import annotations
@@ -357,6 +358,43 @@ def figures_for(cond: Condition, res: dict[str, Result], rtt: float | None) -> l
     return figs
 
 
+TRACE_STEPS = re.compile(r"generating ME_CONNECT|relaying ME_CONNECT|checklist \w+: (NONE|pair \d+: \w+ -> (IN_PROGRESS|"
+                         r"SUCCEEDED)|selected)|IKE_SA_INIT|IKE_AUTH|established|installed CHILD_SA")
+
+
+def trace(cond: Condition) -> list[str]:
+    """Where the time of one setup of ours goes: the daemons' debug lines (all namespaces share the clock)
+    from the `up` to the CHILD_SA, step lines only, merged by timestamp, with ms since the `up`."""
+    lab = build_lab(cond)
+    driver = _started("ours", lab, cond)
+    try:
+        assert isinstance(driver, OursMediation)
+        daemons = {"carol": driver.med.server, **driver.med.clients}
+        for d in daemons.values():
+            assert d is not None
+            d.ctl({"cmd": "loglevel", "level": "debug"})
+        driver.initiate_and_wait(10.0)  # a first setup warms every path
+        driver.reset()
+        marks = {n: len(d.log_text()) for n, d in daemons.items() if d is not None}
+        t0 = time.time()
+        took = driver.initiate_and_wait(10.0)
+        lines: list[tuple[float, str]] = []
+        for n, d in daemons.items():
+            assert d is not None
+            for line in d.log_text()[marks[n]:].splitlines():
+                m = re.match(r"(\d\d):(\d\d):(\d\d\.\d+) (.*)", line)
+                if m and TRACE_STEPS.search(m.group(4)):
+                    lt = time.localtime(t0)
+                    day = time.mktime((*lt[:3], 0, 0, 0, *lt[6:]))
+                    t = day + int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+                    lines.append((t, f"{(t - t0) * 1000:7.1f} ms  {n:<6} {m.group(4)[:150]}"))
+        return [f"one setup of ours, {cond.label}: {took * 1000:.1f} ms from `up` to the CHILD_SA listed",
+                *(text for _, text in sorted(lines))]
+    finally:
+        driver.stop()
+        lab.teardown()
+
+
 def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:
     """Both sides at 0 ms, `runs` setups each, in four alternating blocks; counts runs over `timeout`."""
     res = {d: Result(d, "0ms") for d in ("ours", "charon")}
@@ -387,9 +425,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="setups per side at 0 ms for the hang count (default 100, 4 with --quick)")
     ap.add_argument("--hang-timeout", type=float, default=5.0)
     ap.add_argument("--before", help="also run our daemons from this checkout (side ours-before), interleaved")
+    ap.add_argument("--trace", metavar="COND", help="print where one setup of ours spends its time, then exit")
     ap.add_argument("--note", action="append", default=[], help="a note for the report (e.g. which checkouts ran)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.trace:
+        cleanup_orphans()
+        print("\n".join(trace(CONDITIONS[args.trace])))
+        return 0
     global BEFORE
     if args.before:
         BEFORE = str(Path(args.before).resolve())
