@@ -466,6 +466,8 @@ def _daemon(d: Any) -> DaemonSettings:
         setattr(st, k, check("[daemon]", k, v))
     if st.port == st.natt_port and st.port:
         raise LocalError(f"[daemon] port and natt_port are both {st.port}; they must differ")
+    if st.config_db and st.workers != 1:  # each worker would write the pools' leases (docs/gateway.md)
+        raise LocalError("[daemon] config_db needs workers = 1 (the database's pools have one writer)")
     if st.log_file and "log_target" in d:
         raise LocalError("[daemon] log_file and log_target both set; use log_target = \"file:PATH\" alone")
     return st
