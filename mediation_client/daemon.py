@@ -21,6 +21,7 @@ nat_discovery = true     # RFC 5780 NAT behaviour discovery against the server's
 stun_port = 3478         # the mediation server's STUN port
 port_mapping = true      # map the IKE NAT-T port on the gateway (PCP, NAT-PMP, UPnP IGD; portmap.py)
 port_mapping_lifetime = "2h"
+servers = ["med.example.net"] # mediation servers in turn (names: every address; failover.py)
 ```
 """
 
@@ -56,6 +57,7 @@ from core_ike.me.endpoints import Endpoint, mapped_endpoint
 from core_ike.me.natinfo import NatReport
 from core_ike.me.tasks import me_state
 
+from .failover import ServerList, check_servers
 from .hostaddr import REFRESH, HostAddresses
 from .natdisc import NatBehaviour, discover_udp, source_address_for
 from .portmap import PortMapConfig, PortMapper, default_gateway
@@ -72,6 +74,7 @@ CLIENT_CHECKS: dict[str, Any] = {
     "reconnect": CHECK_DURATION, "relay": CHECK_BOOL,
     "nat_discovery": CHECK_BOOL, "stun_port": CHECK_INT,
     "port_mapping": CHECK_BOOL, "port_mapping_lifetime": CHECK_DURATION,
+    "servers": check_servers,
 }
 CLIENT_KEYS = tuple(CLIENT_CHECKS)
 
@@ -110,6 +113,7 @@ class ClientDaemon(Daemon):
         self.mediation = MediationClient(self.engine, dataclasses.replace(
             client_config(client), host_addresses=self.hosts, extra_endpoints=self._mapped_endpoints))
         self.reconnect_base = duration(client.get("reconnect", 5))
+        self.servers = ServerList(client.get("servers"))
         self._backoff: dict[str, float] = {}
         self._immediate: dict[str, float] = {}  # mediation connection -> last immediate re-establishment
         self.listeners.append(self.on_mediation_event)
@@ -139,8 +143,7 @@ class ClientDaemon(Daemon):
     def start_connection(self, cfg: IkeConfig, now: float, force: bool = False) -> None:
         """The mediation connection always; mediated ones through the mediation client."""
         if cfg.mediation:
-            log.info("initiating mediation connection '%s'", cfg.name)
-            self.engine.initiate(cfg.name, None, now)
+            self.servers.initiate(self, cfg.name)
         elif cfg.mediated_by:
             if force or any(ch.start_action == "start" for ch in cfg.children):
                 self.mediation.connect(cfg.name, now)
@@ -187,8 +190,7 @@ class ClientDaemon(Daemon):
         def retry() -> None:
             if self.mediation.mediation_sa(name) is None and not self.stopping and \
                     any(c.name == name for c in self.engine.configs):
-                self.engine.initiate(name, None, time.monotonic())
-                self.transport.flush()
+                self.servers.initiate(self, name)  # the next server of the list
 
         loop.call_later(delay, retry)
 

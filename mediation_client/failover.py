@@ -1,0 +1,89 @@
+"""Several mediation servers for one client (docs/architecture.md, "Cluster"): `[client] servers` lists
+host names or addresses; a name with several addresses gives each in turn. The client registers at the
+first; when its mediation connection is lost it registers at the next (the servers of a cluster share
+the peers' presence and callback registrations, so it may register at any of them). Without the key,
+the mediation connection's own `remote_addrs` are the list.
+
+Names are resolved again at each turn (a service's DNS may change its addresses), off the event loop
+(asyncio's getaddrinfo runs in a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from typing import Any
+
+from core_ike.errors import LocalError
+from core_ike.ike.config import IkeConfig
+
+log = logging.getLogger("mediation_client")
+
+
+def check_servers(where: str, key: str, v: Any) -> list[str]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        raise LocalError(f"{where} {key}: expected a host name or address, or a list of them, got {v!r}")
+    for name in v:
+        if any(c.isspace() for c in name) or len(name) > 253:
+            raise LocalError(f"{where} {key}: {name!r} is not a host name or address")
+    return list(v)
+
+
+class ServerList:
+    def __init__(self, names: list[str] | None = None) -> None:
+        self.names = list(names or [])
+        self._turn: dict[str, int] = {}  # mediation connection -> index of the next address to try
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def addresses(self, cfg: IkeConfig) -> list[str]:
+        """Every address of every server, in order, duplicates dropped."""
+        out: list[str] = []
+        names = self.names or [a for a in cfg.remote_addrs if a != "%any"]
+        loop = asyncio.get_running_loop()
+        for name in names:
+            try:
+                ipaddress.ip_address(name)
+                found = [name]
+            except ValueError:
+                try:
+                    infos = await loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
+                except OSError as e:
+                    log.warning("mediation server %s: cannot resolve it (%s)", name, e)
+                    continue
+                found = [str(info[4][0]) for info in infos]
+            out += [a for a in found if a not in out]
+        return out
+
+    async def next(self, cfg: IkeConfig) -> str | None:
+        addrs = await self.addresses(cfg)
+        if not addrs:
+            return None
+        i = self._turn.get(cfg.name, 0) % len(addrs)
+        self._turn[cfg.name] = i + 1
+        return addrs[i]
+
+    def initiate(self, daemon: Any, name: str) -> None:
+        """Bring up mediation connection `name` at the next server of the list (unless it came up
+        meanwhile or the daemon stops)."""
+        cfg = next((c for c in daemon.engine.configs if c.name == name), None)
+        if cfg is None:
+            return
+
+        async def go() -> None:
+            addr = await self.next(cfg)
+            if addr is None:
+                log.warning("mediation connection '%s': no server address to try", name)
+                return
+            if daemon.mediation.mediation_sa(name) is None and not daemon.stopping:
+                log.info("initiating mediation connection '%s' to %s", name, addr)
+                daemon.engine.initiate(name, None, time.monotonic(), remote=(addr, cfg.remote_port))
+                daemon.transport.flush()
+
+        task = asyncio.get_running_loop().create_task(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
