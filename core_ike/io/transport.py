@@ -443,7 +443,9 @@ class UdpTransport:
 
     def _arm(self) -> None:
         t = self.engine.get_timer()
-        if t == self._timer_at and self._timer is not None:
+        if self._timer is not None and self._timer_at is not None and (t is None or self._timer_at <= t):
+            # armed for this deadline or an earlier one: firing early costs one idle handle_timer (which
+            # re-arms), replacing the handle after every datagram costs more under load
             return
         if self._timer is not None:
             self._timer.cancel()
