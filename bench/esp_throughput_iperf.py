@@ -223,7 +223,7 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
             results_io.sample(eff_o, "Mbit/s per core", 1), results_io.sample(eff_c, "Mbit/s per core", 1),
             better="higher", differences=["less sensitive to the machine's load than Mbit/s"], readme=False))
     for side in sides:
-        if side == "charon" or side == ours_main:
+        if side in ("charon", ours_main):
             continue
         figs.append(results_io.figure(
             f"esp_tcp_{side.split(':', 1)[1].replace(',', '_')}", f"ESP TCP throughput, {label_of(side)}",

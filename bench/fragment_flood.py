@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         sys.path.insert(0, str(args.src))
         # drop lines are formatted as in a daemon, then discarded
-        logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))
+        logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))  # noqa: SIM115 - open while the child runs
         kw = {k: getattr(args, k) for k in ("frag_max_per_sa", "frag_max_total") if getattr(args, k) is not None}
         print(json.dumps(run(args.scenario, args.sets, args.set_kib, args.frag_size, args.sas, args.rate, kw)))
         return

@@ -19,6 +19,7 @@ edges ``cov``, features ``ft``, corpus size) and the executions per second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -62,10 +63,8 @@ def run_one(target: str, seconds: int) -> None:
         from core_ike.ike.prefilter import scan_init
 
         def fuzz(data: bytes) -> None:
-            try:
+            with contextlib.suppress(DecodeError, ProtocolError):
                 decode_message(data)
-            except (DecodeError, ProtocolError):
-                pass
             if len(data) >= 28:
                 scan_init(data, data[16])
     else:

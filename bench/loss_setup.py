@@ -27,6 +27,7 @@ within ``--target`` seconds; ``--limit`` is how long one run may take at all.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -154,10 +155,8 @@ def measure_case(case: str, drivers: list[str], rounds: int, loss: int, limit: f
             _one_run(case, drvs[d], labs[d], results[d], i, loss, limit, verbose)
     finally:
         for d in drvs:
-            try:
+            with contextlib.suppress(Exception):  # tear the labs down anyway
                 drvs[d].stop()
-            except Exception:  # noqa: BLE001 - tear the labs down anyway
-                pass
         for lab in labs.values():
             lab.teardown()
     return [results[d] for d in drivers]

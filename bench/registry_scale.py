@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -406,10 +407,8 @@ class Bench:
 
     def stop(self) -> None:
         for _, c in self.gens:
-            try:
+            with contextlib.suppress(OSError):
                 c.send({"cmd": "stop"})
-            except OSError:
-                pass
         for p, _ in self.gens:
             p.join(5)
             if p.is_alive():

@@ -13,6 +13,7 @@ backends (see the dialect notes in schema.sql).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -239,10 +240,8 @@ def _remove(p: Path | None) -> None:
     if p is None:
         return
     for f in (p, p.with_name(p.name + "-journal")):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             f.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def _check_tables(engine: Engine, shown: str, create_tables: bool) -> None:

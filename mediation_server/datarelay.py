@@ -163,7 +163,7 @@ class DataRelay:
         self._by_port: dict[int, tuple[Relay, Side]] = {}
         self._by_cid: dict[bytes, Relay] = {}
         self._next_id = 1
-        lo, hi = self.config.ports
+        lo, _hi = self.config.ports
         self._cursor = lo
         self._changes = Changes()
         self.stats = {"allocated": 0, "refused": 0, "expired": 0, "forwarded": 0, "dropped": 0, "released": 0}

@@ -9,6 +9,7 @@ and grants, refreshed off the event loop (`PortalPeers`), so no lookup inside th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -143,10 +144,8 @@ class PortalPeers:
         self.on_miss = wake.set
         loop = asyncio.get_running_loop()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.refresh_interval)
-            except TimeoutError:
-                pass
             wake.clear()
             started = loop.time()
             try:

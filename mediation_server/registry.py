@@ -311,7 +311,7 @@ class Registry:
         rec = self._peers.get(target)
         return None if rec is None else rec.sa_id
 
-    def check_and_register(self, target: Identity, requester: Identity, now: float) -> SaId | None | Refused:
+    def check_and_register(self, target: Identity, requester: Identity, now: float) -> SaId | Refused | None:
         """docs/protocol.md §5: online -> its SA id; offline -> register the requester (deduplicated) and
         return None; too many pending callbacks -> Refused."""
         sa_id = self.check(target)

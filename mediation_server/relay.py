@@ -312,7 +312,7 @@ class MediationServer(Extension):
         requester, target, cid = origin.peer_id.canonical(), target_id.canonical(), req.connect_id
         relayed = self._relayed_endpoint(origin, target_sa, req, requester, target, now)
         if relayed is not None:
-            req = replace(req, endpoint_data=req.endpoint_data + (relayed,))
+            req = replace(req, endpoint_data=(*req.endpoint_data, relayed))
         payloads = build_relay(req, _id_peer(origin.peer_id))
         origin_id = origin.unique_id
 

@@ -247,9 +247,8 @@ class DbSessionInterface(SessionInterface):
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, PortalSession)
         args = self._cookie_args()
-        if session.ended or session.new_login is not None:
-            if session.sid is not None:
-                self.store.drop(session.sid)
+        if (session.ended or session.new_login is not None) and session.sid is not None:
+            self.store.drop(session.sid)
         if session.new_login is not None:
             sid = self.store.new(session.new_login, dict(session))
             response.set_cookie(self.cookie_name, sid, **args)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, TypeVar
 
@@ -406,6 +407,10 @@ class Reassembler:
 
     def keys(self) -> list[ReassemblyKey]:
         return list(self._partials)
+
+    def __iter__(self) -> Iterator[ReassemblyKey]:
+        # over a copy: a caller may discard the key it is looking at
+        return iter(self.keys())
 
     def take_drops(self) -> list[Drop]:
         out, self.drops = self.drops, []

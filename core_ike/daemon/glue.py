@@ -87,9 +87,9 @@ class DataPlaneGlue(Extension):
         nothing of this CHILD_SA stays installed)."""
         k = e.keys
         encr = EncrId(k.encr_id)
-        common = dict(encr_id=encr, encr_key_bits=k.key_bits or fixed_key_bits(encr),
-                      integ_id=IntegId(k.integ_id), encap=e.encap, reqid=e.reqid,
-                      replay_window=e.replay_window, esn=k.esn, lifetime=Lifetime())
+        common = {"encr_id": encr, "encr_key_bits": k.key_bits or fixed_key_bits(encr),
+                  "integ_id": IntegId(k.integ_id), "encap": e.encap, "reqid": e.reqid,
+                  "replay_window": e.replay_window, "esn": k.esn, "lifetime": Lifetime()}
         done: list[tuple[int, Direction]] = []
         new_pols: list[PolicyParams] = []
         try:

@@ -67,7 +67,7 @@ class FragmentReceiver:
             return None
         r = self.reassembler
         # what is left of an earlier Message ID is outside the window now: it can never complete
-        for key in r.keys():
+        for key in r:
             if key[3] == response and key[2] != mid:
                 r.discard(key, "replaced")
         try:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from pyroute2 import IPRoute, NetlinkError  # type: ignore[import-untyped]
 
 from ..constants import NAT_KEEPALIVE
 from ..esp import USERSPACE, EspError, EspSa, InboundSad, SequenceExhaustedError
@@ -344,7 +344,7 @@ class UserspaceDataPlane:
 
         try:
             _with_iproute(delete)
-        except Exception as e:  # route already gone with the device
+        except (NetlinkError, OSError) as e:  # route already gone with the device
             log.debug("route %s: %s", key, e)
 
     @staticmethod

@@ -10,6 +10,7 @@ without a restart (docs/gateway.md, "Live changes").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -90,10 +91,8 @@ class SqlConfigSource:
         self._wake = wake.set
         loop = asyncio.get_running_loop()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.refresh_interval)
-            except TimeoutError:
-                pass
             wake.clear()
             started = loop.time()
             try:

@@ -105,7 +105,7 @@ ClusterEvent = (PeerElsewhere | PeerGoneElsewhere | ForwardedConnect | Forwarded
 
 def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     v = d.get(key)
-    if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
         raise ClusterMessageError(f"field {key!r}: expected {kind}, got {v!r}")
     return v
 

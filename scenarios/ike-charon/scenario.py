@@ -70,7 +70,7 @@ def run(story: Story) -> None:
     ka, kb = rsa_keypair(), rsa_keypair()
     story.say(f"alice's RSA-2048 key, ID_KEY_ID {ka.identity}")
     story.say(f"bob's   RSA-2048 key, ID_KEY_ID {kb.identity}")
-    ids = dict(A=A, B=B, A_IN=A_IN, B_IN=B_IN, aid=ka.identity, bid=kb.identity)
+    ids = {"A": A, "B": B, "A_IN": A_IN, "B_IN": B_IN, "aid": ka.identity, "bid": kb.identity}
     charon = Charon(lab, "bob", conf=CHARON_CONF.format(**ids))
     install_keypair(charon, "bob", kb, own=True)
     install_keypair(charon, "alice", ka, own=False)

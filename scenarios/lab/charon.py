@@ -206,10 +206,9 @@ class Charon:
             req["child"] = child
         if ike:
             req["ike"] = ike
-        with contextlib.closing(self.vici()) as s:
-            with contextlib.suppress(vici.exception.CommandException):
-                for _ in s.terminate(req):
-                    pass
+        with contextlib.closing(self.vici()) as s, contextlib.suppress(vici.exception.CommandException):
+            for _ in s.terminate(req):
+                pass
 
     def terminate_all(self) -> None:
         """Terminate every IKE_SA (wait for :meth:`list_sas` to be empty)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import os
 import random
@@ -77,10 +78,8 @@ class Hub:
         self.forwarded += 1
         for fd in self.fds:
             if fd != src:
-                try:
+                with contextlib.suppress(OSError):  # port down or queue full: like a lost frame
                     os.write(fd, frame)
-                except OSError:
-                    pass  # port down or queue full: like a lost frame
 
 
 async def _serve(ports: Sequence[str], delay_ms: float, loss: float, seed: int | None) -> None:
@@ -101,10 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("ports", nargs="+", help="NS:IFNAME of each TAP port")
     args = ap.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.ports, args.delay_ms, args.loss, args.seed))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

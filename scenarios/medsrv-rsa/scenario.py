@@ -15,6 +15,7 @@ peers, UP on both connection list pages, ping both ways, and the ESP going NAT t
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -181,10 +182,8 @@ def run(story: Story) -> None:
                 rows[h] = connection_row(local_web[h].get("connection/list"), o)
             return all(" UP " in f" {r} " for r in rows.values())
 
-        try:
+        with contextlib.suppress(Exception):  # reported by the check below
             wait_for(both_up, 10, interval=0.1, what="UP on both connection lists")
-        except Exception:  # noqa: BLE001 - reported by the check below
-            pass
         for h in ("alice", "bob"):
             story.say(f"{h} connection list: {rows.get(h, '')}")
         story.check(all(" UP " in f" {r} " for r in rows.values()), "both connection lists show UP")

@@ -71,7 +71,7 @@ def transfer(src_ns: str, src: str, dst_ns: str, dst: str, size: int, seed: int)
         assert srv.stdout is not None
         assert srv.stdout.readline().strip() == "LISTEN"
         nsx(src_ns, sys.executable, "-c", CLIENT, dst, src, str(size), str(seed))
-        out, err = srv.communicate(timeout=60)
+        out, _err = srv.communicate(timeout=60)
     finally:
         if srv.poll() is None:
             srv.kill()

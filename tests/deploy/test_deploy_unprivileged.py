@@ -9,6 +9,7 @@ not just harmless."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -140,10 +141,8 @@ def _notifications(notify: socket.socket, proc: subprocess.Popen[str], want: str
     seen = ""
     while time.monotonic() < deadline:
         notify.settimeout(0.2)
-        try:
+        with contextlib.suppress(TimeoutError):
             seen += notify.recv(4096).decode() + "\n"
-        except TimeoutError:
-            pass
         if want in seen.splitlines():
             return seen
         if proc.poll() is not None:

@@ -74,7 +74,7 @@ def _ping(lab: Lab, host: str, dst: str, src: str, count: int = 3) -> None:
 @pytest.mark.parametrize("who", ["ours", "charon"])
 def test_nat_esp_in_udp_both_ways(nat_pair: Pair, who: str) -> None:
     env = nat_pair
-    sa, child, _ = bring_up(env, who)
+    _sa, child, _ = bring_up(env, who)
     before = env.iked.ctl({"cmd": "stats"})["stats"]["dataplane"]  # drops not attributable to one SA
     with env.lab.capture("natA", "wan0", "udp or esp or icmp") as cap:
         _ping(env.lab, "alice", C_IN, A_IN)

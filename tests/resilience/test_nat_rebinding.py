@@ -54,7 +54,7 @@ def test_tunnel_follows_a_new_nat_mapping(nat_lab_per_test: Lab) -> None:
     lab.nft("natA", "flush ruleset\n" + NAT_RULESET.format(rule=moved))
     lab.flush_conntrack(["natA"])
 
-    sent, received, out = lab.ping("alice", C_IN, source=A_IN, count=5, interval=0.2, wait=1.0)
+    _sent, received, out = lab.ping("alice", C_IN, source=A_IN, count=5, interval=0.2, wait=1.0)
     assert received >= 3, out  # the first reply may still go to the old mapping
     (after,) = carol.list_sas()
     assert after["uniqueid"] == before["uniqueid"]  # the same IKE_SA, moved

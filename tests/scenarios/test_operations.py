@@ -117,7 +117,7 @@ def test_up_fails_with_the_peers_reason_then_reload_fixes_it(pair) -> None:  # t
     assert r.returncode == 0, r.stderr
     assert "established CHILD_SA net{" in r.stdout and f"{a_in}/32 === {b_in}/32" in r.stdout
 
-    sent, received, _ = lab.ping("alice", b_in, source=a_in, count=3, interval=0.1)
+    _sent, received, _ = lab.ping("alice", b_in, source=a_in, count=3, interval=0.1)
     assert received == 3
     (sa,) = ikectl_json(alice, "list")["sas"]
     (child,) = sa["child-sas"]

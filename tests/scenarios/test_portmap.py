@@ -93,7 +93,7 @@ def test_client_maps_renews_and_deletes_and_goes_direct() -> None:
             assert gw.redirects() == [(4500, LAN["bob"], 4500)]
 
             r = alice.up("bob", timeout=30)
-            sa_a, sa_b = mediated_sas(alice, bob, "bob", "alice")
+            sa_a, _sa_b = mediated_sas(alice, bob, "bob", "alice")
             assert (sa_a["remote-host"], str(sa_a["remote-port"])) == (UPNP_PUBLIC, "4500"), (r, sa_a)
             ping = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.1)
             assert ping[1] == 3

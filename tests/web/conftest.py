@@ -166,10 +166,12 @@ class MyServer:
         return pymysql.connect(unix_socket=str(self.sock), user="root", autocommit=True)
 
     def _ping(self) -> bool:
+        import pymysql
+
         try:
             self._connect().close()
             return True
-        except Exception:
+        except (pymysql.MySQLError, OSError):
             return False
 
     def stop(self) -> None:

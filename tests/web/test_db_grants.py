@@ -40,7 +40,7 @@ def _peers(s: Session) -> tuple[list[Peer], list[Peer]]:
 
 def test_set_list_clear_grants(session: Session) -> None:
     s = session
-    (a0, a1, a2), (b0, b1) = _peers(s)
+    (a0, a1, a2), (b0, _b1) = _peers(s)
     assert d.list_grants(s, a0.id) == [] and d.grant_counts(s, a0.user_id) == {}
     d.set_grants(s, a0.id, [a2.id, b0.id, a2.id])  # duplicates collapse
     s.commit()

@@ -150,7 +150,7 @@ def _user(s: Session, login: str = "alice") -> User:
 def test_users_and_peers_crud(session: Session, reference_pem: str) -> None:
     s = session
     alice, bob = _user(s, "alice"), _user(s, "bob")
-    with pytest.raises(d.DataError, match="Username already exists."):
+    with pytest.raises(d.DataError, match=r"Username already exists\."):
         d.create_user(s, "alice", "x")
     spki, keyid = parse_peer_public_key(reference_pem)
     p = d.add_peer(s, alice.id, "home", spki, keyid)

@@ -178,7 +178,7 @@ def test_mediation_server_honours_saved_grants(portal: Portal) -> None:
     """End to end without IKE: what the portal saves is what the mediation server's "grants" policy
     (mediation_server.daemon: PortalPeers.granted as the Authorizer's allow function) decides on."""
     a, a_ids, a_keys = user_with_peers(portal, "alice", "alice2")
-    _, b_ids, b_keys = user_with_peers(portal, "bob")
+    _, _b_ids, b_keys = user_with_peers(portal, "bob")
     _, _, c_keys = user_with_peers(portal, "carol")
     alice, alice2 = a_keys["alice"].identity, a_keys["alice2"].identity
     bob, carol = b_keys["bob"].identity, c_keys["carol"].identity

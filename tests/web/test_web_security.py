@@ -225,7 +225,7 @@ def test_anonymous_requests_cost_no_session(portal: Portal) -> None:
     assert set().union(*(s for _, s in results)) == {200, 303, 404}
     assert after["sessions"] == before["sessions"]
     # the count is live: a login adds one
-    c, r = register(portal)
+    _c, r = register(portal)
     assert r.status == 200 and portal.stats("srv")["sessions"] == after["sessions"] + 1
 
 

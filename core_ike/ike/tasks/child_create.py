@@ -218,10 +218,9 @@ class ChildCreate(Task):
             self._process_response(sa, msg)
         except ProtocolError as e:
             self._fail(sa, str(e), now)
-            if not self.in_auth:
-                # RFC 7296 1.3: a CHILD_SA we cannot accept must be deleted again
-                if self.chosen is not None and self.chosen.spi:
-                    sa.queue.append(ChildDelete(spi_in=self.spi_in))
+            # RFC 7296 1.3: a CHILD_SA we cannot accept must be deleted again
+            if not self.in_auth and self.chosen is not None and self.chosen.spi:
+                sa.queue.append(ChildDelete(spi_in=self.spi_in))
             return Status.DONE
         self._install(sa, now, initiator=True)
         return Status.DONE

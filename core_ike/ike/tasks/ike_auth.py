@@ -87,8 +87,7 @@ def _peer_key(sa: IkeSaView, msg: Message) -> PublicKey:
             raise AuthenticationFailed(f"no trusted issuer found for '{cert.subject.rfc4514_string()}'")
         if not _cert_matches(cert, sa.peer_id):
             raise AuthenticationFailed(f"peer certificate does not contain identity '{sa.peer_id}'")
-        k = cert.public_key()
-        return k  # type: ignore[return-value]
+        return cert.public_key()  # type: ignore[return-value]
     k2 = creds.public_key_for(sa.peer_id)
     if k2 is None:
         raise AuthenticationFailed(f"no trusted public key found for '{sa.peer_id}'")

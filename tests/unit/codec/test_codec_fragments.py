@@ -196,7 +196,7 @@ def test_per_reassembler_cap_drops_the_oldest_message_first(protector: Any) -> N
         for f in _incomplete(protector, mid):
             r.add(decode_message(f), protector, 0.0)
             assert r.used <= 8000
-    assert [k[2] for k in r.keys()] == [2, 3] and r.peak <= 8000
+    assert [k[2] for k in r] == [2, 3] and r.peak <= 8000
     drops = r.take_drops()
     assert [(d.key[2], d.reason) for d in drops] == [(1, "memory")] and drops[0].fragments == 4
     assert r.take_drops() == []
@@ -221,7 +221,7 @@ def test_budget_shared_by_reassemblers_drops_the_oldest_anywhere(protector: Any)
         for f in _incomplete(protector, mid):
             r.add(decode_message(f), protector, 0.0)
             assert budget.used <= 8000
-    assert r1.keys() == [(SPI_I, SPI_R, 3, False)] and [k[2] for k in r2.keys()] == [2]
+    assert r1.keys() == [(SPI_I, SPI_R, 3, False)] and [k[2] for k in r2] == [2]
     assert budget.used == r1.used + r2.used and budget.peak <= 8000
     assert [(d.key[2], d.reason) for d in r1.take_drops()] == [(1, "memory")]  # reported by who needed room
     r1.clear()

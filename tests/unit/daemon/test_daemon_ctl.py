@@ -66,7 +66,7 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(LocalError, match="cannot read config"):
         load(bad)
     bad.write_text('[connections.x]\nremote_adrs = ["192.0.2.1"]\n')  # a typo is an error, never ignored
-    with pytest.raises(LocalError, match="unknown key 'remote_adrs' in \\[connections.x\\]"):
+    with pytest.raises(LocalError, match=r"unknown key 'remote_adrs' in \[connections\.x\]"):
         load(bad)
     bad.write_text('[connections.x.children.net]\nstart_action = "trap"\n')
     with pytest.raises(LocalError, match="trap policies are not supported"):

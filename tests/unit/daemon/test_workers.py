@@ -184,7 +184,7 @@ def _drive(n: int, port: int, natt: int, timeout: float = 90.0) -> dict[str, Any
 
 def test_two_workers_set_up_ike_sas_each_on_the_worker_its_spi_names(
         iked2: tuple[subprocess.Popen[str], Path, int, int]) -> None:
-    proc, ctl, port, natt = iked2
+    _proc, ctl, port, natt = iked2
     n = 40
     got = _drive(n, port, natt)
     assert got["failed"] == [] and len(got["established"]) == n, got["failed"]

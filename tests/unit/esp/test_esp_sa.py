@@ -64,7 +64,7 @@ def _suite_id(s: tuple[EncrId, int, IntegId]) -> str:
 def _aead_by_hand(encr: EncrId, key: bytes, encrypt: bool, nonce: bytes, data: bytes, aad: bytes) -> bytes:
     """`cryptography` used directly; GCM short tags are the full tag's leading octets (SP 800-38D 5.2.1.2),
     checked here by recomputing the full tag (no truncated-tag API involved)."""
-    salt_len, icv = AEAD[encr]
+    _salt_len, icv = AEAD[encr]
     if encr == EncrId.CHACHA20_POLY1305:
         c: AESGCM | AESCCM | ChaCha20Poly1305 = ChaCha20Poly1305(key)
     elif encr in (EncrId.AES_CCM_8, EncrId.AES_CCM_12, EncrId.AES_CCM_16):

@@ -124,7 +124,7 @@ def test_outbound_inbound_and_make_before_break(
 def test_bad_input_counted(
     pair: tuple[UserspaceDataPlane, UserspaceDataPlane, list[tuple[bytes, tuple[str, int]]], int],
 ) -> None:
-    a, b, sent, tun = pair
+    a, b, sent, _tun = pair
     a.install_sa(sa(0x1000, Direction.OUT))
     b.install_sa(sa(0x1000, Direction.IN))
     for _ in range(2):

@@ -60,7 +60,7 @@ def _feed(p: Pair, sb: IkeSa, datagrams: list[bytes]) -> None:
 
 def _held(sb: IkeSa) -> list[int]:
     """Message IDs of b's incomplete reassemblies for this SA."""
-    return [] if sb.tm.fragments is None else [k[2] for k in sb.tm.fragments.reassembler.keys()]
+    return [] if sb.tm.fragments is None else [k[2] for k in sb.tm.fragments.reassembler]
 
 
 def test_fragments_of_other_message_ids_are_dropped_before_storing() -> None:

@@ -171,7 +171,7 @@ def test_child_rekey_during_ike_rekey() -> None:
     """RFC 7296 2.25: the peer's CHILD_SA rekey on the IKE_SA we are rekeying gets TEMPORARY_FAILURE
     (and is retried later); our own queued CHILD_SA rekey continues on the new IKE_SA."""
     p = _up()
-    sa_a, sa_b = _only(p)
+    sa_a, _sa_b = _only(p)
     p.a.rekey_ike(sa_a, now=p.now)
     p.a.rekey_child(sa_a, next(iter(sa_a.children)), now=p.now)  # queued behind the IKE rekey
     assert len(sa_a.queue) == 1
@@ -187,6 +187,6 @@ def test_child_rekey_during_ike_rekey() -> None:
     # each refused the other's request with TEMPORARY_FAILURE; both retry later, nothing failed
     assert not p.of("a", ev.ChildSaFailed) and not p.of("b", ev.ChildSaFailed)
     p.advance(60)
-    sa_a, sa_b = _assert_consistent(p)
+    sa_a, _sa_b = _assert_consistent(p)
     assert sa_a is not new_a
     _rekey_and_delete_still_work(p)

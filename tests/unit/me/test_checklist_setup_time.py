@@ -20,7 +20,7 @@ def _setup_time(**kw: object) -> float:
     t0 = net.now
     alice.ext.connect("bob", t0)
     net.run(10.0, until=lambda: bool(alice.of(mev.MediatedEstablished)))
-    (done,) = alice.of(mev.MediatedEstablished)
+    (_done,) = alice.of(mev.MediatedEstablished)
     assert not alice.of(mev.MediationFailed)
     return net.now - t0
 

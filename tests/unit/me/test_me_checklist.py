@@ -118,7 +118,7 @@ def test_default_retransmissions_go_on_until_the_deadline() -> None:
     sent = [t for t, _, _ in run_alone(a, 100.0)]
     deadline = CheckListConfig().transaction_timeout
     assert len(sent) == 1 + 8 + 28 and sent[-1] == pytest.approx(29.905)  # last check just before 30 s
-    assert all(b - a_ <= 1.0 + 1e-9 for a_, b in zip(sent, sent[1:], strict=False))
+    assert all(b - a_ <= 1.0 + 1e-9 for a_, b in itertools.pairwise(sent))
     failed = [e for e in drain(a) if isinstance(e, CheckListFailed)]
     assert len(failed) == 1 and failed[0].reason == f"no check succeeded within {deadline:.1f} s"
 

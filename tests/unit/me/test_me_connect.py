@@ -88,7 +88,7 @@ def _with(payloads: list[object], ntype: int, data: bytes) -> list[object]:
     lambda ps: _with(ps, NotifyType.ME_CONNECTKEY, b"k" * 15),
     lambda ps: _with(ps, NotifyType.ME_CONNECTKEY, b"k" * 33),
     lambda ps: _with(ps, NotifyType.ME_ENDPOINT, b"\x00" * 10),
-    lambda ps: ps + [ALICE],
+    lambda ps: [*ps, ALICE],
 ])
 def test_invalid_syntax(mutate) -> None:  # type: ignore[no-untyped-def]
     payloads = build_connect(new_connect_id(RNG), new_connect_key(RNG), EPS[:1], BOB)

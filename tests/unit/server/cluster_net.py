@@ -30,8 +30,10 @@ IDS = {**IDS, "carol": "carol@example.net"}
 class ClusterNet(Net):
     """Moves the servers' cluster messages as part of the packet flush; `engine_up` False drops them."""
 
-    engine_up = True
-    cluster_log: list[tuple[str, str, bytes]] = []
+    def __init__(self, latency: float = 0.0) -> None:
+        super().__init__(latency)
+        self.engine_up = True
+        self.cluster_log: list[tuple[str, str, bytes]] = []
 
     def _flush(self) -> bool:
         moved = super()._flush()

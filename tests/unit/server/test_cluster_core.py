@@ -81,4 +81,4 @@ def test_server_gone_forgets_its_peers_and_names_are_checked() -> None:
     assert sorted(c.server_gone("a")) == ["alice", "bob"] and c.where("alice") is None
     with pytest.raises(ValueError):
         Cluster("two words")
-    assert PRESENCE != server_channel("a")
+    assert server_channel("a") != PRESENCE
