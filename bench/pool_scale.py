@@ -7,8 +7,9 @@ Database pool (gateway/sqlconf/pools.py, an SQLite file in a temporary directory
 - allocations per second: 65534 distinct identities lease one address each (the event loop's part:
   in memory), then all are released and the same identities lease again (each gets its own back);
 - the write-behind of those leases (DbVipPool.flush, one transaction): rows per second.
-In-memory pool (core_ike/ike/vips.py, `rightsourceip=10.3.0.0/16`): allocations per second for the first
-`--memory-leases` addresses, in order.
+In-memory pools, in order: the gateway's (gateway/sqlconf/pools.py, iked with `config_db` or `ipsec_conf`,
+`rightsourceip=10.3.0.0/16`) for every address, and iked's plain one (core_ike/ike/vips.py, TOML `pools`) for
+the first `--memory-leases` addresses.
 
     bench/pool_scale.py                                   # 3 rounds
     bench/pool_scale.py --quick                           # smoke: a /22, 1 round
@@ -81,6 +82,16 @@ def db_round(subnet: str, tmp: Path) -> dict[str, float]:
             "flush_rows_per_s": writes / flush_s, "mem_bytes_per_addr": mem / n}
 
 
+def gateway_memory_round(subnet: str) -> float:
+    """The gateway's in-memory pool (iked with ipsec.conf's rightsourceip=): every address of `subnet`."""
+    pool = DbVipPool(None, time.time)
+    n = ipaddress.ip_network(subnet).num_addresses - 2
+    t0 = time.perf_counter()
+    for _ in range(n):
+        assert pool.lease([subnet], None) is not None
+    return n / (time.perf_counter() - t0)
+
+
 def memory_round(subnet: str, leases: int) -> float:
     pool = VipPool()
     ident = Identity.parse("bench@example.org")
@@ -104,13 +115,16 @@ def main() -> int:
     size = ipaddress.ip_network(subnet).num_addresses - 2
     runs: list[dict[str, float]] = []
     mem_rates: list[float] = []
-    for _r, side in results_io.interleave(rounds, ["database", "memory"]):
+    gw_rates: list[float] = []
+    for _r, side in results_io.interleave(rounds, ["database", "memory", "gateway-memory"]):
         if side == "database":
             tmp = Path(tempfile.mkdtemp(prefix="pool-scale-"))
             try:
                 runs.append(db_round(subnet, tmp))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        elif side == "gateway-memory":
+            gw_rates.append(gateway_memory_round(subnet))
         else:
             mem_rates.append(memory_round(subnet, mem_leases))
     header = results_io.finish_header(header, args.quick, rounds)
@@ -136,12 +150,18 @@ def main() -> int:
                           better="higher", readme=False),
         results_io.figure("db_pool_flush", "lease rows written behind per second (one transaction, worker thread)",
                           sample(col("flush_rows_per_s"), "rows/s"), better="higher", readme=False),
-        results_io.figure("memory_pool_alloc", f"leases per second, in-memory pool (rightsourceip={subnet}), "
-                          f"the first {mem_leases} addresses", sample(mem_rates, "leases/s"), better="higher",
-                          readme=False, differences=["core_ike/ike/vips.py scans the pool from its first address "
-                                                     "for every lease: the cost grows with the leases held"]),
+        results_io.figure("gateway_memory_pool_alloc", f"leases per second, iked with a gateway source, in-memory "
+                          f"pool (rightsourceip={subnet}), all {size} addresses", sample(gw_rates, "leases/s"),
+                          better="higher", readme=False,
+                          differences=["gateway/sqlconf/pools.py: the lowest free address from a cursor and a heap"]),
+        results_io.figure("memory_pool_alloc", f"leases per second, iked's plain in-memory pool (TOML pools = "
+                          f"[\"{subnet}\"]), the first {mem_leases} addresses", sample(mem_rates, "leases/s"),
+                          better="higher", readme=False,
+                          differences=["core_ike/ike/vips.py scans the pool from its first address for every "
+                                       "lease: the cost grows with the leases held"]),
     ]
-    notes = [f"{rounds} interleaved rounds (database pool, in-memory pool); the machine is shared (load above)"]
+    notes = [f"{rounds} interleaved rounds (database pool, plain in-memory pool, gateway in-memory pool); "
+             "the machine is shared (load above)"]
     results_io.write_results(args.out, "pool_scale", header, figures, notes=notes)
     return 0
 

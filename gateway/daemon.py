@@ -69,17 +69,18 @@ class GatewayDaemon(Daemon):
         self._refresher: asyncio.Task[None] | None = None
         self._pool_task: asyncio.Task[None] | None = None
         self.control.extra["ipsec-status"] = self._ipsec_status
+        # virtual IPs: subnets in memory in order, the database's pools bound to identities (docs/gateway.md)
+        self.pools = DbVipPool(source.db if source is not None else None, time.time)
+        self.engine.vips = self.pools
         self.db_pools: DbVipPool | None = None
         if source is not None:
             self.engine.config_miss = source.miss
             source.on_snapshot = self.apply_snapshot
-            # virtual IPs from the database's pools, bound to identities (docs/gateway.md, "Pools")
-            self.db_pools = DbVipPool(source.db, time.time)
+            self.db_pools = self.pools
             try:
                 self.db_pools.read()
             except SQLAlchemyError as e:
                 log.warning("no virtual IP pools from the database: %s", str(e).splitlines()[0])
-            self.engine.vips = self.db_pools
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """A fresh read of the database (event loop): new and changed rows are used from the next

@@ -150,17 +150,52 @@ class _Pool:
         return int(a.ip) - int(self.addrs[0].ip)
 
 
-class DbVipPool(VipPool):
-    """VipPool whose pools named in a config (`%name` or `name`) live in the database; subnets are
-    handed out from memory as by VipPool. `clock()` is the wall clock in seconds (leases are stored
-    in Unix time, as strongSwan stores them)."""
+@dataclass
+class _Subnet:
+    """An in-memory pool (`rightsourceip=10.3.0.0/16`): its hosts in order, the lowest free one first.
+    Every offset below `next` is leased or in `free` (a heap), so a lease costs O(log n), not a scan."""
 
-    def __init__(self, db: Engine, clock: Any) -> None:
+    first: int
+    size: int
+    version: int
+    next: int = 0
+    free: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, text: str) -> _Subnet:
+        net = ipaddress.ip_network(text, strict=False)
+        skip = 1 if net.num_addresses > 2 else 0  # network and broadcast addresses are no hosts
+        return cls(int(net.network_address) + skip, net.num_addresses - 2 * skip, net.version)
+
+    def take(self) -> Vip | None:
+        if self.free:
+            return ipaddress.ip_address(self.first + heapq.heappop(self.free))
+        if self.next < self.size:
+            self.next += 1
+            return ipaddress.ip_address(self.first + self.next - 1)
+        return None
+
+    def give_back(self, vip: Vip) -> bool:
+        off = int(vip) - self.first
+        if vip.version != self.version or not 0 <= off < self.next:
+            return False
+        heapq.heappush(self.free, off)
+        return True
+
+
+class DbVipPool(VipPool):
+    """VipPool whose pools named in a config (`%name` or `name`) live in the database (`db`; None:
+    none), and whose subnets are in-memory pools handed out in order. `clock()` is the wall clock in
+    seconds (leases are stored in Unix time, as strongSwan stores them)."""
+
+    def __init__(self, db: Engine | None, clock: Any) -> None:
         super().__init__()
         self.db = db
         self.clock = clock
         self.pools: dict[str, _Pool] = {}
         self.by_ip: dict[Vip, tuple[_Pool, _Addr]] = {}
+        self.subnets: dict[str, _Subnet] = {}
+        self.subnet_of: dict[Vip, _Subnet] = {}
         self._writes: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()
 
@@ -168,6 +203,8 @@ class DbVipPool(VipPool):
     def read(self) -> None:
         """Load the pools this instance does not know yet; rows in use by nobody now (a daemon that
         stopped without releasing) count as released at this moment."""
+        if self.db is None:
+            return
         now = int(self.clock())
         with Session(self.db) as s:
             names = {p.name: p for p in s.scalars(select(m.PoolRow))}
@@ -210,7 +247,7 @@ class DbVipPool(VipPool):
             pool = self.pools.get(name.lstrip("%"))
             if pool is None:
                 if _is_subnet(name):
-                    vip = super().lease([name], identity)
+                    vip = self._subnet_lease(name)
                     if vip is not None:
                         return vip
                     continue
@@ -219,6 +256,18 @@ class DbVipPool(VipPool):
             a = self._acquire(pool, identity)
             if a is not None:
                 return a.ip
+        return None
+
+    def _subnet_lease(self, name: str) -> Vip | None:
+        sub = self.subnets.get(name)
+        if sub is None:
+            sub = self.subnets[name] = _Subnet.of(name)
+        while (vip := sub.take()) is not None:
+            if vip in self._holders:  # an address of an overlapping pool, or held by a database pool
+                continue
+            self._holders[vip] = 1
+            self.subnet_of[vip] = sub
+            return vip
         return None
 
     def _acquire(self, pool: _Pool, identity: Identity | None) -> _Addr | None:
@@ -264,7 +313,15 @@ class DbVipPool(VipPool):
     def release(self, vip: Vip, label: str) -> None:
         hit = self.by_ip.get(vip)
         if hit is None:
-            super().release(vip, label)
+            n = self._holders.get(vip, 0) - 1
+            if n > 0:
+                self._holders[vip] = n
+                return
+            if self._holders.pop(vip, None) is not None:
+                sub = self.subnet_of.pop(vip, None)
+                if sub is not None:
+                    sub.give_back(vip)
+                log.info("released virtual IP %s of %s", vip, label)
             return
         n = self._holders.get(vip, 0) - 1
         if n > 0:
@@ -296,7 +353,7 @@ class DbVipPool(VipPool):
         `leases`). A failed transaction keeps them queued for the next flush."""
         with self._lock:
             batch = list(self._writes)
-        if not batch:
+        if not batch or self.db is None:
             return 0
         final: dict[int, dict[str, Any]] = {}
         history: list[tuple[int, Identity | None, int, int]] = []

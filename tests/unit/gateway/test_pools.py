@@ -95,6 +95,22 @@ def test_subnets_are_in_memory_pools_in_order(db: Engine) -> None:
     assert pool.lease(["10.9.0.0/30"], DAVE) == ip("10.9.0.2")
     assert pool.lease(["10.9.0.0/30"], EVE) is None
     assert pool.lease(["%nosuchpool"], EVE) is None
+    pool.release(ip("10.9.0.1"), "carol")
+    assert pool.lease(["10.9.0.0/30", "10.9.1.0/31"], EVE) == ip("10.9.0.1")  # the lowest free address
+    assert pool.lease(["10.9.0.0/30", "10.9.1.0/31"], CAROL) == ip("10.9.1.0")  # /31: both are hosts
+    pool.hold(ip("10.9.0.2"))  # a rekeyed IKE_SA's successor holds dave's address too (RFC 7296 2.18)
+    pool.release(ip("10.9.0.2"), "dave")
+    assert ip("10.9.0.2") in pool
+    pool.release(ip("10.9.0.2"), "dave's successor")
+    assert ip("10.9.0.2") not in pool and pool.lease(["10.9.0.0/30"], DAVE) == ip("10.9.0.2")
+
+
+def test_a_gateway_without_database_has_in_memory_pools() -> None:
+    pool = DbVipPool(None, Clock())
+    pool.read()
+    got = [pool.lease(["10.3.0.0/16"], None) for _ in range(1000)]
+    assert got[0] == ip("10.3.0.1") and got[-1] == ip("10.3.3.232") and len(set(got)) == 1000
+    assert pool.flush() == 0
 
 
 def test_pool_commands(db: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
