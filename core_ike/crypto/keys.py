@@ -16,12 +16,24 @@ from .sk import AeadProtector, CbcHmacProtector, key_lengths, make_protector
 __all__ = [
     "ChildKeys",
     "IkeKeys",
+    "IkeSuite",
     "derive_child_keys",
     "derive_ike_keys",
     "derive_ike_rekey_keys",
     "ike_protectors",
     "skeyseed",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSuite:
+    """The negotiated transforms an IKE SA's keys depend on (RFC 7296 2.14): PRF, encryption (with its
+    key length) and integrity (None with an AEAD)."""
+
+    prf_id: int
+    encr_id: int
+    key_bits: int | None
+    integ_id: int | None
 
 
 @dataclass(frozen=True, repr=False)
@@ -60,10 +72,9 @@ def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:
     return prf(key, shared)
 
 
-def _split_ike(prf: Prf, seed_key: bytes, seed: bytes, encr_id: int, key_bits: int | None,
-               integ_id: int | None) -> IkeKeys:
+def _split_ike(prf: Prf, seed_key: bytes, seed: bytes, suite: IkeSuite) -> IkeKeys:
     # RFC 7296 2.14: {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, ...)
-    e_len, a_len = key_lengths(encr_id, key_bits, integ_id)
+    e_len, a_len = key_lengths(suite.encr_id, suite.key_bits, suite.integ_id)
     p_len = prf.key_size
     lengths = (p_len, a_len, a_len, e_len, e_len, p_len, p_len)
     stream = prf_plus(prf, seed_key, seed, sum(lengths))
@@ -80,20 +91,17 @@ def _check_spis(spi_i: bytes, spi_r: bytes) -> None:
         raise LocalError("IKE SPIs must be 8 octets each")
 
 
-def derive_ike_keys(
-    prf_id: int, encr_id: int, key_bits: int | None, integ_id: int | None,
-    ni: bytes, nr: bytes, shared: bytes, spi_i: bytes, spi_r: bytes,
-) -> IkeKeys:
+def derive_ike_keys(suite: IkeSuite, ni: bytes, nr: bytes, shared: bytes, spi_i: bytes, spi_r: bytes) -> IkeKeys:
     """Keys of a new IKE SA after IKE_SA_INIT (RFC 7296 2.14)."""
     _check_spis(spi_i, spi_r)
-    prf = Prf(prf_id)
+    prf = Prf(suite.prf_id)
     seed_key = skeyseed(prf, ni, nr, shared)
-    return _split_ike(prf, seed_key, ni + nr + spi_i + spi_r, encr_id, key_bits, integ_id)
+    return _split_ike(prf, seed_key, ni + nr + spi_i + spi_r, suite)
 
 
 def derive_ike_rekey_keys(
-    old_prf_id: int, old_sk_d: bytes, prf_id: int, encr_id: int, key_bits: int | None,
-    integ_id: int | None, shared: bytes, ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes,
+    old_prf_id: int, old_sk_d: bytes, suite: IkeSuite, shared: bytes, ni: bytes, nr: bytes, spi_i: bytes,
+    spi_r: bytes,
 ) -> IkeKeys:
     """Keys of the new IKE SA in a CREATE_CHILD_SA rekey (RFC 7296 2.18).
 
@@ -102,7 +110,7 @@ def derive_ike_rekey_keys(
     """
     _check_spis(spi_i, spi_r)
     seed_key = Prf(old_prf_id)(old_sk_d, shared + ni + nr)
-    return _split_ike(Prf(prf_id), seed_key, ni + nr + spi_i + spi_r, encr_id, key_bits, integ_id)
+    return _split_ike(Prf(suite.prf_id), seed_key, ni + nr + spi_i + spi_r, suite)
 
 
 def derive_child_keys(
@@ -128,9 +136,10 @@ def derive_child_keys(
 
 
 def ike_protectors(
-    keys: IkeKeys, encr_id: int, key_bits: int | None, integ_id: int | None, initiator: bool, rng: Rng,
+    keys: IkeKeys, suite: IkeSuite, initiator: bool, rng: Rng,
 ) -> tuple[CbcHmacProtector | AeadProtector, CbcHmacProtector | AeadProtector]:
     """(outbound, inbound) SK protectors for the original initiator or responder (RFC 7296 2.14)."""
-    p_i = make_protector(encr_id, key_bits, integ_id, keys.sk_ei, keys.sk_ai, rng=rng)
-    p_r = make_protector(encr_id, key_bits, integ_id, keys.sk_er, keys.sk_ar, rng=rng)
+    e, bits, a = suite.encr_id, suite.key_bits, suite.integ_id
+    p_i = make_protector(e, bits, a, keys.sk_ei, keys.sk_ai, rng=rng)
+    p_r = make_protector(e, bits, a, keys.sk_er, keys.sk_ar, rng=rng)
     return (p_i, p_r) if initiator else (p_r, p_i)

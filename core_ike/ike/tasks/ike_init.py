@@ -21,7 +21,7 @@ from ...constants import (
     name_of,
 )
 from ...crypto.dh import KeyExchange, new_key_exchange
-from ...crypto.keys import derive_ike_keys, ike_protectors
+from ...crypto.keys import IkeSuite, derive_ike_keys, ike_protectors
 from ...crypto.prf import Prf
 from ...crypto.proposals import describe, parse_proposals, select_proposal
 from ...errors import ProtocolError
@@ -117,12 +117,12 @@ def _prf(prf_id: int) -> Prf:
 
 def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes) -> None:
     encr, bits, integ, prf_id, _dh = algorithms(chosen)
-    keys = derive_ike_keys(prf_id, encr, bits, integ, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
+    suite = IkeSuite(prf_id, encr, bits, integ)
+    keys = derive_ike_keys(suite, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
     sa.prf = _prf(prf_id)
     sa.prf_id = prf_id
     sa.sk_d, sa.sk_pi, sa.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
-    sa.out_prot, sa.in_prot = ike_protectors(keys, encr, bits, integ, sa.is_original_initiator,
-                                                  sa.ctx.rng)
+    sa.out_prot, sa.in_prot = ike_protectors(keys, suite, sa.is_original_initiator, sa.ctx.rng)
     sa.proposal = chosen
     sa.proposal_text = describe(chosen)
 

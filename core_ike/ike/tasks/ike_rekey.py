@@ -10,7 +10,7 @@ from ...codec.message import Message
 from ...codec.payloads import KePayload, NoncePayload, Proposal, SaPayload
 from ...constants import ExchangeType, NotifyType, PayloadType, ProtocolId
 from ...crypto.dh import KeyExchange, new_key_exchange
-from ...crypto.keys import derive_ike_rekey_keys, ike_protectors
+from ...crypto.keys import IkeSuite, derive_ike_rekey_keys, ike_protectors
 from ...crypto.prf import Prf
 from ...crypto.proposals import describe, parse_proposals, select_proposal
 from ...errors import ProtocolError
@@ -126,12 +126,12 @@ class IkeRekey(Task):
         spi_i, spi_r = (self.spi, self.peer_spi) if initiator else (self.peer_spi, self.spi)
         ni, nr = (self.nonce, self.peer_nonce) if initiator else (self.peer_nonce, self.nonce)
         encr, bits, integ, prf_id, _ = algorithms(self.chosen)
-        keys = derive_ike_rekey_keys(old.prf_id, old.sk_d, prf_id, encr, bits, integ, self.shared, ni, nr,
-                                     spi_i, spi_r)
+        suite = IkeSuite(prf_id, encr, bits, integ)
+        keys = derive_ike_rekey_keys(old.prf_id, old.sk_d, suite, self.shared, ni, nr, spi_i, spi_r)
         new = old.ctx.create_rekeyed_sa(old, initiator, spi_i, spi_r, now)
         new.prf, new.prf_id = Prf(prf_id), prf_id
         new.sk_d, new.sk_pi, new.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
-        new.out_prot, new.in_prot = ike_protectors(keys, encr, bits, integ, initiator, old.ctx.rng)
+        new.out_prot, new.in_prot = ike_protectors(keys, suite, initiator, old.ctx.rng)
         new.proposal, new.proposal_text = self.chosen, describe(self.chosen)
         new.ni, new.nr = ni, nr
         new.children = old.children

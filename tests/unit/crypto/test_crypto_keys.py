@@ -52,7 +52,7 @@ IKE_SUITES = [
 @pytest.mark.parametrize("prf_id,encr,bits,integ", IKE_SUITES)
 def test_ike_keys_formula(prf_id: int, encr: int, bits: int, integ: int | None) -> None:
     d = DIGEST[prf_id]
-    got = keys.derive_ike_keys(prf_id, encr, bits, integ, NI, NR, SHARED, SPI_I, SPI_R)
+    got = keys.derive_ike_keys(keys.IkeSuite(prf_id, encr, bits, integ), NI, NR, SHARED, SPI_I, SPI_R)
     # RFC 7296 2.14: SKEYSEED = prf(Ni | Nr, g^ir); the nonces are the HMAC key
     seed_key = hmac.digest(NI + NR, SHARED, d)
     e_len, a_len = sk.key_lengths(encr, bits, integ)
@@ -69,7 +69,7 @@ def test_skeyseed_cmac_uses_64_bits_of_each_nonce() -> None:
 
     prf = Prf(PrfId.AES128_CMAC)
     assert keys.skeyseed(prf, NI, NR, SHARED) == prf(NI[:8] + NR[:8], SHARED)
-    k = keys.derive_ike_keys(PrfId.AES128_CMAC, EncrId.AES_CBC, 128, IntegId.HMAC_SHA1_96,
+    k = keys.derive_ike_keys(keys.IkeSuite(PrfId.AES128_CMAC, EncrId.AES_CBC, 128, IntegId.HMAC_SHA1_96),
                              NI, NR, SHARED, SPI_I, SPI_R)
     assert len(k.sk_d) == len(k.sk_pi) == 16
 
@@ -79,8 +79,8 @@ def test_skeyseed_cmac_uses_64_bits_of_each_nonce() -> None:
 def test_ike_rekey_keys_formula(old_prf: int, new_prf: int) -> None:
     old_sk_d = b"\x55" * 32
     n_i, n_r = b"\x01" * 24, b"\x02" * 40
-    got = keys.derive_ike_rekey_keys(old_prf, old_sk_d, new_prf, EncrId.AES_CBC, 256,
-                                     IntegId.HMAC_SHA2_256_128, SHARED, n_i, n_r, SPI_I, SPI_R)
+    suite = keys.IkeSuite(new_prf, EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_256_128)
+    got = keys.derive_ike_rekey_keys(old_prf, old_sk_d, suite, SHARED, n_i, n_r, SPI_I, SPI_R)
     # RFC 7296 2.18: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), old PRF; prf+ with the new PRF
     seed_key = hmac.digest(old_sk_d, SHARED + n_i + n_r, DIGEST[old_prf])
     p = OUT[DIGEST[new_prf]]
@@ -113,15 +113,16 @@ def test_child_keys_formula(encr: int, bits: int | None, integ: int | None, e_le
 
 def test_ike_protectors_pair_up() -> None:
     ke_i, ke_r = dh.new_key_exchange(DhId.CURVE25519, RNG), dh.new_key_exchange(DhId.CURVE25519, RNG)
-    args = (PrfId.HMAC_SHA2_256, EncrId.AES_GCM_16, 128, None)
-    k_i = keys.derive_ike_keys(*args, NI, NR, ke_i.compute(ke_r.public), SPI_I, SPI_R)
-    k_r = keys.derive_ike_keys(*args, NI, NR, ke_r.compute(ke_i.public), SPI_I, SPI_R)
-    out_i, in_i = keys.ike_protectors(k_i, EncrId.AES_GCM_16, 128, None, initiator=True, rng=RNG)
-    out_r, in_r = keys.ike_protectors(k_r, EncrId.AES_GCM_16, 128, None, initiator=False, rng=RNG)
+    suite = keys.IkeSuite(PrfId.HMAC_SHA2_256, EncrId.AES_GCM_16, 128, None)
+    k_i = keys.derive_ike_keys(suite, NI, NR, ke_i.compute(ke_r.public), SPI_I, SPI_R)
+    k_r = keys.derive_ike_keys(suite, NI, NR, ke_r.compute(ke_i.public), SPI_I, SPI_R)
+    out_i, in_i = keys.ike_protectors(k_i, suite, initiator=True, rng=RNG)
+    out_r, in_r = keys.ike_protectors(k_r, suite, initiator=False, rng=RNG)
     assert in_r.open(b"hdr", out_i.seal(b"hdr", b"to responder")) == b"to responder"
     assert in_i.open(b"hdr", out_r.seal(b"hdr", b"to initiator")) == b"to initiator"
 
 
 def test_bad_spi_length() -> None:
     with pytest.raises(LocalError):
-        keys.derive_ike_keys(PrfId.HMAC_SHA2_256, EncrId.AES_GCM_16, 128, None, NI, NR, SHARED, b"", SPI_R)
+        keys.derive_ike_keys(keys.IkeSuite(PrfId.HMAC_SHA2_256, EncrId.AES_GCM_16, 128, None), NI, NR, SHARED,
+                             b"", SPI_R)

@@ -33,11 +33,12 @@ def _ike_setup(prf_id: int, encr: int, bits: int | None, integ: int | None, grou
     ni, nr = os.urandom(32), os.urandom(32)
     spi_i, spi_r = os.urandom(8), os.urandom(8)
     ke_i, ke_r = dh.new_key_exchange(group, RNG), dh.new_key_exchange(group, RNG)
-    k_i = keys.derive_ike_keys(prf_id, encr, bits, integ, ni, nr, ke_i.compute(ke_r.public), spi_i, spi_r)
-    k_r = keys.derive_ike_keys(prf_id, encr, bits, integ, ni, nr, ke_r.compute(ke_i.public), spi_i, spi_r)
+    suite = keys.IkeSuite(prf_id, encr, bits, integ)
+    k_i = keys.derive_ike_keys(suite, ni, nr, ke_i.compute(ke_r.public), spi_i, spi_r)
+    k_r = keys.derive_ike_keys(suite, ni, nr, ke_r.compute(ke_i.public), spi_i, spi_r)
     assert k_i == k_r
-    out_i, in_i = keys.ike_protectors(k_i, encr, bits, integ, initiator=True, rng=RNG)
-    out_r, in_r = keys.ike_protectors(k_r, encr, bits, integ, initiator=False, rng=RNG)
+    out_i, in_i = keys.ike_protectors(k_i, suite, initiator=True, rng=RNG)
+    out_r, in_r = keys.ike_protectors(k_r, suite, initiator=False, rng=RNG)
     for n in (0, 1, 15, 16, 200):
         pt = os.urandom(n)
         body = out_i.seal(b"hdr", pt)
@@ -51,8 +52,8 @@ def _ike_setup(prf_id: int, encr: int, bits: int | None, integ: int | None, grou
     c_r = keys.derive_child_keys(prf_id, k_r.sk_d, ni, nr, encr, bits, integ)
     assert c_i == c_r and c_i.encr_i != c_i.encr_r
     assert (len(c_i.encr_i), len(c_i.integ_i)) == sk.key_lengths(encr, bits, integ)
-    new = keys.derive_ike_rekey_keys(prf_id, k_i.sk_d, prf_id, encr, bits, integ, os.urandom(32),
-                                     ni, nr, os.urandom(8), os.urandom(8))
+    new = keys.derive_ike_rekey_keys(prf_id, k_i.sk_d, suite, os.urandom(32), ni, nr, os.urandom(8),
+                                     os.urandom(8))
     assert new.sk_d != k_i.sk_d
 
 
