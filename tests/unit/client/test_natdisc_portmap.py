@@ -126,3 +126,31 @@ def test_mapped_candidate_ranks_between_srflx_and_host() -> None:
     assert mapped.type == MeEndpointType.SERVER_REFLEXIVE  # on the wire an ordinary ME_ENDPOINT type
     assert srflx.priority < mapped.priority < host.priority
     assert mapped.local_base == ("10.2.0.2", 4500)
+
+
+def test_mapped_endpoint_reaches_the_peer_in_me_connect() -> None:
+    """The candidate hook (MediationClientConfig.extra_endpoints): each side's mapping is sent in its
+    ME_ENDPOINTs and the other side checks it (three sans-IO engines, fake clock)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
+    from mex_net import client_config, make_net, register
+
+    from core_ike.me import events as mev
+
+    seen: list[tuple[str, int]] = []
+
+    def mapped(local: tuple[str, int]) -> list:  # type: ignore[type-arg]
+        seen.append(local)
+        return [mapped_endpoint("198.20.0.9", 4500, base=local)]
+
+    net = make_net(ccfg=client_config(extra_endpoints=mapped))
+    register(net)
+    alice = net.nodes["alice"]
+    alice.ext.connect("bob", net.now)
+    net.run(30.0, until=lambda: bool(alice.of(mev.MediatedEstablished) or alice.of(mev.MediationFailed)))
+    assert seen and all(port == 4500 for _, port in seen)
+    pairs = " ".join(p for c in alice.ext.status().connections for p in c.pairs)
+    # bob's mapping is a remote candidate of alice's, checked before bob's server-reflexive one
+    assert "- 198.20.0.9[4500] (HOST->SERVER_REFLEXIVE)" in pairs, pairs
+    assert pairs.index("- 198.20.0.9[4500]") < pairs.index("- 203.0.113.2[4500]"), pairs
