@@ -213,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             r = ask({"cmd": "up", "conn": args.name, "timeout": 30})
+            peer = r.get("remote") or ["?", 0]
+            print(f"IKE_SA {r.get('conn', args.name)}[{r.get('ike')}] established with {peer[0]}[{peer[1]}]")
+            for c in r.get("children", []):
+                print(f"CHILD_SA {c['name']}{{{c['uniqueid']}}} established with SPIs {c['spi-in']}_i "
+                      f"{c['spi-out']}_o and TS {' '.join(c['local-ts'])} === {' '.join(c['remote-ts'])}")
             print(f"connection '{args.name}' established successfully")
-            for c in r.get("child-sas", []) if isinstance(r.get("child-sas"), list) else []:
-                print(f"CHILD_SA {c.get('name')}{{{c.get('uniqueid')}}} established")
         elif args.cmd == "down":
             r = ask({"cmd": "down", "ike": args.name, "timeout": 10})
             print(f"closed {', '.join(r.get('done', []))}" if r.get("done") else f"no SAs of '{args.name}'")

@@ -200,3 +200,5 @@ def test_carol_gets_a_virtual_ip_from_moon_reading_ipsec_conf(seed: tuple[Iked, 
     iked.wait_sas(lambda s: not s)
     assert ipsec_cmd(["-s", iked.ctl_path, "status"]) == 0
     assert "Security Associations (0 up, 0 connecting):" in capsys.readouterr().out
+    assert ipsec_cmd(["-s", iked.ctl_path, "up", "nosuch"]) == 1
+    assert "nosuch" in capsys.readouterr().err
