@@ -90,6 +90,7 @@ class PresenceWriter:
         self._dirty: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._written = 0.0  # wall time of the last totals write
+        self._last_totals: Totals | None = None  # the totals last written
         self.writes = 0  # batches written (for tests and stats)
 
     # ------------------------------------------------------------------ events (event loop, no SQL)
@@ -238,7 +239,7 @@ class PresenceWriter:
                     pass
                 self._wake.clear()
                 rows, totals = self.collect()
-                if not rows and self.wall() - self._written < self.heartbeat and not self._totals_changed(totals):
+                if not rows and self.wall() - self._written < self.heartbeat and totals == self._last_totals:
                     continue
                 try:
                     await asyncio.to_thread(self.write, rows, totals)
@@ -251,11 +252,6 @@ class PresenceWriter:
                 self._last_totals = totals
         finally:
             self._wake = None
-
-    _last_totals: Totals | None = None
-
-    def _totals_changed(self, totals: Totals) -> bool:
-        return totals != self._last_totals
 
     def _identity_of(self, peer_id: int) -> str:
         for identity in list(self._online) + list(self._offline_at):
