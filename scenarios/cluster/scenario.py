@@ -1,0 +1,181 @@
+"""cluster: three of our mediation servers as one service on Redis; alice and bob behind two NATs,
+registered at different servers, get a direct tunnel; server 1 is killed and alice registers at the
+next server of her list and gets her tunnel again.
+
+Topology (scenarios/lab/topologies.py nat_lab plus three hosts on the internet bridge)::
+
+    alice 10.1.0.2 -- natA 203.0.113.1 --+-- ms1 203.0.113.10 (carol)
+    bob   10.2.0.2 -- natB 203.0.113.2 --+-- ms2 203.0.113.12, ms3 203.0.113.13
+                                          +-- eng 203.0.113.30 (redis-server)
+"""
+
+from __future__ import annotations
+
+import time
+
+from scenarios.lab import nat_lab
+from scenarios.lab.charon import Charon
+from scenarios.lab.iked import Iked
+from scenarios.lab.mediation import LAN, PSK, client_toml, mediated_sas, ping_both, show_log
+from scenarios.lab.medsetup import PeerSpec, peer_conf
+from scenarios.lab.netns import Lab, wait_for
+from scenarios.lab.story import Story
+from scenarios.lab.topologies import CAROL
+
+TITLE = "three mediation servers on Redis: alice and bob at different servers, then server 1 dies"
+SERVERS = {"ms1": CAROL, "ms2": "203.0.113.12", "ms3": "203.0.113.13"}
+ENGINE = "203.0.113.30"
+HOSTS = {"ms1": "carol", "ms2": "ms2", "ms3": "ms3"}
+# strongSwan peers on the internet, each configured with one server; inner addresses for their
+# CHILD_SA (kernel-libipsec does not install one whose selectors are the IKE peers' own addresses)
+CHARONS = {"dave": ("203.0.113.21", "10.4.0.1", "ms1"), "erin": ("203.0.113.22", "10.5.0.1", "ms3")}
+CHARON_PSK = {c: f"{c}-medsrv-secret-0123456789" for c in CHARONS}
+
+
+def server_toml(name: str) -> str:
+    addr = SERVERS[name]
+    secrets = "".join(f'[[secrets.ike]]\nid = ["carol@med", "{p}@med"]\nsecret = "{psk}"\n'
+                      for p, psk in {**PSK, **CHARON_PSK}.items() if p != "venus")
+    return f"""[daemon]
+listen = ["{addr}"]
+control = "@CTL@"
+dataplane = "none"
+
+[mediation]
+cluster_engine = "redis://{ENGINE}:6379/0"
+cluster_name = "{name}"
+stun = false
+
+{secrets}
+[connections.medsrv]
+local_addrs = ["{addr}"]
+mediation = true
+local = {{ auth = "psk", id = "carol@med" }}
+remote = {{ auth = "psk", id = "%any" }}
+"""
+
+
+def _add_public_host(lab: Lab, host: str, addr: str, port: str) -> None:
+    lab.add_host(host)
+    lab.link(host, "eth0", "inet", port, f"{addr}/24")
+    lab.run("inet", ["ip", "link", "set", port, "master", "br0"])
+
+
+def _client(lab: Lab, me: str, other: str, servers: list[str]) -> Iked:
+    addrs = ", ".join(f'"{SERVERS[s]}"' for s in servers)
+    toml = client_toml(me, [other], client=f"servers = [{addrs}]\nnat_discovery = false\nport_mapping = false",
+                       mediation_extra='dpd_delay = "3s"\n[connections.medsrv.retransmit]\ntimeout = "1s"\n'
+                                       'base = 1.5\ntries = 3\n')
+    toml = toml.replace(f'remote_addrs = ["{CAROL}"]', f"remote_addrs = [{addrs}]")
+    return Iked(lab, me, toml, name="medcli", module="mediation_client").start()
+
+
+def _where(servers: dict[str, Iked], identity: str) -> list[str]:
+    out = []
+    for name, srv in servers.items():
+        if srv.proc is not None and any(p["identity"] == identity for p in srv.status()["peers"]):
+            out.append(name)
+    return out
+
+
+def run(story: Story) -> None:
+    story.step("topology: alice | natA -- internet -- natB | bob; ms1 (carol), ms2, ms3 and Redis on the internet")
+    lab = story.lab(nat_lab(nat_a="eim", nat_b="eim"))
+    _add_public_host(lab, "ms2", SERVERS["ms2"], "pM2")
+    _add_public_host(lab, "ms3", SERVERS["ms3"], "pM3")
+    _add_public_host(lab, "eng", ENGINE, "pE")
+    story.step("start redis-server on eng, our mediation server on ms1, ms2, ms3")
+    redis_log = lab.host_dir("eng") / "redis.log"
+    lab.popen("eng", ["redis-server", "--bind", ENGINE, "--port", "6379", "--save", "", "--appendonly", "no",
+                      "--protected-mode", "no", "--dir", str(lab.host_dir("eng"))], redis_log)
+    wait_for(lambda: "Ready to accept connections" in redis_log.read_text(), 15, what="redis-server ready")
+    servers = {n: Iked(lab, HOSTS[n], server_toml(n), name=f"medsrv-{n}", module="mediation_server").start()
+               for n in SERVERS}
+    for n, srv in servers.items():
+        wait_for(lambda s=srv: "cluster: connected" in s.log_text(), 15, what=f"{n} connected to Redis")
+
+    story.step("alice registers at ms1 (her list: ms1, ms2), bob at ms2")
+    bob = _client(lab, "bob", "alice", ["ms2"])
+    alice = _client(lab, "alice", "bob", ["ms1", "ms2"])
+    servers["ms1"].wait_peers({"alice@med"}, 15)
+    servers["ms2"].wait_peers({"bob@med"}, 15)
+    wait_for(lambda: _where(servers, "alice@med") == ["ms1"] and _where(servers, "bob@med") == ["ms2"], 10,
+             what="one registration each")
+    story.check(True, "alice at ms1 only, bob at ms2 only")
+
+    story.step("alice: up bob (ME_CONNECT ms1 -> Redis -> ms2 -> bob, the answer back the same way)")
+    r = alice.up("bob", timeout=30)
+    story.say(f"mediated connection up in {r['elapsed_ms']} ms, peer at {r['remote'][0]}[{r['remote'][1]}]")
+    show_log(story, servers["ms1"].log_text(), ("forwarding ME_CONNECT",), who="ms1")
+    show_log(story, servers["ms2"].log_text(), ("relaying ME_CONNECT",), who="ms2")
+    ma, mb = mediated_sas(alice, bob, "bob", "alice")
+    a2b, b2a = ping_both(lab, "alice", "bob", LAN)
+    story.check(ma["remote-host"] == "203.0.113.2" and mb["remote-host"] == "203.0.113.1",
+                "the mediated SA runs between the two NATs' public addresses (not through a server)")
+    story.check(a2b == 3 and b2a == 3, f"ping alice->bob {a2b}/3, bob->alice {b2a}/3")
+
+    story.step("strongSwan: charon dave (configured with ms1) and charon erin (with ms3) get mediated")
+    specs = {c: PeerSpec(c, f"{c}@med", CHARON_PSK[c], f"{c}@p2p",
+                         {"net": (f"{inner}/32", f"{CHARONS['erin' if c == 'dave' else 'dave'][1]}/32")})
+             for c, (_, inner, _) in CHARONS.items()}
+    charons = {}
+    for i, (c, (addr, inner, srv)) in enumerate(CHARONS.items()):
+        _add_public_host(lab, c, addr, f"pC{i}")
+        lab.run(c, ["ip", "addr", "add", f"{inner}/32", "dev", "lo"])
+        other = specs["erin" if c == "dave" else "dave"]
+        charons[c] = Charon(lab, c, conf=peer_conf(specs[c], other, "dave-erin-p2p-secret-0123456789",
+                                                   server_addr=SERVERS[srv])).start()
+    for c in ("erin", "dave"):
+        charons[c].initiate(ike="medsrv", timeout=15)
+    servers["ms1"].wait_peers({"dave@med"}, 15)
+    servers["ms3"].wait_peers({"erin@med"}, 15)
+    charons["dave"].initiate(child="net", wait=False)
+    cd = charons["dave"].wait_child("net", timeout=30)
+    ce = charons["erin"].wait_child("net", timeout=30)
+    show_log(story, servers["ms1"].log_text(), ("from 'dave@med'",), who="ms1")
+    show_log(story, servers["ms3"].log_text(), ("to 'erin@med'", "from 'erin@med'"), who="ms3")
+    story.check(cd["spi-in"] == ce["spi-out"] and cd["spi-out"] == ce["spi-in"],
+                "dave's and erin's CHILD_SA agree on the SPIs (mediated across ms1 and ms3)")
+    p2p = [sa for sa in charons["dave"].list_sas() if sa["name"] == "p2p"]
+    story.check(bool(p2p) and p2p[0].get("remote-host") == CHARONS["erin"][0],
+                f"dave's mediated IKE_SA runs to erin at {CHARONS['erin'][0]} directly")
+    for c in charons.values():
+        c.stop()
+
+    story.step("kill ms1 (SIGKILL): alice notices (DPD every 3 s), registers at the next server of her list")
+    t0 = time.monotonic()
+    servers["ms1"].signal(9)
+    servers["ms1"].stop()
+    servers["ms2"].wait_peers({"alice@med"}, 40)
+    moved = time.monotonic() - t0
+    show_log(story, alice.log_text(), ("mediation connection 'medsrv' lost", "initiating mediation connection"),
+             who="alice")
+    story.check(moved < 30, f"alice registered at ms2 {moved:.1f} s after ms1 died (goal: under 30 s)")
+    live = {k: v for k, v in servers.items() if k != "ms1"}
+    wait_for(lambda: _where(live, "alice@med") == ["ms2"], 10, what="alice at ms2 only")
+    a2b, b2a = ping_both(lab, "alice", "bob", LAN)
+    story.check(a2b == 3 and b2a == 3, f"the direct tunnel outlived ms1: ping {a2b}/3, {b2a}/3")
+
+    story.step("alice moves on: her tunnel to bob goes down and she brings it up again through ms2")
+    for sa in alice.list_sas():
+        if sa.get("name") == "bob":
+            alice.ctl({"cmd": "down", "ike": sa["uniqueid"]})
+    alice.wait_sas(lambda sas: not any(x.get("name") == "bob" for x in sas), 10)
+    r = alice.up("bob", timeout=30)
+    story.say(f"mediated connection up again in {r['elapsed_ms']} ms")
+    show_log(story, servers["ms2"].log_text(), ("relaying ME_CONNECT",), who="ms2")
+    a2b, b2a = ping_both(lab, "alice", "bob", LAN)
+    story.check(a2b == 3 and b2a == 3, f"after the move: ping alice->bob {a2b}/3, bob->alice {b2a}/3")
+
+    story.step("restart ms1: it joins again, nobody is registered twice")
+    servers["ms1"] = Iked(lab, "carol", server_toml("ms1"), name="medsrv-ms1b", module="mediation_server").start()
+    wait_for(lambda: "cluster: connected" in servers["ms1"].log_text(), 15, what="ms1 back")
+    story.check(_where(servers, "alice@med") == ["ms2"] and _where(servers, "bob@med") == ["ms2"],
+                "after ms1's restart alice and bob are each registered once")
+    for c in (alice, bob):
+        c.stop()
+    for s in servers.values():
+        if s.proc is not None:
+            s.stop()
+
+
