@@ -204,11 +204,9 @@ def _verify_rfc7427(key: PublicKey, data: bytes, octets: bytes) -> bool:
     sig = data[1 + data[0] :]
     if alg is None:
         return False
-    if alg.kind == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey):
+    if ((alg.kind == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey))
+            or (alg.kind == "ed448" and isinstance(key, ed448.Ed448PublicKey))):
         key.verify(sig, octets)  # RFC 8420: PureEdDSA over the whole octets
-        return True
-    if alg.kind == "ed448" and isinstance(key, ed448.Ed448PublicKey):
-        key.verify(sig, octets)
         return True
     if alg.hash is None:
         return False

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,29 +82,36 @@ def _addr(a: Any) -> str:
 
 def format_status(reply: dict[str, Any]) -> str:
     """The mediation daemons' `status`: online peers (server) or mediation/check state (client)."""
-    out: list[str] = []
     if "peers" in reply:
-        out.append(f"{len(reply['peers'])} peer(s) online:")
-        for p in reply["peers"]:
-            out.append(f"  {p['identity']} @ {p['endpoint']}, online {p['since']}s, idle {p['idle']}s, "
-                       f"IKE_SA #{p['ike']}" + (f", NAT: {p['nat']}" if p.get("nat") else ""))
-        if reply.get("callbacks"):
-            out.append("callbacks waiting:")
-            for c in reply["callbacks"]:
-                out.append(f"  {c['requester']} waits for {c['target']} (expires in {c['expires_in']}s)")
-        if reply.get("relays"):
-            out.append(f"{len(reply['relays'])} relay(s):")
-            for r in reply["relays"]:
-                out.append(f"  #{r['id']} {r['a']} {r['a_latched'] or '-'} -> {r['address']}[{r['a_port']}] | "
-                           f"{r['address']}[{r['b_port']}] <- {r['b_latched'] or '-'} {r['b']}: "
-                           f"{r['bytes_a_to_b']} B ->, {r['bytes_b_to_a']} B <-, idle {r['idle']}s"
-                           f"{', carrying a tunnel' if r.get('in_use') else ', checks only'}")
-        if reply.get("stun"):
-            st = reply["stun"]
-            out.append(f"STUN responder on {', '.join(st['addresses']) or 'nothing (see the log)'}: "
-                       f"{st['requests']} requests, {st['changed']} answered from another address or port")
-        return "\n".join(out)
-    st = reply.get("status", {})
+        return _server_status(reply)
+    return _client_status(reply.get("status", {})) or "no mediation state"
+
+
+def _server_status(reply: dict[str, Any]) -> str:
+    out = [f"{len(reply['peers'])} peer(s) online:"]
+    for p in reply["peers"]:
+        out.append(f"  {p['identity']} @ {p['endpoint']}, online {p['since']}s, idle {p['idle']}s, "
+                   f"IKE_SA #{p['ike']}" + (f", NAT: {p['nat']}" if p.get("nat") else ""))
+    if reply.get("callbacks"):
+        out.append("callbacks waiting:")
+        for c in reply["callbacks"]:
+            out.append(f"  {c['requester']} waits for {c['target']} (expires in {c['expires_in']}s)")
+    if reply.get("relays"):
+        out.append(f"{len(reply['relays'])} relay(s):")
+        for r in reply["relays"]:
+            out.append(f"  #{r['id']} {r['a']} {r['a_latched'] or '-'} -> {r['address']}[{r['a_port']}] | "
+                       f"{r['address']}[{r['b_port']}] <- {r['b_latched'] or '-'} {r['b']}: "
+                       f"{r['bytes_a_to_b']} B ->, {r['bytes_b_to_a']} B <-, idle {r['idle']}s"
+                       f"{', carrying a tunnel' if r.get('in_use') else ', checks only'}")
+    if reply.get("stun"):
+        st = reply["stun"]
+        out.append(f"STUN responder on {', '.join(st['addresses']) or 'nothing (see the log)'}: "
+                   f"{st['requests']} requests, {st['changed']} answered from another address or port")
+    return "\n".join(out)
+
+
+def _client_status(st: dict[str, Any]) -> str:
+    out: list[str] = []
     for m in st.get("mediation", []):
         out.append(f"mediation {m['name']}: #{m['unique_id']} {m['state']} {_addr(m['local'])} ... "
                    f"{_addr(m['remote'])}, public endpoint {_addr(m['srflx'])}")
@@ -126,7 +134,7 @@ def format_status(reply: dict[str, Any]) -> str:
         pm = st["port_mapping"]
         out.append(f"port mapping: {pm['protocol']} {pm['internal']} -> {pm['external']}, lifetime {pm['lifetime']}s"
                    if "external" in pm else f"port mapping: none ({pm['error']})")
-    return "\n".join(out) or "no mediation state"
+    return "\n".join(out)
 
 
 def format_conns(conns: list[dict[str, Any]]) -> str:
@@ -210,30 +218,32 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     return {"cmd": args.cmd}
 
 
+def _reload_text(reply: dict[str, Any]) -> str:
+    rs = reply.get("restart-needed") or []
+    return (f"reloaded: {len(reply['added'])} added, {len(reply['removed'])} removed, "
+            f"{len(reply['changed'])} changed, {len(reply['unchanged'])} unchanged"
+            + "".join(f"\n  {k}: {', '.join(reply[k])}" for k in ("added", "removed", "changed") if reply[k])
+            + (f"\nneeds a restart to take effect: {', '.join(rs)}" if rs else ""))
+
+
+# the text of each command's reply; a command not named here prints "ok"
+_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+    "list": lambda r: format_sas(r["sas"]) or "no IKE_SAs",
+    "conns": lambda r: format_conns(r["conns"]),
+    "stats": lambda r: format_stats(r["stats"]),
+    "status": format_status,
+    "up": format_up,
+    "reload": _reload_text,
+    "loglevel": lambda r: f"log level of {r['subsystem']} is now {r['level']}",
+    "keyid": lambda r: f"{r['keyid']}\n{r['keyid-colon']}\nswanctl.conf: {r['swanctl']}",
+    "down": lambda r: f"closed {', '.join(r.get('done', []))}",
+    "rekey": lambda r: f"rekeying {', '.join(r.get('done', []))}",
+}
+
+
 def _text(cmd: str, reply: dict[str, Any]) -> str:
-    if cmd == "list":
-        return format_sas(reply["sas"]) or "no IKE_SAs"
-    if cmd == "conns":
-        return format_conns(reply["conns"])
-    if cmd == "stats":
-        return format_stats(reply["stats"])
-    if cmd == "status":
-        return format_status(reply)
-    if cmd == "up":
-        return format_up(reply)
-    if cmd == "reload":
-        rs = reply.get("restart-needed") or []
-        return (f"reloaded: {len(reply['added'])} added, {len(reply['removed'])} removed, "
-                f"{len(reply['changed'])} changed, {len(reply['unchanged'])} unchanged"
-                + "".join(f"\n  {k}: {', '.join(reply[k])}" for k in ("added", "removed", "changed") if reply[k])
-                + (f"\nneeds a restart to take effect: {', '.join(rs)}" if rs else ""))
-    if cmd == "loglevel":
-        return f"log level of {reply['subsystem']} is now {reply['level']}"
-    if cmd == "keyid":
-        return f"{reply['keyid']}\n{reply['keyid-colon']}\nswanctl.conf: {reply['swanctl']}"
-    if cmd in ("down", "rekey"):
-        return f"{'closed' if cmd == 'down' else 'rekeying'} {', '.join(reply.get('done', []))}"
-    return "ok"
+    fmt = _TEXT.get(cmd)
+    return "ok" if fmt is None else fmt(reply)
 
 
 def parser() -> argparse.ArgumentParser:

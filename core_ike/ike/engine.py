@@ -644,22 +644,32 @@ class Engine:
         if exchange < IKE_SA_INIT:
             return self._drop("header", now, remote, "reserved exchange type %d", exchange)  # RFC 7296 3.1
         if exchange != IKE_SA_INIT or flags & RESPONSE or spi_r_n or not spi_i_n:
-            if (spi_i_n or spi_r_n) and not spi_known(data, flags, exchange, self.sas):
-                self.counters["drop-unknown-spi"] += 1  # not decoded: RFC 7296 2.21.4 needs the header only
-                if not flags & RESPONSE:
-                    self._answer_invalid_spi(header_message(data), local, remote, now)
-                return True
-            return False
+            return bool(spi_i_n or spi_r_n) and self._unknown_spi(data, flags, exchange, local, remote, now)
         # an IKE_SA_INIT request for a new IKE_SA: Message ID 0 (RFC 7296 2.2), from the initiator (3.1)
         major = version >> 4 == IKE_VERSION >> 4
         if major and (mid != 0 or not flags & INITIATOR):
             return self._drop("header", now, remote, "IKE_SA_INIT request with Message ID %d, flags 0x%02x",
                               mid, flags)
-        ip = remote[0]
-        if not self._needs_cookie(ip):
+        if not self._needs_cookie(remote[0]):
             return False
         if not major:  # RFC 7296 2.5 asks for INVALID_MAJOR_VERSION; not to every datagram of a flood
             return self._drop("header", now, remote, "IKE major version %d", version >> 4)
+        return self._cookie_gate(data, first, local, remote, now)
+
+    def _unknown_spi(self, data: bytes, flags: int, exchange: int, local: Addr, remote: Addr, now: float) -> bool:
+        """True (dropped, a request answered with INVALID_IKE_SPI) when the datagram names an IKE_SA we do
+        not know; not decoded: RFC 7296 2.21.4 needs the header only."""
+        if spi_known(data, flags, exchange, self.sas):
+            return False
+        self.counters["drop-unknown-spi"] += 1
+        if not flags & RESPONSE:
+            self._answer_invalid_spi(header_message(data), local, remote, now)
+        return True
+
+    def _cookie_gate(self, data: bytes, first: int, local: Addr, remote: Addr, now: float) -> bool:
+        """An IKE_SA_INIT request while COOKIEs are demanded (RFC 7296 2.6): the per-source limit, then
+        the COOKIE itself; True when the request was dropped or answered with a COOKIE here."""
+        ip = remote[0]
         if not self.init_limiter.allow(ip, now):
             return self._drop("init-rate", now, remote, "more than %g IKE_SA_INIT requests per second",
                               self.cfg.init_rate_ip)
