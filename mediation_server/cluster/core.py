@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ log = logging.getLogger("mediation_server.cluster")
 
 Addr = tuple[str, int]
 PRESENCE = "ikeme.presence"
+MAX_OUTBOX = 100_000  # messages kept while the engine is unreachable; a hello resends the presence anyway
 
 
 def server_channel(name: str) -> str:
@@ -137,10 +139,14 @@ class Cluster:
         self.remote: dict[str, RemotePeer] = {}  # identity -> where it is registered (other servers)
         self.outbox: list[tuple[str, bytes]] = []
         self.on_output: Any = None  # called when outbox turns non-empty (the bus wakes its publisher)
+        self.dropped = 0  # messages not queued because the outbox was full
 
     # ------------------------------------------------------------------ what this server says
     def _put(self, channel: str, msg: dict[str, Any]) -> None:
         msg["srv"] = self.name
+        if len(self.outbox) >= MAX_OUTBOX:
+            self.dropped += 1
+            return
         self.outbox.append((channel, json.dumps(msg, separators=(",", ":")).encode()))
         if len(self.outbox) == 1 and self.on_output is not None:
             self.on_output()
@@ -194,44 +200,30 @@ class Cluster:
         if srv == self.name:
             return None
         t = _field(d, "t", str)
-        if t == "hello":
-            return SyncAsked(srv)
-        if t == "up":
-            identity, since = _field(d, "id", str), float(_field(d, "since", (int, float)))
-            ep = d.get("ep")
-            if ep is not None and not (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str)
-                                       and isinstance(ep[1], int)):
-                raise ClusterMessageError(f"field 'ep': expected [address, port], got {ep!r}")
-            old = self.remote.get(identity)
-            if old is not None and (old.since, old.server) > (since, srv):
-                return None  # an older registration announced late (or again, after a hello)
-            self.remote[identity] = RemotePeer(srv, (ep[0], ep[1]) if ep else None, since)
-            return PeerElsewhere(identity, srv, since)
-        if t == "down":
-            identity = _field(d, "id", str)
-            old = self.remote.get(identity)
-            if old is None or old.server != srv:
-                return None
-            del self.remote[identity]
-            return PeerGoneElsewhere(identity, srv)
-        if t == "connect":
-            eps = _field(d, "eps", list)
-            if not all(isinstance(e, str) for e in eps):
-                raise ClusterMessageError("field 'eps': expected hex strings")
-            try:
-                endpoints = tuple(bytes.fromhex(e) for e in eps)
-            except ValueError:
-                raise ClusterMessageError("field 'eps': not hex") from None
-            return ForwardedConnect(srv, _ident(d, "req"), _field(d, "target", str),
-                                    bool(_field(d, "response", bool)), _hex(d, "cid"), _hex(d, "key"), endpoints)
-        if t == "cb":
-            return CallbackElsewhere(_field(d, "target", str), _field(d, "req", str),
-                                     float(_field(d, "created", (int, float))), float(_field(d, "expires", (int, float))))
-        if t == "cbfired":
-            return CallbackFiredElsewhere(_field(d, "target", str), _field(d, "req", str))
-        if t == "failed":
-            return ForwardedFailure(_field(d, "to", str), _hex(d, "cid"), _ident(d, "about"))
-        raise ClusterMessageError(f"unknown message type {t!r}")
+        handler = _RECEIVERS.get(t)
+        if handler is None:
+            raise ClusterMessageError(f"unknown message type {t!r}")
+        return handler(self, srv, d)
+
+    def _rx_up(self, srv: str, d: dict[str, Any]) -> PeerElsewhere | None:
+        identity, since = _field(d, "id", str), float(_field(d, "since", (int, float)))
+        ep = d.get("ep")
+        if ep is not None and not (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str)
+                                   and isinstance(ep[1], int)):
+            raise ClusterMessageError(f"field 'ep': expected [address, port], got {ep!r}")
+        old = self.remote.get(identity)
+        if old is not None and (old.since, old.server) > (since, srv):
+            return None  # an older registration announced late (or again, after a hello)
+        self.remote[identity] = RemotePeer(srv, (ep[0], ep[1]) if ep else None, since)
+        return PeerElsewhere(identity, srv, since)
+
+    def _rx_down(self, srv: str, d: dict[str, Any]) -> PeerGoneElsewhere | None:
+        identity = _field(d, "id", str)
+        old = self.remote.get(identity)
+        if old is None or old.server != srv:
+            return None
+        del self.remote[identity]
+        return PeerGoneElsewhere(identity, srv)
 
     def server_gone(self, server: str) -> list[str]:
         """`server` left (its engine connection closed): its peers are no longer reachable there."""
@@ -239,3 +231,29 @@ class Cluster:
         for i in gone:
             del self.remote[i]
         return gone
+
+
+def _rx_connect(_cluster: Cluster, srv: str, d: dict[str, Any]) -> ForwardedConnect:
+    eps = _field(d, "eps", list)
+    if not all(isinstance(e, str) for e in eps):
+        raise ClusterMessageError("field 'eps': expected hex strings")
+    try:
+        endpoints = tuple(bytes.fromhex(e) for e in eps)
+    except ValueError:
+        raise ClusterMessageError("field 'eps': not hex") from None
+    return ForwardedConnect(srv, _ident(d, "req"), _field(d, "target", str),
+                            bool(_field(d, "response", bool)), _hex(d, "cid"), _hex(d, "key"), endpoints)
+
+
+# message type ("t") -> its reader: the event it means here, None when it needs no action
+_RECEIVERS: dict[str, Callable[[Cluster, str, dict[str, Any]], ClusterEvent | None]] = {
+    "hello": lambda _c, srv, _d: SyncAsked(srv),
+    "up": Cluster._rx_up,
+    "down": Cluster._rx_down,
+    "connect": _rx_connect,
+    "cb": lambda _c, _srv, d: CallbackElsewhere(_field(d, "target", str), _field(d, "req", str),
+                                                float(_field(d, "created", (int, float))),
+                                                float(_field(d, "expires", (int, float)))),
+    "cbfired": lambda _c, _srv, d: CallbackFiredElsewhere(_field(d, "target", str), _field(d, "req", str)),
+    "failed": lambda _c, _srv, d: ForwardedFailure(_field(d, "to", str), _hex(d, "cid"), _ident(d, "about")),
+}
