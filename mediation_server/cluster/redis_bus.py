@@ -49,7 +49,9 @@ class RedisBus:
                 log.info("cluster: connected to %s as server %s", self.url, self.cluster.name)
                 self._warned = False
                 self.connected.set()
-                # a fresh start: the others announce their peers again, and we ours
+                # a fresh start: the others announce their peers again, and we ours; what was queued
+                # while the engine was unreachable is stale (the announcements below replace it)
+                self.cluster.take_outbox()
                 self.cluster.remote.clear()
                 self.cluster.hello()
                 self.synced()

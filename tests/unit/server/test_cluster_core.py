@@ -82,3 +82,13 @@ def test_server_gone_forgets_its_peers_and_names_are_checked() -> None:
     with pytest.raises(ValueError):
         Cluster("two words")
     assert server_channel("a") != PRESENCE
+
+
+def test_outbox_is_bounded_while_the_engine_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mediation_server.cluster.core as core
+
+    monkeypatch.setattr(core, "MAX_OUTBOX", 3)
+    a = Cluster("a")
+    for i in range(5):
+        a.announce(f"p{i}", None, 1.0)
+    assert len(a.outbox) == 3 and a.dropped == 2
