@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             r = ask({"cmd": "up", "conn": args.name, "timeout": 30})
-            peer = r.get("remote") or ["?", 0]
-            print(f"IKE_SA {r.get('conn', args.name)}[{r.get('ike')}] established with {peer[0]}[{peer[1]}]")
+            sa = next((x for x in ask({"cmd": "list"})["sas"] if x["uniqueid"] == r.get("ike")), None)
+            between = (f" between {sa['local-host']}[{sa['local-id']}]...{sa['remote-host']}[{sa['remote-id']}]"
+                       if sa is not None else "")
+            print(f"IKE_SA {r.get('conn', args.name)}[{r.get('ike')}] established{between}")
             for c in r.get("children", []):
                 print(f"CHILD_SA {c['name']}{{{c['uniqueid']}}} established with SPIs {c['spi-in']}_i "
                       f"{c['spi-out']}_o and TS {' '.join(c['local-ts'])} === {' '.join(c['remote-ts'])}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
+from gateway.ipsec_cmd import main as ipsec_cmd
 from gateway.sqlconf.pools import PoolAdmin
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon, CharonError
@@ -253,3 +254,38 @@ def _try_initiate(env: Env, conn: str) -> bool:
     except CharonError:
         return False
     return True
+
+
+UP_ROWS = f"""
+INSERT INTO ike_configs (local, remote) VALUES ('{A}', '{B}');
+INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, dpd_delay, rekeytime)
+  VALUES ('tocarol', (SELECT max(id) FROM ike_configs), 1, 2, 2, 0, 0);
+INSERT INTO ike_config_proposal (ike_cfg, prio, prop) VALUES ((SELECT max(id) FROM ike_configs), 0, 1);
+INSERT INTO child_configs (name, rekeytime, lifetime) VALUES ('tocarol', 0, 0);
+INSERT INTO child_config_proposal (child_cfg, prio, prop) VALUES ((SELECT max(id) FROM child_configs), 0, 2);
+INSERT INTO peer_config_child_config (peer_cfg, child_cfg)
+  VALUES ((SELECT max(id) FROM peer_configs), (SELECT max(id) FROM child_configs));
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind)
+  VALUES ((SELECT max(id) FROM child_configs), 1, 0);
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind)
+  VALUES ((SELECT max(id) FROM child_configs), 2, 1);
+"""
+
+
+def test_ipsec_up_and_down_of_a_database_connection(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ikeme-ipsec up` initiates a connection that came from the database (moon -> charon as carol)."""
+    env.charon.terminate_all()
+    env.iked.wait_sas(lambda sas: not sas)
+    load_sql(create_engine(f"sqlite:///{env.db}"), UP_ROWS, create=False)
+    wait_for(lambda: any(c["name"] == "tocarol" for c in env.iked.ctl({"cmd": "conns"})["conns"]), 10,
+             what="the new row in iked's connections")
+    capsys.readouterr()
+    assert ipsec_cmd(["-s", env.iked.ctl_path, "up", "tocarol"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    theirs = env.charon.wait_child("carol", timeout=10)
+    assert f"] established between {A}[moon.lab]...{B}[carol@lab]\n" in out, out
+    assert f"with SPIs {theirs['spi-out']}_i {theirs['spi-in']}_o and TS {A_IN}/32 === {CAROL_IN}/32" in out
+    assert out.rstrip().endswith("connection 'tocarol' established successfully")
+    assert ipsec_cmd(["-s", env.iked.ctl_path, "down", "tocarol"]) == 0
+    assert "closed tocarol[" in capsys.readouterr().out
+    env.iked.wait_sas(lambda sas: not sas)
