@@ -78,43 +78,52 @@ def parse_conf(text: str, name: str = "ipsec.conf", base: Path | None = None, _d
         if not body.strip():
             continue
         if not body[0].isspace():
-            words = body.split()
-            if words[0] == "include":
-                if len(words) != 2:
-                    raise LocalError(f"{where}: include needs one file name or pattern")
-                if _depth >= MAX_INCLUDE_DEPTH:
-                    raise LocalError(f"{where}: includes nested deeper than {MAX_INCLUDE_DEPTH}")
-                for f in _include(words[1], base, where):
-                    parse_conf(_read(f), str(f), f.parent, _depth + 1, conf)
-                current = None
-                continue
-            if words[0] == "version":
-                current = None
-                continue
-            if words[0] not in SECTION_KINDS or len(words) != 2:
-                raise LocalError(f"{where}: expected 'config setup', 'conn NAME' or 'ca NAME', got {body.strip()!r}")
-            kind, sname = words
-            if kind == "config":
-                if sname != "setup":
-                    raise LocalError(f"{where}: unknown section 'config {sname}' (only 'config setup')")
-                current = Section("config", "setup", conf.setup, where)
-                continue
-            table = conf.conns if kind == "conn" else conf.cas
-            if sname in table:
-                raise LocalError(f"{where}: {kind} {sname!r} is defined twice (first at {table[sname].where})")
-            current = table[sname] = Section(kind, sname, {}, where)
+            current = _top_level(conf, body, base, where, _depth)
             continue
         if current is None:
             raise LocalError(f"{where}: parameter outside a section: {body.strip()!r}")
-        key, eq, val = body.strip().partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise LocalError(f"{where}: expected key=value, got {body.strip()!r}")
-        if key in current.keys and key != "also":
-            raise LocalError(f"{where}: {key} is set twice in {current.kind} {current.name!r}")
-        v = _value(val, where)
-        current.keys[key] = f"{current.keys[key]} {v}" if key == "also" and key in current.keys else v
+        _assign(current, body, where)
     return conf
+
+
+def _top_level(conf: IpsecConf, body: str, base: Path, where: str, depth: int) -> Section | None:
+    """A line starting in column 0: `include`, `version` or a section header; the section that the
+    following indented lines belong to (None after include and version)."""
+    words = body.split()
+    if words[0] == "include":
+        if len(words) != 2:
+            raise LocalError(f"{where}: include needs one file name or pattern")
+        if depth >= MAX_INCLUDE_DEPTH:
+            raise LocalError(f"{where}: includes nested deeper than {MAX_INCLUDE_DEPTH}")
+        for f in _include(words[1], base, where):
+            parse_conf(_read(f), str(f), f.parent, depth + 1, conf)
+        return None
+    if words[0] == "version":
+        return None
+    if words[0] not in SECTION_KINDS or len(words) != 2:
+        raise LocalError(f"{where}: expected 'config setup', 'conn NAME' or 'ca NAME', got {body.strip()!r}")
+    kind, sname = words
+    if kind == "config":
+        if sname != "setup":
+            raise LocalError(f"{where}: unknown section 'config {sname}' (only 'config setup')")
+        return Section("config", "setup", conf.setup, where)
+    table = conf.conns if kind == "conn" else conf.cas
+    if sname in table:
+        raise LocalError(f"{where}: {kind} {sname!r} is defined twice (first at {table[sname].where})")
+    table[sname] = Section(kind, sname, {}, where)
+    return table[sname]
+
+
+def _assign(current: Section, body: str, where: str) -> None:
+    """An indented `key=value` line of `current`; `also` may repeat and accumulates."""
+    key, eq, val = body.strip().partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise LocalError(f"{where}: expected key=value, got {body.strip()!r}")
+    if key in current.keys and key != "also":
+        raise LocalError(f"{where}: {key} is set twice in {current.kind} {current.name!r}")
+    v = _value(val, where)
+    current.keys[key] = f"{current.keys[key]} {v}" if key == "also" and key in current.keys else v
 
 
 def _read(p: Path) -> str:

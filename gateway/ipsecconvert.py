@@ -162,18 +162,9 @@ def convert_conn(name: str, keys: dict[str, str], base: Path, setup: dict[str, s
                  local_addresses: list[str] | None = None) -> IkeConfig | None:
     """One conn (keys after %default and also=); None for auto=ignore."""
     where = f"conn {name}"
-    unknown = sorted(k for k in keys if k not in CONN_KEYS)
-    if unknown:
-        raise LocalError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
-    auto = keys.get("auto", "ignore")
-    if auto not in ("ignore", "add", "route", "start"):
-        raise LocalError(f"{where}: auto={auto} (ignore, add, route or start)")
+    auto = _auto(keys, where)
     if auto == "ignore":
         return None
-    if keys.get("keyexchange", "ikev2") not in ("ikev2", "ike"):
-        raise LocalError(f"{where}: keyexchange={keys['keyexchange']} (only IKEv2)")
-    if keys.get("type", "tunnel") != "tunnel":
-        raise LocalError(f"{where}: type={keys['type']} (only tunnel)")
     me, peer = ("left", "right") if _local_first(keys, local_addresses) else ("right", "left")
 
     def side(k: str) -> str | None:
@@ -222,6 +213,36 @@ def convert_conn(name: str, keys: dict[str, str], base: Path, setup: dict[str, s
     if keys.get("mediated_by"):
         cfg.mediated_by = keys["mediated_by"]
         cfg.mediation_peer = identity(keys["me_peerid"]) if keys.get("me_peerid") else remote_id
+    cfg.children = [_child(name, keys, (me, peer), margin, auto)]
+    return cfg
+
+
+def _auto(keys: dict[str, str], where: str) -> str:
+    """The conn's auto= after the checks that apply to every conn: known keys, IKEv2, tunnel mode."""
+    unknown = sorted(k for k in keys if k not in CONN_KEYS)
+    if unknown:
+        raise LocalError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    auto = keys.get("auto", "ignore")
+    if auto not in ("ignore", "add", "route", "start"):
+        raise LocalError(f"{where}: auto={auto} (ignore, add, route or start)")
+    if auto != "ignore" and keys.get("keyexchange", "ikev2") not in ("ikev2", "ike"):
+        raise LocalError(f"{where}: keyexchange={keys['keyexchange']} (only IKEv2)")
+    if auto != "ignore" and keys.get("type", "tunnel") != "tunnel":
+        raise LocalError(f"{where}: type={keys['type']} (only tunnel)")
+    return auto
+
+
+def _child(name: str, keys: dict[str, str], sides: tuple[str, str], margin: float, auto: str) -> ChildConfig:
+    """The conn's one CHILD_SA; `sides` = (our side, the peer's): ("left", "right") or the reverse."""
+    where = f"conn {name}"
+    me, peer = sides
+
+    def side(k: str) -> str | None:
+        return keys.get(me + k)
+
+    def other(k: str) -> str | None:
+        return keys.get(peer + k)
+
     child = ChildConfig(name)
     child.local_ts = _subnets(side("subnet") or "", side("protoport"), where) or \
         ["dynamic" + (f"[{side('protoport')}]" if side("protoport") else "")]
@@ -238,8 +259,7 @@ def convert_conn(name: str, keys: dict[str, str], base: Path, setup: dict[str, s
         log.warning("%s: auto=route needs trap policies, which are not supported: loaded as auto=add", where)
     if "replay_window" in keys:
         child.replay_window = int(keys["replay_window"])
-    cfg.children = [child]
-    return cfg
+    return child
 
 
 def convert_conf(conf: IpsecConf, base: Path, local_addresses: list[str] | None = None) -> list[IkeConfig]:
