@@ -84,6 +84,7 @@ class PresenceWriter:
         self.heartbeat = heartbeat
         self._online: dict[str, _Online] = {}
         self._offline_at: dict[str, float] = {}  # went offline, row not written yet
+        self._nat_pending: dict[str, float] = {}  # online without a NAT report yet -> since when
         self._mediations: dict[frozenset[str], _Mediation] = {}
         self._by_peer: dict[str, set[frozenset[str]]] = {}
         self._count = _Counters()
@@ -101,10 +102,13 @@ class PresenceWriter:
             since = old.since if old is not None and e.replaced is not None else now
             self._online[e.identity] = _Online(_endpoint(e.endpoint), since, old.nat if old else None)
             self._offline_at.pop(e.identity, None)
+            if old is None or old.nat is None:
+                self._nat_pending[e.identity] = now
             self._mark(e.identity)
         elif isinstance(e, mev.PeerOffline):
             if self._online.pop(e.identity, None) is not None:
                 self._offline_at[e.identity] = now
+                self._nat_pending.pop(e.identity, None)
                 for pair in list(self._by_peer.get(e.identity, ())):
                     self._end(pair)
                 self._mark(e.identity)
@@ -155,8 +159,8 @@ class PresenceWriter:
             self._wake.set()
 
     def _poll(self, now: float) -> None:
-        """Once per tick: relays that started carrying a tunnel, NAT reports that arrived (bounded by
-        the active relays and the peers that came online within NAT_WAIT)."""
+        """Once per tick: relays that started carrying a tunnel, NAT reports that arrived (the cost is
+        bounded by the active relays and the peers that came online within NAT_WAIT without one)."""
         if self.relay is not None:
             for r in self.relay:
                 pair = frozenset((r.a.identity, r.b.identity))
@@ -165,12 +169,14 @@ class PresenceWriter:
                     med.relayed = True
                     for p in pair:
                         self._mark(p)
-        for identity, o in self._online.items():
-            if o.nat is None and now - o.since <= NAT_WAIT:
-                nat = self.nat_of(identity)
-                if nat:
-                    o.nat = nat
-                    self._mark(identity)
+        for identity, since in list(self._nat_pending.items()):
+            o = self._online.get(identity)
+            nat = self.nat_of(identity) if o is not None else None
+            if o is not None and nat:
+                o.nat = nat
+                self._mark(identity)
+            if o is None or nat or now - since > NAT_WAIT:
+                del self._nat_pending[identity]
 
     # ------------------------------------------------------------------ rows
     def _row(self, identity: str, now: float) -> PresenceRow | None:
