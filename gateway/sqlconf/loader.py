@@ -324,6 +324,18 @@ def _linked(rows: Rows, model: type[m.Base], key: str, ix: _Index) -> dict[int, 
 def _credentials(rows: Rows, ix: _Index, snap: Snapshot) -> set[Identity]:
     """Shared secrets, private keys, CA and trusted certificates, raw keys; returns the identities a
     PSK is stored for. Pools are read here too: they are credentials of the configuration payloads."""
+    psk_ids = _shared_secrets(rows, ix, snap)
+    _private_keys(rows, ix, snap)
+    _certificates(rows, ix, snap)
+    for r in rows.of(m.PoolRow):
+        try:
+            snap.pools[str(r["name"])] = range_subnets(r["start"], r["end"])
+        except (LocalError, ValueError) as e:
+            snap.problems.append(f"pool '{r['name']}': {e}")
+    return psk_ids
+
+
+def _shared_secrets(rows: Rows, ix: _Index, snap: Snapshot) -> set[Identity]:
     creds = snap.creds
     psk_ids: set[Identity] = set()
     secret_ids = _linked(rows, m.SharedSecretIdentity, "shared_secret", ix)
@@ -336,6 +348,11 @@ def _credentials(rows: Rows, ix: _Index, snap: Snapshot) -> set[Identity]:
         ids = secret_ids.get(int(r["id"]), [])
         creds.add_psk(bytes(r["data"]), *ids)
         psk_ids.update(ids)
+    return psk_ids
+
+
+def _private_keys(rows: Rows, ix: _Index, snap: Snapshot) -> None:
+    creds = snap.creds
     key_ids = _linked(rows, m.PrivateKeyIdentity, "private_key", ix)
     for r in rows.of(m.PrivateKeyRow):
         try:
@@ -346,6 +363,12 @@ def _credentials(rows: Rows, ix: _Index, snap: Snapshot) -> set[Identity]:
     order = {id(k): (0 if key_ids.get(int(r["id"])) else 1)
              for k, r in zip(creds.private_keys, rows.of(m.PrivateKeyRow), strict=False)}
     creds.private_keys.sort(key=lambda k: order.get(id(k), 1))
+
+
+def _certificates(rows: Rows, ix: _Index, snap: Snapshot) -> None:
+    """CA certificates, end-entity certificates (their keys, for the linked identities) and raw public
+    keys (CERT_TRUSTED_PUBKEY)."""
+    creds = snap.creds
     cert_ids = _linked(rows, m.CertificateIdentity, "certificate", ix)
     for r in rows.of(m.CertificateRow):
         where = f"certificates.id {r['id']}"
@@ -368,12 +391,6 @@ def _credentials(rows: Rows, ix: _Index, snap: Snapshot) -> set[Identity]:
         else:
             for ident in cert_ids.get(int(r["id"]), []):
                 creds.add_public_key(cast(Any, cert.public_key()), ident)
-    for r in rows.of(m.PoolRow):
-        try:
-            snap.pools[str(r["name"])] = range_subnets(r["start"], r["end"])
-        except (LocalError, ValueError) as e:
-            snap.problems.append(f"pool '{r['name']}': {e}")
-    return psk_ids
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
