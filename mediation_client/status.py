@@ -65,30 +65,34 @@ class DbStatus:
             log.warning("cannot write status of '%s': %s", alias, e)
 
     def on_event(self, e: object) -> None:
-        if isinstance(e, mev.MediatedConnecting):
-            if not self.live.get(e.name):
-                self.set(e.name, STATUS_CONNECTING)
-        elif isinstance(e, ev.ChildSaEstablished) and e.ike_name in self.ids:
+        if isinstance(e, ev.ChildSaEstablished) and e.ike_name in self.ids:
             self.live.setdefault(e.ike_name, set()).add(e.ike_unique_id)
             self.set(e.ike_name, STATUS_UP)
-        elif isinstance(e, mev.PeerNotOnline):
-            if not self.live.get(e.name):
-                self.set(e.name, STATUS_CONNECTING, f"peer offline: waiting for '{e.peer}' to come online")
-        elif isinstance(e, mev.MediationFailed):
-            if not self.live.get(e.name):
-                self.set(e.name, STATUS_DOWN, e.reason)
-        elif isinstance(e, ev.ChildSaFailed) and e.ike_name in self.ids:
-            # the mediated IKE_SA may stand, but without its CHILD_SA there is no tunnel
-            if not self.live.get(e.ike_name):
-                self.set(e.ike_name, STATUS_DOWN, f"CHILD_SA '{e.name}' failed: {e.reason}")
-        elif isinstance(e, ev.IkeSaFailed) and e.name in self.ids:
-            if not self.live.get(e.name):
-                self.set(e.name, STATUS_DOWN, f"IKE_SA failed: {e.reason}")
         elif isinstance(e, ev.IkeSaDeleted) and e.name in self.ids:
             live = self.live.get(e.name, set())
             live.discard(e.unique_id)
             if not live:
                 self.set(e.name, STATUS_DOWN, e.reason)
+        else:
+            change = self._while_down(e)
+            if change is not None and not self.live.get(change[0]):
+                self.set(*change)
+
+    def _while_down(self, e: object) -> tuple[str, int, str | None] | None:
+        """(alias, status, reason) an attempt's progress or failure means for a connection that has no
+        tunnel up; one that has keeps showing up."""
+        if isinstance(e, mev.MediatedConnecting):
+            return e.name, STATUS_CONNECTING, None
+        if isinstance(e, mev.PeerNotOnline):
+            return e.name, STATUS_CONNECTING, f"peer offline: waiting for '{e.peer}' to come online"
+        if isinstance(e, mev.MediationFailed):
+            return e.name, STATUS_DOWN, e.reason
+        if isinstance(e, ev.ChildSaFailed) and e.ike_name in self.ids:
+            # the mediated IKE_SA may stand, but without its CHILD_SA there is no tunnel
+            return e.ike_name, STATUS_DOWN, f"CHILD_SA '{e.name}' failed: {e.reason}"
+        if isinstance(e, ev.IkeSaFailed) and e.name in self.ids:
+            return e.name, STATUS_DOWN, f"IKE_SA failed: {e.reason}"
+        return None
 
 
 def load_db_connections(url: str, cfg: DaemonConfig) -> DbStatus:
