@@ -317,3 +317,32 @@ def test_relayed_path_and_its_end(srv: Portal, url: str) -> None:
     with sessions() as s:
         state = pr.server_state(s)
         assert state is not None and state.relays_active == 0 and state.relays_total == 1
+
+
+def test_a_tick_costs_what_changed_not_what_is_online(url: str) -> None:
+    """Once the online peers' NAT reports are in (or their wait is over), a tick asks for none of them,
+    and a collect with nothing changed builds no row."""
+    engine = make_engine(url)
+    create_all(engine)
+    sessions = make_session_factory(engine)
+    asked: list[str] = []
+
+    def nat_of(identity: str) -> str | None:
+        asked.append(identity)
+        return "mapping EIM, filtering EIF" if identity.split("@")[0].endswith("0") else None
+
+    clock = Clock(1_700_000_000.0)
+    w = PresenceWriter(sessions, PortalPeers(sessions), nat_of=nat_of, wall=clock)
+    for n in range(1000):
+        w.on_event(mev.PeerOnline(f"peer{n}@example.org", n + 1, ("192.0.2.1", 1000 + n), None))
+    w.collect()
+    assert len(asked) == 1000  # each once: a tenth of them reported
+    asked.clear()
+    w.collect()
+    assert len(asked) == 900  # the others are still waiting for theirs
+    asked.clear()
+    clock.t += 61  # NAT_WAIT over
+    w.collect()
+    asked.clear()
+    rows, _ = w.collect()
+    assert asked == [] and rows == []
