@@ -23,17 +23,9 @@ class Identity:
             raise LocalError("empty identity")
         if text == "%any":
             return ANY
-        if text.startswith("asn1dn:#"):
-            try:
-                return cls(IdType.DER_ASN1_DN, bytes.fromhex(text[8:]))
-            except ValueError as e:
-                raise LocalError(f"bad DN identity {text!r}") from e
-        for prefix in ("keyid:#", "@#"):
-            if text.startswith(prefix):
-                try:
-                    return cls(IdType.KEY_ID, bytes.fromhex(text[len(prefix):].replace(":", "")))
-                except ValueError as e:
-                    raise LocalError(f"bad KEY_ID identity {text!r}") from e
+        binary = cls._parse_hex(text)
+        if binary is not None:
+            return binary
         if text.startswith("keyid:"):
             return cls(IdType.KEY_ID, text[6:].encode())
         if text.startswith("@"):
@@ -49,6 +41,22 @@ class Identity:
         if "=" in text:
             raise LocalError(f"DN identities need a certificate subject, not text: {text!r}")
         return cls(IdType.FQDN, text.encode())
+
+    @classmethod
+    def _parse_hex(cls, text: str) -> Identity | None:
+        """`asn1dn:#hex` (DER DN), `keyid:#hex` / `@#hex` (KEY_ID, colons allowed); None for other text."""
+        if text.startswith("asn1dn:#"):
+            try:
+                return cls(IdType.DER_ASN1_DN, bytes.fromhex(text[8:]))
+            except ValueError as e:
+                raise LocalError(f"bad DN identity {text!r}") from e
+        for prefix in ("keyid:#", "@#"):
+            if text.startswith(prefix):
+                try:
+                    return cls(IdType.KEY_ID, bytes.fromhex(text[len(prefix):].replace(":", "")))
+                except ValueError as e:
+                    raise LocalError(f"bad KEY_ID identity {text!r}") from e
+        return None
 
     @classmethod
     def key_id(cls, keyid: bytes) -> Identity:
