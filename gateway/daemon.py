@@ -31,11 +31,6 @@ def dn_text(name: x509.Name) -> str:
     return ", ".join(a.rfc4514_string() for rdn in name.rdns for a in rdn)
 
 
-def uses_gateway(cfg: DaemonConfig) -> bool:
-    st = cfg.settings
-    return bool(getattr(st, "config_db", None) or getattr(st, "ipsec_conf", None))
-
-
 def _with_files(cfg: DaemonConfig) -> DaemonConfig:
     """Add the connections and secrets of `[daemon] ipsec_conf` / `ipsec_secrets`."""
     conf = getattr(cfg.settings, "ipsec_conf", None)
@@ -165,10 +160,8 @@ class GatewayDaemon(Daemon):
                     log.warning("virtual IP pools: %d lease change(s) not written: %s", self.db_pools.pending(), e)
 
 
-def build(cfg: DaemonConfig, raw: dict[str, Any] | None = None) -> Daemon:
-    """iked's daemon for `cfg`: the gateway's when a gateway source is configured."""
-    if not uses_gateway(cfg):
-        return Daemon(cfg)
+def build_gateway(cfg: DaemonConfig) -> GatewayDaemon:
+    """iked's daemon for `cfg` with its gateway sources (gateway/launch.py decides)."""
     cfg = _with_files(cfg)
     url = getattr(cfg.settings, "config_db", None)
     source = SqlConfigSource(open_config_db(url)) if url else None

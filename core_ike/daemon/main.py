@@ -74,7 +74,7 @@ def run_main(prog: str, description: str, argv: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gateway.daemon import build  # [daemon] config_db / ipsec_conf (docs/gateway.md)
+    from gateway.launch import build  # [daemon] config_db / ipsec_conf (docs/gateway.md)
 
     return run_main("iked", "IKEv2 daemon (strongSwan compatible)", argv, build, multi_worker=True)
 

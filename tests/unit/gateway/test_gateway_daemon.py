@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from core_ike.daemon.config import load
-from gateway.daemon import GatewayDaemon, build
+from gateway.daemon import GatewayDaemon
+from gateway.launch import build
 from gateway.sqlconf.source import SqlConfigSource
 from tests.unit.gateway.sqldata import load_sql
 
