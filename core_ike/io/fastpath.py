@@ -222,12 +222,7 @@ class UdpEspIo:
             n += 1
             if len(remote) != 2:
                 remote = (remote[0], remote[1])
-            parts = [data]
-            for level, kind, value in anc:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    parts = split_gro(data, int.from_bytes(value[:4], sys.byteorder))
-                    self.gro_reads += len(parts) > 1
-            for d in parts:
+            for d in self._datagrams(data, anc):
                 if len(d) > 1 and d[:4] != b"\0\0\0\0":  # RFC 3948 2.2: ESP (non-zero SPI)
                     esp.append((d, remote))
                 else:
@@ -235,14 +230,27 @@ class UdpEspIo:
                     tr._datagram(d, local, remote, self.clock())
         tr.stats["rx"] += n
         self.udp_reads += n
-        tr.stats["esp"] += len(esp)
+        self._hand_off(esp, other)
+
+    def _datagrams(self, data: bytes, anc: list[tuple[int, int, bytes]]) -> list[bytes]:
+        """The datagrams of one read: several when the kernel coalesced them (a UDP_GRO control message)."""
+        for level, kind, value in anc:
+            if level == SOL_UDP and kind == UDP_GRO:
+                parts = split_gro(data, int.from_bytes(value[:4], sys.byteorder))
+                self.gro_reads += len(parts) > 1
+                return parts
+        return [data]
+
+    def _hand_off(self, esp: list[tuple[bytes, Addr]], other: int) -> None:
+        """The batch's ESP packets to the data plane; the IKE answers the batch caused out."""
+        self.transport.stats["esp"] += len(esp)
         if esp:
             try:
                 self.on_esp(esp)
             except Exception:  # a batch lost, never the daemon
                 log.exception("internal error on %d ESP packets; dropped", len(esp))
         if other:
-            tr.flush()
+            self.transport.flush()
 
     # -- send ----------------------------------------------------------------------------------
 

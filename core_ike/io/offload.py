@@ -174,21 +174,9 @@ def segment(frame: bytes | memoryview, hdr: VnetHdr) -> list[bytes]:
             complete_checksum(pkt, hdr)
             return [bytes(pkt)]
         return [bytes(frame)]
-    if gso not in (GSO_TCPV4, GSO_TCPV6):
-        raise OffloadError(f"GSO type {hdr.gso_type} not segmented here")
-    v6, off, proto = l4_offset(frame)
-    if v6 != (gso == GSO_TCPV6):
-        raise OffloadError("GSO type does not match the IP version")
-    off = hdr.csum_start or off  # the TCP header's place (after any IPv6 extension headers)
-    if proto != _TCP and not v6:
-        raise OffloadError("TCP GSO frame without TCP")
-    if len(frame) < off + 20:
-        raise OffloadError("truncated TCP header")
-    thl = (frame[off + 12] >> 4) * 4
+    v6, off, thl = _gso_tcp(frame, hdr, gso)
     h = off + thl
     mss = hdr.gso_size
-    if thl < 20 or len(frame) < h or mss <= 0:
-        raise OffloadError("bad TCP header length or segment size")
     total = len(frame) - h
     if total <= mss:
         pkt = bytearray(frame)
@@ -235,6 +223,24 @@ def segment(frame: bytes | memoryview, hdr: VnetHdr) -> list[bytes]:
             ip = join((ip_a, var, ip_b, _finish(ip_const + int.from_bytes(var, "little")), ip_c))
         out.append(join((ip, ports, seq_b, mid, _finish(s), rest, chunk)))
     return out
+
+
+def _gso_tcp(frame: bytes | memoryview, hdr: VnetHdr, gso: int) -> tuple[bool, int, int]:
+    """(IPv6?, TCP header offset, TCP header length) of a TCP GSO frame; OffloadError for anything else."""
+    if gso not in (GSO_TCPV4, GSO_TCPV6):
+        raise OffloadError(f"GSO type {hdr.gso_type} not segmented here")
+    v6, off, proto = l4_offset(frame)
+    if v6 != (gso == GSO_TCPV6):
+        raise OffloadError("GSO type does not match the IP version")
+    off = hdr.csum_start or off  # the TCP header's place (after any IPv6 extension headers)
+    if proto != _TCP and not v6:
+        raise OffloadError("TCP GSO frame without TCP")
+    if len(frame) < off + 20:
+        raise OffloadError("truncated TCP header")
+    thl = (frame[off + 12] >> 4) * 4
+    if thl < 20 or len(frame) < off + thl or hdr.gso_size <= 0:
+        raise OffloadError("bad TCP header length or segment size")
+    return v6, off, thl
 
 
 def split_gro(data: bytes, gso_size: int) -> list[bytes]:
