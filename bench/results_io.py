@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SCHEMA = 1
 # bench/run_all's order (and README.md's rows): the comparisons first, the long floods and scans last
-ORDER = ["mediated_setup", "ike_setup_rate", "charon_initiator", "esp_throughput_iperf", "esp_throughput",
-         "loss_setup", "registry_scale", "fragment_flood", "ike_flood", "fuzz_ike"]
+ORDER = ["mediated_setup", "nat_matrix", "ike_setup_rate", "charon_initiator", "esp_throughput_iperf",
+         "esp_throughput", "loss_setup", "registry_scale", "pool_scale", "cluster_scale", "cluster_engine",
+         "fragment_flood", "ike_flood", "fuzz_ike"]
 
 
 # ====================================================================== command line
