@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from core_ike.ike.identity import Identity
 from gateway.sqlconf.loader import load
+from gateway.sqlconf.pools import DbVipPool, PoolAdmin, parse_range
 from gateway.sqlconf.source import open_config_db
 from tests.unit.gateway.sqldata import ca_and_host, cert_subst, load_sql
 from tests.unit.gateway.test_sqlconf import IPS, check_net2net_psk
@@ -43,3 +44,28 @@ def test_certificates_and_keys(url: str) -> None:
     [c] = snap.connections
     assert c.local.certs == [pki["cert"]] and snap.creds.cas == [pki["ca"]]
     assert c.proposals == "aes128-sha256-modp3072,aes256gcm16-prfsha256-x25519"
+
+
+def test_pools(url: str) -> None:
+    """`ikeme-ipsec pool` and iked's leases on the server: an identity's address survives a restart."""
+    db = open_config_db(url)
+    admin = PoolAdmin(db)
+    assert admin.add("rw", *parse_range("10.3.0.0/24"), timeout=3600) == 254
+    now = [1_700_000_000.0]
+    pool = DbVipPool(db, lambda: now[0])
+    pool.read()
+    carol, dave = Identity.parse("carol@example.org"), Identity.parse("dave@example.org")
+    a, b = pool.lease(["%rw"], carol), pool.lease(["rw"], dave)
+    assert (str(a), str(b)) == ("10.3.0.1", "10.3.0.2")
+    assert a is not None
+    pool.release(a, "carol")
+    assert pool.flush() == 3
+    again = DbVipPool(db, lambda: now[0] + 10)
+    again.read()
+    assert again.lease(["rw"], dave) == b and again.lease(["rw"], carol) == a
+    again.flush()
+    [st] = admin.status()
+    assert (st["size"], st["online"], st["offline"]) == (254, 2, 0)
+    assert {r["identity"] for r in admin.leases("rw")} == {"carol@example.org", "dave@example.org"}
+    admin.delete("rw")
+    assert admin.status() == []
