@@ -115,16 +115,19 @@ CREATE TABLE "mediation_grant" (
     CONSTRAINT "fk_grant_target" FOREIGN KEY ("target") REFERENCES "peer" ("id") ON DELETE CASCADE
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
 
--- Presence of the registered peers as the mediation server sees them, written by the server
+-- Presence of the registered peers as the mediation servers see them, written by each server
 -- (mediation_server/presence.py) and read by the server manager, which may run on another host.
--- One row per peer that was ever online: online, its public endpoint ("192.0.2.1[4500]", IPv6 in
--- brackets the same way), the NAT behaviour the peer measured and reported (NULL: not reported),
--- since when it is online, when it was last seen online (the time it went offline once offline),
--- and its current mediations: JSON list of {"peer": "<keyid hex>", "path": "direct"|"relayed",
--- "since": "<UTC ISO time>"}.  A server that starts marks every row offline.
+-- One row per peer that was ever online: online, the server it is registered at (its cluster_name,
+-- else its host name; several servers of a cluster share one database), its public endpoint
+-- ("192.0.2.1[4500]"), the NAT behaviour the peer measured and reported (NULL: not reported), since
+-- when it is online, when it was last seen online (the time it went offline once offline), and its
+-- current mediations: JSON list of {"peer": "<keyid hex>", "path": "direct"|"relayed", "since": "<UTC
+-- ISO time>"}.  A server that starts marks the rows it wrote online as offline; a server writes a
+-- peer offline only where the row is its own (a peer that moved to another server stays online).
 CREATE TABLE "peer_presence" (
     "peer"        INTEGER NOT NULL,
     "online"      BOOLEAN NOT NULL,
+    "server"      VARCHAR(64) NOT NULL,
     "endpoint"    VARCHAR(64),
     "nat"         VARCHAR(255),
     "since"       DATETIME /*! (6) */,
@@ -134,20 +137,19 @@ CREATE TABLE "peer_presence" (
     CONSTRAINT "fk_presence_peer" FOREIGN KEY ("peer") REFERENCES "peer" ("id") ON DELETE CASCADE
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
 
--- The mediation server's totals (one row, id = 1), rewritten with its presence writes and at
--- least every few seconds ("updated": a portal that sees it stand still knows the server stopped
--- reporting): peers online, mediations (ME_CONNECT exchanges relayed since "started"), relays
--- allocated now and since "started".
+-- Each mediation server's totals, rewritten with its presence writes and at least every few seconds
+-- ("updated": a portal that sees it stand still knows that server stopped reporting, and shows its
+-- peers' presence as unknown): peers online, mediations (ME_CONNECT exchanges relayed since
+-- "started"), relays allocated now and since "started".
 CREATE TABLE "server_state" (
-    "id"            INTEGER NOT NULL,
+    "server"        VARCHAR(64) NOT NULL,
     "started"       DATETIME /*! (6) */ NOT NULL,
     "updated"       DATETIME /*! (6) */ NOT NULL,
     "peers_online"  INTEGER NOT NULL,
     "mediations"    INTEGER NOT NULL,
     "relays_active" INTEGER NOT NULL,
     "relays_total"  INTEGER NOT NULL,
-    CONSTRAINT "pk_server_state" PRIMARY KEY ("id"),
-    CONSTRAINT "ck_server_state_single" CHECK ("id" = 1)
+    CONSTRAINT "pk_server_state" PRIMARY KEY ("server")
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
 
 -- ---------------------------------------------------------------- client side

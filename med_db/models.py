@@ -146,6 +146,7 @@ class PeerPresence(Base):
         "peer", Integer, ForeignKey("peer.id", ondelete="CASCADE", name="fk_presence_peer"), autoincrement=False
     )
     online: Mapped[bool] = mapped_column(Boolean)
+    server: Mapped[str] = mapped_column(String(64))
     endpoint: Mapped[str | None] = mapped_column(String(64))
     nat: Mapped[str | None] = mapped_column(String(255))
     since: Mapped[dt.datetime | None] = mapped_column(_datetime())
@@ -154,16 +155,12 @@ class PeerPresence(Base):
 
 
 class ServerState(Base):
-    """The mediation server's totals (single row, id 1; see schema.sql)."""
+    """A mediation server's totals (one row per server; see schema.sql)."""
 
     __tablename__ = "server_state"
-    __table_args__ = (
-        PrimaryKeyConstraint("id", name="pk_server_state"),
-        CheckConstraint('"id" = 1', name="ck_server_state_single"),
-        MYSQL_TABLE_OPTIONS,
-    )
+    __table_args__ = (PrimaryKeyConstraint("server", name="pk_server_state"), MYSQL_TABLE_OPTIONS)
 
-    id: Mapped[int] = mapped_column(Integer, autoincrement=False, default=1)
+    server: Mapped[str] = mapped_column(String(64))
     started: Mapped[dt.datetime] = mapped_column(_datetime())
     updated: Mapped[dt.datetime] = mapped_column(_datetime())
     peers_online: Mapped[int] = mapped_column(Integer)

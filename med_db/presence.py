@@ -76,18 +76,21 @@ def decode_connections(text: str) -> list[Mediation]:
 # ------------------------------------------------------------------ the mediation server's writes
 
 
-def server_started(s: Session, now: dt.datetime) -> int:
-    """A mediation server starts: nobody is online at it yet (rows a stopped or crashed server left
-    online are stale) and its totals start over.  Returns the number of rows marked offline."""
-    n = s.execute(update(PeerPresence).where(PeerPresence.online.is_(True))
+def server_started(s: Session, server: str, now: dt.datetime) -> int:
+    """Mediation server ``server`` starts: nobody is online at it yet (rows it left online when it
+    stopped or crashed are stale) and its totals start over.  Returns the number of rows marked
+    offline."""
+    n = s.execute(update(PeerPresence).where(PeerPresence.online.is_(True), PeerPresence.server == server)
                   .values(online=False, since=None, connections="[]", last_seen=now)).rowcount  # type: ignore[attr-defined]
-    write_totals(s, Totals(0, 0, 0, 0), now, started=now)
+    write_totals(s, server, Totals(0, 0, 0, 0), now, started=now)
     return int(n or 0)
 
 
-def write_presence(s: Session, rows: Iterable[PresenceRow]) -> None:
-    """Insert or replace each row (one statement per peer: the cost follows the number of changes)."""
-    existing = set()
+def write_presence(s: Session, server: str, rows: Iterable[PresenceRow]) -> None:
+    """Insert or replace each row (one statement per peer: the cost follows the number of changes).
+    An offline row replaces only this server's own row or an offline one: a peer that registered at
+    another server of the cluster meanwhile stays online there."""
+    existing: set[int] = set()
     rows = list(rows)
     ids = [r.peer_id for r in rows]
     if ids:
@@ -96,19 +99,24 @@ def write_presence(s: Session, rows: Iterable[PresenceRow]) -> None:
         known = set(s.scalars(select(Peer.id).where(Peer.id.in_(ids))))
         rows = [r for r in rows if r.peer_id in known]
     for r in rows:
-        values: dict[str, Any] = {"online": r.online, "endpoint": r.endpoint, "nat": r.nat, "since": r.since,
-                                  "last_seen": r.last_seen, "connections": encode_connections(r.connections)}
-        if r.peer_id in existing:
-            s.execute(update(PeerPresence).where(PeerPresence.peer_id == r.peer_id).values(**values))
-        else:
+        values: dict[str, Any] = {"online": r.online, "server": server, "endpoint": r.endpoint, "nat": r.nat,
+                                  "since": r.since, "last_seen": r.last_seen,
+                                  "connections": encode_connections(r.connections)}
+        if r.peer_id not in existing:
             s.add(PeerPresence(peer_id=r.peer_id, **values))
+            continue
+        stmt = update(PeerPresence).where(PeerPresence.peer_id == r.peer_id)
+        if not r.online:
+            stmt = stmt.where(or_(PeerPresence.server == server, PeerPresence.online.is_(False)))
+        s.execute(stmt.values(**values))
     s.flush()
 
 
-def write_totals(s: Session, totals: Totals, now: dt.datetime, started: dt.datetime | None = None) -> None:
-    row = s.get(ServerState, 1)
+def write_totals(s: Session, server: str, totals: Totals, now: dt.datetime,
+                 started: dt.datetime | None = None) -> None:
+    row = s.get(ServerState, server)
     if row is None:
-        row = ServerState(id=1, started=started or now)
+        row = ServerState(server=server, started=started or now)
         s.add(row)
     elif started is not None:
         row.started = started
@@ -134,8 +142,9 @@ def peers_by_keyid(s: Session, keyids: Iterable[bytes]) -> dict[bytes, Peer]:
     return {bytes(p.keyid): p for p in s.scalars(select(Peer).where(Peer.keyid.in_(ks)))}
 
 
-def server_state(s: Session) -> ServerState | None:
-    return s.get(ServerState, 1)
+def server_states(s: Session) -> Sequence[ServerState]:
+    """Every mediation server that ever wrote to this database, by name."""
+    return s.scalars(select(ServerState).order_by(ServerState.server)).all()
 
 
 # ------------------------------------------------------------------ operator

@@ -204,7 +204,8 @@ class ServerDaemon(Daemon):
             from .db import checked
             from .presence import PresenceWriter  # with the database only, as med_db above
 
-            self.presence = PresenceWriter(self.portal.sessions, self.portal, relay=self.relay, nat_of=self._nat_of)
+            self.presence = PresenceWriter(self.portal.sessions, self.portal, relay=self.relay, nat_of=self._nat_of,
+                                           server=str(med.get("cluster_name") or socket.gethostname()))
             checked(self.presence.start)
             self.listeners.append(self.presence.on_event)
         self.stun = StunServer(s) if (s := stun_settings(med, cfg)) is not None else None

@@ -70,12 +70,15 @@ class _Counters:
 
 
 class PresenceWriter:
-    def __init__(self, sessions: sessionmaker[Session], peers: PortalPeers, *, relay: DataRelay | None = None,
+    def __init__(self, sessions: sessionmaker[Session], peers: PortalPeers, *, server: str = "mediation",
+                 relay: DataRelay | None = None,
                  nat_of: Callable[[str], str | None] = lambda identity: None,
                  wall: Callable[[], float] = time.time, tick: float = 1.0, heartbeat: float = 5.0) -> None:
-        """`nat_of(identity)`: the NAT behaviour the online peer reported (None: not reported);
+        """`server`: this server's name in the rows (servers of a cluster share the database);
+        `nat_of(identity)`: the NAT behaviour the online peer reported (None: not reported);
         `wall`: wall-clock seconds (the rows hold UTC times)."""
         self.sessions = sessions
+        self.server = server
         self.peers = peers
         self.relay = relay
         self.nat_of = nat_of
@@ -211,15 +214,15 @@ class PresenceWriter:
     def start(self) -> None:
         """Before the engine runs (blocking SQL): every row still online is stale."""
         with self.sessions.begin() as s:
-            n = server_started(s, _utc(self.wall()))
+            n = server_started(s, self.server, _utc(self.wall()))
         self._written = self.wall()
         if n:
             log.info("marked %d peer(s) offline that a previous run left online", n)
 
     def write(self, rows: list[PresenceRow], totals: Totals) -> None:
         with self.sessions.begin() as s:
-            write_presence(s, rows)
-            write_totals(s, totals, _utc(self.wall()))
+            write_presence(s, self.server, rows)
+            write_totals(s, self.server, totals, _utc(self.wall()))
         self.writes += 1
 
     def flush(self, stopping: bool = True) -> None:

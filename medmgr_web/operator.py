@@ -62,14 +62,15 @@ def admin_users() -> ResponseReturnValue:
     found, _ = pr.search_users(db, text, (paging["page"] - 1) * PAGE_SIZE, PAGE_SIZE)
     users = [{"id": u.id, "login": u.login, "admin": u.admin, "disabled": u.disabled, "peers": n,
               "created": when(u.created), "me": u.id == me} for u, n in found]
-    state = pr.server_state(db)
-    report = server_report(state, utcnow())
+    states = pr.server_states(db)
+    report = server_report(states, utcnow())
+    live = [st for st in states if st.server in report["live"]]
     totals = {"peers": pr.count_peers(db), "users": pr.count_users(db),
-              "online": state.peers_online if state is not None and report["reporting"] else None,
-              "mediations": state.mediations if state is not None else None,
-              "relays_active": state.relays_active if state is not None and report["reporting"] else None,
-              "relays_total": state.relays_total if state is not None else None,
-              "started": when(state.started) if state is not None else None}
+              "online": sum(st.peers_online for st in live) if live else None,
+              "mediations": sum(st.mediations for st in live) if live else None,
+              "relays_active": sum(st.relays_active for st in live) if live else None,
+              "relays_total": sum(st.relays_total for st in live) if live else None,
+              "servers": [{"name": st.server, "started": when(st.started), "live": st in live} for st in states]}
     return web.render("admin/users.html", users=users, q=text, paging=paging, totals=totals, server=report,
                       registration=pr.registration_open(db))
 
@@ -81,9 +82,9 @@ def admin_peers() -> ResponseReturnValue:
     _, total = pr.search_peers(db, text, 0, 0)
     paging = _pages(total, page)
     found, _ = pr.search_peers(db, text, (paging["page"] - 1) * PAGE_SIZE, PAGE_SIZE)
-    report = server_report(pr.server_state(db), utcnow())
+    report = server_report(pr.server_states(db), utcnow())
     peers = [{"id": p.id, "alias": p.alias, "keyid": p.keyid, "owner": u.login, "disabled": u.disabled,
-              "presence": peer_state(presence, report["reporting"], {})} for p, u, presence in found]
+              "presence": peer_state(presence, report["live"], {})} for p, u, presence in found]
     return web.render("admin/peers.html", peers=peers, q=text, paging=paging, server=report)
 
 

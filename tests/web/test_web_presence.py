@@ -5,6 +5,7 @@ closed registration, the operator role."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 from pathlib import Path
@@ -70,11 +71,11 @@ class Clock:
         return self.t
 
 
-def writer(url: str, clock: Clock) -> PresenceWriter:
+def writer(url: str, clock: Clock, server: str = "ms") -> PresenceWriter:
     sessions = make_session_factory(make_engine(url))
     peers = PortalPeers(sessions)
     peers.refresh()
-    w = PresenceWriter(sessions, peers, wall=clock, nat_of=lambda i: "endpoint-independent mapping")
+    w = PresenceWriter(sessions, peers, wall=clock, nat_of=lambda i: "endpoint-independent mapping", server=server)
     w.start()
     return w
 
@@ -129,7 +130,7 @@ def test_presence_from_the_server_to_the_owner_only(srv: Portal, url: str) -> No
 
     # a server that stops reporting: presence is unknown, not the last thing written
     with make_session_factory(make_engine(url)).begin() as s:
-        state = pr.server_state(s)
+        (state,) = pr.server_states(s)
         assert state is not None and state.peers_online == 2 and state.mediations == 2
         state.updated = state.updated.replace(year=2000)
     data = presence_json(alice_user)
@@ -309,13 +310,13 @@ def test_relayed_path_and_its_end(srv: Portal, url: str) -> None:
     w.flush(stopping=False)
     assert paths() == ["relayed", "relayed"]
     with sessions() as s:
-        state = pr.server_state(s)
+        (state,) = pr.server_states(s)
         assert state is not None and (state.relays_active, state.relays_total, state.mediations) == (1, 1, 1)
     w.on_event(mev.RelayFreed(r.id, a, b, "idle", 10, 10))
     w.flush(stopping=False)
     assert paths() == []
     with sessions() as s:
-        state = pr.server_state(s)
+        (state,) = pr.server_states(s)
         assert state is not None and state.relays_active == 0 and state.relays_total == 1
 
 
@@ -346,3 +347,35 @@ def test_a_tick_costs_what_changed_not_what_is_online(url: str) -> None:
     asked.clear()
     rows, _ = w.collect()
     assert asked == [] and rows == []
+
+
+def test_servers_of_a_cluster_share_the_database(srv: Portal, url: str) -> None:
+    """Two servers write presence to one med_db: a peer that moved from ms1 to ms2 stays online when ms1
+    reports it gone; a restarting server marks only its own rows offline; a silent server's peers are
+    unknown while the other's stay known."""
+    import time
+
+    c = register(srv, "pat")
+    roamer, stayer = add_peer(c, "roamer"), add_peer(c, "stayer")
+    clock = Clock(time.time())
+    ms1, ms2 = writer(url, clock, "ms1"), writer(url, clock, "ms2")
+    ms1.on_event(mev.PeerOnline(roamer, 1, ("192.0.2.1", 4500), None))
+    ms1.on_event(mev.PeerOnline(stayer, 2, ("192.0.2.2", 4500), None))
+    ms1.flush(stopping=False)
+    ms2.on_event(mev.PeerOnline(roamer, 7, ("192.0.2.1", 4501), None))  # registered at ms2 now
+    ms2.flush(stopping=False)
+    ms1.on_event(mev.PeerOffline(roamer, 1))  # ms1 tears its old registration down afterwards
+    ms1.flush(stopping=False)
+    states = {p["endpoint"] or "none": p["state"] for p in presence_json(c)["peers"].values()}
+    assert states == {"192.0.2.1[4501]": "online", "192.0.2.2[4500]": "online"}
+    writer(url, clock, "ms2")  # ms2 restarts: roamer, its own, goes offline; ms1's stayer does not
+    assert sorted(p["state"] for p in presence_json(c)["peers"].values()) == ["offline", "online"]
+    with make_session_factory(make_engine(url)).begin() as s:  # ms1 falls silent
+        next(st for st in pr.server_states(s) if st.server == "ms1").updated = clock_utc(clock.t - 60)
+    data = presence_json(c)
+    assert sorted(p["state"] for p in data["peers"].values()) == ["offline", "unknown"]
+    assert "Not reporting: ms1" in data["server"]["message"]
+
+
+def clock_utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, dt.UTC).replace(tzinfo=None)
