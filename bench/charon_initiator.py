@@ -283,8 +283,17 @@ class Run:
         return 1000.0 * self.resp_cpu / max(1, self.established)
 
 
-def measure(lab: Any, resp: Responder, auth: str, pki: Pki, count: int, warmup: int, inflight: int, run: int,
-            profile: Path | None) -> Run:
+@dataclass(frozen=True)
+class Batch:
+    """`count` measured IKE_SAs after `warmup` unmeasured ones, `inflight` initiations at a time."""
+
+    count: int
+    warmup: int
+    inflight: int
+
+
+def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: int, profile: Path | None) -> Run:
+    count, warmup, inflight = batch.count, batch.warmup, batch.inflight
     init = initiator(lab, auth, pki, warmup + count, f"init-{resp.impl}-{auth}-{run}", threads=4 * inflight + 16)
     resp.start()
     spy = None
@@ -358,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             for auth in a.auth.split(","):
                 resp: Responder = Ours(lab, auth, pki) if impl == "ours" else Charon(lab, auth, pki)
                 count = a.count if auth == "psk" else a.count_rsa
-                r = measure(lab, resp, auth, pki, count, a.warmup, a.inflight, rnd, prof)
+                r = measure(lab, resp, auth, pki, Batch(count, a.warmup, a.inflight), rnd, prof)
                 runs.append(r)
                 print(f"  round {rnd + 1} {impl:6} {auth}: {r.established}/{count} in {r.seconds:.1f} s, responder "
                       f"CPU {r.cpu_ms:.3f} ms/IKE_SA, initiator {1000 * r.init_cpu / max(1, r.established):.3f} ms"

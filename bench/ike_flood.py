@@ -432,11 +432,7 @@ def _cookie_rate(r: dict[str, Any]) -> float:
     return float(r["counters"].get("cookies-sent", 0)) / secs if secs else 0.0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args_in = sys.argv[1:] if argv is None else argv
-    if args_in[:1] == ["flood"]:
-        print(json.dumps(flood(json.loads(args_in[1]))))
-        return 0
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("mode", nargs="?", default="measure", choices=["measure", "flood-only"])
     ap.add_argument("--pps", type=float, default=0, help="flood rate target; 0 = as fast as it can, -1 = no flood")
@@ -462,6 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--responder-extra", default="", help="extra [daemon] lines for the responder")
     ap.add_argument("--tree", default=str(ROOT), help="run the responder from this source tree")
     ap.add_argument("--before", metavar="REV", help="also run the responder from `git archive REV`")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["flood"]:
+        print(json.dumps(flood(json.loads(args_in[1]))))
+        return 0
+    ap = _parser()
     results_io.add_args(ap, rounds=3)
     a = ap.parse_args(args_in)
     rounds = results_io.rounds_of(a)

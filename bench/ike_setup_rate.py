@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,19 +89,14 @@ def _childless_extension() -> Any:
     return Childless()
 
 
-def drive(spec: dict[str, Any]) -> dict[str, Any]:
-    """Set up spec["count"] IKE_SAs to spec["remote"], keeping spec["inflight"] in flight; returns figures."""
-    from core_ike.ike import events as ev
+def _driver_engine(spec: dict[str, Any]) -> tuple[Any, Any, str, Any]:
+    """(engine, base IkeConfig, auth kind, own identity or None for one per IKE_SA) of a driver."""
     from core_ike.ike.config import AuthConfig, IkeConfig, RetransmitConfig
     from core_ike.ike.creds import Credentials, load_private_key, load_public_key
     from core_ike.ike.engine import Engine, EngineConfig
     from core_ike.ike.identity import Identity
-    from core_ike.ike.tasks.ike_auth import IkeAuth
-    from core_ike.ike.tasks.ike_init import IkeInit
 
-    count, inflight_max, auth = int(spec["count"]), int(spec["inflight"]), spec["auth"]
-    ips: list[str] = spec["ips"]
-    remote = (spec["remote"], 500)
+    auth = spec["auth"]
     creds = Credentials()
     kind = "psk" if auth == "psk" else "pubkey"
     if auth == "psk":
@@ -112,14 +107,17 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
         creds.private_keys.append(load_private_key(Path(spec["key"]).read_bytes()))
         resp_id = creds.add_public_key(load_public_key(Path(spec["peer_pub"]).read_bytes()))
         my_id = Identity.parse(spec["my_id"])
-    base = IkeConfig("bench", local_addrs=list(ips), remote_addrs=[remote[0]], proposals=PROPOSAL,
+    base = IkeConfig("bench", local_addrs=list(spec["ips"]), remote_addrs=[spec["remote"]], proposals=PROPOSAL,
                      remote=AuthConfig(kind, resp_id), children=[], rekey_time=10**7,
                      retransmit=RetransmitConfig(2.0, 1.8, 4), send_certreq=False)
     engine = Engine([base], creds, EngineConfig())
     engine.extensions.append(_childless_extension())
+    return engine, base, kind, my_id
 
+
+def _driver_sockets(ips: list[str]) -> tuple[dict[tuple[str, int], socket.socket], Any]:
+    """Non-blocking UDP sockets on ports 500 and 4500 of each source address, and an epoll on them."""
     socks: dict[tuple[str, int], socket.socket] = {}
-    by_fd: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
     poller = select.epoll()
     for ip in ips:
         for port in (500, 4500):
@@ -129,48 +127,81 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
             s.bind((ip, port))
             s.setblocking(False)
             socks[(ip, port)] = s
-            by_fd[s.fileno()] = (s, (ip, port))
             poller.register(s.fileno(), select.EPOLLIN)
+    return socks, poller
+
+
+def _read_ready(engine: Any, poller: Any, by_fd: dict[int, tuple[socket.socket, tuple[str, int]]],
+                wait: float) -> None:
+    """What arrived within `wait` seconds, to the engine (IKE on 4500 after its non-ESP marker)."""
+    for fd, _ in poller.poll(wait):
+        s, local = by_fd[fd]
+        for _ in range(256):
+            try:
+                data, peer = s.recvfrom(65535)
+            except BlockingIOError:
+                break
+            if local[1] == 4500:
+                if not data.startswith(b"\0\0\0\0"):
+                    continue  # ESP or keepalive: none expected
+                data = data[4:]
+            engine.receive(data, local, peer, time.monotonic())
+
+
+@dataclass
+class _Progress:
+    """A driver's IKE_SAs: started, established (the last at `t_last`), failed (by reason)."""
+
+    started: int = 0
+    done: int = 0
+    failed: int = 0
+    t_last: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def inflight(self) -> int:
+        return self.started - self.done - self.failed
+
+
+def drive(spec: dict[str, Any]) -> dict[str, Any]:
+    """Set up spec["count"] IKE_SAs to spec["remote"], keeping spec["inflight"] in flight; returns figures."""
+    from core_ike.ike import events as ev
+    from core_ike.ike.config import AuthConfig
+    from core_ike.ike.identity import Identity
+    from core_ike.ike.tasks.ike_auth import IkeAuth
+    from core_ike.ike.tasks.ike_init import IkeInit
+
+    count, inflight_max = int(spec["count"]), int(spec["inflight"])
+    ips: list[str] = spec["ips"]
+    remote = (spec["remote"], 500)
+    engine, base, kind, my_id = _driver_engine(spec)
+    socks, poller = _driver_sockets(ips)
+    by_fd = {s.fileno(): (s, addr) for addr, s in socks.items()}
 
     def flush() -> None:
         for data, local, peer in engine.datagrams_to_send():
             socks[(local[0], local[1])].sendto(data, peer)
 
     prefix = spec["prefix"]
-    started = done = failed = inflight = 0
-    reasons: dict[str, int] = {}
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     deadline = t0 + float(spec["timeout"])
-    t_last = t0
-    while done + failed < count:
+    p = _Progress(t_last=t0)
+    while p.done + p.failed < count:
         now = time.monotonic()
         if now > deadline:
             break
-        while inflight < inflight_max and started < count:
-            ident = my_id or Identity.parse(f"{prefix}{started}@bench")
-            cfg = dataclasses.replace(base, name=f"{prefix}{started}", local=AuthConfig(kind, ident))
-            sa = engine.new_initiator(cfg, remote, (ips[started % len(ips)], 500))
+        while p.inflight < inflight_max and p.started < count:
+            ident = my_id or Identity.parse(f"{prefix}{p.started}@bench")
+            cfg = dataclasses.replace(base, name=f"{prefix}{p.started}", local=AuthConfig(kind, ident))
+            sa = engine.new_initiator(cfg, remote, (ips[p.started % len(ips)], 500))
             sa.queue.append(IkeInit())
             sa.queue.append(IkeAuth())
             sa.initiate_next(now)
-            started += 1
-            inflight += 1
+            p.started += 1
         flush()
         timer = engine.get_timer()
-        wait = 0.05 if timer is None else min(0.05, max(0.0, timer - now))
-        for fd, _ in poller.poll(wait):
-            s, local = by_fd[fd]
-            for _ in range(256):
-                try:
-                    data, peer = s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                if local[1] == 4500:
-                    if not data.startswith(b"\0\0\0\0"):
-                        continue  # ESP or keepalive: none expected
-                    data = data[4:]
-                engine.receive(data, local, peer, time.monotonic())
+        _read_ready(engine, poller, by_fd, 0.05 if timer is None else min(0.05, max(0.0, timer - now)))
         now = time.monotonic()
         timer = engine.get_timer()
         if timer is not None and timer <= now:
@@ -178,19 +209,17 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
         flush()
         while (e := engine.next_event()) is not None:
             if isinstance(e, ev.IkeSaEstablished):
-                done += 1
-                inflight -= 1
-                t_last = time.monotonic()
+                p.done += 1
+                p.t_last = time.monotonic()
             elif isinstance(e, ev.IkeSaFailed):
-                failed += 1
-                inflight -= 1
-                reasons[e.reason] = reasons.get(e.reason, 0) + 1
+                p.failed += 1
+                p.reasons[e.reason] = p.reasons.get(e.reason, 0) + 1
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     for s in socks.values():
         s.close()
-    return {"established": done, "failed": failed, "started": started, "t_start": t0, "t_end": t_last,
-            "cpu": cpu, "reasons": reasons}
+    return {"established": p.done, "failed": p.failed, "started": p.started, "t_start": t0, "t_end": p.t_last,
+            "cpu": cpu, "reasons": p.reasons}
 
 
 # ====================================================================== the orchestration (root namespace)
@@ -391,8 +420,29 @@ class CharonResponder(Responder):
         return int(stats["ikesas"]["total"])
 
 
-def _run_drivers(lab: Any, auth: str, count: int, inflight: int, drivers: int, ips: list[str],
-                 keydir: Path, prefix: str, timeout: float) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Load:
+    """What the drivers do: `count` measured IKE_SAs after `warmup` unmeasured ones, `inflight` setups
+    at a time spread over `drivers` processes, each batch within `timeout` seconds."""
+
+    count: int = 2000
+    inflight: int = 32
+    drivers: int = 1
+    warmup: int = 50
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Rig:
+    """Where the drivers run: the lab, their source addresses (on alice) and their key files."""
+
+    lab: Any
+    ips: list[str]
+    keydir: Path
+
+
+def _run_drivers(rig: Rig, auth: str, count: int, load: Load, prefix: str) -> list[dict[str, Any]]:
+    drivers, inflight, timeout, ips, keydir = load.drivers, load.inflight, load.timeout, rig.ips, rig.keydir
     procs = []
     for j in range(drivers):
         n = count // drivers + (1 if j < count % drivers else 0)
@@ -402,7 +452,7 @@ def _run_drivers(lab: Any, auth: str, count: int, inflight: int, drivers: int, i
                 "my_id": ""}
         if auth != "psk":
             spec["my_id"] = (keydir / "driver.id").read_text()
-        argv = ["ip", "netns", "exec", lab.ns("alice"), sys.executable, str(Path(__file__).resolve()),
+        argv = ["ip", "netns", "exec", rig.lab.ns("alice"), sys.executable, str(Path(__file__).resolve()),
                 "driver", json.dumps(spec)]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "PYTHONPATH": str(ROOT)}))
@@ -451,19 +501,18 @@ def hot_spots(raw: Path, top: int = 15) -> str:
     return "\n".join(out) + "\n"
 
 
-def measure(lab: Any, resp: Responder, auth: str, count: int, inflight: int, drivers: int, warmup: int,
-            ips: list[str], keydir: Path, timeout: float, profile: Path | None = None) -> Result:
+def measure(rig: Rig, resp: Responder, auth: str, load: Load, profile: Path | None = None) -> Result:
     resp.start()
     try:
         pid = resp.pid()
         pids, wpids = resp.pids(), resp.workers()
-        if warmup:
-            _run_drivers(lab, auth, warmup, inflight, drivers, ips, keydir, f"w{resp.impl}", timeout)
+        if load.warmup:
+            _run_drivers(rig, auth, load.warmup, load, f"w{resp.impl}")
         spy = _py_spy(pid, profile / f"{resp.impl}-{auth}.txt") if profile and resp.impl == "ours" else None
         time.sleep(0.3)
         cpu0, rss0 = sum(proc_cpu(p) for p in pids), sum(proc_rss_kib(p) for p in pids)
         w0 = [proc_cpu(p) for p in wpids]
-        runs = _run_drivers(lab, auth, count, inflight, drivers, ips, keydir, f"m{resp.impl}", timeout)
+        runs = _run_drivers(rig, auth, load.count, load, f"m{resp.impl}")
         cpu1 = sum(proc_cpu(p) for p in pids)
         wcpu = [proc_cpu(p) - c for p, c in zip(wpids, w0, strict=True)]
         if spy is not None:
@@ -482,14 +531,13 @@ def measure(lab: Any, resp: Responder, auth: str, count: int, inflight: int, dri
             fails[k] = fails.get(k, 0) + v
     if fails:
         print(f"  {resp.impl}/{auth}: failures {fails}", file=sys.stderr)
-    return Result(resp.impl, auth, count, est, held, secs, cpu1 - cpu0, float(rss1 - rss0),
-                  sum(r["cpu"] for r in runs), drivers, wcpu)
+    return Result(resp.impl, auth, load.count, est, held, secs, cpu1 - cpu0, float(rss1 - rss0),
+                  sum(r["cpu"] for r in runs), load.drivers, wcpu)
 
 
-def run_bench(count: int = 2000, inflight: int = 32, auths: Sequence[str] = ("psk", "rsa"),
-              impls: Sequence[str] = ("ours", "charon"), drivers: int = 1, warmup: int = 50,
-              source_ips: int = 16, timeout: float = 300.0, profile: Path | None = None,
-              charon_plugins: str | None = None, rounds: int = 1) -> list[Result]:
+def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls: Sequence[str] = ("ours", "charon"),
+              source_ips: int = 16, profile: Path | None = None, charon_plugins: str | None = None,
+              rounds: int = 1) -> list[Result]:
     """`impls`: "ours", "ours-wN" (ours with [daemon] workers = N), "charon"; interleaved round by round
     (results_io.interleave), each auth in turn, a fresh responder for each measurement."""
     from scenarios.lab import cleanup_orphans, two_hosts
@@ -516,7 +564,7 @@ def run_bench(count: int = 2000, inflight: int = 32, auths: Sequence[str] = ("ps
                     resp = OursResponder(lab, auth, keys, int(impl.partition("-w")[2] or 1))
                 else:
                     resp = CharonResponder(lab, auth, keys, charon_plugins)
-                r = measure(lab, resp, auth, count, inflight, drivers, warmup, ips, keydir, timeout, profile)
+                r = measure(Rig(lab, ips, keydir), resp, auth, load, profile)
                 print(f"  {r.impl:8} {auth}: {r.established} SAs, {r.rate:.0f}/s, CPU {r.cpu_ms:.3f} ms/SA, "
                       f"capacity {r.capacity:.0f}/s" + (f", workers CPU s {[round(c, 2) for c in r.worker_cpu]}"
                                                        if r.worker_cpu else ""), file=sys.stderr, flush=True)
@@ -633,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     if prof:
         prof.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()[0]
-    res = run_bench(a.count, a.inflight, a.auth.split(","), a.impl.split(","), a.drivers, a.warmup,
+    res = run_bench(Load(a.count, a.inflight, a.drivers, a.warmup), a.auth.split(","), a.impl.split(","),
                     a.source_ips, profile=prof, charon_plugins=a.charon_plugins, rounds=rounds)
     text = table(res, a.inflight, a.drivers, a.warmup, (load0, os.getloadavg()[0]))
     if a.charon_plugins:

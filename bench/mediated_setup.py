@@ -415,7 +415,7 @@ def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     results_io.add_args(ap, rounds=4)
     ap.add_argument("--runs", type=int, default=None, help="setups per side and round (default 5, 2 with --quick)")
@@ -428,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", metavar="COND", help="print where one setup of ours spends its time, then exit")
     ap.add_argument("--note", action="append", default=[], help="a note for the report (e.g. which checkouts ran)")
     ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.trace:
         cleanup_orphans()

@@ -21,7 +21,7 @@ pytestmark = [
 def test_ike_setup_rate_smoke(load_bench: Callable[[str], ModuleType]) -> None:
     bench = load_bench("ike_setup_rate")
     n, warmup = 20, 4
-    results = bench.run_bench(count=n, inflight=8, warmup=warmup, source_ips=4, timeout=60.0)
+    results = bench.run_bench(bench.Load(count=n, inflight=8, warmup=warmup, timeout=60.0), source_ips=4)
     assert {(r.impl, r.auth) for r in results} == {(i, a) for i in ("ours", "charon") for a in ("psk", "rsa")}
     for r in results:
         assert r.established == n, r
