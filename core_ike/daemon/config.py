@@ -530,7 +530,7 @@ _CONN_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "local_addrs": _addrs,
     "remote_addrs": _addrs,
     "fragment_size": lambda w, k, v: _int(w, k, v, 256, 65535),
-    **{k: _dur for k in ("rekey_time", "dpd_delay", "keepalive_interval", "rekey_retry", "ike_rekey_retry")},
+    **dict.fromkeys(("rekey_time", "dpd_delay", "keepalive_interval", "rekey_retry", "ike_rekey_retry"), _dur),
 }
 
 # A mediation connection we initiate checks its server this often when idle: a restarted server answers

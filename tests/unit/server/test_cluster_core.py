@@ -85,7 +85,7 @@ def test_server_gone_forgets_its_peers_and_names_are_checked() -> None:
 
 
 def test_outbox_is_bounded_while_the_engine_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mediation_server.cluster.core as core
+    from mediation_server.cluster import core
 
     monkeypatch.setattr(core, "MAX_OUTBOX", 3)
     a = Cluster("a")
