@@ -25,11 +25,11 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from pyroute2 import IPRoute, NetlinkError  # type: ignore[import-untyped]
+from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
 from ..constants import NAT_KEEPALIVE
 from ..esp import USERSPACE, EspError, EspSa, InboundSad, SequenceExhaustedError
@@ -46,10 +46,10 @@ from .dataplane import (
     SendDatagram,
 )
 from .fastpath import OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
+from .netlink import NetlinkWorker
 from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment
 from .tsmatch import packet_flow, ts_match
 
-_T = TypeVar("_T")
 log = logging.getLogger("core_ike.io.userspace")
 
 IPPROTO_ESP = 50
@@ -126,6 +126,7 @@ class UserspaceDataPlane:
         self._events: deque[DataPlaneEvent] = deque()
         self._tun_fd = -1
         self._tun_index = 0
+        self._netlink: NetlinkWorker | None = None  # one rtnetlink connection for routes, from `start`
         self._raw: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick: asyncio.TimerHandle | None = None
@@ -158,7 +159,9 @@ class UserspaceDataPlane:
                 ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
             return index
 
-        self._tun_index = _with_iproute(setup)
+        self._netlink = NetlinkWorker(f"netlink-{self.tun_name}")
+        self._netlink.watch_addresses(self._loop)
+        self._tun_index = self._netlink.call(setup)
         done: set[str] = set()
         for p in self._policies:  # policies installed before the TUN device existed
             key = str(p.remote.subnet)
@@ -182,6 +185,9 @@ class UserspaceDataPlane:
             grow_rcvbuf(s)
 
     def close(self) -> None:
+        if self._netlink is not None:
+            self._netlink.close()  # runs the route deletions still queued
+            self._netlink = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -318,16 +324,21 @@ class UserspaceDataPlane:
             self._route_add(policy)
 
     def _route_add(self, policy: PolicyParams) -> None:
+        """Add the route and wait for the kernel's answer (one netlink round trip on the worker's
+        open socket), so that a refused route fails the CHILD_SA's installation."""
         key = str(policy.remote.subnet)
+        nl = self._netlink
+        if nl is None:
+            raise DataPlaneError("userspace data plane closed")
 
         def add(ipr: Any) -> None:
             kw: dict[str, Any] = {"dst": key, "oif": self._tun_index}
-            src = self._local_source(ipr, policy)
-            if src:
+            src = next((str(a) for a in nl.addresses(ipr) if a in policy.local.subnet), None)
+            if src:  # a local address inside the local selector as the route's source, like charon
                 kw["prefsrc"] = src
             ipr.route("replace", **kw)
 
-        _with_iproute(add)
+        nl.call(add)
 
     def _del_route(self, policy: PolicyParams) -> None:
         key = str(policy.remote.subnet)
@@ -336,25 +347,24 @@ class UserspaceDataPlane:
             self._routes[key] = n
             return
         self._routes.pop(key, None)
-        if not self._tun_index:
+        if not self._tun_index or self._netlink is None:
             return
+        index = self._tun_index
 
         def delete(ipr: Any) -> None:
-            ipr.route("del", dst=key, oif=self._tun_index)
+            ipr.route("del", dst=key, oif=index)
 
-        try:
-            _with_iproute(delete)
-        except (NetlinkError, OSError) as e:  # route already gone with the device
-            log.debug("route %s: %s", key, e)
+        def done(fut: Future[None]) -> None:
+            err = fut.exception()
+            if err is None:
+                return
+            if isinstance(err, NetlinkError | OSError):  # route already gone with the device
+                log.debug("route %s: %s", key, err)
+            else:
+                log.warning("route %s: deleting failed: %s", key, err)
 
-    @staticmethod
-    def _local_source(ipr: Any, policy: PolicyParams) -> str | None:
-        """A local address inside the local selector, used as route source (like charon)."""
-        for msg in ipr.get_addr():
-            addr = msg.get_attr("IFA_ADDRESS")
-            if addr and ipaddress.ip_address(addr) in policy.local.subnet:
-                return str(addr)
-        return None
+        # nothing waits for a deletion: the worker runs it in order with later additions
+        self._netlink.submit(delete).add_done_callback(done)
 
     # -- outbound path ---------------------------------------------------------------------------
 
@@ -666,13 +676,3 @@ class UserspaceDataPlane:
             "keepalives_sent": self.keepalives_sent,
         }
 
-
-def _with_iproute(fn: Callable[[Any], _T]) -> _T:
-    """Run `fn(IPRoute())` in a worker thread: pyroute2's sync API refuses a running event loop."""
-
-    def run() -> _T:
-        with IPRoute() as ipr:
-            return fn(ipr)
-
-    with ThreadPoolExecutor(1) as ex:
-        return ex.submit(run).result()

@@ -1,0 +1,167 @@
+"""One rtnetlink connection for the daemon's life, in its own thread.
+
+pyroute2's synchronous `IPRoute` refuses to run inside a running event loop, and opening one per
+operation costs a socket, a thread and the library's set-up (milliseconds on a loaded machine) on the
+path from IKE_AUTH to an installed CHILD_SA. `NetlinkWorker` keeps one `IPRoute` in one thread that
+runs queued operations in order (FIFO, so a route deleted and added again ends added), several per
+wake-up when they queue up together.
+
+The interface address list (for a route's preferred source) is cached and dumped again only after the
+kernel announced an address change: a second netlink socket, bound to the RTMGRP_IPV4_IFADDR and
+RTMGRP_IPV6_IFADDR multicast groups (rtnetlink(7)), is read by the event loop and only marks the cache
+stale. Without an event loop (or when the subscription fails) every lookup dumps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
+_T = TypeVar("_T")
+log = logging.getLogger("core_ike.io.netlink")
+
+NETLINK_ROUTE = 0
+RTMGRP_IPV4_IFADDR = 0x10  # linux/rtnetlink.h
+RTMGRP_IPV6_IFADDR = 0x100
+_Job = tuple[Callable[[Any], Any], "Future[Any]"]
+
+
+class NetlinkClosedError(RuntimeError):
+    """An operation was submitted after `close`."""
+
+
+class NetlinkWorker:
+    """Runs `fn(ipr)` calls on one long-lived `IPRoute` in a dedicated thread."""
+
+    def __init__(self, name: str = "netlink") -> None:
+        self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._closed = False
+        self._ipr: Any = None
+        self._addr_gen = 0  # bumped by the event loop on every address notification
+        self._addrs: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        self._addrs_gen = -1  # generation `_addrs` was dumped at (-1: never)
+        self._events: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.dumps = 0  # address dumps made (for tests and stats)
+        self._thread.start()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def watch_addresses(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Subscribe to address changes; the cached address list is trusted from now on."""
+        if self._events is not None:
+            return
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_ROUTE)
+            s.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+        except OSError as e:  # e.g. a sandbox without netlink multicast: fall back to a dump per lookup
+            log.debug("no address notifications (%s); dumping addresses per lookup", e)
+            return
+        self._events, self._loop = s, loop
+        self._addr_gen += 1  # addresses may have changed before the subscription
+        loop.add_reader(s.fileno(), self._on_events)
+
+    def _on_events(self) -> None:
+        assert self._events is not None
+        try:
+            while self._events.recv(65536):
+                self._addr_gen += 1
+        except BlockingIOError:
+            pass
+        except OSError as e:  # ENOBUFS: notifications were lost, so distrust the cache
+            log.debug("address notifications: %s", e)
+            self._addr_gen += 1
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Run what is queued, then close the netlink socket and end the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._events is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._events.fileno())
+            self._events.close()
+            self._events = None
+        self._q.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[[Any], _T]) -> Future[_T]:
+        """Queue `fn(ipr)`; its result (or exception) arrives in the returned future."""
+        if self._closed:
+            raise NetlinkClosedError("netlink worker closed")
+        fut: Future[_T] = Future()
+        self._q.put((fn, fut))
+        return fut
+
+    def call(self, fn: Callable[[Any], _T], timeout: float = 5.0) -> _T:
+        """`submit` and wait for the result (one netlink round trip when the queue is empty)."""
+        return self.submit(fn).result(timeout)
+
+    def addresses(self, ipr: Any) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The host's interface addresses; only for operations running in the worker (they get `ipr`)."""
+        gen = self._addr_gen
+        if self._events is None or gen != self._addrs_gen:
+            self.dumps += 1
+            out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+            for msg in ipr.get_addr():
+                a = msg.get_attr("IFA_ADDRESS")
+                if a:
+                    out.append(ipaddress.ip_address(a))
+            self._addrs, self._addrs_gen = out, gen
+        return self._addrs
+
+    def _run(self) -> None:
+        try:
+            self._ipr = IPRoute()
+        except Exception as e:  # noqa: BLE001 - reported to every caller instead
+            self._fail_all(e)
+            return
+        try:
+            while True:
+                job = self._q.get()
+                if job is None:
+                    return
+                batch = [job]
+                while True:  # run everything queued meanwhile in the same wake-up
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._run_batch(batch)
+                        return
+                    batch.append(nxt)
+                self._run_batch(batch)
+        finally:
+            self._ipr.close()
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        for fn, fut in batch:
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(self._ipr))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+    def _fail_all(self, err: BaseException) -> None:
+        self._closed = True
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if job[1].set_running_or_notify_cancel():
+                job[1].set_exception(err)

@@ -1,0 +1,89 @@
+"""`core_ike.io.netlink.NetlinkWorker` against the real kernel, in a fresh network namespace.
+
+The checks run in a child process inside the namespace (the worker opens its netlink sockets in the
+namespace of the process) and print one JSON line of findings, which the test asserts on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.guards import require
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = f"nlw{os.getpid() % 100000}"
+
+CHILD = r"""
+import asyncio, ipaddress, json, time
+from pyroute2 import NetlinkError
+from core_ike.io.netlink import NetlinkClosedError, NetlinkWorker
+
+async def main():
+    out = {}
+    loop = asyncio.get_running_loop()
+    w = NetlinkWorker()
+    w.watch_addresses(loop)
+    lo = w.call(lambda ipr: ipr.link_lookup(ifname="lo")[0])
+    w.call(lambda ipr: ipr.link("set", index=lo, state="up"))
+    # FIFO: queued without waiting, the results come back in order
+    futs = [w.submit(lambda ipr, i=i: i) for i in range(20)]
+    out["fifo"] = [f.result(5) for f in futs]
+    # the kernel's refusal reaches the caller (a route via a gateway on no reachable subnet)
+    try:
+        w.call(lambda ipr: ipr.route("add", dst="10.77.0.0/24", gateway="10.78.0.1"))
+        out["refused"] = None
+    except NetlinkError as e:
+        out["refused"] = e.code
+    # cached address list: two lookups, one dump
+    first = [str(a) for a in w.call(w.addresses)]
+    d0 = w.dumps
+    w.call(w.addresses)
+    out["cached"] = w.dumps == d0
+    out["first"] = first
+    # an address added behind the worker's back reaches the cache through the notification
+    proc = await asyncio.create_subprocess_exec("ip", "addr", "add", "10.79.0.1/32", "dev", "lo")
+    await proc.wait()
+    deadline = time.monotonic() + 5
+    seen = []
+    while time.monotonic() < deadline:
+        seen = [str(a) for a in w.call(w.addresses)]
+        if "10.79.0.1" in seen:
+            break
+        await asyncio.sleep(0.01)  # poll with a deadline: the notification is read by this loop
+    out["after_add"] = seen
+    w.close()
+    try:
+        w.submit(lambda ipr: None)
+        out["closed"] = False
+    except NetlinkClosedError:
+        out["closed"] = True
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_netlink_worker_in_namespace() -> None:
+    require("root", why="a network namespace")
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", NS, sys.executable, "-c", CHILD], cwd=ROOT, text=True,
+                           capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], check=False)
+    assert out["fifo"] == list(range(20))
+    assert out["refused"] is not None and out["refused"] != 0
+    assert out["cached"] is True
+    assert "10.79.0.1" not in out["first"]
+    assert "10.79.0.1" in out["after_add"]
+    assert out["closed"] is True
