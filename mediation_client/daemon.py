@@ -55,6 +55,7 @@ from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
 from core_ike.me.endpoints import Endpoint, mapped_endpoint
 from core_ike.me.natinfo import NatReport
+from core_ike.me.predict import Allocation
 from core_ike.me.tasks import me_state
 
 from .failover import ServerList, check_servers
@@ -111,7 +112,8 @@ class ClientDaemon(Daemon):
         self.portmap: PortMapper | None = None
         self._portmap_task: asyncio.Task[None] | None = None
         self.mediation = MediationClient(self.engine, dataclasses.replace(
-            client_config(client), host_addresses=self.hosts, extra_endpoints=self._mapped_endpoints))
+            client_config(client), host_addresses=self.hosts, extra_endpoints=self._mapped_endpoints,
+            port_allocation=self._port_allocation))
         self.reconnect_base = duration(client.get("reconnect", 5))
         self.servers = ServerList(client.get("servers"))
         self._backoff: dict[str, float] = {}
@@ -264,6 +266,14 @@ class ClientDaemon(Daemon):
         if m is None or m.internal[1] != local[1]:
             return []
         return [mapped_endpoint(m.external[0], m.external[1], base=m.internal)]
+
+    def _port_allocation(self) -> Allocation | None:
+        """An APDM NAT with sequential ports (discovery): its next ports become predicted candidates."""
+        n = self.nat
+        if n is None or n.mapping != "APDM" or n.allocation != "sequential" or not n.port_step \
+                or n.last_port is None:
+            return None
+        return Allocation(n.last_port, n.port_step)
 
     async def shutdown(self) -> None:
         """Delete the gateway's port mapping after the SAs (RFC 6886 §3.4, RFC 6887 §15)."""

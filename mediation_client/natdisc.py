@@ -66,6 +66,7 @@ class NatBehaviour:
     port_preservation: bool | None = None
     allocation: str = "unknown"    # preserving | sequential | random | unknown (the ports of new mappings)
     port_step: int | None = None   # the step between consecutive mappings' ports (APDM)
+    last_port: int | None = None   # the public port of the newest mapping seen (sequential: the next follow)
     hairpinning: bool | None = None
     local: str = ""
     mapped: str = ""               # our mapped (server-reflexive) address toward the primary server address
@@ -132,6 +133,8 @@ def classify(obs: Observations) -> NatBehaviour:
         if r.filtering == "EIF":
             r.filtering = "none"
     r.allocation, r.port_step = _allocation(obs, x1, r.mapping)
+    if r.allocation == "sequential":
+        r.last_port = _last_port(obs, x1)
     r.hairpinning = obs.hairpin
     return r
 
@@ -175,6 +178,12 @@ def _allocation(obs: Observations, x1: Addr, mapping: str) -> tuple[str, int | N
     if all(0 < s <= SEQUENTIAL_MAX_STEP for s in steps):
         return "sequential", min(steps)
     return "random", None
+
+
+def _last_port(obs: Observations, x1: Addr) -> int:
+    """The newest mapping's port: the tests ran in the order `mapped` holds them, then `extra_mapped`."""
+    seen = [x1] + [m for m in obs.mapped.values() if m is not None] + obs.extra_mapped
+    return seen[-1][1]
 
 
 def _same_host(mapped: Addr, local: Addr) -> bool:

@@ -32,6 +32,7 @@ from .checks import (
     response_endpoint,
 )
 from .endpoints import Addr, Endpoint, limit_endpoints, make_endpoint, normalize_addr, remove_redundant
+from .predict import predicted_among
 
 log = logging.getLogger("core_ike.me")
 
@@ -222,6 +223,7 @@ class CheckList:
         self._responder = _Side()
         self._by_id: dict[int, Pair] = {}
         self._triggered: deque[Pair] = deque()
+        self._ladder: list[Pair] = []  # pairs to the peer's predicted ports, checked first (predict.py)
         self._next_tick: float | None = None
         self._last_check: float | None = None
         self._finish_at: float | None = None
@@ -319,6 +321,10 @@ class CheckList:
             kept = [*kept[:limit - 1], relayed]  # ... but keep the best relayed pair (limit_endpoints)
         for local, remote, prio in kept:
             self._add_pair(local, remote, prio)
+        # core_ike/me/predict.py: the peer's predicted ports (a sequential APDM NAT) get our first new
+        # mappings, in order, so that each of our checks to them runs the five-tuple the peer's own runs
+        guesses = {e.addr for e in predicted_among(self._remote.endpoints)}
+        self._ladder = [p for p in self.pairs if p.remote.address is not None and p.remote_addr in guesses]
 
     def _add_pair(self, local: Endpoint, remote: Endpoint, prio: int) -> Pair:
         """New pair: id = count + 1 (its checks' Message ID), inserted after equal priorities."""
@@ -418,7 +424,8 @@ class CheckList:
             cand = self._triggered.popleft()
             if cand.state == PairState.WAITING:
                 return cand
-        return next((p for p in self.pairs if p.state == PairState.WAITING), None)
+        ladder = next((p for p in self._ladder if p.state == PairState.WAITING), None)
+        return ladder or next((p for p in self.pairs if p.state == PairState.WAITING), None)
 
     def _send_request(self, pair: Pair, now: float) -> None:
         own, peer = self._keys()

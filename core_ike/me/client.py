@@ -51,6 +51,7 @@ from .connect import (
 )
 from .endpoints import Endpoint, host_endpoints, remove_redundant, srflx_endpoint
 from .engine import CheckEngine
+from .predict import DEFAULT_COUNT, Allocation, predicted_endpoints
 from .tasks import (
     ConnectIdInit,
     ConnectIdResponder,
@@ -65,6 +66,7 @@ from .tasks import (
 
 log = logging.getLogger("core_ike.me")
 Addr = tuple[str, int]
+MAX_OFFERED = 15  # endpoints in our ME_CONNECT with predictions: the server takes 16, with its RELAYED one
 NON_ESP = b"\x00\x00\x00\x00"  # RFC 3948 2.2: checks always carry the marker (docs/protocol.md §7.1)
 
 
@@ -94,6 +96,10 @@ class MediationClientConfig:
     # more local endpoints for the mediation SA's local transport address (the adapter's port mappings on
     # the gateway, mediation_client/portmap.py); None: none
     extra_endpoints: Callable[[Addr], Iterable[Endpoint]] | None = None
+    # the port allocation of our NAT when it is APDM with sequential ports (the adapter's RFC 5780
+    # discovery); its next ports are offered as predicted candidates (core_ike/me/predict.py); None: none
+    port_allocation: Callable[[], Allocation | None] | None = None
+    predicted: int = DEFAULT_COUNT  # how many (the ME_CONNECT stays within the server's 16 endpoints)
 
 
 @dataclass
@@ -337,6 +343,12 @@ class MediationClient(Extension):
             eps.append(srflx)
         if self.config.extra_endpoints is not None:
             eps.extend(self.config.extra_endpoints(sa.local))
+        alloc = self.config.port_allocation() if self.config.port_allocation is not None else None
+        if alloc is not None and srflx is not None and sa.extension(MeSaState).server_ours:
+            # our server and peers only (a strongSwan peer would check them as well, to no harm, but
+            # they would crowd the 16 endpoints its server accepts); one slot stays for the RELAYED one
+            room = max(0, min(self.config.predicted, MAX_OFFERED - len(eps)))
+            eps.extend(predicted_endpoints(srflx, alloc, sa.local, room))
         return remove_redundant(eps)
 
     # ================================================================== ME_CONNECT, initiator (A)
