@@ -18,8 +18,8 @@ BIN = Path(sys.executable).parent
 
 
 def test_every_command_is_covered() -> None:
-    assert set(COMMANDS) == {"iked", "ikectl", "mediation-server", "mediation-client", "medmgr-server",
-                             "medmgr-client"}
+    assert set(COMMANDS) == {"iked", "ikectl", "ikeme-ipsec", "mediation-server", "mediation-client",
+                             "medmgr-server", "medmgr-client"}
 
 
 def test_installed_metadata_matches_pyproject() -> None:
