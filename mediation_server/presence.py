@@ -20,6 +20,7 @@ when it went through the data relay and the relay was freed (idle: docs/protocol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -101,45 +102,58 @@ class PresenceWriter:
     def on_event(self, e: object) -> None:
         now = self.wall()
         if isinstance(e, mev.PeerOnline):
-            old = self._online.get(e.identity)
-            since = old.since if old is not None and e.replaced is not None else now
-            self._online[e.identity] = _Online(_endpoint(e.endpoint), since, old.nat if old else None)
-            self._offline_at.pop(e.identity, None)
-            if old is None or old.nat is None:
-                self._nat_pending[e.identity] = now
-            self._mark(e.identity)
+            self._peer_online(e, now)
         elif isinstance(e, mev.PeerOffline):
-            if self._online.pop(e.identity, None) is not None:
-                self._offline_at[e.identity] = now
-                self._nat_pending.pop(e.identity, None)
-                for pair in list(self._by_peer.get(e.identity, ())):
-                    self._end(pair)
-                self._mark(e.identity)
+            self._peer_offline(e, now)
         elif isinstance(e, mev.ConnectRelayed) and e.response:
-            pair = frozenset((e.requester, e.target))
-            if len(pair) == 2 and all(p in self._online for p in pair):
-                relay_id = next((i for i, p in self._count.relays.items() if p == pair), None)
-                prev = self._mediations.get(pair)
-                relayed = prev is not None and prev.relay_id == relay_id and prev.relayed
-                self._mediations[pair] = _Mediation(now, relay_id, relayed)
-                for p in pair:
-                    self._by_peer.setdefault(p, set()).add(pair)
-                    self._mark(p)
-                self._count.mediations += 1
-                self._mark_totals()
+            self._mediated(e, now)
         elif isinstance(e, mev.RelayAllocated):
             self._count.relays[e.relay_id] = frozenset((e.a, e.b))
             self._count.relays_total += 1
             self._mark_totals()
         elif isinstance(e, mev.RelayFreed):
-            freed = self._count.relays.pop(e.relay_id, None)
-            med = self._mediations.get(freed) if freed is not None else None
-            if freed is not None and med is not None and med.relay_id == e.relay_id:
-                if med.relayed:  # the tunnel through it has been idle for the relay's timeout: gone
-                    self._end(freed)
-                else:
-                    med.relay_id = None
+            self._relay_freed(e)
+
+    def _peer_online(self, e: mev.PeerOnline, now: float) -> None:
+        old = self._online.get(e.identity)
+        since = old.since if old is not None and e.replaced is not None else now
+        self._online[e.identity] = _Online(_endpoint(e.endpoint), since, old.nat if old else None)
+        self._offline_at.pop(e.identity, None)
+        if old is None or old.nat is None:
+            self._nat_pending[e.identity] = now
+        self._mark(e.identity)
+
+    def _peer_offline(self, e: mev.PeerOffline, now: float) -> None:
+        if self._online.pop(e.identity, None) is not None:
+            self._offline_at[e.identity] = now
+            self._nat_pending.pop(e.identity, None)
+            for pair in list(self._by_peer.get(e.identity, ())):
+                self._end(pair)
+            self._mark(e.identity)
+
+    def _mediated(self, e: mev.ConnectRelayed, now: float) -> None:
+        """The server relayed a ME_CONNECT response: a mediation between two online peers."""
+        pair = frozenset((e.requester, e.target))
+        if len(pair) == 2 and all(p in self._online for p in pair):
+            relay_id = next((i for i, p in self._count.relays.items() if p == pair), None)
+            prev = self._mediations.get(pair)
+            relayed = prev is not None and prev.relay_id == relay_id and prev.relayed
+            self._mediations[pair] = _Mediation(now, relay_id, relayed)
+            for p in pair:
+                self._by_peer.setdefault(p, set()).add(pair)
+                self._mark(p)
+            self._count.mediations += 1
             self._mark_totals()
+
+    def _relay_freed(self, e: mev.RelayFreed) -> None:
+        freed = self._count.relays.pop(e.relay_id, None)
+        med = self._mediations.get(freed) if freed is not None else None
+        if freed is not None and med is not None and med.relay_id == e.relay_id:
+            if med.relayed:  # the tunnel through it has been idle for the relay's timeout: gone
+                self._end(freed)
+            else:
+                med.relay_id = None
+        self._mark_totals()
 
     def _end(self, pair: frozenset[str]) -> None:
         if self._mediations.pop(pair, None) is None:
@@ -242,10 +256,8 @@ class PresenceWriter:
         self._wake = asyncio.Event()
         try:
             while True:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.tick)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
                 rows, totals = self.collect()
                 if not rows and self.wall() - self._written < self.heartbeat and totals == self._last_totals:
