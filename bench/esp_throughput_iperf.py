@@ -37,7 +37,7 @@ from scenarios.lab import Lab, cleanup_orphans, two_hosts  # noqa: E402
 from scenarios.lab.charon import Charon  # noqa: E402
 from scenarios.lab.iked import Iked  # noqa: E402
 from scenarios.lab.netns import wait_for  # noqa: E402
-from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml  # noqa: E402
+from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml  # noqa: E402
 
 A, B = "192.0.2.1", "192.0.2.2"
 A_IN, B_IN = "10.10.1.1", "10.10.2.1"
@@ -50,13 +50,13 @@ DIRECTIONS = ("alice->bob", "bob->alice")
 
 def iked_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, esp: str = BASE_ESP,
               offload: str = "all") -> str:
-    toml = iked_psk_toml(me, peer, my_id, peer_id, lts, rts, PSK, encap=True,
+    toml = iked_psk_toml(Tunnel(me, peer, my_id, peer_id, lts, rts, PSK), encap=True,
                          extra_daemon=f'log_level = "info"\nesp_offload = "{offload}"')
     return toml.replace(f'esp_proposals = "{BASE_ESP}"', f'esp_proposals = "{esp}"')
 
 
 def charon_conf(me: str, peer: str, my_id: str, peer_id: str, lts: str, rts: str, esp: str = BASE_ESP) -> str:
-    conf = charon_psk_conf(me, peer, my_id, peer_id, lts, rts, PSK)
+    conf = charon_psk_conf(Tunnel(me, peer, my_id, peer_id, lts, rts, PSK))
     return conf.replace(f"esp_proposals = {BASE_ESP}", f"esp_proposals = {esp}")
 
 

@@ -18,7 +18,7 @@ import pytest
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
-from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml
+from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml
 from tests.dataplane.test_dataplane_offload import CLIENT, SERVER, payload_hash
 from tests.guards import needs
 
@@ -54,9 +54,10 @@ def csum_errors(lab: Lab, host: str) -> int:
 
 def test_bulk_tcp_with_charon(two_hosts_per_test: Lab) -> None:
     lab = two_hosts_per_test
-    iked = Iked(lab, "alice", iked_psk_toml(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK, encap=True,
+    iked = Iked(lab, "alice", iked_psk_toml(Tunnel(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK), encap=True,
                                             extra_daemon='esp_offload = "all"'))
-    charon = Charon(lab, "bob", name="charon", conf=charon_psk_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, PSK))
+    charon = Charon(lab, "bob", name="charon",
+                    conf=charon_psk_conf(Tunnel(B, A, "bob@lab", "alice@lab", B_IN, A_IN, PSK)))
     try:
         charon.start()
         iked.start()

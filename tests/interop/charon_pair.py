@@ -17,7 +17,7 @@ from typing import Any
 from scenarios.lab import Lab, Packet, wait_for
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
-from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml
+from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml
 
 ALICE, NAT_PUB, CAROL = "10.1.0.2", "203.0.113.1", "203.0.113.10"
 A_IN, C_IN = "10.10.1.1", "10.10.2.1"
@@ -43,14 +43,14 @@ class Pair:
 
 def iked_toml(esp: str = BASE_ESP) -> str:
     """alice's side of the NAT pair, with ``esp`` as the CHILD_SA's esp_proposals."""
-    toml = iked_psk_toml(ALICE, CAROL, "alice@lab", "carol@lab", A_IN, C_IN, PSK)
+    toml = iked_psk_toml(Tunnel(ALICE, CAROL, "alice@lab", "carol@lab", A_IN, C_IN, PSK))
     assert f'esp_proposals = "{BASE_ESP}"' in toml
     return toml.replace(f'esp_proposals = "{BASE_ESP}"', f'esp_proposals = "{esp}"')
 
 
 def charon_conf(esp: str = BASE_ESP) -> str:
     """carol's side of the NAT pair (connection ``nat``), with ``esp`` as the esp_proposals."""
-    conf = charon_psk_conf(CAROL, NAT_PUB, "carol@lab", "alice@lab", C_IN, A_IN, PSK, conn="nat")
+    conf = charon_psk_conf(Tunnel(CAROL, NAT_PUB, "carol@lab", "alice@lab", C_IN, A_IN, PSK), conn="nat")
     assert f"esp_proposals = {BASE_ESP}" in conf
     return conf.replace(f"esp_proposals = {BASE_ESP}", f"esp_proposals = {esp}")
 

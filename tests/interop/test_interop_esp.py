@@ -24,7 +24,7 @@ import pytest
 from scenarios.lab import Lab
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
-from scenarios.lab.tunnels import iked_psk_toml
+from scenarios.lab.tunnels import Tunnel, iked_psk_toml
 from tests.guards import needs
 from tests.interop.charon_pair import A_IN, C_IN, CAROL, NAT_PUB, PSK, Pair, bring_up, esp_on_wire, one_child
 
@@ -49,8 +49,10 @@ def direct(two_hosts_per_module: Lab) -> Iterator[DirectEnv]:
     lab = two_hosts_per_module
     a = b = None
     try:
-        a = Iked(lab, "alice", iked_psk_toml(D_A, D_B, "alice@lab", "bob@lab", A_IN, C_IN, PSK, encap=False))
-        b = Iked(lab, "bob", iked_psk_toml(D_B, D_A, "bob@lab", "alice@lab", C_IN, A_IN, PSK, encap=False))
+        a = Iked(lab, "alice", iked_psk_toml(Tunnel(D_A, D_B, "alice@lab", "bob@lab", A_IN, C_IN, PSK),
+                                             encap=False))
+        b = Iked(lab, "bob", iked_psk_toml(Tunnel(D_B, D_A, "bob@lab", "alice@lab", C_IN, A_IN, PSK),
+                                           encap=False))
         a.start()
         b.start()
         yield DirectEnv(lab, a, b)

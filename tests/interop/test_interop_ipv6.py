@@ -8,7 +8,7 @@ import pytest
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
-from scenarios.lab.tunnels import charon_psk_conf, iked_psk_toml
+from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml
 from tests.guards import needs
 
 pytestmark = [
@@ -23,8 +23,10 @@ PSK = "ipv6-interop-secret-0123456789"
 
 def test_ipv6_tunnel_with_charon(two_hosts_per_test: Lab) -> None:
     lab = two_hosts_per_test
-    charon = Charon(lab, "bob", name="charon-v6", conf=charon_psk_conf(B, A, "bob@lab", "alice@lab", B_IN, A_IN, PSK))
-    iked = Iked(lab, "alice", iked_psk_toml(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK), name="iked-v6")
+    charon = Charon(lab, "bob", name="charon-v6",
+                    conf=charon_psk_conf(Tunnel(B, A, "bob@lab", "alice@lab", B_IN, A_IN, PSK)))
+    iked = Iked(lab, "alice", iked_psk_toml(Tunnel(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK)),
+                name="iked-v6")
     try:
         for host, addr, inner in (("alice", A, A_IN), ("bob", B, B_IN)):
             lab.run(host, ["ip", "addr", "add", f"{addr}/64", "dev", "eth0", "nodad"])
