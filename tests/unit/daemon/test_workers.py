@@ -106,6 +106,21 @@ def iked2(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int, in
                 proc.communicate()
 
 
+def _read_ready(engine: Engine, poller: Any, by_fd: dict[int, tuple[socket.socket, int]], natt: int,
+                wait: float) -> None:
+    """What arrived within `wait` seconds, to the engine (on the NAT-T port after the non-ESP marker)."""
+    for fd, _ in poller.poll(wait):
+        s, p = by_fd[fd]
+        while True:
+            try:
+                data, peer = s.recvfrom(65535)
+            except BlockingIOError:
+                break
+            if p == natt:
+                data = data[4:]
+            engine.receive(data, ("127.0.0.2", p), peer, time.monotonic())
+
+
 def _drive(n: int, port: int, natt: int, timeout: float = 90.0) -> dict[str, Any]:
     """`n` IKE_SAs (IKE_SA_INIT + IKE_AUTH, childless) from 127.0.0.2 to the daemon on 127.0.0.1, each
     with its own identity; every other one with forced UDP encapsulation, so it floats to the NAT-T port
@@ -156,16 +171,7 @@ def _drive(n: int, port: int, natt: int, timeout: float = 90.0) -> dict[str, Any
                 socks[local[1]].sendto(data, peer)
             timer = engine.get_timer()
             wait = 0.05 if timer is None else min(0.05, max(0.0, timer - time.monotonic()))
-            for fd, _ in poller.poll(wait):
-                s, p = by_fd[fd]
-                while True:
-                    try:
-                        data, peer = s.recvfrom(65535)
-                    except BlockingIOError:
-                        break
-                    if p == natt:
-                        data = data[4:]
-                    engine.receive(data, ("127.0.0.2", p), peer, time.monotonic())
+            _read_ready(engine, poller, by_fd, natt, wait)
             if (timer := engine.get_timer()) is not None and timer <= time.monotonic():
                 engine.handle_timer(time.monotonic())
             while (e := engine.next_event()) is not None:
