@@ -49,7 +49,7 @@ class Starter(Charon):
     ipsec.secrets); vici stays on for listing and the SAs."""
 
     def __init__(self, lab: Lab, host: str, conf: Path, secrets: Path, name: str = "starter") -> None:
-        super().__init__(lab, host, name=name, plugins=PLUGINS + " stroke attr",
+        super().__init__(lab, host, name=name, plugins=PLUGINS + " stroke attr", log_levels={"cfg": 2},
                          settings=f"plugins {{\n  stroke {{\n    secrets_file = {secrets}\n  }}\n}}")
         self.ipsec_conf = conf
 
@@ -119,6 +119,7 @@ def test_starter_and_our_loader_agree_on_moon(two_hosts_per_module: Lab, pki: di
         starter.start()
         theirs = wait_for(lambda: starter.list_conns() or None, 10, what="starter's conns in charon")
         status = starter.statusall()
+        log = starter.log_text()
     finally:
         starter.stop()
     ours, creds = load_files(conf, secrets)
@@ -145,6 +146,11 @@ def test_starter_and_our_loader_agree_on_moon(two_hosts_per_module: Lab, pki: di
         assert int(tc["rekey_time"]) == int(child.rekey_time)
         assert f"{c.name}:   child:  {' '.join(child.local_ts)} === {' '.join(child.remote_ts)} TUNNEL" in status
     assert len(creds.private_keys) == 1 and len(creds.shared) == 2
+    # the proposals as stroke handed them to charon (its CFG log), which accepted every algorithm in them
+    (rw,) = ours
+    assert re.search(r"\[CFG\]   ike=(\S+)", log).group(1).rstrip("!") == rw.proposals  # type: ignore[union-attr]
+    assert re.search(r"\[CFG\]   esp=(\S+)", log).group(1).rstrip("!") == rw.children[0].esp_proposals  # type: ignore[union-attr]
+    assert "invalid" not in log and "skipped" not in log, log
     # ikeme-ipsec statusall prints our connections exactly as `ipsec statusall` printed the starter's
     block = status.split("Connections:\n")[1].split("Security Associations")[0].rstrip("\n").split("\n")
     assert [line for c in ours for line in conn_lines(conn_info(c), {"certs": [dn_text(x.subject) for x in c.local.certs]})] \
