@@ -21,6 +21,7 @@ from .core import PRESENCE, Cluster, server_channel
 
 log = logging.getLogger("mediation_server.cluster")
 SERVER_PREFIX = server_channel("")
+BATCH = 1000  # messages per pipelined round trip
 
 
 class RedisBus:
@@ -87,10 +88,17 @@ class RedisBus:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for channel, data in self.cluster.take_outbox():
-                n = await client.publish(channel, data)
-                if n == 0 and channel.startswith(SERVER_PREFIX):
-                    self._server_gone(channel[len(SERVER_PREFIX):])
+            while out := self.cluster.take_outbox():
+                # one pipeline per batch: one round trip to Redis for however many messages queued
+                for i in range(0, len(out), BATCH):
+                    batch = out[i:i + BATCH]
+                    pipe = client.pipeline(transaction=False)
+                    for channel, data in batch:
+                        pipe.publish(channel, data)
+                    counts = await pipe.execute()
+                    for (channel, _), n in zip(batch, counts, strict=True):
+                        if n == 0 and channel.startswith(SERVER_PREFIX):
+                            self._server_gone(channel[len(SERVER_PREFIX):])
 
     async def _sweep(self, client: Any) -> None:
         while True:
