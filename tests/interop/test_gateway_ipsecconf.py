@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,99 @@ def test_carol_gets_a_virtual_ip_from_moon_reading_ipsec_conf(seed: tuple[Iked, 
     assert "Security Associations (0 up, 0 connecting):" in capsys.readouterr().out
     assert ipsec_cmd(["-s", iked.ctl_path, "up", "nosuch"]) == 1
     assert "nosuch" in capsys.readouterr().err
+
+
+RICH = """
+config setup
+    uniqueids=keep
+
+conn %default
+    keyexchange=ikev2
+    authby=secret
+    ikelifetime=2h
+    lifetime=30m
+    margintime=5m
+    keyingtries=%forever
+    dpdaction=restart
+    dpddelay=45s
+
+conn base
+    left=192.0.2.2
+    leftid=@gw.example.org
+    leftsubnet=10.1.0.0/24,10.1.1.0/24
+    esp=aes256gcm16
+    auto=ignore
+
+conn net-a
+    also=base
+    right=198.51.100.7
+    rightid=site-a@example.org
+    rightsubnet=10.7.0.0/16
+    rightprotoport=tcp/443
+    auto=add
+
+conn net-b
+    also=base
+    right=%any
+    rightid=@site-b.example.org
+    rightsourceip=10.9.0.0/24
+    ike=aes256-sha256-modp3072!
+    auto=add
+
+conn roam
+    left=%any
+    leftsourceip=%config
+    leftid=roamer@example.org
+    right=198.51.100.9
+    rightid=@gw2.example.org
+    rightsubnet=0.0.0.0/0
+    auto=add
+"""
+
+
+def _ports(text: str) -> str:
+    """charon names well-known ports (`[tcp/https]`), we give the number (`[tcp/443]`)."""
+    return re.sub(r"\[(\w+)/([a-z][\w-]*)\]", lambda mt: f"[{mt[1]}/{socket.getservbyname(mt[2], mt[1])}]", text)
+
+
+def test_starter_and_our_loader_agree_on_also_default_and_more(two_hosts_per_module: Lab) -> None:
+    """%default, also= chains, several subnets, protoport, keyingtries=%forever, dpd, pools, %config and
+    uniqueids: the same conns, side by side with the starter."""
+    lab = two_hosts_per_module
+    d = lab.host_dir("bob") / "rich"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "ipsec.conf").write_text(RICH)
+    (d / "ipsec.secrets").write_text(': PSK "rich-secret-0123456789"\n')
+    (d / "ipsec.secrets").chmod(0o600)
+    starter = Starter(lab, "bob", d / "ipsec.conf", d / "ipsec.secrets", name="starter-rich")
+    try:
+        starter.start()
+        theirs = wait_for(lambda: (c := starter.list_conns()) and len(c) == 3 and c or None, 10,
+                          what="the starter's three conns in charon")
+        status = starter.statusall()
+    finally:
+        starter.stop()
+    ours, _ = load_files(d / "ipsec.conf", d / "ipsec.secrets", local_addresses=[B])
+    assert sorted(theirs) == sorted(c.name for c in ours) == ["net-a", "net-b", "roam"]
+    unique = {"replace": "UNIQUE_REPLACE", "no": "UNIQUE_NO", "keep": "UNIQUE_KEEP"}
+    for c in ours:
+        t = theirs[c.name]
+        assert t["local_addrs"] == c.local_addrs and t["remote_addrs"] == c.remote_addrs, c.name
+        assert t["local-1"]["class"] == _auth_class(c.local.auth) and t["remote-1"]["class"] == _auth_class(c.remote.auth)
+        assert t["local-1"].get("id", "%any") == str(c.local.id) and t["remote-1"].get("id", "%any") == str(c.remote.id)
+        assert t["unique"] == unique[c.unique] == "UNIQUE_KEEP"
+        assert int(t["reauth_time"]) == int(c.rekey_time) == 115 * 60
+        assert int(t.get("dpd_delay", 0)) == int(c.dpd_delay) == 45, t
+        (child,) = c.children
+        tc = t["children"][child.name]
+        assert tc["local-ts"] == child.local_ts and [_ports(x) for x in tc["remote-ts"]] == child.remote_ts, tc
+        assert int(tc["rekey_time"]) == int(child.rekey_time) == 25 * 60
+        assert c.keyingtries == 0
+    pools = re.findall(r"^  (\S+): (\d+)/\d+/\d+$", status.split("Virtual IP pools")[1].split("Listening")[0], re.M)
+    assert [p for p, _ in pools] == [p for c in ours for p in c.pools] == ["10.9.0.0/24"]
+    by_name = {c.name: c for c in ours}
+    assert by_name["roam"].vips == ["0.0.0.0"] and by_name["net-a"].children[0].esp_proposals == "aes256gcm16"
+    block = status.split("Connections:\n")[1].split("Security Associations")[0].rstrip("\n").split("\n")
+    # charon adds the CHILD_SA's dpdaction; ours has none to show (docs/gateway.md: a dead peer's SAs go)
+    assert [line for c in ours for line in conn_lines(conn_info(c), {})] == \
+        [_ports(re.sub(r", dpdaction=\w+$", "", x)) for x in block]
