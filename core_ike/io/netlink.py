@@ -9,7 +9,13 @@ wake-up when they queue up together.
 The interface address list (for a route's preferred source) is cached and dumped again only after the
 kernel announced an address change: a second netlink socket, bound to the RTMGRP_IPV4_IFADDR and
 RTMGRP_IPV6_IFADDR multicast groups (rtnetlink(7)), is read by the event loop and only marks the cache
-stale. Without an event loop (or when the subscription fails) every lookup dumps.
+stale and queues a new dump, so a lookup normally finds the list ready. Without an event loop (or
+when the subscription fails) every lookup dumps.
+
+`RouteSocket` adds a route from the event loop's own thread: rtnetlink handles a request inside the
+sender's sendmsg() and queues its acknowledgement before the call returns (rtnetlink(7), netlink(7)
+NLM_F_ACK), so reading the answer right away costs one system call and no thread switch, and the
+kernel's refusal still reaches the caller.
 """
 
 from __future__ import annotations
@@ -17,14 +23,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import queue
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from pyroute2 import IPRoute, NetlinkError  # type: ignore[import-untyped]
+from pyroute2.netlink.rtnl.rtmsg import rtmsg  # type: ignore[import-untyped]
 
 _T = TypeVar("_T")
 log = logging.getLogger("core_ike.io.netlink")
@@ -32,6 +41,11 @@ log = logging.getLogger("core_ike.io.netlink")
 NETLINK_ROUTE = 0
 RTMGRP_IPV4_IFADDR = 0x10  # linux/rtnetlink.h
 RTMGRP_IPV6_IFADDR = 0x100
+RTM_NEWROUTE = 24
+NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST = 254, 4, 253, 1
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Job = tuple[Callable[[Any], Any], "Future[Any]"]
 
 
@@ -48,7 +62,8 @@ class NetlinkWorker:
         self._closed = False
         self._ipr: Any = None
         self._addr_gen = 0  # bumped by the event loop on every address notification
-        self._addrs: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        self._addrs: list[Address] = []
+        self._refreshing = False  # a dump is queued
         self._addrs_gen = -1  # generation `_addrs` was dumped at (-1: never)
         self._events: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,6 +85,7 @@ class NetlinkWorker:
         self._events, self._loop = s, loop
         self._addr_gen += 1  # addresses may have changed before the subscription
         loop.add_reader(s.fileno(), self._on_events)
+        self._refresh()
 
     def _on_events(self) -> None:
         assert self._events is not None
@@ -81,6 +97,25 @@ class NetlinkWorker:
         except OSError as e:  # ENOBUFS: notifications were lost, so distrust the cache
             log.debug("address notifications: %s", e)
             self._addr_gen += 1
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Queue one dump (not waited for) unless one is queued already."""
+        if self._refreshing or self._closed:
+            return
+        self._refreshing = True
+
+        def dump(ipr: Any) -> None:
+            self._refreshing = False
+            self.addresses(ipr)
+
+        self.submit(dump)
+
+    def cached_addresses(self) -> list[Address] | None:
+        """The address list if it is known to be current (from any thread), else None."""
+        if self._events is None or self._addrs_gen != self._addr_gen:
+            return None
+        return self._addrs
 
     def close(self, timeout: float = 2.0) -> None:
         """Run what is queued, then close the netlink socket and end the thread."""
@@ -110,12 +145,12 @@ class NetlinkWorker:
         """`submit` and wait for the result (one netlink round trip when the queue is empty)."""
         return self.submit(fn).result(timeout)
 
-    def addresses(self, ipr: Any) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    def addresses(self, ipr: Any) -> list[Address]:
         """The host's interface addresses; only for operations running in the worker (they get `ipr`)."""
         gen = self._addr_gen
         if self._events is None or gen != self._addrs_gen:
             self.dumps += 1
-            out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+            out: list[Address] = []
             for msg in ipr.get_addr():
                 a = msg.get_attr("IFA_ADDRESS")
                 if a:
@@ -165,3 +200,51 @@ class NetlinkWorker:
                 return
             if job[1].set_running_or_notify_cancel():
                 job[1].set_exception(err)
+
+
+class RouteSocket:
+    """Adds routes with one request and its acknowledgement on a plain rtnetlink socket."""
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self._sock.bind((0, 0))
+        self._sock.settimeout(timeout)  # the answer is queued before send() returns; this only bounds a bug
+        self._seq = 0
+
+    def replace(self, dst: str, oif: int, prefsrc: str | None = None) -> None:
+        """`ip route replace DST dev OIF [src PREFSRC]` in the main table; NetlinkError when refused."""
+        net = ipaddress.ip_network(dst, strict=False)
+        msg = rtmsg()
+        msg["family"] = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        msg["dst_len"] = net.prefixlen
+        msg["table"] = RT_TABLE_MAIN
+        msg["proto"] = RTPROT_STATIC
+        msg["scope"] = RT_SCOPE_LINK
+        msg["type"] = RTN_UNICAST
+        attrs: list[tuple[str, Any]] = [("RTA_DST", str(net.network_address)), ("RTA_OIF", oif)]
+        if prefsrc:
+            attrs.append(("RTA_PREFSRC", prefsrc))
+        msg["attrs"] = attrs
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        msg["header"]["type"] = RTM_NEWROUTE
+        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+        msg["header"]["sequence_number"] = self._seq
+        msg.encode()
+        self._sock.send(bytes(msg.data))
+        self._await_ack(self._seq)
+
+    def _await_ack(self, seq: int) -> None:
+        while True:
+            data = self._sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
+                if mtype == NLMSG_ERROR and mseq == seq:
+                    (code,) = struct.unpack_from("=i", data, off + 16)
+                    if code:
+                        raise NetlinkError(-code, os.strerror(-code))
+                    return
+                off += max((length + 3) & ~3, 16)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -46,7 +46,7 @@ from .dataplane import (
     SendDatagram,
 )
 from .fastpath import OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
-from .netlink import NetlinkWorker
+from .netlink import NetlinkWorker, RouteSocket
 from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment
 from .tsmatch import packet_flow, ts_match
 
@@ -126,7 +126,8 @@ class UserspaceDataPlane:
         self._events: deque[DataPlaneEvent] = deque()
         self._tun_fd = -1
         self._tun_index = 0
-        self._netlink: NetlinkWorker | None = None  # one rtnetlink connection for routes, from `start`
+        self._netlink: NetlinkWorker | None = None  # one rtnetlink connection in a thread, from `start`
+        self._routesock: RouteSocket | None = None  # route additions from the loop's thread
         self._raw: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick: asyncio.TimerHandle | None = None
@@ -162,6 +163,7 @@ class UserspaceDataPlane:
         self._netlink = NetlinkWorker(f"netlink-{self.tun_name}")
         self._netlink.watch_addresses(self._loop)
         self._tun_index = self._netlink.call(setup)
+        self._routesock = RouteSocket()
         done: set[str] = set()
         for p in self._policies:  # policies installed before the TUN device existed
             key = str(p.remote.subnet)
@@ -188,6 +190,9 @@ class UserspaceDataPlane:
         if self._netlink is not None:
             self._netlink.close()  # runs the route deletions still queued
             self._netlink = None
+        if self._routesock is not None:
+            self._routesock.close()
+            self._routesock = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -324,21 +329,17 @@ class UserspaceDataPlane:
             self._route_add(policy)
 
     def _route_add(self, policy: PolicyParams) -> None:
-        """Add the route and wait for the kernel's answer (one netlink round trip on the worker's
-        open socket), so that a refused route fails the CHILD_SA's installation."""
-        key = str(policy.remote.subnet)
-        nl = self._netlink
-        if nl is None:
+        """Add the route and read the kernel's answer (`RouteSocket`: no thread switch), so that a
+        refused route fails the CHILD_SA's installation."""
+        nl, rs = self._netlink, self._routesock
+        if nl is None or rs is None:
             raise DataPlaneError("userspace data plane closed")
-
-        def add(ipr: Any) -> None:
-            kw: dict[str, Any] = {"dst": key, "oif": self._tun_index}
-            src = next((str(a) for a in nl.addresses(ipr) if a in policy.local.subnet), None)
-            if src:  # a local address inside the local selector as the route's source, like charon
-                kw["prefsrc"] = src
-            ipr.route("replace", **kw)
-
-        nl.call(add)
+        addrs = nl.cached_addresses()
+        if addrs is None:  # changed a moment ago (or no notifications): dump now
+            addrs = nl.call(nl.addresses)
+        # a local address inside the local selector as the route's source, like charon
+        src = next((str(a) for a in addrs if a in policy.local.subnet), None)
+        rs.replace(str(policy.remote.subnet), self._tun_index, src)
 
     def _del_route(self, policy: PolicyParams) -> None:
         key = str(policy.remote.subnet)

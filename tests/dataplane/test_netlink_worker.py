@@ -1,4 +1,4 @@
-"""`core_ike.io.netlink.NetlinkWorker` against the real kernel, in a fresh network namespace.
+"""`core_ike.io.netlink.NetlinkWorker` and `RouteSocket` against the real kernel, in a fresh network namespace.
 
 The checks run in a child process inside the namespace (the worker opens its netlink sockets in the
 namespace of the process) and print one JSON line of findings, which the test asserts on.
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NS = f"nlw{os.getpid() % 100000}"
 
 CHILD = r"""
-import asyncio, ipaddress, json, time
+import asyncio, ipaddress, json, subprocess, time
 from pyroute2 import NetlinkError
-from core_ike.io.netlink import NetlinkClosedError, NetlinkWorker
+from core_ike.io.netlink import NetlinkClosedError, NetlinkWorker, RouteSocket
 
 async def main():
     out = {}
@@ -59,6 +59,19 @@ async def main():
             break
         await asyncio.sleep(0.01)  # poll with a deadline: the notification is read by this loop
     out["after_add"] = seen
+    # RouteSocket: added with the preferred source, replaced in place, refused for a missing device
+    rs = RouteSocket()
+    rs.replace("10.80.0.0/24", lo, "10.79.0.1")
+    rs.replace("10.80.0.0/24", lo, "10.79.0.1")
+    rs.replace("fd00:80::/64", lo)
+    out["routes"] = subprocess.run(["ip", "route", "show", "10.80.0.0/24"], capture_output=True, text=True).stdout
+    out["routes6"] = subprocess.run(["ip", "-6", "route", "show", "fd00:80::/64"], capture_output=True, text=True).stdout
+    try:
+        rs.replace("10.81.0.0/24", 9999)
+        out["nodev"] = None
+    except NetlinkError as e:
+        out["nodev"] = e.code
+    rs.close()
     w.close()
     try:
         w.submit(lambda ipr: None)
@@ -87,3 +100,6 @@ def test_netlink_worker_in_namespace() -> None:
     assert "10.79.0.1" not in out["first"]
     assert "10.79.0.1" in out["after_add"]
     assert out["closed"] is True
+    assert out["routes"].split() == ["10.80.0.0/24", "dev", "lo", "proto", "static", "scope", "link", "src", "10.79.0.1"]
+    assert out["routes6"].startswith("fd00:80::/64 dev lo")
+    assert out["nodev"] == 19  # ENODEV
