@@ -15,11 +15,14 @@ scenarios/lab/upnpgw.py; hairpinning of scenarios/lab/natlab.py). In each cell:
 
 Every cell that does not come up says why (our daemon's reason, or the charon wait that ran out).
 `--quick` runs three representative cells (for the test command); a full run writes
-bench/results/nat_matrix.txt and .json.
+bench/results/nat_matrix.txt and .json. NAT_MATRIX_CELLS=key,key (environment) runs only those cells:
+with `--quick` as a check that writes nothing, else their rows replace the same cells of the results
+(the others keep theirs; a note names the cells re-run and when).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -258,7 +261,21 @@ def _nat_short(summary: str | None) -> str:
     return f"{m.group(1).rstrip(',')}/{m.group(2).rstrip(',')}{extra}"
 
 
-def write(cells: list[dict[str, Any]], header: dict[str, Any], t: Timing) -> None:
+def _merged(fresh: list[dict[str, Any]], header: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The stored cells with the fresh ones in their place, and a note saying which are from when."""
+    import json
+
+    old = json.loads(RESULTS.with_suffix(".json").read_text())
+    new = {c["key"]: c for c in fresh}
+    cells = [new.pop(c["key"], c) for c in old["cells"]] + list(new.values())
+    oh = old["header"]
+    note = (f"cells re-run {header['date']} at {header['commit']} (NAT_MATRIX_CELLS="
+            f"{','.join(c['key'] for c in fresh)}); "
+            f"the others from {oh['date']} at {oh['commit']} (load {oh['load_before'][0]})")
+    return cells, [note]
+
+
+def write(cells: list[dict[str, Any]], header: dict[str, Any], t: Timing, notes: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     from bench import results_io as rio
 
@@ -278,12 +295,12 @@ def write(cells: list[dict[str, Any]], header: dict[str, Any], t: Timing) -> Non
     ]
     h = rio.finish_header(header, quick=False, rounds=1)
     doc = {"schema": rio.SCHEMA, "bench": "nat_matrix", "header": h, "figures": figures,
-           "notes": NOTES, "cells": cells}
+           "notes": NOTES + (notes or []), "cells": cells}
     problems = rio.validate(doc)
     if problems:
         raise ValueError(f"nat_matrix results: {problems}")
     text = "\n".join(["nat_matrix", *rio.header_lines(h), "", table(cells), "", *rio.figures_lines(figures),
-                      "", "notes:", *(f"- {n}" for n in NOTES)]) + "\n"
+                      "", "notes:", *(f"- {n}" for n in doc["notes"])]) + "\n"
     RESULTS.write_text(text)
     import json
     RESULTS.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -295,8 +312,9 @@ NOTES = [
     "full cone and address-restricted forward new inbound UDP to the one LAN host (docs/nat-lab.md §4.4); "
     "the hairpin cell hairpins the peers' mappings toward carol; the miniupnpd gateway's WAN address is "
     "198.20.0.2 (miniupnpd refuses RFC 5737 addresses)",
-    "port prediction for sequential symmetric NATs and the relay-to-direct upgrade are not implemented: "
-    "those cells show what happens without them",
+    "ours predicts the ports of a sequential symmetric NAT (core_ike/me/predict.py); for a random one it "
+    "has no many-port probing: those cells relay; the path shown is the one at setup (a relayed tunnel "
+    "probes for a direct pair afterwards, core_ike/me/upgrade.py)",
     "charon at 28-36 ms (no NAT; same NAT with hairpin): every one of its pairs is decided quickly (the host "
     "pair wins, no pair stays pending), so its fixed 1 s wait after the first successful check "
     "(ME_WAIT_TO_FINISH) ends early; elsewhere a pending pair keeps it",
@@ -309,12 +327,18 @@ def run(story: Story, quick: bool = False) -> None:
     header = rio.start_header(["nat-matrix", *(["--quick"] if quick else [])], script="scenarios/run")
     t = SHORT_RUN if quick else FULL
     cells = [c for c in CELLS if c.key in QUICK] if quick else CELLS
+    only = [k for k in os.environ.get("NAT_MATRIX_CELLS", "").split(",") if k]
+    if only:
+        unknown = sorted(set(only) - {c.key for c in CELLS})
+        if unknown:
+            raise ValueError(f"NAT_MATRIX_CELLS: unknown cells {', '.join(unknown)}")
+        cells = [c for c in CELLS if c.key in only]
     story.step(f"{len(cells)} cells, one lab each (check_timeout {t.check_timeout} s, charon waits "
                f"{t.charon_wait:.0f} s){'; --quick' if quick else ''}")
     results = []
     for cell in cells:
         # charon in the quick run only where it connects (its failure takes the whole wait)
-        charon = not quick or cell.key == "pr-pr"
+        charon = (not quick or cell.key == "pr-pr") and not (quick and only)
         results.append(run_cell(cell, t, story, charon))
     story.step("the matrix")
     for line in table(results).splitlines():
@@ -335,6 +359,14 @@ def run(story: Story, quick: bool = False) -> None:
     if "pr-symr-upnp" in by:
         story.check(by["pr-symr-upnp"]["ours"]["result"] == "direct (port mapping)",
                     "port-restricted x symmetric + miniupnpd: ours direct to the mapped endpoint")
-    if not quick:
+    for key in ("pr-symseq", "symseq-symseq"):  # predicted ports (core_ike/me/predict.py)
+        if key in by:
+            story.check(by[key]["ours"]["result"].startswith("direct"),
+                        f"{by[key]['label']}: ours {by[key]['ours']['result']} (predicted ports)")
+    if not quick and only:
+        results, notes = _merged(results, header)
+        write(results, header, t, notes)
+        story.say(f"written: {RESULTS.relative_to(ROOT)} and .json (cells {', '.join(only)} replaced)")
+    elif not quick:
         write(results, header, t)
         story.say(f"written: {RESULTS.relative_to(ROOT)} and .json")
