@@ -17,6 +17,7 @@ ike_timeout = 0          # mediated IKE_SA: 0 = as long as its retransmissions g
 finish_wait = 0.05       # after the first successful pair, wait this long for a better one
 reconnect = 5            # seconds before re-establishing a lost mediation connection (doubles up to 60)
 relay = true             # announce our relay extension: accept RELAYED endpoints from our server
+upgrade_period = 30      # a relayed tunnel probes for a direct pair this often and moves to it (0: never)
 nat_discovery = true     # RFC 5780 NAT behaviour discovery against the server's STUN port (natdisc.py)
 stun_port = 3478         # the mediation server's STUN port
 port_mapping = true      # map the IKE NAT-T port on the gateway (PCP, NAT-PMP, UPnP IGD; portmap.py)
@@ -57,6 +58,7 @@ from core_ike.me.endpoints import Endpoint, mapped_endpoint
 from core_ike.me.natinfo import NatReport
 from core_ike.me.predict import Allocation
 from core_ike.me.tasks import me_state
+from core_ike.me.upgrade import UpgradeConfig
 
 from .failover import ServerList, check_servers
 from .hostaddr import REFRESH, HostAddresses
@@ -72,7 +74,7 @@ CLIENT_CHECKS: dict[str, Any] = {
     "database": database_url, "server_timeout": CHECK_DURATION, "connect_timeout": CHECK_DURATION,
     "callback_timeout": CHECK_DURATION, "check_timeout": CHECK_DURATION, "ike_timeout": CHECK_DURATION,
     "finish_wait": CHECK_NUMBER,
-    "reconnect": CHECK_DURATION, "relay": CHECK_BOOL,
+    "reconnect": CHECK_DURATION, "relay": CHECK_BOOL, "upgrade_period": CHECK_DURATION,
     "nat_discovery": CHECK_BOOL, "stun_port": CHECK_INT,
     "port_mapping": CHECK_BOOL, "port_mapping_lifetime": CHECK_DURATION,
     "servers": check_servers,
@@ -92,6 +94,7 @@ def client_config(c: dict[str, Any]) -> MediationClientConfig:
         callback_timeout=duration(c.get("callback_timeout", 120)),
         ike_timeout=duration(c.get("ike_timeout", 0)),
         relay=bool(c.get("relay", True)),
+        upgrade=UpgradeConfig(period=duration(c.get("upgrade_period", 30))),
     )
 
 

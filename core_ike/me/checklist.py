@@ -688,6 +688,12 @@ class CheckList:
         return tuple(p.info() for p in self.pairs)
 
     @property
+    def keys(self) -> tuple[bytes, bytes] | None:
+        """(ours, the peer's) once both are known: a later list of the same connect ID reuses them."""
+        own, peer = self._local.key, self._remote.key
+        return None if own is None or peer is None else (own, peer)
+
+    @property
     def local_endpoints(self) -> list[Endpoint]:
         return list(self._local.endpoints)
 

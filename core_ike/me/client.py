@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ..codec.message import Message
 from ..codec.payloads import IdPayload, Payload
 from ..constants import ExchangeType, NotifyType, PayloadType, name_of
-from ..errors import LocalError, LocalUsageError, ProtocolError
+from ..errors import DecodeError, LocalError, LocalUsageError, ProtocolError
 from ..ike.context import IkeSaView, Task
 from ..ike.engine import Engine, Extension
 from ..ike.identity import Identity
@@ -39,7 +39,7 @@ from .checklist import (
     PairState,
     PairStateChanged,
 )
-from .checks import is_connectivity_check
+from .checks import decode_check, is_connectivity_check
 from .connect import (
     ConnectKind,
     ConnectResult,
@@ -63,6 +63,7 @@ from .tasks import (
     SrflxRequest,
     me_role,
 )
+from .upgrade import Paths, UpgradeConfig
 
 log = logging.getLogger("core_ike.me")
 Addr = tuple[str, int]
@@ -100,6 +101,7 @@ class MediationClientConfig:
     # discovery); its next ports are offered as predicted candidates (core_ike/me/predict.py); None: none
     port_allocation: Callable[[], Allocation | None] | None = None
     predicted: int = DEFAULT_COUNT  # how many (the ME_CONNECT stays within the server's 16 endpoints)
+    upgrade: UpgradeConfig = field(default_factory=UpgradeConfig)  # relay -> direct (core_ike/me/upgrade.py)
 
 
 @dataclass
@@ -170,6 +172,7 @@ class MediationClient(Extension):
         self.config = config or MediationClientConfig()
         self.rng: Rng = rng if rng is not None else engine.rng  # connect IDs and keys (docs/protocol.md §4.1)
         self.checks = CheckEngine(self.config.checks)
+        self.paths = Paths(self.config.upgrade, self.config.checks)
         self.outbox = MeOutbox()
         self.attempts: dict[str, Attempt] = {}
         self.sessions: dict[bytes, Session] = {}
@@ -269,6 +272,7 @@ class MediationClient(Extension):
         return []
 
     def on_established(self, sa: IkeSaView, now: float) -> None:
+        self.paths.established(sa.unique_id, sa.remote, now)
         name = self._mediated.get(sa.unique_id)
         att = self.attempts.get(name) if name else None
         if att is None or att.sa_id != sa.unique_id or att.state not in (AttemptState.INITIATING, AttemptState.YIELDED):
@@ -286,6 +290,7 @@ class MediationClient(Extension):
                 if task.on_failed is not None:
                     task.on_failed(sa, "mediation connection lost", now)
         self._target_sas.pop(sa.unique_id, None)
+        self.paths.destroyed(sa.unique_id)
         name = self._mediated.pop(sa.unique_id, None)
         att = self.attempts.get(name) if name else None
         if att is not None and att.sa_id == sa.unique_id and att.state in (AttemptState.INITIATING, AttemptState.YIELDED):
@@ -299,6 +304,8 @@ class MediationClient(Extension):
     def handle_plain(self, msg: Message, local: Addr, remote: Addr, now: float) -> bool:
         if not is_connectivity_check(msg):
             return False
+        if self.paths.watches and self._path_check(msg, local, remote, now):
+            return True
         reason = self.checks.receive_check(msg, remote, local, now)  # src = remote, dst = local
         if reason is not None:
             log.debug("dropping connectivity check from %s[%d]: %s", remote[0], remote[1], reason)
@@ -307,13 +314,22 @@ class MediationClient(Extension):
 
     def next_deadline(self) -> float | None:
         ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
-        t = self.checks.get_timer()
-        if t is not None:
-            ds.append(t)
+        ds += [t for t in (self.checks.get_timer(), self.paths.get_timer()) if t is not None]
         return min(ds) if ds else None
+
+    def _path_check(self, msg: Message, local: Addr, remote: Addr, now: float) -> bool:
+        try:
+            check = decode_check(msg)
+        except (DecodeError, ProtocolError):
+            return False
+        if not self.paths.receive(check, remote, local, now):
+            return False
+        self._pump(now)
+        return True
 
     def handle_timer(self, now: float) -> None:
         self.checks.handle_timer(now)
+        self.paths.handle_timer(now)
         self._pump(now)
         for att in list(self.attempts.values()):
             if att.deadline is not None and now >= att.deadline and att.active:
@@ -557,6 +573,7 @@ class MediationClient(Extension):
         finally:
             self._initiating = None
         att.sa_id = sa.unique_id
+        self.paths.track(sa.unique_id, self.checks.get(att.connect_id))
 
     def _ike_deadline(self, now: float) -> float | None:
         """The mediated IKE_SA: its retransmissions decide (RFC 7296 2.1), unless ike_timeout caps them."""
@@ -565,6 +582,7 @@ class MediationClient(Extension):
     def _mediated_request(self, sa: IkeSaView, cid: bytes, now: float) -> None:
         """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
         sess = self.sessions.pop(cid, None)
+        self.paths.track(sa.unique_id, self.checks.get(cid))
         if self.checks.stop(cid, now):
             log.info("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
         if sess is not None:
@@ -578,8 +596,12 @@ class MediationClient(Extension):
     # ================================================================== checks and timers
     def _pump(self, now: float) -> None:
         """Send the checks' datagrams, act on their events."""
+        for move in self.paths.moves():  # RFC 7296 2.23 update, verified by a liveness check there
+            log.info("mediated IKE_SA %d moves to %s[%d]: %s", move.ike_unique_id, *move.remote, move.reason)
+            self.engine.peer_mapping(move.ike_unique_id, move.remote, now)
+            self.engine.emit(move)
         for _ in range(100):
-            for data, local, remote in self.checks.datagrams_to_send():
+            for data, local, remote in self.checks.datagrams_to_send() + self.paths.datagrams_to_send():
                 self.engine.send(NON_ESP + data, local, remote)
             ev = self.checks.next_event()
             if ev is None:
