@@ -599,6 +599,10 @@ class MediationClient(Extension):
         for move in self.paths.moves():  # RFC 7296 2.23 update, verified by a liveness check there
             log.info("mediated IKE_SA %d moves to %s[%d]: %s", move.ike_unique_id, *move.remote, move.reason)
             self.engine.peer_mapping(move.ike_unique_id, move.remote, now)
+            moved = self.engine.by_uid.get(move.ike_unique_id)
+            if moved is None or moved.remote != move.remote:  # no NAT toward the peer (RFC 7296 2.23)
+                log.warning("mediated IKE_SA %d did not move to %s[%d]", move.ike_unique_id, *move.remote)
+                continue
             self.engine.emit(move)
         for _ in range(100):
             for data, local, remote in self.checks.datagrams_to_send() + self.paths.datagrams_to_send():

@@ -1,0 +1,116 @@
+"""Relay -> direct upgrade and back through real nftables NATs (core_ike/me/upgrade.py): alice and bob
+behind port-restricted NATs, our mediation server with its relay on carol. A filter on natA drops
+everything between the two NATs' public addresses, so the tunnel comes up relayed; with a ping running
+through it the filter is lifted and the same IKE_SA moves to the direct pair without losing a ping;
+then the filter comes back and the IKE_SA returns to the relay, where the ping goes through again."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.guards import needs
+
+pytestmark = [pytest.mark.netns, needs("root", why="NAT labs with our daemons in network namespaces")]
+
+INNER = {"alice": "10.11.0.2", "bob": "10.12.0.2"}
+PERIOD = 10  # [client] upgrade_period of the test (the default is 30 s)
+BLOCK = "h14block"
+
+
+@pytest.fixture
+def lab() -> Iterator[Any]:
+    from scenarios.lab import nat_lab
+
+    lab = nat_lab(nat_a="port-restricted", nat_b="port-restricted")
+    try:
+        for h in ("alice", "bob"):
+            lab.addr(h, "lo", f"{INNER[h]}/32")
+        yield lab
+    finally:
+        lab.teardown()
+
+
+def _block(lab: Any) -> None:
+    from scenarios.lab.topologies import NAT_PUBLIC
+
+    other = NAT_PUBLIC["natB"]
+    lab.nft("natA", f"""table inet {BLOCK} {{
+  chain blocked {{
+    type filter hook forward priority -10; policy accept;
+    ip daddr {other} drop
+    ip saddr {other} drop
+  }}
+}}
+""")
+
+
+def _unblock(lab: Any) -> None:
+    lab.run("natA", ["nft", "delete", "table", "inet", BLOCK])
+
+
+def _sa(daemon: Any, name: str) -> dict[str, Any] | None:
+    return next((s for s in daemon.list_sas() if s["name"] == name and s["child-sas"]), None)
+
+
+def _wait_remote(daemon: Any, name: str, host: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sa = _sa(daemon, name)
+        if sa is not None and sa["remote-host"] == host:
+            return sa
+        time.sleep(0.2)  # polling the control socket for the event, bounded by the deadline
+    raise AssertionError(f"{name}: IKE_SA not to {host} within {timeout} s: {_sa(daemon, name)}\n"
+                         f"{daemon.log_tail(60)}")
+
+
+def test_relayed_tunnel_upgrades_to_direct_without_loss_and_falls_back(lab: Any) -> None:
+    from scenarios.lab.mediation import OurMediation
+    from scenarios.lab.topologies import CAROL, NAT_PUBLIC
+
+    med = OurMediation(lab, peers=["alice", "bob"])
+    client = f"upgrade_period = {PERIOD}\nnat_discovery = false\nport_mapping = false"
+    try:
+        med.start_server(extra='relay = true\nrelay_ports = "50000-50099"')
+        bob = med.start_client("bob", ts=INNER, client=client)
+        alice = med.start_client("alice", ts=INNER, client=client)
+        med.wait_registered("alice", "bob", timeout=15)
+        _block(lab)
+        r = alice.up("bob", timeout=60)
+        assert r["remote"][0] == CAROL, r  # relayed: the direct path is filtered
+        before = _sa(alice, "bob")
+        assert before is not None and before["remote-host"] == CAROL
+
+        # a ping through the tunnel for the whole move (5 per second)
+        count = int((PERIOD + 15) / 0.2)
+        log_path = lab.dir / "upgrade-ping.log"
+        ping = lab.popen("alice", ["ping", "-n", "-i", "0.2", "-W", "2", "-c", str(count), "-I", INNER["alice"],
+                                   INNER["bob"]], log_path)
+        _unblock(lab)
+        moved = _wait_remote(alice, "bob", NAT_PUBLIC["natB"], timeout=PERIOD + 10)
+        assert ping.poll() is None, "the ping ended before the move: the test saw no traffic across it"
+        assert moved["uniqueid"] == before["uniqueid"], (before, moved)  # the same IKE_SA, moved
+        _wait_remote(bob, "alice", NAT_PUBLIC["natA"], timeout=10)  # bob followed
+        ping.wait(timeout=count * 0.2 + 20)
+        out = log_path.read_text()
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        assert m is not None, out
+        sent, rcvd = int(m.group(1)), int(m.group(2))
+        assert sent == count and rcvd == sent, f"ping across the move: {rcvd}/{sent}\n{out[-600:]}"
+
+        _block(lab)  # the direct path dies: back to the relay
+        _wait_remote(alice, "bob", CAROL, timeout=30)
+        _wait_remote(bob, "alice", CAROL, timeout=15)
+        after = _sa(alice, "bob")
+        assert after is not None and after["uniqueid"] == before["uniqueid"], (before, after)
+        sent2, rcvd2, out2 = lab.ping("alice", INNER["bob"], source=INNER["alice"], count=5, interval=0.2)
+        assert sent2 == 5 and rcvd2 == 5, out2
+    finally:
+        if "ping" in locals() and ping.poll() is None:
+            lab.stop(ping, sig=signal.SIGINT)
+        med.stop()
