@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ..codec.message import Message
 from ..codec.payloads import IdPayload, Payload
 from ..constants import ExchangeType, NotifyType, PayloadType, name_of
-from ..errors import DecodeError, LocalError, LocalUsageError, ProtocolError
+from ..errors import LocalError, LocalUsageError, ProtocolError
 from ..ike.context import IkeSaView, Task
 from ..ike.engine import Engine, Extension
 from ..ike.identity import Identity
@@ -39,7 +39,7 @@ from .checklist import (
     PairState,
     PairStateChanged,
 )
-from .checks import decode_check, is_connectivity_check
+from .checks import is_connectivity_check
 from .connect import (
     ConnectKind,
     ConnectResult,
@@ -63,7 +63,7 @@ from .tasks import (
     SrflxRequest,
     me_role,
 )
-from .upgrade import Paths, UpgradeConfig
+from .upgrade import PathLink, Paths, UpgradeConfig
 
 log = logging.getLogger("core_ike.me")
 Addr = tuple[str, int]
@@ -272,7 +272,8 @@ class MediationClient(Extension):
         return []
 
     def on_established(self, sa: IkeSaView, now: float) -> None:
-        self.paths.established(sa.unique_id, sa.remote, now)
+        if self.paths.established(sa.unique_id, sa.remote, now) and sa.unique_id in self.paths.watches:
+            sa.extension(PathLink).connect_id = self.paths.watches[sa.unique_id].cands.connect_id
         name = self._mediated.get(sa.unique_id)
         att = self.attempts.get(name) if name else None
         if att is None or att.sa_id != sa.unique_id or att.state not in (AttemptState.INITIATING, AttemptState.YIELDED):
@@ -290,7 +291,10 @@ class MediationClient(Extension):
                 if task.on_failed is not None:
                     task.on_failed(sa, "mediation connection lost", now)
         self._target_sas.pop(sa.unique_id, None)
-        self.paths.destroyed(sa.unique_id)
+        link = sa.find_extension(PathLink)
+        self.paths.destroyed(sa.unique_id, next((s.unique_id for s in self.engine.ike_sas() if link is not None
+                                                 and s.unique_id != sa.unique_id and s.established
+                                                 and s.find_extension(PathLink) == link), None))
         name = self._mediated.pop(sa.unique_id, None)
         att = self.attempts.get(name) if name else None
         if att is not None and att.sa_id == sa.unique_id and att.state in (AttemptState.INITIATING, AttemptState.YIELDED):
@@ -304,7 +308,8 @@ class MediationClient(Extension):
     def handle_plain(self, msg: Message, local: Addr, remote: Addr, now: float) -> bool:
         if not is_connectivity_check(msg):
             return False
-        if self.paths.watches and self._path_check(msg, local, remote, now):
+        if self.paths.watches and self.paths.receive_message(msg, remote, local, now):
+            self._pump(now)
             return True
         reason = self.checks.receive_check(msg, remote, local, now)  # src = remote, dst = local
         if reason is not None:
@@ -316,16 +321,6 @@ class MediationClient(Extension):
         ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
         ds += [t for t in (self.checks.get_timer(), self.paths.get_timer()) if t is not None]
         return min(ds) if ds else None
-
-    def _path_check(self, msg: Message, local: Addr, remote: Addr, now: float) -> bool:
-        try:
-            check = decode_check(msg)
-        except (DecodeError, ProtocolError):
-            return False
-        if not self.paths.receive(check, remote, local, now):
-            return False
-        self._pump(now)
-        return True
 
     def handle_timer(self, now: float) -> None:
         self.checks.handle_timer(now)
@@ -596,14 +591,7 @@ class MediationClient(Extension):
     # ================================================================== checks and timers
     def _pump(self, now: float) -> None:
         """Send the checks' datagrams, act on their events."""
-        for move in self.paths.moves():  # RFC 7296 2.23 update, verified by a liveness check there
-            log.info("mediated IKE_SA %d moves to %s[%d]: %s", move.ike_unique_id, *move.remote, move.reason)
-            self.engine.peer_mapping(move.ike_unique_id, move.remote, now)
-            moved = self.engine.by_uid.get(move.ike_unique_id)
-            if moved is None or moved.remote != move.remote:  # no NAT toward the peer (RFC 7296 2.23)
-                log.warning("mediated IKE_SA %d did not move to %s[%d]", move.ike_unique_id, *move.remote)
-                continue
-            self.engine.emit(move)
+        self.paths.apply_moves(self.engine, now)
         for _ in range(100):
             for data, local, remote in self.checks.datagrams_to_send() + self.paths.datagrams_to_send():
                 self.engine.send(NON_ESP + data, local, remote)

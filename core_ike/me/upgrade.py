@@ -24,9 +24,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from ..codec.message import Message
 from ..constants import MeEndpointType
+from ..errors import DecodeError, ProtocolError
+from ..ike.engine import Engine
 from .checklist import CheckList, CheckListConfig, Datagram, PairState, PairStateChanged
-from .checks import Check
+from .checks import Check, decode_check
 from .endpoints import Addr, Endpoint, make_endpoint
 
 log = logging.getLogger("core_ike.me")
@@ -63,6 +66,17 @@ class Candidates:
     def relay(self, remote: Addr) -> bool:
         return any(e.type == MeEndpointType.RELAYED and e.address is not None and e.addr == remote
                    for e in self.remote)
+
+
+@dataclass
+class PathLink:
+    """Per-IKE_SA state: the connect ID of the watch that follows this IKE_SA. A rekeyed IKE_SA
+    continues it (RFC 7296 §2.18), so the watch moves on to the successor."""
+
+    connect_id: bytes = b""
+
+    def for_successor(self) -> PathLink:
+        return PathLink(self.connect_id)
 
 
 @dataclass(frozen=True)
@@ -207,9 +221,15 @@ class Paths:
             log.info("mediated IKE_SA %d is relayed: a direct pair is probed every %g s", uid, self.cfg.period)
         return True
 
-    def destroyed(self, uid: int) -> None:
+    def destroyed(self, uid: int, successor: int | None = None) -> None:
+        """The IKE_SA is gone; `successor`: the IKE_SA that rekeyed it (RFC 7296 §2.18) takes its watch."""
         self._cands.pop(uid, None)
-        self.watches.pop(uid, None)
+        w = self.watches.pop(uid, None)
+        if w is not None and successor is not None:
+            w.uid = successor
+            w.moves = [replace(m, ike_unique_id=successor) for m in w.moves]
+            self.watches[successor] = w
+            log.info("mediated IKE_SA %d rekeyed as %d: its path watch goes on", uid, successor)
 
     def receive(self, check: Check, src: Addr, dst: Addr, now: float) -> bool:
         hit = [w for w in self.watches.values() if w.cands.connect_id == check.connect_id]
@@ -235,3 +255,22 @@ class Paths:
         for w in self.watches.values():
             w.moves = []
         return out
+
+    def receive_message(self, msg: Message, src: Addr, dst: Addr, now: float) -> bool:
+        """A connectivity check ([ME] §5) for one of the watches: True when it took it."""
+        try:
+            check = decode_check(msg)
+        except (DecodeError, ProtocolError):
+            return False
+        return self.receive(check, src, dst, now)
+
+    def apply_moves(self, engine: Engine, now: float) -> None:
+        """Move the IKE_SAs (RFC 7296 §2.23 update, verified by a liveness check there) and report it."""
+        for move in self.moves():
+            log.info("mediated IKE_SA %d moves to %s[%d]: %s", move.ike_unique_id, *move.remote, move.reason)
+            engine.peer_mapping(move.ike_unique_id, move.remote, now)
+            sa = engine.by_uid.get(move.ike_unique_id)
+            if sa is None or sa.remote != move.remote:  # no NAT toward the peer: RFC 7296 §2.23 has no update
+                log.warning("mediated IKE_SA %d did not move to %s[%d]", move.ike_unique_id, *move.remote)
+                continue
+            engine.emit(move)

@@ -60,3 +60,24 @@ def test_relayed_tunnel_moves_to_direct_and_back_keeping_its_ike_sa() -> None:
     assert sa_a.remote == relay_a and sa_b.remote == relay_b  # bob followed over the relay
     assert sa_a.established and sa_b.established
     assert alice.engine.by_uid[up[0].unique_id] is sa_a  # one IKE_SA throughout
+
+
+def test_the_watch_follows_a_rekeyed_ike_sa() -> None:
+    """RFC 7296 §2.18: the IKE_SA that replaces the relayed one by a rekey is the one that moves."""
+    net = make_net(relay=RelayConfig(ports=(50000, 50009)), ccfg=client_config(upgrade=FAST), latency=0.005)
+    net.hook = _block_direct
+    register(net)
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    alice.ext.connect("bob", net.now)
+    net.run(30.0, until=lambda: bool(alice.of(mev.MediatedEstablished) or alice.of(mev.MediationFailed)))
+    up = alice.of(mev.MediatedEstablished)
+    assert up and up[0].remote[0] == MS_IP, alice.events
+    old = alice.engine.by_uid[up[0].unique_id]
+    alice.engine.rekey_ike(old, net.now)
+    net.run(2.0)
+    new = next(s for s in alice.engine.ike_sas() if s.established and s.name == "bob")
+    assert new.unique_id != old.unique_id and new.unique_id in alice.ext.paths.watches
+    net.hook = None
+    net.run(10.0, until=lambda: bool(_moves(alice)))
+    moved = _moves(alice)
+    assert moved and moved[0].ike_unique_id == new.unique_id and new.remote == (B_PUB, 4500), moved
