@@ -138,6 +138,7 @@ class ConnectionStatus:
     selected: str | None
     sa_id: int | None
     reason: str
+    path: str | None = None  # a tunnel that came up relayed: where it runs now (core_ike/me/upgrade.py)
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ class MediationClient(Extension):
             conns.append(ConnectionStatus(
                 att.name, str(att.peer), att.state.value, att.started,
                 att.connect_id.hex() if att.connect_id else None, tuple(str(p) for p in tried),
-                str(att.pair) if att.pair else None, att.sa_id, att.reason))
+                str(att.pair) if att.pair else None, att.sa_id, att.reason, self.paths.describe(att.sa_id)))
         targets = tuple(f"{s.connect_id.hex()} from '{s.peer}'" for s in self.sessions.values() if not s.initiator)
         return ClientStatus(tuple(meds), tuple(conns), targets)
 

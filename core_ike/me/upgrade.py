@@ -231,6 +231,15 @@ class Paths:
             self.watches[successor] = w
             log.info("mediated IKE_SA %d rekeyed as %d: its path watch goes on", uid, successor)
 
+    def describe(self, uid: int | None) -> str | None:
+        w = self.watches.get(uid) if uid is not None else None
+        if w is None:
+            return None
+        if w.direct is not None:
+            return f"direct to {w.direct.addr[0]}[{w.direct.addr[1]}] (moved off the relay)"
+        return (f"relayed through {w.relay[0]}[{w.relay[1]}], {w.rounds} probe rounds for a direct pair "
+                f"(every {w.cfg.period:g} s)")
+
     def receive(self, check: Check, src: Addr, dst: Addr, now: float) -> bool:
         hit = [w for w in self.watches.values() if w.cands.connect_id == check.connect_id]
         for w in hit:

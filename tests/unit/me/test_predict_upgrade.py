@@ -43,6 +43,8 @@ def test_relayed_tunnel_moves_to_direct_and_back_keeping_its_ike_sa() -> None:
     # blocked: the probe rounds find nothing, nothing moves
     net.run(12.0)
     assert _moves(alice) == [] and sa_a.remote == relay_a
+    (conn,) = alice.ext.status().connections
+    assert conn.path is not None and conn.path.startswith(f"relayed through {MS_IP}["), conn
 
     net.hook = None  # the direct path opens: the next round finds it
     net.run(10.0, until=lambda: bool(_moves(alice)))
@@ -51,6 +53,8 @@ def test_relayed_tunnel_moves_to_direct_and_back_keeping_its_ike_sa() -> None:
     net.run(2.0)
     assert sa_a.remote == (B_PUB, 4500) and sa_b.remote == (A_PUB, 4500)  # bob followed
     assert sa_a.established and sa_b.established and _moves(bob) == []  # the controlling side moves
+    (conn,) = alice.ext.status().connections
+    assert conn.path == f"direct to {B_PUB}[4500] (moved off the relay)", conn
 
     net.hook = _block_direct  # the direct path dies: the watch rounds go unanswered
     net.run(10.0, until=lambda: len(_moves(alice)) > 1)
