@@ -14,7 +14,8 @@ from ..constants import IKE_PORT, NATT_PORT
 from ..errors import LocalError
 from .identity import ANY, Identity
 
-AuthKind = Literal["psk", "pubkey"]
+# eap-*: RFC 7296 2.16, the local side as EAP peer (initiator), the remote side as EAP server (responder)
+AuthKind = Literal["psk", "pubkey", "eap-md5", "eap-mschapv2"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class AuthConfig:
     # in the credential store; "signature" selects AUTH method 14 (RFC 7427) or 1 (classic RSA).
     signature: Literal["rfc7427", "rsa", "rsa-pss"] = "rfc7427"
     certs: list[Any] = field(default_factory=list)  # local certificate(s) to send (cryptography x509)
+    # EAP identity (RFC 3748 5.1): local side, what we answer EAP-Identity with (None: the IKE identity);
+    # remote side, None asks the peer with EAP-Identity, else the identity whose secret is used
+    eap_id: str | None = None
 
 
 @dataclass

@@ -42,6 +42,23 @@ class Credentials:
     raw_keys: list[PublicKey] = field(default_factory=list)  # trusted keys found by key id
     cas: list[x509.Certificate] = field(default_factory=list)
     resolver: Callable[[Identity], PublicKey | None] | None = None
+    eap: list[SharedKey] = field(default_factory=list)  # EAP passwords (RFC 7296 2.16), by EAP identity
+
+    def add_eap_secret(self, secret: bytes | str, *ids: str | Identity) -> None:
+        s = secret.encode() if isinstance(secret, str) else secret
+        self.eap.append(SharedKey(s, [i if isinstance(i, Identity) else Identity.parse(i) for i in ids]))
+
+    def eap_secret(self, user: bytes) -> bytes | None:
+        """The password of EAP identity `user` (its text as received in EAP-Identity, RFC 3748 5.1):
+        an entry naming it wins over a wildcard one."""
+        text = user.decode("utf-8", "replace")
+        best: bytes | None = None
+        for sk in self.eap:
+            if not sk.ids or any(i.is_any for i in sk.ids):
+                best = best if best is not None else sk.secret
+            elif any(str(i) == text or i.canonical() == text for i in sk.ids):
+                return sk.secret
+        return best
 
     def add_psk(self, secret: bytes | str, *ids: str | Identity) -> None:
         s = secret.encode() if isinstance(secret, str) else secret

@@ -383,7 +383,10 @@ class Engine:
                 continue
             if wanted is not None and not c.local.id.is_any and c.local.id != wanted:
                 continue
-            if (method == 2) != (c.remote.auth == "psk"):
+            if auth is None:
+                if not c.remote.auth.startswith("eap-"):  # RFC 7296 2.16: no AUTH asks for EAP
+                    continue
+            elif (method == 2) != (c.remote.auth == "psk") or c.remote.auth.startswith("eap-"):
                 continue
             score = (2 if not c.remote.id.is_any else 1) + sum(x.config_score(c, sa) for x in self.extensions)
             if any(x.config_score(c, sa) < 0 for x in self.extensions):

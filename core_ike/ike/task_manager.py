@@ -26,6 +26,7 @@ from .fragments import FragmentReceiver
 from .state import ChildState, IkeState
 from .tasks.child_create import ChildCreate
 from .tasks.collisions import check_create_child
+from .tasks.eap_auth import eap_round, with_first_request
 from .tasks.ike_auth import IkeAuth
 from .tasks.ike_init import IkeInit
 from .tasks.ike_rekey import IkeRekey
@@ -126,12 +127,13 @@ class TaskManager:
         tasks += sa.engine.extension_tasks(sa, exchange, True, None)
         self._send_request(exchange, tasks, now)
 
-    def _send_request(self, exchange: int, tasks: list[Task], now: float) -> None:
+    def _send_request(self, exchange: int, tasks: list[Task], now: float,
+                      builders: list[Task] | None = None) -> None:
         sa = self.sa
         mid = self.my_mid
         msg = self.new_message(exchange, False, mid)
         try:
-            for t in tasks:
+            for t in tasks if builders is None else builders:
                 t.build_i(sa, msg, now)
         except ProtocolError as e:  # e.g. our own credentials are missing: fail with the reason
             self._task_failed(Outstanding(mid, exchange, tasks, [], 0, now), failure_of(e), now)
@@ -220,6 +222,12 @@ class TaskManager:
                 if st is Status.RESTART:
                     restart = True
                 elif st is Status.NEED_MORE:
+                    if out.exchange == ExchangeType.IKE_AUTH:
+                        # RFC 7296 2.16: another IKE_AUTH round (EAP), built by this task alone; the
+                        # other tasks of the exchange process the final response
+                        self.my_mid += 1
+                        self._send_request(out.exchange, out.tasks, now, builders=[t])
+                        return
                     self.queue.insert(0, t)
         except ProtocolError as e:
             self._task_failed(out, failure_of(e), now)
@@ -257,6 +265,8 @@ class TaskManager:
             return
         resp = self.new_message(msg.exchange, True, mid)
         try:
+            if msg.exchange == ExchangeType.IKE_AUTH:
+                msg = with_first_request(sa, msg)  # RFC 7296 2.16: the final request of EAP
             tasks = self.responder_tasks(msg)  # may refuse, e.g. CHILD_SA_NOT_FOUND
             for t in tasks:
                 t.process_r(sa, msg, now)
@@ -327,6 +337,8 @@ class TaskManager:
             tasks = [IkeInit()]
         elif x == ExchangeType.IKE_AUTH:
             tasks = [IkeAuth()]
+            if eap_round(sa, msg):  # RFC 7296 2.16: SA and TS are answered with the final AUTH
+                return tasks
             if msg.get(PayloadType.SA) is not None:
                 tasks.append(ChildCreate(None, in_auth=True))
         elif x == ExchangeType.CREATE_CHILD_SA:

@@ -18,6 +18,7 @@ from ...errors import AuthenticationFailed, ProtocolError
 from ..context import Identity, IkeSaView, PublicKey, Status, Task
 from ..context import events as ev
 from ..state import IkeState
+from . import eap_auth as eap
 
 log = logging.getLogger("core_ike.ike")
 
@@ -178,6 +179,10 @@ class IkeAuth(Task):
 
     # ---------------------------------------------------------------- initiator
     def build_i(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        st = eap.peer_state(sa)
+        if st is not None:  # RFC 7296 2.16: a later round of EAP
+            eap.peer_build(sa, st, msg)
+            return
         sa.my_id = _my_identity(sa)
         sa.peer_id = sa.config.remote.id
         idi = _id_payload(PayloadType.IDi, sa.my_id)
@@ -186,17 +191,26 @@ class IkeAuth(Task):
         _add_certreq(sa, msg)
         if not sa.config.remote.id.is_any:
             msg.payloads.append(_id_payload(PayloadType.IDr, sa.config.remote.id))
-        build_auth(sa, msg, True, idi)
+        if eap.is_eap(sa.config.local.auth):
+            eap.start_peer(sa, idi)  # RFC 7296 2.16: no AUTH, we authenticate with EAP
+        else:
+            build_auth(sa, msg, True, idi)
         if sa.ctx.is_first_contact(sa):
             msg.payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
 
     def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
+        st = eap.peer_state(sa)
         for n in msg.get_all(PayloadType.NOTIFY):
             assert isinstance(n, NotifyPayload)
             if int(n.type) == NotifyType.AUTHENTICATION_FAILED:
                 raise AuthenticationFailed("peer reported AUTHENTICATION_FAILED: it did not accept our credentials")
             if n.is_error and int(n.type) not in _CHILD_ERRORS:
                 raise ProtocolError(f"received {name_of(NotifyType, int(n.type))} notify error", int(n.type))
+        if st is not None and st.peer_id_body:  # a later EAP round (RFC 7296 2.16)
+            if not eap.peer_process(sa, st, msg):
+                return Status.NEED_MORE
+            established(sa, now)
+            return Status.DONE
         idr = msg.get(PayloadType.IDr)
         if not isinstance(idr, IdPayload):
             raise ProtocolError("IDr payload missing", NotifyType.INVALID_SYNTAX)
@@ -205,11 +219,18 @@ class IkeAuth(Task):
             raise AuthenticationFailed(f"peer identity '{got}' does not match '{sa.config.remote.id}'")
         sa.peer_id = got
         verify_auth(sa, msg, False, idr)
+        if st is not None:
+            eap.peer_first_response(sa, st, msg, idr)
+            return Status.NEED_MORE
         established(sa, now)
         return Status.DONE
 
     # ---------------------------------------------------------------- responder
     def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        st = eap.server_state(sa)
+        if st is not None:  # a later EAP round (RFC 7296 2.16)
+            eap.server_process(sa, st, msg)
+            return
         idi = msg.get(PayloadType.IDi)
         if not isinstance(idi, IdPayload):
             raise ProtocolError("IDi payload missing", NotifyType.INVALID_SYNTAX)
@@ -225,14 +246,25 @@ class IkeAuth(Task):
         log.info("looking for peer configs matching %s[%s]...%s[%s]: selected '%s'",
                  sa.local[0], wanted or "%any", sa.remote[0], sa.peer_id, cfg.name)
         sa.my_id = wanted if wanted is not None and cfg.local.id.is_any else _my_identity(sa)
+        if msg.get(PayloadType.AUTH) is None and eap.is_eap(cfg.remote.auth):
+            eap.start_server(sa, msg, idi)
+            return
         verify_auth(sa, msg, True, idi)
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         assert sa.my_id is not None
+        st = eap.server_state(sa)
+        if st is not None and st.id_body:  # a later EAP round: EAP, or the final AUTH with the MSK
+            if eap.server_build(sa, st, msg):
+                established(sa, now)
+            return
         idr = _id_payload(PayloadType.IDr, sa.my_id)
         msg.payloads.insert(0, idr)
         _add_certs(sa, msg)
         build_auth(sa, msg, False, idr)
+        if st is not None:  # RFC 7296 2.16: our AUTH, then EAP
+            eap.server_build_first(st, msg, idr)
+            return
         established(sa, now)
 
 

@@ -1,0 +1,125 @@
+"""IKE_AUTH with EAP (RFC 7296 2.16) between two in-memory engines on a fake clock: the responder
+authenticates with its PSK or key, then EAP-Identity and the method, then AUTH with the MSK (or SK_p)."""
+
+from __future__ import annotations
+
+import pytest
+from ike_pair import Pair, make_pair
+
+from core_ike.constants import NotifyType
+from core_ike.ike import events as ev
+from core_ike.ike.config import AuthConfig
+from core_ike.ike.identity import Identity
+from core_ike.ike.sa import IkeState
+
+
+def _eap_pair(method: str, auth: str = "psk", peer_pw: str = "carol-pw", server_pw: str | None = "carol-pw",
+              peer_method: str | None = None, eap_id: str | None = None) -> Pair:
+    p = make_pair(auth=auth)
+    cfg_a, cfg_b = p.a.configs[0], p.b.configs[0]
+    # a: road warrior, EAP peer; b: gateway with PSK/pubkey AUTH, EAP server
+    cfg_a.local = AuthConfig(peer_method or method, Identity.parse("alice@test"), eap_id=eap_id)  # type: ignore[arg-type]
+    cfg_b.remote = AuthConfig(method, Identity.parse("%any"))  # type: ignore[arg-type]
+    p.a.creds.add_eap_secret(peer_pw, eap_id or "alice@test")
+    if server_pw is not None:
+        p.b.creds.add_eap_secret(server_pw, eap_id or "alice@test")
+    return p
+
+
+def _up(p: Pair) -> None:
+    p.a.initiate("home", now=p.now)
+    p.pump()
+
+
+@pytest.mark.parametrize("auth", ["psk", "pubkey"])
+@pytest.mark.parametrize("method", ["eap-md5", "eap-mschapv2"])
+def test_eap_establishes_ike_and_child(method: str, auth: str) -> None:
+    p = _eap_pair(method, auth)
+    _up(p)
+    (ia,) = p.of("a", ev.IkeSaEstablished)
+    (ib,) = p.of("b", ev.IkeSaEstablished)
+    assert ia.spi_i == ib.spi_i and ib.remote_id == "alice@test"
+    (ca,) = p.of("a", ev.ChildSaEstablished)
+    (cb,) = p.of("b", ev.ChildSaEstablished)
+    assert ca.keys.key_out == cb.keys.key_in and ca.keys.spi_in == cb.keys.spi_out
+    assert ca.local_ts == ("10.1.0.0/24",) and cb.local_ts == ("10.2.0.0/24",)
+    # IKE_SA_INIT, IKE_AUTH(IDi, SA, TS), EAP-Identity, the method (MD5: 1 round, MSCHAPv2: 2), final AUTH
+    requests = [d for side, d in p.wire if side == "a->b"]
+    assert len(requests) == (5 if method == "eap-md5" else 6)
+    sa_a = next(iter(p.a.sas.values()))
+    assert sa_a.state is IkeState.ESTABLISHED
+
+
+def test_eap_identity_other_than_ike_identity() -> None:
+    p = _eap_pair("eap-mschapv2", eap_id="carol")
+    _up(p)
+    assert p.of("b", ev.IkeSaEstablished) and p.of("a", ev.ChildSaEstablished)
+
+
+@pytest.mark.parametrize("method", ["eap-md5", "eap-mschapv2"])
+def test_wrong_password_fails_both_sides(method: str) -> None:
+    p = _eap_pair(method, server_pw="the-real-one")
+    _up(p)
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED and fa.authentication
+    assert "AUTHENTICATION_FAILED" in fa.reason
+    assert fb.authentication and "wrong password" in fb.reason and "'alice@test'" in fb.reason
+    assert not p.a.sas and not p.b.sas
+    assert not p.of("a", ev.ChildSaEstablished) and not p.of("b", ev.ChildSaEstablished)
+
+
+def test_nak_to_another_method() -> None:
+    p = _eap_pair("eap-md5", peer_method="eap-mschapv2")
+    _up(p)
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert "EAP-Nak, it proposes EAP-MSCHAPv2" in fb.reason
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED
+    assert not p.a.sas and not p.b.sas
+
+
+def test_missing_secret_on_server() -> None:
+    p = _eap_pair("eap-md5", server_pw=None)
+    _up(p)
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert "no EAP secret found for 'alice@test'" in fb.reason
+    assert p.of("a", ev.IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
+
+
+def test_missing_secret_on_peer() -> None:
+    p = _eap_pair("eap-md5")
+    p.a.creds.eap.clear()
+    _up(p)
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    assert "no EAP secret found for 'alice@test'" in fa.reason
+    assert not p.of("b", ev.IkeSaEstablished)
+
+
+def test_server_without_eap_config_refuses_request_without_auth() -> None:
+    p = _eap_pair("eap-md5")
+    p.b.configs[0].remote = AuthConfig("psk", Identity.parse("alice@test"))
+    _up(p)
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert "no matching peer config" in fb.reason
+    assert p.of("a", ev.IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
+
+
+def test_lost_eap_round_is_retransmitted() -> None:
+    p = _eap_pair("eap-mschapv2")
+    dropped: list[int] = []
+
+    def drop(side: str, data: bytes) -> bool:
+        # lose the first EAP response of the peer once (its 3rd request: after IKE_SA_INIT and IKE_AUTH 1)
+        n = sum(1 for s, _ in p.wire if s == "a->b")
+        if side == "a->b" and n == 3 and not dropped:
+            dropped.append(n)
+            return True
+        return False
+
+    p.drop = drop
+    _up(p)
+    assert dropped and not p.of("a", ev.IkeSaEstablished)
+    p.advance(5)
+    assert p.of("a", ev.IkeSaEstablished) and p.of("b", ev.IkeSaEstablished)
+    assert p.of("a", ev.ChildSaEstablished)
