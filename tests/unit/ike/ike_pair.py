@@ -85,8 +85,8 @@ class Pair:
         return [e for e in (self.events_a if side == "a" else self.events_b) if isinstance(e, kind)]
 
 
-def make_pair(
-    proposals: str = "aes128gcm16-prfsha256-x25519", esp: str = "aes128gcm16", auth: str = "psk",
+def make_pair(  # noqa: PLR0913 - a test factory: each parameter has a default, callers name what they vary
+    proposals: str = "aes128gcm16-prfsha256-x25519", esp: str = "aes128gcm16", auth: str = "psk", *,
     a_kw: dict | None = None, b_kw: dict | None = None, b_proposals: str | None = None,
     b_esp: str | None = None, engine_b: EngineConfig | None = None, a_conf: dict | None = None,
     b_conf: dict | None = None, seed: int = 0,

@@ -195,7 +195,7 @@ def _peer_engine(me: str, other: str, ip: str, local_net: str, remote_net: str, 
     return engine, MediationClient(engine, ccfg)
 
 
-def make_net(*, latency: float = 0.0, symmetric: tuple[bool, bool] = (False, False),
+def make_net(*, latency: float = 0.0, symmetric: tuple[bool, bool] = (False, False),  # noqa: PLR0913 - test options, all defaulted
              registry: Registry | None = None, ccfg: MediationClientConfig | None = None,
              with_server: bool = True, server_ext: bool = True, psk_alice: str = "alice-medsrv-secret",
              med_child: bool = False, same_nat: bool = False, relay: RelayConfig | None = None) -> Net:
