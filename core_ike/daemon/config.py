@@ -478,7 +478,9 @@ def _auth(d: dict[str, Any], base: Path, where: str = "[connections.*.local]") -
     check_keys(where, d, AUTH_KEYS)
     a = AuthConfig()
     if "auth" in d:
-        a.auth = cast(AuthKind, _choice(where, "auth", d["auth"], ("psk", "pubkey")))
+        a.auth = cast(AuthKind, _choice(where, "auth", d["auth"], ("psk", "pubkey", "eap-md5", "eap-mschapv2")))
+    if "eap_id" in d:
+        a.eap_id = _str(where, "eap_id", d["eap_id"])
     if "id" in d:
         a.id = _identity(where, "id", d["id"])
     if "signature" in d:
@@ -540,11 +542,12 @@ MEDIATION_DPD_DELAY = 20.0
 
 # the keys each table accepts (docs/configuration.md documents exactly these; tests compare them)
 CONNECTION_KEYS = (*_CONN_CHECKS, "mediation_peer", "local", "remote", "retransmit", "children")
-AUTH_KEYS = ("auth", "id", "signature", "certs")
+AUTH_KEYS = ("auth", "id", "signature", "certs", "eap_id")
 RETRANSMIT_KEYS = ("timeout", "base", "tries", "early_timeout", "early_base")
 CHILD_KEYS = ("local_ts", "remote_ts", "esp_proposals", "start_action", "mode", "rekey_time", "life_time",
               "replay_window")
-SECRET_KEYS = {"ike": ("id", "secret"), "private": ("file",), "pubkey": ("file", "id"), "ca": ("file",)}
+SECRET_KEYS = {"ike": ("id", "secret"), "eap": ("id", "secret"), "private": ("file",), "pubkey": ("file", "id"),
+               "ca": ("file",)}
 
 
 def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
@@ -604,7 +607,7 @@ def secrets(d: dict[str, Any], base: Path) -> Credentials:
             raise LocalError(f"[[secrets.{kind}]] must be an array of tables ([[secrets.{kind}]] blocks)")
         for e in entries:
             check_keys(f"[[secrets.{kind}]]", _table(f"[[secrets.{kind}]]", e), SECRET_KEYS[kind])
-            if kind != "ike" and "file" not in e:
+            if kind not in ("ike", "eap") and "file" not in e:
                 raise LocalError(f"[[secrets.{kind}]] needs file")
     creds = Credentials()
     for s in d.get("ike", []):
@@ -614,6 +617,13 @@ def secrets(d: dict[str, Any], base: Path) -> Credentials:
         ids = [ids] if isinstance(ids, str) else _strs("[[secrets.ike]]", "id", ids)
         creds.add_psk(_str("[[secrets.ike]]", "secret", s["secret"]),
                       *(_identity("[[secrets.ike]]", "id", i) for i in ids))
+    for s in d.get("eap", []):  # EAP passwords by EAP identity (RFC 7296 2.16, RFC 3748 5.1)
+        if "secret" not in s:
+            raise LocalError("[[secrets.eap]] needs secret")
+        ids = s.get("id", [])
+        ids = [ids] if isinstance(ids, str) else _strs("[[secrets.eap]]", "id", ids)
+        creds.add_eap_secret(_str("[[secrets.eap]]", "secret", s["secret"]),
+                             *(_identity("[[secrets.eap]]", "id", i) for i in ids))
     for s in d.get("private", []):
         creds.private_keys.append(_private_key("[[secrets.private]]", base, s["file"]))
     for s in d.get("pubkey", []):

@@ -134,6 +134,7 @@ def _load_client(text: str, base: Path) -> DaemonConfig:
 _WRAP: dict[str, tuple[str, Callable[[str, Path], Any]]] = {
     "iked.daemon": ("[daemon]\n{kv}\n", lambda t, b: _load(t, b)),
     "iked.secrets.ike": ('[[secrets.ike]]\nsecret = "s"\n{kv}\n', lambda t, b: _load(t, b)),
+    "iked.secrets.eap": ('[[secrets.eap]]\nsecret = "s"\n{kv}\n', lambda t, b: _load(t, b)),
     "iked.secrets.private": ('[[secrets.private]]\nfile = "alice.key"\n{kv}\n', lambda t, b: _load(t, b)),
     "iked.secrets.pubkey": ('[[secrets.pubkey]]\nfile = "bob.pub"\n{kv}\n', lambda t, b: _load(t, b)),
     "iked.secrets.ca": ('[[secrets.ca]]\nfile = "ca.pem"\n{kv}\n', lambda t, b: _load(t, b)),
