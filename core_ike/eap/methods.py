@@ -91,7 +91,7 @@ class EapPeer:
             return EapPacket(EapCode.RESPONSE, pkt.identifier, EapType.NAK, bytes([self.method]))
         if t == EapType.MD5:
             challenge = _md5_value(pkt.data)
-            value = hashlib.md5(bytes([pkt.identifier]) + self.password + challenge).digest()  # noqa: S324
+            value = hashlib.md5(bytes([pkt.identifier]) + self.password + challenge).digest()  # RFC 3748 5.4: MD5
             self._done = True
             return EapPacket(EapCode.RESPONSE, pkt.identifier, EapType.MD5,
                              bytes([16]) + value + self.identity)
@@ -211,7 +211,7 @@ class EapServer:
 
     def _md5(self, pkt: EapPacket) -> EapPacket:
         value = _md5_value(pkt.data)
-        expected = hashlib.md5(bytes([pkt.identifier]) + self._secret() + self._challenge).digest()  # noqa: S324
+        expected = hashlib.md5(bytes([pkt.identifier]) + self._secret() + self._challenge).digest()  # RFC 3748 5.4
         if not hmac.compare_digest(expected, value):
             raise EapFailed(f"EAP-MD5 verification of '{self._user()}' failed: wrong password")
         return self._success()

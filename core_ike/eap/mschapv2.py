@@ -43,7 +43,7 @@ def _des_key(k7: bytes) -> bytes:
 
 def _des(key7: bytes, block: bytes) -> bytes:
     k = _des_key(key7)
-    enc = Cipher(TripleDES(k + k + k), modes.ECB()).encryptor()  # noqa: S305 - RFC 2759 8.6 mandates DES-ECB
+    enc = Cipher(TripleDES(k + k + k), modes.ECB()).encryptor()  # RFC 2759 8.6 mandates DES-ECB
     return enc.update(block) + enc.finalize()
 
 

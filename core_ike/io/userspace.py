@@ -90,7 +90,7 @@ class UserspaceDataPlane:
     name = "userspace"
     esp_transforms = USERSPACE  # everything EspSa runs: AES-GCM/CCM 8/12/16, ChaCha20-Poly1305, AES-CBC+HMAC
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only settings, each defaulted; choose_backend passes them by name
         self,
         send_udp: SendDatagram | None = None,
         *,

@@ -276,7 +276,7 @@ def test_starter_and_our_loader_agree_on_also_default_and_more(two_hosts_per_mod
     starter = Starter(lab, "bob", d / "ipsec.conf", d / "ipsec.secrets", name="starter-rich")
     try:
         starter.start()
-        theirs = wait_for(lambda: (c := starter.list_conns()) and len(c) == 3 and c or None, 10,
+        theirs = wait_for(lambda: ((c := starter.list_conns()) and len(c) == 3 and c) or None, 10,
                           what="the starter's three conns in charon")
         status = starter.statusall()
     finally:

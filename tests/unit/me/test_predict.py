@@ -30,7 +30,7 @@ from core_ike.me.predict import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
-from mex_net import B_PUB, client_config, make_net, register  # noqa: E402
+from mex_net import B_PUB, client_config, make_net, register
 
 BASE = ("10.2.0.2", 4500)
 

@@ -13,7 +13,7 @@ from core_ike.me.upgrade import PathChanged, UpgradeConfig
 from mediation_server.datarelay import RelayConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
-from mex_net import A_PUB, B_PUB, MS_IP, client_config, make_net, register  # noqa: E402
+from mex_net import A_PUB, B_PUB, MS_IP, client_config, make_net, register
 
 FAST = UpgradeConfig(period=5.0, round_time=1.0, watch=1.0, misses=2)
 
