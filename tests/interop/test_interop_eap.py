@@ -1,0 +1,213 @@
+"""EAP in IKE_AUTH (RFC 7296 2.16) with a real strongSwan charon and its eap-identity, eap-md5 and
+eap-mschapv2 plugins, in both directions.
+
+alice 192.0.2.1 runs our iked, bob 192.0.2.2 runs charon. The gateway authenticates itself with a PSK
+AUTH and asks the road warrior for EAP-Identity, then runs the method; each side then sends the final
+AUTH computed with the MSK (EAP-MSCHAPv2) or SK_p (EAP-MD5). Per method and direction there is a
+connection whose EAP password both sides agree on, and one where the road warrior has a wrong one:
+that one fails with AUTHENTICATION_FAILED and a reason naming the wrong password on the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from scenarios.lab import Lab
+from scenarios.lab.charon import PLUGINS, Charon, CharonError
+from scenarios.lab.iked import Iked, IkedError
+from scenarios.lab.netns import wait_for
+from tests.guards import needs
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.interop,
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
+]
+
+A, B, A_IN, B_IN = "192.0.2.1", "192.0.2.2", "10.10.1.1", "10.10.2.1"
+PSK = "eap-gateway-psk-0123456789"
+METHODS = ("md5", "mschapv2")
+GOOD, BAD = "correct horse battery", "wrong password"
+
+
+def _cases() -> list[tuple[str, str, bool]]:
+    """(connection name, method, good password); ours-* : iked is the EAP peer, charon the gateway."""
+    return [(f"{who}-{m}-{'ok' if ok else 'bad'}", m, ok) for who in ("ours", "theirs") for m in METHODS
+            for ok in (True, False)]
+
+
+def _user(conn: str) -> str:
+    """The EAP identity of a connection's road warrior (not its IKE identity: EAP-Identity is used)."""
+    return conn.replace("-", "_")
+
+
+def _charon_conf() -> str:
+    conns, secrets = [], []
+    for name, m, ok in _cases():
+        rw = f"{name}@lab"
+        if name.startswith("ours"):  # charon is the gateway: PSK AUTH, then EAP-Identity and the method
+            local = "      auth = psk\n      id = bob@lab"
+            remote = f"      auth = eap-{m}\n      id = {rw}\n      eap_id = %any"
+            gw_id = "bob@lab"
+        else:  # charon is the road warrior: no AUTH, EAP with its own EAP identity
+            local = f"      auth = eap-{m}\n      id = {rw}\n      eap_id = {_user(name)}"
+            remote = "      auth = psk\n      id = alice@lab"
+            gw_id = "alice@lab"
+        conns.append(f"""  {name} {{
+    local_addrs = {B}
+    remote_addrs = {A}
+    proposals = aes128gcm16-prfsha256-x25519
+    rekey_time = 0
+    local {{
+{local}
+    }}
+    remote {{
+{remote}
+    }}
+    children {{
+      net {{
+        local_ts = {B_IN}/32
+        remote_ts = {A_IN}/32
+        esp_proposals = aes128gcm16
+        rekey_time = 0
+      }}
+    }}
+  }}""")
+        # charon's copy of the EAP password: the gateway's is always the right one, the road warrior's
+        # the wrong one in the -bad cases
+        pw = GOOD if ok or name.startswith("ours") else BAD
+        secrets.append(f'  eap-{name} {{\n    id = {_user(name)}\n    secret = "{pw}"\n  }}')
+        secrets.append(f'  ike-{name} {{\n    id-1 = {gw_id}\n    id-2 = {rw}\n    secret = "{PSK}"\n  }}')
+    return "connections {\n" + "\n".join(conns) + "\n}\nsecrets {\n" + "\n".join(secrets) + "\n}\n"
+
+
+def _iked_toml() -> str:
+    out = [f"""[daemon]
+listen = ["{A}"]
+control = "@CTL@"
+dataplane = "userspace"
+"""]
+    for name, m, ok in _cases():
+        rw = f"{name}@lab"
+        if name.startswith("ours"):  # we are the road warrior, EAP peer
+            local = f'{{ auth = "eap-{m}", id = "{rw}", eap_id = "{_user(name)}" }}'
+            remote = '{ auth = "psk", id = "bob@lab" }'
+            gw_id = "bob@lab"
+            pw = GOOD if ok else BAD
+        else:  # we are the gateway: PSK AUTH, then EAP-Identity and the method
+            local = '{ auth = "psk", id = "alice@lab" }'
+            remote = f'{{ auth = "eap-{m}", id = "{rw}" }}'
+            gw_id = "alice@lab"
+            pw = GOOD
+        out.append(f"""[[secrets.ike]]
+id = ["{gw_id}", "{rw}"]
+secret = "{PSK}"
+[[secrets.eap]]
+id = "{_user(name)}"
+secret = "{pw}"
+
+[connections.{name}]
+local_addrs = ["{A}"]
+remote_addrs = ["{B}"]
+proposals = "aes128gcm16-prfsha256-x25519"
+rekey_time = 0
+local = {local}
+remote = {remote}
+[connections.{name}.children.net]
+local_ts = ["{A_IN}/32"]
+remote_ts = ["{B_IN}/32"]
+esp_proposals = "aes128gcm16"
+rekey_time = 0
+""")
+    return "\n".join(out)
+
+
+class Eap:
+    def __init__(self, lab: Lab, iked: Iked, charon: Charon) -> None:
+        self.lab, self.iked, self.charon = lab, iked, charon
+
+    def clear(self) -> None:
+        self.iked.down_all()
+        self.charon.terminate_all()
+        wait_for(lambda: not self.iked.list_sas() and not self.charon.list_sas(), 10, what="SAs gone")
+
+
+@pytest.fixture(scope="module")
+def eap(two_hosts_per_module: Lab) -> Iterator[Eap]:
+    lab = two_hosts_per_module
+    charon = Charon(lab, "bob", name="charon-eap", conf=_charon_conf(), settings="retransmit_tries = 2",
+                    plugins=PLUGINS + " md5 eap-identity eap-md5 eap-mschapv2")
+    iked = Iked(lab, "alice", _iked_toml(), name="iked-eap")
+    charon.start()
+    iked.start()
+    try:
+        yield Eap(lab, iked, charon)
+    finally:
+        iked.stop()
+        charon.stop()
+
+
+def _tunnel_works(e: Eap, conn: str) -> None:
+    theirs = e.charon.wait_child("net", timeout=10)
+    sas = e.iked.wait_sas(lambda s: len(s) == 1 and len(s[0]["child-sas"]) == 1
+                          and s[0]["child-sas"][0]["state"] == "INSTALLED")
+    ours = sas[0]
+    assert ours["name"] == conn
+    assert ours["child-sas"][0]["spi-in"] == theirs["spi-out"]
+    assert ours["child-sas"][0]["spi-out"] == theirs["spi-in"]
+    assert e.lab.ping("alice", B_IN, source=A_IN, count=2, interval=0.05)[1] == 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ours_as_eap_peer_with_charon_gateway(eap: Eap, method: str) -> None:
+    conn = f"ours-{method}-ok"
+    eap.clear()
+    mark = eap.charon.log_mark()
+    eap.iked.up(conn, "net")
+    _tunnel_works(eap, conn)
+    log = eap.charon.log_text(mark)
+    assert "EAP_IDENTITY" in log  # charon asked for our EAP identity
+    assert f"EAP method EAP_{method.upper()} succeeded" in log
+    assert ("MSK established" if method == "mschapv2" else "no MSK established") in log
+    assert f"authentication of '{conn}@lab' with EAP successful" in log
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_charon_as_eap_peer_with_our_gateway(eap: Eap, method: str) -> None:
+    conn = f"theirs-{method}-ok"
+    eap.clear()
+    mark = eap.charon.log_mark()
+    eap.charon.initiate(child="net", ike=conn, timeout=20)
+    _tunnel_works(eap, conn)
+    log = eap.charon.log_text(mark)
+    assert f"EAP method EAP_{method.upper()} succeeded" in log
+    assert "authentication of 'alice@lab' with EAP successful" in log  # our final MSK/SK_p AUTH
+    ours = eap.iked.log_text()
+    assert f"EAP method EAP-{'MD5' if method == 'md5' else 'MSCHAPv2'} of '{_user(conn)}' succeeded" in ours
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_wrong_password_ours_as_peer(eap: Eap, method: str) -> None:
+    conn = f"ours-{method}-bad"
+    eap.clear()
+    mark = eap.charon.log_mark()
+    with pytest.raises(IkedError) as exc:
+        eap.iked.up(conn, "net")
+    assert "AUTHENTICATION_FAILED" in str(exc.value) or "EAP-Failure" in str(exc.value)
+    eap.charon.wait_log(f"EAP method EAP_{method.upper()} failed", timeout=5, since=mark)
+    wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_wrong_password_charon_as_peer(eap: Eap, method: str) -> None:
+    conn = f"theirs-{method}-bad"
+    eap.clear()
+    mark = eap.charon.log_mark()
+    with pytest.raises(CharonError):
+        eap.charon.initiate(child="net", ike=conn, timeout=20)
+    eap.charon.wait_log("received AUTHENTICATION_FAILED notify error", timeout=5, since=mark)
+    name = "MD5" if method == "md5" else "MSCHAPv2"
+    assert f"EAP-{name} verification of '{_user(conn)}' failed: wrong password" in eap.iked.log_text()
+    wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
