@@ -54,6 +54,9 @@ def sa_info(sa: IkeSa, now: float,
         "nat-local": sa.nat_here, "nat-remote": sa.nat_there, "proposal": sa.proposal_text,
         "established": round(now - sa.established_at) if sa.established_at else None,
         "rekey-time": round(sa.rekey_at - now) if sa.rekey_at else None,
+        # RFC 7296 2.19: the virtual IP the peer gave us, the one we gave the peer
+        "local-vips": [str(sa.vip)] if sa.vip is not None else [],
+        "remote-vips": [str(sa.peer_vip)] if sa.peer_vip is not None else [],
         "child-sas": children,
     }
 
