@@ -359,8 +359,11 @@ def check_choice(choices: tuple[str, ...]) -> Check:
     return lambda w, k, v: _choice(w, k, v, choices)
 
 
+_IFNAMSIZ = 16  # Linux interface names: at most 15 octets and the terminating NUL
+
+
 def _ifname(where: str, key: str, v: Any) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= 15 or "/" in v or v.strip() != v:
+    if not isinstance(v, str) or not 0 < len(v) < _IFNAMSIZ or "/" in v or v.strip() != v:
         raise LocalError(f"{where} {key}: {show(v)} is not an interface name (1-15 characters, no '/')")
     return v
 
@@ -421,11 +424,14 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
 }
 
 
+_MAX_WORKERS = 64
+
+
 def _workers(where: str, key: str, v: Any) -> int:
     """A number of processes (1-64: the first octet of an SPI names the worker), or "auto" (0: one per CPU)."""
     if v == "auto":
         return 0
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _MAX_WORKERS:
         raise LocalError(f"{where} {key}: expected an integer 1-64 or \"auto\", got {show(v)}")
     return v
 

@@ -55,6 +55,7 @@ log = logging.getLogger("core_ike.io.userspace")
 IPPROTO_ESP = 50
 _ROUTED = (PolicyAction.PROTECT, PolicyAction.TRAP)
 _READ_BATCH = 64  # packets per readiness callback
+_FLOW_CACHE_MAX = 65536  # flows remembered per direction; past it the cache starts afresh (bounded memory)
 
 
 @dataclass(slots=True)
@@ -420,7 +421,7 @@ class UserspaceDataPlane:
             st = self._out_cache[key]
         except KeyError:
             st = self._lookup_out(bytes(pkt))
-            if len(self._out_cache) > 65536:
+            if len(self._out_cache) > _FLOW_CACHE_MAX:
                 self._out_cache.clear()
             self._out_cache[key] = st
         if st is None:
@@ -543,7 +544,7 @@ class UserspaceDataPlane:
                 )
             )
             if not self._needs_ports():
-                if len(self._in_cache) > 65536:
+                if len(self._in_cache) > _FLOW_CACHE_MAX:
                     self._in_cache.clear()
                 self._in_cache[key] = ok
         return ok
