@@ -71,7 +71,7 @@ def test_the_watch_follows_a_rekeyed_ike_sa() -> None:
     net = make_net(relay=RelayConfig(ports=(50000, 50009)), ccfg=client_config(upgrade=FAST), latency=0.005)
     net.hook = _block_direct
     register(net)
-    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    alice = net.nodes["alice"]
     alice.ext.connect("bob", net.now)
     net.run(30.0, until=lambda: bool(alice.of(mev.MediatedEstablished) or alice.of(mev.MediationFailed)))
     up = alice.of(mev.MediatedEstablished)
