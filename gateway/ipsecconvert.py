@@ -95,7 +95,9 @@ def _auth(v: str, where: str) -> AuthKind:
         return "psk"
     if v in ("pubkey", "rsa", "rsasig", "ecdsa", "ecdsasig", "rsa-2048", "ed25519") or v.startswith(("rsa", "ecdsa")):
         return "pubkey"
-    raise LocalError(f"{where}: authentication {v!r} is not supported (psk or pubkey; EAP is not yet)")
+    if v in ("eap-md5", "eap-mschapv2"):  # RFC 7296 2.16
+        return cast(AuthKind, v)
+    raise LocalError(f"{where}: authentication {v!r} is not supported (psk, pubkey, eap-md5 or eap-mschapv2)")
 
 
 def _authby(v: str, where: str) -> AuthKind:
@@ -189,6 +191,7 @@ def convert_conn(name: str, keys: dict[str, str], base: Path, setup: dict[str, s
     remote_id = identity(other("id") or "") if other("id") else (identity(remote_ip) if remote_ip else ANY)
     cfg.local = AuthConfig(local_auth, local_id, certs=cast(list[Any], certs))
     cfg.remote = AuthConfig(remote_auth, remote_id)
+    _eap_identity(cfg, keys.get("eap_identity"))
     if "ike" in keys:
         cfg.proposals = _proposals(keys["ike"])
         parse_ike_proposals(cfg.proposals)
@@ -215,6 +218,18 @@ def convert_conn(name: str, keys: dict[str, str], base: Path, setup: dict[str, s
         cfg.mediation_peer = identity(keys["me_peerid"]) if keys.get("me_peerid") else remote_id
     cfg.children = [_child(name, keys, (me, peer), margin, auto)]
     return cfg
+
+
+def _eap_identity(cfg: IkeConfig, eap_identity: str | None) -> None:
+    """eap_identity=: the client answers EAP-Identity with it; on the server %identity asks the peer with
+    EAP-Identity (RFC 3748 5.1), otherwise the peer's EAP identity is its IKE identity (as charon's stroke)."""
+    if cfg.local.auth.startswith("eap-") and eap_identity and eap_identity != "%identity":
+        cfg.local.eap_id = eap_identity
+    if cfg.remote.auth.startswith("eap-"):
+        if eap_identity and eap_identity != "%identity":
+            cfg.remote.eap_id = eap_identity
+        elif not eap_identity and not cfg.remote.id.is_any:
+            cfg.remote.eap_id = str(cfg.remote.id)
 
 
 def _auto(keys: dict[str, str], where: str) -> str:
@@ -318,8 +333,10 @@ def convert_secrets(secrets: list[Secret], base: Path) -> Credentials:
                 creds.private_keys.append(load_private_key(data, s.passphrase.encode() if s.passphrase else None))
             except LocalError as e:
                 raise LocalError(f"{s.where}: {s.value}: {e}") from None
-        elif s.kind in ("EAP", "XAUTH", "NTLM"):
-            secret_value(s.value, s.where)  # checked; the EAP methods read these (docs/gateway.md)
+        elif s.kind == "EAP":  # EAP-MD5 / EAP-MSCHAPv2 passwords by EAP identity (RFC 7296 2.16)
+            creds.add_eap_secret(secret_value(s.value, s.where), *ids)
+        elif s.kind in ("XAUTH", "NTLM"):
+            secret_value(s.value, s.where)  # checked; IKEv1 XAUTH and NTLM are not used (docs/gateway.md)
         else:
             log.warning("%s: %s secrets are not used", s.where, s.kind)
     return creds

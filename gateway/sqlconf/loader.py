@@ -37,6 +37,7 @@ log = logging.getLogger("gateway.sqlconf")
 AUTH_ANY, AUTH_PUBKEY, AUTH_PSK, AUTH_EAP = 0, 1, 2, 3
 CERT_X509, CERT_TRUSTED_PUBKEY = 1, 6
 SHARED_IKE, SHARED_EAP = 1, 2
+EAP_TYPES: dict[int, AuthKind] = {4: "eap-md5", 26: "eap-mschapv2"}  # RFC 3748 5.4, draft-kamath (IANA types)
 UNIQUE = {0: "no", 1: "no", 2: "replace", 3: "keep"}
 ACTION_TRAP, ACTION_START = 1, 2
 MODE_TUNNEL = 2
@@ -247,11 +248,14 @@ def _peer(ix: _Index, pid: int, r: dict[str, Any], local_auth: AuthKind) -> IkeC
     if int(ike["id"]) in ix.ike_props:
         cfg.proposals = _proposals(ix.ike_props[int(ike["id"])], ix.proposals)
         parse_ike_proposals(cfg.proposals)
-    if int(r["eap_type"]):
-        raise LocalError(f"EAP (eap_type {r['eap_type']}) is not supported")
+    eap_type = int(r["eap_type"])
+    if eap_type and eap_type not in EAP_TYPES:
+        raise LocalError(f"EAP (eap_type {eap_type}) is not supported (4 EAP-MD5, 26 EAP-MSCHAPv2)")
     cfg.local = AuthConfig(local_auth, _identity_ref(ix, r["local_id"], "local_id"))
-    # strongSwan constrains only the local round's class; the peer authenticates the same way here
-    cfg.remote = AuthConfig(local_auth, _identity_ref(ix, r["remote_id"], "remote_id"))
+    # strongSwan constrains only the local round's class, and with eap_type the peer's to EAP of that type
+    # (sql_config.c); without it the peer authenticates the way we do
+    cfg.remote = AuthConfig(EAP_TYPES[eap_type] if eap_type else local_auth,
+                            _identity_ref(ix, r["remote_id"], "remote_id"))
     cfg.unique = cast(Any, UNIQUE.get(int(r["uniqueid"]), "no"))
     cfg.keyingtries = int(r["keyingtries"])
     cfg.rekey_time = float(r["rekeytime"])
@@ -341,11 +345,12 @@ def _shared_secrets(rows: Rows, ix: _Index, snap: Snapshot) -> set[Identity]:
     secret_ids = _linked(rows, m.SharedSecretIdentity, "shared_secret", ix)
     for r in rows.of(m.SharedSecretRow):
         kind = int(r["type"])
-        if kind == SHARED_EAP:
+        ids = secret_ids.get(int(r["id"]), [])
+        if kind == SHARED_EAP:  # EAP passwords by EAP identity (RFC 7296 2.16)
             snap.eap_secrets += 1
+            creds.add_eap_secret(bytes(r["data"]), *ids)
         if kind != SHARED_IKE:
             continue
-        ids = secret_ids.get(int(r["id"]), [])
         creds.add_psk(bytes(r["data"]), *ids)
         psk_ids.update(ids)
     return psk_ids

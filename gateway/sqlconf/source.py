@@ -43,7 +43,7 @@ def merge_creds(base: Credentials, extra: Credentials) -> Credentials:
     """The file's credentials and the database's together (the file's PSKs are found first)."""
     return Credentials(shared=[*base.shared, *extra.shared], private_keys=[*base.private_keys, *extra.private_keys],
                        public_keys={**extra.public_keys, **base.public_keys}, raw_keys=[*base.raw_keys, *extra.raw_keys],
-                       cas=[*base.cas, *extra.cas], resolver=base.resolver)
+                       cas=[*base.cas, *extra.cas], resolver=base.resolver, eap=[*base.eap, *extra.eap])
 
 
 class SqlConfigSource:

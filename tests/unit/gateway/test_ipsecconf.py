@@ -141,7 +141,7 @@ conn peer
     ("conn a\n    right=gw.example.org\n    auto=add\n", "host names are not resolved"),
     ("conn a\n    keyexchange=ikev1\n    auto=add\n", "only IKEv2"),
     ("conn a\n    ike=aes128-nosuch\n    auto=add\n", "nosuch"),
-    ("conn a\n    leftauth=eap-md5\n    auto=add\n", "not supported"),
+    ("conn a\n    leftauth=eap-tls\n    auto=add\n", "not supported"),
     ('conn a\n    leftid="unterminated\n    auto=add\n', "unterminated"),
     ("bogus section\n", "expected 'config setup'"),
 ])

@@ -100,7 +100,7 @@ def test_bad_rows_are_reported_and_the_others_load() -> None:
         INSERT INTO ike_config_proposal (ike_cfg, prio, prop) VALUES (3, 0, 1);
         INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method) VALUES ('badprop', 3, 1, 3, 2);
         INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, eap_type)
-            VALUES ('eap', 1, 1, 3, 2, 4);
+            VALUES ('eap', 1, 1, 3, 2, 13);
         INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method) VALUES ('noid', 1, 99, 3, 2);
     """, create=False)
     snap = snapshot(db)
