@@ -16,7 +16,7 @@ from core_ike.daemon.ctl import call, default_socket
 from core_ike.errors import LocalError
 from core_ike.version import add_version_argument
 
-AUTH_TEXT = {"psk": "pre-shared key", "pubkey": "public key"}
+AUTH_TEXT = {"psk": "pre-shared key", "pubkey": "public key", "eap-md5": "EAP_MD5", "eap-mschapv2": "EAP_MSCHAPV2"}
 
 
 def _ago(seconds: Any) -> str:

@@ -151,7 +151,7 @@ def format_conns(conns: list[dict[str, Any]]) -> str:
         out.append(f"  proposals: {c['proposals']}")
         for side in ("local", "remote"):
             auth = c[side]
-            kind = "pre-shared key" if auth["auth"] == "psk" else "public key"
+            kind = {"psk": "pre-shared key", "pubkey": "public key"}.get(auth["auth"], auth["auth"].upper())
             out.append(f"  {side} {kind} authentication:")
             out.append(f"    id: {auth['id']}")
         for ch in c["children"]:

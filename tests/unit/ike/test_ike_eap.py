@@ -123,3 +123,49 @@ def test_lost_eap_round_is_retransmitted() -> None:
     p.advance(5)
     assert p.of("a", ev.IkeSaEstablished) and p.of("b", ev.IkeSaEstablished)
     assert p.of("a", ev.ChildSaEstablished)
+
+
+def test_empty_eap_identity_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core_ike.eap.methods import EapPeer
+
+    p = _eap_pair("eap-md5")
+    monkeypatch.setattr(EapPeer, "__init__", _peer_without_identity(EapPeer.__init__))
+    _up(p)
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert "the peer sent an empty EAP-Identity" in fb.reason and fb.authentication
+    assert p.of("a", ev.IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
+
+
+def _peer_without_identity(init):  # type: ignore[no-untyped-def]
+    def patched(self, method, identity, password, rng):  # type: ignore[no-untyped-def]
+        init(self, method, b"", password, rng)
+    return patched
+
+
+def test_server_with_configured_eap_identity_skips_eap_identity() -> None:
+    p = _eap_pair("eap-md5")
+    p.b.configs[0].remote.eap_id = "alice@test"
+    _up(p)
+    assert p.of("b", ev.IkeSaEstablished)
+    # IKE_SA_INIT, IKE_AUTH 1 (answered with the MD5 challenge at once), the MD5 response, the final AUTH
+    assert len([d for side, d in p.wire if side == "a->b"]) == 4
+
+
+def test_forged_final_auth_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final AUTH must be computed with the MSK: a peer whose MSK differs is refused (RFC 7296 2.16)."""
+    from core_ike.eap import methods
+
+    p = _eap_pair("eap-mschapv2")
+    real = methods.ms.msk
+    calls: list[int] = []
+
+    def msk(password: str, nt: bytes) -> bytes:
+        calls.append(1)
+        out = real(password, nt)
+        return out if len(calls) > 1 else bytes(len(out))  # the peer (first to derive it) gets a wrong MSK
+
+    monkeypatch.setattr(methods.ms, "msk", msk)
+    _up(p)
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert "AUTH of 'alice@test' failed (the MSK differs)" in fb.reason
+    assert p.of("a", ev.IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
