@@ -6,13 +6,20 @@ AUTH and asks the road warrior for EAP-Identity, then runs the method; each side
 AUTH computed with the MSK (EAP-MSCHAPv2) or SK_p (EAP-MD5). Per method and direction there is a
 connection whose EAP password both sides agree on, and one where the road warrior has a wrong one:
 that one fails with AUTHENTICATION_FAILED and a reason naming the wrong password on the gateway.
+The `*-cert` connections use an RSA certificate (from a test CA both trust) for the gateway's AUTH instead
+of the PSK.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from scenarios.lab import Lab
 from scenarios.lab.charon import PLUGINS, Charon, CharonError
@@ -44,7 +51,7 @@ def _user(conn: str) -> str:
 
 
 def _charon_conf() -> str:
-    conns, secrets = [], []
+    conns, secrets = [_CHARON_CERT_CONNS], []
     for name, m, ok in _cases():
         rw = f"{name}@lab"
         if name.startswith("ours"):  # charon is the gateway: PSK AUTH, then EAP-Identity and the method
@@ -80,6 +87,7 @@ def _charon_conf() -> str:
         pw = GOOD if ok or name.startswith("ours") else BAD
         secrets.append(f'  eap-{name} {{\n    id = {_user(name)}\n    secret = "{pw}"\n  }}')
         secrets.append(f'  ike-{name} {{\n    id-1 = {gw_id}\n    id-2 = {rw}\n    secret = "{PSK}"\n  }}')
+    secrets.append(_CHARON_CERT_SECRETS)
     return "connections {\n" + "\n".join(conns) + "\n}\nsecrets {\n" + "\n".join(secrets) + "\n}\n"
 
 
@@ -88,7 +96,12 @@ def _iked_toml() -> str:
 listen = ["{A}"]
 control = "@CTL@"
 dataplane = "userspace"
-"""]
+
+[[secrets.private]]
+file = "alice.key"
+[[secrets.ca]]
+file = "ca.pem"
+""", _IKED_CERT_CONNS]
     for name, m, ok in _cases():
         rw = f"{name}@lab"
         if name.startswith("ours"):  # we are the road warrior, EAP peer
@@ -124,6 +137,112 @@ rekey_time = 0
     return "\n".join(out)
 
 
+# the gateway authenticates with its certificate; EAP-MSCHAPv2 (with an MSK) from the road warrior
+_CHARON_CERT_CONNS = f"""  ours-cert {{
+    local_addrs = {B}
+    remote_addrs = {A}
+    proposals = aes128gcm16-prfsha256-x25519
+    local {{
+      auth = pubkey
+      certs = moon.pem
+      id = moon.lab
+    }}
+    remote {{
+      auth = eap-mschapv2
+      id = ours-cert@lab
+      eap_id = %any
+    }}
+    children {{
+      net {{
+        local_ts = {B_IN}/32
+        remote_ts = {A_IN}/32
+        esp_proposals = aes128gcm16
+      }}
+    }}
+  }}
+  theirs-cert {{
+    local_addrs = {B}
+    remote_addrs = {A}
+    proposals = aes128gcm16-prfsha256-x25519
+    local {{
+      auth = eap-mschapv2
+      id = theirs-cert@lab
+      eap_id = theirs_cert
+    }}
+    remote {{
+      auth = pubkey
+      id = alice.lab
+    }}
+    children {{
+      net {{
+        local_ts = {B_IN}/32
+        remote_ts = {A_IN}/32
+        esp_proposals = aes128gcm16
+      }}
+    }}
+  }}"""
+_IKED_CERT_CONNS = f"""[[secrets.eap]]
+id = ["ours_cert", "theirs_cert"]
+secret = "{GOOD}"
+
+[connections.ours-cert]
+local_addrs = ["{A}"]
+remote_addrs = ["{B}"]
+proposals = "aes128gcm16-prfsha256-x25519"
+local = {{ auth = "eap-mschapv2", id = "ours-cert@lab", eap_id = "ours_cert" }}
+remote = {{ auth = "pubkey", id = "moon.lab" }}
+[connections.ours-cert.children.net]
+local_ts = ["{A_IN}/32"]
+remote_ts = ["{B_IN}/32"]
+esp_proposals = "aes128gcm16"
+
+[connections.theirs-cert]
+local_addrs = ["{A}"]
+remote_addrs = ["{B}"]
+proposals = "aes128gcm16-prfsha256-x25519"
+local = {{ auth = "pubkey", id = "alice.lab", certs = ["alice.pem"] }}
+remote = {{ auth = "eap-mschapv2", id = "theirs-cert@lab" }}
+[connections.theirs-cert.children.net]
+local_ts = ["{A_IN}/32"]
+remote_ts = ["{B_IN}/32"]
+esp_proposals = "aes128gcm16"
+"""
+_CHARON_CERT_SECRETS = f'''  eap-cert {{
+    id-1 = ours_cert
+    id-2 = theirs_cert
+    secret = "{GOOD}"
+  }}'''
+
+
+def _pem(obj: x509.Certificate | rsa.RSAPrivateKey) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+
+
+def _pki() -> dict[str, bytes]:
+    """A test CA and the two gateways' certificates (subjectAltName DNS moon.lab / alice.lab)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = rsa.generate_private_key(65537, 2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "EAP Interop CA")])
+
+    def cert(name: x509.Name, key: rsa.RSAPrivateKey, dns: str | None) -> x509.Certificate:
+        b = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+             .not_valid_after(now + dt.timedelta(days=30)))
+        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True) if dns is None \
+            else b.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+        return b.sign(ca_key, hashes.SHA256())
+
+    out = {"ca.pem": _pem(cert(ca_name, ca_key, None))}
+    for host in ("moon", "alice"):
+        key = rsa.generate_private_key(65537, 2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{host}.lab")])
+        out[f"{host}.pem"], out[f"{host}.key"] = _pem(cert(name, key, f"{host}.lab")), _pem(key)
+    return out
+
+
 class Eap:
     def __init__(self, lab: Lab, iked: Iked, charon: Charon) -> None:
         self.lab, self.iked, self.charon = lab, iked, charon
@@ -139,7 +258,12 @@ def eap(two_hosts_per_module: Lab) -> Iterator[Eap]:
     lab = two_hosts_per_module
     charon = Charon(lab, "bob", name="charon-eap", conf=_charon_conf(), settings="retransmit_tries = 2",
                     plugins=PLUGINS + " md5 eap-identity eap-md5 eap-mschapv2")
-    iked = Iked(lab, "alice", _iked_toml(), name="iked-eap")
+    pki = _pki()
+    charon.add_file("x509ca", "ca.pem", pki["ca.pem"])
+    charon.add_file("x509", "moon.pem", pki["moon.pem"])
+    charon.add_file("private", "moon.pem", pki["moon.key"])
+    iked = Iked(lab, "alice", _iked_toml(), name="iked-eap",
+                files={"ca.pem": pki["ca.pem"], "alice.pem": pki["alice.pem"], "alice.key": pki["alice.key"]})
     charon.start()
     iked.start()
     try:
@@ -214,3 +338,22 @@ def test_wrong_password_charon_as_peer(eap: Eap, method: str) -> None:
     name = "MD5" if method == "md5" else "MSCHAPv2"
     assert f"EAP-{name} verification of '{_user(conn)}' failed: wrong password" in eap.iked.log_text()
     wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
+
+
+def test_certificate_gateways_with_eap_mschapv2(eap: Eap) -> None:
+    """The gateway authenticates with its RSA certificate, the road warrior with EAP-MSCHAPv2, both ways."""
+    eap.clear()
+    mark = eap.charon.log_mark()
+    eap.iked.up("ours-cert", "net")
+    _tunnel_works(eap, "ours-cert")
+    log = eap.charon.log_text(mark)
+    assert "authentication of 'moon.lab' (myself) with RSA_EMSA_PKCS1_SHA2_256 successful" in log
+    assert "EAP method EAP_MSCHAPV2 succeeded, MSK established" in log
+    assert "authentication of 'ours-cert@lab' with EAP successful" in log
+    eap.clear()
+    mark = eap.charon.log_mark()
+    eap.charon.initiate(child="net", ike="theirs-cert", timeout=20)
+    _tunnel_works(eap, "theirs-cert")
+    log = eap.charon.log_text(mark)
+    assert "authentication of 'alice.lab' with RSA_EMSA_PKCS1_SHA2_256 successful" in log  # our certificate ...
+    assert "authentication of 'alice.lab' with EAP successful" in log  # ... then our MSK AUTH
