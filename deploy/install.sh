@@ -46,9 +46,9 @@ CONF=/etc/ikeme
 UNITDIR=/etc/systemd/system
 SYSUSERS=/usr/lib/sysusers.d/ikeme.conf
 USER_NAME=ikeme
-COMMANDS=(iked ikectl mediation-server mediation-client medmgr-server medmgr-client)
+COMMANDS=(iked ikectl ikeme-ipsec mediation-server mediation-client medmgr-server medmgr-client medmgr-sa)
 UNITS=(iked.service mediation-server.service mediation-client.service medmgr-server.service
-       medmgr-client.service)
+       medmgr-client.service medmgr-sa.service)
 live() { [ -z "$D" ] && [ -d /run/systemd/system ]; }  # systemd runs this very system
 say() { echo "install.sh: $*"; }
 
@@ -182,6 +182,8 @@ Installed into ${D:-/}.  Next steps (docs/deployment.md, also in $SHARE/doc/):
        medmgr-client hash-password > $CONF/client-admin.hash   (type the password, then Enter)
        systemctl enable --now medmgr-client mediation-client
   4. Site-to-site gateway: systemctl enable --now iked
+     Remote-access gateway's SA manager: medmgr-sa --add-operator LOGIN --db sqlite:////var/lib/ikeme/sa-manager.sqlite
+       (then chown $USER_NAME: that file), systemctl enable --now medmgr-sa
   5. Web server: $SHARE/lighttpd-medmgr.conf or apache-medmgr.conf (README-medmgr.md).
   Firewall: UDP 500 and 4500; on the mediation server also the relay ports ([mediation] relay_ports,
   default UDP 50000-50999); the portal's HTTPS port.

@@ -276,7 +276,27 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("what", nargs="?", default="")
     kid = sub.add_parser("keyid", help="print the ID_KEY_ID of a key, certificate or OpenSSH key file")
     kid.add_argument("file")
+    _pool_parser(sub)
     return ap
+
+
+def _pool_parser(sub: Any) -> None:
+    """`ikectl pool`: strongSwan's `ipsec pool` on the gateway's SQL pools (docs/gateway.md, "Pools"), the
+    code of `ikeme-ipsec pool`; it works on the database, iked loads a new pool within seconds."""
+    pool = sub.add_parser("pool", help="virtual IP pools in iked's [daemon] config_db (like `ipsec pool`)")
+    src = pool.add_mutually_exclusive_group(required=True)
+    src.add_argument("--db", metavar="URL", help="the database (sqlite:////PATH, postgresql://..., mysql://...)")
+    src.add_argument("-c", "--config", metavar="FILE", help="iked's TOML file: its [daemon] config_db")
+    psub = pool.add_subparsers(dest="pool_cmd", required=True, metavar="ACTION")
+    add = psub.add_parser("add", help="a pool of a subnet's hosts or of START END")
+    add.add_argument("name")
+    add.add_argument("range", help="a subnet (its hosts) or the first address")
+    add.add_argument("end", nargs="?", help="the last address")
+    add.add_argument("--timeout", default="0", help="seconds (or 30m, 1h, 1d) a released address stays bound to "
+                     "its identity; 0 (default): for ever (static)")
+    psub.add_parser("del", help="delete a pool and its leases").add_argument("name")
+    psub.add_parser("status", help="the pools: range, timeout, size, online, offline")
+    psub.add_parser("leases", help="the leases: address, identity, since, online").add_argument("name", nargs="?")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "loglevel" and len(args.args) > 2:
         print("ikectl: loglevel takes [SUBSYSTEM] LEVEL", file=sys.stderr)
         return 2
+    if args.cmd == "pool":  # on the database, not the daemon
+        from gateway.ipsec_cmd import pool_main
+
+        return pool_main(args)
     if args.cmd == "keyid":
         try:
             reply = format_keyid(args.file)

@@ -277,3 +277,21 @@ def test_pages_escape_daemon_text(env: tuple[Any, StandIn, str]) -> None:
     stand_in.sas[0]["remote-id"] = "<script>alert(1)</script>"
     r = login(app).get("sa/list")
     assert "<script>alert(1)</script>" not in r.body and "&lt;script&gt;alert(1)&lt;/script&gt;" in r.body
+
+
+def test_ikectl_pool_and_the_pools_page_share_the_database(env: tuple[Any, StandIn, str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from core_ike.daemon.ctl import main as ikectl
+
+    app, _, url = env
+    assert ikectl(["pool", "--db", url, "add", "cli", "10.5.0.1", "10.5.0.8", "--timeout", "30m"]) == 0
+    assert "added pool 'cli': 8 addresses, lease timeout 1800 s" in capsys.readouterr().out
+    c = login(app)
+    assert "10.5.0.1 \u2013 10.5.0.8" in c.get("pool/list").text()
+    c.submit("pool/list", "pool/add", {"name": "web", "range": "10.6.0.0/29", "end": "", "timeout": "0"})
+    assert ikectl(["pool", "--db", url, "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(x.split()[:6] == ["cli", "10.5.0.1", "10.5.0.8", "1800", "8", "0"] for x in lines), lines
+    assert any(x.split()[:6] == ["web", "10.6.0.1", "10.6.0.6", "static", "6", "0"] for x in lines), lines
+    assert ikectl(["pool", "--db", url, "del", "nope"]) == 1
+    assert "no pool named 'nope'" in capsys.readouterr().err

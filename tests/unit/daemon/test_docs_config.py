@@ -271,4 +271,6 @@ def test_portal_launcher_options_are_documented(monkeypatch: pytest.MonkeyPatch)
     client = _options("medmgr_web.client_manager", ["--help"], monkeypatch)
     assert server - common == set(opts["medmgr_web.server_manager"])
     assert client - common == set(opts["medmgr_web.client_manager"])
+    sa = _options("medmgr_web.sa_manager", ["--help"], monkeypatch)
+    assert sa - common == set(opts["medmgr_web.sa_manager"])
     assert server & client == common
