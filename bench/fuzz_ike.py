@@ -7,7 +7,7 @@ them bounded and derandomized for a few seconds); here atheris drives them throu
 libFuzzer's bytes straight to the decoder and the pre-filter's walk (no structure). A crash stops the run
 with the input saved by libFuzzer (``test-output/fuzz-crashes/crash-*``); hypothesis prints the failing example.
 
-    .venv/bin/pip install atheris                      # not in the test extras: only this bench needs it
+    .venv/bin/pip install atheris                      # in the test extras (tests/bench runs it --quick)
     .venv/bin/python bench/fuzz_ike.py --target engine --seconds 600
     .venv/bin/python bench/fuzz_ike.py --seconds 60 --out bench/results/fuzz_ike.txt   # and fuzz_ike.json
     .venv/bin/python bench/fuzz_ike.py --quick                                         # 3 s per target
@@ -41,7 +41,7 @@ TARGETS = ("raw", "decode", "walk", "engine")
 CORPUS = ROOT / "test-output" / "fuzz-corpus"
 
 
-def run_one(target: str, seconds: int) -> None:
+def run_one(target: str, seconds: int, corpus_root: Path = CORPUS) -> None:
     import logging
 
     import atheris
@@ -71,7 +71,7 @@ def run_one(target: str, seconds: int) -> None:
         test = {"decode": t.test_decoder_raises_only_typed_errors, "walk": t.test_prefilter_walk_agrees_with_the_decoder,
                 "engine": t.test_engine_receive_never_raises_and_keeps_serving}[target]
         fuzz = test.hypothesis.fuzz_one_input  # type: ignore[attr-defined]
-    corpus = CORPUS / target
+    corpus = corpus_root / target
     corpus.mkdir(parents=True, exist_ok=True)
     crashes = ROOT / "test-output" / "fuzz-crashes"
     crashes.mkdir(parents=True, exist_ok=True)
@@ -85,25 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", choices=TARGETS, action="append", help="only these targets (default: every one)")
     ap.add_argument("--all", action="store_true", help="every target (the default)")
     ap.add_argument("--seconds", type=int, help="per target and round (default 60, 3 with --quick)")
+    ap.add_argument("--corpus", type=Path, default=CORPUS, help=f"corpus directory (default {CORPUS.relative_to(ROOT)})")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     results_io.add_args(ap, rounds=1)
     a = ap.parse_args(argv)
     seconds = a.seconds or (3 if a.quick else 60)
     if a.one:
-        run_one(a.one, seconds)
+        run_one(a.one, seconds, a.corpus)
         return 0
     header = results_io.start_header(argv)
     rounds = results_io.rounds_of(a)
     targets = tuple(a.target) if a.target else TARGETS
     lines = [f"coverage-guided fuzzing (atheris over libFuzzer, core_ike instrumented), {seconds} s per target "
-             f"and round, {rounds} round(s); the corpus in {CORPUS.relative_to(ROOT)} carries over", ""]
+             f"and round, {rounds} round(s); the corpus in {a.corpus} carries over", ""]
     rate: dict[str, list[float]] = {t: [] for t in targets}
     cov: dict[str, list[float]] = {t: [] for t in targets}
     crashed: dict[str, int] = dict.fromkeys(targets, 0)
     for rnd in range(rounds):
         for target in targets:
             t0 = time.monotonic()
-            p = subprocess.run([sys.executable, __file__, "--one", target, "--seconds", str(seconds)],
+            p = subprocess.run([sys.executable, __file__, "--one", target, "--seconds", str(seconds),
+                                "--corpus", str(a.corpus)],
                                capture_output=True, text=True, cwd=ROOT)
             secs = time.monotonic() - t0
             out = p.stdout + p.stderr

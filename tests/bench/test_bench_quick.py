@@ -25,10 +25,16 @@ def test_fragment_flood_quick(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
                     reason="atheris (the test extra) is not installed: pip install -e .[test]")
 def test_fuzz_ike_quick(tmp_path: Path) -> None:
-    doc = run_quick("fuzz_ike", tmp_path, "--seconds", "2", timeout=120)
+    """The run and its report, from a fresh corpus; a crash the fuzzer finds is reported (exit 1, the count,
+    the target's FAILED line), not asserted away: finding failures is what it is for."""
+    doc = run_quick("fuzz_ike", tmp_path, "--seconds", "2", "--corpus", str(tmp_path / "corpus"), timeout=120,
+                    ok_codes=(0, 1))
     figs = figures(doc)
     crashes = figs["fuzz_crashes"]["ours"]
-    assert crashes == {"count": 0, "of": 4, "unit": "runs"}
+    assert crashes["of"] == 4 and crashes["unit"] == "runs"
+    failed_lines = [ln for ln in (tmp_path / "fuzz_ike.txt").read_text().splitlines()
+                    if ln.startswith("round ") and " FAILED " in ln]
+    assert crashes["count"] == len(failed_lines)
     assert all(figs[f"fuzz_{t}_rate"]["ours"]["median"] > 0 for t in ("raw", "decode", "walk", "engine"))
     assert len(readme_rows(tmp_path)) == 1
 
