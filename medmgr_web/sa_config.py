@@ -161,7 +161,8 @@ def stored_connections() -> list[dict[str, Any]]:
 
             out.append({"id": p.id, "name": p.name, "local_id": ident(p.local_id), "remote_id": ident(p.remote_id),
                         "auth": AUTH_NAMES.get(p.auth_method, str(p.auth_method)), "pool": p.pool or "",
-                        "local_addrs": ike.local if ike else "?", "remote_addrs": ike.remote if ike else "?"})
+                        "local_addrs": _shown_addrs(ike.local) if ike else "?",
+                        "remote_addrs": _shown_addrs(ike.remote) if ike else "?"})
         return out
 
 
@@ -282,6 +283,12 @@ def _unlink_peer(s: Session, peer: m.PeerConfigRow) -> None:
         s.execute(delete(m.IkeConfigRow).where(m.IkeConfigRow.id == peer.ike_cfg))
 
 
+def _shown_addrs(text: str) -> str:
+    """ike_configs.local / remote as the form takes them: %any for any."""
+    return ", ".join({"0.0.0.0": "%any", "0.0.0.0/0": "%any", "::": "%any6", "::/0": "%any6"}.get(a.strip(), a.strip())
+                     for a in text.split(","))
+
+
 def _conn_form(peer: m.PeerConfigRow | None, s: Session) -> dict[str, str]:
     if peer is None:
         return {k: CONN_DEFAULTS.get(k, "") for k in CONN_FIELDS}
@@ -291,10 +298,8 @@ def _conn_form(peer: m.PeerConfigRow | None, s: Session) -> dict[str, str]:
         row = s.get(m.SqlIdentity, int(ref)) if str(ref).isdigit() else None
         return identity_text(row) if row is not None else ""
 
-    def addrs(text: str) -> str:
-        return ", ".join("%any" if a.strip() in ("0.0.0.0", "0.0.0.0/0") else a.strip() for a in text.split(","))
-
-    f = {"name": peer.name, "local_addrs": addrs(ike.local) if ike else "", "remote_addrs": addrs(ike.remote) if ike else "",
+    f = {"name": peer.name, "local_addrs": _shown_addrs(ike.local) if ike else "",
+         "remote_addrs": _shown_addrs(ike.remote) if ike else "",
          "local_id": ident(peer.local_id), "remote_id": ident(peer.remote_id),
          "auth": {1: "pubkey"}.get(peer.auth_method, "psk"), "pool": peer.pool or "",
          "rekeytime": str(peer.rekeytime), "dpd_delay": str(peer.dpd_delay), "ike_proposal": "", "esp_proposal": "",
