@@ -131,7 +131,8 @@ gid=$(awk -F: -v n="$USER_NAME" '$1 == n { print $3 }' "$D/etc/group")
 
 # -- configuration (never overwritten) and state directories
 install -d -m 0750 -o 0 -g "$gid" "$D$CONF"
-for f in iked.toml mediation-server.toml mediation-client.toml medmgr-server.env medmgr-client.env; do
+for f in iked.toml mediation-server.toml mediation-client.toml medmgr-server.env medmgr-client.env \
+         medmgr-sa.env; do
   if [ -e "$D$CONF/$f" ]; then
     cmp -s "$SRC/deploy/examples/$f" "$D$CONF/$f" || say "kept $CONF/$f (yours; the current example is $SHARE/examples/$f)"
   else

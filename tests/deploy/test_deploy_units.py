@@ -20,6 +20,7 @@ CAPS = {
     "mediation-server.service": {"CAP_NET_BIND_SERVICE"},
     "medmgr-server.service": set(),
     "medmgr-client.service": set(),
+    "medmgr-sa.service": set(),
 }
 DOC = (REPO / "docs/deployment.md").read_text()
 

@@ -13,10 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 INSTALL_SH = DEPLOY / "install.sh"
 UNITS = ("iked.service", "mediation-server.service", "mediation-client.service", "medmgr-server.service",
-         "medmgr-client.service")
+         "medmgr-client.service", "medmgr-sa.service")
 DAEMONS = ("iked.service", "mediation-server.service", "mediation-client.service")
-PORTALS = ("medmgr-server.service", "medmgr-client.service")
-COMMANDS = ("iked", "ikectl", "mediation-server", "mediation-client", "medmgr-server", "medmgr-client")
+PORTALS = ("medmgr-server.service", "medmgr-client.service", "medmgr-sa.service")
+COMMANDS = ("iked", "ikectl", "ikeme-ipsec", "mediation-server", "mediation-client", "medmgr-server", "medmgr-client",
+            "medmgr-sa")
 
 
 class Unit:
