@@ -296,3 +296,41 @@ def test_ikectl_pool_and_the_pools_page_share_the_database(env: tuple[Any, Stand
     assert any(x.split()[:6] == ["web", "10.6.0.1", "10.6.0.6", "static", "6", "0"] for x in lines), lines
     assert ikectl(["pool", "--db", url, "del", "nope"]) == 1
     assert "no pool named 'nope'" in capsys.readouterr().err
+
+
+POSTS = ["user/logout", "sa/terminate", "conn/initiate", "conn/add", "conn/edit/1", "conn/delete/1", "identity/add",
+         "identity/delete/1", "secret/add", "secret/delete/1", "pool/add", "pool/delete/rw"]
+
+
+@pytest.mark.parametrize("path", POSTS)
+def test_every_post_needs_a_login_and_a_csrf_token(env: tuple[Any, StandIn, str], path: str) -> None:
+    app, stand_in, url = env
+    anonymous = WsgiClient(app, base="/sa")
+    r = anonymous.post(path, {"ike": "7", "name": "rw", "identity": "@x.example"}, follow=False)
+    assert r.status == 303 and r.location.endswith("/sa/user/login")
+    c = login(app)
+    before = len(stand_in.requests)
+    r = c.post(path, {"ike": "7", "name": "rw", "identity": "@x.example"})
+    assert r.status == 403 and "did not come from this site" in r.text()
+    assert len(stand_in.requests) == before  # nothing reached iked
+    with Session(open_config_db(url)) as s:
+        assert s.scalar(select(m.SqlIdentity.id)) is None  # nothing written
+
+
+def test_headers_and_losing_the_operator_role(env: tuple[Any, StandIn, str], tmp_path: Path) -> None:
+    app, _, _ = env
+    c = login(app)
+    r = c.get("sa/list")
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+    fresh = WsgiClient(app, base="/sa")
+    token = fresh.get("user/login").csrf()
+    r = fresh.post("user/login", {"csrf": token, "login": "op", "password": PASSWORD}, follow=False)
+    sid = [sc for sc in r.set_cookies if sc.startswith("iksa_sid=")]
+    assert r.status == 303 and sid and "HttpOnly" in sid[0] and "SameSite=Strict" in sid[0] and "Path=/sa" in sid[0]
+    engine = make_engine(f"sqlite:///{tmp_path / 'med.sqlite'}")
+    with make_session_factory(engine).begin() as s:
+        op = data.get_user_by_login(s, "op")
+        assert op is not None
+        op.admin = False
+    assert c.get("sa/list", follow=False).location.endswith("/sa/user/login")  # the login ended at once
