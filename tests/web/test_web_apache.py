@@ -39,7 +39,7 @@ PASSWORD = "correct horse battery"
 
 def render_shipped(socket_dir: Path) -> str:
     text = SHIPPED.read_text()
-    assert text.count(f"unix:{SHIPPED_SOCKET_DIR}/") == 2, "shipped config no longer uses /run/medmgr sockets"
+    assert text.count(f"unix:{SHIPPED_SOCKET_DIR}/") == 3, "shipped config no longer uses /run/medmgr sockets"
     return text.replace(f"{SHIPPED_SOCKET_DIR}/", f"{socket_dir}/")
 
 
@@ -78,6 +78,8 @@ class ApachePortal:
                 "--ms-address", "ms.example.net", "--ms-public-key", str(self.base / "ms.pem")]),
             self._start_app("client-manager", "medmgr_web.client_manager", [
                 "--admin-hash-file", str(self.base / "admin.hash")]),
+            # the SA manager with no iked behind it: its pages say so
+            self._start_app("sa-manager", "medmgr_web.sa_manager", ["--control", str(self.base / "no-iked.ctl")]),
         ]
         wait_for(lambda: all(s.exists() for s in socks), 30, "FastCGI sockets")
         for s in socks:  # what Group=www-data does for the systemd units
@@ -221,3 +223,16 @@ def test_client_manager_login_page_and_static(apache: ApachePortal) -> None:
     # Require local in the shipped <Location "/medcli/"> lets 127.0.0.1 through
     r = c.get("connection/list")
     assert r.status == 200 and "Connections" in r.text()
+
+
+def test_sa_manager_behind_its_own_location(apache: ApachePortal) -> None:
+    subprocess.run([sys.executable, "-m", "medmgr_web.sa_manager", "--add-operator", "op", "--db",
+                    f"sqlite:///{apache.base / 'sa-manager.sqlite'}"], input=PASSWORD + "\n", text=True, check=True,
+                   capture_output=True, cwd=REPO)
+    c = WebClient(apache.url + "/medsa")
+    r = c.get("user/login")
+    assert r.status == 200 and "SA Manager" in r.text() and 'action="/medsa/user/login"' in r.body
+    r = c.submit("user/login", "user/login", {"login": "op", "password": PASSWORD})
+    assert r.status == 503 and "Security associations" in r.text() and "iked cannot be reached at" in r.text()
+    assert c.get("conn/list").status == 503
+
