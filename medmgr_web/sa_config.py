@@ -329,6 +329,10 @@ def _edit_connection(pid: int | None) -> ResponseReturnValue:
         peer = s.get(m.PeerConfigRow, pid) if pid is not None else None
         if pid is not None and peer is None:
             abort(404, "Connection not found.")
+        if peer is not None and (s.scalar(select(func.count()).where(m.PeerConfigChildConfig.peer_cfg == peer.id)) or 0) > 1:
+            # the form writes one child config; saving would drop the others
+            abort(409, f"Connection {peer.name} has several CHILD_SA configs; edit it in the database "
+                       "(this page writes one per connection).")
         if request.method == "GET":
             return web.render("conn/edit.html", f=_conn_form(peer, s), ferr={}, pid=pid)
         f = {k: request.form.get(k, "").strip()[:FIELD_MAX] for k in CONN_FIELDS}

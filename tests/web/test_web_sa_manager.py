@@ -334,3 +334,19 @@ def test_headers_and_losing_the_operator_role(env: tuple[Any, StandIn, str], tmp
         assert op is not None
         op.admin = False
     assert c.get("sa/list", follow=False).location.endswith("/sa/user/login")  # the login ended at once
+
+
+def test_a_connection_with_several_children_is_not_collapsed(env: tuple[Any, StandIn, str]) -> None:
+    app, _, url = env
+    c = login(app)
+    c.submit("conn/add", "conn/add", _conn_form())
+    with Session(open_config_db(url)) as s, s.begin():
+        pid = s.scalar(select(m.PeerConfigRow.id))
+        child = m.ChildConfigRow(name="second")
+        s.add(child)
+        s.flush()
+        s.add(m.PeerConfigChildConfig(peer_cfg=pid, child_cfg=child.id))
+    assert c.get(f"conn/edit/{pid}").status == 409
+    r = c.submit("conn/list", f"conn/edit/{pid}", _conn_form(local_ts="10.9.0.0/16"))
+    assert r.status == 409 and "several CHILD_SA configs" in r.text()
+    assert [ch.name for ch in _snapshot(url).connections[0].children] == ["rw", "second"]
