@@ -121,6 +121,8 @@ def _client_status(st: dict[str, Any]) -> str:
             line += f", pair {c['selected']}"
         if c.get("sa_id"):
             line += f", IKE_SA #{c['sa_id']}"
+        if c.get("path"):  # a tunnel that came up relayed: relayed still, or moved to a direct pair
+            line += f", {c['path']}"
         if c.get("reason"):
             line += f" ({c['reason']})"
         out.append(line)

@@ -31,6 +31,21 @@ def test_format_status_server_and_client() -> None:
     assert "bob -> bob@med: failed (checks failed: no check succeeded)" in text and "#1 a - b FAILED" in text
 
 
+@pytest.mark.parametrize("path", ["relayed through 203.0.113.10[4500], 2 probe rounds for a direct pair (every 30 s)",
+                                  "direct to 198.51.100.7[4500] (moved off the relay)"])
+def test_format_status_client_path(path: str) -> None:
+    """The path of a mediated tunnel (core_ike/me/upgrade.py) is in the JSON reply and in the text."""
+    from dataclasses import asdict
+
+    from core_ike.me.client import ClientStatus, ConnectionStatus
+
+    conn = ConnectionStatus("bob", "bob@med", "established", 0.0, "ab", (), "#1 a - b SUCCEEDED", 7, "", path)
+    st = asdict(ClientStatus((), (conn,), ()))
+    assert st["connections"][0]["path"] == path
+    line = format_status({"ok": True, "status": st}).splitlines()[0]
+    assert line == f"  bob -> bob@med: established, pair #1 a - b SUCCEEDED, IKE_SA #7, {path}"
+
+
 def test_format_sas() -> None:
     sa = {"name": "home", "uniqueid": 1, "state": "ESTABLISHED", "initiator": True, "initiator-spi": "aa",
           "responder-spi": "bb", "local-id": "alice", "local-host": "192.0.2.1", "local-port": 4500,
