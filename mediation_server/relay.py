@@ -412,7 +412,7 @@ class MediationServer(Extension):
             self._peer_elsewhere(ev, now)
         elif isinstance(ev, SyncAsked):  # it (re)joined: what we knew of its peers is void, it says them again
             self.cluster.server_gone(ev.server)
-            self.announce_all()
+            self.announce_all(to=ev.server)
         elif isinstance(ev, ForwardedConnect):
             self._forwarded_connect(ev, now)
         elif isinstance(ev, CallbackElsewhere):
@@ -425,14 +425,15 @@ class MediationServer(Extension):
             if rec is not None:
                 self._send_failure(_uid(rec.sa_id), ev.connect_id, Identity(*ev.about), now)
 
-    def announce_all(self) -> None:
-        """Announce every peer registered here and every callback registration known here (a server
-        joined, or we reconnected to the engine)."""
+    def announce_all(self, to: str | None = None) -> None:
+        """Announce every peer registered here and every callback registration known here: to every
+        server when we (re)connected to the engine, to server `to` only when it said hello (the
+        others know ours already)."""
         if self.cluster is not None:
             for rec in self.registry.online_peers():
-                self.cluster.announce(rec.identity, rec.endpoint, rec.since)
+                self.cluster.announce(rec.identity, rec.endpoint, rec.since, to=to)
             for cr in self.registry.registrations():
-                self.cluster.callback_added(cr.target, cr.requester, cr.created, cr.expires)
+                self.cluster.callback_added(cr.target, cr.requester, cr.created, cr.expires, to=to)
 
     def _peer_elsewhere(self, ev: PeerElsewhere, now: float) -> None:
         """One registration per identity across the cluster, newest wins: an older one here goes."""

@@ -151,16 +151,18 @@ class Cluster:
         if len(self.outbox) == 1 and self.on_output is not None:
             self.on_output()
 
-    def announce(self, identity: str, endpoint: Addr | None, since: float) -> None:
+    def announce(self, identity: str, endpoint: Addr | None, since: float, to: str | None = None) -> None:
+        """`to`: only that server (the answer to its hello), else every server."""
         self.remote.pop(identity, None)  # registered here now (a newer "up" from elsewhere may follow)
-        self._put(PRESENCE, {"t": "up", "id": identity, "ep": list(endpoint) if endpoint else None,
-                             "since": since})
+        self._put(server_channel(to) if to else PRESENCE,
+                  {"t": "up", "id": identity, "ep": list(endpoint) if endpoint else None, "since": since})
 
     def withdraw(self, identity: str) -> None:
         self._put(PRESENCE, {"t": "down", "id": identity})
 
-    def callback_added(self, target: str, requester: str, created: float, expires: float) -> None:
-        self._put(PRESENCE, {"t": "cb", "target": target, "req": requester, "created": created,
+    def callback_added(self, target: str, requester: str, created: float, expires: float,
+                       to: str | None = None) -> None:
+        self._put(server_channel(to) if to else PRESENCE, {"t": "cb", "target": target, "req": requester, "created": created,
                              "expires": expires})
 
     def callback_fired(self, target: str, requester: str) -> None:

@@ -38,11 +38,16 @@ class RedisBus:
 
     async def run(self) -> None:
         import redis.asyncio as aioredis  # only a server configured with a cluster engine loads redis-py
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         loop = asyncio.get_running_loop()
         self.cluster.on_output = lambda: loop.call_soon(self._wake.set)
         while True:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=2, socket_keepalive=True)
+            # no silent reconnection inside redis-py: a lost connection must end here, so that the
+            # next one says hello and the presence is sent again (messages of the gap are lost)
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=2, socket_keepalive=True,
+                                             retry=Retry(NoBackoff(), 0))
             tasks: list[asyncio.Task[None]] = []
             ps = client.pubsub()
             try:

@@ -76,7 +76,8 @@ class Server:
             return
         if isinstance(ev, SyncAsked):
             self.cluster.server_gone(ev.server)
-            self._synced()
+            for identity, since in self.peers.items():
+                self.cluster.announce(identity, None, since, to=ev.server)
         if ev is not None:
             self.events.append(ev)
 

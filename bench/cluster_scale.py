@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""The cluster layer at scale: three server processes on one redis-server, each holding a third of the
+peers (bench/registry_scale.py measures the IKE side of a registration; this one what the cluster adds).
+
+Each "server" is a process with the server's own Registry and cluster core (mediation_server/cluster/),
+carried by RedisBus exactly as the daemon carries them; a registration is `Registry.update_sa_id` plus
+the "up" it announces, and each other server takes it in (`Cluster.receive`, then the callbacks waiting
+for it, `Registry.online_elsewhere`). Figures:
+
+- propagation: seconds until every server knows every peer (its own plus the others'), and so
+  registrations per second per server;
+- memory: each server's resident memory growth per peer it knows (its own and the others');
+- forwarding: round trips server 1 -> server 2 -> server 1 of an ME_CONNECT-sized forwarded request
+  (`Cluster.forward_connect`, answered the same way) while every peer is known: median and p99;
+- failover: redis-server killed and restarted; seconds until every server knows every peer again
+  (each server's hello makes the others announce all their peers: this grows with the peers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import results_io  # noqa: E402
+
+NAMES = ["ms1", "ms2", "ms3"]
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def server_proc(name: str, url: str, peers: int, total: int, conn: Connection) -> None:
+    asyncio.run(_server(name, url, peers, total, conn))
+
+
+async def _server(name: str, url: str, peers: int, total: int, conn: Connection) -> None:
+    from mediation_server.cluster.core import Cluster, ForwardedConnect, PeerElsewhere, SyncAsked
+    from mediation_server.cluster.redis_bus import RedisBus
+    from mediation_server.registry import Registry
+
+    cluster = Cluster(name)
+    registry = Registry()
+    answers: dict[bytes, asyncio.Future[None]] = {}
+
+    def deliver(data: bytes) -> None:
+        ev = cluster.receive(data)
+        if isinstance(ev, PeerElsewhere):
+            registry.online_elsewhere(ev.identity, time.time())
+        elif isinstance(ev, SyncAsked):
+            cluster.server_gone(ev.server)
+            for rec in registry.online_peers():  # to the server that said hello only
+                cluster.announce(rec.identity, rec.endpoint, rec.since, to=ev.server)
+        elif isinstance(ev, ForwardedConnect):
+            if ev.response:
+                fut = answers.pop(ev.connect_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            else:  # the target's answer, back to the requester's server
+                cluster.forward_connect(ev.origin, ev.requester, ev.target, response=True,
+                                        connect_id=ev.connect_id, key=ev.key, endpoints=ev.endpoints)
+
+    def synced() -> None:
+        for rec in registry.online_peers():
+            cluster.announce(rec.identity, rec.endpoint, rec.since)
+
+    bus = RedisBus(url, cluster, deliver, synced, cluster.server_gone, retry=0.05)
+    task = asyncio.create_task(bus.run())
+    await bus.connected.wait()
+    conn.send("ready")
+    loop = asyncio.get_running_loop()
+    while True:
+        cmd = await loop.run_in_executor(None, conn.recv)
+        if cmd == "register":
+            rss0 = _rss()
+            t0 = time.monotonic()
+            for i in range(peers):
+                ident = f"peer{i}@{name}.scale"
+                registry.update_sa_id(ident, i, time.time(), endpoint=("192.0.2.1", 4500))
+                cluster.announce(ident, ("192.0.2.1", 4500), time.time())
+                if i % 1000 == 999:
+                    await asyncio.sleep(0)  # let the publisher and the reader run
+            while len(registry) + len(cluster.remote) < total:
+                await asyncio.sleep(0.01)  # polling for the others' announcements
+            conn.send({"seconds": time.monotonic() - t0, "rss_per_peer": (_rss() - rss0) / total})
+        elif cmd == "forward":
+            rtts = []
+            for i in range(1000):
+                cid = i.to_bytes(4, "big")
+                fut: asyncio.Future[None] = loop.create_future()
+                answers[cid] = fut
+                t0 = time.perf_counter()
+                cluster.forward_connect("ms2", (3, b"peer0@ms1.scale"), "peer0@ms2.scale", response=False,
+                                        connect_id=cid, key=b"k" * 16, endpoints=(b"e" * 16,) * 4)
+                await asyncio.wait_for(fut, 10)
+                rtts.append((time.perf_counter() - t0) * 1000)
+            conn.send(rtts)
+        elif cmd == "count":
+            conn.send(len(registry) + len(cluster.remote))
+        elif cmd == "stop":
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            conn.send("stopped")
+            return
+
+
+class RedisProc:
+    def __init__(self, base: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.base = base
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.base)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.02)  # polling with a deadline
+
+
+def _recv(a: Connection, procs: list[Any], timeout: float) -> Any:
+    """The answer of one server process, or a clear error when it died or does not answer."""
+    if not a.poll(timeout):
+        dead = [(p.name, p.exitcode) for p in procs if not p.is_alive()]
+        raise RuntimeError(f"a server process did not answer in {timeout:.0f} s (exited: {dead})")
+    return a.recv()
+
+
+def one_round(peers: int) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="cluster-scale-"))
+    redis = RedisProc(base)
+    redis.start()
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    _wait_port(redis.port)
+    ctx = mp.get_context("fork")  # before any event loop exists in this process
+    pipes, procs = [], []
+    try:
+        per = peers // len(NAMES)
+        for name in NAMES:
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=server_proc, args=(name, url, per, per * len(NAMES), b))
+            p.start()
+            pipes.append(a)
+            procs.append(p)
+        for a in pipes:
+            if not a.poll(60) or a.recv() != "ready":
+                raise RuntimeError("a server did not start")
+        print(f"  {peers} peers: registering", flush=True)
+        for a in pipes:
+            a.send("register")
+        regs = [_recv(a, procs, 900) for a in pipes]
+        print("  forwarding", flush=True)
+        pipes[0].send("forward")
+        rtts = _recv(pipes[0], procs, 120)
+        print("  engine restart", flush=True)
+        t0 = time.monotonic()
+        redis.kill()
+        redis.start()
+        deadline = t0 + 600
+        while True:
+            counts = []
+            for a in pipes:
+                a.send("count")
+                counts.append(_recv(a, procs, 60))
+            if all(c == per * len(NAMES) for c in counts) and time.monotonic() - t0 > 0.2:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no resync after the engine restart: {counts}")
+            time.sleep(0.05)  # polling with a deadline
+        failover = time.monotonic() - t0
+        for a in pipes:
+            a.send("stop")
+            a.recv()
+        return {"regs": regs, "rtts": rtts, "failover": failover, "per": per}
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        redis.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    results_io.add_args(ap, rounds=2)
+    ap.add_argument("--peers", type=int, default=300_000)
+    args = ap.parse_args()
+    rounds = results_io.rounds_of(args)
+    peers = 3000 if args.quick else args.peers
+    header = results_io.start_header()
+    secs, rate, mem, rtt, p99, fo = [], [], [], [], [], []
+    for r in range(rounds):
+        res = one_round(peers)
+        s = max(x["seconds"] for x in res["regs"])
+        secs.append(s)
+        rate.append(res["per"] / s)
+        mem += [x["rss_per_peer"] for x in res["regs"]]
+        rtt += res["rtts"]
+        p99.append(statistics.quantiles(res["rtts"], n=100)[98])
+        fo.append(res["failover"])
+        print(f"round {r}: {s:.1f} s, failover {res['failover']:.1f} s", flush=True)
+    figures = [
+        results_io.figure("cluster_propagation", f"{peers} peers across 3 servers: every server knows every peer",
+                          results_io.sample(secs, "s"), readme=False,
+                          differences=["cluster layer only: no IKE (bench/registry_scale.py measures that)",
+                                       "three server processes and redis-server on this machine"]),
+        results_io.figure("cluster_registrations_rate", "registrations per second per server (propagated)",
+                          results_io.sample(rate, "/s", digits=0), better="higher", readme=False),
+        results_io.figure("cluster_memory_per_peer", "resident memory growth per known peer, per server",
+                          results_io.sample(mem, "B", digits=0), readme=False,
+                          differences=["registry record plus the cluster's view of the others' peers"]),
+        results_io.figure("cluster_forward_rtt", "forwarded ME_CONNECT server 1 -> 2 and its answer back",
+                          results_io.sample(rtt, "ms"), readme=False,
+                          differences=[f"with all {peers} peers known; one at a time"]),
+        results_io.figure("cluster_forward_p99", "p99 of the round trip, per round", results_io.sample(p99, "ms"),
+                          readme=False),
+        results_io.figure("cluster_failover", "redis-server killed and restarted until every server knows "
+                          "every peer again", results_io.sample(fo, "s"), readme=False,
+                          differences=["includes redis-server's start and the announcements of all peers"]),
+    ]
+    notes = [f"{rounds} round(s) of {peers} peers ({peers // 3} per server)"]
+    results_io.write_results(args.out, "cluster_scale", results_io.finish_header(header, args.quick, rounds),
+                             figures, notes=notes)
+
+
+if __name__ == "__main__":
+    main()
