@@ -50,7 +50,7 @@ def server_proc(name: str, url: str, peers: int, total: int, conn: Connection) -
     asyncio.run(_server(name, url, peers, total, conn))
 
 
-async def _server(name: str, url: str, peers: int, total: int, conn: Connection) -> None:
+async def _server(name: str, url: str, peers: int, total: int, conn: Connection) -> None:  # noqa: PLR0915 - one command loop
     from mediation_server.cluster.core import Cluster, ForwardedConnect, PeerElsewhere, SyncAsked
     from mediation_server.cluster.redis_bus import RedisBus
     from mediation_server.registry import Registry
