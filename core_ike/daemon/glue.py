@@ -55,6 +55,8 @@ class DataPlaneGlue(Extension):
         self.delete_child = delete_child
         self.children: dict[int, _Installed] = {}  # by CHILD_SA unique id
         self.policies: dict[int, list[PolicyParams]] = {}  # by reqid
+        self.vips: dict[int, str] = {}  # our virtual IP by IKE_SA unique id (a rekeyed successor shares it)
+        self.vips_added: set[str] = set()  # those the data plane added (the rest the host had already)
 
     def handle(self, e: object) -> object:
         """Act on one engine event; returns the event the other consumers should see (a CHILD_SA that
@@ -67,7 +69,38 @@ class DataPlaneGlue(Extension):
             self.remove(e)
         elif isinstance(e, ev.PeerAddressChanged):
             self.follow(e)
+        elif isinstance(e, ev.VirtualIpAssigned):
+            self.add_vip(e.ike_unique_id, e.address)
+        elif isinstance(e, ev.IkeSaEstablished) and e.rekeyed_from in self.vips:
+            self.vips[e.unique_id] = self.vips[e.rekeyed_from]  # RFC 7296 §2.18: the successor keeps it
+        elif isinstance(e, ev.IkeSaDeleted | ev.IkeSaFailed):
+            self.drop_vip(e.unique_id)
         return e
+
+    def add_vip(self, ike: int, address: str) -> None:
+        """Make the assigned virtual IP a local address before the CHILD_SA that uses it is installed
+        (the CFG_REPLY comes with it, RFC 7296 §2.19); a refusal leaves the IKE_SA up, logged."""
+        if self.vips.get(ike) == address:
+            return
+        self.drop_vip(ike)  # a different address for the same IKE_SA replaces the old one
+        held = address in self.vips.values()
+        self.vips[ike] = address
+        if held:
+            return
+        try:
+            if self.dp.add_vip(address):
+                self.vips_added.add(address)
+                log.info("virtual IP %s installed in the %s data plane", address, getattr(self.dp, "name", "?"))
+        except Exception as err:  # noqa: BLE001 - the IKE_SA stays; traffic from the address cannot leave
+            log.error("unable to install virtual IP %s: %s", address, err)
+
+    def drop_vip(self, ike: int) -> None:
+        address = self.vips.pop(ike, None)
+        if address is None or address in self.vips.values() or address not in self.vips_added:
+            return
+        self.vips_added.discard(address)
+        self._quietly(self.dp.del_vip, address)
+        log.info("virtual IP %s removed from the %s data plane", address, getattr(self.dp, "name", "?"))
 
     def follow(self, e: ev.PeerAddressChanged) -> None:
         """The peer's NAT mapping changed (RFC 7296 2.23): its CHILD_SAs' ESP goes to the new address

@@ -92,6 +92,16 @@ class ChildSaDeleted:
 
 
 @dataclass(frozen=True)
+class VirtualIpAssigned:
+    """The peer assigned us a virtual IP in its CFG_REPLY (RFC 7296 §2.19, §3.15.1): our traffic leaves
+    from it while IKE_SA `ike_unique_id` (or the IKE_SA rekeying it) lives."""
+
+    ike_name: str
+    ike_unique_id: int
+    address: str
+
+
+@dataclass(frozen=True)
 class PeerAddressChanged:
     """NAT mapping of the peer changed (RFC 7296 2.23 dynamic address update)."""
 
@@ -101,5 +111,5 @@ class PeerAddressChanged:
 
 Event = (
     IkeSaEstablished | IkeSaFailed | IkeSaDeleted | ChildSaEstablished | ChildSaFailed | ChildSaDeleted
-    | PeerAddressChanged
+    | PeerAddressChanged | VirtualIpAssigned
 )

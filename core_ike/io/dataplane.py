@@ -197,6 +197,15 @@ class DataPlane(Protocol):
 
     def query_usage(self, spi: int, direction: Direction) -> SaUsage: ...
 
+    def add_vip(self, address: str) -> bool:
+        """Make a virtual IP the peer assigned us (RFC 7296 §2.19) a local address, so traffic leaves
+        from it; False when the host has that address already (then `del_vip` is not called for it)."""
+        ...
+
+    def del_vip(self, address: str) -> None:
+        """Remove an address `add_vip` added (its IKE_SA is gone)."""
+        ...
+
     def next_event(self) -> DataPlaneEvent | None:
         """Drain one pending event (None when empty)."""
         ...

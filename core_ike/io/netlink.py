@@ -21,6 +21,7 @@ kernel's refusal still reaches the caller.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -44,6 +45,7 @@ RTMGRP_IPV6_IFADDR = 0x100
 RTM_NEWROUTE = 24
 NLMSG_ERROR = 2
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+IFA_F_NODAD = 0x02  # linux/if_addr.h: a virtual IPv6 address is ours alone, no duplicate detection
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST = 254, 4, 253, 1
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Job = tuple[Callable[[Any], Any], "Future[Any]"]
@@ -111,6 +113,11 @@ class NetlinkWorker:
 
         self.submit(dump)
 
+    def addresses_changed(self) -> None:
+        """Distrust the cached list now (we changed an address; its notification is still unread)."""
+        self._addr_gen += 1
+        self._refresh()
+
     def cached_addresses(self) -> list[Address] | None:
         """The address list if it is known to be current (from any thread), else None."""
         if self._events is None or self._addrs_gen != self._addr_gen:
@@ -150,12 +157,7 @@ class NetlinkWorker:
         gen = self._addr_gen
         if self._events is None or gen != self._addrs_gen:
             self.dumps += 1
-            out: list[Address] = []
-            for msg in ipr.get_addr():
-                a = msg.get_attr("IFA_ADDRESS")
-                if a:
-                    out.append(ipaddress.ip_address(a))
-            self._addrs, self._addrs_gen = out, gen
+            self._addrs, self._addrs_gen = _addresses(ipr), gen
         return self._addrs
 
     def _run(self) -> None:
@@ -200,6 +202,36 @@ class NetlinkWorker:
                 return
             if job[1].set_running_or_notify_cancel():
                 job[1].set_exception(err)
+
+
+def add_host_address(ipr: Any, index: int, address: str) -> bool:
+    """`ip addr add ADDRESS/32 (/128) dev INDEX`; False when the host has that address already (then it
+    is not ours to delete). For a virtual IP (RFC 7296 §2.19), as charon's kernel interface adds it."""
+    ip = ipaddress.ip_address(address)
+    extra = {"flags": IFA_F_NODAD} if ip.version == 6 else {}
+    if any(ip == a for a in _addresses(ipr)):
+        return False
+    try:
+        ipr.addr("add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, **extra)
+    except NetlinkError as e:
+        if e.code == errno.EEXIST:
+            return False
+        raise
+    return True
+
+
+def del_host_address(ipr: Any, index: int, address: str) -> None:
+    """Remove what `add_host_address` added; an address (or device) already gone is no error."""
+    ip = ipaddress.ip_address(address)
+    try:
+        ipr.addr("del", index=index, address=str(ip), prefixlen=ip.max_prefixlen)
+    except NetlinkError as e:
+        if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV):
+            raise
+
+
+def _addresses(ipr: Any) -> list[Address]:
+    return [ipaddress.ip_address(a) for msg in ipr.get_addr() if (a := msg.get_attr("IFA_ADDRESS"))]
 
 
 class RouteSocket:

@@ -46,7 +46,7 @@ from .dataplane import (
     SendDatagram,
 )
 from .fastpath import OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
-from .netlink import NetlinkWorker, RouteSocket
+from .netlink import NetlinkWorker, RouteSocket, add_host_address, del_host_address
 from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment
 from .tsmatch import packet_flow, ts_match
 
@@ -209,6 +209,23 @@ class UserspaceDataPlane:
                 self._loop.remove_reader(self._raw.fileno())
             self._raw.close()
             self._raw = None
+
+    def add_vip(self, address: str) -> bool:
+        """Put a virtual IP we were assigned (RFC 7296 §2.19) on the TUN device, before the CHILD_SA's
+        routes name it as their source; False when the host has it already."""
+        nl = self._netlink
+        if nl is None or not self._tun_index:
+            raise DataPlaneError("userspace data plane not started")
+        index = self._tun_index
+        added = nl.call(lambda ipr: add_host_address(ipr, index, address))
+        nl.addresses_changed()
+        return added
+
+    def del_vip(self, address: str) -> None:
+        if self._netlink is not None and self._tun_index:
+            index = self._tun_index
+            self._netlink.call(lambda ipr: del_host_address(ipr, index, address))
+            self._netlink.addresses_changed()
 
     # -- SA management ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..constants import EncrId, IntegId
 from ..esp.algorithms import AES_KEY_BITS, EspTransforms
@@ -38,6 +38,9 @@ from .dataplane import (
     SendDatagram,
     TrafficSelector,
 )
+
+if TYPE_CHECKING:  # pyroute2 is imported with the first virtual IP, not by the ESP probe's child process
+    from .netlink import NetlinkWorker
 
 log = logging.getLogger("core_ike.io.xfrm")
 
@@ -326,6 +329,26 @@ class XfrmDataPlane:
         self.events_sock.sock.setblocking(False)
         self._sas: dict[tuple[int, Direction], SaParams] = {}
         self._events: deque[DataPlaneEvent] = deque()
+        self._netlink: NetlinkWorker | None = None
+
+    def add_vip(self, address: str) -> bool:
+        """Put a virtual IP we were assigned (RFC 7296 §2.19) on `lo` (charon uses the outbound interface;
+        either makes it a local address the kernel sends from); False when the host has it already."""
+        from .netlink import NetlinkWorker, add_host_address
+
+        if self._netlink is None:  # one rtnetlink connection, opened by the first virtual IP
+            self._netlink = NetlinkWorker("netlink-xfrm")
+
+        def add(ipr: Any) -> bool:
+            return add_host_address(ipr, int(ipr.link_lookup(ifname="lo")[0]), address)
+
+        return self._netlink.call(add)
+
+    def del_vip(self, address: str) -> None:
+        from .netlink import del_host_address
+
+        if self._netlink is not None:
+            self._netlink.call(lambda ipr: del_host_address(ipr, int(ipr.link_lookup(ifname="lo")[0]), address))
 
     def fileno(self) -> int:
         """Readable when kernel events (acquire, expire) are pending: call `read_events`."""
@@ -334,6 +357,9 @@ class XfrmDataPlane:
     def close(self) -> None:
         self.nl.close()
         self.events_sock.close()
+        if self._netlink is not None:
+            self._netlink.close()
+            self._netlink = None
 
     def allocate_spi(self, src: str, dst: str, reqid: int = 0) -> int:
         info = encode_usersa_info(src, dst, 0, reqid)

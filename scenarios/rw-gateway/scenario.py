@@ -14,7 +14,8 @@ warriors carol .100 and dave .200 (strongSwan charon, PSK) and erin .150 (our ik
    seed's road-warrior ipsec.conf (leftsourceip=%config) as carol's with erin's identity: the same
    checks, addresses from the in-memory pool in order.
 
-Our iked does not put an assigned virtual IP on an interface: the scenario adds erin's to erin's lo.
+erin's iked puts the virtual IP it is given on its TUN device while the IKE_SA is up (the route into the
+tunnel names it as source, so erin pings without choosing one) and removes it when the IKE_SA goes.
 """
 
 from __future__ import annotations
@@ -177,12 +178,13 @@ class RoadWarriors:
         return str(vip)
 
     def ping(self, who: str, vip: str) -> int:
-        if who == "erin":  # iked hands the virtual IP out but does not configure it: put it on lo
-            have = self.lab.run("erin", ["ip", "-4", "-o", "addr", "show", "dev", "lo"]).stdout
-            if f" {vip}/" not in have:
-                self.lab.addr("erin", "lo", f"{vip}/32")
-        _, received, _ = self.lab.ping(who, MOON_NET, source=vip, count=3, interval=0.05)
+        # erin's route into ipsec0 names her virtual IP as its source: her ping chooses none
+        _, received, _ = self.lab.ping(who, MOON_NET, source=None if who == "erin" else vip, count=3, interval=0.05)
         return received
+
+    def erin_vips(self) -> str:
+        """The addresses on erin's TUN device (ipsec0)."""
+        return self.lab.run("erin", ["ip", "-o", "addr", "show", "dev", "ipsec0"], check=False).stdout
 
     def gone(self, who: str) -> bool:
         if who in self.charons:
@@ -194,6 +196,9 @@ def connect_all(story: Story, rws: RoadWarriors, pool: str, before: dict[str, st
     vips: dict[str, str] = {}
     for who in RW:
         vips[who] = rws.connect(who)
+        if who == "erin":
+            story.check(f" {vips[who]}/32 " in rws.erin_vips(),
+                        f"erin's iked put her virtual IP {vips[who]} on its TUN device ipsec0")
         received = rws.ping(who, vips[who])
         story.check(vips[who].startswith(pool) and received == 3,
                     f"{who} got {vips[who]} from {pool}x and pinged {MOON_NET} from it ({received}/3)")
@@ -201,6 +206,15 @@ def connect_all(story: Story, rws: RoadWarriors, pool: str, before: dict[str, st
             story.check(vips[who] == before[who], f"{who} got the same address back ({before[who]})")
     story.check(len(set(vips.values())) == 3, "three different addresses")
     return vips
+
+
+def vip_removed_check(story: Story, rws: RoadWarriors, vip: str) -> None:
+    try:
+        wait_for(lambda: f" {vip}/32 " not in rws.erin_vips(), 10, what=f"{vip} off erin's ipsec0")
+        gone = True
+    except TimeoutError:
+        gone = False
+    story.check(gone, f"erin's virtual IP {vip} left ipsec0 with her IKE_SA")
 
 
 def sa_manager_checks(story: Story, web: Browser, moon: Iked, vips: dict[str, str], db_pool: bool) -> None:
@@ -297,6 +311,7 @@ config_db = "{db_url}"
         sa_manager_checks(story, web, moon, vips, db_pool=True)
         story.check(all(wait_for(lambda w=w: rws.gone(w), 10, what=f"{w} down") for w in RW),
                     "the road warriors saw the DELETEs")
+        vip_removed_check(story, rws, vips["erin"])
         story.step("they reconnect")
         connect_all(story, rws, "10.3.0.", before=vips)
         for c in charons.values():
@@ -332,6 +347,8 @@ ipsec_secrets = "{secrets}"
         rws = RoadWarriors(lab, charons, erin)
         vips = connect_all(story, rws, "10.3.0.")
         sa_manager_checks(story, web, moon, vips, db_pool=False)
+        wait_for(lambda: rws.gone("erin"), 10, what="erin down")
+        vip_removed_check(story, rws, vips["erin"])
         story.step("they reconnect, one after the other")
         connect_all(story, rws, "10.3.0.", before=vips)
     finally:

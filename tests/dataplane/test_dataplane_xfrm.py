@@ -149,3 +149,18 @@ def test_detection_and_choice() -> None:
     if not supported:
         with pytest.raises(Exception, match="lacks ESP"):
             choose_backend("xfrm")
+
+
+def test_virtual_ip_goes_on_lo_and_comes_off(xfrm: XfrmDataPlane) -> None:
+    """A virtual IP we are assigned (RFC 7296 §2.19) becomes a local address on lo, IPv4 and IPv6, and
+    `del_vip` removes it; one the host has already is reported as such (not ours to remove)."""
+    def on_lo() -> str:
+        return sh("ip", "-n", NS, "-o", "addr", "show", "dev", "lo")
+
+    assert xfrm.add_vip("10.3.0.7") is True and xfrm.add_vip("fd00:3::7") is True
+    assert " 10.3.0.7/32 " in on_lo() and " fd00:3::7/128 " in on_lo()
+    assert xfrm.add_vip("10.3.0.7") is False and xfrm.add_vip("10.10.1.1") is False  # x0 has that one
+    xfrm.del_vip("10.3.0.7")
+    xfrm.del_vip("fd00:3::7")
+    xfrm.del_vip("10.3.0.7")  # gone already: no error
+    assert "10.3.0.7" not in on_lo() and "fd00:3::7" not in on_lo()

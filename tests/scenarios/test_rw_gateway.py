@@ -1,7 +1,8 @@
 """`scenarios/run rw-gateway` to a PASSED verdict: our gateway moon with its configuration written in SQL
 through the SA manager (lighttpd + medmgr-sa), then read from the seed's ipsec.conf; road warriors carol
 and dave (strongSwan charon, PSK) and erin (ours) each get a virtual IP from the pool, ping moon's subnet
-from it, are listed and terminated by the SA manager and get the same address after reconnecting."""
+from it (erin's iked puts hers on its TUN device while the IKE_SA is up), are listed and terminated by the
+SA manager and get the same address after reconnecting."""
 
 from __future__ import annotations
 
@@ -30,5 +31,9 @@ def test_rw_gateway_scenario() -> None:
         assert len(re.findall(rf"PASS  {who} got (10\.3\.0\.\d+) from 10\.3\.0\.x and pinged 10\.1\.0\.1 from it \(3/3\)",
                               res.stdout)) == 4, out
         assert res.stdout.count(f"PASS  {who} got the same address back") == 2, out
+    # erin's iked configures the virtual IP on its TUN device while up, and removes it with the IKE_SA
+    assert len(re.findall(r"PASS  erin's iked put her virtual IP 10\.3\.0\.\d+ on its TUN device ipsec0",
+                          res.stdout)) == 4, out
+    assert len(re.findall(r"PASS  erin's virtual IP 10\.3\.0\.\d+ left ipsec0 with her IKE_SA", res.stdout)) == 2, out
     assert res.stdout.count("PASS  terminate carol's CHILD_SA from the SA manager") == 2, out
     assert "PASS  iked loaded connection rw and pool rw from the database without a restart" in res.stdout, out

@@ -243,6 +243,7 @@ class ChildCreate(Task):
                     vip = ipaddress.ip_address(a.value[:4] if a.type == CfgAttr.INTERNAL_IP4_ADDRESS else a.value[:16])
                     sa.vip = vip
                     log.info("installing new virtual IP %s", vip)
+                    sa.ctx.emit(ev.VirtualIpAssigned(sa.name, sa.unique_id, str(vip)))
         self.tsi, self.tsr = tsi.selectors, tsr.selectors
         if _peer_behind_nat(sa) and narrow_remote(sa, self.cfg, self.tsr) != self.tsr:
             # we offered "any" for the peer's dynamic address: it must answer with its own host address
