@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 def test_every_command_is_covered() -> None:
     assert set(COMMANDS) == {"iked", "ikectl", "ikeme-ipsec", "mediation-server", "mediation-client",
-                             "medmgr-server", "medmgr-client"}
+                             "medmgr-server", "medmgr-client", "medmgr-sa"}
 
 
 def test_installed_metadata_matches_pyproject() -> None:
