@@ -212,14 +212,11 @@ def initiator(lab: Any, auth: str, pki: Pki, n: int, name: str, threads: int = 6
         if auth == "psk":
             local = f"auth = psk\n      id = c{i}@bench"
             remote = f"auth = psk\n      id = {RESP_ID}"
-        else:
-            # send_cert = always: our responder sends no CERTREQ, so charon's default (ifasked) would
-            # leave the certificate out for ours only
+        else:  # charon's default send_cert = ifasked: both responders send a CERTREQ in IKE_SA_INIT
             local = f"auth = pubkey\n      certs = c{i}.crt"
             remote = "auth = pubkey\n      id = responder.bench\n      cacerts = ca.crt"
         conns.append(f"  c{i} {{\n    local_addrs = {INIT_IP}\n    remote_addrs = {RESP_IP}\n"
                      f"    proposals = {PROPOSAL}\n    version = 2\n    rekey_time = 0\n"
-                     + ("    send_cert = always\n" if auth != "psk" else "")
                      + f"    local {{\n      {local}\n    }}\n    remote {{\n      {remote}\n    }}\n  }}\n")
     secrets = f'secrets {{\n  ike-1 {{\n    secret = "{PSK}"\n  }}\n}}\n' if auth == "psk" else ""
     ch = CharonProc(lab, "alice", name=name, conf="connections {\n" + "".join(conns) + "}\n" + secrets,

@@ -149,6 +149,11 @@ class TaskContext(Protocol):
 
     def ike_proposals_for(self, sa: IkeSaView) -> list[Proposal]: ...
 
+    def wants_peer_certs(self, sa: IkeSaView) -> bool:
+        """Responder, before the peer's identity is known: a configuration for these addresses
+        authenticates the peer by public key and sends CERTREQ (RFC 7296 §3.7)."""
+        ...
+
     def select_peer_config(self, sa: IkeSaView, peer: Identity, wanted: Identity | None,
                            msg: Message) -> IkeConfig | None: ...
 

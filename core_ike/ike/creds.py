@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from ..constants import IdType
-from ..crypto.auth import PrivateKey, PublicKey, load_private_key, load_public_key
+from ..crypto.auth import PrivateKey, PublicKey, load_private_key, load_public_key, spki_sha1
 from ..crypto.auth import keyid_sha1 as keyid_of
 from .identity import Identity
 
@@ -104,6 +104,11 @@ class Credentials:
         if self.resolver is not None:
             return self.resolver(peer)
         return None
+
+    def certreq_hashes(self) -> bytes:
+        """A CERTREQ's Certification Authority field (RFC 7296 §3.7): the SHA-1 hashes of our trusted
+        CAs' SubjectPublicKeyInfo, concatenated; empty without CAs."""
+        return b"".join(spki_sha1(ca.public_key()) for ca in self.cas)  # type: ignore[arg-type]
 
     def verify_cert(self, cert: x509.Certificate) -> bool:
         """An end-entity certificate directly issued by one of our CAs and currently valid."""

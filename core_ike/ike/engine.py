@@ -367,6 +367,9 @@ class Engine:
                     out.append(p)
         return out
 
+    def wants_peer_certs(self, sa: IkeSaView) -> bool:
+        return any(c.remote.auth == "pubkey" and c.send_certreq for c in self._configs_for(sa))
+
     def _configs_for(self, sa: IkeSaView) -> list[IkeConfig]:
         return [c for c in self.configs if addr_matches(c.local_addrs, sa.local[0])
                 and addr_matches(c.remote_addrs, sa.remote[0])]

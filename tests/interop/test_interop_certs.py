@@ -122,3 +122,71 @@ remote_ts = ["{B_IN}/32"]
     finally:
         iked.stop()
         charon.stop()
+
+
+def test_charon_initiator_sends_its_certificate_when_asked(two_hosts_per_test: Lab) -> None:
+    """Our responder's IKE_SA_INIT response carries a CERTREQ naming the CA (RFC 7296 §1.2, §3.7), so
+    charon as initiator with its default `send_cert = ifasked` sends its certificate in IKE_AUTH and
+    ours, trusting only the CA, authenticates it."""
+    lab = two_hosts_per_test
+    ca_key, a_key, b_key = (rsa.generate_private_key(65537, 2048) for _ in range(3))
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Interop Test CA")])
+    ca = _cert("Interop Test CA", "", ca_key, ca_key, ca_name, ca=True)
+    a_cert = _cert("alice", "alice@lab", a_key, ca_key, ca_name)
+    b_cert = _cert("bob", "bob@lab", b_key, ca_key, ca_name)
+    charon = Charon(lab, "bob", name="charon-ifasked", conf=f"""connections {{
+  certs {{
+    local_addrs = {B}
+    remote_addrs = {A}
+    local {{
+      auth = pubkey
+      certs = bob.pem
+      id = bob@lab
+    }}
+    remote {{
+      auth = pubkey
+      id = alice@lab
+    }}
+    children {{
+      net {{
+        local_ts = {B_IN}/32
+        remote_ts = {A_IN}/32
+      }}
+    }}
+  }}
+}}
+""")
+    charon.add_file("x509ca", "ca.pem", _pem(ca))
+    charon.add_file("x509", "bob.pem", _pem(b_cert))
+    charon.add_file("private", "bob.pem", _pem(b_key))
+    iked = Iked(lab, "alice", f"""[daemon]
+listen = ["{A}"]
+control = "@CTL@"
+dataplane = "userspace"
+
+[[secrets.private]]
+file = "alice.key"
+[[secrets.ca]]
+file = "ca.pem"
+
+[connections.certs]
+remote_addrs = ["{B}"]
+local = {{ auth = "pubkey", id = "alice@lab", certs = ["alice.pem"] }}
+remote = {{ auth = "pubkey", id = "bob@lab" }}
+[connections.certs.children.net]
+local_ts = ["{A_IN}/32"]
+remote_ts = ["{B_IN}/32"]
+""", name="iked-ifasked", files={"alice.key": _pem(a_key), "alice.pem": _pem(a_cert), "ca.pem": _pem(ca)})
+    charon.start()
+    iked.start()
+    try:
+        charon.initiate(child="net", ike="certs", timeout=20)
+        log = charon.log_text()
+        assert 'received cert request for "CN=Interop Test CA"' in log, log[-3000:]
+        assert 'sending end entity cert "CN=bob"' in log, log[-3000:]
+        (ours,) = iked.list_sas()
+        assert ours["remote-id"] == "bob@lab" and ours["state"] == "ESTABLISHED"
+        assert lab.ping("bob", A_IN, source=B_IN, count=2, interval=0.05)[1] == 2
+    finally:
+        iked.stop()
+        charon.stop()

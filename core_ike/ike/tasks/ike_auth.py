@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -147,11 +146,9 @@ def _add_certs(sa: IkeSaView, msg: Message) -> None:
 
 def _add_certreq(sa: IkeSaView, msg: Message) -> None:
     """RFC 7296 3.7: SHA-1 hashes of the SPKIs of the CAs we trust."""
-    cas = sa.ctx.creds.cas
-    if sa.config.remote.auth == "pubkey" and cas and sa.config.send_certreq:
-        data = b"".join(hashlib.sha1(ca.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest() for ca in cas)
-        msg.payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, data))
+    hashes = sa.ctx.creds.certreq_hashes() if sa.config.remote.auth == "pubkey" and sa.config.send_certreq else b""
+    if hashes:
+        msg.payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, hashes))
 
 
 def established(sa: IkeSaView, now: float) -> None:

@@ -9,8 +9,9 @@ import struct
 from functools import lru_cache
 
 from ...codec.message import Message
-from ...codec.payloads import KePayload, NoncePayload, NotifyPayload, Proposal, SaPayload
+from ...codec.payloads import CertReqPayload, KePayload, NoncePayload, NotifyPayload, Proposal, SaPayload
 from ...constants import (
+    CertEncoding,
     DhId,
     ExchangeType,
     HashAlgorithm,
@@ -234,4 +235,9 @@ class IkeInit(Task):
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         assert self.ke is not None and sa.proposal is not None
         msg.payloads += [SaPayload([sa.proposal]), KePayload(self.ke.group, self.ke.public), NoncePayload(sa.nr)]
+        # RFC 7296 §1.2, §3.7: ask for the initiator's certificate here, as its IKE_AUTH request carries
+        # it (a peer may send it only when asked); which configuration applies is known only then
+        hashes = sa.ctx.creds.certreq_hashes() if sa.ctx.wants_peer_certs(sa) else b""
+        if hashes:
+            msg.payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, hashes))
         _add_common(sa, msg, sa.local, sa.remote)
