@@ -292,6 +292,7 @@ class ClientDaemon(Daemon):
     def close(self) -> None:
         if self._nat_task is not None:
             self._nat_task.cancel()
+        self.hosts.close()
         if self.db is not None:
             self.db.reset()  # every connection is DOWN when the daemon is not running
 

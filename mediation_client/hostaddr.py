@@ -3,10 +3,11 @@
 The sans-IO core decides which of them to offer (`core_ike.me.endpoints.host_candidates`); this module
 reads them from the kernel (rtnetlink through pyroute2, which the data plane already uses) and keeps a
 snapshot, so that building an ME_CONNECT never waits for the OS: the snapshot is taken when the daemon
-starts and refreshed every `REFRESH` seconds in a worker thread (pyroute2's synchronous API refuses to
-run inside an event loop's thread, and the loop must not wait for the kernel). Addresses that appear
-later have no IKE socket anyway (the transport binds at start), so a snapshot as old as that loses
-nothing the filter would keep.
+starts and refreshed every `REFRESH` seconds on one `core_ike.io.netlink.NetlinkWorker` (one rtnetlink
+socket in one thread for the daemon's life: pyroute2's synchronous API refuses to run inside an event
+loop's thread, and the loop must not wait for the kernel). Addresses that appear later have no IKE
+socket anyway (the transport binds at start), so a snapshot as old as that loses nothing the filter
+would keep.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
+from core_ike.io.netlink import NetlinkWorker
 from core_ike.me.endpoints import HostAddress, host_candidates
 
 log = logging.getLogger("mediation_client")
@@ -31,18 +33,18 @@ IFA_F_DADFAILED = 0x08
 
 def read_host_addresses() -> list[HostAddress]:
     """Every address of every interface, with what the filter needs to know about it (blocking; from
-    any thread, an event loop's included)."""
-    with ThreadPoolExecutor(1) as ex:
-        return ex.submit(_read).result()
+    any thread, an event loop's included), on a netlink worker of its own: for a one-off read."""
+    nl = NetlinkWorker("netlink-hostaddr")
+    try:
+        return nl.call(read_with)
+    finally:
+        nl.close()
 
 
-def _read() -> list[HostAddress]:
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]
-
-    with IPRoute() as ipr:
-        links = {int(link["index"]): link for link in ipr.get_links()}
-        addrs = list(ipr.get_addr())
-    return [h for h in (_host_address(a, links) for a in addrs) if h is not None]
+def read_with(ipr: Any) -> list[HostAddress]:
+    """The read itself, on a NetlinkWorker's `IPRoute`."""
+    links = {int(link["index"]): link for link in ipr.get_links()}
+    return [h for h in (_host_address(a, links) for a in ipr.get_addr()) if h is not None]
 
 
 def _host_address(msg: Any, links: dict[int, Any]) -> HostAddress | None:
@@ -61,27 +63,39 @@ class HostAddresses:
     """A snapshot of the host's addresses and the filter over it, as `MediationClientConfig.host_addresses`.
 
     `bound()` gives the addresses our IKE sockets are bound to (read at each call: the transport may
-    rebind); `exclude_interfaces` names our own TUN device.
+    rebind); `exclude_interfaces` names our own TUN device. The kernel is read on one NetlinkWorker,
+    opened by the first read and kept until `close`; `read` replaces that (tests).
     """
 
     def __init__(self, bound: Callable[[], Collection[str]], exclude_interfaces: Collection[str] = (),
                  exclude_addresses: Callable[[], Collection[str]] = tuple,
-                 read: Callable[[], list[HostAddress]] = read_host_addresses) -> None:
+                 read: Callable[[], list[HostAddress]] | None = None) -> None:
         self.bound = bound
         self.exclude_interfaces = tuple(exclude_interfaces)
         self.exclude_addresses = exclude_addresses
         self.read = read
+        self.netlink: NetlinkWorker | None = None
         self.snapshot: list[HostAddress] = []
+
+    def _submit(self) -> Future[list[HostAddress]]:
+        if self.netlink is None:
+            self.netlink = NetlinkWorker("netlink-hostaddr")
+        return self.netlink.submit(read_with)
+
+    def close(self) -> None:
+        if self.netlink is not None:
+            self.netlink.close()
+            self.netlink = None
 
     def refresh(self) -> None:
         """Read now and wait for it (at start, before the first ME_CONNECT can be built)."""
         try:
-            self._set(self.read())
+            self._set(self.read() if self.read is not None else self._submit().result(5.0))
         except Exception as e:  # noqa: BLE001 - keep the last snapshot; the srflx endpoint still works
             self._failed(e)
 
     def refresh_soon(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read in a worker thread; the snapshot is replaced when the read is done."""
+        """Read off the loop's thread; the snapshot is replaced (in the loop) when the read is done."""
         def done(fut: asyncio.Future[list[HostAddress]]) -> None:
             if fut.cancelled():
                 return
@@ -91,7 +105,15 @@ class HostAddresses:
             else:
                 self._set(fut.result())
 
-        loop.run_in_executor(None, self.read).add_done_callback(done)
+        if self.read is not None:
+            loop.run_in_executor(None, self.read).add_done_callback(done)
+            return
+        try:
+            fut = self._submit()
+        except Exception as e:  # noqa: BLE001 - a closed worker (the daemon stops)
+            self._failed(e)
+            return
+        asyncio.wrap_future(fut, loop=loop).add_done_callback(done)
 
     def _set(self, found: list[HostAddress]) -> None:
         if not found:

@@ -4,6 +4,9 @@ the core's pure `host_candidates` against the sockets the daemon has bound."""
 from __future__ import annotations
 
 import asyncio
+import threading
+
+import pytest
 
 from core_ike.me.endpoints import HostAddress
 from mediation_client.hostaddr import HostAddresses, read_host_addresses
@@ -26,6 +29,7 @@ def test_reads_inside_a_running_event_loop_too() -> None:
         hosts.refresh_soon(asyncio.get_running_loop())
         while not hosts.snapshot:
             await asyncio.sleep(0.01)
+        hosts.close()
         return found, hosts()
 
     found, offered = asyncio.run(asyncio.wait_for(main(), 10))
@@ -65,3 +69,43 @@ def test_a_failed_read_keeps_the_last_snapshot() -> None:
     hosts.refresh()
     hosts.refresh()
     assert hosts() == ["10.1.0.2"]
+
+
+def test_refreshes_share_one_netlink_socket_and_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every refresh (at start, then every REFRESH s) reads on the same NetlinkWorker: one IPRoute and
+    one thread for the daemon's life, not one of each per read; `close` ends that thread."""
+    import pyroute2
+
+    from core_ike.io import netlink
+
+    opened: list[object] = []
+
+    class CountingIPRoute(netlink.IPRoute):  # type: ignore[misc]
+        def __init__(self, *a: object, **kw: object) -> None:
+            opened.append(self)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(netlink, "IPRoute", CountingIPRoute)
+    monkeypatch.setattr(pyroute2, "IPRoute", CountingIPRoute)
+
+    def hostaddr_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "netlink-hostaddr"]
+
+    async def main() -> HostAddresses:
+        hosts = HostAddresses(lambda: ["0.0.0.0"])
+        hosts.refresh()
+        for _ in range(4):
+            hosts.snapshot = []
+            hosts.refresh_soon(asyncio.get_running_loop())
+            while not hosts.snapshot:  # replaced in the loop when the read is done
+                await asyncio.sleep(0.01)
+        return hosts
+
+    before = set(hostaddr_threads())
+    hosts = asyncio.run(asyncio.wait_for(main(), 10))
+    assert any(h.address == "127.0.0.1" for h in hosts.snapshot)
+    (thread,) = set(hostaddr_threads()) - before
+    assert len(opened) == 1
+    hosts.close()
+    thread.join(5)
+    assert not thread.is_alive()
