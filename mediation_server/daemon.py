@@ -214,8 +214,8 @@ class ServerDaemon(Daemon):
         self.mediation.on_cluster_message(data, time.monotonic())
         self.transport.flush()
 
-    def _cluster_synced(self) -> None:
-        self.mediation.announce_all()
+    def _cluster_synced(self, servers: list[str]) -> None:
+        self.mediation.sync_to(servers)
 
     def _cluster_server_gone(self, server: str) -> None:
         if self.cluster is not None:

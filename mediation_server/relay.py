@@ -63,6 +63,7 @@ from .cluster.core import (
     ForwardedFailure,
     PeerElsewhere,
     SyncAsked,
+    SyncChunk,
 )
 from .datarelay import DataRelay, Relay, RelayRefused
 from .registry import (
@@ -412,7 +413,13 @@ class MediationServer(Extension):
             self._peer_elsewhere(ev, now)
         elif isinstance(ev, SyncAsked):  # it (re)joined: what we knew of its peers is void, it says them again
             self.cluster.server_gone(ev.server)
-            self.announce_all(to=ev.server)
+            self.sync_to([ev.server])
+        elif isinstance(ev, SyncChunk):
+            for pe in ev.peers:
+                self._peer_elsewhere(pe, now)
+            for cb in ev.callbacks:
+                self.registry.add_replica(CallbackRegistration(cb.target, cb.requester, cb.created, cb.expires),
+                                          self.clock(now))
         elif isinstance(ev, ForwardedConnect):
             self._forwarded_connect(ev, now)
         elif isinstance(ev, CallbackElsewhere):
@@ -425,15 +432,20 @@ class MediationServer(Extension):
             if rec is not None:
                 self._send_failure(_uid(rec.sa_id), ev.connect_id, Identity(*ev.about), now)
 
-    def announce_all(self, to: str | None = None) -> None:
-        """Announce every peer registered here and every callback registration known here: to every
-        server when we (re)connected to the engine, to server `to` only when it said hello (the
-        others know ours already)."""
-        if self.cluster is not None:
-            for rec in self.registry.online_peers():
-                self.cluster.announce(rec.identity, rec.endpoint, rec.since, to=to)
-            for cr in self.registry.registrations():
-                self.cluster.callback_added(cr.target, cr.requester, cr.created, cr.expires, to=to)
+    def sync_to(self, servers: list[str]) -> None:
+        """Send each of `servers` every peer registered here and every callback registration known
+        here, paced by their acknowledgements (cluster/core.py `start_sync`): to the servers already
+        connected when we (re)connected to the engine, and to a server that said hello."""
+        if self.cluster is None:
+            return
+        identities = [rec.identity for rec in self.registry.online_peers()]
+        callbacks = [(cr.target, cr.requester, cr.created, cr.expires) for cr in self.registry.registrations()]
+        for server in servers:
+            self.cluster.start_sync(server, identities, self._registered_here, callbacks)
+
+    def _registered_here(self, identity: str) -> tuple[tuple[str, int] | None, float] | None:
+        rec = self.registry.lookup(identity)
+        return (rec.endpoint, rec.since) if rec is not None else None
 
     def _peer_elsewhere(self, ev: PeerElsewhere, now: float) -> None:
         """One registration per identity across the cluster, newest wins: an older one here goes."""

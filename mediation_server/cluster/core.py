@@ -3,9 +3,16 @@ servers (docs/architecture.md, "Cluster"). No IO and no clock: the caller passes
 `outbox` entries (channel, bytes) over the engine (redis_bus.py), handing received ones to `receive`.
 
 Channels: `PRESENCE` (every server) carries "up"/"down" of each registration and "hello" from a server
-that (re)joined, which every server answers by announcing its own peers again; `server_channel(name)`
-carries ME_CONNECTs and failures forwarded to one server ([ME] §4: the server relays ME_CONNECT
-between the two peers; here the two peers' servers relay it between them).
+that (re)joined; `server_channel(name)` carries ME_CONNECTs and failures forwarded to one server ([ME]
+§4: the server relays ME_CONNECT between the two peers; here the two peers' servers relay it between
+them) and the resynchronisation of one server.
+
+Resynchronisation is paced, so that an engine restart with every server holding 100k peers is not a
+burst of every registration at once (a subscriber that falls behind is cut off by Redis's output
+buffer limit, which would start the resync over): `start_sync(to, ...)` snapshots the identities and
+sends them to server `to` in "sync" messages of `SYNC_CHUNK` registrations, at most `SYNC_WINDOW` of them
+not yet acknowledged by `to` ("ack", sent as each one is taken in). Each registration is read when its
+message is made, not when the snapshot is taken, so a "down" published in between is not undone.
 
 One registration per identity across the cluster, newest wins: each "up" carries the registration's
 time; a server that holds an older registration of that identity tears its SA down (`PeerElsewhere`).
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +32,8 @@ log = logging.getLogger("mediation_server.cluster")
 Addr = tuple[str, int]
 PRESENCE = "ikeme.presence"
 MAX_OUTBOX = 100_000  # messages kept while the engine is unreachable; a hello resends the presence anyway
+SYNC_CHUNK = 500  # registrations per "sync" message (about 40 KB of JSON)
+SYNC_WINDOW = 4  # "sync" messages per receiving server sent and not yet acknowledged
 
 
 def server_channel(name: str) -> str:
@@ -101,8 +110,37 @@ class CallbackFiredElsewhere:
     requester: str
 
 
+@dataclass(frozen=True)
+class SyncChunk:
+    """One "sync" message from `server`: the registrations that are news here (newest wins) and the
+    callback registrations it knows."""
+
+    server: str
+    peers: tuple[PeerElsewhere, ...]
+    callbacks: tuple[CallbackElsewhere, ...]
+
+
 ClusterEvent = (PeerElsewhere | PeerGoneElsewhere | ForwardedConnect | ForwardedFailure | SyncAsked
-                | CallbackElsewhere | CallbackFiredElsewhere)
+                | CallbackElsewhere | CallbackFiredElsewhere | SyncChunk)
+Lookup = Callable[[str], "tuple[Addr | None, float] | None"]  # identity -> (endpoint, since) if registered here
+CallbackRow = tuple[str, str, float, float]  # target, requester, created, expires
+
+
+@dataclass
+class _SyncOut:
+    """A resynchronisation under way towards one server."""
+
+    stream: int
+    identities: list[str]
+    callbacks: list[CallbackRow]
+    lookup: Lookup
+    pos: int = 0  # next index in identities + callbacks
+    sent: int = 0  # "sync" messages sent
+    acked: int = 0  # of which acknowledged
+
+    @property
+    def total(self) -> int:
+        return len(self.identities) + len(self.callbacks)
 
 
 def _field(d: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -140,6 +178,8 @@ class Cluster:
         self.outbox: list[tuple[str, bytes]] = []
         self.on_output: Any = None  # called when outbox turns non-empty (the bus wakes its publisher)
         self.dropped = 0  # messages not queued because the outbox was full
+        self.syncs: dict[str, _SyncOut] = {}  # server -> the resynchronisation we send it
+        self._streams = 0
 
     # ------------------------------------------------------------------ what this server says
     def _put(self, channel: str, msg: dict[str, Any]) -> None:
@@ -181,6 +221,61 @@ class Cluster:
     def forward_failure(self, server: str, to: str, connect_id: bytes, about: tuple[int, bytes]) -> None:
         self._put(server_channel(server), {"t": "failed", "to": to, "cid": connect_id.hex(),
                                            "about": [about[0], about[1].hex()]})
+
+    def start_sync(self, to: str, identities: list[str], lookup: Lookup,
+                   callbacks: Sequence[CallbackRow] = ()) -> None:
+        """Send server `to` our registrations (paced, see the module text); a sync already under way
+        to it starts over (it said hello again: what it took in is void)."""
+        if to == self.name:
+            return
+        self._streams += 1
+        self.syncs[to] = _SyncOut(self._streams, identities, list(callbacks), lookup)
+        self._pump(to)
+
+    def _pump(self, to: str) -> None:
+        st = self.syncs.get(to)
+        if st is None:
+            return
+        n_ids = len(st.identities)
+        while st.sent - st.acked < SYNC_WINDOW and st.pos < st.total:
+            end = min(st.pos + SYNC_CHUNK, st.total)
+            ups = []
+            for identity in st.identities[st.pos:min(end, n_ids)]:
+                cur = st.lookup(identity)
+                if cur is not None:
+                    ups.append([identity, list(cur[0]) if cur[0] else None, cur[1]])
+            cbs = [list(c) for c in st.callbacks[max(st.pos - n_ids, 0):max(end - n_ids, 0)]]
+            st.pos = end
+            self._put(server_channel(to), {"t": "sync", "s": st.stream, "n": st.sent, "up": ups, "cb": cbs})
+            st.sent += 1
+        if st.pos >= st.total and st.acked >= st.sent:
+            del self.syncs[to]
+
+    def _rx_ack(self, srv: str, d: dict[str, Any]) -> None:
+        st = self.syncs.get(srv)
+        stream, n = _field(d, "s", int), _field(d, "n", int)
+        if st is not None and st.stream == stream:
+            st.acked = max(st.acked, min(n + 1, st.sent))
+            self._pump(srv)
+
+    def _rx_sync(self, srv: str, d: dict[str, Any]) -> SyncChunk:
+        ups, cbs = _field(d, "up", list), _field(d, "cb", list)
+        stream, n = _field(d, "s", int), _field(d, "n", int)
+        peers: list[PeerElsewhere] = []
+        for u in ups:
+            if not (isinstance(u, list) and len(u) == 3):
+                raise ClusterMessageError(f"sync entry {u!r}: expected [identity, endpoint, since]")
+            ev = self._rx_up(srv, {"id": u[0], "ep": u[1], "since": u[2]})
+            if ev is not None:
+                peers.append(ev)
+        callbacks: list[CallbackElsewhere] = []
+        for c in cbs:
+            if not (isinstance(c, list) and len(c) == 4 and isinstance(c[0], str) and isinstance(c[1], str)
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in c[2:])):
+                raise ClusterMessageError(f"sync callback {c!r}: expected [target, requester, created, expires]")
+            callbacks.append(CallbackElsewhere(c[0], c[1], float(c[2]), float(c[3])))
+        self._put(server_channel(srv), {"t": "ack", "s": stream, "n": n})
+        return SyncChunk(srv, tuple(peers), tuple(callbacks))
 
     def take_outbox(self) -> list[tuple[str, bytes]]:
         out, self.outbox = self.outbox, []
@@ -229,6 +324,7 @@ class Cluster:
 
     def server_gone(self, server: str) -> list[str]:
         """`server` left (its engine connection closed): its peers are no longer reachable there."""
+        self.syncs.pop(server, None)
         gone = [i for i, p in self.remote.items() if p.server == server]
         for i in gone:
             del self.remote[i]
@@ -257,5 +353,7 @@ _RECEIVERS: dict[str, Callable[[Cluster, str, dict[str, Any]], ClusterEvent | No
                                                 float(_field(d, "created", (int, float))),
                                                 float(_field(d, "expires", (int, float)))),
     "cbfired": lambda _c, _srv, d: CallbackFiredElsewhere(_field(d, "target", str), _field(d, "req", str)),
+    "sync": Cluster._rx_sync,
+    "ack": Cluster._rx_ack,
     "failed": lambda _c, _srv, d: ForwardedFailure(_field(d, "to", str), _hex(d, "cid"), _ident(d, "about")),
 }

@@ -25,10 +25,13 @@ BATCH = 1000  # messages per pipelined round trip
 
 
 class RedisBus:
-    """Runs as one asyncio task: `deliver(data)` gets each message from the others; `synced()` runs after
-    each (re)connection's hello (the daemon announces its peers); `gone(server)` when one disappeared."""
+    """Runs as one asyncio task: `deliver(data)` gets each message from the others; `synced(servers)` runs
+    after each (re)connection's hello with the servers connected then (the daemon starts a paced sync of
+    its peers to each, `Cluster.start_sync`; a server that subscribes later says hello and gets its
+    own); `gone(server)` when one disappeared."""
 
-    def __init__(self, url: str, cluster: Cluster, deliver: Callable[[bytes], None], synced: Callable[[], None],
+    def __init__(self, url: str, cluster: Cluster, deliver: Callable[[bytes], None],
+                 synced: Callable[[list[str]], None],
                  gone: Callable[[str], None], retry: float = 0.05, sweep_interval: float = 5.0) -> None:
         self.url, self.cluster, self.deliver, self.synced, self.gone = url, cluster, deliver, synced, gone
         self.retry, self.sweep_interval = retry, sweep_interval
@@ -59,8 +62,14 @@ class RedisBus:
                 # while the engine was unreachable is stale (the announcements below replace it)
                 self.cluster.take_outbox()
                 self.cluster.remote.clear()
+                self.cluster.syncs.clear()  # their acknowledgements went with the old connection
                 self.cluster.hello()
-                self.synced()
+                # subscribed before listing: a server missing from the list subscribes after us, and
+                # its hello reaches us (either way each pair of servers syncs at least once)
+                listed = await client.pubsub_channels(server_channel("*"))
+                names = sorted({(c.decode() if isinstance(c, bytes) else str(c))[len(SERVER_PREFIX):]
+                                for c in listed} - {self.cluster.name})
+                self.synced(names)
                 tasks = [asyncio.create_task(self._publish(client)), asyncio.create_task(self._sweep(client))]
                 tasks.append(asyncio.create_task(self._read(ps)))
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -19,6 +19,7 @@ from mediation_server.cluster.core import (
     ForwardedConnect,
     PeerElsewhere,
     SyncAsked,
+    SyncChunk,
 )
 from mediation_server.cluster.redis_bus import RedisBus
 from tests.guards import needs
@@ -76,14 +77,19 @@ class Server:
             return
         if isinstance(ev, SyncAsked):
             self.cluster.server_gone(ev.server)
-            for identity, since in self.peers.items():
-                self.cluster.announce(identity, None, since, to=ev.server)
-        if ev is not None:
+            self._synced([ev.server])
+        if isinstance(ev, SyncChunk):
+            self.events.extend(ev.peers)
+        elif ev is not None:
             self.events.append(ev)
 
-    def _synced(self) -> None:
-        for identity, since in self.peers.items():
-            self.cluster.announce(identity, None, since)
+    def _synced(self, servers: list[str]) -> None:
+        for server in servers:
+            self.cluster.start_sync(server, sorted(self.peers), self._here)
+
+    def _here(self, identity: str) -> tuple[None, float] | None:
+        since = self.peers.get(identity)
+        return (None, since) if since is not None else None
 
     def _gone(self, server: str) -> None:
         self.gone.append(server)
