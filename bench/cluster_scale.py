@@ -13,7 +13,11 @@ for it, `Registry.online_elsewhere`). Figures:
 - forwarding: round trips server 1 -> server 2 -> server 1 of an ME_CONNECT-sized forwarded request
   (`Cluster.forward_connect`, answered the same way) while every peer is known: median and p99;
 - failover: redis-server killed and restarted; seconds until every server knows every peer again
-  (each server's hello makes the others announce all their peers: this grows with the peers).
+  (each server's paced sync of its peers to the others, `Cluster.start_sync`: this grows with the
+  peers); and a server process killed (SIGKILL): seconds until the others have forgotten its peers
+  (a PUBLISH to it reaches no subscriber, or the sweep finds its channel empty).
+
+Each round runs at `--small` peers too, so that memory per peer is compared between the two sizes.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def server_proc(name: str, url: str, peers: int, total: int, conn: Connection) -
 
 
 async def _server(name: str, url: str, peers: int, total: int, conn: Connection) -> None:  # noqa: PLR0915 - one command loop
-    from mediation_server.cluster.core import Cluster, ForwardedConnect, PeerElsewhere, SyncAsked
+    from mediation_server.cluster.core import Cluster, ForwardedConnect, PeerElsewhere, SyncAsked, SyncChunk
     from mediation_server.cluster.redis_bus import RedisBus
     from mediation_server.registry import Registry
 
@@ -63,10 +67,12 @@ async def _server(name: str, url: str, peers: int, total: int, conn: Connection)
         ev = cluster.receive(data)
         if isinstance(ev, PeerElsewhere):
             registry.online_elsewhere(ev.identity, time.time())
+        elif isinstance(ev, SyncChunk):
+            for pe in ev.peers:
+                registry.online_elsewhere(pe.identity, time.time())
         elif isinstance(ev, SyncAsked):
             cluster.server_gone(ev.server)
-            for rec in registry.online_peers():  # to the server that said hello only
-                cluster.announce(rec.identity, rec.endpoint, rec.since, to=ev.server)
+            synced([ev.server])  # to the server that said hello only
         elif isinstance(ev, ForwardedConnect):
             if ev.response:
                 fut = answers.pop(ev.connect_id, None)
@@ -76,9 +82,14 @@ async def _server(name: str, url: str, peers: int, total: int, conn: Connection)
                 cluster.forward_connect(ev.origin, ev.requester, ev.target, response=True,
                                         connect_id=ev.connect_id, key=ev.key, endpoints=ev.endpoints)
 
-    def synced() -> None:
-        for rec in registry.online_peers():
-            cluster.announce(rec.identity, rec.endpoint, rec.since)
+    def here(identity: str) -> tuple[tuple[str, int] | None, float] | None:
+        rec = registry.lookup(identity)
+        return (rec.endpoint, rec.since) if rec is not None else None
+
+    def synced(servers: list[str]) -> None:  # as MediationServer.sync_to
+        identities = [rec.identity for rec in registry.online_peers()]
+        for server in servers:
+            cluster.start_sync(server, identities, here)
 
     bus = RedisBus(url, cluster, deliver, synced, cluster.server_gone, retry=0.05)
     task = asyncio.create_task(bus.run())
@@ -113,6 +124,8 @@ async def _server(name: str, url: str, peers: int, total: int, conn: Connection)
             conn.send(rtts)
         elif cmd == "count":
             conn.send(len(registry) + len(cluster.remote))
+        elif cmd == "count_of":  # the peers of ms3 known here
+            conn.send(sum(1 for p in cluster.remote.values() if p.server == "ms3"))
         elif cmd == "stop":
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -160,7 +173,7 @@ def _recv(a: Connection, procs: list[Any], timeout: float) -> Any:
     return a.recv()
 
 
-def one_round(peers: int) -> dict[str, Any]:
+def one_round(peers: int) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 - one round, its steps in order
     base = Path(tempfile.mkdtemp(prefix="cluster-scale-"))
     redis = RedisProc(base)
     redis.start()
@@ -202,10 +215,25 @@ def one_round(peers: int) -> dict[str, Any]:
                 raise RuntimeError(f"no resync after the engine restart: {counts}")
             time.sleep(0.05)  # polling with a deadline
         failover = time.monotonic() - t0
-        for a in pipes:
+        print("  server ms3 killed", flush=True)
+        t0 = time.monotonic()
+        procs[2].kill()
+        deadline = t0 + 120
+        while True:
+            counts = []
+            for a in pipes[:2]:
+                a.send("count_of")
+                counts.append(_recv(a, procs[:2], 60))
+            if counts == [0, 0]:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ms3's peers still known: {counts}")
+            time.sleep(0.05)  # polling with a deadline
+        server_gone = time.monotonic() - t0
+        for a in pipes[:2]:
             a.send("stop")
             a.recv()
-        return {"regs": regs, "rtts": rtts, "failover": failover, "per": per}
+        return {"regs": regs, "rtts": rtts, "failover": failover, "per": per, "server_gone": server_gone}
     finally:
         for p in procs:
             p.join(10)
@@ -219,13 +247,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     results_io.add_args(ap, rounds=2)
     ap.add_argument("--peers", type=int, default=300_000)
+    ap.add_argument("--small", type=int, default=30_000, help="the size memory per peer is compared with")
     args = ap.parse_args()
     rounds = results_io.rounds_of(args)
     peers = 3000 if args.quick else args.peers
+    small = 300 if args.quick else args.small
     header = results_io.start_header()
-    secs, rate, mem, rtt, p99, fo = [], [], [], [], [], []
+    secs, rate, mem, rtt, p99, fo, gone, mem_small = [], [], [], [], [], [], [], []
     for r in range(rounds):
+        res_small = one_round(small)
+        mem_small += [x["rss_per_peer"] for x in res_small["regs"]]
         res = one_round(peers)
+        gone.append(res["server_gone"])
         s = max(x["seconds"] for x in res["regs"])
         secs.append(s)
         rate.append(res["per"] / s)
@@ -243,17 +276,27 @@ def main() -> None:
                           results_io.sample(rate, "/s", digits=0), better="higher", readme=False),
         results_io.figure("cluster_memory_per_peer", "resident memory growth per known peer, per server",
                           results_io.sample(mem, "B", digits=0), readme=False,
-                          differences=["registry record plus the cluster's view of the others' peers"]),
+                          differences=["registry record plus the cluster's view of the others' peers",
+                                       "cluster layer only: the IKE SA of a peer registered here is "
+                                       "bench/registry_scale.py's figure"]),
+        results_io.figure("cluster_memory_per_peer_small", f"the same at {small} peers",
+                          results_io.sample(mem_small, "B", digits=0), readme=False),
         results_io.figure("cluster_forward_rtt", "forwarded ME_CONNECT server 1 -> 2 and its answer back",
                           results_io.sample(rtt, "ms"), readme=False,
-                          differences=[f"with all {peers} peers known; one at a time"]),
+                          differences=[f"with all {peers} peers known; one at a time",
+                                       "what forwarding adds over a single server: at one server both "
+                                       "hops are calls inside the process"]),
         results_io.figure("cluster_forward_p99", "p99 of the round trip, per round", results_io.sample(p99, "ms"),
                           readme=False),
         results_io.figure("cluster_failover", "redis-server killed and restarted until every server knows "
                           "every peer again", results_io.sample(fo, "s"), readme=False,
-                          differences=["includes redis-server's start and the announcements of all peers"]),
+                          differences=["includes redis-server's start and the paced sync of all peers"]),
+        results_io.figure("cluster_server_gone", "a server killed (SIGKILL) until the others forgot its peers",
+                          results_io.sample(gone, "s"), readme=False,
+                          differences=["engine side only: a client moves when its DPD gives up "
+                                       "(scenarios/cluster measures that)"]),
     ]
-    notes = [f"{rounds} round(s) of {peers} peers ({peers // 3} per server)"]
+    notes = [f"{rounds} round(s) of {peers} peers ({peers // 3} per server), each after one of {small}"]
     results_io.write_results(args.out, "cluster_scale", results_io.finish_header(header, args.quick, rounds),
                              figures, notes=notes)
 
