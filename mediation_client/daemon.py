@@ -60,7 +60,7 @@ from core_ike.me.predict import Allocation
 from core_ike.me.tasks import me_state
 from core_ike.me.upgrade import UpgradeConfig
 
-from .failover import ServerList, check_servers
+from .failover import ServerList, check_servers, failover_liveness
 from .hostaddr import REFRESH, HostAddresses
 from .natdisc import NatBehaviour, discover_udp, source_address_for
 from .portmap import PortMapConfig, PortMapper, default_gateway
@@ -108,6 +108,7 @@ class ClientDaemon(Daemon):
         self.db: DbStatus | None = None
         if client.get("database"):
             self.db = load_db_connections(str(client["database"]), cfg)
+        failover_liveness(cfg, client)
         super().__init__(cfg)
         # [ME] §3.3.1: HOST endpoints only on addresses our sockets are bound to, never on our TUN device;
         # the snapshot is read at start and every REFRESH s, never while an ME_CONNECT is being built
@@ -165,6 +166,7 @@ class ClientDaemon(Daemon):
         new = super().load_config()
         raw = tomllib.loads(Path(str(self.config_path)).read_text()).get("client", {})
         self._new_client = check_section("[client]", raw, CLIENT_CHECKS)
+        failover_liveness(new, self._new_client)
         if self.client.get("database"):
             fresh = load_db_connections(str(self.client["database"]), new)
             if self.db is not None:

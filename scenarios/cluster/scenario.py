@@ -63,9 +63,8 @@ def _add_public_host(lab: Lab, host: str, addr: str, port: str) -> None:
 
 def _client(lab: Lab, me: str, other: str, servers: list[str]) -> Iked:
     addrs = ", ".join(f'"{SERVERS[s]}"' for s in servers)
-    toml = client_toml(me, [other], client=f"servers = [{addrs}]\nnat_discovery = false\nport_mapping = false",
-                       mediation_extra='dpd_delay = "3s"\n[connections.medsrv.retransmit]\ntimeout = "1s"\n'
-                                       'base = 1.5\ntries = 3\n')
+    # the mediation connection's liveness settings are a cluster client's defaults (failover.py)
+    toml = client_toml(me, [other], client=f"servers = [{addrs}]\nnat_discovery = false\nport_mapping = false")
     toml = toml.replace(f'remote_addrs = ["{CAROL}"]', f"remote_addrs = [{addrs}]")
     return Iked(lab, me, toml, name="medcli", module="mediation_client").start()
 
@@ -142,7 +141,8 @@ def run(story: Story) -> None:
     for c in charons.values():
         c.stop()
 
-    story.step("kill ms1 (SIGKILL): alice notices (DPD every 3 s), registers at the next server of her list")
+    story.step("kill ms1 (SIGKILL): alice notices (a cluster client's defaults: DPD after 10 s idle, 12 s of "
+               "retransmissions), registers at the next server of her list")
     t0 = time.monotonic()
     servers["ms1"].signal(9)
     servers["ms1"].stop()
