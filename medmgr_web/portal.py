@@ -24,7 +24,11 @@ from flask_wtf.csrf import CSRFError, CSRFProtect  # type: ignore[import-untyped
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
+from med_db import data
 from med_db.keyid import keyid_colon, keyid_text
+from med_db.models import User
+from medmgr_web import forms
+from medmgr_web.security import DUMMY_HASH, hash_password, needs_rehash, verify_password
 from medmgr_web.sessions import DbSessionInterface, PortalSession, SessionStore, portal_secret
 from medmgr_web.throttle import Attempt, LoginThrottle, ThrottleConfig
 from medmgr_web.validation import html_rules
@@ -174,6 +178,36 @@ def login_refused(template: str, attempt: Attempt, **ctx: Any) -> Response:
         f"Too many failed login attempts from your address. Try again in {attempt.retry_after} seconds."], **ctx)
     resp.headers["Retry-After"] = str(attempt.retry_after)
     return resp
+
+
+def account_login(refusal: Callable[[User], str | None], home_endpoint: str) -> Response:
+    """The login page of a portal whose accounts are med_db users (``forms.LoginForm``): throttled per
+    client address and login (``throttle.py``); ``refusal(user)`` is why a user with the right password
+    may not log in here (None: they may); an Argon2 hash with old parameters is renewed on success."""
+    form = forms.LoginForm()
+    if request.method == "GET":
+        return render("user/login.html", form=form)
+    form.validate()
+    login, password = form.login.data or "", form.password.data or ""
+    app = portal()
+    attempt = app.throttle.begin(request.remote_addr or "", login)
+    if attempt.retry_after:
+        return login_refused("user/login.html", attempt, form=form)
+    app.throttle.wait(attempt)  # before the database is read: holds no connection
+    s = db()
+    user = data.get_user_by_login(s, login) if login else None
+    # the same work whether the account exists or not: timing does not tell logins apart
+    if not verify_password(password, user.password if user is not None else DUMMY_HASH) or user is None:
+        app.throttle.failed(attempt)
+        return render("user/login.html", status=401, form=form, errors=["Invalid username or password."])
+    app.throttle.succeeded(attempt)
+    refused = refusal(user)
+    if refused is not None:
+        return render("user/login.html", status=403, form=form, errors=[refused])
+    if needs_rehash(user.password):
+        data.update_user(s, user, user.login, hash_password(password))
+    login_user(user.id)
+    return redirect(home_endpoint)
 
 
 # -- request hooks ---------------------------------------------------------------------------------

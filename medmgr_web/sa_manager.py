@@ -34,11 +34,12 @@ from core_ike.version import add_version_argument
 from med_db import data
 from med_db import presence as pr
 from med_db.engine import create_all, make_engine, make_session_factory
-from medmgr_web import forms, sa_config
+from med_db.models import User
 from medmgr_web import portal as web
+from medmgr_web import sa_config
 from medmgr_web import validation as v
 from medmgr_web.launcher import add_common_args, serve, throttle_config
-from medmgr_web.security import DUMMY_HASH, hash_password, needs_rehash, verify_password
+from medmgr_web.security import hash_password
 from medmgr_web.throttle import ThrottleConfig
 
 DEFAULT_CONTROL = "/run/ikeme/iked.ctl"
@@ -99,31 +100,14 @@ def _context() -> dict[str, Any]:
 # -- user ---------------------------------------------------------------------------------------------
 
 
-def user_login() -> ResponseReturnValue:
-    form = forms.LoginForm()
-    if request.method == "GET":
-        return web.render("user/login.html", form=form)
-    form.validate()
-    login, password = form.login.data or "", form.password.data or ""
-    app = web.portal()
-    attempt = app.throttle.begin(request.remote_addr or "", login)
-    if attempt.retry_after:
-        return web.login_refused("user/login.html", attempt, form=form)
-    app.throttle.wait(attempt)
-    db = web.db()
-    user = data.get_user_by_login(db, login) if login else None
-    # the same work whether the account exists or not: timing does not tell logins apart
-    if not verify_password(password, user.password if user is not None else DUMMY_HASH) or user is None:
-        app.throttle.failed(attempt)
-        return web.render("user/login.html", status=401, form=form, errors=["Invalid username or password."])
-    app.throttle.succeeded(attempt)
+def _login_refusal(user: User) -> str | None:
     if user.disabled or not user.admin:
-        return web.render("user/login.html", status=403, form=form,
-                          errors=["This account may not manage the gateway; ask an operator."])
-    if needs_rehash(user.password):
-        data.update_user(db, user, user.login, hash_password(password))
-    web.login_user(user.id)
-    return web.redirect("sa_list")
+        return "This account may not manage the gateway; ask an operator."
+    return None
+
+
+def user_login() -> ResponseReturnValue:
+    return web.account_login(_login_refusal, "sa_list")
 
 
 def user_logout() -> ResponseReturnValue:

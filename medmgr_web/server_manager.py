@@ -29,13 +29,13 @@ from med_db import data
 from med_db import presence as pr
 from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import key_description, keyid_text, parse_peer_public_key, pem_from_spki
-from med_db.models import Peer, utcnow
+from med_db.models import Peer, User, utcnow
 from medmgr_web import forms, operator
 from medmgr_web import portal as web
 from medmgr_web import validation as v
 from medmgr_web.launcher import add_common_args, serve, throttle_config
 from medmgr_web.presence import user_presence
-from medmgr_web.security import DUMMY_HASH, hash_password, needs_rehash, verify_password
+from medmgr_web.security import hash_password, verify_password
 from medmgr_web.swanctl import SERVER_KEY_FILE, SnippetPeer, conn_names, parse_subnets, swanctl_conf
 from medmgr_web.throttle import ThrottleConfig
 
@@ -84,31 +84,12 @@ def _context() -> dict[str, Any]:
 # -- user ---------------------------------------------------------------------------------------------
 
 
+def _login_refusal(user: User) -> str | None:
+    return "This account is disabled; ask the operator of this service." if user.disabled else None
+
+
 def user_login() -> ResponseReturnValue:
-    form = forms.LoginForm()
-    if request.method == "GET":
-        return web.render("user/login.html", form=form)
-    form.validate()
-    login, password = form.login.data or "", form.password.data or ""
-    app = web.portal()
-    attempt = app.throttle.begin(request.remote_addr or "", login)
-    if attempt.retry_after:
-        return web.login_refused("user/login.html", attempt, form=form)
-    app.throttle.wait(attempt)  # before the database is read: holds no connection
-    db = web.db()
-    user = data.get_user_by_login(db, login) if login else None
-    # the same work whether the account exists or not: timing does not tell logins apart
-    if not verify_password(password, user.password if user is not None else DUMMY_HASH) or user is None:
-        app.throttle.failed(attempt)
-        return web.render("user/login.html", status=401, form=form, errors=["Invalid username or password."])
-    app.throttle.succeeded(attempt)
-    if user.disabled:
-        return web.render("user/login.html", status=403, form=form,
-                          errors=["This account is disabled; ask the operator of this service."])
-    if needs_rehash(user.password):
-        data.update_user(db, user, user.login, hash_password(password))
-    web.login_user(user.id)
-    return web.redirect("peer_list")
+    return web.account_login(_login_refusal, "peer_list")
 
 
 def user_logout() -> ResponseReturnValue:
