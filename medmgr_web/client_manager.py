@@ -35,7 +35,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from core_ike.daemon.ctl import call as control_call
 from core_ike.version import add_version_argument
 from med_db import data
-from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import keyid_text, pem_from_spki
 from med_db.models import STATUS_NAMES, Connection
 from medmgr_web import forms
@@ -373,13 +372,7 @@ def create_app(db: str | sessionmaker[Session] | None, config: ClientManagerConf
                sleep: Callable[[float], None] = time.sleep) -> web.Portal:
     """WSGI app factory.  ``db`` is a database URL or a ready session factory; ``clock`` (wall-clock
     seconds) and ``sleep`` drive session expiry and login throttling."""
-    if db is None or isinstance(db, str):
-        engine = make_engine(db)
-        if init_db:
-            create_all(engine)
-        factory = make_session_factory(engine)
-    else:
-        factory = db
+    factory = web.session_factory(db, init_db=init_db)
     settings = web.PortalSettings(
         name="medcli", title="Mediation Client", templates="client/", login_endpoint="user_login",
         home_endpoint="connection_list", public=frozenset({"user_login"}),

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
 from med_db import data
+from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import keyid_colon, keyid_text
 from med_db.models import User
 from medmgr_web import forms
@@ -178,6 +179,17 @@ def login_refused(template: str, attempt: Attempt, **ctx: Any) -> Response:
         f"Too many failed login attempts from your address. Try again in {attempt.retry_after} seconds."], **ctx)
     resp.headers["Retry-After"] = str(attempt.retry_after)
     return resp
+
+
+def session_factory(db: str | sessionmaker[Session] | None, *, init_db: bool = True) -> sessionmaker[Session]:
+    """med_db's session factory: ``db`` as a ready factory, or a URL (None: the default one) to open, its
+    tables made when ``init_db``."""
+    if db is not None and not isinstance(db, str):
+        return db
+    engine = make_engine(db)
+    if init_db:
+        create_all(engine)
+    return make_session_factory(engine)
 
 
 def account_login(refusal: Callable[[User], str | None], home_endpoint: str) -> Response:

@@ -279,13 +279,7 @@ def create_app(db: str | sessionmaker[Session] | None = None, config: SaManagerC
     """WSGI app factory.  ``db``: med_db (accounts, sessions) as a URL or a session factory;
     ``ask_daemon(request, timeout)``: iked's reply (default: over ``config.control``)."""
     cfg = config or SaManagerConfig()
-    if db is None or isinstance(db, str):
-        engine = make_engine(db)
-        if init_db:
-            create_all(engine)
-        factory = make_session_factory(engine)
-    else:
-        factory = db
+    factory = web.session_factory(db, init_db=init_db)
     settings = web.PortalSettings(
         name="iksa", title="SA Manager", templates="sa/", login_endpoint="user_login", home_endpoint="sa_list",
         public=PUBLIC, session_timeout=cfg.session_timeout, max_sessions=cfg.max_sessions, throttle=cfg.throttle)

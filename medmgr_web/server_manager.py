@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from core_ike.version import add_version_argument
 from med_db import data
 from med_db import presence as pr
-from med_db.engine import create_all, make_engine, make_session_factory
 from med_db.keyid import key_description, keyid_text, parse_peer_public_key, pem_from_spki
 from med_db.models import Peer, User, utcnow
 from medmgr_web import forms, operator
@@ -400,13 +399,7 @@ def create_app(db: str | sessionmaker[Session] | None = None,
     """WSGI app factory.  ``db`` is a database URL or a ready session factory; ``clock`` (wall-clock
     seconds) and ``sleep`` drive session expiry and login throttling."""
     cfg = config or ServerManagerConfig()
-    if db is None or isinstance(db, str):
-        engine = make_engine(db)
-        if init_db:
-            create_all(engine)
-        factory = make_session_factory(engine)
-    else:
-        factory = db
+    factory = web.session_factory(db, init_db=init_db)
     settings = web.PortalSettings(
         name="medsrv", title="Mediation Service", templates="server/", login_endpoint="user_login",
         home_endpoint="peer_list", public=PUBLIC, session_timeout=cfg.session_timeout,
