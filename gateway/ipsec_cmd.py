@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from core_ike.daemon.ctl import call, default_socket
+from core_ike.daemon.ctl import add_pool_parser, call, default_socket
 from core_ike.errors import LocalError
 from core_ike.version import add_version_argument
 
@@ -126,20 +126,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("name", nargs="?")
     for cmd in ("reload", "rereadall", "update"):
         sub.add_parser(cmd, help="re-read the configuration (ipsec.conf, ipsec.secrets, the database)")
-    pool = sub.add_parser("pool", help="virtual IP pools in the database (like `ipsec pool`)")
-    src = pool.add_mutually_exclusive_group(required=True)
-    src.add_argument("--db", metavar="URL", help="the database (sqlite:////PATH, postgresql://..., mysql://...)")
-    src.add_argument("-c", "--config", metavar="FILE", help="iked's TOML file: its [daemon] config_db")
-    psub = pool.add_subparsers(dest="pool_cmd", required=True, metavar="ACTION")
-    add = psub.add_parser("add", help="a pool of a subnet's hosts or of START END")
-    add.add_argument("name")
-    add.add_argument("range", help="a subnet (its hosts) or the first address")
-    add.add_argument("end", nargs="?", help="the last address")
-    add.add_argument("--timeout", default="0", help="seconds (or 30m, 1h, 1d) a released address stays bound to "
-                     "its identity; 0 (default): for ever (static)")
-    psub.add_parser("del", help="delete a pool and its leases").add_argument("name")
-    psub.add_parser("status", help="the pools: range, timeout, size, online, offline")
-    psub.add_parser("leases", help="the leases: address, identity, since, online").add_argument("name", nargs="?")
+    add_pool_parser(sub, "virtual IP pools in the database (like `ipsec pool`)")
     return ap
 
 

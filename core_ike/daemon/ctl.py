@@ -278,14 +278,14 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("what", nargs="?", default="")
     kid = sub.add_parser("keyid", help="print the ID_KEY_ID of a key, certificate or OpenSSH key file")
     kid.add_argument("file")
-    _pool_parser(sub)
+    add_pool_parser(sub, "virtual IP pools in iked's [daemon] config_db (like `ipsec pool`)")
     return ap
 
 
-def _pool_parser(sub: Any) -> None:
-    """`ikectl pool`: strongSwan's `ipsec pool` on the gateway's SQL pools (docs/gateway.md, "Pools"), the
-    code of `ikeme-ipsec pool`; it works on the database, iked loads a new pool within seconds."""
-    pool = sub.add_parser("pool", help="virtual IP pools in iked's [daemon] config_db (like `ipsec pool`)")
+def add_pool_parser(sub: Any, text: str) -> None:
+    """`ikectl pool` and `ikeme-ipsec pool`: strongSwan's `ipsec pool` on the gateway's SQL pools
+    (docs/gateway.md, "Pools"); it works on the database, iked loads a new pool within seconds."""
+    pool = sub.add_parser("pool", help=text)
     src = pool.add_mutually_exclusive_group(required=True)
     src.add_argument("--db", metavar="URL", help="the database (sqlite:////PATH, postgresql://..., mysql://...)")
     src.add_argument("-c", "--config", metavar="FILE", help="iked's TOML file: its [daemon] config_db")
