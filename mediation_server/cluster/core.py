@@ -44,7 +44,7 @@ class ClusterMessageError(ValueError):
     """A message from the engine that is not one of ours (logged and dropped)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per peer of the other servers: no __dict__ each
 class RemotePeer:
     server: str
     endpoint: Addr | None
@@ -180,6 +180,7 @@ class Cluster:
         self.dropped = 0  # messages not queued because the outbox was full
         self.syncs: dict[str, _SyncOut] = {}  # server -> the resynchronisation we send it
         self._streams = 0
+        self._names: dict[str, str] = {}
 
     # ------------------------------------------------------------------ what this server says
     def _put(self, channel: str, msg: dict[str, Any]) -> None:
@@ -294,6 +295,8 @@ class Cluster:
         if not isinstance(d, dict):
             raise ClusterMessageError("not a JSON object")
         srv = _field(d, "srv", str)
+        if len(self._names) < 1024:  # one string per server, not per peer (bounded: names come from outside)
+            srv = self._names.setdefault(srv, srv)
         if srv == self.name:
             return None
         t = _field(d, "t", str)
