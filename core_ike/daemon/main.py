@@ -3,7 +3,6 @@ data plane, serves `ikectl` on a unix socket. Logs in strongSwan's style."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Callable
@@ -14,7 +13,15 @@ from ..version import add_version_argument
 from . import workers as workers_mod
 from .config import LOG_LEVELS, DaemonConfig, check_host, load, log_target
 from .runtime import Daemon
-from .startup import EXIT_STATUS, STARTUP_FAILED, OneLineArgumentParser, log_handler, one_line, report_failure
+from .startup import (
+    EXIT_STATUS,
+    STARTUP_FAILED,
+    OneLineArgumentParser,
+    log_handler,
+    one_line,
+    report_failure,
+    run_daemon,
+)
 from .workers import check_workers, resolve_workers, run_supervisor
 
 log = logging.getLogger("core_ike.daemon")
@@ -61,16 +68,7 @@ def run_main(prog: str, description: str, argv: list[str] | None,
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
     daemon.prog, daemon.config_path = prog, args.config  # log lines, reload
-    try:
-        asyncio.run(daemon.run())  # binds the sockets and the control socket first
-    except (LocalError, OSError) as e:
-        report_failure(prog, one_line(e))
-        return STARTUP_FAILED
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        daemon.close()
-    return 0
+    return run_daemon(prog, daemon.run, daemon.close)  # run() binds the sockets and the control socket first
 
 
 def main(argv: list[str] | None = None) -> int:

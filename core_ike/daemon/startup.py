@@ -8,12 +8,14 @@ priority the way sd-daemon(3) describes (`<6>` info, `<4>` warning, ...).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from logging.handlers import SysLogHandler
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from ..errors import LocalError
 
@@ -111,6 +113,23 @@ def report_failure(prog: str, message: str) -> None:
         if not (isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr):
             record = logging.LogRecord(prog, logging.ERROR, __file__, 0, "%s", (f"cannot start: {message}",), None)
             h.handle(record)
+
+
+def run_daemon(prog: str, run: Callable[[], Coroutine[Any, Any, None]], close: Callable[[], None],
+               start: Callable[[], None] = lambda: None) -> int:
+    """``start()`` then ``run()`` on a new event loop until it returns; ``close()`` in any case. The exit
+    status: 0, STARTUP_FAILED after one line on what failed (``report_failure``), 130 on Ctrl-C."""
+    try:
+        start()
+        asyncio.run(run())
+    except (LocalError, OSError) as e:
+        report_failure(prog, one_line(e))
+        return STARTUP_FAILED
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        close()
+    return 0
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -359,20 +359,10 @@ def combine(replies: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_supervisor(prog: str, config_path: str, cfg: Any, workers: int, log_level: str | None) -> int:
     """iked with `workers` > 1 (after the configuration was checked): exit status as run_main's."""
-    from .startup import STARTUP_FAILED, one_line, report_failure
+    from .startup import run_daemon
 
     sup = Supervisor(prog, config_path, cfg, workers, log_level)
-    try:
-        sup.open_sockets()
-        asyncio.run(sup.run())
-    except (LocalError, OSError) as e:
-        report_failure(prog, one_line(e))
-        return STARTUP_FAILED
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        sup.close_sockets()
-    return 0
+    return run_daemon(prog, sup.run, sup.close_sockets, start=sup.open_sockets)
 
 
 # ---------------------------------------------------------------------------------------- worker
