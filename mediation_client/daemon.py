@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import logging
 import time
 import tomllib
@@ -54,7 +53,7 @@ from core_ike.ike.config import IkeConfig
 from core_ike.me import events as mev
 from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
-from core_ike.me.endpoints import Endpoint, mapped_endpoint
+from core_ike.me.endpoints import Endpoint, is_ip, mapped_endpoint
 from core_ike.me.natinfo import NatReport
 from core_ike.me.predict import Allocation
 from core_ike.me.tasks import me_state
@@ -255,7 +254,7 @@ class ClientDaemon(Daemon):
                        if a != "%any" and "/" not in a), None)
         if server is None:
             return
-        if not _is_ip(server):  # a host name: the address toward the gateway (no DNS on the event loop)
+        if not is_ip(server):  # a host name: the address toward the gateway (no DNS on the event loop)
             server = default_gateway() or ""
         try:
             local = source_address_for(server)
@@ -331,14 +330,6 @@ class ClientDaemon(Daemon):
             st["port_mapping"] = {**m.as_dict(), "renewals": self.portmap.renewals} if m is not None \
                 else {"error": self.portmap.error or "pending"}
         return {"ok": True, "status": st}
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _jsonable(v: Any) -> Any:

@@ -248,9 +248,9 @@ def host_candidates(found: Iterable[HostAddress], bound: Collection[str], *,
 
     Returns canonical addresses, deduplicated, in the order found.
     """
-    bound_set = {normalize_address(a.split("%", 1)[0]) for a in bound if _is_ip(a.split("%", 1)[0])}
+    bound_set = {normalize_address(a.split("%", 1)[0]) for a in bound if is_ip(a.split("%", 1)[0])}
     families = {WILDCARDS[a] for a in bound_set if a in WILDCARDS}
-    excluded = {normalize_address(a) for a in exclude_addresses if _is_ip(a)}
+    excluded = {normalize_address(a) for a in exclude_addresses if is_ip(a)}
     out: list[str] = []
     for h in found:
         raw = h.address.split("%", 1)[0]
@@ -265,7 +265,8 @@ def host_candidates(found: Iterable[HostAddress], bound: Collection[str], *,
     return out
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (not a host name)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
