@@ -33,15 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-_VENV_PY = ROOT / ".venv" / "bin" / "python"
-if _VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
-    os.execv(str(_VENV_PY), [str(_VENV_PY), __file__, *sys.argv[1:]])
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_io
 
-import results_io  # noqa: E402
+ROOT = results_io.enter_repo(__file__)
 from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, hot_spots  # noqa: E402
 
 PROPOSAL = "aes128gcm16-prfsha256-x25519"

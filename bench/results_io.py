@@ -52,6 +52,19 @@ ORDER = ["mediated_setup", "nat_matrix", "ike_setup_rate", "charon_initiator", "
          "fragment_flood", "ike_flood", "fuzz_ike"]
 
 
+# ====================================================================== start-up
+def enter_repo(script: str) -> Path:
+    """Re-runs ``script`` under the repository's .venv (it has pyroute2, vici, the project's packages)
+    unless this already is it, then puts the repository and bench/ first on sys.path; returns the root.
+    Called before a script imports anything outside the standard library."""
+    venv_py = ROOT / ".venv" / "bin" / "python"
+    if venv_py.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        os.execv(str(venv_py), [str(venv_py), script, *sys.argv[1:]])
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))
+    return ROOT
+
+
 # ====================================================================== command line
 def add_args(ap: Any, rounds: int, quick_rounds: int = 1) -> None:
     """The three options every bench script takes (``ap`` is an argparse.ArgumentParser)."""
