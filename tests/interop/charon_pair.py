@@ -55,6 +55,35 @@ def charon_conf(esp: str = BASE_ESP) -> str:
     return conf.replace(f"esp_proposals = {BASE_ESP}", f"esp_proposals = {esp}")
 
 
+def swanctl_conn(name: str, local: str, remote: str, *, addrs: tuple[str, str], ts: tuple[str, str],
+                 proposals: str, esp: str, no_rekey: bool = True) -> str:
+    """One connection of swanctl.conf with one CHILD_SA ``net``: ``local`` and ``remote`` are the lines of
+    the two auth rounds, ``addrs`` and ``ts`` (local, remote) the addresses and the /32 traffic selectors;
+    ``no_rekey``: rekey_time = 0 for the IKE_SA and the CHILD_SA (a test sees no rekeying in between)."""
+    def block(lines: str) -> str:
+        return "\n".join(f"      {line.strip()}" for line in lines.splitlines())
+
+    rekey, child_rekey = ("\n    rekey_time = 0", "\n        rekey_time = 0") if no_rekey else ("", "")
+    return f"""  {name} {{
+    local_addrs = {addrs[0]}
+    remote_addrs = {addrs[1]}
+    proposals = {proposals}{rekey}
+    local {{
+{block(local)}
+    }}
+    remote {{
+{block(remote)}
+    }}
+    children {{
+      net {{
+        local_ts = {ts[0]}/32
+        remote_ts = {ts[1]}/32
+        esp_proposals = {esp}{child_rekey}
+      }}
+    }}
+  }}"""
+
+
 def nat_pair(lab: Lab) -> Iterator[Pair]:
     """The NAT pair on ``lab`` (a ``nat_lab``), both daemons started; a generator for a fixture."""
     iked = charon = None

@@ -26,6 +26,7 @@ from scenarios.lab.charon import PLUGINS, Charon, CharonError
 from scenarios.lab.iked import Iked, IkedError
 from scenarios.lab.netns import wait_for
 from tests.guards import needs
+from tests.interop.charon_pair import swanctl_conn
 
 pytestmark = [
     pytest.mark.netns,
@@ -62,26 +63,8 @@ def _charon_conf() -> str:
             local = f"      auth = eap-{m}\n      id = {rw}\n      eap_id = {_user(name)}"
             remote = "      auth = psk\n      id = alice@lab"
             gw_id = "alice@lab"
-        conns.append(f"""  {name} {{
-    local_addrs = {B}
-    remote_addrs = {A}
-    proposals = aes128gcm16-prfsha256-x25519
-    rekey_time = 0
-    local {{
-{local}
-    }}
-    remote {{
-{remote}
-    }}
-    children {{
-      net {{
-        local_ts = {B_IN}/32
-        remote_ts = {A_IN}/32
-        esp_proposals = aes128gcm16
-        rekey_time = 0
-      }}
-    }}
-  }}""")
+        conns.append(swanctl_conn(name, local, remote, addrs=(B, A), ts=(B_IN, A_IN),
+                                  proposals="aes128gcm16-prfsha256-x25519", esp="aes128gcm16"))
         # charon's copy of the EAP password: the gateway's is always the right one, the road warrior's
         # the wrong one in the -bad cases
         pw = GOOD if ok or name.startswith("ours") else BAD
@@ -138,49 +121,15 @@ rekey_time = 0
 
 
 # the gateway authenticates with its certificate; EAP-MSCHAPv2 (with an MSK) from the road warrior
-_CHARON_CERT_CONNS = f"""  ours-cert {{
-    local_addrs = {B}
-    remote_addrs = {A}
-    proposals = aes128gcm16-prfsha256-x25519
-    local {{
-      auth = pubkey
-      certs = moon.pem
-      id = moon.lab
-    }}
-    remote {{
-      auth = eap-mschapv2
-      id = ours-cert@lab
-      eap_id = %any
-    }}
-    children {{
-      net {{
-        local_ts = {B_IN}/32
-        remote_ts = {A_IN}/32
-        esp_proposals = aes128gcm16
-      }}
-    }}
-  }}
-  theirs-cert {{
-    local_addrs = {B}
-    remote_addrs = {A}
-    proposals = aes128gcm16-prfsha256-x25519
-    local {{
-      auth = eap-mschapv2
-      id = theirs-cert@lab
-      eap_id = theirs_cert
-    }}
-    remote {{
-      auth = pubkey
-      id = alice.lab
-    }}
-    children {{
-      net {{
-        local_ts = {B_IN}/32
-        remote_ts = {A_IN}/32
-        esp_proposals = aes128gcm16
-      }}
-    }}
-  }}"""
+_CHARON_CERT_CONNS = "\n".join(
+    swanctl_conn(name, local, remote, addrs=(B, A), ts=(B_IN, A_IN), proposals="aes128gcm16-prfsha256-x25519",
+                 esp="aes128gcm16", no_rekey=False)
+    for name, local, remote in (
+        ("ours-cert", "auth = pubkey\ncerts = moon.pem\nid = moon.lab",
+         "auth = eap-mschapv2\nid = ours-cert@lab\neap_id = %any"),
+        ("theirs-cert", "auth = eap-mschapv2\nid = theirs-cert@lab\neap_id = theirs_cert",
+         "auth = pubkey\nid = alice.lab"),
+    ))
 _IKED_CERT_CONNS = f"""[[secrets.eap]]
 id = ["ours_cert", "theirs_cert"]
 secret = "{GOOD}"

@@ -19,7 +19,7 @@ from scenarios.lab.creds import install_keypair, rsa_keypair
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from tests.guards import needs
-from tests.interop.charon_pair import clear, esp_on_wire
+from tests.interop.charon_pair import clear, esp_on_wire, swanctl_conn
 
 pytestmark = [
     pytest.mark.netns,
@@ -58,26 +58,7 @@ def _charon_conf(keys: dict) -> str:  # type: ignore[type-arg]
             kb, ka = keys[f"bob-{prop}"], keys[f"alice-{prop}"]
             local = f"auth = pubkey\n      id = \"{kb.identity}\"\n      pubkeys = bob-{prop}.pem"
             remote = f"auth = pubkey\n      id = \"{ka.identity}\"\n      pubkeys = alice-{prop}.pem"
-        conns.append(f"""  {name} {{
-    local_addrs = {B}
-    remote_addrs = {A}
-    proposals = {ike}
-    rekey_time = 0
-    local {{
-      {local}
-    }}
-    remote {{
-      {remote}
-    }}
-    children {{
-      net {{
-        local_ts = {B_IN}/32
-        remote_ts = {A_IN}/32
-        esp_proposals = {esp}
-        rekey_time = 0
-      }}
-    }}
-  }}""")
+        conns.append(swanctl_conn(name, local, remote, addrs=(B, A), ts=(B_IN, A_IN), proposals=ike, esp=esp))
     return "connections {\n" + "\n".join(conns) + "\n}\nsecrets {\n" + "\n".join(secrets) + "\n}\n"
 
 
