@@ -9,8 +9,6 @@ kernel, no ESP drop on our side, and our counters show the offloads were used.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml
-from tests.dataplane.test_dataplane_offload import CLIENT, SERVER, payload_hash
+from tests.dataplane.test_dataplane_offload import payload_hash, tcp_transfer
 from tests.guards import needs
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop,
@@ -32,19 +30,8 @@ SIZE = 8_000_000
 
 
 def transfer(lab: Lab, src_host: str, src: str, dst_host: str, dst: str, seed: int) -> tuple[int, str]:
-    srv = subprocess.Popen(["ip", "netns", "exec", lab.ns(dst_host), sys.executable, "-c", SERVER, dst],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert srv.stdout is not None
-        assert srv.stdout.readline().strip() == "LISTEN"
-        lab.run(src_host, [sys.executable, "-c", CLIENT, dst, src, str(SIZE), str(seed)], timeout=120)
-        out, _ = srv.communicate(timeout=120)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
-    n, digest = out.split()
-    return int(n), digest
+    return tcp_transfer(lab.ns(dst_host), lambda argv: lab.run(src_host, argv, timeout=120), src, dst, SIZE, seed,
+                        timeout=120)
 
 
 def csum_errors(lab: Lab, host: str) -> int:

@@ -18,6 +18,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -64,20 +65,28 @@ def payload_hash(size: int, seed: int) -> str:
     return hashlib.sha256(random.Random(seed).randbytes(size)).hexdigest()
 
 
-def transfer(src_ns: str, src: str, dst_ns: str, dst: str, size: int, seed: int) -> tuple[int, str]:
-    srv = subprocess.Popen(["ip", "netns", "exec", P + dst_ns, sys.executable, "-c", SERVER, dst],
+def tcp_transfer(dst_netns: str, run_client: Callable[[list[str]], object], src: str, dst: str, size: int,
+                 seed: int, timeout: float) -> tuple[int, str]:
+    """``size`` seeded bytes over TCP from ``src`` to ``dst``: SERVER in the namespace ``dst_netns``, CLIENT
+    run by ``run_client(argv)`` (in the sender's namespace, until it is done); the bytes the server
+    received and their SHA-256."""
+    srv = subprocess.Popen(["ip", "netns", "exec", dst_netns, sys.executable, "-c", SERVER, dst],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert srv.stdout is not None
         assert srv.stdout.readline().strip() == "LISTEN"
-        nsx(src_ns, sys.executable, "-c", CLIENT, dst, src, str(size), str(seed))
-        out, _err = srv.communicate(timeout=60)
+        run_client([sys.executable, "-c", CLIENT, dst, src, str(size), str(seed)])
+        out, _err = srv.communicate(timeout=timeout)
     finally:
         if srv.poll() is None:
             srv.kill()
             srv.wait()
     n, digest = out.split()
     return int(n), digest
+
+
+def transfer(src_ns: str, src: str, dst_ns: str, dst: str, size: int, seed: int) -> tuple[int, str]:
+    return tcp_transfer(P + dst_ns, lambda argv: nsx(src_ns, *argv), src, dst, size, seed, timeout=60)
 
 
 def config(lab: dict[str, Any], me: str, offload: str) -> dict[str, Any]:
