@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -244,6 +245,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "client-admin-pw"
 SHORT_TIMEOUT = 300  # idle timeout of the /strict instance, seconds (tests age its sessions in the database)
+SHOTS = REPO / "test-output" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """Headless Chromium driven by Playwright (the browser tests; ``require("chromium")`` first)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
 _addresses = itertools.count(1)
 
 

@@ -8,17 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_PASSWORD, Portal
+from conftest import ADMIN_PASSWORD, SHOTS, Portal, chromium
 from medweb_client import WebClient
 
 from tests.guards import require
 
 pytestmark = pytest.mark.web
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REFERENCE_KEYID = "keyid:#ed90e64feca21f4b6897992422e0de21b9d62629"
 REFERENCE_KEYID_COLON = "ed:90:e6:4f:ec:a2:1f:4b:68:97:99:24:22:e0:de:21:b9:d6:26:29"
 _n = itertools.count()
@@ -27,11 +23,8 @@ _n = itertools.count()
 @pytest.fixture(scope="module")
 def browser() -> object:
     require("chromium", why="the browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def test_register_add_peer_keyid_in_browser(portal: Portal, browser: object, reference_pem: str) -> None:

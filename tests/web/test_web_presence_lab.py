@@ -11,9 +11,9 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import SHOTS, chromium
 from medweb_client import WsgiClient
 from werkzeug.serving import make_server
 
@@ -26,10 +26,6 @@ from tests.guards import needs, require
 
 pytestmark = [pytest.mark.web, pytest.mark.netns, needs("root", why="daemons behind NATs in network namespaces")]
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "presence password"
 PUBLIC = {"alice": "203.0.113.1", "bob": "203.0.113.2"}  # their NATs (scenarios.lab.topologies)
 
@@ -37,11 +33,8 @@ PUBLIC = {"alice": "203.0.113.1", "bob": "203.0.113.2"}  # their NATs (scenarios
 @pytest.fixture
 def browser() -> Iterator[object]:
     require("chromium", why="the browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _client_db(url: str, server_spki: bytes, server_keyid: bytes) -> tuple[bytes, bytes]:

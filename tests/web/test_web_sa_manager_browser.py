@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LIGHTTPD, free_port
+from conftest import LIGHTTPD, SHOTS, chromium, free_port
 from conftest import wait_for as wait_local
 from sqlalchemy import create_engine
 
@@ -34,10 +34,6 @@ from tests.guards import require
 pytestmark = [pytest.mark.web, pytest.mark.netns]
 
 REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / "test-output" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MOON, CAROL, DAVE = "192.0.2.1", "192.0.2.100", "192.0.2.200"
 MOON_IN, DAVE_IN = "10.1.0.1", "10.2.0.1"
 PASSWORD = "operator password 7"
@@ -159,11 +155,8 @@ fastcgi.server = ( "/medsa" => (( "socket" => "{sock}", "check-local" => "disabl
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _fill(page: Any, fields: dict[str, str]) -> None:
