@@ -275,14 +275,14 @@ def main() -> None:
         results_io.figure("cluster_registrations_rate", "registrations per second per server (propagated)",
                           results_io.sample(rate, "/s", digits=0), better="higher", readme=False),
         results_io.figure("cluster_memory_per_peer", "resident memory growth per known peer, per server",
-                          results_io.sample(mem, "B", digits=0), readme=False,
+                          results_io.sample(mem, "B", digits=0), readme=True,
                           differences=["registry record plus the cluster's view of the others' peers",
                                        "cluster layer only: the IKE SA of a peer registered here is "
                                        "bench/registry_scale.py's figure"]),
         results_io.figure("cluster_memory_per_peer_small", f"the same at {small} peers",
                           results_io.sample(mem_small, "B", digits=0), readme=False),
         results_io.figure("cluster_forward_rtt", "forwarded ME_CONNECT server 1 -> 2 and its answer back",
-                          results_io.sample(rtt, "ms"), readme=False,
+                          results_io.sample(rtt, "ms"), readme=True,
                           differences=[f"with all {peers} peers known; one at a time",
                                        "what forwarding adds over a single server: at one server both "
                                        "hops are calls inside the process"]),

@@ -138,7 +138,7 @@ def main() -> int:
                           "after every address was leased)", sample(col("mem_bytes_per_addr"), "bytes"),
                           readme=False),
         results_io.figure("db_pool_alloc", f"leases per second, {size} distinct identities, database pool",
-                          sample(col("alloc_per_s"), "leases/s"), better="higher", readme=False,
+                          sample(col("alloc_per_s"), "leases/s"), better="higher", readme=True,
                           differences=["in memory on the event loop; the rows are written behind (next figure)"]),
         results_io.figure("db_pool_realloc", "leases per second, the same identities again after a release "
                           "(each gets its own address back)", sample(col("realloc_per_s"), "leases/s"),

@@ -286,7 +286,7 @@ def write(cells: list[dict[str, Any]], header: dict[str, Any], t: Timing, notes:
     ch_direct = sum(1 for c in ch if c["charon"]["result"].startswith("direct"))
     figures = [
         rio.figure("cells_direct", "NAT matrix cells with a direct tunnel", rio.count(ours_direct, n, "cells"),
-                   rio.count(ch_direct, len(ch), "cells"), better="higher", readme=False,
+                   rio.count(ch_direct, len(ch), "cells"), better="higher", readme=True,
                    differences=["ours with its users' defaults: relay on, port mapping on; charon has neither",
                                 f"ours: check_timeout {t.check_timeout} s; charon: waited {t.charon_wait:.0f} s"]),
         rio.figure("cells_relayed", "NAT matrix cells relayed by the mediation server (ours only)",
