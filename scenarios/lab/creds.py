@@ -6,12 +6,15 @@ strongSwan and the reference portal derive it); swanctl identities use it as ``k
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
     from scenarios.lab.charon import Charon
@@ -73,3 +76,32 @@ def install_keypair(charon: Charon, name: str, key: RsaKeyPair, own: bool = True
     if own:
         charon.add_file("private", f"{name}.pem", key.private_pem)
     return f"{name}.pem"
+
+
+def ca_and_host(host: str = "moon.example.org", *, org: str = "Example", ca_cn: str = "Example Root CA",
+                host_basic_constraints: bool = True) -> dict[str, Any]:
+    """A CA and a host certificate for ``host`` (CN and SAN dNSName), both RSA 2048, valid from a day ago
+    for 30 days: ``{"ca", "ca_key", "cert", "key"}``; ``host_basic_constraints``: the host certificate
+    says CA:FALSE (critical)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                         x509.NameAttribute(NameOID.COMMON_NAME, ca_cn)])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                      x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(key.public_key())
+               .serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=30)))
+    if host_basic_constraints:
+        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    cert = (builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return {"ca": ca, "ca_key": ca_key, "cert": cert, "key": key}

@@ -28,10 +28,10 @@ from gateway.ipsec_cmd import main as ipsec_cmd
 from gateway.ipsecconf import load_files
 from scenarios.lab import Lab
 from scenarios.lab.charon import PLUGINS, Charon, decode
+from scenarios.lab.creds import ca_and_host
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from tests.guards import needs
-from tests.unit.gateway.sqldata import ca_and_host
 
 pytestmark = [
     pytest.mark.netns,

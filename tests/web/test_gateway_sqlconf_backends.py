@@ -10,7 +10,8 @@ from core_ike.ike.identity import Identity
 from gateway.sqlconf.loader import load
 from gateway.sqlconf.pools import DbVipPool, PoolAdmin, parse_range
 from gateway.sqlconf.source import open_config_db
-from tests.unit.gateway.sqldata import ca_and_host, cert_subst, load_sql
+from scenarios.lab.creds import ca_and_host
+from tests.unit.gateway.sqldata import cert_subst, load_sql
 from tests.unit.gateway.test_sqlconf import IPS, check_net2net_psk
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, text
 
 from gateway.sqlconf.models import Base
@@ -35,31 +33,6 @@ def load_sql(db: Engine, name_or_sql: str, subst: dict[str, str] | None = None, 
             if db.dialect.name == "postgresql":  # X'..' is a bit string there; bytea wants decode()
                 st = re.sub(r"X'([0-9a-fA-F]*)'", r"decode('\1', 'hex')", st)
             c.execute(text(st.replace(":", "\\:")))
-
-
-def ca_and_host(host: str = "moon.example.org") -> dict[str, object]:
-    """A CA and a host certificate for `host` (SAN dNSName), both RSA 2048."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, "Example Root CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return {"ca": ca, "ca_key": ca_key, "cert": cert, "key": key}
 
 
 def cert_subst(pki: dict[str, object]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from core_ike.errors import LocalError
 from core_ike.ike.identity import Identity
 from gateway.ipsecconf import load_files, parse_conf, parse_secrets, resolved, secret_value
 from gateway.ipsecconvert import convert_conf, dn_identity
-from tests.unit.gateway.sqldata import ca_and_host
+from scenarios.lab.creds import ca_and_host
 
 SEED = Path(__file__).parent / "data" / "seed"
 

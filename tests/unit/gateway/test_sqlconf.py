@@ -15,7 +15,8 @@ from core_ike.errors import CredentialsPending
 from core_ike.ike.identity import Identity
 from gateway.sqlconf.loader import load, selector_texts
 from gateway.sqlconf.source import SqlConfigSource
-from tests.unit.gateway.sqldata import ca_and_host, cert_subst, load_sql
+from scenarios.lab.creds import ca_and_host
+from tests.unit.gateway.sqldata import cert_subst, load_sql
 
 IPS = {"PH_IP_MOON": "192.168.0.1", "PH_IP_SUN": "192.168.0.2"}
 
