@@ -9,7 +9,6 @@ and grants, refreshed off the event loop (`PortalPeers`), so no lookup inside th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import threading
@@ -25,6 +24,7 @@ from core_ike.constants import IdType
 from core_ike.errors import CredentialsPending, LocalError
 from core_ike.ike.creds import PublicKey, load_public_key
 from core_ike.ike.identity import Identity
+from core_ike.io.paced import paced_loop
 from med_db.engine import DatabaseError, make_session_factory, open_database
 from med_db.models import MeCallback, MediationGrant, Peer, User
 
@@ -140,21 +140,16 @@ class PortalPeers:
         """Keep the snapshot fresh: every `refresh_interval` seconds, and after a lookup missed (at most
         every `min_interval` seconds, so unknown identities cannot keep the database busy). The queries
         run in a worker thread; the event loop never waits for them."""
-        wake = asyncio.Event()
-        self.on_miss = wake.set
-        loop = asyncio.get_running_loop()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.refresh_interval)
-            wake.clear()
-            started = loop.time()
+        async def step() -> None:
             try:
                 await asyncio.to_thread(self.refresh)
             except SQLAlchemyError as e:
                 log.warning("refreshing the peers from the database failed: %s", e)
-            rest = min_interval - (loop.time() - started)
-            if rest > 0:
-                await asyncio.sleep(rest)  # pacing of the queries, not a synchronisation
+
+        def set_wake(wake: Callable[[], None]) -> None:
+            self.on_miss = wake
+
+        await paced_loop(step, lambda: self.refresh_interval, min_interval, set_wake)
 
     # ------------------------------------------------------------------ lookups (event loop, no SQL)
     def _peer(self, keyid: bytes) -> PortalPeer | None:

@@ -10,7 +10,6 @@ without a restart (docs/gateway.md, "Live changes").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session
 from core_ike.errors import CredentialsPending, LocalError
 from core_ike.ike.creds import Credentials
 from core_ike.ike.identity import Identity
+from core_ike.io.paced import paced_loop
 
 from .loader import Snapshot, load
 
@@ -87,14 +87,7 @@ class SqlConfigSource:
     async def refresh_loop(self, min_interval: float = 0.25) -> None:
         """Every `refresh_interval` seconds and after a miss (at most every `min_interval` seconds, so
         unknown peers cannot keep the database busy); queries in a worker thread."""
-        wake = asyncio.Event()
-        self._wake = wake.set
-        loop = asyncio.get_running_loop()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.refresh_interval)
-            wake.clear()
-            started = loop.time()
+        async def step() -> None:
             try:
                 snap = await asyncio.to_thread(self.read)
             except (SQLAlchemyError, LocalError) as e:
@@ -103,6 +96,8 @@ class SqlConfigSource:
             else:
                 if self.on_snapshot is not None:
                     self.on_snapshot(snap)
-            rest = min_interval - (loop.time() - started)
-            if rest > 0:
-                await asyncio.sleep(rest)  # pacing of the queries, not a synchronisation
+
+        def set_wake(wake: Callable[[], None]) -> None:
+            self._wake = wake
+
+        await paced_loop(step, lambda: self.refresh_interval, min_interval, set_wake)
