@@ -39,14 +39,20 @@ async def _wait(pred: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_blocked_refresh_does_not_stall_an_ike_auth(tmp_path: Path) -> None:
+def _portal_db_and_pair(tmp_path: Path) -> tuple[Any, Any, Any]:
+    """An empty med_db, and a pair authenticating by public keys whose responder knows the initiator's
+    key only from that database; the initiator's public key."""
     sessions = make_session_factory(make_engine(f"sqlite:///{tmp_path / 'med.sqlite'}"))
     create_all(sessions.kw["bind"])
     p = make_pair(auth="pubkey")
     key_a = p.a.creds.private_keys[0].public_key()
-    # the responder knows the initiator's key only from the portal's database
     p.b.creds.raw_keys.clear()
     p.b.creds.public_keys.clear()
+    return sessions, p, key_a
+
+
+def test_blocked_refresh_does_not_stall_an_ike_auth(tmp_path: Path) -> None:
+    sessions, p, key_a = _portal_db_and_pair(tmp_path)
     with sessions.begin() as s:
         user = data.create_user(s, "pat", "x")
         data.add_peer(s, user.id, "alice", spki_der(key_a), keyid_of(key_a))
@@ -77,12 +83,7 @@ def test_blocked_refresh_does_not_stall_an_ike_auth(tmp_path: Path) -> None:
 def test_a_peer_registered_after_the_snapshot_gets_in_on_the_retransmission(tmp_path: Path) -> None:
     """The IKE_AUTH of a key id the snapshot does not know yet waits unanswered (CredentialsPending)
     while the refresher looks; the initiator's retransmission (RFC 7296 2.1) is then answered."""
-    sessions = make_session_factory(make_engine(f"sqlite:///{tmp_path / 'med.sqlite'}"))
-    create_all(sessions.kw["bind"])
-    p = make_pair(auth="pubkey")
-    key_a = p.a.creds.private_keys[0].public_key()
-    p.b.creds.raw_keys.clear()
-    p.b.creds.public_keys.clear()
+    sessions, p, key_a = _portal_db_and_pair(tmp_path)
     portal = PortalPeers(sessions)
     portal.refresh()  # empty
     woken: list[int] = []
