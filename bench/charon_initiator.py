@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_io
 
 ROOT = results_io.enter_repo(__file__)
-from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, hot_spots  # noqa: E402
+from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, hot_spots, iked_responder_conf  # noqa: E402
 
 PROPOSAL = "aes128gcm16-prfsha256-x25519"
 PSK = "charon-initiator-bench-secret-0123456789"
@@ -125,20 +125,17 @@ class Ours(Responder):
         from scenarios.lab.iked import Iked
 
         files: dict[str, bytes | str] = {}
-        out = [f'[daemon]\nlisten = ["{RESP_IP}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "warning"\n'
-               'cookie_threshold = 1000000\ncookie_threshold_ip = 1000000\n']
         if auth == "psk":
-            out.append(f'[[secrets.ike]]\nsecret = "{PSK}"\n')
+            secrets = f'[[secrets.ike]]\nsecret = "{PSK}"\n'
             local = f'{{ auth = "psk", id = "{RESP_ID}" }}'
             remote = '{ auth = "psk", id = "%any" }'
         else:
             files.update({"resp.key": pki.resp[0], "resp.crt": pki.resp[1], "ca.crt": pki.ca_pem})
-            out.append('[[secrets.private]]\nfile = "resp.key"\n[[secrets.ca]]\nfile = "ca.crt"\n')
+            secrets = '[[secrets.private]]\nfile = "resp.key"\n[[secrets.ca]]\nfile = "ca.crt"\n'
             local = '{ auth = "pubkey", id = "responder.bench", certs = ["resp.crt"] }'
             remote = '{ auth = "pubkey", id = "%any" }'
-        out.append(f'[connections.bench]\nlocal_addrs = ["{RESP_IP}"]\nremote_addrs = ["%any"]\n'
-                   f'proposals = "{PROPOSAL}"\nunique = "no"\nlocal = {local}\nremote = {remote}\n')
-        self.iked = Iked(lab, "bob", "\n".join(out), name=f"iked-{auth}", files=files)
+        self.iked = Iked(lab, "bob", iked_responder_conf(secrets, local, remote, addr=RESP_IP, proposal=PROPOSAL),
+                         name=f"iked-{auth}", files=files)
 
     def start(self) -> None:
         self.iked.start()

@@ -312,6 +312,20 @@ class Responder:
     def held(self) -> int: raise NotImplementedError
 
 
+def iked_responder_conf(secrets: str, local: str, remote: str, *, workers: int | None = None,
+                        addr: str = RESP_IP, proposal: str = PROPOSAL) -> str:
+    """iked's TOML as the benchmarks' responder on ``addr``: no data plane, COOKIEs off as on charon's side
+    (its cookie_threshold and cookie_threshold_ip are raised alike), ``secrets`` (TOML tables), and one
+    connection ``bench`` from any address with the ``local`` and ``remote`` auth tables."""
+    daemon = (f'[daemon]\nlisten = ["{addr}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "warning"\n'
+              'cookie_threshold = 1000000\ncookie_threshold_ip = 1000000\n')
+    if workers is not None:
+        daemon += f"workers = {workers}\n"
+    conn = (f'[connections.bench]\nlocal_addrs = ["{addr}"]\nremote_addrs = ["%any"]\n'
+            f'proposals = "{proposal}"\nunique = "no"\nlocal = {local}\nremote = {remote}\n')
+    return "\n".join([daemon, secrets, conn])
+
+
 class OursResponder(Responder):
     impl = "ours"
 
@@ -321,22 +335,18 @@ class OursResponder(Responder):
         self.n_workers = workers
         self.impl = "ours" if workers == 1 else f"ours-w{workers}"
         files: dict[str, bytes | str] = {}
-        # COOKIEs off as on charon's side (its cookie_threshold and cookie_threshold_ip are raised alike)
-        out = [f'[daemon]\nlisten = ["{RESP_IP}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "warning"\n'
-               f'cookie_threshold = 1000000\ncookie_threshold_ip = 1000000\nworkers = {workers}\n']
         if auth == "psk":
-            out.append(f'[[secrets.ike]]\nsecret = "{PSK}"\n')
+            secrets = f'[[secrets.ike]]\nsecret = "{PSK}"\n'
             local = f'{{ auth = "psk", id = "{RESP_PSK_ID}" }}'
             remote = '{ auth = "psk", id = "%any" }'
         else:
             files["resp.key"] = keys["resp"].private_pem
             files["driver.pub"] = keys["driver"].public_pem
-            out.append('[[secrets.private]]\nfile = "resp.key"\n[[secrets.pubkey]]\nfile = "driver.pub"\n')
+            secrets = '[[secrets.private]]\nfile = "resp.key"\n[[secrets.pubkey]]\nfile = "driver.pub"\n'
             local = f'{{ auth = "pubkey", id = "{keys["resp"].identity}" }}'
             remote = f'{{ auth = "pubkey", id = "{keys["driver"].identity}" }}'
-        out.append(f'[connections.bench]\nlocal_addrs = ["{RESP_IP}"]\nremote_addrs = ["%any"]\n'
-                   f'proposals = "{PROPOSAL}"\nunique = "no"\nlocal = {local}\nremote = {remote}\n')
-        self.iked = Iked(lab, "bob", "\n".join(out), name=f"iked-{auth}", files=files)
+        self.iked = Iked(lab, "bob", iked_responder_conf(secrets, local, remote, workers=workers),
+                         name=f"iked-{auth}", files=files)
 
     def start(self) -> None:
         self.iked.start()
