@@ -19,7 +19,6 @@ page shows.
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import logging
 import sys
@@ -33,14 +32,13 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.daemon.ctl import call as control_call
-from core_ike.version import add_version_argument
 from med_db import data
 from med_db.keyid import keyid_text, pem_from_spki
 from med_db.models import STATUS_NAMES, Connection
 from medmgr_web import forms
 from medmgr_web import portal as web
 from medmgr_web import validation as v
-from medmgr_web.launcher import add_common_args, serve, throttle_config
+from medmgr_web.launcher import portal_parser, serve, throttle_config
 from medmgr_web.security import hash_password, needs_rehash, verify_password
 from medmgr_web.throttle import ThrottleConfig
 
@@ -403,10 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["hash-password"]:
         return _hash_password_cmd()
-    p = argparse.ArgumentParser(prog="medmgr-client", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
-    add_version_argument(p)
+    p = portal_parser("medmgr-client", __doc__)
     p.add_argument("--admin-hash-file", required=True, metavar="FILE",
                    help="file holding the admin password's hash (see hash-password)")
     p.add_argument("--refresh", type=int, default=10, help="status page refresh interval, seconds")

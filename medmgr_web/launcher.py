@@ -7,6 +7,7 @@ import logging
 import signal
 from typing import Any
 
+from core_ike.version import add_version_argument
 from medmgr_web.throttle import ThrottleConfig
 
 log = logging.getLogger("medmgr_web")
@@ -35,6 +36,15 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o660,
                    help="permissions of the unix socket (octal, default 660)")
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def portal_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A portal's command line: its module's ``doc`` as the help text, the options every portal takes
+    (:func:`add_common_args`) and --version."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    add_version_argument(p)
+    return p
 
 
 def throttle_config(args: argparse.Namespace) -> ThrottleConfig:

@@ -30,7 +30,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core_ike.daemon.ctl import call as ctl_call
-from core_ike.version import add_version_argument
 from med_db import data
 from med_db import presence as pr
 from med_db.engine import create_all, make_engine, make_session_factory
@@ -38,7 +37,7 @@ from med_db.models import User
 from medmgr_web import portal as web
 from medmgr_web import sa_config
 from medmgr_web import validation as v
-from medmgr_web.launcher import add_common_args, serve, throttle_config
+from medmgr_web.launcher import portal_parser, serve, throttle_config
 from medmgr_web.security import hash_password
 from medmgr_web.throttle import ThrottleConfig
 
@@ -337,10 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     early, _ = pre.parse_known_args(argv)
     if early.add_operator:
         return add_operator_cmd(early.db, early.add_operator, early.password_min_length)
-    p = argparse.ArgumentParser(prog="medmgr-sa", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
-    add_version_argument(p)
+    p = portal_parser("medmgr-sa", __doc__)
     p.add_argument("--control", default=DEFAULT_CONTROL, metavar="SOCKET", help="iked's control socket")
     p.add_argument("--config-db", metavar="URL",
                    help="iked's [daemon] config_db: enables the pages that edit connections, identities, "

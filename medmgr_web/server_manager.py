@@ -24,7 +24,6 @@ from flask import abort, current_app, flash, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session, sessionmaker
 
-from core_ike.version import add_version_argument
 from med_db import data
 from med_db import presence as pr
 from med_db.keyid import key_description, keyid_text, parse_peer_public_key, pem_from_spki
@@ -32,7 +31,7 @@ from med_db.models import Peer, User, utcnow
 from medmgr_web import forms, operator
 from medmgr_web import portal as web
 from medmgr_web import validation as v
-from medmgr_web.launcher import add_common_args, serve, throttle_config
+from medmgr_web.launcher import portal_parser, serve, throttle_config
 from medmgr_web.presence import user_presence
 from medmgr_web.security import hash_password, verify_password
 from medmgr_web.swanctl import SERVER_KEY_FILE, SnippetPeer, conn_names, parse_subnets, swanctl_conf
@@ -425,10 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     early, _ = pre.parse_known_args(argv)
     if early.make_admin:
         return operator.make_admin_cmd(early.db, early.make_admin)
-    p = argparse.ArgumentParser(prog="medmgr-server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
-    add_version_argument(p)
+    p = portal_parser("medmgr-server", __doc__)
     p.add_argument("--ms-address", default="mediation.example.net", help="mediation server host name/address")
     p.add_argument("--ms-port", type=int, default=500, help="mediation server IKE port")
     p.add_argument("--ms-public-key", metavar="FILE",
