@@ -20,19 +20,16 @@ tunnel names it as source, so erin pings without choosing one) and removes it wh
 
 from __future__ import annotations
 
-import datetime
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
+from scenarios.lab.creds import ca_and_host
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from scenarios.lab.portal import Browser, PortalSite, stop_sites
@@ -72,26 +69,7 @@ def build_lab() -> Lab:
 
 def pki() -> dict[str, Any]:
     """A CA and moon's certificate (SAN moon.strongswan.org), RSA 2048, as in the seed's example."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "strongSwan"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, "strongSwan Root CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "strongSwan"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, MOON_ID)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(MOON_ID)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return {"ca": ca, "cert": cert, "key": key}
+    return ca_and_host(MOON_ID, org="strongSwan", ca_cn="strongSwan Root CA", host_basic_constraints=False)
 
 
 def charon_conf(host: str, moon_auth: str) -> str:
