@@ -50,7 +50,7 @@ fi
 # symlink, or links to the installed product (/opt/ikeme, deploy/install.sh), is left alone.
 if [ "$(id -u)" = 0 ]; then
   mkdir -p /usr/local/bin
-  for c in iked ikectl ikeme-ipsec mediation-server mediation-client medmgr-server medmgr-client; do
+  for c in iked ikectl ikeme-ipsec mediation-server mediation-client medmgr-server medmgr-client medmgr-sa; do
     l=/usr/local/bin/$c t="$ROOT/.venv/bin/$c"
     [ -x "$t" ] || continue
     if [ -L "$l" ]; then
