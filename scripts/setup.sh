@@ -16,8 +16,9 @@ APT_PACKAGES=(
   miniupnpd-nftables
   # what a minimal Debian (debootstrap --variant=minbase) lacks and nothing above is sure to pull in:
   # libatomic1 for Playwright's bundled node (browser tests), procps for sysctl (tests) and /bin/kill
-  # (the units' ExecReload), systemd for systemd-analyze and systemd-sysusers (tests/deploy/)
-  libatomic1 procps systemd
+  # (the units' ExecReload), systemd for systemd-analyze and systemd-sysusers (tests/deploy/), git for
+  # the commit stamp of bench results and the tests that read the tracked files
+  libatomic1 procps systemd git
 )
 
 missing=()
