@@ -50,18 +50,21 @@ def _cert(cn: str, san: str, key: rsa.RSAPrivateKey, ca_key: rsa.RSAPrivateKey, 
     return b.sign(ca_key, hashes.SHA256())
 
 
-def test_certificates_with_fragmentation_both_directions(two_hosts_per_test: Lab) -> None:
-    lab = two_hosts_per_test
+def _cert_pair(lab: Lab, name: str, fragment_size: int | None = None) -> tuple[Charon, Iked]:
+    """charon on bob and our iked on alice, each with a certificate from one CA, connection "certs" with
+    CHILD_SA "net"; ``fragment_size``: IKE fragmentation on both sides with that size."""
     ca_key, a_key, b_key = (rsa.generate_private_key(65537, 2048) for _ in range(3))
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Interop Test CA")])
     ca = _cert("Interop Test CA", "", ca_key, ca_key, ca_name, ca=True)
     a_cert = _cert("alice", "alice@lab", a_key, ca_key, ca_name)
     b_cert = _cert("bob", "bob@lab", b_key, ca_key, ca_name)
-    charon = Charon(lab, "bob", name="charon-certs", settings="fragment_size = 600", conf=f"""connections {{
+    frag_charon = "\n    fragmentation = yes" if fragment_size else ""
+    frag_iked = f"\nfragment_size = {fragment_size}" if fragment_size else ""
+    charon = Charon(lab, "bob", name=f"charon-{name}",
+                    settings=f"fragment_size = {fragment_size}" if fragment_size else "", conf=f"""connections {{
   certs {{
     local_addrs = {B}
-    remote_addrs = {A}
-    fragmentation = yes
+    remote_addrs = {A}{frag_charon}
     local {{
       auth = pubkey
       certs = bob.pem
@@ -94,14 +97,19 @@ file = "alice.key"
 file = "ca.pem"
 
 [connections.certs]
-remote_addrs = ["{B}"]
-fragment_size = 600
+remote_addrs = ["{B}"]{frag_iked}
 local = {{ auth = "pubkey", id = "alice@lab", certs = ["alice.pem"] }}
 remote = {{ auth = "pubkey", id = "bob@lab" }}
 [connections.certs.children.net]
 local_ts = ["{A_IN}/32"]
 remote_ts = ["{B_IN}/32"]
-""", name="iked-certs", files={"alice.key": _pem(a_key), "alice.pem": _pem(a_cert), "ca.pem": _pem(ca)})
+""", name=f"iked-{name}", files={"alice.key": _pem(a_key), "alice.pem": _pem(a_cert), "ca.pem": _pem(ca)})
+    return charon, iked
+
+
+def test_certificates_with_fragmentation_both_directions(two_hosts_per_test: Lab) -> None:
+    lab = two_hosts_per_test
+    charon, iked = _cert_pair(lab, "certs", fragment_size=600)
     charon.start()
     iked.start()
     try:
@@ -129,54 +137,7 @@ def test_charon_initiator_sends_its_certificate_when_asked(two_hosts_per_test: L
     charon as initiator with its default `send_cert = ifasked` sends its certificate in IKE_AUTH and
     ours, trusting only the CA, authenticates it."""
     lab = two_hosts_per_test
-    ca_key, a_key, b_key = (rsa.generate_private_key(65537, 2048) for _ in range(3))
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Interop Test CA")])
-    ca = _cert("Interop Test CA", "", ca_key, ca_key, ca_name, ca=True)
-    a_cert = _cert("alice", "alice@lab", a_key, ca_key, ca_name)
-    b_cert = _cert("bob", "bob@lab", b_key, ca_key, ca_name)
-    charon = Charon(lab, "bob", name="charon-ifasked", conf=f"""connections {{
-  certs {{
-    local_addrs = {B}
-    remote_addrs = {A}
-    local {{
-      auth = pubkey
-      certs = bob.pem
-      id = bob@lab
-    }}
-    remote {{
-      auth = pubkey
-      id = alice@lab
-    }}
-    children {{
-      net {{
-        local_ts = {B_IN}/32
-        remote_ts = {A_IN}/32
-      }}
-    }}
-  }}
-}}
-""")
-    charon.add_file("x509ca", "ca.pem", _pem(ca))
-    charon.add_file("x509", "bob.pem", _pem(b_cert))
-    charon.add_file("private", "bob.pem", _pem(b_key))
-    iked = Iked(lab, "alice", f"""[daemon]
-listen = ["{A}"]
-control = "@CTL@"
-dataplane = "userspace"
-
-[[secrets.private]]
-file = "alice.key"
-[[secrets.ca]]
-file = "ca.pem"
-
-[connections.certs]
-remote_addrs = ["{B}"]
-local = {{ auth = "pubkey", id = "alice@lab", certs = ["alice.pem"] }}
-remote = {{ auth = "pubkey", id = "bob@lab" }}
-[connections.certs.children.net]
-local_ts = ["{A_IN}/32"]
-remote_ts = ["{B_IN}/32"]
-""", name="iked-ifasked", files={"alice.key": _pem(a_key), "alice.pem": _pem(a_cert), "ca.pem": _pem(ca)})
+    charon, iked = _cert_pair(lab, "ifasked")
     charon.start()
     iked.start()
     try:
