@@ -64,6 +64,8 @@ class EapPeer:
         self.msk: bytes | None = None
         self.succeeded = False
         self._done = False  # our side of the method finished (MD5 answered, MS-CHAPv2 server verified)
+        self._answered = False  # we answered a round of the method (our credentials went out)
+        self._refused: int | None = None  # the method the server offered and we refused with a Nak
         self._expect_auth: bytes | None = None
         self._failure_text = ""
 
@@ -76,9 +78,7 @@ class EapPeer:
             self.succeeded = True
             return None
         if pkt.code == EapCode.FAILURE:
-            why = f": {self._failure_text}" if self._failure_text else ""
-            raise EapFailed(f"the EAP server sent EAP-Failure, {method_name(self.method)} rejected our "
-                            f"credentials{why}")
+            raise EapFailed(self._failure_reason())
         if pkt.code != EapCode.REQUEST:
             raise EapFailed(f"unexpected EAP {pkt.summary} from the server")
         t = pkt.type
@@ -88,7 +88,9 @@ class EapPeer:
             return EapPacket(EapCode.RESPONSE, pkt.identifier, EapType.NOTIFICATION)
         if t != self.method:
             # RFC 3748 5.3.1: Nak, naming the method we are configured for
+            self._refused = t
             return EapPacket(EapCode.RESPONSE, pkt.identifier, EapType.NAK, bytes([self.method]))
+        self._answered = True
         if t == EapType.MD5:
             challenge = _md5_value(pkt.data)
             value = hashlib.md5(bytes([pkt.identifier]) + self.password + challenge).digest()  # RFC 3748 5.4: MD5
@@ -96,6 +98,18 @@ class EapPeer:
             return EapPacket(EapCode.RESPONSE, pkt.identifier, EapType.MD5,
                              bytes([16]) + value + self.identity)
         return self._mschap(pkt)
+
+    def _failure_reason(self) -> str:
+        """RFC 3748 4.2: EAP-Failure carries no data; what we sent before it tells the user what to fix."""
+        name, user = method_name(self.method), self.identity.decode("utf-8", "replace")
+        if self._answered:
+            why = f": {self._failure_text}" if self._failure_text else " (wrong password or unknown EAP identity)"
+            return f"the EAP server sent EAP-Failure, {name} rejected our credentials for '{user}'{why}"
+        if self._refused is not None:
+            return (f"the EAP server sent EAP-Failure after we refused {method_name(self._refused)} with an "
+                    f"EAP-Nak: we are configured for {name} only")
+        return (f"the EAP server sent EAP-Failure before {name} started: it does not accept the EAP identity "
+                f"'{user}' (unknown user or no secret for it there)")
 
     def _mschap(self, pkt: EapPacket) -> EapPacket:
         opcode, ms_id, body = _parse_mschap(pkt.data)
@@ -217,9 +231,16 @@ class EapServer:
         return self._success()
 
     def _success(self) -> EapPacket:
+        """RFC 3748 4.2: the Identifier of Success and Failure matches the Response they answer."""
         self.succeeded = True
-        self._id = (self._id + 1) & 0xFF
         return EapPacket(EapCode.SUCCESS, self._id)
+
+    def failure(self) -> EapPacket:
+        """The EAP-Failure that ends a failed conversation (RFC 3748 4.2), sent by the caller after an
+        `EapFailed`; its Identifier is that of our last Request, which the Response answered."""
+        self.succeeded = False
+        self.msk = None
+        return EapPacket(EapCode.FAILURE, self._id)
 
     def _mschap(self, pkt: EapPacket) -> EapPacket:
         opcode, _ms_id, body = _parse_mschap(pkt.data)

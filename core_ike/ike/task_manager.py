@@ -26,7 +26,7 @@ from .fragments import FragmentReceiver
 from .state import ChildState, IkeState
 from .tasks.child_create import ChildCreate
 from .tasks.collisions import check_create_child
-from .tasks.eap_auth import eap_round, with_first_request
+from .tasks.eap_auth import eap_round, error_payload, with_first_request
 from .tasks.ike_auth import IkeAuth
 from .tasks.ike_init import IkeInit
 from .tasks.ike_rekey import IkeRekey
@@ -313,7 +313,7 @@ class TaskManager:
         resp = self.new_message(req.exchange, True, req.message_id)
         if resp.encrypted and sa.out_prot is None:
             return
-        resp.payloads.append(NotifyPayload(e.notify, e.data))
+        resp.payloads.append(error_payload(e) or NotifyPayload(e.notify, e.data))  # RFC 7296 2.16: EAP-Failure
         self._send_response(resp, now)
         if req.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and not sa.established:
             failure = failure_of(e)

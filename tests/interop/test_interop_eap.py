@@ -269,9 +269,12 @@ def test_wrong_password_ours_as_peer(eap: Eap, method: str) -> None:
     with pytest.raises(IkedError) as exc:
         eap.iked.up(conn, "net")
     assert f"the EAP server sent EAP-Failure, EAP-{'MD5' if method == 'md5' else 'MSCHAPv2'} rejected our " \
-        "credentials" in str(exc.value)
+        f"credentials for '{_user(conn)}'" in str(exc.value)
     if method == "mschapv2":  # RFC 2759 6: the server's failure packet says why
         assert "E=691 authentication failure (wrong password)" in str(exc.value)
+    else:  # RFC 3748 4.2: EAP-Failure itself carries no reason
+        assert "(wrong password or unknown EAP identity)" in str(exc.value)
+    assert "received EAP_FAILURE, EAP authentication failed" in eap.iked.log_text()
     eap.charon.wait_log(f"EAP method EAP_{method.upper()} failed", timeout=5, since=mark)
     wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
 
@@ -283,9 +286,14 @@ def test_wrong_password_charon_as_peer(eap: Eap, method: str) -> None:
     mark = eap.charon.log_mark()
     with pytest.raises(CharonError):
         eap.charon.initiate(child="net", ike=conn, timeout=20)
-    eap.charon.wait_log("received AUTHENTICATION_FAILED notify error", timeout=5, since=mark)
+    # RFC 3748 4.2, RFC 7296 2.16: our last IKE_AUTH response carries EAP-Failure, which charon reads
+    eap.charon.wait_log("received EAP_FAILURE, EAP authentication failed", timeout=5, since=mark)
+    log = eap.charon.log_text(mark)
+    assert "[ EAP/FAIL ]" in log and "AUTHENTICATION_FAILED" not in log
     name = "MD5" if method == "md5" else "MSCHAPv2"
-    assert f"EAP-{name} verification of '{_user(conn)}' failed: wrong password" in eap.iked.log_text()
+    ours = eap.iked.log_text()
+    assert f"EAP-{name} verification of '{_user(conn)}' failed: wrong password" in ours
+    assert f"EAP method EAP-{name} failed for peer '{conn}@lab', sending EAP-Failure" in ours
     wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
 
 

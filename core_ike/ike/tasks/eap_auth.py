@@ -13,12 +13,12 @@ import hmac
 import logging
 
 from ...codec.message import Message
-from ...codec.payloads import AuthPayload, EapPayload, IdPayload
+from ...codec.payloads import AuthPayload, EapPayload, IdPayload, Payload
 from ...constants import AuthMethod, PayloadType
 from ...crypto.auth import psk_auth, signed_octets
 from ...eap.methods import METHODS, EapFailed, EapPeer, EapServer, method_name
 from ...eap.packet import EapCode, EapPacket
-from ...errors import AuthenticationFailed, DecodeError
+from ...errors import AuthenticationFailed, DecodeError, ProtocolError
 from ..context import IkeSaView
 
 log = logging.getLogger("core_ike.ike")
@@ -31,6 +31,21 @@ _CARRIED = frozenset({PayloadType.SA, PayloadType.TSi, PayloadType.TSr, PayloadT
 
 def is_eap(kind: str) -> bool:
     return kind.startswith("eap-")
+
+
+class EapAuthenticationFailed(AuthenticationFailed):
+    """The EAP server (our responder) refused the peer: the IKE_AUTH response carries EAP-Failure
+    (RFC 3748 4.2, RFC 7296 2.16) instead of an AUTHENTICATION_FAILED notify, and the IKE_SA is given up
+    once it is sent. strongSwan's charon reads the notify first and would never see the EAP result."""
+
+    def __init__(self, message: str, failure: EapPacket) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+def error_payload(e: ProtocolError) -> Payload | None:
+    """What a failed request's response carries in place of the error notify: EAP-Failure (RFC 7296 2.16)."""
+    return EapPayload(e.failure.encode()) if isinstance(e, EapAuthenticationFailed) else None
 
 
 class EapState:
@@ -133,7 +148,10 @@ def peer_process(sa: IkeSaView, st: EapState, msg: Message) -> bool:
     pkt = _eap_packet(msg)
     if pkt is None:
         raise AuthenticationFailed(f"the server sent no EAP message during {st.method}")
-    log.info("received EAP %s", pkt.summary)
+    if pkt.code == EapCode.FAILURE:  # RFC 3748 4.2; the line strongSwan's charon logs for it
+        log.info("received EAP_FAILURE, EAP authentication failed")
+    else:
+        log.info("received EAP %s", pkt.summary)
     try:
         st.next_eap = st.peer.process(pkt)
     except EapFailed as e:
@@ -183,13 +201,15 @@ def server_process(sa: IkeSaView, st: EapState, msg: Message) -> None:
         _verify_final(sa, st, msg, True)
         st.next_eap = None
         return
-    pkt = _eap_packet(msg)
-    if pkt is None:
-        raise AuthenticationFailed(f"the peer sent no EAP message during {st.method}")
     try:
+        pkt = _eap_packet(msg)
+        if pkt is None:
+            raise AuthenticationFailed(f"the peer sent no EAP message during {st.method}")
         st.next_eap = st.server.process(pkt)
-    except (EapFailed, DecodeError) as e:
-        raise AuthenticationFailed(str(e)) from e
+    except (EapFailed, DecodeError, AuthenticationFailed) as e:
+        # RFC 3748 4.2: the authenticator ends a failed conversation with EAP-Failure
+        log.info("EAP method %s failed for peer '%s', sending EAP-Failure", st.method, sa.peer_id)
+        raise EapAuthenticationFailed(str(e), st.server.failure()) from e
     if st.next_eap.code == EapCode.SUCCESS:
         st.success = True
         ident = (st.server.peer_identity or b"").decode("utf-8", "replace")

@@ -92,6 +92,27 @@ def test_wrong_password(method: int) -> None:
         _run(method, b"guess", b"secret")
 
 
+@pytest.mark.parametrize("method", [EapType.MD5, EapType.MSCHAPV2])
+def test_success_and_failure_carry_the_identifier_of_the_response(method: int) -> None:
+    """RFC 3748 4.2: the Identifier of Success/Failure matches the Response it answers."""
+    for pw, ok in ((b"secret", True), (b"guess", False)):
+        peer = EapPeer(method, b"carol", pw, SeededRng(1))
+        server = EapServer(method, lambda u: b"secret", SeededRng(2))
+        req = server.start()
+        while True:
+            resp = peer.process(req)
+            assert resp is not None
+            try:
+                req = server.process(resp)
+            except EapFailed:
+                fail = server.failure()
+                assert not ok and fail == EapPacket(EapCode.FAILURE, resp.identifier) and server.msk is None
+                break
+            if req.code == EapCode.SUCCESS:
+                assert ok and req.identifier == resp.identifier
+                break
+
+
 def test_unknown_user() -> None:
     with pytest.raises(EapFailed, match="no EAP secret found for 'carol'"):
         _run(EapType.MD5, b"secret", None)
@@ -106,7 +127,8 @@ def test_peer_refuses_premature_success_and_reports_failure() -> None:
     peer = EapPeer(EapType.MSCHAPV2, b"carol", b"pw", SeededRng(1))
     with pytest.raises(EapFailed, match="before EAP-MSCHAPv2 completed"):
         peer.process(EapPacket(EapCode.SUCCESS, 1))
-    with pytest.raises(EapFailed, match="sent EAP-Failure"):
+    with pytest.raises(EapFailed, match="sent EAP-Failure before EAP-MSCHAPv2 started: it does not accept the "
+                                        "EAP identity 'carol'"):
         peer.process(EapPacket(EapCode.FAILURE, 1))
 
 
@@ -131,5 +153,6 @@ def test_mschapv2_failure_text_is_reported() -> None:
     fail = EapPacket(EapCode.REQUEST, 5, EapType.MSCHAPV2, bytes([4, 1]) + (4 + len(body)).to_bytes(2, "big") + body)
     ack = peer.process(fail)
     assert ack is not None and ack.data == b"\x04"
-    with pytest.raises(EapFailed, match="E=691 authentication failure"):
+    with pytest.raises(EapFailed, match="rejected our credentials for 'carol': E=691 authentication failure "
+                                        r"\(wrong password\), FAILED"):
         peer.process(EapPacket(EapCode.FAILURE, 6))

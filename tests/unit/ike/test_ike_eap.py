@@ -3,6 +3,8 @@ authenticates with its PSK or key, then EAP-Identity and the method, then AUTH w
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from ike_pair import Pair, make_pair
 
@@ -57,13 +59,20 @@ def test_eap_identity_other_than_ike_identity() -> None:
 
 
 @pytest.mark.parametrize("method", ["eap-md5", "eap-mschapv2"])
-def test_wrong_password_fails_both_sides(method: str) -> None:
+def test_wrong_password_fails_both_sides(method: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "core_ike")
     p = _eap_pair(method, server_pw="the-real-one")
     _up(p)
     (fa,) = p.of("a", ev.IkeSaFailed)
     (fb,) = p.of("b", ev.IkeSaFailed)
+    # RFC 3748 4.2, RFC 7296 2.16: the gateway's last IKE_AUTH response is EAP-Failure, not a notify
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generating IKE_AUTH response")]
+    assert last[-1].endswith("[ EAP/FAIL ]")
+    assert "received EAP_FAILURE, EAP authentication failed" in caplog.text
+    name = "EAP-MD5" if method == "eap-md5" else "EAP-MSCHAPv2"
     assert fa.notify == NotifyType.AUTHENTICATION_FAILED and fa.authentication
-    assert "AUTHENTICATION_FAILED" in fa.reason
+    assert fa.reason == (f"the EAP server sent EAP-Failure, {name} rejected our credentials for 'alice@test' "
+                         "(wrong password or unknown EAP identity)")
     assert fb.authentication and "wrong password" in fb.reason and "'alice@test'" in fb.reason
     assert not p.a.sas and not p.b.sas
     assert not p.of("a", ev.ChildSaEstablished) and not p.of("b", ev.ChildSaEstablished)
@@ -76,6 +85,8 @@ def test_nak_to_another_method() -> None:
     assert "EAP-Nak, it proposes EAP-MSCHAPv2" in fb.reason
     (fa,) = p.of("a", ev.IkeSaFailed)
     assert fa.notify == NotifyType.AUTHENTICATION_FAILED
+    assert fa.reason == ("the EAP server sent EAP-Failure after we refused EAP-MD5 with an EAP-Nak: we are "
+                         "configured for EAP-MSCHAPv2 only")
     assert not p.a.sas and not p.b.sas
 
 
@@ -84,7 +95,9 @@ def test_missing_secret_on_server() -> None:
     _up(p)
     (fb,) = p.of("b", ev.IkeSaFailed)
     assert "no EAP secret found for 'alice@test'" in fb.reason
-    assert p.of("a", ev.IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED and fa.authentication
+    assert "sent EAP-Failure, EAP-MD5 rejected our credentials for 'alice@test'" in fa.reason
 
 
 def test_missing_secret_on_peer() -> None:
@@ -96,13 +109,16 @@ def test_missing_secret_on_peer() -> None:
     assert not p.of("b", ev.IkeSaEstablished)
 
 
-def test_server_without_eap_config_refuses_request_without_auth() -> None:
+def test_server_without_eap_config_refuses_request_without_auth(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "core_ike")
     p = _eap_pair("eap-md5")
     p.b.configs[0].remote = AuthConfig("psk", Identity.parse("alice@test"))
     _up(p)
     (fb,) = p.of("b", ev.IkeSaFailed)
     assert "no matching peer config" in fb.reason
     assert p.of("a", ev.IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
+    # refused before EAP began: there is no EAP conversation to end with EAP-Failure
+    assert "generating IKE_AUTH response 1 [ N(AUTH_FAILED) ]" in caplog.text and "EAP/FAIL" not in caplog.text
 
 
 def test_lost_eap_round_is_retransmitted() -> None:
@@ -133,7 +149,9 @@ def test_empty_eap_identity_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     _up(p)
     (fb,) = p.of("b", ev.IkeSaFailed)
     assert "the peer sent an empty EAP-Identity" in fb.reason and fb.authentication
-    assert p.of("a", ev.IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED
+    assert "EAP-Failure before EAP-MD5 started: it does not accept the EAP identity ''" in fa.reason
 
 
 def _peer_without_identity(init):  # type: ignore[no-untyped-def]
