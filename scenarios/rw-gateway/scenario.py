@@ -33,12 +33,13 @@ from scenarios.lab.creds import ca_and_host
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from scenarios.lab.portal import Browser, PortalSite, stop_sites
+from scenarios.lab.seed import seed_files as lab_seed_files
+from scenarios.lab.seed import write_pair
 from scenarios.lab.story import Story
 
 TITLE = "remote-access gateway moon (ours; SQL config via the SA manager, then ipsec.conf), road warriors carol, dave (charon) and erin (ours) with virtual IPs"
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = ROOT / "tests" / "unit" / "gateway" / "data" / "seed"
 MOON, MOON_NET = "192.0.2.1", "10.1.0.1"
 RW = {"carol": "192.0.2.100", "dave": "192.0.2.200", "erin": "192.0.2.150"}
 PSK = {"carol": "FpZAZqEN6Ti9sqt4ZP5EWcqX", "dave": "jVzONCF02ncsgiS1mIXeqhGN", "erin": "Kq7wUaE3rTz9pYb2nLc5"}
@@ -341,23 +342,9 @@ ipsec_secrets = "{secrets}"
 def seed_files(d: Path, which: str, creds: dict[str, Any], as_erin: bool = False) -> tuple[Path, Path]:
     """The seed's files of `which` (moon, or carol's as a template for erin) with absolute paths to
     the certificates and the key."""
-    d.mkdir(parents=True, exist_ok=True)
-    pem = serialization.Encoding.PEM
-    (d / "caCert.pem").write_bytes(creds["ca"].public_bytes(pem))
-    (d / "moonCert.pem").write_bytes(creds["cert"].public_bytes(pem))
-    key = d / "moonKey.pem"
-    key.write_bytes(creds["key"].private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
-                                               serialization.NoEncryption()))
-    key.chmod(0o600)
-    conf = (SEED / which / "ipsec.conf").read_text().replace("PH_IP_MOON", MOON)
-    for f in ("caCert.pem", "moonCert.pem"):
-        conf = conf.replace(f"={f}", f"={d / f}")
-    secrets = (SEED / which / "ipsec.secrets").read_text().replace("RSA moonKey.pem", f"RSA {key}")
+    conf, secrets = lab_seed_files(d, which, creds, MOON)
     if as_erin:  # carol's road-warrior files with erin's identity and PSK
-        conf = conf.replace("left=%defaultroute", f"left={RW['erin']}").replace(ident("carol"), ident("erin"))
-        conf = conf.replace("auto=start", "auto=add")  # the scenario brings it up
-        secrets = f'{ident("erin")} : PSK "{PSK["erin"]}"\n'
-    (d / "ipsec.conf").write_text(conf)
-    (d / "ipsec.secrets").write_text(secrets)
-    (d / "ipsec.secrets").chmod(0o600)
-    return d / "ipsec.conf", d / "ipsec.secrets"
+        text = conf.read_text().replace("left=%defaultroute", f"left={RW['erin']}")
+        text = text.replace(ident("carol"), ident("erin")).replace("auto=start", "auto=add")  # we bring it up
+        return write_pair(d, text, f'{ident("erin")} : PSK "{PSK["erin"]}"\n')
+    return conf, secrets

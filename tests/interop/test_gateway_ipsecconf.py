@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from core_ike.daemon.control import conn_info
 from gateway.daemon import dn_text
@@ -31,6 +30,7 @@ from scenarios.lab.charon import PLUGINS, Charon, decode
 from scenarios.lab.creds import ca_and_host
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
+from scenarios.lab.seed import seed_files, write_pair
 from tests.guards import needs
 
 pytestmark = [
@@ -39,7 +39,6 @@ pytestmark = [
     needs("root", "strongswan", why="strongSwan's starter and charon in network namespaces"),
 ]
 
-SEED = Path(__file__).parents[1] / "unit" / "gateway" / "data" / "seed"
 STARTER = "/usr/lib/ipsec/starter"
 A, B = "192.0.2.1", "192.0.2.2"  # moon (alice), carol (bob)
 MOON_NET = "10.1.0.1"
@@ -84,23 +83,7 @@ class Starter(Charon):
 def _files(lab: Lab, host: str, which: str, pki: dict[str, Any]) -> tuple[Path, Path]:
     """The seed's files of `which` (moon or carol) with absolute paths to the certificates and key
     (the starter looks for relative ones under /etc/ipsec.d)."""
-    d = lab.host_dir(host) / f"seed-{which}"
-    d.mkdir(parents=True, exist_ok=True)
-    pem = serialization.Encoding.PEM
-    (d / "caCert.pem").write_bytes(pki["ca"].public_bytes(pem))
-    (d / "moonCert.pem").write_bytes(pki["cert"].public_bytes(pem))
-    key = d / "moonKey.pem"
-    key.write_bytes(pki["key"].private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
-                                              serialization.NoEncryption()))
-    key.chmod(0o600)
-    conf = (SEED / which / "ipsec.conf").read_text().replace("PH_IP_MOON", A)
-    for f in ("caCert.pem", "moonCert.pem"):
-        conf = conf.replace(f"={f}", f"={d / f}")
-    secrets = (SEED / which / "ipsec.secrets").read_text().replace("RSA moonKey.pem", f"RSA {key}")
-    (d / "ipsec.conf").write_text(conf)
-    (d / "ipsec.secrets").write_text(secrets)
-    (d / "ipsec.secrets").chmod(0o600)
-    return d / "ipsec.conf", d / "ipsec.secrets"
+    return seed_files(lab.host_dir(host) / f"seed-{which}", which, pki, A)
 
 
 @pytest.fixture(scope="module")
@@ -270,10 +253,8 @@ def test_starter_and_our_loader_agree_on_also_default_and_more(two_hosts_per_mod
     lab = two_hosts_per_module
     d = lab.host_dir("bob") / "rich"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "ipsec.conf").write_text(RICH)
-    (d / "ipsec.secrets").write_text(': PSK "rich-secret-0123456789"\n')
-    (d / "ipsec.secrets").chmod(0o600)
-    starter = Starter(lab, "bob", d / "ipsec.conf", d / "ipsec.secrets", name="starter-rich")
+    conf, secrets = write_pair(d, RICH, ': PSK "rich-secret-0123456789"\n')
+    starter = Starter(lab, "bob", conf, secrets, name="starter-rich")
     try:
         starter.start()
         theirs = wait_for(lambda: ((c := starter.list_conns()) and len(c) == 3 and c) or None, 10,
@@ -281,7 +262,7 @@ def test_starter_and_our_loader_agree_on_also_default_and_more(two_hosts_per_mod
         status = starter.statusall()
     finally:
         starter.stop()
-    ours, _ = load_files(d / "ipsec.conf", d / "ipsec.secrets", local_addresses=[B])
+    ours, _ = load_files(conf, secrets, local_addresses=[B])
     assert sorted(theirs) == sorted(c.name for c in ours) == ["net-a", "net-b", "roam"]
     unique = {"replace": "UNIQUE_REPLACE", "no": "UNIQUE_NO", "keep": "UNIQUE_KEEP"}
     for c in ours:
