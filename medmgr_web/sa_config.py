@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import abort, current_app, flash, request
 from flask.typing import ResponseReturnValue
@@ -43,11 +43,35 @@ CONN_DEFAULTS = {"local_addrs": "%any", "remote_addrs": "%any", "auth": "psk", "
                  "remote_ts": "dynamic", "rekeytime": "4h", "dpd_delay": "30s"}
 
 
+_Row = TypeVar("_Row", m.PeerConfigRow, m.SqlIdentity, m.SharedSecretRow)
+
+
 def _db() -> Engine:
     db = current_app.extensions["iksa"].config_db
     if db is None:
         abort(404, "No configuration database is set (medmgr-sa --config-db).")
     return db  # type: ignore[no-any-return]
+
+
+def _form(*keys: str) -> dict[str, str]:
+    """The posted fields, stripped and cut at FIELD_MAX; a missing one is empty."""
+    return {k: request.form.get(k, "").strip()[:FIELD_MAX] for k in keys}
+
+
+def _row_or_404(s: Session, model: type[_Row], ident: str | int | None, what: str) -> _Row:
+    """The row of the id in the URL (a positive decimal number), or the 404 page "<what> not found."."""
+    rid = v.parse_id(ident) if isinstance(ident, str) else ident
+    row = s.get(model, rid) if rid is not None else None
+    if row is None:
+        abort(404, f"{what} not found.")
+    return row
+
+
+def _name_error(name: str) -> str | None:
+    """A row name (peer_configs, child_configs, pools): a portal name of at most ROW_NAME_MAX characters."""
+    if (err := v.check_name(name, "Name")) is not None or len(name) > ROW_NAME_MAX:
+        return err or f"Name: at most {ROW_NAME_MAX} characters."
+    return None
 
 
 # -- values ---------------------------------------------------------------------------------------
@@ -170,8 +194,8 @@ def validate_connection(f: dict[str, str], s: Session, pid: int | None) -> tuple
     """The values to write and the errors per field."""
     errors: dict[str, str] = {}
     out: dict[str, Any] = {}
-    if (err := v.check_name(f["name"], "Name")) is not None or len(f["name"]) > ROW_NAME_MAX:
-        errors["name"] = err or f"Name: at most {ROW_NAME_MAX} characters."
+    if (err := _name_error(f["name"])) is not None:
+        errors["name"] = err
     elif s.scalar(select(m.PeerConfigRow.id).where(m.PeerConfigRow.name == f["name"],
                                                    m.PeerConfigRow.id != (pid or 0))) is not None:
         errors["name"] = "A connection of this name exists already."
@@ -326,16 +350,14 @@ def _conn_form(peer: m.PeerConfigRow | None, s: Session) -> dict[str, str]:
 
 def _edit_connection(pid: int | None) -> ResponseReturnValue:
     with Session(_db()) as s:
-        peer = s.get(m.PeerConfigRow, pid) if pid is not None else None
-        if pid is not None and peer is None:
-            abort(404, "Connection not found.")
+        peer = _row_or_404(s, m.PeerConfigRow, pid, "Connection") if pid is not None else None
         if peer is not None and (s.scalar(select(func.count()).where(m.PeerConfigChildConfig.peer_cfg == peer.id)) or 0) > 1:
             # the form writes one child config; saving would drop the others
             abort(409, f"Connection {peer.name} has several CHILD_SA configs; edit it in the database "
                        "(this page writes one per connection).")
         if request.method == "GET":
             return web.render("conn/edit.html", f=_conn_form(peer, s), ferr={}, pid=pid)
-        f = {k: request.form.get(k, "").strip()[:FIELD_MAX] for k in CONN_FIELDS}
+        f = _form(*CONN_FIELDS)
         val, ferr = validate_connection(f, s, pid)
         if ferr:
             return web.render("conn/edit.html", status=400, f=f, ferr=ferr, pid=pid, errors=list(ferr.values()))
@@ -362,11 +384,8 @@ def conn_edit(ident: str) -> ResponseReturnValue:
 
 
 def conn_delete(ident: str) -> ResponseReturnValue:
-    pid = v.parse_id(ident)
     with Session(_db()) as s, s.begin():
-        peer = s.get(m.PeerConfigRow, pid) if pid is not None else None
-        if peer is None:
-            abort(404, "Connection not found.")
+        peer = _row_or_404(s, m.PeerConfigRow, ident, "Connection")
         name = peer.name
         _unlink_peer(s, peer)
         s.delete(peer)
@@ -387,15 +406,18 @@ def _identity_uses(s: Session, iid: int) -> int:
     return n
 
 
+def _identity_rows(s: Session) -> list[dict[str, Any]]:
+    return [{"id": r.id, "text": identity_text(r), "type": int(r.type), "uses": _identity_uses(s, r.id)}
+            for r in s.scalars(select(m.SqlIdentity).order_by(m.SqlIdentity.id))]
+
+
 def identity_list() -> ResponseReturnValue:
     with Session(_db()) as s:
-        rows = [{"id": r.id, "text": identity_text(r), "type": int(r.type), "uses": _identity_uses(s, r.id)}
-                for r in s.scalars(select(m.SqlIdentity).order_by(m.SqlIdentity.id))]
-    return web.render("identity/list.html", identities=rows, f={"identity": ""}, ferr={})
+        return web.render("identity/list.html", identities=_identity_rows(s), f={"identity": ""}, ferr={})
 
 
 def identity_add() -> ResponseReturnValue:
-    text = request.form.get("identity", "").strip()[:FIELD_MAX]
+    text = _form("identity")["identity"]
     ident, err = _identity(text, "Identity")
     with Session(_db()) as s, s.begin():
         if ident is not None and s.scalar(select(m.SqlIdentity.id).where(
@@ -405,20 +427,15 @@ def identity_add() -> ResponseReturnValue:
             _find_identity(s, ident)
     if err is not None:
         with Session(_db()) as s:
-            rows = [{"id": r.id, "text": identity_text(r), "type": int(r.type), "uses": _identity_uses(s, r.id)}
-                    for r in s.scalars(select(m.SqlIdentity).order_by(m.SqlIdentity.id))]
-        return web.render("identity/list.html", status=400, identities=rows, f={"identity": text},
-                          ferr={"identity": err}, errors=[err])
+            return web.render("identity/list.html", status=400, identities=_identity_rows(s), f={"identity": text},
+                              ferr={"identity": err}, errors=[err])
     flash(f"Identity {text} added.")
     return web.redirect("identity_list")
 
 
 def identity_delete(ident: str) -> ResponseReturnValue:
-    iid = v.parse_id(ident)
     with Session(_db()) as s, s.begin():
-        row = s.get(m.SqlIdentity, iid) if iid is not None else None
-        if row is None:
-            abort(404, "Identity not found.")
+        row = _row_or_404(s, m.SqlIdentity, ident, "Identity")
         text = identity_text(row)
         if _identity_uses(s, row.id):
             flash(f"Identity {text} is used (by a connection, secret, certificate, key or lease): not deleted.")
@@ -446,7 +463,7 @@ def secret_list() -> ResponseReturnValue:
 
 
 def secret_add() -> ResponseReturnValue:
-    f = {k: request.form.get(k, "").strip()[:FIELD_MAX] for k in ("id1", "id2", "kind")}
+    f = _form("id1", "id2", "kind")
     secret = request.form.get("secret", "")
     ferr: dict[str, str] = {}
     idents = []
@@ -478,11 +495,8 @@ def secret_add() -> ResponseReturnValue:
 
 
 def secret_delete(ident: str) -> ResponseReturnValue:
-    sid = v.parse_id(ident)
     with Session(_db()) as s, s.begin():
-        row = s.get(m.SharedSecretRow, sid) if sid is not None else None
-        if row is None:
-            abort(404, "Secret not found.")
+        row = _row_or_404(s, m.SharedSecretRow, ident, "Secret")
         s.execute(delete(m.SharedSecretIdentity).where(m.SharedSecretIdentity.shared_secret == row.id))
         s.delete(row)
     flash("Secret deleted.")
@@ -498,10 +512,10 @@ def pool_rows(db: Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def pool_add() -> ResponseReturnValue:
-    f = {k: request.form.get(k, "").strip()[:FIELD_MAX] for k in ("name", "range", "end", "timeout")}
+    f = _form("name", "range", "end", "timeout")
     ferr: dict[str, str] = {}
-    if (err := v.check_name(f["name"], "Name")) is not None or len(f["name"]) > ROW_NAME_MAX:
-        ferr["name"] = err or f"Name: at most {ROW_NAME_MAX} characters."
+    if (err := _name_error(f["name"])) is not None:
+        ferr["name"] = err
     try:
         start, end = parse_range(f["range"], f["end"] or None)
     except LocalError as e:

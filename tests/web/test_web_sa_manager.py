@@ -224,17 +224,23 @@ def test_edit_pool_identity_secret_connection(env: tuple[Any, StandIn, str]) -> 
     r = c.submit("secret/list", "secret/add", {"kind": "1", "id1": "@moon.strongswan.org", "id2": "carol@strongswan.org",
                                                "secret": "short"})
     assert r.status == 400 and "at least 8 characters" in r.text()
+    r = c.submit("secret/list", "secret/add", {"kind": "7", "id1": "@moon.strongswan.org", "id2": "",
+                                               "secret": "carol-secret-0123456789"})
+    # the error stands at its field, which keeps the choice made (none of the offered ones here)
+    assert r.status == 400 and '<p class="field-error" id="kind-error">Choose IKE (PSK) or EAP.</p>' in r.body
+    assert 'aria-describedby="kind-error"' in r.body and " selected" not in r.body
     r = c.submit("secret/list", "secret/add", {"kind": "1", "id1": "@moon.strongswan.org", "id2": "carol@strongswan.org",
                                                "secret": "carol-secret-0123456789"})
     assert "Secret for moon.strongswan.org and carol@strongswan.org added." in r.text()
     assert "carol-secret" not in r.body  # never shown again
     # a connection with errors in several fields: each named, nothing written
     r = c.submit("conn/add", "conn/add", _conn_form(name="bad name!", local_addrs="moon.example", pool="nope",
-                                                    local_ts="10.1.0.0/33", ike_proposal="aes999-foo"))
+                                                    local_ts="10.1.0.0/33", ike_proposal="aes999-foo", auth="eap"))
     assert r.status == 400
     for message in ("Name invalid", "'moon.example' is not an address", "No pool named 'nope'",
                     "Local subnets is not a valid subnet", "IKE proposals:"):
         assert message in r.text(), message
+    assert '<p class="field-error" id="auth-error">Choose pre-shared key or public key.</p>' in r.body
     assert _snapshot(url).connections == []
     r = c.submit("conn/add", "conn/add", _conn_form(pool="rw"))
     assert "Connection rw saved" in r.text()
@@ -250,6 +256,7 @@ def test_edit_pool_identity_secret_connection(env: tuple[Any, StandIn, str]) -> 
         pid = s.scalar(select(m.PeerConfigRow.id))
     r = c.get(f"conn/edit/{pid}")
     assert 'value="10.1.0.0/16"' in r.body and 'value="aes128-sha256-modp3072"' in r.body
+    assert '<option value="psk" selected>' in r.body and '<option value="pubkey">' in r.body
     r = c.submit(f"conn/edit/{pid}", f"conn/edit/{pid}", _conn_form(local_ts="10.1.0.0/16, 10.2.0.0/24"))
     assert "Connection rw saved" in r.text()
     (rw,) = _snapshot(url).connections
@@ -269,6 +276,12 @@ def test_edit_pool_identity_secret_connection(env: tuple[Any, StandIn, str]) -> 
     with Session(open_config_db(url)) as s:
         assert list(s.scalars(select(m.ChildConfigRow))) == [] and list(s.scalars(select(m.TrafficSelectorRow))) == []
     assert c.submit("conn/list", f"conn/edit/{pid}", {}).status == 404
+    # a row that is gone, or an id that is no number, is the 404 page naming what was not found
+    for what, page, action in (("Connection", "conn/list", "conn/delete"), ("Identity", "identity/list",
+                               "identity/delete"), ("Secret", "secret/list", "secret/delete")):
+        for bad in ("99999", "1x", "9" * 30):
+            r = c.submit(page, f"{action}/{bad}", {})
+            assert r.status == 404 and f"{what} not found." in r.text(), (action, bad)
     r = c.submit("pool/list", "pool/delete/rw", {})
     assert "Pool rw deleted" in r.text()
 
