@@ -17,6 +17,11 @@ class Base(DeclarativeBase):
     pass
 
 
+def _key() -> Mapped[int]:
+    """A column of a link table's composite primary key (strongSwan's link tables have no id of their own)."""
+    return mapped_column(Integer, primary_key=True, autoincrement=False)
+
+
 def _int(default: int | None = None, *, pk: bool = False) -> Mapped[int]:
     if pk:
         return mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -57,9 +62,9 @@ class ChildConfigTrafficSelector(Base):
     __tablename__ = "child_config_traffic_selector"
     __table_args__ = (Index("child_config_traffic_selector_all", "child_cfg", "traffic_selector"),)
     # strongSwan's table has no key; SQLAlchemy's mapper needs one, the three columns together are it
-    child_cfg: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    traffic_selector: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    kind: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    child_cfg: Mapped[int] = _key()
+    traffic_selector: Mapped[int] = _key()
+    kind: Mapped[int] = _key()
 
 
 class ProposalRow(Base):
@@ -70,9 +75,9 @@ class ProposalRow(Base):
 
 class ChildConfigProposal(Base):
     __tablename__ = "child_config_proposal"
-    child_cfg: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    prio: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    prop: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    child_cfg: Mapped[int] = _key()
+    prio: Mapped[int] = _key()
+    prop: Mapped[int] = _key()
 
 
 class IkeConfigRow(Base):
@@ -86,9 +91,9 @@ class IkeConfigRow(Base):
 
 class IkeConfigProposal(Base):
     __tablename__ = "ike_config_proposal"
-    ike_cfg: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    prio: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    prop: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ike_cfg: Mapped[int] = _key()
+    prio: Mapped[int] = _key()
+    prop: Mapped[int] = _key()
 
 
 class PeerConfigRow(Base):
@@ -124,8 +129,8 @@ class PeerConfigRow(Base):
 
 class PeerConfigChildConfig(Base):
     __tablename__ = "peer_config_child_config"
-    peer_cfg: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    child_cfg: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    peer_cfg: Mapped[int] = _key()
+    child_cfg: Mapped[int] = _key()
 
 
 class TrafficSelectorRow(Base):
@@ -154,8 +159,8 @@ class CertificateRow(Base):
 
 class CertificateIdentity(Base):
     __tablename__ = "certificate_identity"
-    certificate: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    identity: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    certificate: Mapped[int] = _key()
+    identity: Mapped[int] = _key()
 
 
 class PrivateKeyRow(Base):
@@ -169,8 +174,8 @@ class PrivateKeyRow(Base):
 
 class PrivateKeyIdentity(Base):
     __tablename__ = "private_key_identity"
-    private_key: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    identity: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    private_key: Mapped[int] = _key()
+    identity: Mapped[int] = _key()
 
 
 class SharedSecretRow(Base):
@@ -184,8 +189,8 @@ class SharedSecretRow(Base):
 
 class SharedSecretIdentity(Base):
     __tablename__ = "shared_secret_identity"
-    shared_secret: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    identity: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    shared_secret: Mapped[int] = _key()
+    identity: Mapped[int] = _key()
 
 
 class CertificateAuthority(Base):
