@@ -4,7 +4,7 @@ peers (bench/registry_scale.py measures the IKE side of a registration; this one
 
 Each "server" is a process with the server's own Registry and cluster core (mediation_server/cluster/),
 carried by RedisBus exactly as the daemon carries them; a registration is `Registry.update_sa_id` plus
-the "up" it announces, and each other server takes it in (`Cluster.receive`, then the callbacks waiting
+the "up" it announces (`Cluster.register`: numbered and published by the engine's script), and each other server takes it in (`Cluster.receive`, then the callbacks waiting
 for it, `Registry.online_elsewhere`). Figures:
 
 - propagation: seconds until every server knows every peer (its own plus the others'), and so
@@ -82,16 +82,21 @@ async def _server(name: str, url: str, peers: int, total: int, conn: Connection)
                 cluster.forward_connect(ev.origin, ev.requester, ev.target, response=True,
                                         connect_id=ev.connect_id, key=ev.key, endpoints=ev.endpoints)
 
-    def here(identity: str) -> tuple[tuple[str, int] | None, float] | None:
+    def here(identity: str) -> tuple[tuple[str, int] | None, int, bool] | None:
         rec = registry.lookup(identity)
-        return (rec.endpoint, rec.since) if rec is not None else None
+        return (rec.endpoint, rec.order, False) if rec is not None else None
+
+    def sequenced(n: int) -> None:  # as MediationServer.on_sequenced (no rival registrations here)
+        ev = cluster.sequenced(n)
+        if ev is not None:
+            registry.set_order(ev.identity, ev.seq)
 
     def synced(servers: list[str]) -> None:  # as MediationServer.sync_to
         identities = [rec.identity for rec in registry.online_peers()]
         for server in servers:
             cluster.start_sync(server, identities, here)
 
-    bus = RedisBus(url, cluster, deliver, synced, cluster.server_gone, retry=0.05)
+    bus = RedisBus(url, cluster, deliver, synced, cluster.server_gone, retry=0.05, sequenced=sequenced)
     task = asyncio.create_task(bus.run())
     await bus.connected.wait()
     conn.send("ready")
@@ -104,10 +109,10 @@ async def _server(name: str, url: str, peers: int, total: int, conn: Connection)
             for i in range(peers):
                 ident = f"peer{i}@{name}.scale"
                 registry.update_sa_id(ident, i, time.time(), endpoint=("192.0.2.1", 4500))
-                cluster.announce(ident, ("192.0.2.1", 4500), time.time())
+                cluster.register(ident, ("192.0.2.1", 4500))  # numbered by the engine (newest wins)
                 if i % 1000 == 999:
                     await asyncio.sleep(0)  # let the publisher and the reader run
-            while len(registry) + len(cluster.remote) < total:
+            while len(registry) + cluster.known() < total:
                 await asyncio.sleep(0.01)  # polling for the others' announcements
             conn.send({"seconds": time.monotonic() - t0, "rss_per_peer": (_rss() - rss0) / total})
         elif cmd == "forward":
@@ -123,9 +128,9 @@ async def _server(name: str, url: str, peers: int, total: int, conn: Connection)
                 rtts.append((time.perf_counter() - t0) * 1000)
             conn.send(rtts)
         elif cmd == "count":
-            conn.send(len(registry) + len(cluster.remote))
+            conn.send(len(registry) + cluster.known())
         elif cmd == "count_of":  # the peers of ms3 known here
-            conn.send(sum(1 for p in cluster.remote.values() if p.server == "ms3"))
+            conn.send(cluster.held_by("ms3"))
         elif cmd == "stop":
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -191,7 +191,7 @@ class ServerDaemon(Daemon):
 
             self.cluster = Cluster(str(med.get("cluster_name") or socket.gethostname()))
             self.bus = RedisBus(str(med["cluster_engine"]), self.cluster, self._cluster_message,
-                                self._cluster_synced, self._cluster_server_gone)
+                                self._cluster_synced, self._cluster_server_gone, sequenced=self._cluster_sequenced)
         self.mediation = MediationServer(self.engine, registry, clock=lambda now: now + offset, relay=self.relay,
                                          cluster=self.cluster)
         self.relay_sockets = RelaySockets(self.relay) if self.relay is not None else None
@@ -218,8 +218,12 @@ class ServerDaemon(Daemon):
         self.mediation.sync_to(servers)
 
     def _cluster_server_gone(self, server: str) -> None:
-        if self.cluster is not None:
-            self.cluster.server_gone(server)
+        self.mediation.cluster_server_gone(server, time.monotonic())
+        self.transport.flush()
+
+    def _cluster_sequenced(self, seq: int) -> None:
+        self.mediation.on_sequenced(seq, time.monotonic())
+        self.transport.flush()
 
     def _nat_of(self, identity: str) -> str | None:
         """The NAT behaviour an online peer reported (RFC 5780 terms), when the registry has it."""

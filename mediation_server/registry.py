@@ -51,6 +51,7 @@ class PeerRecord:
     since: float
     last_activity: float
     nat: str | None = None  # the NAT behaviour the peer measured and reported (core_ike/me/natinfo.py)
+    order: int = 0  # in a cluster, the engine's number of this registration (mediation_server/cluster/)
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,13 @@ class Registry:
         rec = self._peers.get(identity)
         if rec is not None:
             rec.nat = text
+
+    def set_order(self, identity: Identity, order: int) -> PeerRecord | None:
+        """The cluster's number of the current registration of `identity` (a later one wins)."""
+        rec = self._peers.get(identity)
+        if rec is not None:
+            rec.order = max(rec.order, order)
+        return rec
 
     def touch(self, identity: Identity, now: float) -> None:
         rec = self._peers.get(identity)

@@ -12,7 +12,9 @@
 - optionally (§11.1, our negotiated extension) offers a data relay: when both peers of an
   ME_CONNECT announced RELAY_VENDOR_ID, a `DataRelay` pair of ports is allocated and one RELAYED
   ME_ENDPOINT appended to each side's endpoint list (datarelay.py); unused relays expire early, and a
-  peer going offline frees its relays that carry no traffic (datarelay.py "Lifetime").
+  peer going offline frees its relays that carry no traffic (datarelay.py "Lifetime"). In a cluster the
+  requester's server relays (docs/architecture.md, "Cluster"): it allocates the ports before forwarding
+  the request, and adds the requester's RELAYED endpoint to the answer coming back.
 
 It lives here and not in core_ike because the Registry is the server's (architecture.md); the core
 only provides the hooks and the tasks (`core_ike.me.tasks`).
@@ -62,6 +64,8 @@ from .cluster.core import (
     ForwardedConnect,
     ForwardedFailure,
     PeerElsewhere,
+    PeerGoneElsewhere,
+    RemotePeer,
     SyncAsked,
     SyncChunk,
 )
@@ -183,8 +187,9 @@ class MediationServer(Extension):
         self._sas[sa.unique_id] = sa
         reg = self.registry.update_sa_id(identity, sa.unique_id, self.clock(now), endpoint=sa.remote)
         log.info("peer '%s' online at %s[%d] (mediation SA %s)", identity, sa.remote[0], sa.remote[1], sa.label)
-        if self.cluster is not None and (rec := self.registry.lookup(identity)) is not None:
-            self.cluster.announce(identity, sa.remote, rec.since)
+        if self.cluster is not None:
+            # a new registration: the engine gives it its number ("newest wins", on_sequenced)
+            self.cluster.register(identity, sa.remote, relay=bool(me.relay))
         replaced = reg.replaced_sa_id
         self.engine.emit(mev.PeerOnline(identity, sa.unique_id, sa.remote,
                                         _uid(replaced) if replaced is not None else None))
@@ -283,9 +288,12 @@ class MediationServer(Extension):
                 sa.extension(MeSaState).answered = now
             log.info("forwarding ME_CONNECT%s from '%s' to '%s' at server %s",
                      " response" if req.kind is ConnectKind.RESPONSE else "", requester, target, remote.server)
+            endpoints = req.endpoint_data
+            if req.kind is not ConnectKind.RESPONSE and (rel := self._relay_elsewhere(sa, remote, req, target, now)):
+                endpoints = (*endpoints, rel)
             self.cluster.forward_connect(remote.server, (sa.peer_id.id_type, sa.peer_id.data), target,
                                          response=req.kind is ConnectKind.RESPONSE, connect_id=req.connect_id,
-                                         key=req.key, endpoints=req.endpoint_data)
+                                         key=req.key, endpoints=endpoints)
             self.engine.emit(mev.ConnectRelayed(requester, target, req.connect_id.hex(),
                                                 req.kind is ConnectKind.RESPONSE))
             return []
@@ -368,6 +376,36 @@ class MediationServer(Extension):
             port = r.b.port
         return encode_endpoint(relayed_endpoint(r.address, port))
 
+    def _relay_elsewhere(self, origin: IkeSaView, remote: RemotePeer, req: MeConnect, target: str,
+                         now: float) -> bytes | None:
+        """The requester's server relays for a target at another server (docs/architecture.md, "Cluster"):
+        the ports are allocated here, before the request leaves, and the target's RELAYED endpoint (the
+        port it sends to, here) goes with the forwarded endpoints; its server passes them on unchanged.
+        Both mediation SAs must have negotiated the relay (the target's is in its "up")."""
+        if self.relay is None or not (origin.extension(MeSaState).relay and remote.relay) or remote.endpoint is None:
+            return None
+        assert origin.peer_id is not None
+        requester = origin.peer_id.canonical()
+        try:
+            r = self.relay.allocate(req.connect_id, origin.local[0], (requester, origin.remote[0]),
+                                    (target, remote.endpoint[0]), now)
+        except RelayRefused:
+            return None  # logged by the table; the peers still try the direct pairs
+        self.engine.emit(mev.RelayAllocated(r.id, requester, target, req.connect_id.hex(), r.address, r.a.port,
+                                            r.b.port))
+        return encode_endpoint(relayed_endpoint(r.address, r.b.port))
+
+    def _relay_answer(self, ev: ForwardedConnect, now: float) -> bytes | None:
+        """The answer to a request relayed here comes back from the target's server: the requester's
+        RELAYED endpoint (the port it sends to) is added here, where the relay is."""
+        if self.relay is None or not ev.response:
+            return None
+        r = self.relay.by_connect_id(ev.connect_id)
+        if r is None or (r.a.identity, r.b.identity) != (ev.target, Identity(*ev.requester).canonical()):
+            return None
+        self.relay.touch(r, now)
+        return encode_endpoint(relayed_endpoint(r.address, r.a.port))
+
     def _send_failure(self, sa_id: int, cid: bytes, about: Identity, now: float) -> None:
         """Draft §4: ME_CONNECT{N(ME_CONNECTID), N(ME_CONNECT_FAILED), ID_PEER(about)}."""
         sa = self._sas.get(sa_id)
@@ -411,6 +449,8 @@ class MediationServer(Extension):
             return
         if isinstance(ev, PeerElsewhere):
             self._peer_elsewhere(ev, now)
+        elif isinstance(ev, PeerGoneElsewhere):
+            self._release_relays([ev.identity], now)
         elif isinstance(ev, SyncAsked):  # it (re)joined: what we knew of its peers is void, it says them again
             self.cluster.server_gone(ev.server)
             self.sync_to([ev.server])
@@ -418,49 +458,92 @@ class MediationServer(Extension):
             for pe in ev.peers:
                 self._peer_elsewhere(pe, now)
             for cb in ev.callbacks:
-                self.registry.add_replica(CallbackRegistration(cb.target, cb.requester, cb.created, cb.expires),
-                                          self.clock(now))
+                self._callback_replica(cb, now)
         elif isinstance(ev, ForwardedConnect):
             self._forwarded_connect(ev, now)
-        elif isinstance(ev, CallbackElsewhere):
-            self.registry.add_replica(CallbackRegistration(ev.target, ev.requester, ev.created, ev.expires),
-                                      self.clock(now))
-        elif isinstance(ev, CallbackFiredElsewhere):
-            self.registry.drop_replica(ev.target, ev.requester)
+        elif isinstance(ev, CallbackElsewhere | CallbackFiredElsewhere):
+            self._callback_replica(ev, now)
         elif isinstance(ev, ForwardedFailure):
             rec = self.registry.lookup(ev.to)
             if rec is not None:
                 self._send_failure(_uid(rec.sa_id), ev.connect_id, Identity(*ev.about), now)
 
+    def _callback_replica(self, ev: CallbackElsewhere | CallbackFiredElsewhere, now: float) -> None:
+        if isinstance(ev, CallbackFiredElsewhere):
+            self.registry.drop_replica(ev.target, ev.requester)
+        else:
+            self.registry.add_replica(CallbackRegistration(ev.target, ev.requester, ev.created, ev.expires),
+                                      self.clock(now))
+
+    def cluster_server_gone(self, server: str, now: float) -> None:
+        """`server` left the engine: its peers are forgotten, and our relays for them without traffic go."""
+        if self.cluster is not None:
+            self._release_relays(self.cluster.server_gone(server), now)
+
+    def _release_relays(self, identities: list[str], now: float) -> None:
+        """Peers of other servers went offline: as for our own (datarelay.py "Lifetime")."""
+        if self.relay is None or not len(self.relay):
+            return
+        for identity in identities:
+            if self.registry.lookup(identity) is None:
+                for r in self.relay.release_peer(identity, now):
+                    self._freed(r, "mediation SA gone")
+
+    def on_sequenced(self, seq: int, now: float) -> None:
+        """The engine's number of our oldest registration waiting for one (cluster/core.py): an older
+        registration than one another server announced meanwhile goes ("newest wins")."""
+        if self.cluster is None or (ev := self.cluster.sequenced(seq)) is None:
+            return
+        rec = self.registry.set_order(ev.identity, ev.seq)
+        remote = self.cluster.where(ev.identity)
+        if rec is not None and remote is not None and remote.seq > rec.order:
+            self._drop_older(rec, remote.server, now)
+
     def sync_to(self, servers: list[str]) -> None:
         """Send each of `servers` every peer registered here and every callback registration known
         here, paced by their acknowledgements (cluster/core.py `start_sync`): to the servers already
-        connected when we (re)connected to the engine, and to a server that said hello."""
+        connected when we (re)connected to the engine, and to a server that said hello. Registrations
+        whose number was asked for on a closed engine connection ask again."""
         if self.cluster is None:
             return
+        for identity in self.cluster.take_lost():
+            rec = self.registry.lookup(identity)
+            if rec is not None and rec.order == 0:
+                self.cluster.register(identity, rec.endpoint, relay=self._relay_capable(rec))
         identities = [rec.identity for rec in self.registry.online_peers()]
         callbacks = [(cr.target, cr.requester, cr.created, cr.expires) for cr in self.registry.registrations()]
         for server in servers:
             self.cluster.start_sync(server, identities, self._registered_here, callbacks)
 
-    def _registered_here(self, identity: str) -> tuple[tuple[str, int] | None, float] | None:
+    def _relay_capable(self, rec: PeerRecord) -> bool:
+        sa = self._sas.get(_uid(rec.sa_id))
+        me = sa.find_extension(MeSaState) if sa is not None else None
+        return bool(me is not None and me.relay)
+
+    def _registered_here(self, identity: str) -> tuple[tuple[str, int] | None, int, bool] | None:
         rec = self.registry.lookup(identity)
-        return (rec.endpoint, rec.since) if rec is not None else None
+        return (rec.endpoint, rec.order, self._relay_capable(rec)) if rec is not None else None
+
+    def _drop_older(self, rec: PeerRecord, server: str, now: float) -> None:
+        old = self._sas.get(_uid(rec.sa_id))
+        log.info("peer '%s' registered again at server %s: deleting its mediation SA here", rec.identity, server)
+        self.registry.remove_sa(rec.sa_id)
+        self._sas.pop(_uid(rec.sa_id), None)
+        self.engine.emit(mev.PeerOffline(rec.identity, _uid(rec.sa_id)))
+        if old is not None and old.state is IkeState.ESTABLISHED:
+            self.engine.terminate(old, now)
 
     def _peer_elsewhere(self, ev: PeerElsewhere, now: float) -> None:
-        """One registration per identity across the cluster, newest wins: an older one here goes."""
+        """One registration per identity across the cluster, newest wins (the engine's numbers, not
+        the servers' clocks): an older one here goes."""
         rec = self.registry.lookup(ev.identity)
-        if rec is not None and (rec.since, self.cluster.name if self.cluster else "") < (ev.since, ev.server):
-            old = self._sas.get(_uid(rec.sa_id))
-            log.info("peer '%s' registered again at server %s: deleting its mediation SA here", ev.identity,
-                     ev.server)
-            self.registry.remove_sa(rec.sa_id)
-            self._sas.pop(_uid(rec.sa_id), None)
-            self.engine.emit(mev.PeerOffline(ev.identity, _uid(rec.sa_id)))
-            if old is not None and old.state is IkeState.ESTABLISHED:
-                self.engine.terminate(old, now)
+        if rec is not None and rec.order == 0:
+            return  # ours has no number yet: on_sequenced decides
+        if rec is not None and rec.order < ev.seq:
+            self._drop_older(rec, ev.server, now)
         elif rec is not None and self.cluster is not None:
-            self.cluster.announce(rec.identity, rec.endpoint, rec.since)  # ours is newer: say so again
+            # ours is newer: say so again
+            self.cluster.announce(rec.identity, rec.endpoint, rec.order, relay=self._relay_capable(rec))
             return
         try:
             online = Identity.parse(ev.identity)
@@ -479,8 +562,11 @@ class MediationServer(Extension):
             self.cluster.forward_failure(ev.origin, requester.canonical(), ev.connect_id,
                                          _id_tuple(Identity.parse(ev.target)))
             return
+        endpoints = ev.endpoints
+        if (rel := self._relay_answer(ev, now)) is not None:
+            endpoints = (*endpoints, rel)
         req = MeConnect(ConnectKind.RESPONSE if ev.response else ConnectKind.REQUEST, _id_peer(requester),
-                        ev.connect_id, ev.key, endpoint_data=ev.endpoints)
+                        ev.connect_id, ev.key, endpoint_data=endpoints)
         payloads = build_relay(req, _id_peer(requester))
         cluster, origin, target_id = self.cluster, ev.origin, tsa.peer_id
 

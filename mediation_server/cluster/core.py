@@ -14,15 +14,25 @@ sends them to server `to` in "sync" messages of `SYNC_CHUNK` registrations, at m
 not yet acknowledged by `to` ("ack", sent as each one is taken in). Each registration is read when its
 message is made, not when the snapshot is taken, so a "down" published in between is not undone.
 
-One registration per identity across the cluster, newest wins: each "up" carries the registration's
-time; a server that holds an older registration of that identity tears its SA down (`PeerElsewhere`).
+One registration per identity across the cluster, newest wins, in the engine's order and not by any
+server's clock: a new registration's "up" is queued on the pseudo-channel `SEQUENCE`, and the bus publishes
+it with a number the engine gives it in the same step (redis_bus.py: one Lua script takes the number and
+publishes); `sequenced(n)` then tells the core the number of its oldest registration waiting for one. A
+server that holds an older registration of that identity tears its SA down (`PeerElsewhere`).
 Messages are JSON; a malformed one is logged and dropped (`ClusterMessageError`), never a crash.
+
+Memory: each server keeps every peer of the others (`known()` of them), so one entry per remote peer is
+an identity (UTF-8 bytes) and one packed bytes value (`_pack`): server index, sequence number, relay flag,
+endpoint; `where()` unpacks it into a `RemotePeer` on demand.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +41,8 @@ log = logging.getLogger("mediation_server.cluster")
 
 Addr = tuple[str, int]
 PRESENCE = "ikeme.presence"
+SEQUENCE = "ikeme.sequence"  # outbox pseudo-channel: publish on PRESENCE with the engine's next number
+MAX_SERVERS = 4096  # server names kept (an index of 2 bytes in each packed entry; names come from outside)
 MAX_OUTBOX = 100_000  # messages kept while the engine is unreachable; a hello resends the presence anyway
 SYNC_CHUNK = 500  # registrations per "sync" message (about 40 KB of JSON)
 SYNC_WINDOW = 4  # "sync" messages per receiving server sent and not yet acknowledged
@@ -44,20 +56,32 @@ class ClusterMessageError(ValueError):
     """A message from the engine that is not one of ours (logged and dropped)."""
 
 
-@dataclass(frozen=True, slots=True)  # one per peer of the other servers: no __dict__ each
+@dataclass(frozen=True, slots=True)
 class RemotePeer:
+    """Where a peer of another server is registered (made by `where()` from the packed entry)."""
+
     server: str
     endpoint: Addr | None
-    since: float
+    seq: int  # the engine's number of the registration: higher is newer
+    relay: bool = False  # its mediation SA negotiated our data relay (docs/protocol.md §11.1)
 
 
 @dataclass(frozen=True)
 class PeerElsewhere:
-    """`identity` registered at `server` at `since` (the newest registration seen for it)."""
+    """`identity` registered at `server`, number `seq` (the newest registration seen for it)."""
 
     identity: str
     server: str
-    since: float
+    seq: int
+    relay: bool = False
+
+
+@dataclass(frozen=True)
+class Sequenced:
+    """Our registration of `identity` got the engine's number `seq` (the order of "newest wins")."""
+
+    identity: str
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -122,7 +146,26 @@ class SyncChunk:
 
 ClusterEvent = (PeerElsewhere | PeerGoneElsewhere | ForwardedConnect | ForwardedFailure | SyncAsked
                 | CallbackElsewhere | CallbackFiredElsewhere | SyncChunk)
-Lookup = Callable[[str], "tuple[Addr | None, float] | None"]  # identity -> (endpoint, since) if registered here
+# identity -> (endpoint, seq, relay) if registered here; seq 0: its number has not come back yet
+Lookup = Callable[[str], "tuple[Addr | None, int, bool] | None"]
+_HEAD = struct.Struct(">HQB")  # server index, seq, flags (bit 0: relay; bit 1: IPv6; bit 2: endpoint)
+_PORT = struct.Struct(">H")
+
+
+def _pack(server: int, seq: int, relay: bool, endpoint: Addr | None) -> bytes:
+    if endpoint is None:
+        return _HEAD.pack(server, seq, int(relay))
+    ip = ipaddress.ip_address(endpoint[0]).packed
+    return _HEAD.pack(server, seq, int(relay) | (2 if len(ip) == 16 else 0) | 4) + _PORT.pack(endpoint[1]) + ip
+
+
+def _unpack(v: bytes) -> tuple[int, int, bool, Addr | None]:
+    server, seq, flags = _HEAD.unpack_from(v)
+    if not flags & 4:
+        return server, seq, bool(flags & 1), None
+    (port,) = _PORT.unpack_from(v, _HEAD.size)
+    return server, seq, bool(flags & 1), (str(ipaddress.ip_address(v[_HEAD.size + 2:])), port)
+
 CallbackRow = tuple[str, str, float, float]  # target, requester, created, expires
 
 
@@ -157,6 +200,26 @@ def _hex(d: dict[str, Any], key: str) -> bytes:
         raise ClusterMessageError(f"field {key!r}: not hex") from None
 
 
+def _seq(d: dict[str, Any]) -> int:
+    v = _field(d, "seq", int)
+    if not 0 < v < 1 << 64:
+        raise ClusterMessageError(f"field 'seq': {v} out of range")
+    return int(v)
+
+
+def _endpoint(ep: Any) -> Addr | None:
+    if ep is None:
+        return None
+    if not (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str) and isinstance(ep[1], int)
+            and not isinstance(ep[1], bool) and 0 <= ep[1] < 65536):
+        raise ClusterMessageError(f"field 'ep': expected [address, port], got {ep!r}")
+    try:
+        ipaddress.ip_address(ep[0])
+    except ValueError:
+        raise ClusterMessageError(f"field 'ep': {ep[0]!r} is not an IP address") from None
+    return ep[0], ep[1]
+
+
 def _ident(d: dict[str, Any], key: str) -> tuple[int, bytes]:
     v = _field(d, key, list)
     if len(v) != 2 or not isinstance(v[0], int) or not isinstance(v[1], str):
@@ -174,37 +237,125 @@ class Cluster:
         if not name or any(c.isspace() for c in name):
             raise ValueError(f"cluster server name {name!r}: a non-empty word expected")
         self.name = name
-        self.remote: dict[str, RemotePeer] = {}  # identity -> where it is registered (other servers)
+        self._remote: dict[bytes, bytes] = {}  # identity (UTF-8) -> _pack(...) (peers of other servers)
+        self._servers: list[str] = []  # index -> server name
+        self._index: dict[str, int] = {}
+        self._held: list[int] = []  # index -> how many peers of ours that server holds
         self.outbox: list[tuple[str, bytes]] = []
         self.on_output: Any = None  # called when outbox turns non-empty (the bus wakes its publisher)
         self.dropped = 0  # messages not queued because the outbox was full
         self.syncs: dict[str, _SyncOut] = {}  # server -> the resynchronisation we send it
         self._streams = 0
-        self._names: dict[str, str] = {}
+        self._awaiting: deque[str] = deque()  # identities of the SEQUENCE entries sent, oldest first
+        self._lost: list[str] = []  # identities whose number was asked for on a closed connection
+
+    # ------------------------------------------------------------------ the others' peers
+    def _server_index(self, server: str) -> int:
+        i = self._index.get(server)
+        if i is None:
+            if len(self._servers) >= MAX_SERVERS:
+                raise ClusterMessageError(f"more than {MAX_SERVERS} server names: {server!r} ignored")
+            i = self._index[server] = len(self._servers)
+            self._servers.append(server)
+            self._held.append(0)
+        return i
+
+    def where(self, identity: str) -> RemotePeer | None:
+        v = self._remote.get(identity.encode())
+        if v is None:
+            return None
+        server, seq, relay, ep = _unpack(v)
+        return RemotePeer(self._servers[server], ep, seq, relay)
+
+    def known(self) -> int:
+        """How many peers of other servers this one knows."""
+        return len(self._remote)
+
+    def held_by(self, server: str) -> int:
+        i = self._index.get(server)
+        return self._held[i] if i is not None else 0
+
+    def servers_holding_peers(self) -> list[str]:
+        return sorted(self._servers[i] for i, n in enumerate(self._held) if n)
+
+    def _set(self, key: bytes, server: int, seq: int, relay: bool, ep: Addr | None) -> None:
+        old = self._remote.get(key)
+        if old is not None:
+            self._held[_HEAD.unpack_from(old)[0]] -= 1
+        self._remote[key] = _pack(server, seq, relay, ep)
+        self._held[server] += 1
+
+    def _forget(self, key: bytes) -> bytes | None:
+        old = self._remote.pop(key, None)
+        if old is not None:
+            self._held[_HEAD.unpack_from(old)[0]] -= 1
+        return old
+
+    def clear_remote(self) -> None:
+        """A new engine connection: the others say their peers again (redis_bus.py)."""
+        self._remote.clear()
+        self._held = [0] * len(self._servers)
+
+    def reset(self) -> None:
+        """A new engine connection: what was queued is stale (the hello and the syncs replace it), the
+        numbers asked for on the old one will not come back (the daemon asks again, `unsequenced`)."""
+        self.take_outbox()
+        self.clear_remote()
+        self.syncs.clear()
+        self._lost += self._awaiting
+        self._awaiting.clear()
+
+    def take_lost(self) -> list[str]:
+        """The identities registered here whose "up" went with a closed engine connection: the daemon
+        registers those still here again (`register`)."""
+        out, self._lost = self._lost, []
+        return out
 
     # ------------------------------------------------------------------ what this server says
-    def _put(self, channel: str, msg: dict[str, Any]) -> None:
+    def _put(self, channel: str, msg: dict[str, Any], seq_last: bool = False) -> bool:
         msg["srv"] = self.name
         if len(self.outbox) >= MAX_OUTBOX:
             self.dropped += 1
-            return
-        self.outbox.append((channel, json.dumps(msg, separators=(",", ":")).encode()))
+            return False
+        data = json.dumps(msg, separators=(",", ":"))
+        if seq_last:  # the engine appends the number and the closing brace (redis_bus.py SEQUENCE_SCRIPT)
+            data = data[:-1] + ',"seq":'
+        self.outbox.append((channel, data.encode()))
         if len(self.outbox) == 1 and self.on_output is not None:
             self.on_output()
+        return True
 
-    def announce(self, identity: str, endpoint: Addr | None, since: float, to: str | None = None) -> None:
-        """`to`: only that server (the answer to its hello), else every server."""
-        self.remote.pop(identity, None)  # registered here now (a newer "up" from elsewhere may follow)
-        self._put(server_channel(to) if to else PRESENCE,
-                  {"t": "up", "id": identity, "ep": list(endpoint) if endpoint else None, "since": since})
+    def _up(self, identity: str, endpoint: Addr | None, relay: bool) -> dict[str, Any]:
+        msg: dict[str, Any] = {"t": "up", "id": identity, "ep": list(endpoint) if endpoint else None}
+        if relay:
+            msg["r"] = 1
+        return msg
+
+    def register(self, identity: str, endpoint: Addr | None, relay: bool = False) -> None:
+        """A new registration here: announced to every server with the engine's next number, which
+        comes back through `sequenced` (module text)."""
+        self._forget(identity.encode())  # registered here now (a newer "up" from elsewhere may follow)
+        if self._put(SEQUENCE, self._up(identity, endpoint, relay), seq_last=True):
+            self._awaiting.append(identity)
+
+    def sequenced(self, seq: int) -> Sequenced | None:
+        """The engine's number of the oldest `register` still waiting for one (None: none waits)."""
+        return Sequenced(self._awaiting.popleft(), seq) if self._awaiting else None
+
+    def announce(self, identity: str, endpoint: Addr | None, seq: int, to: str | None = None,
+                 relay: bool = False) -> None:
+        """A registration here that has its number already (restated); `to`: only that server."""
+        msg = self._up(identity, endpoint, relay)
+        msg["seq"] = seq
+        self._put(server_channel(to) if to else PRESENCE, msg)
 
     def withdraw(self, identity: str) -> None:
         self._put(PRESENCE, {"t": "down", "id": identity})
 
     def callback_added(self, target: str, requester: str, created: float, expires: float,
                        to: str | None = None) -> None:
-        self._put(server_channel(to) if to else PRESENCE, {"t": "cb", "target": target, "req": requester, "created": created,
-                             "expires": expires})
+        self._put(server_channel(to) if to else PRESENCE, {"t": "cb", "target": target, "req": requester,
+                                                           "created": created, "expires": expires})
 
     def callback_fired(self, target: str, requester: str) -> None:
         self._put(PRESENCE, {"t": "cbfired", "target": target, "req": requester})
@@ -243,8 +394,8 @@ class Cluster:
             ups = []
             for identity in st.identities[st.pos:min(end, n_ids)]:
                 cur = st.lookup(identity)
-                if cur is not None:
-                    ups.append([identity, list(cur[0]) if cur[0] else None, cur[1]])
+                if cur is not None and cur[1] > 0:  # one without its number yet: its own "up" follows
+                    ups.append([identity, list(cur[0]) if cur[0] else None, cur[1], int(cur[2])])
             cbs = [list(c) for c in st.callbacks[max(st.pos - n_ids, 0):max(end - n_ids, 0)]]
             st.pos = end
             self._put(server_channel(to), {"t": "sync", "s": st.stream, "n": st.sent, "up": ups, "cb": cbs})
@@ -264,9 +415,9 @@ class Cluster:
         stream, n = _field(d, "s", int), _field(d, "n", int)
         peers: list[PeerElsewhere] = []
         for u in ups:
-            if not (isinstance(u, list) and len(u) == 3):
-                raise ClusterMessageError(f"sync entry {u!r}: expected [identity, endpoint, since]")
-            ev = self._rx_up(srv, {"id": u[0], "ep": u[1], "since": u[2]})
+            if not (isinstance(u, list) and len(u) == 4):
+                raise ClusterMessageError(f"sync entry {u!r}: expected [identity, endpoint, seq, relay]")
+            ev = self._rx_up(srv, {"id": u[0], "ep": u[1], "seq": u[2], "r": u[3]})
             if ev is not None:
                 peers.append(ev)
         callbacks: list[CallbackElsewhere] = []
@@ -283,9 +434,6 @@ class Cluster:
         return out
 
     # ------------------------------------------------------------------ what the others say
-    def where(self, identity: str) -> RemotePeer | None:
-        return self.remote.get(identity)
-
     def receive(self, data: bytes) -> ClusterEvent | None:
         """One message from the engine; None when it needs no action here (our own, or stale)."""
         try:
@@ -295,8 +443,6 @@ class Cluster:
         if not isinstance(d, dict):
             raise ClusterMessageError("not a JSON object")
         srv = _field(d, "srv", str)
-        if len(self._names) < 1024:  # one string per server, not per peer (bounded: names come from outside)
-            srv = self._names.setdefault(srv, srv)
         if srv == self.name:
             return None
         t = _field(d, "t", str)
@@ -306,32 +452,36 @@ class Cluster:
         return handler(self, srv, d)
 
     def _rx_up(self, srv: str, d: dict[str, Any]) -> PeerElsewhere | None:
-        identity, since = _field(d, "id", str), float(_field(d, "since", (int, float)))
-        ep = d.get("ep")
-        if ep is not None and not (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str)
-                                   and isinstance(ep[1], int)):
-            raise ClusterMessageError(f"field 'ep': expected [address, port], got {ep!r}")
-        old = self.remote.get(identity)
-        if old is not None and (old.since, old.server) > (since, srv):
+        identity, seq = _field(d, "id", str), _seq(d)
+        ep, relay = _endpoint(d.get("ep")), bool(d.get("r"))
+        key = identity.encode()
+        old = self._remote.get(key)
+        if old is not None and _HEAD.unpack_from(old)[1] > seq:
             return None  # an older registration announced late (or again, after a hello)
-        self.remote[identity] = RemotePeer(srv, (ep[0], ep[1]) if ep else None, since)
-        return PeerElsewhere(identity, srv, since)
+        i = self._server_index(srv)
+        self._set(key, i, seq, relay, ep)
+        return PeerElsewhere(identity, self._servers[i], seq, relay)
 
     def _rx_down(self, srv: str, d: dict[str, Any]) -> PeerGoneElsewhere | None:
         identity = _field(d, "id", str)
-        old = self.remote.get(identity)
-        if old is None or old.server != srv:
+        key = identity.encode()
+        old = self._remote.get(key)
+        if old is None or self._servers[_HEAD.unpack_from(old)[0]] != srv:
             return None
-        del self.remote[identity]
+        self._forget(key)
         return PeerGoneElsewhere(identity, srv)
 
     def server_gone(self, server: str) -> list[str]:
         """`server` left (its engine connection closed): its peers are no longer reachable there."""
         self.syncs.pop(server, None)
-        gone = [i for i, p in self.remote.items() if p.server == server]
-        for i in gone:
-            del self.remote[i]
-        return gone
+        i = self._index.get(server)
+        if i is None or not self._held[i]:
+            return []
+        gone = [k for k, v in self._remote.items() if _HEAD.unpack_from(v)[0] == i]
+        for k in gone:
+            del self._remote[k]
+        self._held[i] = 0
+        return [k.decode() for k in gone]
 
 
 def _rx_connect(_cluster: Cluster, srv: str, d: dict[str, Any]) -> ForwardedConnect:

@@ -7,6 +7,12 @@ A server that is gone is noticed without a protocol of ours: PUBLISH answers how
 the message, and a server channel with none means that server is not connected; the servers of the
 peers it held are forgotten at once (`Cluster.server_gone`), and a sweep every `sweep_interval` seconds
 asks Redis (PUBSUB NUMSUB) about every server that holds peers.
+
+The order of registrations ("newest wins", cluster/core.py) is Redis's: `SEQUENCE_SCRIPT` takes the next
+number and publishes the "up" with it in one step, so no server's clock plays a part and the numbers
+follow the order in which the registrations reached the engine. The number is max(last + 1, Redis's
+TIME in microseconds): it keeps growing across an engine restart, where Redis (without persistence)
+forgets the last one.
 """
 
 from __future__ import annotations
@@ -17,23 +23,36 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .core import PRESENCE, Cluster, server_channel
+from .core import PRESENCE, SEQUENCE, Cluster, server_channel
 
 log = logging.getLogger("mediation_server.cluster")
 SERVER_PREFIX = server_channel("")
 BATCH = 1000  # messages per pipelined round trip
+SEQ_KEY = "ikeme.seq"
+# KEYS[1] the counter; ARGV[1] the channel, ARGV[2] the message up to its number (cluster/core.py)
+SEQUENCE_SCRIPT = """
+local t = redis.call('TIME')
+local n = math.max((tonumber(redis.call('GET', KEYS[1])) or 0) + 1, t[1] * 1000000 + t[2])
+local s = string.format('%.0f', n)
+redis.call('SET', KEYS[1], s)
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. s .. '}')
+return s
+"""
 
 
 class RedisBus:
     """Runs as one asyncio task: `deliver(data)` gets each message from the others; `synced(servers)` runs
     after each (re)connection's hello with the servers connected then (the daemon starts a paced sync of
     its peers to each, `Cluster.start_sync`; a server that subscribes later says hello and gets its
-    own); `gone(server)` when one disappeared."""
+    own); `gone(server)` when one disappeared; `sequenced(n)` with the number of each registration
+    announced (`Cluster.register`, in order; default: handed to `Cluster.sequenced` and dropped)."""
 
     def __init__(self, url: str, cluster: Cluster, deliver: Callable[[bytes], None],
                  synced: Callable[[list[str]], None],
-                 gone: Callable[[str], None], retry: float = 0.05, sweep_interval: float = 5.0) -> None:
+                 gone: Callable[[str], None], retry: float = 0.05, sweep_interval: float = 5.0,
+                 sequenced: Callable[[int], object] | None = None) -> None:
         self.url, self.cluster, self.deliver, self.synced, self.gone = url, cluster, deliver, synced, gone
+        self.sequenced: Callable[[int], object] = sequenced or cluster.sequenced
         self.retry, self.sweep_interval = retry, sweep_interval
         self.connected = asyncio.Event()
         self._wake = asyncio.Event()
@@ -60,9 +79,7 @@ class RedisBus:
                 self.connected.set()
                 # a fresh start: the others announce their peers again, and we ours; what was queued
                 # while the engine was unreachable is stale (the announcements below replace it)
-                self.cluster.take_outbox()
-                self.cluster.remote.clear()
-                self.cluster.syncs.clear()  # their acknowledgements went with the old connection
+                self.cluster.reset()  # the acknowledgements and numbers went with the old connection
                 self.cluster.hello()
                 # subscribed before listing: a server missing from the list subscribes after us, and
                 # its hello reaches us (either way each pair of servers syncs at least once)
@@ -108,16 +125,21 @@ class RedisBus:
                     batch = out[i:i + BATCH]
                     pipe = client.pipeline(transaction=False)
                     for channel, data in batch:
-                        pipe.publish(channel, data)
+                        if channel == SEQUENCE:
+                            pipe.eval(SEQUENCE_SCRIPT, 1, SEQ_KEY, PRESENCE, data)
+                        else:
+                            pipe.publish(channel, data)
                     counts = await pipe.execute()
                     for (channel, _), n in zip(batch, counts, strict=True):
-                        if n == 0 and channel.startswith(SERVER_PREFIX):
+                        if channel == SEQUENCE:
+                            self.sequenced(int(n))
+                        elif n == 0 and channel.startswith(SERVER_PREFIX):
                             self._server_gone(channel[len(SERVER_PREFIX):])
 
     async def _sweep(self, client: Any) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval)  # a period, not a synchronisation
-            servers = sorted({p.server for p in self.cluster.remote.values()})
+            servers = self.cluster.servers_holding_peers()
             if not servers:
                 continue
             counts = await client.pubsub_numsub(*(server_channel(s) for s in servers))

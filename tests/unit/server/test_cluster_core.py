@@ -9,6 +9,7 @@ import pytest
 
 from mediation_server.cluster.core import (
     PRESENCE,
+    SEQUENCE,
     CallbackElsewhere,
     CallbackFiredElsewhere,
     Cluster,
@@ -17,6 +18,8 @@ from mediation_server.cluster.core import (
     ForwardedFailure,
     PeerElsewhere,
     PeerGoneElsewhere,
+    RemotePeer,
+    Sequenced,
     SyncAsked,
     server_channel,
 )
@@ -28,11 +31,13 @@ def _pass(src: Cluster, dst: Cluster) -> list[object]:
 
 def test_presence_newest_wins_and_down_only_from_the_holder() -> None:
     a, b, c = Cluster("a"), Cluster("b"), Cluster("c")
-    a.announce("alice", ("192.0.2.1", 4500), 10.0)
-    assert _pass(a, c) == [PeerElsewhere("alice", "a", 10.0)]
-    b.announce("alice", None, 20.0)
-    assert _pass(b, c) == [PeerElsewhere("alice", "b", 20.0)]
-    a.announce("alice", ("192.0.2.1", 4500), 10.0)  # late, older: ignored
+    a.announce("alice", ("192.0.2.1", 4500), 10, relay=True)
+    assert _pass(a, c) == [PeerElsewhere("alice", "a", 10, True)]
+    assert c.where("alice") == RemotePeer("a", ("192.0.2.1", 4500), 10, True)
+    b.announce("alice", ("2001:db8::7", 4501), 20)
+    assert _pass(b, c) == [PeerElsewhere("alice", "b", 20)]
+    assert c.where("alice") == RemotePeer("b", ("2001:db8::7", 4501), 20, False)
+    a.announce("alice", ("192.0.2.1", 4500), 10)  # late, older: ignored
     assert _pass(a, c) == [None]
     a.withdraw("alice")  # a no longer holds it: ignored
     assert _pass(a, c) == [None] and c.where("alice") is not None
@@ -40,7 +45,7 @@ def test_presence_newest_wins_and_down_only_from_the_holder() -> None:
     assert _pass(b, c) == [PeerGoneElsewhere("alice", "b")] and c.where("alice") is None
     a.hello()
     assert _pass(a, c) == [SyncAsked("a")]
-    a.announce("x", None, 1.0)
+    a.announce("x", None, 1)
     assert _pass(a, a) == [None]  # our own messages come back from the engine: nothing to do
 
 
@@ -63,7 +68,11 @@ def test_forwarded_messages_round_trip() -> None:
 @pytest.mark.parametrize("data", [
     b"\xff\xfe", b"[]", b"{}", json.dumps({"srv": "a"}).encode(), json.dumps({"srv": "a", "t": "nope"}).encode(),
     json.dumps({"srv": "a", "t": "up", "id": "x"}).encode(),
-    json.dumps({"srv": "a", "t": "up", "id": "x", "since": 1, "ep": ["h"]}).encode(),
+    json.dumps({"srv": "a", "t": "up", "id": "x", "seq": 1, "ep": ["h"]}).encode(),
+    json.dumps({"srv": "a", "t": "up", "id": "x", "seq": 1, "ep": ["not an address", 1]}).encode(),
+    json.dumps({"srv": "a", "t": "up", "id": "x", "seq": 0, "ep": None}).encode(),
+    json.dumps({"srv": "a", "t": "up", "id": "x", "seq": 1.5, "ep": None}).encode(),
+    json.dumps({"srv": "a", "t": "sync", "s": 1, "n": 0, "up": [["x", None, 1.0]], "cb": []}).encode(),
     json.dumps({"srv": "a", "t": "connect", "req": [3, "zz"], "target": "t", "response": False, "cid": "",
                 "key": "", "eps": []}).encode(),
     json.dumps({"srv": "a", "t": "failed", "to": "t", "cid": "xx", "about": [3, ""]}).encode(),
@@ -75,10 +84,12 @@ def test_malformed_messages_are_typed_errors(data: bytes) -> None:
 
 def test_server_gone_forgets_its_peers_and_names_are_checked() -> None:
     a, c = Cluster("a"), Cluster("c")
-    a.announce("alice", None, 1.0)
-    a.announce("bob", None, 1.0)
+    a.announce("alice", None, 1)
+    a.announce("bob", None, 2)
     _pass(a, c)
+    assert c.known() == 2 and c.held_by("a") == 2 and c.servers_holding_peers() == ["a"]
     assert sorted(c.server_gone("a")) == ["alice", "bob"] and c.where("alice") is None
+    assert c.known() == 0 and c.servers_holding_peers() == []
     with pytest.raises(ValueError):
         Cluster("two words")
     assert server_channel("a") != PRESENCE
@@ -90,5 +101,22 @@ def test_outbox_is_bounded_while_the_engine_is_away(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(core, "MAX_OUTBOX", 3)
     a = Cluster("a")
     for i in range(5):
-        a.announce(f"p{i}", None, 1.0)
+        a.register(f"p{i}", None)
     assert len(a.outbox) == 3 and a.dropped == 2
+    # only the three queued wait for their number
+    assert [a.sequenced(n) for n in (1, 2, 3, 4)] == [Sequenced("p0", 1), Sequenced("p1", 2), Sequenced("p2", 3),
+                                                      None]
+
+
+def test_a_registration_is_numbered_by_the_engine_and_lost_numbers_are_asked_again() -> None:
+    a, c = Cluster("a"), Cluster("c")
+    a.register("alice", ("192.0.2.1", 4500), relay=True)
+    a.register("bob", None)
+    ((ch, data), (_, data_b)) = a.take_outbox()
+    # the engine completes the message with its number (redis_bus.py SEQUENCE_SCRIPT)
+    assert ch == SEQUENCE and data.endswith(b',"seq":')
+    assert c.receive(data + b"41}") == PeerElsewhere("alice", "a", 41, True)
+    assert a.sequenced(41) == Sequenced("alice", 41)
+    a.reset()  # the engine connection closed before bob's number came back
+    assert a.sequenced(42) is None and a.take_lost() == ["bob"] and a.take_lost() == []
+    del data_b

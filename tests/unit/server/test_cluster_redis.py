@@ -1,6 +1,7 @@
 """The cluster's messages over a real redis-server of the test's own: two servers learn each other's
 peers (hello on joining), a forwarded ME_CONNECT arrives, a server that leaves is forgotten, and after
-the engine is killed and restarted both reconnect and announce their peers again."""
+the engine is killed and restarted both reconnect and announce their peers again; registrations are
+numbered by the engine, in its order and growing across an engine restart."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from mediation_server.cluster.core import (
     ClusterMessageError,
     ForwardedConnect,
     PeerElsewhere,
+    RemotePeer,
+    Sequenced,
     SyncAsked,
     SyncChunk,
 )
@@ -62,12 +65,14 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
 class Server:
     """A server's cluster side without the IKE engine: what MediationServer does with the events."""
 
-    def __init__(self, name: str, url: str, peers: dict[str, float]) -> None:
+    def __init__(self, name: str, url: str, peers: dict[str, int]) -> None:
         self.cluster = Cluster(name)
-        self.peers = peers  # identity -> since (registered here)
+        self.peers = peers  # identity -> the engine's number of its registration here
         self.events: list[object] = []
         self.gone: list[str] = []
-        self.bus = RedisBus(url, self.cluster, self._deliver, self._synced, self._gone, sweep_interval=0.2)
+        self.numbers: list[Sequenced | None] = []
+        self.bus = RedisBus(url, self.cluster, self._deliver, self._synced, self._gone, sweep_interval=0.2,
+                            sequenced=lambda n: self.numbers.append(self.cluster.sequenced(n)))
 
     def _deliver(self, data: bytes) -> None:
         try:
@@ -87,9 +92,9 @@ class Server:
         for server in servers:
             self.cluster.start_sync(server, sorted(self.peers), self._here)
 
-    def _here(self, identity: str) -> tuple[None, float] | None:
-        since = self.peers.get(identity)
-        return (None, since) if since is not None else None
+    def _here(self, identity: str) -> tuple[None, int, bool] | None:
+        seq = self.peers.get(identity)
+        return (None, seq, False) if seq is not None else None
 
     def _gone(self, server: str) -> None:
         self.gone.append(server)
@@ -106,8 +111,8 @@ async def _until(cond: Callable[[], bool], seconds: float = 20.0) -> None:
 
 def test_presence_forwarding_departure_and_engine_restart(redis_server: Redis) -> None:
     async def main() -> None:
-        s1 = Server("ms1", redis_server.url, {"alice": 10.0})
-        s2 = Server("ms2", redis_server.url, {"bob": 11.0})
+        s1 = Server("ms1", redis_server.url, {"alice": 10})
+        s2 = Server("ms2", redis_server.url, {"bob": 11})
         t1 = asyncio.create_task(s1.bus.run())
         await s1.bus.connected.wait()
         t2 = asyncio.create_task(s2.bus.run())
@@ -139,5 +144,37 @@ def test_presence_forwarding_departure_and_engine_restart(redis_server: Redis) -
         assert s1.gone == ["ms2"]
         t1.cancel()
         await asyncio.gather(t1, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_registrations_are_numbered_by_the_engine_in_order_across_a_restart(redis_server: Redis) -> None:
+    async def main() -> None:
+        s1, s2 = Server("ms1", redis_server.url, {}), Server("ms2", redis_server.url, {})
+        tasks = [asyncio.create_task(s.bus.run()) for s in (s1, s2)]
+        await _until(lambda: s1.bus.connected.is_set() and s2.bus.connected.is_set())
+        s1.cluster.register("alice", ("192.0.2.1", 4500))
+        await _until(lambda: bool(s1.numbers) and s2.cluster.where("alice") is not None)
+        (first,) = s1.numbers
+        assert first is not None and first.identity == "alice"
+        # what ms2 got is the message the script completed: the same number
+        assert s2.cluster.where("alice") == RemotePeer("ms1", ("192.0.2.1", 4500), first.seq)
+        s2.cluster.register("alice", None, relay=True)  # alice moved to ms2: a higher number
+        await _until(lambda: bool(s2.numbers) and s1.cluster.where("alice") is not None)
+        (second,) = s2.numbers
+        assert second is not None and second.seq > first.seq
+        assert s1.cluster.where("alice") == RemotePeer("ms2", None, second.seq, True)
+        # the engine restarts without persistence: its counter is gone, the numbers still grow
+        redis_server.kill()
+        await _until(lambda: not s1.bus.connected.is_set())
+        redis_server.start()
+        await _until(lambda: s1.bus.connected.is_set())
+        s1.cluster.register("carol", None)
+        await _until(lambda: len(s1.numbers) == 2)
+        third = s1.numbers[1]
+        assert third is not None and third.identity == "carol" and third.seq > second.seq
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())

@@ -13,6 +13,7 @@ from mediation_server.cluster.core import (
     CallbackElsewhere,
     Cluster,
     PeerElsewhere,
+    RemotePeer,
     SyncChunk,
     server_channel,
 )
@@ -24,8 +25,8 @@ def _types(out: list[tuple[str, bytes]]) -> list[str]:
 
 def test_300k_peers_resync_in_bounded_acknowledged_chunks() -> None:
     a, b = Cluster("a"), Cluster("b")
-    here = {f"peer{i}@example.org": float(i) for i in range(300_000)}
-    a.start_sync("b", sorted(here), lambda i: (None, here[i]) if i in here else None,
+    here = {f"peer{i}@example.org": i + 1 for i in range(300_000)}
+    a.start_sync("b", sorted(here), lambda i: (None, here[i], False) if i in here else None,
                  [("bob@example.org", "alice@example.org", 1.0, 99.0)])
     ticks, most = 0, 0
     while a.outbox:
@@ -42,22 +43,22 @@ def test_300k_peers_resync_in_bounded_acknowledged_chunks() -> None:
         assert _types(acks) == ["ack"] * len(out) and {ch for ch, _ in acks} == {server_channel("a")}
         for _, data in acks:
             assert a.receive(data) is None
-    assert len(b.remote) == 300_000 and b.where("peer123@example.org").since == 123.0  # type: ignore[union-attr]
+    assert b.known() == 300_000 and b.where("peer123@example.org").seq == 124  # type: ignore[union-attr]
     assert most == SYNC_WINDOW and ticks >= 300_000 // (SYNC_CHUNK * SYNC_WINDOW)
     assert a.syncs == {}  # done and acknowledged: nothing kept
 
 
 def test_without_acknowledgement_the_sync_stops_at_the_window() -> None:
     a = Cluster("a")
-    a.start_sync("b", [f"p{i}" for i in range(100_000)], lambda i: (None, 1.0))
+    a.start_sync("b", [f"p{i}" for i in range(100_000)], lambda i: (None, 1, False))
     assert len(a.take_outbox()) == SYNC_WINDOW
     assert a.take_outbox() == []  # b did not answer: nothing more, whatever the registrations left
 
 
 def test_a_down_after_the_snapshot_is_not_undone_and_a_hello_starts_over() -> None:
     a, b = Cluster("a"), Cluster("b")
-    here = {f"p{i:06d}": 1.0 for i in range(SYNC_CHUNK * (SYNC_WINDOW + 1))}
-    a.start_sync("b", sorted(here), lambda i: (("192.0.2.1", 4500), here[i]) if i in here else None)
+    here = {f"p{i:06d}": 1 for i in range(SYNC_CHUNK * (SYNC_WINDOW + 1))}
+    a.start_sync("b", sorted(here), lambda i: (("192.0.2.1", 4500), here[i], True) if i in here else None)
     first = a.take_outbox()
     late = f"p{SYNC_CHUNK * SYNC_WINDOW:06d}"  # in the message not sent yet
     del here[late]
@@ -69,12 +70,14 @@ def test_a_down_after_the_snapshot_is_not_undone_and_a_hello_starts_over() -> No
         evs.append(b.receive(d))
     peers = [p for e in evs if isinstance(e, SyncChunk) for p in e.peers]
     assert len(peers) == len(here) and late not in {p.identity for p in peers}
-    assert b.where(late) is None and b.where("p000000") == b.remote["p000000"]
-    assert peers[0] == PeerElsewhere("p000000", "a", 1.0)
+    assert b.where(late) is None and b.where("p000000") == RemotePeer("a", ("192.0.2.1", 4500), 1, True)
+    assert peers[0] == PeerElsewhere("p000000", "a", 1, True)
     # b said hello again (it restarted): the sync to it starts from the first registration
-    a.start_sync("b", ["p000000"], lambda i: (None, 2.0), [("t", "r", 1.0, 2.0)])
+    a.start_sync("b", ["p000000", "p000001"], lambda i: (None, 2 if i == "p000000" else 0, False),
+                 [("t", "r", 1.0, 2.0)])
     ev = b.receive(a.take_outbox()[0][1])
-    assert isinstance(ev, SyncChunk) and ev.peers[0].since == 2.0
+    # p000001's number has not come back yet: not in the sync (its own "up" follows)
+    assert isinstance(ev, SyncChunk) and [(p.identity, p.seq) for p in ev.peers] == [("p000000", 2)]
     assert ev.callbacks == (CallbackElsewhere("t", "r", 1.0, 2.0),)
     # stale acknowledgements (of the first stream) do not move the new one
     assert a.receive(json.dumps({"t": "ack", "s": 1, "n": 0, "srv": "b"}).encode()) is None
@@ -83,6 +86,6 @@ def test_a_down_after_the_snapshot_is_not_undone_and_a_hello_starts_over() -> No
 
 def test_a_server_that_leaves_ends_its_sync() -> None:
     a = Cluster("a")
-    a.start_sync("b", [f"p{i}" for i in range(10_000)], lambda i: (None, 1.0))
+    a.start_sync("b", [f"p{i}" for i in range(10_000)], lambda i: (None, 1, False))
     a.server_gone("b")
     assert a.syncs == {}
