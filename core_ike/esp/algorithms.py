@@ -111,6 +111,32 @@ def aead_ciphers(encr_id: EncrId, key: bytes) -> tuple[AeadSeal, AeadOpen]:
     return _short_gcm(gcm, algorithms.AES(key), spec.icv)
 
 
+# (nonce, data, aad, buf) -> octets written into buf: exactly len(data) + ICV when sealing, len(data) - ICV
+# when opening (the `cryptography` *_into methods check the buffer's size)
+Buffer = bytes | bytearray | memoryview
+AeadInto = Callable[[Buffer, Buffer, Buffer, Buffer], int]
+
+
+def aead_into(encr_id: EncrId, key: bytes) -> tuple[AeadInto, AeadInto] | None:
+    """Seal and open functions that write into a caller's buffer (no per-packet allocation), for the
+    transforms whose full-length tag `cryptography` checks; None for GCM with a truncated ICV, and
+    with a `cryptography` that has no *_into methods."""
+    spec = AEADS[encr_id]
+    aead: AESGCM | AESCCM | ChaCha20Poly1305
+    if encr_id == EncrId.CHACHA20_POLY1305:
+        aead = ChaCha20Poly1305(key)
+    elif encr_id in _CCM:
+        aead = AESCCM(key, tag_length=spec.icv)
+    elif spec.icv == 16:
+        aead = AESGCM(key)
+    else:
+        return None
+    seal, open_ = getattr(aead, "encrypt_into", None), getattr(aead, "decrypt_into", None)
+    if seal is None or open_ is None:
+        return None
+    return seal, open_
+
+
 def _short_gcm(gcm: AESGCM, aes: algorithms.AES, icv: int) -> tuple[AeadSeal, AeadOpen]:
     """GCM with an 8- or 12-octet ICV (RFC 4106 6: the tag truncated to its leading octets)."""
     encrypt = gcm.encrypt

@@ -36,7 +36,7 @@ from .offload import split_gro
 
 log = logging.getLogger("core_ike.io.userspace")
 
-OFFLOAD_STEPS = ("tso", "gso", "gro", "coalesce")
+OFFLOAD_STEPS = ("tso", "gso", "gro", "coalesce", "seal_batch")
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
@@ -255,7 +255,11 @@ class UdpEspIo:
     # -- send ----------------------------------------------------------------------------------
 
     def socket_for(self, remote: Addr) -> socket.socket | None:
-        """The NAT-T socket of the address that routes to the peer (looked up at most once a second)."""
+        """The NAT-T socket of the address that routes to the peer (looked up at most once a second), or
+        the extra socket of many-port probing the peer is reached through (core_ike/io/portpool.py)."""
+        pool = getattr(self.transport, "pool", None)
+        if pool is not None and (pinned := pool.socket_to(remote)) is not None:
+            return pinned  # type: ignore[no-any-return]
         now = self.clock()
         hit = self._sources.get(remote[0])
         if hit is None or now - hit[0] > 1.0:
@@ -293,7 +297,49 @@ class UdpEspIo:
                 self.send_errors += len(run)
                 log.debug("ESP send to %s: %s", remote, e)
 
-    def _send_one(self, s: socket.socket, p: bytes, remote: Addr) -> None:
+    def send_laid_out(self, buf: memoryview, sizes: list[int], remote: Addr) -> None:
+        """ESP packets to one peer that lie back to back in `buf` (`sizes`: all equal but the last,
+        which may be shorter, as `EspSa.seal_into` writes them): UDP_SEGMENT sends of slices of `buf`,
+        without copying them into separate objects."""
+        s = self.socket_for(remote)
+        n = len(sizes)
+        if s is None:
+            self.send_errors += n
+            return
+        if not self.gso:
+            o = 0
+            for size in sizes:
+                self._send_one(s, buf[o : o + size], remote)
+                o += size
+            self.udp_sends += n
+            return
+        size = sizes[0]
+        per = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        o = i = 0
+        while i < n:
+            k = min(per, n - i)
+            end = o + size * (k - 1) + sizes[i + k - 1]
+            try:
+                if k > 1:
+                    s.sendmsg([buf[o:end]], cmsg, 0, remote)
+                    self.gso_sends += 1
+                else:
+                    s.sendto(buf[o:end], remote)
+            except OSError as e:
+                if k > 1 and e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    log.info("UDP_SEGMENT refused towards %s (%s); ESP datagrams are sent one by one",
+                             remote[0], e.strerror)
+                    self.gso = False
+                    self.send_laid_out(buf[o:], sizes[i:], remote)
+                    return
+                self.send_errors += k
+                log.debug("ESP send to %s: %s", remote, e)
+            self.udp_sends += k
+            i += k
+            o = end
+
+    def _send_one(self, s: socket.socket, p: bytes | memoryview, remote: Addr) -> None:
         try:
             s.sendto(p, remote)
         except OSError as e:

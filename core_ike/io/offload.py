@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 try:  # sums of many packets in one call; without it, one int.from_bytes per packet
     import numpy as _np
@@ -223,6 +224,89 @@ def segment(frame: bytes | memoryview, hdr: VnetHdr) -> list[bytes]:
             ip = join((ip_a, var, ip_b, _finish(ip_const + int.from_bytes(var, "little")), ip_c))
         out.append(join((ip, ports, seq_b, mid, _finish(s), rest, chunk)))
     return out
+
+
+TRAILER_ROOM = 8  # spare octets behind each packet `segment_into` lays out (ESP's trailer: at most 5)
+
+
+def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> tuple[int, list[int]] | None:
+    """`segment` for a TCP GSO frame of several segments, laid out in `plain` instead of returned as
+    bytes: segment i at i * stride, `TRAILER_ROOM` spare octets behind each; returns (stride, lengths),
+    or None for a frame that is one packet, or without numpy (then `segment` handles it). `plain`
+    grows when too small.
+
+    The work is done on all segments at once (numpy rows, one per segment): the frame's headers
+    copied to every row, the payload cut into the rows, then the fields that differ per segment
+    written as columns (IP total or payload length, IPv4 ID and header checksum, TCP sequence number,
+    flags and checksum). The checksums are `segment`'s sums of parts, as vectors."""
+    gso = hdr.gso_type & ~GSO_ECN
+    if gso == GSO_NONE or not HAVE_NUMPY:
+        return None
+    v6, off, thl = _gso_tcp(frame, hdr, gso)
+    h = off + thl
+    mss = hdr.gso_size
+    total = len(frame) - h
+    if total <= mss:
+        return None
+    np = _np
+    n = (total + mss - 1) // mss
+    full = total // mss
+    last = total - full * mss
+    stride = (h + mss + TRAILER_ROOM + 7) & ~7
+    if len(plain) < n * stride:
+        plain.extend(bytes(n * stride - len(plain)))
+    rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
+    src = np.frombuffer(frame, np.uint8)
+    head = bytes(frame[:h])
+    rows[:, :h] = src[:h]
+    rows[:full, h : h + mss] = src[h : h + full * mss].reshape(full, mss)
+    if last:
+        rows[full, h : h + last] = src[h + full * mss :]
+    idx = np.arange(n, dtype=np.uint64)
+    clen = np.full(n, mss, np.uint64)
+    clen[-1] = total - (n - 1) * mss
+    tcp_len = clen + thl
+    seq = (_I.unpack_from(head, off + 4)[0] + idx * mss) & 0xFFFFFFFF
+    flags = head[off + 13]
+    f = np.full(n, flags & ~(_FIN | _PSH | _CWR), np.uint64)
+    f[0] = flags & ~(_FIN | _PSH)  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
+    f[-1] = flags & ~_CWR  # FIN and PSH stay on the last one
+    rows[:, off + 4 : off + 8] = seq.astype(">u4").view(np.uint8).reshape(n, 4)
+    rows[:, off + 13] = f
+    # payload sums; an odd last chunk ends with the low half of a word (RFC 1071)
+    sums = np.empty(n, np.uint64)
+    sums[:full] = src[h : h + full * mss].view("<u2").reshape(full, mss // 2).sum(axis=1, dtype=np.uint64) \
+        if mss % 2 == 0 else [csum_le(frame[h + i * mss : h + (i + 1) * mss]) for i in range(full)]
+    if last:
+        sums[full] = csum_le(frame[h + full * mss :])
+    # constant words: pseudo-header addresses and protocol (RFC 9293 3.1, RFC 8200 8.1), ports, ack,
+    # data offset, window, urgent pointer, options
+    const = (int.from_bytes(head[8:40] if v6 else head[12:20], "little") + (_TCP << 8)
+             + int.from_bytes(head[off : off + 4] + head[off + 8 : off + 13] + b"\0" + head[off + 14 : off + 16]
+                              + head[off + 18 : h], "little")) % 0xFFFF
+    tsum = (const + _bswap16_v(tcp_len) + (f << 8) + _bswap16_v(seq >> 16) + _bswap16_v(seq & 0xFFFF) + sums) % 0xFFFF
+    rows[:, off + 16 : off + 18] = _fields(np.where(tsum == 0, 0, 0xFFFF - tsum), n)
+    if v6:
+        rows[:, 4:6] = (tcp_len + (off - 40)).astype(">u2").view(np.uint8).reshape(n, 2)  # extension headers count
+    else:
+        ip_len = tcp_len + off
+        ip_id = (_H.unpack_from(head, 4)[0] + idx) & 0xFFFF  # consecutive IDs, as Linux TSO (RFC 6864 4.1)
+        rows[:, 2:4] = ip_len.astype(">u2").view(np.uint8).reshape(n, 2)
+        rows[:, 4:6] = ip_id.astype(">u2").view(np.uint8).reshape(n, 2)
+        ip_const = int.from_bytes(head[:2] + head[6:10] + head[12:off], "little") % 0xFFFF  # all but length, ID, checksum
+        isum = (ip_const + _bswap16_v(ip_len) + _bswap16_v(ip_id)) % 0xFFFF
+        rows[:, 10:12] = _fields(np.where(isum == 0, 0, 0xFFFF - isum), n)
+    return stride, (tcp_len + off).tolist()
+
+
+def _bswap16_v(x: Any) -> Any:
+    """`_bswap16` of a vector of 16-bit values."""
+    return ((x & 0xFF) << 8) | (x >> 8)
+
+
+def _fields(values: Any, n: int) -> Any:
+    """Checksum fields (little-endian octet pairs, the sums' order: RFC 1071 2(B)) as an n x 2 array."""
+    return values.astype("<u2").view(_np.uint8).reshape(n, 2)
 
 
 def _gso_tcp(frame: bytes | memoryview, hdr: VnetHdr, gso: int) -> tuple[bool, int, int]:

@@ -47,7 +47,7 @@ from .dataplane import (
 )
 from .fastpath import OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
 from .netlink import NetlinkWorker, RouteSocket, add_host_address, del_host_address
-from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment
+from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment, segment_into
 from .tsmatch import packet_flow, ts_match
 
 log = logging.getLogger("core_ike.io.userspace")
@@ -110,6 +110,8 @@ class UserspaceDataPlane:
         self._udp: UdpEspIo | None = None  # the NAT-T sockets, once `attach_transport` ran
         self._pending: dict[tuple[str, int], list[bytes]] = {}  # sealed ESP-in-UDP per peer, for one send
         self._rbuf = bytearray(VNET_HDR_LEN + 65535)
+        self._plain = bytearray()  # `seal_batch`: a super-packet's segments, then its ESP packets
+        self._esp_out = bytearray()
         self.tun_name = tun_name
         self.mtu = mtu
         self.tun_addresses = tun_addresses
@@ -392,6 +394,7 @@ class UserspaceDataPlane:
         now = self.clock()
         batch = self._udp is not None and (self._vnet or self._udp.gso)
         buf, view = self._rbuf, memoryview(self._rbuf)
+        seal_batch = batch and "seal_batch" in self.offload
         try:
             for _ in range(_READ_BATCH):
                 try:
@@ -407,7 +410,10 @@ class UserspaceDataPlane:
                     log.warning("TUN read: %s", e)
                     return
                 try:  # a TSO super-packet becomes MSS-sized segments, one ESP packet each
-                    pkts = segment(view[VNET_HDR_LEN:n], VnetHdr.parse(view[:n]))
+                    vh = VnetHdr.parse(view[:n])
+                    if seal_batch and self._seal_laid_out(view[VNET_HDR_LEN:n], vh, now):
+                        continue
+                    pkts = segment(view[VNET_HDR_LEN:n], vh)
                 except OffloadError as e:
                     self.drop_bad_frame += 1
                     log.debug("TUN frame of %d octets dropped: %s", n, e)
@@ -423,24 +429,61 @@ class UserspaceDataPlane:
             if self._pending:
                 self._flush_sends()
 
+    def _seal_laid_out(self, frame: memoryview, vh: VnetHdr, now: float) -> bool:
+        """The `seal_batch` step: a TSO super-packet's segments cut into one buffer, sealed into
+        another (one AEAD call per segment, no per-packet objects) and sent as slices of it; False
+        when the frame or its SA needs the per-packet path (one segment, no SA, plain ESP, a cipher
+        without `seal_into`)."""
+        plain = self._plain
+        laid = segment_into(frame, vh, plain)
+        if laid is None:
+            return False
+        stride, lengths = laid
+        st = self._sa_out(plain)  # every segment has the first one's addresses and ports
+        if st is None or not st.params.encap or not st.esp.seals_into or self._udp is None:
+            for i, length in enumerate(lengths):
+                self._outbound(bytes(plain[i * stride : i * stride + length]), now, True)
+            self.tso_frames += 1
+            self.tso_segments += len(lengths)
+            return True
+        if len(self._esp_out) < len(lengths) * (stride + 40):
+            self._esp_out = bytearray(len(lengths) * (stride + 40))
+        try:
+            sizes = st.esp.seal_into(plain, stride, lengths, 41 if plain[0] >> 4 == 6 else 4, self._esp_out, now)
+        except SequenceExhaustedError:
+            self._expire(st, True, "sequence")
+            return True
+        self.tso_frames += 1
+        self.tso_segments += len(lengths)
+        if st.addr in self._pending:  # what this peer has queued leaves first
+            self._flush_sends()
+        self._udp.send_laid_out(memoryview(self._esp_out)[: sum(sizes)], sizes, st.addr)
+        return True
+
     def _flush_sends(self) -> None:
         assert self._udp is not None
         pending, self._pending = self._pending, {}
         for addr, pkts in pending.items():
             self._udp.send(pkts, addr)
 
-    def _outbound(self, pkt: bytes | bytearray, now: float, batch: bool = False) -> None:
+    def _sa_out(self, pkt: bytes | bytearray) -> _SaState | None:
+        """The outbound SA for an IP packet (the policies' answer, cached per flow)."""
         v6 = pkt[0] >> 4 == 6
         key = bytes(pkt[8:40] if v6 else pkt[12:20])
         if self._needs_ports():
             key = key + bytes(pkt[9:10] + pkt[20:24] if not v6 else pkt[6:7] + pkt[40:44])
         try:
-            st = self._out_cache[key]
+            return self._out_cache[key]
         except KeyError:
-            st = self._lookup_out(bytes(pkt))
+            st = self._lookup_out(bytes(pkt[:64]))
             if len(self._out_cache) > _FLOW_CACHE_MAX:
                 self._out_cache.clear()
             self._out_cache[key] = st
+            return st
+
+    def _outbound(self, pkt: bytes | bytearray, now: float, batch: bool = False) -> None:
+        v6 = pkt[0] >> 4 == 6
+        st = self._sa_out(pkt)
         if st is None:
             self.drop_no_policy += 1
             return
