@@ -108,13 +108,18 @@ secrets {{
 """
 
 
-def erin_toml(extra: str = "") -> str:
-    head = f"""[daemon]
-listen = ["{RW['erin']}"]
+def daemon_toml(addr: str, extra: str) -> str:
+    """The [daemon] section of moon's and erin's iked (userspace ESP on TUN ipsec0), with `extra` keys."""
+    return f"""[daemon]
+listen = ["{addr}"]
 control = "@CTL@"
 dataplane = "userspace"
 tun = "ipsec0"
 {extra}"""
+
+
+def erin_toml(extra: str = "") -> str:
+    head = daemon_toml(RW["erin"], extra)
     if extra:
         return head
     return head + f"""
@@ -260,13 +265,7 @@ def run(story: Story) -> None:
     moon_dir = lab.host_dir("moon") / "iked"
     moon_dir.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{moon_dir / 'ipsec.db'}"
-    moon = Iked(lab, "moon", f"""[daemon]
-listen = ["{MOON}"]
-control = "@CTL@"
-dataplane = "userspace"
-tun = "ipsec0"
-config_db = "{db_url}"
-""")
+    moon = Iked(lab, "moon", daemon_toml(MOON, f'config_db = "{db_url}"\n'))
     story.step("1. moon from SQL: the SA manager (lighttpd + medmgr-sa) creates the tables, then iked starts")
     site = PortalSite(lab, "moon", "sa_manager", mount="/sa",
                       args=["--control", moon.ctl_path, "--config-db", db_url]).start()
@@ -303,14 +302,8 @@ config_db = "{db_url}"
         conf, secrets = seed_files(lab.host_dir("moon") / "seed", "moon", creds)
         with secrets.open("a") as f:
             f.write(f'{ident("erin")} : PSK "{PSK["erin"]}"\n')
-        moon = Iked(lab, "moon", f"""[daemon]
-listen = ["{MOON}"]
-control = "@CTL@"
-dataplane = "userspace"
-tun = "ipsec0"
-ipsec_conf = "{conf}"
-ipsec_secrets = "{secrets}"
-""", name="iked-conf").start()
+        moon = Iked(lab, "moon", daemon_toml(MOON, f'ipsec_conf = "{conf}"\nipsec_secrets = "{secrets}"\n'),
+                    name="iked-conf").start()
         stop_sites(site)
         site = PortalSite(lab, "moon", "sa_manager", mount="/sa", name="sa_manager_conf",
                           args=["--control", moon.ctl_path]).start()
