@@ -67,7 +67,7 @@ class SkProtector(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     spi_i: bytes
     spi_r: bytes
@@ -321,7 +321,7 @@ FRAGMENT_OVERHEAD = 100
 MESSAGE_OVERHEAD = 500
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Drop:
     """Fragments a Reassembler gave up (for the caller's counters and log lines)."""
 
@@ -331,7 +331,7 @@ class Drop:
     octets: int  # accounted octets released
 
 
-@dataclass(eq=False)  # hashed by identity: a key of ReassemblyBudget._age
+@dataclass(eq=False, slots=True)  # hashed by identity: a key of ReassemblyBudget._age
 class _Partial:
     key: ReassemblyKey
     total: int

@@ -21,14 +21,14 @@ from ..constants import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transform:
     type: TransformType | int  # unknown types kept as int (RFC 7296 3.3.6: reject that proposal)
     id: int
     key_length: int | None = None  # bits, RFC 7296 3.3.5 attribute 14
 
 
-@dataclass
+@dataclass(slots=True)
 class Proposal:
     num: int
     protocol: ProtocolId | int  # unknown protocol ids kept as int
@@ -53,20 +53,20 @@ class Proposal:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class SaPayload:
     ptype: ClassVar[PayloadType] = PayloadType.SA
     proposals: list[Proposal] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class KePayload:
     ptype: ClassVar[PayloadType] = PayloadType.KE
     group: int
     data: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class IdPayload:
     """IDi (35), IDr (36) and the ME ID_PEER (128) share one body: IDType | RESERVED(3) | data."""
 
@@ -83,34 +83,34 @@ class IdPayload:
         return bytes([int(self.id_type), 0, 0, 0]) + self.data
 
 
-@dataclass
+@dataclass(slots=True)
 class CertPayload:
     ptype: ClassVar[PayloadType] = PayloadType.CERT
     encoding: int
     data: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class CertReqPayload:
     ptype: ClassVar[PayloadType] = PayloadType.CERTREQ
     encoding: int
     data: bytes  # concatenated 20-octet SHA-1 hashes of trusted CA SPKIs
 
 
-@dataclass
+@dataclass(slots=True)
 class AuthPayload:
     ptype: ClassVar[PayloadType] = PayloadType.AUTH
     method: int
     data: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class NoncePayload:
     ptype: ClassVar[PayloadType] = PayloadType.NONCE
     data: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class NotifyPayload:
     ptype: ClassVar[PayloadType] = PayloadType.NOTIFY
     type: NotifyType | int
@@ -123,20 +123,20 @@ class NotifyPayload:
         return int(self.type) < 16384
 
 
-@dataclass
+@dataclass(slots=True)
 class DeletePayload:
     ptype: ClassVar[PayloadType] = PayloadType.DELETE
     protocol: ProtocolId | int
     spis: list[bytes] = field(default_factory=list)  # empty for IKE; 4-octet SPIs for ESP/AH
 
 
-@dataclass
+@dataclass(slots=True)
 class VendorIdPayload:
     ptype: ClassVar[PayloadType] = PayloadType.VENDOR_ID
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrafficSelector:
     ts_type: TsType
     ip_proto: int  # 0 = any
@@ -146,7 +146,7 @@ class TrafficSelector:
     end_addr: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class TsPayload:
     """TSi (44) or TSr (45)."""
 
@@ -154,26 +154,26 @@ class TsPayload:
     selectors: list[TrafficSelector] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CfgAttribute:
     type: int
     value: bytes = b""
 
 
-@dataclass
+@dataclass(slots=True)
 class CpPayload:
     ptype: ClassVar[PayloadType] = PayloadType.CP
     cfg_type: CfgType | int
     attributes: list[CfgAttribute] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class EapPayload:
     ptype: ClassVar[PayloadType] = PayloadType.EAP
     data: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class UnknownPayload:
     """A payload type we do not understand, kept only when not critical (RFC 7296 2.5)."""
 
@@ -182,7 +182,7 @@ class UnknownPayload:
     data: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class SkPayload:
     """Encrypted payload (46) as received: the octets needed to verify and decrypt it.
 
@@ -196,7 +196,7 @@ class SkPayload:
     body: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class SkfPayload:
     """Encrypted fragment (53, RFC 7383 2.5) as received."""
 

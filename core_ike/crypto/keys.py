@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import LocalError
 from ..rng import Rng
-from .prf import Prf, prf_plus
+from .prf import Prf, prf_for, prf_plus
 from .sk import AeadProtector, CbcHmacProtector, key_lengths, make_protector
 
 __all__ = [
@@ -72,18 +72,30 @@ def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:
     return prf(key, shared)
 
 
+_SPLITS: dict[tuple[IkeSuite, int], tuple[int, tuple[tuple[int, int], ...]]] = {}
+
+
+def _split_of(suite: IkeSuite, p_len: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """(total, (start, end) of each key) of the prf+ stream for `suite`, computed once per suite."""
+    hit = _SPLITS.get((suite, p_len))
+    if hit is None:
+        e_len, a_len = key_lengths(suite.encr_id, suite.key_bits, suite.integ_id)
+        bounds: list[tuple[int, int]] = []
+        pos = 0
+        for n in (p_len, a_len, a_len, e_len, e_len, p_len, p_len):
+            bounds.append((pos, pos + n))
+            pos += n
+        hit = (pos, tuple(bounds))
+        if len(_SPLITS) < 256:
+            _SPLITS[(suite, p_len)] = hit
+    return hit
+
+
 def _split_ike(prf: Prf, seed_key: bytes, seed: bytes, suite: IkeSuite) -> IkeKeys:
     # RFC 7296 2.14: {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, ...)
-    e_len, a_len = key_lengths(suite.encr_id, suite.key_bits, suite.integ_id)
-    p_len = prf.key_size
-    lengths = (p_len, a_len, a_len, e_len, e_len, p_len, p_len)
-    stream = prf_plus(prf, seed_key, seed, sum(lengths))
-    parts: list[bytes] = []
-    pos = 0
-    for n in lengths:
-        parts.append(stream[pos : pos + n])
-        pos += n
-    return IkeKeys(*parts)
+    total, bounds = _split_of(suite, prf.key_size)
+    stream = prf_plus(prf, seed_key, seed, total)
+    return IkeKeys(*[stream[a:b] for a, b in bounds])
 
 
 def _check_spis(spi_i: bytes, spi_r: bytes) -> None:
@@ -94,7 +106,7 @@ def _check_spis(spi_i: bytes, spi_r: bytes) -> None:
 def derive_ike_keys(suite: IkeSuite, ni: bytes, nr: bytes, shared: bytes, spi_i: bytes, spi_r: bytes) -> IkeKeys:
     """Keys of a new IKE SA after IKE_SA_INIT (RFC 7296 2.14)."""
     _check_spis(spi_i, spi_r)
-    prf = Prf(suite.prf_id)
+    prf = prf_for(suite.prf_id)
     seed_key = skeyseed(prf, ni, nr, shared)
     return _split_ike(prf, seed_key, ni + nr + spi_i + spi_r, suite)
 
@@ -109,8 +121,8 @@ def derive_ike_rekey_keys(
     CREATE_CHILD_SA nonces, spi_i/spi_r the new SA's SPIs (initiator of the rekey = "i").
     """
     _check_spis(spi_i, spi_r)
-    seed_key = Prf(old_prf_id)(old_sk_d, shared + ni + nr)
-    return _split_ike(Prf(suite.prf_id), seed_key, ni + nr + spi_i + spi_r, suite)
+    seed_key = prf_for(old_prf_id)(old_sk_d, shared + ni + nr)
+    return _split_ike(prf_for(suite.prf_id), seed_key, ni + nr + spi_i + spi_r, suite)
 
 
 def derive_child_keys(
@@ -125,7 +137,7 @@ def derive_child_keys(
     """
     e_len, a_len = key_lengths(encr_id, key_bits, integ_id)
     seed = (shared or b"") + ni + nr
-    km = prf_plus(Prf(prf_id), sk_d, seed, 2 * (e_len + a_len))
+    km = prf_plus(prf_for(prf_id), sk_d, seed, 2 * (e_len + a_len))
     first = e_len + a_len
     return ChildKeys(
         encr_i=km[:e_len],

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from ..constants import PrfId
 from ..errors import LocalError
 
-__all__ = ["SUPPORTED_PRFS", "Prf", "prf_plus"]
+__all__ = ["SUPPORTED_PRFS", "Prf", "prf_for", "prf_plus"]
 
 # RFC 7296 3.3.2 / RFC 4868 2.1: HMAC PRFs, preferred key size = output size.
 _HMAC_PRFS: dict[int, tuple[str, int]] = {
@@ -73,6 +73,21 @@ class Prf:
         return f"Prf({self.name})"
 
 
+_BY_ID: dict[int, Prf] = {}
+
+
+def prf_for(prf_id: int) -> Prf:
+    """The shared `Prf` of `prf_id`: a Prf holds no key or state, so one object per algorithm serves
+    every SA (LocalError for an unsupported one, as `Prf()`)."""
+    p = _BY_ID.get(prf_id)
+    if p is None:
+        p = _BY_ID[prf_id] = Prf(prf_id)
+    return p
+
+
+_COUNTERS = [bytes((n,)) for n in range(256)]
+
+
 def prf_plus(prf: Prf, key: bytes, seed: bytes, length: int) -> bytes:
     """RFC 7296 2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n), output T1 | T2 | ...
 
@@ -81,9 +96,17 @@ def prf_plus(prf: Prf, key: bytes, seed: bytes, length: int) -> bytes:
     blocks = -(-length // prf.output_size)
     if blocks > 255:
         raise LocalError(f"prf+ cannot produce {length} octets with {prf.name}")
-    out: list[bytes] = []
-    t = b""
-    for n in range(1, blocks + 1):
-        t = prf(key, t + seed + bytes((n,)))
-        out.append(t)
+    digest = prf._digest
+    if prf._fn is None:  # HMAC: the one-shot digest without the Prf call (RFC 2104; one per block)
+        t = hmac.digest(key, seed + b"\x01", digest)
+        out = [t]
+        for n in range(2, blocks + 1):
+            t = hmac.digest(key, t + seed + _COUNTERS[n], digest)
+            out.append(t)
+    else:
+        t = b""
+        out = []
+        for n in range(1, blocks + 1):
+            t = prf(key, t + seed + _COUNTERS[n])
+            out.append(t)
     return b"".join(out)[:length]

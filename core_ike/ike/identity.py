@@ -9,7 +9,7 @@ from ..constants import IdType
 from ..errors import LocalError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     id_type: int
     data: bytes

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import struct
 from functools import lru_cache
+from typing import NamedTuple
 
 from ...codec.message import Message
 from ...codec.payloads import CertReqPayload, KePayload, NoncePayload, NotifyPayload, Proposal, SaPayload
@@ -23,7 +24,7 @@ from ...constants import (
 )
 from ...crypto.dh import KeyExchange, new_key_exchange
 from ...crypto.keys import IkeSuite, derive_ike_keys, ike_protectors
-from ...crypto.prf import Prf
+from ...crypto.prf import prf_for
 from ...crypto.proposals import describe, parse_proposals, select_proposal
 from ...errors import ProtocolError
 from ..context import IkeSaView, Status, Task
@@ -37,14 +38,16 @@ OUR_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2
 
 
 @lru_cache(maxsize=4096)
-def _packed(ip: str) -> bytes:
-    return ipaddress.ip_address(ip).packed
+def _addr_octets(addr: tuple[str, int]) -> bytes:
+    return ipaddress.ip_address(addr[0]).packed + addr[1].to_bytes(2, "big")
+
+
+_sha1 = hashlib.sha1
 
 
 def natd_hash(spi_i: bytes, spi_r: bytes, addr: tuple[str, int]) -> bytes:
     """RFC 7296 2.23: SHA1(SPIi | SPIr | IP | Port)."""
-    ip = _packed(addr[0])
-    return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", addr[1])).digest()
+    return _sha1(spi_i + spi_r + _addr_octets(addr)).digest()
 
 
 def algorithms(p: Proposal) -> tuple[int, int | None, int | None, int, int]:
@@ -106,26 +109,59 @@ def _process_common(sa: IkeSaView, msg: Message, local: tuple[str, int], remote:
 
 
 _HASH_SETS: dict[bytes, frozenset[int]] = {}  # N(SIGNATURE_HASH_ALGORITHMS) data -> parsed set
-_PRFS: dict[int, Prf] = {}  # Prf objects are stateless: one per algorithm
 
 
-def _prf(prf_id: int) -> Prf:
-    p = _PRFS.get(prf_id)
-    if p is None:
-        p = _PRFS[prf_id] = Prf(prf_id)
-    return p
+class Negotiated(NamedTuple):
+    """What one combination of our proposals, the peer's and its KE group negotiates (RFC 7296 2.7):
+    the chosen proposal (a template: each SA gets its own copy), its DH group, key suite and log text."""
+
+    chosen: Proposal | None  # None: NO_PROPOSAL_CHOSEN
+    group: int
+    suite: IkeSuite | None
+    text: str
 
 
-def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes) -> None:
-    encr, bits, integ, prf_id, _dh = algorithms(chosen)
-    suite = IkeSuite(prf_id, encr, bits, integ)
+# Peers of one kind send the same SA payload in every IKE_SA_INIT and we answer from the same
+# configuration: the outcome is kept by the proposals' contents (so a reloaded configuration with other
+# proposals gives another key), bounded (a flood of varied offers only empties it).
+_NEGOTIATED: dict[tuple[object, ...], Negotiated] = {}
+NEGOTIATED_MAX = 256
+
+
+def _proposals_key(proposals: list[Proposal]) -> tuple[object, ...]:
+    return tuple([(p.num, int(p.protocol), p.spi, tuple(p.transforms)) for p in proposals])
+
+
+def negotiate(ours: list[Proposal], offered: list[Proposal], ke_group: int) -> Negotiated:
+    """RFC 7296 2.7 selection (`select_proposal`) of an IKE_SA_INIT request, cached by contents."""
+    key = (_proposals_key(ours), _proposals_key(offered), ke_group)
+    hit = _NEGOTIATED.get(key)
+    if hit is None:
+        chosen = select_proposal(ours, offered, ke_group)
+        if chosen is None:
+            hit = Negotiated(None, 0, None, "")
+        else:
+            encr, bits, integ, prf_id, group = algorithms(chosen)  # ProtocolError: not kept
+            hit = Negotiated(chosen, group, IkeSuite(prf_id, encr, bits, integ), describe(chosen))
+        if len(_NEGOTIATED) >= NEGOTIATED_MAX:
+            _NEGOTIATED.clear()
+        _NEGOTIATED[key] = hit
+    return hit
+
+
+def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes, neg: Negotiated | None = None) -> None:
+    if neg is None or neg.suite is None:
+        encr, bits, integ, prf_id, _dh = algorithms(chosen)
+        suite, text = IkeSuite(prf_id, encr, bits, integ), describe(chosen)
+    else:
+        suite, text = neg.suite, neg.text
     keys = derive_ike_keys(suite, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
-    sa.prf = _prf(prf_id)
-    sa.prf_id = prf_id
+    sa.prf = prf_for(suite.prf_id)
+    sa.prf_id = suite.prf_id
     sa.sk_d, sa.sk_pi, sa.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
     sa.out_prot, sa.in_prot = ike_protectors(keys, suite, sa.is_original_initiator, sa.ctx.rng)
     sa.proposal = chosen
-    sa.proposal_text = describe(chosen)
+    sa.proposal_text = text
 
 
 class IkeInit(Task):
@@ -212,12 +248,14 @@ class IkeInit(Task):
         if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
             raise ProtocolError("IKE_SA_INIT request lacks SA, KE or Nonce", NotifyType.INVALID_SYNTAX)
         ours = sa.ctx.ike_proposals_for(sa)
-        chosen = select_proposal(ours, sa_pl.proposals, ke.group)
-        if chosen is None:
+        neg = negotiate(ours, sa_pl.proposals, ke.group)
+        if neg.chosen is None:
             log.info("received proposals: %s", ", ".join(describe(p) for p in sa_pl.proposals))
             log.info("configured proposals: %s", ", ".join(describe(p) for p in ours))
             raise ProtocolError("no acceptable proposal found", NotifyType.NO_PROPOSAL_CHOSEN)
-        group = algorithms(chosen)[4]
+        c = neg.chosen
+        chosen = Proposal(c.num, c.protocol, c.spi, list(c.transforms))  # this SA's own copy
+        group = neg.group
         if ke.group != group:
             # RFC 7296 1.2: tell the initiator which group we want
             raise ProtocolError(f"DH group {name_of(DhId, ke.group)} unacceptable, requesting "
@@ -229,7 +267,7 @@ class IkeInit(Task):
         sa.nr = sa.ctx.rng.bytes(NONCE_LEN)
         sa.init_request = msg.raw
         _process_common(sa, msg, sa.local, sa.remote)
-        _install_keys(sa, chosen, self.ke.compute(ke.data))
+        _install_keys(sa, chosen, self.ke.compute(ke.data), neg)
         log.info("selected proposal: %s", sa.proposal_text)
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
