@@ -43,43 +43,45 @@ def _ip(a: str) -> str:
     return bytes(int(x) for x in a.split(".")).hex()
 
 
-# moon's rows (identities: 1 moon, 2 carol; PSK 1 for moon+carol; peer config 'carol'); ids as strongSwan
+def _rw_rows(name: str, secret: str, ts: str | None, pool: str | None = None) -> str:
+    """Road warrior `name`@lab at moon (identity 1, ike_cfg 1, selector 1 its subnet, proposal 2 for ESP): its
+    identity, its PSK bound to moon and it, peer and child config `name`, and its selector `ts` (None:
+    dynamic, kind 3), each referring to the rows it adds as strongSwan's tables number them (the newest)."""
+    newest = "(SELECT max(id) FROM {})".format
+    remote_ts = (f"INSERT INTO traffic_selectors (type, start_addr, end_addr) VALUES (7, X'{_ip(ts)}', X'{_ip(ts)}');"
+                 if ts is not None else "INSERT INTO traffic_selectors (type) VALUES (7);")
+    return f"""
+INSERT INTO identities (type, data) VALUES (3, X'{_hex(f"{name}@lab")}');
+INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex(secret)}');
+INSERT INTO shared_secret_identity (shared_secret, identity) VALUES ({newest("shared_secrets")}, 1);
+INSERT INTO shared_secret_identity (shared_secret, identity)
+  VALUES ({newest("shared_secrets")}, {newest("identities")});
+INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, dpd_delay, rekeytime, pool)
+  VALUES ('{name}', 1, 1, {newest("identities")}, 2, 0, 0, {f"'{pool}'" if pool else "NULL"});
+INSERT INTO child_configs (name, rekeytime, lifetime) VALUES ('{name}', 0, 0);
+INSERT INTO child_config_proposal (child_cfg, prio, prop) VALUES ({newest("child_configs")}, 0, 2);
+INSERT INTO peer_config_child_config (peer_cfg, child_cfg)
+  VALUES ({newest("peer_configs")}, {newest("child_configs")});
+{remote_ts}
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind)
+  VALUES ({newest("child_configs")}, 1, 0);
+INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind)
+  VALUES ({newest("child_configs")}, {newest("traffic_selectors")}, {1 if ts is not None else 3});
+"""
+
+
+# moon's rows (identity 1, ike_cfg 1 with IKE proposal 1, ESP proposal 2, selector 1 its subnet) and carol's
 MOON_ROWS = f"""
 INSERT INTO identities (type, data) VALUES (2, X'{_hex("moon.lab")}');
-INSERT INTO identities (type, data) VALUES (3, X'{_hex("carol@lab")}');
-INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex("carol-sql-secret-0123456789")}');
-INSERT INTO shared_secret_identity (shared_secret, identity) VALUES (1, 1);
-INSERT INTO shared_secret_identity (shared_secret, identity) VALUES (1, 2);
 INSERT INTO ike_configs (local, remote) VALUES ('{A}', '0.0.0.0');
 INSERT INTO proposals (proposal) VALUES ('aes128gcm16-prfsha256-x25519');
 INSERT INTO proposals (proposal) VALUES ('aes128gcm16');
 INSERT INTO ike_config_proposal (ike_cfg, prio, prop) VALUES (1, 0, 1);
-INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, dpd_delay, rekeytime)
-  VALUES ('carol', 1, 1, 2, 2, 0, 0);
-INSERT INTO child_configs (name, rekeytime, lifetime) VALUES ('carol', 0, 0);
-INSERT INTO child_config_proposal (child_cfg, prio, prop) VALUES (1, 0, 2);
-INSERT INTO peer_config_child_config (peer_cfg, child_cfg) VALUES (1, 1);
 INSERT INTO traffic_selectors (type, start_addr, end_addr) VALUES (7, X'{_ip(A_IN)}', X'{_ip(A_IN)}');
-INSERT INTO traffic_selectors (type, start_addr, end_addr) VALUES (7, X'{_ip(CAROL_IN)}', X'{_ip(CAROL_IN)}');
-INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind) VALUES (1, 1, 0);
-INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind) VALUES (1, 2, 1);
-"""
+""" + _rw_rows("carol", "carol-sql-secret-0123456789", CAROL_IN)
 
-# added while iked runs: identity 3 dave, PSK 2 for moon+dave, peer config 'dave' sharing ike_cfg 1
-DAVE_ROWS = f"""
-INSERT INTO identities (type, data) VALUES (3, X'{_hex("dave@lab")}');
-INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex("dave-sql-secret-9876543210")}');
-INSERT INTO shared_secret_identity (shared_secret, identity) VALUES (2, 1);
-INSERT INTO shared_secret_identity (shared_secret, identity) VALUES (2, 3);
-INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, dpd_delay, rekeytime)
-  VALUES ('dave', 1, 1, 3, 2, 0, 0);
-INSERT INTO child_configs (name, rekeytime, lifetime) VALUES ('dave', 0, 0);
-INSERT INTO child_config_proposal (child_cfg, prio, prop) VALUES (2, 0, 2);
-INSERT INTO peer_config_child_config (peer_cfg, child_cfg) VALUES (2, 2);
-INSERT INTO traffic_selectors (type, start_addr, end_addr) VALUES (7, X'{_ip(DAVE_IN)}', X'{_ip(DAVE_IN)}');
-INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind) VALUES (2, 1, 0);
-INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind) VALUES (2, 3, 1);
-"""
+# added while iked runs: dave, sharing moon's ike_cfg 1
+DAVE_ROWS = _rw_rows("dave", "dave-sql-secret-9876543210", DAVE_IN)
 
 IKED_TOML = f"""[daemon]
 listen = ["{A}"]
@@ -187,24 +189,7 @@ def test_rows_added_while_iked_runs_are_used(env: Env) -> None:
 
 
 # erin asks for a virtual IP (vips = 0.0.0.0) from the database pool 'rwpool' (peer_configs.pool)
-ERIN_ROWS = f"""
-INSERT INTO identities (type, data) VALUES (3, X'{_hex("erin@lab")}');
-INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex("erin-sql-secret-5555555555")}');
-INSERT INTO shared_secret_identity (shared_secret, identity) VALUES ((SELECT max(id) FROM shared_secrets), 1);
-INSERT INTO shared_secret_identity (shared_secret, identity)
-  VALUES ((SELECT max(id) FROM shared_secrets), (SELECT max(id) FROM identities));
-INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method, dpd_delay, rekeytime, pool)
-  VALUES ('erin', 1, 1, (SELECT max(id) FROM identities), 2, 0, 0, 'rwpool');
-INSERT INTO child_configs (name, rekeytime, lifetime) VALUES ('erin', 0, 0);
-INSERT INTO child_config_proposal (child_cfg, prio, prop) VALUES ((SELECT max(id) FROM child_configs), 0, 2);
-INSERT INTO peer_config_child_config (peer_cfg, child_cfg)
-  VALUES ((SELECT max(id) FROM peer_configs), (SELECT max(id) FROM child_configs));
-INSERT INTO traffic_selectors (type) VALUES (7);
-INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind)
-  VALUES ((SELECT max(id) FROM child_configs), 1, 0);
-INSERT INTO child_config_traffic_selector (child_cfg, traffic_selector, kind)
-  VALUES ((SELECT max(id) FROM child_configs), (SELECT max(id) FROM traffic_selectors), 3);
-"""
+ERIN_ROWS = _rw_rows("erin", "erin-sql-secret-5555555555", None, pool="rwpool")
 
 
 def test_pool_in_the_database_gives_an_identity_its_address_back(env: Env) -> None:
