@@ -33,6 +33,7 @@ pytestmark = [
 
 A, B = "192.0.2.1", "192.0.2.2"
 A_IN, CAROL_IN, DAVE_IN = "10.10.1.1", "10.10.2.1", "10.10.2.2"
+PSK = {"carol": "carol-sql-secret-0123456789", "dave": "dave-sql-secret-9876543210", "erin": "erin-sql-secret-5555555555"}
 
 
 def _hex(s: str) -> str:
@@ -43,7 +44,7 @@ def _ip(a: str) -> str:
     return bytes(int(x) for x in a.split(".")).hex()
 
 
-def _rw_rows(name: str, secret: str, ts: str | None, pool: str | None = None) -> str:
+def _rw_rows(name: str, ts: str | None, pool: str | None = None) -> str:
     """Road warrior `name`@lab at moon (identity 1, ike_cfg 1, selector 1 its subnet, proposal 2 for ESP): its
     identity, its PSK bound to moon and it, peer and child config `name`, and its selector `ts` (None:
     dynamic, kind 3), each referring to the rows it adds as strongSwan's tables number them (the newest)."""
@@ -52,7 +53,7 @@ def _rw_rows(name: str, secret: str, ts: str | None, pool: str | None = None) ->
                  if ts is not None else "INSERT INTO traffic_selectors (type) VALUES (7);")
     return f"""
 INSERT INTO identities (type, data) VALUES (3, X'{_hex(f"{name}@lab")}');
-INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex(secret)}');
+INSERT INTO shared_secrets (type, data) VALUES (1, X'{_hex(PSK[name])}');
 INSERT INTO shared_secret_identity (shared_secret, identity) VALUES ({newest("shared_secrets")}, 1);
 INSERT INTO shared_secret_identity (shared_secret, identity)
   VALUES ({newest("shared_secrets")}, {newest("identities")});
@@ -78,10 +79,10 @@ INSERT INTO proposals (proposal) VALUES ('aes128gcm16-prfsha256-x25519');
 INSERT INTO proposals (proposal) VALUES ('aes128gcm16');
 INSERT INTO ike_config_proposal (ike_cfg, prio, prop) VALUES (1, 0, 1);
 INSERT INTO traffic_selectors (type, start_addr, end_addr) VALUES (7, X'{_ip(A_IN)}', X'{_ip(A_IN)}');
-""" + _rw_rows("carol", "carol-sql-secret-0123456789", CAROL_IN)
+""" + _rw_rows("carol", CAROL_IN)
 
 # added while iked runs: dave, sharing moon's ike_cfg 1
-DAVE_ROWS = _rw_rows("dave", "dave-sql-secret-9876543210", DAVE_IN)
+DAVE_ROWS = _rw_rows("dave", DAVE_IN)
 
 IKED_TOML = f"""[daemon]
 listen = ["{A}"]
@@ -137,9 +138,9 @@ class Env:
 def env(two_hosts_per_module: Lab) -> Iterator[Env]:
     lab = two_hosts_per_module
     lab.addr("bob", "lo", f"{DAVE_IN}/32")
-    c1, s1 = _charon_conn("carol", "carol@lab", CAROL_IN, "carol-sql-secret-0123456789")
-    c2, s2 = _charon_conn("dave", "dave@lab", DAVE_IN, "dave-sql-secret-9876543210")
-    c3, s3 = _charon_conn("erin", "erin@lab", "dynamic", "erin-sql-secret-5555555555")
+    c1, s1 = _charon_conn("carol", "carol@lab", CAROL_IN, PSK["carol"])
+    c2, s2 = _charon_conn("dave", "dave@lab", DAVE_IN, PSK["dave"])
+    c3, s3 = _charon_conn("erin", "erin@lab", "dynamic", PSK["erin"])
     conf = "connections {\n" + c1 + "\n" + c2 + "\n" + c3 + "\n}\nsecrets {\n" + s1 + "\n" + s2 + "\n" + s3 + "\n}\n"
     charon = Charon(lab, "bob", name="charon", conf=conf)
     iked = Iked(lab, "alice", IKED_TOML)
@@ -189,7 +190,7 @@ def test_rows_added_while_iked_runs_are_used(env: Env) -> None:
 
 
 # erin asks for a virtual IP (vips = 0.0.0.0) from the database pool 'rwpool' (peer_configs.pool)
-ERIN_ROWS = _rw_rows("erin", "erin-sql-secret-5555555555", None, pool="rwpool")
+ERIN_ROWS = _rw_rows("erin", None, pool="rwpool")
 
 
 def test_pool_in_the_database_gives_an_identity_its_address_back(env: Env) -> None:
