@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codec.message import Message, ReassemblyBudget, decode_message
-from ..codec.payloads import NoncePayload, NotifyPayload, Proposal
+from ..codec.payloads import Proposal
 from ..constants import (
-    IKE_HEADER_LEN,
     IKE_PORT,
-    IKE_VERSION,
     NATT_PORT,
     NON_ESP_MARKER,
     ExchangeType,
@@ -42,17 +40,7 @@ from .context import IkeSaView, Task, Vip
 from .cookies import CookieSecrets
 from .creds import Credentials
 from .identity import Identity
-from .prefilter import (
-    HEADER,
-    IKE_SA_INIT,
-    INITIATOR,
-    RESPONSE,
-    SourceLimiter,
-    cookie_reply,
-    header_message,
-    scan_init,
-    spi_known,
-)
+from .prefilter import InitIndex, Prefilter
 from .sa import IkeSa
 from .state import ChildState, IkeState
 from .tasks.child_create import ChildCreate
@@ -132,12 +120,15 @@ class Engine:
         self.cfg = config or EngineConfig()
         self.ike_port = self.cfg.ike_port
         self.natt_port = self.cfg.natt_port
+        # more local ports that are NAT-T sockets (RFC 3948 §2.2 non-ESP marker, no floating): the extra
+        # sockets of many-port probing (core_ike/me/birthday.py), added and removed by their adapter
+        self.natt_extra: set[int] = set()
         self.half_open_timeout = self.cfg.half_open_timeout
         self.route_source = route_source
         self.extensions: list[Extension] = []
         self.now = 0.0
         self.sas: dict[bytes, IkeSa] = {}  # by our own SPI
-        self.init_index: dict[tuple[bytes, Addr], IkeSa] = {}  # responder: (SPIi, peer) of IKE_SA_INIT
+        self.init_index: InitIndex[IkeSa] = InitIndex()  # responder: (SPIi, peer) of IKE_SA_INIT
         # indexes so nothing scans every SA (a mediation server holds 100k of them)
         self.by_uid: dict[int, IkeSa] = {}
         self.established_index = EstablishedIndex()
@@ -159,7 +150,7 @@ class Engine:
         self.accepting = True  # False while the daemon shuts down: no new IKE_SAs from peers
         self.log_limit = LogLimiter(log)  # lines remote parties can trigger at will
         self.invalid_spi_bucket = TokenBucket(self.cfg.invalid_spi_rate)  # INVALID_IKE_SPI answers
-        self.init_limiter = SourceLimiter(self.cfg.init_rate_ip)  # IKE_SA_INITs per source under load
+        self.prefilter = Prefilter(self)  # decisions on raw datagrams, COOKIEs (core_ike/ike/prefilter.py)
         self._half_open_by_ip: dict[str, int] = {}
         self.vips = VipPool()
         # a configuration source that looks connections up per attempt (docs/gateway.md): called when no
@@ -173,7 +164,7 @@ class Engine:
         self.now = now
         if type(data) is not bytes:
             data = bytes(data)  # a memoryview or bytearray from the adapter
-        if self._prefilter(data, local, remote, now):
+        if self.prefilter.check(data, local, remote, now):
             return
         try:
             msg = decode_message(data)
@@ -329,6 +320,10 @@ class Engine:
 
     def emit(self, event: object) -> None:
         self._events.append(event)
+
+    def is_natt(self, port: int) -> bool:
+        """Does IKE on this local port carry the non-ESP marker (RFC 3948 §2.2)?"""
+        return port == self.natt_port or port in self.natt_extra
 
     def new_spi(self) -> bytes:
         """An IKE SPI of ours (RFC 7296 3.1), its first octet the worker's `spi_tag` when set."""
@@ -563,8 +558,8 @@ class Engine:
             self.log_limit.warning("half-open-limit", now, "dropping IKE_SA_INIT from %s: too many half-open IKE_SAs",
                                    remote[0])
             return
-        if self._needs_cookie(remote[0]) and not self._cookie_ok(msg, remote):
-            self._send_cookie(msg, local, remote)
+        if self.prefilter.needs_cookie(remote[0]) and not self.prefilter.cookie_ok(msg, remote):
+            self.prefilter.send_cookie(msg, local, remote)
             return
         cfgs = [c for c in self.configs if addr_matches(c.local_addrs, local[0])
                 and addr_matches(c.remote_addrs, remote[0])]
@@ -603,102 +598,8 @@ class Engine:
             else:
                 self._half_open_by_ip[ip] = n
 
-    # ------------------------------------------------------------------ cookies (RFC 7296 2.6)
-    def _needs_cookie(self, ip: str) -> bool:
-        return (self.cfg.force_cookies or self._half_open >= self.cfg.cookie_threshold
-                or self._half_open_by_ip.get(ip, 0) >= self.cfg.cookie_threshold_ip)
-
-    def _cookie_ok(self, msg: Message, remote: Addr) -> bool:
-        first = msg.payloads[0] if msg.payloads else None
-        if not isinstance(first, NotifyPayload) or int(first.type) != NotifyType.COOKIE:
-            return False
-        nonce = msg.get(PayloadType.NONCE)
-        ni = nonce.data if isinstance(nonce, NoncePayload) else b""
-        return self._cookie_valid(first.data, ni, remote[0], msg.spi_i)
-
-    def _cookie_valid(self, cookie: bytes, ni: bytes, ip: str, spi_i: bytes) -> bool:
-        return self.cookies.valid(cookie, ni, ip, spi_i, self.now)
-
-    def _new_cookie(self, ni: bytes, remote: Addr, spi_i: bytes) -> bytes:
-        self.counters["cookies-sent"] += 1
-        self.log_limit.log(logging.INFO, "cookie", self.now, "sending COOKIE to %s[%d] (%d half-open IKE_SAs)",
-                           remote[0], remote[1], self._half_open)
-        return self.cookies.make(ni, remote[0], spi_i, self.now)
-
-    def _send_cookie(self, msg: Message, local: Addr, remote: Addr) -> None:
-        nonce = msg.get(PayloadType.NONCE)
-        ni = nonce.data if isinstance(nonce, NoncePayload) else b""
-        cookie = self._new_cookie(ni, remote, msg.spi_i)
-        self._send_plain(cookie_reply(msg.spi_i, msg.message_id.to_bytes(4, "big"), cookie), local, remote)
-
     def _send_plain(self, pkt: bytes, local: Addr, remote: Addr) -> None:
-        self.send(NON_ESP_MARKER + pkt if local[1] == self.natt_port else pkt, local, remote)
-
-    # ------------------------------------------------------------------ pre-filter (core_ike/ike/prefilter.py)
-    def _prefilter(self, data: bytes, local: Addr, remote: Addr, now: float) -> bool:
-        """Decisions on the raw datagram before it is decoded, so that a flood costs little per datagram
-        (docs/operations.md, "Floods"): the fixed header (RFC 7296 3.1), and for IKE_SA_INIT requests
-        while COOKIEs are demanded the per-source limit and the COOKIE itself (RFC 7296 2.6) from the
-        generic payload headers. True when the datagram was dropped or answered here."""
-        n = len(data)
-        if n < IKE_HEADER_LEN:
-            return self._drop("malformed", now, remote, "%d octets, shorter than the IKE header", n)
-        spi_i_n, spi_r_n, first, version, exchange, flags, mid, length = HEADER.unpack_from(data)
-        if length != n:
-            return self._drop("malformed", now, remote, "IKE header length %d differs from the datagram's %d",
-                              length, n)
-        if exchange < IKE_SA_INIT:
-            return self._drop("header", now, remote, "reserved exchange type %d", exchange)  # RFC 7296 3.1
-        if exchange != IKE_SA_INIT or flags & RESPONSE or spi_r_n or not spi_i_n:
-            return bool(spi_i_n or spi_r_n) and self._unknown_spi(data, flags, exchange, local, remote, now)
-        # an IKE_SA_INIT request for a new IKE_SA: Message ID 0 (RFC 7296 2.2), from the initiator (3.1)
-        major = version >> 4 == IKE_VERSION >> 4
-        if major and (mid != 0 or not flags & INITIATOR):
-            return self._drop("header", now, remote, "IKE_SA_INIT request with Message ID %d, flags 0x%02x",
-                              mid, flags)
-        if not self._needs_cookie(remote[0]):
-            return False
-        if not major:  # RFC 7296 2.5 asks for INVALID_MAJOR_VERSION; not to every datagram of a flood
-            return self._drop("header", now, remote, "IKE major version %d", version >> 4)
-        return self._cookie_gate(data, first, local, remote, now)
-
-    def _unknown_spi(self, data: bytes, flags: int, exchange: int, local: Addr, remote: Addr, now: float) -> bool:
-        """True (dropped, a request answered with INVALID_IKE_SPI) when the datagram names an IKE_SA we do
-        not know; not decoded: RFC 7296 2.21.4 needs the header only."""
-        if spi_known(data, flags, exchange, self.sas):
-            return False
-        self.counters["drop-unknown-spi"] += 1
-        if not flags & RESPONSE:
-            self._answer_invalid_spi(header_message(data), local, remote, now)
-        return True
-
-    def _cookie_gate(self, data: bytes, first: int, local: Addr, remote: Addr, now: float) -> bool:
-        """An IKE_SA_INIT request while COOKIEs are demanded (RFC 7296 2.6): the per-source limit, then
-        the COOKIE itself; True when the request was dropped or answered with a COOKIE here."""
-        ip = remote[0]
-        if not self.init_limiter.allow(ip, now):
-            return self._drop("init-rate", now, remote, "more than %g IKE_SA_INIT requests per second",
-                              self.cfg.init_rate_ip)
-        found = scan_init(data, first)
-        if found is None:
-            return self._drop("invalid", now, remote, "IKE_SA_INIT request without a usable Nonce payload")
-        cookie, ni = found
-        spi_i = data[:8]
-        if cookie and self._cookie_valid(cookie, ni, ip, spi_i):
-            return False
-        if self.init_index and (spi_i, remote) in self.init_index:
-            return False  # a retransmission of a request we answered: from the response cache
-        reply = cookie_reply(spi_i, data[20:24], self._new_cookie(ni, remote, spi_i))
-        self._out.append((NON_ESP_MARKER + reply if local[1] == self.natt_port else reply, local, remote))
-        return True
-
-    def _drop(self, reason: str, now: float, remote: Addr, what: str, *args: object) -> bool:
-        """Count a pre-filter drop as drop-REASON; its log line is rate-limited per reason."""
-        self.counters[f"drop-{reason}"] += 1
-        kind = f"{reason} " if reason in ("malformed", "invalid") else ""
-        self.log_limit.warning(f"{reason}-packet", now, f"dropping {kind}packet from %s[%d]: {what}", remote[0],
-                               remote[1], *args)
-        return True
+        self.send(NON_ESP_MARKER + pkt if self.is_natt(local[1]) else pkt, local, remote)
 
     def rotate_cookie_secret(self) -> None:
         """RFC 7296 2.6: change the secret now (it also changes by itself every cookie_secret_lifetime)."""

@@ -242,6 +242,7 @@ class SendBatch:
         self.n = 0
         self.errors = 0  # datagrams the kernel refused (their errno in last_error)
         self.last_error = 0
+        self._iov_templates: dict[int, bytes] = {}
 
     def __len__(self) -> int:
         return self.n
@@ -258,6 +259,30 @@ class SendBatch:
         self.n = i + 1
         _SIZE_T.pack_into(self._a.iov, i * IOV_SIZE + _IOV_LEN_AT, length)
         return i * self.size, i * ADDR_STRIDE
+
+    def open_slots(self, length: int) -> tuple[int, int]:
+        """For writing many datagrams of one `length` in place: (index of the first free slot, how many are
+        free). Slot i's payload is at `i * size` in `buf`, its address (a whole sockaddr_in6's length:
+        ADDR_LEN octets, a sockaddr_in followed by anything) at `i * ADDR_STRIDE` in `addrs`; `commit(k)`
+        then marks the first k of them used. Two copies per call, none per datagram."""
+        if length > self.size:
+            raise ValueError(f"{length} octets exceed the slot's {self.size}")
+        a, i = self._a, self.n
+        tmpl = self._iov_templates.get(length)
+        if tmpl is None:
+            iov = bytearray(a.iov)
+            for k in range(self.count):
+                _SIZE_T.pack_into(iov, k * IOV_SIZE + _IOV_LEN_AT, length)
+            tmpl = self._iov_templates[length] = bytes(iov)
+        a.iov[i * IOV_SIZE:] = tmpl[i * IOV_SIZE:]
+        a.hdrs[i * HDR_SIZE:] = a.template[i * HDR_SIZE:]  # msg_namelen: ADDR_LEN
+        return i, self.count - i
+
+    def commit(self, k: int) -> None:
+        """Mark `k` slots handed out by open_slots as holding datagrams to send."""
+        if not 0 <= k <= self.count - self.n:
+            raise ValueError(f"cannot commit {k} slots, {self.count - self.n} are free")
+        self.n += k
 
     def set_addr_len(self, length: int) -> None:
         """The socket address length of the slot reserve() handed out last (16: sockaddr_in)."""

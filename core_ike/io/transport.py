@@ -14,6 +14,7 @@ import ctypes
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -22,6 +23,8 @@ from typing import Any, Protocol
 
 from ..codec.message import split_natt
 from ..errors import DecodeError, LocalError
+from ..logutil import LogLimiter
+from .mmsg import RecvBatch, SendBatch
 
 log = logging.getLogger("core_ike.net")
 Addr = tuple[str, int]
@@ -31,6 +34,8 @@ Addr = tuple[str, int]
 # "Floods"). The kernel doubles the value and caps SO_RCVBUF at net.core.rmem_max unless we may force it.
 RECEIVE_BUFFER = 4 * 1024 * 1024
 READ_BATCH = 256  # datagrams read per wakeup before other work (timers, control socket) gets its turn
+MMSG_BATCH = 64  # datagrams per recvmmsg/sendmmsg call (core_ike/io/mmsg.py)
+COOKIE_SLOT = 128  # a send slot holds one COOKIE answer (73 octets with the non-ESP marker)
 SO_RCVBUFFORCE = 33  # Linux asm-generic/socket.h; Python's socket module lacks it
 SO_ATTACH_REUSEPORT_CBPF = 51
 
@@ -243,6 +248,7 @@ class UdpTransport:
         self.ports = ports
         self.on_event = on_event
         self.esp_sink = esp_sink
+        self.pool: Any = None  # extra NAT-T sockets of many-port probing (core_ike/io/portpool.py SocketPool)
         self.clock = clock
         self.receive_buffer = receive_buffer
         # a worker's share of SO_REUSEPORT groups its supervisor opened (open_group): per (address, port)
@@ -255,6 +261,13 @@ class UdpTransport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.stats = {"rx": 0, "tx": 0, "keepalive": 0, "esp": 0, "dropped": 0}
+        # one receive and one send batch for every socket (they are read one at a time); the engine's
+        # pre-filter answers COOKIEs from the receive batch into the send batch (docs/operations.md, "Floods")
+        self._rb = RecvBatch(MMSG_BATCH)
+        self._sb = SendBatch(MMSG_BATCH, COOKIE_SLOT)
+        prefilter = getattr(engine, "prefilter", None)
+        self._answer_batch: Callable[..., Any] | None = getattr(prefilter, "answer_batch", None)
+        self._log_limit = LogLimiter(log)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -341,36 +354,58 @@ class UdpTransport:
 
     # ------------------------------------------------------------------ receive
     def _readable(self, s: socket.socket, local: Addr) -> None:
-        engine = self.engine
-        recvfrom, receive, drain, clock = s.recvfrom, engine.receive, engine.datagrams_to_send, self.clock
+        """Read up to READ_BATCH datagrams, MMSG_BATCH per system call; while COOKIEs are demanded the
+        engine's pre-filter answers new IKE_SA_INIT requests of each batch from their raw octets with one
+        sendmmsg, everything else goes to the engine one datagram at a time."""
+        engine, rb, sb, answer = self.engine, self._rb, self._sb, self._answer_batch
+        receive, drain, clock, stats = engine.receive, engine.datagrams_to_send, self.clock, self.stats
         plain = local[1] != engine.natt_port
-        n = 0
-        for _ in range(READ_BATCH):  # drain what is queued, then let others run
+        v6 = s.family == socket.AF_INET6
+        fd = s.fileno()
+        total = 0
+        while total < READ_BATCH:  # drain what is queued, then let others run
             try:
-                data, remote = recvfrom(65535)
-            except BlockingIOError:
-                break
+                n = rb.recv(fd, READ_BATCH - total)
             except OSError as e:
                 if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     log.warning("receive error on %s[%d]: %s", local[0], local[1], e)
+                total += 1
                 continue
-            n += 1
-            if len(remote) != 2:
-                remote = (remote[0], remote[1])  # IPv6: (host, port, flowinfo, scope)
-            if plain:  # the hot path under a flood: straight to the engine
-                try:
-                    receive(data, local, remote, clock())
-                except Exception:  # last line of defence: one datagram lost, never the daemon
-                    self.stats["dropped"] += 1
-                    log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
-            else:
-                self._datagram(data, local, remote, clock())
-            # answer at once (not after the whole batch): the peer works on it while we go on
-            out = drain()
-            if out:
-                self._send_all(out)
-        self.stats["rx"] += n
+            if not n:
+                break
+            total += n
+            now = clock()
+            todo = answer(rb, n, sb, not plain, v6, now) if answer is not None else range(n)
+            if len(sb):
+                self._flush_batch(fd, local)
+            for i in todo:
+                data, remote = rb.data(i), rb.address(i)
+                if plain:  # straight to the engine
+                    try:
+                        receive(data, local, remote, clock())
+                    except Exception:  # last line of defence: one datagram lost, never the daemon
+                        stats["dropped"] += 1
+                        log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data),
+                                      *remote)
+                else:
+                    self._datagram(data, local, remote, clock())
+                # answer at once (not after the whole batch): the peer works on it while we go on
+                out = drain()
+                if out:
+                    self._send_all(out)
+            if n < rb.count:
+                break  # the queue is empty
+        stats["rx"] += total
         self.flush()
+
+    def _flush_batch(self, fd: int, local: Addr) -> None:
+        sb = self._sb
+        errors = sb.errors
+        self.stats["tx"] += sb.flush(fd)
+        if sb.errors != errors:
+            self.stats["dropped"] += sb.errors - errors
+            self._log_limit.warning("send-error", self.clock(), "error sending %d COOKIE answer(s) from %s[%d]: %s",
+                                    sb.errors - errors, local[0], local[1], os.strerror(sb.last_error))
 
     def _datagram(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
         if local[1] == self.engine.natt_port:

@@ -237,20 +237,20 @@ def test_workers_share_the_cookie_secret_and_rotate_together() -> None:
     ni, spi_i = os.urandom(32), os.urandom(8)
     for now in (1000.0, 1599.0, 1601.0):  # the 600 s periods of the shared monotonic clock
         a.now = b.now = now
-        cookie = a._new_cookie(ni, ("192.0.2.7", 500), spi_i)
-        assert b._cookie_valid(cookie, ni, "192.0.2.7", spi_i)
-        assert not b._cookie_valid(cookie, ni, "192.0.2.8", spi_i)
+        cookie = a.prefilter.new_cookie(ni, ("192.0.2.7", 500), spi_i)
+        assert b.prefilter.cookie_valid(cookie, ni, "192.0.2.7", spi_i)
+        assert not b.prefilter.cookie_valid(cookie, ni, "192.0.2.8", spi_i)
     a, b = (Engine([], _creds(), EngineConfig(spi_tag=k, unique_id_stride=2, cookie_seed=seed)) for k in (0, 1))
     a.now = 1000.0
-    old = a._new_cookie(ni, ("192.0.2.7", 500), spi_i)
+    old = a.prefilter.new_cookie(ni, ("192.0.2.7", 500), spi_i)
     b.now = 1201.0  # the next period: the previous secret still holds
-    assert b._cookie_valid(old, ni, "192.0.2.7", spi_i)
+    assert b.prefilter.cookie_valid(old, ni, "192.0.2.7", spi_i)
     b.now = 1801.0  # two periods later it does not
-    assert not b._cookie_valid(old, ni, "192.0.2.7", spi_i)
+    assert not b.prefilter.cookie_valid(old, ni, "192.0.2.7", spi_i)
     # without a seed each engine has its own random secret
     c = Engine([], _creds(), EngineConfig())
     c.now = 1000.0
-    assert not b._cookie_valid(c._new_cookie(ni, ("192.0.2.7", 500), spi_i), ni, "192.0.2.7", spi_i)
+    assert not b.prefilter.cookie_valid(c.prefilter.new_cookie(ni, ("192.0.2.7", 500), spi_i), ni, "192.0.2.7", spi_i)
 
 
 def test_spi_tag_marks_every_spi_the_engine_chooses() -> None:

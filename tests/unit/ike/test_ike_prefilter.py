@@ -1,4 +1,4 @@
-"""The responder's pre-filter (core_ike/ike/prefilter.py, Engine._prefilter): header checks on raw
+"""The responder's pre-filter (core_ike/ike/prefilter.py, Prefilter.check): header checks on raw
 bytes, the COOKIE decided and answered without decoding (RFC 7296 2.6), the per-source limit while
 COOKIEs are demanded, every drop counted by reason."""
 
@@ -72,8 +72,8 @@ def test_cookie_is_answered_without_decoding(monkeypatch: pytest.MonkeyPatch) ->
     assert eng.counters["cookies-sent"] == 1 and not eng.sas
     # the cookie is the one the decoding path accepts (same secret, Ni, IPi, SPIi)
     retry = decode_message(_init(cookie=_cookie_of(pkt)))
-    assert eng._cookie_ok(retry, ("198.51.100.9", 500))
-    assert not eng._cookie_ok(retry, ("198.51.100.10", 500))  # another address: another cookie
+    assert eng.prefilter.cookie_ok(retry, ("198.51.100.9", 500))
+    assert not eng.prefilter.cookie_ok(retry, ("198.51.100.10", 500))  # another address: another cookie
 
 
 def test_natt_port_answer_carries_the_non_esp_marker() -> None:
@@ -91,7 +91,7 @@ def test_full_round_with_cookies_and_ipv6_addresses() -> None:
     eng = _engine()
     eng.receive(_init(), ("2001:db8::2", 500), ("2001:db8:1::7", 500), 1.0)
     ((pkt, _, _),) = eng.datagrams_to_send()
-    assert eng._cookie_ok(decode_message(_init(cookie=_cookie_of(pkt))), ("2001:db8:1::7", 500))
+    assert eng.prefilter.cookie_ok(decode_message(_init(cookie=_cookie_of(pkt))), ("2001:db8:1::7", 500))
 
 
 @pytest.mark.parametrize("data,reason", [
