@@ -82,26 +82,37 @@ def ca_and_host(host: str = "moon.example.org", *, org: str = "Example", ca_cn: 
                 host_basic_constraints: bool = True) -> dict[str, Any]:
     """A CA and a host certificate for ``host`` (CN and SAN dNSName), both RSA 2048, valid from a day ago
     for 30 days: ``{"ca", "ca_key", "cert", "key"}``; ``host_basic_constraints``: the host certificate
-    says CA:FALSE (critical)."""
-    now = datetime.datetime.now(datetime.UTC)
+    says CA:FALSE (critical). More hosts of the same CA: :func:`host_cert`."""
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-                         x509.NameAttribute(NameOID.COMMON_NAME, ca_cn)])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=30))
+    ca_name = _name(org, ca_cn)
+    ca = (_builder(ca_name, ca_name, ca_key, 1)
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
+    cert, key = host_cert(ca, ca_key, host, org=org, basic_constraints=host_basic_constraints)
+    return {"ca": ca, "ca_key": ca_key, "cert": cert, "key": key}
+
+
+def host_cert(ca: x509.Certificate, ca_key: rsa.RSAPrivateKey, host: str, *, org: str = "Example",
+              basic_constraints: bool = True, serial: int = 2) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A certificate of ``ca`` for ``host`` (CN and SAN dNSName) and its new RSA 2048 key."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-                      x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(key.public_key())
-               .serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
-               .not_valid_after(now + datetime.timedelta(days=30)))
-    if host_basic_constraints:
+    builder = _builder(_name(org, host), ca.subject, key, serial)
+    if basic_constraints:
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     cert = (builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    return {"ca": ca, "ca_key": ca_key, "cert": cert, "key": key}
+    return cert, key
+
+
+def _name(org: str, cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey, serial: int) -> x509.CertificateBuilder:
+    """Valid from a day ago for 30 days."""
+    now = datetime.datetime.now(datetime.UTC)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+            .serial_number(serial).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30)))

@@ -12,17 +12,16 @@ of the PSK.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from scenarios.lab import Lab
 from scenarios.lab.charon import PLUGINS, Charon, CharonError
+from scenarios.lab.creds import ca_and_host, host_cert
 from scenarios.lab.iked import Iked, IkedError
 from scenarios.lab.netns import wait_for
 from tests.guards import needs
@@ -172,24 +171,10 @@ def _pem(obj: x509.Certificate | rsa.RSAPrivateKey) -> bytes:
 
 def _pki() -> dict[str, bytes]:
     """A test CA and the two gateways' certificates (subjectAltName DNS moon.lab / alice.lab)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = rsa.generate_private_key(65537, 2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "EAP Interop CA")])
-
-    def cert(name: x509.Name, key: rsa.RSAPrivateKey, dns: str | None) -> x509.Certificate:
-        b = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(key.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-             .not_valid_after(now + dt.timedelta(days=30)))
-        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True) if dns is None \
-            else b.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
-        return b.sign(ca_key, hashes.SHA256())
-
-    out = {"ca.pem": _pem(cert(ca_name, ca_key, None))}
-    for host in ("moon", "alice"):
-        key = rsa.generate_private_key(65537, 2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{host}.lab")])
-        out[f"{host}.pem"], out[f"{host}.key"] = _pem(cert(name, key, f"{host}.lab")), _pem(key)
-    return out
+    moon = ca_and_host("moon.lab", ca_cn="EAP Interop CA")
+    alice, alice_key = host_cert(moon["ca"], moon["ca_key"], "alice.lab", serial=3)
+    return {"ca.pem": _pem(moon["ca"]), "moon.pem": _pem(moon["cert"]), "moon.key": _pem(moon["key"]),
+            "alice.pem": _pem(alice), "alice.key": _pem(alice_key)}
 
 
 class Eap:
