@@ -604,6 +604,21 @@ def _fast_pull_vendor(raw: bytes, start: int, end: int) -> VendorIdPayload | Non
     return VendorIdPayload(raw[start:end])
 
 
+def _fast_pull_id_of(ptype: PayloadType) -> Callable[[bytes, int, int], IdPayload | None]:
+    def pull(raw: bytes, start: int, end: int) -> IdPayload | None:  # as pull_id (RFC 7296 3.5)
+        if end - start < 4:
+            return None
+        id_type = raw[start]
+        body = raw[start:end]
+        data = body[4:]
+        want = _ID_ADDR_LEN.get(id_type)
+        if want is not None and len(data) != want:
+            return None
+        return IdPayload(ptype, _ID_TYPES.get(id_type, id_type), data, body)
+
+    return pull
+
+
 # An initiator sends the same SA payload in every IKE_SA_INIT (its configured proposals): the parsed
 # proposals are kept by the payload's octets, bounded (a flood of varied ones only empties it), and each
 # message gets a fresh SaPayload over them. Proposals and Transforms are not changed after parsing (a
@@ -630,6 +645,8 @@ _FAST_PULL: dict[int, Callable[[bytes, int, int], Payload | None]] = {
     PayloadType.KE: _fast_pull_ke,
     PayloadType.AUTH: _fast_pull_auth,
     PayloadType.VENDOR_ID: _fast_pull_vendor,
+    PayloadType.IDi: _fast_pull_id_of(PayloadType.IDi),
+    PayloadType.IDr: _fast_pull_id_of(PayloadType.IDr),
 }
 
 

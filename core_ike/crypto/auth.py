@@ -145,9 +145,33 @@ def create_signature_auth(
     return method, _sign_legacy(private_key, method, octets)
 
 
+_ALGIDS: dict[SigAlg, bytes] = {}  # SigAlg -> length octet | DER AlgorithmIdentifier (a handful)
+_PARSED_ALGIDS: dict[bytes, SigAlg | None] = {}  # a peer's AlgorithmIdentifier octets -> SigAlg
+ALGID_CACHE_MAX = 64
+
+
 def _with_algid(alg: SigAlg, signature: bytes) -> bytes:
-    der = algorithm_identifier(alg)
-    return bytes((len(der),)) + der + signature  # RFC 7427 3
+    head = _ALGIDS.get(alg)
+    if head is None:
+        der = algorithm_identifier(alg)
+        head = bytes((len(der),)) + der  # RFC 7427 3
+        if len(_ALGIDS) < ALGID_CACHE_MAX:
+            _ALGIDS[alg] = head
+    return head + signature
+
+
+def _parsed_algid(der: bytes) -> SigAlg | None:
+    """`parse_algorithm_identifier`, kept by octets: peers send the same few (bounded; a flood of
+    varied ones only empties it)."""
+    try:
+        return _PARSED_ALGIDS[der]
+    except KeyError:
+        pass
+    alg = parse_algorithm_identifier(der)
+    if len(_PARSED_ALGIDS) >= ALGID_CACHE_MAX:
+        _PARSED_ALGIDS.clear()
+    _PARSED_ALGIDS[der] = alg
+    return alg
 
 
 def _sign_rfc7427(key: PrivateKey, hash_name: str, octets: bytes, rsa_pss: bool) -> bytes:
@@ -200,7 +224,7 @@ def _verify_rfc7427(key: PublicKey, data: bytes, octets: bytes) -> bool:
     # RFC 7427 3: ASN.1 length (1 octet) | AlgorithmIdentifier | Signature Value
     if not data or len(data) < 1 + data[0]:
         return False
-    alg = parse_algorithm_identifier(data[1 : 1 + data[0]])
+    alg = _parsed_algid(data[1 : 1 + data[0]])
     sig = data[1 + data[0] :]
     if alg is None:
         return False

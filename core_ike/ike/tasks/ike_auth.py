@@ -138,10 +138,23 @@ def _id_payload(ptype: PayloadType, ident: Identity) -> IdPayload:
     return IdPayload(ptype, ident.id_type, ident.data)
 
 
+_DER: dict[x509.Certificate, bytes] = {}  # our own certificates' DER (a few per configuration)
+DER_CACHE_MAX = 256
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    der = _DER.get(cert)
+    if der is None:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if len(_DER) >= DER_CACHE_MAX:
+            _DER.clear()
+        _DER[cert] = der
+    return der
+
+
 def _add_certs(sa: IkeSaView, msg: Message) -> None:
     for c in sa.config.local.certs:
-        msg.payloads.append(CertPayload(CertEncoding.X509_SIGNATURE,
-                                        c.public_bytes(serialization.Encoding.DER)))
+        msg.payloads.append(CertPayload(CertEncoding.X509_SIGNATURE, _der(c)))
 
 
 def _add_certreq(sa: IkeSaView, msg: Message) -> None:
