@@ -102,21 +102,26 @@ secret = "{PSK}"
 [[secrets.eap]]
 id = "{_user(name)}"
 secret = "{pw}"
+""" + _iked_conn(name, local, remote))
+    return "\n".join(out)
 
+
+def _iked_conn(name: str, local: str, remote: str, no_rekey: bool = True) -> str:
+    """iked's connection `name` to charon with CHILD_SA `net` (the mirror of swanctl_conn): `local` and
+    `remote` the two auth tables; `no_rekey`: rekey_time = 0 for both SAs."""
+    rekey = "rekey_time = 0\n" if no_rekey else ""
+    return f"""
 [connections.{name}]
 local_addrs = ["{A}"]
 remote_addrs = ["{B}"]
 proposals = "aes128gcm16-prfsha256-x25519"
-rekey_time = 0
-local = {local}
+{rekey}local = {local}
 remote = {remote}
 [connections.{name}.children.net]
 local_ts = ["{A_IN}/32"]
 remote_ts = ["{B_IN}/32"]
 esp_proposals = "aes128gcm16"
-rekey_time = 0
-""")
-    return "\n".join(out)
+{rekey}"""
 
 
 # the gateway authenticates with its certificate; EAP-MSCHAPv2 (with an MSK) from the road warrior
@@ -132,29 +137,10 @@ _CHARON_CERT_CONNS = "\n".join(
 _IKED_CERT_CONNS = f"""[[secrets.eap]]
 id = ["ours_cert", "theirs_cert"]
 secret = "{GOOD}"
-
-[connections.ours-cert]
-local_addrs = ["{A}"]
-remote_addrs = ["{B}"]
-proposals = "aes128gcm16-prfsha256-x25519"
-local = {{ auth = "eap-mschapv2", id = "ours-cert@lab", eap_id = "ours_cert" }}
-remote = {{ auth = "pubkey", id = "moon.lab" }}
-[connections.ours-cert.children.net]
-local_ts = ["{A_IN}/32"]
-remote_ts = ["{B_IN}/32"]
-esp_proposals = "aes128gcm16"
-
-[connections.theirs-cert]
-local_addrs = ["{A}"]
-remote_addrs = ["{B}"]
-proposals = "aes128gcm16-prfsha256-x25519"
-local = {{ auth = "pubkey", id = "alice.lab", certs = ["alice.pem"] }}
-remote = {{ auth = "eap-mschapv2", id = "theirs-cert@lab" }}
-[connections.theirs-cert.children.net]
-local_ts = ["{A_IN}/32"]
-remote_ts = ["{B_IN}/32"]
-esp_proposals = "aes128gcm16"
-"""
+""" + _iked_conn("ours-cert", '{ auth = "eap-mschapv2", id = "ours-cert@lab", eap_id = "ours_cert" }',
+                 '{ auth = "pubkey", id = "moon.lab" }', no_rekey=False) \
+    + _iked_conn("theirs-cert", '{ auth = "pubkey", id = "alice.lab", certs = ["alice.pem"] }',
+                 '{ auth = "eap-mschapv2", id = "theirs-cert@lab" }', no_rekey=False)
 _CHARON_CERT_SECRETS = f'''  eap-cert {{
     id-1 = ours_cert
     id-2 = theirs_cert
