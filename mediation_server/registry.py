@@ -221,7 +221,6 @@ class Registry:
         self.authorizer = authorizer or Authorizer()
         self._store = store
         self._peers: dict[Identity, PeerRecord] = {}
-        self._by_sa: dict[SaId, Identity] = {}
         self._callbacks: dict[Identity, dict[Identity, CallbackRegistration]] = {}
         self._pending: dict[Identity, int] = {}  # requester -> number of registrations
         self._expiry: list[tuple[float, Identity, Identity]] = []  # lazy heap
@@ -240,12 +239,10 @@ class Registry:
         replaced: SaId | None = None
         if old is not None and old.sa_id != sa_id:
             replaced = old.sa_id
-            self._by_sa.pop(old.sa_id, None)
             log.info("peer '%s' re-registered, replacing mediation SA %s", identity, replaced)
         since = old.since if old is not None and replaced is None else now
         ep = endpoint if endpoint is not None or old is None else old.endpoint
         self._peers[identity] = PeerRecord(identity, sa_id, ep, since, now, old.nat if old is not None else None)
-        self._by_sa[sa_id] = identity
         return Registered(identity, replaced, self._drain(identity, now))
 
     register = update_sa_id
@@ -287,15 +284,13 @@ class Registry:
         if rec is not None:
             rec.last_activity = now
 
-    def remove_sa(self, sa_id: SaId) -> Identity | None:
-        """MS-side SA destroyed: the peer goes offline unless a newer SA replaced this one.
+    def remove_sa(self, sa_id: SaId, identity: Identity) -> Identity | None:
+        """MS-side SA `sa_id` of `identity` destroyed: the peer goes offline unless a newer SA replaced
+        this one (the caller knows the SA's peer: no index by SA is kept, one dict entry less per peer).
 
         Nothing stale is left (docs/protocol.md §11.5: offline peers have no entry at all; callback
         registrations are separate and expire).
         """
-        identity = self._by_sa.pop(sa_id, None)
-        if identity is None:
-            return None
         rec = self._peers.get(identity)
         if rec is not None and rec.sa_id == sa_id:
             del self._peers[identity]

@@ -131,7 +131,6 @@ class MediationServer(Extension):
         self.registry = registry if registry is not None else Registry()
         self.clock = clock or (lambda now: now)
         self.outbox = MeOutbox()
-        self._sas: dict[int, IkeSa] = {}  # registered mediation SAs by unique id (the registry's SaId)
         self._deferred: list[tuple[float, Callable[[float], None]]] = []
         engine.extensions.append(self)
 
@@ -158,8 +157,9 @@ class MediationServer(Extension):
             return []
         if exchange == ExchangeType.IKE_AUTH:
             return [ServerAuth(self._auth_answer)]
-        if sa.unique_id in self._sas:
-            self.registry.touch(sa.peer_id.canonical() if sa.peer_id else "", self.clock(self.engine.now))
+        rec = self.registry.lookup(sa.peer_id.canonical()) if sa.peer_id is not None else None
+        if rec is not None and rec.sa_id == sa.unique_id:  # the peer's registered mediation SA
+            rec.last_activity = self.clock(self.engine.now)
             if exchange == ExchangeType.ME_CONNECT:
                 return [MeConnectResponder(self._on_connect, self.outbox)]
             if exchange == ExchangeType.INFORMATIONAL and me.ours and nat_notify(msg) is not None:
@@ -184,7 +184,6 @@ class MediationServer(Extension):
         if me is None or me.role != "server" or not sa.mediation or sa.peer_id is None:
             return
         identity = sa.peer_id.canonical()
-        self._sas[sa.unique_id] = sa
         reg = self.registry.update_sa_id(identity, sa.unique_id, self.clock(now), endpoint=sa.remote)
         log.info("peer '%s' online at %s[%d] (mediation SA %s)", identity, sa.remote[0], sa.remote[1], sa.label)
         if self.cluster is not None:
@@ -193,7 +192,7 @@ class MediationServer(Extension):
         replaced = reg.replaced_sa_id
         self.engine.emit(mev.PeerOnline(identity, sa.unique_id, sa.remote,
                                         _uid(replaced) if replaced is not None else None))
-        old = self._sas.get(_uid(replaced)) if replaced is not None else None
+        old = self.engine.find_sa(_uid(replaced)) if replaced is not None else None
         if old is not None and replaced != sa.rekeyed_from and old.state is IkeState.ESTABLISHED:
             log.info("deleting mediation SA %s of '%s': replaced by %s", old.label, identity, sa.label)
             self.engine.terminate(old, now)
@@ -204,7 +203,7 @@ class MediationServer(Extension):
         for cb in callbacks:
             if self.cluster is not None:
                 self.cluster.callback_fired(online.canonical(), cb.requester)
-            waiter = self._sas.get(_uid(cb.requester_sa))
+            waiter = self.engine.find_sa(_uid(cb.requester_sa))
             if waiter is None or not waiter.established:
                 continue
             log.info("sending ME_CALLBACK for '%s' to '%s'", online.canonical(), cb.requester)
@@ -216,9 +215,10 @@ class MediationServer(Extension):
             if not task.completed and task.on_failed is not None:
                 task.completed = True
                 task.on_failed(sa, "mediation SA gone", now)
-        if self._sas.pop(sa.unique_id, None) is None:
+        me = sa.find_extension(MeSaState)
+        if me is None or me.role != "server" or sa.peer_id is None:
             return
-        identity = self.registry.remove_sa(sa.unique_id)
+        identity = self.registry.remove_sa(sa.unique_id, sa.peer_id.canonical())
         if identity is not None:
             if self.cluster is not None:
                 self.cluster.withdraw(identity)
@@ -307,7 +307,7 @@ class MediationServer(Extension):
                 d.callback_refused.detail if d.callback_refused else "no callback requested")
             return self._refuse(requester, target, f"peer is not online ({why})", NotifyType.ME_CONNECT_FAILED)
         assert isinstance(d, TargetOnline)
-        tsa = self._sas.get(_uid(d.sa_id))
+        tsa = self.engine.find_sa(_uid(d.sa_id))
         if tsa is None or not tsa.established:
             return self._refuse(requester, target, "peer's mediation SA is not usable", NotifyType.ME_CONNECT_FAILED)
         if req.kind is not ConnectKind.RESPONSE:
@@ -408,7 +408,7 @@ class MediationServer(Extension):
 
     def _send_failure(self, sa_id: int, cid: bytes, about: Identity, now: float) -> None:
         """Draft §4: ME_CONNECT{N(ME_CONNECTID), N(ME_CONNECT_FAILED), ID_PEER(about)}."""
-        sa = self._sas.get(sa_id)
+        sa = self.engine.find_sa(sa_id)
         if sa is None or not sa.established:
             return
         payloads: list[Payload] = [NotifyPayload(NotifyType.ME_CONNECTID, cid),
@@ -516,7 +516,7 @@ class MediationServer(Extension):
             self.cluster.start_sync(server, identities, self._registered_here, callbacks)
 
     def _relay_capable(self, rec: PeerRecord) -> bool:
-        sa = self._sas.get(_uid(rec.sa_id))
+        sa = self.engine.find_sa(_uid(rec.sa_id))
         me = sa.find_extension(MeSaState) if sa is not None else None
         return bool(me is not None and me.relay)
 
@@ -525,10 +525,9 @@ class MediationServer(Extension):
         return (rec.endpoint, rec.order, self._relay_capable(rec)) if rec is not None else None
 
     def _drop_older(self, rec: PeerRecord, server: str, now: float) -> None:
-        old = self._sas.get(_uid(rec.sa_id))
+        old = self.engine.find_sa(_uid(rec.sa_id))
         log.info("peer '%s' registered again at server %s: deleting its mediation SA here", rec.identity, server)
-        self.registry.remove_sa(rec.sa_id)
-        self._sas.pop(_uid(rec.sa_id), None)
+        self.registry.remove_sa(rec.sa_id, rec.identity)
         self.engine.emit(mev.PeerOffline(rec.identity, _uid(rec.sa_id)))
         if old is not None and old.state is IkeState.ESTABLISHED:
             self.engine.terminate(old, now)
@@ -556,7 +555,7 @@ class MediationServer(Extension):
         assert self.cluster is not None
         requester = Identity(*ev.requester)
         rec = self.registry.lookup(ev.target)
-        tsa = self._sas.get(_uid(rec.sa_id)) if rec is not None else None
+        tsa = self.engine.find_sa(_uid(rec.sa_id)) if rec is not None else None
         if tsa is None or not tsa.established:
             log.info("forwarded ME_CONNECT from '%s': '%s' is not registered here", requester, ev.target)
             self.cluster.forward_failure(ev.origin, requester.canonical(), ev.connect_id,

@@ -27,11 +27,12 @@ def test_register_replace_and_remove() -> None:
     assert r2.replaced_sa_id == 1 and reg.check("alice") == 2
     rec = reg.lookup("alice")
     assert rec is not None and rec.since == 20.0 and rec.endpoint == ("203.0.113.1", 4501)
-    assert reg.remove_sa(1) is None  # the replaced SA going away must not unregister the new one
+    assert reg.remove_sa(1, "alice") is None  # the replaced SA going away must not unregister the new one
     assert reg.check("alice") == 2
     reg.touch("alice", 25.0)
     assert reg.online_peers()[0].last_activity == 25.0
-    assert reg.remove_sa(2) == "alice" and reg.check("alice") is None and len(reg) == 0
+    assert reg.remove_sa(2, "bob") is None  # not bob's SA: nothing of bob's to remove
+    assert reg.remove_sa(2, "alice") == "alice" and reg.check("alice") is None and len(reg) == 0
 
 
 def test_rekey_same_sa_keeps_since() -> None:
@@ -50,7 +51,7 @@ def test_callbacks_fire_once_deduplicated() -> None:
     assert reg.waiting_for("bob") == ["alice"]
     r = reg.update_sa_id("bob", 7, 3.0)
     assert r.callbacks == (SendCallback("alice", 1, "bob"),)
-    reg.remove_sa(7)
+    reg.remove_sa(7, "bob")
     assert reg.update_sa_id("bob", 8, 4.0).callbacks == ()  # one-shot
 
 
@@ -75,7 +76,7 @@ def test_callbacks_survive_restart() -> None:
     reg2 = Registry(store=store)
     assert reg2.waiting_for("bob") == ["alice"]
     assert reg2.update_sa_id("bob", 5, 110.0).callbacks == ()  # alice not back yet: kept
-    reg2.remove_sa(5)
+    reg2.remove_sa(5, "bob")
     reg2.update_sa_id("alice", 9, 120.0)
     assert reg2.update_sa_id("bob", 6, 130.0).callbacks == (SendCallback("alice", 9, "bob"),)
     assert store.saved == []
@@ -87,8 +88,8 @@ def test_offline_peer_leaves_nothing_stale() -> None:
     reg.update_sa_id("carol", 2, 0.0)
     reg.check_and_register("bob", "alice", 0.0)
     reg.check_and_register("dave", "carol", 0.0)
-    reg.remove_sa(1)
-    reg.remove_sa(2)
+    reg.remove_sa(1, "alice")
+    reg.remove_sa(2, "carol")
     assert reg.online_peers() == []
 
 

@@ -93,7 +93,7 @@ def test_target_gone_at_its_server_fails_back_to_the_requester() -> None:
     peer(net, "bob", ["ms2"], ["alice"])
     up(net, "alice", "bob")
     net.engine_up = False  # bob leaves while server 1 does not hear it
-    bob_sa = next(iter(net.nodes["ms2"].ext._sas.values()))
+    bob_sa = net.nodes["ms2"].engine.find_sa(net.nodes["ms2"].ext.lookup(IDS["bob"]).sa_id)
     net.nodes["ms2"].engine.terminate(bob_sa, net.now)
     net.run(2.0)
     net.engine_up = True
@@ -219,7 +219,7 @@ def test_symmetric_nats_at_different_servers_connect_through_the_requesters_rela
     assert st.in_use and st.bytes_a_to_b > 0 and st.bytes_b_to_a > 0
     assert st.b_latched is not None and st.b_latched[0] == PEERS["bob"][1]  # bob's NAT, as ms2 saw it
     # bob leaves ms2 while the relay carries the tunnel: ms1 keeps it (datarelay.py "Lifetime")
-    bob_sa = next(iter(net.nodes["ms2"].ext._sas.values()))
+    bob_sa = net.nodes["ms2"].engine.find_sa(net.nodes["ms2"].ext.lookup(IDS["bob"]).sa_id)
     net.nodes["ms2"].engine.terminate(bob_sa, net.now)
     net.run(2.0)
     assert net.nodes["ms1"].ext.cluster.where(IDS["bob"]) is None and len(net.nodes["ms1"].ext.relay) == 1
