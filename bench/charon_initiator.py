@@ -62,6 +62,99 @@ def proc_user_sys(pid: int) -> tuple[float, float]:
     return int(f[11]) / tck, int(f[12]) / tck
 
 
+# ====================================================================== the crypto floor
+def _per_call_us(fn: Any, n: int, repeats: int = 5) -> float:
+    """Median over `repeats` of the mean CPU time (this process's, so that other load on the machine
+    does not count) of `n` calls, in microseconds."""
+    import statistics
+
+    fn()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        for _ in range(n):
+            fn()
+        runs.append((time.process_time() - t0) / n * 1e6)
+    return statistics.median(runs)
+
+
+def crypto_floor(pki: Pki | None) -> dict[str, dict[str, float]]:
+    """What a responder must compute per IKE_SA, each operation timed alone with `cryptography` (the
+    library iked uses) in this process: {auth: {operation: microseconds}}. PSK: x25519 key pair and
+    shared secret, 10 HMAC-SHA-256 (SKEYSEED, 5 prf+ blocks for 136 octets of keys, RFC 7296 2.14;
+    2 x prf(SK_p, ID) and 2 x AUTH, RFC 7296 2.15; the key-pad prf of the secret is per configuration),
+    AES-GCM-128 open of the IKE_AUTH request and seal of the response, 4 SHA-1 NAT-D hashes (RFC 7296
+    2.23), 4 draws from the OS (SPI, nonce, two IV counters). RSA adds the RSA-2048 signature (PKCS#1
+    v1.5 SHA-256 over the signed octets, RFC 7427), the verification of the peer's AUTH and of its
+    certificate's signature by the CA, and parsing the peer's certificate."""
+    import hashlib
+    import hmac
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, x25519
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    peer_pub = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+    def dh() -> None:
+        k = x25519.X25519PrivateKey.generate()
+        k.public_key().public_bytes_raw()
+        k.exchange(x25519.X25519PublicKey.from_public_bytes(peer_pub))
+
+    key, octets = os.urandom(32), os.urandom(300)
+    gcm_key, aad = os.urandom(16), os.urandom(32)
+    sealed = AESGCM(gcm_key).encrypt(b"n" * 12, os.urandom(150), aad)
+
+    def aead() -> None:
+        AESGCM(gcm_key).decrypt(b"n" * 12, sealed, aad)
+        AESGCM(gcm_key).encrypt(b"n" * 12, octets[:100], aad)
+
+    psk = {
+        "x25519": _per_call_us(dh, 2000),
+        "HMAC-SHA-256 x10": 10 * _per_call_us(lambda: hmac.digest(key, octets[:120], "sha256"), 20000),
+        "AES-GCM open+seal": _per_call_us(aead, 20000),
+        "SHA-1 x4": 4 * _per_call_us(lambda: hashlib.sha1(octets[:42]).digest(), 20000),
+        "random x4": 4 * _per_call_us(lambda: os.urandom(32), 20000),
+    }
+    out = {"psk": psk}
+    if pki is not None and pki.clients:
+        priv = serialization.load_pem_private_key(pki.resp[0], None)
+        assert isinstance(priv, rsa.RSAPrivateKey)
+        ca = x509.load_pem_x509_certificate(pki.ca_pem)
+        der = x509.load_pem_x509_certificate(pki.clients[0][1]).public_bytes(serialization.Encoding.DER)
+        signed = os.urandom(1100)  # IKE_SA_INIT request | Nr | prf(SK_p, ID) (RFC 7296 2.15)
+        sig = priv.sign(signed, padding.PKCS1v15(), hashes.SHA256())
+        pub = priv.public_key()
+        cert = x509.load_der_x509_certificate(der)
+        out["rsa"] = {**psk,
+                      "RSA-2048 sign": _per_call_us(lambda: priv.sign(signed, padding.PKCS1v15(), hashes.SHA256()), 200),
+                      "RSA-2048 verify (AUTH)": _per_call_us(
+                          lambda: pub.verify(sig, signed, padding.PKCS1v15(), hashes.SHA256()), 2000),
+                      "certificate verify (CA)": _per_call_us(lambda: cert.verify_directly_issued_by(ca), 2000),
+                      "certificate parse": _per_call_us(lambda: x509.load_der_x509_certificate(der).public_key(),
+                                                        2000)}
+    return out
+
+
+def openssl_rsa_sign_ms() -> tuple[float, str] | None:
+    """RSA-2048 private-key operation of the system's libcrypto (the one charon's openssl plugin links,
+    and charon loads openssl before gmp, so openssl's RSA is the one it uses): `openssl speed`."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["openssl", "speed", "-seconds", "2", "rsa2048"], capture_output=True, text=True,
+                           timeout=60, check=True)
+        ver = subprocess.run(["openssl", "version"], capture_output=True, text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in r.stdout.splitlines():
+        f = line.split()
+        if line.startswith("rsa 2048 bits") and len(f) >= 5:
+            return 1000 * float(f[3].rstrip("s")), " ".join(ver[:2])
+    return None
+
+
 # ====================================================================== credentials
 @dataclass
 class Pki:
@@ -315,6 +408,34 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
                system / (user + system) if user + system > 0 else 0.0)
 
 
+def _floor_lines(auth: str, floor: dict[str, float], charon_ms: list[float],
+                 ossl: tuple[float, str] | None) -> list[str]:
+    """The crypto floor per IKE_SA next to the ratio, and for RSA what the private-key operation alone
+    is of charon's total (the goal is 0.6x of charon's median)."""
+    import statistics
+
+    if not floor:
+        return []
+    total = sum(floor.values()) / 1000
+    parts = ", ".join(f"{k} {v / 1000:.3f}" for k, v in floor.items())
+    out = [f"crypto floor per IKE_SA (each operation alone with `cryptography`, CPU time, this machine): "
+           f"{total:.3f} ms ({parts})"]
+    if charon_ms:
+        goal = 0.6 * statistics.median(charon_ms)
+        out.append(f"0.6x of charon's median is {goal:.3f} ms: {goal - total:.3f} ms left above the crypto floor "
+                   "for everything else (decoding, state, the event loop, the sockets and the kernel's UDP path)")
+    if auth == "rsa":
+        sign = floor.get("RSA-2048 sign", 0.0) / 1000
+        line = f"RSA-2048 private-key operation alone: ours {sign:.3f} ms (`cryptography`)"
+        if ossl is not None:
+            line += (f", charon's {ossl[0]:.3f} ms ({ossl[1]} `openssl speed` CPU time: the openssl plugin, "
+                     "loaded before gmp, signs)")
+        if charon_ms:
+            line += f"; {sign / statistics.median(charon_ms):.2f}x of charon's total per IKE_SA"
+        out.append(line)
+    return out
+
+
 def _py_spy(pid: int, out: Path) -> Any:
     import subprocess
 
@@ -371,21 +492,26 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * r.sys_share:8.0f}%")
         if r.failed:
             lines.append(f"      failed: {len(r.failed)}: {r.failed[:3]}")
+    floor = crypto_floor(pki if "rsa" in a.auth.split(",") else None)
+    ossl = openssl_rsa_sign_ms() if "rsa" in a.auth.split(",") else None
     figures = []
     for auth in a.auth.split(","):
         o = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "ours" and r.established]
         c = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "charon" and r.established]
         what = ("PSK, one identity per IKE_SA" if auth == "psk"
                 else "RSA-2048 certificates from one CA, one identity per IKE_SA")
-        figures.append(results_io.figure(
+        f = results_io.figure(
             f"charon_initiator_cpu_{auth}", f"responder CPU per IKE_SA with a strongSwan initiator ({what})",
             results_io.sample(o, "ms"), results_io.sample(c, "ms"),
             differences=["same on both sides: childless IKE_SAs from charon 5.9.8 (NAT-D, fragmentation, "
                          "signature hash, redirect and MOBIKE notifies, float to 4500), " + PROPOSAL
                          + ", COOKIEs off (thresholds 10^6 on both), unique = never, no data plane",
                          "ours: users' defaults (one worker process, log_level warning); charon: log level 0, "
-                         "16 threads on 2 CPUs (its CPU is the sum over threads)"],
-            readme=True))
+                         "16 threads on 2 CPUs (its CPU is the sum over threads)",
+                         *_floor_lines(auth, floor.get(auth, {}), c, ossl)],
+            readme=True)
+        f["crypto_floor_ms"] = {k: round(v / 1000, 4) for k, v in floor.get(auth, {}).items()}
+        figures.append(f)
     if prof:
         for f in sorted(prof.glob("ours-*.txt")):
             hs = hot_spots(f)
