@@ -319,8 +319,11 @@ class Prefilter:
         eng = self.engine
         eng.counters[f"drop-{reason}"] += 1
         kind = f"{reason} " if reason in ("malformed", "invalid") else ""
-        src = f"{remote[0]}[{remote[1]}]" if remote is not None else "a batch"
-        eng.log_limit.warning(f"{reason}-packet", now, f"dropping {kind}packet from %s: {what}", src, *args)
+        if remote is None:  # several of one batch, `what` says how many
+            eng.log_limit.warning(f"{reason}-packet", now, f"dropping {kind}packets: {what}", *args)
+        else:
+            eng.log_limit.warning(f"{reason}-packet", now, f"dropping {kind}packet from %s[%d]: {what}", remote[0],
+                                  remote[1], *args)
         return True
 
     # ------------------------------------------------------------------ a batch of datagrams
@@ -392,7 +395,8 @@ class Prefilter:
         cookie's version octet (RFC 7296 2.6, 3.10)."""
         middle = self._middles.get(version & 0xFF)
         if middle is None:
-            middle = self._middles[version & 0xFF] = cookie_reply(b"", bytes(4), bytes((version & 0xFF,)))
+            whole = cookie_reply(b"", bytes(4), bytes((version & 0xFF,)) + bytes(COOKIE_LEN - 1))
+            middle = self._middles[version & 0xFF] = whole[: -(COOKIE_LEN - 1)]
         return middle
 
     def _spis(self) -> Container[bytes]:
@@ -407,7 +411,7 @@ class Prefilter:
             eng.log_limit.log(logging.INFO, "cookie", now, "sending %d COOKIE(s) from raw datagrams (%d half-open "
                               "IKE_SAs)", sent, eng.half_open)
         if limited:
-            self.drop("init-rate", now, None, "%d more than %g IKE_SA_INIT requests per second from one source",
+            self.drop("init-rate", now, None, "%d IKE_SA_INIT request(s) over %g per second from their source",
                       limited, self.cfg.init_rate_ip)
             eng.counters["drop-init-rate"] += limited - 1
         if invalid:

@@ -1,0 +1,163 @@
+"""The batched COOKIE path (core_ike/io/transport.py with core_ike/ike/prefilter.py Prefilter.answer_batch)
+on real loopback sockets: while COOKIEs are demanded a burst of cookie-less IKE_SA_INIT requests is
+answered from raw octets with valid COOKIEs (RFC 7296 2.6), a request that returns a valid COOKIE reaches
+the engine, and broken requests are dropped, counted, with one rate-limited log line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import pytest
+
+from core_ike.codec.message import Message, decode_message, encode_message
+from core_ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
+from core_ike.constants import ExchangeType, HeaderFlag, NotifyType, ProtocolId
+from core_ike.crypto.proposals import parse_proposals
+from core_ike.ike.creds import Credentials
+from core_ike.ike.engine import Engine, EngineConfig
+from core_ike.ike.prefilter import cookie_reply
+from core_ike.io.transport import UdpTransport
+
+
+def _init(spi: bytes, nonce: bytes, cookie: bytes | None = None, natt: bool = False) -> bytes:
+    payloads = [SaPayload(parse_proposals("aes128gcm16-prfsha256-x25519", ProtocolId.IKE)),
+                KePayload(31, b"\x09" * 32), NoncePayload(nonce)]
+    if cookie is not None:
+        payloads.insert(0, NotifyPayload(NotifyType.COOKIE, cookie))
+    data = encode_message(Message(spi, bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0, payloads))[0]
+    return bytes(4) + data if natt else data
+
+
+async def _until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10.0
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def _replies(c: socket.socket, want: int) -> list[bytes]:
+    out: list[bytes] = []
+
+    def more() -> bool:
+        try:
+            while True:
+                out.append(c.recv(65535))
+        except BlockingIOError:
+            pass
+        return len(out) >= want
+    await _until(more, f"{want} replies")
+    return out
+
+
+def _transport(natt: bool, **cfg: object) -> tuple[Engine, UdpTransport]:
+    # one test client sends everything: no per-source limit unless a test sets one
+    eng = Engine([], Credentials(), EngineConfig(**{"force_cookies": True, "init_rate_ip": 0.0, **cfg}))  # type: ignore[arg-type]
+    t = UdpTransport(eng, ["127.0.0.1"], [0])
+    if not natt:
+        eng.natt_port = -1
+    return eng, t
+
+
+@pytest.mark.parametrize("natt", [False, True], ids=["ike-port", "natt-port"])
+def test_a_burst_is_answered_with_valid_cookies_and_a_cookie_gets_through(natt: bool) -> None:
+    async def run() -> None:
+        eng, t = _transport(natt)
+        t.start()
+        try:
+            port = next(iter(t.sockets))[1]
+            if natt:
+                eng.natt_port = port  # the socket is the NAT-T one: non-ESP marker (RFC 3948 2.2)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.bind(("127.0.0.1", 0))
+                c.setblocking(False)
+                reqs = [(struct.pack("!Q", 0x1000 + i), bytes([i]) * 32) for i in range(150)]
+                for spi, ni in reqs:
+                    c.sendto(_init(spi, ni, natt=natt), ("127.0.0.1", port))
+                replies = await _replies(c, len(reqs))
+                assert eng.counters["cookies-sent"] == len(reqs)
+                assert not eng.sas and not eng.half_open  # no state for any of them
+                by_spi = {r[4:12] if natt else r[:8]: r for r in replies}
+                for spi, ni in reqs:
+                    r = by_spi[spi]
+                    if natt:
+                        assert r[:4] == bytes(4)
+                        r = r[4:]
+                    cookie = decode_message(r).notify(NotifyType.COOKIE).data  # type: ignore[union-attr]
+                    assert r == cookie_reply(spi, bytes(4), cookie)  # what the encoder builds
+                    assert eng.cookies.valid(cookie, ni, "127.0.0.1", spi, eng.now)
+                    assert not eng.cookies.valid(cookie, ni, "127.0.0.2", spi, eng.now)  # bound to IPi
+                # the first one comes back with its COOKIE: past the pre-filter, the engine answers it
+                # (no connection is configured: NO_PROPOSAL_CHOSEN, RFC 7296 2.21.1)
+                spi, ni = reqs[0]
+                r = by_spi[spi][4:] if natt else by_spi[spi]
+                cookie = decode_message(r).notify(NotifyType.COOKIE).data  # type: ignore[union-attr]
+                c.sendto(_init(spi, ni, cookie, natt), ("127.0.0.1", port))
+                (answer,) = await _replies(c, 1)
+                msg = decode_message(answer[4:] if natt else answer)
+                assert msg.spi_i == spi and msg.notify(NotifyType.NO_PROPOSAL_CHOSEN) is not None
+                assert eng.counters["cookies-sent"] == len(reqs)
+                # a forged COOKIE is answered with a fresh one, as a request without any
+                c.sendto(_init(spi, ni, b"\x00" + bytes(32), natt), ("127.0.0.1", port))
+                (again,) = await _replies(c, 1)
+                assert decode_message(again[4:] if natt else again).notify(NotifyType.COOKIE) is not None
+                assert eng.counters["cookies-sent"] == len(reqs) + 1
+        finally:
+            t.close()
+
+    asyncio.run(run())
+
+
+def test_broken_requests_are_dropped_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        eng, t = _transport(False)
+        t.start()
+        try:
+            port = next(iter(t.sockets))[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.bind(("127.0.0.1", 0))
+                c.setblocking(False)
+                good = _init(b"\x77" * 8, b"\x33" * 32)
+                for i in range(200):
+                    c.sendto(_init(struct.pack("!Q", i + 1), b"n" * 8), ("127.0.0.1", port))  # Nonce too short
+                    if i % 50 == 0:
+                        c.sendto(good[:-5] + good[-5:], ("127.0.0.1", port))
+                    c.sendto(b"\x01" * 12, ("127.0.0.1", port))  # shorter than the IKE header
+                await _replies(c, 4)  # the good ones get their COOKIEs, nothing else is answered
+                await _until(lambda: eng.counters["drop-invalid"] == 200 and eng.counters["drop-malformed"] == 200,
+                             "every broken datagram counted")
+                assert eng.counters["cookies-sent"] == 4
+        finally:
+            t.close()
+
+    with caplog.at_level(logging.INFO, logger="core_ike"):
+        asyncio.run(run())
+    invalid = [r for r in caplog.records if "without a usable Nonce" in r.getMessage()]
+    malformed = [r for r in caplog.records if "shorter than the IKE header" in r.getMessage()]
+    assert 1 <= len(invalid) < 50 and 1 <= len(malformed) < 50  # LogLimiter: 10 per second, not 200
+
+
+def test_per_source_limit_applies_to_the_batch() -> None:
+    async def run() -> None:
+        eng, t = _transport(False, init_rate_ip=5.0)
+        t.start()
+        try:
+            port = next(iter(t.sockets))[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.bind(("127.0.0.1", 0))
+                c.setblocking(False)
+                for i in range(40):
+                    c.sendto(_init(struct.pack("!Q", i + 1), b"\x44" * 32), ("127.0.0.1", port))
+                await _until(lambda: eng.counters["cookies-sent"] + eng.counters["drop-init-rate"] == 40,
+                             "every request decided")
+                # about one second's worth (5) is answered: the clock may move on during the burst
+                assert 4 <= eng.counters["cookies-sent"] < 40 and eng.counters["drop-init-rate"] > 0
+        finally:
+            t.close()
+
+    asyncio.run(run())
