@@ -21,6 +21,7 @@ upgrade_period = 30      # a relayed tunnel probes for a direct pair this often 
 nat_discovery = true     # RFC 5780 NAT behaviour discovery against the server's STUN port (natdisc.py)
 stun_port = 3478         # the mediation server's STUN port
 port_mapping = true      # map the IKE NAT-T port on the gateway (PCP, NAT-PMP, UPnP IGD; portmap.py)
+port_probing = true      # many-port probing between a random symmetric NAT and a port-restricted one
 port_mapping_lifetime = "2h"
 servers = ["med.example.net"] # mediation servers in turn (names: every address; failover.py)
 ```
@@ -50,7 +51,9 @@ from core_ike.daemon.main import run_main
 from core_ike.daemon.runtime import Daemon
 from core_ike.ike import events as ev
 from core_ike.ike.config import IkeConfig
+from core_ike.io.portpool import SocketPool
 from core_ike.me import events as mev
+from core_ike.me.birthday import ProbeConfig
 from core_ike.me.checklist import CheckListConfig
 from core_ike.me.client import MediationClient, MediationClientConfig
 from core_ike.me.endpoints import Endpoint, is_ip, mapped_endpoint
@@ -75,7 +78,7 @@ CLIENT_CHECKS: dict[str, Any] = {
     "finish_wait": CHECK_NUMBER,
     "reconnect": CHECK_DURATION, "relay": CHECK_BOOL, "upgrade_period": CHECK_DURATION,
     "nat_discovery": CHECK_BOOL, "stun_port": CHECK_INT,
-    "port_mapping": CHECK_BOOL, "port_mapping_lifetime": CHECK_DURATION,
+    "port_mapping": CHECK_BOOL, "port_mapping_lifetime": CHECK_DURATION, "port_probing": CHECK_BOOL,
     "servers": check_servers,
 }
 CLIENT_KEYS = tuple(CLIENT_CHECKS)
@@ -94,6 +97,7 @@ def client_config(c: dict[str, Any]) -> MediationClientConfig:
         ike_timeout=duration(c.get("ike_timeout", 0)),
         relay=bool(c.get("relay", True)),
         upgrade=UpgradeConfig(period=duration(c.get("upgrade_period", 30))),
+        probing=ProbeConfig(enabled=bool(c.get("port_probing", True))),
     )
 
 
@@ -116,7 +120,8 @@ class ClientDaemon(Daemon):
         self._portmap_task: asyncio.Task[None] | None = None
         self.mediation = MediationClient(self.engine, dataclasses.replace(
             client_config(client), host_addresses=self.hosts, extra_endpoints=self._mapped_endpoints,
-            port_allocation=self._port_allocation))
+            port_allocation=self._port_allocation, nat_behaviour=self._nat_summary,
+            port_pool=SocketPool(self.transport)))
         self.reconnect_base = duration(client.get("reconnect", 5))
         self.servers = ServerList(client.get("servers"))
         self._backoff: dict[str, float] = {}
@@ -270,6 +275,10 @@ class ClientDaemon(Daemon):
         if m is None or m.internal[1] != local[1]:
             return []
         return [mapped_endpoint(m.external[0], m.external[1], base=m.internal)]
+
+    def _nat_summary(self) -> str | None:
+        """Our NAT's behaviour for the peers (core_ike/me/birthday.py), once discovery has measured it."""
+        return self.nat.summary() if self.nat is not None and not self.nat.error else None
 
     def _port_allocation(self) -> Allocation | None:
         """An APDM NAT with sequential ports (discovery): its next ports become predicted candidates."""

@@ -322,7 +322,8 @@ class MediationServer(Extension):
         relayed = self._relayed_endpoint(origin, target_sa, req, requester, target, now)
         if relayed is not None:
             req = replace(req, endpoint_data=(*req.endpoint_data, relayed))
-        payloads = build_relay(req, _id_peer(origin.peer_id))
+        # our own clients get the requester's NAT behaviour (core_ike/me/birthday.py); strongSwan never does
+        payloads = build_relay(req, _id_peer(origin.peer_id), private=target_sa.extension(MeSaState).ours)
         origin_id = origin.unique_id
 
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:

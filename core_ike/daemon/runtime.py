@@ -41,7 +41,9 @@ def make_dataplane(kind: str, tun: str, transport: UdpTransport, natt_port: int,
         hit = sources.get(remote[0])
         if hit is None or now - hit[0] > 1.0:
             hit = sources[remote[0]] = (now, route_source(remote[0]))
-        transport.send(data, (hit[1], natt_port), remote)
+        pool = getattr(transport, "pool", None)  # an extra socket of many-port probing (io/portpool.py)
+        pinned = pool.local_to(remote) if pool is not None else None
+        transport.send(data, pinned or (hit[1], natt_port), remote)
 
     from ..io.fastpath import offload_steps
 

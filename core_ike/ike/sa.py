@@ -162,12 +162,12 @@ class IkeSa:
 
     @property
     def uses_marker(self) -> bool:
-        return self.local[1] == self.engine.natt_port
+        return self.engine.is_natt(self.local[1])
 
     def float_ports(self) -> None:
-        """RFC 7296 2.23: move IKE (and ESP) of this SA to the NAT-T port."""
+        """RFC 7296 2.23: move IKE (and ESP) of this SA to the NAT-T port (a NAT-T socket already: stay)."""
         natt = self.engine.natt_port
-        if self.local[1] == natt:
+        if self.engine.is_natt(self.local[1]):
             return
         self.local = (self.local[0], natt)
         if self.remote[1] == self.engine.ike_port:

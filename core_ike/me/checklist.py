@@ -70,6 +70,13 @@ class CheckListConfig:
     # and a better pair is still pending although the peer's checks arrive on it (the path works at least
     # one way: ours or their answers were lost), that pair gets this long before the relay is taken
     relay_wait: float = 1.0
+    # our relay extension, controlling side: the RELAYED pair is checked only when no direct pair has
+    # succeeded relay_delay_rtts mediation round trips after the checks started (the time from sending
+    # ME_CONNECT to the peer's answer, which travels the path a relayed check takes), at most
+    # relay_delay_max, or as soon as every direct pair failed; so it costs nothing where a direct pair
+    # wins. The controlled side checks it at once: its check latches the relay for ours
+    relay_delay_rtts: float = 1.0
+    relay_delay_max: float = 0.25
     transaction_timeout: float = 30.0  # [ME] §4.3 overall timer, from list creation (initiator)
     responder_timeout: float = 60.0  # no IKE_SA_INIT with this connect ID -> give up (docs/protocol.md §11.3)
     max_remote_endpoints: int = 16  # [ME] §4.2 / RFC 8445 §19.5.1: drop lowest priority first (one RELAYED kept)
@@ -187,6 +194,7 @@ class Pair:
     # retransmission or a triggered re-send is timed from the pair's first check (an upper bound)
     clean: bool = False
     heard: bool = False  # a check request of the peer arrived on this pair
+    instant: bool = False  # its one triggered check that left at once (later ones keep the pacing)
 
     @property
     def base(self) -> Addr:
@@ -228,11 +236,16 @@ class CheckList:
         self._last_check: float | None = None
         self._finish_at: float | None = None
         self._rtt: float | None = None  # smallest check round trip seen (adaptive finish wait)
+        self._rtt_low: float | None = None  # smallest time from a check's last transmission to its answer
+        self._relay_held = False  # the RELAYED pair's checks wait (relay_delay_rtts)
+        self._relay_at: float | None = None  # ... until then, unless a direct pair succeeded
         self._first_success: float | None = None
         self._expires_at: float | None = now + self._timeout()
         self._out: list[Datagram] = []
         self._events: deque[CheckListEvent] = deque()
         self._early: list[tuple[Check, Addr, Addr]] = []
+        # many-port probing under way (core_ike/me/birthday.py): a succeeded RELAYED pair waits until then
+        self.relay_hold: float | None = None
 
     def _timeout(self) -> float:
         return self.config.transaction_timeout if self.is_initiator else self.config.responder_timeout
@@ -274,6 +287,7 @@ class CheckList:
         self._expires_at = now + self._timeout()
         if not self.pairs:
             log.info("checklist %s: no pairs (no common address family)", self.connect_id.hex())
+        self._hold_relay(now)
         self._schedule_tick(now)
         early, self._early = self._early, []
         for check, src, dst in early:  # checks that arrived before both keys were known
@@ -370,7 +384,7 @@ class CheckList:
     def get_timer(self) -> float | None:
         if self.finished:
             return None
-        times = [t for t in (self._next_tick, self._finish_at, self._expires_at) if t is not None]
+        times = [t for t in (self._next_tick, self._finish_at, self._expires_at, self._relay_at) if t is not None]
         times += [p.deadline for p in self.pairs if p.deadline is not None]
         return min(times) if times else None
 
@@ -383,12 +397,20 @@ class CheckList:
         for pair in list(self.pairs):
             if pair.deadline is not None and now >= pair.deadline:
                 self._retransmit(pair, now)
+        self._release_relay(now)
         if self._next_tick is not None and now >= self._next_tick:
             self._tick(now)
         if self._finish_at is not None and now >= self._finish_at:
             self._select(now)
             return
         self._update(now)
+
+    def hold_relay(self, until: float | None, now: float) -> None:
+        """Controlling side: select no RELAYED pair before `until` (None: release the hold at once)."""
+        self.relay_hold = until
+        if not self.finished:
+            self._finish_at = None
+            self._update(now)
 
     def stop(self, now: float, reason: str = "mediated IKE_SA_INIT received") -> None:
         """The responder stops on IKE_SA_INIT carrying this connect ID (docs/protocol.md §8, §9.2)."""
@@ -420,12 +442,56 @@ class CheckList:
         self._next_tick = now + self.config.pacing
 
     def _next_waiting(self) -> Pair | None:
+        held: list[Pair] = []  # triggered but held (the RELAYED pair): they keep their place
+        found = None
         while self._triggered:
             cand = self._triggered.popleft()
-            if cand.state == PairState.WAITING:
-                return cand
-        ladder = next((p for p in self._ladder if p.state == PairState.WAITING), None)
-        return ladder or next((p for p in self.pairs if p.state == PairState.WAITING), None)
+            if cand.state != PairState.WAITING:
+                continue
+            if self._held(cand):
+                held.append(cand)
+                continue
+            found = cand
+            break
+        self._triggered.extendleft(reversed(held))
+        if found is not None:
+            return found
+        ladder = next((p for p in self._ladder if p.state == PairState.WAITING and not self._held(p)), None)
+        return ladder or next((p for p in self.pairs if p.state == PairState.WAITING and not self._held(p)), None)
+
+    # --- the RELAYED pair waits for the direct ones (our relay extension, docs/protocol.md §11.1) ------
+
+    def _held(self, pair: Pair) -> bool:
+        return self._relay_held and pair.remote.type == MeEndpointType.RELAYED
+
+    def _direct(self) -> list[Pair]:
+        return [p for p in self.pairs if p.remote.type != MeEndpointType.RELAYED]
+
+    def _hold_relay(self, now: float) -> None:
+        """Controlling side: hold the RELAYED pair's checks for relay_delay_rtts times the mediation round
+        trip (from sending ME_CONNECT to the peer's answer: a relayed check's path, which a direct one
+        rarely exceeds), so that a direct pair that works succeeds first and the relay is never checked."""
+        cfg = self.config
+        if not self.is_initiator or not any(p.remote.type == MeEndpointType.RELAYED for p in self.pairs) \
+                or not self._direct():
+            return
+        delay = min(cfg.relay_delay_max, cfg.relay_delay_rtts * max(0.0, now - self.created))
+        if delay > 0:
+            self._relay_held, self._relay_at = True, now + delay
+
+    def _release_relay(self, now: float) -> None:
+        """The hold ends when its time is up or every direct pair failed; a succeeded direct pair makes it
+        permanent (the RELAYED pair ranks last: it could not be selected)."""
+        if not self._relay_held:
+            return
+        direct = self._direct()
+        if any(p.state == PairState.SUCCEEDED for p in direct):
+            self._relay_at = None
+            return
+        if (self._relay_at is not None and now >= self._relay_at) or all(p.state == PairState.FAILED for p in direct):
+            self._relay_held, self._relay_at = False, None
+            log.debug("checklist %s: RELAYED pair released", self.connect_id.hex())
+            self._schedule_tick(now)
 
     def _send_request(self, pair: Pair, now: float) -> None:
         own, peer = self._keys()
@@ -504,16 +570,17 @@ class CheckList:
         """[ME] §5.2, docs/protocol.md §7.4."""
         req_ep = check.endpoint
         own, peer = self._keys()
+        # docs/protocol.md §7.4 step 3: same MID, observed source, priority copied, our own MAC (§7.2);
+        # the answer leaves before a triggered check of ours: the peer's pair succeeds on it
+        key = mac_key(True, True, own, peer, self.config.key_rule)
+        resp = make_check(True, check.message_id, self.connect_id,
+                          response_endpoint(src, req_ep.priority), key)
+        self._out.append((encode_check(resp), dst, src))
         if not self.finished:
             pair = self._find_or_create_pair(src, dst, req_ep.priority)
             if pair is not None:
                 pair.heard = True
                 self._trigger(pair, now)
-        # docs/protocol.md §7.4 step 3: same MID, observed source, priority copied, our own MAC (§7.2)
-        key = mac_key(True, True, own, peer, self.config.key_rule)
-        resp = make_check(True, check.message_id, self.connect_id,
-                          response_endpoint(src, req_ep.priority), key)
-        self._out.append((encode_check(resp), dst, src))
 
     def _find_or_create_pair(self, src: Addr, dst: Addr, prflx_priority: int) -> Pair | None:
         for p in self.pairs:
@@ -539,12 +606,21 @@ class CheckList:
         return self._add_pair(local, remote, self._pair_priority(local, remote))
 
     def _trigger(self, pair: Pair, now: float) -> None:
-        """RFC 8445 7.3.1.4: cancel the retransmissions, then re-queue (docs/protocol.md §11.10)."""
+        """RFC 8445 7.3.1.4: cancel the retransmissions, then re-queue (docs/protocol.md §11.10). A pair's
+        first triggered check leaves at once, as strongSwan's do: the peer's check has just opened its NAT
+        toward us, and one check per pair the peer's own (paced) checks arrive on is no load a pacing
+        interval would spare; later ones wait for the tick."""
         if pair.state == PairState.SUCCEEDED:
             return
         if pair.state == PairState.IN_PROGRESS:
             pair.deadline = None  # no more retransmissions; a late response is still accepted
         self._set_pair_state(pair, PairState.WAITING)
+        if not pair.instant and not self._held(pair):
+            pair.instant = True
+            if pair in self._triggered:
+                self._triggered.remove(pair)
+            self._send_request(pair, now)
+            return
         if pair not in self._triggered:
             self._triggered.append(pair)
         self._schedule_tick(now)
@@ -567,6 +643,8 @@ class CheckList:
         start = pair.sent_at if pair.clean or pair.initial_sent is None else pair.initial_sent
         rtt = max(0.0, now - start)
         self._rtt = rtt if self._rtt is None else min(self._rtt, rtt)
+        low = max(0.0, now - pair.sent_at)
+        self._rtt_low = low if self._rtt_low is None else min(self._rtt_low, low)
         if self._first_success is None:
             self._first_success = now
         self._set_pair_state(pair, PairState.SUCCEEDED)
@@ -605,6 +683,7 @@ class CheckList:
     def _update(self, now: float) -> None:
         if self.finished:
             return
+        self._release_relay(now)
         self._recompute_state()
         if self.state == ListState.FAILED:
             self._fail(f"all {len(self.pairs)} pairs failed" if self.pairs else "no candidate pairs")
@@ -615,28 +694,41 @@ class CheckList:
         if best is None:
             return
         due = self._finish_due(best, now)
-        if due <= now:
+        if self.relay_hold is not None and best.remote.type == MeEndpointType.RELAYED:
+            due = max(due, self.relay_hold)
+        if due <= now and not self._better_pending(best):
             self._select(now)
         else:
+            # a better pair whose time is up is given up at the next timer, so that an answer that
+            # arrived together with this one is read first
             self._finish_at = due
+
+    def _better_pending(self, best: Pair) -> list[Pair]:
+        return [p for p in self.pairs if p.priority > best.priority
+                and p.state in (PairState.WAITING, PairState.IN_PROGRESS)]
 
     def _finish_due(self, best: Pair, now: float) -> float:
         """When the controlling side nominates `best` ([ME] §5.4, docs/protocol.md §8): at once when no
-        better pair is pending; else when every better pending pair had its round trip (finish_rtts
-        measured RTTs plus the margin after its first check, or after the next tick for one not sent
-        yet) without an answer, at most finish_wait after the first success."""
-        better = [p for p in self.pairs if p.priority > best.priority
-                  and p.state in (PairState.WAITING, PairState.IN_PROGRESS)]
+        better pair is pending; else when every better pending pair had its round trip without an
+        answer, counted from its first check (or the next tick for one not sent yet), at most
+        finish_wait after the first success. A better pair the peer's checks arrive on may well work: it
+        gets finish_rtts round trips by Karn's rule (an upper bound) plus the margin. One they do not
+        arrive on gets finish_rtts round trips by the quickest answer seen (a lower bound) and no
+        margin: the peer checks it before the pairs ranked below it, so with one of those answered
+        its silence says that it does not work."""
+        better = self._better_pending(best)
         if not better:
             return now
         cfg = self.config
         first = self._first_success if self._first_success is not None else now
-        rtt = self._rtt if self._rtt is not None else cfg.finish_wait
-        due = now
+        due = -math.inf
         for p in better:
             sent = p.first_sent if p.state == PairState.IN_PROGRESS and p.first_sent is not None else None
             start = sent if sent is not None else (self._next_tick if self._next_tick is not None else now)
-            due = max(due, start + cfg.finish_rtts * rtt + min(cfg.finish_margin, rtt))
+            rtt = self._rtt if p.heard else self._rtt_low
+            if rtt is None:
+                rtt = cfg.finish_wait
+            due = max(due, start + cfg.finish_rtts * rtt + (min(cfg.finish_margin, rtt) if p.heard else 0.0))
         due = min(due, first + cfg.finish_wait)
         if best.remote.type == MeEndpointType.RELAYED and any(p.heard for p in better):
             # our relay extension: a better pair the peer's checks arrive on works at least one way

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..codec.message import Message
-from ..codec.payloads import IdPayload, Payload
+from ..codec.payloads import IdPayload, NotifyPayload, Payload
 from ..constants import ExchangeType, NotifyType, PayloadType, name_of
 from ..errors import LocalError, LocalUsageError, ProtocolError
 from ..ike.context import IkeSaView, Task
@@ -31,6 +31,7 @@ from ..rng import Rng
 from . import events as mev
 from . import tiebreak
 from .attempt import Attempt, AttemptState
+from .birthday import PortPool, ProbeConfig, Probes
 from .checklist import (
     CheckListConfig,
     CheckListFailed,
@@ -51,6 +52,7 @@ from .connect import (
 )
 from .endpoints import Endpoint, host_endpoints, remove_redundant, srflx_endpoint
 from .engine import CheckEngine
+from .natinfo import IKEME_NAT_BEHAVIOUR, decode_nat, encode_nat
 from .predict import DEFAULT_COUNT, Allocation, predicted_endpoints
 from .tasks import (
     ConnectIdInit,
@@ -102,6 +104,11 @@ class MediationClientConfig:
     port_allocation: Callable[[], Allocation | None] | None = None
     predicted: int = DEFAULT_COUNT  # how many (the ME_CONNECT stays within the server's 16 endpoints)
     upgrade: UpgradeConfig = field(default_factory=UpgradeConfig)  # relay -> direct (core_ike/me/upgrade.py)
+    # many-port probing (core_ike/me/birthday.py): our NAT's behaviour (the adapter's RFC 5780 summary,
+    # sent to our own server in ME_CONNECT), the adapter's extra sockets, the bounds
+    nat_behaviour: Callable[[], str | None] | None = None
+    port_pool: PortPool | None = None
+    probing: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 @dataclass
@@ -115,6 +122,7 @@ class Session:
     key: bytes = b""
     endpoints: list[Endpoint] = field(default_factory=list)
     mediation: str = ""  # config of the mediation SA the request came on (target sessions)
+    peer_nat: str | None = None  # the peer's NAT behaviour, when our server relayed it (birthday.py)
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,10 @@ def _ident(p: IdPayload) -> Identity:
     return Identity(int(p.id_type), p.data)
 
 
+def _nat_text(data: bytes | None) -> str | None:
+    return decode_nat(data) if data is not None else None
+
+
 def _pairs_text(tried: Iterable[PairInfo]) -> str:
     return ", ".join(f"{p.local[0]}[{p.local[1]}]-{p.remote[0]}[{p.remote[1]}] {p.state.value}"
                      for p in tried) or "no pairs"
@@ -174,6 +186,7 @@ class MediationClient(Extension):
         self.rng: Rng = rng if rng is not None else engine.rng  # connect IDs and keys (docs/protocol.md §4.1)
         self.checks = CheckEngine(self.config.checks)
         self.paths = Paths(self.config.upgrade, self.config.checks)
+        self.probes = Probes(self.config.probing, self.config.port_pool, self.rng, self._local_in_use)
         self.outbox = MeOutbox()
         self.attempts: dict[str, Attempt] = {}
         self.sessions: dict[bytes, Session] = {}
@@ -292,6 +305,7 @@ class MediationClient(Extension):
                 if task.on_failed is not None:
                     task.on_failed(sa, "mediation connection lost", now)
         self._target_sas.pop(sa.unique_id, None)
+        self.probes.release(sa.local)
         link = sa.find_extension(PathLink)
         self.paths.destroyed(sa.unique_id, next((s.unique_id for s in self.engine.ike_sas() if link is not None
                                                  and s.unique_id != sa.unique_id and s.established
@@ -320,12 +334,13 @@ class MediationClient(Extension):
 
     def next_deadline(self) -> float | None:
         ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
-        ds += [t for t in (self.checks.get_timer(), self.paths.get_timer()) if t is not None]
+        ds += [t for t in (self.checks.get_timer(), self.paths.get_timer(), self.probes.get_timer()) if t is not None]
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
         self.checks.handle_timer(now)
         self.paths.handle_timer(now)
+        self.probes.handle_timer(now)
         self._pump(now)
         for att in list(self.attempts.values()):
             if att.deadline is not None and now >= att.deadline and att.active:
@@ -384,7 +399,7 @@ class MediationClient(Extension):
             att.connect_id, att.tried = cid, ()
             holder.append(cid)
             self.engine.emit(mev.MeConnectSent(att.name, str(att.peer), cid.hex(), tuple(map(str, eps))))
-            return build_connect(cid, key, eps, id_peer(att.peer), callback=True)
+            return self._with_nat(s, build_connect(cid, key, eps, id_peer(att.peer), callback=True))
 
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
             if not holder or att.connect_id != holder[0] or not att.active:
@@ -433,8 +448,9 @@ class MediationClient(Extension):
                 self._callback(sa, peer, now)
                 return []
             if req.kind is ConnectKind.REQUEST:
-                return self._relayed_request(sa, req.connect_id, req.key, list(req.endpoints), peer, now)
-            self._relayed_answer(req.connect_id, req.key, list(req.endpoints), peer, now)
+                return self._relayed_request(sa, req.connect_id, req.key, list(req.endpoints), peer, now,
+                                             _nat_text(req.nat))
+            self._relayed_answer(req.connect_id, req.key, list(req.endpoints), peer, now, _nat_text(req.nat))
             return []
         finally:
             self._pump(now)
@@ -454,7 +470,7 @@ class MediationClient(Extension):
         self.engine.emit(mev.CallbackReceived(str(peer), tuple(names)))
 
     def _relayed_request(self, sa: IkeSaView, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity,
-                         now: float) -> list[Payload]:
+                         now: float, nat: str | None = None) -> list[Payload]:
         """We are the target (docs/protocol.md §4.1 step 5): responder list, empty answer, own ME_CONNECT.
         With our own attempt to `peer` in progress, the tie-break (tiebreak.py) keeps one of the two."""
         rival = next((a for a in self.attempts.values() if a.active and a.state is not AttemptState.YIELDED and a.peer == peer
@@ -476,7 +492,7 @@ class MediationClient(Extension):
             if rival is not None and rival.state is AttemptState.YIELDED and rival.connect_id == cid:
                 self._fail(rival, f"mediation by the peer failed: {e}", now)
             return build_connect_failed()
-        sess = Session(cid, False, peer, mediation=sa.config.name)
+        sess = Session(cid, False, peer, mediation=sa.config.name, peer_nat=nat)
         self.sessions[cid] = sess
         log.info("received ME_CONNECT from '%s' (connect ID %s, %d endpoints)", peer, cid.hex(), len(eps))
         self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
@@ -485,7 +501,7 @@ class MediationClient(Extension):
             self._unsent_answers.pop(cid, None)
             sess.key, sess.endpoints = new_connect_key(self.rng), self.gather(s)
             self.engine.emit(mev.MeConnectSent("", str(peer), cid.hex(), tuple(map(str, sess.endpoints)), True))
-            return build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True)
+            return self._with_nat(s, build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True))
 
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
             if self.checks.get(cid) is None:
@@ -494,6 +510,8 @@ class MediationClient(Extension):
                 self._end_target(cid, "the mediation server refused our answer", t)
                 return
             cl = self.checks.set_responder_data(cid, sess.key, sess.endpoints, t)  # checks start at t
+            self.checks.handle_timer(t)  # the first ones leave now, not a turn of the event loop later
+            self._start_probe(cid, t)
             self.engine.emit(mev.ChecksStarted("", str(peer), cid.hex(), False,
                                                tuple(str(p) for p in cl.tried())))
             self._pump(t)
@@ -507,7 +525,8 @@ class MediationClient(Extension):
         self.outbox.send(sa, answer, now)
         return []
 
-    def _relayed_answer(self, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity, now: float) -> None:
+    def _relayed_answer(self, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity, now: float,
+                        nat: str | None = None) -> None:
         """The target's ME_RESPONSE (docs/protocol.md §4.1 step 8): build pairs, start checking."""
         sess = self.sessions.get(cid)
         att = self.attempts.get(sess.name) if sess is not None and sess.initiator else None
@@ -515,12 +534,16 @@ class MediationClient(Extension):
         if att is None or cl is None or not att.active or att.connect_id != cid or not cl.is_initiator:
             log.info("ignoring ME_CONNECT answer for unknown connect ID %s", cid.hex())
             return
+        if sess is not None:
+            sess.peer_nat = nat
         try:
             self.checks.set_responder_data(cid, key, eps, now)
         except LocalError as e:
             log.info("ignoring duplicate ME_CONNECT answer for %s: %s", cid.hex(), e)
             return
         att.set_state(AttemptState.CHECKING, now + self.config.checks.transaction_timeout + 1.0)
+        self.checks.handle_timer(now)  # the first ones leave now, not a turn of the event loop later
+        self._start_probe(cid, now)
         self.engine.emit(mev.ChecksStarted(att.name, str(att.peer), cid.hex(), True,
                                            tuple(str(p) for p in cl.tried())))
 
@@ -579,6 +602,7 @@ class MediationClient(Extension):
         """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
         sess = self.sessions.pop(cid, None)
         self.paths.track(sa.unique_id, self.checks.get(cid))
+        self.probes.mediated(self.checks.get(cid), sa.local, sa.remote, now)
         if self.checks.stop(cid, now):
             log.info("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
         if sess is not None:
@@ -589,16 +613,40 @@ class MediationClient(Extension):
                 self._mediated[sa.unique_id] = att.name
         self._pump(now)
 
+    # ================================================================== many-port probing (birthday.py)
+    def _with_nat(self, sa: IkeSaView, payloads: list[Payload]) -> list[Payload]:
+        """Our ME_CONNECT to our own server carries our NAT's behaviour (it relays it to our clients only)."""
+        text = self.config.nat_behaviour() if self.config.nat_behaviour is not None else None
+        st = sa.find_extension(MeSaState)
+        if text and st is not None and st.server_ours and self.config.probing.enabled:
+            payloads.insert(len(payloads) - 1, NotifyPayload(IKEME_NAT_BEHAVIOUR, encode_nat(text)))
+        return payloads
+
+    def _start_probe(self, cid: bytes, now: float) -> None:
+        cl, sess = self.checks.get(cid), self.sessions.get(cid)
+        if cl is not None and sess is not None and sess.peer_nat is not None:
+            own = self.config.nat_behaviour() if self.config.nat_behaviour is not None else None
+            self.probes.start(cl, own, sess.peer_nat, now)
+
+    def _local_in_use(self, local: Addr) -> bool:
+        return any(sa.local == local for sa in self.engine.ike_sas() if sa.state is not IkeState.DESTROYED)
+
     # ================================================================== checks and timers
     def _pump(self, now: float) -> None:
         """Send the checks' datagrams, act on their events."""
         self.paths.apply_moves(self.engine, now)
         for _ in range(100):
-            for data, local, remote in self.checks.datagrams_to_send() + self.paths.datagrams_to_send():
+            for data, local, remote in self.checks.datagrams_to_send() + self.paths.datagrams_to_send() + \
+                    self.probes.datagrams_to_send():
                 self.engine.send(NON_ESP + data, local, remote)
             ev = self.checks.next_event()
             if ev is None:
+                if self.probes.sweep(self.checks.get, now):
+                    continue  # a check list's hold on the relay ended: it may have selected a pair
+                for pev in self.probes.events():
+                    self.engine.emit(pev)
                 return
+            self.probes.on_event(ev, now)
             sess = self.sessions.get(ev.connect_id)
             att = self.attempts.get(sess.name) if sess is not None and sess.initiator else None
             if isinstance(ev, PairStateChanged) and ev.new == PairState.SUCCEEDED and sess is not None:

@@ -23,6 +23,7 @@ from ..constants import NotifyType, PayloadType
 from ..errors import ProtocolError
 from ..rng import Rng
 from .endpoints import Endpoint, decode_endpoint, encode_endpoint
+from .natinfo import IKEME_NAT_BEHAVIOUR
 
 # docs/protocol.md §2.2, §4.2 (strongSwan validation on every ME_CONNECT)
 CONNECT_ID_MIN, CONNECT_ID_MAX = 4, 16
@@ -63,6 +64,9 @@ class MeConnect:
     endpoints: tuple[Endpoint, ...] = ()
     endpoint_data: tuple[bytes, ...] = ()
     callback: bool = False
+    # N(IKEME_NAT_BEHAVIOUR) of our own clients (natinfo.py): the sender's NAT behaviour, relayed by our
+    # server to our own clients only (core_ike/me/birthday.py decides from it)
+    nat: bytes | None = None
 
 
 def _syntax(msg: str) -> ProtocolError:
@@ -95,10 +99,14 @@ def build_connect(connect_id: bytes, key: bytes, endpoints: Sequence[Endpoint | 
     return out
 
 
-def build_relay(req: MeConnect, requester: IdPayload) -> list[Payload]:
-    """MS -> target: ID_PEER rewritten to the requester; ID, key, endpoints copied; no ME_CALLBACK."""
-    return build_connect(req.connect_id, req.key, req.endpoint_data, requester,
-                         response=req.kind is ConnectKind.RESPONSE)
+def build_relay(req: MeConnect, requester: IdPayload, *, private: bool = False) -> list[Payload]:
+    """MS -> target: ID_PEER rewritten to the requester; ID, key, endpoints copied; no ME_CALLBACK.
+    `private`: the target is our own client, it gets the requester's N(IKEME_NAT_BEHAVIOUR) too."""
+    out = build_connect(req.connect_id, req.key, req.endpoint_data, requester,
+                        response=req.kind is ConnectKind.RESPONSE)
+    if private and req.nat is not None:
+        out.insert(len(out) - 1, NotifyPayload(IKEME_NAT_BEHAVIOUR, req.nat))
+    return out
 
 
 def build_callback(peer_online: IdPayload) -> list[Payload]:
@@ -155,7 +163,9 @@ def parse_connect(payloads: Sequence[Payload]) -> MeConnect:
         raise _syntax("ME_CONNECT without ME_ENDPOINT")
     endpoints = tuple(decode_endpoint(d) for d in eps)  # raises INVALID_SYNTAX (docs/protocol.md §4.2)
     kind = ConnectKind.RESPONSE if NotifyType.ME_RESPONSE in flags else ConnectKind.REQUEST
-    return MeConnect(kind, peer, cid, key, endpoints, tuple(eps), NotifyType.ME_CALLBACK in flags)
+    nat = next((p.data for p in payloads if isinstance(p, NotifyPayload) and int(p.type) == IKEME_NAT_BEHAVIOUR),
+               None)
+    return MeConnect(kind, peer, cid, key, endpoints, tuple(eps), NotifyType.ME_CALLBACK in flags, nat)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,288 @@
+"""Many-port probing (core_ike/me/birthday.py) with a fake clock and in-memory sockets: who does what,
+the bounds in packets and time, success detection, the relay held back meanwhile, and cleanup.
+
+The end-to-end tests run three sans-IO engines in the simulated internet of tests/unit/me_ext/mex_net.py
+with alice behind a port-restricted NAT (EIM/APDF) and bob behind a symmetric NAT that picks a random
+port for each new mapping (APDM/APDF): without probing only the relay connects them."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core_ike.constants import NON_ESP_MARKER
+from core_ike.ike.engine import Engine
+from core_ike.me import events as mev
+from core_ike.me.birthday import (
+    PROBE_MID,
+    PortProbe,
+    ProbeConfig,
+    ProbeEnded,
+    ProbeSpec,
+    ProbeStarted,
+    Role,
+    parse_nat,
+    plan,
+)
+from core_ike.me.checks import decode_check
+from core_ike.rng import SeededRng
+from mediation_server.datarelay import RelayConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
+from mex_net import A_PUB, B_PUB, MS_IP, Nat, Net, Node, client_config, make_net, register
+
+SYM_RANDOM = "mapping APDM, filtering APDF, port not preserved, random ports, no hairpinning"
+PORT_RESTRICTED = "mapping EIM, filtering APDF, port preserving, no hairpinning"
+FULL_CONE = "mapping EIM, filtering EIF, port preserving, no hairpinning"
+SYM_SEQ = "mapping APDM, filtering APDF, port not preserved, sequential ports (step 1), no hairpinning"
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def test_roles_follow_both_nats() -> None:
+    assert parse_nat(SYM_RANDOM) is not None and parse_nat(SYM_RANDOM).random  # type: ignore[union-attr]
+    assert plan(SYM_RANDOM, PORT_RESTRICTED) is Role.OPEN
+    assert plan(PORT_RESTRICTED, SYM_RANDOM) is Role.SPRAY
+    # the usual checks serve these (full cone, prediction), nothing serves two random APDM NATs
+    for own, peer in ((SYM_RANDOM, FULL_CONE), (FULL_CONE, SYM_RANDOM), (PORT_RESTRICTED, SYM_SEQ),
+                      (SYM_RANDOM, SYM_RANDOM), (PORT_RESTRICTED, PORT_RESTRICTED), (SYM_RANDOM, None),
+                      (None, PORT_RESTRICTED), ("unknown (no STUN answer)", SYM_RANDOM), ("", SYM_RANDOM)):
+        assert plan(own, peer) is None, (own, peer)
+
+
+# ---------------------------------------------------------------------------------------------- one probe
+
+
+def _run(probe: PortProbe, until: float, step: float = 0.001) -> list[tuple[float, bytes, Any, Any]]:
+    out = []
+    now = probe.started
+    while now <= until:
+        t = probe.get_timer()
+        if t is None:
+            break
+        now = max(now + step, t) if t > now else now
+        probe.handle_timer(now)
+        out += [(now, *d) for d in probe.datagrams_to_send()]
+        if t > until:
+            break
+    return out
+
+
+KEYS = (b"k" * 16, b"p" * 16)
+
+
+def test_the_sprayer_is_bounded_in_probes_and_time() -> None:
+    cfg = ProbeConfig(probes=300, rate=100.0, time=5.0)
+    probe = PortProbe(ProbeSpec(Role.SPRAY, b"cid1", KEYS, ("198.18.0.9", 4500), ("10.1.0.2", 4500)),
+                      100.0, SeededRng(1), cfg)
+    sent = _run(probe, 110.0)
+    ports = [d[3][1] for d in sent]
+    assert len(sent) == probe.sent <= 300 and len(set(ports)) == len(ports)  # distinct ports
+    assert 4500 not in ports and all(1024 <= p <= 65535 for p in ports)
+    assert all(d[2] == ("10.1.0.2", 4500) and d[3][0] == "198.18.0.9" for d in sent)
+    assert max(d[0] for d in sent) < 105.0  # every probe inside the attempt's time
+    # paced: at most rate * elapsed (+1) by any moment
+    for i, d in enumerate(sent):
+        assert i + 1 <= 1 + (d[0] - 100.0) * cfg.rate + 1e-6, (i, d[0])
+    assert probe.result is not None and not probe.result.ok and probe.result.packets == len(sent)
+    assert probe.get_timer() is None
+    # every probe is a well-formed connectivity check with its own message ID above any pair's
+    checks = [decode_check(d[1]) for d in sent[:3]]
+    assert [c.message_id for c in checks] == [PROBE_MID, PROBE_MID + 1, PROBE_MID + 2]
+    assert all(c.connect_id == b"cid1" and not c.is_response for c in checks)
+
+
+def test_the_sprayer_never_probes_more_ports_than_the_range_holds() -> None:
+    cfg = ProbeConfig(probes=2048, rate=10000.0, burst=1000, port_range=(20000, 20099))
+    probe = PortProbe(ProbeSpec(Role.SPRAY, b"cid1", KEYS, ("198.18.0.9", 20050), ("10.1.0.2", 4500)),
+                      0.0, SeededRng(2), cfg)
+    sent = _run(probe, 10.0)
+    assert sorted(d[3][1] for d in sent) == [p for p in range(20000, 20100) if p != 20050]
+
+
+def test_the_opener_sends_its_rounds_from_every_extra_socket() -> None:
+    locals_ = tuple(("10.2.0.2", 40000 + i) for i in range(50))
+    cfg = ProbeConfig(rate=1000.0, rounds=2, reopen=2.0, time=5.0)
+    probe = PortProbe(ProbeSpec(Role.OPEN, b"cid2", KEYS, ("203.0.113.1", 4500), ("10.2.0.2", 4500), locals_),
+                      0.0, SeededRng(3), cfg)
+    sent = _run(probe, 6.0)
+    assert len(sent) == 100 and probe.limit == 100  # 2 rounds x 50 sockets, no more
+    first, second = sent[:50], sent[50:]
+    assert [d[2] for d in first] == list(locals_) == [d[2] for d in second]
+    assert all(d[3] == ("203.0.113.1", 4500) for d in sent)
+    assert max(d[0] for d in first) < 1.0 and min(d[0] for d in second) >= 2.0
+    assert probe.result is not None and not probe.result.ok
+
+
+def test_a_late_timer_catches_up_by_at_most_a_burst() -> None:
+    cfg = ProbeConfig(probes=2048, rate=1000.0, burst=64)
+    probe = PortProbe(ProbeSpec(Role.SPRAY, b"cid3", KEYS, ("198.18.0.9", 4500), ("10.1.0.2", 4500)),
+                      0.0, SeededRng(4), cfg)
+    probe.handle_timer(0.0)
+    assert len(probe.datagrams_to_send()) == 1
+    probe.handle_timer(3.0)  # the loop was busy for 3 s
+    assert len(probe.datagrams_to_send()) == 64
+
+
+def test_success_stops_the_probe_and_keeps_the_socket_that_met() -> None:
+    locals_ = tuple(("10.2.0.2", 40000 + i) for i in range(8))
+    probe = PortProbe(ProbeSpec(Role.OPEN, b"cid4", KEYS, ("203.0.113.1", 4500), ("10.2.0.2", 4500), locals_),
+                      0.0, SeededRng(5), ProbeConfig())
+    probe.handle_timer(0.0)
+    assert len(probe.datagrams_to_send()) == 1
+    probe.succeeded(("10.2.0.2", 40003), ("203.0.113.1", 4500), 0.4)
+    assert probe.result is not None and probe.result.ok and "40003" in probe.result.reason
+    assert probe.keep == {("10.2.0.2", 40003)} and probe.get_timer() is None
+    probe.handle_timer(1.0)
+    assert probe.datagrams_to_send() == []  # nothing new after the end
+    before = probe.sent
+    probe.handle_timer(2.5)
+    assert probe.sent == before
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+class RandomNat(Nat):
+    """APDM with a random public port for each new mapping (nftables `masquerade fully-random`)."""
+
+    def __init__(self, public_ip: str, seed: int, lo: int = 1024, hi: int = 65535) -> None:
+        super().__init__(public_ip, symmetric=True)
+        rnd = random.Random(seed)
+
+        def ports() -> Any:
+            while True:
+                p = rnd.randint(lo, hi)
+                if p not in self._inside:
+                    yield p
+
+        self._ports = ports()  # type: ignore[assignment]
+
+
+class FakePool:
+    """In-memory extra sockets: ports 40000 up, registered as NAT-T ports of the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.next = 40000
+        self.open_now: set[tuple[str, int]] = set()
+        self.opened = 0
+
+    def open(self, ip: str, count: int) -> list[tuple[str, int]]:
+        out = [(ip, self.next + i) for i in range(count)]
+        self.next += count
+        self.opened += count
+        self.open_now.update(out)
+        self.engine.natt_extra.update(p for _, p in out)
+        return out
+
+    def close(self, addrs: Iterable[tuple[str, int]]) -> None:
+        for a in addrs:
+            self.open_now.discard(a)
+            self.engine.natt_extra.discard(a[1])
+
+
+class PoolNet(Net):
+    """mex_net's internet, where a node's extra ports are NAT-T sockets while open (closed: dropped)."""
+
+    def _receive(self, n: Node, data: bytes, src: tuple[str, int], local: tuple[str, int]) -> None:
+        if n.name != "ms" and local[1] not in (500, 4500):
+            if local[1] not in n.engine.natt_extra or data == b"\xff" or not data.startswith(NON_ESP_MARKER):
+                return
+            n.engine.receive(data[4:], local, src, self.now)
+            return
+        super()._receive(n, data, src, local)
+
+
+def _net(relay: bool = True, probing: ProbeConfig | None = None, seed: int = 7) -> tuple[Net, FakePool]:
+    ccfg = client_config(probing=probing or ProbeConfig())
+    net = make_net(relay=RelayConfig(ports=(50000, 50009)) if relay else None, ccfg=ccfg, latency=0.005)
+    net.__class__ = PoolNet
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    bob.nat = RandomNat(B_PUB, seed)
+    alice.ext.config.nat_behaviour = lambda: PORT_RESTRICTED
+    bob.ext.config.nat_behaviour = lambda: SYM_RANDOM
+    pool = FakePool(bob.engine)
+    bob.ext.probes.pool = pool
+    return net, pool
+
+
+def _connect(net: Net, who: str = "alice", peer: str = "bob") -> Any:
+    register(net)
+    node = net.nodes[who]
+    node.ext.connect(peer, net.now)
+    net.run(40.0, until=lambda: bool(node.of(mev.MediatedEstablished) or node.of(mev.MediationFailed)))
+    return node
+
+
+def test_without_probing_only_the_relay_connects_them() -> None:
+    net, pool = _net(probing=ProbeConfig(enabled=False))
+    alice = _connect(net)
+    (up,) = alice.of(mev.MediatedEstablished)
+    assert up.remote[0] == MS_IP and pool.opened == 0  # relayed; nothing probed
+
+
+@pytest.mark.parametrize("initiator", ["alice", "bob"])
+def test_probing_gives_a_direct_tunnel_over_an_extra_socket(initiator: str) -> None:
+    """Either side may be the ME_CONNECT initiator (the controlling side that holds the relay back)."""
+    net, pool = _net()
+    peer = "bob" if initiator == "alice" else "alice"
+    node = _connect(net, initiator, peer)
+    ups = node.of(mev.MediatedEstablished)
+    assert ups, node.events[-5:]
+    up = ups[0]
+    assert up.remote[0] != MS_IP, up  # not the relay
+    bob = net.nodes["bob"]
+    sa_b = next(s for s in bob.engine.ike_sas() if s.established and s.name == "alice")
+    assert sa_b.remote[0] == A_PUB and sa_b.local[1] >= 40000  # bob's end: one of his extra sockets
+    assert sa_b.local in pool.open_now and pool.open_now == {sa_b.local}  # the others are closed
+    assert sa_b.uses_marker and sa_b.local[1] in bob.engine.natt_extra  # IKE there carries the marker
+    (started,) = bob.of(ProbeStarted)
+    assert started.role is Role.OPEN and started.ports == 256
+    alice = net.nodes["alice"]
+    assert alice.of(ProbeStarted)[0].role is Role.SPRAY
+    for who in (alice, bob):  # each side reports the end with its cost, within its bounds
+        (ended,) = who.of(ProbeEnded)
+        assert ended.ok and ended.seconds <= 5.0, ended
+        assert ended.packets <= (2048 if who is alice else 512), ended
+    sent = [w for w in net.wire if w[1] == "alice" and w[3][0] == B_PUB]
+    assert len(sent) < 2048 + 200  # probes plus the usual checks and the IKE_SA
+
+    # the IKE_SA goes: its socket closes
+    bob.engine.terminate(sa_b, net.now)
+    net.run(5.0)
+    assert pool.open_now == set() and not bob.engine.natt_extra
+
+
+def test_a_probe_that_meets_nothing_ends_in_time_and_the_relay_takes_over() -> None:
+    """bob's NAT maps into 1024-65535 but alice probes only 100 ports of 2000-2099: they cannot meet;
+    after the attempt's 5 s the relay is selected, every extra socket closed, and the end reported."""
+    net, pool = _net(probing=ProbeConfig(probes=100, port_range=(2000, 2099)), seed=11)
+    net.nodes["bob"].nat = RandomNat(B_PUB, 11, 30000, 65535)
+    alice = _connect(net)
+    t_up, up = alice.first(mev.MediatedEstablished)  # type: ignore[misc]
+    assert up.remote[0] == MS_IP  # the relay, after the probing
+    (ended,) = alice.of(ProbeEnded)
+    assert not ended.ok and ended.packets == 100 and "no pair met within 5 s" in ended.reason
+    started_at = next(t for t, e in alice.events if isinstance(e, ProbeStarted))
+    assert 4.9 <= t_up - started_at <= 6.0  # held for the probing, not for the whole check time
+    net.run(10.0)
+    assert pool.open_now == set() and pool.opened == 256
+    (bob_end,) = net.nodes["bob"].of(ProbeEnded)
+    assert not bob_end.ok
+
+
+def test_no_probing_without_a_relay_report_of_the_peers_nat() -> None:
+    """A peer that did not send its NAT behaviour (strongSwan, an old client): nothing probed."""
+    net, pool = _net()
+    net.nodes["bob"].ext.config.nat_behaviour = None
+    alice = _connect(net)
+    assert alice.of(ProbeStarted) == [] and net.nodes["bob"].of(ProbeStarted) == [] and pool.opened == 0
+    assert alice.of(mev.MediatedEstablished)[0].remote[0] == MS_IP
+    assert A_PUB  # (alice's address is the sprayer's in the other tests)
