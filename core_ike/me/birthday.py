@@ -108,7 +108,7 @@ def plan(own: str | None, peer: str | None) -> Role | None:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Bounds of one probing attempt (docs/nat-lab.md §9)."""
+    """Bounds of one probing attempt (docs/nat-lab.md, "Many-port probing")."""
 
     enabled: bool = True
     ports: int = 256  # opener: extra local sockets (= new mappings of its NAT)
@@ -120,6 +120,9 @@ class ProbeConfig:
     reopen: float = 2.0  # opener: seconds between its rounds
     time: float = 5.0  # the attempt ends this long after its start
     port_range: tuple[int, int] = (PORT_MIN, PORT_MAX)  # sprayer: where the peer's NAT puts its mappings
+    # attempts under way at once: what a peer (or one claiming another's address as its endpoint) can make
+    # us send is at most max_active * probes checks per `time` seconds
+    max_active: int = 4
 
 
 class PortPool(Protocol):
@@ -298,6 +301,10 @@ class Probes:
         if not self.cfg.enabled or cl.connect_id in self.probes or cl.keys is None:
             return None
         role = plan(own_nat, peer_nat)
+        if role is not None and sum(p.active for p in self.probes.values()) >= self.cfg.max_active:
+            log.warning("many-port probing for %s: %d attempts under way already, not probing", cl.connect_id.hex(),
+                        self.cfg.max_active)
+            return None
         local, remote = cl.local_endpoints, cl.remote_endpoints
         if role is None or _has_mapping(local) or _has_mapping(remote):
             return None  # a port mapping (portmap) is a direct way already

@@ -286,3 +286,55 @@ def test_no_probing_without_a_relay_report_of_the_peers_nat() -> None:
     assert alice.of(ProbeStarted) == [] and net.nodes["bob"].of(ProbeStarted) == [] and pool.opened == 0
     assert alice.of(mev.MediatedEstablished)[0].remote[0] == MS_IP
     assert A_PUB  # (alice's address is the sprayer's in the other tests)
+
+
+# ---------------------------------------------------------------------------------------------- limits, wire
+
+
+def _list(cid: bytes, now: float = 0.0) -> Any:
+    from core_ike.constants import MeEndpointType
+    from core_ike.me.checklist import CheckList
+    from core_ike.me.endpoints import make_endpoint
+
+    local = [make_endpoint(MeEndpointType.HOST, "10.1.0.2", 4500),
+             make_endpoint(MeEndpointType.SERVER_REFLEXIVE, A_PUB, 4500, base=("10.1.0.2", 4500))]
+    remote = [make_endpoint(MeEndpointType.HOST, "10.2.0.2", 4500),
+              make_endpoint(MeEndpointType.SERVER_REFLEXIVE, B_PUB, 61000)]
+    cl = CheckList.for_initiator(cid, b"a" * 16, local, now)
+    cl.set_responder_data(b"b" * 16, remote, now)
+    return cl
+
+
+def test_at_most_max_active_attempts_at_once() -> None:
+    from core_ike.me.birthday import Probes
+
+    probes = Probes(ProbeConfig(max_active=2), None, SeededRng(9), lambda a: False)
+    started = [probes.start(_list(bytes([i]) * 4), PORT_RESTRICTED, SYM_RANDOM, 0.0) for i in range(3)]
+    assert [p is not None for p in started] == [True, True, False]
+    sprays = probes.datagrams_to_send()
+    assert {d[2][0] for d in sprays} == {B_PUB} and all(d[1] == ("10.1.0.2", 4500) for d in sprays)
+    # an opener needs the adapter's pool: without one it does not probe (and says so in the log)
+    fresh = Probes(ProbeConfig(), None, SeededRng(9), lambda a: False)
+    assert fresh.start(_list(b"\x09" * 4), SYM_RANDOM, PORT_RESTRICTED, 0.0) is None and not fresh.probes
+
+
+def test_the_nat_notify_reaches_our_clients_only() -> None:
+    from core_ike.codec.payloads import IdPayload, NotifyPayload
+    from core_ike.constants import IdType, MeEndpointType, PayloadType
+    from core_ike.me.connect import build_connect, build_relay, parse_connect
+    from core_ike.me.endpoints import make_endpoint
+    from core_ike.me.natinfo import IKEME_NAT_BEHAVIOUR, encode_nat
+
+    ep = make_endpoint(MeEndpointType.HOST, "10.1.0.2", 4500)
+    peer = IdPayload(PayloadType.ID_PEER, IdType.RFC822_ADDR, b"bob@example.net")
+    msg = build_connect(b"cid5", b"k" * 16, [ep], peer, callback=True)
+    msg.insert(len(msg) - 1, NotifyPayload(IKEME_NAT_BEHAVIOUR, encode_nat(SYM_RANDOM)))
+    req = parse_connect(msg)
+    assert req.nat == SYM_RANDOM.encode()
+    requester = IdPayload(PayloadType.ID_PEER, IdType.RFC822_ADDR, b"alice@example.net")
+    nats = [p for p in build_relay(req, requester) if isinstance(p, NotifyPayload) and p.type == IKEME_NAT_BEHAVIOUR]
+    assert nats == []  # a strongSwan target never sees it
+    relayed = build_relay(req, requester, private=True)
+    assert isinstance(relayed[-1], IdPayload) and relayed[-2] == NotifyPayload(IKEME_NAT_BEHAVIOUR, SYM_RANDOM.encode())
+    assert parse_connect(relayed).nat == SYM_RANDOM.encode()
+    assert parse_connect(build_connect(b"cid5", b"k" * 16, [ep], peer)).nat is None
