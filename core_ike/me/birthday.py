@@ -354,6 +354,13 @@ class Probes:
         elif isinstance(ev, CheckListFailed | CheckListStopped):
             probe.end(now, bool(probe.keep), f"checks ended: {ev.reason}")
 
+    def note(self, connect_id: bytes) -> str:
+        """How the probing of `connect_id` ended, for a failure report ("" when there was none)."""
+        probe = self.probes.get(connect_id)
+        if probe is None or probe.result is None:
+            return ""
+        return f"; many-port probing ({probe.role.value}): {probe.result.reason}"
+
     def mediated(self, cl: CheckList | None, local: Addr, remote: Addr, now: float) -> None:
         """Controlled side: the peer's mediated IKE_SA_INIT arrived on `local` from `remote` (the pair
         it selected, [ME] §5.4): through the relay or directly."""

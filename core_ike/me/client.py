@@ -658,7 +658,8 @@ class MediationClient(Extension):
             elif isinstance(ev, CheckListFailed):
                 if att is not None and att.connect_id == ev.connect_id and att.active:
                     att.tried = ev.tried
-                    self._fail(att, f"checks failed: {ev.reason}; tried {_pairs_text(ev.tried)}", now)
+                    self._fail(att, f"checks failed: {ev.reason}{self.probes.note(ev.connect_id)}; "
+                                    f"tried {_pairs_text(ev.tried)}", now)
                 elif sess is not None and not sess.initiator:
                     self._end_target(ev.connect_id, f"checks failed: {ev.reason}", now)
 

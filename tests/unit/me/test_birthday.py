@@ -338,3 +338,14 @@ def test_the_nat_notify_reaches_our_clients_only() -> None:
     assert isinstance(relayed[-1], IdPayload) and relayed[-2] == NotifyPayload(IKEME_NAT_BEHAVIOUR, SYM_RANDOM.encode())
     assert parse_connect(relayed).nat == SYM_RANDOM.encode()
     assert parse_connect(build_connect(b"cid5", b"k" * 16, [ep], peer)).nat is None
+
+
+def test_without_a_relay_a_probe_that_meets_nothing_is_in_the_failure_report() -> None:
+    net, pool = _net(relay=False, probing=ProbeConfig(probes=100, port_range=(2000, 2099), time=2.0), seed=13)
+    net.nodes["bob"].nat = RandomNat(B_PUB, 13, 30000, 65535)
+    alice = _connect(net)
+    (failed,) = alice.of(mev.MediationFailed)
+    assert failed.reason.startswith("checks failed: ") and \
+        "many-port probing (spray): no pair met within 2 s (100 probes to ports of 203.0.113.2)" in failed.reason, failed
+    net.run(15.0)
+    assert pool.open_now == set()  # bob's extra sockets closed as well
