@@ -63,6 +63,16 @@ class ReplayWindow:
         elif self.size:
             self._bitmap |= 1 << (self.top - seq)
 
+    def update_run(self, first: int, n: int) -> None:
+        """`update` for the `n` consecutive sequence numbers from `first`, all above `top`."""
+        if first <= self.top or n <= 0:
+            raise ValueError("update_run: a run above the window's top")
+        last = first + n - 1
+        shift = last - self.top
+        run = (1 << min(n, self.size)) - 1
+        self._bitmap = ((self._bitmap << shift) | run) & self._mask if shift < self.size else run & self._mask
+        self.top = last
+
     def check_and_update(self, seq: int) -> bool:
         if not self.check(seq):
             return False

@@ -25,6 +25,7 @@ final octet is the low half of a word, as RFC 1071 pads it).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,9 +86,17 @@ def csum_le(data: bytes | bytearray | memoryview) -> int:
 def chunk_sums(view: memoryview, size: int, count: int, vector: bool = HAVE_NUMPY) -> list[int]:
     """Sums (congruent modulo 0xFFFF to `csum_le`) of `count` consecutive `size`-octet chunks."""
     if vector and size % 2 == 0 and count > 1:
-        words = _np.frombuffer(view, dtype="<u2", count=count * size // 2).reshape(count, size // 2)
-        return [int(x) for x in words.sum(axis=1, dtype=_np.uint64).tolist()]
+        return [int(x) for x in row_sums(_np.frombuffer(view, _np.uint8, count * size).reshape(count, size)).tolist()]
     return [csum_le(view[i * size : (i + 1) * size]) for i in range(count)]
+
+
+def row_sums(rows: Any) -> Any:
+    """Sums (congruent modulo 0xFFFF to `csum_le`) of the rows of an n x m octet array, m even: as
+    32-bit words when m is a multiple of 4 (2^16 is 1 modulo 0xFFFF, so a 32-bit word's value is
+    congruent to the sum of its two 16-bit halves), which halves the additions."""
+    if rows.shape[1] % 4 == 0:
+        return rows.view("<u4").sum(axis=1, dtype=_np.uint64)
+    return rows.view("<u2").sum(axis=1, dtype=_np.uint64)
 
 
 def packet_sums(pkts: Sequence[bytes], vector: bool = HAVE_NUMPY) -> list[int]:
@@ -275,7 +284,7 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
     rows[:, off + 13] = f
     # payload sums; an odd last chunk ends with the low half of a word (RFC 1071)
     sums = np.empty(n, np.uint64)
-    sums[:full] = src[h : h + full * mss].view("<u2").reshape(full, mss // 2).sum(axis=1, dtype=np.uint64) \
+    sums[:full] = row_sums(src[h : h + full * mss].reshape(full, mss)) \
         if mss % 2 == 0 else [csum_le(frame[h + i * mss : h + (i + 1) * mss]) for i in range(full)]
     if last:
         sums[full] = csum_le(frame[h + full * mss :])
@@ -408,6 +417,91 @@ def _tcp_candidate(pkt: bytes, total: int) -> tuple[bytes, object, int, int, boo
     return tkey, key, off, h, v6, seq, plen
 
 
+def gso_header(head: bytes | bytearray | memoryview, off: int, h: int, v6: bool, size: int, mss: int,
+               psh: bool) -> tuple[bytes, bytearray]:
+    """The virtio header and the IP and TCP headers of a super-packet of `size` octets made of TCP
+    segments with the headers `head[:h]` (`off`: the TCP header's offset), `mss` octets of payload each."""
+    hdr = bytearray(head[:h])
+    tcp_len = size - off
+    if v6:
+        hdr[4:6] = _H.pack(tcp_len)
+        gso = GSO_TCPV6
+    else:
+        hdr[2:4] = _H.pack(size)
+        hdr[10:12] = b"\0\0"
+        hdr[10:12] = ipv4_header_checksum(hdr[:20])
+        gso = GSO_TCPV4
+    hdr[off + 13] = _ACK | (_PSH if psh else 0)
+    # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, not complemented
+    ps = pseudo_sum(hdr, v6, _TCP, tcp_len) % 0xFFFF
+    hdr[off + 16 : off + 18] = ps.to_bytes(2, "little")
+    return VNET_HDR.pack(F_NEEDS_CSUM, gso, h, mss, off, 16), hdr
+
+
+def merge_run(plain: bytearray, stride: int, lengths: list[int],
+              max_size: int = MAX_IP_PACKET) -> list[list[bytes | bytearray | memoryview]] | None:
+    """`Coalescer` for decrypted packets laid out in `plain` (packet i at i * `stride`) that are the
+    consecutive data segments of one TCP connection, as one UDP_GRO read of ESP usually holds: the
+    checks of `Coalescer.add` (same headers but for length, IPv4 ID, sequence number, flags and
+    checksums; sequence numbers in order; ACK, PSH only on the last; every checksum right) made on
+    all rows at once. Returns the TUN writes (super-packets of at most `max_size` octets), or None
+    when any packet does not fit (then `Coalescer` looks at them one by one)."""
+    n = len(lengths)
+    length, tail = lengths[0], lengths[-1] if lengths else 0
+    if n < 2 or not HAVE_NUMPY or tail > length or length & 1 or lengths.count(length) < n - 1:
+        return None
+    rows = _np.frombuffer(plain, _np.uint8, n * stride).reshape(n, stride)
+    # whole-packet sums, checked as `_tcp_candidate` does, all rows but the last at once
+    totals = [int(x) for x in row_sums(rows[: n - 1, :length]).tolist()]
+    totals.append(csum_le(plain[(n - 1) * stride : (n - 1) * stride + tail]))
+    first = bytes(plain[:length])
+    c = _tcp_candidate(first, totals[0])
+    if c is None:
+        return None
+    _tkey, _key, off, h, v6, seq0, plen = c
+    if tail <= h or (plain[0] != 0x45 and not v6):
+        return None
+    same, var = _run_structs(h, v6)
+    want = same.unpack_from(first)
+    small = (_TCP << 8) + (-int.from_bytes(first[:8], "little") if v6 else int.from_bytes(first[12:20], "little"))
+    full_small = small + _bswap16(length - off)
+    seq, o = seq0, 0
+    for i in range(n):
+        field, seq_i, flags = var.unpack_from(plain, o)
+        size = lengths[i]
+        if (same.unpack_from(plain, o) != want or seq_i != seq or field != (size - 40 if v6 else size)
+                or (flags != _ACK and (i < n - 1 or flags != _ACK | _PSH))
+                or (totals[i] + (full_small if size == length else small + _bswap16(size - off))) % 0xFFFF):
+            return None
+        seq = (seq + plen) & 0xFFFFFFFF
+        o += stride
+    view = memoryview(plain)
+    parts = [view[i * stride + h : i * stride + length] for i in range(n - 1)]
+    parts.append(view[(n - 1) * stride + h : (n - 1) * stride + tail])
+    per = max(1, (max_size - h) // plen)
+    out: list[list[bytes | bytearray | memoryview]] = []
+    for a in range(0, n, per):
+        chunk = parts[a : a + per]
+        if len(chunk) == 1:
+            i = a
+            out.append([NO_OFFLOAD, view[i * stride : i * stride + lengths[i]]])
+            continue
+        size = h + sum(map(len, chunk))
+        psh = a + len(chunk) == n and flags == _ACK | _PSH
+        out.append([*gso_header(first, off, h, v6, size, plen, psh), *chunk])
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _run_structs(h: int, v6: bool) -> tuple[struct.Struct, struct.Struct]:
+    """For IP and TCP headers of `h` octets (IPv4 without options, or IPv6 without extension headers):
+    the fields equal in every segment of a run (all but lengths, IPv4 ID and checksum, TCP sequence
+    number, flags and checksum), and the IP length field, sequence number and flags."""
+    if v6:
+        return struct.Struct(f">4s2x34s4s4x5sx2s2x{h - 58}s"), struct.Struct(">4xH38xI5xB")
+    return struct.Struct(f">2s2x2x4s2x8s4s4x5sx2s2x{h - 38}s"), struct.Struct(">2xH20xI5xB")
+
+
 class Coalescer:
     """Merges TCP segments into super-packets for one TUN write each; `frames` returns the writes
     as lists of buffers (virtio header first) for `os.writev`."""
@@ -452,23 +546,7 @@ class Coalescer:
         if len(fl.parts) == 1:
             self._out.append([NO_OFFLOAD, fl.head])
             return
-        off, h = fl.off, fl.h
-        hdr = bytearray(fl.head[:h])
-        tcp_len = fl.size - off
-        if fl.v6:
-            hdr[4:6] = _H.pack(tcp_len)
-            gso = GSO_TCPV6
-        else:
-            hdr[2:4] = _H.pack(fl.size)
-            hdr[10:12] = b"\0\0"
-            hdr[10:12] = ipv4_header_checksum(hdr[:20])
-            gso = GSO_TCPV4
-        hdr[off + 13] = _ACK | (_PSH if fl.psh else 0)
-        # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, not complemented
-        ps = pseudo_sum(hdr, fl.v6, _TCP, tcp_len) % 0xFFFF
-        hdr[off + 16 : off + 18] = ps.to_bytes(2, "little")
-        vnet = VNET_HDR.pack(F_NEEDS_CSUM, gso, h, fl.mss, off, 16)
-        self._out.append([vnet, hdr, *fl.parts])
+        self._out.append([*gso_header(fl.head, fl.off, fl.h, fl.v6, fl.size, fl.mss, fl.psh), *fl.parts])
 
     def frames(self) -> list[list[bytes | bytearray | memoryview]]:
         for fl in list(self._flows.values()):

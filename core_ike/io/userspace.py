@@ -24,11 +24,12 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
 from ..constants import NAT_KEEPALIVE
@@ -47,7 +48,16 @@ from .dataplane import (
 )
 from .fastpath import OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
 from .netlink import NetlinkWorker, RouteSocket, add_host_address, del_host_address
-from .offload import NO_OFFLOAD, VNET_HDR_LEN, Coalescer, OffloadError, VnetHdr, segment, segment_into
+from .offload import (
+    NO_OFFLOAD,
+    VNET_HDR_LEN,
+    Coalescer,
+    OffloadError,
+    VnetHdr,
+    merge_run,
+    segment,
+    segment_into,
+)
 from .tsmatch import packet_flow, ts_match
 
 log = logging.getLogger("core_ike.io.userspace")
@@ -112,6 +122,7 @@ class UserspaceDataPlane:
         self._rbuf = bytearray(VNET_HDR_LEN + 65535)
         self._plain = bytearray()  # `seal_batch`: a super-packet's segments, then its ESP packets
         self._esp_out = bytearray()
+        self._rx_plain = bytearray()  # `open_batch`: a GRO read's decrypted packets
         self.tun_name = tun_name
         self.mtu = mtu
         self.tun_addresses = tun_addresses
@@ -176,7 +187,7 @@ class UserspaceDataPlane:
         self._loop.add_reader(fd, self._on_tun_readable)
         self._tick = self._loop.call_later(self.tick_interval, self._on_tick)
         log.info("userspace ESP data plane on %s (mtu %d, offloads: %s)", self.tun_name, self.mtu,
-                 ", ".join(s for s in ("tso", "gso", "gro", "coalesce") if s in off and (s != "tso" or self._tso))
+                 ", ".join(s for s in OFFLOAD_STEPS if s in off and (s != "tso" or self._tso))
                  or "none")
 
     def attach_transport(self, transport: Any, natt_port: int) -> None:
@@ -185,6 +196,8 @@ class UserspaceDataPlane:
         if self._loop is None:
             raise DataPlaneError("attach_transport before start")
         self._udp = UdpEspIo(transport, natt_port, self.offload, self._receive_batch, self.clock)
+        if "open_batch" in self.offload:
+            self._udp.on_run = self._receive_run
         self._udp.start(self._loop)
         for s in self._udp.sockets():
             grow_rcvbuf(s)
@@ -558,6 +571,10 @@ class UserspaceDataPlane:
                 self.drop_policy_mismatch += 1
                 continue
             out.append(inner)
+        self._write_inner(out)
+
+    def _write_inner(self, out: Sequence[bytes]) -> None:
+        """Decrypted packets to the TUN device, TCP segments of one flow merged when `coalesce` is on."""
         if self._vnet and "coalesce" in self.offload and len(out) > 1:
             merge = Coalescer()
             merge.add_all(out)
@@ -565,6 +582,51 @@ class UserspaceDataPlane:
             self.coalesced += merge.coalesced
         else:
             frames = [[NO_OFFLOAD, p] if self._vnet else [p] for p in out]
+        self._write_frames(frames)
+
+    def _receive_run(self, buf: memoryview, size: int, count: int, tail: int, src: tuple[str, int]) -> bool:
+        """The `open_batch` step: the ESP datagrams of one UDP_GRO read (back to back in `buf`, `size`
+        octets each, the last `tail`) decrypted into one buffer (`EspSa.open_into`) and, when they are
+        consecutive segments of one TCP connection, written as GSO super-packets (`merge_run`), with
+        no per-packet objects. False (nothing done) when the run needs the per-packet path: an
+        unknown SPI, another SA or a non-ESP datagram inside it, a replayed, reordered or bad packet."""
+        sa = self.sad.get(int.from_bytes(buf[:4], "big"))
+        if sa is None:
+            return False
+        plain = self._rx_plain
+        lengths = sa.open_into(buf, size, count, tail, plain, self.clock())
+        if lengths is None:
+            return False
+        self._check_mapping(sa.spi, src)
+        view = memoryview(plain)
+        frames = None
+        if self._run_allowed(sa.spi, size, lengths):
+            if self._vnet and "coalesce" in self.offload:
+                frames = merge_run(plain, size, lengths)
+            if frames is not None:
+                self.coalesced += count - len(frames)
+                self._write_frames(frames)
+            else:
+                self._write_inner([bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)])
+            return True
+        inner = [bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)]
+        ok = [p for p in inner if self._inbound_allowed(sa.spi, p)]
+        self.drop_policy_mismatch += len(inner) - len(ok)
+        self._write_inner(ok)
+        return True
+
+    def _run_allowed(self, spi: int, stride: int, lengths: list[int]) -> bool:
+        """Do all inner packets of a run pass the SA's inbound selectors (RFC 4301 5.2.1 (4))? Decided
+        once when they share the first one's IP version and addresses and no policy looks at ports."""
+        plain = self._rx_plain
+        if self._needs_ports() or not self._inbound_allowed(spi, bytes(plain[: min(lengths[0], 64)])):
+            return False
+        n = len(lengths)
+        rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
+        cols = slice(8, 40) if plain[0] >> 4 == 6 else slice(12, 20)
+        return not ((rows[1:, 0] >> 4) != (plain[0] >> 4)).any() and not (rows[1:, cols] != rows[0, cols]).any()
+
+    def _write_frames(self, frames: list[list[bytes | bytearray | memoryview]] | list[list[bytes | memoryview]]) -> None:
         self.tun_writes += len(frames)
         for frame in frames:
             try:
