@@ -1,6 +1,8 @@
 """cluster: three of our mediation servers as one service on Redis; alice and bob behind two NATs,
 registered at different servers, get a direct tunnel; server 1 is killed and alice registers at the
-next server of her list and gets her tunnel again.
+next server of her list and gets her tunnel again. Second cell: both NATs symmetric (fully random
+ports), alice at ms1 and bob at ms2 with the data relay on: the tunnel goes through ms1's relay (the
+requester's server relays, docs/architecture.md "Cluster").
 
 Topology (scenarios/lab/topologies.py nat_lab plus three hosts on the internet bridge)::
 
@@ -18,6 +20,7 @@ from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.mediation import LAN, PSK, client_toml, mediated_sas, ping_both, show_log
 from scenarios.lab.medsetup import PeerSpec, peer_conf
+from scenarios.lab.natkinds import KINDS
 from scenarios.lab.netns import Lab, wait_for
 from scenarios.lab.story import Story
 from scenarios.lab.topologies import CAROL
@@ -32,7 +35,11 @@ CHARONS = {"dave": ("203.0.113.21", "10.4.0.1", "ms1"), "erin": ("203.0.113.22",
 CHARON_PSK = {c: f"{c}-medsrv-secret-0123456789" for c in CHARONS}
 
 
-def server_toml(name: str) -> str:
+RELAY_PORTS = (50000, 50099)
+RELAY = f'relay = true\nrelay_ports = "{RELAY_PORTS[0]}-{RELAY_PORTS[1]}"\nrelay_idle_timeout = 60\n'
+
+
+def server_toml(name: str, relay: bool = False) -> str:
     addr = SERVERS[name]
     secrets = "".join(f'[[secrets.ike]]\nid = ["carol@med", "{p}@med"]\nsecret = "{psk}"\n'
                       for p, psk in {**PSK, **CHARON_PSK}.items() if p != "venus")
@@ -45,6 +52,7 @@ dataplane = "none"
 cluster_engine = "redis://{ENGINE}:6379/0"
 cluster_name = "{name}"
 stun = false
+{RELAY if relay else "relay = false"}
 
 {secrets}
 [connections.medsrv]
@@ -61,10 +69,11 @@ def _add_public_host(lab: Lab, host: str, addr: str, port: str) -> None:
     lab.run("inet", ["ip", "link", "set", port, "master", "br0"])
 
 
-def _client(lab: Lab, me: str, other: str, servers: list[str]) -> Iked:
+def _client(lab: Lab, me: str, other: str, servers: list[str], extra: str = "") -> Iked:
     addrs = ", ".join(f'"{SERVERS[s]}"' for s in servers)
     # the mediation connection's liveness settings are a cluster client's defaults (failover.py)
-    toml = client_toml(me, [other], client=f"servers = [{addrs}]\nnat_discovery = false\nport_mapping = false")
+    toml = client_toml(me, [other], client=f"servers = [{addrs}]\nnat_discovery = false\nport_mapping = false\n"
+                       + extra)
     toml = toml.replace(f'remote_addrs = ["{CAROL}"]', f"remote_addrs = [{addrs}]")
     return Iked(lab, me, toml, name="medcli", module="mediation_client").start()
 
@@ -77,21 +86,35 @@ def _where(servers: dict[str, Iked], identity: str) -> list[str]:
     return out
 
 
-def run(story: Story) -> None:
-    story.step("topology: alice | natA -- internet -- natB | bob; ms1 (carol), ms2, ms3 and Redis on the internet")
-    lab = story.lab(nat_lab(nat_a="eim", nat_b="eim"))
-    _add_public_host(lab, "ms2", SERVERS["ms2"], "pM2")
-    _add_public_host(lab, "ms3", SERVERS["ms3"], "pM3")
+def _cluster_lab(story: Story, nat: str, names: list[str], relay: bool = False) -> tuple[Lab, dict[str, Iked]]:
+    """The NAT lab with `nat` on both NATs, the servers `names` (ms1 is carol) and Redis on the internet."""
+    assert nat in KINDS
+    lab = story.lab(nat_lab(nat_a=nat, nat_b=nat))  # type: ignore[arg-type]
+    for i, n in enumerate(names):
+        if n != "ms1":
+            _add_public_host(lab, n, SERVERS[n], f"pM{i}")
     _add_public_host(lab, "eng", ENGINE, "pE")
-    story.step("start redis-server on eng, our mediation server on ms1, ms2, ms3")
+    story.step(f"start redis-server on eng, our mediation server on {', '.join(names)}"
+               + (f" (data relay on, ports {RELAY_PORTS[0]}-{RELAY_PORTS[1]})" if relay else ""))
     redis_log = lab.host_dir("eng") / "redis.log"
     lab.popen("eng", ["redis-server", "--bind", ENGINE, "--port", "6379", "--save", "", "--appendonly", "no",
                       "--protected-mode", "no", "--dir", str(lab.host_dir("eng"))], redis_log)
     wait_for(lambda: "Ready to accept connections" in redis_log.read_text(), 15, what="redis-server ready")
-    servers = {n: Iked(lab, HOSTS[n], server_toml(n), name=f"medsrv-{n}", module="mediation_server").start()
-               for n in SERVERS}
+    servers = {n: Iked(lab, HOSTS[n], server_toml(n, relay), name=f"medsrv-{n}", module="mediation_server").start()
+               for n in names}
     for n, srv in servers.items():
         wait_for(lambda s=srv: "cluster: connected" in s.log_text(), 15, what=f"{n} connected to Redis")
+    return lab, servers
+
+
+def run(story: Story) -> None:
+    _direct_and_failover(story)
+    _relayed(story)
+
+
+def _direct_and_failover(story: Story) -> None:
+    story.step("topology: alice | natA -- internet -- natB | bob; ms1 (carol), ms2, ms3 and Redis on the internet")
+    lab, servers = _cluster_lab(story, "eim", list(SERVERS))
 
     story.step("alice registers at ms1 (her list: ms1, ms2), bob at ms2")
     bob = _client(lab, "bob", "alice", ["ms2"])
@@ -177,5 +200,46 @@ def run(story: Story) -> None:
     for s in servers.values():
         if s.proc is not None:
             s.stop()
+    lab.teardown()
+
+
+def _relayed(story: Story) -> None:
+    story.step("cell 2: natA and natB symmetric (a new random port per destination); alice at ms1, bob at ms2")
+    lab, servers = _cluster_lab(story, "symmetric", ["ms1", "ms2"], relay=True)
+    bob = _client(lab, "bob", "alice", ["ms2"], extra="check_timeout = 10")
+    alice = _client(lab, "alice", "bob", ["ms1"], extra="check_timeout = 10")
+    servers["ms1"].wait_peers({"alice@med"}, 15)
+    servers["ms2"].wait_peers({"bob@med"}, 15)
+    story.step("alice: up bob (ms1 allocates the relay and forwards bob's RELAYED endpoint; ms2 passes it on)")
+    relay_ports = set(range(RELAY_PORTS[0], RELAY_PORTS[1] + 1))
+    with lab.capture("carol", "eth0", "udp", natt_ports=(4500, *sorted(relay_ports))) as cap:
+        r = alice.up("bob", timeout=40)
+        story.say(f"mediated connection up in {r['elapsed_ms']} ms, peer at {r['remote'][0]}[{r['remote'][1]}]")
+        show_log(story, servers["ms1"].log_text(), ("forwarding ME_CONNECT", "relay 1 allocated"), who="ms1")
+        show_log(story, servers["ms2"].log_text(), ("relaying ME_CONNECT",), who="ms2")
+        ma, mb = mediated_sas(alice, bob, "bob", "alice")
+        a2b, b2a = ping_both(lab, "alice", "bob", LAN)
+        st1, st2 = servers["ms1"].status(), servers["ms2"].status()
+    story.check(ma["remote-host"] == CAROL and int(ma["remote-port"]) in relay_ports
+                and mb["remote-host"] == CAROL and int(mb["remote-port"]) in relay_ports
+                and ma["remote-port"] != mb["remote-port"],
+                f"both mediated SAs run to ms1's relay ({CAROL}[{ma['remote-port']}] and [{mb['remote-port']}]), "
+                "though bob is registered at ms2")
+    story.check(a2b == 3 and b2a == 3, f"ping through ms1's relay: alice->bob {a2b}/3, bob->alice {b2a}/3")
+    relays = st1.get("relays", [])
+    for rl in relays:
+        story.say(f"ms1 relay #{rl['id']}: {rl['a']} {rl['a_latched']} -> :{rl['a_port']} | :{rl['b_port']} <- "
+                  f"{rl['b_latched']} {rl['b']}: {rl['bytes_a_to_b']} B ->, {rl['bytes_b_to_a']} B <-")
+    story.check(len(relays) == 1 and relays[0]["bytes_a_to_b"] > 0 and relays[0]["bytes_b_to_a"] > 0
+                and str(relays[0]["b_latched"]).startswith("203.0.113.2["),
+                "ms1 relays both ways for alice (its peer) and bob (ms2's peer, latched at natB's address)")
+    story.check(not st2.get("relays"), "ms2 added no relay of its own for the pair")
+    esp = [p for p in cap.of_kind("esp-in-udp") if p.dport in relay_ports or p.sport in relay_ports]
+    story.check(len({p.src for p in esp if p.dst == CAROL}) == 2,
+                f"carol (ms1) sees ESP-in-UDP from both NATs on its relay ports ({len(esp)} packets)")
+    for c in (alice, bob):
+        c.stop()
+    for s in servers.values():
+        s.stop()
 
 
