@@ -259,6 +259,36 @@ def chromium() -> Iterator[Any]:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for a module's browser tests."""
+    require("chromium", why="the browser tests")
+    with chromium() as b:
+        yield b
+
+
+def watched_page(ctx: Any, failed: list[str]) -> Any:
+    """A new page of the browser context ``ctx`` that adds to ``failed`` what a user would see broken: a
+    missing asset (CSS, JS, icon: a sub-resource answering an error) or a script error. Form pages
+    answering 400 are expected, so documents are not counted."""
+    page = ctx.new_page()
+    page.on("response", lambda r: failed.append(r.url)
+            if r.status >= 400 and r.request.resource_type != "document" else None)
+    page.on("pageerror", lambda e: failed.append(str(e)))
+    return page
+
+
+def log_in(page: Any, login_url: str, password: str, landing: str, login: str | None = None) -> None:
+    """Log in on a portal's login page (``login`` None: the client manager's, a password alone) and wait
+    for the page it leads to (a glob such as ``**/peer/list``)."""
+    page.goto(login_url)
+    if login is not None:
+        page.fill("#login", login)
+    page.fill("#password", password)
+    page.click("button[name=submit]")
+    page.wait_for_url(landing)
 _addresses = itertools.count(1)
 
 

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_PASSWORD, SHOTS, Portal, chromium
+from conftest import ADMIN_PASSWORD, SHOTS, Portal, log_in, watched_page
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from medweb_client import WebClient
-
-from tests.guards import require
 
 pytestmark = pytest.mark.web
 
@@ -20,11 +20,10 @@ REFERENCE_KEYID_COLON = "ed:90:e6:4f:ec:a2:1f:4b:68:97:99:24:22:e0:de:21:b9:d6:2
 _n = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def browser() -> object:
-    require("chromium", why="the browser tests")
-    with chromium() as b:
-        yield b
+def _ec_pem() -> str:
+    """A fresh P-256 public key, PEM (a peer's key for the forms)."""
+    return ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def test_register_add_peer_keyid_in_browser(portal: Portal, browser: object, reference_pem: str) -> None:
@@ -33,11 +32,7 @@ def test_register_add_peer_keyid_in_browser(portal: Portal, browser: object, ref
     logins: list[str] = []
     for width, height, tag in ((1100, 760, "desktop"), (390, 844, "phone")):
         ctx = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
-        page = ctx.new_page()
-        # missing assets (CSS, JS, icons) would show up here; form pages answering 400 are expected
-        page.on("response", lambda r: failed.append(r.url)
-                if r.status >= 400 and r.request.resource_type != "document" else None)
-        page.on("pageerror", lambda e: failed.append(str(e)))
+        page = watched_page(ctx, failed)
         base = portal.url + "/srv"
         page.goto(base + "/user/login")
         page.screenshot(path=str(SHOTS / f"server-login-{tag}.png"), full_page=True)
@@ -86,10 +81,7 @@ def test_register_add_peer_keyid_in_browser(portal: Portal, browser: object, ref
         page.screenshot(path=str(SHOTS / f"server-help-{tag}.png"), full_page=True)
         # client manager
         cli = portal.url + "/cli"
-        page.goto(cli + "/user/login")
-        page.fill("#password", ADMIN_PASSWORD)
-        page.click("button[name=submit]")
-        page.wait_for_url("**/connection/list")
+        log_in(page, cli + "/user/login", ADMIN_PASSWORD, "**/connection/list")
         page.screenshot(path=str(SHOTS / f"client-connections-{tag}.png"), full_page=True)
         page.goto(cli + "/key/show")
         page.screenshot(path=str(SHOTS / f"client-key-{tag}.png"), full_page=True)
@@ -109,9 +101,6 @@ def test_register_add_peer_keyid_in_browser(portal: Portal, browser: object, ref
 def test_peer_access_page_in_browser(portal: Portal, browser: object) -> None:
     """Restrict a peer to another one by ticking it (the page's script selects "only these peers"),
     see it marked on the list; screenshots of the access page at desktop and phone width."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     SHOTS.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
     for width, height, tag in ((1100, 760, "desktop"), (390, 844, "phone")):
@@ -120,20 +109,10 @@ def test_peer_access_page_in_browser(portal: Portal, browser: object) -> None:
         c.submit("user/add", "user/add", {"new_login": login, "new_password": "browser password",
                                           "confirm_password": "browser password"})
         for alias in ("home", "office"):
-            pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-            c.submit("peer/add", "peer/add", {"alias": alias, "public_key": pem})
+            c.submit("peer/add", "peer/add", {"alias": alias, "public_key": _ec_pem()})
         ctx = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
-        page = ctx.new_page()
-        page.on("response", lambda r: failed.append(r.url)
-                if r.status >= 400 and r.request.resource_type != "document" else None)
-        page.on("pageerror", lambda e: failed.append(str(e)))
-        base = portal.url + "/srv"
-        page.goto(base + "/user/login")
-        page.fill("#login", login)
-        page.fill("#password", "browser password")
-        page.click("button[type=submit]")
-        page.wait_for_url("**/peer/list")
+        page = watched_page(ctx, failed)
+        log_in(page, portal.url + "/srv/user/login", "browser password", "**/peer/list", login)
         page.click("tr:has-text('home') >> text=every peer")
         page.wait_for_url("**/peer/access/*")
         assert page.is_checked("#scope_all")
@@ -153,9 +132,6 @@ def test_peer_access_page_in_browser(portal: Portal, browser: object) -> None:
 def test_operator_and_client_pages_in_browser(portal: Portal, browser: object) -> None:
     """The operator pages (an account made operator with ``--make-admin``), the client manager's key
     copy and download buttons and its Connect button with no daemon to answer; desktop and phone."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     from medmgr_web import server_manager
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -164,29 +140,18 @@ def test_operator_and_client_pages_in_browser(portal: Portal, browser: object) -
     c = WebClient(portal.url + "/srv")
     c.submit("user/add", "user/add", {"new_login": login, "new_password": "browser password",
                                       "confirm_password": "browser password"})
-    c.submit("peer/add", "peer/add", {"alias": "opbox", "public_key": ec.generate_private_key(
-        ec.SECP256R1()).public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo).decode()})
+    c.submit("peer/add", "peer/add", {"alias": "opbox", "public_key": _ec_pem()})
     assert server_manager.main(["--db", f"sqlite:///{portal.base / 'srv.sqlite'}", "--make-admin", login]) == 0
     d = WebClient(portal.url + "/dcli")
     d.submit("user/login", "user/login", {"password": ADMIN_PASSWORD})
     d.submit("key/show", "key/generate", {"replace": "yes"})
-    d.submit("connection/add", "connection/add", {"alias": f"peer{next(_n)}", "active": "yes", "public_key": ec.
-                                                  generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()})
+    d.submit("connection/add", "connection/add", {"alias": f"peer{next(_n)}", "active": "yes", "public_key": _ec_pem()})
     for width, height, tag in ((1100, 760, "desktop"), (390, 844, "phone")):
         ctx = browser.new_context(viewport={"width": width, "height": height},  # type: ignore[attr-defined]
                                   accept_downloads=True)
         ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=portal.url)
-        page = ctx.new_page()
-        page.on("response", lambda r: failed.append(r.url)
-                if r.status >= 400 and r.request.resource_type != "document" else None)
-        page.on("pageerror", lambda e: failed.append(str(e)))
-        page.goto(portal.url + "/srv/user/login")
-        page.fill("#login", login)
-        page.fill("#password", "browser password")
-        page.click("button[type=submit]")
-        page.wait_for_url("**/peer/list")
+        page = watched_page(ctx, failed)
+        log_in(page, portal.url + "/srv/user/login", "browser password", "**/peer/list", login)
         page.click("nav >> text=Operator")
         page.wait_for_url("**/admin/users")
         assert page.inner_text("#registration-state") == "open"
@@ -200,10 +165,7 @@ def test_operator_and_client_pages_in_browser(portal: Portal, browser: object) -
         page.screenshot(path=str(SHOTS / f"server-operator-peers-{tag}.png"), full_page=True)
         assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
         # client manager: copy and download the public key
-        page.goto(portal.url + "/dcli/user/login")
-        page.fill("#password", ADMIN_PASSWORD)
-        page.click("button[name=submit]")
-        page.wait_for_url("**/connection/list")
+        log_in(page, portal.url + "/dcli/user/login", ADMIN_PASSWORD, "**/connection/list")
         page.goto(portal.url + "/dcli/key/show")
         pem = page.input_value("#pem")
         page.click("#copy-pem")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import SHOTS, chromium
+from conftest import SHOTS, chromium, log_in, watched_page
 from medweb_client import WsgiClient
 from werkzeug.serving import make_server
 
@@ -32,6 +32,9 @@ PUBLIC = {"alice": "203.0.113.1", "bob": "203.0.113.2"}  # their NATs (scenarios
 
 @pytest.fixture
 def browser() -> Iterator[object]:
+    """Per test, so that it starts after the per-test lab (conftest's is per module, and would start first):
+    pyroute2 builds the namespaces with this thread's asyncio loop, which Playwright's sync API keeps
+    running once started."""
     require("chromium", why="the browser tests")
     with chromium() as b:
         yield b
@@ -113,14 +116,9 @@ def test_page_shows_a_peer_going_offline(nat_lab_per_test, browser: object) -> N
         pages = []
         for width, height, tag in ((1100, 760, "desktop"), (390, 844, "phone")):
             ctx = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
-            page = ctx.new_page()
             failed: list[str] = []
-            page.on("pageerror", lambda e, failed=failed: failed.append(str(e)))
-            page.goto(url + "/user/login")
-            page.fill("#login", "pat")
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url("**/peer/list")
+            page = watched_page(ctx, failed)
+            log_in(page, url + "/user/login", PASSWORD, "**/peer/list", "pat")
 
             def cell(host: str, field: str, page=page) -> str:  # type: ignore[no-untyped-def]
                 return f'td[data-presence="{ids[host]}"][data-field="{field}"]'

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LIGHTTPD, SHOTS, chromium, free_port
+from conftest import LIGHTTPD, SHOTS, free_port, log_in, watched_page
 from conftest import wait_for as wait_local
 from sqlalchemy import create_engine
 
@@ -153,12 +153,6 @@ fastcgi.server = ( "/medsa" => (( "socket" => "{sock}", "check-local" => "disabl
         lab.teardown()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
-
-
 def _fill(page: Any, fields: dict[str, str]) -> None:
     for k, v in fields.items():
         if page.locator(f"select#{k}").count():
@@ -171,18 +165,12 @@ def test_operator_configures_sees_and_terminates_in_chromium(gateway: Gateway, b
     SHOTS.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
     ctx = browser.new_context(viewport={"width": 1200, "height": 800})
-    page = ctx.new_page()
-    page.on("response", lambda r: failed.append(r.url)
-            if r.status >= 400 and r.request.resource_type != "document" else None)
-    page.on("pageerror", lambda e: failed.append(str(e)))
+    page = watched_page(ctx, failed)
     page.on("dialog", lambda d: d.accept())  # the Terminate / Delete buttons ask first
     base = gateway.url
     page.goto(base + "/user/login")
     page.screenshot(path=str(SHOTS / "sa-login-desktop.png"), full_page=True)
-    page.fill("#login", "op")
-    page.fill("#password", PASSWORD)
-    page.click("button[name=submit]")
-    page.wait_for_url("**/sa/list")
+    log_in(page, base + "/user/login", PASSWORD, "**/sa/list", "op")
     assert "No IKE_SAs" in page.locator("main").inner_text()
 
     # moon's configuration, written with the forms
@@ -270,12 +258,8 @@ def test_operator_configures_sees_and_terminates_in_chromium(gateway: Gateway, b
 
     # phone width: the lists stay readable without horizontal scrolling
     phone = browser.new_context(viewport={"width": 390, "height": 844})
-    p2 = phone.new_page()
-    p2.goto(base + "/user/login")
-    p2.fill("#login", "op")
-    p2.fill("#password", PASSWORD)
-    p2.click("button[name=submit]")
-    p2.wait_for_url("**/sa/list")
+    p2 = watched_page(phone, failed)
+    log_in(p2, base + "/user/login", PASSWORD, "**/sa/list", "op")
     gateway.carol.up("home")
     for path, name in (("/sa/list", "sa-list-phone"), ("/conn/list", "sa-conns-phone"), ("/pool/list", "sa-pools-phone")):
         p2.goto(base + path)
