@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..constants import IdType
 from ..errors import LocalError
@@ -13,6 +13,8 @@ from ..errors import LocalError
 class Identity:
     id_type: int
     data: bytes
+    # the text form, made on first use: an SA prints its identities in several events and indexes
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> Identity:
@@ -79,6 +81,13 @@ class Identity:
         return self.is_any or (self.id_type == other.id_type and self.data == other.data)
 
     def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._format()
+            object.__setattr__(self, "_text", text)  # frozen: set once, never changed
+        return text
+
+    def _format(self) -> str:
         t = self.id_type
         if self.is_any:
             return "%any"
