@@ -65,20 +65,24 @@ class OursMediation:
 
     name = "ours"
 
-    def __init__(self, lab: Lab, ts: dict[str, str] | None = None, root: str | None = None) -> None:
+    def __init__(self, lab: Lab, ts: dict[str, str] | None = None, root: str | None = None,
+                 path_first: str | None = None) -> None:
         self.lab = lab
         self.med = OurMediation(lab)
         self.ts = ts
         self.root = root  # run the daemons from this checkout instead (``--before``)
+        self.path_first = path_first  # a directory put before the checkout on PYTHONPATH (``--trace``)
         self.polled = 0  # runs where the CHILD_SA was not yet listed when `up` returned
+        self.marks: dict[str, float] = {}  # wall-clock times of the last run's steps seen from here
 
     def start(self) -> None:
-        if self.root is None:
+        if self.root is None and self.path_first is None:
             self.med.start_server()
             self.med.start_client("bob", ts=self.ts)
             self.med.start_client("alice", ts=self.ts)
             return
-        env = {"PYTHONPATH": self.root}
+        root = self.root or str(ROOT)
+        env = {"PYTHONPATH": f"{self.path_first}:{root}" if self.path_first else root}
         m = self.med
         m.server = Iked(self.lab, "carol", server_toml(m.peers), name="medsrv", module="mediation_server").start(env=env)
         for me in ("bob", "alice"):
@@ -96,8 +100,10 @@ class OursMediation:
 
     def initiate_and_wait(self, timeout: float) -> float:
         alice = self.med.clients["alice"]
+        self.marks = {"up sent": time.time()}
         t0 = time.monotonic()
         r = alice.ctl({"cmd": "up", "conn": "bob", "timeout": timeout}, timeout=timeout + 2)
+        self.marks["up reply received"] = time.time()
         if not r.get("ok"):
             raise IkedError(f"up bob: {r.get('error')}")
         deadline = t0 + timeout
@@ -109,7 +115,9 @@ class OursMediation:
             if time.monotonic() > deadline:
                 raise IkedError("mediated CHILD_SA not installed on alice")
             time.sleep(0.002)
-        return time.monotonic() - t0
+        took = time.monotonic() - t0
+        self.marks["CHILD_SA listed"] = time.time()
+        return took
 
     def reset(self, timeout: float = 10.0) -> None:
         """``down`` the mediated IKE_SA on alice (DELETE reaches bob), wait until both forgot it."""
@@ -353,17 +361,49 @@ def figures_for(cond: Condition, res: dict[str, Result], rtt: float | None) -> l
     return figs
 
 
-TRACE_STEPS = re.compile(r"generating ME_CONNECT|relaying ME_CONNECT|checklist \w+: (NONE|pair \d+: \w+ -> (IN_PROGRESS|"
-                         r"SUCCEEDED)|selected)|IKE_SA_INIT|IKE_AUTH|established|installed CHILD_SA")
+TRACE_STEPS = re.compile(r"ME_CONNECT|checklist \w+: (NONE|pair \d+: \w+ -> |selected|check \d+ from)|checks stopped|"
+                         r"IKE_SA_INIT|IKE_AUTH|established|installed CHILD_SA|control: ")
+
+# put first on the daemons' PYTHONPATH by --trace: their log lines carry microseconds (the shipped format
+# has milliseconds, too coarse for steps a fraction of a millisecond apart)
+MICROSECOND_LOGS = """\
+import logging
+
+_init = logging.Formatter.__init__
+
+
+def _formatter(self, fmt=None, *args, **kwargs):
+    if fmt and "%(msecs)03d" in fmt:
+        fmt = fmt.replace("%(msecs)03d", "%(usecs)06d")
+    _init(self, fmt, *args, **kwargs)
+
+
+logging.Formatter.__init__ = _formatter
+_record = logging.getLogRecordFactory()
+
+
+def _factory(*args, **kwargs):
+    r = _record(*args, **kwargs)
+    r.usecs = int(r.created % 1 * 1e6)
+    return r
+
+
+logging.setLogRecordFactory(_factory)
+"""
 
 
 def trace(cond: Condition) -> list[str]:
     """Where the time of one setup of ours goes: the daemons' debug lines (all namespaces share the clock)
-    from the `up` to the CHILD_SA, step lines only, merged by timestamp, with ms since the `up`."""
+    from the `up` to the CHILD_SA, step lines only, merged by timestamp with the bench's own marks, in ms
+    since the `up` was written."""
+    import tempfile
+    site = tempfile.mkdtemp(prefix="medtrace-")
+    Path(site, "sitecustomize.py").write_text(MICROSECOND_LOGS)
     lab = build_lab(cond)
-    driver = _started("ours", lab, cond)
+    driver = OursMediation(lab, {**LAN, **INNER} if cond.public_bob else None, BEFORE, path_first=site)
+    driver.start()
+    driver.bring_up_mediation()
     try:
-        assert isinstance(driver, OursMediation)
         daemons = {"carol": driver.med.server, **driver.med.clients}
         for d in daemons.values():
             assert d is not None
@@ -371,20 +411,21 @@ def trace(cond: Condition) -> list[str]:
         driver.initiate_and_wait(10.0)  # a first setup warms every path
         driver.reset()
         marks = {n: len(d.log_text()) for n, d in daemons.items() if d is not None}
-        t0 = time.time()
         took = driver.initiate_and_wait(10.0)
-        lines: list[tuple[float, str]] = []
+        t0 = driver.marks["up sent"]
+        lines: list[tuple[float, str]] = [(t, f"{(t - t0) * 1000:8.2f} ms  {'bench':<6} {what}")
+                                          for what, t in driver.marks.items()]
+        lt = time.localtime(t0)
+        day = time.mktime((*lt[:3], 0, 0, 0, *lt[6:]))
         for n, d in daemons.items():
             assert d is not None
             for line in d.log_text()[marks[n]:].splitlines():
                 m = re.match(r"(\d\d):(\d\d):(\d\d\.\d+) (.*)", line)
                 if m and TRACE_STEPS.search(m.group(4)):
-                    lt = time.localtime(t0)
-                    day = time.mktime((*lt[:3], 0, 0, 0, *lt[6:]))
                     t = day + int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
-                    lines.append((t, f"{(t - t0) * 1000:7.1f} ms  {n:<6} {m.group(4)[:150]}"))
+                    lines.append((t, f"{(t - t0) * 1000:8.2f} ms  {n:<6} {m.group(4)[:150]}"))
         return [f"one setup of ours, {cond.label}: {took * 1000:.1f} ms from `up` to the CHILD_SA listed",
-                *(text for _, text in sorted(lines))]
+                *(text for _, text in sorted(lines, key=lambda x: x[0]))]
     finally:
         driver.stop()
         lab.teardown()

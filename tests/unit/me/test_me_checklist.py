@@ -239,23 +239,31 @@ def request_from_b(mid: int) -> bytes:
 def test_request_answered_with_observed_address_and_own_key() -> None:
     a = started_initiator()
     assert a.receive_check(request_from_b(7), B_PUB, A_HOST, 0.0) is None
-    (data, src, dst), = a.datagrams_to_send()
+    (data, src, dst), (check, *way) = a.datagrams_to_send()  # the answer first, then our triggered check
     resp = decode_check(data)
     assert (src, dst) == (A_HOST, B_PUB) and resp.is_response and resp.message_id == 7
     assert resp.endpoint.addr == B_PUB and resp.endpoint.type == MeEndpointType.PEER_REFLEXIVE
     assert resp.verify(KEY_A)  # the sender's own key (docs/protocol.md §7.2)
+    assert not decode_check(check).is_response and tuple(way) == (A_HOST, B_PUB)
 
 
-def test_triggered_in_progress_pair_cancels_retransmissions() -> None:
+def test_a_pairs_first_triggered_check_leaves_at_once_later_ones_keep_the_pacing() -> None:
     a = started_initiator()
     a.handle_timer(0.0)  # pair 1 sent
     a.handle_timer(0.025)  # pair 2 sent (and pair 1 retransmitted)
     a.datagrams_to_send()
     p2 = a.pairs[1]
-    assert p2.state == PairState.IN_PROGRESS and p2.deadline is not None
+    assert p2.state == PairState.IN_PROGRESS and p2.deadline == pytest.approx(0.050)
     a.receive_check(request_from_b(1), B_PUB, A_HOST, 0.030)
-    assert p2.state == PairState.WAITING and p2.deadline is None  # docs/protocol.md §11.10
-    assert len(a.datagrams_to_send()) == 1  # only the response, the triggered check waits for T
+    out = a.datagrams_to_send()  # the answer, then the triggered check at once (docs/protocol.md §11.10)
+    assert [decode_check(d).is_response for d, _, _ in out] == [True, False]
+    assert (out[1][1], out[1][2]) == (p2.base, p2.remote_addr)
+    assert p2.state == PairState.IN_PROGRESS and p2.retransmits == 0
+    assert p2.first_sent == pytest.approx(0.030) and p2.deadline == pytest.approx(0.055)  # a new transaction
+    # the peer's next check on the pair: retransmissions cancelled, the check waits for the tick (T)
+    a.receive_check(request_from_b(1), B_PUB, A_HOST, 0.032)
+    assert p2.state == PairState.WAITING and p2.deadline is None
+    assert len(a.datagrams_to_send()) == 1  # only the response
     assert a.get_timer() == pytest.approx(0.050)
     a.handle_timer(0.050)
     out = a.datagrams_to_send()
@@ -272,9 +280,7 @@ def test_triggered_failed_pair_is_rechecked() -> None:
     a.handle_timer(0.025)  # pair 1 times out (no retransmissions allowed), pair 2 sent
     assert [p.state for p in a.pairs] == [PairState.FAILED, PairState.IN_PROGRESS]
     a.receive_check(request_from_b(1), B_PUB, A_HOST, 0.030)
-    assert a.pairs[0].state == PairState.WAITING
-    a.handle_timer(0.050)
-    assert a.pairs[0].state == PairState.IN_PROGRESS
+    assert a.pairs[0].state == PairState.IN_PROGRESS and a.pairs[0].first_sent == pytest.approx(0.030)
 
 
 def test_remote_prflx_learnt_from_request_and_paired() -> None:
@@ -333,9 +339,9 @@ def test_early_request_buffered_until_keys_known() -> None:
     assert a.receive_check(request_from_b(2), B_PUB, A_HOST, 0.001) is None
     assert a.datagrams_to_send() == []
     a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.002)
-    out = a.datagrams_to_send()
-    assert len(out) == 1 and decode_check(out[0][0]).is_response
-    assert a.pairs[1].state == PairState.WAITING  # triggered
+    out = a.datagrams_to_send()  # the answer, then the triggered check; the rest waits for the tick
+    assert [decode_check(d).is_response for d, _, _ in out] == [True, False]
+    assert a.pairs[1].state == PairState.IN_PROGRESS and a.pairs[0].state == PairState.WAITING
 
 
 # --- the simulated network ------------------------------------------------------------------------
@@ -448,13 +454,14 @@ def test_two_lists_through_eim_apdf_nats_select_host_to_srflx() -> None:
 
 def test_success_is_fast() -> None:
     """RTT 10 ms: both first checks leave at 0 (initial burst), pair 2 (host->srflx) is answered at 10 ms;
-    pair 1 (host->host, better, unreachable) left at the same moment, so it gets one measured round trip
-    plus finish_margin (5 ms) from its check: the list selects at 15 ms (strongSwan: 1000 ms more)."""
+    pair 1 (host->host, better, unreachable) left at the same moment and the peer's checks never arrive on
+    it: it had its round trip by the quickest answer, so the list selects at 10 ms, when pair 2 answers
+    (strongSwan: 1000 ms more)."""
     net, a, _ = two_peers(symmetric=False)
     done_at = net.run(until=1.0, stop_when_finished=a)
     ok = [e for e in drain(a) if isinstance(e, CheckListSucceeded)]
     assert ok and ok[0].selected.id == 2
-    assert done_at == pytest.approx(0.015)
+    assert done_at == pytest.approx(0.010)
 
 
 def answer(cl: CheckList, mid: int, src: Addr, now: float) -> None:
@@ -484,18 +491,21 @@ def selected_at(cl: CheckList) -> int | None:
     return ok[0].selected.id if ok else None
 
 
-def test_better_pair_answering_within_its_round_trip_is_selected() -> None:
+def test_better_pair_the_peer_is_heard_on_answering_within_its_round_trip_is_selected() -> None:
     a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0))  # both checks left at 0
-    answer(a, 2, B_PUB, 0.010)  # RTT 10 ms: pair 1 is waited for until 0 + 10 + 5 ms
-    advance(a, 0.0139)
+    a.receive_check(request_from_b(8), B_HOST, A_HOST, 0.002)  # the peer's check on pair 1: re-sent at 2 ms
+    answer(a, 2, B_PUB, 0.010)  # RTT 10 ms: pair 1 is waited for until 2 + 10 + 5 ms
+    advance(a, 0.0169)
     assert selected_at(a) is None
-    answer(a, 1, B_HOST, 0.014)
+    answer(a, 1, B_HOST, 0.0169)
     assert selected_at(a) == 1  # the better pair, at once: nothing better is pending
 
 
 def test_margin_is_at_most_one_round_trip() -> None:
-    """On a fast path (RTT 1 ms) the better pair gets 1 ms of margin, not finish_margin's 5 ms."""
+    """On a fast path (RTT 1 ms) the better pair the peer is heard on gets 1 ms of margin, not
+    finish_margin's 5 ms."""
     a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0))
+    a.receive_check(request_from_b(8), B_HOST, A_HOST, 0.0)  # pair 1 heard, re-sent at 0
     answer(a, 2, B_PUB, 0.001)
     advance(a, 0.0019)
     assert selected_at(a) is None
@@ -505,26 +515,54 @@ def test_margin_is_at_most_one_round_trip() -> None:
 
 def test_better_pair_silent_for_its_round_trip_is_not_waited_for() -> None:
     # strictly paced: pair 1 left at 0, pair 2 at 10 ms and is answered at 20 ms (RTT 10 ms); pair 1 had
-    # 20 ms without an answer, more than a round trip and the margin: no wait at all
+    # 20 ms without an answer and the peer's checks never arrived on it: no wait, the list selects at the
+    # next timer, due at once (an answer that arrived with pair 2's is read first)
     a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0, pacing=0.010, initial_burst=1, rto=1.0))
     a.handle_timer(0.010)
     answer(a, 2, B_PUB, 0.020)
+    assert a.get_timer() is not None and a.get_timer() <= 0.020
+    a.handle_timer(0.020)
     assert selected_at(a) == 2 and a.finished
 
 
-def test_round_trip_after_a_triggered_resend_is_timed_from_the_first_check() -> None:
-    """Karn's rule: the answer that comes after a re-send may belong to the first check; timing it from
-    the re-send would shorten the estimate and dismiss a better pair too early."""
+def test_an_answer_that_arrived_with_the_deciding_one_is_read_first() -> None:
+    """The silent better pair's time is up when pair 2 answers, but the list selects only at its next
+    timer: pair 1's answer, read in the same turn, still wins."""
     a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0))
-    a.receive_check(request_from_b(9), B_PUB, A_HOST, 0.008)  # the peer's check on pair 2: triggered
-    a.handle_timer(0.008)  # re-sent at 8 ms
+    answer(a, 2, B_PUB, 0.010)
+    assert selected_at(a) is None
+    answer(a, 1, B_HOST, 0.010)
+    assert selected_at(a) == 1
+
+
+def test_silent_better_pair_gets_one_round_trip_by_the_quickest_answer_without_margin() -> None:
+    """The peer checks pair 1 before pair 2 (priority order), so when its checks arrive on pair 2 and not
+    on pair 1, pair 1 is waited for only one round trip by the quickest answer seen (a lower bound: the
+    triggered re-send's), from its first check, without the margin."""
+    a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0,
+                                CheckListConfig(transaction_timeout=100.0, pacing=0.010, initial_burst=1, rto=1.0))
+    a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.0)
+    advance(a, 0.010)  # pair 1 at 0, pair 2 at 10 ms
+    a.receive_check(request_from_b(9), B_PUB, A_HOST, 0.012)  # heard on pair 2: re-sent at 12 ms
+    answer(a, 2, B_PUB, 0.014)  # 2 ms after the re-send: pair 1 due at 0 + 2 ms, long passed
+    advance(a, 0.014)
+    assert selected_at(a) == 2
+
+
+def test_round_trip_after_a_triggered_resend_is_timed_from_the_first_check() -> None:
+    """Karn's rule for a better pair the peer is heard on (it may well work): the answer that comes after a
+    re-send may belong to the first check; timing it from the re-send would shorten the estimate and
+    dismiss that pair too early."""
+    a = host_and_srflx_list(CheckListConfig(transaction_timeout=100.0))
+    a.receive_check(request_from_b(8), B_HOST, A_HOST, 0.001)  # the peer's check on pair 1: re-sent at 1 ms
+    a.receive_check(request_from_b(9), B_PUB, A_HOST, 0.008)  # ... on pair 2: re-sent at 8 ms
     assert a.pairs[1].state == PairState.IN_PROGRESS and a.pairs[1].first_sent == pytest.approx(0.008)
     answer(a, 2, B_PUB, 0.010)  # 10 ms after the first check, 2 ms after the re-send
-    # pair 1 (sent at 0) is waited for until 0 + RTT 10 ms + margin 5 ms; timed from the re-send (2 ms) its
-    # time would have passed at 7 ms
-    advance(a, 0.0149)
+    # pair 1 (re-sent at 1 ms) is waited for until 1 + RTT 10 ms + margin 5 ms; timed from pair 2's re-send
+    # (2 ms) its time would have passed at 5 ms
+    advance(a, 0.0159)
     assert selected_at(a) is None
-    advance(a, 0.015)
+    advance(a, 0.016)
     assert selected_at(a) == 2
 
 

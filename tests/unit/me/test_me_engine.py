@@ -33,7 +33,7 @@ def test_demux_duplicates_stop() -> None:
     assert eng.receive_check(encode_check(make_check(False, 1, b"nope", request_endpoint(), KEY_B)),
                              B, A, 0.01) == "unknown connect ID"
     cl = eng.get(b"cid2")
-    assert cl is not None and cl.pairs[0].state == PairState.WAITING
+    assert cl is not None and cl.pairs[0].heard and cl.pairs[0].state == PairState.IN_PROGRESS  # triggered
     assert eng.stop(b"cid2", 0.02) and len(eng) == 1
     events = []
     while (ev := eng.next_event()) is not None:

@@ -15,7 +15,7 @@ from core_ike.constants import MeEndpointType
 from core_ike.ike import events as ev
 from core_ike.me import events as mev
 from core_ike.me.tasks import MeSaState
-from mediation_server.datarelay import RelayConfig
+from mediation_server.datarelay import RelayConfig, is_check
 
 PORTS = (50000, 50099)
 
@@ -68,9 +68,10 @@ def test_symmetric_nats_both_sides_connect_through_the_relay() -> None:
     t_relay_ok = min(t for t, e in alice.events if isinstance(e, mev.PairSucceeded))
     assert t_sel - t_relay_ok < 0.2, (t_sel, t_relay_ok)  # a few RTTs, not the direct pairs' 65 s
     assert est.elapsed < 1.5, est.elapsed
-    # every datagram of the mediated SA went via the MS, none directly between the NATs
+    # every datagram of the mediated SA went via the MS, none directly between the NATs (bob's checks go
+    # on until the IKE_SA_INIT reaches him)
     direct = [w for w in net.wire if w[1] in ("alice", "bob") and w[3][0] in (A_PUB, B_PUB)
-              and w[0] >= t_sel]
+              and w[0] >= t_sel and not is_check(w[4])]
     assert not direct
     relayed = [w for w in net.wire if w[1] == "ms" and w[2][1] in (a_port, b_port)]
     assert relayed
@@ -99,11 +100,45 @@ def _last_relayed(net) -> float:  # type: ignore[no-untyped-def]
     return max(w[0] for w in net.wire if w[1] == "ms" and w[2][1] >= PORTS[0])
 
 
+def _last_at_relay(net) -> float:  # type: ignore[no-untyped-def]
+    """When a peer last sent to a relay port (the relay's activity, forwarded or not)."""
+    return max(w[0] for w in net.wire if w[1] != "ms" and w[3][0] == MS_IP and w[3][1] >= PORTS[0])
+
+
+def _alice_direct_checks_lost(net, seconds: float):  # type: ignore[no-untyped-def]
+    """A hook losing alice's checks to bob's public address for `seconds`: she checks the relayed pair
+    meanwhile (both sides latch), then the direct pair wins."""
+    until = net.now + seconds
+
+    def hook(sender, data, src, dst):  # type: ignore[no-untyped-def]
+        return None if sender == "alice" and dst == (B_PUB, 4500) and is_check(data) and net.now < until else 0.0
+    return hook
+
+
 def test_direct_pair_wins_relay_freed_after_the_unused_timeout() -> None:
     """Gap: the relay allocated for the ME_CONNECT must not hold its ports for the idle timeout when the
-    direct pair wins. The relayed pair is checked (both sides latch) but only checks go through it."""
+    direct pair wins. Here alice never checks the relayed pair (the direct one succeeded first, docs/
+    protocol.md §11.1): only bob's checks reach the relay and latch his side."""
     net = make_net(relay=RelayConfig(ports=PORTS, idle_timeout=120.0, unused_timeout=15.0), latency=0.01)
     register(net)
+    _connect(net)
+    ms = net.nodes["ms"]
+    assert net.nodes["alice"].of(mev.MediatedEstablished)[0].remote == (B_PUB, 4500)
+    (st,) = ms.ext.relay.status(net.now)
+    assert st.a_latched is None and st.b_latched and not st.in_use  # never checked by alice, never used
+    last = _last_at_relay(net)
+    net.run(40.0)
+    assert len(ms.ext.relay) == 0
+    ((t, freed),) = _freed_at(net)
+    assert freed.reason == "unused" and t == pytest.approx(last + 15.0, abs=0.1)
+
+
+def test_relay_checked_by_both_but_not_used_is_freed_after_the_unused_timeout() -> None:
+    """The relayed pair was checked by both sides (alice's direct checks were lost for a while) while the
+    direct pair won: only checks went through the relay."""
+    net = make_net(relay=RelayConfig(ports=PORTS, idle_timeout=120.0, unused_timeout=15.0), latency=0.01)
+    register(net)
+    net.hook = _alice_direct_checks_lost(net, 0.3)
     _connect(net)
     ms = net.nodes["ms"]
     assert net.nodes["alice"].of(mev.MediatedEstablished)[0].remote == (B_PUB, 4500)
@@ -162,6 +197,7 @@ def test_peer_offline_frees_its_relays_without_traffic() -> None:
 def test_peer_offline_keeps_a_relay_latched_by_checks_until_the_unused_timeout() -> None:
     net = make_net(relay=RelayConfig(ports=PORTS, unused_timeout=15.0), latency=0.01)
     register(net)
+    net.hook = _alice_direct_checks_lost(net, 0.3)  # both sides check (and latch) the relay
     _connect(net)
     ms = net.nodes["ms"]
     last = _last_relayed(net)
