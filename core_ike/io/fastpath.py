@@ -238,17 +238,23 @@ class UdpEspIo:
                     log.warning("receive error on %s[%d]: %s", local[0], local[1], e)
                 continue
             n += 1
-            if len(remote) != 2:
-                remote = (remote[0], remote[1])
-            for d in self._datagrams(data, anc):
-                if len(d) > 1 and d[:4] != b"\0\0\0\0":  # RFC 3948 2.2: ESP (non-zero SPI)
-                    esp.append((d, remote))
-                else:
-                    other += 1
-                    tr._datagram(d, local, remote, self.clock())
+            other += self._sort(data, anc, local, (remote[0], remote[1]), esp)
         tr.stats["rx"] += n
         self.udp_reads += n
         self._hand_off(esp, other)
+
+    def _sort(self, data: bytes, anc: list[tuple[int, int, bytes]], local: Addr, remote: Addr,
+              esp: list[tuple[bytes, Addr]]) -> int:
+        """The datagrams of one read: ESP onto `esp`, the rest (IKE, keepalives) to the transport now;
+        returns how many went to the transport."""
+        other = 0
+        for d in self._datagrams(data, anc):
+            if len(d) > 1 and d[:4] != b"\0\0\0\0":  # RFC 3948 2.2: ESP (non-zero SPI)
+                esp.append((d, remote))
+            else:
+                other += 1
+                self.transport._datagram(d, local, remote, self.clock())
+        return other
 
     @staticmethod
     def _gro_size(anc: list[tuple[int, int, bytes]]) -> int:

@@ -24,16 +24,16 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
 from ..constants import NAT_KEEPALIVE
 from ..esp import USERSPACE, EspError, EspSa, InboundSad, SequenceExhaustedError
+from .batchsteps import BatchSteps
 from .dataplane import (
     Acquire,
     DataPlaneError,
@@ -49,14 +49,10 @@ from .dataplane import (
 from .fastpath import OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
 from .netlink import NetlinkWorker, RouteSocket, add_host_address, del_host_address
 from .offload import (
-    NO_OFFLOAD,
     VNET_HDR_LEN,
-    Coalescer,
     OffloadError,
     VnetHdr,
-    merge_run,
     segment,
-    segment_into,
 )
 from .tsmatch import packet_flow, ts_match
 
@@ -95,7 +91,7 @@ class SaStatus:
     counters: dict[str, float | int] = field(default_factory=dict)
 
 
-class UserspaceDataPlane:
+class UserspaceDataPlane(BatchSteps):
     """ESP in Python over TUN; implements `core_ike.io.dataplane.DataPlane`."""
 
     name = "userspace"
@@ -442,37 +438,6 @@ class UserspaceDataPlane:
             if self._pending:
                 self._flush_sends()
 
-    def _seal_laid_out(self, frame: memoryview, vh: VnetHdr, now: float) -> bool:
-        """The `seal_batch` step: a TSO super-packet's segments cut into one buffer, sealed into
-        another (one AEAD call per segment, no per-packet objects) and sent as slices of it; False
-        when the frame or its SA needs the per-packet path (one segment, no SA, plain ESP, a cipher
-        without `seal_into`)."""
-        plain = self._plain
-        laid = segment_into(frame, vh, plain)
-        if laid is None:
-            return False
-        stride, lengths = laid
-        st = self._sa_out(plain)  # every segment has the first one's addresses and ports
-        if st is None or not st.params.encap or not st.esp.seals_into or self._udp is None:
-            for i, length in enumerate(lengths):
-                self._outbound(bytes(plain[i * stride : i * stride + length]), now, True)
-            self.tso_frames += 1
-            self.tso_segments += len(lengths)
-            return True
-        if len(self._esp_out) < len(lengths) * (stride + 40):
-            self._esp_out = bytearray(len(lengths) * (stride + 40))
-        try:
-            sizes = st.esp.seal_into(plain, stride, lengths, 41 if plain[0] >> 4 == 6 else 4, self._esp_out, now)
-        except SequenceExhaustedError:
-            self._expire(st, True, "sequence")
-            return True
-        self.tso_frames += 1
-        self.tso_segments += len(lengths)
-        if st.addr in self._pending:  # what this peer has queued leaves first
-            self._flush_sends()
-        self._udp.send_laid_out(memoryview(self._esp_out)[: sum(sizes)], sizes, st.addr)
-        return True
-
     def _flush_sends(self) -> None:
         assert self._udp is not None
         pending, self._pending = self._pending, {}
@@ -572,68 +537,6 @@ class UserspaceDataPlane:
                 continue
             out.append(inner)
         self._write_inner(out)
-
-    def _write_inner(self, out: Sequence[bytes]) -> None:
-        """Decrypted packets to the TUN device, TCP segments of one flow merged when `coalesce` is on."""
-        if self._vnet and "coalesce" in self.offload and len(out) > 1:
-            merge = Coalescer()
-            merge.add_all(out)
-            frames = merge.frames()
-            self.coalesced += merge.coalesced
-        else:
-            frames = [[NO_OFFLOAD, p] if self._vnet else [p] for p in out]
-        self._write_frames(frames)
-
-    def _receive_run(self, buf: memoryview, size: int, count: int, tail: int, src: tuple[str, int]) -> bool:
-        """The `open_batch` step: the ESP datagrams of one UDP_GRO read (back to back in `buf`, `size`
-        octets each, the last `tail`) decrypted into one buffer (`EspSa.open_into`) and, when they are
-        consecutive segments of one TCP connection, written as GSO super-packets (`merge_run`), with
-        no per-packet objects. False (nothing done) when the run needs the per-packet path: an
-        unknown SPI, another SA or a non-ESP datagram inside it, a replayed, reordered or bad packet."""
-        sa = self.sad.get(int.from_bytes(buf[:4], "big"))
-        if sa is None:
-            return False
-        plain = self._rx_plain
-        lengths = sa.open_into(buf, size, count, tail, plain, self.clock())
-        if lengths is None:
-            return False
-        self._check_mapping(sa.spi, src)
-        view = memoryview(plain)
-        frames = None
-        if self._run_allowed(sa.spi, size, lengths):
-            if self._vnet and "coalesce" in self.offload:
-                frames = merge_run(plain, size, lengths)
-            if frames is not None:
-                self.coalesced += count - len(frames)
-                self._write_frames(frames)
-            else:
-                self._write_inner([bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)])
-            return True
-        inner = [bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)]
-        ok = [p for p in inner if self._inbound_allowed(sa.spi, p)]
-        self.drop_policy_mismatch += len(inner) - len(ok)
-        self._write_inner(ok)
-        return True
-
-    def _run_allowed(self, spi: int, stride: int, lengths: list[int]) -> bool:
-        """Do all inner packets of a run pass the SA's inbound selectors (RFC 4301 5.2.1 (4))? Decided
-        once when they share the first one's IP version and addresses and no policy looks at ports."""
-        plain = self._rx_plain
-        if self._needs_ports() or not self._inbound_allowed(spi, bytes(plain[: min(lengths[0], 64)])):
-            return False
-        n = len(lengths)
-        rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
-        cols = slice(8, 40) if plain[0] >> 4 == 6 else slice(12, 20)
-        return not ((rows[1:, 0] >> 4) != (plain[0] >> 4)).any() and not (rows[1:, cols] != rows[0, cols]).any()
-
-    def _write_frames(self, frames: list[list[bytes | bytearray | memoryview]] | list[list[bytes | memoryview]]) -> None:
-        self.tun_writes += len(frames)
-        for frame in frames:
-            try:
-                os.writev(self._tun_fd, frame)
-            except OSError as e:
-                self.drop_send_error += 1
-                log.debug("TUN write: %s", e)
 
     def _check_mapping(self, spi: int, src: tuple[str, int]) -> None:
         """Authenticated UDP-encapsulated ESP from another address or port than the SA's peer: its NAT

@@ -1,0 +1,147 @@
+"""The `seal_batch` and `open_batch` steps of the userspace ESP data plane (`core_ike.io.fastpath`):
+a TSO super-packet segmented, sealed and sent from two buffers, a UDP_GRO read of ESP opened and
+written to the TUN device from one, with no per-packet objects (measured step by step in
+bench/esp_throughput_iperf.py; the cost per packet of each stage: docs/architecture.md).
+
+`BatchSteps` is a base class of `core_ike.io.userspace.UserspaceDataPlane`, whose state it uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..esp import InboundSad, SequenceExhaustedError
+from .fastpath import UdpEspIo
+from .offload import NO_OFFLOAD, Coalescer, VnetHdr, merge_run, segment_into
+
+if TYPE_CHECKING:
+    from .userspace import _SaState
+
+log = logging.getLogger("core_ike.io.userspace")
+
+
+class BatchSteps:
+    offload: frozenset[str]
+    sad: InboundSad
+    clock: Callable[[], float]
+    _vnet: bool
+    _udp: UdpEspIo | None
+    _pending: dict[tuple[str, int], list[bytes]]
+    _plain: bytearray
+    _esp_out: bytearray
+    _rx_plain: bytearray
+    _tun_fd: int
+    tso_frames: int
+    tso_segments: int
+    coalesced: int
+    tun_writes: int
+    drop_policy_mismatch: int
+    drop_send_error: int
+
+    if TYPE_CHECKING:
+        def _sa_out(self, pkt: bytes | bytearray) -> _SaState | None: ...
+        def _outbound(self, pkt: bytes | bytearray, now: float, batch: bool = False) -> None: ...
+        def _expire(self, st: _SaState, hard: bool, reason: str) -> None: ...
+        def _flush_sends(self) -> None: ...
+        def _check_mapping(self, spi: int, src: tuple[str, int]) -> None: ...
+        def _inbound_allowed(self, spi: int, inner: bytes) -> bool: ...
+        def _needs_ports(self) -> bool: ...
+
+    def _seal_laid_out(self, frame: memoryview, vh: VnetHdr, now: float) -> bool:
+        """The `seal_batch` step: a TSO super-packet's segments cut into one buffer, sealed into
+        another (one AEAD call per segment, no per-packet objects) and sent as slices of it; False
+        when the frame or its SA needs the per-packet path (one segment, no SA, plain ESP, a cipher
+        without `seal_into`)."""
+        plain = self._plain
+        laid = segment_into(frame, vh, plain)
+        if laid is None:
+            return False
+        stride, lengths = laid
+        st = self._sa_out(plain)  # every segment has the first one's addresses and ports
+        if st is None or not st.params.encap or not st.esp.seals_into or self._udp is None:
+            for i, length in enumerate(lengths):
+                self._outbound(bytes(plain[i * stride : i * stride + length]), now, True)
+            self.tso_frames += 1
+            self.tso_segments += len(lengths)
+            return True
+        if len(self._esp_out) < len(lengths) * (stride + 40):
+            self._esp_out = bytearray(len(lengths) * (stride + 40))
+        try:
+            sizes = st.esp.seal_into(plain, stride, lengths, 41 if plain[0] >> 4 == 6 else 4, self._esp_out, now)
+        except SequenceExhaustedError:
+            self._expire(st, True, "sequence")
+            return True
+        self.tso_frames += 1
+        self.tso_segments += len(lengths)
+        if st.addr in self._pending:  # what this peer has queued leaves first
+            self._flush_sends()
+        self._udp.send_laid_out(memoryview(self._esp_out)[: sum(sizes)], sizes, st.addr)
+        return True
+
+    def _write_inner(self, out: Sequence[bytes]) -> None:
+        """Decrypted packets to the TUN device, TCP segments of one flow merged when `coalesce` is on."""
+        if self._vnet and "coalesce" in self.offload and len(out) > 1:
+            merge = Coalescer()
+            merge.add_all(out)
+            frames = merge.frames()
+            self.coalesced += merge.coalesced
+        else:
+            frames = [[NO_OFFLOAD, p] if self._vnet else [p] for p in out]
+        self._write_frames(frames)
+
+    def _receive_run(self, buf: memoryview, size: int, count: int, tail: int, src: tuple[str, int]) -> bool:
+        """The `open_batch` step: the ESP datagrams of one UDP_GRO read (back to back in `buf`, `size`
+        octets each, the last `tail`) decrypted into one buffer (`EspSa.open_into`) and, when they are
+        consecutive segments of one TCP connection, written as GSO super-packets (`merge_run`), with
+        no per-packet objects. False (nothing done) when the run needs the per-packet path: an
+        unknown SPI, another SA or a non-ESP datagram inside it, a replayed, reordered or bad packet."""
+        sa = self.sad.get(int.from_bytes(buf[:4], "big"))
+        if sa is None:
+            return False
+        plain = self._rx_plain
+        lengths = sa.open_into(buf, size, count, tail, plain, self.clock())
+        if lengths is None:
+            return False
+        self._check_mapping(sa.spi, src)
+        view = memoryview(plain)
+        frames = None
+        if self._run_allowed(sa.spi, size, lengths):
+            if self._vnet and "coalesce" in self.offload:
+                frames = merge_run(plain, size, lengths)
+            if frames is not None:
+                self.coalesced += count - len(frames)
+                self._write_frames(frames)
+            else:
+                self._write_inner([bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)])
+            return True
+        inner = [bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)]
+        ok = [p for p in inner if self._inbound_allowed(sa.spi, p)]
+        self.drop_policy_mismatch += len(inner) - len(ok)
+        self._write_inner(ok)
+        return True
+
+    def _run_allowed(self, spi: int, stride: int, lengths: list[int]) -> bool:
+        """Do all inner packets of a run pass the SA's inbound selectors (RFC 4301 5.2.1 (4))? Decided
+        once when they share the first one's IP version and addresses and no policy looks at ports."""
+        plain = self._rx_plain
+        if self._needs_ports() or not self._inbound_allowed(spi, bytes(plain[: min(lengths[0], 64)])):
+            return False
+        n = len(lengths)
+        rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
+        cols = slice(8, 40) if plain[0] >> 4 == 6 else slice(12, 20)
+        return not ((rows[1:, 0] >> 4) != (plain[0] >> 4)).any() and not (rows[1:, cols] != rows[0, cols]).any()
+
+    def _write_frames(self, frames: list[list[bytes | bytearray | memoryview]] | list[list[bytes | memoryview]]) -> None:
+        self.tun_writes += len(frames)
+        for frame in frames:
+            try:
+                os.writev(self._tun_fd, frame)
+            except OSError as e:
+                self.drop_send_error += 1
+                log.debug("TUN write: %s", e)
+
