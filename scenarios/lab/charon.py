@@ -118,12 +118,16 @@ class Charon:
     def env(self) -> dict[str, str]:
         return {"STRONGSWAN_CONF": str(self.conf_path), "SWANCTL_DIR": str(self.swanctl_dir)}
 
+    def daemon_command(self) -> str:
+        """What runs charon in this instance's namespace, its /run bound to ours (a subclass: the starter)."""
+        return CHARON
+
     def start(self, timeout: float = 10.0, load: bool = True) -> Charon:
         """Write the configs, start charon, wait until vici answers, then (``load``) load the config."""
         self.write_config()
         with contextlib.suppress(FileNotFoundError):
             self.vici_path.unlink()
-        cmd = f"mount --bind {self.run_dir} /run && exec {CHARON}"
+        cmd = f"mount --bind {self.run_dir} /run && exec {self.daemon_command()}"
         self.proc = self.lab.popen(self.host, ["sh", "-c", cmd], self.dir / "stdout.log", env=self.env)
         try:
             wait_for(self._vici_ready, timeout, what=f"charon vici on {self.host}")

@@ -53,13 +53,12 @@ class Starter(Charon):
                          settings=f"plugins {{\n  stroke {{\n    secrets_file = {secrets}\n  }}\n}}")
         self.ipsec_conf = conf
 
+    def daemon_command(self) -> str:
+        return f"{STARTER} --nofork --conf {self.ipsec_conf}"
+
     def start(self, timeout: float = 15.0, load: bool = False) -> Starter:
-        self.write_config()
-        with contextlib.suppress(FileNotFoundError):
-            self.vici_path.unlink()
-        cmd = f"mount --bind {self.run_dir} /run && exec {STARTER} --nofork --conf {self.ipsec_conf}"
-        self.proc = self.lab.popen(self.host, ["sh", "-c", cmd], self.dir / "stdout.log", env=self.env)
-        wait_for(self._vici_ready, timeout, what=f"charon (starter) vici on {self.host}")
+        """The starter loads the conns itself (over stroke): nothing to load over vici."""
+        super().start(timeout, load)
         return self
 
     def list_conns(self) -> dict[str, Any]:
