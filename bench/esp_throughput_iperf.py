@@ -10,8 +10,9 @@ Usage (root):
 Sides: ``charon`` and ``ours:STEPS`` where STEPS is the ``[daemon] esp_offload`` value (docs/configuration.md):
 ``none`` (one TUN read, one seal, one send per packet; the transport's reads), ``tso`` (TSO super-packets
 from the TUN device, cut into segments by us), ``tso,gso`` (+ one UDP_SEGMENT send per run of ESP packets),
-``tso,gso,gro`` (+ UDP_GRO reads), ``all`` (+ decrypted segments coalesced into one TUN write: users'
-default). Each round runs every side once, alternating the order (results_io.interleave); each side
+``tso,gso,gro`` (+ UDP_GRO reads), ``tso,gso,gro,coalesce`` (+ decrypted segments coalesced into one TUN
+write), ``...,seal_batch`` (+ a super-packet's segments cut with numpy and sealed into one buffer, sent as
+slices of it), ``all`` (+ ``open_batch``: a GRO read decrypted into one buffer and merged there: users' default). Each round runs every side once, alternating the order (results_io.interleave); each side
 gets a fresh pair of daemons, iperf3 runs alice -> bob and bob -> alice (``-R``). CPU = the ESP
 process's CPU time over the run / wall time (100 % = one core), on the sending and the receiving host.
 """
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,7 +46,7 @@ A_IN, B_IN = "10.10.1.1", "10.10.2.1"
 PSK = "bench-secret-0123456789abcdef"
 HZ = os.sysconf("SC_CLK_TCK")
 BASE_ESP = "aes128gcm16"  # what iked_psk_toml / charon_psk_conf write
-DEFAULT_SIDES = "none,tso,tso+gso,tso+gso+gro,all,charon"
+DEFAULT_SIDES = "none,tso,tso+gso,tso+gso+gro,tso+gso+gro+coalesce,tso+gso+gro+coalesce+seal_batch,all,charon"
 DIRECTIONS = ("alice->bob", "bob->alice")
 
 
@@ -82,11 +84,13 @@ def iperf(lab: Lab, seconds: float, reverse: bool, comms: tuple[str, ...]) -> di
     wait_for(lambda: f"{B_IN}:5201" in lab.run("bob", ["ss", "-ltn"], check=False).stdout, 5,
              interval=0.05, what="iperf3 -s")
     c0 = {h: cpu_ticks(lab, h, comms) for h in ("alice", "bob")}
+    m0 = machine_ticks()
     t0 = time.monotonic()
     argv = ["iperf3", "-c", B_IN, "-B", A_IN, "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
     res = lab.run("alice", argv, check=False, timeout=seconds + 30)
     wall = time.monotonic() - t0
     c1 = {h: cpu_ticks(lab, h, comms) for h in ("alice", "bob")}
+    m1 = machine_ticks()
     lab.stop(srv)
     try:
         data: Any = json.loads(res.stdout)
@@ -96,7 +100,23 @@ def iperf(lab: Lab, seconds: float, reverse: bool, comms: tuple[str, ...]) -> di
         raise RuntimeError(f"iperf3 failed: {e}\n{res.stdout[-2000:]}\n{res.stderr}") from e
     cpu = {h: 100.0 * (c1[h] - c0[h]) / HZ / wall for h in c0}
     sender, receiver = ("bob", "alice") if reverse else ("alice", "bob")
-    return {"mbps": bps / 1e6, "retrans": retrans, "cpu_tx": cpu[sender], "cpu_rx": cpu[receiver]}
+    busy, total = m1[0] - m0[0], m1[1] - m0[1]
+    return {"mbps": bps / 1e6, "retrans": retrans, "cpu_tx": cpu[sender], "cpu_rx": cpu[receiver],
+            "machine_busy": 100.0 * busy / max(1, total) * (os.cpu_count() or 1),
+            "load": float(Path("/proc/loadavg").read_text().split()[0])}
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU of the machine (/proc/stat): what all processes used."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def us_per_packet(r: dict[str, float], key: str, mss: int) -> float:
+    """CPU microseconds the ESP process on one host used per TCP segment (`mss` octets of payload)."""
+    pps = r["mbps"] * 1e6 / 8 / mss
+    return r[key] / 100 * 1e6 / max(pps, 1e-9)
 
 
 def tun_mtu(lab: Lab, host: str) -> str:
@@ -231,7 +251,9 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
             differences=[f"esp_offload = {side.split(':', 1)[1]}; other sides in the table above"], readme=False))
     lines = [f"iperf3 TCP, {seconds:g} s per direction, {len(next(iter(runs.values())))} round(s); "
              "medians over both directions and all rounds (min-max)",
-             f"{'side':<34} {'Mbit/s':>22} {'CPU tx %':>9} {'CPU rx %':>9} {'Mbit/s/core':>12} {'retrans':>8}"]
+             f"{'side':<34} {'Mbit/s':>22} {'CPU tx %':>9} {'CPU rx %':>9} {'Mbit/s/core':>12} {'retrans':>8} "
+             f"{'us/pkt tx':>10} {'us/pkt rx':>10} {'machine %':>10} {'load':>5}"]
+    mss = int(infos.get(next((s for s in sides if s.startswith("ours")), ""), {}).get("tun_mtu", 1400)) - 52
     for side in sides:
         rs = runs[side]
         mb = results_io.sample(values(rs, "mbps"), "", 1)
@@ -243,8 +265,12 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
         rx = results_io.sample(values(rs, "cpu_rx"), "", 0)
         rt = results_io.sample(values(rs, "retrans"), "", 0)
         assert med and tx and rx and rt
+        us = {k: statistics.median(us_per_packet(r[d], k, mss) for r in rs for d in DIRECTIONS) for k in ("cpu_tx", "cpu_rx")}
+        busy = statistics.median(r[d].get("machine_busy", 0.0) for r in rs for d in DIRECTIONS)
+        load = statistics.median(r[d].get("load", 0.0) for r in rs for d in DIRECTIONS)
         lines.append(f"{label_of(side):<34} {mb['median']:>7.0f} ({mb['min']:.0f}-{mb['max']:.0f}){'':>4} "
-                     f"{tx['median']:>9.0f} {rx['median']:>9.0f} {med['median']:>12.0f} {rt['median']:>8.0f}")
+                     f"{tx['median']:>9.0f} {rx['median']:>9.0f} {med['median']:>12.0f} {rt['median']:>8.0f} "
+                     f"{us['cpu_tx']:>10.2f} {us['cpu_rx']:>10.2f} {busy:>10.0f} {load:>5.1f}")
     notes = [
         "the machine's 2 CPUs are shared with 7 other sessions working at the same time (see the load "
         "average above): each ESP process got only part of a core, so Mbit/s depends on their load; "
@@ -253,7 +279,14 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
         "packet, one TUN write per decrypted packet; tso = TSO super-packets read from the TUN device "
         "(IFF_VNET_HDR, TUNSETOFFLOAD) and cut into MSS-sized segments by us, one ESP packet each; gso = the "
         "ESP packets of a super-packet leave in one sendmsg (UDP_SEGMENT); gro = UDP_GRO reads; coalesce = "
-        "decrypted segments of one connection written as one GSO packet; all = every step (the default)",
+        "decrypted segments of one connection written as one GSO packet; seal_batch = a super-packet's "
+        "segments cut with numpy into one buffer and sealed into another (one AEAD *_into call each), sent as "
+        "slices of it; open_batch = a GRO read taken whole (recvmsg_into), decrypted into one buffer and merged "
+        "there (core_ike/io/batchsteps.py); all = every step (the default)",
+        "us/pkt tx, rx = CPU microseconds of the ESP process on the sending, receiving host per TCP segment "
+        f"({mss} octets of payload: TUN MTU - 52), its system calls' kernel work included; machine % = what "
+        "every process on the machine used during the run (200 % = both CPUs); load = the 1-minute load average "
+        "at the end of the run",
         "the Python cost per packet without I/O is in bench/results/esp_throughput.txt",
         "retransmits of ours without TSO: the TUN device's transmit queue (500 packets) overflows while "
         "the ESP process waits for a CPU (its 'TX dropped' count equals the sender's retransmits); with TSO a "

@@ -109,20 +109,19 @@ class BatchSteps:
             return False
         self._check_mapping(sa.spi, src)
         view = memoryview(plain)
-        frames = None
-        if self._run_allowed(sa.spi, size, lengths):
-            if self._vnet and "coalesce" in self.offload:
-                frames = merge_run(plain, size, lengths)
-            if frames is not None:
-                self.coalesced += count - len(frames)
-                self._write_frames(frames)
-            else:
-                self._write_inner([bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)])
-            return True
-        inner = [bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)]
-        ok = [p for p in inner if self._inbound_allowed(sa.spi, p)]
-        self.drop_policy_mismatch += len(inner) - len(ok)
-        self._write_inner(ok)
+        frames = merge_run(plain, size, lengths) if self._vnet and "coalesce" in self.offload else None
+        # RFC 4301 5.2.1 (4): the inner packets must match the SA's inbound selectors; the segments
+        # merge_run merged share the first one's addresses and ports, so its answer is theirs
+        if frames is not None and self._inbound_allowed(sa.spi, bytes(plain[: min(lengths[0], 64)])):
+            self.coalesced += count - len(frames)
+            self._write_frames(frames)
+        elif self._run_allowed(sa.spi, size, lengths):
+            self._write_inner([bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)])
+        else:
+            inner = [bytes(view[i * size : i * size + n]) for i, n in enumerate(lengths)]
+            ok = [p for p in inner if self._inbound_allowed(sa.spi, p)]
+            self.drop_policy_mismatch += len(inner) - len(ok)
+            self._write_inner(ok)
         return True
 
     def _run_allowed(self, spi: int, stride: int, lengths: list[int]) -> bool:
