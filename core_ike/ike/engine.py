@@ -179,8 +179,9 @@ class Engine:
                                    remote[1], e)
             self._answer_plain_error(data, e, local, remote)
             return
-        log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0], local[1],
-                 len(data))
+        if log.isEnabledFor(logging.INFO):  # the arguments cost more than the disabled call
+            log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
+                     local[1], len(data))
         self._dispatch(msg, local, remote, now)
         self._run_deferred(now)
 

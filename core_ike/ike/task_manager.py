@@ -79,10 +79,12 @@ class TaskManager:
     def _send(self, packets: list[bytes], now: float) -> None:
         sa = self.sa
         marker = sa.uses_marker
+        info = log.isEnabledFor(logging.INFO)  # the arguments cost more than the disabled call
         for p in packets:
             data = b"\x00\x00\x00\x00" + p if marker else p
-            log.info("sending packet: from %s[%d] to %s[%d] (%d bytes)",
-                     sa.local[0], sa.local[1], sa.remote[0], sa.remote[1], len(data))
+            if info:
+                log.info("sending packet: from %s[%d] to %s[%d] (%d bytes)",
+                         sa.local[0], sa.local[1], sa.remote[0], sa.remote[1], len(data))
             sa.engine.send(data, sa.local, sa.remote)
         sa.last_out = now
 
