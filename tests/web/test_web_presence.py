@@ -200,7 +200,11 @@ def test_operator_role_search_disable_and_registration(srv: Portal, url: str) ->
     r = op.get("admin/peers?q=user07")
     assert "laptop" in r.text() and "1 peer matching" in r.text()
     assert op.get("admin/users?page=x&q=%25").status == 200  # junk paging, LIKE wildcards taken literally
-    assert "0 accounts matching" in op.get("admin/users?q=%25").text()
+    r = op.get("admin/users?q=%25")
+    assert "0 accounts matching" in r.text() and "No accounts found." in r.text() and 'id="users"' not in r.body
+    r = op.get("admin/peers?q=nosuchpeer")
+    assert "0 peers matching" in r.text() and "No peers found." in r.text() and 'id="peers"' not in r.body
+    assert 'id="users"' in op.get("admin/users").body and 'class="pager"' in op.get("admin/users").body
 
     # disable user07: its session ends, it cannot log in, its peer leaves the server's snapshot
     with make_session_factory(make_engine(url))() as s:
