@@ -37,6 +37,7 @@ class BatchSteps:
     _rx_plain: bytearray
     _tun_fd: int
     tso_frames: int
+    batch_seals: int
     tso_segments: int
     coalesced: int
     tun_writes: int
@@ -78,6 +79,7 @@ class BatchSteps:
             return True
         self.tso_frames += 1
         self.tso_segments += len(lengths)
+        self.batch_seals += 1
         if st.addr in self._pending:  # what this peer has queued leaves first
             self._flush_sends()
         self._udp.send_laid_out(memoryview(self._esp_out)[: sum(sizes)], sizes, st.addr)

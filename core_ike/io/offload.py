@@ -408,11 +408,7 @@ def _tcp_candidate(pkt: bytes, total: int) -> tuple[bytes, object, int, int, boo
     plen = n - h
     if h < off + 20 or plen <= 0 or flags not in (_ACK, _ACK | _PSH):
         return None
-    # one sum over the whole packet: an IPv4 header with a right checksum adds 0 (RFC 791 3.1), the
-    # IPv6 header's first 8 octets are taken out; the addresses count once more for the pseudo-header
-    small = (_TCP << 8) + _bswap16(n - off)
-    small += -int.from_bytes(pkt[:8], "little") if v6 else int.from_bytes(addrs, "little")
-    if (total + small) % 0xFFFF:
+    if (total + _tcp_small(pkt, off, v6)) % 0xFFFF:
         return None  # a bad checksum: written alone, the kernel counts and drops it
     return tkey, key, off, h, v6, seq, plen
 
@@ -463,15 +459,16 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
         return None
     same, var = _run_structs(h, v6)
     want = same.unpack_from(first)
-    small = (_TCP << 8) + (-int.from_bytes(first[:8], "little") if v6 else int.from_bytes(first[12:20], "little"))
-    full_small = small + _bswap16(length - off)
+    # (`_tcp_candidate`'s correction: the pseudo-header's protocol and length, the IPv4 addresses once
+    # more, the IPv6 header's first 8 octets out; equal in all full-size segments)
+    full_small = _tcp_small(first, off, v6)
     seq, o = seq0, 0
     for i in range(n):
         field, seq_i, flags = var.unpack_from(plain, o)
         size = lengths[i]
         if (same.unpack_from(plain, o) != want or seq_i != seq or field != (size - 40 if v6 else size)
                 or (flags != _ACK and (i < n - 1 or flags != _ACK | _PSH))
-                or (totals[i] + (full_small if size == length else small + _bswap16(size - off))) % 0xFFFF):
+                or (totals[i] + (full_small if size == length else _tcp_small(plain[o : o + 40], off, v6, size))) % 0xFFFF):
             return None
         seq = (seq + plen) & 0xFFFFFFFF
         o += stride
@@ -500,6 +497,16 @@ def _run_structs(h: int, v6: bool) -> tuple[struct.Struct, struct.Struct]:
     if v6:
         return struct.Struct(f">4s2x34s4s4x5sx2s2x{h - 58}s"), struct.Struct(">4xH38xI5xB")
     return struct.Struct(f">2s2x2x4s2x8s4s4x5sx2s2x{h - 38}s"), struct.Struct(">2xH20xI5xB")
+
+
+def _tcp_small(pkt: bytes | bytearray, off: int, v6: bool, length: int = 0) -> int:
+    """What turns the sum of all words of an IP packet with a TCP segment (`length` octets, default
+    len(pkt)) into the TCP checksum's sum (0 modulo 0xFFFF when it verifies): an IPv4 header with a
+    right checksum adds 0 (RFC 791 3.1), the IPv6 header's first 8 octets are taken out; the
+    addresses count once more for the pseudo-header, with protocol and TCP length (RFC 9293 3.1,
+    RFC 8200 8.1)."""
+    small = (_TCP << 8) + _bswap16((length or len(pkt)) - off)
+    return small - int.from_bytes(pkt[:8], "little") if v6 else small + int.from_bytes(pkt[12:20], "little")
 
 
 class Coalescer:

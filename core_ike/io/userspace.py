@@ -148,6 +148,7 @@ class UserspaceDataPlane(BatchSteps):
         self.drop_send_error = 0
         self.drop_bad_frame = 0  # TUN frame with a virtio header we cannot segment
         self.tso_frames = self.tso_segments = self.coalesced = self.tun_writes = 0
+        self.batch_seals = 0  # super-packets sealed by the seal_batch step
         self.keepalives_sent = 0
         # (spi_in, new source) of authenticated ESP from a changed NAT mapping; set by the daemon
         self.on_mapping: Callable[[int, tuple[str, int]], None] | None = None
@@ -699,6 +700,7 @@ class UserspaceDataPlane(BatchSteps):
             "tso_segments": self.tso_segments,
             "tun_writes": self.tun_writes,
             "coalesced": self.coalesced,  # segments written inside another one's TUN write
+            "batch_seals": self.batch_seals,
             **(self._udp.counters() if self._udp else {}),
             "keepalives_sent": self.keepalives_sent,
         }

@@ -1,5 +1,5 @@
 """Bulk TCP between our iked (userspace ESP, users' default offloads: TSO segmentation, UDP_SEGMENT,
-UDP_GRO, coalesced TUN writes) and a real strongSwan charon (kernel-libipsec), ESP-in-UDP on one veth
+UDP_GRO, coalesced TUN writes, super-packets sealed and GRO reads opened in batches) and a real strongSwan charon (kernel-libipsec), ESP-in-UDP on one veth
 link (``two_hosts``): what our offloads send must be what charon expects, one inner packet per
 ESP datagram with correct inner checksums, and what charon sends must pass our GRO and coalescing.
 
@@ -62,4 +62,5 @@ def test_bulk_tcp_with_charon(two_hosts_per_test: Lab) -> None:
     assert stats["drop_unknown_spi"] == 0 and stats["drop_policy_mismatch"] == 0, stats
     assert stats["drop_bad_frame"] == 0 and stats["drop_send_error"] == 0, stats
     assert stats["tso_frames"] > 0 and stats["esp_gso_sends"] > 0, stats  # ours -> charon used TSO + GSO
+    assert stats["batch_seals"] > 0, stats  # ... cut and sealed by the seal_batch step: charon took it
     assert stats["tun_writes"] > 0, stats

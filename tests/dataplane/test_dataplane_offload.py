@@ -134,10 +134,12 @@ def test_bulk_tcp_through_offloads(lab: dict[str, Any], offload: str) -> None:
             assert tx["tso_frames"] > 0 and tx["tso_segments"] > 2 * tx["tso_frames"]
             assert tx["esp_gso_sends"] > 0
         assert b["esp_gro_reads"] > 0 and b["coalesced"] > 0  # a's UDP_SEGMENT sends arrive whole
+        # seal_batch on both senders (IPv4 and IPv6 super-packets), open_batch on b for a's whole sends
+        assert a["batch_seals"] > 0 and b["batch_seals"] > 0 and b["esp_run_reads"] > 0
     else:
         for st in (a, b):
             assert st["tso_frames"] == 0 and st["esp_gso_sends"] == 0 and st["esp_gro_reads"] == 0
-            assert st["coalesced"] == 0
+            assert st["coalesced"] == 0 and st["batch_seals"] == 0 and st["esp_run_reads"] == 0
     # on the wire: one inner packet per ESP datagram, none larger than MTU + ESP/UDP/IP overhead
     lengths = sh("tcpdump", "-nn", "-r", str(pcap), "src host 192.0.2.2 and udp port 4500").stdout.splitlines()
     assert len(lengths) > SIZE["v6"] // MTU

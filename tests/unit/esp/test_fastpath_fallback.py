@@ -83,3 +83,30 @@ def test_gro_refused_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert any("UDP_GRO refused" in r.message for r in caplog.records)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         assert enable_gro(udp) is True
+
+
+def laid_out_packets() -> tuple[memoryview, list[int], list[bytes]]:
+    """Five ESP packets back to back, as EspSa.seal_into leaves them: four of 100 octets, one of 40."""
+    pkts = [bytes([i]) * 100 for i in range(4)] + [b"z" * 40]
+    return memoryview(b"".join(pkts)), [len(p) for p in pkts], pkts
+
+
+def test_send_laid_out_one_udp_segment_send() -> None:
+    s = RefusingSocket(None)
+    io = io_for(s)
+    buf, sizes, pkts = laid_out_packets()
+    io.send_laid_out(buf, sizes, ("127.0.0.1", 4500))
+    assert s.gso_calls == 1 and [bytes(b) for b in s.sent] == [b"".join(pkts)]  # one slice, not copies
+    assert io.gso_sends == 1 and io.udp_sends == 5
+
+
+def test_send_laid_out_falls_back_when_refused(caplog: pytest.LogCaptureFixture) -> None:
+    s = RefusingSocket(errno.EIO)
+    io = io_for(s)
+    buf, sizes, pkts = laid_out_packets()
+    with caplog.at_level(logging.INFO, logger="core_ike.io.userspace"):
+        io.send_laid_out(buf, sizes, ("127.0.0.1", 4500))
+        io.send_laid_out(buf, sizes, ("127.0.0.1", 4500))
+    assert [bytes(b) for b in s.sent] == pkts + pkts  # nothing lost, order kept
+    assert s.gso_calls == 1 and not io.gso and io.send_errors == 0
+    assert sum("UDP_SEGMENT refused" in r.message for r in caplog.records) == 1
