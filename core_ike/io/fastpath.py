@@ -14,6 +14,11 @@ steps to use, ``all`` (the default) or ``none``; bench/esp_throughput_iperf.py m
   together, with their size in a control message; they are split before anything else looks at them.
 - ``coalesce``: decrypted TCP segments of one flow are written to the TUN device as one GSO packet
   (`offload.Coalescer`).
+- ``seal_batch``, ``open_batch``: the same work with fewer Python steps per packet
+  (`core_ike.io.batchsteps`).
+- ``mmsg``: where UDP_GRO is off or refused, the NAT-T socket is read with ``recvmmsg`` (up to 64
+  datagrams a call); where UDP_SEGMENT is off or refused, ESP leaves with ``sendmmsg``, the datagrams
+  of one socket to all peers in one call (`core_ike.io.mmsg`).
 
 When the kernel refuses a step, it is logged once and the data plane goes on without it.
 """
@@ -32,11 +37,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import LocalError
+from .mmsg import ADDR_LEN, RecvBatch, SendBatch
 from .offload import split_gro
 
 log = logging.getLogger("core_ike.io.userspace")
 
-OFFLOAD_STEPS = ("tso", "gso", "gro", "coalesce", "seal_batch", "open_batch")
+OFFLOAD_STEPS = ("tso", "gso", "gro", "coalesce", "seal_batch", "open_batch", "mmsg")
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
@@ -173,6 +179,12 @@ class UdpEspIo:
         self.on_run: Callable[[memoryview, int, int, int, Addr], bool] | None = None
         self._rxbuf = bytearray(65536)
         self.run_reads = 0  # GRO reads `on_run` took whole
+        self.mmsg = "mmsg" in steps
+        self._rb: RecvBatch | None = None  # made on first use (without GRO / UDP_SEGMENT only)
+        self._sb: SendBatch | None = None
+        self._sb_sock: socket.socket | None = None  # the socket of what `_sb` holds
+        self._peers: dict[bytes, Addr] = {}  # raw socket address -> (ip, port), for recvmmsg reads
+        self.mmsg_reads = self.mmsg_sends = 0  # recvmmsg / sendmmsg calls
 
     def start(self, loop: Any) -> None:
         self._loop = loop
@@ -187,7 +199,8 @@ class UdpEspIo:
 
     def counters(self) -> dict[str, int]:
         return {"esp_udp_sends": self.udp_sends, "esp_gso_sends": self.gso_sends,
-                "esp_udp_reads": self.udp_reads, "esp_gro_reads": self.gro_reads, "esp_run_reads": self.run_reads}
+                "esp_udp_reads": self.udp_reads, "esp_gro_reads": self.gro_reads, "esp_run_reads": self.run_reads,
+                "esp_mmsg_reads": self.mmsg_reads, "esp_mmsg_sends": self.mmsg_sends}
 
     def sockets(self) -> list[socket.socket]:
         return [s for s, _ in self._taken]
@@ -209,6 +222,9 @@ class UdpEspIo:
     def _readable(self, s: socket.socket, local: Addr) -> None:
         tr = self.transport
         gro = s.fileno() in self._gro_on
+        if self.mmsg and not gro:
+            self._read_mmsg(s, local)
+            return
         esp: list[tuple[bytes, Addr]] = []
         other = n = 0
         runs = gro and self.on_run is not None
@@ -255,6 +271,37 @@ class UdpEspIo:
                 other += 1
                 self.transport._datagram(d, local, remote, self.clock())
         return other
+
+    def _read_mmsg(self, s: socket.socket, local: Addr) -> None:
+        """The `mmsg` step's reads: up to READ_BATCH datagrams in calls of 64 (recvmmsg)."""
+        rb = self._rb = self._rb or RecvBatch(64)
+        esp: list[tuple[bytes, Addr]] = []
+        other = n = 0
+        peers, addrs = self._peers, rb.addrs
+        while n < READ_BATCH:
+            try:
+                got = rb.recv(s)
+            except OSError as e:
+                if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    log.warning("receive error on %s[%d]: %s", local[0], local[1], e)
+                break
+            if not got:
+                break
+            self.mmsg_reads += 1
+            n += got
+            for i in range(got):
+                raw = addrs[i * 32 : i * 32 + ADDR_LEN]
+                remote = peers.get(raw)
+                if remote is None:
+                    if len(peers) > 4096:
+                        peers.clear()
+                    remote = peers[raw] = rb.address(i)
+                other += self._sort(rb.data(i), [], local, remote, esp)
+            if got < rb.count:
+                break
+        self.transport.stats["rx"] += n
+        self.udp_reads += n
+        self._hand_off(esp, other)
 
     @staticmethod
     def _gro_size(anc: list[tuple[int, int, bytes]]) -> int:
@@ -325,6 +372,9 @@ class UdpEspIo:
             self.send_errors += len(packets)
             return
         self.udp_sends += len(packets)
+        if self.mmsg and not self.gso:
+            self._batch_out(s, packets, remote)
+            return
         for run in runs(packets) if self.gso else ([p] for p in packets):
             try:
                 if len(run) > 1:
@@ -354,9 +404,15 @@ class UdpEspIo:
             return
         if not self.gso:
             o = 0
+            parts = []
             for size in sizes:
-                self._send_one(s, buf[o : o + size], remote)
+                parts.append(buf[o : o + size])
                 o += size
+            if self.mmsg:
+                self._batch_out(s, parts, remote)
+            else:
+                for part in parts:
+                    self._send_one(s, part, remote)
             self.udp_sends += n
             return
         size = sizes[0]
@@ -384,6 +440,32 @@ class UdpEspIo:
             self.udp_sends += k
             i += k
             o = end
+
+    def _batch_out(self, s: socket.socket, packets: Iterable[bytes | memoryview], remote: Addr) -> None:
+        """The `mmsg` step's sends: into the send batch, which leaves by `flush` (one sendmmsg for the
+        datagrams to every peer through one socket) or when full."""
+        sb = self._sb = self._sb or SendBatch(64)
+        if self._sb_sock is not s:
+            self.flush()
+        self._sb_sock = s
+        for p in packets:
+            if sb.full:
+                self.flush()
+                self._sb_sock = s
+            sb.append(p, remote)
+
+    def flush(self) -> None:
+        """Send what `_batch_out` holds (the `mmsg` step); a no-op otherwise."""
+        s, self._sb_sock = self._sb_sock, None
+        sb = self._sb
+        if s is None or sb is None or not len(sb):
+            return
+        n = len(sb)
+        sent = sb.flush(s)
+        self.mmsg_sends += 1
+        if sent < n:
+            self.send_errors += n - sent
+            log.debug("ESP sendmmsg: %d of %d datagrams refused (%s)", n - sent, n, errno.errorcode.get(sb.last_error))
 
     def _send_one(self, s: socket.socket, p: bytes | memoryview, remote: Addr) -> None:
         try:

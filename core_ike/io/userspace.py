@@ -402,7 +402,7 @@ class UserspaceDataPlane(BatchSteps):
     def _on_tun_readable(self) -> None:
         fd = self._tun_fd
         now = self.clock()
-        batch = self._udp is not None and (self._vnet or self._udp.gso)
+        batch = self._udp is not None and (self._vnet or self._udp.gso or self._udp.mmsg)
         buf, view = self._rbuf, memoryview(self._rbuf)
         seal_batch = batch and "seal_batch" in self.offload
         try:
@@ -436,14 +436,16 @@ class UserspaceDataPlane(BatchSteps):
                 if len(self._pending) > 1 or sum(map(len, self._pending.values())) >= 64:
                     self._flush_sends()
         finally:
-            if self._pending:
-                self._flush_sends()
+            self._flush_sends()
 
     def _flush_sends(self) -> None:
-        assert self._udp is not None
+        """What `_outbound` queued, per peer; then the `mmsg` step's batch (all peers in one sendmmsg)."""
+        if self._udp is None:
+            return
         pending, self._pending = self._pending, {}
         for addr, pkts in pending.items():
             self._udp.send(pkts, addr)
+        self._udp.flush()
 
     def _sa_out(self, pkt: bytes | bytearray) -> _SaState | None:
         """The outbound SA for an IP packet (the policies' answer, cached per flow)."""

@@ -6,7 +6,7 @@ transfer over IPv4 one way and over IPv6 the other way must arrive intact (SHA-2
 and what was received), with no TCP checksum error in the receiving kernel, while the counters show
 each step at work: TSO super-packets read and cut into segments, UDP_SEGMENT sends, UDP_GRO reads,
 segments coalesced into GSO writes. With ``esp_offload = "none"`` the same transfer goes packet by
-packet. b's link has no UDP segmentation offload (ethtool tx-udp-segmentation off), so the kernel cuts
+packet; with ``"mmsg"`` packet by packet too, but read with recvmmsg and sent with sendmmsg. b's link has no UDP segmentation offload (ethtool tx-udp-segmentation off), so the kernel cuts
 b's UDP_SEGMENT sends in software before the link: what b puts on the wire (tcpdump) is ordinary
 ESP-in-UDP datagrams, one inner packet each, none larger than the TUN MTU plus the ESP and UDP overhead.
 """
@@ -104,8 +104,8 @@ def csum_errors(ns: str) -> int:
     return sum(int(line.split()[1]) for line in out.splitlines() if line.startswith("TcpInCsumErrors"))
 
 
-@pytest.mark.parametrize("lab,offload", [("direct", "all"), ("direct", "none")], indirect=["lab"],
-                         ids=["all", "none"])
+@pytest.mark.parametrize("lab,offload", [("direct", "all"), ("direct", "none"), ("direct", "mmsg")],
+                         indirect=["lab"], ids=["all", "none", "mmsg"])
 def test_bulk_tcp_through_offloads(lab: dict[str, Any], offload: str) -> None:
     require("ethtool", why="b's link without UDP segmentation offload")
     nsx("b", "ethtool", "-K", "eth0", "tx-udp-segmentation", "off")
@@ -140,6 +140,9 @@ def test_bulk_tcp_through_offloads(lab: dict[str, Any], offload: str) -> None:
         for st in (a, b):
             assert st["tso_frames"] == 0 and st["esp_gso_sends"] == 0 and st["esp_gro_reads"] == 0
             assert st["coalesced"] == 0 and st["batch_seals"] == 0 and st["esp_run_reads"] == 0
+            # mmsg alone: packet by packet from the TUN device, but recvmmsg reads and sendmmsg sends
+            mm = st["esp_mmsg_reads"] > 0 and 0 < st["esp_mmsg_sends"] < st["esp_udp_sends"]
+            assert mm == (offload == "mmsg"), st
     # on the wire: one inner packet per ESP datagram, none larger than MTU + ESP/UDP/IP overhead
     lengths = sh("tcpdump", "-nn", "-r", str(pcap), "src host 192.0.2.2 and udp port 4500").stdout.splitlines()
     assert len(lengths) > SIZE["v6"] // MTU

@@ -110,3 +110,51 @@ def test_send_laid_out_falls_back_when_refused(caplog: pytest.LogCaptureFixture)
     assert [bytes(b) for b in s.sent] == pkts + pkts  # nothing lost, order kept
     assert s.gso_calls == 1 and not io.gso and io.send_errors == 0
     assert sum("UDP_SEGMENT refused" in r.message for r in caplog.records) == 1
+
+
+def test_mmsg_step_reads_and_sends_in_batches() -> None:
+    """`mmsg` without GRO and UDP_SEGMENT: ESP to two peers leaves in one sendmmsg, in order; the reads
+    take every queued datagram (ESP to the data plane in one batch, IKE to the transport)."""
+    got: list[list[tuple[bytes, tuple[str, int]]]] = []
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for s in (rx, *peers, tx):
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        ikes: list[bytes] = []
+
+        class Tr:
+            def __init__(self) -> None:
+                self.sockets: dict[tuple[str, int], Any] = {}
+                self.stats = {"rx": 0, "esp": 0}
+
+            def socket_for(self, local: tuple[str, int]) -> Any:
+                return tx
+
+            def _datagram(self, d: bytes, local: Any, remote: Any, now: float) -> None:
+                ikes.append(d)
+
+            def flush(self) -> None:
+                pass
+
+        io = UdpEspIo(Tr(), 4500, frozenset({"mmsg"}), got.append, clock=lambda: 0.0)
+        dst = [p.getsockname() for p in peers]
+        io.socket_for = lambda remote: tx  # type: ignore[method-assign]  # no route lookup in a unit test
+        io.send([b"\x01" * 50, b"\x02" * 60], dst[0])
+        io.send([b"\x03" * 70], dst[1])
+        assert io.mmsg_sends == 0  # held until flush
+        io.flush()
+        assert io.mmsg_sends == 1 and io.send_errors == 0
+        assert [peers[0].recv(100), peers[0].recv(100), peers[1].recv(100)] == [b"\x01" * 50, b"\x02" * 60, b"\x03" * 70]
+        src = tx.getsockname()
+        rx_addr = rx.getsockname()
+        for i in range(100):
+            tx.sendto(bytes([0, 0, 0, 0]) + b"ike" if i == 50 else bytes([0, 0, 1, i % 250 + 1]) * 10, rx_addr)
+        io._readable(rx, rx_addr)  # type: ignore[arg-type]
+        assert len(got) == 1 and len(got[0]) == 99 and all(a == src for _, a in got[0])
+        assert ikes == [b"\0\0\0\0ike"] and io.udp_reads == 100 and io.mmsg_reads >= 2
+    finally:
+        for s in (rx, *peers, tx):
+            s.close()

@@ -248,7 +248,8 @@ def test_vector_sums_equal_plain_sums() -> None:
 
 
 def test_offload_steps_setting() -> None:
-    assert offload_steps(None) == offload_steps("all") == frozenset({"tso", "gso", "gro", "coalesce", "seal_batch", "open_batch"})
+    assert offload_steps(None) == offload_steps("all") == frozenset(
+        {"tso", "gso", "gro", "coalesce", "seal_batch", "open_batch", "mmsg"})
     assert offload_steps("none") == frozenset()
     assert offload_steps(" tso, gro ") == frozenset({"tso", "gro"})
     with pytest.raises(LocalError, match="unknown offload step"):
