@@ -28,9 +28,9 @@ endpoint; `where()` unpacks it into a `RemotePeer` on demand.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -152,10 +152,18 @@ _HEAD = struct.Struct(">HQB")  # server index, seq, flags (bit 0: relay; bit 1: 
 _PORT = struct.Struct(">H")
 
 
+def _packed_ip(address: str) -> bytes:
+    """inet_pton (C, not the ipaddress module: this runs for every peer of the other servers)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    except OSError:
+        raise ClusterMessageError(f"{address!r} is not an IP address") from None
+
+
 def _pack(server: int, seq: int, relay: bool, endpoint: Addr | None) -> bytes:
     if endpoint is None:
         return _HEAD.pack(server, seq, int(relay))
-    ip = ipaddress.ip_address(endpoint[0]).packed
+    ip = _packed_ip(endpoint[0])
     return _HEAD.pack(server, seq, int(relay) | (2 if len(ip) == 16 else 0) | 4) + _PORT.pack(endpoint[1]) + ip
 
 
@@ -164,7 +172,8 @@ def _unpack(v: bytes) -> tuple[int, int, bool, Addr | None]:
     if not flags & 4:
         return server, seq, bool(flags & 1), None
     (port,) = _PORT.unpack_from(v, _HEAD.size)
-    return server, seq, bool(flags & 1), (str(ipaddress.ip_address(v[_HEAD.size + 2:])), port)
+    family = socket.AF_INET6 if flags & 2 else socket.AF_INET
+    return server, seq, bool(flags & 1), (socket.inet_ntop(family, v[_HEAD.size + 2:]), port)
 
 CallbackRow = tuple[str, str, float, float]  # target, requester, created, expires
 
@@ -213,10 +222,6 @@ def _endpoint(ep: Any) -> Addr | None:
     if not (isinstance(ep, list) and len(ep) == 2 and isinstance(ep[0], str) and isinstance(ep[1], int)
             and not isinstance(ep[1], bool) and 0 <= ep[1] < 65536):
         raise ClusterMessageError(f"field 'ep': expected [address, port], got {ep!r}")
-    try:
-        ipaddress.ip_address(ep[0])
-    except ValueError:
-        raise ClusterMessageError(f"field 'ep': {ep[0]!r} is not an IP address") from None
     return ep[0], ep[1]
 
 
@@ -279,10 +284,11 @@ class Cluster:
         return sorted(self._servers[i] for i, n in enumerate(self._held) if n)
 
     def _set(self, key: bytes, server: int, seq: int, relay: bool, ep: Addr | None) -> None:
+        value = _pack(server, seq, relay, ep)  # raises ClusterMessageError before anything changes
         old = self._remote.get(key)
         if old is not None:
             self._held[_HEAD.unpack_from(old)[0]] -= 1
-        self._remote[key] = _pack(server, seq, relay, ep)
+        self._remote[key] = value
         self._held[server] += 1
 
     def _forget(self, key: bytes) -> bytes | None:

@@ -74,6 +74,9 @@ class RedisBus:
             ps = client.pubsub()
             try:
                 await ps.subscribe(PRESENCE, server_channel(self.cluster.name))
+                # loaded on each connection: a restarted engine has forgotten it (EVALSHA then sends 40
+                # bytes of digest per registration, not the script)
+                sha = await client.script_load(SEQUENCE_SCRIPT)
                 log.info("cluster: connected to %s as server %s", self.url, self.cluster.name)
                 self._warned = False
                 self.connected.set()
@@ -87,7 +90,7 @@ class RedisBus:
                 names = sorted({(c.decode() if isinstance(c, bytes) else str(c))[len(SERVER_PREFIX):]
                                 for c in listed} - {self.cluster.name})
                 self.synced(names)
-                tasks = [asyncio.create_task(self._publish(client)), asyncio.create_task(self._sweep(client))]
+                tasks = [asyncio.create_task(self._publish(client, sha)), asyncio.create_task(self._sweep(client))]
                 tasks.append(asyncio.create_task(self._read(ps)))
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
@@ -115,7 +118,7 @@ class RedisBus:
             if m is not None and m.get("type") == "message":
                 self.deliver(m["data"])
 
-    async def _publish(self, client: Any) -> None:
+    async def _publish(self, client: Any, sha: str) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -126,7 +129,7 @@ class RedisBus:
                     pipe = client.pipeline(transaction=False)
                     for channel, data in batch:
                         if channel == SEQUENCE:
-                            pipe.eval(SEQUENCE_SCRIPT, 1, SEQ_KEY, PRESENCE, data)
+                            pipe.evalsha(sha, 1, SEQ_KEY, PRESENCE, data)
                         else:
                             pipe.publish(channel, data)
                     counts = await pipe.execute()
