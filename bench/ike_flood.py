@@ -5,7 +5,10 @@ Lab (three namespaces, built here): ``flood`` -- veth -- ``resp`` -- veth -- ``l
 
 - ``resp`` runs our iked as responder (PSK, default cookie thresholds, log level info, ``unique = "no"``);
   its default route points at ``flood``, so COOKIE answers to spoofed sources leave the host the way they
-  would on a real network (and are dropped in ``flood``, which does not forward);
+  would on a real network; ``flood`` drops them at its interface's ingress (nftables, netdev family,
+  before IP input): on a real network an answer's cost ends at the sending NIC, over a veth pair the
+  receiving namespace's IP input (route lookup, ICMP unreachable) would run inside the responder's
+  sendmmsg and be charged to it;
 - ``flood`` sends IKE_SA_INIT requests (SA, KE x25519, Nonce, two NAT-D notifies: 240 octets of IKE, as an
   initiator sends them) from ``--sources`` spoofed addresses in 100.64.0.0/10, each with its own SPIi and
   nonce, through a raw socket (IP_HDRINCL) in batches of ``--batch`` with sendmmsg(2) (via ctypes: no C
@@ -189,6 +192,10 @@ def build_lab() -> Any:
         lab.link("legit", "eth0", "resp", "eth0", f"{LEGIT_IP}/24", f"{RESP_IP}/24")
         lab.route("resp", "default", FLOOD_IP)  # answers to the spoofed sources go back out
         lab.route("flood", "192.0.2.0/24", RESP_FLOOD_IP)  # the flood goes to the address the legit one uses
+        # the answers to spoofed sources end at flood's interface, as at a NIC (see the module's docstring)
+        lab.run("flood", ["nft", "-f", "-"], input=(
+            "table netdev answers {\n chain ingress {\n  type filter hook ingress device eth0 priority 0;\n"
+            "  ip daddr 100.64.0.0/10 drop\n }\n}\n"))
         for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter",
                     "net.ipv4.conf.eth1.rp_filter"):
             lab.sysctl("resp", key, 0)
@@ -273,8 +280,13 @@ class IkedLegit:
 
 
 def proc_cpu(pid: int) -> float:
+    return sum(proc_cpu_split(pid))
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -333,7 +345,8 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
     resp = Iked(lab, "resp", responder_toml(a.log_level, extra), name=f"resp{run}-w{workers}-{tree.name}")
     legit: CharonLegit | IkedLegit = (
         CharonLegit(lab, a.attempts, f"charon{run}-w{workers}-{tree.name}") if a.legit == "charon"
-        else IkedLegit(lab, a.attempts, a.legit_retransmit, f"legit{run}-w{workers}-{tree.name}"))
+        else IkedLegit(lab, a.attempts, "default" if a.legit == "ours-default" else a.legit_retransmit,
+                       f"legit{run}-w{workers}-{tree.name}"))
     # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path
     env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
     src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"], capture_output=True,
@@ -347,6 +360,7 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
         pids = _wait_workers(resp.proc.pid, workers)
         udp0 = udp_stats(lab, "resp")
         rss0, cpu0 = sum(proc_rss_kib(p) for p in pids), sum(proc_cpu(p) for p in pids)
+        sys0 = sum(proc_cpu_split(p)[1] for p in pids)
         spec = {"dst": RESP_IP, "pps": a.pps, "duration": a.duration, "count": a.count,
                 "sources": a.sources, "pool": min(a.pool, max(a.sources, 1024)), "batch": a.batch}
         fl = start_flood(lab, spec) if a.pps >= 0 else None
@@ -370,6 +384,7 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
                 raise RuntimeError(f"flood failed: {se[-2000:]}")
             fres = json.loads(so.strip().splitlines()[-1])
         cpu1 = sum(proc_cpu(p) for p in pids)
+        sys1 = sum(proc_cpu_split(p)[1] for p in pids)
         flood_secs = float(fres.get("seconds", in_flood))
         rss1 = sum(proc_rss_kib(p) for p in pids)
         udp1 = udp_stats(lab, "resp")
@@ -377,6 +392,7 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
         out.update({
             "flood": fres, "times": times, "ok": sum(1 for x in times if x is not None),
             "cpu_pct": 100.0 * (cpu1 - cpu0) / max(flood_secs, in_flood),
+            "sys_share": (sys1 - sys0) / (cpu1 - cpu0) if cpu1 > cpu0 else 0.0,
             "gen_cpu_pct": 100.0 * float(fres.get("cpu", 0.0)) / flood_secs if flood_secs else 0.0,
             "flood_secs": flood_secs,
             "rss0": rss0, "rss_peak": max(rss_peak, rss1), "rss1": rss1,
@@ -414,7 +430,8 @@ def report(label: str, runs: list[dict[str, Any]], a: argparse.Namespace, first:
         lines.append(
             f"{label} run {i + 1}: flood {f.get('pps', 0) / 1000:6.1f} kpps ({f.get('sent', 0)} sent, generator CPU "
             f"{r.get('gen_cpu_pct', 0):3.0f}%) legit {r['ok']:2d}/{len(r['times'])} in {a.deadline:.0f} s, "
-            f"setup s {_q(ts)}; responder CPU {r['cpu_pct']:3.0f}%, COOKIEs/s {_cookie_rate(r) / 1000:.1f}k, "
+            f"setup s {_q(ts)}; responder CPU {r['cpu_pct']:3.0f}% ({100 * r.get('sys_share', 0):.0f}% of it in "
+            f"the kernel), COOKIEs/s {_cookie_rate(r) / 1000:.1f}k, "
             f"RSS MiB {r['rss0'] / 1024:.1f}/{r['rss_peak'] / 1024:.1f}/{r['rss1'] / 1024:.1f}; "
             f"kernel: {r['udp']['InDatagrams']} delivered, {r['udp']['RcvbufErrors']} rcvbuf drops; "
             f"cookies-sent {c.get('cookies-sent', 0)} {drops or ''}")
@@ -440,9 +457,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--deadline", type=float, default=5.0)
     ap.add_argument("--gap", type=float, default=0.3, help="pause between legitimate attempts")
     ap.add_argument("--settle", type=float, default=2.0, help="flood time before the first attempt")
-    ap.add_argument("--legit", choices=["ours", "charon"], nargs="+", default=["ours", "charon"],
-                    help="the legitimate initiator(s): our iked and/or a real strongSwan charon (strongSwan's "
-                    "schedule); several are interleaved run by run")
+    ap.add_argument("--legit", choices=["ours", "charon", "ours-default"], nargs="+", default=["ours", "charon"],
+                    help="the legitimate initiator(s): our iked (with --legit-retransmit), a real strongSwan "
+                    "charon (strongSwan's schedule), our iked with its default retransmissions (ours-default); "
+                    "several are interleaved run by run")
+    ap.add_argument("--before-legit", choices=["ours", "charon", "ours-default"], nargs="+",
+                    help="with --before: the legitimate initiators run against the older tree (default: --legit)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="the responder's [daemon] workers; several are interleaved run by run")
     ap.add_argument("--legit-retransmit", choices=["strongswan", "default"], default="strongswan",
@@ -483,8 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.before:
             trees.append((f"before {a.before}", git_tree(a.before)))
         trees.append(("this tree" if Path(a.tree) == ROOT else f"tree {a.tree}", Path(a.tree)))
-        sides = [(t, lg, w) for t in range(len(trees)) for lg in a.legit for w in a.workers]
-        names = {sd: f"{'before ' if trees[sd[0]][0].startswith('before') else ''}{sd[1]:6} w{sd[2]}" for sd in sides}
+        sides = [(t, lg, w) for t in range(len(trees)) for lg in a.legit for w in a.workers
+                 if not (trees[t][0].startswith("before") and a.before_legit and lg not in a.before_legit)]
+        names = {sd: f"{'before ' if trees[sd[0]][0].startswith('before') else ''}{sd[1]:12} w{sd[2]}" for sd in sides}
         results: dict[tuple[int, str, int], list[dict[str, Any]]] = {sd: [] for sd in sides}
         for run, name in results_io.interleave(rounds, [names[sd] for sd in sides]):
             sd = next(k for k, v in names.items() if v == name)
@@ -497,7 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     text = [f"IKE_SA_INIT flood with spoofed sources: {a.sources} source addresses, flood target "
             f"{'max' if a.pps == 0 else f'{a.pps:.0f} pps'}, sendmmsg batches of {a.batch} via a raw socket, one "
             f"generator process; {a.attempts} legitimate childless IKE_SAs per run (PSK, {PROPOSAL}): `ours` = "
-            f"our iked with {a.legit_retransmit} retransmissions, `charon` = strongSwan charon (4 s, 7.2 s, ...); "
+            f"our iked with {a.legit_retransmit} retransmissions, `charon` = strongSwan charon (4 s, 7.2 s, ...), "
+            "`ours-default` = our iked with its default retransmissions (IKE_SA_INIT again after 0.25 s, then 1.2 "
+            "times longer each time); "
             f"success = established within {a.deadline:.0f} s; responder log_level {a.log_level}, "
             f"default cookie thresholds, `wN` = [daemon] workers = N"
             + (f"; responder extra: {a.responder_extra!r}" if a.responder_extra else "")
@@ -509,24 +532,28 @@ def main(argv: list[str] | None = None) -> int:
         ok = sum(r["ok"] for r in runs)
         n = sum(len(r["times"]) for r in runs)
         before = trees[sd[0]][0].startswith("before")
+        key = sd[1].replace("-", "_")
         who = "our iked (strongSwan's schedule)" if sd[1] == "ours" and a.legit_retransmit == "strongswan" else (
-            "our iked (our schedule)" if sd[1] == "ours" else "strongSwan charon")
+            "our iked (our default schedule)" if sd[1] in ("ours", "ours-default") else "strongSwan charon")
         diffs = [f"flood {_q([r['flood'].get('pps', 0) / 1000 for r in runs])} kpps from one generator process "
                  f"using {_q([r.get('gen_cpu_pct', 0) for r in runs])} % of a CPU on the same 2-CPU machine",
                  f"responder: {sd[2]} worker(s), CPU {_q([r['cpu_pct'] for r in runs])} % of one CPU, "
-                 f"COOKIEs/s {_q([_cookie_rate(r) / 1000 for r in runs])}k"]
+                 f"COOKIEs/s {_q([_cookie_rate(r) / 1000 for r in runs])}k, "
+                 f"{_q([100 * r.get('sys_share', 0) for r in runs])} % of that CPU in the kernel",
+                 f"answered {_q([100 * _cookie_rate(r) / r['flood']['pps'] for r in runs if r['flood'].get('pps')])} "
+                 "% of the flood's datagrams (a first IKE_SA_INIT gets in about as often)"]
         figures.append(results_io.figure(
-            f"flood_legit_{sd[1]}_w{sd[2]}" + ("_before" if before else ""),
+            f"flood_legit_{key}_w{sd[2]}" + ("_before" if before else ""),
             f"legitimate IKE_SA within {a.deadline:.0f} s during an IKE_SA_INIT flood, {who}, workers = {sd[2]}"
             + (" (before)" if before else ""),
             results_io.count(ok, n, f"within {a.deadline:.0f} s"), None, better="higher", differences=diffs,
             readme=not before and sd[2] == max(a.workers)))
         figures.append(results_io.figure(
-            f"flood_cookies_{sd[1]}_w{sd[2]}" + ("_before" if before else ""),
+            f"flood_cookies_{key}_w{sd[2]}" + ("_before" if before else ""),
             f"COOKIE answers per second under that flood, workers = {sd[2]}" + (" (before)" if before else ""),
             results_io.sample([_cookie_rate(r) for r in runs], "/s"), None, better="higher", readme=False))
         figures.append(results_io.figure(
-            f"flood_cookies_per_cpu_{sd[1]}_w{sd[2]}" + ("_before" if before else ""),
+            f"flood_cookies_per_cpu_{key}_w{sd[2]}" + ("_before" if before else ""),
             f"COOKIE answers per CPU-second of the responder's processes, workers = {sd[2]}"
             + (" (before)" if before else ""),
             results_io.sample([_cookie_rate(r) / (r["cpu_pct"] / 100.0) for r in runs if r["cpu_pct"] > 0], "/s"),

@@ -38,6 +38,7 @@ MMSG_BATCH = 64  # datagrams per recvmmsg/sendmmsg call (core_ike/io/mmsg.py)
 COOKIE_SLOT = 128  # a send slot holds one COOKIE answer (73 octets with the non-ESP marker)
 SO_RCVBUFFORCE = 33  # Linux asm-generic/socket.h; Python's socket module lacks it
 SO_ATTACH_REUSEPORT_CBPF = 51
+IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # Linux linux/in.h: DF on, path MTU not consulted
 
 
 class _SockFprog(ctypes.Structure):  # struct sock_fprog (linux/filter.h)
@@ -143,6 +144,16 @@ def _bound_socket(fam: int, addr: str, port: int, reuse: bool, receive_buffer: i
         hint = _BIND_HINTS.get(e.errno or 0, "")
         raise LocalError(f"cannot listen on {addr}[{port}]: {e.strerror or e}{hint}") from None
     return s, got
+
+
+def _answers_only(q: socket.socket) -> None:
+    """A steered IKE_SA_INIT queue sends nothing but COOKIE answers (69 or 73 octets; the engine sends
+    from the port's first socket): DF set, as for any datagram that cannot need fragmenting, spares
+    the kernel choosing an IP ID per destination (RFC 6864 4.1: the ID of an atomic datagram is unused),
+    which counts under a flood of spoofed sources."""
+    if q.family == socket.AF_INET:
+        with contextlib.suppress(OSError):
+            q.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
 
 
 def _log_small_buffer(got: int, wanted: int) -> None:
@@ -296,6 +307,8 @@ class UdpTransport:
         for s in socks:
             s.setblocking(False)
             self._loop.add_reader(s.fileno(), self._readable, s, key)
+        for q in socks[1:]:
+            _answers_only(q)
 
     def _open(self, addr: str, port: int) -> None:
         try:
@@ -325,6 +338,7 @@ class UdpTransport:
         for q in queues:
             self._queues.append(q)
             self._loop.add_reader(q.fileno(), self._readable, q, key)
+            _answers_only(q)
 
     def _socket(self, fam: int, addr: str, port: int, reuse: bool) -> socket.socket:
         s, got = _bound_socket(fam, addr, port, reuse, self.receive_buffer)
