@@ -20,7 +20,8 @@ from core_ike.constants import ExchangeType, HeaderFlag, NotifyType, ProtocolId
 from core_ike.crypto.proposals import parse_proposals
 from core_ike.ike.creds import Credentials
 from core_ike.ike.engine import Engine, EngineConfig
-from core_ike.ike.prefilter import cookie_reply
+from core_ike.ike.prefilter import InitIndex, cookie_reply
+from core_ike.io.mmsg import RecvBatch, SendBatch
 from core_ike.io.transport import UdpTransport
 
 
@@ -161,3 +162,42 @@ def test_per_source_limit_applies_to_the_batch() -> None:
             t.close()
 
     asyncio.run(run())
+
+
+def test_init_index_counts_its_spis() -> None:
+    idx: InitIndex[str] = InitIndex()
+    a, b = b"\x01" * 8, b"\x02" * 8
+    idx[(a, ("192.0.2.1", 500))] = "x"
+    idx[(a, ("192.0.2.2", 500))] = "y"
+    idx[(a, ("192.0.2.2", 500))] = "z"  # replaced, not counted twice
+    idx[(b, ("192.0.2.1", 500))] = "w"
+    assert idx.spis == {a: 2, b: 1}
+    del idx[(a, ("192.0.2.1", 500))]
+    assert idx.pop((a, ("192.0.2.2", 500))) == "z" and idx.pop((a, ("192.0.2.9", 500)), None) is None
+    assert idx.spis == {b: 1}
+    idx.clear()
+    assert idx.spis == {} and not idx
+
+
+def test_a_request_whose_spi_the_engine_knows_is_passed_on() -> None:
+    """A retransmitted IKE_SA_INIT of an IKE_SA the engine made before COOKIEs were demanded is the
+    engine's to answer (from its response cache), not the batch's."""
+    eng = Engine([], Credentials(), EngineConfig(force_cookies=True, init_rate_ip=0.0))
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind(("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind(("127.0.0.1", 0))
+        known = b"\x42" * 8
+        eng.init_index[(known, ("127.0.0.1", c.getsockname()[1]))] = object()  # type: ignore[assignment]
+        for spi in (b"\x41" * 8, known, b"\x43" * 8):
+            c.sendto(_init(spi, b"\x55" * 32), r.getsockname())
+        rb, sb = RecvBatch(8), SendBatch(8, 128)
+        got = 0
+        deadline = time.monotonic() + 10.0
+        while got < 3 and time.monotonic() < deadline:
+            got = rb.recv(r, 8) or got
+        assert got == 3
+        passed = eng.prefilter.answer_batch(rb, 3, sb, False, False, 1.0)
+        assert [rb.data(i)[:8] for i in passed] == [known]
+        assert len(sb) == 2 and eng.counters["cookies-sent"] == 2
+    r.close()
