@@ -251,7 +251,7 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
             differences=[f"esp_offload = {side.split(':', 1)[1]}; other sides in the table above"], readme=False))
     lines = [f"iperf3 TCP, {seconds:g} s per direction, {len(next(iter(runs.values())))} round(s); "
              "medians over both directions and all rounds (min-max)",
-             f"{'side':<34} {'Mbit/s':>22} {'CPU tx %':>9} {'CPU rx %':>9} {'Mbit/s/core':>12} {'retrans':>8} "
+             f"{'side':<40} {'Mbit/s':>22} {'CPU tx %':>9} {'CPU rx %':>9} {'Mbit/s/core':>12} {'retrans':>8} "
              f"{'us/pkt tx':>10} {'us/pkt rx':>10} {'machine %':>10} {'load':>5}"]
     mss = int(infos.get(next((s for s in sides if s.startswith("ours")), ""), {}).get("tun_mtu", 1400)) - 52
     for side in sides:
@@ -268,7 +268,7 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
         us = {k: statistics.median(us_per_packet(r[d], k, mss) for r in rs for d in DIRECTIONS) for k in ("cpu_tx", "cpu_rx")}
         busy = statistics.median(r[d].get("machine_busy", 0.0) for r in rs for d in DIRECTIONS)
         load = statistics.median(r[d].get("load", 0.0) for r in rs for d in DIRECTIONS)
-        lines.append(f"{label_of(side):<34} {mb['median']:>7.0f} ({mb['min']:.0f}-{mb['max']:.0f}){'':>4} "
+        lines.append(f"{label_of(side):<40} {mb['median']:>7.0f} ({mb['min']:.0f}-{mb['max']:.0f}){'':>4} "
                      f"{tx['median']:>9.0f} {rx['median']:>9.0f} {med['median']:>12.0f} {rt['median']:>8.0f} "
                      f"{us['cpu_tx']:>10.2f} {us['cpu_rx']:>10.2f} {busy:>10.0f} {load:>5.1f}")
     notes = [
