@@ -12,7 +12,9 @@ Sides: ``charon`` and ``ours:STEPS`` where STEPS is the ``[daemon] esp_offload``
 from the TUN device, cut into segments by us), ``tso,gso`` (+ one UDP_SEGMENT send per run of ESP packets),
 ``tso,gso,gro`` (+ UDP_GRO reads), ``tso,gso,gro,coalesce`` (+ decrypted segments coalesced into one TUN
 write), ``...,seal_batch`` (+ a super-packet's segments cut with numpy and sealed into one buffer, sent as
-slices of it), ``all`` (+ ``open_batch``: a GRO read decrypted into one buffer and merged there: users' default). Each round runs every side once, alternating the order (results_io.interleave); each side
+slices of it), ``all`` (+ ``open_batch``: a GRO read decrypted into one buffer and merged there: users' default);
+``tso,mmsg``: ``tso`` with recvmmsg reads and sendmmsg sends (the ``mmsg`` step works only where GRO or GSO is off,
+so ``all`` includes it without using it). Each round runs every side once, alternating the order (results_io.interleave); each side
 gets a fresh pair of daemons, iperf3 runs alice -> bob and bob -> alice (``-R``). CPU = the ESP
 process's CPU time over the run / wall time (100 % = one core), on the sending and the receiving host.
 """
@@ -46,7 +48,7 @@ A_IN, B_IN = "10.10.1.1", "10.10.2.1"
 PSK = "bench-secret-0123456789abcdef"
 HZ = os.sysconf("SC_CLK_TCK")
 BASE_ESP = "aes128gcm16"  # what iked_psk_toml / charon_psk_conf write
-DEFAULT_SIDES = "none,tso,tso+gso,tso+gso+gro,tso+gso+gro+coalesce,tso+gso+gro+coalesce+seal_batch,all,charon"
+DEFAULT_SIDES = "none,tso,tso+mmsg,tso+gso,tso+gso+gro,tso+gso+gro+coalesce,tso+gso+gro+coalesce+seal_batch,all,charon"
 DIRECTIONS = ("alice->bob", "bob->alice")
 
 
@@ -282,7 +284,8 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
         "decrypted segments of one connection written as one GSO packet; seal_batch = a super-packet's "
         "segments cut with numpy into one buffer and sealed into another (one AEAD *_into call each), sent as "
         "slices of it; open_batch = a GRO read taken whole (recvmsg_into), decrypted into one buffer and merged "
-        "there (core_ike/io/batchsteps.py); all = every step (the default)",
+        "there (core_ike/io/batchsteps.py); mmsg = recvmmsg reads where UDP_GRO is off, sendmmsg sends where "
+        "UDP_SEGMENT is off (in 'all' it has nothing to do: GRO and GSO are on); all = every step (the default)",
         "us/pkt tx, rx = CPU microseconds of the ESP process on the sending, receiving host per TCP segment "
         f"({mss} octets of payload: TUN MTU - 52), its system calls' kernel work included; machine % = what "
         "every process on the machine used during the run (200 % = both CPUs); load = the 1-minute load average "
