@@ -10,7 +10,9 @@ mediation SAs are up before the clock starts. Conditions (each in a lab of its o
   CHILD_SA's traffic selectors are tunnel-inner /32s on ``lo`` (kernel-libipsec cannot route a CHILD_SA
   whose selectors are the IKE peers' own addresses, which they would be here);
 - ``extra``: as ``0``, plus two tunnel-inner /32 addresses on ``lo`` of each peer (addresses the daemons
-  do not listen on, as a host with VPN or tunnel addresses has them).
+  do not listen on, as a host with VPN or tunnel addresses has them);
+- ``relay``: as ``0``, ours only: our clients with the relay candidate (the default) against ``relay = false``
+  (the direct pair wins here; the relay must add no time).
 
 Per condition, rounds alternate the sides (ours then charon, charon then ours, ...; only one of them
 runs at a time: both use port 4500), each side doing ``--runs`` setups per round. Then the hang check:
@@ -66,20 +68,22 @@ class OursMediation:
     name = "ours"
 
     def __init__(self, lab: Lab, ts: dict[str, str] | None = None, root: str | None = None,
-                 path_first: str | None = None) -> None:
+                 path_first: str | None = None, client: str = "") -> None:
         self.lab = lab
         self.med = OurMediation(lab)
         self.ts = ts
+        self.client = client  # more [client] settings of both peers (``relay = false``)
         self.root = root  # run the daemons from this checkout instead (``--before``)
         self.path_first = path_first  # a directory put before the checkout on PYTHONPATH (``--trace``)
         self.polled = 0  # runs where the CHILD_SA was not yet listed when `up` returned
+        self.relayed = 0  # runs whose tunnel went through the relay
         self.marks: dict[str, float] = {}  # wall-clock times of the last run's steps seen from here
 
     def start(self) -> None:
         if self.root is None and self.path_first is None:
             self.med.start_server()
-            self.med.start_client("bob", ts=self.ts)
-            self.med.start_client("alice", ts=self.ts)
+            self.med.start_client("bob", ts=self.ts, client=self.client)
+            self.med.start_client("alice", ts=self.ts, client=self.client)
             return
         root = self.root or str(ROOT)
         env = {"PYTHONPATH": f"{self.path_first}:{root}" if self.path_first else root}
@@ -87,7 +91,7 @@ class OursMediation:
         m.server = Iked(self.lab, "carol", server_toml(m.peers), name="medsrv", module="mediation_server").start(env=env)
         for me in ("bob", "alice"):
             others = [p for p in m.peers if p != me]
-            m.clients[me] = Iked(self.lab, me, client_toml(me, others, self.ts), name="medcli",
+            m.clients[me] = Iked(self.lab, me, client_toml(me, others, self.ts, client=self.client), name="medcli",
                                  module="mediation_client").start(env=env)
 
     def bring_up_mediation(self) -> None:
@@ -104,6 +108,8 @@ class OursMediation:
         t0 = time.monotonic()
         r = alice.ctl({"cmd": "up", "conn": "bob", "timeout": timeout}, timeout=timeout + 2)
         self.marks["up reply received"] = time.time()
+        if r.get("ok") and (r.get("remote") or [None])[0] == CAROL:
+            self.relayed += 1  # the tunnel went through the mediation server's relay
         if not r.get("ok"):
             raise IkedError(f"up bob: {r.get('error')}")
         deadline = t0 + timeout
@@ -143,6 +149,7 @@ class OursMediation:
 
 
 SIDES = ["ours", "charon"]
+RELAY_SIDES = ["ours", "ours-norelay"]  # condition relay: our client with and without the relay candidate
 BEFORE: str | None = None  # --before: the checkout whose daemons run as side "ours-before"
 INNER = {"alice": "10.10.1.1", "bob": "10.10.2.1"}  # tunnel-inner addresses (condition public)
 
@@ -151,6 +158,8 @@ def make_driver(name: str, lab: Lab, cond: Condition) -> MediatedSetupDriver:
     ts = {**LAN, **INNER} if cond.public_bob else None
     if name == "charon":
         return CharonMediation(lab, ts_addrs=ts)
+    if name == "ours-norelay":
+        return OursMediation(lab, ts, client="relay = false")
     return OursMediation(lab, ts, BEFORE if name == "ours-before" else None)
 
 
@@ -160,9 +169,16 @@ class Condition:
     delay_ms: float
     public_bob: bool = False
     extra_addresses: bool = False
+    relay_ab: bool = False  # ours with the relay candidate (the default) against ours without it
+
+    @property
+    def result_key(self) -> str:
+        return f"{self.delay_ms:g}ms" if self.key in ("0", "20") else self.key
 
     @property
     def label(self) -> str:
+        if self.relay_ab:
+            return f"both behind NAT, {self.delay_ms:g} ms one-way per hop, our relay candidate on and off"
         if self.public_bob:
             return (f"bob on a public address (one candidate pair), {self.delay_ms:g} ms, selectors on "
                     "tunnel /32s on lo")
@@ -175,6 +191,7 @@ CONDITIONS = {
     "20": Condition("20", 20.0),
     "public": Condition("public", 0.0, public_bob=True),
     "extra": Condition("extra", 0.0, extra_addresses=True),
+    "relay": Condition("relay", 0.0, relay_ab=True),
 }
 
 
@@ -212,7 +229,13 @@ class Result:
     times: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     hangs: int = 0  # runs that did not finish within the per-run limit
-    note: str = ""
+    polled: int = 0  # ours: runs where the CHILD_SA was not yet listed when `up` returned
+    relayed: int = 0  # ours: runs whose tunnel went through the relay
+
+    @property
+    def note(self) -> str:
+        return "; ".join(([f"{self.polled} runs needed polling after the up reply"] if self.polled else [])
+                         + ([f"{self.relayed} runs went through the relay"] if self.relayed else []))
 
     @property
     def median_ms(self) -> float | None:
@@ -268,7 +291,7 @@ def _started(name: str, lab: Lab, cond: Condition) -> MediatedSetupDriver:
 def measure(driver_name: str, condition: str, runs: int, timeout: float, verbose: bool) -> Result:
     """One side alone in a lab of its own (`condition` a key of CONDITIONS or a delay in ms)."""
     cond = CONDITIONS.get(condition) or Condition(condition, float(condition))
-    result = Result(driver_name, f"{cond.delay_ms:g}ms" if cond.key not in ("public", "extra") else cond.key)
+    result = Result(driver_name, cond.result_key)
     lab = build_lab(cond)
     driver: MediatedSetupDriver | None = None
     try:
@@ -284,21 +307,22 @@ def measure(driver_name: str, condition: str, runs: int, timeout: float, verbose
 
 def interleaved(cond: Condition, rounds: int, runs: int, timeout: float, verbose: bool) -> tuple[dict[str, Result], float | None]:
     """Both sides in one lab, alternating per round; returns the results and the hub's ping RTT."""
-    ckey = f"{cond.delay_ms:g}ms" if cond.key not in ("public", "extra") else cond.key
-    results = {d: Result(d, ckey) for d in SIDES}
+    sides = ([*RELAY_SIDES, *(["ours-before"] if BEFORE else [])]) if cond.relay_ab else SIDES
+    results = {d: Result(d, cond.result_key) for d in sides}
     lab = build_lab(cond)
     try:
         rtt = hub_rtt_ms(lab)
-        for _, side in results_io.interleave(rounds, SIDES):
+        for _, side in results_io.interleave(rounds, sides):
             driver = _started(side, lab, cond)
             restart = (lambda s=side: _started(s, lab, cond)) if side == "charon" else None
             try:
                 driver = _runs(driver, results[side], runs, timeout, verbose, restart)
             finally:
                 driver.stop()
-            if isinstance(driver, OursMediation) and driver.polled:
-                results[side].note = f"{driver.polled} runs needed polling after the up reply"
-                driver.polled = 0
+            if isinstance(driver, OursMediation):
+                results[side].polled += driver.polled
+                results[side].relayed += driver.relayed
+                driver.polled = driver.relayed = 0
     finally:
         lab.teardown()
     return results, rtt
@@ -329,11 +353,25 @@ def _ms(r: Result, minus: float = 0.0) -> dict[str, Any] | None:
 COMMON = ["ours: the `up` reply then one list (the CHILD_SA is installed before the reply); charon: "
           "list-sas polled every 5 ms after a non-blocking initiate",
           "ours: userspace ESP over TUN; charon: kernel-libipsec (this kernel has no ESP)",
-          "ours: the mediation server's relay extension adds one RELAYED candidate (lowest priority); "
+          "ours: the mediation server's relay extension adds one RELAYED candidate (lowest priority, checked "
+          "by alice only when no direct pair succeeded one mediation round trip after the checks started); "
           "charon's server relays no data"]
 
 
+def relay_figures(cond: Condition, res: dict[str, Result]) -> list[dict[str, Any]]:
+    """Condition relay: ours with the relay candidate (users' default) and without, interleaved."""
+    on, off = res["ours"], res["ours-norelay"]
+    same = ["the same lab, rounds interleaved; the direct pair wins in this lab (endpoint-independent NATs)"]
+    label = f"`up` to mediated CHILD_SA, both behind NAT, {cond.delay_ms:g} ms one-way per hop"
+    return [results_io.figure(f"up_to_child_{cond.result_key}_relay_on", f"{label}, our relay candidate on (default)",
+                              _ms(on), None, readme=False, differences=same),
+            results_io.figure(f"up_to_child_{cond.result_key}_relay_off", f"{label}, relay = false on both clients",
+                              _ms(off), None, readme=False, differences=same)]
+
+
 def figures_for(cond: Condition, res: dict[str, Result], rtt: float | None) -> list[dict[str, Any]]:
+    if cond.relay_ab:
+        return relay_figures(cond, res)
     ours, charon = res["ours"], res["charon"]
     diffs = list(COMMON)
     if rtt is not None and cond.delay_ms > 0:
@@ -455,7 +493,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     results_io.add_args(ap, rounds=4)
     ap.add_argument("--runs", type=int, default=None, help="setups per side and round (default 5, 2 with --quick)")
-    ap.add_argument("--conditions", default="0,20,public,extra", help=f"comma list of {', '.join(CONDITIONS)}")
+    ap.add_argument("--conditions", default="0,20,public,extra,relay", help=f"comma list of {', '.join(CONDITIONS)}")
     ap.add_argument("--timeout", type=float, default=10.0, help="per-run limit; longer counts as a hang")
     ap.add_argument("--hang-runs", type=int, default=None,
                     help="setups per side at 0 ms for the hang count (default 100, 4 with --quick)")
@@ -465,6 +503,32 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--note", action="append", default=[], help="a note for the report (e.g. which checkouts ran)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
+
+
+def run_conditions(conds: list[str], rounds: int, runs: int, args: argparse.Namespace) -> tuple[
+        list[dict[str, Any]], list[Result], list[str], list[str], list[str]]:
+    """Every condition interleaved: its figures, result rows, hub RTTs, before/after and relay notes."""
+    figures: list[dict[str, Any]] = []
+    rows: list[Result] = []
+    rtts: list[str] = []
+    before_after: list[str] = []
+    relay_notes: list[str] = []
+    for key in conds:
+        cond = CONDITIONS[key.strip()]
+        res, rtt = interleaved(cond, rounds, runs, args.timeout, args.verbose)
+        rows += list(res.values())
+        figures += figures_for(cond, res, rtt)
+        if rtt is not None:
+            rtts.append(f"{cond.key}: {rtt:.2f} ms")
+        if "ours-before" in res and res["ours-before"].times and res["ours"].times:
+            b, a = res["ours-before"], res["ours"]
+            before_after.append(f"{cond.key}: ours before {_fmt(b)}, after {_fmt(a)}")
+        if cond.relay_ab and res["ours"].times and res["ours-norelay"].times:
+            on, off = res["ours"], res["ours-norelay"]
+            relay_notes.append(f"relay candidate on vs off at {cond.delay_ms:g} ms (interleaved, same lab): on "
+                               f"{_fmt(on)}, off {_fmt(off)}; median on - off "
+                               f"{(on.median_ms or 0) - (off.median_ms or 0):+.1f} ms")
+    return figures, rows, rtts, before_after, relay_notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,20 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     conds = ["0"] if args.quick and args.conditions == ap.get_default("conditions") else args.conditions.split(",")
     header = results_io.start_header(argv)
     cleanup_orphans()
-    figures: list[dict[str, Any]] = []
-    rows: list[Result] = []
-    rtts: list[str] = []
-    before_after: list[str] = []
-    for key in conds:
-        cond = CONDITIONS[key.strip()]
-        res, rtt = interleaved(cond, rounds, runs, args.timeout, args.verbose)
-        rows += list(res.values())
-        figures += figures_for(cond, res, rtt)
-        if rtt is not None:
-            rtts.append(f"{cond.key}: {rtt:.2f} ms")
-        if "ours-before" in res and res["ours-before"].times and res["ours"].times:
-            b, a = res["ours-before"], res["ours"]
-            before_after.append(f"{cond.key}: ours before {_fmt(b)}, after {_fmt(a)}")
+    figures, rows, rtts, before_after, relay_notes = run_conditions(conds, rounds, runs, args)
     hang = hang_check(hang_runs, args.hang_timeout, args.verbose) if hang_runs > 0 else None
     if hang is not None:
         figures.append(results_io.figure(
@@ -525,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
              "strongSwan's ME_WAIT_TO_FINISH: src/libcharon/sa/ikev2/connect_manager.c, "
              "#define ME_WAIT_TO_FINISH 1000 /* ms */, scheduled when the first check succeeds while another "
              "pair is still in progress; it finishes at once when no pair is pending (one candidate pair)"]
+    notes += relay_notes
     notes += args.note
     if before_after:
         notes.append(f"before/after (interleaved in the same labs; before = our daemons from {BEFORE}): "
