@@ -317,7 +317,7 @@ NOTES = [
     "extra sockets, the port-restricted side probes at most 2048 random ports of its address, 5 s at most; "
     "their checks are in the packet count); two random ones relay; the path shown is the one at setup (a "
     "relayed tunnel probes for a direct pair afterwards, core_ike/me/upgrade.py)",
-    "charon at 28-36 ms (no NAT; same NAT with hairpin): every one of its pairs is decided quickly (the host "
+    "charon under 40 ms (no NAT; same NAT with hairpin): every one of its pairs is decided quickly (the host "
     "pair wins, no pair stays pending), so its fixed 1 s wait after the first successful check "
     "(ME_WAIT_TO_FINISH) ends early; elsewhere a pending pair keeps it",
 ]
