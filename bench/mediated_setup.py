@@ -534,14 +534,14 @@ def run_conditions(conds: list[str], rounds: int, runs: int, args: argparse.Name
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
-    if args.trace:
-        cleanup_orphans()
-        print("\n".join(trace(CONDITIONS[args.trace])))
-        return 0
     global BEFORE
     if args.before:
         BEFORE = str(Path(args.before).resolve())
         SIDES[:] = ["ours", "ours-before", "charon"]
+    if args.trace:  # with --before: a setup of the daemons of that checkout
+        cleanup_orphans()
+        print("\n".join(trace(CONDITIONS[args.trace])))
+        return 0
     rounds = results_io.rounds_of(args)
     runs = args.runs if args.runs is not None else (2 if args.quick else 5)
     hang_runs = args.hang_runs if args.hang_runs is not None else (4 if args.quick else 100)
