@@ -75,6 +75,7 @@ CELLS = [
     Cell("ar-symr", "address-restricted", "symmetric-random"),
     Cell("pr-symseq", "port-restricted", "symmetric-sequential"),
     Cell("pr-symr", "port-restricted", "symmetric-random"),
+    Cell("symr-pr", "symmetric-random", "port-restricted"),  # alice (the initiator) behind the random NAT
     Cell("none-symr", "none", "symmetric-random"),
     Cell("symseq-symseq", "symmetric-sequential", "symmetric-sequential"),
     Cell("symr-symr", "symmetric-random", "symmetric-random"),
@@ -376,6 +377,9 @@ def _check(story: Story, results: list[dict[str, Any]]) -> None:
     if "pr-symr" in by:  # many-port probing (core_ike/me/birthday.py)
         story.check(by["pr-symr"]["ours"]["result"].startswith("direct ("),
                     f"port-restricted x random symmetric: ours {by['pr-symr']['ours']['result']} (many-port probing)")
+    if "symr-pr" in by:  # the same, with the random side controlling (it initiates from an extra socket)
+        story.check(by["symr-pr"]["ours"]["result"].startswith("direct ("),
+                    f"random symmetric x port-restricted: ours {by['symr-pr']['ours']['result']} (many-port probing)")
     if "symr-symr" in by:
         story.check(by["symr-symr"]["ours"]["result"] == "relayed",
                     f"random symmetric x random symmetric: ours {by['symr-symr']['ours']['result']} (the relay)")
