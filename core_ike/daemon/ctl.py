@@ -123,6 +123,8 @@ def _client_status(st: dict[str, Any]) -> str:
             line += f", IKE_SA #{c['sa_id']}"
         if c.get("path"):  # a tunnel that came up relayed: relayed still, or moved to a direct pair
             line += f", {c['path']}"
+        if c.get("probing"):  # core_ike/me/birthday.py
+            line += f", many-port probing: {c['probing']}"
         if c.get("reason"):
             line += f" ({c['reason']})"
         out.append(line)

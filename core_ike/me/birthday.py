@@ -65,6 +65,7 @@ PORT_MIN, PORT_MAX = 1024, 65535  # where NATs put their mappings (RFC 6056 §2.
 # message IDs of the probes' checks: above any pair's (pair ids count from 1, at most max_pairs of
 # them), so a check list that receives an answer to one drops it as "response for unknown pair"
 PROBE_MID = 0x100000
+RESULTS = 32  # outcomes kept for the status
 
 
 class Role(Enum):
@@ -207,7 +208,7 @@ class PortProbe:
         if not self.active:
             return
         if now >= self.deadline:
-            self.end(now, False, f"no pair met within {self.cfg.time:g} s ({self._cost()})")
+            self.end(now, False, f"no pair met within {self.cfg.time:g} s ({self.cost()})")
             return
         due = self._due(now)
         for _ in range(min(due, self.cfg.burst)):
@@ -248,7 +249,7 @@ class PortProbe:
                 self._probed.add(port)
                 return port
 
-    def _cost(self) -> str:
+    def cost(self) -> str:
         if self.role is Role.OPEN:
             return f"{self.sent} checks from {len(self.locals)} extra ports"
         return f"{self.sent} probes to ports of {self.target[0]}"
@@ -259,7 +260,7 @@ class PortProbe:
             self.keep.add(local)
         if self.active:
             self.end(now, True, f"pair {local[0]}[{local[1]}] - {remote[0]}[{remote[1]}] succeeded "
-                                f"after {now - self.started:.2f} s ({self._cost()})")
+                                f"after {now - self.started:.2f} s ({self.cost()})")
 
     def end(self, now: float, ok: bool, reason: str) -> None:
         if self.result is None:
@@ -294,6 +295,7 @@ class Probes:
         self.in_use = in_use  # is an IKE_SA bound to this local address? (the client asks its engine)
         self.probes: dict[bytes, PortProbe] = {}
         self.kept: set[Addr] = set()  # extra sockets left open for an IKE_SA
+        self.results: dict[bytes, ProbeEnded] = {}  # the last RESULTS outcomes, for the status
         self._events: list[ProbeStarted | ProbeEnded] = []
 
     def start(self, cl: CheckList, own_nat: str | None, peer_nat: str | None, now: float) -> PortProbe | None:
@@ -354,6 +356,14 @@ class Probes:
         elif isinstance(ev, CheckListFailed | CheckListStopped):
             probe.end(now, bool(probe.keep), f"checks ended: {ev.reason}")
 
+    def describe(self, connect_id: bytes) -> str | None:
+        """The status line of the probing for `connect_id`: under way, or how it ended (None: none)."""
+        probe = self.probes.get(connect_id)
+        if probe is not None and probe.active:
+            return f"{probe.role.value}, under way: {probe.cost()}"
+        done = probe.result if probe is not None else self.results.get(connect_id)
+        return f"{done.role.value}, {'met' if done.ok else 'did not meet'}: {done.reason}" if done else None
+
     def note(self, connect_id: bytes) -> str:
         """How the probing of `connect_id` ended, for a failure report ("" when there was none)."""
         probe = self.probes.get(connect_id)
@@ -390,6 +400,9 @@ class Probes:
             if not probe.reported and probe.result is not None:
                 probe.reported = True
                 self._events.append(probe.result)
+                self.results[cid] = probe.result
+                while len(self.results) > RESULTS:
+                    del self.results[next(iter(self.results))]
                 if cl is not None and cl.relay_hold is not None:
                     cl.hold_relay(None, now)  # nothing more to wait for: the relay may be selected
                     released = True

@@ -147,6 +147,7 @@ class ConnectionStatus:
     sa_id: int | None
     reason: str
     path: str | None = None  # a tunnel that came up relayed: where it runs now (core_ike/me/upgrade.py)
+    probing: str | None = None  # many-port probing of its checks: under way, or how it ended (birthday.py)
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,8 @@ class MediationClient(Extension):
             conns.append(ConnectionStatus(
                 att.name, str(att.peer), att.state.value, att.started,
                 att.connect_id.hex() if att.connect_id else None, tuple(str(p) for p in tried),
-                str(att.pair) if att.pair else None, att.sa_id, att.reason, self.paths.describe(att.sa_id)))
+                str(att.pair) if att.pair else None, att.sa_id, att.reason, self.paths.describe(att.sa_id),
+                self.probes.describe(att.connect_id) if att.connect_id else None))
         targets = tuple(f"{s.connect_id.hex()} from '{s.peer}'" for s in self.sessions.values() if not s.initiator)
         return ClientStatus(tuple(meds), tuple(conns), targets)
 

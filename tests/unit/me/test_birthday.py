@@ -251,6 +251,9 @@ def test_probing_gives_a_direct_tunnel_over_an_extra_socket(initiator: str) -> N
         (ended,) = who.of(ProbeEnded)
         assert ended.ok and ended.seconds <= 5.0, ended
         assert ended.packets <= (2048 if who is alice else 512), ended
+    (conn,) = node.ext.status().connections  # `ikectl status` names the probing and its outcome
+    role = "spray" if initiator == "alice" else "open"
+    assert conn.probing is not None and conn.probing.startswith(f"{role}, met: pair "), conn.probing
     sent = [w for w in net.wire if w[1] == "alice" and w[3][0] == B_PUB]
     assert len(sent) < 2048 + 200  # probes plus the usual checks and the IKE_SA
 
@@ -270,6 +273,8 @@ def test_a_probe_that_meets_nothing_ends_in_time_and_the_relay_takes_over() -> N
     assert up.remote[0] == MS_IP  # the relay, after the probing
     (ended,) = alice.of(ProbeEnded)
     assert not ended.ok and ended.packets == 100 and "no pair met within 5 s" in ended.reason
+    (conn,) = alice.ext.status().connections
+    assert conn.probing == f"spray, did not meet: {ended.reason}", conn
     started_at = next(t for t, e in alice.events if isinstance(e, ProbeStarted))
     assert 4.9 <= t_up - started_at <= 6.0  # held for the probing, not for the whole check time
     net.run(10.0)
