@@ -18,6 +18,9 @@ for it, `Registry.online_elsewhere`). Figures:
   (a PUBLISH to it reaches no subscriber, or the sweep finds its channel empty).
 
 Each round runs at `--small` peers too, so that memory per peer is compared between the two sizes.
+The resident memory mixes a server's own peers (a third) and the others' (two thirds); each round also
+traces (tracemalloc, in this process) the bytes of one own peer's registry record and of one entry of
+the others' presence, at 100000 of each, which splits the figure.
 """
 
 from __future__ import annotations
@@ -170,6 +173,39 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
             time.sleep(0.02)  # polling with a deadline
 
 
+def traced_entries(n: int = 100_000) -> tuple[float, float]:
+    """Bytes per own peer's registry record (identity, SA id and endpoint are the IKE SA's, not counted)
+    and per entry of the others' presence (as received: identity included)."""
+    import tracemalloc
+
+    from mediation_server.cluster.core import Cluster
+    from mediation_server.registry import Registry
+
+    idents = [f"peer{i}@ms1.scale" for i in range(n)]
+    endpoint = ("192.0.2.1", 4500)
+    first = 1_765_000_000_000_000  # a registration number as the engine's script gives them
+    src = Cluster("ms2")
+    for i in range(n):
+        src.announce(f"peer{i}@ms2.scale", endpoint, first + i)
+    msgs = [d for _, d in src.take_outbox()]
+    tracemalloc.start()
+    try:
+        registry = Registry()
+        t0 = tracemalloc.get_traced_memory()[0]
+        for i, ident in enumerate(idents):
+            registry.update_sa_id(ident, i + 1, 1.7e9 + i, endpoint=endpoint)
+            registry.set_order(ident, first + i)
+        own = (tracemalloc.get_traced_memory()[0] - t0) / n
+        cluster = Cluster("ms1")
+        t0 = tracemalloc.get_traced_memory()[0]
+        for d in msgs:
+            cluster.receive(d)
+        remote = (tracemalloc.get_traced_memory()[0] - t0) / n
+    finally:
+        tracemalloc.stop()
+    return own, remote
+
+
 def _recv(a: Connection, procs: list[Any], timeout: float) -> Any:
     """The answer of one server process, or a clear error when it died or does not answer."""
     if not a.poll(timeout):
@@ -259,7 +295,11 @@ def main() -> None:
     small = 300 if args.quick else args.small
     header = results_io.start_header()
     secs, rate, mem, rtt, p99, fo, gone, mem_small = [], [], [], [], [], [], [], []
+    own_b, remote_b = [], []
     for r in range(rounds):
+        own, remote = traced_entries()
+        own_b.append(own)
+        remote_b.append(remote)
         res_small = one_round(small)
         mem_small += [x["rss_per_peer"] for x in res_small["regs"]]
         res = one_round(peers)
@@ -286,6 +326,13 @@ def main() -> None:
                                        "bench/registry_scale.py's figure"]),
         results_io.figure("cluster_memory_per_peer_small", f"the same at {small} peers",
                           results_io.sample(mem_small, "B", digits=0), readme=False),
+        results_io.figure("cluster_memory_remote_entry", "traced bytes per peer of the other servers "
+                          "(presence entry, identity included)", results_io.sample(remote_b, "B", digits=0),
+                          readme=False, differences=["tracemalloc in the bench's process, 100000 entries"]),
+        results_io.figure("cluster_memory_own_record", "traced bytes per own peer's registry record "
+                          "(without the IKE SA's identity, SA id and endpoint)",
+                          results_io.sample(own_b, "B", digits=0), readme=False,
+                          differences=["tracemalloc in the bench's process, 100000 records"]),
         results_io.figure("cluster_forward_rtt", "forwarded ME_CONNECT server 1 -> 2 and its answer back",
                           results_io.sample(rtt, "ms"), readme=True,
                           differences=[f"with all {peers} peers known; one at a time",
