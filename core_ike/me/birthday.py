@@ -109,7 +109,7 @@ def plan(own: str | None, peer: str | None) -> Role | None:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Bounds of one probing attempt (docs/nat-lab.md, "Many-port probing")."""
+    """Bounds of one probing attempt (docs/nat-lab.md §9.1, docs/protocol.md §11.17)."""
 
     enabled: bool = True
     ports: int = 256  # opener: extra local sockets (= new mappings of its NAT)
