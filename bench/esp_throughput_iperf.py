@@ -13,8 +13,8 @@ from the TUN device, cut into segments by us), ``tso,gso`` (+ one UDP_SEGMENT se
 ``tso,gso,gro`` (+ UDP_GRO reads), ``tso,gso,gro,coalesce`` (+ decrypted segments coalesced into one TUN
 write), ``...,seal_batch`` (+ a super-packet's segments cut with numpy and sealed into one buffer, sent as
 slices of it), ``all`` (+ ``open_batch``: a GRO read decrypted into one buffer and merged there: users' default);
-``tso,mmsg``: ``tso`` with recvmmsg reads and sendmmsg sends (the ``mmsg`` step works only where GRO or GSO is off,
-so ``all`` includes it without using it). Each round runs every side once, alternating the order (results_io.interleave); each side
+``tso,mmsg``: ``tso`` with recvmmsg reads and sendmmsg sends (the ``mmsg`` step works only where GRO or GSO is off;
+``all`` leaves it out). Each round runs every side once, alternating the order (results_io.interleave); each side
 gets a fresh pair of daemons, iperf3 runs alice -> bob and bob -> alice (``-R``). CPU = the ESP
 process's CPU time over the run / wall time (100 % = one core), on the sending and the receiving host.
 """
@@ -285,7 +285,7 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
         "segments cut with numpy into one buffer and sealed into another (one AEAD *_into call each), sent as "
         "slices of it; open_batch = a GRO read taken whole (recvmsg_into), decrypted into one buffer and merged "
         "there (core_ike/io/batchsteps.py); mmsg = recvmmsg reads where UDP_GRO is off, sendmmsg sends where "
-        "UDP_SEGMENT is off (in 'all' it has nothing to do: GRO and GSO are on); all = every step (the default)",
+        "UDP_SEGMENT is off (not in 'all'); all = every step but mmsg (the default)",
         "us/pkt tx, rx = CPU microseconds of the ESP process on the sending, receiving host per TCP segment "
         f"({mss} octets of payload: TUN MTU - 52), its system calls' kernel work included; machine % = what "
         "every process on the machine used during the run (200 % = both CPUs); load = the 1-minute load average "

@@ -2,7 +2,7 @@
 GSO writes), ESP-in-UDP sent with UDP_SEGMENT and received with UDP_GRO.
 
 Each step can be switched off (``[daemon] esp_offload``, docs/configuration.md: a comma list of the
-steps to use, ``all`` (the default) or ``none``; bench/esp_throughput_iperf.py measures each one):
+steps to use, ``all`` (the default: every step but ``mmsg``) or ``none``; bench/esp_throughput_iperf.py measures each one):
 
 - ``tso``: the TUN device gets ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` (CSUM, TSO4, TSO6): the kernel
   hands over TCP super-packets of up to 64 KiB, which `offload.segment` cuts into MSS-sized
@@ -16,9 +16,10 @@ steps to use, ``all`` (the default) or ``none``; bench/esp_throughput_iperf.py m
   (`offload.Coalescer`).
 - ``seal_batch``, ``open_batch``: the same work with fewer Python steps per packet
   (`core_ike.io.batchsteps`).
-- ``mmsg``: where UDP_GRO is off or refused, the NAT-T socket is read with ``recvmmsg`` (up to 64
-  datagrams a call); where UDP_SEGMENT is off or refused, ESP leaves with ``sendmmsg``, the datagrams
-  of one socket to all peers in one call (`core_ike.io.mmsg`).
+- ``mmsg`` (only when named): where UDP_GRO is off or refused, the NAT-T socket is read with
+  ``recvmmsg`` (up to 64 datagrams a call); where UDP_SEGMENT is off or refused, ESP leaves with
+  ``sendmmsg``, the datagrams of one socket to all peers in one call (`core_ike.io.mmsg`). Measured
+  slower than one system call per datagram on this path, so not part of ``all``.
 
 When the kernel refuses a step, it is logged once and the data plane goes on without it.
 """
@@ -43,6 +44,9 @@ from .offload import split_gro
 log = logging.getLogger("core_ike.io.userspace")
 
 OFFLOAD_STEPS = ("tso", "gso", "gro", "coalesce", "seal_batch", "open_batch", "mmsg")
+# `all`: every step but mmsg, which costs more than it saves here (a copy and a socket address encoded
+# in Python per datagram against one system call: bench/results/esp_throughput_iperf.txt, "tso,mmsg")
+DEFAULT_STEPS = frozenset(OFFLOAD_STEPS) - {"mmsg"}
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
@@ -64,7 +68,7 @@ def offload_steps(value: str | None) -> frozenset[str]:
     """The steps an ``esp_offload`` setting names."""
     text = (value or "all").strip().lower()
     if text == "all":
-        return frozenset(OFFLOAD_STEPS)
+        return DEFAULT_STEPS
     if text == "none":
         return frozenset()
     steps = frozenset(s.strip() for s in text.split(",") if s.strip())

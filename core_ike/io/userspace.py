@@ -46,7 +46,7 @@ from .dataplane import (
     SaUsage,
     SendDatagram,
 )
-from .fastpath import OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
+from .fastpath import DEFAULT_STEPS, OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
 from .netlink import NetlinkWorker, RouteSocket, add_host_address, del_host_address
 from .offload import (
     VNET_HDR_LEN,
@@ -111,7 +111,7 @@ class UserspaceDataPlane(BatchSteps):
         offload: frozenset[str] | None = None,
     ) -> None:
         self.send_udp = send_udp
-        self.offload = frozenset(OFFLOAD_STEPS) if offload is None else offload
+        self.offload = DEFAULT_STEPS if offload is None else offload
         self._vnet = self._tso = False  # TUN frames carry a virtio header / TSO super-packets
         self._udp: UdpEspIo | None = None  # the NAT-T sockets, once `attach_transport` ran
         self._pending: dict[tuple[str, int], list[bytes]] = {}  # sealed ESP-in-UDP per peer, for one send
