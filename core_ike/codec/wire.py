@@ -650,6 +650,24 @@ _FAST_PULL: dict[int, Callable[[bytes, int, int], Payload | None]] = {
 }
 
 
+# The SA payloads we send repeat (our configured offer as initiator, the chosen proposal of the same kind
+# of peer as responder): their bodies are kept by the encoded fields, bounded.
+_SA_BODIES: dict[tuple[object, ...], bytes] = {}
+
+
+def _fast_push_sa(v: SaPayload) -> bytes:
+    key = tuple([(p.num, int(p.protocol), p.spi, tuple(p.transforms)) for p in v.proposals])
+    body = _SA_BODIES.get(key)
+    if body is None:
+        buf = Buffer()
+        push_sa(buf, v)
+        body = buf.getvalue()
+        if len(_SA_BODIES) >= SA_CACHE_MAX:
+            _SA_BODIES.clear()
+        _SA_BODIES[key] = body
+    return body
+
+
 def _fast_push_notify(v: NotifyPayload) -> bytes:
     return _NOTIFY.pack(v.protocol, len(v.spi), v.type) + v.spi + v.data
 
@@ -671,6 +689,7 @@ def _fast_push_id(v: IdPayload) -> bytes:
 
 
 _FAST_PUSH: dict[type, Callable[[Any], bytes]] = {
+    SaPayload: _fast_push_sa,
     NotifyPayload: _fast_push_notify,
     NoncePayload: _fast_push_nonce,
     KePayload: _fast_push_ke,

@@ -35,6 +35,7 @@ NONCE_LEN = 32  # RFC 7296 2.10: at least half the PRF key size; 32 covers every
 MAX_COOKIE_ROUNDS = 3
 MAX_KE_ROUNDS = 2
 OUR_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512, HashAlgorithm.IDENTITY)
+_OUR_HASHES_DATA = b"".join(struct.pack("!H", h) for h in OUR_HASHES)  # RFC 7427 4: 16-bit identifiers
 
 
 @lru_cache(maxsize=4096)
@@ -80,14 +81,26 @@ def _add_common(sa: IkeSaView, msg: Message, src: tuple[str, int], dst: tuple[st
                                       natd_hash(sa.spi_i, spi_r, dst)))
     if sa.config.fragmentation:
         msg.payloads.append(NotifyPayload(NotifyType.FRAGMENTATION_SUPPORTED))
-    msg.payloads.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS,
-                                      b"".join(struct.pack("!H", h) for h in OUR_HASHES)))
+    msg.payloads.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, _OUR_HASHES_DATA))
 
 
 def _process_common(sa: IkeSaView, msg: Message, local: tuple[str, int], remote: tuple[str, int]) -> None:
     """NAT-D (RFC 7296 2.23), fragmentation (RFC 7383 2.3) and hash algorithms (RFC 7427 4)."""
-    src = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
-    dst = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_DESTINATION_IP)]
+    src: list[bytes] = []
+    dst: list[bytes] = []
+    frag = False
+    h: NotifyPayload | None = None
+    for n in msg.payloads:  # one pass over the notifies (the message has one each, NAT-D maybe several)
+        if type(n) is NotifyPayload:
+            t = n.type
+            if t == NotifyType.NAT_DETECTION_SOURCE_IP:
+                src.append(n.data)
+            elif t == NotifyType.NAT_DETECTION_DESTINATION_IP:
+                dst.append(n.data)
+            elif t == NotifyType.FRAGMENTATION_SUPPORTED:
+                frag = True
+            elif t == NotifyType.SIGNATURE_HASH_ALGORITHMS and h is None:
+                h = n
     if src and dst:
         spi_r = msg.spi_r
         sa.nat_here = natd_hash(sa.spi_i, spi_r, local) not in dst
@@ -96,8 +109,7 @@ def _process_common(sa: IkeSaView, msg: Message, local: tuple[str, int], remote:
             log.info("local host is behind NAT, sending keep alives")
         if sa.nat_there:
             log.info("remote host is behind NAT")
-    sa.frag_supported = msg.notify(NotifyType.FRAGMENTATION_SUPPORTED) is not None
-    h = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    sa.frag_supported = frag
     if h is not None:
         d = h.data
         algs = _HASH_SETS.get(d)

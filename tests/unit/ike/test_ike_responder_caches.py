@@ -201,3 +201,33 @@ def test_identification_payloads_decode_as_the_general_path() -> None:
     # an address of the wrong length: the general path's error
     with pytest.raises(DecodeError, match="ID type 1"):
         decode_message(_init_with(IdPayload(PayloadType.IDi, IdType.IPV4_ADDR, b"\xc0\x00\x02")))
+
+
+def test_sa_bodies_from_the_cache_are_push_sa() -> None:
+    from core_ike.buffer import Buffer
+    from core_ike.codec import wire
+
+    def general(sa: SaPayload) -> bytes:
+        buf = Buffer()
+        wire.push_sa(buf, sa)
+        return buf.getvalue()
+
+    wire._SA_BODIES.clear()
+    offers = [parse_proposals("aes128gcm16-prfsha256-x25519", ProtocolId.IKE),
+              parse_proposals("aes256-sha256-modp2048,aes128gcm16-prfsha256-ecp256", ProtocolId.IKE),
+              parse_proposals("aes128gcm16", ProtocolId.ESP)]
+    offers[2][0].spi = b"\x01\x02\x03\x04"
+    bodies = []
+    for props in offers * 2:  # the second time from the cache
+        sa = SaPayload(props)
+        body = wire._fast_push_sa(sa)
+        assert body == general(sa)
+        bodies.append(body)
+    assert len(set(bodies)) == 3
+    # another SPI (a CHILD_SA's, RFC 7296 3.3.1) is another body
+    offers[2][0].spi = b"\x05\x06\x07\x08"
+    assert wire._fast_push_sa(SaPayload(offers[2])) == general(SaPayload(offers[2])) != bodies[2]
+    for i in range(wire.SA_CACHE_MAX + 5):
+        offers[2][0].spi = i.to_bytes(4, "big")
+        wire._fast_push_sa(SaPayload(offers[2]))
+    assert len(wire._SA_BODIES) <= wire.SA_CACHE_MAX
