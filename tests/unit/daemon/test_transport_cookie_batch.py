@@ -21,6 +21,7 @@ from core_ike.crypto.proposals import parse_proposals
 from core_ike.ike.creds import Credentials
 from core_ike.ike.engine import Engine, EngineConfig
 from core_ike.ike.prefilter import InitIndex, cookie_reply
+from core_ike.io import mmsg as mmsg_mod
 from core_ike.io.mmsg import RecvBatch, SendBatch
 from core_ike.io.transport import UdpTransport
 
@@ -65,13 +66,19 @@ def _transport(natt: bool, **cfg: object) -> tuple[Engine, UdpTransport]:
     return eng, t
 
 
+@pytest.mark.parametrize("mmsg", [True, False], ids=["mmsg", "recvfrom"])
 @pytest.mark.parametrize("natt", [False, True], ids=["ike-port", "natt-port"])
-def test_a_burst_is_answered_with_valid_cookies_and_a_cookie_gets_through(natt: bool) -> None:
+def test_a_burst_is_answered_with_valid_cookies_and_a_cookie_gets_through(
+    natt: bool, mmsg: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mmsg_mod, "AVAILABLE", mmsg)  # without recvmmsg/sendmmsg: the same, a call each
+
     async def run() -> None:
         eng, t = _transport(natt)
         t.start()
         try:
             port = next(iter(t.sockets))[1]
+            assert t._rb.mmsg is mmsg and t._sb.mmsg is mmsg
             if natt:
                 eng.natt_port = port  # the socket is the NAT-T one: non-ESP marker (RFC 3948 2.2)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
