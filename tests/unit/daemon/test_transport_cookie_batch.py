@@ -11,6 +11,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ from core_ike.io.transport import UdpTransport
 
 
 def _init(spi: bytes, nonce: bytes, cookie: bytes | None = None, natt: bool = False) -> bytes:
-    payloads = [SaPayload(parse_proposals("aes128gcm16-prfsha256-x25519", ProtocolId.IKE)),
+    payloads: list[Any] = [SaPayload(parse_proposals("aes128gcm16-prfsha256-x25519", ProtocolId.IKE)),
                 KePayload(31, b"\x09" * 32), NoncePayload(nonce)]
     if cookie is not None:
         payloads.insert(0, NotifyPayload(NotifyType.COOKIE, cookie))
@@ -57,36 +58,38 @@ async def _replies(c: socket.socket, want: int) -> list[bytes]:
     return out
 
 
-def _transport(natt: bool, **cfg: object) -> tuple[Engine, UdpTransport]:
+def _transport(natt: bool, host: str = "127.0.0.1", **cfg: object) -> tuple[Engine, UdpTransport]:
     # one test client sends everything: no per-source limit unless a test sets one
     eng = Engine([], Credentials(), EngineConfig(**{"force_cookies": True, "init_rate_ip": 0.0, **cfg}))  # type: ignore[arg-type]
-    t = UdpTransport(eng, ["127.0.0.1"], [0])
+    t = UdpTransport(eng, [host], [0])
     if not natt:
         eng.natt_port = -1
     return eng, t
 
 
+@pytest.mark.parametrize(("fam", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")],
+                         ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("mmsg", [True, False], ids=["mmsg", "recvfrom"])
 @pytest.mark.parametrize("natt", [False, True], ids=["ike-port", "natt-port"])
 def test_a_burst_is_answered_with_valid_cookies_and_a_cookie_gets_through(
-    natt: bool, mmsg: bool, monkeypatch: pytest.MonkeyPatch,
+    natt: bool, mmsg: bool, fam: int, host: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(mmsg_mod, "AVAILABLE", mmsg)  # without recvmmsg/sendmmsg: the same, a call each
 
     async def run() -> None:
-        eng, t = _transport(natt)
+        eng, t = _transport(natt, host=host)
         t.start()
         try:
             port = next(iter(t.sockets))[1]
             assert t._rb.mmsg is mmsg and t._sb.mmsg is mmsg
             if natt:
                 eng.natt_port = port  # the socket is the NAT-T one: non-ESP marker (RFC 3948 2.2)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-                c.bind(("127.0.0.1", 0))
+            with socket.socket(fam, socket.SOCK_DGRAM) as c:
+                c.bind((host, 0))
                 c.setblocking(False)
                 reqs = [(struct.pack("!Q", 0x1000 + i), bytes([i]) * 32) for i in range(150)]
                 for spi, ni in reqs:
-                    c.sendto(_init(spi, ni, natt=natt), ("127.0.0.1", port))
+                    c.sendto(_init(spi, ni, natt=natt), (host, port))
                 replies = await _replies(c, len(reqs))
                 assert eng.counters["cookies-sent"] == len(reqs)
                 assert not eng.sas and not eng.half_open  # no state for any of them
@@ -98,20 +101,20 @@ def test_a_burst_is_answered_with_valid_cookies_and_a_cookie_gets_through(
                         r = r[4:]
                     cookie = decode_message(r).notify(NotifyType.COOKIE).data  # type: ignore[union-attr]
                     assert r == cookie_reply(spi, bytes(4), cookie)  # what the encoder builds
-                    assert eng.cookies.valid(cookie, ni, "127.0.0.1", spi, eng.now)
-                    assert not eng.cookies.valid(cookie, ni, "127.0.0.2", spi, eng.now)  # bound to IPi
+                    assert eng.cookies.valid(cookie, ni, host, spi, eng.now)
+                    assert not eng.cookies.valid(cookie, ni, "::2" if ":" in host else "127.0.0.2", spi, eng.now)  # bound to IPi
                 # the first one comes back with its COOKIE: past the pre-filter, the engine answers it
                 # (no connection is configured: NO_PROPOSAL_CHOSEN, RFC 7296 2.21.1)
                 spi, ni = reqs[0]
                 r = by_spi[spi][4:] if natt else by_spi[spi]
                 cookie = decode_message(r).notify(NotifyType.COOKIE).data  # type: ignore[union-attr]
-                c.sendto(_init(spi, ni, cookie, natt), ("127.0.0.1", port))
+                c.sendto(_init(spi, ni, cookie, natt), (host, port))
                 (answer,) = await _replies(c, 1)
                 msg = decode_message(answer[4:] if natt else answer)
                 assert msg.spi_i == spi and msg.notify(NotifyType.NO_PROPOSAL_CHOSEN) is not None
                 assert eng.counters["cookies-sent"] == len(reqs)
                 # a forged COOKIE is answered with a fresh one, as a request without any
-                c.sendto(_init(spi, ni, b"\x00" + bytes(32), natt), ("127.0.0.1", port))
+                c.sendto(_init(spi, ni, b"\x00" + bytes(32), natt), (host, port))
                 (again,) = await _replies(c, 1)
                 assert decode_message(again[4:] if natt else again).notify(NotifyType.COOKIE) is not None
                 assert eng.counters["cookies-sent"] == len(reqs) + 1
