@@ -23,7 +23,9 @@ exactly CBC decryption under that IV.
 
 from __future__ import annotations
 
+import functools
 import hmac as stdlib_hmac  # compare_digest only; every MAC is computed with `cryptography`
+import itertools
 import struct
 from dataclasses import dataclass
 
@@ -78,6 +80,18 @@ class EspCounters:
 
     def as_dict(self) -> dict[str, float | int]:
         return {k: getattr(self, k) for k in self.__slots__}
+
+
+@functools.lru_cache(maxsize=256)
+def _run_heads(size: int, count: int) -> struct.Struct:
+    """SPI and Seq of `count` ESP packets of `size` octets lying back to back (the last may be shorter)."""
+    return struct.Struct(">" + f"II{size - 8}x" * (count - 1) + "II")
+
+
+@functools.lru_cache(maxsize=256)
+def _run_trailers(size: int, count: int, body: int, pad: int) -> struct.Struct:
+    """Padding, Pad Length and Next Header of `count` decrypted packets laid out every `size` octets."""
+    return struct.Struct("".join(f"{body}x{pad}sBB{size - body - pad - 2}x" for _ in range(count)))
 
 
 class EspSa:
@@ -312,36 +326,44 @@ class EspSa:
             return None
         if len(plain) < count * size:
             plain.extend(bytes(count * size - len(plain)))
-        decrypt, salt, pads, unpack, spi = into[1], self._salt, _PADS, _HDR.unpack_from, self.spi
-        pv = memoryview(plain)
-        prev = self.window.top
-        lengths: list[int] = []
+        heads = _run_heads(size, count).unpack_from(buf)  # SPI, Seq of every packet in one call
+        seqs = heads[1::2]
+        first, last = seqs[0], seqs[-1]
+        if heads[0::2].count(self.spi) != count or first <= self.window.top:
+            return None  # another SA (or a non-ESP datagram) inside, or a replay
+        consecutive = last - first == count - 1 and seqs == tuple(range(first, last + 1))
+        if not consecutive and any(b <= a for a, b in itertools.pairwise(seqs)):
+            return None  # not in ascending order: the per-packet path checks each against the window
+        decrypt, salt, pv, clen = into[1], self._salt, memoryview(plain), size - fixed
         o = 0
         try:
-            for i in range(count):
-                end = o + (size if i < count - 1 else tail)
-                spi_i, seq = unpack(buf, o)
-                if spi_i != spi or seq <= prev:  # another SA, or not new and in order
-                    return None
-                prev = seq
-                clen = end - o - fixed
-                decrypt(salt + buf[o + 8 : o + 16], buf[o + 16 : end], buf[o : o + 8], pv[o : o + clen])
-                e = o + clen
-                pad = plain[e - 2]
-                body = clen - 2 - pad
-                if body < 0 or plain[e - 1] not in (NEXT_HEADER_IPV4, NEXT_HEADER_IPV6) or (
-                        pad and plain[o + body : e - 2] != pads[pad]):
-                    return None
-                lengths.append(body)
+            for _ in range(count - 1):
+                decrypt(salt + buf[o + 8 : o + 16], buf[o + 16 : o + size], buf[o : o + 8], pv[o : o + clen])
                 o += size
+            decrypt(salt + buf[o + 8 : o + 16], buf[o + 16 : o + tail], buf[o : o + 8], pv[o : o + tail - fixed])
         except InvalidTag:
             return None
-        first = unpack(buf, 0)[1]
-        if prev - first == count - 1:
+        # trailers (RFC 4303 2.4): all but the last packet have one length, so one pad length and one
+        # next header; their padding and next header checked in one unpack against what they must be
+        lengths: list[int] = []
+        if count > 1:
+            pad, nh = plain[clen - 2], plain[clen - 1]
+            body = clen - 2 - pad
+            if (body < 0 or nh not in (NEXT_HEADER_IPV4, NEXT_HEADER_IPV6)
+                    or _run_trailers(size, count - 1, body, pad).unpack_from(plain) != (_PADS[pad], pad, nh) * (count - 1)):
+                return None
+            lengths = [body] * (count - 1)
+        e = o + tail - fixed
+        pad = plain[e - 2]
+        body = tail - fixed - 2 - pad
+        if body < 0 or plain[e - 1] not in (NEXT_HEADER_IPV4, NEXT_HEADER_IPV6) or plain[o + body : e - 2] != _PADS[pad]:
+            return None
+        lengths.append(body)
+        if consecutive:
             self.window.update_run(first, count)
         else:
-            for i in range(count):
-                self.window.update(unpack(buf, i * size)[1])
+            for seq in seqs:
+                self.window.update(seq)
         c = self.counters
         c.bytes_in += sum(lengths)
         c.packets_in += count

@@ -125,6 +125,21 @@ def test_open_into_equals_open_many(encr: EncrId, bits: int) -> None:
     assert rx.counters == ref.counters
 
 
+def test_open_into_takes_a_run_with_a_gap() -> None:
+    """A lost packet leaves a gap in the sequence numbers: still new and ascending, so the run is
+    opened whole and the window marks exactly the packets that arrived."""
+    tx, rx, ref = sa_trio(EncrId.AES_GCM_16, 128)
+    data, sizes, segs = sealed_run(tx, os.urandom(6 * 1000), 1000)
+    size = sizes[0]
+    keep = [0, 1, 3, 4]  # full-size packets only; the fourth (index 2) was lost
+    run = b"".join(data[i * size : (i + 1) * size] for i in keep)
+    plain = bytearray()
+    lengths = rx.open_into(memoryview(run), size, len(keep), size, plain)
+    assert lengths is not None and laid_out(plain, size, lengths) == [segs[i] for i in keep]
+    ref.open_many([data[i * size : (i + 1) * size] for i in keep])
+    assert (rx.window.top, rx.window.bitmap) == (ref.window.top, ref.window.bitmap)
+
+
 def test_open_into_refuses_without_changing_state() -> None:
     """Anything but the common case returns None with the window and counters untouched; open_many then
     drops and counts the bad packets (RFC 4303 3.4.3: the window moves only for authenticated packets)."""
