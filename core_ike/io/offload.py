@@ -447,31 +447,29 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
     if n < 2 or not HAVE_NUMPY or tail > length or length & 1 or lengths.count(length) < n - 1:
         return None
     rows = _np.frombuffer(plain, _np.uint8, n * stride).reshape(n, stride)
-    # whole-packet sums, checked as `_tcp_candidate` does, all rows but the last at once
-    totals = [int(x) for x in row_sums(rows[: n - 1, :length]).tolist()]
-    totals.append(csum_le(plain[(n - 1) * stride : (n - 1) * stride + tail]))
+    sums = row_sums(rows[: n - 1, :length])  # whole-packet sums, checked as `_tcp_candidate` does
     first = bytes(plain[:length])
-    c = _tcp_candidate(first, totals[0])
+    c = _tcp_candidate(first, int(sums[0]))
     if c is None:
         return None
     _tkey, _key, off, h, v6, seq0, plen = c
     if tail <= h or (plain[0] != 0x45 and not v6):
         return None
-    same, var = _run_structs(h, v6)
-    want = same.unpack_from(first)
+    same, var = _run_structs(h, v6, stride, n)  # every row's fields in one unpack each
+    fields = var.unpack_from(plain)
+    ip_len, seqs, flags = fields[0::3], fields[1::3], fields[2::3]
+    end = seq0 + (n - 1) * plen
+    expected = range(seq0, end + 1, plen) if end < 1 << 32 else [(seq0 + i * plen) & 0xFFFFFFFF for i in range(n)]
+    if (same.unpack_from(plain) != _row_fields(first, h, v6) * n or tuple(expected) != seqs
+            or ip_len[: n - 1].count(length - 40 if v6 else length) != n - 1 or ip_len[-1] != (tail - 40 if v6 else tail)
+            or flags[: n - 1].count(_ACK) != n - 1 or flags[-1] not in (_ACK, _ACK | _PSH)):
+        return None
     # (`_tcp_candidate`'s correction: the pseudo-header's protocol and length, the IPv4 addresses once
     # more, the IPv6 header's first 8 octets out; equal in all full-size segments)
-    full_small = _tcp_small(first, off, v6)
-    seq, o = seq0, 0
-    for i in range(n):
-        field, seq_i, flags = var.unpack_from(plain, o)
-        size = lengths[i]
-        if (same.unpack_from(plain, o) != want or seq_i != seq or field != (size - 40 if v6 else size)
-                or (flags != _ACK and (i < n - 1 or flags != _ACK | _PSH))
-                or (totals[i] + (full_small if size == length else _tcp_small(plain[o : o + 40], off, v6, size))) % 0xFFFF):
-            return None
-        seq = (seq + plen) & 0xFFFFFFFF
-        o += stride
+    if ((sums + _tcp_small(first, off, v6) % 0xFFFF) % 0xFFFF).any() or (
+            csum_le(plain[(n - 1) * stride : (n - 1) * stride + tail])
+            + _tcp_small(plain[(n - 1) * stride : (n - 1) * stride + 40], off, v6, tail)) % 0xFFFF:
+        return None
     view = memoryview(plain)
     parts = [view[i * stride + h : i * stride + length] for i in range(n - 1)]
     parts.append(view[(n - 1) * stride + h : (n - 1) * stride + tail])
@@ -484,19 +482,31 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
             out.append([NO_OFFLOAD, view[i * stride : i * stride + lengths[i]]])
             continue
         size = h + sum(map(len, chunk))
-        psh = a + len(chunk) == n and flags == _ACK | _PSH
+        psh = a + len(chunk) == n and flags[-1] == _ACK | _PSH
         out.append([*gso_header(first, off, h, v6, size, plen, psh), *chunk])
     return out
 
 
-@functools.lru_cache(maxsize=64)
-def _run_structs(h: int, v6: bool) -> tuple[struct.Struct, struct.Struct]:
-    """For IP and TCP headers of `h` octets (IPv4 without options, or IPv6 without extension headers):
-    the fields equal in every segment of a run (all but lengths, IPv4 ID and checksum, TCP sequence
-    number, flags and checksum), and the IP length field, sequence number and flags."""
-    if v6:
-        return struct.Struct(f">4s2x34s4s4x5sx2s2x{h - 58}s"), struct.Struct(">4xH38xI5xB")
-    return struct.Struct(f">2s2x2x4s2x8s4s4x5sx2s2x{h - 38}s"), struct.Struct(">2xH20xI5xB")
+_ROW_SAME = {False: ">2s2x2x4s2x8s4s4x5sx2s2x{opts}s", True: ">4s2x34s4s4x5sx2s2x{opts}s"}
+_ROW_VAR = {False: ">2xH20xI5xB", True: ">4xH38xI5xB"}  # IP length field, TCP seq, TCP flags
+
+
+@functools.lru_cache(maxsize=256)
+def _run_structs(h: int, v6: bool, stride: int, n: int) -> tuple[struct.Struct, struct.Struct]:
+    """For `n` packets every `stride` octets with IP and TCP headers of `h` octets (IPv4 without
+    options, or IPv6 without extension headers): the header fields equal in every segment of a run
+    (all but lengths, IPv4 ID and checksum, TCP sequence number, flags and checksum) of all rows, and
+    each row's IP length field, sequence number and flags."""
+    same = _ROW_SAME[v6].format(opts=h - (58 if v6 else 38))[1:]
+    var = _ROW_VAR[v6][1:]
+    var_size = struct.calcsize(">" + var)
+    return (struct.Struct(">" + f"{same}{stride - h}x" * (n - 1) + same),
+            struct.Struct(">" + f"{var}{stride - var_size}x" * (n - 1) + var))
+
+
+def _row_fields(pkt: bytes, h: int, v6: bool) -> tuple[object, ...]:
+    """`_run_structs`' equal fields of one packet."""
+    return struct.unpack_from(_ROW_SAME[v6].format(opts=h - (58 if v6 else 38)), pkt)
 
 
 def _tcp_small(pkt: bytes | bytearray, off: int, v6: bool, length: int = 0) -> int:
