@@ -121,7 +121,7 @@ class ClientDaemon(Daemon):
         self.mediation = MediationClient(self.engine, dataclasses.replace(
             client_config(client), host_addresses=self.hosts, extra_endpoints=self._mapped_endpoints,
             port_allocation=self._port_allocation, nat_behaviour=self._nat_summary,
-            port_pool=SocketPool(self.transport)))
+            port_pool=SocketPool(self.transport), nat_pending=self._nat_pending))
         self.reconnect_base = duration(client.get("reconnect", 5))
         self.servers = ServerList(client.get("servers"))
         self._backoff: dict[str, float] = {}
@@ -236,6 +236,8 @@ class ClientDaemon(Daemon):
                 self.nat = NatBehaviour(error=f"STUN from {e.local[0]}: {err.strerror or err}")
             log.info("NAT behaviour (RFC 5780, STUN %s[%d]): %s", server[0], server[1], self.nat.summary())
             self._report_nat(e.name, self.nat)
+            self.mediation.nat_known(time.monotonic())  # ME_CONNECTs that waited for it
+            self.transport.flush()
             if self.db is not None:
                 await asyncio.to_thread(self.db.set_nat, None if self.nat.error else self.nat.summary())
 
@@ -275,6 +277,10 @@ class ClientDaemon(Daemon):
         if m is None or m.internal[1] != local[1]:
             return []
         return [mapped_endpoint(m.external[0], m.external[1], base=m.internal)]
+
+    def _nat_pending(self) -> bool:
+        """No NAT discovery result yet, and one will come (core_ike/me/birthday.py needs it)."""
+        return bool(self.client.get("nat_discovery", True)) and self.nat is None
 
     def _nat_summary(self) -> str | None:
         """Our NAT's behaviour for the peers (core_ike/me/birthday.py), once discovery has measured it."""

@@ -124,6 +124,9 @@ class ProbeConfig:
     # attempts under way at once: what a peer (or one claiming another's address as its endpoint) can make
     # us send is at most max_active * probes checks per `time` seconds
     max_active: int = 4
+    # a mediation SA that just came up holds its ME_CONNECTs this long at most for our NAT's discovery
+    # (MediationClientConfig.nat_pending): without our NAT's behaviour in them the peer cannot take part
+    nat_wait: float = 3.0
 
 
 class PortPool(Protocol):

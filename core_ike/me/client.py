@@ -108,6 +108,9 @@ class MediationClientConfig:
     # sent to our own server in ME_CONNECT), the adapter's extra sockets, the bounds
     nat_behaviour: Callable[[], str | None] | None = None
     port_pool: PortPool | None = None
+    # our NAT's discovery has not answered yet: ME_CONNECTs of a mediation SA that just came up wait for it
+    # (so that they carry our NAT's behaviour), at most probing.nat_wait seconds; `nat_known` ends the wait
+    nat_pending: Callable[[], bool] | None = None
     probing: ProbeConfig = field(default_factory=ProbeConfig)
 
 
@@ -194,6 +197,7 @@ class MediationClient(Extension):
         self._mediated: dict[int, str] = {}  # mediated IKE_SA unique id -> attempt name
         self._target_sas: dict[int, str] = {}  # mediated IKE_SAs we answered -> peer (status)
         self._initiating: tuple[str, bytes] | None = None
+        self._nat_hold: dict[str, float] = {}  # mediation connection -> ME_CONNECTs wait until (nat_pending)
         self._unsent: dict[str, tuple[IkeSaView, MeConnectRequest]] = {}  # attempt -> ME_CONNECT not built yet
         self._unsent_answers: dict[bytes, tuple[IkeSaView, MeConnectRequest]] = {}  # target: answer not built yet
         engine.extensions.append(self)
@@ -221,7 +225,7 @@ class MediationClient(Extension):
                 self._yield(att, sess.connect_id, now, "already the target of its")
                 return att
         sa = self.mediation_sa(med.name)
-        if sa is not None and sa.established:
+        if sa is not None and sa.established and med.name not in self._nat_hold:
             self._send_connect(sa, att, now)
         elif sa is None:
             log.info("initiating mediation connection '%s'", med.name)
@@ -337,12 +341,14 @@ class MediationClient(Extension):
     def next_deadline(self) -> float | None:
         ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
         ds += [t for t in (self.checks.get_timer(), self.paths.get_timer(), self.probes.get_timer()) if t is not None]
+        ds += self._nat_hold.values()
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
         self.checks.handle_timer(now)
         self.paths.handle_timer(now)
         self.probes.handle_timer(now)
+        self._release_held(now)
         self._pump(now)
         for att in list(self.attempts.values()):
             if att.deadline is not None and now >= att.deadline and att.active:
@@ -359,9 +365,31 @@ class MediationClient(Extension):
         ep = sa.extension(MeSaState).srflx
         self.engine.emit(mev.MediationSaUp(sa.name, sa.unique_id, sa.local, sa.remote,
                                            ep.addr if ep is not None else None))
+        if self.config.nat_pending is not None and self.config.nat_pending() and self.config.probing.enabled and \
+                any(a.state is AttemptState.MEDIATION and a.mediation == sa.config.name for a in self.attempts.values()):
+            self._nat_hold[sa.config.name] = now + self.config.probing.nat_wait
+            log.info("mediation connection '%s' up: its ME_CONNECTs wait for the NAT discovery (at most %g s)",
+                     sa.name, self.config.probing.nat_wait)
+            return
+        self._send_waiting(sa, now)
+
+    def _send_waiting(self, sa: IkeSaView, now: float) -> None:
         for att in list(self.attempts.values()):
             if att.state is AttemptState.MEDIATION and att.mediation == sa.config.name:
                 self._send_connect(sa, att, now)
+
+    def nat_known(self, now: float) -> None:
+        """The adapter's NAT discovery finished: the ME_CONNECTs that waited for it go out."""
+        self._release_held(now, force=True)
+        self._pump(now)
+
+    def _release_held(self, now: float, force: bool = False) -> None:
+        for name, until in list(self._nat_hold.items()):
+            if force or now >= until:
+                del self._nat_hold[name]
+                sa = self.mediation_sa(name)
+                if sa is not None and sa.established:
+                    self._send_waiting(sa, now)
 
     def gather(self, sa: IkeSaView) -> list[Endpoint]:
         """docs/protocol.md §6.1: HOST endpoints on the mediation SA's local port, plus the srflx."""

@@ -354,3 +354,41 @@ def test_without_a_relay_a_probe_that_meets_nothing_is_in_the_failure_report() -
         "many-port probing (spray): no pair met within 2 s (100 probes to ports of 203.0.113.2)" in failed.reason, failed
     net.run(15.0)
     assert pool.open_now == set()  # bob's extra sockets closed as well
+
+
+def _held_net() -> tuple[Net, dict[str, bool]]:
+    """alice's connection starts with her mediation connection (autostart): her NAT's discovery has not
+    answered yet when the mediation SA comes up."""
+    net, _ = _net()
+    flags = {"pending": True}
+    alice = net.nodes["alice"]
+    alice.ext.config.nat_pending = lambda: flags["pending"]
+    alice.ext.config.nat_behaviour = lambda: None if flags["pending"] else PORT_RESTRICTED
+    register(net, "bob")
+    return net, flags
+
+
+def test_me_connect_waits_for_the_nat_discovery_and_then_probes() -> None:
+    net, flags = _held_net()
+    alice = net.nodes["alice"]
+    alice.ext.connect("bob", net.now)
+    net.run(1.0)
+    assert alice.of(mev.MediationSaUp) and not alice.of(mev.MeConnectSent)  # held for the discovery
+    flags["pending"] = False
+    alice.ext.nat_known(net.now)  # the adapter's discovery answered
+    assert alice.of(mev.MeConnectSent) or alice.engine.datagrams_to_send()
+    net.run(20.0, until=lambda: bool(alice.of(mev.MediatedEstablished) or alice.of(mev.MediationFailed)))
+    (up,) = alice.of(mev.MediatedEstablished)
+    assert up.remote[0] == B_PUB and alice.of(ProbeStarted), up  # direct, by probing
+
+
+def test_the_wait_for_the_nat_discovery_is_bounded() -> None:
+    net, _flags = _held_net()  # the discovery never answers
+    alice = net.nodes["alice"]
+    alice.ext.connect("bob", net.now)
+    net.run(10.0, until=lambda: bool(alice.of(mev.MeConnectSent)))
+    t_up = alice.first(mev.MediationSaUp)[0]  # type: ignore[index]
+    t_sent = alice.first(mev.MeConnectSent)[0]  # type: ignore[index]
+    assert 2.9 <= t_sent - t_up <= 3.1  # probing.nat_wait
+    net.run(20.0, until=lambda: bool(alice.of(mev.MediatedEstablished) or alice.of(mev.MediationFailed)))
+    assert alice.of(mev.MediatedEstablished)[0].remote[0] == MS_IP and not alice.of(ProbeStarted)  # relayed
