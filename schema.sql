@@ -3,7 +3,7 @@
 -- Server side (mediation server + server manager portal): "user", peer, me_callback, mediation_grant.
 -- Client side (mediation client + client manager portal): client_config, mediation_server_config,
 -- connection.  Both sides may live in one database or in separate ones; they share no tables.
--- Portals (either side): web_session, web_secret, each row tagged with its portal.
+-- Portals (either side): web_session, web_secret, web_login_failure, each row tagged with its portal.
 --
 -- The SQLAlchemy models in med_db/models.py match this file; tests/web/test_db_schema.py creates the
 -- schema once from this file and once from the models and compares tables, columns, nullability,
@@ -218,6 +218,24 @@ CREATE TABLE "web_session" (
     CONSTRAINT "pk_web_session" PRIMARY KEY ("id")
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
 CREATE INDEX "ix_web_session_last_seen" ON "web_session" ("portal", "last_seen");
+
+-- Login attempts of the portals' throttling (medmgr_web/throttle.py), shared by all the portal's
+-- processes and kept across restarts: one row per attempt and kind, from the moment it starts
+-- ("started"); the address row of an attempt with the right password is deleted again, so are all the
+-- account's rows.  kind 'address': subject = the client address (IPv6: its /64); kind 'account':
+-- subject = SHA-256 (hex) of the login in lower case (not what a stranger typed, which is sometimes a
+-- password).  Rows older than the portal's --throttle-window are deleted by the portal; so are the
+-- oldest rows beyond its cap (docs/configuration.md, "Portal launchers").
+CREATE TABLE "web_login_failure" (
+    "id"         INTEGER NOT NULL /*! AUTO_INCREMENT */ PRIMARY KEY,
+    "portal"     VARCHAR(16) NOT NULL,
+    "kind"       VARCHAR(8) NOT NULL,
+    "subject"    VARCHAR(128) NOT NULL,
+    "started"    DATETIME /*! (6) */ NOT NULL,
+    CONSTRAINT "ck_web_login_failure_kind" CHECK ("kind" IN ('address', 'account'))
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
+CREATE INDEX "ix_web_login_failure_subject" ON "web_login_failure" ("portal", "kind", "subject", "started");
+CREATE INDEX "ix_web_login_failure_started" ON "web_login_failure" ("portal", "started");
 
 -- Each portal's signing key for the CSRF tokens of its anonymous forms (login, registration), made
 -- by the first process to start, so that every process accepts the tokens of the others.

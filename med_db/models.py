@@ -258,6 +258,24 @@ class WebSession(Base):
     last_seen: Mapped[dt.datetime] = mapped_column(_datetime())
 
 
+class WebLoginFailure(Base):
+    """A login attempt counted by the portals' throttling (``medmgr_web/throttle.py``, see schema.sql)."""
+
+    __tablename__ = "web_login_failure"
+    __table_args__ = (
+        CheckConstraint("\"kind\" IN ('address', 'account')", name="ck_web_login_failure_kind"),
+        Index("ix_web_login_failure_subject", "portal", "kind", "subject", "started"),
+        Index("ix_web_login_failure_started", "portal", "started"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    portal: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(8))
+    subject: Mapped[str] = mapped_column(String(128))
+    started: Mapped[dt.datetime] = mapped_column(_datetime())
+
+
 class WebSecret(Base):
     """A portal's signing key (one row per portal), shared by all its processes: the CSRF tokens of
     the anonymous forms are signed with it, so any process accepts what another one issued."""

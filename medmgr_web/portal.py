@@ -99,7 +99,7 @@ def make_portal(import_name: str, settings: PortalSettings, session_factory: ses
     app.user_valid = user_valid
     app.context = context
     app.store = SessionStore(session_factory, settings.name, settings.session_timeout, settings.max_sessions, clock)
-    app.throttle = LoginThrottle(settings.throttle, clock, sleep)
+    app.throttle = LoginThrottle(settings.throttle, session_factory, settings.name, clock, sleep)
     app.session_interface = DbSessionInterface(app.store, f"{settings.name}_sid", f"{settings.name}_csrf")
     app.config.update(
         SECRET_KEY=portal_secret(session_factory, settings.name),

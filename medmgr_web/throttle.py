@@ -8,32 +8,57 @@ Two limits, both over a sliding ``window``:
   failures, then ``delay_base`` doubling with each failure, at most ``delay_max`` seconds.  The owner,
   logging in from an address that is not blocked, gets in (a few seconds late at worst).
 
-An attempt counts as a failure from the moment it starts and is refunded when the password was right,
-so attempts sent in parallel see each other: they cannot all slip under the address limit, and the
-account delay grows with them.  The delay is a sleep in the request's own thread (flup serves each
-request in a thread of its own) and is capped by ``delay_max``; it happens before the password is
-checked or the database is read, so it holds no connection and its length says nothing about the
-password.
+The counts live in med_db (table ``web_login_failure``, one row per attempt and kind), so every process
+of a portal on one database shares them and a restart forgets nothing.  An attempt counts as a failure
+from the moment it starts (its rows are committed before the password is looked at) and is refunded
+when the password was right, so attempts sent in parallel, to any of the processes, see each other:
+they cannot all slip under the address limit, and the account delay grows with them.  The delay is a
+sleep in the request's own thread (flup serves each request in a thread of its own) and is capped by
+``delay_max``; it happens before the password is checked, holding no database connection, and its
+length says nothing about the password.
+
+Cost per login: a few statements on index ranges of at most ``address_limit`` + 1 and ``account_keep``
++ ``TRIM_SLACK`` rows (``ix_web_login_failure_subject``).  The table is bounded: an account keeps its
+newest ``account_keep`` rows (enough for the delay to reach its cap), an address at most
+``address_limit`` (a refused attempt leaves no row), and each process sweeps the rows older than the
+window, and the oldest rows beyond ``max_rows`` per portal, at most ``SWEEP_EVERY`` attempts or
+``SWEEP_INTERVAL`` seconds apart.  So the table holds at most ``max_rows`` rows per portal plus
+``2 * SWEEP_EVERY`` per process.  At the cap the oldest failures are forgotten early (logged as a
+warning): a botnet that fails logins from more than about ``max_rows / 2`` addresses within the window
+gets some addresses unblocked before their window ends, and an account's delay may restart; the owner
+is never locked out either way.
 
 The client address is the FastCGI ``REMOTE_ADDR``: the TCP peer of lighttpd or Apache.  No forwarding
 header is trusted here; behind another reverse proxy, the web server must restore the client address
 (``deploy/README-medmgr.md``).  An IPv6 client is its /64, which one host usually holds whole.
+Times come from ``clock``: wall-clock seconds, as the rows are shared between processes and outlive them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import ipaddress
 import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from med_db.models import WebLoginFailure
 
 log = logging.getLogger("medmgr_web.throttle")
 
-MAX_KEY = 128  # characters of an account name or address kept as a key
+MAX_KEY = 128          # characters of an account name or address kept as a key
+ADDRESS, ACCOUNT = "address", "account"  # web_login_failure.kind
+SWEEP_INTERVAL = 60.0  # seconds between two sweeps of one process (expired rows, the cap)
+SWEEP_EVERY = 128      # attempts one process counts between two sweeps, at most
+TRIM_SLACK = 8         # account rows beyond ``account_keep`` read (and deleted) at one attempt
+DELETE_CHUNK = 500     # ids per DELETE ... IN when the cap is enforced
 
 
 @dataclass(frozen=True)
@@ -43,7 +68,15 @@ class ThrottleConfig:
     delay_base: float = 0.5   # seconds, the first delay; doubles with each further failure
     delay_max: float = 4.0    # seconds, the longest delay
     window: float = 900.0     # seconds a failure is remembered
-    max_keys: int = 10_000    # addresses (and accounts) remembered; the least recently failing go first
+    max_rows: int = 100_000   # rows of web_login_failure per portal; beyond, the oldest go first
+
+    @property
+    def account_keep(self) -> int:
+        """Failures kept per account: enough for the delay to reach its cap, and one more so that
+        "exactly n" can be told from "n or more"."""
+        steps = (math.ceil(math.log2(max(1.0, self.delay_max / self.delay_base)))
+                 if self.delay_base > 0 else 0)
+        return self.account_free + steps + 2
 
 
 @dataclass(frozen=True)
@@ -53,7 +86,9 @@ class Attempt:
     retry_after: int   # > 0: refused, the address is blocked for this many more seconds
     delay: float       # seconds to wait before answering
     recent: int        # failures on the account within the window before this attempt (counted up
-                       # to where the delay stops growing)
+                       # to ``account_keep``)
+    address_failures: int = 0      # the address's failures within the window, this attempt's included
+    rows: tuple[int, ...] = ()     # ids of this attempt's web_login_failure rows (address, account)
 
 
 def address_key(remote_addr: str) -> str:
@@ -73,6 +108,12 @@ def account_key(login: str) -> str:
     return login.lower()[:MAX_KEY]
 
 
+def account_subject(account: str) -> str:
+    """The account's ``web_login_failure.subject``: a hash, so the table never holds what a stranger
+    typed into the login field; fixed length, so no collation or length limit applies to it."""
+    return hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def backoff(failures: int, free: int, base: float, cap: float) -> float:
     """Seconds to wait before answering an attempt on an account with ``failures`` recent failures."""
     if failures < free:
@@ -80,95 +121,63 @@ def backoff(failures: int, free: int, base: float, cap: float) -> float:
     return min(cap, base * 2.0 ** min(failures - free, 64))
 
 
-class FailureLog:
-    """Times of recent failures per key within ``window``: at most ``keep`` per key, at most
-    ``max_keys`` keys (the key failing least recently is forgotten first).  Stale keys are swept at
-    every addition, oldest first, so the work is amortized O(1).  Not thread-safe by itself."""
-
-    def __init__(self, window: float, keep: int, max_keys: int) -> None:
-        self.window = window
-        self.keep = max(1, keep)
-        self.max_keys = max(1, max_keys)
-        self._keys: OrderedDict[str, deque[float]] = OrderedDict()  # least recently failed first
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def recent(self, key: str, now: float) -> deque[float] | None:
-        q = self._keys.get(key)
-        if q is None:
-            return None
-        while q and now - q[0] >= self.window:
-            q.popleft()
-        if not q:
-            del self._keys[key]
-            return None
-        return q
-
-    def add(self, key: str, now: float) -> int:
-        """Record a failure; the number of recent failures of ``key`` (at most ``keep``)."""
-        q = self.recent(key, now)
-        if q is None:
-            q = self._keys[key] = deque(maxlen=self.keep)
-        else:
-            self._keys.move_to_end(key)
-        q.append(now)
-        self._sweep(now)
-        return len(q)
-
-    def refund(self, key: str, now: float) -> None:
-        """Take back the latest failure of ``key`` (its attempt succeeded)."""
-        q = self.recent(key, now)
-        if q is not None:
-            q.pop()
-            if not q:
-                del self._keys[key]
-
-    def reset(self, key: str) -> None:
-        self._keys.pop(key, None)
-
-    def _sweep(self, now: float) -> None:
-        keys = self._keys
-        while len(keys) > self.max_keys:
-            keys.popitem(last=False)
-        while keys:
-            q = next(iter(keys.values()))
-            if q and now - q[-1] < self.window:
-                break
-            keys.popitem(last=False)
+def _when(seconds: float) -> dt.datetime:
+    """Clock seconds as the naive UTC DATETIME every table holds."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
 
 
 class LoginThrottle:
-    """Per-address blocking and per-account delays for one portal (thread-safe)."""
+    """Per-address blocking and per-account delays for one portal, on med_db's ``web_login_failure``
+    rows of that portal (thread-safe; every process of the portal on one database shares them)."""
 
-    def __init__(self, config: ThrottleConfig, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, config: ThrottleConfig, session_factory: sessionmaker[Session], portal: str,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
+        self.session_factory = session_factory
+        self.portal = portal
         self.clock = clock
         self.sleep = sleep
-        self._addresses = FailureLog(config.window, config.address_limit, config.max_keys)
-        # failures counted per account: enough for the delay to reach its cap, and one more so that the
-        # log can tell "exactly n" from "n or more"
-        steps = math.ceil(math.log2(max(1.0, config.delay_max / config.delay_base))) if config.delay_base > 0 else 0
-        self._accounts = FailureLog(config.window, config.account_free + steps + 2, config.max_keys)
+        self.address_limit = max(1, config.address_limit)
+        self.account_keep = config.account_keep
+        self.max_rows = max(1, config.max_rows)
+        self.forgotten = 0  # rows this process deleted to keep the cap, since start
         self._lock = threading.Lock()
+        self._next_sweep = 0.0
+        self._since_sweep = 0
+
+    # -- one attempt --------------------------------------------------------------------------------
 
     def begin(self, remote_addr: str, login: str) -> Attempt:
         """Start a login attempt: refused (``retry_after``) if the address is blocked, else counted
         as a failure of both the address and the account until ``succeeded``."""
-        cfg = self.config
         address, account = address_key(remote_addr), account_key(login)
-        with self._lock:
-            now = self.clock()
-            q = self._addresses.recent(address, now)
-            if q is not None and len(q) >= cfg.address_limit:
-                return Attempt(address, account, max(1, math.ceil(q[0] + cfg.window - now)), 0.0, 0)
-            acc = self._accounts.recent(account, now)
-            recent = 0 if acc is None else len(acc)
-            self._addresses.add(address, now)
-            self._accounts.add(account, now)
+        now = self.clock()
+        at = _when(now)
+        cutoff = at - dt.timedelta(seconds=self.config.window)
+        limit = self.address_limit
+        with self.session_factory() as db:
+            seen = self._recent(db, ADDRESS, address, cutoff, limit)
+            db.commit()  # ends the read (MySQL/MariaDB: the count below takes a new snapshot)
+            if len(seen) >= limit:  # blocked: refused without a write
+                return Attempt(address, account, self._retry_after(seen[limit - 1], at), 0.0, 0, len(seen))
+            rows = [WebLoginFailure(portal=self.portal, kind=kind, subject=subject, started=at)
+                    for kind, subject in ((ADDRESS, address), (ACCOUNT, account_subject(account)))]
+            db.add_all(rows)
+            db.commit()
+            ids = tuple(r.id for r in rows)
+            # Counted again, this attempt's row included, after it was committed: of attempts that
+            # raced past the check above, whichever counts last sees all of them, so at most ``limit``
+            # go on (a race may refuse one too many, never admit one).
+            seen = self._recent(db, ADDRESS, address, cutoff, limit + 1)
+            if len(seen) > limit:
+                db.execute(delete(WebLoginFailure).where(WebLoginFailure.id.in_(ids)))
+                db.commit()
+                return Attempt(address, account, self._retry_after(seen[limit], at), 0.0, 0, limit)
+            recent = self._account_rows(db, rows[1].subject, cutoff)
+        self._after_write(now)
+        cfg = self.config
         return Attempt(address, account, 0, backoff(recent, cfg.account_free, cfg.delay_base, cfg.delay_max),
-                       recent)
+                       recent, len(seen), ids)
 
     def wait(self, attempt: Attempt) -> None:
         """The account's delay, in this request's thread."""
@@ -176,25 +185,103 @@ class LoginThrottle:
             self.sleep(attempt.delay)
 
     def succeeded(self, attempt: Attempt) -> None:
-        with self._lock:
-            self._addresses.refund(attempt.address, self.clock())
-            self._accounts.reset(attempt.account)
+        """The password was right: the attempt's address failure is refunded (the address's other
+        failures stay: an attacker's own account does not wipe them), the account's failures are
+        cleared."""
+        with self.session_factory() as db:
+            if attempt.rows:
+                db.execute(delete(WebLoginFailure).where(WebLoginFailure.id == attempt.rows[0]))
+            db.execute(delete(WebLoginFailure).where(
+                WebLoginFailure.portal == self.portal, WebLoginFailure.kind == ACCOUNT,
+                WebLoginFailure.subject == account_subject(attempt.account)))
+            db.commit()
         if attempt.recent:
-            more = " or more" if attempt.recent >= self._accounts.keep else ""  # counted up to the cap
+            more = " or more" if attempt.recent >= self.account_keep else ""  # counted up to the cap
             log.warning("login to %r from %s after %d%s failed attempts on the account (answer delayed %.1f s)",
                         attempt.account, attempt.address, attempt.recent, more, attempt.delay)
 
     def failed(self, attempt: Attempt) -> None:
-        cfg = self.config
-        with self._lock:
-            q = self._addresses.recent(attempt.address, self.clock())
-            blocked = q is not None and len(q) >= cfg.address_limit
+        """The password was wrong: the attempt stays counted (it was from its start)."""
         log.info("failed login to %r from %s (answer delayed %.1f s)", attempt.account, attempt.address,
                  attempt.delay)
-        if blocked:
+        if attempt.address_failures >= self.address_limit:
             log.warning("logins from %s refused for up to %g s: %d failed logins", attempt.address,
-                        cfg.window, cfg.address_limit)
+                        self.config.window, self.address_limit)
+
+    # -- the table ----------------------------------------------------------------------------------
+
+    def _recent(self, db: Session, kind: str, subject: str, cutoff: dt.datetime, n: int) -> list[dt.datetime]:
+        """Start times of the newest ``n`` rows of ``subject`` within the window, newest first."""
+        f = WebLoginFailure
+        return list(db.scalars(select(f.started).where(f.portal == self.portal, f.kind == kind,
+                                                       f.subject == subject, f.started > cutoff)
+                               .order_by(f.started.desc()).limit(n)))
+
+    def _account_rows(self, db: Session, subject: str, cutoff: dt.datetime) -> int:
+        """The account's failures before this attempt (whose row is committed), at most
+        ``account_keep``; rows beyond the newest ``account_keep`` are deleted."""
+        f = WebLoginFailure
+        ids = list(db.scalars(select(f.id).where(f.portal == self.portal, f.kind == ACCOUNT, f.subject == subject,
+                                                 f.started > cutoff)
+                              .order_by(f.started.desc(), f.id.desc()).limit(self.account_keep + TRIM_SLACK)))
+        if len(ids) > self.account_keep:
+            db.execute(delete(f).where(f.id.in_(ids[self.account_keep:])))
+            db.commit()
+        return min(max(0, len(ids) - 1), self.account_keep)
+
+    def _retry_after(self, oldest: dt.datetime, at: dt.datetime) -> int:
+        """Seconds until a failure that started at ``oldest`` leaves the window."""
+        left = oldest + dt.timedelta(seconds=self.config.window) - at
+        return max(1, math.ceil(left.total_seconds()))
+
+    def _after_write(self, now: float) -> None:
+        with self._lock:
+            self._since_sweep += 1
+            due = self._since_sweep >= SWEEP_EVERY or now >= self._next_sweep
+        if due:
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Delete the rows that left the window, then the oldest beyond ``max_rows``; the number of
+        this portal's rows left."""
+        now = self.clock()
+        with self._lock:
+            self._since_sweep = 0
+            self._next_sweep = now + SWEEP_INTERVAL
+        f = WebLoginFailure
+        cutoff = _when(now) - dt.timedelta(seconds=self.config.window)
+        with self.session_factory() as db:
+            db.execute(delete(f).where(f.portal == self.portal, f.started <= cutoff))
+            db.commit()
+            rows = db.scalar(select(func.count()).select_from(f).where(f.portal == self.portal)) or 0
+            excess = rows - self.max_rows
+            if excess <= 0:
+                return rows
+            oldest = list(db.scalars(select(f.id).where(f.portal == self.portal)
+                                     .order_by(f.started, f.id).limit(excess)))
+            for chunk in _chunks(oldest, DELETE_CHUNK):
+                db.execute(delete(f).where(f.id.in_(chunk)))
+            db.commit()
+        with self._lock:
+            self.forgotten += len(oldest)
+        log.warning("login failures: %d rows, over the cap of %d: forgot the oldest %d early",
+                    rows, self.max_rows, len(oldest))
+        return rows - len(oldest)
 
     def stats(self) -> dict[str, int]:
+        """Addresses and accounts with failures within the window (all processes of the portal), and
+        the rows this process deleted to keep the cap."""
+        f = WebLoginFailure
+        cutoff = _when(self.clock()) - dt.timedelta(seconds=self.config.window)
+        with self.session_factory() as db:
+            found = db.execute(select(f.kind, func.count(f.subject.distinct()))
+                               .where(f.portal == self.portal, f.started > cutoff).group_by(f.kind)).all()
+        counts: dict[str, int] = {row[0]: row[1] for row in found}
         with self._lock:
-            return {"addresses_failing": len(self._addresses), "accounts_failing": len(self._accounts)}
+            forgotten = self.forgotten
+        return {"addresses_failing": counts.get(ADDRESS, 0), "accounts_failing": counts.get(ACCOUNT, 0),
+                "failures_forgotten": forgotten}
+
+
+def _chunks(ids: Sequence[int], n: int) -> list[Sequence[int]]:
+    return [ids[i:i + n] for i in range(0, len(ids), n)]

@@ -244,6 +244,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "client-admin-pw"
+LIM_ARGS = ["--throttle-account", "3", "--throttle-address", "6", "--throttle-window", "60",
+            "--throttle-delay-max", "0.2"]
 SHORT_TIMEOUT = 300  # idle timeout of the /strict instance, seconds (tests age its sessions in the database)
 SHOTS = REPO / "test-output" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -306,7 +308,8 @@ class Portal:
     manager), /strict (server manager with tight throttling: 6 failures per address, delays after 3
     per account, at most 0.2 s; and a shorter session timeout, for the security tests), /dcli (client
     manager with ``--daemon-socket <base>/medcli.ctl``, where a test may put a stand-in for the
-    mediation client's control socket)."""
+    mediation client's control socket), /lim (two server manager processes ``lim`` and ``lim2`` on
+    one database, taken in turn, throttled as /strict: :data:`LIM_ARGS`)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -376,12 +379,18 @@ class Portal:
                 "--admin-hash-file", str(self.base / "admin.hash"), "--throttle-address", "1000",
                 "--daemon-socket", str(self.daemon_socket)]),
         }
+        # /lim: two server manager processes on one database with tight throttling (as /strict's),
+        # for the test that their counts are shared; the second starts once the first made the tables
+        socks["lim"] = self._start_app("lim", "medmgr_web.server_manager", LIM_ARGS)
+        wait_for(socks["lim"].exists, 30, "the /lim FastCGI socket")
+        socks["lim2"] = self._start_app("lim2", "medmgr_web.server_manager", LIM_ARGS, db="lim")
         wait_for(lambda: all(s.exists() for s in socks.values()), 30, "FastCGI sockets")
         # /srv is both server manager processes, taken in turn: every test through /srv has its
         # requests served by one or the other, so a login, its session and its CSRF tokens must hold
         # in both (sessions and the signing key live in the database)
         backends = {name: [sock] for name, sock in socks.items()}
         backends["srv"].append(socks["srv2"])
+        backends["lim"].append(backends.pop("lim2")[0])
         fcgi = ",\n".join(
             f'  "/{name}" => (' + ", ".join(f'( "socket" => "{sock}", "check-local" => "disable" )'
                                            for sock in sockets) + ")"

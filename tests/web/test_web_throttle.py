@@ -1,22 +1,55 @@
-"""Login throttling with a fake clock: addresses are blocked, accounts only slowed down (throttle.py),
-in the throttle itself and through both portals in process."""
+"""Login throttling with a fake clock: addresses are blocked, accounts only slowed down, the counts
+shared by every process on one database and kept across restarts (throttle.py); in the throttle
+itself on SQLite, PostgreSQL and MariaDB, through both portals in process, and behind lighttpd with
+two FastCGI processes."""
 
 from __future__ import annotations
 
+import re
+import threading
 from pathlib import Path
 
 import pytest
-from medweb_client import FakeClock, WsgiClient
+from conftest import Portal, fresh_address
+from medweb_client import FakeClock, WebClient, WsgiClient
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
+from med_db.engine import create_all, make_engine, make_session_factory
+from med_db.models import WebLoginFailure
+from med_db.schema import load_schema
 from medmgr_web import client_manager, server_manager
 from medmgr_web.security import hash_password
-from medmgr_web.throttle import LoginThrottle, ThrottleConfig, address_key, backoff
+from medmgr_web.throttle import (
+    ACCOUNT,
+    ADDRESS,
+    SWEEP_EVERY,
+    LoginThrottle,
+    ThrottleConfig,
+    account_subject,
+    address_key,
+    backoff,
+)
 
 PASSWORD = "correct horse battery"
 
 
-def throttle(clock: FakeClock, **kw: float) -> LoginThrottle:
-    return LoginThrottle(ThrottleConfig(**kw), clock, clock.sleep)  # type: ignore[arg-type]
+def open_db(url: str) -> sessionmaker[Session]:
+    """A new engine on ``url``: what one portal process has (its tables made if missing)."""
+    engine = make_engine(url)
+    create_all(engine)
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def db(db_url: str) -> str:
+    """An empty med_db (SQLite, PostgreSQL, MariaDB)."""
+    return db_url
+
+
+def throttle(db: str, clock: FakeClock, portal: str = "medsrv", **kw: float) -> LoginThrottle:
+    """A throttle as one portal process has it: an engine of its own on the database ``db``."""
+    return LoginThrottle(ThrottleConfig(**kw), open_db(db), portal, clock, clock.sleep)  # type: ignore[arg-type]
 
 
 def fail(t: LoginThrottle, addr: str, login: str) -> float:
@@ -27,21 +60,35 @@ def fail(t: LoginThrottle, addr: str, login: str) -> float:
     return a.delay
 
 
+def rows(t: LoginThrottle, kind: str | None = None, subject: str | None = None) -> int:
+    """The portal's web_login_failure rows (of one kind, one subject)."""
+    f = WebLoginFailure
+    q = select(func.count()).select_from(f).where(f.portal == t.portal)
+    if kind is not None:
+        q = q.where(f.kind == kind)
+    if subject is not None:
+        q = q.where(f.subject == subject)
+    with t.session_factory() as s:
+        return s.scalar(q) or 0
+
+
 def test_backoff_schedule() -> None:
     assert [backoff(n, 3, 0.5, 4.0) for n in range(9)] == [0, 0, 0, 0.5, 1, 2, 4, 4, 4]
     assert backoff(10**9, 3, 0.5, 4.0) == 4.0  # no overflow
     assert backoff(5, 0, 1.0, 3.0) == 3.0
+    assert ThrottleConfig(account_free=3, delay_base=0.5, delay_max=4.0).account_keep == 8
 
 
-def test_address_is_blocked_for_the_window_after_its_limit() -> None:
+def test_address_is_blocked_for_the_window_after_its_limit(db: str) -> None:
     clock = FakeClock()
-    t = throttle(clock, address_limit=10, window=900)
+    t = throttle(db, clock, address_limit=10, window=900)
     start = clock.now
     for i in range(10):  # one second apart, spread over accounts
         fail(t, "203.0.113.9", f"user{i % 3}")
         clock.advance(1)
     a = t.begin("203.0.113.9", "anyone")
     assert a.retry_after == 890 and a.delay == 0  # until the first failure is 900 s old
+    assert rows(t, ADDRESS) == 10  # a refused attempt leaves no row
     clock.now = start + 899.5
     assert t.begin("203.0.113.9", "anyone").retry_after == 1
     assert t.begin("203.0.113.10", "anyone").retry_after == 0  # another address is not concerned
@@ -52,9 +99,9 @@ def test_address_is_blocked_for_the_window_after_its_limit() -> None:
     assert t.begin("203.0.113.9", "user0").retry_after == 1
 
 
-def test_a_stranger_cannot_lock_the_owner_out() -> None:
+def test_a_stranger_cannot_lock_the_owner_out(db: str) -> None:
     clock = FakeClock()
-    t = throttle(clock, address_limit=10, account_free=3, delay_base=0.5, delay_max=4.0, window=900)
+    t = throttle(db, clock, address_limit=10, account_free=3, delay_base=0.5, delay_max=4.0, window=900)
     strangers = [f"198.51.100.{i}" for i in range(1, 6)]
     for addr in strangers:
         for _ in range(10):
@@ -63,59 +110,150 @@ def test_a_stranger_cannot_lock_the_owner_out() -> None:
     owner = t.begin("192.0.2.7", "alice")  # the account name's case does not matter
     # 50 failures; the account keeps count only a little beyond where the delay stops growing (3 + 3 + 2)
     assert owner.retry_after == 0 and owner.delay == 4.0 and owner.recent == 8
+    assert rows(t, ACCOUNT, account_subject("alice")) == 8  # the newest 8, the owner's own attempt included
     t.wait(owner)
     assert clock.slept == [4.0]
     t.succeeded(owner)
-    after = t.begin("192.0.2.7", "alice")  # the owner's login cleared the account's failures
+    assert rows(t, ACCOUNT) == 0  # the owner's login cleared the account's failures
+    after = t.begin("192.0.2.7", "alice")
     assert after.delay == 0 and after.recent == 0
 
 
-def test_account_delay_grows_and_is_forgotten_after_the_window() -> None:
+def test_account_delay_grows_and_is_forgotten_after_the_window(db: str) -> None:
     clock = FakeClock()
-    t = throttle(clock, address_limit=2, account_free=3, delay_base=0.5, delay_max=4.0, window=60)
+    t = throttle(db, clock, address_limit=2, account_free=3, delay_base=0.5, delay_max=4.0, window=60)
     delays = [fail(t, f"192.0.2.{i}", "bob") for i in range(1, 9)]  # new address each time
     assert delays == [0, 0, 0, 0.5, 1.0, 2.0, 4.0, 4.0]
     clock.advance(60)
     assert t.begin("192.0.2.100", "bob").delay == 0
 
 
-def test_parallel_attempts_count_before_they_finish() -> None:
+def test_parallel_attempts_count_before_they_finish(db: str) -> None:
     """Attempts still running count as failures: parallel ones neither slip under the address limit
     nor all get the first, short delays."""
     clock = FakeClock()
-    t = throttle(clock, address_limit=10, account_free=3)
+    t = throttle(db, clock, address_limit=10, account_free=3)
     running = [t.begin("203.0.113.5", "carol") for _ in range(10)]
     assert [a.delay for a in running] == [0, 0, 0, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
     assert all(a.retry_after == 0 for a in running)
     assert t.begin("203.0.113.5", "carol").retry_after > 0
 
 
-def test_a_right_password_is_refunded_not_counted() -> None:
+def test_a_right_password_is_refunded_not_counted(db: str) -> None:
     clock = FakeClock()
-    t = throttle(clock, address_limit=3, account_free=3)
+    t = throttle(db, clock, address_limit=3, account_free=3)
     fail(t, "192.0.2.1", "dave")
     fail(t, "192.0.2.1", "erin")
     ok = t.begin("192.0.2.1", "erin")
     t.succeeded(ok)  # charged at the start, refunded now: the address still has 2 failures
+    assert rows(t, ADDRESS) == 2
     fail(t, "192.0.2.1", "frank")
     assert t.begin("192.0.2.1", "frank").retry_after > 0
-    # but a success does not wipe the address's failures (an attacker's own account cannot reset them)
-    t2 = throttle(clock, address_limit=2)
+    # but a success does not wipe the address's failures (an attacker's own account cannot reset them);
+    # another portal on the same database keeps counts of its own
+    t2 = throttle(db, clock, portal="medcli", address_limit=2)
     fail(t2, "192.0.2.2", "x")
     t2.succeeded(t2.begin("192.0.2.2", "mine"))
     fail(t2, "192.0.2.2", "y")
     assert t2.begin("192.0.2.2", "z").retry_after > 0
+    assert t2.begin("192.0.2.1", "z").retry_after == 0  # blocked in medsrv, not in medcli
 
 
-def test_memory_is_bounded_and_stale_entries_swept() -> None:
+def test_processes_share_the_counts_and_a_restart_keeps_them(db: str) -> None:
+    """Two throttles with engines of their own on one database stand for two FastCGI processes: the
+    address limit is one for both, a refund in one is seen by the other, the account's delay grows
+    with the failures of both; a third one (a restarted process) knows all of it."""
     clock = FakeClock()
-    t = throttle(clock, address_limit=5, window=60, max_keys=100)
-    for i in range(1000):
+    cfg = {"address_limit": 6, "account_free": 3, "delay_base": 0.5, "delay_max": 4.0, "window": 60}
+    one, two = throttle(db, clock, **cfg), throttle(db, clock, **cfg)
+    delays = [fail((one, two)[i % 2], "203.0.113.7", "victim") for i in range(5)]
+    assert delays == [0, 0, 0, 0.5, 1.0]  # each process alone has seen at most 2 failures before
+    ok = two.begin("203.0.113.7", "mine")
+    assert ok.retry_after == 0 and ok.address_failures == 6
+    two.succeeded(ok)  # refunded: 5 failures, one more try
+    last = one.begin("203.0.113.7", "victim")
+    assert last.retry_after == 0 and last.delay == 2.0
+    one.failed(last)
+    for t in (one, two):
+        refused = t.begin("203.0.113.7", "victim")
+        assert refused.retry_after == 60 and refused.delay == 0
+    restarted = throttle(db, clock, **cfg)
+    assert restarted.begin("203.0.113.7", "anyone").retry_after == 60
+    owner = restarted.begin("192.0.2.7", "Victim")  # from elsewhere: not refused, only slowed down
+    assert owner.retry_after == 0 and owner.delay == 4.0 and owner.recent == 6
+    restarted.succeeded(owner)
+    assert two.begin("192.0.2.8", "victim").delay == 0  # the owner's login cleared it for everyone
+    assert one.stats() == two.stats() == {"addresses_failing": 2, "accounts_failing": 1, "failures_forgotten": 0}
+
+
+def test_attempts_racing_on_several_processes_stay_within_the_limit(db: str) -> None:
+    """Attempts from one address started at the same time in threads of two processes: at most the
+    address limit of them go on, whichever process serves them."""
+    clock = FakeClock()
+    procs = [throttle(db, clock, address_limit=5, account_free=3) for _ in range(2)]
+    start = threading.Barrier(16)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def attempt(i: int) -> None:
+        start.wait()
+        a = procs[i % 2].begin("198.51.100.77", f"user{i}")
+        with lock:
+            results.append(a.retry_after)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    passed = sum(1 for r in results if r == 0)
+    assert len(results) == 16 and 1 <= passed <= 5
+    assert rows(procs[0], ADDRESS) == passed  # the refused ones took their rows back
+    assert procs[1].begin("198.51.100.77", "late").retry_after > 0 or passed < 5
+
+
+def test_rows_are_bounded_swept_and_capped(db: str) -> None:
+    clock = FakeClock()
+    t = throttle(db, clock, address_limit=5, window=60, max_rows=100)
+    most = 0
+    for i in range(300):  # a botnet: each address and account fails once
         fail(t, f"10.0.{i // 250}.{i % 250}", f"user{i}")
-    assert t.stats() == {"addresses_failing": 100, "accounts_failing": 100}
+        most = max(most, rows(t))
+    # swept every SWEEP_EVERY attempts: the cap plus what one process adds in between (two rows each)
+    assert 100 < most <= 100 + 2 * SWEEP_EVERY
+    assert t.sweep() == 100 and rows(t) == 100
+    assert t.stats()["failures_forgotten"] == 500  # of the 600 rows made
+    # the oldest were forgotten first: the newest 50 attempts are still counted, the first ones not
+    f = WebLoginFailure
+    with t.session_factory() as s:
+        kept = set(s.scalars(select(f.subject).where(f.kind == ADDRESS)))
+    assert kept == {address_key(f"10.0.{i // 250}.{i % 250}") for i in range(250, 300)}
+    # one account: only its newest account_keep rows stay
+    for i in range(20):
+        fail(t, f"10.1.0.{i}", "target")
+    assert rows(t, ACCOUNT, account_subject("target")) == t.account_keep == 8
+    # the rows that left the window go at the next sweep, which is due after SWEEP_INTERVAL
     clock.advance(61)
-    fail(t, "10.9.9.9", "late")  # every addition sweeps what left the window
-    assert t.stats() == {"addresses_failing": 1, "accounts_failing": 1}
+    fail(t, "10.9.9.9", "late")
+    assert rows(t) == 2
+    assert t.stats() == {"addresses_failing": 1, "accounts_failing": 1, "failures_forgotten": 500}
+
+
+def test_an_existing_database_gains_the_table(tmp_path: Path) -> None:
+    """A med_db made before the table existed gets it (and its indexes) when a portal opens it."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = make_engine(url)
+    load_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(text('DROP TABLE "web_login_failure"'))
+    assert "web_login_failure" not in inspect(engine).get_table_names()
+    clock = FakeClock()
+    t = throttle(url, clock)
+    engine.dispose()  # its pooled connection predates the new table
+    indexes = {i["name"] for i in inspect(engine).get_indexes("web_login_failure")}
+    assert indexes == {"ix_web_login_failure_subject", "ix_web_login_failure_started"}
+    fail(t, "192.0.2.1", "x")
+    assert rows(t) == 2
 
 
 @pytest.mark.parametrize(("remote", "key"), [
@@ -131,9 +269,9 @@ def test_address_key(remote: str, key: str) -> None:
     assert address_key(remote) == key
 
 
-def test_wait_sleeps_only_for_a_delay() -> None:
+def test_wait_sleeps_only_for_a_delay(tmp_path: Path) -> None:
     clock = FakeClock()
-    t = throttle(clock, account_free=1, delay_base=0.25)
+    t = throttle(f"sqlite:///{tmp_path / 'med.sqlite'}", clock, account_free=1, delay_base=0.25)
     t.wait(t.begin("192.0.2.1", "gina"))
     t.wait(t.begin("192.0.2.1", "gina"))
     assert clock.slept == [0.25]
@@ -181,3 +319,43 @@ def test_client_manager_admin_cannot_be_locked_out(tmp_path: Path) -> None:
     admin = WsgiClient(app, "2001:db8:ff::1", base="/cli")
     r = admin.submit("user/login", "user/login", {"password": PASSWORD}, follow=False)
     assert r.status == 303 and r.location == "/cli/connection/list"
+
+
+# -- behind lighttpd, two FastCGI processes on one database ----------------------------------------
+
+
+def test_two_fastcgi_processes_share_the_address_limit(portal: Portal) -> None:
+    """/lim is two server manager processes on one database, taken in turn (6 failures per address,
+    delays after 3 per account, at most 0.2 s): failures spread over both add up to one limit, which
+    holds across a restart of both, while the owner, from another address, logs in (late)."""
+    lim = portal.url + "/lim"
+    login = "limvictim"  # /lim's database serves this test alone
+    owner = WebClient(lim, source=fresh_address())
+    r = owner.submit("user/add", "user/add", {"new_login": login, "new_password": PASSWORD,
+                                              "confirm_password": PASSWORD})
+    assert r.status == 200 and "Your peers" in r.text()
+    stranger = WebClient(lim, source=fresh_address())
+    token = stranger.get("user/login").csrf()  # one form, posted again and again: each POST is the next process's
+    for _ in range(6):
+        r = stranger.post("user/login", {"csrf": token, "login": login, "password": "guess"})
+        assert r.status == 401 and "Invalid username or password." in r.text()
+    served = {name: portal.log(name).count(f"failed login to '{login}' from {stranger.source} ")
+              for name in ("lim", "lim2")}
+    assert sum(served.values()) == 6 and min(served.values()) >= 1, served  # each process saw some
+    for _ in range(2):  # the 7th and 8th: refused by whichever process serves them
+        r = stranger.post("user/login", {"csrf": token, "login": login, "password": PASSWORD})
+        m = re.search(r"Try again in (\d+) seconds\.", r.text())
+        assert r.status == 429 and m is not None and 1 <= int(m[1]) <= 60, r.text()
+    # a restart of both processes forgets nothing
+    portal.restart("lim")
+    portal.restart("lim2")
+    r = stranger.post("user/login", {"csrf": token, "login": login, "password": PASSWORD})
+    assert r.status == 429, r.text()
+    # the owner from another address: not refused, answered after the account's delay, and in
+    again = WebClient(lim, source=owner.source)
+    r = again.submit("user/login", "user/login", {"login": login, "password": PASSWORD})
+    assert r.status == 200 and "Your peers" in r.text()
+    # the account keeps count to 3 + 2 (with these settings the first delay is already the longest)
+    line = f"login to '{login}' from {owner.source} after 5 or more failed attempts on the account " \
+           "(answer delayed 0.2 s)"
+    assert line in portal.log("lim") + portal.log("lim2")
