@@ -366,18 +366,18 @@ class Prefilter:
                     or length != ln or ver >> 4 != _MAJOR or j >= last):
                 passed.append(i)  # not a new IKE_SA_INIT request (the engine decides), or no slot left
                 continue
-            aoff = i * 32
-            if allow is not None and not allow(key_of(addrs, aoff + ip_at)[0], now):
-                limited += 1
-                continue
             found = scan_at(buf, off, off + ln, ptype)
             if found is None:
                 invalid += 1
                 continue
             cs, ce, ns, ne = found
+            aoff = i * 32
             spi, ni, ipb = buf[off: off + 8], buf[ns:ne], addrs[aoff + ip_at: aoff + ip_end]
             if (cs != ce and valid(buf[cs:ce], ni, ipb, spi, now)) or spi in spis:
-                passed.append(i)  # a valid COOKIE, or perhaps a retransmission the engine answers from its cache
+                passed.append(i)  # a valid COOKIE, or perhaps a retransmission: the engine's (and its limit's)
+                continue
+            if allow is not None and not allow(key_of(addrs, aoff + ip_at)[0], now):
+                limited += 1
                 continue
             h = mac.copy()
             h.update(ni)

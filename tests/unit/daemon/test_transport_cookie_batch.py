@@ -211,3 +211,33 @@ def test_a_request_whose_spi_the_engine_knows_is_passed_on() -> None:
         assert [rb.data(i)[:8] for i in passed] == [known]
         assert len(sb) == 2 and eng.counters["cookies-sent"] == 2
     r.close()
+
+
+def test_a_returned_cookie_counts_once_against_the_source_limit() -> None:
+    """The batch leaves a request with a valid COOKIE to the engine, whose pre-filter applies the
+    per-source limit to it: one count per request, as without batches (2 per second: the first request
+    and its retry with the COOKIE both fit)."""
+    eng = Engine([], Credentials(), EngineConfig(force_cookies=True, init_rate_ip=2.0))
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind(("127.0.0.1", 0))
+    rb, sb = RecvBatch(4), SendBatch(4, 128)
+
+    def one(data: bytes, c: socket.socket) -> None:
+        c.sendto(data, r.getsockname())
+        deadline = time.monotonic() + 10.0
+        while not rb.recv(r, 1):
+            assert time.monotonic() < deadline, "datagram not received"
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind(("127.0.0.1", 0))
+        spi, ni = b"\x61" * 8, b"\x62" * 32
+        one(_init(spi, ni), c)
+        assert list(eng.prefilter.answer_batch(rb, 1, sb, False, False, 1.0)) == [] and len(sb) == 1
+        cookie = decode_message(sb.buf[:69]).notify(NotifyType.COOKIE).data  # type: ignore[union-attr]
+        one(_init(spi, ni, cookie), c)
+        assert list(eng.prefilter.answer_batch(rb, 1, sb, False, False, 1.0)) == [0]
+        eng.receive(rb.data(0), ("127.0.0.1", r.getsockname()[1]), rb.address(0), 1.0)
+        assert eng.counters["drop-init-rate"] == 0
+        (answer, _local, _remote), = eng.datagrams_to_send()
+        assert decode_message(answer).notify(NotifyType.NO_PROPOSAL_CHOSEN) is not None  # past the pre-filter
+    r.close()
