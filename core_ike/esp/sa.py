@@ -83,6 +83,12 @@ class EspCounters:
 
 
 @functools.lru_cache(maxsize=256)
+def _esp_heads(size: int, n: int) -> struct.Struct:
+    """SPI | Seq | IV of `n` ESP packets of `size` octets written back to back (pad octets between)."""
+    return struct.Struct(">" + f"IIQ{size - 16}x" * (n - 1) + "IIQ")
+
+
+@functools.lru_cache(maxsize=256)
 def _run_heads(size: int, count: int) -> struct.Struct:
     """SPI and Seq of `count` ESP packets of `size` octets lying back to back (the last may be shorter)."""
     return struct.Struct(">" + f"II{size - 8}x" * (count - 1) + "II")
@@ -212,45 +218,36 @@ class EspSa:
         icv, salt = self.icv_len, self._salt
         pad, tail_pad = -(length + 2) & 3, -(tail + 2) & 3
         size, tail_size = 16 + length + pad + 2 + icv, 16 + tail + tail_pad + 2 + icv
+        full_size = size
         if len(out) < n * size:
             out.extend(bytes(n * size - len(out)))
-        seqs = np.arange(seq0 + 1, seq0 + n + 1, dtype=np.uint64)
-        seq64 = seqs.astype(">u8").view(np.uint8).reshape(n, 8)
-        hdrs = np.frombuffer(out, np.uint8, n * size).reshape(n, size)
-        hdrs[:, 0:4] = np.frombuffer(self._spi_bytes, np.uint8)
-        hdrs[:, 4:8] = seq64[:, 4:]  # RFC 4303 2.2: the low 32 bits
-        hdrs[:, 8:16] = seq64  # the explicit IV: the 64-bit counter
+        # every packet's SPI | Seq | IV in one pack (the pad octets it writes between them lie where the
+        # ciphertext goes next); the IV is the 64-bit counter, Seq its low 32 bits (RFC 4303 2.2)
+        seqs = range(seq0 + 1, seq0 + n + 1)
+        low = seqs if seq0 + n <= 0xFFFFFFFF else [q & 0xFFFFFFFF for q in seqs]
+        _esp_heads(size, n).pack_into(out, 0, *itertools.chain.from_iterable(zip(itertools.repeat(self.spi), low, seqs)))
         rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
         rows[:, length : length + pad + 2] = np.frombuffer(_PADS[pad] + bytes((pad, next_header)), np.uint8)
         plain[(n - 1) * stride + tail : (n - 1) * stride + tail + tail_pad + 2] = _PADS[tail_pad] + bytes((tail_pad, next_header))
-        k = len(salt) + AEAD_IV
-        nonces = np.empty((n, k), np.uint8)
-        nonces[:, : len(salt)] = np.frombuffer(salt, np.uint8)
-        nonces[:, len(salt) :] = seq64
-        nv = nonces.reshape(-1).data
-        if self.esn:  # RFC 4106 5, RFC 4309 5, RFC 7634 2.1: SPI | Seq-high | Seq-low
-            aads = np.empty((n, 12), np.uint8)
-            aads[:, :4] = hdrs[:, :4]
-            aads[:, 4:] = seq64
-            av, aw = aads.reshape(-1).data, 12
-        else:
-            av, aw = memoryview(out), size
         encrypt, pv, ov = into[0], memoryview(plain), memoryview(out)
         clen = length + pad + 2
-        p = o = a = 0
-        for i in range(n - 1):
-            encrypt(nv[i * k : i * k + k], pv[p : p + clen], av[a : a + 8 if aw == size else a + 12], ov[o + 16 : o + size])
+        esn = self.esn
+        spi_b = self._spi_bytes
+        p = o = 0
+        for i in range(n):
+            if i == n - 1:
+                clen, size = tail + tail_pad + 2, tail_size
+            iv = ov[o + 8 : o + 16]
+            # RFC 4106 5, RFC 4309 5, RFC 7634 2.1: AAD = SPI | Seq, or SPI | Seq-high | Seq-low with ESN
+            encrypt(salt + iv, pv[p : p + clen], spi_b + iv if esn else ov[o : o + 8], ov[o + 16 : o + size])
             p += stride
             o += size
-            a += aw
-        encrypt(nv[(n - 1) * k : n * k], pv[p : p + tail + tail_pad + 2],
-                av[a : a + 8 if aw == size else a + 12], ov[o + 16 : o + tail_size])
         self.seq_out = seq0 + n
         c = self.counters
         c.bytes_out += length * (n - 1) + tail
         c.packets_out += n
         c.last_out = now
-        return [size] * (n - 1) + [tail_size]
+        return [full_size] * (n - 1) + [tail_size]
 
     @property
     def seq_remaining(self) -> int:
