@@ -24,9 +24,9 @@ newest ``account_keep`` rows (enough for the delay to reach its cap), an address
 window, and the oldest rows beyond ``max_rows`` per portal, at most ``SWEEP_EVERY`` attempts or
 ``SWEEP_INTERVAL`` seconds apart.  So the table holds at most ``max_rows`` rows per portal plus
 ``2 * SWEEP_EVERY`` per process.  At the cap the oldest failures are forgotten early (logged as a
-warning): a botnet that fails logins from more than about ``max_rows / 2`` addresses within the window
-gets some addresses unblocked before their window ends, and an account's delay may restart; the owner
-is never locked out either way.
+warning): a botnet that fails more than about ``max_rows / 2`` logins within the window gets its
+earliest addresses unblocked before their window ends, and an account's delay may start again; the
+owner is never locked out either way.
 
 The client address is the FastCGI ``REMOTE_ADDR``: the TCP peer of lighttpd or Apache.  No forwarding
 header is trusted here; behind another reverse proxy, the web server must restore the client address
