@@ -243,6 +243,7 @@ class SendBatch:
         self.errors = 0  # datagrams the kernel refused (their errno in last_error)
         self.last_error = 0
         self._iov_templates: dict[int, bytes] = {}
+        self._sockaddrs: dict[Addr, bytes] = {}
 
     def __len__(self) -> int:
         return self.n
@@ -289,9 +290,22 @@ class SendBatch:
         _U32.pack_into(self._a.hdrs, (self.n - 1) * HDR_SIZE + _NAMELEN_AT, length)
 
     def append(self, data: bytes | bytearray | memoryview, addr: Addr) -> None:
-        off, aoff = self.reserve(len(data))
-        self.buf[off: off + len(data)] = data
-        self.set_addr_len(encode_sockaddr(addr, self.addrs, aoff))
+        i, n = self.n, len(data)
+        if i >= self.count or n > self.size:
+            raise ValueError("send batch full" if i >= self.count else f"{n} octets exceed the slot's {self.size}")
+        self.n = i + 1
+        a = self._a
+        _SIZE_T.pack_into(a.iov, i * IOV_SIZE + _IOV_LEN_AT, n)
+        off = i * self.size
+        self.buf[off: off + n] = data
+        raw = self._sockaddrs.get(addr)
+        if raw is None:  # encoded once per destination (a few peers, or the ones of one batch)
+            if len(self._sockaddrs) >= 4096:
+                self._sockaddrs.clear()
+            tmp = bytearray(ADDR_LEN)
+            raw = self._sockaddrs[addr] = bytes(tmp[: encode_sockaddr(addr, tmp, 0)])
+        self.addrs[i * ADDR_STRIDE: i * ADDR_STRIDE + len(raw)] = raw
+        _U32.pack_into(a.hdrs, i * HDR_SIZE + _NAMELEN_AT, len(raw))
 
     def flush(self, sock: socket.socket | int) -> int:
         """Send everything appended; how many the kernel took. A datagram it refuses (its errno in
