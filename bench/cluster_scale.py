@@ -182,6 +182,7 @@ def traced_entries(n: int = 100_000) -> tuple[float, float]:
     from mediation_server.registry import Registry
 
     idents = [f"peer{i}@ms1.scale" for i in range(n)]
+    sa_ids = list(range(1, n + 1))  # the IKE SAs' unique ids: theirs, not the registry's
     endpoint = ("192.0.2.1", 4500)
     first = 1_765_000_000_000_000  # a registration number as the engine's script gives them
     src = Cluster("ms2")
@@ -193,7 +194,7 @@ def traced_entries(n: int = 100_000) -> tuple[float, float]:
         registry = Registry()
         t0 = tracemalloc.get_traced_memory()[0]
         for i, ident in enumerate(idents):
-            registry.update_sa_id(ident, i + 1, 1.7e9 + i, endpoint=endpoint)
+            registry.update_sa_id(ident, sa_ids[i], 1.7e9 + i, endpoint=endpoint)
             registry.set_order(ident, first + i)
         own = (tracemalloc.get_traced_memory()[0] - t0) / n
         cluster = Cluster("ms1")

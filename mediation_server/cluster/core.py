@@ -1,6 +1,6 @@
 """The cluster's sans-IO core: which peer is registered at which server, and the messages between
-servers (docs/architecture.md, "Cluster"). No IO and no clock: the caller passes times in and carries
-`outbox` entries (channel, bytes) over the engine (redis_bus.py), handing received ones to `receive`.
+servers (docs/architecture.md, "Cluster"). No IO and no clock (the order of registrations is the
+engine's numbers, callback times are the caller's): the caller carries `outbox` entries (channel, bytes) over the engine (redis_bus.py), handing received ones to `receive`.
 
 Channels: `PRESENCE` (every server) carries "up"/"down" of each registration and "hello" from a server
 that (re)joined; `server_channel(name)` carries ME_CONNECTs and failures forwarded to one server ([ME]
@@ -18,7 +18,9 @@ One registration per identity across the cluster, newest wins, in the engine's o
 server's clock: a new registration's "up" is queued on the pseudo-channel `SEQUENCE`, and the bus publishes
 it with a number the engine gives it in the same step (redis_bus.py: one Lua script takes the number and
 publishes); `sequenced(n)` then tells the core the number of its oldest registration waiting for one. A
-server that holds an older registration of that identity tears its SA down (`PeerElsewhere`).
+server that holds an older registration of that identity tears its SA down (`PeerElsewhere`). Each "up"
+also says whether the peer's mediation SA negotiated the data relay (docs/protocol.md §11.1), so that a
+requester's server knows whether to offer one for it (relay.py).
 Messages are JSON; a malformed one is logged and dropped (`ClusterMessageError`), never a crash.
 
 Memory: each server keeps every peer of the others (`known()` of them), so one entry per remote peer is
