@@ -160,6 +160,7 @@ class RecvBatch:
         self.n = 0
         self.lengths: tuple[int, ...] = ()
         self._view = memoryview(self.buf)
+        self._names: dict[bytes, Addr] = {}
         self._lens = [struct.Struct("=" + f"{_LEN_AT}xI{HDR_SIZE - _LEN_AT - 4}x" * k) for k in range(count + 1)]
 
     def recv(self, sock: socket.socket | int, max_count: int | None = None) -> int:
@@ -218,7 +219,16 @@ class RecvBatch:
         return self._view[off: off + self.lengths[i]]
 
     def address(self, i: int) -> Addr:
-        return decode_sockaddr(self.addrs, i * ADDR_STRIDE)
+        off = i * ADDR_STRIDE
+        addrs = self.addrs
+        # the octets that make the address (family, port, IPv4 address; all of a sockaddr_in6) as the key
+        raw = addrs[off: off + (8 if _FAMILY.unpack_from(addrs, off)[0] == _AF_INET else ADDR_LEN)]
+        addr = self._names.get(raw)
+        if addr is None:  # decoded once per source (a few peers, or the ones of one batch)
+            if len(self._names) >= 4096:
+                self._names.clear()
+            addr = self._names[raw] = decode_sockaddr(raw, 0)
+        return addr
 
     def __len__(self) -> int:
         return self.n
