@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from med_db.models import WebLoginFailure
@@ -239,7 +240,10 @@ class LoginThrottle:
             self._since_sweep += 1
             due = self._since_sweep >= SWEEP_EVERY or now >= self._next_sweep
         if due:
-            self.sweep()
+            try:
+                self.sweep()
+            except DBAPIError as e:  # e.g. a MySQL/MariaDB deadlock with another process's sweep
+                log.warning("login failures: sweep failed, the next one will retry: %s", " ".join(str(e.orig).split()))
 
     def sweep(self) -> int:
         """Delete the rows that left the window, then the oldest beyond ``max_rows``; the number of
