@@ -553,8 +553,9 @@ def _split_lines(split: tuple[float, int] | None, ours_ms: list[float]) -> list[
         return []
     ms, n = split
     return [f"where ours' CPU goes: the engine with the daemon's event handling {ms:.3f} ms per IKE_SA (a batch of "
-            f"{n} recorded and replayed in-process, CPU time); the other {statistics.median(ours_ms) - ms:.3f} ms "
-            "of ours' median are the event loop, the socket calls and the kernel's UDP path"]
+            f"{n} recorded and replayed in-process, CPU time, once after the rounds: the machine's load then "
+            f"weighs on it alone); the other {statistics.median(ours_ms) - ms:.3f} ms of ours' median are the event "
+            "loop, the socket calls and the kernel's UDP path"]
 
 
 def _floor_lines(auth: str, floor: dict[str, float], charon_ms: list[float],
