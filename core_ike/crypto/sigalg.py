@@ -117,6 +117,44 @@ def _read(data: bytes, pos: int) -> tuple[int, bytes, int]:
     return tag, data[pos : pos + n], pos + n
 
 
+def _header(data: bytes, pos: int, limit: int) -> tuple[int, int, int]:
+    """(tag, value start, value end) of the TLV at `pos`, within `limit`; definite lengths only (DER)."""
+    if pos + 2 > limit:
+        raise _DerError("truncated")
+    tag, n = data[pos], data[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if k == 0 or k > 3 or pos + k > limit:
+            raise _DerError("bad length")
+        n = int.from_bytes(data[pos : pos + k], "big")
+        pos += k
+    if pos + n > limit:
+        raise _DerError("truncated value")
+    return tag, pos, pos + n
+
+
+def certificate_subject(der: bytes) -> bytes | None:
+    """The subject Name (its whole DER TLV) of a DER X.509 certificate, read from the octets as signed
+    (RFC 5280 4.1: Certificate = SEQUENCE {tbsCertificate, ...}, tbsCertificate = SEQUENCE {[0] version,
+    serialNumber, signature, issuer, validity, subject, ...}); None when it is not that shape."""
+    try:
+        tag, pos, end = _header(der, 0, len(der))
+        if tag != 0x30 or end != len(der):
+            return None
+        tag, pos, end = _header(der, pos, end)  # tbsCertificate
+        if tag != 0x30:
+            return None
+        if der[pos] == 0xA0:  # version, [0] EXPLICIT (absent for v1)
+            pos = _header(der, pos, end)[2]
+        for _ in range(4):  # serialNumber, signature, issuer, validity
+            pos = _header(der, pos, end)[2]
+        tag, _, stop = _header(der, pos, end)
+    except (_DerError, IndexError):
+        return None
+    return der[pos:stop] if tag == 0x30 else None
+
+
 def _read_all(data: bytes) -> list[tuple[int, bytes]]:
     out, pos = [], 0
     while pos < len(data):

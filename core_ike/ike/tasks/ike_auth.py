@@ -13,6 +13,7 @@ from ...codec.message import Message
 from ...codec.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, NotifyPayload
 from ...constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType, PayloadType, name_of
 from ...crypto.auth import create_signature_auth, psk_auth, signed_octets, verify_signature_auth
+from ...crypto.sigalg import certificate_subject
 from ...errors import AuthenticationFailed, ProtocolError
 from ..context import Identity, IkeSaView, PublicKey, Status, Task
 from ..context import events as ev
@@ -85,7 +86,7 @@ def _peer_key(sa: IkeSaView, msg: Message) -> PublicKey:
             raise AuthenticationFailed(f"cannot parse peer certificate: {e}") from e
         if not creds.verify_cert(cert):
             raise AuthenticationFailed(f"no trusted issuer found for '{cert.subject.rfc4514_string()}'")
-        if not _cert_matches(cert, sa.peer_id):
+        if not _cert_matches(cert, sa.peer_id, cert_pl[0].data):
             raise AuthenticationFailed(f"peer certificate does not contain identity '{sa.peer_id}'")
         return cert.public_key()  # type: ignore[return-value]
     k2 = creds.public_key_for(sa.peer_id)
@@ -94,9 +95,13 @@ def _peer_key(sa: IkeSaView, msg: Message) -> PublicKey:
     return k2
 
 
-def _cert_matches(cert: x509.Certificate, ident: Identity) -> bool:
+def _cert_matches(cert: x509.Certificate, ident: Identity, der: bytes = b"") -> bool:
+    """Whether `cert` (parsed from `der` when given) contains the identity (RFC 7296 3.5; RFC 4945 3.1.5: a DN matches the subject exactly)."""
     if ident.id_type == IdType.DER_ASN1_DN:
-        return cert.subject.public_bytes() == ident.data
+        # RFC 7296 3.5: the DN's DER. A peer sends its certificate's subject octets, compared here as the
+        # CA signed them (re-encoding the parsed subject costs more than the signature check); the
+        # re-encoding is the fallback for a certificate whose subject is not in canonical DER
+        return (bool(der) and certificate_subject(der) == ident.data) or cert.subject.public_bytes() == ident.data
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

@@ -231,3 +231,27 @@ def test_sa_bodies_from_the_cache_are_push_sa() -> None:
         offers[2][0].spi = i.to_bytes(4, "big")
         wire._fast_push_sa(SaPayload(offers[2]))
     assert len(wire._SA_BODIES) <= wire.SA_CACHE_MAX
+
+
+def test_a_dn_identity_matches_the_certificate_subject_as_signed() -> None:
+    """RFC 4945 3.1.5: an ID_DER_ASN1_DN matches the subject exactly; read from the certificate's octets
+    (crypto/sigalg.py certificate_subject), with the parsed subject's encoding as the fallback."""
+    from cryptography.hazmat.primitives import serialization
+
+    from core_ike.crypto.sigalg import certificate_subject
+    from core_ike.ike.identity import Identity
+
+    k0, n0, ca0 = _ca("CA 0")
+    ee = _ca_and_cert("alice@test", k0, n0, k0)
+    for cert in (ca0, ee):
+        der = cert.public_bytes(serialization.Encoding.DER)
+        assert certificate_subject(der) == cert.subject.public_bytes()
+        for cut in (0, 1, 2, 10, 60, len(der) - 1):
+            assert certificate_subject(der[:cut]) is None
+    assert certificate_subject(b"\x04\x00") is None  # not a SEQUENCE
+    der = ee.public_bytes(serialization.Encoding.DER)
+    mine = Identity(IdType.DER_ASN1_DN, ee.subject.public_bytes())
+    other = Identity(IdType.DER_ASN1_DN, ca0.subject.public_bytes())
+    assert ike_auth._cert_matches(ee, mine, der) and ike_auth._cert_matches(ee, mine)
+    assert not ike_auth._cert_matches(ee, other, der) and not ike_auth._cert_matches(ee, other)
+    assert ike_auth._cert_matches(ee, mine, b"\x30\x00")  # octets that do not parse: the parsed subject
