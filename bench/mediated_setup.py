@@ -354,7 +354,7 @@ COMMON = ["ours: the `up` reply then one list (the CHILD_SA is installed before 
           "list-sas polled every 5 ms after a non-blocking initiate",
           "ours: userspace ESP over TUN; charon: kernel-libipsec (this kernel has no ESP)",
           "ours: the mediation server's relay extension adds one RELAYED candidate (lowest priority, checked "
-          "by alice only when no direct pair succeeded one mediation round trip after the checks started); "
+          "by alice only when no direct pair succeeded half a mediation round trip after the checks started); "
           "charon's server relays no data"]
 
 

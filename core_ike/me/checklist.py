@@ -118,6 +118,7 @@ class CheckList:
         self._rtt_low: float | None = None  # smallest time from a check's last transmission to its answer
         self._relay_held = False  # the RELAYED pair's checks wait (relay_delay_rtts)
         self._relay_at: float | None = None  # ... until then, unless a direct pair succeeded
+        self._relay_delay = 0.0  # the hold's length; granted once more when a direct pair is heard
         self._first_success: float | None = None
         self._expires_at: float | None = now + self._timeout()
         self._out: list[Datagram] = []
@@ -348,24 +349,30 @@ class CheckList:
 
     def _hold_relay(self, now: float) -> None:
         """Controlling side: hold the RELAYED pair's checks for relay_delay_rtts times the mediation round
-        trip (from sending ME_CONNECT to the peer's answer: a relayed check's path, which a direct one
-        rarely exceeds), so that a direct pair that works succeeds first and the relay is never checked."""
+        trip (from sending ME_CONNECT to the peer's answer: a relayed check's path, about two direct round
+        trips), so that a direct pair that works succeeds first and the relay is never checked."""
         cfg = self.config
         if not self.is_initiator or not any(p.remote.type == MeEndpointType.RELAYED for p in self.pairs) \
                 or not self._direct():
             return
-        delay = min(cfg.relay_delay_max, cfg.relay_delay_rtts * max(0.0, now - self.created))
-        if delay > 0:
-            self._relay_held, self._relay_at = True, now + delay
+        self._relay_delay = min(cfg.relay_delay_max, cfg.relay_delay_rtts * max(0.0, now - self.created))
+        if self._relay_delay > 0:
+            self._relay_held, self._relay_at = True, now + self._relay_delay
 
     def _release_relay(self, now: float) -> None:
         """The hold ends when its time is up or every direct pair failed; a succeeded direct pair makes it
-        permanent (the RELAYED pair ranks last: it could not be selected)."""
+        permanent (the RELAYED pair ranks last: it could not be selected). When its time is up while the
+        peer's checks arrive on a direct pair that has not failed, that pair gets the hold's length again:
+        its triggered check is under way."""
         if not self._relay_held:
             return
         direct = self._direct()
         if any(p.state == PairState.SUCCEEDED for p in direct):
             self._relay_at = None
+            return
+        if self._relay_at is not None and now >= self._relay_at and self._relay_delay > 0 \
+                and any(p.heard and p.state != PairState.FAILED for p in direct):
+            self._relay_at, self._relay_delay = now + self._relay_delay, 0.0  # once
             return
         if (self._relay_at is not None and now >= self._relay_at) or all(p.state == PairState.FAILED for p in direct):
             self._relay_held, self._relay_at = False, None

@@ -47,10 +47,12 @@ class CheckListConfig:
     relay_wait: float = 1.0
     # our relay extension, controlling side: the RELAYED pair is checked only when no direct pair has
     # succeeded relay_delay_rtts mediation round trips after the checks started (the time from sending
-    # ME_CONNECT to the peer's answer, which travels the path a relayed check takes), at most
-    # relay_delay_max, or as soon as every direct pair failed; so it costs nothing where a direct pair
-    # wins. The controlled side checks it at once: its check latches the relay for ours
-    relay_delay_rtts: float = 1.0
+    # ME_CONNECT to the peer's answer, which travels the path a relayed check takes: half of it is about
+    # one direct round trip), as long again when the peer's checks arrive on a direct pair by then (that
+    # path works at least one way), at most relay_delay_max each, or as soon as every direct pair failed;
+    # so it costs nothing where a direct pair wins. The controlled side checks it at once: its check
+    # latches the relay for ours
+    relay_delay_rtts: float = 0.5
     relay_delay_max: float = 0.25
     transaction_timeout: float = 30.0  # [ME] §4.3 overall timer, from list creation (initiator)
     responder_timeout: float = 60.0  # no IKE_SA_INIT with this connect ID -> give up (docs/protocol.md §11.3)

@@ -1,6 +1,7 @@
 """The controlling side's RELAYED pair waits for the direct pairs (our relay extension, docs/protocol.md
-§11.1): checked only when no direct pair succeeded one mediation round trip (ME_CONNECT sent -> the peer's
-answer) after the checks started, or at once when every direct pair failed; fake clock."""
+§11.1): checked only when no direct pair succeeded half a mediation round trip (ME_CONNECT sent -> the
+peer's answer) after the checks started, as long again when the peer's checks arrive on a direct pair, or
+at once when every direct pair failed; fake clock."""
 
 from __future__ import annotations
 
@@ -49,13 +50,22 @@ def pair_to(cl: CheckList, addr: Addr):  # type: ignore[no-untyped-def]
     return next(p for p in cl.pairs if p.remote_addr == addr)
 
 
-def test_relayed_pair_is_checked_one_mediation_round_trip_after_the_start() -> None:
-    a = controlling(0.0, 0.008)  # the mediation round trip: 8 ms
-    sent = sent_to(a, 0.0159)
+def test_relayed_pair_is_checked_half_a_mediation_round_trip_after_the_start() -> None:
+    a = controlling(0.0, 0.020)  # the mediation round trip: 20 ms, about two direct ones
+    sent = sent_to(a, 0.0299)
     assert [d for _, d in sent] == [B_HOST, B_PUB]  # the initial burst leaves out the RELAYED pair
     assert pair_to(a, RELAY).state == PairState.WAITING
-    sent = sent_to(a, 0.016)
-    assert sent == [(0.016, RELAY)]
+    sent = sent_to(a, 0.0301)
+    assert sent == [(pytest.approx(0.030), RELAY)]
+
+
+def test_a_direct_pair_the_peer_is_heard_on_gets_the_hold_once_more() -> None:
+    a = controlling(0.0, 0.020)
+    sent_to(a, 0.020)
+    req = make_check(False, 5, CID, request_endpoint(), KEY_B)
+    assert a.receive_check(encode_check(req), B_PUB, A_HOST, 0.022) is None  # heard on the srflx pair
+    assert [d for _, d in sent_to(a, 0.0399)] == [B_PUB]  # the triggered check, at once
+    assert sent_to(a, 0.0401) == [(pytest.approx(0.040), RELAY)]  # 30 ms + 10 ms, once
 
 
 def test_a_direct_success_makes_the_hold_permanent() -> None:
@@ -84,14 +94,14 @@ def test_the_hold_is_bounded() -> None:
 
 
 def test_a_triggered_check_on_the_held_pair_waits_for_the_release() -> None:
-    a = controlling(0.0, 0.008)
-    sent_to(a, 0.008)
+    a = controlling(0.0, 0.020)
+    sent_to(a, 0.020)
     req = make_check(False, 7, CID, request_endpoint(), KEY_B)
-    assert a.receive_check(encode_check(req), RELAY, A_HOST, 0.009) is None
+    assert a.receive_check(encode_check(req), RELAY, A_HOST, 0.021) is None
     out = a.datagrams_to_send()
     assert len(out) == 1 and decode_check(out[0][0]).is_response  # answered, our check held
     assert pair_to(a, RELAY).heard and pair_to(a, RELAY).state == PairState.WAITING
-    assert sent_to(a, 0.016)[-1] == (0.016, RELAY)
+    assert sent_to(a, 0.0301)[-1] == (pytest.approx(0.030), RELAY)
 
 
 def test_the_controlled_side_checks_the_relayed_pair_at_once() -> None:
