@@ -94,6 +94,14 @@ def parse_nat(text: str | None) -> NatKind | None:
     return NatKind(m.group(1), m.group(2), "random ports" in text)
 
 
+def learns(own: str | None, peer: str | None) -> bool:
+    """One NAT is EIM/ADF, the other APDM: the direct pair is learnt from a retransmitted check."""
+    o, p = parse_nat(own), parse_nat(peer)
+    if o is None or p is None:
+        return False
+    return any(a.mapping == "EIM" and a.filtering == "ADF" and b.mapping == "APDM" for a, b in ((o, p), (p, o)))
+
+
 def plan(own: str | None, peer: str | None) -> Role | None:
     """Our role, from our NAT's behaviour and the peer's; None: no probing (any other pair of NATs:
     the usual checks, port prediction or the relay serve them, or nothing does)."""
@@ -127,6 +135,12 @@ class ProbeConfig:
     # a mediation SA that just came up holds its ME_CONNECTs this long at most for our NAT's discovery
     # (MediationClientConfig.nat_pending): without our NAT's behaviour in them the peer cannot take part
     nat_wait: float = 3.0
+    # an address-restricted NAT (EIM/ADF) facing an APDM one: the APDM side's checks come from mappings
+    # nobody announced, and its first ones may reach the ADF NAT before that side's own first check
+    # toward the APDM side's address opened the filter (RFC 4787 §5); its retransmission (CheckListConfig.rto,
+    # 25 ms later) gets through and is learnt as peer-reflexive (RFC 8445 §7.3.1.3). The controlling side
+    # holds a succeeded RELAYED pair back this long after the checks start, so that the direct pair can win
+    learn_wait: float = 0.15
 
 
 class PortPool(Protocol):
@@ -306,6 +320,11 @@ class Probes:
         if not self.cfg.enabled or cl.connect_id in self.probes or cl.keys is None:
             return None
         role = plan(own_nat, peer_nat)
+        if role is None and cl.is_initiator and learns(own_nat, peer_nat) and self.cfg.learn_wait > 0:
+            cl.hold_relay(now + self.cfg.learn_wait, now)  # expires by itself: no probe to end it
+            log.info("checks for %s: an ADF NAT faces an APDM one, the relay waits %g s for a learnt pair",
+                     cl.connect_id.hex(), self.cfg.learn_wait)
+            return None
         if role is not None and sum(p.active for p in self.probes.values()) >= self.cfg.max_active:
             log.warning("many-port probing for %s: %d attempts under way already, not probing", cl.connect_id.hex(),
                         self.cfg.max_active)

@@ -392,3 +392,21 @@ def test_the_wait_for_the_nat_discovery_is_bounded() -> None:
     assert 2.9 <= t_sent - t_up <= 3.1  # probing.nat_wait
     net.run(20.0, until=lambda: bool(alice.of(mev.MediatedEstablished) or alice.of(mev.MediationFailed)))
     assert alice.of(mev.MediatedEstablished)[0].remote[0] == MS_IP and not alice.of(ProbeStarted)  # relayed
+
+
+ADDR_RESTRICTED = "mapping EIM, filtering ADF, port preserving, no hairpinning"
+
+
+def test_an_adf_nat_facing_an_apdm_one_gives_the_learnt_pair_time_before_the_relay() -> None:
+    from core_ike.me.birthday import Probes, learns
+
+    assert learns(ADDR_RESTRICTED, SYM_RANDOM) and learns(SYM_SEQ, ADDR_RESTRICTED)
+    assert not learns(PORT_RESTRICTED, SYM_RANDOM) and not learns(ADDR_RESTRICTED, PORT_RESTRICTED)
+    assert not learns(FULL_CONE, SYM_RANDOM) and not learns(None, SYM_RANDOM)
+    probes = Probes(ProbeConfig(), None, SeededRng(9), lambda a: False)
+    cl = _list(b"cid6", 10.0)  # the controlling side
+    assert probes.start(cl, ADDR_RESTRICTED, SYM_RANDOM, 10.0) is None and not probes.probes
+    assert cl.relay_hold == pytest.approx(10.15)  # nothing probed, the relay waits 150 ms at most
+    off = Probes(ProbeConfig(learn_wait=0.0), None, SeededRng(9), lambda a: False)
+    cl2 = _list(b"cid7", 10.0)
+    assert off.start(cl2, ADDR_RESTRICTED, SYM_RANDOM, 10.0) is None and cl2.relay_hold is None
