@@ -59,6 +59,9 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+WALL_CLOCK_REFRESH = 10.0  # seconds
+
+
 class Daemon:
     """iked's runtime; the mediation daemons reuse it with their engine extensions and commands."""
 
@@ -84,6 +87,7 @@ class Daemon:
                                           cookie_seed=worker.cookie_seed if worker else None),
                              route_source=route_source, rng=SystemRng())
         self.engine.extensions.extend(extensions or [])
+        self._wall_clock()
         self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
         self._tries: dict[str, int] = {}  # keying tries so far per connection
         addrs = st.listen or local_addresses()
@@ -300,9 +304,17 @@ class Daemon:
         n = len([sa for sa in self.engine.ike_sas() if sa.established])
         return f"{n} IKE_SA(s) up, {len(self.engine.configs)} connection(s) loaded"
 
+    def _wall_clock(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """The engine's wall-clock input (certificate validity, RFC 5280 4.1.2.5), refreshed every
+        WALL_CLOCK_REFRESH seconds: a step of the system clock reaches it within that time."""
+        self.engine.set_wall_clock(time.time(), time.monotonic())
+        if loop is not None and not self.stopping:
+            loop.call_later(WALL_CLOCK_REFRESH, self._wall_clock, loop)
+
     # ------------------------------------------------------------------ run and stop
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._wall_clock(loop)
         for sig in (signal.SIGINT, signal.SIGTERM):  # from the first moment: a stop during start-up is clean
             loop.add_signal_handler(sig, self.stopped.set)
         self.transport.start(loop)

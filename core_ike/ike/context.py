@@ -129,6 +129,10 @@ class TaskContext(Protocol):
     @property
     def creds(self) -> Credentials: ...
 
+    def wall_time(self) -> float | None:
+        """Wall-clock time (UNIX seconds) now, an input of the adapter; None when it gave none."""
+        ...
+
     def emit(self, event: object) -> None: ...
 
     def alloc_spi(self) -> int:

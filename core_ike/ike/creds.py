@@ -3,10 +3,14 @@
 Public keys are looked up by identity: an ID_KEY_ID identity is matched against the SHA-1 key id of
 each key (exactly as the portal derives it), other identities by configuration. A `resolver` hook lets
 the mediation server look keys up in med_db without the core importing SQL.
+
+Certificates are checked against wall-clock time the adapter gives the engine (`Engine.set_wall_clock`):
+the core reads no clock (docs/architecture.md, "Import contracts").
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +19,7 @@ from cryptography import x509
 from ..constants import IdType
 from ..crypto.auth import PrivateKey, PublicKey, load_private_key, load_public_key, spki_sha1
 from ..crypto.auth import keyid_sha1 as keyid_of
+from ..errors import AuthenticationFailed
 from .identity import Identity
 
 __all__ = [
@@ -116,8 +121,21 @@ class Credentials:
             hit = self._certreq = (cas, b"".join(spki_sha1(ca.public_key()) for ca in cas))  # type: ignore[arg-type]
         return hit[1]
 
-    def verify_cert(self, cert: x509.Certificate) -> bool:
-        """An end-entity certificate directly issued by one of our CAs and currently valid."""
+    def verify_cert(self, cert: x509.Certificate, wall: float | None) -> None:
+        """Accept an end-entity certificate directly issued by one of our CAs, both valid at `wall`
+        (UNIX seconds, the adapter's wall clock), or raise AuthenticationFailed saying why.
+
+        RFC 5280 6.1.3 (a)(1)-(2): the signature verifies with the CA's key and `wall` lies in the
+        certificate's validity period, notBefore and notAfter included (§4.1.2.5). The CA's own period
+        is checked too, as charon does. No clock skew is allowed, as in charon (its X.509 validity check
+        compares the current time with both dates as they are): a CA that issues certificates for
+        immediate use backdates notBefore for the clocks that lag behind its own."""
+        subject = cert.subject.rfc4514_string()
+        if wall is None:
+            # a certificate's validity cannot be checked without the time: refuse rather than trust it
+            raise AuthenticationFailed(f"no wall-clock time to check the validity of certificate '{subject}'")
+        at = dt.datetime.fromtimestamp(wall, dt.UTC)
+        issuers: list[x509.Certificate] = []
         for ca in self.cas:
             try:
                 # RFC 5280 6.1.3: the issuer name must be the CA's subject; checked in here (ValueError)
@@ -125,5 +143,27 @@ class Credentials:
                 cert.verify_directly_issued_by(ca)
             except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends
                 continue
-            return True
-        return False
+            issuers.append(ca)
+        if not issuers:
+            raise AuthenticationFailed(f"no trusted issuer found for '{subject}'")
+        problem = _outside_validity(cert, at)
+        if problem:
+            raise AuthenticationFailed(f"certificate {problem} ('{subject}')")
+        # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
+        problems = [_outside_validity(ca, at) for ca in issuers]
+        if "" not in problems:
+            raise AuthenticationFailed(f"CA certificate {problems[0]} ('{issuers[0].subject.rfc4514_string()}'), "
+                                       f"issuer of '{subject}'")
+
+
+def _outside_validity(cert: x509.Certificate, at: dt.datetime) -> str:
+    """Why `cert` is not valid at `at` (RFC 5280 4.1.2.5), or "" when it is."""
+    if at > cert.not_valid_after_utc:
+        return f"expired on {_date(cert.not_valid_after_utc)}"
+    if at < cert.not_valid_before_utc:
+        return f"not valid before {_date(cert.not_valid_before_utc)}"
+    return ""
+
+
+def _date(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC")

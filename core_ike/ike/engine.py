@@ -127,6 +127,9 @@ class Engine:
         self.route_source = route_source
         self.extensions: list[Extension] = []
         self.now = 0.0
+        # wall-clock (UNIX) time minus `now`, an input of the adapter (set_wall_clock); None: not given,
+        # and peer certificates are refused (their validity cannot be checked, RFC 5280 6.1.3 (a)(2))
+        self.wall_offset: float | None = None
         self.sas: dict[bytes, IkeSa] = {}  # by our own SPI
         self.init_index: InitIndex[IkeSa] = InitIndex()  # responder: (SPIi, peer) of IKE_SA_INIT
         # indexes so nothing scans every SA (a mediation server holds 100k of them)
@@ -184,6 +187,16 @@ class Engine:
                      local[1], len(data))
         self._dispatch(msg, local, remote, now)
         self._run_deferred(now)
+
+    def set_wall_clock(self, wall: float, now: float) -> None:
+        """The wall-clock time (UNIX seconds) at monotonic `now`: certificates are checked against
+        `now + (wall - now at this call)` (RFC 5280 4.1.2.5). The adapter refreshes it so that a step
+        of the system clock reaches the engine (core_ike/daemon/runtime.py)."""
+        self.wall_offset = wall - now
+
+    def wall_time(self) -> float | None:
+        """Wall-clock time (UNIX seconds) at `self.now`, None when the adapter gave none."""
+        return None if self.wall_offset is None else self.now + self.wall_offset
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr, Addr]]:
         out, self._out = self._out, []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from core_ike.ike.identity import Identity
 from core_ike.rng import SeededRng
 
 A_IP, B_IP = "192.0.2.1", "192.0.2.2"
+WALL0 = time.time()  # wall-clock time (UNIX seconds) at the fake clock's start
 
 
 @dataclass
@@ -117,7 +119,12 @@ def make_pair(  # noqa: PLR0913 - a test factory: each parameter has a default, 
                       **(b_conf or {}))
     a = Engine([cfg_a], ca, EngineConfig(**(a_kw or {})), rng=SeededRng(f"a{seed}"))
     b = Engine([cfg_b], cb, engine_b or EngineConfig(**(b_kw or {})), rng=SeededRng(f"b{seed}"))
-    return Pair(a, b)
+    pair = Pair(a, b)
+    # the adapter's wall-clock input (certificate validity): the time the test's certificates are
+    # made at, a fixed point of the fake clock from then on
+    for eng in (a, b):
+        eng.set_wall_clock(WALL0, pair.now)
+    return pair
 
 
 _KEYS: dict[int, object] = {}

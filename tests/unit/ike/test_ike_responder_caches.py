@@ -19,7 +19,7 @@ from core_ike.constants import ExchangeType, HeaderFlag, IdType, PayloadType, Pr
 from core_ike.crypto import auth as auth_mod
 from core_ike.crypto.prf import Prf, prf_for, prf_plus
 from core_ike.crypto.proposals import parse_proposals
-from core_ike.errors import DecodeError
+from core_ike.errors import AuthenticationFailed, DecodeError
 from core_ike.ike.creds import Credentials
 from core_ike.ike.sa import IkeState
 from core_ike.ike.tasks import ike_auth, ike_init
@@ -113,6 +113,8 @@ def test_certreq_hashes_follow_the_trusted_cas() -> None:
 
 
 def test_verify_cert_checks_the_issuer_and_its_signature() -> None:
+    import time
+
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
@@ -121,12 +123,15 @@ def test_verify_cert_checks_the_issuer_and_its_signature() -> None:
     k1, n1, ca1 = _ca("CA 1")
     ee = ec.generate_private_key(ec.SECP256R1())
     c = Credentials(cas=[ca0])
-    assert c.verify_cert(_ca_and_cert("alice@test", k0, n0, ee))
-    assert not c.verify_cert(_ca_and_cert("alice@test", k1, n1, ee))  # another issuer
+    wall = time.time()
+    c.verify_cert(_ca_and_cert("alice@test", k0, n0, ee), wall)
+    with pytest.raises(AuthenticationFailed, match="no trusted issuer"):
+        c.verify_cert(_ca_and_cert("alice@test", k1, n1, ee), wall)  # another issuer
     impostor_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA 0")])
-    assert not c.verify_cert(_ca_and_cert("alice@test", k1, impostor_name, ee))  # CA 0's name, CA 1's key
+    with pytest.raises(AuthenticationFailed, match="no trusted issuer"):
+        c.verify_cert(_ca_and_cert("alice@test", k1, impostor_name, ee), wall)  # CA 0's name, CA 1's key
     c.cas.append(ca1)
-    assert c.verify_cert(_ca_and_cert("alice@test", k1, n1, ee))
+    c.verify_cert(_ca_and_cert("alice@test", k1, n1, ee), wall)
 
 
 def test_own_certificate_der_is_the_certificate() -> None:
