@@ -345,6 +345,8 @@ class Cluster:
         self._forget(identity.encode())  # registered here now (a newer "up" from elsewhere may follow)
         if self._put(SEQUENCE, self._up(identity, endpoint, relay), seq_last=True):
             self._awaiting.append(identity)
+        else:  # the outbox is full (the engine is away): asked again after the reconnection
+            self._lost.append(identity)
 
     def sequenced(self, seq: int) -> Sequenced | None:
         """The engine's number of the oldest `register` still waiting for one (None: none waits)."""

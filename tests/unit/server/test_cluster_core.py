@@ -106,6 +106,9 @@ def test_outbox_is_bounded_while_the_engine_is_away(monkeypatch: pytest.MonkeyPa
     # only the three queued wait for their number
     assert [a.sequenced(n) for n in (1, 2, 3, 4)] == [Sequenced("p0", 1), Sequenced("p1", 2), Sequenced("p2", 3),
                                                       None]
+    # the two that did not fit ask for their number after the reconnection (MediationServer.sync_to)
+    a.reset()
+    assert a.take_lost() == ["p3", "p4"]
 
 
 def test_a_registration_is_numbered_by_the_engine_and_lost_numbers_are_asked_again() -> None:
