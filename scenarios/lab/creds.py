@@ -79,24 +79,27 @@ def install_keypair(charon: Charon, name: str, key: RsaKeyPair, own: bool = True
 
 
 def ca_and_host(host: str = "moon.example.org", *, org: str = "Example", ca_cn: str = "Example Root CA",
-                host_basic_constraints: bool = True) -> dict[str, Any]:
+                host_basic_constraints: bool = True, valid: Validity | None = None) -> dict[str, Any]:
     """A CA and a host certificate for ``host`` (CN and SAN dNSName), both RSA 2048, valid from a day ago
     for 30 days: ``{"ca", "ca_key", "cert", "key"}``; ``host_basic_constraints``: the host certificate
-    says CA:FALSE (critical). More hosts of the same CA: :func:`host_cert`."""
+    says CA:FALSE (critical); ``valid``: the host certificate's validity instead (:func:`validity`).
+    More hosts of the same CA: :func:`host_cert`."""
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = _name(org, ca_cn)
     ca = (_builder(ca_name, ca_name, ca_key, 1)
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
-    cert, key = host_cert(ca, ca_key, host, org=org, basic_constraints=host_basic_constraints)
+    cert, key = host_cert(ca, ca_key, host, org=org, basic_constraints=host_basic_constraints, valid=valid)
     return {"ca": ca, "ca_key": ca_key, "cert": cert, "key": key}
 
 
 def host_cert(ca: x509.Certificate, ca_key: rsa.RSAPrivateKey, host: str, *, org: str = "Example",
-              basic_constraints: bool = True, serial: int = 2) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    """A certificate of ``ca`` for ``host`` (CN and SAN dNSName) and its new RSA 2048 key."""
+              basic_constraints: bool = True, serial: int = 2,
+              valid: Validity | None = None) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A certificate of ``ca`` for ``host`` (CN and SAN dNSName) and its new RSA 2048 key; ``valid``:
+    its (notBefore, notAfter), by default ``validity()``."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    builder = _builder(_name(org, host), ca.subject, key, serial)
+    builder = _builder(_name(org, host), ca.subject, key, serial, valid)
     if basic_constraints:
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     cert = (builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
@@ -110,9 +113,19 @@ def _name(org: str, cn: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey, serial: int) -> x509.CertificateBuilder:
-    """Valid from a day ago for 30 days."""
+Validity = tuple[datetime.datetime, datetime.datetime]  # (notBefore, notAfter), RFC 5280 4.1.2.5
+
+
+def validity(start_days: float = -1, end_days: float = 30) -> Validity:
+    """From ``start_days`` to ``end_days`` days from now (negative: ago); ``validity(-30, -1)`` is an
+    expired certificate's, ``validity(1, 30)`` a not yet valid one's."""
     now = datetime.datetime.now(datetime.UTC)
+    return now + datetime.timedelta(days=start_days), now + datetime.timedelta(days=end_days)
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey, serial: int,
+             valid: Validity | None = None) -> x509.CertificateBuilder:
+    """Valid for ``valid``, by default from a day ago for 30 days."""
+    start, end = valid or validity()
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-            .serial_number(serial).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30)))
+            .serial_number(serial).not_valid_before(start).not_valid_after(end))

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from scenarios.lab import Lab
-from scenarios.lab.charon import Charon
-from scenarios.lab.iked import Iked
+from scenarios.lab.charon import Charon, CharonError
+from scenarios.lab.creds import Validity, validity
+from scenarios.lab.iked import Iked, IkedError
 from tests.guards import needs
 
 pytestmark = [
@@ -38,11 +39,11 @@ def _pem(obj: object) -> bytes:
 
 
 def _cert(cn: str, san: str, key: rsa.RSAPrivateKey, ca_key: rsa.RSAPrivateKey, ca_name: x509.Name,
-          ca: bool = False) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
+          ca: bool = False, valid: Validity | None = None) -> x509.Certificate:
+    start, end = valid or validity()
     b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
          .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30)))
+         .not_valid_before(start).not_valid_after(end))
     if ca:
         b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     else:
@@ -50,14 +51,16 @@ def _cert(cn: str, san: str, key: rsa.RSAPrivateKey, ca_key: rsa.RSAPrivateKey, 
     return b.sign(ca_key, hashes.SHA256())
 
 
-def _cert_pair(lab: Lab, name: str, fragment_size: int | None = None) -> tuple[Charon, Iked]:
+def _cert_pair(lab: Lab, name: str, fragment_size: int | None = None,
+               bob_valid: Validity | None = None) -> tuple[Charon, Iked]:
     """charon on bob and our iked on alice, each with a certificate from one CA, connection "certs" with
-    CHILD_SA "net"; ``fragment_size``: IKE fragmentation on both sides with that size."""
+    CHILD_SA "net"; ``fragment_size``: IKE fragmentation on both sides with that size; ``bob_valid``:
+    the validity period of charon's certificate (default: from a day ago for 30 days)."""
     ca_key, a_key, b_key = (rsa.generate_private_key(65537, 2048) for _ in range(3))
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Interop Test CA")])
     ca = _cert("Interop Test CA", "", ca_key, ca_key, ca_name, ca=True)
     a_cert = _cert("alice", "alice@lab", a_key, ca_key, ca_name)
-    b_cert = _cert("bob", "bob@lab", b_key, ca_key, ca_name)
+    b_cert = _cert("bob", "bob@lab", b_key, ca_key, ca_name, valid=bob_valid)
     frag_charon = "\n    fragmentation = yes" if fragment_size else ""
     frag_iked = f"\nfragment_size = {fragment_size}" if fragment_size else ""
     charon = Charon(lab, "bob", name=f"charon-{name}",
@@ -151,3 +154,57 @@ def test_charon_initiator_sends_its_certificate_when_asked(two_hosts_per_test: L
     finally:
         iked.stop()
         charon.stop()
+
+
+def _date(t: dt.datetime) -> str:
+    """A certificate date as iked logs it (to the second, as the certificate holds it, RFC 5280 4.1.2.5)."""
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def test_our_responder_refuses_charons_expired_certificate(two_hosts_per_test: Lab) -> None:
+    """RFC 5280 6.1.3 (a)(2): charon initiates with a certificate that expired yesterday (issued by the
+    CA ours trusts, otherwise as the CERTREQ test above); our responder refuses it, answers
+    AUTHENTICATION_FAILED (RFC 7296 2.21.2) and logs the date it expired on."""
+    lab = two_hosts_per_test
+    valid = validity(-30, -1)
+    charon, iked = _cert_pair(lab, "expired-r", bob_valid=valid)
+    charon.start()
+    iked.start()
+    try:
+        with pytest.raises(CharonError):
+            charon.initiate(child="net", ike="certs", timeout=20)
+        assert 'sending end entity cert "CN=bob"' in charon.log_text(), charon.log_tail()
+        charon.wait_log("received AUTHENTICATION_FAILED notify error", timeout=5)
+        expected = f"certificate expired on {_date(valid[1])} ('CN=bob')"
+        assert expected in iked.log_text(), iked.log_tail()
+        assert iked.list_sas() == []
+    finally:
+        iked.stop()
+        charon.stop()
+
+
+@pytest.mark.parametrize("when", ["expired", "not yet valid"])
+def test_our_initiator_refuses_charons_certificate_outside_its_validity(two_hosts_per_test: Lab,
+                                                                        when: str) -> None:
+    """Our initiator checks the responder's certificate as strictly (RFC 5280 6.1.3 (a)(2)): charon
+    answers with a certificate that expired yesterday / becomes valid tomorrow, and `up` fails with
+    that reason; nothing is established on our side."""
+    lab = two_hosts_per_test
+    valid = validity(-30, -1) if when == "expired" else validity(1, 30)
+    charon, iked = _cert_pair(lab, "expired-i" if when == "expired" else "early-i", bob_valid=valid)
+    charon.start()
+    iked.start()
+    try:
+        with pytest.raises(IkedError) as err:
+            iked.up("certs", "net")
+        if when == "expired":
+            expected = f"certificate expired on {_date(valid[1])} ('CN=bob')"
+        else:
+            expected = f"certificate not valid before {_date(valid[0])} ('CN=bob')"
+        assert expected in iked.log_text(), iked.log_tail()
+        assert expected in str(err.value)
+        assert iked.list_sas() == []
+    finally:
+        iked.stop()
+        charon.stop()
+
