@@ -5,7 +5,7 @@ each key (exactly as the portal derives it), other identities by configuration. 
 the mediation server look keys up in med_db without the core importing SQL.
 
 Certificates are checked against wall-clock time the adapter gives the engine (`Engine.set_wall_clock`):
-the core reads no clock (docs/architecture.md, "Import contracts").
+the core reads no clock (docs/architecture.md, "Time, randomness and the import contracts").
 """
 
 from __future__ import annotations
