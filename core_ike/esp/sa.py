@@ -29,7 +29,6 @@ import itertools
 import struct
 from dataclasses import dataclass
 
-import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -205,6 +204,10 @@ class EspSa:
         Header, IV, AAD and trailer (RFC 4303 2.4 padding, Pad Length, Next Header) are those of
         `seal`; they are written for all packets at once (numpy rows), then one AEAD call per packet
         encrypts straight into `out`."""
+        # imported here: only the batch data plane needs numpy, and the mediation server, which
+        # imports this package for its algorithm tables, would carry its ~12 MiB for nothing
+        import numpy as np
+
         into = self._into
         n = len(lengths)
         if into is None or not n:
