@@ -408,8 +408,8 @@ class Prefilter:
         eng = self.engine
         if sent:
             eng.counters["cookies-sent"] += sent
-            eng.log_limit.log(logging.INFO, "cookie", now, "sending %d COOKIE(s) from raw datagrams (%d half-open "
-                              "IKE_SAs)", sent, eng.half_open)
+            eng.log_limit.log(logging.INFO, "cookie", now, "sending COOKIE to %d initiator(s) of one read batch, "
+                              "from raw datagrams (%d half-open IKE_SAs)", sent, eng.half_open)
         if limited:
             self.drop("init-rate", now, None, "%d IKE_SA_INIT request(s) over %g per second from their source",
                       limited, self.cfg.init_rate_ip)
