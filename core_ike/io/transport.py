@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..codec.message import split_natt
+from ..constants import NON_ESP_MARKER
 from ..errors import DecodeError, LocalError
 from ..logutil import LogLimiter
 from .mmsg import RecvBatch, SendBatch
@@ -374,7 +375,7 @@ class UdpTransport:
         engine, rb, sb, answer = self.engine, self._rb, self._sb, self._answer_batch
         receive, drain, clock, stats = engine.receive, engine.datagrams_to_send, self.clock, self.stats
         plain = local[1] != engine.natt_port
-        v6 = s.family == socket.AF_INET6
+        v6 = ":" in local[0]  # an IPv6 socket's address (socket.family builds an enum on every access)
         fd = s.fileno()
         total = 0
         while total < READ_BATCH:  # drain what is queued, then let others run
@@ -394,15 +395,15 @@ class UdpTransport:
                 self._flush_batch(fd, local)
             for i in todo:
                 data, remote = rb.data(i), rb.address(i)
-                if plain:  # straight to the engine
+                if plain or data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
                     try:
-                        receive(data, local, remote, clock())
+                        receive(data if plain else data[4:], local, remote, now)
                     except Exception:  # last line of defence: one datagram lost, never the daemon
                         stats["dropped"] += 1
                         log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data),
                                       *remote)
                 else:
-                    self._datagram(data, local, remote, clock())
+                    self._datagram(data, local, remote, now)
                 # answer at once (not after the whole batch): the peer works on it while we go on
                 out = drain()
                 if out:
