@@ -17,7 +17,12 @@ The figure: responder CPU (utime + stime of all its processes/threads, /proc) ov
 divided by the IKE_SAs it established. Rounds interleave the responders (ours, charon, charon, ours ...).
 
     .venv/bin/python bench/charon_initiator.py --rounds 3 --out bench/results/charon_initiator.txt
+    .venv/bin/python bench/charon_initiator.py --before HEAD~3 --rounds 3   # also ours at HEAD~3, interleaved
     .venv/bin/python bench/charon_initiator.py --profile /tmp/prof   # py-spy our responder too
+
+``--profile`` samples our responder with py-spy --native while it works (its CPU figures then include the
+sampling's cost: profile and measure in separate runs); hotspots-*.txt splits the live process into the
+engine, the daemon's event handling and the event loop with the transport.
 
 Where our CPU goes (``--no-split`` skips it): after the rounds, one more batch per auth method against an
 iked whose randomness (SPIs, nonces, IVs, X25519 keys) is seeded and which records every datagram its engine
@@ -35,6 +40,7 @@ import hashlib
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -352,8 +358,19 @@ class Ours(Responder):
         self.iked = Iked(lab, "bob", iked_responder_conf(secrets, local, remote, addr=RESP_IP, proposal=PROPOSAL),
                          name=f"iked-{auth}", files=files)
 
+    tree: Path | None = None  # run from this source tree (`--before`), else this one
+
     def start(self) -> None:
-        self.iked.start()
+        if self.tree is None:
+            self.iked.start()
+            return
+        # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path
+        env = {"PYTHONPATH": str(self.tree), "PYTHONSAFEPATH": "1"}
+        src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"], capture_output=True,
+                             text=True, env={**os.environ, **env}, check=True).stdout.strip()
+        if not src.startswith(str(self.tree)):
+            raise RuntimeError(f"the responder would load {src}, not the tree {self.tree}")
+        self.iked.start(env=env)
 
     def stop(self) -> None:
         self.iked.stop()
@@ -552,10 +569,34 @@ def _split_lines(split: tuple[float, int] | None, ours_ms: list[float]) -> list[
     if split is None or not ours_ms:
         return []
     ms, n = split
-    return [f"where ours' CPU goes: the engine with the daemon's event handling {ms:.3f} ms per IKE_SA (a batch of "
-            f"{n} recorded and replayed in-process, CPU time, once after the rounds: the machine's load then "
-            f"weighs on it alone); the other {statistics.median(ours_ms) - ms:.3f} ms of ours' median are the event "
-            "loop, the socket calls and the kernel's UDP path"]
+    return [f"the engine with the daemon's event handling replayed alone: {ms:.3f} ms per IKE_SA (a batch of "
+            f"{n} recorded and replayed in-process in a tight loop, CPU time, once after the rounds); the live "
+            f"responder's other {statistics.median(ours_ms) - ms:.3f} ms are the kernel, the event loop and the "
+            "sockets, and the same engine code running slower between wake-ups than in the replay (cold caches, "
+            "two CPUs shared with the initiator): `--profile` splits the live process"]
+
+
+def live_split(raw: Path) -> dict[str, float] | None:
+    """Shares of the live responder's py-spy samples (collapsed stacks, --native): the engine, the daemon's
+    event handling, the rest (event loop, transport, socket calls). Stacks that end in the send system
+    call or in the epoll wait are left out: py-spy samples wall time, and those are mostly the process
+    waiting for a CPU after waking the initiator, or idle."""
+    parts = {"engine": 0, "event handling": 0, "event loop and transport": 0}
+    for line in raw.read_text().splitlines():
+        stack, _, n_s = line.rpartition(" ")
+        if not n_s.isdigit():
+            continue
+        frames = [f.split(" (")[0] for f in stack.split(";")]
+        if frames[-1] in ("sendto", "epoll_wait"):
+            continue
+        if "Engine.receive" in frames or "Engine.handle_timer" in frames:
+            parts["engine"] += int(n_s)
+        elif "Daemon.on_event" in frames:
+            parts["event handling"] += int(n_s)
+        else:
+            parts["event loop and transport"] += int(n_s)
+    total = sum(parts.values())
+    return {k: v / total for k, v in parts.items()} if total else None
 
 
 def _floor_lines(auth: str, floor: dict[str, float], charon_ms: list[float],
@@ -593,8 +634,10 @@ def _py_spy(pid: int, out: Path) -> Any:
     if not exe.exists():
         print("py-spy not installed in the venv; no profile", file=sys.stderr)
         return None
-    return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "1000",
-                             "--nonblocking", "--gil", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # --native: the C frames (socket calls, ctypes, the event loop's select) beside the Python ones; without
+    # --gil, time in system calls that release the GIL counts too (idle waits do not)
+    return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "500",
+                             "--native", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, tuple[float, int]]) -> list[dict[str, Any]]:
@@ -615,11 +658,46 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, tuple[float, in
                          "ours: users' defaults (one worker process, log_level warning); charon: log level 0, "
                          "16 threads on 2 CPUs (its CPU is the sum over threads)",
                          *_floor_lines(auth, floor.get(auth, {}), c, ossl),
-                         *_split_lines(split.get(auth), o)],
+                         *_split_lines(split.get(auth), o), *_before_lines(auth, runs, a.before)],
             readme=True)
         f["crypto_floor_ms"] = {k: round(v / 1000, 4) for k, v in floor.get(auth, {}).items()}
         figures.append(f)
     return figures
+
+
+def git_tree(rev: str) -> Path:
+    """The source tree of `rev` (git archive) in a temporary directory."""
+    import io
+    import tarfile
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="charon-initiator-before-"))
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        tf.extractall(d, filter="data")
+    return d
+
+
+def _before_lines(auth: str, runs: list[Run], rev: str | None) -> list[str]:
+    """Ours at `rev` beside ours now (the same rounds, interleaved)."""
+    import statistics
+
+    b = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "before" and r.established]
+    o = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "ours" and r.established]
+    if not b or not o:
+        return []
+    return [f"ours at {rev} (interleaved in the same rounds): {results_io.fmt_value(results_io.sample(b, 'ms'))}; "
+            f"this tree / {rev}: {statistics.median(o) / statistics.median(b):.2f}x"]
+
+
+def _write_hotspots(prof: Path) -> None:
+    for f in sorted(prof.glob("ours-*.txt")):
+        hs = hot_spots(f)
+        shares = live_split(f)
+        if shares:
+            hs = ("live split (samples outside sendto and epoll_wait): "
+                  + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items()) + "\n" + hs)
+        (prof / f"hotspots-{f.stem}.txt").write_text(hs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -635,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count-rsa", type=int, default=120, help="the same for RSA (a certificate per IKE_SA)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy our responder (collapsed stacks, hot spots)")
     ap.add_argument("--no-split", action="store_true", help="skip the record-and-replay of where our CPU goes")
+    ap.add_argument("--before", metavar="REV", help="also run our responder from REV (git archive), interleaved")
     results_io.add_args(ap, rounds=3)
     a = ap.parse_args(args_in)
     rounds = results_io.rounds_of(a)
@@ -650,10 +729,14 @@ def main(argv: list[str] | None = None) -> int:
     pki = make_pki(a.warmup + a.count_rsa if "rsa" in a.auth.split(",") else 0)
     lab = two_hosts(inner=False)
     runs: list[Run] = []
+    sides = a.impl.split(",") + (["before"] if a.before else [])
+    before_tree = git_tree(a.before) if a.before else None
     try:
-        for rnd, impl in results_io.interleave(rounds, a.impl.split(",")):
+        for rnd, impl in results_io.interleave(rounds, sides):
             for auth in a.auth.split(","):
-                resp: Responder = Ours(lab, auth, pki) if impl == "ours" else Charon(lab, auth, pki)
+                resp: Responder = Ours(lab, auth, pki) if impl in ("ours", "before") else Charon(lab, auth, pki)
+                if impl == "before":
+                    resp.impl, resp.tree = "before", before_tree  # type: ignore[attr-defined]
                 count = a.count if auth == "psk" else a.count_rsa
                 r = measure(lab, resp, auth, pki, Batch(count, a.warmup, a.inflight), rnd, prof)
                 runs.append(r)
@@ -663,6 +746,19 @@ def main(argv: list[str] | None = None) -> int:
         split = {} if a.no_split or "ours" not in a.impl.split(",") else _split(lab, pki, a)
     finally:
         lab.teardown()
+        if before_tree is not None:
+            import shutil
+
+            shutil.rmtree(before_tree, ignore_errors=True)
+    figures = _figures(a, runs, pki, split)
+    if prof:
+        _write_hotspots(prof)
+    header = results_io.finish_header(header, a.quick, rounds)
+    results_io.write_results(a.out, "charon_initiator", header, figures, "\n".join(_table(runs)))
+    return 0
+
+
+def _table(runs: list[Run]) -> list[str]:
     lines = [f"{'round':5} {'auth':4} {'responder':9} {'IKE_SAs':>8} {'held':>6} {'seconds':>8} {'CPU ms/SA':>10} "
              f"{'initiator ms/SA':>16} {'system %':>9}"]
     for r in runs:
@@ -671,14 +767,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * r.sys_share:8.0f}%")
         if r.failed:
             lines.append(f"      failed: {len(r.failed)}: {r.failed[:3]}")
-    figures = _figures(a, runs, pki, split)
-    if prof:
-        for f in sorted(prof.glob("ours-*.txt")):
-            hs = hot_spots(f)
-            (prof / f"hotspots-{f.stem}.txt").write_text(hs)
-    header = results_io.finish_header(header, a.quick, rounds)
-    results_io.write_results(a.out, "charon_initiator", header, figures, "\n".join(lines))
-    return 0
+    return lines
 
 
 if __name__ == "__main__":
