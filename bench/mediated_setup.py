@@ -3,7 +3,7 @@
 
 Topology: :func:`scenarios.lab.nat_lab` (alice behind natA, bob behind natB, endpoint-independent NATs with
 the WAN drop rule, carol = mediation server), the internet segment through the userspace delay hub. Both
-mediation SAs are up before the clock starts. Conditions (each in a lab of its own):
+mediation SAs are up (ours: and their NAT discovery done) before the clock starts. Conditions (each in a lab of its own):
 
 - ``0``, ``20``: both peers behind NAT, 0 or 20 ms one-way delay per hop through the hub;
 - ``public``: bob on a routed public address (natB only forwards), 0 ms: alice has one candidate pair; the
@@ -94,8 +94,17 @@ class OursMediation:
             m.clients[me] = Iked(self.lab, me, client_toml(me, others, self.ts, client=self.client), name="medcli",
                                  module="mediation_client").start(env=env)
 
-    def bring_up_mediation(self) -> None:
-        self.med.wait_registered("alice", "bob", timeout=15.0)
+    def bring_up_mediation(self, timeout: float = 15.0) -> None:
+        """Both registered, and both clients' NAT discovery (RFC 5780, after the mediation SA came up)
+        done: until then a client holds its ME_CONNECTs back (at most its nat_wait), which a daemon that
+        has been running a while never does."""
+        self.med.wait_registered("alice", "bob", timeout=timeout)
+        deadline = time.monotonic() + timeout
+        for c in (self.med.clients["alice"], self.med.clients["bob"]):
+            while "nat" not in c.status().get("status", {}):
+                if time.monotonic() > deadline:
+                    raise IkedError("NAT discovery of the mediation clients not done")
+                time.sleep(0.02)
 
     @staticmethod
     def _installed(sas: list[dict[str, Any]], name: str) -> bool:
