@@ -25,10 +25,11 @@ sampling's cost: profile and measure in separate runs); hotspots-*.txt splits th
 engine, the daemon's event handling and the event loop with the transport.
 
 Where our CPU goes (``--no-split`` skips it): after the rounds, one more batch per auth method against an
-iked whose randomness (SPIs, nonces, IVs, X25519 keys) is seeded and which records every datagram its engine
-receives; the bench then feeds that recording to an engine built the same way in its own process (twice,
-the second run counted) and reports the CPU per IKE_SA of the engine with the daemon's event handling.
-The rest of ours' figure is the event loop, the socket calls and the kernel's UDP path.
+iked whose randomness (SPIs, nonces, IVs, X25519 keys) is seeded, which records every datagram its engine
+receives and times its engine and its event handling with the thread's CPU clock: the process's CPU per
+IKE_SA splits into the engine, the event handling and the rest (event loop, transport, socket calls, the
+kernel). The bench then feeds that recording to an engine built the same way in its own process (twice,
+the second run counted): the engine's cost in a tight loop, beside its cost in the live daemon.
 """
 
 from __future__ import annotations
@@ -113,32 +114,69 @@ def _seeded_randomness(seed: str) -> Any:
 
 
 def _recording_iked() -> int:
-    """iked (its usual main) with seeded randomness, keeping what Engine.receive gets; SIGUSR2 writes it."""
+    """iked (its usual main) with seeded randomness, keeping what Engine.receive gets and the thread CPU
+    time spent in the engine (receive, timers) and in the daemon's event handling (Daemon.on_event, which
+    the transport calls outside the engine); SIGUSR2 writes both."""
     from core_ike.daemon.main import main as iked_main
+    from core_ike.daemon.runtime import Daemon
     from core_ike.ike.engine import Engine
 
     _seeded_randomness("bench")
     rec: list[tuple[bytes, Any, Any]] = []
-    orig = Engine.receive
+    cpu = {"engine": 0.0, "events": 0.0}
+    orig, orig_timer, orig_event = Engine.receive, Engine.handle_timer, Daemon.on_event
+    clock = time.thread_time
 
     def receive(self: Any, data: bytes, local: Any, remote: Any, now: float) -> None:
         rec.append((bytes(data), local, remote))
-        orig(self, data, local, remote, now)
+        t = clock()
+        try:
+            orig(self, data, local, remote, now)
+        finally:
+            cpu["engine"] += clock() - t
+
+    def handle_timer(self: Any, now: float) -> None:
+        t = clock()
+        try:
+            orig_timer(self, now)
+        finally:
+            cpu["engine"] += clock() - t
+
+    def on_event(self: Any, e: object) -> None:
+        t = clock()
+        try:
+            orig_event(self, e)
+        finally:
+            cpu["events"] += clock() - t
 
     Engine.receive = receive  # type: ignore[method-assign]
+    Engine.handle_timer = handle_timer  # type: ignore[method-assign]
+    Daemon.on_event = on_event  # type: ignore[method-assign]
+
     def dump(*_: Any) -> None:
         final = Path(os.environ[RECORD_ENV])
         tmp = final.with_suffix(".part")
-        tmp.write_bytes(pickle.dumps(rec))
+        tmp.write_bytes(pickle.dumps({"datagrams": rec, "cpu": cpu}))
         os.replace(tmp, final)  # complete when it appears
 
     signal.signal(signal.SIGUSR2, dump)
     return iked_main()
 
 
-def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path) -> int:
+@dataclass(frozen=True)
+class Recorded:
+    """A recorded batch: IKE_SAs established, and CPU seconds of the recording iked over the batch: all of
+    it (its process, /proc), in the engine and in the daemon's event handling (thread CPU time)."""
+
+    established: int
+    process: float
+    engine: float
+    events: float
+
+
+def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path) -> Recorded:
     """`count` IKE_SAs from the charon initiator against a recording iked; the datagrams and the iked
-    configuration directory go to `out`. Returns the IKE_SAs established."""
+    configuration directory go to `out`."""
     import shutil
 
     from scenarios.lab.netns import wait_for
@@ -150,15 +188,19 @@ def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path) 
     resp.iked.start(env={"PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", RECORD_ENV: str(rec)})
     try:
         init.start()
+        pid = resp.pids()[0]
+        cpu0 = proc_cpu(pid)
         n, _ = initiate_all(init, [f"c{i}" for i in range(count)], inflight, 60.0)
-        os.kill(resp.pids()[0], signal.SIGUSR2)
+        process = proc_cpu(pid) - cpu0
+        os.kill(pid, signal.SIGUSR2)
         wait_for(rec.exists, 30, interval=0.05, what="the recording")
         shutil.copytree(resp.iked.dir, out / "conf", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
     finally:
         with contextlib.suppress(Exception):
             init.stop()
         resp.stop()
-    return n
+    cpu = pickle.loads(rec.read_bytes())["cpu"]
+    return Recorded(n, process, cpu["engine"], cpu["events"])
 
 
 def replay(out: Path) -> tuple[float, int]:
@@ -168,13 +210,14 @@ def replay(out: Path) -> tuple[float, int]:
     from core_ike.daemon.runtime import Daemon
     from core_ike.ike import events as ev
 
-    rec = pickle.loads((out / "datagrams.pickle").read_bytes())
+    rec = pickle.loads((out / "datagrams.pickle").read_bytes())["datagrams"]
     result = (0.0, 0)
     for _ in range(2):
         undo = _seeded_randomness("bench")
         try:
             d = Daemon(load(out / "conf" / "iked.toml"))
             eng, n, now = d.engine, 0, 1000.0
+            eng.set_wall_clock(time.time(), now)  # the replay's clock starts at `now` (certificate validity)
             t0 = time.process_time()
             for data, local, remote in rec:
                 now += 1e-4
@@ -547,33 +590,48 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
                system / (user + system) if user + system > 0 else 0.0)
 
 
-def _split(lab: Any, pki: Pki, a: Any) -> dict[str, tuple[float, int]]:
-    """{auth: (engine CPU ms per IKE_SA, IKE_SAs)} from one recorded batch per auth method."""
+@dataclass(frozen=True)
+class Split:
+    """Where ours' CPU goes, ms per IKE_SA: the live recording iked (process, engine, event handling) and
+    the replay of its datagrams in a tight loop (engine with event handling)."""
+
+    n: int
+    process: float
+    engine: float
+    events: float
+    replayed: float
+
+
+def _split(lab: Any, pki: Pki, a: Any) -> dict[str, Split]:
+    """{auth: Split} from one recorded batch per auth method."""
     import tempfile
 
-    out: dict[str, tuple[float, int]] = {}
+    out: dict[str, Split] = {}
     for auth in a.auth.split(","):
         with tempfile.TemporaryDirectory(prefix="charon-initiator-") as d:
-            n = record(lab, auth, pki, a.count if auth == "psk" else a.count_rsa, a.inflight, Path(d))
+            r = record(lab, auth, pki, a.count if auth == "psk" else a.count_rsa, a.inflight, Path(d))
             ms, replayed = replay(Path(d))
-            print(f"  split {auth}: {n} IKE_SAs recorded, replayed {replayed}: engine {ms:.3f} ms/IKE_SA",
-                  file=sys.stderr, flush=True)
-            if replayed == n:
-                out[auth] = (ms, n)
+            k = 1000 / max(1, r.established)
+            sp = Split(r.established, k * r.process, k * r.engine, k * r.events, ms)
+            print(f"  split {auth}: {r.established} IKE_SAs recorded (live: process {sp.process:.3f}, engine "
+                  f"{sp.engine:.3f}, event handling {sp.events:.3f} ms/IKE_SA), replayed {replayed}: "
+                  f"{ms:.3f} ms/IKE_SA", file=sys.stderr, flush=True)
+            if replayed == r.established:
+                out[auth] = sp
     return out
 
 
-def _split_lines(split: tuple[float, int] | None, ours_ms: list[float]) -> list[str]:
-    import statistics
-
-    if split is None or not ours_ms:
+def _split_lines(sp: Split | None) -> list[str]:
+    if sp is None:
         return []
-    ms, n = split
-    return [f"the engine with the daemon's event handling replayed alone: {ms:.3f} ms per IKE_SA (a batch of "
-            f"{n} recorded and replayed in-process in a tight loop, CPU time, once after the rounds); the live "
-            f"responder's other {statistics.median(ours_ms) - ms:.3f} ms are the kernel, the event loop and the "
-            "sockets, and the same engine code running slower between wake-ups than in the replay (cold caches, "
-            "two CPUs shared with the initiator): `--profile` splits the live process"]
+    rest = sp.process - sp.engine - sp.events
+    return [f"where ours' CPU goes (one more batch of {sp.n} after the rounds, against an iked with seeded "
+            f"randomness that times its engine and event handling with the thread's CPU clock): process "
+            f"{sp.process:.3f} ms per IKE_SA = engine {sp.engine:.3f} + the daemon's event handling "
+            f"{sp.events:.3f} + the rest {rest:.3f} (event loop, transport, socket calls, the kernel's UDP path "
+            f"and wake-ups); the same datagrams replayed to the engine in one process in a tight loop: "
+            f"{sp.replayed:.3f} ms per IKE_SA (engine with event handling: the live engine runs slower between "
+            "wake-ups, its caches shared with the initiator and the machine's other load)"]
 
 
 def live_split(raw: Path) -> dict[str, float] | None:
@@ -640,7 +698,7 @@ def _py_spy(pid: int, out: Path) -> Any:
                              "--native", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, tuple[float, int]]) -> list[dict[str, Any]]:
+def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list[dict[str, Any]]:
     floor = crypto_floor(pki if "rsa" in a.auth.split(",") else None)
     ossl = openssl_rsa_sign_ms() if "rsa" in a.auth.split(",") else None
     figures = []
@@ -658,7 +716,7 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, tuple[float, in
                          "ours: users' defaults (one worker process, log_level warning); charon: log level 0, "
                          "16 threads on 2 CPUs (its CPU is the sum over threads)",
                          *_floor_lines(auth, floor.get(auth, {}), c, ossl),
-                         *_split_lines(split.get(auth), o), *_before_lines(auth, runs, a.before)],
+                         *_split_lines(split.get(auth)), *_before_lines(auth, runs, a.before)],
             readme=True)
         f["crypto_floor_ms"] = {k: round(v / 1000, 4) for k, v in floor.get(auth, {}).items()}
         figures.append(f)
