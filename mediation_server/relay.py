@@ -46,7 +46,7 @@ from core_ike.me.connect import (
     parse_connect,
 )
 from core_ike.me.endpoints import encode_endpoint, make_endpoint, relayed_endpoint
-from core_ike.me.natinfo import NatReportResponder, nat_notify
+from core_ike.me.natinfo import NatReportResponder, decode_nat, nat_notify
 from core_ike.me.tasks import (
     MeConnectRequest,
     MeConnectResponder,
@@ -293,7 +293,7 @@ class MediationServer(Extension):
                 endpoints = (*endpoints, rel)
             self.cluster.forward_connect(remote.server, (sa.peer_id.id_type, sa.peer_id.data), target,
                                          response=req.kind is ConnectKind.RESPONSE, connect_id=req.connect_id,
-                                         key=req.key, endpoints=endpoints)
+                                         key=req.key, endpoints=endpoints, nat=_checked_nat(req.nat, requester))
             self.engine.emit(mev.ConnectRelayed(requester, target, req.connect_id.hex(),
                                                 req.kind is ConnectKind.RESPONSE))
             return []
@@ -322,6 +322,7 @@ class MediationServer(Extension):
         relayed = self._relayed_endpoint(origin, target_sa, req, requester, target, now)
         if relayed is not None:
             req = replace(req, endpoint_data=(*req.endpoint_data, relayed))
+        req = replace(req, nat=_checked_nat(req.nat, requester))
         # our own clients get the requester's NAT behaviour (core_ike/me/birthday.py); strongSwan never does
         payloads = build_relay(req, _id_peer(origin.peer_id), private=target_sa.extension(MeSaState).ours)
         origin_id = origin.unique_id
@@ -566,8 +567,9 @@ class MediationServer(Extension):
         if (rel := self._relay_answer(ev, now)) is not None:
             endpoints = (*endpoints, rel)
         req = MeConnect(ConnectKind.RESPONSE if ev.response else ConnectKind.REQUEST, _id_peer(requester),
-                        ev.connect_id, ev.key, endpoint_data=endpoints)
-        payloads = build_relay(req, _id_peer(requester))
+                        ev.connect_id, ev.key, endpoint_data=endpoints, nat=ev.nat)
+        # as for a requester registered here (_relay): the NAT behaviour goes to our own clients only
+        payloads = build_relay(req, _id_peer(requester), private=tsa.extension(MeSaState).ours)
         cluster, origin, target_id = self.cluster, ev.origin, tsa.peer_id
 
         def fail(why: str) -> None:
@@ -583,6 +585,15 @@ class MediationServer(Extension):
                  requester, origin, ev.target)
         self.outbox.send(tsa, MeConnectRequest(_fixed(payloads), done, lambda s, r, t: fail(r)), now)
         self.engine.emit(mev.ConnectRelayed(requester.canonical(), ev.target, ev.connect_id.hex(), ev.response))
+
+
+def _checked_nat(nat: bytes | None, requester: str) -> bytes | None:
+    """The requester's N(IKEME_NAT_BEHAVIOUR) data when it is what natinfo.py sends (printable ASCII, at
+    most MAX_TEXT octets); anything else is not passed on to another peer (one log line)."""
+    if nat is None or decode_nat(nat) is not None:
+        return nat
+    log.info("ME_CONNECT from '%s': dropping a malformed NAT behaviour (%d octets)", requester, len(nat))
+    return None
 
 
 def _id_tuple(ident: Identity) -> tuple[int, bytes]:

@@ -20,7 +20,9 @@ it with a number the engine gives it in the same step (redis_bus.py: one Lua scr
 publishes); `sequenced(n)` then tells the core the number of its oldest registration waiting for one. A
 server that holds an older registration of that identity tears its SA down (`PeerElsewhere`). Each "up"
 also says whether the peer's mediation SA negotiated the data relay (docs/protocol.md §11.1), so that a
-requester's server knows whether to offer one for it (relay.py).
+requester's server knows whether to offer one for it (relay.py). A forwarded ME_CONNECT may carry the
+requester's NAT behaviour ("nat", docs/protocol.md §11.17), which the target's server passes on only to
+our own clients; a server that does not know the field ignores it, and its messages without it mean none.
 Messages are JSON; a malformed one is logged and dropped (`ClusterMessageError`), never a crash.
 
 Memory: each server keeps every peer of the others (`known()` of them), so one entry per remote peer is
@@ -38,6 +40,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from core_ike.me.natinfo import MAX_TEXT, decode_nat
 
 log = logging.getLogger("mediation_server.cluster")
 
@@ -103,6 +107,9 @@ class ForwardedConnect:
     connect_id: bytes
     key: bytes
     endpoints: tuple[bytes, ...]  # ME_ENDPOINT octets as the requester sent them
+    # the requester's N(IKEME_NAT_BEHAVIOUR) data (core_ike/me/natinfo.py), for the target's server to
+    # pass on to our own clients only (docs/protocol.md §11.17); None: none sent, or a server without it
+    nat: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -375,10 +382,20 @@ class Cluster:
         self._put(PRESENCE, {"t": "hello"})
 
     def forward_connect(self, server: str, requester: tuple[int, bytes], target: str, *, response: bool,
-                        connect_id: bytes, key: bytes, endpoints: tuple[bytes, ...]) -> None:
-        self._put(server_channel(server), {
+                        connect_id: bytes, key: bytes, endpoints: tuple[bytes, ...],
+                        nat: bytes | None = None) -> None:
+        """`nat`: the requester's NAT behaviour text (natinfo.py), carried as the optional "nat" field;
+        a value that is not printable ASCII of at most MAX_TEXT octets is left out (and logged)."""
+        msg: dict[str, Any] = {
             "t": "connect", "req": [requester[0], requester[1].hex()], "target": target, "response": response,
-            "cid": connect_id.hex(), "key": key.hex(), "eps": [e.hex() for e in endpoints]})
+            "cid": connect_id.hex(), "key": key.hex(), "eps": [e.hex() for e in endpoints]}
+        if nat is not None:
+            text = decode_nat(nat)
+            if text is None:
+                log.warning("ME_CONNECT to '%s': not forwarding a malformed NAT behaviour (%d octets)", target, len(nat))
+            else:
+                msg["nat"] = text
+        self._put(server_channel(server), msg)
 
     def forward_failure(self, server: str, to: str, connect_id: bytes, about: tuple[int, bytes]) -> None:
         self._put(server_channel(server), {"t": "failed", "to": to, "cid": connect_id.hex(),
@@ -503,7 +520,22 @@ def _rx_connect(_cluster: Cluster, srv: str, d: dict[str, Any]) -> ForwardedConn
     except ValueError:
         raise ClusterMessageError("field 'eps': not hex") from None
     return ForwardedConnect(srv, _ident(d, "req"), _field(d, "target", str),
-                            bool(_field(d, "response", bool)), _hex(d, "cid"), _hex(d, "key"), endpoints)
+                            bool(_field(d, "response", bool)), _hex(d, "cid"), _hex(d, "key"), endpoints,
+                            _nat(srv, d))
+
+
+def _nat(srv: str, d: dict[str, Any]) -> bytes | None:
+    """The optional "nat" field of a forwarded ME_CONNECT: absent (a server without it) means none; a
+    value that is not printable ASCII of at most MAX_TEXT octets is dropped with a log line, and the
+    ME_CONNECT goes on without it (its peers then do without many-port probing, docs/protocol.md §11.17)."""
+    v = d.get("nat")
+    if v is None:
+        return None
+    if isinstance(v, str) and len(v) <= MAX_TEXT and v.isascii() and decode_nat(v.encode("ascii")) is not None:
+        return v.encode("ascii")
+    shown = repr(v[:40]) if isinstance(v, str) else type(v).__name__
+    log.warning("forwarded ME_CONNECT from server %s: dropping a malformed NAT behaviour (%s)", srv, shown)
+    return None
 
 
 # message type ("t") -> its reader: the event it means here, None when it needs no action
