@@ -25,9 +25,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..codec.message import split_natt
-from ..errors import DecodeError
-
 log = logging.getLogger("core_ike.net")
 Addr = tuple[str, int]
 
@@ -130,26 +127,8 @@ class SocketPool:
 
     def _datagram(self, data: bytes, local: Addr, remote: Addr) -> None:
         tr = self.transport
-        try:
-            kind, payload = split_natt(data)
-        except DecodeError as e:
-            tr.stats["dropped"] += 1
-            log.info("dropping %d-byte datagram from %s[%d]: %s", len(data), remote[0], remote[1], e)
-            return
+        # pinned whatever the datagram: whoever could forge a bad one from `remote` could forge a keepalive
         self._pins[remote] = local
-        if kind == "keepalive":
-            tr.stats["keepalive"] += 1
-            return
-        if kind == "esp":
-            tr.stats["esp"] += 1
-            if tr.esp_sink is not None:
-                try:
-                    tr.esp_sink.receive_esp(data, remote)
-                except Exception:  # one packet lost, never the daemon
-                    log.exception("internal error on an ESP packet from %s[%d]; dropped", *remote)
-            return
-        try:
-            tr.engine.receive(payload, local, remote, self.clock())
-        except Exception:  # one datagram lost, never the daemon
-            tr.stats["dropped"] += 1
-            log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
+        ike = tr.natt_ike(data, remote)
+        if ike is not None:
+            tr.deliver_ike(ike, local, remote, self.clock())

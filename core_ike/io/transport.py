@@ -424,24 +424,36 @@ class UdpTransport:
 
     def _datagram(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
         if local[1] == self.engine.natt_port:
+            ike = self.natt_ike(data, remote)
+            if ike is None:
+                return
+            data = ike
+        self.deliver_ike(data, local, remote, now)
+
+    def natt_ike(self, data: bytes, remote: Addr) -> bytes | None:
+        """The IKE message of a datagram that arrived on a NAT-T socket (RFC 3948 2.2: the non-ESP marker
+        stripped); None when it was a keepalive, ESP (handed to the data plane) or malformed (counted)."""
+        try:
+            kind, payload = split_natt(data)
+        except DecodeError as e:
+            self.stats["dropped"] += 1
+            log.info("dropping %d-byte datagram from %s[%d]: %s", len(data), remote[0], remote[1], e)
+            return None
+        if kind == "ike":
+            return payload
+        if kind == "keepalive":
+            self.stats["keepalive"] += 1
+            return None
+        self.stats["esp"] += 1
+        if self.esp_sink is not None:
             try:
-                kind, payload = split_natt(data)
-            except DecodeError as e:
-                self.stats["dropped"] += 1
-                log.info("dropping %d-byte datagram from %s[%d]: %s", len(data), remote[0], remote[1], e)
-                return
-            if kind == "keepalive":
-                self.stats["keepalive"] += 1
-                return
-            if kind == "esp":
-                self.stats["esp"] += 1
-                if self.esp_sink is not None:
-                    try:
-                        self.esp_sink.receive_esp(data, remote)
-                    except Exception:  # one packet lost, never the daemon
-                        log.exception("internal error on an ESP packet from %s[%d]; dropped", *remote)
-                return
-            data = payload
+                self.esp_sink.receive_esp(data, remote)
+            except Exception:  # one packet lost, never the daemon
+                log.exception("internal error on an ESP packet from %s[%d]; dropped", *remote)
+        return None
+
+    def deliver_ike(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        """An IKE message to the engine; an internal error loses this datagram, never the daemon."""
         try:
             self.engine.receive(data, local, remote, now)
         except Exception:  # last line of defence: one datagram lost, never the daemon

@@ -10,6 +10,7 @@ import socket
 from typing import Any
 
 from core_ike.io.portpool import SocketPool
+from core_ike.io.transport import UdpTransport
 
 
 class FakeEngine:
@@ -37,6 +38,10 @@ class FakeTransport:
 
     def flush(self) -> None:
         self.flushes += 1
+
+    # the real transport's demultiplexing (RFC 3948 2.2), over this stand-in's engine, stats and sink
+    natt_ike = UdpTransport.natt_ike
+    deliver_ike = UdpTransport.deliver_ike
 
 
 async def _until(cond: Any, timeout: float = 5.0) -> None:
