@@ -286,14 +286,16 @@ class MediationServer(Extension):
         if isinstance(d, TargetElsewhere) and self.cluster is not None and remote is not None:
             if req.kind is not ConnectKind.RESPONSE:
                 sa.extension(MeSaState).answered = now
-            log.info("forwarding ME_CONNECT%s from '%s' to '%s' at server %s",
-                     " response" if req.kind is ConnectKind.RESPONSE else "", requester, target, remote.server)
+            nat = _checked_nat(req.nat, requester)
+            log.info("forwarding ME_CONNECT%s from '%s' to '%s' at server %s%s",
+                     " response" if req.kind is ConnectKind.RESPONSE else "", requester, target, remote.server,
+                     " with its NAT behaviour" if nat is not None else "")
             endpoints = req.endpoint_data
             if req.kind is not ConnectKind.RESPONSE and (rel := self._relay_elsewhere(sa, remote, req, target, now)):
                 endpoints = (*endpoints, rel)
             self.cluster.forward_connect(remote.server, (sa.peer_id.id_type, sa.peer_id.data), target,
                                          response=req.kind is ConnectKind.RESPONSE, connect_id=req.connect_id,
-                                         key=req.key, endpoints=endpoints, nat=_checked_nat(req.nat, requester))
+                                         key=req.key, endpoints=endpoints, nat=nat)
             self.engine.emit(mev.ConnectRelayed(requester, target, req.connect_id.hex(),
                                                 req.kind is ConnectKind.RESPONSE))
             return []

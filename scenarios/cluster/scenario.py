@@ -2,7 +2,10 @@
 registered at different servers, get a direct tunnel; server 1 is killed and alice registers at the
 next server of her list and gets her tunnel again. Second cell: both NATs symmetric (fully random
 ports), alice at ms1 and bob at ms2 with the data relay on: the tunnel goes through ms1's relay (the
-requester's server relays, docs/architecture.md "Cluster").
+requester's server relays, docs/architecture.md "Cluster"). Third cell: natA port-restricted, natB
+symmetric with random ports, alice at ms1 and bob at ms2, both measuring their NAT (RFC 5780, each
+server with a second STUN address): the forwarded ME_CONNECT and its answer carry each side's NAT
+behaviour, the two clients probe many ports (docs/protocol.md §11.17) and the tunnel goes direct.
 
 Topology (scenarios/lab/topologies.py nat_lab plus three hosts on the internet bridge)::
 
@@ -21,6 +24,7 @@ from scenarios.lab.iked import Iked
 from scenarios.lab.mediation import LAN, PSK, client_toml, mediated_sas, ping_both, show_log
 from scenarios.lab.medsetup import PeerSpec, peer_conf
 from scenarios.lab.natkinds import KINDS
+from scenarios.lab.natlab import CAROL_ALT, wait_nat
 from scenarios.lab.netns import Lab, wait_for
 from scenarios.lab.story import Story
 from scenarios.lab.topologies import CAROL
@@ -28,6 +32,7 @@ from scenarios.lab.topologies import CAROL
 TITLE = "three mediation servers on Redis: alice and bob at different servers, then server 1 dies"
 SERVERS = {"ms1": CAROL, "ms2": "203.0.113.12", "ms3": "203.0.113.13"}
 ENGINE = "203.0.113.30"
+STUN_ALT = {"ms1": CAROL_ALT, "ms2": "203.0.113.14"}  # RFC 5780 second addresses (third cell)
 HOSTS = {"ms1": "carol", "ms2": "ms2", "ms3": "ms3"}
 # strongSwan peers on the internet, each configured with one server; inner addresses for their
 # CHILD_SA (kernel-libipsec does not install one whose selectors are the IKE peers' own addresses)
@@ -39,7 +44,7 @@ RELAY_PORTS = (50000, 50099)
 RELAY = f'relay = true\nrelay_ports = "{RELAY_PORTS[0]}-{RELAY_PORTS[1]}"\nrelay_idle_timeout = 60\n'
 
 
-def server_toml(name: str, relay: bool = False) -> str:
+def server_toml(name: str, relay: bool = False, stun: bool = False) -> str:
     addr = SERVERS[name]
     secrets = "".join(f'[[secrets.ike]]\nid = ["carol@med", "{p}@med"]\nsecret = "{psk}"\n'
                       for p, psk in {**PSK, **CHARON_PSK}.items() if p != "venus")
@@ -51,7 +56,7 @@ dataplane = "none"
 [mediation]
 cluster_engine = "redis://{ENGINE}:6379/0"
 cluster_name = "{name}"
-stun = false
+{f'stun = true{chr(10)}stun_alt_address = "{STUN_ALT[name]}"' if stun else "stun = false"}
 {RELAY if relay else "relay = false"}
 
 {secrets}
@@ -69,11 +74,11 @@ def _add_public_host(lab: Lab, host: str, addr: str, port: str) -> None:
     lab.run("inet", ["ip", "link", "set", port, "master", "br0"])
 
 
-def _client(lab: Lab, me: str, other: str, servers: list[str], extra: str = "") -> Iked:
+def _client(lab: Lab, me: str, other: str, servers: list[str], extra: str = "", discovery: bool = False) -> Iked:
     addrs = ", ".join(f'"{SERVERS[s]}"' for s in servers)
     # the mediation connection's liveness settings are a cluster client's defaults (failover.py)
-    toml = client_toml(me, [other], client=f"servers = [{addrs}]\nnat_discovery = false\nport_mapping = false\n"
-                       + extra)
+    toml = client_toml(me, [other], client=f"servers = [{addrs}]\nnat_discovery = {str(discovery).lower()}\n"
+                       "port_mapping = false\n" + extra)
     toml = toml.replace(f'remote_addrs = ["{CAROL}"]', f"remote_addrs = [{addrs}]")
     return Iked(lab, me, toml, name="medcli", module="mediation_client").start()
 
@@ -86,13 +91,17 @@ def _where(servers: dict[str, Iked], identity: str) -> list[str]:
     return out
 
 
-def _cluster_lab(story: Story, nat: str, names: list[str], relay: bool = False) -> tuple[Lab, dict[str, Iked]]:
-    """The NAT lab with `nat` on both NATs, the servers `names` (ms1 is carol) and Redis on the internet."""
-    assert nat in KINDS
-    lab = story.lab(nat_lab(nat_a=nat, nat_b=nat))  # type: ignore[arg-type]
+def _cluster_lab(story: Story, nat: str, names: list[str], relay: bool = False, nat_b: str | None = None,
+                 stun: bool = False) -> tuple[Lab, dict[str, Iked]]:
+    """The NAT lab with `nat` on natA (and natB unless `nat_b`), the servers `names` (ms1 is carol) and
+    Redis on the internet; `stun`: the servers answer STUN, with their second address (STUN_ALT)."""
+    assert nat in KINDS and (nat_b or nat) in KINDS
+    lab = story.lab(nat_lab(nat_a=nat, nat_b=nat_b or nat))  # type: ignore[arg-type]
     for i, n in enumerate(names):
         if n != "ms1":
             _add_public_host(lab, n, SERVERS[n], f"pM{i}")
+        if stun:
+            lab.addr(HOSTS[n], "eth0", f"{STUN_ALT[n]}/24")
     _add_public_host(lab, "eng", ENGINE, "pE")
     story.step(f"start redis-server on eng, our mediation server on {', '.join(names)}"
                + (f" (data relay on, ports {RELAY_PORTS[0]}-{RELAY_PORTS[1]})" if relay else ""))
@@ -100,7 +109,8 @@ def _cluster_lab(story: Story, nat: str, names: list[str], relay: bool = False) 
     lab.popen("eng", ["redis-server", "--bind", ENGINE, "--port", "6379", "--save", "", "--appendonly", "no",
                       "--protected-mode", "no", "--dir", str(lab.host_dir("eng"))], redis_log)
     wait_for(lambda: "Ready to accept connections" in redis_log.read_text(), 15, what="redis-server ready")
-    servers = {n: Iked(lab, HOSTS[n], server_toml(n, relay), name=f"medsrv-{n}", module="mediation_server").start()
+    servers = {n: Iked(lab, HOSTS[n], server_toml(n, relay, stun), name=f"medsrv-{n}",
+                       module="mediation_server").start()
                for n in names}
     for n, srv in servers.items():
         wait_for(lambda s=srv: "cluster: connected" in s.log_text(), 15, what=f"{n} connected to Redis")
@@ -110,6 +120,7 @@ def _cluster_lab(story: Story, nat: str, names: list[str], relay: bool = False) 
 def run(story: Story) -> None:
     _direct_and_failover(story)
     _relayed(story)
+    _probed(story)
 
 
 def _direct_and_failover(story: Story) -> None:
@@ -243,3 +254,40 @@ def _relayed(story: Story) -> None:
         s.stop()
 
 
+
+
+def _probed(story: Story) -> None:
+    story.step("cell 3: natA port-restricted, natB symmetric with random ports; alice at ms1, bob at ms2; both "
+               "measure their NAT (RFC 5780) against their server")
+    t0 = time.monotonic()
+    lab, servers = _cluster_lab(story, "port-restricted", ["ms1", "ms2"], relay=True, nat_b="symmetric-random",
+                                stun=True)
+    bob = _client(lab, "bob", "alice", ["ms2"], extra="check_timeout = 10", discovery=True)
+    alice = _client(lab, "alice", "bob", ["ms1"], extra="check_timeout = 10", discovery=True)
+    servers["ms1"].wait_peers({"alice@med"}, 15)
+    servers["ms2"].wait_peers({"bob@med"}, 15)
+    nats = {who: wait_nat(c)["summary"] for who, c in (("alice", alice), ("bob", bob))}
+    story.say(f"alice measured: {nats['alice']}; bob measured: {nats['bob']}")
+    story.check("filtering APDF" in nats["alice"] and "mapping EIM" in nats["alice"]
+                and "mapping APDM" in nats["bob"] and "random ports" in nats["bob"],
+                "alice's NAT is port-restricted, bob's symmetric with random ports (as measured)")
+    story.step("alice: up bob (ME_CONNECT ms1 -> Redis -> ms2 -> bob with alice's NAT, the answer back with bob's)")
+    r = alice.up("bob", timeout=40)
+    story.say(f"mediated connection up in {r['elapsed_ms']} ms, peer at {r['remote'][0]}[{r['remote'][1]}]")
+    show_log(story, servers["ms1"].log_text(), ("forwarding ME_CONNECT", "NAT behaviour"), who="ms1")
+    show_log(story, servers["ms2"].log_text(), ("forwarding ME_CONNECT", "NAT behaviour"), who="ms2")
+    show_log(story, alice.log_text(), ("many-port probing",), who="alice")
+    show_log(story, bob.log_text(), ("many-port probing",), who="bob")
+    ma, mb = mediated_sas(alice, bob, "bob", "alice")
+    a2b, b2a = ping_both(lab, "alice", "bob", LAN)
+    story.check("many-port probing (spray)" in alice.log_text() and "many-port probing (open)" in bob.log_text(),
+                "alice sprays and bob opens extra sockets: each got the other's NAT behaviour across the cluster")
+    story.check(ma["remote-host"] == "203.0.113.2" and mb["remote-host"] == "203.0.113.1",
+                f"the mediated SA runs between the NATs' public addresses, not through ms1's relay "
+                f"(alice -> {ma['remote-host']}[{ma['remote-port']}])")
+    story.check(a2b == 3 and b2a == 3, f"ping direct: alice->bob {a2b}/3, bob->alice {b2a}/3")
+    for c in (alice, bob):
+        c.stop()
+    for s in servers.values():
+        s.stop()
+    story.say(f"cell 3 took {time.monotonic() - t0:.0f} s")
