@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core_ike.constants import NON_ESP_MARKER
-from core_ike.ike.engine import Engine
 from core_ike.me import events as mev
 from core_ike.me.birthday import (
     PROBE_MID,
@@ -34,7 +32,7 @@ from core_ike.rng import SeededRng
 from mediation_server.datarelay import RelayConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
-from mex_net import A_PUB, B_PUB, MS_IP, Nat, Net, Node, client_config, make_net, register
+from mex_net import A_PUB, B_PUB, MS_IP, FakePool, Nat, Net, Node, client_config, make_net, register
 
 SYM_RANDOM = "mapping APDM, filtering APDF, port not preserved, random ports, no hairpinning"
 PORT_RESTRICTED = "mapping EIM, filtering APDF, port preserving, no hairpinning"
@@ -163,29 +161,6 @@ class RandomNat(Nat):
                     yield p
 
         self._ports = ports()  # type: ignore[assignment]
-
-
-class FakePool:
-    """In-memory extra sockets: ports 40000 up, registered as NAT-T ports of the engine."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.next = 40000
-        self.open_now: set[tuple[str, int]] = set()
-        self.opened = 0
-
-    def open(self, ip: str, count: int) -> list[tuple[str, int]]:
-        out = [(ip, self.next + i) for i in range(count)]
-        self.next += count
-        self.opened += count
-        self.open_now.update(out)
-        self.engine.natt_extra.update(p for _, p in out)
-        return out
-
-    def close(self, addrs: Iterable[tuple[str, int]]) -> None:
-        for a in addrs:
-            self.open_now.discard(a)
-            self.engine.natt_extra.discard(a[1])
 
 
 class PoolNet(Net):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -169,6 +169,29 @@ class Net:
                 if t is not None and t <= self.now:
                     n.engine.handle_timer(self.now)
         raise AssertionError("simulation did not settle")
+
+
+class FakePool:
+    """In-memory extra sockets: ports 40000 up, registered as NAT-T ports of the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.next = 40000
+        self.open_now: set[tuple[str, int]] = set()
+        self.opened = 0
+
+    def open(self, ip: str, count: int) -> list[tuple[str, int]]:
+        out = [(ip, self.next + i) for i in range(count)]
+        self.next += count
+        self.opened += count
+        self.open_now.update(out)
+        self.engine.natt_extra.update(p for _, p in out)
+        return out
+
+    def close(self, addrs: Iterable[tuple[str, int]]) -> None:
+        for a in addrs:
+            self.open_now.discard(a)
+            self.engine.natt_extra.discard(a[1])
 
 
 # --- the three hosts ------------------------------------------------------------------------------

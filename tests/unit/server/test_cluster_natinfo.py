@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
 from cluster_net import IDS, SERVERS, ClusterNet, peer, server, up
-from mex_net import Nat, Node
+from mex_net import FakePool, Nat, Node
 
 from core_ike.codec.payloads import NotifyPayload, Payload
 from core_ike.constants import NON_ESP_MARKER
 from core_ike.ike import events as ev
-from core_ike.ike.engine import Engine
 from core_ike.me import events as mev
 from core_ike.me.birthday import ProbeEnded, ProbeStarted, Role
 from core_ike.me.natinfo import IKEME_NAT_BEHAVIOUR, MAX_TEXT
@@ -100,25 +98,6 @@ class RandomNat(Nat):
                     yield p
 
         self._ports = ports()  # type: ignore[assignment]
-
-
-class FakePool:
-    """In-memory extra sockets of the opener (birthday.py): ports 40000 up, NAT-T ports while open."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine, self.next, self.open_now = engine, 40000, set[tuple[str, int]]()
-
-    def open(self, ip: str, count: int) -> list[tuple[str, int]]:
-        out = [(ip, self.next + i) for i in range(count)]
-        self.next += count
-        self.open_now.update(out)
-        self.engine.natt_extra.update(p for _, p in out)
-        return out
-
-    def close(self, addrs: Iterable[tuple[str, int]]) -> None:
-        for a in addrs:
-            self.open_now.discard(a)
-            self.engine.natt_extra.discard(a[1])
 
 
 class PoolClusterNet(ClusterNet):
