@@ -188,7 +188,10 @@ def test_processes_share_the_counts_and_a_restart_keeps_them(db: str) -> None:
 
 def test_attempts_racing_on_several_processes_stay_within_the_limit(db: str) -> None:
     """Attempts from one address started at the same time in threads of two processes: at most the
-    address limit of them go on, whichever process serves them."""
+    address limit of them go on, whichever process serves them. Each attempt commits its row, then
+    counts: when the whole burst commits before any of them counts, every one sees too many and backs
+    out (safe: never more than the limit; the refused ones leave no row, so the next attempt is judged
+    on the passed ones alone)."""
     clock = FakeClock()
     procs = [throttle(db, clock, address_limit=5, account_free=3) for _ in range(2)]
     start = threading.Barrier(16)
@@ -207,9 +210,10 @@ def test_attempts_racing_on_several_processes_stay_within_the_limit(db: str) -> 
     for th in threads:
         th.join()
     passed = sum(1 for r in results if r == 0)
-    assert len(results) == 16 and 1 <= passed <= 5
+    assert len(results) == 16 and passed <= 5
     assert rows(procs[0], ADDRESS) == passed  # the refused ones took their rows back
-    assert procs[1].begin("198.51.100.77", "late").retry_after > 0 or passed < 5
+    late = procs[1].begin("198.51.100.77", "late")
+    assert (late.retry_after > 0) == (passed == 5)  # refused only when the limit's worth went on
 
 
 def test_rows_are_bounded_swept_and_capped(db: str) -> None:
