@@ -38,7 +38,7 @@ def test_recvmmsg_is_found_in_libc() -> None:
 @pytest.mark.parametrize(("fam", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_batch_receive_of_mixed_sources_and_batch_send(use_mmsg: bool, fam: int, host: str) -> None:
     if fam == socket.AF_INET6 and not socket.has_ipv6:
-        pytest.skip("no IPv6 on this host")
+        pytest.skip("this Python is built without IPv6 (socket.has_ipv6 is False): no ::1 socket to test")
     r = _receiver(fam, host)
     senders = [socket.socket(fam, socket.SOCK_DGRAM) for _ in range(3)]
     try:

@@ -11,6 +11,7 @@ from typing import Any
 
 from core_ike.io.portpool import SocketPool
 from core_ike.io.transport import UdpTransport
+from tests.unit.daemon.flushwait import after_batches
 
 
 class FakeEngine:
@@ -44,14 +45,6 @@ class FakeTransport:
     deliver_ike = UdpTransport.deliver_ike
 
 
-async def _until(cond: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def test_extra_sockets_read_as_natt_sockets_and_close() -> None:
     async def main() -> None:
         tr = FakeTransport(asyncio.get_running_loop())
@@ -71,7 +64,8 @@ def test_extra_sockets_read_as_natt_sockets_and_close() -> None:
             peer.sendto(b"\x12\x34\x56\x78" + bytes(20), addrs[2])  # ESP (non-zero SPI)
             peer.sendto(b"\xff", addrs[0])  # NAT keepalive
             peer.sendto(b"\x01", addrs[0])  # neither
-            await _until(lambda: tr.engine.got and tr.esp and tr.stats["keepalive"] and tr.stats["dropped"])
+            await after_batches(tr, lambda: tr.engine.got and tr.esp and tr.stats["keepalive"] and tr.stats["dropped"],
+                                "every kind of datagram handled")
             assert tr.engine.got == [(ike, addrs[1], me)]
             assert tr.esp == [(b"\x12\x34\x56\x78" + bytes(20), me)]
             assert tr.stats["rx"] == 4 and tr.flushes >= 1

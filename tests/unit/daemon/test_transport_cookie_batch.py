@@ -10,7 +10,6 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from core_ike.ike.prefilter import InitIndex, cookie_reply
 from core_ike.io import mmsg as mmsg_mod
 from core_ike.io.mmsg import RecvBatch, SendBatch
 from core_ike.io.transport import UdpTransport
+from tests.unit.daemon.flushwait import after_batches, datagrams
 
 
 def _init(spi: bytes, nonce: bytes, cookie: bytes | None = None, natt: bool = False) -> bytes:
@@ -34,28 +34,6 @@ def _init(spi: bytes, nonce: bytes, cookie: bytes | None = None, natt: bool = Fa
         payloads.insert(0, NotifyPayload(NotifyType.COOKIE, cookie))
     data = encode_message(Message(spi, bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0, payloads))[0]
     return bytes(4) + data if natt else data
-
-
-async def _until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10.0
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def _replies(c: socket.socket, want: int) -> list[bytes]:
-    out: list[bytes] = []
-
-    def more() -> bool:
-        try:
-            while True:
-                out.append(c.recv(65535))
-        except BlockingIOError:
-            pass
-        return len(out) >= want
-    await _until(more, f"{want} replies")
-    return out
 
 
 def _transport(natt: bool, host: str = "127.0.0.1", **cfg: object) -> tuple[Engine, UdpTransport]:
@@ -90,7 +68,7 @@ def test_a_burst_is_answered_with_valid_cookies_and_a_cookie_gets_through(
                 reqs = [(struct.pack("!Q", 0x1000 + i), bytes([i]) * 32) for i in range(150)]
                 for spi, ni in reqs:
                     c.sendto(_init(spi, ni, natt=natt), (host, port))
-                replies = await _replies(c, len(reqs))
+                replies = await datagrams(c, len(reqs))
                 assert eng.counters["cookies-sent"] == len(reqs)
                 assert not eng.sas and not eng.half_open  # no state for any of them
                 by_spi = {r[4:12] if natt else r[:8]: r for r in replies}
@@ -109,13 +87,13 @@ def test_a_burst_is_answered_with_valid_cookies_and_a_cookie_gets_through(
                 r = by_spi[spi][4:] if natt else by_spi[spi]
                 cookie = decode_message(r).notify(NotifyType.COOKIE).data  # type: ignore[union-attr]
                 c.sendto(_init(spi, ni, cookie, natt), (host, port))
-                (answer,) = await _replies(c, 1)
+                (answer,) = await datagrams(c, 1)
                 msg = decode_message(answer[4:] if natt else answer)
                 assert msg.spi_i == spi and msg.notify(NotifyType.NO_PROPOSAL_CHOSEN) is not None
                 assert eng.counters["cookies-sent"] == len(reqs)
                 # a forged COOKIE is answered with a fresh one, as a request without any
                 c.sendto(_init(spi, ni, b"\x00" + bytes(32), natt), (host, port))
-                (again,) = await _replies(c, 1)
+                (again,) = await datagrams(c, 1)
                 assert decode_message(again[4:] if natt else again).notify(NotifyType.COOKIE) is not None
                 assert eng.counters["cookies-sent"] == len(reqs) + 1
         finally:
@@ -139,8 +117,8 @@ def test_broken_requests_are_dropped_with_one_log_line(caplog: pytest.LogCapture
                     if i % 50 == 0:
                         c.sendto(good[:-5] + good[-5:], ("127.0.0.1", port))
                     c.sendto(b"\x01" * 12, ("127.0.0.1", port))  # shorter than the IKE header
-                await _replies(c, 4)  # the good ones get their COOKIEs, nothing else is answered
-                await _until(lambda: eng.counters["drop-invalid"] == 200 and eng.counters["drop-malformed"] == 200,
+                await datagrams(c, 4)  # the good ones get their COOKIEs, nothing else is answered
+                await after_batches(t, lambda: eng.counters["drop-invalid"] == 200 and eng.counters["drop-malformed"] == 200,
                              "every broken datagram counted")
                 assert eng.counters["cookies-sent"] == 4
         finally:
@@ -164,7 +142,7 @@ def test_per_source_limit_applies_to_the_batch() -> None:
                 c.setblocking(False)
                 for i in range(40):
                     c.sendto(_init(struct.pack("!Q", i + 1), b"\x44" * 32), ("127.0.0.1", port))
-                await _until(lambda: eng.counters["cookies-sent"] + eng.counters["drop-init-rate"] == 40,
+                await after_batches(t, lambda: eng.counters["cookies-sent"] + eng.counters["drop-init-rate"] == 40,
                              "every request decided")
                 # about one second's worth (5) is answered: the clock may move on during the burst
                 assert 4 <= eng.counters["cookies-sent"] < 40 and eng.counters["drop-init-rate"] > 0
