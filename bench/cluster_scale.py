@@ -29,9 +29,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench import results_io  # noqa: E402
+from scenarios.lab.redisproc import RedisProcess  # noqa: E402
 
 NAMES = ["ms1", "ms2", "ms3"]
 
@@ -141,38 +140,6 @@ async def _server(name: str, url: str, peers: int, total: int, conn: Connection)
             return
 
 
-class RedisProc:
-    def __init__(self, base: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.base = base
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.base)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-def _wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.02)  # polling with a deadline
-
-
 def traced_entries(n: int = 100_000) -> tuple[float, float]:
     """Bytes per own peer's registry record (identity, SA id and endpoint are the IKE SA's, not counted)
     and per entry of the others' presence (as received: identity included)."""
@@ -217,10 +184,10 @@ def _recv(a: Connection, procs: list[Any], timeout: float) -> Any:
 
 def one_round(peers: int) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 - one round, its steps in order
     base = Path(tempfile.mkdtemp(prefix="cluster-scale-"))
-    redis = RedisProc(base)
+    redis = RedisProcess(base)
     redis.start()
-    url = f"redis://127.0.0.1:{redis.port}/0"
-    _wait_port(redis.port)
+    url = redis.url
+    redis.wait_ready()
     ctx = mp.get_context("fork")  # before any event loop exists in this process
     pipes, procs = [], []
     try:

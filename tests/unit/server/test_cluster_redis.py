@@ -6,8 +6,6 @@ numbered by the engine, in its order and growing across an engine restart."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,38 +23,15 @@ from mediation_server.cluster.core import (
     SyncChunk,
 )
 from mediation_server.cluster.redis_bus import RedisBus
+from scenarios.lab.redisproc import RedisProcess
 from tests.guards import needs
 
 pytestmark = needs("redis", why="the cluster's engine")
 
 
-class Redis:
-    def __init__(self, base: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.base = base
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.base)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Redis]:
-    r = Redis(tmp_path)
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    r = RedisProcess(tmp_path)
     r.start()
     yield r
     r.kill()
@@ -109,7 +84,7 @@ async def _until(cond: Callable[[], bool], seconds: float = 20.0) -> None:
         await asyncio.sleep(0.02)  # polling with a deadline
 
 
-def test_presence_forwarding_departure_and_engine_restart(redis_server: Redis) -> None:
+def test_presence_forwarding_departure_and_engine_restart(redis_server: RedisProcess) -> None:
     async def main() -> None:
         s1 = Server("ms1", redis_server.url, {"alice": 10})
         s2 = Server("ms2", redis_server.url, {"bob": 11})
@@ -148,7 +123,7 @@ def test_presence_forwarding_departure_and_engine_restart(redis_server: Redis) -
     asyncio.run(main())
 
 
-def test_registrations_are_numbered_by_the_engine_in_order_across_a_restart(redis_server: Redis) -> None:
+def test_registrations_are_numbered_by_the_engine_in_order_across_a_restart(redis_server: RedisProcess) -> None:
     async def main() -> None:
         s1, s2 = Server("ms1", redis_server.url, {}), Server("ms2", redis_server.url, {})
         tasks = [asyncio.create_task(s.bus.run()) for s in (s1, s2)]
