@@ -373,7 +373,7 @@ class UdpTransport:
         engine's pre-filter answers new IKE_SA_INIT requests of each batch from their raw octets with one
         sendmmsg, everything else goes to the engine one datagram at a time."""
         engine, rb, sb, answer = self.engine, self._rb, self._sb, self._answer_batch
-        receive, drain, clock, stats = engine.receive, engine.datagrams_to_send, self.clock, self.stats
+        deliver, drain, clock, stats = self.deliver_ike, engine.datagrams_to_send, self.clock, self.stats
         plain = local[1] != engine.natt_port
         v6 = ":" in local[0]  # an IPv6 socket's address (socket.family builds an enum on every access)
         fd = s.fileno()
@@ -396,12 +396,7 @@ class UdpTransport:
             for i in todo:
                 data, remote = rb.data(i), rb.address(i)
                 if plain or data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
-                    try:
-                        receive(data if plain else data[4:], local, remote, now)
-                    except Exception:  # last line of defence: one datagram lost, never the daemon
-                        stats["dropped"] += 1
-                        log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data),
-                                      *remote)
+                    deliver(data if plain else data[4:], local, remote, now)
                 else:
                     self._datagram(data, local, remote, now)
                 # answer at once (not after the whole batch): the peer works on it while we go on
