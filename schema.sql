@@ -3,7 +3,7 @@
 -- Server side (mediation server + server manager portal): "user", peer, me_callback, mediation_grant.
 -- Client side (mediation client + client manager portal): client_config, mediation_server_config,
 -- connection.  Both sides may live in one database or in separate ones; they share no tables.
--- Portals (either side): web_session, web_secret, web_login_failure, each row tagged with its portal.
+-- Portals (either side): web_session, web_secret, web_login_failure, web_login_lock, each row tagged with its portal.
 --
 -- The SQLAlchemy models in med_db/models.py match this file; tests/web/test_db_schema.py creates the
 -- schema once from this file and once from the models and compares tables, columns, nullability,
@@ -236,6 +236,19 @@ CREATE TABLE "web_login_failure" (
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
 CREATE INDEX "ix_web_login_failure_subject" ON "web_login_failure" ("portal", "kind", "subject", "started");
 CREATE INDEX "ix_web_login_failure_started" ON "web_login_failure" ("portal", "started");
+
+-- One row per client address of a portal with an attempt within the window: the lock that takes that
+-- address's login attempts one at a time across all the portal's processes (SELECT ... FOR UPDATE on
+-- PostgreSQL and MySQL/MariaDB; SQLite takes its write lock), so that of a burst exactly the first
+-- --throttle-address attempts go on.  "used" = the start of its address's newest counted attempt; rows
+-- older than the window, and the oldest beyond the cap, are deleted by the portal.
+CREATE TABLE "web_login_lock" (
+    "portal"     VARCHAR(16) NOT NULL,
+    "subject"    VARCHAR(128) NOT NULL,
+    "used"       DATETIME /*! (6) */ NOT NULL,
+    CONSTRAINT "pk_web_login_lock" PRIMARY KEY ("portal", "subject")
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin */;
+CREATE INDEX "ix_web_login_lock_used" ON "web_login_lock" ("portal", "used");
 
 -- Each portal's signing key for the CSRF tokens of its anonymous forms (login, registration), made
 -- by the first process to start, so that every process accepts the tokens of the others.

@@ -276,6 +276,21 @@ class WebLoginFailure(Base):
     started: Mapped[dt.datetime] = mapped_column(_datetime())
 
 
+class WebLoginLock(Base):
+    """The lock row of a client address's login attempts (``medmgr_web/throttle.py``, see schema.sql)."""
+
+    __tablename__ = "web_login_lock"
+    __table_args__ = (
+        PrimaryKeyConstraint("portal", "subject", name="pk_web_login_lock"),
+        Index("ix_web_login_lock_used", "portal", "used"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    portal: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(128))
+    used: Mapped[dt.datetime] = mapped_column(_datetime())
+
+
 class WebSecret(Base):
     """A portal's signing key (one row per portal), shared by all its processes: the CSRF tokens of
     the anonymous forms are signed with it, so any process accepts what another one issued."""

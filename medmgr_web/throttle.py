@@ -11,8 +11,13 @@ Two limits, both over a sliding ``window``:
 The counts live in med_db (table ``web_login_failure``, one row per attempt and kind), so every process
 of a portal on one database shares them and a restart forgets nothing.  An attempt counts as a failure
 from the moment it starts (its rows are committed before the password is looked at) and is refunded
-when the password was right, so attempts sent in parallel, to any of the processes, see each other:
-they cannot all slip under the address limit, and the account delay grows with them.  The delay is a
+when the password was right, so attempts sent in parallel, to any of the processes, see each other.
+An address's attempts are judged one at a time: each holds the address's row of ``web_login_lock``
+(SELECT ... FOR UPDATE on PostgreSQL and MySQL/MariaDB; on SQLite a write transaction, BEGIN
+IMMEDIATE) while it counts and commits its rows, so of a burst from one address, spread over any
+number of processes, exactly the first ``address_limit`` go on and the rest are refused; the account
+delay grows with them.  The lock is held for a few statements on index ranges, never while the
+password is checked or the delay runs.  The delay is a
 sleep in the request's own thread (flup serves each request in a thread of its own) and is capped by
 ``delay_max``; it happens before the password is checked, holding no database connection, and its
 length says nothing about the password.
@@ -20,8 +25,9 @@ length says nothing about the password.
 Cost per login: a few statements on index ranges of at most ``address_limit`` + 1 and ``account_keep``
 + ``TRIM_SLACK`` rows (``ix_web_login_failure_subject``).  The table is bounded: an account keeps its
 newest ``account_keep`` rows (enough for the delay to reach its cap), an address at most
-``address_limit`` (a refused attempt leaves no row), and each process sweeps the rows older than the
-window, and the oldest rows beyond ``max_rows`` per portal, at most ``SWEEP_EVERY`` attempts or
+``address_limit`` (a refused attempt leaves no row) and one lock row, and each process sweeps the rows
+(and lock rows) older than the window, and the oldest beyond ``max_rows`` per portal, at most
+``SWEEP_EVERY`` attempts or
 ``SWEEP_INTERVAL`` seconds apart.  So the table holds at most ``max_rows`` rows per portal plus
 ``2 * SWEEP_EVERY`` per process.  At the cap the oldest failures are forgotten early (logged as a
 warning): a botnet that fails more than about ``max_rows / 2`` logins within the window gets its
@@ -45,12 +51,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from med_db.models import WebLoginFailure
+from med_db.models import WebLoginFailure, WebLoginLock
 
 log = logging.getLogger("medmgr_web.throttle")
 
@@ -60,6 +67,7 @@ SWEEP_INTERVAL = 60.0  # seconds between two sweeps of one process (expired rows
 SWEEP_EVERY = 128      # attempts one process counts between two sweeps, at most
 TRIM_SLACK = 8         # account rows beyond ``account_keep`` read (and deleted) at one attempt
 DELETE_CHUNK = 500     # ids per DELETE ... IN when the cap is enforced
+LOCK_TRIES = 5         # rounds of "lock the address's row, else create it" (a sweep may delete it between)
 
 
 @dataclass(frozen=True)
@@ -157,28 +165,45 @@ class LoginThrottle:
         cutoff = at - dt.timedelta(seconds=self.config.window)
         limit = self.address_limit
         with self.session_factory() as db:
+            self._lock_address(db, address, at)  # held until the commit below
             seen = self._recent(db, ADDRESS, address, cutoff, limit)
-            db.commit()  # ends the read (MySQL/MariaDB: the count below takes a new snapshot)
             if len(seen) >= limit:  # blocked: refused without a write
+                db.commit()
                 return Attempt(address, account, self._retry_after(seen[limit - 1], at), 0.0, 0, len(seen))
             rows = [WebLoginFailure(portal=self.portal, kind=kind, subject=subject, started=at)
                     for kind, subject in ((ADDRESS, address), (ACCOUNT, account_subject(account)))]
             db.add_all(rows)
+            lock = WebLoginLock
+            db.execute(update(lock).where(lock.portal == self.portal, lock.subject == address).values(used=at))
             db.commit()
             ids = tuple(r.id for r in rows)
-            # Counted again, this attempt's row included, after it was committed: of attempts that
-            # raced past the check above, whichever counts last sees all of them, so at most ``limit``
-            # go on (a race may refuse one too many, never admit one).
-            seen = self._recent(db, ADDRESS, address, cutoff, limit + 1)
-            if len(seen) > limit:
-                db.execute(delete(WebLoginFailure).where(WebLoginFailure.id.in_(ids)))
-                db.commit()
-                return Attempt(address, account, self._retry_after(seen[limit], at), 0.0, 0, limit)
             recent = self._account_rows(db, rows[1].subject, cutoff)
         self._after_write(now)
         cfg = self.config
         return Attempt(address, account, 0, backoff(recent, cfg.account_free, cfg.delay_base, cfg.delay_max),
-                       recent, len(seen), ids)
+                       recent, len(seen) + 1, ids)
+
+    def _lock_address(self, db: Session, address: str, at: dt.datetime) -> None:
+        """Begin ``db``'s transaction holding the address's ``web_login_lock`` row, which every attempt
+        from the address takes before it counts, in any process: its count and its rows' commit are one
+        step for the others.  A missing row is made in a transaction of its own (holding nothing else
+        meanwhile, so that two makers never wait on each other) and then locked."""
+        lock = WebLoginLock
+        sqlite = db.get_bind().dialect.name == "sqlite"
+        for _ in range(LOCK_TRIES):
+            if sqlite:  # SQLite has no row locks: the write lock, taken at once, serialises the attempts
+                db.execute(text("BEGIN IMMEDIATE"))
+            held = db.execute(select(lock.subject).where(lock.portal == self.portal, lock.subject == address)
+                              .with_for_update()).first()
+            if held is not None:
+                return
+            db.rollback()
+            db.add(lock(portal=self.portal, subject=address, used=at))
+            try:
+                db.commit()
+            except IntegrityError:  # another attempt made it first: lock that one
+                db.rollback()
+        raise RuntimeError(f"login throttle: no lock on {address!r} after {LOCK_TRIES} tries")
 
     def wait(self, attempt: Attempt) -> None:
         """The account's delay, in this request's thread."""
@@ -257,6 +282,7 @@ class LoginThrottle:
         with self.session_factory() as db:
             db.execute(delete(f).where(f.portal == self.portal, f.started <= cutoff))
             db.commit()
+            self._sweep_locks(db, cutoff)
             rows = db.scalar(select(func.count()).select_from(f).where(f.portal == self.portal)) or 0
             excess = rows - self.max_rows
             if excess <= 0:
@@ -271,6 +297,22 @@ class LoginThrottle:
         log.warning("login failures: %d rows, over the cap of %d: forgot the oldest %d early",
                     rows, self.max_rows, len(oldest))
         return rows - len(oldest)
+
+    def _sweep_locks(self, db: Session, cutoff: dt.datetime) -> None:
+        """Delete the lock rows whose address counted no attempt within the window, then the oldest
+        beyond ``max_rows``.  Deleting one is safe at any time: a DELETE waits for its holder, and an
+        attempt that finds none makes it again (``_lock_address``)."""
+        lock = WebLoginLock
+        db.execute(delete(lock).where(lock.portal == self.portal, lock.used <= cutoff))
+        db.commit()
+        excess = (db.scalar(select(func.count()).select_from(lock).where(lock.portal == self.portal)) or 0) \
+            - self.max_rows
+        if excess > 0:
+            oldest = list(db.scalars(select(lock.subject).where(lock.portal == self.portal)
+                                     .order_by(lock.used, lock.subject).limit(excess)))
+            for chunk in _chunks(oldest, DELETE_CHUNK):
+                db.execute(delete(lock).where(lock.portal == self.portal, lock.subject.in_(chunk)))
+            db.commit()
 
     def stats(self) -> dict[str, int]:
         """Addresses and accounts with failures within the window (all processes of the portal), and
@@ -287,5 +329,8 @@ class LoginThrottle:
                 "failures_forgotten": forgotten}
 
 
-def _chunks(ids: Sequence[int], n: int) -> list[Sequence[int]]:
+_T = TypeVar("_T")
+
+
+def _chunks(ids: Sequence[_T], n: int) -> list[Sequence[_T]]:
     return [ids[i:i + n] for i in range(0, len(ids), n)]

@@ -80,7 +80,7 @@ def test_schema_sql_matches_models(db_url: str, request: pytest.FixtureRequest, 
     assert set(a) == set(Base.metadata.tables) == {
         "user", "peer", "me_callback", "mediation_grant", "client_config", "mediation_server_config",
         "connection", "web_session", "web_secret", "peer_presence", "server_state", "web_setting",
-        "web_login_failure",
+        "web_login_failure", "web_login_lock",
     }
     for table in a:
         assert a[table] == b[table], table
@@ -92,6 +92,7 @@ def test_schema_sql_matches_models(db_url: str, request: pytest.FixtureRequest, 
     assert a["web_login_failure"]["indexes"] == [
         ("ix_web_login_failure_started", ("portal", "started")),
         ("ix_web_login_failure_subject", ("portal", "kind", "subject", "started"))]
+    assert a["web_login_lock"]["indexes"] == [("ix_web_login_lock_used", ("portal", "used"))]
     if from_sql.dialect.name == "mysql":
         assert a["user"]["options"]["mysql_engine"] == "innodb"
         assert a["user"]["options"]["mysql_default charset"] == "utf8mb4"
@@ -103,11 +104,12 @@ def test_schema_sql_matches_models(db_url: str, request: pytest.FixtureRequest, 
 
 def test_schema_statement_split_and_dialects() -> None:
     stmts = statements(schema_sql("sqlite"))
-    assert len(stmts) == 16 and sum(s.startswith("CREATE TABLE") for s in stmts) == 13
+    assert len(stmts) == 18 and sum(s.startswith("CREATE TABLE") for s in stmts) == 14
     assert [s.split("(")[0].strip() for s in stmts if not s.startswith("CREATE TABLE")] == [
         'CREATE INDEX "ix_web_session_last_seen" ON "web_session"',
         'CREATE INDEX "ix_web_login_failure_subject" ON "web_login_failure"',
-        'CREATE INDEX "ix_web_login_failure_started" ON "web_login_failure"']
+        'CREATE INDEX "ix_web_login_failure_started" ON "web_login_failure"',
+        'CREATE INDEX "ix_web_login_lock_used" ON "web_login_lock"']
     pg = schema_sql("postgresql")
     code = "\n".join(line.split("--")[0] for line in pg.splitlines())
     assert "BLOB" not in code and "VARBINARY" not in code and "DATETIME" not in code
@@ -116,7 +118,7 @@ def test_schema_statement_split_and_dialects() -> None:
     assert "/*!" not in lite and "AUTO_INCREMENT" not in lite and "utf8mb4" not in lite
     my = schema_sql("mysql")
     assert "/*! AUTO_INCREMENT */" in my and "ANSI_QUOTES" in my
-    assert my.count("COLLATE=utf8mb4_bin */;") == 13 and "DATETIME /*! (6) */" in my
+    assert my.count("COLLATE=utf8mb4_bin */;") == 14 and "DATETIME /*! (6) */" in my
 
 
 def test_mysql_urls_use_pymysql() -> None:
