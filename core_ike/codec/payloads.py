@@ -57,6 +57,8 @@ class Proposal:
 class SaPayload:
     ptype: ClassVar[PayloadType] = PayloadType.SA
     proposals: list[Proposal] = field(default_factory=list)
+    # the body octets as received, when decoded (a key for what the proposals negotiate)
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

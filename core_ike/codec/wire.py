@@ -635,7 +635,7 @@ def _fast_pull_sa(raw: bytes, start: int, end: int) -> SaPayload | None:
         if len(_SA_CACHE) >= SA_CACHE_MAX:
             _SA_CACHE.clear()
         hit = _SA_CACHE[body] = tuple(sa.proposals)
-    return SaPayload(list(hit))
+    return SaPayload(list(hit), body)
 
 
 _FAST_PULL: dict[int, Callable[[bytes, int, int], Payload | None]] = {

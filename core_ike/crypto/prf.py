@@ -1,7 +1,7 @@
 """Pseudo-random functions and prf+ (RFC 7296 2.13).
 
-HMAC PRFs (RFC 2104 with SHA-1, RFC 4868 with SHA-2) use the stdlib one-shot `hmac.digest`, which
-runs in OpenSSL without building HMAC objects. AES-CMAC-PRF-128 (RFC 4615) uses `cryptography`.
+HMAC PRFs (RFC 2104 with SHA-1, RFC 4868 with SHA-2) use the stdlib one-shot HMAC (`hmac.digest`, or
+the OpenSSL function behind it), which runs in OpenSSL without building HMAC objects. AES-CMAC-PRF-128 (RFC 4615) uses `cryptography`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 
 from ..constants import PrfId
 from ..errors import LocalError
+
+_hmac_digest: Callable[[bytes, bytes, str], bytes]
+try:  # the C function `hmac.digest` calls for a digest name: one Python frame less per HMAC
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # a Python built without OpenSSL's hashlib
+    _hmac_digest = hmac.digest
 
 __all__ = ["SUPPORTED_PRFS", "Prf", "prf_for", "prf_plus"]
 
@@ -61,7 +67,7 @@ class Prf:
 
     def __call__(self, key: bytes, data: bytes) -> bytes:
         if self._fn is None:
-            return hmac.digest(key, data, self._digest)
+            return _hmac_digest(key, data, self._digest)
         return self._fn(key, data)
 
     @property
@@ -98,10 +104,10 @@ def prf_plus(prf: Prf, key: bytes, seed: bytes, length: int) -> bytes:
         raise LocalError(f"prf+ cannot produce {length} octets with {prf.name}")
     digest = prf._digest
     if prf._fn is None:  # HMAC: the one-shot digest without the Prf call (RFC 2104; one per block)
-        t = hmac.digest(key, seed + b"\x01", digest)
+        t = _hmac_digest(key, seed + b"\x01", digest)
         out = [t]
         for n in range(2, blocks + 1):
-            t = hmac.digest(key, t + seed + _COUNTERS[n], digest)
+            t = _hmac_digest(key, t + seed + _COUNTERS[n], digest)
             out.append(t)
     else:
         t = b""

@@ -153,6 +153,10 @@ class TaskContext(Protocol):
 
     def ike_proposals_for(self, sa: IkeSaView) -> list[Proposal]: ...
 
+    def ike_proposal_texts(self, sa: IkeSaView) -> tuple[str, ...]:
+        """The proposal strings `ike_proposals_for` is made of (a key for what it negotiates)."""
+        ...
+
     def wants_peer_certs(self, sa: IkeSaView) -> bool:
         """Responder, before the peer's identity is known: a configuration for these addresses
         authenticates the peer by public key and sends CERTREQ (RFC 7296 §3.7)."""

@@ -130,11 +130,10 @@ class Credentials:
         is checked too, as charon does. No clock skew is allowed, as in charon (its X.509 validity check
         compares the current time with both dates as they are): a CA that issues certificates for
         immediate use backdates notBefore for the clocks that lag behind its own."""
-        subject = cert.subject.rfc4514_string()
         if wall is None:
             # a certificate's validity cannot be checked without the time: refuse rather than trust it
-            raise AuthenticationFailed(f"no wall-clock time to check the validity of certificate '{subject}'")
-        at = dt.datetime.fromtimestamp(wall, dt.UTC)
+            raise AuthenticationFailed(f"no wall-clock time to check the validity of certificate "
+                                       f"'{_subject(cert)}'")
         issuers: list[x509.Certificate] = []
         for ca in self.cas:
             try:
@@ -145,22 +144,48 @@ class Credentials:
                 continue
             issuers.append(ca)
         if not issuers:
-            raise AuthenticationFailed(f"no trusted issuer found for '{subject}'")
-        problem = _outside_validity(cert, at)
+            raise AuthenticationFailed(f"no trusted issuer found for '{_subject(cert)}'")
+        problem = _outside_validity(cert, wall)
         if problem:
-            raise AuthenticationFailed(f"certificate {problem} ('{subject}')")
+            raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
         # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
-        problems = [_outside_validity(ca, at) for ca in issuers]
+        problems = [_outside_validity(ca, wall, _ca_period(ca)) for ca in issuers]
         if "" not in problems:
-            raise AuthenticationFailed(f"CA certificate {problems[0]} ('{issuers[0].subject.rfc4514_string()}'), "
-                                       f"issuer of '{subject}'")
+            raise AuthenticationFailed(f"CA certificate {problems[0]} ('{_subject(issuers[0])}'), "
+                                       f"issuer of '{_subject(cert)}'")
 
 
-def _outside_validity(cert: x509.Certificate, at: dt.datetime) -> str:
-    """Why `cert` is not valid at `at` (RFC 5280 4.1.2.5), or "" when it is."""
-    if at > cert.not_valid_after_utc:
+def _subject(cert: x509.Certificate) -> str:
+    """The subject as text, for the error messages only (formatting it costs more than the checks)."""
+    return cert.subject.rfc4514_string()
+
+
+# RFC 5280 4.1.2.5 validity periods of our CAs as UNIX seconds (checked at every use, with the time of
+# that use); bounded by the configured CAs, emptied when reloads pile up others
+_PERIODS: dict[x509.Certificate, tuple[float, float]] = {}
+PERIODS_MAX = 256
+
+
+def _period(cert: x509.Certificate) -> tuple[float, float]:
+    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+
+def _ca_period(ca: x509.Certificate) -> tuple[float, float]:
+    hit = _PERIODS.get(ca)
+    if hit is None:
+        hit = _period(ca)
+        if len(_PERIODS) >= PERIODS_MAX:
+            _PERIODS.clear()
+        _PERIODS[ca] = hit
+    return hit
+
+
+def _outside_validity(cert: x509.Certificate, wall: float, period: tuple[float, float] | None = None) -> str:
+    """Why `cert` is not valid at `wall` (UNIX seconds; RFC 5280 4.1.2.5, both dates included), or ""."""
+    before, after = period or _period(cert)
+    if wall > after:
         return f"expired on {_date(cert.not_valid_after_utc)}"
-    if at < cert.not_valid_before_utc:
+    if wall < before:
         return f"not valid before {_date(cert.not_valid_before_utc)}"
     return ""
 

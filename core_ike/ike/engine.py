@@ -370,11 +370,14 @@ class Engine:
     # ------------------------------------------------------------------ context.TaskContext
     def ike_proposals_for(self, sa: IkeSaView) -> list[Proposal]:
         out: list[Proposal] = []
-        for c in self._configs_for(sa):
-            for p in parse_proposals(c.proposals, ProtocolId.IKE):
+        for text in self.ike_proposal_texts(sa):
+            for p in parse_proposals(text, ProtocolId.IKE):
                 if p not in out:
                     out.append(p)
         return out
+
+    def ike_proposal_texts(self, sa: IkeSaView) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([c.proposals for c in self._configs_for(sa)]))
 
     def wants_peer_certs(self, sa: IkeSaView) -> bool:
         return any(c.remote.auth == "pubkey" and c.send_certreq for c in self._configs_for(sa))

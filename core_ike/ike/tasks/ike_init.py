@@ -144,9 +144,12 @@ def _proposals_key(proposals: list[Proposal]) -> tuple[object, ...]:
     return tuple([(p.num, int(p.protocol), p.spi, tuple(p.transforms)) for p in proposals])
 
 
-def negotiate(ours: list[Proposal], offered: list[Proposal], ke_group: int) -> Negotiated:
-    """RFC 7296 2.7 selection (`select_proposal`) of an IKE_SA_INIT request, cached by contents."""
-    key = (_proposals_key(ours), _proposals_key(offered), ke_group)
+def negotiate(ours: list[Proposal], offered: list[Proposal], ke_group: int,
+              key: tuple[object, ...] | None = None) -> Negotiated:
+    """RFC 7296 2.7 selection (`select_proposal`) of an IKE_SA_INIT request, cached by contents (or by
+    `key`, which must determine both proposal lists: see `_negotiate_r`)."""
+    if key is None:
+        key = (_proposals_key(ours), _proposals_key(offered), ke_group)
     hit = _NEGOTIATED.get(key)
     if hit is None:
         chosen = select_proposal(ours, offered, ke_group)
@@ -159,6 +162,16 @@ def negotiate(ours: list[Proposal], offered: list[Proposal], ke_group: int) -> N
             _NEGOTIATED.clear()
         _NEGOTIATED[key] = hit
     return hit
+
+
+def _negotiate_r(sa: IkeSaView, offer: SaPayload, ke_group: int) -> Negotiated:
+    """`negotiate` for a request, keyed by our configured proposal strings and the offer's octets as
+    received (the same strings parse to the same proposals, the same octets to the same offer): a hit
+    builds neither proposal list."""
+    texts = sa.ctx.ike_proposal_texts(sa)
+    key = ("r", texts, offer.raw if offer.raw is not None else _proposals_key(offer.proposals), ke_group)
+    hit = _NEGOTIATED.get(key)
+    return hit if hit is not None else negotiate(sa.ctx.ike_proposals_for(sa), offer.proposals, ke_group, key)
 
 
 def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes, neg: Negotiated | None = None) -> None:
@@ -259,9 +272,9 @@ class IkeInit(Task):
         nonce = msg.get(PayloadType.NONCE)
         if not isinstance(sa_pl, SaPayload) or not isinstance(ke, KePayload) or not isinstance(nonce, NoncePayload):
             raise ProtocolError("IKE_SA_INIT request lacks SA, KE or Nonce", NotifyType.INVALID_SYNTAX)
-        ours = sa.ctx.ike_proposals_for(sa)
-        neg = negotiate(ours, sa_pl.proposals, ke.group)
+        neg = _negotiate_r(sa, sa_pl, ke.group)
         if neg.chosen is None:
+            ours = sa.ctx.ike_proposals_for(sa)
             log.info("received proposals: %s", ", ".join(describe(p) for p in sa_pl.proposals))
             log.info("configured proposals: %s", ", ".join(describe(p) for p in ours))
             raise ProtocolError("no acceptable proposal found", NotifyType.NO_PROPOSAL_CHOSEN)
