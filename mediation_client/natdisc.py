@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 from aioice import stun
 
+from .udprecv import recvfrom
+
 Addr = tuple[str, int]
 
 CHANGE_IP = 0x04   # RFC 5780 §7.2
@@ -347,10 +349,9 @@ class UdpIO:
             self.sock.sendto(data, dst)
 
     async def recv(self, deadline: float) -> tuple[bytes, Addr] | None:
-        loop = asyncio.get_running_loop()
         while (left := deadline - time.monotonic()) > 0:
             try:
-                data, src = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 2048), left)
+                data, src = await asyncio.wait_for(recvfrom(self.sock, 2048), left)
             except TimeoutError:
                 return None
             except OSError:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .udprecv import recvfrom
+
 log = logging.getLogger("mediation_client.portmap")
 
 Addr = tuple[str, int]
@@ -174,7 +176,6 @@ class Mapping:
 async def _udp_exchange(gateway: str, data: bytes, accept: Callable[[bytes], bool], tries: int = 3,
                         rto: float = 0.25, bind: str = "") -> bytes:
     """Send to gateway:5351 with doubling timeouts (RFC 6886 §3.1, RFC 6887 §8.1.1) until `accept`."""
-    loop = asyncio.get_running_loop()
     fam = socket.AF_INET6 if ipaddress.ip_address(gateway).version == 6 else socket.AF_INET
     with socket.socket(fam, socket.SOCK_DGRAM) as s:
         s.setblocking(False)
@@ -187,7 +188,7 @@ async def _udp_exchange(gateway: str, data: bytes, accept: Callable[[bytes], boo
             deadline = time.monotonic() + rto
             while (left := deadline - time.monotonic()) > 0:
                 try:
-                    resp, src = await asyncio.wait_for(loop.sock_recvfrom(s, 1100), left)
+                    resp, src = await asyncio.wait_for(recvfrom(s, 1100), left)
                 except TimeoutError:
                     break
                 except ConnectionRefusedError:
