@@ -340,19 +340,25 @@ class MediationServer(Extension):
 
         log.info("relaying ME_CONNECT%s from '%s' to '%s'",
                  " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
+        self._send_relayed(target_sa, lambda: MeConnectRequest(_fixed(payloads), done, failed),
+                           req.kind is ConnectKind.RESPONSE, now)
+        self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
+
+    def _send_relayed(self, target_sa: IkeSaView, request: Callable[[], MeConnectRequest], response: bool,
+                      now: float) -> None:
+        """Send a relayed ME_CONNECT, from a requester here or at another server (the same rule for
+        both): an answer to a peer that is not our client (no IMPL_VENDOR_ID) waits until ANSWER_GRACE
+        after our response to its own request, which it must process first (docs/protocol.md §4.4)."""
         target_me = target_sa.extension(MeSaState)
         answered = target_me.answered
-        if req.kind is ConnectKind.RESPONSE and not target_me.ours \
-                and answered is not None and now < answered + ANSWER_GRACE:
-            # not our client (no IMPL_VENDOR_ID): let it process our response to its own request first
+        if response and not target_me.ours and answered is not None and now < answered + ANSWER_GRACE:
             def later(t: float) -> None:
                 if target_sa.established:
-                    self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), t)
+                    self.outbox.send(target_sa, request(), t)
 
             self._deferred.append((answered + ANSWER_GRACE, later))
         else:
-            self.outbox.send(target_sa, MeConnectRequest(_fixed(payloads), done, failed), now)
-        self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
+            self.outbox.send(target_sa, request(), now)
 
     def _relayed_endpoint(self, origin: IkeSaView, target_sa: IkeSaView, req: MeConnect, requester: str, target: str,
                           now: float) -> bytes | None:
@@ -585,7 +591,8 @@ class MediationServer(Extension):
 
         log.info("relaying ME_CONNECT%s from '%s' (server %s) to '%s'", " response" if ev.response else "",
                  requester, origin, ev.target)
-        self.outbox.send(tsa, MeConnectRequest(_fixed(payloads), done, lambda s, r, t: fail(r)), now)
+        self._send_relayed(tsa, lambda: MeConnectRequest(_fixed(payloads), done, lambda s, r, t: fail(r)),
+                           ev.response, now)
         self.engine.emit(mev.ConnectRelayed(requester.canonical(), ev.target, ev.connect_id.hex(), ev.response))
 
 
