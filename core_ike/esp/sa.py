@@ -23,10 +23,12 @@ exactly CBC decryption under that IV.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hmac as stdlib_hmac  # compare_digest only; every MAC is computed with `cryptography`
 import itertools
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -45,6 +47,7 @@ from .errors import (
     SequenceExhaustedError,
 )
 from .replay import ReplayWindow
+from .views import VIEWS, Buffer
 
 NEXT_HEADER_IPV4 = 4  # RFC 4303 2.6 (IANA protocol numbers)
 NEXT_HEADER_IPV6 = 41
@@ -88,9 +91,20 @@ def _esp_heads(size: int, n: int) -> struct.Struct:
 
 
 @functools.lru_cache(maxsize=256)
+def _nonces(n: int, salt: int) -> struct.Struct:
+    """`n` AEAD nonces back to back: salt | 8-octet IV (RFC 4106 4, RFC 4309 4, RFC 7634 2)."""
+    return struct.Struct(">" + f"{salt}sQ" * n)
+
+
+def _drain(it: Iterable[object]) -> None:
+    """Run an iterator to its end (the map() of AEAD calls), keeping nothing."""
+    collections.deque(it, maxlen=0)
+
+
+@functools.lru_cache(maxsize=256)
 def _run_heads(size: int, count: int) -> struct.Struct:
-    """SPI and Seq of `count` ESP packets of `size` octets lying back to back (the last may be shorter)."""
-    return struct.Struct(">" + f"II{size - 8}x" * (count - 1) + "II")
+    """SPI, Seq and IV of `count` ESP packets of `size` octets lying back to back (the last may be shorter)."""
+    return struct.Struct(">" + f"IIQ{size - 16}x" * (count - 1) + "IIQ")
 
 
 @functools.lru_cache(maxsize=256)
@@ -222,8 +236,7 @@ class EspSa:
         pad, tail_pad = -(length + 2) & 3, -(tail + 2) & 3
         size, tail_size = 16 + length + pad + 2 + icv, 16 + tail + tail_pad + 2 + icv
         full_size = size
-        if len(out) < n * size:
-            out.extend(bytes(n * size - len(out)))
+        VIEWS.grow(out, n * size)
         # every packet's SPI | Seq | IV in one pack (the pad octets it writes between them lie where the
         # ciphertext goes next); the IV is the 64-bit counter, Seq its low 32 bits (RFC 4303 2.2)
         seqs = range(seq0 + 1, seq0 + n + 1)
@@ -232,19 +245,22 @@ class EspSa:
         rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
         rows[:, length : length + pad + 2] = np.frombuffer(_PADS[pad] + bytes((pad, next_header)), np.uint8)
         plain[(n - 1) * stride + tail : (n - 1) * stride + tail + tail_pad + 2] = _PADS[tail_pad] + bytes((tail_pad, next_header))
-        encrypt, pv, ov = into[0], memoryview(plain), memoryview(out)
-        clen = length + pad + 2
-        esn = self.esn
-        spi_b = self._spi_bytes
-        p = o = 0
-        for i in range(n):
-            if i == n - 1:
-                clen, size = tail + tail_pad + 2, tail_size
-            iv = ov[o + 8 : o + 16]
+        del rows
+        # nonce = salt | IV (RFC 4106 4, RFC 4309 4, RFC 7634 2), all in one pack; then one AEAD call per
+        # packet through map() over slices cut once per layout (`VIEWS`)
+        nl = len(salt) + AEAD_IV
+        nonces = VIEWS.nonces(n)
+        _nonces(n, len(salt)).pack_into(nonces, 0, *itertools.chain.from_iterable(zip(itertools.repeat(salt), seqs)))
+        encrypt, clen, m = into[0], length + pad + 2, n - 1
+        if m:
             # RFC 4106 5, RFC 4309 5, RFC 7634 2.1: AAD = SPI | Seq, or SPI | Seq-high | Seq-low with ESN
-            encrypt(salt + iv, pv[p : p + clen], spi_b + iv if esn else ov[o : o + 8], ov[o + 16 : o + size])
-            p += stride
-            o += size
+            aads: Iterable[Buffer] = ([self._spi_bytes + _Q.pack(q) for q in seqs[:m]] if self.esn
+                                      else VIEWS.rows(out, 0, size, 8, m))
+            _drain(map(encrypt, itertools.islice(VIEWS.rows(nonces, 0, nl, nl, m), m),
+                       VIEWS.rows(plain, 0, stride, clen, m), aads, VIEWS.rows(out, 16, size, clen + icv, m)))
+        p, o, nv, ov = m * stride, m * size, memoryview(nonces), memoryview(out)
+        encrypt(nv[m * nl : n * nl], memoryview(plain)[p : p + tail + tail_pad + 2],
+                self._spi_bytes + _Q.pack(seqs[m]) if self.esn else ov[o : o + 8], ov[o + 16 : o + tail_size])
         self.seq_out = seq0 + n
         c = self.counters
         c.bytes_out += length * (n - 1) + tail
@@ -308,7 +324,7 @@ class EspSa:
             c.last_in = now
         return out
 
-    def open_into(self, buf: memoryview, size: int, count: int, tail: int, plain: bytearray,
+    def open_into(self, buf: Buffer, size: int, count: int, tail: int, plain: bytearray,
                   now: float = 0.0) -> list[int] | None:
         """`open_many` for `count` ESP packets of this SA that lie back to back in `buf` (as one UDP_GRO
         read returns them: `size` octets each, the last `tail` octets), decrypted into `plain` (grown
@@ -324,23 +340,28 @@ class EspSa:
         if (into is None or self.esn or count < 1 or tail > size or size < self._min_len or tail < self._min_len
                 or (size - fixed) % AEAD_ALIGN or (tail - fixed) % AEAD_ALIGN or len(buf) < (count - 1) * size + tail):
             return None
-        if len(plain) < count * size:
-            plain.extend(bytes(count * size - len(plain)))
-        heads = _run_heads(size, count).unpack_from(buf)  # SPI, Seq of every packet in one call
-        seqs = heads[1::2]
+        VIEWS.grow(plain, count * size)
+        heads = _run_heads(size, count).unpack_from(buf)  # SPI, Seq, IV of every packet in one call
+        seqs = heads[1::3]
         first, last = seqs[0], seqs[-1]
-        if heads[0::2].count(self.spi) != count or first <= self.window.top:
+        if heads[0::3].count(self.spi) != count or first <= self.window.top:
             return None  # another SA (or a non-ESP datagram) inside, or a replay
         consecutive = last - first == count - 1 and seqs == tuple(range(first, last + 1))
         if not consecutive and any(b <= a for a, b in itertools.pairwise(seqs)):
             return None  # not in ascending order: the per-packet path checks each against the window
-        decrypt, salt, pv, clen = into[1], self._salt, memoryview(plain), size - fixed
-        o = 0
+        # nonces (salt | IV, RFC 4106 4, RFC 4309 4, RFC 7634 2) in one pack, then one AEAD call per
+        # packet through map() over slices cut once per layout (`VIEWS`); AAD = SPI | Seq (RFC 4106 5)
+        salt, nl, clen, m = self._salt, len(self._salt) + AEAD_IV, size - fixed, count - 1
+        nonces = VIEWS.nonces(count)
+        _nonces(count, len(salt)).pack_into(nonces, 0, *itertools.chain.from_iterable(zip(itertools.repeat(salt), heads[2::3])))
+        decrypt, o = into[1], m * size
         try:
-            for _ in range(count - 1):
-                decrypt(salt + buf[o + 8 : o + 16], buf[o + 16 : o + size], buf[o : o + 8], pv[o : o + clen])
-                o += size
-            decrypt(salt + buf[o + 8 : o + 16], buf[o + 16 : o + tail], buf[o : o + 8], pv[o : o + tail - fixed])
+            if m:
+                _drain(map(decrypt, itertools.islice(VIEWS.rows(nonces, 0, nl, nl, m), m), VIEWS.rows(buf, 16, size, size - 16, m),
+                           VIEWS.rows(buf, 0, size, 8, m), VIEWS.rows(plain, 0, size, clen, m)))
+            bv = memoryview(buf)
+            decrypt(memoryview(nonces)[m * nl : count * nl], bv[o + 16 : o + tail], bv[o : o + 8],
+                    memoryview(plain)[o : o + tail - fixed])
         except InvalidTag:
             return None
         # trailers (RFC 4303 2.4): all but the last packet have one length, so one pad length and one

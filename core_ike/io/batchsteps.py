@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..esp import InboundSad, SequenceExhaustedError
+from ..esp.views import VIEWS
 from .fastpath import UdpEspIo
 from .offload import NO_OFFLOAD, Coalescer, VnetHdr, merge_run, segment_into
 
@@ -70,8 +71,7 @@ class BatchSteps:
             self.tso_frames += 1
             self.tso_segments += len(lengths)
             return True
-        if len(self._esp_out) < len(lengths) * (stride + 40):
-            self._esp_out = bytearray(len(lengths) * (stride + 40))
+        VIEWS.grow(self._esp_out, len(lengths) * (stride + 40))
         try:
             sizes = st.esp.seal_into(plain, stride, lengths, 41 if plain[0] >> 4 == 6 else 4, self._esp_out, now)
         except SequenceExhaustedError:
@@ -96,7 +96,7 @@ class BatchSteps:
             frames = [[NO_OFFLOAD, p] if self._vnet else [p] for p in out]
         self._write_frames(frames)
 
-    def _receive_run(self, buf: memoryview, size: int, count: int, tail: int, src: tuple[str, int]) -> bool:
+    def _receive_run(self, buf: bytearray | memoryview, size: int, count: int, tail: int, src: tuple[str, int]) -> bool:
         """The `open_batch` step: the ESP datagrams of one UDP_GRO read (back to back in `buf`, `size`
         octets each, the last `tail`) decrypted into one buffer (`EspSa.open_into`) and, when they are
         consecutive segments of one TCP connection, written as GSO super-packets (`merge_run`), with

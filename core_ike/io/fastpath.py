@@ -179,8 +179,10 @@ class UdpEspIo:
         self.udp_reads = 0
         self.gro_reads = 0  # reads that returned several datagrams
         # `open_batch`: a UDP_GRO read of several datagrams goes whole to `on_run` (buffer, datagram
-        # size, count, last one's size, peer); False = not taken (nothing done), split as without it
-        self.on_run: Callable[[memoryview, int, int, int, Addr], bool] | None = None
+        # size, count, last one's size, peer); False = not taken (nothing done), split as without it.
+        # The buffer is always the same object (`_rxbuf`, longer than the read): the batch steps keep
+        # slices of it (core_ike/esp/views.py)
+        self.on_run: Callable[[bytearray, int, int, int, Addr], bool] | None = None
         self._rxbuf = bytearray(65536)
         self.run_reads = 0  # GRO reads `on_run` took whole
         self.mmsg = "mmsg" in steps
@@ -242,7 +244,7 @@ class UdpEspIo:
                         if esp:  # what came before leaves first
                             self._hand_off(esp, other)
                             esp, other = [], 0
-                        if self._take_run(memoryview(rxbuf)[:nbytes], size, (remote[0], remote[1])):
+                        if self._take_run(nbytes, size, (remote[0], remote[1])):
                             n += 1
                             continue
                     data = bytes(rxbuf[:nbytes])
@@ -314,12 +316,13 @@ class UdpEspIo:
                 return int.from_bytes(value[:4], sys.byteorder)
         return 0
 
-    def _take_run(self, buf: memoryview, size: int, remote: Addr) -> bool:
-        """A GRO read of several ESP datagrams to `on_run`, whole; False when it did not take it."""
+    def _take_run(self, nbytes: int, size: int, remote: Addr) -> bool:
+        """A GRO read of several ESP datagrams (the first `nbytes` of `_rxbuf`) to `on_run`, whole;
+        False when it did not take it."""
         assert self.on_run is not None
-        count = (len(buf) + size - 1) // size
+        count = (nbytes + size - 1) // size
         try:
-            taken = self.on_run(buf, size, count, len(buf) - (count - 1) * size, remote)
+            taken = self.on_run(self._rxbuf, size, count, nbytes - (count - 1) * size, remote)
         except Exception:  # a batch lost, never the daemon
             log.exception("internal error on %d ESP packets; dropped", count)
             taken = True

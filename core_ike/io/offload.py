@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..esp.views import VIEWS
+
 try:  # sums of many packets in one call; without it, one int.from_bytes per packet
     import numpy as _np
 except ImportError:  # pragma: no cover - numpy is a dependency; the fallback gives the same sums
@@ -262,8 +264,7 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
     full = total // mss
     last = total - full * mss
     stride = (h + mss + TRAILER_ROOM + 7) & ~7
-    if len(plain) < n * stride:
-        plain.extend(bytes(n * stride - len(plain)))
+    VIEWS.grow(plain, n * stride)  # the batch steps keep slices of it
     rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
     src = np.frombuffer(frame, np.uint8)
     head = bytes(frame[:h])

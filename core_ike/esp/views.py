@@ -1,0 +1,65 @@
+"""Memoryview slices of the batch buffers, cut once per layout and reused.
+
+The batch steps (`EspSa.seal_into`, `EspSa.open_into`) make one AEAD ``*_into`` call per packet with
+four buffers: nonce, input, AAD and output, each a slice of a long-lived buffer at a fixed stride.
+Cutting those slices per packet costs about as much Python as the call itself; cut once and kept
+here, the calls run as ``map(encrypt_into, nonces, inputs, aads, outputs)`` with no Python per packet.
+
+A kept slice pins its buffer's size (a bytearray with live memoryviews cannot be resized), so a
+buffer grows only through `grow`, which drops the slices of it first. The data plane is single
+threaded (one event loop), as are the users of this module; it holds no secrets (the slices only
+point into the callers' buffers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MAX_LAYOUTS = 64  # past it every kept slice list is dropped (bounded memory with many buffers)
+
+Buffer = bytearray | memoryview | bytes
+
+
+class BufferViews:
+    """Slice lists of buffers: ``rows(buf, start, step, length, count)`` = the `count` slices
+    ``buf[start + i * step : start + i * step + length]``."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[int, int, int, int], tuple[Any, list[memoryview]]] = {}
+        self.scratch = bytearray(12 * 256)  # nonces of one batch (`EspSa`), grown by `grow`
+
+    def rows(self, buf: Buffer, start: int, step: int, length: int, count: int) -> list[memoryview]:
+        """At least `count` slices (a longer list when more were cut before: `map` stops at its
+        shortest argument, so one exact list among the arguments sets the count)."""
+        key = (id(buf), start, step, length)
+        hit = self._rows.get(key)
+        if hit is not None and hit[0] is buf and len(hit[1]) >= count:
+            return hit[1]
+        if start + (count - 1) * step + length > len(buf):
+            raise ValueError(f"{count} slices of {length} octets every {step} do not fit a buffer of {len(buf)}")
+        if len(self._rows) >= _MAX_LAYOUTS:
+            self._rows.clear()
+        view = memoryview(buf)
+        out = [view[o : o + length] for o in range(start, start + count * step, step)]
+        self._rows[key] = (buf, out)  # the buffer itself is kept: its id stays unique while cached
+        return out
+
+    def forget(self, buf: Buffer) -> None:
+        """Drop the slices of `buf` (before it is resized or replaced)."""
+        for key in [k for k, v in self._rows.items() if v[0] is buf]:
+            del self._rows[key]
+
+    def grow(self, buf: bytearray, size: int) -> None:
+        """Make `buf` at least `size` octets long."""
+        if len(buf) < size:
+            self.forget(buf)
+            buf.extend(bytes(size - len(buf)))
+
+    def nonces(self, count: int) -> bytearray:
+        """The scratch buffer, with room for `count` 12-octet nonces."""
+        self.grow(self.scratch, 12 * count)
+        return self.scratch
+
+
+VIEWS = BufferViews()
+"""The one cache the data plane's buffers use (`core_ike.io.batchsteps`, `core_ike.io.offload`)."""
