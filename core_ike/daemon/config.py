@@ -39,6 +39,7 @@ message names the section, the key and the bad value, so that `up` never meets a
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import logging.handlers
@@ -60,6 +61,7 @@ from ..ike.identity import Identity
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DATAPLANES = ("auto", "userspace", "xfrm", "none")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")  # core_ike/daemon/startup.py loop_factory
 # top-level tables besides [daemon], [secrets], [connections]: the mediation daemons read their own
 DAEMON_SECTIONS = ("mediation", "client")
 
@@ -91,6 +93,7 @@ class DaemonSettings:
     receive_buffer: int = 4 * 1024 * 1024  # socket receive buffer of each IKE socket (docs/operations.md)
     metrics: str | None = None  # ADDRESS:PORT for Prometheus metrics (docs/operations.md); off when unset
     workers: int = 1  # iked's processes sharing the IKE ports (docs/operations.md, "Workers"); 0 = "auto"
+    event_loop: str = "auto"  # uvloop when installed, else asyncio's (docs/operations.md, "Event loop")
     # connections and credentials also from strongSwan's SQL schema / classic files (docs/gateway.md)
     config_db: str | None = None
     ipsec_conf: str | None = None
@@ -103,6 +106,7 @@ class DaemonConfig:
     connections: list[IkeConfig]
     creds: Credentials
     raw: dict[str, Any] = field(default_factory=dict)  # the whole TOML document ([mediation], [client])
+    warnings: list[str] = field(default_factory=list)  # for the log, once it is set up (certcheck.py)
 
 
 # ---------------------------------------------------------------------------------------- values
@@ -420,6 +424,7 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "receive_buffer": _int,
     "metrics": lambda w, k, v: _metrics(w, k, v),
     "workers": lambda w, k, v: _workers(w, k, v),
+    "event_loop": lambda w, k, v: _choice(w, k, v, EVENT_LOOPS),
     "config_db": lambda w, k, v: database_url(w, k, v),
 }
 
@@ -640,7 +645,9 @@ def secrets(d: dict[str, Any], base: Path) -> Credentials:
     return creds
 
 
-def load(path: str | Path) -> DaemonConfig:
+def load(path: str | Path, now: datetime.datetime | None = None) -> DaemonConfig:
+    """The configuration in `path`; LocalError on any mistake, or when our own certificate is outside
+    its validity period at `now` (default: the current time; core_ike/daemon/certcheck.py)."""
     p = Path(path)
     try:
         raw = tomllib.loads(p.read_text())
@@ -658,7 +665,10 @@ def load(path: str | Path) -> DaemonConfig:
     from .glue import check_installable  # the data plane's ESP transforms (glue imports the engine)
 
     check_installable(st.dataplane, conns)
-    return DaemonConfig(st, conns, secrets(raw.get("secrets", {}), base), raw)
+    creds = secrets(raw.get("secrets", {}), base)
+    from .certcheck import check_certificates
+
+    return DaemonConfig(st, conns, creds, raw, check_certificates(raw, conns, creds.cas, base, now))
 
 
 def check_host(cfg: DaemonConfig) -> None:

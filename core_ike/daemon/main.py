@@ -59,6 +59,8 @@ def run_main(prog: str, description: str, argv: list[str] | None,
         if worker is None:  # the supervisor checked the host (and serves the control socket)
             check_host(cfg)
         setup_logging(args.log_level or cfg.settings.log_level, log_target(cfg.settings), prog)
+        for w in cfg.warnings if worker is None else []:  # certificates soon to expire (certcheck.py)
+            log.warning("%s", w)
         if workers > 1 and worker is None:
             return run_supervisor(prog, args.config, cfg, workers, args.log_level)
         daemon = build(cfg, cfg.raw)
@@ -68,7 +70,8 @@ def run_main(prog: str, description: str, argv: list[str] | None,
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
         return 130
     daemon.prog, daemon.config_path = prog, args.config  # log lines, reload
-    return run_daemon(prog, daemon.run, daemon.close)  # run() binds the sockets and the control socket first
+    # run() binds the sockets and the control socket first
+    return run_daemon(prog, daemon.run, daemon.close, event_loop=cfg.settings.event_loop)
 
 
 def main(argv: list[str] | None = None) -> int:

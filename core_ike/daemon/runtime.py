@@ -216,6 +216,8 @@ class Daemon:
             log.error("reload failed, configuration unchanged: %s", e)
             sd_notify("READY=1", f"STATUS=reload failed: {e}")
             return {"ok": False, "error": f"reload failed, configuration unchanged: {e}"}
+        for w in new.warnings if self.initiates else []:  # one worker says it (certcheck.py)
+            log.warning("%s", w)
         now = time.monotonic()
         diff, merged = diff_configs(self.engine.configs, new.connections)
         restart = self._settings_needing_restart(new)
@@ -357,14 +359,14 @@ class Daemon:
 
     def _dataplane_events(self) -> None:
         """Lifetime expiry from the data plane (RFC 7296 2.8): soft -> rekey that CHILD_SA, hard -> it
-        is gone there, so delete it (DELETE to the peer). Acquires need trap policies, which are not
-        supported (start_action = trap is refused at load): logged."""
+        is gone there, so delete it (DELETE to the peer). Acquires (traffic met a trap policy) go to
+        `on_acquire`."""
         from ..io.dataplane import Acquire
 
         now = time.monotonic()
         while (e := self.dp.next_event()) is not None:
             if isinstance(e, Acquire):
-                log.info("ignoring acquire for reqid %d (%s -> %s): no trap policies", e.reqid, e.src, e.dst)
+                self.on_acquire(e, now)
                 continue
             hit = self._child_by_spi(e.spi)
             if hit is None:
@@ -374,6 +376,11 @@ class Daemon:
                      "hard" if e.hard else "soft", e.reason, "deleting it" if e.hard else "rekeying")
             (self.engine.terminate_child if e.hard else self.engine.rekey_child)(sa, uid, now)
         self.transport.flush()
+
+    def on_acquire(self, e: Any, now: float) -> None:
+        """Traffic matched a trap policy without an SA; iked installs none (the gateway's ipsec.conf
+        auto=route does, gateway/traps.py)."""
+        log.info("ignoring acquire for reqid %d (%s -> %s): no trap policies", e.reqid, e.src, e.dst)
 
     def _read_kernel_events(self) -> None:
         self.dp.read_events()

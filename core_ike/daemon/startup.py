@@ -115,13 +115,43 @@ def report_failure(prog: str, message: str) -> None:
             h.handle(record)
 
 
-def run_daemon(prog: str, run: Callable[[], Coroutine[Any, Any, None]], close: Callable[[], None],
-               start: Callable[[], None] = lambda: None) -> int:
-    """``start()`` then ``run()`` on a new event loop until it returns; ``close()`` in any case. The exit
-    status: 0, STARTUP_FAILED after one line on what failed (``report_failure``), 130 on Ctrl-C."""
+EVENT_LOOP_ENV = "IKEME_EVENT_LOOP"  # overrides [daemon] event_loop (docs/operations.md, "Event loop")
+
+
+def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the daemon runs on: uvloop's (libuv: a wake-up, a ready socket and a timer cost
+    less than in asyncio's Python loop) for "uvloop", and for "auto" when it is installed; asyncio's
+    own (None) for "asyncio". $IKEME_EVENT_LOOP overrides `choice`. LocalError when uvloop is asked
+    for and missing, or the variable names no loop."""
+    env = os.environ.get(EVENT_LOOP_ENV)
+    if env:
+        choice = env.strip().lower()
+        if choice not in ("auto", "uvloop", "asyncio"):
+            raise LocalError(f"${EVENT_LOOP_ENV}: {env!r} is not auto, uvloop or asyncio")
+    if choice == "asyncio":
+        return None
     try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise LocalError("event_loop = \"uvloop\" but the uvloop package is not installed "
+                             "(pip install uvloop, or event_loop = \"asyncio\")") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_daemon(prog: str, run: Callable[[], Coroutine[Any, Any, None]], close: Callable[[], None],
+               start: Callable[[], None] = lambda: None, event_loop: str = "auto") -> int:
+    """``start()`` then ``run()`` on a new event loop (``loop_factory(event_loop)``) until it returns;
+    ``close()`` in any case. The exit status: 0, STARTUP_FAILED after one line on what failed
+    (``report_failure``), 130 on Ctrl-C."""
+    try:
+        factory = loop_factory(event_loop)
+        logging.getLogger("core_ike.daemon").debug("event loop: %s", "asyncio" if factory is None else "uvloop")
         start()
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run())
     except (LocalError, OSError) as e:
         report_failure(prog, one_line(e))
         return STARTUP_FAILED

@@ -362,7 +362,7 @@ def run_supervisor(prog: str, config_path: str, cfg: Any, workers: int, log_leve
     from .startup import run_daemon
 
     sup = Supervisor(prog, config_path, cfg, workers, log_level)
-    return run_daemon(prog, sup.run, sup.close_sockets, start=sup.open_sockets)
+    return run_daemon(prog, sup.run, sup.close_sockets, start=sup.open_sockets, event_loop=cfg.settings.event_loop)
 
 
 # ---------------------------------------------------------------------------------------- worker
