@@ -57,7 +57,8 @@ class Proposal:
 class SaPayload:
     ptype: ClassVar[PayloadType] = PayloadType.SA
     proposals: list[Proposal] = field(default_factory=list)
-    # the body octets as received, when decoded (a key for what the proposals negotiate)
+    # the body octets it stands for: as received, or a cached encoding of `proposals`; encoders send
+    # them as they are, so code that changes `proposals` of such a payload sets `raw` to None
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
 

@@ -225,20 +225,14 @@ def pull_cert(buf: Buffer) -> CertPayload:
     return CertPayload(enc, _rest(buf))
 
 
-def push_cert(buf: Buffer, v: CertPayload) -> None:
-    buf.push_u8(v.encoding)
-    buf.push_bytes(v.data)
-
-
 def pull_certreq(buf: Buffer) -> CertReqPayload:
     _need_body(buf, 1, "CERTREQ")  # RFC 7296 3.7: Encoding(1) CA hashes
     enc = buf.pull_u8()
     return CertReqPayload(enc, _rest(buf))
 
 
-def push_certreq(buf: Buffer, v: CertReqPayload) -> None:
-    buf.push_u8(v.encoding)
-    buf.push_bytes(v.data)
+def push_cert(buf: Buffer, v: CertPayload | CertReqPayload) -> None:
+    buf.push_bytes(_fast_push_cert(v))  # RFC 7296 3.6 / 3.7: Encoding(1) data
 
 
 def pull_auth(buf: Buffer) -> AuthPayload:
@@ -415,10 +409,7 @@ class PayloadCodec(NamedTuple):
 
 
 def _fixed(f: Callable[[Buffer], Payload]) -> Callable[[Buffer, int], Payload]:
-    def pull(buf: Buffer, ptype: int) -> Payload:
-        return f(buf)
-
-    return pull
+    return lambda buf, _ptype: f(buf)  # a body whose layout does not depend on the payload type
 
 
 REGISTRY: dict[int, PayloadCodec] = {
@@ -428,7 +419,7 @@ REGISTRY: dict[int, PayloadCodec] = {
     PayloadType.IDr: PayloadCodec(pull_id, push_id),
     PayloadType.ID_PEER: PayloadCodec(pull_id, push_id),
     PayloadType.CERT: PayloadCodec(_fixed(pull_cert), push_cert),
-    PayloadType.CERTREQ: PayloadCodec(_fixed(pull_certreq), push_certreq),
+    PayloadType.CERTREQ: PayloadCodec(_fixed(pull_certreq), push_cert),
     PayloadType.AUTH: PayloadCodec(_fixed(pull_auth), push_auth),
     PayloadType.NONCE: PayloadCodec(_fixed(pull_nonce), push_nonce),
     PayloadType.NOTIFY: PayloadCodec(_fixed(pull_notify), push_notify),
@@ -527,10 +518,6 @@ def pull_chain(buf: Buffer, first: int, stop: frozenset[int] = frozenset()) -> t
     return payloads, PayloadType.NONE
 
 
-def wire_type(p: Payload) -> int:
-    return int(p.ptype)
-
-
 def push_chain(buf: Buffer, payloads: Sequence[Payload], next_after: int = PayloadType.NONE) -> None:
     """Append generic header + body for each payload; the last one's Next Payload is `next_after`."""
     n = len(payloads)
@@ -600,10 +587,6 @@ def _fast_pull_auth(raw: bytes, start: int, end: int) -> AuthPayload | None:
     return AuthPayload(raw[start], raw[start + 4 : end])
 
 
-def _fast_pull_vendor(raw: bytes, start: int, end: int) -> VendorIdPayload | None:
-    return VendorIdPayload(raw[start:end])
-
-
 def _fast_pull_id_of(ptype: PayloadType) -> Callable[[bytes, int, int], IdPayload | None]:
     def pull(raw: bytes, start: int, end: int) -> IdPayload | None:  # as pull_id (RFC 7296 3.5)
         if end - start < 4:
@@ -644,7 +627,9 @@ _FAST_PULL: dict[int, Callable[[bytes, int, int], Payload | None]] = {
     PayloadType.NONCE: _fast_pull_nonce,
     PayloadType.KE: _fast_pull_ke,
     PayloadType.AUTH: _fast_pull_auth,
-    PayloadType.VENDOR_ID: _fast_pull_vendor,
+    PayloadType.VENDOR_ID: lambda raw, start, end: VendorIdPayload(raw[start:end]),
+    PayloadType.CERT: lambda raw, s, e: CertPayload(raw[s], raw[s + 1 : e]) if e > s else None,
+    PayloadType.CERTREQ: lambda raw, s, e: CertReqPayload(raw[s], raw[s + 1 : e]) if e > s else None,
     PayloadType.IDi: _fast_pull_id_of(PayloadType.IDi),
     PayloadType.IDr: _fast_pull_id_of(PayloadType.IDr),
 }
@@ -656,6 +641,8 @@ _SA_BODIES: dict[tuple[object, ...], bytes] = {}
 
 
 def _fast_push_sa(v: SaPayload) -> bytes:
+    if v.raw is not None:
+        return v.raw
     key = tuple([(p.num, int(p.protocol), p.spi, tuple(p.transforms)) for p in v.proposals])
     body = _SA_BODIES.get(key)
     if body is None:
@@ -668,12 +655,12 @@ def _fast_push_sa(v: SaPayload) -> bytes:
     return body
 
 
+def _fast_push_cert(v: CertPayload | CertReqPayload) -> bytes:
+    return bytes((v.encoding,)) + v.data
+
+
 def _fast_push_notify(v: NotifyPayload) -> bytes:
     return _NOTIFY.pack(v.protocol, len(v.spi), v.type) + v.spi + v.data
-
-
-def _fast_push_nonce(v: NoncePayload) -> bytes:
-    return v.data
 
 
 def _fast_push_ke(v: KePayload) -> bytes:
@@ -684,18 +671,16 @@ def _fast_push_auth(v: AuthPayload) -> bytes:
     return bytes((v.method, 0, 0, 0)) + v.data
 
 
-def _fast_push_id(v: IdPayload) -> bytes:
-    return v.body
-
-
 _FAST_PUSH: dict[type, Callable[[Any], bytes]] = {
     SaPayload: _fast_push_sa,
     NotifyPayload: _fast_push_notify,
-    NoncePayload: _fast_push_nonce,
+    NoncePayload: lambda v: v.data,
     KePayload: _fast_push_ke,
     AuthPayload: _fast_push_auth,
-    IdPayload: _fast_push_id,
-    VendorIdPayload: _fast_push_nonce,
+    IdPayload: lambda v: v.body,
+    CertPayload: _fast_push_cert,
+    CertReqPayload: _fast_push_cert,
+    VendorIdPayload: lambda v: v.data,
 }
 
 

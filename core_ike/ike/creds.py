@@ -149,7 +149,7 @@ class Credentials:
         if problem:
             raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
         # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
-        problems = [_outside_validity(ca, wall, _ca_period(ca)) for ca in issuers]
+        problems = [_outside_validity(ca, wall) for ca in issuers]
         if "" not in problems:
             raise AuthenticationFailed(f"CA certificate {problems[0]} ('{_subject(issuers[0])}'), "
                                        f"issuer of '{_subject(cert)}'")
@@ -160,32 +160,11 @@ def _subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()
 
 
-# RFC 5280 4.1.2.5 validity periods of our CAs as UNIX seconds (checked at every use, with the time of
-# that use); bounded by the configured CAs, emptied when reloads pile up others
-_PERIODS: dict[x509.Certificate, tuple[float, float]] = {}
-PERIODS_MAX = 256
-
-
-def _period(cert: x509.Certificate) -> tuple[float, float]:
-    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
-
-
-def _ca_period(ca: x509.Certificate) -> tuple[float, float]:
-    hit = _PERIODS.get(ca)
-    if hit is None:
-        hit = _period(ca)
-        if len(_PERIODS) >= PERIODS_MAX:
-            _PERIODS.clear()
-        _PERIODS[ca] = hit
-    return hit
-
-
-def _outside_validity(cert: x509.Certificate, wall: float, period: tuple[float, float] | None = None) -> str:
+def _outside_validity(cert: x509.Certificate, wall: float) -> str:
     """Why `cert` is not valid at `wall` (UNIX seconds; RFC 5280 4.1.2.5, both dates included), or ""."""
-    before, after = period or _period(cert)
-    if wall > after:
+    if wall > cert.not_valid_after_utc.timestamp():
         return f"expired on {_date(cert.not_valid_after_utc)}"
-    if wall < before:
+    if wall < cert.not_valid_before_utc.timestamp():
         return f"not valid before {_date(cert.not_valid_before_utc)}"
     return ""
 

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from ...codec.message import Message
 from ...codec.payloads import CertReqPayload, KePayload, NoncePayload, NotifyPayload, Proposal, SaPayload
+from ...codec.wire import encode_payloads
 from ...constants import (
     CertEncoding,
     DhId,
@@ -26,7 +27,7 @@ from ...crypto.dh import KeyExchange, new_key_exchange
 from ...crypto.keys import IkeSuite, derive_ike_keys, ike_protectors
 from ...crypto.prf import prf_for
 from ...crypto.proposals import describe, parse_proposals, select_proposal
-from ...errors import ProtocolError
+from ...errors import LocalError, ProtocolError
 from ..context import IkeSaView, Status, Task
 
 log = logging.getLogger("core_ike.ike")
@@ -125,12 +126,14 @@ _HASH_SETS: dict[bytes, frozenset[int]] = {}  # N(SIGNATURE_HASH_ALGORITHMS) dat
 
 class Negotiated(NamedTuple):
     """What one combination of our proposals, the peer's and its KE group negotiates (RFC 7296 2.7):
-    the chosen proposal (a template: each SA gets its own copy), its DH group, key suite and log text."""
+    the chosen proposal (a template: each SA gets its own copy), its DH group, key suite, log text and
+    the body of the SA payload that answers with it (RFC 7296 3.3)."""
 
     chosen: Proposal | None  # None: NO_PROPOSAL_CHOSEN
     group: int
     suite: IkeSuite | None
     text: str
+    body: bytes = b""
 
 
 # Peers of one kind send the same SA payload in every IKE_SA_INIT and we answer from the same
@@ -157,7 +160,11 @@ def negotiate(ours: list[Proposal], offered: list[Proposal], ke_group: int,
             hit = Negotiated(None, 0, None, "")
         else:
             encr, bits, integ, prf_id, group = algorithms(chosen)  # ProtocolError: not kept
-            hit = Negotiated(chosen, group, IkeSuite(prf_id, encr, bits, integ), describe(chosen))
+            try:
+                body = encode_payloads([SaPayload([chosen])])[4:]  # after the generic header (RFC 7296 3.2)
+            except (struct.error, LocalError):  # not encodable: the response's encoder says why
+                body = b""
+            hit = Negotiated(chosen, group, IkeSuite(prf_id, encr, bits, integ), describe(chosen), body)
         if len(_NEGOTIATED) >= NEGOTIATED_MAX:
             _NEGOTIATED.clear()
         _NEGOTIATED[key] = hit
@@ -197,6 +204,7 @@ class IkeInit(Task):
     def __init__(self) -> None:
         self.proposals: list[Proposal] = []
         self.ke: KeyExchange | None = None
+        self.sa_body: bytes | None = None  # responder: our SA payload's body, from the negotiation's cache
         self.cookie: bytes | None = None
         self.cookie_rounds = 0
         self.ke_rounds = 0
@@ -293,11 +301,13 @@ class IkeInit(Task):
         sa.init_request = msg.raw
         _process_common(sa, msg, sa.local, sa.remote)
         _install_keys(sa, chosen, self.ke.compute(ke.data), neg)
+        self.sa_body = neg.body or None
         log.info("selected proposal: %s", sa.proposal_text)
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         assert self.ke is not None and sa.proposal is not None
-        msg.payloads += [SaPayload([sa.proposal]), KePayload(self.ke.group, self.ke.public), NoncePayload(sa.nr)]
+        msg.payloads += [SaPayload([sa.proposal], self.sa_body), KePayload(self.ke.group, self.ke.public),
+                         NoncePayload(sa.nr)]
         # RFC 7296 §1.2, §3.7: ask for the initiator's certificate here, as its IKE_AUTH request carries
         # it (a peer may send it only when asked); which configuration applies is known only then
         hashes = sa.ctx.creds.certreq_hashes() if sa.ctx.wants_peer_certs(sa) else b""

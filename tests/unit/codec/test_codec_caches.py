@@ -68,3 +68,28 @@ def test_rules_accept_the_same_sequence_again_and_still_refuse_a_bad_one() -> No
     rules.check_rules(with_notify)
     assert with_notify.payloads[-1].ptype == PayloadType.NOTIFY
     assert len(rules._ACCEPTED) == 2
+
+
+def test_cert_and_certreq_shortcuts_are_the_general_codec() -> None:
+    """RFC 7296 3.6 / 3.7: Encoding(1) | data, both ways; a body without the Encoding octet is refused."""
+    from core_ike.buffer import Buffer
+    from core_ike.codec.payloads import CertPayload, CertReqPayload
+
+    for p in (CertPayload(4, b"\x30\x82certificate"), CertReqPayload(4, b"\xaa" * 40), CertPayload(4, b"")):
+        buf = Buffer()
+        wire.REGISTRY[int(p.ptype)].push(buf, p)  # the general codec
+        assert wire.encode_payloads([p]) == bytes((0, 0, 0, 4 + len(buf.getvalue()))) + buf.getvalue()
+        assert wire.decode_payloads(wire.encode_payloads([p]), int(p.ptype)) == [p]
+    for ptype in (PayloadType.CERT, PayloadType.CERTREQ):
+        with pytest.raises(DecodeError, match="body too short"):
+            wire.decode_payloads(bytes((0, 0, 0, 4)), ptype)
+
+
+def test_an_sa_payload_sends_the_octets_it_stands_for() -> None:
+    """A decoded SA payload keeps its body (the key of the responder's negotiation cache); the encoder
+    sends `raw` when set, and the general codec the proposals."""
+    data = _init()
+    sa = decode_message(data).first(SaPayload)
+    assert sa is not None and sa.raw is not None
+    assert wire.encode_payloads([sa])[4:] == sa.raw == wire.encode_payloads([SaPayload(sa.proposals)])[4:]
+    assert sa == SaPayload(sa.proposals)  # raw is not part of the value
