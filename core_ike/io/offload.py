@@ -26,6 +26,7 @@ final octet is the low half of a word, as RFC 1071 pads it).
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -246,10 +247,12 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
     or None for a frame that is one packet, or without numpy (then `segment` handles it). `plain`
     grows when too small.
 
-    The work is done on all segments at once (numpy rows, one per segment): the frame's headers
-    copied to every row, the payload cut into the rows, then the fields that differ per segment
-    written as columns (IP total or payload length, IPv4 ID and header checksum, TCP sequence number,
-    flags and checksum). The checksums are `segment`'s sums of parts, as vectors."""
+    The frame's headers are copied to every row and the payload cut into the rows with numpy (one
+    call each); the fields that differ per segment (IP total or payload length, IPv4 ID and header
+    checksum, TCP sequence number, flags and checksum) are computed as Python ints and written, with
+    the constant octets between them, by one struct pack and one numpy row assignment. Checksums are
+    `segment`'s sums of parts, kept as numbers (big-endian words): a sum of little-endian words, as
+    `row_sums` gives the payload's, is 256 times its big-endian sum modulo 0xFFFF (RFC 1071 2(B))."""
     gso = hdr.gso_type & ~GSO_ECN
     if gso == GSO_NONE or not HAVE_NUMPY:
         return None
@@ -269,54 +272,79 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
     src = np.frombuffer(frame, np.uint8)
     head = bytes(frame[:h])
     rows[:, :h] = src[:h]
-    rows[:full, h : h + mss] = src[h : h + full * mss].reshape(full, mss)
+    payload = src[h : h + full * mss].reshape(full, mss)
+    rows[:full, h : h + mss] = payload
     if last:
         rows[full, h : h + last] = src[h + full * mss :]
-    idx = np.arange(n, dtype=np.uint64)
-    clen = np.full(n, mss, np.uint64)
-    clen[-1] = total - (n - 1) * mss
-    tcp_len = clen + thl
-    seq = (_I.unpack_from(head, off + 4)[0] + idx * mss) & 0xFFFFFFFF
-    flags = head[off + 13]
-    f = np.full(n, flags & ~(_FIN | _PSH | _CWR), np.uint64)
-    f[0] = flags & ~(_FIN | _PSH)  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
-    f[-1] = flags & ~_CWR  # FIN and PSH stay on the last one
-    rows[:, off + 4 : off + 8] = seq.astype(">u4").view(np.uint8).reshape(n, 4)
-    rows[:, off + 13] = f
-    # payload sums; an odd last chunk ends with the low half of a word (RFC 1071)
-    sums = np.empty(n, np.uint64)
-    sums[:full] = row_sums(src[h : h + full * mss].reshape(full, mss)) \
-        if mss % 2 == 0 else [csum_le(frame[h + i * mss : h + (i + 1) * mss]) for i in range(full)]
+    # payload sums (little-endian words; an odd last chunk ends with the low half of a word, RFC 1071)
+    sums: list[int] = row_sums(payload).tolist() if mss % 2 == 0 else [
+        csum_le(frame[h + i * mss : h + (i + 1) * mss]) for i in range(full)]
     if last:
-        sums[full] = csum_le(frame[h + full * mss :])
-    # constant words: pseudo-header addresses and protocol (RFC 9293 3.1, RFC 8200 8.1), ports, ack,
-    # data offset, window, urgent pointer, options
-    const = (int.from_bytes(head[8:40] if v6 else head[12:20], "little") + (_TCP << 8)
-             + int.from_bytes(head[off : off + 4] + head[off + 8 : off + 13] + b"\0" + head[off + 14 : off + 16]
-                              + head[off + 18 : h], "little")) % 0xFFFF
-    tsum = (const + _bswap16_v(tcp_len) + (f << 8) + _bswap16_v(seq >> 16) + _bswap16_v(seq & 0xFFFF) + sums) % 0xFFFF
-    rows[:, off + 16 : off + 18] = _fields(np.where(tsum == 0, 0, 0xFFFF - tsum), n)
+        sums.append(csum_le(frame[h + full * mss :]))
+    start, fields = _segment_fields(head, v6, off, thl, mss, total, sums)
+    rows[:, start : off + 18] = np.frombuffer(fields, np.uint8).reshape(n, -1)
+    return stride, [off + thl + mss] * (n - 1) + [h + total - (n - 1) * mss]
+
+
+def _segment_fields(head: bytes, v6: bool, off: int, thl: int, mss: int, total: int,
+                    sums: list[int]) -> tuple[int, bytes]:
+    """`segment_into`'s per-segment fields of every row, packed (`_row_struct`): (the octet they start
+    at, the octets). `head`: the frame's IP and TCP headers; `sums`: each segment's payload sum."""
+    n = len(sums)
+    h = off + thl
+    tcp_len = thl + mss
+    tail_len = thl + total - (n - 1) * mss
+    seq0 = _I.unpack_from(head, off + 4)[0]
+    seqs = range(seq0, seq0 + n * mss, mss) if seq0 + n * mss <= 1 << 32 else [
+        (seq0 + i * mss) & 0xFFFFFFFF for i in range(n)]
+    flags = head[off + 13]
+    mid_f = flags & ~(_FIN | _PSH | _CWR)
+    first_f = flags & ~(_FIN | _PSH)  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
+    last_f = flags & ~_CWR  # FIN and PSH stay on the last one
+    fl = [first_f, *[mid_f] * (n - 2), last_f]
+    # TCP checksum (RFC 9293 3.1, RFC 8200 8.1): pseudo-header addresses and protocol, the header's
+    # constant words (ports, ack, data offset, window, urgent pointer, options), then per segment its
+    # length, sequence number (a 32-bit word's value is congruent to the sum of its halves), flags
+    # and payload; the field is the complement, 0 for a sum congruent to 0
+    tcp = bytearray(head[off:h])
+    tcp[4:8] = bytes(4)
+    tcp[13] = 0
+    tcp[16:18] = bytes(2)
+    k = int.from_bytes(head[8:40] if v6 else head[12:20], "big") + _TCP + int.from_bytes(tcp, "big") + tcp_len + mid_f
+    tsums = [(-(k + q + 256 * p)) % 0xFFFF for q, p in zip(seqs, sums, strict=True)]
+    tsums[0] = (tsums[0] - first_f + mid_f) % 0xFFFF
+    tsums[-1] = (tsums[-1] - last_f + mid_f - tail_len + tcp_len) % 0xFFFF
+    lens = [*[tcp_len] * (n - 1), tail_len]
+    tcp_mid = head[off + 8 : off + 13]  # ack, data offset
+    win = head[off + 14 : off + 16]
     if v6:
-        rows[:, 4:6] = (tcp_len + (off - 40)).astype(">u2").view(np.uint8).reshape(n, 2)  # extension headers count
+        ext = off - 40  # extension headers count in the IPv6 payload length
+        values: Any = zip([x + ext for x in lens], itertools.repeat(head[6 : off + 4]), seqs, itertools.repeat(tcp_mid),
+                          fl, itertools.repeat(win), tsums)
+        start = 4
     else:
-        ip_len = tcp_len + off
-        ip_id = (_H.unpack_from(head, 4)[0] + idx) & 0xFFFF  # consecutive IDs, as Linux TSO (RFC 6864 4.1)
-        rows[:, 2:4] = ip_len.astype(">u2").view(np.uint8).reshape(n, 2)
-        rows[:, 4:6] = ip_id.astype(">u2").view(np.uint8).reshape(n, 2)
-        ip_const = int.from_bytes(head[:2] + head[6:10] + head[12:off], "little") % 0xFFFF  # all but length, ID, checksum
-        isum = (ip_const + _bswap16_v(ip_len) + _bswap16_v(ip_id)) % 0xFFFF
-        rows[:, 10:12] = _fields(np.where(isum == 0, 0, 0xFFFF - isum), n)
-    return stride, (tcp_len + off).tolist()
+        ip = bytearray(head[:off])
+        ip[2:6] = bytes(4)
+        ip[10:12] = bytes(2)
+        id0 = _H.unpack_from(head, 4)[0]
+        ids = range(id0, id0 + n) if id0 + n <= 0x10000 else [(id0 + i) & 0xFFFF for i in range(n)]
+        kip = int.from_bytes(ip, "big") + off + tcp_len
+        isums = [(-(kip + i)) % 0xFFFF for i in ids]  # RFC 791 3.1; consecutive IDs (RFC 6864 4.1)
+        isums[-1] = (isums[-1] - tail_len + tcp_len) % 0xFFFF
+        values = zip([x + off for x in lens], ids, itertools.repeat(head[6:10]), isums, itertools.repeat(head[12 : off + 4]),
+                     seqs, itertools.repeat(tcp_mid), fl, itertools.repeat(win), tsums)
+        start = 2
+    return start, _row_struct(v6, off, n).pack(*itertools.chain.from_iterable(values))
 
 
-def _bswap16_v(x: Any) -> Any:
-    """`_bswap16` of a vector of 16-bit values."""
-    return ((x & 0xFF) << 8) | (x >> 8)
-
-
-def _fields(values: Any, n: int) -> Any:
-    """Checksum fields (little-endian octet pairs, the sums' order: RFC 1071 2(B)) as an n x 2 array."""
-    return values.astype("<u2").view(_np.uint8).reshape(n, 2)
+@functools.lru_cache(maxsize=256)
+def _row_struct(v6: bool, off: int, n: int) -> struct.Struct:
+    """The per-segment fields of `segment_into`, with the constant octets between them, for `n` rows:
+    IPv6 from its payload length (octet 4), IPv4 from its total length (octet 2), to the end of the TCP
+    checksum (octet off + 18)."""
+    tcp = "I5sB2sH"  # seq, ack | data offset, flags, window, checksum
+    row = f"H{off - 2}s{tcp}" if v6 else f"HH4sH{off - 8}s{tcp}"
+    return struct.Struct(">" + row * n)
 
 
 def _gso_tcp(frame: bytes | memoryview, hdr: VnetHdr, gso: int) -> tuple[bool, int, int]:

@@ -61,11 +61,12 @@ def sealed_run(tx: EspSa, payload: bytes, mss: int, v6: bool = False) -> tuple[b
     return bytes(out[: sum(sizes)]), sizes, laid_out(plain, *laid)
 
 
-@pytest.mark.parametrize("v6,size,mss", [(False, 47 * 1348, 1348), (True, 5000, 1300), (False, 4001, 999),
-                                         (False, 2 * 1200 + 1, 1200)])
-def test_segment_into_equals_segment(v6: bool, size: int, mss: int) -> None:
+@pytest.mark.parametrize("v6,size,mss,ip_id", [(False, 47 * 1348, 1348, 7), (True, 5000, 1300, 7), (False, 4001, 999, 7),
+                                               (False, 2 * 1200 + 1, 1200, 7), (False, 10 * 1348, 1348, 0xFFFC)])
+def test_segment_into_equals_segment(v6: bool, size: int, mss: int, ip_id: int) -> None:
     payload = os.urandom(size)
-    frame = tcp_packet(v6, payload, seq=0xFFFFF000, flags=0x80 | 0x18 | 0x01, options=OPTS)  # CWR PSH FIN, wraps
+    # CWR PSH FIN; the sequence number wraps (and with ip_id 0xFFFC the IPv4 ID, RFC 6864 4.1)
+    frame = tcp_packet(v6, payload, seq=0xFFFFF000, flags=0x80 | 0x18 | 0x01, ip_id=ip_id, options=OPTS)
     hdr = gso_hdr(v6, mss, OPTS)
     plain = bytearray(b"\xee" * 100)  # a used buffer: grown and overwritten
     laid = segment_into(frame, hdr, plain)
