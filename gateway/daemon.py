@@ -22,6 +22,7 @@ from core_ike.errors import LocalError
 from .sqlconf.loader import Snapshot
 from .sqlconf.pools import DbVipPool
 from .sqlconf.source import SqlConfigSource, merge_creds, open_config_db
+from .traps import TrapManager
 
 log = logging.getLogger("gateway")
 
@@ -64,6 +65,8 @@ class GatewayDaemon(Daemon):
         self._refresher: asyncio.Task[None] | None = None
         self._pool_task: asyncio.Task[None] | None = None
         self.control.extra["ipsec-status"] = self._ipsec_status
+        self.control.extra.update({"route": self._route_cmd, "unroute": self._unroute_cmd})
+        self.traps: TrapManager | None = None  # ipsec.conf auto=route, once the data plane runs (traps.py)
         # virtual IPs: subnets in memory in order, the database's pools bound to identities (docs/gateway.md)
         self.pools = DbVipPool(source.db if source is not None else None, time.time)
         self.engine.vips = self.pools
@@ -87,6 +90,8 @@ class GatewayDaemon(Daemon):
         self.cfg = replace(self.cfg, connections=merged, creds=full.creds)
         if diff.added or diff.removed or diff.changed:
             log.info("configuration database: %s", diff.summary())
+        if self.traps is not None:
+            self.traps.sync(merged)
         if self.initiates and diff.added:
             now = time.monotonic()
             by_name = {c.name: c for c in merged}
@@ -117,9 +122,59 @@ class GatewayDaemon(Daemon):
                 pools[p] = {"size": size, "online": online, "offline": 0}
         conns = {c.name: {"certs": [dn_text(cert.subject) for cert in c.local.certs], "pools": c.pools}
                  for c in self.engine.configs}
-        return {"ok": True, "pools": pools, "conns": conns,
+        routed = [{"name": t.conn, "child": t.child, "reqid": t.reqid,
+                   "local-ts": sorted({str(p.local.subnet) for p in t.policies}),
+                   "remote-ts": sorted({str(p.remote.subnet) for p in t.policies})}
+                  for t in (self.traps.traps.values() if self.traps is not None else ())]
+        return {"ok": True, "pools": pools, "conns": conns, "routed": routed,
                 "listening": self.cfg.settings.listen or local_addresses(),
                 "sources": {"config_db": bool(self.source), "ipsec_conf": getattr(self.cfg.settings, "ipsec_conf", None)}}
+
+    # -- trap policies (ipsec.conf auto=route, docs/gateway.md "Trap policies") ----------------------
+
+    def autostart(self, now: float) -> None:
+        """The data plane runs now: route the auto=route connections, then start the auto=start ones."""
+        if self.initiates:
+            from core_ike.io.transport import route_source
+
+            self.traps = TrapManager(self.engine, self.dp, route_source)
+            self.listeners.append(self.traps.on_event)
+            self.traps.sync(self.engine.configs)
+        super().autostart(now)
+
+    def on_acquire(self, e: Any, now: float) -> None:
+        if self.traps is None:
+            super().on_acquire(e, now)
+        elif self.traps.on_acquire(e, now):
+            self.transport.flush()
+
+    def reload(self) -> dict[str, Any]:
+        result = super().reload()
+        if self.traps is not None and result.get("ok"):
+            self.traps.sync(self.engine.configs)
+        return result
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        if self.traps is not None:
+            self.traps.unroute_all()
+
+    async def _route_cmd(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`ipsec route NAME`: install the connection's trap policies (whatever its auto=)."""
+        if self.traps is None:
+            return {"ok": False, "error": "no trap policies here (no data plane, or not the initiating worker)"}
+        try:
+            children = self.traps.route(str(req.get("conn", "")))
+        except LocalError as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": True, "children": children}
+
+    async def _unroute_cmd(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`ipsec unroute NAME`: remove its trap policies (SAs up stay up)."""
+        name = str(req.get("conn", ""))
+        if self.traps is None or not self.traps.unroute(name):
+            return {"ok": False, "error": f"configuration '{name}' not found or not routed"}
+        return {"ok": True}
 
     def load_config(self) -> DaemonConfig:
         if self.config_path is None:

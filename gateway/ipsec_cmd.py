@@ -1,6 +1,7 @@
 """`ikeme-ipsec`: the classic `ipsec` commands against iked's control socket.
 
-`up NAME`, `down NAME`, `status [NAME]`, `statusall [NAME]`, `reload` (also `rereadall`, `update`).
+`up NAME`, `down NAME`, `route NAME`, `unroute NAME`, `status [NAME]`, `statusall [NAME]`, `reload` (also
+`rereadall`, `update`).
 The output has the shape users know from strongSwan's `ipsec status` / `statusall` (docs/gateway.md):
 names right-aligned in 12 columns, `NAME[N]` for IKE_SAs and `NAME{N}` for CHILD_SAs, SPIs with `_i`
 / `_o`, the initiator's IKE SPI marked `*`, selectors as `LOCAL === REMOTE`.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from core_ike.daemon.ctl import add_pool_parser, call, default_socket
@@ -82,12 +84,25 @@ def conn_lines(c: dict[str, Any], extra: dict[str, Any]) -> list[str]:
     return lines
 
 
-def status_text(sas: list[dict[str, Any]], full: bool, name: str | None = None) -> str:
+def routed_lines(routed: list[dict[str, Any]], name: str | None = None) -> list[str]:
+    """strongSwan's "Routed Connections" block: each trap policy's CHILD_SA config, reqid, selectors."""
+    rows = [r for r in routed if name is None or r["name"] == name]
+    lines = ["Routed Connections:"] if rows else []
+    for i, r in enumerate(rows, 1):
+        p = _prefix(r["child"], f"{{{i}}}")
+        lines.append(f"{p}  ROUTED, TUNNEL, reqid {r['reqid']}")
+        lines.append(f"{p}   {' '.join(r['local-ts'])} === {' '.join(r['remote-ts'])}")
+    return lines
+
+
+def status_text(sas: list[dict[str, Any]], full: bool, name: str | None = None,
+                routed: list[dict[str, Any]] | None = None) -> str:
     if name:
         sas = [s for s in sas if s["name"] == name]
     up = sum(1 for s in sas if s["state"] == "ESTABLISHED")
     connecting = sum(1 for s in sas if s["state"] in ("CREATED", "CONNECTING"))
-    lines = [f"Security Associations ({up} up, {connecting} connecting):"]
+    lines = routed_lines(routed or [], name)
+    lines.append(f"Security Associations ({up} up, {connecting} connecting):")
     for s in sas:
         lines += _sa_lines(s, full)
     if not sas:
@@ -109,7 +124,7 @@ def statusall_text(stats: dict[str, Any], conns: list[dict[str, Any]], sas: list
     for c in conns:
         if name is None or c["name"] == name:
             lines += conn_lines(c, extra.get("conns", {}).get(c["name"], {}))
-    return "\n".join(lines) + "\n" + status_text(sas, True, name)
+    return "\n".join(lines) + "\n" + status_text(sas, True, name, extra.get("routed"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -118,7 +133,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("-s", "--socket", default=None, help="iked's control socket (default as for ikectl)")
     add_version_argument(ap)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for cmd, text in (("up", "bring a connection up (waits for it)"), ("down", "close a connection's SAs")):
+    for cmd, text in (("up", "bring a connection up (waits for it)"), ("down", "close a connection's SAs"),
+                      ("route", "install a connection's trap policies: its traffic starts it"),
+                      ("unroute", "remove a connection's trap policies")):
         p = sub.add_parser(cmd, help=text)
         p.add_argument("name")
     for cmd, text in (("status", "the security associations"), ("statusall", "daemon, pools, connections, SAs")):
@@ -182,6 +199,62 @@ def pool_main(args: argparse.Namespace) -> int:
     return 0
 
 
+Ask = Callable[..., dict[str, Any]]
+
+
+def _up(args: argparse.Namespace, ask: Ask) -> None:
+    r = ask({"cmd": "up", "conn": args.name, "timeout": 30})
+    sa = next((x for x in ask({"cmd": "list"})["sas"] if x["uniqueid"] == r.get("ike")), None)
+    between = (f" between {sa['local-host']}[{sa['local-id']}]...{sa['remote-host']}[{sa['remote-id']}]"
+               if sa is not None else "")
+    print(f"IKE_SA {r.get('conn', args.name)}[{r.get('ike')}] established{between}")
+    for c in r.get("children", []):
+        print(f"CHILD_SA {c['name']}{{{c['uniqueid']}}} established with SPIs {c['spi-in']}_i "
+              f"{c['spi-out']}_o and TS {' '.join(c['local-ts'])} === {' '.join(c['remote-ts'])}")
+    print(f"connection '{args.name}' established successfully")
+
+
+def _down(args: argparse.Namespace, ask: Ask) -> None:
+    r = ask({"cmd": "down", "ike": args.name, "timeout": 10})
+    print(f"closed {', '.join(r.get('done', []))}" if r.get("done") else f"no SAs of '{args.name}'")
+
+
+def _route(args: argparse.Namespace, ask: Ask) -> None:
+    ask({"cmd": "route", "conn": args.name})
+    print(f"'{args.name}' routed")
+
+
+def _unroute(args: argparse.Namespace, ask: Ask) -> None:
+    ask({"cmd": "unroute", "conn": args.name})
+    print(f"configuration '{args.name}' unrouted")
+
+
+def _extra(ask: Ask) -> dict[str, Any]:
+    try:
+        return ask({"cmd": "ipsec-status"})
+    except RuntimeError:
+        return {}  # an iked without gateway sources: no pools, certificates or routed connections
+
+
+def _status(args: argparse.Namespace, ask: Ask) -> None:
+    print(status_text(ask({"cmd": "list"})["sas"], False, args.name, _extra(ask).get("routed")))
+
+
+def _statusall(args: argparse.Namespace, ask: Ask) -> None:
+    extra = _extra(ask)
+    print(statusall_text(ask({"cmd": "stats"})["stats"], ask({"cmd": "conns"})["conns"],
+                         ask({"cmd": "list"})["sas"], extra, args.name))
+
+
+def _reload(args: argparse.Namespace, ask: Ask) -> None:
+    r = ask({"cmd": "reload"})
+    print(f"reloaded: {len(r['added'])} added, {len(r['removed'])} removed, {len(r['changed'])} changed")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Ask], None]] = {
+    "up": _up, "down": _down, "route": _route, "unroute": _unroute, "status": _status, "statusall": _statusall}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.cmd == "pool":
@@ -198,31 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return reply
 
     try:
-        if args.cmd == "up":
-            r = ask({"cmd": "up", "conn": args.name, "timeout": 30})
-            sa = next((x for x in ask({"cmd": "list"})["sas"] if x["uniqueid"] == r.get("ike")), None)
-            between = (f" between {sa['local-host']}[{sa['local-id']}]...{sa['remote-host']}[{sa['remote-id']}]"
-                       if sa is not None else "")
-            print(f"IKE_SA {r.get('conn', args.name)}[{r.get('ike')}] established{between}")
-            for c in r.get("children", []):
-                print(f"CHILD_SA {c['name']}{{{c['uniqueid']}}} established with SPIs {c['spi-in']}_i "
-                      f"{c['spi-out']}_o and TS {' '.join(c['local-ts'])} === {' '.join(c['remote-ts'])}")
-            print(f"connection '{args.name}' established successfully")
-        elif args.cmd == "down":
-            r = ask({"cmd": "down", "ike": args.name, "timeout": 10})
-            print(f"closed {', '.join(r.get('done', []))}" if r.get("done") else f"no SAs of '{args.name}'")
-        elif args.cmd == "status":
-            print(status_text(ask({"cmd": "list"})["sas"], False, args.name))
-        elif args.cmd == "statusall":
-            try:
-                extra = ask({"cmd": "ipsec-status"})
-            except RuntimeError:
-                extra = {}  # an iked without gateway sources: no pool and certificate lines
-            print(statusall_text(ask({"cmd": "stats"})["stats"], ask({"cmd": "conns"})["conns"],
-                                 ask({"cmd": "list"})["sas"], extra, args.name))
-        else:
-            r = ask({"cmd": "reload"})
-            print(f"reloaded: {len(r['added'])} added, {len(r['removed'])} removed, {len(r['changed'])} changed")
+        COMMANDS.get(args.cmd, _reload)(args, ask)
     except OSError as e:
         print(f"ikeme-ipsec: cannot reach iked at {sock}: {e.strerror or e}", file=sys.stderr)
         return 2

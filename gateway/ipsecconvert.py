@@ -217,6 +217,9 @@ def convert_conn(name: str, keys: dict[str, str], base: Path, setup: dict[str, s
         cfg.mediated_by = keys["mediated_by"]
         cfg.mediation_peer = identity(keys["me_peerid"]) if keys.get("me_peerid") else remote_id
     cfg.children = [_child(name, keys, (me, peer), margin, auto)]
+    if auto == "route" and not remote_ip:
+        raise LocalError(f"{where}: auto=route needs {peer}= the peer's address (the first packet starts the "
+                         f"connection to it)")
     return cfg
 
 
@@ -269,9 +272,8 @@ def _child(name: str, keys: dict[str, str], sides: tuple[str, str], margin: floa
     life = _secs(keys.get("lifetime", keys.get("keylife", "1h")), f"{where} lifetime")
     child.rekey_time = max(life - margin, 1.0)
     child.life_time = life if life > child.rekey_time else None
-    child.start_action = "start" if auto == "start" else "none"
-    if auto == "route":
-        log.warning("%s: auto=route needs trap policies, which are not supported: loaded as auto=add", where)
+    # auto=route: trap policies, the first packet they catch starts the CHILD_SA (gateway/traps.py)
+    child.start_action = "start" if auto == "start" else "trap" if auto == "route" else "none"
     if "replay_window" in keys:
         child.replay_window = int(keys["replay_window"])
     return child

@@ -33,6 +33,7 @@ from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
 from ..constants import NAT_KEEPALIVE
 from ..esp import USERSPACE, EspError, EspSa, InboundSad, SequenceExhaustedError
+from .acquire import AcquireLimiter
 from .batchsteps import BatchSteps
 from .dataplane import (
     Acquire,
@@ -142,7 +143,7 @@ class UserspaceDataPlane(BatchSteps):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick: asyncio.TimerHandle | None = None
         self._routes: dict[str, int] = {}  # remote subnet -> number of OUT policies using it
-        self._acquired: set[tuple[int, bytes]] = set()
+        self._acquires = AcquireLimiter()  # trap policies' acquires, bounded (core_ike/io/acquire.py)
         self.drop_no_policy = 0  # outbound packet matches no policy / no SA
         self.drop_policy_mismatch = 0  # decrypted packet outside the SA's inbound selectors
         self.drop_send_error = 0
@@ -330,9 +331,11 @@ class UserspaceDataPlane(BatchSteps):
         if policy in self._policies:
             return
         self._policies.append(policy)
-        # more specific first (longest prefixes), then explicit priority
+        # more specific first (longest prefixes), then explicit priority; a trap policy after the
+        # policy of the CHILD_SA it started, which has the same selectors
         self._policies.sort(
-            key=lambda p: (p.priority, -(p.remote.subnet.prefixlen + p.local.subnet.prefixlen))
+            key=lambda p: (p.priority, -(p.remote.subnet.prefixlen + p.local.subnet.prefixlen),
+                           p.action == PolicyAction.TRAP)
         )
         self._policies_changed()
         if policy.direction == Direction.OUT and policy.action in _ROUTED:
@@ -507,11 +510,8 @@ class UserspaceDataPlane(BatchSteps):
         return None
 
     def _acquire(self, p: PolicyParams, flow: tuple[Any, Any, int, int, int]) -> None:
-        key = (p.reqid, flow[1].packed)
-        if key in self._acquired:
-            return
-        self._acquired.add(key)
-        self._emit(Acquire(p.reqid, str(flow[0]), str(flow[1]), flow[2], p.tunnel_src, p.tunnel_dst))
+        if self._acquires.allow(p.reqid, self.clock(), len(self._events)):
+            self._emit(Acquire(p.reqid, str(flow[0]), str(flow[1]), flow[2], p.tunnel_src, p.tunnel_dst))
 
     # -- inbound path ----------------------------------------------------------------------------
 
@@ -608,6 +608,8 @@ class UserspaceDataPlane(BatchSteps):
 
     def check_timers(self, now: float) -> None:
         """Lifetime expiry (RFC 7296 2.8) and NAT keepalives (RFC 3948 2.3)."""
+        if self._acquires.recheck(now):  # flows a trap dropped may ask again (core_ike/io/acquire.py)
+            self._out_cache.clear()
         kept: set[tuple[str, int]] = set()
         for st in list(self._sas.values()):
             self._check_lifetime(st, now)
@@ -705,5 +707,6 @@ class UserspaceDataPlane(BatchSteps):
             "batch_seals": self.batch_seals,
             **(self._udp.counters() if self._udp else {}),
             "keepalives_sent": self.keepalives_sent,
+            **self._acquires.counters(),
         }
 

@@ -167,7 +167,7 @@ def test_keepalive_lifetimes_and_acquire() -> None:
     dp.check_timers(clock.t + 61)
     assert dp.next_event() == SaExpired(0x1000, Direction.OUT, 1, True, "time")
     assert dp.list_sas() == []
-    # TRAP policy without SA: one acquire per destination
+    # TRAP policy without SA: one acquire per policy a second (core_ike/io/acquire.py)
     trap = PolicyParams(
         TrafficSelector.parse(A + "/32"),
         TrafficSelector.parse("10.91.2.0/24"),
