@@ -232,7 +232,7 @@ def _child(ix: _Index, cid: int) -> ChildConfig:
     c.rekey_time = float(rekey)
     c.life_time = float(life) if life > rekey else None
     start = int(r["start_action"])
-    c.start_action = "start" if start & ACTION_START else "none"
+    c.start_action = "start" if start & ACTION_START else "trap" if start & ACTION_TRAP else "none"
     return c
 
 

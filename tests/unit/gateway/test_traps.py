@@ -151,3 +151,25 @@ def test_status_lists_routed_connections_as_strongswan_does() -> None:
         "         net{1}:  ROUTED, TUNNEL, reqid 1073741825",
         "         net{1}:   10.94.1.0/24 === 10.94.2.0/24 10.94.3.0/24"]
     assert routed_lines(routed, "other") == []
+
+
+def test_an_sql_child_config_with_start_action_trap_is_routed() -> None:
+    """strongSwan's sql plugin: child_configs.start_action 1 (trap) routes the CHILD_SA too."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from gateway.sqlconf.loader import load
+    from tests.unit.gateway.sqldata import load_sql
+
+    db = create_engine("sqlite://")
+    load_sql(db, "net2net-psk.sql", {"PH_IP_MOON": "192.0.2.1", "PH_IP_SUN": "192.0.2.2"})
+    load_sql(db, "UPDATE child_configs SET start_action = 1;", create=False)
+    with Session(db) as s:
+        (c,) = load(s).connections
+    assert c.children[0].start_action == "trap"
+    engine = Engine([c], Credentials())
+    dp = UserspaceDataPlane(lambda d, a: None, clock=Clock())
+    traps = TrapManager(engine, dp, lambda remote: "192.0.2.1")
+    traps.sync(engine.configs)
+    assert [(str(p.local.subnet), str(p.remote.subnet), p.action) for p in dp._policies] == \
+        [("10.1.0.0/16", "10.2.0.0/16", PolicyAction.TRAP)]
