@@ -154,12 +154,28 @@ class CheckList:
             raise LocalError("initiator data already set")
         self._initiator = _Side(key, self._accept(endpoints, local=self.is_initiator))
 
-    def set_responder_data(self, key: bytes, endpoints: Sequence[Endpoint], now: float) -> None:
-        """Data of the ME_CONNECT responder: builds the pairs and starts checking at `now`."""
+    def set_responder_data(self, key: bytes, endpoints: Sequence[Endpoint], now: float, *,
+                           start: bool = True) -> None:
+        """Data of the ME_CONNECT responder: builds the pairs and starts checking at `now`; without
+        `start`, the checks start at `start_checks`. B knows its data when its own ME_CONNECT leaves and
+        starts checking when the server accepts it (docs/protocol.md §4.1 step 6); the peer's checks,
+        which can only follow that request, are answered from the moment it leaves: one that overtakes
+        the server's answer is not held until it comes."""
         if self._initiator.key is None or self._responder.key is not None:
             raise LocalError("responder data out of order")
         self._responder = _Side(key, self._accept(endpoints, local=not self.is_initiator))
         self._build_pairs()
+        if start:
+            self.start_checks(now)
+        else:
+            self._answer_early(now)
+
+    def start_checks(self, now: float) -> None:
+        """The checks start at `now` (after `set_responder_data` without `start`)."""
+        if self._responder.key is None:
+            raise LocalError("checks cannot start before the responder data is known")
+        if self.finished or self.state != ListState.NONE:
+            return
         self._set_list_state(ListState.WAITING)
         # [ME] §4.3: the checks get their whole time from when they can start; the wait for the peer's
         # answer before that (state NONE) was bounded from creation (its ME_CONNECTs may have been
@@ -169,10 +185,13 @@ class CheckList:
             log.info("checklist %s: no pairs (no common address family)", self.connect_id.hex())
         self._hold_relay(now)
         self._schedule_tick(now)
+        self._answer_early(now)
+        self._update(now)
+
+    def _answer_early(self, now: float) -> None:
         early, self._early = self._early, []
         for check, src, dst in early:  # checks that arrived before both keys were known
             self._process(check, src, dst, now)
-        self._update(now)
 
     def _accept(self, endpoints: Sequence[Endpoint], *, local: bool) -> list[Endpoint]:
         eps = [e for e in endpoints if e.address is not None and e.family != MeEndpointFamily.NONE]

@@ -16,7 +16,6 @@ Every connect() ends in MediatedEstablished or MediationFailed within bounded, c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from ..codec.message import Message
 from ..codec.payloads import IdPayload, NotifyPayload, Payload
@@ -45,6 +44,8 @@ from .clienttypes import (
     MediationClientConfig,
     MediationSaStatus,
     Session,
+    failure_text,
+    pairs_text,
     rate_limit_backoff,
 )
 from .connect import (
@@ -89,11 +90,6 @@ def _ident(p: IdPayload) -> Identity:
 
 def _nat_text(data: bytes | None) -> str | None:
     return decode_nat(data) if data is not None else None
-
-
-def _pairs_text(tried: Iterable[PairInfo]) -> str:
-    return ", ".join(f"{p.local[0]}[{p.local[1]}]-{p.remote[0]}[{p.remote[1]}] {p.state.value}"
-                     for p in tried) or "no pairs"
 
 
 class MediationClient(Extension):
@@ -233,11 +229,11 @@ class MediationClient(Extension):
         name = self._mediated.pop(sa.unique_id, None)
         att = self.attempts.get(name) if name else None
         if att is not None and att.sa_id == sa.unique_id and att.state in (AttemptState.INITIATING, AttemptState.YIELDED):
-            self._fail(att, self._classify("mediated IKE_SA failed", sa), now)
+            self._fail(att, failure_text("mediated IKE_SA failed", sa), now)
         if me_role(sa) == "peer" and sa.established_at is None:
             for a in list(self.attempts.values()):
                 if a.state is AttemptState.MEDIATION and a.mediation == sa.config.name and self.mediation_sa(a.mediation) is None:
-                    self._fail(a, self._classify("mediation server unreachable", sa), now)
+                    self._fail(a, failure_text("mediation server unreachable", sa), now)
         self._pump(now)
 
     def handle_plain(self, msg: Message, local: Addr, remote: Addr, now: float) -> bool:
@@ -444,16 +440,19 @@ class MediationClient(Extension):
         def build(s: IkeSaView, t: float) -> list[Payload]:
             self._unsent_answers.pop(cid, None)
             sess.key, sess.endpoints = new_connect_key(self.rng), self.gather(s)
+            cl = self.checks.get(cid)  # answers the peer's checks from now on; ours start in `done`
+            if cl is not None and cl.keys is None:
+                cl.set_responder_data(sess.key, sess.endpoints, t, start=False)
             self.engine.emit(mev.MeConnectSent("", str(peer), cid.hex(), tuple(map(str, sess.endpoints)), True))
             return self._with_nat(s, build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True))
 
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
-            if self.checks.get(cid) is None:
+            if (cl := self.checks.get(cid)) is None:
                 return
             if not result.ok:  # docs/protocol.md §4.1 step 6 (draft): the initiator has left
                 self._end_target(cid, "the mediation server refused our answer", t)
                 return
-            cl = self.checks.set_responder_data(cid, sess.key, sess.endpoints, t)  # checks start at t
+            cl.start_checks(t)  # docs/protocol.md §4.1 step 6
             self.checks.handle_timer(t)  # the first ones leave now, not a turn of the event loop later
             self._start_probe(cid, t)
             self.engine.emit(mev.ChecksStarted("", str(peer), cid.hex(), False,
@@ -603,7 +602,7 @@ class MediationClient(Extension):
                 if att is not None and att.connect_id == ev.connect_id and att.active:
                     att.tried = ev.tried
                     self._fail(att, f"checks failed: {ev.reason}{self.probes.note(ev.connect_id)}; "
-                                    f"tried {_pairs_text(ev.tried)}", now)
+                                    f"tried {pairs_text(ev.tried)}", now)
                 elif sess is not None and not sess.initiator:
                     self._end_target(ev.connect_id, f"checks failed: {ev.reason}", now)
 
@@ -618,7 +617,7 @@ class MediationClient(Extension):
         elif att.state is AttemptState.RATE_LIMITED:
             self._retry_connect(att, now)
         elif att.state in (AttemptState.RELAYED, AttemptState.CHECKING):
-            self._fail(att, f"checks failed: no result after {t:.1f} s; tried {_pairs_text(self._tried(att))}", now)
+            self._fail(att, f"checks failed: no result after {t:.1f} s; tried {pairs_text(self._tried(att))}", now)
         elif att.state is AttemptState.INITIATING:
             self._fail(att, f"mediated IKE_SA failed: not established within {self.config.ike_timeout:g} s "
                             "(ike_timeout)", now)
@@ -687,14 +686,3 @@ class MediationClient(Extension):
         for att in list(self.attempts.values()):
             if att.state is AttemptState.YIELDED and att.connect_id == cid and att.sa_id is None:
                 self._fail(att, f"mediation by the peer failed: {reason}", now)
-
-    @staticmethod
-    def _classify(default: str, sa: IkeSaView) -> str:
-        """The report of a lost SA: authentication failures by their type (errors.AuthenticationFailed, or
-        AUTHENTICATION_FAILED from the peer, RFC 7296 2.21.2), everything else under `default`."""
-        f = sa.failure
-        if f is None:
-            return f"{default}: IKE_SA destroyed"
-        if f.authentication:
-            return f"authentication failed: {f.reason}"
-        return f"{default}: {f.reason}"

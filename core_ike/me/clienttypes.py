@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..ike.context import IkeSaView
 from ..ike.identity import Identity
 from .birthday import PortPool, ProbeConfig
 from .checklist import CheckListConfig
+from .checktypes import PairInfo
 from .endpoints import Endpoint
 from .predict import DEFAULT_COUNT, Allocation
 from .upgrade import UpgradeConfig
@@ -106,3 +108,19 @@ class ClientStatus:
 def rate_limit_backoff(cfg: MediationClientConfig, n: int) -> float:
     """Seconds before asking again after the n-th rate-limit refusal in a row (n >= 1): doubling."""
     return float(cfg.rate_limit_retry * 2 ** (n - 1))
+
+
+def pairs_text(tried: Iterable[PairInfo]) -> str:
+    return ", ".join(f"{p.local[0]}[{p.local[1]}]-{p.remote[0]}[{p.remote[1]}] {p.state.value}"
+                     for p in tried) or "no pairs"
+
+
+def failure_text(default: str, sa: IkeSaView) -> str:
+    """The report of a lost SA: authentication failures by their type (errors.AuthenticationFailed, or
+    AUTHENTICATION_FAILED from the peer, RFC 7296 2.21.2), everything else under `default`."""
+    f = sa.failure
+    if f is None:
+        return f"{default}: IKE_SA destroyed"
+    if f.authentication:
+        return f"authentication failed: {f.reason}"
+    return f"{default}: {f.reason}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from core_ike.constants import MeEndpointType
+from core_ike.errors import LocalError
 from core_ike.me.checklist import (
     CheckList,
     CheckListConfig,
@@ -342,6 +343,39 @@ def test_early_request_buffered_until_keys_known() -> None:
     out = a.datagrams_to_send()  # the answer, then the triggered check; the rest waits for the tick
     assert [decode_check(d).is_response for d, _, _ in out] == [True, False]
     assert a.pairs[1].state == PairState.IN_PROGRESS and a.pairs[0].state == PairState.WAITING
+
+
+def request_from_a(mid: int) -> bytes:
+    from core_ike.me.checks import encode_check
+
+    return encode_check(make_check(False, mid, CID, request_endpoint(), KEY_A))
+
+
+def test_responder_answers_from_its_answer_on_and_checks_from_the_servers_ack() -> None:
+    """docs/protocol.md §4.1 step 6: B's data is set when its ME_CONNECT leaves, its checks start when the
+    server accepts it; A's check that overtakes the server's answer is answered at once, not held."""
+    b = CheckList.for_responder(CID, KEY_A, wire(eps_of(A_HOST, A_PUB)), 0.0)
+    b.set_responder_data(KEY_B, eps_of(B_HOST, B_PUB), 0.001, start=False)
+    assert b.state == ListState.NONE and b.datagrams_to_send() == [] and b.get_timer() == b._expires_at
+    assert b.receive_check(request_from_a(3), A_PUB, B_HOST, 0.002) is None
+    out = b.datagrams_to_send()  # the answer, then the triggered check on that pair; nothing else yet
+    resp = decode_check(out[0][0])
+    assert resp.is_response and resp.message_id == 3 and resp.verify(KEY_B) and out[0][1:] == (B_HOST, A_PUB)
+    assert [decode_check(d).is_response for d, _, _ in out] == [True, False] and out[1][1:] == (B_HOST, A_PUB)
+    assert b.state == ListState.NONE
+    b.start_checks(0.004)
+    b.handle_timer(0.004)
+    later = b.datagrams_to_send()  # the first burst: the pairs not checked yet
+    assert later and all(not decode_check(d).is_response and dst != A_PUB for d, _, dst in later)
+    assert b.state != ListState.NONE
+    b.start_checks(0.005)  # once only
+    assert b.datagrams_to_send() == []
+
+
+def test_responder_checks_cannot_start_without_its_data() -> None:
+    b = CheckList.for_responder(CID, KEY_A, wire(eps_of(A_HOST, A_PUB)), 0.0)
+    with pytest.raises(LocalError):
+        b.start_checks(0.001)
 
 
 # --- the simulated network ------------------------------------------------------------------------
