@@ -263,7 +263,10 @@ class CheckList:
         if old == new:
             return
         pair.state = new
-        log.info("checklist %s: pair %s: %s -> %s", self.connect_id.hex(), pair.id, old.value, new.value)
+        # outcomes at info; progress and the pairs a finished list abandons (its last line says why) at debug
+        info = new == PairState.SUCCEEDED or (new == PairState.FAILED and not self.finished)
+        log.log(logging.INFO if info else logging.DEBUG, "checklist %s: pair %s: %s -> %s", self.connect_id.hex(),
+                pair.id, old.value, new.value)
         self._events.append(PairStateChanged(self.connect_id, pair.info(), old, new))
 
     def _set_list_state(self, new: ListState) -> None:
