@@ -484,12 +484,11 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
     _tkey, _key, off, h, v6, seq0, plen = c
     if tail <= h or (plain[0] != 0x45 and not v6):
         return None
-    same, var = _run_structs(h, v6, stride, n)  # every row's fields in one unpack each
-    fields = var.unpack_from(plain)
+    fields = _run_var(h, v6, stride, n).unpack_from(plain)  # every row's varying fields in one unpack
     ip_len, seqs, flags = fields[0::3], fields[1::3], fields[2::3]
     end = seq0 + (n - 1) * plen
     expected = range(seq0, end + 1, plen) if end < 1 << 32 else [(seq0 + i * plen) & 0xFFFFFFFF for i in range(n)]
-    if (same.unpack_from(plain) != _row_fields(first, h, v6) * n or tuple(expected) != seqs
+    if (((rows[1:, :h] ^ rows[0, :h]) & _same_mask(h, v6)).any() or tuple(expected) != seqs
             or ip_len[: n - 1].count(length - 40 if v6 else length) != n - 1 or ip_len[-1] != (tail - 40 if v6 else tail)
             or flags[: n - 1].count(_ACK) != n - 1 or flags[-1] not in (_ACK, _ACK | _PSH)):
         return None
@@ -500,7 +499,7 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
             + _tcp_small(plain[(n - 1) * stride : (n - 1) * stride + 40], off, v6, tail)) % 0xFFFF:
         return None
     view = memoryview(plain)
-    parts = [view[i * stride + h : i * stride + length] for i in range(n - 1)]
+    parts = VIEWS.rows(plain, h, stride, length - h, n - 1)[: n - 1]  # payloads, slices kept for the next run
     parts.append(view[(n - 1) * stride + h : (n - 1) * stride + tail])
     per = max(1, (max_size - h) // plen)
     out: list[list[bytes | bytearray | memoryview]] = []
@@ -516,26 +515,28 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
     return out
 
 
-_ROW_SAME = {False: ">2s2x2x4s2x8s4s4x5sx2s2x{opts}s", True: ">4s2x34s4s4x5sx2s2x{opts}s"}
 _ROW_VAR = {False: ">2xH20xI5xB", True: ">4xH38xI5xB"}  # IP length field, TCP seq, TCP flags
+# the header octets that differ between the segments of one run: IP length (and the IPv4 ID and
+# header checksum), TCP sequence number, flags and checksum; all others must be equal
+_ROW_VARYING = {False: (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 33, 36, 37), True: (4, 5, 44, 45, 46, 47, 53, 56, 57)}
 
 
 @functools.lru_cache(maxsize=256)
-def _run_structs(h: int, v6: bool, stride: int, n: int) -> tuple[struct.Struct, struct.Struct]:
+def _run_var(h: int, v6: bool, stride: int, n: int) -> struct.Struct:
     """For `n` packets every `stride` octets with IP and TCP headers of `h` octets (IPv4 without
-    options, or IPv6 without extension headers): the header fields equal in every segment of a run
-    (all but lengths, IPv4 ID and checksum, TCP sequence number, flags and checksum) of all rows, and
-    each row's IP length field, sequence number and flags."""
-    same = _ROW_SAME[v6].format(opts=h - (58 if v6 else 38))[1:]
+    options, or IPv6 without extension headers): each row's IP length field, sequence number and flags."""
     var = _ROW_VAR[v6][1:]
     var_size = struct.calcsize(">" + var)
-    return (struct.Struct(">" + f"{same}{stride - h}x" * (n - 1) + same),
-            struct.Struct(">" + f"{var}{stride - var_size}x" * (n - 1) + var))
+    return struct.Struct(">" + f"{var}{stride - var_size}x" * (n - 1) + var)
 
 
-def _row_fields(pkt: bytes, h: int, v6: bool) -> tuple[object, ...]:
-    """`_run_structs`' equal fields of one packet."""
-    return struct.unpack_from(_ROW_SAME[v6].format(opts=h - (58 if v6 else 38)), pkt)
+@functools.lru_cache(maxsize=64)
+def _same_mask(h: int, v6: bool) -> Any:
+    """0xFF on the header octets every segment of a run shares (all but `_ROW_VARYING`), else 0."""
+    mask = _np.full(h, 0xFF, _np.uint8)
+    mask[list(_ROW_VARYING[v6])] = 0
+    mask.flags.writeable = False
+    return mask
 
 
 def _tcp_small(pkt: bytes | bytearray, off: int, v6: bool, length: int = 0) -> int:

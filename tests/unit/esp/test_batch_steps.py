@@ -231,6 +231,11 @@ def test_merge_run_refuses_what_coalescer_would_not_merge() -> None:
     assert merge_run(mutated(3, 20 + 13, 0x08), stride, lengths) is None  # PSH in the middle
     assert merge_run(mutated(3, 20 + 1, 1), stride, lengths) is None  # another connection (port)
     assert merge_run(plain, stride, lengths[:1]) is None  # one packet: nothing to merge
+    for i in (3, len(lengths) - 1):  # another ack and window, the checksum still right (their sum unchanged)
+        p = bytearray(plain)
+        p[i * stride + 20 + 11] += 1  # ack 555: low octet
+        p[i * stride + 20 + 15] -= 1  # window 502: low octet
+        assert merge_run(p, stride, lengths) is None
 
 
 @pytest.mark.parametrize("v6", [False, True])
