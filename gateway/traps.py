@@ -105,6 +105,7 @@ class TrapManager:
                 continue
             reqid = self._reqids.setdefault(key, TRAP_REQID_BASE + len(self._reqids) + 1)
             pols = trap_policies(cfg, child, reqid, self.route_source)
+            self._check_routable(cfg, pols)
             if old is not None:
                 self._remove(old)
             trap = Trap(cfg.name, child.name, reqid, cfg)
@@ -120,6 +121,18 @@ class TrapManager:
             log.info("conn %s{%s}: trap policies installed (reqid %d): %s", cfg.name, child.name, reqid,
                      ", ".join(f"{p.local.subnet} === {p.remote.subnet}" for p in pols))
         return routed
+
+    def _check_routable(self, cfg: IkeConfig, pols: list[PolicyParams]) -> None:
+        """The userspace data plane routes a trap's remote selector into its TUN device: one holding
+        the peer's own address would take the IKE messages to the peer with it (charon's
+        kernel-libipsec refuses such a route too, "conflicts with IKE traffic")."""
+        if getattr(self.dp, "name", "") != "userspace":
+            return
+        for p in pols:
+            if ipaddress.ip_address(p.tunnel_dst) in p.remote.subnet:
+                raise LocalError(f"conn {cfg.name}: auto=route: the remote selector {p.remote.subnet} holds the "
+                                 f"peer's address {p.tunnel_dst}, whose IKE traffic the userspace data plane "
+                                 "would then route into the tunnel (give the peer's subnet, rightsubnet=)")
 
     def unroute(self, name: str) -> int:
         """Remove the trap policies of connection `name`; how many CHILD_SA configs were routed."""
@@ -202,9 +215,25 @@ class TrapManager:
                 return True
         return False
 
+    def _other_child(self, trap: Trap, gone: int) -> bool:
+        return any(c.name == trap.child and uid != gone for sa in self.engine.ike_sas() if sa.config.name == trap.conn
+                   for uid, c in sa.children.items())
+
     def on_event(self, e: object) -> None:
-        """An attempt ends with its CHILD_SA up or failed, or its IKE_SA failed or gone."""
-        if isinstance(e, ev.ChildSaEstablished | ev.ChildSaFailed):
+        """An attempt ends with its CHILD_SA up or failed, or its IKE_SA failed or gone. When the last
+        CHILD_SA of a trapped config goes, its traps are installed again: the XFRM data plane's kernel
+        keeps one policy per selector, which the CHILD_SA's replaced and its deletion removed (the
+        userspace data plane kept the trap: installing it again changes nothing)."""
+        if isinstance(e, ev.ChildSaDeleted):
+            t = self.traps.get((e.ike_name, e.name))
+            if t is not None and not self._other_child(t, e.unique_id):
+                for p in t.policies:
+                    try:
+                        self.dp.install_policy(p)
+                    except Exception as err:  # noqa: BLE001 - logged; `ipsec route` tries again
+                        log.warning("conn %s{%s}: trap policy %s not reinstalled: %s", t.conn, t.child,
+                                    p.remote.subnet, err)
+        elif isinstance(e, ev.ChildSaEstablished | ev.ChildSaFailed):
             t = self.traps.get((e.ike_name, e.name))
             if t is not None:
                 t.pending = None

@@ -13,6 +13,7 @@ from core_ike.errors import LocalError
 from core_ike.ike import events as ev
 from core_ike.ike.creds import Credentials
 from core_ike.ike.engine import Engine
+from core_ike.ike.state import ChildSa
 from core_ike.io.dataplane import Acquire, Direction, PolicyAction
 from core_ike.io.userspace import UserspaceDataPlane
 from gateway.ipsec_cmd import routed_lines
@@ -32,6 +33,7 @@ conn net
     auto=route
 
 conn host
+    rightsubnet=10.94.5.0/24
     rightprotoport=tcp/443
     auto=route
 
@@ -91,13 +93,13 @@ def test_routed_connections_get_trap_policies_dynamic_resolved() -> None:
     assert sorted(pols) == sorted([
         ("10.94.1.0/24", "10.94.2.0/24", 0, 0, TRAP_REQID_BASE + 1, PolicyAction.TRAP, Direction.OUT, "192.0.2.2"),
         ("10.94.1.0/24", "10.94.3.0/24", 0, 0, TRAP_REQID_BASE + 1, PolicyAction.TRAP, Direction.OUT, "192.0.2.2"),
-        # right's dynamic selector is the peer's address, with rightprotoport
-        ("10.94.1.0/24", "192.0.2.2/32", 6, 443, TRAP_REQID_BASE + 2, PolicyAction.TRAP, Direction.OUT, "192.0.2.2"),
+        ("10.94.1.0/24", "10.94.5.0/24", 6, 443, TRAP_REQID_BASE + 2, PolicyAction.TRAP, Direction.OUT, "192.0.2.2"),
     ])
     assert traps.routed() == {"net": ["net"], "host": ["host"]}
     assert traps.unroute("net") == 1 and traps.unroute("net") == 0
     assert {p.reqid for p in dp._policies} == {TRAP_REQID_BASE + 2}
     assert traps.route("plain") == ["plain"]  # `ipsec route` works on any connection
+    assert traps.unroute("plain") == 1
     with pytest.raises(LocalError, match="no connection named 'nosuch'"):
         traps.route("nosuch")
 
@@ -123,7 +125,7 @@ def test_first_packet_starts_the_child_sa_once_per_attempt() -> None:
     engine.terminate(sa, clock.t)
     assert traps.on_acquire(again, clock.t + 1)
     # a trap of another connection, and an acquire no trap of ours made
-    assert traps.on_acquire(Acquire(TRAP_REQID_BASE + 2, "10.94.1.5", "192.0.2.2", 6), clock.t + 1)
+    assert traps.on_acquire(Acquire(TRAP_REQID_BASE + 2, "10.94.1.5", "10.94.5.1", 6), clock.t + 1)
     assert not traps.on_acquire(Acquire(7, "10.94.1.5", "10.9.9.9", 6), clock.t + 1)
     assert traps.acquires == 3 and traps.ignored == 2
 
@@ -132,7 +134,7 @@ def test_a_reload_routes_changed_and_new_connections_and_unroutes_the_rest() -> 
     engine, dp, traps, _ = setup()
     net_reqid = traps.traps[("net", "net")].reqid
     changed = convert_conf(parse_conf(CONF.replace("10.94.3.0/24", "10.94.4.0/24").replace(
-        "conn host\n    rightprotoport=tcp/443\n    auto=route", "conn host\n    auto=add")),
+        "rightprotoport=tcp/443\n    auto=route", "rightprotoport=tcp/443\n    auto=add")),
         Path("/nonexistent"), local_addresses=["192.0.2.1"])
     engine.configs[:] = changed
     traps.sync(engine.configs)
@@ -173,3 +175,28 @@ def test_an_sql_child_config_with_start_action_trap_is_routed() -> None:
     traps.sync(engine.configs)
     assert [(str(p.local.subnet), str(p.remote.subnet), p.action) for p in dp._policies] == \
         [("10.1.0.0/16", "10.2.0.0/16", PolicyAction.TRAP)]
+
+
+def test_a_trap_holding_the_peers_own_address_is_refused_in_the_userspace_data_plane() -> None:
+    """Its route into the TUN device would take the IKE messages to the peer along (dynamic selectors:
+    the two addresses); the other routed connections still load."""
+    _, dp, traps, _ = setup(CONF + "\nconn h2h\n    leftsubnet=\n    auto=route\n")
+    assert "h2h" not in traps.routed() and "net" in traps.routed()
+    with pytest.raises(LocalError, match=r"conn h2h: auto=route: the remote selector 192.0.2.2/32 holds the peer's"):
+        traps.route("h2h")
+    assert all(str(p.remote.subnet) != "192.0.2.2/32" for p in dp._policies)
+
+
+def test_the_trap_is_installed_again_when_its_last_child_sa_goes() -> None:
+    """XFRM keeps one kernel policy per selector: the CHILD_SA's replaced the trap and went with it."""
+    engine, dp, traps, clock = setup()
+    t = traps.traps[("net", "net")]
+    sa = engine.initiate("net", "net", clock.t)
+    sa.children[5] = ChildSa("net", 5, 1, sa.config.children[0], 0x1234)  # a rekeyed successor, still up
+    for p in t.policies:
+        dp.delete_policy(p)  # as the kernel lost it
+    traps.on_event(ev.ChildSaDeleted("net", "net", 7, 0x1000, 0x2000, "rekeyed"))
+    assert not any(p.reqid == t.reqid for p in dp._policies)  # XFRM: the successor's policy must stay
+    del sa.children[5]
+    traps.on_event(ev.ChildSaDeleted("net", "net", 5, 0x1234, 0x2000, "deleted"))
+    assert sum(1 for p in dp._policies if p.reqid == t.reqid) == 2
