@@ -1,5 +1,6 @@
 """The daemon acts on the data plane's events (RFC 7296 2.8): a soft lifetime rekeys the CHILD_SA, a
-hard one deletes it; an acquire (no trap policies) is only logged."""
+hard one deletes it; an acquire goes to `on_acquire` (iked logs it; the gateway's trap policies act on
+it, gateway/traps.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def test_expiry_events_rekey_or_delete() -> None:
     fake: Any = SimpleNamespace(dp=SimpleNamespace(next_event=lambda: events.popleft() if events else None),
                                 engine=engine, transport=SimpleNamespace(flush=lambda: flushed.append(True)))
     fake._child_by_spi = lambda spi: Daemon._child_by_spi(fake, spi)
+    acquired: list[Acquire] = []
+    fake.on_acquire = lambda e, now: acquired.append(e)
     Daemon._dataplane_events(fake)
     assert calls == [("rekey", sa, 7), ("delete", sa, 7)]
+    assert acquired == [Acquire(1, "10.1.0.2", "10.2.0.2", 1)]
     assert not events and flushed
