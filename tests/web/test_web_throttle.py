@@ -270,20 +270,22 @@ def test_rows_are_bounded_swept_and_capped(db: str) -> None:
 
 
 def test_an_existing_database_gains_the_table(tmp_path: Path) -> None:
-    """A med_db made before the table existed gets it (and its indexes) when a portal opens it."""
+    """A med_db made before the tables existed gets them (and their indexes) when a portal opens it."""
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = make_engine(url)
     load_schema(engine)
     with engine.begin() as conn:
         conn.execute(text('DROP TABLE "web_login_failure"'))
-    assert "web_login_failure" not in inspect(engine).get_table_names()
+        conn.execute(text('DROP TABLE "web_login_lock"'))
+    assert not {"web_login_failure", "web_login_lock"} & set(inspect(engine).get_table_names())
     clock = FakeClock()
     t = throttle(url, clock)
-    engine.dispose()  # its pooled connection predates the new table
+    engine.dispose()  # its pooled connection predates the new tables
     indexes = {i["name"] for i in inspect(engine).get_indexes("web_login_failure")}
     assert indexes == {"ix_web_login_failure_subject", "ix_web_login_failure_started"}
+    assert {i["name"] for i in inspect(engine).get_indexes("web_login_lock")} == {"ix_web_login_lock_used"}
     fail(t, "192.0.2.1", "x")
-    assert rows(t) == 2
+    assert rows(t) == 2 and locks(t) == 1
 
 
 @pytest.mark.parametrize(("remote", "key"), [
