@@ -252,6 +252,7 @@ def test_rows_are_bounded_swept_and_capped(db: str) -> None:
     # swept every SWEEP_EVERY attempts: the cap plus what one process adds in between (two rows each)
     assert 100 < most <= 100 + 2 * SWEEP_EVERY
     assert t.sweep() == 100 and rows(t) == 100
+    assert locks(t) == 100  # the addresses' lock rows are capped alike
     assert t.stats()["failures_forgotten"] == 500  # of the 600 rows made
     # the oldest were forgotten first: the newest 50 attempts are still counted, the first ones not
     f = WebLoginFailure
