@@ -1,7 +1,9 @@
 """The `seal_batch` and `open_batch` steps of the userspace ESP data plane (`core_ike.io.fastpath`):
 a TSO super-packet segmented, sealed and sent from two buffers, a UDP_GRO read of ESP opened and
 written to the TUN device from one, with no per-packet objects (measured step by step in
-bench/esp_throughput_iperf.py; the cost per packet of each stage: docs/architecture.md).
+bench/esp_throughput_iperf.py; the cost per packet of each stage: docs/architecture.md); and the
+per-packet batch they fall back to (`_receive_batch`: one read's ESP packets opened one by one,
+their inner packets written as `_write_inner` merges them).
 
 `BatchSteps` is a base class of `core_ike.io.userspace.UserspaceDataPlane`, whose state it uses.
 """
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..esp import InboundSad, SequenceExhaustedError
+from ..esp import EspError, InboundSad, SequenceExhaustedError
 from ..esp.views import VIEWS
 from .fastpath import UdpEspIo
 from .offload import NO_OFFLOAD, Coalescer, VnetHdr, merge_run, segment_into
@@ -84,6 +86,28 @@ class BatchSteps:
             self._flush_sends()
         self._udp.send_laid_out(memoryview(self._esp_out)[: sum(sizes)], sizes, st.addr)
         return True
+
+    def _receive_batch(self, packets: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Decrypt a batch of ESP packets and write the inner packets to the TUN device, TCP segments
+        of one flow merged into one write when `coalesce` is on."""
+        allowed = self._inbound_allowed
+        out: list[bytes] = []
+        last: tuple[int, tuple[str, int]] | None = None
+        for r, (_, src) in zip(self.sad.open_batch([d for d, _ in packets], self.clock()), packets, strict=True):
+            if isinstance(r, EspError):
+                log.debug("ESP from %s dropped: %s", src, r)
+                continue
+            sa, nh, inner = r
+            if (sa.spi, src) != last:
+                last = (sa.spi, src)
+                self._check_mapping(sa.spi, src)
+            if nh not in (4, 41) or not inner:
+                continue  # RFC 4303 2.6: next header 59 = dummy packet, discard silently
+            if not allowed(sa.spi, inner):
+                self.drop_policy_mismatch += 1
+                continue
+            out.append(inner)
+        self._write_inner(out)
 
     def _write_inner(self, out: Sequence[bytes]) -> None:
         """Decrypted packets to the TUN device, TCP segments of one flow merged when `coalesce` is on."""

@@ -114,6 +114,31 @@ def open_tun(name: str, vnet: bool, tso: bool) -> tuple[int, bool, bool]:
     return fd, vnet, tso and vnet
 
 
+# the largest ESP overhead of a transform `EspSa` runs (AES-CBC with HMAC-SHA2-512-256): header 8,
+# IV 16, ICV 32, padding 15, Pad Length and Next Header 2 (RFC 4303 2)
+ESP_OVERHEAD_MAX = 73
+
+
+def tun_gso_segs(mtu: int) -> int:
+    """The most TCP segments one TSO super-packet from the TUN device may hold so that their ESP
+    packets leave in one UDP_SEGMENT send (GSO_MAX_BYTES): each super-packet is then one send here
+    and one UDP_GRO read at the peer, not a full one and a remainder of a few packets (whose fixed
+    per-call costs are those of a full one)."""
+    return max(2, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // (mtu + ESP_OVERHEAD_MAX)))
+
+
+def limit_tun_gso(ipr: Any, index: int, name: str, mtu: int) -> None:
+    """Set the TUN device's gso_max_segs (`tun_gso_segs`; TCP reads it when a connection starts);
+    a kernel that refuses it keeps its default (logged once), at the cost of a second send per
+    super-packet."""
+    from pyroute2 import NetlinkError  # type: ignore[import-untyped]
+
+    try:
+        ipr.link("set", index=index, gso_max_segs=tun_gso_segs(mtu))
+    except NetlinkError as e:
+        log.info("TUN %s: gso_max_segs refused (%s); super-packets of the kernel's default size", name, e)
+
+
 def grow_rcvbuf(s: socket.socket, size: int = 4 << 20) -> None:
     """Enlarge an ESP receive socket's buffer: with the default (~200 KB) a TCP burst through the
     tunnel overflows it while the event loop is busy sealing, and every overflow is a TCP loss."""

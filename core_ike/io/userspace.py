@@ -32,7 +32,7 @@ from typing import Any
 from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
 from ..constants import NAT_KEEPALIVE
-from ..esp import USERSPACE, EspError, EspSa, InboundSad, SequenceExhaustedError
+from ..esp import USERSPACE, EspSa, InboundSad, SequenceExhaustedError
 from .acquire import AcquireLimiter
 from .batchsteps import BatchSteps
 from .dataplane import (
@@ -47,7 +47,7 @@ from .dataplane import (
     SaUsage,
     SendDatagram,
 )
-from .fastpath import DEFAULT_STEPS, OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, open_tun
+from .fastpath import DEFAULT_STEPS, OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, limit_tun_gso, open_tun
 from .netlink import NetlinkWorker, RouteSocket, add_host_address, del_host_address
 from .offload import (
     VNET_HDR_LEN,
@@ -167,6 +167,8 @@ class UserspaceDataPlane(BatchSteps):
         def setup(ipr: Any) -> int:
             index = int(ipr.link_lookup(ifname=self.tun_name)[0])
             ipr.link("set", index=index, mtu=self.mtu, state="up")
+            if self._tso and "gso" in off:
+                limit_tun_gso(ipr, index, self.tun_name, self.mtu)
             for a in self.tun_addresses:
                 iface = ipaddress.ip_interface(a)
                 ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
@@ -518,28 +520,6 @@ class UserspaceDataPlane(BatchSteps):
     def receive_esp(self, data: bytes, src: tuple[str, int]) -> None:
         """ESP (without UDP header) from the IKE transport's demux or the raw socket."""
         self._receive_batch([(data, src)])
-
-    def _receive_batch(self, packets: list[tuple[bytes, tuple[str, int]]]) -> None:
-        """Decrypt a batch of ESP packets and write the inner packets to the TUN device, TCP segments
-        of one flow merged into one write when `coalesce` is on."""
-        allowed = self._inbound_allowed
-        out: list[bytes] = []
-        last: tuple[int, tuple[str, int]] | None = None
-        for r, (_, src) in zip(self.sad.open_batch([d for d, _ in packets], self.clock()), packets, strict=True):
-            if isinstance(r, EspError):
-                log.debug("ESP from %s dropped: %s", src, r)
-                continue
-            sa, nh, inner = r
-            if (sa.spi, src) != last:
-                last = (sa.spi, src)
-                self._check_mapping(sa.spi, src)
-            if nh not in (4, 41) or not inner:
-                continue  # RFC 4303 2.6: next header 59 = dummy packet, discard silently
-            if not allowed(sa.spi, inner):
-                self.drop_policy_mismatch += 1
-                continue
-            out.append(inner)
-        self._write_inner(out)
 
     def _check_mapping(self, spi: int, src: tuple[str, int]) -> None:
         """Authenticated UDP-encapsulated ESP from another address or port than the SA's peer: its NAT

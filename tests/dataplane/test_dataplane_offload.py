@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from core_ike.io.fastpath import tun_gso_segs
 from tests.dataplane.test_dataplane_userspace import P, _capture, _peer_config, _start_peer, lab, nsx, sh
 from tests.guards import require
 
@@ -113,6 +114,9 @@ def test_bulk_tcp_through_offloads(lab: dict[str, Any], offload: str) -> None:
     for ns in ("a", "b"):
         nsx(ns, "ip", "-6", "addr", "show")  # the IPv6 inner addresses are there (no DAD on a TUN /128)
     tcpdump, pcap = _capture(lab)
+    # with tso and gso, the TUN device's super-packets are capped at what one UDP_SEGMENT send carries
+    want = f"gso_max_segs {tun_gso_segs(MTU)} " if offload == "all" else "gso_max_segs 65535 "
+    assert all(want in nsx(ns, "ip", "-d", "link", "show", "espt0").stdout for ns in ("a", "b"))
     got4 = transfer("a", "10.91.1.1", "b", "10.91.2.1", SIZE["v4"], 4)
     got6 = transfer("b", INNER6["b"], "a", INNER6["a"], SIZE["v6"], 6)
     tcpdump.send_signal(signal.SIGTERM)
