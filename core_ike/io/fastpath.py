@@ -9,7 +9,8 @@ steps to use, ``all`` (the default: every step but ``mmsg``) or ``none``; bench/
   segments; each still travels in its own ESP packet (RFC 4303 2).
 - ``gso``: a run of ESP packets of equal size to one peer leaves in one ``sendmsg`` with
   ``UDP_SEGMENT`` (the kernel cuts it into datagrams; on the wire they are ordinary RFC 3948
-  ESP-in-UDP datagrams).
+  ESP-in-UDP datagrams). With ``tso``, the TUN device's ``gso_max_segs`` is set so that one
+  super-packet's ESP packets fit one such send (`tun_gso_segs`).
 - ``gro``: the NAT-T socket gets ``UDP_GRO``: one read returns several datagrams of one peer glued
   together, with their size in a control message; they are split before anything else looks at them.
 - ``coalesce``: decrypted TCP segments of one flow are written to the TUN device as one GSO packet

@@ -476,7 +476,10 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
     if n < 2 or not HAVE_NUMPY or tail > length or length & 1 or lengths.count(length) < n - 1:
         return None
     rows = _np.frombuffer(plain, _np.uint8, n * stride).reshape(n, stride)
-    sums = row_sums(rows[: n - 1, :length])  # whole-packet sums, checked as `_tcp_candidate` does
+    # whole-packet sums, checked as `_tcp_candidate` does (the last packet's with the others' when it
+    # is as long as they are, as a super-packet cut into full segments leaves it)
+    whole = n if tail == length else n - 1
+    sums = row_sums(rows[:whole, :length])
     first = bytes(plain[:length])
     c = _tcp_candidate(first, int(sums[0]))
     if c is None:
@@ -494,9 +497,9 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
         return None
     # (`_tcp_candidate`'s correction: the pseudo-header's protocol and length, the IPv4 addresses once
     # more, the IPv6 header's first 8 octets out; equal in all full-size segments)
-    if ((sums + _tcp_small(first, off, v6) % 0xFFFF) % 0xFFFF).any() or (
+    if ((sums + _tcp_small(first, off, v6) % 0xFFFF) % 0xFFFF).any() or (whole < n and (
             csum_le(plain[(n - 1) * stride : (n - 1) * stride + tail])
-            + _tcp_small(plain[(n - 1) * stride : (n - 1) * stride + 40], off, v6, tail)) % 0xFFFF:
+            + _tcp_small(plain[(n - 1) * stride : (n - 1) * stride + 40], off, v6, tail)) % 0xFFFF):
         return None
     view = memoryview(plain)
     parts = VIEWS.rows(plain, h, stride, length - h, n - 1)[: n - 1]  # payloads, slices kept for the next run

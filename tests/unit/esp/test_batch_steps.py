@@ -227,6 +227,13 @@ def test_merge_run_refuses_what_coalescer_would_not_merge() -> None:
 
     assert merge_run(plain, stride, lengths) is not None
     assert merge_run(mutated(3, 300, 1), stride, lengths) is None  # a bad TCP checksum
+    assert merge_run(mutated(len(lengths) - 1, 300, 1), stride, lengths) is None  # in the last one (full size)
+    short = bytearray()
+    laid = segment_into(tcp_packet(False, payload[:-10], options=OPTS), gso_hdr(False, 1000, OPTS), short)
+    assert laid is not None and laid[1][-1] < laid[1][0]
+    assert merge_run(short, *laid) is not None
+    short[(len(laid[1]) - 1) * laid[0] + 300] ^= 1
+    assert merge_run(short, *laid) is None  # in the last one (shorter)
     assert merge_run(mutated(3, 20 + 7, 1), stride, lengths) is None  # a sequence gap
     assert merge_run(mutated(3, 20 + 13, 0x08), stride, lengths) is None  # PSH in the middle
     assert merge_run(mutated(3, 20 + 1, 1), stride, lengths) is None  # another connection (port)
