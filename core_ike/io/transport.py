@@ -277,6 +277,7 @@ class UdpTransport:
         # pre-filter answers COOKIEs from the receive batch into the send batch (docs/operations.md, "Floods")
         self._rb = RecvBatch(MMSG_BATCH)
         self._sb = SendBatch(MMSG_BATCH, COOKIE_SLOT)
+        self._replies = SendBatch(MMSG_BATCH)  # the engine's answers to one receive batch (any size)
         prefilter = getattr(engine, "prefilter", None)
         self._answer_batch: Callable[..., Any] | None = getattr(prefilter, "answer_batch", None)
         self._log_limit = LogLimiter(log)
@@ -393,29 +394,31 @@ class UdpTransport:
             todo = answer(rb, n, sb, not plain, v6, now) if answer is not None else range(n)
             if len(sb):
                 self._flush_batch(fd, local)
+            replies: list[tuple[bytes, Addr, Addr]] = []
             for i in todo:
                 data, remote = rb.data(i), rb.address(i)
                 if plain or data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
                     deliver(data if plain else data[4:], local, remote, now)
                 else:
                     self._datagram(data, local, remote, now)
-                # answer at once (not after the whole batch): the peer works on it while we go on
                 out = drain()
                 if out:
-                    self._send_all(out)
+                    replies += out
+            if replies:
+                self._send_batch(replies)
             if n < rb.count:
                 break  # the queue is empty
         stats["rx"] += total
         self.flush()
 
-    def _flush_batch(self, fd: int, local: Addr) -> None:
-        sb = self._sb
+    def _flush_batch(self, fd: int, local: Addr, sb: SendBatch | None = None, what: str = "COOKIE answer") -> None:
+        sb = sb or self._sb
         errors = sb.errors
         self.stats["tx"] += sb.flush(fd)
         if sb.errors != errors:
             self.stats["dropped"] += sb.errors - errors
-            self._log_limit.warning("send-error", self.clock(), "error sending %d COOKIE answer(s) from %s[%d]: %s",
-                                    sb.errors - errors, local[0], local[1], os.strerror(sb.last_error))
+            self._log_limit.warning("send-error", self.clock(), "error sending %d %s(s) from %s[%d]: %s",
+                                    sb.errors - errors, what, local[0], local[1], os.strerror(sb.last_error))
 
     def _datagram(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
         if local[1] == self.engine.natt_port:
@@ -456,6 +459,21 @@ class UdpTransport:
             log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
 
     # ------------------------------------------------------------------ send, timers, events
+    def _send_batch(self, out: list[tuple[bytes, Addr, Addr]]) -> None:
+        """The replies to one receive batch: one sendmmsg when they all leave from one socket."""
+        if len(out) == 1:
+            self._send_all(out)
+            return
+        local = out[0][1]
+        s = self.sockets.get(local)
+        sb = self._replies
+        if s is None or len(out) > sb.count or any(o[1] != local or len(o[0]) > sb.size for o in out):
+            self._send_all(out)
+            return
+        for data, _, remote in out:
+            sb.append(data, remote)
+        self._flush_batch(s.fileno(), local, sb, "message")
+
     def _send_all(self, out: list[tuple[bytes, Addr, Addr]]) -> None:
         sockets = self.sockets
         for data, local, remote in out:

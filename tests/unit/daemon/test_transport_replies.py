@@ -1,0 +1,91 @@
+"""The engine's answers to one receive batch leave with one sendmmsg (core_ike/io/transport.py
+_send_batch): every answer arrives, in order, whatever its size; answers from another local address
+than the first one's go one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from core_ike.io.transport import UdpTransport
+from tests.unit.daemon.flushwait import datagrams
+
+
+class _Echo:
+    """Answers every datagram with `scale` copies of it, from the address it came to (or `other`)."""
+
+    natt_port = -1
+
+    def __init__(self, scale: int = 1) -> None:
+        self.out: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
+        self.scale = scale
+        self.other: tuple[str, int] | None = None
+        self.n = 0
+
+    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int], now: float) -> None:
+        self.n += 1
+        src = self.other if self.other is not None and self.n % 2 == 0 else local
+        self.out.append((data * self.scale, src, remote))
+
+    def datagrams_to_send(self) -> list[Any]:
+        out, self.out = self.out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+    def next_event(self) -> Any:
+        return None
+
+
+def _run(engine: _Echo, count: int, two: bool = False) -> tuple[list[bytes], int, dict[str, int]]:
+    """`count` datagrams queued at once to a transport on 127.0.0.1 (`two`: also on 127.0.0.2, which
+    answers every second one); the answers, the number of sendmmsg flushes of the reply batch, the
+    transport's counters."""
+    async def run() -> tuple[list[bytes], int, dict[str, int]]:
+        t = UdpTransport(engine, ["127.0.0.1", "127.0.0.2"] if two else ["127.0.0.1"], [0])  # type: ignore[arg-type]
+        t.start()
+        addr, *rest = t.sockets
+        if rest:
+            engine.other = rest[0]
+        flushes = [0]
+        flush = t._replies.flush
+
+        def counted(sock: Any) -> int:
+            flushes[0] += 1
+            return flush(sock)
+
+        t._replies.flush = counted  # type: ignore[method-assign]
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.setblocking(False)
+        try:
+            for i in range(count):  # all queued before the loop runs the transport's reader
+                c.sendto(b"%04d" % i, addr)
+            got = await datagrams(c, count)
+            return got, flushes[0], dict(t.stats)
+        finally:
+            c.close()
+            t.close()
+
+    return asyncio.run(run())
+
+
+def test_answers_to_one_batch_leave_together_in_order() -> None:
+    got, flushes, stats = _run(_Echo(), 20)
+    assert got == [b"%04d" % i for i in range(20)]
+    assert flushes >= 1 and stats["tx"] == 20 and stats["dropped"] == 0
+
+
+def test_large_answers_too() -> None:
+    got, _, stats = _run(_Echo(scale=2000), 5)  # 8000 octets each: IP fragments
+    assert got == [b"%04d" % i * 2000 for i in range(5)]
+    assert stats["tx"] == 5
+
+
+def test_answers_from_two_addresses_go_one_by_one() -> None:
+    got, flushes, stats = _run(_Echo(), 6, two=True)
+    assert sorted(got) == [b"%04d" % i for i in range(6)] and flushes == 0 and stats["tx"] == 6
