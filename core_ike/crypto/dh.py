@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - future cryptography releases
 __all__ = [
     "SUPPORTED_GROUPS",
     "KeyExchange",
+    "KeyPool",
     "key_exchange_from_private",
     "new_key_exchange",
     "public_length",
@@ -264,6 +265,35 @@ def new_key_exchange(group: int, rng: Rng) -> KeyExchange:
     if group in _MONTGOMERY:
         return _MontgomeryExchange(group)
     raise LocalError(f"unsupported DH group {group}")
+
+
+class KeyPool:
+    """Fresh key pairs of the curve groups made a few at a time, each handed out once.
+
+    A responder makes one key pair per IKE_SA_INIT (RFC 7296 1.2: its own KEr), typically right after
+    waking up for that datagram, when the curve's code and tables are out of the CPU caches: making
+    `batch` of them together costs little more than one made cold, and each IKE_SA still gets its own
+    pair, used for that exchange only (no reuse across IKE_SAs, RFC 7296 2.12 not needed). The private
+    keys come from OpenSSL's CSPRNG as in `new_key_exchange`; MODP groups, whose exponent comes from
+    `rng`, are made one at a time. A process that forks must not share a pool with its child.
+    """
+
+    __slots__ = ("_keys", "batch")
+
+    def __init__(self, batch: int = 8) -> None:
+        self.batch = batch
+        self._keys: dict[int, list[KeyExchange]] = {}
+
+    def take(self, group: int, rng: Rng) -> KeyExchange:
+        if group not in _MONTGOMERY and group not in _ECP_CURVES:
+            return new_key_exchange(group, rng)
+        keys = self._keys.get(group)
+        if not keys:
+            keys = self._keys[group] = [new_key_exchange(group, rng) for _ in range(self.batch)]
+        return keys.pop(0)  # in the order made
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._keys.values())
 
 
 def key_exchange_from_private(group: int, private: bytes) -> KeyExchange:

@@ -30,6 +30,7 @@ from .identity import Identity
 from .state import ChildSa, IkeState
 
 if TYPE_CHECKING:
+    from ..crypto.dh import KeyExchange
     from ..esp.algorithms import EspTransforms
 
 # what tasks use of the value modules, so that tasks import from the IKE package only this module and
@@ -152,6 +153,10 @@ class TaskContext(Protocol):
         ...
 
     def ike_proposals_for(self, sa: IkeSaView) -> list[Proposal]: ...
+
+    def key_exchange(self, group: int) -> KeyExchange:
+        """A fresh key pair of `group` for one exchange (crypto/dh.py KeyPool)."""
+        ...
 
     def ike_proposal_texts(self, sa: IkeSaView) -> tuple[str, ...]:
         """The proposal strings `ike_proposals_for` is made of (a key for what it negotiates)."""

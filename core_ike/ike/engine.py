@@ -27,6 +27,7 @@ from ..constants import (
     PayloadType,
     ProtocolId,
 )
+from ..crypto.dh import KeyExchange, KeyPool
 from ..crypto.proposals import parse_proposals
 from ..errors import CredentialsPending, DecodeError, LocalUsageError, ProtocolError
 from ..esp.algorithms import EspTransforms
@@ -156,6 +157,7 @@ class Engine:
         self.prefilter = Prefilter(self)  # decisions on raw datagrams, COOKIEs (core_ike/ike/prefilter.py)
         self._half_open_by_ip: dict[str, int] = {}
         self.vips = VipPool()
+        self.key_pool = KeyPool()  # the responder's KEr key pairs (RFC 7296 1.2), made a few at a time
         # a configuration source that looks connections up per attempt (docs/gateway.md): called when no
         # config matches an IKE_SA_INIT (peer None) or an IKE_AUTH (the peer's identity); it raises
         # CredentialsPending while it looks, and the peer's retransmission (RFC 7296 2.1) is answered
@@ -375,6 +377,9 @@ class Engine:
                 if p not in out:
                     out.append(p)
         return out
+
+    def key_exchange(self, group: int) -> KeyExchange:
+        return self.key_pool.take(group, self.rng)
 
     def ike_proposal_texts(self, sa: IkeSaView) -> tuple[str, ...]:
         return tuple(dict.fromkeys([c.proposals for c in self._configs_for(sa)]))

@@ -295,7 +295,7 @@ class IkeInit(Task):
                                 f"{name_of(DhId, group)}", NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", group))
         if not 16 <= len(nonce.data) <= 256:
             raise ProtocolError("nonce length out of range", NotifyType.INVALID_SYNTAX)
-        self.ke = new_key_exchange(group, sa.ctx.rng)
+        self.ke = sa.ctx.key_exchange(group)
         sa.ni = nonce.data
         sa.nr = sa.ctx.rng.bytes(NONCE_LEN)
         sa.init_request = msg.raw

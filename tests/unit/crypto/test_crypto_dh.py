@@ -200,3 +200,25 @@ def test_unsupported_group() -> None:
         dh.new_key_exchange(22, RNG)
     with pytest.raises(LocalError):
         dh.public_length(99)
+
+
+@pytest.mark.parametrize("group", [DhId.CURVE25519, DhId.ECP_256])
+def test_the_key_pool_hands_out_each_fresh_pair_once(group: int) -> None:
+    """RFC 7296 1.2 / 2.12: every exchange gets its own key pair; the pool only makes them in batches."""
+    pool = dh.KeyPool(batch=4)
+    taken = [pool.take(group, RNG) for _ in range(10)]
+    assert len(pool) == 2  # three batches of 4 made, 10 taken
+    assert len({k.public for k in taken}) == 10 and all(k.group == group for k in taken)
+    peer = dh.new_key_exchange(group, RNG)
+    assert taken[0].compute(peer.public) == peer.compute(taken[0].public)  # a working pair
+
+
+def test_the_key_pool_keeps_groups_apart_and_makes_modp_on_demand() -> None:
+    pool = dh.KeyPool(batch=3)
+    assert pool.take(DhId.CURVE25519, RNG).group == DhId.CURVE25519
+    assert pool.take(DhId.CURVE448, RNG).group == DhId.CURVE448
+    assert len(pool) == 4
+    assert pool.take(DhId.MODP_2048, RNG).group == DhId.MODP_2048  # its exponent from `rng`, one at a time
+    assert len(pool) == 4
+    with pytest.raises(LocalError):
+        pool.take(999, RNG)
