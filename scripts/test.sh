@@ -12,4 +12,7 @@ echo "== lint-imports (the sans-IO import contracts, .importlinter)"; lint-impor
 echo "== pytest"
 mkdir -p test-output
 export IKEME_REQUIRE_ALL=1  # tests/conftest.py: a missing component fails, it is never skipped
-exec pytest -q -rs --junitxml=test-output/junit.xml "$@"
+# Most of the suite waits on labs, timers and subprocesses, so it runs on more workers than there are
+# CPUs (pytest-xdist); tests/conftest.py groups what must share a worker. IKEME_TEST_WORKERS=0: one process.
+exec pytest -q -rs --junitxml=test-output/junit.xml -n "${IKEME_TEST_WORKERS:-3}" --dist loadgroup \
+  --no-loadscope-reorder "$@"

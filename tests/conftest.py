@@ -32,6 +32,59 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "missing ones skip it, or fail it under IKEME_REQUIRE_ALL=1")
 
 
+# -- parallel runs (pytest-xdist: ``-n N --dist loadgroup`` in scripts/test.sh) ------------------------
+#
+# A worker runs whole groups. By default a group is one test module, so a module's fixtures (a lab, a
+# browser, a charon pair) are built once. A directory whose tests share one thing that must not be built
+# twice or be used by two tests at once is one group:
+SHARED_GROUPS = {
+    "deploy": "one deploy/install.sh per run (the session fixture ``installed`` of tests/deploy/)",
+    "bench": "bench smoke runs measure CPU and packet rates: never two at a time",
+}
+# Groups are handed out in this order, longest first, so that no long lab run starts last and holds
+# up the end of the run while the other workers idle (xdist's --no-loadscope-reorder keeps it).
+FIRST = ("scenarios", "deploy", "resilience", "interop", "bench", "web", "dataplane")
+
+
+def xdist_group(nodeid: str) -> str:
+    """The group of a test: the name of its ``xdist_group`` mark where xdist put it into the node id
+    (``...@name``), else its directory under tests/ when that is one of SHARED_GROUPS, else its module."""
+    if "@" in nodeid:
+        return nodeid.rpartition("@")[2]
+    path = nodeid.partition("::")[0]
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "tests" and parts[1] in SHARED_GROUPS:
+        return parts[1]
+    return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadgroup by :func:`xdist_group`: the groups are known from the node ids alone, so the
+    controller (which collects nothing) can form them."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist is untyped
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike
+        return
+
+    def rank(item: pytest.Item) -> int:
+        parts = item.nodeid.partition("::")[0].split("/")
+        top = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+        return FIRST.index(top) if top in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("needs"):

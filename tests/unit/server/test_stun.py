@@ -82,7 +82,7 @@ def test_change_the_server_cannot_make_is_420() -> None:
     b"", b"\x00" * 19, b"\x16\x03\x01" + b"\x00" * 40, os.urandom(600),
     bytes(request(cls=stun.Class.RESPONSE)), bytes(request(cls=stun.Class.INDICATION)),
     bytes(request(method=stun.Method.ALLOCATE)),
-])
+], ids=["empty", "short", "tls", "random", "response", "indication", "allocate"])  # fixed: xdist workers collect alike
 def test_other_input_is_dropped(data: bytes) -> None:
     r = StunResponder(StunSettings(A1))
     assert r.receive(data, CLIENT, (A1, 3478), 0.0) is None
