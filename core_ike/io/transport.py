@@ -14,6 +14,7 @@ import ctypes
 import errno
 import ipaddress
 import logging
+import math
 import os
 import socket
 import struct
@@ -272,6 +273,7 @@ class UdpTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._coarse = False  # the loop's timers have a millisecond granularity (uvloop's)
         self.stats = {"rx": 0, "tx": 0, "keepalive": 0, "esp": 0, "dropped": 0}
         # one receive and one send batch for every socket (they are read one at a time); the engine's
         # pre-filter answers COOKIEs from the receive batch into the send batch (docs/operations.md, "Floods")
@@ -286,6 +288,7 @@ class UdpTransport:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Bind every (address, port); when one fails, none stays open and the LocalError names it."""
         self._loop = loop or asyncio.get_running_loop()
+        self._coarse = type(self._loop).__module__.partition(".")[0] == "uvloop"  # millisecond timers
         if self.groups is not None:
             for key, socks in self.groups.items():
                 self._adopt(key, socks)
@@ -528,6 +531,11 @@ class UdpTransport:
         self._timer_at = t
         if t is not None and self._loop is not None:
             delay = max(0.0, t - self.clock())
+            if self._coarse:
+                # libuv counts whole milliseconds from a floored start (and uvloop rounds the delay): one
+                # more millisecond, rounded up, never fires before the deadline, where firing early would
+                # cost an idle handle_timer and a re-arm per millisecond left
+                delay = math.ceil(delay * 1000 + 1) / 1000
             self._timer = self._loop.call_later(delay, self._fire)
 
     def _fire(self) -> None:
