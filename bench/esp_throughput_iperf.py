@@ -184,6 +184,8 @@ def run_side(lab: Lab, side: str, seconds: float, esp: str) -> tuple[dict[str, d
         b2.wait_child("net", timeout=5)
     try:
         sent, received, out = lab.ping("alice", B_IN, source=A_IN, count=3, interval=0.05)
+        if received != sent:  # once more: on the loaded shared machine a reply can be lost
+            sent, received, out = lab.ping("alice", B_IN, source=A_IN, count=3, interval=0.05)
         if received != sent:
             raise RuntimeError(f"{side}: tunnel does not pass ping\n{out}")
         info["tun_mtu"] = tun_mtu(lab, "alice")

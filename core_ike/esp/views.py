@@ -6,9 +6,9 @@ Cutting those slices per packet costs about as much Python as the call itself; c
 here, the calls run as ``map(encrypt_into, nonces, inputs, aads, outputs)`` with no Python per packet.
 
 A kept slice pins its buffer's size (a bytearray with live memoryviews cannot be resized), so a
-buffer grows only through `grow`, which drops the slices of it first. The data plane is single
-threaded (one event loop), as are the users of this module; it holds no secrets (the slices only
-point into the callers' buffers).
+buffer grows only through `grow`, which drops the slices of it first. A kept slice also keeps its
+buffer alive: the data plane's buffers live as long as it does anyway, and at most `_MAX_LAYOUTS`
+layouts are kept. The data plane runs in one thread (its event loop), as every user of this module.
 """
 
 from __future__ import annotations
