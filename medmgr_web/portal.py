@@ -31,7 +31,7 @@ from med_db.models import User
 from medmgr_web import forms
 from medmgr_web.security import DUMMY_HASH, hash_password, needs_rehash, verify_password
 from medmgr_web.sessions import DbSessionInterface, PortalSession, SessionStore, portal_secret
-from medmgr_web.throttle import Attempt, LoginThrottle, ThrottleConfig
+from medmgr_web.throttle import Attempt, LoginThrottle, ThrottleBusy, ThrottleConfig
 from medmgr_web.validation import html_rules
 
 log = logging.getLogger("medmgr_web")
@@ -117,6 +117,7 @@ def make_portal(import_name: str, settings: PortalSettings, session_factory: ses
     app.teardown_request(_close_db)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ThrottleBusy, _throttle_busy)
     app.register_error_handler(Exception, _internal_error)
     app.add_url_rule("/", "index", _index)
     return app
@@ -298,6 +299,16 @@ def _http_error(exc: HTTPException) -> Response:
     resp = _error_page(status, str(message))
     if status == 405 and exc.get_response().headers.get("Allow"):
         resp.headers["Allow"] = exc.get_response().headers["Allow"]
+    return resp
+
+
+def _throttle_busy(exc: ThrottleBusy) -> Response:
+    """Many login attempts from one address met in the throttle (``throttle.py``): this one was
+    neither counted nor checked; the client may send it again shortly."""
+    log.warning("login from %s not judged: %s", exc.address, exc)
+    resp = _error_page(503, "Too many login attempts at once from your address; this one was not "
+                            f"checked. Try again in {exc.retry_after} second(s).")
+    resp.headers["Retry-After"] = str(exc.retry_after)
     return resp
 
 

@@ -17,7 +17,9 @@ An address's attempts are judged one at a time: each holds the address's row of 
 IMMEDIATE) while it counts and commits its rows, so of a burst from one address, spread over any
 number of processes, exactly the first ``address_limit`` go on and the rest are refused; the account
 delay grows with them.  The lock is held for a few statements on index ranges, never while the
-password is checked or the delay runs.  The delay is a
+password is checked or the delay runs.  An attempt that cannot have the row (``LOCK_TRIES`` rounds lost
+to other attempts and the sweeps) is neither counted nor judged: ``ThrottleBusy``, which the portal
+answers with 503 and ``Retry-After``.  The delay is a
 sleep in the request's own thread (flup serves each request in a thread of its own) and is capped by
 ``delay_max``; it happens before the password is checked, holding no database connection, and its
 length says nothing about the password.
@@ -68,6 +70,18 @@ SWEEP_EVERY = 128      # attempts one process counts between two sweeps, at most
 TRIM_SLACK = 8         # account rows beyond ``account_keep`` read (and deleted) at one attempt
 DELETE_CHUNK = 500     # ids per DELETE ... IN when the cap is enforced
 LOCK_TRIES = 5         # rounds of "lock the address's row, else create it" (a sweep may delete it between)
+BUSY_RETRY_AFTER = 1   # seconds a client is told to wait when the address's lock row could not be had
+
+
+class ThrottleBusy(Exception):
+    """The address's lock row could not be had (``LOCK_TRIES`` rounds lost to other attempts and the
+    sweeps): the attempt was neither counted nor judged.  The portal answers 503 with ``Retry-After``
+    (``portal.py``); nothing is wrong with the server, many attempts from one address met at once."""
+
+    def __init__(self, address: str, retry_after: int = BUSY_RETRY_AFTER) -> None:
+        super().__init__(f"login throttle: no lock on {address!r} after {LOCK_TRIES} tries")
+        self.address = address
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,7 @@ class LoginThrottle:
         self.account_keep = config.account_keep
         self.max_rows = max(1, config.max_rows)
         self.forgotten = 0  # rows this process deleted to keep the cap, since start
+        self.busy = 0  # attempts answered "too many at once" (``ThrottleBusy``), since start
         self._lock = threading.Lock()
         self._next_sweep = 0.0
         self._since_sweep = 0
@@ -203,7 +218,10 @@ class LoginThrottle:
                 db.commit()
             except IntegrityError:  # another attempt made it first: lock that one
                 db.rollback()
-        raise RuntimeError(f"login throttle: no lock on {address!r} after {LOCK_TRIES} tries")
+        db.rollback()
+        with self._lock:
+            self.busy += 1
+        raise ThrottleBusy(address)
 
     def wait(self, attempt: Attempt) -> None:
         """The account's delay, in this request's thread."""
@@ -315,8 +333,8 @@ class LoginThrottle:
             db.commit()
 
     def stats(self) -> dict[str, int]:
-        """Addresses and accounts with failures within the window (all processes of the portal), and
-        the rows this process deleted to keep the cap."""
+        """Addresses and accounts with failures within the window (all processes of the portal), the
+        rows this process deleted to keep the cap, and its attempts answered "too many at once"."""
         f = WebLoginFailure
         cutoff = _when(self.clock()) - dt.timedelta(seconds=self.config.window)
         with self.session_factory() as db:
@@ -324,9 +342,9 @@ class LoginThrottle:
                                .where(f.portal == self.portal, f.started > cutoff).group_by(f.kind)).all()
         counts: dict[str, int] = {row[0]: row[1] for row in found}
         with self._lock:
-            forgotten = self.forgotten
+            forgotten, busy = self.forgotten, self.busy
         return {"addresses_failing": counts.get(ADDRESS, 0), "accounts_failing": counts.get(ACCOUNT, 0),
-                "failures_forgotten": forgotten}
+                "failures_forgotten": forgotten, "logins_busy": busy}
 
 
 _T = TypeVar("_T")

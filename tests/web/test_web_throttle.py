@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import Portal, fresh_address
 from medweb_client import FakeClock, WebClient, WsgiClient
-from sqlalchemy import delete, func, inspect, select, text
+from sqlalchemy import delete, event, func, inspect, select, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from med_db.engine import create_all, make_engine, make_session_factory
@@ -23,8 +24,10 @@ from medmgr_web.security import hash_password
 from medmgr_web.throttle import (
     ACCOUNT,
     ADDRESS,
+    LOCK_TRIES,
     SWEEP_EVERY,
     LoginThrottle,
+    ThrottleBusy,
     ThrottleConfig,
     account_subject,
     address_key,
@@ -189,7 +192,8 @@ def test_processes_share_the_counts_and_a_restart_keeps_them(db: str) -> None:
     assert owner.retry_after == 0 and owner.delay == 4.0 and owner.recent == 6
     restarted.succeeded(owner)
     assert two.begin("192.0.2.8", "victim").delay == 0  # the owner's login cleared it for everyone
-    assert one.stats() == two.stats() == {"addresses_failing": 2, "accounts_failing": 1, "failures_forgotten": 0}
+    assert one.stats() == two.stats() == {"addresses_failing": 2, "accounts_failing": 1, "failures_forgotten": 0,
+                                          "logins_busy": 0}
 
 
 def test_attempts_racing_on_several_processes_pass_exactly_the_limit(db: str) -> None:
@@ -267,7 +271,8 @@ def test_rows_are_bounded_swept_and_capped(db: str) -> None:
     clock.advance(61)
     fail(t, "10.9.9.9", "late")
     assert rows(t) == 2
-    assert t.stats() == {"addresses_failing": 1, "accounts_failing": 1, "failures_forgotten": 500}
+    assert t.stats() == {"addresses_failing": 1, "accounts_failing": 1, "failures_forgotten": 500,
+                        "logins_busy": 0}
 
 
 def test_an_existing_database_gains_the_table(tmp_path: Path) -> None:
@@ -308,6 +313,41 @@ def test_wait_sleeps_only_for_a_delay(tmp_path: Path) -> None:
     t.wait(t.begin("192.0.2.1", "gina"))
     t.wait(t.begin("192.0.2.1", "gina"))
     assert clock.slept == [0.25]
+
+
+class SweepBeforeEachLock:
+    """While on, every lock row of ``engine``'s SQLite database is deleted right before an attempt
+    looks its own up, on the attempt's connection and in its transaction: a sweep (or another
+    process) wins every round.  ``lookups``: the lock lookups seen."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lookups = 0
+        event.listen(engine, "before_cursor_execute", self._before)
+
+    def _before(self, conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM web_login_lock" in statement:
+            self.lookups += 1
+            cursor.connection.execute("DELETE FROM web_login_lock")  # type: ignore[attr-defined]
+
+    def off(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._before)
+
+
+def test_an_address_lock_never_had_is_a_typed_busy_error(tmp_path: Path) -> None:
+    clock = FakeClock()
+    t = throttle(f"sqlite:///{tmp_path / 'med.sqlite'}", clock)
+    fail(t, "192.0.2.1", "gina")
+    sweeper = SweepBeforeEachLock(t.session_factory.kw["bind"])
+    with pytest.raises(ThrottleBusy) as info:
+        t.begin("192.0.2.1", "gina")
+    assert sweeper.lookups == LOCK_TRIES
+    assert info.value.address == "192.0.2.1" and info.value.retry_after >= 1
+    sweeper.off()
+    assert rows(t, ADDRESS, "192.0.2.1") == 1  # the busy attempt counted nothing
+    assert t.stats()["logins_busy"] == 1
+    assert fail(t, "192.0.2.1", "gina") == 0.0  # the lock is to be had again: attempts go on
+    assert rows(t, ADDRESS, "192.0.2.1") == 2
 
 
 # -- through the portals, in process -------------------------------------------------------------
@@ -352,6 +392,26 @@ def test_client_manager_admin_cannot_be_locked_out(tmp_path: Path) -> None:
     admin = WsgiClient(app, "2001:db8:ff::1", base="/cli")
     r = admin.submit("user/login", "user/login", {"password": PASSWORD}, follow=False)
     assert r.status == 303 and r.location == "/cli/connection/list"
+
+
+def test_portal_answers_a_busy_throttle_with_503_and_retry_after(tmp_path: Path) -> None:
+    clock = FakeClock()
+    factory = open_db(f"sqlite:///{tmp_path / 'med.sqlite'}")
+    app = server_manager.create_app(factory, clock=clock, sleep=clock.sleep)
+    owner = WsgiClient(app, "192.0.2.10")
+    r = owner.submit("user/add", "user/add", {"new_login": "alice", "new_password": PASSWORD,
+                                              "confirm_password": PASSWORD}, follow=False)
+    assert r.status == 303
+    sweeper = SweepBeforeEachLock(factory.kw["bind"])
+    r = WsgiClient(app, "198.51.100.7").submit("user/login", "user/login", {"login": "alice", "password": PASSWORD},
+                                               follow=False)
+    assert r.status == 503 and r.headers["retry-after"] == "1"
+    assert "Too many login attempts at once from your address; this one was not checked." in r.text()
+    assert sweeper.lookups == LOCK_TRIES
+    sweeper.off()
+    r = WsgiClient(app, "198.51.100.7").submit("user/login", "user/login", {"login": "alice", "password": PASSWORD},
+                                               follow=False)
+    assert r.status == 303  # the same login once the address's lock is to be had
 
 
 # -- behind lighttpd, two FastCGI processes on one database ----------------------------------------
