@@ -140,6 +140,7 @@ class ProbeConfig:
     # toward the APDM side's address opened the filter (RFC 4787 §5); its retransmission (CheckListConfig.rto,
     # 25 ms later) gets through and is learnt as peer-reflexive (RFC 8445 §7.3.1.3). The controlling side
     # holds a succeeded RELAYED pair back this long after the checks start, so that the direct pair can win
+    # (CheckList.hold_relay: the relay is the last resort)
     learn_wait: float = 0.15
 
 
@@ -314,6 +315,7 @@ class Probes:
         self.kept: set[Addr] = set()  # extra sockets left open for an IKE_SA
         self.results: dict[bytes, ProbeEnded] = {}  # the last RESULTS outcomes, for the status
         self._events: list[ProbeStarted | ProbeEnded] = []
+        self.busy: Callable[[], int] = lambda: 0  # attempts under way elsewhere (the probe rounds, upgrade.py)
 
     def start(self, cl: CheckList, own_nat: str | None, peer_nat: str | None, now: float) -> PortProbe | None:
         """Checks of `cl` start: probe when the two NATs call for it (plan)."""
@@ -325,7 +327,7 @@ class Probes:
             log.info("checks for %s: an ADF NAT faces an APDM one, the relay waits %g s for a learnt pair",
                      cl.connect_id.hex(), self.cfg.learn_wait)
             return None
-        if role is not None and sum(p.active for p in self.probes.values()) >= self.cfg.max_active:
+        if role is not None and sum(p.active for p in self.probes.values()) + self.busy() >= self.cfg.max_active:
             log.warning("many-port probing for %s: %d attempts under way already, not probing", cl.connect_id.hex(),
                         self.cfg.max_active)
             return None

@@ -101,6 +101,7 @@ class MediationClient(Extension):
         self.checks = CheckEngine(self.config.checks)
         self.paths = Paths(self.config.upgrade, self.config.checks)
         self.probes = Probes(self.config.probing, self.config.port_pool, self.rng, self._local_in_use)
+        self.paths.use_probing(self.probes, lambda: self.config.nat_behaviour() if self.config.nat_behaviour else None)
         self.outbox = MeOutbox()
         self.attempts: dict[str, Attempt] = {}
         self.sessions: dict[bytes, Session] = {}
@@ -535,7 +536,8 @@ class MediationClient(Extension):
         finally:
             self._initiating = None
         att.sa_id = sa.unique_id
-        self.paths.track(sa.unique_id, self.checks.get(att.connect_id))
+        sess = self.sessions.get(att.connect_id)
+        self.paths.track(sa.unique_id, self.checks.get(att.connect_id), sess.peer_nat if sess is not None else None)
 
     def _ike_deadline(self, now: float) -> float | None:
         """The mediated IKE_SA: its retransmissions decide (RFC 7296 2.1), unless ike_timeout caps them."""
@@ -544,7 +546,7 @@ class MediationClient(Extension):
     def _mediated_request(self, sa: IkeSaView, cid: bytes, now: float) -> None:
         """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
         sess = self.sessions.pop(cid, None)
-        self.paths.track(sa.unique_id, self.checks.get(cid))
+        self.paths.track(sa.unique_id, self.checks.get(cid), sess.peer_nat if sess is not None else None)
         self.probes.mediated(self.checks.get(cid), sa.local, sa.remote, now)
         if self.checks.stop(cid, now):
             log.info("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
