@@ -15,7 +15,6 @@ import logging
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from ..codec.message import Message
 from ..constants import MeEndpointFamily, MeEndpointType
@@ -37,9 +36,11 @@ from .checktypes import (
     CheckListSucceeded,
     Datagram,
     ListState,
+    Pair,
     PairInfo,
     PairState,
     PairStateChanged,
+    _Side,
     pair_priority,
     retransmit_timeout,
 )
@@ -51,47 +52,6 @@ log = logging.getLogger("core_ike.me")
 __all__ = ["CheckList", "CheckListConfig", "CheckListEvent", "CheckListFailed", "CheckListStopped",
            "CheckListSucceeded", "Datagram", "ListState", "Pair", "PairInfo", "PairState", "PairStateChanged",
            "pair_priority", "retransmit_timeout"]  # the vocabulary lives in checktypes.py
-
-
-
-
-@dataclass(eq=False)
-class Pair:
-    id: int
-    local: Endpoint
-    remote: Endpoint
-    priority: int
-    state: PairState = PairState.WAITING
-    retransmits: int = 0
-    deadline: float | None = None  # next retransmission or final timeout
-    packet: bytes | None = None
-    mapped: Endpoint | None = None
-    sent_at: float = 0.0  # last transmission of this pair's check
-    first_sent: float | None = None  # first transmission of its current check (retransmissions keep it)
-    initial_sent: float | None = None  # the pair's very first check
-    # Karn's rule (RFC 6298 3): only a check sent once gives a round-trip sample; an answer after a
-    # retransmission or a triggered re-send is timed from the pair's first check (an upper bound)
-    clean: bool = False
-    heard: bool = False  # a check request of the peer arrived on this pair
-    instant: bool = False  # its one triggered check that left at once (later ones keep the pacing)
-
-    @property
-    def base(self) -> Addr:
-        return self.local.local_base
-
-    @property
-    def remote_addr(self) -> Addr:
-        return self.remote.addr
-
-    def info(self) -> PairInfo:
-        return PairInfo(self.id, self.base, self.remote_addr, self.local.type, self.remote.type,
-                        self.priority, self.state, None if self.mapped is None else self.mapped.addr)
-
-
-@dataclass
-class _Side:
-    key: bytes | None = None
-    endpoints: list[Endpoint] = field(default_factory=list)
 
 
 class CheckList:
@@ -116,15 +76,17 @@ class CheckList:
         self._finish_at: float | None = None
         self._rtt: float | None = None  # smallest check round trip seen (adaptive finish wait)
         self._rtt_low: float | None = None  # smallest time from a check's last transmission to its answer
-        self._relay_held = False  # the RELAYED pair's checks wait (relay_delay_rtts)
-        self._relay_at: float | None = None  # ... until then, unless a direct pair succeeded
-        self._relay_delay = 0.0  # the hold's length; granted once more when a direct pair is heard
+        # the RELAYED pair is the last resort (the rule above `hold_relay`): its checks are held until
+        # _relay_at (the wait _relay_delay is granted once more when a direct pair is heard) and a
+        # succeeded RELAYED pair is not selected before relay_hold (many-port probing, birthday.py)
+        self._relay_held = False
+        self._relay_at: float | None = None
+        self._relay_delay = 0.0
         self._first_success: float | None = None
         self._expires_at: float | None = now + self._timeout()
         self._out: list[Datagram] = []
         self._events: deque[CheckListEvent] = deque()
         self._early: list[tuple[Check, Addr, Addr]] = []
-        # many-port probing under way (core_ike/me/birthday.py): a succeeded RELAYED pair waits until then
         self.relay_hold: float | None = None
 
     def _timeout(self) -> float:
@@ -307,13 +269,6 @@ class CheckList:
             return
         self._update(now)
 
-    def hold_relay(self, until: float | None, now: float) -> None:
-        """Controlling side: select no RELAYED pair before `until` (None: release the hold at once)."""
-        self.relay_hold = until
-        if not self.finished:
-            self._finish_at = None
-            self._update(now)
-
     def stop(self, now: float, reason: str = "mediated IKE_SA_INIT received") -> None:
         """The responder stops on IKE_SA_INIT carrying this connect ID (docs/protocol.md §8, §9.2)."""
         if self.finished:
@@ -361,7 +316,36 @@ class CheckList:
         ladder = next((p for p in self._ladder if p.state == PairState.WAITING and not self._held(p)), None)
         return ladder or next((p for p in self.pairs if p.state == PairState.WAITING and not self._held(p)), None)
 
-    # --- the RELAYED pair waits for the direct ones (our relay extension, docs/protocol.md §11.1) ------
+    # --- the RELAYED pair is the last resort (our relay extension, docs/protocol.md §11.1) -------------
+    #
+    # One rule, on the controlling side: a direct pair that may still work gets its chance before the
+    # relay, so that the relay costs nothing (no packets through the server, no pacing slot) where a
+    # direct pair wins. Its two halves are:
+    # - checking: the RELAYED pair's checks wait relay_delay_rtts mediation round trips (`_hold_relay`),
+    #   as long again when the peer's checks arrive on a direct pair by then, never once a direct pair
+    #   succeeded, at once when every direct pair failed (`_release_relay`);
+    # - selecting: a succeeded RELAYED pair is nominated no earlier than `_relay_due`: not while many-port
+    #   probing or a peer-reflexive pair to be learnt may still bring a direct pair (`hold_relay`, set by
+    #   birthday.py), nor within relay_wait of the first success while a better pair hears the peer's
+    #   checks (that path works at least one way; only its answers may have been lost).
+    # The controlled side checks the RELAYED pair at once: its check latches the relay for ours.
+
+    def hold_relay(self, until: float | None, now: float) -> None:
+        """Select no RELAYED pair before `until` (None: no longer wait for that)."""
+        self.relay_hold = until
+        if not self.finished:
+            self._finish_at = None
+            self._update(now)
+
+    def _relay_due(self, best: Pair, now: float) -> float:
+        """The earliest time a succeeded RELAYED `best` may be nominated (-inf: not the relay)."""
+        if best.remote.type != MeEndpointType.RELAYED:
+            return -math.inf
+        due = self.relay_hold if self.relay_hold is not None else -math.inf
+        if any(p.heard for p in self._better_pending(best)):
+            first = self._first_success if self._first_success is not None else now
+            due = max(due, first + self.config.relay_wait)
+        return due
 
     def _held(self, pair: Pair) -> bool:
         return self._relay_held and pair.remote.type == MeEndpointType.RELAYED
@@ -370,9 +354,8 @@ class CheckList:
         return [p for p in self.pairs if p.remote.type != MeEndpointType.RELAYED]
 
     def _hold_relay(self, now: float) -> None:
-        """Controlling side: hold the RELAYED pair's checks for relay_delay_rtts times the mediation round
-        trip (from sending ME_CONNECT to the peer's answer: a relayed check's path, about two direct round
-        trips), so that a direct pair that works succeeds first and the relay is never checked."""
+        """When the checks start: the mediation round trip (from sending ME_CONNECT to the peer's answer)
+        is a relayed check's path, about two direct round trips."""
         cfg = self.config
         if not self.is_initiator or not any(p.remote.type == MeEndpointType.RELAYED for p in self.pairs) \
                 or not self._direct():
@@ -382,10 +365,8 @@ class CheckList:
             self._relay_held, self._relay_at = True, now + self._relay_delay
 
     def _release_relay(self, now: float) -> None:
-        """The hold ends when its time is up or every direct pair failed; a succeeded direct pair makes it
-        permanent (the RELAYED pair ranks last: it could not be selected). When its time is up while the
-        peer's checks arrive on a direct pair that has not failed, that pair gets the hold's length again:
-        its triggered check is under way."""
+        """A direct pair heard from by the hold's end has its triggered check under way: the hold's length
+        once more. A succeeded direct pair keeps the hold (the RELAYED pair ranks last: not selectable)."""
         if not self._relay_held:
             return
         direct = self._direct()
@@ -601,9 +582,7 @@ class CheckList:
         best = self._best_succeeded()
         if best is None:
             return
-        due = self._finish_due(best, now)
-        if self.relay_hold is not None and best.remote.type == MeEndpointType.RELAYED:
-            due = max(due, self.relay_hold)
+        due = max(self._finish_due(best, now), self._relay_due(best, now))
         if due <= now and not self._better_pending(best):
             self._select(now)
         else:
@@ -637,11 +616,7 @@ class CheckList:
             if rtt is None:
                 rtt = cfg.finish_wait
             due = max(due, start + cfg.finish_rtts * rtt + (min(cfg.finish_margin, rtt) if p.heard else 0.0))
-        due = min(due, first + cfg.finish_wait)
-        if best.remote.type == MeEndpointType.RELAYED and any(p.heard for p in better):
-            # our relay extension: a better pair the peer's checks arrive on works at least one way
-            due = max(due, first + cfg.relay_wait)
-        return due
+        return min(due, first + cfg.finish_wait)
 
     def _best_succeeded(self) -> Pair | None:
         return next((p for p in self.pairs if p.state == PairState.SUCCEEDED), None)

@@ -4,12 +4,12 @@ the pair snapshot and the events a check list emits ([ME] §5, RFC 8445; core_ik
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from ..constants import MeEndpointType
 from .checks import KeyRule
-from .endpoints import Addr
+from .endpoints import Addr, Endpoint
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,13 @@ class CheckListConfig:
     finish_wait: float = 0.050
     finish_rtts: float = 1.0
     finish_margin: float = 0.005
-    # our relay extension: when the best succeeded pair is RELAYED (the server would carry the traffic)
-    # and a better pair is still pending although the peer's checks arrive on it (the path works at least
-    # one way: ours or their answers were lost), that pair gets this long before the relay is taken
+    # our relay extension, controlling side: the RELAYED pair is the last resort (one rule, described
+    # in checklist.py above CheckList.hold_relay, docs/protocol.md §11.1). Its checks wait
+    # relay_delay_rtts mediation round trips (from sending ME_CONNECT to the peer's answer: the path a
+    # relayed check takes), at most relay_delay_max, as long again when the peer's checks arrive on a
+    # direct pair; a succeeded RELAYED pair waits relay_wait from the first success while a better pair
+    # hears the peer's checks
     relay_wait: float = 1.0
-    # our relay extension, controlling side: the RELAYED pair is checked only when no direct pair has
-    # succeeded relay_delay_rtts mediation round trips after the checks started (the time from sending
-    # ME_CONNECT to the peer's answer, which travels the path a relayed check takes: half of it is about
-    # one direct round trip), as long again when the peer's checks arrive on a direct pair by then (that
-    # path works at least one way), at most relay_delay_max each, or as soon as every direct pair failed;
-    # so it costs nothing where a direct pair wins. The controlled side checks it at once: its check
-    # latches the relay for ours
     relay_delay_rtts: float = 0.5
     relay_delay_max: float = 0.25
     transaction_timeout: float = 30.0  # [ME] §4.3 overall timer, from list creation (initiator)
@@ -151,3 +147,42 @@ class CheckListStopped:
 
 CheckListEvent = PairStateChanged | CheckListSucceeded | CheckListFailed | CheckListStopped
 Datagram = tuple[bytes, Addr, Addr]  # (IKE octets without non-ESP marker, local base, remote)
+
+
+@dataclass(eq=False)
+class Pair:
+    id: int
+    local: Endpoint
+    remote: Endpoint
+    priority: int
+    state: PairState = PairState.WAITING
+    retransmits: int = 0
+    deadline: float | None = None  # next retransmission or final timeout
+    packet: bytes | None = None
+    mapped: Endpoint | None = None
+    sent_at: float = 0.0  # last transmission of this pair's check
+    first_sent: float | None = None  # first transmission of its current check (retransmissions keep it)
+    initial_sent: float | None = None  # the pair's very first check
+    # Karn's rule (RFC 6298 3): only a check sent once gives a round-trip sample; an answer after a
+    # retransmission or a triggered re-send is timed from the pair's first check (an upper bound)
+    clean: bool = False
+    heard: bool = False  # a check request of the peer arrived on this pair
+    instant: bool = False  # its one triggered check that left at once (later ones keep the pacing)
+
+    @property
+    def base(self) -> Addr:
+        return self.local.local_base
+
+    @property
+    def remote_addr(self) -> Addr:
+        return self.remote.addr
+
+    def info(self) -> PairInfo:
+        return PairInfo(self.id, self.base, self.remote_addr, self.local.type, self.remote.type,
+                        self.priority, self.state, None if self.mapped is None else self.mapped.addr)
+
+
+@dataclass
+class _Side:
+    key: bytes | None = None
+    endpoints: list[Endpoint] = field(default_factory=list)
