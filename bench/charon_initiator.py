@@ -103,7 +103,7 @@ def _seeded_randomness(seed: str) -> Any:
             private = hashlib.sha256(b"%s-x%d" % (seed.encode(), n[0])).digest()[: dh._MONTGOMERY[group][2]]
         orig_init(self, group, private)
 
-    sysrng.SystemRng.bytes = seeded_bytes  # type: ignore[method-assign]
+    sysrng.SystemRng.bytes = seeded_bytes  # type: ignore[method-assign,assignment]
     dh._MontgomeryExchange.__init__ = init  # type: ignore[method-assign]
 
     def undo() -> None:
@@ -231,6 +231,29 @@ def replay(out: Path) -> tuple[float, int]:
         finally:
             undo()
     return result
+
+
+def replay_ab(out: Path, n_want: int, tree: Path | None, rounds: int) -> tuple[list[float], list[float]]:
+    """`replay` of the recording in `out` by this tree and by `tree` (`--before`), each in its own process,
+    the two alternating `rounds` times: the engine alone, A/B on the same datagrams. ([ms per IKE_SA of
+    this tree], [of `tree`]); a side whose replay does not establish every IKE_SA gives no figure."""
+    import json
+
+    code = ("import sys, json; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
+            "import core_ike, core_ike.daemon.runtime; assert core_ike.__file__.startswith(sys.argv[1]); "
+            "import charon_initiator as ci; print(json.dumps(ci.replay(Path(sys.argv[3]))))")
+    res: dict[str, list[float]] = {"ours": [], "before": []}
+    for _, side in results_io.interleave(rounds, ["ours", "before"] if tree is not None else ["ours"]):
+        src = str(ROOT if side == "ours" else tree)
+        p = subprocess.run([sys.executable, "-c", code, src, str(ROOT / "bench"), str(out)], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
+        if p.returncode != 0:
+            print(f"  replay by {side} failed: {p.stderr.strip()[-300:]}", file=sys.stderr, flush=True)
+            continue
+        ms, n = json.loads(p.stdout.strip().splitlines()[-1])
+        if n == n_want:
+            res[side].append(ms)
+    return res["ours"], res["before"]
 
 
 # ====================================================================== the crypto floor
@@ -600,9 +623,10 @@ class Split:
     engine: float
     events: float
     replayed: float
+    ab: tuple[list[float], list[float]] = ([], [])  # replay_ab: this tree, `--before`
 
 
-def _split(lab: Any, pki: Pki, a: Any) -> dict[str, Split]:
+def _split(lab: Any, pki: Pki, a: Any, before: Path | None) -> dict[str, Split]:
     """{auth: Split} from one recorded batch per auth method."""
     import tempfile
 
@@ -612,7 +636,8 @@ def _split(lab: Any, pki: Pki, a: Any) -> dict[str, Split]:
             r = record(lab, auth, pki, a.count if auth == "psk" else a.count_rsa, a.inflight, Path(d))
             ms, replayed = replay(Path(d))
             k = 1000 / max(1, r.established)
-            sp = Split(r.established, k * r.process, k * r.engine, k * r.events, ms)
+            ab = replay_ab(Path(d), r.established, before, results_io.rounds_of(a)) if before is not None else ([], [])
+            sp = Split(r.established, k * r.process, k * r.engine, k * r.events, ms, ab)
             print(f"  split {auth}: {r.established} IKE_SAs recorded (live: process {sp.process:.3f}, engine "
                   f"{sp.engine:.3f}, event handling {sp.events:.3f} ms/IKE_SA), replayed {replayed}: "
                   f"{ms:.3f} ms/IKE_SA", file=sys.stderr, flush=True)
@@ -621,17 +646,25 @@ def _split(lab: Any, pki: Pki, a: Any) -> dict[str, Split]:
     return out
 
 
-def _split_lines(sp: Split | None) -> list[str]:
+def _split_lines(sp: Split | None, rev: str | None = None) -> list[str]:
+    import statistics
+
     if sp is None:
         return []
     rest = sp.process - sp.engine - sp.events
+    ours, before = sp.ab
+    ab = [] if not ours or not before else [
+        f"the engine alone, A/B: the same recorded datagrams replayed by this tree and by {rev}, each in its "
+        f"own process, alternating: {results_io.fmt_value(results_io.sample(ours, 'ms'))} vs "
+        f"{results_io.fmt_value(results_io.sample(before, 'ms'))} per IKE_SA; this tree / {rev}: "
+        f"{statistics.median(ours) / statistics.median(before):.2f}x"]
     return [f"where ours' CPU goes (one more batch of {sp.n} after the rounds, against an iked with seeded "
             f"randomness that times its engine and event handling with the thread's CPU clock): process "
             f"{sp.process:.3f} ms per IKE_SA = engine {sp.engine:.3f} + the daemon's event handling "
             f"{sp.events:.3f} + the rest {rest:.3f} (event loop, transport, socket calls, the kernel's UDP path "
             f"and wake-ups); the same datagrams replayed to the engine in one process in a tight loop: "
             f"{sp.replayed:.3f} ms per IKE_SA (engine with event handling: the live engine runs slower between "
-            "wake-ups, its caches shared with the initiator and the machine's other load)"]
+            "wake-ups, its caches shared with the initiator and the machine's other load)", *ab]
 
 
 def live_split(raw: Path) -> dict[str, float] | None:
@@ -716,7 +749,7 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                          "ours: users' defaults (one worker process, log_level warning); charon: log level 0, "
                          "16 threads on 2 CPUs (its CPU is the sum over threads)",
                          *_floor_lines(auth, floor.get(auth, {}), c, ossl),
-                         *_split_lines(split.get(auth)), *_before_lines(auth, runs, a.before)],
+                         *_split_lines(split.get(auth), a.before), *_before_lines(auth, runs, a.before)],
             readme=True)
         f["crypto_floor_ms"] = {k: round(v / 1000, 4) for k, v in floor.get(auth, {}).items()}
         figures.append(f)
@@ -801,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {rnd + 1} {impl:6} {auth}: {r.established}/{count} in {r.seconds:.1f} s, responder "
                       f"CPU {r.cpu_ms:.3f} ms/IKE_SA, initiator {1000 * r.init_cpu / max(1, r.established):.3f} ms"
                       + (f", failed: {r.failed[:3]}" if r.failed else ""), file=sys.stderr, flush=True)
-        split = {} if a.no_split or "ours" not in a.impl.split(",") else _split(lab, pki, a)
+        split = {} if a.no_split or "ours" not in a.impl.split(",") else _split(lab, pki, a, before_tree)
     finally:
         lab.teardown()
         if before_tree is not None:

@@ -27,9 +27,11 @@ def test_setup_rate_with_two_workers(tmp_path: Path) -> None:
 
 
 def test_charon_initiator_against_both_responders(tmp_path: Path) -> None:
-    doc = run_quick("charon_initiator", tmp_path, "--auth", "psk", timeout=300)
+    doc = run_quick("charon_initiator", tmp_path, "--auth", "psk", "--before", "HEAD", timeout=600)
     f = figures(doc)["charon_initiator_cpu_psk"]
     assert f["readme"] and f["ours"]["n"] == 1 and f["charon"]["n"] == 1 and f["ratio"] is not None
+    # the engine alone: the recorded datagrams replayed by this tree and by the --before one
+    assert any("the engine alone, A/B" in d and "this tree / HEAD" in d for d in f["differences"])
     assert "failed" not in (tmp_path / "charon_initiator.txt").read_text()
 
 
