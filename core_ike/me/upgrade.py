@@ -188,6 +188,7 @@ class PathWatch:
     direct_local: Addr | None = None  # our end of the direct pair (an extra socket after probing)
     relay_local: Addr | None = None  # the IKE_SA's local end on the relay, before it moved
     sockets: set[Addr] = field(default_factory=set)  # extra sockets kept for the direct pair
+    last_probe: ProbeEnded | None = None  # how the last round's many-port probing ended (the status)
 
     def __post_init__(self) -> None:
         self.next_round = self.started + self.cfg.period
@@ -258,6 +259,7 @@ class PathWatch:
         self.probe = None
         if probe.result is not None:
             prober.events.append(probe.result)
+            self.last_probe = probe.result
         self.sockets.update(probe.keep)
         prober.close([a for a in probe.locals if a not in probe.keep])
 
@@ -377,9 +379,16 @@ class Paths:
         w = self.watches.get(uid) if uid is not None else None
         if w is None:
             return None
+        last = w.last_probe
         if w.direct is not None:
-            return f"direct to {w.direct.addr[0]}[{w.direct.addr[1]}] (moved off the relay)"
-        probing = f", many-port probing ({w.probe.role.value}) under way" if w.probe is not None else ""
+            how = f", many-port probing ({last.role.value}) met" if last is not None and last.ok else ""
+            return f"direct to {w.direct.addr[0]}[{w.direct.addr[1]}] (moved off the relay{how})"
+        if w.probe is not None:
+            probing = f", many-port probing ({w.probe.role.value}) under way"
+        elif last is not None:
+            probing = f", the last many-port probing ({last.role.value}) did not meet"
+        else:
+            probing = ""
         return (f"relayed through {w.relay[0]}[{w.relay[1]}], {w.rounds} probe rounds for a direct pair "
                 f"(every {w.cfg.period:g} s){probing}")
 

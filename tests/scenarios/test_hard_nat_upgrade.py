@@ -2,7 +2,13 @@
 behind port-restricted NATs, our mediation server with its relay on carol. A filter on natA drops
 everything between the two NATs' public addresses, so the tunnel comes up relayed; with a ping running
 through it the filter is lifted and the same IKE_SA moves to the direct pair without losing a ping;
-then the filter comes back and the IKE_SA returns to the relay, where the ping goes through again."""
+then the filter comes back and the IKE_SA returns to the relay, where the ping goes through again.
+
+The hard case: alice behind a symmetric NAT with random ports, bob behind a port-restricted one, both
+measured by RFC 5780 discovery against carol's two addresses. The same filter makes the first setup's
+many-port probing meet nothing, so the tunnel comes up relayed; once the filter is lifted, the first
+probe round probes many ports as the first setup does (core_ike/me/birthday.py) and alice, who controls,
+moves the IKE_SA onto the extra socket that met, a ping running throughout without a loss."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ pytestmark = [pytest.mark.netns, needs("root", why="NAT labs with our daemons in
 
 INNER = {"alice": "10.11.0.2", "bob": "10.12.0.2"}
 PERIOD = 10  # [client] upgrade_period of the test (the default is 30 s)
+HARD_PERIOD = 8  # the same, for the hard-NAT test: its first probe round probes many ports
 BLOCK = "h14block"
 
 
@@ -29,6 +36,21 @@ def lab() -> Iterator[Any]:
 
     lab = nat_lab(nat_a="port-restricted", nat_b="port-restricted")
     try:
+        for h in ("alice", "bob"):
+            lab.addr(h, "lo", f"{INNER[h]}/32")
+        yield lab
+    finally:
+        lab.teardown()
+
+
+@pytest.fixture
+def hard_lab() -> Iterator[Any]:
+    from scenarios.lab import nat_lab
+    from scenarios.lab.natlab import add_carol_alt
+
+    lab = nat_lab(nat_a="symmetric-random", nat_b="port-restricted")
+    try:
+        add_carol_alt(lab)  # RFC 5780 discovery's second address
         for h in ("alice", "bob"):
             lab.addr(h, "lo", f"{INNER[h]}/32")
         yield lab
@@ -56,6 +78,14 @@ def _unblock(lab: Any) -> None:
 
 def _sa(daemon: Any, name: str) -> dict[str, Any] | None:
     return next((s for s in daemon.list_sas() if s["name"] == name and s["child-sas"]), None)
+
+
+def _ping_all(log_path: Any, count: int) -> None:
+    out = log_path.read_text()
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m is not None, out
+    sent, rcvd = int(m.group(1)), int(m.group(2))
+    assert sent == count and rcvd == sent, f"ping across the move: {rcvd}/{sent}\n{out[-600:]}"
 
 
 def _wait_remote(daemon: Any, name: str, host: str, timeout: float) -> dict[str, Any]:
@@ -112,5 +142,54 @@ def test_relayed_tunnel_upgrades_to_direct_without_loss_and_falls_back(lab: Any)
         assert sent2 == 5 and rcvd2 == 5, out2
     finally:
         if "ping" in locals() and ping.poll() is None:
+            lab.stop(ping, sig=signal.SIGINT)
+        med.stop()
+
+
+def test_hard_nat_relayed_tunnel_goes_direct_by_a_probe_round_of_many_port_probing(hard_lab: Any) -> None:
+    from scenarios.lab.mediation import OurMediation
+    from scenarios.lab.natlab import STUN_EXTRA, wait_nat
+    from scenarios.lab.topologies import CAROL, NAT_PUBLIC
+
+    lab = hard_lab
+    med = OurMediation(lab, peers=["alice", "bob"])
+    client = f"upgrade_period = {HARD_PERIOD}\nport_mapping = false"
+    ping = None
+    try:
+        med.start_server(extra=f'{STUN_EXTRA}\nrelay = true\nrelay_ports = "50000-50099"')
+        bob = med.start_client("bob", ts=INNER, client=client)
+        alice = med.start_client("alice", ts=INNER, client=client)
+        med.wait_registered("alice", "bob", timeout=15)
+        nat_a, nat_b = wait_nat(alice)["summary"], wait_nat(bob)["summary"]
+        assert nat_a.startswith("mapping APDM, filtering APDF") and "random ports" in nat_a, nat_a
+        assert nat_b.startswith("mapping EIM, filtering APDF"), nat_b
+        _block(lab)  # the first setup's probing meets nothing: the relay
+        r = alice.up("bob", timeout=40)
+        assert r["remote"][0] == CAROL, r
+        before = _sa(alice, "bob")
+        assert before is not None and before["remote-host"] == CAROL
+        first = alice.status()["status"]["connections"]
+        assert any("did not meet" in (c.get("probing") or "") for c in first), first  # it probed, in vain
+
+        count = int((HARD_PERIOD + 10) / 0.2)  # a ping through the tunnel across the move (5 per second)
+        log_path = lab.dir / "hard-upgrade-ping.log"
+        ping = lab.popen("alice", ["ping", "-n", "-i", "0.2", "-W", "2", "-c", str(count), "-I", INNER["alice"],
+                                   INNER["bob"]], log_path)
+        _unblock(lab)
+        moved = _wait_remote(alice, "bob", NAT_PUBLIC["natB"], timeout=HARD_PERIOD + 10)
+        assert ping.poll() is None, "the ping ended before the move: the test saw no traffic across it"
+        assert moved["uniqueid"] == before["uniqueid"], (before, moved)  # the same IKE_SA, moved
+        assert moved["remote-port"] == 4500 and moved["local-port"] != 4500, moved  # from an extra socket
+        followed = _wait_remote(bob, "alice", NAT_PUBLIC["natA"], timeout=10)  # bob followed
+        assert followed["remote-port"] != 4500, followed  # to the mapping of alice's extra socket
+        for d, role in ((alice, "open"), (bob, "spray")):  # the probe round probed many ports, both sides
+            assert re.search(rf"probe round for [0-9a-f]+: many-port probing \({role}\)", d.log_text()), d.log_tail(60)
+        line = next(c for c in alice.status()["status"]["connections"] if c["name"] == "bob")
+        assert line.get("path", "").endswith("(moved off the relay, many-port probing (open) met)"), line
+        ping.wait(timeout=count * 0.2 + 20)
+        _ping_all(log_path, count)
+        assert _sa(alice, "bob")["local-port"] == moved["local-port"]  # type: ignore[index]
+    finally:
+        if ping is not None and ping.poll() is None:
             lab.stop(ping, sig=signal.SIGINT)
         med.stop()

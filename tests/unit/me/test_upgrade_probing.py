@@ -132,7 +132,8 @@ def test_a_probe_round_probes_many_ports_and_moves_the_ike_sa_to_the_pair_that_m
         assert len(ends[who]) == 2 and ends[who][1].packets <= bound and ends[who][1].seconds <= 5.0, ends[who]
     assert any(e.ok for e in (ends["alice"][1], ends["bob"][1])), ends
     (conn,) = ctl.ext.status().connections
-    assert conn.path is not None and conn.path.startswith(f"direct to {sa_a.remote[0] if ctl is alice else A_PUB}")
+    (host, port), role = (sa_a.remote, "spray") if ctl is alice else (sa_b.remote, "open")
+    assert conn.path == f"direct to {host}[{port}] (moved off the relay, many-port probing ({role}) met)", conn.path
 
     # the direct path dies: back to the relay, bob's IKE_SA off its extra socket, which closes
     net.hook = _block_direct
@@ -162,6 +163,8 @@ def test_probe_rounds_probe_on_the_common_schedule_and_within_the_bounds() -> No
     assert pool.open_now == set() and pool.opened == 3 * 256  # the first setup's and two rounds', all closed
     bob_starts = [t for t, e in bob.events if isinstance(e, ProbeStarted) and t > t0]
     assert len(bob_starts) == 2 and all(abs(b - a) < 0.5 for a, b in zip(starts, bob_starts, strict=True))
+    (conn,) = alice.ext.status().connections
+    assert conn.path is not None and conn.path.endswith("the last many-port probing (spray) did not meet"), conn
 
 
 def test_no_probing_in_the_rounds_without_the_peers_nat_behaviour() -> None:
