@@ -226,8 +226,10 @@ class PathWatch:
             remote = [e for e in c.remote if e.type != MeEndpointType.RELAYED]
             index = round((self.next_round - self.started) / self.cfg.period)  # 1, 2, ... on both peers
             self.rounds += 1
-            # on the common schedule from when the IKE_SA came up (both peers' rounds coincide)
-            self.next_round = self.started + self.cfg.period * (self.rounds + 1)
+            # on the common schedule from when the IKE_SA came up (both peers' rounds coincide), also
+            # after a stretch on the direct pair, and never a round that is due already
+            index = max(index, int((now - self.started) / self.cfg.period))
+            self.next_round = self.started + self.cfg.period * (index + 1)
             if self.prober is not None and self.cfg.probe_every > 0 and (index - 1) % self.cfg.probe_every == 0:
                 role = self.prober.role(c)
         else:

@@ -144,6 +144,24 @@ def test_a_probe_round_probes_many_ports_and_moves_the_ike_sa_to_the_pair_that_m
     assert sa_a.remote[0] == MS_IP and sa_b.remote[0] == MS_IP
     assert sa_b.local == relay_b_local and pool.open_now == set(), (sa_b.local, pool.open_now)
     assert sa_a.established and sa_b.established
+    # relayed again: the probe rounds go on on the common schedule, one per period
+    watch = ctl.ext.paths.watches[sa_a.unique_id if ctl is alice else sa_b.unique_id]
+    assert watch.rounds <= 1 and watch.direct is None
+    before = watch.rounds
+    net.run(2 * PERIOD)
+    assert watch.rounds == before + 2, (before, watch.rounds)
+
+
+def test_the_extra_socket_closes_with_the_ike_sa() -> None:
+    net, pool = _net()
+    _, sa_b = _relayed(net, "alice")
+    net.hook = None
+    net.run(PERIOD + 10.0, until=lambda: bool(_moves(net.nodes["alice"])))
+    net.run(1.0)
+    assert sa_b.local in pool.open_now
+    net.nodes["bob"].engine.terminate(sa_b, net.now)
+    net.run(3.0)
+    assert pool.open_now == set() and not net.nodes["bob"].ext.paths.watches
 
 
 def test_probe_rounds_probe_on_the_common_schedule_and_within_the_bounds() -> None:
