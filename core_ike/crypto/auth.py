@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -79,18 +79,19 @@ def signed_octets(real_message: bytes, peer_nonce: bytes, prf: Prf, sk_p: bytes,
     return real_message + peer_nonce + prf(sk_p, id_body)
 
 
-_PADDED_PSKS: dict[tuple[int, bytes], bytes] = {}  # (PRF, secret) -> prf(secret, KEY_PAD), per config
+# (PRF, secret) -> prf(prf(secret, KEY_PAD), .), per configured key: its HMAC pads absorbed once
+_PADDED_PSKS: dict[tuple[int, bytes], Callable[[bytes], bytes]] = {}
 
 
 def psk_auth(prf: Prf, psk: bytes, octets: bytes) -> bytes:
     """AUTH data for method 2: prf(prf(Shared Secret, "Key Pad for IKEv2"), octets)."""
     key = (prf.prf_id, psk)
-    padded = _PADDED_PSKS.get(key)
-    if padded is None:
-        padded = prf(psk, KEY_PAD)
+    mac = _PADDED_PSKS.get(key)
+    if mac is None:
+        mac = prf.keyed(prf(psk, KEY_PAD))
         if len(_PADDED_PSKS) < 1024:
-            _PADDED_PSKS[key] = padded
-    return prf(padded, octets)
+            _PADDED_PSKS[key] = mac
+    return mac(octets)
 
 
 def verify_psk_auth(prf: Prf, psk: bytes, octets: bytes, data: bytes) -> bool:

@@ -1,13 +1,18 @@
 """Pseudo-random functions and prf+ (RFC 7296 2.13).
 
-HMAC PRFs (RFC 2104 with SHA-1, RFC 4868 with SHA-2) use the stdlib one-shot HMAC (`hmac.digest`, or
-the OpenSSL function behind it), which runs in OpenSSL without building HMAC objects. AES-CMAC-PRF-128 (RFC 4615) uses `cryptography`.
+HMAC PRFs (RFC 2104 with SHA-1, RFC 4868 with SHA-2): a key used once goes to the stdlib's one-shot HMAC
+(OpenSSL's, without HMAC objects); a key used for many MACs (prf+ blocks, a PSK's padded key) has its two
+padded keys absorbed once into the stdlib's OpenSSL hashes (`Prf.keyed`, RFC 2104 2) and each MAC copies
+those states, cheaper than the one-shot's lookup of its MAC method on every call. AES-CMAC-PRF-128
+(RFC 4615) uses `cryptography`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import algorithms
@@ -30,6 +35,38 @@ _HMAC_PRFS: dict[int, tuple[str, int]] = {
     PrfId.HMAC_SHA2_384: ("sha384", 48),
     PrfId.HMAC_SHA2_512: ("sha512", 64),
 }
+_HASHES: dict[str, Callable[..., Any]] = {
+    "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512,
+}
+
+_IPAD = {b: int.from_bytes(b"\x36" * b, "big") for b in (64, 128)}  # RFC 2104 2, per block size
+_OPAD = {b: int.from_bytes(b"\x5c" * b, "big") for b in (64, 128)}
+
+
+def _padded_keys(new: Callable[..., Any], block: int, key: bytes) -> tuple[bytes, bytes]:
+    """RFC 2104 2: (K xor ipad, K xor opad), K zero-padded to the block size (a longer key is hashed
+    first). The XOR is done on integers: no table indexed by key octets."""
+    if len(key) > block:
+        key = new(key).digest()
+    k = int.from_bytes(key, "big") << (8 * (block - len(key)))
+    return (k ^ _IPAD[block]).to_bytes(block, "big"), (k ^ _OPAD[block]).to_bytes(block, "big")
+
+
+def _keyed_hmac(new: Callable[..., Any], block: int, key: bytes) -> Callable[[bytes], bytes]:
+    """`_hmac` for one key and many messages: the two padded keys are absorbed once, each MAC copies."""
+    ik, ok = _padded_keys(new, block, key)
+    inner0, outer0 = new(ik), new(ok)
+
+    def mac(data: bytes) -> bytes:
+        inner = inner0.copy()
+        inner.update(data)
+        outer = outer0.copy()
+        outer.update(inner.digest())
+        out: bytes = outer.digest()
+        return out
+
+    return mac
+
 
 SUPPORTED_PRFS: frozenset[int] = frozenset([*_HMAC_PRFS, PrfId.AES128_CMAC])
 
@@ -50,7 +87,7 @@ def _aes_cmac_prf_128(key: bytes, data: bytes) -> bytes:
 class Prf:
     """A negotiated PRF: `prf(key, data) -> bytes` (RFC 7296 2.13)."""
 
-    __slots__ = ("_digest", "_fn", "key_size", "name", "output_size", "prf_id")
+    __slots__ = ("_block", "_digest", "_fn", "_new", "key_size", "name", "output_size", "prf_id")
 
     def __init__(self, prf_id: int) -> None:
         self.prf_id = prf_id
@@ -58,6 +95,8 @@ class Prf:
             self._digest, self.output_size = _HMAC_PRFS[prf_id]
             self.name = f"HMAC-{self._digest.upper()}"
             self._fn: Callable[[bytes, bytes], bytes] | None = None
+            self._new = _HASHES[self._digest]
+            self._block: int = self._new().block_size
         elif prf_id == PrfId.AES128_CMAC:
             self._digest, self.output_size, self.name = "", 16, "AES-CMAC-PRF-128"
             self._fn = _aes_cmac_prf_128
@@ -69,6 +108,13 @@ class Prf:
         if self._fn is None:
             return _hmac_digest(key, data, self._digest)
         return self._fn(key, data)
+
+    def keyed(self, key: bytes) -> Callable[[bytes], bytes]:
+        """`lambda data: self(key, data)` for a key used many times (its HMAC pads absorbed once)."""
+        fn = self._fn
+        if fn is not None:
+            return lambda data: fn(key, data)
+        return _keyed_hmac(self._new, self._block, key)
 
     @property
     def fixed_key(self) -> bool:
@@ -102,17 +148,10 @@ def prf_plus(prf: Prf, key: bytes, seed: bytes, length: int) -> bytes:
     blocks = -(-length // prf.output_size)
     if blocks > 255:
         raise LocalError(f"prf+ cannot produce {length} octets with {prf.name}")
-    digest = prf._digest
-    if prf._fn is None:  # HMAC: the one-shot digest without the Prf call (RFC 2104; one per block)
-        t = _hmac_digest(key, seed + b"\x01", digest)
-        out = [t]
-        for n in range(2, blocks + 1):
-            t = _hmac_digest(key, t + seed + _COUNTERS[n], digest)
-            out.append(t)
-    else:
-        t = b""
-        out = []
-        for n in range(1, blocks + 1):
-            t = prf(key, t + seed + _COUNTERS[n])
-            out.append(t)
+    mac = prf.keyed(key)  # one key for every block
+    t = b""
+    out = []
+    for n in range(1, blocks + 1):
+        t = mac(t + seed + _COUNTERS[n])
+        out.append(t)
     return b"".join(out)[:length]

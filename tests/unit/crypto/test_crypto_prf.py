@@ -100,3 +100,19 @@ def test_prf_plus_limit() -> None:
 def test_unsupported_prf() -> None:
     with pytest.raises(LocalError):
         Prf(PrfId.HMAC_MD5)
+
+
+@pytest.mark.parametrize("prf_id", [PrfId.HMAC_SHA1, PrfId.HMAC_SHA2_256, PrfId.HMAC_SHA2_384, PrfId.HMAC_SHA2_512,
+                                    PrfId.AES128_CMAC])
+def test_a_keyed_prf_is_the_prf_for_every_key_length(prf_id: int) -> None:
+    """RFC 2104 2: keys shorter than the hash block are zero-padded, longer ones hashed first; the keyed
+    form (pads absorbed once) gives the same MACs, message after message."""
+    prf = Prf(prf_id)
+    for n in (0, 1, 16, 20, 63, 64, 65, 127, 128, 129, 300):
+        key = bytes((i * 7 + n) & 0xFF for i in range(n))
+        keyed = prf.keyed(key)
+        for data in (b"", b"x", b"data" * 50):
+            got = prf(key, data)
+            if prf_id != PrfId.AES128_CMAC:
+                assert got == hmac.digest(key, data, prf._digest), (n, len(data))
+            assert keyed(data) == got
