@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codec.message import Message, ReassemblyBudget, decode_message
-from ..codec.payloads import Proposal
+from ..codec.payloads import Proposal, TrafficSelector
 from ..constants import (
     IKE_PORT,
     NATT_PORT,
@@ -236,8 +236,10 @@ class Engine:
 
     # ================================================================== control API
     def initiate(self, name: str, child: str | None = None, now: float | None = None,
-                 remote: Addr | None = None, local: Addr | None = None) -> IkeSa:
-        """Bring up connection `name` (and CHILD_SA `child`, default: all its children)."""
+                 remote: Addr | None = None, local: Addr | None = None,
+                 packet: tuple[TrafficSelector, TrafficSelector] | None = None) -> IkeSa:
+        """Bring up connection `name` (and CHILD_SA `child`, default: all its children). `packet`: the
+        (source, destination) selectors of the packet that triggered it, offered first (RFC 7296 2.9)."""
         if now is not None:
             self.now = now
         cfg = self.config(name)
@@ -245,13 +247,13 @@ class Engine:
         for sa in (self.established_index.of_config(cfg.name) if remote is None else ()):
             if sa.config is cfg and sa.established and sa.is_original_initiator:
                 for c in children:
-                    sa.queue_task(ChildCreate(c, in_auth=False), self.now)
+                    sa.queue_task(ChildCreate(c, in_auth=False, packet=packet), self.now)
                 return sa
         sa = self.new_initiator(cfg, remote, local)
         sa.queue.append(IkeInit())
         sa.queue.append(IkeAuth())
         for i, c in enumerate(children):
-            sa.queue.append(ChildCreate(c, in_auth=(i == 0)))
+            sa.queue.append(ChildCreate(c, in_auth=(i == 0), packet=packet))
         log.info("initiating IKE_SA %s to %s", sa.label, sa.remote[0])
         sa.initiate_next(self.now)
         return sa
@@ -408,9 +410,10 @@ class Engine:
                     continue
             elif (method == 2) != (c.remote.auth == "psk") or c.remote.auth.startswith("eap-"):
                 continue
-            score = (2 if not c.remote.id.is_any else 1) + sum(x.config_score(c, sa) for x in self.extensions)
-            if any(x.config_score(c, sa) < 0 for x in self.extensions):
+            scores = [x.config_score(c, sa) for x in self.extensions]
+            if any(x < 0 for x in scores):
                 continue
+            score = (2 if not c.remote.id.is_any else 1) + sum(scores)
             if best is None or score > best[0]:
                 best = (score, c)
         if best is None and self.config_miss is not None:
