@@ -22,7 +22,6 @@ from core_ike.errors import LocalError
 from .sqlconf.loader import Snapshot
 from .sqlconf.pools import DbVipPool
 from .sqlconf.source import SqlConfigSource, merge_creds, open_config_db
-from .traps import TrapManager
 
 log = logging.getLogger("gateway")
 
@@ -66,7 +65,6 @@ class GatewayDaemon(Daemon):
         self._pool_task: asyncio.Task[None] | None = None
         self.control.extra["ipsec-status"] = self._ipsec_status
         self.control.extra.update({"route": self._route_cmd, "unroute": self._unroute_cmd})
-        self.traps: TrapManager | None = None  # ipsec.conf auto=route, once the data plane runs (traps.py)
         # virtual IPs: subnets in memory in order, the database's pools bound to identities (docs/gateway.md)
         self.pools = DbVipPool(source.db if source is not None else None, time.time)
         self.engine.vips = self.pools
@@ -130,34 +128,8 @@ class GatewayDaemon(Daemon):
                 "listening": self.cfg.settings.listen or local_addresses(),
                 "sources": {"config_db": bool(self.source), "ipsec_conf": getattr(self.cfg.settings, "ipsec_conf", None)}}
 
-    # -- trap policies (ipsec.conf auto=route, docs/gateway.md "Trap policies") ----------------------
-
-    def autostart(self, now: float) -> None:
-        """The data plane runs now: route the auto=route connections, then start the auto=start ones."""
-        if self.initiates:
-            from core_ike.io.transport import route_source
-
-            self.traps = TrapManager(self.engine, self.dp, route_source)
-            self.listeners.append(self.traps.on_event)
-            self.traps.sync(self.engine.configs)
-        super().autostart(now)
-
-    def on_acquire(self, e: Any, now: float) -> None:
-        if self.traps is None:
-            super().on_acquire(e, now)
-        elif self.traps.on_acquire(e, now):
-            self.transport.flush()
-
-    def reload(self) -> dict[str, Any]:
-        result = super().reload()
-        if self.traps is not None and result.get("ok"):
-            self.traps.sync(self.engine.configs)
-        return result
-
-    async def shutdown(self) -> None:
-        await super().shutdown()
-        if self.traps is not None:
-            self.traps.unroute_all()
+    # -- trap policies (ipsec.conf auto=route, docs/gateway.md "Trap policies"; the daemon's runtime
+    # routes, reroutes on reload and unroutes at the end: core_ike/daemon/traps.py) -------------------
 
     async def _route_cmd(self, req: dict[str, Any]) -> dict[str, Any]:
         """`ipsec route NAME`: install the connection's trap policies (whatever its auto=)."""

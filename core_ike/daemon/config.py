@@ -512,9 +512,8 @@ def _child(name: str, d: dict[str, Any], conn: str = "*") -> ChildConfig:
     if "esp_proposals" in d:
         c.esp_proposals = _esp_proposals(where, "esp_proposals", d["esp_proposals"])
     if "start_action" in d:
-        if d["start_action"] == "trap":
-            raise LocalError(f"{where} start_action must be 'none' or 'start' (trap policies are not supported yet)")
-        c.start_action = cast(StartAction, _choice(where, "start_action", d["start_action"], ("none", "start")))
+        c.start_action = cast(StartAction, _choice(where, "start_action", d["start_action"],
+                                                   ("none", "start", "trap")))
     if "mode" in d:
         c.mode = cast(Mode, _choice(where, "mode", d["mode"], ("tunnel",)))
     for key in ("rekey_time", "life_time"):
@@ -589,9 +588,20 @@ def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
                          "(mediation = true and mediated_by)")
     if cfg.mediated_by and cfg.mediation_peer is None:
         raise LocalError(f"{where} mediated_by needs mediation_peer (the peer's identity at the mediation server)")
+    if any(ch.start_action == "trap" for ch in cfg.children):
+        _trap_target(where, cfg)
     if cfg.mediation and "dpd_delay" not in d and any(a != "%any" for a in cfg.remote_addrs):
         cfg.dpd_delay = MEDIATION_DPD_DELAY
     return cfg
+
+
+def _trap_target(where: str, cfg: IkeConfig) -> None:
+    """start_action = "trap": the first packet starts the connection, so there must be one peer address
+    to initiate to, not one the mediation server tells (docs/gateway.md, "Trap policies")."""
+    target = next((a for a in cfg.remote_addrs if a not in _ADDR_WILDCARDS), "%any")
+    if cfg.mediation or cfg.mediated_by or "/" in target or target.startswith("%"):
+        raise LocalError(f"{where} start_action = \"trap\" needs remote_addrs to name the peer's address "
+                         f"(not {show(target)}), and no mediation")
 
 
 def _mediators(conns: list[IkeConfig], raw: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from .config import DaemonConfig, load
 from .control import ControlServer, EngineControl
 from .glue import DataPlaneGlue, engine_child_deleter
 from .lifecycle import diff_configs, monotonic_usec, sd_notify
+from .traps import TrapManager
 
 if TYPE_CHECKING:
     from .workers import WorkerSpec
@@ -90,6 +91,8 @@ class Daemon:
         self._wall_clock()
         self.listeners: list[Any] = []  # extra event consumers (status writers, ...)
         self._tries: dict[str, int] = {}  # keying tries so far per connection
+        self._retry_due: set[str] = set()  # connections whose next keying try is scheduled
+        self.traps: TrapManager | None = None  # start_action = trap, once the data plane runs (traps.py)
         addrs = st.listen or local_addresses()
         self.transport = UdpTransport(self.engine, addrs, [st.port, st.natt_port], on_event=self.on_event,
                                       receive_buffer=st.receive_buffer,
@@ -169,16 +172,24 @@ class Daemon:
         log.info("keying try %d of %s for '%s' in %.0f s", n + 1, cfg.keyingtries or "unlimited", e.name, delay)
 
         def retry() -> None:
+            if e.name not in self._retry_due:
+                return  # the connection was stopped or changed meanwhile
+            self._retry_due.discard(e.name)
             if self.transport.sockets and not self.stopping:
                 self.engine.initiate(e.name, None, time.monotonic())
                 self.transport.flush()
 
+        self._retry_due.add(e.name)  # one attempt at a time: no acquire starts another meanwhile (traps.py)
         asyncio.get_running_loop().call_later(delay, retry)
 
     def autostart(self, now: float) -> None:
-        """Bring up every CHILD_SA with start_action = start (swanctl semantics)."""
+        """Route the CHILD_SAs with start_action = trap, then bring up those with start_action = start
+        (swanctl semantics)."""
         if not self.initiates:
             return
+        self.traps = TrapManager(self.engine, self.dp, route_source, lambda conn: conn in self._retry_due)
+        self.listeners.append(self.traps.on_event)
+        self.traps.sync(self.engine.configs)
         for c in self.cfg.connections:
             self.start_connection(c, now)
 
@@ -197,6 +208,7 @@ class Daemon:
                 was_up = was_up or (sa.established and sa.is_original_initiator)
                 self.engine.terminate(sa, now)
         self._tries.pop(name, None)
+        self._retry_due.discard(name)
         return was_up
 
     # ------------------------------------------------------------------ reload
@@ -232,6 +244,8 @@ class Daemon:
         self.engine.creds = new.creds
         self.cfg = DaemonConfig(self.cfg.settings, merged, new.creds)
         by_name = {c.name: c for c in merged}
+        if self.traps is not None:
+            self.traps.sync(merged)
         for n in self._start_order([*diff.added, *diff.changed]) if self.initiates else []:
             self.start_connection(by_name[n], now, force=n in reinit)
         self.transport.flush()
@@ -378,9 +392,11 @@ class Daemon:
         self.transport.flush()
 
     def on_acquire(self, e: Any, now: float) -> None:
-        """Traffic matched a trap policy without an SA; iked installs none (the gateway's ipsec.conf
-        auto=route does, gateway/traps.py)."""
-        log.info("ignoring acquire for reqid %d (%s -> %s): no trap policies", e.reqid, e.src, e.dst)
+        """Traffic matched a trap policy without an SA: its CHILD_SA starts (traps.py)."""
+        if self.traps is None:
+            log.info("ignoring acquire for reqid %d (%s -> %s): no trap policies", e.reqid, e.src, e.dst)
+        elif self.traps.on_acquire(e, now):
+            self.transport.flush()
 
     def _read_kernel_events(self) -> None:
         self.dp.read_events()
@@ -424,6 +440,8 @@ class Daemon:
                 left = self.engine.ike_sas()
                 log.info("%d IKE_SA(s) did not confirm the DELETE within %.0f s: %s", len(left),
                          self.shutdown_timeout, ", ".join(sa.label for sa in left))
+        if self.traps is not None:
+            self.traps.unroute_all()
         log.info("%s stopped", self.prog)
 
 

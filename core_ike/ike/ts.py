@@ -70,13 +70,16 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
 
 
 def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) -> list[TrafficSelector]:
+    """The intersections of each offered selector with each configured one, without those another of
+    them holds: an initiator's first selectors may be a triggering packet's, inside its ranges (RFC
+    7296 2.9), and a policy for them next to the range's would be redundant."""
     out: list[TrafficSelector] = []
     for c in configured:
         for o in offered:
             x = intersect(o, c)
             if x is not None and x not in out:
                 out.append(x)
-    return out
+    return [x for x in out if not any(y != x and intersect(x, y) == x for y in out)]
 
 
 def to_text(ts: TrafficSelector) -> str:

@@ -153,6 +153,8 @@ class Acquire:
     protocol: int
     tunnel_src: str = ""
     tunnel_dst: str = ""
+    sport: int = 0  # the packet's ports (TCP, UDP, SCTP; 0: none or not known)
+    dport: int = 0
 
 
 DataPlaneEvent = SaExpired | Acquire

@@ -513,7 +513,8 @@ class UserspaceDataPlane(BatchSteps):
 
     def _acquire(self, p: PolicyParams, flow: tuple[Any, Any, int, int, int]) -> None:
         if self._acquires.allow(p.reqid, self.clock(), len(self._events)):
-            self._emit(Acquire(p.reqid, str(flow[0]), str(flow[1]), flow[2], p.tunnel_src, p.tunnel_dst))
+            self._emit(Acquire(p.reqid, str(flow[0]), str(flow[1]), flow[2], p.tunnel_src, p.tunnel_dst,
+                               flow[3], flow[4]))
 
     # -- inbound path ----------------------------------------------------------------------------
 

@@ -477,7 +477,13 @@ class XfrmDataPlane:
             n = 16 if fam == socket.AF_INET6 else 4
             t_dst = str(ipaddress.ip_address(body[0:n]))
             t_src = str(ipaddress.ip_address(body[24 : 24 + n]))
-            return Acquire(reqid, src, dst, proto, t_src, t_dst)
+            # the selector the kernel filled from the packet's flow: ports in network order at 32
+            # (destination) and 36 (source) of struct xfrm_selector; ICMP's type and code there are
+            # not ports (RFC 4301 4.4.1.3 encodes them otherwise)
+            dport, sport = struct.unpack_from("!H2xH", body, 40 + 32)
+            if proto not in (6, 17, 132):
+                sport = dport = 0
+            return Acquire(reqid, src, dst, proto, t_src, t_dst, sport, dport)
         if mtype == EXPIRE and len(body) >= 225:
             spi = int.from_bytes(body[72:76], "big")
             reqid = struct.unpack_from("=I", body, 208)[0]

@@ -103,6 +103,7 @@ def test_trap_policy_raises_acquire(xfrm: XfrmDataPlane) -> None:
         xfrm.install_policy(p)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # inside the namespace (pushns)
     s.bind(("10.10.1.1", 0))
+    sport = s.getsockname()[1]
     with contextlib.suppress(OSError):  # no SA yet: the kernel may refuse the packet after queueing the acquire
         s.sendto(b"trigger", ("10.10.2.1", 9))
     s.close()
@@ -110,7 +111,7 @@ def test_trap_policy_raises_acquire(xfrm: XfrmDataPlane) -> None:
 
     select.select([xfrm], [], [], 3.0)
     ev = xfrm.next_event()
-    assert ev == Acquire(7, "10.10.1.1", "10.10.2.1", 17, "192.0.2.1", "192.0.2.2"), ev
+    assert ev == Acquire(7, "10.10.1.1", "10.10.2.1", 17, "192.0.2.1", "192.0.2.2", sport, 9), ev
 
 
 def test_install_sa(xfrm: XfrmDataPlane) -> None:

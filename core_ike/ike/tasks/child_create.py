@@ -129,6 +129,22 @@ def narrow_remote(sa: IkeSaView, cfg: ChildConfig, offered: list[TrafficSelector
     return out
 
 
+def with_packet(packet: tuple[TrafficSelector, TrafficSelector], tsi: list[TrafficSelector],
+                tsr: list[TrafficSelector]) -> tuple[list[TrafficSelector], list[TrafficSelector]]:
+    """RFC 7296 2.9: a CHILD_SA started by a packet offers that packet's own selectors first, so that a
+    responder which narrows picks the range holding it. Only when both lie within what we offer (with
+    virtual IPs requested our addresses are not known yet, and a packet outside the config is not ours
+    to ask for)."""
+    src, dst = packet
+    if not _holds(tsi, src) or not _holds(tsr, dst):
+        return tsi, tsr
+    return [src, *tsi], [dst, *tsr]
+
+
+def _holds(selectors: list[TrafficSelector], one: TrafficSelector) -> bool:
+    return any(tsmod.intersect(one, t) == one for t in selectors)
+
+
 def schedule(sa: IkeSaView, child: ChildSa, now: float, rekey_initiator: bool) -> None:
     cfg = child.config
     if cfg.rekey_time > 0:
@@ -141,8 +157,10 @@ def schedule(sa: IkeSaView, child: ChildSa, now: float, rekey_initiator: bool) -
 class ChildCreate(Task):
     name = "CHILD_CREATE"
 
-    def __init__(self, cfg: ChildConfig | None, in_auth: bool, rekey: ChildSa | None = None) -> None:
+    def __init__(self, cfg: ChildConfig | None, in_auth: bool, rekey: ChildSa | None = None,
+                 packet: tuple[TrafficSelector, TrafficSelector] | None = None) -> None:
         self.cfg = cfg if cfg is not None else (rekey.config if rekey else None)
+        self.packet = packet  # (source, destination) of the packet that triggered it (an acquire)
         self.in_auth = in_auth
         self.exchange = ExchangeType.IKE_AUTH if in_auth else ExchangeType.CREATE_CHILD_SA
         self.rekey = rekey
@@ -185,6 +203,8 @@ class ChildCreate(Task):
         local = local_selectors(sa, self.cfg) if not sa.config.vips or not self.in_auth else \
             [tsmod.full(ipaddress.ip_address(v).version) for v in sa.config.vips]
         self._sent_tsi, self._sent_tsr = local, remote_selectors(sa, self.cfg)
+        if self.packet is not None and self.rekey is None and not (self.in_auth and sa.config.vips):
+            self._sent_tsi, self._sent_tsr = with_packet(self.packet, self._sent_tsi, self._sent_tsr)
         msg.payloads.append(TsPayload(PayloadType.TSi, self._sent_tsi))
         msg.payloads.append(TsPayload(PayloadType.TSr, self._sent_tsr))
 
@@ -303,11 +323,18 @@ class ChildCreate(Task):
     def _pick_config(self, sa: IkeSaView, tsi: list[TrafficSelector],
                      tsr: list[TrafficSelector]) -> tuple[ChildConfig, list[TrafficSelector], list[TrafficSelector]]:
         candidates = [self.rekey.config] if self.rekey is not None else sa.config.children
+        found = None
         for cfg in candidates:
             tsi_n = narrow_remote(sa, cfg, tsi)
             tsr_n = tsmod.narrow(tsr, local_selectors(sa, cfg))
             if tsi_n and tsr_n:
-                return cfg, tsi_n, tsr_n
+                # RFC 7296 2.9: narrowed to a subset holding the initiator's first selectors (the packet
+                # that triggered it) when a config allows that
+                if _holds(tsi_n, tsi[0]) and _holds(tsr_n, tsr[0]):
+                    return cfg, tsi_n, tsr_n
+                found = found or (cfg, tsi_n, tsr_n)
+        if found is not None:
+            return found
         log.info("traffic selectors %s === %s unacceptable", tsmod.list_text(tsr), tsmod.list_text(tsi))
         if not candidates:
             raise ProtocolError("no CHILD_SA config found", NotifyType.TS_UNACCEPTABLE)

@@ -83,8 +83,8 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text('[connections.x]\nremote_adrs = ["192.0.2.1"]\n')  # a typo is an error, never ignored
     with pytest.raises(LocalError, match=r"unknown key 'remote_adrs' in \[connections\.x\]"):
         load(bad)
-    bad.write_text('[connections.x.children.net]\nstart_action = "trap"\n')
-    with pytest.raises(LocalError, match="trap policies are not supported"):
+    bad.write_text('[connections.x.children.net]\nstart_action = "trap"\n')  # no peer to initiate to
+    with pytest.raises(LocalError, match=r'\[connections.x\] start_action = "trap" needs remote_addrs'):
         load(bad)
     bad.write_text('[daemon]\nbogus = 1\n')
     with pytest.raises(LocalError, match="unknown \\[daemon\\] setting 'bogus'"):

@@ -62,8 +62,9 @@ def test_one_acquire_per_policy_a_second_whatever_the_addresses() -> None:
     for i in range(2000):  # 2000 flows into each trap: other hosts, other ports
         dp._outbound(ipv4(LOCAL, f"10.92.2.{i % 250 + 1}", sport=1000 + i), clock.t)
         dp._outbound(ipv4(LOCAL, f"10.92.3.{i % 250 + 1}", sport=1000 + i), clock.t)
-    assert events(dp) == [Acquire(0x40000001, LOCAL, "10.92.2.1", 17, "192.0.2.1", "192.0.2.2"),
-                          Acquire(0x40000002, LOCAL, "10.92.3.1", 17, "192.0.2.1", "192.0.2.2")]
+    # the first packet of each: its addresses, protocol and ports (the CHILD_SA's first selectors)
+    assert events(dp) == [Acquire(0x40000001, LOCAL, "10.92.2.1", 17, "192.0.2.1", "192.0.2.2", 1000, 2000),
+                          Acquire(0x40000002, LOCAL, "10.92.3.1", 17, "192.0.2.1", "192.0.2.2", 1000, 2000)]
     st = dp.stats()
     # 250 hosts per trap were looked up (the flow cache keys on addresses: no policy has ports)
     assert st["acquires"] == 2 and st["acquires_limited"] == 498 and st["drop_no_policy"] == 4000
@@ -77,7 +78,7 @@ def test_one_acquire_per_policy_a_second_whatever_the_addresses() -> None:
     dp.check_timers(clock.t)
     dp._outbound(ipv4(LOCAL, "10.92.2.1"), clock.t)
     dp._outbound(ipv4(LOCAL, "10.92.2.1"), clock.t)
-    assert events(dp) == [Acquire(0x40000001, LOCAL, "10.92.2.1", 17, "192.0.2.1", "192.0.2.2")]
+    assert events(dp) == [Acquire(0x40000001, LOCAL, "10.92.2.1", 17, "192.0.2.1", "192.0.2.2", 1000, 2000)]
 
 
 def test_no_acquire_while_the_daemon_has_a_full_queue() -> None:

@@ -178,5 +178,5 @@ def test_keepalive_lifetimes_and_acquire() -> None:
     dp.install_policy(trap)
     dp._outbound(ipv4(A, B, proto=17), 1.0)
     dp._outbound(ipv4(A, B, proto=17), 1.0)
-    assert dp.next_event() == Acquire(9, A, B, 17)
+    assert dp.next_event() == Acquire(9, A, B, 17, sport=0x7878, dport=0x7878)  # the payload's "xxxx" as ports
     assert dp.next_event() is None

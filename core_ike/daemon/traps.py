@@ -1,0 +1,273 @@
+"""Trap policies: swanctl's `start_action = trap`, ipsec.conf `auto=route`, the SQL configuration's
+child_configs.start_action 1 (docs/gateway.md, "Trap policies"); iked and the gateway both use them.
+
+A routed connection's CHILD_SAs are not negotiated at start: each gets an outbound policy of action
+TRAP over its configured traffic selectors (`dynamic` is the side's address), under a reqid of its own.
+The data plane drops matching traffic that has no SA and reports an acquire (the userspace data plane
+at most one per policy a second, core_ike/io/acquire.py; XFRM: the kernel's XFRM_MSG_ACQUIRE); the
+daemon then initiates that CHILD_SA, with its IKE_SA if none is up, as charon's trap manager does,
+offering the triggering packet's own addresses, protocol and ports as the first traffic selectors
+(RFC 7296 2.9), so that a responder which narrows picks the range holding that packet.
+The CHILD_SA's own policies (same selectors, its own reqid) take the traffic from then on; the trap
+stays, so that traffic after the CHILD_SA went starts a new one.
+
+One attempt per trap at a time, whatever started it: acquires are ignored while an attempt started by
+one is under way (until that CHILD_SA is up or failed, or its IKE_SA failed or went), while an IKE_SA
+of the connection is being set up (`up`, a start at load, a keying try), while a keying try of the
+connection is scheduled (RFC 7296 2.4 leaves retries to the initiator; the daemon's keyingtries), and
+while a CHILD_SA of that config is up on an IKE_SA of the connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec.payloads import TrafficSelector as Ts
+from ..errors import LocalError
+from ..ike import events as ev
+from ..ike import ts as tsmod
+from ..ike.config import ChildConfig, IkeConfig
+from ..ike.engine import Engine
+from ..io.dataplane import Acquire, Direction, PolicyAction, PolicyParams, TrafficSelector
+
+log = logging.getLogger("core_ike.daemon.traps")
+
+TRAP_REQID_BASE = 0x40000000  # trap policies' reqids, apart from the engine's CHILD_SA reqids (from 1)
+PENDING_MAX = 120.0  # seconds after which an attempt no event ended no longer holds acquires back
+PORT_PROTOCOLS = (6, 17, 132)  # TCP, UDP, SCTP: a packet's ports are part of its selectors
+
+
+@dataclass
+class Trap:
+    conn: str
+    child: str
+    reqid: int
+    cfg: IkeConfig  # the config object routed (a reload that changes it routes again)
+    policies: list[PolicyParams] = field(default_factory=list)
+    pending: float | None = None  # when an acquire initiated it; None: no attempt under way
+
+
+def trap_policies(cfg: IkeConfig, child: ChildConfig, reqid: int,
+                  route_source: Callable[[str], str]) -> list[PolicyParams]:
+    """The outbound TRAP policies of `child`: its local x remote selectors, `dynamic` resolved to the
+    local address (or the one that routes to the peer) and the peer's address."""
+    remote = next((a for a in cfg.remote_addrs if not a.startswith("%any")), None)
+    if remote is None:
+        raise LocalError(f"conn {cfg.name}: auto=route needs the peer's address (right=) to initiate to")
+    try:
+        ipaddress.ip_address(remote)
+    except ValueError:
+        raise LocalError(f"conn {cfg.name}: auto=route: {remote!r} is not an address") from None
+    local = next((a for a in cfg.local_addrs if not a.startswith("%any")), None) or route_source(remote)
+    pols = []
+    for lt in child.local_ts:
+        for rt in child.remote_ts:
+            for lsel in _selectors(cfg.name, lt, local):
+                for rsel in _selectors(cfg.name, rt, remote):
+                    pols.append(PolicyParams(lsel, rsel, Direction.OUT, reqid, local, remote, PolicyAction.TRAP))
+    return pols
+
+
+def packet_selectors(e: Acquire) -> tuple[Ts, Ts] | None:
+    """The (source, destination) traffic selectors of the packet an acquire reports: its two addresses,
+    its protocol and, for TCP, UDP and SCTP, its ports (RFC 7296 2.9, the initiator's first TSi and
+    TSr). None when the data plane did not say (no addresses, or of two families)."""
+    try:
+        src, dst = ipaddress.ip_address(e.src), ipaddress.ip_address(e.dst)
+    except ValueError:
+        return None
+    if src.version != dst.version or not 0 <= e.protocol <= 255:
+        return None
+    ports = e.protocol in PORT_PROTOCOLS and e.sport and e.dport
+    return (tsmod.from_cidr(str(src), e.protocol, (e.sport, e.sport) if ports else (0, 65535)),
+            tsmod.from_cidr(str(dst), e.protocol, (e.dport, e.dport) if ports else (0, 65535)))
+
+
+def _selectors(conn: str, text: str, dynamic: str) -> list[TrafficSelector]:
+    try:
+        t = tsmod.parse(text, dynamic)
+    except (LocalError, ValueError) as e:
+        raise LocalError(f"conn {conn}: traffic selector {text!r}: {e}") from None
+    first, last = ipaddress.ip_address(t.start_addr), ipaddress.ip_address(t.end_addr)
+    nets = ipaddress.summarize_address_range(first, last)
+    return [TrafficSelector(n, t.ip_proto, t.start_port, t.end_port) for n in nets]
+
+
+class TrapManager:
+    """The routed connections of one daemon: their policies in the data plane, and the acquires."""
+
+    def __init__(self, engine: Engine, dp: Any, route_source: Callable[[str], str],
+                 retrying: Callable[[str], bool] = lambda conn: False) -> None:
+        self.engine = engine
+        self.dp = dp
+        self.route_source = route_source
+        self.retrying = retrying  # is a keying try of this connection scheduled? (the daemon's keyingtries)
+        self.traps: dict[tuple[str, str], Trap] = {}
+        self._reqids: dict[tuple[str, str], int] = {}  # one reqid per (conn, child) for the daemon's life
+        self.acquires = 0  # acquires that initiated a CHILD_SA
+        self.ignored = 0  # acquires ignored (attempt under way or scheduled, CHILD_SA up, unknown reqid)
+
+    # -- route / unroute ----------------------------------------------------------------------
+
+    def route(self, name: str) -> list[str]:
+        """Install the trap policies of connection `name`'s CHILD_SAs (again after a change); the
+        children routed. LocalError: no such connection, or nothing to route it with."""
+        cfg = self.engine.config(name)
+        if self.dp is None:
+            raise LocalError(f"conn {name}: no data plane to route it in ([daemon] dataplane = none)")
+        routed = []
+        for child in cfg.children:
+            key = (cfg.name, child.name)
+            old = self.traps.get(key)
+            if old is not None and old.cfg is cfg:
+                routed.append(child.name)
+                continue
+            reqid = self._reqids.setdefault(key, TRAP_REQID_BASE + len(self._reqids) + 1)
+            pols = trap_policies(cfg, child, reqid, self.route_source)
+            self._check_routable(cfg, pols)
+            if old is not None:
+                self._remove(old)
+            trap = Trap(cfg.name, child.name, reqid, cfg)
+            try:
+                for p in pols:
+                    self.dp.install_policy(p)
+                    trap.policies.append(p)
+            except Exception as e:  # noqa: BLE001 - the data plane refused: nothing of it stays
+                self._remove(trap)
+                raise LocalError(f"conn {name}: trap policy not installed: {e}") from None
+            self.traps[key] = trap
+            routed.append(child.name)
+            log.info("conn %s{%s}: trap policies installed (reqid %d): %s", cfg.name, child.name, reqid,
+                     ", ".join(f"{p.local.subnet} === {p.remote.subnet}" for p in pols))
+        return routed
+
+    def _check_routable(self, cfg: IkeConfig, pols: list[PolicyParams]) -> None:
+        """The userspace data plane routes a trap's remote selector into its TUN device: one holding
+        the peer's own address would take the IKE messages to the peer with it (charon's
+        kernel-libipsec refuses such a route too, "conflicts with IKE traffic")."""
+        if getattr(self.dp, "name", "") != "userspace":
+            return
+        for p in pols:
+            if ipaddress.ip_address(p.tunnel_dst) in p.remote.subnet:
+                raise LocalError(f"conn {cfg.name}: auto=route: the remote selector {p.remote.subnet} holds the "
+                                 f"peer's address {p.tunnel_dst}, whose IKE traffic the userspace data plane "
+                                 "would then route into the tunnel (give the peer's subnet, rightsubnet=)")
+
+    def unroute(self, name: str) -> int:
+        """Remove the trap policies of connection `name`; how many CHILD_SA configs were routed."""
+        gone = [k for k in self.traps if k[0] == name]
+        for k in gone:
+            self._remove(self.traps.pop(k))
+            log.info("conn %s{%s}: trap policies removed", *k)
+        return len(gone)
+
+    def sync(self, configs: list[IkeConfig]) -> None:
+        """After a (re)load: every connection whose CHILD_SAs say start_action = trap is routed (again
+        when its config changed), the traps of connections gone or no longer routed go."""
+        wanted = {c.name: c for c in configs if any(ch.start_action == "trap" for ch in c.children)}
+        for name in {k[0] for k in self.traps} - set(wanted):
+            self.unroute(name)
+        for name, cfg in wanted.items():
+            stale = [k for k, t in self.traps.items() if k[0] == name and t.cfg is not cfg]
+            for k in stale:
+                self._remove(self.traps.pop(k))
+            try:
+                self.route(name)
+            except LocalError as e:
+                log.error("%s", e)
+
+    def unroute_all(self) -> None:
+        for name in sorted({k[0] for k in self.traps}):
+            self.unroute(name)
+
+    def _remove(self, trap: Trap) -> None:
+        for p in trap.policies:
+            try:
+                self.dp.delete_policy(p)
+            except Exception as e:  # noqa: BLE001 - the rest still go
+                log.warning("conn %s{%s}: trap policy %s not removed: %s", trap.conn, trap.child, p.remote.subnet, e)
+
+    def routed(self) -> dict[str, list[str]]:
+        """Routed connections and their CHILD_SA configs (the status commands)."""
+        out: dict[str, list[str]] = {}
+        for conn, child in self.traps:
+            out.setdefault(conn, []).append(child)
+        return out
+
+    # -- acquires -----------------------------------------------------------------------------
+
+    def on_acquire(self, e: Acquire, now: float) -> bool:
+        """Traffic met trap `e.reqid` without an SA: initiate its CHILD_SA unless an attempt is under
+        way or one is up; True when it initiated."""
+        trap = next((t for t in self.traps.values() if t.reqid == e.reqid), None)
+        if trap is None:
+            self.ignored += 1
+            log.debug("acquire for reqid %d (%s -> %s): no trap of ours", e.reqid, e.src, e.dst)
+            return False
+        if trap.pending is not None and now - trap.pending < PENDING_MAX:
+            self.ignored += 1
+            return False
+        if self.retrying(trap.conn):
+            self.ignored += 1
+            log.debug("acquire for %s{%s} (%s -> %s): a keying try of the connection is scheduled",
+                      trap.conn, trap.child, e.src, e.dst)
+            return False
+        if self._child_up(trap):
+            self.ignored += 1
+            log.debug("acquire for %s{%s} (%s -> %s): the CHILD_SA is up, the packet outside its selectors",
+                      trap.conn, trap.child, e.src, e.dst)
+            return False
+        packet = packet_selectors(e)
+        log.info("acquire for %s{%s} (%s -> %s, protocol %d): initiating%s", trap.conn, trap.child, e.src, e.dst,
+                 e.protocol, f", first selectors {tsmod.to_text(packet[0])} === {tsmod.to_text(packet[1])}"
+                 if packet is not None else "")
+        trap.pending = now
+        self.acquires += 1
+        try:
+            self.engine.initiate(trap.conn, trap.child, now, packet=packet)
+        except LocalError as err:
+            trap.pending = None
+            log.error("acquire for %s{%s}: cannot initiate: %s", trap.conn, trap.child, err)
+            return False
+        return True
+
+    def _child_up(self, trap: Trap) -> bool:
+        for sa in self.engine.ike_sas():
+            if sa.config.name != trap.conn:
+                continue
+            if not sa.established:
+                return True  # an IKE_SA of the connection is being set up (keyingtries, `up`)
+            if any(c.name == trap.child for c in sa.children.values()):
+                return True
+        return False
+
+    def _other_child(self, trap: Trap, gone: int) -> bool:
+        return any(c.name == trap.child and uid != gone for sa in self.engine.ike_sas() if sa.config.name == trap.conn
+                   for uid, c in sa.children.items())
+
+    def on_event(self, e: object) -> None:
+        """An attempt ends with its CHILD_SA up or failed, or its IKE_SA failed or gone. When the last
+        CHILD_SA of a trapped config goes, its traps are installed again: the XFRM data plane's kernel
+        keeps one policy per selector, which the CHILD_SA's replaced and its deletion removed (the
+        userspace data plane kept the trap: installing it again changes nothing)."""
+        if isinstance(e, ev.ChildSaDeleted):
+            t = self.traps.get((e.ike_name, e.name))
+            if t is not None and not self._other_child(t, e.unique_id):
+                for p in t.policies:
+                    try:
+                        self.dp.install_policy(p)
+                    except Exception as err:  # noqa: BLE001 - logged; `ipsec route` tries again
+                        log.warning("conn %s{%s}: trap policy %s not reinstalled: %s", t.conn, t.child,
+                                    p.remote.subnet, err)
+        elif isinstance(e, ev.ChildSaEstablished | ev.ChildSaFailed):
+            t = self.traps.get((e.ike_name, e.name))
+            if t is not None:
+                t.pending = None
+        elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted):
+            for t in self.traps.values():
+                if t.conn == e.name:
+                    t.pending = None
