@@ -100,3 +100,94 @@ def test_traffic_starts_the_tunnel_to_charon(two_hosts_per_module: Lab, capsys: 
     finally:
         iked.stop()
         charon.stop()
+
+
+B_IN3 = "10.10.3.1"  # a second inner address on bob, in a range of its own CHILD_SA config
+
+TOML_TRAP = f"""[daemon]
+listen = ["{A}"]
+control = "@CTL@"
+dataplane = "userspace"
+tun = "ipsec1"
+[connections.net]
+local_addrs = ["{A}"]
+remote_addrs = ["{B}"]
+proposals = "aes128gcm16-prfsha256-x25519"
+local = {{ auth = "psk", id = "alice@lab" }}
+remote = {{ auth = "psk", id = "bob@lab" }}
+[connections.net.children.net]
+local_ts = ["{A_IN}/32"]
+remote_ts = ["10.10.2.0/23"]
+esp_proposals = "aes128gcm16"
+start_action = "trap"
+[[secrets.ike]]
+id = ["alice@lab", "bob@lab"]
+secret = "{PSK}"
+"""
+
+CHARON_TWO_RANGES = f"""connections {{
+  net {{
+    local_addrs = {B}
+    remote_addrs = {A}
+    proposals = aes128gcm16-prfsha256-x25519
+    local {{
+      auth = psk
+      id = bob@lab
+    }}
+    remote {{
+      auth = psk
+      id = alice@lab
+    }}
+    children {{
+      net2 {{
+        local_ts = 10.10.2.0/24
+        remote_ts = {A_IN}/32
+        esp_proposals = aes128gcm16
+      }}
+      net3 {{
+        local_ts = 10.10.3.0/24
+        remote_ts = {A_IN}/32
+        esp_proposals = aes128gcm16
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-1 {{
+    id-1 = bob@lab
+    id-2 = alice@lab
+    secret = "{PSK}"
+  }}
+}}
+"""
+
+
+def test_iked_toml_trap_and_charon_narrows_to_the_pinged_range(two_hosts_per_module: Lab) -> None:
+    """Plain iked, `start_action = "trap"` in its TOML file, 10.10.1.1 === 10.10.2.0/23; charon has two
+    CHILD_SA configs, 10.10.2.0/24 first, then 10.10.3.0/24. A ping to 10.10.3.1 starts the CHILD_SA
+    with the packet's own selectors first (RFC 7296 2.9): charon rates the leading selectors highest
+    and picks net3, so the next pings pass (with net2 they would meet the trap's drop again)."""
+    lab = two_hosts_per_module
+    lab.addr("bob", "lo", f"{B_IN3}/32")
+    charon = Charon(lab, "bob", name="charon-route2", conf=CHARON_TWO_RANGES)
+    iked = Iked(lab, "alice", TOML_TRAP, name="iked-trap")
+    try:
+        charon.start()
+        iked.start()
+        wait_for(lambda: "trap policies installed" in iked.log_text(), 10, what="iked's trap policies")
+        assert not charon.list_sas()
+        lab.ping("alice", B_IN3, source=A_IN, count=1, wait=1)
+        child = charon.wait_child("net3", timeout=30)
+        assert child["local-ts"] == ["10.10.3.0/24"], child
+        log = iked.log_text()
+        assert f"acquire for net{{net}} ({A_IN} -> {B_IN3}, protocol 1): initiating, first selectors " \
+               f"{A_IN}/32[icmp] === {B_IN3}/32[icmp]" in log, iked.log_tail()
+        sent, received, text = lab.ping("alice", B_IN3, source=A_IN, count=3, interval=0.05)
+        assert (sent, received) == (3, 3), text + "\n" + iked.log_tail()
+        (sa,) = iked.wait_sas(lambda s: len(s) == 1 and s[0]["child-sas"])
+        assert sa["initiator"] and sa["child-sas"][0]["remote-ts"] == ["10.10.3.0/24"], sa
+        assert [c["name"] for c in charon.child_sas()] == ["net3"]
+    finally:
+        iked.stop()
+        charon.stop()
+        lab.run("bob", ["ip", "addr", "del", f"{B_IN3}/32", "dev", "lo"], check=False)
