@@ -226,3 +226,25 @@ def test_round_attempts_count_against_the_first_setups_limit() -> None:
     net.run(6.0, until=lambda: prober.active() == 0)
     assert prober.active() == 0
     assert alice.ext.probes.start(other_setup(), PORT_RESTRICTED, SYM_RANDOM, net.now) is not None
+
+
+def test_a_probe_round_meets_under_loss() -> None:
+    """The path is lossy (a fifth of the datagrams between the NATs dropped): the round's probing
+    still meets (its checks retransmit, many probes are in the air) and the IKE_SA moves."""
+    net, pool = _net(seed=5)
+    sa_a, sa_b = _relayed(net, "alice")
+    rnd = random.Random(3)
+
+    def lossy(sender: str, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> float | None:
+        return None if {src[0], dst[0]} == {A_PUB, B_PUB} and rnd.random() < 0.2 else 0.0
+
+    net.hook = lossy
+    alice = net.nodes["alice"]
+    net.run(PERIOD + 10.0, until=lambda: bool(_moves(alice)))
+    assert _moves(alice) and _moves(alice)[0].direct, alice.of(ProbeEnded)
+    net.run(3.0)
+    assert sa_b.remote == (A_PUB, 4500) and sa_a.remote[0] == B_PUB and sa_a.established and sa_b.established
+    # the probes may meet the mapping of bob's NAT-T socket (his round checks alice's endpoint from it
+    # too) or of an extra socket: his IKE_SA runs on the one that met, and no other extra socket is open
+    (watch,) = net.nodes["bob"].ext.paths.watches.values()
+    assert sa_b.local == watch.direct_local and pool.open_now <= {sa_b.local}, (sa_b.local, pool.open_now)
