@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.netns, needs("root", why="NAT labs with our daemons in
 INNER = {"alice": "10.11.0.2", "bob": "10.12.0.2"}
 PERIOD = 10  # [client] upgrade_period of the test (the default is 30 s)
 LAN_ALICE = "10.1.0.2"
-HARD_PERIOD = 8  # the same, for the hard-NAT test: its first probe round probes many ports
+HARD_PERIOD = 6  # the same, for the hard-NAT test: its first probe round probes many ports
 BLOCK = "h14block"
 
 
@@ -172,7 +172,9 @@ def test_hard_nat_relayed_tunnel_goes_direct_by_a_probe_round_of_many_port_probi
         first = alice.status()["status"]["connections"]
         assert any("did not meet" in (c.get("probing") or "") for c in first), first  # it probed, in vain
 
-        count = int((HARD_PERIOD + 10) / 0.2)  # a ping through the tunnel across the move (5 per second)
+        # a ping through the tunnel across the move (5 per second): the first round starts within
+        # HARD_PERIOD, its probing ends within 5 s
+        count = int((HARD_PERIOD + 7) / 0.2)
         log_path = lab.dir / "hard-upgrade-ping.log"
         ping = lab.popen("alice", ["ping", "-n", "-i", "0.2", "-W", "2", "-c", str(count), "-I", INNER["alice"],
                                    INNER["bob"]], log_path)
