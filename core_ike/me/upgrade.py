@@ -40,7 +40,7 @@ from ..errors import DecodeError, ProtocolError
 from ..ike.engine import Engine
 from .birthday import PortProbe, ProbeEnded, Probes, ProbeSpec, ProbeStarted, Role, peer_srflx, plan
 from .checklist import CheckList, CheckListConfig, Datagram, PairState, PairStateChanged
-from .checks import Check, decode_check
+from .checks import Check, KeyRule, decode_check
 from .endpoints import MAPPED_PRIORITY, Addr, Endpoint, make_endpoint
 
 log = logging.getLogger("core_ike.me")
@@ -128,7 +128,7 @@ class RoundProbing:
                      for e in (*c.local, *c.remote))
         return None if mapped else plan(self.own_nat(), c.peer_nat)  # a port mapping is a direct way already
 
-    def start(self, c: Candidates, role: Role, now: float) -> PortProbe | None:
+    def start(self, c: Candidates, role: Role, key_rule: KeyRule, now: float) -> PortProbe | None:
         cfg, cid = self.probes.cfg, c.connect_id.hex()
         if sum(p.active for p in self.probes.probes.values()) + self.active() >= cfg.max_active:
             log.warning("probe round for %s: %d many-port attempts under way already, not probing", cid,
@@ -148,7 +148,7 @@ class RoundProbing:
             target = peer.addr
         else:
             target = (peer.address, peer.port)
-        spec = ProbeSpec(role, c.connect_id, (c.own_key, c.peer_key), target, own.local_base, tuple(opened))
+        spec = ProbeSpec(role, c.connect_id, (c.own_key, c.peer_key), target, own.local_base, tuple(opened), key_rule)
         probe = PortProbe(spec, now, self.probes.rng, cfg)
         log.info("probe round for %s: many-port probing (%s) toward %s[%d], at most %d checks in %g s", cid,
                  role.value, target[0], target[1], probe.limit, cfg.time)
@@ -250,7 +250,7 @@ class PathWatch:
             cl.set_responder_data(c.own_key, local, now)
         self.current, self.round_end, self.heard_direct = cl, now + length, False
         if role is not None and self.prober is not None:
-            self.probe = self.prober.start(c, role, now)
+            self.probe = self.prober.start(c, role, cfg.key_rule, now)
         self._drain(now)
 
     def _settle(self, now: float) -> None:
