@@ -228,3 +228,31 @@ def test_iked_routes_and_keeps_one_attempt_while_a_keying_try_is_scheduled(tmp_p
     asyncio.run(go())
     asyncio.run(daemon.shutdown())
     assert dp._policies == []  # the traps go with the daemon
+
+
+def test_iked_reload_routes_and_unroutes(tmp_path: Path) -> None:
+    """A reload that turns start_action = "trap" off removes the trap policies, one that turns it on
+    installs them again; the daemon's stop removes them."""
+    path = write(tmp_path)
+    daemon = Daemon(load(path))
+    daemon.config_path = str(path)
+    dp = UserspaceDataPlane(lambda d, a: None, clock=Clock())
+    daemon.dp = dp
+    daemon.shutdown_timeout = 0.1
+
+    async def go() -> None:
+        daemon.autostart(time.monotonic())
+        assert daemon.traps is not None and daemon.traps.routed() == {"home": ["net"]}
+        assert {str(p.remote.subnet) for p in dp._policies} == {"10.2.0.0/24"}
+        path.write_text(path.read_text().replace('start_action = "trap"', 'start_action = "none"'))
+        assert daemon.reload()["changed"] == ["home"]
+        assert daemon.traps.routed() == {} and dp._policies == []
+        path.write_text(path.read_text().replace('start_action = "none"', 'start_action = "trap"')
+                        .replace('"10.2.0.0/24"', '"10.2.0.0/16"'))
+        assert daemon.reload()["changed"] == ["home"]
+        assert not daemon.engine.ike_sas()  # routed again, nothing negotiated
+        assert {str(p.remote.subnet) for p in dp._policies} == {"10.2.0.0/16"}
+        await daemon.shutdown()
+        assert dp._policies == []
+
+    asyncio.run(go())
