@@ -272,7 +272,7 @@ def _child(name: str, keys: dict[str, str], sides: tuple[str, str], margin: floa
     life = _secs(keys.get("lifetime", keys.get("keylife", "1h")), f"{where} lifetime")
     child.rekey_time = max(life - margin, 1.0)
     child.life_time = life if life > child.rekey_time else None
-    # auto=route: trap policies, the first packet they catch starts the CHILD_SA (gateway/traps.py)
+    # auto=route: trap policies, the first packet they catch starts the CHILD_SA (core_ike/daemon/traps.py)
     child.start_action = "start" if auto == "start" else "trap" if auto == "route" else "none"
     if "replay_window" in keys:
         child.replay_window = int(keys["replay_window"])

@@ -1,6 +1,6 @@
 """The daemon acts on the data plane's events (RFC 7296 2.8): a soft lifetime rekeys the CHILD_SA, a
-hard one deletes it; an acquire goes to `on_acquire` (iked logs it; the gateway's trap policies act on
-it, gateway/traps.py)."""
+hard one deletes it; an acquire goes to `on_acquire` (the trap policies act on it,
+core_ike/daemon/traps.py)."""
 
 from __future__ import annotations
 

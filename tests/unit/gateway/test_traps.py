@@ -1,4 +1,4 @@
-"""ipsec.conf auto=route (gateway/traps.py): the conversion, the trap policies in a real userspace data
+"""ipsec.conf auto=route (core_ike/daemon/traps.py): the conversion, the trap policies in a real userspace data
 plane (no TUN: packets handed to its outbound path), and the acquire that starts the CHILD_SA through
 the real engine, once per attempt; `ikeme-ipsec status` lists the routed connections."""
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core_ike.daemon.traps import TRAP_REQID_BASE, TrapManager
 from core_ike.errors import LocalError
 from core_ike.ike import events as ev
 from core_ike.ike.creds import Credentials
@@ -19,7 +20,6 @@ from core_ike.io.userspace import UserspaceDataPlane
 from gateway.ipsec_cmd import routed_lines
 from gateway.ipsecconf import parse_conf
 from gateway.ipsecconvert import convert_conf
-from gateway.traps import TRAP_REQID_BASE, TrapManager
 
 CONF = """
 conn %default
