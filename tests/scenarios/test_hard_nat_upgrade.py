@@ -25,7 +25,7 @@ from tests.guards import needs
 pytestmark = [pytest.mark.netns, needs("root", why="NAT labs with our daemons in network namespaces")]
 
 INNER = {"alice": "10.11.0.2", "bob": "10.12.0.2"}
-PERIOD = 10  # [client] upgrade_period of the test (the default is 30 s)
+PERIOD = 6  # [client] upgrade_period of the test (the default is 30 s)
 LAN_ALICE = "10.1.0.2"
 HARD_PERIOD = 6  # the same, for the hard-NAT test: its first probe round probes many ports
 BLOCK = "h14block"
@@ -117,8 +117,9 @@ def test_relayed_tunnel_upgrades_to_direct_without_loss_and_falls_back(lab: Any)
         before = _sa(alice, "bob")
         assert before is not None and before["remote-host"] == CAROL
 
-        # a ping through the tunnel for the whole move (5 per second)
-        count = int((PERIOD + 15) / 0.2)
+        # a ping through the tunnel for the whole move (5 per second): the first round starts within
+        # PERIOD, its checks end within 3 s
+        count = int((PERIOD + 7) / 0.2)
         log_path = lab.dir / "upgrade-ping.log"
         ping = lab.popen("alice", ["ping", "-n", "-i", "0.2", "-W", "2", "-c", str(count), "-I", INNER["alice"],
                                    INNER["bob"]], log_path)
