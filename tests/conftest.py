@@ -39,11 +39,16 @@ def pytest_configure(config: pytest.Config) -> None:
 # twice or be used by two tests at once is one group:
 SHARED_GROUPS = {
     "deploy": "one deploy/install.sh per run (the session fixture ``installed`` of tests/deploy/)",
-    "bench": "bench smoke runs measure CPU and packet rates: never two at a time",
+    "web": "one PostgreSQL, one MariaDB and one portal (lighttpd, eight FastCGI processes) per run",
+    "dataplane": "bulk transfers whose captures and offload counters need the CPU to themselves",
+    "bench": "bench smoke runs measure CPU and packet rates",
 }
-# Groups are handed out in this order, longest first, so that no long lab run starts last and holds
-# up the end of the run while the other workers idle (xdist's --no-loadscope-reorder keeps it).
-FIRST = ("scenarios", "deploy", "resilience", "interop", "bench", "web", "dataplane")
+# ... and these groups run alone, on the last worker, once the others have ended: what they measure is
+# only theirs while nothing runs beside them.
+ALONE = ("dataplane", "bench")
+# The other groups are handed out longest first, so that no long lab run starts late and holds up the
+# end while the other workers idle (xdist's --no-loadscope-reorder keeps this order).
+FIRST = ("web", "scenarios", "deploy", "resilience", "interop")
 
 
 def xdist_group(nodeid: str) -> str:
@@ -58,10 +63,18 @@ def xdist_group(nodeid: str) -> str:
     return path
 
 
+def _rank(nodeid: str) -> int:
+    parts = nodeid.partition("::")[0].split("/")
+    top = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+    if top in ALONE:
+        return len(FIRST) + 1 + ALONE.index(top)
+    return FIRST.index(top) if top in FIRST else len(FIRST)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """--dist loadgroup by :func:`xdist_group`: the groups are known from the node ids alone, so the
-    controller (which collects nothing) can form them."""
+    """--dist loadgroup by :func:`xdist_group`, formed from the node ids alone (the controller collects
+    nothing), with the ALONE groups held back until one worker is left and idle."""
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
@@ -70,19 +83,33 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             return xdist_group(nodeid)
 
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down or not self.workqueue or next(iter(self.workqueue)) not in ALONE:
+                super()._reschedule(node)
+                return
+            # A worker holds its last test back (unstarted) until it gets more or is shut down, so
+            # one pending test means idle.
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            others = [n for n in self.assigned_work if n is not node]
+            if any(not n.shutting_down for n in others):
+                node.shutdown()  # it runs its last test and ends; the last worker runs the ALONE groups
+            elif not others:
+                self._assign_work_unit(node)
+            # else: the others are running their last tests; remove_node asks again when they end
+
+        def remove_node(self, node: Any) -> Any:
+            crashed = super().remove_node(node)
+            for other in list(self.assigned_work):
+                self._reschedule(other)
+            return crashed
+
     return GroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike
-        return
-
-    def rank(item: pytest.Item) -> int:
-        parts = item.nodeid.partition("::")[0].split("/")
-        top = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
-        return FIRST.index(top) if top in FIRST else len(FIRST)
-
-    items.sort(key=rank)  # stable: a module's tests keep their order
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike
+        items.sort(key=lambda item: _rank(item.nodeid))  # stable: a module's tests keep their order
 
 
 @pytest.hookimpl(tryfirst=True)
