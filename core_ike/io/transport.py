@@ -271,8 +271,9 @@ class UdpTransport:
         self._queues: list[socket.socket] = []  # the IKE_SA_INIT queues beside each socket (steering_program)
         self._small_buffer_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None  # a TimerHandle, or a Handle for a deadline due now
         self._timer_at: float | None = None
+        self._timer_soon = False  # _timer is a call_soon handle
         self._coarse = False  # the loop's timers have a millisecond granularity (uvloop's)
         self.stats = {"rx": 0, "tx": 0, "keepalive": 0, "esp": 0, "dropped": 0}
         # one receive and one send batch for every socket (they are read one at a time); the engine's
@@ -521,9 +522,11 @@ class UdpTransport:
 
     def _arm(self) -> None:
         t = self.engine.get_timer()
-        if self._timer is not None and self._timer_at is not None and (t is None or self._timer_at <= t):
+        if self._timer is not None and self._timer_at is not None and (t is None or self._timer_at <= t) \
+                and (self._timer_soon or not self._coarse or self._timer_at > self.clock()):
             # armed for this deadline or an earlier one: firing early costs one idle handle_timer (which
-            # re-arms), replacing the handle after every datagram costs more under load
+            # re-arms), replacing the handle after every datagram costs more under load; but a millisecond
+            # timer whose deadline has come is replaced by the next turn of the loop (below)
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -531,6 +534,12 @@ class UdpTransport:
         self._timer_at = t
         if t is not None and self._loop is not None:
             delay = max(0.0, t - self.clock())
+            self._timer_soon = delay == 0.0
+            if self._timer_soon:
+                # due already (e.g. a check list that decides after the datagrams read with its deadline's
+                # answer): the next turn of the loop, on any loop, not a millisecond timer later
+                self._timer = self._loop.call_soon(self._fire)
+                return
             if self._coarse:
                 # libuv counts whole milliseconds from a floored start (and uvloop rounds the delay): one
                 # more millisecond, rounded up, never fires before the deadline, where firing early would

@@ -69,3 +69,38 @@ def test_the_timer_never_fires_before_the_deadline(loop: str) -> None:
     early = [(now, at) for now, at in engine.calls if now < at]
     assert not early, f"{len(early)} of {len(engine.calls)} calls before the deadline"
     assert len(engine.calls) == len(GAPS)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_deadline_already_due_is_served_at_the_next_turn_of_the_loop(loop: str) -> None:
+    """A deadline that has come when the timer is armed (a check list that decides after the datagrams read
+    with its deadline's answer) is served at the next turn, not by a millisecond timer: counted in turns
+    of a callback that re-schedules itself, not in time."""
+    engine = _Timed([])
+    turns: list[int] = []
+
+    async def run() -> None:
+        t = UdpTransport(engine, ["127.0.0.1"], [0])  # type: ignore[arg-type]
+        t.start()
+        loop_ = asyncio.get_running_loop()
+        try:
+            await asyncio.sleep(0.01)  # the start's own timer work is done
+            engine.deadline = time.monotonic() - 0.001  # due already
+            t.flush()  # re-arms
+
+            def count(n: int) -> None:
+                if engine.calls:
+                    turns.append(n)
+                    engine.done.set()
+                elif n < 10000:
+                    loop_.call_soon(count, n + 1)
+
+            loop_.call_soon(count, 0)
+            async with asyncio.timeout(30):
+                await engine.done.wait()
+        finally:
+            t.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as r:
+        r.run(run())
+    assert turns and turns[0] <= 3, turns
