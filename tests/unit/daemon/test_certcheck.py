@@ -23,6 +23,7 @@ from core_ike.daemon.config import load
 from core_ike.daemon.runtime import Daemon
 from core_ike.errors import LocalError
 from scenarios.lab.creds import Validity, host_cert, validity
+from tests.unit.daemon.ikedproc import iked
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -180,24 +181,8 @@ def test_iked_refuses_to_start_with_an_expired_certificate(tmp_path: Path, pki: 
 
 
 def test_iked_logs_the_warning_when_it_starts(tmp_path: Path, pki: dict[str, object]) -> None:
-    import signal
-    import time
-
-    conf = _write(tmp_path, pki, validity(-300, 5.5))
-    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
-    env["PYTHONPATH"] = str(ROOT)
-    log = tmp_path / "iked.log"
-    with open(log, "w") as out:
-        p = subprocess.Popen([sys.executable, "-m", "core_ike.daemon.main", "-c", str(conf)], stdout=out,
-                             stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "ctl.sock").exists() and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling for the control socket, with the deadline above
-        assert (tmp_path / "ctl.sock").exists(), log.read_text()
-    finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(30)
-    assert p.returncode == 0, log.read_text()
+    with iked(_write(tmp_path, pki, validity(-300, 5.5))) as run:
+        pass
+    assert run.proc.returncode == 0, run.log.read_text()
     assert f"[core_ike.daemon] [connections.home.local] certs: {tmp_path}/moon.pem: our certificate " \
-           "CN=moon.example.org,O=Example,C=CH expires in 5 days" in log.read_text()
+           "CN=moon.example.org,O=Example,C=CH expires in 5 days" in run.log.read_text()

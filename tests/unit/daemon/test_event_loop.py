@@ -5,12 +5,9 @@ its control socket, reloads on SIGHUP and stops on SIGTERM with exit status 0.""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ import uvloop  # a dependency of the package (pyproject.toml)
 from core_ike.daemon.ctl import call
 from core_ike.daemon.startup import EVENT_LOOP_ENV, loop_factory
 from core_ike.errors import LocalError
+from tests.unit.daemon.ikedproc import iked
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -97,27 +95,12 @@ remote_addrs = ["192.0.2.2"]
 local = {{ auth = "psk", id = "alice@lab" }}
 remote = {{ auth = "psk", id = "bob@lab" }}
 """)
-    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", EVENT_LOOP_ENV)}
-    env["PYTHONPATH"] = str(ROOT)
-    if choice == "asyncio":
-        env[EVENT_LOOP_ENV] = "asyncio"
-    log = tmp_path / "iked.log"
-    with open(log, "w") as out:
-        p = subprocess.Popen([sys.executable, "-m", "core_ike.daemon.main", "-c", str(conf)], stdout=out,
-                             stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "ctl.sock").exists() and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling for the control socket, with the deadline above
-        assert (tmp_path / "ctl.sock").exists(), log.read_text()
+    with iked(conf, {EVENT_LOOP_ENV: "asyncio"} if choice == "asyncio" else {}) as run:
         assert call(str(tmp_path / "ctl.sock"), {"cmd": "stats"})["ok"]
-        p.send_signal(signal.SIGHUP)
-        while "reloaded configuration" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling the log for the reload, with the deadline above
-        assert "reloaded configuration" in log.read_text()
-    finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(30)
-    assert p.returncode == 0, log.read_text()
+        run.proc.send_signal(signal.SIGHUP)
+        run.wait_notification("RELOADING=1")
+        run.wait_notification("READY=1")
+        assert "reloaded configuration" in run.log.read_text()
+    assert run.proc.returncode == 0, run.log.read_text()
     want = "uvloop" if choice == "default" else "asyncio"
-    assert f"[core_ike.daemon] event loop: {want}" in log.read_text()
+    assert f"[core_ike.daemon] event loop: {want}" in run.log.read_text()
