@@ -7,14 +7,12 @@ port for each new mapping (APDM/APDF): without probing only the relay connects t
 
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core_ike.constants import NON_ESP_MARKER
 from core_ike.me import events as mev
 from core_ike.me.birthday import (
     PROBE_MID,
@@ -32,7 +30,7 @@ from core_ike.rng import SeededRng
 from mediation_server.datarelay import RelayConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
-from mex_net import A_PUB, B_PUB, MS_IP, FakePool, Nat, Net, Node, client_config, make_net, register
+from mex_net import A_PUB, B_PUB, MS_IP, FakePool, Net, PoolNet, RandomNat, client_config, make_net, register
 
 SYM_RANDOM = "mapping APDM, filtering APDF, port not preserved, random ports, no hairpinning"
 PORT_RESTRICTED = "mapping EIM, filtering APDF, port preserving, no hairpinning"
@@ -145,34 +143,6 @@ def test_success_stops_the_probe_and_keeps_the_socket_that_met() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-
-
-class RandomNat(Nat):
-    """APDM with a random public port for each new mapping (nftables `masquerade fully-random`)."""
-
-    def __init__(self, public_ip: str, seed: int, lo: int = 1024, hi: int = 65535) -> None:
-        super().__init__(public_ip, symmetric=True)
-        rnd = random.Random(seed)
-
-        def ports() -> Any:
-            while True:
-                p = rnd.randint(lo, hi)
-                if p not in self._inside:
-                    yield p
-
-        self._ports = ports()  # type: ignore[assignment]
-
-
-class PoolNet(Net):
-    """mex_net's internet, where a node's extra ports are NAT-T sockets while open (closed: dropped)."""
-
-    def _receive(self, n: Node, data: bytes, src: tuple[str, int], local: tuple[str, int]) -> None:
-        if n.name != "ms" and local[1] not in (500, 4500):
-            if local[1] not in n.engine.natt_extra or data == b"\xff" or not data.startswith(NON_ESP_MARKER):
-                return
-            n.engine.receive(data[4:], local, src, self.now)
-            return
-        super()._receive(n, data, src, local)
 
 
 def _net(relay: bool = True, probing: ProbeConfig | None = None, seed: int = 7) -> tuple[Net, FakePool]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +55,22 @@ class Nat:
 
     def inbound(self, src: Addr, port: int) -> Addr | None:
         return self._inside.get(port) if src in self._allowed.get(port, set()) else None
+
+
+class RandomNat(Nat):
+    """APDM with a random public port for each new mapping (nftables `masquerade fully-random`)."""
+
+    def __init__(self, public_ip: str, seed: int, lo: int = 1024, hi: int = 65535) -> None:
+        super().__init__(public_ip, symmetric=True)
+        rnd = random.Random(seed)
+
+        def ports() -> Any:
+            while True:
+                p = rnd.randint(lo, hi)
+                if p not in self._inside:
+                    yield p
+
+        self._ports = ports()  # type: ignore[assignment]
 
 
 @dataclass
@@ -169,6 +186,25 @@ class Net:
                 if t is not None and t <= self.now:
                     n.engine.handle_timer(self.now)
         raise AssertionError("simulation did not settle")
+
+
+def to_extra_port(n: Node, data: bytes, src: Addr, local: Addr, now: float) -> bool:
+    """Whether a datagram for a peer went to one of its extra ports (not 500/4500), which take NAT-T
+    datagrams (non-ESP marker) while open and drop everything else, keepalives included."""
+    if local[1] in (500, 4500):
+        return False
+    if local[1] in n.engine.natt_extra and data != b"\xff" and data.startswith(NON_ESP_MARKER):
+        n.engine.receive(data[4:], local, src, now)
+    return True
+
+
+class PoolNet(Net):
+    """The internet above, where a node's extra ports are NAT-T sockets while open (closed: dropped)."""
+
+    def _receive(self, n: Node, data: bytes, src: Addr, local: Addr) -> None:
+        if n.name != "ms" and to_extra_port(n, data, src, local, self.now):
+            return
+        super()._receive(n, data, src, local)
 
 
 class FakePool:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from typing import Any
 
 import pytest
 from cluster_net import IDS, SERVERS, ClusterNet, peer, server, up
-from mex_net import FakePool, Nat, Node
+from mex_net import FakePool, Node, RandomNat, to_extra_port
 
 from core_ike.codec.payloads import NotifyPayload, Payload
-from core_ike.constants import NON_ESP_MARKER
 from core_ike.ike import events as ev
 from core_ike.me import events as mev
 from core_ike.me.birthday import ProbeEnded, ProbeStarted, Role
@@ -84,29 +82,11 @@ def test_a_malformed_value_is_not_forwarded(value: bytes, caplog: pytest.LogCapt
 # ---------------------------------------------------------------------------------------------- in memory
 
 
-class RandomNat(Nat):
-    """APDM with a random public port for each new mapping (nftables `masquerade fully-random`)."""
-
-    def __init__(self, public_ip: str, seed: int) -> None:
-        super().__init__(public_ip, symmetric=True)
-        rnd = random.Random(seed)
-
-        def ports() -> Any:
-            while True:
-                p = rnd.randint(1024, 65535)
-                if p not in self._inside:
-                    yield p
-
-        self._ports = ports()  # type: ignore[assignment]
-
-
 class PoolClusterNet(ClusterNet):
     """A peer's extra ports take NAT-T datagrams (non-ESP marker) while open, nothing else."""
 
     def _receive(self, n: Node, data: bytes, src: tuple[str, int], local: tuple[str, int]) -> None:
-        if n.name not in SERVERS and local[1] not in (500, 4500):
-            if local[1] in n.engine.natt_extra and data != b"\xff" and data.startswith(NON_ESP_MARKER):
-                n.engine.receive(data[4:], local, src, self.now)
+        if n.name not in SERVERS and to_extra_port(n, data, src, local, self.now):
             return
         super()._receive(n, data, src, local)
 
