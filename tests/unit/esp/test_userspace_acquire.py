@@ -5,8 +5,6 @@ CHILD_SA the trap started is installed its traffic goes through it (core_ike/io/
 
 from __future__ import annotations
 
-import struct
-
 from core_ike.constants import EncrId
 from core_ike.io.acquire import ACQUIRE_QUEUED_MAX, KEEP_MAX, AcquireLimiter
 from core_ike.io.dataplane import (
@@ -19,22 +17,9 @@ from core_ike.io.dataplane import (
     TrafficSelector,
 )
 from core_ike.io.userspace import UserspaceDataPlane
+from tests.unit.fakes import Clock, ipv4
 
 LOCAL = "10.92.1.1"
-
-
-def ipv4(src: str, dst: str, proto: int = 17, sport: int = 1000, dport: int = 2000) -> bytes:
-    payload = struct.pack(">HH", sport, dport) + b"x" * 16
-    return struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
-                       bytes(map(int, src.split("."))), bytes(map(int, dst.split(".")))) + payload
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def trap(remote: str, reqid: int) -> PolicyParams:

@@ -6,7 +6,6 @@ policies")."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import textwrap
 import time
 from pathlib import Path
@@ -24,21 +23,13 @@ from core_ike.ike.config import ChildConfig
 from core_ike.ike.tasks.child_create import with_packet
 from core_ike.io.dataplane import Acquire
 from core_ike.io.userspace import UserspaceDataPlane
+from tests.unit import fakes
+from tests.unit.fakes import Clock
 from tests.unit.ike.ike_pair import make_pair
 
 
 def ipv4(src: str, dst: str, proto: int = 17, sport: int = 5000, dport: int = 53) -> bytes:
-    payload = struct.pack(">HH", sport, dport) + b"x" * 8
-    return struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
-                       bytes(map(int, src.split("."))), bytes(map(int, dst.split(".")))) + payload
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
+    return fakes.ipv4(src, dst, proto, sport, dport, filler=8)
 
 
 def acquires(dp: UserspaceDataPlane) -> list[Acquire]:

@@ -20,6 +20,7 @@ from core_ike.io.userspace import UserspaceDataPlane
 from gateway.ipsec_cmd import routed_lines
 from gateway.ipsecconf import parse_conf
 from gateway.ipsecconvert import convert_conf
+from tests.unit.fakes import Clock
 
 CONF = """
 conn %default
@@ -49,20 +50,12 @@ def udp(src: str, dst: str) -> bytes:
                        bytes(map(int, src.split("."))), bytes(map(int, dst.split(".")))) + payload
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 50.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def setup(conf: str = CONF) -> tuple[Engine, UserspaceDataPlane, TrapManager, Clock]:
     configs = convert_conf(parse_conf(conf), Path("/nonexistent"), local_addresses=["192.0.2.1"])
     creds = Credentials()
     creds.add_psk("trap-secret", configs[0].local.id, configs[0].remote.id)
     engine = Engine(configs, creds)
-    clock = Clock()
+    clock = Clock(50.0)
     dp = UserspaceDataPlane(lambda d, a: None, clock=clock)
     traps = TrapManager(engine, dp, lambda remote: "192.0.2.1")
     traps.sync(engine.configs)
@@ -170,7 +163,7 @@ def test_an_sql_child_config_with_start_action_trap_is_routed() -> None:
         (c,) = load(s).connections
     assert c.children[0].start_action == "trap"
     engine = Engine([c], Credentials())
-    dp = UserspaceDataPlane(lambda d, a: None, clock=Clock())
+    dp = UserspaceDataPlane(lambda d, a: None, clock=Clock(50.0))
     traps = TrapManager(engine, dp, lambda remote: "192.0.2.1")
     traps.sync(engine.configs)
     assert [(str(p.local.subnet), str(p.remote.subnet), p.action) for p in dp._policies] == \
