@@ -29,7 +29,8 @@ iked whose randomness (SPIs, nonces, IVs, X25519 keys) is seeded, which records 
 receives and times its engine and its event handling with the thread's CPU clock: the process's CPU per
 IKE_SA splits into the engine, the event handling and the rest (event loop, transport, socket calls, the
 kernel). The bench then feeds that recording to an engine built the same way in its own process (twice,
-the second run counted): the engine's cost in a tight loop, beside its cost in the live daemon.
+the second run counted): the engine's cost in a tight loop, beside its cost in the live daemon
+(bench/ike_cost.py: the recording iked, the replay and the crypto floor).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import os
 import pickle
 import signal
@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_io
 
 ROOT = results_io.enter_repo(__file__)
+from ike_cost import RECORD_ENV, crypto_floor, openssl_rsa_sign_ms, replay, replay_ab  # noqa: E402
 from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, hot_spots, iked_responder_conf  # noqa: E402
 
 PROPOSAL = "aes128gcm16-prfsha256-x25519"
@@ -78,91 +79,6 @@ def proc_user_sys(pid: int) -> tuple[float, float]:
     return int(f[11]) / tck, int(f[12]) / tck
 
 
-# ====================================================================== where our CPU goes: record, replay
-RECORD_ENV = "CHARON_INITIATOR_RECORD"  # set: this module runs as a recording iked (see the docstring)
-
-
-def _seeded_randomness(seed: str) -> Any:
-    """Makes iked's randomness reproducible in this process (the recording iked, then the replay): the
-    OS source behind SPIs, nonces and IV counters becomes a SeededRng, X25519 private keys come from a
-    counter. Returns a function that undoes it. Bench instrumentation only: never in a daemon in use."""
-    from core_ike import sysrng
-    from core_ike.crypto import dh
-    from core_ike.rng import SeededRng
-
-    rng = SeededRng(seed)
-    n = [0]
-    orig_bytes, orig_init = sysrng.SystemRng.bytes, dh._MontgomeryExchange.__init__
-
-    def seeded_bytes(self: Any, k: int) -> bytes:
-        return rng.bytes(k)
-
-    def init(self: Any, group: int, private: bytes | None = None) -> None:
-        if private is None:
-            n[0] += 1
-            private = hashlib.sha256(b"%s-x%d" % (seed.encode(), n[0])).digest()[: dh._MONTGOMERY[group][2]]
-        orig_init(self, group, private)
-
-    sysrng.SystemRng.bytes = seeded_bytes  # type: ignore[method-assign,assignment]
-    dh._MontgomeryExchange.__init__ = init  # type: ignore[method-assign]
-
-    def undo() -> None:
-        sysrng.SystemRng.bytes = orig_bytes  # type: ignore[method-assign]
-        dh._MontgomeryExchange.__init__ = orig_init  # type: ignore[method-assign]
-
-    return undo
-
-
-def _recording_iked() -> int:
-    """iked (its usual main) with seeded randomness, keeping what Engine.receive gets and the thread CPU
-    time spent in the engine (receive, timers) and in the daemon's event handling (Daemon.on_event, which
-    the transport calls outside the engine); SIGUSR2 writes both."""
-    from core_ike.daemon.main import main as iked_main
-    from core_ike.daemon.runtime import Daemon
-    from core_ike.ike.engine import Engine
-
-    _seeded_randomness("bench")
-    rec: list[tuple[bytes, Any, Any]] = []
-    cpu = {"engine": 0.0, "events": 0.0}
-    orig, orig_timer, orig_event = Engine.receive, Engine.handle_timer, Daemon.on_event
-    clock = time.thread_time
-
-    def receive(self: Any, data: bytes, local: Any, remote: Any, now: float) -> None:
-        rec.append((bytes(data), local, remote))
-        t = clock()
-        try:
-            orig(self, data, local, remote, now)
-        finally:
-            cpu["engine"] += clock() - t
-
-    def handle_timer(self: Any, now: float) -> None:
-        t = clock()
-        try:
-            orig_timer(self, now)
-        finally:
-            cpu["engine"] += clock() - t
-
-    def on_event(self: Any, e: object) -> None:
-        t = clock()
-        try:
-            orig_event(self, e)
-        finally:
-            cpu["events"] += clock() - t
-
-    Engine.receive = receive  # type: ignore[method-assign]
-    Engine.handle_timer = handle_timer  # type: ignore[method-assign]
-    Daemon.on_event = on_event  # type: ignore[method-assign]
-
-    def dump(*_: Any) -> None:
-        final = Path(os.environ[RECORD_ENV])
-        tmp = final.with_suffix(".part")
-        tmp.write_bytes(pickle.dumps({"datagrams": rec, "cpu": cpu}))
-        os.replace(tmp, final)  # complete when it appears
-
-    signal.signal(signal.SIGUSR2, dump)
-    return iked_main()
-
-
 @dataclass(frozen=True)
 class Recorded:
     """A recorded batch: IKE_SAs established, and CPU seconds of the recording iked over the batch: all of
@@ -182,7 +98,7 @@ def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path) 
     from scenarios.lab.netns import wait_for
 
     resp = Ours(lab, auth, pki)
-    resp.iked.module = "charon_initiator"
+    resp.iked.module = "ike_cost"
     init = initiator(lab, auth, pki, count, f"rec-{auth}", threads=4 * inflight + 16)
     rec = out / "datagrams.pickle"
     resp.iked.start(env={"PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", RECORD_ENV: str(rec)})
@@ -201,152 +117,6 @@ def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path) 
         resp.stop()
     cpu = pickle.loads(rec.read_bytes())["cpu"]
     return Recorded(n, process, cpu["engine"], cpu["events"])
-
-
-def replay(out: Path) -> tuple[float, int]:
-    """CPU ms per IKE_SA of the engine built as iked builds it (core_ike.daemon.runtime.Daemon, no sockets)
-    and of the daemon's event handling, fed the recorded datagrams; the second of two runs."""
-    from core_ike.daemon.config import load
-    from core_ike.daemon.runtime import Daemon
-    from core_ike.ike import events as ev
-
-    rec = pickle.loads((out / "datagrams.pickle").read_bytes())["datagrams"]
-    result = (0.0, 0)
-    for _ in range(2):
-        undo = _seeded_randomness("bench")
-        try:
-            d = Daemon(load(out / "conf" / "iked.toml"))
-            eng, n, now = d.engine, 0, 1000.0
-            eng.set_wall_clock(time.time(), now)  # the replay's clock starts at `now` (certificate validity)
-            t0 = time.process_time()
-            for data, local, remote in rec:
-                now += 1e-4
-                eng.receive(data, local, remote, now)
-                eng.datagrams_to_send()
-                while (e := eng.next_event()) is not None:
-                    n += isinstance(e, ev.IkeSaEstablished)
-                    d.on_event(e)
-                eng.get_timer()
-            result = (1000 * (time.process_time() - t0) / max(1, n), n)
-        finally:
-            undo()
-    return result
-
-
-def replay_ab(out: Path, n_want: int, tree: Path | None, rounds: int) -> tuple[list[float], list[float]]:
-    """`replay` of the recording in `out` by this tree and by `tree` (`--before`), each in its own process,
-    the two alternating `rounds` times: the engine alone, A/B on the same datagrams. ([ms per IKE_SA of
-    this tree], [of `tree`]); a side whose replay does not establish every IKE_SA gives no figure."""
-    import json
-
-    code = ("import sys, json; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
-            "import core_ike, core_ike.daemon.runtime; assert core_ike.__file__.startswith(sys.argv[1]); "
-            "import charon_initiator as ci; print(json.dumps(ci.replay(Path(sys.argv[3]))))")
-    res: dict[str, list[float]] = {"ours": [], "before": []}
-    for _, side in results_io.interleave(rounds, ["ours", "before"] if tree is not None else ["ours"]):
-        src = str(ROOT if side == "ours" else tree)
-        p = subprocess.run([sys.executable, "-c", code, src, str(ROOT / "bench"), str(out)], capture_output=True,
-                           text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
-        if p.returncode != 0:
-            print(f"  replay by {side} failed: {p.stderr.strip()[-300:]}", file=sys.stderr, flush=True)
-            continue
-        ms, n = json.loads(p.stdout.strip().splitlines()[-1])
-        if n == n_want:
-            res[side].append(ms)
-    return res["ours"], res["before"]
-
-
-# ====================================================================== the crypto floor
-def _per_call_us(fn: Any, n: int, repeats: int = 5) -> float:
-    """Median over `repeats` of the mean CPU time (this process's, so that other load on the machine
-    does not count) of `n` calls, in microseconds."""
-    import statistics
-
-    fn()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.process_time()
-        for _ in range(n):
-            fn()
-        runs.append((time.process_time() - t0) / n * 1e6)
-    return statistics.median(runs)
-
-
-def crypto_floor(pki: Pki | None) -> dict[str, dict[str, float]]:
-    """What a responder must compute per IKE_SA, each operation timed alone with `cryptography` (the
-    library iked uses) in this process: {auth: {operation: microseconds}}. PSK: x25519 key pair and
-    shared secret, 10 HMAC-SHA-256 (SKEYSEED, 5 prf+ blocks for 136 octets of keys, RFC 7296 2.14;
-    2 x prf(SK_p, ID) and 2 x AUTH, RFC 7296 2.15; the key-pad prf of the secret is per configuration),
-    AES-GCM-128 open of the IKE_AUTH request and seal of the response, 4 SHA-1 NAT-D hashes (RFC 7296
-    2.23), 4 draws from the OS (SPI, nonce, two IV counters). RSA adds the RSA-2048 signature (PKCS#1
-    v1.5 SHA-256 over the signed octets, RFC 7427), the verification of the peer's AUTH and of its
-    certificate's signature by the CA, and parsing the peer's certificate."""
-    import hashlib
-    import hmac
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa, x25519
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    peer_pub = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
-
-    def dh() -> None:
-        k = x25519.X25519PrivateKey.generate()
-        k.public_key().public_bytes_raw()
-        k.exchange(x25519.X25519PublicKey.from_public_bytes(peer_pub))
-
-    key, octets = os.urandom(32), os.urandom(300)
-    gcm_key, aad = os.urandom(16), os.urandom(32)
-    sealed = AESGCM(gcm_key).encrypt(b"n" * 12, os.urandom(150), aad)
-
-    def aead() -> None:
-        AESGCM(gcm_key).decrypt(b"n" * 12, sealed, aad)
-        AESGCM(gcm_key).encrypt(b"n" * 12, octets[:100], aad)
-
-    psk = {
-        "x25519": _per_call_us(dh, 2000),
-        "HMAC-SHA-256 x10": 10 * _per_call_us(lambda: hmac.digest(key, octets[:120], "sha256"), 20000),
-        "AES-GCM open+seal": _per_call_us(aead, 20000),
-        "SHA-1 x4": 4 * _per_call_us(lambda: hashlib.sha1(octets[:42]).digest(), 20000),
-        "random x4": 4 * _per_call_us(lambda: os.urandom(32), 20000),
-    }
-    out = {"psk": psk}
-    if pki is not None and pki.clients:
-        priv = serialization.load_pem_private_key(pki.resp[0], None)
-        assert isinstance(priv, rsa.RSAPrivateKey)
-        ca = x509.load_pem_x509_certificate(pki.ca_pem)
-        der = x509.load_pem_x509_certificate(pki.clients[0][1]).public_bytes(serialization.Encoding.DER)
-        signed = os.urandom(1100)  # IKE_SA_INIT request | Nr | prf(SK_p, ID) (RFC 7296 2.15)
-        sig = priv.sign(signed, padding.PKCS1v15(), hashes.SHA256())
-        pub = priv.public_key()
-        cert = x509.load_der_x509_certificate(der)
-        out["rsa"] = {**psk,
-                      "RSA-2048 sign": _per_call_us(lambda: priv.sign(signed, padding.PKCS1v15(), hashes.SHA256()), 200),
-                      "RSA-2048 verify (AUTH)": _per_call_us(
-                          lambda: pub.verify(sig, signed, padding.PKCS1v15(), hashes.SHA256()), 2000),
-                      "certificate verify (CA)": _per_call_us(lambda: cert.verify_directly_issued_by(ca), 2000),
-                      "certificate parse": _per_call_us(lambda: x509.load_der_x509_certificate(der).public_key(),
-                                                        2000)}
-    return out
-
-
-def openssl_rsa_sign_ms() -> tuple[float, str] | None:
-    """RSA-2048 private-key operation of the system's libcrypto (the one charon's openssl plugin links,
-    and charon loads openssl before gmp, so openssl's RSA is the one it uses): `openssl speed`."""
-    import subprocess
-
-    try:
-        r = subprocess.run(["openssl", "speed", "-seconds", "2", "rsa2048"], capture_output=True, text=True,
-                           timeout=60, check=True)
-        ver = subprocess.run(["openssl", "version"], capture_output=True, text=True, timeout=10).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in r.stdout.splitlines():
-        f = line.split()
-        if line.startswith("rsa 2048 bits") and len(f) >= 5:
-            return 1000 * float(f[3].rstrip("s")), " ".join(ver[:2])
-    return None
 
 
 # ====================================================================== credentials
@@ -792,8 +562,6 @@ def _write_hotspots(prof: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if os.environ.get(RECORD_ENV):
-        return _recording_iked()
     args_in = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--count", type=int, default=400, help="measured IKE_SAs per responder, auth and round")
