@@ -16,13 +16,17 @@ one is under way (until that CHILD_SA is up or failed, or its IKE_SA failed or w
 of the connection is being set up (`up`, a start at load, a keying try), while a keying try of the
 connection is scheduled (RFC 7296 2.4 leaves retries to the initiator; the daemon's keyingtries), and
 while a CHILD_SA of that config is up on an IKE_SA of the connection.
+
+Operators route and unroute at run time (`ikectl route|unroute NAME`, the gateway's `ikeme-ipsec
+route|unroute`; docs/operations.md): a connection routed so stays routed over reloads while it is
+loaded; one unrouted so that its config routes is routed again by the next reload.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +37,7 @@ from ..ike import ts as tsmod
 from ..ike.config import ChildConfig, IkeConfig
 from ..ike.engine import Engine
 from ..io.dataplane import Acquire, Direction, PolicyAction, PolicyParams, TrafficSelector
+from .config import _trap_target
 
 log = logging.getLogger("core_ike.daemon.traps")
 
@@ -49,6 +54,7 @@ class Trap:
     cfg: IkeConfig  # the config object routed (a reload that changes it routes again)
     policies: list[PolicyParams] = field(default_factory=list)
     pending: float | None = None  # when an acquire initiated it; None: no attempt under way
+    by_command: bool = False  # routed by `route` (kept over reloads), not by its start_action
 
 
 def trap_policies(cfg: IkeConfig, child: ChildConfig, reqid: int,
@@ -87,6 +93,17 @@ def packet_selectors(e: Acquire) -> tuple[Ts, Ts] | None:
             tsmod.from_cidr(str(dst), e.protocol, (e.dport, e.dport) if ports else (0, 65535)))
 
 
+def _ts_text(t: TrafficSelector) -> str:
+    """A trap selector as swanctl prints one: 10.1.0.0/24, 10.1.0.0/24[tcp/443], 10.1.0.0/24[47]."""
+    if not t.protocol:
+        return str(t.subnet)
+    proto = {6: "tcp", 17: "udp", 132: "sctp"}.get(t.protocol, str(t.protocol))
+    if (t.port_start, t.port_end) == (0, 65535):
+        return f"{t.subnet}[{proto}]"
+    ports = str(t.port_start) if t.port_start == t.port_end else f"{t.port_start}-{t.port_end}"
+    return f"{t.subnet}[{proto}/{ports}]"
+
+
 def _selectors(conn: str, text: str, dynamic: str) -> list[TrafficSelector]:
     try:
         t = tsmod.parse(text, dynamic)
@@ -107,16 +124,22 @@ class TrapManager:
         self.route_source = route_source
         self.retrying = retrying  # is a keying try of this connection scheduled? (the daemon's keyingtries)
         self.traps: dict[tuple[str, str], Trap] = {}
+        self.commanded: set[str] = set()  # connections routed by `route`, whatever their start_action
         self._reqids: dict[tuple[str, str], int] = {}  # one reqid per (conn, child) for the daemon's life
         self.acquires = 0  # acquires that initiated a CHILD_SA
         self.ignored = 0  # acquires ignored (attempt under way or scheduled, CHILD_SA up, unknown reqid)
 
     # -- route / unroute ----------------------------------------------------------------------
 
-    def route(self, name: str) -> list[str]:
+    def route(self, name: str, by_command: bool = False) -> list[str]:
         """Install the trap policies of connection `name`'s CHILD_SAs (again after a change); the
-        children routed. LocalError: no such connection, or nothing to route it with."""
+        children routed. LocalError: no such connection, one that cannot be routed (the config
+        loader's rules for start_action = "trap": one peer address, no mediation), or nothing to
+        route it with. `by_command`: an operator's `route`, which outlasts reloads."""
         cfg = self.engine.config(name)
+        _trap_target(f"conn {name}:", cfg)
+        if not cfg.children:
+            raise LocalError(f"conn {name}: no CHILD_SA configs to route")
         if self.dp is None:
             raise LocalError(f"conn {name}: no data plane to route it in ([daemon] dataplane = none)")
         routed = []
@@ -143,6 +166,10 @@ class TrapManager:
             routed.append(child.name)
             log.info("conn %s{%s}: trap policies installed (reqid %d): %s", cfg.name, child.name, reqid,
                      ", ".join(f"{p.local.subnet} === {p.remote.subnet}" for p in pols))
+        if by_command:
+            self.commanded.add(cfg.name)
+            for child_name in routed:
+                self.traps[(cfg.name, child_name)].by_command = True
         return routed
 
     def _check_routable(self, cfg: IkeConfig, pols: list[PolicyParams]) -> None:
@@ -159,6 +186,7 @@ class TrapManager:
 
     def unroute(self, name: str) -> int:
         """Remove the trap policies of connection `name`; how many CHILD_SA configs were routed."""
+        self.commanded.discard(name)
         gone = [k for k in self.traps if k[0] == name]
         for k in gone:
             self._remove(self.traps.pop(k))
@@ -166,9 +194,12 @@ class TrapManager:
         return len(gone)
 
     def sync(self, configs: list[IkeConfig]) -> None:
-        """After a (re)load: every connection whose CHILD_SAs say start_action = trap is routed (again
-        when its config changed), the traps of connections gone or no longer routed go."""
-        wanted = {c.name: c for c in configs if any(ch.start_action == "trap" for ch in c.children)}
+        """After a (re)load: every connection whose CHILD_SAs say start_action = trap, or that `route`
+        routed, is routed (again when its config changed), the traps of connections gone or no longer
+        routed go."""
+        self.commanded &= {c.name for c in configs}
+        wanted = {c.name: c for c in configs
+                  if c.name in self.commanded or any(ch.start_action == "trap" for ch in c.children)}
         for name in {k[0] for k in self.traps} - set(wanted):
             self.unroute(name)
         for name, cfg in wanted.items():
@@ -176,7 +207,7 @@ class TrapManager:
             for k in stale:
                 self._remove(self.traps.pop(k))
             try:
-                self.route(name)
+                self.route(name, by_command=name in self.commanded)
             except LocalError as e:
                 log.error("%s", e)
 
@@ -190,6 +221,21 @@ class TrapManager:
                 self.dp.delete_policy(p)
             except Exception as e:  # noqa: BLE001 - the rest still go
                 log.warning("conn %s{%s}: trap policy %s not removed: %s", trap.conn, trap.child, p.remote.subnet, e)
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        """Each routed CHILD_SA config (`ikectl status`, `ikeme-ipsec status`): its reqid, the trap
+        policies' selectors, who routed it, whether an attempt an acquire started is under way (and
+        for how long) and whether a CHILD_SA of it is up."""
+        out = []
+        for t in self.traps.values():
+            attempt = t.pending is not None and now - t.pending < PENDING_MAX
+            out.append({"name": t.conn, "child": t.child, "reqid": t.reqid,
+                        "local-ts": sorted({_ts_text(p.local) for p in t.policies}),
+                        "remote-ts": sorted({_ts_text(p.remote) for p in t.policies}),
+                        "routed-by": "command" if t.by_command else "config",
+                        "acquire-pending": round(now - t.pending, 1) if attempt and t.pending is not None else None,
+                        "child-up": self._other_child(t, -1)})
+        return out
 
     def routed(self) -> dict[str, list[str]]:
         """Routed connections and their CHILD_SA configs (the status commands)."""
@@ -271,3 +317,41 @@ class TrapManager:
             for t in self.traps.values():
                 if t.conn == e.name:
                     t.pending = None
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def control_commands(traps: Callable[[], TrapManager | None], now: Callable[[], float]) -> dict[str, Handler]:
+    """The control socket's `route`, `unroute` and `status` (routed connections) for a daemon whose
+    trap manager `traps()` gives (None until the data plane runs, and in the workers that do not
+    initiate)."""
+
+    def manager() -> TrapManager:
+        t = traps()
+        if t is None:
+            raise LocalError("no trap policies here (no data plane, or not the worker that initiates)")
+        return t
+
+    async def route(req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req["conn"])
+        m = manager()
+        try:
+            children = m.route(name, by_command=True)
+        except LocalError as e:
+            return {"ok": False, "error": f"cannot route {name!r}: {e}"}
+        return {"ok": True, "conn": name, "children": children}
+
+    async def unroute(req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req["conn"])
+        m = manager()
+        m.engine.config(name)  # an unknown name: "no connection named ..."
+        if not m.unroute(name):
+            return {"ok": False, "error": f"conn {name!r} is not routed"}
+        return {"ok": True, "conn": name}
+
+    async def status(req: dict[str, Any]) -> dict[str, Any]:
+        t = traps()
+        return {"ok": True, "routed": t.status(now()) if t is not None else []}
+
+    return {"route": route, "unroute": unroute, "status": status}
