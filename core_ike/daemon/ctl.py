@@ -81,10 +81,26 @@ def _addr(a: Any) -> str:
 
 
 def format_status(reply: dict[str, Any]) -> str:
-    """The mediation daemons' `status`: online peers (server) or mediation/check state (client)."""
+    """`status`: iked's routed connections; the mediation daemons' online peers (server) or
+    mediation/check state (client)."""
     if "peers" in reply:
         return _server_status(reply)
-    return _client_status(reply.get("status", {})) or "no mediation state"
+    if "status" in reply:
+        return _client_status(reply["status"]) or "no mediation state"
+    return format_routed(reply.get("routed") or []) or "no routed connections"
+
+
+def format_routed(routed: list[dict[str, Any]]) -> str:
+    """The trap policies (core_ike/daemon/traps.py), as swanctl --list-pols --trap shows them, with who
+    routed each and whether an acquire's attempt is under way."""
+    out = [f"{len(routed)} routed CHILD_SA config(s):"] if routed else []
+    for r in routed:
+        state = (f"acquire under way for {r['acquire-pending']:g}s" if r.get("acquire-pending") is not None
+                 else "CHILD_SA up" if r.get("child-up") else "waiting for traffic")
+        out.append(f"  {r['name']}/{r['child']}, reqid {r['reqid']}, TRAP, routed by {r['routed-by']}: {state}")
+        out.append(f"    local  {' '.join(r['local-ts'])}")
+        out.append(f"    remote {' '.join(r['remote-ts'])}")
+    return "\n".join(out)
 
 
 def _server_status(reply: dict[str, Any]) -> str:
@@ -216,6 +232,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
         return {"cmd": args.cmd, "ike": args.ike, "child": args.child, "timeout": args.timeout}
     if args.cmd == "status":
         return {"cmd": "status", "what": args.what}
+    if args.cmd in ("route", "unroute"):
+        return {"cmd": args.cmd, "conn": args.conn}
     if args.cmd == "loglevel":
         sub, level = (args.args if len(args.args) == 2 else ["any", *args.args])
         return {"cmd": "loglevel", "subsystem": sub, "level": level}
@@ -242,6 +260,8 @@ _TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
     "keyid": lambda r: f"{r['keyid']}\n{r['keyid-colon']}\nswanctl.conf: {r['swanctl']}",
     "down": lambda r: f"closed {', '.join(r.get('done', []))}",
     "rekey": lambda r: f"rekeying {', '.join(r.get('done', []))}",
+    "route": lambda r: f"routed '{r['conn']}' ({', '.join(r['children'])}): trap policies installed",
+    "unroute": lambda r: f"unrouted '{r['conn']}': trap policies removed",
 }
 
 
@@ -276,7 +296,11 @@ def parser() -> argparse.ArgumentParser:
     ll.add_argument("args", nargs="+", metavar="[SUBSYSTEM] LEVEL",
                     help="subsystem: any, ike, me, dataplane, control, daemon, mediation_server, "
                          "mediation_client; level: debug, info, warning, error")
-    st = sub.add_parser("status", help="mediation state (server: peers online; client: connections, checks)")
+    for name, what in (("route", "install a connection's trap policies: its first packet starts it"),
+                       ("unroute", "remove a connection's trap policies (SAs up stay up)")):
+        sub.add_parser(name, help=what).add_argument("conn")
+    st = sub.add_parser("status", help="iked: routed connections; mediation server: peers online; "
+                                       "mediation client: connections, checks")
     st.add_argument("what", nargs="?", default="")
     kid = sub.add_parser("keyid", help="print the ID_KEY_ID of a key, certificate or OpenSSH key file")
     kid.add_argument("file")

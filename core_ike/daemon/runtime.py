@@ -21,7 +21,7 @@ from .config import DaemonConfig, load
 from .control import ControlServer, EngineControl
 from .glue import DataPlaneGlue, engine_child_deleter
 from .lifecycle import diff_configs, monotonic_usec, sd_notify
-from .traps import TrapManager
+from .traps import TrapManager, control_commands
 
 if TYPE_CHECKING:
     from .workers import WorkerSpec
@@ -103,6 +103,8 @@ class Daemon:
         self.server = ControlServer(worker.control_path(st.control) if worker else st.control, self.control.handle)
         self.control.extra.update({"reload": self._reload_cmd, "stats": self._stats_cmd,
                                    "loglevel": self._loglevel_cmd})
+        # `ikectl route|unroute NAME`, `ikectl status` (the mediation daemons' own status replaces it)
+        self.control.extra.update(control_commands(lambda: self.traps, time.monotonic))
         self.stopped = asyncio.Event()
         self.prog = "iked"  # name in log lines; run_main sets it
         self.config_path: str | None = None  # re-read on reload; run_main sets it
