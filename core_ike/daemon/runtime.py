@@ -247,7 +247,7 @@ class Daemon:
         self.cfg = DaemonConfig(self.cfg.settings, merged, new.creds)
         by_name = {c.name: c for c in merged}
         if self.traps is not None:
-            self.traps.sync(merged)
+            self.traps.sync(merged, reload=True)  # routes again what `unroute` took out (traps.py)
         for n in self._start_order([*diff.added, *diff.changed]) if self.initiates else []:
             self.start_connection(by_name[n], now, force=n in reinit)
         self.transport.flush()

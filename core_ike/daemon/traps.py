@@ -19,7 +19,8 @@ while a CHILD_SA of that config is up on an IKE_SA of the connection.
 
 Operators route and unroute at run time (`ikectl route|unroute NAME`, the gateway's `ikeme-ipsec
 route|unroute`; docs/operations.md): a connection routed so stays routed over reloads while it is
-loaded; one unrouted so that its config routes is routed again by the next reload.
+loaded; one unrouted so that its config routes is routed again by the next reload, not before (a
+refresh of the gateway's configuration database does not).
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class TrapManager:
         self.retrying = retrying  # is a keying try of this connection scheduled? (the daemon's keyingtries)
         self.traps: dict[tuple[str, str], Trap] = {}
         self.commanded: set[str] = set()  # connections routed by `route`, whatever their start_action
+        self.unrouted: set[str] = set()  # connections `unroute` took out, until the next reload
         self._reqids: dict[tuple[str, str], int] = {}  # one reqid per (conn, child) for the daemon's life
         self.acquires = 0  # acquires that initiated a CHILD_SA
         self.ignored = 0  # acquires ignored (attempt under way or scheduled, CHILD_SA up, unknown reqid)
@@ -168,6 +170,7 @@ class TrapManager:
                      ", ".join(f"{p.local.subnet} === {p.remote.subnet}" for p in pols))
         if by_command:
             self.commanded.add(cfg.name)
+            self.unrouted.discard(cfg.name)
             for child_name in routed:
                 self.traps[(cfg.name, child_name)].by_command = True
         return routed
@@ -185,23 +188,34 @@ class TrapManager:
                                  "would then route into the tunnel (give the peer's subnet, rightsubnet=)")
 
     def unroute(self, name: str) -> int:
-        """Remove the trap policies of connection `name`; how many CHILD_SA configs were routed."""
+        """An operator's `unroute`: remove the trap policies of connection `name`, which then stays
+        unrouted until the next reload (`sync(..., reload=True)`), whatever refreshes of the gateway's
+        configuration database bring meanwhile; how many CHILD_SA configs were routed."""
         self.commanded.discard(name)
+        n = self._drop(name)
+        if n:
+            self.unrouted.add(name)
+        return n
+
+    def _drop(self, name: str) -> int:
         gone = [k for k in self.traps if k[0] == name]
         for k in gone:
             self._remove(self.traps.pop(k))
             log.info("conn %s{%s}: trap policies removed", *k)
         return len(gone)
 
-    def sync(self, configs: list[IkeConfig]) -> None:
-        """After a (re)load: every connection whose CHILD_SAs say start_action = trap, or that `route`
-        routed, is routed (again when its config changed), the traps of connections gone or no longer
-        routed go."""
-        self.commanded &= {c.name for c in configs}
-        wanted = {c.name: c for c in configs
-                  if c.name in self.commanded or any(ch.start_action == "trap" for ch in c.children)}
+    def sync(self, configs: list[IkeConfig], reload: bool = False) -> None:
+        """After a load, a reload (`reload`) or a refresh of the configuration database: every
+        connection whose CHILD_SAs say start_action = trap, or that `route` routed, is routed (again
+        when its config changed), unless `unroute` took it out since the last reload; the traps of
+        connections gone or no longer routed go."""
+        names = {c.name for c in configs}
+        self.commanded &= names
+        self.unrouted = set() if reload else self.unrouted & names
+        wanted = {c.name: c for c in configs if c.name not in self.unrouted and (
+            c.name in self.commanded or any(ch.start_action == "trap" for ch in c.children))}
         for name in {k[0] for k in self.traps} - set(wanted):
-            self.unroute(name)
+            self._drop(name)
         for name, cfg in wanted.items():
             stale = [k for k, t in self.traps.items() if k[0] == name and t.cfg is not cfg]
             for k in stale:
@@ -213,7 +227,7 @@ class TrapManager:
 
     def unroute_all(self) -> None:
         for name in sorted({k[0] for k in self.traps}):
-            self.unroute(name)
+            self._drop(name)
 
     def _remove(self, trap: Trap) -> None:
         for p in trap.policies:

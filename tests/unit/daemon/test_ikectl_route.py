@@ -145,6 +145,9 @@ def test_ikectl_route_unroute_and_status(tmp_path: Path, capsys: pytest.CaptureF
         rc, out, _ = await ikectl("unroute", "home")
         assert (rc, out.strip()) == (0, "unrouted 'home': trap policies removed")
         assert set(await routed()) == {"office"} and remote_subnets() == {"10.3.0.0/24"}
+        assert daemon.traps is not None
+        daemon.traps.sync(daemon.engine.configs)  # what a refresh of the gateway's database does
+        assert set(await routed()) == {"office"} and remote_subnets() == {"10.3.0.0/24"}
         rc, out, _ = await ikectl("reload")
         assert rc == 0
         assert {n: r["routed-by"] for n, r in (await routed()).items()} == {"home": "config", "office": "command"}
