@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LocalError
+from ..logutil import cheap_records
 from ..version import add_version_argument
 from . import workers as workers_mod
 from .config import LOG_LEVELS, DaemonConfig, check_host, load, log_target
@@ -30,6 +31,7 @@ log = logging.getLogger("core_ike.daemon")
 def setup_logging(level: str, target: str = "stderr", prog: str = "iked") -> None:
     """Root logger to `target` (stderr, stdout, syslog[:FACILITY], file:PATH; docs/configuration.md)."""
     handler = log_handler(target, prog)
+    cheap_records()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
