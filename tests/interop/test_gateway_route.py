@@ -2,7 +2,7 @@
 loads a routed conn and negotiates nothing until traffic for the conn's selectors leaves alice; the
 first ping starts the IKE_SA and CHILD_SA with charon on bob (kernel-libipsec), the next pings pass
 through the tunnel. After `ikeme-ipsec down` the trap is still there and traffic starts the tunnel
-again; `ikeme-ipsec unroute` / `route` remove and reinstall it."""
+again; `ikeme-ipsec unroute` / `route` remove and reinstall it; `ikectl status` lists the trap as well."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from core_ike.daemon.ctl import call
 from gateway.ipsec_cmd import main as ipsec_cmd
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
@@ -74,6 +75,9 @@ def test_traffic_starts_the_tunnel_to_charon(two_hosts_per_module: Lab, capsys: 
         assert "Routed Connections:\n         net{1}:  ROUTED, TUNNEL, reqid 1073741825\n" \
                f"         net{{1}}:   {A_IN}/32 === {B_IN}/32\n" in out
         assert "Security Associations (0 up, 0 connecting):" in out and not charon.list_sas()
+        (routed,) = call(iked.ctl_path, {"cmd": "status"})["routed"]  # `ikectl status`: the same trap
+        assert (routed["name"], routed["local-ts"], routed["remote-ts"], routed["routed-by"]) == \
+               ("net", [f"{A_IN}/32"], [f"{B_IN}/32"], "config")
         for round_ in (1, 2):
             # the first packet meets the trap: dropped, and the connection starts
             lab.ping("alice", B_IN, source=A_IN, count=1, wait=1)
