@@ -64,7 +64,6 @@ class GatewayDaemon(Daemon):
         self._refresher: asyncio.Task[None] | None = None
         self._pool_task: asyncio.Task[None] | None = None
         self.control.extra["ipsec-status"] = self._ipsec_status
-        self.control.extra.update({"route": self._route_cmd, "unroute": self._unroute_cmd})
         # virtual IPs: subnets in memory in order, the database's pools bound to identities (docs/gateway.md)
         self.pools = DbVipPool(source.db if source is not None else None, time.time)
         self.engine.vips = self.pools
@@ -127,26 +126,6 @@ class GatewayDaemon(Daemon):
         return {"ok": True, "pools": pools, "conns": conns, "routed": routed,
                 "listening": self.cfg.settings.listen or local_addresses(),
                 "sources": {"config_db": bool(self.source), "ipsec_conf": getattr(self.cfg.settings, "ipsec_conf", None)}}
-
-    # -- trap policies (ipsec.conf auto=route, docs/gateway.md "Trap policies"; the daemon's runtime
-    # routes, reroutes on reload and unroutes at the end: core_ike/daemon/traps.py) -------------------
-
-    async def _route_cmd(self, req: dict[str, Any]) -> dict[str, Any]:
-        """`ipsec route NAME`: install the connection's trap policies (whatever its auto=)."""
-        if self.traps is None:
-            return {"ok": False, "error": "no trap policies here (no data plane, or not the initiating worker)"}
-        try:
-            children = self.traps.route(str(req.get("conn", "")))
-        except LocalError as e:
-            return {"ok": False, "error": str(e)}
-        return {"ok": True, "children": children}
-
-    async def _unroute_cmd(self, req: dict[str, Any]) -> dict[str, Any]:
-        """`ipsec unroute NAME`: remove its trap policies (SAs up stay up)."""
-        name = str(req.get("conn", ""))
-        if self.traps is None or not self.traps.unroute(name):
-            return {"ok": False, "error": f"configuration '{name}' not found or not routed"}
-        return {"ok": True}
 
     def load_config(self) -> DaemonConfig:
         if self.config_path is None:

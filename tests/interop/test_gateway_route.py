@@ -95,7 +95,7 @@ def test_traffic_starts_the_tunnel_to_charon(two_hosts_per_module: Lab, capsys: 
         assert ipsec(iked, capsys, "unroute", "net") == "configuration 'net' unrouted\n"
         assert "Routed Connections" not in ipsec(iked, capsys, "status")
         assert ipsec_cmd(["-s", iked.ctl_path, "unroute", "net"]) == 1
-        assert "not found or not routed" in capsys.readouterr().err
+        assert "conn 'net' is not routed" in capsys.readouterr().err
         assert ipsec(iked, capsys, "route", "net") == "'net' routed\n"
         assert "net{1}:  ROUTED" in ipsec(iked, capsys, "statusall")
         lab.ping("alice", B_IN, source=A_IN, count=1, wait=1)
