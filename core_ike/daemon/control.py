@@ -159,6 +159,7 @@ class ControlServer:
                     req = json.loads(line)
                     if not isinstance(req, dict):
                         raise ValueError("a request is a JSON object")
+                    log.debug("control: %s request read", req.get("cmd"))
                     resp = await self.handler(req)
                 except (LocalError, ProtocolError, ValueError) as e:
                     resp = {"ok": False, "error": str(e)}
@@ -281,6 +282,7 @@ class EngineControl:
         try:
             (start or self._initiate)(conn, child, now)
             self.flush()
+            log.debug("control: up %s started", conn)
             return await asyncio.wait_for(w.done, timeout)
         except TimeoutError:
             what = "its CHILD_SA(s) " + ", ".join(sorted(w.pending)) if w.ike is not None else "the IKE_SA"

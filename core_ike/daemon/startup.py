@@ -18,7 +18,6 @@ from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
 
 from ..errors import LocalError
-from ..logutil import TurnBatchedFileHandler, TurnBatchedStreamHandler
 
 EXIT_STATUS = ("exit status: 0 after SIGTERM or SIGINT; 2 when the configuration or the start-up fails "
                "(one line on stderr says why)")
@@ -79,7 +78,7 @@ def log_handler(target: str, prog: str, syslog_socket: str = SYSLOG_SOCKET) -> l
     handler: logging.Handler
     if kind in ("stderr", "stdout"):
         stream = sys.stderr if kind == "stderr" else sys.stdout
-        handler = TurnBatchedStreamHandler(stream)
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(JournalFormatter(_LINE) if under_journald(stream) else _TIMED)
         return handler
     if kind == "syslog":
@@ -89,7 +88,7 @@ def log_handler(target: str, prog: str, syslog_socket: str = SYSLOG_SOCKET) -> l
         syslog.setFormatter(logging.Formatter(_LINE))
         return syslog
     try:
-        handler = TurnBatchedFileHandler(arg)
+        handler = logging.FileHandler(arg)
     except OSError as e:
         raise LocalError(f"cannot write the log to {arg}: {e.strerror or e}") from None
     handler.setFormatter(_TIMED)

@@ -1,80 +1,36 @@
-"""The daemons' log handlers write a loop turn's lines together, after the turn (core_ike/logutil.py)."""
+"""The daemons' log records skip what no format of theirs shows (core_ike/logutil.py cheap_records)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
-from pathlib import Path
+
+import pytest
 
 from core_ike.daemon.startup import log_handler
-from core_ike.logutil import TurnBatchedStreamHandler
+from core_ike.logutil import cheap_records
 
 
-class CountingStream(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
-
-    def write(self, s: str) -> int:
-        self.writes += 1
-        return super().write(s)
-
-
-def _logger(h: logging.Handler) -> logging.Logger:
-    h.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger("test.log_batching")
-    log.handlers[:] = [h]
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    return log
-
-
-def test_a_turns_lines_are_written_once_after_the_turn() -> None:
-    stream = CountingStream()
-    log = _logger(TurnBatchedStreamHandler(stream))
-
-    async def main() -> tuple[str, str, int]:
-        log.info("one")
-        log.info("two")
-        during = stream.getvalue()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        return during, stream.getvalue(), stream.writes
-
-    during, after, writes = asyncio.run(main())
-    assert during == ""
-    assert after == "one\ntwo\n"
-    assert writes == 1
-
-
-def test_without_a_loop_each_line_is_written_at_once_and_in_order() -> None:
-    stream = CountingStream()
-    log = _logger(TurnBatchedStreamHandler(stream))
-    log.info("start-up")
-    assert stream.getvalue() == "start-up\n"
-
-    async def main() -> None:
-        log.info("in the loop")
-        await asyncio.to_thread(log.info, "from a thread")  # no loop there: written with what waits
-        log.info("last")
-
-    asyncio.run(main())
-    logging.getLogger("test.log_batching").handlers[0].flush()
-    assert stream.getvalue() == "start-up\nin the loop\nfrom a thread\nlast\n"
-
-
-def test_file_target_is_batched_and_flushed_on_close(tmp_path: Path) -> None:
-    h = log_handler(f"file:{tmp_path}/iked.log", "iked")
-    log = _logger(h)
-
-    async def main() -> None:
-        log.info("inside")
-
-    async def close_in_turn() -> None:
-        log.info("at close")
-        h.close()  # before the turn ends: nothing may be lost
-
-    asyncio.run(main())
-    asyncio.run(close_in_turn())
-    assert (tmp_path / "iked.log").read_text() == "inside\nat close\n"
+def test_cheap_records_keep_the_daemon_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored after the test
+    cheap_records()
+    h = log_handler("stdout", "iked")
+    stream = io.StringIO()
+    assert isinstance(h, logging.StreamHandler)
+    h.setStream(stream)
+    log = logging.getLogger("core_ike.ike")
+    saved = log.handlers[:], log.propagate, log.level
+    log.handlers[:], log.propagate, log.level = [h], False, logging.INFO
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("generating %s request %d", "ME_CONNECT", 4)
+    finally:
+        log.handlers[:], log.propagate, log.level = saved
+    record = log.makeRecord("core_ike.ike", logging.INFO, "(unknown file)", 0, "x", (), None)
+    assert record.process is None and record.thread is None  # no getpid() or thread lookup per line
+    text = stream.getvalue()
+    assert " [core_ike.ike] generating ME_CONNECT request 4\n" in text
+    assert "ValueError: boom" in text  # tracebacks still there
