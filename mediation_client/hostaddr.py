@@ -76,6 +76,9 @@ class HostAddresses:
         self.read = read
         self.netlink: NetlinkWorker | None = None
         self.snapshot: list[HostAddress] = []
+        # the last filter result and what it was computed from: an ME_CONNECT is built on the `up`'s
+        # critical path, and parsing every address again (ipaddress) costs more than comparing inputs
+        self._memo: tuple[list[HostAddress], tuple[str, ...], tuple[str, ...], list[str]] | None = None
 
     def _submit(self) -> Future[list[HostAddress]]:
         if self.netlink is None:
@@ -126,5 +129,11 @@ class HostAddresses:
         log.warning("cannot read the host's addresses (%s); keeping %d known", e, len(self.snapshot))
 
     def __call__(self) -> list[str]:
-        return host_candidates(self.snapshot, self.bound(), exclude_interfaces=self.exclude_interfaces,
-                               exclude_addresses=self.exclude_addresses())
+        bound, excluded = tuple(self.bound()), tuple(self.exclude_addresses())
+        m = self._memo
+        if m is not None and m[1] == bound and m[2] == excluded and m[0] == self.snapshot:
+            return list(m[3])
+        out = host_candidates(self.snapshot, bound, exclude_interfaces=self.exclude_interfaces,
+                              exclude_addresses=excluded)
+        self._memo = (list(self.snapshot), bound, excluded, list(out))
+        return out

@@ -109,3 +109,22 @@ def test_refreshes_share_one_netlink_socket_and_thread(monkeypatch: pytest.Monke
     hosts.close()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_filter_result_follows_snapshot_sockets_and_exclusions() -> None:
+    """The filter's result is reused only while its inputs are the same."""
+    snap = [HostAddress("10.1.0.2", "eth0"), HostAddress("192.0.2.9", "eth1")]
+    bound = ["10.1.0.2"]
+    excluded: list[str] = []
+    hosts = HostAddresses(lambda: bound, exclude_addresses=lambda: excluded, read=lambda: list(snap))
+    hosts.refresh()
+    first = hosts()
+    assert first == ["10.1.0.2"]
+    first.append("x")  # a caller's change does not leak into the next answer
+    assert hosts() == ["10.1.0.2"]
+    bound.append("0.0.0.0")  # the transport bound the wildcard
+    assert hosts() == ["10.1.0.2", "192.0.2.9"]
+    excluded.append("192.0.2.9")  # a virtual IP of ours
+    assert hosts() == ["10.1.0.2"]
+    hosts.snapshot = [HostAddress("10.1.0.2", "eth0", usable=False), HostAddress("10.1.0.3", "eth0")]
+    assert hosts() == ["10.1.0.3"]
