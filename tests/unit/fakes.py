@@ -16,6 +16,17 @@ class Clock:
         return self.t
 
 
+class Wire:
+    """A transport's sockets: what the daemon sends, kept."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, remote: tuple[str, int]) -> int:
+        self.sent.append((data, remote))
+        return len(data)
+
+
 def ipv4(src: str, dst: str, proto: int = 17, sport: int = 1000, dport: int = 2000, filler: int = 16) -> bytes:
     """An IPv4 packet whose payload starts with the ports (UDP, TCP and SCTP put them first)."""
     payload = struct.pack(">HH", sport, dport) + b"x" * filler

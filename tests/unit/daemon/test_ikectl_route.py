@@ -19,7 +19,7 @@ from core_ike.daemon.runtime import Daemon
 from core_ike.io.dataplane import Acquire
 from core_ike.io.userspace import UserspaceDataPlane
 from tests.unit import fakes
-from tests.unit.fakes import Clock
+from tests.unit.fakes import Clock, Wire
 
 TOML = """\
 [daemon]
@@ -59,17 +59,6 @@ remote = {{ auth = "psk", id = "med@test" }}
 id = ["alice@test", "bob@test", "carol@test", "dave@test", "med@test"]
 secret = "a-very-secret-shared-key"
 """
-
-
-class Wire:
-    """The transport's sockets: what iked sends, kept."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def sendto(self, data: bytes, remote: tuple[str, int]) -> int:
-        self.sent.append((data, remote))
-        return len(data)
 
 
 def test_ikectl_route_unroute_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,7 +24,7 @@ from core_ike.ike.tasks.child_create import with_packet
 from core_ike.io.dataplane import Acquire
 from core_ike.io.userspace import UserspaceDataPlane
 from tests.unit import fakes
-from tests.unit.fakes import Clock
+from tests.unit.fakes import Clock, Wire
 from tests.unit.ike.ike_pair import make_pair
 
 
@@ -157,17 +157,6 @@ def test_a_trap_needs_the_peers_address(tmp_path: Path, remote: str) -> None:
         load(write(tmp_path, remote))
     assert str(info.value) == ('[connections.home] start_action = "trap" needs remote_addrs to name the peer\'s '
                                f"address (not {remote}), and no mediation")
-
-
-class Wire:
-    """The transport's sockets: what iked sends, kept."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def sendto(self, data: bytes, remote: tuple[str, int]) -> int:
-        self.sent.append((data, remote))
-        return len(data)
 
 
 def test_iked_routes_and_keeps_one_attempt_while_a_keying_try_is_scheduled(tmp_path: Path) -> None:
