@@ -526,19 +526,6 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
     return figures
 
 
-def git_tree(rev: str) -> Path:
-    """The source tree of `rev` (git archive) in a temporary directory."""
-    import io
-    import tarfile
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="charon-initiator-before-"))
-    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-        tf.extractall(d, filter="data")
-    return d
-
-
 def _before_lines(auth: str, runs: list[Run], rev: str | None) -> list[str]:
     """Ours at `rev` beside ours now (the same rounds, interleaved)."""
     import statistics
@@ -589,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = two_hosts(inner=False)
     runs: list[Run] = []
     sides = a.impl.split(",") + (["before"] if a.before else [])
-    before_tree = git_tree(a.before) if a.before else None
+    before_tree = results_io.git_tree(a.before, prefix="charon-initiator-before-") if a.before else None
     try:
         for rnd, impl in results_io.interleave(rounds, sides):
             for auth in a.auth.split(","):

@@ -37,7 +37,6 @@ import logging
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -218,12 +217,7 @@ def _child(args: argparse.Namespace, src: Path) -> dict[str, Any]:
 
 def export(rev: str, into: Path) -> Path:
     """`git archive REV` of this repository, unpacked (the working tree stays untouched)."""
-    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
-    tar = into / "tree.tar"
-    tar.write_bytes(data)
-    with tarfile.open(tar) as t:
-        t.extractall(into / "tree", filter="data")
-    return into / "tree"
+    return results_io.git_tree(rev, into / "tree")
 
 
 def _kib(n: int) -> str:

@@ -40,18 +40,16 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
-import io
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -406,14 +404,6 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
     return out
 
 
-def git_tree(rev: str) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="ikeflood-"))
-    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-        tf.extractall(d, filter="data")
-    return d
-
-
 def _q(xs: list[float]) -> str:
     if not xs:
         return "-"
@@ -475,6 +465,12 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _remove_before_trees(trees: list[tuple[str, Path]]) -> None:
+    for label, tree in trees:
+        if label.startswith("before"):
+            shutil.rmtree(tree, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["flood"]:
@@ -487,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.pps, a.sources, a.pool, a.attempts, a.duration, a.settle = 20000.0, 4096, 4096, 3, 30.0, 1.0
     header = results_io.start_header(args_in, "bench/ike_flood.py")
+    trees: list[tuple[str, Path]] = \
+        [(f"before {a.before}", results_io.git_tree(a.before, prefix="ikeflood-"))] if a.before else []
     lab = build_lab()
     try:
         if a.mode == "flood-only":
@@ -499,9 +497,6 @@ def main(argv: list[str] | None = None) -> int:
             print(so.strip() or se)
             print({k: udp1[k] - udp0[k] for k in ("InDatagrams", "NoPorts", "InErrors")})
             return 0
-        trees: list[tuple[str, Path]] = []
-        if a.before:
-            trees.append((f"before {a.before}", git_tree(a.before)))
         trees.append(("this tree" if Path(a.tree) == ROOT else f"tree {a.tree}", Path(a.tree)))
         sides = [(t, lg, w) for t in range(len(trees)) for lg in a.legit for w in a.workers
                  if not (trees[t][0].startswith("before") and a.before_legit and lg not in a.before_legit)]
@@ -515,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report(name, [r], a, run)[0], flush=True)
     finally:
         lab.teardown()
+        _remove_before_trees(trees)
     text = [f"IKE_SA_INIT flood with spoofed sources: {a.sources} source addresses, flood target "
             f"{'max' if a.pps == 0 else f'{a.pps:.0f} pps'}, sendmmsg batches of {a.batch} via a raw socket, one "
             f"generator process; {a.attempts} legitimate childless IKE_SAs per run (PSK, {PROPOSAL}): `ours` = "

@@ -65,6 +65,18 @@ def enter_repo(script: str) -> Path:
     return ROOT
 
 
+def git_tree(rev: str, into: Path | None = None, prefix: str = "bench-tree-") -> Path:
+    """The source tree of commit `rev` of this repository (`git archive`), unpacked into `into` (a new
+    temporary directory when None) by tar(1); the working tree stays untouched."""
+    import tempfile
+
+    d = into if into is not None else Path(tempfile.mkdtemp(prefix=prefix))
+    d.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(d)], input=archive, check=True)
+    return d
+
+
 # ====================================================================== command line
 def add_args(ap: Any, rounds: int, quick_rounds: int = 1) -> None:
     """The three options every bench script takes (``ap`` is an argparse.ArgumentParser)."""
