@@ -27,13 +27,22 @@ from core_ike.me.birthday import (
 )
 from core_ike.me.checks import decode_check
 from core_ike.rng import SeededRng
-from mediation_server.datarelay import RelayConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
-from mex_net import A_PUB, B_PUB, MS_IP, FakePool, Net, PoolNet, RandomNat, client_config, make_net, register
+from mex_net import (
+    A_PUB,
+    B_PUB,
+    MS_IP,
+    PORT_RESTRICTED,
+    SYM_RANDOM,
+    FakePool,
+    Net,
+    RandomNat,
+    client_config,
+    probing_net,
+    register,
+)
 
-SYM_RANDOM = "mapping APDM, filtering APDF, port not preserved, random ports, no hairpinning"
-PORT_RESTRICTED = "mapping EIM, filtering APDF, port preserving, no hairpinning"
 FULL_CONE = "mapping EIM, filtering EIF, port preserving, no hairpinning"
 SYM_SEQ = "mapping APDM, filtering APDF, port not preserved, sequential ports (step 1), no hairpinning"
 
@@ -146,16 +155,7 @@ def test_success_stops_the_probe_and_keeps_the_socket_that_met() -> None:
 
 
 def _net(relay: bool = True, probing: ProbeConfig | None = None, seed: int = 7) -> tuple[Net, FakePool]:
-    ccfg = client_config(probing=probing or ProbeConfig())
-    net = make_net(relay=RelayConfig(ports=(50000, 50009)) if relay else None, ccfg=ccfg, latency=0.005)
-    net.__class__ = PoolNet
-    alice, bob = net.nodes["alice"], net.nodes["bob"]
-    bob.nat = RandomNat(B_PUB, seed)
-    alice.ext.config.nat_behaviour = lambda: PORT_RESTRICTED
-    bob.ext.config.nat_behaviour = lambda: SYM_RANDOM
-    pool = FakePool(bob.engine)
-    bob.ext.probes.pool = pool
-    return net, pool
+    return probing_net(client_config(probing=probing or ProbeConfig()), relay=relay, seed=seed)
 
 
 def _connect(net: Net, who: str = "alice", peer: str = "bob") -> Any:

@@ -17,13 +17,21 @@ import pytest
 from core_ike.me import events as mev
 from core_ike.me.birthday import ProbeConfig, ProbeEnded, ProbeStarted, Role
 from core_ike.me.upgrade import PathChanged, UpgradeConfig
-from mediation_server.datarelay import RelayConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "me_ext"))
-from mex_net import A_PUB, B_PUB, MS_IP, FakePool, Net, PoolNet, RandomNat, client_config, make_net, register
+from mex_net import (
+    A_PUB,
+    B_PUB,
+    MS_IP,
+    PORT_RESTRICTED,
+    SYM_RANDOM,
+    FakePool,
+    Net,
+    client_config,
+    probing_net,
+    register,
+)
 
-PORT_RESTRICTED = "mapping EIM, filtering APDF, port preserved, no hairpinning"
-SYM_RANDOM = "mapping APDM, filtering APDF, port not preserved, random ports, no hairpinning"
 PERIOD = 10.0
 UP = UpgradeConfig(period=PERIOD, round_time=1.0, watch=1.0, misses=2)
 
@@ -34,16 +42,7 @@ def _block_direct(sender: str, data: bytes, src: tuple[str, int], dst: tuple[str
 
 
 def _net(upgrade: UpgradeConfig = UP, probing: ProbeConfig | None = None, seed: int = 7) -> tuple[Net, FakePool]:
-    ccfg = client_config(upgrade=upgrade, probing=probing or ProbeConfig())
-    net = make_net(relay=RelayConfig(ports=(50000, 50009)), ccfg=ccfg, latency=0.005)
-    net.__class__ = PoolNet
-    alice, bob = net.nodes["alice"], net.nodes["bob"]
-    bob.nat = RandomNat(B_PUB, seed)
-    alice.ext.config.nat_behaviour = lambda: PORT_RESTRICTED
-    bob.ext.config.nat_behaviour = lambda: SYM_RANDOM
-    pool = FakePool(bob.engine)
-    bob.ext.probes.pool = pool
-    return net, pool
+    return probing_net(client_config(upgrade=upgrade, probing=probing or ProbeConfig()), seed=seed)
 
 
 def _relayed(net: Net, initiator: str) -> tuple[Any, Any]:

@@ -32,6 +32,9 @@ A_IP, A_PUB = "10.1.0.2", "203.0.113.1"
 B_IP, B_PUB = "10.2.0.2", "203.0.113.2"
 B_SAME = "10.1.0.3"  # bob behind alice's NAT (behind-same-nat scenario)
 IDS = {"alice": "alice@example.net", "bob": "bob@example.net", "ms": "medsrv.example.net"}
+# NAT behaviour texts as RFC 5780 discovery reports them (core_ike/me/natinfo.py)
+SYM_RANDOM = "mapping APDM, filtering APDF, port not preserved, random ports, no hairpinning"
+PORT_RESTRICTED = "mapping EIM, filtering APDF, port preserving, no hairpinning"
 
 
 class Nat:
@@ -287,3 +290,17 @@ def register(net: Net, *names: str) -> None:
     for name in names or ("alice", "bob"):
         net.nodes[name].engine.initiate("medsrv", now=net.now)
     net.run(5.0)
+
+
+def probing_net(ccfg: MediationClientConfig, relay: bool = True, seed: int = 7) -> tuple[Net, FakePool]:
+    """Many-port probing's setting: alice behind a port-restricted NAT, bob behind a random-port symmetric
+    one (seeded), each told its NAT's behaviour; bob's extra sockets are a FakePool."""
+    net = make_net(relay=RelayConfig(ports=(50000, 50009)) if relay else None, ccfg=ccfg, latency=0.005)
+    net.__class__ = PoolNet
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    bob.nat = RandomNat(B_PUB, seed)
+    alice.ext.config.nat_behaviour = lambda: PORT_RESTRICTED
+    bob.ext.config.nat_behaviour = lambda: SYM_RANDOM
+    pool = FakePool(bob.engine)
+    bob.ext.probes.pool = pool
+    return net, pool

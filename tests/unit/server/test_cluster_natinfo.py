@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from cluster_net import IDS, SERVERS, ClusterNet, peer, server, up
-from mex_net import FakePool, Node, RandomNat, to_extra_port
+from mex_net import PORT_RESTRICTED, SYM_RANDOM, FakePool, Node, RandomNat, to_extra_port
 
 from core_ike.codec.payloads import NotifyPayload, Payload
 from core_ike.ike import events as ev
@@ -25,8 +25,6 @@ from mediation_server import relay as relay_mod
 from mediation_server.cluster.core import Cluster, ForwardedConnect, server_channel
 from mediation_server.datarelay import RelayConfig
 
-SYM_RANDOM = "mapping APDM, filtering APDF, port not preserved, random ports, no hairpinning"
-PORT_RESTRICTED = "mapping EIM, filtering APDF, port preserving, no hairpinning"
 CID, KEY, EPS = b"\x01" * 4, b"\x02" * 16, (b"\x00\x01",)
 
 
