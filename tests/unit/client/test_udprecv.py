@@ -8,12 +8,11 @@ import time
 from collections.abc import Callable
 
 import pytest
+import uvloop  # a dependency (pyproject.toml): the daemons' default loop (core_ike.daemon.startup.loop_factory)
 
 from mediation_client.natdisc import UdpIO
 from mediation_client.udprecv import recvfrom
 
-# the daemons run on uvloop when it is installed (core_ike.daemon.startup.loop_factory)
-uvloop = pytest.importorskip("uvloop", reason="uvloop not installed: the daemons run on asyncio's loop only")
 LOOPS: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop, uvloop.new_event_loop]
 
 
