@@ -65,6 +65,7 @@ class CheckList:
         self.created = now
         self.state = ListState.NONE
         self.finished = False
+        self.answered = 0  # check requests whose MAC verified, answered (logged when the list stops)
         self.pairs: list[Pair] = []
         self._initiator = _Side()
         self._responder = _Side()
@@ -275,7 +276,8 @@ class CheckList:
             return
         self._finish()
         self._events.append(CheckListStopped(self.connect_id, reason))
-        log.info("checklist %s stopped: %s", self.connect_id.hex(), reason)
+        log.info("checklist %s stopped: %s (%d verified check(s) answered)", self.connect_id.hex(), reason,
+                 self.answered)
 
     # --- sending ([ME] §5.1, docs/protocol.md §7.6) --------------------------------------------------
 
@@ -465,6 +467,7 @@ class CheckList:
         resp = make_check(True, check.message_id, self.connect_id,
                           response_endpoint(src, req_ep.priority), key)
         self._out.append((encode_check(resp), dst, src))
+        self.answered += 1
         if not self.finished:
             pair = self._find_or_create_pair(src, dst, req_ep.priority)
             if pair is not None:

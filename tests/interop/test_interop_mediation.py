@@ -156,8 +156,9 @@ class OurPeer:
         return re.search(r"checklist \w+: pair \d+: \w+ -> SUCCEEDED", self.d.log_text()) is not None
 
     def answered_checks(self) -> bool:
-        """A check request passed the MAC check and triggered a check of ours (only verified ones do)."""
-        return re.search(r"checklist \w+: pair \d+: \w+ -> WAITING", self.d.log_text()) is not None
+        """The target's check list stopped having answered check requests whose MAC it verified."""
+        return re.search(r"checklist \w+ stopped: .*\(([1-9]\d*) verified check\(s\) answered\)",
+                         self.d.log_text()) is not None
 
     def logs(self) -> str:
         return f"--- ours {self.host} ---\n{self.d.log_tail(80)}"

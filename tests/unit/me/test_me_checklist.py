@@ -333,6 +333,9 @@ def test_drops_with_reasons() -> None:
     assert a.receive_check(other, B_PUB, A_HOST, 0.0) == "unknown connect ID"
     assert "malformed" in (a.receive_check(b"\x00" * 10, B_PUB, A_HOST, 0.0) or "")
     assert a.datagrams_to_send() == []
+    assert a.answered == 0  # the stop line's count of verified, answered checks
+    assert a.receive_check(request_from_b(7), B_PUB, A_HOST, 0.0) is None
+    assert a.answered == 1
 
 
 def test_early_request_buffered_until_keys_known() -> None:
