@@ -14,8 +14,10 @@ mediation SAs are up (ours: and their NAT discovery done) before the clock start
 - ``relay``: as ``0``, ours only: our clients with the relay candidate (the default) against ``relay = false``
   (the direct pair wins here; the relay must add no time).
 
-Per condition, rounds alternate the sides (ours then charon, charon then ours, ...; only one of them
-runs at a time: both use port 4500), each side doing ``--runs`` setups per round. Then the hang check:
+Per condition, rounds rotate the sides' order (ours, charon / charon, ours; with ``--before``: ours,
+ours-before, charon / ours-before, charon, ours / ...; only one of them runs at a time: all use port 4500),
+each side starting its daemons, doing ``WARMUP`` unmeasured setup (the first setup of a block is slower on
+every side) and then ``--runs`` measured setups per round. Then the hang check:
 ``--hang-runs`` setups of each side at 0 ms, limit ``--hang-timeout`` s each, interleaved in blocks.
 Our mediation server runs with its defaults (connect_rate 5/s per peer, burst 10); a run starts at most
 every ``PACE`` s so that no side is measured against a rate limit (users do not start a connection
@@ -51,6 +53,7 @@ from scenarios.lab.mediation import LAN, OurMediation, client_toml, server_toml 
 from scenarios.lab.medsetup import CharonMediation, MediatedSetupDriver, forget_direct_mappings  # noqa: E402
 from scenarios.lab.topologies import CAROL  # noqa: E402
 
+WARMUP = 1  # unmeasured setups at the start of each side's block in a round
 PACE = 0.25  # seconds from one run's start to the next at least (below the server's 5 ME_CONNECT/s)
 WAIT_TO_FINISH_MS = 1000.0  # strongSwan connect_manager.c: #define ME_WAIT_TO_FINISH 1000 /* ms */
 
@@ -262,22 +265,31 @@ HEADER = f"{'driver':<10} {'cond':<8} {'runs':>4} {'median':>9} {'min':>9} {'max
 
 
 def _runs(driver: MediatedSetupDriver, result: Result, runs: int, timeout: float, verbose: bool,
-          restart: Callable[[], MediatedSetupDriver] | None = None) -> MediatedSetupDriver:
-    """`runs` setups, one started every PACE s at most; a charon that failed one is restarted (it keeps
-    the failed mediation queued and never sends another ME_CONNECT), ours recovers by itself."""
-    for _ in range(runs):
+          restart: Callable[[], MediatedSetupDriver] | None = None, warmup: int = 0) -> MediatedSetupDriver:
+    """`warmup` unmeasured setups, then `runs` measured ones, one started every PACE s at most; a charon
+    that failed one is restarted (it keeps the failed mediation queued and never sends another
+    ME_CONNECT), ours recovers by itself. The warm-up absorbs the first setup of a freshly started block,
+    which is slower on every side (cold caches and code paths after another side's daemons ran); a
+    failed warm-up is not counted (the next setups show whether the side fails)."""
+    for i in range(warmup + runs):
+        measured = i >= warmup
         t0 = time.monotonic()
         try:
             t = driver.initiate_and_wait(timeout)
-            result.times.append(t)
+            if measured:
+                result.times.append(t)
             if verbose:
-                print(f"  {result.driver} {result.condition}: {t * 1000:.1f} ms", flush=True)
+                print(f"  {result.driver} {result.condition}: {t * 1000:.1f} ms{'' if measured else ' (warm-up)'}",
+                      flush=True)
         except Exception as e:  # noqa: BLE001 - a hang/failure is a data point, not the end
-            if time.monotonic() - t0 >= timeout - 0.05:
-                result.hangs += 1
-            result.failures.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if measured:
+                if time.monotonic() - t0 >= timeout - 0.05:
+                    result.hangs += 1
+                result.failures.append(why)
             if verbose:
-                print(f"  {result.driver} {result.condition}: FAILED {result.failures[-1]}", flush=True)
+                print(f"  {result.driver} {result.condition}: FAILED{'' if measured else ' (warm-up)'} {why}",
+                      flush=True)
             if restart is not None:
                 driver.stop()
                 driver = restart()
@@ -314,6 +326,13 @@ def measure(driver_name: str, condition: str, runs: int, timeout: float, verbose
     return result
 
 
+def rotated(rounds: int, sides: list[str]) -> list[tuple[int, str]]:
+    """(round, side): every round runs each side once, the order rotated by one per round (A B C, B C A,
+    C A B, ...), so that with three sides each one follows each other side equally often and a drift in
+    the machine's load falls on all of them alike."""
+    return [(r, sides[(r + i) % len(sides)]) for r in range(rounds) for i in range(len(sides))]
+
+
 def interleaved(cond: Condition, rounds: int, runs: int, timeout: float, verbose: bool) -> tuple[dict[str, Result], float | None]:
     """Both sides in one lab, alternating per round; returns the results and the hub's ping RTT."""
     sides = ([*RELAY_SIDES, *(["ours-before"] if BEFORE else [])]) if cond.relay_ab else SIDES
@@ -321,11 +340,11 @@ def interleaved(cond: Condition, rounds: int, runs: int, timeout: float, verbose
     lab = build_lab(cond)
     try:
         rtt = hub_rtt_ms(lab)
-        for _, side in results_io.interleave(rounds, sides):
+        for _, side in rotated(rounds, sides):
             driver = _started(side, lab, cond)
             restart = (lambda s=side: _started(s, lab, cond)) if side == "charon" else None
             try:
-                driver = _runs(driver, results[side], runs, timeout, verbose, restart)
+                driver = _runs(driver, results[side], runs, timeout, verbose, restart, warmup=WARMUP)
             finally:
                 driver.stop()
             if isinstance(driver, OursMediation):
@@ -570,8 +589,9 @@ def main(argv: list[str] | None = None) -> int:
             "failures", f"failed setups (hangs included) in {hang_runs} mediated setups at 0 ms",
             results_io.count(len(hang["ours"].failures), hang_runs, "failed"),
             results_io.count(len(hang["charon"].failures), hang_runs, "failed"), better="lower", readme=False))
-    text = [f"per condition: {rounds} rounds alternating the sides, {runs} setups per side and round; a run starts "
-            f"at most every {PACE:g} s; per-run limit {args.timeout:g} s", "", HEADER]
+    text = [f"per condition: {rounds} rounds rotating the sides' order, per side and round its daemons started, "
+            f"{WARMUP} unmeasured warm-up setup, then {runs} measured setups; a run starts at most every {PACE:g} s; "
+            f"per-run limit {args.timeout:g} s", "", HEADER]
     text += [r.row() for r in rows]
     text += [f"  {r.driver} {r.condition}: {r.note}" for r in rows if r.note]
     if hang is not None:
@@ -585,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
              "strongSwan's ME_WAIT_TO_FINISH: src/libcharon/sa/ikev2/connect_manager.c, "
              "#define ME_WAIT_TO_FINISH 1000 /* ms */, scheduled when the first check succeeds while another "
              "pair is still in progress; it finishes at once when no pair is pending (one candidate pair)"]
+    notes.append(f"method: each side's block in a round starts its daemons and does {WARMUP} unmeasured setup first "
+                 "(the first setup after another side's block is slower on every side); the sides' order rotates by "
+                 "one per round; the hang check counts every setup (no warm-up)")
     notes += relay_notes
     notes += args.note
     if before_after:
