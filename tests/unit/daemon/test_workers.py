@@ -133,7 +133,7 @@ def _drive(n: int, port: int, natt: int, timeout: float = 90.0) -> dict[str, Any
     from core_ike.ike.tasks.ike_init import IkeInit
 
     sys.path.insert(0, str(ROOT))
-    from bench.ike_setup_rate import _childless_extension
+    from bench.ike_driver import _childless_extension
 
     creds = Credentials()
     creds.add_psk(PSK)
