@@ -89,7 +89,9 @@ class OursMediation:
             self.med.start_client("alice", ts=self.ts, client=self.client)
             return
         root = self.root or str(ROOT)
-        env = {"PYTHONPATH": f"{self.path_first}:{root}" if self.path_first else root}
+        # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path, and the
+        # --before side would run this tree's daemons
+        env = {"PYTHONPATH": f"{self.path_first}:{root}" if self.path_first else root, "PYTHONSAFEPATH": "1"}
         m = self.med
         m.server = Iked(self.lab, "carol", server_toml(m.peers), name="medsrv", module="mediation_server").start(env=env)
         for me in ("bob", "alice"):
