@@ -162,7 +162,7 @@ def pool_main(args: argparse.Namespace) -> int:
     """`ipsec pool` on the database itself (the daemon loads a new pool within seconds)."""
     import time
 
-    from core_ike.daemon.config import duration
+    from core_ike.daemon.confvalues import duration
 
     from .sqlconf.pools import PoolAdmin, parse_range
     from .sqlconf.source import open_config_db

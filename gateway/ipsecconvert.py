@@ -19,7 +19,7 @@ from cryptography import x509
 from core_ike.constants import IdType
 from core_ike.crypto.auth import load_private_key
 from core_ike.crypto.proposals import parse_esp_proposals, parse_ike_proposals
-from core_ike.daemon.config import duration
+from core_ike.daemon.confvalues import duration
 from core_ike.errors import LocalError
 from core_ike.ike.config import AuthConfig, AuthKind, ChildConfig, IkeConfig
 from core_ike.ike.creds import Credentials

@@ -45,8 +45,8 @@ from core_ike.daemon.config import (
     DaemonConfig,
     check_section,
     database_url,
-    duration,
 )
+from core_ike.daemon.confvalues import duration
 from core_ike.daemon.main import run_main
 from core_ike.daemon.runtime import Daemon
 from core_ike.ike import events as ev

@@ -54,8 +54,8 @@ from core_ike.daemon.config import (
     check_choice,
     check_section,
     database_url,
-    duration,
 )
+from core_ike.daemon.confvalues import duration
 from core_ike.daemon.main import run_main
 from core_ike.daemon.runtime import Daemon
 from core_ike.errors import LocalError

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from core_ike.constants import ProtocolId
 from core_ike.crypto.proposals import parse_proposals
-from core_ike.daemon.config import duration
+from core_ike.daemon.confvalues import duration
 from core_ike.errors import LocalError
 from core_ike.ike.identity import Identity
 from gateway.sqlconf import models as m

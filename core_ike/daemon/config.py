@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 import logging.handlers
 import os
 import tomllib
@@ -50,14 +49,31 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from cryptography import x509
-
-from ..crypto.proposals import parse_esp_proposals, parse_ike_proposals
 from ..errors import LocalError
-from ..ike import ts as tsmod
 from ..ike.config import AuthConfig, AuthKind, ChildConfig, IkeConfig, RetransmitConfig
-from ..ike.creds import Credentials, PrivateKey, PublicKey, load_private_key, load_public_key
-from ..ike.identity import Identity
+from ..ike.creds import Credentials
+from .confvalues import (
+    ADDR_WILDCARDS,
+    as_addrs,
+    as_bool,
+    as_choice,
+    as_duration,
+    as_esp_proposals,
+    as_identity,
+    as_ike_proposals,
+    as_int,
+    as_number,
+    as_port,
+    as_selectors,
+    as_str,
+    as_strs,
+    as_subnets,
+    as_table,
+    certificate_file,
+    private_key_file,
+    public_key_file,
+    show,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DATAPLANES = ("auto", "userspace", "xfrm", "none")
@@ -109,216 +125,6 @@ class DaemonConfig:
     warnings: list[str] = field(default_factory=list)  # for the log, once it is set up (certcheck.py)
 
 
-# ---------------------------------------------------------------------------------------- values
-
-
-def show(v: Any) -> str:
-    """A value the way it looks in the TOML file."""
-    try:
-        return json.dumps(v, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return str(v)
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration(v: Any) -> float:
-    """Seconds from a number or a strongSwan-style string: `30s`, `20m`, `4h`, `1d`."""
-    out = float("nan")
-    try:
-        if isinstance(v, int | float) and not isinstance(v, bool):  # TOML true/false is no duration
-            out = float(v)
-        elif isinstance(v, str):
-            s = v.strip()
-            out = float(s[:-1]) * _DURATION_UNITS[s[-1]] if s and s[-1] in _DURATION_UNITS else float(s)
-    except ValueError:
-        pass
-    if not out >= 0 or out == float("inf"):
-        raise LocalError(f"bad duration {show(v)} (seconds, or a number followed by s, m, h or d)")
-    return out
-
-
-def _dur(where: str, key: str, v: Any) -> float:
-    try:
-        return duration(v)
-    except LocalError as e:
-        raise LocalError(f"{where} {key}: {e}") from None
-
-
-def _str(where: str, key: str, v: Any) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise LocalError(f"{where} {key}: expected a non-empty string, got {show(v)}")
-    return v
-
-
-def _bool(where: str, key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise LocalError(f"{where} {key}: expected true or false, got {show(v)}")
-    return v
-
-
-def _int(where: str, key: str, v: Any, lo: int = 0, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        rng = f"{lo}-{hi}" if hi is not None else f">= {lo}"
-        raise LocalError(f"{where} {key}: expected an integer {rng}, got {show(v)}")
-    return v
-
-
-def _port(where: str, key: str, v: Any) -> int:
-    return _int(where, key, v, 0, 65535)
-
-
-def _number(where: str, key: str, v: Any, lo: float = 0.0) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v >= lo:
-        raise LocalError(f"{where} {key}: expected a number >= {lo:g}, got {show(v)}")
-    return float(v)
-
-
-def _choice(where: str, key: str, v: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(v, str) or v not in choices:
-        raise LocalError(f"{where} {key}: {show(v)} is not one of {', '.join(choices)}")
-    return v
-
-
-def _strs(where: str, key: str, v: Any) -> list[str]:
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise LocalError(f"{where} {key}: expected a list of strings, got {show(v)}")
-    return list(v)
-
-
-def _table(where: str, v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise LocalError(f"{where} must be a table, got {show(v)}")
-    return v
-
-
-def _identity(where: str, key: str, v: Any) -> Identity:
-    try:
-        i = Identity.parse(_str(where, key, v))
-    except LocalError as e:
-        raise LocalError(f"{where} {key}: {e}") from None
-    if not i.is_any and not i.data:
-        raise LocalError(f"{where} {key}: empty identity {show(v)}")
-    return i
-
-
-_ADDR_WILDCARDS = ("%any", "%any4", "%any6")
-
-
-def _addrs(where: str, key: str, v: Any, subnets: bool = True) -> list[str]:
-    """Addresses (and subnets, `%any`): host names are not resolved, so they are refused here."""
-    out = _strs(where, key, v)
-    for a in out:
-        if subnets and a in _ADDR_WILDCARDS:
-            continue
-        try:
-            ipaddress.ip_network(a, strict=False) if subnets else ipaddress.ip_address(a)
-        except ValueError:
-            what = "an address, a subnet or %any" if subnets else "an IP address"
-            raise LocalError(f"{where} {key}: {show(a)} is not {what} (host names are not resolved)") from None
-    return out
-
-
-def _subnets(where: str, key: str, v: Any) -> list[str]:
-    out = _strs(where, key, v)
-    for a in out:
-        try:
-            ipaddress.ip_network(a, strict=False)
-        except ValueError:
-            raise LocalError(f"{where} {key}: {show(a)} is not a subnet") from None
-    return out
-
-
-def _proposals_check(parse: Callable[[str], object]) -> Callable[[str, str, Any], str]:
-    """A check that parses a proposal string now, so a bad algorithm fails at load, not at `up`."""
-    def check(where: str, key: str, v: Any) -> str:
-        text = _str(where, key, v)
-        try:
-            parse(text)
-        except LocalError as e:
-            raise LocalError(f"{where} {key}: {e}") from None
-        return text
-    return check
-
-
-_ike_proposals = _proposals_check(parse_ike_proposals)
-_esp_proposals = _proposals_check(parse_esp_proposals)
-
-
-def _selectors(where: str, key: str, v: Any) -> list[str]:
-    out = _strs(where, key, v)
-    for text in out:
-        try:
-            t = tsmod.parse(text, "192.0.2.1")  # any address stands in for `dynamic`
-            ok = t.ip_proto <= 255 and t.end_port <= 65535
-        except (LocalError, ValueError):
-            ok = False
-        if not ok:
-            raise LocalError(f"{where} {key}: bad traffic selector {show(text)} "
-                             "(a subnet, an address or dynamic, optionally [proto/port])")
-    return out
-
-
-# ---------------------------------------------------------------------------------------- files
-
-
-def _path(base: Path, p: str) -> Path:
-    q = Path(p)
-    return q if q.is_absolute() else base / q
-
-
-def _read(where: str, key: str, base: Path, name: Any) -> tuple[Path, bytes]:
-    p = _path(base, _str(where, key, name))
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise LocalError(f"{where} {key}: cannot read {p}: {e.strerror or e}") from None
-    if not data.strip():
-        raise LocalError(f"{where} {key}: {p} is empty")
-    return p, data
-
-
-def _pem_kind(data: bytes) -> str:
-    head = data.lstrip()[:64]
-    return head.split(b"-----BEGIN ", 1)[1].split(b"-----", 1)[0].decode("ascii", "replace") \
-        if head.startswith(b"-----BEGIN ") else ""
-
-
-def _private_key(where: str, base: Path, name: Any) -> PrivateKey:
-    p, data = _read(where, "file", base, name)
-    kind = _pem_kind(data)
-    if "ENCRYPTED" in kind or b"Proc-Type: 4,ENCRYPTED" in data[:200]:
-        raise LocalError(f"{where} file: {p} is encrypted (store the private key without a passphrase)")
-    if kind and "PRIVATE KEY" not in kind:
-        raise LocalError(f"{where} file: {p} holds a {kind.lower()}, not a private key")
-    try:
-        return load_private_key(data)
-    except LocalError as e:
-        reason = str(e) if str(e).startswith("unsupported") else "not a PEM or DER private key (RSA, EC, Ed25519, Ed448)"
-        raise LocalError(f"{where} file: {p}: {reason}") from None
-
-
-def _public_key(where: str, base: Path, name: Any) -> PublicKey:
-    p, data = _read(where, "file", base, name)
-    kind = _pem_kind(data)
-    if "PRIVATE KEY" in kind:
-        raise LocalError(f"{where} file: {p} holds a private key; give the public key (openssl pkey -pubout)")
-    try:
-        return load_public_key(data)
-    except LocalError as e:
-        reason = str(e) if str(e).startswith("unsupported") else "not a PEM or DER public key or certificate"
-        raise LocalError(f"{where} file: {p}: {reason}") from None
-
-
-def _certificate(where: str, key: str, base: Path, name: Any) -> x509.Certificate:
-    p, data = _read(where, key, base, name)
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError:
-        raise LocalError(f"{where} {key}: {p}: not a PEM certificate") from None
-
-
 # ---------------------------------------------------------------------------------------- sections
 
 
@@ -336,14 +142,14 @@ Check = Callable[[str, str, Any], Any]
 def check_section(where: str, d: Any, checks: dict[str, Check]) -> dict[str, Any]:
     """Validate a daemon's own table ([mediation], [client]): known keys only, each value through its
     check (which names the key in its one-line error); returns the checked values."""
-    table = _table(where, d)
+    table = as_table(where, d)
     check_keys(where, table, tuple(checks))
     return {k: checks[k](where, k, v) for k, v in table.items()}
 
 
 def database_url(where: str, key: str, v: Any) -> str:
     """`sqlite:////var/lib/ikeme/med_db.sqlite`, `postgresql://user:pw@host/db`, `mysql://...`."""
-    text = _str(where, key, v)
+    text = as_str(where, key, v)
     if "://" not in text:
         raise LocalError(f"{where} {key}: {show(v)} is not a database URL (sqlite:////PATH, "
                          "postgresql://USER@HOST/DB, mysql://USER@HOST/DB)")
@@ -351,16 +157,16 @@ def database_url(where: str, key: str, v: Any) -> str:
 
 
 # checks other modules combine into their tables (each: where, key, value -> value)
-CHECK_INT: Check = _int
-CHECK_NUMBER: Check = _number
-CHECK_DURATION: Check = _dur
-CHECK_BOOL: Check = _bool
-CHECK_STR: Check = _str
-CHECK_IDENTITY: Check = _identity
+CHECK_INT: Check = as_int
+CHECK_NUMBER: Check = as_number
+CHECK_DURATION: Check = as_duration
+CHECK_BOOL: Check = as_bool
+CHECK_STR: Check = as_str
+CHECK_IDENTITY: Check = as_identity
 
 
 def check_choice(choices: tuple[str, ...]) -> Check:
-    return lambda w, k, v: _choice(w, k, v, choices)
+    return lambda w, k, v: as_choice(w, k, v, choices)
 
 
 _IFNAMSIZ = 16  # Linux interface names: at most 15 octets and the terminating NUL
@@ -373,7 +179,7 @@ def _ifname(where: str, key: str, v: Any) -> str:
 
 
 def _log_target(where: str, key: str, v: Any) -> str:
-    t = _str(where, key, v)
+    t = as_str(where, key, v)
     kind, _, arg = t.partition(":")
     if kind in ("stderr", "stdout") and not arg:
         return t
@@ -402,29 +208,29 @@ def log_target(st: DaemonSettings) -> str:
 
 
 _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
-    "listen": lambda w, k, v: _addrs(w, k, v, subnets=False),
-    "port": _port,
-    "natt_port": _port,
-    "control": _str,
-    "dataplane": lambda w, k, v: _choice(w, k, v, DATAPLANES),
+    "listen": lambda w, k, v: as_addrs(w, k, v, subnets=False),
+    "port": as_port,
+    "natt_port": as_port,
+    "control": as_str,
+    "dataplane": lambda w, k, v: as_choice(w, k, v, DATAPLANES),
     "tun": _ifname,
     "esp_offload": lambda w, k, v: _esp_offload(w, k, v),
-    "log_level": lambda w, k, v: _choice(w, k, v.lower() if isinstance(v, str) else v, LOG_LEVELS),
+    "log_level": lambda w, k, v: as_choice(w, k, v.lower() if isinstance(v, str) else v, LOG_LEVELS),
     "log_target": _log_target,
-    "log_file": _str,
-    "cookie_threshold": _int,
-    "cookie_threshold_ip": _int,
-    "half_open_timeout": _dur,
-    "max_half_open": lambda w, k, v: _int(w, k, v, 1),
+    "log_file": as_str,
+    "cookie_threshold": as_int,
+    "cookie_threshold_ip": as_int,
+    "half_open_timeout": as_duration,
+    "max_half_open": lambda w, k, v: as_int(w, k, v, 1),
     # no less than the size limit of one reassembled message (64 KiB)
-    "frag_max_per_sa": lambda w, k, v: _int(w, k, v, 65536),
-    "frag_max_total": lambda w, k, v: _int(w, k, v, 65536),
-    "force_cookies": _bool,
-    "init_rate_ip": _number,
-    "receive_buffer": _int,
+    "frag_max_per_sa": lambda w, k, v: as_int(w, k, v, 65536),
+    "frag_max_total": lambda w, k, v: as_int(w, k, v, 65536),
+    "force_cookies": as_bool,
+    "init_rate_ip": as_number,
+    "receive_buffer": as_int,
     "metrics": lambda w, k, v: _metrics(w, k, v),
     "workers": lambda w, k, v: _workers(w, k, v),
-    "event_loop": lambda w, k, v: _choice(w, k, v, EVENT_LOOPS),
+    "event_loop": lambda w, k, v: as_choice(w, k, v, EVENT_LOOPS),
     "config_db": lambda w, k, v: database_url(w, k, v),
 }
 
@@ -444,7 +250,7 @@ def _workers(where: str, key: str, v: Any) -> int:
 def _metrics(where: str, key: str, v: Any) -> str:
     from .metrics import parse_listen
 
-    text = _str(where, key, v)
+    text = as_str(where, key, v)
     try:
         host, _ = parse_listen(text)
         ipaddress.ip_address(host)
@@ -456,18 +262,18 @@ def _metrics(where: str, key: str, v: Any) -> str:
 def _by_default(default: Any) -> Callable[[str, str, Any], Any]:
     """The check of a [daemon] setting without one of its own: the type of its default."""
     if isinstance(default, bool):
-        return _bool
+        return as_bool
     if isinstance(default, int):
-        return _int
+        return as_int
     if isinstance(default, float):
-        return _dur
+        return as_duration
     if isinstance(default, list):
-        return _strs
-    return _str
+        return as_strs
+    return as_str
 
 
 def _daemon(d: Any) -> DaemonSettings:
-    d = _table("[daemon]", d)
+    d = as_table("[daemon]", d)
     st = DaemonSettings()
     accepted = [f.name for f in fields(DaemonSettings)]
     for k, v in d.items():
@@ -485,64 +291,64 @@ def _daemon(d: Any) -> DaemonSettings:
 
 
 def _auth(d: dict[str, Any], base: Path, where: str = "[connections.*.local]") -> AuthConfig:
-    d = _table(where, d)
+    d = as_table(where, d)
     check_keys(where, d, AUTH_KEYS)
     a = AuthConfig()
     if "auth" in d:
-        a.auth = cast(AuthKind, _choice(where, "auth", d["auth"], ("psk", "pubkey", "eap-md5", "eap-mschapv2")))
+        a.auth = cast(AuthKind, as_choice(where, "auth", d["auth"], ("psk", "pubkey", "eap-md5", "eap-mschapv2")))
     if "eap_id" in d:
-        a.eap_id = _str(where, "eap_id", d["eap_id"])
+        a.eap_id = as_str(where, "eap_id", d["eap_id"])
     if "id" in d:
-        a.id = _identity(where, "id", d["id"])
+        a.id = as_identity(where, "id", d["id"])
     if "signature" in d:
-        a.signature = cast(Signature, _choice(where, "signature", d["signature"], ("rfc7427", "rsa", "rsa-pss")))
-    for c in _strs(where, "certs", d["certs"]) if "certs" in d else []:
-        a.certs.append(_certificate(where, "certs", base, c))
+        a.signature = cast(Signature, as_choice(where, "signature", d["signature"], ("rfc7427", "rsa", "rsa-pss")))
+    for c in as_strs(where, "certs", d["certs"]) if "certs" in d else []:
+        a.certs.append(certificate_file(where, "certs", base, c))
     return a
 
 
 def _child(name: str, d: dict[str, Any], conn: str = "*") -> ChildConfig:
     where = f"[connections.{conn}.children.{name}]"
-    d = _table(where, d)
+    d = as_table(where, d)
     check_keys(where, d, CHILD_KEYS)
     c = ChildConfig(name)
     for key in ("local_ts", "remote_ts"):
         if key in d:
-            setattr(c, key, _selectors(where, key, d[key]))
+            setattr(c, key, as_selectors(where, key, d[key]))
     if "esp_proposals" in d:
-        c.esp_proposals = _esp_proposals(where, "esp_proposals", d["esp_proposals"])
+        c.esp_proposals = as_esp_proposals(where, "esp_proposals", d["esp_proposals"])
     if "start_action" in d:
-        c.start_action = cast(StartAction, _choice(where, "start_action", d["start_action"],
+        c.start_action = cast(StartAction, as_choice(where, "start_action", d["start_action"],
                                                    ("none", "start", "trap")))
     if "mode" in d:
-        c.mode = cast(Mode, _choice(where, "mode", d["mode"], ("tunnel",)))
+        c.mode = cast(Mode, as_choice(where, "mode", d["mode"], ("tunnel",)))
     for key in ("rekey_time", "life_time"):
         if key in d:
-            setattr(c, key, _dur(where, key, d[key]))
+            setattr(c, key, as_duration(where, key, d[key]))
     if c.life_time is not None and c.life_time <= c.rekey_time:
         raise LocalError(f"{where} life_time ({c.life_time:g} s) must be longer than rekey_time ({c.rekey_time:g} s)")
     if "replay_window" in d:
-        c.replay_window = _int(where, "replay_window", d["replay_window"])
+        c.replay_window = as_int(where, "replay_window", d["replay_window"])
     return c
 
 
 # key -> check of the plain connection settings (each check returns the value to store)
 _CONN_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
-    "proposals": _ike_proposals,
-    "unique": lambda w, k, v: _choice(w, k, v, ("replace", "keep", "no")),
-    "vips": lambda w, k, v: _addrs(w, k, v, subnets=False),
-    "pools": _subnets,
-    "encap": _bool,
-    "fragmentation": _bool,
-    "mediation": _bool,
-    "mediated_by": _str,
-    "keyingtries": _int,
-    "local_port": _port,
-    "remote_port": _port,
-    "local_addrs": _addrs,
-    "remote_addrs": _addrs,
-    "fragment_size": lambda w, k, v: _int(w, k, v, 256, 65535),
-    **dict.fromkeys(("rekey_time", "dpd_delay", "keepalive_interval", "rekey_retry", "ike_rekey_retry"), _dur),
+    "proposals": as_ike_proposals,
+    "unique": lambda w, k, v: as_choice(w, k, v, ("replace", "keep", "no")),
+    "vips": lambda w, k, v: as_addrs(w, k, v, subnets=False),
+    "pools": as_subnets,
+    "encap": as_bool,
+    "fragmentation": as_bool,
+    "mediation": as_bool,
+    "mediated_by": as_str,
+    "keyingtries": as_int,
+    "local_port": as_port,
+    "remote_port": as_port,
+    "local_addrs": as_addrs,
+    "remote_addrs": as_addrs,
+    "fragment_size": lambda w, k, v: as_int(w, k, v, 256, 65535),
+    **dict.fromkeys(("rekey_time", "dpd_delay", "keepalive_interval", "rekey_retry", "ike_rekey_retry"), as_duration),
 }
 
 # A mediation connection we initiate checks its server this often when idle: a restarted server answers
@@ -562,27 +368,27 @@ SECRET_KEYS = {"ike": ("id", "secret"), "eap": ("id", "secret"), "private": ("fi
 
 def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
     where = f"[connections.{name}]"
-    d = _table(where, d)
+    d = as_table(where, d)
     check_keys(where, d, CONNECTION_KEYS)
     cfg = IkeConfig(name)
     for key, check in _CONN_CHECKS.items():
         if key in d:
             setattr(cfg, key, check(where, key, d[key]))
     if "mediation_peer" in d:
-        cfg.mediation_peer = _identity(where, "mediation_peer", d["mediation_peer"])
+        cfg.mediation_peer = as_identity(where, "mediation_peer", d["mediation_peer"])
     cfg.local = _auth(d.get("local", {}), base, f"[connections.{name}.local]")
     cfg.remote = _auth(d.get("remote", {}), base, f"[connections.{name}.remote]")
     if "retransmit" in d:
         w = f"[connections.{name}.retransmit]"
-        r = _table(w, d["retransmit"])
+        r = as_table(w, d["retransmit"])
         check_keys(w, r, RETRANSMIT_KEYS)
         dflt = RetransmitConfig()
-        cfg.retransmit = RetransmitConfig(_dur(w, "timeout", r.get("timeout", dflt.timeout)),
-                                          _number(w, "base", r.get("base", dflt.base), 1.0),
-                                          _int(w, "tries", r.get("tries", dflt.tries)),
-                                          _dur(w, "early_timeout", r.get("early_timeout", dflt.early_timeout)),
-                                          _number(w, "early_base", r.get("early_base", dflt.early_base), 1.01))
-    cfg.children = [_child(n, c, name) for n, c in _table(f"{where} children", d.get("children", {})).items()]
+        cfg.retransmit = RetransmitConfig(as_duration(w, "timeout", r.get("timeout", dflt.timeout)),
+                                          as_number(w, "base", r.get("base", dflt.base), 1.0),
+                                          as_int(w, "tries", r.get("tries", dflt.tries)),
+                                          as_duration(w, "early_timeout", r.get("early_timeout", dflt.early_timeout)),
+                                          as_number(w, "early_base", r.get("early_base", dflt.early_base), 1.01))
+    cfg.children = [_child(n, c, name) for n, c in as_table(f"{where} children", d.get("children", {})).items()]
     if cfg.mediation and cfg.mediated_by:
         raise LocalError(f"{where} a mediation connection cannot be a mediated connection at the same time "
                          "(mediation = true and mediated_by)")
@@ -598,7 +404,7 @@ def connection(name: str, d: dict[str, Any], base: Path) -> IkeConfig:
 def _trap_target(where: str, cfg: IkeConfig) -> None:
     """start_action = "trap": the first packet starts the connection, so there must be one peer address
     to initiate to, not one the mediation server tells (docs/gateway.md, "Trap policies")."""
-    target = next((a for a in cfg.remote_addrs if a not in _ADDR_WILDCARDS), "%any")
+    target = next((a for a in cfg.remote_addrs if a not in ADDR_WILDCARDS), "%any")
     if cfg.mediation or cfg.mediated_by or "/" in target or target.startswith("%"):
         raise LocalError(f"{where} start_action = \"trap\" needs remote_addrs to name the peer's address "
                          f"(not {show(target)}), and no mediation")
@@ -621,13 +427,13 @@ def _mediators(conns: list[IkeConfig], raw: dict[str, Any]) -> None:
 
 
 def secrets(d: dict[str, Any], base: Path) -> Credentials:
-    d = _table("[secrets]", d)
+    d = as_table("[secrets]", d)
     check_keys("[secrets]", d, set(SECRET_KEYS))
     for kind, entries in d.items():
         if not isinstance(entries, list):
             raise LocalError(f"[[secrets.{kind}]] must be an array of tables ([[secrets.{kind}]] blocks)")
         for e in entries:
-            check_keys(f"[[secrets.{kind}]]", _table(f"[[secrets.{kind}]]", e), SECRET_KEYS[kind])
+            check_keys(f"[[secrets.{kind}]]", as_table(f"[[secrets.{kind}]]", e), SECRET_KEYS[kind])
             if kind not in ("ike", "eap") and "file" not in e:
                 raise LocalError(f"[[secrets.{kind}]] needs file")
     creds = Credentials()
@@ -635,23 +441,23 @@ def secrets(d: dict[str, Any], base: Path) -> Credentials:
         if "secret" not in s:
             raise LocalError("[[secrets.ike]] needs secret")
         ids = s.get("id", [])
-        ids = [ids] if isinstance(ids, str) else _strs("[[secrets.ike]]", "id", ids)
-        creds.add_psk(_str("[[secrets.ike]]", "secret", s["secret"]),
-                      *(_identity("[[secrets.ike]]", "id", i) for i in ids))
+        ids = [ids] if isinstance(ids, str) else as_strs("[[secrets.ike]]", "id", ids)
+        creds.add_psk(as_str("[[secrets.ike]]", "secret", s["secret"]),
+                      *(as_identity("[[secrets.ike]]", "id", i) for i in ids))
     for s in d.get("eap", []):  # EAP passwords by EAP identity (RFC 7296 2.16, RFC 3748 5.1)
         if "secret" not in s:
             raise LocalError("[[secrets.eap]] needs secret")
         ids = s.get("id", [])
-        ids = [ids] if isinstance(ids, str) else _strs("[[secrets.eap]]", "id", ids)
-        creds.add_eap_secret(_str("[[secrets.eap]]", "secret", s["secret"]),
-                             *(_identity("[[secrets.eap]]", "id", i) for i in ids))
+        ids = [ids] if isinstance(ids, str) else as_strs("[[secrets.eap]]", "id", ids)
+        creds.add_eap_secret(as_str("[[secrets.eap]]", "secret", s["secret"]),
+                             *(as_identity("[[secrets.eap]]", "id", i) for i in ids))
     for s in d.get("private", []):
-        creds.private_keys.append(_private_key("[[secrets.private]]", base, s["file"]))
+        creds.private_keys.append(private_key_file("[[secrets.private]]", base, s["file"]))
     for s in d.get("pubkey", []):
-        key = _public_key("[[secrets.pubkey]]", base, s["file"])
-        creds.add_public_key(key, _identity("[[secrets.pubkey]]", "id", s["id"]) if "id" in s else None)
+        key = public_key_file("[[secrets.pubkey]]", base, s["file"])
+        creds.add_public_key(key, as_identity("[[secrets.pubkey]]", "id", s["id"]) if "id" in s else None)
     for s in d.get("ca", []):
-        creds.cas.append(_certificate("[[secrets.ca]]", "file", base, s["file"]))
+        creds.cas.append(certificate_file("[[secrets.ca]]", "file", base, s["file"]))
     return creds
 
 
@@ -667,10 +473,10 @@ def load(path: str | Path, now: datetime.datetime | None = None) -> DaemonConfig
         raise LocalError(f"cannot read config {p}: {e}") from e
     check_keys(f"config {p}", raw, ("daemon", "secrets", "connections", *DAEMON_SECTIONS))
     for section in DAEMON_SECTIONS:
-        _table(f"[{section}]", raw.get(section, {}))
+        as_table(f"[{section}]", raw.get(section, {}))
     base = p.parent
     st = _daemon(raw.get("daemon", {}))
-    conns = [connection(n, c, base) for n, c in _table("[connections]", raw.get("connections", {})).items()]
+    conns = [connection(n, c, base) for n, c in as_table("[connections]", raw.get("connections", {})).items()]
     _mediators(conns, raw)
     from .glue import check_installable  # the data plane's ESP transforms (glue imports the engine)
 

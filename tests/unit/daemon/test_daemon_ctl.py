@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core_ike.daemon.config import duration, load
+from core_ike.daemon.config import load
+from core_ike.daemon.confvalues import duration
 from core_ike.daemon.ctl import format_sas, format_status
 from core_ike.errors import LocalError
 
