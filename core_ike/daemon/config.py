@@ -49,6 +49,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from ..eap.methods import MAX_RETRIES as MAX_EAP_RETRIES
 from ..errors import LocalError
 from ..ike.config import AuthConfig, AuthKind, ChildConfig, IkeConfig, RetransmitConfig
 from ..ike.creds import Credentials
@@ -298,6 +299,8 @@ def _auth(d: dict[str, Any], base: Path, where: str = "[connections.*.local]") -
         a.auth = cast(AuthKind, as_choice(where, "auth", d["auth"], ("psk", "pubkey", "eap-md5", "eap-mschapv2")))
     if "eap_id" in d:
         a.eap_id = as_str(where, "eap_id", d["eap_id"])
+    if "eap_retries" in d:  # each retry is one more password guess in the same IKE_SA
+        a.eap_retries = as_int(where, "eap_retries", d["eap_retries"], 0, MAX_EAP_RETRIES)
     if "id" in d:
         a.id = as_identity(where, "id", d["id"])
     if "signature" in d:
@@ -358,7 +361,7 @@ MEDIATION_DPD_DELAY = 20.0
 
 # the keys each table accepts (docs/configuration.md documents exactly these; tests compare them)
 CONNECTION_KEYS = (*_CONN_CHECKS, "mediation_peer", "local", "remote", "retransmit", "children")
-AUTH_KEYS = ("auth", "id", "signature", "certs", "eap_id")
+AUTH_KEYS = ("auth", "id", "signature", "certs", "eap_id", "eap_retries")
 RETRANSMIT_KEYS = ("timeout", "base", "tries", "early_timeout", "early_base")
 CHILD_KEYS = ("local_ts", "remote_ts", "esp_proposals", "start_action", "mode", "rekey_time", "life_time",
               "replay_window")

@@ -3,12 +3,20 @@ Notification (5.2), Nak (5.3.1), MD5-Challenge (5.4) and MS-CHAPv2 (draft-kamath
 
 Sans-IO: a machine consumes one EapPacket and returns the next one to send; randomness is an input
 (core_ike/rng.py). A failure raises `EapFailed` with the reason a user can act on.
+
+EAP-MSCHAPv2 retries (RFC 2759 6, [MS-CHAP] 3.3.5.2): the server answers a wrong NT-Response with a
+Failure Request "E=691 R=1 C=<new challenge> V=3 M=..." while retries are left, so a client that
+prompts its user can answer the new challenge in the same IKE_SA; then it ends with EAP-Failure, as
+strongSwan's server does (its fixed limit is 2). An unknown EAP identity is answered the same way, so
+the answers do not tell which user names exist. Our peer does not retry: its password is configured,
+asking again would give the same answer; it acknowledges with a Failure Response (draft-kamath 2.6).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import struct
 from collections.abc import Callable
 
@@ -17,12 +25,16 @@ from ..rng import Rng
 from . import mschapv2 as ms
 from .packet import METHOD_NAMES, EapCode, EapPacket, EapType
 
-__all__ = ["METHODS", "EapFailed", "EapPeer", "EapServer", "method_name"]
+__all__ = ["METHODS", "MSCHAPV2_RETRIES", "EapFailed", "EapPeer", "EapServer", "method_name"]
+
+log = logging.getLogger("core_ike.ike")
 
 # configuration names of the methods (`auth = "eap-md5"`), as strongSwan spells them
 METHODS = {"eap-md5": EapType.MD5, "eap-mschapv2": EapType.MSCHAPV2}
 
 _MSCHAP_CHALLENGE, _MSCHAP_RESPONSE, _MSCHAP_SUCCESS, _MSCHAP_FAILURE = 1, 2, 3, 4
+MSCHAPV2_RETRIES = 2  # new challenges after a failed verification, strongSwan's server's number
+MAX_RETRIES = 16  # the most a configuration may ask for: each retry is another password guess
 
 
 class EapFailed(Exception):
@@ -153,21 +165,30 @@ def _failure_text(body: bytes) -> str:
     msg = text.split("M=", 1)[1] if "M=" in text else ""
     reason = {"691": "authentication failure (wrong password)", "646": "restricted logon hours",
               "647": "account disabled", "648": "password expired", "649": "no dial-in permission"}.get(err, "")
-    return ", ".join(p for p in (f"E={err} {reason}".strip() if err else "", msg.strip()) if p)
+    out = ", ".join(p for p in (f"E={err} {reason}".strip() if err else "", msg.strip()) if p)
+    if "R=1" in text.split("M=", 1)[0].split():
+        out += "; not retried: our password is configured"
+    return out
 
 
 class EapServer:
     """The EAP authenticator (our IKE responder, RFC 7296 2.16): EAP-Identity, then the method.
 
-    `secret_for(identity)` gives the password of an EAP identity (None: unknown user)."""
+    `secret_for(identity)` gives the password of an EAP identity (None: unknown user); `retries`: the
+    new EAP-MSCHAPv2 challenges offered after a failed verification (RFC 2759 6), 0 for none."""
 
     def __init__(self, method: int, secret_for: Callable[[bytes], bytes | None], rng: Rng,
-                 identity: bytes | None = None, server_name: bytes = b"ikeme") -> None:
+                 identity: bytes | None = None, server_name: bytes = b"ikeme",
+                 retries: int = MSCHAPV2_RETRIES) -> None:
+        if not 0 <= retries <= MAX_RETRIES:
+            raise ValueError(f"EAP-MSCHAPv2 retries must be 0-{MAX_RETRIES}, not {retries}")
         self.method = method
         self.secret_for = secret_for
         self.rng = rng
         self.peer_identity = identity  # None: asked with EAP-Identity (RFC 3748 5.1)
         self.server_name = server_name
+        self.retries = retries
+        self.retried = 0  # Failure Requests with R=1 sent so far
         self.msk: bytes | None = None
         self.succeeded = False
         self._id = rng.bytes(1)[0]
@@ -175,6 +196,7 @@ class EapServer:
         self._challenge = b""
         self._ms_id = 0
         self._success_sent = False
+        self._why = ""  # the last failed verification, for the report when the peer gives up
 
     def start(self) -> EapPacket:
         if self.peer_identity is None:
@@ -247,6 +269,9 @@ class EapServer:
         if opcode == _MSCHAP_SUCCESS and self._success_sent:
             return self._success()  # draft-kamath 2.4: the peer acknowledged our Success Request
         if opcode == _MSCHAP_FAILURE:
+            if self._why:  # draft-kamath 2.6: the peer answered our Failure Request instead of retrying
+                raise EapFailed(f"{self._why}; the peer did not retry ({self.retried} of {self.retries} "
+                                "retries offered)")
             raise EapFailed(f"EAP-MSCHAPv2 authentication of '{self._user()}' failed")
         if opcode != _MSCHAP_RESPONSE or self._success_sent:
             raise EapFailed(f"unexpected EAP-MSCHAPv2 OpCode {opcode}")
@@ -254,10 +279,32 @@ class EapServer:
             raise DecodeError("malformed EAP-MSCHAPv2 Response")
         peer_challenge, nt, name = body[1:17], body[25:49], body[50:]
         user = _username(name or (self.peer_identity or b""))
-        pw = self._secret().decode("utf-8", "replace")
+        secret = self.secret_for(self.peer_identity or b"")
+        if secret is None:  # answered like a wrong password: the peer learns nothing of our users
+            return self._retry_or_fail(f"no EAP secret found for '{self._user()}'")
+        pw = secret.decode("utf-8", "replace")
         if not hmac.compare_digest(ms.generate_nt_response(self._challenge, peer_challenge, user, pw), nt):
-            raise EapFailed(f"EAP-MSCHAPv2 verification of '{self._user()}' failed: wrong password")
+            return self._retry_or_fail(f"EAP-MSCHAPv2 verification of '{self._user()}' failed: wrong password")
         self.msk = ms.msk(pw, nt)
         self._success_sent = True
         auth = ms.authenticator_response(pw, nt, peer_challenge, self._challenge, user)
         return self._request(EapType.MSCHAPV2, _mschap(_MSCHAP_SUCCESS, self._ms_id, auth + b" M=welcome"))
+
+    def _retry_or_fail(self, why: str) -> EapPacket:
+        """RFC 2759 6: a Failure Request with a new challenge while retries are left ([MS-CHAP]
+        3.3.5.2); the peer answers it with a new Response, or gives up with a Failure Response. Without
+        retries left: EapFailed (the caller sends EAP-Failure, as strongSwan's server does: clients that
+        get a Failure Request with R=0 do not all answer it)."""
+        self._why = why
+        if self.retried >= self.retries:
+            raise EapFailed(f"{why}, no retry left ({self.retries} offered)" if self.retries
+                            else f"{why} (no retries configured)")
+        self.retried += 1
+        self._challenge = self.rng.bytes(16)
+        left = self.retries - self.retried
+        log.info("%s, retry %d of %d: new challenge sent", why, self.retried, self.retries)
+        text = (f"E=691 R=1 C={self._challenge.hex().upper()} V=3 "
+                f"M=authentication failed, {left} {'retry' if left == 1 else 'retries'} left").encode()
+        # the Failure carries the MS-CHAPv2-ID of the exchange it ends; the retry's answer has the next
+        ms_id, self._ms_id = self._ms_id, (self._ms_id + 1) & 0xFF
+        return self._request(EapType.MSCHAPV2, _mschap(_MSCHAP_FAILURE, ms_id, text))

@@ -78,6 +78,8 @@ class AuthConfig:
     # EAP identity (RFC 3748 5.1): local side, what we answer EAP-Identity with (None: the IKE identity);
     # remote side, None asks the peer with EAP-Identity, else the identity whose secret is used
     eap_id: str | None = None
+    # remote side, EAP server: new EAP-MSCHAPv2 challenges after a failed verification (RFC 2759 6)
+    eap_retries: int = 2
 
 
 @dataclass

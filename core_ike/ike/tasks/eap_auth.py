@@ -180,7 +180,7 @@ def start_server(sa: IkeSaView, msg: Message, idi: IdPayload) -> None:
     st = sa.extension(EapState)
     creds = sa.ctx.creds
     ident = remote.eap_id.encode() if remote.eap_id else None
-    st.server = EapServer(METHODS[remote.auth], creds.eap_secret, sa.ctx.rng, ident)
+    st.server = EapServer(METHODS[remote.auth], creds.eap_secret, sa.ctx.rng, ident, retries=remote.eap_retries)
     st.peer_id_body = idi.body
     st.first_request = msg
     st.next_eap = st.server.start()

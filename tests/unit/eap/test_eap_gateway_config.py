@@ -55,6 +55,7 @@ def test_ipsec_conf_eap_server_and_client() -> None:
     eap, md5 = convert_conf(parse_conf(GATEWAY), Path("."))
     assert (eap.local.auth, eap.remote.auth) == ("psk", "eap-mschapv2")
     assert eap.remote.eap_id is None  # %identity: asked with EAP-Identity
+    assert eap.remote.eap_retries == 2  # ipsec.conf has no key for it: charon's fixed number
     assert md5.remote.auth == "eap-md5" and md5.remote.eap_id == "dave@lab"  # stroke: the IKE identity
     (home,) = convert_conf(parse_conf(CLIENT), Path("."))
     assert (home.local.auth, home.remote.auth) == ("eap-md5", "psk")
@@ -103,3 +104,33 @@ def test_merged_credentials_keep_eap_secrets() -> None:
     b = convert_secrets(parse_secrets('dave : EAP "from-db"\n'), Path("."))
     m = merge_creds(a, b)
     assert m.eap_secret(b"carol") == b"from-file" and m.eap_secret(b"dave") == b"from-db"
+
+
+_TOML = """
+[connections.rw]
+local_addrs = ["192.0.2.1"]
+local = { auth = "psk", id = "moon.lab" }
+remote = { auth = "eap-mschapv2", id = "%any"RETRIES }
+[connections.rw.children.net]
+local_ts = ["10.1.0.0/16"]
+"""
+
+
+@pytest.mark.parametrize("value,expected", [(None, 2), ("0", 0), ("5", 5), ("16", 16)])
+def test_toml_eap_retries(tmp_path: Path, value: str | None, expected: int) -> None:
+    from core_ike.daemon.config import load as load_toml
+
+    f = tmp_path / "iked.toml"
+    f.write_text(_TOML.replace("RETRIES", f", eap_retries = {value}" if value else ""))
+    (rw,) = load_toml(f).connections
+    assert rw.remote.eap_retries == expected
+
+
+@pytest.mark.parametrize("value", ["17", "-1", '"2"', "true"])
+def test_toml_eap_retries_bad_values(tmp_path: Path, value: str) -> None:
+    from core_ike.daemon.config import load as load_toml
+
+    f = tmp_path / "iked.toml"
+    f.write_text(_TOML.replace("RETRIES", f", eap_retries = {value}"))
+    with pytest.raises(LocalError, match="eap_retries"):
+        load_toml(f)

@@ -156,3 +156,128 @@ def test_mschapv2_failure_text_is_reported() -> None:
     with pytest.raises(EapFailed, match="rejected our credentials for 'carol': E=691 authentication failure "
                                         r"\(wrong password\), FAILED"):
         peer.process(EapPacket(EapCode.FAILURE, 6))
+
+
+# -- EAP-MSCHAPv2 retries (RFC 2759 6, draft-kamath-pppext-eap-mschapv2 2.5/2.6) ------------------------
+
+class ScriptedRng:
+    """Hands out the given octet strings in order (each request's size must match)."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+
+    def bytes(self, n: int) -> bytes:
+        out = self.chunks.pop(0)
+        assert len(out) == n
+        return out
+
+
+FIRST_CHALLENGE = bytes(range(16))
+
+
+def _ms(pkt: EapPacket) -> tuple[int, int, bytes]:
+    assert pkt.code == EapCode.REQUEST and pkt.type == EapType.MSCHAPV2
+    return pkt.data[0], pkt.data[1], pkt.data[4:]
+
+
+def _response(req: EapPacket, auth_challenge: bytes, password: str, peer_challenge: bytes = PEER_CHALLENGE,
+              name: bytes = USER) -> EapPacket:
+    """The peer's Response (draft-kamath 2.2) to `req`, answering `auth_challenge`."""
+    nt = ms.generate_nt_response(auth_challenge, peer_challenge, name, password)
+    value = peer_challenge + bytes(8) + nt + b"\x00"
+    body = bytes([49]) + value + name
+    return EapPacket(EapCode.RESPONSE, req.identifier, EapType.MSCHAPV2,
+                     bytes([2, req.data[1]]) + (4 + len(body)).to_bytes(2, "big") + body)
+
+
+def _vector_server(retries: int = 2, secret: bytes | None = PASSWORD.encode()) -> tuple[EapServer, EapPacket]:
+    """A server for the RFC 2759 9.2 user whose first challenge is FIRST_CHALLENGE and whose retry
+    challenge is the RFC's Authenticator Challenge."""
+    rng = ScriptedRng(b"\x10", FIRST_CHALLENGE, b"\x40", AUTH_CHALLENGE, bytes(16), bytes(16))
+    server = EapServer(EapType.MSCHAPV2, lambda u: secret if u == USER else None, rng, identity=USER,
+                       retries=retries)
+    return server, server.start()
+
+
+def test_mschapv2_retry_with_rfc2759_vectors() -> None:
+    """A wrong password gets a Failure Request with R=1 and a new challenge; the Response to that
+    challenge (the RFC 2759 9.2 values) succeeds, with the RFC's authenticator response and the MSK
+    of RFC 3079 3.5.3."""
+    server, challenge = _vector_server()
+    assert _ms(challenge)[:2] == (1, 0x40) and challenge.identifier == 0x11
+    fail = server.process(_response(challenge, FIRST_CHALLENGE, "wrong password"))
+    opcode, ms_id, text = _ms(fail)
+    assert (opcode, ms_id, fail.identifier) == (4, 0x40, 0x12)
+    assert text == b"E=691 R=1 C=5B5D7C7D7B3F2F3E3C2C602132262628 V=3 M=authentication failed, 1 retry left"
+    assert server.retried == 1 and not server.succeeded and server.msk is None
+    success = server.process(_response(fail, AUTH_CHALLENGE, PASSWORD))
+    opcode, ms_id, text = _ms(success)
+    assert (opcode, ms_id) == (3, 0x41)  # the retry's exchange has the next MS-CHAPv2-ID
+    assert text == b"S=407A5589115FD0D6209F510FE9C04566932CDA56 M=welcome"
+    assert server.msk == ms.msk(PASSWORD, NT_RESPONSE)
+    assert server.msk[16:] == bytes.fromhex("8B7CDC149B993A1BA118CB153F56DCCB")  # RFC 3079 3.5.3
+    done = server.process(EapPacket(EapCode.RESPONSE, success.identifier, EapType.MSCHAPV2, b"\x03"))
+    assert done == EapPacket(EapCode.SUCCESS, success.identifier) and server.succeeded
+
+
+def test_mschapv2_retry_answers_only_the_new_challenge() -> None:
+    """After a Failure Request the old challenge is void: the right password computed over it fails."""
+    server, challenge = _vector_server()
+    fail = server.process(_response(challenge, FIRST_CHALLENGE, "wrong password"))
+    again = server.process(_response(fail, FIRST_CHALLENGE, PASSWORD))
+    assert _ms(again)[0] == 4 and server.retried == 2 and server.msk is None
+
+
+def test_mschapv2_retries_run_out() -> None:
+    server, req = _vector_server()
+    texts = []
+    challenge = FIRST_CHALLENGE
+    for _ in range(2):
+        req = server.process(_response(req, challenge, "guess"))
+        texts.append(_ms(req)[2])
+        challenge = bytes.fromhex(texts[-1][12:44].decode())  # C= of the Failure Request
+    assert texts[0].endswith(b"1 retry left") and texts[1].endswith(b"0 retries left")
+    assert texts[0][12:44] != texts[1][12:44]  # each retry has its own challenge
+    with pytest.raises(EapFailed, match=r"^EAP-MSCHAPv2 verification of 'User' failed: wrong password, no retry "
+                                        r"left \(2 offered\)$"):
+        server.process(_response(req, challenge, "guess"))
+    assert server.failure() == EapPacket(EapCode.FAILURE, req.identifier)
+
+
+def test_mschapv2_without_retries_fails_at_once() -> None:
+    server, challenge = _vector_server(retries=0)
+    with pytest.raises(EapFailed, match=r"wrong password \(no retries configured\)$"):
+        server.process(_response(challenge, FIRST_CHALLENGE, "guess"))
+    with pytest.raises(ValueError, match="0-16"):
+        EapServer(EapType.MSCHAPV2, lambda u: None, SeededRng(1), retries=17)
+
+
+def test_mschapv2_unknown_user_looks_like_a_wrong_password() -> None:
+    """The peer cannot tell an unknown EAP identity from a wrong password (the same Failure Request);
+    the log and the final reason say which it was."""
+    known, c1 = _vector_server()
+    unknown, c2 = _vector_server(secret=None)
+    f1 = known.process(_response(c1, FIRST_CHALLENGE, "guess"))
+    f2 = unknown.process(_response(c2, FIRST_CHALLENGE, "guess"))
+    assert f1 == f2
+    f3 = unknown.process(_response(f2, AUTH_CHALLENGE, PASSWORD))
+    with pytest.raises(EapFailed, match=r"^no EAP secret found for 'User', no retry left \(2 offered\)$"):
+        unknown.process(_response(f3, bytes(16), PASSWORD))
+
+
+def test_mschapv2_peer_declines_the_retry() -> None:
+    """Our peer (a configured password) answers R=1 with a Failure Response (draft-kamath 2.6); the
+    server then ends with EAP-Failure and says the peer did not retry."""
+    peer = EapPeer(EapType.MSCHAPV2, USER, b"guess", SeededRng(1))
+    server, challenge = _vector_server()
+    resp = peer.process(challenge)
+    assert resp is not None
+    fail = server.process(resp)
+    ack = peer.process(fail)
+    assert ack == EapPacket(EapCode.RESPONSE, fail.identifier, EapType.MSCHAPV2, b"\x04")
+    with pytest.raises(EapFailed, match=r"wrong password; the peer did not retry \(1 of 2 retries offered\)$"):
+        server.process(ack)
+    with pytest.raises(EapFailed, match=r"rejected our credentials for 'User': E=691 authentication failure "
+                                        r"\(wrong password\), authentication failed, 1 retry left; not retried: "
+                                        r"our password is configured$"):
+        peer.process(server.failure())

@@ -71,8 +71,14 @@ def test_wrong_password_fails_both_sides(method: str, caplog: pytest.LogCaptureF
     assert "received EAP_FAILURE, EAP authentication failed" in caplog.text
     name = "EAP-MD5" if method == "eap-md5" else "EAP-MSCHAPv2"
     assert fa.notify == NotifyType.AUTHENTICATION_FAILED and fa.authentication
-    assert fa.reason == (f"the EAP server sent EAP-Failure, {name} rejected our credentials for 'alice@test' "
-                         "(wrong password or unknown EAP identity)")
+    if method == "eap-md5":
+        assert fa.reason == (f"the EAP server sent EAP-Failure, {name} rejected our credentials for 'alice@test' "
+                             "(wrong password or unknown EAP identity)")
+    else:  # RFC 2759 6: the gateway offered a new challenge; our peer's password is configured, it declines
+        assert fa.reason == (f"the EAP server sent EAP-Failure, {name} rejected our credentials for 'alice@test': "
+                             "E=691 authentication failure (wrong password), authentication failed, 1 retry left; "
+                             "not retried: our password is configured")
+        assert fb.reason.endswith("the peer did not retry (1 of 2 retries offered)")
     assert fb.authentication and "wrong password" in fb.reason and "'alice@test'" in fb.reason
     assert not p.a.sas and not p.b.sas
     assert not p.of("a", ev.ChildSaEstablished) and not p.of("b", ev.ChildSaEstablished)
@@ -187,3 +193,68 @@ def test_forged_final_auth_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     (fb,) = p.of("b", ev.IkeSaFailed)
     assert "AUTH of 'alice@test' failed (the MSK differs)" in fb.reason
     assert p.of("a", ev.IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
+
+
+class _AskingPeer:
+    """Makes our EAP peer behave like a client that asks its user again after a Failure Request with
+    R=1 ([MS-CHAP] 3.2.5.4): it answers the Failure's new challenge (C=) with the next password."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, passwords: list[bytes]) -> None:
+        import re
+
+        from core_ike.eap import methods
+        from core_ike.eap.packet import EapPacket
+
+        self.asked = 0
+        real = methods.EapPeer._mschap
+
+        def mschap(peer: methods.EapPeer, pkt: EapPacket) -> EapPacket:
+            opcode, ms_id, body = methods._parse_mschap(pkt.data)
+            m = re.search(rb"R=1 C=([0-9A-F]{32})", body)
+            if opcode != 4 or m is None or not passwords:
+                return real(peer, pkt)
+            self.asked += 1
+            peer.password = passwords.pop(0)
+            value = bytes([16]) + bytes.fromhex(m.group(1).decode()) + b"gw"
+            challenge = methods._mschap(1, (ms_id + 1) & 0xFF, value)
+            return real(peer, EapPacket(pkt.code, pkt.identifier, pkt.type, challenge))
+
+        monkeypatch.setattr(methods.EapPeer, "_mschap", mschap)
+
+
+def test_mschapv2_retry_establishes_the_same_ike_sa(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong password, then the right one in answer to the retry: the same IKE_SA comes up, its final
+    AUTH computed with the MSK of the retried exchange (RFC 7296 2.16)."""
+    caplog.set_level(logging.INFO, "core_ike")
+    p = _eap_pair("eap-mschapv2", peer_pw="typo", server_pw="carol-pw")
+    asking = _AskingPeer(monkeypatch, [b"carol-pw"])
+    _up(p)
+    assert asking.asked == 1
+    (ia,) = p.of("a", ev.IkeSaEstablished)
+    (ib,) = p.of("b", ev.IkeSaEstablished)
+    assert ia.spi_i == ib.spi_i and p.of("a", ev.ChildSaEstablished) and p.of("b", ev.ChildSaEstablished)
+    # one round more than test_eap_establishes_ike_and_child: the Failure Request and the new Response
+    assert len([d for side, d in p.wire if side == "a->b"]) == 7
+    assert "EAP-MSCHAPv2 verification of 'alice@test' failed: wrong password, retry 1 of 2: new challenge sent" \
+        in caplog.text
+    assert "EAP method EAP-MSCHAPv2 of 'alice@test' succeeded, MSK established" in caplog.text
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_mschapv2_retries_end_with_eap_failure(monkeypatch: pytest.MonkeyPatch, retries: int,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "core_ike")
+    p = _eap_pair("eap-mschapv2", peer_pw="typo", server_pw="carol-pw")
+    p.b.configs[0].remote.eap_retries = retries
+    asking = _AskingPeer(monkeypatch, [b"typo2", b"typo3", b"typo4"])
+    _up(p)
+    assert asking.asked == retries
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    (fa,) = p.of("a", ev.IkeSaFailed)
+    tail = f", no retry left ({retries} offered)" if retries else " (no retries configured)"
+    assert fb.reason == f"EAP-MSCHAPv2 verification of 'alice@test' failed: wrong password{tail}"
+    assert fa.reason.startswith("the EAP server sent EAP-Failure, EAP-MSCHAPv2 rejected our credentials")
+    assert caplog.text.count("new challenge sent") == retries
+    assert len([d for side, d in p.wire if side == "a->b"]) == 4 + retries
+    assert not p.a.sas and not p.b.sas
