@@ -207,13 +207,14 @@ def test_mediated_tunnel(nat_lab_per_module: Lab, server_kind: str, alice_kind: 
             a2b = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.1)
             b2a = lab.ping("bob", LAN["alice"], source=LAN["bob"], count=3, interval=0.1)
 
-        # both sides' connectivity checks succeeded (MACs verified), not only the mediated IKE_SA_INIT. Our
-        # initiator nominates as soon as its own check is answered (docs/protocol.md §8), often
-        # before the target's own check on the working pair is answered (charon paces its checks 25 ms
-        # apart), so the target shows that it verified and answered our check; our response MACs are
-        # verified by charon where charon initiates (its pair is valid only after our answer)
+        # both sides' connectivity checks passed the MAC check, not only the mediated IKE_SA_INIT: the
+        # initiator's pair succeeded (the target's response MAC verified). The target verified the
+        # initiator's check MAC either way, but its own check on the working pair may still be unanswered
+        # when the initiator nominates (ours as soon as its check is answered, docs/protocol.md §8;
+        # charon 1 s after its first valid pair, or at once when no pair is left waiting) and its
+        # IKE_SA_INIT stops the target's list, so the target shows that it verified and answered a check
         assert alice.checks_ok()
-        assert bob.checks_ok() or (alice_kind == "ours" and bob.answered_checks())
+        assert bob.checks_ok() or bob.answered_checks()
         assert ta.remote_host == PUBLIC["bob"] and tb.remote_host == PUBLIC["alice"], (ta, tb)
         assert ta.spi_in == tb.spi_out and ta.spi_out == tb.spi_in, (ta, tb)
         assert a2b[1] == 3, a2b[2]
