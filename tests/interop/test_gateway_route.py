@@ -7,6 +7,7 @@ again; `ikeme-ipsec unroute` / `route` remove and reinstall it; `ikectl status` 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,10 @@ def acquires(iked: Iked) -> list[str]:
     return re.findall(r"acquire for net\{net\} \((\S+) -> (\S+), protocol 1\): initiating", iked.log_text())
 
 
+def installed(sa: dict[str, Any]) -> bool:
+    return any(c["state"] == "INSTALLED" for c in sa["child-sas"])
+
+
 def test_traffic_starts_the_tunnel_to_charon(two_hosts_per_module: Lab, capsys: pytest.CaptureFixture[str]) -> None:
     lab = two_hosts_per_module
     charon = Charon(lab, "bob", name="charon-route",
@@ -83,9 +88,11 @@ def test_traffic_starts_the_tunnel_to_charon(two_hosts_per_module: Lab, capsys: 
             lab.ping("alice", B_IN, source=A_IN, count=1, wait=1)
             child = charon.wait_child("net", timeout=30)
             assert acquires(iked) == [(A_IN, B_IN)] * round_, iked.log_tail()
+            # charon, the responder, installs its CHILD_SA before it answers; ours is in once the answer is
+            # read: until then our pings would still meet the trap
+            (sa,) = iked.wait_sas(lambda s: len(s) == 1 and installed(s[0]))
             sent, received, text = lab.ping("alice", B_IN, source=A_IN, count=3, interval=0.05)
             assert (sent, received) == (3, 3), text + "\n" + iked.log_tail()
-            (sa,) = iked.wait_sas(lambda s: len(s) == 1 and s[0]["child-sas"])
             assert sa["name"] == "net" and sa["child-sas"][0]["spi-in"] == child["spi-out"]
             assert sa["initiator"]  # we initiated, on the acquire; charon responded
             assert ipsec(iked, capsys, "down", "net").startswith("closed")
@@ -186,9 +193,9 @@ def test_iked_toml_trap_and_charon_narrows_to_the_pinged_range(two_hosts_per_mod
         log = iked.log_text()
         assert f"acquire for net{{net}} ({A_IN} -> {B_IN3}, protocol 1): initiating, first selectors " \
                f"{A_IN}/32[icmp] === {B_IN3}/32[icmp]" in log, iked.log_tail()
+        (sa,) = iked.wait_sas(lambda s: len(s) == 1 and installed(s[0]))  # ours installed too (see above)
         sent, received, text = lab.ping("alice", B_IN3, source=A_IN, count=3, interval=0.05)
         assert (sent, received) == (3, 3), text + "\n" + iked.log_tail()
-        (sa,) = iked.wait_sas(lambda s: len(s) == 1 and s[0]["child-sas"])
         assert sa["initiator"] and sa["child-sas"][0]["remote-ts"] == ["10.10.3.0/24"], sa
         assert [c["name"] for c in charon.child_sas()] == ["net3"]
     finally:
