@@ -190,6 +190,9 @@ class EngineControl:
         self.usage = usage
         self.waiters: list[Waiter] = []
         self.extra: dict[str, Handler] = {}
+        # parts of every `status` reply, whichever daemon's own handler (extra["status"]) makes the rest:
+        # the routed connections (core_ike/daemon/traps.py), in iked and the mediation daemons alike
+        self.status_parts: dict[str, Callable[[], Any]] = {}
         self._changed = asyncio.Event()  # set on every event: `down` waits for its SAs to go
 
     def feed(self, e: object) -> None:
@@ -200,8 +203,9 @@ class EngineControl:
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
         now = time.monotonic()
-        if cmd in self.extra:
-            return await self.extra[cmd](req)
+        handler = self._status if cmd == "status" else self.extra.get(str(cmd))
+        if handler is not None:
+            return await handler(req)
         if cmd == "list":
             return {"ok": True, "sas": [sa_info(s, now, self.usage) for s in self.engine.ike_sas()]}
         if cmd == "conns":
@@ -230,6 +234,14 @@ class EngineControl:
                 return {"ok": False, "error": f"the peer did not confirm the DELETE of {', '.join(done)} "
                                               f"within {float(req.get('timeout', 10)):g} s"}
         return {"ok": True, "done": done}
+
+    async def _status(self, req: dict[str, Any]) -> dict[str, Any]:
+        own = self.extra.get("status")
+        reply = await own(req) if own is not None else {"ok": True}
+        if reply.get("ok"):
+            for key, part in self.status_parts.items():
+                reply[key] = part()
+        return reply
 
     def _targets(self, ike: Any, child: Any) -> list[tuple[IkeSa, int | None]] | str:
         """IKE_SAs and CHILD_SAs named by unique id or by connection / CHILD_SA name (swanctl

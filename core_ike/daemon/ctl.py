@@ -81,22 +81,34 @@ def _addr(a: Any) -> str:
 
 
 def format_status(reply: dict[str, Any]) -> str:
-    """`status`: iked's routed connections; the mediation daemons' online peers (server) or
-    mediation/check state (client)."""
+    """`status`: the mediation daemons' online peers (server) or mediation/check state (client), then
+    the routed connections of every daemon (iked's alone when it routes nothing: "no routed
+    connections")."""
+    parts = []
     if "peers" in reply:
-        return _server_status(reply)
-    if "status" in reply:
-        return _client_status(reply["status"]) or "no mediation state"
-    return format_routed(reply.get("routed") or []) or "no routed connections"
+        parts.append(_server_status(reply))
+    elif "status" in reply:
+        parts.append(_client_status(reply["status"]) or "no mediation state")
+    routed = format_routed(reply.get("routed") or [])
+    if routed or not parts:
+        parts.append(routed or "no routed connections")
+    return "\n".join(parts)
+
+
+# a routed CHILD_SA config's `state` (core_ike/daemon/traps.py TrapManager.state) in words
+ROUTED_STATES = {"child-up": "CHILD_SA up", "keying-try": "keying try of the connection scheduled",
+                 "connecting": "an IKE_SA of the connection is being set up", "waiting": "waiting for traffic"}
 
 
 def format_routed(routed: list[dict[str, Any]]) -> str:
     """The trap policies (core_ike/daemon/traps.py), as swanctl --list-pols --trap shows them, with who
-    routed each and whether an acquire's attempt is under way."""
+    routed each and what it is doing: waiting for traffic, an acquire's attempt under way, its CHILD_SA
+    up, or a keying try or another start of the connection that acquires wait for."""
     out = [f"{len(routed)} routed CHILD_SA config(s):"] if routed else []
     for r in routed:
         state = (f"acquire under way for {r['acquire-pending']:g}s" if r.get("acquire-pending") is not None
-                 else "CHILD_SA up" if r.get("child-up") else "waiting for traffic")
+                 else ROUTED_STATES.get(str(r.get("state")), "CHILD_SA up" if r.get("child-up")
+                                        else "waiting for traffic"))
         out.append(f"  {r['name']}/{r['child']}, reqid {r['reqid']}, TRAP, routed by {r['routed-by']}: {state}")
         out.append(f"    local  {' '.join(r['local-ts'])}")
         out.append(f"    remote {' '.join(r['remote-ts'])}")

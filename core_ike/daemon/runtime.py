@@ -21,7 +21,7 @@ from .config import DaemonConfig, load
 from .control import ControlServer, EngineControl
 from .glue import DataPlaneGlue, engine_child_deleter
 from .lifecycle import diff_configs, monotonic_usec, sd_notify
-from .traps import TrapManager, control_commands
+from .traps import TrapManager, install_control
 
 if TYPE_CHECKING:
     from .workers import WorkerSpec
@@ -103,8 +103,8 @@ class Daemon:
         self.server = ControlServer(worker.control_path(st.control) if worker else st.control, self.control.handle)
         self.control.extra.update({"reload": self._reload_cmd, "stats": self._stats_cmd,
                                    "loglevel": self._loglevel_cmd})
-        # `ikectl route|unroute NAME`, `ikectl status` (the mediation daemons' own status replaces it)
-        self.control.extra.update(control_commands(lambda: self.traps, time.monotonic))
+        # `ikectl route|unroute NAME`; the routed connections in `ikectl status` (the mediation daemons' too)
+        install_control(self.control, lambda: self.traps, time.monotonic)
         self.stopped = asyncio.Event()
         self.prog = "iked"  # name in log lines; run_main sets it
         self.config_path: str | None = None  # re-read on reload; run_main sets it
@@ -178,7 +178,10 @@ class Daemon:
                 return  # the connection was stopped or changed meanwhile
             self._retry_due.discard(e.name)
             if self.transport.sockets and not self.stopping:
-                self.engine.initiate(e.name, None, time.monotonic())
+                now = time.monotonic()
+                # an IKE_SA an acquire started asks for that CHILD_SA again, the packet's selectors first
+                if self.traps is None or not self.traps.keying_try(e.name, e.unique_id, now):
+                    self.engine.initiate(e.name, None, now)
                 self.transport.flush()
 
         self._retry_due.add(e.name)  # one attempt at a time: no acquire starts another meanwhile (traps.py)

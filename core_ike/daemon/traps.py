@@ -17,6 +17,10 @@ of the connection is being set up (`up`, a start at load, a keying try), while a
 connection is scheduled (RFC 7296 2.4 leaves retries to the initiator; the daemon's keyingtries), and
 while a CHILD_SA of that config is up on an IKE_SA of the connection.
 
+A keying try of an IKE_SA an acquire started asks for what that attempt asked for: the trap's CHILD_SA,
+the packet's selectors first (`keying_try`), as charon's retried IKE_SA keeps its queued CHILD_SA task
+with the packet's selectors; the connection's other CHILD_SAs wait for traffic of their own.
+
 Operators route and unroute at run time (`ikectl route|unroute NAME`, the gateway's `ikeme-ipsec
 route|unroute`; docs/operations.md): a connection routed so stays routed over reloads while it is
 loaded; one unrouted so that its config routes is routed again by the next reload, not before (a
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +43,16 @@ from ..ike.config import ChildConfig, IkeConfig
 from ..ike.engine import Engine
 from ..io.dataplane import Acquire, Direction, PolicyAction, PolicyParams, TrafficSelector
 from .config import _trap_target
+from .control import EngineControl
 
 log = logging.getLogger("core_ike.daemon.traps")
 
 TRAP_REQID_BASE = 0x40000000  # trap policies' reqids, apart from the engine's CHILD_SA reqids (from 1)
 PENDING_MAX = 120.0  # seconds after which an attempt no event ended no longer holds acquires back
 PORT_PROTOCOLS = (6, 17, 132)  # TCP, UDP, SCTP: a packet's ports are part of its selectors
+
+
+Packet = tuple[Ts, Ts]  # (source, destination) selectors of the packet an acquire reports
 
 
 @dataclass
@@ -54,8 +62,18 @@ class Trap:
     reqid: int
     cfg: IkeConfig  # the config object routed (a reload that changes it routes again)
     policies: list[PolicyParams] = field(default_factory=list)
-    pending: float | None = None  # when an acquire initiated it; None: no attempt under way
+    pending: float | None = None  # when an acquire (or its keying try) initiated it; None: no attempt
+    attempt: int | None = None  # the unique id of the IKE_SA carrying that attempt
     by_command: bool = False  # routed by `route` (kept over reloads), not by its start_action
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The CHILD_SA an acquire asked for on a new IKE_SA: what a keying try of that IKE_SA asks for."""
+
+    conn: str
+    child: str
+    packet: Packet | None
 
 
 def trap_policies(cfg: IkeConfig, child: ChildConfig, reqid: int,
@@ -79,7 +97,7 @@ def trap_policies(cfg: IkeConfig, child: ChildConfig, reqid: int,
     return pols
 
 
-def packet_selectors(e: Acquire) -> tuple[Ts, Ts] | None:
+def packet_selectors(e: Acquire) -> Packet | None:
     """The (source, destination) traffic selectors of the packet an acquire reports: its two addresses,
     its protocol and, for TCP, UDP and SCTP, its ports (RFC 7296 2.9, the initiator's first TSi and
     TSr). None when the data plane did not say (no addresses, or of two families)."""
@@ -128,6 +146,8 @@ class TrapManager:
         self.commanded: set[str] = set()  # connections routed by `route`, whatever their start_action
         self.unrouted: set[str] = set()  # connections `unroute` took out, until the next reload
         self._reqids: dict[tuple[str, str], int] = {}  # one reqid per (conn, child) for the daemon's life
+        self._attempts: dict[int, Attempt] = {}  # IKE_SAs being set up for an acquire, by unique id
+        self._failed: dict[str, tuple[int, Attempt]] = {}  # per connection: the last of them that failed
         self.acquires = 0  # acquires that initiated a CHILD_SA
         self.ignored = 0  # acquires ignored (attempt under way or scheduled, CHILD_SA up, unknown reqid)
 
@@ -135,39 +155,44 @@ class TrapManager:
 
     def route(self, name: str, by_command: bool = False) -> list[str]:
         """Install the trap policies of connection `name`'s CHILD_SAs (again after a change); the
-        children routed. LocalError: no such connection, one that cannot be routed (the config
-        loader's rules for start_action = "trap": one peer address, no mediation), or nothing to
-        route it with. `by_command`: an operator's `route`, which outlasts reloads."""
+        children routed. All of them or none: LocalError (no such connection, one that cannot be
+        routed by the config loader's rules for start_action = "trap": one peer address, no mediation;
+        a selector that cannot be a trap, nothing to route it with, a policy the data plane refused)
+        leaves the connection unrouted. `by_command`: an operator's `route`, which outlasts reloads."""
         cfg = self.engine.config(name)
         _trap_target(f"conn {name}:", cfg)
         if not cfg.children:
             raise LocalError(f"conn {name}: no CHILD_SA configs to route")
         if self.dp is None:
             raise LocalError(f"conn {name}: no data plane to route it in ([daemon] dataplane = none)")
-        routed = []
+        plans: list[tuple[str, int, list[PolicyParams]]] = []  # the children whose traps are missing or stale
         for child in cfg.children:
             key = (cfg.name, child.name)
             old = self.traps.get(key)
             if old is not None and old.cfg is cfg:
-                routed.append(child.name)
                 continue
             reqid = self._reqids.setdefault(key, TRAP_REQID_BASE + len(self._reqids) + 1)
             pols = trap_policies(cfg, child, reqid, self.route_source)
             self._check_routable(cfg, pols)
+            plans.append((child.name, reqid, pols))
+        for child_name, reqid, pols in plans:
+            key = (cfg.name, child_name)
+            old = self.traps.pop(key, None)
             if old is not None:
                 self._remove(old)
-            trap = Trap(cfg.name, child.name, reqid, cfg)
+            trap = Trap(cfg.name, child_name, reqid, cfg)
             try:
                 for p in pols:
                     self.dp.install_policy(p)
                     trap.policies.append(p)
-            except Exception as e:  # noqa: BLE001 - the data plane refused: nothing of it stays
+            except Exception as e:  # noqa: BLE001 - the data plane refused: nothing of the connection stays
                 self._remove(trap)
+                self._drop(cfg.name)
                 raise LocalError(f"conn {name}: trap policy not installed: {e}") from None
             self.traps[key] = trap
-            routed.append(child.name)
-            log.info("conn %s{%s}: trap policies installed (reqid %d): %s", cfg.name, child.name, reqid,
+            log.info("conn %s{%s}: trap policies installed (reqid %d): %s", cfg.name, child_name, reqid,
                      ", ".join(f"{p.local.subnet} === {p.remote.subnet}" for p in pols))
+        routed = [child.name for child in cfg.children]
         if by_command:
             self.commanded.add(cfg.name)
             self.unrouted.discard(cfg.name)
@@ -212,6 +237,7 @@ class TrapManager:
         names = {c.name for c in configs}
         self.commanded &= names
         self.unrouted = set() if reload else self.unrouted & names
+        self._failed = {k: v for k, v in self._failed.items() if k in names}
         wanted = {c.name: c for c in configs if c.name not in self.unrouted and (
             c.name in self.commanded or any(ch.start_action == "trap" for ch in c.children))}
         for name in {k[0] for k in self.traps} - set(wanted):
@@ -237,19 +263,36 @@ class TrapManager:
                 log.warning("conn %s{%s}: trap policy %s not removed: %s", trap.conn, trap.child, p.remote.subnet, e)
 
     def status(self, now: float) -> list[dict[str, Any]]:
-        """Each routed CHILD_SA config (`ikectl status`, `ikeme-ipsec status`): its reqid, the trap
-        policies' selectors, who routed it, whether an attempt an acquire started is under way (and
-        for how long) and whether a CHILD_SA of it is up."""
+        """Each routed CHILD_SA config (`ikectl status` of every daemon, `ikeme-ipsec status`): its
+        reqid, the trap policies' selectors, who routed it, what it is doing (`state`), for how long an
+        attempt an acquire started is under way and whether a CHILD_SA of it is up."""
         out = []
         for t in self.traps.values():
-            attempt = t.pending is not None and now - t.pending < PENDING_MAX
+            state = self.state(t, now)
             out.append({"name": t.conn, "child": t.child, "reqid": t.reqid,
                         "local-ts": sorted({_ts_text(p.local) for p in t.policies}),
                         "remote-ts": sorted({_ts_text(p.remote) for p in t.policies}),
-                        "routed-by": "command" if t.by_command else "config",
-                        "acquire-pending": round(now - t.pending, 1) if attempt and t.pending is not None else None,
+                        "routed-by": "command" if t.by_command else "config", "state": state,
+                        "acquire-pending": round(now - t.pending, 1)
+                        if state == "acquire" and t.pending is not None else None,
                         "child-up": self._other_child(t, -1)})
         return out
+
+    def state(self, t: Trap, now: float) -> str:
+        """What routed CHILD_SA config `t` does now, in the order an acquire's check sees it:
+        "acquire" (an attempt a packet started, or its keying try, is under way), "child-up" (a
+        CHILD_SA of it is up), "keying-try" (one of the connection is scheduled), "connecting" (an
+        IKE_SA of the connection is being set up by `up` or a start) or "waiting" (for traffic). In
+        the middle three an acquire starts nothing."""
+        if self._under_way(t, now):
+            return "acquire"
+        if self._other_child(t, -1):
+            return "child-up"
+        if self.retrying(t.conn):
+            return "keying-try"
+        if any(not sa.established for sa in self.engine.ike_sas() if sa.config.name == t.conn):
+            return "connecting"
+        return "waiting"
 
     def routed(self) -> dict[str, list[str]]:
         """Routed connections and their CHILD_SA configs (the status commands)."""
@@ -268,7 +311,7 @@ class TrapManager:
             self.ignored += 1
             log.debug("acquire for reqid %d (%s -> %s): no trap of ours", e.reqid, e.src, e.dst)
             return False
-        if trap.pending is not None and now - trap.pending < PENDING_MAX:
+        if self._under_way(trap, now):
             self.ignored += 1
             return False
         if self.retrying(trap.conn):
@@ -283,17 +326,51 @@ class TrapManager:
             return False
         packet = packet_selectors(e)
         log.info("acquire for %s{%s} (%s -> %s, protocol %d): initiating%s", trap.conn, trap.child, e.src, e.dst,
-                 e.protocol, f", first selectors {tsmod.to_text(packet[0])} === {tsmod.to_text(packet[1])}"
-                 if packet is not None else "")
-        trap.pending = now
+                 e.protocol, _first(packet))
         self.acquires += 1
         try:
-            self.engine.initiate(trap.conn, trap.child, now, packet=packet)
+            sa = self.engine.initiate(trap.conn, trap.child, now, packet=packet)
         except LocalError as err:
-            trap.pending = None
             log.error("acquire for %s{%s}: cannot initiate: %s", trap.conn, trap.child, err)
             return False
+        self._started(Attempt(trap.conn, trap.child, packet), sa.unique_id, sa.established, now)
         return True
+
+    def keying_try(self, conn: str, failed: int, now: float) -> bool:
+        """The daemon's keying try (RFC 7296 2.4 leaves retries to the initiator) after IKE_SA `failed`
+        of connection `conn`: when an acquire started that IKE_SA, initiate its CHILD_SA again with the
+        packet's selectors first (RFC 7296 2.9) and say True; False when no acquire started it (the
+        daemon then brings the connection up as configured)."""
+        hit = self._failed.get(conn)
+        if hit is None or hit[0] != failed:
+            return False
+        del self._failed[conn]
+        a = hit[1]
+        log.info("keying try for %s{%s}: initiating%s", a.conn, a.child, _first(a.packet))
+        try:
+            sa = self.engine.initiate(a.conn, a.child, now, packet=a.packet)
+        except LocalError as err:  # the config changed meanwhile (a reload cancels the try, docs/operations.md)
+            log.error("keying try for %s{%s}: cannot initiate: %s", a.conn, a.child, err)
+            return True
+        self._started(a, sa.unique_id, sa.established, now)
+        return True
+
+    def _started(self, a: Attempt, ike: int, established: bool, now: float) -> None:
+        """An attempt for trap (a.conn, a.child) went out on IKE_SA `ike`; a new IKE_SA is remembered
+        until it is up or failed, for the keying try that follows a failure."""
+        trap = self.traps.get((a.conn, a.child))
+        if trap is not None:
+            trap.pending, trap.attempt = now, ike
+        if not established:
+            # IKE_SAs closed while being set up (`down`, a reload) end without an event
+            self._attempts = {u: x for u, x in self._attempts.items() if self.engine.find_sa(u) is not None}
+            self._attempts[ike] = a
+
+    def _under_way(self, trap: Trap, now: float) -> bool:
+        """Is the attempt an acquire started for `trap` still going? Its IKE_SA is there (a `down` or a
+        reload closes one being set up without an event) and no outcome came for PENDING_MAX."""
+        return (trap.pending is not None and now - trap.pending < PENDING_MAX and trap.attempt is not None
+                and self.engine.find_sa(trap.attempt) is not None)
 
     def _child_up(self, trap: Trap) -> bool:
         for sa in self.engine.ike_sas():
@@ -310,10 +387,11 @@ class TrapManager:
                    for uid, c in sa.children.items())
 
     def on_event(self, e: object) -> None:
-        """An attempt ends with its CHILD_SA up or failed, or its IKE_SA failed or gone. When the last
-        CHILD_SA of a trapped config goes, its traps are installed again: the XFRM data plane's kernel
-        keeps one policy per selector, which the CHILD_SA's replaced and its deletion removed (the
-        userspace data plane kept the trap: installing it again changes nothing)."""
+        """An attempt ends with its CHILD_SA up or failed, or its IKE_SA failed or gone; a failed one
+        an acquire started is kept for the keying try. When the last CHILD_SA of a trapped config
+        goes, its traps are installed again: the XFRM data plane's kernel keeps one policy per
+        selector, which the CHILD_SA's replaced and its deletion removed (the userspace data plane
+        kept the trap: installing it again changes nothing)."""
         if isinstance(e, ev.ChildSaDeleted):
             t = self.traps.get((e.ike_name, e.name))
             if t is not None and not self._other_child(t, e.unique_id):
@@ -327,19 +405,27 @@ class TrapManager:
             t = self.traps.get((e.ike_name, e.name))
             if t is not None:
                 t.pending = None
+        elif isinstance(e, ev.IkeSaEstablished):
+            self._attempts.pop(e.unique_id, None)
         elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted):
+            a = self._attempts.pop(e.unique_id, None)
+            if a is not None and isinstance(e, ev.IkeSaFailed):
+                self._failed[e.name] = (e.unique_id, a)
             for t in self.traps.values():
-                if t.conn == e.name:
+                if t.attempt == e.unique_id:
                     t.pending = None
 
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+def _first(packet: Packet | None) -> str:
+    return "" if packet is None else \
+        f", first selectors {tsmod.to_text(packet[0])} === {tsmod.to_text(packet[1])}"
 
 
-def control_commands(traps: Callable[[], TrapManager | None], now: Callable[[], float]) -> dict[str, Handler]:
-    """The control socket's `route`, `unroute` and `status` (routed connections) for a daemon whose
-    trap manager `traps()` gives (None until the data plane runs, and in the workers that do not
-    initiate)."""
+def install_control(control: EngineControl, traps: Callable[[], TrapManager | None],
+                    now: Callable[[], float]) -> None:
+    """The control socket's `route` and `unroute`, and the routed connections (`routed`) in the reply
+    to `status` of every daemon, iked's and the mediation daemons' alike, for a daemon whose trap
+    manager `traps()` gives (None until the data plane runs, and in the workers that do not initiate)."""
 
     def manager() -> TrapManager:
         t = traps()
@@ -364,8 +450,9 @@ def control_commands(traps: Callable[[], TrapManager | None], now: Callable[[], 
             return {"ok": False, "error": f"conn {name!r} is not routed"}
         return {"ok": True, "conn": name}
 
-    async def status(req: dict[str, Any]) -> dict[str, Any]:
+    def routed() -> list[dict[str, Any]]:
         t = traps()
-        return {"ok": True, "routed": t.status(now()) if t is not None else []}
+        return t.status(now()) if t is not None else []
 
-    return {"route": route, "unroute": unroute, "status": status}
+    control.extra.update({"route": route, "unroute": unroute})
+    control.status_parts["routed"] = routed
