@@ -141,6 +141,7 @@ class ClientDaemon(Daemon):
         asyncio.get_running_loop().call_later(REFRESH, self._refresh_hosts)
         if self.db is not None:
             self.db.reset()
+        self.route_traps()  # plain connections with start_action = "trap" (core_ike/daemon/traps.py)
         for c in sorted(self.cfg.connections, key=lambda c: 0 if c.mediation else 1):
             self.start_connection(c, now)
 

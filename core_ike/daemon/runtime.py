@@ -192,11 +192,16 @@ class Daemon:
         (swanctl semantics)."""
         if not self.initiates:
             return
+        self.route_traps()
+        for c in self.cfg.connections:
+            self.start_connection(c, now)
+
+    def route_traps(self) -> None:
+        """Install the trap policies of the connections that ask for them (traps.py); the mediation
+        client's own autostart calls it as well."""
         self.traps = TrapManager(self.engine, self.dp, route_source, lambda conn: conn in self._retry_due)
         self.listeners.append(self.traps.on_event)
         self.traps.sync(self.engine.configs)
-        for c in self.cfg.connections:
-            self.start_connection(c, now)
 
     def start_connection(self, cfg: IkeConfig, now: float, force: bool = False) -> None:
         """Initiate the CHILD_SAs of `cfg` with start_action = start (all of them when `force`)."""
