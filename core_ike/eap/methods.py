@@ -196,7 +196,7 @@ class EapServer:
         self._challenge = b""
         self._ms_id = 0
         self._success_sent = False
-        self._why = ""  # the last failed verification, for the report when the peer gives up
+        self.last_failure = ""  # why the last verification failed, for the report when the peer gives up
 
     def start(self) -> EapPacket:
         if self.peer_identity is None:
@@ -269,8 +269,8 @@ class EapServer:
         if opcode == _MSCHAP_SUCCESS and self._success_sent:
             return self._success()  # draft-kamath 2.4: the peer acknowledged our Success Request
         if opcode == _MSCHAP_FAILURE:
-            if self._why:  # draft-kamath 2.6: the peer answered our Failure Request instead of retrying
-                raise EapFailed(f"{self._why}; the peer did not retry ({self.retried} of {self.retries} "
+            if self.last_failure:  # draft-kamath 2.6: the peer answered our Failure Request instead of retrying
+                raise EapFailed(f"{self.last_failure}; the peer did not retry ({self.retried} of {self.retries} "
                                 "retries offered)")
             raise EapFailed(f"EAP-MSCHAPv2 authentication of '{self._user()}' failed")
         if opcode != _MSCHAP_RESPONSE or self._success_sent:
@@ -295,7 +295,7 @@ class EapServer:
         3.3.5.2); the peer answers it with a new Response, or gives up with a Failure Response. Without
         retries left: EapFailed (the caller sends EAP-Failure, as strongSwan's server does: clients that
         get a Failure Request with R=0 do not all answer it)."""
-        self._why = why
+        self.last_failure = why
         if self.retried >= self.retries:
             raise EapFailed(f"{why}, no retry left ({self.retries} offered)" if self.retries
                             else f"{why} (no retries configured)")

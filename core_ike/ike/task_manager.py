@@ -26,7 +26,7 @@ from .fragments import FragmentReceiver
 from .state import ChildState, IkeState
 from .tasks.child_create import ChildCreate
 from .tasks.collisions import check_create_child
-from .tasks.eap_auth import eap_round, error_payload, with_first_request
+from .tasks.eap_auth import eap_round, error_payload, peer_left_eap, with_first_request
 from .tasks.ike_auth import IkeAuth
 from .tasks.ike_init import IkeInit
 from .tasks.ike_rekey import IkeRekey
@@ -332,7 +332,10 @@ class TaskManager:
         tasks: list[Task]
         if x not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and sa.established_at is None:
             # RFC 7296 1.2: before IKE_AUTH has authenticated the peer nothing else is processed
-            # (an ME_CONNECT, a CREATE_CHILD_SA or an INFORMATIONAL from an unauthenticated peer)
+            # (an ME_CONNECT, a CREATE_CHILD_SA or an INFORMATIONAL from an unauthenticated peer),
+            # except the INFORMATIONAL of RFC 7296 2.21.2 ending an EAP exchange
+            if (left := peer_left_eap(sa, msg)) is not None:
+                return [left]
             raise ProtocolError(f"{name_of(ExchangeType, x)} request before the IKE_SA is authenticated",
                                 NotifyType.INVALID_SYNTAX)
         if x == ExchangeType.IKE_SA_INIT:

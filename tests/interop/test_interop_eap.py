@@ -8,6 +8,13 @@ connection whose EAP password both sides agree on, and one where the road warrio
 that one fails with AUTHENTICATION_FAILED and a reason naming the wrong password on the gateway.
 The `*-cert` connections use an RSA certificate (from a test CA both trust) for the gateway's AUTH instead
 of the PSK.
+
+EAP-MSCHAPv2 retries (RFC 2759 6): our gateway answers a wrong password with a Failure Request offering a
+new challenge (`eap_retries`, default 2); charon's eap-mschapv2 client (5.9.8) never retries: it reads the
+Failure Request, fails the method and sends INFORMATIONAL N(AUTH_FAILED). `theirs-noretry` is a gateway
+connection with `eap_retries = 0` (EAP-Failure at once). The retry itself, answered with a new Response,
+is tested without charon (tests/unit/eap/test_eap_methods.py, tests/unit/ike/test_ike_eap.py): no client
+here can type a second password.
 """
 
 from __future__ import annotations
@@ -70,6 +77,13 @@ def _charon_conf() -> str:
         secrets.append(f'  eap-{name} {{\n    id = {_user(name)}\n    secret = "{pw}"\n  }}')
         secrets.append(f'  ike-{name} {{\n    id-1 = {gw_id}\n    id-2 = {rw}\n    secret = "{PSK}"\n  }}')
     secrets.append(_CHARON_CERT_SECRETS)
+    # charon the road warrior with a wrong password, our gateway offering no retry
+    conns.append(swanctl_conn("theirs-noretry", "      auth = eap-mschapv2\n      id = theirs-noretry@lab\n"
+                              "      eap_id = theirs_noretry", "      auth = psk\n      id = alice@lab",
+                              addrs=(B, A), ts=(B_IN, A_IN), proposals="aes128gcm16-prfsha256-x25519",
+                              esp="aes128gcm16"))
+    secrets.append(f'  eap-noretry {{\n    id = theirs_noretry\n    secret = "{BAD}"\n  }}')
+    secrets.append(f'  ike-noretry {{\n    id-1 = alice@lab\n    id-2 = theirs-noretry@lab\n    secret = "{PSK}"\n  }}')
     return "connections {\n" + "\n".join(conns) + "\n}\nsecrets {\n" + "\n".join(secrets) + "\n}\n"
 
 
@@ -103,6 +117,14 @@ secret = "{PSK}"
 id = "{_user(name)}"
 secret = "{pw}"
 """ + _iked_conn(name, local, remote))
+    out.append(f"""[[secrets.ike]]
+id = ["alice@lab", "theirs-noretry@lab"]
+secret = "{PSK}"
+[[secrets.eap]]
+id = "theirs_noretry"
+secret = "{GOOD}"
+""" + _iked_conn("theirs-noretry", '{ auth = "psk", id = "alice@lab" }',
+                 '{ auth = "eap-mschapv2", id = "theirs-noretry@lab", eap_retries = 0 }'))
     return "\n".join(out)
 
 
@@ -250,9 +272,10 @@ def test_wrong_password_ours_as_peer(eap: Eap, method: str) -> None:
     wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_wrong_password_charon_as_peer(eap: Eap, method: str) -> None:
-    conn = f"theirs-{method}-bad"
+@pytest.mark.parametrize("conn", ["theirs-md5-bad", "theirs-noretry"])
+def test_wrong_password_charon_as_peer(eap: Eap, conn: str) -> None:
+    """EAP-MD5, and EAP-MSCHAPv2 on a connection without retries: EAP-Failure at once."""
+    method = "md5" if "md5" in conn else "mschapv2"
     eap.clear()
     mark = eap.charon.log_mark()
     with pytest.raises(CharonError):
@@ -285,3 +308,30 @@ def test_certificate_gateways_with_eap_mschapv2(eap: Eap) -> None:
     log = eap.charon.log_text(mark)
     assert "authentication of 'alice.lab' with RSA_EMSA_PKCS1_SHA2_256 successful" in log  # our certificate ...
     assert "authentication of 'alice.lab' with EAP successful" in log  # ... then our MSK AUTH
+
+
+def test_wrong_password_charon_as_peer_declines_the_retry(eap: Eap) -> None:
+    """Our gateway offers a new challenge (RFC 2759 6); charon's client does not retry: it fails the
+    method and tells us with INFORMATIONAL N(AUTH_FAILED). Both IKE_SAs end."""
+    conn = "theirs-mschapv2-bad"
+    eap.clear()
+    mark = eap.charon.log_mark()
+    ours_mark = len(eap.iked.log_text())
+    with pytest.raises(CharonError):
+        eap.charon.initiate(child="net", ike=conn, timeout=20)
+    eap.charon.wait_log("EAP_MSCHAPV2 method failed", timeout=5, since=mark)
+    log = eap.charon.log_text(mark)
+    # charon read our Failure Request (it logs the first word of M=, splitting at spaces)
+    assert "EAP-MS-CHAPv2 failed with error ERROR_AUTHENTICATION_FAILURE" in log
+    assert "generating INFORMATIONAL request 4 [ N(AUTH_FAILED) ]" in log
+    assert "EAP/FAIL" not in log and "EAP/RES/MSCHAPV2" not in log.split("ERROR_AUTHENTICATION_FAILURE")[1]
+    wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
+    ours = eap.iked.log_text()[ours_mark:]
+    assert f"EAP-MSCHAPv2 verification of '{_user(conn)}' failed: wrong password, retry 1 of 2: new challenge " \
+        "sent" in ours
+    assert "generating IKE_AUTH response 3 [ EAP/REQ/MSCHAPV2 ]" in ours  # the Failure Request (R=1)
+    # RFC 7296 2.21.2: charon's INFORMATIONAL ends our not yet authenticated IKE_SA, answered
+    assert "parsed INFORMATIONAL request 4 [ N(AUTH_FAILED) ]" in ours
+    assert "generating INFORMATIONAL response 4 [ ]" in ours
+    assert ("the peer ended EAP-MSCHAPv2 with AUTHENTICATION_FAILED after our retry offer (1 of 2; EAP-MSCHAPv2 "
+            f"verification of '{_user(conn)}' failed: wrong password): it does not retry") in ours

@@ -13,13 +13,14 @@ import hmac
 import logging
 
 from ...codec.message import Message
-from ...codec.payloads import AuthPayload, EapPayload, IdPayload, Payload
-from ...constants import AuthMethod, PayloadType
+from ...codec.payloads import AuthPayload, EapPayload, IdPayload, NotifyPayload, Payload
+from ...constants import AuthMethod, ExchangeType, NotifyType, PayloadType, name_of
 from ...crypto.auth import psk_auth, signed_octets
 from ...eap.methods import METHODS, EapFailed, EapPeer, EapServer, method_name
 from ...eap.packet import EapCode, EapPacket
 from ...errors import AuthenticationFailed, DecodeError, ProtocolError
-from ..context import IkeSaView
+from .. import events as ev
+from ..context import IkeSaView, Task
 
 log = logging.getLogger("core_ike.ike")
 
@@ -245,3 +246,49 @@ def with_first_request(sa: IkeSaView, msg: Message) -> Message:
     return Message(spi_i=msg.spi_i, spi_r=msg.spi_r, exchange=msg.exchange, flags=msg.flags,
                    message_id=msg.message_id, payloads=[*msg.payloads, *carried], encrypted=msg.encrypted)
 
+
+
+# RFC 7296 2.21.2: the notifies that end an IKE_SA in the INFORMATIONAL right after an IKE_AUTH response
+_ENDING = (NotifyType.AUTHENTICATION_FAILED, NotifyType.INVALID_SYNTAX, NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD)
+
+
+class PeerLeftEap(Task):
+    """The EAP peer ended the exchange with an INFORMATIONAL request carrying AUTHENTICATION_FAILED (or
+    another notify of RFC 7296 2.21.2) instead of its next EAP Response: charon's EAP-MSCHAPv2 client
+    does so when it reads a Failure Request (it does not retry, RFC 2759 6). Our IKE_SA is not
+    authenticated yet; the request is answered empty and the IKE_SA is given up, without a DELETE."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    name = "EAP_ABANDONED"
+
+    def __init__(self, reason: str, notify: int) -> None:
+        self.reason = reason
+        self.notify = notify
+
+    def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        log.info("%s: %s", sa.label, self.reason)
+
+    def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        return None
+
+    def responded(self, sa: IkeSaView, now: float) -> None:
+        sa.ctx.emit(ev.IkeSaFailed(sa.name, sa.unique_id, self.reason, self.notify, sa.is_original_initiator,
+                                   self.notify == NotifyType.AUTHENTICATION_FAILED))
+        sa.destroy(self.reason, now, failed=True)
+
+
+def peer_left_eap(sa: IkeSaView, msg: Message) -> PeerLeftEap | None:
+    """The task answering an INFORMATIONAL request that ends our EAP server's exchange (RFC 7296 2.21.2),
+    or None when `msg` is not one."""
+    st = server_state(sa)
+    if st is None or st.server is None or msg.exchange != ExchangeType.INFORMATIONAL:
+        return None
+    n = next((p.type for p in msg.payloads if isinstance(p, NotifyPayload) and p.type in _ENDING), None)
+    if n is None:
+        return None
+    server = st.server
+    reason = f"the peer ended {st.method} with {name_of(NotifyType, n)}"
+    if server.retried:
+        reason += (f" after our retry offer ({server.retried} of {server.retries}; {server.last_failure}): it does "
+                   "not retry")
+    return PeerLeftEap(reason, int(n))

@@ -258,3 +258,53 @@ def test_mschapv2_retries_end_with_eap_failure(monkeypatch: pytest.MonkeyPatch, 
     assert caplog.text.count("new challenge sent") == retries
     assert len([d for side, d in p.wire if side == "a->b"]) == 4 + retries
     assert not p.a.sas and not p.b.sas
+
+
+def test_peer_ending_eap_with_informational_auth_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """charon's client reads our Failure Request (R=1) and, not retrying, sends INFORMATIONAL
+    N(AUTH_FAILED) instead of an EAP Response (RFC 7296 2.21.2): answered, and our IKE_SA is given up."""
+    from core_ike.codec.payloads import NotifyPayload
+    from core_ike.constants import ExchangeType
+
+    caplog.set_level(logging.INFO, "core_ike")
+    p = _eap_pair("eap-mschapv2", peer_pw="typo")
+    failure_requests: list[bytes] = []
+
+    def drop(side: str, data: bytes) -> bool:  # the Failure Request (R=1) goes to our stand-in for charon
+        if side == "b->a" and "retry 1 of 2" in caplog.text and not failure_requests:
+            failure_requests.append(data)
+            return True
+        return False
+
+    p.drop = drop
+    _up(p)
+    assert failure_requests and not p.of("b", ev.IkeSaFailed) and len(p.b.sas) == 1
+    sa = next(iter(p.a.sas.values()))
+    info = sa.tm.new_message(ExchangeType.INFORMATIONAL, False, 4)
+    info.payloads.append(NotifyPayload(NotifyType.AUTHENTICATION_FAILED))
+    (packet,) = sa.tm._encode(info)
+    p.b.receive(packet, ("192.0.2.2", 500), ("192.0.2.1", 500), p.now)
+    p.pump()
+    (fb,) = p.of("b", ev.IkeSaFailed)
+    assert fb.reason == ("the peer ended EAP-MSCHAPv2 with AUTHENTICATION_FAILED after our retry offer (1 of 2; "
+                         "EAP-MSCHAPv2 verification of 'alice@test' failed: wrong password): it does not retry")
+    assert fb.authentication and fb.notify == NotifyType.AUTHENTICATION_FAILED
+    assert "generating INFORMATIONAL response 4 [ ]" in caplog.text
+    assert not p.b.sas
+
+
+def test_informational_before_eap_finished_without_an_ending_notify_is_refused(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 7296 1.2: other INFORMATIONAL requests of an unauthenticated peer stay refused."""
+    from core_ike.constants import ExchangeType
+
+    caplog.set_level(logging.INFO, "core_ike")
+    p = _eap_pair("eap-mschapv2", peer_pw="typo")
+    p.drop = lambda side, data: side == "b->a" and "retry 1 of 2" in caplog.text
+    _up(p)
+    sa = next(iter(p.a.sas.values()))
+    (packet,) = sa.tm._encode(sa.tm.new_message(ExchangeType.INFORMATIONAL, False, 4))
+    p.b.receive(packet, ("192.0.2.2", 500), ("192.0.2.1", 500), p.now)
+    p.pump()
+    assert "INFORMATIONAL request before the IKE_SA is authenticated" in caplog.text
+    assert len(p.b.sas) == 1 and not p.of("b", ev.IkeSaFailed)
