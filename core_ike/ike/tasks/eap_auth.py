@@ -19,8 +19,8 @@ from ...crypto.auth import psk_auth, signed_octets
 from ...eap.methods import METHODS, EapFailed, EapPeer, EapServer, method_name
 from ...eap.packet import EapCode, EapPacket
 from ...errors import AuthenticationFailed, DecodeError, ProtocolError
-from .. import events as ev
 from ..context import IkeSaView, Task
+from ..context import events as ev
 
 log = logging.getLogger("core_ike.ike")
 
