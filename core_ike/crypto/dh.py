@@ -267,6 +267,12 @@ def new_key_exchange(group: int, rng: Rng) -> KeyExchange:
     raise LocalError(f"unsupported DH group {group}")
 
 
+def is_pooled(group: int) -> bool:
+    """Does KeyPool.take hand out key pairs of `group` made ahead (the curve groups)? MODP exponents come
+    from the caller's random source and are made when taken."""
+    return group in _MONTGOMERY or group in _ECP_CURVES
+
+
 class KeyPool:
     """Fresh key pairs of the curve groups made a few at a time, each handed out once.
 
@@ -285,7 +291,7 @@ class KeyPool:
         self._keys: dict[int, list[KeyExchange]] = {}
 
     def take(self, group: int, rng: Rng) -> KeyExchange:
-        if group not in _MONTGOMERY and group not in _ECP_CURVES:
+        if not is_pooled(group):
             return new_key_exchange(group, rng)
         keys = self._keys.get(group)
         if not keys:

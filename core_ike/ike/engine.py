@@ -35,6 +35,7 @@ from ..logutil import LogLimiter
 from ..rng import Rng
 from ..sysrng import SystemRng
 from . import events as ev
+from . import fastinit
 from .answers import TokenBucket, error_response, header_error_request, invalid_spi_response
 from .config import IkeConfig, addr_matches
 from .context import IkeSaView, Task, Vip
@@ -55,6 +56,7 @@ from .vips import VipPool
 log = logging.getLogger("core_ike.ike")
 
 Addr = tuple[str, int]
+_IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
 
 
 class Extension:
@@ -171,6 +173,9 @@ class Engine:
             data = bytes(data)  # a memoryview or bytearray from the adapter
         if self.prefilter.check(data, local, remote, now):
             return
+        if data[18] == _IKE_SA_INIT and fastinit.answer(self, data, local, remote, now):
+            self._run_deferred(now)
+            return
         try:
             msg = decode_message(data)
         except DecodeError as e:
@@ -237,9 +242,11 @@ class Engine:
     # ================================================================== control API
     def initiate(self, name: str, child: str | None = None, now: float | None = None,
                  remote: Addr | None = None, local: Addr | None = None,
-                 packet: tuple[TrafficSelector, TrafficSelector] | None = None) -> IkeSa:
+                 packet: tuple[TrafficSelector, TrafficSelector] | None = None,
+                 key_exchange: KeyExchange | None = None) -> IkeSa:
         """Bring up connection `name` (and CHILD_SA `child`, default: all its children). `packet`: the
-        (source, destination) selectors of the packet that triggered it, offered first (RFC 7296 2.9)."""
+        (source, destination) selectors of the packet that triggered it, offered first (RFC 7296 2.9).
+        `key_exchange`: a fresh key pair made ahead for the IKE_SA_INIT's KEi (used once, for this IKE_SA)."""
         if now is not None:
             self.now = now
         cfg = self.config(name)
@@ -250,7 +257,7 @@ class Engine:
                     sa.queue_task(ChildCreate(c, in_auth=False, packet=packet), self.now)
                 return sa
         sa = self.new_initiator(cfg, remote, local)
-        sa.queue.append(IkeInit())
+        sa.queue.append(IkeInit(key_exchange))
         sa.queue.append(IkeAuth())
         for i, c in enumerate(children):
             sa.queue.append(ChildCreate(c, in_auth=(i == 0), packet=packet))
@@ -598,7 +605,15 @@ class Engine:
             log.info("no IKE config found for %s...%s, sending NO_PROPOSAL_CHOSEN", local[0], remote[0])
             self._reply_error(msg, NotifyType.NO_PROPOSAL_CHOSEN, local, remote)
             return
-        sa = IkeSa(self, cfgs[0], False, next(self._ike_ids), local, remote, now, spi_i=msg.spi_i)
+        sa = self.new_responder(cfgs[0], local, remote, now, key)
+        sa.receive(msg, now)
+        if sa.state is not IkeState.DESTROYED:
+            self._schedule(sa)
+
+    def new_responder(self, cfg: IkeConfig, local: Addr, remote: Addr, now: float, key: tuple[bytes, Addr]) -> IkeSa:
+        """A responder's IKE_SA for the IKE_SA_INIT request `key` (SPIi, peer), indexed and counted as
+        half-open (RFC 7296 2.6: what a flood of requests makes us hold)."""
+        sa = IkeSa(self, cfg, False, next(self._ike_ids), local, remote, now, spi_i=key[0])
         while sa.spi_r in self.sas:
             sa.spi_r = self.new_spi()
         log.info("%s[%d] is initiating an IKE_SA", remote[0], remote[1])
@@ -608,9 +623,7 @@ class Engine:
         self._half_open += 1
         self._half_open_by_ip[remote[0]] = self._half_open_by_ip.get(remote[0], 0) + 1
         sa.half_open = True
-        sa.receive(msg, now)
-        if sa.state is not IkeState.DESTROYED:
-            self._schedule(sa)
+        return sa
 
     def _half_open_done(self, sa: IkeSa) -> None:
         if sa.half_open:

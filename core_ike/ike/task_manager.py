@@ -306,6 +306,14 @@ class TaskManager:
         self.peer_mid = resp.message_id + 1
         self._send(packets, now)
 
+    def answered_init(self, packet: bytes, now: float) -> None:
+        """The IKE_SA_INIT response written by core_ike/ike/fastinit.py for request 0: kept and sent as
+        `_send_response` keeps and sends one (RFC 7296 2.1 response cache, 2.15 the signed octets)."""
+        self.sa.init_response = packet
+        self.cached_response = (0, [packet])
+        self.peer_mid = 1
+        self._send([packet], now)
+
     def _respond_error(self, req: Message, e: ProtocolError, now: float) -> None:
         sa = self.sa
         log.warning("%s: %s request %d failed: %s", sa.label, name_of(ExchangeType, req.exchange),

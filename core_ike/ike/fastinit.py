@@ -1,0 +1,246 @@
+"""The responder's answer to the common IKE_SA_INIT request, written without the general machinery.
+
+Most IKE_SA_INIT requests a responder gets have one shape (RFC 7296 1.2): SA, KE and Nonce, then status
+notifies it answers the same way for every initiator of a kind (NAT-D, RFC 7296 2.23; fragmentation,
+RFC 7383 2.3; hash algorithms, RFC 7427 4; redirect support, RFC 5685 3, which a responder without
+redirection ignores). For such a request whose SA offer was negotiated before (the negotiation cache of
+tasks/ike_init.py, keyed by the offer's octets) and whose group is the one chosen, `answer` reads the
+fields from the raw octets, makes the IKE_SA and writes the response's octets directly, the same octets
+and the same IKE_SA state as the general path (Engine._init_request with the IkeInit task) gives:
+no Message, payload objects, rule check, task or encoder per request. This matters because a responder
+usually handles each request right after waking up, when every line of code it runs must come back into
+the CPU caches first.
+
+Anything else goes the general way, which decides it in full: another payload or notify (an extension
+acts on some, e.g. ME_CONNECTID, draft-brunner-ikev2-mediation §4.5), an unknown offer or another group
+(NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD), a retransmission, COOKIEs demanded (RFC 7296 2.6), the
+half-open limit, a key share that does not compute, and every case while info lines are logged (the
+general path writes them).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import TYPE_CHECKING
+
+from ..constants import CertEncoding, NotifyType
+from ..crypto.dh import is_pooled
+from ..errors import ProtocolError
+from .config import IkeConfig, addr_matches
+from .state import IkeState
+from .tasks.ike_init import (
+    _HASH_SETS,
+    _NEGOTIATED,
+    _OUR_HASHES_DATA,
+    NONCE_LEN,
+    Negotiated,
+    _install_keys,
+    natd_hash,
+)
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .sa import IkeSa
+
+log = logging.getLogger("core_ike.ike")
+
+Addr = tuple[str, int]
+
+_HEADER = struct.Struct("!8s8sBBBBII")  # RFC 7296 3.1
+_GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
+_NOTIFY = struct.Struct("!BBH")  # RFC 7296 3.10: Protocol ID, SPI Size, Notify Message Type
+_KE_HEAD = struct.Struct("!HH")  # RFC 7296 3.4: group, RESERVED
+
+SA, KE, NONCE, NOTIFY, CERTREQ = 33, 34, 40, 41, 38  # RFC 7296 3.2 payload types
+IKE_SA_INIT = 34
+INITIATOR, RESPONSE = 0x08, 0x20  # RFC 7296 3.1 header flags
+VERSION = 0x20  # RFC 7296 3.1: major 2, minor 0
+NONCE_MIN, NONCE_MAX = 16, 256  # RFC 7296 3.9 (and the general decoder's bounds)
+
+NATD_SRC = int(NotifyType.NAT_DETECTION_SOURCE_IP)
+NATD_DST = int(NotifyType.NAT_DETECTION_DESTINATION_IP)
+FRAG = int(NotifyType.FRAGMENTATION_SUPPORTED)
+HASH_ALGS = int(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+# the notifies the general path answers the same for every request (no extension acts on them)
+PLAIN_NOTIFIES = frozenset((NATD_SRC, NATD_DST, FRAG, HASH_ALGS, int(NotifyType.REDIRECT_SUPPORTED)))
+
+_NOTIFY_HASHES = _NOTIFY.pack(0, 0, HASH_ALGS) + _OUR_HASHES_DATA
+_NOTIFY_FRAG = _NOTIFY.pack(0, 0, FRAG)
+_NOTIFY_NATD_SRC = _NOTIFY.pack(0, 0, NATD_SRC)
+_NOTIFY_NATD_DST = _NOTIFY.pack(0, 0, NATD_DST)
+
+
+class Request:
+    """The fields of a common IKE_SA_INIT request (`parse`)."""
+
+    __slots__ = ("frag", "group", "hashes", "ke", "natd_dst", "natd_src", "nonce", "offer", "spi_i")
+
+    def __init__(self) -> None:
+        self.spi_i = b""
+        self.offer = b""  # the SA payload's body (the negotiation cache's key)
+        self.group = 0
+        self.ke = b""
+        self.nonce = b""
+        self.natd_src: list[bytes] = []
+        self.natd_dst: list[bytes] = []
+        self.frag = False
+        self.hashes: bytes | None = None  # the first N(SIGNATURE_HASH_ALGORITHMS)'s data
+
+
+def parse(data: bytes) -> Request | None:
+    """The request's fields when `data` is an IKE_SA_INIT request of the common shape: a header as
+    RFC 7296 3.1 has it for a new IKE_SA, one SA, one KE, one Nonce (16-256 octets) and notifies of
+    PLAIN_NOTIFIES without SPI, in any order, every generic header without flags and the chain filling
+    the datagram exactly; None for anything else (the general decoder then says what it is)."""
+    n = len(data)
+    if n < 28:
+        return None
+    spi_i, spi_r, first, version, exchange, flags, mid, length = _HEADER.unpack_from(data)
+    if (version != VERSION or exchange != IKE_SA_INIT or flags != INITIATOR or mid or length != n
+            or spi_r != b"\x00" * 8 or spi_i == b"\x00" * 8):
+        return None
+    req = Request()
+    req.spi_i = spi_i
+    unpack = _GENERIC.unpack_from
+    ptype, pos = first, 28
+    seen = 0
+    while ptype:
+        if n - pos < 4:
+            return None
+        nxt, crit, plen = unpack(data, pos)
+        end = pos + plen
+        if crit or plen < 4 or end > n:
+            return None
+        start = pos + 4
+        if ptype == NOTIFY:
+            if not _notify(req, data, start, end):
+                return None
+        elif ptype == SA and not seen & 1:
+            seen |= 1
+            req.offer = data[start:end]
+        elif ptype == KE and not seen & 2 and plen >= 8:
+            seen |= 2
+            req.group = (data[start] << 8) | data[start + 1]
+            req.ke = data[start + 4:end]
+        elif ptype == NONCE and not seen & 4 and NONCE_MIN <= plen - 4 <= NONCE_MAX:
+            seen |= 4
+            req.nonce = data[start:end]
+        else:
+            return None
+        ptype, pos = nxt, end
+    return req if seen == 7 and pos == n else None
+
+
+def _notify(req: Request, data: bytes, start: int, end: int) -> bool:
+    """One notify body into `req`; False when it is not one of PLAIN_NOTIFIES without SPI."""
+    if end - start < 4 or data[start] or data[start + 1]:
+        return False
+    ntype = (data[start + 2] << 8) | data[start + 3]
+    if ntype == NATD_SRC:
+        req.natd_src.append(data[start + 4:end])
+    elif ntype == NATD_DST:
+        req.natd_dst.append(data[start + 4:end])
+    elif ntype == FRAG:
+        req.frag = True
+    elif ntype == HASH_ALGS:
+        if req.hashes is None:
+            req.hashes = data[start + 4:end]
+    elif ntype not in PLAIN_NOTIFIES:
+        return False
+    return True
+
+
+def _negotiated(engine: Engine, req: Request, local: Addr, remote: Addr) -> tuple[list[IkeConfig], Negotiated] | None:
+    """The configurations for these addresses and the kept negotiation of this offer and group, when the
+    general path would answer the request with a new IKE_SA of that negotiation; else None."""
+    if ((req.spi_i, remote) in engine.init_index or not engine.accepting
+            or engine.half_open >= engine.cfg.max_half_open or engine.prefilter.needs_cookie(remote[0])):
+        return None  # a retransmission or another IKE_SA with this SPIi, or limits: the general path
+    cfgs = [c for c in engine.configs if addr_matches(c.local_addrs, local[0])
+            and addr_matches(c.remote_addrs, remote[0])]
+    if not cfgs:
+        return None
+    # the key of tasks/ike_init.py's _negotiate_r: our proposal strings (Engine.ike_proposal_texts of
+    # these configurations), the offer's octets, the KE group
+    neg = _NEGOTIATED.get(("r", tuple(dict.fromkeys([c.proposals for c in cfgs])), req.offer, req.group))
+    if neg is None or neg.chosen is None or neg.suite is None or not neg.body or neg.group != req.group \
+            or not is_pooled(req.group):
+        return None
+    return cfgs, neg
+
+
+def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -> bool:
+    """Answer `data` if it is a common IKE_SA_INIT request for a new IKE_SA (see the module's docstring);
+    False, with nothing changed but maybe one key pair taken from the pool, when the general path must."""
+    if log.isEnabledFor(logging.INFO):
+        return False
+    req = parse(data)
+    if req is None:
+        return False
+    found = _negotiated(engine, req, local, remote)
+    if found is None:
+        return False
+    cfgs, neg = found
+    ke = engine.key_exchange(req.group)
+    try:
+        shared = ke.compute(req.ke)
+    except ProtocolError:
+        return False  # the general path takes another key pair and answers the error
+    sa = engine.new_responder(cfgs[0], local, remote, now, (req.spi_i, remote))
+    sa.last_in = now
+    assert neg.chosen is not None
+    c = neg.chosen
+    chosen = type(c)(c.num, c.protocol, c.spi, list(c.transforms))  # this SA's own copy
+    sa.ni = req.nonce
+    sa.nr = engine.rng.bytes(NONCE_LEN)
+    sa.init_request = data
+    _process_common(sa, req, local, remote)
+    _install_keys(sa, chosen, shared, neg)
+    certreq = any(c.remote.auth == "pubkey" and c.send_certreq for c in cfgs)
+    sa.tm.answered_init(_response(engine, sa, req, neg, ke.public, certreq), now)
+    if sa.state is not IkeState.DESTROYED:
+        engine.reschedule(sa)
+    return True
+
+
+def _process_common(sa: IkeSa, req: Request, local: Addr, remote: Addr) -> None:
+    """As tasks/ike_init.py _process_common: NAT-D (RFC 7296 2.23), fragmentation (RFC 7383 2.3) and
+    hash algorithms (RFC 7427 4)."""
+    if req.natd_src and req.natd_dst:  # the request's hashes are over SPIr = 0
+        zero = b"\x00" * 8
+        sa.nat_here = natd_hash(req.spi_i, zero, local) not in req.natd_dst
+        sa.nat_there = natd_hash(req.spi_i, zero, remote) not in req.natd_src
+    sa.frag_supported = req.frag
+    d = req.hashes
+    if d is not None:
+        algs = _HASH_SETS.get(d)
+        if algs is None:
+            algs = frozenset(int.from_bytes(d[k:k + 2], "big") for k in range(0, len(d) - 1, 2))
+            if len(_HASH_SETS) < 256:
+                _HASH_SETS[d] = algs
+        sa.peer_hash_algs = algs
+
+
+def _response(engine: Engine, sa: IkeSa, req: Request, neg: Negotiated, public: bytes, certreq: bool) -> bytes:
+    """The response, as IkeInit.build_r and the encoder write it (RFC 7296 1.2, 3.1, 3.2):
+    SA KE No [CERTREQ] N(NATD_S_IP) N(NATD_D_IP) [N(FRAG_SUP)] N(HASH_ALG)."""
+    cfg = sa.config
+    spi_i, spi_r, nr = req.spi_i, sa.spi_r, sa.nr
+    hashes = engine.creds.certreq_hashes() if certreq else b""
+    after_nonce = CERTREQ if hashes else NOTIFY
+    natd_src = engine.rng.bytes(20) if cfg.encap else natd_hash(spi_i, spi_r, sa.local)
+    natd_dst = natd_hash(spi_i, spi_r, sa.remote)
+    pack = _GENERIC.pack
+    parts = [b"", pack(KE, 0, 4 + len(neg.body)), neg.body,
+             pack(NONCE, 0, 8 + len(public)), _KE_HEAD.pack(req.group, 0), public,
+             pack(after_nonce, 0, 4 + len(nr)), nr]
+    if hashes:
+        parts += [pack(NOTIFY, 0, 5 + len(hashes)), bytes((CertEncoding.X509_SIGNATURE,)), hashes]
+    parts += [pack(NOTIFY, 0, 8 + len(natd_src)), _NOTIFY_NATD_SRC, natd_src,
+              pack(NOTIFY, 0, 8 + len(natd_dst)), _NOTIFY_NATD_DST, natd_dst]
+    if cfg.fragmentation:
+        parts += [pack(NOTIFY, 0, 8), _NOTIFY_FRAG]
+    parts += [pack(0, 0, 4 + len(_NOTIFY_HASHES)), _NOTIFY_HASHES]
+    parts[0] = _HEADER.pack(spi_i, spi_r, SA, VERSION, IKE_SA_INIT, RESPONSE, 0, 28 + sum(map(len, parts)))
+    return b"".join(parts)
