@@ -119,11 +119,8 @@ class GatewayDaemon(Daemon):
                 pools[p] = {"size": size, "online": online, "offline": 0}
         conns = {c.name: {"certs": [dn_text(cert.subject) for cert in c.local.certs], "pools": c.pools}
                  for c in self.engine.configs}
-        routed = [{"name": t.conn, "child": t.child, "reqid": t.reqid,
-                   "local-ts": sorted({str(p.local.subnet) for p in t.policies}),
-                   "remote-ts": sorted({str(p.remote.subnet) for p in t.policies})}
-                  for t in (self.traps.traps.values() if self.traps is not None else ())]
-        return {"ok": True, "pools": pools, "conns": conns, "routed": routed,
+        # the routed connections come from `status`, as in every daemon (core_ike/daemon/traps.py)
+        return {"ok": True, "pools": pools, "conns": conns,
                 "listening": self.cfg.settings.listen or local_addresses(),
                 "sources": {"config_db": bool(self.source), "ipsec_conf": getattr(self.cfg.settings, "ipsec_conf", None)}}
 

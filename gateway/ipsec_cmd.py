@@ -231,13 +231,21 @@ def _unroute(args: argparse.Namespace, ask: Ask) -> None:
 
 def _extra(ask: Ask) -> dict[str, Any]:
     try:
-        return ask({"cmd": "ipsec-status"})
+        extra = ask({"cmd": "ipsec-status"})
     except RuntimeError:
-        return {}  # an iked without gateway sources: no pools, certificates or routed connections
+        extra = {}  # an iked without gateway sources: no pools or certificates
+    return {**extra, "routed": _routed(ask)}
+
+
+def _routed(ask: Ask) -> list[dict[str, Any]]:
+    """The routed connections as every daemon's `status` gives them (core_ike/daemon/traps.py): iked's
+    own `start_action = "trap"` and `route` as well as ipsec.conf's auto=route."""
+    routed: list[dict[str, Any]] = ask({"cmd": "status"}).get("routed") or []
+    return routed
 
 
 def _status(args: argparse.Namespace, ask: Ask) -> None:
-    print(status_text(ask({"cmd": "list"})["sas"], False, args.name, _extra(ask).get("routed")))
+    print(status_text(ask({"cmd": "list"})["sas"], False, args.name, _routed(ask)))
 
 
 def _statusall(args: argparse.Namespace, ask: Ask) -> None:

@@ -18,6 +18,7 @@ from core_ike.daemon.config import load
 from core_ike.daemon.runtime import Daemon
 from core_ike.io.dataplane import Acquire
 from core_ike.io.userspace import UserspaceDataPlane
+from gateway.ipsec_cmd import main as ipsec_cmd
 from tests.unit import fakes
 from tests.unit.fakes import Clock, Wire
 
@@ -105,6 +106,14 @@ def test_ikectl_route_unroute_and_status(tmp_path: Path, capsys: pytest.CaptureF
         assert (office["remote-ts"], office["routed-by"]) == (["10.3.0.0/24[tcp/443]"], "command")
         assert remote_subnets() == {"10.2.0.0/24", "10.3.0.0/24"}
         assert not daemon.engine.ike_sas()  # routed, nothing negotiated
+        # `ikeme-ipsec status` against this iked (no gateway sources) lists the same traps
+        assert await asyncio.to_thread(ipsec_cmd, ["-s", sock, "status"]) == 0
+        out = capsys.readouterr().out
+        assert "Routed Connections:\n" \
+               f"         net{{1}}:  ROUTED, TUNNEL, reqid {home['reqid']}\n" \
+               "         net{1}:   10.1.0.0/24 === 10.2.0.0/24\n" \
+               f"         web{{2}}:  ROUTED, TUNNEL, reqid {office['reqid']}\n" \
+               "         web{2}:   10.1.0.0/24 === 10.3.0.0/24[tcp/443]\n" in out, out
 
         # what cannot be routed says why, and changes nothing
         for name, why in (("nosuch", "no connection named 'nosuch'"),
@@ -129,6 +138,19 @@ def test_ikectl_route_unroute_and_status(tmp_path: Path, capsys: pytest.CaptureF
         assert home["acquire-pending"] is not None and home["acquire-pending"] >= 0
         rc, out, _ = await ikectl("status")
         assert "home/net" in out and "routed by config: acquire under way for" in out
+        # `down` of that IKE_SA while it is being set up ends the attempt (no event says so): shown, and
+        # the next packet starts a new one
+        rc, out, _ = await ikectl("down", "home")
+        assert rc == 0 and not daemon.engine.ike_sas()
+        rc, out, _ = await ikectl("status")
+        assert "home/net" in out and "routed by config: waiting for traffic" in out, out
+        clock.t += 1.5
+        dp.check_timers(clock.t)  # the data plane forgets the flow it dropped (core_ike/io/acquire.py)
+        dp._outbound(fakes.ipv4("10.1.0.5", "10.2.0.9", 17, 5000, 53, filler=8), clock.t)
+        while (e := dp.next_event()) is not None:
+            assert isinstance(e, Acquire)
+            daemon.on_acquire(e, time.monotonic())
+        assert len(daemon.engine.ike_sas()) == 1
 
         # unroute of a config-routed connection: gone until the next reload routes it again
         rc, out, _ = await ikectl("unroute", "home")
