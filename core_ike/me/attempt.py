@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ..crypto.dh import KeyExchange
 from ..ike.identity import Identity
 from .checklist import PairInfo
 
@@ -56,6 +57,9 @@ class Attempt:
     # say "offline" (a retransmission answered from the server's cache, under loss), then ask again at once
     called_back: bool = False
     rate_limited: int = 0  # TEMPORARY_FAILURE answers to this attempt's ME_CONNECTs in a row
+    # the mediated IKE_SA_INIT's key pair, made while waiting for the peer's answer (RFC 7296 1.2: KEi),
+    # for this connect ID only; handed to that one IKE_SA, never kept for another
+    key_share: tuple[bytes, KeyExchange] | None = None
 
     @property
     def active(self) -> bool:

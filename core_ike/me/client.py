@@ -19,12 +19,14 @@ import logging
 
 from ..codec.message import Message
 from ..codec.payloads import IdPayload, NotifyPayload, Payload
-from ..constants import ExchangeType, NotifyType, PayloadType, name_of
+from ..constants import ExchangeType, NotifyType, PayloadType, ProtocolId, name_of
+from ..crypto.proposals import parse_proposals
 from ..errors import LocalError, LocalUsageError, ProtocolError
 from ..ike.context import IkeSaView, Task
 from ..ike.engine import Engine, Extension
 from ..ike.identity import Identity
 from ..ike.state import IkeState
+from ..ike.tasks.ike_init import first_group
 from ..rng import Rng
 from . import events as mev
 from . import tiebreak
@@ -350,6 +352,7 @@ class MediationClient(Extension):
             if result.ok:
                 if att.state is AttemptState.CONNECTING:  # else the relayed answer came first (the race)
                     att.set_state(AttemptState.RELAYED, t + self.config.checks.transaction_timeout + 1.0)
+                self._ready_key(att)
                 return
             self._end_session(att)
             if result.error == NotifyType.ME_CONNECT_FAILED and att.called_back:
@@ -528,8 +531,11 @@ class MediationClient(Extension):
         self.engine.emit(mev.MediatedInitiating(att.name, str(att.peer), att.connect_id.hex(),
                                                 selected.local, selected.remote))
         self._initiating = (att.name, att.connect_id)
+        ready, att.key_share = att.key_share, None
+        ke = ready[1] if ready is not None and ready[0] == att.connect_id else None
         try:
-            sa = self.engine.initiate(att.name, now=now, local=selected.local, remote=selected.remote)
+            sa = self.engine.initiate(att.name, now=now, local=selected.local, remote=selected.remote,
+                                      key_exchange=ke)
         except (LocalUsageError, ProtocolError) as e:
             self._fail(att, f"mediated IKE_SA failed: {e}", now)
             return
@@ -538,6 +544,18 @@ class MediationClient(Extension):
         att.sa_id = sa.unique_id
         sess = self.sessions.get(att.connect_id)
         self.paths.track(sa.unique_id, self.checks.get(att.connect_id), sess.peer_nat if sess is not None else None)
+
+    def _ready_key(self, att: Attempt) -> None:
+        """The mediated IKE_SA_INIT's KEi made while the peer's answer is on its way, not on the way from
+        the checks to the IKE_SA; from the engine's pool (each pair handed out once), for this connect ID."""
+        if att.connect_id is None or att.sa_id is not None or att.state not in (
+                AttemptState.RELAYED, AttemptState.CHECKING) or (att.key_share or (None,))[0] == att.connect_id:
+            return
+        try:
+            group = first_group(parse_proposals(self.engine.config(att.name).proposals, ProtocolId.IKE))
+            att.key_share = (att.connect_id, self.engine.key_pool.take(group, self.rng))
+        except (LocalError, ProtocolError, KeyError, ValueError) as e:  # the IKE_SA_INIT makes one (and says why)
+            log.debug("mediated connection '%s': no key share made ahead: %s", att.name, e)
 
     def _ike_deadline(self, now: float) -> float | None:
         """The mediated IKE_SA: its retransmissions decide (RFC 7296 2.1), unless ike_timeout caps them."""

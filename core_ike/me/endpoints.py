@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from ..constants import ME_TYPE_PREFERENCE, MeEndpointFamily, MeEndpointType, NotifyType
 from ..errors import ProtocolError
@@ -33,14 +34,29 @@ def endpoint_priority(ep_type: MeEndpointType, ip_pref: int = MAX_IP_PREF) -> in
     return (ME_TYPE_PREFERENCE[ep_type] << 16) + ip_pref
 
 
-def family_of(address: str) -> MeEndpointFamily:
+# The same few addresses (own host candidates, the peer's, the server's) are parsed for every
+# ME_CONNECT, check and endpoint: parsed once each, in bounded caches (an invalid one raises, uncached).
+_CACHE = 1024
+
+
+@lru_cache(maxsize=_CACHE)
+def _parsed(address: str) -> tuple[MeEndpointFamily, str, bytes]:
     ip = ipaddress.ip_address(address)
-    return MeEndpointFamily.IPV4 if ip.version == 4 else MeEndpointFamily.IPV6
+    return (MeEndpointFamily.IPV4 if ip.version == 4 else MeEndpointFamily.IPV6), str(ip), ip.packed
+
+
+def family_of(address: str) -> MeEndpointFamily:
+    return _parsed(address)[0]
 
 
 def normalize_address(address: str) -> str:
     """Canonical text form, so that addresses compare equal whatever their spelling."""
-    return str(ipaddress.ip_address(address))
+    return _parsed(address)[1]
+
+
+@lru_cache(maxsize=_CACHE)
+def _unpacked(raw: bytes) -> str:
+    return str(ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw))
 
 
 def normalize_addr(addr: Addr) -> Addr:
@@ -107,7 +123,7 @@ def encode_endpoint(ep: Endpoint) -> bytes:
     if ep.family == MeEndpointFamily.NONE or ep.address is None:
         # docs/protocol.md §2.3: port 0 when there is no address
         return head[:4] + bytes([int(MeEndpointFamily.NONE), int(ep.type)]) + b"\x00\x00"
-    return head + ep.port.to_bytes(2, "big") + ipaddress.ip_address(ep.address).packed
+    return head + ep.port.to_bytes(2, "big") + _parsed(ep.address)[2]
 
 
 def _syntax(msg: str) -> ProtocolError:
@@ -137,10 +153,7 @@ def decode_endpoint(data: bytes) -> Endpoint:
         # docs/protocol.md §2.3: for family 0 the port is not interpreted
         return Endpoint(ep_type, family, None, 0, priority)
     port = int.from_bytes(data[6:8], "big")
-    raw = data[8:]
-    address = str(ipaddress.IPv4Address(raw) if family == MeEndpointFamily.IPV4
-                  else ipaddress.IPv6Address(raw))
-    return Endpoint(ep_type, family, address, port, priority)
+    return Endpoint(ep_type, family, _unpacked(bytes(data[8:])), port, priority)
 
 
 # --- sets of endpoints -----------------------------------------------------------------------------

@@ -208,9 +208,9 @@ class IkeInit(Task):
     name = "IKE_INIT"
     prompt = True  # the initial exchanges: an `up` waits (RetransmitConfig early schedule)
 
-    def __init__(self) -> None:
+    def __init__(self, ke: KeyExchange | None = None) -> None:
         self.proposals: list[Proposal] = []
-        self.ke: KeyExchange | None = None
+        self.ke = ke  # initiator: a key pair made ahead (used if its group is the first proposed)
         self.sa_body: bytes | None = None  # responder: our SA payload's body, from the negotiation's cache
         self.cookie: bytes | None = None
         self.cookie_rounds = 0
@@ -221,7 +221,8 @@ class IkeInit(Task):
         if not self.proposals:
             self.proposals = parse_proposals(sa.config.proposals, ProtocolId.IKE)
             sa.ni = sa.ctx.rng.bytes(NONCE_LEN)
-        if self.ke is None:
+        first = self.cookie is None and self.ke_rounds == 0  # later rounds keep or replace it (RFC 7296 2.6, 1.2)
+        if self.ke is None or (first and self.ke.group != first_group(self.proposals)):
             self.ke = new_key_exchange(first_group(self.proposals), sa.ctx.rng)
         if self.cookie is not None:
             msg.payloads.append(NotifyPayload(NotifyType.COOKIE, self.cookie))  # RFC 7296 2.6: first
