@@ -202,3 +202,38 @@ def test_iked_toml_trap_and_charon_narrows_to_the_pinged_range(two_hosts_per_mod
         iked.stop()
         charon.stop()
         lab.run("bob", ["ip", "addr", "del", f"{B_IN3}/32", "dev", "lo"], check=False)
+
+
+TOML_RETRY = TOML_TRAP.replace('tun = "ipsec1"', 'tun = "ipsec2"').replace(
+    'remote = { auth = "psk", id = "bob@lab" }\n',
+    'remote = { auth = "psk", id = "bob@lab" }\nkeyingtries = 0\nretransmit = { timeout = 0.3, base = 1.5, tries = 1 }\n')
+
+
+def test_the_keying_try_after_a_trap_attempt_offers_the_packet_to_charon(two_hosts_per_module: Lab) -> None:
+    """The same two ranges, charon not started yet: the ping's attempt fails, and the keying try that
+    reaches charon once it runs asks for the trap's CHILD_SA with the packet's selectors first again
+    (RFC 7296 2.9), so charon picks net3 (without them it takes its first config, net2)."""
+    lab = two_hosts_per_module
+    lab.addr("bob", "lo", f"{B_IN3}/32")
+    charon = Charon(lab, "bob", name="charon-route3", conf=CHARON_TWO_RANGES)
+    iked = Iked(lab, "alice", TOML_RETRY, name="iked-trap-retry")
+    try:
+        iked.start()
+        wait_for(lambda: "trap policies installed" in iked.log_text(), 10, what="iked's trap policies")
+        lab.ping("alice", B_IN3, source=A_IN, count=1, wait=1)
+        wait_for(lambda: "keying try 2 of unlimited for 'net'" in iked.log_text(), 20,
+                 what="the attempt the ping started failing, its keying try scheduled")
+        charon.start()
+        child = charon.wait_child("net3", timeout=30)
+        assert child["local-ts"] == ["10.10.3.0/24"], child
+        assert f"keying try for net{{net}}: initiating, first selectors {A_IN}/32[icmp] === {B_IN3}/32[icmp]" \
+               in iked.log_text(), iked.log_tail()
+        (sa,) = iked.wait_sas(lambda s: len(s) == 1 and s[0]["child-sas"])
+        assert sa["initiator"] and sa["child-sas"][0]["remote-ts"] == ["10.10.3.0/24"], sa
+        assert [c["name"] for c in charon.child_sas()] == ["net3"]
+        sent, received, text = lab.ping("alice", B_IN3, source=A_IN, count=3, interval=0.05)
+        assert (sent, received) == (3, 3), text + "\n" + iked.log_tail()
+    finally:
+        iked.stop()
+        charon.stop()
+        lab.run("bob", ["ip", "addr", "del", f"{B_IN3}/32", "dev", "lo"], check=False)
