@@ -96,6 +96,10 @@ class DaemonSettings:
     dataplane: str = "auto"
     tun: str = "ipsec0"
     esp_offload: str = "all"  # userspace data plane: kernel offload steps (core_ike/io/fastpath.py)
+    # XFRM data plane: routes with our address as source in a table of their own (core_ike/io/srcroutes.py)
+    install_routes: bool = True
+    routing_table: int = 220
+    routing_table_prio: int = 220
     log_level: str = "info"
     log_target: str = "stderr"  # stderr | stdout | syslog | syslog:FACILITY | file:PATH
     log_file: str | None = None  # the same as log_target = "file:PATH"
@@ -232,11 +236,22 @@ _DAEMON_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "metrics": lambda w, k, v: _metrics(w, k, v),
     "workers": lambda w, k, v: _workers(w, k, v),
     "event_loop": lambda w, k, v: as_choice(w, k, v, EVENT_LOOPS),
+    "routing_table": lambda w, k, v: _routing_table(w, k, v),
+    "routing_table_prio": lambda w, k, v: as_int(w, k, v, 1, 32765),  # 32766: the main table's rule
     "config_db": lambda w, k, v: database_url(w, k, v),
 }
 
 
 _MAX_WORKERS = 64
+
+
+def _routing_table(where: str, key: str, v: Any) -> int:
+    """A table of its own for the source routes: not unspec (0), default, main or local (253-255)."""
+    n = as_int(where, key, v, 1, 2**32 - 1)
+    if n in (253, 254, 255):
+        raise LocalError(f"{where} {key}: {n} is the kernel's default/main/local table; give a table of its own "
+                         "(charon's is 220)")
+    return n
 
 
 def _workers(where: str, key: str, v: Any) -> int:

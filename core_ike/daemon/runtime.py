@@ -349,6 +349,11 @@ class Daemon:
         if self.dp is not None:
             if hasattr(self.dp, "start"):
                 self.dp.start(loop)
+            if hasattr(self.dp, "route_settings"):  # XFRM: routes with our source address (io/srcroutes.py)
+                from ..io.srcroutes import RouteSettings
+
+                st = self.cfg.settings
+                self.dp.route_settings = RouteSettings(st.install_routes, st.routing_table, st.routing_table_prio)
             self.glue = DataPlaneGlue(self.dp, engine_child_deleter(self.engine))
             self.engine.extensions.append(self.glue)  # CHILD_SA proposals: only what the data plane installs
             if hasattr(self.dp, "on_mapping"):

@@ -39,8 +39,9 @@ from .dataplane import (
     TrafficSelector,
 )
 
-if TYPE_CHECKING:  # pyroute2 is imported with the first virtual IP, not by the ESP probe's child process
+if TYPE_CHECKING:  # pyroute2 is imported with the first virtual IP or route, not by the ESP probe's child process
     from .netlink import NetlinkWorker
+    from .srcroutes import RouteSettings, SourceRoutes
 
 log = logging.getLogger("core_ike.io.xfrm")
 
@@ -330,19 +331,39 @@ class XfrmDataPlane:
         self._sas: dict[tuple[int, Direction], SaParams] = {}
         self._events: deque[DataPlaneEvent] = deque()
         self._netlink: NetlinkWorker | None = None
+        self.route_settings: RouteSettings | None = None  # None: charon's defaults (core_ike/io/srcroutes.py)
+        self._routes: SourceRoutes | None = None
+
+    def _worker(self) -> NetlinkWorker:
+        """One rtnetlink connection, opened by the first virtual IP or source route."""
+        from .netlink import NetlinkWorker
+
+        if self._netlink is None:
+            self._netlink = NetlinkWorker("netlink-xfrm")
+        return self._netlink
+
+    def source_routes(self) -> SourceRoutes | None:
+        """The routes naming our addresses as the source toward the outbound policies' destinations;
+        None when `install_routes` is off."""
+        from .srcroutes import RouteSettings, SourceRoutes
+
+        settings = self.route_settings or RouteSettings()
+        if not settings.install:
+            return None
+        if self._routes is None:
+            self._routes = SourceRoutes(self._worker(), settings)
+        return self._routes
 
     def add_vip(self, address: str) -> bool:
         """Put a virtual IP we were assigned (RFC 7296 §2.19) on `lo` (charon uses the outbound interface;
-        either makes it a local address the kernel sends from); False when the host has it already."""
-        from .netlink import NetlinkWorker, add_host_address
-
-        if self._netlink is None:  # one rtnetlink connection, opened by the first virtual IP
-            self._netlink = NetlinkWorker("netlink-xfrm")
+        either makes it a local address the kernel sends from); False when the host has it already. The
+        source routes of the CHILD_SAs' policies make traffic leave from it."""
+        from .netlink import add_host_address
 
         def add(ipr: Any) -> bool:
             return add_host_address(ipr, int(ipr.link_lookup(ifname="lo")[0]), address)
 
-        return self._netlink.call(add)
+        return self._worker().call(add)
 
     def del_vip(self, address: str) -> None:
         from .netlink import del_host_address
@@ -357,6 +378,9 @@ class XfrmDataPlane:
     def close(self) -> None:
         self.nl.close()
         self.events_sock.close()
+        if self._routes is not None:
+            self._routes.close()
+            self._routes = None
         if self._netlink is not None:
             self._netlink.close()
             self._netlink = None
@@ -421,6 +445,8 @@ class XfrmDataPlane:
 
     def install_policy(self, policy: PolicyParams) -> None:
         self.nl.request(UPDPOLICY, encode_policy(policy))  # create or replace
+        if _routed(policy) and (routes := self.source_routes()) is not None:
+            routes.add(policy)
 
     def delete_policy(self, policy: PolicyParams) -> None:
         try:
@@ -428,6 +454,8 @@ class XfrmDataPlane:
         except DataPlaneError as e:
             if e.errno != errno_mod.ENOENT:
                 raise
+        if _routed(policy) and self._routes is not None:
+            self._routes.remove(policy)
 
     def query_usage(self, spi: int, direction: Direction) -> SaUsage:
         p = self._sas.get((spi, direction))
@@ -495,6 +523,11 @@ class XfrmDataPlane:
         if not self._events:
             self.read_events()
         return self._events.popleft() if self._events else None
+
+
+def _routed(policy: PolicyParams) -> bool:
+    """An outbound tunnel policy (a CHILD_SA's or a trap) gets a source route, as with charon."""
+    return policy.direction == Direction.OUT and policy.action in (PolicyAction.PROTECT, PolicyAction.TRAP)
 
 
 # -- detection and choice ------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""Source routes for the kernel (XFRM) data plane, as strongSwan's kernel-netlink plugin installs them.
+
+An outbound XFRM policy takes a packet only after the kernel routed it and picked its source address:
+a road warrior's traffic to the gateway's subnet would leave with its physical address, which matches
+no policy (its local selector is the virtual IP of RFC 7296 2.19). So for every outbound tunnel
+policy whose local selector holds one of this host's addresses (the virtual IP, or a gateway's inside
+address), a route to the remote selector names that address as its preferred source (`src`), with the
+next hop toward the peer. The routes live in a table of their own (charon: `routing_table = 220`),
+looked up before the main table through one rule (`routing_table_prio = 220`), so the main table is
+never touched (`ip route show table 220` lists them, as under charon). `install_routes = false`
+installs none (docs/configuration.md).
+
+The choices (the source address, the next hop) are pure functions over what netlink reports; the
+operations run in the data plane's `NetlinkWorker` thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import NetlinkError  # type: ignore[import-untyped]
+
+from .dataplane import PolicyParams
+from .netlink import RTPROT_STATIC, Address, NetlinkWorker
+
+log = logging.getLogger("core_ike.io.xfrm")
+
+ROUTING_TABLE = 220  # charon's default (strongswan.conf charon.routing_table, Debian's build)
+ROUTING_TABLE_PRIO = 220  # charon.routing_table_prio
+RT_TABLE_LOCAL, RT_TABLE_DEFAULT, RT_TABLE_MAIN = 255, 253, 254  # linux/rtnetlink.h
+RTN_UNICAST = 1
+RESERVED_TABLES = (0, RT_TABLE_DEFAULT, RT_TABLE_MAIN, RT_TABLE_LOCAL)
+MAX_RULE_PRIO = 32765  # 32766 is the main table's rule (ip-rule(8))
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """charon's `install_routes`, `routing_table`, `routing_table_prio` ([daemon] of iked's TOML)."""
+
+    install: bool = True
+    table: int = ROUTING_TABLE
+    priority: int = ROUTING_TABLE_PRIO
+
+
+@dataclass(frozen=True)
+class RouteRow:
+    """What a route dump says of one route (only what the next-hop choice reads)."""
+
+    dst: Network
+    table: int
+    type: int
+    priority: int
+    gateway: str | None
+    oif: int | None
+
+
+@dataclass(frozen=True)
+class SourceRoute:
+    """`ip route replace DST [via GATEWAY] dev OIF src SRC table TABLE proto static`."""
+
+    dst: Network
+    src: str
+    gateway: str | None
+    oif: int
+    table: int
+
+
+def pick_source(addresses: Iterable[Address], local: Network) -> Address | None:
+    """The first of our addresses inside the local selector (charon: get_address_by_ts)."""
+    return next((a for a in addresses if a.version == local.version and a in local), None)
+
+
+def pick_nexthop(rows: Iterable[RouteRow], peer: Address, own_table: int) -> RouteRow | None:
+    """The route the kernel would take toward the peer without our table: the longest prefix holding it,
+    then the lowest metric, over unicast routes of every table but ours and the local one (charon
+    filters its own table out of the dump the same way; our table may hold a default route that
+    covers the peer)."""
+    best: RouteRow | None = None
+    for r in rows:
+        if r.table in (own_table, RT_TABLE_LOCAL) or r.type != RTN_UNICAST or r.dst.version != peer.version:
+            continue
+        if peer not in r.dst or r.oif is None:
+            continue
+        if best is None or (r.dst.prefixlen, -r.priority) > (best.dst.prefixlen, -best.priority):
+            best = r
+    return best
+
+
+def plan_route(policy: PolicyParams, addresses: Iterable[Address], rows: Iterable[RouteRow],
+               table: int) -> SourceRoute | str:
+    """The route for an outbound policy, or why there is none."""
+    local, remote = policy.local.subnet, policy.remote.subnet
+    src = pick_source(addresses, local)
+    if src is None:
+        return f"no local address in {local}"
+    try:
+        peer = ipaddress.ip_address(policy.tunnel_dst)
+    except ValueError:
+        return f"no peer address ({policy.tunnel_dst!r})"
+    hop = pick_nexthop(rows, peer, table)
+    if hop is None or hop.oif is None:
+        return f"no route to the peer {peer}"
+    # the next hop's address only when it is of the selectors' family (IPv4 inside IPv6 ESP: device only)
+    gateway = hop.gateway if hop.gateway and ipaddress.ip_address(hop.gateway).version == remote.version else None
+    return SourceRoute(remote, str(src), gateway, hop.oif, table)
+
+
+def _rows(ipr: Any, family: int) -> list[RouteRow]:
+    out = []
+    for m in ipr.get_routes(family=family):
+        dst = m.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        out.append(RouteRow(ipaddress.ip_network(f"{dst}/{m['dst_len']}", strict=False), int(m.get("table")),
+                            int(m["type"]), int(m.get_attr("RTA_PRIORITY") or 0), m.get_attr("RTA_GATEWAY"),
+                            m.get_attr("RTA_OIF")))
+    return out
+
+
+class SourceRoutes:
+    """The routes of the outbound policies of one XFRM data plane, and the rule that reaches them.
+
+    The kernel keeps one policy per selector pair and direction: a CHILD_SA's policy replaces the trap
+    policy of the same selectors, and deleting it removes both. So a route belongs to the kernel
+    policies (selector pairs) installed toward its destination, and goes with the last of them."""
+
+    def __init__(self, worker: NetlinkWorker, settings: RouteSettings) -> None:
+        self.worker = worker
+        self.settings = settings
+        self._owners: dict[Network, set[tuple[Any, Any]]] = {}  # destination -> selector pairs
+        self.routes: dict[Network, SourceRoute] = {}  # as installed
+        self._rules: set[int] = set()  # families whose rule we added (one present before is not ours)
+
+    def add(self, policy: PolicyParams) -> SourceRoute | None:
+        """An outbound policy was installed: its route, installed now (None: none needed or possible;
+        a kernel refusal is logged, the policy stays, as charon does)."""
+        dst = policy.remote.subnet
+        self._owners.setdefault(dst, set()).add((policy.local, policy.remote))
+        if dst in self.routes:
+            return self.routes[dst]
+        table = self.settings.table
+
+        def install(ipr: Any) -> SourceRoute | str:
+            plan = plan_route(policy, self.worker.addresses(ipr), _rows(ipr, _family(dst)), table)
+            if isinstance(plan, SourceRoute):
+                self._rule(ipr, _family(dst))
+                ipr.route("replace", dst=str(dst.network_address), dst_len=dst.prefixlen, table=table,
+                          proto=RTPROT_STATIC, prefsrc=plan.src, gateway=plan.gateway, oif=plan.oif)
+            return plan
+
+        try:
+            plan = self.worker.call(install)
+        except (NetlinkError, OSError) as e:
+            log.warning("unable to install source route for %s: %s", dst, e)
+            return None
+        if isinstance(plan, str):
+            log.debug("no source route for %s: %s", dst, plan)
+            return None
+        self.routes[dst] = plan
+        log.info("installed route %s%s src %s in table %d", dst, f" via {plan.gateway}" if plan.gateway else "",
+                 plan.src, table)
+        return plan
+
+    def remove(self, policy: PolicyParams) -> None:
+        """An outbound policy was deleted: its route goes with the last policy toward its destination
+        (not waited for: the worker runs it in order with later additions)."""
+        dst = policy.remote.subnet
+        owners = self._owners.get(dst)
+        if owners is None:
+            return
+        owners.discard((policy.local, policy.remote))
+        if owners:
+            return
+        del self._owners[dst]
+        route = self.routes.pop(dst, None)
+        if route is not None:
+            self.worker.submit(lambda ipr: _delete(ipr, route)).add_done_callback(_logged(dst))
+
+    def close(self) -> None:
+        """Remove every route and the rules we added (the daemon stops)."""
+        routes, self.routes = list(self.routes.values()), {}
+        self._owners.clear()
+        rules, self._rules = set(self._rules), set()
+
+        def clean(ipr: Any) -> None:
+            for r in routes:
+                _delete(ipr, r)
+            for family in rules:
+                _quiet(ipr.rule, "del", table=self.settings.table, priority=self.settings.priority, family=family)
+
+        try:
+            self.worker.call(clean)
+        except Exception as e:  # noqa: BLE001 - stopping: logged, nothing else to do
+            log.warning("source routes: cleaning up failed: %s", e)
+
+    def _rule(self, ipr: Any, family: int) -> None:
+        """`ip rule add priority PRIO table TABLE` once per family (kept while routes come and go)."""
+        if family in self._rules:
+            return
+        try:
+            ipr.rule("add", table=self.settings.table, priority=self.settings.priority, family=family)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+            return  # there before us (another daemon, or a crash of ours): left in place at close
+        self._rules.add(family)
+
+
+def _family(net: Network) -> int:
+    return socket.AF_INET6 if net.version == 6 else socket.AF_INET
+
+
+def _delete(ipr: Any, r: SourceRoute) -> None:
+    """The route is gone already when its source address went (the kernel flushes routes whose
+    preferred source is deleted) or its device did."""
+    _quiet(ipr.route, "del", dst=str(r.dst.network_address), dst_len=r.dst.prefixlen, table=r.table)
+
+
+def _quiet(fn: Any, *args: Any, **kw: Any) -> None:
+    try:
+        fn(*args, **kw)
+    except NetlinkError as e:
+        if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+            raise
+
+
+def _logged(dst: Network) -> Any:
+    def done(fut: Future[None]) -> None:
+        err = fut.exception()
+        if err is not None:
+            log.warning("route %s: deleting failed: %s", dst, err)
+        else:
+            log.info("removed route %s", dst)
+
+    return done
