@@ -126,6 +126,7 @@ def replay(out: Path) -> tuple[float, int]:
             d = Daemon(load(out / "conf" / "iked.toml"))
             eng, n, now = d.engine, 0, 1000.0
             eng.set_wall_clock(time.time(), now)  # the replay's clock starts at `now` (certificate validity)
+            prepare = getattr(eng, "prepare", None)  # as the transport calls it (older trees have none)
             t0 = time.process_time()
             for data, local, remote in rec:
                 now += 1e-4
@@ -134,6 +135,8 @@ def replay(out: Path) -> tuple[float, int]:
                 while (e := eng.next_event()) is not None:
                     n += isinstance(e, ev.IkeSaEstablished)
                     d.on_event(e)
+                if prepare is not None:
+                    prepare()
                 eng.get_timer()
             result = (1000 * (time.process_time() - t0) / max(1, n), n)
         finally:

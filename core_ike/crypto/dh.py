@@ -298,6 +298,18 @@ class KeyPool:
             keys = self._keys[group] = [new_key_exchange(group, rng) for _ in range(self.batch)]
         return keys.pop(0)  # in the order made
 
+    def refill(self, rng: Rng) -> int:
+        """Make the next `batch` key pairs of each group taken before whose pairs are used up, so that
+        the next `take` finds one made: for an adapter to call when nothing waits for it (after the
+        datagrams of a wake-up left). At most `batch` pairs per curve group are held. Returns how many
+        were made."""
+        made = 0
+        for group, keys in self._keys.items():
+            if not keys:
+                keys += [new_key_exchange(group, rng) for _ in range(self.batch)]
+                made += self.batch
+        return made
+
     def __len__(self) -> int:
         return sum(len(v) for v in self._keys.values())
 

@@ -195,6 +195,12 @@ class Engine:
         self._dispatch(msg, local, remote, now)
         self._run_deferred(now)
 
+    def prepare(self) -> None:
+        """Work no datagram waits for, done ahead: the responder's next KEr key pairs (KeyPool.refill).
+        The adapter calls it after sending what `receive` and `handle_timer` produced, so that an
+        IKE_SA_INIT response never waits for a batch of key pairs to be made (RFC 7296 1.2)."""
+        self.key_pool.refill(self.rng)
+
     def set_wall_clock(self, wall: float, now: float) -> None:
         """The wall-clock time (UNIX seconds) at monotonic `now`: certificates are checked against
         `now + (wall - now at this call)` (RFC 5280 4.1.2.5). The adapter refreshes it so that a step

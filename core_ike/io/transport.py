@@ -281,6 +281,8 @@ class UdpTransport:
         self._rb = RecvBatch(MMSG_BATCH)
         self._sb = SendBatch(MMSG_BATCH, COOKIE_SLOT)
         self._replies = SendBatch(MMSG_BATCH)  # the engine's answers to one receive batch (any size)
+        # work the engine does ahead once the datagrams of a wake-up left (Engine.prepare), if it has any
+        self._prepare: Callable[[], None] | None = getattr(engine, "prepare", None)
         prefilter = getattr(engine, "prefilter", None)
         self._answer_batch: Callable[..., Any] | None = getattr(prefilter, "answer_batch", None)
         self._log_limit = LogLimiter(log)
@@ -518,6 +520,11 @@ class UdpTransport:
         # handlers may have produced more work (e.g. initiating); send it too
         if out := engine.datagrams_to_send():
             self._send_all(out)
+        if self._prepare is not None:
+            try:
+                self._prepare()
+            except Exception:  # work done ahead: the engine does it again when it needs it
+                log.exception("internal error preparing the engine's next work")
         self._arm()
 
     def _arm(self) -> None:

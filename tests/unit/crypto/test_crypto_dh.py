@@ -222,3 +222,18 @@ def test_the_key_pool_keeps_groups_apart_and_makes_modp_on_demand() -> None:
     assert len(pool) == 4
     with pytest.raises(LocalError):
         pool.take(999, RNG)
+
+
+def test_the_key_pool_refills_used_up_groups_only() -> None:
+    """KeyPool.refill (called when nothing waits): the next batch of each group whose pairs are used up,
+    none for groups never taken or still holding pairs; a take then finds a pair made."""
+    pool = dh.KeyPool(batch=2)
+    assert pool.refill(RNG) == 0  # nothing taken yet: nothing made
+    first = [pool.take(DhId.CURVE25519, RNG) for _ in range(2)]
+    pool.take(DhId.ECP_256, RNG)  # one of two left
+    assert pool.refill(RNG) == 2 and len(pool) == 3  # x25519's next batch; ECP-256 still holds one
+    assert pool.refill(RNG) == 0  # bounded: at most a batch per group
+    nxt = [pool.take(DhId.CURVE25519, RNG) for _ in range(2)]
+    assert len({k.public for k in first + nxt}) == 4
+    pool.take(DhId.MODP_2048, RNG)
+    assert pool.refill(RNG) == 2 and len(pool) == 3  # x25519 again; MODP is never pooled

@@ -223,3 +223,16 @@ def test_limits_and_cookies_go_the_general_way(monkeypatch: pytest.MonkeyPatch) 
     p.b.accepting = True
     assert not fastinit.answer(p.b, data, ("198.51.100.9", 500), remote, p.now)  # no configuration there
     assert fastinit.answer(p.b, data, local, remote, p.now)
+
+
+def test_the_next_key_pairs_are_made_after_the_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engine.prepare (the transport calls it after a wake-up's datagrams left) refills the KEr pool, so
+    the next IKE_SA_INIT takes a pair made before it arrived (RFC 7296 1.2: each IKE_SA its own)."""
+    p, data = _request(monkeypatch)
+    pool = p.b.key_pool
+    while len(pool):
+        pool.take(DhId.CURVE25519, p.b.rng)
+    p.b.prepare()
+    assert len(pool) == pool.batch
+    assert fastinit.answer(p.b, data, ("192.0.2.2", 500), ("192.0.2.1", 500), p.now)
+    assert len(pool) == pool.batch - 1
