@@ -340,18 +340,15 @@ class TrapManager:
         """The daemon's keying try (RFC 7296 2.4 leaves retries to the initiator) after IKE_SA `failed`
         of connection `conn`: when an acquire started that IKE_SA, initiate its CHILD_SA again with the
         packet's selectors first (RFC 7296 2.9) and say True; False when no acquire started it (the
-        daemon then brings the connection up as configured)."""
+        daemon then brings the connection up as configured). LocalError: the connection or that CHILD_SA
+        config is no longer loaded."""
         hit = self._failed.get(conn)
         if hit is None or hit[0] != failed:
             return False
         del self._failed[conn]
         a = hit[1]
         log.info("keying try for %s{%s}: initiating%s", a.conn, a.child, _first(a.packet))
-        try:
-            sa = self.engine.initiate(a.conn, a.child, now, packet=a.packet)
-        except LocalError as err:  # the config changed meanwhile (a reload cancels the try, docs/operations.md)
-            log.error("keying try for %s{%s}: cannot initiate: %s", a.conn, a.child, err)
-            return True
+        sa = self.engine.initiate(a.conn, a.child, now, packet=a.packet)
         self._started(a, sa.unique_id, sa.established, now)
         return True
 
@@ -395,12 +392,7 @@ class TrapManager:
         if isinstance(e, ev.ChildSaDeleted):
             t = self.traps.get((e.ike_name, e.name))
             if t is not None and not self._other_child(t, e.unique_id):
-                for p in t.policies:
-                    try:
-                        self.dp.install_policy(p)
-                    except Exception as err:  # noqa: BLE001 - logged; `ipsec route` tries again
-                        log.warning("conn %s{%s}: trap policy %s not reinstalled: %s", t.conn, t.child,
-                                    p.remote.subnet, err)
+                self._reinstall(t)
         elif isinstance(e, ev.ChildSaEstablished | ev.ChildSaFailed):
             t = self.traps.get((e.ike_name, e.name))
             if t is not None:
@@ -414,6 +406,20 @@ class TrapManager:
             for t in self.traps.values():
                 if t.attempt == e.unique_id:
                     t.pending = None
+
+
+    def _reinstall(self, t: Trap) -> None:
+        """A trap whose policy the data plane refuses again is no longer one: it goes (`status` stops
+        listing it) until `route`, a reload or a refresh of the gateway's configuration database
+        installs it again."""
+        try:
+            for p in t.policies:
+                self.dp.install_policy(p)
+        except Exception as err:  # noqa: BLE001 - any refusal of the data plane: the trap is gone
+            del self.traps[(t.conn, t.child)]
+            self._remove(t)
+            log.error("conn %s{%s}: trap policy not reinstalled (%s): unrouted; `route %s` installs it again",
+                      t.conn, t.child, err, t.conn)
 
 
 def _first(packet: Packet | None) -> str:

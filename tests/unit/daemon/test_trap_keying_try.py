@@ -235,3 +235,43 @@ def test_iked_keying_try_after_a_trap_attempt_carries_the_packet(tmp_path: Path)
     asyncio.run(go())
     asyncio.run(daemon.shutdown())
 
+
+
+def test_a_keying_try_for_a_connection_removed_meanwhile_does_nothing(tmp_path: Path) -> None:
+    """The gateway's configuration database drops the connection while its keying try is scheduled
+    (a refresh, unlike a reload, does not cancel the try): the try starts nothing and raises nothing."""
+    path = tmp_path / "iked.toml"
+    path.write_text(textwrap.dedent(TOML.format(a=A_IP, b=B_IP)))
+    daemon = Daemon(load(path))
+    daemon.shutdown_timeout = 0.1
+    clock = Clock()
+    dp = UserspaceDataPlane(lambda d, a: None, clock=clock)
+    daemon.dp = dp
+    engine = daemon.engine
+    errors: list[dict[str, object]] = []
+
+    async def go() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        wire = Wire()
+        daemon.transport.sockets = {(A_IP, 500): wire, (A_IP, 4500): wire}  # type: ignore[dict-item]
+        daemon.autostart(time.monotonic())
+        daemon.on_acquire(acquire_for(dp, clock, "10.3.0.9"), time.monotonic())
+        async with asyncio.timeout(30):
+            while engine.ike_sas():
+                t = engine.get_timer()
+                assert t is not None
+                engine.handle_timer(t)
+                daemon.transport.flush()
+        assert "home" in daemon._retry_due
+        engine.configs[:] = []  # what gateway/daemon.py apply_snapshot does with a removed row
+        assert daemon.traps is not None
+        daemon.traps.sync(engine.configs)
+        sent = len(wire.sent)
+        async with asyncio.timeout(30):
+            while "home" in daemon._retry_due:  # the try is due 1 s after the failure
+                await asyncio.sleep(0.05)
+        assert not engine.ike_sas() and len(wire.sent) == sent and daemon.traps.routed() == {}
+
+    asyncio.run(go())
+    asyncio.run(daemon.shutdown())
+    assert errors == []

@@ -9,6 +9,7 @@ import pytest
 
 from core_ike.daemon.traps import TrapManager
 from core_ike.errors import LocalError
+from core_ike.ike import events as ev
 from core_ike.ike.config import ChildConfig
 from core_ike.io.dataplane import PolicyParams
 from core_ike.io.userspace import UserspaceDataPlane
@@ -62,3 +63,27 @@ def test_a_refused_change_leaves_the_connection_unrouted() -> None:
     traps.engine.configs[:] = [changed]
     traps.sync(traps.engine.configs)  # logs the refusal, as a reload does
     assert traps.routed() == {} and dp._policies == []
+
+
+def test_a_trap_the_data_plane_refuses_again_is_no_longer_listed() -> None:
+    """The last CHILD_SA of a routed config goes and the trap is installed again (the XFRM kernel keeps
+    one policy per selector); when the data plane refuses that, the trap is gone and `status` says
+    so, and `route` installs it again."""
+    pair = make_pair()
+    pair.a.config("home").children[0].start_action = "trap"
+    dp = RefusingDataPlane("none")
+    traps = TrapManager(pair.a, dp, lambda remote: A_IP)
+    traps.sync(pair.a.configs)
+    sa = pair.a.initiate("home", None, pair.now)
+    pair.pump()
+    (uid,) = sa.children
+    assert [r["state"] for r in traps.status(pair.now)] == ["child-up"]
+    dp.refused = "10.2.0.0/24"
+    pair.a.terminate_child(sa, uid, pair.now)
+    pair.pump()
+    (gone,) = pair.of("a", ev.ChildSaDeleted)
+    traps.on_event(gone)
+    assert traps.status(pair.now) == [] and traps.routed() == {} and dp._policies == []
+    dp.refused = "none"
+    assert traps.route("home") == ["net"] and [r["state"] for r in traps.status(pair.now)] == ["waiting"]
+    assert [str(p.remote.subnet) for p in dp._policies] == ["10.2.0.0/24"]
