@@ -180,8 +180,11 @@ class Daemon:
             if self.transport.sockets and not self.stopping:
                 now = time.monotonic()
                 # an IKE_SA an acquire started asks for that CHILD_SA again, the packet's selectors first
-                if self.traps is None or not self.traps.keying_try(e.name, e.unique_id, now):
-                    self.engine.initiate(e.name, None, now)
+                try:
+                    if self.traps is None or not self.traps.keying_try(e.name, e.unique_id, now):
+                        self.engine.initiate(e.name, None, now)
+                except LocalError as err:  # gone meanwhile: a refresh of the gateway's database cancels no try
+                    log.info("no keying try of '%s': %s", e.name, err)
                 self.transport.flush()
 
         self._retry_due.add(e.name)  # one attempt at a time: no acquire starts another meanwhile (traps.py)
