@@ -36,6 +36,7 @@ ROUTING_TABLE = 220  # charon's default (strongswan.conf charon.routing_table, D
 ROUTING_TABLE_PRIO = 220  # charon.routing_table_prio
 RT_TABLE_LOCAL, RT_TABLE_DEFAULT, RT_TABLE_MAIN = 255, 253, 254  # linux/rtnetlink.h
 RTN_UNICAST = 1
+RTM_F_LOOKUP_TABLE = 0x1000  # linux/rtnetlink.h: a route lookup's answer names the table that held the route
 RESERVED_TABLES = (0, RT_TABLE_DEFAULT, RT_TABLE_MAIN, RT_TABLE_LOCAL)
 MAX_RULE_PRIO = 32765  # 32766 is the main table's rule (ip-rule(8))
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -94,6 +95,13 @@ def pick_nexthop(rows: Iterable[RouteRow], peer: Address, own_table: int) -> Rou
     return best
 
 
+def peer_of(policy: PolicyParams) -> Address | None:
+    try:
+        return ipaddress.ip_address(policy.tunnel_dst)
+    except ValueError:
+        return None
+
+
 def plan_route(policy: PolicyParams, addresses: Iterable[Address], rows: Iterable[RouteRow],
                table: int) -> SourceRoute | str:
     """The route for an outbound policy, or why there is none."""
@@ -101,9 +109,8 @@ def plan_route(policy: PolicyParams, addresses: Iterable[Address], rows: Iterabl
     src = pick_source(addresses, local)
     if src is None:
         return f"no local address in {local}"
-    try:
-        peer = ipaddress.ip_address(policy.tunnel_dst)
-    except ValueError:
+    peer = peer_of(policy)
+    if peer is None:
         return f"no peer address ({policy.tunnel_dst!r})"
     hop = pick_nexthop(rows, peer, table)
     if hop is None or hop.oif is None:
@@ -113,14 +120,25 @@ def plan_route(policy: PolicyParams, addresses: Iterable[Address], rows: Iterabl
     return SourceRoute(remote, str(src), gateway, hop.oif, table)
 
 
-def _rows(ipr: Any, family: int) -> list[RouteRow]:
-    out = []
-    for m in ipr.get_routes(family=family):
-        dst = m.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-        out.append(RouteRow(ipaddress.ip_network(f"{dst}/{m['dst_len']}", strict=False), int(m.get("table")),
-                            int(m["type"]), int(m.get_attr("RTA_PRIORITY") or 0), m.get_attr("RTA_GATEWAY"),
-                            m.get_attr("RTA_OIF")))
-    return out
+def _row(m: Any, family: int) -> RouteRow:
+    dst = m.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    return RouteRow(ipaddress.ip_network(f"{dst}/{m['dst_len']}", strict=False), int(m.get("table")),
+                    int(m["type"]), int(m.get_attr("RTA_PRIORITY") or 0), m.get_attr("RTA_GATEWAY"),
+                    m.get_attr("RTA_OIF"))
+
+
+def _toward(ipr: Any, peer: Address, own_table: int) -> list[RouteRow]:
+    """The routes `pick_nexthop` chooses from: the kernel's own lookup of the peer (one message) when
+    it did not come from our table, else every route of the peer's family (a full tunnel's default
+    route in our table covers the peer; the dump grows with our table, so it is the exception)."""
+    family = socket.AF_INET6 if peer.version == 6 else socket.AF_INET
+    try:
+        found = [_row(m, family) for m in ipr.route("get", dst=str(peer), flags=RTM_F_LOOKUP_TABLE)]
+    except NetlinkError:  # e.g. ENETUNREACH: no route at all
+        found = []
+    if found and all(r.table != own_table for r in found):
+        return found
+    return [_row(m, family) for m in ipr.get_routes(family=family)]
 
 
 class SourceRoutes:
@@ -147,7 +165,9 @@ class SourceRoutes:
         table = self.settings.table
 
         def install(ipr: Any) -> SourceRoute | str:
-            plan = plan_route(policy, self.worker.addresses(ipr), _rows(ipr, _family(dst)), table)
+            peer = peer_of(policy)
+            rows = _toward(ipr, peer, table) if peer is not None else []
+            plan = plan_route(policy, self.worker.addresses(ipr), rows, table)
             if isinstance(plan, SourceRoute):
                 self._rule(ipr, _family(dst))
                 ipr.route("replace", dst=str(dst.network_address), dst_len=dst.prefixlen, table=table,
