@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -104,6 +105,45 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return crashed
 
     return GroupScheduling(config, log)
+
+
+# Every worker collects the suite itself, and xdist aborts the run ("Different tests were collected")
+# unless they all collect the same tests. A test file that appears while they collect (written by an
+# editor or a generator beside the run) would be seen by some only, so the controller lists the files
+# under tests/ once, when it starts the workers, and each worker collects those and no later one.
+_FILES_KEY = "ikeme_test_files"
+
+
+def _test_files(root: Path) -> list[str]:
+    out = []
+    for d, dirs, files in os.walk(root / "tests"):
+        dirs[:] = [x for x in dirs if x != "__pycache__"]
+        out += [str(Path(d, f).relative_to(root)) for f in files if f.endswith(".py")]
+    return sorted(out)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist controller) The list of test files for the worker about to start."""
+    config = node.config
+    files = getattr(config, "_ikeme_test_files", None)
+    if files is None:
+        files = config._ikeme_test_files = _test_files(config.rootpath)
+    node.workerinput[_FILES_KEY] = files
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """(xdist worker) A Python file under tests/ that was not there when the controller listed them."""
+    files = getattr(config, "workerinput", {}).get(_FILES_KEY)
+    if files is None or collection_path.suffix != ".py":
+        return None
+    try:
+        rel = collection_path.relative_to(config.rootpath)
+    except ValueError:
+        return None
+    if rel.parts[:1] == ("tests",) and str(rel) not in files:
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
