@@ -20,9 +20,11 @@ N_PORTS = 6
 
 
 def _free_range(n: int = N_PORTS) -> tuple[int, int]:
-    """n consecutive loopback UDP ports that are free right now."""
+    """n consecutive loopback UDP ports that are free right now, below the ephemeral ports (Linux's
+    ip_local_port_range starts at 32768): a socket bound to port 0 meanwhile, a Peer of the test or
+    any other process's, cannot take one of them before the relay binds it."""
     for _ in range(50):
-        lo = random.randrange(20000, 60000 - n)
+        lo = random.randrange(20000, 32768 - n)
         held: list[socket.socket] = []
         try:
             for p in range(lo, lo + n):
