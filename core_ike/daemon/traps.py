@@ -339,14 +339,19 @@ class TrapManager:
     def keying_try(self, conn: str, failed: int, now: float) -> bool:
         """The daemon's keying try (RFC 7296 2.4 leaves retries to the initiator) after IKE_SA `failed`
         of connection `conn`: when an acquire started that IKE_SA, initiate its CHILD_SA again with the
-        packet's selectors first (RFC 7296 2.9) and say True; False when no acquire started it (the
-        daemon then brings the connection up as configured). LocalError: the connection or that CHILD_SA
-        config is no longer loaded."""
+        packet's selectors first (RFC 7296 2.9) and say True (also when that CHILD_SA is up meanwhile,
+        by `up` or the peer: nothing to try then); False when no acquire started it (the daemon then
+        brings the connection up as configured). LocalError: the connection or that CHILD_SA config is
+        no longer loaded."""
         hit = self._failed.get(conn)
         if hit is None or hit[0] != failed:
             return False
         del self._failed[conn]
         a = hit[1]
+        trap = self.traps.get((a.conn, a.child))
+        if trap is not None and self._other_child(trap, -1):
+            log.info("keying try for %s{%s}: not needed, the CHILD_SA is up meanwhile", a.conn, a.child)
+            return True
         log.info("keying try for %s{%s}: initiating%s", a.conn, a.child, _first(a.packet))
         sa = self.engine.initiate(a.conn, a.child, now, packet=a.packet)
         self._started(a, sa.unique_id, sa.established, now)

@@ -275,3 +275,27 @@ def test_a_keying_try_for_a_connection_removed_meanwhile_does_nothing(tmp_path: 
     asyncio.run(go())
     asyncio.run(daemon.shutdown())
     assert errors == []
+
+
+def test_no_keying_try_for_a_child_sa_up_meanwhile() -> None:
+    """The attempt a packet started failed; before its keying try is due, `up` brought the CHILD_SA up:
+    the try starts nothing (no second IKE_SA for a CHILD_SA that is there)."""
+    pair = make_pair()
+    pair.a.config("home").children[0].start_action = "trap"
+    clock = Clock()
+    dp = UserspaceDataPlane(lambda d, a: None, clock=clock)
+    traps = TrapManager(pair.a, dp, lambda remote: A_IP)
+    traps.sync(pair.a.configs)
+    pair.drop = lambda side, data: True
+    assert traps.on_acquire(acquire_for(dp, clock, "10.2.0.9"), pair.now)
+    (first,) = pair.a.ike_sas()
+    pair.advance(300)
+    for e in pair.events_a:
+        traps.on_event(e)
+    pair.drop = None
+    up = pair.a.initiate("home", None, pair.now)
+    pair.pump()
+    assert up.established and [c.name for c in up.children.values()] == ["net"]
+    assert traps.keying_try("home", first.unique_id, pair.now)
+    pair.pump()
+    assert pair.a.ike_sas() == [up]
