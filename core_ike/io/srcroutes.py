@@ -10,25 +10,28 @@ looked up before the main table through one rule (`routing_table_prio = 220`), s
 never touched (`ip route show table 220` lists them, as under charon). `install_routes = false`
 installs none (docs/configuration.md).
 
-The choices (the source address, the next hop) are pure functions over what netlink reports; the
-operations run in the data plane's `NetlinkWorker` thread.
+The choices (the source address, the next hop) are pure functions over what netlink reports. A
+route's lookup, addition and deletion are single rtnetlink requests from the caller's thread
+(`RouteSocket`); our addresses come from the `NetlinkWorker`'s list, kept current by the kernel's
+address notifications once the event loop runs; the rule and the rare full route dump run in the
+worker (pyroute2).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
 from .dataplane import PolicyParams
-from .netlink import RTPROT_STATIC, Address, NetlinkWorker
+from .netlink import Address, NetlinkWorker, RouteSocket
 
 log = logging.getLogger("core_ike.io.xfrm")
 
@@ -36,7 +39,6 @@ ROUTING_TABLE = 220  # charon's default (strongswan.conf charon.routing_table, D
 ROUTING_TABLE_PRIO = 220  # charon.routing_table_prio
 RT_TABLE_LOCAL, RT_TABLE_DEFAULT, RT_TABLE_MAIN = 255, 253, 254  # linux/rtnetlink.h
 RTN_UNICAST = 1
-RTM_F_LOOKUP_TABLE = 0x1000  # linux/rtnetlink.h: a route lookup's answer names the table that held the route
 RESERVED_TABLES = (0, RT_TABLE_DEFAULT, RT_TABLE_MAIN, RT_TABLE_LOCAL)
 MAX_RULE_PRIO = 32765  # 32766 is the main table's rule (ip-rule(8))
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -127,17 +129,7 @@ def _row(m: Any, family: int) -> RouteRow:
                     m.get_attr("RTA_OIF"))
 
 
-def _toward(ipr: Any, peer: Address, own_table: int) -> list[RouteRow]:
-    """The routes `pick_nexthop` chooses from: the kernel's own lookup of the peer (one message) when
-    it did not come from our table, else every route of the peer's family (a full tunnel's default
-    route in our table covers the peer; the dump grows with our table, so it is the exception)."""
-    family = socket.AF_INET6 if peer.version == 6 else socket.AF_INET
-    try:
-        found = [_row(m, family) for m in ipr.route("get", dst=str(peer), flags=RTM_F_LOOKUP_TABLE)]
-    except NetlinkError:  # e.g. ENETUNREACH: no route at all
-        found = []
-    if found and all(r.table != own_table for r in found):
-        return found
+def _dump(ipr: Any, family: int) -> list[RouteRow]:
     return [_row(m, family) for m in ipr.get_routes(family=family)]
 
 
@@ -148,9 +140,13 @@ class SourceRoutes:
     policy of the same selectors, and deleting it removes both. So a route belongs to the kernel
     policies (selector pairs) installed toward its destination, and goes with the last of them."""
 
-    def __init__(self, worker: NetlinkWorker, settings: RouteSettings) -> None:
+    def __init__(self, worker: NetlinkWorker, settings: RouteSettings,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.worker = worker
         self.settings = settings
+        self.sock = RouteSocket()
+        if loop is not None:  # our address list from the kernel's notifications, not a dump per route
+            worker.watch_addresses(loop)
         self._owners: dict[Network, set[tuple[Any, Any]]] = {}  # destination -> selector pairs
         self.routes: dict[Network, SourceRoute] = {}  # as installed
         self._rules: set[int] = set()  # families whose rule we added (one present before is not ours)
@@ -163,19 +159,12 @@ class SourceRoutes:
         if dst in self.routes:
             return self.routes[dst]
         table = self.settings.table
-
-        def install(ipr: Any) -> SourceRoute | str:
-            peer = peer_of(policy)
-            rows = _toward(ipr, peer, table) if peer is not None else []
-            plan = plan_route(policy, self.worker.addresses(ipr), rows, table)
-            if isinstance(plan, SourceRoute):
-                self._rule(ipr, _family(dst))
-                ipr.route("replace", dst=str(dst.network_address), dst_len=dst.prefixlen, table=table,
-                          proto=RTPROT_STATIC, prefsrc=plan.src, gateway=plan.gateway, oif=plan.oif)
-            return plan
-
         try:
-            plan = self.worker.call(install)
+            peer = peer_of(policy)
+            plan = plan_route(policy, self._addresses(), self._toward(peer) if peer is not None else [], table)
+            if isinstance(plan, SourceRoute):
+                self._rule(_family(dst))
+                self.sock.replace(str(dst), plan.oif, plan.src, table=table, gateway=plan.gateway)
         except (NetlinkError, OSError) as e:
             log.warning("unable to install source route for %s: %s", dst, e)
             return None
@@ -188,8 +177,7 @@ class SourceRoutes:
         return plan
 
     def remove(self, policy: PolicyParams) -> None:
-        """An outbound policy was deleted: its route goes with the last policy toward its destination
-        (not waited for: the worker runs it in order with later additions)."""
+        """An outbound policy was deleted: its route goes with the last policy toward its destination."""
         dst = policy.remote.subnet
         owners = self._owners.get(dst)
         if owners is None:
@@ -199,63 +187,81 @@ class SourceRoutes:
             return
         del self._owners[dst]
         route = self.routes.pop(dst, None)
-        if route is not None:
-            self.worker.submit(lambda ipr: _delete(ipr, route)).add_done_callback(_logged(dst))
+        if route is None:
+            return
+        try:
+            _quiet(self.sock.delete, str(dst), route.table)
+        except (NetlinkError, OSError) as e:
+            log.warning("route %s: deleting failed: %s", dst, e)
+            return
+        log.info("removed route %s", dst)
 
     def close(self) -> None:
         """Remove every route and the rules we added (the daemon stops)."""
         routes, self.routes = list(self.routes.values()), {}
         self._owners.clear()
         rules, self._rules = set(self._rules), set()
-
-        def clean(ipr: Any) -> None:
-            for r in routes:
-                _delete(ipr, r)
-            for family in rules:
-                _quiet(ipr.rule, "del", table=self.settings.table, priority=self.settings.priority, family=family)
-
         try:
-            self.worker.call(clean)
+            for r in routes:
+                _quiet(self.sock.delete, str(r.dst), r.table)
+            if rules:
+                self.worker.call(self._del_rules(rules))
         except Exception as e:  # noqa: BLE001 - stopping: logged, nothing else to do
             log.warning("source routes: cleaning up failed: %s", e)
+        finally:
+            self.sock.close()
 
-    def _rule(self, ipr: Any, family: int) -> None:
+    def _del_rules(self, families: set[int]) -> Callable[[Any], None]:
+        def delete(ipr: Any) -> None:
+            for f in families:
+                _quiet(ipr.rule, "del", table=self.settings.table, priority=self.settings.priority, family=f)
+
+        return delete
+
+    def _addresses(self) -> list[Address]:
+        cached = self.worker.cached_addresses()
+        return cached if cached is not None else self.worker.call(self.worker.addresses)
+
+    def _toward(self, peer: Address) -> list[RouteRow]:
+        """The routes `pick_nexthop` chooses from: the kernel's own lookup of the peer (one request) when
+        our table did not answer it, else every route of the peer's family (a full tunnel's default
+        route in our table covers the peer; the dump grows with our table, so it is the exception)."""
+        try:
+            r = self.sock.lookup(str(peer))
+        except NetlinkError:  # e.g. ENETUNREACH: no route at all
+            return []
+        if r.table != self.settings.table:
+            return [RouteRow(ipaddress.ip_network(peer), r.table, r.type, 0, r.gateway, r.oif)]
+        family = socket.AF_INET6 if peer.version == 6 else socket.AF_INET
+        return self.worker.call(lambda ipr: _dump(ipr, family))
+
+    def _rule(self, family: int) -> None:
         """`ip rule add priority PRIO table TABLE` once per family (kept while routes come and go)."""
         if family in self._rules:
             return
-        try:
-            ipr.rule("add", table=self.settings.table, priority=self.settings.priority, family=family)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise
-            return  # there before us (another daemon, or a crash of ours): left in place at close
-        self._rules.add(family)
+
+        def add(ipr: Any) -> bool:
+            try:
+                ipr.rule("add", table=self.settings.table, priority=self.settings.priority, family=family)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+                return False  # there before us (another daemon, or a crash of ours): left in place at close
+            return True
+
+        if self.worker.call(add):
+            self._rules.add(family)
 
 
 def _family(net: Network) -> int:
     return socket.AF_INET6 if net.version == 6 else socket.AF_INET
 
 
-def _delete(ipr: Any, r: SourceRoute) -> None:
-    """The route is gone already when its source address went (the kernel flushes routes whose
-    preferred source is deleted) or its device did."""
-    _quiet(ipr.route, "del", dst=str(r.dst.network_address), dst_len=r.dst.prefixlen, table=r.table)
-
-
 def _quiet(fn: Any, *args: Any, **kw: Any) -> None:
+    """A route already gone is no error: the kernel flushes routes whose preferred source address is
+    deleted, and those through a device that went."""
     try:
         fn(*args, **kw)
     except NetlinkError as e:
         if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
             raise
-
-
-def _logged(dst: Network) -> Any:
-    def done(fut: Future[None]) -> None:
-        err = fut.exception()
-        if err is not None:
-            log.warning("route %s: deleting failed: %s", dst, err)
-        else:
-            log.info("removed route %s", dst)
-
-    return done

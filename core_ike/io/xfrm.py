@@ -10,6 +10,7 @@ a fresh network namespace of a child process) and `choose_backend()` picks XFRM 
 
 from __future__ import annotations
 
+import asyncio
 import errno as errno_mod
 import ipaddress
 import logging
@@ -333,6 +334,11 @@ class XfrmDataPlane:
         self._netlink: NetlinkWorker | None = None
         self.route_settings: RouteSettings | None = None  # None: charon's defaults (core_ike/io/srcroutes.py)
         self._routes: SourceRoutes | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The daemon's event loop: the source routes read our addresses from its notifications."""
+        self._loop = loop
 
     def _worker(self) -> NetlinkWorker:
         """One rtnetlink connection, opened by the first virtual IP or source route."""
@@ -351,7 +357,7 @@ class XfrmDataPlane:
         if not settings.install:
             return None
         if self._routes is None:
-            self._routes = SourceRoutes(self._worker(), settings)
+            self._routes = SourceRoutes(self._worker(), settings, self._loop)
         return self._routes
 
     def add_vip(self, address: str) -> bool:

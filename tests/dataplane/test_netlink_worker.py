@@ -71,6 +71,27 @@ async def main():
         out["nodev"] = None
     except NetlinkError as e:
         out["nodev"] = e.code
+    # in a table of its own, via a next hop; looked up (the table that answered), deleted, deleted again
+    rs.replace("10.82.0.0/24", lo, "10.79.0.1", table=220)
+    subprocess.run(["ip", "rule", "add", "priority", "220", "table", "220"], check=True)
+    out["lookup"] = list(vars(rs.lookup("10.82.0.9")).values())
+    out["lookup_main"] = list(vars(rs.lookup("10.80.0.9")).values())
+    out["table220"] = subprocess.run(["ip", "route", "show", "table", "220"], capture_output=True, text=True).stdout
+    rs.delete("10.82.0.0/24", 220)
+    rs.delete("10.80.0.0/24")  # a scope-link route, deleted without naming its scope
+    out["after_delete"] = subprocess.run(["ip", "route", "show", "table", "all", "10.80.0.0/24"], capture_output=True,
+                                         text=True).stdout + subprocess.run(["ip", "route", "show", "table", "220"],
+                                         capture_output=True, text=True).stdout
+    try:
+        rs.delete("10.82.0.0/24", 220)
+        out["gone"] = None
+    except NetlinkError as e:
+        out["gone"] = e.code
+    try:
+        rs.lookup("203.0.113.1")
+        out["unreachable"] = None
+    except NetlinkError as e:
+        out["unreachable"] = e.code
     rs.close()
     w.close()
     try:
@@ -103,3 +124,10 @@ def test_netlink_worker_in_namespace() -> None:
     assert out["routes"].split() == ["10.80.0.0/24", "dev", "lo", "proto", "static", "scope", "link", "src", "10.79.0.1"]
     assert out["routes6"].startswith("fd00:80::/64 dev lo")
     assert out["nodev"] == 19  # ENODEV
+    lo = out["lookup"][3]
+    assert out["lookup"] == [220, 1, None, lo] and out["lookup_main"] == [254, 1, None, lo]
+    assert out["table220"].split() == ["10.82.0.0/24", "dev", "lo", "proto", "static", "scope", "link", "src",
+                                       "10.79.0.1"]
+    assert out["after_delete"] == ""
+    assert out["gone"] == 3  # ESRCH
+    assert out["unreachable"] == 101  # ENETUNREACH

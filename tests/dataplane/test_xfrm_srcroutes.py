@@ -128,7 +128,7 @@ def test_full_tunnel_and_a_gateway_route(netns: None) -> None:
         assert _source_toward("203.0.113.5") == VIP
         for p in _pols("10.1.0.0/16", "10.3.0.9/32", peer="192.0.2.100", reqid=6):
             dp.install_policy(p)
-        assert "10.3.0.9 dev x0 proto static src 10.1.0.1" in table().splitlines()
+        assert "10.3.0.9 dev x0 proto static scope link src 10.1.0.1" in table().splitlines()
     finally:
         dp.close()
     assert table() == "" and "lookup 220" not in rules()
