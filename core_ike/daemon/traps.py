@@ -41,6 +41,7 @@ from ..ike import events as ev
 from ..ike import ts as tsmod
 from ..ike.config import ChildConfig, IkeConfig
 from ..ike.engine import Engine
+from ..ike.sa import IkeSa
 from ..io.dataplane import Acquire, Direction, PolicyAction, PolicyParams, TrafficSelector
 from .config import _trap_target
 from .control import EngineControl
@@ -266,31 +267,36 @@ class TrapManager:
         """Each routed CHILD_SA config (`ikectl status` of every daemon, `ikeme-ipsec status`): its
         reqid, the trap policies' selectors, who routed it, what it is doing (`state`), for how long an
         attempt an acquire started is under way and whether a CHILD_SA of it is up."""
+        by_conn: dict[str, list[IkeSa]] = {}  # one pass over the IKE_SAs, not one per trap
+        for sa in self.engine.ike_sas():
+            by_conn.setdefault(sa.config.name, []).append(sa)
         out = []
         for t in self.traps.values():
-            state = self.state(t, now)
+            sas = by_conn.get(t.conn, [])
+            up = any(c.name == t.child for sa in sas for c in sa.children.values())
+            state = self.state(t, now, sas, up)
             out.append({"name": t.conn, "child": t.child, "reqid": t.reqid,
                         "local-ts": sorted({_ts_text(p.local) for p in t.policies}),
                         "remote-ts": sorted({_ts_text(p.remote) for p in t.policies}),
                         "routed-by": "command" if t.by_command else "config", "state": state,
                         "acquire-pending": round(now - t.pending, 1)
                         if state == "acquire" and t.pending is not None else None,
-                        "child-up": self._other_child(t, -1)})
+                        "child-up": up})
         return out
 
-    def state(self, t: Trap, now: float) -> str:
-        """What routed CHILD_SA config `t` does now, in the order an acquire's check sees it:
-        "acquire" (an attempt a packet started, or its keying try, is under way), "child-up" (a
-        CHILD_SA of it is up), "keying-try" (one of the connection is scheduled), "connecting" (an
-        IKE_SA of the connection is being set up by `up` or a start) or "waiting" (for traffic). In
-        the middle three an acquire starts nothing."""
+    def state(self, t: Trap, now: float, sas: list[IkeSa], child_up: bool) -> str:
+        """What routed CHILD_SA config `t` does now (`sas`: the IKE_SAs of its connection; `child_up`:
+        a CHILD_SA of it is up on one): "acquire" (an attempt a packet started, or its keying try, is
+        under way), "child-up", "keying-try" (one of the connection is scheduled), "connecting" (an
+        IKE_SA of the connection is being set up by `up` or a start) or "waiting" (for traffic). In the
+        middle three an acquire starts nothing."""
         if self._under_way(t, now):
             return "acquire"
-        if self._other_child(t, -1):
+        if child_up:
             return "child-up"
         if self.retrying(t.conn):
             return "keying-try"
-        if any(not sa.established for sa in self.engine.ike_sas() if sa.config.name == t.conn):
+        if any(not sa.established for sa in sas):
             return "connecting"
         return "waiting"
 
