@@ -238,3 +238,33 @@ def test_daemon_glue_installs_the_route_after_the_virtual_ip(netns: None) -> Non
         assert VIP not in sh("ip", "-n", NS, "addr", "show", "dev", "lo") and dp.sas == []
     finally:
         dp.close()
+
+
+def test_addresses_come_from_the_kernels_notifications(netns: None) -> None:
+    """With the daemon's event loop running, a route's source comes from the address list the kernel's
+    notifications keep current: an address added behind our back is used, without a dump per route."""
+    import asyncio
+
+    async def main() -> tuple[str, int]:
+        dp = _dp()
+        dp.start(asyncio.get_running_loop())
+        try:
+            routes = dp.source_routes()
+            assert routes is not None
+            sh("ip", "-n", NS, "addr", "add", "10.6.0.1/32", "dev", "lo")
+            for _ in range(500):  # poll with a deadline: the notification is read by this loop
+                cached = routes.worker.cached_addresses()
+                if cached is not None and any(str(a) == "10.6.0.1" for a in cached):
+                    break
+                await asyncio.sleep(0.01)
+            dumps = routes.worker.dumps
+            for p in _pols("10.6.0.1/32", "10.5.0.0/16") + _pols("10.1.0.0/16", "10.3.0.9/32", reqid=6):
+                dp.install_policy(p)
+            return table(), routes.worker.dumps - dumps
+        finally:
+            dp.close()
+
+    routes, dumps = asyncio.run(main())
+    assert [r.strip() for r in routes.splitlines()] == [f"10.3.0.9 via {GW} dev x0 proto static src 10.1.0.1",
+                                                        f"10.5.0.0/16 via {GW} dev x0 proto static src 10.6.0.1"]
+    assert dumps == 0
