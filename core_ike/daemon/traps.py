@@ -147,6 +147,7 @@ class TrapManager:
         self.commanded: set[str] = set()  # connections routed by `route`, whatever their start_action
         self.unrouted: set[str] = set()  # connections `unroute` took out, until the next reload
         self._reqids: dict[tuple[str, str], int] = {}  # one reqid per (conn, child) for the daemon's life
+        self._keys: dict[int, tuple[str, str]] = {}  # and back: an acquire's reqid to its (conn, child)
         self._attempts: dict[int, Attempt] = {}  # IKE_SAs being set up for an acquire, by unique id
         self._failed: dict[str, tuple[int, Attempt]] = {}  # per connection: the last of them that failed
         self.acquires = 0  # acquires that initiated a CHILD_SA
@@ -173,6 +174,7 @@ class TrapManager:
             if old is not None and old.cfg is cfg:
                 continue
             reqid = self._reqids.setdefault(key, TRAP_REQID_BASE + len(self._reqids) + 1)
+            self._keys[reqid] = key
             pols = trap_policies(cfg, child, reqid, self.route_source)
             self._check_routable(cfg, pols)
             plans.append((child.name, reqid, pols))
@@ -312,7 +314,8 @@ class TrapManager:
     def on_acquire(self, e: Acquire, now: float) -> bool:
         """Traffic met trap `e.reqid` without an SA: initiate its CHILD_SA unless an attempt is under
         way or one is up; True when it initiated."""
-        trap = next((t for t in self.traps.values() if t.reqid == e.reqid), None)
+        key = self._keys.get(e.reqid)
+        trap = self.traps.get(key) if key is not None else None
         if trap is None:
             self.ignored += 1
             log.debug("acquire for reqid %d (%s -> %s): no trap of ours", e.reqid, e.src, e.dst)
