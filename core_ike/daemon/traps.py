@@ -21,6 +21,9 @@ A keying try of an IKE_SA an acquire started asks for what that attempt asked fo
 the packet's selectors first (`keying_try`), as charon's retried IKE_SA keeps its queued CHILD_SA task
 with the packet's selectors; the connection's other CHILD_SAs wait for traffic of their own.
 
+What `status` lists is what the data plane holds: a connection is routed with all its CHILD_SA configs
+or none, and a trap the data plane refuses to install again goes; each says what it does (`state`).
+
 Operators route and unroute at run time (`ikectl route|unroute NAME`, the gateway's `ikeme-ipsec
 route|unroute`; docs/operations.md): a connection routed so stays routed over reloads while it is
 loaded; one unrouted so that its config routes is routed again by the next reload, not before (a
