@@ -37,10 +37,8 @@ log = logging.getLogger("core_ike.io.xfrm")
 
 ROUTING_TABLE = 220  # charon's default (strongswan.conf charon.routing_table, Debian's build)
 ROUTING_TABLE_PRIO = 220  # charon.routing_table_prio
-RT_TABLE_LOCAL, RT_TABLE_DEFAULT, RT_TABLE_MAIN = 255, 253, 254  # linux/rtnetlink.h
+RT_TABLE_LOCAL = 255  # linux/rtnetlink.h
 RTN_UNICAST = 1
-RESERVED_TABLES = (0, RT_TABLE_DEFAULT, RT_TABLE_MAIN, RT_TABLE_LOCAL)
-MAX_RULE_PRIO = 32765  # 32766 is the main table's rule (ip-rule(8))
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
