@@ -166,6 +166,10 @@ class DataRelay:
         lo, _hi = self.config.ports
         self._cursor = lo
         self._changes = Changes()
+        # the earliest expiry, kept until a relay is added, active, in use or gone (get_timer is asked after
+        # every datagram the server handles, most of them IKE messages, not relayed ones)
+        self._due: float | None = None
+        self._due_known = True
         self.stats = {"allocated": 0, "refused": 0, "expired": 0, "forwarded": 0, "dropped": 0, "released": 0}
 
     def __len__(self) -> int:
@@ -202,6 +206,8 @@ class DataRelay:
                   now, now, cfg.rate_bytes * cfg.burst, cfg.rate_packets * cfg.burst, now)
         self._next_id += 1
         self._relays[r.id] = r
+        if self._due_known:
+            self._due = self._expires(r) if self._due is None else min(self._due, self._expires(r))
         self._by_cid[connect_id] = r
         for side in (r.a, r.b):
             self._by_port[side.port] = (r, side)
@@ -229,6 +235,7 @@ class DataRelay:
     def touch(self, relay: Relay, now: float) -> None:
         """Signalling for this relay went through the server (the ME_CONNECT response): not idle."""
         relay.last_activity = max(relay.last_activity, now)
+        self._due_known = False
 
     def carries_traffic(self, relay: Relay, now: float) -> bool:
         """Both sides latched and active within the idle timeout (kept when a peer goes offline)."""
@@ -251,6 +258,7 @@ class DataRelay:
         r = self._relays.pop(relay_id, None)
         if r is None:
             return
+        self._due_known = False
         r.freed_reason = reason
         self._by_cid.pop(r.connect_id, None)
         for side in (r.a, r.b):
@@ -281,6 +289,7 @@ class DataRelay:
                 log.info("relay %d: '%s' latched at %s[%d]", r.id, side.identity, src[0], src[1])
             side.latched = src
         r.last_activity = now
+        self._due_known = False
         other = r.other(side)
         if other.latched is None or not self._take(r, len(data), now):
             self.stats["dropped"] += 1
@@ -320,14 +329,16 @@ class DataRelay:
         return r.last_activity + (cfg.idle_timeout if r.in_use else min(cfg.unused_timeout, cfg.idle_timeout))
 
     def get_timer(self) -> float | None:
-        if not self._relays:
-            return None
-        return min(self._expires(r) for r in self._relays.values())
+        if not self._due_known:
+            self._due = min((self._expires(r) for r in self._relays.values()), default=None)
+            self._due_known = True
+        return self._due
 
     def handle_timer(self, now: float) -> list[Relay]:
         """Free the relays idle for `idle_timeout` (unused ones: `unused_timeout`); returns them, each
         with `freed_reason` "idle" or "unused"."""
         gone = [r for r in self._relays.values() if now >= self._expires(r)]
+        self._due_known = False
         for r in gone:
             self.stats["expired"] += 1
             what = "idle" if r.in_use else "unused"

@@ -566,8 +566,8 @@ class MediationClient(Extension):
         sess = self.sessions.pop(cid, None)
         self.paths.track(sa.unique_id, self.checks.get(cid), sess.peer_nat if sess is not None else None)
         self.probes.mediated(self.checks.get(cid), sa.local, sa.remote, now)
-        if self.checks.stop(cid, now):
-            log.info("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
+        if self.checks.stop(cid, now):  # the check list's own line says why it stopped, at info
+            log.debug("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
         if sess is not None:
             self._target_sas[sa.unique_id] = str(sess.peer)
         for att in self.attempts.values():
