@@ -268,3 +268,20 @@ def test_addresses_come_from_the_kernels_notifications(netns: None) -> None:
     assert [r.strip() for r in routes.splitlines()] == [f"10.3.0.9 via {GW} dev x0 proto static src 10.1.0.1",
                                                         f"10.5.0.0/16 via {GW} dev x0 proto static src 10.6.0.1"]
     assert dumps == 0
+
+
+def test_ipv6_selectors_over_ipv4(netns: None) -> None:
+    """An IPv6 virtual IP and selectors inside IPv4 ESP: the IPv6 rule and a route through the device
+    toward the IPv4 peer (its IPv4 next hop cannot serve an IPv6 route)."""
+    dp = _dp()
+    try:
+        assert dp.add_vip("fd00:3::7")
+        for p in _pols("fd00:3::7/128", "fd00:5::/64"):
+            dp.install_policy(p)
+        six = sh("ip", "-6", "-n", NS, "route", "show", "table", "220").split()
+        assert six[:3] == ["fd00:5::/64", "dev", "x0"] and six[six.index("src") + 1] == "fd00:3::7"
+        assert "220:\tfrom all lookup 220" in sh("ip", "-6", "-n", NS, "rule")
+        assert table() == ""  # nothing in the IPv4 table
+    finally:
+        dp.close()
+    assert "lookup 220" not in sh("ip", "-6", "-n", NS, "rule")
