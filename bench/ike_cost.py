@@ -111,9 +111,10 @@ def _recording_iked() -> int:
     return iked_main()
 
 
-def replay(out: Path) -> tuple[float, int]:
+def replay(out: Path, gap: float = 0.0) -> tuple[float, int]:
     """CPU ms per IKE_SA of the engine built as iked builds it (core_ike.daemon.runtime.Daemon, no sockets)
-    and of the daemon's event handling, fed the recorded datagrams; the second of two runs."""
+    and of the daemon's event handling, fed the recorded datagrams; the second of two runs. `gap`: seconds
+    slept before each datagram (the process idle as between the live datagrams; sleeping costs no CPU)."""
     from core_ike.daemon.config import load
     from core_ike.daemon.runtime import Daemon
     from core_ike.ike import events as ev
@@ -130,6 +131,8 @@ def replay(out: Path) -> tuple[float, int]:
             t0 = time.process_time()
             for data, local, remote in rec:
                 now += 1e-4
+                if gap:
+                    time.sleep(gap)
                 eng.receive(data, local, remote, now)
                 eng.datagrams_to_send()
                 while (e := eng.next_event()) is not None:
@@ -142,6 +145,10 @@ def replay(out: Path) -> tuple[float, int]:
         finally:
             undo()
     return result
+
+
+def datagram_count(out: Path) -> int:
+    return len(pickle.loads((out / "datagrams.pickle").read_bytes())["datagrams"])
 
 
 def replay_ab(out: Path, n_want: int, tree: Path | None, rounds: int) -> tuple[list[float], list[float]]:
