@@ -263,8 +263,10 @@ def test_wrong_password_ours_as_peer(eap: Eap, method: str) -> None:
         eap.iked.up(conn, "net")
     assert f"the EAP server sent EAP-Failure, EAP-{'MD5' if method == 'md5' else 'MSCHAPv2'} rejected our " \
         f"credentials for '{_user(conn)}'" in str(exc.value)
-    if method == "mschapv2":  # RFC 2759 6: the server's failure packet says why
+    if method == "mschapv2":  # RFC 2759 6: the server's failure packet says why, and offers a retry
         assert "E=691 authentication failure (wrong password)" in str(exc.value)
+        assert str(exc.value).endswith("; not retried: our password is configured")
+        eap.charon.wait_log(r"EAP-MS-CHAPv2 verification failed, retry \(1\)", timeout=5, since=mark)
     else:  # RFC 3748 4.2: EAP-Failure itself carries no reason
         assert "(wrong password or unknown EAP identity)" in str(exc.value)
     assert "received EAP_FAILURE, EAP authentication failed" in eap.iked.log_text()
