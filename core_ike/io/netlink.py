@@ -273,16 +273,17 @@ class RouteSocket:
         self._seq = 0
 
     def replace(self, dst: str, oif: int, prefsrc: str | None = None, *, table: int = RT_TABLE_MAIN,
-                gateway: str | None = None) -> None:
-        """`ip route replace DST [via GATEWAY] dev OIF [src PREFSRC] table TABLE proto static`;
-        NetlinkError when refused."""
+                gateway: str | None = None, scope: int | None = None) -> None:
+        """`ip route replace DST [via GATEWAY] dev OIF [src PREFSRC] table TABLE proto static [scope]`
+        (default scope: link without a gateway, else universe); NetlinkError when refused."""
         net = ipaddress.ip_network(dst, strict=False)
         attrs = _ip_attr(RTA_DST, str(net.network_address)) + _rta(RTA_OIF, struct.pack("=I", oif))
         if gateway:
             attrs += _ip_attr(RTA_GATEWAY, gateway)
         if prefsrc:
             attrs += _ip_attr(RTA_PREFSRC, prefsrc)
-        scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        if scope is None:
+            scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
         self._route(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, net, table, scope, attrs)
 
     def delete(self, dst: str, table: int = RT_TABLE_MAIN) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
 from .dataplane import PolicyParams
-from .netlink import Address, NetlinkWorker, RouteSocket
+from .netlink import RT_SCOPE_UNIVERSE, Address, NetlinkWorker, RouteSocket
 
 log = logging.getLogger("core_ike.io.xfrm")
 
@@ -65,7 +65,7 @@ class RouteRow:
 
 @dataclass(frozen=True)
 class SourceRoute:
-    """`ip route replace DST [via GATEWAY] dev OIF src SRC table TABLE proto static`."""
+    """`ip route replace DST [via GATEWAY] dev OIF src SRC table TABLE proto static` (scope universe)."""
 
     dst: Network
     src: str
@@ -115,8 +115,10 @@ def plan_route(policy: PolicyParams, addresses: Iterable[Address], rows: Iterabl
     hop = pick_nexthop(rows, peer, table)
     if hop is None or hop.oif is None:
         return f"no route to the peer {peer}"
-    # the next hop's address only when it is of the selectors' family (IPv4 inside IPv6 ESP: device only)
-    gateway = hop.gateway if hop.gateway and ipaddress.ip_address(hop.gateway).version == remote.version else None
+    # the route's next hop toward the peer, or the peer itself when it is on-link (charon's get_nexthop
+    # falls back to the destination); only of the selectors' family (IPv6 inside IPv4 ESP: the device)
+    via = hop.gateway or str(peer)
+    gateway = via if ipaddress.ip_address(via).version == remote.version else None
     return SourceRoute(remote, str(src), gateway, hop.oif, table)
 
 
@@ -162,7 +164,8 @@ class SourceRoutes:
             plan = plan_route(policy, self._addresses(), self._toward(peer) if peer is not None else [], table)
             if isinstance(plan, SourceRoute):
                 self._rule(_family(dst))
-                self.sock.replace(str(dst), plan.oif, plan.src, table=table, gateway=plan.gateway)
+                self.sock.replace(str(dst), plan.oif, plan.src, table=table, gateway=plan.gateway,
+                                  scope=RT_SCOPE_UNIVERSE)  # as charon's, with or without a next hop
         except (NetlinkError, OSError) as e:
             log.warning("unable to install source route for %s: %s", dst, e)
             return None

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from core_ike.io.dataplane import Direction, PolicyAction, PolicyParams, SaParams, TrafficSelector
+from core_ike.io.dataplane import Direction, PolicyAction, PolicyParams, TrafficSelector
 from core_ike.io.srcroutes import RouteSettings
 from core_ike.io.xfrm import XfrmDataPlane
 from scenarios.lab.netns import wait_for
+from tests.dataplane.noesp import NoEspXfrm
 from tests.guards import require
 
 pytestmark = pytest.mark.netns
@@ -117,7 +118,7 @@ def test_full_tunnel_and_a_gateway_route(netns: None) -> None:
     """0.0.0.0/0 as remote selector: a default route in table 220 only (the main table keeps its own;
     IKE and ESP to the peer leave from the sockets' bound address). A gateway's policy toward a road
     warrior's virtual IP names its inside address (inside its local selector) as the source; the peer
-    is on-link, so no next hop address."""
+    is on-link, so it is its own next hop (as with charon)."""
     dp = _dp()
     try:
         dp.add_vip(VIP)
@@ -128,7 +129,7 @@ def test_full_tunnel_and_a_gateway_route(netns: None) -> None:
         assert _source_toward("203.0.113.5") == VIP
         for p in _pols("10.1.0.0/16", "10.3.0.9/32", peer="192.0.2.100", reqid=6):
             dp.install_policy(p)
-        assert "10.3.0.9 dev x0 proto static scope link src 10.1.0.1" in table().splitlines()
+        assert "10.3.0.9 via 192.0.2.100 dev x0 proto static src 10.1.0.1" in table().splitlines()
     finally:
         dp.close()
     assert table() == "" and "lookup 220" not in rules()
@@ -200,28 +201,13 @@ def test_a_rule_there_before_stays(netns: None) -> None:
     assert table() == "" and "220:\tfrom all lookup 220" in rules()  # not ours to remove
 
 
-class _NoEspXfrm(XfrmDataPlane):
-    """This kernel refuses XFRM SAs (no INET_ESP): the SA steps are recorded instead; policies, the
-    virtual IP and the routes are the kernel's."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sas: list[tuple[int, Direction]] = []
-
-    def install_sa(self, params: SaParams) -> None:
-        self.sas.append((params.spi, params.direction))
-
-    def delete_sa(self, spi: int, direction: Direction, dst: str | None = None) -> None:
-        self.sas.remove((spi, direction))
-
-
 def test_daemon_glue_installs_the_route_after_the_virtual_ip(netns: None) -> None:
     """The engine's events in the order an IKE_AUTH with a CFG_REPLY gives them (RFC 7296 2.19): the
     virtual IP, then the CHILD_SA with it as local selector; then the IKE_SA goes."""
     from core_ike.daemon.glue import DataPlaneGlue
     from core_ike.ike import events as ev
 
-    dp = _NoEspXfrm()
+    dp = NoEspXfrm()
     glue = DataPlaneGlue(dp)
     keys = ev.ChildKeys(encr_id=20, key_bits=128, integ_id=0, esn=False, spi_in=0xC1, spi_out=0xC2,
                         key_in=bytes(20), integ_in=b"", key_out=bytes(20), integ_out=b"")

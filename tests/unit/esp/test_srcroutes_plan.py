@@ -57,6 +57,9 @@ def test_plan_route() -> None:
         SourceRoute(net("10.1.0.0/16"), "10.3.0.7", "192.0.2.253", 3, 220)
     assert plan_route(_policy("10.3.0.7/32", "0.0.0.0/0"), addrs, MAIN, 100) == \
         SourceRoute(net("0.0.0.0/0"), "10.3.0.7", "192.0.2.253", 3, 100)
+    # an on-link peer is its own next hop (as charon's get_nexthop falls back to the destination)
+    assert plan_route(_policy("10.1.0.0/16", "10.3.0.9/32", peer="192.0.2.100"), [ip("10.1.0.1")], MAIN, 220) == \
+        SourceRoute(net("10.3.0.9/32"), "10.1.0.1", "192.0.2.100", 2, 220)
     # IPv6 selectors inside IPv4 ESP: the device toward the peer, no IPv4 next hop for an IPv6 route
     assert plan_route(_policy("2001:db8::7/128", "2001:db8:1::/48"), [ip("2001:db8::7")], MAIN, 220) == \
         SourceRoute(net("2001:db8:1::/48"), "2001:db8::7", None, 3, 220)

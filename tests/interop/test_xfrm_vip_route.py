@@ -1,0 +1,181 @@
+"""A road warrior on the XFRM data plane gets a virtual IP from a real strongSwan gateway and sends from
+it: our iked (a real Daemon, in process, in alice's namespace) asks charon on bob for an address of its
+pool (RFC 7296 2.19, CP payload), puts it on `lo` and installs the CHILD_SA's policies and the route in
+table 220 with that address as source (core_ike/io/srcroutes.py, as charon's kernel-netlink does);
+`ikectl down` takes them away, stopping iked removes the rule.
+
+What cannot run here: this kernel lacks INET_ESP, so our CHILD_SA's two XFRM SAs are recorded instead of
+installed (tests/dataplane/noesp.py) and no packet is sent through the tunnel; the IKE exchange, the
+virtual IP, the policies, the route and the kernel's choice of source address (`ip route get`, a UDP
+socket's connect) are real. charon uses kernel-libipsec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core_ike.daemon import ctl
+from core_ike.daemon.config import load
+from core_ike.daemon.runtime import Daemon
+from scenarios.lab import Lab
+from scenarios.lab.charon import Charon
+from tests.dataplane.noesp import NoEspXfrm
+from tests.guards import needs
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.interop,
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
+]
+
+A, B, B_IN = "192.0.2.1", "192.0.2.2", "10.10.2.1"
+PSK = "xfrm-vip-route-psk-0123456789"
+
+CHARON_CONF = f"""connections {{
+  rw {{
+    local_addrs = {B}
+    proposals = aes128gcm16-prfsha256-x25519
+    pools = rwpool
+    local {{
+      auth = psk
+      id = gw@lab
+    }}
+    remote {{
+      auth = psk
+      id = rw@lab
+    }}
+    children {{
+      net {{
+        local_ts = 10.10.2.0/24
+        esp_proposals = aes128gcm16
+      }}
+    }}
+  }}
+}}
+pools {{
+  rwpool {{
+    addrs = 10.3.0.0/24
+  }}
+}}
+secrets {{
+  ike-rw {{
+    id-1 = gw@lab
+    id-2 = rw@lab
+    secret = "{PSK}"
+  }}
+}}
+"""
+
+IKED_TOML = f"""[daemon]
+listen = ["{A}"]
+control = "@CTL@"
+dataplane = "xfrm"
+
+[connections.home]
+local_addrs = ["{A}"]
+remote_addrs = ["{B}"]
+proposals = "aes128gcm16-prfsha256-x25519"
+vips = ["0.0.0.0"]
+local = {{ auth = "psk", id = "rw@lab" }}
+remote = {{ auth = "psk", id = "gw@lab" }}
+[connections.home.children.net]
+remote_ts = ["10.10.2.0/24"]
+esp_proposals = "aes128gcm16"
+
+[[secrets.ike]]
+id = ["rw@lab", "gw@lab"]
+secret = "{PSK}"
+"""
+
+
+@pytest.fixture
+def gateway(two_hosts_per_test: Lab) -> Iterator[tuple[Lab, Charon]]:
+    lab = two_hosts_per_test
+    charon = Charon(lab, "bob", name="charon-pool", conf=CHARON_CONF)
+    charon.start()
+    try:
+        yield lab, charon
+    finally:
+        charon.stop()
+
+
+def _sh(lab: Lab, *argv: str) -> str:
+    return lab.run("alice", list(argv)).stdout
+
+
+def _table(lab: Lab) -> str:
+    r = lab.run("alice", ["ip", "route", "show", "table", "220"], check=False)
+    return r.stdout.strip() if r.returncode == 0 else ""  # a table without routes does not exist
+
+
+async def _until(pred: object, what: str, timeout: float = 10.0) -> None:
+    """Poll `pred` with a deadline, yielding to the daemon's loop in between."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():  # type: ignore[operator]
+        if loop.time() > end:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_virtual_ip_route_with_xfrm(gateway: tuple[Lab, Charon], tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyroute2 import netns
+
+    from core_ike.io import xfrm
+
+    lab, charon = gateway
+    sock = str(tmp_path / "iked.ctl")
+    conf = tmp_path / "iked.toml"
+    conf.write_text(IKED_TOML.replace("@CTL@", sock))
+    made: list[NoEspXfrm] = []  # made by the daemon, in alice's namespace (its XFRM and netlink sockets)
+    monkeypatch.setattr(xfrm, "choose_backend", lambda *a, **kw: made.append(NoEspXfrm()) or made[0])
+    daemon = Daemon(load(conf))
+    daemon.shutdown_timeout = 2.0
+    out: dict[str, object] = {}
+
+    async def scenario() -> None:
+        run = asyncio.create_task(daemon.run())
+        try:
+            await _until(lambda: Path(sock).exists(), "iked's control socket")
+            assert await asyncio.to_thread(ctl.main, ["-s", sock, "up", "home"]) == 0
+            (sa,) = [s for s in daemon.engine.ike_sas() if s.config.name == "home"]
+            vip = str(sa.vip) if sa.vip is not None else ""
+            out["vip"], out["table"] = vip, _table(lab)
+            out["get"] = _sh(lab, "ip", "route", "get", B_IN)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # in alice's namespace (pushns)
+            s.connect((B_IN, 9))
+            out["sockname"] = s.getsockname()[0]
+            s.close()
+            out["sas"] = len(made[0].sas)
+            out["policies"] = _sh(lab, "ip", "xfrm", "policy")
+            out["charon_vips"] = [v for sa_ in charon.list_sas() for v in sa_.get("remote-vips", [])]
+            assert await asyncio.to_thread(ctl.main, ["-s", sock, "down", "home"]) == 0
+            await _until(lambda: _table(lab) == "", "the route removed with the CHILD_SA")
+            out["lo_after"] = _sh(lab, "ip", "addr", "show", "dev", "lo")
+            out["rules_up"] = _sh(lab, "ip", "rule")
+        finally:
+            daemon.stopped.set()
+            await run
+
+    netns.pushns(lab.ns("alice"))  # the daemon's sockets, threads and netlink live in alice's namespace
+    try:
+        asyncio.run(scenario())
+    finally:
+        netns.popns()
+    vip = str(out["vip"])
+    assert vip.startswith("10.3.0.")
+    assert out["table"] == f"10.10.2.0/24 via {B} dev eth0 proto static src {vip}", out["table"]
+    assert f"src {vip}" in str(out["get"]) and "table 220" in str(out["get"])
+    assert out["sockname"] == vip  # an application's traffic to the gateway's subnet leaves from the virtual IP
+    assert out["sas"] == 2  # in and out: recorded, the kernel has no ESP
+    assert f"src {vip}/32 dst 10.10.2.0/24" in str(out["policies"])
+    assert out["charon_vips"] == [vip]
+    assert vip not in str(out["lo_after"])
+    assert "220:\tfrom all lookup 220" in str(out["rules_up"])  # kept while iked runs
+    assert "lookup 220" not in _sh(lab, "ip", "rule")  # iked stopped: gone
