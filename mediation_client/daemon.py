@@ -121,7 +121,7 @@ class ClientDaemon(Daemon):
         self.mediation = MediationClient(self.engine, dataclasses.replace(
             client_config(client), host_addresses=self.hosts, extra_endpoints=self._mapped_endpoints,
             port_allocation=self._port_allocation, nat_behaviour=self._nat_summary,
-            port_pool=SocketPool(self.transport), nat_pending=self._nat_pending))
+            port_pool=SocketPool(self.transport), nat_pending=self._nat_pending, send_now=self.transport.send))
         self.reconnect_base = duration(client.get("reconnect", 5))
         self.servers = ServerList(client.get("servers"))
         self._backoff: dict[str, float] = {}

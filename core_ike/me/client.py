@@ -598,9 +598,11 @@ class MediationClient(Extension):
     def _pump(self, now: float) -> None:
         """Send the checks' datagrams, act on their events."""
         self.paths.apply_moves(self.engine, now)
+        send = self.config.send_now or self.engine.send
         for _ in range(100):
-            for data, local, remote in self.checks.datagrams_to_send() + self.paths.datagrams_to_send() + \
-                    self.probes.datagrams_to_send():
+            for data, local, remote in self.checks.datagrams_to_send():
+                send(NON_ESP + data, local, remote)
+            for data, local, remote in self.paths.datagrams_to_send() + self.probes.datagrams_to_send():
                 self.engine.send(NON_ESP + data, local, remote)
             ev = self.checks.next_event()
             if ev is None:

@@ -57,6 +57,10 @@ class MediationClientConfig:
     # (so that they carry our NAT's behaviour), at most probing.nat_wait seconds; `nat_known` ends the wait
     nat_pending: Callable[[], bool] | None = None
     probing: ProbeConfig = field(default_factory=ProbeConfig)
+    # the adapter's immediate send: a connectivity check (or its answer) leaves when made, not after the
+    # rest of the event loop's turn (e.g. the ME_CONNECT response built after the checks start, [ME] §5.2);
+    # None: with the engine's other datagrams
+    send_now: Callable[[bytes, Addr, Addr], None] | None = None
 
 
 @dataclass
