@@ -12,7 +12,7 @@
 #   /etc/ikeme                      configuration, root:ikeme 0750; the examples are copied there only
 #                                   when a file is absent: an admin's file is never overwritten
 #   /var/lib/ikeme, /var/log/ikeme  state (SQLite databases) and optional log files, ikeme 0750
-#   /etc/systemd/system             the five units (replaced on upgrade; customize with drop-ins)
+#   /etc/systemd/system             the six units (replaced on upgrade; customize with drop-ins)
 # Options:
 #   --root DIR     install into DIR instead of / (staging, tests): users are created in DIR/etc with
 #                  systemd-sysusers --root, systemctl is not called; the virtualenv is made at
