@@ -430,10 +430,17 @@ def _split_lines(sp: Split | None, rev: str | None = None) -> list[str]:
         return []
     rest = sp.process - sp.engine - sp.events
     gap: list[str] = []
-    excess = sp.engine + sp.events - sp.replayed
+    live, excess = sp.engine + sp.events, sp.engine + sp.events - sp.replayed
     if sp.replayed_gap is not None:
-        share = f", {100 * (sp.replayed_gap - sp.replayed) / excess:.0f} % of the live engine's excess over the " \
-            "tight loop: the cold start after each wake-up (code and data back into the CPU caches)" if excess > 0 else ""
+        cold = "the cold start after each wake-up, code and data back into the CPU caches"
+        if sp.replayed_gap >= live:
+            share = (f", as much as the live engine's {live:.3f} or more: idle time alone brings back its excess over "
+                     f"the tight loop ({cold}; live, a wake-up sometimes finds two datagrams)")
+        elif excess > 0:
+            share = (f": {100 * (sp.replayed_gap - sp.replayed) / excess:.0f} % of the live engine's excess over the "
+                     f"tight loop comes back with idle time alone ({cold})")
+        else:
+            share = ""
         gap = [f"the same replay sleeping {sp.gap_ms:.2f} ms before each datagram (the live batch's mean time "
                f"between them; sleep costs no CPU): {sp.replayed_gap:.3f} ms per IKE_SA{share}"]
     ours, before = sp.ab
