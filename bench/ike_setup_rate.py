@@ -444,7 +444,7 @@ def table(results: list[Result], inflight: int, drivers: int, warmup: int,
         if o and c:
             lines.append(f"{auth:5} {'ours/ch.':9} {'':6} {'':6} {_ratio(o.rate, c.rate):>9} "
                          f"{_ratio(o.cpu_ms, c.cpu_ms):>10} {_ratio(o.kib, c.kib):>8}")
-    lines += ["", "target (issue 2): setups/s ratio >= 1, CPU ratio <= 0.5, KiB/SA ratio <= 1",
+    lines += ["", "target: setups/s ratio >= 1, CPU ratio <= 0.5, KiB/SA ratio <= 1",
               "held = IKE_SAs the responder lists after the batch (warm-up SAs included)",
               "driver busy = driver CPU / (wall time x driver processes); near 100% means the driver limits the rate",
               "setups/s needs an otherwise idle machine (driver and responder share its CPUs); CPU ms/SA and",
