@@ -149,7 +149,7 @@ class SourceRoutes:
             worker.watch_addresses(loop)
         self._owners: dict[Network, set[tuple[Any, Any]]] = {}  # destination -> selector pairs
         self.routes: dict[Network, SourceRoute] = {}  # as installed
-        self._rules: set[int] = set()  # families whose rule we added (one present before is not ours)
+        self._rules: set[int] = set()  # families whose rule is in place (added by us or there before)
 
     def add(self, policy: PolicyParams) -> SourceRoute | None:
         """An outbound policy was installed: its route, installed now (None: none needed or possible;
@@ -213,9 +213,17 @@ class SourceRoutes:
             self.sock.close()
 
     def _del_rules(self, families: set[int]) -> Callable[[Any], None]:
+        """The rules go once the table is empty (as charon removes its rule when it stops), not while
+        it holds routes of another process sharing it (iked's workers, docs/operations.md): those stay
+        reachable until the last one stops."""
+        table = self.settings.table
+
         def delete(ipr: Any) -> None:
             for f in families:
-                _quiet(ipr.rule, "del", table=self.settings.table, priority=self.settings.priority, family=f)
+                if any(int(m.get("table")) == table for m in ipr.get_routes(family=f, table=table)):
+                    log.info("table %d still holds routes of another process: its rule stays", table)
+                    continue
+                _quiet(ipr.rule, "del", table=table, priority=self.settings.priority, family=f)
 
         return delete
 
@@ -241,17 +249,15 @@ class SourceRoutes:
         if family in self._rules:
             return
 
-        def add(ipr: Any) -> bool:
+        def add(ipr: Any) -> None:
             try:
                 ipr.rule("add", table=self.settings.table, priority=self.settings.priority, family=family)
             except NetlinkError as e:
-                if e.code != errno.EEXIST:
+                if e.code != errno.EEXIST:  # EEXIST: another worker's, or left by a daemon that died
                     raise
-                return False  # there before us (another daemon, or a crash of ours): left in place at close
-            return True
 
-        if self.worker.call(add):
-            self._rules.add(family)
+        self.worker.call(add)
+        self._rules.add(family)
 
 
 def _family(net: Network) -> int:

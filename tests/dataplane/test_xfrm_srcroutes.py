@@ -188,17 +188,19 @@ def test_settings(netns: None) -> None:
     assert table(100) == "" and "lookup 100" not in rules()
 
 
-def test_a_rule_there_before_stays(netns: None) -> None:
+def test_a_rule_there_before_is_used_and_removed_when_the_table_empties(netns: None) -> None:
+    """A rule left by a daemon that died (or made by hand) serves; at stop it goes like ours, as charon
+    removes its rule."""
     sh("ip", "-n", NS, "rule", "add", "priority", "220", "table", "220")
     dp = _dp()
     try:
         dp.add_vip(VIP)
         for p in _pols(f"{VIP}/32", "10.5.0.0/16"):
             dp.install_policy(p)
-        assert table() != ""
+        assert table() != "" and rules().count("lookup 220") == 1
     finally:
         dp.close()
-    assert table() == "" and "220:\tfrom all lookup 220" in rules()  # not ours to remove
+    assert table() == "" and "lookup 220" not in rules()
 
 
 def test_daemon_glue_installs_the_route_after_the_virtual_ip(netns: None) -> None:
@@ -271,3 +273,21 @@ def test_ipv6_selectors_over_ipv4(netns: None) -> None:
     finally:
         dp.close()
     assert "lookup 220" not in sh("ip", "-6", "-n", NS, "rule")
+
+
+def test_the_rule_stays_while_another_process_has_routes(netns: None) -> None:
+    """Two data planes sharing table 220 (iked's workers): the one that added the rule stops first; the
+    rule stays for the other's routes and goes when the last one stops."""
+    first, second = _dp(), _dp()
+    try:
+        sh("ip", "-n", NS, "addr", "add", "10.2.0.1/24", "dev", "y0")
+        for p in _pols(f"{HERE}/32", "10.5.0.0/16"):
+            first.install_policy(p)
+        for p in _pols("10.2.0.0/24", "10.9.0.0/16", reqid=8):
+            second.install_policy(p)
+        assert len(table().splitlines()) == 2
+    finally:
+        first.close()
+    assert table().startswith("10.9.0.0/16") and "220:\tfrom all lookup 220" in rules()
+    second.close()
+    assert table() == "" and "lookup 220" not in rules()
