@@ -267,3 +267,41 @@ def test_the_default_reader_reads_cells() -> None:
     assert _value("`auto`", "auto") == "auto" and _value("none", None) is None
     with pytest.raises(KeyError):
         _value("every local address", [])
+
+
+# -- docs/gateway.md: ipsec.conf keys and the SQL configuration's tables and columns -------------------
+
+GATEWAY = (ROOT / "docs" / "gateway.md").read_text(encoding="utf-8")
+
+
+def _rows(part: str) -> list[list[str]]:
+    return [[c.strip() for c in row.strip().split("|")[1:-1]] for row in part.splitlines() if row.startswith("| `")]
+
+
+def test_ipsec_conf_keys_are_read() -> None:
+    from gateway.ipsecconvert import CA_KEYS, CONN_KEYS, SETUP_KEYS
+
+    part = GATEWAY.split("## ipsec.conf and ipsec.secrets", 1)[1].split("\n## ", 1)[0]
+    named = {k for cells in _rows(part) for k in re.findall(r"`([a-z_0-9]+)`", cells[0])}
+    assert {"auto", "leftsubnet", "rightsourceip", "eap_identity", "uniqueids", "cacert"} <= named
+    assert named - (set(CONN_KEYS) | SETUP_KEYS | CA_KEYS) == set(), "ipsec.conf keys the loader refuses"
+
+
+def test_sql_tables_and_columns_exist() -> None:
+    from gateway.sqlconf.models import Base
+
+    tables = {name: set(t.columns.keys()) for name, t in Base.metadata.tables.items()}
+    part = GATEWAY.split("How rows become connections", 1)[1].split("\n\n", 2)[1]
+    bad, checked = [], 0
+    for cells in _rows(part):
+        names = re.findall(r"`([a-z_]+)`", cells[0])
+        mine = [n for n in names if n in tables]
+        assert mine, f"no table of the schema in {cells[0]!r}"
+        columns = set().union(*(tables[t] for t in mine))
+        for name in [n for n in names if n not in tables] + re.findall(r"`([a-z_]+(?:\.[a-z_]+)?)`", cells[1]):
+            checked += 1
+            table, _, column = name.rpartition(".")
+            if not (column in tables.get(table, ()) if table else name in columns or name in tables):
+                bad.append(f"{cells[0]}: {name}")
+    assert checked > 20
+    assert not bad, "named in docs/gateway.md, not in gateway/sqlconf/models.py:\n" + "\n".join(bad)
