@@ -305,3 +305,19 @@ def test_sql_tables_and_columns_exist() -> None:
                 bad.append(f"{cells[0]}: {name}")
     assert checked > 20
     assert not bad, "named in docs/gateway.md, not in gateway/sqlconf/models.py:\n" + "\n".join(bad)
+
+
+def test_python_m_commands_run_something() -> None:
+    """`python -m NAME` in the docs: NAME is a package with __main__.py or a module with a main guard."""
+    bad, seen = [], set()
+    for rel in [*DOCS, "deploy/README-medmgr.md"]:
+        seen |= set(re.findall(r"python3? -m ((?:" + "|".join(TOP[:7]) + r")[\w.]*)", doc_text(rel)))
+    for name in sorted(seen):
+        base = ROOT.joinpath(*name.split("."))
+        if (base / "__main__.py").is_file():
+            continue
+        module = base.with_suffix(".py")
+        if not (module.is_file() and 'if __name__ == "__main__"' in module.read_text(encoding="utf-8")):
+            bad.append(name)
+    assert len(seen) >= 5
+    assert not bad, f"`python -m` of modules that run nothing: {bad}"
