@@ -321,3 +321,17 @@ def test_python_m_commands_run_something() -> None:
             bad.append(name)
     assert len(seen) >= 5
     assert not bad, f"`python -m` of modules that run nothing: {bad}"
+
+
+def test_systemctl_units_exist() -> None:
+    """The units `systemctl VERB UNIT ...` and `journalctl -u UNIT` name are the ones in deploy/."""
+    ours = {p.stem for p in (ROOT / "deploy").glob("*.service")}
+    system = {"lighttpd", "apache2", "postgresql", "mariadb", "systemd-journald"}
+    named: set[str] = set()
+    for rel in [*DOCS, "deploy/README-medmgr.md"]:
+        for m in re.finditer(r"systemctl (?:enable --now|enable|disable|start|stop|restart|try-restart|reload|edit|status)"
+                             r"((?: [a-z][a-z0-9-]*(?:\.service)?)+)", doc_text(rel)):
+            named |= {u.removesuffix(".service") for u in m.group(1).split()}
+        named |= set(re.findall(r"journalctl -u ([a-z][a-z0-9-]*)", doc_text(rel)))
+    assert {"iked", "medmgr-sa"} <= named
+    assert named - ours - system == set(), "units the docs name that deploy/ does not have"
