@@ -335,3 +335,18 @@ def test_systemctl_units_exist() -> None:
         named |= set(re.findall(r"journalctl -u ([a-z][a-z0-9-]*)", doc_text(rel)))
     assert {"iked", "medmgr-sa"} <= named
     assert named - ours - system == set(), "units the docs name that deploy/ does not have"
+
+
+def test_architecture_names_the_sans_io_packages() -> None:
+    """docs/architecture.md's "import contracts" names every package the sans-IO contract of .importlinter
+    covers, and every module it forbids them."""
+    import configparser
+
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / ".importlinter")
+    contract = ini["importlinter:contract:sans-io"]
+    text = doc_text("docs/architecture.md").split("`.importlinter` holds this", 1)[1].split("\n- ", 2)[1]
+    sources = {m.rpartition(".")[2] for m in contract["source_modules"].split()}
+    assert sources - set(re.findall(r"`(?:core_ike\.)?(\w+)`", text)) == set()
+    forbidden = {m for m in contract["forbidden_modules"].split() if "." not in m and m != "med_db"}
+    assert {m.lower() for m in forbidden} - {w.lower() for w in re.findall(r"`?(\w+)`?", text)} == set()
