@@ -350,3 +350,54 @@ def test_architecture_names_the_sans_io_packages() -> None:
     assert sources - set(re.findall(r"`(?:core_ike\.)?(\w+)`", text)) == set()
     forbidden = {m for m in contract["forbidden_modules"].split() if "." not in m and m != "med_db"}
     assert {m.lower() for m in forbidden} - {w.lower() for w in re.findall(r"`?(\w+)`?", text)} == set()
+
+
+# -- named sections: `docs/operations.md, "Event loop"` and `[x](operations.md#event-loop)` ---------------
+
+SECTION_NAME = re.compile(r"((?:docs/[\w-]+|deploy/README-medmgr|README|CONTRIBUTING|bench/README|scenarios/lab/README)\.md)"
+                          r"`?,?\s+\"([^\"$]{3,80})\"")
+ANCHOR = re.compile(r"\]\(((?:[\w./-]+)?\.md)#([\w-]+)\)")
+
+
+def _titles(rel: str) -> list[str]:
+    """The headings of a Markdown file and its bold bullet leads (`- **Presence** ...`), plain text."""
+    text = (ROOT / rel).read_text(encoding="utf-8")
+    found = re.findall(r"^#{1,4} (.+)$", text, re.MULTILINE) + re.findall(r"^\s*(?:- |\d+\. )\*\*([^*]+)\*\*", text, re.MULTILINE)
+    return [" ".join(t.replace("`", "").split()) for t in found]
+
+
+def _slug(title: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation out, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def test_named_sections_exist() -> None:
+    bad, seen = [], 0
+    for rel in repo_texts():
+        text = (ROOT / rel).read_text(encoding="utf-8")
+        for m in SECTION_NAME.finditer(text):
+            doc, name = m.group(1), " ".join(m.group(2).split())
+            if not (ROOT / doc).is_file():
+                continue  # tests/unit/test_repo_self_contained.py reports a missing file
+            seen += 1
+            if not any(t.lower().startswith(name.lower()) for t in _titles(doc)):
+                bad.append(f"{where(rel, text, m.start())}: {doc} \"{name}\"")
+        for m in ANCHOR.finditer(text):
+            doc = (Path(rel).parent / m.group(1)).as_posix()
+            if not (ROOT / doc).is_file():
+                continue
+            seen += 1
+            if m.group(2) not in {_slug(t) for t in _titles(doc)}:
+                bad.append(f"{where(rel, text, m.start())}: {doc}#{m.group(2)}")
+    assert seen > 50
+    assert not bad, "no such section:\n" + "\n".join(bad)
+
+
+def repo_texts() -> list[str]:
+    """Tracked text files (and new ones git does not ignore) that may cite a section."""
+    import subprocess
+
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                         capture_output=True, check=True).stdout.decode().split("\0")
+    keep = (".py", ".md", ".toml", ".sh", ".service", ".conf", ".env", ".html", ".sql")
+    return sorted(p for p in out if p.endswith(keep) and not p.startswith("bench/results/") and (ROOT / p).is_file())
