@@ -401,3 +401,28 @@ def repo_texts() -> list[str]:
                          capture_output=True, check=True).stdout.decode().split("\0")
     keep = (".py", ".md", ".toml", ".sh", ".service", ".conf", ".env", ".html", ".sql")
     return sorted(p for p in out if p.endswith(keep) and not p.startswith("bench/results/") and (ROOT / p).is_file())
+
+
+# -- docs/protocol.md: the check list's numbers are CheckListConfig's defaults ----------------------------
+
+@pytest.mark.parametrize(("phrase", "field", "value"), [
+    ("T is 5 ms", "pacing", 0.005),
+    ("the first checks of up to 4 pairs leave at once", "initial_burst", 4),
+    ("no wait exceeds `rto_max` (1 s)", "rto_max", 1.0),
+    ("nor is shorter than 50 ms per pair", "rto_per_pair", 0.05),
+    ("at most 100 pairs", "max_pairs", 100),
+    ("16 remote endpoints", "max_remote_endpoints", 16),
+    ("8 learnt remote peer-reflexive ones", "max_learnt_remote", 8),
+    ("8 checks held while the keys are not known", "max_early_checks", 8),
+    ("never longer\nthan 50 ms after the first success (`finish_wait`)", "finish_wait", 0.05),
+    ("margin (5 ms", "finish_margin", 0.005),
+    ("A RELAYED best pair waits `relay_wait` (1 s)", "relay_wait", 1.0),
+    ("at most `relay_delay_max` 0.25 s", "relay_delay_max", 0.25),
+    ("gives up after `responder_timeout` (60 s)", "responder_timeout", 60.0),
+])
+def test_protocol_numbers_are_the_defaults(phrase: str, field: str, value: float) -> None:
+    from core_ike.me.checktypes import CheckListConfig
+
+    text = " ".join(doc_text("docs/protocol.md").split())
+    assert " ".join(phrase.split()) in text, f"docs/protocol.md no longer says {phrase!r}"
+    assert getattr(CheckListConfig(), field) == value, f"CheckListConfig.{field}: docs/protocol.md says {value}"
