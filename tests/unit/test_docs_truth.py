@@ -426,3 +426,17 @@ def test_protocol_numbers_are_the_defaults(phrase: str, field: str, value: float
     text = " ".join(doc_text("docs/protocol.md").split())
     assert " ".join(phrase.split()) in text, f"docs/protocol.md no longer says {phrase!r}"
     assert getattr(CheckListConfig(), field) == value, f"CheckListConfig.{field}: docs/protocol.md says {value}"
+
+
+def test_operations_retransmission_numbers_are_the_defaults() -> None:
+    """docs/operations.md, "Loss": the early schedule's count and span, and how long an ME_CONNECT is
+    retransmitted, from RetransmitConfig's defaults (docs/configuration.md has the same in its table)."""
+    from core_ike.ike.config import RetransmitConfig
+
+    text = " ".join(doc_text("docs/operations.md").split())
+    r = RetransmitConfig()
+    early = f"({r.early_steps()} early retransmissions in the first {round(r.early_span())} s)"
+    assert early in text, f"docs/operations.md should say {early}"
+    assert f"after {r.early_timeout:g} s, then {r.early_base:g} times longer" in text
+    assert f"({r.timeout:g} s * {r.base:g}^n, {r.tries} more)" in text
+    assert f"as long as its schedule lasts ({round(r.give_up_after(True))} s)" in text
