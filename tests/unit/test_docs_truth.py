@@ -440,3 +440,12 @@ def test_operations_retransmission_numbers_are_the_defaults() -> None:
     assert f"after {r.early_timeout:g} s, then {r.early_base:g} times longer" in text
     assert f"({r.timeout:g} s * {r.base:g}^n, {r.tries} more)" in text
     assert f"as long as its schedule lasts ({round(r.give_up_after(True))} s)" in text
+
+
+@pytest.mark.parametrize(("rel", "heading"), [("docs/configuration.md", "Control: `ikectl`"),
+                                              ("docs/operations.md", "`ikectl`")])
+def test_ikectl_tables_list_every_subcommand(rel: str, heading: str) -> None:
+    table = _section(doc_text(rel), heading)
+    listed = {w for row in table.splitlines() if row.startswith("| `")
+              for w in re.findall(r"`([a-z]+)[ `]", row.split("|")[1])}
+    assert _subcommands(ctl.parser()) - listed == set(), f"ikectl subcommands {rel} does not list"
