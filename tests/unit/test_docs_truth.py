@@ -449,3 +449,9 @@ def test_ikectl_tables_list_every_subcommand(rel: str, heading: str) -> None:
     listed = {w for row in table.splitlines() if row.startswith("| `")
               for w in re.findall(r"`([a-z]+)[ `]", row.split("|")[1])}
     assert _subcommands(ctl.parser()) - listed == set(), f"ikectl subcommands {rel} does not list"
+
+
+def test_gateway_names_every_ikeme_ipsec_subcommand() -> None:
+    part = _section(GATEWAY, "`ikeme-ipsec`").split("```", 1)[0]
+    named = set(re.findall(r"`(?:ikeme-ipsec )?([a-z]+)[ `]", part))
+    assert _subcommands(ipsec_cmd.parser()) - named == set(), "ikeme-ipsec subcommands docs/gateway.md leaves out"
