@@ -9,7 +9,15 @@ modules, scenarios, commands, environment variables and defaults that exist as t
   `ikeme-ipsec` subcommand;
 - every environment variable the docs name is read by the code;
 - the defaults in docs/configuration.md's key tables are the ones the loaders apply
-  (tests/unit/daemon/test_docs_config.py checks that the keys are the same).
+  (tests/unit/daemon/test_docs_config.py checks that the keys are the same);
+- `python -m` modules run something, `systemctl` names units of deploy/;
+- docs/gateway.md's ipsec.conf keys are read, its SQL tables and columns are the schema's;
+- docs/architecture.md names the packages and modules of .importlinter's sans-IO contract;
+- sections cited by name (`docs/operations.md, "Event loop"`) or anchor (`operations.md#workers`) exist;
+- the numbers docs/protocol.md and docs/operations.md give for the check lists and the retransmissions
+  are the configuration's defaults;
+- the ikectl tables of docs/configuration.md and docs/operations.md, and docs/gateway.md's ikeme-ipsec
+  section, list every subcommand.
 The generated Figures section of README.md (bench/readme_table.py) is left out: bench/ tests it.
 """
 
