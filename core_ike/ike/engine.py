@@ -63,6 +63,9 @@ class Extension:
     """Hooks for protocol extensions (the mediation extension plugs in here)."""
 
     def tasks(self, sa: IkeSa, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
+        """Tasks this extension adds to an exchange. Not asked for a responder's IKE_SA_INIT request of
+        the common shape (SA, KE, Nonce and only fastinit.PLAIN_NOTIFIES), which core_ike/ike/fastinit.py
+        answers directly: an extension acts on its own notifies or Vendor IDs there."""
         return []
 
     def on_established(self, sa: IkeSa, now: float) -> None:
