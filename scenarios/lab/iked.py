@@ -115,11 +115,11 @@ class Iked:
     def log_tail(self, n: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
 
-    def stop(self) -> int | None:
-        """SIGTERM (the daemon DELETEs its SAs first), SIGKILL after 3 s; returns the exit status."""
+    def stop(self, timeout: float = 3.0) -> int | None:
+        """SIGTERM (the daemon DELETEs its SAs first), SIGKILL after `timeout` s; returns the exit status."""
         rc = None
         if self.proc is not None:
-            rc = self.lab.stop(self.proc)
+            rc = self.lab.stop(self.proc, timeout)
             self.proc = None
         return rc
 

@@ -181,9 +181,12 @@ def test_sigterm_sends_delete(pair) -> None:  # type: ignore[no-untyped-def]
     assert ikectl(bob, "reload").returncode == 0
     assert ikectl(alice, "up", "home").returncode == 0
     bob.wait_sas(lambda sas: len(sas) == 1, timeout=5)
-    assert alice.stop() == 0
+    # the daemon's own exit is the event (at most 2 s for the DELETE's answer, then the close); SIGKILL
+    # only ends a hang (on a loaded host the exit can take longer than the harness's usual 3 s)
+    rc = alice.stop(timeout=30.0)
     log = alice.log_text()
-    assert "stopping: deleting 1 IKE_SA(s)" in log and "did not confirm" not in log
+    assert rc == 0, log[-3000:]
+    assert "stopping: deleting 1 IKE_SA(s)" in log and "did not confirm" not in log, log[-1500:]
     assert note.seen("STOPPING=1")
     # bob learnt it from the DELETE, not from a DPD timeout
     assert bob.list_sas() == []
