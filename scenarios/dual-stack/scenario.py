@@ -4,8 +4,13 @@ nat_lab plus IPv6: alice 2001:db8:1::2 and bob 2001:db8:2::2 routed (not transla
 internet bridge (2001:db8:ff::/64); nat_lab's WAN rule sits on the input hook and never sees routed v6,
 so a CPE-like forward filter drops new inbound IPv6 UDP (simultaneous checks open it, as for IPv4).
 carol (mediation server) has IPv4 only. Both clients listen on their v4 LAN and v6 global address and advertise HOST endpoints of both families plus the v4 srflx; the IPv6 HOST pair
-(preferred by ip_pref, RFC 8421 spirit) is selected, and the mediated IKE_SA + CHILD_SA (v4 LAN /32
-traffic selectors, i.e. IPv4 inside ESP-in-UDP over IPv6) run directly between the two v6 addresses.
+(preferred by ip_pref, RFC 8421 spirit, so checked first) is selected, and the mediated IKE_SA + CHILD_SA (v4
+LAN /32 traffic selectors, i.e. IPv4 inside ESP-in-UDP over IPv6) run directly between the two v6 addresses.
+
+IPv4 between the two NATs' public addresses is filtered (as between two carrier-grade NATs), so the IPv4
+pairs cannot work: with both families open, the v6 and the v4 pair between the NATs answer within the
+same millisecond here, and the controlling side waits for a better pair about one round trip only
+(docs/protocol.md §8), so which one it nominated was a race.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from scenarios.lab.iked import Iked
 from scenarios.lab.mediation import LAN, OurMediation, client_toml, mediated_sas, ping_both, say_sa, show_log
 from scenarios.lab.netns import Lab, wait_for
 from scenarios.lab.story import Story
-from scenarios.lab.topologies import CAROL
+from scenarios.lab.topologies import CAROL, NAT_PUBLIC
 
 TITLE = "dual stack: v4 behind NATs, global v6; mediation over v4 selects the direct IPv6 path"
 
@@ -35,6 +40,16 @@ V6_FW = """table inet fw6 {
     iifname "wan0" meta nfproto ipv6 ct state new meta l4proto udp counter drop
   }
 }
+"""
+
+# natA: no IPv4 between the two NATs' public addresses (both directions cross natA's forward hook)
+V4_BLOCK = f"""table inet v4block {{
+  chain forward {{
+    type filter hook forward priority -10; policy accept;
+    ip daddr {NAT_PUBLIC["natB"]} counter drop
+    ip saddr {NAT_PUBLIC["natB"]} counter drop
+  }}
+}}
 """
 
 
@@ -69,6 +84,8 @@ def run(story: Story) -> None:
     story.check("ct state new meta l4proto udp drop" in fw and "hook input" in fw,
                 "nat_lab's WAN rule (table inet fw) is on the input hook: it never sees routed IPv6")
     story.say("added a CPE-like IPv6 forward filter (table inet fw6): new inbound UDP from wan0 dropped")
+    lab.nft("natA", V4_BLOCK)
+    story.say(f"natA drops IPv4 to and from natB's {NAT_PUBLIC['natB']}: the v4 pairs between the NATs cannot work")
     # the first echo may be lost while the links' own fe80:: addresses finish DAD (needed for ND)
     wait_for(lambda: lab.ping("alice", V6["bob"], count=1, wait=0.3)[1] == 1, 10, interval=0.05,
              what="IPv6 alice -> bob")
