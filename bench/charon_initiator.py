@@ -9,8 +9,9 @@ MOBIKE_SUPPORTED, INITIAL_CONTACT and the move to port 4500 (MOBIKE, RFC 4555 wi
 The IKE_SAs are childless (RFC 6023: no data plane on either side). ``--inflight`` initiations run at
 once (one vici ``initiate`` per thread, each waiting for its IKE_SA).
 
-The responder in netns ``bob``, fresh for each measurement, after ``--warmup`` IKE_SAs: our iked (users'
-defaults: one worker, log_level warning) or charon 5.9.8 (openssl before gmp, log level 0, 16 threads).
+The responder in netns ``bob``, fresh for each measurement, after ``--warmup`` IKE_SAs: our iked (one worker,
+users' default; log_level warning) or charon 5.9.8 (openssl before gmp, log level 0, 16 threads); and both
+again at their default log levels (``ours-info``: info, ``charon-l1``: 1), interleaved in the same rounds.
 Same settings both sides: proposal aes128gcm16-prfsha256-x25519, COOKIEs off on both (thresholds raised to
 10^6: the load comes from one address, and both would otherwise demand COOKIEs of it), unique = never.
 The figure: responder CPU (utime + stime of all its processes/threads, /proc) over the measured batch
@@ -179,7 +180,7 @@ class Responder:
 class Ours(Responder):
     impl = "ours"
 
-    def __init__(self, lab: Any, auth: str, pki: Pki) -> None:
+    def __init__(self, lab: Any, auth: str, pki: Pki, log_level: str = "warning") -> None:
         from scenarios.lab.iked import Iked
 
         files: dict[str, bytes | str] = {}
@@ -192,8 +193,8 @@ class Ours(Responder):
             secrets = '[[secrets.private]]\nfile = "resp.key"\n[[secrets.ca]]\nfile = "ca.crt"\n'
             local = '{ auth = "pubkey", id = "responder.bench", certs = ["resp.crt"] }'
             remote = '{ auth = "pubkey", id = "%any" }'
-        self.iked = Iked(lab, "bob", iked_responder_conf(secrets, local, remote, addr=RESP_IP, proposal=PROPOSAL),
-                         name=f"iked-{auth}", files=files)
+        conf = iked_responder_conf(secrets, local, remote, addr=RESP_IP, proposal=PROPOSAL, log_level=log_level)
+        self.iked = Iked(lab, "bob", conf, name=f"iked-{auth}", files=files)
 
     tree: Path | None = None  # run from this source tree (`--before`), else this one
 
@@ -224,7 +225,7 @@ class Ours(Responder):
 class Charon(Responder):
     impl = "charon"
 
-    def __init__(self, lab: Any, auth: str, pki: Pki) -> None:
+    def __init__(self, lab: Any, auth: str, pki: Pki, level: int = 0) -> None:
         from scenarios.lab.charon import Charon as CharonProc
 
         if auth == "psk":
@@ -239,7 +240,7 @@ class Charon(Responder):
                 f"    unique = never\n    rekey_time = 0\n    childless = allow\n"
                 f"    local {{\n      {local}\n    }}\n    remote {{\n      {remote}\n    }}\n  }}\n}}\n{secrets}")
         self.charon = CharonProc(lab, "bob", name=f"charon-{auth}", conf=conf, settings=CHARON_SETTINGS,
-                                 plugins=CHARON_PLUGINS, ike_level=0, log_levels={"default": 0})
+                                 plugins=CHARON_PLUGINS, ike_level=level, log_levels={"default": level})
         if auth != "psk":
             self.charon.add_file("private", "resp.key", pki.resp[0])
             self.charon.add_file("x509", "resp.crt", pki.resp[1])
@@ -348,6 +349,18 @@ class Batch:
     count: int
     warmup: int
     inflight: int
+
+
+def responder(lab: Any, impl: str, auth: str, pki: Pki) -> Responder:
+    """`impl`: ours / before (log_level warning), ours-info (info, users' default), charon (log level 0),
+    charon-l1 (level 1, charon's default)."""
+    resp: Responder
+    if impl in ("ours", "before", "ours-info"):
+        resp = Ours(lab, auth, pki, log_level="info" if impl == "ours-info" else "warning")
+    else:
+        resp = Charon(lab, auth, pki, level=1 if impl == "charon-l1" else 0)
+    resp.impl = impl
+    return resp
 
 
 def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: int, profile: Path | None) -> Run:
@@ -536,13 +549,26 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
             differences=["same on both sides: childless IKE_SAs from charon 5.9.8 (NAT-D, fragmentation, "
                          "signature hash, redirect and MOBIKE notifies, float to 4500), " + PROPOSAL
                          + ", COOKIEs off (thresholds 10^6 on both), unique = never, no data plane",
-                         "ours: users' defaults (one worker process, log_level warning); charon: log level 0, "
-                         "16 threads on 2 CPUs (its CPU is the sum over threads)",
+                         "log levels: ours warning, charon 0: both at their quietest that still logs errors "
+                         "(the defaults, info and 1, are the next figure); ours: one worker process (users' "
+                         "default); charon: 16 threads on 2 CPUs (its CPU is the sum over threads)",
                          *_floor_lines(auth, floor.get(auth, {}), c, ossl),
                          *_split_lines(split.get(auth), a.before), *_before_lines(auth, runs, a.before)],
             readme=True)
         f["crypto_floor_ms"] = {k: round(v / 1000, 4) for k, v in floor.get(auth, {}).items()}
         figures.append(f)
+        oi = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "ours-info" and r.established]
+        cl = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "charon-l1" and r.established]
+        if oi and cl:
+            figures.append(results_io.figure(
+                f"charon_initiator_cpu_{auth}_default_logging",
+                f"the same ({auth.upper()}) at both daemons' default log levels",
+                results_io.sample(oi, "ms"), results_io.sample(cl, "ms"),
+                differences=["ours: log_level info (users' default; to a file; the IKE_SA_INIT fast path of "
+                             "core_ike/ike/fastinit.py is off when info lines are logged), charon: level 1 (its "
+                             "default; to a file, line by line, where its default is syslog); the rest as above, "
+                             "interleaved in the same rounds"],
+                readme=True))
     return figures
 
 
@@ -575,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--inflight", type=int, default=4)
     ap.add_argument("--auth", default="psk,rsa")
-    ap.add_argument("--impl", default="ours,charon")
+    ap.add_argument("--impl", default="ours,charon,ours-info,charon-l1",
+                    help="responders, interleaved: ours and charon at their quietest log levels that still log errors "
+                    "(warning, 0), ours-info and charon-l1 at their default ones (info, 1)")
     ap.add_argument("--count-rsa", type=int, default=120, help="the same for RSA (a certificate per IKE_SA)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy our responder (collapsed stacks, hot spots)")
     ap.add_argument("--no-split", action="store_true", help="skip the record-and-replay of where our CPU goes")
@@ -600,9 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rnd, impl in results_io.interleave(rounds, sides):
             for auth in a.auth.split(","):
-                resp: Responder = Ours(lab, auth, pki) if impl in ("ours", "before") else Charon(lab, auth, pki)
+                resp = responder(lab, impl, auth, pki)
                 if impl == "before":
-                    resp.impl, resp.tree = "before", before_tree  # type: ignore[attr-defined]
+                    resp.tree = before_tree  # type: ignore[attr-defined]
                 count = a.count if auth == "psk" else a.count_rsa
                 r = measure(lab, resp, auth, pki, Batch(count, a.warmup, a.inflight), rnd, prof)
                 runs.append(r)

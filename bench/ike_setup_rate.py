@@ -145,11 +145,11 @@ class Responder:
 
 
 def iked_responder_conf(secrets: str, local: str, remote: str, *, workers: int | None = None,
-                        addr: str = RESP_IP, proposal: str = PROPOSAL) -> str:
+                        addr: str = RESP_IP, proposal: str = PROPOSAL, log_level: str = "warning") -> str:
     """iked's TOML as the benchmarks' responder on ``addr``: no data plane, COOKIEs off as on charon's side
     (its cookie_threshold and cookie_threshold_ip are raised alike), ``secrets`` (TOML tables), and one
     connection ``bench`` from any address with the ``local`` and ``remote`` auth tables."""
-    daemon = (f'[daemon]\nlisten = ["{addr}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "warning"\n'
+    daemon = (f'[daemon]\nlisten = ["{addr}"]\ncontrol = "@CTL@"\ndataplane = "none"\nlog_level = "{log_level}"\n'
               'cookie_threshold = 1000000\ncookie_threshold_ip = 1000000\n')
     if workers is not None:
         daemon += f"workers = {workers}\n"

@@ -33,6 +33,9 @@ def test_charon_initiator_against_both_responders(tmp_path: Path) -> None:
     # the engine alone: the recorded datagrams replayed by this tree and by the --before one
     assert any("the engine alone, A/B" in d and "this tree / HEAD" in d for d in f["differences"])
     assert "failed" not in (tmp_path / "charon_initiator.txt").read_text()
+    # both daemons again at their default log levels (ours info, charon 1), interleaved in the same run
+    d = figures(doc)["charon_initiator_cpu_psk_default_logging"]
+    assert d["ours"]["n"] == 1 and d["charon"]["n"] == 1 and d["ratio"] is not None
 
 
 def test_flood_with_two_workers(tmp_path: Path) -> None:
