@@ -130,9 +130,14 @@ def _eap_name(data: bytes) -> str:
     return "/".join(parts)
 
 
+def notify_payload_name(ntype: int) -> str:
+    """A Notify payload's name in a summary: `N(NATD_S_IP)`."""
+    return f"N({notify_name(ntype)})"
+
+
 def payload_name(p: Payload) -> str:
     if isinstance(p, NotifyPayload):
-        return f"N({notify_name(p.type)})"
+        return notify_payload_name(p.type)
     if isinstance(p, CpPayload):
         attrs = " ".join(CFG_ATTR_ABBREV.get(a.type, str(a.type)) for a in p.attributes)
         return f"{CP_ABBREV.get(p.cfg_type, f'CP{int(p.cfg_type)}')}({attrs})"
@@ -147,6 +152,11 @@ def summarize(payloads: Sequence[Payload], sk: SkPayload | SkfPayload | None, de
     names = [payload_name(p) for p in payloads]
     if sk is not None and not decrypted:
         names.append(payload_name(sk))
+    return bracket(names)
+
+
+def bracket(names: Sequence[str]) -> str:
+    """The summary of a message whose payloads have these names (`payload_name`), in order."""
     return "[ " + " ".join(names) + (" ]" if names else "]")
 
 

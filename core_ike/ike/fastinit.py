@@ -14,8 +14,14 @@ the CPU caches first.
 Anything else goes the general way, which decides it in full: another payload or notify (an extension
 acts on some, e.g. ME_CONNECTID, draft-brunner-ikev2-mediation §4.5), an unknown offer or another group
 (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD), a retransmission, COOKIEs demanded (RFC 7296 2.6), the
-half-open limit, a key share that does not compute, and every case while info lines are logged (the
-general path writes them).
+half-open limit, a key share that does not compute, and every case while debug lines are logged (the
+general path writes them: state changes and the like, more than this path knows of).
+
+While info lines are logged, `answer` logs the ones the general path logs for the request, with the same
+text and level, in the same order, on the same logger: "received packet", "... is initiating an IKE_SA",
+"parsed IKE_SA_INIT request 0 [ ... ]", the NAT lines, "selected proposal", "generating IKE_SA_INIT
+response 0 [ ... ]" and "sending packet". The two summaries are written with core_ike/codec/summary.py
+from the payloads `parse` read and `_response` wrote, so they are the ones Message.summary gives.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING
 
+from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
 from ..constants import CertEncoding, NotifyType
 from ..crypto.dh import is_pooled
 from ..errors import ProtocolError
@@ -70,11 +77,25 @@ _NOTIFY_FRAG = _NOTIFY.pack(0, 0, FRAG)
 _NOTIFY_NATD_SRC = _NOTIFY.pack(0, 0, NATD_SRC)
 _NOTIFY_NATD_DST = _NOTIFY.pack(0, 0, NATD_DST)
 
+# the "parsed" line's summaries by Request.shape; a peer can vary the shape (order and repetition of
+# the notifies), so only the first few are kept
+_SUMMARIES: dict[tuple[int, ...], str] = {}
+_MAX_SUMMARIES = 64
+# the "generating" line's summaries by (CERTREQ written, N(FRAGMENTATION_SUPPORTED) written), in the
+# order `_response` writes the payloads
+_RESPONSE_SUMMARIES = {
+    (certreq, frag): bracket([PAYLOAD_ABBREV[SA], PAYLOAD_ABBREV[KE], PAYLOAD_ABBREV[NONCE]]
+                             + [PAYLOAD_ABBREV[CERTREQ]] * certreq
+                             + [notify_payload_name(NATD_SRC), notify_payload_name(NATD_DST)]
+                             + [notify_payload_name(FRAG)] * frag + [notify_payload_name(HASH_ALGS)])
+    for certreq in (False, True) for frag in (False, True)
+}
+
 
 class Request:
     """The fields of a common IKE_SA_INIT request (`parse`)."""
 
-    __slots__ = ("frag", "group", "hashes", "ke", "natd_dst", "natd_src", "nonce", "offer", "spi_i")
+    __slots__ = ("frag", "group", "hashes", "ke", "natd_dst", "natd_src", "nonce", "offer", "shape", "spi_i")
 
     def __init__(self) -> None:
         self.spi_i = b""
@@ -86,6 +107,9 @@ class Request:
         self.natd_dst: list[bytes] = []
         self.frag = False
         self.hashes: bytes | None = None  # the first N(SIGNATURE_HASH_ALGORITHMS)'s data
+        # each payload in order: its type, a notify's Notify Message Type (all of PLAIN_NOTIFIES are
+        # status types, 16384 and up, RFC 7296 3.10.1, so they cannot be taken for a payload type)
+        self.shape: list[int] = []
 
 
 def parse(data: bytes) -> Request | None:
@@ -103,6 +127,7 @@ def parse(data: bytes) -> Request | None:
     req = Request()
     req.spi_i = spi_i
     unpack = _GENERIC.unpack_from
+    shape = req.shape
     ptype, pos = first, 28
     seen = 0
     while ptype:
@@ -113,8 +138,10 @@ def parse(data: bytes) -> Request | None:
         if crit or plen < 4 or end > n:
             return None
         start = pos + 4
+        item = ptype
         if ptype == NOTIFY:
-            if not _notify(req, data, start, end):
+            item = _notify(req, data, start, end)
+            if not item:
                 return None
         elif ptype == SA and not seen & 1:
             seen |= 1
@@ -128,14 +155,16 @@ def parse(data: bytes) -> Request | None:
             req.nonce = data[start:end]
         else:
             return None
+        shape.append(item)
         ptype, pos = nxt, end
     return req if seen == 7 and pos == n else None
 
 
-def _notify(req: Request, data: bytes, start: int, end: int) -> bool:
-    """One notify body into `req`; False when it is not one of PLAIN_NOTIFIES without SPI."""
+def _notify(req: Request, data: bytes, start: int, end: int) -> int:
+    """One notify body into `req`, and its Notify Message Type; 0 when it is not one of PLAIN_NOTIFIES
+    without SPI."""
     if end - start < 4 or data[start] or data[start + 1]:
-        return False
+        return 0
     ntype = (data[start + 2] << 8) | data[start + 3]
     if ntype == NATD_SRC:
         req.natd_src.append(data[start + 4:end])
@@ -147,8 +176,19 @@ def _notify(req: Request, data: bytes, start: int, end: int) -> bool:
         if req.hashes is None:
             req.hashes = data[start + 4:end]
     elif ntype not in PLAIN_NOTIFIES:
-        return False
-    return True
+        return 0
+    return ntype
+
+
+def request_summary(shape: list[int]) -> str:
+    """The summary Message.summary gives for a request of this Request.shape: `[ SA KE No N(NATD_S_IP) ]`."""
+    key = tuple(shape)
+    text = _SUMMARIES.get(key)
+    if text is None:
+        text = bracket([notify_payload_name(t) if t in PLAIN_NOTIFIES else PAYLOAD_ABBREV[t] for t in key])
+        if len(_SUMMARIES) < _MAX_SUMMARIES:
+            _SUMMARIES[key] = text
+    return text
 
 
 def _negotiated(engine: Engine, req: Request, local: Addr, remote: Addr) -> tuple[list[IkeConfig], Negotiated] | None:
@@ -172,8 +212,10 @@ def _negotiated(engine: Engine, req: Request, local: Addr, remote: Addr) -> tupl
 
 def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -> bool:
     """Answer `data` if it is a common IKE_SA_INIT request for a new IKE_SA (see the module's docstring);
-    False, with nothing changed but maybe one key pair taken from the pool, when the general path must."""
-    if log.isEnabledFor(logging.INFO):
+    False, with nothing changed but maybe one key pair taken from the pool, when the general path must
+    (always while debug lines are logged). While info lines are logged, it logs those the general path
+    logs for the request."""
+    if log.isEnabledFor(logging.DEBUG):
         return False
     req = parse(data)
     if req is None:
@@ -187,7 +229,13 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
         shared = ke.compute(req.ke)
     except ProtocolError:
         return False  # the general path takes another key pair and answers the error
+    info = log.isEnabledFor(logging.INFO)
+    if info:  # Engine.receive's line for a request it decoded
+        log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0], local[1],
+                 len(data))
     sa = engine.new_responder(cfgs[0], local, remote, now, (req.spi_i, remote))
+    if info:  # TaskManager.receive's line
+        log.info("parsed %s %s %d %s", "IKE_SA_INIT", "request", 0, request_summary(req.shape))
     sa.last_in = now
     assert neg.chosen is not None
     c = neg.chosen
@@ -197,6 +245,8 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     sa.init_request = data
     _process_common(sa, req, local, remote)
     _install_keys(sa, chosen, shared, neg)
+    if info:  # IkeInit.process_r's line
+        log.info("selected proposal: %s", sa.proposal_text)
     certreq = any(c.remote.auth == "pubkey" and c.send_certreq for c in cfgs)
     sa.tm.answered_init(_response(engine, sa, req, neg, ke.public, certreq), now)
     if sa.state is not IkeState.DESTROYED:
@@ -211,6 +261,10 @@ def _process_common(sa: IkeSa, req: Request, local: Addr, remote: Addr) -> None:
         zero = b"\x00" * 8
         sa.nat_here = natd_hash(req.spi_i, zero, local) not in req.natd_dst
         sa.nat_there = natd_hash(req.spi_i, zero, remote) not in req.natd_src
+        if sa.nat_here:
+            log.info("local host is behind NAT, sending keep alives")
+        if sa.nat_there:
+            log.info("remote host is behind NAT")
     sa.frag_supported = req.frag
     d = req.hashes
     if d is not None:
@@ -242,5 +296,7 @@ def _response(engine: Engine, sa: IkeSa, req: Request, neg: Negotiated, public: 
     if cfg.fragmentation:
         parts += [pack(NOTIFY, 0, 8), _NOTIFY_FRAG]
     parts += [pack(0, 0, 4 + len(_NOTIFY_HASHES)), _NOTIFY_HASHES]
+    if log.isEnabledFor(logging.INFO):  # TaskManager._send_response's line
+        log.info("generating %s response %d %s", "IKE_SA_INIT", 0, _RESPONSE_SUMMARIES[bool(hashes), cfg.fragmentation])
     parts[0] = _HEADER.pack(spi_i, spi_r, SA, VERSION, IKE_SA_INIT, RESPONSE, 0, 28 + sum(map(len, parts)))
     return b"".join(parts)

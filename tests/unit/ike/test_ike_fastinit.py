@@ -85,6 +85,39 @@ def test_nat_detected_as_the_general_path_detects_it(monkeypatch: pytest.MonkeyP
     assert _state(fast) == _state(general)
 
 
+Records = list[tuple[str, int, str]]
+
+
+def _logged_run(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fast: bool,
+                **kw: Any) -> tuple[Records, int]:
+    """`_run` with info lines logged (our users' default log_level): the records of both sides, in order."""
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    _, _, taken = _run(monkeypatch, fast, **kw)
+    return [(r.name, r.levelno, r.getMessage()) for r in caplog.records], taken
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"auth": "pubkey"},
+    {"b_conf": {"encap": True, "fragmentation": False}},
+    {"proposals": "aes256gcm16-prfsha384-ecp256"},
+    {"a_conf": {"encap": True}},  # "remote host is behind NAT"
+])
+def test_info_lines_the_same_as_the_general_path(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                                 kw: dict[str, Any]) -> None:
+    """At info level the direct answer is taken and logs the general path's lines: the same text, level,
+    logger and order (the whole exchange's transcript, both sides)."""
+    ike_init._NEGOTIATED.clear()
+    fast, taken = _logged_run(monkeypatch, caplog, True, **kw)
+    general, _ = _logged_run(monkeypatch, caplog, False, **kw)
+    assert taken >= 1
+    assert fast == general
+    messages = [m for _, _, m in fast]
+    assert any(m.startswith("parsed IKE_SA_INIT request 0 [ SA KE No N(NATD_S_IP)") for m in messages)
+    assert any(m.startswith("generating IKE_SA_INIT response 0 [ SA KE No") for m in messages)
+
+
 def _request(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, bytes]:
     """A pair whose responder negotiated the offer once, and the initiator's next IKE_SA_INIT request."""
     p = make_pair(seed=3)
@@ -201,11 +234,38 @@ def test_a_retransmitted_request_gets_the_kept_response(monkeypatch: pytest.Monk
     assert len([sa for sa in p.b.ike_sas() if sa.state is IkeState.CREATED]) == 1
 
 
-def test_not_taken_while_info_lines_are_logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_info_lines_for_another_request_shape(monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A request with N(REDIRECT_SUPPORTED) (RFC 5685 3) and the NAT-D notifies after it: the "parsed"
+    line names the payloads in the request's order, as the general path's does."""
+    local, remote = ("192.0.2.2", 500), ("192.0.2.1", 500)
+    logged = []
+    for fast in (True, False):
+        p, data = _request(monkeypatch)
+        chain = _chain(data)
+        natd = [c for c in chain if c[0] == 41 and c[1][6:8] in (b"\x40\x04", b"\x40\x05")]
+        shaped = _message(data, [_notify(NotifyType.REDIRECT_SUPPORTED), *[c for c in chain if c not in natd], *natd])
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        if fast:
+            assert fastinit.answer(p.b, shaped, local, remote, p.now)
+        else:
+            monkeypatch.setattr(fastinit, "answer", lambda *a: False)
+            p.b.receive(shaped, local, remote, p.now)
+        (sa,) = [sa for sa in p.b.ike_sas() if sa.state is IkeState.CREATED]
+        assert sa.init_response is not None
+        logged.append([(r.name, r.levelno, r.getMessage()) for r in caplog.records])
+    assert logged[0] == logged[1]
+    assert "parsed IKE_SA_INIT request 0 [ N(REDIR_SUP) SA KE No N(FRAG_SUP) N(HASH_ALG) N(NATD_S_IP) " \
+        "N(NATD_D_IP) ]" in [m for _, _, m in logged[0]]
+
+
+def test_not_taken_while_debug_lines_are_logged(monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
     p, data = _request(monkeypatch)
-    caplog.set_level(logging.INFO, "core_ike.ike")
+    caplog.set_level(logging.DEBUG, "core_ike.ike")
     assert not fastinit.answer(p.b, data, ("192.0.2.2", 500), ("192.0.2.1", 500), p.now)
-    caplog.set_level(logging.WARNING, "core_ike.ike")
+    caplog.set_level(logging.INFO, "core_ike.ike")
     assert fastinit.answer(p.b, data, ("192.0.2.2", 500), ("192.0.2.1", 500), p.now)
 
 
