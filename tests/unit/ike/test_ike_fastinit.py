@@ -296,3 +296,14 @@ def test_the_next_key_pairs_are_made_after_the_response(monkeypatch: pytest.Monk
     assert len(pool) == pool.batch
     assert fastinit.answer(p.b, data, ("192.0.2.2", 500), ("192.0.2.1", 500), p.now)
     assert len(pool) == pool.batch - 1
+
+
+def test_request_summaries_kept_for_a_few_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer can vary the shape (notifies repeated, reordered): past the bound, summaries are written
+    each time, not kept, and still read as Message.summary's."""
+    monkeypatch.setattr(fastinit, "_SUMMARIES", {})
+    natd = int(NotifyType.NAT_DETECTION_SOURCE_IP)
+    for k in range(fastinit._MAX_SUMMARIES + 10):
+        shape = [33, 34, 40] + [natd] * k
+        assert fastinit.request_summary(shape) == "[ " + " ".join(["SA", "KE", "No"] + ["N(NATD_S_IP)"] * k) + " ]"
+    assert len(fastinit._SUMMARIES) == fastinit._MAX_SUMMARIES
