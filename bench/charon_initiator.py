@@ -564,8 +564,7 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                 f"charon_initiator_cpu_{auth}_default_logging",
                 f"the same ({auth.upper()}) at both daemons' default log levels",
                 results_io.sample(oi, "ms"), results_io.sample(cl, "ms"),
-                differences=["ours: log_level info (users' default; to a file; the IKE_SA_INIT fast path of "
-                             "core_ike/ike/fastinit.py is off when info lines are logged), charon: level 1 (its "
+                differences=["ours: log_level info (users' default; to a file), charon: level 1 (its "
                              "default; to a file, line by line, where its default is syslog); the rest as above, "
                              "interleaved in the same rounds"],
                 readme=True))
