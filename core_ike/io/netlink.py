@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError  # type: ignore[import-untyped]
 
+from .xfrm import parse_nlattrs
+
 _T = TypeVar("_T")
 log = logging.getLogger("core_ike.io.netlink")
 
@@ -301,7 +303,7 @@ class RouteSocket:
         if reply is None or len(reply) < _RTMSG.size:
             raise NetlinkError(errno.EPROTO, "no route in the kernel's answer")
         rtm_table, rtm_type = reply[4], reply[7]
-        attrs = _attrs(reply[_RTMSG.size:])
+        attrs = parse_nlattrs(reply[_RTMSG.size:])
         table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else rtm_table
         gw = attrs.get(RTA_GATEWAY)
         oif = attrs.get(RTA_OIF)
@@ -338,13 +340,3 @@ class RouteSocket:
         self._sock.close()
 
 
-def _attrs(data: bytes) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    off = 0
-    while off + 4 <= len(data):
-        n, t = struct.unpack_from("=HH", data, off)
-        if n < 4:
-            break
-        out[t & 0x3FFF] = data[off + 4:off + n]
-        off += (n + 3) & ~3
-    return out

@@ -101,7 +101,8 @@ def _attr(atype: int, data: bytes) -> bytes:
     return hdr + data + bytes(-len(data) % 4)
 
 
-def _parse_attrs(data: bytes) -> dict[int, bytes]:
+def parse_nlattrs(data: bytes) -> dict[int, bytes]:
+    """A netlink message's attributes (RFC 3549 2.3.2): type (without the nested/byte-order flags) -> value."""
     attrs: dict[int, bytes] = {}
     off = 0
     while off + 4 <= len(data):
@@ -505,7 +506,7 @@ class XfrmDataPlane:
     def _decode_event(self, mtype: int, body: bytes) -> DataPlaneEvent | None:
         if mtype == ACQUIRE and len(body) >= 280:
             src, dst, proto = _sel_addrs(body[40:96])
-            attrs = _parse_attrs(body[280:])
+            attrs = parse_nlattrs(body[280:])
             reqid = struct.unpack_from("=I", attrs[XFRMA_TMPL], 44)[0] if XFRMA_TMPL in attrs else 0
             fam = struct.unpack_from("=H", body, 40 + 40)[0]
             n = 16 if fam == socket.AF_INET6 else 4
