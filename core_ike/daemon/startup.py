@@ -3,16 +3,21 @@
 Log lines keep strongSwan's shape behind a time stamp and the logger name. Under systemd, journald
 reads stderr: the daemon then leaves the time stamp to journald and marks each line with its
 priority the way sd-daemon(3) describes (`<6>` info, `<4>` warning, ...).
+
+Lines to a stream or a file are written once per event-loop turn (TurnBatchingHandler): an IKE_SA's
+dozen info lines cost one write(2) instead of one each (docs/operations.md, "Logging").
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
@@ -25,17 +30,152 @@ STARTUP_FAILED = 2
 SYSLOG_SOCKET = "/dev/log"
 
 _LINE = "[%(name)s] %(message)s"
-_TIMED = logging.Formatter(f"%(asctime)s.%(msecs)03d {_LINE}", "%H:%M:%S")
+_TIME_FORMAT = "%H:%M:%S"
+WRITE_BOUND = 65536  # characters buffered before a write within the loop turn
 
 
-class JournalFormatter(logging.Formatter):
+def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
+    """`s` followed by the record's traceback and stack, as logging.Formatter.format appends them."""
+    if record.exc_info and not record.exc_text:
+        record.exc_text = f.formatException(record.exc_info)
+    if record.exc_text:
+        s = (s if s[-1:] == "\n" else s + "\n") + record.exc_text
+    if record.stack_info:
+        s = (s if s[-1:] == "\n" else s + "\n") + f.formatStack(record.stack_info)
+    return s
+
+
+class LineFormatter(logging.Formatter):
+    """logging.Formatter("[%(name)s] %(message)s") without the general format's dictionary lookups."""
+
+    def __init__(self) -> None:
+        super().__init__(_LINE)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        return _with_tail(self, record, f"[{record.name}] {record.message}")
+
+
+class TimedFormatter(logging.Formatter):
+    """The text of logging.Formatter("%(asctime)s.%(msecs)03d [%(name)s] %(message)s", "%H:%M:%S"),
+    with the time of day formatted once per second rather than per line (time.strftime and
+    time.localtime are the dearest part of a line)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"%(asctime)s.%(msecs)03d {_LINE}", _TIME_FORMAT)
+        self._second: tuple[int, str] = (-1, "")  # one tuple: a reader in another thread sees a pair
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)  # time.localtime() rounds toward the earlier second as well
+        cached, text = self._second
+        if second != cached or datefmt not in (None, _TIME_FORMAT):
+            text = time.strftime(datefmt or _TIME_FORMAT, self.converter(record.created))
+            if datefmt in (None, _TIME_FORMAT):
+                self._second = (second, text)
+        return text
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, _TIME_FORMAT)
+        s = f"{record.asctime}.{int(record.msecs):03d} [{record.name}] {record.message}"
+        return _with_tail(self, record, s)
+
+
+class JournalFormatter(LineFormatter):
     """Each line prefixed with its syslog priority (sd-daemon(3)); journald adds the time."""
+
+    def __init__(self, fmt: str = _LINE) -> None:
+        if fmt != _LINE:
+            raise ValueError(f"JournalFormatter formats {_LINE!r} only")
+        super().__init__()
 
     def format(self, record: logging.LogRecord) -> str:
         lv = record.levelno
         prio = 7 if lv <= logging.DEBUG else 6 if lv <= logging.INFO else 4 if lv <= logging.WARNING \
             else 3 if lv <= logging.ERROR else 2
         return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
+class TurnBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler whose lines, inside a running event loop, are collected and written (and
+    flushed) once at the end of the loop turn: one loop.call_soon callback per batch. Written at
+    once: a WARNING or worse line (with what is waiting before it, so the order holds), a batch past
+    WRITE_BOUND characters, and every line logged outside an event loop (start-up, other threads,
+    tests). flush() and close() write the batch too, and logging's own exit hook
+    (logging.shutdown) flushes every handler, so a normal stop or an exception that ends the daemon
+    loses nothing; a SIGKILL loses at most the lines of the current loop turn."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batch: list[str] = []
+        self._size = 0
+        self._first: logging.LogRecord | None = None  # for handleError when a batched write fails
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the end-of-turn write is queued
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held (Handler.handle)
+        try:
+            msg = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
+            self.handleError(record)
+            return
+        if not self._batch:
+            self._first = record
+        self._batch.append(msg)
+        self._size += len(msg)
+        loop = asyncio._get_running_loop()
+        if loop is None or record.levelno >= logging.WARNING or self._size > WRITE_BOUND:
+            self._write()
+        elif loop is not self._loop:
+            self._loop = loop
+            loop.call_soon(self._turn_end)
+
+    def _turn_end(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._loop = None
+            self._write()
+
+    def _write(self) -> None:
+        if not self._batch:
+            return
+        data = "".join(self._batch)
+        record = self._first
+        self._batch.clear()
+        self._size = 0
+        self._first = None
+        try:
+            if self.stream is not None:
+                self.stream.write(data)
+                if hasattr(self.stream, "flush"):
+                    self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
+            if record is not None:
+                self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+            super().flush()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            super().close()
+
+
+class TurnBatchingFileHandler(TurnBatchingHandler, logging.FileHandler):
+    """logging.FileHandler with TurnBatchingHandler's writes."""
+
+
+def flush_logs() -> None:
+    """Write what the root logger's handlers hold (before a line printed past them, and at the end)."""
+    for h in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):  # a broken log must not hide why the daemon stops
+            h.flush()
 
 
 def under_journald(stream: TextIO) -> bool:
@@ -78,20 +218,20 @@ def log_handler(target: str, prog: str, syslog_socket: str = SYSLOG_SOCKET) -> l
     handler: logging.Handler
     if kind in ("stderr", "stdout"):
         stream = sys.stderr if kind == "stderr" else sys.stdout
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(JournalFormatter(_LINE) if under_journald(stream) else _TIMED)
+        handler = TurnBatchingHandler(stream)
+        handler.setFormatter(JournalFormatter() if under_journald(stream) else TimedFormatter())
         return handler
     if kind == "syslog":
         _check_syslog(syslog_socket)
         syslog = QuietSysLogHandler(syslog_socket, SysLogHandler.facility_names[arg or "daemon"])
         syslog.ident = f"{prog}[{os.getpid()}]: "
-        syslog.setFormatter(logging.Formatter(_LINE))
+        syslog.setFormatter(LineFormatter())
         return syslog
     try:
-        handler = logging.FileHandler(arg)
+        handler = TurnBatchingFileHandler(arg)
     except OSError as e:
         raise LocalError(f"cannot write the log to {arg}: {e.strerror or e}") from None
-    handler.setFormatter(_TIMED)
+    handler.setFormatter(TimedFormatter())
     return handler
 
 
@@ -107,6 +247,7 @@ def one_line(e: BaseException) -> str:
 def report_failure(prog: str, message: str) -> None:
     """One line on stderr; also into the log when it goes elsewhere (a file, syslog), so the log
     says why the daemon stopped."""
+    flush_logs()  # the lines before it come first
     journal = under_journald(sys.stderr)
     print(f"{'<3>' if journal else ''}{prog}: {message}", file=sys.stderr, flush=True)
     for h in logging.getLogger().handlers:
@@ -158,7 +299,10 @@ def run_daemon(prog: str, run: Callable[[], Coroutine[Any, Any, None]], close: C
     except KeyboardInterrupt:
         return 130
     finally:
-        close()
+        try:
+            close()
+        finally:
+            flush_logs()
     return 0
 
 
