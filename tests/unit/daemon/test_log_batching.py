@@ -23,6 +23,7 @@ from core_ike.daemon.startup import (
     log_handler,
     run_daemon,
 )
+from core_ike.logutil import LeanRecord, cheap_records
 
 LINE = "[%(name)s] %(message)s"
 TIMED = f"%(asctime)s.%(msecs)03d {LINE}"
@@ -286,3 +287,37 @@ def test_a_start_up_failure_line_follows_the_logged_ones(root_to_file: Path,
     assert run_daemon("iked", run, lambda: None, event_loop="asyncio") == startup.STARTUP_FAILED
     assert _lines(root_to_file) == ["binding", "cannot start: Cannot assign requested address"]
     assert capsys.readouterr().err == "iked: Cannot assign requested address\n"
+
+
+@pytest.fixture
+def cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing", "_logRecordFactory"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored after the test
+    if hasattr(logging, "logAsyncioTasks"):
+        monkeypatch.setattr(logging, "logAsyncioTasks", logging.logAsyncioTasks)
+    cheap_records()
+
+
+@pytest.mark.usefixtures("cheap")
+@pytest.mark.parametrize("args", [
+    ("core_ike.ike", logging.INFO, "(unknown file)", 0, "generating %s request %d", ("IKE_AUTH", 1), None),
+    ("core_ike.me", logging.WARNING, "/x/y/glue.py", 12, "%(a)s", ({"a": 1},), None, "f", "Stack:\n  x"),
+    ("iked", logging.ERROR, __file__, 0, "%s", ("cannot start",), (ValueError, ValueError("v"), None)),
+    ("x", 5, "", 0, "", (), None),
+])
+def test_lean_records_hold_what_logging_records_hold(args: tuple[object, ...]) -> None:
+    assert logging.getLogRecordFactory() is LeanRecord
+    ours, theirs = vars(LeanRecord(*args)), vars(logging.LogRecord(*args))  # type: ignore[arg-type]
+    for t in ("created", "msecs", "relativeCreated"):  # the clock moved between the two
+        assert isinstance(ours.pop(t), float)
+        theirs.pop(t)
+    assert ours == theirs
+
+
+@pytest.mark.usefixtures("cheap")
+def test_a_logged_line_is_the_same_through_lean_records(
+        logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    log, path, _ = logged
+    log.info("IKE_SA %s[%d] established between %s...%s", "home", 1, "192.0.2.1", "198.51.100.7")
+    log.info("%(n)d %(s)s", {"n": 4, "s": "map"})
+    assert _lines(path) == ["IKE_SA home[1] established between 192.0.2.1...198.51.100.7", "4 map"]

@@ -12,7 +12,7 @@ from core_ike.logutil import cheap_records
 
 
 def test_cheap_records_keep_the_daemon_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing", "_logRecordFactory"):
         monkeypatch.setattr(logging, name, getattr(logging, name))  # restored after the test
     cheap_records()
     h = log_handler("stdout", "iked")
