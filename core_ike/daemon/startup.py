@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
 
@@ -32,6 +33,7 @@ SYSLOG_SOCKET = "/dev/log"
 _LINE = "[%(name)s] %(message)s"
 _TIME_FORMAT = "%H:%M:%S"
 WRITE_BOUND = 65536  # characters buffered before a write within the loop turn
+ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)  # bytes; 512 is the POSIX minimum
 
 
 def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
@@ -96,6 +98,20 @@ class JournalFormatter(LineFormatter):
         return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
 
 
+def write_pieces(lines: list[str]) -> Iterator[str]:
+    """`lines` joined into pieces of at most ATOMIC_WRITE bytes, cut only between lines (a longer
+    line is a piece of its own): the workers of iked share the supervisor's stderr, and a pipe takes
+    a write of up to PIPE_BUF bytes whole, never mixed with another process's (POSIX write(2))."""
+    start = size = 0
+    for i, line in enumerate(lines):
+        n = len(line) if line.isascii() else 4 * len(line)  # at most 4 bytes a character (UTF-8)
+        if size + n > ATOMIC_WRITE and i > start:
+            yield "".join(lines[start:i])
+            start, size = i, 0
+        size += n
+    yield "".join(lines[start:])
+
+
 class TurnBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler whose lines, inside a running event loop, are collected and written (and
     flushed) once at the end of the loop turn: one loop.call_soon callback per batch. Written at
@@ -139,16 +155,17 @@ class TurnBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _write(self) -> None:
         if not self._batch:
             return
-        data = "".join(self._batch)
+        lines = self._batch
         record = self._first
-        self._batch.clear()
+        self._batch = []
         self._size = 0
         self._first = None
         try:
             if self.stream is not None:
-                self.stream.write(data)
-                if hasattr(self.stream, "flush"):
-                    self.stream.flush()
+                for data in write_pieces(lines):
+                    self.stream.write(data)
+                    if hasattr(self.stream, "flush"):
+                        self.stream.flush()
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError

@@ -22,6 +22,7 @@ from core_ike.daemon.startup import (
     TurnBatchingHandler,
     log_handler,
     run_daemon,
+    write_pieces,
 )
 from core_ike.logutil import LeanRecord, cheap_records
 
@@ -321,3 +322,47 @@ def test_a_logged_line_is_the_same_through_lean_records(
     log.info("IKE_SA %s[%d] established between %s...%s", "home", 1, "192.0.2.1", "198.51.100.7")
     log.info("%(n)d %(s)s", {"n": 4, "s": "map"})
     assert _lines(path) == ["IKE_SA home[1] established between 192.0.2.1...198.51.100.7", "4 map"]
+
+
+def test_pieces_end_at_lines_and_fit_an_atomic_pipe_write() -> None:
+    lines = [f"{i:04d} " + "x" * 995 + "\n" for i in range(10)]  # 1000 bytes each
+    pieces = list(write_pieces(lines))
+    assert "".join(pieces) == "".join(lines)
+    assert all(p.endswith("\n") and len(p.encode()) <= startup.ATOMIC_WRITE for p in pieces)
+    assert len(pieces) == -(-10000 // (startup.ATOMIC_WRITE // 1000 * 1000))
+    assert list(write_pieces(["é" * startup.ATOMIC_WRITE + "\n", "a\n"])) == ["é" * startup.ATOMIC_WRITE + "\n", "a\n"]
+    assert list(write_pieces(["a\n", "b\n"])) == ["a\nb\n"]
+
+
+def test_a_turn_is_written_in_atomic_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Writes(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def write(self, s: str) -> int:
+            self.writes.append(s)
+            return super().write(s)
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    h = log_handler("stdout", "iked")
+    assert isinstance(h, logging.StreamHandler)
+    out = Writes()
+    h.setStream(out)
+    log = logging.getLogger("core_ike.test_batching_pieces")
+    saved = log.handlers[:], log.propagate, log.level
+    log.handlers[:], log.propagate, log.level = [h], False, logging.INFO
+
+    async def main() -> None:
+        for i in range(20):
+            log.info("%02d %s", i, "y" * 500)
+        await asyncio.sleep(0)
+
+    try:
+        _run("asyncio", main)
+    finally:
+        log.handlers[:], log.propagate, log.level = saved
+        h.close()
+    assert len(out.getvalue().splitlines()) == 20
+    assert 1 < len(out.writes) < 20
+    assert all(w.endswith("\n") and len(w.encode()) <= startup.ATOMIC_WRITE for w in out.writes)
