@@ -148,11 +148,29 @@ def payload_name(p: Payload) -> str:
     return PAYLOAD_ABBREV.get(p.ptype, f"UNKNOWN({int(p.ptype)})")
 
 
+# A payload's name in a summary is a function of its type, and for a Notify of its Notify type alone;
+# CP, EAP and SKF names also show their content. Summaries of payload sequences without those are
+# kept by the sequence's key (Notify: 0x10000 + its type; else the payload type; -1: the SK payload
+# still encrypted): a peer's messages repeat a few sequences. Bounded: a peer choosing Notify types
+# must not grow it without end.
+_CONTENT_NAMED = frozenset({PayloadType.CP, PayloadType.EAP, PayloadType.SKF})
+_SUMMARIES: dict[tuple[int, ...], str] = {}
+_SUMMARIES_MAX = 512
+
+
 def summarize(payloads: Sequence[Payload], sk: SkPayload | SkfPayload | None, decrypted: bool) -> str:
-    names = [payload_name(p) for p in payloads]
+    key = tuple([0x10000 + p.type if isinstance(p, NotifyPayload) else p.ptype for p in payloads])
     if sk is not None and not decrypted:
-        names.append(payload_name(sk))
-    return bracket(names)
+        key += (-1,) if isinstance(sk, SkPayload) else (PayloadType.SKF,)
+    text = _SUMMARIES.get(key)
+    if text is None:
+        names = [payload_name(p) for p in payloads]
+        if sk is not None and not decrypted:
+            names.append(payload_name(sk))
+        text = bracket(names)
+        if len(_SUMMARIES) < _SUMMARIES_MAX and _CONTENT_NAMED.isdisjoint(key):
+            _SUMMARIES[key] = text
+    return text
 
 
 def bracket(names: Sequence[str]) -> str:

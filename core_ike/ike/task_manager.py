@@ -32,6 +32,14 @@ from .tasks.ike_init import IkeInit
 from .tasks.ike_rekey import IkeRekey
 from .tasks.informational import ChildDelete, Dpd, Informational
 
+# name_of(ExchangeType, x) by a lookup: the "parsed"/"generating" lines name the exchange of every message
+_EXCHANGE_NAMES: dict[int, str] = {int(x): x.name for x in ExchangeType}
+
+
+def _exchange(x: int) -> str:
+    return _EXCHANGE_NAMES.get(x) or name_of(ExchangeType, x)
+
+
 if TYPE_CHECKING:
     from .sa import IkeSa
 
@@ -146,7 +154,7 @@ class TaskManager:
         if exchange == ExchangeType.IKE_SA_INIT:
             sa.init_request = packets[0]
         if log.isEnabledFor(logging.INFO):
-            log.info("generating %s request %d %s", name_of(ExchangeType, exchange), mid, msg.summary())
+            log.info("generating %s request %d %s", _exchange(exchange), mid, msg.summary())
         # RFC 7296 2.1 / RetransmitConfig: a prompt exchange, or one a prompt request waits behind
         prompt = any(t.prompt for t in tasks) or any(t.prompt for t in self.queue)
         self.outstanding = Outstanding(mid, exchange, tasks, packets, 0,
@@ -188,7 +196,7 @@ class TaskManager:
         sa.last_in = now
         sa.dpd_pending = False
         if log.isEnabledFor(logging.INFO):
-            log.info("parsed %s %s %d %s", name_of(ExchangeType, full.exchange),
+            log.info("parsed %s %s %d %s", _exchange(full.exchange),
                      "response" if full.is_response else "request", full.message_id, full.summary())
         if full.is_response:
             self._process_response(full, now)
@@ -297,7 +305,7 @@ class TaskManager:
 
     def _send_response(self, resp: Message, now: float) -> None:
         if log.isEnabledFor(logging.INFO):
-            log.info("generating %s response %d %s", name_of(ExchangeType, resp.exchange),
+            log.info("generating %s response %d %s", _exchange(resp.exchange),
                      resp.message_id, resp.summary())
         packets = self._encode(resp)
         if resp.exchange == ExchangeType.IKE_SA_INIT:

@@ -69,9 +69,11 @@ def build_auth(sa: IkeSaView, msg: Message, initiator_side: bool, id_pl: IdPaylo
     log.info("authentication of '%s' (myself) with %s successful", sa.my_id, _method_text(m))
 
 
+_METHOD_TEXT = {1: "RSA signature", 2: "pre-shared key", 14: "RFC 7427 signature scheme"}
+
+
 def _method_text(method: int) -> str:
-    return {1: "RSA signature", 2: "pre-shared key", 14: "RFC 7427 signature scheme"}.get(
-        method, name_of(AuthMethod, method))
+    return _METHOD_TEXT.get(method) or name_of(AuthMethod, method)
 
 
 def _peer_key(sa: IkeSaView, msg: Message) -> PublicKey:
