@@ -111,10 +111,44 @@ def _recording_iked() -> int:
     return iked_main()
 
 
-def replay(out: Path, gap: float = 0.0) -> tuple[float, int]:
+def replay(out: Path, gap: float = 0.0, log_level: str | None = None) -> tuple[float, int]:
     """CPU ms per IKE_SA of the engine built as iked builds it (core_ike.daemon.runtime.Daemon, no sockets)
     and of the daemon's event handling, fed the recorded datagrams; the second of two runs. `gap`: seconds
-    slept before each datagram (the process idle as between the live datagrams; sleeping costs no CPU)."""
+    slept before each datagram (the process idle as between the live datagrams; sleeping costs no CPU).
+    `log_level`: the log set up as iked sets it (core_ike.daemon.main.setup_logging) at that level, to a
+    file in `out`, inside an event loop with the lines written once per datagram as live, once per loop
+    turn; None: the log as this process has it (the default: no handler, warnings to stderr)."""
+    if log_level is None:
+        return _replay(out, gap, None)
+    import asyncio
+    import logging
+
+    from core_ike.daemon.main import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    log_file = out / f"replay-{log_level}.log"
+    log_file.unlink(missing_ok=True)  # each replay's lines alone
+    setup_logging(log_level, f"file:{log_file}")
+    handlers = root.handlers[:]
+
+    def turn_end() -> None:
+        for h in handlers:
+            h.flush()
+
+    async def run() -> tuple[float, int]:
+        return _replay(out, gap, turn_end)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        for h in handlers:
+            h.close()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def _replay(out: Path, gap: float, turn_end: Any) -> tuple[float, int]:
     from core_ike.daemon.config import load
     from core_ike.daemon.runtime import Daemon
     from core_ike.ike import events as ev
@@ -141,6 +175,8 @@ def replay(out: Path, gap: float = 0.0) -> tuple[float, int]:
                 if prepare is not None:
                     prepare()
                 eng.get_timer()
+                if turn_end is not None:
+                    turn_end()  # the loop turn ends: its lines are written
             result = (1000 * (time.process_time() - t0) / max(1, n), n)
         finally:
             undo()
