@@ -502,6 +502,19 @@ def _factory(*args, **kwargs):
 
 
 logging.setLogRecordFactory(_factory)
+
+try:  # the daemons' own formatter (core_ike/daemon/startup.py) writes milliseconds without a format string
+    from core_ike.daemon import startup as _startup
+except ImportError:
+    _startup = None
+if _startup is not None and hasattr(_startup, "TimedFormatter"):
+    _format = _startup.TimedFormatter.format
+
+    def _timed(self, record):
+        s = _format(self, record)
+        return s[:8] + f".{int(record.created % 1 * 1e6):06d}" + s[12:] if s[8:9] == "." else s
+
+    _startup.TimedFormatter.format = _timed
 """
 
 
