@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LocalError
-from ..logutil import cheap_records
 from ..version import add_version_argument
 from . import workers as workers_mod
 from .config import LOG_LEVELS, DaemonConfig, check_host, load, log_target
+from .logrecords import cheap_records
 from .runtime import Daemon
 from .startup import (
     EXIT_STATUS,

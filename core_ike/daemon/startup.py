@@ -4,22 +4,21 @@ Log lines keep strongSwan's shape behind a time stamp and the logger name. Under
 reads stderr: the daemon then leaves the time stamp to journald and marks each line with its
 priority the way sd-daemon(3) describes (`<6>` info, `<4>` warning, ...).
 
-Lines to a stream or a file are written once per event-loop turn (TurnBatchingHandler): an IKE_SA's
-dozen info lines cost one write(2) instead of one each (docs/operations.md, "Logging").
+Each line is written when it is logged: tests and operators read the log right after a control reply
+or a notification. What makes a line cheap is the formatting (the time of day made once per second)
+and the record (core_ike/daemon/logrecords.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import select
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
 
@@ -32,8 +31,6 @@ SYSLOG_SOCKET = "/dev/log"
 
 _LINE = "[%(name)s] %(message)s"
 _TIME_FORMAT = "%H:%M:%S"
-WRITE_BOUND = 65536  # characters buffered before a write within the loop turn
-ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)  # bytes; 512 is the POSIX minimum
 
 
 def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
@@ -98,103 +95,6 @@ class JournalFormatter(LineFormatter):
         return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
 
 
-def write_pieces(lines: list[str]) -> Iterator[str]:
-    """`lines` joined into pieces of at most ATOMIC_WRITE bytes, cut only between lines (a longer
-    line is a piece of its own): the workers of iked share the supervisor's stderr, and a pipe takes
-    a write of up to PIPE_BUF bytes whole, never mixed with another process's (POSIX write(2))."""
-    start = size = 0
-    for i, line in enumerate(lines):
-        n = len(line) if line.isascii() else 4 * len(line)  # at most 4 bytes a character (UTF-8)
-        if size + n > ATOMIC_WRITE and i > start:
-            yield "".join(lines[start:i])
-            start, size = i, 0
-        size += n
-    yield "".join(lines[start:])
-
-
-class TurnBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A StreamHandler whose lines, inside a running event loop, are collected and written (and
-    flushed) once at the end of the loop turn: one loop.call_soon callback per batch. Written at
-    once: a WARNING or worse line (with what is waiting before it, so the order holds), a batch past
-    WRITE_BOUND characters, and every line logged outside an event loop (start-up, other threads,
-    tests). flush() and close() write the batch too, and logging's own exit hook
-    (logging.shutdown) flushes every handler, so a normal stop or an exception that ends the daemon
-    loses nothing; a SIGKILL loses at most the lines of the current loop turn."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._batch: list[str] = []
-        self._size = 0
-        self._first: logging.LogRecord | None = None  # for handleError when a batched write fails
-        self._loop: asyncio.AbstractEventLoop | None = None  # where the end-of-turn write is queued
-
-    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held (Handler.handle)
-        try:
-            msg = self.format(record) + self.terminator
-        except RecursionError:
-            raise
-        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
-            self.handleError(record)
-            return
-        if not self._batch:
-            self._first = record
-        self._batch.append(msg)
-        self._size += len(msg)
-        loop = asyncio._get_running_loop()
-        if loop is None or record.levelno >= logging.WARNING or self._size > WRITE_BOUND:
-            self._write()
-        elif loop is not self._loop:
-            self._loop = loop
-            loop.call_soon(self._turn_end)
-
-    def _turn_end(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            self._loop = None
-            self._write()
-
-    def _write(self) -> None:
-        if not self._batch:
-            return
-        lines = self._batch
-        record = self._first
-        self._batch = []
-        self._size = 0
-        self._first = None
-        try:
-            if self.stream is not None:
-                for data in write_pieces(lines):
-                    self.stream.write(data)
-                    if hasattr(self.stream, "flush"):
-                        self.stream.flush()
-        except RecursionError:
-            raise
-        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
-            if record is not None:
-                self.handleError(record)
-
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            self._write()
-            super().flush()
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            super().close()
-
-
-class TurnBatchingFileHandler(TurnBatchingHandler, logging.FileHandler):
-    """logging.FileHandler with TurnBatchingHandler's writes."""
-
-
-def flush_logs() -> None:
-    """Write what the root logger's handlers hold (before a line printed past them, and at the end)."""
-    for h in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):  # a broken log must not hide why the daemon stops
-            h.flush()
-
-
 def under_journald(stream: TextIO) -> bool:
     """True when `stream` is the journal stream systemd gave us ($JOURNAL_STREAM = "DEVICE:INODE")."""
     want = os.environ.get("JOURNAL_STREAM")
@@ -235,7 +135,7 @@ def log_handler(target: str, prog: str, syslog_socket: str = SYSLOG_SOCKET) -> l
     handler: logging.Handler
     if kind in ("stderr", "stdout"):
         stream = sys.stderr if kind == "stderr" else sys.stdout
-        handler = TurnBatchingHandler(stream)
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(JournalFormatter() if under_journald(stream) else TimedFormatter())
         return handler
     if kind == "syslog":
@@ -245,7 +145,7 @@ def log_handler(target: str, prog: str, syslog_socket: str = SYSLOG_SOCKET) -> l
         syslog.setFormatter(LineFormatter())
         return syslog
     try:
-        handler = TurnBatchingFileHandler(arg)
+        handler = logging.FileHandler(arg)
     except OSError as e:
         raise LocalError(f"cannot write the log to {arg}: {e.strerror or e}") from None
     handler.setFormatter(TimedFormatter())
@@ -264,7 +164,6 @@ def one_line(e: BaseException) -> str:
 def report_failure(prog: str, message: str) -> None:
     """One line on stderr; also into the log when it goes elsewhere (a file, syslog), so the log
     says why the daemon stopped."""
-    flush_logs()  # the lines before it come first
     journal = under_journald(sys.stderr)
     print(f"{'<3>' if journal else ''}{prog}: {message}", file=sys.stderr, flush=True)
     for h in logging.getLogger().handlers:
@@ -316,10 +215,7 @@ def run_daemon(prog: str, run: Callable[[], Coroutine[Any, Any, None]], close: C
     except KeyboardInterrupt:
         return 130
     finally:
-        try:
-            close()
-        finally:
-            flush_logs()
+        close()
     return 0
 
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from core_ike.daemon.logrecords import cheap_records
 from core_ike.daemon.startup import log_handler
-from core_ike.logutil import cheap_records
 
 
 def test_cheap_records_keep_the_daemon_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,11 @@
-"""Log lines cost less without changing (core_ike/daemon/startup.py): each target's formatter gives
-logging.Formatter's text for the same record, and inside an event loop the lines of one loop turn
-are written together at its end, in order; WARNING and worse, a full batch, flush(), close(), the
-end of run_daemon and lines outside an event loop are written at once (docs/operations.md, "Logging")."""
+"""Log lines cost less without changing (core_ike/daemon/startup.py, logrecords.py): each target's
+formatter gives logging.Formatter's text for the same record, LeanRecords hold what logging's records
+hold, and every line is in the file when it is logged, inside an event loop too (docs/operations.md,
+"Logging")."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -15,27 +14,21 @@ from pathlib import Path
 import pytest
 
 from core_ike.daemon import startup
+from core_ike.daemon.logrecords import LeanRecord, cheap_records
 from core_ike.daemon.startup import (
     JournalFormatter,
     LineFormatter,
     TimedFormatter,
-    TurnBatchingHandler,
     log_handler,
     run_daemon,
-    write_pieces,
 )
-from core_ike.logutil import LeanRecord, cheap_records
 
 LINE = "[%(name)s] %(message)s"
 TIMED = f"%(asctime)s.%(msecs)03d {LINE}"
 
 
 def _loops() -> list[str]:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return ["asyncio"]
-    return ["asyncio", "uvloop"]
+    return ["asyncio", "uvloop"]  # uvloop is a dependency (the default loop)
 
 
 def _run(kind: str, coro_fn: Callable[[], object]) -> None:
@@ -92,8 +85,8 @@ def test_each_target_uses_the_fast_formatters(tmp_path: Path, monkeypatch: pytes
     f = log_handler(f"file:{tmp_path}/a.log", "iked")
     s = log_handler("stderr", "iked")
     try:
-        assert isinstance(f, TurnBatchingHandler) and isinstance(f, logging.FileHandler)
-        assert isinstance(s, TurnBatchingHandler) and isinstance(f.formatter, TimedFormatter)
+        assert isinstance(f, logging.FileHandler) and isinstance(s, logging.StreamHandler)
+        assert isinstance(f.formatter, TimedFormatter)
         assert isinstance(s.formatter, TimedFormatter)
     finally:
         f.close()
@@ -123,114 +116,24 @@ def test_no_event_loop_writes_at_once(logged: tuple[logging.Logger, Path, loggin
     log, path, _ = logged
     log.info("one")
     assert _lines(path) == ["one"]
-    log.debug("two")
-    assert _lines(path) == ["one", "two"]
 
 
 @pytest.mark.parametrize("kind", _loops())
-def test_a_turns_lines_are_written_at_its_end_in_order(
+def test_a_line_logged_in_a_loop_turn_is_in_the_file_at_once(
         kind: str, logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    """Tests and operators read the log right after a control reply or a notification sent in the
+    same loop turn: each line is written when it is logged, not at the end of the turn."""
     log, path, _ = logged
     seen: list[list[str]] = []
 
-    async def main() -> None:
-        log.info("a %d", 1)
-        log.debug("b")
-        seen.append(_lines(path))  # batched: nothing written yet
-        await asyncio.sleep(0)  # one loop turn
-        seen.append(_lines(path))
-        log.info("c")
-        log.warning("w")  # at once, after what waits before it
-        seen.append(_lines(path))
-        log.info("d")
-        log.error("e")
-        log.info("f")
-        await asyncio.sleep(0)
+    async def turn() -> None:
+        log.info("reloaded configuration")
+        seen.append(_lines(path))  # what a reader sees before the turn ends
+        log.debug("second")
         seen.append(_lines(path))
 
-    _run(kind, main)
-    assert seen == [[], ["a 1", "b"], ["a 1", "b", "c", "w"], ["a 1", "b", "c", "w", "d", "e", "f"]]
-
-
-@pytest.mark.parametrize("kind", _loops())
-def test_a_full_batch_is_written_within_the_turn(
-        kind: str, logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
-    log, path, _ = logged
-    seen: list[int] = []
-    n = startup.WRITE_BOUND // 8000 + 2
-
-    async def main() -> None:
-        for i in range(n):
-            log.info("%d %s", i, "x" * 8000)
-        seen.append(len(_lines(path)))  # still in the turn
-
-    _run(kind, main)
-    assert seen == [n - 1]  # the line that took the batch past the bound, and those before it
-    assert len(_lines(path)) == n
-
-
-@pytest.mark.parametrize("end", ["flush", "close"])
-def test_flush_and_close_write_the_batch(end: str, logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
-    log, path, h = logged
-    seen: list[list[str]] = []
-
-    async def main() -> None:
-        log.info("pending")
-        seen.append(_lines(path))
-        getattr(h, end)()
-        seen.append(_lines(path))
-
-    _run("asyncio", main)
-    assert seen == [[], ["pending"]]
-
-
-def test_lines_of_a_loop_that_stopped_mid_turn_come_before_later_ones(
-        logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
-    log, path, _ = logged
-    loop = asyncio.new_event_loop()
-
-    async def main() -> None:
-        log.info("last turn")
-        loop.stop()  # the loop ends before the end-of-turn write runs
-
-    task = loop.create_task(main())
-    loop.run_forever()
-    assert task.done()
-    loop.close()
-    log.info("after the loop")
-    assert _lines(path) == ["last turn", "after the loop"]
-
-    async def again() -> None:  # a new loop gets its own end-of-turn write
-        log.info("new loop")
-        await asyncio.sleep(0)
-        assert _lines(path)[-1] == "new loop"
-
-    _run("asyncio", again)
-
-
-def test_stream_target_batches_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    h = log_handler("stdout", "iked")
-    assert isinstance(h, logging.StreamHandler)
-    out = io.StringIO()
-    h.setStream(out)
-    log = logging.getLogger("core_ike.test_batching_stream")
-    saved = log.handlers[:], log.propagate, log.level
-    log.handlers[:], log.propagate, log.level = [h], False, logging.INFO
-    seen: list[str] = []
-
-    async def main() -> None:
-        log.info("x")
-        seen.append(out.getvalue())
-        await asyncio.sleep(0)
-        seen.append(out.getvalue())
-
-    try:
-        _run("asyncio", main)
-    finally:
-        log.handlers[:], log.propagate, log.level = saved
-        h.close()
-    assert seen[0] == "" and seen[1].endswith(" [core_ike.test_batching_stream] x\n")
+    _run(kind, turn)
+    assert seen == [["reloaded configuration"], ["reloaded configuration", "second"]]
 
 
 @pytest.fixture
@@ -322,47 +225,3 @@ def test_a_logged_line_is_the_same_through_lean_records(
     log.info("IKE_SA %s[%d] established between %s...%s", "home", 1, "192.0.2.1", "198.51.100.7")
     log.info("%(n)d %(s)s", {"n": 4, "s": "map"})
     assert _lines(path) == ["IKE_SA home[1] established between 192.0.2.1...198.51.100.7", "4 map"]
-
-
-def test_pieces_end_at_lines_and_fit_an_atomic_pipe_write() -> None:
-    lines = [f"{i:04d} " + "x" * 995 + "\n" for i in range(10)]  # 1000 bytes each
-    pieces = list(write_pieces(lines))
-    assert "".join(pieces) == "".join(lines)
-    assert all(p.endswith("\n") and len(p.encode()) <= startup.ATOMIC_WRITE for p in pieces)
-    assert len(pieces) == -(-10000 // (startup.ATOMIC_WRITE // 1000 * 1000))
-    assert list(write_pieces(["é" * startup.ATOMIC_WRITE + "\n", "a\n"])) == ["é" * startup.ATOMIC_WRITE + "\n", "a\n"]
-    assert list(write_pieces(["a\n", "b\n"])) == ["a\nb\n"]
-
-
-def test_a_turn_is_written_in_atomic_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Writes(io.StringIO):
-        def __init__(self) -> None:
-            super().__init__()
-            self.writes: list[str] = []
-
-        def write(self, s: str) -> int:
-            self.writes.append(s)
-            return super().write(s)
-
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    h = log_handler("stdout", "iked")
-    assert isinstance(h, logging.StreamHandler)
-    out = Writes()
-    h.setStream(out)
-    log = logging.getLogger("core_ike.test_batching_pieces")
-    saved = log.handlers[:], log.propagate, log.level
-    log.handlers[:], log.propagate, log.level = [h], False, logging.INFO
-
-    async def main() -> None:
-        for i in range(20):
-            log.info("%02d %s", i, "y" * 500)
-        await asyncio.sleep(0)
-
-    try:
-        _run("asyncio", main)
-    finally:
-        log.handlers[:], log.propagate, log.level = saved
-        h.close()
-    assert len(out.getvalue().splitlines()) == 20
-    assert 1 < len(out.writes) < 20
-    assert all(w.endswith("\n") and len(w.encode()) <= startup.ATOMIC_WRITE for w in out.writes)
