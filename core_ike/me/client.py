@@ -469,6 +469,7 @@ class MediationClient(Extension):
                 return
             cl.start_checks(t)  # docs/protocol.md §4.1 step 6
             self.checks.handle_timer(t)  # the first ones leave now, not a turn of the event loop later
+            self._pump(t)  # ... before the probing and the event, which the peer does not wait for
             self._start_probe(cid, t)
             self.engine.emit(mev.ChecksStarted("", str(peer), cid.hex(), False,
                                                tuple(str(p) for p in cl.tried())))
@@ -501,6 +502,7 @@ class MediationClient(Extension):
             return
         att.set_state(AttemptState.CHECKING, now + self.config.checks.transaction_timeout + 1.0)
         self.checks.handle_timer(now)  # the first ones leave now, not a turn of the event loop later
+        self._pump(now)  # ... before the probing and the event, which the peer does not wait for
         self._start_probe(cid, now)
         self.engine.emit(mev.ChecksStarted(att.name, str(att.peer), cid.hex(), True,
                                            tuple(str(p) for p in cl.tried())))
@@ -609,7 +611,7 @@ class MediationClient(Extension):
 
     def _start_probe(self, cid: bytes, now: float) -> None:
         cl, sess = self.checks.get(cid), self.sessions.get(cid)
-        if cl is not None and sess is not None and sess.peer_nat is not None:
+        if cl is not None and not cl.finished and sess is not None and sess.peer_nat is not None:
             own = self.config.nat_behaviour() if self.config.nat_behaviour is not None else None
             self.probes.start(cl, own, sess.peer_nat, now)
 
