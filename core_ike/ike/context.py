@@ -8,7 +8,7 @@ Tasks raise `ProtocolError` (the notify to answer with) or `AuthenticationFailed
 manager (task_manager.py) turns that into a notify, a log line and an event.
 
 Tasks import from the IKE package only this module (which re-exports what they use of the value
-modules: config, identity, traffic selectors, events, credentials) and `state.py`; the import contracts
+modules: config, identity, traffic selectors, events, credentials, the info lines) and `state.py`; the import contracts
 in .importlinter hold them to it. The engine, the IKE_SA and the task manager implement these protocols; nothing here imports them.
 """
 
@@ -23,7 +23,7 @@ from ..codec.message import Message, SkProtector
 from ..codec.payloads import Proposal
 from ..constants import ExchangeType
 from ..rng import Rng
-from . import events, ts
+from . import events, loglines, ts
 from .config import ChildConfig, IkeConfig
 from .creds import Credentials, PublicKey
 from .identity import Identity
@@ -51,6 +51,7 @@ __all__ = [
     "TaskContext",
     "Vip",
     "events",
+    "loglines",
     "ts",
 ]
 
