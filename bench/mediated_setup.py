@@ -3,7 +3,10 @@
 
 Topology: :func:`scenarios.lab.nat_lab` (alice behind natA, bob behind natB, endpoint-independent NATs with
 the WAN drop rule, carol = mediation server), the internet segment through the userspace delay hub. Both
-mediation SAs are up (ours: and their NAT discovery done) before the clock starts. Conditions (each in a lab of its own):
+mediation SAs are up (ours: and their NAT discovery done) before the clock starts. A setup ends when the control call
+that started it returns (ours: the ``up`` reply, sent after the CHILD_SA is installed; charon: its blocking vici
+``initiate``, which returns once the CHILD_SA is INSTALLED); a ``list`` outside the clock confirms it on each side.
+Conditions (each in a lab of its own):
 
 - ``0``, ``20``: both peers behind NAT, 0 or 20 ms one-way delay per hop through the hub;
 - ``public``: bob on a routed public address (natB only forwards), 0 ms: alice has one candidate pair; the
