@@ -116,8 +116,9 @@ def replay(out: Path, gap: float = 0.0, log_level: str | None = None) -> tuple[f
     and of the daemon's event handling, fed the recorded datagrams; the second of two runs. `gap`: seconds
     slept before each datagram (the process idle as between the live datagrams; sleeping costs no CPU).
     `log_level`: the log set up as iked sets it (core_ike.daemon.main.setup_logging) at that level, to a
-    file in `out`, inside an event loop with the lines written once per datagram as live, once per loop
-    turn; None: the log as this process has it (the default: no handler, warnings to stderr)."""
+    file in `out`, inside an event loop as live, its handlers flushed after each datagram (the end of
+    a live loop turn), so that what iked's handler holds back within a turn is written as live; None:
+    the log as this process has it (the default: no handler, warnings to stderr)."""
     if log_level is None:
         return _replay(out, gap, None)
     import asyncio
@@ -176,7 +177,7 @@ def _replay(out: Path, gap: float, turn_end: Any) -> tuple[float, int]:
                     prepare()
                 eng.get_timer()
                 if turn_end is not None:
-                    turn_end()  # the loop turn ends: its lines are written
+                    turn_end()  # the loop turn ends
             result = (1000 * (time.process_time() - t0) / max(1, n), n)
         finally:
             undo()
