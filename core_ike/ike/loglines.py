@@ -3,7 +3,7 @@ the record logging.Logger.info makes, given to the same handlers, with fewer fra
 
 Logger.info calls Logger._log, which calls Logger.makeRecord, which calls the record factory, and then
 Logger.handle. When records carry no caller (logging._srcfile is None, as the logging HOWTO's
-"Optimization" section sets it and core_ike/logutil.py cheap_records does), _log passes the factory
+"Optimization" section sets it and core_ike/daemon/logrecords.py cheap_records does), _log passes the factory
 "(unknown file)", line 0, "(unknown function)" and no stack: the record is made here the same way and
 handed to Logger.handle (its filters and handlers as for Logger.info). Otherwise Logger.info itself is
 called, naming the caller one frame up, so a record carries the same caller as before.
