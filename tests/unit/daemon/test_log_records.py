@@ -1,4 +1,4 @@
-"""The daemons' log records skip what no format of theirs shows (core_ike/logutil.py cheap_records)."""
+"""The daemons' log records skip what no format of theirs shows (core_ike/daemon/logrecords.py cheap_records)."""
 
 from __future__ import annotations
 
