@@ -113,13 +113,11 @@ class MediationClient(Extension):
         self._nat_hold: dict[str, float] = {}  # mediation connection -> ME_CONNECTs wait until (nat_pending)
         self._unsent: dict[str, tuple[IkeSaView, MeConnectRequest]] = {}  # attempt -> ME_CONNECT not built yet
         self._unsent_answers: dict[bytes, tuple[IkeSaView, MeConnectRequest]] = {}  # target: answer not built yet
-        self._stopping: list[tuple[IkeSaView, bytes, float]] = []  # mediated IKE_SA_INITs answered, lists not yet stopped
         engine.extensions.append(self)
 
     # ================================================================== control API
     def connect(self, name: str, now: float) -> Attempt:
         """Bring up mediated connection `name`; returns its attempt (already running: unchanged)."""
-        self._settle()
         cfg = self.engine.config(name)
         if cfg.mediated_by is None or cfg.mediation_peer is None:
             raise LocalError(f"connection {name!r} is not mediated (needs mediated_by and mediation_peer)")
@@ -149,7 +147,6 @@ class MediationClient(Extension):
         return att
 
     def cancel(self, name: str, now: float) -> None:
-        self._settle()
         att = self.attempts.get(name)
         if att is not None and att.active:
             self._fail(att, "cancelled by user", now)
@@ -169,7 +166,6 @@ class MediationClient(Extension):
         return best
 
     def status(self) -> ClientStatus:
-        self._settle()
         meds = []
         for sa in self.engine.ike_sas():
             st = sa.find_extension(MeSaState)
@@ -190,7 +186,6 @@ class MediationClient(Extension):
 
     # ================================================================== Extension hooks
     def tasks(self, sa: IkeSaView, exchange: int, initiator: bool, msg: Message | None) -> list[Task]:
-        self._settle()
         if exchange == ExchangeType.IKE_SA_INIT:
             if initiator and sa.config.mediation:
                 return [MediationInit(relay=self.config.relay)]
@@ -210,7 +205,6 @@ class MediationClient(Extension):
         return []
 
     def on_established(self, sa: IkeSaView, now: float) -> None:
-        self._settle()
         if self.paths.established(sa.unique_id, sa.remote, now) and sa.unique_id in self.paths.watches:
             sa.extension(PathLink).connect_id = self.paths.watches[sa.unique_id].cands.connect_id
         name = self._mediated.get(sa.unique_id)
@@ -224,7 +218,6 @@ class MediationClient(Extension):
                                                  now - att.started))
 
     def on_destroyed(self, sa: IkeSaView, now: float) -> None:
-        self._settle()
         for task in self.outbox.drop(sa):
             if not task.completed:
                 task.completed = True
@@ -249,7 +242,6 @@ class MediationClient(Extension):
     def handle_plain(self, msg: Message, local: Addr, remote: Addr, now: float) -> bool:
         if not is_connectivity_check(msg):
             return False
-        self._settle()
         if self.paths.watches and self.paths.receive_message(msg, remote, local, now):
             self._pump(now)
             return True
@@ -260,15 +252,12 @@ class MediationClient(Extension):
         return True
 
     def next_deadline(self) -> float | None:
-        if self._stopping:
-            return self._stopping[0][2]
         ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
         ds += [t for t in (self.checks.get_timer(), self.paths.get_timer(), self.probes.get_timer()) if t is not None]
         ds += self._nat_hold.values()
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
-        self._settle()
         self.checks.handle_timer(now)
         self.paths.handle_timer(now)
         self.probes.handle_timer(now)
@@ -575,18 +564,7 @@ class MediationClient(Extension):
         return now + self.config.ike_timeout if self.config.ike_timeout > 0 else None
 
     def _mediated_request(self, sa: IkeSaView, cid: bytes, now: float) -> None:
-        """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8), once the
-        IKE_SA_INIT response has left: the stop is bookkeeping the peer does not wait for, so it runs at
-        the next timer (due at once) or before anything else this client handles (_settle)."""
-        self._stopping.append((sa, cid, now))
-
-    def _settle(self) -> None:
-        """The check-list stops deferred by _mediated_request, in the order their IKE_SA_INITs came."""
-        while self._stopping:
-            sa, cid, now = self._stopping.pop(0)
-            self._stop_for(sa, cid, now)
-
-    def _stop_for(self, sa: IkeSaView, cid: bytes, now: float) -> None:
+        """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
         sess = self.sessions.pop(cid, None)
         self.paths.track(sa.unique_id, self.checks.get(cid), sess.peer_nat if sess is not None else None)
         self.probes.mediated(self.checks.get(cid), sa.local, sa.remote, now)
