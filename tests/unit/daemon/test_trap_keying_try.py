@@ -8,6 +8,7 @@ import asyncio
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from core_ike.constants import NON_ESP_MARKER
 from core_ike.daemon.config import load
@@ -113,8 +114,9 @@ def test_a_keying_try_of_an_up_brings_up_the_connection_as_configured() -> None:
     assert pair.of("a", ev.IkeSaFailed) and not traps.keying_try("home", sa.unique_id, pair.now)
 
 
-def test_an_attempt_closed_while_being_set_up_holds_no_acquire_back() -> None:
-    """`down` of an IKE_SA still being set up ends it without an event: the trap is free at once."""
+def _acquired_attempt_lost() -> tuple[Any, TrapManager, UserspaceDataPlane, Clock]:
+    """A pair whose initiator routes 'home' and sent the IKE_SA_INIT a packet to 10.2.0.9 started into a
+    network that drops everything."""
     pair = make_pair()
     pair.a.config("home").children[0].start_action = "trap"
     clock = Clock()
@@ -123,6 +125,12 @@ def test_an_attempt_closed_while_being_set_up_holds_no_acquire_back() -> None:
     traps.sync(pair.a.configs)
     pair.drop = lambda side, data: True
     assert traps.on_acquire(acquire_for(dp, clock, "10.2.0.9"), pair.now)
+    return pair, traps, dp, clock
+
+
+def test_an_attempt_closed_while_being_set_up_holds_no_acquire_back() -> None:
+    """`down` of an IKE_SA still being set up ends it without an event: the trap is free at once."""
+    pair, traps, dp, clock = _acquired_attempt_lost()
     (sa,) = pair.a.ike_sas()
     assert [r["state"] for r in traps.status(pair.now)] == ["acquire"]
     pair.a.terminate(sa, pair.now)
@@ -280,14 +288,7 @@ def test_a_keying_try_for_a_connection_removed_meanwhile_does_nothing(tmp_path: 
 def test_no_keying_try_for_a_child_sa_up_meanwhile() -> None:
     """The attempt a packet started failed; before its keying try is due, `up` brought the CHILD_SA up:
     the try starts nothing (no second IKE_SA for a CHILD_SA that is there)."""
-    pair = make_pair()
-    pair.a.config("home").children[0].start_action = "trap"
-    clock = Clock()
-    dp = UserspaceDataPlane(lambda d, a: None, clock=clock)
-    traps = TrapManager(pair.a, dp, lambda remote: A_IP)
-    traps.sync(pair.a.configs)
-    pair.drop = lambda side, data: True
-    assert traps.on_acquire(acquire_for(dp, clock, "10.2.0.9"), pair.now)
+    pair, traps, _, _ = _acquired_attempt_lost()
     (first,) = pair.a.ike_sas()
     pair.advance(300)
     for e in pair.events_a:
