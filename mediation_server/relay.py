@@ -43,6 +43,7 @@ from core_ike.me.connect import (
     MeConnect,
     build_callback,
     build_relay,
+    id_peer,
     parse_connect,
 )
 from core_ike.me.endpoints import encode_endpoint, make_endpoint, relayed_endpoint
@@ -111,10 +112,6 @@ def _uid(sa_id: Hashable) -> int:
 
 def _fixed(payloads: list[Payload]) -> Callable[[IkeSaView, float], list[Payload]]:
     return lambda sa, now: payloads
-
-
-def _id_peer(ident: Identity) -> IdPayload:
-    return IdPayload(PayloadType.ID_PEER, ident.id_type, ident.data)
 
 
 class MediationServer(Extension):
@@ -207,7 +204,7 @@ class MediationServer(Extension):
             if waiter is None or not waiter.established:
                 continue
             log.info("sending ME_CALLBACK for '%s' to '%s'", online.canonical(), cb.requester)
-            self.outbox.send(waiter, MeConnectRequest(_fixed(build_callback(_id_peer(online)))), now)
+            self.outbox.send(waiter, MeConnectRequest(_fixed(build_callback(id_peer(online)))), now)
             self.engine.emit(mev.CallbackSent(cb.requester, online.canonical()))
 
     def on_destroyed(self, sa: IkeSaView, now: float) -> None:
@@ -326,7 +323,7 @@ class MediationServer(Extension):
             req = replace(req, endpoint_data=(*req.endpoint_data, relayed))
         req = replace(req, nat=_checked_nat(req.nat, requester))
         # our own clients get the requester's NAT behaviour (core_ike/me/birthday.py); strongSwan never does
-        payloads = build_relay(req, _id_peer(origin.peer_id), private=target_sa.extension(MeSaState).ours)
+        payloads = build_relay(req, id_peer(origin.peer_id), private=target_sa.extension(MeSaState).ours)
         origin_id = origin.unique_id
 
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
@@ -422,7 +419,7 @@ class MediationServer(Extension):
         if sa is None or not sa.established:
             return
         payloads: list[Payload] = [NotifyPayload(NotifyType.ME_CONNECTID, cid),
-                                   NotifyPayload(NotifyType.ME_CONNECT_FAILED), _id_peer(about)]
+                                   NotifyPayload(NotifyType.ME_CONNECT_FAILED), id_peer(about)]
         self.outbox.send(sa, MeConnectRequest(_fixed(payloads)), now)
 
     def _forward_failure(self, sa: IkeSaView, msg: Message, now: float) -> None:
@@ -574,10 +571,10 @@ class MediationServer(Extension):
         endpoints = ev.endpoints
         if (rel := self._relay_answer(ev, now)) is not None:
             endpoints = (*endpoints, rel)
-        req = MeConnect(ConnectKind.RESPONSE if ev.response else ConnectKind.REQUEST, _id_peer(requester),
+        req = MeConnect(ConnectKind.RESPONSE if ev.response else ConnectKind.REQUEST, id_peer(requester),
                         ev.connect_id, ev.key, endpoint_data=endpoints, nat=ev.nat)
         # as for a requester registered here (_relay): the NAT behaviour goes to our own clients only
-        payloads = build_relay(req, _id_peer(requester), private=tsa.extension(MeSaState).ours)
+        payloads = build_relay(req, id_peer(requester), private=tsa.extension(MeSaState).ours)
         cluster, origin, target_id = self.cluster, ev.origin, tsa.peer_id
 
         def fail(why: str) -> None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 
 from ..codec.message import Message
-from ..codec.payloads import IdPayload, NotifyPayload, Payload
-from ..constants import ExchangeType, NotifyType, PayloadType, ProtocolId, name_of
+from ..codec.payloads import NotifyPayload, Payload
+from ..constants import ExchangeType, NotifyType, ProtocolId, name_of
 from ..crypto.proposals import parse_proposals
 from ..errors import LocalError, LocalUsageError, ProtocolError
 from ..ike.context import IkeSaView, Task
@@ -55,6 +55,8 @@ from .connect import (
     ConnectResult,
     build_connect,
     build_connect_failed,
+    id_peer,
+    identity_of,
     new_connect_id,
     new_connect_key,
     parse_connect,
@@ -80,14 +82,6 @@ log = logging.getLogger("core_ike.me")
 Addr = tuple[str, int]
 MAX_OFFERED = 15  # endpoints in our ME_CONNECT with predictions: the server takes 16, with its RELAYED one
 NON_ESP = b"\x00\x00\x00\x00"  # RFC 3948 2.2: checks always carry the marker (docs/protocol.md §7.1)
-
-
-def id_peer(ident: Identity) -> IdPayload:
-    return IdPayload(PayloadType.ID_PEER, ident.id_type, ident.data)
-
-
-def _ident(p: IdPayload) -> Identity:
-    return Identity(int(p.id_type), p.data)
 
 
 def _nat_text(data: bytes | None) -> str | None:
@@ -387,7 +381,7 @@ class MediationClient(Extension):
             if msg.notify(NotifyType.ME_CONNECT_FAILED) is not None:
                 return self._forwarded_failure(msg, now)
             req = parse_connect(msg.payloads)
-            peer = _ident(req.peer)
+            peer = identity_of(req.peer)
             if req.kind is ConnectKind.CALLBACK:
                 self._callback(sa, peer, now)
                 return []

@@ -21,6 +21,7 @@ from enum import Enum
 from ..codec.payloads import IdPayload, NotifyPayload, Payload
 from ..constants import NotifyType, PayloadType
 from ..errors import ProtocolError
+from ..ike.identity import Identity
 from ..rng import Rng
 from .endpoints import Endpoint, decode_endpoint, encode_endpoint
 from .natinfo import IKEME_NAT_BEHAVIOUR
@@ -77,6 +78,16 @@ def _id_peer(peer: IdPayload) -> IdPayload:
     if peer.ptype == PayloadType.ID_PEER:
         return peer
     return IdPayload(PayloadType.ID_PEER, peer.id_type, peer.data)
+
+
+def id_peer(ident: Identity) -> IdPayload:
+    """The ID_PEER payload naming `ident` ([ME] §4.2)."""
+    return IdPayload(PayloadType.ID_PEER, ident.id_type, ident.data)
+
+
+def identity_of(p: IdPayload) -> Identity:
+    """The identity an ID_PEER (or IDi/IDr) payload names."""
+    return Identity(int(p.id_type), p.data)
 
 
 def build_connect(connect_id: bytes, key: bytes, endpoints: Sequence[Endpoint | bytes], peer: IdPayload,
