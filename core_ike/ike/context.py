@@ -23,7 +23,7 @@ from ..codec.message import Message, SkProtector
 from ..codec.payloads import Proposal
 from ..constants import ExchangeType
 from ..rng import Rng
-from . import events, loglines, ts
+from . import events, ts
 from .config import ChildConfig, IkeConfig
 from .creds import Credentials, PublicKey
 from .identity import Identity
@@ -51,7 +51,6 @@ __all__ = [
     "TaskContext",
     "Vip",
     "events",
-    "loglines",
     "ts",
 ]
 

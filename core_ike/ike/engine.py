@@ -42,7 +42,6 @@ from .context import IkeSaView, Task, Vip
 from .cookies import CookieSecrets
 from .creds import Credentials
 from .identity import Identity
-from .loglines import enabled_info, info
 from .prefilter import InitIndex, Prefilter
 from .sa import IkeSa
 from .state import ChildState, IkeState
@@ -194,8 +193,8 @@ class Engine:
             self._answer_plain_error(data, e, local, remote)
             return
         if log.isEnabledFor(logging.INFO):  # the arguments cost more than the disabled call
-            enabled_info(log, "received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1],
-                         local[0], local[1], len(data))
+            log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1],
+                     local[0], local[1], len(data))
         self._dispatch(msg, local, remote, now)
         self._run_deferred(now)
 
@@ -626,7 +625,7 @@ class Engine:
         sa = IkeSa(self, cfg, False, next(self._ike_ids), local, remote, now, spi_i=key[0])
         while sa.spi_r in self.sas:
             sa.spi_r = self.new_spi()
-        info(log, "%s[%d] is initiating an IKE_SA", remote[0], remote[1])
+        log.info("%s[%d] is initiating an IKE_SA", remote[0], remote[1])
         self._add(sa)
         self.init_index[key] = sa
         sa.init_key = key

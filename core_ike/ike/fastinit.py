@@ -35,7 +35,6 @@ from ..constants import CertEncoding, NotifyType
 from ..crypto.dh import is_pooled
 from ..errors import ProtocolError
 from .config import IkeConfig, addr_matches
-from .loglines import enabled_info
 from .state import IkeState
 from .tasks.ike_init import (
     _HASH_SETS,
@@ -232,11 +231,11 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
         return False  # the general path takes another key pair and answers the error
     info = log.isEnabledFor(logging.INFO)
     if info:  # Engine.receive's line for a request it decoded
-        enabled_info(log, "received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
-                     local[1], len(data))
+        log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
+                 local[1], len(data))
     sa = engine.new_responder(cfgs[0], local, remote, now, (req.spi_i, remote))
     if info:  # TaskManager.receive's line
-        enabled_info(log, "parsed %s %s %d %s", "IKE_SA_INIT", "request", 0, request_summary(req.shape))
+        log.info("parsed %s %s %d %s", "IKE_SA_INIT", "request", 0, request_summary(req.shape))
     sa.last_in = now
     assert neg.chosen is not None
     c = neg.chosen
@@ -247,7 +246,7 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     _process_common(sa, req, local, remote)
     _install_keys(sa, chosen, shared, neg)
     if info:  # IkeInit.process_r's line
-        enabled_info(log, "selected proposal: %s", sa.proposal_text)
+        log.info("selected proposal: %s", sa.proposal_text)
     certreq = any(c.remote.auth == "pubkey" and c.send_certreq for c in cfgs)
     sa.tm.answered_init(_response(engine, sa, req, neg, ke.public, certreq), now)
     if sa.state is not IkeState.DESTROYED:
@@ -298,7 +297,7 @@ def _response(engine: Engine, sa: IkeSa, req: Request, neg: Negotiated, public: 
         parts += [pack(NOTIFY, 0, 8), _NOTIFY_FRAG]
     parts += [pack(0, 0, 4 + len(_NOTIFY_HASHES)), _NOTIFY_HASHES]
     if log.isEnabledFor(logging.INFO):  # TaskManager._send_response's line
-        enabled_info(log, "generating %s response %d %s", "IKE_SA_INIT", 0,
-                     _RESPONSE_SUMMARIES[bool(hashes), cfg.fragmentation])
+        log.info("generating %s response %d %s", "IKE_SA_INIT", 0,
+                 _RESPONSE_SUMMARIES[bool(hashes), cfg.fragmentation])
     parts[0] = _HEADER.pack(spi_i, spi_r, SA, VERSION, IKE_SA_INIT, RESPONSE, 0, 28 + sum(map(len, parts)))
     return b"".join(parts)

@@ -23,7 +23,6 @@ from ..errors import AuthenticationFailed, CredentialsPending, DecodeError, Inte
 from . import events as ev
 from .context import Failure, Status, Task
 from .fragments import FragmentReceiver
-from .loglines import enabled_info
 from .state import ChildState, IkeState
 from .tasks.child_create import ChildCreate
 from .tasks.collisions import check_create_child
@@ -92,8 +91,8 @@ class TaskManager:
         for p in packets:
             data = b"\x00\x00\x00\x00" + p if marker else p
             if info:
-                enabled_info(log, "sending packet: from %s[%d] to %s[%d] (%d bytes)",
-                             sa.local[0], sa.local[1], sa.remote[0], sa.remote[1], len(data))
+                log.info("sending packet: from %s[%d] to %s[%d] (%d bytes)",
+                         sa.local[0], sa.local[1], sa.remote[0], sa.remote[1], len(data))
             sa.engine.send(data, sa.local, sa.remote)
         sa.last_out = now
 
@@ -155,7 +154,7 @@ class TaskManager:
         if exchange == ExchangeType.IKE_SA_INIT:
             sa.init_request = packets[0]
         if log.isEnabledFor(logging.INFO):
-            enabled_info(log, "generating %s request %d %s", _exchange(exchange), mid, msg.summary())
+            log.info("generating %s request %d %s", _exchange(exchange), mid, msg.summary())
         # RFC 7296 2.1 / RetransmitConfig: a prompt exchange, or one a prompt request waits behind
         prompt = any(t.prompt for t in tasks) or any(t.prompt for t in self.queue)
         self.outstanding = Outstanding(mid, exchange, tasks, packets, 0,
@@ -197,8 +196,8 @@ class TaskManager:
         sa.last_in = now
         sa.dpd_pending = False
         if log.isEnabledFor(logging.INFO):
-            enabled_info(log, "parsed %s %s %d %s", _exchange(full.exchange),
-                         "response" if full.is_response else "request", full.message_id, full.summary())
+            log.info("parsed %s %s %d %s", _exchange(full.exchange),
+                     "response" if full.is_response else "request", full.message_id, full.summary())
         if full.is_response:
             self._process_response(full, now)
         else:
@@ -306,8 +305,8 @@ class TaskManager:
 
     def _send_response(self, resp: Message, now: float) -> None:
         if log.isEnabledFor(logging.INFO):
-            enabled_info(log, "generating %s response %d %s", _exchange(resp.exchange),
-                         resp.message_id, resp.summary())
+            log.info("generating %s response %d %s", _exchange(resp.exchange),
+                     resp.message_id, resp.summary())
         packets = self._encode(resp)
         if resp.exchange == ExchangeType.IKE_SA_INIT:
             self.sa.init_response = packets[0]
