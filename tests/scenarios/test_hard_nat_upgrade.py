@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,14 +103,14 @@ def _no_ping_lost(lab: Any, ping: Any, log_path: Path) -> None:
 
 
 def _wait_remote(daemon: Any, name: str, host: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sa = _sa(daemon, name)
-        if sa is not None and sa["remote-host"] == host:
-            return sa
-        time.sleep(0.2)  # polling the control socket for the event, bounded by the deadline
-    raise AssertionError(f"{name}: IKE_SA not to {host} within {timeout} s: {_sa(daemon, name)}\n"
-                         f"{daemon.log_tail(60)}")
+    """The IKE_SA `name` once its peer is `host` (the lab's wait on the daemon's SA list)."""
+    try:
+        sas = daemon.wait_sas(lambda sas: any(s["name"] == name and s["child-sas"] and s["remote-host"] == host
+                                              for s in sas), timeout=timeout)
+    except TimeoutError:
+        raise AssertionError(f"{name}: IKE_SA not to {host} within {timeout} s: {_sa(daemon, name)}\n"
+                             f"{daemon.log_tail(60)}") from None
+    return next(s for s in sas if s["name"] == name and s["remote-host"] == host)
 
 
 def test_relayed_tunnel_upgrades_to_direct_without_loss_and_falls_back(lab: Any) -> None:

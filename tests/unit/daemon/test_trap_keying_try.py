@@ -5,6 +5,7 @@ CHILD_SA of the connection; and what `status` says about a trap while acquires w
 from __future__ import annotations
 
 import asyncio
+import logging
 import textwrap
 import time
 from pathlib import Path
@@ -183,10 +184,9 @@ class SignallingWire(Wire):
         return super().sendto(data, remote)
 
 
-def test_iked_keying_try_after_a_trap_attempt_carries_the_packet(tmp_path: Path) -> None:
-    """iked's own keyingtries (runtime.py): the first attempt, started by a packet for 10.3.0.9, gets
-    no answer; the keying try 1 s later reaches a responder engine with two ranges, which narrows to
-    the packet's (10.3.0.0/24), and only the trap's CHILD_SA is negotiated."""
+def _iked(tmp_path: Path) -> tuple[Daemon, UserspaceDataPlane, Clock]:
+    """iked with TOML's connections (a trap on 'home', keyingtries) and a userspace data plane whose
+    acquires the test makes."""
     path = tmp_path / "iked.toml"
     path.write_text(textwrap.dedent(TOML.format(a=A_IP, b=B_IP)))
     daemon = Daemon(load(path))
@@ -194,6 +194,14 @@ def test_iked_keying_try_after_a_trap_attempt_carries_the_packet(tmp_path: Path)
     clock = Clock()
     dp = UserspaceDataPlane(lambda d, a: None, clock=clock)
     daemon.dp = dp
+    return daemon, dp, clock
+
+
+def test_iked_keying_try_after_a_trap_attempt_carries_the_packet(tmp_path: Path) -> None:
+    """iked's own keyingtries (runtime.py): the first attempt, started by a packet for 10.3.0.9, gets
+    no answer; the keying try 1 s later reaches a responder engine with two ranges, which narrows to
+    the packet's (10.3.0.0/24), and only the trap's CHILD_SA is negotiated."""
+    daemon, dp, clock = _iked(tmp_path)
     engine = daemon.engine
     responder = make_pair().b
     responder_with_two_ranges(responder)
@@ -245,21 +253,33 @@ def test_iked_keying_try_after_a_trap_attempt_carries_the_packet(tmp_path: Path)
 
 
 
+class _LineSeen(logging.Handler):
+    """Sets an asyncio event when a log line starting with `prefix` is logged (at any level)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.prefix = prefix
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.event.set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+
 def test_a_keying_try_for_a_connection_removed_meanwhile_does_nothing(tmp_path: Path) -> None:
     """The gateway's configuration database drops the connection while its keying try is scheduled
     (a refresh, unlike a reload, does not cancel the try): the try starts nothing and raises nothing."""
-    path = tmp_path / "iked.toml"
-    path.write_text(textwrap.dedent(TOML.format(a=A_IP, b=B_IP)))
-    daemon = Daemon(load(path))
-    daemon.shutdown_timeout = 0.1
-    clock = Clock()
-    dp = UserspaceDataPlane(lambda d, a: None, clock=clock)
-    daemon.dp = dp
+    daemon, dp, clock = _iked(tmp_path)
     engine = daemon.engine
     errors: list[dict[str, object]] = []
 
     async def go() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        logged = _LineSeen("no keying try of 'home'")
+        daemon_log.addHandler(logged)
         wire = Wire()
         daemon.transport.sockets = {(A_IP, 500): wire, (A_IP, 4500): wire}  # type: ignore[dict-item]
         daemon.autostart(time.monotonic())
@@ -276,11 +296,19 @@ def test_a_keying_try_for_a_connection_removed_meanwhile_does_nothing(tmp_path: 
         daemon.traps.sync(engine.configs)
         sent = len(wire.sent)
         async with asyncio.timeout(30):
-            while "home" in daemon._retry_due:  # the try is due 1 s after the failure
-                await asyncio.sleep(0.05)
+            await logged.wait()  # the try, due 1 s after the failure, says why it starts nothing
+        assert "home" not in daemon._retry_due
         assert not engine.ike_sas() and len(wire.sent) == sent and daemon.traps.routed() == {}
 
-    asyncio.run(go())
+    daemon_log = logging.getLogger("core_ike.daemon")  # runtime.py's; its info line is the event
+    level = daemon_log.level
+    daemon_log.setLevel(logging.INFO)
+    try:
+        asyncio.run(go())
+    finally:
+        daemon_log.setLevel(level)
+        for h in [h for h in daemon_log.handlers if isinstance(h, _LineSeen)]:
+            daemon_log.removeHandler(h)
     asyncio.run(daemon.shutdown())
     assert errors == []
 
