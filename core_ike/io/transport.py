@@ -37,6 +37,10 @@ Addr = tuple[str, int]
 RECEIVE_BUFFER = 4 * 1024 * 1024
 READ_BATCH = 256  # datagrams read per wakeup before other work (timers, control socket) gets its turn
 MMSG_BATCH = 64  # datagrams per recvmmsg/sendmmsg call (core_ike/io/mmsg.py)
+# Replies to one receive batch up to this many leave one sendto(2) each: below it sendmmsg through ctypes
+# (the copy into the batch, the sockaddrs, the foreign call) costs more per datagram than the system calls
+# it saves (bench/charon_initiator.py's realistic initiator sends 1-3 requests per wake-up)
+SENDTO_MAX = 4
 COOKIE_SLOT = 128  # a send slot holds one COOKIE answer (73 octets with the non-ESP marker)
 SO_RCVBUFFORCE = 33  # Linux asm-generic/socket.h; Python's socket module lacks it
 SO_ATTACH_REUSEPORT_CBPF = 51
@@ -466,8 +470,9 @@ class UdpTransport:
 
     # ------------------------------------------------------------------ send, timers, events
     def _send_batch(self, out: list[tuple[bytes, Addr, Addr]]) -> None:
-        """The replies to one receive batch: one sendmmsg when they all leave from one socket."""
-        if len(out) == 1:
+        """The replies to one receive batch: one sendmmsg when there are more than SENDTO_MAX and they all
+        leave from one socket."""
+        if len(out) <= SENDTO_MAX:
             self._send_all(out)
             return
         local = out[0][1]

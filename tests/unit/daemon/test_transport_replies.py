@@ -1,6 +1,7 @@
-"""The engine's answers to one receive batch leave with one sendmmsg (core_ike/io/transport.py
-_send_batch): every answer arrives, in order, whatever its size; answers from another local address
-than the first one's go one by one."""
+"""The engine's answers to one receive batch leave with one sendmmsg when there are more than
+SENDTO_MAX of them, one sendto each otherwise (core_ike/io/transport.py _send_batch): every answer
+arrives, in order, whatever its size; answers from another local address than the first one's go one
+by one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import socket
 from typing import Any
 
-from core_ike.io.transport import UdpTransport
+from core_ike.io.transport import SENDTO_MAX, UdpTransport
 from tests.unit.daemon.flushwait import datagrams
 
 
@@ -89,3 +90,9 @@ def test_large_answers_too() -> None:
 def test_answers_from_two_addresses_go_one_by_one() -> None:
     got, flushes, stats = _run(_Echo(), 6, two=True)
     assert sorted(got) == [b"%04d" % i for i in range(6)] and flushes == 0 and stats["tx"] == 6
+
+
+def test_a_few_answers_leave_one_sendto_each() -> None:
+    got, flushes, stats = _run(_Echo(), SENDTO_MAX)  # queued at once: one receive batch
+    assert got == [b"%04d" % i for i in range(SENDTO_MAX)]
+    assert flushes == 0 and stats["tx"] == SENDTO_MAX
