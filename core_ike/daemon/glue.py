@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..constants import EncrId, IntegId
 from ..crypto.proposals import parse_esp_proposals, restrict_proposals, transform_name
@@ -30,9 +30,11 @@ from ..io.dataplane import (
     TrafficSelector,
     declared_transforms,
 )
+from ..me.upgrade import PathChanged
 
 log = logging.getLogger("core_ike.dataplane")
 
+Addr = tuple[str, int]
 DeleteChild = Callable[[int, int, str], None]
 """`delete_child(ike_unique_id, child_unique_id, reason)`: send a DELETE for that CHILD_SA."""
 
@@ -43,6 +45,8 @@ class _Installed:
     spi_in: int
     spi_out: int
     ike: int = 0  # unique id of the IKE_SA carrying it
+    local: Addr = ("", 0)  # the outer addresses and ports its SAs have now (RFC 7296 §2.23 moves them)
+    remote: Addr = ("", 0)
     policies: list[PolicyParams] = field(default_factory=list)
 
 
@@ -68,11 +72,15 @@ class DataPlaneGlue(Extension):
         elif isinstance(e, ev.ChildSaDeleted):
             self.remove(e)
         elif isinstance(e, ev.PeerAddressChanged):
-            self.follow(e)
+            self.follow(e.ike_unique_id, e.remote, e.local)
+        elif isinstance(e, PathChanged) and e.local is not None:
+            # a mediated IKE_SA moved to an extra socket of many-port probing (core_ike/me/upgrade.py):
+            # the kernel's ESP-in-UDP must leave from that socket's port
+            self.follow(e.ike_unique_id, e.remote, e.local)
         elif isinstance(e, ev.VirtualIpAssigned):
             self.add_vip(e.ike_unique_id, e.address)
-        elif isinstance(e, ev.IkeSaEstablished) and e.rekeyed_from in self.vips:
-            self.vips[e.unique_id] = self.vips[e.rekeyed_from]  # RFC 7296 §2.18: the successor keeps it
+        elif isinstance(e, ev.IkeSaEstablished) and e.rekeyed_from:
+            self.inherit(e.rekeyed_from, e.unique_id)
         elif isinstance(e, ev.IkeSaDeleted | ev.IkeSaFailed):
             self.drop_vip(e.unique_id)
         return e
@@ -102,14 +110,50 @@ class DataPlaneGlue(Extension):
         self._quietly(self.dp.del_vip, address)
         log.info("virtual IP %s removed from the %s data plane", address, getattr(self.dp, "name", "?"))
 
-    def follow(self, e: ev.PeerAddressChanged) -> None:
-        """The peer's NAT mapping changed (RFC 7296 2.23): its CHILD_SAs' ESP goes to the new address
-        and is expected from it."""
+    def inherit(self, old: int, new: int) -> None:
+        """RFC 7296 §2.18: the IKE_SA's successor takes over its CHILD_SAs and its virtual IP."""
+        if old in self.vips:
+            self.vips[new] = self.vips[old]
         for inst in self.children.values():
-            if inst.ike == e.ike_unique_id:
-                self._quietly(self.dp.update_sa, inst.spi_out, Direction.OUT, dst=e.remote[0], dst_port=e.remote[1])
-                self._quietly(self.dp.update_sa, inst.spi_in, Direction.IN, src=e.remote[0], src_port=e.remote[1])
-                log.info("CHILD_SA with SPIs %08x_i %08x_o now to %s[%d]", inst.spi_in, inst.spi_out, *e.remote)
+            if inst.ike == old:
+                inst.ike = new
+
+    def follow(self, ike: int, remote: Addr, local: Addr | None = None) -> None:
+        """The IKE_SA's path changed (RFC 7296 §2.23: the peer's NAT mapping, or the local end it moved
+        to): its CHILD_SAs' ESP goes to the new remote end and leaves from the new local one (ESP-in-UDP
+        shares the IKE_SA's ports, RFC 3948 §2.1), and the outbound policies' templates and source routes
+        name the new addresses (the kernel selects and routes by them)."""
+        moved: set[int] = set()
+        for inst in self.children.values():
+            if inst.ike != ike:
+                continue
+            here = local or inst.local
+            if (here, remote) == (inst.local, inst.remote):
+                continue
+            self._quietly(self.dp.update_sa, inst.spi_out, Direction.OUT, src=here[0], src_port=here[1],
+                          dst=remote[0], dst_port=remote[1])
+            self._quietly(self.dp.update_sa, inst.spi_in, Direction.IN, src=remote[0], src_port=remote[1],
+                          dst=here[0], dst_port=here[1])
+            inst.local, inst.remote = here, remote
+            moved.add(inst.reqid)
+            log.info("CHILD_SA with SPIs %08x_i %08x_o now %s[%d] to %s[%d]", inst.spi_in, inst.spi_out, *here,
+                     *remote)
+        update = getattr(self.dp, "update_policy", None)  # the XFRM data plane's policies carry addresses
+        for reqid in moved:
+            inst = next(i for i in self.children.values() if i.reqid == reqid and i.ike == ike)
+            pols = self.policies.get(reqid, [])
+            for n, p in enumerate(pols):
+                src, dst = (inst.local[0], inst.remote[0])
+                if update is None or (p.tunnel_src, p.tunnel_dst) == (src, dst):
+                    continue
+                new = replace(p, tunnel_src=src, tunnel_dst=dst)
+                try:
+                    update(p, new)
+                except Exception as err:  # noqa: BLE001 - logged; the SAs moved, the old template stays
+                    log.warning("data plane: moving policy %s === %s %s failed: %s", p.local.subnet,
+                                p.remote.subnet, p.direction.name, err)
+                    continue
+                pols[n] = new
 
     def ike_of(self, spi_in: int) -> int | None:
         """The IKE_SA (unique id) whose CHILD_SA has inbound SPI `spi_in`."""
@@ -144,7 +188,7 @@ class DataPlaneGlue(Extension):
             for spi, d in done:
                 self._quietly(self.dp.delete_sa, spi, d)
             return str(err) or type(err).__name__
-        self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out, e.ike_unique_id)
+        self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out, e.ike_unique_id, e.local, e.remote)
         if new_pols:
             self.policies[e.reqid] = new_pols
         log.info("installed CHILD_SA %s{%d} in the %s data plane (%s, %s)", e.name, e.unique_id,

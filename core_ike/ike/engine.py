@@ -554,7 +554,7 @@ class Engine:
             sa.local, sa.remote, sa.last_in = old  # not authenticated: the move is not taken
         elif moved:
             log.info("%s: the peer moved to %s[%d] (RFC 7296 2.23)", sa.label, *sa.remote)
-            self.emit(ev.PeerAddressChanged(sa.unique_id, sa.remote))
+            self.emit(ev.PeerAddressChanged(sa.unique_id, sa.remote, sa.local))
         self._schedule(sa)
 
     def _update_addresses(self, sa: IkeSa, local: Addr, remote: Addr) -> bool:
@@ -578,7 +578,7 @@ class Engine:
         self.now = now
         log.info("%s: NAT mapping of the peer changed to %s[%d], checking liveness there", sa.label, *remote)
         sa.remote = remote
-        self.emit(ev.PeerAddressChanged(sa.unique_id, remote))
+        self.emit(ev.PeerAddressChanged(sa.unique_id, remote, sa.local))
         if not sa.dpd_pending:
             sa.queue_task(Dpd(), now)
         self._schedule(sa)

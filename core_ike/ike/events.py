@@ -103,10 +103,12 @@ class VirtualIpAssigned:
 
 @dataclass(frozen=True)
 class PeerAddressChanged:
-    """NAT mapping of the peer changed (RFC 7296 2.23 dynamic address update)."""
+    """The IKE_SA's path changed (RFC 7296 2.23 dynamic address update: the peer's NAT mapping, or
+    the local end an authenticated message arrived on): its CHILD_SAs' ESP follows."""
 
     ike_unique_id: int
     remote: Addr
+    local: Addr | None = None  # the IKE_SA's local end after the change (None: not reported)
 
 
 Event = (

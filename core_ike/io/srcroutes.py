@@ -177,6 +177,36 @@ class SourceRoutes:
                  plan.src, table)
         return plan
 
+    def update(self, old: PolicyParams, new: PolicyParams) -> SourceRoute | None:
+        """An outbound policy's template moved to another peer address (RFC 7296 §2.23): its route is
+        planned again toward the new peer and replaced when the next hop, device or source differ."""
+        dst = new.remote.subnet
+        owners = self._owners.get(old.remote.subnet)
+        if owners is not None:
+            owners.discard((old.local, old.remote))
+        installed = self.routes.get(dst)
+        if installed is None:
+            return self.add(new)
+        self._owners.setdefault(dst, set()).add((new.local, new.remote))
+        try:
+            peer = peer_of(new)
+            plan = plan_route(new, self._addresses(), self._toward(peer) if peer is not None else [],
+                              self.settings.table)
+            if isinstance(plan, SourceRoute) and plan != installed:
+                self.sock.replace(str(dst), plan.oif, plan.src, table=plan.table, gateway=plan.gateway,
+                                  scope=RT_SCOPE_UNIVERSE)
+        except (NetlinkError, OSError) as e:
+            log.warning("unable to move source route for %s: %s", dst, e)
+            return installed
+        if isinstance(plan, str):  # e.g. no route to the new peer: the old next hop leads nowhere now
+            log.info("source route %s stays toward the old peer: %s", dst, plan)
+            return installed
+        if plan != installed:
+            self.routes[dst] = plan
+            log.info("moved route %s%s src %s in table %d", dst, f" via {plan.gateway}" if plan.gateway else "",
+                     plan.src, plan.table)
+        return plan
+
     def remove(self, policy: PolicyParams) -> None:
         """An outbound policy was deleted: its route goes with the last policy toward its destination."""
         dst = policy.remote.subnet

@@ -51,15 +51,16 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 # message types (XFRM_MSG_BASE = 0x10)
 NEWSA, DELSA, GETSA, NEWPOLICY, DELPOLICY, GETPOLICY, ALLOCSPI, ACQUIRE, EXPIRE, UPDPOLICY = range(0x10, 0x1A)
-UPDSA, POLEXPIRE = 0x1A, 0x1B
+UPDSA, POLEXPIRE, NEWAE, GETAE = 0x1A, 0x1B, 0x1E, 0x1F
 # attributes
-XFRMA_ALG_CRYPT, XFRMA_ENCAP, XFRMA_TMPL = 2, 4, 5
+XFRMA_ALG_CRYPT, XFRMA_ENCAP, XFRMA_TMPL, XFRMA_LTIME_VAL, XFRMA_REPLAY_VAL = 2, 4, 5, 9, 10
 XFRMA_ALG_AEAD, XFRMA_ALG_AUTH_TRUNC, XFRMA_REPLAY_ESN_VAL = 18, 20, 23
 # multicast groups (bit = 1 << (group - 1))
 XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE = 1, 2
 XFRM_MODE_TUNNEL = 1
 XFRM_STATE_ESN = 128
 XFRM_INF = 0xFFFFFFFFFFFFFFFF
+XFRM_AE_RVAL = 2  # xfrm_aevent_id.flags: ask for the replay state (enum xfrm_ae_ftype_t)
 UDP_ENCAP_ESPINUDP = 2  # RFC 3948
 IPPROTO_ESP = 50
 
@@ -192,8 +193,12 @@ def _algo(name: str, key: bytes, extra_bits: int | None = None) -> bytes:
     return head + key
 
 
-def encode_newsa(p: SaParams) -> bytes:
-    """XFRM_MSG_NEWSA payload: usersa_info + algorithm / encap / replay attributes."""
+def encode_newsa(p: SaParams, carried: dict[int, bytes] | None = None) -> bytes:
+    """XFRM_MSG_NEWSA payload: usersa_info + algorithm / encap / replay attributes. `carried`: the
+    replay state and usage of the SA this one replaces (XFRMA_REPLAY_VAL or XFRMA_REPLAY_ESN_VAL,
+    XFRMA_LTIME_VAL, as XFRM_MSG_GETAE reports them), so that the moved SA goes on with its sequence
+    numbers (RFC 4303 §3.3.3: a sender never reuses one; the peer's replay window would drop a restart)."""
+    carried = carried or {}
     esn_attr = p.esn or p.replay_window > 255
     flags = XFRM_STATE_ESN if p.esn else 0
     body = encode_usersa_info(
@@ -210,12 +215,23 @@ def encode_newsa(p: SaParams) -> bytes:
     if p.encap:  # RFC 3948 ESP-in-UDP
         encap = _ENCAP.pack(UDP_ENCAP_ESPINUDP, socket.htons(p.src_port), socket.htons(p.dst_port), bytes(16))
         body += _attr(XFRMA_ENCAP, encap)
-    if esn_attr:
+    if esn_attr and XFRMA_REPLAY_ESN_VAL in carried:
+        body += _attr(XFRMA_REPLAY_ESN_VAL, carried[XFRMA_REPLAY_ESN_VAL])
+    elif esn_attr:
         words = (p.replay_window + 31) // 32
         body += _attr(
             XFRMA_REPLAY_ESN_VAL, struct.pack("=6I", words, 0, 0, 0, 0, p.replay_window) + bytes(4 * words)
         )
+    elif XFRMA_REPLAY_VAL in carried:
+        body += _attr(XFRMA_REPLAY_VAL, carried[XFRMA_REPLAY_VAL])
+    if XFRMA_LTIME_VAL in carried:
+        body += _attr(XFRMA_LTIME_VAL, carried[XFRMA_LTIME_VAL])
     return body
+
+
+def encode_aevent_id(p: SaParams) -> bytes:
+    """XFRM_MSG_GETAE payload (struct xfrm_aevent_id, 48 octets): the SA's id, its source, what to report."""
+    return encode_usersa_id(p.dst, p.spi) + _addr(p.src) + struct.pack("=II", XFRM_AE_RVAL, p.reqid)
 
 
 def _policy_selector(p: PolicyParams) -> bytes:
@@ -398,14 +414,12 @@ class XfrmDataPlane:
         return int.from_bytes(body[72:76], "big")  # usersa_info.id.spi
 
     def install_sa(self, params: SaParams) -> None:
-        # UPDSA completes a larval SA created by ALLOCSPI; NEWSA otherwise (charon does the same)
-        try:
-            self.nl.request(UPDSA if params.direction == Direction.IN else NEWSA, encode_newsa(params))
-        except DataPlaneError as e:
-            if e.errno != errno_mod.ESRCH or params.direction != Direction.IN:
-                raise
-            self.nl.request(NEWSA, encode_newsa(params))
+        self._sa_add(params)
         self._sas[(params.spi, params.direction)] = params
+
+    def installed_sa(self, spi: int, direction: Direction) -> SaParams | None:
+        """What this data plane installed as that SA (its addresses and ports after any move)."""
+        return self._sas.get((spi, direction))
 
     def update_sa(
         self,
@@ -418,7 +432,8 @@ class XfrmDataPlane:
         dst_port: int | None = None,
         encap: bool | None = None,
     ) -> None:
-        """The destination is part of the SA id: delete and re-add (counters restart)."""
+        """New outer addresses, encapsulation ports or encapsulation (RFC 7296 §2.23, RFC 4555 §3.5):
+        the SA moves with its keys, sequence numbers and usage (`_sa_move`)."""
         import dataclasses
 
         old = self._sas.get((spi, direction))
@@ -436,19 +451,57 @@ class XfrmDataPlane:
             if v is not None
         }
         new = dataclasses.replace(old, **changes)
-        self.delete_sa(spi, direction)
-        self.install_sa(new)
+        if new == old:
+            return
+        self._sa_move(old, new)
+        self._sas[(spi, direction)] = new
+        log.info("moved %r", new)
 
     def delete_sa(self, spi: int, direction: Direction, dst: str | None = None) -> None:
         p = self._sas.pop((spi, direction), None)
         target = dst or (p.dst if p else None)
         if target is None:
             raise DataPlaneError(f"no SA {spi:08x} {direction.name}", errno_mod.ENOENT)
+        self._sa_del(target, spi)
+
+    # -- the kernel's SA steps (the ones a kernel without INET_ESP refuses: tests/dataplane/noesp.py) --
+
+    def _sa_add(self, params: SaParams) -> None:
+        # UPDSA completes a larval SA created by ALLOCSPI; NEWSA otherwise (charon does the same)
         try:
-            self.nl.request(DELSA, encode_usersa_id(target, spi))
+            self.nl.request(UPDSA if params.direction == Direction.IN else NEWSA, encode_newsa(params))
+        except DataPlaneError as e:
+            if e.errno != errno_mod.ESRCH or params.direction != Direction.IN:
+                raise
+            self.nl.request(NEWSA, encode_newsa(params))
+
+    def _sa_del(self, dst: str, spi: int) -> None:
+        try:
+            self.nl.request(DELSA, encode_usersa_id(dst, spi))
         except DataPlaneError as e:
             if e.errno != errno_mod.ESRCH:
                 raise
+
+    def _sa_move(self, old: SaParams, new: SaParams) -> None:
+        """The destination is part of the SA's id and the source and encapsulation cannot be changed in
+        place, so the SA is added again, as charon's kernel-netlink updates one: its replay state and
+        usage read first (XFRM_MSG_GETAE), then deleted, then added with them (the outbound sequence
+        numbers go on, RFC 4303 §3.3.3). Refused: the old SA is put back with the same state."""
+        carried = self._sa_state(old)
+        self._sa_del(old.dst, old.spi)
+        try:
+            self.nl.request(NEWSA, encode_newsa(new, carried))
+        except DataPlaneError:
+            self.nl.request(NEWSA, encode_newsa(old, carried))
+            raise
+
+    def _sa_state(self, p: SaParams) -> dict[int, bytes]:
+        """The SA's replay state and current lifetime (XFRMA_REPLAY_VAL or _ESN_VAL, XFRMA_LTIME_VAL)."""
+        out = self.nl.request(GETAE, encode_aevent_id(p))
+        if not out or out[0][0] != NEWAE:
+            return {}
+        attrs = parse_nlattrs(out[0][1][48:])
+        return {k: v for k, v in attrs.items() if k in (XFRMA_REPLAY_VAL, XFRMA_REPLAY_ESN_VAL, XFRMA_LTIME_VAL)}
 
     def install_policy(self, policy: PolicyParams) -> None:
         self.nl.request(UPDPOLICY, encode_policy(policy))  # create or replace
@@ -463,6 +516,14 @@ class XfrmDataPlane:
                 raise
         if _routed(policy) and self._routes is not None:
             self._routes.remove(policy)
+
+    def update_policy(self, old: PolicyParams, new: PolicyParams) -> None:
+        """The same selectors with new template addresses (the path moved, RFC 7296 §2.23): the kernel's
+        policy is replaced in place (XFRM_MSG_UPDPOLICY, no gap without a policy), and its source route
+        follows the new peer (next hop, device)."""
+        self.nl.request(UPDPOLICY, encode_policy(new))
+        if _routed(new) and (routes := self.source_routes()) is not None:
+            routes.update(old, new)
 
     def query_usage(self, spi: int, direction: Direction) -> SaUsage:
         p = self._sas.get((spi, direction))
