@@ -242,6 +242,10 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE, RT_TABLE_COMPAT = 0, 255, 252
 RTM_F_LOOKUP_TABLE = 0x1000  # a lookup's answer names the table that held the route
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type, flags
+RTM_NEWADDRLABEL, RTM_DELADDRLABEL = 72, 73  # linux/rtnetlink.h
+IFAL_ADDRESS, IFAL_LABEL = 1, 2  # linux/if_addrlabel.h
+NLM_F_EXCL = 0x200
+_IFADDRLBLMSG = struct.Struct("=BBBBII")  # struct ifaddrlblmsg: family, reserved, prefixlen, flags, index, seq
 
 
 @dataclass(frozen=True)
@@ -309,6 +313,15 @@ class RouteSocket:
         oif = attrs.get(RTA_OIF)
         return RouteLookup(table, rtm_type, str(ipaddress.ip_address(gw)) if gw else None,
                            struct.unpack("=I", oif)[0] if oif else None)
+
+    def label(self, address: str, label: int, *, delete: bool = False) -> None:
+        """`ip addrlabel add|del prefix ADDRESS/128 label LABEL`: an entry of the RFC 6724 §2.1 policy
+        table for one IPv6 address (the kernel wants the label to delete one too); NetlinkError when
+        refused (EEXIST: there is one; ESRCH: none to delete)."""
+        mtype, flags = (RTM_DELADDRLABEL, NLM_F_ACK) if delete else (RTM_NEWADDRLABEL,
+                                                                     NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+        attrs = _rta(IFAL_ADDRESS, ipaddress.IPv6Address(address).packed) + _rta(IFAL_LABEL, struct.pack("=I", label))
+        self._request(mtype, flags, _IFADDRLBLMSG.pack(socket.AF_INET6, 0, 128, 0, 0, 0) + attrs)
 
     def _route(self, mtype: int, flags: int, net: ipaddress.IPv4Network | ipaddress.IPv6Network, table: int,
                scope: int, attrs: bytes) -> None:

@@ -37,6 +37,7 @@ log = logging.getLogger("core_ike.io.xfrm")
 
 ROUTING_TABLE = 220  # charon's default (strongswan.conf charon.routing_table, Debian's build)
 ROUTING_TABLE_PRIO = 220  # charon.routing_table_prio
+VIP_LABEL = 220  # an IPv6 virtual IP's address label: none of the kernel's default labels (0-12), as charon's
 RT_TABLE_LOCAL = 255  # linux/rtnetlink.h
 RTN_UNICAST = 1
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -150,6 +151,36 @@ class SourceRoutes:
         self._owners: dict[Network, set[tuple[Any, Any]]] = {}  # destination -> selector pairs
         self.routes: dict[Network, SourceRoute] = {}  # as installed
         self._rules: set[int] = set()  # families whose rule is in place (added by us or there before)
+        self.labels: set[str] = set()  # IPv6 virtual IPs we gave an address label
+
+    def label_vip(self, address: str) -> bool:
+        """Give an IPv6 virtual IP an address label no destination has (RFC 6724 §2.1 policy table), as
+        charon does where routes can name an IPv6 source: the default source address selection then
+        prefers, by rule 6 (matching label), another address for destinations outside the tunnels, and
+        the virtual IP is used where our routes name it (`src`), toward the remote selectors. Without
+        the label it could win by rule 8 (longest matching prefix) for a destination near it, and such
+        traffic would leave outside the tunnel with an address that belongs to it. False: not labelled
+        (IPv4, a label there already, or refused: logged)."""
+        if ipaddress.ip_address(address).version != 6:
+            return False
+        try:
+            self.sock.label(address, VIP_LABEL)
+        except (NetlinkError, OSError) as e:
+            if getattr(e, "code", None) != errno.EEXIST:
+                log.warning("unable to add address label for virtual IP %s: %s", address, e)
+            return False
+        self.labels.add(address)
+        log.debug("address label %d for virtual IP %s", VIP_LABEL, address)
+        return True
+
+    def unlabel_vip(self, address: str) -> None:
+        if address not in self.labels:
+            return
+        self.labels.discard(address)
+        try:
+            _quiet(self.sock.label, address, VIP_LABEL, delete=True)
+        except (NetlinkError, OSError) as e:
+            log.warning("virtual IP %s: deleting its address label failed: %s", address, e)
 
     def add(self, policy: PolicyParams) -> SourceRoute | None:
         """An outbound policy was installed: its route, installed now (None: none needed or possible;
@@ -232,9 +263,12 @@ class SourceRoutes:
         routes, self.routes = list(self.routes.values()), {}
         self._owners.clear()
         rules, self._rules = set(self._rules), set()
+        labels, self.labels = set(self.labels), set()
         try:
             for r in routes:
                 _quiet(self.sock.delete, str(r.dst), r.table)
+            for a in labels:
+                _quiet(self.sock.label, a, VIP_LABEL, delete=True)
             if rules:
                 self.worker.call(self._del_rules(rules))
         except Exception as e:  # noqa: BLE001 - stopping: logged, nothing else to do
@@ -295,10 +329,10 @@ def _family(net: Network) -> int:
 
 
 def _quiet(fn: Any, *args: Any, **kw: Any) -> None:
-    """A route already gone is no error: the kernel flushes routes whose preferred source address is
-    deleted, and those through a device that went."""
+    """A route (or address label) already gone is no error: the kernel flushes routes whose preferred
+    source address is deleted, and those through a device that went."""
     try:
         fn(*args, **kw)
     except NetlinkError as e:
-        if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+        if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL):
             raise

@@ -386,11 +386,16 @@ class XfrmDataPlane:
         def add(ipr: Any) -> bool:
             return add_host_address(ipr, int(ipr.link_lookup(ifname="lo")[0]), address)
 
-        return self._worker().call(add)
+        added = self._worker().call(add)
+        if added and (routes := self.source_routes()) is not None:
+            routes.label_vip(address)  # IPv6: chosen as source only where our routes name it (srcroutes.py)
+        return added
 
     def del_vip(self, address: str) -> None:
         from .netlink import del_host_address
 
+        if self._routes is not None:
+            self._routes.unlabel_vip(address)
         if self._netlink is not None:
             self._netlink.call(lambda ipr: del_host_address(ipr, int(ipr.link_lookup(ifname="lo")[0]), address))
 
