@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,7 @@ XFRM_STATE_ESN = 128
 XFRM_INF = 0xFFFFFFFFFFFFFFFF
 XFRM_AE_RVAL = 2  # xfrm_aevent_id.flags: ask for the replay state (enum xfrm_ae_ftype_t)
 UDP_ENCAP_ESPINUDP = 2  # RFC 3948
+UDP_ENCAP = 100  # the UDP socket option (linux/udp.h)
 IPPROTO_ESP = 50
 
 _NLMSG = struct.Struct("=IHHII")
@@ -352,10 +354,42 @@ class XfrmDataPlane:
         self.route_settings: RouteSettings | None = None  # None: charon's defaults (core_ike/io/srcroutes.py)
         self._routes: SourceRoutes | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: Any = None  # the IKE transport whose NAT-T sockets our ESP-in-UDP shares
+        self._encapsulating: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # sockets given UDP_ENCAP
+        self.esp_in_userspace = 0  # ESP-in-UDP that reached us instead of the kernel (see `receive_esp`)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """The daemon's event loop: the source routes read our addresses from its notifications."""
         self._loop = loop
+
+    def attach_transport(self, transport: Any, natt_port: int) -> None:
+        """The IKE transport whose sockets the SAs' ESP-in-UDP arrives on (RFC 3948 §2.1: the IKE_SA's
+        ports): each socket an encapsulated SA's local end uses gets UDP_ENCAP (`_encapsulate`)."""
+        self._transport = transport
+
+    def receive_esp(self, data: bytes, src: tuple[str, int]) -> None:
+        """ESP-in-UDP the transport read itself: the kernel decapsulates only on sockets with UDP_ENCAP,
+        so this comes on a socket no encapsulated SA uses (yet); the kernel has the SAs, we drop it."""
+        self.esp_in_userspace += 1
+        if self.esp_in_userspace == 1:
+            log.info("ESP-in-UDP from %s[%d] on a socket without UDP_ENCAP: dropped (the kernel has the SAs)", *src)
+
+    def _encapsulate(self, p: SaParams) -> None:
+        """UDP_ENCAP_ESPINUDP on the socket of the SA's local end (the NAT-T port or an extra socket of
+        many-port probing, core_ike/io/portpool.py), so the kernel takes the ESP arriving there (RFC 3948
+        §2.2: IKE behind the non-ESP marker still reaches the socket; keepalives end in the kernel).
+        Never the IKE port 500, whose messages carry no marker."""
+        if not p.encap or self._transport is None:
+            return
+        local = (p.src, p.src_port) if p.direction == Direction.OUT else (p.dst, p.dst_port)
+        sock = self._transport.socket_for(local)
+        if sock is None or sock in self._encapsulating:
+            if sock is None:
+                log.warning("no socket on %s[%d] for the ESP-in-UDP of SA %08x", *local, p.spi)
+            return
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)
+        self._encapsulating.add(sock)
+        log.info("UDP_ENCAP on %s[%d]: the kernel takes ESP-in-UDP arriving there", *local)
 
     def _worker(self) -> NetlinkWorker:
         """One rtnetlink connection, opened by the first virtual IP or source route."""
@@ -421,6 +455,7 @@ class XfrmDataPlane:
     def install_sa(self, params: SaParams) -> None:
         self._sa_add(params)
         self._sas[(params.spi, params.direction)] = params
+        self._encapsulate(params)
 
     def installed_sa(self, spi: int, direction: Direction) -> SaParams | None:
         """What this data plane installed as that SA (its addresses and ports after any move)."""
@@ -460,6 +495,7 @@ class XfrmDataPlane:
             return
         self._sa_move(old, new)
         self._sas[(spi, direction)] = new
+        self._encapsulate(new)
         log.info("moved %r", new)
 
     def delete_sa(self, spi: int, direction: Direction, dst: str | None = None) -> None:

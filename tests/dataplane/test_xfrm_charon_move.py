@@ -3,7 +3,8 @@ plane; natA forgets its mapping and translates to another public address (conntr
 203.0.113.5), as after a reconnect. charon's next liveness check arrives from there, our engine moves
 the IKE_SA (RFC 7296 §2.23: the peer is behind a NAT) and the XFRM data plane follows: the kernel's
 policies name the new address in their templates, the source route in table 220 leads to it, and the
-SAs have its address and port.
+SAs have its address and port. The NAT-T socket has UDP_ENCAP (the kernel decapsulates ESP-in-UDP there)
+and charon's IKE messages still reach the daemon through it.
 
 What cannot run here: this kernel lacks INET_ESP, so the two XFRM SAs are recorded (tests/dataplane/
 noesp.py) and no ESP is sent; the IKE exchanges, the NAT, the policies, the route are real. charon uses
@@ -13,6 +14,7 @@ kernel-libipsec.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,6 +168,8 @@ def test_xfrm_follows_the_peers_new_nat_address(alice: tuple[Lab, Charon], tmp_p
             out["after"] = (ends(), _policy_templates(lab), _table(lab))
             (sa,) = daemon.engine.ike_sas()
             out["remote"] = sa.remote
+            natt = daemon.transport.socket_for((CAROL, 4500))
+            out["encap"] = natt.getsockopt(socket.IPPROTO_UDP, xfrm.UDP_ENCAP) if natt is not None else None
             out["charon"] = [s.get("state") for s in charon.list_sas()]
         finally:
             daemon.stopped.set()
@@ -185,3 +189,5 @@ def test_xfrm_follows_the_peers_new_nat_address(alice: tuple[Lab, Charon], tmp_p
     assert after_pols == {("out", CAROL, MOVED), ("in", MOVED, CAROL)}
     assert after_route == f"{A_IN} via {MOVED} dev eth0 proto static src {C_IN}"
     assert out["charon"] == ["ESTABLISHED"]  # charon kept the IKE_SA: our answers reached it there
+    # the kernel takes ESP-in-UDP on the NAT-T socket; charon's IKE (behind the non-ESP marker) still came
+    assert out["encap"] == xfrm.UDP_ENCAP_ESPINUDP

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from core_ike.ike import events as ev
 from core_ike.io.dataplane import DataPlaneError, Direction, SaParams
 from core_ike.io.xfrm import (
     NEWSA,
+    UDP_ENCAP,
+    UDP_ENCAP_ESPINUDP,
     XFRMA_LTIME_VAL,
     XFRMA_REPLAY_ESN_VAL,
     XFRMA_REPLAY_VAL,
@@ -177,3 +180,49 @@ def test_the_re_added_sa_carries_replay_state_and_usage_past_the_kernels_checks(
     esn = struct.pack("=6I", 4, 9, 0, 12, 0, 128) + bytes(16)  # struct xfrm_replay_state_esn, 128-bit window
     assert _newsa_errno(encode_newsa(_cbc(esn=True), {XFRMA_REPLAY_ESN_VAL: esn, XFRMA_LTIME_VAL: usage})) in (
         0, errno.EPROTONOSUPPORT)
+
+
+class _Transport:
+    """The IKE transport's socket lookup (core_ike/io/transport.py `socket_for`) over real sockets."""
+
+    def __init__(self, socks: dict[tuple[str, int], socket.socket]) -> None:
+        self.sockets = socks
+
+    def socket_for(self, local: tuple[str, int]) -> socket.socket | None:
+        return self.sockets.get(local)
+
+
+def _encap_type(s: socket.socket) -> int:
+    return s.getsockopt(socket.IPPROTO_UDP, UDP_ENCAP)
+
+
+def test_the_socket_an_encapsulated_sa_uses_gets_udp_encap(netns: None) -> None:
+    """The kernel decapsulates ESP-in-UDP only on a socket with UDP_ENCAP (RFC 3948 §2.2 demultiplexing in
+    the kernel): the NAT-T socket when the CHILD_SA is installed, the extra socket when the IKE_SA moves
+    there; never the IKE port. IKE behind the non-ESP marker still reaches the socket; a datagram that is
+    ESP for the kernel does not (this kernel has no SA for it and drops it)."""
+    socks = {}
+    for port in (500, 4500, 0):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HERE, port))
+        socks[(HERE, s.getsockname()[1])] = s
+    extra = max(p for _, p in socks)
+    dp = NoEspXfrm()
+    dp.attach_transport(_Transport(socks), 4500)
+    glue = DataPlaneGlue(dp)
+    try:
+        glue.handle(_child())
+        assert [_encap_type(socks[(HERE, p)]) for p in (500, 4500, extra)] == [0, UDP_ENCAP_ESPINUDP, 0]
+        glue.handle(PathChanged(1, (PEER, 4500), True, "check on pair succeeded", (HERE, extra)))
+        assert _encap_type(socks[(HERE, extra)]) == UDP_ENCAP_ESPINUDP and _encap_type(socks[(HERE, 500)]) == 0
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind((HERE, 0))
+        sender.sendto(bytes.fromhex("c0ffee01") + bytes(28), (HERE, extra))  # ESP: SPI c0ffee01
+        sender.sendto(bytes(4) + b"an IKE message", (HERE, extra))  # the non-ESP marker
+        sender.close()
+        socks[(HERE, extra)].settimeout(5)
+        assert socks[(HERE, extra)].recv(100) == bytes(4) + b"an IKE message"  # the ESP never came up
+    finally:
+        dp.close()
+        for s in socks.values():
+            s.close()
