@@ -390,7 +390,7 @@ class CheckList:
         check = make_check(False, pair.id, self.connect_id, request_endpoint(), key)
         pair.packet = encode_check(check)
         pair.retransmits = 0
-        pair.deadline = now + retransmit_timeout(self.config, 1, self._active())
+        pair.deadline = now + retransmit_timeout(self.config, 1, self._active(), pair.heard)
         pair.clean = pair.initial_sent is None
         if pair.initial_sent is None:
             pair.initial_sent = now
@@ -402,12 +402,12 @@ class CheckList:
         if pair.state != PairState.IN_PROGRESS or pair.packet is None:
             pair.deadline = None
             return
-        if pair.retransmits >= self.config.max_retransmits:
+        if pair.retransmits >= self.config.max_retransmits and not (pair.heard and self.config.rto_heard > 0):
             pair.deadline = None
             self._set_pair_state(pair, PairState.FAILED)
             return
         pair.retransmits += 1
-        pair.deadline = now + retransmit_timeout(self.config, pair.retransmits + 1, self._active())
+        pair.deadline = now + retransmit_timeout(self.config, pair.retransmits + 1, self._active(), pair.heard)
         pair.sent_at, pair.clean = now, False
         self._out.append((pair.packet, pair.base, pair.remote_addr))  # cached packet replayed
 
@@ -599,13 +599,15 @@ class CheckList:
 
     def _finish_due(self, best: Pair, now: float) -> float:
         """When the controlling side nominates `best` ([ME] §5.4, docs/protocol.md §8): at once when no
-        better pair is pending; else when every better pending pair had its round trip without an
-        answer, counted from its first check (or the next tick for one not sent yet), at most
-        finish_wait after the first success. A better pair the peer's checks arrive on may well work: it
-        gets finish_rtts round trips by Karn's rule (an upper bound) plus the margin. One they do not
-        arrive on gets finish_rtts round trips by the quickest answer seen (a lower bound) and no
-        margin: the peer checks it before the pairs ranked below it, so with one of those answered
-        its silence says that it does not work."""
+        better pair is pending; else once every better pending pair had its round trip without an answer,
+        at most finish_wait after the first success. A better pair with our check in flight or the peer's
+        checks arriving on it may well work: it gets finish_rtts round trips from its first check plus a
+        margin (finish_margin, at most one more round trip), so that of two pairs checked together whose
+        answers arrive close together the better one is nominated whichever answer comes first. The round
+        trip is Karn's (an upper bound) where the peer's checks arrive, else the quickest answer seen (a
+        lower bound: the peer checks the better pair first, so its silence there, with one of ours out,
+        leaves only our own check to wait for). A better pair not checked yet that the peer's checks do
+        not arrive on gets finish_rtts quickest round trips from the next tick, no margin."""
         better = self._better_pending(best)
         if not better:
             return now
@@ -618,7 +620,8 @@ class CheckList:
             rtt = self._rtt if p.heard else self._rtt_low
             if rtt is None:
                 rtt = cfg.finish_wait
-            due = max(due, start + cfg.finish_rtts * rtt + (min(cfg.finish_margin, rtt) if p.heard else 0.0))
+            margin = min(cfg.finish_margin, rtt) if p.heard or sent is not None else 0.0
+            due = max(due, start + cfg.finish_rtts * rtt + margin)
         return min(due, first + cfg.finish_wait)
 
     def _best_succeeded(self) -> Pair | None:
