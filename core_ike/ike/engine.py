@@ -35,7 +35,7 @@ from ..logutil import LogLimiter
 from ..rng import Rng
 from ..sysrng import SystemRng
 from . import events as ev
-from . import fastinit
+from . import fastauth, fastinit
 from .answers import TokenBucket, error_response, header_error_request, invalid_spi_response
 from .config import IkeConfig, addr_matches
 from .context import IkeSaView, Task, Vip
@@ -57,6 +57,7 @@ log = logging.getLogger("core_ike.ike")
 
 Addr = tuple[str, int]
 _IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
+_IKE_AUTH = int(ExchangeType.IKE_AUTH)
 
 
 class Extension:
@@ -176,7 +177,8 @@ class Engine:
             data = bytes(data)  # a memoryview or bytearray from the adapter
         if self.prefilter.check(data, local, remote, now):
             return
-        if data[18] == _IKE_SA_INIT and fastinit.answer(self, data, local, remote, now):
+        if (data[18] == _IKE_SA_INIT and fastinit.answer(self, data, local, remote, now)) or \
+                (data[18] == _IKE_AUTH and fastauth.answer(self, data, local, remote, now)):
             self._run_deferred(now)
             return
         try:

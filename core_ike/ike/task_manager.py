@@ -318,8 +318,13 @@ class TaskManager:
         """The IKE_SA_INIT response written by core_ike/ike/fastinit.py for request 0: kept and sent as
         `_send_response` keeps and sends one (RFC 7296 2.1 response cache, 2.15 the signed octets)."""
         self.sa.init_response = packet
-        self.cached_response = (0, [packet])
-        self.peer_mid = 1
+        self.answered(0, packet, now)
+
+    def answered(self, mid: int, packet: bytes, now: float) -> None:
+        """A response to request `mid` written outside the tasks (core_ike/ike/fastinit.py, fastauth.py):
+        kept and sent as `_send_response` keeps and sends one (RFC 7296 2.1 response cache)."""
+        self.cached_response = (mid, [packet])
+        self.peer_mid = mid + 1
         self._send([packet], now)
 
     def _respond_error(self, req: Message, e: ProtocolError, now: float) -> None:

@@ -1,0 +1,227 @@
+"""The responder's direct answer to the common IKE_AUTH request (core_ike/ike/fastauth.py): the same
+octets on the wire, the same IKE_SA, events and info lines as the general path, for each request shape
+it takes, and every other request left to the general path."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import pytest
+from ike_pair import A_IP, B_IP, make_pair
+from test_ike_fastinit import _deterministic_keys
+
+from core_ike.codec.payloads import NotifyPayload
+from core_ike.constants import NotifyType
+from core_ike.ike import events as ev
+from core_ike.ike import fastauth
+from core_ike.ike.config import AuthConfig
+from core_ike.ike.engine import Extension
+from core_ike.ike.identity import ANY, Identity
+from core_ike.ike.tasks import ike_auth
+
+SECRET = "a-very-secret-shared-key"
+# the status notifies strongSwan's charon sends in its IKE_AUTH request (RFC 4555 4, RFC 5998 3) and one
+# no one defined (a status type is ignored when unknown, RFC 7296 3.10.1)
+CHARON_NOTIFIES = (NotifyType.MOBIKE_SUPPORTED, NotifyType.NO_ADDITIONAL_ADDRESSES,
+                   NotifyType.EAP_ONLY_AUTHENTICATION, 16420)
+
+
+_BUILD_I = ike_auth.IkeAuth.build_i
+
+
+def _with_notifies(monkeypatch: pytest.MonkeyPatch, types: tuple[int, ...]) -> None:
+    """Our initiator's IKE_AUTH request with these notifies after its own payloads, and N(INITIAL_CONTACT)
+    right after IDi, as charon orders them."""
+    def build_i(self: Any, sa: Any, msg: Any, now: float) -> None:
+        _BUILD_I(self, sa, msg, now)
+        first = [p for p in msg.payloads if getattr(p, "type", None) == NotifyType.INITIAL_CONTACT]
+        rest = [p for p in msg.payloads[1:] if p not in first]
+        msg.payloads[:] = [msg.payloads[0], *first, *rest, *[NotifyPayload(t) for t in types]]
+
+    monkeypatch.setattr(ike_auth.IkeAuth, "build_i", build_i)
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, fast: bool, rounds: int = 2, notifies: tuple[int, ...] = (),
+         no_idr: bool = False, with_child: bool = False, setup: Any = None, **kw: Any) -> tuple[Any, int]:
+    """`rounds` IKE_SAs from a to b (the first with N(INITIAL_CONTACT), the others without); the pair and
+    how many of b's IKE_AUTH requests the direct answer took."""
+    taken = [0]
+    orig = fastauth.answer
+
+    def counting(*a: Any) -> bool:
+        r = orig(*a)
+        taken[0] += r and a[0] is p.b
+        return r
+
+    monkeypatch.setattr(fastauth, "answer", counting if fast else (lambda *a: False))
+    if notifies:
+        _with_notifies(monkeypatch, notifies)
+    p = make_pair(seed=11, **kw)
+    change: dict[str, Any] = {} if with_child else {"children": []}  # childless, as commonly (RFC 6023)
+    if no_idr:  # the initiator names no responder identity: no IDr in the request
+        change["remote"] = AuthConfig("psk", ANY)
+        p.a.creds.add_psk(SECRET, "alice@test")  # a's key for (alice, %any)
+    p.a.configs[0] = dataclasses.replace(p.a.configs[0], **change)
+    if setup is not None:
+        setup(p)
+    _deterministic_keys(monkeypatch, p)
+    for _ in range(rounds):
+        p.a.initiate("home", now=p.now, remote=(B_IP, 500))
+        p.pump()
+        p.now += 1.0
+    return p, taken[0]
+
+
+def _state(p: Any) -> list[tuple[Any, ...]]:
+    return [(sa.unique_id, sa.spi_i, sa.spi_r, sa.state, sa.established_at, sa.local, sa.remote, sa.my_id,
+             sa.peer_id, sa.config.name, sa.name, sa.mediation, sa.last_in, sa.last_out, sa.dpd_pending,
+             sa.tm.peer_mid, sa.tm.my_mid, sa.tm.cached_response, sa.init_request, sa.init_response, sa.half_open,
+             sa.timer_at, sa.rekey_at, sa.indexed, sa.nat_here, sa.nat_there, sorted(sa.children))
+            for sa in p.b.ike_sas()]
+
+
+def _same(fast: Any, general: Any) -> None:
+    assert fast.wire == general.wire
+    assert _state(fast) == _state(general)
+    assert fast.events_a == general.events_a and fast.events_b == general.events_b
+    assert fast.b.half_open == general.b.half_open
+    assert dict(fast.b.counters) == dict(general.b.counters)
+
+
+@pytest.mark.parametrize("shape", [
+    {},  # IDi N(INITIAL_CONTACT) IDr AUTH, then IDi IDr AUTH
+    {"notifies": CHARON_NOTIFIES},  # as charon sends it
+    {"no_idr": True},  # IDi [N(INITIAL_CONTACT)] AUTH
+    {"a_conf": {"encap": True}},  # NAT seen: the float to 4500, the non-ESP marker
+    {"b_conf": {"fragmentation": False}},
+])
+def test_the_same_octets_ike_sa_and_events_as_the_general_path(monkeypatch: pytest.MonkeyPatch,
+                                                               shape: dict[str, Any]) -> None:
+    fast, taken = _run(monkeypatch, True, **shape)
+    general, _ = _run(monkeypatch, False, **shape)
+    assert taken == 2
+    assert len(fast.of("b", ev.IkeSaEstablished)) == 2
+    _same(fast, general)
+
+
+def test_the_initial_contact_shape_is_the_one_answered(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "core_ike.ike")
+    _run(monkeypatch, True, notifies=CHARON_NOTIFIES)
+    parsed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("parsed IKE_AUTH request")]
+    assert parsed == [
+        "parsed IKE_AUTH request 1 [ IDi N(INIT_CONTACT) IDr AUTH N(MOBIKE_SUP) N(NO_ADD_ADDR) N(EAP_ONLY) N(16420) ]",
+        "parsed IKE_AUTH request 1 [ IDi IDr AUTH N(MOBIKE_SUP) N(NO_ADD_ADDR) N(EAP_ONLY) N(16420) ]"]
+
+
+Records = list[tuple[str, int, str]]
+
+
+@pytest.mark.parametrize("shape", [{}, {"notifies": CHARON_NOTIFIES}, {"no_idr": True},
+                                   {"a_conf": {"encap": True}}])
+def test_info_lines_the_same_as_the_general_path(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                                 shape: dict[str, Any]) -> None:
+    """At info level (our users' default) the direct answer is taken and logs the general path's lines:
+    the same text, level, logger and order (the whole transcript, both sides)."""
+    logged: list[Records] = []
+    for fast in (True, False):
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        _, taken = _run(monkeypatch, fast, **shape)
+        assert taken == (2 if fast else 0)
+        logged.append([(r.name, r.levelno, r.getMessage()) for r in caplog.records])
+    assert logged[0] == logged[1]
+    assert any(m.startswith("IKE_SA gw[") and "established" in m for _, _, m in logged[0])
+
+
+def _wrong_secret(p: Any) -> None:
+    p.a.creds.shared.clear()
+    p.a.creds.add_psk("another-secret-altogether", "alice@test", "bob@test")
+
+
+class _Ext(Extension):
+    pass
+
+
+@pytest.mark.parametrize("case", [
+    {"with_child": True},  # a CHILD_SA in IKE_AUTH (SA, TSi, TSr)
+    {"auth": "pubkey"},  # AUTH by signature
+    {"notifies": (NotifyType.INVALID_SYNTAX,)},  # an error notify
+    {"setup": _wrong_secret},  # AUTHENTICATION_FAILED
+    {"setup": lambda p: p.b.extensions.append(_Ext())},  # an extension may act on the request
+    {"b_conf": {"fragment_size": 100}},  # the response would be fragmented (RFC 7383)
+])
+def test_other_requests_go_the_general_way(monkeypatch: pytest.MonkeyPatch, case: dict[str, Any]) -> None:
+    fast, taken = _run(monkeypatch, True, **case)
+    general, _ = _run(monkeypatch, False, **case)
+    assert taken == 0
+    _same(fast, general)
+
+
+def _ike(d: bytes) -> bytes:
+    """The IKE message of a datagram (RFC 3948 2.2: without the non-ESP marker on port 4500)."""
+    return d[4:] if d[:4] == bytes(4) else d
+
+
+def test_a_retransmitted_request_gets_the_kept_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    p, taken = _run(monkeypatch, True, rounds=1)
+    assert taken == 1
+    request = next(_ike(d) for side, d in p.wire if side == "a->b" and _ike(d)[18] == 35)
+    response = [d for side, d in p.wire if side == "b->a"][-1]
+    ((sa,),) = [p.b.ike_sas()]
+    p.b.receive(request, sa.local, sa.remote, p.now)
+    ((again, _, _),) = p.b.datagrams_to_send()
+    assert again == response and taken == 1 and len(p.of("b", ev.IkeSaEstablished)) == 1
+
+
+def test_a_tampered_request_is_dropped_by_the_general_path(monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    def setup(p: Any) -> None:
+        p.tamper = lambda side, d: d[:-1] + bytes([d[-1] ^ 1]) if side == "a->b" and _ike(d)[18] == 35 else d
+
+    caplog.set_level(logging.WARNING)
+    p, taken = _run(monkeypatch, True, rounds=1, setup=setup)
+    assert taken == 0 and not p.of("b", ev.IkeSaEstablished)
+    assert any("integrity check failed" in r.getMessage() for r in caplog.records)
+
+
+def test_not_taken_while_debug_lines_are_logged(monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "core_ike.ike")
+    _, taken = _run(monkeypatch, True)
+    caplog.set_level(logging.INFO, "core_ike.ike")
+    assert taken == 0
+
+
+def test_parse_inner_reads_the_common_shape_only() -> None:
+    def chain(*items: tuple[int, bytes]) -> tuple[bytes, int]:
+        out = b""
+        for i, (_, body) in enumerate(items):
+            nxt = items[i + 1][0] if i + 1 < len(items) else 0
+            out += bytes((nxt, 0)) + (4 + len(body)).to_bytes(2, "big") + body
+        return out, items[0][0]
+
+    idi = (35, bytes((3, 0, 0, 0)) + b"alice@test")
+    auth = (39, bytes((2, 0, 0, 0)) + bytes(32))
+    note = (41, bytes((0, 0)) + int(NotifyType.MOBIKE_SUPPORTED).to_bytes(2, "big"))
+    req = fastauth.parse_inner(*chain(idi, note, auth))
+    assert req is not None and req.idi == idi[1] and req.idr is None and req.auth == bytes(32)
+    assert req.shape == [35, 0x10000 + NotifyType.MOBIKE_SUPPORTED, 39]
+    assert fastauth.parse_inner(*chain(idi, auth, idi)) is None  # two IDi
+    assert fastauth.parse_inner(*chain(idi)) is None  # no AUTH
+    assert fastauth.parse_inner(*chain(idi, (39, bytes((1, 0, 0, 0)) + bytes(32)))) is None  # RSA signature
+    assert fastauth.parse_inner(*chain(idi, auth, (33, bytes(8)))) is None  # SA: a CHILD_SA
+    assert fastauth.parse_inner(*chain(idi, auth, (41, bytes((0, 0, 0, 7))))) is None  # an error notify
+    assert fastauth.parse_inner(*chain((35, bytes((1, 0, 0, 0)) + bytes(5)), auth)) is None  # IPv4 ID of 5 octets
+    plain, first = chain(idi, auth)
+    assert fastauth.parse_inner(plain + b"\x00", first) is None  # octets after the chain
+
+
+def test_identities_in_events_as_the_general_path_gives_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    p, taken = _run(monkeypatch, True, rounds=1)
+    (e,) = p.of("b", ev.IkeSaEstablished)
+    assert taken == 1 and (e.local_id, e.remote_id) == ("bob@test", "alice@test")
+    ((sa,),) = [p.b.ike_sas()]
+    assert sa.peer_id == Identity.parse("alice@test") and sa.local[0] == B_IP and sa.remote[0] == A_IP
