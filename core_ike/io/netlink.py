@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError  # type: ignore[import-untyped]
 
-from .xfrm import parse_nlattrs
+from .xfrmwire import parse_nlattrs
 
 _T = TypeVar("_T")
 log = logging.getLogger("core_ike.io.netlink")

@@ -24,7 +24,7 @@ from core_ike.constants import EncrId, IntegId
 from core_ike.daemon.glue import DataPlaneGlue
 from core_ike.ike import events as ev
 from core_ike.io.dataplane import DataPlaneError, Direction, SaParams
-from core_ike.io.xfrm import (
+from core_ike.io.xfrmwire import (
     NEWSA,
     UDP_ENCAP,
     UDP_ENCAP_ESPINUDP,
