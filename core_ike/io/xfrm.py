@@ -17,6 +17,7 @@ import subprocess
 import sys
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .dataplane import (
@@ -40,6 +41,7 @@ from .xfrmwire import (
     EXPIRE,
     GETAE,
     GETSA,
+    MAPPING,
     NEWAE,
     NEWSA,
     NLM_F_DUMP,
@@ -54,9 +56,11 @@ from .xfrmwire import (
     XFRMA_TMPL,
     XFRMNLGRP_ACQUIRE,
     XFRMNLGRP_EXPIRE,
+    XFRMNLGRP_MAPPING,
     XfrmSocket,
     _sel_addrs,
     _split,
+    decode_mapping,
     encode_aevent_id,
     encode_newsa,
     encode_policy,
@@ -89,7 +93,11 @@ class XfrmDataPlane:
 
     def __init__(self) -> None:
         self.nl = XfrmSocket()
-        self.events_sock = XfrmSocket((1 << (XFRMNLGRP_ACQUIRE - 1)) | (1 << (XFRMNLGRP_EXPIRE - 1)))
+        self.events_sock = XfrmSocket(sum(1 << (g - 1) for g in (XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE,
+                                                                  XFRMNLGRP_MAPPING)))
+        # the peer's ESP came from a new NAT mapping (XFRM_MSG_MAPPING): (inbound SPI, new source); the
+        # daemon has the IKE_SA follow and check it (RFC 7296 §2.23), as with the userspace data plane
+        self.on_mapping: Callable[[int, tuple[str, int]], None] | None = None
         self.events_sock.sock.setblocking(False)
         self._sas: dict[tuple[int, Direction], SaParams] = {}
         self._events: deque[DataPlaneEvent] = deque()
@@ -343,6 +351,9 @@ class XfrmDataPlane:
             except BlockingIOError:
                 return n
             for mtype, _seq, body in _split(data):
+                if mtype == MAPPING:
+                    self._mapping(body)
+                    continue
                 ev = self._decode_event(mtype, body)
                 if ev is not None:
                     self._events.append(ev)
@@ -370,6 +381,14 @@ class XfrmDataPlane:
             d = next((d for (s, d) in self._sas if s == spi), Direction.IN)
             return SaExpired(spi, d, reqid, bool(body[224]), "kernel")
         return None
+
+    def _mapping(self, body: bytes) -> None:
+        found = decode_mapping(body)
+        if found is None or self.on_mapping is None:
+            return
+        spi, src = found
+        log.info("kernel: ESP of SA %08x now from %s[%d]", spi, *src)
+        self.on_mapping(spi, src)
 
     def next_event(self) -> DataPlaneEvent | None:
         if not self._events:

@@ -31,12 +31,12 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 # message types (XFRM_MSG_BASE = 0x10)
 NEWSA, DELSA, GETSA, NEWPOLICY, DELPOLICY, GETPOLICY, ALLOCSPI, ACQUIRE, EXPIRE, UPDPOLICY = range(0x10, 0x1A)
-UPDSA, POLEXPIRE, NEWAE, GETAE = 0x1A, 0x1B, 0x1E, 0x1F
+UPDSA, POLEXPIRE, NEWAE, GETAE, MAPPING = 0x1A, 0x1B, 0x1E, 0x1F, 0x26
 # attributes
 XFRMA_ALG_CRYPT, XFRMA_ENCAP, XFRMA_TMPL, XFRMA_LTIME_VAL, XFRMA_REPLAY_VAL = 2, 4, 5, 9, 10
 XFRMA_ALG_AEAD, XFRMA_ALG_AUTH_TRUNC, XFRMA_REPLAY_ESN_VAL = 18, 20, 23
 # multicast groups (bit = 1 << (group - 1))
-XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE = 1, 2
+XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE, XFRMNLGRP_MAPPING = 1, 2, 8
 XFRM_MODE_TUNNEL = 1
 XFRM_STATE_ESN = 128
 XFRM_INF = 0xFFFFFFFFFFFFFFFF
@@ -315,3 +315,22 @@ def _split(data: bytes) -> list[tuple[int, int, bytes]]:
         msgs.append((mtype, seq, data[off + _NLMSG.size : off + length]))
         off += (length + 3) & ~3
     return msgs
+
+
+_MAPPING = struct.Struct("=16s4sHBxI16s16s2s2s")  # struct xfrm_user_mapping, 64 octets
+
+
+def decode_mapping(body: bytes) -> tuple[int, tuple[str, int]] | None:
+    """XFRM_MSG_MAPPING (the kernel saw an encapsulated SA's ESP arrive from a new source address or
+    port, RFC 3948 §2.2): (the inbound SA's SPI, the new source); None when malformed."""
+    if len(body) < _MAPPING.size:
+        return None
+    _daddr, spi, family, _proto, _reqid, _old, new, _old_port, new_port = _MAPPING.unpack_from(body)
+    n = 16 if family == socket.AF_INET6 else 4
+    return int.from_bytes(spi, "big"), (str(ipaddress.ip_address(new[:n])), int.from_bytes(new_port, "big"))
+
+
+def encode_mapping(dst: str, spi: int, reqid: int, old: tuple[str, int], new: tuple[str, int]) -> bytes:
+    """An XFRM_MSG_MAPPING body as the kernel sends it (for tests of the decoder)."""
+    return _MAPPING.pack(_addr(dst), spi.to_bytes(4, "big"), _family(dst), IPPROTO_ESP, reqid, _addr(old[0]),
+                         _addr(new[0]), old[1].to_bytes(2, "big"), new[1].to_bytes(2, "big"))

@@ -25,13 +25,16 @@ from core_ike.daemon.glue import DataPlaneGlue
 from core_ike.ike import events as ev
 from core_ike.io.dataplane import DataPlaneError, Direction, SaParams
 from core_ike.io.xfrmwire import (
+    MAPPING,
     NEWSA,
     UDP_ENCAP,
     UDP_ENCAP_ESPINUDP,
     XFRMA_LTIME_VAL,
     XFRMA_REPLAY_ESN_VAL,
     XFRMA_REPLAY_VAL,
+    XFRMNLGRP_MAPPING,
     XfrmSocket,
+    encode_mapping,
     encode_newsa,
 )
 from core_ike.me.upgrade import PathChanged
@@ -226,3 +229,26 @@ def test_the_socket_an_encapsulated_sa_uses_gets_udp_encap(netns: None) -> None:
         dp.close()
         for s in socks.values():
             s.close()
+
+
+def test_the_kernels_mapping_report_reaches_the_daemon(netns: None) -> None:
+    """XFRM_MSG_MAPPING (the kernel decapsulated the peer's ESP from a new source, RFC 3948 §2.2; this
+    kernel has no ESP to see one, so the message is multicast by hand on the XFRMNLGRP_MAPPING group the
+    way the kernel sends it): the data plane's subscription reads it and hands (inbound SPI, new source)
+    to the daemon (core_ike/daemon/runtime.py `_esp_mapping`: the IKE_SA follows and checks it)."""
+    import select
+
+    dp = NoEspXfrm()
+    seen: list[tuple[int, tuple[str, int]]] = []
+    dp.on_mapping = lambda spi, src: seen.append((spi, src))
+    body = encode_mapping(HERE, 0xC1, 3, (PEER, 4500), (PEER2, 61001))
+    sender = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 6)  # NETLINK_XFRM
+    try:
+        sender.sendto(struct.pack("=IHHII", 16 + len(body), MAPPING, 0, 1, 0) + body, (0, 1 << (XFRMNLGRP_MAPPING - 1)))
+        ready, _, _ = select.select([dp.fileno()], [], [], 5.0)  # a deadline, not a sleep: ready at once
+        assert ready
+        dp.read_events()
+        assert seen == [(0xC1, (PEER2, 61001))]
+    finally:
+        sender.close()
+        dp.close()
