@@ -18,6 +18,7 @@ import sys
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .dataplane import (
@@ -225,8 +226,6 @@ class XfrmDataPlane:
     ) -> None:
         """New outer addresses, encapsulation ports or encapsulation (RFC 7296 §2.23, RFC 4555 §3.5):
         the SA moves with its keys, sequence numbers and usage (`_sa_move`)."""
-        import dataclasses
-
         old = self._sas.get((spi, direction))
         if old is None:
             raise DataPlaneError(f"no SA {spi:08x} {direction.name}", errno_mod.ENOENT)
@@ -241,7 +240,7 @@ class XfrmDataPlane:
             )
             if v is not None
         }
-        new = dataclasses.replace(old, **changes)
+        new = replace(old, **changes)
         if new == old:
             return
         self._sa_move(old, new)
@@ -296,16 +295,18 @@ class XfrmDataPlane:
         return {k: v for k, v in attrs.items() if k in (XFRMA_REPLAY_VAL, XFRMA_REPLAY_ESN_VAL, XFRMA_LTIME_VAL)}
 
     def install_policy(self, policy: PolicyParams) -> None:
-        self.nl.request(UPDPOLICY, encode_policy(policy))  # create or replace
+        for p in _with_forward(policy):
+            self.nl.request(UPDPOLICY, encode_policy(p))  # create or replace
         if _routed(policy) and (routes := self.source_routes()) is not None:
             routes.add(policy)
 
     def delete_policy(self, policy: PolicyParams) -> None:
-        try:
-            self.nl.request(DELPOLICY, encode_policy_id(policy))
-        except DataPlaneError as e:
-            if e.errno != errno_mod.ENOENT:
-                raise
+        for p in _with_forward(policy):
+            try:
+                self.nl.request(DELPOLICY, encode_policy_id(p))
+            except DataPlaneError as e:
+                if e.errno != errno_mod.ENOENT:
+                    raise
         if _routed(policy) and self._routes is not None:
             self._routes.remove(policy)
 
@@ -313,7 +314,8 @@ class XfrmDataPlane:
         """The same selectors with new template addresses (the path moved, RFC 7296 §2.23): the kernel's
         policy is replaced in place (XFRM_MSG_UPDPOLICY, no gap without a policy), and its source route
         follows the new peer (next hop, device)."""
-        self.nl.request(UPDPOLICY, encode_policy(new))
+        for p in _with_forward(new):
+            self.nl.request(UPDPOLICY, encode_policy(p))
         if _routed(new) and (routes := self.source_routes()) is not None:
             routes.update(old, new)
 
@@ -394,6 +396,16 @@ class XfrmDataPlane:
         if not self._events:
             self.read_events()
         return self._events.popleft() if self._events else None
+
+
+def _with_forward(policy: PolicyParams) -> list[PolicyParams]:
+    """An inbound tunnel policy and its forward twin: the kernel checks decapsulated packets it forwards
+    (a gateway's protected subnets) against the FWD policies and drops those that came through a
+    tunnel-mode SA no FWD policy names (RFC 4301 §5.2: inbound traffic is checked against the SPD);
+    charon installs the same pair."""
+    if policy.direction != Direction.IN or policy.action not in (PolicyAction.PROTECT, PolicyAction.TRAP):
+        return [policy]
+    return [policy, replace(policy, direction=Direction.FWD)]
 
 
 def _routed(policy: PolicyParams) -> bool:

@@ -182,11 +182,11 @@ def test_xfrm_follows_the_peers_new_nat_address(alice: tuple[Lab, Charon], tmp_p
         netns.popns()
     before_ends, before_pols, before_route = out["before"]  # type: ignore[misc]
     assert before_ends[0] == "203.0.113.1"
-    assert before_pols == {("out", CAROL, "203.0.113.1"), ("in", "203.0.113.1", CAROL)}
+    assert before_pols == {("out", CAROL, "203.0.113.1"), ("in", "203.0.113.1", CAROL), ("fwd", "203.0.113.1", CAROL)}
     assert before_route == f"{A_IN} via 203.0.113.1 dev eth0 proto static src {C_IN}"
     after_ends, after_pols, after_route = out["after"]  # type: ignore[misc]
     assert after_ends == tuple(out["remote"])  # type: ignore[arg-type]  # the IKE_SA's new remote end, port too
-    assert after_pols == {("out", CAROL, MOVED), ("in", MOVED, CAROL)}
+    assert after_pols == {("out", CAROL, MOVED), ("in", MOVED, CAROL), ("fwd", MOVED, CAROL)}
     assert after_route == f"{A_IN} via {MOVED} dev eth0 proto static src {C_IN}"
     assert out["charon"] == ["ESTABLISHED"]  # charon kept the IKE_SA: our answers reached it there
     # the kernel takes ESP-in-UDP on the NAT-T socket; charon's IKE (behind the non-ESP marker) still came

@@ -119,10 +119,10 @@ def test_the_peers_new_address_moves_policies_route_and_sas(netns: None) -> None
     try:
         glue.handle(ev.VirtualIpAssigned("rw", 1, VIP))
         assert glue.handle(_child()) is not None
-        assert templates() == {("out", HERE, PEER), ("in", PEER, HERE)}
+        assert templates() == {("out", HERE, PEER), ("in", PEER, HERE), ("fwd", PEER, HERE)}
         assert table() == f"10.5.0.0/16 via {GW} dev x0 proto static src {VIP}"
         glue.handle(ev.PeerAddressChanged(1, (PEER2, 4501), (HERE, 4500)))
-        assert templates() == {("out", HERE, PEER2), ("in", PEER2, HERE)}  # the kernel's policies
+        assert templates() == {("out", HERE, PEER2), ("in", PEER2, HERE), ("fwd", PEER2, HERE)}  # the kernel's
         assert table() == f"10.5.0.0/16 via {GW2} dev x0 proto static src {VIP}"  # the next hop to the new peer
         assert _ends(dp) == ((HERE, 4500, PEER2, 4501), (PEER2, 4501, HERE, 4500))
         assert [(o.dst, n.dst) for o, n in dp.moves] == [(PEER, PEER2), (HERE, HERE)]
@@ -142,7 +142,7 @@ def test_a_move_to_an_extra_socket_changes_only_the_encapsulation_ports(netns: N
         glue.handle(_child())
         glue.handle(PathChanged(1, (PEER, 4500), True, "check on pair succeeded", (HERE, 40123)))
         assert _ends(dp) == ((HERE, 40123, PEER, 4500), (PEER, 4500, HERE, 40123))
-        assert templates() == {("out", HERE, PEER), ("in", PEER, HERE)}  # addresses unchanged
+        assert templates() == {("out", HERE, PEER), ("in", PEER, HERE), ("fwd", PEER, HERE)}  # unchanged
         assert table() == f"10.5.0.0/16 via {GW} dev x0 proto static src {VIP}"
         moves = len(dp.moves)
         glue.handle(ev.PeerAddressChanged(1, (PEER, 4500), (HERE, 40123)))  # the engine's report of it too
