@@ -188,8 +188,8 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     if engine.extensions or log.isEnabledFor(logging.DEBUG):
         return False
     sa = _target(engine, data)
-    if sa is None:
-        return False
+    if sa is None or not any(c.remote.auth == "psk" == c.local.auth for c in engine.configs):
+        return False  # no configuration a PSK request could select: not decrypted twice
     a = _answer_of(engine, sa, data, local, remote)
     if a is None:
         return False

@@ -26,7 +26,7 @@ from ..codec.message import split_natt
 from ..constants import NON_ESP_MARKER
 from ..errors import DecodeError, LocalError
 from ..logutil import LogLimiter
-from .mmsg import RecvBatch, SendBatch
+from .mmsg import MAX_DATAGRAM, RecvBatch, SendBatch
 
 log = logging.getLogger("core_ike.net")
 Addr = tuple[str, int]
@@ -289,6 +289,7 @@ class UdpTransport:
         self._prepare: Callable[[], None] | None = getattr(engine, "prepare", None)
         prefilter = getattr(engine, "prefilter", None)
         self._answer_batch: Callable[..., Any] | None = getattr(prefilter, "answer_batch", None)
+        self._demanded: Callable[[], bool] | None = getattr(prefilter, "demanded", None)
         self._log_limit = LogLimiter(log)
 
     # ------------------------------------------------------------------ lifecycle
@@ -380,9 +381,57 @@ class UdpTransport:
 
     # ------------------------------------------------------------------ receive
     def _readable(self, s: socket.socket, local: Addr) -> None:
-        """Read up to READ_BATCH datagrams, MMSG_BATCH per system call; while COOKIEs are demanded the
-        engine's pre-filter answers new IKE_SA_INIT requests of each batch from their raw octets with one
-        sendmmsg, everything else goes to the engine one datagram at a time."""
+        """Read what is queued, up to READ_BATCH datagrams: one recvfrom each (`_read_each`), or while
+        COOKIEs are demanded from everyone, MMSG_BATCH per recvmmsg (`_read_batches`)."""
+        if self._answer_batch is not None and self._demanded is not None and self._demanded():
+            self._read_batches(s, local)
+        else:
+            self._read_each(s, local)
+
+    def _read_each(self, s: socket.socket, local: Addr) -> None:
+        """Datagrams one recvfrom each, to the engine one at a time; the replies to MMSG_BATCH of them
+        leave together (`_send_batch`). Most wake-ups of a responder find one or two datagrams, where
+        recvfrom costs less than recvmmsg through ctypes and its sockaddr decoding."""
+        engine = self.engine
+        deliver, drain, clock = self.deliver_ike, engine.datagrams_to_send, self.clock
+        natt = local[1] == engine.natt_port
+        recv = s.recvfrom
+        replies: list[tuple[bytes, Addr, Addr]] = []
+        total = 0
+        while total < READ_BATCH:
+            try:
+                data, remote = recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    log.warning("receive error on %s[%d]: %s", local[0], local[1], e)
+                total += 1
+                continue
+            total += 1
+            if len(remote) != 2:  # IPv6: (host, port, flowinfo, scope id), the scope in the host as `%name`
+                remote = (remote[0], remote[1])
+            if not natt:
+                deliver(data, local, remote, clock())
+            elif data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
+                deliver(data[4:], local, remote, clock())
+            else:
+                self._datagram(data, local, remote, clock())
+            out = drain()
+            if out:
+                replies += out
+                if len(replies) >= MMSG_BATCH:
+                    self._send_batch(replies)
+                    replies = []
+        if replies:
+            self._send_batch(replies)
+        self.stats["rx"] += total
+        self.flush()
+
+    def _read_batches(self, s: socket.socket, local: Addr) -> None:
+        """Up to READ_BATCH datagrams, MMSG_BATCH per recvmmsg: the engine's pre-filter answers new
+        IKE_SA_INIT requests of each batch from their raw octets with one sendmmsg (docs/operations.md,
+        "Floods"), everything else goes to the engine one datagram at a time."""
         engine, rb, sb, answer = self.engine, self._rb, self._sb, self._answer_batch
         deliver, drain, clock, stats = self.deliver_ike, engine.datagrams_to_send, self.clock, self.stats
         plain = local[1] != engine.natt_port
