@@ -139,7 +139,12 @@ class XfrmDataPlane:
             if sock is None:
                 log.warning("no socket on %s[%d] for the ESP-in-UDP of SA %08x", *local, p.spi)
             return
-        sock.setsockopt(socket.IPPROTO_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)
+        try:
+            sock.setsockopt(socket.IPPROTO_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)
+        except OSError as e:  # e.g. a kernel without ESP-in-UDP for IPv6 sockets: the SA stays, logged
+            log.warning("UDP_ENCAP on %s[%d] refused: %s; ESP-in-UDP arriving there stays in userspace",
+                        *local, e.strerror or e)
+            return
         self._encapsulating.add(sock)
         log.info("UDP_ENCAP on %s[%d]: the kernel takes ESP-in-UDP arriving there", *local)
 
