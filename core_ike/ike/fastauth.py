@@ -1,43 +1,47 @@
 """The responder's answer to the common IKE_AUTH request, written without the general machinery.
 
 After a common IKE_SA_INIT (core_ike/ike/fastinit.py) most IKE_AUTH requests a responder gets have one
-shape (RFC 7296 1.2): IDi, perhaps IDr, AUTH with a pre-shared key (RFC 7296 2.15) and status notifies
-that a responder without MOBIKE, EAP or CHILD_SAs in IKE_AUTH answers by ignoring them (INITIAL_CONTACT
-with uniqueness left to the policy, MOBIKE_SUPPORTED, NO_ADDITIONAL_ADDRESSES, EAP_ONLY_AUTHENTICATION,
-RFC 5998 3; and the like), and no SA: a childless IKE_SA (RFC 6023). For such a request `answer`
-decrypts the SK payload, reads the fields from the plaintext octets, checks the AUTH and writes the
-response's octets `[ IDr AUTH ]` directly: the same octets, the same IKE_SA state, events and info
-lines as the general path (Engine._dispatch, the TaskManager, the IkeAuth task, the encoder) gives,
-without a Message, payload objects, rule check, task or encoder per request. This matters because a
-responder usually handles each request right after waking up, when every line of code it runs must
-come back into the CPU caches first.
+shape (RFC 7296 1.2): IDi, perhaps IDr, AUTH with a pre-shared key or a signature (RFC 7296 2.15,
+RFC 7427), the peer's certificates and CERTREQs (3.6, 3.7), and status notifies that a responder without
+MOBIKE, EAP or CHILD_SAs in IKE_AUTH answers by ignoring them (INITIAL_CONTACT with uniqueness left to
+the policy, MOBIKE_SUPPORTED, NO_ADDITIONAL_ADDRESSES, EAP_ONLY_AUTHENTICATION, RFC 5998 3; and the
+like), and no SA: a childless IKE_SA (RFC 6023). For such a request `answer` decrypts the SK payload,
+reads the fields from the plaintext octets, checks the AUTH (and the certificate, as the general path
+does) and writes the response's octets `[ IDr CERT... AUTH ]` directly: the same octets, the same IKE_SA
+state, events and info lines as the general path (Engine._dispatch, the TaskManager, the IkeAuth task,
+the encoder) gives, without a Message, payload objects, rule check, task or encoder per request. This
+matters because a responder usually handles each request right after waking up, when every line of
+code it runs must come back into the CPU caches first.
 
 Anything else goes the general way, which decides it in full, before anything is changed here: another
-payload or an error notify, a CHILD_SA in the request, EAP, certificates, a peer whose AUTH does not
-verify (AUTHENTICATION_FAILED), no matching configuration (the configuration source may be asked),
-a retransmission, a response that would be fragmented (RFC 7383), an engine with extensions (they act
-on IKE_AUTH notifies, e.g. draft-brunner-ikev2-mediation §3.1), and every case while debug lines are
-logged.
+payload or an error notify, a CHILD_SA in the request, EAP, a peer whose AUTH or certificate does not
+verify (AUTHENTICATION_FAILED), a mix of PSK and signatures, no matching configuration (the
+configuration source may be asked), a retransmission, a response that would or could be fragmented
+(RFC 7383; decided before signing), an engine with extensions (they act on IKE_AUTH notifies, e.g.
+draft-brunner-ikev2-mediation §3.1), and every case while debug lines are logged.
 
 While info lines are logged, `answer` logs the ones the general path logs for the request, with the
 same text and level, in the same order, on the same logger.
 """
-
 from __future__ import annotations
 
 import hmac
 import logging
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
-from ..constants import AuthMethod
-from ..crypto.auth import psk_auth
-from ..errors import DecodeError, LocalError
+from ..constants import AuthMethod, CertEncoding
+from ..crypto.auth import create_signature_auth, psk_auth, verify_signature_auth
+from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError
 from .config import IkeConfig, addr_matches
 from .identity import Identity
 from .state import IkeState
-from .tasks.ike_auth import established
+from .tasks.ike_auth import _cert_matches, _der, _method_text, established
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -50,11 +54,13 @@ Addr = tuple[str, int]
 _HEADER = struct.Struct("!8s8sBBBBII")  # RFC 7296 3.1
 _GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
 
-SK, IDI, IDR, AUTH, NOTIFY = 46, 35, 36, 39, 41  # RFC 7296 3.2 payload types
+SK, IDI, IDR, CERT, CERTREQ, AUTH, NOTIFY = 46, 35, 36, 37, 38, 39, 41  # RFC 7296 3.2 payload types
 IKE_AUTH = 35
 INITIATOR, RESPONSE = 0x08, 0x20  # RFC 7296 3.1 header flags
 VERSION = 0x20  # RFC 7296 3.1: major 2, minor 0
 PSK = int(AuthMethod.PSK)
+X509 = int(CertEncoding.X509_SIGNATURE)
+MAX_CERTS = 16  # the general path's rule for IKE_AUTH requests (core_ike/codec/rules.py)
 STATUS_MIN = 16384  # RFC 7296 3.10.1: Notify Message Types from here on are status types
 _ID_ADDR_LEN = {1: 4, 5: 16}  # RFC 7296 3.5: ID_IPV4_ADDR, ID_IPV6_ADDR
 
@@ -62,29 +68,32 @@ _ID_ADDR_LEN = {1: 4, 5: 16}  # RFC 7296 3.5: ID_IPV4_ADDR, ID_IPV6_ADDR
 # can vary the shape, so only the first few are kept
 _SUMMARIES: dict[tuple[int, ...], str] = {}
 _MAX_SUMMARIES = 64
-_RESPONSE_SUMMARY = bracket([PAYLOAD_ABBREV[IDR], PAYLOAD_ABBREV[AUTH]])
+_RESPONSE_SUMMARIES = [bracket([PAYLOAD_ABBREV[IDR]] + [PAYLOAD_ABBREV[CERT]] * n + [PAYLOAD_ABBREV[AUTH]])
+                       for n in range(MAX_CERTS + 1)]  # by the number of our certificates
 
 
 class Request:
     """The fields of a common IKE_AUTH request (`parse_inner`)."""
 
-    __slots__ = ("auth", "idi", "idr", "shape")
+    __slots__ = ("auth", "cert", "certs", "idi", "idr", "method", "shape")
 
     def __init__(self) -> None:
         self.idi = b""  # IDi's body: IDType | RESERVED | data, as received (RFC 7296 2.15)
         self.idr: bytes | None = None
-        self.auth = b""  # the AUTH payload's Authentication Data (method PSK)
+        self.method = 0  # the AUTH payload's Auth Method and Authentication Data
+        self.auth = b""
+        self.cert: bytes | None = None  # the first X.509 certificate's DER (the one that is checked)
+        self.certs = 0
         self.shape: list[int] = []
 
 
 def parse_inner(plain: bytes, first: int) -> Request | None:
     """The fields when the decrypted inner payloads `plain` (starting with type `first`) are of the
-    common shape: one IDi, at most one IDr, one AUTH of method 2 and status notifies without SPI, in any
-    order, every generic header without flags and the chain filling the plaintext exactly; None for
-    anything else."""
+    common shape: one IDi, at most one IDr, one AUTH, certificates (at most MAX_CERTS), CERTREQs and
+    status notifies without SPI, in any order, every generic header without flags and the chain filling
+    the plaintext exactly; None for anything else."""
     n = len(plain)
     req = Request()
-    shape = req.shape
     unpack = _GENERIC.unpack_from
     ptype, pos = first, 0
     while ptype:
@@ -92,32 +101,47 @@ def parse_inner(plain: bytes, first: int) -> Request | None:
             return None
         nxt, crit, plen = unpack(plain, pos)
         end = pos + plen
-        if crit or plen < 8 or end > n:
-            return None
-        start = pos + 4
-        if ptype == NOTIFY:
-            ntype = (plain[start + 2] << 8) | plain[start + 3]
-            if plain[start] or plain[start + 1] or ntype < STATUS_MIN:
-                return None
-            shape.append(0x10000 + ntype)
-        elif ptype in (IDI, IDR):
-            want = _ID_ADDR_LEN.get(plain[start])
-            if (want is not None and plen - 8 != want) or (req.idi if ptype == IDI else req.idr is not None):
-                return None
-            if ptype == IDI:
-                req.idi = plain[start:end]
-            else:
-                req.idr = plain[start:end]
-            shape.append(ptype)
-        elif ptype == AUTH and not req.auth and plain[start] == PSK:
-            req.auth = plain[start + 4:end]
-            if not req.auth:
-                return None
-            shape.append(ptype)
-        else:
+        if crit or plen < 8 or end > n or not _take(req, ptype, plain, pos + 4, end):
             return None
         ptype, pos = nxt, end
     return req if req.idi and req.auth and pos == n else None
+
+
+def _take(req: Request, ptype: int, plain: bytes, start: int, end: int) -> bool:
+    """One payload's body (at least 4 octets) into `req`; False when it is not of the common shape."""
+    if ptype == NOTIFY:
+        ntype = (plain[start + 2] << 8) | plain[start + 3]
+        if plain[start] or plain[start + 1] or ntype < STATUS_MIN:
+            return False
+        req.shape.append(0x10000 + ntype)
+        return True
+    if ptype in (IDI, IDR):
+        want = _ID_ADDR_LEN.get(plain[start])
+        if (want is not None and end - start - 4 != want) or (req.idi if ptype == IDI else req.idr is not None):
+            return False
+        if ptype == IDI:
+            req.idi = plain[start:end]
+        else:
+            req.idr = plain[start:end]
+    elif ptype == AUTH and not req.auth:
+        req.method, req.auth = plain[start], plain[start + 4:end]
+        if not req.auth:
+            return False
+    elif ptype == CERT and req.certs < MAX_CERTS:
+        req.certs += 1
+        if req.cert is None and plain[start] == X509:
+            req.cert = plain[start + 1:end]
+    elif ptype != CERTREQ:  # RFC 7296 3.7: we send our certificates whatever the peer asks for
+        return False
+    req.shape.append(ptype)
+    return True
+
+
+def _chain(items: list[tuple[int, bytes]]) -> bytes:
+    """Payloads (type, body) with their generic headers (RFC 7296 3.2), the last one's Next Payload 0."""
+    pack = _GENERIC.pack
+    return b"".join(pack(items[i + 1][0] if i + 1 < len(items) else 0, 0, 4 + len(body)) + body
+                    for i, (_, body) in enumerate(items))
 
 
 def _summary(shape: list[int]) -> str:
@@ -131,16 +155,17 @@ def _summary(shape: list[int]) -> str:
     return text
 
 
-def _config(engine: Engine, local: Addr, remote: Addr, peer: Identity, wanted: Identity | None) -> IkeConfig | None:
-    """Engine.select_peer_config for a PSK AUTH without extensions (RFC 7296 2.15), where the request
-    arrives: the best configuration, None when none matches (the general path then asks the
-    configuration source, if there is one)."""
+def _config(engine: Engine, local: Addr, remote: Addr, peer: Identity, wanted: Identity | None,
+            psk: bool) -> IkeConfig | None:
+    """Engine.select_peer_config without extensions for an AUTH with a pre-shared key (`psk`) or a
+    signature (RFC 7296 2.15), where the request arrives: the best configuration, None when none
+    matches (the general path then asks the configuration source, if there is one)."""
     best: tuple[int, IkeConfig] | None = None
     for c in engine.configs:
         if not (addr_matches(c.local_addrs, local[0]) and addr_matches(c.remote_addrs, remote[0])):
             continue
         rid = c.remote.id
-        if not rid.matches(peer) or c.remote.auth != "psk":
+        if not rid.matches(peer) or (c.remote.auth != "psk" if psk else c.remote.auth != "pubkey"):
             continue
         if wanted is not None and not c.local.id.is_any and c.local.id != wanted:
             continue
@@ -173,12 +198,14 @@ def _target(engine: Engine, data: bytes) -> IkeSa | None:
 class _Answer:
     """What `_answer_of` decided for a request, before anything is changed."""
 
-    __slots__ = ("cfg", "inner", "peer", "remote", "req", "sa", "total", "wanted")
+    __slots__ = ("cfg", "inner", "me", "mine", "peer", "remote", "req", "sa", "total", "wanted")
 
     def __init__(self, sa: IkeSa, req: Request, peer: Identity, wanted: Identity | None, cfg: IkeConfig,
-                 remote: Addr, inner: bytes, total: int) -> None:
-        self.sa, self.req, self.peer, self.wanted, self.cfg = sa, req, peer, wanted, cfg
-        self.remote, self.inner, self.total = remote, inner, total
+                 remote: Addr, me: Identity) -> None:
+        self.sa, self.req, self.peer, self.wanted, self.cfg, self.remote, self.me = sa, req, peer, wanted, cfg, remote, me
+        self.mine = PSK  # our AUTH method
+        self.inner = b""  # the response's inner payloads and its length on the wire
+        self.total = 0
 
 
 def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -> bool:
@@ -188,8 +215,8 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     if engine.extensions or log.isEnabledFor(logging.DEBUG):
         return False
     sa = _target(engine, data)
-    if sa is None or not any(c.remote.auth == "psk" == c.local.auth for c in engine.configs):
-        return False  # no configuration a PSK request could select: not decrypted twice
+    if sa is None:
+        return False
     a = _answer_of(engine, sa, data, local, remote)
     if a is None:
         return False
@@ -211,36 +238,90 @@ def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr
     req = parse_inner(plain, nxt)
     if req is None:
         return None
-    idi, idr = req.idi, req.idr
+    idi, idr, psk = req.idi, req.idr, req.method == PSK
     peer = Identity(idi[0], idi[4:])
     wanted = Identity(idr[0], idr[4:]) if idr is not None else None
     # RFC 7296 2.23: a response goes back where the request came from (Engine._update_addresses)
     new_remote = remote if sa.remote != remote and (sa.nat_there or sa.remote[0] == remote[0]) else sa.remote
-    cfg = _config(engine, local, new_remote, peer, wanted)
-    if cfg is None or cfg.local.auth != "psk" or cfg.local.certs or cfg.local.id.is_any:
+    cfg = _config(engine, local, new_remote, peer, wanted, psk)
+    if cfg is None or cfg.local.auth != ("psk" if psk else "pubkey") or (psk and cfg.local.certs):
         return None
     me = cfg.local.id
-    psk = engine.creds.psk(me, peer)
+    if me.is_any:  # IkeAuth.process_r: the identity the peer asked for, else the general path's default
+        if wanted is None:
+            return None
+        me = wanted
+    a = _Answer(sa, req, peer, wanted, cfg, new_remote, me)
+    # RFC 7296 2.15: the peer's AUTH over its IKE_SA_INIT request, our nonce and its IDi; ours over our
+    # IKE_SA_INIT response, its nonce and our IDr
     prf = sa.prf
-    if psk is None or not hmac.compare_digest(
-            psk_auth(prf, psk, sa.init_request + sa.nr + prf(sa.sk_pi, idi)), req.auth):
-        return None  # AUTHENTICATION_FAILED, answered and logged by the general path
-    # RFC 7296 2.15: our AUTH over our IKE_SA_INIT response, the peer's nonce and our IDr
+    theirs = sa.init_request + sa.nr + prf(sa.sk_pi, idi)
     id_body = bytes((me.id_type, 0, 0, 0)) + me.data
-    auth = psk_auth(prf, psk, sa.init_response + sa.ni + prf(sa.sk_pr, id_body))
-    pack = _GENERIC.pack
-    inner = b"".join((pack(AUTH, 0, 4 + len(id_body)), id_body, pack(0, 0, 8 + len(auth)),
-                      bytes((PSK, 0, 0, 0)), auth))
-    total = 32 + out.sealed_length(len(inner))
-    if sa.frag_supported and cfg.fragmentation and total > cfg.fragment_size:
+    octets = sa.init_response + sa.ni + prf(sa.sk_pr, id_body)
+    if psk:
+        secret = engine.creds.psk(me, peer)
+        ok = secret is not None and hmac.compare_digest(psk_auth(prf, secret, theirs), req.auth)
+        # AUTHENTICATION_FAILED otherwise, answered and logged by the general path
+        inner = _chain([(IDR, id_body), (AUTH, bytes((PSK, 0, 0, 0)) + psk_auth(prf, secret, octets))]) \
+            if secret is not None and ok else None
+    else:
+        inner = _signature(engine, a, theirs, id_body, octets, out.sealed_length)
+    if inner is None:
+        return None
+    a.inner, a.total = inner, 32 + out.sealed_length(len(inner))
+    if sa.frag_supported and cfg.fragmentation and a.total > cfg.fragment_size:
         return None  # RFC 7383 2.5: the general path fragments it
-    return _Answer(sa, req, peer, wanted, cfg, new_remote, inner, total)
+    return a
+
+
+def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets: bytes,
+               sealed_length: Callable[[int], int]) -> bytes | None:
+    """The peer's signature checked (its certificate first, RFC 7296 3.6, 2.15) and our response's inner
+    payloads IDr, CERT..., AUTH with ours (RFC 7427); None when the general path must answer: a
+    certificate or signature that does not verify (it answers AUTHENTICATION_FAILED), no key of ours,
+    or a response that could need fragments (decided before signing: the general path would sign again)."""
+    creds, req = engine.creds, a.req
+    if req.cert is not None:
+        try:
+            cert = x509.load_der_x509_certificate(req.cert)
+            creds.verify_cert(cert, engine.wall_time())
+        except (ValueError, AuthenticationFailed):
+            return None
+        if not _cert_matches(cert, a.peer, req.cert):
+            return None
+        key: Any = cert.public_key()
+    else:
+        key = creds.public_key_for(a.peer)
+        if key is None:
+            return None
+    if not verify_signature_auth(key, req.method, req.auth, theirs):
+        return None
+    mine = creds.private_key_for(a.me)
+    if mine is None:
+        return None
+    certs = [(CERT, bytes((X509,)) + der) for der in map(_der, a.cfg.local.certs)]
+    # the longest AUTH data: the signature and RFC 7427's AlgorithmIdentifier (RSASSA-PSS's the longest)
+    bits = getattr(mine, "key_size", 521)
+    most = (bits + 7) // 8 + 96 if isinstance(mine, rsa.RSAPrivateKey) else 2 * ((bits + 7) // 8) + 96
+    plain = len(id_body) + sum(4 + len(b) for _, b in certs) + 12 + most
+    fits = 32 + sealed_length(plain) <= a.cfg.fragment_size
+    if a.sa.frag_supported and a.cfg.fragmentation and not fits:
+        return None  # RFC 7383 2.5: the general path fragments it
+    hashes = set(a.sa.peer_hash_algs)
+    pref = a.cfg.local.signature
+    method = int(AuthMethod.RSA_SIG) if pref == "rsa" or not hashes else int(AuthMethod.DIGITAL_SIGNATURE)
+    try:
+        m, data = create_signature_auth(mine, method, octets, hashes, rsa_pss=pref == "rsa-pss")
+    except (ProtocolError, LocalError):
+        return None
+    a.mine = m
+    return _chain([(IDR, id_body), *certs, (AUTH, bytes((m, 0, 0, 0)) + data)])
 
 
 def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, now: float) -> None:
     """The general path's steps for the request, in its order: the IKE_SA's addresses and liveness, its
     configuration and identities, established, the response sealed, kept and sent."""
-    sa, cfg = a.sa, a.cfg
+    sa, cfg, req = a.sa, a.cfg, a.req
     info = log.isEnabledFor(logging.INFO)
     if info:  # Engine.receive's line for a request it decoded
         log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
@@ -249,7 +330,7 @@ def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, 
     sa.last_in = now
     sa.dpd_pending = False
     if info:  # TaskManager.receive's line
-        log.info("parsed %s %s %d %s", "IKE_AUTH", "request", 1, _summary(a.req.shape))
+        log.info("parsed %s %s %d %s", "IKE_AUTH", "request", 1, _summary(req.shape))
     sa.peer_id = a.peer
     sa.config = cfg
     sa.name = cfg.name
@@ -257,13 +338,17 @@ def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, 
     if info:  # IkeAuth.process_r's line
         log.info("looking for peer configs matching %s[%s]...%s[%s]: selected '%s'",
                  sa.local[0], a.wanted or "%any", sa.remote[0], a.peer, cfg.name)
-    sa.my_id = cfg.local.id  # IkeAuth.process_r: the configured identity (never %any here)
-    if info:  # verify_auth's and build_auth's lines
+    sa.my_id = a.me
+    if info and req.method == PSK:  # verify_auth's and build_auth's lines
         log.info("authentication of '%s' with pre-shared key successful", a.peer)
         log.info("authentication of '%s' (myself) with pre-shared key", sa.my_id)
+    elif info:
+        log.info("authentication of '%s' with %s successful", a.peer, _method_text(req.method))
+        log.info("authentication of '%s' (myself) with %s successful", sa.my_id, _method_text(a.mine))
     established(sa, now)
     if info:  # TaskManager._send_response's line
-        log.info("generating %s response %d %s", "IKE_AUTH", 1, _RESPONSE_SUMMARY)
+        log.info("generating %s response %d %s", "IKE_AUTH", 1,
+                 _RESPONSE_SUMMARIES[len(cfg.local.certs) if req.method != PSK else 0])
     assert sa.out_prot is not None
     sealed = a.total - 32
     prefix = _HEADER.pack(sa.spi_i, sa.spi_r, SK, VERSION, IKE_AUTH, RESPONSE, 1, a.total) + \

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from ike_pair import A_IP, B_IP, make_pair
+from test_ike_certreq import _cas
+from test_ike_engine import _ca_and_cert
 from test_ike_fastinit import _deterministic_keys
 
 from core_ike.codec.payloads import NotifyPayload
@@ -96,6 +98,9 @@ def _same(fast: Any, general: Any) -> None:
     {"no_idr": True},  # IDi [N(INITIAL_CONTACT)] AUTH
     {"a_conf": {"encap": True}},  # NAT seen: the float to 4500, the non-ESP marker
     {"b_conf": {"fragmentation": False}},
+    {"auth": "pubkey"},  # RFC 7427 signatures with raw public keys (no CERT)
+    {"auth": "pubkey", "setup": lambda p: _certified(p)},  # IDi CERT CERTREQ [IDr] AUTH / IDr CERT AUTH
+    {"auth": "pubkey", "setup": lambda p: _certified(p, "rsa")},  # AUTH method 1 (RFC 7296 3.8)
 ])
 def test_the_same_octets_ike_sa_and_events_as_the_general_path(monkeypatch: pytest.MonkeyPatch,
                                                                shape: dict[str, Any]) -> None:
@@ -120,7 +125,8 @@ Records = list[tuple[str, int, str]]
 
 
 @pytest.mark.parametrize("shape", [{}, {"notifies": CHARON_NOTIFIES}, {"no_idr": True},
-                                   {"a_conf": {"encap": True}}])
+                                   {"a_conf": {"encap": True}},
+                                   {"auth": "pubkey", "setup": lambda p: _certified(p), "notifies": CHARON_NOTIFIES}])
 def test_info_lines_the_same_as_the_general_path(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
                                                  shape: dict[str, Any]) -> None:
     """At info level (our users' default) the direct answer is taken and logs the general path's lines:
@@ -136,6 +142,39 @@ def test_info_lines_the_same_as_the_general_path(monkeypatch: pytest.MonkeyPatch
     assert any(m.startswith("IKE_SA gw[") and "established" in m for _, _, m in logged[0])
 
 
+_CAS: list[Any] = []
+_CERTS: dict[str, Any] = {}  # the same certificates in both runs of a comparison
+
+
+def _certified(p: Any, signature: str = "rfc7427") -> None:
+    """Both sides with a certificate from one CA they trust (tests/unit/ike/test_ike_certreq.py)."""
+    if not _CAS:
+        _CAS.extend(_cas(1))
+    (ca_key, ca_name, ca), = _CAS
+    for eng, me, peer in ((p.a, "alice@test", "bob@test"), (p.b, "bob@test", "alice@test")):
+        cert = _CERTS.get(me)
+        if cert is None:
+            cert = _CERTS[me] = _ca_and_cert(me, ca_key, ca_name, eng.creds.private_keys[0])
+        eng.creds.raw_keys.clear()
+        eng.creds.public_keys.clear()
+        eng.creds.cas.append(ca)
+        cfg = eng.configs[0]
+        cfg.local = AuthConfig("pubkey", Identity.parse(me), certs=[cert], signature=signature)  # type: ignore[arg-type]
+        cfg.remote = AuthConfig("pubkey", Identity.parse(peer))
+
+
+def _mixed(p: Any) -> None:
+    cfg = p.b.configs[0]
+    cfg.local = AuthConfig("psk", cfg.local.id)
+    p.b.creds.add_psk(SECRET, "bob@test")
+    p.a.configs[0] = dataclasses.replace(p.a.configs[0], remote=AuthConfig("pubkey", cfg.local.id))
+
+
+def _untrusted(p: Any) -> None:
+    _certified(p)
+    p.b.creds.cas.clear()  # b trusts no CA: a's certificate does not verify
+
+
 def _wrong_secret(p: Any) -> None:
     p.a.creds.shared.clear()
     p.a.creds.add_psk("another-secret-altogether", "alice@test", "bob@test")
@@ -147,9 +186,10 @@ class _Ext(Extension):
 
 @pytest.mark.parametrize("case", [
     {"with_child": True},  # a CHILD_SA in IKE_AUTH (SA, TSi, TSr)
-    {"auth": "pubkey"},  # AUTH by signature
+    {"auth": "pubkey", "setup": lambda p: _mixed(p)},  # a PSK of ours for a peer's signature
     {"notifies": (NotifyType.INVALID_SYNTAX,)},  # an error notify
     {"setup": _wrong_secret},  # AUTHENTICATION_FAILED
+    {"auth": "pubkey", "setup": _untrusted},  # AUTHENTICATION_FAILED: no trusted issuer
     {"setup": lambda p: p.b.extensions.append(_Ext())},  # an extension may act on the request
     {"b_conf": {"fragment_size": 100}},  # the response would be fragmented (RFC 7383)
 ])
@@ -211,7 +251,10 @@ def test_parse_inner_reads_the_common_shape_only() -> None:
     assert req.shape == [35, 0x10000 + NotifyType.MOBIKE_SUPPORTED, 39]
     assert fastauth.parse_inner(*chain(idi, auth, idi)) is None  # two IDi
     assert fastauth.parse_inner(*chain(idi)) is None  # no AUTH
-    assert fastauth.parse_inner(*chain(idi, (39, bytes((1, 0, 0, 0)) + bytes(32)))) is None  # RSA signature
+    signed = fastauth.parse_inner(*chain(idi, (37, b"\x04cert"), (38, b"\x04" + bytes(20)), (39, bytes((14, 0, 0, 0)) + b"s")))
+    assert signed is not None and signed.method == 14 and signed.auth == b"s" and signed.cert == b"cert"
+    assert signed.shape == [35, 37, 38, 39]
+    assert fastauth.parse_inner(*chain(idi, auth, *[(37, b"\x04cert")] * 17)) is None  # over the rule's 16 CERTs
     assert fastauth.parse_inner(*chain(idi, auth, (33, bytes(8)))) is None  # SA: a CHILD_SA
     assert fastauth.parse_inner(*chain(idi, auth, (41, bytes((0, 0, 0, 7))))) is None  # an error notify
     assert fastauth.parse_inner(*chain((35, bytes((1, 0, 0, 0)) + bytes(5)), auth)) is None  # IPv4 ID of 5 octets
