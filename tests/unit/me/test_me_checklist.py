@@ -572,16 +572,16 @@ def test_an_answer_that_arrived_with_the_deciding_one_is_read_first() -> None:
     assert selected_at(a) == 1
 
 
-def test_silent_better_pair_gets_one_round_trip_by_the_quickest_answer_without_margin() -> None:
+def test_silent_better_pair_gets_one_round_trip_by_the_quickest_answer() -> None:
     """The peer checks pair 1 before pair 2 (priority order), so when its checks arrive on pair 2 and not
     on pair 1, pair 1 is waited for only one round trip by the quickest answer seen (a lower bound: the
-    triggered re-send's), from its first check, without the margin."""
+    triggered re-send's) plus the margin (at most that round trip), from its first check."""
     a = CheckList.for_initiator(CID, KEY_A, [make_endpoint(MeEndpointType.HOST, *A_HOST)], 0.0,
                                 CheckListConfig(transaction_timeout=100.0, pacing=0.010, initial_burst=1, rto=1.0))
     a.set_responder_data(KEY_B, wire(eps_of(B_HOST, B_PUB)), 0.0)
     advance(a, 0.010)  # pair 1 at 0, pair 2 at 10 ms
     a.receive_check(request_from_b(9), B_PUB, A_HOST, 0.012)  # heard on pair 2: re-sent at 12 ms
-    answer(a, 2, B_PUB, 0.014)  # 2 ms after the re-send: pair 1 due at 0 + 2 ms, long passed
+    answer(a, 2, B_PUB, 0.014)  # 2 ms after the re-send: pair 1 due at 0 + 2 + 2 ms, long passed
     advance(a, 0.014)
     assert selected_at(a) == 2
 
