@@ -193,7 +193,7 @@ class ServerDaemon(Daemon):
             self.bus = RedisBus(str(med["cluster_engine"]), self.cluster, self._cluster_message,
                                 self._cluster_synced, self._cluster_server_gone, sequenced=self._cluster_sequenced)
         self.mediation = MediationServer(self.engine, registry, clock=lambda now: now + offset, relay=self.relay,
-                                         cluster=self.cluster)
+                                         cluster=self.cluster, send_now=self.transport.send)
         self.relay_sockets = RelaySockets(self.relay) if self.relay is not None else None
         if self.relay_sockets is not None:
             self.listeners.append(self.relay_sockets.on_event)

@@ -14,6 +14,7 @@ from enum import StrEnum
 from ..crypto.dh import KeyExchange
 from ..ike.identity import Identity
 from .checklist import PairInfo
+from .clienttypes import pairs_text
 
 log = logging.getLogger("core_ike.me")
 
@@ -71,3 +72,24 @@ class Attempt:
             log.debug("mediated connection '%s' state change: %s => %s", self.name, self.state.value, new.value)
             self.state = new
         self.deadline = deadline
+
+
+def timeout_reason(att: Attempt, now: float, callback_timeout: float, ike_timeout: float,
+                   tried: tuple[PairInfo, ...]) -> str | None:
+    """Why an attempt whose state's deadline passed fails (§11.4: every attempt ends with a reason); None
+    for a state whose deadline is no failure (RATE_LIMITED asks again, the final states have none)."""
+    t = now - att.started
+    st = att.state
+    if st is AttemptState.MEDIATION:
+        return f"mediation server unreachable: no mediation connection after {t:.1f} s"
+    if st is AttemptState.CONNECTING:
+        return f"mediation server unreachable: no answer to ME_CONNECT after {t:.1f} s"
+    if st is AttemptState.CALLBACK:
+        return f"peer offline: no ME_CALLBACK within {callback_timeout:g} s"
+    if st in (AttemptState.RELAYED, AttemptState.CHECKING):
+        return f"checks failed: no result after {t:.1f} s; tried {pairs_text(tried)}"
+    if st is AttemptState.INITIATING:
+        return f"mediated IKE_SA failed: not established within {ike_timeout:g} s (ike_timeout)"
+    if st is AttemptState.YIELDED:
+        return f"mediated IKE_SA failed: the peer's (tie-break winner) not established after {t:.1f} s"
+    return None

@@ -30,7 +30,7 @@ from ..ike.tasks.ike_init import first_group
 from ..rng import Rng
 from . import events as mev
 from . import tiebreak
-from .attempt import Attempt, AttemptState
+from .attempt import Attempt, AttemptState, timeout_reason
 from .birthday import Probes
 from .checklist import (
     CheckListFailed,
@@ -98,7 +98,7 @@ class MediationClient(Extension):
         self.paths = Paths(self.config.upgrade, self.config.checks)
         self.probes = Probes(self.config.probing, self.config.port_pool, self.rng, self._local_in_use)
         self.paths.use_probing(self.probes, lambda: self.config.nat_behaviour() if self.config.nat_behaviour else None)
-        self.outbox = MeOutbox()
+        self.outbox = MeOutbox(self._send_queued)
         self.attempts: dict[str, Attempt] = {}
         self.sessions: dict[bytes, Session] = {}
         self._mediated: dict[int, str] = {}  # mediated IKE_SA unique id -> attempt name
@@ -464,7 +464,7 @@ class MediationClient(Extension):
 
         answer = MeConnectRequest(build, done, failed)
         self._unsent_answers[cid] = (sa, answer)
-        self.outbox.send(sa, answer, now)
+        self.outbox.send(sa, answer, now)  # made and sent now (MeOutbox.flush) unless the SA is busy
         return []
 
     def _relayed_answer(self, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity, now: float,
@@ -591,6 +591,12 @@ class MediationClient(Extension):
         return any(sa.local == local for sa in self.engine.ike_sas() if sa.state is not IkeState.DESTROYED)
 
     # ================================================================== checks and timers
+    def _send_queued(self) -> None:
+        """A request started outside the engine's own sending (MeOutbox.flush) leaves now (send_now)."""
+        if self.config.send_now is not None:
+            for data, local, remote in self.engine.datagrams_to_send():
+                self.config.send_now(data, local, remote)
+
     def _pump(self, now: float) -> None:
         """Send the checks' datagrams, act on their events."""
         self.paths.apply_moves(self.engine, now)
@@ -625,23 +631,11 @@ class MediationClient(Extension):
                     self._end_target(ev.connect_id, f"checks failed: {ev.reason}", now)
 
     def _timeout(self, att: Attempt, now: float) -> None:
-        t = now - att.started
-        if att.state is AttemptState.MEDIATION:
-            self._fail(att, f"mediation server unreachable: no mediation connection after {t:.1f} s", now)
-        elif att.state is AttemptState.CONNECTING:
-            self._fail(att, f"mediation server unreachable: no answer to ME_CONNECT after {t:.1f} s", now)
-        elif att.state is AttemptState.CALLBACK:
-            self._fail(att, f"peer offline: no ME_CALLBACK within {self.config.callback_timeout:g} s", now)
-        elif att.state is AttemptState.RATE_LIMITED:
+        if att.state is AttemptState.RATE_LIMITED:
             self._retry_connect(att, now)
-        elif att.state in (AttemptState.RELAYED, AttemptState.CHECKING):
-            self._fail(att, f"checks failed: no result after {t:.1f} s; tried {pairs_text(self._tried(att))}", now)
-        elif att.state is AttemptState.INITIATING:
-            self._fail(att, f"mediated IKE_SA failed: not established within {self.config.ike_timeout:g} s "
-                            "(ike_timeout)", now)
-        elif att.state is AttemptState.YIELDED:
-            self._fail(att, f"mediated IKE_SA failed: the peer's (tie-break winner) not established after "
-                            f"{t:.1f} s", now)
+        elif (why := timeout_reason(att, now, self.config.callback_timeout, self.config.ike_timeout,
+                                    self._tried(att))) is not None:
+            self._fail(att, why, now)
 
     def _rate_limited(self, att: Attempt, now: float) -> None:
         """The server refused our ME_CONNECT for its rate limit: the peer may well be online, so this is

@@ -82,10 +82,14 @@ def has_notify(msg: Message, ntype: int) -> bool:
 class MeOutbox:
     """One ME_CONNECT exchange in flight per IKE_SA (window 1, no batching)."""
 
-    def __init__(self) -> None:
+    def __init__(self, flush: Callable[[], None] | None = None) -> None:
         self._queues: dict[int, deque[MeConnectRequest]] = {}
         self._busy: dict[int, MeConnectRequest] = {}
         self._inside: set[int] = set()
+        # the owner's immediate send of what the engine queued: a request started here leaves when it is
+        # made, not after the rest of the datagram being processed (e.g. the response to the request that
+        # started it, which nobody waits for)
+        self.flush = flush
 
     @contextmanager
     def inside(self, sa: IkeSaView) -> Iterator[None]:
@@ -118,6 +122,8 @@ class MeOutbox:
         sa.queue.append(task)
         if sa.unique_id not in self._inside:
             sa.initiate_next(now)
+            if self.flush is not None:
+                self.flush()
 
     def cancel(self, sa: IkeSaView, task: MeConnectRequest, now: float) -> bool:
         """Withdraw a request not built yet (still queued here or in the SA's queue); False if sent."""
@@ -353,14 +359,22 @@ class MeConnectResponder(Task):
     exchange = ExchangeType.ME_CONNECT
     name = "ME_CONNECT"
 
-    def __init__(self, handler: Callable[[IkeSaView, Message, float], list[Payload]], outbox: MeOutbox) -> None:
+    def __init__(self, handler: Callable[[IkeSaView, Message, float], list[Payload]], outbox: MeOutbox,
+                 on_responded: Callable[[IkeSaView, float], None] | None = None) -> None:
         self.handler = handler
         self.outbox = outbox
         self.reply: list[Payload] = []
+        self.on_responded = on_responded  # the response was sent (Task.responded)
 
     def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
-        with self.outbox.inside(sa):
-            self.reply = self.handler(sa, msg, now)
+        # a request the handler starts on this SA (the target's own ME_CONNECT, [ME] §4.1 step 5) is made and
+        # sent before this response: our message IDs are not the peer's (RFC 7296 2.3), and the peer waits
+        # for the request, not for the response
+        self.reply = self.handler(sa, msg, now)
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         msg.payloads += self.reply
+
+    def responded(self, sa: IkeSaView, now: float) -> None:
+        if self.on_responded is not None:
+            self.on_responded(sa, now)

@@ -115,18 +115,22 @@ class Net:
         for node in self.nodes.values():
             for data, local, remote in node.engine.datagrams_to_send():
                 moved = True
-                src = local
-                if node.nat is not None and not self._same_site(node, remote[0]):
-                    src = node.nat.outbound(local, remote)
-                delay = self.latency
-                if self.hook is not None:
-                    extra = self.hook(node.name, data, src, remote)
-                    if extra is None:
-                        continue
-                    delay += extra
-                self.wire.append((self.now, node.name, src, remote, data))
-                heapq.heappush(self._flight, (self.now + delay, next(self._seq), node.name, data, src, remote))
+                self.put(node, data, local, remote)
         return moved
+
+    def put(self, node: Node, data: bytes, local: Addr, remote: Addr) -> None:
+        """One datagram from `node` onto the wire now (an adapter's immediate send, e.g. `send_now`)."""
+        src = local
+        if node.nat is not None and not self._same_site(node, remote[0]):
+            src = node.nat.outbound(local, remote)
+        delay = self.latency
+        if self.hook is not None:
+            extra = self.hook(node.name, data, src, remote)
+            if extra is None:
+                return
+            delay += extra
+        self.wire.append((self.now, node.name, src, remote, data))
+        heapq.heappush(self._flight, (self.now + delay, next(self._seq), node.name, data, src, remote))
 
     def _same_site(self, node: Node, ip: str) -> bool:
         return any(n.nat is node.nat and n.ip == ip for n in self.nodes.values())

@@ -1,0 +1,59 @@
+"""Which ME_CONNECT leaves first when one datagram makes two (docs/protocol.md §4.1): the one somebody waits
+for. The target's own ME_CONNECT (step 6) before its response to the relayed request (step 5); the
+server's relayed request (step 4) before its response to the requester (step 2); the server's response to
+the target's answer before it relays that answer (step 7), so that the target's checks, which start with
+that response, are under way when the initiator's first check arrives. In-memory net, fake clock: the
+order on the wire within one instant."""
+
+from __future__ import annotations
+
+from mex_net import B_IP, MS_IP, make_net, register
+
+from core_ike.constants import NON_ESP_MARKER
+from core_ike.ike import events as ev
+from core_ike.me import events as mev
+
+ME_CONNECT = 240  # [ME] §4: exchange type
+RESPONSE_FLAG = 0x20  # RFC 7296 3.1
+
+
+def _me_connects(net, sender: str) -> list[tuple[float, str, bool]]:  # type: ignore[no-untyped-def]
+    """(time, destination IP, is a response) of every ME_CONNECT `sender` put on the wire, in order."""
+    out = []
+    for t, who, _src, dst, data in net.wire:
+        ike = data[4:] if data.startswith(NON_ESP_MARKER) else data
+        if who == sender and len(ike) > 19 and ike[18] == ME_CONNECT:
+            out.append((t, dst[0], bool(ike[19] & RESPONSE_FLAG)))
+    return out
+
+
+def _setup():  # type: ignore[no-untyped-def]
+    net = make_net(latency=0.005)
+    net.nodes["bob"].nat = None  # bob on a public address: one candidate pair
+    register(net)
+    start = len(net.wire)
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    alice.ext.connect("bob", net.now)
+    net.run(5.0, until=lambda: bool((alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished))
+                                    or alice.of(mev.MediationFailed)))
+    assert not alice.of(mev.MediationFailed)
+    assert alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished)
+    net.wire = net.wire[start:]
+    return net
+
+
+def test_the_target_sends_its_own_me_connect_before_its_response() -> None:
+    bob = _me_connects(_setup(), "bob")
+    assert [r for _, _, r in bob[:2]] == [False, True], bob  # own request, then the response
+    assert bob[0][0] == bob[1][0]  # both made for the relayed request, in the same instant
+
+
+def test_the_server_relays_a_request_before_answering_it_and_answers_an_answer_before_relaying_it() -> None:
+    ms = [(t, dst, resp) for t, dst, resp in _me_connects(_setup(), "ms")]
+    # alice's request: relayed to bob, then the (empty) response to alice
+    first = [m for m in ms if m[0] == ms[0][0]]
+    assert [(dst == B_IP, resp) for _, dst, resp in first] == [(True, False), (False, True)], ms
+    # bob's answer: the response to bob, then the relayed answer to alice
+    later = [m for m in ms if m[0] > ms[0][0] and m[1] != MS_IP]
+    second = [m for m in later if m[0] == later[0][0]]
+    assert [(dst == B_IP, resp) for _, dst, resp in second] == [(True, True), (False, False)], ms
