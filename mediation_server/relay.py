@@ -55,6 +55,7 @@ from core_ike.me.tasks import (
     MeOutbox,
     MeSaState,
     ServerAuth,
+    send_queued,
 )
 
 from .cluster.core import (
@@ -131,7 +132,7 @@ class MediationServer(Extension):
         self.registry = registry if registry is not None else Registry()
         self.clock = clock or (lambda now: now)
         self.send_now = send_now
-        self.outbox = MeOutbox(self._send_queued)
+        self.outbox = MeOutbox(self._send_queued)  # the target waits for a relayed request (§4.1)
         self._deferred: list[tuple[float, Callable[[float], None]]] = []
         self._after_ack: list[Callable[[float], None]] = []  # relayed answers held behind our response
         engine.extensions.append(self)
@@ -271,10 +272,7 @@ class MediationServer(Extension):
             msg.payloads.append(NotifyPayload(NotifyType.ME_ENDPOINT, encode_endpoint(ep)))
 
     def _send_queued(self) -> None:
-        """MeOutbox.flush: the request just made leaves now (the target waits for it, docs/protocol.md §4.1)."""
-        if self.send_now is not None:
-            for data, local, remote in self.engine.datagrams_to_send():
-                self.send_now(data, local, remote)
+        send_queued(self.engine, self.send_now)
 
     def _acked(self, sa: IkeSaView, now: float) -> None:
         """Our response to a peer's ME_CONNECT was made (MeConnectResponder.responded): it leaves, then the
@@ -364,10 +362,10 @@ class MediationServer(Extension):
             log.info("relaying ME_CONNECT from '%s' to '%s' failed: %s", requester, target, reason)
             self._send_failure(origin_id, cid, target_id, t)
 
-        log.info("relaying ME_CONNECT%s from '%s' to '%s'",
-                 " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
         self._send_relayed(target_sa, lambda: MeConnectRequest(_fixed(payloads), done, failed),
                            req.kind is ConnectKind.RESPONSE, now, after_ack=req.kind is ConnectKind.RESPONSE)
+        log.info("relaying ME_CONNECT%s from '%s' to '%s'",  # after it left (the target waits for it)
+                 " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
         self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
 
     def _send_relayed(self, target_sa: IkeSaView, request: Callable[[], MeConnectRequest], response: bool,

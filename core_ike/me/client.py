@@ -75,6 +75,7 @@ from .tasks import (
     MeSaState,
     SrflxRequest,
     me_role,
+    send_queued,
 )
 from .upgrade import PathLink, Paths
 
@@ -98,7 +99,7 @@ class MediationClient(Extension):
         self.paths = Paths(self.config.upgrade, self.config.checks)
         self.probes = Probes(self.config.probing, self.config.port_pool, self.rng, self._local_in_use)
         self.paths.use_probing(self.probes, lambda: self.config.nat_behaviour() if self.config.nat_behaviour else None)
-        self.outbox = MeOutbox(self._send_queued)
+        self.outbox = MeOutbox(lambda: send_queued(self.engine, self.config.send_now))
         self.attempts: dict[str, Attempt] = {}
         self.sessions: dict[bytes, Session] = {}
         self._mediated: dict[int, str] = {}  # mediated IKE_SA unique id -> attempt name
@@ -166,15 +167,11 @@ class MediationClient(Extension):
             if st is not None and st.role == "peer":
                 meds.append(MediationSaStatus(sa.name, sa.unique_id, sa.state.value, sa.local, sa.remote,
                                               st.srflx.addr if st.srflx is not None else None))
-        conns = []
-        for att in self.attempts.values():
-            cl = self.checks.get(att.connect_id) if att.connect_id else None
-            tried = cl.tried() if cl is not None else att.tried
-            conns.append(ConnectionStatus(
-                att.name, str(att.peer), att.state.value, att.started,
-                att.connect_id.hex() if att.connect_id else None, tuple(str(p) for p in tried),
-                str(att.pair) if att.pair else None, att.sa_id, att.reason, self.paths.describe(att.sa_id),
-                self.probes.describe(att.connect_id) if att.connect_id else None))
+        conns = [ConnectionStatus(
+            att.name, str(att.peer), att.state.value, att.started, att.connect_id.hex() if att.connect_id else None,
+            tuple(str(p) for p in self._tried(att)), str(att.pair) if att.pair else None, att.sa_id, att.reason,
+            self.paths.describe(att.sa_id), self.probes.describe(att.connect_id) if att.connect_id else None)
+            for att in self.attempts.values()]
         targets = tuple(f"{s.connect_id.hex()} from '{s.peer}'" for s in self.sessions.values() if not s.initiator)
         return ClientStatus(tuple(meds), tuple(conns), targets)
 
@@ -432,16 +429,19 @@ class MediationClient(Extension):
             return build_connect_failed()
         sess = Session(cid, False, peer, mediation=sa.config.name, peer_nat=nat)
         self.sessions[cid] = sess
-        log.info("received ME_CONNECT from '%s' (connect ID %s, %d endpoints)", peer, cid.hex(), len(eps))
-        self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
+        sending = [True]  # outbox.send below makes and sends our answer first, the rest after it
 
-        def build(s: IkeSaView, t: float) -> list[Payload]:
-            self._unsent_answers.pop(cid, None)
-            sess.key, sess.endpoints = new_connect_key(self.rng), self.gather(s)
+        def made(t: float) -> None:
             cl = self.checks.get(cid)  # answers the peer's checks from now on; ours start in `done`
             if cl is not None and cl.keys is None:
                 cl.set_responder_data(sess.key, sess.endpoints, t, start=False)
             self.engine.emit(mev.MeConnectSent("", str(peer), cid.hex(), tuple(map(str, sess.endpoints)), True))
+
+        def build(s: IkeSaView, t: float) -> list[Payload]:
+            self._unsent_answers.pop(cid, None)
+            sess.key, sess.endpoints = new_connect_key(self.rng), self.gather(s)
+            if not sending[0]:
+                made(t)
             return self._with_nat(s, build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True))
 
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
@@ -465,6 +465,11 @@ class MediationClient(Extension):
         answer = MeConnectRequest(build, done, failed)
         self._unsent_answers[cid] = (sa, answer)
         self.outbox.send(sa, answer, now)  # made and sent now (MeOutbox.flush) unless the SA is busy
+        sending[0] = False
+        log.info("received ME_CONNECT from '%s' (connect ID %s, %d endpoints)", peer, cid.hex(), len(eps))
+        self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
+        if cid not in self._unsent_answers:
+            made(now)
         return []
 
     def _relayed_answer(self, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity, now: float,
@@ -591,12 +596,6 @@ class MediationClient(Extension):
         return any(sa.local == local for sa in self.engine.ike_sas() if sa.state is not IkeState.DESTROYED)
 
     # ================================================================== checks and timers
-    def _send_queued(self) -> None:
-        """A request started outside the engine's own sending (MeOutbox.flush) leaves now (send_now)."""
-        if self.config.send_now is not None:
-            for data, local, remote in self.engine.datagrams_to_send():
-                self.config.send_now(data, local, remote)
-
     def _pump(self, now: float) -> None:
         """Send the checks' datagrams, act on their events."""
         self.paths.apply_moves(self.engine, now)

@@ -218,6 +218,13 @@ def host_endpoints(addresses: Iterable[str], port: int, ip_pref: int | None = No
     [ME] §3.3.1, docs/protocol.md §6.1: every regular local address, with the port of the mediation SA's
     local endpoint (normally 4500). `ip_pref` None: `HOST_IP_PREF` by family (IPv6 preferred).
     """
+    return list(_host_endpoints(tuple(addresses), port, ip_pref))
+
+
+@lru_cache(maxsize=_CACHE)
+def _host_endpoints(addresses: tuple[str, ...], port: int, ip_pref: int | None) -> tuple[Endpoint, ...]:
+    """host_endpoints, computed once per set of addresses: every ME_CONNECT (on the `up`'s critical path,
+    at both peers) offers the same ones."""
     out = []
     for a in addresses:
         if not is_usable_host_address(a):
@@ -225,7 +232,7 @@ def host_endpoints(addresses: Iterable[str], port: int, ip_pref: int | None = No
         addr = a.split("%", 1)[0]
         pref = HOST_IP_PREF[family_of(addr)] if ip_pref is None else ip_pref
         out.append(make_endpoint(MeEndpointType.HOST, addr, port, ip_pref=pref))
-    return remove_redundant(out)
+    return tuple(remove_redundant(out))
 
 
 @dataclass(frozen=True)

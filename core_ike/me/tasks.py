@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from ..codec.message import Message
 from ..codec.payloads import NotifyPayload, Payload, VendorIdPayload
@@ -36,6 +36,7 @@ from .endpoints import (
 log = logging.getLogger("core_ike.me")
 
 FailedCb = Callable[[IkeSaView, str, float], None]
+Addr = tuple[str, int]
 
 
 @dataclass(slots=True)  # one per mediation SA: a server holds 100k
@@ -77,6 +78,18 @@ def has_impl_vid(msg: Message) -> bool:
 
 def has_notify(msg: Message, ntype: int) -> bool:
     return msg.notify(ntype) is not None
+
+
+class Outgoing(Protocol):
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr, Addr]]: ...
+
+
+def send_queued(engine: Outgoing, send_now: Callable[[bytes, Addr, Addr], None] | None) -> None:
+    """What `engine` queued to send leaves now through the adapter's immediate send (MeOutbox.flush; the
+    datagrams are as the engine made them, non-ESP marker included); without one it stays queued."""
+    if send_now is not None:
+        for data, local, remote in engine.datagrams_to_send():
+            send_now(data, local, remote)
 
 
 class MeOutbox:
