@@ -17,8 +17,9 @@ Anything else goes the general way, which decides it in full, before anything is
 payload or an error notify, a CHILD_SA in the request, EAP, a peer whose AUTH or certificate does not
 verify (AUTHENTICATION_FAILED), a mix of PSK and signatures, no matching configuration (the
 configuration source may be asked), a retransmission, a response that would or could be fragmented
-(RFC 7383; decided before signing), an engine with extensions (they act on IKE_AUTH notifies, e.g.
-draft-brunner-ikev2-mediation §3.1), and every case while debug lines are logged.
+(RFC 7383; decided before signing), an engine extension with tasks or a say in the choice of the
+configuration (it may act on IKE_AUTH notifies, e.g. draft-brunner-ikev2-mediation §3.1), and every case
+while debug lines are logged.
 
 While info lines are logged, `answer` logs the ones the general path logs for the request, with the
 same text and level, in the same order, on the same logger.
@@ -195,6 +196,23 @@ def _target(engine: Engine, data: bytes) -> IkeSa | None:
     return sa
 
 
+_NEUTRAL: dict[type, bool] = {}
+
+
+def _neutral(x: object) -> bool:
+    """Does the engine extension `x` leave IKE_AUTH requests alone: neither tasks of its own (it may act
+    on notifies) nor a say in the choice of the configuration? (The data plane's glue, for one: it
+    acts on the events.)"""
+    t = type(x)
+    hit = _NEUTRAL.get(t)
+    if hit is None:
+        from .engine import Extension  # the engine imports this module
+
+        hit = _NEUTRAL[t] = getattr(t, "tasks", None) is Extension.tasks and \
+            getattr(t, "config_score", None) is Extension.config_score
+    return hit
+
+
 class _Answer:
     """What `_answer_of` decided for a request, before anything is changed."""
 
@@ -212,7 +230,7 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     """Answer `data` if it is a common IKE_AUTH request (see the module's docstring); False, with nothing
     changed, when the general path must (always while debug lines are logged). While info lines are
     logged, it logs those the general path logs for the request."""
-    if engine.extensions or log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(logging.DEBUG) or not all(map(_neutral, engine.extensions)):
         return False
     sa = _target(engine, data)
     if sa is None:

@@ -181,7 +181,25 @@ def _wrong_secret(p: Any) -> None:
 
 
 class _Ext(Extension):
-    pass
+    """An extension with tasks of its own (it may act on the request's notifies)."""
+
+    def tasks(self, sa: Any, exchange: int, initiator: bool, msg: Any) -> list[Any]:
+        return []
+
+
+class _Scoring(Extension):
+    def config_score(self, cfg: Any, sa: Any) -> int:
+        return 0
+
+
+class _Neutral(Extension):
+    """As the data plane's glue: it acts on events only."""
+
+    def __init__(self) -> None:
+        self.established: list[int] = []
+
+    def on_established(self, sa: Any, now: float) -> None:
+        self.established.append(sa.unique_id)
 
 
 @pytest.mark.parametrize("case", [
@@ -191,6 +209,7 @@ class _Ext(Extension):
     {"setup": _wrong_secret},  # AUTHENTICATION_FAILED
     {"auth": "pubkey", "setup": _untrusted},  # AUTHENTICATION_FAILED: no trusted issuer
     {"setup": lambda p: p.b.extensions.append(_Ext())},  # an extension may act on the request
+    {"setup": lambda p: p.b.extensions.append(_Scoring())},  # an extension has a say in the configuration
     {"b_conf": {"fragment_size": 100}},  # the response would be fragmented (RFC 7383)
 ])
 def test_other_requests_go_the_general_way(monkeypatch: pytest.MonkeyPatch, case: dict[str, Any]) -> None:
@@ -203,6 +222,14 @@ def test_other_requests_go_the_general_way(monkeypatch: pytest.MonkeyPatch, case
 def _ike(d: bytes) -> bytes:
     """The IKE message of a datagram (RFC 3948 2.2: without the non-ESP marker on port 4500)."""
     return d[4:] if d[:4] == bytes(4) else d
+
+
+def test_an_extension_that_acts_on_events_only_does_not_keep_it_general(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, taken = _run(monkeypatch, True, setup=lambda p: p.b.extensions.append(_Neutral()))
+    general, _ = _run(monkeypatch, False, setup=lambda p: p.b.extensions.append(_Neutral()))
+    assert taken == 2
+    _same(fast, general)
+    assert fast.b.extensions[0].established == general.b.extensions[0].established == [1, 2]
 
 
 def test_a_retransmitted_request_gets_the_kept_response(monkeypatch: pytest.MonkeyPatch) -> None:
