@@ -57,3 +57,16 @@ def test_the_server_relays_a_request_before_answering_it_and_answers_an_answer_b
     later = [m for m in ms if m[0] > ms[0][0] and m[1] != MS_IP]
     second = [m for m in later if m[0] == later[0][0]]
     assert [(dst == B_IP, resp) for _, dst, resp in second] == [(True, True), (False, False)], ms
+
+
+def test_an_answer_held_for_a_response_that_was_not_made_is_relayed_at_the_next_timer() -> None:
+    """A request answered with an error (no MeConnectResponder.responded) must not strand the relayed
+    answer held behind its response: the server's timer is due at once and sends it."""
+    net = make_net()
+    register(net)
+    ms = net.nodes["ms"].ext
+    sent: list[float] = []
+    ms._after_ack.append(sent.append)
+    assert ms.next_deadline() == ms.engine.now
+    ms.handle_timer(ms.engine.now)
+    assert sent == [ms.engine.now] and not ms._after_ack
