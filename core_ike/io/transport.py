@@ -3,7 +3,9 @@
 One non-blocking socket per (local address, port): the IKE port (500) and the NAT-T port (4500).
 On the NAT-T port datagrams are demultiplexed in userspace (RFC 3948 2.2): a single 0xFF octet is
 a NAT keepalive, a leading zero word is the non-ESP marker of an IKE message, anything else is ESP
-for the data plane. UDP_ENCAP is deliberately not set (this kernel would swallow ESP).
+for the data plane. The transport itself never sets UDP_ENCAP (the userspace data plane reads ESP from
+these sockets); the XFRM data plane sets it on the NAT-T sockets its SAs use (core_ike/io/xfrm.py), so
+the kernel decapsulates that ESP and only IKE reaches us there.
 """
 
 from __future__ import annotations
