@@ -6,8 +6,10 @@ IKE_SAs, each its own connection with its own identity (PSK: ``cN@bench``; RSA: 
 per IKE_SA, ``CN=cN`` from one CA, RSA-2048, sent in IKE_AUTH), with everything charon puts into its messages by
 default: NAT-D, FRAGMENTATION_SUPPORTED, SIGNATURE_HASH_ALGORITHMS and REDIRECT_SUPPORTED in IKE_SA_INIT,
 MOBIKE_SUPPORTED, INITIAL_CONTACT and the move to port 4500 (MOBIKE, RFC 4555 without NAT) in IKE_AUTH.
-The IKE_SAs are childless (RFC 6023: no data plane on either side). ``--inflight`` initiations run at
-once (one vici ``initiate`` per thread, each waiting for its IKE_SA).
+The IKE_SAs are childless (RFC 6023: no data plane on either side); ``--shape childless,child`` (the default)
+adds the same with one CHILD_SA per IKE_SA in IKE_AUTH, installed in both responders' userspace ESP data planes
+(``ours-child``, ``charon-child``: bench/charon_child.py), interleaved in the same rounds. ``--inflight``
+initiations run at once (one vici ``initiate`` per thread, each waiting for its IKE_SA).
 
 The responder in netns ``bob``, fresh for each measurement, after ``--warmup`` IKE_SAs: our iked (one worker,
 users' default; log_level warning) or charon 5.9.8 (openssl before gmp, log level 0, 16 threads); and both
@@ -54,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_io
 
 ROOT = results_io.enter_repo(__file__)
+import charon_child  # noqa: E402
 from ike_cost import RECORD_ENV, crypto_floor, datagram_count, openssl_rsa_sign_ms, replay, replay_ab  # noqa: E402
 from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, hot_spots, iked_responder_conf  # noqa: E402
 
@@ -264,9 +267,10 @@ class Charon(Responder):
 
 
 # ====================================================================== the initiator (charon in alice)
-def initiator(lab: Any, auth: str, pki: Pki, n: int, name: str, threads: int = 64) -> Any:
+def initiator(lab: Any, auth: str, pki: Pki, n: int, name: str, threads: int = 64, child: bool = False) -> Any:
     """charon with connections c0..c{n-1}, one identity each (swanctl defaults otherwise: MOBIKE,
-    fragmentation, NAT-D; no CHILD_SA: `initiate` of the IKE_SA alone is childless, RFC 6023)."""
+    fragmentation, NAT-D; no CHILD_SA: `initiate` of the IKE_SA alone is childless, RFC 6023; with `child`
+    each connection's CHILD_SA in IKE_AUTH and kernel-libipsec, bench/charon_child.py)."""
     from scenarios.lab.charon import Charon as CharonProc
 
     conns = []
@@ -279,12 +283,14 @@ def initiator(lab: Any, auth: str, pki: Pki, n: int, name: str, threads: int = 6
             remote = "auth = pubkey\n      id = responder.bench\n      cacerts = ca.crt"
         conns.append(f"  c{i} {{\n    local_addrs = {INIT_IP}\n    remote_addrs = {RESP_IP}\n"
                      f"    proposals = {PROPOSAL}\n    version = 2\n    rekey_time = 0\n"
-                     + f"    local {{\n      {local}\n    }}\n    remote {{\n      {remote}\n    }}\n  }}\n")
+                     + f"    local {{\n      {local}\n    }}\n    remote {{\n      {remote}\n    }}\n"
+                     + (charon_child.initiator_children(i) if child else "") + "  }\n")
     secrets = f'secrets {{\n  ike-1 {{\n    secret = "{PSK}"\n  }}\n}}\n' if auth == "psk" else ""
-    ch = CharonProc(lab, "alice", name=name, conf="connections {\n" + "".join(conns) + "}\n" + secrets,
-                    # each waiting vici initiate holds one of charon's threads: many more than --inflight
-                    settings=f"threads = {threads}\nretransmit_tries = 3\n",
-                    plugins=CHARON_PLUGINS, ike_level=0, log_levels={"default": 0})
+    cls = charon_child.ChildInitiator if child else CharonProc
+    ch = cls(lab, "alice", name=name, conf="connections {\n" + "".join(conns) + "}\n" + secrets,
+             # each waiting vici initiate holds one of charon's threads: many more than --inflight
+             settings=f"threads = {threads}\nretransmit_tries = 3\n",
+             plugins=charon_child.PLUGINS if child else CHARON_PLUGINS, ike_level=0, log_levels={"default": 0})
     if auth != "psk":
         ch.add_file("x509ca", "ca.crt", pki.ca_pem)
         for k, (key, cert) in enumerate(pki.clients):
@@ -353,8 +359,10 @@ class Batch:
 
 def responder(lab: Any, impl: str, auth: str, pki: Pki) -> Responder:
     """`impl`: ours / before (log_level warning), ours-info (info, users' default), charon (log level 0),
-    charon-l1 (level 1, charon's default)."""
+    charon-l1 (level 1, charon's default); any of them with `-child`: a CHILD_SA per IKE_SA (charon_child)."""
     resp: Responder
+    if impl.endswith("-child"):
+        return charon_child.side(responder(lab, impl.removesuffix("-child"), auth, pki))
     if impl in ("ours", "before", "ours-info"):
         resp = Ours(lab, auth, pki, log_level="info" if impl == "ours-info" else "warning")
     else:
@@ -365,7 +373,8 @@ def responder(lab: Any, impl: str, auth: str, pki: Pki) -> Responder:
 
 def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: int, profile: Path | None) -> Run:
     count, warmup, inflight = batch.count, batch.warmup, batch.inflight
-    init = initiator(lab, auth, pki, warmup + count, f"init-{resp.impl}-{auth}-{run}", threads=4 * inflight + 16)
+    init = initiator(lab, auth, pki, warmup + count, f"init-{resp.impl}-{auth}-{run}", threads=4 * inflight + 16,
+                     child=resp.impl.endswith("-child"))
     resp.start()
     spy = None
     try:
@@ -568,7 +577,8 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                              "default; to a file, line by line, where its default is syslog); the rest as above, "
                              "interleaved in the same rounds"],
                 readme=True))
-    return figures
+        figures += charon_child.figures(a, auth, runs)
+    return [f for f in figures if f["ours"] or f["charon"]]  # --shape child: no childless figures
 
 
 def _before_lines(auth: str, runs: list[Run], rev: str | None) -> list[str]:
@@ -607,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="DIR", help="py-spy our responder (collapsed stacks, hot spots)")
     ap.add_argument("--no-split", action="store_true", help="skip the record-and-replay of where our CPU goes")
     ap.add_argument("--before", metavar="REV", help="also run our responder from REV (git archive), interleaved")
+    ap.add_argument("--shape", type=charon_child.shapes, default="childless,child",
+                    help="childless IKE_SAs (the --impl sides) and/or one CHILD_SA per IKE_SA (ours-child, charon-child)")
     results_io.add_args(ap, rounds=3)
     a = ap.parse_args(args_in)
     rounds = results_io.rounds_of(a)
@@ -622,9 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     pki = make_pki(a.warmup + a.count_rsa if "rsa" in a.auth.split(",") else 0)
     lab = two_hosts(inner=False)
     runs: list[Run] = []
-    sides = a.impl.split(",") + (["before"] if a.before else [])
+    sides = (a.impl.split(",") + (["before"] if a.before else []) if "childless" in a.shape else []) + (
+        list(charon_child.SIDES) if "child" in a.shape else [])
     before_tree = results_io.git_tree(a.before, prefix="charon-initiator-before-") if a.before else None
     try:
+        if "child" in a.shape:
+            charon_child.add_addresses(lab, a.warmup + max(a.count, a.count_rsa))
         for rnd, impl in results_io.interleave(rounds, sides):
             for auth in a.auth.split(","):
                 resp = responder(lab, impl, auth, pki)
@@ -636,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {rnd + 1} {impl:6} {auth}: {r.established}/{count} in {r.seconds:.1f} s, responder "
                       f"CPU {r.cpu_ms:.3f} ms/IKE_SA, initiator {1000 * r.init_cpu / max(1, r.established):.3f} ms"
                       + (f", failed: {r.failed[:3]}" if r.failed else ""), file=sys.stderr, flush=True)
-        split = {} if a.no_split or "ours" not in a.impl.split(",") else _split(lab, pki, a, before_tree)
+        split = {} if a.no_split or "ours" not in sides else _split(lab, pki, a, before_tree)
     finally:
         lab.teardown()
         if before_tree is not None:
@@ -652,10 +667,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _table(runs: list[Run]) -> list[str]:
-    lines = [f"{'round':5} {'auth':4} {'responder':9} {'IKE_SAs':>8} {'held':>6} {'seconds':>8} {'CPU ms/SA':>10} "
+    lines = [f"{'round':5} {'auth':4} {'responder':12} {'IKE_SAs':>8} {'held':>6} {'seconds':>8} {'CPU ms/SA':>10} "
              f"{'initiator ms/SA':>16} {'system %':>9}"]
     for r in runs:
-        lines.append(f"{r.round + 1:5} {r.auth:4} {r.impl:9} {r.established:8d} "
+        lines.append(f"{r.round + 1:5} {r.auth:4} {r.impl:12} {r.established:8d} "
                      f"{r.held:6d} {r.seconds:8.1f} {r.cpu_ms:10.3f} {1000 * r.init_cpu / max(1, r.established):16.3f} "
                      f"{100 * r.sys_share:8.0f}%")
         if r.failed:

@@ -1,0 +1,199 @@
+"""bench/charon_initiator.py's realistic shape: each IKE_SA with one CHILD_SA, negotiated in IKE_AUTH.
+
+Users' peers always ask for a CHILD_SA in IKE_AUTH (SA, TSi, TSr: RFC 7296 §1.2); the childless shape
+(RFC 6023) leaves out the ESP proposal, the traffic selectors' narrowing and the data plane. Here every
+initiator connection ``cN`` has a CHILD_SA ``net`` from its own /32 on alice's ``lo`` (``inner(N)``,
+10.201.x.y) to the responder's 10.200.0.1/32 on bob's ``lo``; the responders take ``10.201.0.0/16`` as the
+remote side and narrow it to the initiator's /32 (RFC 7296 §2.9), so every CHILD_SA has selectors and a
+route of its own on the responder. The selectors are not the IKE addresses themselves: kernel-libipsec
+refuses a route to the IKE peer's own address (it would carry the IKE traffic into the tunnel).
+
+Both responders install the CHILD_SAs into their userspace ESP data planes: ours with ``dataplane =
+"auto"`` (users' default; userspace ESP over TUN on a kernel without ESP), charon with kernel-libipsec
+(strongSwan's userspace ESP over TUN). The initiator charon in alice needs kernel-libipsec as well. ESP
+proposal aes128gcm16 on every side, no PFS (as the IKE proposal). The sides are ``ours-child`` and
+``charon-child`` (any responder of charon_initiator.py with ``-child``), interleaved with the others.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import statistics
+from typing import Any
+
+import results_io
+from ike_setup_rate import CHARON_PLUGINS
+
+from scenarios.lab.charon import Charon as CharonProc
+
+CHILD = "net"
+ESP = "aes128gcm16"
+SIDES = ("ours-child", "charon-child")
+SHAPES = ("childless", "child")
+RESP_INNER = "10.200.0.1"
+INIT_NET = "10.201.0.0/16"
+# kernel-libipsec first: the first plugin that offers the kernel's IPsec interface serves it
+PLUGINS = "kernel-libipsec " + CHARON_PLUGINS
+
+
+def inner(i: int) -> str:
+    """Identity ``c{i}``'s tunnel-inner address (on alice's ``lo``)."""
+    return f"10.201.{i // 250}.{i % 250 + 1}"
+
+
+def shapes(text: str) -> list[str]:
+    """``--shape``'s value: a comma-separated subset of SHAPES."""
+    out = [s for s in text.split(",") if s]
+    bad = [s for s in out if s not in SHAPES]
+    if bad or not out:
+        raise ValueError(f"--shape {text!r}: one or more of {', '.join(SHAPES)}")
+    return out
+
+
+def add_addresses(lab: Any, n: int) -> None:
+    """The inner /32s on ``lo``: ``inner(0..n-1)`` in alice, RESP_INNER in bob (one ``ip -batch`` each)."""
+    lab.run("alice", ["ip", "-batch", "-"], input="".join(f"addr add {inner(i)}/32 dev lo\n" for i in range(n)))
+    lab.run("bob", ["ip", "addr", "add", f"{RESP_INNER}/32", "dev", "lo"])
+
+
+def initiator_children(i: int) -> str:
+    """The swanctl ``children`` section of initiator connection ``c{i}``."""
+    return (f"    children {{\n      {CHILD} {{\n        local_ts = {inner(i)}/32\n        remote_ts = {RESP_INNER}/32\n"
+            f"        esp_proposals = {ESP}\n      }}\n    }}\n")
+
+
+class ChildInitiator(CharonProc):
+    """The initiator charon whose ``initiate`` asks for CHILD_SA ``net`` with the IKE_SA (in IKE_AUTH)."""
+
+    def initiate(self, child: str | None = None, ike: str | None = None, timeout: float = 30.0,
+                 wait: bool = True) -> list[str]:
+        return super().initiate(child or CHILD, ike, timeout, wait)
+
+
+def ours_conf(toml: str) -> str:
+    """charon_initiator's iked configuration with users' default data plane and the CHILD_SA ``net``."""
+    if 'dataplane = "none"' not in toml or "[connections.bench]" not in toml:
+        raise ValueError("not the bench responder's configuration (bench/ike_setup_rate.py iked_responder_conf)")
+    return (toml.replace('dataplane = "none"', 'dataplane = "auto"')
+            + f'\n[connections.bench.children.{CHILD}]\nlocal_ts = ["{RESP_INNER}/32"]\nremote_ts = ["{INIT_NET}"]\n'
+            f'esp_proposals = "{ESP}"\n')
+
+
+def charon_conf(conf: str) -> str:
+    """charon_initiator's swanctl.conf for the responder with the CHILD_SA ``net``."""
+    anchor = "    childless = allow\n"
+    if conf.count(anchor) != 1:
+        raise ValueError("not the bench responder's swanctl.conf (one connection with childless = allow)")
+    return conf.replace(anchor, anchor + f"    children {{\n      {CHILD} {{\n        local_ts = {RESP_INNER}/32\n"
+                        f"        remote_ts = {INIT_NET}\n        esp_proposals = {ESP}\n      }}\n    }}\n")
+
+
+class ChildSide:
+    """A responder of charon_initiator.py (``Ours`` or ``Charon``) configured for a CHILD_SA per IKE_SA;
+    ``held`` counts the CHILD_SAs it holds installed with their route into its TUN device."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.impl = f"{base.impl}-child"
+        if hasattr(base, "iked"):
+            base.iked.template = ours_conf(base.iked.template)
+            base.iked.write_config(base.iked.template)
+            self.lab = base.iked.lab
+        else:
+            base.charon.conf = charon_conf(base.charon.conf)
+            base.charon.plugins = PLUGINS
+            self.lab = base.charon.lab
+
+    def start(self) -> None:
+        self.base.start()
+
+    def stop(self) -> None:
+        self.base.stop()
+
+    def pids(self) -> list[int]:
+        pids: list[int] = self.base.pids()
+        return pids
+
+    def children(self) -> list[tuple[str, list[str]]]:
+        """(state, remote traffic selectors) of every CHILD_SA: ``ikectl list`` / vici ``list-sas``."""
+        if hasattr(self.base, "iked"):
+            return [(c["state"], list(c["remote-ts"])) for sa in self.base.iked.list_sas()
+                    for c in sa.get("child-sas", [])]
+        return [(c["state"], list(c.get("remote-ts", []))) for c in self.base.charon.child_sas()]
+
+    def tun_routes(self) -> set[ipaddress.IPv4Network]:
+        """Destinations inside INIT_NET that bob routes into a device other than ``lo`` (any table)."""
+        out = set()
+        text = self.lab.run("bob", ["ip", "-4", "-o", "route", "show", "table", "all"]).stdout
+        for line in text.splitlines():
+            f = line.split()
+            if not f or "dev" not in f or f[f.index("dev") + 1] == "lo":
+                continue
+            with_len = f[0] if "/" in f[0] else f"{f[0]}/32"
+            try:
+                net = ipaddress.ip_network(with_len)
+            except ValueError:
+                continue
+            if net.subnet_of(ipaddress.ip_network(INIT_NET)):
+                out.add(net)
+        return out
+
+    def held(self) -> int:
+        """CHILD_SAs INSTALLED whose one remote selector (the initiator's /32) has its route."""
+        routes = self.tun_routes()
+        return sum(1 for state, ts in self.children()
+                   if state == "INSTALLED" and len(ts) == 1 and ipaddress.ip_network(ts[0]) in routes)
+
+
+def side(base: Any) -> Any:
+    """``base`` (a responder of charon_initiator.py) as the child shape's side ``{base.impl}-child``."""
+    return ChildSide(base)
+
+
+def figures(a: Any, auth: str, runs: list[Any]) -> list[dict[str, Any]]:
+    """The child shape's figure for ``auth`` (none when it did not run): ours-child against charon-child."""
+    o = [r for r in runs if r.auth == auth and r.impl == "ours-child" and r.established]
+    c = [r for r in runs if r.auth == auth and r.impl == "charon-child" and r.established]
+    if not o and not c:
+        return []
+
+    def held(rs: list[Any]) -> str:
+        return ", ".join(f"{r.held} of {a.warmup + r.established}" for r in rs)
+
+    f = results_io.figure(
+        f"charon_initiator_cpu_{auth}_child",
+        f"the same ({auth.upper()}) with one CHILD_SA per IKE_SA, installed in both responders' userspace ESP",
+        results_io.sample([r.cpu_ms for r in o], "ms"), results_io.sample([r.cpu_ms for r in c], "ms"),
+        differences=[
+            "same on both sides: the childless figure's initiator, IKE proposal, COOKIEs, unique and log levels "
+            "(ours warning, charon 0), plus one CHILD_SA per IKE_SA in IKE_AUTH (SA, TSi, TSr): ESP " + ESP
+            + ", no PFS, tunnel mode, default lifetimes; traffic selectors from the initiator's own /32 on its lo "
+            f"(one per identity, in {INIT_NET}) to the responder's {RESP_INNER}/32 on lo (the responders' remote_ts "
+            f"{INIT_NET}, narrowed to the /32), interleaved in the same rounds",
+            "data planes: ours dataplane = \"auto\" (users' default: userspace ESP over its TUN device, this kernel "
+            "has no ESP): per CHILD_SA two SAs and two policies in the process and a route to the initiator's /32 "
+            "into its TUN device (netlink, main table); charon: kernel-libipsec (strongSwan's userspace ESP over "
+            "TUN, kernel-netlink loaded after it): per CHILD_SA two SAs and policies in libipsec and a route to the "
+            "/32 into its TUN device (table 220)",
+            "ESP in UDP on both (RFC 3948): kernel-libipsec needs UDP encapsulation, so the initiator's NAT-D "
+            "claims a NAT (both responders see one) and so does charon's as the responder (ours' NAT-D is true); "
+            "the initiator charon also runs kernel-libipsec (its TUN device and a route per CHILD_SA; its CPU is "
+            "not in the figure)",
+            f"CHILD_SAs installed with their route, per run, at the end of the batch (warmup included): ours "
+            f"{held(o) or '-'}; charon {held(c) or '-'}",
+        ],
+        readme=True)
+    f["child_sas_held"] = {"ours": [[r.held, a.warmup + r.established] for r in o],
+                           "charon": [[r.held, a.warmup + r.established] for r in c]}
+    if _vs_childless(runs, auth, "ours", o) != "-" and _vs_childless(runs, auth, "charon", c) != "-":
+        f["differences"].append(f"each side with its CHILD_SAs / itself childless in the same rounds (medians): "
+                                f"ours {_vs_childless(runs, auth, 'ours', o)}, charon "
+                                f"{_vs_childless(runs, auth, 'charon', c)}")
+    return [f]
+
+
+def _vs_childless(runs: list[Any], auth: str, impl: str, child: list[Any]) -> str:
+    base = [r.cpu_ms for r in runs if r.auth == auth and r.impl == impl and r.established]
+    if not base or not child:
+        return "-"
+    return f"{statistics.median(r.cpu_ms for r in child) / statistics.median(base):.2f}x"
