@@ -15,7 +15,6 @@ import errno
 import os
 import socket
 import struct
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -40,7 +39,7 @@ from core_ike.io.xfrmwire import (
 from core_ike.me.upgrade import PathChanged
 from scenarios.lab.netns import wait_for
 from tests.dataplane.noesp import NoEspXfrm
-from tests.guards import require
+from tests.dataplane.xfrmns import inside_namespace, policy_templates, route_table, veth
 
 pytestmark = pytest.mark.netns
 
@@ -49,52 +48,23 @@ VIP, HERE, GW, GW2 = "10.3.0.7", "192.0.2.10", "192.0.2.254", "192.0.2.253"
 PEER, PEER2 = "198.51.100.1", "203.0.113.9"  # the peer before and after the move
 
 
-def sh(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
 def table() -> str:
-    r = subprocess.run(["ip", "-n", NS, "route", "show", "table", "220"], capture_output=True, text=True,
-                       timeout=30)
-    return r.stdout.strip() if r.returncode == 0 else ""
+    return route_table(NS)
 
 
 def templates() -> set[tuple[str, str, str]]:
     """(direction, tmpl src, tmpl dst) of every policy in the kernel (`ip xfrm policy`)."""
-    out: set[tuple[str, str, str]] = set()
-    direction = ""
-    for line in sh("ip", "-n", NS, "xfrm", "policy").splitlines():
-        w = line.split()
-        if "dir" in w:
-            direction = w[w.index("dir") + 1]
-        elif w[:1] == ["tmpl"]:
-            out.add((direction, w[w.index("src") + 1], w[w.index("dst") + 1]))
-    return out
+    return policy_templates(NS)
 
 
 @pytest.fixture
 def netns() -> Iterator[None]:
     """x0 192.0.2.10/24; the first peer reached through 192.0.2.254 (the default route), the peer's new
     address through 192.0.2.253 (another next hop, as after a move to another network)."""
-    require("root", "iproute2", why="XFRM policies and routes in a network namespace")
-    from pyroute2 import netns as pnetns
-
-    sh("ip", "netns", "add", NS)
-    try:
-        sh("ip", "-n", NS, "link", "set", "lo", "up")
-        sh("ip", "-n", NS, "link", "add", "x0", "type", "veth", "peer", "name", "x1")
-        sh("ip", "-n", NS, "addr", "add", f"{HERE}/24", "dev", "x0")
-        sh("ip", "-n", NS, "link", "set", "x0", "up")
-        sh("ip", "-n", NS, "link", "set", "x1", "up")
-        sh("ip", "-n", NS, "route", "add", "default", "via", GW)
-        sh("ip", "-n", NS, "route", "add", f"{PEER2}/32", "via", GW2)
-        pnetns.pushns(NS)
-        try:
-            yield
-        finally:
-            pnetns.popns()
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False)
+    with inside_namespace(NS, [*veth("x0", "x1"), ["addr", "add", f"{HERE}/24", "dev", "x0"],
+                               ["route", "add", "default", "via", GW], ["route", "add", f"{PEER2}/32", "via", GW2]],
+                          why="XFRM policies and routes in a network namespace"):
+        yield
 
 
 def _keys() -> ev.ChildKeys:

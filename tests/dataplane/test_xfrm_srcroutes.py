@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -22,7 +21,7 @@ from core_ike.io.srcroutes import RouteSettings
 from core_ike.io.xfrm import XfrmDataPlane
 from scenarios.lab.netns import wait_for
 from tests.dataplane.noesp import NoEspXfrm
-from tests.guards import require
+from tests.dataplane.xfrmns import inside_namespace, route_table, sh, veth
 
 pytestmark = pytest.mark.netns
 
@@ -30,14 +29,8 @@ NS = f"srcrt{os.getpid() % 100000}"
 VIP, PEER, HERE, GW = "10.3.0.7", "198.51.100.1", "192.0.2.10", "192.0.2.254"
 
 
-def sh(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
 def table(n: int = 220) -> str:
-    r = subprocess.run(["ip", "-n", NS, "route", "show", "table", str(n)], capture_output=True, text=True,
-                       timeout=30)
-    return r.stdout.strip() if r.returncode == 0 else ""  # a table without routes does not exist
+    return route_table(NS, n)
 
 
 def rules() -> str:
@@ -48,25 +41,11 @@ def rules() -> str:
 def netns() -> Iterator[None]:
     """x0 192.0.2.10/24 toward the peer (default route via 192.0.2.254), y0 10.1.0.1/16 inside; the
     road warrior's tunnels lead to 10.5.0.0/16."""
-    require("root", "iproute2", why="routes and XFRM policies in a network namespace")
-    from pyroute2 import netns as pnetns
-
-    sh("ip", "netns", "add", NS)
-    try:
-        sh("ip", "-n", NS, "link", "set", "lo", "up")
-        for a, b, addr in (("x0", "x1", f"{HERE}/24"), ("y0", "y1", "10.1.0.1/16")):
-            sh("ip", "-n", NS, "link", "add", a, "type", "veth", "peer", "name", b)
-            sh("ip", "-n", NS, "addr", "add", addr, "dev", a)
-            sh("ip", "-n", NS, "link", "set", a, "up")
-            sh("ip", "-n", NS, "link", "set", b, "up")
-        sh("ip", "-n", NS, "route", "add", "default", "via", GW)
-        pnetns.pushns(NS)  # sockets and threads made from here on live in the test namespace
-        try:
-            yield
-        finally:
-            pnetns.popns()
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False)
+    with inside_namespace(NS, [*veth("x0", "x1"), ["addr", "add", f"{HERE}/24", "dev", "x0"],
+                               *veth("y0", "y1"), ["addr", "add", "10.1.0.1/16", "dev", "y0"],
+                               ["route", "add", "default", "via", GW]],
+                          why="routes and XFRM policies in a network namespace"):
+        yield  # sockets and threads made from here on live in the test namespace
 
 
 def _dp(settings: RouteSettings | None = None) -> XfrmDataPlane:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -24,17 +23,13 @@ import pytest
 from core_ike.io.dataplane import Direction, PolicyParams, TrafficSelector
 from core_ike.io.srcroutes import VIP_LABEL, RouteSettings
 from core_ike.io.xfrm import XfrmDataPlane
-from tests.guards import require
+from tests.dataplane.xfrmns import inside_namespace, sh, veth
 
 pytestmark = pytest.mark.netns
 
 NS = f"viplbl{os.getpid() % 100000}"
 VIP, INSIDE, HERE, PEER = "2001:db8:3::7", "2001:db8:1::1", "192.0.2.10", "192.0.2.254"
 TUNNEL, NEAR = "2001:db8:5::1", "2001:db8:3::99"  # inside the remote selector / outside, near the VIP
-
-
-def sh(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=30).stdout
 
 
 def labels() -> str:
@@ -59,26 +54,11 @@ def connected_source(dst: str) -> str:
 
 @pytest.fixture
 def netns() -> Iterator[None]:
-    require("root", "iproute2", why="address labels, routes and XFRM policies in a network namespace")
-    from pyroute2 import netns as pnetns
-
-    sh("ip", "netns", "add", NS)
-    try:
-        sh("ip", "-n", NS, "link", "set", "lo", "up")
-        for a, b in (("x0", "x1"), ("y0", "y1")):
-            sh("ip", "-n", NS, "link", "add", a, "type", "veth", "peer", "name", b)
-        sh("ip", "-n", NS, "addr", "add", f"{HERE}/24", "dev", "x0")
-        sh("ip", "-n", NS, "-6", "addr", "add", f"{INSIDE}/64", "dev", "y0", "nodad")
-        for d in ("x0", "x1", "y0", "y1"):
-            sh("ip", "-n", NS, "link", "set", d, "up")
-        sh("ip", "-n", NS, "-6", "route", "add", "default", "via", "fe80::1", "dev", "x0")
-        pnetns.pushns(NS)
-        try:
-            yield
-        finally:
-            pnetns.popns()
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False)
+    with inside_namespace(NS, [*veth("x0", "x1"), *veth("y0", "y1"), ["addr", "add", f"{HERE}/24", "dev", "x0"],
+                               ["-6", "addr", "add", f"{INSIDE}/64", "dev", "y0", "nodad"],
+                               ["-6", "route", "add", "default", "via", "fe80::1", "dev", "x0"]],
+                          why="address labels, routes and XFRM policies in a network namespace"):
+        yield
 
 
 def _policies() -> list[PolicyParams]:
