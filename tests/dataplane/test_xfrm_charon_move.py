@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from core_ike.daemon.config import load
-from core_ike.daemon.runtime import Daemon
+from core_ike.ike import events as ev
 from core_ike.io.dataplane import Direction
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.topologies import CAROL, NAT_RULESET
-from tests.dataplane.noesp import NoEspXfrm
+from tests.dataplane.xfrmdaemon import XfrmDaemon
+from tests.dataplane.xfrmns import policy_templates, route_table
 from tests.guards import needs
 
 pytestmark = [
@@ -105,81 +105,40 @@ def alice(nat_lab_per_test: Lab) -> Iterator[tuple[Lab, Charon]]:
         charon.stop()
 
 
-def _policy_templates(lab: Lab) -> set[tuple[str, str, str]]:
-    out: set[tuple[str, str, str]] = set()
-    direction = ""
-    for line in lab.run("carol", ["ip", "xfrm", "policy"]).stdout.splitlines():
-        w = line.split()
-        if "dir" in w:
-            direction = w[w.index("dir") + 1]
-        elif w[:1] == ["tmpl"]:
-            out.add((direction, w[w.index("src") + 1], w[w.index("dst") + 1]))
-    return out
-
-
-def _table(lab: Lab) -> str:
-    r = lab.run("carol", ["ip", "route", "show", "table", "220"], check=False)
-    return r.stdout.strip() if r.returncode == 0 else ""
-
-
-async def _until(pred: object, what: str, timeout: float = 15.0) -> None:
-    """Poll `pred` with a deadline, yielding to the daemon's loop in between."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():  # type: ignore[operator]
-        if loop.time() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def test_xfrm_follows_the_peers_new_nat_address(alice: tuple[Lab, Charon], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyroute2 import netns
-
     from core_ike.io import xfrm
 
     lab, charon = alice
-    sock = str(tmp_path / "iked.ctl")
-    conf = tmp_path / "iked.toml"
-    conf.write_text(IKED_TOML.replace("@CTL@", sock))
-    made: list[NoEspXfrm] = []  # made by the daemon, in carol's namespace (its XFRM and netlink sockets)
-    monkeypatch.setattr(xfrm, "choose_backend", lambda *a, **kw: made.append(NoEspXfrm()) or made[0])
-    daemon = Daemon(load(conf))
-    daemon.shutdown_timeout = 2.0
+    ns = lab.ns("carol")
+    iked = XfrmDaemon(IKED_TOML, tmp_path, monkeypatch)
     out: dict[str, object] = {}
 
     def ends() -> tuple[str, int]:
         """The outbound SA's destination and port, as the data plane installed (and moved) it."""
-        out_spis = [spi for spi, d in made[0].sas if d == Direction.OUT] if made else []
-        sa = made[0].installed_sa(out_spis[0], Direction.OUT) if out_spis else None
+        out_spis = [spi for spi, d in iked.plane.sas if d == Direction.OUT]
+        sa = iked.plane.installed_sa(out_spis[0], Direction.OUT) if out_spis else None
         return (sa.dst, sa.dst_port) if sa is not None else ("", 0)
 
     async def scenario() -> None:
-        run = asyncio.create_task(daemon.run())
-        try:
-            await _until(lambda: Path(sock).exists(), "iked's control socket")
-            await asyncio.to_thread(charon.initiate, "net", "home", 20)
-            await _until(lambda: bool(made) and len(made[0].sas) == 2, "the CHILD_SA's two SAs")
-            out["before"] = (ends(), _policy_templates(lab), _table(lab))
-            lab.nft("natA", "flush ruleset\n" + NAT_RULESET.format(rule=f'oifname "wan0" snat to {MOVED}'))
-            await asyncio.to_thread(lab.flush_conntrack, ["natA"])
-            await _until(lambda: ends()[0] == MOVED, "the SAs moved to natA's new address")
-            await _until(lambda: MOVED in _table(lab), "the source route moved")
-            out["after"] = (ends(), _policy_templates(lab), _table(lab))
-            (sa,) = daemon.engine.ike_sas()
-            out["remote"] = sa.remote
-            natt = daemon.transport.socket_for((CAROL, 4500))
-            out["encap"] = natt.getsockopt(socket.IPPROTO_UDP, xfrm.UDP_ENCAP) if natt is not None else None
-            out["charon"] = [s.get("state") for s in charon.list_sas()]
-        finally:
-            daemon.stopped.set()
-            await run
+        await asyncio.to_thread(charon.initiate, "net", "home", 20)
+        await iked.event(ev.ChildSaEstablished, "the CHILD_SA installed")
+        out["sas"] = len(iked.plane.sas)
+        out["before"] = (ends(), policy_templates(ns), route_table(ns))
+        lab.nft("natA", "flush ruleset\n" + NAT_RULESET.format(rule=f'oifname "wan0" snat to {MOVED}'))
+        await asyncio.to_thread(lab.flush_conntrack, ["natA"])
+        # the data plane follows the engine's report at once (SAs, policies, route) before others see it
+        await iked.event(ev.PeerAddressChanged, "the IKE_SA's move to natA's new address",
+                         lambda e: e.remote[0] == MOVED)
+        out["after"] = (ends(), policy_templates(ns), route_table(ns))
+        (sa,) = iked.daemon.engine.ike_sas()
+        out["remote"] = sa.remote
+        natt = iked.daemon.transport.socket_for((CAROL, 4500))
+        out["encap"] = natt.getsockopt(socket.IPPROTO_UDP, xfrm.UDP_ENCAP) if natt is not None else None
+        out["charon"] = [s.get("state") for s in charon.list_sas()]
 
-    netns.pushns(lab.ns("carol"))
-    try:
-        asyncio.run(scenario())
-    finally:
-        netns.popns()
+    iked.run(ns, scenario)
+    assert out["sas"] == 2  # in and out: recorded, the kernel has no ESP
     before_ends, before_pols, before_route = out["before"]  # type: ignore[misc]
     assert before_ends[0] == "203.0.113.1"
     assert before_pols == {("out", CAROL, "203.0.113.1"), ("in", "203.0.113.1", CAROL), ("fwd", "203.0.113.1", CAROL)}

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from core_ike.daemon import ctl
-from core_ike.daemon.config import load
-from core_ike.daemon.runtime import Daemon
+from core_ike.ike import events as ev
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
-from tests.dataplane.noesp import NoEspXfrm
+from tests.dataplane.xfrmdaemon import XfrmDaemon
+from tests.dataplane.xfrmns import route_table
 from tests.guards import needs
 
 pytestmark = [
@@ -108,66 +108,35 @@ def _sh(lab: Lab, *argv: str) -> str:
     return lab.run("alice", list(argv)).stdout
 
 
-def _table(lab: Lab) -> str:
-    r = lab.run("alice", ["ip", "route", "show", "table", "220"], check=False)
-    return r.stdout.strip() if r.returncode == 0 else ""  # a table without routes does not exist
-
-
-async def _until(pred: object, what: str, timeout: float = 10.0) -> None:
-    """Poll `pred` with a deadline, yielding to the daemon's loop in between."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():  # type: ignore[operator]
-        if loop.time() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def test_virtual_ip_route_with_xfrm(gateway: tuple[Lab, Charon], tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyroute2 import netns
-
-    from core_ike.io import xfrm
-
     lab, charon = gateway
-    sock = str(tmp_path / "iked.ctl")
-    conf = tmp_path / "iked.toml"
-    conf.write_text(IKED_TOML.replace("@CTL@", sock))
-    made: list[NoEspXfrm] = []  # made by the daemon, in alice's namespace (its XFRM and netlink sockets)
-    monkeypatch.setattr(xfrm, "choose_backend", lambda *a, **kw: made.append(NoEspXfrm()) or made[0])
-    daemon = Daemon(load(conf))
-    daemon.shutdown_timeout = 2.0
+    ns = lab.ns("alice")
+    iked = XfrmDaemon(IKED_TOML, tmp_path, monkeypatch)
     out: dict[str, object] = {}
 
     async def scenario() -> None:
-        run = asyncio.create_task(daemon.run())
-        try:
-            await _until(lambda: Path(sock).exists(), "iked's control socket")
-            assert await asyncio.to_thread(ctl.main, ["-s", sock, "up", "home"]) == 0
-            (sa,) = [s for s in daemon.engine.ike_sas() if s.config.name == "home"]
-            vip = str(sa.vip) if sa.vip is not None else ""
-            out["vip"], out["table"] = vip, _table(lab)
-            out["get"] = _sh(lab, "ip", "route", "get", B_IN)
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # in alice's namespace (pushns)
-            s.connect((B_IN, 9))
-            out["sockname"] = s.getsockname()[0]
-            s.close()
-            out["sas"] = len(made[0].sas)
-            out["policies"] = _sh(lab, "ip", "xfrm", "policy")
-            out["charon_vips"] = [v for sa_ in charon.list_sas() for v in sa_.get("remote-vips", [])]
-            assert await asyncio.to_thread(ctl.main, ["-s", sock, "down", "home"]) == 0
-            await _until(lambda: _table(lab) == "", "the route removed with the CHILD_SA")
-            out["lo_after"] = _sh(lab, "ip", "addr", "show", "dev", "lo")
-            out["rules_up"] = _sh(lab, "ip", "rule")
-        finally:
-            daemon.stopped.set()
-            await run
+        assert await asyncio.to_thread(ctl.main, ["-s", iked.sock, "up", "home"]) == 0
+        (sa,) = [s for s in iked.daemon.engine.ike_sas() if s.config.name == "home"]
+        vip = str(sa.vip) if sa.vip is not None else ""
+        out["vip"], out["table"] = vip, route_table(ns)
+        out["get"] = _sh(lab, "ip", "route", "get", B_IN)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # in alice's namespace (XfrmDaemon.run)
+        s.connect((B_IN, 9))
+        out["sockname"] = s.getsockname()[0]
+        s.close()
+        out["sas"] = len(iked.plane.sas)
+        out["policies"] = _sh(lab, "ip", "xfrm", "policy")
+        out["charon_vips"] = [v for sa_ in charon.list_sas() for v in sa_.get("remote-vips", [])]
+        assert await asyncio.to_thread(ctl.main, ["-s", iked.sock, "down", "home"]) == 0
+        # the data plane removes the CHILD_SA's policies and route, then the virtual IP, before others see them
+        await iked.event(ev.ChildSaDeleted, "the CHILD_SA deleted", lambda e: e.ike_name == "home")
+        await iked.event(ev.IkeSaDeleted, "the IKE_SA deleted", lambda e: e.name == "home")
+        out["table_after"] = route_table(ns)
+        out["lo_after"] = _sh(lab, "ip", "addr", "show", "dev", "lo")
+        out["rules_up"] = _sh(lab, "ip", "rule")
 
-    netns.pushns(lab.ns("alice"))  # the daemon's sockets, threads and netlink live in alice's namespace
-    try:
-        asyncio.run(scenario())
-    finally:
-        netns.popns()
+    iked.run(ns, scenario)
     vip = str(out["vip"])
     assert vip.startswith("10.3.0.")
     assert out["table"] == f"10.10.2.0/24 via {B} dev eth0 proto static src {vip}", out["table"]
@@ -176,6 +145,7 @@ def test_virtual_ip_route_with_xfrm(gateway: tuple[Lab, Charon], tmp_path: Path,
     assert out["sas"] == 2  # in and out: recorded, the kernel has no ESP
     assert f"src {vip}/32 dst 10.10.2.0/24" in str(out["policies"])
     assert out["charon_vips"] == [vip]
+    assert out["table_after"] == ""  # the route went with the CHILD_SA
     assert vip not in str(out["lo_after"])
     assert "220:\tfrom all lookup 220" in str(out["rules_up"])  # kept while iked runs
     assert "lookup 220" not in _sh(lab, "ip", "rule")  # iked stopped: gone
