@@ -178,6 +178,7 @@ class Responder:
     def stop(self) -> None: ...
     def pids(self) -> list[int]: raise NotImplementedError
     def held(self) -> int: raise NotImplementedError
+    def settle(self, n: int) -> None: """Wait until work the `n` IKE_SAs leave after their last message is done."""
 
 
 class Ours(Responder):
@@ -390,6 +391,7 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
         t0 = time.monotonic()
         n, failed = initiate_all(init, [f"c{i}" for i in range(warmup, warmup + count)], inflight, 60.0)
         secs = time.monotonic() - t0
+        resp.settle(warmup + n)
         cpu1, icpu1 = sum(proc_cpu(p) for p in pids), proc_cpu(ipid)
         us1 = [proc_user_sys(p) for p in pids]
         user = sum(b[0] - a[0] for a, b in zip(us0, us1, strict=True))
