@@ -6,41 +6,25 @@ by one."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
-from core_ike.io.transport import SENDTO_MAX, UdpTransport
+from core_ike.io.transport import SENDTO_MAX
 from tests.unit.daemon.flushwait import datagrams
+from tests.unit.daemon.stubengine import Addr, StubEngine, client, started
 
 
-class _Echo:
+class _Echo(StubEngine):
     """Answers every datagram with `scale` copies of it, from the address it came to (or `other`)."""
 
-    natt_port = -1
-
     def __init__(self, scale: int = 1) -> None:
-        self.out: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
+        super().__init__()
         self.scale = scale
-        self.other: tuple[str, int] | None = None
-        self.n = 0
+        self.other: Addr | None = None
 
-    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int], now: float) -> None:
-        self.n += 1
-        src = self.other if self.other is not None and self.n % 2 == 0 else local
+    def receive(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        super().receive(data, local, remote, now)
+        src = self.other if self.other is not None and len(self.got) % 2 == 0 else local
         self.out.append((data * self.scale, src, remote))
-
-    def datagrams_to_send(self) -> list[Any]:
-        out, self.out = self.out, []
-        return out
-
-    def get_timer(self) -> float | None:
-        return None
-
-    def handle_timer(self, now: float) -> None:
-        return None
-
-    def next_event(self) -> Any:
-        return None
 
 
 def _run(engine: _Echo, count: int, two: bool = False) -> tuple[list[bytes], int, dict[str, int]]:
@@ -48,29 +32,22 @@ def _run(engine: _Echo, count: int, two: bool = False) -> tuple[list[bytes], int
     answers every second one); the answers, the number of sendmmsg flushes of the reply batch, the
     transport's counters."""
     async def run() -> tuple[list[bytes], int, dict[str, int]]:
-        t = UdpTransport(engine, ["127.0.0.1", "127.0.0.2"] if two else ["127.0.0.1"], [0])  # type: ignore[arg-type]
-        t.start()
-        addr, *rest = t.sockets
-        if rest:
-            engine.other = rest[0]
-        flushes = [0]
-        flush = t._replies.flush
+        with started(engine, ["127.0.0.1", "127.0.0.2"] if two else ["127.0.0.1"]) as t, client() as c:
+            addr, *rest = t.sockets
+            if rest:
+                engine.other = rest[0]
+            flushes = [0]
+            flush = t._replies.flush
 
-        def counted(sock: Any) -> int:
-            flushes[0] += 1
-            return flush(sock)
+            def counted(sock: Any) -> int:
+                flushes[0] += 1
+                return flush(sock)
 
-        t._replies.flush = counted  # type: ignore[method-assign]
-        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        c.setblocking(False)
-        try:
+            t._replies.flush = counted  # type: ignore[method-assign]
             for i in range(count):  # all queued before the loop runs the transport's reader
                 c.sendto(b"%04d" % i, addr)
             got = await datagrams(c, count)
             return got, flushes[0], dict(t.stats)
-        finally:
-            c.close()
-            t.close()
 
     return asyncio.run(run())
 
