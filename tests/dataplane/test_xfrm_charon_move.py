@@ -28,6 +28,7 @@ from scenarios.lab.topologies import CAROL, NAT_RULESET
 from tests.dataplane.xfrmdaemon import XfrmDaemon
 from tests.dataplane.xfrmns import policy_templates, route_table
 from tests.guards import needs
+from tests.ikedtoml import PskConn
 
 pytestmark = [
     pytest.mark.netns,
@@ -69,26 +70,8 @@ secrets {{
 }}
 """
 
-IKED_TOML = f"""[daemon]
-listen = ["{CAROL}"]
-control = "@CTL@"
-dataplane = "xfrm"
-
-[connections.rw]
-local_addrs = ["{CAROL}"]
-remote_addrs = ["%any"]
-proposals = "aes128gcm16-prfsha256-x25519"
-local = {{ auth = "psk", id = "carol@lab" }}
-remote = {{ auth = "psk", id = "alice@lab" }}
-[connections.rw.children.net]
-local_ts = ["{C_IN}/32"]
-remote_ts = ["{A_IN}/32"]
-esp_proposals = "aes128gcm16"
-
-[[secrets.ike]]
-id = ["carol@lab", "alice@lab"]
-secret = "{PSK}"
-"""
+IKED_TOML = PskConn(CAROL, "%any", "carol@lab", "alice@lab", PSK, conn="rw", local_ts=[f"{C_IN}/32"],
+                    remote_ts=[f"{A_IN}/32"]).toml()
 
 
 @pytest.fixture
@@ -97,12 +80,8 @@ def alice(nat_lab_per_test: Lab) -> Iterator[tuple[Lab, Charon]]:
     lab.addr("alice", "lo", f"{A_IN}/32")
     lab.addr("carol", "lo", f"{C_IN}/32")
     lab.addr("natA", "wan0", f"{MOVED}/24")  # natA answers for its second public address
-    charon = Charon(lab, "alice", name="charon-move", conf=CHARON_CONF)
-    charon.start()
-    try:
+    with Charon(lab, "alice", name="charon-move", conf=CHARON_CONF) as charon:
         yield lab, charon
-    finally:
-        charon.stop()
 
 
 def test_xfrm_follows_the_peers_new_nat_address(alice: tuple[Lab, Charon], tmp_path: Path,

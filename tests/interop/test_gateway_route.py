@@ -19,6 +19,7 @@ from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from scenarios.lab.tunnels import Tunnel, charon_psk_conf
 from tests.guards import needs
+from tests.ikedtoml import PskConn
 
 pytestmark = [
     pytest.mark.netns,
@@ -115,26 +116,15 @@ def test_traffic_starts_the_tunnel_to_charon(two_hosts_per_module: Lab, capsys: 
 
 B_IN3 = "10.10.3.1"  # a second inner address on bob, in a range of its own CHILD_SA config
 
-TOML_TRAP = f"""[daemon]
-listen = ["{A}"]
-control = "@CTL@"
-dataplane = "userspace"
-tun = "ipsec1"
-[connections.net]
-local_addrs = ["{A}"]
-remote_addrs = ["{B}"]
-proposals = "aes128gcm16-prfsha256-x25519"
-local = {{ auth = "psk", id = "alice@lab" }}
-remote = {{ auth = "psk", id = "bob@lab" }}
-[connections.net.children.net]
-local_ts = ["{A_IN}/32"]
-remote_ts = ["10.10.2.0/23"]
-esp_proposals = "aes128gcm16"
-start_action = "trap"
-[[secrets.ike]]
-id = ["alice@lab", "bob@lab"]
-secret = "{PSK}"
-"""
+
+def _trap_toml(tun: str, conn_extra: str = "") -> str:
+    """Plain iked (userspace data plane on `tun`), `start_action = "trap"`, 10.10.1.1/32 === 10.10.2.0/23."""
+    return PskConn(A, B, "alice@lab", "bob@lab", PSK, local_ts=[f"{A_IN}/32"], remote_ts=["10.10.2.0/23"],
+                   daemon=f'dataplane = "userspace"\ntun = "{tun}"', conn_extra=conn_extra,
+                   child_extra='start_action = "trap"').toml()
+
+
+TOML_TRAP = _trap_toml("ipsec1")
 
 CHARON_TWO_RANGES = f"""connections {{
   net {{
@@ -204,9 +194,7 @@ def test_iked_toml_trap_and_charon_narrows_to_the_pinged_range(two_hosts_per_mod
         lab.run("bob", ["ip", "addr", "del", f"{B_IN3}/32", "dev", "lo"], check=False)
 
 
-TOML_RETRY = TOML_TRAP.replace('tun = "ipsec1"', 'tun = "ipsec2"').replace(
-    'remote = { auth = "psk", id = "bob@lab" }\n',
-    'remote = { auth = "psk", id = "bob@lab" }\nkeyingtries = 0\nretransmit = { timeout = 0.3, base = 1.5, tries = 1 }\n')
+TOML_RETRY = _trap_toml("ipsec2", "keyingtries = 0\nretransmit = { timeout = 0.3, base = 1.5, tries = 1 }")
 
 
 def test_the_keying_try_after_a_trap_attempt_offers_the_packet_to_charon(two_hosts_per_module: Lab) -> None:

@@ -26,6 +26,7 @@ from scenarios.lab.charon import Charon
 from tests.dataplane.xfrmdaemon import XfrmDaemon
 from tests.dataplane.xfrmns import route_table
 from tests.guards import needs
+from tests.ikedtoml import PskConn
 
 pytestmark = [
     pytest.mark.netns,
@@ -71,37 +72,15 @@ secrets {{
 }}
 """
 
-IKED_TOML = f"""[daemon]
-listen = ["{A}"]
-control = "@CTL@"
-dataplane = "xfrm"
-
-[connections.home]
-local_addrs = ["{A}"]
-remote_addrs = ["{B}"]
-proposals = "aes128gcm16-prfsha256-x25519"
-vips = ["0.0.0.0"]
-local = {{ auth = "psk", id = "rw@lab" }}
-remote = {{ auth = "psk", id = "gw@lab" }}
-[connections.home.children.net]
-remote_ts = ["10.10.2.0/24"]
-esp_proposals = "aes128gcm16"
-
-[[secrets.ike]]
-id = ["rw@lab", "gw@lab"]
-secret = "{PSK}"
-"""
+IKED_TOML = PskConn(A, B, "rw@lab", "gw@lab", PSK, conn="home", remote_ts=["10.10.2.0/24"],
+                    conn_extra='vips = ["0.0.0.0"]').toml()
 
 
 @pytest.fixture
 def gateway(two_hosts_per_test: Lab) -> Iterator[tuple[Lab, Charon]]:
     lab = two_hosts_per_test
-    charon = Charon(lab, "bob", name="charon-pool", conf=CHARON_CONF)
-    charon.start()
-    try:
+    with Charon(lab, "bob", name="charon-pool", conf=CHARON_CONF) as charon:
         yield lab, charon
-    finally:
-        charon.stop()
 
 
 def _sh(lab: Lab, *argv: str) -> str:
