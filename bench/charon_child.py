@@ -13,6 +13,8 @@ Both responders install the CHILD_SAs into their userspace ESP data planes: ours
 (strongSwan's userspace ESP over TUN). The initiator charon in alice needs kernel-libipsec as well. ESP
 proposal aes128gcm16 on every side, no PFS (as the IKE proposal). The sides are ``ours-child`` and
 ``charon-child`` (any responder of charon_initiator.py with ``-child``), interleaved with the others.
+Their ``held`` (the results table) counts the CHILD_SAs the responder holds INSTALLED with their route into
+its TUN device at the end of the batch, where the childless sides count IKE_SAs.
 """
 
 from __future__ import annotations
@@ -190,6 +192,8 @@ def figures(a: Any, auth: str, runs: list[Any]) -> list[dict[str, Any]]:
             "not in the figure)",
             "the CPU is read once every CHILD_SA's route is in place: ours installs a CHILD_SA after its IKE_AUTH "
             "response left, charon before it sends it",
+            f"both responders hold every CHILD_SA of the batch until its end ({a.warmup} warmup + the measured "
+            "ones): work per CHILD_SA that grows with the number held weighs more with a larger --count",
             f"CHILD_SAs installed with their route, per run, at the end of the batch (warmup included): ours "
             f"{held(o) or '-'}; charon {held(c) or '-'}",
         ],
