@@ -55,6 +55,7 @@ from .offload import (
     VnetHdr,
     segment,
 )
+from .spd import PolicyTable
 from .tsmatch import packet_flow, ts_match
 
 log = logging.getLogger("core_ike.io.userspace")
@@ -129,9 +130,9 @@ class UserspaceDataPlane(BatchSteps):
         self.clock = clock
         self.sad = InboundSad()
         self._sas: dict[tuple[int, Direction], _SaState] = {}
-        self._out_by_reqid: dict[int, _SaState] = {}
-        self._policies: list[PolicyParams] = []
-        self._ports = False  # some policy has a protocol or port selector
+        self._out_by_reqid: dict[int, _SaState] = {}  # the current outbound SA of each reqid
+        self._outs: dict[int, dict[int, _SaState]] = {}  # reqid -> SPI -> every outbound SA of it
+        self._spd = PolicyTable()
         self._out_cache: dict[bytes, _SaState | None] = {}
         self._in_cache: dict[tuple[int, bytes], bool] = {}
         self._events: deque[DataPlaneEvent] = deque()
@@ -179,7 +180,7 @@ class UserspaceDataPlane(BatchSteps):
         self._tun_index = self._netlink.call(setup)
         self._routesock = RouteSocket()
         done: set[str] = set()
-        for p in self._policies:  # policies installed before the TUN device existed
+        for p in self._spd:  # policies installed before the TUN device existed
             key = str(p.remote.subnet)
             if p.direction == Direction.OUT and p.action in _ROUTED and key not in done:
                 done.add(key)
@@ -269,6 +270,7 @@ class UserspaceDataPlane(BatchSteps):
             if not params.encap:
                 self._ensure_raw_socket()
             self._out_by_reqid[params.reqid] = st  # make-before-break: new outbound SA takes over
+            self._outs.setdefault(params.reqid, {})[params.spi] = st
             self._out_cache.clear()
         log.info("installed %r", params)
 
@@ -301,18 +303,19 @@ class UserspaceDataPlane(BatchSteps):
         if direction == Direction.IN:
             self.sad.remove(spi)
             self._in_cache.clear()
-        elif self._out_by_reqid.get(st.params.reqid) is st:
-            # fall back to another outbound SA of the same reqid, if one is left
-            rest = [
-                s
-                for (_, d), s in self._sas.items()
-                if d == Direction.OUT and s.params.reqid == st.params.reqid
-            ]
-            if rest:
-                self._out_by_reqid[st.params.reqid] = max(rest, key=lambda s: s.installed)
-            else:
-                del self._out_by_reqid[st.params.reqid]
-            self._out_cache.clear()
+        else:
+            reqid = st.params.reqid
+            outs = self._outs.get(reqid, {})
+            outs.pop(spi, None)
+            if not outs:
+                self._outs.pop(reqid, None)
+            if self._out_by_reqid.get(reqid) is st:
+                # fall back to another outbound SA of the same reqid, if one is left
+                if outs:
+                    self._out_by_reqid[reqid] = max(outs.values(), key=lambda s: s.installed)
+                else:
+                    del self._out_by_reqid[reqid]
+                self._out_cache.clear()
         log.info("deleted SA %08x %s", spi, direction.name)
 
     def query_usage(self, spi: int, direction: Direction) -> SaUsage:
@@ -329,24 +332,21 @@ class UserspaceDataPlane(BatchSteps):
 
     # -- policies --------------------------------------------------------------------------------
 
+    @property
+    def _policies(self) -> list[PolicyParams]:
+        """The policies in lookup order (core_ike/io/spd.py), as a list."""
+        return list(self._spd)
+
     def install_policy(self, policy: PolicyParams) -> None:
-        if policy in self._policies:
+        if not self._spd.add(policy):  # ordered and indexed: core_ike/io/spd.py
             return
-        self._policies.append(policy)
-        # more specific first (longest prefixes), then explicit priority; a trap policy after the
-        # policy of the CHILD_SA it started, which has the same selectors
-        self._policies.sort(
-            key=lambda p: (p.priority, -(p.remote.subnet.prefixlen + p.local.subnet.prefixlen),
-                           p.action == PolicyAction.TRAP)
-        )
         self._policies_changed()
         if policy.direction == Direction.OUT and policy.action in _ROUTED:
             self._add_route(policy)
 
     def delete_policy(self, policy: PolicyParams) -> None:
-        if policy not in self._policies:
+        if not self._spd.remove(policy):
             return
-        self._policies.remove(policy)
         self._policies_changed()
         if policy.direction == Direction.OUT and policy.action in _ROUTED:
             self._del_route(policy)
@@ -354,8 +354,6 @@ class UserspaceDataPlane(BatchSteps):
     def _policies_changed(self) -> None:
         self._out_cache.clear()
         self._in_cache.clear()
-        self._ports = any(p.local.protocol or p.remote.protocol or not p.local.any_port or not p.remote.any_port
-                          for p in self._policies)
 
     def _add_route(self, policy: PolicyParams) -> None:
         key = str(policy.remote.subnet)
@@ -494,22 +492,19 @@ class UserspaceDataPlane(BatchSteps):
 
     def _needs_ports(self) -> bool:
         """Does any policy look at protocols or ports? (kept by install/delete_policy)"""
-        return self._ports
+        return self._spd.ports
 
     def _lookup_out(self, pkt: bytes) -> _SaState | None:
         flow = packet_flow(pkt)
         if flow is None:
             return None
-        for p in self._policies:
-            if p.direction != Direction.OUT or not ts_match(p, *flow, out=True):
-                continue
-            if p.action in (PolicyAction.BYPASS, PolicyAction.DROP):
-                return None
-            st = self._out_by_reqid.get(p.reqid)
-            if st is None and p.action == PolicyAction.TRAP:
-                self._acquire(p, flow)
-            return st
-        return None
+        p = self._spd.lookup_out(*flow)  # the first OUT policy covering the flow
+        if p is None or p.action in (PolicyAction.BYPASS, PolicyAction.DROP):
+            return None
+        st = self._out_by_reqid.get(p.reqid)
+        if st is None and p.action == PolicyAction.TRAP:
+            self._acquire(p, flow)
+        return st
 
     def _acquire(self, p: PolicyParams, flow: tuple[Any, Any, int, int, int]) -> None:
         if self._acquires.allow(p.reqid, self.clock(), len(self._events)):
@@ -545,12 +540,7 @@ class UserspaceDataPlane(BatchSteps):
             ok = (
                 st is not None
                 and flow is not None
-                and any(
-                    p.direction in (Direction.IN, Direction.FWD)
-                    and p.reqid == st.params.reqid
-                    and ts_match(p, *flow, out=False)
-                    for p in self._policies
-                )
+                and any(ts_match(p, *flow, out=False) for p in self._spd.inbound(st.params.reqid))
             )
             if not self._needs_ports():
                 if len(self._in_cache) > _FLOW_CACHE_MAX:

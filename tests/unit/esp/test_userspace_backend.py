@@ -141,10 +141,9 @@ def test_bad_input_counted(
     assert (c["packets_in"], c["drop_replay"], c["drop_bad_icv"], c["drop_truncated"]) == (1, 1, 1, 1)
     assert b.stats()["drop_unknown_spi"] == 1 and b.stats()["drop_truncated"] == 1
     # decrypts fine but the inner packet is outside the SA's selectors (RFC 4301 5.2)
-    a._policies.append(
+    a.install_policy(
         PolicyParams(TrafficSelector.parse("0.0.0.0/0"), TrafficSelector.parse("0.0.0.0/0"), Direction.OUT, 1)
     )
-    a._out_cache.clear()
     a._outbound(ipv4("10.5.5.5", B), 1.0)
     b.receive_esp(sent[-1][0], src)
     assert b.stats()["drop_policy_mismatch"] == 1

@@ -1,0 +1,167 @@
+"""The userspace data plane's indexed policy table (core_ike/io/spd.py) against a brute-force
+reference: an ordered list re-sorted (stably) on every insertion and scanned from the start, the
+order RFC 4301 4.4.1 lookups rely on. Thousands of overlapping policies, deletions and re-insertions;
+the order, the outbound lookups and the inbound checks must agree on every probe."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+from typing import Any
+
+from core_ike.constants import EncrId
+from core_ike.io.dataplane import (
+    Direction,
+    PolicyAction,
+    PolicyParams,
+    SaParams,
+    TrafficSelector,
+)
+from core_ike.io.spd import PolicyTable
+from core_ike.io.tsmatch import packet_flow, ts_match
+from core_ike.io.userspace import UserspaceDataPlane
+
+
+class Reference:
+    """Installation order, stably sorted by the order key when read."""
+
+    def __init__(self) -> None:
+        self.installed: dict[PolicyParams, None] = {}
+        self._sorted: list[PolicyParams] | None = None
+
+    @property
+    def policies(self) -> list[PolicyParams]:
+        if self._sorted is None:
+            self._sorted = sorted(self.installed, key=lambda q: (
+                q.priority, -(q.remote.subnet.prefixlen + q.local.subnet.prefixlen), q.action == PolicyAction.TRAP))
+        return self._sorted
+
+    def add(self, p: PolicyParams) -> None:
+        if p not in self.installed:
+            self.installed[p] = None
+            self._sorted = None
+
+    def remove(self, p: PolicyParams) -> None:
+        if self.installed.pop(p, 0) is None:
+            self._sorted = None
+
+    def lookup_out(self, *flow: Any) -> PolicyParams | None:
+        return next((p for p in self.policies if p.direction == Direction.OUT and ts_match(p, *flow, out=True)), None)
+
+    def inbound(self, reqid: int, *flow: Any) -> bool:
+        return any(p.direction in (Direction.IN, Direction.FWD) and p.reqid == reqid and ts_match(p, *flow, out=False)
+                   for p in self.policies)
+
+    def ports(self) -> bool:
+        return any(p.local.protocol or p.remote.protocol or not p.local.any_port or not p.remote.any_port
+                   for p in self.policies)
+
+
+V4 = [ipaddress.ip_network(n) for n in ("0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.3.0/24",
+                                         "10.2.0.0/16", "192.0.2.0/24", "192.0.2.0/28", "198.51.100.0/24")]
+V6 = [ipaddress.ip_network(n) for n in ("::/0", "2001:db8::/32", "2001:db8:1::/48", "2001:db8:1:2::/64")]
+
+
+def _subnet(rng: random.Random, v6: bool) -> Any:
+    if rng.random() < 0.5:  # a host inside one of the shared subnets (road warriors' virtual IPs)
+        net = rng.choice(V6 if v6 else V4[1:])
+        host = net.network_address + rng.randrange(min(net.num_addresses, 4096))
+        return ipaddress.ip_network(f"{host}/{net.max_prefixlen}")
+    return rng.choice(V6 if v6 else V4)
+
+
+def _ts(rng: random.Random, net: Any) -> TrafficSelector:
+    if rng.random() < 0.8:
+        return TrafficSelector(net)
+    proto = rng.choice([0, 6, 17])
+    lo = rng.choice([0, 53, 80, 1000])
+    return TrafficSelector(net, proto, lo, rng.choice([lo, lo + 100, 65535]))
+
+
+def _policy(rng: random.Random) -> PolicyParams:
+    v6 = rng.random() < 0.2
+    local = _subnet(rng, v6 if rng.random() < 0.97 else not v6)  # a few mixed-family ones
+    return PolicyParams(
+        _ts(rng, local), _ts(rng, _subnet(rng, v6)),
+        rng.choice([Direction.OUT, Direction.OUT, Direction.IN, Direction.FWD]),
+        rng.randrange(1, 400),
+        action=rng.choice([PolicyAction.PROTECT] * 4 + [PolicyAction.TRAP, PolicyAction.BYPASS, PolicyAction.DROP]),
+        priority=rng.choice([0, 0, 0, 0, 5, 100]),
+    )
+
+
+def _probe(rng: random.Random, pols: list[PolicyParams]) -> tuple[Any, Any, int, int, int]:
+    p = rng.choice(pols)
+    if rng.random() < 0.8 and p.local.subnet.version == p.remote.subnet.version:
+        nets = (p.local.subnet, p.remote.subnet)
+    else:
+        nets = (rng.choice(V4[1:]), rng.choice(V4[1:]))
+    addrs = [n.network_address + rng.randrange(min(n.num_addresses, 1 << 20)) for n in nets]
+    proto = rng.choice([1, 6, 17])
+    ports = (rng.choice([0, 53, 80, 1050, 40000]), rng.choice([0, 53, 80, 1050, 40000])) if proto != 1 else (0, 0)
+    return addrs[0], addrs[1], proto, *ports
+
+
+def test_five_thousand_policies_agree_with_the_brute_force_reference() -> None:
+    rng = random.Random(4301)
+    table, ref = PolicyTable(), Reference()
+    pols = [_policy(rng) for _ in range(5000)]
+    pols += rng.sample(pols, 200)  # installed twice: kept once, in its first place
+    for p in pols:
+        table.add(p)
+        ref.add(p)
+    for p in rng.sample(pols, 1500):  # deletions, some of them twice
+        table.remove(p)
+        ref.remove(p)
+    for p in rng.sample(pols, 500):  # re-inserted: back at the end of their order key
+        table.add(p)
+        ref.add(p)
+    assert len(table) == len(ref.policies) > 3000
+    assert list(table) == ref.policies
+    assert table.ports == ref.ports()
+    hits = 0
+    for _ in range(1500):
+        flow = _probe(rng, pols)
+        want = ref.lookup_out(*flow)
+        assert table.lookup_out(*flow) is want, flow
+        hits += want is not None
+        # outbound flow seen from the other side: src is the remote address
+        back = (flow[1], flow[0], flow[2], flow[4], flow[3])
+        reqid = rng.randrange(1, 400)
+        assert any(ts_match(p, *back, out=False) for p in table.inbound(reqid)) == ref.inbound(reqid, *back)
+    assert hits > 400  # the probes exercise matches, not only misses
+    for p in list(ref.policies):
+        assert table.remove(p)
+    assert not list(table) and not table.ports and len(table) == 0 and not table.remove(pols[0])
+
+
+def _ipv4(src: Any, dst: Any) -> bytes:
+    return struct.pack(">BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 1, 0, src.packed, dst.packed) + b"x" * 8
+
+
+def test_the_data_plane_picks_the_sa_of_the_reference_policy() -> None:
+    """Through UserspaceDataPlane (no TUN device): install, outbound SA choice, deletion."""
+    rng = random.Random(7296)
+    dp, ref = UserspaceDataPlane(lambda d, a: None), Reference()
+    pols = [p for p in (_policy(rng) for _ in range(3000)) if p.local.subnet.version == p.remote.subnet.version == 4]
+    for p in pols:
+        dp.install_policy(p)
+        ref.add(p)
+    for reqid in range(1, 400, 2):  # half the reqids have an outbound SA
+        dp.install_sa(SaParams(0x1000 + reqid, Direction.OUT, "192.0.2.1", "192.0.2.2",
+                               EncrId.AES_GCM_16, 128, bytes(20), encap=True, reqid=reqid))
+    for p in rng.sample(pols, 700):
+        dp.delete_policy(p)
+        ref.remove(p)
+    assert dp._policies == ref.policies
+    for _ in range(1000):
+        pkt = _ipv4(*_probe(rng, pols)[:2])
+        flow = packet_flow(pkt)
+        assert flow is not None
+        want = ref.lookup_out(*flow)
+        st = dp._lookup_out(pkt)
+        if want is None or want.action in (PolicyAction.BYPASS, PolicyAction.DROP) or want.reqid % 2 == 0:
+            assert st is None
+        else:
+            assert st is not None and st.params.reqid == want.reqid
