@@ -395,7 +395,7 @@ class UdpTransport:
         leave together (`_send_batch`). Most wake-ups of a responder find one or two datagrams, where
         recvfrom costs less than recvmmsg through ctypes and its sockaddr decoding."""
         engine = self.engine
-        deliver, drain, clock = self.deliver_ike, engine.datagrams_to_send, self.clock
+        deliver, drain, clock, next_event = self.deliver_ike, engine.datagrams_to_send, self.clock, engine.next_event
         natt = local[1] == engine.natt_port
         recv = s.recvfrom
         replies: list[tuple[bytes, Addr, Addr]] = []
@@ -420,6 +420,10 @@ class UdpTransport:
             else:
                 self._datagram(data, local, remote, clock())
             out = drain()
+            if (ev := next_event()) is not None:
+                self._events_first(ev, replies)
+                replies = []
+                out += drain()
             if out:
                 replies += out
                 if len(replies) >= MMSG_BATCH:
@@ -436,6 +440,7 @@ class UdpTransport:
         "Floods"), everything else goes to the engine one datagram at a time."""
         engine, rb, sb, answer = self.engine, self._rb, self._sb, self._answer_batch
         deliver, drain, clock, stats = self.deliver_ike, engine.datagrams_to_send, self.clock, self.stats
+        next_event = engine.next_event
         plain = local[1] != engine.natt_port
         v6 = ":" in local[0]  # an IPv6 socket's address (socket.family builds an enum on every access)
         fd = s.fileno()
@@ -463,6 +468,10 @@ class UdpTransport:
                 else:
                     self._datagram(data, local, remote, now)
                 out = drain()
+                if (ev := next_event()) is not None:
+                    self._events_first(ev, replies)
+                    replies = []
+                    out += drain()
                 if out:
                     replies += out
             if replies:
@@ -562,19 +571,35 @@ class UdpTransport:
         except OSError as e:
             log.warning("error sending to %s[%d]: %s", remote[0], remote[1], e)
 
-    def flush(self) -> None:
-        """Send what the engine produced, forward its events and re-arm the one timer."""
+    def _events_first(self, ev: Any, replies: list[tuple[bytes, Addr, Addr]]) -> None:
+        """The events of the datagram just delivered, before its replies leave: a CHILD_SA is installed
+        before the response that completes it (RFC 7296 §1.3: the initiator may send on the CHILD_SA as
+        soon as that response arrives). The replies to the datagrams before it leave first, not held up
+        by an installation that is not theirs."""
+        if replies:
+            self._send_batch(replies)
+        self._forward(ev)
+
+    def _forward(self, ev: Any) -> None:
+        """`ev` and every event queued after it to `on_event`."""
         engine = self.engine
-        if out := engine.datagrams_to_send():
-            self._send_all(out)
-        while (ev := engine.next_event()) is not None:
+        while ev is not None:
             if self.on_event is not None:
                 try:
                     self.on_event(ev)
                 except Exception:  # an event handler must not kill the daemon
                     log.exception("event handler failed for %r", ev)
-        # handlers may have produced more work (e.g. initiating); send it too
-        if out := engine.datagrams_to_send():
+            ev = engine.next_event()
+
+    def flush(self) -> None:
+        """Forward the engine's events, then send what it produced (a CHILD_SA is installed before the
+        message that completes it leaves, `_events_first`) and re-arm the one timer."""
+        engine = self.engine
+        out = engine.datagrams_to_send()
+        if (ev := engine.next_event()) is not None:
+            self._forward(ev)
+            out += engine.datagrams_to_send()  # handlers may have produced more work (e.g. initiating)
+        if out:
             self._send_all(out)
         if self._prepare is not None:
             try:
