@@ -301,7 +301,7 @@ class UdpEspIo:
                 esp.append((d, remote))
             else:
                 other += 1
-                self.transport._datagram(d, local, remote, self.clock())
+                self.transport.deliver_read(d, local, remote, self.clock())
         return other
 
     def _read_mmsg(self, s: socket.socket, local: Addr) -> None:

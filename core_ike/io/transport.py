@@ -287,6 +287,7 @@ class UdpTransport:
         self._rb = RecvBatch(MMSG_BATCH)
         self._sb = SendBatch(MMSG_BATCH, COOKIE_SLOT)
         self._replies = SendBatch(MMSG_BATCH)  # the engine's answers to one receive batch (any size)
+        self._held: list[tuple[bytes, Addr, Addr]] = []  # answers of a `deliver_read` batch, until its flush
         # work the engine does ahead once the datagrams of a wake-up left (Engine.prepare), if it has any
         self._prepare: Callable[[], None] | None = getattr(engine, "prepare", None)
         prefilter = getattr(engine, "prefilter", None)
@@ -571,6 +572,18 @@ class UdpTransport:
         except OSError as e:
             log.warning("error sending to %s[%d]: %s", remote[0], remote[1], e)
 
+    def deliver_read(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        """A datagram another reader took from a NAT-T socket (the userspace data plane's, core_ike/io/fastpath.py)
+        to the engine, in `_read_each`'s order: when it has events, the replies to the datagrams before it
+        leave first and its events are handled before its own replies leave (with the reader's `flush`)."""
+        engine = self.engine
+        if early := engine.datagrams_to_send():
+            self._held += early
+        self._datagram(data, local, remote, now)
+        if (ev := engine.next_event()) is not None:
+            held, self._held = self._held, []
+            self._events_first(ev, held)
+
     def _events_first(self, ev: Any, replies: list[tuple[bytes, Addr, Addr]]) -> None:
         """The events of the datagram just delivered, before its replies leave: a CHILD_SA is installed
         before the response that completes it (RFC 7296 §1.3: the initiator may send on the CHILD_SA as
@@ -596,6 +609,8 @@ class UdpTransport:
         message that completes it leaves, `_events_first`) and re-arm the one timer."""
         engine = self.engine
         out = engine.datagrams_to_send()
+        if self._held:
+            out, self._held = self._held + out, []
         if (ev := engine.next_event()) is not None:
             self._forward(ev)
             out += engine.datagrams_to_send()  # handlers may have produced more work (e.g. initiating)

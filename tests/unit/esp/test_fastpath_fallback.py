@@ -133,7 +133,7 @@ def test_mmsg_step_reads_and_sends_in_batches() -> None:
             def socket_for(self, local: tuple[str, int]) -> Any:
                 return tx
 
-            def _datagram(self, d: bytes, local: Any, remote: Any, now: float) -> None:
+            def deliver_read(self, d: bytes, local: Any, remote: Any, now: float) -> None:
                 ikes.append(d)
 
             def flush(self) -> None:
