@@ -124,8 +124,7 @@ class MediationServer(Extension):
         relay table (None or disabled: no relay offered, the Vendor ID is not echoed). `cluster`: the
         other servers of the service (cluster/core.py; None: a single server). `send_now`: the adapter's
         immediate send, through which a relayed ME_CONNECT leaves when it is made, before the response to
-        the request it relays, and the response to a target's answer leaves before that answer is relayed
-        (docs/protocol.md §4.1; None: with the engine's other datagrams)."""
+        the request it relays (docs/protocol.md §4.1; None: with the engine's other datagrams)."""
         self.cluster = cluster
         self.engine = engine
         self.relay = relay if relay is not None and relay.config.enabled else None
@@ -134,7 +133,6 @@ class MediationServer(Extension):
         self.send_now = send_now
         self.outbox = MeOutbox(self._send_queued)  # the target waits for a relayed request (§4.1)
         self._deferred: list[tuple[float, Callable[[float], None]]] = []
-        self._after_ack: list[Callable[[float], None]] = []  # relayed answers held behind our response
         engine.extensions.append(self)
 
     # ================================================================== status
@@ -164,7 +162,7 @@ class MediationServer(Extension):
         if rec is not None and rec.sa_id == sa.unique_id:  # the peer's registered mediation SA
             rec.last_activity = self.clock(self.engine.now)
             if exchange == ExchangeType.ME_CONNECT:
-                return [MeConnectResponder(self._on_connect, self.outbox, self._acked)]
+                return [MeConnectResponder(self._on_connect, self.outbox)]
             if exchange == ExchangeType.INFORMATIONAL and me.ours and nat_notify(msg) is not None:
                 return [NatReportResponder(self._on_nat_report)]
         return []
@@ -233,15 +231,12 @@ class MediationServer(Extension):
     def next_deadline(self) -> float | None:
         t = self.registry.get_timer()
         ds = [] if t is None else [self.engine.now + max(0.0, t - self.clock(self.engine.now))]
-        if self._after_ack:  # the response they waited for was not made (an error answered the request)
-            ds.append(self.engine.now)
         if self.relay is not None and (r := self.relay.get_timer()) is not None:
             ds.append(r)  # the relay keeps engine (monotonic) time
         ds += [t for t, _ in self._deferred]
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
-        self._release_after_ack(now)
         due = [f for t, f in self._deferred if t <= now]
         self._deferred = [(t, f) for t, f in self._deferred if t > now]
         for f in due:
@@ -274,24 +269,9 @@ class MediationServer(Extension):
     def _send_queued(self) -> None:
         send_queued(self.engine, self.send_now)
 
-    def _acked(self, sa: IkeSaView, now: float) -> None:
-        """Our response to a peer's ME_CONNECT was made (MeConnectResponder.responded): it leaves, then the
-        answer it acknowledges is relayed. The target starts its checks on this response ([ME] §4.1 step 6)
-        and the initiator on the relayed answer: the target's first checks (opening its NAT toward the
-        initiator) get the head start, and are under way when the initiator's first check arrives."""
-        if self._after_ack:
-            self._send_queued()
-            self._release_after_ack(now)
-
-    def _release_after_ack(self, now: float) -> None:
-        held, self._after_ack = self._after_ack, []
-        for f in held:
-            f(now)
-
     # ================================================================== ME_CONNECT relay
     def _on_connect(self, sa: IkeSaView, msg: Message, now: float) -> list[Payload]:
         assert sa.peer_id is not None
-        self._release_after_ack(now)  # none held: every response so far was made
         requester = sa.peer_id.canonical()
         if msg.notify(NotifyType.ME_CONNECT_FAILED) is not None:
             self._forward_failure(sa, msg, now)
@@ -363,17 +343,16 @@ class MediationServer(Extension):
             self._send_failure(origin_id, cid, target_id, t)
 
         self._send_relayed(target_sa, lambda: MeConnectRequest(_fixed(payloads), done, failed),
-                           req.kind is ConnectKind.RESPONSE, now, after_ack=req.kind is ConnectKind.RESPONSE)
+                           req.kind is ConnectKind.RESPONSE, now)
         log.info("relaying ME_CONNECT%s from '%s' to '%s'",  # after it left (the target waits for it)
                  " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
         self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
 
     def _send_relayed(self, target_sa: IkeSaView, request: Callable[[], MeConnectRequest], response: bool,
-                      now: float, after_ack: bool = False) -> None:
+                      now: float) -> None:
         """Send a relayed ME_CONNECT, from a requester here or at another server (the same rule for
         both): an answer to a peer that is not our client (no IMPL_VENDOR_ID) waits until ANSWER_GRACE
-        after our response to its own request, which it must process first (docs/protocol.md §4.4);
-        `after_ack`: it waits for our response to the request being processed (`_acked`)."""
+        after our response to its own request, which it must process first (docs/protocol.md §4.4)."""
         target_me = target_sa.extension(MeSaState)
         answered = target_me.answered
         if response and not target_me.ours and answered is not None and now < answered + ANSWER_GRACE:
@@ -382,8 +361,6 @@ class MediationServer(Extension):
                     self.outbox.send(target_sa, request(), t)
 
             self._deferred.append((answered + ANSWER_GRACE, later))
-        elif after_ack:
-            self._after_ack.append(lambda t: self.outbox.send(target_sa, request(), t))
         else:
             self.outbox.send(target_sa, request(), now)
 

@@ -372,12 +372,10 @@ class MeConnectResponder(Task):
     exchange = ExchangeType.ME_CONNECT
     name = "ME_CONNECT"
 
-    def __init__(self, handler: Callable[[IkeSaView, Message, float], list[Payload]], outbox: MeOutbox,
-                 on_responded: Callable[[IkeSaView, float], None] | None = None) -> None:
+    def __init__(self, handler: Callable[[IkeSaView, Message, float], list[Payload]], outbox: MeOutbox) -> None:
         self.handler = handler
         self.outbox = outbox
         self.reply: list[Payload] = []
-        self.on_responded = on_responded  # the response was sent (Task.responded)
 
     def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         # a request the handler starts on this SA (the target's own ME_CONNECT, [ME] §4.1 step 5) is made and
@@ -387,7 +385,3 @@ class MeConnectResponder(Task):
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         msg.payloads += self.reply
-
-    def responded(self, sa: IkeSaView, now: float) -> None:
-        if self.on_responded is not None:
-            self.on_responded(sa, now)
