@@ -263,6 +263,9 @@ class UserspaceDataPlane(BatchSteps):
             esn=params.esn,
         )
         st = _SaState(params, esp, (params.dst, params.dst_port), self.clock())
+        old = self._sas.get((params.spi, params.direction))
+        if old is not None and params.direction == Direction.OUT:  # the same SPI again: it replaces that SA
+            self._outs.get(old.params.reqid, {}).pop(params.spi, None)
         self._sas[(params.spi, params.direction)] = st
         if params.direction == Direction.IN:
             self.sad.add(esp)

@@ -165,3 +165,37 @@ def test_the_data_plane_picks_the_sa_of_the_reference_policy() -> None:
             assert st is None
         else:
             assert st is not None and st.params.reqid == want.reqid
+
+
+def test_outbound_sa_per_reqid_falls_back_to_the_newest_left() -> None:
+    """Make-before-break (RFC 7296 §2.8): the newest outbound SA of a reqid carries its traffic; deleting
+    it falls back to the newest one left, deleting an older one changes nothing; other reqids untouched."""
+    now = [0.0]
+    dp = UserspaceDataPlane(lambda d, a: None, clock=lambda: now[0])
+
+    def out(spi: int, reqid: int) -> SaParams:
+        return SaParams(spi, Direction.OUT, "192.0.2.1", "192.0.2.2", EncrId.AES_GCM_16, 128, bytes(20),
+                        encap=True, reqid=reqid)
+
+    for reqid in range(1, 2001):
+        dp.install_sa(out(0x10000 + reqid, reqid))
+    for spi in (0x101, 0x102, 0x103):  # reqid 7: three generations, the last one newest
+        now[0] += 1
+        dp.install_sa(out(spi, 7))
+
+    def current(reqid: int) -> int | None:
+        st = dp._out_by_reqid.get(reqid)
+        return None if st is None else st.params.spi
+
+    assert current(7) == 0x103
+    dp.delete_sa(0x102, Direction.OUT)  # an older one
+    assert current(7) == 0x103
+    dp.delete_sa(0x103, Direction.OUT)
+    assert current(7) == 0x101
+    dp.delete_sa(0x101, Direction.OUT)
+    dp.delete_sa(0x10007, Direction.OUT)
+    assert current(7) is None and 7 not in dp._outs
+    dp.install_sa(out(0x10008, 9))  # the same SPI again, now of another reqid: it replaces that SA
+    dp.delete_sa(0x10008, Direction.OUT)
+    assert current(9) == 0x10009 and 0x10008 not in dp._outs.get(8, {})
+    assert all(current(r) == 0x10000 + r for r in range(1, 2001) if r not in (7, 8, 9))
