@@ -586,8 +586,8 @@ class UdpTransport:
 
     def _events_first(self, ev: Any, replies: list[tuple[bytes, Addr, Addr]]) -> None:
         """The events of the datagram just delivered, before its replies leave: a CHILD_SA is installed
-        before the response that completes it (RFC 7296 §1.3: the initiator may send on the CHILD_SA as
-        soon as that response arrives). The replies to the datagrams before it leave first, not held up
+        before the response that completes it (RFC 7296 §1.2, §1.3.1: with that response the CHILD_SA
+        exists at the initiator, which may send on it at once). The replies to the datagrams before it leave first, not held up
         by an installation that is not theirs."""
         if replies:
             self._send_batch(replies)

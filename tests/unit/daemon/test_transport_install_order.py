@@ -1,7 +1,7 @@
-"""A responder installs a CHILD_SA before the IKE_AUTH response that completes it leaves (RFC 7296 §1.3:
-the initiator may send ESP on the CHILD_SA as soon as that response arrives; with the kernel's data
-plane, ESP that reaches it before the SA exists is dropped). And the reply to an unrelated datagram read
-in the same wake-up is not held back by that installation.
+"""A responder installs a CHILD_SA before the IKE_AUTH response that completes it leaves (RFC 7296 §1.2:
+with that response the CHILD_SA exists at the initiator, which may send ESP on it at once; with the
+kernel's data plane, ESP that reaches it before the SA exists is dropped). And the reply to an unrelated
+datagram read in the same wake-up is not held back by that installation.
 
 The responder is a real engine behind the real UDP transport on 127.0.0.1 (its NAT-T socket read by the
 transport or by the userspace data plane's reader), its events through the daemon's data plane glue into
