@@ -9,6 +9,7 @@ consumer (`ikectl up` fails with the reason, the status writers see a failure).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -224,7 +225,7 @@ def _policies(e: ev.ChildSaEstablished) -> list[PolicyParams]:
     pols: list[PolicyParams] = []
     for lts in e.local_ts:
         for rts in e.remote_ts:
-            lsel, rsel = TrafficSelector.parse(_net(lts)), TrafficSelector.parse(_net(rts))
+            lsel, rsel = _selector(lts), _selector(rts)
             for d in (Direction.OUT, Direction.IN):
                 pols.append(PolicyParams(lsel, rsel, d, e.reqid, e.local[0], e.remote[0]))
     return pols
@@ -258,6 +259,13 @@ def check_installable(dataplane: str, connections: list[IkeConfig]) -> None:
                 raise LocalError(f"[connections.{c.name}.children.{ch.name}] esp_proposals '{ch.esp_proposals}': "
                                  f"the {dataplane} data plane cannot install {names} (it installs "
                                  f"{caps.summary()})")
+
+
+@functools.lru_cache(maxsize=4096)
+def _selector(text: str) -> TrafficSelector:
+    """A traffic selector's display string as the data plane's selector (immutable, so shared): a
+    gateway's CHILD_SAs repeat its local selectors, and a peer's come back at every rekey."""
+    return TrafficSelector.parse(_net(text))
 
 
 def _net(text: str) -> str:
