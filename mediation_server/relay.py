@@ -131,7 +131,7 @@ class MediationServer(Extension):
         self.registry = registry if registry is not None else Registry()
         self.clock = clock or (lambda now: now)
         self.send_now = send_now
-        self.outbox = MeOutbox(self._send_queued)  # the target waits for a relayed request (§4.1)
+        self.outbox = MeOutbox()
         self._deferred: list[tuple[float, Callable[[float], None]]] = []
         engine.extensions.append(self)
 
@@ -267,6 +267,9 @@ class MediationServer(Extension):
             msg.payloads.append(NotifyPayload(NotifyType.ME_ENDPOINT, encode_endpoint(ep)))
 
     def _send_queued(self) -> None:
+        """A relayed ME_CONNECT just made leaves now, alone: a callback (§5) keeps its place behind the
+        IKE_AUTH response that registered the peer, which that peer must process before the requests the
+        callback brings it."""
         send_queued(self.engine, self.send_now)
 
     # ================================================================== ME_CONNECT relay
@@ -344,6 +347,7 @@ class MediationServer(Extension):
 
         self._send_relayed(target_sa, lambda: MeConnectRequest(_fixed(payloads), done, failed),
                            req.kind is ConnectKind.RESPONSE, now)
+        self._send_queued()  # the target waits for it, nobody for our response (docs/protocol.md §4.1)
         log.info("relaying ME_CONNECT%s from '%s' to '%s'",  # after it left (the target waits for it)
                  " response" if req.kind is ConnectKind.RESPONSE else "", requester, target)
         self.engine.emit(mev.ConnectRelayed(requester, target, cid.hex(), req.kind is ConnectKind.RESPONSE))
