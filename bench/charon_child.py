@@ -12,7 +12,9 @@ Both responders install the CHILD_SAs into their userspace ESP data planes: ours
 "auto"`` (users' default; userspace ESP over TUN on a kernel without ESP), charon with kernel-libipsec
 (strongSwan's userspace ESP over TUN). The initiator charon in alice needs kernel-libipsec as well. ESP
 proposal aes128gcm16 on every side, no PFS (as the IKE proposal). The sides are ``ours-child`` and
-``charon-child`` (any responder of charon_initiator.py with ``-child``), interleaved with the others.
+``charon-child`` (any responder of charon_initiator.py with ``-child``), interleaved with the others, and with
+``--before REV`` ``before-child``: REV's iked (its daemon from a ``git archive`` of REV) with this tree's
+configuration of ``ours-child``, so REV may predate this shape.
 Their ``held`` (the results table) counts the CHILD_SAs the responder holds INSTALLED with their route into
 its TUN device at the end of the batch, where the childless sides count IKE_SAs.
 """
@@ -33,6 +35,7 @@ from scenarios.lab.netns import wait_for
 CHILD = "net"
 ESP = "aes128gcm16"
 SIDES = ("ours-child", "charon-child")
+BEFORE = "before-child"  # ours at `--before REV`
 SHAPES = ("childless", "child")
 RESP_INNER = "10.200.0.1"
 INIT_NET = "10.201.0.0/16"
@@ -52,6 +55,21 @@ def shapes(text: str) -> list[str]:
     if bad or not out:
         raise ValueError(f"--shape {text!r}: one or more of {', '.join(SHAPES)}")
     return out
+
+
+def sides(before: bool) -> list[str]:
+    """The child shape's sides, with BEFORE when there is a ``--before`` tree."""
+    return [*SIDES, *([BEFORE] if before else [])]
+
+
+def before_lines(runs: list[Any], auth: str, rev: str | None, ours: str, before: str) -> list[str]:
+    """Ours at `rev` (side `before`) beside ours now (side `ours`), interleaved in the same rounds: medians."""
+    b = [r.cpu_ms for r in runs if r.auth == auth and r.impl == before and r.established]
+    o = [r.cpu_ms for r in runs if r.auth == auth and r.impl == ours and r.established]
+    if not b or not o:
+        return []
+    return [f"ours at {rev} (interleaved in the same rounds): {results_io.fmt_value(results_io.sample(b, 'ms'))}; "
+            f"this tree / {rev}: {statistics.median(o) / statistics.median(b):.2f}x"]
 
 
 def add_addresses(lab: Any, n: int) -> None:
@@ -119,9 +137,11 @@ class ChildSide:
         return pids
 
     def settle(self, n: int) -> None:
-        """Wait (up to 10 s) until bob routes `n` initiator /32s into the TUN device: a responder may install
-        a CHILD_SA after its IKE_AUTH response left (ours does), and that work belongs to the batch. The
-        routes are read from the kernel, which costs the responder no CPU."""
+        """Wait (up to 10 s) until bob routes `n` initiator /32s into the TUN device. Both responders install
+        a CHILD_SA, its route included, before the IKE_AUTH response that completes it leaves (RFC 7296 §1.2),
+        so the initiator's last ``initiate`` returning finds them in place; a responder that installs after
+        its response (an iked from an older ``--before`` tree) still owes that work to the batch. The routes
+        are read from the kernel, which costs the responder no CPU."""
         with contextlib.suppress(TimeoutError):
             wait_for(lambda: len(self.tun_routes()) >= n, 10.0, interval=0.02, what=f"{n} routes into the TUN")
 
@@ -162,9 +182,11 @@ def side(base: Any) -> Any:
 
 
 def figures(a: Any, auth: str, runs: list[Any]) -> list[dict[str, Any]]:
-    """The child shape's figure for ``auth`` (none when it did not run): ours-child against charon-child."""
+    """The child shape's figure for ``auth`` (none when it did not run): ours-child against charon-child,
+    with ours at ``--before`` (BEFORE) beside ours-child when it ran."""
     o = [r for r in runs if r.auth == auth and r.impl == "ours-child" and r.established]
     c = [r for r in runs if r.auth == auth and r.impl == "charon-child" and r.established]
+    b = [r for r in runs if r.auth == auth and r.impl == BEFORE and r.established]
     if not o and not c:
         return []
 
@@ -190,16 +212,19 @@ def figures(a: Any, auth: str, runs: list[Any]) -> list[dict[str, Any]]:
             "claims a NAT (both responders see one) and so does charon's as the responder (ours' NAT-D is true); "
             "the initiator charon also runs kernel-libipsec (its TUN device and a route per CHILD_SA; its CPU is "
             "not in the figure)",
-            "the CPU is read once every CHILD_SA's route is in place: ours installs a CHILD_SA after its IKE_AUTH "
-            "response left, charon before it sends it",
+            "both install a CHILD_SA (SAs, policies, route) before the IKE_AUTH response that completes it "
+            "leaves; the CPU is read once every CHILD_SA's route is in place",
             f"both responders hold every CHILD_SA of the batch until its end ({a.warmup} warmup + the measured "
             "ones): work per CHILD_SA that grows with the number held weighs more with a larger --count",
             f"CHILD_SAs installed with their route, per run, at the end of the batch (warmup included): ours "
-            f"{held(o) or '-'}; charon {held(c) or '-'}",
+            f"{held(o) or '-'}; charon {held(c) or '-'}"
+            + (f"; ours at {a.before} {held(b)}" if b else ""),
+            *before_lines(runs, auth, a.before, "ours-child", BEFORE),
         ],
         readme=True)
     f["child_sas_held"] = {"ours": [[r.held, a.warmup + r.established] for r in o],
-                           "charon": [[r.held, a.warmup + r.established] for r in c]}
+                           "charon": [[r.held, a.warmup + r.established] for r in c],
+                           **({"before": [[r.held, a.warmup + r.established] for r in b]} if b else {})}
     if _vs_childless(runs, auth, "ours", o) != "-" and _vs_childless(runs, auth, "charon", c) != "-":
         f["differences"].append(f"each side with its CHILD_SAs / itself childless in the same rounds (medians): "
                                 f"ours {_vs_childless(runs, auth, 'ours', o)}, charon "

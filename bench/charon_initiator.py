@@ -23,9 +23,13 @@ divided by the IKE_SAs it established. Rounds interleave the responders (ours, c
     .venv/bin/python bench/charon_initiator.py --before HEAD~3 --rounds 3   # also ours at HEAD~3, interleaved
     .venv/bin/python bench/charon_initiator.py --profile /tmp/prof   # py-spy our responder too
 
-``--profile`` samples our responder with py-spy --native while it works (its CPU figures then include the
-sampling's cost: profile and measure in separate runs); hotspots-*.txt splits the live process into the
-engine, the daemon's event handling and the event loop with the transport.
+``--before REV`` adds REV's iked (its daemon from a ``git archive`` of REV, this tree's configuration) to each
+shape: ``before`` beside ``ours``, ``before-child`` beside ``ours-child``, interleaved in the same rounds.
+
+``--profile`` samples our responder (``ours`` and ``ours-child``) with py-spy --native while it works (its CPU
+figures then include the sampling's cost: profile and measure in separate runs); hotspots-ours-*.txt and
+hotspots-ours-child-*.txt split the live process into the engine, the daemon's event handling and the event
+loop with the transport.
 
 Where our CPU goes (``--no-split`` skips it): after the rounds, one more batch per auth method against an
 iked whose randomness (SPIs, nonces, IVs, X25519 keys) is seeded, which records every datagram its engine
@@ -358,14 +362,20 @@ class Batch:
     inflight: int
 
 
-def responder(lab: Any, impl: str, auth: str, pki: Pki) -> Responder:
-    """`impl`: ours / before (log_level warning), ours-info (info, users' default), charon (log level 0),
-    charon-l1 (level 1, charon's default); any of them with `-child`: a CHILD_SA per IKE_SA (charon_child)."""
+def responder(lab: Any, impl: str, auth: str, pki: Pki, before: Path | None = None) -> Responder:
+    """`impl`: ours / before (log_level warning; before: iked from the tree `before`), ours-info (info, users'
+    default), charon (log level 0), charon-l1 (level 1, charon's default); any of them with `-child`: a
+    CHILD_SA per IKE_SA (charon_child)."""
     resp: Responder
     if impl.endswith("-child"):
-        return charon_child.side(responder(lab, impl.removesuffix("-child"), auth, pki))
+        return charon_child.side(responder(lab, impl.removesuffix("-child"), auth, pki, before))
     if impl in ("ours", "before", "ours-info"):
-        resp = Ours(lab, auth, pki, log_level="info" if impl == "ours-info" else "warning")
+        ours = Ours(lab, auth, pki, log_level="info" if impl == "ours-info" else "warning")
+        if impl == "before":
+            if before is None:
+                raise ValueError("the responder 'before' needs a tree (--before REV)")
+            ours.tree = before
+        resp = ours
     else:
         resp = Charon(lab, auth, pki, level=1 if impl == "charon-l1" else 0)
     resp.impl = impl
@@ -383,7 +393,7 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
         pids = resp.pids()
         if warmup:
             initiate_all(init, [f"c{i}" for i in range(warmup)], inflight, 30.0)
-        if profile is not None and resp.impl == "ours":
+        if profile is not None and resp.impl in ("ours", "ours-child"):
             spy = _py_spy(pids[0], profile / f"{resp.impl}-{auth}-{run}.txt")
         ipid = find_pid(init.proc.pid, "charon")
         cpu0, icpu0 = sum(proc_cpu(p) for p in pids), proc_cpu(ipid)
@@ -564,7 +574,8 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                          "(the defaults, info and 1, are the next figure); ours: one worker process (users' "
                          "default); charon: 16 threads on 2 CPUs (its CPU is the sum over threads)",
                          *_floor_lines(auth, floor.get(auth, {}), c, ossl),
-                         *_split_lines(split.get(auth), a.before), *_before_lines(auth, runs, a.before)],
+                         *_split_lines(split.get(auth), a.before),
+                         *charon_child.before_lines(runs, auth, a.before, "ours", "before")],
             readme=True)
         f["crypto_floor_ms"] = {k: round(v / 1000, 4) for k, v in floor.get(auth, {}).items()}
         figures.append(f)
@@ -581,18 +592,6 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                 readme=True))
         figures += charon_child.figures(a, auth, runs)
     return [f for f in figures if f["ours"] or f["charon"]]  # --shape child: no childless figures
-
-
-def _before_lines(auth: str, runs: list[Run], rev: str | None) -> list[str]:
-    """Ours at `rev` beside ours now (the same rounds, interleaved)."""
-    import statistics
-
-    b = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "before" and r.established]
-    o = [r.cpu_ms for r in runs if r.auth == auth and r.impl == "ours" and r.established]
-    if not b or not o:
-        return []
-    return [f"ours at {rev} (interleaved in the same rounds): {results_io.fmt_value(results_io.sample(b, 'ms'))}; "
-            f"this tree / {rev}: {statistics.median(o) / statistics.median(b):.2f}x"]
 
 
 def _write_hotspots(prof: Path) -> None:
@@ -618,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count-rsa", type=int, default=120, help="the same for RSA (a certificate per IKE_SA)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy our responder (collapsed stacks, hot spots)")
     ap.add_argument("--no-split", action="store_true", help="skip the record-and-replay of where our CPU goes")
-    ap.add_argument("--before", metavar="REV", help="also run our responder from REV (git archive), interleaved")
+    ap.add_argument("--before", metavar="REV", help="also run our responder from REV (git archive) in each shape (before, before-child), interleaved")
     ap.add_argument("--shape", type=charon_child.shapes, default="childless,child",
                     help="childless IKE_SAs (the --impl sides) and/or one CHILD_SA per IKE_SA (ours-child, charon-child)")
     results_io.add_args(ap, rounds=3)
@@ -637,16 +636,14 @@ def main(argv: list[str] | None = None) -> int:
     lab = two_hosts(inner=False)
     runs: list[Run] = []
     sides = (a.impl.split(",") + (["before"] if a.before else []) if "childless" in a.shape else []) + (
-        list(charon_child.SIDES) if "child" in a.shape else [])
+        charon_child.sides(bool(a.before)) if "child" in a.shape else [])
     before_tree = results_io.git_tree(a.before, prefix="charon-initiator-before-") if a.before else None
     try:
         if "child" in a.shape:
             charon_child.add_addresses(lab, a.warmup + max(a.count, a.count_rsa))
         for rnd, impl in results_io.interleave(rounds, sides):
             for auth in a.auth.split(","):
-                resp = responder(lab, impl, auth, pki)
-                if impl == "before":
-                    resp.tree = before_tree  # type: ignore[attr-defined]
+                resp = responder(lab, impl, auth, pki, before_tree)
                 count = a.count if auth == "psk" else a.count_rsa
                 r = measure(lab, resp, auth, pki, Batch(count, a.warmup, a.inflight), rnd, prof)
                 runs.append(r)
