@@ -36,6 +36,11 @@ def test_charon_initiator_against_both_responders(tmp_path: Path) -> None:
     # both daemons again at their default log levels (ours info, charon 1), interleaved in the same run
     d = figures(doc)["charon_initiator_cpu_psk_default_logging"]
     assert d["ours"]["n"] == 1 and d["charon"]["n"] == 1 and d["ratio"] is not None
+    # --before in the child shape too: HEAD's iked with this tree's child configuration, every CHILD_SA installed
+    c = figures(doc)["charon_initiator_cpu_psk_child"]
+    assert c["child_sas_held"]["before"] == [[24, 24]]  # --quick: 4 warmup IKE_SAs, then 20
+    assert any(d.startswith("ours at HEAD") and "this tree / HEAD" in d for d in c["differences"])
+    assert any(d.startswith("ours at HEAD") and "this tree / HEAD" in d for d in f["differences"])
 
 
 def test_flood_with_two_workers(tmp_path: Path) -> None:
