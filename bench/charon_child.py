@@ -213,7 +213,8 @@ def figures(a: Any, auth: str, runs: list[Any]) -> list[dict[str, Any]]:
             "the initiator charon also runs kernel-libipsec (its TUN device and a route per CHILD_SA; its CPU is "
             "not in the figure)",
             "both install a CHILD_SA (SAs, policies, route) before the IKE_AUTH response that completes it "
-            "leaves; the CPU is read once every CHILD_SA's route is in place",
+            "leaves; the CPU is read once every CHILD_SA's route is in place (an iked from an older --before tree "
+            "may install after its response)",
             f"both responders hold every CHILD_SA of the batch until its end ({a.warmup} warmup + the measured "
             "ones): work per CHILD_SA that grows with the number held weighs more with a larger --count",
             f"CHILD_SAs installed with their route, per run, at the end of the batch (warmup included): ours "
