@@ -396,7 +396,7 @@ class UdpTransport:
         leave together (`_send_batch`). Most wake-ups of a responder find one or two datagrams, where
         recvfrom costs less than recvmmsg through ctypes and its sockaddr decoding."""
         engine = self.engine
-        deliver, drain, clock, next_event = self.deliver_ike, engine.datagrams_to_send, self.clock, engine.next_event
+        deliver, collect, clock = self.deliver_ike, self._collect, self.clock
         natt = local[1] == engine.natt_port
         recv = s.recvfrom
         replies: list[tuple[bytes, Addr, Addr]] = []
@@ -420,16 +420,10 @@ class UdpTransport:
                 deliver(data[4:], local, remote, clock())
             else:
                 self._datagram(data, local, remote, clock())
-            out = drain()
-            if (ev := next_event()) is not None:
-                self._events_first(ev, replies)
+            replies = collect(replies)
+            if len(replies) >= MMSG_BATCH:
+                self._send_batch(replies)
                 replies = []
-                out += drain()
-            if out:
-                replies += out
-                if len(replies) >= MMSG_BATCH:
-                    self._send_batch(replies)
-                    replies = []
         if replies:
             self._send_batch(replies)
         self.stats["rx"] += total
@@ -440,8 +434,7 @@ class UdpTransport:
         IKE_SA_INIT requests of each batch from their raw octets with one sendmmsg (docs/operations.md,
         "Floods"), everything else goes to the engine one datagram at a time."""
         engine, rb, sb, answer = self.engine, self._rb, self._sb, self._answer_batch
-        deliver, drain, clock, stats = self.deliver_ike, engine.datagrams_to_send, self.clock, self.stats
-        next_event = engine.next_event
+        deliver, collect, clock, stats = self.deliver_ike, self._collect, self.clock, self.stats
         plain = local[1] != engine.natt_port
         v6 = ":" in local[0]  # an IPv6 socket's address (socket.family builds an enum on every access)
         fd = s.fileno()
@@ -468,13 +461,7 @@ class UdpTransport:
                     deliver(data if plain else data[4:], local, remote, now)
                 else:
                     self._datagram(data, local, remote, now)
-                out = drain()
-                if (ev := next_event()) is not None:
-                    self._events_first(ev, replies)
-                    replies = []
-                    out += drain()
-                if out:
-                    replies += out
+                replies = collect(replies)
             if replies:
                 self._send_batch(replies)
             if n < rb.count:
@@ -583,6 +570,19 @@ class UdpTransport:
         if (ev := engine.next_event()) is not None:
             held, self._held = self._held, []
             self._events_first(ev, held)
+
+    def _collect(self, replies: list[tuple[bytes, Addr, Addr]]) -> list[tuple[bytes, Addr, Addr]]:
+        """`replies` with those to the datagram just delivered added; when it raised events, `_events_first`
+        (the earlier replies leave, its events are handled) before its own replies are taken."""
+        engine = self.engine
+        out = engine.datagrams_to_send()
+        if (ev := engine.next_event()) is not None:
+            self._events_first(ev, replies)
+            replies = []
+            out += engine.datagrams_to_send()
+        if out:
+            replies += out
+        return replies
 
     def _events_first(self, ev: Any, replies: list[tuple[bytes, Addr, Addr]]) -> None:
         """The events of the datagram just delivered, before its replies leave: a CHILD_SA is installed
