@@ -318,9 +318,9 @@ def report(args: Any, header: dict[str, Any], sides: list[str], runs: dict[str, 
                      f"{tx['median']:>9.0f} {rx['median']:>9.0f} {med['median']:>12.0f} {rt['median']:>8.0f} "
                      f"{us['cpu_tx']:>10.2f} {us['cpu_rx']:>10.2f} {busy:>10.0f} {load:>5.1f}")
     notes = [
-        "the machine's 2 CPUs are shared with 7 other sessions working at the same time (see the load "
-        "average above): each ESP process got only part of a core, so Mbit/s depends on their load; "
-        "Mbit/s per core (throughput / CPU the two ESP processes used) depends on it less",
+        "the machine's 2 CPUs are shared by iperf3's client and server, both daemons and whatever else runs "
+        "(the load average above): each ESP process gets only part of a core, so Mbit/s depends on that "
+        "load; Mbit/s per core (throughput / CPU the two ESP processes used) depends on it less",
         "steps ([daemon] esp_offload, core_ike/io/fastpath.py): none = one TUN read, one seal and one sendto per "
         "packet, one TUN write per decrypted packet; tso = TSO super-packets read from the TUN device "
         "(IFF_VNET_HDR, TUNSETOFFLOAD) and cut into MSS-sized segments by us, one ESP packet each; gso = the "
