@@ -602,7 +602,7 @@ class CheckList:
         better pair is pending; else once every better pending pair had its round trip without an answer,
         at most finish_wait after the first success. A better pair with our check in flight or the peer's
         checks arriving on it may well work: it gets finish_rtts round trips from its first check plus a
-        margin (finish_margin, at most one more round trip), so that of two pairs checked together whose
+        margin (finish_margin; at most one more round trip where only our check is out), so that of two pairs checked together whose
         answers arrive close together the better one is nominated whichever answer comes first. The round
         trip is Karn's (an upper bound) where the peer's checks arrive, else the quickest answer seen (a
         lower bound: the peer checks the better pair first, so its silence there, with one of ours out,
@@ -620,7 +620,12 @@ class CheckList:
             rtt = self._rtt if p.heard else self._rtt_low
             if rtt is None:
                 rtt = cfg.finish_wait
-            margin = min(cfg.finish_margin, rtt) if p.heard or sent is not None else 0.0
+            # the peer's checks arrive on a heard pair: the path is open and its answer is coming, so the
+            # whole margin covers the two peers' scheduling (not the path); our check alone in flight may
+            # go nowhere (a private host address): one more round trip, but not less than the scheduling
+            # floor finish_margin_min, which a fast path does not shorten
+            margin = (cfg.finish_margin if p.heard else min(cfg.finish_margin, max(rtt, cfg.finish_margin_min))
+                      if sent is not None else 0.0)
             due = max(due, start + cfg.finish_rtts * rtt + margin)
         return min(due, first + cfg.finish_wait)
 

@@ -43,11 +43,12 @@ class CheckListConfig:
     # controlling side, after a pair succeeded while a better one is still pending (strongSwan waits
     # 1000 ms): a better pair that works answers about a round trip after its check left, so each one is
     # waited for until finish_rtts measured check round trips plus a margin for the peers' scheduling
-    # jitter (finish_margin, at most one more round trip) after its first check, and not at all once that
+    # jitter (finish_margin; where only our check is out one more round trip, at least finish_margin_min) after its first check, and not at all once that
     # has passed; never longer than finish_wait after the first success
     finish_wait: float = 0.050
     finish_rtts: float = 1.0
     finish_margin: float = 0.005
+    finish_margin_min: float = 0.002  # the margin where only our check is out, on a path faster than this
     # our relay extension, controlling side: the RELAYED pair is the last resort (one rule, described
     # in checklist.py above CheckList.hold_relay, docs/protocol.md §11.1). Its checks wait
     # relay_delay_rtts mediation round trips (from sending ME_CONNECT to the peer's answer: the path a

@@ -28,7 +28,10 @@ from scenarios.lab.topologies import CAROL, NAT_PUBLIC
 
 TITLE = "dual stack: v4 behind NATs, global v6; mediation over v4 selects the direct IPv6 path"
 
-V4_OPEN_RUNS = 8
+V4_OPEN_RUNS = 16
+# a loaded machine can delay an answer's processing past the margin (docs/protocol.md §8), so the scenario asks
+# for nearly every setup; the rule itself is pinned on a fake clock (tests/unit/me/test_checklist_dual_stack.py)
+V4_OPEN_MIN_V6 = 14
 V6 = {"alice": "2001:db8:1::2", "bob": "2001:db8:2::2"}
 # (nat, LAN side, WAN side, LAN prefix behind it)
 V6_NATS = {"natA": ("2001:db8:1::1", "2001:db8:ff::1", "2001:db8:1::/64"),
@@ -154,7 +157,7 @@ def v4_open(story: Story, lab: Lab, alice: Iked, bob: Iked) -> None:
     """The same setups with IPv4 open between the NATs: the v4 host -> srflx pair works too, and its answer
     arrives within about a millisecond of the v6 pair's; the v6 pair, higher in priority, is nominated
     every time (docs/protocol.md §8: a better pair with a check in flight gets a margin beyond its round
-    trip), not whichever answer came first."""
+    trip), not whichever answer came first; on a loaded machine an answer processed late can still lose."""
     story.step(f"IPv4 between the NATs opened (table inet v4block removed); {V4_OPEN_RUNS} more setups")
     lab.run("natA", ["nft", "delete", "table", "inet", "v4block"])
     v6_pairs = v4_ok = 0
@@ -171,7 +174,7 @@ def v4_open(story: Story, lab: Lab, alice: Iked, bob: Iked) -> None:
         v4_ok += any(re.search(r"checklist \w+: pair ([2-9]|\d\d+): \w+ -> SUCCEEDED", ln) for ln in a_lines + b_lines)
         story.say(f"setup {i + 1}: up in {r['elapsed_ms']} ms, {'IPv6' if v6 else 'NOT IPv6'}: "
                   + (sel[0].split("selected pair ", 1)[1] if sel else "no selection logged"))
-    story.check(v6_pairs == V4_OPEN_RUNS, f"the IPv6 pair was nominated in {v6_pairs} of {V4_OPEN_RUNS} setups "
-                "with IPv4 open")
+    story.check(v6_pairs >= V4_OPEN_MIN_V6, f"the IPv6 pair was nominated in {v6_pairs} of {V4_OPEN_RUNS} setups "
+                f"with IPv4 open (at least {V4_OPEN_MIN_V6})")
     story.check(v4_ok >= 1, f"a v4 pair succeeded (on alice's or bob's list) in {v4_ok} of {V4_OPEN_RUNS} setups: "
                 "the v6 pair won over a working v4 path")
