@@ -296,6 +296,19 @@ def register(net: Net, *names: str) -> None:
     net.run(5.0)
 
 
+def mediate(net: Net) -> None:
+    """alice asks for bob; run until both have the mediated CHILD_SA (asserted, with no MediationFailed)."""
+    from core_ike.ike import events as ev
+    from core_ike.me import events as mev
+
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    alice.ext.connect("bob", net.now)
+    net.run(5.0, until=lambda: bool((alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished))
+                                    or alice.of(mev.MediationFailed)))
+    assert not alice.of(mev.MediationFailed)
+    assert alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished)
+
+
 def probing_net(ccfg: MediationClientConfig, relay: bool = True, seed: int = 7) -> tuple[Net, FakePool]:
     """Many-port probing's setting: alice behind a port-restricted NAT, bob behind a random-port symmetric
     one (seeded), each told its NAT's behaviour; bob's extra sockets are a FakePool."""

@@ -5,11 +5,9 @@ net, fake clock: the order on the wire within one instant."""
 
 from __future__ import annotations
 
-from mex_net import B_IP, make_net, register
+from mex_net import B_IP, make_net, mediate, register
 
 from core_ike.constants import NON_ESP_MARKER
-from core_ike.ike import events as ev
-from core_ike.me import events as mev
 
 ME_CONNECT = 240  # [ME] §4: exchange type
 RESPONSE_FLAG = 0x20  # RFC 7296 3.1
@@ -30,12 +28,7 @@ def _setup():  # type: ignore[no-untyped-def]
     net.nodes["bob"].nat = None  # bob on a public address: one candidate pair
     register(net)
     start = len(net.wire)
-    alice, bob = net.nodes["alice"], net.nodes["bob"]
-    alice.ext.connect("bob", net.now)
-    net.run(5.0, until=lambda: bool((alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished))
-                                    or alice.of(mev.MediationFailed)))
-    assert not alice.of(mev.MediationFailed)
-    assert alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished)
+    mediate(net)
     net.wire = net.wire[start:]
     return net
 

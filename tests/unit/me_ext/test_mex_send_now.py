@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mex_net import make_net, register
+from mex_net import make_net, mediate, register
 
 from core_ike.codec.message import decode_message
 from core_ike.constants import NON_ESP_MARKER, ExchangeType, HeaderFlag
-from core_ike.ike import events as ev
-from core_ike.me import events as mev
 from core_ike.me.checks import is_connectivity_check
 
 
@@ -51,12 +49,7 @@ def test_checks_and_answers_leave_through_send_now() -> None:
             node.ext.send_now = send_now
         else:
             node.ext.config = replace(node.ext.config, send_now=send_now)
-    alice, bob = net.nodes["alice"], net.nodes["bob"]
-    alice.ext.connect("bob", net.now)
-    net.run(5.0, until=lambda: bool((alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished))
-                                    or alice.of(mev.MediationFailed)))
-    assert not alice.of(mev.MediationFailed)
-    assert alice.of(ev.ChildSaEstablished) and bob.of(ev.ChildSaEstablished)
+    mediate(net)
     # alice's check and bob's answer to it at least, each through the immediate send; checks and requests only
     assert now_sent["alice"] and now_sent["bob"], now_sent
     assert all(_is_check(d) or _me_connect_request(d) for sent in now_sent.values() for d in sent)
