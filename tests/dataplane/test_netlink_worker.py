@@ -29,7 +29,14 @@ from core_ike.io.netlink import NetlinkClosedError, NetlinkWorker, RouteSocket
 async def main():
     out = {}
     loop = asyncio.get_running_loop()
-    w = NetlinkWorker()
+    notified = asyncio.Event()
+
+    class Worker(NetlinkWorker):
+        def _on_events(self):  # the test waits for the notification itself, not for a poll
+            super()._on_events()
+            notified.set()
+
+    w = Worker()
     w.watch_addresses(loop)
     lo = w.call(lambda ipr: ipr.link_lookup(ifname="lo")[0])
     w.call(lambda ipr: ipr.link("set", index=lo, state="up"))
@@ -52,12 +59,14 @@ async def main():
     proc = await asyncio.create_subprocess_exec("ip", "addr", "add", "10.79.0.1/32", "dev", "lo")
     await proc.wait()
     deadline = time.monotonic() + 5
-    seen = []
-    while time.monotonic() < deadline:
-        seen = [str(a) for a in w.call(w.addresses)]
-        if "10.79.0.1" in seen:
+    seen = [str(a) for a in w.call(w.addresses)]
+    while "10.79.0.1" not in seen and time.monotonic() < deadline:
+        try:  # each notification read by this loop distrusts the cache; the next lookup dumps again
+            await asyncio.wait_for(notified.wait(), deadline - time.monotonic())
+        except asyncio.TimeoutError:
             break
-        await asyncio.sleep(0.01)  # poll with a deadline: the notification is read by this loop
+        notified.clear()
+        seen = [str(a) for a in w.call(w.addresses)]
     out["after_add"] = seen
     # RouteSocket: added with the preferred source, replaced in place, refused for a missing device
     rs = RouteSocket()
