@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -68,6 +69,9 @@ class Result:
     driver_cpu: float
     drivers: int
     worker_cpu: list[float] = dataclasses.field(default_factory=list)  # per worker process (ours, workers > 1)
+    # context switches of the responder's processes over the batch: voluntary (it slept: one wake-up each)
+    # and involuntary (it was preempted: another process wanted its CPU)
+    switches: tuple[int, int] = (0, 0)
 
     @property
     def capacity(self) -> float:
@@ -105,6 +109,19 @@ def proc_cpu(pid: int) -> float:
         with contextlib.suppress(OSError):
             total += int((t / "schedstat").read_text().split()[0])
     return total / 1e9
+
+
+def proc_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of `pid` (/proc/PID/status)."""
+    vol = invol = 0
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (t / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    invol += int(line.split()[1])
+    return vol, invol
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -161,11 +178,13 @@ def iked_responder_conf(secrets: str, local: str, remote: str, *, workers: int |
 class OursResponder(Responder):
     impl = "ours"
 
-    def __init__(self, lab: Any, auth: str, keys: dict[str, Any], workers: int = 1) -> None:
+    def __init__(self, lab: Any, auth: str, keys: dict[str, Any], workers: int = 1, tree: Path | None = None) -> None:
         from scenarios.lab.iked import Iked
 
         self.n_workers = workers
-        self.impl = "ours" if workers == 1 else f"ours-w{workers}"
+        self.tree = tree  # run from this source tree (`--before`), else this one
+        side = "ours" if tree is None else "before"
+        self.impl = side if workers == 1 else f"{side}-w{workers}"
         files: dict[str, bytes | str] = {}
         if auth == "psk":
             secrets = f'[[secrets.ike]]\nsecret = "{PSK}"\n'
@@ -181,7 +200,17 @@ class OursResponder(Responder):
                          name=f"iked-{auth}", files=files)
 
     def start(self) -> None:
-        self.iked.start()
+        if self.tree is None:
+            self.iked.start()
+            return
+        # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path; the
+        # workers inherit both
+        env = {"PYTHONPATH": str(self.tree), "PYTHONSAFEPATH": "1"}
+        src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"], capture_output=True,
+                             text=True, env={**os.environ, **env}, check=True).stdout.strip()
+        if not src.startswith(str(self.tree)):
+            raise RuntimeError(f"the responder would load {src}, not the tree {self.tree}")
+        self.iked.start(env=env)
 
     def stop(self) -> None:
         self.iked.stop()
@@ -272,6 +301,10 @@ class Load:
     drivers: int = 1
     warmup: int = 50
     timeout: float = 300.0
+    # CPUs (sched_setaffinity): the drivers' and the responder's (worker k on the k-th modulo the count);
+    # empty = wherever the scheduler puts them
+    driver_cpus: tuple[int, ...] = ()
+    responder_cpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -294,7 +327,8 @@ def _run_drivers(rig: Rig, auth: str, count: int, load: Load, prefix: str) -> li
                 "my_id": ""}
         if auth != "psk":
             spec["my_id"] = (keydir / "driver.id").read_text()
-        argv = ["ip", "netns", "exec", rig.lab.ns("alice"), sys.executable, str(Path(__file__).resolve()),
+        pin = ["taskset", "-c", ",".join(map(str, load.driver_cpus))] if load.driver_cpus else []
+        argv = [*pin, "ip", "netns", "exec", rig.lab.ns("alice"), sys.executable, str(Path(__file__).resolve()),
                 "driver", json.dumps(spec)]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "PYTHONPATH": str(ROOT)}))
@@ -348,14 +382,23 @@ def measure(rig: Rig, resp: Responder, auth: str, load: Load, profile: Path | No
     try:
         pid = resp.pid()
         pids, wpids = resp.pids(), resp.workers()
+        if load.responder_cpus:
+            cpus = load.responder_cpus
+            for k, p in enumerate(wpids or pids):
+                for t in Path(f"/proc/{p}/task").iterdir():
+                    os.sched_setaffinity(int(t.name), {cpus[k % len(cpus)]})
         if load.warmup:
             _run_drivers(rig, auth, load.warmup, load, f"w{resp.impl}")
         spy = _py_spy(pid, profile / f"{resp.impl}-{auth}.txt") if profile and resp.impl == "ours" else None
         time.sleep(0.3)
         cpu0, rss0 = sum(proc_cpu(p) for p in pids), sum(proc_rss_kib(p) for p in pids)
         w0 = [proc_cpu(p) for p in wpids]
+        sw0 = [proc_switches(p) for p in pids]
         runs = _run_drivers(rig, auth, load.count, load, f"m{resp.impl}")
         cpu1 = sum(proc_cpu(p) for p in pids)
+        sw1 = [proc_switches(p) for p in pids]
+        switches = (sum(b[0] - a[0] for a, b in zip(sw0, sw1, strict=True)),
+                    sum(b[1] - a[1] for a, b in zip(sw0, sw1, strict=True)))
         wcpu = [proc_cpu(p) - c for p, c in zip(wpids, w0, strict=True)]
         if spy is not None:
             spy.send_signal(2)
@@ -374,14 +417,15 @@ def measure(rig: Rig, resp: Responder, auth: str, load: Load, profile: Path | No
     if fails:
         print(f"  {resp.impl}/{auth}: failures {fails}", file=sys.stderr)
     return Result(resp.impl, auth, load.count, est, held, secs, cpu1 - cpu0, float(rss1 - rss0),
-                  sum(r["cpu"] for r in runs), load.drivers, wcpu)
+                  sum(r["cpu"] for r in runs), load.drivers, wcpu, switches)
 
 
 def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls: Sequence[str] = ("ours", "charon"),
               source_ips: int = 16, profile: Path | None = None, charon_plugins: str | None = None,
-              rounds: int = 1) -> list[Result]:
-    """`impls`: "ours", "ours-wN" (ours with [daemon] workers = N), "charon"; interleaved round by round
-    (results_io.interleave), each auth in turn, a fresh responder for each measurement."""
+              rounds: int = 1, before: Path | None = None) -> list[Result]:
+    """`impls`: "ours", "ours-wN" (ours with [daemon] workers = N), "before", "before-wN" (the same from the
+    tree `before`), "charon"; interleaved round by round (results_io.interleave), each auth in turn, a fresh
+    responder for each measurement."""
     from scenarios.lab import cleanup_orphans, two_hosts
     from scenarios.lab.creds import rsa_keypair
 
@@ -402,13 +446,17 @@ def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls:
         for _round, impl in results_io.interleave(rounds, list(impls)):
             for auth in auths:
                 resp: Responder
-                if impl.startswith("ours"):
-                    resp = OursResponder(lab, auth, keys, int(impl.partition("-w")[2] or 1))
+                if impl.startswith(("ours", "before")):
+                    if impl.startswith("before") and before is None:
+                        raise ValueError(f"the responder {impl!r} needs a tree (--before REV)")
+                    resp = OursResponder(lab, auth, keys, int(impl.partition("-w")[2] or 1),
+                                         before if impl.startswith("before") else None)
                 else:
                     resp = CharonResponder(lab, auth, keys, charon_plugins)
                 r = measure(Rig(lab, ips, keydir), resp, auth, load, profile)
                 print(f"  {r.impl:8} {auth}: {r.established} SAs, {r.rate:.0f}/s, CPU {r.cpu_ms:.3f} ms/SA, "
-                      f"capacity {r.capacity:.0f}/s" + (f", workers CPU s {[round(c, 2) for c in r.worker_cpu]}"
+                      f"capacity {r.capacity:.0f}/s, wake-ups/SA {r.switches[0] / max(1, r.established):.2f}, "
+                      f"preempted/SA {r.switches[1] / max(1, r.established):.2f}" + (f", workers CPU s {[round(c, 2) for c in r.worker_cpu]}"
                                                        if r.worker_cpu else ""), file=sys.stderr, flush=True)
                 results.append(r)
     finally:
@@ -431,13 +479,14 @@ def table(results: list[Result], inflight: int, drivers: int, warmup: int,
         + (f", 1-min load average before/after: {load[0]:.2f}/{load[1]:.2f}" if load else ""),
         "",
         f"{'auth':5} {'responder':9} {'SAs':>6} {'held':>6} {'setups/s':>9} {'CPU ms/SA':>10} {'KiB/SA':>8} "
-        f"{'driver ms/SA':>13} {'driver busy':>12}",
+        f"{'driver ms/SA':>13} {'driver busy':>12} {'wake-ups/SA':>12} {'preempted/SA':>13}",
     ]
     by = {(r.auth, r.impl): r for r in results}  # the last round's, for the ratio line
     for auth in dict.fromkeys(r.auth for r in results):
         for r in sorted((r for r in results if r.auth == auth), key=lambda r: r.impl):
             lines.append(f"{auth:5} {r.impl:9} {r.established:6d} {r.held:6d} {r.rate:9.0f} {r.cpu_ms:10.3f} "
-                         f"{r.kib:8.1f} {r.driver_ms:13.2f} {100 * r.driver_busy:11.0f}%"
+                         f"{r.kib:8.1f} {r.driver_ms:13.2f} {100 * r.driver_busy:11.0f}% "
+                         f"{r.switches[0] / max(1, r.established):12.2f} {r.switches[1] / max(1, r.established):13.2f}"
                          + (f"  capacity {r.capacity:.0f}/s, workers' CPU s "
                             + "/".join(f"{c:.2f}" for c in r.worker_cpu) if r.worker_cpu else ""))
         o, c = by.get((auth, "ours")), by.get((auth, "charon"))
@@ -447,6 +496,8 @@ def table(results: list[Result], inflight: int, drivers: int, warmup: int,
     lines += ["", "target: setups/s ratio >= 1, CPU ratio <= 0.5, KiB/SA ratio <= 1",
               "held = IKE_SAs the responder lists after the batch (warm-up SAs included)",
               "driver busy = driver CPU / (wall time x driver processes); near 100% means the driver limits the rate",
+              "wake-ups/SA, preempted/SA = the responder's voluntary and involuntary context switches per IKE_SA "
+              "(all its processes)",
               "setups/s needs an otherwise idle machine (driver and responder share its CPUs); CPU ms/SA and",
               "KiB/SA are per-process figures and hardly depend on other load"]
     return "\n".join(lines) + "\n"
@@ -475,22 +526,34 @@ def figures_of(res: list[Result], inflight: int) -> list[dict[str, Any]]:
             f"setup_rate_{auth}", f"IKE_SA setups per second ({auth.upper()}, driver and responder on the same 2 CPUs)",
             results_io.sample([r.rate for r in ours], "/s", 0), results_io.sample([r.rate for r in ch], "/s", 0),
             better="higher", differences=[*diffs, "the driver shares the CPUs: a driver-bound rate"], readme=False))
-        w1 = [r.capacity for r in ours]
-        for impl, rs in by.items():
-            if not impl.startswith("ours-w") or not w1:
-                continue
-            n = int(impl.partition("-w")[2])
-            pairs = list(zip(w1, (r.capacity for r in rs), strict=False))  # round by round (interleaved)
-            figs.append(results_io.figure(
-                f"setup_capacity_w{n}_{auth}",
-                f"IKE_SA setup capacity, workers = {n} over workers = 1 ({auth.upper()}, CPU-normalised)",
-                results_io.sample([b / a for a, b in pairs if a], "x", 2), None, better="higher",
-                differences=["CPU-normalised: the batch's IKE_SAs over the CPU seconds of the busiest worker (the "
-                             "rate with a core per worker), workers = N over workers = 1 of the same round; the "
-                             "driver shares the machine's 2 CPUs, so the wall rate cannot show it",
-                             f"workers = {n}: " + ", ".join(f"{r.capacity:.0f}/s" for r in rs)
-                             + "; workers = 1: " + ", ".join(f"{c:.0f}/s" for c in w1)],
-                readme=True))
+        for side in ("ours", "before"):
+            base = by.get(side, [])
+            w1 = [r.capacity for r in base]
+            for impl, rs in by.items():
+                if not impl.startswith(f"{side}-w") or not w1:
+                    continue
+                n = int(impl.partition("-w")[2])
+                pairs = list(zip(w1, (r.capacity for r in rs), strict=False))  # round by round (interleaved)
+                tree = "" if side == "ours" else ", the tree of --before"
+                figs.append(results_io.figure(
+                    f"setup_capacity_w{n}_{auth}" + ("" if side == "ours" else "_before"),
+                    f"IKE_SA setup capacity, workers = {n} over workers = 1 ({auth.upper()}, CPU-normalised{tree})",
+                    results_io.sample([b / a for a, b in pairs if a], "x", 2), None, better="higher",
+                    differences=["CPU-normalised: the batch's IKE_SAs over the CPU seconds of the busiest worker (the "
+                                 "rate with a core per worker), workers = N over workers = 1 of the same round; the "
+                                 "driver shares the machine's 2 CPUs, so the wall rate cannot show it",
+                                 f"workers = {n}: " + ", ".join(f"{r.capacity:.0f}/s" for r in rs)
+                                 + "; workers = 1: " + ", ".join(f"{c:.0f}/s" for c in w1)],
+                    readme=side == "ours"))
+        for impl in [i for i in by if i.startswith("before")]:
+            mine = by.get("ours" + impl.removeprefix("before"), [])
+            if mine:
+                figs.append(results_io.figure(
+                    f"setup_cpu_{auth}_{impl}", f"responder CPU per IKE_SA ({auth.upper()}, {impl.replace('before', 'ours')}"
+                    ", this tree against the tree of --before)",
+                    results_io.sample([r.cpu_ms for r in mine], "ms"), results_io.sample([r.cpu_ms for r in by[impl]], "ms"),
+                    differences=["the same configuration and driver on both sides, interleaved round by round; "
+                                 "the second value is the tree of --before"], readme=False))
     return figs
 
 
@@ -508,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--auth", default="psk,rsa")
     ap.add_argument("--impl", default="ours,ours-w2,charon",
                     help="responders, interleaved: ours, ours-wN (workers = N), charon")
+    ap.add_argument("--driver-cpus", default="", help="CPUs the drivers run on (comma-separated; default any)")
+    ap.add_argument("--responder-cpus", default="", help="CPUs the responder runs on, worker k on the k-th "
+                    "(modulo their count; default any)")
+    ap.add_argument("--before", metavar="REV", help="also run our responder from REV (git archive; or a source "
+                    "tree's directory) as `before` beside each `ours` or `ours-wN` of --impl, interleaved")
     ap.add_argument("--profile", metavar="DIR", help="py-spy our responder during the measured batches "
                     "(needs `pip install py-spy` in the venv); collapsed stacks and hot spots go to DIR")
     ap.add_argument("--charon-plugins", default=None,
@@ -523,8 +591,20 @@ def main(argv: list[str] | None = None) -> int:
     if prof:
         prof.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()[0]
-    res = run_bench(Load(a.count, a.inflight, a.drivers, a.warmup), a.auth.split(","), a.impl.split(","),
-                    a.source_ips, profile=prof, charon_plugins=a.charon_plugins, rounds=rounds)
+    impls = a.impl.split(",")
+    given = a.before is not None and Path(a.before).is_dir()  # a source tree as it is, else a revision
+    before = Path(a.before).resolve() if given else (
+        results_io.git_tree(a.before, prefix="ike-setup-rate-before-") if a.before else None)
+    if before is not None:
+        impls += [i.replace("ours", "before", 1) for i in impls if i.startswith("ours")]
+    try:
+        cpus = ({"driver_cpus": tuple(int(c) for c in a.driver_cpus.split(",") if c),
+                 "responder_cpus": tuple(int(c) for c in a.responder_cpus.split(",") if c)})
+        res = run_bench(Load(a.count, a.inflight, a.drivers, a.warmup, **cpus), a.auth.split(","), impls,
+                        a.source_ips, profile=prof, charon_plugins=a.charon_plugins, rounds=rounds, before=before)
+    finally:
+        if before is not None and not given:
+            shutil.rmtree(before, ignore_errors=True)
     text = table(res, a.inflight, a.drivers, a.warmup, (load0, os.getloadavg()[0]))
     if a.charon_plugins:
         text += f"charon plugins: {a.charon_plugins}\n"
