@@ -392,14 +392,14 @@ class UdpTransport:
             self._read_each(s, local)
 
     def _read_each(self, s: socket.socket, local: Addr) -> None:
-        """Datagrams one recvfrom each, to the engine one at a time; the replies to MMSG_BATCH of them
-        leave together (`_send_batch`). Most wake-ups of a responder find one or two datagrams, where
-        recvfrom costs less than recvmmsg through ctypes and its sockaddr decoding."""
+        """Datagrams one recvfrom each, to the engine one at a time, each one's replies sent as soon as the
+        engine made them (`_answer`): a reply never waits for the datagrams queued behind its request. Most
+        wake-ups of a responder find one or two datagrams, where recvfrom costs less than recvmmsg through
+        ctypes and its sockaddr decoding."""
         engine = self.engine
-        deliver, collect, clock = self.deliver_ike, self._collect, self.clock
+        deliver, answer, clock = self.deliver_ike, self._answer, self.clock
         natt = local[1] == engine.natt_port
         recv = s.recvfrom
-        replies: list[tuple[bytes, Addr, Addr]] = []
         total = 0
         while total < READ_BATCH:
             try:
@@ -420,14 +420,21 @@ class UdpTransport:
                 deliver(data[4:], local, remote, clock())
             else:
                 self._datagram(data, local, remote, clock())
-            replies = collect(replies)
-            if len(replies) >= MMSG_BATCH:
-                self._send_batch(replies)
-                replies = []
-        if replies:
-            self._send_batch(replies)
+            answer()
         self.stats["rx"] += total
         self.flush()
+
+    def _answer(self) -> None:
+        """The events of the datagram just delivered, then its replies, sent now (one sendto each): a
+        CHILD_SA is installed before the response that completes it (RFC 7296 §1.2, §1.3.1: with that
+        response the CHILD_SA exists at the initiator, which may send on it at once)."""
+        engine = self.engine
+        out = engine.datagrams_to_send()
+        if (ev := engine.next_event()) is not None:
+            self._forward(ev)
+            out += engine.datagrams_to_send()
+        if out:
+            self._send_all(out)
 
     def _read_batches(self, s: socket.socket, local: Addr) -> None:
         """Up to READ_BATCH datagrams, MMSG_BATCH per recvmmsg: the engine's pre-filter answers new
