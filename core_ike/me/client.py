@@ -7,8 +7,8 @@
   mediation SA up if needed, sends ME_CONNECT (§4.1), creates the check list *when sending* (the
   relayed answer may come first, §4.4), waits for a callback when the peer is offline (§5), runs the
   checks (§7) and starts the mediated IKE_SA on the selected pair with N(ME_CONNECTID) (§9);
-- as target: answers relayed ME_CONNECTs, sends its own ME_CONNECT + ME_RESPONSE, checks, and stops
-  on the mediated IKE_SA_INIT (§8).
+- as target (target.py): answers relayed ME_CONNECTs, sends its own ME_CONNECT + ME_RESPONSE, checks,
+  and stops on the mediated IKE_SA_INIT (§8).
 Every connect() ends in MediatedEstablished or MediationFailed within bounded, configurable times
 (§11.4).
 """
@@ -29,7 +29,6 @@ from ..ike.state import IkeState
 from ..ike.tasks.ike_init import first_group
 from ..rng import Rng
 from . import events as mev
-from . import tiebreak
 from .attempt import Attempt, AttemptState, timeout_reason
 from .birthday import Probes
 from .checklist import (
@@ -54,7 +53,6 @@ from .connect import (
     ConnectKind,
     ConnectResult,
     build_connect,
-    build_connect_failed,
     id_peer,
     identity_of,
     new_connect_id,
@@ -65,6 +63,7 @@ from .endpoints import Endpoint, host_endpoints, remove_redundant, srflx_endpoin
 from .engine import CheckEngine
 from .natinfo import IKEME_NAT_BEHAVIOUR, decode_nat, encode_nat
 from .predict import predicted_endpoints
+from .target import TargetRole
 from .tasks import (
     ConnectIdInit,
     ConnectIdResponder,
@@ -89,7 +88,7 @@ def _nat_text(data: bytes | None) -> str | None:
     return decode_nat(data) if data is not None else None
 
 
-class MediationClient(Extension):
+class MediationClient(TargetRole, Extension):
     def __init__(self, engine: Engine, config: MediationClientConfig | None = None,
                  rng: Rng | None = None) -> None:
         self.engine = engine
@@ -404,74 +403,6 @@ class MediationClient(Extension):
         log.info("received ME_CALLBACK for '%s'%s", peer, f", retrying {', '.join(names)}" if names else "")
         self.engine.emit(mev.CallbackReceived(str(peer), tuple(names)))
 
-    def _relayed_request(self, sa: IkeSaView, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity,
-                         now: float, nat: str | None = None) -> list[Payload]:
-        """We are the target (docs/protocol.md §4.1 step 5): responder list, empty answer, own ME_CONNECT.
-        With our own attempt to `peer` in progress, the tie-break (tiebreak.py) keeps one of the two."""
-        rival = next((a for a in self.attempts.values() if a.active and a.state is not AttemptState.YIELDED and a.peer == peer
-                      and a.mediation == sa.config.name), None)
-        if rival is not None:
-            own = str(self.engine.config(rival.mediation).local.id)
-            decision = tiebreak.decide(rival.state, rival.connect_id, rival.name not in self._unsent, cid, own,
-                                       str(peer))
-            if decision == "keep":  # empty answer, no check list: the peer abandons its attempt
-                log.info("simultaneous ME_CONNECT from '%s' (connect ID %s): keeping our attempt '%s' "
-                         "(connect ID %s)", peer, cid.hex(), rival.name, (rival.connect_id or b"").hex())
-                return []
-            if decision == "yield":
-                self._yield(rival, cid, now, "simultaneous ME_CONNECT, yielded to its")
-        try:
-            self.checks.create_responder(cid, key, eps, now)
-        except LocalError as e:
-            log.info("ME_CONNECT from '%s' refused: %s", peer, e)
-            if rival is not None and rival.state is AttemptState.YIELDED and rival.connect_id == cid:
-                self._fail(rival, f"mediation by the peer failed: {e}", now)
-            return build_connect_failed()
-        sess = Session(cid, False, peer, mediation=sa.config.name, peer_nat=nat)
-        self.sessions[cid] = sess
-        sending = [True]  # outbox.send below makes and sends our answer first, the rest after it
-
-        def made(t: float) -> None:
-            cl = self.checks.get(cid)  # answers the peer's checks from now on; ours start in `done`
-            if cl is not None and cl.keys is None:
-                cl.set_responder_data(sess.key, sess.endpoints, t, start=False)
-            self.engine.emit(mev.MeConnectSent("", str(peer), cid.hex(), tuple(map(str, sess.endpoints)), True))
-
-        def build(s: IkeSaView, t: float) -> list[Payload]:
-            self._unsent_answers.pop(cid, None)
-            sess.key, sess.endpoints = new_connect_key(self.rng), self.gather(s)
-            if not sending[0]:
-                made(t)
-            return self._with_nat(s, build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True))
-
-        def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
-            if (cl := self.checks.get(cid)) is None:
-                return
-            if not result.ok:  # docs/protocol.md §4.1 step 6 (draft): the initiator has left
-                self._end_target(cid, "the mediation server refused our answer", t)
-                return
-            cl.start_checks(t)  # docs/protocol.md §4.1 step 6
-            self.checks.handle_timer(t)  # the first ones leave now, not a turn of the event loop later
-            self._pump(t)  # ... before the probing and the event, which the peer does not wait for
-            self._start_probe(cid, t)
-            self.engine.emit(mev.ChecksStarted("", str(peer), cid.hex(), False,
-                                               tuple(str(p) for p in cl.tried())))
-            self._pump(t)
-
-        def failed(s: IkeSaView, reason: str, t: float) -> None:
-            self._unsent_answers.pop(cid, None)
-            self._end_target(cid, f"answer not delivered: {reason}", t)
-
-        answer = MeConnectRequest(build, done, failed)
-        self._unsent_answers[cid] = (sa, answer)
-        self.outbox.send(sa, answer, now)  # made and sent now (MeOutbox.flush) unless the SA is busy
-        sending[0] = False
-        log.info("received ME_CONNECT from '%s' (connect ID %s, %d endpoints)", peer, cid.hex(), len(eps))
-        self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
-        if cid not in self._unsent_answers:
-            made(now)
-        return []
-
     def _relayed_answer(self, cid: bytes, key: bytes, eps: list[Endpoint], peer: Identity, now: float,
                         nat: str | None = None) -> None:
         """The target's ME_RESPONSE (docs/protocol.md §4.1 step 8): build pairs, start checking."""
@@ -561,21 +492,6 @@ class MediationClient(Extension):
     def _ike_deadline(self, now: float) -> float | None:
         """The mediated IKE_SA: its retransmissions decide (RFC 7296 2.1), unless ike_timeout caps them."""
         return now + self.config.ike_timeout if self.config.ike_timeout > 0 else None
-
-    def _mediated_request(self, sa: IkeSaView, cid: bytes, now: float) -> None:
-        """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
-        sess = self.sessions.pop(cid, None)
-        self.paths.track(sa.unique_id, self.checks.get(cid), sess.peer_nat if sess is not None else None)
-        self.probes.mediated(self.checks.get(cid), sa.local, sa.remote, now)
-        if self.checks.stop(cid, now):  # the check list's own line says why it stopped, at info
-            log.debug("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
-        if sess is not None:
-            self._target_sas[sa.unique_id] = str(sess.peer)
-        for att in self.attempts.values():
-            if att.state is AttemptState.YIELDED and att.connect_id == cid:  # docs/protocol.md §11.9: our connect() waits
-                att.sa_id, att.deadline = sa.unique_id, self._ike_deadline(now)
-                self._mediated[sa.unique_id] = att.name
-        self._pump(now)
 
     # ================================================================== many-port probing (birthday.py)
     def _with_nat(self, sa: IkeSaView, payloads: list[Payload]) -> list[Payload]:
@@ -684,16 +600,3 @@ class MediationClient(Extension):
         if att.connect_id is not None:
             self.sessions.pop(att.connect_id, None)
             self.checks.remove(att.connect_id)
-
-    def _end_target(self, cid: bytes, reason: str, now: float) -> None:
-        sess = self.sessions.pop(cid, None)
-        self.checks.remove(cid)
-        unsent = self._unsent_answers.pop(cid, None)
-        if unsent is not None:  # the initiator gave up before our answer left: withdraw it
-            self.outbox.cancel(unsent[0], unsent[1], now)
-        if sess is not None:
-            log.info("checks for connect ID %s from '%s' ended: %s", cid.hex(), sess.peer, reason)
-            self.engine.emit(mev.ChecksEnded(str(sess.peer), cid.hex(), reason))
-        for att in list(self.attempts.values()):
-            if att.state is AttemptState.YIELDED and att.connect_id == cid and att.sa_id is None:
-                self._fail(att, f"mediation by the peer failed: {reason}", now)

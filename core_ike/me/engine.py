@@ -47,9 +47,10 @@ class CheckEngine:
         return self._add(CheckList.for_initiator(connect_id, my_key, my_endpoints, now, self.config))
 
     def create_responder(self, connect_id: bytes, peer_key: bytes, peer_endpoints: Sequence[Endpoint],
-                         now: float) -> CheckList:
-        """Call on the relayed ME_CONNECT request (docs/protocol.md §4.1 step 5)."""
-        return self._add(CheckList.for_responder(connect_id, peer_key, peer_endpoints, now, self.config))
+                         now: float, config: CheckListConfig | None = None) -> CheckList:
+        """Call on the relayed ME_CONNECT request (docs/protocol.md §4.1 step 5); `config` replaces the
+        engine's for this list."""
+        return self._add(CheckList.for_responder(connect_id, peer_key, peer_endpoints, now, config or self.config))
 
     def set_responder_data(self, connect_id: bytes, key: bytes, endpoints: Sequence[Endpoint],
                            now: float) -> CheckList:
