@@ -70,8 +70,9 @@ class Result:
     drivers: int
     worker_cpu: list[float] = dataclasses.field(default_factory=list)  # per worker process (ours, workers > 1)
     # context switches of the responder's processes over the batch: voluntary (it slept: one wake-up each)
-    # and involuntary (it was preempted: another process wanted its CPU)
-    switches: tuple[int, int] = (0, 0)
+    # and involuntary (it was preempted: another process wanted its CPU), and moves to another CPU (each
+    # leaves its cached state behind)
+    switches: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def capacity(self) -> float:
@@ -111,17 +112,21 @@ def proc_cpu(pid: int) -> float:
     return total / 1e9
 
 
-def proc_switches(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of every thread of `pid` (/proc/PID/status)."""
-    vol = invol = 0
+def proc_switches(pid: int) -> tuple[int, int, int]:
+    """(voluntary, involuntary) context switches and CPU migrations of every thread of `pid`
+    (/proc/PID/status, /proc/PID/sched)."""
+    vol = invol = moves = 0
     for t in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
+            for line in (t / "sched").read_text().splitlines():
+                if line.startswith("se.nr_migrations"):
+                    moves += int(line.split()[-1])
             for line in (t / "status").read_text().splitlines():
                 if line.startswith("voluntary_ctxt_switches:"):
                     vol += int(line.split()[1])
                 elif line.startswith("nonvoluntary_ctxt_switches:"):
                     invol += int(line.split()[1])
-    return vol, invol
+    return vol, invol, moves
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -397,8 +402,8 @@ def measure(rig: Rig, resp: Responder, auth: str, load: Load, profile: Path | No
         runs = _run_drivers(rig, auth, load.count, load, f"m{resp.impl}")
         cpu1 = sum(proc_cpu(p) for p in pids)
         sw1 = [proc_switches(p) for p in pids]
-        switches = (sum(b[0] - a[0] for a, b in zip(sw0, sw1, strict=True)),
-                    sum(b[1] - a[1] for a, b in zip(sw0, sw1, strict=True)))
+        sw = [sum(b[i] - a[i] for a, b in zip(sw0, sw1, strict=True)) for i in range(3)]
+        switches = (sw[0], sw[1], sw[2])
         wcpu = [proc_cpu(p) - c for p, c in zip(wpids, w0, strict=True)]
         if spy is not None:
             spy.send_signal(2)
@@ -456,7 +461,8 @@ def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls:
                 r = measure(Rig(lab, ips, keydir), resp, auth, load, profile)
                 print(f"  {r.impl:8} {auth}: {r.established} SAs, {r.rate:.0f}/s, CPU {r.cpu_ms:.3f} ms/SA, "
                       f"capacity {r.capacity:.0f}/s, wake-ups/SA {r.switches[0] / max(1, r.established):.2f}, "
-                      f"preempted/SA {r.switches[1] / max(1, r.established):.2f}" + (f", workers CPU s {[round(c, 2) for c in r.worker_cpu]}"
+                      f"preempted/SA {r.switches[1] / max(1, r.established):.2f}, "
+                      f"migrations/SA {r.switches[2] / max(1, r.established):.2f}" + (f", workers CPU s {[round(c, 2) for c in r.worker_cpu]}"
                                                        if r.worker_cpu else ""), file=sys.stderr, flush=True)
                 results.append(r)
     finally:
