@@ -19,6 +19,16 @@ Same settings both sides: proposal aes128gcm16-prfsha256-x25519, COOKIEs off on 
 The figure: responder CPU (utime + stime of all its processes/threads, /proc) over the measured batch
 divided by the IKE_SAs it established. Rounds interleave the responders (ours, charon, charon, ours ...).
 
+A batch starts on a settled machine: once the last side's processes, TUN devices and routes are gone from
+the lab (they are when its stop returns; the bench checks) and, for up to 2 s after the warm-up, once the
+machine is idle. What the CPU time of a batch means still depends on how fast the machine runs meanwhile:
+a process sharing the CPUs (another tenant of the host, a test run) slows the responder and the initiator
+alike, by up to a third here. So the table gives the CPUs others kept busy during each batch, and the
+figures the initiator's CPU per IKE_SA beside each responder: the same work (its key exchange, for RSA
+mostly its signature arithmetic) whichever responder answers, a gauge of the machine's speed; where it
+differs between two sides, so does the ground their figures stand on. ``--before``'s side runs right
+after ours in each round, so that the A/B pair shares the machine's state.
+
     .venv/bin/python bench/charon_initiator.py --rounds 3 --out bench/results/charon_initiator.txt
     .venv/bin/python bench/charon_initiator.py --before HEAD~3 --rounds 3   # also ours at HEAD~3, interleaved
     .venv/bin/python bench/charon_initiator.py --profile /tmp/prof   # py-spy our responder too
@@ -85,6 +95,57 @@ def proc_user_sys(pid: int) -> tuple[float, float]:
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tck = os.sysconf("SC_CLK_TCK")
     return int(f[11]) / tck, int(f[12]) / tck
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy so far (/proc/stat: every state but idle and iowait)."""
+    f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(x) for x in f[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(limit: float = 2.0, window: float = 0.2, busy: float = 0.25) -> float:
+    """Wait (at most `limit` s) until the machine is idle but for `busy` CPUs over `window` s, and return
+    the CPUs busy in the last window. The responder and the initiator sit idle between the warm-up and
+    the batch: what runs then is someone else's (another benchmark, a test run, the kernel finishing the
+    last side's teardown) and would share the CPUs, their caches and the memory bandwidth with the batch."""
+    end = time.monotonic() + limit
+    while True:
+        b0, t0 = machine_busy(), time.monotonic()
+        time.sleep(window)
+        load = (machine_busy() - b0) / (time.monotonic() - t0)
+        if load <= busy or time.monotonic() >= end:
+            return load
+
+
+def _leftovers(lab: Any) -> list[str]:
+    """What the last side left in the lab: processes in its namespaces, network devices other than lo
+    and eth0 (a TUN device of a data plane), routes into them."""
+    out = []
+    for host in lab.hosts:
+        pids = subprocess.run(["ip", "netns", "pids", lab.ns(host)], capture_output=True, text=True).stdout.split()
+        if pids:
+            out.append(f"{host}: processes {' '.join(pids)}")
+        links = [ln.split(":")[1].strip().split("@")[0]
+                 for ln in lab.run(host, ["ip", "-o", "link"]).stdout.splitlines() if ln.count(":") >= 2]
+        extra = [ln for ln in links if ln not in ("lo", "eth0")]
+        if extra:
+            out.append(f"{host}: devices {' '.join(extra)}")
+    return out
+
+
+def _settle(lab: Any, timeout: float = 30.0) -> float:
+    """Wait until the last side is gone from the lab (_leftovers: processes, TUN devices and their routes);
+    the seconds waited. Stopping a side waits for its processes, and the kernel removes a TUN device with
+    the process that held it, its routes with it: this holds the batch if that ever lags."""
+    from scenarios.lab.netns import wait_for
+
+    t0 = time.monotonic()
+    try:
+        wait_for(lambda: not _leftovers(lab), timeout, interval=0.05, what="the last side's processes and devices")
+    except TimeoutError as e:
+        raise RuntimeError(f"the lab did not settle: {_leftovers(lab)}") from e
+    return time.monotonic() - t0
 
 
 @dataclass(frozen=True)
@@ -347,6 +408,12 @@ class Run:
     init_cpu: float
     held: int
     sys_share: float = 0.0  # of the responder's CPU, the part in the kernel (system time)
+    others: float = 0.0  # CPUs busy over the batch with anything but the responder, the initiator and the bench
+    waited: float = 0.0  # seconds the batch waited for a settled machine (_settle)
+
+    @property
+    def init_ms(self) -> float:
+        return 1000.0 * self.init_cpu / max(1, self.established)
 
     @property
     def cpu_ms(self) -> float:
@@ -386,6 +453,7 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
     count, warmup, inflight = batch.count, batch.warmup, batch.inflight
     init = initiator(lab, auth, pki, warmup + count, f"init-{resp.impl}-{auth}-{run}", threads=4 * inflight + 16,
                      child=resp.impl.endswith("-child"))
+    waited = _settle(lab)
     resp.start()
     spy = None
     try:
@@ -396,13 +464,16 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
         if profile is not None and resp.impl in ("ours", "ours-child"):
             spy = _py_spy(pids[0], profile / f"{resp.impl}-{auth}-{run}.txt")
         ipid = find_pid(init.proc.pid, "charon")
+        wait_idle()
         cpu0, icpu0 = sum(proc_cpu(p) for p in pids), proc_cpu(ipid)
         us0 = [proc_user_sys(p) for p in pids]
+        busy0, own0 = machine_busy(), proc_cpu(os.getpid())
         t0 = time.monotonic()
         n, failed = initiate_all(init, [f"c{i}" for i in range(warmup, warmup + count)], inflight, 60.0)
         secs = time.monotonic() - t0
         resp.settle(warmup + n)
         cpu1, icpu1 = sum(proc_cpu(p) for p in pids), proc_cpu(ipid)
+        busy1, own1 = machine_busy(), proc_cpu(os.getpid())
         us1 = [proc_user_sys(p) for p in pids]
         user = sum(b[0] - a[0] for a, b in zip(us0, us1, strict=True))
         system = sum(b[1] - a[1] for a, b in zip(us0, us1, strict=True))
@@ -414,8 +485,9 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
         with contextlib.suppress(Exception):
             init.stop()
         resp.stop()
+    others = (busy1 - busy0) - (cpu1 - cpu0) - (icpu1 - icpu0) - (own1 - own0)
     return Run(run, resp.impl, auth, n, failed, secs, cpu1 - cpu0, icpu1 - icpu0, held,
-               system / (user + system) if user + system > 0 else 0.0)
+               system / (user + system) if user + system > 0 else 0.0, max(0.0, others) / max(secs, 1e-3), waited)
 
 
 @dataclass(frozen=True)
@@ -575,7 +647,8 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                          "default); charon: 16 threads on 2 CPUs (its CPU is the sum over threads)",
                          *_floor_lines(auth, floor.get(auth, {}), c, ossl),
                          *_split_lines(split.get(auth), a.before),
-                         *charon_child.before_lines(runs, auth, a.before, "ours", "before")],
+                         *charon_child.before_lines(runs, auth, a.before, "ours", "before"),
+                         *_gauge_lines(runs, auth, ("ours", "before", "charon"))],
             readme=True)
         f["crypto_floor_ms"] = {k: round(v / 1000, 4) for k, v in floor.get(auth, {}).items()}
         figures.append(f)
@@ -590,7 +663,9 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                              "default; to a file, line by line, where its default is syslog); the rest as above, "
                              "interleaved in the same rounds"],
                 readme=True))
-        figures += charon_child.figures(a, auth, runs)
+        for f in charon_child.figures(a, auth, runs):
+            f["differences"] += _gauge_lines(runs, auth, ("ours-child", charon_child.BEFORE, "charon-child"))
+            figures.append(f)
     return [f for f in figures if f["ours"] or f["charon"]]  # --shape child: no childless figures
 
 
@@ -635,8 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     pki = make_pki(a.warmup + a.count_rsa if "rsa" in a.auth.split(",") else 0)
     lab = two_hosts(inner=False)
     runs: list[Run] = []
-    sides = (a.impl.split(",") + (["before"] if a.before else []) if "childless" in a.shape else []) + (
-        charon_child.sides(bool(a.before)) if "child" in a.shape else [])
+    sides = (_next_to(a.impl.split(","), "ours", "before" if a.before else None) if "childless" in a.shape
+             else []) + (_next_to(charon_child.sides(False), "ours-child", charon_child.BEFORE if a.before else None)
+                         if "child" in a.shape else [])
     before_tree = results_io.git_tree(a.before, prefix="charon-initiator-before-") if a.before else None
     try:
         if "child" in a.shape:
@@ -665,13 +741,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _next_to(sides: list[str], ours: str, before: str | None) -> list[str]:
+    """`sides` with `before` right after `ours` (at the end without `ours`): the A/B pair of this tree and
+    --before runs back to back in each round, so that a change in the machine's speed between batches
+    (another tenant of the host, a test run) weighs on both alike."""
+    if before is None:
+        return sides
+    out = [s for s in sides if s != before]
+    return [*out[:out.index(ours) + 1], before, *out[out.index(ours) + 1:]] if ours in out else [*out, before]
+
+
+def _gauge_lines(runs: list[Run], auth: str, sides: tuple[str, ...]) -> list[str]:
+    """The initiator's CPU per IKE_SA beside each responder (the same work whichever responder answers:
+    mostly its key exchange and, for RSA, the signature arithmetic), the gauge of how fast the machine ran
+    during the batches, and the responder's CPU over it; the CPUs others kept busy during the batches."""
+    import statistics
+
+    def med(impl: str, f: Any) -> float | None:
+        xs = [f(r) for r in runs if r.auth == auth and r.impl == impl and r.established]
+        return statistics.median(xs) if xs else None
+
+    have = [s for s in sides if med(s, lambda r: r.init_ms) is not None]
+    if len(have) < 2:
+        return []
+    init = ", ".join(f"{s} {med(s, lambda r: r.init_ms):.2f}" for s in have)
+    share = ", ".join(f"{s} {med(s, lambda r: r.cpu_ms / max(r.init_ms, 1e-9)):.3f}" for s in have)
+    others = ", ".join(f"{s} {med(s, lambda r: r.others):.2f}" for s in have)
+    return [f"the initiator's CPU per IKE_SA beside each responder (medians, ms; the same work whichever responder "
+            f"answers, so it gauges how fast the machine ran during the batches): {init}; the responder's CPU over "
+            f"the initiator's: {share}; CPUs kept busy by others during the batches (medians; each batch starts "
+            f"once the last side's processes and devices are gone and, for up to 2 s, the machine is idle): {others}"]
+
+
 def _table(runs: list[Run]) -> list[str]:
     lines = [f"{'round':5} {'auth':4} {'responder':12} {'IKE_SAs':>8} {'held':>6} {'seconds':>8} {'CPU ms/SA':>10} "
-             f"{'initiator ms/SA':>16} {'system %':>9}"]
+             f"{'initiator ms/SA':>16} {'system %':>9} {'others':>7}"]
     for r in runs:
         lines.append(f"{r.round + 1:5} {r.auth:4} {r.impl:12} {r.established:8d} "
-                     f"{r.held:6d} {r.seconds:8.1f} {r.cpu_ms:10.3f} {1000 * r.init_cpu / max(1, r.established):16.3f} "
-                     f"{100 * r.sys_share:8.0f}%")
+                     f"{r.held:6d} {r.seconds:8.1f} {r.cpu_ms:10.3f} {r.init_ms:16.3f} "
+                     f"{100 * r.sys_share:8.0f}% {r.others:7.2f}")
         if r.failed:
             lines.append(f"      failed: {len(r.failed)}: {r.failed[:3]}")
     return lines
