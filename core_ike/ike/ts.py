@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 
 from ..codec.payloads import TrafficSelector
 from ..constants import TsType
@@ -21,8 +23,12 @@ def from_cidr(text: str, proto: int = 0, ports: tuple[int, int] = (0, 65535)) ->
     return TrafficSelector(t, proto, ports[0], ports[1], net.network_address.packed, net.broadcast_address.packed)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse(text: str, dynamic: str | None) -> TrafficSelector:
-    """`10.1.0.0/24`, `10.1.0.2`, `dynamic` (our/peer's address), optional `[proto/port]` suffix."""
+    """`10.1.0.0/24`, `10.1.0.2`, `dynamic` (our/peer's address), optional `[proto/port]` suffix.
+
+    Cached: a configuration's selectors are parsed for every CHILD_SA it negotiates, with the same
+    addresses for `dynamic` (a selector is immutable)."""
     proto, ports = 0, (0, 65535)
     if "[" in text and text.endswith("]"):
         text, spec = text[:-1].split("[", 1)
@@ -82,21 +88,38 @@ def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) ->
     return [x for x in out if not any(y != x and intersect(x, y) == x for y in out)]
 
 
+@functools.lru_cache(maxsize=4096)
 def to_text(ts: TrafficSelector) -> str:
-    """strongSwan display: `10.1.0.0/24`, `10.1.0.2/32`, or a range `a..b`, plus `[proto/port]`."""
-    try:
-        lo = ipaddress.ip_address(ts.start_addr)
-        hi = ipaddress.ip_address(ts.end_addr)
-    except ValueError:
-        return f"{ts.start_addr.hex()}..{ts.end_addr.hex()}"
-    ok = lo.version == hi.version and int(lo) <= int(hi)
-    nets = list(ipaddress.summarize_address_range(lo, hi)) if ok else []
-    base = str(nets[0]) if len(nets) == 1 else f"{lo}..{hi}"
+    """strongSwan display: `10.1.0.0/24`, `10.1.0.2/32`, or a range `a..b`, plus `[proto/port]`.
+
+    Cached: the local selectors repeat for every CHILD_SA of a configuration."""
+    lo_b, hi_b = ts.start_addr, ts.end_addr
+    if len(lo_b) == 4 and len(hi_b) == 4:
+        base = _v4_text(lo_b, hi_b)
+    else:
+        try:
+            lo = ipaddress.ip_address(lo_b)
+            hi = ipaddress.ip_address(hi_b)
+        except ValueError:
+            return f"{lo_b.hex()}..{hi_b.hex()}"
+        ok = lo.version == hi.version and int(lo) <= int(hi)
+        nets = list(ipaddress.summarize_address_range(lo, hi)) if ok else []
+        base = str(nets[0]) if len(nets) == 1 else f"{lo}..{hi}"
     if ts.ip_proto or (ts.start_port, ts.end_port) != (0, 65535):
         proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(ts.ip_proto, str(ts.ip_proto))
         port = "" if (ts.start_port, ts.end_port) == (0, 65535) else f"/{ts.start_port}"
         base += f"[{proto}{port}]"
     return base
+
+
+def _v4_text(lo_b: bytes, hi_b: bytes) -> str:
+    """An IPv4 range as `a.b.c.d/n` when it is one CIDR block, else `a..b` (what ipaddress's
+    summarize_address_range gives, without building address objects)."""
+    lo, hi = int.from_bytes(lo_b, "big"), int.from_bytes(hi_b, "big")
+    size = hi - lo + 1
+    if size > 0 and not size & (size - 1) and not lo & (size - 1):  # a power of two, aligned
+        return f"{socket.inet_ntop(socket.AF_INET, lo_b)}/{33 - size.bit_length()}"
+    return f"{socket.inet_ntop(socket.AF_INET, lo_b)}..{socket.inet_ntop(socket.AF_INET, hi_b)}"
 
 
 def list_text(tss: list[TrafficSelector]) -> str:

@@ -18,6 +18,7 @@ from ...codec.payloads import (
     Proposal,
     SaPayload,
     TrafficSelector,
+    Transform,
     TsPayload,
 )
 from ...constants import (
@@ -57,21 +58,41 @@ def installable(sa: IkeSaView) -> EspTransforms | None:
     return sa.ctx.esp_transforms()
 
 
+_PROPOSALS: dict[tuple[str, str, EspTransforms | None, bool], tuple[Proposal, ...] | ProtocolError] = {}
+_PROPOSALS_MAX = 256  # (proposal string, CHILD_SA name, data plane, in IKE_AUTH): a few per configuration
+
+
 def _esp_proposals(sa: IkeSaView, cfg: ChildConfig, spi: int, in_auth: bool) -> list[Proposal]:
     """Our ESP proposals: the configured ones, without what the data plane cannot install (we neither
     offer nor accept an SA that would carry nothing); ProtocolError(NO_PROPOSAL_CHOSEN) naming the
-    algorithms when nothing is left."""
-    props = parse_proposals(cfg.esp_proposals, ProtocolId.ESP)
+    algorithms when nothing is left. Worked out once per proposal string and data plane; each call
+    gets its own Proposal objects with `spi` (their transforms are immutable)."""
     dp = installable(sa)
+    key = (cfg.esp_proposals, cfg.name, dp, in_auth)
+    hit = _PROPOSALS.get(key)
+    if hit is None:
+        hit = _our_esp_proposals(cfg, dp, in_auth)
+        if len(_PROPOSALS) >= _PROPOSALS_MAX:
+            _PROPOSALS.clear()
+        _PROPOSALS[key] = hit
+    if isinstance(hit, ProtocolError):
+        raise ProtocolError(str(hit), hit.notify, hit.data)
+    spi_b = struct.pack("!I", spi)
+    return [Proposal(p.num, p.protocol, spi_b, list(p.transforms)) for p in hit]
+
+
+def _our_esp_proposals(cfg: ChildConfig, dp: EspTransforms | None,
+                       in_auth: bool) -> tuple[Proposal, ...] | ProtocolError:
+    props = parse_proposals(cfg.esp_proposals, ProtocolId.ESP)
     if dp is not None:
         props, refused = restrict_proposals(props, dp.accepts)
         if not props:
             names = ", ".join(transform_name(t) for t in refused)
-            raise ProtocolError(f"esp_proposals '{cfg.esp_proposals}' of CHILD_SA '{cfg.name}': the {dp.dataplane} "
-                                f"data plane cannot install {names}", NotifyType.NO_PROPOSAL_CHOSEN)
+            return ProtocolError(f"esp_proposals '{cfg.esp_proposals}' of CHILD_SA '{cfg.name}': the {dp.dataplane} "
+                                 f"data plane cannot install {names}", NotifyType.NO_PROPOSAL_CHOSEN)
     if in_auth:
         props = _strip_dh(props)
-    return [replace(p, spi=struct.pack("!I", spi)) for p in props]
+    return tuple(props)
 
 
 def _left_out(sa: IkeSaView, cfg: ChildConfig) -> str:
@@ -82,6 +103,21 @@ def _left_out(sa: IkeSaView, cfg: ChildConfig) -> str:
     _, refused = restrict_proposals(parse_proposals(cfg.esp_proposals, ProtocolId.ESP), dp.accepts)
     names = ", ".join(transform_name(t) for t in refused)
     return f" (not used: {names}, which the {dp.dataplane} data plane cannot install)" if names else ""
+
+
+_DESCRIBED: dict[tuple[Transform, ...], str] = {}
+
+
+def _describe(chosen: Proposal) -> str:
+    """describe(chosen), once per set of transforms (the same few for every CHILD_SA of a configuration)."""
+    key = tuple(chosen.transforms)
+    text = _DESCRIBED.get(key)
+    if text is None:
+        text = describe(chosen)
+        if len(_DESCRIBED) >= _PROPOSALS_MAX:
+            _DESCRIBED.clear()
+        _DESCRIBED[key] = text
+    return text
 
 
 def _pfs_group(props: list[Proposal]) -> int | None:
@@ -111,7 +147,7 @@ def remote_selectors(sa: IkeSaView, cfg: ChildConfig) -> list[TrafficSelector]:
     "Traffic selectors"; RFC 7296 2.9 lets the responder narrow)."""
     peer = sa.peer_vip or sa.remote[0]
     if _peer_behind_nat(sa):
-        any_net = "0.0.0.0/0" if ipaddress.ip_address(sa.remote[0]).version == 4 else "::/0"
+        any_net = "::/0" if ":" in sa.remote[0] else "0.0.0.0/0"
         return [tsmod.parse(t, any_net if tsmod.is_dynamic(t) else None) for t in cfg.remote_ts]
     return [tsmod.parse(t, str(peer)) for t in cfg.remote_ts]
 
@@ -413,14 +449,15 @@ class ChildCreate(Task):
         uid = sa.ctx.next_child_id()
         reqid = self.rekey.reqid if self.rekey is not None else sa.ctx.next_reqid()
         child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen,
-                        describe(self.chosen), keys, local_ts, remote_ts, ChildState.INSTALLED, now,
+                        _describe(self.chosen), keys, local_ts, remote_ts, ChildState.INSTALLED, now,
                         rekeyed_from=self.rekey.unique_id if self.rekey else None)
         schedule(sa, child, now, initiator)
         sa.children[uid] = child
         self.child = child
         encap = sa.nat_here or sa.nat_there or sa.config.encap or sa.uses_marker
-        log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s", child.name, uid,
-                 self.spi_in, spi_out, tsmod.list_text(local_ts), tsmod.list_text(remote_ts))
+        if log.isEnabledFor(logging.INFO):
+            log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s", child.name, uid,
+                     self.spi_in, spi_out, tsmod.list_text(local_ts), tsmod.list_text(remote_ts))
         sa.ctx.emit(ev.ChildSaEstablished(
             sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap,
             tuple(tsmod.to_text(t) for t in local_ts), tuple(tsmod.to_text(t) for t in remote_ts),
