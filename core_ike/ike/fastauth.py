@@ -3,21 +3,27 @@
 After a common IKE_SA_INIT (core_ike/ike/fastinit.py) most IKE_AUTH requests a responder gets have one
 shape (RFC 7296 1.2): IDi, perhaps IDr, AUTH with a pre-shared key or a signature (RFC 7296 2.15,
 RFC 7427), the peer's certificates and CERTREQs (3.6, 3.7), and status notifies that a responder without
-MOBIKE, EAP or CHILD_SAs in IKE_AUTH answers by ignoring them (INITIAL_CONTACT with uniqueness left to
-the policy, MOBIKE_SUPPORTED, NO_ADDITIONAL_ADDRESSES, EAP_ONLY_AUTHENTICATION, RFC 5998 3; and the
-like), and no SA: a childless IKE_SA (RFC 6023). For such a request `answer` decrypts the SK payload,
-reads the fields from the plaintext octets, checks the AUTH (and the certificate, as the general path
-does) and writes the response's octets `[ IDr CERT... AUTH ]` directly: the same octets, the same IKE_SA
-state, events and info lines as the general path (Engine._dispatch, the TaskManager, the IkeAuth task,
-the encoder) gives, without a Message, payload objects, rule check, task or encoder per request. This
+MOBIKE or EAP answers by ignoring them (INITIAL_CONTACT with uniqueness left to the policy,
+MOBIKE_SUPPORTED, NO_ADDITIONAL_ADDRESSES, EAP_ONLY_AUTHENTICATION, RFC 5998 3; USE_TRANSPORT_MODE,
+ESP_TFC_PADDING_NOT_SUPPORTED and the like, which the general path ignores as well), and either no SA (a
+childless IKE_SA, RFC 6023) or one CHILD_SA: SA, TSi and TSr (RFC 7296 1.2), without CP. For such a
+request `answer` decrypts the SK payload, reads the fields from the plaintext octets, checks the AUTH (and
+the certificate, as the general path does) and writes the response's octets `[ IDr CERT... AUTH ]`
+directly; a CHILD_SA is negotiated by the general path's own task (ChildCreate: narrowing, proposal
+selection, keys, its events) on the SA and TS payloads alone, and its payloads are encoded by the codec.
+The same octets, the same IKE_SA and CHILD_SA state, events and info lines as the general path
+(Engine._dispatch, the TaskManager, the IkeAuth and ChildCreate tasks, the encoder) gives, without a
+decoded message, rule check or task per request for the IKE_SA's part. This
 matters because a responder usually handles each request right after waking up, when every line of
 code it runs must come back into the CPU caches first.
 
 Anything else goes the general way, which decides it in full, before anything is changed here: another
-payload or an error notify, a CHILD_SA in the request, EAP, a peer whose AUTH or certificate does not
+payload or an error notify, a CP payload, an SA without both TS payloads (or TS payloads without an SA),
+more than one of SA, TSi or TSr, EAP, a peer whose AUTH or certificate does not
 verify (AUTHENTICATION_FAILED), a mix of PSK and signatures, no matching configuration (the
 configuration source may be asked), a retransmission, a response that would or could be fragmented
-(RFC 7383; decided before signing), an engine extension with tasks or a say in the choice of the
+(RFC 7383; decided before signing, for the longest CHILD_SA payloads the request allows), a raw public
+key that a credentials resolver would look up, an engine extension with tasks or a say in the choice of the
 configuration (it may act on IKE_AUTH notifies, e.g. draft-brunner-ikev2-mediation §3.1), and every case
 while debug lines are logged.
 
@@ -35,13 +41,18 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..buffer import Buffer
+from ..codec.message import Message
+from ..codec.payloads import NotifyPayload, Payload, SaPayload, TrafficSelector, TsPayload
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
-from ..constants import AuthMethod, CertEncoding
+from ..codec.wire import encode_payloads, pull_body
+from ..constants import AuthMethod, CertEncoding, HeaderFlag, PayloadType, TsType
 from ..crypto.auth import create_signature_auth, psk_auth, verify_signature_auth
 from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError
 from .config import IkeConfig, addr_matches
 from .identity import Identity
 from .state import IkeState
+from .tasks.child_create import ChildCreate
 from .tasks.ike_auth import _cert_matches, _der, _method_text, established
 
 if TYPE_CHECKING:
@@ -54,8 +65,11 @@ Addr = tuple[str, int]
 
 _HEADER = struct.Struct("!8s8sBBBBII")  # RFC 7296 3.1
 _GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
+_SELECTOR = struct.Struct("!BBHHH")  # RFC 7296 3.13.1: TS Type, IP Protocol ID, Selector Length, ports
+_TS_TYPES = {7: (TsType.IPV4_ADDR_RANGE, 4), 8: (TsType.IPV6_ADDR_RANGE, 16)}  # TS type -> (type, address octets)
 
 SK, IDI, IDR, CERT, CERTREQ, AUTH, NOTIFY = 46, 35, 36, 37, 38, 39, 41  # RFC 7296 3.2 payload types
+SA, TSI, TSR = 33, 44, 45
 IKE_AUTH = 35
 INITIATOR, RESPONSE = 0x08, 0x20  # RFC 7296 3.1 header flags
 VERSION = 0x20  # RFC 7296 3.1: major 2, minor 0
@@ -76,7 +90,7 @@ _RESPONSE_SUMMARIES = [bracket([PAYLOAD_ABBREV[IDR]] + [PAYLOAD_ABBREV[CERT]] * 
 class Request:
     """The fields of a common IKE_AUTH request (`parse_inner`)."""
 
-    __slots__ = ("auth", "cert", "certs", "idi", "idr", "method", "shape")
+    __slots__ = ("auth", "cert", "certs", "child", "idi", "idr", "method", "shape")
 
     def __init__(self) -> None:
         self.idi = b""  # IDi's body: IDType | RESERVED | data, as received (RFC 7296 2.15)
@@ -86,13 +100,14 @@ class Request:
         self.cert: bytes | None = None  # the first X.509 certificate's DER (the one that is checked)
         self.certs = 0
         self.shape: list[int] = []
+        self.child: dict[int, bytes] = {}  # SA, TSi, TSr: type -> body, as received
 
 
 def parse_inner(plain: bytes, first: int) -> Request | None:
     """The fields when the decrypted inner payloads `plain` (starting with type `first`) are of the
-    common shape: one IDi, at most one IDr, one AUTH, certificates (at most MAX_CERTS), CERTREQs and
-    status notifies without SPI, in any order, every generic header without flags and the chain filling
-    the plaintext exactly; None for anything else."""
+    common shape: one IDi, at most one IDr, one AUTH, certificates (at most MAX_CERTS), CERTREQs, status
+    notifies without SPI and either none or one each of SA, TSi and TSr, in any order, every generic
+    header without flags and the chain filling the plaintext exactly; None for anything else."""
     n = len(plain)
     req = Request()
     unpack = _GENERIC.unpack_from
@@ -105,6 +120,8 @@ def parse_inner(plain: bytes, first: int) -> Request | None:
         if crit or plen < 8 or end > n or not _take(req, ptype, plain, pos + 4, end):
             return None
         ptype, pos = nxt, end
+    if req.child and len(req.child) != 3:
+        return None  # RFC 7296 1.2: a CHILD_SA takes SA, TSi and TSr; the general path answers the rest
     return req if req.idi and req.auth and pos == n else None
 
 
@@ -116,33 +133,105 @@ def _take(req: Request, ptype: int, plain: bytes, start: int, end: int) -> bool:
             return False
         req.shape.append(0x10000 + ntype)
         return True
-    if ptype in (IDI, IDR):
-        want = _ID_ADDR_LEN.get(plain[start])
-        if (want is not None and end - start - 4 != want) or (req.idi if ptype == IDI else req.idr is not None):
-            return False
-        if ptype == IDI:
-            req.idi = plain[start:end]
-        else:
-            req.idr = plain[start:end]
+    if ptype in (SA, TSI, TSR):  # a CHILD_SA (RFC 7296 1.2): each at most once (the IKE_AUTH rule)
+        ok = ptype not in req.child
+        if ok:
+            req.child[ptype] = plain[start:end]
+    elif ptype in (IDI, IDR):
+        ok = _take_id(req, ptype, plain, start, end)
     elif ptype == AUTH and not req.auth:
         req.method, req.auth = plain[start], plain[start + 4:end]
-        if not req.auth:
-            return False
+        ok = bool(req.auth)
     elif ptype == CERT and req.certs < MAX_CERTS:
         req.certs += 1
         if req.cert is None and plain[start] == X509:
             req.cert = plain[start + 1:end]
-    elif ptype != CERTREQ:  # RFC 7296 3.7: we send our certificates whatever the peer asks for
+        ok = True
+    else:
+        ok = ptype == CERTREQ  # RFC 7296 3.7: we send our certificates whatever the peer asks for
+    if ok:
+        req.shape.append(ptype)
+    return ok
+
+
+def _take_id(req: Request, ptype: int, plain: bytes, start: int, end: int) -> bool:
+    """IDi or IDr (RFC 7296 3.5): the first of its kind, an address of its type's length."""
+    want = _ID_ADDR_LEN.get(plain[start])
+    if (want is not None and end - start - 4 != want) or (req.idi if ptype == IDI else req.idr is not None):
         return False
-    req.shape.append(ptype)
+    if ptype == IDI:
+        req.idi = plain[start:end]
+    else:
+        req.idr = plain[start:end]
     return True
 
 
-def _chain(items: list[tuple[int, bytes]]) -> bytes:
-    """Payloads (type, body) with their generic headers (RFC 7296 3.2), the last one's Next Payload 0."""
+def _chain(items: list[tuple[int, bytes]], after: int = 0) -> bytes:
+    """Payloads (type, body) with their generic headers (RFC 7296 3.2), the last one's Next Payload
+    `after`."""
     pack = _GENERIC.pack
-    return b"".join(pack(items[i + 1][0] if i + 1 < len(items) else 0, 0, 4 + len(body)) + body
+    return b"".join(pack(items[i + 1][0] if i + 1 < len(items) else after, 0, 4 + len(body)) + body
                     for i, (_, body) in enumerate(items))
+
+
+def _child_payloads(req: Request) -> list[Payload] | None:
+    """The request's SA, TSi and TSr as the codec decodes them, in the order the general path's task
+    reads them; None when one does not decode (the general path says why)."""
+    out: list[Payload] = []
+    try:
+        for ptype in (SA, TSI, TSR):
+            body = req.child[ptype]
+            got = _pull_ts(body, ptype) if ptype != SA else None
+            out.append(got or pull_body(Buffer(body), ptype, False, len(body)))
+    except (DecodeError, ProtocolError):
+        return None
+    return out
+
+
+def _pull_ts(body: bytes, ptype: int) -> TsPayload | None:
+    """A TS payload's body (RFC 7296 3.13) whose selectors are all IPv4 or IPv6 address ranges of their
+    type's length: the payload the codec's pull_ts gives; None for anything else (the codec decides)."""
+    n = len(body)
+    if n < 4:
+        return None
+    pos, selectors = 4, []
+    for _ in range(body[0]):
+        if n - pos < 8:
+            return None
+        ts_type, proto, length, start, end = _SELECTOR.unpack_from(body, pos)
+        kind = _TS_TYPES.get(ts_type)
+        if kind is None or length != 8 + 2 * kind[1] or pos + length > n:
+            return None
+        a = pos + 8 + kind[1]
+        selectors.append(TrafficSelector(kind[0], proto, start, end, body[pos + 8:a], body[a:pos + length]))
+        pos += length
+    return TsPayload(PayloadType(ptype), selectors) if pos == n else None
+
+
+def _push(p: Payload) -> bytes:
+    """One payload's body as the codec encodes it (push_ts written out for the TS payloads we send)."""
+    if isinstance(p, TsPayload):
+        pack = _SELECTOR.pack
+        return bytes((len(p.selectors), 0, 0, 0)) + b"".join(
+            pack(int(t.ts_type), t.ip_proto, 8 + 2 * len(t.start_addr), t.start_port, t.end_port) + t.start_addr
+            + t.end_addr for t in p.selectors)
+    return encode_payloads([p])[4:]
+
+
+def _child_bound(cfg: IkeConfig, child: list[Payload]) -> int:
+    """The most octets the CHILD_SA's payloads of the response can take (RFC 7383: the decision to
+    fragment comes before anything is changed): the SA one of the peer's proposals with its SPI and at
+    most its transforms (RFC 7296 3.3), each TS payload the intersections of the offered selectors, each
+    of its type and length, with the configured ones (RFC 7296 2.9, 3.13.1); an error notify instead
+    (RFC 7296 1.2) is shorter."""
+    sa_pl, tsi, tsr = child
+    assert isinstance(sa_pl, SaPayload) and isinstance(tsi, TsPayload) and isinstance(tsr, TsPayload)
+    proposal = max((8 + len(p.spi) + sum(12 if t.key_length else 8 for t in p.transforms) for p in sa_pl.proposals),
+                   default=0)
+    remote = max((len(c.remote_ts) for c in cfg.children), default=0)
+    local = max((len(c.local_ts) for c in cfg.children), default=0)
+    return (4 + proposal + 8 + remote * sum(8 + 2 * len(t.start_addr) for t in tsi.selectors)
+            + 8 + local * sum(8 + 2 * len(t.start_addr) for t in tsr.selectors))
 
 
 def _summary(shape: list[int]) -> str:
@@ -216,14 +305,14 @@ def _neutral(x: object) -> bool:
 class _Answer:
     """What `_answer_of` decided for a request, before anything is changed."""
 
-    __slots__ = ("cfg", "inner", "me", "mine", "peer", "remote", "req", "sa", "total", "wanted")
+    __slots__ = ("cfg", "child", "items", "me", "mine", "peer", "remote", "req", "sa", "wanted")
 
     def __init__(self, sa: IkeSa, req: Request, peer: Identity, wanted: Identity | None, cfg: IkeConfig,
                  remote: Addr, me: Identity) -> None:
         self.sa, self.req, self.peer, self.wanted, self.cfg, self.remote, self.me = sa, req, peer, wanted, cfg, remote, me
         self.mine = PSK  # our AUTH method
-        self.inner = b""  # the response's inner payloads and its length on the wire
-        self.total = 0
+        self.items: list[tuple[int, bytes]] = []  # the response's IDr, CERT..., AUTH: (type, body)
+        self.child: list[Payload] | None = None  # the request's SA, TSi, TSr (a CHILD_SA, RFC 7296 1.2)
 
 
 def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -> bool:
@@ -242,19 +331,24 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     return True
 
 
-def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr) -> _Answer | None:
-    """The request decrypted and checked, the response's plaintext written; None when the general path
-    must answer. Changes nothing."""
+def _request_of(sa: IkeSa, data: bytes) -> Request | None:
+    """The request's inner payloads decrypted and read, if of the common shape."""
     nxt, crit, plen = _GENERIC.unpack_from(data, 28)
-    in_prot, out = sa.in_prot, sa.out_prot
-    if crit or plen != len(data) - 28 or in_prot is None or out is None:
+    in_prot = sa.in_prot
+    if crit or plen != len(data) - 28 or in_prot is None:
         return None  # SK must be the last payload (RFC 7296 3.14): the general path says so
     try:
         plain = in_prot.open(data[:32], data[32:])
     except DecodeError:
         return None  # RFC 7296 2.21.2: the general path drops it and logs why
-    req = parse_inner(plain, nxt)
-    if req is None:
+    return parse_inner(plain, nxt)
+
+
+def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr) -> _Answer | None:
+    """The request decrypted and checked, the response's plaintext written; None when the general path
+    must answer. Changes nothing."""
+    req, out = _request_of(sa, data), sa.out_prot
+    if req is None or out is None:
         return None
     idi, idr, psk = req.idi, req.idr, req.method == PSK
     peer = Identity(idi[0], idi[4:])
@@ -270,6 +364,12 @@ def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr
             return None
         me = wanted
     a = _Answer(sa, req, peer, wanted, cfg, new_remote, me)
+    extra = 0  # the most octets the CHILD_SA's payloads add to the response
+    if req.child:
+        a.child = _child_payloads(req)
+        if a.child is None:
+            return None
+        extra = _child_bound(cfg, a.child)
     # RFC 7296 2.15: the peer's AUTH over its IKE_SA_INIT request, our nonce and its IDi; ours over our
     # IKE_SA_INIT response, its nonce and our IDr
     prf = sa.prf
@@ -280,22 +380,24 @@ def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr
         secret = engine.creds.psk(me, peer)
         ok = secret is not None and hmac.compare_digest(psk_auth(prf, secret, theirs), req.auth)
         # AUTHENTICATION_FAILED otherwise, answered and logged by the general path
-        inner = _chain([(IDR, id_body), (AUTH, bytes((PSK, 0, 0, 0)) + psk_auth(prf, secret, octets))]) \
+        items = [(IDR, id_body), (AUTH, bytes((PSK, 0, 0, 0)) + psk_auth(prf, secret, octets))] \
             if secret is not None and ok else None
     else:
-        inner = _signature(engine, a, theirs, id_body, octets, out.sealed_length)
-    if inner is None:
+        items = _signature(engine, a, theirs, id_body, octets, out.sealed_length, extra)
+    if items is None:
         return None
-    a.inner, a.total = inner, 32 + out.sealed_length(len(inner))
-    if sa.frag_supported and cfg.fragmentation and a.total > cfg.fragment_size:
+    a.items = items
+    most = 32 + out.sealed_length(sum(4 + len(b) for _, b in items) + extra)
+    if sa.frag_supported and cfg.fragmentation and most > cfg.fragment_size:
         return None  # RFC 7383 2.5: the general path fragments it
     return a
 
 
 def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets: bytes,
-               sealed_length: Callable[[int], int]) -> bytes | None:
+               sealed_length: Callable[[int], int], extra: int) -> list[tuple[int, bytes]] | None:
     """The peer's signature checked (its certificate first, RFC 7296 3.6, 2.15) and our response's inner
-    payloads IDr, CERT..., AUTH with ours (RFC 7427); None when the general path must answer: a
+    payloads IDr, CERT..., AUTH with ours (RFC 7427), `extra` octets of CHILD_SA payloads to follow;
+    None when the general path must answer: a
     certificate or signature that does not verify (it answers AUTHENTICATION_FAILED), no key of ours,
     or a response that could need fragments (decided before signing: the general path would sign again)."""
     creds, req = engine.creds, a.req
@@ -308,6 +410,8 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
         if not _cert_matches(cert, a.peer, req.cert):
             return None
         key: Any = cert.public_key()
+    elif creds.resolver is not None:
+        return None  # the resolver may look the key up and ask for a retransmission (CredentialsPending)
     else:
         key = creds.public_key_for(a.peer)
         if key is None:
@@ -321,7 +425,7 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
     # the longest AUTH data: the signature and RFC 7427's AlgorithmIdentifier (RSASSA-PSS's the longest)
     bits = getattr(mine, "key_size", 521)
     most = (bits + 7) // 8 + 96 if isinstance(mine, rsa.RSAPrivateKey) else 2 * ((bits + 7) // 8) + 96
-    plain = len(id_body) + sum(4 + len(b) for _, b in certs) + 12 + most
+    plain = len(id_body) + sum(4 + len(b) for _, b in certs) + 12 + most + extra
     fits = 32 + sealed_length(plain) <= a.cfg.fragment_size
     if a.sa.frag_supported and a.cfg.fragmentation and not fits:
         return None  # RFC 7383 2.5: the general path fragments it
@@ -333,12 +437,14 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
     except (ProtocolError, LocalError):
         return None
     a.mine = m
-    return _chain([(IDR, id_body), *certs, (AUTH, bytes((m, 0, 0, 0)) + data)])
+    return [(IDR, id_body), *certs, (AUTH, bytes((m, 0, 0, 0)) + data)]
 
 
 def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, now: float) -> None:
     """The general path's steps for the request, in its order: the IKE_SA's addresses and liveness, its
-    configuration and identities, established, the response sealed, kept and sent."""
+    configuration and identities, the peer authenticated, the CHILD_SA selected (ChildCreate.process_r),
+    our AUTH, established, the CHILD_SA's payloads and installation (ChildCreate.build_r), the response
+    sealed, kept and sent."""
     sa, cfg, req = a.sa, a.cfg, a.req
     info = log.isEnabledFor(logging.INFO)
     if info:  # Engine.receive's line for a request it decoded
@@ -357,24 +463,55 @@ def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, 
         log.info("looking for peer configs matching %s[%s]...%s[%s]: selected '%s'",
                  sa.local[0], a.wanted or "%any", sa.remote[0], a.peer, cfg.name)
     sa.my_id = a.me
-    if info and req.method == PSK:  # verify_auth's and build_auth's lines
-        log.info("authentication of '%s' with pre-shared key successful", a.peer)
-        log.info("authentication of '%s' (myself) with pre-shared key", sa.my_id)
-    elif info:
-        log.info("authentication of '%s' with %s successful", a.peer, _method_text(req.method))
-        log.info("authentication of '%s' (myself) with %s successful", sa.my_id, _method_text(a.mine))
+    psk = req.method == PSK
+    if info:  # verify_auth's line
+        if psk:
+            log.info("authentication of '%s' with pre-shared key successful", a.peer)
+        else:
+            log.info("authentication of '%s' with %s successful", a.peer, _method_text(req.method))
+    task = None
+    if a.child is not None:  # TaskManager.responder_tasks: the CHILD_SA's task after IkeAuth's
+        task = ChildCreate(None, in_auth=True)
+        task.process_r(sa, Message(sa.spi_i, sa.spi_r, IKE_AUTH, HeaderFlag.INITIATOR, 1, list(a.child)), now)
+    if info:  # build_auth's line
+        if psk:
+            log.info("authentication of '%s' (myself) with pre-shared key", sa.my_id)
+        else:
+            log.info("authentication of '%s' (myself) with %s successful", sa.my_id, _method_text(a.mine))
     established(sa, now)
+    _respond(engine, a, task, info, now)
+
+
+def _respond(engine: Engine, a: _Answer, task: ChildCreate | None, info: bool, now: float) -> None:
+    """The CHILD_SA's payloads and installation (ChildCreate.build_r), then the response sealed, kept
+    and sent (TaskManager._send_response)."""
+    sa = a.sa
+    child: list[Payload] = []
+    if task is not None:
+        resp = Message(sa.spi_i, sa.spi_r, IKE_AUTH, HeaderFlag.RESPONSE, 1)
+        task.build_r(sa, resp, now)
+        child = resp.payloads
+    inner = _chain(a.items + [(int(p.ptype), _push(p)) for p in child])
     if info:  # TaskManager._send_response's line
-        log.info("generating %s response %d %s", "IKE_AUTH", 1,
-                 _RESPONSE_SUMMARIES[len(cfg.local.certs) if req.method != PSK else 0])
-    assert sa.out_prot is not None
-    sealed = a.total - 32
-    prefix = _HEADER.pack(sa.spi_i, sa.spi_r, SK, VERSION, IKE_AUTH, RESPONSE, 1, a.total) + \
+        log.info("generating %s response %d %s", "IKE_AUTH", 1, _response_summary(len(a.items) - 2, child))
+    out = sa.out_prot
+    assert out is not None
+    sealed = out.sealed_length(len(inner))
+    prefix = _HEADER.pack(sa.spi_i, sa.spi_r, SK, VERSION, IKE_AUTH, RESPONSE, 1, 32 + sealed) + \
         _GENERIC.pack(IDR, 0, 4 + sealed)
-    body = sa.out_prot.seal(prefix, a.inner)
+    body = out.seal(prefix, inner)
     if len(body) != sealed:
         raise LocalError(f"protector sealed {len(body)} octets, announced {sealed}")
     sa.tm.answered(1, prefix + body, now)
     sa.tm.initiate_next(now)  # queued work of ours may start now (TaskManager._process_request)
     if sa.state is not IkeState.DESTROYED:
         engine.reschedule(sa)
+
+
+def _response_summary(certs: int, child: list[Payload]) -> str:
+    """The summary Message.summary gives for our response: `[ IDr CERT... AUTH SA TSi TSr ]`."""
+    if not child:
+        return _RESPONSE_SUMMARIES[certs]
+    return bracket([PAYLOAD_ABBREV[IDR]] + [PAYLOAD_ABBREV[CERT]] * certs + [PAYLOAD_ABBREV[AUTH]]
+                   + [notify_payload_name(int(p.type)) if isinstance(p, NotifyPayload) else PAYLOAD_ABBREV[int(p.ptype)]
+                      for p in child])

@@ -1,6 +1,7 @@
 """The responder's direct answer to the common IKE_AUTH request (core_ike/ike/fastauth.py): the same
-octets on the wire, the same IKE_SA, events and info lines as the general path, for each request shape
-it takes, and every other request left to the general path."""
+octets on the wire, the same IKE_SA, CHILD_SA, events and info lines as the general path, for each
+request shape it takes (childless, or with one CHILD_SA: SA, TSi, TSr), and every other request left to
+the general path."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ SECRET = "a-very-secret-shared-key"
 # no one defined (a status type is ignored when unknown, RFC 7296 3.10.1)
 CHARON_NOTIFIES = (NotifyType.MOBIKE_SUPPORTED, NotifyType.NO_ADDITIONAL_ADDRESSES,
                    NotifyType.EAP_ONLY_AUTHENTICATION, 16420)
+
+
+# and those it may add to a CHILD_SA in IKE_AUTH (RFC 7296 3.10.1), which both paths leave unanswered
+CHILD_NOTIFIES = (*CHARON_NOTIFIES, NotifyType.USE_TRANSPORT_MODE, NotifyType.ESP_TFC_PADDING_NOT_SUPPORTED,
+                  NotifyType.NON_FIRST_FRAGMENTS_ALSO)
 
 
 _BUILD_I = ike_auth.IkeAuth.build_i
@@ -80,8 +86,14 @@ def _state(p: Any) -> list[tuple[Any, ...]]:
     return [(sa.unique_id, sa.spi_i, sa.spi_r, sa.state, sa.established_at, sa.local, sa.remote, sa.my_id,
              sa.peer_id, sa.config.name, sa.name, sa.mediation, sa.last_in, sa.last_out, sa.dpd_pending,
              sa.tm.peer_mid, sa.tm.my_mid, sa.tm.cached_response, sa.init_request, sa.init_response, sa.half_open,
-             sa.timer_at, sa.rekey_at, sa.indexed, sa.nat_here, sa.nat_there, sorted(sa.children))
+             sa.timer_at, sa.rekey_at, sa.indexed, sa.nat_here, sa.nat_there, sorted(sa.children),
+             [_fields(sa.children[k]) for k in sorted(sa.children)])
             for sa in p.b.ike_sas()]
+
+
+def _fields(child: Any) -> tuple[Any, ...]:
+    """Every field of a CHILD_SA (its keys included); ChildSa compares by identity."""
+    return tuple(getattr(child, f.name) for f in dataclasses.fields(child))
 
 
 def _same(fast: Any, general: Any) -> None:
@@ -90,6 +102,8 @@ def _same(fast: Any, general: Any) -> None:
     assert fast.events_a == general.events_a and fast.events_b == general.events_b
     assert fast.b.half_open == general.b.half_open
     assert dict(fast.b.counters) == dict(general.b.counters)
+    assert fast.b._spis == general.b._spis  # the CHILD_SAs' inbound SPIs, drawn in the same order
+    assert (next(fast.b._child_ids), next(fast.b._reqids)) == (next(general.b._child_ids), next(general.b._reqids))
 
 
 @pytest.mark.parametrize("shape", [
@@ -101,6 +115,16 @@ def _same(fast: Any, general: Any) -> None:
     {"auth": "pubkey"},  # RFC 7427 signatures with raw public keys (no CERT)
     {"auth": "pubkey", "setup": lambda p: _certified(p)},  # IDi CERT CERTREQ [IDr] AUTH / IDr CERT AUTH
     {"auth": "pubkey", "setup": lambda p: _certified(p, "rsa")},  # AUTH method 1 (RFC 7296 3.8)
+    # one CHILD_SA in IKE_AUTH (RFC 7296 1.2): IDi [N(INITIAL_CONTACT)] IDr AUTH SA TSi TSr / IDr AUTH SA TSi TSr
+    {"with_child": True},
+    {"with_child": True, "notifies": CHILD_NOTIFIES},  # as charon sends it, and the child's status notifies
+    {"with_child": True, "a_conf": {"encap": True}},  # NAT seen: narrowing for a peer behind a NAT
+    {"with_child": True, "auth": "pubkey", "setup": lambda p: _certified(p)},
+    {"with_child": True, "setup": lambda p: _child(p, remote_ts=["10.1.0.0/16", "10.3.0.0/24"])},  # narrowed
+    {"with_child": True, "setup": lambda p: _child(p, esp_proposals="aes256gcm16,aes128gcm16")},  # the 2nd chosen
+    {"with_child": True, "setup": lambda p: _child(p, remote_ts=["10.9.0.0/24"])},  # N(TS_UNACCEPT) in the response
+    {"with_child": True, "setup": lambda p: _child(p, esp_proposals="aes256-sha256")},  # N(NO_PROP)
+    {"with_child": True, "setup": lambda p: _esp_of_a(p, "aes128gcm16-x25519")},  # the peer's DH left out (no KE)
 ])
 def test_the_same_octets_ike_sa_and_events_as_the_general_path(monkeypatch: pytest.MonkeyPatch,
                                                                shape: dict[str, Any]) -> None:
@@ -125,7 +149,8 @@ Records = list[tuple[str, int, str]]
 
 
 @pytest.mark.parametrize("shape", [{}, {"notifies": CHARON_NOTIFIES}, {"no_idr": True},
-                                   {"a_conf": {"encap": True}},
+                                   {"a_conf": {"encap": True}}, {"with_child": True, "notifies": CHILD_NOTIFIES},
+                                   {"with_child": True, "setup": lambda p: _child(p, remote_ts=["10.9.0.0/24"])},
                                    {"auth": "pubkey", "setup": lambda p: _certified(p), "notifies": CHARON_NOTIFIES}])
 def test_info_lines_the_same_as_the_general_path(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
                                                  shape: dict[str, Any]) -> None:
@@ -161,6 +186,17 @@ def _certified(p: Any, signature: str = "rfc7427") -> None:
         cfg = eng.configs[0]
         cfg.local = AuthConfig("pubkey", Identity.parse(me), certs=[cert], signature=signature)  # type: ignore[arg-type]
         cfg.remote = AuthConfig("pubkey", Identity.parse(peer))
+
+
+def _child(p: Any, **change: Any) -> None:
+    """b's CHILD_SA configuration changed."""
+    cfg = p.b.configs[0]
+    cfg.children = [dataclasses.replace(cfg.children[0], **change)]
+
+
+def _esp_of_a(p: Any, esp: str) -> None:
+    cfg = p.a.configs[0]
+    p.a.configs[0] = dataclasses.replace(cfg, children=[dataclasses.replace(cfg.children[0], esp_proposals=esp)])
 
 
 def _mixed(p: Any) -> None:
@@ -203,7 +239,10 @@ class _Neutral(Extension):
 
 
 @pytest.mark.parametrize("case", [
-    {"with_child": True},  # a CHILD_SA in IKE_AUTH (SA, TSi, TSr)
+    {"with_child": True, "setup": lambda p: p.a.configs[0].__setattr__("vips", ["0.0.0.0"])},  # CP(CFG_REQUEST)
+    {"with_child": True, "setup": _wrong_secret},  # AUTHENTICATION_FAILED before the CHILD_SA
+    {"with_child": True, "b_conf": {"fragment_size": 160}},  # the response is fragmented (RFC 7383)
+    {"auth": "pubkey", "setup": lambda p: setattr(p.b.creds, "resolver", lambda ident: None)},  # may be asked
     {"auth": "pubkey", "setup": lambda p: _mixed(p)},  # a PSK of ours for a peer's signature
     {"notifies": (NotifyType.INVALID_SYNTAX,)},  # an error notify
     {"setup": _wrong_secret},  # AUTHENTICATION_FAILED
@@ -295,3 +334,27 @@ def test_identities_in_events_as_the_general_path_gives_them(monkeypatch: pytest
     assert taken == 1 and (e.local_id, e.remote_id) == ("bob@test", "alice@test")
     ((sa,),) = [p.b.ike_sas()]
     assert sa.peer_id == Identity.parse("alice@test") and sa.local[0] == B_IP and sa.remote[0] == A_IP
+
+
+def test_traffic_selectors_read_and_written_as_the_codec_does() -> None:
+    """fastauth's TS payloads (RFC 7296 3.13): the codec's payload for each body it reads, None (the codec
+    decides) for the rest, and the codec's octets for each payload it writes."""
+    from core_ike.buffer import Buffer
+    from core_ike.codec.payloads import TrafficSelector, TsPayload
+    from core_ike.codec.wire import encode_payloads, pull_ts
+    from core_ike.constants import PayloadType, TsType
+
+    v4 = TrafficSelector(TsType.IPV4_ADDR_RANGE, 6, 80, 80, bytes((10, 1, 0, 0)), bytes((10, 1, 0, 255)))
+    v6 = TrafficSelector(TsType.IPV6_ADDR_RANGE, 0, 0, 65535, bytes(15) + b"\x01", bytes(16 * [0xFF]))
+    for ptype in (PayloadType.TSi, PayloadType.TSr):
+        for sels in ([], [v4], [v6], [v4, v6, v4]):
+            payload = TsPayload(ptype, sels)
+            body = encode_payloads([payload])[4:]
+            assert fastauth._push(payload) == body
+            assert fastauth._pull_ts(body, int(ptype)) == pull_ts(Buffer(body), ptype) == payload
+    good = fastauth._push(TsPayload(PayloadType.TSi, [v4]))
+    assert fastauth._pull_ts(good[:-1], 44) is None  # truncated
+    assert fastauth._pull_ts(good + b"\x00", 44) is None  # octets after the selectors
+    assert fastauth._pull_ts(good[:4] + b"\x09" + good[5:], 44) is None  # another TS type: the codec skips it
+    assert fastauth._pull_ts(good[:6] + b"\x00\x0f" + good[8:], 44) is None  # a wrong selector length
+    assert fastauth._pull_ts(b"\x02\x00\x00\x00" + good[4:], 44) is None  # two announced, one there
