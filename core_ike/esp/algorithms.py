@@ -98,17 +98,8 @@ AeadOpen = Callable[[bytes, bytes | memoryview, bytes | memoryview], bytes]
 
 def aead_ciphers(encr_id: EncrId, key: bytes) -> tuple[AeadSeal, AeadOpen]:
     """Seal and open functions for one key (without the salt); keyed once per SA."""
-    spec = AEADS[encr_id]
-    if encr_id == EncrId.CHACHA20_POLY1305:
-        chacha = ChaCha20Poly1305(key)
-        return chacha.encrypt, chacha.decrypt
-    if encr_id in _CCM:
-        ccm = AESCCM(key, tag_length=spec.icv)
-        return ccm.encrypt, ccm.decrypt
-    gcm = AESGCM(key)
-    if spec.icv == 16:
-        return gcm.encrypt, gcm.decrypt
-    return _short_gcm(gcm, algorithms.AES(key), spec.icv)
+    seal, open_, _ = aead_keyed(encr_id, key)
+    return seal, open_
 
 
 # (nonce, data, aad, buf) -> octets written into buf: exactly len(data) + ICV when sealing, len(data) - ICV
@@ -121,20 +112,24 @@ def aead_into(encr_id: EncrId, key: bytes) -> tuple[AeadInto, AeadInto] | None:
     """Seal and open functions that write into a caller's buffer (no per-packet allocation), for the
     transforms whose full-length tag `cryptography` checks; None for GCM with a truncated ICV, and
     with a `cryptography` that has no *_into methods."""
+    return aead_keyed(encr_id, key)[2]
+
+
+def aead_keyed(encr_id: EncrId, key: bytes) -> tuple[AeadSeal, AeadOpen, tuple[AeadInto, AeadInto] | None]:
+    """`aead_ciphers` and `aead_into` of one key from one keyed cipher object (an SA is installed for
+    every CHILD_SA: keying the cipher once, not twice)."""
     spec = AEADS[encr_id]
     aead: AESGCM | AESCCM | ChaCha20Poly1305
     if encr_id == EncrId.CHACHA20_POLY1305:
         aead = ChaCha20Poly1305(key)
     elif encr_id in _CCM:
         aead = AESCCM(key, tag_length=spec.icv)
-    elif spec.icv == 16:
-        aead = AESGCM(key)
     else:
-        return None
+        aead = AESGCM(key)
+        if spec.icv != 16:
+            return (*_short_gcm(aead, algorithms.AES(key), spec.icv), None)
     seal, open_ = getattr(aead, "encrypt_into", None), getattr(aead, "decrypt_into", None)
-    if seal is None or open_ is None:
-        return None
-    return seal, open_
+    return aead.encrypt, aead.decrypt, (seal, open_) if seal is not None and open_ is not None else None
 
 
 def _short_gcm(gcm: AESGCM, aes: algorithms.AES, icv: int) -> tuple[AeadSeal, AeadOpen]:

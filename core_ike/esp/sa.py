@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..constants import EncrId, IntegId
 from ..errors import LocalError
-from .algorithms import AEAD_ALIGN, AEAD_IV, AEADS, INTEG, AeadInto, aead_ciphers, aead_into, key_lengths
+from .algorithms import AEAD_ALIGN, AEAD_IV, AEADS, INTEG, AeadInto, aead_keyed, key_lengths
 from .errors import (
     EspError,
     EspIntegrityError,
@@ -149,8 +149,7 @@ class EspSa:
         self._is_aead = spec is not None
         self._into: tuple[AeadInto, AeadInto] | None = None
         if spec is not None:
-            self._seal_aead, self._open_aead = aead_ciphers(encr_id, encr_key[: -spec.salt])
-            self._into = aead_into(encr_id, encr_key[: -spec.salt])
+            self._seal_aead, self._open_aead, self._into = aead_keyed(encr_id, encr_key[: -spec.salt])
             self._salt = encr_key[-spec.salt :]
             self._align = AEAD_ALIGN
             self._iv_len = AEAD_IV

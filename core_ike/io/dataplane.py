@@ -94,6 +94,15 @@ class TrafficSelector:
     protocol: int = 0
     port_start: int = 0
     port_end: int = 65535
+    # hashed once: the policy table keys its indexes by policies, and hashing a network object costs
+    # more than the rest of a policy's installation
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.subnet, self.protocol, self.port_start, self.port_end)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, text: str, protocol: int = 0, ports: tuple[int, int] = (0, 65535)) -> TrafficSelector:
@@ -120,6 +129,14 @@ class PolicyParams:
     tunnel_dst: str = ""
     action: PolicyAction = PolicyAction.PROTECT
     priority: int = 0  # 0: backend default (more specific first)
+    _hash: int = field(default=0, init=False, repr=False, compare=False)  # hashed once (PolicyTable's keys)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.local, self.remote, self.direction, self.reqid, self.tunnel_src,
+                                                self.tunnel_dst, self.action, self.priority)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
 IFA_F_NODAD = 0x02  # linux/if_addr.h: a virtual IPv6 address is ours alone, no duplicate detection
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST = 254, 4, 253, 1
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Job = tuple[Callable[[Any], Any], "Future[Any]"]
 
 
@@ -278,16 +279,17 @@ class RouteSocket:
         self._sock.settimeout(timeout)  # the answer is queued before send() returns; this only bounds a bug
         self._seq = 0
 
-    def replace(self, dst: str, oif: int, prefsrc: str | None = None, *, table: int = RT_TABLE_MAIN,
-                gateway: str | None = None, scope: int | None = None) -> None:
+    def replace(self, dst: str | Network, oif: int, prefsrc: str | Address | None = None, *,
+                table: int = RT_TABLE_MAIN, gateway: str | None = None, scope: int | None = None) -> None:
         """`ip route replace DST [via GATEWAY] dev OIF [src PREFSRC] table TABLE proto static [scope]`
-        (default scope: link without a gateway, else universe); NetlinkError when refused."""
-        net = ipaddress.ip_network(dst, strict=False)
-        attrs = _ip_attr(RTA_DST, str(net.network_address)) + _rta(RTA_OIF, struct.pack("=I", oif))
+        (default scope: link without a gateway, else universe); NetlinkError when refused. DST and PREFSRC
+        as text or as ipaddress objects (a data plane holds them so: no parsing per route)."""
+        net = ipaddress.ip_network(dst, strict=False) if isinstance(dst, str) else dst
+        attrs = _rta(RTA_DST, net.network_address.packed) + _rta(RTA_OIF, struct.pack("=I", oif))
         if gateway:
             attrs += _ip_attr(RTA_GATEWAY, gateway)
         if prefsrc:
-            attrs += _ip_attr(RTA_PREFSRC, prefsrc)
+            attrs += _ip_attr(RTA_PREFSRC, prefsrc) if isinstance(prefsrc, str) else _rta(RTA_PREFSRC, prefsrc.packed)
         if scope is None:
             scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
         self._route(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, net, table, scope, attrs)

@@ -40,6 +40,7 @@ from .dataplane import (
     DataPlaneError,
     DataPlaneEvent,
     Direction,
+    IPNetwork,
     PolicyAction,
     PolicyParams,
     SaExpired,
@@ -143,7 +144,7 @@ class UserspaceDataPlane(BatchSteps):
         self._raw: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick: asyncio.TimerHandle | None = None
-        self._routes: dict[str, int] = {}  # remote subnet -> number of OUT policies using it
+        self._routes: dict[IPNetwork, int] = {}  # remote subnet -> number of OUT policies using it
         self._acquires = AcquireLimiter()  # trap policies' acquires, bounded (core_ike/io/acquire.py)
         self.drop_no_policy = 0  # outbound packet matches no policy / no SA
         self.drop_policy_mismatch = 0  # decrypted packet outside the SA's inbound selectors
@@ -359,9 +360,9 @@ class UserspaceDataPlane(BatchSteps):
         self._in_cache.clear()
 
     def _add_route(self, policy: PolicyParams) -> None:
-        key = str(policy.remote.subnet)
-        self._routes[key] = self._routes.get(key, 0) + 1
-        if self._routes[key] == 1 and self._tun_index:
+        key = policy.remote.subnet
+        n = self._routes[key] = self._routes.get(key, 0) + 1
+        if n == 1 and self._tun_index:
             self._route_add(policy)
 
     def _route_add(self, policy: PolicyParams) -> None:
@@ -374,19 +375,21 @@ class UserspaceDataPlane(BatchSteps):
         if addrs is None:  # changed a moment ago (or no notifications): dump now
             addrs = nl.call(nl.addresses)
         # a local address inside the local selector as the route's source, like charon
-        src = next((str(a) for a in addrs if a in policy.local.subnet), None)
-        rs.replace(str(policy.remote.subnet), self._tun_index, src)
+        local = policy.local.subnet
+        src = next((a for a in addrs if a in local), None)
+        rs.replace(policy.remote.subnet, self._tun_index, src)
 
     def _del_route(self, policy: PolicyParams) -> None:
-        key = str(policy.remote.subnet)
-        n = self._routes.get(key, 0) - 1
+        subnet = policy.remote.subnet
+        n = self._routes.get(subnet, 0) - 1
         if n > 0:
-            self._routes[key] = n
+            self._routes[subnet] = n
             return
-        self._routes.pop(key, None)
+        self._routes.pop(subnet, None)
         if not self._tun_index or self._netlink is None:
             return
         index = self._tun_index
+        key = str(subnet)
 
         def delete(ipr: Any) -> None:
             ipr.route("del", dst=key, oif=index)

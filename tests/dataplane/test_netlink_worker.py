@@ -73,6 +73,12 @@ async def main():
     rs.replace("10.80.0.0/24", lo, "10.79.0.1")
     rs.replace("10.80.0.0/24", lo, "10.79.0.1")
     rs.replace("fd00:80::/64", lo)
+    # the same as ipaddress objects (a data plane's selectors and addresses)
+    rs.replace(ipaddress.ip_network("10.83.0.0/24"), lo, ipaddress.ip_address("10.79.0.1"))
+    rs.replace(ipaddress.ip_network("fd00:83::/64"), lo)
+    out["objects"] = subprocess.run(["ip", "route", "show", "10.83.0.0/24"], capture_output=True, text=True).stdout
+    out["objects6"] = subprocess.run(["ip", "-6", "route", "show", "fd00:83::/64"], capture_output=True,
+                                     text=True).stdout
     out["routes"] = subprocess.run(["ip", "route", "show", "10.80.0.0/24"], capture_output=True, text=True).stdout
     out["routes6"] = subprocess.run(["ip", "-6", "route", "show", "fd00:80::/64"], capture_output=True, text=True).stdout
     try:
@@ -132,6 +138,9 @@ def test_netlink_worker_in_namespace() -> None:
     assert out["closed"] is True
     assert out["routes"].split() == ["10.80.0.0/24", "dev", "lo", "proto", "static", "scope", "link", "src", "10.79.0.1"]
     assert out["routes6"].startswith("fd00:80::/64 dev lo")
+    assert out["objects"].split() == ["10.83.0.0/24", "dev", "lo", "proto", "static", "scope", "link", "src",
+                                      "10.79.0.1"]
+    assert out["objects6"].startswith("fd00:83::/64 dev lo")
     assert out["nodev"] == 19  # ENODEV
     lo = out["lookup"][3]
     assert out["lookup"] == [220, 1, None, lo] and out["lookup_main"] == [254, 1, None, lo]

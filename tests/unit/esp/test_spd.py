@@ -199,3 +199,23 @@ def test_outbound_sa_per_reqid_falls_back_to_the_newest_left() -> None:
     dp.delete_sa(0x10008, Direction.OUT)
     assert current(9) == 0x10009 and 0x10008 not in dp._outs.get(8, {})
     assert all(current(r) == 0x10000 + r for r in range(1, 2001) if r not in (7, 8, 9))
+
+
+def test_selectors_and_policies_hash_and_compare_by_their_fields() -> None:
+    """TrafficSelector and PolicyParams keep their hash (computed once): equal ones hash alike and find each
+    other in the table's dicts, a copy with one field changed (dataclasses.replace, as a path move does)
+    is another policy."""
+    import dataclasses
+    import pickle
+
+    a, b = TrafficSelector.parse("10.1.0.0/24"), TrafficSelector.parse("10.1.0.7/24")
+    assert a == b and hash(a) == hash(b) and a != TrafficSelector.parse("10.1.0.0/24", 6)
+    p = PolicyParams(a, TrafficSelector.parse("10.2.0.0/16"), Direction.OUT, 7, "192.0.2.1", "192.0.2.2")
+    q = PolicyParams(b, TrafficSelector.parse("10.2.0.0/16"), Direction.OUT, 7, "192.0.2.1", "192.0.2.2")
+    assert p == q and hash(p) == hash(q) and "_hash" not in repr(p)
+    moved = dataclasses.replace(p, tunnel_dst="192.0.2.9")
+    assert moved != p and {p: 1}.get(moved) is None and {p: 1}[q] == 1
+    assert pickle.loads(pickle.dumps(p)) == p and hash(pickle.loads(pickle.dumps(p))) == hash(p)
+    t = PolicyTable()
+    assert t.add(p) and not t.add(q) and q in t and moved not in t
+    assert t.remove(q) and len(t) == 0
