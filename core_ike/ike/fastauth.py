@@ -45,7 +45,7 @@ from ..buffer import Buffer
 from ..codec.message import Message
 from ..codec.payloads import NotifyPayload, Payload, SaPayload, TrafficSelector, TsPayload
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
-from ..codec.wire import encode_payloads, pull_body
+from ..codec.wire import decode_payloads, encode_payloads, pull_body
 from ..constants import AuthMethod, CertEncoding, HeaderFlag, PayloadType, TsType
 from ..crypto.auth import create_signature_auth, psk_auth, verify_signature_auth
 from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError
@@ -181,8 +181,10 @@ def _child_payloads(req: Request) -> list[Payload] | None:
     try:
         for ptype in (SA, TSI, TSR):
             body = req.child[ptype]
-            got = _pull_ts(body, ptype) if ptype != SA else None
-            out.append(got or pull_body(Buffer(body), ptype, False, len(body)))
+            if ptype == SA:  # the codec's chain decoder: an SA body seen before is parsed once
+                out.extend(decode_payloads(_GENERIC.pack(0, 0, 4 + len(body)) + body, SA))
+            else:
+                out.append(_pull_ts(body, ptype) or pull_body(Buffer(body), ptype, False, len(body)))
     except (DecodeError, ProtocolError):
         return None
     return out
@@ -410,10 +412,9 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
         if not _cert_matches(cert, a.peer, req.cert):
             return None
         key: Any = cert.public_key()
-    elif creds.resolver is not None:
-        return None  # the resolver may look the key up and ask for a retransmission (CredentialsPending)
     else:
-        key = creds.public_key_for(a.peer)
+        # a resolver may look the key up and ask for a retransmission (CredentialsPending): the general path
+        key = creds.public_key_for(a.peer) if creds.resolver is None else None
         if key is None:
             return None
     if not verify_signature_auth(key, req.method, req.auth, theirs):
