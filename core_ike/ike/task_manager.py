@@ -71,7 +71,7 @@ def failure_of(e: ProtocolError) -> Failure:
 
 class TaskManager:
     # one per IKE_SA (a mediation server holds 100k of them): no per-instance __dict__
-    __slots__ = ("cached_response", "failure", "fragments", "my_mid", "outstanding", "peer_mid", "queue", "sa")
+    __slots__ = ("cached_response", "failure", "fragments", "held", "my_mid", "outstanding", "peer_mid", "queue", "sa")
 
     def __init__(self, sa: IkeSa) -> None:
         self.sa = sa
@@ -82,6 +82,7 @@ class TaskManager:
         self.cached_response: tuple[int, list[bytes]] | None = None
         self.fragments: FragmentReceiver | None = None  # created on the first SKF fragment (memory per SA)
         self.failure: Failure | None = None  # the first failed exchange (what the SA's loss is reported as)
+        self.held: Message | None = None  # a request that came before our IKE_AUTH response (`_process_request`)
 
     # ------------------------------------------------------------------ sending
     def _send(self, packets: list[bytes], now: float) -> None:
@@ -246,6 +247,11 @@ class TaskManager:
             self._send_request(out.exchange, out.tasks, now)
             return
         self.my_mid += 1
+        if self.held is not None and sa.established:
+            held, self.held = self.held, None
+            self._process_request(held, now)
+            if sa.state is IkeState.DESTROYED:
+                return
         self.initiate_next(now)
 
     def _task_failed(self, out: Outstanding, failure: Failure, now: float) -> None:
@@ -272,6 +278,16 @@ class TaskManager:
             return
         if mid != self.peer_mid:
             log.info("%s: ignoring request %d, expected %d", sa.label, mid, self.peer_mid)
+            return
+        out = self.outstanding
+        if out is not None and out.exchange == ExchangeType.IKE_AUTH and sa.established_at is None \
+                and msg.exchange not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+            # RFC 7296 2.3: the responder may send its first request right after its IKE_AUTH response
+            # (a mediation server its ME_CONNECT), and the network may deliver it first. It is processed
+            # once that response has authenticated the peer (RFC 7296 1.2; same keys), not refused
+            log.info("%s: %s request %d before the IKE_AUTH response: held until that is processed", sa.label,
+                     _exchange(msg.exchange), mid)
+            self.held = msg
             return
         resp = self.new_message(msg.exchange, True, mid)
         try:
