@@ -24,7 +24,9 @@ same run:
   segments (strongSwan's advice for many SAs; its default is one bucket).
 
 Usage (root): ``.venv/bin/python bench/ike_setup_rate.py [--count 2000] [--inflight 32]``.
-Writes the table to stdout and to bench/results/ike_setup_rate.txt (``--out``; ``--out -`` = stdout only).
+Writes the table to stdout; ``--out bench/results/ike_setup_rate.txt`` also writes it there, with its .json.
+``--before REV`` (or a source tree's directory) also runs our responder from REV beside each of ours, interleaved;
+``--driver-cpus`` / ``--responder-cpus`` pin the driver and the responder's processes to CPUs.
 """
 
 from __future__ import annotations
