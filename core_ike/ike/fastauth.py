@@ -22,7 +22,7 @@ payload or an error notify, a CP payload, an SA without both TS payloads (or TS 
 more than one of SA, TSi or TSr, EAP, a peer whose AUTH or certificate does not
 verify (AUTHENTICATION_FAILED), a mix of PSK and signatures, no matching configuration (the
 configuration source may be asked), a retransmission, a response that would or could be fragmented
-(RFC 7383; decided before signing, for the longest CHILD_SA payloads the request allows), a raw public
+(RFC 7383; for the longest CHILD_SA payloads the request allows), a raw public
 key that a credentials resolver would look up, an engine extension with tasks or a say in the choice of the
 configuration (it may act on IKE_AUTH notifies, e.g. draft-brunner-ikev2-mediation §3.1), and every case
 while debug lines are logged.
@@ -399,9 +399,8 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
                sealed_length: Callable[[int], int], extra: int) -> list[tuple[int, bytes]] | None:
     """The peer's signature checked (its certificate first, RFC 7296 3.6, 2.15) and our response's inner
     payloads IDr, CERT..., AUTH with ours (RFC 7427), `extra` octets of CHILD_SA payloads to follow;
-    None when the general path must answer: a
-    certificate or signature that does not verify (it answers AUTHENTICATION_FAILED), no key of ours,
-    or a response that could need fragments (decided before signing: the general path would sign again)."""
+    None when the general path must answer: a certificate or signature that does not verify (it answers
+    AUTHENTICATION_FAILED), no key of ours, or a response that needs fragments."""
     creds, req = engine.creds, a.req
     if req.cert is not None:
         try:
@@ -423,13 +422,13 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
     if mine is None:
         return None
     certs = [(CERT, bytes((X509,)) + der) for der in map(_der, a.cfg.local.certs)]
-    # the longest AUTH data: the signature and RFC 7427's AlgorithmIdentifier (RSASSA-PSS's the longest)
-    bits = getattr(mine, "key_size", 521)
-    most = (bits + 7) // 8 + 96 if isinstance(mine, rsa.RSAPrivateKey) else 2 * ((bits + 7) // 8) + 96
-    plain = len(id_body) + sum(4 + len(b) for _, b in certs) + 12 + most + extra
-    fits = 32 + sealed_length(plain) <= a.cfg.fragment_size
-    if a.sa.frag_supported and a.cfg.fragmentation and not fits:
-        return None  # RFC 7383 2.5: the general path fragments it
+    # RFC 7383 2.5: a response that needs fragments is the general path's. With the shortest AUTH (an RSA
+    # signature alone, without RFC 7427's AlgorithmIdentifier) it is decided before signing; `_answer_of`
+    # measures the signed response exactly (one within those few octets of the limit is signed twice)
+    least = (mine.key_size + 7) // 8 if isinstance(mine, rsa.RSAPrivateKey) else 0
+    plain = len(id_body) + sum(4 + len(b) for _, b in certs) + 8 + least + extra
+    if a.sa.frag_supported and a.cfg.fragmentation and 32 + sealed_length(plain) > a.cfg.fragment_size:
+        return None
     hashes = set(a.sa.peer_hash_algs)
     pref = a.cfg.local.signature
     method = int(AuthMethod.RSA_SIG) if pref == "rsa" or not hashes else int(AuthMethod.DIGITAL_SIGNATURE)

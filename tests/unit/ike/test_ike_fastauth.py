@@ -358,3 +358,26 @@ def test_traffic_selectors_read_and_written_as_the_codec_does() -> None:
     assert fastauth._pull_ts(good[:4] + b"\x09" + good[5:], 44) is None  # another TS type: the codec skips it
     assert fastauth._pull_ts(good[:6] + b"\x00\x0f" + good[8:], 44) is None  # a wrong selector length
     assert fastauth._pull_ts(b"\x02\x00\x00\x00" + good[4:], 44) is None  # two announced, one there
+
+
+_SIGNED_CHILD = {"with_child": True, "auth": "pubkey", "setup": lambda p: _certified(p)}
+
+
+def _auth_response_size(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The length of b's IKE_AUTH response with certificates, an RFC 7427 signature and a CHILD_SA."""
+    p, taken = _run(monkeypatch, True, rounds=1, b_conf={"fragment_size": 3000}, **_SIGNED_CHILD)
+    assert taken == 1
+    return len(_ike([d for side, d in p.wire if side == "b->a"][-1]))
+
+
+@pytest.mark.parametrize("room", [0, -1])
+def test_a_signed_response_is_measured_as_signed(monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+    """RFC 7383 2.5: a response that fits exactly into the fragment size is answered directly; one octet
+    less and the general path fragments it (the signature's length is known once it is made)."""
+    size = _auth_response_size(monkeypatch) + room
+    fast, taken = _run(monkeypatch, True, b_conf={"fragment_size": size}, **_SIGNED_CHILD)
+    general, _ = _run(monkeypatch, False, b_conf={"fragment_size": size}, **_SIGNED_CHILD)
+    assert taken == (2 if room == 0 else 0)
+    fragments = [d for side, d in general.wire if side == "b->a" and _ike(d)[16] == 53]  # SKF first (RFC 7383)
+    assert bool(fragments) == (room < 0)
+    _same(fast, general)
