@@ -39,10 +39,6 @@ Addr = tuple[str, int]
 RECEIVE_BUFFER = 4 * 1024 * 1024
 READ_BATCH = 256  # datagrams read per wakeup before other work (timers, control socket) gets its turn
 MMSG_BATCH = 64  # datagrams per recvmmsg/sendmmsg call (core_ike/io/mmsg.py)
-# Replies to one receive batch up to this many leave one sendto(2) each: below it sendmmsg through ctypes
-# (the copy into the batch, the sockaddrs, the foreign call) costs more per datagram than the system calls
-# it saves (bench/charon_initiator.py's realistic initiator sends 1-3 requests per wake-up)
-SENDTO_MAX = 4
 COOKIE_SLOT = 128  # a send slot holds one COOKIE answer (73 octets with the non-ESP marker)
 SO_RCVBUFFORCE = 33  # Linux asm-generic/socket.h; Python's socket module lacks it
 SO_ATTACH_REUSEPORT_CBPF = 51
@@ -286,8 +282,6 @@ class UdpTransport:
         # pre-filter answers COOKIEs from the receive batch into the send batch (docs/operations.md, "Floods")
         self._rb = RecvBatch(MMSG_BATCH)
         self._sb = SendBatch(MMSG_BATCH, COOKIE_SLOT)
-        self._replies = SendBatch(MMSG_BATCH)  # the engine's answers to one receive batch (any size)
-        self._held: list[tuple[bytes, Addr, Addr]] = []  # answers of a `deliver_read` batch, until its flush
         # work the engine does ahead once the datagrams of a wake-up left (Engine.prepare), if it has any
         self._prepare: Callable[[], None] | None = getattr(engine, "prepare", None)
         prefilter = getattr(engine, "prefilter", None)
@@ -441,7 +435,7 @@ class UdpTransport:
         IKE_SA_INIT requests of each batch from their raw octets with one sendmmsg (docs/operations.md,
         "Floods"), everything else goes to the engine one datagram at a time."""
         engine, rb, sb, answer = self.engine, self._rb, self._sb, self._answer_batch
-        deliver, collect, clock, stats = self.deliver_ike, self._collect, self.clock, self.stats
+        deliver, reply, clock, stats = self.deliver_ike, self._answer, self.clock, self.stats
         plain = local[1] != engine.natt_port
         v6 = ":" in local[0]  # an IPv6 socket's address (socket.family builds an enum on every access)
         fd = s.fileno()
@@ -461,16 +455,13 @@ class UdpTransport:
             todo = answer(rb, n, sb, not plain, v6, now) if answer is not None else range(n)
             if len(sb):
                 self._flush_batch(fd, local)
-            replies: list[tuple[bytes, Addr, Addr]] = []
             for i in todo:
                 data, remote = rb.data(i), rb.address(i)
                 if plain or data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
                     deliver(data if plain else data[4:], local, remote, now)
                 else:
                     self._datagram(data, local, remote, now)
-                replies = collect(replies)
-            if replies:
-                self._send_batch(replies)
+                reply()
             if n < rb.count:
                 break  # the queue is empty
         stats["rx"] += total
@@ -524,22 +515,6 @@ class UdpTransport:
             log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
 
     # ------------------------------------------------------------------ send, timers, events
-    def _send_batch(self, out: list[tuple[bytes, Addr, Addr]]) -> None:
-        """The replies to one receive batch: one sendmmsg when there are more than SENDTO_MAX and they all
-        leave from one socket."""
-        if len(out) <= SENDTO_MAX:
-            self._send_all(out)
-            return
-        local = out[0][1]
-        s = self.sockets.get(local)
-        sb = self._replies
-        if s is None or len(out) > sb.count or any(o[1] != local or len(o[0]) > sb.size for o in out):
-            self._send_all(out)
-            return
-        for data, _, remote in out:
-            sb.append(data, remote)
-        self._flush_batch(s.fileno(), local, sb, "message")
-
     def _send_all(self, out: list[tuple[bytes, Addr, Addr]]) -> None:
         sockets = self.sockets
         for data, local, remote in out:
@@ -568,37 +543,12 @@ class UdpTransport:
 
     def deliver_read(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
         """A datagram another reader took from a NAT-T socket (the userspace data plane's, core_ike/io/fastpath.py)
-        to the engine, in `_read_each`'s order: when it has events, the replies to the datagrams before it
-        leave first and its events are handled before its own replies leave (with the reader's `flush`)."""
-        engine = self.engine
-        if early := engine.datagrams_to_send():
-            self._held += early
+        to the engine, in `_read_each`'s order: what the engine had to send before it leaves first, then its
+        events are handled and its replies leave (`_answer`)."""
+        if early := self.engine.datagrams_to_send():
+            self._send_all(early)
         self._datagram(data, local, remote, now)
-        if (ev := engine.next_event()) is not None:
-            held, self._held = self._held, []
-            self._events_first(ev, held)
-
-    def _collect(self, replies: list[tuple[bytes, Addr, Addr]]) -> list[tuple[bytes, Addr, Addr]]:
-        """`replies` with those to the datagram just delivered added; when it raised events, `_events_first`
-        (the earlier replies leave, its events are handled) before its own replies are taken."""
-        engine = self.engine
-        out = engine.datagrams_to_send()
-        if (ev := engine.next_event()) is not None:
-            self._events_first(ev, replies)
-            replies = []
-            out += engine.datagrams_to_send()
-        if out:
-            replies += out
-        return replies
-
-    def _events_first(self, ev: Any, replies: list[tuple[bytes, Addr, Addr]]) -> None:
-        """The events of the datagram just delivered, before its replies leave: a CHILD_SA is installed
-        before the response that completes it (RFC 7296 §1.2, §1.3.1: with that response the CHILD_SA
-        exists at the initiator, which may send on it at once). The replies to the datagrams before it leave first, not held up
-        by an installation that is not theirs."""
-        if replies:
-            self._send_batch(replies)
-        self._forward(ev)
+        self._answer()
 
     def _forward(self, ev: Any) -> None:
         """`ev` and every event queued after it to `on_event`."""
@@ -613,11 +563,9 @@ class UdpTransport:
 
     def flush(self) -> None:
         """Forward the engine's events, then send what it produced (a CHILD_SA is installed before the
-        message that completes it leaves, `_events_first`) and re-arm the one timer."""
+        message that completes it leaves, `_answer`) and re-arm the one timer."""
         engine = self.engine
         out = engine.datagrams_to_send()
-        if self._held:
-            out, self._held = self._held + out, []
         if (ev := engine.next_event()) is not None:
             self._forward(ev)
             out += engine.datagrams_to_send()  # handlers may have produced more work (e.g. initiating)
