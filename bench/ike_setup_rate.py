@@ -551,9 +551,11 @@ def figures_of(res: list[Result], inflight: int) -> list[dict[str, Any]]:
                     differences=["CPU-normalised: the batch's IKE_SAs over the CPU seconds of the busiest worker (the "
                                  "rate with a core per worker), workers = N over workers = 1 of the same round; the "
                                  "driver shares the machine's 2 CPUs, so the wall rate cannot show it",
-                                 "the driver shares the workers' CPUs: with N = 2, three busy processes on 2 CPUs (with "
-                                 "one worker, two), so a worker's CPU includes the switches and cache refills after the "
-                                 "driver ran on its core; the ratio is a lower bound of a core per worker's",
+                                 "the driver shares the workers' CPUs and sets the rate: each of N workers carries about "
+                                 "1/N of the one worker's load, so it sleeps and wakes more often per IKE_SA (wake-ups/SA; "
+                                 "a wake-up finds its caches cold), and with N = 2 three busy processes share 2 CPUs; both "
+                                 "add to a worker's CPU per IKE_SA, which a saturated worker on a core of its own would not "
+                                 "pay: the ratio is a lower bound",
                                  f"workers = {n}: " + ", ".join(f"{r.capacity:.0f}/s" for r in rs)
                                  + "; workers = 1: " + ", ".join(f"{c:.0f}/s" for c in w1)],
                     readme=side == "ours"))
