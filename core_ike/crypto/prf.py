@@ -1,16 +1,17 @@
 """Pseudo-random functions and prf+ (RFC 7296 2.13).
 
-HMAC PRFs (RFC 2104 with SHA-1, RFC 4868 with SHA-2): a key used once goes to the stdlib's one-shot HMAC
-(OpenSSL's, without HMAC objects); a key used for many MACs (prf+ blocks, a PSK's padded key) has its two
-padded keys absorbed once into the stdlib's OpenSSL hashes (`Prf.keyed`, RFC 2104 2) and each MAC copies
-those states, cheaper than the one-shot's lookup of its MAC method on every call. AES-CMAC-PRF-128
-(RFC 4615) uses `cryptography`.
+HMAC PRFs (RFC 2104 with SHA-1, RFC 4868 with SHA-2) are computed from the stdlib's OpenSSL hashes, as
+RFC 2104 2 defines HMAC: H(K xor opad, H(K xor ipad, text)). The stdlib keeps the hash methods it looked
+up; its one-shot HMAC goes through OpenSSL 3's HMAC(), which looks the MAC and the digest up by name on
+every call, a walk through OpenSSL's method store that costs about 4x the MAC itself when it runs from cold
+caches, as a responder's first lines after a wake-up do. A key used for many MACs (prf+ blocks, a PSK's
+padded key) has its two padded keys absorbed once (`Prf.keyed`) and each MAC copies those states.
+AES-CMAC-PRF-128 (RFC 4615) uses `cryptography`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -19,12 +20,6 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 
 from ..constants import PrfId
 from ..errors import LocalError
-
-_hmac_digest: Callable[[bytes, bytes, str], bytes]
-try:  # the C function `hmac.digest` calls for a digest name: one Python frame less per HMAC
-    from _hashlib import hmac_digest as _hmac_digest
-except ImportError:  # a Python built without OpenSSL's hashlib
-    _hmac_digest = hmac.digest
 
 __all__ = ["SUPPORTED_PRFS", "Prf", "prf_for", "prf_plus"]
 
@@ -50,6 +45,19 @@ def _padded_keys(new: Callable[..., Any], block: int, key: bytes) -> tuple[bytes
         key = new(key).digest()
     k = int.from_bytes(key, "big") << (8 * (block - len(key)))
     return (k ^ _IPAD[block]).to_bytes(block, "big"), (k ^ _OPAD[block]).to_bytes(block, "big")
+
+
+def _hmac(new: Callable[..., Any], block: int, key: bytes, data: bytes) -> bytes:
+    """RFC 2104 2: HMAC of `data` under `key` with the hash `new` of block size `block`."""
+    if len(key) > block:
+        key = new(key).digest()
+    k = int.from_bytes(key, "big") << (8 * (block - len(key)))
+    inner = new((k ^ _IPAD[block]).to_bytes(block, "big"))
+    inner.update(data)
+    outer = new((k ^ _OPAD[block]).to_bytes(block, "big"))
+    outer.update(inner.digest())
+    out: bytes = outer.digest()
+    return out
 
 
 def _keyed_hmac(new: Callable[..., Any], block: int, key: bytes) -> Callable[[bytes], bytes]:
@@ -106,7 +114,7 @@ class Prf:
 
     def __call__(self, key: bytes, data: bytes) -> bytes:
         if self._fn is None:
-            return _hmac_digest(key, data, self._digest)
+            return _hmac(self._new, self._block, key, data)
         return self._fn(key, data)
 
     def keyed(self, key: bytes) -> Callable[[bytes], bytes]:
