@@ -48,7 +48,8 @@ def _seeded_randomness(seed: str) -> Any:
     def init(self: Any, group: int, private: bytes | None = None) -> None:
         if private is None:
             n[0] += 1
-            private = hashlib.sha256(b"%s-x%d" % (seed.encode(), n[0])).digest()[: dh._MONTGOMERY[group][2]]
+            octets = dh._MONTGOMERY[group][-1]  # the key's length: the last field in every tree's layout
+            private = hashlib.sha256(b"%s-x%d" % (seed.encode(), n[0])).digest()[:octets]
         orig_init(self, group, private)
 
     sysrng.SystemRng.bytes = seeded_bytes  # type: ignore[method-assign,assignment]

@@ -208,28 +208,51 @@ class _EcpExchange:
 
 # --- Curve25519 / Curve448: RFC 8031 -------------------------------------------------------------
 
-_MONTGOMERY: dict[int, tuple[Any, Any, int]] = {  # group -> (private class, public class, octets)
-    DhId.CURVE25519: (x25519.X25519PrivateKey, x25519.X25519PublicKey, 32),
-    DhId.CURVE448: (x448.X448PrivateKey, x448.X448PublicKey, 56),
+def _x25519_direct() -> tuple[Any, Any, Any] | None:
+    """(generate, from_private_bytes, from_public_bytes) of `cryptography`'s X25519 keys as its public
+    classmethods end up calling them, when this OpenSSL has X25519; else None (the classmethods then say
+    why). Those classmethods import the backend module and check support again on every call: a
+    responder makes a key pair and reads a peer's key per IKE_SA_INIT, right after waking up, when that
+    import machinery (module dicts, the import lock, module specs) must come back into the CPU caches
+    first. The same objects, the same checks of the key octets."""
+    try:
+        from cryptography.hazmat.backends.openssl.backend import backend
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        if not backend.x25519_supported():
+            return None
+        mod = rust_openssl.x25519
+        return mod.generate_key, mod.from_private_bytes, mod.from_public_bytes
+    except (ImportError, AttributeError):  # another `cryptography`: the classmethods
+        return None
+
+
+_X25519 = _x25519_direct() or (x25519.X25519PrivateKey.generate, x25519.X25519PrivateKey.from_private_bytes,
+                               x25519.X25519PublicKey.from_public_bytes)
+# group -> (generate, from private octets, public key from octets, octets)
+_MONTGOMERY: dict[int, tuple[Any, Any, Any, int]] = {
+    DhId.CURVE25519: (*_X25519, 32),
+    DhId.CURVE448: (x448.X448PrivateKey.generate, x448.X448PrivateKey.from_private_bytes,
+                    x448.X448PublicKey.from_public_bytes, 56),
 }
 
 
 class _MontgomeryExchange:
     """X25519 and X448 (RFC 8031; RFC 7748 6.1/6.2)."""
 
-    __slots__ = ("_key", "_len", "_pub_cls", "group", "public")
+    __slots__ = ("_key", "_len", "_peer_key", "group", "public")
 
     def __init__(self, group: int, private: bytes | None = None) -> None:
         self.group = group
-        priv_cls, self._pub_cls, self._len = _MONTGOMERY[group]
-        self._key = priv_cls.generate() if private is None else priv_cls.from_private_bytes(private)
+        generate, from_private, self._peer_key, self._len = _MONTGOMERY[group]
+        self._key = generate() if private is None else from_private(private)
         self.public: bytes = self._key.public_key().public_bytes_raw()
 
     def compute(self, peer_public: bytes) -> bytes:
         if len(peer_public) != self._len:
             raise _invalid(self.group, f"length {len(peer_public)}, expected {self._len}")
         try:  # RFC 8031 2.3 / RFC 7748 6: an all-zero result must be rejected (OpenSSL does)
-            z: bytes = self._key.exchange(self._pub_cls.from_public_bytes(peer_public))
+            z: bytes = self._key.exchange(self._peer_key(peer_public))
         except ValueError as e:
             raise _invalid(self.group, str(e)) from None
         if not any(z):
