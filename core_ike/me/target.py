@@ -47,6 +47,7 @@ class TargetRole:
     _target_sas: dict[int, str]
     _unsent: dict[str, tuple[IkeSaView, MeConnectRequest]]
     _unsent_answers: dict[bytes, tuple[IkeSaView, MeConnectRequest]]
+    _paced: tuple[CheckListConfig, CheckListConfig] | None = None  # `_responder_checks`: (checks, without burst)
 
     def gather(self, sa: IkeSaView) -> list[Endpoint]:
         raise NotImplementedError
@@ -143,7 +144,12 @@ class TargetRole:
         to open them early (docs/protocol.md §7.6), would only delay our answer to its first check; our
         checks start paced, and a check that arrives still triggers one at once (§11.10)."""
         cfg = self.config.checks
-        return None if sa.nat_here or cfg.initial_burst <= 1 else replace(cfg, initial_burst=1)
+        if sa.nat_here or cfg.initial_burst <= 1:
+            return None
+        paced = self._paced
+        if paced is None or paced[0] is not cfg:  # made once: the request waits for our answer
+            paced = self._paced = (cfg, replace(cfg, initial_burst=1))
+        return paced[1]
 
     def _mediated_request(self, sa: IkeSaView, cid: bytes, now: float) -> None:
         """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
