@@ -329,9 +329,10 @@ class MediationServer(Extension):
         assert origin.peer_id is not None
         requester, target, cid = origin.peer_id.canonical(), target_id.canonical(), req.connect_id
         relayed = self._relayed_endpoint(origin, target_sa, req, requester, target, now)
-        if relayed is not None:
-            req = replace(req, endpoint_data=(*req.endpoint_data, relayed))
-        req = replace(req, nat=_checked_nat(req.nat, requester))
+        nat = _checked_nat(req.nat, requester)
+        if relayed is not None or nat is not req.nat:  # one copy at most: the target waits for it
+            req = replace(req, endpoint_data=(*req.endpoint_data, relayed) if relayed is not None else req.endpoint_data,
+                          nat=nat)
         # our own clients get the requester's NAT behaviour (core_ike/me/birthday.py); strongSwan never does
         payloads = build_relay(req, id_peer(origin.peer_id), private=target_sa.extension(MeSaState).ours)
         origin_id = origin.unique_id
