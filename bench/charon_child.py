@@ -238,3 +238,173 @@ def _vs_childless(runs: list[Any], auth: str, impl: str, child: list[Any]) -> st
     if not base or not child:
         return "-"
     return f"{statistics.median(r.cpu_ms for r in child) / statistics.median(base):.2f}x"
+
+
+# ====================================================================== where the child shape's CPU goes
+# ``python bench/charon_child.py [--before REV]``: one batch of the child shape against a recording iked
+# (bench/ike_cost.py: seeded randomness, the datagrams its engine receives), then those datagrams replayed
+# to an engine with users' default data plane, its TUN device and netlink in a network namespace of its
+# own (the SAs, policies and routes installed for real), by this tree and by REV alternately, each in its
+# own process: the engine and the event handling (the CHILD_SAs' installation) per IKE_SA, CPU time.
+
+def record(auth: str, count: int, out: Any) -> float:
+    """`count` IKE_SAs with a CHILD_SA each from the charon initiator against a recording iked; the
+    datagrams and its configuration go to `out`; the recording iked's process CPU ms per IKE_SA."""
+    import os
+    import shutil
+    import signal
+
+    import charon_initiator as ci
+    from ike_cost import RECORD_ENV
+
+    from scenarios.lab import cleanup_orphans, two_hosts
+
+    cleanup_orphans()
+    pki = ci.make_pki(count if auth == "rsa" else 0)
+    lab = two_hosts(inner=False)
+    try:
+        add_addresses(lab, count)
+        base = ci.Ours(lab, auth, pki)
+        resp = side(base)
+        base.iked.module = "ike_cost"
+        init = ci.initiator(lab, auth, pki, count, f"rec-{auth}", threads=32, child=True)
+        rec = out / "datagrams.pickle"
+        base.iked.start(env={"PYTHONPATH": f"{ci.ROOT}:{ci.ROOT / 'bench'}", RECORD_ENV: str(rec)})
+        try:
+            init.start()
+            pid = base.pids()[0]
+            cpu0 = ci.proc_cpu(pid)
+            n, failed = ci.initiate_all(init, [f"c{i}" for i in range(count)], 4, 60.0)
+            resp.settle(n)
+            ms = 1000 * (ci.proc_cpu(pid) - cpu0) / max(1, n)
+            if n != count:
+                raise RuntimeError(f"{count - n} IKE_SAs failed: {failed[:3]}")
+            os.kill(pid, signal.SIGUSR2)
+            wait_for(rec.exists, 30, interval=0.05, what="the recording")
+            shutil.copytree(base.iked.dir, out / "conf", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
+        finally:
+            with contextlib.suppress(Exception):
+                init.stop()
+            base.stop()
+    finally:
+        lab.teardown()
+    return ms
+
+
+def _replay_here(out: Any) -> dict[str, float]:
+    """In a fresh network namespace: the recording fed to an engine built as iked builds it with its
+    userspace data plane (TUN device, netlink) twice, a fresh daemon each time; the second run's CPU ms
+    per IKE_SA: all of it, the engine, the event handling."""
+    import asyncio
+    import pickle
+    import time
+
+    import ike_cost as ic
+
+    from core_ike.daemon.config import load
+    from core_ike.daemon.glue import DataPlaneGlue, engine_child_deleter
+    from core_ike.daemon.runtime import Daemon, make_dataplane, tune_gc
+    from core_ike.ike import events as ev
+
+    rec = pickle.loads((out / "datagrams.pickle").read_bytes())["datagrams"]
+
+    async def run() -> dict[str, float]:
+        undo = ic._seeded_randomness("bench")
+        try:
+            d = Daemon(load(out / "conf" / "iked.toml"))
+            dp = make_dataplane("auto", "ccreplay0", d.transport, 4500)
+            dp.start(asyncio.get_running_loop())
+            d.dp, d.glue = dp, DataPlaneGlue(dp, engine_child_deleter(d.engine))
+            d.engine.extensions.append(d.glue)
+            eng, n, now, engine, events = d.engine, 0, 1000.0, 0.0, 0.0
+            eng.set_wall_clock(time.time(), now)
+            tune_gc()  # as iked (core_ike/daemon/runtime.py)
+            clock, t0 = time.thread_time, time.process_time()
+            for data, local, remote in rec:
+                now += 1e-4
+                a = clock()
+                eng.receive(data, local, remote, now)
+                eng.datagrams_to_send()
+                b = clock()
+                while (e := eng.next_event()) is not None:
+                    n += isinstance(e, ev.IkeSaEstablished)
+                    d.on_event(e)
+                engine, events = engine + b - a, events + clock() - b
+                eng.prepare()
+                eng.get_timer()
+            k = 1000 / max(1, n)
+            result = {"total": k * (time.process_time() - t0), "engine": k * engine, "events": k * events, "n": n}
+            dp.close()
+            return result
+        finally:
+            undo()
+
+    asyncio.run(run())
+    return asyncio.run(run())
+
+
+def replay(tree: Any, out: Any) -> dict[str, float] | None:
+    """`_replay_here` by the tree `tree` in a network namespace of its own; None when it failed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ns = f"ccreplay{os.getpid() % 100000}"
+    here = Path(__file__).resolve().parent
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        code = ("import sys, json; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
+                "import core_ike; assert core_ike.__file__.startswith(sys.argv[1]); import charon_child as c; "
+                "print(json.dumps(c._replay_here(Path(sys.argv[3]))))")
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code, str(tree), str(here), str(out)],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"}, timeout=600)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    if p.returncode != 0:
+        print(f"  replay by {tree} failed: {p.stderr.strip()[-400:]}")
+        return None
+    result: dict[str, float] = json.loads(p.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    import argparse
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description="where the child shape's CPU goes: record one batch, replay it A/B")
+    ap.add_argument("--auth", default="psk")
+    ap.add_argument("--count", type=int, default=400)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--before", metavar="REV", help="replay by REV (git archive) too, alternating")
+    a = ap.parse_args()
+    root = results_io.enter_repo(__file__)
+    before = results_io.git_tree(a.before, prefix="charon-child-before-") if a.before else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="charon-child-") as d:
+            out = Path(d)
+            live = record(a.auth, a.count, out)
+            print(f"recorded {a.count} IKE_SAs ({a.auth}, one CHILD_SA each): the recording iked's process "
+                  f"{live:.3f} ms per IKE_SA")
+            runs: dict[str, list[dict[str, float]]] = {"this tree": [], a.before or "": []}
+            for _, name in results_io.interleave(a.rounds, ["this tree", *([a.before] if before else [])]):
+                r = replay(root if name == "this tree" else before, out)
+                if r is not None and r["n"] == a.count:
+                    runs[name].append(r)
+            for name, rs in runs.items():
+                if rs:
+                    parts = ", ".join(f"{k} {results_io.fmt_value(results_io.sample([r[k] for r in rs], 'ms'))}"
+                                      for k in ("total", "engine", "events"))
+                    print(f"replayed by {name}, per IKE_SA: {parts}")
+    finally:
+        if before is not None:
+            shutil.rmtree(before, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
