@@ -140,31 +140,29 @@ def test_a_miss_waits_for_the_refresher_then_finds_the_new_row(tmp_path: Path) -
     db = create_engine(f"sqlite:///{tmp_path}/cfg.db")  # the refresher's thread opens its own connection
     load_sql(db, "net2net-psk.sql", IPS)
     src = SqlConfigSource(db, refresh_interval=3600)
-    got: list[list[str]] = []
-    src.on_snapshot = lambda s: got.append([c.name for c in s.connections])
 
     async def scenario() -> None:
+        snapshots: asyncio.Queue[list[str]] = asyncio.Queue()  # each refresh hands its snapshot to the loop
+        src.on_snapshot = lambda s: snapshots.put_nowait([c.name for c in s.connections])
+
+        async def next_snapshot() -> list[str]:
+            return await asyncio.wait_for(snapshots.get(), 10.0)
+
         task = asyncio.create_task(src.refresh_loop(min_interval=0.0))
         try:
-            while src.generation < 1:  # the loop's first wait: the refresh interval or a miss
-                await asyncio.sleep(0)
-                if src._wake is not None:
-                    break
+            await asyncio.sleep(0)  # the task runs up to its first wait (a miss or the interval)
+            assert src._wake is not None and src.generation == 0
             with db.begin() as c:
                 c.execute(text("INSERT INTO peer_configs (name, ike_cfg, local_id, remote_id, auth_method) "
                                "VALUES ('late', 1, 1, 3, 2)"))
             venus = Identity.parse("venus.example.org")
             with pytest.raises(CredentialsPending):
                 src.miss(venus)
-            gen = src.generation
-            while src.generation == gen:
-                await asyncio.sleep(0.01)
-            assert "late" in got[-1]
+            assert "late" in await next_snapshot()  # the refresh the miss asked for
             with pytest.raises(CredentialsPending):  # the refresh running at the miss may predate the row
                 src.miss(venus)
-            gen = src.generation
-            while src.generation == gen:
-                await asyncio.sleep(0.01)
+            await next_snapshot()
+            assert snapshots.empty() and src.generation == 2
             src.miss(venus)  # definite now: returns, the engine answers the peer
         finally:
             task.cancel()
