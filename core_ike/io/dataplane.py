@@ -12,6 +12,7 @@ Make-before-break rekey (RFC 7296 2.8): install the new inbound SA, then the new
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -86,6 +87,24 @@ class SaParams:
         )
 
 
+def network(text: str) -> IPNetwork:
+    """`ipaddress.ip_network(text, strict=False)`: an IPv4 address with a decimal prefix length (a CHILD_SA's
+    selector as the engine reports it) read by the C parser, the rest by ipaddress. inet_pton takes the
+    dotted quads ipaddress takes (four decimal octets, no leading zeros); anything it refuses goes to
+    ipaddress, which parses it or gives its error."""
+    addr, slash, plen = text.partition("/")
+    if not slash:
+        plen = "32"
+    if plen.isascii() and plen.isdigit() and int(plen) <= 32:
+        try:
+            packed = socket.inet_pton(socket.AF_INET, addr)
+        except (OSError, ValueError):
+            pass
+        else:
+            return ipaddress.IPv4Network((int.from_bytes(packed, "big"), int(plen)), strict=False)
+    return ipaddress.ip_network(text, strict=False)
+
+
 @dataclass(frozen=True, slots=True)
 class TrafficSelector:
     """An address range as a subnet, plus IP protocol (0 = any) and port range (RFC 7296 3.13.1)."""
@@ -106,7 +125,7 @@ class TrafficSelector:
 
     @classmethod
     def parse(cls, text: str, protocol: int = 0, ports: tuple[int, int] = (0, 65535)) -> TrafficSelector:
-        return cls(ipaddress.ip_network(text, strict=False), protocol, ports[0], ports[1])
+        return cls(network(text), protocol, ports[0], ports[1])
 
     @property
     def any_port(self) -> bool:

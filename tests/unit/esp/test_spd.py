@@ -10,6 +10,8 @@ import random
 import struct
 from typing import Any
 
+import pytest
+
 from core_ike.constants import EncrId
 from core_ike.io.dataplane import (
     Direction,
@@ -219,3 +221,25 @@ def test_selectors_and_policies_hash_and_compare_by_their_fields() -> None:
     t = PolicyTable()
     assert t.add(p) and not t.add(q) and q in t and moved not in t
     assert t.remove(q) and len(t) == 0
+
+
+def test_selector_text_parsed_as_ipaddress_parses_it() -> None:
+    """dataplane.network: the network ipaddress.ip_network(text, strict=False) gives, or its ValueError."""
+    from core_ike.io.dataplane import network
+
+    rng = random.Random(5)
+    texts = ["10.201.0.5/32", "10.0.0.1", "0.0.0.0/0", "255.255.255.255/32", "10.1.2.3/24", "10.1.2.3/032",
+             "10.0.0.0/255.255.255.0", "fd00::1/64", "::/0", "fd00::5", "::ffff:10.0.0.1/128"]
+    bad = ["10.0.0.0/33", "10.0.0.0/", "01.2.3.4/32", "10.0.0/24", "10.0.0.0.0/8", "256.0.0.0/8", " 10.0.0.0/8",
+           "10.0.0.0/8 ", "10.0.0.0/+8", "10.0.0.0/-1", "10.0.0.1\x00/32", "10.0.0.0/\u0663", "1\u0660.0.0.0/8", "0x0a.0.0.0/8",
+           "10.0.0.00/8", "", "/8", "fd00::/129"]
+    for _ in range(2000):
+        texts.append(f"{ipaddress.IPv4Address(rng.getrandbits(32))}/{rng.randrange(33)}")
+    for t in texts:
+        assert network(t) == ipaddress.ip_network(t, strict=False), t
+        assert type(network(t)) is type(ipaddress.ip_network(t, strict=False))
+    for t in bad:
+        with pytest.raises(ValueError):
+            ipaddress.ip_network(t, strict=False)
+        with pytest.raises(ValueError):
+            network(t)
