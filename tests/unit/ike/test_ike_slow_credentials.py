@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,32 @@ class _SlowSessions:
         return self.real()
 
 
-async def _wait(pred: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+class _Portal(PortalPeers):
+    """PortalPeers that calls `refreshed` after each refresh (in the refresher's worker thread)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.refreshed: Callable[[], None] = lambda: None
+
+    def refresh(self) -> None:
+        super().refresh()
+        self.refreshed()
+
+
+async def _after_refreshes(portal: _Portal, pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Until `pred()` holds, checked again after each refresh of `portal`."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    portal.refreshed = lambda: loop.call_soon_threadsafe(done.set)
+    deadline = loop.time() + timeout
+    while True:
+        done.clear()  # before the check: a refresh ending between the check and the wait still wakes it
+        if pred():
+            return
+        try:
+            await asyncio.wait_for(done.wait(), deadline - loop.time())
+        except TimeoutError:
+            raise AssertionError("condition not reached in time") from None
 
 
 def _portal_db_and_pair(tmp_path: Path) -> tuple[Any, Any, Any]:
@@ -56,7 +78,7 @@ def test_blocked_refresh_does_not_stall_an_ike_auth(tmp_path: Path) -> None:
     with sessions.begin() as s:
         user = data.create_user(s, "pat", "x")
         data.add_peer(s, user.id, "alice", spki_der(key_a), keyid_of(key_a))
-    portal = PortalPeers(sessions, refresh_interval=0.05)
+    portal = _Portal(sessions, refresh_interval=0.05)
     portal.refresh()
     p.b.creds.resolver = portal.public_key
     slow = _SlowSessions(sessions)
@@ -74,7 +96,7 @@ def test_blocked_refresh_does_not_stall_an_ike_auth(tmp_path: Path) -> None:
         with sessions.begin() as s:
             data.add_peer(s, user.id, "carol", spki_der(key_c), keyid_of(key_c))
         slow.gate.set()
-        await _wait(lambda: portal.alias_of("keyid:#" + keyid_of(key_c).hex()) == "carol")
+        await _after_refreshes(portal, lambda: portal.alias_of("keyid:#" + keyid_of(key_c).hex()) == "carol")
         refresher.cancel()
 
     asyncio.run(scenario())
