@@ -157,6 +157,15 @@ def test_presence_writes_are_batched_off_the_loop(url: str) -> None:
     w.tick = 0.05
 
     async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        written = asyncio.Event()
+        write = w.write
+
+        def write_and_tell(rows: list[pr.PresenceRow], totals: pr.Totals) -> None:  # the writer's thread
+            write(rows, totals)
+            loop.call_soon_threadsafe(written.set)
+
+        w.write = write_and_tell  # type: ignore[method-assign]
         task = asyncio.create_task(w.run())
         await asyncio.sleep(0)  # the writer's first wait begins
         for _ in range(20):  # 200 events in one burst of the loop
@@ -165,15 +174,17 @@ def test_presence_writes_are_batched_off_the_loop(url: str) -> None:
                 w.on_event(mev.PeerOffline(ident, n + 1))
         for n, ident in enumerate(ids):
             w.on_event(mev.PeerOnline(ident, n + 1, ("192.0.2.1", 2000 + n), None))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        deadline = loop.time() + 10
+        while True:  # checked after each batch the writer's thread committed
+            try:
+                await asyncio.wait_for(written.wait(), deadline - loop.time())
+            except TimeoutError:
+                raise AssertionError("the presence rows never showed all peers online") from None
+            written.clear()
             with make_session_factory(make_engine(url))() as s:
                 online = s.scalars(select(PeerPresence).where(PeerPresence.online.is_(True))).all()
             if len(online) == 5 and all(p.endpoint and p.endpoint.startswith("192.0.2.1[20") for p in online):
                 break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the presence rows never showed all peers online")
         task.cancel()
 
     asyncio.run(scenario())
