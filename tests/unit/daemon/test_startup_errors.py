@@ -13,7 +13,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from core_ike.daemon.ctl import call
+from tests.unit.daemon.ikedproc import notify_socket, wait_ready
 
 ROOT = Path(__file__).resolve().parents[3]
 IKED, SERVER, CLIENT = "core_ike.daemon.main", "mediation_server", "mediation_client"
@@ -300,24 +299,6 @@ def test_startup_mistake_is_one_line(case: Case, workdir: Path, held_port: int) 
     assert (workdir / "ctl.sock").exists() == (case.name == "control socket in use")
 
 
-def _ready(ctl: Path) -> bool:
-    try:
-        return bool(call(str(ctl), {"cmd": "conns"}, timeout=2)["ok"])
-    except OSError:
-        return False
-
-
-def _wait_ready(proc: subprocess.Popen[str], ctl: Path, timeout: float = 30.0) -> None:
-    """The control socket answers (the daemon is up, its signal handlers in place)."""
-    deadline = time.monotonic() + timeout
-    while not _ready(ctl):
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"exited with {proc.returncode}: {err}")
-        assert time.monotonic() < deadline, "the control socket does not answer"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("module,section,tables", [
     (SERVER, "mediation", {"peer", "me_callback", "mediation_grant", "user"}),
     (CLIENT, "client", {"client_config", "mediation_server_config", "connection"}),
@@ -332,26 +313,28 @@ def test_daemon_creates_the_database(module: str, section: str, tables: set[str]
         text += PSK + SERVER_CONN
     conf = workdir / "test.toml"
     conf.write_text(text)
-    for run in ("first", "second"):
-        proc = subprocess.Popen(_argv(module, "-c", str(conf)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=_env(), cwd=workdir)
-        try:
-            _wait_ready(proc, workdir / "ctl.sock")
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        assert proc.returncode == 0, err
-        assert "Traceback" not in out + err
-        created = f"created the med_db tables in sqlite:///{db}"
-        assert (created in err) == (run == "first"), err
-        assert "started" in err and "stopped" in err
-        with sqlite3.connect(db) as c:
-            names = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert tables <= names
-        assert oct(db.stat().st_mode & 0o777) == "0o600"  # the client's private key will live there
+    notify, env = notify_socket(workdir)
+    with notify:
+        for run in ("first", "second"):
+            proc = subprocess.Popen(_argv(module, "-c", str(conf)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=_env() | env, cwd=workdir)
+            try:
+                wait_ready(proc, notify)  # READY=1: up, its signal handlers in place
+                proc.send_signal(signal.SIGTERM)
+                out, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+            assert proc.returncode == 0, err
+            assert "Traceback" not in out + err
+            created = f"created the med_db tables in sqlite:///{db}"
+            assert (created in err) == (run == "first"), err
+            assert "started" in err and "stopped" in err
+            with sqlite3.connect(db) as c:
+                names = {row[0] for row in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert tables <= names
+            assert oct(db.stat().st_mode & 0o777) == "0o600"  # the client's private key will live there
 
 
 def test_under_journald_lines_carry_priorities(workdir: Path, held_port: int) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from core_ike.daemon.ctl import call
 from core_ike.ike.engine import Engine, EngineConfig
+from tests.unit.daemon.ikedproc import notify_socket, wait_ready
 
 ROOT = Path(__file__).resolve().parents[3]
 PSK = "workers-test-secret-0123456789"
@@ -72,31 +73,18 @@ def _write(tmp: Path, workers: int | str, body: str, extra: str = "") -> tuple[P
     return conf, port, natt
 
 
-def _wait_ready(proc: subprocess.Popen[str], ctl: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if call(str(ctl), {"cmd": "conns"}, timeout=2)["ok"]:
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"exited with {proc.returncode}: {err}")
-        assert time.monotonic() < deadline, "the control socket does not answer"
-        time.sleep(0.05)  # polling the control socket, bounded by the deadline
-
-
 @pytest.fixture
 def iked2(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int, int]]:
     conf, port, natt = _write(tmp_path, 2, RESPONDER, extra="cookie_threshold = 1000000\ncookie_threshold_ip = 1000000")
-    proc = subprocess.Popen([sys.executable, "-m", "core_ike.daemon.main", "-c", str(conf)], env=_env(),
+    notify, env = notify_socket(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "core_ike.daemon.main", "-c", str(conf)], env=_env() | env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     ctl = tmp_path / "ctl.sock"
     try:
-        _wait_ready(proc, ctl)
+        wait_ready(proc, notify, 60.0)  # the supervisor's READY=1: every worker up, its control socket listening
         yield proc, ctl, port, natt
     finally:
+        notify.close()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
