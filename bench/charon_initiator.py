@@ -692,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count-rsa", type=int, default=120, help="the same for RSA (a certificate per IKE_SA)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy our responder (collapsed stacks, hot spots)")
     ap.add_argument("--no-split", action="store_true", help="skip the record-and-replay of where our CPU goes")
-    ap.add_argument("--before", metavar="REV", help="also run our responder from REV (git archive) in each shape (before, before-child), interleaved")
+    ap.add_argument("--before", metavar="REV", help="also run our responder from REV (git archive; or a directory "
+                    "holding a source tree, e.g. a change's A side) in each shape (before, before-child), interleaved")
     ap.add_argument("--shape", type=charon_child.shapes, default="childless,child",
                     help="childless IKE_SAs (the --impl sides) and/or one CHILD_SA per IKE_SA (ours-child, charon-child)")
     results_io.add_args(ap, rounds=3)
@@ -713,7 +714,9 @@ def main(argv: list[str] | None = None) -> int:
     sides = (_next_to(a.impl.split(","), "ours", "before" if a.before else None) if "childless" in a.shape
              else []) + (_next_to(charon_child.sides(False), "ours-child", charon_child.BEFORE if a.before else None)
                          if "child" in a.shape else [])
-    before_tree = results_io.git_tree(a.before, prefix="charon-initiator-before-") if a.before else None
+    given = a.before is not None and Path(a.before).is_dir()  # a source tree as it is: kept afterwards
+    before_tree = (Path(a.before).resolve() if given else results_io.git_tree(a.before, prefix="charon-initiator-before-")
+                   ) if a.before else None
     try:
         if "child" in a.shape:
             charon_child.add_addresses(lab, a.warmup + max(a.count, a.count_rsa))
@@ -729,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         split = {} if a.no_split or "ours" not in sides else _split(lab, pki, a, before_tree)
     finally:
         lab.teardown()
-        if before_tree is not None:
+        if before_tree is not None and not given:
             import shutil
 
             shutil.rmtree(before_tree, ignore_errors=True)
