@@ -1,8 +1,9 @@
 """Run the userspace ESP backend with static keys (no IKE) inside a namespace; for the netns tests.
 
 Usage: python static_esp_peer.py CONFIG.json
-Prints READY when up; on SIGTERM writes the SA listing and stats to config["report"] and exits; on
-SIGUSR1 writes them and goes on.
+Prints READY when up, and KEEPALIVE when the first NAT-keepalive arrives (on its own UDP 4500 socket);
+on SIGTERM writes the SA listing and stats to config["report"] and exits; on SIGUSR1 writes them and
+goes on.
 The UDP 4500 socket here is a stand-in for the IKE transport: it demultiplexes per RFC 3948 2.2
 (0xFF keepalive / zero non-ESP marker = IKE / otherwise ESP) and never sets UDP_ENCAP.
 With config["transport"] the daemons' own UdpTransport (with an engine that only counts IKE
@@ -62,6 +63,8 @@ class _Demux(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         if data == b"\xff":
             self.keepalives += 1  # RFC 3948 2.3
+            if self.keepalives == 1:
+                print("KEEPALIVE", flush=True)  # the test waits for this line, not for a report
         elif data[:4] == b"\x00\x00\x00\x00":
             self.ike += 1  # IKE would go to the engine
         elif self.backend is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -164,6 +165,19 @@ def _capture(lab: dict[str, Any]) -> tuple[subprocess.Popen[str], Path]:
     return p, pcap
 
 
+def _line(p: subprocess.Popen[str], want: str, timeout: float, why: str) -> None:
+    """Until the peer `p` prints the line `want` on its stdout; `why` if it has not within `timeout` s."""
+    assert p.stdout is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, why
+        line = p.stdout.readline()
+        assert line, f"{why}: the peer exited"
+        if line.strip() == want:
+            return
+
+
 def _ping(ns: str, src: str, dst: str) -> tuple[int, float]:
     r = nsx(ns, "ping", "-c", "5", "-i", "0.2", "-W", "2", "-I", src, dst, check=False)
     received = int(r.stdout.split(" received")[0].rsplit(" ", 1)[-1]) if " received" in r.stdout else 0
@@ -186,7 +200,8 @@ def test_ping_through_userspace_esp(lab: dict[str, Any], encap: bool, cbc: bool)
         f"\n{lab['kind']} encap={encap} cbc={cbc}: a->b {got_ab}/5 rtt {rtt_ab} ms, b->a {got_ba}/5 rtt {rtt_ba} ms"
     )
     # wait until the 20 ESP packets of the pings, and with a NAT a's keepalive (RFC 3948 2.3, interval
-    # 1 s), are in the capture (tcpdump -U writes each packet as it comes)
+    # 1 s), are in the capture (tcpdump -U writes each packet as it comes). tcpdump tells nobody when
+    # it has written a packet: this reads the file again until they are there, within a deadline.
     wanted = "esp or udp port 4500" + (" and not (udp[4:2] = 9 and udp[8] = 0xff)" if lab["kind"] == "nat" else "")
     keepalive = "udp port 4500 and udp[4:2] = 9 and udp[8] = 0xff"
     deadline = time.monotonic() + 15
@@ -197,14 +212,7 @@ def test_ping_through_userspace_esp(lab: dict[str, Any], encap: bool, cbc: bool)
     tcpdump.send_signal(signal.SIGTERM)
     tcpdump.wait(5)
     if lab["kind"] == "nat":  # the keepalive is on b's link; wait until b has read it too
-        report_b = lab["tmp"] / "b.json"
-        deadline = time.monotonic() + 15
-        while True:
-            peers["b"].send_signal(signal.SIGUSR1)
-            if report_b.exists() and json.loads(report_b.read_text())["keepalives_received"] >= 1:
-                break
-            assert time.monotonic() < deadline, "b did not count the NAT keepalive"
-            time.sleep(0.1)
+        _line(peers["b"], "KEEPALIVE", 15.0, "b did not count the NAT keepalive")
     for p in peers.values():
         p.send_signal(signal.SIGTERM)
         p.wait(10)
