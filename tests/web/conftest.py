@@ -7,6 +7,7 @@ import itertools
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import socket
@@ -53,12 +54,32 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms until it holds; TimeoutError after ``timeout`` s. Only for what
+    announces itself in no other way: a unix socket a FastCGI backend (flup) creates, a server's TCP
+    port, a line a portal writes into its log file when signalled."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.05)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+def notified(notify: socket.socket, proc: subprocess.Popen[Any], want: str, timeout: float) -> bool:
+    """Whether `proc` sends the line `want` (sd_notify(3), e.g. "READY=1") on `notify` within `timeout`
+    s; False as soon as it exits instead."""
+    pidfd = os.pidfd_open(proc.pid)  # readable once the process has exited
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([notify.fileno(), pidfd], [], [], max(0.0, deadline - time.monotonic()))
+            if notify.fileno() in ready:
+                if want in notify.recv(4096).decode(errors="replace").splitlines():
+                    return True
+            elif not ready or pidfd in ready:
+                return False
+    finally:
+        os.close(pidfd)
 
 
 # ------------------------------------------------------------------ PostgreSQL
@@ -136,6 +157,7 @@ class MyServer:
         self.data = base / "data"
         self.sock = base / "mysqld.sock"
         self.log = base / "mariadbd.log"
+        self.notify = base / "notify.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -146,20 +168,22 @@ class MyServer:
              "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
             check=True, capture_output=True, timeout=120, cwd=self.base,
         )
-        self.proc = subprocess.Popen(
-            [str(MARIADBD), "--no-defaults", f"--datadir={self.data}", f"--socket={self.sock}",
-             "--skip-networking", "--user=mysql", f"--pid-file={self.base / 'mariadbd.pid'}",
-             f"--log-error={self.log}", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
-             "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--skip-name-resolve"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.base,
-        )
-
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"mariadbd exited: {self.log.read_text(errors='replace')[-2000:]}")
-            return self.sock.exists() and self._ping()
-
-        wait_for(up, 60, "mariadbd")
+        # mariadbd tells a service manager when it takes connections (sd_notify(3) READY=1 to
+        # $NOTIFY_SOCKET, sent as the mysql user): the test is that service manager
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notify:
+            notify.bind(str(self.notify))
+            os.chmod(self.notify, 0o666)
+            self.proc = subprocess.Popen(
+                [str(MARIADBD), "--no-defaults", f"--datadir={self.data}", f"--socket={self.sock}",
+                 "--skip-networking", "--user=mysql", f"--pid-file={self.base / 'mariadbd.pid'}",
+                 f"--log-error={self.log}", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
+                 "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--skip-name-resolve"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.base,
+                env={**os.environ, "NOTIFY_SOCKET": str(self.notify)},
+            )
+            if not notified(notify, self.proc, "READY=1", 60):
+                raise RuntimeError(f"mariadbd did not start: {self.log.read_text(errors='replace')[-2000:]}")
+        assert self._ping()
 
     def _connect(self) -> Any:
         import pymysql
@@ -341,7 +365,7 @@ class Portal:
         log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115  (closed with the process)
         self.apps[name] = subprocess.Popen(self.cmds[name], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.procs[self.procs.index(old)] = self.apps[name]
-        wait_for(sock.exists, 30, f"{name} FastCGI socket after the restart")
+        wait_for(sock.exists, 30, f"{name} FastCGI socket after the restart")  # flup announces nothing else
 
     def log(self, name: str) -> str:
         return (self.base / f"{name}.log").read_text(errors="replace")
@@ -350,6 +374,7 @@ class Portal:
         """The counters of app ``name`` (sessions, throttling): SIGUSR1 makes it log them."""
         seen = self.log(name).count("portal stats:")
         self.apps[name].send_signal(signal.SIGUSR1)  # our own child, by PID
+        # the app's only answer to SIGUSR1 is that log line, in the file its stdout goes to
         wait_for(lambda: self.log(name).count("portal stats:") > seen, 10, f"{name} stats")
         line = self.log(name).split("portal stats:")[-1].splitlines()[0]
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
@@ -419,7 +444,7 @@ fastcgi.server = (
             except OSError:
                 return False
 
-        wait_for(up, 15, "lighttpd")
+        wait_for(up, 15, "lighttpd")  # lighttpd -D reports no readiness: its port is tried
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # our own children, by PID
