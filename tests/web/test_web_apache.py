@@ -11,13 +11,13 @@ from __future__ import annotations
 import grp
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,7 +118,7 @@ DocumentRoot "{self.base}"
                        timeout=30)
         self.apache_started = True
 
-        def up() -> bool:
+        def up() -> bool:  # apache2 -k start returns before it listens and reports no readiness
             if not self.pidfile.exists():
                 return False
             try:
@@ -139,16 +139,17 @@ DocumentRoot "{self.base}"
         if self.apache_started:
             pid = self._apache_pid()
             if pid is not None:
-                os.kill(pid, signal.SIGTERM)  # the parent we started (by its PidFile); it stops its children
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
+                try:
+                    pidfd = os.pidfd_open(pid)  # readable once it has exited (it is not our child: -k start)
+                except ProcessLookupError:
+                    pidfd = None
+                if pidfd is not None:
                     try:
-                        os.kill(pid, 0)
-                    except ProcessLookupError:
-                        break
-                    time.sleep(0.05)
-                else:
-                    os.kill(pid, signal.SIGKILL)
+                        signal.pidfd_send_signal(pidfd, signal.SIGTERM)  # the parent we started; it stops its children
+                        if not select.select([pidfd], [], [], 10)[0]:
+                            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    finally:
+                        os.close(pidfd)
         for proc in self.apps:  # our own children, by PID
             proc.terminate()
         for proc in self.apps:
