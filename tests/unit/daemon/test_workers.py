@@ -84,7 +84,6 @@ def iked2(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int, in
         wait_ready(proc, notify, 60.0)  # the supervisor's READY=1: every worker up, its control socket listening
         yield proc, ctl, port, natt
     finally:
-        notify.close()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -92,6 +91,7 @@ def iked2(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int, in
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+        notify.close()  # after the daemon: its STOPPING=1 still finds the socket
 
 
 def _read_ready(engine: Engine, poller: Any, by_fd: dict[int, tuple[socket.socket, int]], natt: int,
