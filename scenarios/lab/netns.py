@@ -54,7 +54,12 @@ def unique_prefix() -> str:
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float = 0.01,
              what: str = "condition") -> T:
-    """Poll ``predicate`` every ``interval`` s until it returns a truthy value; raise after ``timeout``."""
+    """Poll ``predicate`` every ``interval`` s until it returns a truthy value; raise after ``timeout``.
+
+    Only for what tells nobody when it happens: another program's socket or log file (charon, tcpdump,
+    lighttpd), a capture filling up, the kernel's routes and SAs, the state a daemon shows on its
+    control socket. Where an event exists (a process's readiness line or notification, a callback),
+    wait for that instead."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
