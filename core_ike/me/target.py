@@ -142,7 +142,9 @@ class TargetRole:
         """The target's check list config: without a NAT here (NAT-D of the mediation SA, RFC 7296 2.23)
         the initiator's checks arrive without ours opening a mapping, so the initial burst, which exists
         to open them early (docs/protocol.md §7.6), would only delay our answer to its first check; our
-        checks start paced, and a check that arrives still triggers one at once (§11.10)."""
+        checks start paced, and a check that arrives still triggers one at once (§11.10). A stateful
+        firewall without NAT in front of us still needs our checks to let the initiator's in: there they
+        open one pair per pacing interval (T) instead of up to `initial_burst` at once."""
         cfg = self.config.checks
         if sa.nat_here or cfg.initial_burst <= 1:
             return None
