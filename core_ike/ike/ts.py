@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import socket
 
 from ..codec.payloads import TrafficSelector
 from ..constants import TsType
@@ -118,8 +117,13 @@ def _v4_text(lo_b: bytes, hi_b: bytes) -> str:
     lo, hi = int.from_bytes(lo_b, "big"), int.from_bytes(hi_b, "big")
     size = hi - lo + 1
     if size > 0 and not size & (size - 1) and not lo & (size - 1):  # a power of two, aligned
-        return f"{socket.inet_ntop(socket.AF_INET, lo_b)}/{33 - size.bit_length()}"
-    return f"{socket.inet_ntop(socket.AF_INET, lo_b)}..{socket.inet_ntop(socket.AF_INET, hi_b)}"
+        return f"{_v4(lo_b)}/{33 - size.bit_length()}"
+    return f"{_v4(lo_b)}..{_v4(hi_b)}"
+
+
+def _v4(b: bytes) -> str:
+    """Dotted-quad text of 4 octets (RFC 791), without the OS's inet_ntop (this package does no OS calls)."""
+    return f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
 
 
 def list_text(tss: list[TrafficSelector]) -> str:
