@@ -23,6 +23,7 @@ from ..ike.config import IkeConfig
 from ..ike.engine import Engine
 from ..ike.sa import IkeSa
 from ..me import events as mev
+from .startup import flush_logs
 
 log = logging.getLogger("core_ike.control")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -168,6 +169,7 @@ class ControlServer:
                 except Exception as e:  # a bad request must not kill the daemon
                     log.exception("control request %r failed", line[:200])
                     resp = {"ok": False, "error": f"internal error: {e} (details in the daemon's log)"}
+                flush_logs()  # the request's log lines are in the log when its reply arrives
                 writer.write(json.dumps(resp).encode() + b"\n")
                 await writer.drain()
         finally:

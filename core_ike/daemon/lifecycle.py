@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..ike.config import IkeConfig
+from .startup import flush_logs
 
 log = logging.getLogger("core_ike.daemon")
 
@@ -24,6 +25,7 @@ def sd_notify(*lines: str) -> bool:
     if not path:
         return False
     addr = "\0" + path[1:] if path.startswith("@") else path
+    flush_logs()  # whoever reads the notification may read the log next: the lines before it are there
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.sendto("\n".join(lines).encode(), addr)

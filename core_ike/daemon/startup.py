@@ -4,21 +4,27 @@ Log lines keep strongSwan's shape behind a time stamp and the logger name. Under
 reads stderr: the daemon then leaves the time stamp to journald and marks each line with its
 priority the way sd-daemon(3) describes (`<6>` info, `<4>` warning, ...).
 
-Each line is written when it is logged: tests and operators read the log right after a control reply
-or a notification. What makes a line cheap is the formatting (the time of day made once per second)
-and the record (core_ike/daemon/logrecords.py).
+To stderr, stdout or a file, the records of one event-loop callback are kept and formatted and
+written together after it (LoopBatchingHandler), so the datagrams that callback sends leave before
+the log costs anything; a control reply and a service-manager notification write what is kept first
+(flush_logs), so the log holds a line by the time the reply or notification that followed it leaves.
+What else makes a line cheap is the formatting (the time of day made once per second) and the
+record (core_ike/daemon/logrecords.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import copy
 import logging
 import os
+import select
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
 
@@ -31,6 +37,9 @@ SYSLOG_SOCKET = "/dev/log"
 
 _LINE = "[%(name)s] %(message)s"
 _TIME_FORMAT = "%H:%M:%S"
+BATCH_RECORDS = 256  # records kept before they are written within the loop callback
+ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)  # bytes; 512 is the POSIX minimum
+_FIXED = (str, int, float, bytes, type(None))  # arguments whose text cannot change after the call
 
 
 def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
@@ -95,6 +104,137 @@ class JournalFormatter(LineFormatter):
         return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
 
 
+def write_pieces(lines: list[str]) -> Iterator[str]:
+    """`lines` joined into pieces of at most ATOMIC_WRITE bytes, cut only between lines (a longer
+    line is a piece of its own): the workers of iked share the supervisor's stderr, and a pipe takes
+    a write of up to PIPE_BUF bytes whole, never mixed with another process's (POSIX write(2))."""
+    start = size = 0
+    for i, line in enumerate(lines):
+        n = len(line) if line.isascii() else 4 * len(line)  # at most 4 bytes a character (UTF-8)
+        if size + n > ATOMIC_WRITE and i > start:
+            yield "".join(lines[start:i])
+            start, size = i, 0
+        size += n
+    yield "".join(lines[start:])
+
+
+def _fixed_args(args: object) -> bool:
+    """True when the message's arguments are values whose text cannot change before a later format
+    (strings, numbers, bytes, None, tuples of them): such records are formatted after the callback."""
+    if not args:
+        return True
+    if not isinstance(args, tuple):
+        return False  # a mapping (log("%(a)s", {...})): its values may change
+    return all(isinstance(a, _FIXED) or (isinstance(a, tuple) and all(isinstance(b, _FIXED) for b in a))
+               for a in args)
+
+
+class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that, inside a running event loop, keeps the records of the current loop
+    callback and formats and writes them together after it: the first record of a batch queues one
+    loop.call_soon callback, which runs after the callback that logged (and sent its datagrams).
+    A record keeps its creation time (the formatters read record.created), and a record whose
+    arguments could change before the write (objects, mappings) has its message made at once.
+
+    Written at once, after what is kept before it so the order holds: a WARNING or worse record,
+    a batch of BATCH_RECORDS records (so a flood of lines cannot grow memory), and every record
+    logged outside a running loop (start-up, shutdown, other threads such as the netlink worker).
+    flush() and close() write the batch; logging's exit hook (logging.shutdown, run atexit) flushes
+    every handler, so a normal stop, SIGTERM or an exception that ends the daemon loses nothing; a
+    SIGKILL loses at most the records of the callback it interrupts. The handler's lock (held by
+    Handler.handle around emit, taken by flush and the loop callback) orders the threads."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._batch: list[logging.LogRecord] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the write after the callback is queued
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held (Handler.handle)
+        loop = asyncio._get_running_loop()
+        if not _fixed_args(record.args):
+            try:
+                text = record.getMessage()
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
+                self.handleError(record)
+                return
+            record = copy.copy(record)  # other handlers see the caller's record unchanged
+            record.msg, record.args = text, ()
+        self._batch.append(record)
+        if loop is None or record.levelno >= logging.WARNING or len(self._batch) >= BATCH_RECORDS:
+            self._write()
+        elif loop is not self._loop:
+            self._loop = loop
+            loop.call_soon(self._after_callback)
+
+    def _after_callback(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._loop = None
+            self._write()
+
+    def _write(self) -> None:
+        if not self._batch:
+            return
+        records, self._batch = self._batch, []
+        lines: list[str] = []
+        for r in records:
+            try:
+                lines.append(self.format(r) + self.terminator)
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
+                self.handleError(r)
+        try:
+            stream = self._stream()
+            if not lines or stream is None:
+                return
+            for data in write_pieces(lines):
+                stream.write(data)
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
+            self.handleError(records[0])
+
+    def _stream(self) -> TextIO | None:
+        return self.stream  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+            super().flush()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            super().close()
+
+
+class LoopBatchingFileHandler(LoopBatchingHandler, logging.FileHandler):
+    """logging.FileHandler (append mode, so a logrotate copytruncate keeps working) with
+    LoopBatchingHandler's writes."""
+
+    def __init__(self, filename: str) -> None:
+        logging.FileHandler.__init__(self, filename)
+        self._batch = []
+        self._loop = None
+
+    def _stream(self) -> TextIO | None:
+        if self.stream is None:  # closed: opened again for a late line, as logging.FileHandler.emit does
+            self.stream = self._open()
+        return self.stream
+
+
+def flush_logs() -> None:
+    """Write what the root logger's handlers keep: before a control reply or a notification (whoever
+    receives it may read the log next), before a line printed past them, and at the end."""
+    for h in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):  # a broken log must not hide why the daemon stops
+            h.flush()
+
+
 def under_journald(stream: TextIO) -> bool:
     """True when `stream` is the journal stream systemd gave us ($JOURNAL_STREAM = "DEVICE:INODE")."""
     want = os.environ.get("JOURNAL_STREAM")
@@ -135,7 +275,7 @@ def log_handler(target: str, prog: str, syslog_socket: str = SYSLOG_SOCKET) -> l
     handler: logging.Handler
     if kind in ("stderr", "stdout"):
         stream = sys.stderr if kind == "stderr" else sys.stdout
-        handler = logging.StreamHandler(stream)
+        handler = LoopBatchingHandler(stream)
         handler.setFormatter(JournalFormatter() if under_journald(stream) else TimedFormatter())
         return handler
     if kind == "syslog":
@@ -145,7 +285,7 @@ def log_handler(target: str, prog: str, syslog_socket: str = SYSLOG_SOCKET) -> l
         syslog.setFormatter(LineFormatter())
         return syslog
     try:
-        handler = logging.FileHandler(arg)
+        handler = LoopBatchingFileHandler(arg)
     except OSError as e:
         raise LocalError(f"cannot write the log to {arg}: {e.strerror or e}") from None
     handler.setFormatter(TimedFormatter())
@@ -164,6 +304,7 @@ def one_line(e: BaseException) -> str:
 def report_failure(prog: str, message: str) -> None:
     """One line on stderr; also into the log when it goes elsewhere (a file, syslog), so the log
     says why the daemon stopped."""
+    flush_logs()  # the lines before it come first
     journal = under_journald(sys.stderr)
     print(f"{'<3>' if journal else ''}{prog}: {message}", file=sys.stderr, flush=True)
     for h in logging.getLogger().handlers:
@@ -215,7 +356,10 @@ def run_daemon(prog: str, run: Callable[[], Coroutine[Any, Any, None]], close: C
     except KeyboardInterrupt:
         return 130
     finally:
-        close()
+        try:
+            close()
+        finally:
+            flush_logs()
     return 0
 
 
