@@ -39,6 +39,14 @@ PRF_VECTORS = [
     ("RFC 4231 4.3 SHA-512", PrfId.HMAC_SHA2_512, b"Jefe", b"what do ya want for nothing?",
      "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554"
      "9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"),
+    # a key longer than the hash's block is hashed first (RFC 2104 2)
+    ("RFC 4231 4.7 SHA-256", PrfId.HMAC_SHA2_256, b"\xaa" * 131,
+     b"Test Using Larger Than Block-Size Key - Hash Key First",
+     "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+    ("RFC 4231 4.7 SHA-512", PrfId.HMAC_SHA2_512, b"\xaa" * 131,
+     b"Test Using Larger Than Block-Size Key - Hash Key First",
+     "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f352"
+     "6b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598"),
     # RFC 4615 4: AES-CMAC-PRF-128 with 18-, 16- and 10-octet keys, 20-octet message
     ("RFC 4615 4 key 18", PrfId.AES128_CMAC, h("000102030405060708090a0b0c0d0e0fedcb"),
      bytes(range(20)), "84a348a4a45d235babfffc0d2b4da09a"),
