@@ -40,6 +40,7 @@ _TIME_FORMAT = "%H:%M:%S"
 BATCH_RECORDS = 256  # records kept before they are written within the loop callback
 ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)  # bytes; 512 is the POSIX minimum
 _FIXED = (str, int, float, bytes, type(None))  # arguments whose text cannot change after the call
+_FIXED_TYPES = frozenset((str, int, float, bool, bytes, type(None)))
 
 
 def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
@@ -120,13 +121,15 @@ def write_pieces(lines: list[str]) -> Iterator[str]:
 
 def _fixed_args(args: object) -> bool:
     """True when the message's arguments are values whose text cannot change before a later format
-    (strings, numbers, bytes, None, tuples of them): such records are formatted after the callback."""
-    if not args:
-        return True
-    if not isinstance(args, tuple):
-        return False  # a mapping (log("%(a)s", {...})): its values may change
-    return all(isinstance(a, _FIXED) or (isinstance(a, tuple) and all(isinstance(b, _FIXED) for b in a))
-               for a in args)
+    (strings, numbers, bytes, None, tuples of them): such records are formatted after the callback.
+    The exact built-in types are checked first: they are nearly all the arguments of the daemons' lines."""
+    if type(args) is not tuple:
+        return not args  # a mapping (log("%(a)s", {...})): its values may change
+    for a in args:
+        if type(a) not in _FIXED_TYPES and not (
+                isinstance(a, _FIXED) or (isinstance(a, tuple) and all(isinstance(b, _FIXED) for b in a))):
+            return False
+    return True
 
 
 class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
