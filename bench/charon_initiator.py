@@ -71,8 +71,10 @@ import results_io
 
 ROOT = results_io.enter_repo(__file__)
 import charon_child  # noqa: E402
-from ike_cost import RECORD_ENV, crypto_floor, datagram_count, openssl_rsa_sign_ms, replay, replay_ab  # noqa: E402
-from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, hot_spots, iked_responder_conf  # noqa: E402
+import charon_split  # noqa: E402
+from charon_split import Split, py_spy, split_lines, write_hotspots  # noqa: E402
+from ike_cost import RECORD_ENV, crypto_floor, openssl_rsa_sign_ms  # noqa: E402
+from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, iked_responder_conf  # noqa: E402
 
 PROPOSAL = "aes128gcm16-prfsha256-x25519"
 PSK = "charon-initiator-bench-secret-0123456789"
@@ -462,7 +464,7 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
         if warmup:
             initiate_all(init, [f"c{i}" for i in range(warmup)], inflight, 30.0)
         if profile is not None and resp.impl in ("ours", "ours-child"):
-            spy = _py_spy(pids[0], profile / f"{resp.impl}-{auth}-{run}.txt")
+            spy = py_spy(pids[0], profile / f"{resp.impl}-{auth}-{run}.txt")
         ipid = find_pid(init.proc.pid, "charon")
         wait_idle()
         cpu0, icpu0 = sum(proc_cpu(p) for p in pids), proc_cpu(ipid)
@@ -488,102 +490,6 @@ def measure(lab: Any, resp: Responder, auth: str, pki: Pki, batch: Batch, run: i
     others = (busy1 - busy0) - (cpu1 - cpu0) - (icpu1 - icpu0) - (own1 - own0)
     return Run(run, resp.impl, auth, n, failed, secs, cpu1 - cpu0, icpu1 - icpu0, held,
                system / (user + system) if user + system > 0 else 0.0, max(0.0, others) / max(secs, 1e-3), waited)
-
-
-@dataclass(frozen=True)
-class Split:
-    """Where ours' CPU goes, ms per IKE_SA: the live recording iked (process, engine, event handling) and
-    the replay of its datagrams in a tight loop (engine with event handling)."""
-
-    n: int
-    process: float
-    engine: float
-    events: float
-    replayed: float
-    ab: tuple[list[float], list[float]] = ([], [])  # replay_ab: this tree, `--before`
-    gap_ms: float = 0.0  # the live batch's mean time between the datagrams the engine received
-    replayed_gap: float | None = None  # the replay with that time slept before each datagram
-
-
-def _split(lab: Any, pki: Pki, a: Any, before: Path | None) -> dict[str, Split]:
-    """{auth: Split} from one recorded batch per auth method."""
-    import tempfile
-
-    out: dict[str, Split] = {}
-    for auth in a.auth.split(","):
-        with tempfile.TemporaryDirectory(prefix="charon-initiator-") as d:
-            r = record(lab, auth, pki, a.count if auth == "psk" else a.count_rsa, a.inflight, Path(d))
-            ms, replayed = replay(Path(d))
-            k = 1000 / max(1, r.established)
-            ab = replay_ab(Path(d), r.established, before, results_io.rounds_of(a)) if before is not None else ([], [])
-            # the cold start after each wake-up: the same replay, idle between the datagrams as live
-            gap = r.seconds / max(1, datagram_count(Path(d)))
-            ms_gap, n_gap = replay(Path(d), gap)
-            sp = Split(r.established, k * r.process, k * r.engine, k * r.events, ms, ab, 1000 * gap,
-                       ms_gap if n_gap == replayed else None)
-            print(f"  split {auth}: {r.established} IKE_SAs recorded (live: process {sp.process:.3f}, engine "
-                  f"{sp.engine:.3f}, event handling {sp.events:.3f} ms/IKE_SA), replayed {replayed}: "
-                  f"{ms:.3f} ms/IKE_SA", file=sys.stderr, flush=True)
-            if replayed == r.established:
-                out[auth] = sp
-    return out
-
-
-def _split_lines(sp: Split | None, rev: str | None = None) -> list[str]:
-    import statistics
-
-    if sp is None:
-        return []
-    rest = sp.process - sp.engine - sp.events
-    gap: list[str] = []
-    live, excess = sp.engine + sp.events, sp.engine + sp.events - sp.replayed
-    if sp.replayed_gap is not None:
-        cold = "the cold start after each wake-up, code and data back into the CPU caches"
-        if sp.replayed_gap >= live:
-            share = (f", as much as the live engine's {live:.3f} or more: idle time alone brings back its excess over "
-                     f"the tight loop ({cold}; live, a wake-up sometimes finds two datagrams)")
-        elif excess > 0:
-            share = (f": {100 * (sp.replayed_gap - sp.replayed) / excess:.0f} % of the live engine's excess over the "
-                     f"tight loop comes back with idle time alone ({cold})")
-        else:
-            share = ""
-        gap = [f"the same replay sleeping {sp.gap_ms:.2f} ms before each datagram (the live batch's mean time "
-               f"between them; sleep costs no CPU): {sp.replayed_gap:.3f} ms per IKE_SA{share}"]
-    ours, before = sp.ab
-    ab = [] if not ours or not before else [
-        f"the engine alone, A/B: the same recorded datagrams replayed by this tree and by {rev}, each in its "
-        f"own process, alternating: {results_io.fmt_value(results_io.sample(ours, 'ms'))} vs "
-        f"{results_io.fmt_value(results_io.sample(before, 'ms'))} per IKE_SA; this tree / {rev}: "
-        f"{statistics.median(ours) / statistics.median(before):.2f}x"]
-    return [f"where ours' CPU goes (one more batch of {sp.n} after the rounds, against an iked with seeded "
-            f"randomness that times its engine and event handling with the thread's CPU clock): process "
-            f"{sp.process:.3f} ms per IKE_SA = engine {sp.engine:.3f} + the daemon's event handling "
-            f"{sp.events:.3f} + the rest {rest:.3f} (event loop, transport, socket calls, the kernel's UDP path "
-            f"and wake-ups); the same datagrams replayed to the engine in one process in a tight loop: "
-            f"{sp.replayed:.3f} ms per IKE_SA (engine with event handling)", *gap, *ab]
-
-
-def live_split(raw: Path) -> dict[str, float] | None:
-    """Shares of the live responder's py-spy samples (collapsed stacks, --native): the engine, the daemon's
-    event handling, the rest (event loop, transport, socket calls). Stacks that end in the send system
-    call or in the epoll wait are left out: py-spy samples wall time, and those are mostly the process
-    waiting for a CPU after waking the initiator, or idle."""
-    parts = {"engine": 0, "event handling": 0, "event loop and transport": 0}
-    for line in raw.read_text().splitlines():
-        stack, _, n_s = line.rpartition(" ")
-        if not n_s.isdigit():
-            continue
-        frames = [f.split(" (")[0] for f in stack.split(";")]
-        if frames[-1] in ("sendto", "sendmmsg", "epoll_wait", "epoll_pwait"):
-            continue
-        if "Engine.receive" in frames or "Engine.handle_timer" in frames:
-            parts["engine"] += int(n_s)
-        elif "Daemon.on_event" in frames:
-            parts["event handling"] += int(n_s)
-        else:
-            parts["event loop and transport"] += int(n_s)
-    total = sum(parts.values())
-    return {k: v / total for k, v in parts.items()} if total else None
 
 
 def _floor_lines(auth: str, floor: dict[str, float], charon_ms: list[float],
@@ -614,19 +520,6 @@ def _floor_lines(auth: str, floor: dict[str, float], charon_ms: list[float],
     return out
 
 
-def _py_spy(pid: int, out: Path) -> Any:
-    import subprocess
-
-    exe = Path(sys.executable).parent / "py-spy"
-    if not exe.exists():
-        print("py-spy not installed in the venv; no profile", file=sys.stderr)
-        return None
-    # --native: the C frames (socket calls, ctypes, the event loop's select) beside the Python ones; without
-    # --gil, time in system calls that release the GIL counts too (idle waits do not)
-    return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "500",
-                             "--native", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list[dict[str, Any]]:
     floor = crypto_floor(pki if "rsa" in a.auth.split(",") else None)
     ossl = openssl_rsa_sign_ms() if "rsa" in a.auth.split(",") else None
@@ -646,7 +539,7 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                          "(the defaults, info and 1, are the next figure); ours: one worker process (users' "
                          "default); charon: 16 threads on 2 CPUs (its CPU is the sum over threads)",
                          *_floor_lines(auth, floor.get(auth, {}), c, ossl),
-                         *_split_lines(split.get(auth), a.before),
+                         *split_lines(split.get(auth), a.before),
                          *charon_child.before_lines(runs, auth, a.before, "ours", "before"),
                          *_gauge_lines(runs, auth, ("ours", "before", "charon"))],
             readme=True)
@@ -667,16 +560,6 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
             f["differences"] += _gauge_lines(runs, auth, ("ours-child", charon_child.BEFORE, "charon-child"))
             figures.append(f)
     return [f for f in figures if f["ours"] or f["charon"]]  # --shape child: no childless figures
-
-
-def _write_hotspots(prof: Path) -> None:
-    for f in sorted(prof.glob("ours-*.txt")):
-        hs = hot_spots(f)
-        shares = live_split(f)
-        if shares:
-            hs = ("live split (samples outside sendto and epoll_wait): "
-                  + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items()) + "\n" + hs)
-        (prof / f"hotspots-{f.stem}.txt").write_text(hs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -729,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {rnd + 1} {impl:6} {auth}: {r.established}/{count} in {r.seconds:.1f} s, responder "
                       f"CPU {r.cpu_ms:.3f} ms/IKE_SA, initiator {1000 * r.init_cpu / max(1, r.established):.3f} ms"
                       + (f", failed: {r.failed[:3]}" if r.failed else ""), file=sys.stderr, flush=True)
-        split = {} if a.no_split or "ours" not in sides else _split(lab, pki, a, before_tree)
+        split = {} if a.no_split or "ours" not in sides else charon_split.split(lab, pki, a, before_tree, record)
     finally:
         lab.teardown()
         if before_tree is not None and not given:
@@ -738,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(before_tree, ignore_errors=True)
     figures = _figures(a, runs, pki, split)
     if prof:
-        _write_hotspots(prof)
+        write_hotspots(prof)
     header = results_io.finish_header(header, a.quick, rounds)
     results_io.write_results(a.out, "charon_initiator", header, figures, "\n".join(_table(runs)))
     return 0
