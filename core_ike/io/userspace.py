@@ -31,7 +31,6 @@ from typing import Any
 
 from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
-from ..constants import NAT_KEEPALIVE
 from ..esp import USERSPACE, EspSa, InboundSad, SequenceExhaustedError
 from .acquire import AcquireLimiter
 from .batchsteps import BatchSteps
@@ -43,7 +42,6 @@ from .dataplane import (
     IPNetwork,
     PolicyAction,
     PolicyParams,
-    SaExpired,
     SaParams,
     SaUsage,
     SendDatagram,
@@ -56,6 +54,7 @@ from .offload import (
     VnetHdr,
     segment,
 )
+from .satimers import SaState, SaTimers
 from .spd import PolicyTable
 from .tsmatch import packet_flow, ts_match
 
@@ -67,14 +66,7 @@ _READ_BATCH = 64  # packets per readiness callback
 _FLOW_CACHE_MAX = 65536  # flows remembered per direction; past it the cache starts afresh (bounded memory)
 
 
-@dataclass(slots=True)
-class _SaState:
-    params: SaParams
-    esp: EspSa
-    addr: tuple[str, int]
-    installed: float
-    soft_sent: bool = False
-    last_keepalive: float = 0.0
+_SaState = SaState  # the name `core_ike.io.batchsteps` knows it by
 
 
 @dataclass(slots=True)
@@ -94,7 +86,7 @@ class SaStatus:
     counters: dict[str, float | int] = field(default_factory=dict)
 
 
-class UserspaceDataPlane(BatchSteps):
+class UserspaceDataPlane(BatchSteps, SaTimers):
     """ESP in Python over TUN; implements `core_ike.io.dataplane.DataPlane`."""
 
     name = "userspace"
@@ -156,6 +148,7 @@ class UserspaceDataPlane(BatchSteps):
         # (spi_in, new source) of authenticated ESP from a changed NAT mapping; set by the daemon
         self.on_mapping: Callable[[int, tuple[str, int]], None] | None = None
         self._mapping_seen: dict[int, float] = {}
+        self._timers_init()  # lifetimes and keepalives by deadline (core_ike/io/satimers.py)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -265,9 +258,12 @@ class UserspaceDataPlane(BatchSteps):
         )
         st = _SaState(params, esp, (params.dst, params.dst_port), self.clock())
         old = self._sas.get((params.spi, params.direction))
-        if old is not None and params.direction == Direction.OUT:  # the same SPI again: it replaces that SA
-            self._outs.get(old.params.reqid, {}).pop(params.spi, None)
+        if old is not None:
+            self._disarm(old)
+            if params.direction == Direction.OUT:  # the same SPI again: it replaces that SA
+                self._outs.get(old.params.reqid, {}).pop(params.spi, None)
         self._sas[(params.spi, params.direction)] = st
+        self._arm(st)
         if params.direction == Direction.IN:
             self.sad.add(esp)
         else:
@@ -293,6 +289,7 @@ class UserspaceDataPlane(BatchSteps):
         given: dict[str, Any] = {"src": src, "dst": dst, "src_port": src_port, "dst_port": dst_port, "encap": encap}
         st.params = p = dataclasses.replace(st.params, **{k: v for k, v in given.items() if v is not None})
         st.addr = (p.dst, p.dst_port)
+        self._schedule_keepalive(st)  # encapsulation may have come (RFC 3948 2.3)
         if direction == Direction.OUT:
             if not p.encap:
                 self._ensure_raw_socket()
@@ -304,6 +301,7 @@ class UserspaceDataPlane(BatchSteps):
         st = self._sas.pop((spi, direction), None)
         if st is None:
             return
+        self._disarm(st)
         if direction == Direction.IN:
             self.sad.remove(spi)
             self._in_cache.clear()
@@ -482,6 +480,7 @@ class UserspaceDataPlane(BatchSteps):
         except SequenceExhaustedError:
             self._expire(st, True, "sequence")
             return
+        self._sent(st)
         if batch and st.params.encap:  # sent by _flush_sends, runs of equal size in one send
             self._pending.setdefault(st.addr, []).append(esp)
             return
@@ -524,11 +523,16 @@ class UserspaceDataPlane(BatchSteps):
         self._receive_batch([(data, src)])
 
     def _check_mapping(self, spi: int, src: tuple[str, int]) -> None:
-        """Authenticated UDP-encapsulated ESP from another address or port than the SA's peer: its NAT
-        mapping changed. Reported (at most once a second per SA) to `on_mapping`, as the kernel reports
-        XFRM_MSG_MAPPING; the IKE side follows and verifies (core_ike/ike/engine.py peer_mapping)."""
+        """After ESP of inbound SA `spi` from `src` was opened: its byte and packet marks (`SaTimers`),
+        then its peer. Authenticated UDP-encapsulated ESP from another address or port than the SA's
+        peer: its NAT mapping changed. Reported (at most once a second per SA) to `on_mapping`, as the
+        kernel reports XFRM_MSG_MAPPING; the IKE side follows and verifies (core_ike/ike/engine.py
+        peer_mapping)."""
         st = self._sas.get((spi, Direction.IN))
-        if st is None or not st.params.encap or (st.params.src, st.params.src_port) == src:
+        if st is None:
+            return
+        self._opened(st)
+        if not st.params.encap or (st.params.src, st.params.src_port) == src:
             return
         now = self.clock()
         if self.on_mapping is None or now - self._mapping_seen.get(spi, -1.0) < 1.0:
@@ -575,66 +579,13 @@ class UserspaceDataPlane(BatchSteps):
             ihl = (data[0] & 0x0F) * 4  # IPv4 raw sockets deliver the IP header
             self.receive_esp(data[ihl:], (addr[0], 0))
 
-    # -- timers: lifetimes and NAT keepalives ----------------------------------------------------
+    # -- the tick: lifetimes and NAT keepalives (core_ike/io/satimers.py) -------------------------
 
     def _on_tick(self) -> None:
         now = self.clock()
         self.check_timers(now)
         if self._loop is not None:
             self._tick = self._loop.call_later(self.tick_interval, self._on_tick)
-
-    def check_timers(self, now: float) -> None:
-        """Lifetime expiry (RFC 7296 2.8) and NAT keepalives (RFC 3948 2.3)."""
-        if self._acquires.recheck(now):  # flows a trap dropped may ask again (core_ike/io/acquire.py)
-            self._out_cache.clear()
-        kept: set[tuple[str, int]] = set()
-        for st in list(self._sas.values()):
-            self._check_lifetime(st, now)
-            p = st.params
-            want_ka = p.encap if p.nat_keepalive is None else p.nat_keepalive
-            if p.direction != Direction.OUT or not want_ka or self.send_udp is None:
-                continue
-            last = max(st.esp.counters.last_out, st.last_keepalive)
-            if now - last >= self.keepalive_interval and st.addr not in kept:
-                kept.add(st.addr)
-                st.last_keepalive = now
-                try:
-                    self.send_udp(NAT_KEEPALIVE, st.addr)
-                    self.keepalives_sent += 1
-                except OSError as e:
-                    log.debug("keepalive to %s: %s", st.addr, e)
-
-    def _check_lifetime(self, st: _SaState, now: float) -> None:
-        lt = st.params.lifetime
-        c = st.esp.counters
-        out = st.params.direction == Direction.OUT
-        nbytes, npkts = (c.bytes_out, c.packets_out) if out else (c.bytes_in, c.packets_in)
-        age = now - st.installed
-        for hard, lim_b, lim_p, lim_t in (
-            (True, lt.hard_bytes, lt.hard_packets, lt.hard_seconds),
-            (False, lt.soft_bytes, lt.soft_packets, lt.soft_seconds),
-        ):
-            reason = ""
-            if lim_b and nbytes >= lim_b:
-                reason = "bytes"
-            elif lim_p and npkts >= lim_p:
-                reason = "packets"
-            elif lim_t and age >= lim_t:
-                reason = "time"
-            if reason:
-                self._expire(st, hard, reason)
-                return
-        if out and not st.soft_sent and st.esp.seq_remaining < st.esp.seq_max // 100:
-            self._expire(st, False, "sequence")  # RFC 4303 3.3.3: rekey before the counter cycles
-
-    def _expire(self, st: _SaState, hard: bool, reason: str) -> None:
-        p = st.params
-        if not hard and st.soft_sent:
-            return
-        st.soft_sent = True
-        self._emit(SaExpired(p.spi, p.direction, p.reqid, hard, reason))
-        if hard:
-            self.delete_sa(p.spi, p.direction)
 
     # -- events and listing ----------------------------------------------------------------------
 
