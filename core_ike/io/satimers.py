@@ -104,6 +104,11 @@ class SaTimers:
         """The counts at which the next byte, packet or sequence limit is reached (a soft one only
         until the soft expiry was reported, as `_check_lifetime` decides)."""
         lt, esp = st.params.lifetime, st.esp
+        if not (lt.hard_packets or lt.soft_packets or lt.hard_bytes or lt.soft_bytes):  # the daemon's SAs
+            out = st.params.direction == Direction.OUT and not st.soft_sent
+            st.mark_packets = esp.seq_max - esp.seq_max // 100 + 1 if out else NEVER
+            st.mark_bytes = NEVER
+            return
         packets = [lt.hard_packets]
         octets = [lt.hard_bytes]
         if not st.soft_sent:
@@ -117,6 +122,8 @@ class SaTimers:
 
     def _schedule_lifetime(self, st: SaState) -> None:
         lt = st.params.lifetime
+        if not (lt.hard_seconds or lt.soft_seconds):
+            return
         times = [lt.hard_seconds] if st.soft_sent else [lt.soft_seconds, lt.hard_seconds]
         limit = min((t for t in times if t), default=0.0)
         if limit and st.lifetime_at is None:
