@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""A responder's cost per datagram from cold caches, deterministic: recorded IKE_SAs of the strongSwan charon
+initiator replayed to our engine under valgrind's callgrind with a simulated last-level cache, by this tree
+and by another (``--before REV|DIR``), PSK and RSA.
+
+Why: with a real initiator our responder is idle between datagrams, so each datagram starts with caches
+that other work has filled; the live CPU figures on a shared machine swing by about 20 %, too much to see a
+change of a few per cent. Callgrind counts instructions and simulated cache misses, which repeat within
+about 0.2 % from run to run. Each datagram is preceded by a read of a buffer larger than the simulated
+last-level cache (``--evict``, outside the counted region: the simulation runs, the counters do not), so
+that it runs from a cold cache as live; the replay runs once uncounted first (imports, first-call work).
+
+Recording: bench/charon_initiator.py's ``record`` (a recording iked, bench/ike_cost.py, against a charon
+initiator in network namespaces; needs root and strongSwan), or ``--recording DIR`` holding ``psk/`` and
+``rsa/`` from an earlier run (each a ``datagrams.pickle`` and ``conf/``; written there when absent).
+
+    bench/ike_cold.py --before 521e634 --out bench/results/ike_cold.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_io
+
+ROOT = results_io.enter_repo(__file__)
+
+LL_BYTES = 2 * 2**20  # the simulated last-level cache: 2 MB, 16-way, 64-octet lines
+EVENTS = ("Ir", "ILmr", "DLmr", "DLmw")  # instructions; LL misses: instruction reads, data reads, data writes
+REPLAY_FLAG = "--replay-child"
+
+
+# ====================================================================== the replay (inside valgrind)
+def _replay_child(tree: str, rec_dir: str, evict_mb: int, limit: int) -> int:
+    """Runs in the process valgrind starts: the recording replayed as bench/ike_cost.py's `_replay` does
+    (the engine built as iked builds it, seeded randomness), once uncounted, then once with each datagram
+    inside functools.reduce, the one C function whose calls callgrind counts (--toggle-collect); the
+    eviction read happens between those calls, so its own instructions and misses are not counted."""
+    import functools
+    import hashlib
+    import pickle
+    import time
+
+    import ike_cost  # first: it puts this repository first on sys.path (results_io.enter_repo)
+
+    sys.path.insert(0, tree)
+    assert "core_ike" not in sys.modules
+    import core_ike
+    from core_ike.daemon.config import load
+    from core_ike.daemon.runtime import Daemon
+    from core_ike.ike import events as ev
+
+    if not str(Path(core_ike.__file__).resolve()).startswith(str(Path(tree).resolve())):
+        raise SystemExit(f"core_ike came from {core_ike.__file__}, not from {tree}")
+    out = Path(rec_dir)
+    rec = pickle.loads((out / "datagrams.pickle").read_bytes())["datagrams"][:limit or None]
+    buf = bytes(evict_mb * 2**20)
+    established = 0
+    for counted in (False, True):
+        undo = ike_cost._seeded_randomness("bench")
+        try:
+            d = Daemon(load(out / "conf" / "iked.toml"))
+            eng, st = d.engine, {"now": 1000.0, "n": 0}
+            eng.set_wall_clock(time.time(), st["now"])
+            prepare = getattr(eng, "prepare", None)  # as the transport calls it (older trees have none)
+
+            def step(_: Any, item: Any, eng: Any = eng, d: Any = d, st: dict[str, Any] = st,
+                     prepare: Any = prepare) -> None:
+                data, local, remote = item
+                st["now"] += 1e-4
+                eng.receive(data, local, remote, st["now"])
+                eng.datagrams_to_send()
+                while (e := eng.next_event()) is not None:
+                    st["n"] += isinstance(e, ev.IkeSaEstablished)
+                    d.on_event(e)
+                if prepare is not None:
+                    prepare()
+                eng.get_timer()
+
+            for item in rec:
+                hashlib.md5(buf).digest()  # evicts the simulated caches, not counted
+                if counted:
+                    functools.reduce(step, [item], None)
+                else:
+                    step(None, item)
+            established = st["n"]
+        finally:
+            undo()
+    print(f"replayed {len(rec)} datagrams, established {established}", flush=True)
+    return 0
+
+
+# ====================================================================== running and reading callgrind
+def valgrind_missing() -> str | None:
+    """Why this mode cannot run here (None when it can)."""
+    gone = [t for t in ("valgrind", "callgrind_annotate") if not shutil.which(t)]
+    return f"{' and '.join(gone)} not on PATH (Debian package valgrind)" if gone else None
+
+
+def cold_replay(tree: Path, rec: Path, work: Path, evict_mb: int, limit: int = 0,
+                ll_bytes: int = LL_BYTES) -> dict[str, Any]:
+    """One callgrind replay of the first `limit` datagrams (0: all) of the recording `rec` by the source
+    tree `tree`: totals and self cost per
+    object of the counted datagrams, {"datagrams", "established", "total": {event: n}, "objects": {obj: {...}}}."""
+    cg = work / "callgrind.out"
+    cmd = ["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--LL={ll_bytes},16,64", "--collect-atstart=no",
+           "--toggle-collect=functools_reduce", f"--callgrind-out-file={cg}",
+           sys.executable, str(Path(__file__).resolve()), REPLAY_FLAG, str(tree), str(rec), str(evict_mb), str(limit)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
+    m = re.search(r"replayed (\d+) datagrams, established (\d+)", p.stdout)
+    if p.returncode != 0 or m is None:
+        raise RuntimeError(f"callgrind replay by {tree} failed ({p.returncode}): {(p.stdout + p.stderr)[-1500:]}")
+    ann = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", f"--show={','.join(EVENTS)}",
+                          str(cg)], capture_output=True, text=True, check=True).stdout
+    objects: dict[str, dict[str, int]] = {}
+    for line in ann.splitlines():
+        f = re.match(r"^\s*((?:(?:[\d,]+(?: \([^)]*\))?|\.)\s+){" + str(len(EVENTS)) + r"})(.*\S)\s*$", line)
+        if f is None or "PROGRAM TOTALS" in line or ":" not in f.group(2):
+            continue
+        nums = re.findall(r"([\d,]+|\.)(?: \([^)]*\))?", f.group(1))[:len(EVENTS)]
+        obj = re.search(r"\[([^\]]+)\]$", f.group(2))
+        o = objects.setdefault(obj.group(1) if obj else "?", dict.fromkeys(EVENTS, 0))
+        for ev, x in zip(EVENTS, nums, strict=True):
+            o[ev] += 0 if x == "." else int(x.replace(",", ""))
+    total = {ev: sum(o[ev] for o in objects.values()) for ev in EVENTS}
+    cg.unlink(missing_ok=True)
+    return {"datagrams": int(m.group(1)), "established": int(m.group(2)), "total": total, "objects": objects}
+
+
+def group_of(obj: str) -> str:
+    """The share an object counts in: the interpreter, cryptography's Rust module (which links its own
+    OpenSSL's libcrypto statically), the system libcrypto (hashlib and hmac), or the rest."""
+    name = obj.rsplit("/", 1)[-1]
+    if name.startswith("_rust") and "cryptography" in obj:
+        return "cryptography (bundled OpenSSL libcrypto)"
+    if re.match(r"(lib)?python3[\d.]*(\.so.*)?$", name) or "lib-dynload" in obj:
+        return "python"
+    if name.startswith("libcrypto"):
+        return "system libcrypto (hashlib, hmac)"
+    return "the rest (libc, ld.so, other extension modules)"
+
+
+def per_datagram(r: dict[str, Any]) -> dict[str, Any]:
+    n = max(1, r["datagrams"])
+    t = r["total"]
+    groups: dict[str, dict[str, int]] = {}
+    for obj, o in r["objects"].items():
+        g = groups.setdefault(group_of(obj), dict.fromkeys(EVENTS, 0))
+        for ev in EVENTS:
+            g[ev] += o[ev]
+    misses = t["ILmr"] + t["DLmr"] + t["DLmw"]
+    shares = {g: {"instructions": round(v["Ir"] / max(1, t["Ir"]), 4),
+                  "ll_misses": round((v["ILmr"] + v["DLmr"] + v["DLmw"]) / max(1, misses), 4)}
+              for g, v in sorted(groups.items(), key=lambda kv: -kv[1]["Ir"])}
+    return {"instructions": t["Ir"] / n, "ll_misses": misses / n, "ll_misses_instr": t["ILmr"] / n,
+            "ll_misses_data": (t["DLmr"] + t["DLmw"]) / n, "shares": shares,
+            "datagrams": r["datagrams"], "established": r["established"]}
+
+
+# ====================================================================== recording
+def ensure_recordings(auths: list[str], count: int, inflight: int, into: Path) -> dict[str, Path]:
+    """`into`/AUTH, recorded from the charon initiator unless a recording is already there."""
+    need = [a for a in auths if not (into / a / "datagrams.pickle").exists()]
+    if need:
+        import charon_initiator as ci
+
+        from scenarios.lab import cleanup_orphans, two_hosts
+
+        cleanup_orphans()
+        pki = ci.make_pki(count if "rsa" in need else 0)
+        lab = two_hosts(prefix="ikecold", inner=False)
+        try:
+            for auth in need:
+                (into / auth).mkdir(parents=True, exist_ok=True)
+                r = ci.record(lab, auth, pki, count, inflight, into / auth)
+                print(f"  recorded {auth}: {r.established}/{count} IKE_SAs", file=sys.stderr, flush=True)
+                if r.established != count:
+                    raise RuntimeError(f"recording {auth}: {r.established} of {count} IKE_SAs established")
+        finally:
+            lab.teardown()
+    return {a: into / a for a in auths}
+
+
+# ====================================================================== report
+NOTE = ("What it measures: per datagram received, the instructions and the simulated last-level cache misses "
+        "(instruction reads, data reads and writes) of our engine and the daemon's event handling (as "
+        "bench/ike_cost.py's replay: no sockets, no log handler), each datagram starting from a cache that a "
+        "read of a larger buffer has evicted, as a responder idle between datagrams wakes up; deterministic "
+        "(repeat runs agree within about 0.2 %). What it does not measure: wall or CPU time (a simulated cache "
+        "with a fixed geometry, no real memory latency, branch prediction, prefetch or TLB, no kernel, "
+        "socket or event loop work); it is a proxy for the cold wake-up cost, for comparing two trees.")
+
+
+def _label(auth: str, what: str, side: str) -> str:
+    return f"{what} per datagram, {auth.upper()}, {side} (callgrind, cold {LL_BYTES // 2**20} MB LL)"
+
+
+def report(a: Any, res: dict[str, dict[str, list[dict[str, Any]]]], before_name: str | None) -> tuple[
+        list[dict[str, Any]], str]:
+    figures: list[dict[str, Any]] = []
+    lines = ["per datagram (medians over rounds); shares of instructions / of LL misses per object group"]
+    for auth, sides in res.items():
+        for side, runs in sides.items():
+            if not runs:
+                continue
+            name = "this tree" if side == "ours" else f"before ({before_name})"
+            pd = runs[len(runs) // 2]
+            lines.append(f"{auth.upper():4} {name}: {pd['datagrams']} datagrams, {pd['established']} IKE_SAs; "
+                         f"instructions {pd['instructions']:.0f}, LL misses {pd['ll_misses']:.0f} "
+                         f"(instruction {pd['ll_misses_instr']:.0f}, data {pd['ll_misses_data']:.0f})")
+            for g, s in pd["shares"].items():
+                lines.append(f"       {g:48} {100 * s['instructions']:5.1f} % / {100 * s['ll_misses']:5.1f} %")
+        ours, bef = sides.get("ours", []), sides.get("before", [])
+        for key, what, unit in (("instructions", "instructions", "instructions"),
+                                ("ll_misses", "LL misses", "misses"),
+                                ("ll_misses_instr", "LL instruction-read misses", "misses"),
+                                ("ll_misses_data", "LL data misses", "misses")):
+            so = results_io.sample([r[key] for r in ours], unit, 1)
+            sb = results_io.sample([r[key] for r in bef], unit, 1)
+            ratio = so["median"] / sb["median"] if so and sb and sb["median"] else None
+            f = results_io.figure(f"ike_cold_{auth}_{key}", _label(auth, what, "this tree"), so, None, "lower",
+                                  [f"ratio: this tree / {before_name}, same recording and settings"] if ratio else [],
+                                  readme=False, ratio=ratio)
+            if key == "instructions":
+                f["shares"] = ours[len(ours) // 2]["shares"] if ours else None
+            figures.append(f)
+            if bef:
+                fb = results_io.figure(f"ike_cold_{auth}_{key}_before", _label(auth, what, f"before {before_name}"),
+                                       sb, None, "lower", readme=False)
+                if key == "instructions":
+                    fb["shares"] = bef[len(bef) // 2]["shares"]
+                figures.append(fb)
+    return figures, "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--auth", default="psk,rsa")
+    ap.add_argument("--count", type=int, default=100, help="IKE_SAs recorded per auth (when recording)")
+    ap.add_argument("--inflight", type=int, default=4, help="IKE_SAs the charon initiator keeps in flight (recording)")
+    ap.add_argument("--recording", type=Path, help="reuse DIR/psk, DIR/rsa (recorded there when absent)")
+    ap.add_argument("--before", metavar="REV|DIR", help="also replay by REV (git archive) or a source tree DIR")
+    ap.add_argument("--datagrams", type=int, default=300,
+                    help="replay the recording's first N datagrams (0: all; under callgrind about 0.3 s each)")
+    ap.add_argument("--evict", type=int, default=4, help="MB read between datagrams (larger than the LL cache)")
+    results_io.add_args(ap, rounds=1)
+    a = ap.parse_args(args_in)
+    rounds = results_io.rounds_of(a)
+    if a.quick:
+        a.count, a.datagrams = min(a.count, 4), min(a.datagrams or 8, 8)
+    why = valgrind_missing()
+    if why:
+        print(f"ike_cold: skipped: {why}", file=sys.stderr)
+        return 3
+    header = results_io.start_header(args_in, "bench/ike_cold.py")
+    auths = a.auth.split(",")
+    work = Path(tempfile.mkdtemp(prefix="ike-cold-"))
+    given = a.before is not None and Path(a.before).is_dir()
+    before = (Path(a.before).resolve() if given else results_io.git_tree(a.before, prefix="ike-cold-before-")
+              ) if a.before else None
+    try:
+        recs = ensure_recordings(auths, a.count, a.inflight, a.recording or work / "rec")
+        res: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for auth in auths:
+            res[auth] = {"ours": [], "before": []}
+            for rnd, side in results_io.interleave(rounds, ["ours", "before"] if before else ["ours"]):
+                tree = ROOT if side == "ours" else before
+                assert tree is not None
+                pd = per_datagram(cold_replay(tree, recs[auth], work, a.evict, a.datagrams))
+                res[auth][side].append(pd)
+                print(f"  round {rnd + 1} {auth} {side}: {pd['instructions']:.0f} instructions, "
+                      f"{pd['ll_misses']:.0f} LL misses per datagram", file=sys.stderr, flush=True)
+            for side in res[auth]:
+                res[auth][side].sort(key=lambda r: r["instructions"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if before is not None and not given:
+            shutil.rmtree(before, ignore_errors=True)
+    bname = None if a.before is None else (str(before) if given else a.before)
+    figures, text = report(a, res, bname)
+    notes = [NOTE, f"simulated LL: {LL_BYTES // 2**20} MB, 16-way, 64-octet lines; {a.evict} MB read before each "
+             "datagram; the replay runs once uncounted first; both trees replay the same recording with the same "
+             "seeded randomness", f"trees: this tree {header['commit']}" + (f", before {bname}" if bname else "")]
+    header = results_io.finish_header(header, a.quick, rounds)
+    results_io.write_results(a.out, "ike_cold", header, figures, text, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == REPLAY_FLAG:
+        sys.exit(_replay_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
+    sys.exit(main())
