@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 APT_PACKAGES=(
-  python3 python3-venv iproute2 nftables iptables iputils-ping conntrack tcpdump tshark iperf3 ethtool
+  python3 python3-venv iproute2 nftables iptables iputils-ping conntrack tcpdump tshark iperf3 ethtool valgrind
   strongswan-charon strongswan-swanctl strongswan-libcharon libstrongswan
   libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins
   charon-systemd strongswan-pki strongswan-starter
