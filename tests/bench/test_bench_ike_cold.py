@@ -24,7 +24,7 @@ BEFORE = "521e634"  # an older commit: the before side replays another source tr
 
 @pytest.fixture
 def valgrind() -> None:
-    gone = [t for t in ("valgrind", "callgrind_annotate") if not shutil.which(t)]
+    gone = [t for t in ("valgrind", "callgrind_annotate", "callgrind_control") if not shutil.which(t)]
     if gone:
         why = f"{' and '.join(gone)} not on PATH (Debian package valgrind, scripts/setup.sh)"
         if os.environ.get(REQUIRE_ALL) == "1":
