@@ -29,11 +29,6 @@ while debug lines are logged.
 
 While info lines are logged, `answer` logs the ones the general path logs for the request, with the
 same text and level, in the same order, on the same logger.
-
-A request in RFC 7383 fragments (an initiator sends its certificates that way, strongSwan's charon with
-1280-octet fragments) is reassembled, decrypted, checked and logged by the general path; what it would
-do next with a reassembled request of the common shape `answer_reassembled` does, from the decoded
-payloads: the same steps as `answer` after the "parsed" line, with the same outcome.
 """
 from __future__ import annotations
 
@@ -48,17 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..buffer import Buffer
 from ..codec.message import Message
-from ..codec.payloads import (
-    AuthPayload,
-    CertPayload,
-    CertReqPayload,
-    IdPayload,
-    NotifyPayload,
-    Payload,
-    SaPayload,
-    TrafficSelector,
-    TsPayload,
-)
+from ..codec.payloads import NotifyPayload, Payload, SaPayload, TrafficSelector, TsPayload
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
 from ..codec.wire import decode_payloads, encode_payloads, pull_body
 from ..constants import AuthMethod, CertEncoding, HeaderFlag, PayloadType, TsType
@@ -293,17 +278,13 @@ def _target(engine: Engine, data: bytes) -> IkeSa | None:
     if version != VERSION or exchange != IKE_AUTH or flags != INITIATOR or mid != 1 or length != n or first != SK:
         return None
     sa = engine.sas.get(spi_r)
-    if sa is None or sa.spi_i != spi_i or sa.tm.fragments is not None or not _half_open(sa):
+    if (sa is None or sa.is_original_initiator or sa.spi_i != spi_i or sa.state is not IkeState.CREATED
+            or sa.in_prot is None or sa.out_prot is None):
+        return None
+    tm = sa.tm
+    if tm.peer_mid != 1 or tm.outstanding is not None or tm.fragments is not None or sa.established_at is not None:
         return None
     return sa
-
-
-def _half_open(sa: IkeSa) -> bool:
-    """Is `sa` one we answered IKE_SA_INIT for, whose next request is the first IKE_AUTH request?"""
-    tm = sa.tm
-    return not (sa.is_original_initiator or sa.state is not IkeState.CREATED or sa.in_prot is None
-                or sa.out_prot is None or tm.peer_mid != 1 or tm.outstanding is not None
-                or sa.established_at is not None)
 
 
 _NEUTRAL: dict[type, bool] = {}
@@ -345,84 +326,10 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     sa = _target(engine, data)
     if sa is None:
         return False
-    req = _request_of(sa, data)
-    if req is None:
-        return False
-    child = _child_payloads(req) if req.child else None
-    if req.child and child is None:
-        return False
-    a = _answer_of(engine, sa, req, child, local, remote)
+    a = _answer_of(engine, sa, data, local, remote)
     if a is None:
         return False
     _commit(engine, a, data, local, remote, now)
-    return True
-
-
-def answer_reassembled(sa: IkeSa, msg: Message, now: float) -> bool:
-    """Answer `msg`, a request for `sa` reassembled from RFC 7383 fragments, decrypted, checked by the
-    rules and logged ("received fragment", "parsed") by the general path, if it is a common IKE_AUTH
-    request; False, with nothing changed, when the general path must go on (always while debug lines are
-    logged). The fragments' state is the general path's: FragmentReceiver kept and forgot them, and
-    answers a retransmitted fragment 1 from the response kept here (RFC 7383 2.6.1)."""
-    engine = sa.engine
-    if (log.isEnabledFor(logging.DEBUG) or msg.exchange != IKE_AUTH or int(msg.flags) != INITIATOR
-            or msg.message_id != 1 or msg.spi_i != sa.spi_i or not _half_open(sa)
-            or not all(map(_neutral, engine.extensions))):
-        return False
-    got = _request_of_payloads(msg.payloads[msg.unprotected:])
-    if got is None:
-        return False
-    a = _answer_of(engine, sa, got[0], got[1], sa.local, sa.remote)
-    if a is None:
-        return False
-    _authenticated(engine, a, log.isEnabledFor(logging.INFO), now)
-    return True
-
-
-def _request_of_payloads(payloads: list[Payload]) -> tuple[Request, list[Payload] | None] | None:
-    """`parse_inner` for inner payloads the codec decoded: the request's fields and its CHILD_SA's SA,
-    TSi and TSr (in that order), if of the common shape."""
-    req = Request()
-    child: dict[int, Payload] = {}
-    for p in payloads:
-        if not _take_decoded(req, child, p):
-            return None
-    if not req.idi or not req.auth or (child and len(child) != 3):
-        return None  # RFC 7296 1.2: a CHILD_SA takes SA, TSi and TSr; the general path answers the rest
-    return req, [child[SA], child[TSI], child[TSR]] if child else None
-
-
-def _take_decoded(req: Request, child: dict[int, Payload], p: Payload) -> bool:
-    """`_take` for a payload the codec decoded; a CHILD_SA's payloads into `child` by type."""
-    t = type(p)
-    if t is NotifyPayload:
-        assert isinstance(p, NotifyPayload)
-        if int(p.type) < STATUS_MIN or p.protocol or p.spi:
-            return False
-    elif t is IdPayload:
-        assert isinstance(p, IdPayload)
-        ptype, body = int(p.ptype), p.body
-        if ptype not in (IDI, IDR) or not _take_id(req, ptype, body, 0, len(body)):
-            return False
-    elif t is AuthPayload:
-        assert isinstance(p, AuthPayload)
-        if req.auth or not p.data:
-            return False
-        req.method, req.auth = p.method, p.data
-    elif t is CertPayload:
-        assert isinstance(p, CertPayload)
-        if req.certs >= MAX_CERTS:
-            return False
-        req.certs += 1
-        if req.cert is None and p.encoding == X509:
-            req.cert = p.data
-    elif t is SaPayload or t is TsPayload:
-        ptype = int(p.ptype)
-        if ptype in child:  # RFC 7296 1.2: each at most once
-            return False
-        child[ptype] = p
-    elif t is not CertReqPayload:  # RFC 7296 3.7: we send our certificates whatever the peer asks for
-        return False
     return True
 
 
@@ -439,12 +346,11 @@ def _request_of(sa: IkeSa, data: bytes) -> Request | None:
     return parse_inner(plain, nxt)
 
 
-def _answer_of(engine: Engine, sa: IkeSa, req: Request, child: list[Payload] | None, local: Addr,
-               remote: Addr) -> _Answer | None:
-    """The request `req` (with its CHILD_SA's SA, TSi and TSr as the codec decodes them) checked, the
-    response's plaintext written; None when the general path must answer. Changes nothing."""
-    out = sa.out_prot
-    if out is None:
+def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr) -> _Answer | None:
+    """The request decrypted and checked, the response's plaintext written; None when the general path
+    must answer. Changes nothing."""
+    req, out = _request_of(sa, data), sa.out_prot
+    if req is None or out is None:
         return None
     idi, idr, psk = req.idi, req.idr, req.method == PSK
     peer = Identity(idi[0], idi[4:])
@@ -461,9 +367,11 @@ def _answer_of(engine: Engine, sa: IkeSa, req: Request, child: list[Payload] | N
         me = wanted
     a = _Answer(sa, req, peer, wanted, cfg, new_remote, me)
     extra = 0  # the most octets the CHILD_SA's payloads add to the response
-    if child is not None:
-        a.child = child
-        extra = _child_bound(cfg, child)
+    if req.child:
+        a.child = _child_payloads(req)
+        if a.child is None:
+            return None
+        extra = _child_bound(cfg, a.child)
     # RFC 7296 2.15: the peer's AUTH over its IKE_SA_INIT request, our nonce and its IDi; ours over our
     # IKE_SA_INIT response, its nonce and our IDr
     prf = sa.prf
@@ -537,7 +445,7 @@ def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, 
     configuration and identities, the peer authenticated, the CHILD_SA selected (ChildCreate.process_r),
     our AUTH, established, the CHILD_SA's payloads and installation (ChildCreate.build_r), the response
     sealed, kept and sent."""
-    sa, req = a.sa, a.req
+    sa, cfg, req = a.sa, a.cfg, a.req
     info = log.isEnabledFor(logging.INFO)
     if info:  # Engine.receive's line for a request it decoded
         log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
@@ -547,13 +455,6 @@ def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, 
     sa.dpd_pending = False
     if info:  # TaskManager.receive's line
         log.info("parsed %s %s %d %s", "IKE_AUTH", "request", 1, _summary(req.shape))
-    _authenticated(engine, a, info, now)
-
-
-def _authenticated(engine: Engine, a: _Answer, info: bool, now: float) -> None:
-    """The general path's steps after the "parsed" line: the IKE_SA's configuration and identities, the
-    peer authenticated, the CHILD_SA selected, our AUTH, established, the response."""
-    sa, cfg, req = a.sa, a.cfg, a.req
     sa.peer_id = a.peer
     sa.config = cfg
     sa.name = cfg.name

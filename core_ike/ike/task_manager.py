@@ -21,7 +21,6 @@ from ..codec.rules import check_rules
 from ..constants import ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId, name_of
 from ..errors import AuthenticationFailed, CredentialsPending, DecodeError, IntegrityError, ProtocolError
 from . import events as ev
-from . import fastauth
 from .context import Failure, Status, Task
 from .fragments import FragmentReceiver
 from .state import ChildState, IkeState
@@ -200,8 +199,6 @@ class TaskManager:
         if log.isEnabledFor(logging.INFO):
             log.info("parsed %s %s %d %s", _exchange(full.exchange),
                      "response" if full.is_response else "request", full.message_id, full.summary())
-        if full is not msg and isinstance(msg.sk, SkfPayload) and fastauth.answer_reassembled(sa, full, now):
-            return  # the common IKE_AUTH request in RFC 7383 fragments, answered directly (core_ike/ike/fastauth.py)
         if full.is_response:
             self._process_response(full, now)
         else:
