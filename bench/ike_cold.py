@@ -43,9 +43,10 @@ REPLAY_FLAG = "--replay-child"
 def _replay_child(tree: str, rec_dir: str, evict_mb: int, limit: int) -> int:
     """Runs in the process valgrind starts: the recording replayed as bench/ike_cost.py's `_replay` does
     (the engine built as iked builds it, seeded randomness), once uncounted, then once with each datagram
-    inside functools.reduce, the one C function whose calls callgrind counts (--toggle-collect); the
-    eviction read happens between those calls, so its own instructions and misses are not counted."""
-    import functools
+    run through a ctypes callback, so inside libffi's ffi_call, the one C function whose calls callgrind
+    counts (--toggle-collect: an exported symbol, found in a stripped interpreter such as Debian's, where
+    the interpreter's own static functions have no names); the eviction read happens between those calls,
+    so its own instructions and misses are not counted."""
     import hashlib
     import pickle
     import time
@@ -89,17 +90,40 @@ def _replay_child(tree: str, rec_dir: str, evict_mb: int, limit: int) -> int:
                     prepare()
                 eng.get_timer()
 
+            counted_step = _through_ffi(step)
             for item in rec:
                 hashlib.md5(buf).digest()  # evicts the simulated caches, not counted
-                if counted:
-                    functools.reduce(step, [item], None)
-                else:
-                    step(None, item)
+                (counted_step if counted else step)(None, item)
             established = st["n"]
         finally:
             undo()
     print(f"replayed {len(rec)} datagrams, established {established}", flush=True)
     return 0
+
+
+def _through_ffi(step: Any) -> Any:
+    """`step(None, item)` run inside libffi's ffi_call (a ctypes callback), the function callgrind counts;
+    an exception, which ctypes would print and drop at the callback's edge, is raised after it."""
+    import ctypes
+
+    current: list[Any] = []
+    failed: list[BaseException] = []
+
+    def callback() -> None:
+        try:
+            step(None, current[0])
+        except BaseException as e:  # noqa: BLE001 (raised again below, outside the callback)
+            failed.append(e)
+
+    c_callback = ctypes.CFUNCTYPE(None)(callback)
+
+    def run(_: Any, item: Any) -> None:
+        current[:] = [item]
+        c_callback()
+        if failed:
+            raise failed.pop()
+
+    return run
 
 
 # ====================================================================== running and reading callgrind
@@ -116,7 +140,7 @@ def cold_replay(tree: Path, rec: Path, work: Path, evict_mb: int, limit: int = 0
     object of the counted datagrams, {"datagrams", "established", "total": {event: n}, "objects": {obj: {...}}}."""
     cg = work / "callgrind.out"
     cmd = ["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--LL={ll_bytes},16,64", "--instr-atstart=no", "--collect-atstart=no",
-           "--toggle-collect=functools_reduce", f"--callgrind-out-file={cg}",
+           "--toggle-collect=ffi_call", f"--callgrind-out-file={cg}",
            sys.executable, str(Path(__file__).resolve()), REPLAY_FLAG, str(tree), str(rec), str(evict_mb), str(limit)]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
     m = re.search(r"replayed (\d+) datagrams, established (\d+)", p.stdout)
@@ -135,6 +159,9 @@ def cold_replay(tree: Path, rec: Path, work: Path, evict_mb: int, limit: int = 0
         for ev, x in zip(EVENTS, nums, strict=True):
             o[ev] += 0 if x == "." else int(x.replace(",", ""))
     total = {ev: sum(o[ev] for o in objects.values()) for ev in EVENTS}
+    if not total["Ir"]:
+        raise RuntimeError(f"callgrind counted no instruction in the replay by {tree} (no call of ffi_call "
+                           "collected: is the ctypes callback still the counted region?)")
     cg.unlink(missing_ok=True)
     return {"datagrams": int(m.group(1)), "established": int(m.group(2)), "total": total, "objects": objects}
 
