@@ -214,20 +214,6 @@ def test_close_writes_what_is_kept(tmp_path: Path) -> None:
         h.close()
 
 
-@pytest.fixture
-def root_to_file(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "root.log"
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    h = log_handler(f"file:{path}", "iked")
-    root.handlers[:], root.level = [h], logging.INFO
-    try:
-        yield path
-    finally:
-        root.handlers[:], root.level = saved
-        h.close()
-
-
 def test_a_notification_follows_the_lines_before_it(root_to_file: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     sock_path = tmp_path / "notify.sock"

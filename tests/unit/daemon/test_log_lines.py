@@ -119,21 +119,6 @@ def test_no_event_loop_writes_at_once(logged: tuple[logging.Logger, Path, loggin
     assert _lines(path) == ["one"]
 
 
-@pytest.fixture
-def root_to_file(tmp_path: Path) -> Iterator[Path]:
-    """The root logger to a file (as setup_logging sets it up); `_daemon_log` logs through it."""
-    path = tmp_path / "root.log"
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    h = log_handler(f"file:{path}", "iked")
-    root.handlers[:], root.level = [h], logging.INFO
-    try:
-        yield path
-    finally:
-        root.handlers[:], root.level = saved
-        h.close()
-
-
 def _daemon_log() -> logging.Logger:
     log = logging.getLogger("core_ike.test_batching_daemon")
     log.setLevel(logging.NOTSET)
