@@ -24,3 +24,18 @@ def root_to_file(tmp_path: Path) -> Iterator[Path]:
     finally:
         root.handlers[:], root.level = saved
         h.close()
+
+
+@pytest.fixture
+def logged(tmp_path: Path) -> Iterator[tuple[logging.Logger, Path, logging.Handler]]:
+    """A logger writing to a file through the daemons' file handler: (logger, file, handler)."""
+    path = tmp_path / "d.log"
+    h = log_handler(f"file:{path}", "iked")
+    log = logging.getLogger("core_ike.test_log_file")
+    saved = log.handlers[:], log.propagate, log.level
+    log.handlers[:], log.propagate, log.level = [h], False, logging.DEBUG
+    try:
+        yield log, path, h
+    finally:
+        log.handlers[:], log.propagate, log.level = saved
+        h.close()

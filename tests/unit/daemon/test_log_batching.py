@@ -11,7 +11,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,37 +19,7 @@ from core_ike.daemon import startup
 from core_ike.daemon.lifecycle import sd_notify
 from core_ike.daemon.startup import BATCH_RECORDS, TimedFormatter, log_handler
 from tests.unit.daemon.ikedproc import iked
-
-
-def _run(kind: str, coro_fn: Callable[[], object]) -> None:
-    factory = None
-    if kind == "uvloop":
-        import uvloop
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(coro_fn())  # type: ignore[arg-type]
-
-
-LOOPS = ["asyncio", "uvloop"]
-
-
-@pytest.fixture
-def logged(tmp_path: Path) -> Iterator[tuple[logging.Logger, Path]]:
-    """A logger writing to a file through the daemons' file handler."""
-    path = tmp_path / "d.log"
-    h = log_handler(f"file:{path}", "iked")
-    log = logging.getLogger("core_ike.test_loop_batching")
-    saved = log.handlers[:], log.propagate, log.level
-    log.handlers[:], log.propagate, log.level = [h], False, logging.DEBUG
-    try:
-        yield log, path
-    finally:
-        log.handlers[:], log.propagate, log.level = saved
-        h.close()
-
-
-def _lines(path: Path) -> list[str]:
-    return [line.split(" ", 2)[2] for line in path.read_text().splitlines()]
+from tests.unit.daemon.logtools import LOOPS, log_lines, run_in_loop
 
 
 async def _next_callback() -> None:
@@ -62,24 +31,24 @@ async def _next_callback() -> None:
 
 
 @pytest.mark.parametrize("kind", LOOPS)
-def test_lines_of_a_callback_are_written_after_it_in_order(kind: str, logged: tuple[logging.Logger, Path]) -> None:
-    log, path = logged
+def test_lines_of_a_callback_are_written_after_it_in_order(kind: str, logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    log, path, _ = logged
     seen: list[list[str]] = []
 
     async def turn() -> None:
         log.info("received packet")
         log.debug("parsed IKE_SA_INIT request 0")
         log.info("sending packet")
-        seen.append(_lines(path))  # the callback is still running: nothing written yet
+        seen.append(log_lines(path))  # the callback is still running: nothing written yet
         await _next_callback()
-        seen.append(_lines(path))
+        seen.append(log_lines(path))
 
-    _run(kind, turn)
+    run_in_loop(kind, turn)
     assert seen == [[], ["received packet", "parsed IKE_SA_INIT request 0", "sending packet"]]
 
 
-def test_a_line_keeps_the_time_it_was_logged(logged: tuple[logging.Logger, Path]) -> None:
-    log, path = logged
+def test_a_line_keeps_the_time_it_was_logged(logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    log, path, _ = logged
     stamps: list[logging.LogRecord] = []
 
     def stamp(r: logging.LogRecord) -> bool:
@@ -92,7 +61,7 @@ def test_a_line_keeps_the_time_it_was_logged(logged: tuple[logging.Logger, Path]
         async def turn() -> None:
             log.info("generating %s request %d", "IKE_AUTH", 1)
 
-        _run("asyncio", turn)
+        run_in_loop("asyncio", turn)
     finally:
         log.removeFilter(stamp)
     want = TimedFormatter().format(logging.makeLogRecord(dict(stamps[0].__dict__)))
@@ -100,8 +69,8 @@ def test_a_line_keeps_the_time_it_was_logged(logged: tuple[logging.Logger, Path]
     assert path.read_text() == want + "\n"
 
 
-def test_an_argument_that_changes_later_shows_its_value_when_logged(logged: tuple[logging.Logger, Path]) -> None:
-    log, path = logged
+def test_an_argument_that_changes_later_shows_its_value_when_logged(logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    log, path, _ = logged
     payloads = ["SA", "KE"]
     mapping = {"n": 1}
 
@@ -112,32 +81,32 @@ def test_an_argument_that_changes_later_shows_its_value_when_logged(logged: tupl
         payloads.append("AUTH")
         mapping["n"] = 2
 
-    _run("asyncio", turn)
-    assert _lines(path) == ["generating [ ['SA', 'KE'] ]", "1 SA(s)", "('fixed', 1)"]
+    run_in_loop("asyncio", turn)
+    assert log_lines(path) == ["generating [ ['SA', 'KE'] ]", "1 SA(s)", "('fixed', 1)"]
 
 
 @pytest.mark.parametrize("kind", LOOPS)
 def test_a_warning_is_written_at_once_after_the_lines_before_it(
-        kind: str, logged: tuple[logging.Logger, Path]) -> None:
-    log, path = logged
+        kind: str, logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    log, path, _ = logged
     seen: list[list[str]] = []
 
     async def turn() -> None:
         log.info("first")
         log.warning("retransmit 2 of request with message ID 0")
-        seen.append(_lines(path))
+        seen.append(log_lines(path))
         log.info("after")
-        seen.append(_lines(path))
+        seen.append(log_lines(path))
         await _next_callback()
-        seen.append(_lines(path))
+        seen.append(log_lines(path))
 
-    _run(kind, turn)
+    run_in_loop(kind, turn)
     warned = ["first", "retransmit 2 of request with message ID 0"]
     assert seen == [warned, warned, [*warned, "after"]]
 
 
-def test_a_line_from_another_thread_is_written_at_once(logged: tuple[logging.Logger, Path]) -> None:
-    log, path = logged
+def test_a_line_from_another_thread_is_written_at_once(logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    log, path, _ = logged
     seen: list[list[str]] = []
 
     async def turn() -> None:
@@ -145,14 +114,14 @@ def test_a_line_from_another_thread_is_written_at_once(logged: tuple[logging.Log
         t = threading.Thread(target=log.info, args=("from the netlink worker",))
         t.start()
         t.join()
-        seen.append(_lines(path))  # the thread wrote what the loop kept before its own line
+        seen.append(log_lines(path))  # the thread wrote what the loop kept before its own line
 
-    _run("asyncio", turn)
+    run_in_loop("asyncio", turn)
     assert seen == [["in the loop", "from the netlink worker"]]
 
 
-def test_threads_and_the_loop_lose_and_mix_no_line(logged: tuple[logging.Logger, Path]) -> None:
-    log, path = logged
+def test_threads_and_the_loop_lose_and_mix_no_line(logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    log, path, _ = logged
     n = 300
 
     def worker(name: str) -> None:
@@ -170,30 +139,30 @@ def test_threads_and_the_loop_lose_and_mix_no_line(logged: tuple[logging.Logger,
         for t in threads:
             t.join()
 
-    _run("asyncio", turn)
-    lines = _lines(path)
+    run_in_loop("asyncio", turn)
+    lines = log_lines(path)
     assert len(lines) == 4 * n
     for name in ("loop", "t0", "t1", "t2"):
         assert [x for x in lines if x.split()[0] == name] == [f"{name} {i}" for i in range(n)]
 
 
-def test_a_full_batch_is_written_within_the_callback(logged: tuple[logging.Logger, Path]) -> None:
-    log, path = logged
+def test_a_full_batch_is_written_within_the_callback(logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    log, path, _ = logged
     seen: list[int] = []
 
     async def turn() -> None:
         for i in range(BATCH_RECORDS - 1):
             log.info("line %d", i)
-        seen.append(len(_lines(path)))
+        seen.append(len(log_lines(path)))
         log.info("line %d", BATCH_RECORDS - 1)
-        seen.append(len(_lines(path)))
+        seen.append(len(log_lines(path)))
         for i in range(BATCH_RECORDS, BATCH_RECORDS + 5):
             log.info("line %d", i)
-        seen.append(len(_lines(path)))
+        seen.append(len(log_lines(path)))
 
-    _run("asyncio", turn)
+    run_in_loop("asyncio", turn)
     assert seen == [0, BATCH_RECORDS, BATCH_RECORDS]
-    assert _lines(path) == [f"line {i}" for i in range(BATCH_RECORDS + 5)]
+    assert log_lines(path) == [f"line {i}" for i in range(BATCH_RECORDS + 5)]
 
 
 def test_close_writes_what_is_kept(tmp_path: Path) -> None:
@@ -207,8 +176,8 @@ def test_close_writes_what_is_kept(tmp_path: Path) -> None:
             log.info("kept")
             h.close()  # e.g. logging.shutdown at exit, while the loop still runs
 
-        _run("asyncio", turn)
-        assert _lines(path) == ["w", "kept"]
+        run_in_loop("asyncio", turn)
+        assert log_lines(path) == ["w", "kept"]
     finally:
         log.handlers[:] = []
         h.close()
@@ -228,9 +197,9 @@ def test_a_notification_follows_the_lines_before_it(root_to_file: Path, tmp_path
             log.info("reloaded configuration")
             assert sd_notify("READY=1")
             manager.recv(100)
-            seen.append(_lines(root_to_file))  # what the service manager reads right after READY=1
+            seen.append(log_lines(root_to_file))  # what the service manager reads right after READY=1
 
-        _run("asyncio", turn)
+        run_in_loop("asyncio", turn)
     assert seen == [["reloaded configuration"]]
 
 
@@ -242,7 +211,7 @@ def test_run_daemon_flushes_when_the_loop_ends_with_lines_kept(root_to_file: Pat
         raise KeyboardInterrupt  # Ctrl-C ends the loop inside the callback that logged
 
     assert startup.run_daemon("iked", run, lambda: None, event_loop="asyncio") == 130
-    assert _lines(root_to_file) == ["stopping"]
+    assert log_lines(root_to_file) == ["stopping"]
 
 
 def test_iked_log_holds_its_last_lines_after_sigterm(tmp_path: Path) -> None:

@@ -5,10 +5,9 @@ line (docs/operations.md, "Logging"); the writes after a loop callback: test_log
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,22 +21,10 @@ from core_ike.daemon.startup import (
     log_handler,
     run_daemon,
 )
+from tests.unit.daemon.logtools import log_lines
 
 LINE = "[%(name)s] %(message)s"
 TIMED = f"%(asctime)s.%(msecs)03d {LINE}"
-
-
-def _loops() -> list[str]:
-    return ["asyncio", "uvloop"]  # uvloop is a dependency (the default loop)
-
-
-def _run(kind: str, coro_fn: Callable[[], object]) -> None:
-    factory = None
-    if kind == "uvloop":
-        import uvloop
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(coro_fn())  # type: ignore[arg-type]
 
 
 def _records() -> Iterator[logging.LogRecord]:
@@ -94,29 +81,10 @@ def test_each_target_uses_the_fast_formatters(tmp_path: Path, monkeypatch: pytes
         s.close()
 
 
-@pytest.fixture
-def logged(tmp_path: Path) -> Iterator[tuple[logging.Logger, Path, logging.Handler]]:
-    """A logger writing to a file through the daemons' file handler."""
-    path = tmp_path / "d.log"
-    h = log_handler(f"file:{path}", "iked")
-    log = logging.getLogger("core_ike.test_batching")
-    saved = log.handlers[:], log.propagate, log.level
-    log.handlers[:], log.propagate, log.level = [h], False, logging.DEBUG
-    try:
-        yield log, path, h
-    finally:
-        log.handlers[:], log.propagate, log.level = saved
-        h.close()
-
-
-def _lines(path: Path) -> list[str]:
-    return [line.split(" ", 2)[2] for line in path.read_text().splitlines()]
-
-
 def test_no_event_loop_writes_at_once(logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
     log, path, _ = logged
     log.info("one")
-    assert _lines(path) == ["one"]
+    assert log_lines(path) == ["one"]
 
 
 def _daemon_log() -> logging.Logger:
@@ -133,7 +101,7 @@ def test_run_daemon_writes_every_line_before_it_returns(root_to_file: Path) -> N
         log.info("stopping")  # the last line of the loop's last turn
 
     assert run_daemon("iked", run, lambda: log.info("closed"), event_loop="asyncio") == 0
-    assert _lines(root_to_file) == ["stopping", "closed"]
+    assert log_lines(root_to_file) == ["stopping", "closed"]
 
 
 def test_an_exception_that_ends_the_daemon_loses_no_line(root_to_file: Path) -> None:
@@ -145,7 +113,7 @@ def test_an_exception_that_ends_the_daemon_loses_no_line(root_to_file: Path) -> 
 
     with pytest.raises(RuntimeError):
         run_daemon("iked", run, lambda: None, event_loop="asyncio")
-    assert _lines(root_to_file) == ["before the failure"]
+    assert log_lines(root_to_file) == ["before the failure"]
 
 
 def test_a_start_up_failure_line_follows_the_logged_ones(root_to_file: Path,
@@ -157,7 +125,7 @@ def test_a_start_up_failure_line_follows_the_logged_ones(root_to_file: Path,
         raise OSError(99, "Cannot assign requested address")
 
     assert run_daemon("iked", run, lambda: None, event_loop="asyncio") == startup.STARTUP_FAILED
-    assert _lines(root_to_file) == ["binding", "cannot start: Cannot assign requested address"]
+    assert log_lines(root_to_file) == ["binding", "cannot start: Cannot assign requested address"]
     assert capsys.readouterr().err == "iked: Cannot assign requested address\n"
 
 
@@ -192,4 +160,4 @@ def test_a_logged_line_is_the_same_through_lean_records(
     log, path, _ = logged
     log.info("IKE_SA %s[%d] established between %s...%s", "home", 1, "192.0.2.1", "198.51.100.7")
     log.info("%(n)d %(s)s", {"n": 4, "s": "map"})
-    assert _lines(path) == ["IKE_SA home[1] established between 192.0.2.1...198.51.100.7", "4 map"]
+    assert log_lines(path) == ["IKE_SA home[1] established between 192.0.2.1...198.51.100.7", "4 map"]
