@@ -74,7 +74,7 @@ import charon_child  # noqa: E402
 import charon_split  # noqa: E402
 from charon_split import Split, py_spy, split_lines, write_hotspots  # noqa: E402
 from ike_cost import RECORD_ENV, crypto_floor, openssl_rsa_sign_ms  # noqa: E402
-from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, iked_responder_conf, start_from  # noqa: E402
+from ike_setup_rate import CHARON_PLUGINS, CHARON_SETTINGS, find_pid, iked_responder_conf  # noqa: E402
 
 PROPOSAL = "aes128gcm16-prfsha256-x25519"
 PSK = "charon-initiator-bench-secret-0123456789"
@@ -270,7 +270,7 @@ class Ours(Responder):
     tree: Path | None = None  # run from this source tree (`--before`), else this one
 
     def start(self) -> None:
-        start_from(self.iked, self.tree)
+        self.iked.start(tree=self.tree)
 
     def stop(self) -> None:
         self.iked.stop()

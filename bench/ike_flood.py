@@ -345,13 +345,7 @@ def one_run(lab: Any, a: argparse.Namespace, tree: Path, run: int) -> dict[str, 
         CharonLegit(lab, a.attempts, f"charon{run}-w{workers}-{tree.name}") if a.legit == "charon"
         else IkedLegit(lab, a.attempts, "default" if a.legit == "ours-default" else a.legit_retransmit,
                        f"legit{run}-w{workers}-{tree.name}"))
-    # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path
-    env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
-    src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"], capture_output=True,
-                         text=True, env={**os.environ, **env}, check=True).stdout.strip()
-    if not src.startswith(str(tree)):
-        raise RuntimeError(f"the responder would load {src}, not the tree {tree}")
-    resp.start(env=env)
+    resp.start(tree=tree)
     legit.start()
     out: dict[str, Any] = {"tree": str(tree), "workers": workers, "legit": a.legit}
     try:

@@ -169,21 +169,6 @@ class Responder:
     def held(self) -> int: raise NotImplementedError
 
 
-def start_from(iked: Any, tree: Path | None) -> None:
-    """Start a lab `Iked` from this tree, or from the source tree `tree` (a `--before` side)."""
-    if tree is None:
-        iked.start()
-        return
-    # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path; the
-    # workers inherit both
-    env = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
-    src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"], capture_output=True,
-                         text=True, env={**os.environ, **env}, check=True).stdout.strip()
-    if not src.startswith(str(tree)):
-        raise RuntimeError(f"the responder would load {src}, not the tree {tree}")
-    iked.start(env=env)
-
-
 def iked_responder_conf(secrets: str, local: str, remote: str, *, workers: int | None = None,
                         addr: str = RESP_IP, proposal: str = PROPOSAL, log_level: str = "warning") -> str:
     """iked's TOML as the benchmarks' responder on ``addr``: no data plane, COOKIEs off as on charon's side
@@ -223,7 +208,7 @@ class OursResponder(Responder):
                          name=f"iked-{auth}", files=files)
 
     def start(self) -> None:
-        start_from(self.iked, self.tree)
+        self.iked.start(tree=self.tree)
 
     def stop(self) -> None:
         self.iked.stop()

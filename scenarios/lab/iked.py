@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,17 @@ class Iked:
         self.conf_path.write_text(toml.replace("@CTL@", self.ctl_path).replace("@DIR@", str(self.dir)))
         self.proc: Any = None
 
-    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> Iked:
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None, tree: Path | None = None) -> Iked:
+        """Start the daemon from this repository, or from the source tree `tree` (a benchmark's other
+        side), checked to be the one Python imports."""
+        if tree is not None:
+            # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path;
+            # a daemon's workers inherit both
+            env = {**(env or {}), "PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
+            src = subprocess.run([sys.executable, "-c", "import core_ike; print(core_ike.__file__)"],
+                                 capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout.strip()
+            if not src.startswith(str(tree)):
+                raise IkedError(f"{self.name} would load {src}, not the tree {tree}")
         env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = self.lab.popen(self.host, [sys.executable, "-m", self.module, "-c", str(self.conf_path)],
                                    self.log_path, env=env)
