@@ -291,11 +291,13 @@ def record(auth: str, count: int, out: Any) -> float:
     return ms
 
 
-def _replay_here(out: Any) -> dict[str, float]:
+def _replay_here(out: Any, profile: str = "") -> dict[str, float]:
     """In a fresh network namespace: the recording fed to an engine built as iked builds it with its
     userspace data plane (TUN device, netlink) twice, a fresh daemon each time; the second run's CPU ms
-    per IKE_SA: all of it, the engine, the event handling."""
+    per IKE_SA: all of it, the engine, the event handling. `profile`: a file for cProfile's statistics of
+    the second run (its figures then include cProfile's own cost)."""
     import asyncio
+    import cProfile
     import pickle
     import time
 
@@ -320,6 +322,9 @@ def _replay_here(out: Any) -> dict[str, float]:
             eng.set_wall_clock(time.time(), now)
             tune_gc()  # as iked (core_ike/daemon/runtime.py)
             clock, t0 = time.thread_time, time.process_time()
+            prof = cProfile.Profile() if profile and second else None
+            if prof is not None:
+                prof.enable()
             for data, local, remote in rec:
                 now += 1e-4
                 a = clock()
@@ -332,6 +337,9 @@ def _replay_here(out: Any) -> dict[str, float]:
                 engine, events = engine + b - a, events + clock() - b
                 eng.prepare()
                 eng.get_timer()
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(profile)
             k = 1000 / max(1, n)
             result = {"total": k * (time.process_time() - t0), "engine": k * engine, "events": k * events, "n": n}
             dp.close()
@@ -339,11 +347,13 @@ def _replay_here(out: Any) -> dict[str, float]:
         finally:
             undo()
 
+    second = False
     asyncio.run(run())
+    second = True
     return asyncio.run(run())
 
 
-def replay(tree: Any, out: Any) -> dict[str, float] | None:
+def replay(tree: Any, out: Any, profile: str = "") -> dict[str, float] | None:
     """`_replay_here` by the tree `tree` in a network namespace of its own; None when it failed."""
     import json
     import os
@@ -358,8 +368,9 @@ def replay(tree: Any, out: Any) -> dict[str, float] | None:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         code = ("import sys, json; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
                 "import core_ike; assert core_ike.__file__.startswith(sys.argv[1]); import charon_child as c; "
-                "print(json.dumps(c._replay_here(Path(sys.argv[3]))))")
-        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code, str(tree), str(here), str(out)],
+                "print(json.dumps(c._replay_here(Path(sys.argv[3]), sys.argv[4])))")
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code, str(tree), str(here), str(out),
+                            profile],
                            capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"}, timeout=600)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -381,15 +392,23 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--before", metavar="REV", help="replay by REV (git archive) too, alternating")
+    ap.add_argument("--keep", metavar="DIR", help="keep the recording (datagrams, configuration) in DIR")
+    ap.add_argument("--recording", metavar="DIR", help="replay the recording kept in DIR (no live batch)")
+    ap.add_argument("--profile", metavar="FILE", help="cProfile one more replay by this tree into FILE")
     a = ap.parse_args()
     root = results_io.enter_repo(__file__)
     before = results_io.git_tree(a.before, prefix="charon-child-before-") if a.before else None
     try:
         with tempfile.TemporaryDirectory(prefix="charon-child-") as d:
-            out = Path(d)
-            live = record(a.auth, a.count, out)
-            print(f"recorded {a.count} IKE_SAs ({a.auth}, one CHILD_SA each): the recording iked's process "
-                  f"{live:.3f} ms per IKE_SA")
+            out = Path(a.recording or a.keep or d)
+            if a.recording:
+                a.count = int((out / "count").read_text())
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                live = record(a.auth, a.count, out)
+                (out / "count").write_text(f"{a.count}\n")
+                print(f"recorded {a.count} IKE_SAs ({a.auth}, one CHILD_SA each): the recording iked's process "
+                      f"{live:.3f} ms per IKE_SA")
             runs: dict[str, list[dict[str, float]]] = {"this tree": [], a.before or "": []}
             for _, name in results_io.interleave(a.rounds, ["this tree", *([a.before] if before else [])]):
                 r = replay(root if name == "this tree" else before, out)
@@ -400,6 +419,9 @@ def main() -> int:
                     parts = ", ".join(f"{k} {results_io.fmt_value(results_io.sample([r[k] for r in rs], 'ms'))}"
                                       for k in ("total", "engine", "events"))
                     print(f"replayed by {name}, per IKE_SA: {parts}")
+            if a.profile:
+                r = replay(root, out, str(Path(a.profile).resolve()))
+                print(f"profiled replay by this tree (cProfile's cost included): {r} -> {a.profile}")
     finally:
         if before is not None:
             shutil.rmtree(before, ignore_errors=True)
