@@ -89,6 +89,19 @@ class TimedFormatter(logging.Formatter):
         s = f"{record.asctime}.{int(record.msecs):03d} [{record.name}] {record.message}"
         return _with_tail(self, record, s)
 
+    def line(self, record: logging.LogRecord, message: str | None) -> str:
+        """format()'s text of a record without traceback or stack, with `message` (None: the record's
+        own) and without setting the record's message and asctime attributes."""
+        if message is None:
+            message = record.getMessage()
+        second, text = self._second
+        if int(record.created) != second:
+            text = self.formatTime(record, _TIME_FORMAT)
+        return f"{text}.{int(record.msecs):03d} [{record.name}] {message}"
+
+
+_TIMED_FORMAT = TimedFormatter.format  # LoopBatchingHandler writes its text inline while it is this one
+
 
 class JournalFormatter(LineFormatter):
     """Each line prefixed with its syslog priority (sd-daemon(3)); journald adds the time."""
@@ -122,14 +135,14 @@ def write_pieces(lines: list[str]) -> Iterator[str]:
 def _fixed_args(args: object) -> bool:
     """True when the message's arguments are values whose text cannot change before a later format
     (strings, numbers, bytes, None, tuples of them): such records are formatted after the callback.
-    The exact built-in types are checked first: they are nearly all the arguments of the daemons' lines."""
+    The exact built-in types are checked first, in one pass without a Python call per argument: they
+    are nearly all the arguments of the daemons' lines."""
     if type(args) is not tuple:
         return not args  # a mapping (log("%(a)s", {...})): its values may change
-    for a in args:
-        if type(a) not in _FIXED_TYPES and not (
-                isinstance(a, _FIXED) or (isinstance(a, tuple) and all(isinstance(b, _FIXED) for b in a))):
-            return False
-    return True
+    if _FIXED_TYPES.issuperset(map(type, args)):
+        return True
+    return all(isinstance(a, _FIXED) or (isinstance(a, tuple) and all(isinstance(b, _FIXED) for b in a))
+               for a in args)
 
 
 class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -149,11 +162,19 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
-        self._batch: list[logging.LogRecord] = []
+        self._batch: list[tuple[logging.LogRecord, str | None]] = []  # a record, its message if made already
         self._loop: asyncio.AbstractEventLoop | None = None  # where the write after the callback is queued
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        """logging.Handler.handle, without the filter call when the handler has no filters."""
+        if self.filters:
+            return super().handle(record)
+        with self.lock:  # type: ignore[union-attr]
+            self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held (Handler.handle)
-        loop = asyncio._get_running_loop()
+        text = None
         if not _fixed_args(record.args):
             try:
                 text = record.getMessage()
@@ -162,10 +183,13 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
                 self.handleError(record)
                 return
-            record = copy.copy(record)  # other handlers see the caller's record unchanged
-            record.msg, record.args = text, ()
-        self._batch.append(record)
-        if loop is None or record.levelno >= logging.WARNING or len(self._batch) >= BATCH_RECORDS:
+        batch = self._batch
+        batch.append((record, text))
+        if record.levelno >= logging.WARNING or len(batch) >= BATCH_RECORDS:
+            self._write()
+            return
+        loop = asyncio._get_running_loop()
+        if loop is None:
             self._write()
         elif loop is not self._loop:
             self._loop = loop
@@ -179,26 +203,46 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _write(self) -> None:
         if not self._batch:
             return
-        records, self._batch = self._batch, []
-        lines: list[str] = []
-        for r in records:
-            try:
-                lines.append(self.format(r) + self.terminator)
-            except RecursionError:
-                raise
-            except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
-                self.handleError(r)
+        batch, self._batch = self._batch, []
+        lines = self._lines(batch)
         try:
             stream = self._stream()
             if not lines or stream is None:
                 return
-            for data in write_pieces(lines):
-                stream.write(data)
+            data = "".join(lines)
+            if len(data) <= ATOMIC_WRITE // 4 or (len(data) <= ATOMIC_WRITE and data.isascii()):
+                stream.write(data)  # one atomic write (write_pieces would not cut it)
                 stream.flush()
+            else:
+                for piece in write_pieces(lines):
+                    stream.write(piece)
+                    stream.flush()
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
-            self.handleError(records[0])
+            self.handleError(batch[0][0])
+
+    def _lines(self, batch: list[tuple[logging.LogRecord, str | None]]) -> list[str]:
+        """The batch's lines as self.format gives them (TimedFormatter's written inline)."""
+        fmt = self.formatter
+        timed = fmt if type(fmt) is TimedFormatter and TimedFormatter.format is _TIMED_FORMAT else None
+        lines: list[str] = []
+        term = self.terminator
+        for r, text in batch:
+            try:
+                if timed is not None and not r.exc_info and not r.stack_info:
+                    lines.append(timed.line(r, text) + term)
+                elif text is None:
+                    lines.append(self.format(r) + term)
+                else:
+                    kept = copy.copy(r)  # other handlers see the caller's record unchanged
+                    kept.msg, kept.args = text, ()
+                    lines.append(self.format(kept) + term)
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
+                self.handleError(r)
+        return lines
 
     def _stream(self) -> TextIO | None:
         return self.stream  # type: ignore[no-any-return]

@@ -461,23 +461,23 @@ def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, 
     sa.mediation = cfg.mediation
     if info:  # IkeAuth.process_r's line
         log.info("looking for peer configs matching %s[%s]...%s[%s]: selected '%s'",
-                 sa.local[0], a.wanted or "%any", sa.remote[0], a.peer, cfg.name)
+                 sa.local[0], str(a.wanted or "%any"), sa.remote[0], str(a.peer), cfg.name)
     sa.my_id = a.me
     psk = req.method == PSK
     if info:  # verify_auth's line
         if psk:
-            log.info("authentication of '%s' with pre-shared key successful", a.peer)
+            log.info("authentication of '%s' with pre-shared key successful", str(a.peer))
         else:
-            log.info("authentication of '%s' with %s successful", a.peer, _method_text(req.method))
+            log.info("authentication of '%s' with %s successful", str(a.peer), _method_text(req.method))
     task = None
     if a.child is not None:  # TaskManager.responder_tasks: the CHILD_SA's task after IkeAuth's
         task = ChildCreate(None, in_auth=True)
         task.process_r(sa, Message(sa.spi_i, sa.spi_r, IKE_AUTH, HeaderFlag.INITIATOR, 1, list(a.child)), now)
     if info:  # build_auth's line
         if psk:
-            log.info("authentication of '%s' (myself) with pre-shared key", sa.my_id)
+            log.info("authentication of '%s' (myself) with pre-shared key", str(sa.my_id))
         else:
-            log.info("authentication of '%s' (myself) with %s successful", sa.my_id, _method_text(a.mine))
+            log.info("authentication of '%s' (myself) with %s successful", str(sa.my_id), _method_text(a.mine))
     established(sa, now)
     _respond(engine, a, task, info, now)
 

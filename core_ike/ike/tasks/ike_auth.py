@@ -56,7 +56,7 @@ def build_auth(sa: IkeSaView, msg: Message, initiator_side: bool, id_pl: IdPaylo
         if psk is None:
             raise AuthenticationFailed(f"no shared key found for '{sa.my_id}' - '{sa.peer_id}'")
         msg.payloads.append(AuthPayload(AuthMethod.PSK, psk_auth(sa.prf, psk, octets)))
-        log.info("authentication of '%s' (myself) with pre-shared key", sa.my_id)
+        log.info("authentication of '%s' (myself) with pre-shared key", str(sa.my_id))
         return
     key = creds.private_key_for(sa.my_id or Identity(0, b""))
     if key is None:
@@ -66,7 +66,7 @@ def build_auth(sa: IkeSaView, msg: Message, initiator_side: bool, id_pl: IdPaylo
     method = int(AuthMethod.RSA_SIG) if method_pref == "rsa" or not hashes else int(AuthMethod.DIGITAL_SIGNATURE)
     m, data = create_signature_auth(key, method, octets, hashes, rsa_pss=(method_pref == "rsa-pss"))
     msg.payloads.append(AuthPayload(m, data))
-    log.info("authentication of '%s' (myself) with %s successful", sa.my_id, _method_text(m))
+    log.info("authentication of '%s' (myself) with %s successful", str(sa.my_id), _method_text(m))
 
 
 _METHOD_TEXT = {1: "RSA signature", 2: "pre-shared key", 14: "RFC 7427 signature scheme"}
@@ -130,14 +130,14 @@ def verify_auth(sa: IkeSaView, msg: Message, peer_is_initiator: bool, id_pl: IdP
         psk = sa.ctx.creds.psk(sa.my_id, sa.peer_id)
         if psk is None or not hmac.compare_digest(psk_auth(sa.prf, psk, octets), auth.data):
             raise AuthenticationFailed(f"verification of '{sa.peer_id}' with pre-shared key failed")
-        log.info("authentication of '%s' with pre-shared key successful", sa.peer_id)
+        log.info("authentication of '%s' with pre-shared key successful", str(sa.peer_id))
         return
     if expected != "pubkey":
         raise AuthenticationFailed(f"peer used {_method_text(auth.method)}, but a pre-shared key is required")
     key = _peer_key(sa, msg)
     if not verify_signature_auth(key, auth.method, auth.data, octets):
         raise AuthenticationFailed(f"signature validation of '{sa.peer_id}' failed")
-    log.info("authentication of '%s' with %s successful", sa.peer_id, _method_text(auth.method))
+    log.info("authentication of '%s' with %s successful", str(sa.peer_id), _method_text(auth.method))
 
 
 def _id_payload(ptype: PayloadType, ident: Identity) -> IdPayload:
@@ -178,7 +178,7 @@ def established(sa: IkeSaView, now: float) -> None:
     sa.init_request = sa.init_response = b""
     if log.isEnabledFor(logging.INFO):
         log.info("IKE_SA %s established between %s[%s]...%s[%s]", sa.label, sa.local[0],
-                 sa.my_id, sa.remote[0], sa.peer_id)
+                 str(sa.my_id), sa.remote[0], str(sa.peer_id))
     sa.ctx.ike_established(sa, now)
     sa.ctx.emit(ev.IkeSaEstablished(
         sa.name, sa.unique_id, sa.local, sa.remote, str(sa.my_id), str(sa.peer_id), sa.spi_i, sa.spi_r,
@@ -260,7 +260,7 @@ class IkeAuth(Task):
         sa.name = cfg.name
         sa.mediation = cfg.mediation
         log.info("looking for peer configs matching %s[%s]...%s[%s]: selected '%s'",
-                 sa.local[0], wanted or "%any", sa.remote[0], sa.peer_id, cfg.name)
+                 sa.local[0], str(wanted or "%any"), sa.remote[0], str(sa.peer_id), cfg.name)
         sa.my_id = wanted if wanted is not None and cfg.local.id.is_any else _my_identity(sa)
         if msg.get(PayloadType.AUTH) is None and eap.is_eap(cfg.remote.auth):
             eap.start_server(sa, msg, idi)
