@@ -34,7 +34,8 @@ after ours in each round, so that the A/B pair shares the machine's state.
     .venv/bin/python bench/charon_initiator.py --profile /tmp/prof   # py-spy our responder too
 
 ``--before REV`` adds REV's iked (its daemon from a ``git archive`` of REV, this tree's configuration) to each
-shape: ``before`` beside ``ours``, ``before-child`` beside ``ours-child``, interleaved in the same rounds.
+shape: ``before`` beside ``ours``, ``before-info`` beside ``ours-info`` (both at info: the A/B of what the log
+costs at users' default), ``before-child`` beside ``ours-child``, interleaved in the same rounds.
 
 ``--profile`` samples our responder (``ours`` and ``ours-child``) with py-spy --native while it works (its CPU
 figures then include the sampling's cost: profile and measure in separate runs); hotspots-ours-*.txt and
@@ -423,15 +424,15 @@ class Batch:
 
 
 def responder(lab: Any, impl: str, auth: str, pki: Pki, before: Path | None = None) -> Responder:
-    """`impl`: ours / before (log_level warning; before: iked from the tree `before`), ours-info (info, users'
-    default), charon (log level 0), charon-l1 (level 1, charon's default); any of them with `-child`: a
-    CHILD_SA per IKE_SA (charon_child)."""
+    """`impl`: ours / before (log_level warning; before: iked from the tree `before`), ours-info / before-info
+    (info, users' default), charon (log level 0), charon-l1 (level 1, charon's default); any of them with
+    `-child`: a CHILD_SA per IKE_SA (charon_child)."""
     resp: Responder
     if impl.endswith("-child"):
         return charon_child.side(responder(lab, impl.removesuffix("-child"), auth, pki, before))
-    if impl in ("ours", "before", "ours-info"):
-        ours = Ours(lab, auth, pki, log_level="info" if impl == "ours-info" else "warning")
-        if impl == "before":
+    if impl in ("ours", "before", "ours-info", "before-info"):
+        ours = Ours(lab, auth, pki, log_level="info" if impl.endswith("-info") else "warning")
+        if impl.startswith("before"):
             if before is None:
                 raise ValueError("the responder 'before' needs a tree (--before REV)")
             ours.tree = before
@@ -545,7 +546,8 @@ def _figures(a: Any, runs: list[Run], pki: Pki, split: dict[str, Split]) -> list
                 results_io.sample(oi, "ms"), results_io.sample(cl, "ms"),
                 differences=["ours: log_level info (users' default; to a file), charon: level 1 (its "
                              "default; to a file, line by line, where its default is syslog); the rest as above, "
-                             "interleaved in the same rounds"],
+                             "interleaved in the same rounds",
+                             *charon_child.before_lines(runs, auth, a.before, "ours-info", "before-info")],
                 readme=True))
         for f in charon_child.figures(a, auth, runs):
             f["differences"] += _gauge_lines(runs, auth, ("ours-child", charon_child.BEFORE, "charon-child"))
@@ -585,9 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     pki = make_pki(a.warmup + a.count_rsa if "rsa" in a.auth.split(",") else 0)
     lab = two_hosts(inner=False)
     runs: list[Run] = []
-    sides = (_next_to(a.impl.split(","), "ours", "before" if a.before else None) if "childless" in a.shape
-             else []) + (_next_to(charon_child.sides(False), "ours-child", charon_child.BEFORE if a.before else None)
-                         if "child" in a.shape else [])
+    sides = _sides(a)
     given = a.before is not None and Path(a.before).is_dir()  # a source tree as it is: kept afterwards
     before_tree = (Path(a.before).resolve() if given else results_io.git_tree(a.before, prefix="charon-initiator-before-")
                    ) if a.before else None
@@ -616,6 +616,15 @@ def main(argv: list[str] | None = None) -> int:
     header = results_io.finish_header(header, a.quick, rounds)
     results_io.write_results(a.out, "charon_initiator", header, figures, "\n".join(_table(runs)))
     return 0
+
+
+def _sides(a: Any) -> list[str]:
+    """The sides in a round's order: --impl's (with before after ours and before-info after ours-info when
+    there is a --before tree) for the childless shape, then the child shape's."""
+    childless = _next_to(a.impl.split(","), "ours", "before" if a.before else None)
+    childless = _next_to(childless, "ours-info", "before-info" if a.before and "ours-info" in childless else None)
+    child = _next_to(charon_child.sides(False), "ours-child", charon_child.BEFORE if a.before else None)
+    return (childless if "childless" in a.shape else []) + (child if "child" in a.shape else [])
 
 
 def _next_to(sides: list[str], ours: str, before: str | None) -> list[str]:
