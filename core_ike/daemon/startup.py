@@ -89,16 +89,6 @@ class TimedFormatter(logging.Formatter):
         s = f"{record.asctime}.{int(record.msecs):03d} [{record.name}] {record.message}"
         return _with_tail(self, record, s)
 
-    def line(self, record: logging.LogRecord, message: str | None) -> str:
-        """format()'s text of a record without traceback or stack, with `message` (None: the record's
-        own) and without setting the record's message and asctime attributes."""
-        if message is None:
-            message = record.getMessage()
-        second, text = self._second
-        if int(record.created) != second:
-            text = self.formatTime(record, _TIME_FORMAT)
-        return f"{text}.{int(record.msecs):03d} [{record.name}] {message}"
-
 
 _TIMED_FORMAT = TimedFormatter.format  # LoopBatchingHandler writes its text inline while it is this one
 
@@ -175,7 +165,9 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held (Handler.handle)
         text = None
-        if not _fixed_args(record.args):
+        args = record.args  # the common case first: a tuple of built-in values
+        if args and (type(args) is not tuple or not _FIXED_TYPES.issuperset(map(type, args))) \
+                and not _fixed_args(args):
             try:
                 text = record.getMessage()
             except RecursionError:
@@ -223,15 +215,21 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(batch[0][0])
 
     def _lines(self, batch: list[tuple[logging.LogRecord, str | None]]) -> list[str]:
-        """The batch's lines as self.format gives them (TimedFormatter's written inline)."""
+        """The batch's lines as self.format gives them; TimedFormatter's text (a record without traceback
+        or stack) written here, without its calls and without setting the record's message and asctime."""
         fmt = self.formatter
         timed = fmt if type(fmt) is TimedFormatter and TimedFormatter.format is _TIMED_FORMAT else None
+        second, stamp = timed._second if timed is not None else (-1, "")
         lines: list[str] = []
         term = self.terminator
         for r, text in batch:
             try:
                 if timed is not None and not r.exc_info and not r.stack_info:
-                    lines.append(timed.line(r, text) + term)
+                    if text is None:
+                        text = r.getMessage()
+                    if int(r.created) != second:
+                        stamp, second = timed.formatTime(r, _TIME_FORMAT), int(r.created)
+                    lines.append(f"{stamp}.{int(r.msecs):03d} [{r.name}] {text}{term}")
                 elif text is None:
                     lines.append(self.format(r) + term)
                 else:
