@@ -10,6 +10,13 @@ plane's SAs, driven by their deadlines so that a tick costs what is due, not wha
   SA's next mark; an SA past its mark waits for the next tick, which decides as before.
 - A keepalive entry that finds traffic since it was set moves to the traffic's time plus the interval,
   so a busy SA costs one look per interval, an idle one one keepalive per interval.
+- An SA that has sent nothing yet has its first keepalive at the next point of its peer's phase: a
+  fraction of the interval fixed by the peer's address and port (RFC 3948 §4 sets only the interval).
+  SAs installed together (a gateway's restart, a burst of peers) spread their keepalives over the
+  interval instead of all falling due in one tick, and the SAs to one peer share its phase, so one
+  keepalive a tick still serves them all.
+- A call looks at no more than `tick_budget` heap entries; with more due it says so, and the data
+  plane calls again at the event loop's next turn, after the IKE messages waiting there.
 
 `SaTimers` is a base class of `core_ike.io.userspace.UserspaceDataPlane`, whose state it uses.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,6 +61,19 @@ class SaState:
     crossed: bool = False  # past a mark, queued for the next tick
 
 
+def keepalive_phase(addr: tuple[str, int], interval: float) -> float:
+    """Where in each keepalive interval the keepalives to the peer `addr` fall (0 <= phase < interval):
+    the same for every SA to it and in every process (CRC-32 of the address, not Python's salted hash)."""
+    return interval * (zlib.crc32(f"{addr[0]}[{addr[1]}]".encode()) / 4294967296.0)
+
+
+def first_keepalive(installed: float, addr: tuple[str, int], interval: float) -> float:
+    """The first keepalive deadline of an SA installed at `installed` that has sent nothing: the next point
+    of its peer's phase, within one interval (RFC 3948 §4: a keepalive when nothing else went out for
+    the interval; the IKE exchange that installed the SA just refreshed the mapping)."""
+    return installed + (keepalive_phase(addr, interval) - installed) % interval
+
+
 def wants_keepalive(p: SaParams) -> bool:
     """RFC 3948 2.3: outbound UDP-encapsulated SAs keep their NAT mapping alive (unless told)."""
     return p.direction == Direction.OUT and (p.encap if p.nat_keepalive is None else p.nat_keepalive)
@@ -65,6 +86,7 @@ class SaTimers:
     send_udp: SendDatagram | None
     keepalive_interval: float
     keepalives_sent: int
+    tick_budget: int
 
     if TYPE_CHECKING:
         _emit: Callable[[DataPlaneEvent], None]
@@ -76,6 +98,7 @@ class SaTimers:
         self._heap_seq = itertools.count()
         self._stale = 0  # heap entries of SAs no longer live
         self._crossed: list[SaState] = []  # SAs past a byte, packet or sequence mark since the last tick
+        self._kept: set[tuple[str, int]] | None = None  # peers kept alive by a tick that goes on next turn
         self.timer_examined = 0  # SAs (heap entries and crossed marks) the ticks looked at, for tests
 
     # -- arming ----------------------------------------------------------------------------------
@@ -132,7 +155,9 @@ class SaTimers:
 
     def _schedule_keepalive(self, st: SaState) -> None:
         if st.keepalive_at is None and wants_keepalive(st.params):
-            st.keepalive_at = max(st.esp.counters.last_out, st.last_keepalive) + self.keepalive_interval
+            last = max(st.esp.counters.last_out, st.last_keepalive)
+            st.keepalive_at = (last + self.keepalive_interval if last
+                               else first_keepalive(st.installed, st.addr, self.keepalive_interval))
             self._push(st.keepalive_at, _KEEPALIVE, st)
 
     # -- where the counters change ---------------------------------------------------------------
@@ -153,15 +178,19 @@ class SaTimers:
 
     # -- the tick --------------------------------------------------------------------------------
 
-    def check_timers(self, now: float) -> None:
-        """Lifetime expiry (RFC 7296 2.8) and NAT keepalives (RFC 3948 2.3) of the SAs due."""
+    def check_timers(self, now: float) -> bool:
+        """Lifetime expiry (RFC 7296 2.8) and NAT keepalives (RFC 3948 2.3) of the SAs due, at most
+        `tick_budget` of their deadlines; True when more are due (call again soon: the same tick goes on,
+        and a peer it kept alive already gets no second keepalive)."""
         if self._acquires.recheck(now):  # flows a trap dropped may ask again (core_ike/io/acquire.py)
             self._out_cache.clear()
         crossed, self._crossed = self._crossed, []
         due: list[tuple[float, int, int, SaState]] = []
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        budget = max(1, self.tick_budget)
+        while heap and heap[0][0] <= now and len(due) < budget:
             due.append(heapq.heappop(heap))
+        more = bool(heap) and heap[0][0] <= now
         self.timer_examined += len(crossed) + len(due)
         for st in crossed:
             st.crossed = False
@@ -173,11 +202,13 @@ class SaTimers:
             elif kind == _LIFETIME:
                 st.lifetime_at = None
                 self._check_lifetime(st, now)
-        kept: set[tuple[str, int]] = set()
+        kept = self._kept if self._kept is not None else set()
         for _, _, kind, st in due:  # after the lifetimes: an SA they deleted sends nothing
             if kind == _KEEPALIVE and st.live:
                 st.keepalive_at = None
                 self._keepalive(st, now, kept)
+        self._kept = kept if more else None
+        return more
 
     def _keepalive(self, st: SaState, now: float, kept: set[tuple[str, int]]) -> None:
         """RFC 3948 2.3: a keepalive when the SA sent nothing for the interval; one per peer address a

@@ -101,6 +101,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         tun_addresses: tuple[str, ...] = (),
         keepalive_interval: float = 20.0,
         tick_interval: float = 1.0,
+        tick_budget: int = 1000,
         wakeup: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         offload: frozenset[str] | None = None,
@@ -119,6 +120,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         self.tun_addresses = tun_addresses
         self.keepalive_interval = keepalive_interval
         self.tick_interval = tick_interval
+        self.tick_budget = tick_budget  # SA deadlines a tick looks at per event-loop turn (satimers.py)
         self.wakeup = wakeup
         self.clock = clock
         self.sad = InboundSad()
@@ -135,7 +137,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         self._routesock: RouteSocket | None = None  # route additions from the loop's thread
         self._raw: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tick: asyncio.TimerHandle | None = None
+        self._tick: asyncio.Handle | None = None
         self._routes: dict[IPNetwork, int] = {}  # remote subnet -> number of OUT policies using it
         self._acquires = AcquireLimiter()  # trap policies' acquires, bounded (core_ike/io/acquire.py)
         self.drop_no_policy = 0  # outbound packet matches no policy / no SA
@@ -583,9 +585,12 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
 
     def _on_tick(self) -> None:
         now = self.clock()
-        self.check_timers(now)
+        more = self.check_timers(now)
         if self._loop is not None:
-            self._tick = self._loop.call_later(self.tick_interval, self._on_tick)
+            # a tick with more SAs due than its budget goes on at the loop's next turn, after the
+            # datagrams and callbacks ready by then
+            self._tick = (self._loop.call_soon(self._on_tick) if more
+                          else self._loop.call_later(self.tick_interval, self._on_tick))
 
     # -- events and listing ----------------------------------------------------------------------
 

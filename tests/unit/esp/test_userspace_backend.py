@@ -20,6 +20,7 @@ from core_ike.io.dataplane import (
     SaParams,
     TrafficSelector,
 )
+from core_ike.io.satimers import first_keepalive
 from core_ike.io.userspace import UserspaceDataPlane
 
 A, B = "10.91.1.1", "10.91.2.1"
@@ -154,11 +155,15 @@ def test_keepalive_lifetimes_and_acquire() -> None:
     clock = Clock()
     dp = UserspaceDataPlane(lambda d, addr: sent.append((d, addr)), keepalive_interval=20.0, clock=clock)
     dp.install_sa(sa(0x1000, Direction.OUT, lifetime=Lifetime(soft_seconds=30, hard_seconds=60)))
+    first = first_keepalive(clock.t, ("192.0.2.2", 4500), 20.0)  # at the peer's phase, within an interval
+    assert clock.t <= first < clock.t + 20
     dp.check_timers(clock.t)
-    assert sent == [(b"\xff", ("192.0.2.2", 4500))]  # RFC 3948 2.3: idle since install
-    dp.check_timers(clock.t + 10)
+    assert sent == [] or first == clock.t
+    dp.check_timers(first)
+    assert sent == [(b"\xff", ("192.0.2.2", 4500))]  # RFC 3948 §4: idle since install
+    dp.check_timers(first + 19.9)
     assert len(sent) == 1
-    dp.check_timers(clock.t + 31)
+    dp.check_timers(max(clock.t + 31, first + 20))
     assert len(sent) == 2
     assert dp.next_event() == SaExpired(0x1000, Direction.OUT, 1, False, "time")
     dp.check_timers(clock.t + 40)
