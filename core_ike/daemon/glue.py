@@ -36,6 +36,7 @@ from ..me.upgrade import PathChanged
 log = logging.getLogger("core_ike.dataplane")
 
 Addr = tuple[str, int]
+_NO_LIMITS = Lifetime()  # the CHILD_SA's lifetimes are the engine's (RFC 7296 2.8 rekey timers), not the SAs'
 DeleteChild = Callable[[int, int, str], None]
 """`delete_child(ike_unique_id, child_unique_id, reason)`: send a DELETE for that CHILD_SA."""
 
@@ -164,20 +165,19 @@ class DataPlaneGlue(Extension):
         """Install both SAs and, for a new reqid, the policies; the error text when that failed (then
         nothing of this CHILD_SA stays installed)."""
         k = e.keys
-        encr = EncrId(k.encr_id)
-        common = {"encr_id": encr, "encr_key_bits": k.key_bits or fixed_key_bits(encr),
-                  "integ_id": IntegId(k.integ_id), "encap": e.encap, "reqid": e.reqid,
-                  "replay_window": e.replay_window, "esn": k.esn, "lifetime": Lifetime()}
+        encr, integ = EncrId(k.encr_id), IntegId(k.integ_id)
+        bits = k.key_bits or fixed_key_bits(encr)
+        (here, here_port), (there, there_port) = e.local, e.remote
         done: list[tuple[int, Direction]] = []
         new_pols: list[PolicyParams] = []
         try:
-            self.dp.install_sa(SaParams(k.spi_in, Direction.IN, e.remote[0], e.local[0], encr_key=k.key_in,
-                                        integ_key=k.integ_in, src_port=e.remote[1], dst_port=e.local[1],
-                                        **common))  # type: ignore[arg-type]
+            self.dp.install_sa(SaParams(k.spi_in, Direction.IN, there, here, encr, bits, k.key_in, integ, k.integ_in,
+                                        there_port, here_port, e.encap, e.reqid, _NO_LIMITS, e.replay_window,
+                                        k.esn))
             done.append((k.spi_in, Direction.IN))
-            self.dp.install_sa(SaParams(k.spi_out, Direction.OUT, e.local[0], e.remote[0], encr_key=k.key_out,
-                                        integ_key=k.integ_out, src_port=e.local[1], dst_port=e.remote[1],
-                                        **common))  # type: ignore[arg-type]
+            self.dp.install_sa(SaParams(k.spi_out, Direction.OUT, here, there, encr, bits, k.key_out, integ,
+                                        k.integ_out, here_port, there_port, e.encap, e.reqid, _NO_LIMITS,
+                                        e.replay_window, k.esn))
             done.append((k.spi_out, Direction.OUT))
             if e.reqid not in self.policies:
                 for p in _policies(e):

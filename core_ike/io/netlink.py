@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import os
 import queue
+import select
 import socket
 import struct
 import threading
@@ -276,7 +277,11 @@ class RouteSocket:
     def __init__(self, timeout: float = 2.0) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self._sock.bind((0, 0))
-        self._sock.settimeout(timeout)  # the answer is queued before send() returns; this only bounds a bug
+        # Non-blocking: the kernel handles a request inside send() and queues its answer before send()
+        # returns, so the answer is read at once, with no poll() before each call as a socket timeout
+        # would add; `timeout` bounds the wait only if an answer were ever late (a kernel bug).
+        self._sock.setblocking(False)
+        self._timeout = timeout
         self._seq = 0
 
     def replace(self, dst: str | Network, oif: int, prefsrc: str | Address | None = None, *,
@@ -338,7 +343,7 @@ class RouteSocket:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, NLM_F_REQUEST | flags, seq, 0) + body)
         while True:
-            data = self._sock.recv(65536)
+            data = self._recv()
             off = 0
             while off + _NLMSGHDR.size <= len(data):
                 length, rtype, _flags, rseq, _pid = _NLMSGHDR.unpack_from(data, off)
@@ -350,6 +355,14 @@ class RouteSocket:
                         return None
                     return data[off + 16:off + length]
                 off += max((length + 3) & ~3, 16)
+
+    def _recv(self) -> bytes:
+        try:
+            return self._sock.recv(65536)
+        except BlockingIOError:
+            if not select.select([self._sock], [], [], self._timeout)[0]:
+                raise TimeoutError(f"no netlink answer within {self._timeout} s") from None
+            return self._sock.recv(65536)
 
     def close(self) -> None:
         self._sock.close()
