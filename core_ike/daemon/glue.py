@@ -192,8 +192,9 @@ class DataPlaneGlue(Extension):
         self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out, e.ike_unique_id, e.local, e.remote)
         if new_pols:
             self.policies[e.reqid] = new_pols
-        log.info("installed CHILD_SA %s{%d} in the %s data plane (%s, %s)", e.name, e.unique_id,
-                 getattr(self.dp, "name", "?"), e.proposal, "UDP-encapsulated" if e.encap else "plain ESP")
+        # debug: "CHILD_SA ... established with SPIs ... and TS ..." says it at info, a failure is an error line
+        log.debug("installed CHILD_SA %s{%d} in the %s data plane (%s, %s)", e.name, e.unique_id,
+                  getattr(self.dp, "name", "?"), e.proposal, "UDP-encapsulated" if e.encap else "plain ESP")
         return None
 
     def _failed(self, e: ev.ChildSaEstablished, error: str) -> ev.ChildSaFailed:
