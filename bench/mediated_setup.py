@@ -564,6 +564,43 @@ def trace(cond: Condition) -> list[str]:
         lab.teardown()
 
 
+def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str]:
+    """Per-step times of every side from captures on alice, carol and bob (bench/mediated_timeline.py):
+    rounds rotating the sides as in the figures, each side's block started, warmed up, then ``runs``
+    setups captured; the step table over all captured setups of each side."""
+    import mediated_timeline as mt
+    addr = {"alice": LAN["alice"], "carol": CAROL, "bob": LAN["bob"]}
+    per_side: dict[str, list[list[float | None]]] = {s: [] for s in SIDES}
+    lab = build_lab(cond)
+    try:
+        for _, side in rotated(rounds, SIDES):
+            driver = _started(side, lab, cond)
+            try:
+                _runs(driver, Result(side, cond.result_key), WARMUP, 10.0, False)
+                windows: list[tuple[float, float]] = []
+                with contextlib.ExitStack() as stack:
+                    caps = {h: stack.enter_context(lab.capture(h, "eth0", "udp", immediate=False)) for h in addr}
+                    for _ in range(runs):
+                        t0 = time.time()
+                        took = driver.initiate_and_wait(10.0)
+                        windows.append((t0, t0 + took))
+                        driver.reset()
+                        time.sleep(max(0.0, t0 + PACE - time.time()))
+                msgs = {h: mt.messages(c.packets, addr[h]) for h, c in caps.items()}
+                for t_up, t_reply in windows:
+                    ev = mt.events(t_up, t_reply, msgs["alice"], msgs["carol"], msgs["bob"])
+                    per_side[side].append(mt.steps(ev))
+                    if verbose:
+                        print(f"  {side}: {(t_reply - t_up) * 1000:.2f} ms; "
+                              + " ".join(f"{x:.2f}" if x is not None else "-" for x in mt.steps(ev)), flush=True)
+            finally:
+                driver.stop()
+    finally:
+        lab.teardown()
+    return [f"per-step times from captures, {cond.label}; {rounds} rounds x {runs} setups per side "
+            "(after 1 warm-up each); each step from one event to the next on the critical path", *mt.table(per_side)]
+
+
 def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:
     """Both sides at 0 ms, `runs` setups each, in four alternating blocks; counts runs over `timeout`."""
     res = {d: Result(d, "0ms") for d in ("ours", "charon")}
@@ -595,6 +632,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--hang-timeout", type=float, default=5.0)
     ap.add_argument("--before", help="also run our daemons from this checkout (side ours-before), interleaved")
     ap.add_argument("--trace", metavar="COND", help="print where one setup of ours spends its time, then exit")
+    ap.add_argument("--timeline", metavar="COND", help="per-step times from packet captures on alice, carol and "
+                    "bob for every side (--rounds, --runs, --before), then exit")
     ap.add_argument("--note", action="append", default=[], help="a note for the report (e.g. which checkouts ran)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
@@ -639,6 +678,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rounds = results_io.rounds_of(args)
     runs = args.runs if args.runs is not None else (2 if args.quick else 5)
+    if args.timeline:
+        cleanup_orphans()
+        print("\n".join(timeline(CONDITIONS[args.timeline], rounds, runs, args.verbose)))
+        return 0
     hang_runs = args.hang_runs if args.hang_runs is not None else (4 if args.quick else 100)
     conds = ["0"] if args.quick and args.conditions == ap.get_default("conditions") else args.conditions.split(",")
     header = results_io.start_header(argv)

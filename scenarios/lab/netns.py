@@ -286,8 +286,12 @@ class Lab:
     @contextlib.contextmanager
     def capture(self, host: str, iface: str, bpf_filter: str = "", name: str | None = None,
                 timeout: float = 5.0, ike_ports: Iterable[int] = (500,),
-                natt_ports: Iterable[int] = (4500,)) -> Iterator[Capture]:
+                natt_ports: Iterable[int] = (4500,), immediate: bool = True) -> Iterator[Capture]:
         """``tcpdump -w`` on ``host``:``iface`` (an Ethernet interface) for the duration of the block.
+
+        ``immediate=False``: tcpdump reads the kernel's buffer when a block of it times out instead of
+        waking for each packet (the timestamps are the kernel's either way), so a capture hardly
+        disturbs what it measures; the marker then takes up to a second to arrive.
 
         Waits until tcpdump listens before entering the block. On exit it sends a marker frame out of
         the interface and waits until tcpdump has written it: every packet that crossed the interface
@@ -302,7 +306,7 @@ class Lab:
         stem = name or f"{host}-{iface}-{next(_seq)}"
         path = self.dir / f"{stem}.pcap"
         logf = self.dir / f"{stem}.tcpdump.log"
-        argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-i", iface, "-w", str(path)]
+        argv = ["tcpdump", "-n", "-U", *(["--immediate-mode"] if immediate else []), "-i", iface, "-w", str(path)]
         if bpf_filter:
             argv.append(f"({bpf_filter}) or ether proto {_MARK_ETHERTYPE:#06x}")
         proc = self.popen(host, argv, logf)
