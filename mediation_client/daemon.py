@@ -207,13 +207,13 @@ class ClientDaemon(Daemon):
         loop.call_later(delay, retry)
 
     def on_mediation_event(self, e: object) -> None:
-        cfgs = {c.name: c for c in self.cfg.connections}
         if isinstance(e, mev.MediationSaUp):
             self._backoff.pop(e.name, None)
             log.info("mediation connection '%s' up, public endpoint %s", e.name,
                      f"{e.srflx[0]}[{e.srflx[1]}]" if e.srflx else "unknown")
             self._discover_nat(e)
-        elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted) and e.name in cfgs and cfgs[e.name].mediation:
+        elif isinstance(e, ev.IkeSaFailed | ev.IkeSaDeleted) and any(c.name == e.name and c.mediation
+                                                                      for c in self.cfg.connections):
             if self.transport.sockets and not self.stopping:
                 self._mediation_lost(e.name, isinstance(e, ev.IkeSaDeleted))
         elif isinstance(e, ev.ChildSaFailed):

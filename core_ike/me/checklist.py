@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..codec.message import Message
 from ..constants import MeEndpointFamily, MeEndpointType
@@ -66,6 +66,9 @@ class CheckList:
         self.state = ListState.NONE
         self.finished = False
         self.answered = 0  # check requests whose MAC verified, answered (logged when the list stops)
+        # the owner's immediate send of what is queued (CheckEngine.flush): an answer leaves before the
+        # triggered check it causes is made ([ME] §5.2: the peer's pair succeeds on the answer)
+        self.flush: Callable[[], None] | None = None
         self.pairs: list[Pair] = []
         self._initiator = _Side()
         self._responder = _Side()
@@ -468,6 +471,8 @@ class CheckList:
                           response_endpoint(src, req_ep.priority), key)
         self._out.append((encode_check(resp), dst, src))
         self.answered += 1
+        if self.flush is not None:
+            self.flush()
         if not self.finished:
             pair = self._find_or_create_pair(src, dst, req_ep.priority)
             if pair is not None:

@@ -16,6 +16,7 @@ Every connect() ends in MediatedEstablished or MediationFailed within bounded, c
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ..codec.message import Message
 from ..codec.payloads import NotifyPayload, Payload
@@ -95,6 +96,8 @@ class MediationClient(TargetRole, Extension):
         self.config = config or MediationClientConfig()
         self.rng: Rng = rng if rng is not None else engine.rng  # connect IDs and keys (docs/protocol.md §4.1)
         self.checks = CheckEngine(self.config.checks)
+        if self.config.send_now is not None:
+            self.checks.flush = self._send_checks
         self.paths = Paths(self.config.upgrade, self.config.checks)
         self.probes = Probes(self.config.probing, self.config.port_pool, self.rng, self._local_in_use)
         self.paths.use_probing(self.probes, lambda: self.config.nat_behaviour() if self.config.nat_behaviour else None)
@@ -107,6 +110,7 @@ class MediationClient(TargetRole, Extension):
         self._nat_hold: dict[str, float] = {}  # mediation connection -> ME_CONNECTs wait until (nat_pending)
         self._unsent: dict[str, tuple[IkeSaView, MeConnectRequest]] = {}  # attempt -> ME_CONNECT not built yet
         self._unsent_answers: dict[bytes, tuple[IkeSaView, MeConnectRequest]] = {}  # target: answer not built yet
+        self._after: list[Callable[[float], None]] = []  # work the datagram being answered does not wait for
         engine.extensions.append(self)
 
     # ================================================================== control API
@@ -242,12 +246,17 @@ class MediationClient(TargetRole, Extension):
         return True
 
     def next_deadline(self) -> float | None:
+        if self._after:
+            return self.engine.now  # the next turn, once the answer being made has left
         ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
         ds += [t for t in (self.checks.get_timer(), self.paths.get_timer(), self.probes.get_timer()) if t is not None]
         ds += self._nat_hold.values()
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
+        after, self._after = self._after, []
+        for fn in after:
+            fn(now)
         self.checks.handle_timer(now)
         self.paths.handle_timer(now)
         self.probes.handle_timer(now)
@@ -512,6 +521,13 @@ class MediationClient(TargetRole, Extension):
         return any(sa.local == local for sa in self.engine.ike_sas() if sa.state is not IkeState.DESTROYED)
 
     # ================================================================== checks and timers
+    def _send_checks(self) -> None:
+        """CheckEngine.flush: what the check lists queued leaves now (an answer before the work it causes)."""
+        send = self.config.send_now
+        assert send is not None
+        for data, local, remote in self.checks.datagrams_to_send():
+            send(NON_ESP + data, local, remote)
+
     def _pump(self, now: float) -> None:
         """Send the checks' datagrams, act on their events."""
         self.paths.apply_moves(self.engine, now)

@@ -8,7 +8,7 @@ Finished lists stay (they keep answering checks statelessly) until `remove` is c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..codec.message import Message
 from ..errors import DecodeError, LocalError, ProtocolError
@@ -24,6 +24,7 @@ class CheckEngine:
         self.config = config or CheckListConfig()
         self._lists: dict[bytes, CheckList] = {}
         self._orphans: list[CheckList] = []  # stopped lists whose last events are not drained yet
+        self.flush: Callable[[], None] | None = None  # the owner's immediate send, given to every list
 
     def __len__(self) -> int:
         return len(self._lists)
@@ -39,6 +40,7 @@ class CheckEngine:
             # docs/protocol.md §6.2: a duplicate connect ID is refused (strongSwan: "already exists, aborting")
             raise LocalError(f"checklist with connect ID {cl.connect_id.hex()} already exists")
         self._lists[cl.connect_id] = cl
+        cl.flush = self.flush
         return cl
 
     def create_initiator(self, connect_id: bytes, my_key: bytes, my_endpoints: Sequence[Endpoint],

@@ -22,16 +22,20 @@ IKEME_NAT_BEHAVIOUR = 57344  # RFC 7296 §3.10.1 private use (status type)
 MAX_TEXT = 255
 
 
+# every octet outside printable ASCII (0x20-0x7E) becomes "?"
+_PRINTABLE = bytes(b if 0x20 <= b < 0x7F else 0x3F for b in range(256))
+
+
 def encode_nat(text: str) -> bytes:
-    data = text.encode("ascii", "replace")[:MAX_TEXT]
-    return bytes(b if 0x20 <= b < 0x7F else 0x3F for b in data)
+    return text.encode("ascii", "replace")[:MAX_TEXT].translate(_PRINTABLE)
 
 
 def decode_nat(data: bytes) -> str | None:
     """The reported text, or None when it is not printable ASCII of at most MAX_TEXT octets."""
-    if not data or len(data) > MAX_TEXT or any(not 0x20 <= b < 0x7F for b in data):
+    if not data or len(data) > MAX_TEXT or not data.isascii():
         return None
-    return data.decode("ascii")
+    text = data.decode("ascii")
+    return text if text.isprintable() else None
 
 
 def nat_notify(msg: Message) -> bytes | None:

@@ -8,6 +8,7 @@ carries the connect ID (§8), and ends the session when the initiator goes away 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from ..codec.payloads import Payload
@@ -15,6 +16,7 @@ from ..errors import LocalError
 from ..ike.context import IkeSaView
 from ..ike.engine import Engine
 from ..ike.identity import Identity
+from ..ike.state import IkeState
 from ..rng import Rng
 from . import events as mev
 from . import tiebreak
@@ -47,6 +49,7 @@ class TargetRole:
     _target_sas: dict[int, str]
     _unsent: dict[str, tuple[IkeSaView, MeConnectRequest]]
     _unsent_answers: dict[bytes, tuple[IkeSaView, MeConnectRequest]]
+    _after: list[Callable[[float], None]]
     _paced: tuple[CheckListConfig, CheckListConfig] | None = None  # `_responder_checks`: (checks, without burst)
 
     def gather(self, sa: IkeSaView) -> list[Endpoint]:
@@ -154,18 +157,26 @@ class TargetRole:
         return paced[1]
 
     def _mediated_request(self, sa: IkeSaView, cid: bytes, now: float) -> None:
-        """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8)."""
+        """Responder: IKE_SA_INIT + N(ME_CONNECTID) stops that check list (docs/protocol.md §8). The SA is
+        tied to the session at once; the list stops right after the IKE_SA_INIT response has left
+        (`_after`: the initiator waits for the response, nobody for the stop; until then the list answers
+        checks, as it does once stopped)."""
         sess = self.sessions.pop(cid, None)
-        self.paths.track(sa.unique_id, self.checks.get(cid), sess.peer_nat if sess is not None else None)
-        self.probes.mediated(self.checks.get(cid), sa.local, sa.remote, now)
-        if self.checks.stop(cid, now):  # the check list's own line says why it stopped, at info
-            log.debug("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
         if sess is not None:
             self._target_sas[sa.unique_id] = str(sess.peer)
         for att in self.attempts.values():
             if att.state is AttemptState.YIELDED and att.connect_id == cid:  # docs/protocol.md §11.9: our connect() waits
                 att.sa_id, att.deadline = sa.unique_id, self._ike_deadline(now)
                 self._mediated[sa.unique_id] = att.name
+        self._after.append(lambda t: self._stop_checks(sa, cid, sess.peer_nat if sess is not None else None, t))
+
+    def _stop_checks(self, sa: IkeSaView, cid: bytes, peer_nat: str | None, now: float) -> None:
+        cl = self.checks.get(cid)
+        if sa.state is not IkeState.DESTROYED:
+            self.paths.track(sa.unique_id, cl, peer_nat)
+            self.probes.mediated(cl, sa.local, sa.remote, now)
+        if self.checks.stop(cid, now):  # the check list's own line says why it stopped, at info
+            log.debug("mediated IKE_SA_INIT for connect ID %s, checks stopped", cid.hex())
         self._pump(now)
 
     def _end_target(self, cid: bytes, reason: str, now: float) -> None:
