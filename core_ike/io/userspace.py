@@ -47,7 +47,7 @@ from .dataplane import (
     SendDatagram,
 )
 from .fastpath import DEFAULT_STEPS, OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, limit_tun_gso, open_tun
-from .netlink import NetlinkWorker, RouteSocket, add_host_address, del_host_address
+from .netlink import Address, NetlinkWorker, RouteSocket, add_host_address, del_host_address
 from .offload import (
     VNET_HDR_LEN,
     OffloadError,
@@ -135,6 +135,8 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         self._tun_index = 0
         self._netlink: NetlinkWorker | None = None  # one rtnetlink connection in a thread, from `start`
         self._routesock: RouteSocket | None = None  # route additions from the loop's thread
+        self._src_addrs: list[Address] | None = None  # the address list `_src_for` was chosen from
+        self._src_for: dict[IPNetwork, Address | None] = {}  # local selector -> the routes' source, if any
         self._raw: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick: asyncio.Handle | None = None
@@ -374,9 +376,15 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         addrs = nl.cached_addresses()
         if addrs is None:  # changed a moment ago (or no notifications): dump now
             addrs = nl.call(nl.addresses)
-        # a local address inside the local selector as the route's source, like charon
+        # a local address inside the local selector as the route's source, like charon; a gateway's
+        # CHILD_SAs share their local selector, so the choice is kept while the address list is the same
+        if addrs is not self._src_addrs:
+            self._src_addrs, self._src_for = addrs, {}
         local = policy.local.subnet
-        src = next((a for a in addrs if a in local), None)
+        try:
+            src = self._src_for[local]
+        except KeyError:
+            src = self._src_for[local] = next((a for a in addrs if a in local), None)
         rs.replace(policy.remote.subnet, self._tun_index, src)
 
     def _del_route(self, policy: PolicyParams) -> None:
