@@ -96,8 +96,7 @@ class MediationClient(TargetRole, Extension):
         self.config = config or MediationClientConfig()
         self.rng: Rng = rng if rng is not None else engine.rng  # connect IDs and keys (docs/protocol.md §4.1)
         self.checks = CheckEngine(self.config.checks)
-        if self.config.send_now is not None:
-            self.checks.flush = self._send_checks
+        self.checks.flush = self._send_checks
         self.paths = Paths(self.config.upgrade, self.config.checks)
         self.probes = Probes(self.config.probing, self.config.port_pool, self.rng, self._local_in_use)
         self.paths.use_probing(self.probes, lambda: self.config.nat_behaviour() if self.config.nat_behaviour else None)
@@ -523,8 +522,7 @@ class MediationClient(TargetRole, Extension):
     # ================================================================== checks and timers
     def _send_checks(self) -> None:
         """CheckEngine.flush: what the check lists queued leaves now (an answer before the work it causes)."""
-        send = self.config.send_now
-        assert send is not None
+        send = self.config.send_now or self.engine.send
         for data, local, remote in self.checks.datagrams_to_send():
             send(NON_ESP + data, local, remote)
 
