@@ -23,6 +23,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from logging.handlers import SysLogHandler
@@ -154,6 +155,7 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._batch: list[tuple[logging.LogRecord, str | None]] = []  # a record, its message if made already
         self._loop: asyncio.AbstractEventLoop | None = None  # where the write after the callback is queued
+        self._thread = 0  # the thread that runs self._loop
 
     def handle(self, record: logging.LogRecord) -> bool:
         """logging.Handler.handle, without the filter call when the handler has no filters."""
@@ -180,11 +182,16 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if record.levelno >= logging.WARNING or len(batch) >= BATCH_RECORDS:
             self._write()
             return
+        queued = self._loop
+        if queued is not None and self._thread == threading.get_ident() and queued.is_running():
+            return  # the write after this callback is queued on the loop this thread runs
+        # asyncio._get_running_loop compares the process id (a getpid system call) at each call:
+        # asked once per batch, not per line
         loop = asyncio._get_running_loop()
         if loop is None:
             self._write()
-        elif loop is not self._loop:
-            self._loop = loop
+        elif loop is not queued:
+            self._loop, self._thread = loop, threading.get_ident()
             loop.call_soon(self._after_callback)
 
     def _after_callback(self) -> None:
@@ -265,6 +272,7 @@ class LoopBatchingFileHandler(LoopBatchingHandler, logging.FileHandler):
         logging.FileHandler.__init__(self, filename)
         self._batch = []
         self._loop = None
+        self._thread = 0
 
     def _stream(self) -> TextIO | None:
         if self.stream is None:  # closed: opened again for a late line, as logging.FileHandler.emit does

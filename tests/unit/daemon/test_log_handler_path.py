@@ -6,6 +6,7 @@ microseconds does) is the one that writes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -127,3 +128,50 @@ def test_a_line_across_a_second_boundary_gets_its_own_second(logged: tuple[loggi
         log.removeFilter(stamp)
     first, second = (time.strftime("%H:%M:%S", time.localtime(t)) for t in (1700000000, 1700000001))
     assert path.read_text().splitlines() == [f"{first}.998 [{log.name}] one", f"{second}.002 [{log.name}] two"]
+
+
+def test_a_line_after_the_loop_stopped_is_written_at_once(logged: tuple[logging.Logger, Path, logging.Handler]) -> None:
+    """asyncio's loop stops before the write it queued runs: a line logged afterwards, outside any loop,
+    is written at once, after the kept one."""
+    log, path, _ = logged
+    loop = asyncio.new_event_loop()
+
+    def callback() -> None:
+        log.info("in the last callback")
+        loop.stop()  # the write queued after this callback would run in the next iteration
+
+    try:
+        loop.call_soon(callback)
+        loop.run_forever()
+        assert log_lines(path) == []  # its write is still queued on the stopped loop
+        log.info("after the loop")
+        assert log_lines(path) == ["in the last callback", "after the loop"]
+    finally:
+        loop.close()
+
+
+def test_the_running_loop_is_looked_up_once_per_batch(logged: tuple[logging.Logger, Path, logging.Handler],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio._get_running_loop costs a system call (it compares the process id): once per batch of a
+    callback's lines, not per line."""
+    log, path, _ = logged
+    calls: list[int] = []
+    real = asyncio._get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop | None:
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(asyncio, "_get_running_loop", counted)
+
+    async def turn() -> None:
+        for i in range(14):
+            log.info("line %d", i)
+        n = len(calls)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        log.info("next callback")
+        assert (n, len(calls)) == (1, 2)
+
+    run_in_loop("asyncio", turn)
+    assert log_lines(path) == [*(f"line {i}" for i in range(14)), "next callback"]
