@@ -103,10 +103,17 @@ class JournalFormatter(LineFormatter):
         super().__init__()
 
     def format(self, record: logging.LogRecord) -> str:
-        lv = record.levelno
-        prio = 7 if lv <= logging.DEBUG else 6 if lv <= logging.INFO else 4 if lv <= logging.WARNING \
-            else 3 if lv <= logging.ERROR else 2
+        prio = _priority(record.levelno)
         return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
+def _priority(lv: int) -> int:
+    """The syslog priority of a logging level (sd-daemon(3): 7 debug, 6 info, 4 warning, 3 error, 2 crit)."""
+    return 7 if lv <= logging.DEBUG else 6 if lv <= logging.INFO else 4 if lv <= logging.WARNING \
+        else 3 if lv <= logging.ERROR else 2
+
+
+_JOURNAL_FORMAT = JournalFormatter.format  # LoopBatchingHandler writes its text inline while it is this one
 
 
 def write_pieces(lines: list[str]) -> Iterator[str]:
@@ -222,22 +229,29 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(batch[0][0])
 
     def _lines(self, batch: list[tuple[logging.LogRecord, str | None]]) -> list[str]:
-        """The batch's lines as self.format gives them; TimedFormatter's text (a record without traceback
-        or stack) written here, without its calls and without setting the record's message and asctime."""
+        """The batch's lines as self.format gives them; the text of TimedFormatter and of JournalFormatter
+        (a record without traceback or stack; for the journal a one-line message) written here, without
+        their calls and without setting the record's message and asctime."""
         fmt = self.formatter
         timed = fmt if type(fmt) is TimedFormatter and TimedFormatter.format is _TIMED_FORMAT else None
+        journal = type(fmt) is JournalFormatter and JournalFormatter.format is _JOURNAL_FORMAT
         second, stamp = timed._second if timed is not None else (-1, "")
         lines: list[str] = []
         term = self.terminator
         for r, text in batch:
             try:
-                if timed is not None and not r.exc_info and not r.stack_info:
+                if (timed is not None or journal) and not r.exc_info and not r.stack_info:
                     if text is None:
                         text = r.getMessage()
-                    if int(r.created) != second:
-                        stamp, second = timed.formatTime(r, _TIME_FORMAT), int(r.created)
-                    lines.append(f"{stamp}.{int(r.msecs):03d} [{r.name}] {text}{term}")
-                elif text is None:
+                    if timed is not None:
+                        if int(r.created) != second:
+                            stamp, second = timed.formatTime(r, _TIME_FORMAT), int(r.created)
+                        lines.append(f"{stamp}.{int(r.msecs):03d} [{r.name}] {text}{term}")
+                        continue
+                    if text.isprintable() and r.name.isprintable():  # one line (no str.splitlines boundary)
+                        lines.append(f"<{_priority(r.levelno)}>[{r.name}] {text}{term}")
+                        continue
+                if text is None:
                     lines.append(self.format(r) + term)
                 else:
                     kept = copy.copy(r)  # other handlers see the caller's record unchanged

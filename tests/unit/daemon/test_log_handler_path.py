@@ -175,3 +175,37 @@ def test_the_running_loop_is_looked_up_once_per_batch(logged: tuple[logging.Logg
 
     run_in_loop("asyncio", turn)
     assert log_lines(path) == [*(f"line {i}" for i in range(14)), "next callback"]
+
+
+def test_journal_lines_are_journal_formatters_text(tmp_path: Path) -> None:
+    """Under journald (stderr, JournalFormatter): the handler's lines are JournalFormatter.format's text,
+    for one-line messages and for those the journal gets as several lines."""
+    path = tmp_path / "journal.log"
+    stream = path.open("w")
+    h = startup.LoopBatchingHandler(stream)
+    h.setFormatter(startup.JournalFormatter())
+    log = logging.getLogger("core_ike.test_log_journal")
+    log.handlers[:], log.propagate, log.level = [h], False, logging.DEBUG
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    log.addHandler(Keep())
+    try:
+        async def turn() -> None:
+            log.debug("parsed %s request %d %s", "IKE_AUTH", 1, "[ IDi AUTH ]")
+            log.info("two\nlines")
+            log.info("carriage\rreturn %s", "x")
+            log.info("")
+            log.warning("retransmit %d of request with message ID %d", 2, 0)
+            log.error("%s", "e\u2028f")
+
+        run_in_loop("asyncio", turn)
+    finally:
+        log.handlers[:] = []
+        h.close()
+        stream.close()
+    fmt = startup.JournalFormatter()
+    assert path.read_text() == "".join(fmt.format(logging.makeLogRecord(dict(r.__dict__))) + "\n" for r in seen)
