@@ -131,6 +131,7 @@ class ClientDaemon(Daemon):
         self.control.extra["up"] = self.up
         self.control.extra["status"] = self.status
         self.nat: NatBehaviour | None = None  # RFC 5780 discovery, after each mediation SA comes up
+        self._nat_text: tuple[NatBehaviour, str] | None = None  # the last result and its summary
         self._nat_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ startup and reconnects
@@ -284,8 +285,14 @@ class ClientDaemon(Daemon):
         return bool(self.client.get("nat_discovery", True)) and self.nat is None
 
     def _nat_summary(self) -> str | None:
-        """Our NAT's behaviour for the peers (core_ike/me/birthday.py), once discovery has measured it."""
-        return self.nat.summary() if self.nat is not None and not self.nat.error else None
+        """Our NAT's behaviour for the peers (core_ike/me/birthday.py), once discovery has measured it;
+        its text made once per result (each ME_CONNECT we send or answer carries it)."""
+        nat = self.nat
+        if nat is None or nat.error:
+            return None
+        if self._nat_text is None or self._nat_text[0] is not nat:
+            self._nat_text = (nat, nat.summary())
+        return self._nat_text[1]
 
     def _port_allocation(self) -> Allocation | None:
         """An APDM NAT with sequential ports (discovery): its next ports become predicted candidates."""

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..codec.payloads import Payload
-from ..errors import LocalError
 from ..ike.context import IkeSaView
 from ..ike.engine import Engine
 from ..ike.identity import Identity
@@ -89,12 +88,11 @@ class TargetRole:
                 return []
             if decision == "yield":
                 self._yield(rival, cid, now, "simultaneous ME_CONNECT, yielded to its")
-        try:
-            self.checks.create_responder(cid, key, eps, now, self._responder_checks(sa))
-        except LocalError as e:
-            log.info("ME_CONNECT from '%s' refused: %s", peer, e)
+        if self.checks.get(cid) is not None:  # docs/protocol.md §6.2: a duplicate connect ID is refused
+            why = f"checklist with connect ID {cid.hex()} already exists"
+            log.info("ME_CONNECT from '%s' refused: %s", peer, why)
             if rival is not None and rival.state is AttemptState.YIELDED and rival.connect_id == cid:
-                self._fail(rival, f"mediation by the peer failed: {e}", now)
+                self._fail(rival, f"mediation by the peer failed: {why}", now)
             return build_connect_failed()
         sess = Session(cid, False, peer, mediation=sa.config.name, peer_nat=nat)
         self.sessions[cid] = sess
@@ -135,6 +133,8 @@ class TargetRole:
         self._unsent_answers[cid] = (sa, answer)
         self.outbox.send(sa, answer, now)  # made and sent now (MeOutbox.flush) unless the SA is busy
         sending[0] = False
+        # the responder list (its pairs), which the peer's checks need, and they can only follow the answer
+        self.checks.create_responder(cid, key, eps, now, self._responder_checks(sa))
         log.info("received ME_CONNECT from '%s' (connect ID %s, %d endpoints)", peer, cid.hex(), len(eps))
         self.engine.emit(mev.MediationRequested(str(peer), cid.hex(), tuple(map(str, eps))))
         if cid not in self._unsent_answers:
