@@ -9,7 +9,7 @@ from dataclasses import replace
 from mex_net import make_net, mediate, register
 
 from core_ike.codec.message import decode_message
-from core_ike.constants import NON_ESP_MARKER, ExchangeType, HeaderFlag
+from core_ike.constants import NON_ESP_MARKER, ExchangeType, HeaderFlag, NotifyType
 from core_ike.ike import events as ev
 from core_ike.me.checks import decode_check, is_connectivity_check
 
@@ -67,3 +67,36 @@ def test_ike_sa_init_response_leaves_before_the_check_list_stops() -> None:
     assert len(bob.ext.checks) == 0 and not bob.ext.sessions  # and stopped right after
     (est,) = [e for e in bob.of(ev.IkeSaEstablished) if e.name == "alice"]
     assert est.unique_id in bob.ext._target_sas  # tied to its session at once
+
+
+def test_target_answer_leaves_before_its_check_list_is_made() -> None:
+    net = make_net(latency=0.005)
+    register(net)
+    bob = net.nodes["bob"]
+    lists_at_answer: list[int] = []
+
+    def send_now(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        ike = data[4:] if data.startswith(NON_ESP_MARKER) else data
+        if len(ike) > 19 and ike[18] == ExchangeType.ME_CONNECT and not ike[19] & HeaderFlag.RESPONSE:
+            lists_at_answer.append(len(bob.ext.checks))
+        net.put(bob, data, local, remote)
+
+    bob.ext.config = replace(bob.ext.config, send_now=send_now)
+    mediate(net)  # the list made right after answers alice's checks: the setup completes
+    assert lists_at_answer == [0]
+
+
+def test_target_refuses_a_second_request_with_the_same_connect_id() -> None:
+    net = make_net(latency=0.005)
+    register(net)
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    mediate(net)
+    sa = bob.ext.mediation_sa("medsrv")
+    cid, key = b"\x01" * 4, b"\x02" * 16
+    eps = bob.ext.gather(sa)  # any valid endpoints
+    peer = alice.engine.config("bob").local.id
+    assert bob.ext._relayed_request(sa, cid, key, eps, peer, net.now) == []
+    net.run(0.1)
+    assert bob.ext.checks.get(cid) is not None
+    again = bob.ext._relayed_request(sa, cid, key, eps, peer, net.now)
+    assert [int(p.type) for p in again] == [NotifyType.ME_CONNECT_FAILED]
