@@ -37,6 +37,7 @@ ROOT = results_io.enter_repo(__file__)
 LL_BYTES = 2 * 2**20  # the simulated last-level cache: 2 MB, 16-way, 64-octet lines
 EVENTS = ("Ir", "ILmr", "DLmr", "DLmw")  # instructions; LL misses: instruction reads, data reads, data writes
 REPLAY_FLAG = "--replay-child"
+TOP_FUNCTIONS = 100  # functions kept per replay, by LL misses (self cost)
 
 
 # ====================================================================== the replay (inside valgrind)
@@ -134,10 +135,11 @@ def valgrind_missing() -> str | None:
 
 
 def cold_replay(tree: Path, rec: Path, work: Path, evict_mb: int, limit: int = 0,
-                ll_bytes: int = LL_BYTES) -> dict[str, Any]:
+                ll_bytes: int = LL_BYTES, keep: Path | None = None) -> dict[str, Any]:
     """One callgrind replay of the first `limit` datagrams (0: all) of the recording `rec` by the source
-    tree `tree`: totals and self cost per
-    object of the counted datagrams, {"datagrams", "established", "total": {event: n}, "objects": {obj: {...}}}."""
+    tree `tree`: totals and self cost per object and per function of the counted datagrams,
+    {"datagrams", "established", "total": {event: n}, "objects": {obj: {...}}, "functions": {fn: {...}}};
+    `keep`: where the callgrind output file is kept (for callgrind_annotate or kcachegrind)."""
     cg = work / "callgrind.out"
     cmd = ["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--LL={ll_bytes},16,64", "--instr-atstart=no", "--collect-atstart=no",
            "--toggle-collect=ffi_call", f"--callgrind-out-file={cg}",
@@ -149,6 +151,7 @@ def cold_replay(tree: Path, rec: Path, work: Path, evict_mb: int, limit: int = 0
     ann = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", f"--show={','.join(EVENTS)}",
                           str(cg)], capture_output=True, text=True, check=True).stdout
     objects: dict[str, dict[str, int]] = {}
+    functions: dict[str, dict[str, int]] = {}
     for line in ann.splitlines():
         f = re.match(r"^\s*((?:(?:[\d,]+(?: \([^)]*\))?|\.)\s+){" + str(len(EVENTS)) + r"})(.*\S)\s*$", line)
         if f is None or "PROGRAM TOTALS" in line or ":" not in f.group(2):
@@ -156,14 +159,19 @@ def cold_replay(tree: Path, rec: Path, work: Path, evict_mb: int, limit: int = 0
         nums = re.findall(r"([\d,]+|\.)(?: \([^)]*\))?", f.group(1))[:len(EVENTS)]
         obj = re.search(r"\[([^\]]+)\]$", f.group(2))
         o = objects.setdefault(obj.group(1) if obj else "?", dict.fromkeys(EVENTS, 0))
+        fn = functions.setdefault(f.group(2), dict.fromkeys(EVENTS, 0))
         for ev, x in zip(EVENTS, nums, strict=True):
             o[ev] += 0 if x == "." else int(x.replace(",", ""))
+            fn[ev] += 0 if x == "." else int(x.replace(",", ""))
     total = {ev: sum(o[ev] for o in objects.values()) for ev in EVENTS}
     if not total["Ir"]:
         raise RuntimeError(f"callgrind counted no instruction in the replay by {tree} (no call of ffi_call "
                            "collected: is the ctypes callback still the counted region?)")
+    if keep is not None:
+        shutil.move(cg, keep)
     cg.unlink(missing_ok=True)
-    return {"datagrams": int(m.group(1)), "established": int(m.group(2)), "total": total, "objects": objects}
+    return {"datagrams": int(m.group(1)), "established": int(m.group(2)), "total": total, "objects": objects,
+            "functions": functions}
 
 
 def group_of(obj: str) -> str:
@@ -191,8 +199,11 @@ def per_datagram(r: dict[str, Any]) -> dict[str, Any]:
     shares = {g: {"instructions": round(v["Ir"] / max(1, t["Ir"]), 4),
                   "ll_misses": round((v["ILmr"] + v["DLmr"] + v["DLmw"]) / max(1, misses), 4)}
               for g, v in sorted(groups.items(), key=lambda kv: -kv[1]["Ir"])}
+    top = sorted(r["functions"].items(), key=lambda kv: -(kv[1]["ILmr"] + kv[1]["DLmr"] + kv[1]["DLmw"]))
+    functions = {fn: {"ll_misses_instr": v["ILmr"] / n, "ll_misses_data": (v["DLmr"] + v["DLmw"]) / n,
+                      "instructions": v["Ir"] / n} for fn, v in top[:TOP_FUNCTIONS]}
     return {"instructions": t["Ir"] / n, "ll_misses": misses / n, "ll_misses_instr": t["ILmr"] / n,
-            "ll_misses_data": (t["DLmr"] + t["DLmw"]) / n, "shares": shares,
+            "ll_misses_data": (t["DLmr"] + t["DLmw"]) / n, "shares": shares, "functions": functions,
             "datagrams": r["datagrams"], "established": r["established"]}
 
 
@@ -249,6 +260,11 @@ def report(a: Any, res: dict[str, dict[str, list[dict[str, Any]]]], before_name:
                          f"(instruction {pd['ll_misses_instr']:.0f}, data {pd['ll_misses_data']:.0f})")
             for g, s in pd["shares"].items():
                 lines.append(f"       {g:48} {100 * s['instructions']:5.1f} % / {100 * s['ll_misses']:5.1f} %")
+            if a.functions:
+                lines.append("       functions by LL misses per datagram (self): instruction + data = misses; instructions")
+                for fn, v in list(pd["functions"].items())[:a.functions]:
+                    lines.append(f"       {v['ll_misses_instr']:7.1f} + {v['ll_misses_data']:7.1f} = "
+                                 f"{v['ll_misses_instr'] + v['ll_misses_data']:7.1f}; {v['instructions']:8.0f}  {fn}")
         ours, bef = sides.get("ours", []), sides.get("before", [])
         for key, what, unit in (("instructions", "instructions", "instructions"),
                                 ("ll_misses", "LL misses", "misses"),
@@ -283,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datagrams", type=int, default=300,
                     help="replay the recording's first N datagrams (0: all; under callgrind about 0.3 s each)")
     ap.add_argument("--evict", type=int, default=4, help="MB read between datagrams (larger than the LL cache)")
+    ap.add_argument("--functions", type=int, default=0, metavar="N",
+                    help=f"also list the N functions with the most LL misses per datagram (self cost; N <= {TOP_FUNCTIONS})")
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="keep callgrind's output files in DIR (callgrind.AUTH.SIDE.ROUND; callgrind_annotate)")
     results_io.add_args(ap, rounds=1)
     a = ap.parse_args(args_in)
     rounds = results_io.rounds_of(a)
@@ -306,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             for rnd, side in results_io.interleave(rounds, ["ours", "before"] if before else ["ours"]):
                 tree = ROOT if side == "ours" else before
                 assert tree is not None
-                pd = per_datagram(cold_replay(tree, recs[auth], work, a.evict, a.datagrams))
+                keep = None
+                if a.keep is not None:
+                    a.keep.mkdir(parents=True, exist_ok=True)
+                    keep = a.keep / f"callgrind.{auth}.{side}.{rnd + 1}"
+                pd = per_datagram(cold_replay(tree, recs[auth], work, a.evict, a.datagrams, keep=keep))
                 res[auth][side].append(pd)
                 print(f"  round {rnd + 1} {auth} {side}: {pd['instructions']:.0f} instructions, "
                       f"{pd['ll_misses']:.0f} LL misses per datagram", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Collection
+from typing import cast
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -55,6 +56,10 @@ SUPPORTED_SIGNATURE_HASHES: tuple[int, ...] = (
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512,
 }
+# hash and padding objects hold no state: one of each serves every signature
+_HASH_OBJ: dict[str, hashes.HashAlgorithm] = {name: cls() for name, cls in _HASHES.items()}
+_PKCS1 = padding.PKCS1v15()
+_PSS: dict[tuple[str, str, int], padding.PSS] = {}  # (hash, MGF1 hash, salt length) -> padding
 _HASH_ID = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA2_256,
             "sha384": HashAlgorithm.SHA2_384, "sha512": HashAlgorithm.SHA2_512}
 
@@ -100,15 +105,46 @@ def verify_psk_auth(prf: Prf, psk: bytes, octets: bytes, data: bytes) -> bool:
 
 # --- signatures ------------------------------------------------------------------------------------
 
+_KEY_ABCS = (rsa.RSAPrivateKey, rsa.RSAPublicKey, ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey,
+             ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey, ed448.Ed448PrivateKey, ed448.Ed448PublicKey)
+_KINDS: dict[type, type | None] = {}  # a key object's class -> the one of _KEY_ABCS it is an instance of
+
+
+def key_kind(key: object) -> type | None:
+    """The one of `cryptography`'s key interfaces in _KEY_ABCS (rsa.RSAPrivateKey, ...) `key` implements,
+    None for another object. The same answer as isinstance, which for these interfaces (abc.ABCMeta,
+    the backend's classes registered with them) runs abc's Python-level check on every call; here it
+    runs once per class."""
+    t = type(key)
+    try:
+        return _KINDS[t]
+    except KeyError:
+        pass
+    kind = next((abc for abc in _KEY_ABCS if isinstance(key, abc)), None)
+    if len(_KINDS) < 64:
+        _KINDS[t] = kind
+    return kind
+
+
+def _pss(hash_name: str, mgf_hash: str, salt_length: int) -> padding.PSS:
+    key = (hash_name, mgf_hash, salt_length)
+    pad = _PSS.get(key)
+    if pad is None:
+        pad = padding.PSS(mgf=padding.MGF1(_HASH_OBJ[mgf_hash]), salt_length=salt_length)
+        if len(_PSS) < 64:
+            _PSS[key] = pad
+    return pad
+
+
 def _ec_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> str:
     return key.curve.name
 
 
 def _pick_hash(key: PrivateKey, peer_hash_algs: Collection[int]) -> str | None:
     """A RFC 7427 hash the peer announced, preferring the one matching the key's strength."""
-    if isinstance(key, ec.EllipticCurvePrivateKey):
+    if key_kind(key) is ec.EllipticCurvePrivateKey:
         pref = {"secp384r1": ["sha384", "sha512", "sha256"], "secp521r1": ["sha512", "sha384", "sha256"]}
-        order = pref.get(_ec_curve(key), ["sha256", "sha384", "sha512"])
+        order = pref.get(_ec_curve(cast(ec.EllipticCurvePrivateKey, key)), ["sha256", "sha384", "sha512"])
     else:
         order = ["sha256", "sha384", "sha512"]
     for name in order:
@@ -135,9 +171,11 @@ def create_signature_auth(
     it announced none we can use, RSA and ECDSA keys fall back to methods 1 / 9-11 (RFC 7427 4).
     EdDSA always uses method 14 (RFC 8420). `rsa_pss` selects RSASSA-PSS for RSA under method 14.
     """
-    if isinstance(private_key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
-        alg = SigAlg("ed25519" if isinstance(private_key, ed25519.Ed25519PrivateKey) else "ed448", None)
-        return AuthMethod.DIGITAL_SIGNATURE, _with_algid(alg, private_key.sign(octets))
+    kind = key_kind(private_key)
+    if kind is ed25519.Ed25519PrivateKey or kind is ed448.Ed448PrivateKey:
+        alg = SigAlg("ed25519" if kind is ed25519.Ed25519PrivateKey else "ed448", None)
+        ed = cast(ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey, private_key)
+        return AuthMethod.DIGITAL_SIGNATURE, _with_algid(alg, ed.sign(octets))
     if method == AuthMethod.DIGITAL_SIGNATURE:
         hash_name = _pick_hash(private_key, peer_hash_algs)
         if hash_name is not None:
@@ -176,13 +214,16 @@ def _parsed_algid(der: bytes) -> SigAlg | None:
 
 
 def _sign_rfc7427(key: PrivateKey, hash_name: str, octets: bytes, rsa_pss: bool) -> bytes:
-    h = _HASHES[hash_name]()
-    if isinstance(key, rsa.RSAPrivateKey):
+    h = _HASH_OBJ[hash_name]
+    kind = key_kind(key)
+    if kind is rsa.RSAPrivateKey:
+        key = cast(rsa.RSAPrivateKey, key)
         if rsa_pss:  # RFC 7427 A.4.3 / RFC 4055: MGF1 with the same hash, salt = hash length
-            pss = padding.PSS(mgf=padding.MGF1(_HASHES[hash_name]()), salt_length=h.digest_size)
+            pss = _pss(hash_name, hash_name, h.digest_size)
             return _with_algid(SigAlg("rsa-pss", hash_name, h.digest_size), key.sign(octets, pss, h))
-        return _with_algid(SigAlg("rsa", hash_name), key.sign(octets, padding.PKCS1v15(), h))
-    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return _with_algid(SigAlg("rsa", hash_name), key.sign(octets, _PKCS1, h))
+    if kind is ec.EllipticCurvePrivateKey:
+        key = cast(ec.EllipticCurvePrivateKey, key)
         return _with_algid(SigAlg("ecdsa", hash_name), key.sign(octets, ec.ECDSA(h)))  # DER sig
     raise LocalError(f"cannot sign with a {type(key).__name__}")
 
@@ -191,7 +232,7 @@ def _sign_legacy(key: PrivateKey, method: int, octets: bytes) -> bytes:
     if method == AuthMethod.RSA_SIG:
         if not isinstance(key, rsa.RSAPrivateKey):
             raise LocalError("AUTH method 1 needs an RSA key")
-        return key.sign(octets, padding.PKCS1v15(), hashes.SHA1())  # RFC 7296 3.8
+        return key.sign(octets, _PKCS1, _HASH_OBJ["sha1"])  # RFC 7296 3.8
     if method in _ECDSA_METHODS:
         curve, hash_name, flen = _ECDSA_METHODS[method]
         if not isinstance(key, ec.EllipticCurvePrivateKey) or _ec_curve(key) != curve:
@@ -206,10 +247,12 @@ def verify_signature_auth(public_key: PublicKey, method: int, data: bytes, octet
     try:
         if method == AuthMethod.DIGITAL_SIGNATURE:
             return _verify_rfc7427(public_key, data, octets)
-        if method == AuthMethod.RSA_SIG and isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(data, octets, padding.PKCS1v15(), hashes.SHA1())
+        kind = key_kind(public_key)
+        if method == AuthMethod.RSA_SIG and kind is rsa.RSAPublicKey:
+            cast(rsa.RSAPublicKey, public_key).verify(data, octets, _PKCS1, _HASH_OBJ["sha1"])
             return True
-        if method in _ECDSA_METHODS and isinstance(public_key, ec.EllipticCurvePublicKey):
+        if method in _ECDSA_METHODS and kind is ec.EllipticCurvePublicKey:
+            public_key = cast(ec.EllipticCurvePublicKey, public_key)
             curve, hash_name, flen = _ECDSA_METHODS[method]
             if _ec_curve(public_key) != curve or len(data) != 2 * flen:
                 return False
@@ -235,15 +278,16 @@ def _verify_rfc7427(key: PublicKey, data: bytes, octets: bytes) -> bool:
         return True
     if alg.hash is None:
         return False
-    h = _HASHES[alg.hash]()
-    if alg.kind == "rsa" and isinstance(key, rsa.RSAPublicKey):
-        key.verify(sig, octets, padding.PKCS1v15(), h)
+    h = _HASH_OBJ[alg.hash]
+    kind = key_kind(key)
+    if alg.kind == "rsa" and kind is rsa.RSAPublicKey:
+        cast(rsa.RSAPublicKey, key).verify(sig, octets, _PKCS1, h)
         return True
-    if alg.kind == "rsa-pss" and isinstance(key, rsa.RSAPublicKey) and alg.mgf_hash is not None:
-        pss = padding.PSS(mgf=padding.MGF1(_HASHES[alg.mgf_hash]()), salt_length=alg.salt_length)
-        key.verify(sig, octets, pss, h)
+    if alg.kind == "rsa-pss" and kind is rsa.RSAPublicKey and alg.mgf_hash is not None:
+        cast(rsa.RSAPublicKey, key).verify(sig, octets, _pss(alg.hash, alg.mgf_hash, alg.salt_length), h)
         return True
-    if alg.kind == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
+    if alg.kind == "ecdsa" and kind is ec.EllipticCurvePublicKey:
+        key = cast(ec.EllipticCurvePublicKey, key)
         key.verify(sig, octets, ec.ECDSA(h))  # DER Ecdsa-Sig-Value (RFC 7427 3)
         return True
     return False

@@ -93,9 +93,9 @@ def _split_of(suite: IkeSuite, p_len: int) -> tuple[int, tuple[tuple[int, int], 
 
 def _split_ike(prf: Prf, seed_key: bytes, seed: bytes, suite: IkeSuite) -> IkeKeys:
     # RFC 7296 2.14: {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, ...)
-    total, bounds = _split_of(suite, prf.key_size)
-    stream = prf_plus(prf, seed_key, seed, total)
-    return IkeKeys(*[stream[a:b] for a, b in bounds])
+    total, ((a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5), (a6, b6)) = _split_of(suite, prf.key_size)
+    k = prf_plus(prf, seed_key, seed, total)
+    return IkeKeys(k[a0:b0], k[a1:b1], k[a2:b2], k[a3:b3], k[a4:b4], k[a5:b5], k[a6:b6])
 
 
 def _check_spis(spi_i: bytes, spi_r: bytes) -> None:
@@ -105,10 +105,10 @@ def _check_spis(spi_i: bytes, spi_r: bytes) -> None:
 
 def derive_ike_keys(suite: IkeSuite, ni: bytes, nr: bytes, shared: bytes, spi_i: bytes, spi_r: bytes) -> IkeKeys:
     """Keys of a new IKE SA after IKE_SA_INIT (RFC 7296 2.14)."""
-    _check_spis(spi_i, spi_r)
+    if len(spi_i) != 8 or len(spi_r) != 8:
+        raise LocalError("IKE SPIs must be 8 octets each")
     prf = prf_for(suite.prf_id)
-    seed_key = skeyseed(prf, ni, nr, shared)
-    return _split_ike(prf, seed_key, ni + nr + spi_i + spi_r, suite)
+    return _split_ike(prf, skeyseed(prf, ni, nr, shared), ni + nr + spi_i + spi_r, suite)
 
 
 def derive_ike_rekey_keys(
@@ -151,7 +151,19 @@ def ike_protectors(
     keys: IkeKeys, suite: IkeSuite, initiator: bool, rng: Rng,
 ) -> tuple[CbcHmacProtector | AeadProtector, CbcHmacProtector | AeadProtector]:
     """(outbound, inbound) SK protectors for the original initiator or responder (RFC 7296 2.14)."""
-    e, bits, a = suite.encr_id, suite.key_bits, suite.integ_id
-    p_i = make_protector(e, bits, a, keys.sk_ei, keys.sk_ai, rng=rng)
-    p_r = make_protector(e, bits, a, keys.sk_er, keys.sk_ar, rng=rng)
+    e = suite.encr_id
+    if suite in _AEAD_SUITES and len(keys.sk_ei) == len(keys.sk_er) == _AEAD_SUITES[suite]:
+        # the checks of make_protector done once per suite: an AEAD with these key lengths
+        p_i: CbcHmacProtector | AeadProtector = AeadProtector(e, keys.sk_ei, rng)
+        p_r: CbcHmacProtector | AeadProtector = AeadProtector(e, keys.sk_er, rng)
+    else:
+        bits, a = suite.key_bits, suite.integ_id
+        p_i = make_protector(e, bits, a, keys.sk_ei, keys.sk_ai, rng=rng)
+        p_r = make_protector(e, bits, a, keys.sk_er, keys.sk_ar, rng=rng)
+        if isinstance(p_i, AeadProtector) and len(_AEAD_SUITES) < 64:
+            _AEAD_SUITES[suite] = len(keys.sk_ei)
     return (p_i, p_r) if initiator else (p_r, p_i)
+
+
+# AEAD suites make_protector accepted before -> their SK_e length (salt included)
+_AEAD_SUITES: dict[IkeSuite, int] = {}

@@ -33,47 +33,54 @@ _HMAC_PRFS: dict[int, tuple[str, int]] = {
 _HASHES: dict[str, Callable[..., Any]] = {
     "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512,
 }
+# an empty hash object per algorithm: `copy()` of it is a fresh one without the stdlib's lookup of the
+# method by name (its constructors find the digest in a table of names each time)
+_EMPTY: dict[str, Any] = {name: new() for name, new in _HASHES.items()}
 
 _IPAD = {b: int.from_bytes(b"\x36" * b, "big") for b in (64, 128)}  # RFC 2104 2, per block size
 _OPAD = {b: int.from_bytes(b"\x5c" * b, "big") for b in (64, 128)}
 
 
-def _padded_keys(new: Callable[..., Any], block: int, key: bytes) -> tuple[bytes, bytes]:
-    """RFC 2104 2: (K xor ipad, K xor opad), K zero-padded to the block size (a longer key is hashed
-    first). The XOR is done on integers: no table indexed by key octets."""
+def _pads(empty: Any, block: int, key: bytes) -> tuple[Any, Any]:
+    """RFC 2104 2: hash states that absorbed K xor ipad and K xor opad, K zero-padded to the block
+    size (a longer key is hashed first); `empty` is an empty hash object of the algorithm. The XOR is
+    done on integers: no table indexed by key octets."""
     if len(key) > block:
-        key = new(key).digest()
+        h = empty.copy()
+        h.update(key)
+        key = h.digest()
     k = int.from_bytes(key, "big") << (8 * (block - len(key)))
-    return (k ^ _IPAD[block]).to_bytes(block, "big"), (k ^ _OPAD[block]).to_bytes(block, "big")
+    inner = empty.copy()
+    inner.update((k ^ _IPAD[block]).to_bytes(block, "big"))
+    outer = empty.copy()
+    outer.update((k ^ _OPAD[block]).to_bytes(block, "big"))
+    return inner, outer
 
 
-def _hmac(new: Callable[..., Any], block: int, key: bytes, data: bytes) -> bytes:
-    """RFC 2104 2: HMAC of `data` under `key` with the hash `new` of block size `block`."""
-    if len(key) > block:
-        key = new(key).digest()
-    k = int.from_bytes(key, "big") << (8 * (block - len(key)))
-    inner = new((k ^ _IPAD[block]).to_bytes(block, "big"))
+def _hmac(empty: Any, block: int, key: bytes, data: bytes) -> bytes:
+    """RFC 2104 2: HMAC of `data` under `key` with the hash of `empty` (block size `block`)."""
+    inner, outer = _pads(empty, block, key)
     inner.update(data)
-    outer = new((k ^ _OPAD[block]).to_bytes(block, "big"))
     outer.update(inner.digest())
     out: bytes = outer.digest()
     return out
 
 
-def _keyed_hmac(new: Callable[..., Any], block: int, key: bytes) -> Callable[[bytes], bytes]:
+class _KeyedHmac:
     """`_hmac` for one key and many messages: the two padded keys are absorbed once, each MAC copies."""
-    ik, ok = _padded_keys(new, block, key)
-    inner0, outer0 = new(ik), new(ok)
 
-    def mac(data: bytes) -> bytes:
-        inner = inner0.copy()
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, empty: Any, block: int, key: bytes) -> None:
+        self._inner, self._outer = _pads(empty, block, key)
+
+    def __call__(self, data: bytes) -> bytes:
+        inner = self._inner.copy()
         inner.update(data)
-        outer = outer0.copy()
+        outer = self._outer.copy()
         outer.update(inner.digest())
         out: bytes = outer.digest()
         return out
-
-    return mac
 
 
 SUPPORTED_PRFS: frozenset[int] = frozenset([*_HMAC_PRFS, PrfId.AES128_CMAC])
@@ -95,7 +102,7 @@ def _aes_cmac_prf_128(key: bytes, data: bytes) -> bytes:
 class Prf:
     """A negotiated PRF: `prf(key, data) -> bytes` (RFC 7296 2.13)."""
 
-    __slots__ = ("_block", "_digest", "_fn", "_new", "key_size", "name", "output_size", "prf_id")
+    __slots__ = ("_block", "_digest", "_empty", "_fn", "key_size", "name", "output_size", "prf_id")
 
     def __init__(self, prf_id: int) -> None:
         self.prf_id = prf_id
@@ -103,8 +110,8 @@ class Prf:
             self._digest, self.output_size = _HMAC_PRFS[prf_id]
             self.name = f"HMAC-{self._digest.upper()}"
             self._fn: Callable[[bytes, bytes], bytes] | None = None
-            self._new = _HASHES[self._digest]
-            self._block: int = self._new().block_size
+            self._empty = _EMPTY[self._digest]
+            self._block: int = self._empty.block_size
         elif prf_id == PrfId.AES128_CMAC:
             self._digest, self.output_size, self.name = "", 16, "AES-CMAC-PRF-128"
             self._fn = _aes_cmac_prf_128
@@ -114,7 +121,7 @@ class Prf:
 
     def __call__(self, key: bytes, data: bytes) -> bytes:
         if self._fn is None:
-            return _hmac(self._new, self._block, key, data)
+            return _hmac(self._empty, self._block, key, data)
         return self._fn(key, data)
 
     def keyed(self, key: bytes) -> Callable[[bytes], bytes]:
@@ -122,7 +129,7 @@ class Prf:
         fn = self._fn
         if fn is not None:
             return lambda data: fn(key, data)
-        return _keyed_hmac(self._new, self._block, key)
+        return _KeyedHmac(self._empty, self._block, key)
 
     @property
     def fixed_key(self) -> bool:
@@ -156,10 +163,23 @@ def prf_plus(prf: Prf, key: bytes, seed: bytes, length: int) -> bytes:
     blocks = -(-length // prf.output_size)
     if blocks > 255:
         raise LocalError(f"prf+ cannot produce {length} octets with {prf.name}")
-    mac = prf.keyed(key)  # one key for every block
+    if prf._fn is not None:
+        mac = prf.keyed(key)
+        t = b""
+        out = []
+        for n in range(1, blocks + 1):
+            t = mac(t + seed + _COUNTERS[n])
+            out.append(t)
+        return b"".join(out)[:length]
+    # HMAC: one key for every block, its padded keys absorbed once (RFC 2104 2)
+    inner0, outer0 = _pads(prf._empty, prf._block, key)
     t = b""
     out = []
     for n in range(1, blocks + 1):
-        t = mac(t + seed + _COUNTERS[n])
+        inner = inner0.copy()
+        inner.update(t + seed + _COUNTERS[n])
+        outer = outer0.copy()
+        outer.update(inner.digest())
+        t = outer.digest()
         out.append(t)
     return b"".join(out)[:length]

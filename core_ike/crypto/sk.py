@@ -14,6 +14,8 @@ AEAD: AAD = prefix, nonce = salt | 8-octet explicit IV (RFC 5282 4, RFC 7634 2).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -53,6 +55,17 @@ _AEAD: dict[int, tuple[int, int]] = {
     EncrId.AES_CCM_12: (3, 12),
     EncrId.AES_CCM_16: (3, 16),
     EncrId.CHACHA20_POLY1305: (4, 16),
+}
+
+# AEAD ciphers: id -> the cipher object for a key (without the salt)
+_AEAD_NEW: dict[int, Callable[[bytes], Any]] = {
+    EncrId.AES_GCM_8: AESGCM,
+    EncrId.AES_GCM_12: AESGCM,
+    EncrId.AES_GCM_16: AESGCM,
+    EncrId.AES_CCM_8: partial(AESCCM, tag_length=8),
+    EncrId.AES_CCM_12: partial(AESCCM, tag_length=12),
+    EncrId.AES_CCM_16: partial(AESCCM, tag_length=16),
+    EncrId.CHACHA20_POLY1305: ChaCha20Poly1305,
 }
 
 AEAD_ENCR: frozenset[int] = frozenset(_AEAD)
@@ -157,6 +170,7 @@ class AeadProtector:
         "_counter",
         "_encr_id",
         "_key",
+        "_new",
         "_salt",
         "_truncated_gcm",
         "block_size",
@@ -169,6 +183,9 @@ class AeadProtector:
         key, self._salt = sk_e[:-salt_len], sk_e[-salt_len:]
         self._key = key
         self._encr_id = encr_id
+        # a fresh cipher object per message: each holds ~2.5 KiB of OpenSSL contexts, which per IKE_SA
+        # (two directions, mostly idle) cost more memory than the SA itself; creating one takes < 1 us
+        self._new = _AEAD_NEW[encr_id]
         # GCM with 8/12-octet ICVs: AESGCM only emits/accepts 16-octet tags (SP 800-38D 5.2.1.2)
         self._truncated_gcm = encr_id in (EncrId.AES_GCM_8, EncrId.AES_GCM_12)
         # RFC 5282 3.1: the explicit IV must never repeat under one key. A 64-bit counter from a
@@ -176,16 +193,6 @@ class AeadProtector:
         self._counter = int.from_bytes(rng.bytes(8), "big")
         self.block_size = 1
         self.iv_size = _AEAD_IV_LEN
-
-    @property
-    def _aead(self) -> Any:
-        """A fresh cipher object per message: each holds ~2.5 KiB of OpenSSL contexts, which per IKE_SA
-        (two directions, mostly idle) cost more memory than the SA itself; creating one takes < 1 us."""
-        if self._encr_id == EncrId.CHACHA20_POLY1305:
-            return ChaCha20Poly1305(self._key)
-        if self._encr_id in (EncrId.AES_CCM_8, EncrId.AES_CCM_12, EncrId.AES_CCM_16):
-            return AESCCM(self._key, tag_length=self.icv_size)
-        return AESGCM(self._key)
 
     def sealed_length(self, plaintext_len: int) -> int:
         return self.iv_size + plaintext_len + 1 + self.icv_size
@@ -201,7 +208,7 @@ class AeadProtector:
     def seal(self, prefix: bytes, plaintext: bytes) -> bytes:
         iv = self._next_iv()
         # RFC 5282 3: the Pad Length octet is present; no padding is needed (block size 1).
-        out: bytes = self._aead.encrypt(self._salt + iv, plaintext + b"\x00", prefix)
+        out: bytes = self._new(self._key).encrypt(self._salt + iv, plaintext + b"\x00", prefix)
         if self._truncated_gcm:
             out = out[: len(out) - 16 + self.icv_size]  # GCM short tags are prefixes (SP 800-38D 5.2.1.2)
         return iv + out
@@ -214,7 +221,7 @@ class AeadProtector:
             if self._truncated_gcm:
                 data = self._open_short_gcm(nonce, prefix, body[self.iv_size :])
             else:
-                data = self._aead.decrypt(nonce, body[self.iv_size :], prefix)
+                data = self._new(self._key).decrypt(nonce, body[self.iv_size :], prefix)
         except InvalidTag:
             raise IntegrityError("SK payload: AEAD tag mismatch") from None
         return _strip_padding(data)

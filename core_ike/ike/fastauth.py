@@ -36,7 +36,7 @@ import hmac
 import logging
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -47,7 +47,7 @@ from ..codec.payloads import NotifyPayload, Payload, SaPayload, TrafficSelector,
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
 from ..codec.wire import decode_payloads, encode_payloads, pull_body
 from ..constants import AuthMethod, CertEncoding, HeaderFlag, PayloadType, TsType
-from ..crypto.auth import create_signature_auth, psk_auth, verify_signature_auth
+from ..crypto.auth import create_signature_auth, key_kind, psk_auth, verify_signature_auth
 from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError
 from .config import IkeConfig, addr_matches
 from .identity import Identity
@@ -170,8 +170,11 @@ def _chain(items: list[tuple[int, bytes]], after: int = 0) -> bytes:
     """Payloads (type, body) with their generic headers (RFC 7296 3.2), the last one's Next Payload
     `after`."""
     pack = _GENERIC.pack
-    return b"".join(pack(items[i + 1][0] if i + 1 < len(items) else after, 0, 4 + len(body)) + body
-                    for i, (_, body) in enumerate(items))
+    parts: list[bytes] = []
+    last = len(items) - 1
+    for i, (_, body) in enumerate(items):
+        parts += (pack(items[i + 1][0] if i < last else after, 0, 4 + len(body)), body)
+    return b"".join(parts)
 
 
 def _child_payloads(req: Request) -> list[Payload] | None:
@@ -389,7 +392,9 @@ def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr
     if items is None:
         return None
     a.items = items
-    most = 32 + out.sealed_length(sum(4 + len(b) for _, b in items) + extra)
+    for _, b in items:
+        extra += 4 + len(b)
+    most = 32 + out.sealed_length(extra)
     if sa.frag_supported and cfg.fragmentation and most > cfg.fragment_size:
         return None  # RFC 7383 2.5: the general path fragments it
     return a
@@ -425,7 +430,7 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
     # RFC 7383 2.5: a response that needs fragments is the general path's. With the shortest AUTH (an RSA
     # signature alone, without RFC 7427's AlgorithmIdentifier) it is decided before signing; `_answer_of`
     # measures the signed response exactly (one within those few octets of the limit is signed twice)
-    least = (mine.key_size + 7) // 8 if isinstance(mine, rsa.RSAPrivateKey) else 0
+    least = (cast(rsa.RSAPrivateKey, mine).key_size + 7) // 8 if key_kind(mine) is rsa.RSAPrivateKey else 0
     plain = len(id_body) + sum(4 + len(b) for _, b in certs) + 8 + least + extra
     if a.sa.frag_supported and a.cfg.fragmentation and 32 + sealed_length(plain) > a.cfg.fragment_size:
         return None

@@ -191,23 +191,33 @@ def request_summary(shape: list[int]) -> str:
     return text
 
 
-def _negotiated(engine: Engine, req: Request, local: Addr, remote: Addr) -> tuple[list[IkeConfig], Negotiated] | None:
-    """The configurations for these addresses and the kept negotiation of this offer and group, when the
-    general path would answer the request with a new IKE_SA of that negotiation; else None."""
+def _negotiated(engine: Engine, req: Request, local: Addr, remote: Addr) -> tuple[
+        list[IkeConfig], Negotiated, bool] | None:
+    """The configurations for these addresses, the kept negotiation of this offer and group, and
+    whether one of them asks for CERTREQ, when the general path would answer the request with a new
+    IKE_SA of that negotiation; else None."""
     if ((req.spi_i, remote) in engine.init_index or not engine.accepting
             or engine.half_open >= engine.cfg.max_half_open or engine.prefilter.needs_cookie(remote[0])):
         return None  # a retransmission or another IKE_SA with this SPIi, or limits: the general path
-    cfgs = [c for c in engine.configs if addr_matches(c.local_addrs, local[0])
-            and addr_matches(c.remote_addrs, remote[0])]
+    cfgs: list[IkeConfig] = []
+    texts: list[str] = []  # Engine.ike_proposal_texts of these configurations: each string once, in order
+    certreq = False
+    here, there = local[0], remote[0]
+    for c in engine.configs:
+        if addr_matches(c.local_addrs, here) and addr_matches(c.remote_addrs, there):
+            cfgs.append(c)
+            if c.proposals not in texts:
+                texts.append(c.proposals)
+            if c.remote.auth == "pubkey" and c.send_certreq:
+                certreq = True
     if not cfgs:
         return None
-    # the key of tasks/ike_init.py's _negotiate_r: our proposal strings (Engine.ike_proposal_texts of
-    # these configurations), the offer's octets, the KE group
-    neg = _NEGOTIATED.get(("r", tuple(dict.fromkeys([c.proposals for c in cfgs])), req.offer, req.group))
+    # the key of tasks/ike_init.py's _negotiate_r: our proposal strings, the offer's octets, the KE group
+    neg = _NEGOTIATED.get(("r", tuple(texts), req.offer, req.group))
     if neg is None or neg.chosen is None or neg.suite is None or not neg.body or neg.group != req.group \
             or not is_pooled(req.group):
         return None
-    return cfgs, neg
+    return cfgs, neg, certreq
 
 
 def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -> bool:
@@ -223,7 +233,7 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     found = _negotiated(engine, req, local, remote)
     if found is None:
         return False
-    cfgs, neg = found
+    cfgs, neg, certreq = found
     ke = engine.key_exchange(req.group)
     try:
         shared = ke.compute(req.ke)
@@ -247,7 +257,6 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     _install_keys(sa, chosen, shared, neg)
     if info:  # IkeInit.process_r's line
         log.info("selected proposal: %s", sa.proposal_text)
-    certreq = any(c.remote.auth == "pubkey" and c.send_certreq for c in cfgs)
     sa.tm.answered_init(_response(engine, sa, req, neg, ke.public, certreq), now)
     if sa.state is not IkeState.DESTROYED:
         engine.reschedule(sa)
