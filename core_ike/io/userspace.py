@@ -344,11 +344,19 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         return list(self._spd)
 
     def install_policy(self, policy: PolicyParams) -> None:
+        """Install a policy and, for an outbound one, its route into the TUN device; a route the kernel
+        refuses leaves nothing of the policy behind (the CHILD_SA fails; a later one with the same
+        selectors asks the kernel again)."""
         if not self._spd.add(policy):  # ordered and indexed: core_ike/io/spd.py
             return
         self._policies_changed()
         if policy.direction == Direction.OUT and policy.action in _ROUTED:
-            self._add_route(policy)
+            try:
+                self._add_route(policy)
+            except BaseException:
+                self._spd.remove(policy)
+                self._policies_changed()
+                raise
 
     def delete_policy(self, policy: PolicyParams) -> None:
         if not self._spd.remove(policy):
@@ -363,9 +371,10 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
 
     def _add_route(self, policy: PolicyParams) -> None:
         key = policy.remote.subnet
-        n = self._routes[key] = self._routes.get(key, 0) + 1
-        if n == 1 and self._tun_index:
-            self._route_add(policy)
+        n = self._routes.get(key, 0)
+        if n == 0 and self._tun_index:
+            self._route_add(policy)  # counted once the kernel took it
+        self._routes[key] = n + 1
 
     def _route_add(self, policy: PolicyParams) -> None:
         """Add the route and read the kernel's answer (`RouteSocket`: no thread switch), so that a
