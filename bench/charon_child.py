@@ -391,13 +391,16 @@ def main() -> int:
     ap.add_argument("--auth", default="psk")
     ap.add_argument("--count", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--before", metavar="REV", help="replay by REV (git archive) too, alternating")
+    ap.add_argument("--before", metavar="REV", help="replay by REV (git archive; or a directory holding a source "
+                    "tree, e.g. a change's A side) too, alternating")
     ap.add_argument("--keep", metavar="DIR", help="keep the recording (datagrams, configuration) in DIR")
     ap.add_argument("--recording", metavar="DIR", help="replay the recording kept in DIR (no live batch)")
     ap.add_argument("--profile", metavar="FILE", help="cProfile one more replay by this tree into FILE")
     a = ap.parse_args()
     root = results_io.enter_repo(__file__)
-    before = results_io.git_tree(a.before, prefix="charon-child-before-") if a.before else None
+    given = a.before is not None and Path(a.before).is_dir()  # a source tree as it is: kept afterwards
+    before = (Path(a.before).resolve() if given
+              else results_io.git_tree(a.before, prefix="charon-child-before-") if a.before else None)
     try:
         with tempfile.TemporaryDirectory(prefix="charon-child-") as d:
             out = Path(a.recording or a.keep or d)
@@ -423,7 +426,7 @@ def main() -> int:
                 r = replay(root, out, str(Path(a.profile).resolve()))
                 print(f"profiled replay by this tree (cProfile's cost included): {r} -> {a.profile}")
     finally:
-        if before is not None:
+        if before is not None and not given:
             shutil.rmtree(before, ignore_errors=True)
     return 0
 
