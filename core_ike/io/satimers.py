@@ -23,6 +23,7 @@ plane's SAs, driven by their deadlines so that a tick costs what is due, not wha
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -61,6 +62,7 @@ class SaState:
     crossed: bool = False  # past a mark, queued for the next tick
 
 
+@functools.lru_cache(maxsize=4096)  # a gateway's SAs to one peer ask again at every CHILD_SA and rekey
 def keepalive_phase(addr: tuple[str, int], interval: float) -> float:
     """Where in each keepalive interval the keepalives to the peer `addr` fall (0 <= phase < interval):
     the same for every SA to it and in every process (CRC-32 of the address, not Python's salted hash)."""
