@@ -571,6 +571,7 @@ def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str
     import mediated_timeline as mt
     addr = {"alice": LAN["alice"], "carol": CAROL, "bob": LAN["bob"]}
     per_side: dict[str, list[list[float | None]]] = {s: [] for s in SIDES}
+    walls: dict[str, list[float]] = {s: [] for s in SIDES}
     lab = build_lab(cond)
     try:
         for _, side in rotated(rounds, SIDES):
@@ -590,6 +591,7 @@ def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str
                 for t_up, t_reply in windows:
                     ev = mt.events(t_up, t_reply, msgs["alice"], msgs["carol"], msgs["bob"])
                     per_side[side].append(mt.steps(ev))
+                    walls[side].append((t_reply - t_up) * 1000)
                     if verbose:
                         print(f"  {side}: {(t_reply - t_up) * 1000:.2f} ms; "
                               + " ".join(f"{x:.2f}" if x is not None else "-" for x in mt.steps(ev)), flush=True)
@@ -598,7 +600,8 @@ def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str
     finally:
         lab.teardown()
     return [f"per-step times from captures, {cond.label}; {rounds} rounds x {runs} setups per side "
-            "(after 1 warm-up each); each step from one event to the next on the critical path", *mt.table(per_side)]
+            "(after 1 warm-up each); each step from one event to the next on the critical path",
+            *mt.table(per_side, walls)]
 
 
 def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:

@@ -149,24 +149,27 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.median(values):6.3f} ({min(values):5.2f}-{max(values):5.2f}, {len(values):>2})"
 
 
-def table(per_side: dict[str, list[list[float | None]]]) -> list[str]:
-    """One line per step: who does it, median (min-max, n) per side in ms; then the sums per host."""
+def table(per_side: dict[str, list[list[float | None]]], walls: dict[str, list[float]]) -> list[str]:
+    """One line per step: who does it, median (min-max, n) per side in ms; then per host the sum of its
+    steps' medians, and the setups' own times (`walls`, ms: up written to reply read, every run)."""
     sides = list(per_side)
     lines = [f"{'step (ms: median (min-max, n))':<62} " + " ".join(f"{s:>22}" for s in sides)]
+    medians: dict[str, list[float | None]] = {s: [] for s in sides}
     for i in range(1, len(EVENTS)):
         who = STEP_HOST.get(i, "wire")
         name = f"{who:<5} {EVENTS[i - 1]} -> {EVENTS[i]}"
-        cells = [_cell([r[i - 1] for r in per_side[s] if r[i - 1] is not None]) for s in sides]  # type: ignore[misc]
+        cells = []
+        for s in sides:
+            vals = [x for r in per_side[s] if (x := r[i - 1]) is not None]
+            medians[s].append(statistics.median(vals) if vals else None)
+            cells.append(_cell(vals))
         lines.append(f"{name[:62]:<62} " + " ".join(cells))
     for host in ("alice", "carol", "bob", "wire"):
         idx = [i for i in range(1, len(EVENTS)) if STEP_HOST.get(i, "wire") == host]
         cells = []
         for s in sides:
-            sums = [sum(r[i - 1] for i in idx) for r in per_side[s]  # type: ignore[misc]
-                    if all(r[i - 1] is not None for i in idx)]
-            cells.append(_cell(sums))
-        lines.append(f"{'sum ' + host:<62} " + " ".join(cells))
-    totals = {s: [sum(x for x in r if x is not None) for r in per_side[s] if all(x is not None for x in r)]
-              for s in sides}
-    lines.append(f"{'total (runs with every step seen)':<62} " + " ".join(_cell(totals[s]) for s in sides))
+            ms = [medians[s][i - 1] for i in idx]
+            cells.append(f"{sum(m for m in ms if m is not None):22.3f}")
+        lines.append(f"{'sum of the medians, ' + host:<62} " + " ".join(cells))
+    lines.append(f"{'setup (up written -> reply read), every run':<62} " + " ".join(_cell(walls[s]) for s in sides))
     return lines

@@ -69,6 +69,8 @@ _ECDSA_METHODS: dict[int, tuple[str, str, int]] = {
     AuthMethod.ECDSA_384: ("secp384r1", "sha384", 48),
     AuthMethod.ECDSA_521: ("secp521r1", "sha512", 66),
 }
+# enum members bound once: reading one off its class runs Python 3.11's EnumType.__getattr__ hook
+_DIGITAL_SIGNATURE, _RSA_SIG = AuthMethod.DIGITAL_SIGNATURE, AuthMethod.RSA_SIG
 _CURVE_METHOD = {curve: m for m, (curve, _, _) in _ECDSA_METHODS.items()}
 
 
@@ -175,11 +177,11 @@ def create_signature_auth(
     if kind is ed25519.Ed25519PrivateKey or kind is ed448.Ed448PrivateKey:
         alg = SigAlg("ed25519" if kind is ed25519.Ed25519PrivateKey else "ed448", None)
         ed = cast(ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey, private_key)
-        return AuthMethod.DIGITAL_SIGNATURE, _with_algid(alg, ed.sign(octets))
-    if method == AuthMethod.DIGITAL_SIGNATURE:
+        return _DIGITAL_SIGNATURE, _with_algid(alg, ed.sign(octets))
+    if method == _DIGITAL_SIGNATURE:
         hash_name = _pick_hash(private_key, peer_hash_algs)
         if hash_name is not None:
-            return AuthMethod.DIGITAL_SIGNATURE, _sign_rfc7427(private_key, hash_name, octets, rsa_pss)
+            return _DIGITAL_SIGNATURE, _sign_rfc7427(private_key, hash_name, octets, rsa_pss)
         method = _legacy_method(private_key)
     return method, _sign_legacy(private_key, method, octets)
 
@@ -245,10 +247,10 @@ def _sign_legacy(key: PrivateKey, method: int, octets: bytes) -> bytes:
 def verify_signature_auth(public_key: PublicKey, method: int, data: bytes, octets: bytes) -> bool:
     """Check AUTH data of method 1, 9-11 or 14 against `octets`; False on any mismatch."""
     try:
-        if method == AuthMethod.DIGITAL_SIGNATURE:
+        if method == _DIGITAL_SIGNATURE:
             return _verify_rfc7427(public_key, data, octets)
         kind = key_kind(public_key)
-        if method == AuthMethod.RSA_SIG and kind is rsa.RSAPublicKey:
+        if method == _RSA_SIG and kind is rsa.RSAPublicKey:
             cast(rsa.RSAPublicKey, public_key).verify(data, octets, _PKCS1, _HASH_OBJ["sha1"])
             return True
         if method in _ECDSA_METHODS and kind is ec.EllipticCurvePublicKey:

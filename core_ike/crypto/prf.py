@@ -57,17 +57,8 @@ def _pads(empty: Any, block: int, key: bytes) -> tuple[Any, Any]:
     return inner, outer
 
 
-def _hmac(empty: Any, block: int, key: bytes, data: bytes) -> bytes:
-    """RFC 2104 2: HMAC of `data` under `key` with the hash of `empty` (block size `block`)."""
-    inner, outer = _pads(empty, block, key)
-    inner.update(data)
-    outer.update(inner.digest())
-    out: bytes = outer.digest()
-    return out
-
-
 class _KeyedHmac:
-    """`_hmac` for one key and many messages: the two padded keys are absorbed once, each MAC copies."""
+    """HMAC (RFC 2104 2) for one key and many messages: the two padded keys are absorbed once, each MAC copies."""
 
     __slots__ = ("_inner", "_outer")
 
@@ -120,9 +111,13 @@ class Prf:
         self.key_size = self.output_size  # RFC 7296 2.13: preferred key length = output length
 
     def __call__(self, key: bytes, data: bytes) -> bytes:
-        if self._fn is None:
-            return _hmac(self._empty, self._block, key, data)
-        return self._fn(key, data)
+        if self._fn is not None:
+            return self._fn(key, data)
+        inner, outer = _pads(self._empty, self._block, key)  # _hmac, one call less per PRF
+        inner.update(data)
+        outer.update(inner.digest())
+        out: bytes = outer.digest()
+        return out
 
     def keyed(self, key: bytes) -> Callable[[bytes], bytes]:
         """`lambda data: self(key, data)` for a key used many times (its HMAC pads absorbed once)."""

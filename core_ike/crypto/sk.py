@@ -69,6 +69,7 @@ _AEAD_NEW: dict[int, Callable[[bytes], Any]] = {
 }
 
 AEAD_ENCR: frozenset[int] = frozenset(_AEAD)
+_SHORT_GCM = frozenset((EncrId.AES_GCM_8, EncrId.AES_GCM_12))
 SUPPORTED_ENCR: frozenset[int] = frozenset([EncrId.AES_CBC, *_AEAD])
 SUPPORTED_INTEG: frozenset[int] = frozenset(_INTEG)
 _AES_KEY_BITS = (128, 192, 256)
@@ -187,7 +188,7 @@ class AeadProtector:
         # (two directions, mostly idle) cost more memory than the SA itself; creating one takes < 1 us
         self._new = _AEAD_NEW[encr_id]
         # GCM with 8/12-octet ICVs: AESGCM only emits/accepts 16-octet tags (SP 800-38D 5.2.1.2)
-        self._truncated_gcm = encr_id in (EncrId.AES_GCM_8, EncrId.AES_GCM_12)
+        self._truncated_gcm = encr_id in _SHORT_GCM
         # RFC 5282 3.1: the explicit IV must never repeat under one key. A 64-bit counter from a
         # random start gives uniqueness without a random draw per message.
         self._counter = int.from_bytes(rng.bytes(8), "big")

@@ -74,6 +74,11 @@ IKE_AUTH = 35
 INITIATOR, RESPONSE = 0x08, 0x20  # RFC 7296 3.1 header flags
 VERSION = 0x20  # RFC 7296 3.1: major 2, minor 0
 PSK = int(AuthMethod.PSK)
+RSA_SIG, DIGITAL_SIGNATURE = int(AuthMethod.RSA_SIG), int(AuthMethod.DIGITAL_SIGNATURE)
+# enum members bound once: reading one off its class runs Python 3.11's EnumType.__getattr__ hook
+CREATED, DESTROYED = IkeState.CREATED, IkeState.DESTROYED
+FLAG_INITIATOR, FLAG_RESPONSE = HeaderFlag.INITIATOR, HeaderFlag.RESPONSE
+_TS_PTYPES = {TSI: PayloadType.TSi, TSR: PayloadType.TSr}
 X509 = int(CertEncoding.X509_SIGNATURE)
 MAX_CERTS = 16  # the general path's rule for IKE_AUTH requests (core_ike/codec/rules.py)
 STATUS_MIN = 16384  # RFC 7296 3.10.1: Notify Message Types from here on are status types
@@ -210,7 +215,7 @@ def _pull_ts(body: bytes, ptype: int) -> TsPayload | None:
         a = pos + 8 + kind[1]
         selectors.append(TrafficSelector(kind[0], proto, start, end, body[pos + 8:a], body[a:pos + length]))
         pos += length
-    return TsPayload(PayloadType(ptype), selectors) if pos == n else None
+    return TsPayload(_TS_PTYPES[ptype], selectors) if pos == n else None
 
 
 def _push(p: Payload) -> bytes:
@@ -281,7 +286,7 @@ def _target(engine: Engine, data: bytes) -> IkeSa | None:
     if version != VERSION or exchange != IKE_AUTH or flags != INITIATOR or mid != 1 or length != n or first != SK:
         return None
     sa = engine.sas.get(spi_r)
-    if (sa is None or sa.is_original_initiator or sa.spi_i != spi_i or sa.state is not IkeState.CREATED
+    if (sa is None or sa.is_original_initiator or sa.spi_i != spi_i or sa.state is not CREATED
             or sa.in_prot is None or sa.out_prot is None):
         return None
     tm = sa.tm
@@ -436,7 +441,7 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
         return None
     hashes = set(a.sa.peer_hash_algs)
     pref = a.cfg.local.signature
-    method = int(AuthMethod.RSA_SIG) if pref == "rsa" or not hashes else int(AuthMethod.DIGITAL_SIGNATURE)
+    method = RSA_SIG if pref == "rsa" or not hashes else DIGITAL_SIGNATURE
     try:
         m, data = create_signature_auth(mine, method, octets, hashes, rsa_pss=pref == "rsa-pss")
     except (ProtocolError, LocalError):
@@ -477,7 +482,7 @@ def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, 
     task = None
     if a.child is not None:  # TaskManager.responder_tasks: the CHILD_SA's task after IkeAuth's
         task = ChildCreate(None, in_auth=True)
-        task.process_r(sa, Message(sa.spi_i, sa.spi_r, IKE_AUTH, HeaderFlag.INITIATOR, 1, list(a.child)), now)
+        task.process_r(sa, Message(sa.spi_i, sa.spi_r, IKE_AUTH, FLAG_INITIATOR, 1, list(a.child)), now)
     if info:  # build_auth's line
         if psk:
             log.info("authentication of '%s' (myself) with pre-shared key", str(sa.my_id))
@@ -493,7 +498,7 @@ def _respond(engine: Engine, a: _Answer, task: ChildCreate | None, info: bool, n
     sa = a.sa
     child: list[Payload] = []
     if task is not None:
-        resp = Message(sa.spi_i, sa.spi_r, IKE_AUTH, HeaderFlag.RESPONSE, 1)
+        resp = Message(sa.spi_i, sa.spi_r, IKE_AUTH, FLAG_RESPONSE, 1)
         task.build_r(sa, resp, now)
         child = resp.payloads
     inner = _chain(a.items + [(int(p.ptype), _push(p)) for p in child])
@@ -509,7 +514,7 @@ def _respond(engine: Engine, a: _Answer, task: ChildCreate | None, info: bool, n
         raise LocalError(f"protector sealed {len(body)} octets, announced {sealed}")
     sa.tm.answered(1, prefix + body, now)
     sa.tm.initiate_next(now)  # queued work of ours may start now (TaskManager._process_request)
-    if sa.state is not IkeState.DESTROYED:
+    if sa.state is not DESTROYED:
         engine.reschedule(sa)
 
 

@@ -64,6 +64,9 @@ IKE_SA_INIT = 34
 INITIATOR, RESPONSE = 0x08, 0x20  # RFC 7296 3.1 header flags
 VERSION = 0x20  # RFC 7296 3.1: major 2, minor 0
 NONCE_MIN, NONCE_MAX = 16, 256  # RFC 7296 3.9 (and the general decoder's bounds)
+# enum members bound once: reading one off its class runs Python 3.11's EnumType.__getattr__ hook
+DESTROYED = IkeState.DESTROYED
+_CERTREQ_X509 = bytes((CertEncoding.X509_SIGNATURE,))  # RFC 7296 3.7: Cert Encoding
 
 NATD_SRC = int(NotifyType.NAT_DETECTION_SOURCE_IP)
 NATD_DST = int(NotifyType.NAT_DETECTION_DESTINATION_IP)
@@ -258,7 +261,7 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     if info:  # IkeInit.process_r's line
         log.info("selected proposal: %s", sa.proposal_text)
     sa.tm.answered_init(_response(engine, sa, req, neg, ke.public, certreq), now)
-    if sa.state is not IkeState.DESTROYED:
+    if sa.state is not DESTROYED:
         engine.reschedule(sa)
     return True
 
@@ -299,7 +302,7 @@ def _response(engine: Engine, sa: IkeSa, req: Request, neg: Negotiated, public: 
              pack(NONCE, 0, 8 + len(public)), _KE_HEAD.pack(req.group, 0), public,
              pack(after_nonce, 0, 4 + len(nr)), nr]
     if hashes:
-        parts += [pack(NOTIFY, 0, 5 + len(hashes)), bytes((CertEncoding.X509_SIGNATURE,)), hashes]
+        parts += [pack(NOTIFY, 0, 5 + len(hashes)), _CERTREQ_X509, hashes]
     parts += [pack(NOTIFY, 0, 8 + len(natd_src)), _NOTIFY_NATD_SRC, natd_src,
               pack(NOTIFY, 0, 8 + len(natd_dst)), _NOTIFY_NATD_DST, natd_dst]
     if cfg.fragmentation:

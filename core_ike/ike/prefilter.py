@@ -226,7 +226,10 @@ class Prefilter:
         return bool(self.cfg.force_cookies or self.engine.half_open >= self.cfg.cookie_threshold)
 
     def needs_cookie(self, ip: str) -> bool:
-        return self.demanded() or self.engine._half_open_by_ip.get(ip, 0) >= self.cfg.cookie_threshold_ip
+        """`demanded()`, or enough half-open IKE_SAs from `ip`."""
+        cfg, eng = self.cfg, self.engine
+        return bool(cfg.force_cookies or eng.half_open >= cfg.cookie_threshold
+                    or eng._half_open_by_ip.get(ip, 0) >= cfg.cookie_threshold_ip)
 
     def cookie_ok(self, msg: Message, remote: Addr) -> bool:
         first = msg.payloads[0] if msg.payloads else None
@@ -269,7 +272,9 @@ class Prefilter:
         if exchange < IKE_SA_INIT:
             return self.drop("header", now, remote, "reserved exchange type %d", exchange)  # RFC 7296 3.1
         if exchange != IKE_SA_INIT or flags & RESPONSE or spi_r_n or not spi_i_n:
-            return bool(spi_i_n or spi_r_n) and self._unknown_spi(data, flags, exchange, local, remote, now)
+            # an IKE_SA of ours passes at once (spi_known's first test, here without a call)
+            return ((data[8:16] if flags & INITIATOR else data[:8]) not in self.engine.sas
+                    and bool(spi_i_n or spi_r_n) and self._unknown_spi(data, flags, exchange, local, remote, now))
         # an IKE_SA_INIT request for a new IKE_SA: Message ID 0 (RFC 7296 2.2), from the initiator (3.1)
         major = version >> 4 == _MAJOR
         if major and (mid != 0 or not flags & INITIATOR):
