@@ -213,8 +213,7 @@ class DataRelay:
             self._by_port[side.port] = (r, side)
             self._changes.opened.append((address, side.port))
         self.stats["allocated"] += 1
-        log.info("relay %d allocated for '%s' <-> '%s': %s[%d] <-> %s[%d]", r.id, a[0], b[0],
-                 address, r.a.port, address, r.b.port)
+        # logged by the owner once the ME_CONNECT carrying its endpoint has left (RelaySockets.on_event)
         return r
 
     def _free_ports(self, n: int) -> list[int]:

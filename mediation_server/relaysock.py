@@ -28,6 +28,9 @@ class RelaySockets:
         """Engine event listener: ports change when a relay is allocated or freed."""
         if isinstance(e, mev.RelayAllocated | mev.RelayFreed):
             self.apply()
+        if isinstance(e, mev.RelayAllocated):  # after the relayed ME_CONNECT that offers it has left
+            log.info("relay %d allocated for '%s' <-> '%s': %s[%d] <-> %s[%d]", e.relay_id, e.a, e.b,
+                     e.address, e.a_port, e.address, e.b_port)
 
     def apply(self) -> None:
         ch = self.table.take_changes()
