@@ -431,7 +431,7 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
     mine = creds.private_key_for(a.me)
     if mine is None:
         return None
-    certs = [(CERT, bytes((X509,)) + der) for der in map(_der, a.cfg.local.certs)]
+    certs = _cert_payloads(a.cfg.local.certs)
     # RFC 7383 2.5: a response that needs fragments is the general path's. With the shortest AUTH (an RSA
     # signature alone, without RFC 7427's AlgorithmIdentifier) it is decided before signing; `_answer_of`
     # measures the signed response exactly (one within those few octets of the limit is signed twice)
@@ -448,6 +448,23 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
         return None
     a.mine = m
     return [(IDR, id_body), *certs, (AUTH, bytes((m, 0, 0, 0)) + data)]
+
+
+# our certificates' CERT payload bodies by the id()s of the certificate objects, kept with the objects
+# (so that no id is reused while its entry is here); a handful of configurations
+_CERT_PAYLOADS: dict[tuple[int, ...], tuple[list[x509.Certificate], list[tuple[int, bytes]]]] = {}
+
+
+def _cert_payloads(certs: list[x509.Certificate]) -> list[tuple[int, bytes]]:
+    """(CERT, body) of each of our certificates (RFC 7296 3.6: X.509 signature, the DER), kept per
+    set of certificate objects: looking a certificate up by value hashes its parsed fields each time."""
+    key = tuple(map(id, certs))
+    hit = _CERT_PAYLOADS.get(key)
+    if hit is None:
+        if len(_CERT_PAYLOADS) >= 64:
+            _CERT_PAYLOADS.clear()
+        hit = _CERT_PAYLOADS[key] = (list(certs), [(CERT, bytes((X509,)) + _der(c)) for c in certs])
+    return hit[1]
 
 
 def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, now: float) -> None:
