@@ -48,7 +48,9 @@ receives and times its engine and its event handling with the thread's CPU clock
 IKE_SA splits into the engine, the event handling and the rest (event loop, transport, socket calls, the
 kernel). The bench then feeds that recording to an engine built the same way in its own process (twice,
 the second run counted): the engine's cost in a tight loop, beside its cost in the live daemon
-(bench/ike_cost.py: the recording iked, the replay and the crypto floor).
+(bench/ike_cost.py: the recording iked, the replay and the crypto floor); and replays it with the log set
+up as iked sets it up, at warning and at info, to give what the log at users' default costs per IKE_SA
+without the live batches' noise (charon_split.log_cost_ab; with ``--before``, that tree's beside it).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ class Split:
     ab: tuple[list[float], list[float]] = ([], [])  # replay_ab: this tree, `--before`
     gap_ms: float = 0.0  # the live batch's mean time between the datagrams the engine received
     replayed_gap: float | None = None  # the replay with that time slept before each datagram
+    log_cost: tuple[list[float], list[float]] = ([], [])  # log_cost_ab: this tree, `--before`
 
 
 def split(lab: Any, pki: Any, a: Any, before: Path | None, record: Callable[..., Any]) -> dict[str, Split]:
@@ -45,14 +46,58 @@ def split(lab: Any, pki: Any, a: Any, before: Path | None, record: Callable[...,
             # the cold start after each wake-up: the same replay, idle between the datagrams as live
             gap = r.seconds / max(1, datagram_count(Path(d)))
             ms_gap, n_gap = replay(Path(d), gap)
+            logged = log_cost_ab(Path(d), r.established, before, results_io.rounds_of(a))
             sp = Split(r.established, k * r.process, k * r.engine, k * r.events, ms, ab, 1000 * gap,
-                       ms_gap if n_gap == replayed else None)
+                       ms_gap if n_gap == replayed else None, logged)
             print(f"  split {auth}: {r.established} IKE_SAs recorded (live: process {sp.process:.3f}, engine "
                   f"{sp.engine:.3f}, event handling {sp.events:.3f} ms/IKE_SA), replayed {replayed}: "
                   f"{ms:.3f} ms/IKE_SA", file=sys.stderr, flush=True)
             if replayed == r.established:
                 out[auth] = sp
     return out
+
+
+_LOG_COST = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import core_ike, core_ike.daemon.main, core_ike.daemon.runtime
+assert core_ike.__file__.startswith(sys.argv[1])
+import ike_cost
+out, runs = Path(sys.argv[3]), int(sys.argv[4])
+warning, info, n = [], [], set()
+for _ in range(runs):
+    for level, kept in (("warning", warning), ("info", info)):
+        ms, got = ike_cost.replay(out, log_level=level)
+        kept.append(ms)
+        n.add(got)
+print(json.dumps([min(info) - min(warning), sorted(n)]))
+"""
+
+
+def log_cost_ab(out: Path, n_want: int, tree: Path | None, rounds: int, runs: int = 3) -> tuple[list[float],
+                                                                                               list[float]]:
+    """What the log at info costs per IKE_SA in the replay of the recording in `out`: the log set up as
+    iked sets it up (a file) at warning and at info, `runs` replays each in one process, the least CPU
+    time of each level (interference from other processes only ever adds time), info minus warning; by
+    this tree and by `tree` (`--before`), each in its own process, alternating `rounds` times. ([ms per
+    IKE_SA of this tree], [of `tree`]); a side whose replays do not establish every IKE_SA gives none."""
+    import json
+    import os
+    import subprocess
+
+    res: dict[str, list[float]] = {"ours": [], "before": []}
+    for _, side in results_io.interleave(rounds, ["ours", "before"] if tree is not None else ["ours"]):
+        src = str(results_io.ROOT if side == "ours" else tree)
+        p = subprocess.run([sys.executable, "-c", _LOG_COST, src, str(Path(__file__).parent), str(out), str(runs)],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
+        if p.returncode != 0:
+            print(f"  log cost by {side} failed: {p.stderr.strip()[-300:]}", file=sys.stderr, flush=True)
+            continue
+        ms, got = json.loads(p.stdout.strip().splitlines()[-1])
+        if got == [n_want]:
+            res[side].append(ms)
+    return res["ours"], res["before"]
 
 
 def split_lines(sp: Split | None, rev: str | None = None) -> list[str]:
@@ -81,12 +126,19 @@ def split_lines(sp: Split | None, rev: str | None = None) -> list[str]:
         f"own process, alternating: {results_io.fmt_value(results_io.sample(ours, 'ms'))} vs "
         f"{results_io.fmt_value(results_io.sample(before, 'ms'))} per IKE_SA; this tree / {rev}: "
         f"{statistics.median(ours) / statistics.median(before):.2f}x"]
+    ours_log, before_log = sp.log_cost
+    logged = [] if not ours_log else [
+        "what the log at info (users' default; to a file) costs in the same replay, info minus warning (each the "
+        f"least of 3 replays in one process, the processes alternating): {results_io.fmt_value(results_io.sample(ours_log, 'ms'))}"
+        " per IKE_SA" + ("" if not before_log else
+                         f"; {rev}: {results_io.fmt_value(results_io.sample(before_log, 'ms'))}; this tree / {rev}: "
+                         f"{statistics.median(ours_log) / statistics.median(before_log):.2f}x")]
     return [f"where ours' CPU goes (one more batch of {sp.n} after the rounds, against an iked with seeded "
             f"randomness that times its engine and event handling with the thread's CPU clock): process "
             f"{sp.process:.3f} ms per IKE_SA = engine {sp.engine:.3f} + the daemon's event handling "
             f"{sp.events:.3f} + the rest {rest:.3f} (event loop, transport, socket calls, the kernel's UDP path "
             f"and wake-ups); the same datagrams replayed to the engine in one process in a tight loop: "
-            f"{sp.replayed:.3f} ms per IKE_SA (engine with event handling)", *gap, *ab]
+            f"{sp.replayed:.3f} ms per IKE_SA (engine with event handling)", *gap, *ab, *logged]
 
 
 def live_split(raw: Path) -> dict[str, float] | None:
