@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from core_ike.daemon.ctl import call
-from scenarios.lab.netns import Lab, wait_for
+from scenarios.lab.events import Notifications, ProcessExited, wait_files
+from scenarios.lab.netns import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +21,13 @@ class IkedError(RuntimeError):
 
 
 class Iked:
-    """`iked -c <toml>` in `host`; `ctl()` talks to its control socket (JSON lines)."""
+    """`iked -c <toml>` in `host`; `ctl()` talks to its control socket (JSON lines).
+
+    Started, it reports to :attr:`notes` as to systemd (sd_notify: READY=1 once it serves its control
+    socket, RELOADING=1 / READY=1 around a reload, STOPPING=1). Waits for a state shown by `list` or
+    `status` check again each time the daemon writes its log (every SA change logs a line at the
+    default level info, written right after the event-loop callback that made it: docs/operations.md,
+    Logging)."""
 
     module = "core_ike.daemon.main"
 
@@ -42,6 +50,7 @@ class Iked:
         self.conf_path = self.dir / "iked.toml"
         self.conf_path.write_text(toml.replace("@CTL@", self.ctl_path).replace("@DIR@", str(self.dir)))
         self.proc: Any = None
+        self.notes: Notifications | None = None
 
     def start(self, timeout: float = 15.0, env: dict[str, str] | None = None, tree: Path | None = None) -> Iked:
         """Start the daemon from this repository, or from the source tree `tree` (a benchmark's other
@@ -54,25 +63,40 @@ class Iked:
                                  capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout.strip()
             if not src.startswith(str(tree)):
                 raise IkedError(f"{self.name} would load {src}, not the tree {tree}")
-        env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+        if self.notes is not None:
+            self.notes.close()
+        self.notes = Notifications(self.dir / "notify.sock")
+        env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {}), **self.notes.env}
         self.proc = self.lab.popen(self.host, [sys.executable, "-m", self.module, "-c", str(self.conf_path)],
                                    self.log_path, env=env)
+        self.notes.watch(self.proc)
         try:
-            wait_for(self._ready, timeout, interval=0.02, what=f"{self.name} control socket")
-        except Exception as e:
+            self.notes.wait("READY=1", timeout, what=self.name)
+        except (ProcessExited, TimeoutError) as e:
             raise IkedError(f"{self.name} did not start: {e}\n{self.log_tail()}") from e
         return self
 
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise IkedError(f"{self.name} exited with {self.proc.returncode}\n{self.log_tail()}")
-        if not os.path.exists(self.ctl_path):
-            return False
+    def wait_state(self, check: Any, timeout: float, what: str) -> Any:
+        """``check()`` until it returns a truthy value, again after each line the daemon logs;
+        IkedError when the daemon exits first, TimeoutError after `timeout` s."""
         try:
-            self.ctl({"cmd": "conns"}, timeout=2)
-        except OSError:
-            return False
-        return True
+            return wait_files(check, timeout, [self.log_path], what=what,
+                              procs=[self.proc] if self.proc is not None else [])
+        except ProcessExited as e:
+            raise IkedError(f"{e}\n{self.log_tail()}") from e
+
+    def wait_log(self, text: str, timeout: float = 10.0, count: int = 1) -> None:
+        """Until the log holds `text` (at least `count` times)."""
+        self.wait_state(lambda: self.log_text().count(text) >= count, timeout, f"{text!r} in {self.name}'s log")
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP, then wait for the daemon's READY=1 after its RELOADING=1 (sd_notify): the reload is
+        done and its log lines are written."""
+        assert self.notes is not None
+        since = self.notes.mark()
+        self.signal(signal.SIGHUP)
+        after = self.notes.wait("RELOADING=1", timeout, since, what=self.name)
+        self.notes.wait("READY=1", timeout, after, what=self.name)
 
     def ctl(self, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
         return call(self.ctl_path, req, timeout)
@@ -100,7 +124,7 @@ class Iked:
             sas = self.list_sas()
             return (sas,) if pred(sas) else None  # a tuple: an empty list may be the awaited state
 
-        return wait_for(check, timeout, interval=0.02, what=f"{self.name} SA state")[0]
+        return self.wait_state(check, timeout, f"{self.name} SA state")[0]
 
     def down_all(self) -> None:
         """``down`` every IKE_SA (the daemon DELETEs them; wait for :meth:`list_sas` to be empty)."""
@@ -115,7 +139,7 @@ class Iked:
             peers: list[dict[str, Any]] = self.status()["peers"]
             return (peers,) if want <= {p["identity"] for p in peers} else None
 
-        return wait_for(check, timeout, interval=0.02, what=f"{sorted(want)} registered at {self.name}")[0]
+        return self.wait_state(check, timeout, f"{sorted(want)} registered at {self.name}")[0]
 
     def log_text(self) -> str:
         try:
@@ -132,6 +156,8 @@ class Iked:
         if self.proc is not None:
             rc = self.lab.stop(self.proc, timeout)
             self.proc = None
+        if self.notes is not None:
+            self.notes.close()  # its lines stay (STOPPING=1)
         return rc
 
     def write_config(self, toml: str) -> None:

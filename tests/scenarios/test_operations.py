@@ -6,8 +6,6 @@ DELETE on SIGTERM, sd_notify readiness, `down` by name, `conns`, `stats`, `list`
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from scenarios.lab import Lab, wait_for
+from scenarios.lab import Lab
 from scenarios.lab.iked import Iked
 from tests.guards import needs
 
@@ -59,48 +57,22 @@ def ikectl_json(d: Iked, *args: str) -> dict[str, Any]:
     return reply
 
 
-class Notifications:
-    """A NOTIFY_SOCKET as systemd provides it: collects the daemon's sd_notify datagrams."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.got: list[str] = []
-
-    def seen(self, line: str) -> bool:
-        try:
-            while True:
-                self.got.extend(self.sock.recv(4096).decode().splitlines())
-        except TimeoutError:
-            pass
-        return line in self.got
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def pair(two_hosts_per_test: Lab):  # type: ignore[no-untyped-def]
     lab = two_hosts_per_test
     a_in, b_in = lab.info["inner"]["alice"], lab.info["inner"]["bob"]
-    note = Notifications(lab.dir / "notify.sock")
     alice = Iked(lab, "alice", conf("alice", "192.0.2.2", f"{a_in}/32", f"{b_in}/32", metrics=True))
     # bob expects another subnet on alice's side: the CHILD_SA is refused with TS_UNACCEPTABLE
     bob = Iked(lab, "bob", conf("bob", None, f"{b_in}/32", "172.16.0.0/24"))
-    try:
-        alice.start(env={"NOTIFY_SOCKET": str(note.path)})
-        bob.start()
-        yield lab, alice, bob, note
-    finally:
-        note.close()
+    alice.start()  # the lab is alice's service manager: start() waits for her READY=1 (Iked.notes)
+    bob.start()
+    yield lab, alice, bob, alice.notes
 
 
 def test_up_fails_with_the_peers_reason_then_reload_fixes_it(pair) -> None:  # type: ignore[no-untyped-def]
     lab, alice, bob, note = pair
     a_in, b_in = lab.info["inner"]["alice"], lab.info["inner"]["bob"]
-    assert wait_for(lambda: note.seen("READY=1"), 10, what="READY=1 from alice")
+    assert note.seen("READY=1")
 
     r = ikectl(alice, "up", "home")
     assert r.returncode == 1, r.stdout
@@ -110,9 +82,8 @@ def test_up_fails_with_the_peers_reason_then_reload_fixes_it(pair) -> None:  # t
 
     # bob's admin fixes the config and sends SIGHUP; the change needs no restart
     bob.write_config(conf("bob", None, f"{b_in}/32", f"{a_in}/32"))
-    bob.signal(signal.SIGHUP)
-    wait_for(lambda: "reloaded configuration: 0 added, 0 removed, 1 changed (home)" in bob.log_text(), 10,
-             what="bob's reload")
+    bob.reload()  # SIGHUP; returns at the READY=1 that follows its RELOADING=1
+    assert "reloaded configuration: 0 added, 0 removed, 1 changed (home)" in bob.log_text()
     r = ikectl(alice, "up", "home")
     assert r.returncode == 0, r.stderr
     assert "established CHILD_SA net{" in r.stdout and f"{a_in}/32 === {b_in}/32" in r.stdout
@@ -131,9 +102,10 @@ remote_addrs = ["192.0.2.2"]
 local = { auth = "psk", id = "alice@example.org" }
 remote = { auth = "psk", id = "bob@example.org" }
 """)
+    since = note.mark()
     r = ikectl(alice, "reload")
     assert r.returncode == 0 and "1 added, 0 removed, 0 changed, 1 unchanged" in r.stdout, r.stdout + r.stderr
-    assert note.seen("RELOADING=1")
+    note.wait("RELOADING=1", 10, since)  # read by the lab's own thread: it may come in after the reply
     (sa2,) = ikectl_json(alice, "list")["sas"]
     assert sa2["uniqueid"] == sa["uniqueid"]
     conns = ikectl(alice, "conns").stdout
