@@ -36,6 +36,9 @@ def test_charon_initiator_against_both_responders(tmp_path: Path) -> None:
     # both daemons again at their default log levels (ours info, charon 1), interleaved in the same run
     d = figures(doc)["charon_initiator_cpu_psk_default_logging"]
     assert d["ours"]["n"] == 1 and d["charon"]["n"] == 1 and d["ratio"] is not None
+    # and --before's iked at info beside ours at info; the log's cost at info in the replay, both trees
+    assert any(x.startswith("ours at HEAD") and "this tree / HEAD" in x for x in d["differences"])
+    assert any(x.startswith("what the log at info") and "this tree / HEAD" in x for x in f["differences"])
     # --before in the child shape too: HEAD's iked with this tree's child configuration, every CHILD_SA installed
     c = figures(doc)["charon_initiator_cpu_psk_child"]
     assert c["child_sas_held"]["before"] == [[24, 24]]  # --quick: 4 warmup IKE_SAs, then 20
