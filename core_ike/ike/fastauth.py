@@ -63,7 +63,6 @@ log = logging.getLogger("core_ike.ike")
 
 Addr = tuple[str, int]
 
-_HEADER = struct.Struct("!8s8sBBBBII")  # RFC 7296 3.1
 _GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
 _SELECTOR = struct.Struct("!BBHHH")  # RFC 7296 3.13.1: TS Type, IP Protocol ID, Selector Length, ports
 _TS_TYPES = {7: (TsType.IPV4_ADDR_RANGE, 4), 8: (TsType.IPV6_ADDR_RANGE, 16)}  # TS type -> (type, address octets)
@@ -74,6 +73,9 @@ IKE_AUTH = 35
 INITIATOR, RESPONSE = 0x08, 0x20  # RFC 7296 3.1 header flags
 VERSION = 0x20  # RFC 7296 3.1: major 2, minor 0
 PSK = int(AuthMethod.PSK)
+# the header after the SPIs up to the Length (RFC 7296 3.1) of the request and of our response
+_AUTH_REQUEST_HEAD = bytes((SK, VERSION, IKE_AUTH, INITIATOR, 0, 0, 0, 1))
+_AUTH_RESPONSE_HEAD = bytes((SK, VERSION, IKE_AUTH, RESPONSE, 0, 0, 0, 1))
 RSA_SIG, DIGITAL_SIGNATURE = int(AuthMethod.RSA_SIG), int(AuthMethod.DIGITAL_SIGNATURE)
 # enum members bound once: reading one off its class runs Python 3.11's EnumType.__getattr__ hook
 CREATED, DESTROYED = IkeState.CREATED, IkeState.DESTROYED
@@ -115,12 +117,11 @@ def parse_inner(plain: bytes, first: int) -> Request | None:
     header without flags and the chain filling the plaintext exactly; None for anything else."""
     n = len(plain)
     req = Request()
-    unpack = _GENERIC.unpack_from
     ptype, pos = first, 0
     while ptype:
         if n - pos < 4:
             return None
-        nxt, crit, plen = unpack(plain, pos)
+        nxt, crit, plen = plain[pos], plain[pos + 1], (plain[pos + 2] << 8) | plain[pos + 3]
         end = pos + plen
         if crit or plen < 8 or end > n or not _take(req, ptype, plain, pos + 4, end):
             return None
@@ -174,11 +175,10 @@ def _take_id(req: Request, ptype: int, plain: bytes, start: int, end: int) -> bo
 def _chain(items: list[tuple[int, bytes]], after: int = 0) -> bytes:
     """Payloads (type, body) with their generic headers (RFC 7296 3.2), the last one's Next Payload
     `after`."""
-    pack = _GENERIC.pack
     parts: list[bytes] = []
     last = len(items) - 1
     for i, (_, body) in enumerate(items):
-        parts += (pack(items[i + 1][0] if i < last else after, 0, 4 + len(body)), body)
+        parts += ((((items[i + 1][0] if i < last else after) << 24) | (4 + len(body))).to_bytes(4, "big"), body)
     return b"".join(parts)
 
 
@@ -282,11 +282,12 @@ def _target(engine: Engine, data: bytes) -> IkeSa | None:
     n = len(data)
     if n < 32:
         return None
-    spi_i, spi_r, first, version, exchange, flags, mid, length = _HEADER.unpack_from(data)
-    if version != VERSION or exchange != IKE_AUTH or flags != INITIATOR or mid != 1 or length != n or first != SK:
-        return None
-    sa = engine.sas.get(spi_r)
-    if (sa is None or sa.is_original_initiator or sa.spi_i != spi_i or sa.state is not CREATED
+    # read by index rather than with `struct` (its code and format tables are one more thing to bring
+    # into the caches)
+    if (data[16:24] != _AUTH_REQUEST_HEAD or int.from_bytes(data[24:28], "big") != n):
+        return None  # Next Payload SK, version, IKE_AUTH, flags, Message ID 1; the Length
+    sa = engine.sas.get(data[8:16])
+    if (sa is None or sa.is_original_initiator or sa.spi_i != data[:8] or sa.state is not CREATED
             or sa.in_prot is None or sa.out_prot is None):
         return None
     tm = sa.tm
@@ -343,7 +344,7 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
 
 def _request_of(sa: IkeSa, data: bytes) -> Request | None:
     """The request's inner payloads decrypted and read, if of the common shape."""
-    nxt, crit, plen = _GENERIC.unpack_from(data, 28)
+    nxt, crit, plen = data[28], data[29], (data[30] << 8) | data[31]
     in_prot = sa.in_prot
     if crit or plen != len(data) - 28 or in_prot is None:
         return None  # SK must be the last payload (RFC 7296 3.14): the general path says so
@@ -524,8 +525,7 @@ def _respond(engine: Engine, a: _Answer, task: ChildCreate | None, info: bool, n
     out = sa.out_prot
     assert out is not None
     sealed = out.sealed_length(len(inner))
-    prefix = _HEADER.pack(sa.spi_i, sa.spi_r, SK, VERSION, IKE_AUTH, RESPONSE, 1, 32 + sealed) + \
-        _GENERIC.pack(IDR, 0, 4 + sealed)
+    prefix = sa.spi_i + sa.spi_r + _AUTH_RESPONSE_HEAD + ((32 + sealed) << 32 | (IDR << 24) | (4 + sealed)).to_bytes(8, "big")
     body = out.seal(prefix, inner)
     if len(body) != sealed:
         raise LocalError(f"protector sealed {len(body)} octets, announced {sealed}")

@@ -54,10 +54,8 @@ log = logging.getLogger("core_ike.ike")
 
 Addr = tuple[str, int]
 
-_HEADER = struct.Struct("!8s8sBBBBII")  # RFC 7296 3.1
 _GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
 _NOTIFY = struct.Struct("!BBH")  # RFC 7296 3.10: Protocol ID, SPI Size, Notify Message Type
-_KE_HEAD = struct.Struct("!HH")  # RFC 7296 3.4: group, RESERVED
 
 SA, KE, NONCE, NOTIFY, CERTREQ = 33, 34, 40, 41, 38  # RFC 7296 3.2 payload types
 IKE_SA_INIT = 34
@@ -75,8 +73,14 @@ HASH_ALGS = int(NotifyType.SIGNATURE_HASH_ALGORITHMS)
 # the notifies the general path answers the same for every request (no extension acts on them)
 PLAIN_NOTIFIES = frozenset((NATD_SRC, NATD_DST, FRAG, HASH_ALGS, int(NotifyType.REDIRECT_SUPPORTED)))
 
+_ZERO4, _ZERO8 = bytes(4), bytes(8)
 _NOTIFY_HASHES = _NOTIFY.pack(0, 0, HASH_ALGS) + _OUR_HASHES_DATA
 _NOTIFY_FRAG = _NOTIFY.pack(0, 0, FRAG)
+# the response's fixed parts: the header after the SPIs up to the Length (RFC 7296 3.1), the
+# N(FRAGMENTATION_SUPPORTED) payload before the last one, the last: N(SIGNATURE_HASH_ALGORITHMS)
+_RESPONSE_HEAD = bytes((SA, VERSION, IKE_SA_INIT, RESPONSE, 0, 0, 0, 0))
+_FRAG_PAYLOAD = _GENERIC.pack(NOTIFY, 0, 4 + len(_NOTIFY_FRAG)) + _NOTIFY_FRAG
+_HASHES_PAYLOAD = _GENERIC.pack(0, 0, 4 + len(_NOTIFY_HASHES)) + _NOTIFY_HASHES
 _NOTIFY_NATD_SRC = _NOTIFY.pack(0, 0, NATD_SRC)
 _NOTIFY_NATD_DST = _NOTIFY.pack(0, 0, NATD_DST)
 
@@ -123,20 +127,22 @@ def parse(data: bytes) -> Request | None:
     n = len(data)
     if n < 28:
         return None
-    spi_i, spi_r, first, version, exchange, flags, mid, length = _HEADER.unpack_from(data)
-    if (version != VERSION or exchange != IKE_SA_INIT or flags != INITIATOR or mid or length != n
-            or spi_r != b"\x00" * 8 or spi_i == b"\x00" * 8):
+    # the fields read by index rather than with `struct`: the octets are in the caches already, the
+    # struct module's code and format tables are not
+    spi_i = data[:8]
+    if (data[17] != VERSION or data[18] != IKE_SA_INIT or data[19] != INITIATOR or data[20:24] != _ZERO4
+            or int.from_bytes(data[24:28], "big") != n or data[8:16] != _ZERO8 or spi_i == _ZERO8):
         return None
     req = Request()
     req.spi_i = spi_i
-    unpack = _GENERIC.unpack_from
     shape = req.shape
+    first = data[16]
     ptype, pos = first, 28
     seen = 0
     while ptype:
         if n - pos < 4:
             return None
-        nxt, crit, plen = unpack(data, pos)
+        nxt, crit, plen = data[pos], data[pos + 1], (data[pos + 2] << 8) | data[pos + 3]
         end = pos + plen
         if crit or plen < 4 or end > n:
             return None
@@ -297,19 +303,20 @@ def _response(engine: Engine, sa: IkeSa, req: Request, neg: Negotiated, public: 
     after_nonce = CERTREQ if hashes else NOTIFY
     natd_src = engine.rng.bytes(20) if cfg.encap else natd_hash(spi_i, spi_r, sa.local)
     natd_dst = natd_hash(spi_i, spi_r, sa.remote)
-    pack = _GENERIC.pack
-    parts = [b"", pack(KE, 0, 4 + len(neg.body)), neg.body,
-             pack(NONCE, 0, 8 + len(public)), _KE_HEAD.pack(req.group, 0), public,
-             pack(after_nonce, 0, 4 + len(nr)), nr]
+    # each generic header (RFC 7296 3.2: Next Payload, flags 0, Payload Length) as one 32-bit integer,
+    # written without `struct` (its code and format tables are one more thing to bring into the caches)
+    parts = [b"", ((KE << 24) | (4 + len(neg.body))).to_bytes(4, "big"), neg.body,
+             ((NONCE << 24) | (8 + len(public))).to_bytes(4, "big"), (req.group << 16).to_bytes(4, "big"), public,
+             ((after_nonce << 24) | (4 + len(nr))).to_bytes(4, "big"), nr]
     if hashes:
-        parts += [pack(NOTIFY, 0, 5 + len(hashes)), _CERTREQ_X509, hashes]
-    parts += [pack(NOTIFY, 0, 8 + len(natd_src)), _NOTIFY_NATD_SRC, natd_src,
-              pack(NOTIFY, 0, 8 + len(natd_dst)), _NOTIFY_NATD_DST, natd_dst]
+        parts += [((NOTIFY << 24) | (5 + len(hashes))).to_bytes(4, "big"), _CERTREQ_X509, hashes]
+    parts += [((NOTIFY << 24) | (8 + len(natd_src))).to_bytes(4, "big"), _NOTIFY_NATD_SRC, natd_src,
+              ((NOTIFY << 24) | (8 + len(natd_dst))).to_bytes(4, "big"), _NOTIFY_NATD_DST, natd_dst]
     if cfg.fragmentation:
-        parts += [pack(NOTIFY, 0, 8), _NOTIFY_FRAG]
-    parts += [pack(0, 0, 4 + len(_NOTIFY_HASHES)), _NOTIFY_HASHES]
+        parts += [_FRAG_PAYLOAD]
+    parts += [_HASHES_PAYLOAD]
     if log.isEnabledFor(logging.INFO):  # TaskManager._send_response's line
         log.info("generating %s response %d %s", "IKE_SA_INIT", 0,
                  _RESPONSE_SUMMARIES[bool(hashes), cfg.fragmentation])
-    parts[0] = _HEADER.pack(spi_i, spi_r, SA, VERSION, IKE_SA_INIT, RESPONSE, 0, 28 + sum(map(len, parts)))
+    parts[0] = spi_i + spi_r + _RESPONSE_HEAD + (28 + sum(map(len, parts))).to_bytes(4, "big")
     return b"".join(parts)

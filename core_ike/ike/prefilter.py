@@ -38,6 +38,7 @@ log = logging.getLogger("core_ike.ike")
 # Type, Flags, Message ID, Length
 HEADER = struct.Struct("!QQBBBBII")
 _GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
+_ZERO8 = bytes(8)
 # a Notify's generic header and its Protocol ID, SPI Size, Notify Message Type (RFC 7296 3.2, 3.10)
 _NOTIFY_HEAD = struct.Struct("!BBHBBH")
 _NOTIFY_TYPE, _NONCE_TYPE, _COOKIE = int(PayloadType.NOTIFY), int(PayloadType.NONCE), int(NotifyType.COOKIE)
@@ -265,17 +266,22 @@ class Prefilter:
         n = len(data)
         if n < IKE_HEADER_LEN:
             return self.drop("malformed", now, remote, "%d octets, shorter than the IKE header", n)
-        spi_i_n, spi_r_n, first, version, exchange, flags, mid, length = HEADER.unpack_from(data)
+        # read by index rather than with `struct`: a datagram after a wake-up finds the octets in the
+        # caches, not the struct module's code and format tables
+        length = int.from_bytes(data[24:28], "big")
         if length != n:
             return self.drop("malformed", now, remote, "IKE header length %d differs from the datagram's %d",
                              length, n)
+        exchange, flags = data[18], data[19]
         if exchange < IKE_SA_INIT:
             return self.drop("header", now, remote, "reserved exchange type %d", exchange)  # RFC 7296 3.1
+        spi_i_n, spi_r_n = data[:8] != _ZERO8, data[8:16] != _ZERO8  # nonzero SPIs
         if exchange != IKE_SA_INIT or flags & RESPONSE or spi_r_n or not spi_i_n:
             # an IKE_SA of ours passes at once (spi_known's first test, here without a call)
             return ((data[8:16] if flags & INITIATOR else data[:8]) not in self.engine.sas
                     and bool(spi_i_n or spi_r_n) and self._unknown_spi(data, flags, exchange, local, remote, now))
         # an IKE_SA_INIT request for a new IKE_SA: Message ID 0 (RFC 7296 2.2), from the initiator (3.1)
+        version, mid = data[17], int.from_bytes(data[20:24], "big")
         major = version >> 4 == _MAJOR
         if major and (mid != 0 or not flags & INITIATOR):
             return self.drop("header", now, remote, "IKE_SA_INIT request with Message ID %d, flags 0x%02x",
@@ -284,7 +290,7 @@ class Prefilter:
             return False
         if not major:  # RFC 7296 2.5 asks for INVALID_MAJOR_VERSION; not to every datagram of a flood
             return self.drop("header", now, remote, "IKE major version %d", version >> 4)
-        return self._gate(data, first, local, remote, now)
+        return self._gate(data, data[16], local, remote, now)
 
     def _unknown_spi(self, data: bytes, flags: int, exchange: int, local: Addr, remote: Addr, now: float) -> bool:
         """True (dropped, a request answered with INVALID_IKE_SPI) when the datagram names an IKE_SA we do
