@@ -276,7 +276,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
             self._out_by_reqid[params.reqid] = st  # make-before-break: new outbound SA takes over
             self._outs.setdefault(params.reqid, {})[params.spi] = st
             self._out_cache.clear()
-        log.info("installed %r", params)
+        log.debug("installed %r", params)  # at info the CHILD_SA's established/closing lines say it (docs/operations.md, Logging)
 
     def update_sa(
         self,
@@ -322,7 +322,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
                 else:
                     del self._out_by_reqid[reqid]
                 self._out_cache.clear()
-        log.info("deleted SA %08x %s", spi, direction.name)
+        log.debug("deleted SA %08x %s", spi, direction.name)
 
     def query_usage(self, spi: int, direction: Direction) -> SaUsage:
         c = self._get(spi, direction).esp.counters
