@@ -295,6 +295,8 @@ class CheckList:
         burst = max(1, self.config.initial_burst) if self._last_check is None else 1
         sent = 0
         while sent < burst and (pair := self._next_waiting()) is not None:
+            if sent and self.flush is not None:
+                self.flush()  # a burst's checks leave one by one as they are made (docs/protocol.md §7.6)
             self._send_request(pair, now)
             sent += 1
         if not sent:

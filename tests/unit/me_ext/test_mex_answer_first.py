@@ -12,6 +12,7 @@ from core_ike.codec.message import decode_message
 from core_ike.constants import NON_ESP_MARKER, ExchangeType, HeaderFlag, NotifyType
 from core_ike.ike import events as ev
 from core_ike.me.checks import decode_check, is_connectivity_check
+from core_ike.me.checktypes import PairState
 
 
 def _check(data: bytes):  # type: ignore[no-untyped-def]
@@ -100,3 +101,20 @@ def test_target_refuses_a_second_request_with_the_same_connect_id() -> None:
     assert bob.ext.checks.get(cid) is not None
     again = bob.ext._relayed_request(sa, cid, key, eps, peer, net.now)
     assert [int(p.type) for p in again] == [NotifyType.ME_CONNECT_FAILED]
+
+
+def test_a_bursts_first_check_leaves_before_the_next_is_made() -> None:
+    net = make_net(latency=0.005)  # both behind NAT: alice's list starts with a burst of checks
+    register(net)
+    alice = net.nodes["alice"]
+    in_progress: list[int] = []  # per check alice sent: how many of her pairs were in progress then
+
+    def send_now(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        c = _check(data)
+        if c is not None and not c.is_response:
+            in_progress.append(sum(p.state is PairState.IN_PROGRESS for cl in alice.ext.checks for p in cl.pairs))
+        net.put(alice, data, local, remote)
+
+    alice.ext.config = replace(alice.ext.config, send_now=send_now)
+    mediate(net)
+    assert len(in_progress) >= 2 and in_progress[:2] == [1, 2]  # the first left before the second was made
