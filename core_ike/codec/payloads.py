@@ -60,6 +60,9 @@ class SaPayload:
     # the body octets it stands for: as received, or a cached encoding of `proposals`; encoders send
     # them as they are, so code that changes `proposals` of such a payload sets `raw` to None
     raw: bytes | None = field(default=None, compare=False, repr=False)
+    # as received: the body without its proposals' SPIs (RFC 7296 3.3.1), what a choice among the
+    # proposals depends on (a CHILD_SA's offer differs from the last one in its SPIs alone)
+    shape: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

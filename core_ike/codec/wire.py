@@ -602,23 +602,61 @@ def _fast_pull_id_of(ptype: PayloadType) -> Callable[[bytes, int, int], IdPayloa
     return pull
 
 
-# An initiator sends the same SA payload in every IKE_SA_INIT (its configured proposals): the parsed
-# proposals are kept by the payload's octets, bounded (a flood of varied ones only empties it), and each
-# message gets a fresh SaPayload over them. Proposals and Transforms are not changed after parsing (a
-# selected one is copied with dataclasses.replace).
+# An initiator sends the same SA payload in every IKE_SA_INIT (its configured proposals), and the same
+# ESP proposals with another SPI for each CHILD_SA: the parsed proposals are kept by the payload's octets
+# without the SPIs, bounded (a flood of varied ones only empties it), and each message gets a fresh
+# SaPayload over them with its own SPIs. Transforms are not changed after parsing (a selected proposal is
+# a new Proposal).
 _SA_CACHE: dict[bytes, tuple[Proposal, ...]] = {}
 SA_CACHE_MAX = 64
 
 
+def _without_spis(body: bytes) -> tuple[bytes, list[bytes]] | None:
+    """An SA body's octets without each proposal's SPI, which follows the proposal's 8-octet header
+    (RFC 7296 3.3.1), and the SPIs; None when the proposal headers do not chain to the body's end (the
+    general codec says why)."""
+    n, pos, cut = len(body), 0, 0
+    parts: list[bytes] = []
+    spis: list[bytes] = []
+    while True:
+        if n - pos < 8:
+            return None
+        end = pos + ((body[pos + 2] << 8) | body[pos + 3])
+        spi_end = pos + 8 + body[pos + 6]
+        if spi_end > end or end > n:
+            return None
+        parts += (body[pos:pos + 8], body[spi_end:end])
+        spis.append(body[pos + 8:spi_end])
+        cut += spi_end - pos - 8
+        if body[pos] != _MORE_PROPOSALS:
+            if end != n or body[pos] != _LAST_PROPOSAL:
+                return None
+            return (b"".join(parts) if cut else body), spis
+        pos = end
+
+
 def _fast_pull_sa(raw: bytes, start: int, end: int) -> SaPayload | None:
     body = raw[start:end]
-    hit = _SA_CACHE.get(body)
+    cut = _without_spis(body)
+    if cut is None:
+        return None
+    shape, spis = cut
+    hit = _SA_CACHE.get(shape)
     if hit is None:
         sa = pull_sa(Buffer(body))  # errors: the general path raises them again with the details
         if len(_SA_CACHE) >= SA_CACHE_MAX:
             _SA_CACHE.clear()
-        hit = _SA_CACHE[body] = tuple(sa.proposals)
-    return SaPayload(list(hit), body)
+        hit = _SA_CACHE[shape] = tuple(sa.proposals)
+    if shape is body:  # no SPIs (an IKE SA's offer, RFC 7296 3.3.1)
+        return SaPayload(list(hit), body, shape)
+    return SaPayload([Proposal(p.num, p.protocol, spi, p.transforms) for p, spi in zip(hit, spis, strict=True)],
+                     body, shape)
+
+
+def pull_sa_body(body: bytes) -> SaPayload:
+    """An SA payload's body (RFC 7296 3.3) as pull_chain decodes it, from the cache when its shape was
+    seen; DecodeError as there."""
+    return _fast_pull_sa(body, 0, len(body)) or pull_sa(Buffer(body))
 
 
 _FAST_PULL: dict[int, Callable[[bytes, int, int], Payload | None]] = {

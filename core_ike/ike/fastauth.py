@@ -45,7 +45,7 @@ from ..buffer import Buffer
 from ..codec.message import Message
 from ..codec.payloads import NotifyPayload, Payload, SaPayload, TrafficSelector, TsPayload
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
-from ..codec.wire import decode_payloads, encode_payloads, pull_body
+from ..codec.wire import encode_payloads, pull_body, pull_sa_body
 from ..constants import AuthMethod, CertEncoding, HeaderFlag, PayloadType, TsType
 from ..crypto.auth import create_signature_auth, key_kind, psk_auth, verify_signature_auth
 from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError
@@ -63,7 +63,6 @@ log = logging.getLogger("core_ike.ike")
 
 Addr = tuple[str, int]
 
-_GENERIC = struct.Struct("!BBH")  # RFC 7296 3.2
 _SELECTOR = struct.Struct("!BBHHH")  # RFC 7296 3.13.1: TS Type, IP Protocol ID, Selector Length, ports
 _TS_TYPES = {7: (TsType.IPV4_ADDR_RANGE, 4), 8: (TsType.IPV6_ADDR_RANGE, 16)}  # TS type -> (type, address octets)
 
@@ -189,8 +188,8 @@ def _child_payloads(req: Request) -> list[Payload] | None:
     try:
         for ptype in (SA, TSI, TSR):
             body = req.child[ptype]
-            if ptype == SA:  # the codec's chain decoder: an SA body seen before is parsed once
-                out.extend(decode_payloads(_GENERIC.pack(0, 0, 4 + len(body)) + body, SA))
+            if ptype == SA:  # as the codec's chain decoder: an SA body of a shape seen before is parsed once
+                out.append(pull_sa_body(body))
             else:
                 out.append(_pull_ts(body, ptype) or pull_body(Buffer(body), ptype, False, len(body)))
     except (DecodeError, ProtocolError):
@@ -220,6 +219,8 @@ def _pull_ts(body: bytes, ptype: int) -> TsPayload | None:
 
 def _push(p: Payload) -> bytes:
     """One payload's body as the codec encodes it (push_ts written out for the TS payloads we send)."""
+    if isinstance(p, SaPayload) and p.raw is not None:
+        return p.raw  # ChildCreate wrote it (the codec sends it as it is)
     if isinstance(p, TsPayload):
         pack = _SELECTOR.pack
         return bytes((len(p.selectors), 0, 0, 0)) + b"".join(

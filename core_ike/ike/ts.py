@@ -58,8 +58,18 @@ def full(version: int = 4) -> TrafficSelector:
     return from_cidr("0.0.0.0/0" if version == 4 else "::/0")
 
 
+def within(inner: TrafficSelector, outer: TrafficSelector) -> bool:
+    """Does `outer` hold all of `inner` (RFC 7296 2.9): intersect(inner, outer) == inner, without making
+    the intersection."""
+    return (inner.ts_type == outer.ts_type and outer.ip_proto in (0, inner.ip_proto)
+            and outer.start_port <= inner.start_port <= inner.end_port <= outer.end_port
+            and outer.start_addr <= inner.start_addr <= inner.end_addr <= outer.end_addr)
+
+
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     """RFC 7296 2.9: the responder narrows to the intersection of both selectors."""
+    if within(a, b):
+        return a  # the common case (an initiator's host inside a configured range): nothing new to make
     if a.ts_type != b.ts_type:
         return None
     if a.ip_proto and b.ip_proto and a.ip_proto != b.ip_proto:
@@ -84,7 +94,9 @@ def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) ->
             x = intersect(o, c)
             if x is not None and x not in out:
                 out.append(x)
-    return [x for x in out if not any(y != x and intersect(x, y) == x for y in out)]
+    if len(out) < 2:
+        return out
+    return [x for x in out if not any(y != x and within(x, y) for y in out)]
 
 
 @functools.lru_cache(maxsize=4096)

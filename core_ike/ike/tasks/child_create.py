@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
-from dataclasses import replace
+from itertools import repeat
 
 from ...codec.message import Message
 from ...codec.payloads import (
@@ -21,6 +21,7 @@ from ...codec.payloads import (
     Transform,
     TsPayload,
 )
+from ...codec.wire import encode_payloads
 from ...constants import (
     CfgAttr,
     CfgType,
@@ -67,7 +68,12 @@ def _esp_proposals(sa: IkeSaView, cfg: ChildConfig, spi: int, in_auth: bool) -> 
     offer nor accept an SA that would carry nothing); ProtocolError(NO_PROPOSAL_CHOSEN) naming the
     algorithms when nothing is left. Worked out once per proposal string and data plane; each call
     gets its own Proposal objects with `spi` (their transforms are immutable)."""
-    dp = installable(sa)
+    spi_b = struct.pack("!I", spi)
+    return [Proposal(p.num, p.protocol, spi_b, list(p.transforms)) for p in _ours(cfg, installable(sa), in_auth)]
+
+
+def _ours(cfg: ChildConfig, dp: EspTransforms | None, in_auth: bool) -> tuple[Proposal, ...]:
+    """_esp_proposals' proposals without SPI, shared (not to be changed)."""
     key = (cfg.esp_proposals, cfg.name, dp, in_auth)
     hit = _PROPOSALS.get(key)
     if hit is None:
@@ -77,8 +83,7 @@ def _esp_proposals(sa: IkeSaView, cfg: ChildConfig, spi: int, in_auth: bool) -> 
         _PROPOSALS[key] = hit
     if isinstance(hit, ProtocolError):
         raise ProtocolError(str(hit), hit.notify, hit.data)
-    spi_b = struct.pack("!I", spi)
-    return [Proposal(p.num, p.protocol, spi_b, list(p.transforms)) for p in hit]
+    return hit
 
 
 def _our_esp_proposals(cfg: ChildConfig, dp: EspTransforms | None,
@@ -95,6 +100,76 @@ def _our_esp_proposals(cfg: ChildConfig, dp: EspTransforms | None,
     return tuple(props)
 
 
+class _Choice:
+    """What proposal selection (RFC 7296 2.7) gives for one of our ESP offers and one shape of the peer's
+    (its proposals without their SPIs, SaPayload.shape): the same for every CHILD_SA of that pair, so
+    worked out once, with what the CHILD_SA takes from it. (As initiator, `_algorithms`: the algorithms
+    alone, per chosen set of transforms.)"""
+
+    __slots__ = ("encr", "esn", "head", "index", "integ", "key_bits", "num", "protocol", "tail", "text",
+                 "transforms")
+
+    def __init__(self, index: int, got: Proposal) -> None:
+        self.index = index  # the chosen proposal among the peer's: its SPI is the outbound one
+        self.num, self.protocol, self.transforms = got.num, got.protocol, tuple(got.transforms)
+        e, i, esn = got.first(TransformType.ENCR), got.first(TransformType.INTEG), got.first(TransformType.ESN)
+        assert e is not None  # both sides' proposals have one (parse_proposals, _choose)
+        self.encr, self.key_bits = e.id, e.key_length
+        self.integ = i.id if i is not None and i.id != 0 else 0
+        self.esn = bool(esn and esn.id == 1)
+        self.text = describe(got)
+        self.head = self.tail = b""
+
+    def sa_payload(self, spi: bytes, transforms: list[Transform]) -> SaPayload:
+        """Our SA payload with the chosen proposal and our 4-octet SPI, its body already written."""
+        assert self.head
+        return SaPayload([Proposal(self.num, self.protocol, spi, transforms)], self.head + spi + self.tail)
+
+
+def _choice_of(ours: tuple[Proposal, ...], offered: list[Proposal]) -> _Choice | None:
+    """select_proposal(ours, offered) with the index of the peer's proposal it took."""
+    for i, theirs in enumerate(offered):
+        got = select_proposal(list(ours), [theirs])  # the peer's first acceptable one (RFC 7296 2.7)
+        if got is not None:
+            c = _Choice(i, got)
+            # our SA payload's body for it: the codec's encoding, our SPI put in after the proposal's
+            # 8-octet header (RFC 7296 3.3.1)
+            body = encode_payloads([SaPayload([Proposal(got.num, got.protocol, bytes(4), got.transforms)])])[4:]
+            c.head, c.tail = body[:8], body[12:]
+            return c
+    return None
+
+
+# (proposal string, CHILD_SA name, in IKE_AUTH, id of the data plane's EspTransforms, the offer's shape) ->
+# (those EspTransforms, the outcome): a few per configuration and kind of peer
+_CHOICES: dict[tuple[str, str, bool, int, bytes], tuple[EspTransforms | None, _Choice | ProtocolError | None]] = {}
+
+
+def _choose(sa: IkeSaView, cfg: ChildConfig, offered: SaPayload, in_auth: bool) -> _Choice:
+    """The peer's proposal we accept and how; ProtocolError(NO_PROPOSAL_CHOSEN) when none (or when the
+    data plane can install none of ours, _esp_proposals)."""
+    dp = installable(sa)
+    shape = offered.shape
+    key = (cfg.esp_proposals, cfg.name, in_auth, id(dp), shape) if shape is not None else None
+    hit = _CHOICES.get(key) if key is not None else None
+    if hit is not None and hit[0] is dp:
+        got = hit[1]
+    else:
+        try:
+            got = _choice_of(_ours(cfg, dp, in_auth), offered.proposals)
+        except ProtocolError as e:
+            got = e
+        if key is not None:
+            if len(_CHOICES) >= _PROPOSALS_MAX:
+                _CHOICES.clear()
+            _CHOICES[key] = (dp, got)
+    if isinstance(got, ProtocolError):
+        raise ProtocolError(str(got), got.notify, got.data)
+    if got is None:
+        raise ProtocolError(f"no acceptable ESP proposal{_left_out(sa, cfg)}", NotifyType.NO_PROPOSAL_CHOSEN)
+    return got
+
+
 def _left_out(sa: IkeSaView, cfg: ChildConfig) -> str:
     """For the NO_PROPOSAL_CHOSEN log line: configured algorithms the data plane cannot install."""
     dp = installable(sa)
@@ -105,19 +180,20 @@ def _left_out(sa: IkeSaView, cfg: ChildConfig) -> str:
     return f" (not used: {names}, which the {dp.dataplane} data plane cannot install)" if names else ""
 
 
-_DESCRIBED: dict[tuple[Transform, ...], str] = {}
+_ALGORITHMS: dict[tuple[Transform, ...], _Choice] = {}
 
 
-def _describe(chosen: Proposal) -> str:
-    """describe(chosen), once per set of transforms (the same few for every CHILD_SA of a configuration)."""
+def _algorithms(chosen: Proposal) -> _Choice:
+    """The algorithms of a proposal the peer chose (as initiator), once per set of transforms (the same
+    few for every CHILD_SA of a configuration)."""
     key = tuple(chosen.transforms)
-    text = _DESCRIBED.get(key)
-    if text is None:
-        text = describe(chosen)
-        if len(_DESCRIBED) >= _PROPOSALS_MAX:
-            _DESCRIBED.clear()
-        _DESCRIBED[key] = text
-    return text
+    hit = _ALGORITHMS.get(key)
+    if hit is None:
+        hit = _Choice(0, chosen)
+        if len(_ALGORITHMS) >= _PROPOSALS_MAX:
+            _ALGORITHMS.clear()
+        _ALGORITHMS[key] = hit
+    return hit
 
 
 def _pfs_group(props: list[Proposal]) -> int | None:
@@ -178,7 +254,7 @@ def with_packet(packet: tuple[TrafficSelector, TrafficSelector], tsi: list[Traff
 
 
 def _holds(selectors: list[TrafficSelector], one: TrafficSelector) -> bool:
-    return any(tsmod.intersect(one, t) == one for t in selectors)
+    return any(map(tsmod.within, repeat(one), selectors))  # without a generator's frame per call
 
 
 def schedule(sa: IkeSaView, child: ChildSa, now: float, rekey_initiator: bool) -> None:
@@ -206,6 +282,7 @@ class ChildCreate(Task):
         self.nonce = b""
         self.error: ProtocolError | None = None
         self.chosen: Proposal | None = None
+        self.choice: _Choice | None = None  # as responder: how `chosen` was chosen
         self.tsi: list[TrafficSelector] = []
         self.tsr: list[TrafficSelector] = []
         self.child: ChildSa | None = None
@@ -346,14 +423,12 @@ class ChildCreate(Task):
         cfg, tsi_n, tsr_n = self._pick_config(sa, tsi.selectors, tsr.selectors)
         self.cfg = cfg
         self.spi_in = sa.ctx.alloc_spi()
-        ours = _esp_proposals(sa, cfg, self.spi_in, self.in_auth)
-        chosen = select_proposal(ours, sa_pl.proposals)
-        if chosen is None:
-            raise ProtocolError(f"no acceptable ESP proposal{_left_out(sa, cfg)}", NotifyType.NO_PROPOSAL_CHOSEN)
+        choice = _choose(sa, cfg, sa_pl, self.in_auth)
+        chosen = Proposal(choice.num, choice.protocol, sa_pl.proposals[choice.index].spi, list(choice.transforms))
         if len(chosen.spi) != 4:
             raise ProtocolError("ESP SPI must be 4 octets", NotifyType.INVALID_SYNTAX)
         self._pfs_r(sa, msg, chosen)
-        self.chosen = chosen
+        self.chosen, self.choice = chosen, choice
         self.tsi, self.tsr = tsi_n, tsr_n
 
     def _pick_config(self, sa: IkeSaView, tsi: list[TrafficSelector],
@@ -414,8 +489,12 @@ class ChildCreate(Task):
             return
         if self.cp_reply is not None:
             msg.payloads.append(self.cp_reply)
-        ours = replace(self.chosen, spi=struct.pack("!I", self.spi_in))
-        msg.payloads.append(SaPayload([ours]))
+        spi = self.spi_in.to_bytes(4, "big")
+        if self.choice is not None:
+            msg.payloads.append(self.choice.sa_payload(spi, self.chosen.transforms))
+        else:
+            msg.payloads.append(SaPayload([Proposal(self.chosen.num, self.chosen.protocol, spi,
+                                                    self.chosen.transforms)]))
         if not self.in_auth:
             msg.payloads.append(NoncePayload(self.nonce))
             if self.ke is not None:
@@ -427,16 +506,13 @@ class ChildCreate(Task):
     # ---------------------------------------------------------------- both
     def _install(self, sa: IkeSaView, now: float, initiator: bool) -> None:
         assert self.cfg is not None and self.chosen is not None
-        e = self.chosen.first(TransformType.ENCR)
-        i = self.chosen.first(TransformType.INTEG)
-        esn = self.chosen.first(TransformType.ESN)
-        assert e is not None
-        integ = i.id if i is not None and i.id != 0 else 0
+        c = self.choice if self.choice is not None else _algorithms(self.chosen)
+        integ = c.integ
         if self.in_auth:
             ni, nr = sa.ni, sa.nr
         else:
             ni, nr = (self.nonce, self.peer_nonce) if initiator else (self.peer_nonce, self.nonce)
-        km = derive_child_keys(sa.prf_id, sa.sk_d, ni, nr, e.id, e.key_length, integ or None, self.shared)
+        km = derive_child_keys(sa.prf_id, sa.sk_d, ni, nr, c.encr, c.key_bits, integ or None, self.shared)
         spi_out = int.from_bytes(self.chosen.spi, "big")
         if initiator:
             k_out, a_out, k_in, a_in = km.encr_i, km.integ_i, km.encr_r, km.integ_r
@@ -444,12 +520,10 @@ class ChildCreate(Task):
             k_out, a_out, k_in, a_in = km.encr_r, km.integ_r, km.encr_i, km.integ_i
         # our TS: initiator's TSi is its local side
         local_ts, remote_ts = (self.tsi, self.tsr) if initiator else (self.tsr, self.tsi)
-        keys = ev.ChildKeys(e.id, e.key_length or 0, integ, bool(esn and esn.id == 1),
-                            self.spi_in, spi_out, k_in, a_in, k_out, a_out)
+        keys = ev.ChildKeys(c.encr, c.key_bits or 0, integ, c.esn, self.spi_in, spi_out, k_in, a_in, k_out, a_out)
         uid = sa.ctx.next_child_id()
         reqid = self.rekey.reqid if self.rekey is not None else sa.ctx.next_reqid()
-        child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen,
-                        _describe(self.chosen), keys, local_ts, remote_ts, ChildState.INSTALLED, now,
+        child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen, c.text, keys, local_ts, remote_ts, ChildState.INSTALLED, now,
                         rekeyed_from=self.rekey.unique_id if self.rekey else None)
         schedule(sa, child, now, initiator)
         sa.children[uid] = child
@@ -460,7 +534,7 @@ class ChildCreate(Task):
                      self.spi_in, spi_out, tsmod.list_text(local_ts), tsmod.list_text(remote_ts))
         sa.ctx.emit(ev.ChildSaEstablished(
             sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap,
-            tuple(tsmod.to_text(t) for t in local_ts), tuple(tsmod.to_text(t) for t in remote_ts),
+            tuple(map(tsmod.to_text, local_ts)), tuple(map(tsmod.to_text, remote_ts)),
             keys, child.proposal_text, child.rekeyed_from, self.cfg.replay_window))
         if self.rekey is not None:
             if initiator:

@@ -93,3 +93,38 @@ def test_an_sa_payload_sends_the_octets_it_stands_for() -> None:
     assert sa is not None and sa.raw is not None
     assert wire.encode_payloads([sa])[4:] == sa.raw == wire.encode_payloads([SaPayload(sa.proposals)])[4:]
     assert sa == SaPayload(sa.proposals)  # raw is not part of the value
+
+
+def test_child_sa_offers_share_a_parse_and_keep_their_own_spis() -> None:
+    """An ESP offer differs from the last one in its SPIs (RFC 7296 3.3.1): parsed once by its shape,
+    each payload with its own SPIs, equal to the general decoding; malformed bodies give its errors."""
+    from core_ike.buffer import Buffer
+
+    def body(spis: list[bytes], text: str = "aes128gcm16-aes256gcm16,aes128-sha256-esn") -> bytes:
+        props = parse_proposals(text, ProtocolId.ESP)
+        for p, spi in zip(props, spis, strict=True):
+            p.spi = spi
+        buf = Buffer()
+        wire.push_sa(buf, SaPayload(props))
+        return buf.getvalue()
+
+    wire._SA_CACHE.clear()
+    seen = []
+    for spis in ([b"\x01\x02\x03\x04", b"\x01\x02\x03\x04"], [b"\xaa" * 4, b"\xbb" * 4], [b"\xaa" * 4, b""]):
+        data = body(spis)
+        got = wire.pull_sa_body(data)
+        assert got == wire.pull_sa(Buffer(data)) and got.raw == data
+        assert [p.spi for p in got.proposals] == spis
+        assert wire.decode_payloads(bytes((0, 0, 0, 4 + len(data))) + data, PayloadType.SA) == [got]
+        seen.append(got)
+    assert len(wire._SA_CACHE) == 2  # the last one's second SPI has another size: another shape
+    assert seen[0].shape == seen[1].shape != seen[2].shape
+    seen[0].proposals[0].spi = b"\x00" * 4  # one payload's proposals are its own
+    assert seen[1].proposals[0].spi == b"\xaa" * 4
+    good = body([b"\x01\x02\x03\x04"] * 2)
+    for bad, error in ((good[:-1], "proposal length"), (good + b"\x00", "octets after the last proposal"),
+                       (bytes((1,)) + good[1:], "neither 0 nor 2"), (good[:8], "proposal length"),
+                       (good[:6] + b"\x40" + good[7:], "SPI size 64 exceeds")):
+        for _ in range(2):
+            with pytest.raises(DecodeError, match=error):
+                wire.pull_sa_body(bad)
