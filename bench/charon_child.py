@@ -30,6 +30,7 @@ import results_io
 from ike_setup_rate import CHARON_PLUGINS
 
 from scenarios.lab.charon import Charon as CharonProc
+from scenarios.lab.events import wait_files
 from scenarios.lab.netns import wait_for
 
 CHILD = "net"
@@ -143,6 +144,7 @@ class ChildSide:
         its response (an iked from an older ``--before`` tree) still owes that work to the batch. The routes
         are read from the kernel, which costs the responder no CPU."""
         with contextlib.suppress(TimeoutError):
+            # the kernel's routes (read with netlink dumps; nothing here subscribes to their changes): a poll
             wait_for(lambda: len(self.tun_routes()) >= n, 10.0, interval=0.02, what=f"{n} routes into the TUN")
 
     def children(self) -> list[tuple[str, list[str]]]:
@@ -280,7 +282,7 @@ def record(auth: str, count: int, out: Any) -> float:
             if n != count:
                 raise RuntimeError(f"{count - n} IKE_SAs failed: {failed[:3]}")
             os.kill(pid, signal.SIGUSR2)
-            wait_for(rec.exists, 30, interval=0.05, what="the recording")
+            wait_files(rec.exists, 30, [rec], what="the recording")  # its creation is the event
             shutil.copytree(base.iked.dir, out / "conf", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
         finally:
             with contextlib.suppress(Exception):

@@ -147,6 +147,7 @@ def _settle(lab: Any, timeout: float = 30.0) -> float:
 
     t0 = time.monotonic()
     try:
+        # processes, devices and routes the kernel removes: nothing announces it, so a poll
         wait_for(lambda: not _leftovers(lab), timeout, interval=0.05, what="the last side's processes and devices")
     except TimeoutError as e:
         raise RuntimeError(f"the lab did not settle: {_leftovers(lab)}") from e
@@ -170,7 +171,7 @@ def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path) 
     configuration directory go to `out`."""
     import shutil
 
-    from scenarios.lab.netns import wait_for
+    from scenarios.lab.events import wait_files
 
     resp = Ours(lab, auth, pki)
     resp.iked.module = "ike_cost"
@@ -184,7 +185,7 @@ def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path) 
         n, _ = initiate_all(init, [f"c{i}" for i in range(count)], inflight, 60.0)
         process, seconds = proc_cpu(pid) - cpu0, time.monotonic() - t0
         os.kill(pid, signal.SIGUSR2)
-        wait_for(rec.exists, 30, interval=0.05, what="the recording")
+        wait_files(rec.exists, 30, [rec], what="the recording")  # its creation is the event
         shutil.copytree(resp.iked.dir, out / "conf", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
     finally:
         with contextlib.suppress(Exception):

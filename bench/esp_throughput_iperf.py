@@ -100,6 +100,7 @@ def iperf(lab: Lab, seconds: float, reverse: bool, comms: tuple[str, ...], nice:
     """One iperf3 TCP run alice -> bob (or -R): Mbit/s received, retransmits, CPU % per host. With ``nice``,
     iperf3 runs at that autogroup nice (the client is our child: our own session's autogroup, reset after)."""
     srv = lab.popen("bob", ["iperf3", "-s", "-1", "-B", B_IN], lab.dir / "iperf3-server.log")
+    # iperf3 -s announces nothing it flushes to a file: its listening port is polled
     wait_for(lambda: f"{B_IN}:5201" in lab.run("bob", ["ss", "-ltn"], check=False).stdout, 5,
              interval=0.05, what="iperf3 -s")
     if nice:

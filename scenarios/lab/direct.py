@@ -15,8 +15,9 @@ import time
 from typing import Generic, Protocol, TypeVar
 
 from scenarios.lab.charon import Charon
+from scenarios.lab.events import wait_files
 from scenarios.lab.iked import Iked, IkedError
-from scenarios.lab.netns import Lab, wait_for
+from scenarios.lab.netns import Lab
 from scenarios.lab.topologies import CAROL
 
 PSK = "direct-loss-secret-0123456789"
@@ -84,8 +85,11 @@ class _Pair(Generic[D]):
         self.alice.start()
 
     def _wait_gone(self, timeout: float, what: str) -> None:
-        wait_for(lambda: not self.alice.list_sas() and not self.carol.list_sas(), timeout, interval=0.02,
-                 what=what)
+        # checked again at each line either side logs (a deletion logs one); charon may write its line
+        # before `list-sas` drops the SA: then a check 0.1 s later
+        wait_files(lambda: not self.alice.list_sas() and not self.carol.list_sas(), timeout,
+                   [self.alice.log_path, self.carol.log_path], what=what,
+                   backstop=0.1 if isinstance(self.alice, Charon) else None)
 
     def stop(self) -> None:
         self.alice.stop()

@@ -64,10 +64,10 @@ class Notifications:
     def _read(self, proc: Any) -> None:
         try:
             while True:
-                ready, _, _ = select.select([self.sock, self._pidfd, self._stop_r], [], [])
+                ready, _, _ = select.select([self.sock.fileno(), self._pidfd, self._stop_r], [], [])
                 if self._stop_r in ready:
                     return
-                if self.sock in ready:
+                if self.sock.fileno() in ready:
                     msg = self.sock.recv(65536).decode(errors="replace")
                     with self._cond:
                         self.lines.extend(msg.splitlines())
@@ -141,7 +141,10 @@ def wait_files(predicate: Callable[[], T | None], timeout: float, files: Iterabl
         names = {p.name for p in paths}
         try:
             for proc in procs:
-                pidfds[os.pidfd_open(proc.pid)] = proc
+                try:
+                    pidfds[os.pidfd_open(proc.pid)] = proc
+                except ProcessLookupError:  # exited and reaped already
+                    raise ProcessExited(f"{proc.args!r} exited with status {proc.wait()} before waiting for {what}") from None
             while True:
                 value = predicate()
                 if value:
@@ -162,3 +165,13 @@ def wait_files(predicate: Callable[[], T | None], timeout: float, files: Iterabl
         finally:
             for fd in pidfds:
                 os.close(fd)
+
+
+def wait_daemons(predicate: Callable[[], T | None], timeout: float, daemons: Iterable[Any],
+                 what: str = "condition") -> T:
+    """``predicate()`` again at each line one of `daemons` (``Iked``, ``Charon``: their ``log_path``)
+    logs, until it holds. A charon among them adds a check 0.1 s after its last line: its threads may
+    write a line before ``list-sas`` shows the change it describes."""
+    ds = list(daemons)
+    backstop = min((d.state_backstop for d in ds if d.state_backstop is not None), default=None)
+    return wait_files(predicate, timeout, [d.log_path for d in ds], what=what, backstop=backstop)

@@ -6,14 +6,16 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core_ike.daemon.ctl import call
 from scenarios.lab.events import Notifications, ProcessExited, wait_files
 from scenarios.lab.netns import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 class IkedError(RuntimeError):
@@ -30,6 +32,7 @@ class Iked:
     Logging)."""
 
     module = "core_ike.daemon.main"
+    state_backstop: float | None = None  # its log line follows the change (wait_daemons)
 
     def __init__(self, lab: Lab, host: str, toml: str, name: str = "iked",
                  files: dict[str, bytes | str] | None = None, module: str | None = None) -> None:
@@ -76,7 +79,7 @@ class Iked:
             raise IkedError(f"{self.name} did not start: {e}\n{self.log_tail()}") from e
         return self
 
-    def wait_state(self, check: Any, timeout: float, what: str) -> Any:
+    def wait_state(self, check: Callable[[], T | None], timeout: float, what: str) -> T:
         """``check()`` until it returns a truthy value, again after each line the daemon logs;
         IkedError when the daemon exits first, TimeoutError after `timeout` s."""
         try:
@@ -119,7 +122,7 @@ class Iked:
         return sas
 
     def wait_sas(self, pred: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Poll ``list`` until ``pred(sas)`` holds; returns those SAs."""
+        """``list`` until ``pred(sas)`` holds, checked again at each line the daemon logs; those SAs."""
         def check() -> tuple[list[dict[str, Any]]] | None:
             sas = self.list_sas()
             return (sas,) if pred(sas) else None  # a tuple: an empty list may be the awaited state

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from scenarios.lab.charon import Charon, CharonError
-from scenarios.lab.netns import Lab, wait_for
+from scenarios.lab.events import wait_files
+from scenarios.lab.netns import Lab
 from scenarios.lab.topologies import CAROL
 
 LAN = {"alice": "10.1.0.2", "bob": "10.2.0.2", "venus": "10.1.0.3"}
@@ -190,7 +191,9 @@ class CharonMediation:
                 return not any(sa["name"] == "p2p" for sa in c.list_sas())
 
             try:
-                wait_for(gone, timeout, what=f"p2p SA on {c.host} gone")
+                # again at each line charon logs, and 0.1 s after the last (its line may come before
+                # `list-sas` drops the SA)
+                wait_files(gone, timeout, [c.log_path], what=f"p2p SA on {c.host} gone", backstop=0.1)
             except TimeoutError as e:
                 raise CharonError(f"{e}\n{c.log_tail()}") from None
         forget_direct_mappings(self.lab)

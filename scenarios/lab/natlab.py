@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from scenarios.lab.iked import Iked
-from scenarios.lab.netns import Lab, wait_for
+from scenarios.lab.netns import Lab
 
 CAROL_ALT = "203.0.113.11"  # carol's second address: RFC 5780 change-IP answers leave from here
 STUN_EXTRA = f'stun_alt_address = "{CAROL_ALT}"'  # [mediation] of a server_toml
@@ -26,7 +26,7 @@ def wait_nat(client: Iked, timeout: float = 20.0) -> dict[str, Any]:
             return True
         return False
 
-    wait_for(done, timeout, interval=0.1, what=f"{client.host}'s NAT behaviour discovery")
+    client.wait_state(done, timeout, f"{client.host}'s NAT behaviour discovery")  # it logs "NAT behaviour ..."
     return out
 
 

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import NetNS, netns
 
+from scenarios.lab.events import wait_files
 from scenarios.lab.pcap import Capture
 
 log = logging.getLogger("lab")
@@ -56,10 +57,11 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float 
              what: str = "condition") -> T:
     """Poll ``predicate`` every ``interval`` s until it returns a truthy value; raise after ``timeout``.
 
-    Only for what tells nobody when it happens: another program's socket or log file (charon, tcpdump,
-    lighttpd), a capture filling up, the kernel's routes and SAs, the state a daemon shows on its
-    control socket. Where an event exists (a process's readiness line or notification, a callback),
-    wait for that instead."""
+    Only for what tells nobody when it happens: a port another program listens on (lighttpd, iperf3),
+    the kernel's routes, SAs and counters, a program's state with no log line or notification. Where an
+    event exists, wait for that instead: a daemon's READY=1 (``Iked.start``, ``Iked.reload``), a file or
+    log line written (:func:`scenarios.lab.events.wait_files`, ``Iked.wait_log`` / ``wait_state``), a
+    process's exit (its pidfd)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -312,14 +314,15 @@ class Lab:
         proc = self.popen(host, argv, logf)
         cap = Capture(path, ike_ports=frozenset(ike_ports), natt_ports=frozenset(natt_ports))
         try:
-            wait_for(lambda: proc.poll() is not None or "listening on" in read_text(logf), timeout,
-                     what=f"tcpdump on {host}:{iface}")
+            wait_files(lambda: proc.poll() is not None or "listening on" in read_text(logf), timeout, [logf],
+                       what=f"tcpdump on {host}:{iface}")
             if proc.poll() is not None:
                 raise LabError(f"tcpdump on {host}:{iface} failed: {read_text(logf)}")
             yield cap
             mark = self._send_mark(host, iface)
             try:
-                wait_for(lambda: mark in _read_bytes(path), timeout, what=f"the marker in {path.name}")
+                # tcpdump -U writes each packet as it comes: the file's change is the event
+                wait_files(lambda: mark in _read_bytes(path), timeout, [path], what=f"the marker in {path.name}")
             except TimeoutError as e:
                 raise LabError(f"tcpdump on {host}:{iface}: {e}\n{read_text(logf)}") from None
         finally:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from scenarios.lab.events import wait_files
 from scenarios.lab.netns import Lab, LabError, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,7 +170,8 @@ class PortalSite:
                 raise LabError(f"{self.name} exited: {(self.dir / 'app.log').read_text()[-2000:]}")
             return self.sock.exists()
 
-        wait_for(sock_ready, timeout, interval=0.02, what=f"{self.name} FastCGI socket")
+        # flup says nothing when it serves: the socket's creation is the event (it listens right after)
+        wait_files(sock_ready, timeout, [self.sock, self.dir / "app.log"], what=f"{self.name} FastCGI socket")
         (self.dir / "www").mkdir(exist_ok=True)
         conf = self.dir / "lighttpd.conf"
         conf.write_text(f"""server.modules += ( "mod_fastcgi" )
@@ -197,6 +199,8 @@ fastcgi.server = ( "{self.mount}" => (( "socket" => "{self.sock}", "check-local"
 
             return in_netns(self.lab, self.host, probe)
 
+        # lighttpd -D reports no readiness (no sd_notify in this build) and logs nothing when it listens:
+        # its port is tried
         wait_for(listening, timeout, interval=0.05, what=f"lighttpd on {self.host}:{self.port}")
         return self
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scenarios.lab import natkinds
-from scenarios.lab.netns import Lab, LabError, cleanup_orphans, read_text, wait_for
+from scenarios.lab.events import wait_files
+from scenarios.lab.netns import Lab, LabError, cleanup_orphans, read_text
 
 NatKind = Literal["eim", "symmetric", "port-restricted", "full-cone", "address-restricted", "symmetric-random",
                   "symmetric-sequential", "none"]  # scenarios/lab/natkinds.py
@@ -162,7 +163,7 @@ def start_delay_hub(lab: Lab, ports: list[tuple[str, str]], delay_ms: float, los
     argv = [sys.executable, str(script), "--delay-ms", str(delay_ms), "--loss", str(loss)]
     argv += [f"{lab.ns(h)}:{i}" for h, i in ports]
     proc = lab.popen(host, argv, logf)
-    wait_for(lambda: proc.poll() is not None or "ready" in read_text(logf), timeout, what="delay hub")
+    wait_files(lambda: proc.poll() is not None or "ready" in read_text(logf), timeout, [logf], what="delay hub")
     if proc.poll() is not None:
         raise LabError(f"delay hub failed: {read_text(logf)}")
     lab.info["delay_hub_pid"] = proc.pid

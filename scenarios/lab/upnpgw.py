@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from scenarios.lab.netns import Lab, LabError, read_text, wait_for
+from scenarios.lab.events import wait_files
+from scenarios.lab.netns import Lab, LabError, read_text
 
 UPNP_PUBLIC = "198.20.0.2"  # next to RFC 2544's 198.18.0.0/15, outside miniupnpd's reserved list
 MINIUPNPD = "/usr/sbin/miniupnpd"
@@ -82,8 +83,8 @@ deny 0-65535 0.0.0.0/0 0-65535
         self.lab.nft(self.nat, MINIUPNPD_NFT)
         self.proc = self.lab.popen(self.nat, [MINIUPNPD, "-d", "-f", str(self.conf), "-P", str(self.dir / "pid")],
                                    self.log)
-        wait_for(lambda: self.proc.poll() is not None or "Listening for NAT-PMP/PCP" in read_text(self.log),
-                 timeout, what="miniupnpd")
+        wait_files(lambda: self.proc.poll() is not None or "Listening for NAT-PMP/PCP" in read_text(self.log),
+                   timeout, [self.log], what="miniupnpd")
         text = read_text(self.log)
         if self.proc.poll() is not None or "Port forwarding is impossible" in text:
             raise LabError(f"miniupnpd did not start usable:\n{text}")

@@ -99,6 +99,7 @@ def test_the_peers_new_address_moves_policies_route_and_sas(netns: None) -> None
         assert sorted(dp.sas) == [(0xC1, Direction.IN), (0xC2, Direction.OUT)]
         glue.handle(ev.ChildSaDeleted("rw", "net", 7, 0xC1, 0xC2, "deleted"))
         assert templates() == set() and dp.sas == []  # the moved policies are the ones deleted
+        # the kernel's route table, read with a dump (no rtnetlink subscription here): a poll
         wait_for(lambda: table() == "", 5, what="the route removed with the CHILD_SA")
     finally:
         dp.close()

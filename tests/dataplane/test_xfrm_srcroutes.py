@@ -86,6 +86,7 @@ def test_road_warrior_traffic_leaves_from_the_virtual_ip(netns: None) -> None:
         assert _source_toward("203.0.113.5") == HERE  # outside the selectors: unchanged
         for p in _pols(f"{VIP}/32", "10.5.0.0/16"):
             dp.delete_policy(p)
+        # the kernel's route table, read with a dump (no rtnetlink subscription here): a poll
         wait_for(lambda: table() == "", 5, what="the route removed with its policy")
         assert _source_toward("10.5.2.3") == HERE
         dp.del_vip(VIP)
@@ -129,6 +130,7 @@ def test_trap_and_child_policies_share_the_route(netns: None) -> None:
         assert table() == f"10.9.0.0/16 via {GW} dev x0 proto static src 10.2.0.1"
         for p in child:
             dp.delete_policy(p)  # the kernel's one policy is gone
+        # the kernel's route table, read with a dump (no rtnetlink subscription here): a poll
         wait_for(lambda: table() == "", 5, what="the route removed with the kernel's policy")
         for p in trap:
             dp.install_policy(p)  # installed again: the route comes back
@@ -202,6 +204,7 @@ def test_daemon_glue_installs_the_route_after_the_virtual_ip(netns: None) -> Non
         assert _source_toward("10.5.2.3") == VIP
         glue.handle(ev.ChildSaDeleted("rw", "net", 7, 0xC1, 0xC2, "deleted"))
         glue.handle(ev.IkeSaDeleted("rw", 1, "deleted"))
+        # the kernel's route table, read with a dump (no rtnetlink subscription here): a poll
         wait_for(lambda: table() == "", 5, what="the route removed with the CHILD_SA")
         assert VIP not in sh("ip", "-n", NS, "addr", "show", "dev", "lo") and dp.sas == []
     finally:

@@ -252,6 +252,7 @@ def test_client_registers_at_the_server_both_unprivileged(env: Env) -> None:
         return any(sa.get("name") == "medsrv" and sa.get("state") == "ESTABLISHED" for sa in sas)
 
     try:
+        # the daemons log into pipes read at the end, and nothing else tells of the SA: ikectl is polled
         wait_for(registered, 30, interval=0.2, what="the client's mediation SA ESTABLISHED")
     except TimeoutError as e:
         raise AssertionError(f"{e}: {listed}") from None

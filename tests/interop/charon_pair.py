@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from scenarios.lab import Lab, Packet, wait_for
+from scenarios.lab import Lab, Packet
 from scenarios.lab.charon import Charon
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
 from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml
 
@@ -107,7 +108,7 @@ def clear(iked: Iked, charon: Charon) -> None:
     """Delete every SA on both sides and wait until both list none."""
     iked.down_all()
     charon.terminate_all()
-    wait_for(lambda: not iked.list_sas() and not charon.list_sas(), 10, what="SAs gone")
+    wait_daemons(lambda: not iked.list_sas() and not charon.list_sas(), 10, [iked, charon], what="SAs gone")
 
 
 def one_child(d: Iked) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -28,8 +28,8 @@ from gateway.ipsecconf import load_files
 from scenarios.lab import Lab
 from scenarios.lab.charon import PLUGINS, Charon, decode
 from scenarios.lab.creds import ca_and_host
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
-from scenarios.lab.netns import wait_for
 from scenarios.lab.seed import seed_files, write_pair
 from tests.guards import needs
 
@@ -100,7 +100,7 @@ def test_starter_and_our_loader_agree_on_moon(two_hosts_per_module: Lab, pki: di
     starter = Starter(lab, "bob", conf, secrets, name="starter-moon")
     try:
         starter.start()
-        theirs = wait_for(lambda: starter.list_conns() or None, 10, what="starter's conns in charon")
+        theirs = wait_daemons(lambda: starter.list_conns() or None, 10, [starter], what="starter's conns in charon")
         status = starter.statusall()
         log = starter.log_text()
     finally:
@@ -256,8 +256,8 @@ def test_starter_and_our_loader_agree_on_also_default_and_more(two_hosts_per_mod
     starter = Starter(lab, "bob", conf, secrets, name="starter-rich")
     try:
         starter.start()
-        theirs = wait_for(lambda: ((c := starter.list_conns()) and len(c) == 3 and c) or None, 10,
-                          what="the starter's three conns in charon")
+        theirs = wait_daemons(lambda: ((c := starter.list_conns()) and len(c) == 3 and c) or None, 10, [starter],
+                              what="the starter's three conns in charon")
         status = starter.statusall()
     finally:
         starter.stop()

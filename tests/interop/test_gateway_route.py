@@ -15,8 +15,8 @@ from core_ike.daemon.ctl import call
 from gateway.ipsec_cmd import main as ipsec_cmd
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
-from scenarios.lab.netns import wait_for
 from scenarios.lab.tunnels import Tunnel, charon_psk_conf
 from tests.guards import needs
 from tests.ikedtoml import PskConn
@@ -98,7 +98,7 @@ def test_traffic_starts_the_tunnel_to_charon(two_hosts_per_module: Lab, capsys: 
             assert sa["initiator"]  # we initiated, on the acquire; charon responded
             assert ipsec(iked, capsys, "down", "net").startswith("closed")
             iked.wait_sas(lambda s: not s)
-            wait_for(lambda: not charon.list_sas(), 10, what="charon's SAs gone after the DELETE")
+            wait_daemons(lambda: not charon.list_sas(), 10, [charon], what="charon's SAs gone after the DELETE")
         # unroute: no trap listed any more; route: back
         assert ipsec(iked, capsys, "unroute", "net") == "configuration 'net' unrouted\n"
         assert "Routed Connections" not in ipsec(iked, capsys, "status")
@@ -175,7 +175,7 @@ def test_iked_toml_trap_and_charon_narrows_to_the_pinged_range(two_hosts_per_mod
     try:
         charon.start()
         iked.start()
-        wait_for(lambda: "trap policies installed" in iked.log_text(), 10, what="iked's trap policies")
+        iked.wait_log("trap policies installed", 10)
         assert not charon.list_sas()
         lab.ping("alice", B_IN3, source=A_IN, count=1, wait=1)
         child = charon.wait_child("net3", timeout=30)
@@ -207,10 +207,9 @@ def test_the_keying_try_after_a_trap_attempt_offers_the_packet_to_charon(two_hos
     iked = Iked(lab, "alice", TOML_RETRY, name="iked-trap-retry")
     try:
         iked.start()
-        wait_for(lambda: "trap policies installed" in iked.log_text(), 10, what="iked's trap policies")
+        iked.wait_log("trap policies installed", 10)
         lab.ping("alice", B_IN3, source=A_IN, count=1, wait=1)
-        wait_for(lambda: "keying try 2 of unlimited for 'net'" in iked.log_text(), 20,
-                 what="the attempt the ping started failing, its keying try scheduled")
+        iked.wait_log("keying try 2 of unlimited for 'net'", 20)  # the attempt the ping started failed
         charon.start()
         child = charon.wait_child("net3", timeout=30)
         assert child["local-ts"] == ["10.10.3.0/24"], child

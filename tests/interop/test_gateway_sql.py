@@ -208,11 +208,13 @@ def test_pool_in_the_database_gives_an_identity_its_address_back(env: Env) -> No
         INSERT INTO pools (name, start, "end", timeout) VALUES ('rwpool', X'0a030001', X'0a03000e', 3600);
         {" ".join(rows)}
     """, create=False)
-    wait_for(lambda: "virtual IP pool 'rwpool' loaded" in env.iked.log_text(), 10, what="iked loading the pool")
+    env.iked.wait_log("virtual IP pool 'rwpool' loaded", 10)
     load_sql(engine, ERIN_ROWS, create=False)
 
     def connect() -> str:
         try:
+            # initiations tried again until one succeeds (after iked's restart its pool loads from the
+            # database within seconds): a retried action, not a wait for an event
             wait_for(lambda: _try_initiate(env, "erin"), 40, what="erin's IKE_SA (the pool loads within seconds)")
         except TimeoutError as e:
             raise AssertionError(f"{e}\n{env.iked.log_tail(40)}") from None
@@ -229,6 +231,7 @@ def test_pool_in_the_database_gives_an_identity_its_address_back(env: Env) -> No
     env.iked.stop()
     env.iked.start()
     assert connect() == first  # a restart of iked
+    # the lease row is written behind (iked logs nothing when it is): a row of the database, polled
     leases = wait_for(lambda: [r for r in PoolAdmin(engine).leases("rwpool") if r["online"]] or None, 10,
                       what="erin's lease written to the database")
     assert [(r["address"], r["identity"]) for r in leases] == [(first, "erin@lab")]
@@ -263,8 +266,8 @@ def test_ipsec_up_and_down_of_a_database_connection(env: Env, capsys: pytest.Cap
     env.charon.terminate_all()
     env.iked.wait_sas(lambda sas: not sas)
     load_sql(create_engine(f"sqlite:///{env.db}"), UP_ROWS, create=False)
-    wait_for(lambda: any(c["name"] == "tocarol" for c in env.iked.ctl({"cmd": "conns"})["conns"]), 10,
-             what="the new row in iked's connections")
+    env.iked.wait_state(lambda: any(c["name"] == "tocarol" for c in env.iked.ctl({"cmd": "conns"})["conns"]), 10,
+                        "the new row in iked's connections")  # it logs "configuration database: ..."
     capsys.readouterr()
     assert ipsec_cmd(["-s", env.iked.ctl_path, "up", "tocarol"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from scenarios.lab import Lab
 from scenarios.lab.charon import PLUGINS, Charon, CharonError
 from scenarios.lab.creds import ca_and_host, host_cert
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked, IkedError
-from scenarios.lab.netns import wait_for
 from tests.guards import needs
 from tests.interop.charon_pair import swanctl_conn
 
@@ -192,7 +192,8 @@ class Eap:
     def clear(self) -> None:
         self.iked.down_all()
         self.charon.terminate_all()
-        wait_for(lambda: not self.iked.list_sas() and not self.charon.list_sas(), 10, what="SAs gone")
+        wait_daemons(lambda: not self.iked.list_sas() and not self.charon.list_sas(), 10, [self.iked, self.charon],
+                     what="SAs gone")
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +272,8 @@ def test_wrong_password_ours_as_peer(eap: Eap, method: str) -> None:
         assert "(wrong password or unknown EAP identity)" in str(exc.value)
     assert "received EAP_FAILURE, EAP authentication failed" in eap.iked.log_text()
     eap.charon.wait_log(f"EAP method EAP_{method.upper()} failed", timeout=5, since=mark)
-    wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
+    wait_daemons(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, [eap.iked, eap.charon],
+                 what="no SAs left")
 
 
 @pytest.mark.parametrize("conn", ["theirs-md5-bad", "theirs-noretry"])
@@ -290,7 +292,8 @@ def test_wrong_password_charon_as_peer(eap: Eap, conn: str) -> None:
     ours = eap.iked.log_text()
     assert f"EAP-{name} verification of '{_user(conn)}' failed: wrong password" in ours
     assert f"EAP method EAP-{name} failed for peer '{conn}@lab', sending EAP-Failure" in ours
-    wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
+    wait_daemons(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, [eap.iked, eap.charon],
+                 what="no SAs left")
 
 
 def test_certificate_gateways_with_eap_mschapv2(eap: Eap) -> None:
@@ -327,7 +330,8 @@ def test_wrong_password_charon_as_peer_declines_the_retry(eap: Eap) -> None:
     assert "EAP-MS-CHAPv2 failed with error ERROR_AUTHENTICATION_FAILURE" in log
     assert "generating INFORMATIONAL request 4 [ N(AUTH_FAILED) ]" in log
     assert "EAP/FAIL" not in log and "EAP/RES/MSCHAPV2" not in log.split("ERROR_AUTHENTICATION_FAILURE")[1]
-    wait_for(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, what="no SAs left")
+    wait_daemons(lambda: not eap.iked.list_sas() and not eap.charon.list_sas(), 10, [eap.iked, eap.charon],
+                 what="no SAs left")
     ours = eap.iked.log_text()[ours_mark:]
     assert f"EAP-MSCHAPv2 verification of '{_user(conn)}' failed: wrong password, retry 1 of 2: new challenge " \
         "sent" in ours

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from scenarios.lab import Lab
+from scenarios.lab.events import wait_daemons, wait_files
 from scenarios.lab.iked import Iked
-from scenarios.lab.netns import wait_for
 from scenarios.lab.tunnels import Tunnel, iked_psk_toml
 from tests.guards import needs
 from tests.interop.charon_pair import A_IN, C_IN, CAROL, NAT_PUB, PSK, Pair, bring_up, esp_on_wire, one_child
@@ -65,7 +65,7 @@ def direct(two_hosts_per_module: Lab) -> Iterator[DirectEnv]:
 def _clean_direct(env: DirectEnv) -> None:
     for d in (env.a, env.b):
         d.down_all()
-    wait_for(lambda: not env.a.list_sas() and not env.b.list_sas(), 10, what="SAs gone")
+    wait_daemons(lambda: not env.a.list_sas() and not env.b.list_sas(), 10, [env.a, env.b], what="SAs gone")
 
 
 def _ping(lab: Lab, host: str, dst: str, src: str, count: int = 3) -> None:
@@ -122,7 +122,7 @@ def _ping_during_rekey(lab: Lab, host: str, dst: str, src: str, rekey: Any) -> t
     """`ping -i 0.01 -c 300` in the background, rekey after ~1 s, return (sent, received, output)."""
     log = lab.dir / f"rekey-ping-{host}.txt"
     proc = lab.popen(host, ["ping", "-n", "-i", "0.01", "-c", "300", "-W", "1", "-I", src, dst], log)
-    wait_for(lambda: log.exists() and log.read_text().count("bytes from") >= 80, 10, what="ping running")
+    wait_files(lambda: log.exists() and log.read_text().count("bytes from") >= 80, 10, [log], what="ping running")
     rekey()
     proc.wait(timeout=20)
     out = log.read_text()

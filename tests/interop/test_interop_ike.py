@@ -16,8 +16,8 @@ import pytest
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.creds import install_keypair, rsa_keypair
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
-from scenarios.lab.netns import wait_for
 from tests.guards import needs
 from tests.interop.charon_pair import clear, esp_on_wire, swanctl_conn
 
@@ -179,7 +179,7 @@ def test_rekey_and_delete(env: Env, who: str) -> None:
                            and s[0]["child-sas"][0]["spi-in"] != old_child["spi-in"]
                            and len(s[0]["child-sas"]) == 1)[0]
     theirs = env.charon.wait_child("net", timeout=5)
-    wait_for(lambda: len(env.charon.child_sas()) == 1, 5, what="charon old CHILD_SA gone")
+    wait_daemons(lambda: len(env.charon.child_sas()) == 1, 5, [env.charon], what="charon old CHILD_SA gone")
     theirs = env.charon.child_sas()[0]
     assert sa["child-sas"][0]["spi-in"] == theirs["spi-out"]
     _ping_is_esp(env, {theirs["spi-in"], theirs["spi-out"]})
@@ -189,8 +189,9 @@ def test_rekey_and_delete(env: Env, who: str) -> None:
     else:
         env.charon.swanctl("--rekey", "--ike", "psk-gcm")
     new = env.iked.wait_sas(lambda s: len(s) == 1 and s[0]["initiator-spi"] != old["initiator-spi"])[0]
-    wait_for(lambda: len(env.charon.list_sas()) == 1
-             and env.charon.list_sas()[0]["initiator-spi"] == new["initiator-spi"], 5, what="charon rekeyed")
+    wait_daemons(lambda: len(env.charon.list_sas()) == 1
+                 and env.charon.list_sas()[0]["initiator-spi"] == new["initiator-spi"], 5, [env.charon],
+                 what="charon rekeyed")
     assert new["child-sas"], "CHILD_SA must move to the rekeyed IKE_SA"
     _ping_is_esp(env, {theirs["spi-in"], theirs["spi-out"]})
     # delete
@@ -198,7 +199,8 @@ def test_rekey_and_delete(env: Env, who: str) -> None:
         env.iked.ctl({"cmd": "down", "ike": new["uniqueid"]})
     else:
         env.charon.terminate(ike="psk-gcm")
-    wait_for(lambda: not env.iked.list_sas() and not env.charon.list_sas(), 10, what="SA deleted on both")
+    wait_daemons(lambda: not env.iked.list_sas() and not env.charon.list_sas(), 10, [env.iked, env.charon],
+                 what="SA deleted on both")
 
 
 def test_cookie_round_when_loaded(env: Env) -> None:
@@ -243,7 +245,7 @@ def test_daemon_survives_garbage(env: Env) -> None:
     before = env.iked.log_text().count("dropping")
     out = env.lab.run("bob", ["python3", "-c", JUNK])
     assert out.stdout.strip() == "8"
-    wait_for(lambda: env.iked.log_text().count("dropping") >= before + 6, 5, what="drop log lines")
+    env.iked.wait_log("dropping", 5, count=before + 6)
     assert env.iked.proc.poll() is None
     env.iked.up("psk-gcm", "net")
     _check_agree(env, "psk-gcm", "gcm")

@@ -8,7 +8,6 @@ import pytest
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
-from scenarios.lab.netns import wait_for
 from tests.guards import needs
 
 pytestmark = [
@@ -78,7 +77,7 @@ def test_connection_retries_until_the_peer_is_up(two_hosts_per_test: Lab) -> Non
     charon = Charon(lab, "bob", name="charon-late", conf=CHARON_CONF)
     try:
         iked.start()
-        wait_for(lambda: "keying try 2 of unlimited for 'home'" in iked.log_text(), 10, what="second try")
+        iked.wait_log("keying try 2 of unlimited for 'home'", 10)
         assert not iked.list_sas() or iked.list_sas()[0]["state"] != "ESTABLISHED"
         charon.start()
         sas = iked.wait_sas(lambda s: any(x["state"] == "ESTABLISHED" and x["child-sas"] for x in s), timeout=20)

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from scenarios.lab import lab_session, nat_lab, wait_for
+from scenarios.lab import lab_session, nat_lab
 from scenarios.lab.direct import OurDirect
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.loss import add_loss, loss_counters
 from scenarios.lab.mediation import OurMediation
 from scenarios.lab.medsetup import forget_direct_mappings
@@ -57,9 +58,9 @@ def _forget_mediated(med: OurMediation) -> None:
     for sa in alice.list_sas():
         if sa["name"] == "bob":
             alice.ctl({"cmd": "down", "ike": sa["uniqueid"], "timeout": 5}, timeout=10)
-    wait_for(lambda: not any(s["name"] == "bob" for s in alice.list_sas())
-             and not any(s["name"] == "alice" for s in bob.list_sas()), 15, interval=0.05,
-             what="mediated SAs gone")
+    wait_daemons(lambda: not any(s["name"] == "bob" for s in alice.list_sas())
+                 and not any(s["name"] == "alice" for s in bob.list_sas()), 15, [alice, bob],
+                 what="mediated SAs gone")
     forget_direct_mappings(med.lab)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios.lab import Lab, wait_for
+from scenarios.lab import Lab
 from scenarios.lab.iked import Iked
 from scenarios.lab.topologies import CAROL, NAT_RULESET
 from tests.guards import needs
@@ -62,8 +62,8 @@ def test_tunnel_follows_a_new_nat_mapping(nat_lab_per_test: Lab) -> None:
     log = carol.log_text()
     assert "NAT mapping of the peer changed to 203.0.113.1[" in log, log[-2000:]
     # the liveness check at the new mapping was answered (authenticated), the SA stays
-    wait_for(lambda: "parsed INFORMATIONAL response" in carol.log_text().split("NAT mapping of the peer")[-1],
-             10, what="carol's liveness check answered")
+    carol.wait_state(lambda: "parsed INFORMATIONAL response" in carol.log_text().split("NAT mapping of the peer")[-1],
+                     10, "carol's liveness check answered")
     # the other direction too, carol first
     assert lab.ping("carol", A_IN, source=C_IN, count=3, interval=0.1)[1] == 3
     alice.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scenarios.lab import Lab, wait_for
+from scenarios.lab import Lab
 from scenarios.lab.mediation import LAN, OurMediation, client_toml
 from tests.guards import needs
 
@@ -81,5 +81,5 @@ def test_sigterm_deletes_at_the_peer_and_the_server(med) -> None:  # type: ignor
     # both learnt it from the DELETEs: no DPD is configured, so nothing else could tell them
     assert not any(s["name"] == "alice" for s in bob.list_sas())
     assert med.server is not None
-    wait_for(lambda: "alice@med" not in {p["identity"] for p in med.server.status()["peers"]}, 2,
-             what="alice offline at the mediation server")
+    med.server.wait_state(lambda: "alice@med" not in {p["identity"] for p in med.server.status()["peers"]}, 2,
+                          "alice offline at the mediation server")

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import netns
 
-from scenarios.lab import Lab, lab_session, nat_lab, read_pcap, wait_for
+from scenarios.lab import Lab, lab_session, nat_lab, read_pcap
+from scenarios.lab.events import wait_files
 from scenarios.lab.netns import read_text
 from scenarios.lab.pcap import classify_udp
 from tests.guards import needs
@@ -61,7 +62,7 @@ def test_nat_classes(lab: Lab) -> None:
     logf = lab.host_dir("carol") / "echo.log"
     echo = lab.popen("carol", [sys.executable, "-c", ECHO], logf)
     try:
-        wait_for(lambda: "ready" in read_text(logf), 5, what="echo server")
+        wait_files(lambda: "ready" in read_text(logf), 5, [logf], what="echo server", procs=[echo])
         seen_a = lab.run("alice", [sys.executable, "-c", PROBE]).stdout.split()
         seen_b = lab.run("bob", [sys.executable, "-c", PROBE]).stdout.split()
     finally:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from scenarios.lab import nat_lab
+from scenarios.lab.events import wait_files
 from scenarios.lab.mediation import LAN, OurMediation, mediated_sas
-from scenarios.lab.netns import wait_for
 from scenarios.lab.topologies import lab_session
 from scenarios.lab.upnpgw import UPNP_PUBLIC, MiniUpnpd, readdress_wan
 from tests.guards import needs
@@ -61,7 +61,8 @@ def test_each_protocol_maps_and_deletes() -> None:
             assert "mapping" in out[proto], (proto, out[proto], gw.log_text()[-2000:])
             assert out[proto]["mapping"]["external"] == f"{UPNP_PUBLIC}[{port}]"
             assert out[proto]["mapping"]["lifetime"] > 0
-        wait_for(lambda: not gw.redirects(), 10, what="every mapping deleted")
+        # miniupnpd's redirects (nft rules it owns): its log line may come before the rule goes
+        wait_files(lambda: not gw.redirects(), 10, [gw.log], what="every mapping deleted", backstop=0.1)
         log = gw.log_text()
         assert "PCP MAP: added mapping UDP 4600->10.2.0.2:4600" in log
         assert "NAT-PMP port mapping request : 4601->10.2.0.2:4601 udp lifetime=600s" in log
@@ -83,13 +84,13 @@ def test_client_maps_renews_and_deletes_and_goes_direct() -> None:
             def mapping() -> dict[str, object]:
                 return dict(bob.status()["status"].get("port_mapping") or {})
 
-            wait_for(lambda: "external" in mapping(), 15, what="bob's port mapping")
+            bob.wait_state(lambda: "external" in mapping(), 15, "bob's port mapping")  # it logs "port mapping (...)"
             m = mapping()
             assert m["external"] == f"{UPNP_PUBLIC}[4500]" and m["internal"] == "10.2.0.2[4500]", m
             assert m["protocol"] == "pcp"  # miniupnpd speaks PCP: the first one tried
             assert gw.redirects() == [(4500, LAN["bob"], 4500)]
             # renewed before the 4 s lifetime runs out (at half of it), and still listed
-            wait_for(lambda: int(mapping().get("renewals", 0)) >= 2, 15, what="two renewals")
+            bob.wait_state(lambda: int(mapping().get("renewals", 0)) >= 2, 15, "two renewals")  # a line each
             assert gw.redirects() == [(4500, LAN["bob"], 4500)]
 
             r = alice.up("bob", timeout=30)
@@ -99,6 +100,7 @@ def test_client_maps_renews_and_deletes_and_goes_direct() -> None:
             assert ping[1] == 3
         finally:
             bob.stop()
-        wait_for(lambda: gw.redirects() == [], 10, what="the mapping deleted at bob's shutdown")
+        wait_files(lambda: gw.redirects() == [], 10, [gw.log], what="the mapping deleted at bob's shutdown",
+                   backstop=0.1)
         assert "PCP MAP: added" in gw.log_text()
         med.stop()

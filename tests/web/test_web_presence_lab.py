@@ -56,7 +56,6 @@ def _client_db(url: str, server_spki: bytes, server_keyid: bytes) -> tuple[bytes
 
 
 def test_page_shows_a_peer_going_offline(nat_lab_per_test, browser: object) -> None:  # type: ignore[no-untyped-def]
-    from scenarios.lab import wait_for
     from scenarios.lab.creds import rsa_keypair
     from scenarios.lab.iked import Iked
     from scenarios.lab.mediation import client_toml_db, server_toml_pubkey
@@ -107,7 +106,7 @@ def test_page_shows_a_peer_going_offline(nat_lab_per_test, browser: object) -> N
             return any(sa["name"] == "bob" and sa["child-sas"] for sa in clients["alice"].list_sas())
 
         try:
-            wait_for(tunnel_up, 60, interval=0.1, what="alice's mediated tunnel to bob")
+            clients["alice"].wait_state(tunnel_up, 60, "alice's mediated tunnel to bob")
         except TimeoutError:
             raise AssertionError("no tunnel; alice: " + clients["alice"].log_tail(30) + "\nbob: "
                                  + clients["bob"].log_tail(30) + "\ncarol: " + server.log_tail(30)) from None

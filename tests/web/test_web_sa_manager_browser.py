@@ -27,6 +27,7 @@ from sqlalchemy import create_engine
 
 from gateway.sqlconf.models import Base
 from scenarios.lab import Lab
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from tests.guards import require
@@ -206,9 +207,9 @@ def test_operator_configures_sees_and_terminates_in_chromium(gateway: Gateway, b
     assert page.get_attribute("#local_ts", "aria-invalid") == "true"
 
     # iked uses the rows without a restart: carol connects and gets the pool's first address
-    wait_for(lambda: {"rw", "todave"} <= {c["name"] for c in gateway.moon.ctl({"cmd": "conns"})["conns"]}, 10,
-             what="moon loading the connections")
-    wait_for(lambda: "virtual IP pool 'rw' loaded" in gateway.moon.log_text(), 10, what="moon loading pool rw")
+    gateway.moon.wait_state(lambda: {"rw", "todave"} <= {c["name"] for c in gateway.moon.ctl({"cmd": "conns"})["conns"]},
+                            10, "moon loading the connections")
+    gateway.moon.wait_log("virtual IP pool 'rw' loaded", 10)
     gateway.carol.up("home")
     (sa,) = gateway.carol.list_sas()
     assert sa["local-vips"] == ["10.3.0.1"]
@@ -240,6 +241,7 @@ def test_operator_configures_sees_and_terminates_in_chromium(gateway: Gateway, b
         page.goto(base + "/pool/list")
         return "carol@strongswan.org" in page.locator("#leases").inner_text() if page.locator("#leases").count() else False
 
+    # the page shows what the database holds, read at each load: reloaded until the lease is there
     wait_for(leases_shown, 10, interval=0.3, what="carol's lease on the Pools page")
     assert "online" in page.locator("tr[data-lease='10.3.0.1']").inner_text()
     page.screenshot(path=str(SHOTS / "sa-pools-desktop.png"), full_page=True)
@@ -254,7 +256,8 @@ def test_operator_configures_sees_and_terminates_in_chromium(gateway: Gateway, b
         page.locator("tr.ike-sa button[name=terminate-ike]").first.click()
         page.wait_for_load_state()
     assert "No IKE_SAs" in page.locator("main").inner_text()
-    wait_for(lambda: not gateway.carol.list_sas() and not gateway.dave.list_sas(), 10, what="the peers' SAs gone")
+    wait_daemons(lambda: not gateway.carol.list_sas() and not gateway.dave.list_sas(), 10,
+                 [gateway.carol, gateway.dave], what="the peers' SAs gone")
 
     # phone width: the lists stay readable without horizontal scrolling
     phone = browser.new_context(viewport={"width": 390, "height": 844})
