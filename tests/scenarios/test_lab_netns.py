@@ -133,3 +133,25 @@ def test_same_nat_peer_topology() -> None:
         assert lab.info["nat_b"] == "symmetric" and lab.nats == ["natA", "natB"]
     finally:
         lab.teardown()
+
+
+@root_only
+@pytest.mark.netns
+def test_iked_start_waits_for_ready_and_reports_an_early_exit() -> None:
+    """Iked.start returns at the daemon's READY=1 (its control socket answers then) and, when the daemon
+    exits first, fails with its exit and its log, not at the deadline's TimeoutError."""
+    from scenarios.lab.iked import Iked, IkedError
+
+    with Lab() as lab:
+        lab.add_host("solo")
+        good = Iked(lab, "solo", '[daemon]\ncontrol = "@CTL@"\ndataplane = "none"\nlisten = ["127.0.0.1"]\n')
+        good.start()
+        assert good.notes is not None and good.notes.seen("READY=1")
+        assert good.ctl({"cmd": "conns"}) == {"ok": True, "conns": []}
+        good.reload()  # returns at the READY=1 after RELOADING=1
+        assert "reloaded configuration" in good.log_text()
+        assert good.stop() == 0 and good.notes.seen("STOPPING=1")
+        bad = Iked(lab, "solo", '[daemon]\ncontrol = "@CTL@"\nno_such_setting = 1\n', name="bad")
+        with pytest.raises(IkedError, match=r"exited with status 2 before READY=1") as e:
+            bad.start(timeout=600)
+        assert "no_such_setting" in str(e.value)
