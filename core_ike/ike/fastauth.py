@@ -42,11 +42,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..buffer import Buffer
-from ..codec.message import Message
 from ..codec.payloads import NotifyPayload, Payload, SaPayload, TrafficSelector, TsPayload
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
 from ..codec.wire import encode_payloads, pull_body, pull_sa_body
-from ..constants import AuthMethod, CertEncoding, HeaderFlag, PayloadType, TsType
+from ..constants import AuthMethod, CertEncoding, PayloadType, TsType
 from ..crypto.auth import create_signature_auth, key_kind, psk_auth, verify_signature_auth
 from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError
 from .config import IkeConfig, addr_matches
@@ -78,7 +77,6 @@ _AUTH_RESPONSE_HEAD = bytes((SK, VERSION, IKE_AUTH, RESPONSE, 0, 0, 0, 1))
 RSA_SIG, DIGITAL_SIGNATURE = int(AuthMethod.RSA_SIG), int(AuthMethod.DIGITAL_SIGNATURE)
 # enum members bound once: reading one off its class runs Python 3.11's EnumType.__getattr__ hook
 CREATED, DESTROYED = IkeState.CREATED, IkeState.DESTROYED
-FLAG_INITIATOR, FLAG_RESPONSE = HeaderFlag.INITIATOR, HeaderFlag.RESPONSE
 _TS_PTYPES = {TSI: PayloadType.TSi, TSR: PayloadType.TSr}
 X509 = int(CertEncoding.X509_SIGNATURE)
 MAX_CERTS = 16  # the general path's rule for IKE_AUTH requests (core_ike/codec/rules.py)
@@ -223,9 +221,11 @@ def _push(p: Payload) -> bytes:
         return p.raw  # ChildCreate wrote it (the codec sends it as it is)
     if isinstance(p, TsPayload):
         pack = _SELECTOR.pack
-        return bytes((len(p.selectors), 0, 0, 0)) + b"".join(
-            pack(int(t.ts_type), t.ip_proto, 8 + 2 * len(t.start_addr), t.start_port, t.end_port) + t.start_addr
-            + t.end_addr for t in p.selectors)
+        parts = [bytes((len(p.selectors), 0, 0, 0))]
+        for t in p.selectors:  # a loop, not a generator: one frame less per payload
+            parts += (pack(int(t.ts_type), t.ip_proto, 8 + 2 * len(t.start_addr), t.start_port, t.end_port),
+                      t.start_addr, t.end_addr)
+        return b"".join(parts)
     return encode_payloads([p])[4:]
 
 
@@ -237,12 +237,20 @@ def _child_bound(cfg: IkeConfig, child: list[Payload]) -> int:
     (RFC 7296 1.2) is shorter."""
     sa_pl, tsi, tsr = child
     assert isinstance(sa_pl, SaPayload) and isinstance(tsi, TsPayload) and isinstance(tsr, TsPayload)
-    proposal = max((8 + len(p.spi) + sum(12 if t.key_length else 8 for t in p.transforms) for p in sa_pl.proposals),
-                   default=0)
-    remote = max((len(c.remote_ts) for c in cfg.children), default=0)
-    local = max((len(c.local_ts) for c in cfg.children), default=0)
-    return (4 + proposal + 8 + remote * sum(8 + 2 * len(t.start_addr) for t in tsi.selectors)
-            + 8 + local * sum(8 + 2 * len(t.start_addr) for t in tsr.selectors))
+    # loops rather than generators: no frame per sum
+    proposal = remote = local = offered_i = offered_r = 0
+    for p in sa_pl.proposals:
+        n = 8 + len(p.spi)
+        for t in p.transforms:
+            n += 12 if t.key_length else 8
+        proposal = max(proposal, n)
+    for c in cfg.children:
+        remote, local = max(remote, len(c.remote_ts)), max(local, len(c.local_ts))
+    for sel in tsi.selectors:
+        offered_i += 8 + 2 * len(sel.start_addr)
+    for sel in tsr.selectors:
+        offered_r += 8 + 2 * len(sel.start_addr)
+    return 4 + proposal + 8 + remote * offered_i + 8 + local * offered_r
 
 
 def _summary(shape: list[int]) -> str:
@@ -471,7 +479,7 @@ def _cert_payloads(certs: list[x509.Certificate]) -> list[tuple[int, bytes]]:
 
 def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, now: float) -> None:
     """The general path's steps for the request, in its order: the IKE_SA's addresses and liveness, its
-    configuration and identities, the peer authenticated, the CHILD_SA selected (ChildCreate.process_r),
+    configuration and identities, the peer authenticated, the CHILD_SA selected (ChildCreate.select_r),
     our AUTH, established, the CHILD_SA's payloads and installation (ChildCreate.build_r), the response
     sealed, kept and sent."""
     sa, cfg, req = a.sa, a.cfg, a.req
@@ -501,7 +509,8 @@ def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, 
     task = None
     if a.child is not None:  # TaskManager.responder_tasks: the CHILD_SA's task after IkeAuth's
         task = ChildCreate(None, in_auth=True)
-        task.process_r(sa, Message(sa.spi_i, sa.spi_r, IKE_AUTH, FLAG_INITIATOR, 1, list(a.child)), now)
+        sa_pl, tsi, tsr = a.child
+        task.select_r(sa, sa_pl, tsi, tsr, None, now)  # process_r for a request without CP
     if info:  # build_auth's line
         if psk:
             log.info("authentication of '%s' (myself) with pre-shared key", str(sa.my_id))
@@ -515,11 +524,7 @@ def _respond(engine: Engine, a: _Answer, task: ChildCreate | None, info: bool, n
     """The CHILD_SA's payloads and installation (ChildCreate.build_r), then the response sealed, kept
     and sent (TaskManager._send_response)."""
     sa = a.sa
-    child: list[Payload] = []
-    if task is not None:
-        resp = Message(sa.spi_i, sa.spi_r, IKE_AUTH, FLAG_RESPONSE, 1)
-        task.build_r(sa, resp, now)
-        child = resp.payloads
+    child = task.response_payloads(sa, now) if task is not None else []  # build_r's payloads
     inner = _chain(a.items + [(int(p.ptype), _push(p)) for p in child])
     if info:  # TaskManager._send_response's line
         log.info("generating %s response %d %s", "IKE_AUTH", 1, _response_summary(len(a.items) - 2, child))

@@ -99,11 +99,25 @@ def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) ->
     return [x for x in out if not any(y != x and within(x, y) for y in out)]
 
 
-@functools.lru_cache(maxsize=4096)
+_TEXTS: dict[tuple[bytes, bytes, int, int, int], str] = {}
+_TEXTS_MAX = 4096
+
+
 def to_text(ts: TrafficSelector) -> str:
     """strongSwan display: `10.1.0.0/24`, `10.1.0.2/32`, or a range `a..b`, plus `[proto/port]`.
 
-    Cached: the local selectors repeat for every CHILD_SA of a configuration."""
+    Kept by the fields the text depends on (the local selectors repeat for every CHILD_SA of a
+    configuration); a tuple of them hashes and compares without the dataclass's own methods."""
+    key = (ts.start_addr, ts.end_addr, ts.ip_proto, ts.start_port, ts.end_port)
+    text = _TEXTS.get(key)
+    if text is None:
+        if len(_TEXTS) >= _TEXTS_MAX:
+            _TEXTS.clear()
+        text = _TEXTS[key] = _text(ts)
+    return text
+
+
+def _text(ts: TrafficSelector) -> str:
     lo_b, hi_b = ts.start_addr, ts.end_addr
     if len(lo_b) == 4 and len(hi_b) == 4:
         base = _v4_text(lo_b, hi_b)

@@ -15,6 +15,7 @@ from ...codec.payloads import (
     KePayload,
     NoncePayload,
     NotifyPayload,
+    Payload,
     Proposal,
     SaPayload,
     TrafficSelector,
@@ -209,7 +210,7 @@ def _dynamic_local(sa: IkeSaView) -> str:
 
 
 def local_selectors(sa: IkeSaView, cfg: ChildConfig) -> list[TrafficSelector]:
-    return [tsmod.parse(t, _dynamic_local(sa)) for t in cfg.local_ts]
+    return list(map(tsmod.parse, cfg.local_ts, repeat(_dynamic_local(sa))))
 
 
 def _peer_behind_nat(sa: IkeSaView) -> bool:
@@ -221,22 +222,29 @@ def remote_selectors(sa: IkeSaView, cfg: ChildConfig) -> list[TrafficSelector]:
     """The remote TS we propose. Behind a NAT the peer's `dynamic` is its inner address, which only it
     knows: we offer the whole address family and accept only a single host back (docs/configuration.md,
     "Traffic selectors"; RFC 7296 2.9 lets the responder narrow)."""
-    peer = sa.peer_vip or sa.remote[0]
-    if _peer_behind_nat(sa):
+    return _remote_selectors(sa, cfg, _peer_behind_nat(sa))
+
+
+def _remote_selectors(sa: IkeSaView, cfg: ChildConfig, behind_nat: bool) -> list[TrafficSelector]:
+    if behind_nat:
         any_net = "::/0" if ":" in sa.remote[0] else "0.0.0.0/0"
-        return [tsmod.parse(t, any_net if tsmod.is_dynamic(t) else None) for t in cfg.remote_ts]
-    return [tsmod.parse(t, str(peer)) for t in cfg.remote_ts]
+        out = []
+        for t in cfg.remote_ts:  # a loop, not a comprehension: one frame less
+            out.append(tsmod.parse(t, any_net if tsmod.is_dynamic(t) else None))
+        return out
+    return list(map(tsmod.parse, cfg.remote_ts, repeat(str(sa.peer_vip or sa.remote[0]))))
 
 
 def narrow_remote(sa: IkeSaView, cfg: ChildConfig, offered: list[TrafficSelector]) -> list[TrafficSelector]:
     """Narrow the peer's selectors for its side (RFC 7296 2.9). A `dynamic` entry of a peer behind a
     NAT takes the single host address the peer offers as its own (its inner address)."""
-    if not _peer_behind_nat(sa):
-        return tsmod.narrow(offered, remote_selectors(sa, cfg))
+    behind_nat = _peer_behind_nat(sa)
+    if not behind_nat:
+        return tsmod.narrow(offered, _remote_selectors(sa, cfg, False))
     out: list[TrafficSelector] = []
-    for text, sel in zip(cfg.remote_ts, remote_selectors(sa, cfg), strict=True):
+    for text, sel in zip(cfg.remote_ts, _remote_selectors(sa, cfg, True), strict=True):
         for t in tsmod.narrow(offered, [sel]):
-            if t not in out and (not tsmod.is_dynamic(text) or tsmod.is_host(t)):
+            if t not in out and (tsmod.is_host(t) or not tsmod.is_dynamic(text)):
                 out.append(t)
     return out
 
@@ -406,20 +414,26 @@ class ChildCreate(Task):
 
     # ---------------------------------------------------------------- responder
     def process_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        self.select_r(sa, msg.get(PayloadType.SA), msg.get(PayloadType.TSi), msg.get(PayloadType.TSr), msg, now)
+
+    def select_r(self, sa: IkeSaView, sa_pl: Payload | None, tsi: Payload | None, tsr: Payload | None,
+                 msg: Message | None, now: float) -> None:
+        """process_r with the request's SA, TSi and TSr given; `msg` for its other payloads (CP, and
+        CREATE_CHILD_SA's Nonce and KE), None for an IKE_AUTH request that has none of them."""
         try:
-            self._select(sa, msg)
+            self._select(sa, sa_pl, tsi, tsr, msg)
         except ProtocolError as e:
             if not self.in_auth:
                 raise
             log.warning("CHILD_SA in IKE_AUTH not established: %s", e)
             self.error = e
 
-    def _select(self, sa: IkeSaView, msg: Message) -> None:
-        sa_pl = msg.get(PayloadType.SA)
-        tsi, tsr = msg.get(PayloadType.TSi), msg.get(PayloadType.TSr)
+    def _select(self, sa: IkeSaView, sa_pl: Payload | None, tsi: Payload | None, tsr: Payload | None,
+                msg: Message | None) -> None:
         if not isinstance(sa_pl, SaPayload) or not isinstance(tsi, TsPayload) or not isinstance(tsr, TsPayload):
             raise ProtocolError("CHILD_SA request lacks SA or TS payloads", NotifyType.INVALID_SYNTAX)
-        self._handle_cp(sa, msg)
+        if msg is not None:
+            self._handle_cp(sa, msg)
         cfg, tsi_n, tsr_n = self._pick_config(sa, tsi.selectors, tsr.selectors)
         self.cfg = cfg
         self.spi_in = sa.ctx.alloc_spi()
@@ -451,9 +465,10 @@ class ChildCreate(Task):
             raise ProtocolError("no CHILD_SA config found", NotifyType.TS_UNACCEPTABLE)
         raise ProtocolError("traffic selectors unacceptable", NotifyType.TS_UNACCEPTABLE)
 
-    def _pfs_r(self, sa: IkeSaView, msg: Message, chosen: Proposal) -> None:
+    def _pfs_r(self, sa: IkeSaView, msg: Message | None, chosen: Proposal) -> None:
         if self.in_auth:
             return
+        assert msg is not None  # select_r: CREATE_CHILD_SA's request is given
         nonce = msg.get(PayloadType.NONCE)
         if not isinstance(nonce, NoncePayload):
             raise ProtocolError("CREATE_CHILD_SA request lacks a nonce", NotifyType.INVALID_SYNTAX)
@@ -481,27 +496,27 @@ class ChildCreate(Task):
         self.cp_reply = CpPayload(CfgType.CFG_REPLY, [CfgAttribute(attr, value)])
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
+        msg.payloads += self.response_payloads(sa, now)
+
+    def response_payloads(self, sa: IkeSaView, now: float) -> list[Payload]:
+        """build_r's payloads; the CHILD_SA installed (its event emitted) when there is one."""
         if self.error is not None:
-            if self.error.notify is not None:
-                msg.payloads.append(NotifyPayload(self.error.notify, self.error.data))
-            return
+            return [NotifyPayload(self.error.notify, self.error.data)] if self.error.notify is not None else []
         if self.chosen is None:
-            return
-        if self.cp_reply is not None:
-            msg.payloads.append(self.cp_reply)
+            return []
+        out: list[Payload] = [self.cp_reply] if self.cp_reply is not None else []
         spi = self.spi_in.to_bytes(4, "big")
         if self.choice is not None:
-            msg.payloads.append(self.choice.sa_payload(spi, self.chosen.transforms))
+            out.append(self.choice.sa_payload(spi, self.chosen.transforms))
         else:
-            msg.payloads.append(SaPayload([Proposal(self.chosen.num, self.chosen.protocol, spi,
-                                                    self.chosen.transforms)]))
+            out.append(SaPayload([Proposal(self.chosen.num, self.chosen.protocol, spi, self.chosen.transforms)]))
         if not self.in_auth:
-            msg.payloads.append(NoncePayload(self.nonce))
+            out.append(NoncePayload(self.nonce))
             if self.ke is not None:
-                msg.payloads.append(KePayload(self.ke.group, self.ke.public))
-        msg.payloads.append(TsPayload(PayloadType.TSi, self.tsi))
-        msg.payloads.append(TsPayload(PayloadType.TSr, self.tsr))
+                out.append(KePayload(self.ke.group, self.ke.public))
+        out += (TsPayload(PayloadType.TSi, self.tsi), TsPayload(PayloadType.TSr, self.tsr))
         self._install(sa, now, initiator=False)
+        return out
 
     # ---------------------------------------------------------------- both
     def _install(self, sa: IkeSaView, now: float, initiator: bool) -> None:
@@ -521,9 +536,11 @@ class ChildCreate(Task):
         # our TS: initiator's TSi is its local side
         local_ts, remote_ts = (self.tsi, self.tsr) if initiator else (self.tsr, self.tsi)
         keys = ev.ChildKeys(c.encr, c.key_bits or 0, integ, c.esn, self.spi_in, spi_out, k_in, a_in, k_out, a_out)
-        uid = sa.ctx.next_child_id()
-        reqid = self.rekey.reqid if self.rekey is not None else sa.ctx.next_reqid()
-        child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen, c.text, keys, local_ts, remote_ts, ChildState.INSTALLED, now,
+        ctx = sa.ctx
+        uid = ctx.next_child_id()
+        reqid = self.rekey.reqid if self.rekey is not None else ctx.next_reqid()
+        child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen, c.text, keys,
+                        local_ts, remote_ts, ChildState.INSTALLED, now,
                         rekeyed_from=self.rekey.unique_id if self.rekey else None)
         schedule(sa, child, now, initiator)
         sa.children[uid] = child
@@ -532,7 +549,7 @@ class ChildCreate(Task):
         if log.isEnabledFor(logging.INFO):
             log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s", child.name, uid,
                      self.spi_in, spi_out, tsmod.list_text(local_ts), tsmod.list_text(remote_ts))
-        sa.ctx.emit(ev.ChildSaEstablished(
+        ctx.emit(ev.ChildSaEstablished(
             sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap,
             tuple(map(tsmod.to_text, local_ts)), tuple(map(tsmod.to_text, remote_ts)),
             keys, child.proposal_text, child.rekeyed_from, self.cfg.replay_window))
