@@ -17,6 +17,7 @@ __all__ = [
     "ChildKeys",
     "IkeKeys",
     "IkeSuite",
+    "child_keymat",
     "derive_child_keys",
     "derive_ike_keys",
     "derive_ike_rekey_keys",
@@ -136,15 +137,15 @@ def derive_child_keys(
     (RFC 4106 8.1, RFC 4309 7.1, RFC 7634 2).
     """
     e_len, a_len = key_lengths(encr_id, key_bits, integ_id)
-    seed = (shared or b"") + ni + nr
+    return ChildKeys(*child_keymat(prf_id, sk_d, (shared or b"") + ni + nr, e_len, a_len))
+
+
+def child_keymat(prf_id: int, sk_d: bytes, seed: bytes, e_len: int, a_len: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """derive_child_keys' KEYMAT = prf+(SK_d, seed) split into (encr_i, integ_i, encr_r, integ_r), for
+    key lengths known already (key_lengths: a CHILD_SA responder keeps them with its choice)."""
     km = prf_plus(prf_for(prf_id), sk_d, seed, 2 * (e_len + a_len))
     first = e_len + a_len
-    return ChildKeys(
-        encr_i=km[:e_len],
-        integ_i=km[e_len:first],
-        encr_r=km[first : first + e_len],
-        integ_r=km[first + e_len :],
-    )
+    return km[:e_len], km[e_len:first], km[first:first + e_len], km[first + e_len:]
 
 
 def ike_protectors(

@@ -34,9 +34,10 @@ from ...constants import (
     name_of,
 )
 from ...crypto.dh import KeyExchange, new_key_exchange
-from ...crypto.keys import derive_child_keys
+from ...crypto.keys import child_keymat, derive_child_keys
 from ...crypto.proposals import describe, parse_proposals, restrict_proposals, select_proposal, transform_name
-from ...errors import ProtocolError
+from ...crypto.sk import key_lengths
+from ...errors import LocalError, ProtocolError
 from ...esp.algorithms import EspTransforms
 from ..context import ChildConfig, IkeSaView, Status, Task
 from ..context import events as ev
@@ -107,8 +108,8 @@ class _Choice:
     worked out once, with what the CHILD_SA takes from it. (As initiator, `_algorithms`: the algorithms
     alone, per chosen set of transforms.)"""
 
-    __slots__ = ("encr", "esn", "head", "index", "integ", "key_bits", "num", "protocol", "tail", "text",
-                 "transforms")
+    __slots__ = ("encr", "esn", "head", "index", "integ", "key_bits", "lengths", "num", "protocol", "tail",
+                 "text", "transforms")
 
     def __init__(self, index: int, got: Proposal) -> None:
         self.index = index  # the chosen proposal among the peer's: its SPI is the outbound one
@@ -120,6 +121,10 @@ class _Choice:
         self.esn = bool(esn and esn.id == 1)
         self.text = describe(got)
         self.head = self.tail = b""
+        try:  # KEYMAT's key lengths (RFC 7296 2.17); None: derive_child_keys says what is wrong
+            self.lengths: tuple[int, int] | None = key_lengths(self.encr, self.key_bits, self.integ or None)
+        except LocalError:
+            self.lengths = None
 
     def sa_payload(self, spi: bytes, transforms: list[Transform]) -> SaPayload:
         """Our SA payload with the chosen proposal and our 4-octet SPI, its body already written."""
@@ -527,12 +532,16 @@ class ChildCreate(Task):
             ni, nr = sa.ni, sa.nr
         else:
             ni, nr = (self.nonce, self.peer_nonce) if initiator else (self.peer_nonce, self.nonce)
-        km = derive_child_keys(sa.prf_id, sa.sk_d, ni, nr, c.encr, c.key_bits, integ or None, self.shared)
+        if c.lengths is not None:
+            e_i, a_i, e_r, a_r = child_keymat(sa.prf_id, sa.sk_d, (self.shared or b"") + ni + nr, *c.lengths)
+        else:
+            km = derive_child_keys(sa.prf_id, sa.sk_d, ni, nr, c.encr, c.key_bits, integ or None, self.shared)
+            e_i, a_i, e_r, a_r = km.encr_i, km.integ_i, km.encr_r, km.integ_r
         spi_out = int.from_bytes(self.chosen.spi, "big")
         if initiator:
-            k_out, a_out, k_in, a_in = km.encr_i, km.integ_i, km.encr_r, km.integ_r
+            k_out, a_out, k_in, a_in = e_i, a_i, e_r, a_r
         else:
-            k_out, a_out, k_in, a_in = km.encr_r, km.integ_r, km.encr_i, km.integ_i
+            k_out, a_out, k_in, a_in = e_r, a_r, e_i, a_i
         # our TS: initiator's TSi is its local side
         local_ts, remote_ts = (self.tsi, self.tsr) if initiator else (self.tsr, self.tsi)
         keys = ev.ChildKeys(c.encr, c.key_bits or 0, integ, c.esn, self.spi_in, spi_out, k_in, a_in, k_out, a_out)

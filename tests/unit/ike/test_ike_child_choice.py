@@ -151,3 +151,19 @@ def test_narrowing_keeps_rfc7296_2_9_results() -> None:
                 if x is not None and x not in inter:
                     inter.append(x)
         assert got == [x for x in inter if not any(y != x and _general_intersect(x, y) == x for y in inter)]
+
+
+@pytest.mark.parametrize("esp", ["aes128gcm16", "aes256gcm16", "aes128-sha256", "aes256-sha1", "chacha20poly1305"])
+def test_keymat_from_the_kept_lengths_is_derive_child_keys(esp: str) -> None:
+    """RFC 7296 2.17: the responder's KEYMAT split with the lengths kept with its choice."""
+    from core_ike.constants import PrfId
+    from core_ike.crypto.keys import child_keymat, derive_child_keys
+
+    (prop,) = parse_proposals(esp, ProtocolId.ESP)
+    c = cc._Choice(0, prop)
+    assert c.lengths is not None
+    sk_d, ni, nr, shared = b"\x11" * 32, b"\x22" * 32, b"\x33" * 32, b"\x44" * 32
+    for pfs in (None, shared):
+        want = derive_child_keys(PrfId.HMAC_SHA2_256, sk_d, ni, nr, c.encr, c.key_bits, c.integ or None, pfs)
+        got = child_keymat(PrfId.HMAC_SHA2_256, sk_d, (pfs or b"") + ni + nr, *c.lengths)
+        assert got == (want.encr_i, want.integ_i, want.encr_r, want.integ_r)
