@@ -124,6 +124,14 @@ class Notifications:
         self.path.unlink(missing_ok=True)
 
 
+def _pidfd(proc: Any, what: str) -> int:
+    """A pidfd of `proc` (readable once it exits); ProcessExited when it is gone already."""
+    try:
+        return os.pidfd_open(proc.pid)
+    except ProcessLookupError:  # exited and reaped already
+        raise ProcessExited(f"{proc.args!r} exited with status {proc.wait()} before waiting for {what}") from None
+
+
 def wait_files(predicate: Callable[[], T | None], timeout: float, files: Iterable[str | Path],
                what: str = "condition", procs: Iterable[Any] = (), backstop: float | None = None) -> T:
     """``predicate()``, then again after each change of one of `files` (written, created, renamed
@@ -141,10 +149,7 @@ def wait_files(predicate: Callable[[], T | None], timeout: float, files: Iterabl
         names = {p.name for p in paths}
         try:
             for proc in procs:
-                try:
-                    pidfds[os.pidfd_open(proc.pid)] = proc
-                except ProcessLookupError:  # exited and reaped already
-                    raise ProcessExited(f"{proc.args!r} exited with status {proc.wait()} before waiting for {what}") from None
+                pidfds[_pidfd(proc, what)] = proc
             while True:
                 value = predicate()
                 if value:
@@ -152,14 +157,15 @@ def wait_files(predicate: Callable[[], T | None], timeout: float, files: Iterabl
                 while True:
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        value = predicate()  # a change no file showed (or one at the last moment)
+                        if value:
+                            return value
                         raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
                     wait = left if backstop is None else min(left, backstop)
                     ready, _, _ = select.select([ino, *pidfds], [], [], wait)
-                    for fd in ready:
-                        if fd in pidfds:
-                            proc = pidfds[fd]
-                            raise ProcessExited(f"{proc.args!r} exited with status {proc.wait()} "
-                                                f"while waiting for {what}")
+                    if exited := [pidfds[fd] for fd in ready if fd in pidfds]:
+                        raise ProcessExited(f"{exited[0].args!r} exited with status {exited[0].wait()} "
+                                            f"while waiting for {what}")
                     if not ready or any(e.name in names for e in ino.read(timeout=0)):
                         break
         finally:
