@@ -33,6 +33,7 @@ __all__ = [
     "SUPPORTED_GROUPS",
     "KeyExchange",
     "KeyPool",
+    "check_public",
     "key_exchange_from_private",
     "new_key_exchange",
     "public_length",
@@ -276,6 +277,50 @@ def public_length(group: int) -> int:
         return _PUBLIC_LENGTHS[group]
     except KeyError:
         raise LocalError(f"unsupported DH group {group}") from None
+
+
+_P25519 = 2**255 - 19
+_P448 = 2**448 - 2**224 - 1
+# RFC 7748 5, 6: the u-coordinates (mod p) of the points of small order on Curve25519 and its twist
+# (orders 1, 2, 4, 8; 0 and 1 on both) and on Curve448 and its twist (orders 1, 2, 4). A clamped scalar
+# is a multiple of the cofactor and smaller than the large prime orders, so X25519/X448 with our key
+# gives the all-zero value RFC 8031 2.3 rejects exactly for these.
+_SMALL_ORDER: dict[int, tuple[int, bool, frozenset[int]]] = {  # group -> (p, mask bit 255, u values)
+    DhId.CURVE25519: (_P25519, True, frozenset((
+        0, 1, _P25519 - 1,
+        int.from_bytes(bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"), "little"),
+        int.from_bytes(bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"), "little"),
+    ))),
+    DhId.CURVE448: (_P448, False, frozenset((0, 1, _P448 - 1))),
+}
+
+
+def check_public(group: int, peer_public: bytes) -> None:
+    """Reject a peer's KE data for `group` that `compute` would reject, without computing the shared
+    secret: its length (RFC 7296 3.4), the range of a MODP value (RFC 6989 2.1), an ECP point off the
+    curve (RFC 6989 2.3, OpenSSL's check on load), a Curve25519/448 point of small order (RFC 8031 2.3:
+    the only ones whose shared secret is all zero). A responder checks this before its IKE_SA_INIT
+    response and computes the secret after it left (docs/protocol.md). ProtocolError(INVALID_SYNTAX)
+    as `compute` raises it; LocalError for a group we do not support."""
+    n = public_length(group)
+    if len(peer_public) != n:
+        raise _invalid(group, f"length {len(peer_public)}, expected {n}")
+    small = _SMALL_ORDER.get(group)
+    if small is not None:
+        p, mask, bad = small
+        u = int.from_bytes(peer_public, "little")
+        if mask:
+            u &= (1 << 255) - 1  # RFC 7748 5: the most significant bit is ignored
+        if u % p in bad:
+            raise _invalid(group, "all-zero shared secret")
+    elif group in _MODP_PRIMES:
+        if not 1 < int.from_bytes(peer_public, "big") < _MODP_PRIMES[group] - 1:  # RFC 6989 2.1
+            raise _invalid(group, "public value out of range")
+    elif group in _ECP_CURVES:
+        try:  # RFC 6989 2.3: on the curve (OpenSSL checks it on load)
+            ec.EllipticCurvePublicKey.from_encoded_point(_ECP_CURVES[group][0](), b"\x04" + peer_public)
+        except ValueError as e:
+            raise _invalid(group, str(e)) from None
 
 
 def new_key_exchange(group: int, rng: Rng) -> KeyExchange:

@@ -224,6 +224,7 @@ class IkeSaView(Protocol):
     sk_pr: bytes
     out_prot: SkProtector | None
     in_prot: SkProtector | None
+    pending_keys: Any  # tasks/ike_init.py PendingKeys: keys not derived yet (a responder's, RFC 7296 1.2)
     ni: bytes
     nr: bytes
     init_request: bytes

@@ -47,7 +47,7 @@ from .sa import IkeSa
 from .state import ChildState, IkeState
 from .tasks.child_create import ChildCreate
 from .tasks.ike_auth import IkeAuth
-from .tasks.ike_init import IkeInit
+from .tasks.ike_init import IkeInit, derive_pending
 from .tasks.ike_rekey import IkeRekey
 from .tasks.informational import ChildDelete, Dpd, IkeDelete
 from .uniqueness import EstablishedIndex
@@ -58,6 +58,7 @@ log = logging.getLogger("core_ike.ike")
 Addr = tuple[str, int]
 _IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
 _IKE_AUTH = int(ExchangeType.IKE_AUTH)
+_DESTROYED = IkeState.DESTROYED  # bound once: Python 3.11 reads a member off its Enum class by a hook
 
 
 class Extension:
@@ -164,6 +165,7 @@ class Engine:
         self._half_open_by_ip: dict[str, int] = {}
         self.vips = VipPool()
         self.key_pool = KeyPool()  # the responder's KEr key pairs (RFC 7296 1.2), made a few at a time
+        self._pending_keys: list[IkeSa] = []  # responders whose keys are derived after their response (prepare)
         # a configuration source that looks connections up per attempt (docs/gateway.md): called when no
         # config matches an IKE_SA_INIT (peer None) or an IKE_AUTH (the peer's identity); it raises
         # CredentialsPending while it looks, and the peer's retransmission (RFC 7296 2.1) is answered
@@ -177,6 +179,8 @@ class Engine:
             data = bytes(data)  # a memoryview or bytearray from the adapter
         if self.prefilter.check(data, local, remote, now):
             return
+        if self._pending_keys and data[18] != _IKE_SA_INIT:
+            self.derive_keys()  # before any IKE_SA processes a message that may need them
         if (data[18] == _IKE_SA_INIT and fastinit.answer(self, data, local, remote, now)) or \
                 (data[18] == _IKE_AUTH and fastauth.answer(self, data, local, remote, now)):
             self._run_deferred(now)
@@ -201,10 +205,35 @@ class Engine:
         self._run_deferred(now)
 
     def prepare(self) -> None:
-        """Work no datagram waits for, done ahead: the responder's next KEr key pairs (KeyPool.refill).
-        The adapter calls it after sending what `receive` and `handle_timer` produced, so that an
-        IKE_SA_INIT response never waits for a batch of key pairs to be made (RFC 7296 1.2)."""
+        """Work no datagram waits for, done ahead: the keys of IKE_SAs whose IKE_SA_INIT response was
+        just made (`derive_keys`), then the responder's next KEr key pairs (KeyPool.refill). The adapter
+        calls it after sending what `receive` and `handle_timer` produced, so that an IKE_SA_INIT
+        response waits neither for its own key derivation nor for a batch of key pairs (RFC 7296 1.2).
+        An adapter that never calls it loses nothing but that: the keys are derived before the next
+        datagram other than an IKE_SA_INIT request is handled, and before timers run."""
+        if self._pending_keys:
+            self.derive_keys()
         self.key_pool.refill(self.rng)
+
+    def derive_keys(self) -> None:
+        """Derive the keys of every responder IKE_SA whose derivation waits (tasks/ike_init.py
+        defer_keys: after its IKE_SA_INIT response was made). A peer's KE value the key exchange
+        rejects although check_public let it through ends the half-open IKE_SA: its response was sent,
+        the initiator's IKE_AUTH then meets no IKE_SA (RFC 7296 2.21.4)."""
+        pending, self._pending_keys = self._pending_keys, []
+        for sa in pending:
+            if sa.pending_keys is None or sa.state is IkeState.DESTROYED:
+                continue
+            try:
+                derive_pending(sa)
+            except ProtocolError as e:
+                self.counters["drop-invalid-ke"] += 1
+                self.log_limit.warning("invalid-ke", self.now, "%s: %s, deleting the half-open IKE_SA", sa.label, e)
+                sa.destroy(f"invalid KE data: {e}", self.now, failed=True)
+
+    def keys_pending(self, sa: IkeSa) -> None:
+        """`sa`'s keys wait for `derive_keys` (tasks/ike_init.py defer_keys)."""
+        self._pending_keys.append(sa)
 
     def set_wall_clock(self, wall: float, now: float) -> None:
         """The wall-clock time (UNIX seconds) at monotonic `now`: certificates are checked against
@@ -224,18 +253,25 @@ class Engine:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        while self._timers:
-            t, _, sa = self._timers[0]
-            if sa.state is IkeState.DESTROYED or t != sa.timer_at:
-                heapq.heappop(self._timers)
+        """The earliest deadline (asked after every datagram: a running minimum, no temporaries)."""
+        timers = self._timers
+        while timers:
+            t, _, sa = timers[0]
+            if sa.state is _DESTROYED or t != sa.timer_at:
+                heapq.heappop(timers)
                 continue
             break
-        cands = [self._timers[0][0]] if self._timers else []
-        cands += [d for d in (x.next_deadline() for x in self.extensions) if d is not None]
-        return min(cands) if cands else None
+        best = timers[0][0] if timers else None
+        for x in self.extensions:
+            d = x.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     def handle_timer(self, now: float) -> None:
         self.now = now
+        if self._pending_keys:
+            self.derive_keys()
         while self._timers and self._timers[0][0] <= now:
             t, _, sa = heapq.heappop(self._timers)
             if sa.state is IkeState.DESTROYED or t != sa.timer_at:
@@ -619,6 +655,8 @@ class Engine:
         sa = self.new_responder(cfgs[0], local, remote, now, key)
         sa.receive(msg, now)
         if sa.state is not IkeState.DESTROYED:
+            if sa.pending_keys is not None:
+                self._pending_keys.append(sa)
             self._schedule(sa)
 
     def new_responder(self, cfg: IkeConfig, local: Addr, remote: Addr, now: float, key: tuple[bytes, Addr]) -> IkeSa:

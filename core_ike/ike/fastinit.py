@@ -14,7 +14,7 @@ the CPU caches first.
 Anything else goes the general way, which decides it in full: another payload or notify (an extension
 acts on some, e.g. ME_CONNECTID, draft-brunner-ikev2-mediation §4.5), an unknown offer or another group
 (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD), a retransmission, COOKIEs demanded (RFC 7296 2.6), the
-half-open limit, a key share that does not compute, and every case while debug lines are logged (the
+half-open limit, a key share check_public rejects, and every case while debug lines are logged (the
 general path writes them: state changes and the like, more than this path knows of).
 
 While info lines are logged, `answer` logs the ones the general path logs for the request, with the same
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
 from ..constants import CertEncoding, NotifyType
-from ..crypto.dh import is_pooled
+from ..crypto.dh import check_public, is_pooled
 from ..errors import ProtocolError
 from .config import IkeConfig, addr_matches
 from .state import IkeState
@@ -42,7 +42,7 @@ from .tasks.ike_init import (
     _OUR_HASHES_DATA,
     NONCE_LEN,
     Negotiated,
-    _install_keys,
+    defer_keys,
     natd_hash,
 )
 
@@ -243,11 +243,11 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     if found is None:
         return False
     cfgs, neg, certreq = found
-    ke = engine.key_exchange(req.group)
     try:
-        shared = ke.compute(req.ke)
+        check_public(req.group, req.ke)
     except ProtocolError:
-        return False  # the general path takes another key pair and answers the error
+        return False  # the general path answers the error
+    ke = engine.key_exchange(req.group)
     info = log.isEnabledFor(logging.INFO)
     if info:  # Engine.receive's line for a request it decoded
         log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
@@ -263,7 +263,8 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     sa.nr = engine.rng.bytes(NONCE_LEN)
     sa.init_request = data
     _process_common(sa, req, local, remote)
-    _install_keys(sa, chosen, shared, neg)
+    defer_keys(sa, chosen, ke, req.ke, neg)  # derived once the response left (Engine.prepare)
+    engine.keys_pending(sa)
     if info:  # IkeInit.process_r's line
         log.info("selected proposal: %s", sa.proposal_text)
     sa.tm.answered_init(_response(engine, sa, req, neg, ke.public, certreq), now)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["ChildSa", "ChildState", "IkeSa", "IkeState", "Outstanding"]
 
 log = logging.getLogger("core_ike.ike")
+# members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
+_CREATED, _ESTABLISHED, _REKEYING = IkeState.CREATED, IkeState.ESTABLISHED, IkeState.REKEYING
 Addr = tuple[str, int]
 
 
@@ -59,6 +61,7 @@ class IkeSa:
         "peer_hash_algs",
         "peer_id",
         "peer_vip",
+        "pending_keys",
         "prf",
         "prf_id",
         "proposal",
@@ -91,7 +94,7 @@ class IkeSa:
         self.spi_r = engine.new_spi() if not initiator else b"\x00" * 8
         self.local = local
         self.remote = remote
-        self.state = IkeState.CREATED
+        self.state = _CREATED
         self.created_at = now
         self.established_at: float | None = None
         # negotiated
@@ -104,6 +107,8 @@ class IkeSa:
         self.sk_pr = b""
         self.out_prot: SkProtector | None = None
         self.in_prot: SkProtector | None = None
+        # a responder's keys derived after its IKE_SA_INIT response left (tasks/ike_init.py defer_keys)
+        self.pending_keys: Any = None
         self.ni = b""
         self.nr = b""
         self.init_request = b""  # RealMessage1 as sent / received (RFC 7296 2.15)
@@ -158,7 +163,8 @@ class IkeSa:
 
     @property
     def established(self) -> bool:
-        return self.state in (IkeState.ESTABLISHED, IkeState.REKEYING)
+        state = self.state
+        return state is _ESTABLISHED or state is _REKEYING
 
     @property
     def uses_marker(self) -> bool:

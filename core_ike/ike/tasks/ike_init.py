@@ -24,7 +24,7 @@ from ...constants import (
     TransformType,
     name_of,
 )
-from ...crypto.dh import KeyExchange, new_key_exchange
+from ...crypto.dh import KeyExchange, check_public, new_key_exchange
 from ...crypto.keys import IkeSuite, derive_ike_keys, ike_protectors
 from ...crypto.prf import prf_for
 from ...crypto.proposals import describe, parse_proposals, select_proposal
@@ -188,19 +188,57 @@ def _negotiate_r(sa: IkeSaView, offer: SaPayload, ke_group: int) -> Negotiated:
     return hit if hit is not None else negotiate(sa.ctx.ike_proposals_for(sa), offer.proposals, ke_group, key)
 
 
-def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes, neg: Negotiated | None = None) -> None:
+def _choose(sa: IkeSaView, chosen: Proposal, neg: Negotiated | None) -> IkeSuite:
+    """The chosen proposal, its text and PRF on `sa`; its key suite."""
     if neg is None or neg.suite is None:
         encr, bits, integ, prf_id, _dh = algorithms(chosen)
         suite, text = IkeSuite(prf_id, encr, bits, integ), describe(chosen)
     else:
         suite, text = neg.suite, neg.text
-    keys = derive_ike_keys(suite, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
     sa.prf = prf_for(suite.prf_id)
     sa.prf_id = suite.prf_id
-    sa.sk_d, sa.sk_pi, sa.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
-    sa.out_prot, sa.in_prot = ike_protectors(keys, suite, sa.is_original_initiator, sa.ctx.rng)
     sa.proposal = chosen
     sa.proposal_text = text
+    return suite
+
+
+def _derive(sa: IkeSaView, suite: IkeSuite, shared: bytes) -> None:
+    """SKEYSEED and SK_d, SK_a[ir], SK_e[ir], SK_p[ir] (RFC 7296 2.14) on `sa`, with its SK protectors."""
+    keys = derive_ike_keys(suite, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
+    sa.sk_d, sa.sk_pi, sa.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
+    sa.out_prot, sa.in_prot = ike_protectors(keys, suite, sa.is_original_initiator, sa.ctx.rng)
+
+
+def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes, neg: Negotiated | None = None) -> None:
+    _derive(sa, _choose(sa, chosen, neg), shared)
+
+
+class PendingKeys(NamedTuple):
+    """A responder's IKE_SA keys not derived yet (`defer_keys`): our key pair, the peer's KE data
+    (checked with check_public) and the key suite."""
+
+    ke: KeyExchange
+    peer_public: bytes
+    suite: IkeSuite
+
+
+def defer_keys(sa: IkeSaView, chosen: Proposal, ke: KeyExchange, peer_public: bytes, neg: Negotiated) -> None:
+    """The responder's IKE_SA_INIT choice on `sa`, its key derivation left for `derive_pending` once the
+    response left (docs/architecture.md, "Key derivation after the IKE_SA_INIT response"): nothing in the
+    response depends on the keys (RFC 7296 1.2), and the initiator's IKE_AUTH request, the first message
+    that needs them, cannot arrive before the response did. The peer's KE data must have passed
+    check_public, so the computation fails only where the library rejects what the check let through."""
+    sa.pending_keys = PendingKeys(ke, peer_public, _choose(sa, chosen, neg))
+
+
+def derive_pending(sa: IkeSaView) -> None:
+    """The keys `defer_keys` left: g^ir (RFC 7296 2.14) and the SK keys. ProtocolError(INVALID_SYNTAX)
+    when the key exchange rejects the peer's value; the SA stays without keys then."""
+    job = sa.pending_keys
+    if job is None:
+        return
+    sa.pending_keys = None
+    _derive(sa, job.suite, job.ke.compute(job.peer_public))
 
 
 class IkeInit(Task):
@@ -303,12 +341,13 @@ class IkeInit(Task):
                                 f"{name_of(DhId, group)}", NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", group))
         if not 16 <= len(nonce.data) <= 256:
             raise ProtocolError("nonce length out of range", NotifyType.INVALID_SYNTAX)
+        check_public(group, ke.data)  # RFC 7296 2.7: an invalid KE is answered, before any state
         self.ke = sa.ctx.key_exchange(group)
         sa.ni = nonce.data
         sa.nr = sa.ctx.rng.bytes(NONCE_LEN)
         sa.init_request = msg.raw
         _process_common(sa, msg, sa.local, sa.remote)
-        _install_keys(sa, chosen, self.ke.compute(ke.data), neg)
+        defer_keys(sa, chosen, self.ke, ke.data, neg)
         self.sa_body = neg.body or None
         log.info("selected proposal: %s", sa.proposal_text)
 

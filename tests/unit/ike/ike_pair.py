@@ -29,6 +29,9 @@ class Pair:
     drop: Callable[[str, bytes], bool] | None = None  # return True to lose a datagram
     tamper: Callable[[str, bytes], bytes] | None = None
     nat: dict[str, str] = field(default_factory=dict)  # inner address -> public address of a NAT in front
+    # call Engine.prepare after each datagram's answers were made, as the transport does after sending
+    # them (core_ike/io/transport.py); False: an adapter that never calls it
+    prepare: bool = True
 
     def _translate(self, local: tuple[str, int], remote: tuple[str, int]) -> tuple[tuple[str, int], tuple[str, int]]:
         """What the receiver sees: the sender's NAT rewrites the source, the receiver's NAT the destination."""
@@ -59,6 +62,8 @@ class Pair:
                         data = data[4:]
                     at, frm = self._translate(local, remote)
                     dst.receive(data, at, frm, self.now)
+                    if self.prepare:
+                        dst.prepare()
             self._drain()
             if not moved:
                 break
