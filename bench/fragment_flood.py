@@ -119,6 +119,7 @@ class Flood:
             for data, _local, remote in self.attacker.datagrams_to_send():
                 if data[18] == 34:  # IKE_SA_INIT
                     self.victim.receive(data, remote, (ATTACKER, 500), self.now)
+                    self.victim.prepare()  # as the transport does once the replies left (keys, KeyPool)
             for data, _local, remote in self.victim.datagrams_to_send():
                 self.attacker.receive(data, remote, (VICTIM, 500), self.now)
 
