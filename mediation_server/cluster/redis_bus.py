@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from .core import PRESENCE, SEQUENCE, Cluster, server_channel
 
 log = logging.getLogger("mediation_server.cluster")
 SERVER_PREFIX = server_channel("")
+T = TypeVar("T")
 BATCH = 1000  # messages per pipelined round trip
 SEQ_KEY = "ikeme.seq"
 # KEYS[1] the counter; ARGV[1] the channel, ARGV[2] the message up to its number (cluster/core.py)
@@ -38,6 +39,17 @@ redis.call('SET', KEYS[1], s)
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. s .. '}')
 return s
 """
+
+
+async def uncancelled(aw: Awaitable[T]) -> T:
+    """`await aw`, then CancelledError if this task was cancelled meanwhile: redis-py (8.2) can catch the
+    cancellation of a call in progress (it closes the connection) and return normally, and a task that
+    went on would never end (its owner's cancel and gather would wait for ever)."""
+    result = await aw
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return result
 
 
 class RedisBus:
@@ -73,10 +85,10 @@ class RedisBus:
             tasks: list[asyncio.Task[None]] = []
             ps = client.pubsub()
             try:
-                await ps.subscribe(PRESENCE, server_channel(self.cluster.name))
+                await uncancelled(ps.subscribe(PRESENCE, server_channel(self.cluster.name)))
                 # loaded on each connection: a restarted engine has forgotten it (EVALSHA then sends 40
                 # bytes of digest per registration, not the script)
-                sha = await client.script_load(SEQUENCE_SCRIPT)
+                sha = await uncancelled(client.script_load(SEQUENCE_SCRIPT))
                 log.info("cluster: connected to %s as server %s", self.url, self.cluster.name)
                 self._warned = False
                 self.connected.set()
@@ -86,7 +98,7 @@ class RedisBus:
                 self.cluster.hello()
                 # subscribed before listing: a server missing from the list subscribes after us, and
                 # its hello reaches us (either way each pair of servers syncs at least once)
-                listed = await client.pubsub_channels(server_channel("*"))
+                listed = await uncancelled(client.pubsub_channels(server_channel("*")))
                 names = sorted({(c.decode() if isinstance(c, bytes) else str(c))[len(SERVER_PREFIX):]
                                 for c in listed} - {self.cluster.name})
                 self.synced(names)
@@ -114,7 +126,7 @@ class RedisBus:
 
     async def _read(self, ps: Any) -> None:
         while True:
-            m = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            m = await uncancelled(ps.get_message(ignore_subscribe_messages=True, timeout=5.0))
             if m is not None and m.get("type") == "message":
                 self.deliver(m["data"])
 
@@ -132,7 +144,7 @@ class RedisBus:
                             pipe.evalsha(sha, 1, SEQ_KEY, PRESENCE, data)
                         else:
                             pipe.publish(channel, data)
-                    counts = await pipe.execute()
+                    counts = await uncancelled(pipe.execute())
                     for (channel, _), n in zip(batch, counts, strict=True):
                         if channel == SEQUENCE:
                             self.sequenced(int(n))
@@ -145,7 +157,7 @@ class RedisBus:
             servers = self.cluster.servers_holding_peers()
             if not servers:
                 continue
-            counts = await client.pubsub_numsub(*(server_channel(s) for s in servers))
+            counts = await uncancelled(client.pubsub_numsub(*(server_channel(s) for s in servers)))
             for channel, n in counts:
                 name = channel.decode() if isinstance(channel, bytes) else str(channel)
                 if n == 0:
