@@ -481,57 +481,12 @@ def figures_for(cond: Condition, res: dict[str, Result], rtt: float | None) -> l
     return figs
 
 
-TRACE_STEPS = re.compile(r"ME_CONNECT|checklist \w+: (NONE|pair \d+: \w+ -> |selected|check \d+ from)|checks stopped|"
-                         r"IKE_SA_INIT|IKE_AUTH|established|installed CHILD_SA|control: ")
-
-# put first on the daemons' PYTHONPATH by --trace: their log lines carry microseconds (the shipped format
-# has milliseconds, too coarse for steps a fraction of a millisecond apart)
-MICROSECOND_LOGS = """\
-import logging
-
-_init = logging.Formatter.__init__
-
-
-def _formatter(self, fmt=None, *args, **kwargs):
-    if fmt and "%(msecs)03d" in fmt:
-        fmt = fmt.replace("%(msecs)03d", "%(usecs)06d")
-    _init(self, fmt, *args, **kwargs)
-
-
-logging.Formatter.__init__ = _formatter
-_record = logging.getLogRecordFactory()
-
-
-def _factory(*args, **kwargs):
-    r = _record(*args, **kwargs)
-    r.usecs = int(r.created % 1 * 1e6)
-    return r
-
-
-logging.setLogRecordFactory(_factory)
-
-try:  # the daemons' own formatter (core_ike/daemon/startup.py) writes milliseconds without a format string
-    from core_ike.daemon import startup as _startup
-except ImportError:
-    _startup = None
-if _startup is not None and hasattr(_startup, "TimedFormatter"):
-    _format = _startup.TimedFormatter.format
-
-    def _timed(self, record):
-        s = _format(self, record)
-        return s[:8] + f".{int(record.created % 1 * 1e6):06d}" + s[12:] if s[8:9] == "." else s
-
-    _startup.TimedFormatter.format = _timed
-"""
-
-
 def trace(cond: Condition) -> list[str]:
     """Where the time of one setup of ours goes: the daemons' debug lines (all namespaces share the clock)
     from the `up` to the CHILD_SA, step lines only, merged by timestamp with the bench's own marks, in ms
     since the `up` was written."""
-    import tempfile
-    site = tempfile.mkdtemp(prefix="medtrace-")
-    Path(site, "sitecustomize.py").write_text(MICROSECOND_LOGS)
+    import mediated_trace as mtr
+    site = mtr.site_dir()
     lab = build_lab(cond)
     driver = OursMediation(lab, {**LAN, **INNER} if cond.public_bob else None, BEFORE, path_first=site)
     driver.start()
@@ -548,15 +503,9 @@ def trace(cond: Condition) -> list[str]:
         t0 = driver.marks["up sent"]
         lines: list[tuple[float, str]] = [(t, f"{(t - t0) * 1000:8.2f} ms  {'bench':<6} {what}")
                                           for what, t in driver.marks.items()]
-        lt = time.localtime(t0)
-        day = time.mktime((*lt[:3], 0, 0, 0, *lt[6:]))
         for n, d in daemons.items():
             assert d is not None
-            for line in d.log_text()[marks[n]:].splitlines():
-                m = re.match(r"(\d\d):(\d\d):(\d\d\.\d+) (.*)", line)
-                if m and TRACE_STEPS.search(m.group(4)):
-                    t = day + int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
-                    lines.append((t, f"{(t - t0) * 1000:8.2f} ms  {n:<6} {m.group(4)[:150]}"))
+            lines += mtr.step_lines(n, d.log_text()[marks[n]:], t0)
         return [f"one setup of ours, {cond.label}: {took * 1000:.1f} ms from `up` to the CHILD_SA listed",
                 *(text for _, text in sorted(lines, key=lambda x: x[0]))]
     finally:
