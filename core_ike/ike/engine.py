@@ -165,7 +165,7 @@ class Engine:
         self._half_open_by_ip: dict[str, int] = {}
         self.vips = VipPool()
         self.key_pool = KeyPool()  # the responder's KEr key pairs (RFC 7296 1.2), made a few at a time
-        self._pending_keys: list[IkeSa] = []  # responders whose keys are derived after their response (prepare)
+        self._pending_keys: deque[IkeSa] = deque()  # responders whose keys are derived after their response (prepare)
         # a configuration source that looks connections up per attempt (docs/gateway.md): called when no
         # config matches an IKE_SA_INIT (peer None) or an IKE_AUTH (the peer's identity); it raises
         # CredentialsPending while it looks, and the peer's retransmission (RFC 7296 2.1) is answered
@@ -205,34 +205,30 @@ class Engine:
         self._run_deferred(now)
 
     def prepare(self) -> None:
-        """Work no datagram waits for, done ahead: the keys of IKE_SAs whose IKE_SA_INIT response was
-        just made (`derive_keys`), then the responder's next KEr key pairs (KeyPool.refill). The adapter
-        calls it after sending what `receive` and `handle_timer` produced, so that an IKE_SA_INIT
-        response waits neither for its own key derivation nor for a batch of key pairs (RFC 7296 1.2).
-        An adapter that never calls it loses nothing but that: the keys are derived before the next
-        datagram other than an IKE_SA_INIT request is handled, and before timers run."""
+        """Work no datagram waits for: the keys of IKE_SAs just answered (`derive_keys`), the next KEr key
+        pairs (KeyPool.refill). The adapter calls it after sending what `receive` and `handle_timer` made,
+        so no IKE_SA_INIT response waits for either (RFC 7296 1.2); without it `receive` (but for an
+        IKE_SA_INIT request) and `handle_timer` derive first (docs/architecture.md)."""
         if self._pending_keys:
             self.derive_keys()
         self.key_pool.refill(self.rng)
 
     def derive_keys(self) -> None:
-        """Derive the keys of every responder IKE_SA whose derivation waits (tasks/ike_init.py
-        defer_keys: after its IKE_SA_INIT response was made). A peer's KE value the key exchange
-        rejects although check_public let it through ends the half-open IKE_SA: its response was sent,
-        the initiator's IKE_AUTH then meets no IKE_SA (RFC 7296 2.21.4)."""
-        pending, self._pending_keys = self._pending_keys, []
-        for sa in pending:
+        """The keys of the responder IKE_SAs answered without them (tasks/ike_init.py defer_keys). One
+        whose keys cannot be made (a KE value check_public let through) is deleted, half-open."""
+        pending = self._pending_keys
+        while pending:  # one at a time: whatever happens to one, the others stay queued
+            sa = pending.popleft()
             if sa.pending_keys is None or sa.state is IkeState.DESTROYED:
                 continue
             try:
                 derive_pending(sa)
-            except ProtocolError as e:
+            except (ProtocolError, LocalUsageError) as e:  # a rejected KE value; keys our suite cannot make
                 self.counters["drop-invalid-ke"] += 1
                 self.log_limit.warning("invalid-ke", self.now, "%s: %s, deleting the half-open IKE_SA", sa.label, e)
-                sa.destroy(f"invalid KE data: {e}", self.now, failed=True)
+                sa.destroy(f"no keys: {e}", self.now, failed=True)
 
-    def keys_pending(self, sa: IkeSa) -> None:
-        """`sa`'s keys wait for `derive_keys` (tasks/ike_init.py defer_keys)."""
+    def keys_pending(self, sa: IkeSa) -> None:  # for `derive_keys` (tasks/ike_init.py defer_keys)
         self._pending_keys.append(sa)
 
     def set_wall_clock(self, wall: float, now: float) -> None:
@@ -547,7 +543,7 @@ class Engine:
     # ================================================================== internals
     def _schedule(self, sa: IkeSa) -> None:
         """Keep at most one live heap entry per SA: push only when the deadline moved earlier."""
-        d = sa.next_deadline()
+        d = sa.tm.next_deadline()  # IkeSa.next_deadline's, without its frame (after every datagram)
         if d is None or (sa.timer_at is not None and sa.timer_at <= d):
             return
         sa.timer_at = d
@@ -656,7 +652,7 @@ class Engine:
         sa.receive(msg, now)
         if sa.state is not IkeState.DESTROYED:
             if sa.pending_keys is not None:
-                self._pending_keys.append(sa)
+                self.keys_pending(sa)
             self._schedule(sa)
 
     def new_responder(self, cfg: IkeConfig, local: Addr, remote: Addr, now: float, key: tuple[bytes, Addr]) -> IkeSa:
