@@ -57,10 +57,12 @@ def _replay_child(tree: str, rec_dir: str, evict_mb: int, limit: int) -> int:
     sys.path.insert(0, tree)
     assert "core_ike" not in sys.modules
     import core_ike
+    from core_ike.daemon import runtime
     from core_ike.daemon.config import load
     from core_ike.daemon.runtime import Daemon
     from core_ike.ike import events as ev
 
+    tune_gc = getattr(runtime, "tune_gc", None)
     if not str(Path(core_ike.__file__).resolve()).startswith(str(Path(tree).resolve())):
         raise SystemExit(f"core_ike came from {core_ike.__file__}, not from {tree}")
     out = Path(rec_dir)
@@ -76,6 +78,8 @@ def _replay_child(tree: str, rec_dir: str, evict_mb: int, limit: int) -> int:
             d = Daemon(load(out / "conf" / "iked.toml"))
             eng, st = d.engine, {"now": 1000.0, "n": 0}
             eng.set_wall_clock(time.time(), st["now"])
+            if tune_gc is not None:
+                tune_gc()  # iked's collector settings, as it sets them once started (older trees have none)
             prepare = getattr(eng, "prepare", None)  # as the transport calls it (older trees have none)
 
             def step(_: Any, item: Any, eng: Any = eng, d: Any = d, st: dict[str, Any] = st,

@@ -151,10 +151,12 @@ def replay(out: Path, gap: float = 0.0, log_level: str | None = None) -> tuple[f
 
 
 def _replay(out: Path, gap: float, turn_end: Any) -> tuple[float, int]:
+    from core_ike.daemon import runtime
     from core_ike.daemon.config import load
     from core_ike.daemon.runtime import Daemon
     from core_ike.ike import events as ev
 
+    tune_gc = getattr(runtime, "tune_gc", None)
     rec = pickle.loads((out / "datagrams.pickle").read_bytes())["datagrams"]
     result = (0.0, 0)
     for _ in range(2):
@@ -163,6 +165,8 @@ def _replay(out: Path, gap: float, turn_end: Any) -> tuple[float, int]:
             d = Daemon(load(out / "conf" / "iked.toml"))
             eng, n, now = d.engine, 0, 1000.0
             eng.set_wall_clock(time.time(), now)  # the replay's clock starts at `now` (certificate validity)
+            if tune_gc is not None:
+                tune_gc()  # iked's collector settings, as it sets them once started (older trees have none)
             prepare = getattr(eng, "prepare", None)  # as the transport calls it (older trees have none)
             t0 = time.process_time()
             for data, local, remote in rec:

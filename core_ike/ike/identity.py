@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from ..constants import IdType
 from ..errors import LocalError
 
+# members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook, and
+# identities are printed and compared for every IKE_SA
+_KEY_ID, _FQDN, _RFC822_ADDR, _DER_ASN1_DN = IdType.KEY_ID, IdType.FQDN, IdType.RFC822_ADDR, IdType.DER_ASN1_DN
+_IPV4_ADDR, _IPV6_ADDR = IdType.IPV4_ADDR, IdType.IPV6_ADDR
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -66,11 +71,13 @@ class Identity:
 
     def canonical(self) -> str:
         """Text that `parse` turns back into this identity (registry keys, DB rows, configs)."""
-        if self.id_type == IdType.KEY_ID:
+        t = self.id_type
+        if t == _KEY_ID:
             return "keyid:#" + self.data.hex()
-        if self.id_type == IdType.FQDN and (b"@" in self.data or not self.data):
+        if t == _FQDN and (b"@" in self.data or not self.data):
             return "@" + self.data.decode("utf-8", "replace")
-        return str(self)
+        text = self._text
+        return text if text is not None else str(self)
 
     @property
     def is_any(self) -> bool:
@@ -78,7 +85,8 @@ class Identity:
 
     def matches(self, other: Identity) -> bool:
         """True when `other` satisfies this (configured) identity; %any matches every identity."""
-        return self.is_any or (self.id_type == other.id_type and self.data == other.data)
+        t = self.id_type
+        return t == 0 or (t == other.id_type and self.data == other.data)
 
     def __str__(self) -> str:
         text = self._text
@@ -89,18 +97,18 @@ class Identity:
 
     def _format(self) -> str:
         t = self.id_type
-        if self.is_any:
+        if t == 0:  # is_any
             return "%any"
-        if t in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+        if t in (_IPV4_ADDR, _IPV6_ADDR):
             try:
                 return str(ipaddress.ip_address(self.data))
             except ValueError:
                 return self.data.hex()
-        if t == IdType.KEY_ID:
-            return ":".join(f"{b:02x}" for b in self.data)
-        if t in (IdType.FQDN, IdType.RFC822_ADDR):
+        if t in (_FQDN, _RFC822_ADDR):
             return self.data.decode("utf-8", "replace")
-        if t == IdType.DER_ASN1_DN:
+        if t == _KEY_ID:
+            return ":".join(f"{b:02x}" for b in self.data)
+        if t == _DER_ASN1_DN:
             return _dn_text(self.data)
         return f"({t}){self.data.hex()}"
 

@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("core_ike.ike")
 
+# members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
+_CREATED, _CONNECTING, _DESTROYED = IkeState.CREATED, IkeState.CONNECTING, IkeState.DESTROYED
+_ESTABLISHED, _REKEYING, _DELETING = IkeState.ESTABLISHED, IkeState.REKEYING, IkeState.DELETING
+_IKE_SA_INIT, _IKE_AUTH = ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH
+
 # (original initiator, response) -> header flags, without IntFlag arithmetic per message
 _HEADER_FLAGS = ((HeaderFlag.NONE, HeaderFlag.RESPONSE),
                  (HeaderFlag.INITIATOR, HeaderFlag.INITIATOR | HeaderFlag.RESPONSE))
@@ -62,6 +67,34 @@ class Outstanding:
     deadline: float
     prompt: bool = False  # on the early retransmission schedule (RetransmitConfig)
     sent_at: float = 0.0  # last transmission
+
+
+def _children_deadline(sa: IkeSa, best: float | None) -> float | None:
+    """The earliest of `best` and the CHILD_SAs' rekey and expiry times (RFC 7296 2.8)."""
+    for c in sa.children.values():
+        d = c.rekey_at
+        if d is not None and (best is None or d < best):
+            best = d
+        d = c.expire_at
+        if d is not None and (best is None or d < best):
+            best = d
+    return best
+
+
+def _liveness_deadline(sa: IkeSa, dpd_due: bool) -> float | None:
+    """An established SA's next liveness check (RFC 7296 1.4) or NAT keepalive (RFC 3948 4), if any. A
+    request in flight is the liveness check (its retransmissions time out): the DPD is due only when
+    maintenance can send it (`dpd_due`: ESTABLISHED, nothing in flight), else this deadline would stay in
+    the past and the timer loop would spin."""
+    cfg = sa.config
+    best = None
+    if dpd_due and cfg.dpd_delay > 0 and not sa.dpd_pending:
+        best = sa.last_in + cfg.dpd_delay
+    if sa.nat_here and cfg.keepalive_interval > 0:
+        d = sa.last_out + cfg.keepalive_interval
+        if best is None or d < best:
+            best = d
+    return best
 
 
 def failure_of(e: ProtocolError) -> Failure:
@@ -112,7 +145,7 @@ class TaskManager:
         flags = _HEADER_FLAGS[sa.is_original_initiator][response]
         return Message(
             spi_i=sa.spi_i, spi_r=sa.spi_r, exchange=exchange, flags=flags, message_id=mid,
-            payloads=[], encrypted=exchange != ExchangeType.IKE_SA_INIT,
+            payloads=[], encrypted=exchange != _IKE_SA_INIT,
         )
 
     # ------------------------------------------------------------------ initiating
@@ -127,9 +160,9 @@ class TaskManager:
             if not self.outstanding.prompt and any(t.prompt for t in self.queue):
                 self._hurry(self.outstanding)
             return
-        if not self.queue or sa.state is IkeState.DESTROYED:
+        if not self.queue or sa.state is _DESTROYED:
             return
-        if sa.state is IkeState.DELETING and not self.queue[0].is_delete:
+        if sa.state is _DELETING and not self.queue[0].is_delete:
             return
         exchange = self.queue[0].exchange
         tasks: list[Task] = []
@@ -149,10 +182,10 @@ class TaskManager:
         except ProtocolError as e:  # e.g. our own credentials are missing: fail with the reason
             self._task_failed(Outstanding(mid, exchange, tasks, [], 0, now), failure_of(e), now)
             return
-        if exchange == ExchangeType.IKE_SA_INIT and sa.state is IkeState.CREATED:
-            sa.set_state(IkeState.CONNECTING)
+        if exchange == _IKE_SA_INIT and sa.state is _CREATED:
+            sa.set_state(_CONNECTING)
         packets = self._encode(msg)
-        if exchange == ExchangeType.IKE_SA_INIT:
+        if exchange == _IKE_SA_INIT:
             sa.init_request = packets[0]
         if log.isEnabledFor(logging.INFO):
             log.info("generating %s request %d %s", _exchange(exchange), mid, msg.summary())
@@ -208,7 +241,7 @@ class TaskManager:
         sa = self.sa
         if msg.sk is None:
             # RFC 7296 3.14: only IKE_SA_INIT (and ME checks, handled before SA lookup) are plaintext
-            if msg.exchange != ExchangeType.IKE_SA_INIT:
+            if msg.exchange != _IKE_SA_INIT:
                 raise ProtocolError(f"unencrypted {name_of(ExchangeType, msg.exchange)} message", None)
             return msg
         if sa.in_prot is None:
@@ -233,7 +266,7 @@ class TaskManager:
                 if st is Status.RESTART:
                     restart = True
                 elif st is Status.NEED_MORE:
-                    if out.exchange == ExchangeType.IKE_AUTH:
+                    if out.exchange == _IKE_AUTH:
                         # RFC 7296 2.16: another IKE_AUTH round (EAP), built by this task alone; the
                         # other tasks of the exchange process the final response
                         self.my_mid += 1
@@ -250,7 +283,7 @@ class TaskManager:
         if self.held is not None and sa.established:
             held, self.held = self.held, None
             self._process_request(held, now)
-            if sa.state is IkeState.DESTROYED:
+            if sa.state is _DESTROYED:
                 return
         self.initiate_next(now)
 
@@ -260,7 +293,7 @@ class TaskManager:
             self.failure = failure
         for t in out.tasks:
             t.failed(sa, failure.reason, now)
-        if out.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) or not sa.established:
+        if out.exchange in (_IKE_SA_INIT, _IKE_AUTH) or not sa.established:
             log.warning("establishing IKE_SA %s failed: %s", sa.label, failure.reason)
             sa.engine.emit(ev.IkeSaFailed(sa.name, sa.unique_id, failure.reason, failure.notify,
                                           sa.is_original_initiator, failure.authentication))
@@ -280,8 +313,8 @@ class TaskManager:
             log.info("%s: ignoring request %d, expected %d", sa.label, mid, self.peer_mid)
             return
         out = self.outstanding
-        if out is not None and out.exchange == ExchangeType.IKE_AUTH and sa.established_at is None \
-                and msg.exchange not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+        if out is not None and out.exchange == _IKE_AUTH and sa.established_at is None \
+                and msg.exchange not in (_IKE_SA_INIT, _IKE_AUTH):
             # RFC 7296 2.3: the responder may send its first request right after its IKE_AUTH response
             # (a mediation server its ME_CONNECT), and the network may deliver it first. It is processed
             # once that response has authenticated the peer (RFC 7296 1.2; same keys), not refused
@@ -291,7 +324,7 @@ class TaskManager:
             return
         resp = self.new_message(msg.exchange, True, mid)
         try:
-            if msg.exchange == ExchangeType.IKE_AUTH:
+            if msg.exchange == _IKE_AUTH:
                 msg = with_first_request(sa, msg)  # RFC 7296 2.16: the final request of EAP
             tasks = self.responder_tasks(msg)  # may refuse, e.g. CHILD_SA_NOT_FOUND
             for t in tasks:
@@ -324,7 +357,7 @@ class TaskManager:
             log.info("generating %s response %d %s", _exchange(resp.exchange),
                      resp.message_id, resp.summary())
         packets = self._encode(resp)
-        if resp.exchange == ExchangeType.IKE_SA_INIT:
+        if resp.exchange == _IKE_SA_INIT:
             self.sa.init_response = packets[0]
         self.cached_response = (resp.message_id, packets)
         self.peer_mid = resp.message_id + 1
@@ -354,7 +387,7 @@ class TaskManager:
             return
         resp.payloads.append(error_payload(e) or NotifyPayload(e.notify, e.data))  # RFC 7296 2.16: EAP-Failure
         self._send_response(resp, now)
-        if req.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and not sa.established:
+        if req.exchange in (_IKE_SA_INIT, _IKE_AUTH) and not sa.established:
             failure = failure_of(e)
             self.failure = self.failure or failure
             sa.engine.emit(ev.IkeSaFailed(sa.name, sa.unique_id, failure.reason, failure.notify,
@@ -367,7 +400,7 @@ class TaskManager:
         sa = self.sa
         x = msg.exchange
         tasks: list[Task]
-        if x not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and sa.established_at is None:
+        if x not in (_IKE_SA_INIT, _IKE_AUTH) and sa.established_at is None:
             # RFC 7296 1.2: before IKE_AUTH has authenticated the peer nothing else is processed
             # (an ME_CONNECT, a CREATE_CHILD_SA or an INFORMATIONAL from an unauthenticated peer),
             # except the INFORMATIONAL of RFC 7296 2.21.2 ending an EAP exchange
@@ -375,9 +408,9 @@ class TaskManager:
                 return [left]
             raise ProtocolError(f"{name_of(ExchangeType, x)} request before the IKE_SA is authenticated",
                                 NotifyType.INVALID_SYNTAX)
-        if x == ExchangeType.IKE_SA_INIT:
+        if x == _IKE_SA_INIT:
             tasks = [IkeInit()]
-        elif x == ExchangeType.IKE_AUTH:
+        elif x == _IKE_AUTH:
             tasks = [IkeAuth()]
             if eap_round(sa, msg):  # RFC 7296 2.16: SA and TS are answered with the final AUTH
                 return tasks
@@ -414,35 +447,31 @@ class TaskManager:
 
     # ------------------------------------------------------------------ timers
     def next_deadline(self) -> float | None:
+        """The earliest of the SA's deadlines (runs after every datagram: a running minimum, no list)."""
         sa = self.sa
-        ds: list[float] = []
-        if self.outstanding is not None:
-            ds.append(self.outstanding.deadline)
-        if sa.state is IkeState.DESTROYED:
+        state = sa.state
+        if state is _DESTROYED:
             return None
-        if sa.rekey_at is not None:
-            ds.append(sa.rekey_at)
-        for c in sa.children.values():
-            if c.rekey_at is not None:
-                ds.append(c.rekey_at)
-            if c.expire_at is not None:
-                ds.append(c.expire_at)
-        cfg = sa.config
-        if sa.established:
-            # a request in flight is the liveness check (its retransmissions time out); the DPD is due
-            # only when maintenance can send it (ESTABLISHED, nothing in flight), else this deadline
-            # would stay in the past and the timer loop would spin
-            if cfg.dpd_delay > 0 and not sa.dpd_pending and self.outstanding is None \
-                    and sa.state is IkeState.ESTABLISHED:
-                ds.append(sa.last_in + cfg.dpd_delay)
-            if sa.nat_here and cfg.keepalive_interval > 0:
-                ds.append(sa.last_out + cfg.keepalive_interval)
+        out = self.outstanding
+        best = out.deadline if out is not None else None
+        d = sa.rekey_at
+        if d is not None and (best is None or d < best):
+            best = d
+        if sa.children:
+            best = _children_deadline(sa, best)
+        if state is _ESTABLISHED or state is _REKEYING:  # sa.established
+            d = _liveness_deadline(sa, state is _ESTABLISHED and out is None)
         elif not sa.is_original_initiator:
-            ds.append(sa.created_at + sa.engine.half_open_timeout)
-        nxt = self.fragments.next_deadline() if self.fragments is not None else None
-        if nxt is not None:
-            ds.append(nxt)
-        return min(ds) if ds else None
+            d = sa.created_at + sa.engine.half_open_timeout
+        else:
+            d = None
+        if d is not None and (best is None or d < best):
+            best = d
+        if self.fragments is not None:
+            d = self.fragments.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     def handle_timer(self, now: float) -> None:
         sa = self.sa
@@ -451,7 +480,7 @@ class TaskManager:
         out = self.outstanding
         if out is not None and now >= out.deadline:
             self._retransmit(out, now)
-        if sa.state is IkeState.DESTROYED:
+        if sa.state is _DESTROYED:
             return
         if not sa.established:
             if not sa.is_original_initiator and now >= sa.created_at + sa.engine.half_open_timeout:
@@ -467,7 +496,7 @@ class TaskManager:
     def maintenance(self, now: float) -> None:
         """Periodic duties of an established SA: rekeying (RFC 7296 2.8), child expiry, liveness (1.4)."""
         sa = self.sa
-        if sa.state is not IkeState.ESTABLISHED:
+        if sa.state is not _ESTABLISHED:
             return
         if sa.rekey_at is not None and now >= sa.rekey_at:
             sa.rekey_at = None
@@ -493,7 +522,7 @@ class TaskManager:
         tries = rt.retransmits(out.prompt)
         if out.attempt >= tries:
             reason = f"giving up after {tries} retransmits"
-            if out.exchange == ExchangeType.IKE_SA_INIT:
+            if out.exchange == _IKE_SA_INIT:
                 reason = f"peer {sa.remote[0]} unreachable: no response to IKE_SA_INIT ({reason})"
             else:
                 reason = f"peer not responding: {reason}"

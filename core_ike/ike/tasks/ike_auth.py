@@ -21,6 +21,10 @@ from ..state import IkeState
 from . import eap_auth as eap
 
 log = logging.getLogger("core_ike.ike")
+# members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
+_ESTABLISHED = IkeState.ESTABLISHED
+_DER_ASN1_DN, _FQDN, _RFC822_ADDR = IdType.DER_ASN1_DN, IdType.FQDN, IdType.RFC822_ADDR
+_IPV4_ADDR, _IPV6_ADDR = IdType.IPV4_ADDR, IdType.IPV6_ADDR
 
 
 def _default_id(addr: str) -> Identity:
@@ -98,7 +102,8 @@ def _peer_key(sa: IkeSaView, msg: Message) -> PublicKey:
 
 def _cert_matches(cert: x509.Certificate, ident: Identity, der: bytes = b"") -> bool:
     """Whether `cert` (parsed from `der` when given) contains the identity (RFC 7296 3.5; RFC 4945 3.1.5: a DN matches the subject exactly)."""
-    if ident.id_type == IdType.DER_ASN1_DN:
+    t = ident.id_type
+    if t == _DER_ASN1_DN:
         # RFC 7296 3.5: the DN's DER. A peer sends its certificate's subject octets, compared here as the
         # CA signed them (re-encoding the parsed subject costs more than the signature check); the
         # re-encoding is the fallback for a certificate whose subject is not in canonical DER
@@ -108,11 +113,11 @@ def _cert_matches(cert: x509.Certificate, ident: Identity, der: bytes = b"") -> 
     except x509.ExtensionNotFound:
         return False
     text = str(ident)
-    if ident.id_type == IdType.FQDN:
+    if t == _FQDN:
         return text in san.get_values_for_type(x509.DNSName)
-    if ident.id_type == IdType.RFC822_ADDR:
+    if t == _RFC822_ADDR:
         return text in san.get_values_for_type(x509.RFC822Name)
-    if ident.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+    if t in (_IPV4_ADDR, _IPV6_ADDR):
         return ipaddress.ip_address(ident.data) in san.get_values_for_type(x509.IPAddress)
     return False
 
@@ -144,18 +149,19 @@ def _id_payload(ptype: PayloadType, ident: Identity) -> IdPayload:
     return IdPayload(ptype, ident.id_type, ident.data)
 
 
-_DER: dict[x509.Certificate, bytes] = {}  # our own certificates' DER (a few per configuration)
+# our own certificates' DER (a few per configuration) by the id() of the certificate object, kept with
+# the object (so that no id is reused while its entry is here): a lookup by value hashes the parsed fields
+_DER: dict[int, tuple[x509.Certificate, bytes]] = {}
 DER_CACHE_MAX = 256
 
 
 def _der(cert: x509.Certificate) -> bytes:
-    der = _DER.get(cert)
-    if der is None:
-        der = cert.public_bytes(serialization.Encoding.DER)
+    hit = _DER.get(id(cert))
+    if hit is None:
         if len(_DER) >= DER_CACHE_MAX:
             _DER.clear()
-        _DER[cert] = der
-    return der
+        hit = _DER[id(cert)] = (cert, cert.public_bytes(serialization.Encoding.DER))
+    return hit[1]
 
 
 def _add_certs(sa: IkeSaView, msg: Message) -> None:
@@ -171,7 +177,7 @@ def _add_certreq(sa: IkeSaView, msg: Message) -> None:
 
 
 def established(sa: IkeSaView, now: float) -> None:
-    sa.set_state(IkeState.ESTABLISHED)
+    sa.set_state(_ESTABLISHED)
     sa.established_at = now
     # RFC 7296 2.15: the IKE_SA_INIT messages were only needed for AUTH; a retransmitted IKE_AUTH
     # request is answered from the response cache
@@ -179,8 +185,9 @@ def established(sa: IkeSaView, now: float) -> None:
     if log.isEnabledFor(logging.INFO):
         log.info("IKE_SA %s established between %s[%s]...%s[%s]", sa.label, sa.local[0],
                  str(sa.my_id), sa.remote[0], str(sa.peer_id))
-    sa.ctx.ike_established(sa, now)
-    sa.ctx.emit(ev.IkeSaEstablished(
+    ctx = sa.ctx
+    ctx.ike_established(sa, now)
+    ctx.emit(ev.IkeSaEstablished(
         sa.name, sa.unique_id, sa.local, sa.remote, str(sa.my_id), str(sa.peer_id), sa.spi_i, sa.spi_r,
         sa.is_original_initiator, sa.rekeyed_from))
 
