@@ -29,6 +29,7 @@ from ...crypto.keys import IkeSuite, derive_ike_keys, ike_protectors
 from ...crypto.prf import prf_for
 from ...crypto.proposals import describe, parse_proposals, select_proposal
 from ...errors import LocalError, ProtocolError
+from ...rng import Rng
 from ..context import IkeSaView, Status, Task
 
 log = logging.getLogger("core_ike.ike")
@@ -202,11 +203,11 @@ def _choose(sa: IkeSaView, chosen: Proposal, neg: Negotiated | None) -> IkeSuite
     return suite
 
 
-def _derive(sa: IkeSaView, suite: IkeSuite, shared: bytes) -> None:
+def _derive(sa: IkeSaView, suite: IkeSuite, shared: bytes, rng: Rng | None = None) -> None:
     """SKEYSEED and SK_d, SK_a[ir], SK_e[ir], SK_p[ir] (RFC 7296 2.14) on `sa`, with its SK protectors."""
     keys = derive_ike_keys(suite, sa.ni, sa.nr, shared, sa.spi_i, sa.spi_r)
     sa.sk_d, sa.sk_pi, sa.sk_pr = keys.sk_d, keys.sk_pi, keys.sk_pr
-    sa.out_prot, sa.in_prot = ike_protectors(keys, suite, sa.is_original_initiator, sa.ctx.rng)
+    sa.out_prot, sa.in_prot = ike_protectors(keys, suite, sa.is_original_initiator, rng or sa.ctx.rng)
 
 
 def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes, neg: Negotiated | None = None) -> None:
@@ -215,11 +216,29 @@ def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes, neg: Negotiate
 
 class PendingKeys(NamedTuple):
     """A responder's IKE_SA keys not derived yet (`defer_keys`): our key pair, the peer's KE data
-    (checked with check_public) and the key suite."""
+    (checked with check_public), the key suite and the random octets its SK protectors take when made."""
 
     ke: KeyExchange
     peer_public: bytes
     suite: IkeSuite
+    drawn: list[bytes]
+
+
+class _Drawn:
+    """An Rng that gives octets drawn before (`defer_keys`), then the engine's source: an AEAD SK
+    protector's IV counter start (RFC 5282 3.1), one 8-octet draw per direction, is drawn where the keys
+    are deferred, so that the engine's random draws (SPIs, nonces) come in the same order however late
+    the derivation runs (a run stays reproducible from its inputs)."""
+
+    __slots__ = ("_drawn", "_rng")
+
+    def __init__(self, drawn: list[bytes], rng: Rng) -> None:
+        self._drawn, self._rng = drawn, rng
+
+    def bytes(self, n: int) -> bytes:
+        if self._drawn and len(self._drawn[0]) == n:
+            return self._drawn.pop(0)
+        return self._rng.bytes(n)
 
 
 def defer_keys(sa: IkeSaView, chosen: Proposal, ke: KeyExchange, peer_public: bytes, neg: Negotiated) -> None:
@@ -228,7 +247,9 @@ def defer_keys(sa: IkeSaView, chosen: Proposal, ke: KeyExchange, peer_public: by
     response depends on the keys (RFC 7296 1.2), and the initiator's IKE_AUTH request, the first message
     that needs them, cannot arrive before the response did. The peer's KE data must have passed
     check_public, so the computation fails only where the library rejects what the check let through."""
-    sa.pending_keys = PendingKeys(ke, peer_public, _choose(sa, chosen, neg))
+    suite = _choose(sa, chosen, neg)
+    rng = sa.ctx.rng  # an AEAD suite (no INTEG, RFC 7296 3.3.2): the two protectors' IV counter starts
+    sa.pending_keys = PendingKeys(ke, peer_public, suite, [rng.bytes(8), rng.bytes(8)] if suite.integ_id is None else [])
 
 
 def derive_pending(sa: IkeSaView) -> None:
@@ -238,7 +259,7 @@ def derive_pending(sa: IkeSaView) -> None:
     if job is None:
         return
     sa.pending_keys = None
-    _derive(sa, job.suite, job.ke.compute(job.peer_public))
+    _derive(sa, job.suite, job.ke.compute(job.peer_public), _Drawn(job.drawn, sa.ctx.rng) if job.drawn else None)
 
 
 class IkeInit(Task):

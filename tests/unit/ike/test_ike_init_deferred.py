@@ -170,3 +170,23 @@ def test_a_ke_rejected_at_derivation_ends_the_half_open_sa(monkeypatch: pytest.M
     p.a.receive(resp, REMOTE, LOCAL, p.now)
     p.pump()
     assert len(p.of("a", ev.IkeSaEstablished)) == 1  # only the first IKE_SA
+
+
+def test_the_random_draws_do_not_depend_on_when_the_keys_are_derived(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same inputs give the same responder SPIs, nonces and IV counters whether Engine.prepare runs after
+    each IKE_SA_INIT or after two (an AEAD protector's IV counter start is drawn with the response)."""
+    def run(prepare_between: bool) -> list[tuple[bytes, ...]]:
+        ike_init._NEGOTIATED.clear()
+        p = make_pair(seed=13)
+        requests = [_init_request(p) for _ in range(2)]
+        for data in requests:
+            p.b.receive(data, LOCAL, REMOTE, p.now)
+            if prepare_between:
+                p.b.prepare()
+        p.b.prepare()
+        assert all(s.sk_d for s in p.b.ike_sas())
+        # (the key pairs come from OpenSSL: the keys themselves differ between the runs)
+        return [(s.spi_r, s.nr, s.in_prot._counter, s.out_prot._counter)  # type: ignore[union-attr]
+                for s in p.b.ike_sas()]
+
+    assert run(True) == run(False)
