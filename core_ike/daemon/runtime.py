@@ -139,14 +139,10 @@ class Daemon:
         log.debug("event %s", type(e).__name__)
         if self.glue is not None:
             e = self.glue.handle(e)  # a CHILD_SA the data plane refused comes back as ChildSaFailed
-        if type(e) is ev.IkeSaEstablished:  # the event of every IKE_SA: `_count` and `_keyingtries` inline
-            self.events["ike-established"] += 1
-            self._tries.pop(e.name, None)
-        else:
-            self._count(e)
-            if self.stopping and isinstance(e, ev.IkeSaDeleted | ev.IkeSaFailed) and not self.engine.ike_sas():
-                self._all_gone.set()
-            self._keyingtries(e)
+        self._count(e)
+        if self.stopping and isinstance(e, ev.IkeSaDeleted | ev.IkeSaFailed) and not self.engine.ike_sas():
+            self._all_gone.set()
+        self._keyingtries(e)
         self.control.feed(e)
         for fn in self.listeners:
             fn(e)

@@ -183,7 +183,8 @@ class Engine:
             self.derive_keys()  # before any IKE_SA processes a message that may need them
         if (data[18] == _IKE_SA_INIT and fastinit.answer(self, data, local, remote, now)) or \
                 (data[18] == _IKE_AUTH and fastauth.answer(self, data, local, remote, now)):
-            self._run_deferred(now)
+            if self.established_index.deferred:  # `_run_deferred`'s test, without its frame per datagram
+                self._run_deferred(now)
             return
         try:
             msg = decode_message(data)

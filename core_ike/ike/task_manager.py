@@ -120,14 +120,15 @@ class TaskManager:
     # ------------------------------------------------------------------ sending
     def _send(self, packets: list[bytes], now: float) -> None:
         sa = self.sa
-        marker = sa.uses_marker
+        eng, port = sa.engine, sa.local[1]
+        marker = port == eng.natt_port or port in eng.natt_extra  # sa.uses_marker (RFC 3948 2.2) without its frames
         info = log.isEnabledFor(logging.INFO)  # the arguments cost more than the disabled call
         for p in packets:
             data = b"\x00\x00\x00\x00" + p if marker else p
             if info:
                 log.info("sending packet: from %s[%d] to %s[%d] (%d bytes)",
                          sa.local[0], sa.local[1], sa.remote[0], sa.remote[1], len(data))
-            sa.engine.send(data, sa.local, sa.remote)
+            eng.send(data, sa.local, sa.remote)
         sa.last_out = now
 
     def _encode(self, msg: Message) -> list[bytes]:
