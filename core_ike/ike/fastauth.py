@@ -43,8 +43,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..buffer import Buffer
 from ..codec.payloads import NotifyPayload, Payload, SaPayload, TrafficSelector, TsPayload
+from ..codec.sawire import pull_sa_body
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
-from ..codec.wire import encode_payloads, pull_body, pull_sa_body
+from ..codec.wire import encode_payloads, pull_body
 from ..constants import AuthMethod, CertEncoding, PayloadType, TsType
 from ..crypto.auth import create_signature_auth, key_kind, psk_auth, verify_signature_auth
 from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError

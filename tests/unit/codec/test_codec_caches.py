@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from core_ike.codec import rules, wire
+from core_ike.codec import rules, sawire, wire
 from core_ike.codec.message import Message, decode_message, encode_message
 from core_ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
 from core_ike.constants import ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId
@@ -23,7 +23,7 @@ def _init(props: str = "aes128gcm16-prfsha256-x25519", extra: list | None = None
 
 
 def test_sa_payloads_from_the_cache_are_equal_and_independent() -> None:
-    wire._SA_CACHE.clear()
+    sawire._SA_CACHE.clear()
     a, b = decode_message(_init()), decode_message(_init())
     sa_a, sa_b = a.first(SaPayload), b.first(SaPayload)
     assert sa_a is not None and sa_b is not None
@@ -36,14 +36,14 @@ def test_sa_payloads_from_the_cache_are_equal_and_independent() -> None:
 
 
 def test_the_sa_cache_is_bounded() -> None:
-    wire._SA_CACHE.clear()
-    for i in range(wire.SA_CACHE_MAX + 5):
+    sawire._SA_CACHE.clear()
+    for i in range(sawire.SA_CACHE_MAX + 5):
         msg = Message(b"\x11" * 8, bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0,
                       [SaPayload([p.__class__(i % 250 + 1, p.protocol, p.spi, p.transforms)
                                   for p in parse_proposals("aes128gcm16-prfsha256-x25519", ProtocolId.IKE)]),
                        KePayload(31, b"\x01" * 32), NoncePayload(b"\x02" * 32)])
         decode_message(encode_message(msg)[0])
-    assert len(wire._SA_CACHE) <= wire.SA_CACHE_MAX
+    assert len(sawire._SA_CACHE) <= sawire.SA_CACHE_MAX
 
 
 def test_a_malformed_sa_payload_gives_the_general_error() -> None:
@@ -105,19 +105,19 @@ def test_child_sa_offers_share_a_parse_and_keep_their_own_spis() -> None:
         for p, spi in zip(props, spis, strict=True):
             p.spi = spi
         buf = Buffer()
-        wire.push_sa(buf, SaPayload(props))
+        sawire.push_sa(buf, SaPayload(props))
         return buf.getvalue()
 
-    wire._SA_CACHE.clear()
+    sawire._SA_CACHE.clear()
     seen = []
     for spis in ([b"\x01\x02\x03\x04", b"\x01\x02\x03\x04"], [b"\xaa" * 4, b"\xbb" * 4], [b"\xaa" * 4, b""]):
         data = body(spis)
-        got = wire.pull_sa_body(data)
-        assert got == wire.pull_sa(Buffer(data)) and got.raw == data
+        got = sawire.pull_sa_body(data)
+        assert got == sawire.pull_sa(Buffer(data)) and got.raw == data
         assert [p.spi for p in got.proposals] == spis
         assert wire.decode_payloads(bytes((0, 0, 0, 4 + len(data))) + data, PayloadType.SA) == [got]
         seen.append(got)
-    assert len(wire._SA_CACHE) == 2  # the last one's second SPI has another size: another shape
+    assert len(sawire._SA_CACHE) == 2  # the last one's second SPI has another size: another shape
     assert seen[0].shape == seen[1].shape != seen[2].shape
     seen[0].proposals[0].spi = b"\x00" * 4  # one payload's proposals are its own
     assert seen[1].proposals[0].spi == b"\xaa" * 4
@@ -127,4 +127,4 @@ def test_child_sa_offers_share_a_parse_and_keep_their_own_spis() -> None:
                        (good[:6] + b"\x40" + good[7:], "SPI size 64 exceeds")):
         for _ in range(2):
             with pytest.raises(DecodeError, match=error):
-                wire.pull_sa_body(bad)
+                sawire.pull_sa_body(bad)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from core_ike.buffer import Buffer
-from core_ike.codec import wire
+from core_ike.codec import sawire
 from core_ike.codec.payloads import Proposal, SaPayload, TrafficSelector
 from core_ike.constants import NotifyType, ProtocolId, TsType
 from core_ike.crypto.proposals import describe, parse_proposals, select_proposal
@@ -30,8 +30,8 @@ def _offer(text: str, spi: bytes) -> SaPayload:
     for p in props:
         p.spi = spi
     buf = Buffer()
-    wire.push_sa(buf, SaPayload(props))
-    return wire.pull_sa_body(buf.getvalue())
+    sawire.push_sa(buf, SaPayload(props))
+    return sawire.pull_sa_body(buf.getvalue())
 
 
 def _sa(dp: EspTransforms | None = None) -> Any:
@@ -40,7 +40,7 @@ def _sa(dp: EspTransforms | None = None) -> Any:
 
 def _push(sa: SaPayload) -> bytes:
     buf = Buffer()
-    wire.push_sa(buf, sa)
+    sawire.push_sa(buf, sa)
     return buf.getvalue()
 
 

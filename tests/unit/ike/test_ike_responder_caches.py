@@ -210,14 +210,14 @@ def test_identification_payloads_decode_as_the_general_path() -> None:
 
 def test_sa_bodies_from_the_cache_are_push_sa() -> None:
     from core_ike.buffer import Buffer
-    from core_ike.codec import wire
+    from core_ike.codec import sawire
 
     def general(sa: SaPayload) -> bytes:
         buf = Buffer()
-        wire.push_sa(buf, sa)
+        sawire.push_sa(buf, sa)
         return buf.getvalue()
 
-    wire._SA_BODIES.clear()
+    sawire._SA_BODIES.clear()
     offers = [parse_proposals("aes128gcm16-prfsha256-x25519", ProtocolId.IKE),
               parse_proposals("aes256-sha256-modp2048,aes128gcm16-prfsha256-ecp256", ProtocolId.IKE),
               parse_proposals("aes128gcm16", ProtocolId.ESP)]
@@ -225,17 +225,17 @@ def test_sa_bodies_from_the_cache_are_push_sa() -> None:
     bodies = []
     for props in offers * 2:  # the second time from the cache
         sa = SaPayload(props)
-        body = wire._fast_push_sa(sa)
+        body = sawire._fast_push_sa(sa)
         assert body == general(sa)
         bodies.append(body)
     assert len(set(bodies)) == 3
     # another SPI (a CHILD_SA's, RFC 7296 3.3.1) is another body
     offers[2][0].spi = b"\x05\x06\x07\x08"
-    assert wire._fast_push_sa(SaPayload(offers[2])) == general(SaPayload(offers[2])) != bodies[2]
-    for i in range(wire.SA_CACHE_MAX + 5):
+    assert sawire._fast_push_sa(SaPayload(offers[2])) == general(SaPayload(offers[2])) != bodies[2]
+    for i in range(sawire.SA_CACHE_MAX + 5):
         offers[2][0].spi = i.to_bytes(4, "big")
-        wire._fast_push_sa(SaPayload(offers[2]))
-    assert len(wire._SA_BODIES) <= wire.SA_CACHE_MAX
+        sawire._fast_push_sa(SaPayload(offers[2]))
+    assert len(sawire._SA_BODIES) <= sawire.SA_CACHE_MAX
 
 
 def test_a_dn_identity_matches_the_certificate_subject_as_signed() -> None:
