@@ -31,7 +31,7 @@ def _childless_extension() -> Any:
     from core_ike.codec.payloads import NotifyPayload
     from core_ike.constants import ExchangeType, NotifyType
     from core_ike.ike.context import Status, Task
-    from core_ike.ike.engine import Extension
+    from core_ike.ike.extension import Extension
     from core_ike.ike.sa import IkeSa
 
     class ChildlessNotify(Task):

@@ -32,7 +32,8 @@ from core_ike.constants import ExchangeType, MeEndpointType, NotifyType, Payload
 from core_ike.errors import ProtocolError
 from core_ike.ike.config import IkeConfig
 from core_ike.ike.context import IkeSaView, Task
-from core_ike.ike.engine import Engine, Extension
+from core_ike.ike.engine import Engine
+from core_ike.ike.extension import Extension
 from core_ike.ike.identity import Identity
 from core_ike.ike.sa import IkeSa
 from core_ike.ike.state import IkeState

@@ -20,7 +20,8 @@ from ..errors import LocalError
 from ..esp.algorithms import fixed_key_bits
 from ..ike import events as ev
 from ..ike.config import IkeConfig
-from ..ike.engine import Engine, Extension
+from ..ike.engine import Engine
+from ..ike.extension import Extension
 from ..ike.tasks.informational import ChildDelete
 from ..io.dataplane import (
     DataPlane,

@@ -50,6 +50,7 @@ from ..constants import AuthMethod, CertEncoding, PayloadType, TsType
 from ..crypto.auth import create_signature_auth, key_kind, psk_auth, verify_signature_auth
 from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError
 from .config import IkeConfig, addr_matches
+from .extension import Extension
 from .identity import Identity
 from .state import IkeState
 from .tasks.child_create import ChildCreate
@@ -316,8 +317,6 @@ def _neutral(x: object) -> bool:
     t = type(x)
     hit = _NEUTRAL.get(t)
     if hit is None:
-        from .engine import Extension  # the engine imports this module
-
         hit = _NEUTRAL[t] = getattr(t, "tasks", None) is Extension.tasks and \
             getattr(t, "config_score", None) is Extension.config_score
     return hit

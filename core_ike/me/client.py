@@ -24,7 +24,8 @@ from ..constants import ExchangeType, NotifyType, ProtocolId, name_of
 from ..crypto.proposals import parse_proposals
 from ..errors import LocalError, LocalUsageError, ProtocolError
 from ..ike.context import IkeSaView, Task
-from ..ike.engine import Engine, Extension
+from ..ike.engine import Engine
+from ..ike.extension import Extension
 from ..ike.identity import Identity
 from ..ike.state import IkeState
 from ..ike.tasks.ike_init import first_group

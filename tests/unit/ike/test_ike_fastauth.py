@@ -20,7 +20,7 @@ from core_ike.constants import NotifyType
 from core_ike.ike import events as ev
 from core_ike.ike import fastauth
 from core_ike.ike.config import AuthConfig
-from core_ike.ike.engine import Extension
+from core_ike.ike.extension import Extension
 from core_ike.ike.identity import ANY, Identity
 from core_ike.ike.tasks import ike_auth
 

@@ -7,7 +7,7 @@ from mex_net import A_PUB, B_SAME, IDS, make_net, register
 from core_ike.codec.message import Message
 from core_ike.ike import events as ev
 from core_ike.ike.context import Task
-from core_ike.ike.engine import Extension
+from core_ike.ike.extension import Extension
 from core_ike.ike.sa import IkeSa
 from core_ike.me import events as mev
 from core_ike.me.connect import build_connect_failed

@@ -5,6 +5,7 @@ clustered mediation server while it publishes waits for ever."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -27,10 +28,8 @@ class SwallowingPipeline:
 
     async def execute(self) -> list[int]:
         self.started.set()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # the library's behaviour this guards against
             await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            pass  # the library's behaviour this guards against
         return [1] * self.calls
 
 
@@ -43,10 +42,8 @@ class Client:
 
 
 async def _swallowing() -> int:
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await asyncio.Event().wait()
-    except asyncio.CancelledError:
-        pass
     return 7
 
 
