@@ -195,12 +195,15 @@ class EngineControl:
         # parts of every `status` reply, whichever daemon's own handler (extra["status"]) makes the rest:
         # the routed connections (core_ike/daemon/traps.py), in iked and the mediation daemons alike
         self.status_parts: dict[str, Callable[[], Any]] = {}
-        self._changed = asyncio.Event()  # set on every event: `down` waits for its SAs to go
+        self._changed = asyncio.Event()  # set on every event while `down` waits for its SAs to go
+        self._gone_waiting = 0  # `_gone` calls waiting on _changed
 
     def feed(self, e: object) -> None:
-        for w in list(self.waiters):
-            w.feed(e)
-        self._changed.set()
+        if self.waiters:  # a copy: a waiter that finishes removes itself
+            for w in list(self.waiters):
+                w.feed(e)
+        if self._gone_waiting:
+            self._changed.set()
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
@@ -270,16 +273,20 @@ class EngineControl:
             return any(id(sa) in live and (c is None or c in sa.children) for sa, c in targets)
 
         deadline = time.monotonic() + timeout
-        while left():
-            self._changed.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                return not left()
-        return True
+        self._gone_waiting += 1
+        try:
+            while left():
+                self._changed.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    return not left()
+            return True
+        finally:
+            self._gone_waiting -= 1
 
     async def _up(self, req: dict[str, Any], now: float,
                   start: Callable[[str, str | None, float], None] | None = None) -> dict[str, Any]:

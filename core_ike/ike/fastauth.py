@@ -278,9 +278,9 @@ def _config(engine: Engine, local: Addr, remote: Addr, peer: Identity, wanted: I
         rid = c.remote.id
         if not rid.matches(peer) or (c.remote.auth != "psk" if psk else c.remote.auth != "pubkey"):
             continue
-        if wanted is not None and not c.local.id.is_any and c.local.id != wanted:
-            continue
-        score = 2 if not rid.is_any else 1
+        if wanted is not None and c.local.id.id_type and c.local.id != wanted:
+            continue  # ID type 0 is %any (Identity.is_any), read as the field: no property call per config
+        score = 2 if rid.id_type else 1
         if best is None or score > best[0]:
             best = (score, c)
     return best[1] if best else None
@@ -379,7 +379,7 @@ def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr
     if cfg is None or cfg.local.auth != ("psk" if psk else "pubkey") or (psk and cfg.local.certs):
         return None
     me = cfg.local.id
-    if me.is_any:  # IkeAuth.process_r: the identity the peer asked for, else the general path's default
+    if not me.id_type:  # %any; IkeAuth.process_r: the identity the peer asked for, else the general path's default
         if wanted is None:
             return None
         me = wanted

@@ -206,7 +206,7 @@ def _negotiated(engine: Engine, req: Request, local: Addr, remote: Addr) -> tupl
     whether one of them asks for CERTREQ, when the general path would answer the request with a new
     IKE_SA of that negotiation; else None."""
     if ((req.spi_i, remote) in engine.init_index or not engine.accepting
-            or engine.half_open >= engine.cfg.max_half_open or engine.prefilter.needs_cookie(remote[0])):
+            or (n := engine.half_open) >= engine.cfg.max_half_open or engine.prefilter.needs_cookie(remote[0], n)):
         return None  # a retransmission or another IKE_SA with this SPIi, or limits: the general path
     cfgs: list[IkeConfig] = []
     texts: list[str] = []  # Engine.ike_proposal_texts of these configurations: each string once, in order

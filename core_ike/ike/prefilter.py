@@ -226,10 +226,12 @@ class Prefilter:
         """Are COOKIEs demanded from every source (forced, or enough half-open IKE_SAs)?"""
         return bool(self.cfg.force_cookies or self.engine.half_open >= self.cfg.cookie_threshold)
 
-    def needs_cookie(self, ip: str) -> bool:
-        """`demanded()`, or enough half-open IKE_SAs from `ip`."""
+    def needs_cookie(self, ip: str, half_open: int | None = None) -> bool:
+        """`demanded()`, or enough half-open IKE_SAs from `ip`; `half_open` is Engine.half_open when the
+        caller has read it already."""
         cfg, eng = self.cfg, self.engine
-        return bool(cfg.force_cookies or eng.half_open >= cfg.cookie_threshold
+        n = eng.half_open if half_open is None else half_open
+        return bool(cfg.force_cookies or n >= cfg.cookie_threshold
                     or eng._half_open_by_ip.get(ip, 0) >= cfg.cookie_threshold_ip)
 
     def cookie_ok(self, msg: Message, remote: Addr) -> bool:
