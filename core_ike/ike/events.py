@@ -7,11 +7,8 @@ from dataclasses import dataclass
 Addr = tuple[str, int]
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True)
 class IkeSaEstablished:
-    """One per IKE_SA: slots (no per-instance __dict__ to allocate and fill) and an __init__ that binds
-    object.__setattr__ once rather than looking it up for each of the fields."""
-
     name: str
     unique_id: int
     local: Addr
@@ -22,21 +19,6 @@ class IkeSaEstablished:
     spi_r: bytes
     initiator: bool
     rekeyed_from: int | None = None
-
-    def __init__(self, name: str, unique_id: int,  # noqa: PLR0913, PLR0917 - the dataclass's field order
-                 local: Addr, remote: Addr, local_id: str, remote_id: str,
-                 spi_i: bytes, spi_r: bytes, initiator: bool, rekeyed_from: int | None = None) -> None:
-        put = object.__setattr__  # frozen: the fields are set here only
-        put(self, "name", name)
-        put(self, "unique_id", unique_id)
-        put(self, "local", local)
-        put(self, "remote", remote)
-        put(self, "local_id", local_id)
-        put(self, "remote_id", remote_id)
-        put(self, "spi_i", spi_i)
-        put(self, "spi_r", spi_r)
-        put(self, "initiator", initiator)
-        put(self, "rekeyed_from", rekeyed_from)
 
 
 @dataclass(frozen=True)
