@@ -22,3 +22,12 @@ def run_in_loop(kind: str, coro_fn: Callable[[], object]) -> None:
 def log_lines(path: Path) -> list[str]:
     """The messages of a log file, without the date and time."""
     return [line.split(" ", 2)[2] for line in path.read_text().splitlines()]
+
+
+async def next_turn() -> None:
+    """Return in a later callback than the running one, after what this one scheduled with call_soon
+    (FIFO), such as the handler's write of its lines."""
+    loop = asyncio.get_running_loop()
+    turned = loop.create_future()
+    loop.call_soon(turned.set_result, None)
+    await turned

@@ -15,7 +15,7 @@ import pytest
 
 from core_ike.daemon import startup
 from core_ike.daemon.startup import TimedFormatter
-from tests.unit.daemon.logtools import LOOPS, log_lines, run_in_loop
+from tests.unit.daemon.logtools import LOOPS, log_lines, next_turn, run_in_loop
 
 
 class _Text:
@@ -168,8 +168,7 @@ def test_the_running_loop_is_looked_up_once_per_batch(logged: tuple[logging.Logg
         for i in range(14):
             log.info("line %d", i)
         n = len(calls)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await next_turn()
         log.info("next callback")
         assert (n, len(calls)) == (1, 2)
 

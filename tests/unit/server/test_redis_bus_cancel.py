@@ -41,17 +41,23 @@ class Client:
         return SwallowingPipeline(self.started)
 
 
-async def _swallowing() -> int:
+async def _swallowing(started: asyncio.Event) -> int:
+    started.set()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.Event().wait()
     return 7
 
 
+async def _five() -> int:
+    return 5
+
+
 def test_uncancelled_raises_after_a_swallowed_cancel_and_passes_results_through() -> None:
     async def main() -> None:
-        assert await uncancelled(asyncio.sleep(0, result=5)) == 5
-        task = asyncio.create_task(uncancelled(_swallowing()))
-        await asyncio.sleep(0)  # the task runs to its wait
+        assert await uncancelled(_five()) == 5
+        started = asyncio.Event()
+        task = asyncio.create_task(uncancelled(_swallowing(started)))
+        await started.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
