@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
 
@@ -87,11 +87,27 @@ class TimedFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.message = record.getMessage()
         record.asctime = self.formatTime(record, _TIME_FORMAT)
-        s = f"{record.asctime}.{int(record.msecs):03d} [{record.name}] {record.message}"
-        return _with_tail(self, record, s)
+        return self.lines(((record, record.message),))[0]
+
+    def lines(self, batch: Iterable[tuple[logging.LogRecord, str | None]], term: str = "") -> list[str]:
+        """format(record) + `term` for each (record, its message or None to make it) of `batch`, without
+        setting the record's message and asctime: the one place this format's text is written (format
+        calls it for one record; LoopBatchingHandler for a batch, without a call per line)."""
+        second, stamp = self._second
+        out: list[str] = []
+        for r, text in batch:
+            if text is None:
+                text = r.getMessage()
+            if int(r.created) != second:
+                stamp, second = self.formatTime(r, _TIME_FORMAT), int(r.created)
+            line = f"{stamp}.{int(r.msecs):03d} [{r.name}] {text}{term}"
+            if r.exc_info or r.stack_info:
+                line = _with_tail(self, r, line[:len(line) - len(term)]) + term
+            out.append(line)
+        return out
 
 
-_TIMED_FORMAT = TimedFormatter.format  # LoopBatchingHandler writes its text inline while it is this one
+_TIMED_FORMAT = TimedFormatter.format  # LoopBatchingHandler calls lines() while format is this one
 
 
 class JournalFormatter(LineFormatter):
@@ -103,8 +119,30 @@ class JournalFormatter(LineFormatter):
         super().__init__()
 
     def format(self, record: logging.LogRecord) -> str:
-        prio = _priority(record.levelno)
-        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+        record.message = record.getMessage()
+        return self.lines(((record, record.message),))[0]
+
+    def lines(self, batch: Iterable[tuple[logging.LogRecord, str | None]], term: str = "") -> list[str]:
+        """format(record) + `term` for each (record, its message or None to make it) of `batch`, without
+        setting the record's message: the one place this format's text is written (format calls it for
+        one record; LoopBatchingHandler for a batch, without a call per line)."""
+        out: list[str] = []
+        for r, text in batch:
+            if text is None:
+                text = r.getMessage()
+            line = f"<{_priority(r.levelno)}>[{r.name}] {text}{term}"
+            if r.exc_info or r.stack_info or not (text.isprintable() and r.name.isprintable()):
+                line = self._marked(r, line[:len(line) - len(term)]) + term
+            out.append(line)
+        return out
+
+    def _marked(self, record: logging.LogRecord, line: str) -> str:
+        """`line` (marked with its priority) and the record's traceback and stack, each of their lines
+        marked: journald takes a line break as the end of an entry (str.splitlines' boundaries, as
+        logging's own multi-line records are split)."""
+        first, *rest = _with_tail(self, record, line).splitlines()
+        mark = line[:line.index(">") + 1]
+        return "\n".join([first, *(mark + x for x in rest)])
 
 
 def _priority(lv: int) -> int:
@@ -113,7 +151,7 @@ def _priority(lv: int) -> int:
         else 3 if lv <= logging.ERROR else 2
 
 
-_JOURNAL_FORMAT = JournalFormatter.format  # LoopBatchingHandler writes its text inline while it is this one
+_JOURNAL_FORMAT = JournalFormatter.format  # LoopBatchingHandler calls lines() while format is this one
 
 
 def write_pieces(lines: list[str]) -> Iterator[str]:
@@ -229,29 +267,27 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(batch[0][0])
 
     def _lines(self, batch: list[tuple[logging.LogRecord, str | None]]) -> list[str]:
-        """The batch's lines as self.format gives them; the text of TimedFormatter and of JournalFormatter
-        (a record without traceback or stack; for the journal a one-line message) written here, without
-        their calls and without setting the record's message and asctime."""
+        """The batch's lines as self.format gives them: by the formatter's lines() in one call when it is
+        TimedFormatter or JournalFormatter and its format is the class's own (a benchmark may replace
+        format to change the text), else by format, record by record."""
         fmt = self.formatter
-        timed = fmt if type(fmt) is TimedFormatter and TimedFormatter.format is _TIMED_FORMAT else None
-        journal = type(fmt) is JournalFormatter and JournalFormatter.format is _JOURNAL_FORMAT
-        second, stamp = timed._second if timed is not None else (-1, "")
-        lines: list[str] = []
         term = self.terminator
+        lean: Callable[[Iterable[tuple[logging.LogRecord, str | None]], str], list[str]] | None = None
+        if (type(fmt) is TimedFormatter and TimedFormatter.format is _TIMED_FORMAT) or \
+                (type(fmt) is JournalFormatter and JournalFormatter.format is _JOURNAL_FORMAT):
+            lean = fmt.lines
+            try:
+                return lean(batch, term)
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 - a record that cannot be formatted: record by record below
+                pass
+        lines: list[str] = []
         for r, text in batch:
             try:
-                if (timed is not None or journal) and not r.exc_info and not r.stack_info:
-                    if text is None:
-                        text = r.getMessage()
-                    if timed is not None:
-                        if int(r.created) != second:
-                            stamp, second = timed.formatTime(r, _TIME_FORMAT), int(r.created)
-                        lines.append(f"{stamp}.{int(r.msecs):03d} [{r.name}] {text}{term}")
-                        continue
-                    if text.isprintable() and r.name.isprintable():  # one line (no str.splitlines boundary)
-                        lines.append(f"<{_priority(r.levelno)}>[{r.name}] {text}{term}")
-                        continue
-                if text is None:
+                if lean is not None:
+                    lines += lean(((r, text),), term)
+                elif text is None:
                     lines.append(self.format(r) + term)
                 else:
                     kept = copy.copy(r)  # other handlers see the caller's record unchanged

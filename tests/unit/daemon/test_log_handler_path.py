@@ -91,6 +91,33 @@ def test_an_object_argument_shows_its_text_at_the_call(logged: tuple[logging.Log
     assert records[0].args == (arg,) and records[0].msg == "identity %s"  # the other handler's record as logged
 
 
+@pytest.mark.parametrize("journal", [False, True])
+def test_a_line_that_cannot_be_made_is_reported_and_the_others_written(
+
+        journal: bool, logged: tuple[logging.Logger, Path, logging.Handler], monkeypatch: pytest.MonkeyPatch) -> None:
+    log, path, h = logged
+    if journal:
+        h.setFormatter(startup.JournalFormatter())
+    failed: list[logging.LogRecord] = []
+    monkeypatch.setattr(h, "handleError", failed.append)
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(log.name, logging.INFO, __file__, 1, msg, args, None)
+
+    async def turn() -> None:  # to the handler alone (pytest's capture handler raises on the bad one)
+        for r in (record("before %s", "x"), record("count %d", "not a number"), record("after")):
+            h.handle(r)
+        await next_turn()
+
+    run_in_loop("asyncio", turn)
+    lines = path.read_text().splitlines()
+    if journal:
+        assert lines == ["<6>[core_ike.test_log_file] before x", "<6>[core_ike.test_log_file] after"]
+    else:
+        assert log_lines(path) == ["before x", "after"]
+    assert [r.msg for r in failed] == ["count %d"]
+
+
 def test_a_replaced_timed_format_writes_the_lines(logged: tuple[logging.Logger, Path, logging.Handler],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     log, path, _ = logged

@@ -67,6 +67,17 @@ def test_line_and_journal_formatters_give_the_same_text() -> None:
         assert JournalFormatter().format(_copy(r)) == want
 
 
+def test_a_batch_of_lines_is_each_records_format() -> None:
+    """lines() (the handler's batch) gives format's text for each record and the terminator, and a
+    message made already (when an argument could change before the write) in place of the record's."""
+    for fmt in (TimedFormatter(), JournalFormatter()):
+        records = list(_records())
+        assert fmt.lines([(_copy(r), None) for r in records], "\n") == [fmt.format(_copy(r)) + "\n" for r in records]
+        made = _copy(records[0])
+        made.msg, made.args = "made at the call", ()
+        assert fmt.lines([(_copy(records[0]), "made at the call")]) == [fmt.format(made)]
+
+
 def test_each_target_uses_the_fast_formatters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     f = log_handler(f"file:{tmp_path}/a.log", "iked")
