@@ -37,6 +37,7 @@ __all__ = [
     "psk_auth",
     "signed_octets",
     "spki_sha1",
+    "verify_certificate_signature",
     "verify_psk_auth",
     "verify_signature_auth",
 ]
@@ -293,6 +294,31 @@ def _verify_rfc7427(key: PublicKey, data: bytes, octets: bytes) -> bool:
         key.verify(sig, octets, ec.ECDSA(h))  # DER Ecdsa-Sig-Value (RFC 7427 3)
         return True
     return False
+
+
+def verify_certificate_signature(issuer_key: PublicKey, algorithm: bytes, tbs: bytes, signature: bytes) -> bool | None:
+    """Whether `signature` is the issuer's over a certificate's `tbs` (RFC 5280 4.1.1.3; `algorithm`: the
+    signatureAlgorithm's DER): True or False for PKCS#1 v1.5 RSA, ECDSA, Ed25519 and Ed448, as
+    `cryptography`'s Certificate.verify_directly_issued_by verifies them (the same key methods, padding and
+    hash); None for another algorithm (RSASSA-PSS among them) or one that does not fit the key, which that
+    method judges. The key object is the caller's to keep: one per CA serves every certificate it issued."""
+    alg = _parsed_algid(algorithm)
+    if alg is None:
+        return None
+    kind = key_kind(issuer_key)
+    try:
+        if alg.kind == "rsa" and kind is rsa.RSAPublicKey and alg.hash is not None:
+            cast(rsa.RSAPublicKey, issuer_key).verify(signature, tbs, _PKCS1, _HASH_OBJ[alg.hash])
+        elif alg.kind == "ecdsa" and kind is ec.EllipticCurvePublicKey and alg.hash is not None:
+            cast(ec.EllipticCurvePublicKey, issuer_key).verify(signature, tbs, ec.ECDSA(_HASH_OBJ[alg.hash]))
+        elif (alg.kind == "ed25519" and kind is ed25519.Ed25519PublicKey) or (
+                alg.kind == "ed448" and kind is ed448.Ed448PublicKey):
+            cast(ed25519.Ed25519PublicKey | ed448.Ed448PublicKey, issuer_key).verify(signature, tbs)
+        else:
+            return None
+    except InvalidSignature:
+        return False
+    return True
 
 
 # --- key identifiers and loading --------------------------------------------------------------------

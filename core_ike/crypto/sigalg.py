@@ -7,8 +7,10 @@ RSASSA-PSS with explicit parameters (RFC 4055 3.1), ecdsa-with-SHA*, Ed25519, Ed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["SigAlg", "algorithm_identifier", "parse_algorithm_identifier"]
+__all__ = ["CertificateParts", "SigAlg", "algorithm_identifier", "certificate_parts", "certificate_subject",
+           "parse_algorithm_identifier"]
 
 # DER-encoded OID contents (X.690 8.19)
 _OID_RSA = {  # PKCS #1 (RFC 8017 A.2.4)
@@ -153,6 +155,52 @@ def certificate_subject(der: bytes) -> bytes | None:
     except (_DerError, IndexError):
         return None
     return der[pos:stop] if tag == 0x30 else None
+
+
+class CertificateParts(NamedTuple):
+    """The octets of a DER X.509 certificate that a signature check reads (RFC 5280 4.1), as signed."""
+
+    tbs: bytes  # tbsCertificate, its whole TLV: what the issuer signed (RFC 5280 4.1.1.3)
+    inner_algorithm: bytes  # tbsCertificate.signature, the AlgorithmIdentifier TLV (RFC 5280 4.1.2.3)
+    issuer: bytes  # tbsCertificate.issuer, the Name TLV (RFC 5280 4.1.2.4)
+    algorithm: bytes  # signatureAlgorithm, the AlgorithmIdentifier TLV (RFC 5280 4.1.1.2)
+    signature: bytes  # signatureValue's octets, without the BIT STRING's unused-bits octet
+    unused_bits: int  # that octet: 0 in every signature (RFC 5280 4.1.1.3 encodes whole octets)
+
+
+def certificate_parts(der: bytes) -> CertificateParts | None:
+    """The parts of a DER X.509 certificate a signature check needs (RFC 5280 4.1: Certificate = SEQUENCE
+    {tbsCertificate, signatureAlgorithm, signatureValue BIT STRING}, tbsCertificate = SEQUENCE {[0] version,
+    serialNumber, signature, issuer, ...}), sliced from the octets as signed; None when it is not that shape."""
+    try:
+        tag, pos, end = _header(der, 0, len(der))
+        if tag != 0x30 or end != len(der):
+            return None
+        tag, tpos, tend = _header(der, pos, end)  # tbsCertificate
+        if tag != 0x30:
+            return None
+        tbs = der[pos:tend]
+        if der[tpos] == 0xA0:  # version, [0] EXPLICIT (absent for v1)
+            tpos = _header(der, tpos, tend)[2]
+        tpos = _header(der, tpos, tend)[2]  # serialNumber
+        tag, _, stop = _header(der, tpos, tend)
+        if tag != 0x30:
+            return None
+        inner, tpos = der[tpos:stop], stop
+        tag, _, stop = _header(der, tpos, tend)
+        if tag != 0x30:
+            return None
+        issuer = der[tpos:stop]
+        tag, _, stop = _header(der, tend, end)  # signatureAlgorithm
+        if tag != 0x30:
+            return None
+        algorithm = der[tend:stop]
+        tag, spos, send = _header(der, stop, end)  # signatureValue
+        if tag != 0x03 or send != end or spos == send:
+            return None
+    except (_DerError, IndexError):
+        return None
+    return CertificateParts(tbs, inner, issuer, algorithm, der[spos + 1:send], der[spos])
 
 
 def _read_all(data: bytes) -> list[tuple[int, bytes]]:

@@ -13,12 +13,23 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..constants import IdType
-from ..crypto.auth import PrivateKey, PublicKey, load_private_key, load_public_key, spki_sha1
+from ..crypto.auth import (
+    PrivateKey,
+    PublicKey,
+    key_kind,
+    load_private_key,
+    load_public_key,
+    spki_sha1,
+    verify_certificate_signature,
+)
 from ..crypto.auth import keyid_sha1 as keyid_of
+from ..crypto.sigalg import certificate_parts, certificate_subject
 from ..errors import AuthenticationFailed
 from .identity import Identity
 
@@ -31,6 +42,29 @@ __all__ = [
     "load_private_key",
     "load_public_key",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Issuer:
+    """What checking a certificate against one trusted CA reads, taken from the CA once: its subject as
+    encoded (RFC 5280 6.1.3 (a)(4) compares it with the issuer), its key object (which keeps the key's
+    precomputed values from one check to the next), its validity period in UNIX seconds."""
+
+    ca: x509.Certificate
+    subject: bytes | None  # None: not readable from the DER, so the general check decides
+    key: PublicKey | None  # None: a key type the fast check does not take, so the general check decides
+    not_before: float
+    not_after: float
+
+
+def _issuer(ca: x509.Certificate) -> _Issuer:
+    subject = certificate_subject(ca.public_bytes(serialization.Encoding.DER))
+    try:
+        key: object = ca.public_key()
+    except (ValueError, TypeError, Exception):  # noqa: BLE001 - an unsupported key: the general check decides
+        key = None
+    return _Issuer(ca, subject, cast(PublicKey, key) if key_kind(key) is not None else None,
+                   ca.not_valid_before_utc.timestamp(), ca.not_valid_after_utc.timestamp())
 
 
 @dataclass
@@ -50,6 +84,8 @@ class Credentials:
     eap: list[SharedKey] = field(default_factory=list)  # EAP passwords (RFC 7296 2.16), by EAP identity
     # the CERTREQ field of the CAs it was computed for (recomputed when `cas` changes)
     _certreq: tuple[tuple[x509.Certificate, ...], bytes] | None = field(default=None, repr=False, compare=False)
+    # what checking a certificate reads from each CA in `cas` (recomputed when `cas` changes)
+    _issuers: tuple[_Issuer, ...] = field(default=(), repr=False, compare=False)
 
     def add_eap_secret(self, secret: bytes | str, *ids: str | Identity) -> None:
         s = secret.encode() if isinstance(secret, str) else secret
@@ -121,9 +157,10 @@ class Credentials:
             hit = self._certreq = (cas, b"".join(spki_sha1(ca.public_key()) for ca in cas))  # type: ignore[arg-type]
         return hit[1]
 
-    def verify_cert(self, cert: x509.Certificate, wall: float | None) -> None:
+    def verify_cert(self, cert: x509.Certificate, wall: float | None, der: bytes = b"") -> None:
         """Accept an end-entity certificate directly issued by one of our CAs, both valid at `wall`
-        (UNIX seconds, the adapter's wall clock), or raise AuthenticationFailed saying why.
+        (UNIX seconds, the adapter's wall clock), or raise AuthenticationFailed saying why. `der`, when
+        given, is the DER `cert` was parsed from (its signature is then checked over those octets).
 
         RFC 5280 6.1.3 (a)(1)-(2): the signature verifies with the CA's key and `wall` lies in the
         certificate's validity period, notBefore and notAfter included (§4.1.2.5). The CA's own period
@@ -134,25 +171,52 @@ class Credentials:
             # a certificate's validity cannot be checked without the time: refuse rather than trust it
             raise AuthenticationFailed(f"no wall-clock time to check the validity of certificate "
                                        f"'{_subject(cert)}'")
-        issuers: list[x509.Certificate] = []
-        for ca in self.cas:
-            try:
-                # RFC 5280 6.1.3: the issuer name must be the CA's subject; checked in here (ValueError)
-                # before the signature, without building the two Names in Python
-                cert.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends
-                continue
-            issuers.append(ca)
+        issuers = self._issuers_of(cert, der)
         if not issuers:
             raise AuthenticationFailed(f"no trusted issuer found for '{_subject(cert)}'")
         problem = _outside_validity(cert, wall)
         if problem:
             raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
         # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
-        problems = [_outside_validity(ca, wall) for ca in issuers]
-        if "" not in problems:
-            raise AuthenticationFailed(f"CA certificate {problems[0]} ('{_subject(issuers[0])}'), "
-                                       f"issuer of '{_subject(cert)}'")
+        if not any(i.not_before <= wall <= i.not_after for i in issuers):
+            raise AuthenticationFailed(f"CA certificate {_outside_validity(issuers[0].ca, wall)} "
+                                       f"('{_subject(issuers[0].ca)}'), issuer of '{_subject(cert)}'")
+
+    def _issuers_of(self, cert: x509.Certificate, der: bytes) -> list[_Issuer]:
+        """The CAs in `cas` that issued `cert` (RFC 5280 6.1.3 (a)(1), (a)(4): its issuer is the CA's
+        subject and its signature verifies with the CA's key). With `der`, the common algorithms are
+        checked here, with the CA's key object kept from one certificate to the next and over the octets
+        as signed; what `cryptography`'s Certificate.verify_directly_issued_by accepts, nothing more: the
+        two signature algorithm fields equal (RFC 5280 4.1.1.2), the issuer equal to the subject, the
+        signature verified with the same key methods. Any other case goes to that method."""
+        cas = self.cas
+        known = self._issuers
+        if len(known) != len(cas) or any(i.ca is not ca for i, ca in zip(known, cas, strict=True)):
+            known = self._issuers = tuple(map(_issuer, cas))
+        parts = certificate_parts(der) if der else None
+        if parts is not None and (parts.inner_algorithm != parts.algorithm or parts.unused_bits):
+            parts = None  # the general check refuses it with its own reason
+        found: list[_Issuer] = []
+        for i in known:
+            if parts is not None and i.key is not None and i.subject is not None:
+                if parts.issuer != i.subject:
+                    continue  # the Names differ as encoded, so they differ as parsed (both DER)
+                try:
+                    ok = verify_certificate_signature(i.key, parts.algorithm, parts.tbs, parts.signature)
+                except (ValueError, TypeError, Exception):  # noqa: BLE001 - as the general check below
+                    ok = None
+                if ok is not None:
+                    if ok:
+                        found.append(i)
+                    continue
+            try:
+                # RFC 5280 6.1.3: the issuer name must be the CA's subject; checked in here (ValueError)
+                # before the signature, without building the two Names in Python
+                cert.verify_directly_issued_by(i.ca)
+            except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends
+                continue
+            found.append(i)
+        return found
 
 
 def _subject(cert: x509.Certificate) -> str:

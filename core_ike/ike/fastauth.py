@@ -425,7 +425,7 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
     if req.cert is not None:
         try:
             cert = x509.load_der_x509_certificate(req.cert)
-            creds.verify_cert(cert, engine.wall_time())
+            creds.verify_cert(cert, engine.wall_time(), req.cert)
         except (ValueError, AuthenticationFailed):
             return None
         if not _cert_matches(cert, a.peer, req.cert):

@@ -90,7 +90,7 @@ def _peer_key(sa: IkeSaView, msg: Message) -> PublicKey:
             cert = x509.load_der_x509_certificate(cert_pl[0].data)
         except ValueError as e:
             raise AuthenticationFailed(f"cannot parse peer certificate: {e}") from e
-        creds.verify_cert(cert, sa.ctx.wall_time())  # raises AuthenticationFailed with the reason
+        creds.verify_cert(cert, sa.ctx.wall_time(), cert_pl[0].data)  # raises AuthenticationFailed with the reason
         if not _cert_matches(cert, sa.peer_id, cert_pl[0].data):
             raise AuthenticationFailed(f"peer certificate does not contain identity '{sa.peer_id}'")
         return cert.public_key()  # type: ignore[return-value]
