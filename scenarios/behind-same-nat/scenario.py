@@ -121,4 +121,4 @@ def run(story: Story) -> None:
     wan_esp = [p for p in wan.packets if p.kind in ("esp-in-udp", "esp")]
     story.packets("natA wan0 (ESP)", wan_esp, limit=4)
     story.check(not wan_esp, "no ESP on the NAT's WAN side (nothing via carol)")
-    med.stop()
+    story.end(med)

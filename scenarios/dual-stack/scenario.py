@@ -138,7 +138,7 @@ def run(story: Story) -> None:
     story.say("unsolicited inbound IPv6 UDP dropped by the CPE filters (checks arriving before the local side's own check opened "
               f"the pinhole): natA {drops['natA']}, natB {drops['natB']}")
     v4_open(story, lab, alice, bob)
-    med.stop()
+    story.end(med)
 
 
 def _forget(lab: Lab, alice: Iked, bob: Iked) -> None:

@@ -106,5 +106,4 @@ def run(story: Story) -> None:
     esp = cap.of_kind("esp-in-udp", "esp")
     story.check(len(esp) >= 6 and not [p for p in cap.packets if p.proto == 1 and p.kind == "other"],
                 "the ICMP travelled inside ESP-in-UDP, never in the clear")
-    iked.stop()
-    charon.stop()
+    story.end(iked, charon)

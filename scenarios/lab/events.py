@@ -3,7 +3,8 @@
 - :class:`Notifications`: a daemon's ``$NOTIFY_SOCKET`` (sd_notify(3), the datagrams a systemd
   Type=notify-reload unit reads: docs/operations.md). A thread reads every datagram as it comes, so the
   daemon never blocks on a full socket queue however often it reloads, and wakes whoever waits for a
-  line; the child's pidfd ends the wait at once when the daemon exits first.
+  line; the child's pidfd ends the wait at once when the daemon exits first. For a daemon left running
+  (``scenarios/run --keep``) a reader process of its own takes over (:meth:`Notifications.keep_reading`).
 - :func:`wait_files`: check a condition again each time one of some files changes (inotify on their
   directories: a log line written, a file created), or a process exits (its pidfd), until a deadline.
 """
@@ -14,9 +15,10 @@ import contextlib
 import os
 import select
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,13 +117,48 @@ class Notifications:
         """Stop reading (what arrived stays in :attr:`lines`) and remove the socket."""
         if self.sock.fileno() < 0:
             return
+        self._stop()
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def keep_reading(self, start: Callable[[list[str], Sequence[int]], object], pid: int) -> None:
+        """Hand the socket to a reader process of its own that outlives this one, for a daemon left
+        running (``scenarios/run --keep``): it reads as a service manager would, so the daemon's next
+        reload or stop notifies as under systemd instead of finding nobody at its $NOTIFY_SOCKET, and
+        writes each notification to its output (`start(argv, pass_fds)` starts it, e.g. Lab.popen
+        with a log file); it ends when the daemon `pid` exits."""
+        if self.sock.fileno() < 0:
+            return
+        self._stop()
+        try:
+            start([sys.executable, "-c", _KEPT_READER, str(self.sock.fileno()), str(pid)], (self.sock.fileno(),))
+        finally:
+            self.sock.close()  # the reader holds the socket now; the path stays bound
+
+    def _stop(self) -> None:
         os.write(self._stop_w, b"x")
         if self._thread is not None:
             self._thread.join()
         for fd in (self._stop_r, self._stop_w):
             os.close(fd)
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
+
+
+# Notifications.keep_reading's process: argv socket fd, daemon pid; each datagram's lines to stdout
+_KEPT_READER = """\
+# the sd_notify reader of a daemon kept running (scenarios/lab/events.py, Notifications.keep_reading)
+import os, select, sys
+sock, pid = int(sys.argv[1]), int(sys.argv[2])
+try:
+    pidfd = os.pidfd_open(pid)
+except ProcessLookupError:
+    sys.exit(0)
+while True:
+    ready, _, _ = select.select([sock, pidfd], [], [])
+    if sock in ready:
+        print(os.read(sock, 65536).decode(errors="replace"), flush=True)
+    elif pidfd in ready:
+        sys.exit(0)
+"""
 
 
 def _pidfd(proc: Any, what: str) -> int:

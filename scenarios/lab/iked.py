@@ -54,6 +54,15 @@ class Iked:
         self.conf_path.write_text(toml.replace("@CTL@", self.ctl_path).replace("@DIR@", str(self.dir)))
         self.proc: Any = None
         self.notes: Notifications | None = None
+        lab.at_detach(self._keep_notes)
+
+    def _keep_notes(self) -> None:
+        """Left running (``scenarios/run --keep``): a reader process takes over the notification socket,
+        so a later reload or stop notifies as under systemd (docs/operations.md) and no line says that
+        nobody reads; the notifications go to `notify.log` beside the log."""
+        if self.proc is not None and self.proc.poll() is None and self.notes is not None:
+            self.notes.keep_reading(
+                lambda argv, fds: self.lab.popen(self.host, argv, self.dir / "notify.log", pass_fds=fds), self.proc.pid)
 
     def start(self, timeout: float = 15.0, env: dict[str, str] | None = None, tree: Path | None = None) -> Iked:
         """Start the daemon from this repository, or from the source tree `tree` (a benchmark's other

@@ -125,6 +125,7 @@ class Lab:
         self.info: dict[str, Any] = {}       # builder-specific facts (see builders)
         self._procs: list[subprocess.Popen[bytes]] = []
         self._nl: dict[str, NetNS] = {}
+        self._at_detach: list[Callable[[], None]] = []
         self._closed = False
         atexit.register(self.teardown)
 
@@ -246,15 +247,17 @@ class Lab:
         return res
 
     def popen(self, host: str | None, argv: Sequence[str], log_path: str | Path,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start a daemon inside ``host`` in its own session, stdout+stderr to ``log_path``.
+              env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
+        """Start a daemon inside ``host`` in its own session, stdout+stderr to ``log_path``, with the
+        descriptors ``pass_fds`` inherited.
 
         The PID is recorded and the process is stopped in :meth:`teardown` (or by :meth:`stop`).
         """
         full_env = {**os.environ, **env} if env else None
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(self._argv(host, argv), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=full_env, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, env=full_env, start_new_session=True,
+                                    pass_fds=pass_fds)
         self._procs.append(proc)
         log.debug("started pid %d in %s: %s", proc.pid, host, " ".join(argv))
         return proc
@@ -358,10 +361,21 @@ class Lab:
     def detach(self) -> None:
         """Leave namespaces and daemons running after this process exits (``scenarios/run --keep``).
 
-        Remove them later with :func:`cleanup_stale` (``scenarios/run --cleanup PREFIX``)."""
+        Remove them later with :func:`cleanup_stale` (``scenarios/run --cleanup PREFIX``). What was
+        registered with :meth:`at_detach` runs first (a daemon's notification reader handed over)."""
+        for fn in self._at_detach:
+            try:
+                fn()
+            except Exception:  # the rest stays running; said in the lab's log
+                log.warning("detaching %s: %s failed", self.prefix, fn, exc_info=True)
+        self._at_detach.clear()
         with contextlib.suppress(Exception):
             atexit.unregister(self.teardown)
         self._closed = True
+
+    def at_detach(self, fn: Callable[[], None]) -> None:
+        """Call `fn` when :meth:`detach` leaves the lab running."""
+        self._at_detach.append(fn)
 
     def teardown(self, remove_dir: bool = False) -> None:
         """Stop recorded processes, kill leftovers in the lab's namespaces, delete the namespaces."""

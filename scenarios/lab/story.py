@@ -5,10 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from scenarios.lab.netns import Lab
 from scenarios.lab.pcap import Packet
+
+
+class Stoppable(Protocol):
+    def stop(self) -> object: ...
 
 
 class Story:
@@ -34,6 +38,14 @@ class Story:
         self.labs.append(lab)
         self.say(f"lab prefix {lab.prefix}, files in {lab.dir}")
         return lab
+
+    def end(self, *daemons: Stoppable) -> None:
+        """Stop `daemons` (gracefully: they delete their SAs) at the scenario's end, unless ``keep``
+        leaves them running for inspection as the lab's namespaces are (teardown stops them otherwise)."""
+        if self.keep:
+            return
+        for d in daemons:
+            d.stop()
 
     def step(self, text: str) -> None:
         self._print(f"[{time.monotonic() - self.t0:7.2f}s] {text}")

@@ -52,4 +52,4 @@ def run(story: Story) -> None:
     story.check(len(direct) >= 6 and {p.src for p in direct} == {"203.0.113.1", "203.0.113.2"}
                 and not via_carol,
                 f"ESP went NAT to NAT directly ({len(direct)} packets), none via the mediation server")
-    med.stop()
+    story.end(med)

@@ -211,9 +211,7 @@ def run(story: Story) -> None:
     story.check(len(direct) >= 6 and {p.src for p in direct} == set(PUBLIC.values()) and not via_carol,
                 f"ESP went NAT to NAT directly ({len(direct)} packets), none via the mediation server")
     portal_edits(story, lab, local_web["alice"], clients, keys["bob"][1])
-    for c in clients.values():
-        c.stop()
-    server.stop()
+    story.end(*clients.values(), server)
     stop_sites(srv, *cli.values())
 
 

@@ -84,4 +84,4 @@ def run(story: Story, nat_a: str = NAT_A) -> None:
     story.check(bool(esp_b) and all(CAROL in (p.src, p.dst) for p in esp_b)
                 and not [p for p in esp_b if "203.0.113.1" in (p.src, p.dst)],
                 f"natB wan0: all {len(esp_b)} ESP-in-UDP packets go to/come from carol, none to natA")
-    med.stop()
+    story.end(med)

@@ -81,4 +81,4 @@ def run(story: Story) -> None:
                 f"bob's checks leave natB from port(s) {sorted(bob_ports)}, not {bob_port} that carol saw: "
                 "the mapping depends on the destination")
     story.check(not cap.of_kind("esp-in-udp", "esp"), "no ESP anywhere")
-    med.stop()
+    story.end(med)

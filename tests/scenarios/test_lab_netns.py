@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import struct
 import sys
 from collections.abc import Iterator
@@ -155,3 +156,35 @@ def test_iked_start_waits_for_ready_and_reports_an_early_exit() -> None:
         with pytest.raises(IkedError, match=r"exited with status 2 before READY=1") as e:
             bad.start(timeout=600)
         assert "no_such_setting" in str(e.value)
+
+
+@root_only
+@pytest.mark.netns
+def test_a_kept_daemon_reloads_without_a_notify_warning() -> None:
+    """Left running (Lab.detach, as `scenarios/run --keep` does), a daemon's notification socket is read
+    by a process of its own: a reload after this process stopped reading notifies it (RELOADING=1 then
+    READY=1 in notify.log) and the daemon logs no "cannot notify"; --cleanup removes that reader."""
+    from scenarios.lab import cleanup_stale
+    from scenarios.lab.iked import Iked
+
+    lab = Lab()
+    try:
+        lab.add_host("kept")
+        iked = Iked(lab, "kept", '[daemon]\ncontrol = "@CTL@"\ndataplane = "none"\nlisten = ["127.0.0.1"]\n')
+        iked.start()
+        daemon = iked.proc
+        lab.detach()
+        assert iked.notes is not None and iked.notes.sock.fileno() < 0  # this process reads no more
+        readers = [p for p in lab._procs if p is not daemon]
+        assert readers
+        notes = iked.dir / "notify.log"
+        iked.signal(signal.SIGHUP)
+        got = wait_files(lambda: "RELOADING=1" in read_text(notes) and "READY=1" in read_text(notes),
+                         30, [notes], what="the reload's notifications in notify.log", procs=[daemon])
+        assert got
+        iked.wait_log("reloaded configuration")
+        assert "cannot notify" not in iked.log_text()
+    finally:
+        cleanup_stale(lab.prefix)
+    assert daemon.wait(10) is not None
+    assert all(p.wait(10) is not None for p in readers)  # killed in the daemon's namespace
