@@ -351,7 +351,9 @@ class MediationClient(TargetRole, Extension):
             if result.ok:
                 if att.state is AttemptState.CONNECTING:  # else the relayed answer came first (the race)
                     att.set_state(AttemptState.RELAYED, t + self.config.checks.transaction_timeout + 1.0)
-                self._ready_key(att)
+                # made after the datagrams read with this response (`_after`): the peer's relayed answer,
+                # which our first checks wait for, may be queued behind it
+                self._after.append(lambda _t: self._ready_key(att))
                 return
             self._end_session(att)
             if result.error == NotifyType.ME_CONNECT_FAILED and att.called_back:

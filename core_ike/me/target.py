@@ -112,18 +112,16 @@ class TargetRole:
             return self._with_nat(s, build_connect(cid, sess.key, sess.endpoints, id_peer(peer), response=True))
 
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
-            if (cl := self.checks.get(cid)) is None:
+            if self.checks.get(cid) is None:
                 return
             if not result.ok:  # docs/protocol.md §4.1 step 6 (draft): the initiator has left
                 self._end_target(cid, "the mediation server refused our answer", t)
                 return
-            cl.start_checks(t)  # docs/protocol.md §4.1 step 6
-            self.checks.handle_timer(t)  # the first ones leave now, not a turn of the event loop later
-            self._pump(t)  # ... before the probing and the event, which the peer does not wait for
-            self._start_probe(cid, t)
-            self.engine.emit(mev.ChecksStarted("", str(peer), cid.hex(), False,
-                                               tuple(str(p) for p in cl.tried())))
-            self._pump(t)
+            # docs/protocol.md §4.1 step 6: our checks start once the datagrams read with this response have
+            # been handled (`_after`): the server relays our answer before it responds to us, so a check of
+            # the initiator's may already be queued behind this response; it is answered before our own
+            # first checks are made (the initiator waits for that answer, nobody for our checks' order)
+            self._after.append(lambda t2: self._start_checks(cid, peer, t2))
 
         def failed(s: IkeSaView, reason: str, t: float) -> None:
             self._unsent_answers.pop(cid, None)
@@ -140,6 +138,19 @@ class TargetRole:
         if cid not in self._unsent_answers:
             made(now)
         return []
+
+    def _start_checks(self, cid: bytes, peer: Identity, now: float) -> None:
+        """The target's checks start (docs/protocol.md §4.1 step 6), unless the session ended meanwhile or
+        the initiator's mediated IKE_SA_INIT already came (§8: it ends the checks; `_mediated_request`)."""
+        cl = self.checks.get(cid)
+        if cl is None or cl.finished or cid not in self.sessions:
+            return
+        cl.start_checks(now)
+        self.checks.handle_timer(now)  # the first ones leave now, not a turn of the event loop later
+        self._pump(now)  # ... before the probing and the event, which the peer does not wait for
+        self._start_probe(cid, now)
+        self.engine.emit(mev.ChecksStarted("", str(peer), cid.hex(), False, tuple(str(p) for p in cl.tried())))
+        self._pump(now)
 
     def _responder_checks(self, sa: IkeSaView) -> CheckListConfig | None:
         """The target's check list config: without a NAT here (NAT-D of the mediation SA, RFC 7296 2.23)
