@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import fcntl
 import ipaddress
 import logging
 import math
 import os
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -43,6 +45,9 @@ COOKIE_SLOT = 128  # a send slot holds one COOKIE answer (73 octets with the non
 SO_RCVBUFFORCE = 33  # Linux asm-generic/socket.h; Python's socket module lacks it
 SO_ATTACH_REUSEPORT_CBPF = 51
 IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # Linux linux/in.h: DF on, path MTU not consulted
+FIONREAD = termios.FIONREAD  # on a UDP socket: the size of the next queued datagram, 0 when none (udp(7))
+_NOTHING = bytes(4)  # FIONREAD's int, answered in a copy of this buffer
+_ioctl = fcntl.ioctl
 
 
 class _SockFprog(ctypes.Structure):  # struct sock_fprog (linux/filter.h)
@@ -387,13 +392,15 @@ class UdpTransport:
 
     def _read_each(self, s: socket.socket, local: Addr) -> None:
         """Datagrams one recvfrom each, to the engine one at a time, each one's replies sent as soon as the
-        engine made them (`_answer`): a reply never waits for the datagrams queued behind its request. Most
-        wake-ups of a responder find one or two datagrams, where recvfrom costs less than recvmmsg through
-        ctypes and its sockaddr decoding."""
+        engine made them (as `_answer` does, here without its frames): a reply never waits for the datagrams
+        queued behind its request. Most wake-ups of a responder find one datagram, where recvfrom costs less
+        than recvmmsg through ctypes and its sockaddr decoding; after an IKE message, whether another one is
+        queued is asked with FIONREAD (no exception object and no strerror text, as a recvfrom failing with
+        EAGAIN makes, their code cold after every idle spell)."""
         engine = self.engine
-        deliver, answer, clock = self.deliver_ike, self._answer, self.clock
+        clock, stats = self.clock, self.stats
         natt = local[1] == engine.natt_port
-        recv = s.recvfrom
+        recv, fd = s.recvfrom, s.fileno()
         total = 0
         while total < READ_BATCH:
             try:
@@ -408,14 +415,27 @@ class UdpTransport:
             total += 1
             if len(remote) != 2:  # IPv6: (host, port, flowinfo, scope id), the scope in the host as `%name`
                 remote = (remote[0], remote[1])
-            if not natt:
-                deliver(data, local, remote, clock())
-            elif data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
-                deliver(data[4:], local, remote, clock())
+            ike = not natt or data[:4] == NON_ESP_MARKER
+            if ike:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
+                try:
+                    engine.receive(data[4:] if natt else data, local, remote, clock())
+                except Exception:  # last line of defence: one datagram lost, never the daemon
+                    stats["dropped"] += 1
+                    log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
             else:
                 self._datagram(data, local, remote, clock())
-            answer()
-        self.stats["rx"] += total
+            out = engine.datagrams_to_send()
+            if (ev := engine.next_event()) is not None:  # a CHILD_SA installed before its response leaves
+                self._forward(ev)
+                out += engine.datagrams_to_send()
+            if out:
+                self._send_all(out)
+            if ike and _ioctl(fd, FIONREAD, _NOTHING) == _NOTHING:
+                # the next datagram's size: 0 when none is queued (or an empty one is: the loop's readiness,
+                # level-triggered, calls again for it); after ESP or a keepalive the next recvfrom asks, as
+                # a run of them costs one EAGAIN where FIONREAD would cost a system call each
+                break
+        stats["rx"] += total
         self.flush()
 
     def _answer(self) -> None:
