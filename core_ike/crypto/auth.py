@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Collection
-from typing import cast
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
     decode_dss_signature,
     encode_dss_signature,
 )
@@ -60,6 +61,29 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 # hash and padding objects hold no state: one of each serves every signature
 _HASH_OBJ: dict[str, hashes.HashAlgorithm] = {name: cls() for name, cls in _HASHES.items()}
 _PKCS1 = padding.PKCS1v15()
+
+
+# A signature covers the hash of the octets (RFC 8017 8.2, 9.2; FIPS 186-5 6.4): the hash is taken with
+# hashlib, whose libcrypto the PRF's HMACs have just run in the same datagram, and handed over as
+# Prehashed; `cryptography`'s own digest machinery (its context, fetch and hash code) would start cold
+# after every wait between datagrams. The signature is the same.
+def _digest_with(empty: Any) -> Callable[[bytes], bytes]:
+    # a copy of a kept empty context, as the PRF's HMACs do (core_ike/crypto/prf.py): no digest fetch and
+    # init per call, and the same library code the PRF has just run
+    def digest(data: bytes) -> bytes:
+        h = empty.copy()
+        h.update(data)
+        return cast(bytes, h.digest())
+
+    return digest
+
+
+_DIGEST: dict[str, Callable[[bytes], bytes]] = {
+    "sha1": _digest_with(hashlib.sha1()), "sha256": _digest_with(hashlib.sha256()),
+    "sha384": _digest_with(hashlib.sha384()), "sha512": _digest_with(hashlib.sha512()),
+}
+_PREHASHED: dict[str, Prehashed] = {name: Prehashed(h) for name, h in _HASH_OBJ.items()}
+_ECDSA_PREHASHED: dict[str, ec.ECDSA] = {name: ec.ECDSA(p) for name, p in _PREHASHED.items()}
 _PSS: dict[tuple[str, str, int], padding.PSS] = {}  # (hash, MGF1 hash, salt length) -> padding
 _HASH_ID = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA2_256,
             "sha384": HashAlgorithm.SHA2_384, "sha512": HashAlgorithm.SHA2_512}
@@ -221,13 +245,16 @@ def _sign_rfc7427(key: PrivateKey, hash_name: str, octets: bytes, rsa_pss: bool)
     kind = key_kind(key)
     if kind is rsa.RSAPrivateKey:
         key = cast(rsa.RSAPrivateKey, key)
+        digest = _DIGEST[hash_name](octets)
         if rsa_pss:  # RFC 7427 A.4.3 / RFC 4055: MGF1 with the same hash, salt = hash length
             pss = _pss(hash_name, hash_name, h.digest_size)
-            return _with_algid(SigAlg("rsa-pss", hash_name, h.digest_size), key.sign(octets, pss, h))
-        return _with_algid(SigAlg("rsa", hash_name), key.sign(octets, _PKCS1, h))
+            return _with_algid(SigAlg("rsa-pss", hash_name, h.digest_size),
+                               key.sign(digest, pss, _PREHASHED[hash_name]))
+        return _with_algid(SigAlg("rsa", hash_name), key.sign(digest, _PKCS1, _PREHASHED[hash_name]))
     if kind is ec.EllipticCurvePrivateKey:
         key = cast(ec.EllipticCurvePrivateKey, key)
-        return _with_algid(SigAlg("ecdsa", hash_name), key.sign(octets, ec.ECDSA(h)))  # DER sig
+        digest = _DIGEST[hash_name](octets)
+        return _with_algid(SigAlg("ecdsa", hash_name), key.sign(digest, _ECDSA_PREHASHED[hash_name]))  # DER sig
     raise LocalError(f"cannot sign with a {type(key).__name__}")
 
 
@@ -235,12 +262,12 @@ def _sign_legacy(key: PrivateKey, method: int, octets: bytes) -> bytes:
     if method == AuthMethod.RSA_SIG:
         if not isinstance(key, rsa.RSAPrivateKey):
             raise LocalError("AUTH method 1 needs an RSA key")
-        return key.sign(octets, _PKCS1, _HASH_OBJ["sha1"])  # RFC 7296 3.8
+        return key.sign(_DIGEST["sha1"](octets), _PKCS1, _PREHASHED["sha1"])  # RFC 7296 3.8
     if method in _ECDSA_METHODS:
         curve, hash_name, flen = _ECDSA_METHODS[method]
         if not isinstance(key, ec.EllipticCurvePrivateKey) or _ec_curve(key) != curve:
             raise LocalError(f"AUTH method {method} needs a {curve} key")
-        r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(_HASHES[hash_name]())))
+        r, s = decode_dss_signature(key.sign(_DIGEST[hash_name](octets), _ECDSA_PREHASHED[hash_name]))
         return r.to_bytes(flen, "big") + s.to_bytes(flen, "big")  # RFC 4754 7: r || s
     raise LocalError(f"unsupported signature AUTH method {method}")
 
@@ -252,7 +279,7 @@ def verify_signature_auth(public_key: PublicKey, method: int, data: bytes, octet
             return _verify_rfc7427(public_key, data, octets)
         kind = key_kind(public_key)
         if method == _RSA_SIG and kind is rsa.RSAPublicKey:
-            cast(rsa.RSAPublicKey, public_key).verify(data, octets, _PKCS1, _HASH_OBJ["sha1"])
+            cast(rsa.RSAPublicKey, public_key).verify(data, _DIGEST["sha1"](octets), _PKCS1, _PREHASHED["sha1"])
             return True
         if method in _ECDSA_METHODS and kind is ec.EllipticCurvePublicKey:
             public_key = cast(ec.EllipticCurvePublicKey, public_key)
@@ -260,7 +287,7 @@ def verify_signature_auth(public_key: PublicKey, method: int, data: bytes, octet
             if _ec_curve(public_key) != curve or len(data) != 2 * flen:
                 return False
             der = encode_dss_signature(int.from_bytes(data[:flen], "big"), int.from_bytes(data[flen:], "big"))
-            public_key.verify(der, octets, ec.ECDSA(_HASHES[hash_name]()))
+            public_key.verify(der, _DIGEST[hash_name](octets), _ECDSA_PREHASHED[hash_name])
             return True
     except (InvalidSignature, UnsupportedAlgorithm, ValueError):
         return False
@@ -281,17 +308,18 @@ def _verify_rfc7427(key: PublicKey, data: bytes, octets: bytes) -> bool:
         return True
     if alg.hash is None:
         return False
-    h = _HASH_OBJ[alg.hash]
     kind = key_kind(key)
     if alg.kind == "rsa" and kind is rsa.RSAPublicKey:
-        cast(rsa.RSAPublicKey, key).verify(sig, octets, _PKCS1, h)
+        cast(rsa.RSAPublicKey, key).verify(sig, _DIGEST[alg.hash](octets), _PKCS1, _PREHASHED[alg.hash])
         return True
     if alg.kind == "rsa-pss" and kind is rsa.RSAPublicKey and alg.mgf_hash is not None:
-        cast(rsa.RSAPublicKey, key).verify(sig, octets, _pss(alg.hash, alg.mgf_hash, alg.salt_length), h)
+        cast(rsa.RSAPublicKey, key).verify(sig, _DIGEST[alg.hash](octets),
+                                           _pss(alg.hash, alg.mgf_hash, alg.salt_length), _PREHASHED[alg.hash])
         return True
     if alg.kind == "ecdsa" and kind is ec.EllipticCurvePublicKey:
         key = cast(ec.EllipticCurvePublicKey, key)
-        key.verify(sig, octets, ec.ECDSA(h))  # DER Ecdsa-Sig-Value (RFC 7427 3)
+        # DER Ecdsa-Sig-Value (RFC 7427 3)
+        key.verify(sig, _DIGEST[alg.hash](octets), _ECDSA_PREHASHED[alg.hash])
         return True
     return False
 
@@ -299,8 +327,8 @@ def _verify_rfc7427(key: PublicKey, data: bytes, octets: bytes) -> bool:
 def verify_certificate_signature(issuer_key: PublicKey, algorithm: bytes, tbs: bytes, signature: bytes) -> bool | None:
     """Whether `signature` is the issuer's over a certificate's `tbs` (RFC 5280 4.1.1.3; `algorithm`: the
     signatureAlgorithm's DER): True or False for PKCS#1 v1.5 RSA, ECDSA, Ed25519 and Ed448, as
-    `cryptography`'s Certificate.verify_directly_issued_by verifies them (the same key methods, padding and
-    hash); None for another algorithm (RSASSA-PSS among them) or one that does not fit the key, which that
+    `cryptography`'s Certificate.verify_directly_issued_by verifies them (the same key methods and padding,
+    over the same hash); None for another algorithm (RSASSA-PSS among them) or one that does not fit the key, which that
     method judges. The key object is the caller's to keep: one per CA serves every certificate it issued."""
     alg = _parsed_algid(algorithm)
     if alg is None:
@@ -308,9 +336,11 @@ def verify_certificate_signature(issuer_key: PublicKey, algorithm: bytes, tbs: b
     kind = key_kind(issuer_key)
     try:
         if alg.kind == "rsa" and kind is rsa.RSAPublicKey and alg.hash is not None:
-            cast(rsa.RSAPublicKey, issuer_key).verify(signature, tbs, _PKCS1, _HASH_OBJ[alg.hash])
+            cast(rsa.RSAPublicKey, issuer_key).verify(signature, _DIGEST[alg.hash](tbs), _PKCS1,
+                                                      _PREHASHED[alg.hash])
         elif alg.kind == "ecdsa" and kind is ec.EllipticCurvePublicKey and alg.hash is not None:
-            cast(ec.EllipticCurvePublicKey, issuer_key).verify(signature, tbs, ec.ECDSA(_HASH_OBJ[alg.hash]))
+            cast(ec.EllipticCurvePublicKey, issuer_key).verify(signature, _DIGEST[alg.hash](tbs),
+                                                               _ECDSA_PREHASHED[alg.hash])
         elif (alg.kind == "ed25519" and kind is ed25519.Ed25519PublicKey) or (
                 alg.kind == "ed448" and kind is ed448.Ed448PublicKey):
             cast(ed25519.Ed25519PublicKey | ed448.Ed448PublicKey, issuer_key).verify(signature, tbs)

@@ -86,6 +86,7 @@ class Credentials:
     _certreq: tuple[tuple[x509.Certificate, ...], bytes] | None = field(default=None, repr=False, compare=False)
     # what checking a certificate reads from each CA in `cas` (recomputed when `cas` changes)
     _issuers: tuple[_Issuer, ...] = field(default=(), repr=False, compare=False)
+    _issuer_cas: list[x509.Certificate] = field(default_factory=list, repr=False, compare=False)
 
     def add_eap_secret(self, secret: bytes | str, *ids: str | Identity) -> None:
         s = secret.encode() if isinstance(secret, str) else secret
@@ -178,9 +179,11 @@ class Credentials:
         if problem:
             raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
         # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
-        if not any(i.not_before <= wall <= i.not_after for i in issuers):
-            raise AuthenticationFailed(f"CA certificate {_outside_validity(issuers[0].ca, wall)} "
-                                       f"('{_subject(issuers[0].ca)}'), issuer of '{_subject(cert)}'")
+        for i in issuers:  # a loop, not any(generator): a generator closed early raises GeneratorExit in it
+            if i.not_before <= wall <= i.not_after:
+                return
+        raise AuthenticationFailed(f"CA certificate {_outside_validity(issuers[0].ca, wall)} "
+                                   f"('{_subject(issuers[0].ca)}'), issuer of '{_subject(cert)}'")
 
     def _issuers_of(self, cert: x509.Certificate, der: bytes) -> list[_Issuer]:
         """The CAs in `cas` that issued `cert` (RFC 5280 6.1.3 (a)(1), (a)(4): its issuer is the CA's
@@ -190,9 +193,10 @@ class Credentials:
         two signature algorithm fields equal (RFC 5280 4.1.1.2), the issuer equal to the subject, the
         signature verified with the same key methods. Any other case goes to that method."""
         cas = self.cas
+        if self._issuer_cas != cas:  # equal lists: the same certificates, whichever objects
+            self._issuers = tuple(map(_issuer, cas))
+            self._issuer_cas = list(cas)
         known = self._issuers
-        if len(known) != len(cas) or any(i.ca is not ca for i, ca in zip(known, cas, strict=True)):
-            known = self._issuers = tuple(map(_issuer, cas))
         parts = certificate_parts(der) if der else None
         if parts is not None and (parts.inner_algorithm != parts.algorithm or parts.unused_bits):
             parts = None  # the general check refuses it with its own reason
