@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 
-from ..codec.message import Message, decode_message, encode_message
+from ..codec.message import Message, decode_message
 from ..codec.payloads import NotifyPayload, Payload
-from ..constants import ExchangeType, HeaderFlag, MeEndpointType, NotifyType
+from ..constants import (
+    IKE_HEADER_LEN,
+    IKE_VERSION,
+    ExchangeType,
+    HeaderFlag,
+    MeEndpointType,
+    NotifyType,
+    PayloadType,
+)
 from ..errors import DecodeError, ProtocolError
 from .endpoints import Addr, Endpoint, addressless_endpoint, decode_endpoint, encode_endpoint, make_endpoint
 
@@ -64,8 +74,8 @@ class Check:
     endpoint_data: bytes
     auth: bytes
 
-    @property
-    def endpoint(self) -> Endpoint:
+    @cached_property
+    def endpoint(self) -> Endpoint:  # decoded once: validated on receipt, read again by the answer (§7.4)
         return decode_endpoint(self.endpoint_data)
 
     def verify(self, key: bytes) -> bool:
@@ -107,9 +117,26 @@ def check_to_message(check: Check) -> Message:
                    message_id=check.message_id, payloads=payloads)
 
 
+# a check's fixed layout (docs/protocol.md §7.1): the IKE header (RFC 7296 3.1), then three Notify payloads
+# (RFC 7296 3.10: generic header, protocol 0, no SPI, type, data); the same octets `encode_message` makes
+# of `check_to_message`, written directly: each check, and each answer on the setup's critical path, is one
+_CHECK_HEADER = struct.Struct("!16sBBBBII")
+_NOTIFY_HEADER = struct.Struct("!BBHBBH")
+_ZERO_SPIS = ZERO_SPI * 2
+
+
 def encode_check(check: Check) -> bytes:
     """The IKE message octets (no non-ESP marker)."""
-    return encode_message(check_to_message(check))[0]
+    cid, ep, auth = check.connect_id, check.endpoint_data, check.auth
+    flags = HeaderFlag.RESPONSE if check.is_response else HeaderFlag.INITIATOR
+    n = PayloadType.NOTIFY
+    return b"".join((
+        _CHECK_HEADER.pack(_ZERO_SPIS, n, IKE_VERSION, ExchangeType.INFORMATIONAL, flags, check.message_id,
+                           IKE_HEADER_LEN + 3 * _NOTIFY_HEADER.size + len(cid) + len(ep) + len(auth)),
+        _NOTIFY_HEADER.pack(n, 0, _NOTIFY_HEADER.size + len(cid), 0, 0, NotifyType.ME_CONNECTID), cid,
+        _NOTIFY_HEADER.pack(n, 0, _NOTIFY_HEADER.size + len(ep), 0, 0, NotifyType.ME_ENDPOINT), ep,
+        _NOTIFY_HEADER.pack(PayloadType.NONE, 0, _NOTIFY_HEADER.size + len(auth), 0, 0, NotifyType.ME_CONNECTAUTH),
+        auth))
 
 
 def is_connectivity_check(msg: Message) -> bool:

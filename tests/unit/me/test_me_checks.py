@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from core_ike.codec.message import decode_message
+from core_ike.codec.message import decode_message, encode_message
 from core_ike.errors import DecodeError
 from core_ike.me.checks import (
     KeyRule,
+    check_to_message,
     compute_mac,
     decode_check,
     encode_check,
@@ -88,3 +89,14 @@ def _replace(data: bytes, old: str, new: str) -> bytes:
 def test_malformed_checks_dropped(data: bytes, reason: str) -> None:
     with pytest.raises(DecodeError):
         decode_check(data)
+
+
+@pytest.mark.parametrize("cid", [bytes([7]) * 4, bytes(range(16)), bytes(range(8))])
+@pytest.mark.parametrize("endpoint", [request_endpoint(), response_endpoint(("203.0.113.1", 4500), 0x7EFFFFFF),
+                                      response_endpoint(("2001:db8::1", 61000), 1)])
+@pytest.mark.parametrize("is_response", [False, True])
+def test_encode_check_writes_the_octets_of_the_general_encoder(cid: bytes, endpoint, is_response: bool) -> None:  # type: ignore[no-untyped-def]
+    check = make_check(is_response, 0xFFFFFFFE if is_response else 3, cid, endpoint, KEY_A)
+    assert encode_check(check) == encode_message(check_to_message(check))[0]
+    if not (is_response and endpoint.address is None):  # such a response is refused (docs/protocol.md §11.12)
+        assert decode_check(encode_check(check)) == check
