@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import new_database
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,6 +25,7 @@ from med_db.engine import make_engine, make_session_factory
 from med_db.keyid import parse_peer_public_key
 from med_db.models import utcnow
 from med_db.schema import SCHEMA_PATH, load_schema, schema_sql, statements
+from tests.web.webtools import new_database
 
 
 def _describe(engine: Engine) -> dict[str, Any]:

@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_PASSWORD, REFERENCE_PEM, REPO, free_port, wait_for
-from medweb_client import WebClient
 
 from tests.guards import require
+from tests.web.medweb_client import WebClient
+from tests.web.webtools import ADMIN_PASSWORD, REFERENCE_PEM, REPO, free_port, wait_for
 
 pytestmark = pytest.mark.web
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from medweb_client import FakeClock, WsgiClient
 
 from medmgr_web import client_manager, server_manager
 from medmgr_web.portal import MAX_BODY, Portal
 from medmgr_web.security import hash_password
 from medmgr_web.validation import NAME_RE, html_rules
+from tests.web.medweb_client import FakeClock, WsgiClient
 
 PASSWORD = "correct horse battery"
 

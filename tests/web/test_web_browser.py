@@ -8,10 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_PASSWORD, SHOTS, Portal, log_in, watched_page
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from medweb_client import WebClient
+
+from tests.web.medweb_client import WebClient
+from tests.web.webtools import ADMIN_PASSWORD, SHOTS, Portal, log_in, watched_page
 
 pytestmark = pytest.mark.web
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADMIN_PASSWORD, Portal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from medweb_client import WebClient
 
 from med_db import data
 from med_db.engine import make_engine, make_session_factory
+from tests.web.medweb_client import WebClient
+from tests.web.webtools import ADMIN_PASSWORD, Portal
 
 pytestmark = pytest.mark.web
 

@@ -8,10 +8,8 @@ import sqlite3
 from collections.abc import Sequence
 
 import pytest
-from conftest import Portal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from medweb_client import Reply, WebClient
 from test_web_server_manager import add_peer, register
 
 from core_ike.ike.identity import Identity
@@ -19,6 +17,8 @@ from med_db.engine import make_engine, make_session_factory
 from med_db.keyid import format_keyid, keyid_of
 from mediation_server.db import PortalPeers
 from mediation_server.registry import Authorizer, Policy
+from tests.web.medweb_client import Reply, WebClient
+from tests.web.webtools import Portal
 
 pytestmark = pytest.mark.web
 

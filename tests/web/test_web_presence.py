@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from medweb_client import FakeClock, WsgiClient
 from sqlalchemy import select
 
 from core_ike.ike.identity import Identity
@@ -26,6 +25,7 @@ from mediation_server.db import PortalPeers
 from mediation_server.presence import PresenceWriter
 from medmgr_web import server_manager
 from medmgr_web.portal import Portal
+from tests.web.medweb_client import FakeClock, WsgiClient
 
 PASSWORD = "correct horse battery"
 

@@ -13,8 +13,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import SHOTS, chromium, log_in, watched_page
-from medweb_client import WsgiClient
 from werkzeug.serving import make_server
 
 from med_db import data
@@ -23,6 +21,8 @@ from med_db.keyid import keyid_text, parse_peer_public_key
 from medmgr_web import client_manager, server_manager
 from medmgr_web.security import hash_password
 from tests.guards import needs, require
+from tests.web.medweb_client import WsgiClient
+from tests.web.webtools import SHOTS, chromium, log_in, watched_page
 
 pytestmark = [pytest.mark.web, pytest.mark.netns, needs("root", why="daemons behind NATs in network namespaces")]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from medweb_client import FakeClock, WsgiClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,6 +23,7 @@ from med_db import data
 from med_db.engine import create_all, make_engine, make_session_factory
 from medmgr_web.sa_manager import SaManagerConfig, create_app
 from medmgr_web.security import hash_password
+from tests.web.medweb_client import FakeClock, WsgiClient
 
 pytestmark = pytest.mark.web
 PASSWORD = "operator password 1"

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LIGHTTPD, SHOTS, free_port, log_in, watched_page
-from conftest import wait_for as wait_local
 from sqlalchemy import create_engine
 
 from gateway.sqlconf.models import Base
@@ -31,6 +29,8 @@ from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from tests.guards import require
+from tests.web.webtools import LIGHTTPD, SHOTS, free_port, log_in, watched_page
+from tests.web.webtools import wait_for as wait_local
 
 pytestmark = [pytest.mark.web, pytest.mark.netns]
 

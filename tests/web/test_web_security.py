@@ -10,13 +10,13 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import SHORT_TIMEOUT, Portal, fresh_address
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from medweb_client import Reply, WebClient
 from test_web_server_manager import PASSWORD, add_peer, new_login, peer_ids, register
 
 from medmgr_web.security import hash_password, verify_password
+from tests.web.medweb_client import Reply, WebClient
+from tests.web.webtools import SHORT_TIMEOUT, Portal, fresh_address
 
 pytestmark = pytest.mark.web
 

@@ -11,12 +11,13 @@ import sqlite3
 import urllib.parse
 
 import pytest
-from conftest import Portal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
-from medweb_client import Reply, WebClient
+
+from tests.web.medweb_client import Reply, WebClient
+from tests.web.webtools import Portal
 
 pytestmark = pytest.mark.web
 PASSWORD = "correct horse battery"

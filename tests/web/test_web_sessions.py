@@ -9,11 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from medweb_client import FakeClock, WsgiClient
 
 from medmgr_web import client_manager, server_manager
 from medmgr_web.portal import Portal
 from medmgr_web.security import hash_password, hash_scrypt, verify_password
+from tests.web.medweb_client import FakeClock, WsgiClient
 
 PASSWORD = "correct horse battery"
 TIMEOUT = 900.0

@@ -10,8 +10,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Portal, fresh_address
-from medweb_client import FakeClock, WebClient, WsgiClient
 from sqlalchemy import delete, event, func, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +31,8 @@ from medmgr_web.throttle import (
     address_key,
     backoff,
 )
+from tests.web.medweb_client import FakeClock, WebClient, WsgiClient
+from tests.web.webtools import Portal, fresh_address
 
 PASSWORD = "correct horse battery"
 
