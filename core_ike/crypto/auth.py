@@ -73,7 +73,8 @@ def _digest_with(empty: Any) -> Callable[[bytes], bytes]:
     def digest(data: bytes) -> bytes:
         h = empty.copy()
         h.update(data)
-        return cast(bytes, h.digest())
+        out: bytes = h.digest()
+        return out
 
     return digest
 
