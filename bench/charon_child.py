@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import statistics
+import sys
 from typing import Any
 
 import results_io
@@ -383,6 +385,123 @@ def replay(tree: Any, out: Any, profile: str = "") -> dict[str, float] | None:
     return result
 
 
+# ====================================================================== the child path from cold caches
+# ``python bench/charon_child.py --recording DIR --cold [--before REV]``: the recording replayed under
+# valgrind's callgrind with a simulated last-level cache evicted before each datagram (bench/ike_cold.py's
+# method), with users' default data plane (TUN device, netlink) in a network namespace of its own; counted:
+# each datagram's engine work with the event handling (``step``), or the event handling alone (``events``:
+# the CHILD_SAs' installation), deterministic.
+
+
+def _cold_here(tree: str, rec_dir: str, evict_mb: int, limit: int, what: str) -> int:  # noqa: PLR0915 - one replay, as _replay_here
+    """Runs under valgrind in the namespace: `_replay_here`'s engine and data plane, the first `limit`
+    datagrams once uncounted, then once counted (each datagram, or its events, inside libffi's ffi_call)."""
+    import asyncio
+    import hashlib
+    import pickle
+    import subprocess
+    import time
+    from pathlib import Path
+
+    import ike_cold
+    import ike_cost as ic
+
+    from core_ike.daemon.config import load
+    from core_ike.daemon.glue import DataPlaneGlue, engine_child_deleter
+    from core_ike.daemon.runtime import Daemon, make_dataplane, tune_gc
+    from core_ike.ike import events as ev
+
+    out = Path(rec_dir)
+    rec = pickle.loads((out / "datagrams.pickle").read_bytes())["datagrams"][:limit or None]
+    buf = bytes(evict_mb * 2**20)
+    subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True, timeout=120)
+    n = 0
+
+    async def run(counted: bool) -> int:
+        undo = ic._seeded_randomness("bench")
+        try:
+            d = Daemon(load(out / "conf" / "iked.toml"))
+            dp = make_dataplane("auto", "cccold0", d.transport, 4500)
+            dp.start(asyncio.get_running_loop())
+            d.dp, d.glue = dp, DataPlaneGlue(dp, engine_child_deleter(d.engine))
+            d.engine.extensions.append(d.glue)
+            eng, st = d.engine, {"now": 1000.0, "n": 0}
+            eng.set_wall_clock(time.time(), st["now"])
+            tune_gc()
+
+            def events(_: Any, item: Any) -> None:
+                while (e := eng.next_event()) is not None:
+                    st["n"] += isinstance(e, ev.IkeSaEstablished)
+                    d.on_event(e)
+
+            counted_events = ike_cold._through_ffi(events)
+
+            def step(_: Any, item: Any) -> None:
+                data, local, remote = item
+                st["now"] += 1e-4
+                eng.receive(data, local, remote, st["now"])
+                eng.datagrams_to_send()
+                (counted_events if counted and what == "events" else events)(None, item)
+                eng.prepare()
+                eng.get_timer()
+
+            counted_step = ike_cold._through_ffi(step)
+            for item in rec:
+                hashlib.md5(buf).digest()  # evicts the simulated caches, not counted
+                (counted_step if counted and what == "step" else step)(None, item)
+            dp.close()
+            return st["n"]
+        finally:
+            undo()
+
+    asyncio.run(run(False))
+    n = asyncio.run(run(True))
+    print(f"replayed {len(rec)} datagrams, established {n}", flush=True)
+    return 0
+
+
+def cold(tree: Any, rec: Any, limit: int, what: str, evict_mb: int = 4, keep: Any = None) -> dict[str, float]:
+    """`_cold_here` by `tree` in a namespace of its own under callgrind: instructions and LL misses per
+    datagram of the counted region; `keep`: a path for callgrind's output (callgrind_annotate)."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import core_ike; "
+            "assert core_ike.__file__.startswith(sys.argv[1]); import charon_child as c; "
+            "sys.exit(c._cold_here(sys.argv[1], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]))")
+    ns = f"cccold{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        with tempfile.TemporaryDirectory(prefix="charon-child-cold-") as w:
+            cg = Path(w) / "callgrind.out"
+            cmd = ["ip", "netns", "exec", ns, "valgrind", "--tool=callgrind", "--cache-sim=yes",
+                   "--LL=2097152,16,64", "--instr-atstart=no", "--collect-atstart=no", "--toggle-collect=ffi_call",
+                   f"--callgrind-out-file={cg}", sys.executable, "-c", code, str(tree), str(here), str(rec),
+                   str(evict_mb), str(limit), what]
+            p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"},
+                               timeout=3600)
+            m = re.search(r"replayed (\d+) datagrams, established (\d+)", p.stdout)
+            if p.returncode != 0 or m is None:
+                raise RuntimeError(f"cold replay by {tree} failed: {(p.stdout + p.stderr)[-1500:]}")
+            ann = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no",
+                                  "--show=Ir,ILmr,DLmr,DLmw", str(cg)], capture_output=True, text=True,
+                                 check=True).stdout
+            if keep is not None:
+                shutil.copy(cg, keep)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    tot = next(line for line in ann.splitlines() if "PROGRAM TOTALS" in line)
+    ir, ilm, dlmr, dlmw = (int(x.replace(",", "")) for x in re.findall(r"[\d,]+(?= \(|\s)", tot)[:4])
+    k = int(m.group(1))
+    return {"instructions": ir / k, "ll_misses": (ilm + dlmr + dlmw) / k, "ll_misses_instr": ilm / k,
+            "datagrams": k, "established": int(m.group(2))}
+
+
 def main() -> int:
     import argparse
     import shutil
@@ -398,6 +517,9 @@ def main() -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep the recording (datagrams, configuration) in DIR")
     ap.add_argument("--recording", metavar="DIR", help="replay the recording kept in DIR (no live batch)")
     ap.add_argument("--profile", metavar="FILE", help="cProfile one more replay by this tree into FILE")
+    ap.add_argument("--cold", choices=("step", "events"), help="instead: the recording's first --datagrams under "
+                    "callgrind from cold caches (step: engine with event handling, events: event handling alone)")
+    ap.add_argument("--datagrams", type=int, default=200, help="with --cold: datagrams replayed (0: all)")
     a = ap.parse_args()
     root = results_io.enter_repo(__file__)
     given = a.before is not None and Path(a.before).is_dir()  # a source tree as it is: kept afterwards
@@ -414,6 +536,15 @@ def main() -> int:
                 (out / "count").write_text(f"{a.count}\n")
                 print(f"recorded {a.count} IKE_SAs ({a.auth}, one CHILD_SA each): the recording iked's process "
                       f"{live:.3f} ms per IKE_SA")
+            if a.cold:
+                for rnd, name in results_io.interleave(a.rounds, ["this tree", *([a.before] if before else [])]):
+                    keep = Path(a.keep) / f"callgrind.{a.cold}.{'this' if name == 'this tree' else 'before'}.{rnd + 1}" \
+                        if a.keep else None
+                    c = cold(root if name == "this tree" else before, out, a.datagrams, a.cold, keep=keep)
+                    print(f"  round {rnd + 1} {name} cold {a.cold}: {c['instructions']:.0f} instructions, "
+                          f"{c['ll_misses']:.1f} LL misses ({c['ll_misses_instr']:.1f} instruction) per datagram, "
+                          f"{c['datagrams']} datagrams, {c['established']} IKE_SAs", flush=True)
+                return 0
             runs: dict[str, list[dict[str, float]]] = {"this tree": [], a.before or "": []}
             for _, name in results_io.interleave(a.rounds, ["this tree", *([a.before] if before else [])]):
                 r = replay(root if name == "this tree" else before, out)

@@ -38,6 +38,10 @@ log = logging.getLogger("core_ike.dataplane")
 
 Addr = tuple[str, int]
 _NO_LIMITS = Lifetime()  # the CHILD_SA's lifetimes are the engine's (RFC 7296 2.8 rekey timers), not the SAs'
+# bound once (Python 3.11 reads an Enum member off its class, and finds one by value, through Python code)
+_IN, _OUT = Direction.IN, Direction.OUT
+_ENCR: dict[int, EncrId] = {int(e): e for e in EncrId}
+_INTEG: dict[int, IntegId] = {int(i): i for i in IntegId}
 DeleteChild = Callable[[int, int, str], None]
 """`delete_child(ike_unique_id, child_unique_id, reason)`: send a DELETE for that CHILD_SA."""
 
@@ -166,20 +170,22 @@ class DataPlaneGlue(Extension):
         """Install both SAs and, for a new reqid, the policies; the error text when that failed (then
         nothing of this CHILD_SA stays installed)."""
         k = e.keys
-        encr, integ = EncrId(k.encr_id), IntegId(k.integ_id)
+        encr, integ = _ENCR.get(k.encr_id), _INTEG.get(k.integ_id)
+        if encr is None or integ is None:  # not a known transform: the enum's own ValueError
+            encr, integ = EncrId(k.encr_id), IntegId(k.integ_id)
         bits = k.key_bits or fixed_key_bits(encr)
         (here, here_port), (there, there_port) = e.local, e.remote
         done: list[tuple[int, Direction]] = []
         new_pols: list[PolicyParams] = []
         try:
-            self.dp.install_sa(SaParams(k.spi_in, Direction.IN, there, here, encr, bits, k.key_in, integ, k.integ_in,
+            self.dp.install_sa(SaParams(k.spi_in, _IN, there, here, encr, bits, k.key_in, integ, k.integ_in,
                                         there_port, here_port, e.encap, e.reqid, _NO_LIMITS, e.replay_window,
                                         k.esn))
-            done.append((k.spi_in, Direction.IN))
-            self.dp.install_sa(SaParams(k.spi_out, Direction.OUT, here, there, encr, bits, k.key_out, integ,
+            done.append((k.spi_in, _IN))
+            self.dp.install_sa(SaParams(k.spi_out, _OUT, here, there, encr, bits, k.key_out, integ,
                                         k.integ_out, here_port, there_port, e.encap, e.reqid, _NO_LIMITS,
                                         e.replay_window, k.esn))
-            done.append((k.spi_out, Direction.OUT))
+            done.append((k.spi_out, _OUT))
             if e.reqid not in self.policies:
                 for p in _policies(e):
                     self.dp.install_policy(p)
@@ -228,7 +234,7 @@ def _policies(e: ev.ChildSaEstablished) -> list[PolicyParams]:
     for lts in e.local_ts:
         for rts in e.remote_ts:
             lsel, rsel = _selector(lts), _selector(rts)
-            for d in (Direction.OUT, Direction.IN):
+            for d in (_OUT, _IN):
                 pols.append(PolicyParams(lsel, rsel, d, e.reqid, e.local[0], e.remote[0]))
     return pols
 

@@ -116,6 +116,11 @@ def _run_trailers(size: int, count: int, body: int, pad: int) -> struct.Struct:
 class EspSa:
     """One direction of an ESP SA: `seal` for outbound, `open` for inbound."""
 
+    # a data plane holds two per CHILD_SA: no attribute dict each (memory, and the dict built at every install)
+    __slots__ = ("_align", "_cbc_dec", "_cbc_enc", "_chain", "_hmac", "_into", "_is_aead", "_iv_len", "_min_len",
+                 "_open_aead", "_salt", "_seal_aead", "_spi_bytes", "counters", "encr_id", "esn", "icv_len",
+                 "integ_id", "key_bits", "overhead", "seq_max", "seq_out", "spi", "window")
+
     def __init__(
         self,
         spi: int,

@@ -283,6 +283,9 @@ class RouteSocket:
         self._sock.setblocking(False)
         self._timeout = timeout
         self._seq = 0
+        # `replace`'s request without its header and destination, by everything else it says: a data plane
+        # adds its routes into one device with one source, so a route's request is one pack and a join
+        self._replace_parts: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 
     def replace(self, dst: str | Network, oif: int, prefsrc: str | Address | None = None, *,
                 table: int = RT_TABLE_MAIN, gateway: str | None = None, scope: int | None = None) -> None:
@@ -290,14 +293,18 @@ class RouteSocket:
         (default scope: link without a gateway, else universe); NetlinkError when refused. DST and PREFSRC
         as text or as ipaddress objects (a data plane holds them so: no parsing per route)."""
         net = ipaddress.ip_network(dst, strict=False) if isinstance(dst, str) else dst
-        attrs = _rta(RTA_DST, net.network_address.packed) + _rta(RTA_OIF, struct.pack("=I", oif))
-        if gateway:
-            attrs += _ip_attr(RTA_GATEWAY, gateway)
-        if prefsrc:
-            attrs += _ip_attr(RTA_PREFSRC, prefsrc) if isinstance(prefsrc, str) else _rta(RTA_PREFSRC, prefsrc.packed)
-        if scope is None:
-            scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-        self._route(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, net, table, scope, attrs)
+        key = (net.version, net.prefixlen, oif, prefsrc, table, gateway, scope)
+        parts = self._replace_parts.get(key)
+        if parts is None:
+            if len(self._replace_parts) >= 256:  # bounded: next hops and sources a host has are few
+                self._replace_parts.clear()
+            parts = self._replace_parts[key] = _replace_parts(net, oif, prefsrc, table, gateway, scope)
+        rtm, tail = parts
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
+        addr = net.network_address.packed
+        n = _NLMSGHDR.size + len(rtm) + 4 + len(addr) + len(tail)  # an address is a multiple of 4 octets
+        self._send_acked(b"".join((_NLMSGHDR.pack(n, RTM_NEWROUTE, _REPLACE_FLAGS, seq, 0), rtm,
+                                   _RTA_HDR.pack(4 + len(addr), RTA_DST), addr, tail)), seq)
 
     def delete(self, dst: str, table: int = RT_TABLE_MAIN) -> None:
         """`ip route del DST table TABLE`; NetlinkError (ESRCH) when there is none."""
@@ -341,7 +348,12 @@ class RouteSocket:
         """Send one request; the body of the kernel's answer, None for an acknowledgement; NetlinkError
         when refused."""
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
-        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, NLM_F_REQUEST | flags, seq, 0) + body)
+        return self._send_acked(
+            _NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, NLM_F_REQUEST | flags, seq, 0) + body, seq)
+
+    def _send_acked(self, msg: bytes, seq: int) -> bytes | None:
+        """Send one request message numbered `seq` and read the kernel's answer to it (see `_request`)."""
+        self._sock.send(msg)
         while True:
             data = self._recv()
             off = 0
@@ -368,3 +380,22 @@ class RouteSocket:
         self._sock.close()
 
 
+_RTA_HDR = struct.Struct("=HH")
+_REPLACE_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+
+
+def _replace_parts(net: Network, oif: int, prefsrc: str | Address | None, table: int, gateway: str | None,
+                   scope: int | None) -> tuple[bytes, bytes]:
+    """`RouteSocket.replace`'s request around its destination attribute: the rtmsg, then the attributes
+    after RTA_DST (device, next hop, preferred source, table)."""
+    attrs = _rta(RTA_OIF, struct.pack("=I", oif))
+    if gateway:
+        attrs += _ip_attr(RTA_GATEWAY, gateway)
+    if prefsrc:
+        attrs += _ip_attr(RTA_PREFSRC, prefsrc) if isinstance(prefsrc, str) else _rta(RTA_PREFSRC, prefsrc.packed)
+    if scope is None:
+        scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+    rtm = _RTMSG.pack(family, net.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT, RTPROT_STATIC, scope,
+                      RTN_UNICAST, 0)
+    return rtm, attrs + _rta(RTA_TABLE, struct.pack("=I", table))

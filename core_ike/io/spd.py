@@ -27,27 +27,32 @@ _Shape = tuple[int, int, int]  # (IP version, local prefix length, remote prefix
 _Net = tuple[int, int]  # (local network, remote network) as integers shifted by their host bits
 
 
+_OUT, _TRAP = Direction.OUT, PolicyAction.TRAP  # bound once: an Enum member read off its class runs Python code
+
+
 def _key(p: PolicyParams) -> _Key:
-    return (p.priority, -(p.remote.subnet.prefixlen + p.local.subnet.prefixlen), p.action == PolicyAction.TRAP)
+    return (p.priority, -(p.remote.subnet.prefixlen + p.local.subnet.prefixlen), p.action == _TRAP)
 
 
 def _shape_net(p: PolicyParams) -> tuple[_Shape, _Net]:
     lo, re = p.local.subnet, p.remote.subnet
+    lp, rp, lbits, rbits = lo.prefixlen, re.prefixlen, lo.max_prefixlen, re.max_prefixlen
     # a policy mixing families matches no packet (ts_match); its own shape keeps it out of the way
-    ver = lo.version if lo.version == re.version else 0
-    return ((ver, lo.prefixlen, re.prefixlen),
-            (int(lo.network_address) >> (lo.max_prefixlen - lo.prefixlen),
-             int(re.network_address) >> (re.max_prefixlen - re.prefixlen)))
+    ver = lo.version if lbits == rbits else 0
+    return ((ver, lp, rp), (int(lo.network_address) >> (lbits - lp), int(re.network_address) >> (rbits - rp)))
 
 
 def _uses_ports(p: PolicyParams) -> bool:
-    return bool(p.local.protocol or p.remote.protocol or not p.local.any_port or not p.remote.any_port)
+    lo, re = p.local, p.remote
+    return bool(lo.protocol or re.protocol or lo.port_start or re.port_start or lo.port_end != 65535
+                or re.port_end != 65535)
 
 
 class _Bucket:
-    __slots__ = ("out", "policies")
+    __slots__ = ("key", "out", "policies")
 
-    def __init__(self) -> None:
+    def __init__(self, key: _Key) -> None:
+        self.key = key
         self.policies: dict[PolicyParams, int] = {}  # -> installation sequence number
         self.out: dict[_Shape, dict[_Net, dict[PolicyParams, int]]] = {}
 
@@ -84,22 +89,33 @@ class PolicyTable:
 
     def add(self, p: PolicyParams) -> bool:
         """False if the policy is there already (it keeps its place)."""
-        if p in self._where:
+        where = self._where
+        if p in where:
             return False
         key = _key(p)
         b = self._buckets.get(key)
         if b is None:
-            b = self._buckets[key] = _Bucket()
+            b = self._buckets[key] = _Bucket(key)
             bisect.insort(self._keys, key)
-        self._seq += 1
-        b.policies[p] = self._seq
-        self._where[p] = key
-        if p.direction == Direction.OUT:
+        self._seq = seq = self._seq + 1
+        b.policies[p] = seq
+        where[p] = b.key  # the bucket's own key: one tuple per order key, not one per policy
+        if p.direction == _OUT:
             shape, net = _shape_net(p)
-            b.out.setdefault(shape, {}).setdefault(net, {})[p] = self._seq
+            nets = b.out.get(shape)
+            if nets is None:
+                nets = b.out[shape] = {}
+            cands = nets.get(net)
+            if cands is None:
+                cands = nets[net] = {}
+            cands[p] = seq
         else:
-            self._inbound.setdefault(p.reqid, {})[p] = None
-        self._ports += _uses_ports(p)
+            mine = self._inbound.get(p.reqid)
+            if mine is None:
+                mine = self._inbound[p.reqid] = {}
+            mine[p] = None
+        if _uses_ports(p):
+            self._ports += 1
         return True
 
     def remove(self, p: PolicyParams) -> bool:
@@ -109,7 +125,7 @@ class PolicyTable:
             return False
         b = self._buckets[key]
         del b.policies[p]
-        if p.direction == Direction.OUT:
+        if p.direction == _OUT:
             shape, net = _shape_net(p)
             nets = b.out[shape]
             cands = nets[net]

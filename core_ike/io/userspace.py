@@ -62,6 +62,8 @@ log = logging.getLogger("core_ike.io.userspace")
 
 IPPROTO_ESP = 50
 _ROUTED = (PolicyAction.PROTECT, PolicyAction.TRAP)
+# bound once: Python 3.11 reads an Enum member off its class through EnumType's attribute hook (Python code)
+_IN, _OUT = Direction.IN, Direction.OUT
 _READ_BATCH = 64  # packets per readiness callback
 _FLOW_CACHE_MAX = 65536  # flows remembered per direction; past it the cache starts afresh (bounded memory)
 
@@ -250,25 +252,19 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
                 return spi
 
     def install_sa(self, params: SaParams) -> None:
-        esp = EspSa(
-            params.spi,
-            params.encr_id,
-            params.encr_key_bits,
-            params.encr_key,
-            params.integ_id,
-            params.integ_key,
-            replay_window=params.replay_window,
-            esn=params.esn,
-        )
+        spi, direction = params.spi, params.direction
+        esp = EspSa(spi, params.encr_id, params.encr_key_bits, params.encr_key, params.integ_id, params.integ_key,
+                    replay_window=params.replay_window, esn=params.esn)
         st = _SaState(params, esp, (params.dst, params.dst_port), self.clock())
-        old = self._sas.get((params.spi, params.direction))
+        key = (spi, direction)
+        old = self._sas.get(key)
         if old is not None:
             self._disarm(old)
-            if params.direction == Direction.OUT:  # the same SPI again: it replaces that SA
-                self._outs.get(old.params.reqid, {}).pop(params.spi, None)
-        self._sas[(params.spi, params.direction)] = st
+            if direction == _OUT:  # the same SPI again: it replaces that SA
+                self._outs.get(old.params.reqid, {}).pop(spi, None)
+        self._sas[key] = st
         self._arm(st)
-        if params.direction == Direction.IN:
+        if direction == _IN:
             self.sad.add(esp)
         else:
             if not params.encap:
@@ -349,32 +345,30 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         selectors asks the kernel again)."""
         if not self._spd.add(policy):  # ordered and indexed: core_ike/io/spd.py
             return
-        self._policies_changed()
-        if policy.direction == Direction.OUT and policy.action in _ROUTED:
-            try:
-                self._add_route(policy)
-            except BaseException:
-                self._spd.remove(policy)
-                self._policies_changed()
-                raise
+        self._out_cache.clear()
+        self._in_cache.clear()
+        if policy.direction == _OUT and policy.action in _ROUTED:
+            key = policy.remote.subnet
+            n = self._routes.get(key, 0)
+            if n == 0 and self._tun_index:
+                try:
+                    self._route_add(policy)  # counted once the kernel took it
+                except BaseException:
+                    self._spd.remove(policy)
+                    self._policies_changed()
+                    raise
+            self._routes[key] = n + 1
 
     def delete_policy(self, policy: PolicyParams) -> None:
         if not self._spd.remove(policy):
             return
         self._policies_changed()
-        if policy.direction == Direction.OUT and policy.action in _ROUTED:
+        if policy.direction == _OUT and policy.action in _ROUTED:
             self._del_route(policy)
 
     def _policies_changed(self) -> None:
         self._out_cache.clear()
         self._in_cache.clear()
-
-    def _add_route(self, policy: PolicyParams) -> None:
-        key = policy.remote.subnet
-        n = self._routes.get(key, 0)
-        if n == 0 and self._tun_index:
-            self._route_add(policy)  # counted once the kernel took it
-        self._routes[key] = n + 1
 
     def _route_add(self, policy: PolicyParams) -> None:
         """Add the route and read the kernel's answer (`RouteSocket`: no thread switch), so that a
