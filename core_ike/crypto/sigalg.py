@@ -166,6 +166,8 @@ class CertificateParts(NamedTuple):
     algorithm: bytes  # signatureAlgorithm, the AlgorithmIdentifier TLV (RFC 5280 4.1.1.2)
     signature: bytes  # signatureValue's octets, without the BIT STRING's unused-bits octet
     unused_bits: int  # that octet: 0 in every signature (RFC 5280 4.1.1.3 encodes whole octets)
+    not_before: float | None  # validity (RFC 5280 4.1.2.5) in UNIX seconds; None when not read here
+    not_after: float | None
 
 
 def certificate_parts(der: bytes) -> CertificateParts | None:
@@ -175,32 +177,69 @@ def certificate_parts(der: bytes) -> CertificateParts | None:
     try:
         tag, pos, end = _header(der, 0, len(der))
         if tag != 0x30 or end != len(der):
-            return None
+            raise _DerError("Certificate")
         tag, tpos, tend = _header(der, pos, end)  # tbsCertificate
         if tag != 0x30:
-            return None
+            raise _DerError("SEQUENCE expected")
         tbs = der[pos:tend]
         if der[tpos] == 0xA0:  # version, [0] EXPLICIT (absent for v1)
             tpos = _header(der, tpos, tend)[2]
         tpos = _header(der, tpos, tend)[2]  # serialNumber
         tag, _, stop = _header(der, tpos, tend)
         if tag != 0x30:
-            return None
+            raise _DerError("SEQUENCE expected")
         inner, tpos = der[tpos:stop], stop
         tag, _, stop = _header(der, tpos, tend)
         if tag != 0x30:
-            return None
+            raise _DerError("SEQUENCE expected")
         issuer = der[tpos:stop]
+        tag, vpos, vend = _header(der, stop, tend)  # validity
+        if tag != 0x30:
+            raise _DerError("SEQUENCE expected")
+        not_before, vpos = _time(der, vpos, vend)
+        not_after, vpos = _time(der, vpos, vend)
         tag, _, stop = _header(der, tend, end)  # signatureAlgorithm
         if tag != 0x30:
-            return None
+            raise _DerError("SEQUENCE expected")
         algorithm = der[tend:stop]
         tag, spos, send = _header(der, stop, end)  # signatureValue
         if tag != 0x03 or send != end or spos == send:
-            return None
+            raise _DerError("signatureValue")
     except (_DerError, IndexError):
         return None
-    return CertificateParts(tbs, inner, issuer, algorithm, der[spos + 1:send], der[spos])
+    return CertificateParts(tbs, inner, issuer, algorithm, der[spos + 1:send], der[spos], not_before, not_after)
+
+
+def _time(der: bytes, pos: int, end: int) -> tuple[float | None, int]:
+    """(UNIX seconds, next position) of the Time at `pos` (RFC 5280 4.1.2.5: UTCTime YYMMDDHHMMSSZ, its
+    YY from 1950 to 2049; GeneralizedTime YYYYMMDDHHMMSSZ); None for any other form, left to the parsed
+    certificate's own reading."""
+    tag, vpos, vend = _header(der, pos, end)
+    t = der[vpos:vend]
+    if tag == 0x17 and len(t) == 13 and t[12] == 0x5A and t[:12].isdigit():  # RFC 5280 4.1.2.5.1
+        year = int(t[:2])
+        year += 1900 if year >= 50 else 2000
+        rest = t[2:12]
+    elif tag == 0x18 and len(t) == 15 and t[14] == 0x5A and t[:14].isdigit():  # RFC 5280 4.1.2.5.2
+        year, rest = int(t[:4]), t[4:14]
+    else:
+        return None, vend
+    month, day, hour, minute, second = int(rest[:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]), int(rest[8:])
+    if not (1 <= month <= 12 and 1 <= day <= _month_days(year, month) and hour < 24 and minute < 60
+            and second < 60):
+        return None, vend
+    # days since 1970-01-01 of the proleptic Gregorian date (March-based years: the leap day falls last)
+    y = year - (month <= 2)
+    era, yoe = divmod(y, 400)
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return float(days * 86400 + hour * 3600 + minute * 60 + second), vend
+
+
+def _month_days(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
 
 
 def _read_all(data: bytes) -> list[tuple[int, bytes]]:

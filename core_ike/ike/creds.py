@@ -29,7 +29,7 @@ from ..crypto.auth import (
     verify_certificate_signature,
 )
 from ..crypto.auth import keyid_sha1 as keyid_of
-from ..crypto.sigalg import certificate_parts, certificate_subject
+from ..crypto.sigalg import CertificateParts, certificate_parts, certificate_subject
 from ..errors import AuthenticationFailed
 from .identity import Identity
 
@@ -172,12 +172,16 @@ class Credentials:
             # a certificate's validity cannot be checked without the time: refuse rather than trust it
             raise AuthenticationFailed(f"no wall-clock time to check the validity of certificate "
                                        f"'{_subject(cert)}'")
-        issuers = self._issuers_of(cert, der)
+        parts = certificate_parts(der) if der else None
+        issuers = self._issuers_of(cert, parts)
         if not issuers:
             raise AuthenticationFailed(f"no trusted issuer found for '{_subject(cert)}'")
-        problem = _outside_validity(cert, wall)
-        if problem:
-            raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
+        # the dates as read from the DER when they are in RFC 5280's forms (no datetime objects)
+        start, end = (parts.not_before, parts.not_after) if parts is not None else (None, None)
+        if start is None or end is None or not start <= wall <= end:
+            problem = _outside_validity(cert, wall)
+            if problem:
+                raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
         # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
         for i in issuers:  # a loop, not any(generator): a generator closed early raises GeneratorExit in it
             if i.not_before <= wall <= i.not_after:
@@ -185,11 +189,11 @@ class Credentials:
         raise AuthenticationFailed(f"CA certificate {_outside_validity(issuers[0].ca, wall)} "
                                    f"('{_subject(issuers[0].ca)}'), issuer of '{_subject(cert)}'")
 
-    def _issuers_of(self, cert: x509.Certificate, der: bytes) -> list[_Issuer]:
+    def _issuers_of(self, cert: x509.Certificate, parts: CertificateParts | None) -> list[_Issuer]:
         """The CAs in `cas` that issued `cert` (RFC 5280 6.1.3 (a)(1), (a)(4): its issuer is the CA's
-        subject and its signature verifies with the CA's key). With `der`, the common algorithms are
-        checked here, with the CA's key object kept from one certificate to the next and over the octets
-        as signed; what `cryptography`'s Certificate.verify_directly_issued_by accepts, nothing more: the
+        subject and its signature verifies with the CA's key). With `parts` (certificate_parts of the DER
+        `cert` was parsed from), the common algorithms are checked here, with the CA's key object kept
+        from one certificate to the next and over the octets as signed; what `cryptography`'s Certificate.verify_directly_issued_by accepts, nothing more: the
         two signature algorithm fields equal (RFC 5280 4.1.1.2), the issuer equal to the subject, the
         signature verified with the same key methods. Any other case goes to that method."""
         cas = self.cas
@@ -197,7 +201,6 @@ class Credentials:
             self._issuers = tuple(map(_issuer, cas))
             self._issuer_cas = list(cas)
         known = self._issuers
-        parts = certificate_parts(der) if der else None
         if parts is not None and (parts.inner_algorithm != parts.algorithm or parts.unused_bits):
             parts = None  # the general check refuses it with its own reason
         found: list[_Issuer] = []
