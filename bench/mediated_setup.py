@@ -65,6 +65,19 @@ PACE = 0.25  # seconds from one run's start to the next at least (below the serv
 WAIT_TO_FINISH_MS = 1000.0  # strongSwan connect_manager.c: #define ME_WAIT_TO_FINISH 1000 /* ms */
 
 
+def cpu_ns(pids: list[int]) -> int:
+    """CPU time the processes `pids` have run, all their threads, in ns (/proc/PID/task/TID/schedstat, first
+    field: time on a CPU, proc(5)); a process gone counts nothing."""
+    total = 0
+    for pid in pids:
+        tasks = Path(f"/proc/{pid}/task")
+        with contextlib.suppress(OSError):
+            for t in tasks.iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int((t / "schedstat").read_text().split()[0])
+    return total
+
+
 class OursMediation:
     """Our mediation_server on carol (default settings), our mediation_client on alice and bob.
 
@@ -89,6 +102,7 @@ class OursMediation:
         self.path_first = path_first  # a directory put before the checkout on PYTHONPATH (``--trace``)
         self.polled = 0  # runs where the CHILD_SA was not yet listed when `up` returned
         self.relayed = 0  # runs whose tunnel went through the relay
+        self.cpu = 0  # the last run's CPU time of the three daemons from the `up` to its reply, ns
         self.marks: dict[str, float] = {}  # wall-clock times of the last run's steps seen from here
 
     def start(self) -> None:
@@ -125,12 +139,20 @@ class OursMediation:
         return any(s["name"] == name and s["state"] == "ESTABLISHED"
                    and any(c["state"] == "INSTALLED" for c in s["child-sas"]) for s in sas)
 
+    def pids(self) -> list[int]:
+        """The three daemons: carol's server, alice's and bob's clients."""
+        daemons = [self.med.server, *self.med.clients.values()]
+        return [d.proc.pid for d in daemons if d is not None and d.proc is not None]
+
     def initiate_and_wait(self, timeout: float) -> float:
         alice = self.med.clients["alice"]
         self.marks = {"up sent": time.time()}
+        pids = self.pids()
+        self.cpu = -cpu_ns(pids)
         t0 = time.monotonic()
         r = alice.ctl({"cmd": "up", "conn": "bob", "timeout": timeout}, timeout=timeout + 2)
         took = time.monotonic() - t0
+        self.cpu += cpu_ns(pids)
         self.marks["up reply received"] = time.time()
         if r.get("ok") and (r.get("remote") or [None])[0] == CAROL:
             self.relayed += 1  # the tunnel went through the mediation server's relay
@@ -182,20 +204,27 @@ class CharonBlocking(CharonMediation):
     def __init__(self, lab: Lab, ts_addrs: dict[str, str] | None = None) -> None:
         super().__init__(lab, ts_addrs=ts_addrs)
         self.polled = 0
+        self.cpu = 0  # the last run's CPU time of the three charons from the initiate to its return, ns
+
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self.charons if c.proc is not None]
 
     def _installed(self) -> bool:
         return any(c.get("name") == self.child and c.get("state") == "INSTALLED" for c in self.alice.child_sas())
 
     def initiate_and_wait(self, timeout: float = 30.0) -> float:
         req = {"child": self.child, "timeout": int(timeout * 1000), "loglevel": -1}
-        t0 = time.monotonic()
+        pids = self.pids()
         with contextlib.closing(self.alice.vici()) as s:
+            self.cpu = -cpu_ns(pids)
+            t0 = time.monotonic()
             try:
                 for _ in s.initiate(req):
                     pass
             except vici.exception.CommandException as e:
                 raise CharonError(f"initiate {self.child} on alice: {e}") from None
-        took = time.monotonic() - t0
+            took = time.monotonic() - t0
+            self.cpu += cpu_ns(pids)
         if self._installed():
             return took
         self.polled += 1
@@ -294,6 +323,7 @@ class Result:
     hangs: int = 0  # runs that did not finish within the per-run limit
     polled: int = 0  # runs where the CHILD_SA was not yet listed when the initiating call returned
     relayed: int = 0  # ours: runs whose tunnel went through the relay
+    cpu: list[float] = field(default_factory=list)  # per measured run: the three daemons' CPU time, ms
 
     @property
     def note(self) -> str:
@@ -329,6 +359,7 @@ def _runs(driver: MediatedSetupDriver, result: Result, runs: int, timeout: float
             t = driver.initiate_and_wait(timeout)
             if measured:
                 result.times.append(t)
+                result.cpu.append(getattr(driver, "cpu", 0) / 1e6)
             if verbose:
                 print(f"  {result.driver} {result.condition}: {t * 1000:.1f} ms{'' if measured else ' (warm-up)'}",
                       flush=True)
@@ -427,6 +458,10 @@ def _fmt(r: Result) -> str:
     return f"{statistics.median(ms):.1f} ms ({min(ms):.1f}-{max(ms):.1f}, n={len(ms)})"
 
 
+def _fmt_cpu(r: Result) -> str:
+    return f"{statistics.median(r.cpu):.2f} ms ({min(r.cpu):.2f}-{max(r.cpu):.2f}, n={len(r.cpu)})" if r.cpu else "-"
+
+
 def _ms(r: Result, minus: float = 0.0) -> dict[str, Any] | None:
     return results_io.sample([t * 1000 - minus for t in r.times], "ms", 1)
 
@@ -451,6 +486,18 @@ def relay_figures(cond: Condition, res: dict[str, Result]) -> list[dict[str, Any
                               _ms(off), None, readme=False, differences=same)]
 
 
+def cpu_figure(key: str, cond: Condition, ours: Result, charon: Result) -> dict[str, Any]:
+    """The daemons' CPU time per setup: what the setup costs the machine, and what it needs of the CPUs the
+    daemons share with the lab's hub, whatever else runs on the machine."""
+    return results_io.figure(
+        f"{key}_cpu", f"CPU time of alice's, bob's and carol's daemons per setup (from the initiating call to its "
+        f"return), {cond.label}", results_io.sample(ours.cpu, "ms", 2), results_io.sample(charon.cpu, "ms", 2),
+        readme=False, differences=[
+            "each process's threads' time on a CPU (/proc/PID/task/TID/schedstat), read before the initiating "
+            "call and at its return: ours three Python processes (their data-plane threads included), charon "
+            "three charons (all their threads, kernel-libipsec's included)"])
+
+
 def figures_for(cond: Condition, res: dict[str, Result], rtt: float | None) -> list[dict[str, Any]]:
     if cond.relay_ab:
         return relay_figures(cond, res)
@@ -466,7 +513,7 @@ def figures_for(cond: Condition, res: dict[str, Result], rtt: float | None) -> l
         diffs.append("one candidate pair on alice: charon finishes its checks at the first success (no "
                      "ME_WAIT_TO_FINISH)")
         figs.append(results_io.figure(key, label, _ms(ours), _ms(charon), differences=diffs))
-        return figs
+        return [*figs, cpu_figure(key, cond, ours, charon)]
     waits = [f"charon waits {WAIT_TO_FINISH_MS:.0f} ms (ME_WAIT_TO_FINISH) after its first successful check, "
              "because the host-host pair stays pending; a compile-time constant in connect_manager.c, "
              "no strongswan.conf setting changes it: see the next line for charon without it"]
@@ -478,7 +525,7 @@ def figures_for(cond: Condition, res: dict[str, Result], rtt: float | None) -> l
         differences=[f"charon's measured times minus {WAIT_TO_FINISH_MS:.0f} ms (ME_WAIT_TO_FINISH cannot be "
                      "configured, so charon cannot be run without it); not a measurement of a charon build "
                      "without the wait", *diffs], readme=cond.key in ("0", "20")))
-    return figs
+    return [*figs, cpu_figure(key, cond, ours, charon)]
 
 
 def trace(cond: Condition) -> list[str]:
@@ -521,6 +568,7 @@ def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str
     addr = {"alice": LAN["alice"], "carol": CAROL, "bob": LAN["bob"]}
     per_side: dict[str, list[list[float | None]]] = {s: [] for s in SIDES}
     walls: dict[str, list[float]] = {s: [] for s in SIDES}
+    cpus: dict[str, list[float]] = {s: [] for s in SIDES}
     lab = build_lab(cond)
     try:
         for _, side in rotated(rounds, SIDES):
@@ -534,6 +582,7 @@ def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str
                         t0 = time.time()
                         took = driver.initiate_and_wait(10.0)
                         windows.append((t0, t0 + took))
+                        cpus[side].append(getattr(driver, "cpu", 0) / 1e6)
                         driver.reset()
                         time.sleep(max(0.0, t0 + PACE - time.time()))
                 msgs = {h: mt.messages(c.packets, addr[h]) for h, c in caps.items()}
@@ -550,7 +599,8 @@ def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str
         lab.teardown()
     return [f"per-step times from captures, {cond.label}; {rounds} rounds x {runs} setups per side "
             "(after 1 warm-up each); each step from one event to the next on the critical path",
-            *mt.table(per_side, walls)]
+            *mt.table(per_side, walls),
+            f"{'CPU of the three daemons per setup (to the reply)':<62} " + " ".join(mt.cell(cpus[s]) for s in SIDES)]
 
 
 def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:
@@ -608,7 +658,8 @@ def run_conditions(conds: list[str], rounds: int, runs: int, args: argparse.Name
             rtts.append(f"{cond.key}: {rtt:.2f} ms")
         if "ours-before" in res and res["ours-before"].times and res["ours"].times:
             b, a = res["ours-before"], res["ours"]
-            before_after.append(f"{cond.key}: ours before {_fmt(b)}, after {_fmt(a)}")
+            before_after.append(f"{cond.key}: ours before {_fmt(b)}, after {_fmt(a)}; the three daemons' CPU per "
+                                f"setup before {_fmt_cpu(b)}, after {_fmt_cpu(a)}")
         if cond.relay_ab and res["ours"].times and res["ours-norelay"].times:
             on, off = res["ours"], res["ours-norelay"]
             relay_notes.append(f"relay candidate on vs off at {cond.delay_ms:g} ms (interleaved, same lab): on "

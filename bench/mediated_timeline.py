@@ -143,7 +143,7 @@ def steps(ev: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def _cell(values: list[float]) -> str:
+def cell(values: list[float]) -> str:
     if not values:
         return f"{'-':>22}"
     return f"{statistics.median(values):6.3f} ({min(values):5.2f}-{max(values):5.2f}, {len(values):>2})"
@@ -162,7 +162,7 @@ def table(per_side: dict[str, list[list[float | None]]], walls: dict[str, list[f
         for s in sides:
             vals = [x for r in per_side[s] if (x := r[i - 1]) is not None]
             medians[s].append(statistics.median(vals) if vals else None)
-            cells.append(_cell(vals))
+            cells.append(cell(vals))
         lines.append(f"{name[:62]:<62} " + " ".join(cells))
     for host in ("alice", "carol", "bob", "wire"):
         idx = [i for i in range(1, len(EVENTS)) if STEP_HOST.get(i, "wire") == host]
@@ -171,5 +171,5 @@ def table(per_side: dict[str, list[list[float | None]]], walls: dict[str, list[f
             ms = [medians[s][i - 1] for i in idx]
             cells.append(f"{sum(m for m in ms if m is not None):22.3f}")
         lines.append(f"{'sum of the medians, ' + host:<62} " + " ".join(cells))
-    lines.append(f"{'setup (up written -> reply read), every run':<62} " + " ".join(_cell(walls[s]) for s in sides))
+    lines.append(f"{'setup (up written -> reply read), every run':<62} " + " ".join(cell(walls[s]) for s in sides))
     return lines
