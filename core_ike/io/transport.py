@@ -10,6 +10,7 @@ the kernel decapsulates that ESP and only IKE reaches us there.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import ctypes
@@ -46,7 +47,6 @@ SO_RCVBUFFORCE = 33  # Linux asm-generic/socket.h; Python's socket module lacks 
 SO_ATTACH_REUSEPORT_CBPF = 51
 IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # Linux linux/in.h: DF on, path MTU not consulted
 FIONREAD = termios.FIONREAD  # on a UDP socket: the size of the next queued datagram, 0 when none (udp(7))
-_NOTHING = bytes(4)  # FIONREAD's int, answered in a copy of this buffer
 _ioctl = fcntl.ioctl
 
 
@@ -293,6 +293,10 @@ class UdpTransport:
         self._answer_batch: Callable[..., Any] | None = getattr(prefilter, "answer_batch", None)
         self._demanded: Callable[[], bool] | None = getattr(prefilter, "demanded", None)
         self._log_limit = LogLimiter(log)
+        # FIONREAD's answer, written in place (a writable buffer: ioctl parses no other kind first)
+        self._size = array.array("i", [0])
+        self._buf = bytearray(MAX_DATAGRAM)  # what _read_each reads into
+        self._view = memoryview(self._buf)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -394,17 +398,19 @@ class UdpTransport:
         """Datagrams one recvfrom each, to the engine one at a time, each one's replies sent as soon as the
         engine made them (as `_answer` does, here without its frames): a reply never waits for the datagrams
         queued behind its request. Most wake-ups of a responder find one datagram, where recvfrom costs less
-        than recvmmsg through ctypes and its sockaddr decoding; after an IKE message, whether another one is
-        queued is asked with FIONREAD (no exception object and no strerror text, as a recvfrom failing with
-        EAGAIN makes, their code cold after every idle spell)."""
+        than recvmmsg through ctypes and its sockaddr decoding. Each datagram is read into one buffer kept
+        for the purpose and copied out at its size (not a 64 KiB object made and shrunk per datagram, the
+        allocator's large-block path cold after every idle spell); after an IKE message, whether another
+        one is queued is asked with FIONREAD (no exception object and no strerror text, as a recvfrom
+        failing with EAGAIN makes)."""
         engine = self.engine
         clock, stats = self.clock, self.stats
         natt = local[1] == engine.natt_port
-        recv, fd = s.recvfrom, s.fileno()
+        recv, fd, size, buf, view = s.recvfrom_into, s.fileno(), self._size, self._buf, self._view
         total = 0
         while total < READ_BATCH:
             try:
-                data, remote = recv(MAX_DATAGRAM)
+                n, remote = recv(buf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
@@ -415,22 +421,22 @@ class UdpTransport:
             total += 1
             if len(remote) != 2:  # IPv6: (host, port, flowinfo, scope id), the scope in the host as `%name`
                 remote = (remote[0], remote[1])
-            ike = not natt or data[:4] == NON_ESP_MARKER
+            ike = not natt or buf.startswith(NON_ESP_MARKER, 0, n)
             if ike:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
                 try:
-                    engine.receive(data[4:] if natt else data, local, remote, clock())
+                    engine.receive(bytes(view[4:n] if natt else view[:n]), local, remote, clock())
                 except Exception:  # last line of defence: one datagram lost, never the daemon
                     stats["dropped"] += 1
-                    log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
+                    log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", n, *remote)
             else:
-                self._datagram(data, local, remote, clock())
+                self._datagram(bytes(view[:n]), local, remote, clock())
             out = engine.datagrams_to_send()
             if (ev := engine.next_event()) is not None:  # a CHILD_SA installed before its response leaves
                 self._forward(ev)
                 out += engine.datagrams_to_send()
             if out:
                 self._send_all(out)
-            if ike and _ioctl(fd, FIONREAD, _NOTHING) == _NOTHING:
+            if ike and not (_ioctl(fd, FIONREAD, size) or size[0]):
                 # the next datagram's size: 0 when none is queued (or an empty one is: the loop's readiness,
                 # level-triggered, calls again for it); after ESP or a keepalive the next recvfrom asks, as
                 # a run of them costs one EAGAIN where FIONREAD would cost a system call each

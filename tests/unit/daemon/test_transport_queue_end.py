@@ -89,3 +89,23 @@ def test_a_wake_up_without_a_datagram_reads_nothing() -> None:
             assert t.stats["rx"] == 0 and eng.got == []
 
     asyncio.run(run())
+
+
+def test_natt_marker_only_within_the_datagram() -> None:
+    """The read buffer still holds the previous datagram's octets: a datagram shorter than the non-ESP
+    marker that matches its first octets is not IKE (RFC 3948 2.2), whatever came before it."""
+    eng = _Echo()
+
+    async def run() -> None:
+        with started(eng) as t, client() as c:
+            (addr,) = t.sockets
+            eng.natt_port = addr[1]
+            c.sendto(bytes(4) + b"first", addr)
+            c.sendto(b"\0\0\0", addr)  # the marker's first three octets only: malformed, dropped
+            c.sendto(bytes(4) + b"2", addr)
+            await after_batches(t, lambda: len(eng.got) == 2, "both IKE messages")
+            assert [d for d, _, _ in eng.got] == [b"first", b"2"]
+            assert t.stats["rx"] == 3 and t.stats["dropped"] == 1
+            assert await datagrams(c, 2) == [b"tsrif", b"2"]
+
+    asyncio.run(run())
