@@ -65,6 +65,7 @@ class DataPlaneGlue(Extension):
         self.esp_transforms = dp.esp_transforms  # read by the CHILD_SA proposal selection
         self.delete_child = delete_child
         self.children: dict[int, _Installed] = {}  # by CHILD_SA unique id
+        self._users: dict[int, int] = {}  # reqid -> CHILD_SAs installed with it (its policies go with the last)
         self.policies: dict[int, list[PolicyParams]] = {}  # by reqid
         self.vips: dict[int, str] = {}  # our virtual IP by IKE_SA unique id (a rekeyed successor shares it)
         self.vips_added: set[str] = set()  # those the data plane added (the rest the host had already)
@@ -196,7 +197,10 @@ class DataPlaneGlue(Extension):
             for spi, d in done:
                 self._quietly(self.dp.delete_sa, spi, d)
             return str(err) or type(err).__name__
+        if e.unique_id in self.children:  # the same CHILD_SA reported again: its SAs replaced, counted once
+            self._forget(e.unique_id)
         self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out, e.ike_unique_id, e.local, e.remote)
+        self._users[e.reqid] = self._users.get(e.reqid, 0) + 1
         if new_pols:
             self.policies[e.reqid] = new_pols
         # debug: "CHILD_SA ... established with SPIs ... and TS ..." says it at info, a failure is an error line
@@ -215,11 +219,29 @@ class DataPlaneGlue(Extension):
         inst = self.children.pop(e.unique_id, None)
         if inst is None:
             return
-        for spi, d in ((inst.spi_in, Direction.IN), (inst.spi_out, Direction.OUT)):
+        for spi, d in ((inst.spi_in, _IN), (inst.spi_out, _OUT)):
             self._quietly(self.dp.delete_sa, spi, d)
-        if not any(c.reqid == inst.reqid for c in self.children.values()):
-            for p in self.policies.pop(inst.reqid, []):
-                self._quietly(self.dp.delete_policy, p)
+        self._release(inst.reqid)
+
+    def _forget(self, unique_id: int) -> None:
+        """An installed CHILD_SA's bookkeeping gone, the data plane untouched (it is installed again)."""
+        inst = self.children.pop(unique_id, None)
+        if inst is not None:
+            n = self._users.get(inst.reqid, 0) - 1
+            if n > 0:
+                self._users[inst.reqid] = n
+            else:
+                self._users.pop(inst.reqid, None)
+
+    def _release(self, reqid: int) -> None:
+        """One CHILD_SA of `reqid` fewer; its policies go with the last (a count: no scan of every CHILD_SA)."""
+        n = self._users.get(reqid, 0) - 1
+        if n > 0:
+            self._users[reqid] = n
+            return
+        self._users.pop(reqid, None)
+        for p in self.policies.pop(reqid, []):
+            self._quietly(self.dp.delete_policy, p)
 
     @staticmethod
     def _quietly(fn: Callable[..., None], *args: object, **kwargs: object) -> None:

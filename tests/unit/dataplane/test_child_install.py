@@ -35,9 +35,11 @@ class FakeNetlink:
 
     def __init__(self) -> None:
         self.submitted: list[object] = []
+        self.addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ipaddress.IPv4Address("127.0.0.1"),
+                                                                               LOCAL]
 
     def cached_addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        return [ipaddress.IPv4Address("127.0.0.1"), LOCAL]
+        return self.addresses  # the same list while it is current, as NetlinkWorker's
 
     def submit(self, fn: object) -> object:
         self.submitted.append(fn)
@@ -118,3 +120,20 @@ def test_esp_sas_have_no_attribute_dict_and_still_work() -> None:
         assert not hasattr(sa_out, "__dict__")
         inner = bytes([0x45]) + bytes(39)
         assert sa_in.open(sa_out.seal(inner)) == (4, inner)
+
+
+def test_policies_go_with_the_last_child_sa_of_their_reqid_in_any_order() -> None:
+    dp, _, netlink = plane()
+    glue = DataPlaneGlue(dp)
+    uids = list(range(1, 9))
+    for uid in uids:  # two reqids, four CHILD_SAs each (rekeyed ones share their reqid)
+        e = child(uid, f"10.201.0.{1 + uid % 2}/32", reqid=50 + uid % 2)
+        assert glue.handle(e) is e
+    again = child(3, "10.201.0.2/32", reqid=51)  # the same CHILD_SA reported twice counts once
+    assert glue.handle(again) is again
+    for uid in (8, 2, 5, 4, 6, 1, 7):
+        glue.handle(ev.ChildSaDeleted("gw", "net", uid, 0x1000 + 2 * uid, 0x2000 + 2 * uid, ""))
+        left = {50 + u % 2 for u in uids if u not in (8, 2, 5, 4, 6, 1, 7)[:(8, 2, 5, 4, 6, 1, 7).index(uid) + 1]}
+        assert {p.reqid for p in dp._policies} == left and set(glue.policies) == left
+    glue.handle(ev.ChildSaDeleted("gw", "net", 3, 0x1006, 0x2006, ""))
+    assert dp._policies == [] and glue.policies == {} and glue.children == {} and len(netlink.submitted) == 2
