@@ -201,9 +201,9 @@ def create_signature_auth(
     """
     kind = key_kind(private_key)
     if kind is ed25519.Ed25519PrivateKey or kind is ed448.Ed448PrivateKey:
-        alg = SigAlg("ed25519" if kind is ed25519.Ed25519PrivateKey else "ed448", None)
         ed = cast(ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey, private_key)
-        return _DIGITAL_SIGNATURE, _with_algid(alg, ed.sign(octets))
+        name = "ed25519" if kind is ed25519.Ed25519PrivateKey else "ed448"
+        return _DIGITAL_SIGNATURE, _with_algid(name, None, ed.sign(octets))
     if method == _DIGITAL_SIGNATURE:
         hash_name = _pick_hash(private_key, peer_hash_algs)
         if hash_name is not None:
@@ -212,18 +212,21 @@ def create_signature_auth(
     return method, _sign_legacy(private_key, method, octets)
 
 
-_ALGIDS: dict[SigAlg, bytes] = {}  # SigAlg -> length octet | DER AlgorithmIdentifier (a handful)
+# (kind, hash, salt length) -> length octet | DER AlgorithmIdentifier (a handful); a plain tuple as the
+# key, hashed in C, where a SigAlg would be built and hashed by its generated Python methods per signature
+_ALGIDS: dict[tuple[str, str | None, int], bytes] = {}
 _PARSED_ALGIDS: dict[bytes, SigAlg | None] = {}  # a peer's AlgorithmIdentifier octets -> SigAlg
 ALGID_CACHE_MAX = 64
 
 
-def _with_algid(alg: SigAlg, signature: bytes) -> bytes:
-    head = _ALGIDS.get(alg)
+def _with_algid(kind: str, hash_name: str | None, signature: bytes, salt_length: int = 0) -> bytes:
+    key = (kind, hash_name, salt_length)
+    head = _ALGIDS.get(key)
     if head is None:
-        der = algorithm_identifier(alg)
+        der = algorithm_identifier(SigAlg(kind, hash_name, salt_length))
         head = bytes((len(der),)) + der  # RFC 7427 3
         if len(_ALGIDS) < ALGID_CACHE_MAX:
-            _ALGIDS[alg] = head
+            _ALGIDS[key] = head
     return head + signature
 
 
@@ -249,13 +252,12 @@ def _sign_rfc7427(key: PrivateKey, hash_name: str, octets: bytes, rsa_pss: bool)
         digest = _DIGEST[hash_name](octets)
         if rsa_pss:  # RFC 7427 A.4.3 / RFC 4055: MGF1 with the same hash, salt = hash length
             pss = _pss(hash_name, hash_name, h.digest_size)
-            return _with_algid(SigAlg("rsa-pss", hash_name, h.digest_size),
-                               key.sign(digest, pss, _PREHASHED[hash_name]))
-        return _with_algid(SigAlg("rsa", hash_name), key.sign(digest, _PKCS1, _PREHASHED[hash_name]))
+            return _with_algid("rsa-pss", hash_name, key.sign(digest, pss, _PREHASHED[hash_name]), h.digest_size)
+        return _with_algid("rsa", hash_name, key.sign(digest, _PKCS1, _PREHASHED[hash_name]))
     if kind is ec.EllipticCurvePrivateKey:
         key = cast(ec.EllipticCurvePrivateKey, key)
         digest = _DIGEST[hash_name](octets)
-        return _with_algid(SigAlg("ecdsa", hash_name), key.sign(digest, _ECDSA_PREHASHED[hash_name]))  # DER sig
+        return _with_algid("ecdsa", hash_name, key.sign(digest, _ECDSA_PREHASHED[hash_name]))  # DER sig
     raise LocalError(f"cannot sign with a {type(key).__name__}")
 
 
