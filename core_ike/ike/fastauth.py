@@ -446,7 +446,9 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
     # signature alone, without RFC 7427's AlgorithmIdentifier) it is decided before signing; `_answer_of`
     # measures the signed response exactly (one within those few octets of the limit is signed twice)
     least = (cast(rsa.RSAPrivateKey, mine).key_size + 7) // 8 if key_kind(mine) is rsa.RSAPrivateKey else 0
-    plain = len(id_body) + sum(4 + len(b) for _, b in certs) + 8 + least + extra
+    plain = len(id_body) + 8 + least + extra
+    for _, b in certs:  # a loop: sum() over a generator would make and resume a generator frame
+        plain += 4 + len(b)
     if a.sa.frag_supported and a.cfg.fragmentation and 32 + sealed_length(plain) > a.cfg.fragment_size:
         return None
     hashes = set(a.sa.peer_hash_algs)
