@@ -166,8 +166,8 @@ class CertificateParts(NamedTuple):
     algorithm: bytes  # signatureAlgorithm, the AlgorithmIdentifier TLV (RFC 5280 4.1.1.2)
     signature: bytes  # signatureValue's octets, without the BIT STRING's unused-bits octet
     unused_bits: int  # that octet: 0 in every signature (RFC 5280 4.1.1.3 encodes whole octets)
-    not_before: float | None  # validity (RFC 5280 4.1.2.5) in UNIX seconds; None when not read here
-    not_after: float | None
+    not_before: int | None  # validity (RFC 5280 4.1.2.5) in UNIX seconds; None when not read here
+    not_after: int | None
 
 
 def certificate_parts(der: bytes) -> CertificateParts | None:
@@ -210,30 +210,33 @@ def certificate_parts(der: bytes) -> CertificateParts | None:
     return CertificateParts(tbs, inner, issuer, algorithm, der[spos + 1:send], der[spos], not_before, not_after)
 
 
-def _time(der: bytes, pos: int, end: int) -> tuple[float | None, int]:
+def _time(der: bytes, pos: int, end: int) -> tuple[int | None, int]:
     """(UNIX seconds, next position) of the Time at `pos` (RFC 5280 4.1.2.5: UTCTime YYMMDDHHMMSSZ, its
     YY from 1950 to 2049; GeneralizedTime YYYYMMDDHHMMSSZ); None for any other form, left to the parsed
-    certificate's own reading."""
+    certificate's own reading. Digits are read as octets (an octet minus 0x30), not through int()."""
     tag, vpos, vend = _header(der, pos, end)
     t = der[vpos:vend]
     if tag == 0x17 and len(t) == 13 and t[12] == 0x5A and t[:12].isdigit():  # RFC 5280 4.1.2.5.1
-        year = int(t[:2])
+        year = t[0] * 10 + t[1] - 528  # 528 = 0x30 * 11
         year += 1900 if year >= 50 else 2000
-        rest = t[2:12]
+        i = 2
     elif tag == 0x18 and len(t) == 15 and t[14] == 0x5A and t[:14].isdigit():  # RFC 5280 4.1.2.5.2
-        year, rest = int(t[:4]), t[4:14]
+        year = t[0] * 1000 + t[1] * 100 + t[2] * 10 + t[3] - 53328  # 53328 = 0x30 * 1111
+        i = 4
     else:
         return None, vend
-    month, day, hour, minute, second = int(rest[:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]), int(rest[8:])
+    month, day = t[i] * 10 + t[i + 1] - 528, t[i + 2] * 10 + t[i + 3] - 528
+    hour, minute, second = t[i + 4] * 10 + t[i + 5] - 528, t[i + 6] * 10 + t[i + 7] - 528, t[i + 8] * 10 + t[i + 9] - 528
     if not (1 <= month <= 12 and 1 <= day <= _month_days(year, month) and hour < 24 and minute < 60
             and second < 60):
         return None, vend
     # days since 1970-01-01 of the proleptic Gregorian date (March-based years: the leap day falls last)
     y = year - (month <= 2)
-    era, yoe = divmod(y, 400)
+    era = y // 400
+    yoe = y - era * 400
     doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
     days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-    return float(days * 86400 + hour * 3600 + minute * 60 + second), vend
+    return days * 86400 + hour * 3600 + minute * 60 + second, vend
 
 
 def _month_days(year: int, month: int) -> int:
