@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..constants import EncrId, IntegId
 from ..errors import LocalError
-from .algorithms import AEAD_ALIGN, AEAD_IV, AEADS, INTEG, AeadInto, aead_keyed, key_lengths
+from .algorithms import AEAD_ALIGN, AEAD_IV, AEADS, INTEG, AeadInto, AeadSpec, aead_keyed, key_lengths
 from .errors import (
     EspError,
     EspIntegrityError,
@@ -113,6 +113,18 @@ def _run_trailers(size: int, count: int, body: int, pad: int) -> struct.Struct:
     return struct.Struct("".join(f"{body}x{pad}sBB{size - body - pad - 2}x" for _ in range(count)))
 
 
+@functools.lru_cache(maxsize=64)
+def _suite(encr_id: EncrId, key_bits: int, integ_id: IntegId) -> tuple[int, int, AeadSpec | None, int, int, int]:
+    """What an SA of these transforms is laid out by, worked out once per suite (a gateway installs the same
+    few for every CHILD_SA): the key lengths (RFC 7296 2.17; LocalError when they cannot be installed), the
+    AEAD parameters (None: CBC with HMAC), the padding alignment, the IV and ICV lengths (RFC 4303 2)."""
+    encr_len, integ_len = key_lengths(encr_id, key_bits, integ_id)
+    spec = AEADS.get(encr_id)
+    if spec is not None:
+        return encr_len, integ_len, spec, AEAD_ALIGN, AEAD_IV, spec.icv
+    return encr_len, integ_len, None, CBC_IV, CBC_IV, INTEG[integ_id][2]  # RFC 3602 2.4: block size alignment
+
+
 class EspSa:
     """One direction of an ESP SA: `seal` for outbound, `open` for inbound."""
 
@@ -133,7 +145,7 @@ class EspSa:
         replay_window: int = 128,
         esn: bool = False,
     ) -> None:
-        encr_len, integ_len = key_lengths(encr_id, key_bits, integ_id)
+        encr_len, integ_len, spec, align, iv_len, icv_len = _suite(encr_id, key_bits, integ_id)
         if len(encr_key) != encr_len or len(integ_key) != integ_len:
             raise LocalError(
                 f"ESP key lengths {len(encr_key)}/{len(integ_key)} != expected {encr_len}/{integ_len}"
@@ -150,27 +162,22 @@ class EspSa:
         self.window = ReplayWindow(replay_window, esn)
         self.counters = EspCounters()
         self._spi_bytes = spi.to_bytes(4, "big")
-        spec = AEADS.get(encr_id)
         self._is_aead = spec is not None
         self._into: tuple[AeadInto, AeadInto] | None = None
         if spec is not None:
-            self._seal_aead, self._open_aead, self._into = aead_keyed(encr_id, encr_key[: -spec.salt])
-            self._salt = encr_key[-spec.salt :]
-            self._align = AEAD_ALIGN
-            self._iv_len = AEAD_IV
-            self.icv_len = spec.icv
+            salt = spec.salt
+            self._seal_aead, self._open_aead, self._into = aead_keyed(encr_id, encr_key[:-salt])
+            self._salt = encr_key[-salt:]
         else:
             algo = algorithms.AES(encr_key)
             self._cbc_enc = Cipher(algo, modes.CBC(bytes(CBC_IV))).encryptor()
             self._cbc_dec = Cipher(algo, modes.CBC(bytes(CBC_IV))).decryptor()
             self._chain = bytes(CBC_IV)  # last ciphertext block output by _cbc_enc
-            hash_cls, _, self.icv_len = INTEG[integ_id]
-            self._hmac = hmac.HMAC(integ_key, hash_cls())
-            self._align = CBC_IV  # RFC 3602 2.4: block size
-            self._iv_len = CBC_IV
+            self._hmac = hmac.HMAC(integ_key, INTEG[integ_id][0]())
+        self._align, self._iv_len, self.icv_len = align, iv_len, icv_len
         # overhead for MTU computations: header + IV + ICV + worst-case padding + 2 trailer octets
-        self.overhead = 8 + self._iv_len + self.icv_len + self._align - 1 + 2
-        self._min_len = 8 + self._iv_len + self.icv_len + self._align
+        self.overhead = 8 + iv_len + icv_len + align - 1 + 2
+        self._min_len = 8 + iv_len + icv_len + align
 
     # -- outbound --------------------------------------------------------------------------------
 

@@ -137,3 +137,19 @@ def test_policies_go_with_the_last_child_sa_of_their_reqid_in_any_order() -> Non
         assert {p.reqid for p in dp._policies} == left and set(glue.policies) == left
     glue.handle(ev.ChildSaDeleted("gw", "net", 3, 0x1006, 0x2006, ""))
     assert dp._policies == [] and glue.policies == {} and glue.children == {} and len(netlink.submitted) == 2
+
+
+def test_esp_sas_refuse_bad_keys_every_time_and_lay_out_each_suite() -> None:
+    from core_ike.errors import LocalError
+
+    for _ in range(2):  # a refusal is not remembered as a layout
+        with pytest.raises(LocalError):
+            EspSa(0x1234, EncrId(20), 128, bytes(19))
+        with pytest.raises(LocalError):
+            EspSa(0x1234, EncrId(20), 100, bytes(17))
+        with pytest.raises(LocalError):
+            EspSa(0x1234, EncrId(12), 128, bytes(16), IntegId(12), bytes(31))
+    gcm8, gcm16 = EspSa(1, EncrId(18), 128, bytes(20)), EspSa(2, EncrId(20), 256, bytes(36))
+    cbc = EspSa(3, EncrId(12), 256, bytes(32), IntegId(2), bytes(20))  # HMAC-SHA1-96
+    assert (gcm8.icv_len, gcm16.icv_len, cbc.icv_len) == (8, 16, 12)
+    assert (gcm8.overhead, gcm16.overhead, cbc.overhead) == (8 + 8 + 8 + 3 + 2, 8 + 8 + 16 + 3 + 2, 8 + 16 + 12 + 15 + 2)
