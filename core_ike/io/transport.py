@@ -400,9 +400,9 @@ class UdpTransport:
         queued behind its request. Most wake-ups of a responder find one datagram, where recvfrom costs less
         than recvmmsg through ctypes and its sockaddr decoding. Each datagram is read into one buffer kept
         for the purpose and copied out at its size (not a 64 KiB object made and shrunk per datagram, the
-        allocator's large-block path cold after every idle spell); after an IKE message, whether another
-        one is queued is asked with FIONREAD (no exception object and no strerror text, as a recvfrom
-        failing with EAGAIN makes)."""
+        allocator's large-block path cold after every idle spell); after the first datagram, an IKE message,
+        whether another one is queued is asked with FIONREAD (no exception object and no strerror text, as
+        a recvfrom failing with EAGAIN makes)."""
         engine = self.engine
         clock, stats = self.clock, self.stats
         natt = local[1] == engine.natt_port
@@ -436,10 +436,11 @@ class UdpTransport:
                 out += engine.datagrams_to_send()
             if out:
                 self._send_all(out)
-            if ike and not (_ioctl(fd, FIONREAD, size) or size[0]):
+            if total == 1 and ike and not (_ioctl(fd, FIONREAD, size) or size[0]):
                 # the next datagram's size: 0 when none is queued (or an empty one is: the loop's readiness,
-                # level-triggered, calls again for it); after ESP or a keepalive the next recvfrom asks, as
-                # a run of them costs one EAGAIN where FIONREAD would cost a system call each
+                # level-triggered, calls again for it). Asked once a wake-up: in a run of datagrams (or after
+                # ESP or a keepalive) the recvfrom that fails with EAGAIN ends it, one system call per run
+                # where FIONREAD would cost one per datagram
                 break
         stats["rx"] += total
         self.flush()
