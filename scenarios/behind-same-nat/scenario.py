@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any
 
-from scenarios.lab import nat_lab, wait_for
+from scenarios.lab import nat_lab
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.mediation import OurMediation
 from scenarios.lab.story import Story
 from scenarios.lab.topologies import CAROL
@@ -67,7 +68,8 @@ def run(story: Story) -> None:
         waiting[:] = server.status()["callbacks"]
         return any(c["requester"] == "alice@med" and c["target"] == "venus@med" for c in waiting)
 
-    wait_for(callback_registered, 10, interval=0.02, what="callback registration at carol")
+    # carol answers the ME_CONNECT that stores the callback: a line ("sending packet") after it
+    wait_daemons(callback_registered, 10, [server], what="callback registration at carol")
     for line in alice.log_text()[mark:].splitlines():
         if any(k in line for k in ("ME_CONNECT", "offline", "callback")):
             story.say(f"alice: {line}")

@@ -20,12 +20,13 @@ import time
 
 from scenarios.lab import nat_lab
 from scenarios.lab.charon import Charon
+from scenarios.lab.events import wait_daemons, wait_files
 from scenarios.lab.iked import Iked
 from scenarios.lab.mediation import LAN, PSK, client_toml, mediated_sas, ping_both, show_log
 from scenarios.lab.medsetup import PeerSpec, peer_conf
 from scenarios.lab.natkinds import KINDS
 from scenarios.lab.natlab import CAROL_ALT, wait_nat
-from scenarios.lab.netns import Lab, wait_for
+from scenarios.lab.netns import Lab, read_text
 from scenarios.lab.story import Story
 from scenarios.lab.topologies import CAROL
 
@@ -106,14 +107,15 @@ def _cluster_lab(story: Story, nat: str, names: list[str], relay: bool = False, 
     story.step(f"start redis-server on eng, our mediation server on {', '.join(names)}"
                + (f" (data relay on, ports {RELAY_PORTS[0]}-{RELAY_PORTS[1]})" if relay else ""))
     redis_log = lab.host_dir("eng") / "redis.log"
-    lab.popen("eng", ["redis-server", "--bind", ENGINE, "--port", "6379", "--save", "", "--appendonly", "no",
+    redis = lab.popen("eng", ["redis-server", "--bind", ENGINE, "--port", "6379", "--save", "", "--appendonly", "no",
                       "--protected-mode", "no", "--dir", str(lab.host_dir("eng"))], redis_log)
-    wait_for(lambda: "Ready to accept connections" in redis_log.read_text(), 15, what="redis-server ready")
+    wait_files(lambda: "Ready to accept connections" in read_text(redis_log), 15, [redis_log], what="redis-server ready",
+               procs=[redis])
     servers = {n: Iked(lab, HOSTS[n], server_toml(n, relay, stun), name=f"medsrv-{n}",
                        module="mediation_server").start()
                for n in names}
-    for n, srv in servers.items():
-        wait_for(lambda s=srv: "cluster: connected" in s.log_text(), 15, what=f"{n} connected to Redis")
+    for srv in servers.values():
+        srv.wait_log("cluster: connected", 15)
     return lab, servers
 
 
@@ -132,8 +134,8 @@ def _direct_and_failover(story: Story) -> None:
     alice = _client(lab, "alice", "bob", ["ms1", "ms2"])
     servers["ms1"].wait_peers({"alice@med"}, 15)
     servers["ms2"].wait_peers({"bob@med"}, 15)
-    wait_for(lambda: _where(servers, "alice@med") == ["ms1"] and _where(servers, "bob@med") == ["ms2"], 10,
-             what="one registration each")
+    wait_daemons(lambda: _where(servers, "alice@med") == ["ms1"] and _where(servers, "bob@med") == ["ms2"], 10,
+                 servers.values(), what="one registration each")
     story.check(True, "alice at ms1 only, bob at ms2 only")
 
     story.step("alice: up bob (ME_CONNECT ms1 -> Redis -> ms2 -> bob, the answer back the same way)")
@@ -186,7 +188,7 @@ def _direct_and_failover(story: Story) -> None:
              who="alice")
     story.check(moved < 30, f"alice registered at ms2 {moved:.1f} s after ms1 died (goal: under 30 s)")
     live = {k: v for k, v in servers.items() if k != "ms1"}
-    wait_for(lambda: _where(live, "alice@med") == ["ms2"], 10, what="alice at ms2 only")
+    wait_daemons(lambda: _where(live, "alice@med") == ["ms2"], 10, live.values(), what="alice at ms2 only")
     a2b, b2a = ping_both(lab, "alice", "bob", LAN)
     story.check(a2b == 3 and b2a == 3, f"the direct tunnel outlived ms1: ping {a2b}/3, {b2a}/3")
 
@@ -203,7 +205,7 @@ def _direct_and_failover(story: Story) -> None:
 
     story.step("restart ms1: it joins again, nobody is registered twice")
     servers["ms1"] = Iked(lab, "carol", server_toml("ms1"), name="medsrv-ms1b", module="mediation_server").start()
-    wait_for(lambda: "cluster: connected" in servers["ms1"].log_text(), 15, what="ms1 back")
+    servers["ms1"].wait_log("cluster: connected", 15)
     story.check(_where(servers, "alice@med") == ["ms2"] and _where(servers, "bob@med") == ["ms2"],
                 "after ms1's restart alice and bob are each registered once")
     for c in (alice, bob):

@@ -92,7 +92,8 @@ def run(story: Story) -> None:
     story.say("added a CPE-like IPv6 forward filter (table inet fw6): new inbound UDP from wan0 dropped")
     lab.nft("natA", V4_BLOCK)
     story.say(f"natA drops IPv4 to and from natB's {NAT_PUBLIC['natB']}: the v4 pairs between the NATs cannot work")
-    # the first echo may be lost while the links' own fe80:: addresses finish DAD (needed for ND)
+    # polled: the first echo may be lost while the links' own fe80:: addresses finish DAD (needed for
+    # ND), kernel state that announces itself to nothing the lab reads
     wait_for(lambda: lab.ping("alice", V6["bob"], count=1, wait=0.3)[1] == 1, 10, interval=0.05,
              what="IPv6 alice -> bob")
     story.say("alice -> bob ICMPv6 echo answered (ICMP is not filtered): IPv6 routed end to end, no NAT")

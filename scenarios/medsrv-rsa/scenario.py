@@ -24,6 +24,7 @@ from typing import Any
 
 from scenarios.lab import nat_lab, wait_for
 from scenarios.lab.creds import rsa_keypair
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
 from scenarios.lab.mediation import LAN, client_toml_db, server_toml_pubkey, show_log
 from scenarios.lab.netns import Lab
@@ -139,7 +140,7 @@ def run(story: Story) -> None:
             online.update({p["identity"]: p for p in server.status()["peers"] if p["identity"] in want})
             return len(online) == 2
 
-        wait_for(registered, 15, interval=0.02, what="both peers registered at carol")
+        wait_daemons(registered, 15, [server], what="both peers registered at carol")
         for ident, p in sorted(online.items(), key=lambda x: want[x[0]]):
             story.say(f"online at carol: {want[ident]} = {ident} from {p['endpoint']} (mediation SA #{p['ike']})")
         story.check({p["endpoint"] for p in online.values()} == {"203.0.113.1[4500]", "203.0.113.2[4500]"},
@@ -161,7 +162,7 @@ def run(story: Story) -> None:
             final.update(alice=a[0], bob=b[0])
             return True
 
-        wait_for(one_pair, 30, interval=0.05, what="one mediated SA on each side")
+        wait_daemons(one_pair, 30, clients.values(), what="one mediated SA on each side")
         for h in ("alice", "bob"):
             for line in clients[h].log_text().splitlines():
                 if any(k in line for k in ("received ME_CALLBACK", "established in", "selected pair",
@@ -183,6 +184,7 @@ def run(story: Story) -> None:
             return all(" UP " in f" {r} " for r in rows.values())
 
         with contextlib.suppress(Exception):  # reported by the check below
+            # polled: a web page showing what the daemons wrote back to the client managers' databases
             wait_for(both_up, 10, interval=0.1, what="UP on both connection lists")
         for h in ("alice", "bob"):
             story.say(f"{h} connection list: {rows.get(h, '')}")
@@ -227,15 +229,15 @@ def portal_edits(story: Story, lab: Lab, web: Browser, clients: dict[str, Iked],
 
     story.step("the user at alice deactivates the connection in the client manager (the daemon keeps running)")
     story.say(f"alice: {first_notice(web.submit(edit, edit, form))}")
-    wait_for(lambda: not mediated("alice", "bob") and not mediated("bob", "alice"), 10, interval=0.05,
-             what="the tunnel closed on both sides")
+    wait_daemons(lambda: not mediated("alice", "bob") and not mediated("bob", "alice"), 10, clients.values(),
+                 what="the tunnel closed on both sides")
     show_log(story, clients["alice"].log_text(), ("reloaded configuration",), "alice")
     story.check("reloaded configuration: 0 added, 1 removed (bob)" in clients["alice"].log_text(),
                 "the save made alice's daemon reload and close the connection (DELETE: bob's side is gone too)")
 
     story.step("... and activates it again: the connection comes back by itself")
     story.say(f"alice: {first_notice(web.submit(edit, edit, {**form, 'active': 'yes'}))}")
-    wait_for(lambda: mediated("alice", "bob") and mediated("bob", "alice"), 20, interval=0.05,
-             what="the tunnel back on both sides")
+    wait_daemons(lambda: mediated("alice", "bob") and mediated("bob", "alice"), 20, clients.values(),
+                 what="the tunnel back on both sides")
     sent, received, _ = lab.ping("alice", LAN["bob"], source=LAN["alice"], count=3, interval=0.1)
     story.check(received == 3, f"tunnel back after the reload, ping {received}/{sent}")

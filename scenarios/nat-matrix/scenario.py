@@ -35,7 +35,7 @@ from scenarios.lab.mediation import OurMediation
 from scenarios.lab.medsetup import CharonMediation
 from scenarios.lab.natkinds import EXPECTED
 from scenarios.lab.natlab import STUN_EXTRA, add_carol_alt, hairpin_ruleset, tx_packets, wait_nat
-from scenarios.lab.netns import Lab, wait_for
+from scenarios.lab.netns import Lab
 from scenarios.lab.story import Story
 from scenarios.lab.topologies import CAROL, NAT_PUBLIC
 from scenarios.lab.upnpgw import UPNP_PUBLIC, MiniUpnpd, readdress_wan
@@ -133,8 +133,8 @@ def run_ours(lab: Lab, cell: Cell, peer: str, t: Timing, story: Story) -> dict[s
             lab.nft("natA", hairpin_ruleset(NAT_PUBLIC["natA"], {LAN[h]: ports[h] for h in ("alice", peer)}))
         if cell.upnp:
             try:
-                wait_for(lambda: "external" in (other.status()["status"].get("port_mapping") or {}), 15,
-                         what="the port mapping")
+                other.wait_state(lambda: "external" in (other.status()["status"].get("port_mapping") or {}), 15,
+                                 what="the port mapping")  # its line "port mapping (...)" comes with it
                 res["mapping"] = other.status()["status"]["port_mapping"]["external"]
             except TimeoutError:
                 res["mapping"] = f"none: {(other.status()['status'].get('port_mapping') or {}).get('error')}"

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from scenarios.lab import Lab
 from scenarios.lab.charon import Charon
 from scenarios.lab.creds import ca_and_host
+from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from scenarios.lab.portal import Browser, PortalSite, stop_sites
@@ -175,6 +176,11 @@ class RoadWarriors:
             return not self.charons[who].list_sas()
         return not self.erin.list_sas()
 
+    def wait_gone(self, who: str, timeout: float = 10.0) -> bool:
+        """Until `who` has no SA left, checked again at each line its daemon logs."""
+        daemon = self.charons.get(who) or self.erin
+        return wait_daemons(lambda: self.gone(who), timeout, [daemon], what=f"{who} down")
+
 
 def connect_all(story: Story, rws: RoadWarriors, pool: str, before: dict[str, str] | None = None) -> dict[str, str]:
     vips: dict[str, str] = {}
@@ -194,6 +200,7 @@ def connect_all(story: Story, rws: RoadWarriors, pool: str, before: dict[str, st
 
 def vip_removed_check(story: Story, rws: RoadWarriors, vip: str) -> None:
     try:
+        # polled: an address leaving a device is kernel state, announced to nothing the lab reads
         wait_for(lambda: f" {vip}/32 " not in rws.erin_vips(), 10, what=f"{vip} off erin's ipsec0")
         gone = True
     except TimeoutError:
@@ -210,7 +217,7 @@ def sa_manager_checks(story: Story, web: Browser, moon: Iked, vips: dict[str, st
                 "the SA manager lists the three IKE_SAs with their identities and virtual IPs")
     story.check("AES_GCM_16_128" in text and " B / " in text, "with their algorithms and byte counters")
     want = [f"rw {vips[w]} {ident(w)} online" for w in RW] if db_pool else ["10.3.0.0/16 65534 3"]
-    try:  # iked writes the leases behind, each second (docs/gateway.md, "Pools")
+    try:  # polled: iked writes the leases behind, each second (docs/gateway.md, "Pools"); a web page
         wait_for(lambda: all(x in web.get("pool/list").text() for x in want), 10, what="the leases on the Pools page")
         shown = True
     except TimeoutError:
@@ -221,12 +228,12 @@ def sa_manager_checks(story: Story, web: Browser, moon: Iked, vips: dict[str, st
     child = carol["child-sas"][0]["uniqueid"]
     page = web.submit("sa/list", "sa/terminate", {"ike": str(carol["uniqueid"]), "child": str(child)})
     story.check(f"Terminated rw{{{child}}}." in page.flashes(), f"terminate carol's CHILD_SA from the SA manager: {page.flashes()}")
-    wait_for(lambda: not rws_child(moon, carol["uniqueid"]), 10, what="carol's CHILD_SA gone")
+    moon.wait_state(lambda: not rws_child(moon, carol["uniqueid"]), 10, what="carol's CHILD_SA gone")
     story.check(any(s["uniqueid"] == carol["uniqueid"] for s in moon.list_sas()), "carol's CHILD_SA is gone, her IKE_SA stays")
     for s in moon.list_sas():
         page = web.submit("sa/list", "sa/terminate", {"ike": str(s["uniqueid"])})
         story.say(" ".join(page.flashes()))
-    wait_for(lambda: not moon.list_sas(), 15, what="moon's IKE_SAs gone")
+    moon.wait_sas(lambda sas: not sas, 15)
     story.check("No IKE_SAs" in web.get("sa/list").text(), "after terminating the three IKE_SAs the SA list is empty")
 
 
@@ -275,9 +282,9 @@ def run(story: Story) -> None:
         moon.start()
         web = operator_setup(story, lab, site)
         configure_sql(story, web)
-        wait_for(lambda: any(c["name"] == "rw" for c in moon.ctl({"cmd": "conns"})["conns"]), 10,
-                 what="iked loading connection rw from the database")
-        wait_for(lambda: "virtual IP pool 'rw' loaded" in moon.log_text(), 10, what="iked loading pool rw")
+        moon.wait_state(lambda: any(c["name"] == "rw" for c in moon.ctl({"cmd": "conns"})["conns"]), 10,
+                        what="iked loading connection rw from the database")
+        moon.wait_log("virtual IP pool 'rw' loaded")
         story.check(True, "iked loaded connection rw and pool rw from the database without a restart")
         for who in ("carol", "dave"):
             charons[who] = Charon(lab, who, conf=charon_conf(who, "psk")).start()
@@ -287,7 +294,7 @@ def run(story: Story) -> None:
         vips = connect_all(story, rws, "10.3.0.")
         story.step("the SA manager shows them and terminates them")
         sa_manager_checks(story, web, moon, vips, db_pool=True)
-        story.check(all(wait_for(lambda w=w: rws.gone(w), 10, what=f"{w} down") for w in RW),
+        story.check(all(rws.wait_gone(w) for w in RW),
                     "the road warriors saw the DELETEs")
         vip_removed_check(story, rws, vips["erin"])
         story.step("they reconnect")
@@ -319,7 +326,7 @@ def run(story: Story) -> None:
         rws = RoadWarriors(lab, charons, erin)
         vips = connect_all(story, rws, "10.3.0.")
         sa_manager_checks(story, web, moon, vips, db_pool=False)
-        wait_for(lambda: rws.gone("erin"), 10, what="erin down")
+        rws.wait_gone("erin")
         vip_removed_check(story, rws, vips["erin"])
         story.step("they reconnect, one after the other")
         connect_all(story, rws, "10.3.0.", before=vips)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from scenarios.lab.events import wait_files
 from tests.guards import require
 from tests.web.medweb_client import WebClient
 from tests.web.webtools import ADMIN_PASSWORD, REFERENCE_PEM, REPO, free_port, wait_for
@@ -81,7 +82,7 @@ class ApachePortal:
             # the SA manager with no iked behind it: its pages say so
             self._start_app("sa-manager", "medmgr_web.sa_manager", ["--control", str(self.base / "no-iked.ctl")]),
         ]
-        wait_for(lambda: all(s.exists() for s in socks), 30, "FastCGI sockets")
+        wait_files(lambda: all(s.exists() for s in socks), 30, socks, what="FastCGI sockets", procs=self.apps)
         for s in socks:  # what Group=www-data does for the systemd units
             os.chown(s, -1, gid)
 

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine
 
 from gateway.sqlconf.models import Base
 from scenarios.lab import Lab
-from scenarios.lab.events import wait_daemons
+from scenarios.lab.events import wait_daemons, wait_files
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from tests.guards import require
@@ -119,7 +119,7 @@ def gateway() -> Iterator[Gateway]:
         procs.append(subprocess.Popen([py, "-m", "medmgr_web.sa_manager", "--socket", str(sock), "--db", med,
                                        "--control", moon.ctl_path, "--config-db", db_url],
                                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
-        wait_local(sock.exists, 30, "the SA manager's FastCGI socket")
+        wait_files(sock.exists, 30, [sock], what="the SA manager's FastCGI socket", procs=procs[-1:])
         port = free_port()
         (base / "www").mkdir()
         conf = base / "lighttpd.conf"
@@ -142,7 +142,7 @@ fastcgi.server = ( "/medsa" => (( "socket" => "{sock}", "check-local" => "disabl
             except OSError:
                 return False
 
-        wait_local(up, 15, "lighttpd")
+        wait_local(up, 15, "lighttpd")  # polled: lighttpd -D reports no readiness, its port is tried
         yield Gateway(lab, moon, carol, dave, f"http://127.0.0.1:{port}/medsa")
     finally:
         for p in procs:  # our own children, by PID
@@ -241,7 +241,7 @@ def test_operator_configures_sees_and_terminates_in_chromium(gateway: Gateway, b
         page.goto(base + "/pool/list")
         return "carol@strongswan.org" in page.locator("#leases").inner_text() if page.locator("#leases").count() else False
 
-    # the page shows what the database holds, read at each load: reloaded until the lease is there
+    # polled: the page shows what the database holds, read at each load: reloaded until the lease is there
     wait_for(leases_shown, 10, interval=0.3, what="carol's lease on the Pools page")
     assert "online" in page.locator("tr[data-lease='10.3.0.1']").inner_text()
     page.screenshot(path=str(SHOTS / "sa-pools-desktop.png"), full_page=True)

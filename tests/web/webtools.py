@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from scenarios.lab.events import wait_files
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MARIADBD = Path("/usr/sbin/mariadbd")
 MARIADB_INSTALL_DB = Path("/usr/bin/mariadb-install-db")
@@ -48,8 +50,8 @@ def free_port() -> int:
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` every 50 ms until it holds; TimeoutError after ``timeout`` s. Only for what
-    announces itself in no other way: a unix socket a FastCGI backend (flup) creates, a server's TCP
-    port, a line a portal writes into its log file when signalled."""
+    announces itself in no other way: a server's TCP port (lighttpd -D and apache2 report no
+    readiness). A file or a log line: scenarios.lab.events.wait_files (inotify)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -301,7 +303,8 @@ class Portal:
         log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115  (closed with the process)
         self.apps[name] = subprocess.Popen(self.cmds[name], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.procs[self.procs.index(old)] = self.apps[name]
-        wait_for(sock.exists, 30, f"{name} FastCGI socket after the restart")  # flup announces nothing else
+        # flup announces nothing but its socket file, created once it listens
+        wait_files(sock.exists, 30, [sock], what=f"{name} FastCGI socket after the restart", procs=[self.apps[name]])
 
     def log(self, name: str) -> str:
         return (self.base / f"{name}.log").read_text(errors="replace")
@@ -311,7 +314,8 @@ class Portal:
         seen = self.log(name).count("portal stats:")
         self.apps[name].send_signal(signal.SIGUSR1)  # our own child, by PID
         # the app's only answer to SIGUSR1 is that log line, in the file its stdout goes to
-        wait_for(lambda: self.log(name).count("portal stats:") > seen, 10, f"{name} stats")
+        wait_files(lambda: self.log(name).count("portal stats:") > seen, 10, [self.base / f"{name}.log"],
+                   what=f"{name} stats", procs=[self.apps[name]])
         line = self.log(name).split("portal stats:")[-1].splitlines()[0]
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
 
@@ -327,7 +331,8 @@ class Portal:
         srv_args = ["--ms-address", "ms.example.net", "--ms-public-key", str(self.base / "ms.pem"),
                     "--throttle-address", "1000"]
         srv = self._start_app("srv", "medmgr_web.server_manager", srv_args)
-        wait_for(srv.exists, 30, "the first FastCGI socket")  # it creates the database and its tables
+        # it creates the database and its tables
+        wait_files(srv.exists, 30, [srv], what="the first FastCGI socket", procs=[self.apps["srv"]])
         socks = {
             "srv": srv,
             "srv2": self._start_app("srv2", "medmgr_web.server_manager", srv_args, db="srv"),
@@ -343,9 +348,10 @@ class Portal:
         # /lim: two server manager processes on one database with tight throttling (as /strict's),
         # for the test that their counts are shared; the second starts once the first made the tables
         socks["lim"] = self._start_app("lim", "medmgr_web.server_manager", LIM_ARGS)
-        wait_for(socks["lim"].exists, 30, "the /lim FastCGI socket")
+        wait_files(socks["lim"].exists, 30, [socks["lim"]], what="the /lim FastCGI socket", procs=[self.apps["lim"]])
         socks["lim2"] = self._start_app("lim2", "medmgr_web.server_manager", LIM_ARGS, db="lim")
-        wait_for(lambda: all(s.exists() for s in socks.values()), 30, "FastCGI sockets")
+        wait_files(lambda: all(s.exists() for s in socks.values()), 30, socks.values(), what="FastCGI sockets",
+                   procs=self.apps.values())
         # /srv is both server manager processes, taken in turn: every test through /srv has its
         # requests served by one or the other, so a login, its session and its CSRF tokens must hold
         # in both (sessions and the signing key live in the database)
