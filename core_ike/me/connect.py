@@ -136,47 +136,64 @@ def _check_lengths(connect_id: bytes, key: bytes) -> None:
         raise _syntax(f"ME_CONNECTKEY of {len(key)} octets ({CONNECT_KEY_MIN}..{CONNECT_KEY_MAX} expected)")
 
 
+# members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
+_CONNECTID, _CONNECTKEY, _ENDPOINT = NotifyType.ME_CONNECTID, NotifyType.ME_CONNECTKEY, NotifyType.ME_ENDPOINT
+_CALLBACK, _RESPONSE, _ID_PEER = NotifyType.ME_CALLBACK, NotifyType.ME_RESPONSE, PayloadType.ID_PEER
+_KIND_CALLBACK, _KIND_REQUEST, _KIND_RESPONSE = ConnectKind.CALLBACK, ConnectKind.REQUEST, ConnectKind.RESPONSE
+
+
+def _scan(payloads: Sequence[Payload]) -> tuple[IdPayload | None, bytes | None, bytes | None, list[bytes], bool,
+                                                bool, bytes | None]:
+    """One pass over an ME_CONNECT's payloads: (ID_PEER, connect ID, key, endpoint data, callback, response,
+    NAT behaviour); of a repeated notify the first counts. ID_PEER twice is INVALID_SYNTAX."""
+    peer: IdPayload | None = None
+    cid = key = nat = None
+    callback = response = False
+    eps: list[bytes] = []
+    for p in payloads:
+        if isinstance(p, NotifyPayload):
+            t = p.type
+            if t == _ENDPOINT:
+                eps.append(p.data)
+            elif t == _CONNECTID:
+                cid = p.data if cid is None else cid
+            elif t == _CONNECTKEY:
+                key = p.data if key is None else key
+            elif t == _CALLBACK:
+                callback = True
+            elif t == _RESPONSE:
+                response = True
+            elif t == IKEME_NAT_BEHAVIOUR and nat is None:
+                nat = p.data
+        elif isinstance(p, IdPayload) and p.ptype == _ID_PEER:
+            if peer is not None:
+                raise _syntax("more than one ID_PEER")  # strongSwan rules: exactly 1
+            peer = p
+    return peer, cid, key, eps, callback, response, nat
+
+
 def parse_connect(payloads: Sequence[Payload]) -> MeConnect:
     """Parse an ME_CONNECT request (any payload order, docs/protocol.md §2.5).
 
     Missing ID_PEER, ME_CONNECTID, ME_CONNECTKEY or ME_ENDPOINT, or any value outside the limits of
     docs/protocol.md §4.2 -> ProtocolError(INVALID_SYNTAX) (strongSwan; the draft says ME_CONNECT_FAILED for
-    "no endpoints"). A message with ME_CALLBACK and no ME_CONNECTID is a callback.
+    "no endpoints"). A message with ME_CALLBACK and no ME_CONNECTID is a callback. The payloads are read in
+    one pass (`_scan`): every ME_CONNECT on a mediated setup's path (four at the server, one at each peer) is
+    parsed.
     """
-    peer: IdPayload | None = None
-    cid: bytes | None = None
-    key: bytes | None = None
-    flags: set[int] = set()
-    eps: list[bytes] = []
-    for p in payloads:
-        if isinstance(p, IdPayload) and p.ptype == PayloadType.ID_PEER:
-            if peer is not None:
-                raise _syntax("more than one ID_PEER")  # strongSwan rules: exactly 1
-            peer = p
-        elif isinstance(p, NotifyPayload):
-            t = int(p.type)
-            if t == NotifyType.ME_CONNECTID:
-                cid = p.data if cid is None else cid
-            elif t == NotifyType.ME_CONNECTKEY:
-                key = p.data if key is None else key
-            elif t == NotifyType.ME_ENDPOINT:
-                eps.append(p.data)
-            elif t in (NotifyType.ME_CALLBACK, NotifyType.ME_RESPONSE):
-                flags.add(t)
+    peer, cid, key, eps, callback, response, nat = _scan(payloads)
     if peer is None:
         raise _syntax("ME_CONNECT without ID_PEER")
-    if cid is None and NotifyType.ME_CALLBACK in flags:
-        return MeConnect(ConnectKind.CALLBACK, peer, callback=True)
+    if cid is None and callback:
+        return MeConnect(_KIND_CALLBACK, peer, callback=True)
     if cid is None or key is None:
         raise _syntax("ME_CONNECT without ME_CONNECTID or ME_CONNECTKEY")
     _check_lengths(cid, key)
     if not eps:
         raise _syntax("ME_CONNECT without ME_ENDPOINT")
-    endpoints = tuple(decode_endpoint(d) for d in eps)  # raises INVALID_SYNTAX (docs/protocol.md §4.2)
-    kind = ConnectKind.RESPONSE if NotifyType.ME_RESPONSE in flags else ConnectKind.REQUEST
-    nat = next((p.data for p in payloads if isinstance(p, NotifyPayload) and int(p.type) == IKEME_NAT_BEHAVIOUR),
-               None)
-    return MeConnect(kind, peer, cid, key, endpoints, tuple(eps), NotifyType.ME_CALLBACK in flags, nat)
+    endpoints = tuple([decode_endpoint(d) for d in eps])  # raises INVALID_SYNTAX (docs/protocol.md §4.2)
+    return MeConnect(_KIND_RESPONSE if response else _KIND_REQUEST, peer, cid, key, endpoints, tuple(eps), callback,
+                     nat)
 
 
 @dataclass(frozen=True)

@@ -101,3 +101,18 @@ def test_responses() -> None:
     assert parse_connect_response([]).ok
     failed = parse_connect_response(build_connect_failed())
     assert not failed.ok and failed.error == NotifyType.ME_CONNECT_FAILED
+
+
+def test_first_of_repeated_notifies_counts_and_the_nat_behaviour_is_read() -> None:
+    from core_ike.me.natinfo import IKEME_NAT_BEHAVIOUR
+
+    cid, key = new_connect_id(RNG), new_connect_key(RNG)
+    payloads = build_connect(cid, key, EPS, BOB, callback=True)
+    extra = [NotifyPayload(int(NotifyType.ME_CONNECTID), b"\x09" * 4), NotifyPayload(NotifyType.ME_CONNECTKEY, b"\x08" * 16),
+             NotifyPayload(IKEME_NAT_BEHAVIOUR, b"mapping EIM"), NotifyPayload(IKEME_NAT_BEHAVIOUR, b"second"),
+             IdPayload(PayloadType.IDi, IdType.RFC822_ADDR, b"not-a-peer@example.org")]  # only ID_PEER names the peer
+    req = parse_connect([*payloads[:-1], *extra, payloads[-1]])
+    assert (req.connect_id, req.key, req.nat) == (cid, key, b"mapping EIM")
+    assert req.kind is ConnectKind.REQUEST and req.callback and req.peer.data == b"bob@example.org"
+    assert [e.addr for e in req.endpoints] == [e.addr for e in EPS]
+    assert parse_connect(payloads).nat is None
