@@ -139,39 +139,44 @@ def encode_check(check: Check) -> bytes:
         auth))
 
 
+# members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
+_INFORMATIONAL, _RESPONSE_FLAG = ExchangeType.INFORMATIONAL, HeaderFlag.RESPONSE
+_CONNECTID, _ENDPOINT, _CONNECTAUTH = NotifyType.ME_CONNECTID, NotifyType.ME_ENDPOINT, NotifyType.ME_CONNECTAUTH
+
+
 def is_connectivity_check(msg: Message) -> bool:
     """SPIs 0/0, INFORMATIONAL, plaintext, carries ME_CONNECTID: unprotected error notifies are no checks
     (docs/protocol.md §7.3)."""
-    if msg.spi_i != ZERO_SPI or msg.spi_r != ZERO_SPI or msg.exchange != ExchangeType.INFORMATIONAL:
+    if msg.spi_i != ZERO_SPI or msg.spi_r != ZERO_SPI or msg.exchange != _INFORMATIONAL:
         return False
     if msg.encrypted:
         return False
-    return any(isinstance(p, NotifyPayload) and p.type == NotifyType.ME_CONNECTID for p in msg.payloads)
+    return any(isinstance(p, NotifyPayload) and p.type == _CONNECTID for p in msg.payloads)
 
 
 def check_from_message(msg: Message) -> Check:
     """Validate a received check; DecodeError(reason) means drop silently ([ME] §5.2)."""
     if msg.spi_i != ZERO_SPI or msg.spi_r != ZERO_SPI:
         raise DecodeError("check with non-zero SPIs")
-    if msg.exchange != ExchangeType.INFORMATIONAL or msg.encrypted:
+    if msg.exchange != _INFORMATIONAL or msg.encrypted:
         raise DecodeError("not a plaintext INFORMATIONAL")
     found: dict[int, bytes] = {}
     for p in msg.payloads:
         if not isinstance(p, NotifyPayload):
             continue  # non-notify payloads are ignored (docs/protocol.md §7.1)
-        t = int(p.type)
-        if t not in (NotifyType.ME_CONNECTID, NotifyType.ME_ENDPOINT, NotifyType.ME_CONNECTAUTH):
+        t = p.type
+        if t != _CONNECTID and t != _ENDPOINT and t != _CONNECTAUTH:  # noqa: PLR1714 - no set built per payload
             continue
         if t in found:
             log.info("ignoring duplicate %s in connectivity check", NotifyType(t).name)
             continue
         found[t] = p.data
-    for t in (NotifyType.ME_CONNECTID, NotifyType.ME_ENDPOINT, NotifyType.ME_CONNECTAUTH):
-        if t not in found:
-            raise DecodeError(f"connectivity check without {t.name}")
-    is_response = bool(msg.flags & HeaderFlag.RESPONSE)
-    check = Check(is_response, msg.message_id, found[NotifyType.ME_CONNECTID],
-                  found[NotifyType.ME_ENDPOINT], found[NotifyType.ME_CONNECTAUTH])
+    cid, ep_data, auth = found.get(_CONNECTID), found.get(_ENDPOINT), found.get(_CONNECTAUTH)
+    if cid is None or ep_data is None or auth is None:
+        missing = next(t for t in (_CONNECTID, _ENDPOINT, _CONNECTAUTH) if t not in found)
+        raise DecodeError(f"connectivity check without {missing.name}")
+    is_response = bool(msg.flags & _RESPONSE_FLAG)
+    check = Check(is_response, msg.message_id, cid, ep_data, auth)
     try:
         ep = check.endpoint
     except ProtocolError as exc:
