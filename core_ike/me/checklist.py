@@ -48,6 +48,10 @@ from .endpoints import Addr, Endpoint, limit_endpoints, make_endpoint, normalize
 from .predict import predicted_among
 
 log = logging.getLogger("core_ike.me")
+# members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook (the
+# pair and list states are read in loops over the pairs for every check sent and received)
+_WAITING, _IN_PROGRESS, _SUCCEEDED, _FAILED = PairState.WAITING, PairState.IN_PROGRESS, PairState.SUCCEEDED, PairState.FAILED
+_RELAYED, _LIST_NONE = MeEndpointType.RELAYED, ListState.NONE
 
 __all__ = ["CheckList", "CheckListConfig", "CheckListEvent", "CheckListFailed", "CheckListStopped",
            "CheckListSucceeded", "Datagram", "ListState", "Pair", "PairInfo", "PairState", "PairStateChanged",
@@ -63,7 +67,7 @@ class CheckList:
         self.is_initiator = is_initiator  # ME_CONNECT initiator = controlling side
         self.config = config or CheckListConfig()
         self.created = now
-        self.state = ListState.NONE
+        self.state = _LIST_NONE
         self.finished = False
         self.answered = 0  # check requests whose MAC verified, answered (logged when the list stops)
         # the owner's immediate send of what is queued (CheckEngine.flush): an answer leaves before the
@@ -140,7 +144,7 @@ class CheckList:
         """The checks start at `now` (after `set_responder_data` without `start`)."""
         if self._responder.key is None:
             raise LocalError("checks cannot start before the responder data is known")
-        if self.finished or self.state != ListState.NONE:
+        if self.finished or self.state != _LIST_NONE:
             return
         self._set_list_state(ListState.WAITING)
         # [ME] §4.3: the checks get their whole time from when they can start; the wait for the peer's
@@ -195,8 +199,8 @@ class CheckList:
             pruned.append((local, remote, prio))
         limit = self.config.max_pairs
         kept = pruned[:limit]  # RFC 8445 6.1.2.5: drop lowest first ...
-        relayed = next((c for c in pruned[limit:] if c[1].type == MeEndpointType.RELAYED), None)
-        if relayed is not None and limit > 0 and not any(c[1].type == MeEndpointType.RELAYED for c in kept):
+        relayed = next((c for c in pruned[limit:] if c[1].type == _RELAYED), None)
+        if relayed is not None and limit > 0 and not any(c[1].type == _RELAYED for c in kept):
             kept = [*kept[:limit - 1], relayed]  # ... but keep the best relayed pair (limit_endpoints)
         for local, remote, prio in kept:
             self._add_pair(local, remote, prio)
@@ -230,7 +234,7 @@ class CheckList:
             return
         pair.state = new
         # outcomes at info; progress and the pairs a finished list abandons (its last line says why) at debug
-        info = new == PairState.SUCCEEDED or (new == PairState.FAILED and not self.finished)
+        info = new == _SUCCEEDED or (new == _FAILED and not self.finished)
         log.log(logging.INFO if info else logging.DEBUG, "checklist %s: pair %s: %s -> %s", self.connect_id.hex(),
                 pair.id, old.value, new.value)
         self._events.append(PairStateChanged(self.connect_id, pair.info(), old, new))
@@ -285,7 +289,7 @@ class CheckList:
     # --- sending ([ME] §5.1, docs/protocol.md §7.6) --------------------------------------------------
 
     def _schedule_tick(self, now: float) -> None:
-        if self._next_tick is None and not self.finished and self.state != ListState.NONE:
+        if self._next_tick is None and not self.finished and self.state != _LIST_NONE:
             last = self._last_check
             self._next_tick = now if last is None else max(now, last + self.config.pacing)
 
@@ -310,7 +314,7 @@ class CheckList:
         found = None
         while self._triggered:
             cand = self._triggered.popleft()
-            if cand.state != PairState.WAITING:
+            if cand.state != _WAITING:
                 continue
             if self._held(cand):
                 held.append(cand)
@@ -320,8 +324,8 @@ class CheckList:
         self._triggered.extendleft(reversed(held))
         if found is not None:
             return found
-        ladder = next((p for p in self._ladder if p.state == PairState.WAITING and not self._held(p)), None)
-        return ladder or next((p for p in self.pairs if p.state == PairState.WAITING and not self._held(p)), None)
+        ladder = next((p for p in self._ladder if p.state == _WAITING and not self._held(p)), None)
+        return ladder or next((p for p in self.pairs if p.state == _WAITING and not self._held(p)), None)
 
     # --- the RELAYED pair is the last resort (our relay extension, docs/protocol.md §11.1) -------------
     #
@@ -346,7 +350,7 @@ class CheckList:
 
     def _relay_due(self, best: Pair, now: float) -> float:
         """The earliest time a succeeded RELAYED `best` may be nominated (-inf: not the relay)."""
-        if best.remote.type != MeEndpointType.RELAYED:
+        if best.remote.type != _RELAYED:
             return -math.inf
         due = self.relay_hold if self.relay_hold is not None else -math.inf
         if any(p.heard for p in self._better_pending(best)):
@@ -355,16 +359,16 @@ class CheckList:
         return due
 
     def _held(self, pair: Pair) -> bool:
-        return self._relay_held and pair.remote.type == MeEndpointType.RELAYED
+        return self._relay_held and pair.remote.type == _RELAYED
 
     def _direct(self) -> list[Pair]:
-        return [p for p in self.pairs if p.remote.type != MeEndpointType.RELAYED]
+        return [p for p in self.pairs if p.remote.type != _RELAYED]
 
     def _hold_relay(self, now: float) -> None:
         """When the checks start: the mediation round trip (from sending ME_CONNECT to the peer's answer)
         is a relayed check's path, about two direct round trips."""
         cfg = self.config
-        if not self.is_initiator or not any(p.remote.type == MeEndpointType.RELAYED for p in self.pairs) \
+        if not self.is_initiator or not any(p.remote.type == _RELAYED for p in self.pairs) \
                 or not self._direct():
             return
         self._relay_delay = min(cfg.relay_delay_max, cfg.relay_delay_rtts * max(0.0, now - self.created))
@@ -377,14 +381,14 @@ class CheckList:
         if not self._relay_held:
             return
         direct = self._direct()
-        if any(p.state == PairState.SUCCEEDED for p in direct):
+        if any(p.state == _SUCCEEDED for p in direct):
             self._relay_at = None
             return
         if self._relay_at is not None and now >= self._relay_at and self._relay_delay > 0 \
-                and any(p.heard and p.state != PairState.FAILED for p in direct):
+                and any(p.heard and p.state != _FAILED for p in direct):
             self._relay_at, self._relay_delay = now + self._relay_delay, 0.0  # once
             return
-        if (self._relay_at is not None and now >= self._relay_at) or all(p.state == PairState.FAILED for p in direct):
+        if (self._relay_at is not None and now >= self._relay_at) or all(p.state == _FAILED for p in direct):
             self._relay_held, self._relay_at = False, None
             log.debug("checklist %s: RELAYED pair released", self.connect_id.hex())
             self._schedule_tick(now)
@@ -401,15 +405,15 @@ class CheckList:
             pair.initial_sent = now
         pair.sent_at = pair.first_sent = now
         self._out.append((pair.packet, pair.base, pair.remote_addr))
-        self._set_pair_state(pair, PairState.IN_PROGRESS)
+        self._set_pair_state(pair, _IN_PROGRESS)
 
     def _retransmit(self, pair: Pair, now: float) -> None:
-        if pair.state != PairState.IN_PROGRESS or pair.packet is None:
+        if pair.state != _IN_PROGRESS or pair.packet is None:
             pair.deadline = None
             return
         if pair.retransmits >= self.config.max_retransmits and not (pair.heard and self.config.rto_heard > 0):
             pair.deadline = None
-            self._set_pair_state(pair, PairState.FAILED)
+            self._set_pair_state(pair, _FAILED)
             return
         pair.retransmits += 1
         pair.deadline = now + retransmit_timeout(self.config, pair.retransmits + 1, self._active(), pair.heard)
@@ -417,7 +421,7 @@ class CheckList:
         self._out.append((pair.packet, pair.base, pair.remote_addr))  # cached packet replayed
 
     def _active(self) -> int:
-        return sum(1 for p in self.pairs if p.state in (PairState.WAITING, PairState.IN_PROGRESS))
+        return sum(1 for p in self.pairs if p.state in (_WAITING, _IN_PROGRESS))
 
     def _keys(self) -> tuple[bytes, bytes]:
         own, peer = self._local.key, self._remote.key
@@ -509,11 +513,11 @@ class CheckList:
         first triggered check leaves at once, as strongSwan's do: the peer's check has just opened its NAT
         toward us, and one check per pair the peer's own (paced) checks arrive on is no load a pacing
         interval would spare; later ones wait for the tick."""
-        if pair.state == PairState.SUCCEEDED:
+        if pair.state == _SUCCEEDED:
             return
-        if pair.state == PairState.IN_PROGRESS:
+        if pair.state == _IN_PROGRESS:
             pair.deadline = None  # no more retransmissions; a late response is still accepted
-        self._set_pair_state(pair, PairState.WAITING)
+        self._set_pair_state(pair, _WAITING)
         if not pair.instant and not self._held(pair):
             pair.instant = True
             if pair in self._triggered:
@@ -529,14 +533,14 @@ class CheckList:
         pair = self._by_id.get(check.message_id)
         if pair is None:
             return self._drop(f"response for unknown pair {check.message_id}")
-        if pair.state in (PairState.SUCCEEDED, PairState.FAILED) or self.finished:
+        if pair.state in (_SUCCEEDED, _FAILED) or self.finished:
             return None  # duplicate or late answer: nothing to learn
         pair.deadline = None
         if src != pair.remote_addr or dst != pair.base:
             # RFC 8445 7.2.5.2.1: non-symmetric addresses fail the pair (strongSwan leaves it)
             log.info("checklist %s: pair %d: asymmetric response %s -> %s", self.connect_id.hex(),
                      pair.id, src, dst)
-            self._set_pair_state(pair, PairState.FAILED)
+            self._set_pair_state(pair, _FAILED)
             return None
         pair.mapped = self._learn_local(check.endpoint, pair)
         start = pair.sent_at if pair.clean or pair.initial_sent is None else pair.initial_sent
@@ -546,7 +550,7 @@ class CheckList:
         self._rtt_low = low if self._rtt_low is None else min(self._rtt_low, low)
         if self._first_success is None:
             self._first_success = now
-        self._set_pair_state(pair, PairState.SUCCEEDED)
+        self._set_pair_state(pair, _SUCCEEDED)
         return None
 
     def _learn_local(self, mapped: Endpoint, pair: Pair) -> Endpoint:
@@ -567,14 +571,14 @@ class CheckList:
     # --- list state and selection ([ME] §5.4, docs/protocol.md §7.7, §8) -----------------------------
 
     def _recompute_state(self) -> None:
-        if self.state == ListState.NONE or self.finished:
+        if self.state == _LIST_NONE or self.finished:
             return
         states = {p.state for p in self.pairs}
-        if PairState.WAITING in states:
+        if _WAITING in states:
             return  # docs/protocol.md §7.7: unchanged while any pair is Waiting
-        if PairState.IN_PROGRESS in states:
+        if _IN_PROGRESS in states:
             self._set_list_state(ListState.IN_PROGRESS)
-        elif PairState.SUCCEEDED in states:
+        elif _SUCCEEDED in states:
             self._set_list_state(ListState.SUCCEEDED)
         else:
             self._set_list_state(ListState.FAILED)
@@ -602,7 +606,7 @@ class CheckList:
 
     def _better_pending(self, best: Pair) -> list[Pair]:
         return [p for p in self.pairs if p.priority > best.priority
-                and p.state in (PairState.WAITING, PairState.IN_PROGRESS)]
+                and p.state in (_WAITING, _IN_PROGRESS)]
 
     def _finish_due(self, best: Pair, now: float) -> float:
         """When the controlling side nominates `best` ([ME] §5.4, docs/protocol.md §8): at once when no
@@ -622,7 +626,7 @@ class CheckList:
         first = self._first_success if self._first_success is not None else now
         due = -math.inf
         for p in better:
-            sent = p.first_sent if p.state == PairState.IN_PROGRESS and p.first_sent is not None else None
+            sent = p.first_sent if p.state == _IN_PROGRESS and p.first_sent is not None else None
             start = sent if sent is not None else (self._next_tick if self._next_tick is not None else now)
             rtt = self._rtt if p.heard else self._rtt_low
             if rtt is None:
@@ -637,7 +641,7 @@ class CheckList:
         return min(due, first + cfg.finish_wait)
 
     def _best_succeeded(self) -> Pair | None:
-        return next((p for p in self.pairs if p.state == PairState.SUCCEEDED), None)
+        return next((p for p in self.pairs if p.state == _SUCCEEDED), None)
 
     def _select(self, now: float) -> None:
         best = self._best_succeeded()
@@ -658,7 +662,7 @@ class CheckList:
         if self.is_initiator and self._best_succeeded() is not None:
             self._select(now)
             return
-        if self.state == ListState.NONE:
+        if self.state == _LIST_NONE:
             reason = "no answer from the peer within %.1f s" % (now - self.created)
         elif self.is_initiator:
             reason = "no check succeeded within %.1f s" % (now - self.created)
@@ -674,8 +678,8 @@ class CheckList:
         self._triggered.clear()
         for p in self.pairs:
             p.deadline = None
-            if p.state in (PairState.WAITING, PairState.IN_PROGRESS):
-                self._set_pair_state(p, PairState.FAILED)
+            if p.state in (_WAITING, _IN_PROGRESS):
+                self._set_pair_state(p, _FAILED)
 
     def tried(self) -> tuple[PairInfo, ...]:
         return tuple(p.info() for p in self.pairs)
