@@ -40,6 +40,7 @@ log = logging.getLogger("lab")
 T = TypeVar("T")
 _seq = itertools.count()
 _ORPHAN_RE = re.compile(r"^lb(\d+)x\d+_")
+KEPT_DIR = Path("/run/ikeme-lab-kept")  # one empty file per lab prefix left running (scenarios/run --keep)
 _ARPHRD_ETHER = 1
 _MARK_ETHERTYPE = 0x88B5  # IEEE 802 local experimental: never IP, so read_pcap passes over the marker
 
@@ -87,19 +88,32 @@ def _kill_netns(name: str) -> None:
 
 
 def cleanup_stale(prefix: str) -> list[str]:
-    """Delete every namespace whose name starts with ``prefix`` (and kill what runs in it)."""
+    """Delete every namespace whose name starts with ``prefix`` (and kill what runs in it), kept or not."""
     removed = [n for n in netns.listnetns() if n.startswith(prefix)]
     for name in removed:
         _kill_netns(name)
+    with contextlib.suppress(OSError):
+        for mark in KEPT_DIR.iterdir():
+            if mark.name.startswith(prefix):
+                mark.unlink(missing_ok=True)
     return removed
 
 
+def _kept() -> tuple[str, ...]:
+    try:
+        return tuple(m.name for m in KEPT_DIR.iterdir())
+    except OSError:
+        return ()
+
+
 def cleanup_orphans() -> list[str]:
-    """Delete namespaces of default-prefixed labs (``lb<pid>x<n>_``) whose creating process is gone."""
+    """Delete namespaces of default-prefixed labs (``lb<pid>x<n>_``) whose creating process is gone,
+    except those left running on purpose (:meth:`Lab.detach`, until ``cleanup_stale``)."""
     removed = []
+    kept = _kept()
     for name in netns.listnetns():
         m = _ORPHAN_RE.match(name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
+        if m and not Path(f"/proc/{m.group(1)}").exists() and not name.startswith(kept):
             _kill_netns(name)
             removed.append(name)
     return removed
@@ -361,7 +375,8 @@ class Lab:
     def detach(self) -> None:
         """Leave namespaces and daemons running after this process exits (``scenarios/run --keep``).
 
-        Remove them later with :func:`cleanup_stale` (``scenarios/run --cleanup PREFIX``). What was
+        Remove them with :func:`cleanup_stale` (``scenarios/run --cleanup PREFIX``); :func:`cleanup_orphans`
+        leaves them alone though the process that made them is gone. What was
         registered with :meth:`at_detach` runs first (a daemon's notification reader handed over)."""
         for fn in self._at_detach:
             try:
@@ -369,6 +384,8 @@ class Lab:
             except Exception:  # the rest stays running; said in the lab's log
                 log.warning("detaching %s: %s failed", self.prefix, fn, exc_info=True)
         self._at_detach.clear()
+        KEPT_DIR.mkdir(exist_ok=True)
+        (KEPT_DIR / self.prefix).touch()  # cleanup_orphans (the next run's) leaves it alone
         with contextlib.suppress(Exception):
             atexit.unregister(self.teardown)
         self._closed = True

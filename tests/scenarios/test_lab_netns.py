@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -188,3 +189,26 @@ def test_a_kept_daemon_reloads_without_a_notify_warning() -> None:
         cleanup_stale(lab.prefix)
     assert daemon.wait(10) is not None
     assert all(p.wait(10) is not None for p in readers)  # killed in the daemon's namespace
+
+
+@root_only
+@pytest.mark.netns
+def test_a_kept_lab_outlives_its_process_until_cleanup() -> None:
+    """A lab left running (detach) is no orphan for the next run's cleanup_orphans though the process
+    that made it is gone; cleanup_stale (scenarios/run --cleanup) removes it and its mark."""
+    from scenarios.lab import cleanup_orphans, cleanup_stale
+    from scenarios.lab.netns import KEPT_DIR
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid names the lab as a runner's pid would
+    prefix = f"lb{gone.pid}x0_"
+    lab = Lab(prefix=prefix)
+    try:
+        lab.add_host("kept")
+        lab.detach()
+        cleanup_orphans()
+        assert [n for n in netns.listnetns() if n.startswith(prefix)] == [f"{prefix}kept"]
+    finally:
+        assert cleanup_stale(prefix) == [f"{prefix}kept"]
+    assert not (KEPT_DIR / prefix).exists()
+    assert not [n for n in netns.listnetns() if n.startswith(prefix)]
