@@ -38,6 +38,9 @@ LL_BYTES = 2 * 2**20  # the simulated last-level cache: 2 MB, 16-way, 64-octet l
 EVENTS = ("Ir", "ILmr", "DLmr", "DLmw")  # instructions; LL misses: instruction reads, data reads, data writes
 REPLAY_FLAG = "--replay-child"
 TOP_FUNCTIONS = 100  # functions kept per replay, by LL misses (self cost)
+# the calls from Python into cryptography's Rust module (pyo3's generated entry points): their inclusive cost
+# is each Python-level cryptography call's, with the OpenSSL code below it (and any Python it calls back)
+ENTRY_POINT = re.compile(r"::__py(?:method|function)_(\w+?)__")
 
 
 # ====================================================================== the replay (inside valgrind)
@@ -171,11 +174,26 @@ def cold_replay(tree: Path, rec: Path, work: Path, evict_mb: int, limit: int = 0
     if not total["Ir"]:
         raise RuntimeError(f"callgrind counted no instruction in the replay by {tree} (no call of ffi_call "
                            "collected: is the ctypes callback still the counted region?)")
+    entry: dict[str, dict[str, int]] = {}
+    inclusive = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=yes",
+                                f"--show={','.join(EVENTS)}", str(cg)], capture_output=True, text=True,
+                               check=True).stdout
+    for line in inclusive.splitlines():
+        f = re.match(r"^\s*((?:(?:[\d,]+(?: \([^)]*\))?|\.)\s+){" + str(len(EVENTS)) + r"})(.*\S)\s*$", line)
+        e = ENTRY_POINT.search(f.group(2)) if f is not None else None
+        if f is None or e is None or "'" in f.group(2).split("[")[0]:  # callgrind's recursion copies: counted once
+            continue
+        owner = re.search(r"<([\w:]+?)>::__py", f.group(2))
+        key = f"{owner.group(1).rsplit('::', 1)[-1]}.{e.group(1)}" if owner else e.group(1)
+        nums = re.findall(r"([\d,]+|\.)(?: \([^)]*\))?", f.group(1))[:len(EVENTS)]
+        d = entry.setdefault(key, dict.fromkeys(EVENTS, 0))
+        for ev, x in zip(EVENTS, nums, strict=True):
+            d[ev] += 0 if x == "." else int(x.replace(",", ""))
     if keep is not None:
         shutil.move(cg, keep)
     cg.unlink(missing_ok=True)
     return {"datagrams": int(m.group(1)), "established": int(m.group(2)), "total": total, "objects": objects,
-            "functions": functions}
+            "functions": functions, "entry_points": entry}
 
 
 def group_of(obj: str) -> str:
@@ -206,8 +224,12 @@ def per_datagram(r: dict[str, Any]) -> dict[str, Any]:
     top = sorted(r["functions"].items(), key=lambda kv: -(kv[1]["ILmr"] + kv[1]["DLmr"] + kv[1]["DLmw"]))
     functions = {fn: {"ll_misses_instr": v["ILmr"] / n, "ll_misses_data": (v["DLmr"] + v["DLmw"]) / n,
                       "instructions": v["Ir"] / n} for fn, v in top[:TOP_FUNCTIONS]}
+    entry = {k: {"ll_misses": (v["ILmr"] + v["DLmr"] + v["DLmw"]) / n, "instructions": v["Ir"] / n}
+             for k, v in sorted(r.get("entry_points", {}).items(), key=lambda kv: -(kv[1]["ILmr"] + kv[1]["DLmr"]
+                                                                                 + kv[1]["DLmw"]))}
     return {"instructions": t["Ir"] / n, "ll_misses": misses / n, "ll_misses_instr": t["ILmr"] / n,
             "ll_misses_data": (t["DLmr"] + t["DLmw"]) / n, "shares": shares, "functions": functions,
+            "entry_points": entry,
             "datagrams": r["datagrams"], "established": r["established"]}
 
 
@@ -264,6 +286,11 @@ def report(a: Any, res: dict[str, dict[str, list[dict[str, Any]]]], before_name:
                          f"(instruction {pd['ll_misses_instr']:.0f}, data {pd['ll_misses_data']:.0f})")
             for g, s in pd["shares"].items():
                 lines.append(f"       {g:48} {100 * s['instructions']:5.1f} % / {100 * s['ll_misses']:5.1f} %")
+            if a.entry_points:
+                lines.append("       cryptography calls by LL misses per datagram (inclusive: the OpenSSL code below "
+                             "each, and Python it calls back): misses; instructions")
+                for fn, v in list(pd["entry_points"].items())[:a.entry_points]:
+                    lines.append(f"       {v['ll_misses']:7.1f}; {v['instructions']:10.0f}  {fn}")
             if a.functions:
                 lines.append("       functions by LL misses per datagram (self): instruction + data = misses; instructions")
                 for fn, v in list(pd["functions"].items())[:a.functions]:
@@ -282,12 +309,14 @@ def report(a: Any, res: dict[str, dict[str, list[dict[str, Any]]]], before_name:
                                   readme=False, ratio=ratio)
             if key == "instructions":
                 f["shares"] = ours[len(ours) // 2]["shares"] if ours else None
+                f["entry_points"] = ours[len(ours) // 2]["entry_points"] if ours else None
             figures.append(f)
             if bef:
                 fb = results_io.figure(f"ike_cold_{auth}_{key}_before", _label(auth, what, f"before {before_name}"),
                                        sb, None, "lower", readme=False)
                 if key == "instructions":
                     fb["shares"] = bef[len(bef) // 2]["shares"]
+                    fb["entry_points"] = bef[len(bef) // 2]["entry_points"]
                 figures.append(fb)
     return figures, "\n".join(lines)
 
@@ -303,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datagrams", type=int, default=300,
                     help="replay the recording's first N datagrams (0: all; under callgrind about 0.3 s each)")
     ap.add_argument("--evict", type=int, default=4, help="MB read between datagrams (larger than the LL cache)")
+    ap.add_argument("--entry-points", type=int, default=0, metavar="N",
+                    help="also list the N calls into cryptography with the most LL misses per datagram (inclusive)")
     ap.add_argument("--functions", type=int, default=0, metavar="N",
                     help=f"also list the N functions with the most LL misses per datagram (self cost; N <= {TOP_FUNCTIONS})")
     ap.add_argument("--keep", type=Path, metavar="DIR",

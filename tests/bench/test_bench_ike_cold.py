@@ -34,7 +34,7 @@ def valgrind() -> None:
 
 @pytest.mark.usefixtures("valgrind")
 def test_cold_replay_reports_both_trees(tmp_path: Path) -> None:
-    doc = run_quick("ike_cold", tmp_path, "--auth", "psk", "--before", BEFORE, timeout=600)
+    doc = run_quick("ike_cold", tmp_path, "--auth", "psk", "--before", BEFORE, "--entry-points", "5", timeout=600)
     figs = figures(doc)
     ours, before = figs["ike_cold_psk_instructions"], figs["ike_cold_psk_instructions_before"]
     for f in (ours, before):
@@ -51,6 +51,11 @@ def test_cold_replay_reports_both_trees(tmp_path: Path) -> None:
     assert figs["ike_cold_psk_ll_misses"]["ours"]["median"] > 200
     # two trees: the same datagrams give different instruction counts
     assert ours["ours"]["median"] != before["ours"]["median"]
+    # the calls into cryptography, inclusive: the key exchange's among them, with its OpenSSL work below it
+    entry = ours["entry_points"]
+    assert entry["X25519PrivateKey.exchange"]["instructions"] > 10_000
+    assert all(v["ll_misses"] >= 0 for v in entry.values())
     text = (tmp_path / "ike_cold.txt").read_text()
+    assert "cryptography calls by LL misses per datagram (inclusive" in text
     assert f"before {BEFORE}" in text and "not measure" in text and "simulated" in text
     assert any("proxy for the cold wake-up cost" in n for n in doc["notes"])
