@@ -40,7 +40,7 @@ REPLAY_FLAG = "--replay-child"
 TOP_FUNCTIONS = 100  # functions kept per replay, by LL misses (self cost)
 # the calls from Python into cryptography's Rust module (pyo3's generated entry points): their inclusive cost
 # is each Python-level cryptography call's, with the OpenSSL code below it (and any Python it calls back)
-ENTRY_POINT = re.compile(r"::__py(?:method|function)_(\w+?)__")
+ENTRY_POINT = re.compile(r"(?:<([\w:]+?)>|([\w:]+?))::__py(?:method|function)_(\w+)")
 
 
 # ====================================================================== the replay (inside valgrind)
@@ -183,8 +183,8 @@ def cold_replay(tree: Path, rec: Path, work: Path, evict_mb: int, limit: int = 0
         e = ENTRY_POINT.search(f.group(2)) if f is not None else None
         if f is None or e is None or "'" in f.group(2).split("[")[0]:  # callgrind's recursion copies: counted once
             continue
-        owner = re.search(r"<([\w:]+?)>::__py", f.group(2))
-        key = f"{owner.group(1).rsplit('::', 1)[-1]}.{e.group(1)}" if owner else e.group(1)
+        # Class.method (a method) or module.function (a function), as Python calls it
+        key = f"{(e.group(1) or e.group(2)).rsplit('::', 1)[-1]}.{e.group(3).removesuffix('__')}"
         nums = re.findall(r"([\d,]+|\.)(?: \([^)]*\))?", f.group(1))[:len(EVENTS)]
         d = entry.setdefault(key, dict.fromkeys(EVENTS, 0))
         for ev, x in zip(EVENTS, nums, strict=True):
