@@ -197,9 +197,18 @@ def _child_payloads(req: Request) -> list[Payload] | None:
     return out
 
 
+# TS payload bodies seen (RFC 7296 3.13) -> their selectors (immutable): a responder's own side comes in
+# the same octets from every peer of a configuration; bounded, a peer can vary the octets
+_TS_SEEN: dict[bytes, tuple[TrafficSelector, ...]] = {}
+_TS_SEEN_MAX = 1024
+
+
 def _pull_ts(body: bytes, ptype: int) -> TsPayload | None:
     """A TS payload's body (RFC 7296 3.13) whose selectors are all IPv4 or IPv6 address ranges of their
     type's length: the payload the codec's pull_ts gives; None for anything else (the codec decides)."""
+    seen = _TS_SEEN.get(body)
+    if seen is not None:
+        return TsPayload(_TS_PTYPES[ptype], list(seen))
     n = len(body)
     if n < 4:
         return None
@@ -214,7 +223,12 @@ def _pull_ts(body: bytes, ptype: int) -> TsPayload | None:
         a = pos + 8 + kind[1]
         selectors.append(TrafficSelector(kind[0], proto, start, end, body[pos + 8:a], body[a:pos + length]))
         pos += length
-    return TsPayload(_TS_PTYPES[ptype], selectors) if pos == n else None
+    if pos != n:
+        return None
+    if len(_TS_SEEN) >= _TS_SEEN_MAX:
+        _TS_SEEN.clear()
+    _TS_SEEN[body] = tuple(selectors)
+    return TsPayload(_TS_PTYPES[ptype], selectors)
 
 
 def _push(p: Payload) -> bytes:
@@ -231,6 +245,9 @@ def _push(p: Payload) -> bytes:
     return encode_payloads([p])[4:]
 
 
+_SA_BOUNDS: dict[bytes, int] = {}  # an SA payload's shape (SaPayload.shape) -> its largest proposal's octets
+
+
 def _child_bound(cfg: IkeConfig, child: list[Payload]) -> int:
     """The most octets the CHILD_SA's payloads of the response can take (RFC 7383: the decision to
     fragment comes before anything is changed): the SA one of the peer's proposals with its SPI and at
@@ -240,12 +257,20 @@ def _child_bound(cfg: IkeConfig, child: list[Payload]) -> int:
     sa_pl, tsi, tsr = child
     assert isinstance(sa_pl, SaPayload) and isinstance(tsi, TsPayload) and isinstance(tsr, TsPayload)
     # loops rather than generators: no frame per sum
-    proposal = remote = local = offered_i = offered_r = 0
-    for p in sa_pl.proposals:
-        n = 8 + len(p.spi)
-        for t in p.transforms:
-            n += 12 if t.key_length else 8
-        proposal = max(proposal, n)
+    remote = local = offered_i = offered_r = 0
+    shape = sa_pl.shape  # the proposals' SPI sizes and transforms, what the bound depends on
+    proposal = _SA_BOUNDS.get(shape) if shape is not None else None
+    if proposal is None:
+        proposal = 0
+        for p in sa_pl.proposals:
+            n = 8 + len(p.spi)
+            for t in p.transforms:
+                n += 12 if t.key_length else 8
+            proposal = max(proposal, n)
+        if shape is not None:
+            if len(_SA_BOUNDS) >= _MAX_SUMMARIES:
+                _SA_BOUNDS.clear()
+            _SA_BOUNDS[shape] = proposal
     for c in cfg.children:
         remote, local = max(remote, len(c.remote_ts)), max(local, len(c.local_ts))
     for sel in tsi.selectors:

@@ -88,6 +88,14 @@ def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) ->
     """The intersections of each offered selector with each configured one, without those another of
     them holds: an initiator's first selectors may be a triggering packet's, inside its ranges (RFC
     7296 2.9), and a policy for them next to the range's would be redundant."""
+    if len(offered) == 1 and len(configured) == 1:  # the common case: one selector a side, no list to prune
+        o, c = offered[0], configured[0]
+        if (o.ts_type == c.ts_type and c.ip_proto in (0, o.ip_proto)  # within(o, c): o is the intersection
+                and c.start_port <= o.start_port <= o.end_port <= c.end_port
+                and c.start_addr <= o.start_addr <= o.end_addr <= c.end_addr):
+            return [o]
+        x = intersect(o, c)
+        return [] if x is None else [x]
     out: list[TrafficSelector] = []
     for c in configured:
         for o in offered:
@@ -107,7 +115,11 @@ def to_text(ts: TrafficSelector) -> str:
     """strongSwan display: `10.1.0.0/24`, `10.1.0.2/32`, or a range `a..b`, plus `[proto/port]`.
 
     Kept by the fields the text depends on (the local selectors repeat for every CHILD_SA of a
-    configuration); a tuple of them hashes and compares without the dataclass's own methods."""
+    configuration); a tuple of them hashes and compares without the dataclass's own methods. An IPv4
+    host with any protocol and port, a peer's own address and so one text per peer, is written at once."""
+    a = ts.start_addr
+    if len(a) == 4 and a == ts.end_addr and not ts.ip_proto and not ts.start_port and ts.end_port == 65535:
+        return f"{a[0]}.{a[1]}.{a[2]}.{a[3]}/32"
     key = (ts.start_addr, ts.end_addr, ts.ip_proto, ts.start_port, ts.end_port)
     text = _TEXTS.get(key)
     if text is None:

@@ -52,13 +52,20 @@ class Lifetime:
     hard_seconds: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+_NO_LIMITS = Lifetime()
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class SaParams:
     """One ESP SA, one direction (tunnel mode).
 
     `src`/`dst` are the outer addresses (for an inbound SA: src = peer, dst = us); the ports are
     only used with `encap` (ESP-in-UDP, RFC 3948). Keys follow RFC 7296 2.17 KEYMAT: for AES-GCM
     `encr_key` ends with the 4-octet salt, for CBC `integ_key` is the separate integrity key.
+
+    A value: never changed once made (an SA that moves is a new one, `dataclasses.replace`), compared
+    and hashed by its fields. Not `frozen`: a frozen dataclass's __init__ sets each of its 17 fields
+    through object.__setattr__, a call each, and two are made for every CHILD_SA installed.
     """
 
     spi: int
@@ -74,7 +81,7 @@ class SaParams:
     dst_port: int = 4500
     encap: bool = False
     reqid: int = 0
-    lifetime: Lifetime = field(default_factory=Lifetime)
+    lifetime: Lifetime = _NO_LIMITS  # a Lifetime is immutable: one default for all
     replay_window: int = 128
     esn: bool = False
     nat_keepalive: bool | None = None  # None: send keepalives when `encap` (RFC 3948 2.3)

@@ -460,7 +460,9 @@ class ChildCreate(Task):
             if tsi_n and tsr_n:
                 # RFC 7296 2.9: narrowed to a subset holding the initiator's first selectors (the packet
                 # that triggered it) when a config allows that
-                if _holds(tsi_n, tsi[0]) and _holds(tsr_n, tsr[0]):
+                # (a narrowed list that starts with the offered selector itself holds it: narrow kept it whole)
+                if ((tsi_n[0] is tsi[0] or _holds(tsi_n, tsi[0]))
+                        and (tsr_n[0] is tsr[0] or _holds(tsr_n, tsr[0]))):
                     return cfg, tsi_n, tsr_n
                 found = found or (cfg, tsi_n, tsr_n)
         if found is not None:
