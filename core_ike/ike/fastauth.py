@@ -184,17 +184,15 @@ def _chain(items: list[tuple[int, bytes]], after: int = 0) -> bytes:
 def _child_payloads(req: Request) -> list[Payload] | None:
     """The request's SA, TSi and TSr as the codec decodes them, in the order the general path's task
     reads them; None when one does not decode (the general path says why)."""
-    out: list[Payload] = []
+    child = req.child
+    tsi, tsr = child[TSI], child[TSR]
     try:
-        for ptype in (SA, TSI, TSR):
-            body = req.child[ptype]
-            if ptype == SA:  # as the codec's chain decoder: an SA body of a shape seen before is parsed once
-                out.append(pull_sa_body(body))
-            else:
-                out.append(_pull_ts(body, ptype) or pull_body(Buffer(body), ptype, False, len(body)))
+        # as the codec's chain decoder: an SA body of a shape seen before is parsed once
+        return [pull_sa_body(child[SA]),
+                _pull_ts(tsi, TSI) or pull_body(Buffer(tsi), TSI, False, len(tsi)),
+                _pull_ts(tsr, TSR) or pull_body(Buffer(tsr), TSR, False, len(tsr))]
     except (DecodeError, ProtocolError):
         return None
-    return out
 
 
 # TS payload bodies seen (RFC 7296 3.13) -> their selectors (immutable): a responder's own side comes in

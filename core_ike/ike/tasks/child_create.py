@@ -243,13 +243,21 @@ def _remote_selectors(sa: IkeSaView, cfg: ChildConfig, behind_nat: bool) -> list
 def narrow_remote(sa: IkeSaView, cfg: ChildConfig, offered: list[TrafficSelector]) -> list[TrafficSelector]:
     """Narrow the peer's selectors for its side (RFC 7296 2.9). A `dynamic` entry of a peer behind a
     NAT takes the single host address the peer offers as its own (its inner address)."""
-    behind_nat = _peer_behind_nat(sa)
-    if not behind_nat:
+    if not _peer_behind_nat(sa):
         return tsmod.narrow(offered, _remote_selectors(sa, cfg, False))
+    return _narrow_remote_nat(sa, cfg, offered)
+
+
+def _narrow_remote_nat(sa: IkeSaView, cfg: ChildConfig, offered: list[TrafficSelector]) -> list[TrafficSelector]:
+    """narrow_remote for a peer behind a NAT: each configured selector (_remote_selectors' with
+    `behind_nat`) narrowed on its own, a `dynamic` one to single hosts only."""
+    any_net = "::/0" if ":" in sa.remote[0] else "0.0.0.0/0"
+    parse, narrow, is_host = tsmod.parse, tsmod.narrow, tsmod.is_host
     out: list[TrafficSelector] = []
-    for text, sel in zip(cfg.remote_ts, _remote_selectors(sa, cfg, True), strict=True):
-        for t in tsmod.narrow(offered, [sel]):
-            if t not in out and (tsmod.is_host(t) or not tsmod.is_dynamic(text)):
+    for text in cfg.remote_ts:
+        dynamic = text.startswith("dynamic") and tsmod.is_dynamic(text)
+        for t in narrow(offered, [parse(text, any_net if dynamic else None)]):
+            if t not in out and (not dynamic or is_host(t)):
                 out.append(t)
     return out
 
@@ -437,7 +445,7 @@ class ChildCreate(Task):
                 msg: Message | None) -> None:
         if not isinstance(sa_pl, SaPayload) or not isinstance(tsi, TsPayload) or not isinstance(tsr, TsPayload):
             raise ProtocolError("CHILD_SA request lacks SA or TS payloads", NotifyType.INVALID_SYNTAX)
-        if msg is not None:
+        if msg is not None:  # None: an IKE_AUTH request without CP (select_r)
             self._handle_cp(sa, msg)
         cfg, tsi_n, tsr_n = self._pick_config(sa, tsi.selectors, tsr.selectors)
         self.cfg = cfg
@@ -446,7 +454,8 @@ class ChildCreate(Task):
         chosen = Proposal(choice.num, choice.protocol, sa_pl.proposals[choice.index].spi, list(choice.transforms))
         if len(chosen.spi) != 4:
             raise ProtocolError("ESP SPI must be 4 octets", NotifyType.INVALID_SYNTAX)
-        self._pfs_r(sa, msg, chosen)
+        if not self.in_auth:  # RFC 7296 1.3: CREATE_CHILD_SA's nonces and optional KE
+            self._pfs_r(sa, msg, chosen)
         self.chosen, self.choice = chosen, choice
         self.tsi, self.tsr = tsi_n, tsr_n
 
@@ -454,9 +463,15 @@ class ChildCreate(Task):
                      tsr: list[TrafficSelector]) -> tuple[ChildConfig, list[TrafficSelector], list[TrafficSelector]]:
         candidates = [self.rekey.config] if self.rekey is not None else sa.config.children
         found = None
+        # narrow_remote and local_selectors with what they look up taken once for all configurations
+        parse, narrow = tsmod.parse, tsmod.narrow
+        behind_nat = _peer_behind_nat(sa)
+        here = str(sa.vip) if sa.vip is not None else sa.local[0]  # _dynamic_local
+        there = str(sa.peer_vip or sa.remote[0])
         for cfg in candidates:
-            tsi_n = narrow_remote(sa, cfg, tsi)
-            tsr_n = tsmod.narrow(tsr, local_selectors(sa, cfg))
+            tsi_n = _narrow_remote_nat(sa, cfg, tsi) if behind_nat else \
+                narrow(tsi, list(map(parse, cfg.remote_ts, repeat(there))))
+            tsr_n = narrow(tsr, list(map(parse, cfg.local_ts, repeat(here))))
             if tsi_n and tsr_n:
                 # RFC 7296 2.9: narrowed to a subset holding the initiator's first selectors (the packet
                 # that triggered it) when a config allows that
@@ -473,8 +488,6 @@ class ChildCreate(Task):
         raise ProtocolError("traffic selectors unacceptable", NotifyType.TS_UNACCEPTABLE)
 
     def _pfs_r(self, sa: IkeSaView, msg: Message | None, chosen: Proposal) -> None:
-        if self.in_auth:
-            return
         assert msg is not None  # select_r: CREATE_CHILD_SA's request is given
         nonce = msg.get(PayloadType.NONCE)
         if not isinstance(nonce, NoncePayload):

@@ -169,3 +169,39 @@ def test_sa_params_are_values() -> None:
     assert {a: 1}[b] == 1
     assert "k" * 20 not in repr(a) and "6b6b" not in repr(a)
     assert not hasattr(a, "__dict__")
+
+
+def reference_narrow_remote_nat(cfg: ChildConfig, offered: list[TrafficSelector], v6: bool) -> list[TrafficSelector]:
+    """A peer behind a NAT (docs/configuration.md, "Traffic selectors"): each configured remote selector,
+    `dynamic` as the whole address family, narrowed on its own; from a `dynamic` one single hosts only."""
+    out: list[TrafficSelector] = []
+    for text in cfg.remote_ts:
+        dynamic = text.split("[", 1)[0] == "dynamic"
+        configured = tsmod.parse(text, ("::/0" if v6 else "0.0.0.0/0") if dynamic else None)
+        for t in reference_narrow(offered, [configured]):
+            if t not in out and (t.start_addr == t.end_addr or not dynamic):
+                out.append(t)
+    return out
+
+
+def test_a_peers_selectors_behind_a_nat_narrowed_as_written_out() -> None:
+    from types import SimpleNamespace
+
+    from core_ike.ike.tasks.child_create import narrow_remote
+
+    rng = random.Random(16)
+    table = selectors(rng)
+    texts = ["dynamic", "dynamic[tcp/443]", "10.201.0.0/16", "10.201.1.7", "10.201.1.0/28[udp]", "0.0.0.0/0",
+             "10.201.1.8/30"]
+    narrowed = 0
+    for _ in range(2000):
+        cfg = ChildConfig(name="net", remote_ts=rng.sample(texts, rng.randrange(1, 4)))
+        offered = rng.sample(table, rng.randrange(1, 4))
+        sa = SimpleNamespace(nat_there=True, peer_vip=None, remote=("198.51.100.9", 4500))
+        got = narrow_remote(sa, cfg, offered)  # type: ignore[arg-type]
+        assert got == reference_narrow_remote_nat(cfg, offered, False), (cfg, offered)
+        narrowed += len(got) > 1
+        sa.nat_there = False  # not behind a NAT: `dynamic` is the address we see
+        there = [tsmod.parse(t, "198.51.100.9") for t in cfg.remote_ts]
+        assert narrow_remote(sa, cfg, offered) == reference_narrow(offered, there)  # type: ignore[arg-type]
+    assert narrowed > 100  # the table narrows to several selectors often enough to compare orders
