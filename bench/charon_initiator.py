@@ -166,16 +166,16 @@ class Recorded:
     seconds: float = 0.0  # wall time of the batch
 
 
-def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path) -> Recorded:
+def record(lab: Any, auth: str, pki: Pki, count: int, inflight: int, out: Path, id_type: str = "dn") -> Recorded:
     """`count` IKE_SAs from the charon initiator against a recording iked; the datagrams and the iked
-    configuration directory go to `out`."""
+    configuration directory go to `out`. `id_type`: the initiators' identities with RSA (see `initiator`)."""
     import shutil
 
     from scenarios.lab.events import wait_files
 
     resp = Ours(lab, auth, pki)
     resp.iked.module = "ike_cost"
-    init = initiator(lab, auth, pki, count, f"rec-{auth}", threads=4 * inflight + 16)
+    init = initiator(lab, auth, pki, count, f"rec-{auth}", threads=4 * inflight + 16, id_type=id_type)
     rec = out / "datagrams.pickle"
     resp.iked.start(env={"PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", RECORD_ENV: str(rec)})
     try:
@@ -330,10 +330,13 @@ class Charon(Responder):
 
 
 # ====================================================================== the initiator (charon in alice)
-def initiator(lab: Any, auth: str, pki: Pki, n: int, name: str, threads: int = 64, child: bool = False) -> Any:
+def initiator(lab: Any, auth: str, pki: Pki, n: int, name: str, threads: int = 64, child: bool = False,
+              id_type: str = "dn") -> Any:
     """charon with connections c0..c{n-1}, one identity each (swanctl defaults otherwise: MOBIKE,
     fragmentation, NAT-D; no CHILD_SA: `initiate` of the IKE_SA alone is childless, RFC 6023; with `child`
-    each connection's CHILD_SA in IKE_AUTH and kernel-libipsec, bench/charon_child.py)."""
+    each connection's CHILD_SA in IKE_AUTH and kernel-libipsec, bench/charon_child.py). With RSA, `id_type`
+    "dn" sends the certificate's subject (ID_DER_ASN1_DN, swanctl's default without `id`), "fqdn" the
+    certificate's dNSName cK.bench (ID_FQDN, bound to the certificate by its subjectAltName, RFC 4945 3.1)."""
     from scenarios.lab.charon import Charon as CharonProc
 
     conns = []
@@ -342,7 +345,7 @@ def initiator(lab: Any, auth: str, pki: Pki, n: int, name: str, threads: int = 6
             local = f"auth = psk\n      id = c{i}@bench"
             remote = f"auth = psk\n      id = {RESP_ID}"
         else:  # charon's default send_cert = ifasked: both responders send a CERTREQ in IKE_SA_INIT
-            local = f"auth = pubkey\n      certs = c{i}.crt"
+            local = f"auth = pubkey\n      certs = c{i}.crt" + (f"\n      id = c{i}.bench" if id_type == "fqdn" else "")
             remote = "auth = pubkey\n      id = responder.bench\n      cacerts = ca.crt"
         conns.append(f"  c{i} {{\n    local_addrs = {INIT_IP}\n    remote_addrs = {RESP_IP}\n"
                      f"    proposals = {PROPOSAL}\n    version = 2\n    rekey_time = 0\n"

@@ -234,9 +234,15 @@ def per_datagram(r: dict[str, Any]) -> dict[str, Any]:
 
 
 # ====================================================================== recording
-def ensure_recordings(auths: list[str], count: int, inflight: int, into: Path) -> dict[str, Path]:
-    """`into`/AUTH, recorded from the charon initiator unless a recording is already there."""
-    need = [a for a in auths if not (into / a / "datagrams.pickle").exists()]
+def recording_name(auth: str, id_type: str) -> str:
+    """The folder of a recording: AUTH, or AUTH-ID_TYPE for RSA with identities other than the DN."""
+    return auth if auth == "psk" or id_type == "dn" else f"{auth}-{id_type}"
+
+
+def ensure_recordings(auths: list[str], count: int, inflight: int, into: Path, id_type: str = "dn") -> dict[str, Path]:
+    """`into`/AUTH (`recording_name`), recorded from the charon initiator unless a recording is already there;
+    `id_type`: the RSA initiators' identities (bench/charon_initiator.py's `initiator`)."""
+    need = [a for a in auths if not (into / recording_name(a, id_type) / "datagrams.pickle").exists()]
     if need:
         import charon_initiator as ci
 
@@ -247,14 +253,14 @@ def ensure_recordings(auths: list[str], count: int, inflight: int, into: Path) -
         lab = two_hosts(prefix="ikecold", inner=False)
         try:
             for auth in need:
-                (into / auth).mkdir(parents=True, exist_ok=True)
-                r = ci.record(lab, auth, pki, count, inflight, into / auth)
+                (into / recording_name(auth, id_type)).mkdir(parents=True, exist_ok=True)
+                r = ci.record(lab, auth, pki, count, inflight, into / recording_name(auth, id_type), id_type=id_type)
                 print(f"  recorded {auth}: {r.established}/{count} IKE_SAs", file=sys.stderr, flush=True)
                 if r.established != count:
                     raise RuntimeError(f"recording {auth}: {r.established} of {count} IKE_SAs established")
         finally:
             lab.teardown()
-    return {a: into / a for a in auths}
+    return {a: into / recording_name(a, id_type) for a in auths}
 
 
 # ====================================================================== report
@@ -321,6 +327,15 @@ def report(a: Any, res: dict[str, dict[str, list[dict[str, Any]]]], before_name:
     return figures, "\n".join(lines)
 
 
+def _before_tree(before: str | None) -> tuple[Path | None, bool]:
+    """The --before tree (a directory given, or REV unpacked into a temporary one) and whether it was given."""
+    if before is None:
+        return None, False
+    if Path(before).is_dir():
+        return Path(before).resolve(), True
+    return results_io.git_tree(before, prefix="ike-cold-before-"), False
+
+
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -328,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=100, help="IKE_SAs recorded per auth (when recording)")
     ap.add_argument("--inflight", type=int, default=4, help="IKE_SAs the charon initiator keeps in flight (recording)")
     ap.add_argument("--recording", type=Path, help="reuse DIR/psk, DIR/rsa (recorded there when absent)")
+    ap.add_argument("--id-type", choices=("dn", "fqdn"), default="dn",
+                    help="the RSA initiators' identities: their certificates' subject DN (ID_DER_ASN1_DN) or their "
+                         "dNSName subjectAltName (ID_FQDN; recorded in DIR/rsa-fqdn)")
     ap.add_argument("--before", metavar="REV|DIR", help="also replay by REV (git archive) or a source tree DIR")
     ap.add_argument("--datagrams", type=int, default=300,
                     help="replay the recording's first N datagrams (0: all; under callgrind about 0.3 s each)")
@@ -350,13 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     header = results_io.start_header(args_in, "bench/ike_cold.py")
     auths = a.auth.split(",")
     work = Path(tempfile.mkdtemp(prefix="ike-cold-"))
-    given = a.before is not None and Path(a.before).is_dir()
-    before = (Path(a.before).resolve() if given else results_io.git_tree(a.before, prefix="ike-cold-before-")
-              ) if a.before else None
+    before, given = _before_tree(a.before)
     try:
-        recs = ensure_recordings(auths, a.count, a.inflight, a.recording or work / "rec")
+        recs = ensure_recordings(auths, a.count, a.inflight, a.recording or work / "rec", a.id_type)
         res: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for auth in auths:
+            rec_dir, auth = recs[auth], recording_name(auth, a.id_type)  # figures named rsa-fqdn apart from rsa's
             res[auth] = {"ours": [], "before": []}
             for rnd, side in results_io.interleave(rounds, ["ours", "before"] if before else ["ours"]):
                 tree = ROOT if side == "ours" else before
@@ -365,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 if a.keep is not None:
                     a.keep.mkdir(parents=True, exist_ok=True)
                     keep = a.keep / f"callgrind.{auth}.{side}.{rnd + 1}"
-                pd = per_datagram(cold_replay(tree, recs[auth], work, a.evict, a.datagrams, keep=keep))
+                pd = per_datagram(cold_replay(tree, rec_dir, work, a.evict, a.datagrams, keep=keep))
                 res[auth][side].append(pd)
                 print(f"  round {rnd + 1} {auth} {side}: {pd['instructions']:.0f} instructions, "
                       f"{pd['ll_misses']:.0f} LL misses per datagram", file=sys.stderr, flush=True)
@@ -379,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     figures, text = report(a, res, bname)
     notes = [NOTE, f"simulated LL: {LL_BYTES // 2**20} MB, 16-way, 64-octet lines; {a.evict} MB read before each "
              "datagram; the replay runs once uncounted first; both trees replay the same recording with the same "
-             "seeded randomness", f"trees: this tree {header['commit']}" + (f", before {bname}" if bname else "")]
+             f"seeded randomness; RSA initiators' identities: {a.id_type}", f"trees: this tree {header['commit']}" + (f", before {bname}" if bname else "")]
     header = results_io.finish_header(header, a.quick, rounds)
     results_io.write_results(a.out, "ike_cold", header, figures, text, notes)
     return 0

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["CertificateParts", "SigAlg", "algorithm_identifier", "certificate_parts", "certificate_subject",
-           "parse_algorithm_identifier"]
+__all__ = ["OID_SUBJECT_ALT_NAME", "CertificateParts", "SigAlg", "algorithm_identifier", "certificate_extension",
+           "certificate_parts", "certificate_subject", "der_header", "parse_algorithm_identifier"]
 
 # DER-encoded OID contents (X.690 8.19)
 _OID_RSA = {  # PKCS #1 (RFC 8017 A.2.4)
@@ -155,6 +155,88 @@ def certificate_subject(der: bytes) -> bytes | None:
     except (_DerError, IndexError):
         return None
     return der[pos:stop] if tag == 0x30 else None
+
+
+OID_SUBJECT_ALT_NAME = bytes.fromhex("551d11")  # RFC 5280 4.2.1.6 id-ce-subjectAltName, 2.5.29.17
+
+
+def der_header(data: bytes, pos: int, limit: int) -> tuple[int, int, int]:
+    """(tag, value start, value end) of the TLV at `pos` within `limit`, its length in DER's shortest form
+    (X.690 10.1: a long form only from 128 octets on, without leading zero octets); ValueError otherwise."""
+    if pos + 2 > limit:
+        raise ValueError("truncated")
+    tag, n = data[pos], data[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if k == 0 or k > 3 or pos + k > limit or data[pos] == 0:
+            raise ValueError("bad length")
+        n = int.from_bytes(data[pos : pos + k], "big")
+        pos += k
+        if n < 0x80:
+            raise ValueError("length not in its shortest form")
+    if pos + n > limit:
+        raise ValueError("truncated value")
+    return tag, pos, pos + n
+
+
+def certificate_extension(der: bytes, oid: bytes) -> bytes | None:
+    """The extnValue octets of extension `oid` (its DER content octets) in a DER X.509 certificate (RFC 5280
+    4.1: Extension = SEQUENCE {extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING}); b"" when
+    the certificate has no such extension. None when it is not that shape, the extension is empty, or any
+    extension appears twice (RFC 5280 4.2: at most one instance of an extension): the caller then decides
+    from the parsed certificate. The other extensions' values are not read."""
+    try:
+        bounds = _extensions(der)
+        if bounds is None or bounds[0] == bounds[1]:
+            return None if bounds is None else b""
+        pos, stop = bounds
+        found = b""
+        seen: list[bytes] = []
+        while pos < stop:
+            tag, epos, eend = _header(der, pos, stop)
+            otag, opos, oend = _header(der, epos, eend)
+            ext_id = der[opos:oend]
+            if tag != 0x30 or otag != 0x06 or ext_id in seen:
+                return None
+            seen.append(ext_id)
+            if ext_id == oid:
+                if der[oend] == 0x01:  # critical
+                    oend = _header(der, oend, eend)[2]
+                tag, vpos, vend = _header(der, oend, eend)
+                if tag != 0x04 or vend != eend or vpos == vend:
+                    return None
+                found = der[vpos:vend]
+            pos = eend
+    except (_DerError, IndexError):
+        return None
+    return found
+
+
+def _extensions(der: bytes) -> tuple[int, int] | None:
+    """The bounds of the Extensions' SEQUENCE OF contents in a DER certificate (RFC 5280 4.1: tbsCertificate
+    = SEQUENCE {[0] version, serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo,
+    [1] issuerUniqueID, [2] subjectUniqueID, [3] extensions}); an empty range without extensions, None when
+    it is not that shape."""
+    tag, pos, end = _header(der, 0, len(der))
+    if tag != 0x30 or end != len(der):
+        return None
+    tag, pos, end = _header(der, pos, end)  # tbsCertificate
+    if tag != 0x30:
+        return None
+    if der[pos] == 0xA0:  # version, [0] EXPLICIT (absent for v1)
+        pos = _header(der, pos, end)[2]
+    for _ in range(6):  # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+        pos = _header(der, pos, end)[2]
+    while pos < end and der[pos] in (0x81, 0x82, 0xA1, 0xA2):  # the unique identifiers (RFC 5280 4.1.2.8)
+        pos = _header(der, pos, end)[2]
+    if pos == end:
+        return pos, pos
+    tag, pos, stop = _header(der, pos, end)
+    if tag != 0xA3 or stop != end:
+        return None
+    tag, pos, stop = _header(der, pos, stop)  # Extensions ::= SEQUENCE SIZE (1..MAX) OF Extension
+    return (pos, stop) if tag == 0x30 and stop == end else None
 
 
 class CertificateParts(NamedTuple):

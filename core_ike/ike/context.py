@@ -26,7 +26,7 @@ from ..rng import Rng
 from . import events, ts
 from .config import ChildConfig, IkeConfig
 from .creds import Credentials, PublicKey
-from .identity import Identity
+from .identity import Identity, san_holds, san_holds_parsed
 from .state import ChildSa, IkeState
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ __all__ = [
     "TaskContext",
     "Vip",
     "events",
+    "san_holds",
+    "san_holds_parsed",
     "ts",
 ]
 

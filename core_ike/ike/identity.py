@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from cryptography import x509
+
 from ..constants import IdType
+from ..crypto.sigalg import OID_SUBJECT_ALT_NAME, certificate_extension, der_header
 from ..errors import LocalError
 
 # members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook, and
@@ -119,3 +122,105 @@ ANY = Identity(0, b"")
 def _dn_text(der: bytes) -> str:
     """Display a DER DN; the printable form comes from the certificate when there is one."""
     return "asn1dn:#" + der.hex()
+
+
+# RFC 5280 4.2.1.6: GeneralName's IMPLICIT context tags, primitive: [1] rfc822Name, [2] dNSName and
+# [6] uniformResourceIdentifier (IA5String), [7] iPAddress (OCTET STRING)
+_GN_RFC822, _GN_DNS, _GN_URI, _GN_IP = 0x81, 0x82, 0x86, 0x87
+# the GeneralName an identity type is found as (RFC 4945 3.1.1-3.1.3), and the length of an address
+_SAN_TAG: dict[int, int] = {_FQDN: _GN_DNS, _RFC822_ADDR: _GN_RFC822, _IPV4_ADDR: _GN_IP, _IPV6_ADDR: _GN_IP}
+_ADDR_LEN: dict[int, int] = {_IPV4_ADDR: 4, _IPV6_ADDR: 16}
+_IA5_TAGS = (_GN_DNS, _GN_RFC822, _GN_URI)
+
+
+def _mailbox_equal(a: bytes, b: bytes) -> bool:
+    """RFC 5280 7.5: an rfc822Name's local-part compares case-sensitively, its host-part case-insensitively."""
+    if a == b:
+        return True
+    if b"@" not in a or b"@" not in b:
+        return False
+    la, _, ha = a.rpartition(b"@")
+    lb, _, hb = b.rpartition(b"@")
+    return la == lb and ha.lower() == hb.lower()
+
+
+def san_holds(der: bytes, ident: Identity) -> bool | None:
+    """Whether the subjectAltName of the DER certificate `der` holds `ident` (an ID_FQDN as a dNSName, an
+    ID_RFC822_ADDR as an rfc822Name, an ID_IPV4_ADDR / ID_IPV6_ADDR as an iPAddress of its octets; RFC 4945
+    3.1, RFC 7296 3.5), read from the octets without parsing the other extensions: the decision of
+    `san_holds_parsed`, made for the common encodings only. None when the parsed certificate must decide:
+    another identity type, text that is not ASCII, a certificate or extension not in that shape, a
+    GeneralName other than those four (RFC 5280 4.2.1.6), an iPAddress of neither 4 nor 16 octets.
+
+    DNS names compare ASCII case-insensitively (RFC 4343 3, RFC 5280 7.2), exactly otherwise: no wildcard
+    is expanded, a trailing dot or an IDN's U-label makes another name (the certificate holds A-labels,
+    RFC 5280 7.2)."""
+    t = ident.id_type
+    want = _SAN_TAG.get(t)
+    if want is None:
+        return None
+    data = ident.data
+    if want == _GN_IP:
+        if len(data) != _ADDR_LEN[t]:
+            return None
+    elif not data.isascii():
+        return None
+    elif want == _GN_DNS:
+        data = data.lower()
+    names = certificate_extension(der, OID_SUBJECT_ALT_NAME)
+    if not names:
+        return None if names is None else False  # b"": no subjectAltName
+    try:
+        return _names_hold(names, want, data)
+    except ValueError:
+        return None
+
+
+def _names_hold(names: bytes, want: int, data: bytes) -> bool | None:
+    """`san_holds` over the extension's value, GeneralNames ::= SEQUENCE SIZE (1..MAX) OF GeneralName."""
+    tag, pos, end = der_header(names, 0, len(names))
+    if tag != 0x30 or end != len(names) or pos == end:
+        return None
+    hit = False
+    while pos < end:
+        tag, vpos, pos = der_header(names, pos, end)
+        value = names[vpos:pos]
+        if tag == _GN_IP:
+            if len(value) != 4 and len(value) != 16:
+                return None  # a network (name constraints' form) or malformed: parsed
+            if want == _GN_IP and value == data:
+                hit = True
+        elif tag in _IA5_TAGS:
+            if not value.isascii():
+                return None
+            if tag == want and not hit:
+                hit = value.lower() == data if tag == _GN_DNS else _mailbox_equal(value, data)
+        else:
+            return None
+    return hit
+
+
+def san_holds_parsed(cert: x509.Certificate, ident: Identity) -> bool:
+    """`san_holds` decided from the certificate as `cryptography` parses it; a certificate whose extensions
+    it cannot read holds no identity."""
+    t = ident.id_type
+    want = _SAN_TAG.get(t)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        return False
+    data = ident.data
+    if want == _GN_DNS:
+        key = data.lower()
+        return any(v.encode("utf-8", "surrogateescape").lower() == key for v in san.get_values_for_type(x509.DNSName))
+    if want == _GN_RFC822:
+        return any(_mailbox_equal(v.encode("utf-8", "surrogateescape"), data)
+                   for v in san.get_values_for_type(x509.RFC822Name))
+    if want == _GN_IP:
+        if len(data) != _ADDR_LEN[t]:
+            return False
+        return any(not isinstance(a, (ipaddress.IPv4Network, ipaddress.IPv6Network)) and a.packed == data
+                   for a in san.get_values_for_type(x509.IPAddress))
+    return False

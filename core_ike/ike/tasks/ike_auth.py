@@ -15,7 +15,7 @@ from ...constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyT
 from ...crypto.auth import create_signature_auth, psk_auth, signed_octets, verify_signature_auth
 from ...crypto.sigalg import certificate_subject
 from ...errors import AuthenticationFailed, ProtocolError
-from ..context import Identity, IkeSaView, PublicKey, Status, Task
+from ..context import Identity, IkeSaView, PublicKey, Status, Task, san_holds, san_holds_parsed
 from ..context import events as ev
 from ..state import IkeState
 from . import eap_auth as eap
@@ -23,8 +23,7 @@ from . import eap_auth as eap
 log = logging.getLogger("core_ike.ike")
 # members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
 _ESTABLISHED = IkeState.ESTABLISHED
-_DER_ASN1_DN, _FQDN, _RFC822_ADDR = IdType.DER_ASN1_DN, IdType.FQDN, IdType.RFC822_ADDR
-_IPV4_ADDR, _IPV6_ADDR = IdType.IPV4_ADDR, IdType.IPV6_ADDR
+_DER_ASN1_DN = IdType.DER_ASN1_DN
 
 
 def _default_id(addr: str) -> Identity:
@@ -108,18 +107,10 @@ def _cert_matches(cert: x509.Certificate, ident: Identity, der: bytes = b"") -> 
         # CA signed them (re-encoding the parsed subject costs more than the signature check); the
         # re-encoding is the fallback for a certificate whose subject is not in canonical DER
         return (bool(der) and certificate_subject(der) == ident.data) or cert.subject.public_bytes() == ident.data
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    text = str(ident)
-    if t == _FQDN:
-        return text in san.get_values_for_type(x509.DNSName)
-    if t == _RFC822_ADDR:
-        return text in san.get_values_for_type(x509.RFC822Name)
-    if t in (_IPV4_ADDR, _IPV6_ADDR):
-        return ipaddress.ip_address(ident.data) in san.get_values_for_type(x509.IPAddress)
-    return False
+    # RFC 4945 3.1.1-3.1.3: other identities in the subjectAltName, read from the DER for the common
+    # encodings (parsing every extension into objects costs more), from the parsed certificate otherwise
+    held = san_holds(der, ident) if der else None
+    return held if held is not None else san_holds_parsed(cert, ident)
 
 
 def verify_auth(sa: IkeSaView, msg: Message, peer_is_initiator: bool, id_pl: IdPayload) -> None:
