@@ -48,6 +48,13 @@ from .informational import ChildDelete
 
 log = logging.getLogger("core_ike.ike")
 
+# enum members bound once: reading one off its class runs Python 3.11's EnumType.__getattr__ hook, and
+# these are read for every CHILD_SA
+_IKE_AUTH, _CREATE_CHILD_SA = ExchangeType.IKE_AUTH, ExchangeType.CREATE_CHILD_SA
+_TSI, _TSR = PayloadType.TSi, PayloadType.TSr
+_INSTALLED = ChildState.INSTALLED
+_INFO = logging.INFO
+
 
 def _strip_dh(props: list[Proposal]) -> list[Proposal]:
     """RFC 7296 1.2: no KE in IKE_AUTH, so the first CHILD_SA's proposals carry no DH."""
@@ -289,28 +296,30 @@ def schedule(sa: IkeSaView, child: ChildSa, now: float, rekey_initiator: bool) -
 
 class ChildCreate(Task):
     name = "CHILD_CREATE"
+    # immutable starting values as class attributes: an instance sets only what it changes (one is made
+    # for every CHILD_SA)
+    spi_in = 0
+    ke: KeyExchange | None = None
+    nonce = b""
+    error: ProtocolError | None = None
+    chosen: Proposal | None = None
+    choice: _Choice | None = None  # as responder: how `chosen` was chosen
+    child: ChildSa | None = None
+    peer_nonce = b""
+    shared: bytes | None = None
+    cp_reply: CpPayload | None = None
+    collision: ChildCreate | None = None  # the peer's rekey of the same CHILD_SA (RFC 7296 2.8.1)
 
     def __init__(self, cfg: ChildConfig | None, in_auth: bool, rekey: ChildSa | None = None,
                  packet: tuple[TrafficSelector, TrafficSelector] | None = None) -> None:
         self.cfg = cfg if cfg is not None else (rekey.config if rekey else None)
         self.packet = packet  # (source, destination) of the packet that triggered it (an acquire)
         self.in_auth = in_auth
-        self.exchange = ExchangeType.IKE_AUTH if in_auth else ExchangeType.CREATE_CHILD_SA
+        self.exchange = _IKE_AUTH if in_auth else _CREATE_CHILD_SA
         self.rekey = rekey
-        self.spi_in = 0
         self.proposals: list[Proposal] = []
-        self.ke: KeyExchange | None = None
-        self.nonce = b""
-        self.error: ProtocolError | None = None
-        self.chosen: Proposal | None = None
-        self.choice: _Choice | None = None  # as responder: how `chosen` was chosen
         self.tsi: list[TrafficSelector] = []
         self.tsr: list[TrafficSelector] = []
-        self.child: ChildSa | None = None
-        self.peer_nonce = b""
-        self.shared: bytes | None = None
-        self.cp_reply: CpPayload | None = None
-        self.collision: ChildCreate | None = None  # the peer's rekey of the same CHILD_SA (RFC 7296 2.8.1)
         self._sent_tsi: list[TrafficSelector] = []  # what we proposed, for the failure reason
         self._sent_tsr: list[TrafficSelector] = []
 
@@ -534,7 +543,7 @@ class ChildCreate(Task):
             out.append(NoncePayload(self.nonce))
             if self.ke is not None:
                 out.append(KePayload(self.ke.group, self.ke.public))
-        out += (TsPayload(PayloadType.TSi, self.tsi), TsPayload(PayloadType.TSr, self.tsr))
+        out += (TsPayload(_TSI, self.tsi), TsPayload(_TSR, self.tsr))
         self._install(sa, now, initiator=False)
         return out
 
@@ -564,13 +573,13 @@ class ChildCreate(Task):
         uid = ctx.next_child_id()
         reqid = self.rekey.reqid if self.rekey is not None else ctx.next_reqid()
         child = ChildSa(self.cfg.name, uid, reqid, self.cfg, self.spi_in, spi_out, self.chosen, c.text, keys,
-                        local_ts, remote_ts, ChildState.INSTALLED, now,
+                        local_ts, remote_ts, _INSTALLED, now,
                         rekeyed_from=self.rekey.unique_id if self.rekey else None)
         schedule(sa, child, now, initiator)
         sa.children[uid] = child
         self.child = child
         encap = sa.nat_here or sa.nat_there or sa.config.encap or sa.uses_marker
-        if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(_INFO):
             log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s", child.name, uid,
                      self.spi_in, spi_out, tsmod.list_text(local_ts), tsmod.list_text(remote_ts))
         ctx.emit(ev.ChildSaEstablished(
