@@ -194,16 +194,27 @@ def certificate_extension(der: bytes, oid: bytes) -> bytes | None:
         found = b""
         seen: list[bytes] = []
         while pos < stop:
-            tag, epos, eend = _header(der, pos, stop)
-            otag, opos, oend = _header(der, epos, eend)
-            ext_id = der[opos:oend]
-            if tag != 0x30 or otag != 0x06 or ext_id in seen:
+            # each Extension's header and extnID read inline (a call per TLV costs more than the reading)
+            n = der[pos + 1]
+            epos = pos + 2
+            if n >= 0x80:
+                if n == 0x81:
+                    n, epos = der[epos], epos + 1
+                elif n == 0x82:
+                    n, epos = der[epos] << 8 | der[epos + 1], epos + 2
+                else:
+                    return None
+            eend = epos + n
+            olen = der[epos + 1]
+            ext_id = der[epos + 2:epos + 2 + olen]
+            if der[pos] != 0x30 or eend > stop or der[epos] != 0x06 or olen >= 0x80 or ext_id in seen:
                 return None
             seen.append(ext_id)
             if ext_id == oid:
-                if der[oend] == 0x01:  # critical
-                    oend = _header(der, oend, eend)[2]
-                tag, vpos, vend = _header(der, oend, eend)
+                vpos = epos + 2 + olen
+                if der[vpos] == 0x01:  # critical
+                    vpos = _header(der, vpos, eend)[2]
+                tag, vpos, vend = _header(der, vpos, eend)
                 if tag != 0x04 or vend != eend or vpos == vend:
                     return None
                 found = der[vpos:vend]
@@ -224,10 +235,20 @@ def _extensions(der: bytes) -> tuple[int, int] | None:
     tag, pos, end = _header(der, pos, end)  # tbsCertificate
     if tag != 0x30:
         return None
-    if der[pos] == 0xA0:  # version, [0] EXPLICIT (absent for v1)
-        pos = _header(der, pos, end)[2]
-    for _ in range(6):  # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
-        pos = _header(der, pos, end)[2]
+    # [0] version (absent for v1), serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo:
+    # skipped with their lengths read inline (a call per field costs more than the reading)
+    for _ in range(7 if der[pos] == 0xA0 else 6):
+        n = der[pos + 1]
+        if n < 0x80:
+            pos += 2 + n
+        elif n == 0x81:
+            pos += 3 + der[pos + 2]
+        elif n == 0x82:
+            pos += 4 + (der[pos + 2] << 8 | der[pos + 3])
+        else:
+            return None
+    if pos > end:
+        return None
     while pos < end and der[pos] in (0x81, 0x82, 0xA1, 0xA2):  # the unique identifiers (RFC 5280 4.1.2.8)
         pos = _header(der, pos, end)[2]
     if pos == end:

@@ -207,3 +207,24 @@ def test_builder_written_certificates() -> None:
         der = c.public_bytes(serialization.Encoding.DER)
         assert san_holds(der, ident) is expected
         assert san_holds_parsed(c, ident) is expected
+
+
+def test_long_fields_before_the_extensions() -> None:
+    """An RSA-2048 key (a SubjectPublicKeyInfo of two length octets) and a subject over 127 octets (one):
+    the fields before the extensions skipped by their long-form lengths (X.690 8.1.3.5)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "o" * 60),
+                         x509.NameAttribute(NameOID.COMMON_NAME, "c" * 60)])
+    for gns, expected in [([x509.DNSName("moon.strongswan.org")], True), ([x509.DNSName("sun.strongswan.org")], False)]:
+        c = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(T0)
+             .not_valid_after(T0 + dt.timedelta(days=1))
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+             .add_extension(x509.SubjectAlternativeName(gns), critical=False)
+             .sign(key, hashes.SHA256()))
+        der = c.public_bytes(serialization.Encoding.DER)
+        assert len(subject.public_bytes()) > 127
+        assert san_holds(der, FQDN) is expected
+        assert san_holds_parsed(c, FQDN) is expected
