@@ -295,8 +295,6 @@ class UdpTransport:
         self._log_limit = LogLimiter(log)
         # FIONREAD's answer, written in place (a writable buffer: ioctl parses no other kind first)
         self._size = array.array("i", [0])
-        self._buf = bytearray(MAX_DATAGRAM)  # what _read_each reads into
-        self._view = memoryview(self._buf)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -398,19 +396,18 @@ class UdpTransport:
         """Datagrams one recvfrom each, to the engine one at a time, each one's replies sent as soon as the
         engine made them (as `_answer` does, here without its frames): a reply never waits for the datagrams
         queued behind its request. Most wake-ups of a responder find one datagram, where recvfrom costs less
-        than recvmmsg through ctypes and its sockaddr decoding. Each datagram is read into one buffer kept
-        for the purpose and copied out at its size (not a 64 KiB object made and shrunk per datagram, the
-        allocator's large-block path cold after every idle spell); after the first datagram, an IKE message,
-        whether another one is queued is asked with FIONREAD (no exception object and no strerror text, as
-        a recvfrom failing with EAGAIN makes)."""
+        than recvmmsg through ctypes and its sockaddr decoding (or recvfrom_into a kept buffer and a copy
+        out: more instructions and as many cache misses). After the first datagram, an IKE message, whether
+        another one is queued is asked with FIONREAD (no exception object and no strerror text, as a
+        recvfrom failing with EAGAIN makes, their code cold after every idle spell)."""
         engine = self.engine
         clock, stats = self.clock, self.stats
         natt = local[1] == engine.natt_port
-        recv, fd, size, buf, view = s.recvfrom_into, s.fileno(), self._size, self._buf, self._view
+        recv, fd, size = s.recvfrom, s.fileno(), self._size
         total = 0
         while total < READ_BATCH:
             try:
-                n, remote = recv(buf)
+                data, remote = recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
@@ -421,15 +418,15 @@ class UdpTransport:
             total += 1
             if len(remote) != 2:  # IPv6: (host, port, flowinfo, scope id), the scope in the host as `%name`
                 remote = (remote[0], remote[1])
-            ike = not natt or buf.startswith(NON_ESP_MARKER, 0, n)
+            ike = not natt or data[:4] == NON_ESP_MARKER
             if ike:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
                 try:
-                    engine.receive(bytes(view[4:n] if natt else view[:n]), local, remote, clock())
+                    engine.receive(data[4:] if natt else data, local, remote, clock())
                 except Exception:  # last line of defence: one datagram lost, never the daemon
                     stats["dropped"] += 1
-                    log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", n, *remote)
+                    log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
             else:
-                self._datagram(bytes(view[:n]), local, remote, clock())
+                self._datagram(data, local, remote, clock())
             out = engine.datagrams_to_send()
             if (ev := engine.next_event()) is not None:  # a CHILD_SA installed before its response leaves
                 self._forward(ev)

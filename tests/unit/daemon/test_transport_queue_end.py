@@ -109,3 +109,27 @@ def test_natt_marker_only_within_the_datagram() -> None:
             assert await datagrams(c, 2) == [b"tsrif", b"2"]
 
     asyncio.run(run())
+
+
+class _Fails(_Echo):
+    """Fails on every datagram that starts with `bad`."""
+
+    def receive(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+        if data.startswith(b"bad"):
+            raise RuntimeError("engine bug")
+        super().receive(data, local, remote, now)
+
+
+def test_an_engine_error_loses_that_datagram_only() -> None:
+    eng = _Fails()
+
+    async def run() -> list[bytes]:
+        with started(eng) as t, client() as c:
+            (addr,) = t.sockets
+            for m in (b"bad one", b"good", b"bad two", b"also good"):
+                c.sendto(m, addr)
+            got = await datagrams(c, 2)
+            assert t.stats["dropped"] == 2 and t.stats["rx"] == 4 and t.stats["tx"] == 2
+            return got
+
+    assert asyncio.run(run()) == [b"doog", b"doog osla"]
