@@ -161,7 +161,7 @@ _CHOICES: dict[tuple[str, str, bool, int, bytes], tuple[EspTransforms | None, _C
 def _choose(sa: IkeSaView, cfg: ChildConfig, offered: SaPayload, in_auth: bool) -> _Choice:
     """The peer's proposal we accept and how; ProtocolError(NO_PROPOSAL_CHOSEN) when none (or when the
     data plane can install none of ours, _esp_proposals)."""
-    dp = installable(sa)
+    dp = sa.ctx.esp_transforms()  # installable(sa)
     shape = offered.shape
     key = (cfg.esp_proposals, cfg.name, in_auth, id(dp), shape) if shape is not None else None
     hit = _CHOICES.get(key) if key is not None else None
@@ -443,30 +443,26 @@ class ChildCreate(Task):
         """process_r with the request's SA, TSi and TSr given; `msg` for its other payloads (CP, and
         CREATE_CHILD_SA's Nonce and KE), None for an IKE_AUTH request that has none of them."""
         try:
-            self._select(sa, sa_pl, tsi, tsr, msg)
+            if not isinstance(sa_pl, SaPayload) or not isinstance(tsi, TsPayload) or not isinstance(tsr, TsPayload):
+                raise ProtocolError("CHILD_SA request lacks SA or TS payloads", NotifyType.INVALID_SYNTAX)
+            if msg is not None:  # None: an IKE_AUTH request without CP
+                self._handle_cp(sa, msg)
+            cfg, tsi_n, tsr_n = self._pick_config(sa, tsi.selectors, tsr.selectors)
+            self.cfg = cfg
+            self.spi_in = sa.ctx.alloc_spi()
+            choice = _choose(sa, cfg, sa_pl, self.in_auth)
+            chosen = Proposal(choice.num, choice.protocol, sa_pl.proposals[choice.index].spi, list(choice.transforms))
+            if len(chosen.spi) != 4:
+                raise ProtocolError("ESP SPI must be 4 octets", NotifyType.INVALID_SYNTAX)
+            if not self.in_auth:  # RFC 7296 1.3: CREATE_CHILD_SA's nonces and optional KE
+                self._pfs_r(sa, msg, chosen)
+            self.chosen, self.choice = chosen, choice
+            self.tsi, self.tsr = tsi_n, tsr_n
         except ProtocolError as e:
             if not self.in_auth:
                 raise
             log.warning("CHILD_SA in IKE_AUTH not established: %s", e)
             self.error = e
-
-    def _select(self, sa: IkeSaView, sa_pl: Payload | None, tsi: Payload | None, tsr: Payload | None,
-                msg: Message | None) -> None:
-        if not isinstance(sa_pl, SaPayload) or not isinstance(tsi, TsPayload) or not isinstance(tsr, TsPayload):
-            raise ProtocolError("CHILD_SA request lacks SA or TS payloads", NotifyType.INVALID_SYNTAX)
-        if msg is not None:  # None: an IKE_AUTH request without CP (select_r)
-            self._handle_cp(sa, msg)
-        cfg, tsi_n, tsr_n = self._pick_config(sa, tsi.selectors, tsr.selectors)
-        self.cfg = cfg
-        self.spi_in = sa.ctx.alloc_spi()
-        choice = _choose(sa, cfg, sa_pl, self.in_auth)
-        chosen = Proposal(choice.num, choice.protocol, sa_pl.proposals[choice.index].spi, list(choice.transforms))
-        if len(chosen.spi) != 4:
-            raise ProtocolError("ESP SPI must be 4 octets", NotifyType.INVALID_SYNTAX)
-        if not self.in_auth:  # RFC 7296 1.3: CREATE_CHILD_SA's nonces and optional KE
-            self._pfs_r(sa, msg, chosen)
-        self.chosen, self.choice = chosen, choice
-        self.tsi, self.tsr = tsi_n, tsr_n
 
     def _pick_config(self, sa: IkeSaView, tsi: list[TrafficSelector],
                      tsr: list[TrafficSelector]) -> tuple[ChildConfig, list[TrafficSelector], list[TrafficSelector]]:
@@ -474,7 +470,7 @@ class ChildCreate(Task):
         found = None
         # narrow_remote and local_selectors with what they look up taken once for all configurations
         parse, narrow = tsmod.parse, tsmod.narrow
-        behind_nat = _peer_behind_nat(sa)
+        behind_nat = sa.nat_there and sa.peer_vip is None  # _peer_behind_nat
         here = str(sa.vip) if sa.vip is not None else sa.local[0]  # _dynamic_local
         there = str(sa.peer_vip or sa.remote[0])
         for cfg in candidates:
