@@ -112,9 +112,12 @@ def network(text: str) -> IPNetwork:
     return ipaddress.ip_network(text, strict=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TrafficSelector:
-    """An address range as a subnet, plus IP protocol (0 = any) and port range (RFC 7296 3.13.1)."""
+    """An address range as a subnet, plus IP protocol (0 = any) and port range (RFC 7296 3.13.1).
+
+    A value, never changed once made (its hash is kept): not `frozen`, whose __init__ sets every field
+    through object.__setattr__, a call each (two are made for every CHILD_SA installed)."""
 
     subnet: IPNetwork
     protocol: int = 0
@@ -125,7 +128,7 @@ class TrafficSelector:
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.subnet, self.protocol, self.port_start, self.port_end)))
+        self._hash = hash((self.subnet, self.protocol, self.port_start, self.port_end))
 
     def __hash__(self) -> int:
         return self._hash
@@ -139,12 +142,16 @@ class TrafficSelector:
         return self.port_start == 0 and self.port_end == 65535
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PolicyParams:
     """Policy for traffic local -> remote (OUT) or remote -> local (IN/FWD), bound to SAs by reqid.
 
     `tunnel_src`/`tunnel_dst` are the outer addresses of the template (needed by XFRM and for
     acquires); the userspace backend routes the remote selector into its TUN device.
+
+    A value, never changed once made (a moved policy is a new one, `dataclasses.replace`; its hash is
+    kept): not `frozen`, whose __init__ sets every field through object.__setattr__, a call each (two
+    or three are made for a CHILD_SA's new reqid).
     """
 
     local: TrafficSelector
@@ -158,8 +165,8 @@ class PolicyParams:
     _hash: int = field(default=0, init=False, repr=False, compare=False)  # hashed once (PolicyTable's keys)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.local, self.remote, self.direction, self.reqid, self.tunnel_src,
-                                                self.tunnel_dst, self.action, self.priority)))
+        self._hash = hash((self.local, self.remote, self.direction, self.reqid, self.tunnel_src, self.tunnel_dst,
+                           self.action, self.priority))
 
     def __hash__(self) -> int:
         return self._hash

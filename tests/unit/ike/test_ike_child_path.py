@@ -205,3 +205,19 @@ def test_a_peers_selectors_behind_a_nat_narrowed_as_written_out() -> None:
         there = [tsmod.parse(t, "198.51.100.9") for t in cfg.remote_ts]
         assert narrow_remote(sa, cfg, offered) == reference_narrow(offered, there)  # type: ignore[arg-type]
     assert narrowed > 100  # the table narrows to several selectors often enough to compare orders
+
+
+def test_policies_and_their_selectors_are_values_with_a_kept_hash() -> None:
+    from core_ike.io.dataplane import PolicyParams
+    from core_ike.io.dataplane import TrafficSelector as Sel
+
+    a, b = Sel.parse("10.200.0.1/32"), Sel.parse("10.200.0.1")
+    assert a == b and hash(a) == hash(b) and a != Sel.parse("10.200.0.1/32", 6)
+    assert hash(a) == hash((a.subnet, 0, 0, 65535))
+    p = PolicyParams(a, Sel.parse("10.201.0.7/32"), Direction.OUT, 7, "192.0.2.1", "192.0.2.2")
+    table = {p: "out"}
+    moved = dataclasses.replace(p, tunnel_src="198.51.100.1")
+    assert moved != p and moved not in table and hash(moved) != hash(p)
+    back = dataclasses.replace(moved, tunnel_src="192.0.2.1")
+    assert back == p and hash(back) == hash(p) and table[back] == "out"
+    assert not hasattr(p, "__dict__") and not hasattr(a, "__dict__")
