@@ -52,6 +52,7 @@ import results_io
 ROOT = results_io.enter_repo(__file__)
 
 import vici  # noqa: E402
+from mediated_trace import cpu_ns  # noqa: E402
 
 from scenarios.lab import Lab, cleanup_orphans, nat_lab  # noqa: E402
 from scenarios.lab.charon import CharonError  # noqa: E402
@@ -63,19 +64,6 @@ from scenarios.lab.topologies import CAROL  # noqa: E402
 WARMUP = 1  # unmeasured setups at the start of each side's block in a round
 PACE = 0.25  # seconds from one run's start to the next at least (below the server's 5 ME_CONNECT/s)
 WAIT_TO_FINISH_MS = 1000.0  # strongSwan connect_manager.c: #define ME_WAIT_TO_FINISH 1000 /* ms */
-
-
-def cpu_ns(pids: list[int]) -> int:
-    """CPU time the processes `pids` have run, all their threads, in ns (/proc/PID/task/TID/schedstat, first
-    field: time on a CPU, proc(5)); a process gone counts nothing."""
-    total = 0
-    for pid in pids:
-        tasks = Path(f"/proc/{pid}/task")
-        with contextlib.suppress(OSError):
-            for t in tasks.iterdir():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    total += int((t / "schedstat").read_text().split()[0])
-    return total
 
 
 class OursMediation:
@@ -561,46 +549,23 @@ def trace(cond: Condition) -> list[str]:
 
 
 def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str]:
-    """Per-step times of every side from captures on alice, carol and bob (bench/mediated_timeline.py):
-    rounds rotating the sides as in the figures, each side's block started, warmed up, then ``runs``
-    setups captured; the step table over all captured setups of each side."""
+    """Per-step times of every side from captures on alice, carol and bob (bench/mediated_timeline.py),
+    rounds rotating the sides as in the figures, each side's block warmed up, then ``runs`` captured."""
     import mediated_timeline as mt
-    addr = {"alice": LAN["alice"], "carol": CAROL, "bob": LAN["bob"]}
-    per_side: dict[str, list[list[float | None]]] = {s: [] for s in SIDES}
-    walls: dict[str, list[float]] = {s: [] for s in SIDES}
-    cpus: dict[str, list[float]] = {s: [] for s in SIDES}
+
+    def started(side: str) -> MediatedSetupDriver:
+        driver = _started(side, lab, cond)
+        _runs(driver, Result(side, cond.result_key), WARMUP, 10.0, False)
+        return driver
+
     lab = build_lab(cond)
     try:
-        for _, side in rotated(rounds, SIDES):
-            driver = _started(side, lab, cond)
-            try:
-                _runs(driver, Result(side, cond.result_key), WARMUP, 10.0, False)
-                windows: list[tuple[float, float]] = []
-                with contextlib.ExitStack() as stack:
-                    caps = {h: stack.enter_context(lab.capture(h, "eth0", "udp", immediate=False)) for h in addr}
-                    for _ in range(runs):
-                        t0 = time.time()
-                        took = driver.initiate_and_wait(10.0)
-                        windows.append((t0, t0 + took))
-                        cpus[side].append(getattr(driver, "cpu", 0) / 1e6)
-                        driver.reset()
-                        time.sleep(max(0.0, t0 + PACE - time.time()))
-                msgs = {h: mt.messages(c.packets, addr[h]) for h, c in caps.items()}
-                for t_up, t_reply in windows:
-                    ev = mt.events(t_up, t_reply, msgs["alice"], msgs["carol"], msgs["bob"])
-                    per_side[side].append(mt.steps(ev))
-                    walls[side].append((t_reply - t_up) * 1000)
-                    if verbose:
-                        print(f"  {side}: {(t_reply - t_up) * 1000:.2f} ms; "
-                              + " ".join(f"{x:.2f}" if x is not None else "-" for x in mt.steps(ev)), flush=True)
-            finally:
-                driver.stop()
+        return [f"per-step times from captures, {cond.label}; {rounds} rounds x {runs} setups per side "
+                "(after 1 warm-up each); each step from one event to the next on the critical path",
+                *mt.collect(lab, {"alice": LAN["alice"], "carol": CAROL, "bob": LAN["bob"]},
+                            rotated(rounds, SIDES), started, runs, PACE, verbose)]
     finally:
         lab.teardown()
-    return [f"per-step times from captures, {cond.label}; {rounds} rounds x {runs} setups per side "
-            "(after 1 warm-up each); each step from one event to the next on the critical path",
-            *mt.table(per_side, walls),
-            f"{'CPU of the three daemons per setup (to the reply)':<62} " + " ".join(mt.cell(cpus[s]) for s in SIDES)]
 
 
 def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:

@@ -12,10 +12,13 @@ IKE_SA_INIT and IKE_AUTH of the mediated IKE_SA.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import struct
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 ME_CONNECT, IKE_SA_INIT, IKE_AUTH, INFORMATIONAL = 240, 34, 35, 37
 FLAG_RESPONSE = 0x20
@@ -173,3 +176,40 @@ def table(per_side: dict[str, list[list[float | None]]], walls: dict[str, list[f
         lines.append(f"{'sum of the medians, ' + host:<62} " + " ".join(cells))
     lines.append(f"{'setup (up written -> reply read), every run':<62} " + " ".join(cell(walls[s]) for s in sides))
     return lines
+
+
+def collect(lab: Any, addr: dict[str, str], order: Sequence[tuple[int, str]], started: Callable[[str], Any],
+            runs: int, pace: float, verbose: bool) -> list[str]:
+    """Capture ``runs`` setups of each side in ``order`` (round, side) on every host of ``addr`` (host:
+    its address), a setup starting at most every ``pace`` s; ``started(side)`` gives a side's driver,
+    started and warmed up. The step table over all captured setups of each side, then the three daemons'
+    CPU per setup (the driver's ``cpu``, ns, when it reads one)."""
+    sides = list(dict.fromkeys(side for _, side in order))
+    per_side: dict[str, list[list[float | None]]] = {s: [] for s in sides}
+    walls: dict[str, list[float]] = {s: [] for s in sides}
+    cpus: dict[str, list[float]] = {s: [] for s in sides}
+    for _, side in order:
+        driver = started(side)
+        try:
+            windows: list[tuple[float, float]] = []
+            with contextlib.ExitStack() as stack:
+                caps = {h: stack.enter_context(lab.capture(h, "eth0", "udp", immediate=False)) for h in addr}
+                for _ in range(runs):
+                    t0 = time.time()
+                    took = driver.initiate_and_wait(10.0)
+                    windows.append((t0, t0 + took))
+                    cpus[side].append(getattr(driver, "cpu", 0) / 1e6)
+                    driver.reset()
+                    time.sleep(max(0.0, t0 + pace - time.time()))  # the bench's pacing between setups
+            msgs = {h: messages(c.packets, addr[h]) for h, c in caps.items()}
+            for t_up, t_reply in windows:
+                ev = events(t_up, t_reply, msgs["alice"], msgs["carol"], msgs["bob"])
+                per_side[side].append(steps(ev))
+                walls[side].append((t_reply - t_up) * 1000)
+                if verbose:
+                    print(f"  {side}: {(t_reply - t_up) * 1000:.2f} ms; "
+                          + " ".join(f"{x:.2f}" if x is not None else "-" for x in steps(ev)), flush=True)
+        finally:
+            driver.stop()
+    return [*table(per_side, walls),
+            f"{'CPU of the three daemons per setup (to the reply)':<62} " + " ".join(cell(cpus[s]) for s in sides)]

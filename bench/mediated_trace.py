@@ -3,6 +3,7 @@ lines microseconds, and the step lines of one setup picked from a daemon's log w
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 import time
@@ -71,3 +72,16 @@ def step_lines(name: str, log: str, t0: float) -> list[tuple[float, str]]:
             t = day + int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
             out.append((t, f"{(t - t0) * 1000:8.2f} ms  {name:<6} {m.group(4)[:150]}"))
     return out
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """CPU time the processes `pids` have run, all their threads, in ns (/proc/PID/task/TID/schedstat, first
+    field: time on a CPU, proc(5)); a process gone counts nothing."""
+    total = 0
+    for pid in pids:
+        tasks = Path(f"/proc/{pid}/task")
+        with contextlib.suppress(OSError):
+            for t in tasks.iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int((t / "schedstat").read_text().split()[0])
+    return total
