@@ -229,12 +229,20 @@ def _extensions(der: bytes) -> tuple[int, int] | None:
     = SEQUENCE {[0] version, serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo,
     [1] issuerUniqueID, [2] subjectUniqueID, [3] extensions}); an empty range without extensions, None when
     it is not that shape."""
-    tag, pos, end = _header(der, 0, len(der))
-    if tag != 0x30 or end != len(der):
-        return None
-    tag, pos, end = _header(der, pos, end)  # tbsCertificate
-    if tag != 0x30:
-        return None
+    pos, end = 0, len(der)
+    for outer in (True, False):  # into the Certificate's SEQUENCE, then the tbsCertificate's
+        tag, n = der[pos], der[pos + 1]
+        pos += 2
+        if n == 0x82:
+            n, pos = der[pos] << 8 | der[pos + 1], pos + 2
+        elif n == 0x81:
+            n, pos = der[pos], pos + 1
+        elif n >= 0x80:
+            return None
+        stop = pos + n
+        if tag != 0x30 or stop > end or (outer and stop != end):
+            return None
+        end = stop
     # [0] version (absent for v1), serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo:
     # skipped with their lengths read inline (a call per field costs more than the reading)
     for _ in range(7 if der[pos] == 0xA0 else 6):
@@ -247,8 +255,11 @@ def _extensions(der: bytes) -> tuple[int, int] | None:
             pos += 4 + (der[pos + 2] << 8 | der[pos + 3])
         else:
             return None
-    if pos > end:
-        return None
+    return _extensions_after(der, pos, end) if pos <= end else None
+
+
+def _extensions_after(der: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """`_extensions` from the end of subjectPublicKeyInfo at `pos` to the tbsCertificate's `end`."""
     while pos < end and der[pos] in (0x81, 0x82, 0xA1, 0xA2):  # the unique identifiers (RFC 5280 4.1.2.8)
         pos = _header(der, pos, end)[2]
     if pos == end:

@@ -172,7 +172,7 @@ def san_holds(der: bytes, ident: Identity) -> bool | None:
         return None if names is None else False  # b"": no subjectAltName
     try:
         return _names_hold(names, want, data)
-    except ValueError:
+    except (ValueError, IndexError):
         return None
 
 
@@ -183,7 +183,13 @@ def _names_hold(names: bytes, want: int, data: bytes) -> bool | None:
         return None
     hit = False
     while pos < end:
-        tag, vpos, pos = der_header(names, pos, end)
+        tag, n = names[pos], names[pos + 1]
+        if n < 0x80:  # a short-form length (X.690 8.1.3.4), read inline: most names are under 128 octets
+            vpos, pos = pos + 2, pos + 2 + n
+            if pos > end:
+                return None
+        else:
+            tag, vpos, pos = der_header(names, pos, end)
         value = names[vpos:pos]
         if tag == _GN_IP:
             if len(value) != 4 and len(value) != 16:
