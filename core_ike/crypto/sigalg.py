@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["OID_SUBJECT_ALT_NAME", "CertificateParts", "SigAlg", "algorithm_identifier", "certificate_extension",
-           "certificate_parts", "certificate_subject", "der_header", "parse_algorithm_identifier"]
+__all__ = ["CertificateParts", "SigAlg", "algorithm_identifier", "certificate_parts", "certificate_subject",
+           "parse_algorithm_identifier"]
 
 # DER-encoded OID contents (X.690 8.19)
 _OID_RSA = {  # PKCS #1 (RFC 8017 A.2.4)
@@ -157,120 +157,6 @@ def certificate_subject(der: bytes) -> bytes | None:
     return der[pos:stop] if tag == 0x30 else None
 
 
-OID_SUBJECT_ALT_NAME = bytes.fromhex("551d11")  # RFC 5280 4.2.1.6 id-ce-subjectAltName, 2.5.29.17
-
-
-def der_header(data: bytes, pos: int, limit: int) -> tuple[int, int, int]:
-    """(tag, value start, value end) of the TLV at `pos` within `limit`, its length in DER's shortest form
-    (X.690 10.1: a long form only from 128 octets on, without leading zero octets); ValueError otherwise."""
-    if pos + 2 > limit:
-        raise ValueError("truncated")
-    tag, n = data[pos], data[pos + 1]
-    pos += 2
-    if n & 0x80:
-        k = n & 0x7F
-        if k == 0 or k > 3 or pos + k > limit or data[pos] == 0:
-            raise ValueError("bad length")
-        n = int.from_bytes(data[pos : pos + k], "big")
-        pos += k
-        if n < 0x80:
-            raise ValueError("length not in its shortest form")
-    if pos + n > limit:
-        raise ValueError("truncated value")
-    return tag, pos, pos + n
-
-
-def certificate_extension(der: bytes, oid: bytes) -> bytes | None:
-    """The extnValue octets of extension `oid` (its DER content octets) in a DER X.509 certificate (RFC 5280
-    4.1: Extension = SEQUENCE {extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING}); b"" when
-    the certificate has no such extension. None when it is not that shape, the extension is empty, or any
-    extension appears twice (RFC 5280 4.2: at most one instance of an extension): the caller then decides
-    from the parsed certificate. The other extensions' values are not read."""
-    try:
-        bounds = _extensions(der)
-        if bounds is None or bounds[0] == bounds[1]:
-            return None if bounds is None else b""
-        pos, stop = bounds
-        found = b""
-        seen: list[bytes] = []
-        while pos < stop:
-            # each Extension's header and extnID read inline (a call per TLV costs more than the reading)
-            n = der[pos + 1]
-            epos = pos + 2
-            if n >= 0x80:
-                if n == 0x81:
-                    n, epos = der[epos], epos + 1
-                elif n == 0x82:
-                    n, epos = der[epos] << 8 | der[epos + 1], epos + 2
-                else:
-                    return None
-            eend = epos + n
-            olen = der[epos + 1]
-            ext_id = der[epos + 2:epos + 2 + olen]
-            if der[pos] != 0x30 or eend > stop or der[epos] != 0x06 or olen >= 0x80 or ext_id in seen:
-                return None
-            seen.append(ext_id)
-            if ext_id == oid:
-                vpos = epos + 2 + olen
-                if der[vpos] == 0x01:  # critical
-                    vpos = _header(der, vpos, eend)[2]
-                tag, vpos, vend = _header(der, vpos, eend)
-                if tag != 0x04 or vend != eend or vpos == vend:
-                    return None
-                found = der[vpos:vend]
-            pos = eend
-    except (_DerError, IndexError):
-        return None
-    return found
-
-
-def _extensions(der: bytes) -> tuple[int, int] | None:
-    """The bounds of the Extensions' SEQUENCE OF contents in a DER certificate (RFC 5280 4.1: tbsCertificate
-    = SEQUENCE {[0] version, serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo,
-    [1] issuerUniqueID, [2] subjectUniqueID, [3] extensions}); an empty range without extensions, None when
-    it is not that shape."""
-    pos, end = 0, len(der)
-    for outer in (True, False):  # into the Certificate's SEQUENCE, then the tbsCertificate's
-        tag, n = der[pos], der[pos + 1]
-        pos += 2
-        if n == 0x82:
-            n, pos = der[pos] << 8 | der[pos + 1], pos + 2
-        elif n == 0x81:
-            n, pos = der[pos], pos + 1
-        elif n >= 0x80:
-            return None
-        stop = pos + n
-        if tag != 0x30 or stop > end or (outer and stop != end):
-            return None
-        end = stop
-    # [0] version (absent for v1), serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo:
-    # skipped with their lengths read inline (a call per field costs more than the reading)
-    for _ in range(7 if der[pos] == 0xA0 else 6):
-        n = der[pos + 1]
-        if n < 0x80:
-            pos += 2 + n
-        elif n == 0x81:
-            pos += 3 + der[pos + 2]
-        elif n == 0x82:
-            pos += 4 + (der[pos + 2] << 8 | der[pos + 3])
-        else:
-            return None
-    return _extensions_after(der, pos, end) if pos <= end else None
-
-
-def _extensions_after(der: bytes, pos: int, end: int) -> tuple[int, int] | None:
-    """`_extensions` from the end of subjectPublicKeyInfo at `pos` to the tbsCertificate's `end`."""
-    while pos < end and der[pos] in (0x81, 0x82, 0xA1, 0xA2):  # the unique identifiers (RFC 5280 4.1.2.8)
-        pos = _header(der, pos, end)[2]
-    if pos == end:
-        return pos, pos
-    tag, pos, stop = _header(der, pos, end)
-    if tag != 0xA3 or stop != end:
-        return None
-    tag, pos, stop = _header(der, pos, stop)  # Extensions ::= SEQUENCE SIZE (1..MAX) OF Extension
-    return (pos, stop) if tag == 0x30 and stop == end else None
-
-
 class CertificateParts(NamedTuple):
     """The octets of a DER X.509 certificate that a signature check reads (RFC 5280 4.1), as signed."""
 
@@ -280,8 +166,6 @@ class CertificateParts(NamedTuple):
     algorithm: bytes  # signatureAlgorithm, the AlgorithmIdentifier TLV (RFC 5280 4.1.1.2)
     signature: bytes  # signatureValue's octets, without the BIT STRING's unused-bits octet
     unused_bits: int  # that octet: 0 in every signature (RFC 5280 4.1.1.3 encodes whole octets)
-    not_before: int | None  # validity (RFC 5280 4.1.2.5) in UNIX seconds; None when not read here
-    not_after: int | None
 
 
 def certificate_parts(der: bytes) -> CertificateParts | None:
@@ -307,11 +191,6 @@ def certificate_parts(der: bytes) -> CertificateParts | None:
         if tag != 0x30:
             raise _DerError("SEQUENCE expected")
         issuer = der[tpos:stop]
-        tag, vpos, vend = _header(der, stop, tend)  # validity
-        if tag != 0x30:
-            raise _DerError("SEQUENCE expected")
-        not_before, vpos = _time(der, vpos, vend)
-        not_after, vpos = _time(der, vpos, vend)
         tag, _, stop = _header(der, tend, end)  # signatureAlgorithm
         if tag != 0x30:
             raise _DerError("SEQUENCE expected")
@@ -321,42 +200,7 @@ def certificate_parts(der: bytes) -> CertificateParts | None:
             raise _DerError("signatureValue")
     except (_DerError, IndexError):
         return None
-    return CertificateParts(tbs, inner, issuer, algorithm, der[spos + 1:send], der[spos], not_before, not_after)
-
-
-def _time(der: bytes, pos: int, end: int) -> tuple[int | None, int]:
-    """(UNIX seconds, next position) of the Time at `pos` (RFC 5280 4.1.2.5: UTCTime YYMMDDHHMMSSZ, its
-    YY from 1950 to 2049; GeneralizedTime YYYYMMDDHHMMSSZ); None for any other form, left to the parsed
-    certificate's own reading. Digits are read as octets (an octet minus 0x30), not through int()."""
-    tag, vpos, vend = _header(der, pos, end)
-    t = der[vpos:vend]
-    if tag == 0x17 and len(t) == 13 and t[12] == 0x5A and t[:12].isdigit():  # RFC 5280 4.1.2.5.1
-        year = t[0] * 10 + t[1] - 528  # 528 = 0x30 * 11
-        year += 1900 if year >= 50 else 2000
-        i = 2
-    elif tag == 0x18 and len(t) == 15 and t[14] == 0x5A and t[:14].isdigit():  # RFC 5280 4.1.2.5.2
-        year = t[0] * 1000 + t[1] * 100 + t[2] * 10 + t[3] - 53328  # 53328 = 0x30 * 1111
-        i = 4
-    else:
-        return None, vend
-    month, day = t[i] * 10 + t[i + 1] - 528, t[i + 2] * 10 + t[i + 3] - 528
-    hour, minute, second = t[i + 4] * 10 + t[i + 5] - 528, t[i + 6] * 10 + t[i + 7] - 528, t[i + 8] * 10 + t[i + 9] - 528
-    if not (1 <= month <= 12 and 1 <= day <= _month_days(year, month) and hour < 24 and minute < 60
-            and second < 60):
-        return None, vend
-    # days since 1970-01-01 of the proleptic Gregorian date (March-based years: the leap day falls last)
-    y = year - (month <= 2)
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-    return days * 86400 + hour * 3600 + minute * 60 + second, vend
-
-
-def _month_days(year: int, month: int) -> int:
-    if month == 2:
-        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
-    return 30 if month in (4, 6, 9, 11) else 31
+    return CertificateParts(tbs, inner, issuer, algorithm, der[spos + 1:send], der[spos])
 
 
 def _read_all(data: bytes) -> list[tuple[int, bytes]]:

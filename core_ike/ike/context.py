@@ -26,7 +26,7 @@ from ..rng import Rng
 from . import events, ts
 from .config import ChildConfig, IkeConfig
 from .creds import Credentials, PublicKey
-from .identity import Identity, san_holds, san_holds_parsed
+from .identity import Identity, san_holds
 from .state import ChildSa, IkeState
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ __all__ = [
     "Vip",
     "events",
     "san_holds",
-    "san_holds_parsed",
     "ts",
 ]
 

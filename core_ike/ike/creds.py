@@ -176,12 +176,9 @@ class Credentials:
         issuers = self._issuers_of(cert, parts)
         if not issuers:
             raise AuthenticationFailed(f"no trusted issuer found for '{_subject(cert)}'")
-        # the dates as read from the DER when they are in RFC 5280's forms (no datetime objects)
-        start, end = (parts.not_before, parts.not_after) if parts is not None else (None, None)
-        if start is None or end is None or not start <= wall <= end:
-            problem = _outside_validity(cert, wall)
-            if problem:
-                raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
+        problem = _outside_validity(cert, wall)
+        if problem:
+            raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
         # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
         for i in issuers:  # a loop, not any(generator): a generator closed early raises GeneratorExit in it
             if i.not_before <= wall <= i.not_after:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from ..constants import IdType
-from ..crypto.sigalg import OID_SUBJECT_ALT_NAME, certificate_extension, der_header
 from ..errors import LocalError
 
 # members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook, and
@@ -124,13 +123,11 @@ def _dn_text(der: bytes) -> str:
     return "asn1dn:#" + der.hex()
 
 
-# RFC 5280 4.2.1.6: GeneralName's IMPLICIT context tags, primitive: [1] rfc822Name, [2] dNSName and
-# [6] uniformResourceIdentifier (IA5String), [7] iPAddress (OCTET STRING)
-_GN_RFC822, _GN_DNS, _GN_URI, _GN_IP = 0x81, 0x82, 0x86, 0x87
-# the GeneralName an identity type is found as (RFC 4945 3.1.1-3.1.3), and the length of an address
+# RFC 5280 4.2.1.6: the GeneralName an identity type is found as (RFC 4945 3.1.1-3.1.3: [1] rfc822Name,
+# [2] dNSName, [7] iPAddress), and the length of an address
+_GN_RFC822, _GN_DNS, _GN_IP = 1, 2, 7
 _SAN_TAG: dict[int, int] = {_FQDN: _GN_DNS, _RFC822_ADDR: _GN_RFC822, _IPV4_ADDR: _GN_IP, _IPV6_ADDR: _GN_IP}
 _ADDR_LEN: dict[int, int] = {_IPV4_ADDR: 4, _IPV6_ADDR: 16}
-_IA5_TAGS = (_GN_DNS, _GN_RFC822, _GN_URI)
 
 
 def _mailbox_equal(a: bytes, b: bytes) -> bool:
@@ -144,71 +141,14 @@ def _mailbox_equal(a: bytes, b: bytes) -> bool:
     return la == lb and ha.lower() == hb.lower()
 
 
-def san_holds(der: bytes, ident: Identity) -> bool | None:
-    """Whether the subjectAltName of the DER certificate `der` holds `ident` (an ID_FQDN as a dNSName, an
-    ID_RFC822_ADDR as an rfc822Name, an ID_IPV4_ADDR / ID_IPV6_ADDR as an iPAddress of its octets; RFC 4945
-    3.1, RFC 7296 3.5), read from the octets without parsing the other extensions: the decision of
-    `san_holds_parsed`, made for the common encodings only. None when the parsed certificate must decide:
-    another identity type, text that is not ASCII, a certificate or extension not in that shape, a
-    GeneralName other than those four (RFC 5280 4.2.1.6), an iPAddress of neither 4 nor 16 octets.
+def san_holds(cert: x509.Certificate, ident: Identity) -> bool:
+    """Whether the subjectAltName of `cert` holds `ident` (RFC 4945 3.1, RFC 7296 3.5): an ID_FQDN as a
+    dNSName, an ID_RFC822_ADDR as an rfc822Name, an ID_IPV4_ADDR / ID_IPV6_ADDR as an iPAddress of its
+    octets; a certificate whose extensions cannot be read holds no identity.
 
     DNS names compare ASCII case-insensitively (RFC 4343 3, RFC 5280 7.2), exactly otherwise: no wildcard
     is expanded, a trailing dot or an IDN's U-label makes another name (the certificate holds A-labels,
     RFC 5280 7.2)."""
-    t = ident.id_type
-    want = _SAN_TAG.get(t)
-    if want is None:
-        return None
-    data = ident.data
-    if want == _GN_IP:
-        if len(data) != _ADDR_LEN[t]:
-            return None
-    elif not data.isascii():
-        return None
-    elif want == _GN_DNS:
-        data = data.lower()
-    names = certificate_extension(der, OID_SUBJECT_ALT_NAME)
-    if not names:
-        return None if names is None else False  # b"": no subjectAltName
-    try:
-        return _names_hold(names, want, data)
-    except (ValueError, IndexError):
-        return None
-
-
-def _names_hold(names: bytes, want: int, data: bytes) -> bool | None:
-    """`san_holds` over the extension's value, GeneralNames ::= SEQUENCE SIZE (1..MAX) OF GeneralName."""
-    tag, pos, end = der_header(names, 0, len(names))
-    if tag != 0x30 or end != len(names) or pos == end:
-        return None
-    hit = False
-    while pos < end:
-        tag, n = names[pos], names[pos + 1]
-        if n < 0x80:  # a short-form length (X.690 8.1.3.4), read inline: most names are under 128 octets
-            vpos, pos = pos + 2, pos + 2 + n
-            if pos > end:
-                return None
-        else:
-            tag, vpos, pos = der_header(names, pos, end)
-        value = names[vpos:pos]
-        if tag == _GN_IP:
-            if len(value) != 4 and len(value) != 16:
-                return None  # a network (name constraints' form) or malformed: parsed
-            if want == _GN_IP and value == data:
-                hit = True
-        elif tag in _IA5_TAGS:
-            if not value.isascii():
-                return None
-            if tag == want and not hit:
-                hit = value.lower() == data if tag == _GN_DNS else _mailbox_equal(value, data)
-        else:
-            return None
-    return hit
-
-
-def san_holds_parsed(cert: x509.Certificate, ident: Identity) -> bool:
-    """`san_holds` decided from the certificate as `cryptography` parses it; a certificate whose extensions
-    it cannot read holds no identity."""
     t = ident.id_type
     want = _SAN_TAG.get(t)
     try:

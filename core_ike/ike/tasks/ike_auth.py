@@ -15,7 +15,7 @@ from ...constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyT
 from ...crypto.auth import create_signature_auth, psk_auth, signed_octets, verify_signature_auth
 from ...crypto.sigalg import certificate_subject
 from ...errors import AuthenticationFailed, ProtocolError
-from ..context import Identity, IkeSaView, PublicKey, Status, Task, san_holds, san_holds_parsed
+from ..context import Identity, IkeSaView, PublicKey, Status, Task, san_holds
 from ..context import events as ev
 from ..state import IkeState
 from . import eap_auth as eap
@@ -107,10 +107,7 @@ def _cert_matches(cert: x509.Certificate, ident: Identity, der: bytes = b"") -> 
         # CA signed them (re-encoding the parsed subject costs more than the signature check); the
         # re-encoding is the fallback for a certificate whose subject is not in canonical DER
         return (bool(der) and certificate_subject(der) == ident.data) or cert.subject.public_bytes() == ident.data
-    # RFC 4945 3.1.1-3.1.3: other identities in the subjectAltName, read from the DER for the common
-    # encodings (parsing every extension into objects costs more), from the parsed certificate otherwise
-    held = san_holds(der, ident) if der else None
-    return held if held is not None else san_holds_parsed(cert, ident)
+    return san_holds(cert, ident)  # RFC 4945 3.1.1-3.1.3: other identities in the subjectAltName
 
 
 def verify_auth(sa: IkeSaView, msg: Message, peer_is_initiator: bool, id_pl: IdPayload) -> None:

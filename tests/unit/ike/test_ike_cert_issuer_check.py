@@ -190,37 +190,6 @@ def test_certificate_parts_are_the_signed_octets() -> None:
         assert certificate_parts(b"") is None
 
 
-@pytest.mark.parametrize("when", [
-    dt.datetime(1950, 1, 1, tzinfo=dt.UTC), dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
-    dt.datetime(2000, 2, 29, 12, 0, 1, tzinfo=dt.UTC), dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
-    dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.UTC),  # the last UTCTime (RFC 5280 4.1.2.5)
-    dt.datetime(2050, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 2, 28, 7, 8, 9, tzinfo=dt.UTC),
-    dt.datetime(2400, 2, 29, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
-])
-def test_validity_read_from_the_der_equals_cryptographys(when: dt.datetime) -> None:
-    b = (x509.CertificateBuilder().subject_name(_name("a")).issuer_name(_name("a"))
-         .public_key(_EE_KEY.public_key()).serial_number(1)
-         .not_valid_before(when).not_valid_after(when + dt.timedelta(seconds=1) if when.year < 9999 else when))
-    c = b.sign(_EC_KEY, hashes.SHA256())
-    p = certificate_parts(_der(c))
-    assert p is not None
-    assert p.not_before == c.not_valid_before_utc.timestamp()
-    assert p.not_after == c.not_valid_after_utc.timestamp()
-
-
-def test_validity_forms_left_to_cryptography() -> None:
-    from core_ike.crypto.sigalg import _time
-
-    def tlv(tag: int, text: bytes) -> bytes:
-        return bytes((tag, len(text))) + text
-
-    assert _time(tlv(0x17, b"300101000000Z"), 0, 15) == (dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp(), 15)
-    for bad in (tlv(0x17, b"3001010000Z"), tlv(0x17, b"300101000000+0100"), tlv(0x18, b"20300101000000.5Z"),
-                tlv(0x18, b"20300230000000Z"), tlv(0x17, b"301301000000Z"), tlv(0x17, b"300101240000Z"),
-                tlv(0x17, b"300101000060Z"), tlv(0x04, b"300101000000Z"), tlv(0x17, b"30010100000 Z")):
-        assert _time(bad, 0, len(bad))[0] is None, bad
-
-
 def test_expired_or_not_yet_valid_with_der_in_generalized_time() -> None:
     # dates after 2049 are GeneralizedTime (RFC 5280 4.1.2.5): the same decisions with the DER
     start = dt.datetime(2060, 6, 1, tzinfo=dt.UTC)
