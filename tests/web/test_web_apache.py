@@ -14,7 +14,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import pytest
 from scenarios.lab.events import wait_files
 from tests.guards import require
 from tests.web.medweb_client import WebClient
-from tests.web.webtools import ADMIN_PASSWORD, REFERENCE_PEM, REPO, free_port, wait_for
+from tests.web.webtools import ADMIN_PASSWORD, REFERENCE_PEM, REPO, free_port
 
 pytestmark = pytest.mark.web
 
@@ -119,16 +118,9 @@ DocumentRoot "{self.base}"
                        timeout=30)
         self.apache_started = True
 
-        def up() -> bool:  # apache2 -k start returns before it listens and reports no readiness
-            if not self.pidfile.exists():
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(up, 15, "apache2")
+        # apache2 -k start returns before its daemon listens; the daemon writes its PidFile once the
+        # listeners are open (the MPM's run, after the open_logs hook that sets them up)
+        wait_files(self.pidfile.exists, 15, [self.pidfile], what="apache2's PidFile")
 
     def _apache_pid(self) -> int | None:
         try:

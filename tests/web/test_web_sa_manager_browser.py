@@ -29,8 +29,7 @@ from scenarios.lab.events import wait_daemons, wait_files
 from scenarios.lab.iked import Iked
 from scenarios.lab.netns import wait_for
 from tests.guards import require
-from tests.web.webtools import LIGHTTPD, SHOTS, free_port, log_in, watched_page
-from tests.web.webtools import wait_for as wait_local
+from tests.web.webtools import LIGHTTPD, SHOTS, free_port, log_in, socket_activated, watched_page
 
 pytestmark = [pytest.mark.web, pytest.mark.netns]
 
@@ -129,20 +128,10 @@ server.bind = "127.0.0.1"
 server.port = {port}
 server.pid-file = "{base / 'lighttpd.pid'}"
 server.errorlog = "{base / 'lighttpd-error.log'}"
+server.systemd-socket-activation = "enable"
 fastcgi.server = ( "/medsa" => (( "socket" => "{sock}", "check-local" => "disable" )) )
 """)
-        procs.append(subprocess.Popen([str(LIGHTTPD), "-D", "-f", str(conf)], cwd=base))
-
-        def up() -> bool:
-            import socket
-
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_local(up, 15, "lighttpd")  # polled: lighttpd -D reports no readiness, its port is tried
+        procs.append(socket_activated([str(LIGHTTPD), "-D", "-f", str(conf)], port, base))
         yield Gateway(lab, moon, carol, dave, f"http://127.0.0.1:{port}/medsa")
     finally:
         for p in procs:  # our own children, by PID

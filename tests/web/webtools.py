@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +48,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 50 ms until it holds; TimeoutError after ``timeout`` s. Only for what
-    announces itself in no other way: a server's TCP port (lighttpd -D and apache2 report no
-    readiness). A file or a log line: scenarios.lab.events.wait_files (inotify)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
+def socket_activated(cmd: list[str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start `cmd` with a TCP socket on 127.0.0.1:`port` already listening, handed over as systemd
+    socket activation does (sd_listen_fds(3): fd 3, LISTEN_FDS=1, LISTEN_PID its pid, kept by `exec`):
+    connections queue from the start, so the caller need not wait for the server's own bind. bash moves
+    the descriptor (dash takes no descriptor above 9)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+        fd = listener.fileno()
+        move = "" if fd == 3 else f"exec 3<&{fd} {fd}<&-; "
+        return subprocess.Popen(["/bin/bash", "-c", move + 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "bash", *cmd],
+                                pass_fds=(fd,), cwd=cwd)
 
 
 def notified(notify: socket.socket, proc: subprocess.Popen[Any], want: str, timeout: float) -> bool:
@@ -371,22 +374,14 @@ server.bind = "127.0.0.1"
 server.port = {self.port}
 server.pid-file = "{self.base / 'lighttpd.pid'}"
 server.errorlog = "{self.base / 'lighttpd-error.log'}"
+server.systemd-socket-activation = "enable"
 fastcgi.balance = "round-robin"
 fastcgi.server = (
 {fcgi}
 )
 """)
         subprocess.run([str(LIGHTTPD), "-tt", "-f", str(conf)], check=True, capture_output=True)
-        self.procs.append(subprocess.Popen([str(LIGHTTPD), "-D", "-f", str(conf)], cwd=self.base))
-
-        def up() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(up, 15, "lighttpd")  # lighttpd -D reports no readiness: its port is tried
+        self.procs.append(socket_activated([str(LIGHTTPD), "-D", "-f", str(conf)], self.port, self.base))
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # our own children, by PID
