@@ -61,3 +61,17 @@ def client(ip: str = "127.0.0.1") -> Iterator[socket.socket]:
         yield c
     finally:
         c.close()
+
+
+def count_batches(t: UdpTransport) -> list[int]:
+    """A counter (its one item) of the read batches that delivered datagrams: the transport flushes once
+    at the end of each batch it read."""
+    batches = [0]
+    flush = t.flush
+
+    def counted() -> None:
+        batches[0] += 1 if t.stats["rx"] else 0
+        flush()
+
+    t.flush = counted  # type: ignore[method-assign]
+    return batches

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.unit.daemon.flushwait import after_batches, datagrams
-from tests.unit.daemon.stubengine import Addr, StubEngine, client, started
+from tests.unit.daemon.stubengine import Addr, StubEngine, client, count_batches, started
 
 
 class _Echo(StubEngine):
@@ -26,14 +26,7 @@ def test_queued_datagrams_in_one_batch_in_order() -> None:
     async def run() -> tuple[list[bytes], int]:
         with started(eng) as t, client() as c:
             (addr,) = t.sockets
-            batches = [0]
-            flush = t.flush
-
-            def counted() -> None:
-                batches[0] += 1 if t.stats["rx"] else 0
-                flush()
-
-            t.flush = counted  # type: ignore[method-assign]
+            batches = count_batches(t)
             for i in range(7):
                 c.sendto(b"m%d" % i, addr)
             got = await datagrams(c, 7)

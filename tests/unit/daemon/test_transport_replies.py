@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from tests.unit.daemon.flushwait import datagrams
-from tests.unit.daemon.stubengine import Addr, StubEngine, client, started
+from tests.unit.daemon.stubengine import Addr, StubEngine, client, count_batches, started
 
 
 class _Echo(StubEngine):
@@ -40,14 +40,7 @@ def _run(engine: _Echo, count: int, two: bool = False) -> tuple[list[bytes], int
             addr, *rest = t.sockets
             if rest:
                 engine.other = rest[0]
-            batches = [0]
-            flush = t.flush
-
-            def counted() -> None:
-                batches[0] += 1 if t.stats["rx"] else 0
-                flush()
-
-            t.flush = counted  # type: ignore[method-assign]
+            batches = count_batches(t)
             for i in range(count):  # all queued before the loop runs the transport's reader
                 c.sendto(b"%04d" % i, addr)
             got = await datagrams(c, count)
