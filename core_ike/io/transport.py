@@ -394,15 +394,14 @@ class UdpTransport:
 
     def _read_each(self, s: socket.socket, local: Addr) -> None:
         """Datagrams one recvfrom each, to the engine one at a time, each one's replies sent as soon as the
-        engine made them (as `_answer` does, here without its frames): a reply never waits for the datagrams
-        queued behind its request. Most wake-ups of a responder find one datagram, where recvfrom costs less
+        engine made them (`_answer`): a reply never waits for the datagrams queued behind its request. Most
+        wake-ups of a responder find one datagram, where recvfrom costs less
         than recvmmsg through ctypes and its sockaddr decoding (or recvfrom_into a kept buffer and a copy
         out: more instructions and as many cache misses). After the first datagram, an IKE message, whether
         another one is queued is asked with FIONREAD (no exception object and no strerror text, as a
         recvfrom failing with EAGAIN makes, their code cold after every idle spell)."""
-        engine = self.engine
-        clock, stats = self.clock, self.stats
-        natt = local[1] == engine.natt_port
+        deliver, answer, clock, stats = self.deliver_ike, self._answer, self.clock, self.stats
+        natt = local[1] == self.engine.natt_port
         recv, fd, size = s.recvfrom, s.fileno(), self._size
         total = 0
         while total < READ_BATCH:
@@ -420,19 +419,10 @@ class UdpTransport:
                 remote = (remote[0], remote[1])
             ike = not natt or data[:4] == NON_ESP_MARKER
             if ike:  # IKE (RFC 3948 2.2: the marker stripped): to the engine
-                try:
-                    engine.receive(data[4:] if natt else data, local, remote, clock())
-                except Exception:  # last line of defence: one datagram lost, never the daemon
-                    stats["dropped"] += 1
-                    log.exception("internal error on a %d-byte datagram from %s[%d]; dropped", len(data), *remote)
+                deliver(data[4:] if natt else data, local, remote, clock())
             else:
                 self._datagram(data, local, remote, clock())
-            out = engine.datagrams_to_send()
-            if (ev := engine.next_event()) is not None:  # a CHILD_SA installed before its response leaves
-                self._forward(ev)
-                out += engine.datagrams_to_send()
-            if out:
-                self._send_all(out)
+            answer()
             if total == 1 and ike and not (_ioctl(fd, FIONREAD, size) or size[0]):
                 # the next datagram's size: 0 when none is queued (or an empty one is: the loop's readiness,
                 # level-triggered, calls again for it). Asked once a wake-up: in a run of datagrams (or after
