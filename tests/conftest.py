@@ -13,6 +13,9 @@ turned into a failure below). The only skips allowed there are the ones this mac
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,3 +208,30 @@ def two_hosts_per_module() -> Iterator[Lab]:
 def two_hosts_per_test() -> Iterator[Lab]:
     """A fresh ``two_hosts()`` lab for one test."""
     yield from _lab("two_hosts")
+
+
+# Each lab keeps its directory (daemon logs, captures) after its teardown, for a failed test's post-mortem.
+# A session without failures removes the lab directories made while it ran whose maker has exited (labs are
+# named lab-lb<pid>x..., scenarios.lab.netns.unique_prefix), leaving labs kept by `scenarios/run --keep`
+# (marked in scenarios.lab.netns.KEPT_DIR) and those of processes still running (another session's).
+_LAB_DIRS_AT_START: set[str] = set()
+_LAB_DIR = re.compile(r"lab-lb(\d+)x")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _LAB_DIRS_AT_START.update(p.name for p in Path(tempfile.gettempdir()).glob("lab-lb*"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.testsfailed or exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        return
+    from scenarios.lab.netns import KEPT_DIR
+
+    kept = {p.name for p in KEPT_DIR.iterdir()} if KEPT_DIR.is_dir() else set()
+    for d in Path(tempfile.gettempdir()).glob("lab-lb*"):
+        m = _LAB_DIR.match(d.name)
+        if d.name in _LAB_DIRS_AT_START or m is None or any(d.name.startswith(f"lab-{k}") for k in kept):
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)

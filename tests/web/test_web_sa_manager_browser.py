@@ -12,6 +12,7 @@ phone width go to test-output/screenshots/sa-*.png.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,7 @@ fastcgi.server = ( "/medsa" => (( "socket" => "{sock}", "check-local" => "disabl
         for d in (carol, dave, moon):
             d.stop()
         lab.teardown()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _fill(page: Any, fields: dict[str, str]) -> None:
