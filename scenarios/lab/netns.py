@@ -129,7 +129,10 @@ class Lab:
     def __init__(self, prefix: str | None = None, workdir: str | Path | None = None) -> None:
         self.prefix = prefix or unique_prefix()
         if workdir is None:
-            self.dir = Path(tempfile.mkdtemp(prefix=f"lab-{self.prefix}"))
+            # named by the making process's pid whatever the namespace prefix (a test session removes the
+            # directories of its finished labs by it: tests/conftest.py)
+            mine = self.prefix if self.prefix.startswith(f"lb{os.getpid()}x") else f"lb{os.getpid()}x-{self.prefix}"
+            self.dir = Path(tempfile.mkdtemp(prefix=f"lab-{mine}"))
         else:
             self.dir = Path(workdir)
             self.dir.mkdir(parents=True, exist_ok=True)
