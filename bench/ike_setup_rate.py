@@ -55,6 +55,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import results_io  # noqa: E402
 from ike_driver import PROPOSAL, PSK, RESP_IP, RESP_PSK_ID, drive  # noqa: E402
 
+DRIVERS = ("template", "engine")  # bench/ike_template_driver.py (the default), bench/ike_driver.py
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -303,6 +305,9 @@ class Load:
     # empty = wherever the scheduler puts them
     driver_cpus: tuple[int, ...] = ()
     responder_cpus: tuple[int, ...] = ()
+    # "template": the Engine's messages as templates, the per-IKE_SA crypto only (ike_template_driver);
+    # "engine": the sans-IO Engine per IKE_SA (ike_driver)
+    driver: str = "template"
 
 
 @dataclass(frozen=True)
@@ -322,7 +327,7 @@ def _run_drivers(rig: Rig, auth: str, count: int, load: Load, prefix: str) -> li
         spec = {"auth": auth, "count": n, "inflight": max(1, inflight // drivers), "ips": ips[j::drivers],
                 "remote": RESP_IP, "prefix": f"{prefix}d{j}n", "timeout": timeout,
                 "key": str(keydir / "driver.key"), "peer_pub": str(keydir / "resp.pub"),
-                "my_id": ""}
+                "my_id": "", "driver": load.driver}
         if auth != "psk":
             spec["my_id"] = (keydir / "driver.id").read_text()
         pin = ["taskset", "-c", ",".join(map(str, load.driver_cpus))] if load.driver_cpus else []
@@ -467,12 +472,27 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
 
+def driver_text(driver: str) -> str:
+    """What the driver sends and computes (a "difference:" line of each figure)."""
+    if driver == "template":
+        return ("driver: the Engine initiator's own messages as templates (bench/ike_template_driver.py; IKE_SA_INIT: "
+                "SA, KE, Ni, NAT-D, FRAGMENTATION_SUPPORTED, SIGNATURE_HASH_ALGORITHMS, CHILDLESS_IKEV2_SUPPORTED; "
+                "IKE_AUTH: IDi, IDr, AUTH, INITIAL_CONTACT; no MOBIKE), per IKE_SA its own SPIi, Ni and X25519 key "
+                "(drawn before the batch), NAT-D hashes, real DH, keys, AUTH (PSK: an identity per IKE_SA; RSA-2048 "
+                "signature as the Engine signs) and SK payload; it decrypts the IKE_AUTH response and checks its "
+                "payloads but does not verify the responder's AUTH, and does not retransmit")
+    return ("driver: our sans-IO Engine as initiator (NAT-D, FRAGMENTATION_SUPPORTED, SIGNATURE_HASH_ALGORITHMS, "
+            "CHILDLESS_IKEV2_SUPPORTED; no MOBIKE), verifying the responder's AUTH")
+
+
 def table(results: list[Result], inflight: int, drivers: int, warmup: int,
-          load: tuple[float, float] | None = None) -> str:
+          load: tuple[float, float] | None = None, driver: str = "template") -> str:
     lines = [
         "IKE_SA setup rate: childless IKE_SA (IKE_SA_INIT + IKE_AUTH, RFC 6023, no CHILD_SA), "
         f"{PROPOSAL}",
-        f"driver: our sans-IO Engine as initiator, {drivers} process(es) in netns alice, {inflight} setups "
+        ("driver: the Engine's messages as templates (bench/ike_template_driver.py)" if driver == "template"
+         else "driver: our sans-IO Engine as initiator")
+        + f", {drivers} process(es) in netns alice, {inflight} setups "
         f"in flight; responder in netns bob; {warmup} warm-up SAs before each measured batch",
         f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}"
         + (f", 1-min load average before/after: {load[0]:.2f}/{load[1]:.2f}" if load else ""),
@@ -502,7 +522,7 @@ def table(results: list[Result], inflight: int, drivers: int, warmup: int,
     return "\n".join(lines) + "\n"
 
 
-def figures_of(res: list[Result], inflight: int) -> list[dict[str, Any]]:
+def figures_of(res: list[Result], inflight: int, driver: str = "template") -> list[dict[str, Any]]:
     """The shared results shape (bench/results_io.py): per auth, CPU per IKE_SA ours vs charon, the
     setup rate, and the CPU-normalised capacity of workers = N over workers = 1."""
     figs: list[dict[str, Any]] = []
@@ -514,8 +534,7 @@ def figures_of(res: list[Result], inflight: int) -> list[dict[str, Any]]:
             if r.auth == auth:
                 by.setdefault(r.impl, []).append(r)
         ours, ch = by.get("ours", []), by.get("charon", [])
-        diffs = [same, "driver: our minimal initiator (no NAT-D, MOBIKE or fragmentation notifies), "
-                 f"{inflight} in flight, 16 source addresses",
+        diffs = [same, f"{driver_text(driver)}; {inflight} in flight, 16 source addresses",
                  "ours: one process (workers = 1, the default); charon: threads = 16 on both CPUs"]
         figs.append(results_io.figure(
             f"setup_cpu_{auth}", f"responder CPU per IKE_SA ({auth.upper()}, minimal driver)",
@@ -562,15 +581,28 @@ def figures_of(res: list[Result], inflight: int) -> list[dict[str, Any]]:
     return figs
 
 
+def run_driver(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``driver`` subcommand (in the driver's namespace): spec["driver"] picks the driver."""
+    if spec.get("driver", "engine") == "template":
+        from ike_template_driver import drive as drive_templates
+
+        return drive_templates(spec)
+    return drive(spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["driver"]:
-        print(json.dumps(drive(json.loads(args_in[1]))))
+        print(json.dumps(run_driver(json.loads(args_in[1]))))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--count", type=int, default=2000, help="measured IKE_SAs per responder and auth")
     ap.add_argument("--inflight", type=int, default=32)
     ap.add_argument("--drivers", type=int, default=1)
+    ap.add_argument("--driver", choices=DRIVERS, default="template",
+                    help="template: the Engine's own messages as templates, per IKE_SA only what an initiator must "
+                    "compute (bench/ike_template_driver.py, about a third of the Engine's CPU per IKE_SA); engine: "
+                    "the sans-IO Engine per IKE_SA (bench/ike_driver.py)")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--source-ips", type=int, default=16)
     ap.add_argument("--auth", default="psk,rsa")
@@ -605,12 +637,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cpus = ({"driver_cpus": tuple(int(c) for c in a.driver_cpus.split(",") if c),
                  "responder_cpus": tuple(int(c) for c in a.responder_cpus.split(",") if c)})
-        res = run_bench(Load(a.count, a.inflight, a.drivers, a.warmup, **cpus), a.auth.split(","), impls,
+        res = run_bench(Load(a.count, a.inflight, a.drivers, a.warmup, **cpus, driver=a.driver), a.auth.split(","), impls,
                         a.source_ips, profile=prof, charon_plugins=a.charon_plugins, rounds=rounds, before=before)
     finally:
         if before is not None and not given:
             shutil.rmtree(before, ignore_errors=True)
-    text = table(res, a.inflight, a.drivers, a.warmup, (load0, os.getloadavg()[0]))
+    text = table(res, a.inflight, a.drivers, a.warmup, (load0, os.getloadavg()[0]), a.driver)
     if a.charon_plugins:
         text += f"charon plugins: {a.charon_plugins}\n"
     if prof:
@@ -619,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             (prof / f"hotspots-{f.stem}.txt").write_text(hs)
             text += f"\nprofile of our responder, {f.stem}:\n{hs}"
     header = results_io.finish_header(header, a.quick, rounds)
-    results_io.write_results(a.out, "ike_setup_rate", header, figures_of(res, a.inflight), text)
+    results_io.write_results(a.out, "ike_setup_rate", header, figures_of(res, a.inflight, a.driver), text)
     return 0
 
 
