@@ -7,12 +7,19 @@ public keys (ID_KEY_ID). Two namespaces (``two_hosts``): the load driver in alic
 Each (auth, responder) pair gets a fresh responder; both responders are driven by the same driver in the
 same run:
 
-- the driver is our own sans-IO ``Engine`` used as a many-SA initiator in one process (``driver`` sub-
-  command, run inside alice), keeping ``--inflight`` setups in flight, every IKE_SA with its own SPIs and
-  (PSK) its own identity, sent from ``--source-ips`` addresses round-robin (like many clients; it keeps the
-  per-IP half-open count under the responders' per-IP COOKIE thresholds). ``--drivers 2`` splits the
-  load over two driver processes if one saturates (the driver reports its own CPU per SA and how busy it
-  was);
+- the driver (``driver`` subcommand, run inside alice) keeps ``--inflight`` setups in flight, every IKE_SA
+  with its own SPIs and (PSK) its own identity, sent from ``--source-ips`` addresses round-robin (like many
+  clients; it keeps the per-IP half-open count under the responders' per-IP COOKIE thresholds).
+  ``--driver template`` (the default, bench/ike_template_driver.py) sends the sans-IO ``Engine``
+  initiator's own messages, kept as templates, and computes per IKE_SA only what an initiator must (DH,
+  keys, AUTH, SK payload): about a third of the Engine's CPU per IKE_SA with PSK, so that the responder's
+  workers, not the driver, take most of the 2 CPUs; ``--driver engine`` (bench/ike_driver.py) runs the
+  ``Engine`` per IKE_SA. ``--drivers 2`` splits the load over two driver processes if one saturates (the
+  driver reports its own CPU per SA and how busy it was);
+- ``--impl pair-wN`` measures ours with workers = 1 and with workers = N in the same batch (two addresses
+  on bob, IKE_SAs sent 1 : N, so that each worker process carries the same rate at the same moment):
+  the CPU-normalised capacity ratio without the two batches' different load levels and moments
+  (measure_pair);
 - a warm-up batch (``--warmup``) first, then the measured ``--count`` SAs, which are kept: the responder
   holds all of them when its RSS is read;
 - responder CPU = utime+stime of the responder process (/proc/<pid>/stat, all threads) over the measured
@@ -37,7 +44,6 @@ import dataclasses
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -54,6 +60,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import results_io  # noqa: E402
 from ike_driver import PROPOSAL, PSK, RESP_IP, RESP_PSK_ID, drive  # noqa: E402
+from ike_setup_report import capacity_figures, driver_text, figures_of, table  # noqa: E402, F401
 
 DRIVERS = ("template", "engine")  # bench/ike_template_driver.py (the default), bench/ike_driver.py
 
@@ -188,7 +195,8 @@ def iked_responder_conf(secrets: str, local: str, remote: str, *, workers: int |
 class OursResponder(Responder):
     impl = "ours"
 
-    def __init__(self, lab: Any, auth: str, keys: dict[str, Any], workers: int = 1, tree: Path | None = None) -> None:
+    def __init__(self, lab: Any, auth: str, keys: dict[str, Any], workers: int = 1, tree: Path | None = None,
+                 addr: str = RESP_IP) -> None:
         from scenarios.lab.iked import Iked
 
         self.n_workers = workers
@@ -206,8 +214,10 @@ class OursResponder(Responder):
             secrets = '[[secrets.private]]\nfile = "resp.key"\n[[secrets.pubkey]]\nfile = "driver.pub"\n'
             local = f'{{ auth = "pubkey", id = "{keys["resp"].identity}" }}'
             remote = f'{{ auth = "pubkey", id = "{keys["driver"].identity}" }}'
-        self.iked = Iked(lab, "bob", iked_responder_conf(secrets, local, remote, workers=workers),
-                         name=f"iked-{auth}", files=files)
+        self.addr = addr
+        name = f"iked-{auth}" if addr == RESP_IP else f"iked-{auth}-{addr.rsplit('.', 1)[1]}"
+        self.iked = Iked(lab, "bob", iked_responder_conf(secrets, local, remote, workers=workers, addr=addr),
+                         name=name, files=files)
 
     def start(self) -> None:
         self.iked.start(tree=self.tree)
@@ -319,7 +329,10 @@ class Rig:
     keydir: Path
 
 
-def _run_drivers(rig: Rig, auth: str, count: int, load: Load, prefix: str) -> list[dict[str, Any]]:
+def _run_drivers(rig: Rig, auth: str, count: int, load: Load, prefix: str,
+                 remotes: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The drivers' results for `count` IKE_SAs; `remotes` (template driver): responder address -> weight, IKE_SAs
+    sent to all of them at once in those shares (else all to RESP_IP)."""
     drivers, inflight, timeout, ips, keydir = load.drivers, load.inflight, load.timeout, rig.ips, rig.keydir
     procs = []
     for j in range(drivers):
@@ -328,6 +341,8 @@ def _run_drivers(rig: Rig, auth: str, count: int, load: Load, prefix: str) -> li
                 "remote": RESP_IP, "prefix": f"{prefix}d{j}n", "timeout": timeout,
                 "key": str(keydir / "driver.key"), "peer_pub": str(keydir / "resp.pub"),
                 "my_id": "", "driver": load.driver}
+        if remotes:
+            spec.update(remotes=list(remotes), weights=list(remotes.values()))
         if auth != "psk":
             spec["my_id"] = (keydir / "driver.id").read_text()
         pin = ["taskset", "-c", ",".join(map(str, load.driver_cpus))] if load.driver_cpus else []
@@ -423,12 +438,75 @@ def measure(rig: Rig, resp: Responder, auth: str, load: Load, profile: Path | No
                   sum(r["cpu"] for r in runs), load.drivers, wcpu, switches)
 
 
+def _progress(r: Result) -> None:
+    n = max(1, r.established)
+    print(f"  {r.impl:8} {r.auth}: {r.established} SAs, {r.rate:.0f}/s, CPU {r.cpu_ms:.3f} ms/SA, "
+          f"capacity {r.capacity:.0f}/s, wake-ups/SA {r.switches[0] / n:.2f}, preempted/SA {r.switches[1] / n:.2f}, "
+          f"migrations/SA {r.switches[2] / n:.2f}"
+          + (f", workers CPU s {[round(c, 3) for c in r.worker_cpu]}" if r.worker_cpu else ""),
+          file=sys.stderr, flush=True)
+
+
+PAIR_IP = "192.0.2.3"  # the second responder's address on bob (paired measurements)
+
+
+def measure_pair(rig: Rig, resps: list[OursResponder], auth: str, load: Load) -> list[Result]:
+    """Our responders with workers = 1 and workers = N measured in the same batch: one driver sends IKE_SAs to
+    both at once, 1 to the single process for each N to the N workers, so that every worker process carries
+    the same rate at the same time, under the same load of the machine (the ratio of their CPU-normalised
+    capacities then compares a worker of N with a single process, not two moments or two load levels)."""
+    if load.driver != "template":
+        raise ValueError("a paired measurement needs the template driver (--driver template)")
+    weights = {r.addr: r.n_workers for r in resps}
+    for r in resps:
+        r.start()
+    try:
+        pids = {r.addr: r.pids() for r in resps}
+        wpids = {r.addr: r.workers() if r.n_workers > 1 else [] for r in resps}
+        if load.warmup:
+            _run_drivers(rig, auth, load.warmup * len(resps), load, "wpair", weights)
+        time.sleep(0.3)
+        cpu0 = {a: [proc_cpu(p) for p in ps] for a, ps in pids.items()}
+        w0 = {a: [proc_cpu(p) for p in ps] for a, ps in wpids.items()}
+        sw0 = {a: [proc_switches(p) for p in ps] for a, ps in pids.items()}
+        rss0 = {a: sum(proc_rss_kib(p) for p in ps) for a, ps in pids.items()}
+        total = load.count * sum(weights.values())
+        runs = _run_drivers(rig, auth, total, load, "mpair", weights)
+        cpu1 = {a: [proc_cpu(p) for p in ps] for a, ps in pids.items()}
+        w1 = {a: [proc_cpu(p) for p in ps] for a, ps in wpids.items()}
+        sw1 = {a: [proc_switches(p) for p in ps] for a, ps in pids.items()}
+        time.sleep(0.3)
+        rss1 = {a: sum(proc_rss_kib(p) for p in ps) for a, ps in pids.items()}
+        held = {r.addr: r.held() for r in resps}
+    finally:
+        for r in resps:
+            r.stop()
+    secs = max(r["t_end"] for r in runs) - min(r["t_start"] for r in runs)
+    fails: dict[str, int] = {}
+    for run in runs:
+        for k, v in run["reasons"].items():
+            fails[k] = fails.get(k, 0) + v
+    if fails:
+        print(f"  pair/{auth}: failures {fails}", file=sys.stderr)
+    out = []
+    driver_cpu = sum(r["cpu"] for r in runs)
+    for r in resps:
+        a = r.addr
+        est = sum(run["per_remote"].get(a, 0) for run in runs)
+        sw = [sum(b[i] - x[i] for x, b in zip(sw0[a], sw1[a], strict=True)) for i in range(3)]
+        out.append(Result(f"pair-w{r.n_workers}", auth, est, est, held[a], secs, sum(cpu1[a]) - sum(cpu0[a]),
+                          float(rss1[a] - rss0[a]), driver_cpu * est / max(1, total), load.drivers,
+                          [y - x for x, y in zip(w0[a], w1[a], strict=True)], (sw[0], sw[1], sw[2])))
+    return out
+
+
 def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls: Sequence[str] = ("ours", "charon"),
               source_ips: int = 16, profile: Path | None = None, charon_plugins: str | None = None,
               rounds: int = 1, before: Path | None = None) -> list[Result]:
     """`impls`: "ours", "ours-wN" (ours with [daemon] workers = N), "before", "before-wN" (the same from the
-    tree `before`), "charon"; interleaved round by round (results_io.interleave), each auth in turn, a fresh
-    responder for each measurement."""
+    tree `before`), "charon", "pair-wN" (ours with workers = 1 and with workers = N measured in one batch,
+    measure_pair: results "pair-w1" and "pair-wN"); interleaved round by round (results_io.interleave), each
+    auth in turn, a fresh responder for each measurement."""
     from scenarios.lab import cleanup_orphans, two_hosts
     from scenarios.lab.creds import rsa_keypair
 
@@ -439,6 +517,8 @@ def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls:
         ips = [f"192.0.2.{100 + i}" for i in range(source_ips)]
         for ip in ips:
             lab.addr("alice", "eth0", f"{ip}/24")
+        if any(i.startswith("pair-w") for i in impls):
+            lab.addr("bob", "eth0", f"{PAIR_IP}/24")
         keys = {"resp": rsa_keypair(), "driver": rsa_keypair()}
         keydir = lab.host_dir("alice") / "bench-keys"
         keydir.mkdir(parents=True, exist_ok=True)
@@ -448,6 +528,13 @@ def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls:
         (keydir / "driver.id").write_text(keys["driver"].identity)
         for _round, impl in results_io.interleave(rounds, list(impls)):
             for auth in auths:
+                if impl.startswith("pair-w"):
+                    pair = [OursResponder(lab, auth, keys, 1),
+                            OursResponder(lab, auth, keys, int(impl.partition("-w")[2]), addr=PAIR_IP)]
+                    for r in measure_pair(Rig(lab, ips, keydir), pair, auth, load):
+                        _progress(r)
+                        results.append(r)
+                    continue
                 resp: Responder
                 if impl.startswith(("ours", "before")):
                     if impl.startswith("before") and before is None:
@@ -457,128 +544,11 @@ def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls:
                 else:
                     resp = CharonResponder(lab, auth, keys, charon_plugins)
                 r = measure(Rig(lab, ips, keydir), resp, auth, load, profile)
-                print(f"  {r.impl:8} {auth}: {r.established} SAs, {r.rate:.0f}/s, CPU {r.cpu_ms:.3f} ms/SA, "
-                      f"capacity {r.capacity:.0f}/s, wake-ups/SA {r.switches[0] / max(1, r.established):.2f}, "
-                      f"preempted/SA {r.switches[1] / max(1, r.established):.2f}, "
-                      f"migrations/SA {r.switches[2] / max(1, r.established):.2f}" + (f", workers CPU s {[round(c, 2) for c in r.worker_cpu]}"
-                                                       if r.worker_cpu else ""), file=sys.stderr, flush=True)
+                _progress(r)
                 results.append(r)
     finally:
         lab.teardown()
     return results
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b else "-"
-
-
-def driver_text(driver: str) -> str:
-    """What the driver sends and computes (a "difference:" line of each figure)."""
-    if driver == "template":
-        return ("driver: the Engine initiator's own messages as templates (bench/ike_template_driver.py; IKE_SA_INIT: "
-                "SA, KE, Ni, NAT-D, FRAGMENTATION_SUPPORTED, SIGNATURE_HASH_ALGORITHMS, CHILDLESS_IKEV2_SUPPORTED; "
-                "IKE_AUTH: IDi, IDr, AUTH, INITIAL_CONTACT; no MOBIKE), per IKE_SA its own SPIi, Ni and X25519 key "
-                "(drawn before the batch), NAT-D hashes, real DH, keys, AUTH (PSK: an identity per IKE_SA; RSA-2048 "
-                "signature as the Engine signs) and SK payload; it decrypts the IKE_AUTH response and checks its "
-                "payloads but does not verify the responder's AUTH, and does not retransmit")
-    return ("driver: our sans-IO Engine as initiator (NAT-D, FRAGMENTATION_SUPPORTED, SIGNATURE_HASH_ALGORITHMS, "
-            "CHILDLESS_IKEV2_SUPPORTED; no MOBIKE), verifying the responder's AUTH")
-
-
-def table(results: list[Result], inflight: int, drivers: int, warmup: int,
-          load: tuple[float, float] | None = None, driver: str = "template") -> str:
-    lines = [
-        "IKE_SA setup rate: childless IKE_SA (IKE_SA_INIT + IKE_AUTH, RFC 6023, no CHILD_SA), "
-        f"{PROPOSAL}",
-        ("driver: the Engine's messages as templates (bench/ike_template_driver.py)" if driver == "template"
-         else "driver: our sans-IO Engine as initiator")
-        + f", {drivers} process(es) in netns alice, {inflight} setups "
-        f"in flight; responder in netns bob; {warmup} warm-up SAs before each measured batch",
-        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}"
-        + (f", 1-min load average before/after: {load[0]:.2f}/{load[1]:.2f}" if load else ""),
-        "",
-        f"{'auth':5} {'responder':9} {'SAs':>6} {'held':>6} {'setups/s':>9} {'CPU ms/SA':>10} {'KiB/SA':>8} "
-        f"{'driver ms/SA':>13} {'driver busy':>12} {'wake-ups/SA':>12} {'preempted/SA':>13}",
-    ]
-    by = {(r.auth, r.impl): r for r in results}  # the last round's, for the ratio line
-    for auth in dict.fromkeys(r.auth for r in results):
-        for r in sorted((r for r in results if r.auth == auth), key=lambda r: r.impl):
-            lines.append(f"{auth:5} {r.impl:9} {r.established:6d} {r.held:6d} {r.rate:9.0f} {r.cpu_ms:10.3f} "
-                         f"{r.kib:8.1f} {r.driver_ms:13.2f} {100 * r.driver_busy:11.0f}% "
-                         f"{r.switches[0] / max(1, r.established):12.2f} {r.switches[1] / max(1, r.established):13.2f}"
-                         + (f"  capacity {r.capacity:.0f}/s, workers' CPU s "
-                            + "/".join(f"{c:.2f}" for c in r.worker_cpu) if r.worker_cpu else ""))
-        o, c = by.get((auth, "ours")), by.get((auth, "charon"))
-        if o and c:
-            lines.append(f"{auth:5} {'ours/ch.':9} {'':6} {'':6} {_ratio(o.rate, c.rate):>9} "
-                         f"{_ratio(o.cpu_ms, c.cpu_ms):>10} {_ratio(o.kib, c.kib):>8}")
-    lines += ["", "target: setups/s ratio >= 1, CPU ratio <= 0.5, KiB/SA ratio <= 1",
-              "held = IKE_SAs the responder lists after the batch (warm-up SAs included)",
-              "driver busy = driver CPU / (wall time x driver processes); near 100% means the driver limits the rate",
-              "wake-ups/SA, preempted/SA = the responder's voluntary and involuntary context switches per IKE_SA "
-              "(all its processes)",
-              "setups/s needs an otherwise idle machine (driver and responder share its CPUs); CPU ms/SA and",
-              "KiB/SA are per-process figures and hardly depend on other load"]
-    return "\n".join(lines) + "\n"
-
-
-def figures_of(res: list[Result], inflight: int, driver: str = "template") -> list[dict[str, Any]]:
-    """The shared results shape (bench/results_io.py): per auth, CPU per IKE_SA ours vs charon, the
-    setup rate, and the CPU-normalised capacity of workers = N over workers = 1."""
-    figs: list[dict[str, Any]] = []
-    same = ("same on both sides: childless IKE_SAs, " + PROPOSAL + ", COOKIEs off (cookie thresholds "
-            "raised to 10^6 on both), no data plane; ours log_level warning, charon log level 0")
-    for auth in dict.fromkeys(r.auth for r in res):
-        by: dict[str, list[Result]] = {}
-        for r in res:
-            if r.auth == auth:
-                by.setdefault(r.impl, []).append(r)
-        ours, ch = by.get("ours", []), by.get("charon", [])
-        diffs = [same, f"{driver_text(driver)}; {inflight} in flight, 16 source addresses",
-                 "ours: one process (workers = 1, the default); charon: threads = 16 on both CPUs"]
-        figs.append(results_io.figure(
-            f"setup_cpu_{auth}", f"responder CPU per IKE_SA ({auth.upper()}, minimal driver)",
-            results_io.sample([r.cpu_ms for r in ours], "ms"), results_io.sample([r.cpu_ms for r in ch], "ms"),
-            differences=diffs, readme=True))
-        figs.append(results_io.figure(
-            f"setup_rate_{auth}", f"IKE_SA setups per second ({auth.upper()}, driver and responder on the same 2 CPUs)",
-            results_io.sample([r.rate for r in ours], "/s", 0), results_io.sample([r.rate for r in ch], "/s", 0),
-            better="higher", differences=[*diffs, "the driver shares the CPUs: a driver-bound rate"], readme=False))
-        for side in ("ours", "before"):
-            base = by.get(side, [])
-            w1 = [r.capacity for r in base]
-            for impl, rs in by.items():
-                if not impl.startswith(f"{side}-w") or not w1:
-                    continue
-                n = int(impl.partition("-w")[2])
-                pairs = list(zip(w1, (r.capacity for r in rs), strict=False))  # round by round (interleaved)
-                tree = "" if side == "ours" else ", the tree of --before"
-                figs.append(results_io.figure(
-                    f"setup_capacity_w{n}_{auth}" + ("" if side == "ours" else "_before"),
-                    f"IKE_SA setup capacity, workers = {n} over workers = 1 ({auth.upper()}, CPU-normalised{tree})",
-                    results_io.sample([b / a for a, b in pairs if a], "x", 2), None, better="higher",
-                    differences=["CPU-normalised: the batch's IKE_SAs over the CPU seconds of the busiest worker (the "
-                                 "rate with a core per worker), workers = N over workers = 1 of the same round; the "
-                                 "driver shares the machine's 2 CPUs, so the wall rate cannot show it",
-                                 "the driver shares the workers' CPUs and sets the rate: each of N workers carries about "
-                                 "1/N of the one worker's load, so it sleeps and wakes more often per IKE_SA (wake-ups/SA; "
-                                 "a wake-up finds its caches cold), and with N = 2 three busy processes share 2 CPUs; both "
-                                 "add to a worker's CPU per IKE_SA, which a saturated worker on a core of its own would not "
-                                 "pay: the ratio is a lower bound",
-                                 f"workers = {n}: " + ", ".join(f"{r.capacity:.0f}/s" for r in rs)
-                                 + "; workers = 1: " + ", ".join(f"{c:.0f}/s" for c in w1)],
-                    readme=side == "ours"))
-        for impl in [i for i in by if i.startswith("before")]:
-            mine = [r.cpu_ms for r in by.get("ours" + impl.removeprefix("before"), [])]
-            theirs = [r.cpu_ms for r in by[impl]]
-            if mine:
-                figs.append(results_io.figure(
-                    f"setup_cpu_{auth}_{impl}", f"responder CPU per IKE_SA ({auth.upper()}, "
-                    f"{impl.replace('before', 'ours')}, this tree)", results_io.sample(mine, "ms"), None,
-                    differences=[f"the tree of --before, interleaved round by round, the same configuration and driver: "
-                                 f"{results_io.fmt_value(results_io.sample(theirs, 'ms'))}; this tree / --before: "
-                                 f"{statistics.median(mine) / statistics.median(theirs):.2f}x"], readme=False))
-    return figs
 
 
 def run_driver(spec: dict[str, Any]) -> dict[str, Any]:

@@ -164,6 +164,7 @@ class _Sa:
 
     n: int
     ip: str
+    remote: tuple[str, int]
     priv: X25519PrivateKey
     ni: bytes
     init: bytes = b""
@@ -211,9 +212,19 @@ class TemplateInitiator:
         self.fixed_id = None if self.psk else next(b for t, _, b in tpl.auth if t == IDI)
         self._identity = Identity
         self.pending: dict[bytes, _Sa] = {}
+        self.peer = self.remote  # the responder of the last response handled
 
-    def first(self, n: int, ip: str, spi_i: bytes, ni: bytes, key: tuple[X25519PrivateKey, bytes]) -> bytes:
-        """IKE_SA number n's IKE_SA_INIT request, sent from ip:500."""
+    def first(
+        self,
+        n: int,
+        ip: str,
+        spi_i: bytes,
+        ni: bytes,
+        key: tuple[X25519PrivateKey, bytes],
+        remote: tuple[str, int] | None = None,
+    ) -> bytes:
+        """IKE_SA number n's IKE_SA_INIT request, sent from ip:500 to `remote` (default spec["remote"])."""
+        remote = remote or self.remote
         pls = []
         for t, flags, body in self.tpl.init:
             if t == KE:
@@ -223,11 +234,11 @@ class TemplateInitiator:
             elif t == NOTIFY and body[2:4] == b"\x40\x04":  # NAT_DETECTION_SOURCE_IP (RFC 7296 2.23)
                 body = body[:4] + _natd(spi_i, (ip, 500))
             elif t == NOTIFY and body[2:4] == b"\x40\x05":  # NAT_DETECTION_DESTINATION_IP
-                body = body[:4] + _natd(spi_i, self.remote)
+                body = body[:4] + _natd(spi_i, remote)
             pls.append((t, flags, body))
         chain = join_payloads(pls)
         msg = header(spi_i, ZERO_SPI, pls[0][0], IKE_SA_INIT, F_INITIATOR, 0, 28 + len(chain)) + chain
-        self.pending[spi_i] = _Sa(n, ip, key[0], ni, msg)
+        self.pending[spi_i] = _Sa(n, ip, remote, key[0], ni, msg)
         return msg
 
     def on_response(self, data: bytes) -> tuple[str, bytes | None, str | None]:
@@ -239,6 +250,7 @@ class TemplateInitiator:
         st = self.pending.get(spi_i)
         if st is None or not flags & F_RESPONSE:
             return "ignored", None, None
+        self.peer = st.remote  # where the answer goes, whose IKE_SA is done or failed
         if exch == IKE_SA_INIT and mid == 0 and st.inbound is None:
             try:
                 return "auth", self._auth_request(st, spi_i, spi_r, split_payloads(first, data[28:])), None
@@ -336,7 +348,12 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
     ini = TemplateInitiator(spec, tpl)
     pools = _Pools.draw(count)
     socks, poller, by_fd = _sockets(ips, tpl.local_port)
-    remote = ini.remote
+    # spec["remotes"] (optional): several responders at once, IKE_SA n to remotes[pattern[n % len]], each
+    # its weight's share (bench/ike_setup_rate.py's paired measurement)
+    remotes = [(r, 500) for r in spec.get("remotes") or [spec["remote"]]]
+    weights = spec.get("weights") or [1] * len(remotes)
+    pattern = [k for k, w in enumerate(weights) for _ in range(int(w))]
+    per_remote = {r[0]: 0 for r in remotes}
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     deadline = t0 + float(spec["timeout"])
@@ -345,7 +362,8 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
         while p.inflight < inflight_max and p.started < count:
             n = p.started
             ip = ips[n % len(ips)]
-            socks[ip].sendto(ini.first(n, ip, pools.spis[n], pools.nonces[n], pools.keys[n]), remote)
+            remote = remotes[pattern[n % len(pattern)]]
+            socks[ip].sendto(ini.first(n, ip, pools.spis[n], pools.nonces[n], pools.keys[n], remote), remote)
             p.started += 1
         if time.monotonic() > deadline:
             break
@@ -359,9 +377,10 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
                 what, reply, reason = ini.on_response(data)
                 if what == "auth":
                     assert reply is not None
-                    s.sendto(reply, remote)
+                    s.sendto(reply, ini.peer)
                 elif what == "done":
                     p.done += 1
+                    per_remote[ini.peer[0]] += 1
                     p.t_last = time.monotonic()
                 elif what == "failed":
                     p.failed += 1
@@ -381,4 +400,5 @@ def drive(spec: dict[str, Any]) -> dict[str, Any]:
         "t_end": p.t_last,
         "cpu": cpu,
         "reasons": p.reasons,
+        "per_remote": per_remote,
     }
