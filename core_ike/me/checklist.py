@@ -234,9 +234,9 @@ class CheckList:
             return
         pair.state = new
         # outcomes at info; progress and the pairs a finished list abandons (its last line says why) at debug
-        info = new == _SUCCEEDED or (new == _FAILED and not self.finished)
-        log.log(logging.INFO if info else logging.DEBUG, "checklist %s: pair %s: %s -> %s", self.connect_id.hex(),
-                pair.id, old.value, new.value)
+        level = logging.INFO if new == _SUCCEEDED or (new == _FAILED and not self.finished) else logging.DEBUG
+        if log.isEnabledFor(level):  # most changes are progress: no text made for a level not logged
+            log.log(level, "checklist %s: pair %s: %s -> %s", self.connect_id.hex(), pair.id, old.value, new.value)
         self._events.append(PairStateChanged(self.connect_id, pair.info(), old, new))
 
     def _set_list_state(self, new: ListState) -> None:

@@ -187,8 +187,10 @@ class Pair:
     def remote_addr(self) -> Addr:
         return self.remote.addr
 
-    def info(self) -> PairInfo:
-        return PairInfo(self.id, self.base, self.remote_addr, self.local.type, self.remote.type,
+    def info(self) -> PairInfo:  # made for every pair state change: the two properties above inlined
+        local, remote = self.local, self.remote
+        base = local.base if local.base is not None else local.addr
+        return PairInfo(self.id, base, remote.addr, local.type, remote.type,
                         self.priority, self.state, None if self.mapped is None else self.mapped.addr)
 
 

@@ -111,6 +111,7 @@ class MediationClient(TargetRole, Extension):
         self._unsent: dict[str, tuple[IkeSaView, MeConnectRequest]] = {}  # attempt -> ME_CONNECT not built yet
         self._unsent_answers: dict[bytes, tuple[IkeSaView, MeConnectRequest]] = {}  # target: answer not built yet
         self._after: list[Callable[[float], None]] = []  # work the datagram being answered does not wait for
+        self._post_send: list[Callable[[], None]] | None = None  # work for after our ME_CONNECT left (_after_send)
         engine.extensions.append(self)
 
     # ================================================================== control API
@@ -248,9 +249,16 @@ class MediationClient(TargetRole, Extension):
     def next_deadline(self) -> float | None:
         if self._after:
             return self.engine.now  # the next turn, once the answer being made has left
+        # asked after every datagram and timer of the engine: the parts with nothing to time ask nothing
         ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
-        ds += [t for t in (self.checks.get_timer(), self.paths.get_timer(), self.probes.get_timer()) if t is not None]
-        ds += self._nat_hold.values()
+        if self.checks:
+            ds += [t] if (t := self.checks.get_timer()) is not None else []
+        if self.paths.watches:
+            ds += [t] if (t := self.paths.get_timer()) is not None else []
+        if self.probes.probes:
+            ds += [t] if (t := self.probes.get_timer()) is not None else []
+        if self._nat_hold:
+            ds += self._nat_hold.values()
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
@@ -262,10 +270,11 @@ class MediationClient(TargetRole, Extension):
         self.probes.handle_timer(now)
         self._release_held(now)
         self._pump(now)
-        for att in list(self.attempts.values()):
-            if att.deadline is not None and now >= att.deadline and att.active:
-                self._timeout(att, now)
-        self._pump(now)
+        due = [a for a in self.attempts.values() if a.deadline is not None and now >= a.deadline and a.active]
+        for att in due:
+            self._timeout(att, now)
+        if due:  # the first pump drained everything else
+            self._pump(now)
 
     # ================================================================== mediation SA
     def _mediation_up(self, sa: IkeSaView, srflx: Endpoint | None, now: float) -> None:
@@ -335,12 +344,10 @@ class MediationClient(TargetRole, Extension):
                 att.deadline = t + self.config.connect_timeout
             cid, key = new_connect_id(self.rng), new_connect_key(self.rng)  # docs/protocol.md §4.1 step 1
             eps = self.gather(s)
-            # created when *sending*: the relayed answer may come before our response (docs/protocol.md §4.4)
-            self.checks.create_initiator(cid, key, eps, t)
             self.sessions[cid] = Session(cid, True, att.peer, att.name, key, eps)
             att.connect_id, att.tried = cid, ()
             holder.append(cid)
-            self.engine.emit(mev.MeConnectSent(att.name, str(att.peer), cid.hex(), tuple(map(str, eps))))
+            self._after_send(lambda: self._initiator_list(att, cid, key, eps, t))
             return self._with_nat(s, build_connect(cid, key, eps, id_peer(att.peer), callback=True))
 
         def done(s: IkeSaView, result: ConnectResult, t: float) -> None:
@@ -380,7 +387,27 @@ class MediationClient(TargetRole, Extension):
 
         task = MeConnectRequest(build, done, failed)
         self._unsent[att.name] = (sa, task)
-        self.outbox.send(sa, task, now)
+        post = self._post_send = []
+        try:
+            self.outbox.send(sa, task, now)  # built and sent here when the SA has no exchange in flight
+        finally:
+            self._post_send = None
+            for fn in post:
+                fn()
+
+    def _after_send(self, fn: Callable[[], None]) -> None:
+        """Work a request being built does not need, done once it has left: `_send_connect`'s `send`
+        sends what it builds; a request built later, in the SA's task manager, leaves after it (so at once)."""
+        if self._post_send is not None:
+            self._post_send.append(fn)
+        else:
+            fn()
+
+    def _initiator_list(self, att: Attempt, cid: bytes, key: bytes, eps: list[Endpoint], now: float) -> None:
+        """Our check list, created when *sending* ME_CONNECT: the relayed answer may come before our response
+        (docs/protocol.md §4.4), never before the request has left, and nothing is read in between."""
+        self.checks.create_initiator(cid, key, eps, now)
+        self.engine.emit(mev.MeConnectSent(att.name, str(att.peer), cid.hex(), tuple(map(str, eps))))
 
     # ================================================================== received ME_CONNECT
     def _on_connect(self, sa: IkeSaView, msg: Message, now: float) -> list[Payload]:
@@ -529,20 +556,30 @@ class MediationClient(TargetRole, Extension):
         for data, local, remote in self.checks.datagrams_to_send():
             send(NON_ESP + data, local, remote)
 
+    def _send_extra(self) -> None:
+        """The path watches' and probes' datagrams (none without a watch or a probe)."""
+        if self.paths.watches:
+            for data, local, remote in self.paths.datagrams_to_send():
+                self.engine.send(NON_ESP + data, local, remote)
+        if self.probes.probes:
+            for data, local, remote in self.probes.datagrams_to_send():
+                self.engine.send(NON_ESP + data, local, remote)
+
     def _pump(self, now: float) -> None:
         """Send the checks' datagrams, act on their events."""
-        self.paths.apply_moves(self.engine, now)
+        paths, probes, checks = self.paths, self.probes, self.checks
+        if paths.busy():  # no path watch: no moves, no probe rounds (upgrade.py)
+            paths.apply_moves(self.engine, now)
         send = self.config.send_now or self.engine.send
         for _ in range(100):
-            for data, local, remote in self.checks.datagrams_to_send():
+            for data, local, remote in checks.datagrams_to_send():
                 send(NON_ESP + data, local, remote)
-            for data, local, remote in self.paths.datagrams_to_send() + self.probes.datagrams_to_send():
-                self.engine.send(NON_ESP + data, local, remote)
-            ev = self.checks.next_event()
+            self._send_extra()
+            ev = checks.next_event()
             if ev is None:
-                if self.probes.sweep(self.checks.get, now):
+                if probes.probes and probes.sweep(checks.get, now):
                     continue  # a check list's hold on the relay ended: it may have selected a pair
-                for pev in self.probes.events():
+                for pev in probes.events():
                     self.engine.emit(pev)
                 return
             self.probes.on_event(ev, now)

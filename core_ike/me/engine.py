@@ -96,19 +96,21 @@ class CheckEngine:
             if t is not None and t <= now:
                 cl.handle_timer(now)
 
+    # drained after every datagram and timer of the client (MediationClient._pump): no list of the lists
+    # made for it (draining a list changes neither the lists nor the orphans)
     def datagrams_to_send(self) -> list[Datagram]:
         out: list[Datagram] = []
-        for cl in self._all():
+        for cl in self._orphans:
+            out += cl.datagrams_to_send()
+        for cl in self._lists.values():
             out += cl.datagrams_to_send()
         return out
 
     def next_event(self) -> CheckListEvent | None:
-        for cl in self._all():
-            ev = cl.next_event()
-            if ev is not None:
-                return ev
+        for lists in (self._orphans, self._lists.values()):
+            for cl in lists:
+                ev = cl.next_event()
+                if ev is not None:
+                    return ev
         self._orphans = []
         return None
-
-    def _all(self) -> list[CheckList]:
-        return self._orphans + list(self._lists.values())

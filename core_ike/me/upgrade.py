@@ -344,6 +344,11 @@ class Paths:
         self.prober: RoundProbing | None = None
         self._now = 0.0  # the last time the client gave us (for a watch that ends between timers)
 
+    def busy(self) -> bool:
+        """Anything for `apply_moves`: a watch, or probe-round events not handed out yet (a watch that ended
+        may have left some)."""
+        return bool(self.watches) or (self.prober is not None and bool(self.prober.events))
+
     def use_probing(self, probes: Probes, own_nat: Callable[[], str | None] | None) -> None:
         """Probe rounds may probe many ports as the first setups do (`probes`: their bounds, pool, rng;
         `own_nat`: our NAT's behaviour, RFC 5780 discovery)."""
