@@ -162,6 +162,7 @@ class DataRelay:
         self._relays: dict[int, Relay] = {}
         self._by_port: dict[int, tuple[Relay, Side]] = {}
         self._by_cid: dict[bytes, Relay] = {}
+        self._held: dict[str, int] = {}  # identity -> relays it is a side of (the per-peer limit, asked per ME_CONNECT)
         self._next_id = 1
         lo, _hi = self.config.ports
         self._cursor = lo
@@ -191,7 +192,7 @@ class DataRelay:
             why = f"relay limit reached ({cfg.total} relays)"
         else:
             for ident, _ in (a, b):
-                n = sum(1 for r in self._relays.values() if ident in (r.a.identity, r.b.identity))
+                n = self._held.get(ident, 0)
                 if n >= cfg.per_peer:
                     why = f"'{ident}' holds {n} relays (limit {cfg.per_peer})"
                     break
@@ -209,6 +210,8 @@ class DataRelay:
         if self._due_known:
             self._due = self._expires(r) if self._due is None else min(self._due, self._expires(r))
         self._by_cid[connect_id] = r
+        for ident in {a[0], b[0]}:
+            self._held[ident] = self._held.get(ident, 0) + 1
         for side in (r.a, r.b):
             self._by_port[side.port] = (r, side)
             self._changes.opened.append((address, side.port))
@@ -248,7 +251,7 @@ class DataRelay:
         for r in gone:
             self.stats["released"] += 1
             self.release(r.id, f"mediation SA of '{identity}' gone")
-        kept = sum(1 for r in self._relays.values() if identity in (r.a.identity, r.b.identity))
+        kept = self._held.get(identity, 0)
         if kept:
             log.info("'%s' offline: keeping %d relay(s) that carry traffic", identity, kept)
         return gone
@@ -260,6 +263,11 @@ class DataRelay:
         self._due_known = False
         r.freed_reason = reason
         self._by_cid.pop(r.connect_id, None)
+        for ident in {r.a.identity, r.b.identity}:
+            if (n := self._held.get(ident, 0) - 1) > 0:
+                self._held[ident] = n
+            else:
+                self._held.pop(ident, None)
         for side in (r.a, r.b):
             self._by_port.pop(side.port, None)
             self._changes.closed.append((r.address, side.port))

@@ -163,6 +163,16 @@ def test_limits_per_peer_total_and_ports(caplog: pytest.LogCaptureFixture) -> No
     with pytest.raises(RelayRefused, match="relay limit reached"):
         t.allocate(b"c5", SRV, ("fred", A_IP), ("gina", B_IP), 0.0)
     assert "refused" in caplog.text and t.stats["refused"] == 2
+    # a freed relay counts no more for either side (the counts are kept, not recounted per ME_CONNECT)
+    t.release(t.by_connect_id(b"c1").id, "test")  # type: ignore[union-attr]
+    assert t.allocate(b"c3", SRV, ("dave", B_IP), ("alice", A_IP), 0.0) is not None
+    t.release(t.by_connect_id(b"c4").id, "test")  # type: ignore[union-attr]  # below the total again
+    with pytest.raises(RelayRefused, match="'alice' holds 2 relays"):
+        t.allocate(b"c6", SRV, ("bob", B_IP), ("alice", A_IP), 0.0)
+    for r in list(t):
+        t.release(r.id, "test")
+    assert t.release_peer("alice", 1.0) == [] and len(t) == 0
+    assert t.allocate(b"c7", SRV, ("alice", A_IP), ("dave", B_IP), 0.0) is not None
     small = DataRelay(RelayConfig(ports=(50000, 50002)))
     small.allocate(b"c1", SRV, ("a", A_IP), ("b", B_IP), 0.0)
     with pytest.raises(RelayRefused, match="no free relay ports"):
