@@ -574,7 +574,8 @@ class MediationClient(TargetRole, Extension):
         for _ in range(100):
             for data, local, remote in checks.datagrams_to_send():
                 send(NON_ESP + data, local, remote)
-            self._send_extra()
+            if paths.watches or probes.probes:
+                self._send_extra()
             ev = checks.next_event()
             if ev is None:
                 if probes.probes and probes.sweep(checks.get, now):
