@@ -11,7 +11,7 @@ the core reads no clock (docs/architecture.md, "Time, randomness and the import 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -31,10 +31,11 @@ from ..crypto.auth import (
 from ..crypto.auth import keyid_sha1 as keyid_of
 from ..crypto.sigalg import CertificateParts, certificate_parts, certificate_subject
 from ..errors import AuthenticationFailed
-from .identity import Identity
+from .identity import Identity, cert_holds
 
 __all__ = [
     "Credentials",
+    "PeerCert",
     "PrivateKey",
     "PublicKey",
     "SharedKey",
@@ -67,6 +68,54 @@ def _issuer(ca: x509.Certificate) -> _Issuer:
                    ca.not_valid_before_utc.timestamp(), ca.not_valid_after_utc.timestamp())
 
 
+# peers' certificates kept checked per Credentials, by their DER octets (PeerCert); the oldest goes first
+PEER_CERT_CACHE_MAX = 512
+_HOLDS_MAX = 8  # identities remembered per certificate (a peer uses one)
+# kept by the last octets of the DER, inside the signature value (RFC 5280 4.1.1.3): they tell certificates
+# apart as well as the whole would, which a lookup would hash (Python's bytes hash: about 2 instructions
+# per octet, twice those of the rest of the lookup); a hit is then compared in full
+_TAIL = 32
+
+
+class PeerCert:
+    """A peer's end-entity certificate as `Credentials.peer_cert` checked it, kept by its DER octets: a peer
+    that reconnects sends the same certificate (RFC 7296 3.6), and what was found about it does not change
+    while the trusted CAs do not: the CAs that issued it (RFC 5280 6.1.3 (a)(1), (a)(4)), its validity
+    period (RFC 5280 4.1.2.5; compared with the time at each use), its key, the identities it holds.
+    Only certificates one of our CAs issued are kept, so other octets cannot push them out."""
+
+    __slots__ = ("_holds", "_key", "cert", "der", "issuers", "not_after", "not_before")
+
+    def __init__(self, der: bytes, cert: x509.Certificate, issuers: list[_Issuer]) -> None:
+        self.der = der
+        self.cert = cert
+        self.issuers = issuers  # never empty
+        self.not_before = cert.not_valid_before_utc.timestamp()
+        self.not_after = cert.not_valid_after_utc.timestamp()
+        self._key: PublicKey | None = None
+        self._holds: dict[Identity, bool] | None = None
+
+    @property
+    def key(self) -> PublicKey:
+        """The certificate's public key, loaded on first use (a key object keeps its precomputed values)."""
+        key = self._key
+        if key is None:
+            key = self._key = cast(PublicKey, self.cert.public_key())
+        return key
+
+    def holds(self, ident: Identity) -> bool:
+        """`identity.cert_holds` of this certificate, remembered per identity."""
+        known = self._holds
+        if known is None:
+            known = self._holds = {}
+        hit = known.get(ident)
+        if hit is None:
+            hit = cert_holds(self.cert, ident, self.der)
+            if len(known) < _HOLDS_MAX:
+                known[ident] = hit
+        return hit
+
+
 @dataclass
 class SharedKey:
     secret: bytes
@@ -87,6 +136,8 @@ class Credentials:
     # what checking a certificate reads from each CA in `cas` (recomputed when `cas` changes)
     _issuers: tuple[_Issuer, ...] = field(default=(), repr=False, compare=False)
     _issuer_cas: list[x509.Certificate] = field(default_factory=list, repr=False, compare=False)
+    # peers' certificates our CAs issued, checked (PeerCert), by their DER's last octets; emptied when `cas` changes
+    _peer_certs: dict[bytes, PeerCert] = field(default_factory=dict, repr=False, compare=False)
 
     def add_eap_secret(self, secret: bytes | str, *ids: str | Identity) -> None:
         s = secret.encode() if isinstance(secret, str) else secret
@@ -161,7 +212,8 @@ class Credentials:
     def verify_cert(self, cert: x509.Certificate, wall: float | None, der: bytes = b"") -> None:
         """Accept an end-entity certificate directly issued by one of our CAs, both valid at `wall`
         (UNIX seconds, the adapter's wall clock), or raise AuthenticationFailed saying why. `der`, when
-        given, is the DER `cert` was parsed from (its signature is then checked over those octets).
+        given, is the DER `cert` was parsed from (its signature is then checked over those octets, and
+        what the check found is kept by those octets, as `peer_cert` keeps it).
 
         RFC 5280 6.1.3 (a)(1)-(2): the signature verifies with the CA's key and `wall` lies in the
         certificate's validity period, notBefore and notAfter included (§4.1.2.5). The CA's own period
@@ -170,21 +222,60 @@ class Credentials:
         immediate use backdates notBefore for the clocks that lag behind its own."""
         if wall is None:
             # a certificate's validity cannot be checked without the time: refuse rather than trust it
-            raise AuthenticationFailed(f"no wall-clock time to check the validity of certificate "
-                                       f"'{_subject(cert)}'")
-        parts = certificate_parts(der) if der else None
-        issuers = self._issuers_of(cert, parts)
+            raise AuthenticationFailed(_no_wall(cert))
+        if der:
+            hit = self._kept(der) or self._new(der, cert)
+            if hit.not_before <= wall <= hit.not_after and _any_valid(hit.issuers, wall):
+                return
+            raise _outside(hit, wall)
+        issuers = self._issuers_of(cert, None)
         if not issuers:
             raise AuthenticationFailed(f"no trusted issuer found for '{_subject(cert)}'")
         problem = _outside_validity(cert, wall)
         if problem:
             raise AuthenticationFailed(f"certificate {problem} ('{_subject(cert)}')")
-        # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
-        for i in issuers:  # a loop, not any(generator): a generator closed early raises GeneratorExit in it
-            if i.not_before <= wall <= i.not_after:
-                return
-        raise AuthenticationFailed(f"CA certificate {_outside_validity(issuers[0].ca, wall)} "
-                                   f"('{_subject(issuers[0].ca)}'), issuer of '{_subject(cert)}'")
+        if not _any_valid(issuers, wall):
+            raise _ca_outside(cert, issuers, wall)
+
+    def peer_cert(self, der: bytes, wall: float | None) -> PeerCert:
+        """The peer's certificate in `der` (RFC 7296 3.6, X.509 Certificate - Signature) parsed and checked
+        as `verify_cert` checks it, or AuthenticationFailed saying why (also for octets that are not a
+        certificate). A certificate seen before is neither parsed nor its signature verified again; the
+        validity periods are compared with `wall` at every call."""
+        hit = self._kept(der)
+        if hit is None:
+            try:
+                cert = x509.load_der_x509_certificate(der)
+            except ValueError as e:
+                raise AuthenticationFailed(f"cannot parse peer certificate: {e}") from e
+            if wall is None:
+                raise AuthenticationFailed(_no_wall(cert))
+            hit = self._new(der, cert)
+        elif wall is None:
+            raise AuthenticationFailed(_no_wall(hit.cert))
+        if hit.not_before <= wall <= hit.not_after and _any_valid(hit.issuers, wall):
+            return hit
+        raise _outside(hit, wall)
+
+    def _new(self, der: bytes, cert: x509.Certificate) -> PeerCert:
+        """The PeerCert of `cert`, parsed from `der` and not kept: its issuers found (`_issuers_of`) and
+        kept, or AuthenticationFailed when none of our CAs issued it."""
+        issuers = self._issuers_of(cert, certificate_parts(der))  # empties the kept ones when `cas` changed
+        if not issuers:
+            raise AuthenticationFailed(f"no trusted issuer found for '{_subject(cert)}'")
+        hit = PeerCert(der, cert, issuers)
+        kept = self._peer_certs
+        if len(kept) >= PEER_CERT_CACHE_MAX:
+            del kept[next(iter(kept))]
+        kept[der[-_TAIL:]] = hit
+        return hit
+
+    def _kept(self, der: bytes) -> PeerCert | None:
+        """The PeerCert of exactly the octets `der`, found by their last _TAIL octets, or None."""
+        if self._issuer_cas != self.cas:
+            return None  # found with other CAs: `_issuers_of` empties them
+        hit = self._peer_certs.get(der[-_TAIL:])
+        return hit if hit is not None and hit.der == der else None
 
     def _issuers_of(self, cert: x509.Certificate, parts: CertificateParts | None) -> list[_Issuer]:
         """The CAs in `cas` that issued `cert` (RFC 5280 6.1.3 (a)(1), (a)(4): its issuer is the CA's
@@ -197,6 +288,7 @@ class Credentials:
         if self._issuer_cas != cas:  # equal lists: the same certificates, whichever objects
             self._issuers = tuple(map(_issuer, cas))
             self._issuer_cas = list(cas)
+            self._peer_certs.clear()  # what was found with other CAs
         known = self._issuers
         if parts is not None and (parts.inner_algorithm != parts.algorithm or parts.unused_bits):
             parts = None  # the general check refuses it with its own reason
@@ -221,6 +313,32 @@ class Credentials:
                 continue
             found.append(i)
         return found
+
+
+def _no_wall(cert: x509.Certificate) -> str:
+    return f"no wall-clock time to check the validity of certificate '{_subject(cert)}'"
+
+
+def _any_valid(issuers: Sequence[_Issuer], wall: float) -> bool:
+    # several trusted CAs may share the name and key (a renewed CA): one valid at `wall` suffices
+    for i in issuers:  # noqa: SIM110 - a loop, not any(generator): a generator closed early raises GeneratorExit in it
+        if i.not_before <= wall <= i.not_after:
+            return True
+    return False
+
+
+def _ca_outside(cert: x509.Certificate, issuers: Sequence[_Issuer], wall: float) -> AuthenticationFailed:
+    return AuthenticationFailed(f"CA certificate {_outside_validity(issuers[0].ca, wall)} "
+                                f"('{_subject(issuers[0].ca)}'), issuer of '{_subject(cert)}'")
+
+
+def _outside(pc: PeerCert, wall: float) -> AuthenticationFailed:
+    """Why `pc` is refused at `wall`, a time outside its validity period or its issuers' (RFC 5280 4.1.2.5),
+    in verify_cert's words."""
+    problem = _outside_validity(pc.cert, wall)
+    if problem:
+        return AuthenticationFailed(f"certificate {problem} ('{_subject(pc.cert)}')")
+    return _ca_outside(pc.cert, pc.issuers, wall)
 
 
 def _subject(cert: x509.Certificate) -> str:
