@@ -147,8 +147,8 @@ rekey_time = 0
 class RoadWarriors:
     """carol and dave (charon) and erin (our iked): connect, the virtual IP each got, ping moon's subnet."""
 
-    def __init__(self, lab: Lab, charons: dict[str, Charon], erin: Iked) -> None:
-        self.lab, self.charons, self.erin = lab, charons, erin
+    def __init__(self, lab: Lab, charons: dict[str, Charon], erin: Iked, moon: Iked) -> None:
+        self.lab, self.charons, self.erin, self.moon = lab, charons, erin, moon
 
     def connect(self, who: str) -> str:
         if who in self.charons:
@@ -162,10 +162,24 @@ class RoadWarriors:
         (vip,) = sa["local-vips"]
         return str(vip)
 
-    def ping(self, who: str, vip: str) -> int:
+    def ping(self, who: str, vip: str) -> tuple[int, str]:
+        """The echo replies received of three, and where the missing ones went when one is missing."""
         # erin's route into ipsec0 names her virtual IP as its source: her ping chooses none
-        _, received, _ = self.lab.ping(who, MOON_NET, source=None if who == "erin" else vip, count=3, interval=0.05)
-        return received
+        _, received, out = self.lab.ping(who, MOON_NET, source=None if who == "erin" else vip, count=3, interval=0.05)
+        return received, "" if received == 3 else self.evidence(who, vip, out)
+
+    def evidence(self, who: str, vip: str, out: str) -> str:
+        """ping's summary, the route each end takes to the other's inner address and the drops our data
+        planes counted (moon's, and erin's own): the state right after a lost echo, for its FAIL line."""
+        lines = [line for line in out.splitlines() if "transmitted" in line or "icmp_seq" in line]
+        for host, dst in (("moon", vip), (who, MOON_NET)):
+            res = self.lab.run(host, ["ip", "route", "get", dst], check=False)
+            lines.append(f"{host}: {' '.join((res.stdout + res.stderr).split())}")
+        for name, d in [("moon", self.moon)] + ([("erin", self.erin)] if who == "erin" else []):
+            stats = d.ctl({"cmd": "stats"}).get("stats", {}).get("dataplane", {})
+            drops = ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("drop") and v)
+            lines.append(f"{name}'s data plane dropped: {drops or 'nothing'}")
+        return "\n" + "\n".join(f"             {line}" for line in lines)
 
     def erin_vips(self) -> str:
         """The addresses on erin's TUN device (ipsec0)."""
@@ -189,9 +203,9 @@ def connect_all(story: Story, rws: RoadWarriors, pool: str, before: dict[str, st
         if who == "erin":
             story.check(f" {vips[who]}/32 " in rws.erin_vips(),
                         f"erin's iked put her virtual IP {vips[who]} on its TUN device ipsec0")
-        received = rws.ping(who, vips[who])
+        received, evidence = rws.ping(who, vips[who])
         story.check(vips[who].startswith(pool) and received == 3,
-                    f"{who} got {vips[who]} from {pool}x and pinged {MOON_NET} from it ({received}/3)")
+                    f"{who} got {vips[who]} from {pool}x and pinged {MOON_NET} from it ({received}/3){evidence}")
         if before is not None:
             story.check(vips[who] == before[who], f"{who} got the same address back ({before[who]})")
     story.check(len(set(vips.values())) == 3, "three different addresses")
@@ -289,7 +303,7 @@ def run(story: Story) -> None:
         for who in ("carol", "dave"):
             charons[who] = Charon(lab, who, conf=charon_conf(who, "psk")).start()
         erin = Iked(lab, "erin", erin_toml(), name="iked").start()
-        rws = RoadWarriors(lab, charons, erin)
+        rws = RoadWarriors(lab, charons, erin, moon)
         story.step("carol, dave and erin connect and ping 10.1.0.1 from their virtual IPs")
         vips = connect_all(story, rws, "10.3.0.")
         story.step("the SA manager shows them and terminates them")
@@ -323,7 +337,7 @@ def run(story: Story) -> None:
         econf, esecrets = seed_files(lab.host_dir("erin") / "seed", "carol", creds, as_erin=True)
         erin = Iked(lab, "erin", erin_toml(f'ipsec_conf = "{econf}"\nipsec_secrets = "{esecrets}"\n'),
                     name="iked-conf").start()
-        rws = RoadWarriors(lab, charons, erin)
+        rws = RoadWarriors(lab, charons, erin, moon)
         vips = connect_all(story, rws, "10.3.0.")
         sa_manager_checks(story, web, moon, vips, db_pool=False)
         rws.wait_gone("erin")
