@@ -178,6 +178,33 @@ class Responder:
     def held(self) -> int: raise NotImplementedError
 
 
+# the kernel's sched_prio_to_weight for nice -10..0 (kernel/sched/core.c): a nice value's CPU weight
+NICE_WEIGHTS = {-10: 9548, -9: 7620, -8: 6100, -7: 4904, -6: 3906, -5: 3121, -4: 2501, -3: 1991, -2: 1586,
+                -1: 1277, 0: 1024}
+
+
+def autogroup_nice(processes: int) -> int:
+    """The nice value whose weight is nearest `processes` times nice 0's (-3 for 2: 1991 / 1024)."""
+    return min(NICE_WEIGHTS, key=lambda n: abs(NICE_WEIGHTS[n] - 1024 * processes))
+
+
+def set_autogroup_weight(pid: int, processes: int) -> int | None:
+    """Give the autogroup (session) of `pid` about `processes` times a single process's CPU weight under
+    contention, by its autogroup nice value (/proc/PID/autogroup; sched(7), "The autogroup feature").
+    The lab starts each daemon in a session of its own, and the scheduler shares the CPUs between
+    sessions first: the N workers of one daemon would otherwise share what a single-process daemon gets
+    alone whenever the machine has other work (and this one is shared). Returns the nice value set, or
+    None where there is no autogroup."""
+    nice = autogroup_nice(processes)
+    path = Path(f"/proc/{pid}/autogroup")
+    if not Path("/proc/sys/kernel/sched_autogroup_enabled").exists() or not path.exists():
+        return None
+    if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1":
+        return None
+    path.write_text(str(nice))
+    return nice
+
+
 def iked_responder_conf(secrets: str, local: str, remote: str, *, workers: int | None = None,
                         addr: str = RESP_IP, proposal: str = PROPOSAL, log_level: str = "warning") -> str:
     """iked's TOML as the benchmarks' responder on ``addr``: no data plane, COOKIEs off as on charon's side
@@ -221,6 +248,8 @@ class OursResponder(Responder):
 
     def start(self) -> None:
         self.iked.start(tree=self.tree)
+        if self.n_workers > 1:
+            set_autogroup_weight(self.pid(), self.n_workers)
 
     def stop(self) -> None:
         self.iked.stop()
@@ -576,8 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--source-ips", type=int, default=16)
     ap.add_argument("--auth", default="psk,rsa")
-    ap.add_argument("--impl", default="ours,ours-w2,charon",
-                    help="responders, interleaved: ours, ours-wN (workers = N), charon")
+    ap.add_argument("--impl", default="ours,ours-w2,pair-w2,charon",
+                    help="responders, interleaved: ours, ours-wN (workers = N), pair-wN (workers = 1 and N in one "
+                    "batch: the capacity figure), charon")
     ap.add_argument("--driver-cpus", default="", help="CPUs the drivers run on (comma-separated; default any)")
     ap.add_argument("--responder-cpus", default="", help="CPUs the responder runs on, worker k on the k-th "
                     "(modulo their count; default any)")

@@ -69,6 +69,12 @@ def table(results: list[Result], inflight: int, drivers: int, warmup: int,
     return "\n".join(lines) + "\n"
 
 
+AUTOGROUP_NOTE = (
+    "scheduling: the lab starts each daemon in a session of its own and the kernel shares the CPUs between "
+    "sessions first (autogroup, sched(7)); the N-worker daemon's session gets the weight of N processes (autogroup "
+    "nice -3 for N = 2, ike_setup_rate.set_autogroup_weight), as N single-process daemons would have: without it "
+    "its workers shared one process's share whenever the machine had other work, so a single process beside them "
+    "was woken for fewer datagrams at a time (5x the wake-ups per IKE_SA) and paid more per IKE_SA")
 SEQUENTIAL_NOTES = [
     "CPU-normalised: the batch's IKE_SAs over the CPU seconds of the busiest worker (the rate with a core per "
     "worker), workers = N over workers = 1 of the same round (one after the other); the driver shares the "
@@ -77,7 +83,8 @@ SEQUENTIAL_NOTES = [
     "worker's load, so it sleeps and wakes more often per IKE_SA (wake-ups/SA; a wake-up finds its caches cold), "
     "and with N = 2 three busy processes share 2 CPUs; both add to a worker's CPU per IKE_SA, which a saturated "
     "worker on a core of its own would not pay, and the two batches meet the machine's other load at different "
-    "moments: a noisy lower bound"]
+    "moments: a noisy lower bound",
+    AUTOGROUP_NOTE]
 PAIRED_NOTES = [
     "CPU-normalised and paired: workers = 1 and workers = N (on two addresses of the responder's host) measured in "
     "the same batch, the driver sending them IKE_SAs 1 : N in turn, so that every worker process carries the same "
@@ -86,7 +93,8 @@ PAIRED_NOTES = [
     "what it leaves out: all processes share the machine's 2 CPUs (with N = 2 four busy ones with the driver), so "
     "none is saturated and each pays the wake-ups of a partly loaded process (wake-ups/SA), the single process "
     "as much as each of the N workers: the ratio is that of a worker of N to a single process at equal load, "
-    "which includes the steering and the busiest worker's share of the IKE_SAs"]
+    "which includes the steering and the busiest worker's share of the IKE_SAs",
+    AUTOGROUP_NOTE]
 
 
 def capacity_figures(auth: str, by: dict[str, list[Result]], driver: str) -> list[dict[str, Any]]:

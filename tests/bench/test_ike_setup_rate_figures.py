@@ -37,3 +37,10 @@ def test_without_pairs_the_sequential_figure_keeps_the_key(load_bench: Callable[
     figs = {f["key"]: f for f in bench.figures_of(res, 32, "engine")}
     assert figs["setup_capacity_w2_psk"]["readme"] and "setup_capacity_w2_psk_sequential" not in figs
     assert any("sans-IO Engine" in d for d in figs["setup_capacity_w2_psk"]["differences"])
+
+
+def test_autogroup_weight_of_n_workers(load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("ike_setup_rate")
+    assert [bench.autogroup_nice(n) for n in (1, 2, 3, 4)] == [0, -3, -5, -6]
+    for n in (2, 3, 4):  # within 5 % of n processes' weight
+        assert abs(bench.NICE_WEIGHTS[bench.autogroup_nice(n)] / 1024 - n) / n < 0.05
