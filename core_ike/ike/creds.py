@@ -70,7 +70,6 @@ def _issuer(ca: x509.Certificate) -> _Issuer:
 
 # peers' certificates kept checked per Credentials, by their DER octets (PeerCert); the oldest goes first
 PEER_CERT_CACHE_MAX = 512
-_HOLDS_MAX = 8  # identities remembered per certificate (a peer uses one)
 # kept by the last octets of the DER, inside the signature value (RFC 5280 4.1.1.3): they tell certificates
 # apart as well as the whole would, which a lookup would hash (Python's bytes hash: about 2 instructions
 # per octet, twice those of the rest of the lookup); a hit is then compared in full
@@ -93,7 +92,7 @@ class PeerCert:
         self.not_before = cert.not_valid_before_utc.timestamp()
         self.not_after = cert.not_valid_after_utc.timestamp()
         self._key: PublicKey | None = None
-        self._holds: dict[Identity, bool] | None = None
+        self._holds: tuple[Identity, bool] | None = None  # the last identity asked about (a peer has one)
 
     @property
     def key(self) -> PublicKey:
@@ -104,15 +103,12 @@ class PeerCert:
         return key
 
     def holds(self, ident: Identity) -> bool:
-        """`identity.cert_holds` of this certificate, remembered per identity."""
-        known = self._holds
-        if known is None:
-            known = self._holds = {}
-        hit = known.get(ident)
-        if hit is None:
-            hit = cert_holds(self.cert, ident, self.der)
-            if len(known) < _HOLDS_MAX:
-                known[ident] = hit
+        """`identity.cert_holds` of this certificate, remembered for the last identity asked about."""
+        last = self._holds
+        if last is not None and (last[0] is ident or last[0] == ident):
+            return last[1]
+        hit = cert_holds(self.cert, ident, self.der)
+        self._holds = (ident, hit)
         return hit
 
 
