@@ -86,9 +86,13 @@ class CheckEngine:
             return "unknown connect ID"
         return cl.receive_check(check, src, dst, now)
 
-    def get_timer(self) -> float | None:
-        times = [t for cl in self._lists.values() if (t := cl.get_timer()) is not None]
-        return min(times) if times else None
+    def get_timer(self) -> float | None:  # asked after every datagram and timer of the client: no list made
+        best: float | None = None
+        for cl in self._lists.values():
+            t = cl.get_timer()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def handle_timer(self, now: float) -> None:
         for cl in list(self._lists.values()):
