@@ -142,7 +142,7 @@ class VendorIdPayload:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class TrafficSelector:
     ts_type: TsType
     ip_proto: int  # 0 = any
@@ -150,6 +150,22 @@ class TrafficSelector:
     end_port: int
     start_addr: bytes  # 4 or 16 octets
     end_addr: bytes
+
+    def __init__(self, ts_type: TsType, ip_proto: int, start_port: int, end_port: int, start_addr: bytes,
+                 end_addr: bytes) -> None:
+        # each field through its slot's setter: the frozen dataclass's generated __init__ calls
+        # object.__setattr__ per field, which binds a method wrapper and walks the MRO each time (made for
+        # every CHILD_SA's selectors, kept for its life)
+        _ts_type(self, ts_type)
+        _ts_ip_proto(self, ip_proto)
+        _ts_start_port(self, start_port)
+        _ts_end_port(self, end_port)
+        _ts_start_addr(self, start_addr)
+        _ts_end_addr(self, end_addr)
+
+
+_ts_type, _ts_ip_proto, _ts_start_port, _ts_end_port, _ts_start_addr, _ts_end_addr = (
+    TrafficSelector.__dict__[f].__set__ for f in TrafficSelector.__slots__)
 
 
 @dataclass(slots=True)

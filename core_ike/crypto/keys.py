@@ -25,6 +25,8 @@ __all__ = [
     "skeyseed",
 ]
 
+_set = object.__setattr__
+
 
 @dataclass(frozen=True, slots=True)
 class IkeSuite:
@@ -37,7 +39,7 @@ class IkeSuite:
     integ_id: int | None
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, init=False)
 class IkeKeys:
     sk_d: bytes
     sk_ai: bytes
@@ -46,6 +48,13 @@ class IkeKeys:
     sk_er: bytes
     sk_pi: bytes
     sk_pr: bytes
+
+    def __init__(self, sk_d: bytes, sk_ai: bytes, sk_ar: bytes, sk_ei: bytes, sk_er: bytes, sk_pi: bytes,
+                 sk_pr: bytes) -> None:
+        # one object.__setattr__ of __dict__, not the frozen dataclass's one per field (each binds a method
+        # wrapper and walks the MRO; see core_ike/ike/events.py); still frozen, same eq and hash
+        _set(self, "__dict__", {"sk_d": sk_d, "sk_ai": sk_ai, "sk_ar": sk_ar, "sk_ei": sk_ei, "sk_er": sk_er,
+                                "sk_pi": sk_pi, "sk_pr": sk_pr})
 
     def __repr__(self) -> str:  # never log key material by accident
         return "IkeKeys(<secret>)"
@@ -153,7 +162,8 @@ def ike_protectors(
 ) -> tuple[CbcHmacProtector | AeadProtector, CbcHmacProtector | AeadProtector]:
     """(outbound, inbound) SK protectors for the original initiator or responder (RFC 7296 2.14)."""
     e = suite.encr_id
-    if suite in _AEAD_SUITES and len(keys.sk_ei) == len(keys.sk_er) == _AEAD_SUITES[suite]:
+    aead_len = _AEAD_SUITES.get(suite)  # one lookup: an IkeSuite's hash is a Python call
+    if aead_len is not None and len(keys.sk_ei) == len(keys.sk_er) == aead_len:
         # the checks of make_protector done once per suite: an AEAD with these key lengths
         p_i: CbcHmacProtector | AeadProtector = AeadProtector(e, keys.sk_ei, rng)
         p_r: CbcHmacProtector | AeadProtector = AeadProtector(e, keys.sk_er, rng)

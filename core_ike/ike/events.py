@@ -1,13 +1,23 @@
-"""Events out of the IKE engine (design principle 9): frozen dataclasses drained by the adapter."""
+"""Events out of the IKE engine (design principle 9): frozen dataclasses drained by the adapter.
+
+The events made for every IKE_SA and CHILD_SA (IkeSaEstablished, ChildSaEstablished, ChildKeys) have an
+`__init__` of their own: the generated one of a frozen dataclass calls `object.__setattr__` once per field,
+each call binding a method wrapper and walking the class's MRO (CPython's hackcheck), several times the
+cost of a plain assignment. The passing events set their `__dict__` in one such call; ChildKeys, which its
+CHILD_SA keeps, has slots, each set through its member descriptor. The instances stay frozen (assignment
+and deletion raise FrozenInstanceError); equality, hash, repr and `dataclasses.replace` are the
+dataclass's own (tests/unit/ike/test_ike_event_init.py).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 Addr = tuple[str, int]
+_set = object.__setattr__
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class IkeSaEstablished:
     name: str
     unique_id: int
@@ -19,6 +29,16 @@ class IkeSaEstablished:
     spi_r: bytes
     initiator: bool
     rekeyed_from: int | None = None
+
+    def __init__(  # noqa: PLR0913, PLR0917 - the dataclass fields, positional as the generated __init__
+        self, name: str, unique_id: int, local: Addr, remote: Addr, local_id: str, remote_id: str, spi_i: bytes,
+        spi_r: bytes, initiator: bool, rekeyed_from: int | None = None,
+    ) -> None:
+        _set(self, "__dict__", {
+            "name": name, "unique_id": unique_id, "local": local, "remote": remote, "local_id": local_id,
+            "remote_id": remote_id, "spi_i": spi_i, "spi_r": spi_r, "initiator": initiator,
+            "rekeyed_from": rekeyed_from,
+        })
 
 
 @dataclass(frozen=True)
@@ -40,9 +60,12 @@ class IkeSaDeleted:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ChildKeys:
-    """Everything a data plane needs to install one CHILD_SA (both directions)."""
+    """Everything a data plane needs to install one CHILD_SA (both directions).
+
+    Kept by the CHILD_SA (state.ChildSa.keys) for its life: slots (no per-instance dict), each set through
+    its slot's own setter (no MRO walk of object.__setattr__)."""
 
     encr_id: int
     key_bits: int
@@ -55,8 +78,28 @@ class ChildKeys:
     key_out: bytes
     integ_out: bytes
 
+    def __init__(  # noqa: PLR0913, PLR0917 - the dataclass fields, positional as the generated __init__
+        self, encr_id: int, key_bits: int, integ_id: int, esn: bool, spi_in: int, spi_out: int, key_in: bytes,
+        integ_in: bytes, key_out: bytes, integ_out: bytes,
+    ) -> None:
+        _ck_encr_id(self, encr_id)
+        _ck_key_bits(self, key_bits)
+        _ck_integ_id(self, integ_id)
+        _ck_esn(self, esn)
+        _ck_spi_in(self, spi_in)
+        _ck_spi_out(self, spi_out)
+        _ck_key_in(self, key_in)
+        _ck_integ_in(self, integ_in)
+        _ck_key_out(self, key_out)
+        _ck_integ_out(self, integ_out)
 
-@dataclass(frozen=True)
+
+# ChildKeys' slot setters (member descriptors' __set__)
+_ck_encr_id, _ck_key_bits, _ck_integ_id, _ck_esn, _ck_spi_in, _ck_spi_out, _ck_key_in, _ck_integ_in, _ck_key_out, \
+    _ck_integ_out = (ChildKeys.__dict__[f].__set__ for f in ChildKeys.__slots__)
+
+
+@dataclass(frozen=True, init=False)
 class ChildSaEstablished:
     ike_name: str
     ike_unique_id: int
@@ -72,6 +115,18 @@ class ChildSaEstablished:
     proposal: str
     rekeyed_from: int | None = None  # unique id of the CHILD_SA this one replaces (make-before-break)
     replay_window: int = 128  # RFC 4303 3.4.3, from the CHILD_SA's config
+
+    def __init__(  # noqa: PLR0913, PLR0917 - the dataclass fields, positional as the generated __init__
+        self, ike_name: str, ike_unique_id: int, name: str, unique_id: int, reqid: int, local: Addr, remote: Addr,
+        encap: bool, local_ts: tuple[str, ...], remote_ts: tuple[str, ...], keys: ChildKeys, proposal: str,
+        rekeyed_from: int | None = None, replay_window: int = 128,
+    ) -> None:
+        _set(self, "__dict__", {
+            "ike_name": ike_name, "ike_unique_id": ike_unique_id, "name": name, "unique_id": unique_id,
+            "reqid": reqid, "local": local, "remote": remote, "encap": encap, "local_ts": local_ts,
+            "remote_ts": remote_ts, "keys": keys, "proposal": proposal, "rekeyed_from": rekeyed_from,
+            "replay_window": replay_window,
+        })
 
 
 @dataclass(frozen=True)
