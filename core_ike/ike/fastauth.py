@@ -54,7 +54,7 @@ from .extension import Extension
 from .identity import Identity
 from .state import IkeState
 from .tasks.child_create import ChildCreate
-from .tasks.ike_auth import _cert_matches, _der, _method_text, established
+from .tasks.ike_auth import _der, _method_text, established
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -447,13 +447,12 @@ def _signature(engine: Engine, a: _Answer, theirs: bytes, id_body: bytes, octets
     creds, req = engine.creds, a.req
     if req.cert is not None:
         try:
-            cert = x509.load_der_x509_certificate(req.cert)
-            creds.verify_cert(cert, engine.wall_time(), req.cert)
-        except (ValueError, AuthenticationFailed):
+            pc = creds.peer_cert(req.cert, engine.wall_time())
+        except AuthenticationFailed:
             return None
-        if not _cert_matches(cert, a.peer, req.cert):
+        if not pc.holds(a.peer):
             return None
-        key: Any = cert.public_key()
+        key: Any = pc.key
     else:
         # a resolver may look the key up and ask for a retransmission (CredentialsPending): the general path
         key = creds.public_key_for(a.peer) if creds.resolver is None else None

@@ -13,9 +13,8 @@ from ...codec.message import Message
 from ...codec.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, NotifyPayload
 from ...constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType, PayloadType, name_of
 from ...crypto.auth import create_signature_auth, psk_auth, signed_octets, verify_signature_auth
-from ...crypto.sigalg import certificate_subject
 from ...errors import AuthenticationFailed, ProtocolError
-from ..context import Identity, IkeSaView, PublicKey, Status, Task, san_holds
+from ..context import Identity, IkeSaView, PublicKey, Status, Task
 from ..context import events as ev
 from ..state import IkeState
 from . import eap_auth as eap
@@ -85,29 +84,14 @@ def _peer_key(sa: IkeSaView, msg: Message) -> PublicKey:
     cert_pl = [c for c in msg.get_all(PayloadType.CERT)
                if isinstance(c, CertPayload) and c.encoding == CertEncoding.X509_SIGNATURE]
     if cert_pl:
-        try:
-            cert = x509.load_der_x509_certificate(cert_pl[0].data)
-        except ValueError as e:
-            raise AuthenticationFailed(f"cannot parse peer certificate: {e}") from e
-        creds.verify_cert(cert, sa.ctx.wall_time(), cert_pl[0].data)  # raises AuthenticationFailed with the reason
-        if not _cert_matches(cert, sa.peer_id, cert_pl[0].data):
+        pc = creds.peer_cert(cert_pl[0].data, sa.ctx.wall_time())  # raises AuthenticationFailed with the reason
+        if not pc.holds(sa.peer_id):
             raise AuthenticationFailed(f"peer certificate does not contain identity '{sa.peer_id}'")
-        return cert.public_key()  # type: ignore[return-value]
+        return pc.key
     k2 = creds.public_key_for(sa.peer_id)
     if k2 is None:
         raise AuthenticationFailed(f"no trusted public key found for '{sa.peer_id}'")
     return k2
-
-
-def _cert_matches(cert: x509.Certificate, ident: Identity, der: bytes = b"") -> bool:
-    """Whether `cert` (parsed from `der` when given) contains the identity (RFC 7296 3.5; RFC 4945 3.1.5: a DN matches the subject exactly)."""
-    t = ident.id_type
-    if t == _DER_ASN1_DN:
-        # RFC 7296 3.5: the DN's DER. A peer sends its certificate's subject octets, compared here as the
-        # CA signed them (re-encoding the parsed subject costs more than the signature check); the
-        # re-encoding is the fallback for a certificate whose subject is not in canonical DER
-        return (bool(der) and certificate_subject(der) == ident.data) or cert.subject.public_bytes() == ident.data
-    return san_holds(cert, ident)  # RFC 4945 3.1.1-3.1.3: other identities in the subjectAltName
 
 
 def verify_auth(sa: IkeSaView, msg: Message, peer_is_initiator: bool, id_pl: IdPayload) -> None:

@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from core_ike.constants import IdType
-from core_ike.ike.identity import Identity, san_holds
-from core_ike.ike.tasks.ike_auth import _cert_matches
+from core_ike.ike.identity import Identity, cert_holds, san_holds
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "san test")])
@@ -124,7 +123,7 @@ def test_the_identity_in_the_subject_alt_name(what: str, san: bytes | None, crit
                                               expected: bool) -> None:
     c, der = cert(san, critical=critical)
     assert san_holds(c, ident) is expected
-    assert _cert_matches(c, ident, der) is expected
+    assert cert_holds(c, ident, der) is expected
 
 
 @pytest.mark.parametrize(("what", "san", "ident"), [
@@ -143,7 +142,7 @@ def test_unusual_encodings_decide_without_an_exception(what: str, san: bytes, id
     c, der = cert(san)
     # whatever cryptography makes of it, the decision is a boolean, never an exception
     assert isinstance(san_holds(c, ident), bool)
-    assert _cert_matches(c, ident, der) is san_holds(c, ident)
+    assert cert_holds(c, ident, der) is san_holds(c, ident)
 
 
 def test_a_duplicate_extension_holds_no_identity() -> None:
@@ -154,7 +153,7 @@ def test_a_duplicate_extension_holds_no_identity() -> None:
     der = der.replace(b"\x06\x03\x55\x1d\x63", b"\x06\x03\x55\x1d\x11")
     c = x509.load_der_x509_certificate(der)
     # RFC 5280 4.2: a certificate holds one instance of an extension; cryptography refuses it: no identity
-    assert _cert_matches(c, FQDN, der) is False
+    assert cert_holds(c, FQDN, der) is False
 
 
 def test_builder_written_certificates() -> None:
