@@ -306,11 +306,14 @@ class RouteSocket:
         self._send_acked(b"".join((_NLMSGHDR.pack(n, RTM_NEWROUTE, _REPLACE_FLAGS, seq, 0), rtm,
                                    _RTA_HDR.pack(4 + len(addr), RTA_DST), addr, tail)), seq)
 
-    def delete(self, dst: str, table: int = RT_TABLE_MAIN) -> None:
-        """`ip route del DST table TABLE`; NetlinkError (ESRCH) when there is none."""
-        net = ipaddress.ip_network(dst, strict=False)
+    def delete(self, dst: str | Network, table: int = RT_TABLE_MAIN, oif: int | None = None) -> None:
+        """`ip route del DST [dev OIF] table TABLE`; NetlinkError (ESRCH) when there is none."""
+        net = ipaddress.ip_network(dst, strict=False) if isinstance(dst, str) else dst
+        attrs = _rta(RTA_DST, net.network_address.packed)
+        if oif is not None:  # only the route into that device
+            attrs += _rta(RTA_OIF, struct.pack("=I", oif))
         # RT_SCOPE_NOWHERE: any scope matches (as `ip route del` asks)
-        self._route(RTM_DELROUTE, NLM_F_ACK, net, table, RT_SCOPE_NOWHERE, _ip_attr(RTA_DST, str(net.network_address)))
+        self._route(RTM_DELROUTE, NLM_F_ACK, net, table, RT_SCOPE_NOWHERE, attrs)
 
     def lookup(self, address: str) -> RouteLookup:
         """`ip route get ADDRESS`; NetlinkError when there is no route (ENETUNREACH)."""

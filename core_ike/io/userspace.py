@@ -25,7 +25,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,7 +204,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
 
     def close(self) -> None:
         if self._netlink is not None:
-            self._netlink.close()  # runs the route deletions still queued
+            self._netlink.close()
             self._netlink = None
         if self._routesock is not None:
             self._routesock.close()
@@ -391,31 +390,23 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         rs.replace(policy.remote.subnet, self._tun_index, src)
 
     def _del_route(self, policy: PolicyParams) -> None:
+        """The route of the last OUT policy with this remote selector, deleted as it was added: from the
+        loop's thread on the `RouteSocket`, answered before the call returns. A deletion left to the
+        netlink worker could run after a later CHILD_SA's route for the same subnet was added (on the
+        RouteSocket) and take that one."""
         subnet = policy.remote.subnet
         n = self._routes.get(subnet, 0) - 1
         if n > 0:
             self._routes[subnet] = n
             return
         self._routes.pop(subnet, None)
-        if not self._tun_index or self._netlink is None:
+        rs = self._routesock
+        if not self._tun_index or rs is None:
             return
-        index = self._tun_index
-        key = str(subnet)
-
-        def delete(ipr: Any) -> None:
-            ipr.route("del", dst=key, oif=index)
-
-        def done(fut: Future[None]) -> None:
-            err = fut.exception()
-            if err is None:
-                return
-            if isinstance(err, NetlinkError | OSError):  # route already gone with the device
-                log.debug("route %s: %s", key, err)
-            else:
-                log.warning("route %s: deleting failed: %s", key, err)
-
-        # nothing waits for a deletion: the worker runs it in order with later additions
-        self._netlink.submit(delete).add_done_callback(done)
+        try:
+            rs.delete(subnet, oif=self._tun_index)
+        except (NetlinkError, OSError) as err:  # ESRCH: gone already (with the device or its source address)
+            log.debug("route %s: %s", subnet, err)
 
     # -- outbound path ---------------------------------------------------------------------------
 

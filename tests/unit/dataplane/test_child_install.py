@@ -20,11 +20,20 @@ LOCAL = ipaddress.ip_address("10.200.0.1")
 
 
 class FakeKernel:
+    """The RouteSocket: the routes asked for and deleted, and every operation in order in `ops`."""
+
     def __init__(self) -> None:
         self.routes: list[tuple[object, int, object]] = []
+        self.deleted: list[tuple[object, int | None]] = []
+        self.ops: list[tuple[str, object]] = []
 
     def replace(self, dst: object, oif: int, prefsrc: object = None) -> None:
         self.routes.append((dst, oif, prefsrc))
+        self.ops.append(("add", dst))
+
+    def delete(self, dst: object, table: int = 254, oif: int | None = None) -> None:
+        self.deleted.append((dst, oif))
+        self.ops.append(("del", dst))
 
     def close(self) -> None:
         pass
@@ -86,20 +95,21 @@ def test_the_sas_get_the_transforms_the_engine_numbered(encr: int, bits: int, in
 
 
 def test_a_second_child_sa_with_the_same_selectors_shares_policies_and_route() -> None:
-    dp, kernel, netlink = plane()
+    dp, kernel, _ = plane()
     glue = DataPlaneGlue(dp)
     first, second = child(1, "10.201.0.5/32", reqid=9), child(2, "10.201.0.5/32", reqid=9)
     assert glue.handle(first) is first and glue.handle(second) is second
     assert kernel.routes == [(ipaddress.ip_network("10.201.0.5/32"), 7, LOCAL)]  # asked for once
     assert len(dp._policies) == 2 and len(dp.list_sas()) == 4
     glue.handle(ev.ChildSaDeleted("gw", "net", 1, 0x1002, 0x2002, ""))
-    assert len(dp._policies) == 2 and netlink.submitted == []  # the other CHILD_SA of the reqid holds them
+    assert len(dp._policies) == 2 and kernel.deleted == []  # the other CHILD_SA of the reqid holds them
     glue.handle(ev.ChildSaDeleted("gw", "net", 2, 0x1004, 0x2004, ""))
-    assert dp._policies == [] and dp.list_sas() == [] and len(netlink.submitted) == 1  # the route deleted
+    assert dp._policies == [] and dp.list_sas() == []
+    assert kernel.deleted == [(ipaddress.ip_network("10.201.0.5/32"), 7)]  # the route into the TUN device deleted
 
 
 def test_many_child_sas_each_one_route_and_all_gone_after() -> None:
-    dp, kernel, netlink = plane()
+    dp, kernel, _ = plane()
     glue = DataPlaneGlue(dp)
     n = 600
     for uid in range(1, n + 1):
@@ -109,8 +119,39 @@ def test_many_child_sas_each_one_route_and_all_gone_after() -> None:
     assert len(dp._policies) == 2 * n and len(dp.list_sas()) == 2 * n
     for uid in range(1, n + 1):
         glue.handle(ev.ChildSaDeleted("gw", "net", uid, 0x1000 + 2 * uid, 0x2000 + 2 * uid, ""))
-    assert dp._policies == [] and dp.list_sas() == [] and len(netlink.submitted) == n
+    assert dp._policies == [] and dp.list_sas() == [] and len(kernel.deleted) == n
     assert dp._routes == {} and not dp._spd.ports
+
+
+def test_a_road_warriors_old_route_never_takes_the_route_of_her_next_child_sa() -> None:
+    """A road warrior's CHILD_SA goes and her next one, with the same virtual IP, comes: the old route's
+    deletion reaches the kernel before the new route's addition, both from the loop's thread, nothing left
+    to run later: a deletion queued on the netlink worker would run after the RouteSocket's addition and
+    take the new CHILD_SA's route (its replies then have no way into the TUN device)."""
+    dp, kernel, netlink = plane()
+    glue = DataPlaneGlue(dp)
+    vip = ipaddress.ip_network("10.3.0.3/32")
+    old, new = child(1, "10.3.0.3/32", reqid=11), child(2, "10.3.0.3/32", reqid=12)
+    assert glue.handle(old) is old
+    glue.handle(ev.ChildSaDeleted("gw", "net", 1, 0x1002, 0x2002, ""))
+    assert glue.handle(new) is new
+    for fn in netlink.submitted:  # whatever was left to the worker runs now, after the addition
+        fn(WorkerRoutes(kernel))  # type: ignore[operator]
+    assert kernel.ops == [("add", vip), ("del", vip), ("add", vip)]  # the new route stays
+    assert dp._routes == {vip: 1}
+
+
+class WorkerRoutes:
+    """The worker's pyroute2 handle, writing its route operations into the same kernel log."""
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        self.kernel = kernel
+
+    def route(self, cmd: str, dst: str = "", **_kw: object) -> None:
+        self.kernel.ops.append((cmd, ipaddress.ip_network(dst)))
+
+    def get_addr(self) -> list[object]:
+        return []
 
 
 def test_esp_sas_have_no_attribute_dict_and_still_work() -> None:
@@ -123,7 +164,7 @@ def test_esp_sas_have_no_attribute_dict_and_still_work() -> None:
 
 
 def test_policies_go_with_the_last_child_sa_of_their_reqid_in_any_order() -> None:
-    dp, _, netlink = plane()
+    dp, kernel, _ = plane()
     glue = DataPlaneGlue(dp)
     uids = list(range(1, 9))
     for uid in uids:  # two reqids, four CHILD_SAs each (rekeyed ones share their reqid)
@@ -136,7 +177,7 @@ def test_policies_go_with_the_last_child_sa_of_their_reqid_in_any_order() -> Non
         left = {50 + u % 2 for u in uids if u not in (8, 2, 5, 4, 6, 1, 7)[:(8, 2, 5, 4, 6, 1, 7).index(uid) + 1]}
         assert {p.reqid for p in dp._policies} == left and set(glue.policies) == left
     glue.handle(ev.ChildSaDeleted("gw", "net", 3, 0x1006, 0x2006, ""))
-    assert dp._policies == [] and glue.policies == {} and glue.children == {} and len(netlink.submitted) == 2
+    assert dp._policies == [] and glue.policies == {} and glue.children == {} and len(kernel.deleted) == 2
 
 
 def test_esp_sas_refuse_bad_keys_every_time_and_lay_out_each_suite() -> None:

@@ -30,6 +30,9 @@ class FakeKernel:
             raise NetlinkError(errno.ENODEV, "No such device")
         self.routes.append((dst, oif, prefsrc))
 
+    def delete(self, dst: IPNetwork, table: int = 254, oif: int | None = None) -> None:
+        self.routes = [r for r in self.routes if (r[0], r[1]) != (dst, oif)]
+
     def close(self) -> None:
         pass
 
