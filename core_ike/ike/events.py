@@ -11,7 +11,7 @@ dataclass's own (tests/unit/ike/test_ike_event_init.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Addr = tuple[str, int]
 _set = object.__setattr__
@@ -73,10 +73,10 @@ class ChildKeys:
     esn: bool
     spi_in: int
     spi_out: int
-    key_in: bytes  # encryption (+ salt) key for inbound
-    integ_in: bytes
-    key_out: bytes
-    integ_out: bytes
+    key_in: bytes = field(repr=False)  # encryption (+ salt) key for inbound; no key in a repr (logs)
+    integ_in: bytes = field(repr=False)
+    key_out: bytes = field(repr=False)
+    integ_out: bytes = field(repr=False)
 
     def __init__(  # noqa: PLR0913, PLR0917 - the dataclass fields, positional as the generated __init__
         self, encr_id: int, key_bits: int, integ_id: int, esn: bool, spi_in: int, spi_out: int, key_in: bytes,

@@ -75,3 +75,13 @@ def test_kept_values_have_slots_only(cls: type[Any]) -> None:
     assert not hasattr(value, "__dict__")
     with pytest.raises((AttributeError, TypeError)):
         object.__setattr__(value, "extra", 1)
+
+
+def test_child_keys_repr_hides_keys() -> None:
+    # a CHILD_SA's event or state printed in a log line must not carry its ESP keys
+    k = ev.ChildKeys(20, 128, 0, False, 0x1234, 0x5678, b"\xaa" * 20, b"\xbb" * 32, b"\xcc" * 20, b"\xdd" * 32)
+    text = repr(k)
+    assert "spi_in=4660" in text and "encr_id=20" in text
+    for secret in (b"\xaa" * 20, b"\xbb" * 32, b"\xcc" * 20, b"\xdd" * 32):
+        assert repr(secret) not in text and secret.hex() not in text
+    assert k.key_in == b"\xaa" * 20 and k == dataclasses.replace(k)
