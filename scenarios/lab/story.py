@@ -77,8 +77,11 @@ class Story:
                 self.say(f"kept: namespaces {lab.prefix}*, files {lab.dir}; "
                          f"remove with: scenarios/run --cleanup {lab.prefix}")
         else:
+            # a passed run leaves nothing behind; a failed one keeps its files (configs, logs, captures)
             for lab in self.labs:
-                lab.teardown()
+                lab.teardown(remove_dir=not self.failures)
+                if self.failures:
+                    self.say(f"files of the failed run: {lab.dir}")
         verdict = "PASSED" if not self.failures else f"FAILED ({len(self.failures)} of {self.checks} checks)"
         self.step(f"{self.name}: {verdict}")
         for f in self.failures:
