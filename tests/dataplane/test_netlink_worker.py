@@ -6,19 +6,14 @@ namespace of the process) and print one JSON line of findings, which the test as
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.guards import require
+from tests.dataplane.xfrmns import run_in_new_namespace
 
 pytestmark = pytest.mark.netns
 
-ROOT = Path(__file__).resolve().parents[2]
 NS = f"nlw{os.getpid() % 100000}"
 
 CHILD = r"""
@@ -121,15 +116,7 @@ asyncio.run(main())
 
 
 def test_netlink_worker_in_namespace() -> None:
-    require("root", why="a network namespace")
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    try:
-        r = subprocess.run(["ip", "netns", "exec", NS, sys.executable, "-c", CHILD], cwd=ROOT, text=True,
-                           capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout.strip().splitlines()[-1])
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False)
+    out = run_in_new_namespace(NS, CHILD, why="a network namespace")
     assert out["fifo"] == list(range(20))
     assert out["refused"] is not None and out["refused"] != 0
     assert out["cached"] is True

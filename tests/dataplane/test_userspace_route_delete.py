@@ -5,19 +5,14 @@ TUN device and netlink sockets there) and print one JSON line of findings."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.guards import require
+from tests.dataplane.xfrmns import run_in_new_namespace
 
 pytestmark = pytest.mark.netns
 
-ROOT = Path(__file__).resolve().parents[2]
 NS = f"urd{os.getpid() % 100000}"
 
 CHILD = r"""
@@ -57,15 +52,7 @@ asyncio.run(main())
 
 
 def test_the_route_goes_with_its_last_child_sa_and_a_new_one_keeps_its_own() -> None:
-    require("root", why="a network namespace and a TUN device")
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    try:
-        r = subprocess.run(["ip", "netns", "exec", NS, sys.executable, "-c", CHILD], cwd=ROOT, text=True,
-                           capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout.strip().splitlines()[-1])
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False)
+    out = run_in_new_namespace(NS, CHILD, why="a network namespace and a TUN device")
     assert out["up"].split()[:1] == ["10.3.0.3"]
     assert out["gone"] == ""  # the departed road warrior's route is not left behind
     assert out["kept"].split()[:1] == ["10.3.0.3"]  # the old CHILD_SA's going leaves the new one's route

@@ -5,9 +5,14 @@ source routes in table 220 (`ip route show table 220`) and the templates of the 
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from tests.guards import require
 
@@ -60,3 +65,18 @@ def inside_namespace(ns: str, setup: Sequence[Sequence[str]], why: str) -> Itera
 def veth(a: str, b: str) -> list[list[str]]:
     """A veth pair `a`/`b` inside the namespace, both ends up (an interface with routes, no peer host)."""
     return [["link", "add", a, "type", "veth", "peer", "name", b], ["link", "set", a, "up"], ["link", "set", b, "up"]]
+
+
+def run_in_new_namespace(ns: str, code: str, why: str) -> Any:
+    """Run the Python program `code` in a new namespace `ns` (deleted afterwards), with the repository on
+    its path; the JSON its last output line holds."""
+    require("root", why=why)
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], cwd=root, text=True,
+                           capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(root)})
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
