@@ -457,14 +457,19 @@ def measure(rig: Rig, resp: Responder, auth: str, load: Load, profile: Path | No
         resp.stop()
     est = sum(r["established"] for r in runs)
     secs = max(r["t_end"] for r in runs) - min(r["t_start"] for r in runs)
-    fails: dict[str, int] = {}
-    for r in runs:
-        for k, v in r["reasons"].items():
-            fails[k] = fails.get(k, 0) + v
-    if fails:
-        print(f"  {resp.impl}/{auth}: failures {fails}", file=sys.stderr)
+    _say_failures(runs, f"{resp.impl}/{auth}")
     return Result(resp.impl, auth, load.count, est, held, secs, cpu1 - cpu0, float(rss1 - rss0),
                   sum(r["cpu"] for r in runs), load.drivers, wcpu, switches)
+
+
+def _say_failures(runs: list[dict[str, Any]], what: str) -> None:
+    """The drivers' failed IKE_SAs by reason, summed over `runs` (on stderr, when there are any)."""
+    fails: dict[str, int] = {}
+    for run in runs:
+        for k, v in run["reasons"].items():
+            fails[k] = fails.get(k, 0) + v
+    if fails:
+        print(f"  {what}: failures {fails}", file=sys.stderr)
 
 
 def _progress(r: Result) -> None:
@@ -511,12 +516,7 @@ def measure_pair(rig: Rig, resps: list[OursResponder], auth: str, load: Load) ->
         for r in resps:
             r.stop()
     secs = max(r["t_end"] for r in runs) - min(r["t_start"] for r in runs)
-    fails: dict[str, int] = {}
-    for run in runs:
-        for k, v in run["reasons"].items():
-            fails[k] = fails.get(k, 0) + v
-    if fails:
-        print(f"  pair/{auth}: failures {fails}", file=sys.stderr)
+    _say_failures(runs, f"pair/{auth}")
     out = []
     driver_cpu = sum(r["cpu"] for r in runs)
     for r in resps:
