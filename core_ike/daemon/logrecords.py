@@ -77,8 +77,12 @@ class LeanLogger(logging.Logger):
                 kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller's, not this frame
                 super()._log(_INFO, msg, args, **kwargs)
                 return
-            self._pass(_LOGGING["_logRecordFactory"](self.name, _INFO, _UNKNOWN_FILE, 0, msg, args, None,
-                                                 _UNKNOWN_FUNC, None))
+            record = _LOGGING["_logRecordFactory"](self.name, _INFO, _UNKNOWN_FILE, 0, msg, args, None,
+                                                   _UNKNOWN_FUNC, None)
+            if self.filters or self.disabled:  # _pass, without a call per line
+                self.handle(record)
+            else:
+                self.callHandlers(record)
 
     def _log(self, level: int, msg: object, args: Any, exc_info: Any = None,
              extra: Mapping[str, object] | None = None, stack_info: bool = False, stacklevel: int = 1) -> None:
