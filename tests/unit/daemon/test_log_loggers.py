@@ -137,3 +137,27 @@ def test_lean_loggers_turns_the_plain_ones_and_later_ones() -> None:
         assert type(logging.getLogger()) is logging.RootLogger
     finally:
         del logging.Logger.manager.loggerDict[own.name]
+
+
+class _Own(logging.LogRecord):
+    def getMessage(self) -> str:
+        return "own " + super().getMessage()
+
+
+@pytest.mark.parametrize("record", [
+    logging.LogRecord("core_ike.ike", logging.INFO, "(unknown file)", 0, "parsed %s %s %d", ("IKE_AUTH", "request", 1),
+                      None),
+    LeanRecord("core_ike.ike", logging.INFO, "(unknown file)", 0, "%(n)d %(s)s", ({"n": 4, "s": "map"},), None),
+    LeanRecord("core_ike.ike", logging.INFO, "(unknown file)", 0, "100%", (), None),
+    LeanRecord("core_ike.ike", logging.INFO, "(unknown file)", 0, ValueError("not a string"), (), None),
+    _Own("core_ike.ike", logging.INFO, "(unknown file)", 0, "sub %d", (3,), None),
+])
+def test_the_batched_lines_make_getmessages_text(record: logging.LogRecord) -> None:
+    from core_ike.daemon.startup import JournalFormatter, TimedFormatter
+
+    for fmt, theirs in ((TimedFormatter(), "%(asctime)s.%(msecs)03d [%(name)s] %(message)s"),
+                        (JournalFormatter(), "<6>[%(name)s] %(message)s")):
+        want = logging.Formatter(theirs, "%H:%M:%S").format(logging.makeLogRecord(dict(vars(record)))) + "\n"
+        if isinstance(record, _Own):
+            want = want.replace("] sub 3", "] own sub 3")
+        assert fmt.lines([(record, None)], "\n") == [want]
