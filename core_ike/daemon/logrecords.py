@@ -1,6 +1,5 @@
 """The daemons' log records (an adapter's concern, not the sans-IO core's): no caller-frame, thread or
-process lookups; LeanRecord, which gives the same attributes with less work per line; and LeanLogger, which
-takes a record from the call to the handlers in fewer Python calls."""
+process lookups, and LeanRecord, which gives the same attributes with less work per line."""
 
 from __future__ import annotations
 
@@ -63,57 +62,6 @@ _LEVEL_NAMES = logging._levelToName  # what logging.getLevelName looks up first 
 _PLAIN = frozenset((str, int, float, bool, bytes, tuple, type(None)))  # argument types that are no mapping
 
 
-class LeanLogger(logging.Logger):
-    """logging.Logger, with what Logger.info, _log, makeRecord and handle do for a record without a caller
-    lookup (logging._srcfile None), an exception, a stack or extra attributes done in one call: the
-    record from the record factory, the logger's filters only when it has some, then callHandlers.
-    Anything else goes through logging.Logger's own path, one stack level up so that a caller lookup
-    finds the caller rather than this class's frame (findCaller counts the frames outside logging's
-    module since Python 3.11.5)."""
-
-    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
-        if self.isEnabledFor(_INFO):
-            if kwargs or logging._srcfile is not None:
-                kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller's, not this frame
-                super()._log(_INFO, msg, args, **kwargs)
-                return
-            record = _LOGGING["_logRecordFactory"](self.name, _INFO, _UNKNOWN_FILE, 0, msg, args, None,
-                                                   _UNKNOWN_FUNC, None)
-            if self.filters or self.disabled:  # _pass, without a call per line
-                self.handle(record)
-            else:
-                self.callHandlers(record)
-
-    def _log(self, level: int, msg: object, args: Any, exc_info: Any = None,
-             extra: Mapping[str, object] | None = None, stack_info: bool = False, stacklevel: int = 1) -> None:
-        if exc_info or extra is not None or stack_info or logging._srcfile is not None:
-            super()._log(level, msg, args, exc_info, extra, stack_info, stacklevel + 1)  # the caller's frame
-            return
-        self._pass(_LOGGING["_logRecordFactory"](self.name, level, _UNKNOWN_FILE, 0, msg, args, None,
-                                             _UNKNOWN_FUNC, None))
-
-    def _pass(self, record: logging.LogRecord) -> None:
-        if self.filters or self.disabled:
-            self.handle(record)
-        else:
-            self.callHandlers(record)
-
-
-_INFO = logging.INFO
-_LOGGING: dict[str, Any] = vars(logging)  # its record factory, read per record as logging.makeRecord does
-_UNKNOWN_FUNC = "(unknown function)"  # logging.Logger._log's funcName without a caller lookup
-
-
-def lean_loggers() -> None:
-    """Every logger that is a plain logging.Logger (the daemons' loggers are made at import, before the log
-    is set up) becomes a LeanLogger, and so does every logger made later while logging makes plain ones."""
-    for lg in logging.Logger.manager.loggerDict.values():
-        if type(lg) is logging.Logger:
-            lg.__class__ = LeanLogger
-    if logging.getLoggerClass() is logging.Logger:
-        logging.setLoggerClass(LeanLogger)
-
-
 def _lean_matches() -> bool:
     """LeanRecord has exactly logging.LogRecord's attributes (a later Python may add some)."""
     args = ("x", logging.INFO, _UNKNOWN_FILE, 0, "m %s", ("a",), None)
@@ -133,4 +81,3 @@ def cheap_records() -> None:
         setattr(logging, "logAsyncioTasks", False)  # noqa: B010 - Python 3.12+ only
     if _lean_matches():
         logging.setLogRecordFactory(LeanRecord)
-    lean_loggers()

@@ -30,7 +30,6 @@ from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
 
 from ..errors import LocalError
-from .logrecords import LeanRecord
 
 EXIT_STATUS = ("exit status: 0 after SIGTERM or SIGINT; 2 when the configuration or the start-up fails "
                "(one line on stderr says why)")
@@ -43,7 +42,6 @@ BATCH_RECORDS = 256  # records kept before they are written within the loop call
 ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)  # bytes; 512 is the POSIX minimum
 _FIXED = (str, int, float, bytes, type(None))  # arguments whose text cannot change after the call
 _FIXED_TYPES = frozenset((str, int, float, bool, bytes, type(None)))
-_PLAIN_RECORDS = frozenset((logging.LogRecord, LeanRecord))  # records whose getMessage is logging's own
 
 
 def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
@@ -99,8 +97,7 @@ class TimedFormatter(logging.Formatter):
         out: list[str] = []
         for r, text in batch:
             if text is None:
-                m, a = r.msg, r.args  # LogRecord.getMessage, without a call per line
-                text = (m % a if a else m) if type(m) is str and type(r) in _PLAIN_RECORDS else r.getMessage()
+                text = r.getMessage()
             if int(r.created) != second:
                 stamp, second = self.formatTime(r, _TIME_FORMAT), int(r.created)
             line = f"{stamp}.{int(r.msecs):03d} [{r.name}] {text}{term}"
@@ -132,8 +129,7 @@ class JournalFormatter(LineFormatter):
         out: list[str] = []
         for r, text in batch:
             if text is None:
-                m, a = r.msg, r.args  # LogRecord.getMessage, without a call per line
-                text = (m % a if a else m) if type(m) is str and type(r) in _PLAIN_RECORDS else r.getMessage()
+                text = r.getMessage()
             line = f"<{_priority(r.levelno)}>[{r.name}] {text}{term}"
             if r.exc_info or r.stack_info or not (text.isprintable() and r.name.isprintable()):
                 line = self._marked(r, line[:len(line) - len(term)]) + term
