@@ -196,22 +196,3 @@ def cert_holds(cert: x509.Certificate, ident: Identity, der: bytes = b"") -> boo
         # re-encoding is the fallback for a certificate whose subject is not in canonical DER
         return (bool(der) and certificate_subject(der) == ident.data) or cert.subject.public_bytes() == ident.data
     return san_holds(cert, ident)
-
-
-# Identities made from an ID payload's octets, by (ID Type, octets): an IKE_AUTH request's IDr (RFC 7296
-# 3.5) names one of our own identities, the same for every IKE_SA. Bounded (emptied when full): the octets
-# come from the peer, before it is authenticated
-_MADE: dict[tuple[int, bytes], Identity] = {}
-_MADE_MAX = 64
-
-
-def identity_of(id_type: int, data: bytes) -> Identity:
-    """`Identity(id_type, data)` (an int ID Type, as read off the wire), the same object for the same
-    octets while it stays in the cache (an Identity is immutable)."""
-    key = (id_type, data)
-    ident = _MADE.get(key)
-    if ident is None:
-        if len(_MADE) >= _MADE_MAX:
-            _MADE.clear()
-        ident = _MADE[key] = Identity(id_type, data)
-    return ident

@@ -13,8 +13,7 @@ import pickle
 import pytest
 
 from core_ike.constants import IdType
-from core_ike.ike import identity
-from core_ike.ike.identity import ANY, Identity, identity_of
+from core_ike.ike.identity import ANY, Identity
 
 
 def test_signature_matches_init_fields() -> None:
@@ -70,17 +69,3 @@ def test_text_cached_not_compared() -> None:
     assert copied == a and str(copied) == "192.0.2.1"
     assert str(dataclasses.replace(a, data=bytes((192, 0, 2, 2)))) == "192.0.2.2"  # not the old text
     assert str(ANY) == "%any" and Identity(0, b"") == ANY and ANY.is_any
-
-
-def test_identity_of_reuses_and_stays_bounded() -> None:
-    identity._MADE.clear()
-    first = identity_of(IdType.FQDN.value, b"responder.bench")
-    assert first == Identity(IdType.FQDN, b"responder.bench") and str(first) == "responder.bench"
-    assert identity_of(IdType.FQDN.value, b"<responder.bench"[1:]) is first  # other octets, equal
-    assert identity_of(IdType.RFC822_ADDR.value, b"responder.bench") != first  # the type is part of the key
-    for i in range(3 * identity._MADE_MAX):
-        made = identity_of(IdType.KEY_ID.value, i.to_bytes(2, "big"))
-        assert made.data == i.to_bytes(2, "big") and made.id_type == IdType.KEY_ID
-        assert len(identity._MADE) <= identity._MADE_MAX
-    again = identity_of(IdType.FQDN.value, b"responder.bench")
-    assert again == first and identity_of(IdType.FQDN.value, b"responder.bench") is again
