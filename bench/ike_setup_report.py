@@ -146,7 +146,7 @@ def figures_of(res: list[Result], inflight: int, driver: str = "template") -> li
         diffs = [same, f"{driver_text(driver)}; {inflight} in flight, 16 source addresses",
                  "ours: one process (workers = 1, the default); charon: threads = 16 on both CPUs"]
         figs += [] if not (ours or ch) else [results_io.figure(
-            f"setup_cpu_{auth}", f"responder CPU per IKE_SA ({auth.upper()}, minimal driver)",
+            f"setup_cpu_{auth}", f"responder CPU per IKE_SA ({auth.upper()}, {driver} driver)",
             results_io.sample([r.cpu_ms for r in ours], "ms"), results_io.sample([r.cpu_ms for r in ch], "ms"),
             differences=diffs, readme=True), results_io.figure(
             f"setup_rate_{auth}", f"IKE_SA setups per second ({auth.upper()}, driver and responder on the same 2 CPUs)",
