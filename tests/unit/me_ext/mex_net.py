@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core_ike.constants import NON_ESP_MARKER
+from core_ike.constants import NON_ESP_MARKER, ExchangeType, HeaderFlag
 from core_ike.ike.config import AuthConfig, ChildConfig, IkeConfig
 from core_ike.ike.creds import Credentials
 from core_ike.ike.engine import Engine
@@ -193,6 +193,12 @@ class Net:
                 if t is not None and t <= self.now:
                     n.engine.handle_timer(self.now)
         raise AssertionError("simulation did not settle")
+
+
+def me_connect_request(data: bytes) -> bool:
+    """Whether `data` (with or without the non-ESP marker) is an ME_CONNECT request's IKE header."""
+    ike = data[4:] if data.startswith(NON_ESP_MARKER) else data
+    return len(ike) > 19 and ike[18] == ExchangeType.ME_CONNECT and not ike[19] & HeaderFlag.RESPONSE
 
 
 def to_extra_port(n: Node, data: bytes, src: Addr, local: Addr, now: float) -> bool:

@@ -7,16 +7,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mex_net import make_net, mediate, register
+from mex_net import make_net, me_connect_request, mediate, register
 
-from core_ike.constants import NON_ESP_MARKER, ExchangeType, HeaderFlag
 from core_ike.ike.tasks.informational import Dpd
 from core_ike.me import events as mev
-
-
-def _me_connect_request(data: bytes) -> bool:
-    ike = data[4:] if data.startswith(NON_ESP_MARKER) else data
-    return len(ike) > 19 and ike[18] == ExchangeType.ME_CONNECT and not ike[19] & HeaderFlag.RESPONSE
 
 
 def test_request_leaves_before_the_check_list_is_made() -> None:
@@ -27,7 +21,7 @@ def test_request_leaves_before_the_check_list_is_made() -> None:
     lists_when_sent: list[int] = []
 
     def send_now(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        if _me_connect_request(data):
+        if me_connect_request(data):
             lists_when_sent.append(len(alice.ext.checks))
         net.put(alice, data, local, remote)
 

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mex_net import make_net, mediate, register
+from mex_net import make_net, me_connect_request, mediate, register
 
 from core_ike.codec.message import decode_message
-from core_ike.constants import NON_ESP_MARKER, ExchangeType, HeaderFlag
+from core_ike.constants import NON_ESP_MARKER
 from core_ike.me.checks import is_connectivity_check
 
 
 def _is_check(data: bytes) -> bool:
     return data.startswith(NON_ESP_MARKER) and is_connectivity_check(decode_message(data[4:]))
-
-
-def _me_connect_request(data: bytes) -> bool:
-    ike = data[4:] if data.startswith(NON_ESP_MARKER) else data
-    return len(ike) > 19 and ike[18] == ExchangeType.ME_CONNECT and not ike[19] & HeaderFlag.RESPONSE
 
 
 def test_checks_and_answers_leave_through_send_now() -> None:
@@ -52,8 +47,8 @@ def test_checks_and_answers_leave_through_send_now() -> None:
     mediate(net)
     # alice's check and bob's answer to it at least, each through the immediate send; checks and requests only
     assert now_sent["alice"] and now_sent["bob"], now_sent
-    assert all(_is_check(d) or _me_connect_request(d) for sent in now_sent.values() for d in sent)
+    assert all(_is_check(d) or me_connect_request(d) for sent in now_sent.values() for d in sent)
     assert queued_checks == {"alice": 0, "bob": 0, "ms": 0}
     # bob's own ME_CONNECT (made while the relayed one is processed); the server's two relayed ones
-    assert sum(map(_me_connect_request, now_sent["bob"])) == 1
-    assert [_me_connect_request(d) for d in now_sent["ms"]] == [True, True]
+    assert sum(map(me_connect_request, now_sent["bob"])) == 1
+    assert [me_connect_request(d) for d in now_sent["ms"]] == [True, True]
