@@ -53,20 +53,6 @@ OTHER_CA = _cert("Other CA", "Other CA", OTHER_CA_KEY, OTHER_CA_KEY.public_key()
 ALICE = _der(_cert("alice.test", "Test CA", CA_KEY, EE_KEY.public_key()))
 
 
-@pytest.fixture
-def checks(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
-    """The issuer signature checks made (their results), counted through creds' verify_certificate_signature."""
-    calls: list[bool | None] = []
-    real = creds_mod.verify_certificate_signature
-
-    def spy(*a: Any) -> bool | None:
-        calls.append(real(*a))
-        return calls[-1]
-
-    monkeypatch.setattr(creds_mod, "verify_certificate_signature", spy)
-    return calls
-
-
 def test_a_returning_certificate_is_checked_once(checks: list[bool | None]) -> None:
     creds = Credentials(cas=[CA])
     first = creds.peer_cert(ALICE, INSIDE)
