@@ -220,10 +220,8 @@ class Credentials:
             # a certificate's validity cannot be checked without the time: refuse rather than trust it
             raise AuthenticationFailed(_no_wall(cert))
         if der:
-            hit = self._kept(der) or self._new(der, cert)
-            if hit.not_before <= wall <= hit.not_after and _any_valid(hit.issuers, wall):
-                return
-            raise _outside(hit, wall)
+            _valid_at(self._kept(der) or self._new(der, cert), wall)
+            return
         issuers = self._issuers_of(cert, None)
         if not issuers:
             raise AuthenticationFailed(f"no trusted issuer found for '{_subject(cert)}'")
@@ -249,9 +247,7 @@ class Credentials:
             hit = self._new(der, cert)
         elif wall is None:
             raise AuthenticationFailed(_no_wall(hit.cert))
-        if hit.not_before <= wall <= hit.not_after and _any_valid(hit.issuers, wall):
-            return hit
-        raise _outside(hit, wall)
+        return _valid_at(hit, wall)
 
     def _new(self, der: bytes, cert: x509.Certificate) -> PeerCert:
         """The PeerCert of `cert`, parsed from `der` and not kept: its issuers found (`_issuers_of`) and
@@ -326,6 +322,14 @@ def _any_valid(issuers: Sequence[_Issuer], wall: float) -> bool:
 def _ca_outside(cert: x509.Certificate, issuers: Sequence[_Issuer], wall: float) -> AuthenticationFailed:
     return AuthenticationFailed(f"CA certificate {_outside_validity(issuers[0].ca, wall)} "
                                 f"('{_subject(issuers[0].ca)}'), issuer of '{_subject(cert)}'")
+
+
+def _valid_at(pc: PeerCert, wall: float) -> PeerCert:
+    """`pc` when `wall` lies in its validity period and in one of its issuers' (RFC 5280 4.1.2.5), else
+    AuthenticationFailed saying which period it is outside."""
+    if pc.not_before <= wall <= pc.not_after and _any_valid(pc.issuers, wall):
+        return pc
+    raise _outside(pc, wall)
 
 
 def _outside(pc: PeerCert, wall: float) -> AuthenticationFailed:
