@@ -314,7 +314,7 @@ class Probes:
         self.probes: dict[bytes, PortProbe] = {}
         self.kept: set[Addr] = set()  # extra sockets left open for an IKE_SA
         self.results: dict[bytes, ProbeEnded] = {}  # the last RESULTS outcomes, for the status
-        self._events: list[ProbeStarted | ProbeEnded] = []
+        self.queued: list[ProbeStarted | ProbeEnded] = []  # until events() hands them out
         self.busy: Callable[[], int] = lambda: 0  # attempts under way elsewhere (the probe rounds, upgrade.py)
 
     def start(self, cl: CheckList, own_nat: str | None, peer_nat: str | None, now: float) -> PortProbe | None:
@@ -360,7 +360,7 @@ class Probes:
         log.info("many-port probing (%s) for %s: %s toward %s[%d], at most %d checks in %g s", role.value,
                  cl.connect_id.hex(), f"{len(opened)} extra ports" if opened else f"random ports of {target[0]}",
                  target[0], target[1], probe.limit, self.cfg.time)
-        self._events.append(ProbeStarted(cl.connect_id.hex(), role, target if opened else (target[0], 0),
+        self.queued.append(ProbeStarted(cl.connect_id.hex(), role, target if opened else (target[0], 0),
                                          len(opened) or self.cfg.probes))
         probe.handle_timer(now)
         return probe
@@ -423,7 +423,7 @@ class Probes:
                 continue
             if not probe.reported and probe.result is not None:
                 probe.reported = True
-                self._events.append(probe.result)
+                self.queued.append(probe.result)
                 self.results[cid] = probe.result
                 while len(self.results) > RESULTS:
                     del self.results[next(iter(self.results))]
@@ -469,7 +469,7 @@ class Probes:
         return [d for p in self.probes.values() for d in p.datagrams_to_send()]
 
     def events(self) -> list[ProbeStarted | ProbeEnded]:
-        out, self._events = self._events, []
+        out, self.queued = self.queued, []
         return out
 
 

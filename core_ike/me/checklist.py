@@ -41,6 +41,7 @@ from .checktypes import (
     PairState,
     PairStateChanged,
     _Side,
+    earliest,
     pair_priority,
     retransmit_timeout,
 )
@@ -217,8 +218,8 @@ class CheckList:
             idx -= 1
         self.pairs.insert(idx, pair)
         self._by_id[pair.id] = pair
-        self._events.append(PairStateChanged(self.connect_id, pair.info(), None, pair.state))
-        log.debug("checklist %s: added pair %s", self.connect_id.hex(), pair.info())
+        self._events.append(PairStateChanged(self.connect_id, info := pair.info(), None, pair.state))
+        log.debug("checklist %s: added pair %s", self.connect_id.hex(), info)
         return pair
 
     def _pair_priority(self, local: Endpoint, remote: Endpoint) -> int:
@@ -254,11 +255,8 @@ class CheckList:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        if self.finished:
-            return None
-        times = [t for t in (self._next_tick, self._finish_at, self._expires_at, self._relay_at) if t is not None]
-        times += [p.deadline for p in self.pairs if p.deadline is not None]
-        return min(times) if times else None
+        return None if self.finished else earliest((self._next_tick, self._finish_at, self._expires_at, self._relay_at),
+                                                   self.pairs)
 
     def handle_timer(self, now: float) -> None:
         if self.finished:

@@ -188,10 +188,23 @@ class Pair:
         return self.remote.addr
 
     def info(self) -> PairInfo:  # made for every pair state change: the two properties above inlined
-        local, remote = self.local, self.remote
-        base = local.base if local.base is not None else local.addr
-        return PairInfo(self.id, base, remote.addr, local.type, remote.type,
-                        self.priority, self.state, None if self.mapped is None else self.mapped.addr)
+        local, remote, mapped = self.local, self.remote, self.mapped  # Endpoint.addr inlined (set addresses)
+        base = local.base if local.base is not None else (local.address, local.port)
+        return PairInfo(self.id, base, (remote.address, remote.port), local.type, remote.type,  # type: ignore[arg-type]
+                        self.priority, self.state, None if mapped is None else mapped.addr)
+
+
+def earliest(times: tuple[float | None, ...], pairs: list[Pair]) -> float | None:
+    """The earliest of `times` and the pairs' deadlines: a check list's timer, asked after every datagram
+    and timer of its owner (no list made for the minimum)."""
+    best: float | None = None
+    for t in times:
+        if t is not None and (best is None or t < best):
+            best = t
+    for p in pairs:
+        if (t := p.deadline) is not None and (best is None or t < best):
+            best = t
+    return best
 
 
 @dataclass

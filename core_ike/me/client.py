@@ -34,6 +34,7 @@ from . import events as mev
 from .attempt import Attempt, AttemptState, timeout_reason
 from .birthday import Probes
 from .checklist import (
+    CheckListEvent,
     CheckListFailed,
     CheckListSucceeded,
     PairInfo,
@@ -81,6 +82,7 @@ from .tasks import (
 from .upgrade import PathLink, Paths
 
 log = logging.getLogger("core_ike.me")
+_SUCCEEDED = PairState.SUCCEEDED  # bound once (an Enum member read off its class runs EnumType's hook)
 Addr = tuple[str, int]
 MAX_OFFERED = 15  # endpoints in our ME_CONNECT with predictions: the server takes 16, with its RELAYED one
 NON_ESP = b"\x00\x00\x00\x00"  # RFC 3948 2.2: checks always carry the marker (docs/protocol.md §7.1)
@@ -249,17 +251,21 @@ class MediationClient(TargetRole, Extension):
     def next_deadline(self) -> float | None:
         if self._after:
             return self.engine.now  # the next turn, once the answer being made has left
-        # asked after every datagram and timer of the engine: the parts with nothing to time ask nothing
-        ds = [a.deadline for a in self.attempts.values() if a.deadline is not None]
-        if self.checks:
-            ds += [t] if (t := self.checks.get_timer()) is not None else []
-        if self.paths.watches:
-            ds += [t] if (t := self.paths.get_timer()) is not None else []
-        if self.probes.probes:
-            ds += [t] if (t := self.probes.get_timer()) is not None else []
+        # asked after every datagram and timer of the engine: the parts with nothing to time ask nothing,
+        # and no list is made for the minimum
+        best = self.checks.get_timer()
+        for a in self.attempts.values():
+            if (t := a.deadline) is not None and (best is None or t < best):
+                best = t
+        if self.paths.watches and (t := self.paths.get_timer()) is not None and (best is None or t < best):
+            best = t
+        if self.probes.probes and (t := self.probes.get_timer()) is not None and (best is None or t < best):
+            best = t
         if self._nat_hold:
-            ds += self._nat_hold.values()
-        return min(ds) if ds else None
+            for t in self._nat_hold.values():
+                if best is None or t < best:
+                    best = t
+        return best
 
     def handle_timer(self, now: float) -> None:
         after, self._after = self._after, []
@@ -580,25 +586,30 @@ class MediationClient(TargetRole, Extension):
             if ev is None:
                 if probes.probes and probes.sweep(checks.get, now):
                     continue  # a check list's hold on the relay ended: it may have selected a pair
-                for pev in probes.events():
+                for pev in probes.events() if probes.queued else ():
                     self.engine.emit(pev)
                 return
-            self.probes.on_event(ev, now)
-            sess = self.sessions.get(ev.connect_id)
-            att = self.attempts.get(sess.name) if sess is not None and sess.initiator else None
-            if isinstance(ev, PairStateChanged) and ev.new == PairState.SUCCEEDED and sess is not None:
-                self.engine.emit(mev.PairSucceeded(att.name if att else "", str(sess.peer), ev.connect_id.hex(),
-                                                   str(ev.pair)))
-            elif isinstance(ev, CheckListSucceeded) and att is not None and att.connect_id == ev.connect_id:
+            if probes.probes:  # no probe: nothing follows the lists' events (birthday.py)
+                probes.on_event(ev, now)
+            if type(ev) is not PairStateChanged or ev.new is _SUCCEEDED:  # a pair's progress: nothing to do
+                self._check_event(ev, now)
+
+    def _check_event(self, ev: CheckListEvent, now: float) -> None:
+        sess = self.sessions.get(ev.connect_id)
+        att = self.attempts.get(sess.name) if sess is not None and sess.initiator else None
+        if isinstance(ev, PairStateChanged) and ev.new is _SUCCEEDED and sess is not None:
+            self.engine.emit(mev.PairSucceeded(att.name if att else "", str(sess.peer), ev.connect_id.hex(),
+                                               str(ev.pair)))
+        elif isinstance(ev, CheckListSucceeded) and att is not None and att.connect_id == ev.connect_id:
+            att.tried = ev.tried
+            self._initiate(att, ev.selected, now)
+        elif isinstance(ev, CheckListFailed):
+            if att is not None and att.connect_id == ev.connect_id and att.active:
                 att.tried = ev.tried
-                self._initiate(att, ev.selected, now)
-            elif isinstance(ev, CheckListFailed):
-                if att is not None and att.connect_id == ev.connect_id and att.active:
-                    att.tried = ev.tried
-                    self._fail(att, f"checks failed: {ev.reason}{self.probes.note(ev.connect_id)}; "
-                                    f"tried {pairs_text(ev.tried)}", now)
-                elif sess is not None and not sess.initiator:
-                    self._end_target(ev.connect_id, f"checks failed: {ev.reason}", now)
+                self._fail(att, f"checks failed: {ev.reason}{self.probes.note(ev.connect_id)}; "
+                                f"tried {pairs_text(ev.tried)}", now)
+            elif sess is not None and not sess.initiator:
+                self._end_target(ev.connect_id, f"checks failed: {ev.reason}", now)
 
     def _timeout(self, att: Attempt, now: float) -> None:
         if att.state is AttemptState.RATE_LIMITED:

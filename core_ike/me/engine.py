@@ -101,20 +101,20 @@ class CheckEngine:
                 cl.handle_timer(now)
 
     # drained after every datagram and timer of the client (MediationClient._pump): no list of the lists
-    # made for it (draining a list changes neither the lists nor the orphans)
+    # made for it (draining a list changes neither the lists nor the orphans), and a list with nothing queued
+    # is not called (its queues are read here: most drains find them all empty)
     def datagrams_to_send(self) -> list[Datagram]:
         out: list[Datagram] = []
-        for cl in self._orphans:
-            out += cl.datagrams_to_send()
-        for cl in self._lists.values():
-            out += cl.datagrams_to_send()
+        for lists in (self._orphans, self._lists.values()) if self._orphans else (self._lists.values(),):
+            for cl in lists:
+                if cl._out:
+                    out += cl.datagrams_to_send()
         return out
 
     def next_event(self) -> CheckListEvent | None:
-        for lists in (self._orphans, self._lists.values()):
+        for lists in (self._orphans, self._lists.values()) if self._orphans else (self._lists.values(),):
             for cl in lists:
-                ev = cl.next_event()
-                if ev is not None:
-                    return ev
+                if cl._events:
+                    return cl._events.popleft()
         self._orphans = []
         return None
