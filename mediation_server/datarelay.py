@@ -171,6 +171,7 @@ class DataRelay:
         # every datagram the server handles, most of them IKE messages, not relayed ones)
         self._due: float | None = None
         self._due_known = True
+        self._refused: str | None = None  # the reason of the last refusal, while nothing was allocated since
         self.stats = {"allocated": 0, "refused": 0, "expired": 0, "forwarded": 0, "dropped": 0, "released": 0}
 
     def __len__(self) -> int:
@@ -201,8 +202,13 @@ class DataRelay:
             why = f"no free relay ports in {cfg.ports[0]}-{cfg.ports[1]}"
         if why is not None:
             self.stats["refused"] += 1
-            log.info("relay for '%s' <-> '%s' refused: %s", a[0], b[0], why)
+            # a peer at its limit is refused on each ME_CONNECT until one of its relays goes: the first
+            # refusal for a reason is logged at info, its repetitions (counted in stats) at debug
+            again, self._refused = why == self._refused, why
+            log.log(logging.DEBUG if again else logging.INFO, "relay for '%s' <-> '%s' refused: %s%s", a[0], b[0],
+                    why, " (again)" if again else "")
             raise RelayRefused(why)
+        self._refused = None
         r = Relay(self._next_id, connect_id, address, Side(a[0], a[1], ports[0]), Side(b[0], b[1], ports[1]),
                   now, now, cfg.rate_bytes * cfg.burst, cfg.rate_packets * cfg.burst, now)
         self._next_id += 1

@@ -230,12 +230,17 @@ class MediationServer(Extension):
                     self._freed(r, "mediation SA gone")
 
     def next_deadline(self) -> float | None:
-        t = self.registry.get_timer()
-        ds = [] if t is None else [self.engine.now + max(0.0, t - self.clock(self.engine.now))]
-        if self.relay is not None and (r := self.relay.get_timer()) is not None:
-            ds.append(r)  # the relay keeps engine (monotonic) time
-        ds += [t for t, _ in self._deferred]
-        return min(ds) if ds else None
+        """Asked after every datagram and timer of the server's engine: no list made for the minimum."""
+        best: float | None = None
+        if (t := self.registry.get_timer()) is not None:
+            now = self.engine.now
+            best = now + max(0.0, t - self.clock(now))
+        if self.relay is not None and (t := self.relay.get_timer()) is not None and (best is None or t < best):
+            best = t  # the relay keeps engine (monotonic) time
+        for t, _ in self._deferred:
+            if best is None or t < best:
+                best = t
+        return best
 
     def handle_timer(self, now: float) -> None:
         due = [f for t, f in self._deferred if t <= now]

@@ -197,3 +197,26 @@ def test_config_checks_port_range() -> None:
         RelayConfig(ports=(100, 200))
     with pytest.raises(ValueError):
         RelayConfig(unused_timeout=0.0)
+
+
+def test_repeated_refusal_is_logged_at_info_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A peer at its limit is refused on every ME_CONNECT: the first refusal for a reason at info, the same
+    reason again at debug (counted), a new reason or a refusal after an allocation at info again."""
+    caplog.set_level(logging.DEBUG, logger="mediation_server.relay")
+    t = DataRelay(RelayConfig(ports=(50000, 50009), per_peer=1))
+    t.allocate(b"c1", SRV, ("alice", A_IP), ("bob", B_IP), 0.0)
+
+    def refused(cid: bytes, a: str, b: str) -> list[tuple[int, str]]:
+        caplog.clear()
+        with pytest.raises(RelayRefused):
+            t.allocate(cid, SRV, (a, A_IP), (b, B_IP), 0.0)
+        return [(r.levelno, r.getMessage()) for r in caplog.records if "refused" in r.getMessage()]
+
+    assert refused(b"c2", "alice", "bob") == [(logging.INFO, "relay for 'alice' <-> 'bob' refused: 'alice' holds 1 "
+                                                             "relays (limit 1)")]
+    assert refused(b"c3", "alice", "bob") == [(logging.DEBUG, "relay for 'alice' <-> 'bob' refused: 'alice' holds 1 "
+                                                              "relays (limit 1) (again)")]
+    assert refused(b"c4", "bob", "carl")[0][0] == logging.INFO  # another reason: 'bob' holds 1
+    t.allocate(b"c5", SRV, ("dave", A_IP), ("erin", B_IP), 0.0)  # an allocation between: info again
+    assert refused(b"c6", "bob", "carl")[0][0] == logging.INFO
+    assert t.stats["refused"] == 4
