@@ -137,8 +137,15 @@ def decode_endpoint(data: bytes) -> Endpoint:
     """Parse ME_ENDPOINT data; anything strongSwan would refuse -> ProtocolError(INVALID_SYNTAX).
 
     docs/protocol.md §4.2: length 8/12/24 only, family >= 3 invalid, type 0 or >= 5 invalid; the length must
-    also match the family (8 = no address, 12 = IPv4, 24 = IPv6, §2.3).
+    also match the family (8 = no address, 12 = IPv4, 24 = IPv6, §2.3). The same octets (the peers' host and
+    server-reflexive endpoints, the addresses checks see) come with every setup: their (immutable) Endpoint
+    is kept in a bounded cache; invalid data raises, uncached.
     """
+    return _decoded(bytes(data))
+
+
+@lru_cache(maxsize=_CACHE)
+def _decoded(data: bytes) -> Endpoint:
     if len(data) not in (8, 12, 24):
         raise _syntax(f"ME_ENDPOINT data of {len(data)} octets (8, 12 or 24 expected)")
     priority = int.from_bytes(data[0:4], "big")
@@ -154,7 +161,7 @@ def decode_endpoint(data: bytes) -> Endpoint:
         # docs/protocol.md §2.3: for family 0 the port is not interpreted
         return Endpoint(ep_type, family, None, 0, priority)
     port = int.from_bytes(data[6:8], "big")
-    return Endpoint(ep_type, family, _unpacked(bytes(data[8:])), port, priority)
+    return Endpoint(ep_type, family, _unpacked(data[8:]), port, priority)
 
 
 # --- sets of endpoints -----------------------------------------------------------------------------

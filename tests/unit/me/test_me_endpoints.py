@@ -74,6 +74,19 @@ def test_codec_malformed(hexdata: str, why: str) -> None:
     assert ei.value.notify == NotifyType.INVALID_SYNTAX, why
 
 
+def test_decoded_endpoints_are_kept_per_octets() -> None:
+    """The same octets give the same (immutable) Endpoint, from bytes or a memoryview; other octets another;
+    invalid octets raise each time (nothing cached for them)."""
+    data = bytes.fromhex("00ffffff01011194cb007101")  # HOST 203.0.113.1[4500]
+    ep = decode_endpoint(data)
+    assert ep == make_endpoint(MeEndpointType.HOST, "203.0.113.1", 4500)
+    assert decode_endpoint(bytearray(data)) is ep and decode_endpoint(memoryview(data)) is ep
+    assert decode_endpoint(bytes.fromhex("00ffffff01011195cb007101")).port == 4501
+    for _ in range(2):
+        with pytest.raises(ProtocolError):
+            decode_endpoint(bytes.fromhex("0080ffff03021194cb007101"))
+
+
 def test_addressless_ignores_port() -> None:
     ep = decode_endpoint(bytes.fromhex("0040ffff00031194"))
     assert ep.family == MeEndpointFamily.NONE and ep.address is None and ep.port == 0
