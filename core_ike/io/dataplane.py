@@ -99,43 +99,97 @@ def network(text: str) -> IPNetwork:
     selector as the engine reports it) read by the C parser, the rest by ipaddress. inet_pton takes the
     dotted quads ipaddress takes (four decimal octets, no leading zeros); anything it refuses goes to
     ipaddress, which parses it or gives its error."""
-    addr, slash, plen = text.partition("/")
-    if not slash:
-        plen = "32"
-    if plen.isascii() and plen.isdigit() and int(plen) <= 32:
-        try:
-            packed = socket.inet_pton(socket.AF_INET, addr)
-        except (OSError, ValueError):
-            pass
-        else:
-            return ipaddress.IPv4Network((int.from_bytes(packed, "big"), int(plen)), strict=False)
+    v4 = _v4_prefix(text)
+    if v4 is not None:
+        return ipaddress.IPv4Network(v4[::-1], strict=False)
     return ipaddress.ip_network(text, strict=False)
 
 
-@dataclass(slots=True)
+def _v4_prefix(text: str) -> tuple[int, int] | None:
+    """(prefix length, network as an integer) of `a.b.c.d[/n]` as ipaddress reads it (host bits cleared,
+    strict=False); None for anything else."""
+    addr, slash, plen = text.partition("/")
+    if not slash:
+        plen = "32"
+    if plen.isascii() and plen.isdigit() and (n := int(plen)) <= 32:
+        try:
+            packed = socket.inet_pton(socket.AF_INET, addr)
+        except (OSError, ValueError):
+            return None
+        return n, int.from_bytes(packed, "big") & _V4_MASKS[n]
+    return None
+
+
+_V4_MASKS = tuple((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33))
+
+
 class TrafficSelector:
     """An address range as a subnet, plus IP protocol (0 = any) and port range (RFC 7296 3.13.1).
 
-    A value, never changed once made (its hash is kept): not `frozen`, whose __init__ sets every field
-    through object.__setattr__, a call each (two are made for every CHILD_SA installed)."""
+    A value, never changed once made. The range is kept as `net`, (IP version, prefix length, network
+    as an integer): what the policy table indexes, routes are requested with, equality and the hash are
+    taken from. `subnet`, the ipaddress network, is made when first asked for: a CHILD_SA's selectors
+    are installed (policies, route) without one, and building it costs more than the rest of a
+    selector (a peer's selectors are new at every CHILD_SA)."""
 
-    subnet: IPNetwork
-    protocol: int = 0
-    port_start: int = 0
-    port_end: int = 65535
-    # hashed once: the policy table keys its indexes by policies, and hashing a network object costs
-    # more than the rest of a policy's installation
-    _hash: int = field(default=0, init=False, repr=False, compare=False)
+    __slots__ = ("_hash", "_subnet", "net", "port_end", "port_start", "protocol")
+    _subnet: IPNetwork | None
+    net: tuple[int, int, int]
+    protocol: int
+    port_start: int
+    port_end: int
+    _hash: int
 
-    def __post_init__(self) -> None:
-        self._hash = hash((self.subnet, self.protocol, self.port_start, self.port_end))
+    def __init__(self, subnet: IPNetwork, protocol: int = 0, port_start: int = 0, port_end: int = 65535) -> None:
+        self._subnet = subnet
+        self.net = (subnet.version, subnet.prefixlen, int(subnet.network_address))
+        self.protocol = protocol
+        self.port_start = port_start
+        self.port_end = port_end
+        self._hash = hash((self.net, protocol, port_start, port_end))
+
+    @classmethod
+    def of(cls, version: int, prefixlen: int, address: int, protocol: int = 0, port_start: int = 0,
+           port_end: int = 65535) -> TrafficSelector:
+        """The selector of the network `address`/`prefixlen` (its host bits clear), without making the
+        ipaddress network (`subnet` makes it when asked)."""
+        ts = cls.__new__(cls)
+        ts._subnet = None
+        ts.net = net = (version, prefixlen, address)
+        ts.protocol = protocol
+        ts.port_start = port_start
+        ts.port_end = port_end
+        ts._hash = hash((net, protocol, port_start, port_end))
+        return ts
+
+    @property
+    def subnet(self) -> IPNetwork:
+        s = self._subnet
+        if s is None:
+            version, prefixlen, address = self.net
+            s = ipaddress.IPv4Network((address, prefixlen)) if version == 4 else ipaddress.IPv6Network((address, prefixlen))
+            self._subnet = s
+        return s
 
     def __hash__(self) -> int:
         return self._hash
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrafficSelector):
+            return NotImplemented
+        return (self.net == other.net and self.protocol == other.protocol and self.port_start == other.port_start
+                and self.port_end == other.port_end)
+
+    def __repr__(self) -> str:
+        return (f"TrafficSelector(subnet={self.subnet!r}, protocol={self.protocol!r}, "
+                f"port_start={self.port_start!r}, port_end={self.port_end!r})")
+
     @classmethod
     def parse(cls, text: str, protocol: int = 0, ports: tuple[int, int] = (0, 65535)) -> TrafficSelector:
-        return cls(network(text), protocol, ports[0], ports[1])
+        v4 = _v4_prefix(text)
+        if v4 is not None:
+            return cls.of(4, v4[0], v4[1], protocol, ports[0], ports[1])
+        return cls(ipaddress.ip_network(text, strict=False), protocol, ports[0], ports[1])
 
     @property
     def any_port(self) -> bool:
@@ -165,8 +219,9 @@ class PolicyParams:
     _hash: int = field(default=0, init=False, repr=False, compare=False)  # hashed once (PolicyTable's keys)
 
     def __post_init__(self) -> None:
-        self._hash = hash((self.local, self.remote, self.direction, self.reqid, self.tunnel_src, self.tunnel_dst,
-                           self.action, self.priority))
+        # the selectors' hashes as kept (equal selectors have equal ones), not through their __hash__
+        self._hash = hash((self.local._hash, self.remote._hash, self.direction, self.reqid, self.tunnel_src,
+                           self.tunnel_dst, self.action, self.priority))
 
     def __hash__(self) -> int:
         return self._hash

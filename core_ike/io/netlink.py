@@ -293,15 +293,22 @@ class RouteSocket:
         (default scope: link without a gateway, else universe); NetlinkError when refused. DST and PREFSRC
         as text or as ipaddress objects (a data plane holds them so: no parsing per route)."""
         net = ipaddress.ip_network(dst, strict=False) if isinstance(dst, str) else dst
-        key = (net.version, net.prefixlen, oif, prefsrc, table, gateway, scope)
+        self.replace_prefix(net.version, net.prefixlen, net.network_address.packed, oif, prefsrc, table=table,
+                            gateway=gateway, scope=scope)
+
+    def replace_prefix(self, version: int, prefixlen: int, addr: bytes, oif: int, prefsrc: str | Address | None = None,
+                       *, table: int = RT_TABLE_MAIN, gateway: str | None = None, scope: int | None = None) -> None:
+        """`replace` with the destination as IP version, prefix length and network address (4 or 16 octets,
+        host bits clear): a data plane's selector holds it so, without an ipaddress network."""
+        key = (version, prefixlen, oif, prefsrc, table, gateway, scope)
         parts = self._replace_parts.get(key)
         if parts is None:
             if len(self._replace_parts) >= 256:  # bounded: next hops and sources a host has are few
                 self._replace_parts.clear()
-            parts = self._replace_parts[key] = _replace_parts(net, oif, prefsrc, table, gateway, scope)
+            parts = self._replace_parts[key] = _replace_parts(version, prefixlen, oif, prefsrc, table, gateway,
+                                                              scope)
         rtm, tail = parts
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
-        addr = net.network_address.packed
         n = _NLMSGHDR.size + len(rtm) + 4 + len(addr) + len(tail)  # an address is a multiple of 4 octets
         self._send_acked(b"".join((_NLMSGHDR.pack(n, RTM_NEWROUTE, _REPLACE_FLAGS, seq, 0), rtm,
                                    _RTA_HDR.pack(4 + len(addr), RTA_DST), addr, tail)), seq)
@@ -387,8 +394,8 @@ _RTA_HDR = struct.Struct("=HH")
 _REPLACE_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 
 
-def _replace_parts(net: Network, oif: int, prefsrc: str | Address | None, table: int, gateway: str | None,
-                   scope: int | None) -> tuple[bytes, bytes]:
+def _replace_parts(version: int, prefixlen: int, oif: int, prefsrc: str | Address | None, table: int,
+                   gateway: str | None, scope: int | None) -> tuple[bytes, bytes]:
     """`RouteSocket.replace`'s request around its destination attribute: the rtmsg, then the attributes
     after RTA_DST (device, next hop, preferred source, table)."""
     attrs = _rta(RTA_OIF, struct.pack("=I", oif))
@@ -398,7 +405,7 @@ def _replace_parts(net: Network, oif: int, prefsrc: str | Address | None, table:
         attrs += _ip_attr(RTA_PREFSRC, prefsrc) if isinstance(prefsrc, str) else _rta(RTA_PREFSRC, prefsrc.packed)
     if scope is None:
         scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
-    rtm = _RTMSG.pack(family, net.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT, RTPROT_STATIC, scope,
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    rtm = _RTMSG.pack(family, prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT, RTPROT_STATIC, scope,
                       RTN_UNICAST, 0)
     return rtm, attrs + _rta(RTA_TABLE, struct.pack("=I", table))

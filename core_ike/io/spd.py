@@ -31,15 +31,18 @@ _OUT, _TRAP = Direction.OUT, PolicyAction.TRAP  # bound once: an Enum member rea
 
 
 def _key(p: PolicyParams) -> _Key:
-    return (p.priority, -(p.remote.subnet.prefixlen + p.local.subnet.prefixlen), p.action == _TRAP)
+    return (p.priority, -(p.remote.net[1] + p.local.net[1]), p.action == _TRAP)
 
 
 def _shape_net(p: PolicyParams) -> tuple[_Shape, _Net]:
-    lo, re = p.local.subnet, p.remote.subnet
-    lp, rp, lbits, rbits = lo.prefixlen, re.prefixlen, lo.max_prefixlen, re.max_prefixlen
+    """From the selectors' `net` (version, prefix length, network as an integer): no ipaddress object."""
+    lver, lp, lo = p.local.net
+    rver, rp, re = p.remote.net
     # a policy mixing families matches no packet (ts_match); its own shape keeps it out of the way
-    ver = lo.version if lbits == rbits else 0
-    return ((ver, lp, rp), (int(lo.network_address) >> (lbits - lp), int(re.network_address) >> (rbits - rp)))
+    if lver != rver:
+        return (0, lp, rp), (lo >> ((32 if lver == 4 else 128) - lp), re >> ((32 if rver == 4 else 128) - rp))
+    bits = 32 if lver == 4 else 128
+    return (lver, lp, rp), (lo >> (bits - lp), re >> (bits - rp))
 
 
 def _uses_ports(p: PolicyParams) -> bool:

@@ -38,7 +38,6 @@ from .dataplane import (
     DataPlaneError,
     DataPlaneEvent,
     Direction,
-    IPNetwork,
     PolicyAction,
     PolicyParams,
     SaParams,
@@ -137,11 +136,11 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         self._netlink: NetlinkWorker | None = None  # one rtnetlink connection in a thread, from `start`
         self._routesock: RouteSocket | None = None  # route additions from the loop's thread
         self._src_addrs: list[Address] | None = None  # the address list `_src_for` was chosen from
-        self._src_for: dict[IPNetwork, Address | None] = {}  # local selector -> the routes' source, if any
+        self._src_for: dict[tuple[int, int, int], Address | None] = {}  # local selector's net -> the routes' source
         self._raw: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick: asyncio.Handle | None = None
-        self._routes: dict[IPNetwork, int] = {}  # remote subnet -> number of OUT policies using it
+        self._routes: dict[tuple[int, int, int], int] = {}  # remote selector's net -> OUT policies using it
         self._acquires = AcquireLimiter()  # trap policies' acquires, bounded (core_ike/io/acquire.py)
         self.drop_no_policy = 0  # outbound packet matches no policy / no SA
         self.drop_policy_mismatch = 0  # decrypted packet outside the SA's inbound selectors
@@ -347,7 +346,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         self._out_cache.clear()
         self._in_cache.clear()
         if policy.direction == _OUT and policy.action in _ROUTED:
-            key = policy.remote.subnet
+            key = policy.remote.net  # (version, prefix length, network): no ipaddress object made or hashed
             n = self._routes.get(key, 0)
             if n == 0 and self._tun_index:
                 try:
@@ -382,27 +381,31 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         # CHILD_SAs share their local selector, so the choice is kept while the address list is the same
         if addrs is not self._src_addrs:
             self._src_addrs, self._src_for = addrs, {}
-        local = policy.local.subnet
+        local = policy.local
         try:
-            src = self._src_for[local]
+            src = self._src_for[local.net]
         except KeyError:
-            src = self._src_for[local] = next((a for a in addrs if a in local), None)
-        rs.replace(policy.remote.subnet, self._tun_index, src)
+            subnet = local.subnet
+            src = self._src_for[local.net] = next((a for a in addrs if a in subnet), None)
+        version, prefixlen, address = policy.remote.net
+        rs.replace_prefix(version, prefixlen, address.to_bytes(4 if version == 4 else 16, "big"), self._tun_index,
+                          src)
 
     def _del_route(self, policy: PolicyParams) -> None:
         """The route of the last OUT policy with this remote selector, deleted as it was added: from the
         loop's thread on the `RouteSocket`, answered before the call returns. A deletion left to the
         netlink worker could run after a later CHILD_SA's route for the same subnet was added (on the
         RouteSocket) and take that one."""
-        subnet = policy.remote.subnet
-        n = self._routes.get(subnet, 0) - 1
+        key = policy.remote.net
+        n = self._routes.get(key, 0) - 1
         if n > 0:
-            self._routes[subnet] = n
+            self._routes[key] = n
             return
-        self._routes.pop(subnet, None)
+        self._routes.pop(key, None)
         rs = self._routesock
         if not self._tun_index or rs is None:
             return
+        subnet = policy.remote.subnet
         try:
             rs.delete(subnet, oif=self._tun_index)
         except (NetlinkError, OSError) as err:  # ESRCH: gone already (with the device or its source address)

@@ -31,6 +31,10 @@ class FakeKernel:
         self.routes.append((dst, oif, prefsrc))
         self.ops.append(("add", dst))
 
+    def replace_prefix(self, version: int, prefixlen: int, addr: bytes, oif: int, prefsrc: object = None) -> None:
+        """What the data plane calls (RouteSocket.replace with the destination in parts)."""
+        self.replace(ipaddress.ip_network((addr, prefixlen)), oif, prefsrc)
+
     def delete(self, dst: object, table: int = 254, oif: int | None = None) -> None:
         self.deleted.append((dst, oif))
         self.ops.append(("del", dst))
@@ -138,7 +142,7 @@ def test_a_road_warriors_old_route_never_takes_the_route_of_her_next_child_sa() 
     for fn in netlink.submitted:  # whatever was left to the worker runs now, after the addition
         fn(WorkerRoutes(kernel))  # type: ignore[operator]
     assert kernel.ops == [("add", vip), ("del", vip), ("add", vip)]  # the new route stays
-    assert dp._routes == {vip: 1}
+    assert dp._routes == {(4, 32, int(vip.network_address)): 1}  # counted by the selector's net
 
 
 class WorkerRoutes:

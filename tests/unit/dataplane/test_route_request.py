@@ -113,3 +113,15 @@ def test_many_devices_and_sources_keep_encoding_right() -> None:
         rs.replace("10.201.0.1/32", 1 + i % 7, src)
         assert fake.sent[-1] == reference(i + 1, "10.201.0.1/32", 1 + i % 7, src, 254, None, None)
     assert len(rs._replace_parts) <= 256
+
+
+def test_the_destination_in_parts_encodes_as_the_network() -> None:
+    """`replace_prefix` (what the userspace data plane asks with a selector's version, prefix length and
+    network) sends the request `replace` sends for that network."""
+    rs, fake = route_socket()
+    for dst, oif, src, table, gw, scope in CASES:
+        net = ipaddress.ip_network(dst)
+        rs.replace_prefix(net.version, net.prefixlen, net.network_address.packed, oif, src, table=table, gateway=gw,
+                          scope=scope)
+        seq = struct.unpack_from("=I", fake.sent[-1], 8)[0]
+        assert fake.sent[-1] == reference(seq, dst, oif, src, table, gw, scope), dst

@@ -30,6 +30,10 @@ class FakeKernel:
             raise NetlinkError(errno.ENODEV, "No such device")
         self.routes.append((dst, oif, prefsrc))
 
+    def replace_prefix(self, version: int, prefixlen: int, addr: bytes, oif: int, prefsrc: object = None) -> None:
+        """What the data plane calls (RouteSocket.replace with the destination in parts)."""
+        self.replace(ipaddress.ip_network((addr, prefixlen)), oif, prefsrc)
+
     def delete(self, dst: IPNetwork, table: int = 254, oif: int | None = None) -> None:
         self.routes = [r for r in self.routes if (r[0], r[1]) != (dst, oif)]
 
