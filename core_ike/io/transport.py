@@ -430,7 +430,7 @@ class UdpTransport:
                 # where FIONREAD would cost one per datagram
                 break
         stats["rx"] += total
-        self.flush()
+        self._settle()  # each datagram's events and replies went in `_answer`: the engine has none left
 
     def _answer(self) -> None:
         """The events of the datagram just delivered, then its replies, sent now (one sendto each): a
@@ -479,7 +479,7 @@ class UdpTransport:
             if n < rb.count:
                 break  # the queue is empty
         stats["rx"] += total
-        self.flush()
+        self._settle()  # each datagram's events and replies went in `_answer`: the engine has none left
 
     def _flush_batch(self, fd: int, local: Addr, sb: SendBatch | None = None, what: str = "COOKIE answer") -> None:
         sb = sb or self._sb
@@ -561,7 +561,10 @@ class UdpTransport:
         events are handled and its replies leave (`_answer`)."""
         if early := self.engine.datagrams_to_send():
             self._send_all(early)
-        self._datagram(data, local, remote, now)
+        if data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped), as `_read_each` tells it
+            self.deliver_ike(data[4:], local, remote, now)
+        else:  # a keepalive, or too short for either (counted, logged)
+            self._datagram(data, local, remote, now)
         self._answer()
 
     def _forward(self, ev: Any) -> None:
@@ -577,7 +580,7 @@ class UdpTransport:
 
     def flush(self) -> None:
         """Forward the engine's events, then send what it produced (a CHILD_SA is installed before the
-        message that completes it leaves, `_answer`) and re-arm the one timer."""
+        message that completes it leaves, `_answer`), then `_settle`."""
         engine = self.engine
         out = engine.datagrams_to_send()
         if (ev := engine.next_event()) is not None:
@@ -585,14 +588,16 @@ class UdpTransport:
             out += engine.datagrams_to_send()  # handlers may have produced more work (e.g. initiating)
         if out:
             self._send_all(out)
+        self._settle()
+
+    def _settle(self) -> None:
+        """The end of a wake-up whose events and replies have been handled (`flush`, or each datagram's
+        `_answer` in a read): the engine's work ahead (Engine.prepare), then the one timer re-armed."""
         if self._prepare is not None:
             try:
                 self._prepare()
             except Exception:  # work done ahead: the engine does it again when it needs it
                 log.exception("internal error preparing the engine's next work")
-        self._arm()
-
-    def _arm(self) -> None:
         t = self.engine.get_timer()
         if self._timer is not None and self._timer_at is not None and (t is None or self._timer_at <= t) \
                 and (self._timer_soon or not self._coarse or self._timer_at > self.clock()):

@@ -1,6 +1,6 @@
-"""Waiting on a transport's read batches instead of polling: the transports call `flush()` at the end of
-every batch they read (core_ike/io/transport.py, core_ike/io/portpool.py), so a condition on what they
-received can only change then."""
+"""Waiting on a transport's read batches instead of polling: the transports end every batch they read with
+`_settle()` (core_ike/io/transport.py, itself or through `flush()`) or `flush()` (a stand-in transport that
+core_ike/io/portpool.py reads for), so a condition on what they received can only change then."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from typing import Any
 async def after_batches(tr: Any, cond: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     """Return once `cond()` holds, checked now and after each read batch `tr` finishes."""
     batch = asyncio.Event()
-    flush = tr.flush
+    name = "_settle" if hasattr(tr, "_settle") else "flush"
+    end = getattr(tr, name)
 
-    def flushed() -> None:
-        flush()
+    def ended() -> None:
+        end()
         batch.set()
 
-    tr.flush = flushed
+    setattr(tr, name, ended)
     try:
         async with asyncio.timeout(timeout):
             while not cond():
@@ -27,7 +28,7 @@ async def after_batches(tr: Any, cond: Callable[[], object], what: str, timeout:
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
     finally:
-        tr.flush = flush
+        setattr(tr, name, end)
 
 
 async def datagrams(sock: Any, want: int, timeout: float = 10.0) -> list[bytes]:

@@ -64,14 +64,14 @@ def client(ip: str = "127.0.0.1") -> Iterator[socket.socket]:
 
 
 def count_batches(t: UdpTransport) -> list[int]:
-    """A counter (its one item) of the read batches that delivered datagrams: the transport flushes once
-    at the end of each batch it read."""
+    """A counter (its one item) of the read batches that delivered datagrams: the transport settles the
+    engine (Engine.prepare, the timer) once at the end of each batch it read."""
     batches = [0]
-    flush = t.flush
+    settle = t._settle
 
     def counted() -> None:
         batches[0] += 1 if t.stats["rx"] else 0
-        flush()
+        settle()
 
-    t.flush = counted  # type: ignore[method-assign]
+    t._settle = counted  # type: ignore[method-assign]
     return batches
