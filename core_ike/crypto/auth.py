@@ -36,6 +36,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "psk_auth",
+    "psk_mac",
     "signed_octets",
     "spki_sha1",
     "verify_certificate_signature",
@@ -116,15 +117,21 @@ def signed_octets(real_message: bytes, peer_nonce: bytes, prf: Prf, sk_p: bytes,
 _PADDED_PSKS: dict[tuple[int, bytes], Callable[[bytes], bytes]] = {}
 
 
-def psk_auth(prf: Prf, psk: bytes, octets: bytes) -> bytes:
-    """AUTH data for method 2: prf(prf(Shared Secret, "Key Pad for IKEv2"), octets)."""
+def psk_mac(prf: Prf, psk: bytes) -> Callable[[bytes], bytes]:
+    """`lambda octets: psk_auth(prf, psk, octets)`, kept per configured key: for a responder, which
+    checks the peer's AUTH and makes its own with the same key (RFC 7296 2.15)."""
     key = (prf.prf_id, psk)
     mac = _PADDED_PSKS.get(key)
     if mac is None:
         mac = prf.keyed(prf(psk, KEY_PAD))
         if len(_PADDED_PSKS) < 1024:
             _PADDED_PSKS[key] = mac
-    return mac(octets)
+    return mac
+
+
+def psk_auth(prf: Prf, psk: bytes, octets: bytes) -> bytes:
+    """AUTH data for method 2: prf(prf(Shared Secret, "Key Pad for IKEv2"), octets)."""
+    return psk_mac(prf, psk)(octets)
 
 
 def verify_psk_auth(prf: Prf, psk: bytes, octets: bytes, data: bytes) -> bool:

@@ -359,12 +359,13 @@ class KeyPool:
         self._keys: dict[int, list[KeyExchange]] = {}
 
     def take(self, group: int, rng: Rng) -> KeyExchange:
+        keys = self._keys.get(group)  # only curve groups are held: one made ahead is one lookup away
+        if keys:
+            return keys.pop(0)  # in the order made
         if not is_pooled(group):
             return new_key_exchange(group, rng)
-        keys = self._keys.get(group)
-        if not keys:
-            keys = self._keys[group] = [new_key_exchange(group, rng) for _ in range(self.batch)]
-        return keys.pop(0)  # in the order made
+        keys = self._keys[group] = [new_key_exchange(group, rng) for _ in range(self.batch)]
+        return keys.pop(0)
 
     def refill(self, rng: Rng) -> int:
         """Make the next `batch` key pairs of each group taken before whose pairs are used up, so that

@@ -74,6 +74,7 @@ PEER_CERT_CACHE_MAX = 512
 # apart as well as the whole would, which a lookup would hash (Python's bytes hash: about 2 instructions
 # per octet, twice those of the rest of the lookup); a hit is then compared in full
 _TAIL = 32
+_KEY_ID = IdType.KEY_ID  # bound once: Python 3.11 reads a member off its Enum class by a hook (about 1 us)
 
 
 class PeerCert:
@@ -179,7 +180,7 @@ class Credentials:
         return best[1] if best else None
 
     def private_key_for(self, me: Identity) -> PrivateKey | None:
-        if me.id_type == IdType.KEY_ID:
+        if me.id_type == _KEY_ID:
             for k in self.private_keys:
                 if keyid_of(k.public_key()) == me.data:
                     return k
@@ -188,7 +189,7 @@ class Credentials:
     def public_key_for(self, peer: Identity) -> PublicKey | None:
         if peer in self.public_keys:
             return self.public_keys[peer]
-        if peer.id_type == IdType.KEY_ID:
+        if peer.id_type == _KEY_ID:
             for k in self.raw_keys:
                 if keyid_of(k) == peer.data:
                     return k

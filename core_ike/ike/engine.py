@@ -59,7 +59,8 @@ log = logging.getLogger("core_ike.ike")
 Addr = tuple[str, int]
 _IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
 _IKE_AUTH = int(ExchangeType.IKE_AUTH)
-_DESTROYED = IkeState.DESTROYED  # bound once: Python 3.11 reads a member off its Enum class by a hook
+# bound once: Python 3.11 reads a member off its Enum class by a hook (about 1 us a read)
+_DESTROYED, _DELETING = IkeState.DESTROYED, IkeState.DELETING
 
 
 @dataclass
@@ -191,7 +192,7 @@ class Engine:
         pending = self._pending_keys
         while pending:  # one at a time: whatever happens to one, the others stay queued
             sa = pending.popleft()
-            if sa.pending_keys is None or sa.state is IkeState.DESTROYED:
+            if sa.pending_keys is None or sa.state is _DESTROYED:
                 continue
             try:
                 derive_pending(sa)
@@ -242,7 +243,7 @@ class Engine:
             self.derive_keys()
         while self._timers and self._timers[0][0] <= now:
             t, _, sa = heapq.heappop(self._timers)
-            if sa.state is IkeState.DESTROYED or t != sa.timer_at:
+            if sa.state is _DESTROYED or t != sa.timer_at:
                 continue  # stale entry
             sa.timer_at = None
             d = sa.next_deadline()
@@ -475,7 +476,7 @@ class Engine:
         deferred = self.established_index.deferred
         while deferred:
             sa = deferred.pop(0)
-            if sa.established and sa.state is not IkeState.DELETING:
+            if sa.established and sa.state is not _DELETING:
                 self.terminate(sa, now)
 
     def create_rekeyed_sa(self, view: IkeSaView, initiator: bool, spi_i: bytes, spi_r: bytes, now: float) -> IkeSa:
@@ -554,7 +555,7 @@ class Engine:
         if moved:
             sa.last_in = float("-inf")  # set again by sa.receive once the message is authenticated
         sa.receive(msg, now)
-        if sa.state is IkeState.DESTROYED:
+        if sa.state is _DESTROYED:
             return
         if moved and sa.last_in == float("-inf"):
             sa.local, sa.remote, sa.last_in = old  # not authenticated: the move is not taken
@@ -592,7 +593,7 @@ class Engine:
     def _init_request(self, msg: Message, local: Addr, remote: Addr, now: float) -> None:
         key = (msg.spi_i, remote)
         old = self.init_index.get(key)
-        if old is not None and old.state is not IkeState.DESTROYED:
+        if old is not None and old.state is not _DESTROYED:
             if old.init_request == msg.raw and old.cached_response is not None:
                 log.info("received retransmit of IKE_SA_INIT from %s[%d], retransmitting response", *remote)
                 old.receive(msg, now)  # answered from the response cache
@@ -622,7 +623,7 @@ class Engine:
             return
         sa = self.new_responder(cfgs[0], local, remote, now, key)
         sa.receive(msg, now)
-        if sa.state is not IkeState.DESTROYED:
+        if sa.state is not _DESTROYED:
             if sa.pending_keys is not None:
                 self.keys_pending(sa)
             self._schedule(sa)
@@ -633,7 +634,8 @@ class Engine:
         sa = IkeSa(self, cfg, False, next(self._ike_ids), local, remote, now, spi_i=key[0])
         while sa.spi_r in self.sas:
             sa.spi_r = self.new_spi()
-        log.info("%s[%d] is initiating an IKE_SA", remote[0], remote[1])
+        if log.isEnabledFor(logging.INFO):  # Logger.info's frame and its arguments only when it logs
+            log.info("%s[%d] is initiating an IKE_SA", remote[0], remote[1])
         self._add(sa)
         self.init_index[key] = sa
         sa.init_key = key

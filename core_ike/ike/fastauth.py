@@ -47,7 +47,7 @@ from ..codec.sawire import pull_sa_body
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
 from ..codec.wire import encode_payloads, pull_body
 from ..constants import AuthMethod, CertEncoding, PayloadType, TsType
-from ..crypto.auth import create_signature_auth, key_kind, psk_auth, verify_signature_auth
+from ..crypto.auth import create_signature_auth, key_kind, psk_mac, verify_signature_auth
 from ..errors import AuthenticationFailed, DecodeError, LocalError, ProtocolError
 from .config import IkeConfig, addr_matches
 from .extension import Extension
@@ -362,7 +362,8 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     """Answer `data` if it is a common IKE_AUTH request (see the module's docstring); False, with nothing
     changed, when the general path must (always while debug lines are logged). While info lines are
     logged, it logs those the general path logs for the request."""
-    if log.isEnabledFor(logging.DEBUG) or not all(map(_neutral, engine.extensions)):
+    info = log.isEnabledFor(logging.INFO)  # debug lines are logged only when info lines are (levels are ordered)
+    if (info and log.isEnabledFor(logging.DEBUG)) or not all(map(_neutral, engine.extensions)):
         return False
     sa = _target(engine, data)
     if sa is None:
@@ -370,7 +371,7 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     a = _answer_of(engine, sa, data, local, remote)
     if a is None:
         return False
-    _commit(engine, a, data, local, remote, now)
+    _commit(engine, a, data, local, remote, now, info)
     return True
 
 
@@ -421,10 +422,10 @@ def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr
     octets = sa.init_response + sa.ni + prf(sa.sk_pr, id_body)
     if psk:
         secret = engine.creds.psk(me, peer)
-        ok = secret is not None and hmac.compare_digest(psk_auth(prf, secret, theirs), req.auth)
+        mac = psk_mac(prf, secret) if secret is not None else None
         # AUTHENTICATION_FAILED otherwise, answered and logged by the general path
-        items = [(IDR, id_body), (AUTH, bytes((PSK, 0, 0, 0)) + psk_auth(prf, secret, octets))] \
-            if secret is not None and ok else None
+        items = [(IDR, id_body), (AUTH, bytes((PSK, 0, 0, 0)) + mac(octets))] \
+            if mac is not None and hmac.compare_digest(mac(theirs), req.auth) else None
     else:
         items = _signature(engine, a, theirs, id_body, octets, out.sealed_length, extra)
     if items is None:
@@ -501,13 +502,12 @@ def _cert_payloads(certs: list[x509.Certificate]) -> list[tuple[int, bytes]]:
     return hit[1]
 
 
-def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, now: float) -> None:
+def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, now: float, info: bool) -> None:
     """The general path's steps for the request, in its order: the IKE_SA's addresses and liveness, its
     configuration and identities, the peer authenticated, the CHILD_SA selected (ChildCreate.select_r),
     our AUTH, established, the CHILD_SA's payloads and installation (ChildCreate.build_r), the response
     sealed, kept and sent."""
     sa, cfg, req = a.sa, a.cfg, a.req
-    info = log.isEnabledFor(logging.INFO)
     if info:  # Engine.receive's line for a request it decoded
         log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
                  local[1], len(data))

@@ -234,7 +234,8 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     False, with nothing changed but maybe one key pair taken from the pool, when the general path must
     (always while debug lines are logged). While info lines are logged, it logs those the general path
     logs for the request."""
-    if log.isEnabledFor(logging.DEBUG):
+    info = log.isEnabledFor(logging.INFO)  # debug lines are logged only when info lines are (levels are ordered)
+    if info and log.isEnabledFor(logging.DEBUG):
         return False
     req = parse(data)
     if req is None:
@@ -248,7 +249,6 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     except ProtocolError:
         return False  # the general path answers the error
     ke = engine.key_exchange(req.group)
-    info = log.isEnabledFor(logging.INFO)
     if info:  # Engine.receive's line for a request it decoded
         log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
                  local[1], len(data))
@@ -267,7 +267,7 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     engine.keys_pending(sa)
     if info:  # IkeInit.process_r's line
         log.info("selected proposal: %s", sa.proposal_text)
-    sa.tm.answered_init(_response(engine, sa, req, neg, ke.public, certreq), now)
+    sa.tm.answered_init(_response(engine, sa, req, neg, ke.public, certreq, info), now)
     if sa.state is not DESTROYED:
         engine.reschedule(sa)
     return True
@@ -295,7 +295,8 @@ def _process_common(sa: IkeSa, req: Request, local: Addr, remote: Addr) -> None:
         sa.peer_hash_algs = algs
 
 
-def _response(engine: Engine, sa: IkeSa, req: Request, neg: Negotiated, public: bytes, certreq: bool) -> bytes:
+def _response(engine: Engine, sa: IkeSa, req: Request, neg: Negotiated, public: bytes, certreq: bool,
+              info: bool) -> bytes:
     """The response, as IkeInit.build_r and the encoder write it (RFC 7296 1.2, 3.1, 3.2):
     SA KE No [CERTREQ] N(NATD_S_IP) N(NATD_D_IP) [N(FRAG_SUP)] N(HASH_ALG)."""
     cfg = sa.config
@@ -316,7 +317,7 @@ def _response(engine: Engine, sa: IkeSa, req: Request, neg: Negotiated, public: 
     if cfg.fragmentation:
         parts += [_FRAG_PAYLOAD]
     parts += [_HASHES_PAYLOAD]
-    if log.isEnabledFor(logging.INFO):  # TaskManager._send_response's line
+    if info:  # TaskManager._send_response's line
         log.info("generating %s response %d %s", "IKE_SA_INIT", 0,
                  _RESPONSE_SUMMARIES[bool(hashes), cfg.fragmentation])
     parts[0] = spi_i + spi_r + _RESPONSE_HEAD + (28 + sum(map(len, parts))).to_bytes(4, "big")

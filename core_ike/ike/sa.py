@@ -26,6 +26,7 @@ __all__ = ["ChildSa", "ChildState", "IkeSa", "IkeState", "Outstanding"]
 log = logging.getLogger("core_ike.ike")
 # members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
 _CREATED, _ESTABLISHED, _REKEYING = IkeState.CREATED, IkeState.ESTABLISHED, IkeState.REKEYING
+_DESTROYED, _CHILD_DELETED = IkeState.DESTROYED, ChildState.DELETED
 Addr = tuple[str, int]
 
 
@@ -254,13 +255,13 @@ class IkeSa:
 
     # ------------------------------------------------------------------ teardown
     def destroy(self, reason: str, now: float, failed: bool = False) -> None:
-        if self.state is IkeState.DESTROYED:
+        if self.state is _DESTROYED:
             return
         for child in list(self.children.values()):
             self.remove_child(child, reason)
         if self.established_at is not None and not failed:
             self.engine.emit(ev.IkeSaDeleted(self.name, self.unique_id, reason))
-        self.set_state(IkeState.DESTROYED)
+        self.set_state(_DESTROYED)
         self.tm.close(now)
         self.engine.forget(self)
 
@@ -271,7 +272,7 @@ class IkeSa:
             log.info("CHILD_SA %s{%d} closed (%s)", child.name, child.unique_id, reason)
             self.engine.emit(ev.ChildSaDeleted(self.name, child.name, child.unique_id, child.spi_in,
                                                child.spi_out, reason))
-        child.set_state(ChildState.DELETED)
+        child.set_state(_CHILD_DELETED)
 
     def child_by_spi(self, spi: int, inbound: bool) -> ChildSa | None:
         for c in self.children.values():

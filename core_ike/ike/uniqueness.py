@@ -37,7 +37,10 @@ class EstablishedIndex:
         itself, when it must go, is put in `deferred`: it is deleted once its IKE_AUTH is done)."""
         cfg = sa.config
         peer = sa.peer_id.canonical() if sa.peer_id is not None else ""
-        same = self.by_peer.setdefault((cfg.name, peer), {})
+        key = (cfg.name, peer)
+        same = self.by_peer.get(key)  # not setdefault: its default, an empty dict, would be made every time
+        if same is None:
+            same = self.by_peer[key] = {}
         doomed: list[IkeSa] = []
         if cfg.unique == "replace" and sa.rekeyed_from is None:
             for other in list(same.values()):
@@ -48,8 +51,11 @@ class EstablishedIndex:
                     else:
                         doomed.append(other)
         same[sa.unique_id] = sa
-        self.by_conf.setdefault(cfg.name, {})[sa.unique_id] = sa
-        sa.indexed = (cfg.name, peer)
+        mine = self.by_conf.get(cfg.name)
+        if mine is None:
+            mine = self.by_conf[cfg.name] = {}
+        mine[sa.unique_id] = sa
+        sa.indexed = key
         return doomed
 
     def forget(self, sa: IkeSa) -> None:

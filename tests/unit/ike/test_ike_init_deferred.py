@@ -47,14 +47,16 @@ def _pair(fast: bool, monkeypatch: pytest.MonkeyPatch) -> Pair:
 
 
 def _counting_derivations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Key derivations of new IKE_SAs: the general one (derive_ike_keys) and a deferred one's (derive_ike_sa)."""
     calls: list[int] = []
-    orig = ike_init.derive_ike_keys
+    for name in ("derive_ike_keys", "derive_ike_sa"):
+        orig = getattr(ike_init, name)
 
-    def counting(*a: Any) -> Any:
-        calls.append(1)
-        return orig(*a)
+        def counting(*a: Any, orig: Any = orig) -> Any:
+            calls.append(1)
+            return orig(*a)
 
-    monkeypatch.setattr(ike_init, "derive_ike_keys", counting)
+        monkeypatch.setattr(ike_init, name, counting)
     return calls
 
 
