@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -92,6 +91,25 @@ def send_queued(engine: Outgoing, send_now: Callable[[bytes, Addr, Addr], None] 
             send_now(data, local, remote)
 
 
+class _Inside:
+    """MeOutbox.inside's context: a class, not a generator context manager (entered on every ME_CONNECT
+    response and answer; a generator's context costs several calls more)."""
+
+    __slots__ = ("_marks", "_new", "_uid")
+
+    def __init__(self, marks: set[int], uid: int) -> None:
+        self._marks, self._uid = marks, uid
+        self._new = False
+
+    def __enter__(self) -> None:
+        self._new = self._uid not in self._marks
+        self._marks.add(self._uid)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._new:
+            self._marks.discard(self._uid)
+
+
 class MeOutbox:
     """One ME_CONNECT exchange in flight per IKE_SA (window 1, no batching)."""
 
@@ -104,17 +122,10 @@ class MeOutbox:
         # started it, which nobody waits for)
         self.flush = flush
 
-    @contextmanager
-    def inside(self, sa: IkeSaView) -> Iterator[None]:
+    def inside(self, sa: IkeSaView) -> _Inside:
         """Mark code running inside the task manager of `sa` (its message ID is not advanced yet:
-        new requests are only queued; the task manager starts them afterwards)."""
-        new = sa.unique_id not in self._inside
-        self._inside.add(sa.unique_id)
-        try:
-            yield
-        finally:
-            if new:
-                self._inside.discard(sa.unique_id)
+        new requests are only queued; the task manager starts them afterwards). A `with` block."""
+        return _Inside(self._inside, sa.unique_id)
 
     def send(self, sa: IkeSaView, task: MeConnectRequest, now: float) -> None:
         task.outbox = self
