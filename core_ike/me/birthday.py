@@ -42,6 +42,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import Protocol
 
 from ..constants import MeEndpointType
@@ -83,6 +84,7 @@ class NatKind:
 _SUMMARY = re.compile(r"mapping (\S+?),? filtering (\S+?)(?:,|$)")
 
 
+@lru_cache(maxsize=64)  # the same few summaries (ours, the peers') are read for every setup
 def parse_nat(text: str | None) -> NatKind | None:
     """The NAT behaviour from natdisc's summary ("mapping APDM, filtering APDF, ..., random ports, ...");
     None when it is missing or not of that form."""

@@ -17,7 +17,6 @@ from functools import cached_property
 from ..codec.message import Message, decode_message
 from ..codec.payloads import NotifyPayload, Payload
 from ..constants import (
-    IKE_HEADER_LEN,
     IKE_VERSION,
     ExchangeType,
     HeaderFlag,
@@ -119,24 +118,34 @@ def check_to_message(check: Check) -> Message:
 
 # a check's fixed layout (docs/protocol.md §7.1): the IKE header (RFC 7296 3.1), then three Notify payloads
 # (RFC 7296 3.10: generic header, protocol 0, no SPI, type, data); the same octets `encode_message` makes
-# of `check_to_message`, written directly: each check, and each answer on the setup's critical path, is one
-_CHECK_HEADER = struct.Struct("!16sBBBBII")
-_NOTIFY_HEADER = struct.Struct("!BBHBBH")
+# of `check_to_message`, written directly in one pack per check: each check, and each answer on the setup's
+# critical path, is one. One Struct per (connect ID, endpoint, auth) lengths, all three bounded on receipt
+# (docs/protocol.md §4.2, §7.1): a handful of layouts
 _ZERO_SPIS = ZERO_SPI * 2
+_NOTIFY_HEADER_LEN = 8
+_LAYOUTS: dict[tuple[int, int, int], struct.Struct] = {}
+_NOTIFY, _NONE, _IKE_INFORMATIONAL = int(PayloadType.NOTIFY), int(PayloadType.NONE), int(ExchangeType.INFORMATIONAL)
+_INITIATOR, _RESPONSE = int(HeaderFlag.INITIATOR), int(HeaderFlag.RESPONSE)
+_N_CONNECTID, _N_ENDPOINT, _N_CONNECTAUTH = (int(NotifyType.ME_CONNECTID), int(NotifyType.ME_ENDPOINT),
+                                             int(NotifyType.ME_CONNECTAUTH))
+
+
+def _layout(lens: tuple[int, int, int]) -> struct.Struct:
+    st = _LAYOUTS[lens] = struct.Struct("!16sBBBBII" + "".join(f"BBHBBH{n}s" for n in lens))
+    return st
 
 
 def encode_check(check: Check) -> bytes:
     """The IKE message octets (no non-ESP marker)."""
     cid, ep, auth = check.connect_id, check.endpoint_data, check.auth
-    flags = HeaderFlag.RESPONSE if check.is_response else HeaderFlag.INITIATOR
-    n = PayloadType.NOTIFY
-    return b"".join((
-        _CHECK_HEADER.pack(_ZERO_SPIS, n, IKE_VERSION, ExchangeType.INFORMATIONAL, flags, check.message_id,
-                           IKE_HEADER_LEN + 3 * _NOTIFY_HEADER.size + len(cid) + len(ep) + len(auth)),
-        _NOTIFY_HEADER.pack(n, 0, _NOTIFY_HEADER.size + len(cid), 0, 0, NotifyType.ME_CONNECTID), cid,
-        _NOTIFY_HEADER.pack(n, 0, _NOTIFY_HEADER.size + len(ep), 0, 0, NotifyType.ME_ENDPOINT), ep,
-        _NOTIFY_HEADER.pack(PayloadType.NONE, 0, _NOTIFY_HEADER.size + len(auth), 0, 0, NotifyType.ME_CONNECTAUTH),
-        auth))
+    lens = (len(cid), len(ep), len(auth))
+    st = _LAYOUTS.get(lens) or _layout(lens)
+    h = _NOTIFY_HEADER_LEN
+    return st.pack(_ZERO_SPIS, _NOTIFY, IKE_VERSION, _IKE_INFORMATIONAL, _RESPONSE if check.is_response else _INITIATOR,
+                   check.message_id, st.size,
+                   _NOTIFY, 0, h + lens[0], 0, 0, _N_CONNECTID, cid,
+                   _NOTIFY, 0, h + lens[1], 0, 0, _N_ENDPOINT, ep,
+                   _NONE, 0, h + lens[2], 0, 0, _N_CONNECTAUTH, auth)
 
 
 # members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
