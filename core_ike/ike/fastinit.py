@@ -40,7 +40,6 @@ from .tasks.ike_init import (
     _HASH_SETS,
     _NEGOTIATED,
     _OUR_HASHES_DATA,
-    NONCE_LEN,
     Negotiated,
     defer_keys,
     natd_hash,
@@ -260,10 +259,9 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     c = neg.chosen
     chosen = type(c)(c.num, c.protocol, c.spi, list(c.transforms))  # this SA's own copy
     sa.ni = req.nonce
-    sa.nr = engine.rng.bytes(NONCE_LEN)
     sa.init_request = data
     _process_common(sa, req, local, remote)
-    defer_keys(sa, chosen, ke, req.ke, neg)  # derived once the response left (Engine.prepare)
+    defer_keys(sa, chosen, ke, req.ke, neg)  # our nonce; the keys derived once the response left (Engine.prepare)
     engine.keys_pending(sa)
     if info:  # IkeInit.process_r's line
         log.info("selected proposal: %s", sa.proposal_text)

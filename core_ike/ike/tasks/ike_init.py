@@ -252,9 +252,10 @@ def defer_keys(sa: IkeSaView, chosen: Proposal, ke: KeyExchange, peer_public: by
     response depends on the keys (RFC 7296 1.2), and the initiator's IKE_AUTH request, the first message
     that needs them, cannot arrive before the response did. The peer's KE data must have passed
     check_public, so the computation fails only where the library rejects what the check let through.
-    An AEAD suite (no INTEG, RFC 7296 3.3.2): the two protectors' IV counter starts (RFC 5282 3.1),
-    one 8-octet draw per direction, are drawn here, so that the engine's random draws (SPIs, nonces)
-    come in the same order however late the derivation runs (a run stays reproducible from its inputs)."""
+    Our nonce Nr (RFC 7296 2.10) is drawn here and, with an AEAD suite (no INTEG, RFC 7296 3.3.2), the
+    two protectors' IV counter starts (RFC 5282 3.1, 8 octets per direction) in the same draw (one
+    system call of the OS source instead of three): the engine's random draws come in the same order
+    however late the derivation runs (a run stays reproducible from its inputs)."""
     plan, suite = neg.plan, neg.suite
     if plan is None or suite is None:
         suite = _choose(sa, chosen, neg)
@@ -263,9 +264,12 @@ def defer_keys(sa: IkeSaView, chosen: Proposal, ke: KeyExchange, peer_public: by
         sa.prf_id = suite.prf_id
         sa.proposal = chosen
         sa.proposal_text = neg.text
-    rng = sa.ctx.rng
-    sa.pending_keys = PendingKeys(ke, peer_public, suite, plan,
-                                  [rng.bytes(8), rng.bytes(8)] if suite.integ_id is None else [])
+    if suite.integ_id is None:
+        drawn = sa.ctx.rng.bytes(NONCE_LEN + 16)
+        sa.nr, counters = drawn[:NONCE_LEN], [drawn[NONCE_LEN:NONCE_LEN + 8], drawn[NONCE_LEN + 8:]]
+    else:
+        sa.nr, counters = sa.ctx.rng.bytes(NONCE_LEN), []
+    sa.pending_keys = PendingKeys(ke, peer_public, suite, plan, counters)
 
 
 def derive_pending(sa: IkeSaView) -> None:
@@ -387,10 +391,9 @@ class IkeInit(Task):
         check_public(group, ke.data)  # RFC 7296 2.7: an invalid KE is answered, before any state
         self.ke = sa.ctx.key_exchange(group)
         sa.ni = nonce.data
-        sa.nr = sa.ctx.rng.bytes(NONCE_LEN)
         sa.init_request = msg.raw
         _process_common(sa, msg, sa.local, sa.remote)
-        defer_keys(sa, chosen, self.ke, ke.data, neg)
+        defer_keys(sa, chosen, self.ke, ke.data, neg)  # and our nonce
         self.sa_body = neg.body or None
         log.info("selected proposal: %s", sa.proposal_text)
 

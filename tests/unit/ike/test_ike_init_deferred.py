@@ -192,3 +192,28 @@ def test_the_random_draws_do_not_depend_on_when_the_keys_are_derived(monkeypatch
                 for s in p.b.ike_sas()]
 
     assert run(True) == run(False)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_responder_draws_its_randomness_for_an_ike_sa_init_twice(monkeypatch: pytest.MonkeyPatch,
+                                                                   fast: bool) -> None:
+    """Each draw of the OS source is a system call: the responder's SPI is one draw, its nonce and its
+    AEAD protectors' IV counter starts (RFC 7296 2.10, RFC 5282 3.1) one more; the octets are the ones
+    the three separate draws gave (a seeded run is the same)."""
+    p = _pair(fast, monkeypatch)
+    draws: list[int] = []
+    rng = p.b.rng
+    orig = rng.bytes
+
+    def counting(n: int) -> bytes:
+        draws.append(n)
+        return orig(n)
+
+    monkeypatch.setattr(rng, "bytes", counting)
+    data = _init_request(p)
+    p.b.receive(data, LOCAL, REMOTE, p.now)
+    (sb,) = [s for s in p.b.ike_sas() if s.spi_i == data[:8]]
+    assert draws == [8, ike_init.NONCE_LEN + 16] and len(sb.nr) == ike_init.NONCE_LEN
+    p.b.prepare()
+    assert draws == [8, ike_init.NONCE_LEN + 16]  # the derivation takes the counter starts drawn before
+    assert sb.in_prot is not None and sb.out_prot is not None
