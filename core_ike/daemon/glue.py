@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ..constants import EncrId, IntegId
 from ..crypto.proposals import parse_esp_proposals, restrict_proposals, transform_name
@@ -46,15 +46,16 @@ DeleteChild = Callable[[int, int, str], None]
 """`delete_child(ike_unique_id, child_unique_id, reason)`: send a DELETE for that CHILD_SA."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Installed:
+    """One installed CHILD_SA (its policies are kept by reqid, `DataPlaneGlue.policies`)."""
+
     reqid: int
     spi_in: int
     spi_out: int
     ike: int = 0  # unique id of the IKE_SA carrying it
     local: Addr = ("", 0)  # the outer addresses and ports its SAs have now (RFC 7296 §2.23 moves them)
     remote: Addr = ("", 0)
-    policies: list[PolicyParams] = field(default_factory=list)
 
 
 class DataPlaneGlue(Extension):

@@ -41,6 +41,7 @@ log = logging.getLogger("core_ike.io.userspace")
 
 NEVER = 1 << 80  # a mark no counter reaches: the SA has no such limit (left)
 _LIFETIME, _KEEPALIVE = 0, 1
+_OUT = Direction.OUT  # bound once: an Enum member read off its class runs Python code (Python 3.11)
 _SWEEP_MIN = 1024  # stale heap entries tolerated before a sweep is considered
 
 
@@ -78,7 +79,7 @@ def first_keepalive(installed: float, addr: tuple[str, int], interval: float) ->
 
 def wants_keepalive(p: SaParams) -> bool:
     """RFC 3948 2.3: outbound UDP-encapsulated SAs keep their NAT mapping alive (unless told)."""
-    return p.direction == Direction.OUT and (p.encap if p.nat_keepalive is None else p.nat_keepalive)
+    return p.direction == _OUT and (p.encap if p.nat_keepalive is None else p.nat_keepalive)
 
 
 class SaTimers:
@@ -108,8 +109,12 @@ class SaTimers:
     def _arm(self, st: SaState) -> None:
         """A new SA: its marks, its first lifetime deadline and its keepalive."""
         self._set_marks(st)
-        self._schedule_lifetime(st)
-        self._schedule_keepalive(st)
+        p = st.params
+        lt = p.lifetime
+        if lt.hard_seconds or lt.soft_seconds:  # the daemon's SAs have none (the engine rekeys, RFC 7296 2.8)
+            self._schedule_lifetime(st)
+        if p.direction == _OUT:  # only outbound SAs send keepalives (wants_keepalive)
+            self._schedule_keepalive(st)
 
     def _disarm(self, st: SaState) -> None:
         """The SA is gone: its queued entries become stale (skipped, then swept)."""
@@ -130,7 +135,7 @@ class SaTimers:
         until the soft expiry was reported, as `_check_lifetime` decides)."""
         lt, esp = st.params.lifetime, st.esp
         if not (lt.hard_packets or lt.soft_packets or lt.hard_bytes or lt.soft_bytes):  # the daemon's SAs
-            out = st.params.direction == Direction.OUT and not st.soft_sent
+            out = st.params.direction == _OUT and not st.soft_sent
             st.mark_packets = esp.seq_max - esp.seq_max // 100 + 1 if out else NEVER
             st.mark_bytes = NEVER
             return
@@ -139,7 +144,7 @@ class SaTimers:
         if not st.soft_sent:
             packets.append(lt.soft_packets)
             octets.append(lt.soft_bytes)
-            if st.params.direction == Direction.OUT:
+            if st.params.direction == _OUT:
                 # RFC 4303 3.3.3: rekey before the counter cycles (the mark `_sent` compares seq_out with)
                 packets.append(esp.seq_max - esp.seq_max // 100 + 1)
         st.mark_packets = min((n for n in packets if n), default=NEVER)
@@ -236,7 +241,7 @@ class SaTimers:
     def _check_lifetime(self, st: SaState, now: float) -> None:
         lt = st.params.lifetime
         c = st.esp.counters
-        out = st.params.direction == Direction.OUT
+        out = st.params.direction == _OUT
         nbytes, npkts = (c.bytes_out, c.packets_out) if out else (c.bytes_in, c.packets_in)
         for hard, lim_b, lim_p, lim_t in (
             (True, lt.hard_bytes, lt.hard_packets, lt.hard_seconds),
