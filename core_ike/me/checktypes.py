@@ -187,6 +187,9 @@ class Pair:
     def remote_addr(self) -> Addr:
         return self.remote.addr
 
+    def __str__(self) -> str:  # the debug lines' text, made only when they are written
+        return str(self.info())
+
     def info(self) -> PairInfo:  # made for every pair state change: the two properties above inlined
         local, remote, mapped = self.local, self.remote, self.mapped  # Endpoint.addr inlined (set addresses)
         base = local.base if local.base is not None else (local.address, local.port)

@@ -99,6 +99,7 @@ class MediationClient(TargetRole, Extension):
         self.config = config or MediationClientConfig()
         self.rng: Rng = rng if rng is not None else engine.rng  # connect IDs and keys (docs/protocol.md §4.1)
         self.checks = CheckEngine(self.config.checks)
+        self.checks.progress = False  # _pump acts on a pair's success only
         self.checks.flush = self._send_checks
         self.paths = Paths(self.config.upgrade, self.config.checks)
         self.probes = Probes(self.config.probing, self.config.port_pool, self.rng, self._local_in_use)

@@ -25,6 +25,10 @@ class CheckEngine:
         self._lists: dict[bytes, CheckList] = {}
         self._orphans: list[CheckList] = []  # stopped lists whose last events are not drained yet
         self.flush: Callable[[], None] | None = None  # the owner's immediate send, given to every list
+        # every list's pair changes as events (CheckList.progress), or only successes: the mediation client
+        # acts on nothing else, and a setup's other changes (pairs added, checks sent, pairs abandoned)
+        # would each be an event made, queued and drained for nobody
+        self.progress = True
 
     def __len__(self) -> int:
         return len(self._lists)
@@ -40,7 +44,7 @@ class CheckEngine:
             # docs/protocol.md §6.2: a duplicate connect ID is refused (strongSwan: "already exists, aborting")
             raise LocalError(f"checklist with connect ID {cl.connect_id.hex()} already exists")
         self._lists[cl.connect_id] = cl
-        cl.flush = self.flush
+        cl.flush, cl.progress = self.flush, self.progress
         return cl
 
     def create_initiator(self, connect_id: bytes, my_key: bytes, my_endpoints: Sequence[Endpoint],

@@ -6,7 +6,7 @@ import pytest
 
 from core_ike.constants import MeEndpointType
 from core_ike.errors import LocalError
-from core_ike.me.checklist import CheckListStopped, PairState
+from core_ike.me.checklist import CheckListStopped, PairState, PairStateChanged
 from core_ike.me.checks import decode_check, encode_check, make_check, request_endpoint
 from core_ike.me.endpoints import make_endpoint
 from core_ike.me.engine import CheckEngine
@@ -40,3 +40,31 @@ def test_demux_duplicates_stop() -> None:
         events.append(ev)
     assert isinstance(events[-1], CheckListStopped) and events[-1].connect_id == b"cid2"
     assert not eng.stop(b"cid2", 0.03)
+
+
+def _run_pair(progress: bool) -> list[tuple[PairState | None, PairState]]:
+    """Two engines, alice's initiator list and bob's responder list, checks until alice's pair succeeds;
+    alice's PairStateChanged events as (old, new)."""
+    a, b = CheckEngine(), CheckEngine()
+    a.progress = progress
+    a.create_initiator(b"cid", KEY_A, [make_endpoint(MeEndpointType.HOST, *A)], 0.0)
+    b.create_responder(b"cid", KEY_A, [make_endpoint(MeEndpointType.HOST, *A)], 0.0)
+    b.set_responder_data(b"cid", KEY_B, [make_endpoint(MeEndpointType.HOST, *B)], 0.0)
+    a.set_responder_data(b"cid", KEY_B, [make_endpoint(MeEndpointType.HOST, *B)], 0.0)
+    a.handle_timer(0.0)
+    for data, src, dst in a.datagrams_to_send():  # alice's check reaches bob, bob's answer alice
+        assert b.receive_check(data, src, dst, 0.001) is None
+    for data, src, dst in b.datagrams_to_send():
+        a.receive_check(data, src, dst, 0.002)
+    events = []
+    while (ev := a.next_event()) is not None:
+        events.append(ev)
+    return [(e.old, e.new) for e in events if isinstance(e, PairStateChanged)]
+
+
+def test_progress_off_queues_a_pairs_success_only() -> None:
+    """CheckEngine.progress False (the mediation client): of a pair's changes only its success is an
+    event; True (the default): every change, the success among them."""
+    every = _run_pair(True)
+    assert every[0] == (None, PairState.WAITING) and (PairState.IN_PROGRESS, PairState.SUCCEEDED) in every
+    assert _run_pair(False) == [(PairState.IN_PROGRESS, PairState.SUCCEEDED)]
