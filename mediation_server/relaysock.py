@@ -25,12 +25,14 @@ class RelaySockets:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def on_event(self, e: object) -> None:
-        """Engine event listener: ports change when a relay is allocated or freed."""
-        if isinstance(e, mev.RelayAllocated | mev.RelayFreed):
-            self.apply()
-        if isinstance(e, mev.RelayAllocated):  # after the relayed ME_CONNECT that offers it has left
-            log.info("relay %d allocated for '%s' <-> '%s': %s[%d] <-> %s[%d]", e.relay_id, e.a, e.b,
-                     e.address, e.a_port, e.address, e.b_port)
+        """Engine event listener (every event of the server): ports change when a relay is allocated or freed."""
+        match e:  # no union type made per event
+            case mev.RelayAllocated():  # after the relayed ME_CONNECT that offers it has left
+                self.apply()
+                log.info("relay %d allocated for '%s' <-> '%s': %s[%d] <-> %s[%d]", e.relay_id, e.a, e.b,
+                         e.address, e.a_port, e.address, e.b_port)
+            case mev.RelayFreed():
+                self.apply()
 
     def apply(self) -> None:
         ch = self.table.take_changes()
