@@ -40,6 +40,7 @@ Addr = tuple[str, int]
 _NO_LIMITS = Lifetime()  # the CHILD_SA's lifetimes are the engine's (RFC 7296 2.8 rekey timers), not the SAs'
 # bound once (Python 3.11 reads an Enum member off its class, and finds one by value, through Python code)
 _IN, _OUT = Direction.IN, Direction.OUT
+_DEBUG = logging.DEBUG
 _ENCR: dict[int, EncrId] = {int(e): e for e in EncrId}
 _INTEG: dict[int, IntegId] = {int(i): i for i in IntegId}
 DeleteChild = Callable[[int, int, str], None]
@@ -205,8 +206,9 @@ class DataPlaneGlue(Extension):
         if new_pols:
             self.policies[e.reqid] = new_pols
         # debug: "CHILD_SA ... established with SPIs ... and TS ..." says it at info, a failure is an error line
-        log.debug("installed CHILD_SA %s{%d} in the %s data plane (%s, %s)", e.name, e.unique_id,
-                  getattr(self.dp, "name", "?"), e.proposal, "UDP-encapsulated" if e.encap else "plain ESP")
+        if log.isEnabledFor(_DEBUG):  # its arguments are not worked out for nothing
+            log.debug("installed CHILD_SA %s{%d} in the %s data plane (%s, %s)", e.name, e.unique_id,
+                      getattr(self.dp, "name", "?"), e.proposal, "UDP-encapsulated" if e.encap else "plain ESP")
         return None
 
     def _failed(self, e: ev.ChildSaEstablished, error: str) -> ev.ChildSaFailed:
