@@ -69,7 +69,8 @@ class Attempt:
     def set_state(self, new: AttemptState, deadline: float | None) -> None:
         """The one mutation point of the attempt's state; every state has its own deadline (or none)."""
         if new is not self.state:
-            log.debug("mediated connection '%s' state change: %s => %s", self.name, self.state.value, new.value)
+            if log.isEnabledFor(logging.DEBUG):  # no state names read for a line not written
+                log.debug("mediated connection '%s' state change: %s => %s", self.name, self.state.value, new.value)
             self.state = new
         self.deadline = deadline
 

@@ -573,7 +573,7 @@ class CheckList:
     def _recompute_state(self) -> None:
         if self.state == _LIST_NONE or self.finished:
             return
-        states = {p.state for p in self.pairs}
+        states = [p.state for p in self.pairs]  # a list: `in` compares by identity, a set hashes in Python (Enum)
         if _WAITING in states:
             return  # docs/protocol.md §7.7: unchanged while any pair is Waiting
         if _IN_PROGRESS in states:

@@ -149,7 +149,7 @@ def encode_check(check: Check) -> bytes:
 
 
 # members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook
-_INFORMATIONAL, _RESPONSE_FLAG = ExchangeType.INFORMATIONAL, HeaderFlag.RESPONSE
+_INFORMATIONAL, _RESPONSE_FLAG = ExchangeType.INFORMATIONAL, int(HeaderFlag.RESPONSE)  # int: no Flag.__rand__
 _CONNECTID, _ENDPOINT, _CONNECTAUTH = NotifyType.ME_CONNECTID, NotifyType.ME_ENDPOINT, NotifyType.ME_CONNECTAUTH
 
 

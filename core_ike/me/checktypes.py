@@ -124,7 +124,7 @@ class PairInfo:
 
     def __str__(self) -> str:
         return (f"#{self.id} {self.local[0]}[{self.local[1]}] - {self.remote[0]}[{self.remote[1]}] "
-                f"({self.local_type.name}->{self.remote_type.name}) {self.state.value}")
+                f"({self.local_type._name_}->{self.remote_type._name_}) {self.state._value_}")  # no enum properties
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class Endpoint:
 
     def __str__(self) -> str:
         where = "-" if self.address is None else f"{self.address}[{self.port}]"
-        return f"{self.type.name}:{where} prio {self.priority}"
+        return f"{self.type._name_}:{where} prio {self.priority}"  # _name_: no enum property call
 
 
 def make_endpoint(
