@@ -1,5 +1,9 @@
 """The daemons' own lines for ``bench/mediated_setup.py --trace``: a sitecustomize that gives their log
-lines microseconds, and the step lines of one setup picked from a daemon's log with their times."""
+lines microseconds, and the step lines of one setup picked from a daemon's log with their times.
+
+Run by itself, ``bench/mediated_trace.py --sim [--tree DIR ...] [--setups N] [--callgrind]``: the
+deterministic cost of one public-peer setup (Python calls, instructions) in the in-process simulation
+(`_sim_main` below), of this checkout and of other trees (e.g. ``git archive REV | tar -x -C DIR``)."""
 
 from __future__ import annotations
 
@@ -85,3 +89,101 @@ def cpu_ns(pids: list[int]) -> int:
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     total += int((t / "schedstat").read_text().split()[0])
     return total
+
+
+# ====================================================================== deterministic cost of one setup
+# `bench/mediated_trace.py --sim [--tree DIR ...] [--setups N] [--callgrind]`: the public-peer setup (bob on a
+# public address, alice behind an EIM NAT, our server with its relay: one direct candidate pair) in the
+# in-process simulation of tests/unit/me_ext/mex_net.py (fake clock, 0.5 ms per hop), the three engines'
+# Python calls per setup (cProfile) from alice's connect() to both CHILD_SAs, logging at info through the
+# daemons' own handler into /dev/null; with --callgrind also the instructions per setup (valgrind's
+# callgrind: a run of N setups minus a run of none, over N). Each tree (default: this checkout; e.g. a
+# `git archive` of another revision) runs in a child of its own. Repeat runs give the same figures.
+
+def _sim_child(tree: str, setups: int, profile: bool) -> None:
+    import cProfile
+    import logging
+    import pstats
+    import sys
+    sys.path[:0] = [tree, f"{tree}/tests/unit/me_ext"]
+    import mex_net as mx  # type: ignore[import-not-found]
+
+    from core_ike.daemon.logrecords import cheap_records
+    from core_ike.daemon.startup import log_handler
+    from core_ike.ike import events as ev
+    from mediation_server.datarelay import RelayConfig
+    logging.getLogger().addHandler(log_handler("file:/dev/null", "sim"))
+    logging.getLogger().setLevel(logging.INFO)
+    cheap_records()
+    net = mx.make_net(latency=0.0005, relay=RelayConfig(ports=(50000, 50999)))
+    net.nodes["bob"].nat = None  # bob on a public address
+    mx.register(net)
+    alice, bob = net.nodes["alice"], net.nodes["bob"]
+
+    def one(prof: cProfile.Profile | None) -> None:
+        seen = [len(alice.events), len(bob.events)]
+
+        def both() -> bool:  # only the events since the last look are read
+            for i, node in enumerate((alice, bob)):
+                if seen[i] >= 0:
+                    new = node.events[seen[i]:]
+                    seen[i] = -1 if any(type(e) is ev.ChildSaEstablished for _, e in new) else len(node.events)
+            return seen == [-1, -1]
+        if prof is not None:
+            prof.enable()
+        alice.ext.connect("bob", net.now)
+        net.run(5.0, until=both)
+        if prof is not None:
+            prof.disable()
+        assert seen == [-1, -1], "no mediated CHILD_SA on both peers"
+        sa = next(s for s in alice.engine.ike_sas() if s.config.name == "bob" and s.established)
+        alice.engine.terminate(sa, net.now)
+        net.run(20.0)  # the DELETE, and the unused relay freed (its timeout is 15 s)
+
+    for _ in range(3):
+        one(None)
+    prof = cProfile.Profile() if profile else None
+    for _ in range(setups):
+        one(prof)
+    if prof is not None:
+        print(f"{pstats.Stats(prof).total_calls / setups:.1f}")  # type: ignore[attr-defined]
+
+
+def _sim_main(args: list[str]) -> int:
+    import argparse
+    import os
+    import subprocess
+    import sys
+    ap = argparse.ArgumentParser(prog="mediated_trace.py --sim")
+    ap.add_argument("--tree", action="append", help="a checkout to measure (repeatable; default this one)")
+    ap.add_argument("--setups", type=int, default=20)
+    ap.add_argument("--callgrind", action="store_true", help="also instructions per setup (valgrind)")
+    a = ap.parse_args(args)
+    here = str(Path(__file__).resolve().parent.parent)
+    me = [sys.executable, str(Path(__file__).resolve())]
+    for tree in [str(Path(t).resolve()) for t in a.tree or [here]]:
+        calls = subprocess.run([*me, "--sim-child", tree, str(a.setups), "profile"], check=True, text=True,
+                               capture_output=True).stdout.split()[-1]
+        line = f"{tree}: {calls} calls per setup"
+        if a.callgrind:
+            ir = []
+            for n in (0, a.setups):
+                with tempfile.TemporaryDirectory() as d:
+                    out = os.path.join(d, "cg.out")
+                    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *me,
+                                    "--sim-child", tree, str(n), "plain"], check=True, capture_output=True)
+                    ir.append(int(next(x for x in Path(out).read_text().splitlines()
+                                       if x.startswith(("summary:", "totals:"))).split()[1]))
+            line += f", {(ir[1] - ir[0]) / a.setups / 1e6:.3f}M instructions per setup"
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:2] == ["--sim-child"]:
+        _sim_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "profile")
+    elif sys.argv[1:2] == ["--sim"]:
+        sys.exit(_sim_main(sys.argv[2:]))
+    else:
+        print("usage: bench/mediated_trace.py --sim [--tree DIR ...] [--setups N] [--callgrind]")
