@@ -291,7 +291,8 @@ class UdpTransport:
         self._prepare: Callable[[], None] | None = getattr(engine, "prepare", None)
         prefilter = getattr(engine, "prefilter", None)
         self._answer_batch: Callable[..., Any] | None = getattr(prefilter, "answer_batch", None)
-        self._demanded: Callable[[], bool] | None = getattr(prefilter, "demanded", None)
+        # asked once a wake-up (`_readable`), when the pre-filter can answer a batch
+        self._demanded: Callable[[], bool] | None = getattr(prefilter, "demanded", None) if self._answer_batch else None
         self._log_limit = LogLimiter(log)
         # FIONREAD's answer, written in place (a writable buffer: ioctl parses no other kind first)
         self._size = array.array("i", [0])
@@ -385,21 +386,18 @@ class UdpTransport:
 
     # ------------------------------------------------------------------ receive
     def _readable(self, s: socket.socket, local: Addr) -> None:
-        """Read what is queued, up to READ_BATCH datagrams: one recvfrom each (`_read_each`), or while
-        COOKIEs are demanded from everyone, MMSG_BATCH per recvmmsg (`_read_batches`)."""
-        if self._answer_batch is not None and self._demanded is not None and self._demanded():
+        """Read what is queued, up to READ_BATCH datagrams (the loop's callback for a ready socket): while
+        COOKIEs are demanded from everyone, MMSG_BATCH per recvmmsg (`_read_batches`); else one recvfrom
+        each, here, without a frame between the loop and the engine. Each datagram goes to the engine on
+        its own, its replies sent as soon as the engine made them (`_answer`): a reply never waits for the
+        datagrams queued behind its request. Most wake-ups of a responder find one datagram, where recvfrom
+        costs less than recvmmsg through ctypes and its sockaddr decoding (or recvfrom_into a kept buffer
+        and a copy out: more instructions and as many cache misses). After the first datagram, an IKE
+        message, whether another one is queued is asked with FIONREAD (no exception object and no strerror
+        text, as a recvfrom failing with EAGAIN makes, their code cold after every idle spell)."""
+        if self._demanded is not None and self._demanded():
             self._read_batches(s, local)
-        else:
-            self._read_each(s, local)
-
-    def _read_each(self, s: socket.socket, local: Addr) -> None:
-        """Datagrams one recvfrom each, to the engine one at a time, each one's replies sent as soon as the
-        engine made them (`_answer`): a reply never waits for the datagrams queued behind its request. Most
-        wake-ups of a responder find one datagram, where recvfrom costs less
-        than recvmmsg through ctypes and its sockaddr decoding (or recvfrom_into a kept buffer and a copy
-        out: more instructions and as many cache misses). After the first datagram, an IKE message, whether
-        another one is queued is asked with FIONREAD (no exception object and no strerror text, as a
-        recvfrom failing with EAGAIN makes, their code cold after every idle spell)."""
+            return
         deliver, answer, clock, stats = self.deliver_ike, self._answer, self.clock, self.stats
         natt = local[1] == self.engine.natt_port
         recv, fd, size = s.recvfrom, s.fileno(), self._size
@@ -557,11 +555,11 @@ class UdpTransport:
 
     def deliver_read(self, data: bytes, local: Addr, remote: Addr, now: float) -> None:
         """A datagram another reader took from a NAT-T socket (the userspace data plane's, core_ike/io/fastpath.py)
-        to the engine, in `_read_each`'s order: what the engine had to send before it leaves first, then its
+        to the engine, in `_readable`'s order: what the engine had to send before it leaves first, then its
         events are handled and its replies leave (`_answer`)."""
         if early := self.engine.datagrams_to_send():
             self._send_all(early)
-        if data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped), as `_read_each` tells it
+        if data[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2: the marker stripped), as `_readable` tells it
             self.deliver_ike(data[4:], local, remote, now)
         else:  # a keepalive, or too short for either (counted, logged)
             self._datagram(data, local, remote, now)

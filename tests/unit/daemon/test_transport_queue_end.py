@@ -1,5 +1,5 @@
 """The transport learns that a socket's queue is empty from FIONREAD, not from a recvfrom failing with
-EAGAIN (core_ike/io/transport.py _read_each): datagrams queued together still reach the engine in one read
+EAGAIN (core_ike/io/transport.py _readable): datagrams queued together still reach the engine in one read
 batch, in order, each with its source; an empty datagram (FIONREAD answers 0 for it as for an empty queue)
 stops the batch without losing it or what follows it, on the IKE port and on the NAT-T port (RFC 3948 2.2);
 a wake-up that finds nothing reads nothing."""

@@ -1,5 +1,5 @@
 """The transport reads one datagram per recvfrom while COOKIEs are not demanded from everyone
-(core_ike/io/transport.py _read_each): the engine gets each datagram with its source as (ip, port), on
+(core_ike/io/transport.py _readable): the engine gets each datagram with its source as (ip, port), on
 IPv4 and IPv6, IKE on the NAT-T port without its non-ESP marker, keepalives counted, and answers go back
 to their source."""
 

@@ -1,5 +1,5 @@
 """The engine's answers to a datagram leave as soon as the engine made them, before the transport reads
-the next datagram of the same wake-up (core_ike/io/transport.py _read_each, _answer): every answer
+the next datagram of the same wake-up (core_ike/io/transport.py _readable, _answer): every answer
 arrives, in order, whatever its size and whichever local address it leaves from."""
 
 from __future__ import annotations
