@@ -30,6 +30,7 @@ from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
 
 from ..errors import LocalError
+from .logrecords import LeanRecord
 
 EXIT_STATUS = ("exit status: 0 after SIGTERM or SIGINT; 2 when the configuration or the start-up fails "
                "(one line on stderr says why)")
@@ -42,6 +43,8 @@ BATCH_RECORDS = 256  # records kept before they are written within the loop call
 ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)  # bytes; 512 is the POSIX minimum
 _FIXED = (str, int, float, bytes, type(None))  # arguments whose text cannot change after the call
 _FIXED_TYPES = frozenset((str, int, float, bool, bytes, type(None)))
+_MILLIS = tuple(f"{i:03d}" for i in range(1000))  # "%(msecs)03d" of 0 to 999: no int formatting per line
+_STOCK_RECORDS = frozenset((logging.LogRecord, LeanRecord))  # whose getMessage is logging.LogRecord's
 
 
 def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
@@ -97,10 +100,16 @@ class TimedFormatter(logging.Formatter):
         out: list[str] = []
         for r, text in batch:
             if text is None:
-                text = r.getMessage()
+                if type(r) in _STOCK_RECORDS:  # LogRecord.getMessage's text, without its frame
+                    text = r.msg if type(r.msg) is str else str(r.msg)
+                    if r.args:
+                        text %= r.args
+                else:
+                    text = r.getMessage()
             if int(r.created) != second:
                 stamp, second = self.formatTime(r, _TIME_FORMAT), int(r.created)
-            line = f"{stamp}.{int(r.msecs):03d} [{r.name}] {text}{term}"
+            ms = int(r.msecs)
+            line = f"{stamp}.{_MILLIS[ms] if 0 <= ms < 1000 else f'{ms:03d}'} [{r.name}] {text}{term}"
             if r.exc_info or r.stack_info:
                 line = _with_tail(self, r, line[:len(line) - len(term)]) + term
             out.append(line)
@@ -129,7 +138,12 @@ class JournalFormatter(LineFormatter):
         out: list[str] = []
         for r, text in batch:
             if text is None:
-                text = r.getMessage()
+                if type(r) in _STOCK_RECORDS:  # LogRecord.getMessage's text, without its frame
+                    text = r.msg if type(r.msg) is str else str(r.msg)
+                    if r.args:
+                        text %= r.args
+                else:
+                    text = r.getMessage()
             line = f"<{_priority(r.levelno)}>[{r.name}] {text}{term}"
             if r.exc_info or r.stack_info or not (text.isprintable() and r.name.isprintable()):
                 line = self._marked(r, line[:len(line) - len(term)]) + term

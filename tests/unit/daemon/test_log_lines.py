@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core_ike.daemon import startup
-from core_ike.daemon.logrecords import LeanRecord, cheap_records
+from core_ike.daemon.logrecords import LeanRecord, cheap_records, lean_record
 from core_ike.daemon.startup import (
     JournalFormatter,
     LineFormatter,
@@ -157,8 +157,10 @@ def cheap(monkeypatch: pytest.MonkeyPatch) -> None:
     ("x", 5, "", 0, "", (), None),
 ])
 def test_lean_records_hold_what_logging_records_hold(args: tuple[object, ...]) -> None:
-    assert logging.getLogRecordFactory() is LeanRecord
-    ours, theirs = vars(LeanRecord(*args)), vars(logging.LogRecord(*args))  # type: ignore[arg-type]
+    assert logging.getLogRecordFactory() is lean_record
+    record = lean_record(*args)  # type: ignore[arg-type]
+    assert type(record) is LeanRecord and isinstance(record, logging.LogRecord)
+    ours, theirs = vars(record), vars(logging.LogRecord(*args))  # type: ignore[arg-type]
     for t in ("created", "msecs", "relativeCreated"):  # the clock moved between the two
         assert isinstance(ours.pop(t), float)
         theirs.pop(t)
