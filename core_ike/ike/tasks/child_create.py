@@ -575,12 +575,13 @@ class ChildCreate(Task):
         sa.children[uid] = child
         self.child = child
         encap = sa.nat_here or sa.nat_there or sa.config.encap or sa.uses_marker
-        if log.isEnabledFor(_INFO):
+        to_text = tsmod.to_text
+        local_text, remote_text = tuple(map(to_text, local_ts)), tuple(map(to_text, remote_ts))
+        if log.isEnabledFor(_INFO):  # the event's texts, as tsmod.list_text writes them
             log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s", child.name, uid,
-                     self.spi_in, spi_out, tsmod.list_text(local_ts), tsmod.list_text(remote_ts))
+                     self.spi_in, spi_out, " ".join(local_text), " ".join(remote_text))
         ctx.emit(ev.ChildSaEstablished(
-            sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap,
-            tuple(map(tsmod.to_text, local_ts)), tuple(map(tsmod.to_text, remote_ts)),
+            sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap, local_text, remote_text,
             keys, child.proposal_text, child.rekeyed_from, self.cfg.replay_window))
         if self.rekey is not None:
             if initiator:
