@@ -1,4 +1,4 @@
-"""The transport's one timer (core_ike/io/transport.py _arm) on each event loop the daemons run on: the
+"""The transport's one timer (core_ike/io/transport.py _settle) on each event loop the daemons run on: the
 engine's handle_timer is never called before the deadline it asked for, so each deadline costs one
 call (uvloop's timers count whole milliseconds and would otherwise fire up to a millisecond early)."""
 
