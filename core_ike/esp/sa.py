@@ -84,18 +84,6 @@ class EspCounters:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
-@functools.lru_cache(maxsize=256)
-def _esp_heads(size: int, n: int) -> struct.Struct:
-    """SPI | Seq | IV of `n` ESP packets of `size` octets written back to back (pad octets between)."""
-    return struct.Struct(">" + f"IIQ{size - 16}x" * (n - 1) + "IIQ")
-
-
-@functools.lru_cache(maxsize=256)
-def _nonces(n: int, salt: int) -> struct.Struct:
-    """`n` AEAD nonces back to back: salt | 8-octet IV (RFC 4106 4, RFC 4309 4, RFC 7634 2)."""
-    return struct.Struct(">" + f"{salt}sQ" * n)
-
-
 def _drain(it: Iterable[object]) -> None:
     """Run an iterator to its end (the map() of AEAD calls), keeping nothing."""
     collections.deque(it, maxlen=0)
@@ -103,8 +91,8 @@ def _drain(it: Iterable[object]) -> None:
 
 @functools.lru_cache(maxsize=256)
 def _run_heads(size: int, count: int) -> struct.Struct:
-    """SPI, Seq and IV of `count` ESP packets of `size` octets lying back to back (the last may be shorter)."""
-    return struct.Struct(">" + f"IIQ{size - 16}x" * (count - 1) + "IIQ")
+    """SPI and Seq of `count` ESP packets of `size` octets lying back to back (the last may be shorter)."""
+    return struct.Struct(">" + f"II{size - 8}x" * (count - 1) + "II")
 
 
 @functools.lru_cache(maxsize=256)
@@ -248,20 +236,22 @@ class EspSa:
         size, tail_size = 16 + length + pad + 2 + icv, 16 + tail + tail_pad + 2 + icv
         full_size = size
         VIEWS.grow(out, n * size)
-        # every packet's SPI | Seq | IV in one pack (the pad octets it writes between them lie where the
-        # ciphertext goes next); the IV is the 64-bit counter, Seq its low 32 bits (RFC 4303 2.2)
+        # every packet's SPI | Seq | IV written as two big-endian 64-bit numpy columns over `out` (the
+        # ciphertext goes between them next); the IV is the 64-bit counter, Seq its low 32 bits (RFC 4303 2.2)
         seqs = range(seq0 + 1, seq0 + n + 1)
-        low = seqs if seq0 + n <= 0xFFFFFFFF else [q & 0xFFFFFFFF for q in seqs]
-        _esp_heads(size, n).pack_into(out, 0, *itertools.chain.from_iterable(zip(itertools.repeat(self.spi), low, seqs)))
+        ivs = np.arange(seq0 + 1, seq0 + n + 1, dtype=np.uint64)
+        np.ndarray((n,), ">u8", out, 0, (size,))[:] = (ivs & 0xFFFFFFFF) | (self.spi << 32)
+        np.ndarray((n,), ">u8", out, 8, (size,))[:] = ivs
         rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
         rows[:, length : length + pad + 2] = np.frombuffer(_PADS[pad] + bytes((pad, next_header)), np.uint8)
         plain[(n - 1) * stride + tail : (n - 1) * stride + tail + tail_pad + 2] = _PADS[tail_pad] + bytes((tail_pad, next_header))
         del rows
-        # nonce = salt | IV (RFC 4106 4, RFC 4309 4, RFC 7634 2), all in one pack; then one AEAD call per
-        # packet through map() over slices cut once per layout (`VIEWS`)
+        # nonce = salt | IV (RFC 4106 4, RFC 4309 4, RFC 7634 2), written as two numpy columns; then one AEAD
+        # call per packet through map() over slices cut once per layout (`VIEWS`)
         nl = len(salt) + AEAD_IV
         nonces = VIEWS.nonces(n)
-        _nonces(n, len(salt)).pack_into(nonces, 0, *itertools.chain.from_iterable(zip(itertools.repeat(salt), seqs)))
+        np.ndarray((n, len(salt)), np.uint8, nonces, 0, (nl, 1))[:] = np.frombuffer(salt, np.uint8)
+        np.ndarray((n,), ">u8", nonces, len(salt), (nl,))[:] = ivs
         encrypt, clen, m = into[0], length + pad + 2, n - 1
         if m:
             # RFC 4106 5, RFC 4309 5, RFC 7634 2.1: AAD = SPI | Seq, or SPI | Seq-high | Seq-low with ESN
@@ -351,20 +341,27 @@ class EspSa:
         if (into is None or self.esn or count < 1 or tail > size or size < self._min_len or tail < self._min_len
                 or (size - fixed) % AEAD_ALIGN or (tail - fixed) % AEAD_ALIGN or len(buf) < (count - 1) * size + tail):
             return None
+        import numpy as np  # only the batch data plane comes here (see seal_into)
+
         VIEWS.grow(plain, count * size)
-        heads = _run_heads(size, count).unpack_from(buf)  # SPI, Seq, IV of every packet in one call
-        seqs = heads[1::3]
+        heads = _run_heads(size, count).unpack_from(buf)  # SPI and Seq of every packet in one call
+        seqs = heads[1::2]
         first, last = seqs[0], seqs[-1]
-        if heads[0::3].count(self.spi) != count or first <= self.window.top:
+        if heads[0::2].count(self.spi) != count or first <= self.window.top:
             return None  # another SA (or a non-ESP datagram) inside, or a replay
         consecutive = last - first == count - 1 and seqs == tuple(range(first, last + 1))
         if not consecutive and any(b <= a for a, b in itertools.pairwise(seqs)):
             return None  # not in ascending order: the per-packet path checks each against the window
-        # nonces (salt | IV, RFC 4106 4, RFC 4309 4, RFC 7634 2) in one pack, then one AEAD call per
-        # packet through map() over slices cut once per layout (`VIEWS`); AAD = SPI | Seq (RFC 4106 5)
-        salt, nl, clen, m = self._salt, len(self._salt) + AEAD_IV, size - fixed, count - 1
+        # nonces (salt | IV, RFC 4106 4, RFC 4309 4, RFC 7634 2) as two numpy columns, the IVs copied from
+        # the packets; then one AEAD call per packet through map() over slices cut once per layout
+        # (`VIEWS`); AAD = SPI | Seq (RFC 4106 5)
+        salt, clen, m = self._salt, size - fixed, count - 1
+        sl = len(salt)
+        nl = sl + AEAD_IV
         nonces = VIEWS.nonces(count)
-        _nonces(count, len(salt)).pack_into(nonces, 0, *itertools.chain.from_iterable(zip(itertools.repeat(salt), heads[2::3])))
+        np.ndarray((count, sl), np.uint8, nonces, 0, (nl, 1))[:] = np.frombuffer(salt, np.uint8)
+        np.ndarray((count, AEAD_IV), np.uint8, nonces, sl, (nl, 1))[:] = np.ndarray(
+            (count, AEAD_IV), np.uint8, buf, 8, (size, 1))
         decrypt, o = into[1], m * size
         try:
             if m:

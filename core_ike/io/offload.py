@@ -26,7 +26,6 @@ final octet is the low half of a word, as RFC 1071 pads it).
 from __future__ import annotations
 
 import functools
-import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -249,10 +248,11 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
 
     The frame's headers are copied to every row and the payload cut into the rows with numpy (one
     call each); the fields that differ per segment (IP total or payload length, IPv4 ID and header
-    checksum, TCP sequence number, flags and checksum) are computed as Python ints and written, with
-    the constant octets between them, by one struct pack and one numpy row assignment. Checksums are
-    `segment`'s sums of parts, kept as numbers (big-endian words): a sum of little-endian words, as
-    `row_sums` gives the payload's, is 256 times its big-endian sum modulo 0xFFFF (RFC 1071 2(B))."""
+    checksum, TCP sequence number, flags and checksum) are computed for all rows at once as numpy
+    int64 columns and written through strided views of `plain` (`_segment_fields`): no Python work
+    per segment. Checksums are `segment`'s sums of parts, kept as numbers (big-endian words): a sum
+    of little-endian words, as `row_sums` gives the payload's, is 256 times its big-endian sum
+    modulo 0xFFFF (RFC 1071 2(B))."""
     gso = hdr.gso_type & ~GSO_ECN
     if gso == GSO_NONE or not HAVE_NUMPY:
         return None
@@ -277,74 +277,78 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
     if last:
         rows[full, h : h + last] = src[h + full * mss :]
     # payload sums (little-endian words; an odd last chunk ends with the low half of a word, RFC 1071)
-    sums: list[int] = row_sums(payload).tolist() if mss % 2 == 0 else [
-        csum_le(frame[h + i * mss : h + (i + 1) * mss]) for i in range(full)]
+    sums = np.empty(n, np.int64)
+    if mss % 2 == 0:
+        np.add.reduce(payload.view("<u4" if mss % 4 == 0 else "<u2"), axis=1, dtype=np.int64, out=sums[:full])
+    else:
+        sums[:full] = [csum_le(frame[h + i * mss : h + (i + 1) * mss]) for i in range(full)]
     if last:
-        sums.append(csum_le(frame[h + full * mss :]))
-    start, fields = _segment_fields(head, v6, off, thl, mss, total, sums)
-    rows[:, start : off + 18] = np.frombuffer(fields, np.uint8).reshape(n, -1)
+        sums[full] = csum_le(frame[h + full * mss :])
+    _segment_fields(plain, stride, head, v6, off, mss, total, sums)
     return stride, [off + thl + mss] * (n - 1) + [h + total - (n - 1) * mss]
 
 
-def _segment_fields(head: bytes, v6: bool, off: int, thl: int, mss: int, total: int,
-                    sums: list[int]) -> tuple[int, bytes]:
-    """`segment_into`'s per-segment fields of every row, packed (`_row_struct`): (the octet they start
-    at, the octets). `head`: the frame's IP and TCP headers; `sums`: each segment's payload sum."""
+def _column(buf: bytearray, at: int, stride: int, n: int, dtype: str) -> Any:
+    """The big-endian field of `dtype` at octet `at` of each of `n` rows `stride` octets apart, as a
+    writable numpy column over `buf`."""
+    return _np.ndarray((n,), dtype, buf, at, (stride,))
+
+
+def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: int, mss: int, total: int,
+                    sums: Any) -> None:
+    """`segment_into`'s per-segment fields, written into every row of `plain` (each a copy of the frame's
+    headers `head`) as numpy columns: IP total (IPv4) or payload (IPv6) length, IPv4 ID and header
+    checksum, TCP sequence number, flags and checksum (`off`: the TCP header's offset in `head`). `sums`:
+    each segment's payload sum (int64)."""
+    np = _np
     n = len(sums)
-    h = off + thl
+    thl = len(head) - off
     tcp_len = thl + mss
     tail_len = thl + total - (n - 1) * mss
     seq0 = _I.unpack_from(head, off + 4)[0]
-    seqs = range(seq0, seq0 + n * mss, mss) if seq0 + n * mss <= 1 << 32 else [
-        (seq0 + i * mss) & 0xFFFFFFFF for i in range(n)]
+    idx = np.arange(n, dtype=np.int64)
+    seqs = (idx * mss + seq0) & 0xFFFFFFFF
     flags = head[off + 13]
     mid_f = flags & ~(_FIN | _PSH | _CWR)
     first_f = flags & ~(_FIN | _PSH)  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
     last_f = flags & ~_CWR  # FIN and PSH stay on the last one
-    fl = [first_f, *[mid_f] * (n - 2), last_f]
+    fl = _column(plain, off + 13, stride, n, "u1")
+    fl[:] = mid_f
+    fl[0] = first_f
+    fl[n - 1] = last_f
+    _column(plain, off + 4, stride, n, ">u4")[:] = seqs
     # TCP checksum (RFC 9293 3.1, RFC 8200 8.1): pseudo-header addresses and protocol, the header's
     # constant words (ports, ack, data offset, window, urgent pointer, options), then per segment its
     # length, sequence number (a 32-bit word's value is congruent to the sum of its halves), flags
-    # and payload; the field is the complement, 0 for a sum congruent to 0
-    tcp = bytearray(head[off:h])
+    # and payload (a sum of little-endian words is 256 times the big-endian one modulo 0xFFFF,
+    # RFC 1071 2(B)); the field is the complement, 0 for a sum congruent to 0
+    tcp = bytearray(head[off : off + thl])
     tcp[4:8] = bytes(4)
     tcp[13] = 0
     tcp[16:18] = bytes(2)
     k = int.from_bytes(head[8:40] if v6 else head[12:20], "big") + _TCP + int.from_bytes(tcp, "big") + tcp_len + mid_f
-    tsums = [(-(k + q + 256 * p)) % 0xFFFF for q, p in zip(seqs, sums, strict=True)]
-    tsums[0] = (tsums[0] - first_f + mid_f) % 0xFFFF
-    tsums[-1] = (tsums[-1] - last_f + mid_f - tail_len + tcp_len) % 0xFFFF
-    lens = [*[tcp_len] * (n - 1), tail_len]
-    tcp_mid = head[off + 8 : off + 13]  # ack, data offset
-    win = head[off + 14 : off + 16]
+    k %= 0xFFFF  # congruent, and small enough for int64 arithmetic
+    tsums = (-(sums * 256 + seqs + k)) % 0xFFFF
+    tsums[0] = (int(tsums[0]) - first_f + mid_f) % 0xFFFF
+    tsums[n - 1] = (int(tsums[n - 1]) - last_f + mid_f - tail_len + tcp_len) % 0xFFFF
+    _column(plain, off + 16, stride, n, ">u2")[:] = tsums
     if v6:
         ext = off - 40  # extension headers count in the IPv6 payload length
-        values: Any = zip([x + ext for x in lens], itertools.repeat(head[6 : off + 4]), seqs, itertools.repeat(tcp_mid),
-                          fl, itertools.repeat(win), tsums)
-        start = 4
-    else:
-        ip = bytearray(head[:off])
-        ip[2:6] = bytes(4)
-        ip[10:12] = bytes(2)
-        id0 = _H.unpack_from(head, 4)[0]
-        ids = range(id0, id0 + n) if id0 + n <= 0x10000 else [(id0 + i) & 0xFFFF for i in range(n)]
-        kip = int.from_bytes(ip, "big") + off + tcp_len
-        isums = [(-(kip + i)) % 0xFFFF for i in ids]  # RFC 791 3.1; consecutive IDs (RFC 6864 4.1)
-        isums[-1] = (isums[-1] - tail_len + tcp_len) % 0xFFFF
-        values = zip([x + off for x in lens], ids, itertools.repeat(head[6:10]), isums, itertools.repeat(head[12 : off + 4]),
-                     seqs, itertools.repeat(tcp_mid), fl, itertools.repeat(win), tsums)
-        start = 2
-    return start, _row_struct(v6, off, n).pack(*itertools.chain.from_iterable(values))
-
-
-@functools.lru_cache(maxsize=256)
-def _row_struct(v6: bool, off: int, n: int) -> struct.Struct:
-    """The per-segment fields of `segment_into`, with the constant octets between them, for `n` rows:
-    IPv6 from its payload length (octet 4), IPv4 from its total length (octet 2), to the end of the TCP
-    checksum (octet off + 18)."""
-    tcp = "I5sB2sH"  # seq, ack | data offset, flags, window, checksum
-    row = f"H{off - 2}s{tcp}" if v6 else f"HH4sH{off - 8}s{tcp}"
-    return struct.Struct(">" + row * n)
+        pl = _column(plain, 4, stride, n, ">u2")
+        pl[:] = ext + tcp_len
+        pl[n - 1] = ext + tail_len
+        return
+    tl = _column(plain, 2, stride, n, ">u2")
+    tl[:] = off + tcp_len
+    tl[n - 1] = off + tail_len
+    ip = bytearray(head[:off])
+    ip[2:6] = bytes(4)
+    ip[10:12] = bytes(2)
+    ids = (idx + _H.unpack_from(head, 4)[0]) & 0xFFFF  # consecutive IDs, as Linux TSO (RFC 6864 4.1)
+    _column(plain, 4, stride, n, ">u2")[:] = ids
+    isums = (-(ids + (int.from_bytes(ip, "big") + off + tcp_len) % 0xFFFF)) % 0xFFFF  # RFC 791 3.1
+    isums[n - 1] = (int(isums[n - 1]) - tail_len + tcp_len) % 0xFFFF
+    _column(plain, 10, stride, n, ">u2")[:] = isums
 
 
 def _gso_tcp(frame: bytes | memoryview, hdr: VnetHdr, gso: int) -> tuple[bool, int, int]:
@@ -491,13 +495,14 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
     ip_len, seqs, flags = fields[0::3], fields[1::3], fields[2::3]
     end = seq0 + (n - 1) * plen
     expected = range(seq0, end + 1, plen) if end < 1 << 32 else [(seq0 + i * plen) & 0xFFFFFFFF for i in range(n)]
-    if (((rows[1:, :h] ^ rows[0, :h]) & _same_mask(h, v6)).any() or tuple(expected) != seqs
+    nonzero = _np.count_nonzero  # C-level; ndarray.any() goes through a Python wrapper (numpy _methods)
+    if (nonzero((rows[1:, :h] ^ rows[0, :h]) & _same_mask(h, v6)) or tuple(expected) != seqs
             or ip_len[: n - 1].count(length - 40 if v6 else length) != n - 1 or ip_len[-1] != (tail - 40 if v6 else tail)
             or flags[: n - 1].count(_ACK) != n - 1 or flags[-1] not in (_ACK, _ACK | _PSH)):
         return None
     # (`_tcp_candidate`'s correction: the pseudo-header's protocol and length, the IPv4 addresses once
     # more, the IPv6 header's first 8 octets out; equal in all full-size segments)
-    if ((sums + _tcp_small(first, off, v6) % 0xFFFF) % 0xFFFF).any() or (whole < n and (
+    if nonzero((sums + _tcp_small(first, off, v6) % 0xFFFF) % 0xFFFF) or (whole < n and (
             csum_le(plain[(n - 1) * stride : (n - 1) * stride + tail])
             + _tcp_small(plain[(n - 1) * stride : (n - 1) * stride + 40], off, v6, tail)) % 0xFFFF):
         return None
