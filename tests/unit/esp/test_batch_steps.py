@@ -62,7 +62,8 @@ def sealed_run(tx: EspSa, payload: bytes, mss: int, v6: bool = False) -> tuple[b
 
 
 @pytest.mark.parametrize("v6,size,mss,ip_id", [(False, 47 * 1348, 1348, 7), (True, 5000, 1300, 7), (False, 4001, 999, 7),
-                                               (False, 2 * 1200 + 1, 1200, 7), (False, 10 * 1348, 1348, 0xFFFC)])
+                                               (False, 2 * 1200 + 1, 1200, 7), (False, 10 * 1348, 1348, 0xFFFC),
+                                               (True, 6 * 1302 + 3, 1302, 7)])  # payload sums over 16-bit words
 def test_segment_into_equals_segment(v6: bool, size: int, mss: int, ip_id: int) -> None:
     payload = os.urandom(size)
     # CWR PSH FIN; the sequence number wraps (and with ip_id 0xFFFC the IPv4 ID, RFC 6864 4.1)
