@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import LocalError
 from ..rng import Rng
-from .prf import _COUNTERS, Prf, _pads, prf_for, prf_plus
+from .prf import Prf, prf_for, prf_plus
 from .sk import AEAD_ENCR, AeadProtector, CbcHmacProtector, key_lengths, make_protector
 
 __all__ = [
@@ -185,12 +185,12 @@ _AEAD_SUITES: dict[IkeSuite, int] = {}
 
 class IkePlan:
     """What a new IKE SA's derivation needs of its suite (RFC 7296 2.14), worked out once per suite
-    (`ike_plan`): the HMAC PRF's empty hash and block size, the prf+ stream's length and each key's
-    bounds in it, the AEAD cipher when the suite is one. A responder derives its keys right after
+    (`ike_plan`): the PRF, the prf+ stream's length and each key's bounds in it, the AEAD cipher when
+    the suite is one. A responder derives its keys right after
     waking up: a plan spares it the suite's hashing (a Python call per dict lookup of an IkeSuite), the
     split's lookup, the layers of calls and the IkeKeys object thrown away."""
 
-    __slots__ = ("aead", "block", "bounds", "empty", "prf", "suite", "total")
+    __slots__ = ("aead", "bounds", "prf", "suite", "total")
 
     def __init__(self, suite: IkeSuite) -> None:
         self.suite = suite
@@ -198,22 +198,18 @@ class IkePlan:
         self.total, self.bounds = _split_of(suite, prf.key_size)
         # the AEAD ciphers make_protector makes without INTEG (RFC 5282 8); else make_protector's checks
         self.aead = suite.encr_id if suite.integ_id is None and suite.encr_id in AEAD_ENCR else 0
-        self.empty, self.block = prf._empty, prf._block
 
 
-_PLANS: dict[IkeSuite, IkePlan | None] = {}
+_PLANS: dict[IkeSuite, IkePlan] = {}
 
 
-def ike_plan(suite: IkeSuite) -> IkePlan | None:
-    """The plan of `suite`, kept (a handful of suites): None for a PRF other than HMAC (RFC 2104; AES-CMAC,
-    RFC 4615, goes through derive_ike_keys), LocalError when the suite's keys cannot be made."""
-    if suite in _PLANS:
-        return _PLANS[suite]
-    plan = IkePlan(suite) if prf_for(suite.prf_id)._fn is None else None
+def ike_plan(suite: IkeSuite) -> IkePlan:
+    """The plan of `suite`, kept (a handful of suites); LocalError when the suite's keys cannot be made."""
+    plan = _PLANS.get(suite)
     if plan is None:
-        _split_of(suite, prf_for(suite.prf_id).key_size)  # LocalError as IkePlan for a suite without keys
-    if len(_PLANS) < 64:
-        _PLANS[suite] = plan
+        plan = IkePlan(suite)
+        if len(_PLANS) < 64:
+            _PLANS[suite] = plan
     return plan
 
 
@@ -222,31 +218,13 @@ def derive_ike_sa(plan: IkePlan, ni: bytes, nr: bytes, shared: bytes, spis: byte
         bytes, bytes, bytes, CbcHmacProtector | AeadProtector, CbcHmacProtector | AeadProtector]:
     """(SK_d, SK_pi, SK_pr, outbound, inbound protector) of a new IKE SA after IKE_SA_INIT, `spis` its
     SPIi | SPIr: what derive_ike_keys and ike_protectors give, the same octets (RFC 7296 2.14: SKEYSEED
-    = prf(Ni | Nr, g^ir), then prf+(SKEYSEED, Ni | Nr | SPIi | SPIr), computed as prf.py's Prf.__call__
-    and prf_plus do, RFC 2104 2). `counters`: the AEAD protectors' IV counter starts drawn before
-    (RFC 5282 3.1; SK_ei's first), else drawn from `rng` as AeadProtector does."""
+    = prf(Ni | Nr, g^ir), then prf+(SKEYSEED, Ni | Nr | SPIi | SPIr)). `counters`: the AEAD protectors'
+    IV counter starts drawn before (RFC 5282 3.1; SK_ei's first), else drawn from `rng` as
+    AeadProtector does."""
     if len(spis) != 16:
         raise LocalError("IKE SPIs must be 8 octets each")
-    empty, block = plan.empty, plan.block
-    inner, outer = _pads(empty, block, ni + nr)
-    inner.update(shared)
-    outer.update(inner.digest())
-    inner0, outer0 = _pads(empty, block, outer.digest())  # SKEYSEED, the prf+ key
-    seed = ni + nr + spis
-    total = plan.total
-    t = b""
-    out: list[bytes] = []
-    n = size = 0
-    while size < total:
-        n += 1
-        inner = inner0.copy()
-        inner.update(t + seed + _COUNTERS[n])
-        outer = outer0.copy()
-        outer.update(inner.digest())
-        t = outer.digest()
-        out.append(t)
-        size += len(t)
-    k = b"".join(out)
+    prf = plan.prf
+    k = prf_plus(prf, skeyseed(prf, ni, nr, shared), ni + nr + spis, plan.total)
     (a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5), (a6, b6) = plan.bounds
     e = plan.aead
     if e:  # ike_protectors' AEAD case: SK_ei's protector first (its IV counter start drawn first)
