@@ -27,6 +27,7 @@ When the kernel refuses a step, it is logged once and the data plane goes on wit
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import logging
@@ -34,6 +35,7 @@ import os
 import socket
 import struct
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -43,6 +45,8 @@ from .mmsg import ADDR_LEN, RecvBatch, SendBatch
 from .offload import split_gro
 
 log = logging.getLogger("core_ike.io.userspace")
+FIONREAD = termios.FIONREAD  # on a UDP socket: the size of the next queued datagram, 0 when none (udp(7))
+_ioctl = fcntl.ioctl
 
 OFFLOAD_STEPS = ("tso", "gso", "gro", "coalesce", "seal_batch", "open_batch", "mmsg")
 # `all`: every step but mmsg, which costs more than it saves here (a copy and a socket address encoded
@@ -210,6 +214,7 @@ class UdpEspIo:
         # slices of it (core_ike/esp/views.py)
         self.on_run: Callable[[bytearray, int, int, int, Addr], bool] | None = None
         self._rxbuf = bytearray(65536)
+        self._queued = array.array("i", [0])  # FIONREAD's answer, written in place
         self.run_reads = 0  # GRO reads `on_run` took whole
         self.mmsg = "mmsg" in steps
         self._rb: RecvBatch | None = None  # made on first use (without GRO / UDP_SEGMENT only)
@@ -260,7 +265,7 @@ class UdpEspIo:
         esp: list[tuple[bytes, Addr]] = []
         other = n = 0
         runs = gro and self.on_run is not None
-        rxbuf = self._rxbuf
+        rxbuf, queued, fd = self._rxbuf, self._queued, s.fileno()
         for _ in range(READ_BATCH):
             try:
                 if runs:
@@ -286,7 +291,12 @@ class UdpEspIo:
                     log.warning("receive error on %s[%d]: %s", local[0], local[1], e)
                 continue
             n += 1
-            other += self._sort(data, anc, local, (remote[0], remote[1]), esp)
+            k = self._sort(data, anc, local, (remote[0], remote[1]), esp)
+            other += k
+            # an IKE message alone in this wake-up: FIONREAD says so without a failing read's exception
+            # and its error text (as UdpTransport._readable); ESP keeps reading to the batch's end
+            if n == 1 and k and not esp and not (_ioctl(fd, FIONREAD, queued) or queued[0]):
+                break
         tr.stats["rx"] += n
         self.udp_reads += n
         self._hand_off(esp, other)
