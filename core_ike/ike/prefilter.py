@@ -230,7 +230,7 @@ class Prefilter:
         """`demanded()`, or enough half-open IKE_SAs from `ip`; `half_open` is Engine.half_open when the
         caller has read it already."""
         cfg, eng = self.cfg, self.engine
-        n = eng.half_open if half_open is None else half_open
+        n = eng._half_open if half_open is None else half_open  # Engine.half_open without its property call
         return bool(cfg.force_cookies or n >= cfg.cookie_threshold
                     or eng._half_open_by_ip.get(ip, 0) >= cfg.cookie_threshold_ip)
 
@@ -277,18 +277,22 @@ class Prefilter:
         exchange, flags = data[18], data[19]
         if exchange < IKE_SA_INIT:
             return self.drop("header", now, remote, "reserved exchange type %d", exchange)  # RFC 7296 3.1
-        spi_i_n, spi_r_n = data[:8] != _ZERO8, data[8:16] != _ZERO8  # nonzero SPIs
-        if exchange != IKE_SA_INIT or flags & RESPONSE or spi_r_n or not spi_i_n:
-            # an IKE_SA of ours passes at once (spi_known's first test, here without a call)
-            return ((data[8:16] if flags & INITIATOR else data[:8]) not in self.engine.sas
-                    and bool(spi_i_n or spi_r_n) and self._unknown_spi(data, flags, exchange, local, remote, now))
+        spi_i, spi_r = data[:8], data[8:16]
+        if exchange != IKE_SA_INIT or flags & RESPONSE or spi_r != _ZERO8 or spi_i == _ZERO8:
+            # an IKE_SA of ours passes at once (spi_known's first test, here without a call); zero SPIs
+            # both (an ME connectivity check) go to the engine's extensions
+            return ((spi_r if flags & INITIATOR else spi_i) not in self.engine.sas
+                    and (spi_i != _ZERO8 or spi_r != _ZERO8)
+                    and self._unknown_spi(data, flags, exchange, local, remote, now))
         # an IKE_SA_INIT request for a new IKE_SA: Message ID 0 (RFC 7296 2.2), from the initiator (3.1)
         version, mid = data[17], int.from_bytes(data[20:24], "big")
         major = version >> 4 == _MAJOR
         if major and (mid != 0 or not flags & INITIATOR):
             return self.drop("header", now, remote, "IKE_SA_INIT request with Message ID %d, flags 0x%02x",
                              mid, flags)
-        if not self.needs_cookie(remote[0]):
+        cfg, eng = self.cfg, self.engine
+        if not (cfg.force_cookies or eng._half_open >= cfg.cookie_threshold  # needs_cookie, without its frame
+                or eng._half_open_by_ip.get(remote[0], 0) >= cfg.cookie_threshold_ip):
             return False
         if not major:  # RFC 7296 2.5 asks for INVALID_MAJOR_VERSION; not to every datagram of a flood
             return self.drop("header", now, remote, "IKE major version %d", version >> 4)

@@ -49,6 +49,11 @@ log = logging.getLogger("core_ike.ike")
 _CREATED, _CONNECTING, _DESTROYED = IkeState.CREATED, IkeState.CONNECTING, IkeState.DESTROYED
 _ESTABLISHED, _REKEYING, _DELETING = IkeState.ESTABLISHED, IkeState.REKEYING, IkeState.DELETING
 _IKE_SA_INIT, _IKE_AUTH = ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH
+_CREATE_CHILD_SA, _INFORMATIONAL = ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL
+_SA_PAYLOAD, _REKEY_SA, _INVALID_IKE_SPI = PayloadType.SA, NotifyType.REKEY_SA, NotifyType.INVALID_IKE_SPI
+_PROTO_IKE, _PROTO_CHILD = ProtocolId.IKE, (ProtocolId.ESP, ProtocolId.AH)
+_INSTALLED, _CHILD_REKEYING = ChildState.INSTALLED, ChildState.REKEYING
+_RESTART, _NEED_MORE = Status.RESTART, Status.NEED_MORE
 
 # (original initiator, response) -> header flags, without IntFlag arithmetic per message
 _HEADER_FLAGS = ((HeaderFlag.NONE, HeaderFlag.RESPONSE),
@@ -264,9 +269,9 @@ class TaskManager:
         try:
             for t in out.tasks:
                 st = t.process_i(sa, msg, now)
-                if st is Status.RESTART:
+                if st is _RESTART:
                     restart = True
-                elif st is Status.NEED_MORE:
+                elif st is _NEED_MORE:
                     if out.exchange == _IKE_AUTH:
                         # RFC 7296 2.16: another IKE_AUTH round (EAP), built by this task alone; the
                         # other tasks of the exchange process the final response
@@ -415,11 +420,11 @@ class TaskManager:
             tasks = [IkeAuth()]
             if eap_round(sa, msg):  # RFC 7296 2.16: SA and TS are answered with the final AUTH
                 return tasks
-            if msg.get(PayloadType.SA) is not None:
+            if msg.get(_SA_PAYLOAD) is not None:
                 tasks.append(ChildCreate(None, in_auth=True))
-        elif x == ExchangeType.CREATE_CHILD_SA:
+        elif x == _CREATE_CHILD_SA:
             tasks = [self._create_child_task(msg)]
-        elif x == ExchangeType.INFORMATIONAL:
+        elif x == _INFORMATIONAL:
             tasks = [Informational()]
         else:
             tasks = []
@@ -427,12 +432,12 @@ class TaskManager:
 
     def _create_child_task(self, msg: Message) -> Task:
         sa = self.sa
-        rekey = msg.notify(NotifyType.REKEY_SA)
-        sa_pl = msg.get(PayloadType.SA)
+        rekey = msg.notify(_REKEY_SA)
+        sa_pl = msg.get(_SA_PAYLOAD)
         props: list[Proposal] = getattr(sa_pl, "proposals", [])
-        is_ike = bool(props) and props[0].protocol == ProtocolId.IKE
+        is_ike = bool(props) and props[0].protocol == _PROTO_IKE
         old = None
-        if rekey is not None and rekey.protocol in (ProtocolId.ESP, ProtocolId.AH):
+        if rekey is not None and rekey.protocol in _PROTO_CHILD:
             old = sa.child_by_spi(int.from_bytes(rekey.spi, "big"), inbound=False)
             if old is None:  # RFC 7296 2.25.1
                 raise ProtocolError("CHILD_SA to rekey not found", NotifyType.CHILD_SA_NOT_FOUND, rekey.spi)
@@ -508,9 +513,9 @@ class TaskManager:
                 log.info("CHILD_SA %s{%d} expired", c.name, c.unique_id)
                 c.expire_at = None
                 self.queue_task(ChildDelete(child=c, reason="expired"), now)
-            elif c.rekey_at is not None and now >= c.rekey_at and c.state is ChildState.INSTALLED:
+            elif c.rekey_at is not None and now >= c.rekey_at and c.state is _INSTALLED:
                 c.rekey_at = None
-                c.set_state(ChildState.REKEYING)
+                c.set_state(_CHILD_REKEYING)
                 log.info("rekeying CHILD_SA %s{%d}", c.name, c.unique_id)
                 self.queue_task(ChildCreate(None, in_auth=False, rekey=c), now)
         if sa.config.dpd_delay > 0 and not sa.dpd_pending and now >= sa.last_in + sa.config.dpd_delay \
@@ -548,7 +553,7 @@ class TaskManager:
         message ID); the SA is closed at once instead of after its retransmissions."""
         sa = self.sa
         out = self.outstanding
-        if msg.notify(NotifyType.INVALID_IKE_SPI) is None or out is None or out.mid != msg.message_id \
+        if msg.notify(_INVALID_IKE_SPI) is None or out is None or out.mid != msg.message_id \
                 or not sa.established:
             log.info("%s: ignoring unprotected INFORMATIONAL response %d", sa.label, msg.message_id)
             return
