@@ -30,7 +30,6 @@ from logging.handlers import SysLogHandler
 from typing import Any, NoReturn, TextIO
 
 from ..errors import LocalError
-from .logrecords import LeanRecord
 
 EXIT_STATUS = ("exit status: 0 after SIGTERM or SIGINT; 2 when the configuration or the start-up fails "
                "(one line on stderr says why)")
@@ -44,7 +43,6 @@ ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)  # bytes; 512 is the POSIX minim
 _FIXED = (str, int, float, bytes, type(None))  # arguments whose text cannot change after the call
 _FIXED_TYPES = frozenset((str, int, float, bool, bytes, type(None)))
 _MILLIS = tuple(f"{i:03d}" for i in range(1000))  # "%(msecs)03d" of 0 to 999: no int formatting per line
-_STOCK_RECORDS = frozenset((logging.LogRecord, LeanRecord))  # whose getMessage is logging.LogRecord's
 
 
 def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
@@ -100,12 +98,7 @@ class TimedFormatter(logging.Formatter):
         out: list[str] = []
         for r, text in batch:
             if text is None:
-                if type(r) in _STOCK_RECORDS:  # LogRecord.getMessage's text, without its frame
-                    text = r.msg if type(r.msg) is str else str(r.msg)
-                    if r.args:
-                        text %= r.args
-                else:
-                    text = r.getMessage()
+                text = r.getMessage()
             if int(r.created) != second:
                 stamp, second = self.formatTime(r, _TIME_FORMAT), int(r.created)
             ms = int(r.msecs)
@@ -138,12 +131,7 @@ class JournalFormatter(LineFormatter):
         out: list[str] = []
         for r, text in batch:
             if text is None:
-                if type(r) in _STOCK_RECORDS:  # LogRecord.getMessage's text, without its frame
-                    text = r.msg if type(r.msg) is str else str(r.msg)
-                    if r.args:
-                        text %= r.args
-                else:
-                    text = r.getMessage()
+                text = r.getMessage()
             line = f"<{_priority(r.levelno)}>[{r.name}] {text}{term}"
             if r.exc_info or r.stack_info or not (text.isprintable() and r.name.isprintable()):
                 line = self._marked(r, line[:len(line) - len(term)]) + term
