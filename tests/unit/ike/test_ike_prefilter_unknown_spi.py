@@ -63,3 +63,18 @@ def test_unknown_spi_is_not_decoded_and_a_request_gets_invalid_ike_spi(monkeypat
     p.pump()
     assert decoded and p.a.ike_sas() == [] and p.b.ike_sas() == []
     assert p.b.counters["drop-unknown-spi"] == 2
+
+
+def test_zero_spis_pass_to_the_extensions_and_a_nonzero_spir_on_a_new_request_is_unknown() -> None:
+    p = make_pair()
+    local, remote = (B_IP, 500), (A_IP, 500)
+    check = p.b.prefilter.check
+    zero = bytes(8)
+    # zero SPIs both (an ME connectivity check, docs/protocol.md): the engine's extensions decide
+    assert check(_msg(zero, zero, HeaderFlag.INITIATOR), local, remote, p.now) is False
+    assert check(_msg(zero, zero, HeaderFlag.RESPONSE, ExchangeType.IKE_SA_INIT), local, remote, p.now) is False
+    assert "drop-unknown-spi" not in p.b.counters
+    # an IKE_SA_INIT request naming an SPIr, or with a zero SPIi and a SPIr: an IKE_SA we do not have
+    assert check(_msg(b"\x05" * 8, b"\x06" * 8, HeaderFlag.INITIATOR, ExchangeType.IKE_SA_INIT), local, remote, p.now)
+    assert check(_msg(zero, b"\x06" * 8, HeaderFlag.INITIATOR, ExchangeType.IKE_SA_INIT), local, remote, p.now)
+    assert p.b.counters["drop-unknown-spi"] == 2
