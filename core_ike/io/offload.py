@@ -275,7 +275,7 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
     payload = src[h : h + full * mss].reshape(full, mss)
     rows[:full, h : h + mss] = payload
     if last:
-        rows[full, h : h + last] = src[h + full * mss :]
+        plain[full * stride + h : full * stride + h + last] = frame[h + full * mss :]
     # payload sums (little-endian words; an odd last chunk ends with the low half of a word, RFC 1071)
     sums = np.empty(n, np.int64)
     if mss % 2 == 0:
@@ -299,23 +299,24 @@ def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: i
     """`segment_into`'s per-segment fields, written into every row of `plain` (each a copy of the frame's
     headers `head`) as numpy columns: IP total (IPv4) or payload (IPv6) length, IPv4 ID and header
     checksum, TCP sequence number, flags and checksum (`off`: the TCP header's offset in `head`). `sums`:
-    each segment's payload sum (int64)."""
+    each segment's payload sum (int64; used as scratch). The first and last rows' exceptions are
+    written afterwards with struct (cheaper than numpy's scalar item access)."""
     np = _np
     n = len(sums)
     thl = len(head) - off
     tcp_len = thl + mss
     tail_len = thl + total - (n - 1) * mss
+    end = (n - 1) * stride  # the last row
     seq0 = _I.unpack_from(head, off + 4)[0]
-    idx = np.arange(n, dtype=np.int64)
-    seqs = (idx * mss + seq0) & 0xFFFFFFFF
+    steps, counts = _steps(n, mss)
+    seqs = np.add(steps, np.uint32(seq0))  # uint32: wraps modulo 2^32 as sequence numbers do
     flags = head[off + 13]
     mid_f = flags & ~(_FIN | _PSH | _CWR)
     first_f = flags & ~(_FIN | _PSH)  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
     last_f = flags & ~_CWR  # FIN and PSH stay on the last one
-    fl = _column(plain, off + 13, stride, n, "u1")
-    fl[:] = mid_f
-    fl[0] = first_f
-    fl[n - 1] = last_f
+    _column(plain, off + 13, stride, n, "u1")[:] = mid_f
+    plain[off + 13] = first_f
+    plain[end + off + 13] = last_f
     _column(plain, off + 4, stride, n, ">u4")[:] = seqs
     # TCP checksum (RFC 9293 3.1, RFC 8200 8.1): pseudo-header addresses and protocol, the header's
     # constant words (ports, ack, data offset, window, urgent pointer, options), then per segment its
@@ -328,27 +329,54 @@ def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: i
     tcp[16:18] = bytes(2)
     k = int.from_bytes(head[8:40] if v6 else head[12:20], "big") + _TCP + int.from_bytes(tcp, "big") + tcp_len + mid_f
     k %= 0xFFFF  # congruent, and small enough for int64 arithmetic
-    tsums = (-(sums * 256 + seqs + k)) % 0xFFFF
-    tsums[0] = (int(tsums[0]) - first_f + mid_f) % 0xFFFF
-    tsums[n - 1] = (int(tsums[n - 1]) - last_f + mid_f - tail_len + tcp_len) % 0xFFFF
-    _column(plain, off + 16, stride, n, ">u2")[:] = tsums
+    first_sum, last_sum = int(sums[0]), int(sums[n - 1])
+    sums *= 256  # in place: the complement of sum * 256 + seq + k, modulo 0xFFFF (numpy's % is floored)
+    sums += seqs
+    np.subtract(-k, sums, out=sums)
+    sums %= 0xFFFF
+    _column(plain, off + 16, stride, n, ">u2")[:] = sums
+    _H.pack_into(plain, off + 16, (-(first_sum * 256 + seq0 + k) - first_f + mid_f) % 0xFFFF)
+    seq_last = (seq0 + (n - 1) * mss) & 0xFFFFFFFF
+    _H.pack_into(plain, end + off + 16, (-(last_sum * 256 + seq_last + k) - last_f + mid_f - tail_len + tcp_len) % 0xFFFF)
     if v6:
         ext = off - 40  # extension headers count in the IPv6 payload length
-        pl = _column(plain, 4, stride, n, ">u2")
-        pl[:] = ext + tcp_len
-        pl[n - 1] = ext + tail_len
+        _column(plain, 4, stride, n, ">u2")[:] = ext + tcp_len
+        _H.pack_into(plain, end + 4, ext + tail_len)
         return
-    tl = _column(plain, 2, stride, n, ">u2")
-    tl[:] = off + tcp_len
-    tl[n - 1] = off + tail_len
+    _ipv4_fields(plain, stride, head, off, n, counts, off + tcp_len, off + tail_len)
+
+
+def _ipv4_fields(plain: bytearray, stride: int, head: bytes, off: int, n: int, counts: Any, length: int,
+                 tail_length: int) -> None:
+    """`_segment_fields`' IPv4 total length (`length`, the last row `tail_length`), ID and header checksum."""
+    np = _np
+    end = (n - 1) * stride
+    # IPv4 total length and ID (adjacent) as one 32-bit column; consecutive IDs, as Linux TSO (RFC 6864 4.1)
+    id0 = _H.unpack_from(head, 4)[0]
+    ids = np.add(counts, np.uint32(id0))
+    ids &= 0xFFFF
+    id_last = (id0 + n - 1) & 0xFFFF
+    _column(plain, 2, stride, n, ">u4")[:] = ids + (length << 16)
+    _H.pack_into(plain, end + 2, tail_length)
     ip = bytearray(head[:off])
     ip[2:6] = bytes(4)
     ip[10:12] = bytes(2)
-    ids = (idx + _H.unpack_from(head, 4)[0]) & 0xFFFF  # consecutive IDs, as Linux TSO (RFC 6864 4.1)
-    _column(plain, 4, stride, n, ">u2")[:] = ids
-    isums = (-(ids + (int.from_bytes(ip, "big") + off + tcp_len) % 0xFFFF)) % 0xFFFF  # RFC 791 3.1
-    isums[n - 1] = (int(isums[n - 1]) - tail_len + tcp_len) % 0xFFFF
-    _column(plain, 10, stride, n, ">u2")[:] = isums
+    c = (int.from_bytes(ip, "big") + length) % 0xFFFF  # RFC 791 3.1: all but length and ID
+    np.subtract(0x1FFFE - c, ids, out=ids)  # the complement; uint32, kept above 0 (ID <= 0xFFFF, c < 0xFFFF)
+    ids %= 0xFFFF
+    _column(plain, 10, stride, n, ">u2")[:] = ids
+    _H.pack_into(plain, end + 10, (-(id_last + c) - tail_length + length) % 0xFFFF)
+
+
+@functools.lru_cache(maxsize=64)
+def _steps(n: int, mss: int) -> tuple[Any, Any]:
+    """(0, mss, 2 mss, ...) and (0, 1, 2, ...), `n` each, as read-only uint32 arrays."""
+    steps = _np.arange(n, dtype=_np.uint64) * mss
+    counts = _np.arange(n, dtype=_np.uint32)
+    steps = (steps & 0xFFFFFFFF).astype(_np.uint32)
+    steps.flags.writeable = False
+    counts.flags.writeable = False
+    return steps, counts
 
 
 def _gso_tcp(frame: bytes | memoryview, hdr: VnetHdr, gso: int) -> tuple[bool, int, int]:
