@@ -242,10 +242,10 @@ class EspSa:
         ivs = np.arange(seq0 + 1, seq0 + n + 1, dtype=np.uint64)
         np.ndarray((n,), ">u8", out, 0, (size,))[:] = (ivs & 0xFFFFFFFF) | (self.spi << 32)
         np.ndarray((n,), ">u8", out, 8, (size,))[:] = ivs
-        rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
-        rows[:, length : length + pad + 2] = np.frombuffer(_PADS[pad] + bytes((pad, next_header)), np.uint8)
+        # every row's trailer through one strided view of `plain` (no view of the whole rows)
+        np.ndarray((n, pad + 2), np.uint8, plain, length, (stride, 1))[:] = np.frombuffer(
+            _PADS[pad] + bytes((pad, next_header)), np.uint8)
         plain[(n - 1) * stride + tail : (n - 1) * stride + tail + tail_pad + 2] = _PADS[tail_pad] + bytes((tail_pad, next_header))
-        del rows
         # nonce = salt | IV (RFC 4106 4, RFC 4309 4, RFC 7634 2), written as two numpy columns; then one AEAD
         # call per packet through map() over slices cut once per layout (`VIEWS`)
         nl = len(salt) + AEAD_IV

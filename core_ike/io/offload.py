@@ -524,13 +524,17 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
     end = seq0 + (n - 1) * plen
     expected = range(seq0, end + 1, plen) if end < 1 << 32 else [(seq0 + i * plen) & 0xFFFFFFFF for i in range(n)]
     nonzero = _np.count_nonzero  # C-level; ndarray.any() goes through a Python wrapper (numpy _methods)
-    if (nonzero((rows[1:, :h] ^ rows[0, :h]) & _same_mask(h, v6)) or tuple(expected) != seqs
+    differ = rows[1:, :h] ^ rows[0, :h]
+    differ &= _same_mask(h, v6)
+    if (nonzero(differ) or tuple(expected) != seqs
             or ip_len[: n - 1].count(length - 40 if v6 else length) != n - 1 or ip_len[-1] != (tail - 40 if v6 else tail)
             or flags[: n - 1].count(_ACK) != n - 1 or flags[-1] not in (_ACK, _ACK | _PSH)):
         return None
     # (`_tcp_candidate`'s correction: the pseudo-header's protocol and length, the IPv4 addresses once
     # more, the IPv6 header's first 8 octets out; equal in all full-size segments)
-    if nonzero((sums + _tcp_small(first, off, v6) % 0xFFFF) % 0xFFFF) or (whole < n and (
+    sums += _tcp_small(first, off, v6) % 0xFFFF  # in place: `row_sums` gives a new array
+    sums %= 0xFFFF
+    if nonzero(sums) or (whole < n and (
             csum_le(plain[(n - 1) * stride : (n - 1) * stride + tail])
             + _tcp_small(plain[(n - 1) * stride : (n - 1) * stride + 40], off, v6, tail)) % 0xFFFF):
         return None
