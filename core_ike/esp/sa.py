@@ -30,7 +30,6 @@ import itertools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hmac
@@ -58,7 +57,6 @@ _HDR = struct.Struct(">II")
 _SEQ_HI = struct.Struct(">I")
 _Q = struct.Struct(">Q")
 _QQ = struct.Struct(">QQ")
-_U4 = struct.Struct("<I")  # a 4-octet salt as the little-endian number numpy writes back in order
 _HDR_IV = struct.Struct(">IIQ")  # SPI | Seq | explicit IV (the 64-bit counter)
 
 # RFC 4303 2.4: pad bytes are 1, 2, 3, ... ; index by pad length
@@ -252,7 +250,7 @@ class EspSa:
         # call per packet through map() over slices cut once per layout (`VIEWS`)
         nl = len(salt) + AEAD_IV
         nonces = VIEWS.nonces(n)
-        _salt_column(np, nonces, salt, n)
+        np.ndarray((n, len(salt)), np.uint8, nonces, 0, (nl, 1))[:] = np.frombuffer(salt, np.uint8)
         np.ndarray((n,), ">u8", nonces, len(salt), (nl,))[:] = ivs
         encrypt, clen, m = into[0], length + pad + 2, n - 1
         if m:
@@ -361,8 +359,9 @@ class EspSa:
         sl = len(salt)
         nl = sl + AEAD_IV
         nonces = VIEWS.nonces(count)
-        _salt_column(np, nonces, salt, count)
-        np.ndarray((count,), "<u8", nonces, sl, (nl,))[:] = np.ndarray((count,), "<u8", buf, 8, (size,))  # IVs
+        np.ndarray((count, sl), np.uint8, nonces, 0, (nl, 1))[:] = np.frombuffer(salt, np.uint8)
+        np.ndarray((count, AEAD_IV), np.uint8, nonces, sl, (nl, 1))[:] = np.ndarray(
+            (count, AEAD_IV), np.uint8, buf, 8, (size, 1))
         decrypt, o = into[1], m * size
         try:
             if m:
@@ -445,14 +444,3 @@ class EspSa:
         c.packets_in += 1
         c.last_in = now
         return plain[-1], plain[:body_len]
-
-
-def _salt_column(np: Any, nonces: bytearray, salt: bytes, count: int) -> None:
-    """The salt at the start of each of `count` nonces (salt | IV) in `nonces`: one 32-bit column for a
-    4-octet salt (GCM, RFC 4106 4; ChaCha20-Poly1305, RFC 7634 2), else one octet column per salt octet
-    (CCM's 3, RFC 4309 4)."""
-    nl = len(salt) + AEAD_IV
-    if len(salt) == 4:
-        np.ndarray((count,), "<u4", nonces, 0, (nl,))[:] = _U4.unpack(salt)[0]
-    else:
-        np.ndarray((count, len(salt)), np.uint8, nonces, 0, (nl, 1))[:] = np.frombuffer(salt, np.uint8)
