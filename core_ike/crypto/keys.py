@@ -7,23 +7,21 @@ who sends a given request (RFC 7296 2.14).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import LocalError
 from ..rng import Rng
 from .prf import Prf, prf_for, prf_plus
-from .sk import AEAD_ENCR, AeadProtector, CbcHmacProtector, key_lengths, make_protector
+from .sk import AeadProtector, CbcHmacProtector, key_lengths, make_protector
 
 __all__ = [
     "ChildKeys",
     "IkeKeys",
-    "IkePlan",
     "IkeSuite",
     "child_keymat",
     "derive_child_keys",
     "derive_ike_keys",
     "derive_ike_rekey_keys",
-    "derive_ike_sa",
-    "ike_plan",
     "ike_protectors",
     "skeyseed",
 ]
@@ -31,10 +29,10 @@ __all__ = [
 _set = object.__setattr__
 
 
-@dataclass(frozen=True, slots=True)
-class IkeSuite:
+class IkeSuite(NamedTuple):
     """The negotiated transforms an IKE SA's keys depend on (RFC 7296 2.14): PRF, encryption (with its
-    key length) and integrity (None with an AEAD)."""
+    key length) and integrity (None with an AEAD). A tuple: the per-suite caches below hash it in C
+    (a frozen dataclass's hash is a Python call per lookup)."""
 
     prf_id: int
     encr_id: int
@@ -165,7 +163,7 @@ def ike_protectors(
 ) -> tuple[CbcHmacProtector | AeadProtector, CbcHmacProtector | AeadProtector]:
     """(outbound, inbound) SK protectors for the original initiator or responder (RFC 7296 2.14)."""
     e = suite.encr_id
-    aead_len = _AEAD_SUITES.get(suite)  # one lookup: an IkeSuite's hash is a Python call
+    aead_len = _AEAD_SUITES.get(suite)
     if aead_len is not None and len(keys.sk_ei) == len(keys.sk_er) == aead_len:
         # the checks of make_protector done once per suite: an AEAD with these key lengths
         p_i: CbcHmacProtector | AeadProtector = AeadProtector(e, keys.sk_ei, rng)
@@ -182,60 +180,3 @@ def ike_protectors(
 # AEAD suites make_protector accepted before -> their SK_e length (salt included)
 _AEAD_SUITES: dict[IkeSuite, int] = {}
 
-
-class IkePlan:
-    """What a new IKE SA's derivation needs of its suite (RFC 7296 2.14), worked out once per suite
-    (`ike_plan`): the PRF, the prf+ stream's length and each key's bounds in it, the AEAD cipher when
-    the suite is one. A responder derives its keys right after
-    waking up: a plan spares it the suite's hashing (a Python call per dict lookup of an IkeSuite), the
-    split's lookup, the layers of calls and the IkeKeys object thrown away."""
-
-    __slots__ = ("aead", "bounds", "prf", "suite", "total")
-
-    def __init__(self, suite: IkeSuite) -> None:
-        self.suite = suite
-        self.prf = prf = prf_for(suite.prf_id)
-        self.total, self.bounds = _split_of(suite, prf.key_size)
-        # the AEAD ciphers make_protector makes without INTEG (RFC 5282 8); else make_protector's checks
-        self.aead = suite.encr_id if suite.integ_id is None and suite.encr_id in AEAD_ENCR else 0
-
-
-_PLANS: dict[IkeSuite, IkePlan] = {}
-
-
-def ike_plan(suite: IkeSuite) -> IkePlan:
-    """The plan of `suite`, kept (a handful of suites); LocalError when the suite's keys cannot be made."""
-    plan = _PLANS.get(suite)
-    if plan is None:
-        plan = IkePlan(suite)
-        if len(_PLANS) < 64:
-            _PLANS[suite] = plan
-    return plan
-
-
-def derive_ike_sa(plan: IkePlan, ni: bytes, nr: bytes, shared: bytes, spis: bytes, initiator: bool, rng: Rng,
-                  counters: list[bytes] | None = None) -> tuple[
-        bytes, bytes, bytes, CbcHmacProtector | AeadProtector, CbcHmacProtector | AeadProtector]:
-    """(SK_d, SK_pi, SK_pr, outbound, inbound protector) of a new IKE SA after IKE_SA_INIT, `spis` its
-    SPIi | SPIr: what derive_ike_keys and ike_protectors give, the same octets (RFC 7296 2.14: SKEYSEED
-    = prf(Ni | Nr, g^ir), then prf+(SKEYSEED, Ni | Nr | SPIi | SPIr)). `counters`: the AEAD protectors'
-    IV counter starts drawn before (RFC 5282 3.1; SK_ei's first), else drawn from `rng` as
-    AeadProtector does."""
-    if len(spis) != 16:
-        raise LocalError("IKE SPIs must be 8 octets each")
-    prf = plan.prf
-    k = prf_plus(prf, skeyseed(prf, ni, nr, shared), ni + nr + spis, plan.total)
-    (a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5), (a6, b6) = plan.bounds
-    e = plan.aead
-    if e:  # ike_protectors' AEAD case: SK_ei's protector first (its IV counter start drawn first)
-        c_i, c_r = counters if counters else (None, None)
-        p_i: CbcHmacProtector | AeadProtector = AeadProtector(e, k[a3:b3], rng, c_i)
-        p_r: CbcHmacProtector | AeadProtector = AeadProtector(e, k[a4:b4], rng, c_r)
-    else:
-        suite = plan.suite
-        bits, a = suite.key_bits, suite.integ_id
-        p_i = make_protector(suite.encr_id, bits, a, k[a3:b3], k[a1:b1], rng=rng)
-        p_r = make_protector(suite.encr_id, bits, a, k[a4:b4], k[a2:b2], rng=rng)
-    if initiator:
-        return k[a0:b0], k[a5:b5], k[a6:b6], p_i, p_r
-    return k[a0:b0], k[a5:b5], k[a6:b6], p_r, p_i

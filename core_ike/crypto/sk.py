@@ -179,7 +179,7 @@ class AeadProtector:
         "iv_size",
     )
 
-    def __init__(self, encr_id: int, sk_e: bytes, rng: Rng, counter: bytes | None = None) -> None:
+    def __init__(self, encr_id: int, sk_e: bytes, rng: Rng) -> None:
         salt_len, self.icv_size = _AEAD[encr_id]
         key, self._salt = sk_e[:-salt_len], sk_e[-salt_len:]
         self._key = key
@@ -190,9 +190,8 @@ class AeadProtector:
         # GCM with 8/12-octet ICVs: AESGCM only emits/accepts 16-octet tags (SP 800-38D 5.2.1.2)
         self._truncated_gcm = encr_id in _SHORT_GCM
         # RFC 5282 3.1: the explicit IV must never repeat under one key. A 64-bit counter from a
-        # random start gives uniqueness without a random draw per message; `counter`: that start drawn
-        # before (8 octets from `rng`, core_ike/ike/tasks/ike_init.py defer_keys)
-        self._counter = int.from_bytes(rng.bytes(8) if counter is None else counter, "big")
+        # random start gives uniqueness without a random draw per message.
+        self._counter = int.from_bytes(rng.bytes(8), "big")
         self.block_size = 1
         self.iv_size = _AEAD_IV_LEN
 

@@ -25,7 +25,7 @@ from ...constants import (
     name_of,
 )
 from ...crypto.dh import KeyExchange, check_public, new_key_exchange
-from ...crypto.keys import IkePlan, IkeSuite, derive_ike_keys, derive_ike_sa, ike_plan, ike_protectors
+from ...crypto.keys import IkeSuite, derive_ike_keys, ike_protectors
 from ...crypto.prf import prf_for
 from ...crypto.proposals import describe, parse_proposals, select_proposal
 from ...errors import LocalError, ProtocolError
@@ -142,7 +142,6 @@ class Negotiated(NamedTuple):
     suite: IkeSuite | None
     text: str
     body: bytes = b""
-    plan: IkePlan | None = None  # the suite's derivation plan (None: the suite's keys cannot be made)
 
 
 # Peers of one kind send the same SA payload in every IKE_SA_INIT and we answer from the same
@@ -173,12 +172,7 @@ def negotiate(ours: list[Proposal], offered: list[Proposal], ke_group: int,
                 body = encode_payloads([SaPayload([chosen])])[4:]  # after the generic header (RFC 7296 3.2)
             except (struct.error, LocalError):  # not encodable: the response's encoder says why
                 body = b""
-            suite = IkeSuite(prf_id, encr, bits, integ)
-            try:
-                plan = ike_plan(suite)
-            except LocalError:  # the derivation says why, when it comes to it
-                plan = None
-            hit = Negotiated(chosen, group, suite, describe(chosen), body, plan)
+            hit = Negotiated(chosen, group, IkeSuite(prf_id, encr, bits, integ), describe(chosen), body)
         if len(_NEGOTIATED) >= NEGOTIATED_MAX:
             _NEGOTIATED.clear()
         _NEGOTIATED[key] = hit
@@ -222,18 +216,19 @@ def _install_keys(sa: IkeSaView, chosen: Proposal, shared: bytes, neg: Negotiate
 
 class PendingKeys(NamedTuple):
     """A responder's IKE_SA keys not derived yet (`defer_keys`): our key pair, the peer's KE data
-    (checked with check_public), the key suite and its plan (None: one whose keys cannot be made, the
-    derivation says why) and the random octets its SK protectors take when made."""
+    (checked with check_public), the key suite and the random octets its SK protectors take when made."""
 
     ke: KeyExchange
     peer_public: bytes
     suite: IkeSuite
-    plan: IkePlan | None
     drawn: list[bytes]
 
 
 class _Drawn:
-    """An Rng that gives octets drawn before (`defer_keys`), then the engine's source."""
+    """An Rng that gives octets drawn before (`defer_keys`), then the engine's source: an AEAD SK
+    protector's IV counter start (RFC 5282 3.1), one 8-octet draw per direction, is drawn where the keys
+    are deferred, so that the engine's random draws (SPIs, nonces) come in the same order however late
+    the derivation runs (a run stays reproducible from its inputs)."""
 
     __slots__ = ("_drawn", "_rng")
 
@@ -256,36 +251,23 @@ def defer_keys(sa: IkeSaView, chosen: Proposal, ke: KeyExchange, peer_public: by
     two protectors' IV counter starts (RFC 5282 3.1, 8 octets per direction) in the same draw (one
     system call of the OS source instead of three): the engine's random draws come in the same order
     however late the derivation runs (a run stays reproducible from its inputs)."""
-    plan, suite = neg.plan, neg.suite
-    if plan is None or suite is None:
-        suite = _choose(sa, chosen, neg)
-    else:  # _choose's work, from the plan
-        sa.prf = plan.prf
-        sa.prf_id = suite.prf_id
-        sa.proposal = chosen
-        sa.proposal_text = neg.text
+    suite = _choose(sa, chosen, neg)
     if suite.integ_id is None:
         drawn = sa.ctx.rng.bytes(NONCE_LEN + 16)
         sa.nr, counters = drawn[:NONCE_LEN], [drawn[NONCE_LEN:NONCE_LEN + 8], drawn[NONCE_LEN + 8:]]
     else:
         sa.nr, counters = sa.ctx.rng.bytes(NONCE_LEN), []
-    sa.pending_keys = PendingKeys(ke, peer_public, suite, plan, counters)
+    sa.pending_keys = PendingKeys(ke, peer_public, suite, counters)
 
 
 def derive_pending(sa: IkeSaView) -> None:
-    """The keys `defer_keys` left: g^ir (RFC 7296 2.14), the SK keys and the SK protectors, as `_derive`
-    makes them. ProtocolError(INVALID_SYNTAX) when the key exchange rejects the peer's value; the SA
-    stays without keys then."""
+    """The keys `defer_keys` left: g^ir (RFC 7296 2.14) and the SK keys. ProtocolError(INVALID_SYNTAX)
+    when the key exchange rejects the peer's value; the SA stays without keys then."""
     job = sa.pending_keys
     if job is None:
         return
     sa.pending_keys = None
-    shared = job.ke.compute(job.peer_public)
-    if job.plan is None:
-        _derive(sa, job.suite, shared, _Drawn(job.drawn, sa.ctx.rng) if job.drawn else None)
-        return
-    sa.sk_d, sa.sk_pi, sa.sk_pr, sa.out_prot, sa.in_prot = derive_ike_sa(
-        job.plan, sa.ni, sa.nr, shared, sa.spi_i + sa.spi_r, sa.is_original_initiator, sa.ctx.rng, job.drawn)
+    _derive(sa, job.suite, job.ke.compute(job.peer_public), _Drawn(job.drawn, sa.ctx.rng) if job.drawn else None)
 
 
 class IkeInit(Task):

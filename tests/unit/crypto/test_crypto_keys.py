@@ -128,33 +128,10 @@ def test_bad_spi_length() -> None:
                              b"", SPI_R)
 
 
-@pytest.mark.parametrize("prf_id,encr,bits,integ", [*IKE_SUITES, (PrfId.AES128_CMAC, EncrId.AES_GCM_16, 128, None),
-                                                    (PrfId.HMAC_SHA2_256, EncrId.CHACHA20_POLY1305, None, None)])
-@pytest.mark.parametrize("initiator", [True, False])
-@pytest.mark.parametrize("drawn", [True, False])
-def test_derive_ike_sa_is_derive_ike_keys_and_ike_protectors(prf_id: int, encr: int, bits: int | None,
-                                                             integ: int | None, initiator: bool, drawn: bool) -> None:
-    """The responder's one-call derivation from a plan gives the general path's keys and protectors: the
-    same SK_d/SK_pi/SK_pr, and protectors that seal the same octets with the same random draws (the IV
-    counter starts given or drawn, SK_ei's first)."""
-    suite = keys.IkeSuite(prf_id, encr, bits, integ)
-    ref = keys.derive_ike_keys(suite, NI, NR, SHARED, SPI_I, SPI_R)
-    ref_out, ref_in = keys.ike_protectors(ref, suite, initiator, SeededRng("draws"))
-    rng = SeededRng("draws")
-    counters = [rng.bytes(8), rng.bytes(8)] if drawn and integ is None else None
-    plan = keys.ike_plan(suite)
-    got = keys.derive_ike_sa(plan, NI, NR, SHARED, SPI_I + SPI_R, initiator,
-                             rng if counters is None else SeededRng("other"), counters)
-    assert got[:3] == (ref.sk_d, ref.sk_pi, ref.sk_pr)
-    out, inb = got[3:]
-    assert type(out) is type(ref_out) and type(inb) is type(ref_in)
-    for ours, theirs in ((out, ref_out), (inb, ref_in)):
-        a, b = ours.seal(b"hdr", b"payloads"), theirs.seal(b"hdr", b"payloads")
-        if integ is None:  # AEAD: the IV counter decides the octets
-            assert a == b
-        assert theirs.open(b"hdr", a) == b"payloads"  # the same keys in the same direction
-
-
-def test_ike_plan_refuses_a_suite_without_keys() -> None:
-    with pytest.raises(LocalError):
-        keys.ike_plan(keys.IkeSuite(PrfId.HMAC_SHA2_256, EncrId.AES_CBC, 128, None))  # CBC needs INTEG
+def test_a_suite_is_a_value_hashed_by_its_transforms() -> None:
+    """The per-suite caches (key split, AEAD protectors) key on IkeSuite: equal transforms, equal keys."""
+    a = keys.IkeSuite(PrfId.HMAC_SHA2_256, EncrId.AES_GCM_16, 128, None)
+    b = keys.IkeSuite(prf_id=PrfId.HMAC_SHA2_256, encr_id=EncrId.AES_GCM_16, key_bits=128, integ_id=None)
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert a != keys.IkeSuite(PrfId.HMAC_SHA2_256, EncrId.AES_GCM_16, 256, None)
+    assert (a.prf_id, a.encr_id, a.key_bits, a.integ_id) == (PrfId.HMAC_SHA2_256, EncrId.AES_GCM_16, 128, None)
