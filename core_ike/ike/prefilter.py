@@ -290,9 +290,7 @@ class Prefilter:
         if major and (mid != 0 or not flags & INITIATOR):
             return self.drop("header", now, remote, "IKE_SA_INIT request with Message ID %d, flags 0x%02x",
                              mid, flags)
-        cfg, eng = self.cfg, self.engine
-        if not (cfg.force_cookies or eng._half_open >= cfg.cookie_threshold  # needs_cookie, without its frame
-                or eng._half_open_by_ip.get(remote[0], 0) >= cfg.cookie_threshold_ip):
+        if not self.needs_cookie(remote[0]):
             return False
         if not major:  # RFC 7296 2.5 asks for INVALID_MAJOR_VERSION; not to every datagram of a flood
             return self.drop("header", now, remote, "IKE major version %d", version >> 4)

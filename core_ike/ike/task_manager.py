@@ -380,15 +380,7 @@ class TaskManager:
         kept and sent as `_send_response` keeps and sends one (RFC 7296 2.1 response cache)."""
         self.cached_response = (mid, [packet])
         self.peer_mid = mid + 1
-        # `_send` of one packet, without its frame and loop (a responder's every IKE_SA_INIT and IKE_AUTH)
-        sa = self.sa
-        eng, local, port = sa.engine, sa.local, sa.local[1]
-        data = b"\x00\x00\x00\x00" + packet if port == eng.natt_port or port in eng.natt_extra else packet
-        if log.isEnabledFor(logging.INFO):
-            log.info("sending packet: from %s[%d] to %s[%d] (%d bytes)", local[0], port, sa.remote[0], sa.remote[1],
-                     len(data))
-        eng.send(data, local, sa.remote)
-        sa.last_out = now
+        self._send([packet], now)
 
     def _respond_error(self, req: Message, e: ProtocolError, now: float) -> None:
         sa = self.sa
