@@ -139,14 +139,10 @@ class Daemon:
         log.debug("event %s", type(e).__name__)
         if self.glue is not None:
             e = self.glue.handle(e)  # a CHILD_SA the data plane refused comes back as ChildSaFailed
-        if isinstance(e, ev.IkeSaEstablished):  # a responder's event per IKE_SA, without a frame more
-            self.events["ike-established"] += 1
-            self._tries.pop(e.name, None)  # its connection's keying tries end (`_keyingtries`)
-        else:
-            self._count(e)
-            if self.stopping and isinstance(e, ev.IkeSaDeleted | ev.IkeSaFailed) and not self.engine.ike_sas():
-                self._all_gone.set()
-            self._keyingtries(e)
+        self._count(e)
+        if self.stopping and isinstance(e, ev.IkeSaDeleted | ev.IkeSaFailed) and not self.engine.ike_sas():
+            self._all_gone.set()
+        self._keyingtries(e)
         self.control.feed(e)
         for fn in self.listeners:
             fn(e)
@@ -156,8 +152,10 @@ class Daemon:
 
     def _keyingtries(self, e: object) -> None:
         """swanctl keyingtries: retry a failed IKE_SA we initiated (0 = forever), with a growing delay.
-        Mediation and mediated connections have their own recovery (the mediation client); an established
-        IKE_SA ends its connection's tries (`on_event`)."""
+        Mediation and mediated connections have their own recovery (the mediation client)."""
+        if isinstance(e, ev.IkeSaEstablished):
+            self._tries.pop(e.name, None)
+            return
         if not isinstance(e, ev.IkeSaFailed) or not e.initiator:
             return
         try:
@@ -320,8 +318,9 @@ class Daemon:
         return {"ok": True, "stats": self.stats()}
 
     def _count(self, e: object) -> None:
-        """The outcomes `stats` reports, but IkeSaEstablished (`on_event` counts it)."""
-        if isinstance(e, ev.IkeSaFailed):
+        if isinstance(e, ev.IkeSaEstablished):
+            self.events["ike-established"] += 1
+        elif isinstance(e, ev.IkeSaFailed):
             self.events["ike-failed"] += 1
             self.events[f"ike-failed:{failure_kind(e.reason)}"] += 1
         elif isinstance(e, ev.ChildSaEstablished):
