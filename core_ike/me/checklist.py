@@ -74,7 +74,6 @@ class CheckList:
         # the owner's immediate send of what is queued (CheckEngine.flush): an answer leaves before the
         # triggered check it causes is made ([ME] §5.2: the peer's pair succeeds on the answer)
         self.flush: Callable[[], None] | None = None
-        self.progress = True  # a PairStateChanged for every change, else for successes only (CheckEngine.progress)
         self.pairs: list[Pair] = []
         self._initiator, self._responder = _Side(), _Side()
         self._by_id: dict[int, Pair] = {}
@@ -218,8 +217,6 @@ class CheckList:
             idx -= 1
         self.pairs.insert(idx, pair)
         self._by_id[pair.id] = pair
-        if self.progress:
-            self._events.append(PairStateChanged(self.connect_id, pair.info(), None, pair.state))
         log.debug("checklist %s: added pair %s", self.connect_id.hex(), pair)  # Pair.__str__: its info
         return pair
 
@@ -239,7 +236,7 @@ class CheckList:
         level = logging.INFO if new == _SUCCEEDED or (new == _FAILED and not self.finished) else logging.DEBUG
         if log.isEnabledFor(level):  # most changes are progress: no text made for a level not logged
             log.log(level, "checklist %s: pair %s: %s -> %s", self.connect_id.hex(), pair.id, old.value, new.value)
-        if self.progress or new is _SUCCEEDED:
+        if new is _SUCCEEDED:  # the one change its owners act on (a pair's progress is in the debug line)
             self._events.append(PairStateChanged(self.connect_id, pair.info(), old, new))
 
     def _set_list_state(self, new: ListState) -> None:

@@ -129,9 +129,11 @@ class PairInfo:
 
 @dataclass(frozen=True)
 class PairStateChanged:
+    """A pair of the list succeeded (its other changes are logged at debug, not queued: nobody acts on them)."""
+
     connect_id: bytes
     pair: PairInfo
-    old: PairState | None  # None: pair just created
+    old: PairState
     new: PairState
 
 
@@ -184,18 +186,17 @@ class Pair:
         return self.local.local_base
 
     @property
-    def remote_addr(self) -> Addr:  # Endpoint.addr inlined: a pair's endpoints have addresses (CheckList._accept)
-        remote = self.remote
-        return (remote.address, remote.port)  # type: ignore[return-value]
+    def remote_addr(self) -> Addr:
+        return self.remote.addr
 
     def __str__(self) -> str:  # the debug lines' text, made only when they are written
         return str(self.info())
 
     def info(self) -> PairInfo:  # made for every pair state change: the two properties above inlined
-        local, remote, mapped = self.local, self.remote, self.mapped  # Endpoint.addr inlined (set addresses)
-        base = local.base if local.base is not None else (local.address, local.port)
-        return PairInfo(self.id, base, (remote.address, remote.port), local.type, remote.type,  # type: ignore[arg-type]
-                        self.priority, self.state, None if mapped is None else mapped.addr)
+        local, remote = self.local, self.remote
+        base = local.base if local.base is not None else local.addr
+        return PairInfo(self.id, base, remote.addr, local.type, remote.type,
+                        self.priority, self.state, None if self.mapped is None else self.mapped.addr)
 
 
 def earliest(times: tuple[float | None, ...], pairs: list[Pair]) -> float | None:

@@ -99,7 +99,6 @@ class MediationClient(TargetRole, Extension):
         self.config = config or MediationClientConfig()
         self.rng: Rng = rng if rng is not None else engine.rng  # connect IDs and keys (docs/protocol.md §4.1)
         self.checks = CheckEngine(self.config.checks)
-        self.checks.progress = False  # _pump acts on a pair's success only
         self.checks.flush = self._send_checks
         self.paths = Paths(self.config.upgrade, self.config.checks)
         self.probes = Probes(self.config.probing, self.config.port_pool, self.rng, self._local_in_use)
@@ -592,8 +591,7 @@ class MediationClient(TargetRole, Extension):
                 return
             if probes.probes:  # no probe: nothing follows the lists' events (birthday.py)
                 probes.on_event(ev, now)
-            if type(ev) is not PairStateChanged or ev.new is _SUCCEEDED:  # a pair's progress: nothing to do
-                self._check_event(ev, now)
+            self._check_event(ev, now)
 
     def _check_event(self, ev: CheckListEvent, now: float) -> None:
         sess = self.sessions.get(ev.connect_id)

@@ -89,11 +89,7 @@ class Endpoint:
     @property
     def local_base(self) -> Addr:
         """The base of a local endpoint: the address packets really leave from (host: itself)."""
-        if self.base is not None:
-            return self.base
-        if self.address is None:  # `addr` inlined: read for every pair and check
-            raise ValueError("address-less endpoint has no transport address")
-        return (self.address, self.port)
+        return self.base if self.base is not None else self.addr
 
     def __str__(self) -> str:
         where = "-" if self.address is None else f"{self.address}[{self.port}]"

@@ -25,10 +25,6 @@ class CheckEngine:
         self._lists: dict[bytes, CheckList] = {}
         self._orphans: list[CheckList] = []  # stopped lists whose last events are not drained yet
         self.flush: Callable[[], None] | None = None  # the owner's immediate send, given to every list
-        # every list's pair changes as events (CheckList.progress), or only successes: the mediation client
-        # acts on nothing else, and a setup's other changes (pairs added, checks sent, pairs abandoned)
-        # would each be an event made, queued and drained for nobody
-        self.progress = True
 
     def __len__(self) -> int:
         return len(self._lists)
@@ -44,7 +40,7 @@ class CheckEngine:
             # docs/protocol.md §6.2: a duplicate connect ID is refused (strongSwan: "already exists, aborting")
             raise LocalError(f"checklist with connect ID {cl.connect_id.hex()} already exists")
         self._lists[cl.connect_id] = cl
-        cl.flush, cl.progress = self.flush, self.progress
+        cl.flush = self.flush
         return cl
 
     def create_initiator(self, connect_id: bytes, my_key: bytes, my_endpoints: Sequence[Endpoint],
@@ -105,20 +101,20 @@ class CheckEngine:
                 cl.handle_timer(now)
 
     # drained after every datagram and timer of the client (MediationClient._pump): no list of the lists
-    # made for it (draining a list changes neither the lists nor the orphans), and a list with nothing queued
-    # is not called (its queues are read here: most drains find them all empty)
+    # made for it (draining a list changes neither the lists nor the orphans)
     def datagrams_to_send(self) -> list[Datagram]:
         out: list[Datagram] = []
-        for lists in (self._orphans, self._lists.values()) if self._orphans else (self._lists.values(),):
-            for cl in lists:
-                if cl._out:
-                    out += cl.datagrams_to_send()
+        for cl in self._orphans:
+            out += cl.datagrams_to_send()
+        for cl in self._lists.values():
+            out += cl.datagrams_to_send()
         return out
 
     def next_event(self) -> CheckListEvent | None:
-        for lists in (self._orphans, self._lists.values()) if self._orphans else (self._lists.values(),):
+        for lists in (self._orphans, self._lists.values()):
             for cl in lists:
-                if cl._events:
-                    return cl._events.popleft()
+                ev = cl.next_event()
+                if ev is not None:
+                    return ev
         self._orphans = []
         return None
