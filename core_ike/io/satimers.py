@@ -109,12 +109,8 @@ class SaTimers:
     def _arm(self, st: SaState) -> None:
         """A new SA: its marks, its first lifetime deadline and its keepalive."""
         self._set_marks(st)
-        p = st.params
-        lt = p.lifetime
-        if lt.hard_seconds or lt.soft_seconds:  # the daemon's SAs have none (the engine rekeys, RFC 7296 2.8)
-            self._schedule_lifetime(st)
-        if p.direction == _OUT:  # only outbound SAs send keepalives (wants_keepalive)
-            self._schedule_keepalive(st)
+        self._schedule_lifetime(st)
+        self._schedule_keepalive(st)
 
     def _disarm(self, st: SaState) -> None:
         """The SA is gone: its queued entries become stale (skipped, then swept)."""
