@@ -54,6 +54,7 @@ ROOT = results_io.enter_repo(__file__)
 import vici  # noqa: E402
 from mediated_trace import cpu_ns  # noqa: E402
 
+from core_ike.daemon.ctl import Connection  # noqa: E402
 from scenarios.lab import Lab, cleanup_orphans, nat_lab  # noqa: E402
 from scenarios.lab.charon import CharonError  # noqa: E402
 from scenarios.lab.iked import Iked, IkedError  # noqa: E402
@@ -69,13 +70,12 @@ WAIT_TO_FINISH_MS = 1000.0  # strongSwan connect_manager.c: #define ME_WAIT_TO_F
 class OursMediation:
     """Our mediation_server on carol (default settings), our mediation_client on alice and bob.
 
-    Measured externally: from writing ``{"cmd": "up", "conn": "bob"}`` to alice's control socket until its
-    reply, the same event charon's side ends at (its blocking vici ``initiate`` returning, see
-    :class:`CharonBlocking`). The ``up`` reply is sent once the mediated IKE_SA is established; the CHILD_SA
-    comes in the same IKE_AUTH response, and its events (data-plane install included) are handled in the
-    same flush before the reply is written. One ``list`` after the reply, outside the clock, confirms the
-    INSTALLED CHILD_SA; if it is not listed yet, ``list`` is polled every 2 ms and the clock runs on until
-    it is listed (counted in ``polled``).
+    Measured externally: from writing ``{"cmd": "up", "conn": "bob"}`` to alice's control socket (connected before
+    the clock, as charon's vici socket is) until its reply, the event charon's side ends at (its blocking vici
+    ``initiate`` returning, :class:`CharonBlocking`). The reply is sent once the mediated IKE_SA is established; the
+    CHILD_SA comes in the same IKE_AUTH response, its events (data-plane install included) handled in the same flush
+    before the reply is written. One ``list`` after the reply, outside the clock, confirms the INSTALLED CHILD_SA;
+    if it is not listed yet, ``list`` is polled every 2 ms and the clock runs on until it is (counted in ``polled``).
     """
 
     name = "ours"
@@ -133,15 +133,15 @@ class OursMediation:
         return [d.proc.pid for d in daemons if d is not None and d.proc is not None]
 
     def initiate_and_wait(self, timeout: float) -> float:
-        alice = self.med.clients["alice"]
-        self.marks = {"up sent": time.time()}
-        pids = self.pids()
-        self.cpu = -cpu_ns(pids)
-        t0 = time.monotonic()
-        r = alice.ctl({"cmd": "up", "conn": "bob", "timeout": timeout}, timeout=timeout + 2)
-        took = time.monotonic() - t0
-        self.cpu += cpu_ns(pids)
-        self.marks["up reply received"] = time.time()
+        alice, pids = self.med.clients["alice"], self.pids()
+        with Connection(alice.ctl_path, timeout + 2) as conn:  # connected before the clock, as vici's is
+            self.cpu = -cpu_ns(pids)
+            self.marks = {"up sent": time.time()}  # the marks bracket the request alone, not the CPU reads
+            t0 = time.monotonic()
+            r = conn.request({"cmd": "up", "conn": "bob", "timeout": timeout})
+            took = time.monotonic() - t0
+            self.marks["up reply received"] = time.time()
+            self.cpu += cpu_ns(pids)
         if r.get("ok") and (r.get("remote") or [None])[0] == CAROL:
             self.relayed += 1  # the tunnel went through the mediation server's relay
         if not r.get("ok"):

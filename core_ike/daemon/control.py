@@ -93,6 +93,12 @@ class Waiter:
     def _fail(self, error: str) -> None:
         self.done.set_result({"ok": False, "conn": self.conn, "error": error})
 
+    def expire(self, timeout: float) -> None:
+        """The `up`'s timeout passed: what was not established yet, as the reply."""
+        if not self.done.done():
+            what = "its CHILD_SA(s) " + ", ".join(sorted(self.pending)) if self.ike is not None else "the IKE_SA"
+            self._fail(f"'{self.conn}': {what} not established after {timeout:g} s")
+
     def _maybe_done(self) -> None:
         if self.ike is not None and not self.pending:
             res: dict[str, Any] = {"ok": True, "conn": self.conn, "ike": self.ike, "children": self.established}
@@ -169,6 +175,7 @@ class ControlServer:
                 except Exception as e:  # a bad request must not kill the daemon
                     log.exception("control request %r failed", line[:200])
                     resp = {"ok": False, "error": f"internal error: {e} (details in the daemon's log)"}
+                log.debug("control: %s reply written", req.get("cmd") if isinstance(req, dict) else None)
                 flush_logs()  # the request's log lines are in the log when its reply arrives
                 writer.write(json.dumps(resp).encode() + b"\n")
                 await writer.drain()
@@ -300,15 +307,16 @@ class EngineControl:
         w = Waiter(conn, [child] if child else [c.name for c in cfg.children])
         self.waiters.append(w)
         timeout = float(req.get("timeout", 30))
+        # the timeout ends the same future the events end: the reply leaves on the loop's next turn after
+        # the CHILD_SA's event (asyncio.wait_for would take a turn more, through a second future)
+        expiry = asyncio.get_running_loop().call_later(timeout, w.expire, timeout)
         try:
             (start or self._initiate)(conn, child, now)
             self.flush()
             log.debug("control: up %s started", conn)
-            return await asyncio.wait_for(w.done, timeout)
-        except TimeoutError:
-            what = "its CHILD_SA(s) " + ", ".join(sorted(w.pending)) if w.ike is not None else "the IKE_SA"
-            return {"ok": False, "conn": conn, "error": f"'{conn}': {what} not established after {timeout:g} s"}
+            return await w.done
         finally:
+            expiry.cancel()
             self.waiters.remove(w)
 
     def _initiate(self, conn: str, child: str | None, now: float) -> None:

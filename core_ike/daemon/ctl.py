@@ -30,19 +30,47 @@ def default_socket(candidates: tuple[str, ...] = KNOWN_SOCKETS) -> str | list[st
     return present or DEFAULT_SOCKET
 
 
-def call(path: str, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(json.dumps(req).encode() + b"\n")
+class Connection:
+    """A connection to a daemon's control socket: requests one after another, each a JSON line answered
+    by one (core_ike/daemon/control.py serves any number on one connection). Connected once, as a
+    vici client is, so that a request timed by its caller does not include setting up the connection."""
+
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def request(self, req: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
+            chunk = self.sock.recv(65536)
             if not chunk:
                 break
             buf += chunk
-    reply: dict[str, Any] = json.loads(buf)
-    return reply
+        reply: dict[str, Any] = json.loads(buf)
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def call(path: str, req: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """One request on a connection of its own."""
+    with Connection(path, timeout) as c:
+        return c.request(req)
 
 
 def format_sas(sas: list[dict[str, Any]]) -> str:
