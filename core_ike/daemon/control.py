@@ -175,9 +175,9 @@ class ControlServer:
                 except Exception as e:  # a bad request must not kill the daemon
                     log.exception("control request %r failed", line[:200])
                     resp = {"ok": False, "error": f"internal error: {e} (details in the daemon's log)"}
-                log.debug("control: %s reply written", req.get("cmd") if isinstance(req, dict) else None)
                 flush_logs()  # the request's log lines are in the log when its reply arrives
                 writer.write(json.dumps(resp).encode() + b"\n")
+                log.debug("control: reply written")
                 await writer.drain()
         finally:
             writer.close()

@@ -5,6 +5,7 @@ timeout still answers with what was missing."""
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -73,5 +74,36 @@ def test_up_timeout_names_what_is_missing() -> None:
         assert reply == {"ok": False, "conn": "bob",
                          "error": "'bob': its CHILD_SA(s) net not established after 0 s"}
         assert not ctl.waiters
+
+    asyncio.run(run())
+
+
+def test_control_socket_answers_each_request_on_one_connection(tmp_path: Any) -> None:
+    """ikectl's Connection (core_ike/daemon/ctl.py) on a real ControlServer: a malformed line is answered
+    with an error, and the connection serves the next request (as the bench's `up` after connecting)."""
+    from core_ike.daemon.control import ControlServer
+    from core_ike.daemon.ctl import Connection
+
+    async def handler(req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "echo": req["cmd"]}
+
+    async def run() -> None:
+        path = str(tmp_path / "ctl.sock")
+        server = ControlServer(path, handler)
+        await server.start()
+        try:
+            def client() -> list[dict[str, Any]]:
+                with Connection(path, 30) as c:
+                    c.sock.sendall(b"not json\n")
+                    buf = b""
+                    while not buf.endswith(b"\n") and (chunk := c.sock.recv(65536)):
+                        buf += chunk
+                    return [json.loads(buf or b"null"), c.request({"cmd": "up"}), c.request({"cmd": "list"})]
+
+            bad, up, listed = await asyncio.to_thread(client)
+        finally:
+            server.close()
+        assert bad is not None and bad["ok"] is False and "error" in bad
+        assert up == {"ok": True, "echo": "up"} and listed == {"ok": True, "echo": "list"}
 
     asyncio.run(run())
