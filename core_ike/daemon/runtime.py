@@ -136,7 +136,8 @@ class Daemon:
         return out
 
     def on_event(self, e: object) -> None:
-        log.debug("event %s", type(e).__name__)
+        if log.isEnabledFor(logging.DEBUG):  # Logger.debug's frame and its argument only when it logs
+            log.debug("event %s", type(e).__name__)
         if self.glue is not None:
             e = self.glue.handle(e)  # a CHILD_SA the data plane refused comes back as ChildSaFailed
         self._count(e)

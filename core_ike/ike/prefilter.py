@@ -220,19 +220,20 @@ class Prefilter:
         self.cfg = engine.cfg
         self.limiter = SourceLimiter(self.cfg.init_rate_ip)  # IKE_SA_INITs per source under load
         self._middles: dict[int, bytes] = {}
+        # `check`'s needs_cookie verdict on the last IKE_SA_INIT request for a new IKE_SA it saw: what the
+        # engine's direct answer to the request it then lets through (core_ike/ike/fastinit.py) asks
+        self.demanded_last = False
 
     # ------------------------------------------------------------------ the COOKIE (RFC 7296 2.6)
     def demanded(self) -> bool:
-        """Are COOKIEs demanded from every source (forced, or enough half-open IKE_SAs)?"""
-        return bool(self.cfg.force_cookies or self.engine.half_open >= self.cfg.cookie_threshold)
+        """Are COOKIEs demanded from every source (forced, or enough half-open IKE_SAs)? (Asked once a
+        wake-up by the transport: Engine.half_open read without its property call.)"""
+        cfg = self.cfg
+        return bool(cfg.force_cookies or self.engine._half_open >= cfg.cookie_threshold)
 
-    def needs_cookie(self, ip: str, half_open: int | None = None) -> bool:
-        """`demanded()`, or enough half-open IKE_SAs from `ip`; `half_open` is Engine.half_open when the
-        caller has read it already."""
-        cfg, eng = self.cfg, self.engine
-        n = eng._half_open if half_open is None else half_open  # Engine.half_open without its property call
-        return bool(cfg.force_cookies or n >= cfg.cookie_threshold
-                    or eng._half_open_by_ip.get(ip, 0) >= cfg.cookie_threshold_ip)
+    def needs_cookie(self, ip: str) -> bool:
+        """`demanded()`, or enough half-open IKE_SAs from `ip`."""
+        return self.demanded() or self.engine._half_open_by_ip.get(ip, 0) >= self.cfg.cookie_threshold_ip
 
     def cookie_ok(self, msg: Message, remote: Addr) -> bool:
         first = msg.payloads[0] if msg.payloads else None
@@ -290,7 +291,8 @@ class Prefilter:
         if major and (mid != 0 or not flags & INITIATOR):
             return self.drop("header", now, remote, "IKE_SA_INIT request with Message ID %d, flags 0x%02x",
                              mid, flags)
-        if not self.needs_cookie(remote[0]):
+        demanded = self.demanded_last = self.needs_cookie(remote[0])
+        if not demanded:
             return False
         if not major:  # RFC 7296 2.5 asks for INVALID_MAJOR_VERSION; not to every datagram of a flood
             return self.drop("header", now, remote, "IKE major version %d", version >> 4)

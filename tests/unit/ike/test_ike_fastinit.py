@@ -275,9 +275,13 @@ def test_limits_and_cookies_go_the_general_way(monkeypatch: pytest.MonkeyPatch) 
     p.b.cfg.max_half_open = p.b.half_open
     assert not fastinit.answer(p.b, data, local, remote, p.now)
     p.b.cfg.max_half_open = 10000
-    p.b.cfg.force_cookies = True
+    p.b.cfg.force_cookies = True  # RFC 7296 2.6: the pre-filter's verdict on the request is what fastinit asks
+    assert p.b.prefilter.check(data, local, remote, p.now)  # answered with a COOKIE there
+    assert p.b.prefilter.demanded_last
     assert not fastinit.answer(p.b, data, local, remote, p.now)
     p.b.cfg.force_cookies = False
+    assert not p.b.prefilter.check(data, local, remote, p.now)
+    assert not p.b.prefilter.demanded_last
     p.b.accepting = False
     assert not fastinit.answer(p.b, data, local, remote, p.now)
     p.b.accepting = True
