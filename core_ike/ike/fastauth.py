@@ -549,7 +549,10 @@ def _respond(engine: Engine, a: _Answer, task: ChildCreate | None, info: bool, n
     and sent (TaskManager._send_response)."""
     sa = a.sa
     child = task.response_payloads(sa, now) if task is not None else []  # build_r's payloads
-    inner = _chain(a.items + [(int(p.ptype), _push(p)) for p in child])
+    items = a.items
+    if child:  # a childless IKE_SA (RFC 6023) makes no list comprehension's frame
+        items = items + [(int(p.ptype), _push(p)) for p in child]
+    inner = _chain(items)
     if info:  # TaskManager._send_response's line
         log.info("generating %s response %d %s", "IKE_AUTH", 1, _response_summary(len(a.items) - 2, child))
     out = sa.out_prot
