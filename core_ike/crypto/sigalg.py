@@ -138,23 +138,9 @@ def _header(data: bytes, pos: int, limit: int) -> tuple[int, int, int]:
 
 def certificate_subject(der: bytes) -> bytes | None:
     """The subject Name (its whole DER TLV) of a DER X.509 certificate, read from the octets as signed
-    (RFC 5280 4.1: Certificate = SEQUENCE {tbsCertificate, ...}, tbsCertificate = SEQUENCE {[0] version,
-    serialNumber, signature, issuer, validity, subject, ...}); None when it is not that shape."""
-    try:
-        tag, pos, end = _header(der, 0, len(der))
-        if tag != 0x30 or end != len(der):
-            return None
-        tag, pos, end = _header(der, pos, end)  # tbsCertificate
-        if tag != 0x30:
-            return None
-        if der[pos] == 0xA0:  # version, [0] EXPLICIT (absent for v1)
-            pos = _header(der, pos, end)[2]
-        for _ in range(4):  # serialNumber, signature, issuer, validity
-            pos = _header(der, pos, end)[2]
-        tag, _, stop = _header(der, pos, end)
-    except (_DerError, IndexError):
-        return None
-    return der[pos:stop] if tag == 0x30 else None
+    (`certificate_parts`); None when it is not that shape."""
+    parts = certificate_parts(der)
+    return None if parts is None else parts.subject
 
 
 class CertificateParts(NamedTuple):
@@ -163,15 +149,17 @@ class CertificateParts(NamedTuple):
     tbs: bytes  # tbsCertificate, its whole TLV: what the issuer signed (RFC 5280 4.1.1.3)
     inner_algorithm: bytes  # tbsCertificate.signature, the AlgorithmIdentifier TLV (RFC 5280 4.1.2.3)
     issuer: bytes  # tbsCertificate.issuer, the Name TLV (RFC 5280 4.1.2.4)
+    subject: bytes  # tbsCertificate.subject, the Name TLV (RFC 5280 4.1.2.6)
     algorithm: bytes  # signatureAlgorithm, the AlgorithmIdentifier TLV (RFC 5280 4.1.1.2)
     signature: bytes  # signatureValue's octets, without the BIT STRING's unused-bits octet
     unused_bits: int  # that octet: 0 in every signature (RFC 5280 4.1.1.3 encodes whole octets)
 
 
 def certificate_parts(der: bytes) -> CertificateParts | None:
-    """The parts of a DER X.509 certificate a signature check needs (RFC 5280 4.1: Certificate = SEQUENCE
-    {tbsCertificate, signatureAlgorithm, signatureValue BIT STRING}, tbsCertificate = SEQUENCE {[0] version,
-    serialNumber, signature, issuer, ...}), sliced from the octets as signed; None when it is not that shape."""
+    """The parts of a DER X.509 certificate a signature check needs, with its subject (RFC 5280 4.1:
+    Certificate = SEQUENCE {tbsCertificate, signatureAlgorithm, signatureValue BIT STRING}, tbsCertificate =
+    SEQUENCE {[0] version, serialNumber, signature, issuer, validity, subject, ...}), sliced from the octets
+    as signed, in one walk over them; None when it is not that shape."""
     try:
         tag, pos, end = _header(der, 0, len(der))
         if tag != 0x30 or end != len(der):
@@ -191,6 +179,11 @@ def certificate_parts(der: bytes) -> CertificateParts | None:
         if tag != 0x30:
             raise _DerError("SEQUENCE expected")
         issuer = der[tpos:stop]
+        tpos = _header(der, stop, tend)[2]  # validity
+        tag, _, stop = _header(der, tpos, tend)
+        if tag != 0x30:
+            raise _DerError("SEQUENCE expected")
+        subject = der[tpos:stop]
         tag, _, stop = _header(der, tend, end)  # signatureAlgorithm
         if tag != 0x30:
             raise _DerError("SEQUENCE expected")
@@ -200,7 +193,7 @@ def certificate_parts(der: bytes) -> CertificateParts | None:
             raise _DerError("signatureValue")
     except (_DerError, IndexError):
         return None
-    return CertificateParts(tbs, inner, issuer, algorithm, der[spos + 1:send], der[spos])
+    return CertificateParts(tbs, inner, issuer, subject, algorithm, der[spos + 1:send], der[spos])
 
 
 def _read_all(data: bytes) -> list[tuple[int, bytes]]:

@@ -84,12 +84,13 @@ class PeerCert:
     period (RFC 5280 4.1.2.5; compared with the time at each use), its key, the identities it holds.
     Only certificates one of our CAs issued are kept, so other octets cannot push them out."""
 
-    __slots__ = ("_holds", "_key", "cert", "der", "issuers", "not_after", "not_before")
+    __slots__ = ("_holds", "_key", "cert", "der", "issuers", "not_after", "not_before", "subject")
 
-    def __init__(self, der: bytes, cert: x509.Certificate, issuers: list[_Issuer]) -> None:
+    def __init__(self, der: bytes, cert: x509.Certificate, issuers: list[_Issuer], subject: bytes | None) -> None:
         self.der = der
         self.cert = cert
         self.issuers = issuers  # never empty
+        self.subject = subject  # the subject Name's octets in `der` (CertificateParts.subject), None: not read
         self.not_before = cert.not_valid_before_utc.timestamp()
         self.not_after = cert.not_valid_after_utc.timestamp()
         self._key: PublicKey | None = None
@@ -108,7 +109,7 @@ class PeerCert:
         last = self._holds
         if last is not None and (last[0] is ident or last[0] == ident):
             return last[1]
-        hit = cert_holds(self.cert, ident, self.der)
+        hit = cert_holds(self.cert, ident, self.subject)
         self._holds = (ident, hit)
         return hit
 
@@ -253,10 +254,11 @@ class Credentials:
     def _new(self, der: bytes, cert: x509.Certificate) -> PeerCert:
         """The PeerCert of `cert`, parsed from `der` and not kept: its issuers found (`_issuers_of`) and
         kept, or AuthenticationFailed when none of our CAs issued it."""
-        issuers = self._issuers_of(cert, certificate_parts(der))  # empties the kept ones when `cas` changed
+        parts = certificate_parts(der)
+        issuers = self._issuers_of(cert, parts)  # empties the kept ones when `cas` changed
         if not issuers:
             raise AuthenticationFailed(f"no trusted issuer found for '{_subject(cert)}'")
-        hit = PeerCert(der, cert, issuers)
+        hit = PeerCert(der, cert, issuers, None if parts is None else parts.subject)
         kept = self._peer_certs
         if len(kept) >= PEER_CERT_CACHE_MAX:
             del kept[next(iter(kept))]

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from ..constants import IdType
-from ..crypto.sigalg import certificate_subject
 from ..errors import LocalError
 
 # members bound once: on Python 3.11 a member read off its Enum class runs EnumType's attribute hook, and
@@ -187,12 +186,13 @@ def san_holds(cert: x509.Certificate, ident: Identity) -> bool:
     return False
 
 
-def cert_holds(cert: x509.Certificate, ident: Identity, der: bytes = b"") -> bool:
-    """Whether `cert` (parsed from `der` when given) contains the identity (RFC 7296 3.5): an ID_DER_ASN1_DN
-    is the subject exactly (RFC 4945 3.1.5), the others are in the subjectAltName (`san_holds`)."""
+def cert_holds(cert: x509.Certificate, ident: Identity, subject: bytes | None = None) -> bool:
+    """Whether `cert` contains the identity (RFC 7296 3.5): an ID_DER_ASN1_DN is the subject exactly (RFC 4945
+    3.1.5), the others are in the subjectAltName (`san_holds`). `subject`, when known: the subject Name's
+    octets as in the certificate (crypto/sigalg.py CertificateParts.subject)."""
     if ident.id_type == _DER_ASN1_DN:
         # RFC 7296 3.5: the DN's DER. A peer sends its certificate's subject octets, compared here as the
         # CA signed them (re-encoding the parsed subject costs more than the signature check); the
         # re-encoding is the fallback for a certificate whose subject is not in canonical DER
-        return (bool(der) and certificate_subject(der) == ident.data) or cert.subject.public_bytes() == ident.data
+        return subject == ident.data or cert.subject.public_bytes() == ident.data
     return san_holds(cert, ident)

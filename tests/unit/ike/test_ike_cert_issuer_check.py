@@ -173,6 +173,7 @@ def test_certificate_parts_are_the_signed_octets() -> None:
         assert p.tbs == c.tbs_certificate_bytes
         assert p.signature == c.signature and p.unused_bits == 0
         assert p.issuer == c.issuer.public_bytes()
+        assert p.subject == c.subject.public_bytes()
         assert p.inner_algorithm == p.algorithm
         alg = parse_algorithm_identifier(p.algorithm)
         assert alg is not None and alg.kind == ("rsa-pss" if kw else "rsa" if key is _RSA_KEY else "ecdsa")
