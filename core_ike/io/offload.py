@@ -310,7 +310,7 @@ def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: i
     end = (n - 1) * stride  # the last row
     seq0 = _I.unpack_from(head, off + 4)[0]
     steps, counts = _steps(n, mss)
-    seqs = np.add(steps, np.uint32(seq0))  # uint32: wraps modulo 2^32 as sequence numbers do
+    seqs = np.add(steps, seq0)  # uint32 (a Python int takes the array's type): wraps modulo 2^32 as sequence numbers do
     flags = head[off + 13]
     mid_f = flags & ~(_FIN | _PSH | _CWR)
     first_f = flags & ~(_FIN | _PSH)  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
@@ -354,7 +354,7 @@ def _ipv4_fields(plain: bytearray, stride: int, head: bytes, off: int, n: int, c
     end = (n - 1) * stride
     # IPv4 total length and ID (adjacent) as one 32-bit column; consecutive IDs, as Linux TSO (RFC 6864 4.1)
     id0 = _H.unpack_from(head, 4)[0]
-    ids = np.add(counts, np.uint32(id0))
+    ids = np.add(counts, id0)
     ids &= 0xFFFF
     id_last = (id0 + n - 1) & 0xFFFF
     _column(plain, 2, stride, n, _BE_U4)[:] = ids + (length << 16)
