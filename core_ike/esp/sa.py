@@ -240,8 +240,8 @@ class EspSa:
         # ciphertext goes between them next); the IV is the 64-bit counter, Seq its low 32 bits (RFC 4303 2.2)
         seqs = range(seq0 + 1, seq0 + n + 1)
         ivs = np.arange(seq0 + 1, seq0 + n + 1, dtype=np.uint64)
-        np.ndarray((n,), ">u8", out, 0, (size,))[:] = (ivs & 0xFFFFFFFF) | (self.spi << 32)
-        np.ndarray((n,), ">u8", out, 8, (size,))[:] = ivs
+        VIEWS.column(out, 0, size, n, ">u8")[:] = (ivs & 0xFFFFFFFF) | (self.spi << 32)
+        VIEWS.column(out, 8, size, n, ">u8")[:] = ivs
         # every row's trailer through one strided view of `plain` (no view of the whole rows)
         np.ndarray((n, pad + 2), np.uint8, plain, length, (stride, 1))[:] = np.frombuffer(
             _PADS[pad] + bytes((pad, next_header)), np.uint8)
@@ -251,7 +251,7 @@ class EspSa:
         nl = len(salt) + AEAD_IV
         nonces = VIEWS.nonces(n)
         np.ndarray((n, len(salt)), np.uint8, nonces, 0, (nl, 1))[:] = np.frombuffer(salt, np.uint8)
-        np.ndarray((n,), ">u8", nonces, len(salt), (nl,))[:] = ivs
+        VIEWS.column(nonces, len(salt), nl, n, ">u8")[:] = ivs
         encrypt, clen, m = into[0], length + pad + 2, n - 1
         if m:
             # RFC 4106 5, RFC 4309 5, RFC 7634 2.1: AAD = SPI | Seq, or SPI | Seq-high | Seq-low with ESN

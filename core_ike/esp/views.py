@@ -26,6 +26,7 @@ class BufferViews:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[int, int, int, int], tuple[Any, list[memoryview]]] = {}
+        self._columns: dict[tuple[int, int, int, int, Any], tuple[Any, Any]] = {}
         self.scratch = bytearray(12 * 256)  # nonces of one batch (`EspSa`), grown by `grow`
 
     def rows(self, buf: Buffer, start: int, step: int, length: int, count: int) -> list[memoryview]:
@@ -44,10 +45,28 @@ class BufferViews:
         self._rows[key] = (buf, out)  # the buffer itself is kept: its id stays unique while cached
         return out
 
+    def column(self, buf: bytearray, at: int, stride: int, n: int, dtype: Any) -> Any:
+        """The field of numpy `dtype` at octet `at` of each of `n` rows `stride` octets apart, as a writable
+        numpy array over `buf` (a strided view, made once per layout: numpy builds an array in about the
+        time it takes to fill one of a few dozen rows)."""
+        key = (id(buf), at, stride, n, dtype)
+        hit = self._columns.get(key)
+        if hit is not None and hit[0] is buf:
+            return hit[1]
+        import numpy as np  # only the batch steps come here (numpy stays out of the mediation server)
+
+        if len(self._columns) >= _MAX_LAYOUTS:
+            self._columns.clear()
+        col = np.ndarray((n,), dtype, buf, at, (stride,))
+        self._columns[key] = (buf, col)
+        return col
+
     def forget(self, buf: Buffer) -> None:
-        """Drop the slices of `buf` (before it is resized or replaced)."""
+        """Drop the slices and columns of `buf` (before it is resized or replaced)."""
         for key in [k for k, v in self._rows.items() if v[0] is buf]:
             del self._rows[key]
+        for ckey in [k for k, v in self._columns.items() if v[0] is buf]:
+            del self._columns[ckey]
 
     def grow(self, buf: bytearray, size: int) -> None:
         """Make `buf` at least `size` octets long."""

@@ -289,10 +289,6 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
     return stride, [off + thl + mss] * (n - 1) + [h + total - (n - 1) * mss]
 
 
-def _column(buf: bytearray, at: int, stride: int, n: int, dtype: Any) -> Any:
-    """The big-endian field of `dtype` at octet `at` of each of `n` rows `stride` octets apart, as a
-    writable numpy column over `buf`."""
-    return _np.ndarray((n,), dtype, buf, at, (stride,))
 
 
 def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: int, mss: int, total: int,
@@ -315,10 +311,10 @@ def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: i
     mid_f = flags & ~(_FIN | _PSH | _CWR)
     first_f = flags & ~(_FIN | _PSH)  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
     last_f = flags & ~_CWR  # FIN and PSH stay on the last one
-    _column(plain, off + 13, stride, n, _U1)[:] = mid_f
+    VIEWS.column(plain, off + 13, stride, n, _U1)[:] = mid_f
     plain[off + 13] = first_f
     plain[end + off + 13] = last_f
-    _column(plain, off + 4, stride, n, _BE_U4)[:] = seqs
+    VIEWS.column(plain, off + 4, stride, n, _BE_U4)[:] = seqs
     # TCP checksum (RFC 9293 3.1, RFC 8200 8.1): pseudo-header addresses and protocol, the header's
     # constant words (ports, ack, data offset, window, urgent pointer, options), then per segment its
     # length, sequence number (a 32-bit word's value is congruent to the sum of its halves), flags
@@ -335,13 +331,13 @@ def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: i
     sums += seqs
     np.subtract(-k, sums, out=sums)
     sums %= 0xFFFF
-    _column(plain, off + 16, stride, n, _BE_U2)[:] = sums
+    VIEWS.column(plain, off + 16, stride, n, _BE_U2)[:] = sums
     _H.pack_into(plain, off + 16, (-(first_sum * 256 + seq0 + k) - first_f + mid_f) % 0xFFFF)
     seq_last = (seq0 + (n - 1) * mss) & 0xFFFFFFFF
     _H.pack_into(plain, end + off + 16, (-(last_sum * 256 + seq_last + k) - last_f + mid_f - tail_len + tcp_len) % 0xFFFF)
     if v6:
         ext = off - 40  # extension headers count in the IPv6 payload length
-        _column(plain, 4, stride, n, _BE_U2)[:] = ext + tcp_len
+        VIEWS.column(plain, 4, stride, n, _BE_U2)[:] = ext + tcp_len
         _H.pack_into(plain, end + 4, ext + tail_len)
         return
     _ipv4_fields(plain, stride, head, off, n, counts, off + tcp_len, off + tail_len)
@@ -357,7 +353,7 @@ def _ipv4_fields(plain: bytearray, stride: int, head: bytes, off: int, n: int, c
     ids = np.add(counts, id0)
     ids &= 0xFFFF
     id_last = (id0 + n - 1) & 0xFFFF
-    _column(plain, 2, stride, n, _BE_U4)[:] = ids + (length << 16)
+    VIEWS.column(plain, 2, stride, n, _BE_U4)[:] = ids + (length << 16)
     _H.pack_into(plain, end + 2, tail_length)
     ip = bytearray(head[:off])
     ip[2:6] = bytes(4)
@@ -365,7 +361,7 @@ def _ipv4_fields(plain: bytearray, stride: int, head: bytes, off: int, n: int, c
     c = (int.from_bytes(ip, "big") + length) % 0xFFFF  # RFC 791 3.1: all but length and ID
     np.subtract(0x1FFFE - c, ids, out=ids)  # the complement; uint32, kept above 0 (ID <= 0xFFFF, c < 0xFFFF)
     ids %= 0xFFFF
-    _column(plain, 10, stride, n, _BE_U2)[:] = ids
+    VIEWS.column(plain, 10, stride, n, _BE_U2)[:] = ids
     _H.pack_into(plain, end + 10, (-(id_last + c) - tail_length + length) % 0xFFFF)
 
 
