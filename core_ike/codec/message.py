@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 from ..buffer import Buffer
@@ -220,10 +220,15 @@ def decrypt_message(msg: Message, protector: SkProtector) -> Message:
         return msg
     if isinstance(sk, SkfPayload):
         raise LocalError("SKF fragments are decrypted by a Reassembler")
-    inner = _parse_inner(protector.open(sk.prefix, sk.body), sk.first_inner)
-    return Message(  # not dataclasses.replace: this runs for every protected message
+    return _with_inner(msg, _parse_inner(protector.open(sk.prefix, sk.body), sk.first_inner))
+
+
+def _with_inner(msg: Message, inner: list[Payload]) -> Message:
+    """`msg` decrypted: its plaintext payloads, then the inner ones (RFC 7296 3.14; RFC 7383 2.6 for
+    a reassembled message). The constructor, not dataclasses.replace: this runs for every protected message."""
+    return Message(
         msg.spi_i, msg.spi_r, msg.exchange, msg.flags, msg.message_id, msg.payloads + inner, msg.encrypted,
-        msg.raw, sk, True, len(msg.payloads),
+        msg.raw, msg.sk, True, len(msg.payloads),
     )
 
 
@@ -483,8 +488,12 @@ class Reassembler:
             part = None
         if part is not None and part.size + len(plaintext) > self.max_size:
             raise self._refuse(key, "limit", f"reassembled message exceeds {self.max_size} octets")
-        # fragment 1 is kept for its header, without the ciphertext (decode_message copied it)
-        first = replace(msg, sk=replace(skf, body=b"")) if skf.number == 1 else None
+        # fragment 1 is kept for its header, without the ciphertext (decode_message copied it);
+        # the constructors, not dataclasses.replace: this runs for every fragmented message
+        first = Message(
+            msg.spi_i, msg.spi_r, msg.exchange, msg.flags, msg.message_id, msg.payloads, msg.encrypted, msg.raw,
+            SkfPayload(skf.first_inner, skf.number, skf.total, skf.prefix, b""), msg.decrypted, msg.unprotected,
+        ) if skf.number == 1 else None
         cost = len(plaintext) + FRAGMENT_OVERHEAD + (len(msg.raw) if first is not None else 0)
         cost += MESSAGE_OVERHEAD if part is None else 0
         self._make_room(cost, part, key)
@@ -525,10 +534,7 @@ def _assemble(part: _Partial) -> Message:
     first = part.first
     assert first is not None and isinstance(first.sk, SkfPayload)  # all numbers 1..total present
     data = b"".join(part.parts[i] for i in range(1, part.total + 1))
-    inner = _parse_inner(data, first.sk.first_inner)
-    return replace(
-        first, payloads=first.payloads + inner, decrypted=True, unprotected=len(first.payloads)
-    )
+    return _with_inner(first, _parse_inner(data, first.sk.first_inner))
 
 
 # --- UDP 4500 demultiplexing -----------------------------------------------------------------------

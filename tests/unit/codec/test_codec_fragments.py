@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from dataclasses import fields
 from typing import Any
 
 import pytest
 
-from core_ike.codec.message import Message, Reassembler, decode_message, encode_message
+from core_ike.codec.message import Message, Reassembler, decode_message, decrypt_message, encode_message
 from core_ike.codec.payloads import CertPayload, IdPayload, NotifyPayload, SkfPayload, VendorIdPayload
 from core_ike.constants import ExchangeType, HeaderFlag, IdType, NotifyType, PayloadType
 from core_ike.errors import DecodeError, IntegrityError, LocalError
@@ -74,6 +75,24 @@ def test_reassembly_round_trip(protector: Any, order: str) -> None:
     assert (result.exchange, result.message_id, result.is_initiator) == (ExchangeType.IKE_AUTH, 1, True)
     assert result.summary() == "[ IDi CERT N(INIT_CONTACT) V ]"
     assert protector.opened == len(frags)
+
+
+def test_reassembled_message_equals_an_unfragmented_decode_field_by_field(protector: Any) -> None:
+    """RFC 7383 2.6: the reassembled message is the one sent unfragmented; `raw` and `sk` are fragment
+    1's (its ciphertext left out). Every field of Message is compared, new ones included."""
+    msg = _big(flags=HeaderFlag.INITIATOR | HeaderFlag.RESPONSE)
+    frags = encode_message(msg, protector, fragment_size=800)
+    [whole] = encode_message(msg, protector)
+    plain = decrypt_message(decode_message(whole), protector)
+    r = Reassembler()
+    results = [r.add(decode_message(f), protector, 0.0) for f in frags]
+    result = results[-1]
+    assert results[:-1] == [None] * (len(frags) - 1) and result is not None
+    first_sk = SkfPayload(PayloadType.IDi, 1, len(frags), frags[0][:36], b"")
+    for f in fields(Message):
+        got = getattr(result, f.name)
+        want = {"raw": frags[0], "sk": first_sk}.get(f.name, getattr(plain, f.name))
+        assert got == want and type(got) is type(want), f.name
 
 
 def test_duplicates_ignored(protector: Any) -> None:
