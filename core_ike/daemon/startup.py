@@ -42,7 +42,7 @@ BATCH_RECORDS = 256  # records kept before they are written within the loop call
 ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)  # bytes; 512 is the POSIX minimum
 _FIXED = (str, int, float, bytes, type(None))  # arguments whose text cannot change after the call
 _FIXED_TYPES = frozenset((str, int, float, bool, bytes, type(None)))
-_MILLIS = tuple(f"{i:03d}" for i in range(1000))  # "%(msecs)03d" of 0 to 999: no int formatting per line
+_MILLIS_OF = {float(i): f"{i:03d}" for i in range(1000)}  # "%(msecs)03d" of 0.0 to 999.0: no int call per line
 
 
 def _with_tail(f: logging.Formatter, record: logging.LogRecord, s: str) -> str:
@@ -99,10 +99,13 @@ class TimedFormatter(logging.Formatter):
         for r, text in batch:
             if text is None:
                 text = r.getMessage()
-            if int(r.created) != second:
-                stamp, second = self.formatTime(r, _TIME_FORMAT), int(r.created)
-            ms = int(r.msecs)
-            line = f"{stamp}.{_MILLIS[ms] if 0 <= ms < 1000 else f'{ms:03d}'} [{r.name}] {text}{term}"
+            created = r.created
+            if not second <= created < second + 1:  # int(created) != second, without the int call per line
+                stamp, second = self.formatTime(r, _TIME_FORMAT), int(created)
+            ms = _MILLIS_OF.get(r.msecs)
+            if ms is None:
+                ms = f"{int(r.msecs):03d}"
+            line = f"{stamp}.{ms} [{r.name}] {text}{term}"
             if r.exc_info or r.stack_info:
                 line = _with_tail(self, r, line[:len(line) - len(term)]) + term
             out.append(line)

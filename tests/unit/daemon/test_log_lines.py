@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,3 +175,14 @@ def test_a_logged_line_is_the_same_through_lean_records(
     log.info("IKE_SA %s[%d] established between %s...%s", "home", 1, "192.0.2.1", "198.51.100.7")
     log.info("%(n)d %(s)s", {"n": 4, "s": "map"})
     assert log_lines(path) == ["IKE_SA home[1] established between 192.0.2.1...198.51.100.7", "4 map"]
+
+
+@pytest.mark.usefixtures("cheap")
+@pytest.mark.parametrize("now", [1765112345.0, 1765112345.0009999, 1765112345.001, 1765112345.5, 1765112345.9995,
+                                 1765112345.999999, 0.25, 12.0625])
+def test_lean_record_times_are_logging_records_times(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+    monkeypatch.setattr(time, "time", lambda: now)  # the one clock both read
+    args = ("core_ike.ike", logging.INFO, "(unknown file)", 0, "m %d", (1,), None)
+    ours, theirs = lean_record(*args), logging.LogRecord(*args)  # type: ignore[arg-type]
+    assert (ours.created, ours.msecs, ours.relativeCreated) == (theirs.created, theirs.msecs, theirs.relativeCreated)
+    assert type(ours.msecs) is float
