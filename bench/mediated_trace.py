@@ -161,6 +161,7 @@ def _sim_main(args: list[str]) -> int:
     a = ap.parse_args(args)
     here = str(Path(__file__).resolve().parent.parent)
     me = [sys.executable, str(Path(__file__).resolve())]
+    os.environ["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every child: the counts repeat closer
     for tree in [str(Path(t).resolve()) for t in a.tree or [here]]:
         calls = subprocess.run([*me, "--sim-child", tree, str(a.setups), "profile"], check=True, text=True,
                                capture_output=True).stdout.split()[-1]
