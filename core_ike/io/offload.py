@@ -289,8 +289,6 @@ def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> t
     return stride, [off + thl + mss] * (n - 1) + [h + total - (n - 1) * mss]
 
 
-
-
 def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: int, mss: int, total: int,
                     sums: Any) -> None:
     """`segment_into`'s per-segment fields, written into every row of `plain` (each a copy of the frame's
