@@ -204,9 +204,11 @@ def _negotiated(engine: Engine, req: Request, local: Addr, remote: Addr) -> tupl
     """The configurations for these addresses, the kept negotiation of this offer and group, and
     whether one of them asks for CERTREQ, when the general path would answer the request with a new
     IKE_SA of that negotiation; else None."""
-    # COOKIEs as Prefilter.check found for this request (RFC 7296 2.6), which it let through
+    # COOKIEs (RFC 7296 2.6) need no test here: while they are demanded, Prefilter.check (before this, in
+    # Engine.receive) lets a request through only with a valid COOKIE notify, which `parse` declines (not
+    # of PLAIN_NOTIFIES), or as a retransmission, which init_index finds
     if ((req.spi_i, remote) in engine.init_index or not engine.accepting
-            or engine.half_open >= engine.cfg.max_half_open or engine.prefilter.demanded_last):
+            or engine.half_open >= engine.cfg.max_half_open):
         return None  # a retransmission or another IKE_SA with this SPIi, or limits: the general path
     cfgs: list[IkeConfig] = []
     texts: list[str] = []  # Engine.ike_proposal_texts of these configurations: each string once, in order

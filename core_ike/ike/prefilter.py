@@ -220,9 +220,6 @@ class Prefilter:
         self.cfg = engine.cfg
         self.limiter = SourceLimiter(self.cfg.init_rate_ip)  # IKE_SA_INITs per source under load
         self._middles: dict[int, bytes] = {}
-        # `check`'s needs_cookie verdict on the last IKE_SA_INIT request for a new IKE_SA it saw: what the
-        # engine's direct answer to the request it then lets through (core_ike/ike/fastinit.py) asks
-        self.demanded_last = False
 
     # ------------------------------------------------------------------ the COOKIE (RFC 7296 2.6)
     def demanded(self) -> bool:
@@ -291,8 +288,7 @@ class Prefilter:
         if major and (mid != 0 or not flags & INITIATOR):
             return self.drop("header", now, remote, "IKE_SA_INIT request with Message ID %d, flags 0x%02x",
                              mid, flags)
-        demanded = self.demanded_last = self.needs_cookie(remote[0])
-        if not demanded:
+        if not self.needs_cookie(remote[0]):
             return False
         if not major:  # RFC 7296 2.5 asks for INVALID_MAJOR_VERSION; not to every datagram of a flood
             return self.drop("header", now, remote, "IKE major version %d", version >> 4)

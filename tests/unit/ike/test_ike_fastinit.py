@@ -275,18 +275,32 @@ def test_limits_and_cookies_go_the_general_way(monkeypatch: pytest.MonkeyPatch) 
     p.b.cfg.max_half_open = p.b.half_open
     assert not fastinit.answer(p.b, data, local, remote, p.now)
     p.b.cfg.max_half_open = 10000
-    p.b.cfg.force_cookies = True  # RFC 7296 2.6: the pre-filter's verdict on the request is what fastinit asks
-    assert p.b.prefilter.check(data, local, remote, p.now)  # answered with a COOKIE there
-    assert p.b.prefilter.demanded_last
-    assert not fastinit.answer(p.b, data, local, remote, p.now)
-    p.b.cfg.force_cookies = False
-    assert not p.b.prefilter.check(data, local, remote, p.now)
-    assert not p.b.prefilter.demanded_last
     p.b.accepting = False
     assert not fastinit.answer(p.b, data, local, remote, p.now)
     p.b.accepting = True
     assert not fastinit.answer(p.b, data, ("198.51.100.9", 500), remote, p.now)  # no configuration there
     assert fastinit.answer(p.b, data, local, remote, p.now)
+
+
+def test_cookies_go_the_general_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 7296 2.6 while COOKIEs are demanded: the pre-filter answers the request with a COOKIE, and the
+    request that returns it is one fastinit declines (its first payload is N(COOKIE)): the general path
+    makes the IKE_SA."""
+    p, data = _request(monkeypatch)
+    local, remote = ("192.0.2.2", 500), ("192.0.2.1", 500)
+    p.b.cfg.force_cookies = True
+    held = len(list(p.b.ike_sas()))
+    p.b.receive(data, local, remote, p.now)
+    ((reply, _, _),) = p.b.datagrams_to_send()
+    cookie = _chain(reply)[0]
+    assert cookie[0] == 41 and struct.unpack_from("!H", cookie[1], 6)[0] == NotifyType.COOKIE
+    assert len(list(p.b.ike_sas())) == held  # nothing kept for a request without its COOKIE
+    again = _message(data, [cookie, *_chain(data)])
+    assert not fastinit.answer(p.b, again, local, remote, p.now)
+    p.b.receive(again, local, remote, p.now)
+    assert len(list(p.b.ike_sas())) == held + 1
+    ((response, _, _),) = p.b.datagrams_to_send()
+    assert [t for t, _ in _chain(response)][:3] == [33, 34, 40]  # SA KE Nonce: the IKE_SA_INIT response
 
 
 def test_the_next_key_pairs_are_made_after_the_response(monkeypatch: pytest.MonkeyPatch) -> None:
