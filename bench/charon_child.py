@@ -296,9 +296,9 @@ def record(auth: str, count: int, out: Any) -> float:
 
 
 def ike_sa_of(data: bytes) -> bytes:
-    """The IKE SA a received datagram belongs to: its IKE SPIi (RFC 7296 §3.1), after the non-ESP marker
-    of a datagram that has one (RFC 3948 §2.2)."""
-    return data[4:12] if data[:4] == bytes(4) else data[:8]
+    """The IKE SA a recorded datagram belongs to: its IKE SPIi (RFC 7296 §3.1; recorded as Engine.receive
+    gets it, the non-ESP marker of RFC 3948 §2.2 already stripped)."""
+    return data[:8]
 
 
 def warming(rec: list[Any], warm: int) -> set[bytes]:
