@@ -265,8 +265,7 @@ def record(auth: str, count: int, out: Any) -> float:
 
     cleanup_orphans()
     pki = ci.make_pki(count if auth == "rsa" else 0)
-    lab = two_hosts(inner=False)
-    try:
+    with two_hosts(inner=False) as lab:
         add_addresses(lab, count)
         base = ci.Ours(lab, auth, pki)
         resp = side(base)
@@ -290,8 +289,6 @@ def record(auth: str, count: int, out: Any) -> float:
             with contextlib.suppress(Exception):
                 init.stop()
             base.stop()
-    finally:
-        lab.teardown()
     return ms
 
 

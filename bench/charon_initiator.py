@@ -591,27 +591,26 @@ def main(argv: list[str] | None = None) -> int:
 
     cleanup_orphans()
     pki = make_pki(a.warmup + a.count_rsa if "rsa" in a.auth.split(",") else 0)
-    lab = two_hosts(inner=False)
     runs: list[Run] = []
     sides = _sides(a)
     given = a.before is not None and Path(a.before).is_dir()  # a source tree as it is: kept afterwards
     before_tree = (Path(a.before).resolve() if given else results_io.git_tree(a.before, prefix="charon-initiator-before-")
                    ) if a.before else None
     try:
-        if "child" in a.shape:
-            charon_child.add_addresses(lab, a.warmup + max(a.count, a.count_rsa))
-        for rnd, impl in results_io.interleave(rounds, sides):
-            for auth in a.auth.split(","):
-                resp = responder(lab, impl, auth, pki, before_tree)
-                count = a.count if auth == "psk" else a.count_rsa
-                r = measure(lab, resp, auth, pki, Batch(count, a.warmup, a.inflight), rnd, prof)
-                runs.append(r)
-                print(f"  round {rnd + 1} {impl:6} {auth}: {r.established}/{count} in {r.seconds:.1f} s, responder "
-                      f"CPU {r.cpu_ms:.3f} ms/IKE_SA, initiator {1000 * r.init_cpu / max(1, r.established):.3f} ms"
-                      + (f", failed: {r.failed[:3]}" if r.failed else ""), file=sys.stderr, flush=True)
-        split = {} if a.no_split or "ours" not in sides else charon_split.split(lab, pki, a, before_tree, record)
+        with two_hosts(inner=False) as lab:
+            if "child" in a.shape:
+                charon_child.add_addresses(lab, a.warmup + max(a.count, a.count_rsa))
+            for rnd, impl in results_io.interleave(rounds, sides):
+                for auth in a.auth.split(","):
+                    resp = responder(lab, impl, auth, pki, before_tree)
+                    count = a.count if auth == "psk" else a.count_rsa
+                    r = measure(lab, resp, auth, pki, Batch(count, a.warmup, a.inflight), rnd, prof)
+                    runs.append(r)
+                    print(f"  round {rnd + 1} {impl:6} {auth}: {r.established}/{count} in {r.seconds:.1f} s, responder "
+                          f"CPU {r.cpu_ms:.3f} ms/IKE_SA, initiator {1000 * r.init_cpu / max(1, r.established):.3f} ms"
+                          + (f", failed: {r.failed[:3]}" if r.failed else ""), file=sys.stderr, flush=True)
+            split = {} if a.no_split or "ours" not in sides else charon_split.split(lab, pki, a, before_tree, record)
     finally:
-        lab.teardown()
         if before_tree is not None and not given:
             import shutil
 

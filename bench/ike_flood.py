@@ -198,7 +198,7 @@ def build_lab() -> Any:
                     "net.ipv4.conf.eth1.rp_filter"):
             lab.sysctl("resp", key, 0)
     except BaseException:
-        lab.teardown()
+        lab.close(passed=False)
         raise
     return lab
 
@@ -479,31 +479,30 @@ def main(argv: list[str] | None = None) -> int:
     header = results_io.start_header(args_in, "bench/ike_flood.py")
     trees: list[tuple[str, Path]] = \
         [(f"before {a.before}", results_io.git_tree(a.before, prefix="ikeflood-"))] if a.before else []
-    lab = build_lab()
     try:
-        if a.mode == "flood-only":
-            spec = {"dst": RESP_IP, "pps": a.pps, "duration": a.duration, "count": a.count,
-                    "sources": a.sources, "pool": min(a.pool, max(a.sources, 1024)), "batch": a.batch}
-            udp0 = udp_stats(lab, "resp")
-            p = start_flood(lab, spec)
-            so, se = p.communicate(timeout=a.duration + 60)
-            udp1 = udp_stats(lab, "resp")
-            print(so.strip() or se)
-            print({k: udp1[k] - udp0[k] for k in ("InDatagrams", "NoPorts", "InErrors")})
-            return 0
-        trees.append(("this tree" if Path(a.tree) == ROOT else f"tree {a.tree}", Path(a.tree)))
-        sides = [(t, lg, w) for t in range(len(trees)) for lg in a.legit for w in a.workers
-                 if not (trees[t][0].startswith("before") and a.before_legit and lg not in a.before_legit)]
-        names = {sd: f"{'before ' if trees[sd[0]][0].startswith('before') else ''}{sd[1]:12} w{sd[2]}" for sd in sides}
-        results: dict[tuple[int, str, int], list[dict[str, Any]]] = {sd: [] for sd in sides}
-        for run, name in results_io.interleave(rounds, [names[sd] for sd in sides]):
-            sd = next(k for k, v in names.items() if v == name)
-            a.workers_now, a.legit_now = sd[2], sd[1]
-            r = one_run(lab, argparse.Namespace(**{**vars(a), "legit": sd[1]}), trees[sd[0]][1], run)
-            results[sd].append(r)
-            print(report(name, [r], a, run)[0], flush=True)
+        with build_lab() as lab:
+            if a.mode == "flood-only":
+                spec = {"dst": RESP_IP, "pps": a.pps, "duration": a.duration, "count": a.count,
+                        "sources": a.sources, "pool": min(a.pool, max(a.sources, 1024)), "batch": a.batch}
+                udp0 = udp_stats(lab, "resp")
+                p = start_flood(lab, spec)
+                so, se = p.communicate(timeout=a.duration + 60)
+                udp1 = udp_stats(lab, "resp")
+                print(so.strip() or se)
+                print({k: udp1[k] - udp0[k] for k in ("InDatagrams", "NoPorts", "InErrors")})
+                return 0
+            trees.append(("this tree" if Path(a.tree) == ROOT else f"tree {a.tree}", Path(a.tree)))
+            sides = [(t, lg, w) for t in range(len(trees)) for lg in a.legit for w in a.workers
+                     if not (trees[t][0].startswith("before") and a.before_legit and lg not in a.before_legit)]
+            names = {sd: f"{'before ' if trees[sd[0]][0].startswith('before') else ''}{sd[1]:12} w{sd[2]}" for sd in sides}
+            results: dict[tuple[int, str, int], list[dict[str, Any]]] = {sd: [] for sd in sides}
+            for run, name in results_io.interleave(rounds, [names[sd] for sd in sides]):
+                sd = next(k for k, v in names.items() if v == name)
+                a.workers_now, a.legit_now = sd[2], sd[1]
+                r = one_run(lab, argparse.Namespace(**{**vars(a), "legit": sd[1]}), trees[sd[0]][1], run)
+                results[sd].append(r)
+                print(report(name, [r], a, run)[0], flush=True)
     finally:
-        lab.teardown()
         _remove_before_trees(trees)
     text = [f"IKE_SA_INIT flood with spoofed sources: {a.sources} source addresses, flood target "
             f"{'max' if a.pps == 0 else f'{a.pps:.0f} pps'}, sendmmsg batches of {a.batch} via a raw socket, one "

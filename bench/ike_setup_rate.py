@@ -540,9 +540,8 @@ def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls:
     from scenarios.lab.creds import rsa_keypair
 
     cleanup_orphans()
-    lab = two_hosts(inner=False)
     results: list[Result] = []
-    try:
+    with two_hosts(inner=False) as lab:
         ips = [f"192.0.2.{100 + i}" for i in range(source_ips)]
         for ip in ips:
             lab.addr("alice", "eth0", f"{ip}/24")
@@ -575,8 +574,6 @@ def run_bench(load: Load = Load(), auths: Sequence[str] = ("psk", "rsa"), impls:
                 r = measure(Rig(lab, ips, keydir), resp, auth, load, profile)
                 _progress(r)
                 results.append(r)
-    finally:
-        lab.teardown()
     return results
 
 

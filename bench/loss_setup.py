@@ -139,22 +139,22 @@ def measure_case(case: str, drivers: list[str], rounds: int, loss: int, limit: f
     results = {d: Result(case, d, rounds) for d in drivers}
     labs: dict[str, Lab] = {}
     drvs: dict[str, Any] = {}
-    try:
+    with contextlib.ExitStack() as stack:  # each lab closed after its driver stopped, in reverse order
         for d in drivers:
-            labs[d] = nat_lab()
+            labs[d] = stack.enter_context(nat_lab())
             drvs[d] = DRIVERS[(case, d)](labs[d])
+            stack.callback(_stop, drvs[d])
             if verbose:
                 print(f"{case} {d}: lab {labs[d].dir}", flush=True)
             drvs[d].start()
         for i, d in results_io.interleave(rounds, drivers):
             _one_run(case, drvs[d], labs[d], results[d], i, loss, limit, verbose)
-    finally:
-        for d in drvs:
-            with contextlib.suppress(Exception):  # tear the labs down anyway
-                drvs[d].stop()
-        for lab in labs.values():
-            lab.teardown()
     return [results[d] for d in drivers]
+
+
+def _stop(drv: Any) -> None:
+    with contextlib.suppress(Exception):  # tear the lab down anyway
+        drv.stop()
 
 
 CASE_LABEL = {"mediated": "mediated setups (`up` on alice to the CHILD_SA, both mediation SAs up)",

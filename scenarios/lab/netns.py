@@ -7,7 +7,8 @@ temporary interface names are needed.
 
 Teardown kills the processes the lab started (by recorded PID / process group), then anything still
 running inside the lab's namespaces, then deletes the namespaces. It is idempotent and also registered
-with :mod:`atexit`.
+with :mod:`atexit`. A run that ends with :meth:`Lab.close` (``with lab:`` does) removes the lab's directory
+when it passed and keeps it, saying where, when it failed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -144,6 +146,7 @@ class Lab:
         self._nl: dict[str, NetNS] = {}
         self._at_detach: list[Callable[[], None]] = []
         self._closed = False
+        self._detached = False
         atexit.register(self.teardown)
 
     # -- context manager -----------------------------------------------------------------------------
@@ -151,8 +154,9 @@ class Lab:
     def __enter__(self) -> Lab:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.teardown()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """``with two_hosts() as lab:``: :meth:`close`, the run failed if the block raised."""
+        self.close(passed=exc_type is None)
 
     # -- namespaces and links ---------------------------------------------------------------------
 
@@ -391,29 +395,41 @@ class Lab:
         (KEPT_DIR / self.prefix).touch()  # cleanup_orphans (the next run's) leaves it alone
         with contextlib.suppress(Exception):
             atexit.unregister(self.teardown)
-        self._closed = True
+        self._closed = self._detached = True
 
     def at_detach(self, fn: Callable[[], None]) -> None:
         """Call `fn` when :meth:`detach` leaves the lab running."""
         self._at_detach.append(fn)
 
     def teardown(self, remove_dir: bool = False) -> None:
-        """Stop recorded processes, kill leftovers in the lab's namespaces, delete the namespaces."""
-        if self._closed:
-            return
-        self._closed = True
-        for proc in list(reversed(self._procs)):
+        """Stop recorded processes, kill leftovers in the lab's namespaces, delete the namespaces; with
+        ``remove_dir`` also the lab's directory (even when torn down before; never a detached lab's)."""
+        if not self._closed:
+            self._closed = True
+            for proc in list(reversed(self._procs)):
+                with contextlib.suppress(Exception):
+                    self.stop(proc, timeout=2.0)
+            for handle in self._nl.values():
+                with contextlib.suppress(Exception):
+                    handle.close()
+            self._nl.clear()
+            cleanup_stale(self.prefix)
             with contextlib.suppress(Exception):
-                self.stop(proc, timeout=2.0)
-        for handle in self._nl.values():
-            with contextlib.suppress(Exception):
-                handle.close()
-        self._nl.clear()
-        cleanup_stale(self.prefix)
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.teardown)
-        if remove_dir:
+                atexit.unregister(self.teardown)
+        if remove_dir and not self._detached:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def close(self, passed: bool, say: Callable[[str], object] | None = None) -> None:
+        """The end of a run in this lab (a bench, a scenario): :meth:`teardown`; a run that passed leaves
+        nothing behind, a failed one keeps the lab's files (configurations, daemon logs, captures) for its
+        post-mortem and says where, through ``say`` (default: a line on stderr)."""
+        self.teardown(remove_dir=passed)
+        if not passed:
+            (say or _to_stderr)(f"lab {self.prefix}: files of the failed run: {self.dir}")
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def read_text(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,21 @@ import readme_table  # noqa: E402
 import results_io  # noqa: E402
 
 
-def run_quick(name: str, tmp: Path, *extra: str, timeout: float = 240, ok_codes: tuple[int, ...] = (0,)) -> dict[str, Any]:
-    """bench/NAME.py --quick --out TMP/NAME.txt; returns NAME.json after checking its shape and the header."""
+def run_quick(name: str, tmp: Path, *extra: str, timeout: float = 240, ok_codes: tuple[int, ...] = (0,),
+              closes_labs: bool = True) -> dict[str, Any]:
+    """bench/NAME.py --quick --out TMP/NAME.txt; returns NAME.json after checking its shape and the header,
+    and (``closes_labs``) that a run that passed left no lab directory behind (scenarios.lab.netns.Lab.close)."""
     out = tmp / f"{name}.txt"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", "--out", str(out), *extra],
-                       capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert p.returncode in ok_codes, p.stdout[-3000:] + p.stderr[-3000:]
+    with subprocess.Popen([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", "--out", str(out), *extra],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode in ok_codes, stdout[-3000:] + stderr[-3000:]
+    if closes_labs and proc.returncode == 0:
+        assert labs_left(proc.pid) == [], stderr[-3000:]
     doc: dict[str, Any] = json.loads(out.with_suffix(".json").read_text())
     assert results_io.validate(doc) == [], doc
     assert doc["bench"] == name
@@ -31,6 +41,12 @@ def run_quick(name: str, tmp: Path, *extra: str, timeout: float = 240, ok_codes:
     text = out.read_text()
     assert "load average" in text and "commit:" in text and "figures" in text
     return doc
+
+
+def labs_left(pid: int) -> list[str]:
+    """The lab directories process ``pid`` made that are still there (named lab-lb<pid>x...,
+    scenarios.lab.netns.Lab; the script re-executes itself under the venv in the same process)."""
+    return sorted(d.name for d in Path(tempfile.gettempdir()).glob(f"lab-lb{pid}x*"))
 
 
 def figures(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

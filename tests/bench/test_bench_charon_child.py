@@ -42,8 +42,7 @@ def test_a_packet_crosses_each_responders_child_sa(load_bench: Callable[[str], M
     cc = ci.charon_child
     from scenarios.lab import two_hosts
 
-    lab = two_hosts(prefix="cchild", inner=False)
-    try:
+    with two_hosts(prefix="cchild", inner=False) as lab:
         cc.add_addresses(lab, 2)
         pki = ci.make_pki(0)
         for impl in cc.SIDES:
@@ -62,5 +61,3 @@ def test_a_packet_crosses_each_responders_child_sa(load_bench: Callable[[str], M
             finally:
                 init.stop()
                 resp.stop()
-    finally:
-        lab.teardown()

@@ -43,11 +43,8 @@ def test_short_flood_cookies_engage_and_legitimate_initiators_get_through(
     a = argparse.Namespace(pps=20000.0, duration=30.0, count=10**7, sources=4096, pool=4096, batch=64, attempts=3,
                            deadline=5.0, gap=0.1, settle=1.0, log_level="info", responder_extra="",
                            legit="ours", legit_retransmit="default")
-    lab = bench.build_lab()
-    try:
+    with bench.build_lab() as lab:
         r = bench.one_run(lab, a, bench.ROOT, 0)
-    finally:
-        lab.teardown()
     assert r["flood"]["sent"] > 10000 and r["flood"]["errors"] == 0
     assert r["counters"].get("cookies-sent", 0) > 1000  # COOKIEs engaged, answered from the raw bytes
     assert r["ok"] == 3
