@@ -36,7 +36,6 @@ several times a second).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import statistics
 import sys
@@ -51,177 +50,17 @@ import results_io
 
 ROOT = results_io.enter_repo(__file__)
 
-import vici  # noqa: E402
-from mediated_trace import cpu_ns  # noqa: E402
+from mediated_sides import CharonBlocking, OursMediation  # noqa: E402
+from mediated_trace import cpu_ns  # noqa: E402, F401 - the tests read it here
 
-from core_ike.daemon.ctl import Connection  # noqa: E402
 from scenarios.lab import Lab, cleanup_orphans, nat_lab  # noqa: E402
-from scenarios.lab.charon import CharonError  # noqa: E402
-from scenarios.lab.iked import Iked, IkedError  # noqa: E402
-from scenarios.lab.mediation import LAN, OurMediation, client_toml, server_toml  # noqa: E402
-from scenarios.lab.medsetup import CharonMediation, MediatedSetupDriver, forget_direct_mappings  # noqa: E402
+from scenarios.lab.mediation import LAN  # noqa: E402
+from scenarios.lab.medsetup import MediatedSetupDriver  # noqa: E402
 from scenarios.lab.topologies import CAROL  # noqa: E402
 
 WARMUP = 1  # unmeasured setups at the start of each side's block in a round
 PACE = 0.25  # seconds from one run's start to the next at least (below the server's 5 ME_CONNECT/s)
 WAIT_TO_FINISH_MS = 1000.0  # strongSwan connect_manager.c: #define ME_WAIT_TO_FINISH 1000 /* ms */
-
-
-class OursMediation:
-    """Our mediation_server on carol (default settings), our mediation_client on alice and bob.
-
-    Measured externally: from writing ``{"cmd": "up", "conn": "bob"}`` to alice's control socket (connected before
-    the clock, as charon's vici socket is) until its reply, the event charon's side ends at (its blocking vici
-    ``initiate`` returning, :class:`CharonBlocking`). The reply is sent once the mediated IKE_SA is established; the
-    CHILD_SA comes in the same IKE_AUTH response, its events (data-plane install included) handled in the same flush
-    before the reply is written. One ``list`` after the reply, outside the clock, confirms the INSTALLED CHILD_SA;
-    if it is not listed yet, ``list`` is polled every 2 ms and the clock runs on until it is (counted in ``polled``).
-    """
-
-    name = "ours"
-
-    def __init__(self, lab: Lab, ts: dict[str, str] | None = None, root: str | None = None,
-                 path_first: str | None = None, client: str = "") -> None:
-        self.lab = lab
-        self.med = OurMediation(lab)
-        self.ts = ts
-        self.client = client  # more [client] settings of both peers (``relay = false``)
-        self.root = root  # run the daemons from this checkout instead (``--before``)
-        self.path_first = path_first  # a directory put before the checkout on PYTHONPATH (``--trace``)
-        self.polled = 0  # runs where the CHILD_SA was not yet listed when `up` returned
-        self.relayed = 0  # runs whose tunnel went through the relay
-        self.cpu = 0  # the last run's CPU time of the three daemons from the `up` to its reply, ns
-        self.marks: dict[str, float] = {}  # wall-clock times of the last run's steps seen from here
-
-    def start(self) -> None:
-        if self.root is None and self.path_first is None:
-            self.med.start_server()
-            self.med.start_client("bob", ts=self.ts, client=self.client)
-            self.med.start_client("alice", ts=self.ts, client=self.client)
-            return
-        root = self.root or str(ROOT)
-        # PYTHONSAFEPATH: `python -m` would put the working directory (this tree) first on sys.path, and the
-        # --before side would run this tree's daemons
-        env = {"PYTHONPATH": f"{self.path_first}:{root}" if self.path_first else root, "PYTHONSAFEPATH": "1"}
-        m = self.med
-        m.server = Iked(self.lab, "carol", server_toml(m.peers), name="medsrv", module="mediation_server").start(env=env)
-        for me in ("bob", "alice"):
-            others = [p for p in m.peers if p != me]
-            m.clients[me] = Iked(self.lab, me, client_toml(me, others, self.ts, client=self.client), name="medcli",
-                                 module="mediation_client").start(env=env)
-
-    def bring_up_mediation(self, timeout: float = 15.0) -> None:
-        """Both registered, and both clients' NAT discovery (RFC 5780, after the mediation SA came up)
-        done: until then a client holds its ME_CONNECTs back (at most its nat_wait), which a daemon that
-        has been running a while never does."""
-        self.med.wait_registered("alice", "bob", timeout=timeout)
-        deadline = time.monotonic() + timeout
-        for c in (self.med.clients["alice"], self.med.clients["bob"]):
-            while "nat" not in c.status().get("status", {}):
-                if time.monotonic() > deadline:
-                    raise IkedError("NAT discovery of the mediation clients not done")
-                time.sleep(0.02)
-
-    @staticmethod
-    def _installed(sas: list[dict[str, Any]], name: str) -> bool:
-        return any(s["name"] == name and s["state"] == "ESTABLISHED"
-                   and any(c["state"] == "INSTALLED" for c in s["child-sas"]) for s in sas)
-
-    def pids(self) -> list[int]:
-        """The three daemons: carol's server, alice's and bob's clients."""
-        daemons = [self.med.server, *self.med.clients.values()]
-        return [d.proc.pid for d in daemons if d is not None and d.proc is not None]
-
-    def initiate_and_wait(self, timeout: float) -> float:
-        alice, pids = self.med.clients["alice"], self.pids()
-        with Connection(alice.ctl_path, timeout + 2) as conn:  # connected before the clock, as vici's is
-            self.cpu = -cpu_ns(pids)
-            self.marks = {"up sent": time.time()}  # the marks bracket the request alone, not the CPU reads
-            t0 = time.monotonic()
-            r = conn.request({"cmd": "up", "conn": "bob", "timeout": timeout})
-            took = time.monotonic() - t0
-            self.marks["up reply received"] = time.time()
-            self.cpu += cpu_ns(pids)
-        if r.get("ok") and (r.get("remote") or [None])[0] == CAROL:
-            self.relayed += 1  # the tunnel went through the mediation server's relay
-        if not r.get("ok"):
-            raise IkedError(f"up bob: {r.get('error')}")
-        if self._installed(alice.list_sas(), "bob"):
-            self.marks["CHILD_SA listed"] = time.time()
-            return took
-        self.polled += 1  # not installed at the reply: the clock runs on until it is listed
-        deadline = t0 + timeout
-        while not self._installed(alice.list_sas(), "bob"):
-            if time.monotonic() > deadline:
-                raise IkedError("mediated CHILD_SA not installed on alice")
-            time.sleep(0.002)
-        took = time.monotonic() - t0
-        self.marks["CHILD_SA listed"] = time.time()
-        return took
-
-    def reset(self, timeout: float = 10.0) -> None:
-        """``down`` the mediated IKE_SA on alice (DELETE reaches bob), wait until both forgot it."""
-        alice, bob = self.med.clients["alice"], self.med.clients["bob"]
-        for sa in alice.list_sas():
-            if sa["name"] == "bob":
-                alice.ctl({"cmd": "down", "ike": sa["uniqueid"]})
-        deadline = time.monotonic() + timeout
-        forced = False
-        while any(s["name"] == "bob" for s in alice.list_sas()) or any(s["name"] == "alice" for s in bob.list_sas()):
-            if time.monotonic() > deadline:
-                if forced:
-                    raise IkedError("mediated SAs not gone after down on both peers")
-                for sa in bob.list_sas():  # DELETE lost: remove bob's side directly
-                    if sa["name"] == "alice":
-                        bob.ctl({"cmd": "down", "ike": sa["uniqueid"]})
-                forced, deadline = True, time.monotonic() + timeout
-            time.sleep(0.005)
-        forget_direct_mappings(self.lab)
-
-    def stop(self) -> None:
-        self.med.stop()
-
-
-class CharonBlocking(CharonMediation):
-    """Charon's side, ended at the event ours ends at: alice's vici ``initiate`` of child ``net`` with a
-    timeout (it returns when charon's controller sees the CHILD_SA INSTALLED, as ``swanctl --initiate``
-    does), ``loglevel = -1`` so that charon streams no log lines to the caller during the setup (our ``up``
-    streams none). One ``list-sas`` after the return, outside the clock, confirms the INSTALLED CHILD_SA;
-    if it is not listed yet, ``list-sas`` is polled every 2 ms and the clock runs on (counted in ``polled``)."""
-
-    def __init__(self, lab: Lab, ts_addrs: dict[str, str] | None = None) -> None:
-        super().__init__(lab, ts_addrs=ts_addrs)
-        self.polled = 0
-        self.cpu = 0  # the last run's CPU time of the three charons from the initiate to its return, ns
-
-    def pids(self) -> list[int]:
-        return [c.proc.pid for c in self.charons if c.proc is not None]
-
-    def _installed(self) -> bool:
-        return any(c.get("name") == self.child and c.get("state") == "INSTALLED" for c in self.alice.child_sas())
-
-    def initiate_and_wait(self, timeout: float = 30.0) -> float:
-        req = {"child": self.child, "timeout": int(timeout * 1000), "loglevel": -1}
-        pids = self.pids()
-        with contextlib.closing(self.alice.vici()) as s:
-            self.cpu = -cpu_ns(pids)
-            t0 = time.monotonic()
-            try:
-                for _ in s.initiate(req):
-                    pass
-            except vici.exception.CommandException as e:
-                raise CharonError(f"initiate {self.child} on alice: {e}") from None
-            took = time.monotonic() - t0
-            self.cpu += cpu_ns(pids)
-        if self._installed():
-            return took
-        self.polled += 1
-        deadline = t0 + timeout
-        while not self._installed():
-            if time.monotonic() > deadline:
-                raise CharonError("mediated CHILD_SA not installed on alice")
-            time.sleep(0.002)
-        return time.monotonic() - t0
 
 
 SIDES = ["ours", "charon"]
@@ -290,7 +129,7 @@ def build_lab(cond: Condition) -> Lab:
                 for i in (1, 2):
                     lab.addr(host, "lo", f"{net}.{i}/32")
     except BaseException:
-        lab.teardown()
+        lab.close(passed=False)
         raise
     return lab
 
@@ -383,16 +222,15 @@ def measure(driver_name: str, condition: str, runs: int, timeout: float, verbose
     """One side alone in a lab of its own (`condition` a key of CONDITIONS or a delay in ms)."""
     cond = CONDITIONS.get(condition) or Condition(condition, float(condition))
     result = Result(driver_name, cond.result_key)
-    lab = build_lab(cond)
     driver: MediatedSetupDriver | None = None
-    try:
-        driver = _started(driver_name, lab, cond)
-        restart = (lambda: _started(driver_name, lab, cond)) if driver_name == "charon" else None
-        driver = _runs(driver, result, runs, timeout, verbose, restart)
-    finally:
-        if driver is not None:
-            driver.stop()
-        lab.teardown()
+    with build_lab(cond) as lab:
+        try:
+            driver = _started(driver_name, lab, cond)
+            restart = (lambda: _started(driver_name, lab, cond)) if driver_name == "charon" else None
+            driver = _runs(driver, result, runs, timeout, verbose, restart)
+        finally:
+            if driver is not None:
+                driver.stop()
     return result
 
 
@@ -407,8 +245,7 @@ def interleaved(cond: Condition, rounds: int, runs: int, timeout: float, verbose
     """Both sides in one lab, alternating per round; returns the results and the hub's ping RTT."""
     sides = ([*RELAY_SIDES, *(["ours-before"] if BEFORE else [])]) if cond.relay_ab else SIDES
     results = {d: Result(d, cond.result_key) for d in sides}
-    lab = build_lab(cond)
-    try:
+    with build_lab(cond) as lab:
         rtt = hub_rtt_ms(lab)
         for _, side in rotated(rounds, sides):
             driver = _started(side, lab, cond)
@@ -423,8 +260,6 @@ def interleaved(cond: Condition, rounds: int, runs: int, timeout: float, verbose
             if isinstance(driver, (OursMediation, CharonBlocking)):
                 results[side].polled += driver.polled
                 driver.polled = 0
-    finally:
-        lab.teardown()
     return results, rtt
 
 
@@ -521,31 +356,31 @@ def trace(cond: Condition) -> list[str]:
     from the `up` to the CHILD_SA, step lines only, merged by timestamp with the bench's own marks, in ms
     since the `up` was written."""
     import mediated_trace as mtr
-    site = mtr.site_dir()
-    lab = build_lab(cond)
-    driver = OursMediation(lab, {**LAN, **INNER} if cond.public_bob else None, BEFORE, path_first=site)
-    driver.start()
-    driver.bring_up_mediation()
-    try:
-        daemons = {"carol": driver.med.server, **driver.med.clients}
-        for d in daemons.values():
-            assert d is not None
-            d.ctl({"cmd": "loglevel", "level": "debug"})
-        driver.initiate_and_wait(10.0)  # a first setup warms every path
-        driver.reset()
-        marks = {n: len(d.log_text()) for n, d in daemons.items() if d is not None}
-        took = driver.initiate_and_wait(10.0)
-        t0 = driver.marks["up sent"]
-        lines: list[tuple[float, str]] = [(t, f"{(t - t0) * 1000:8.2f} ms  {'bench':<6} {what}")
-                                          for what, t in driver.marks.items()]
-        for n, d in daemons.items():
-            assert d is not None
-            lines += mtr.step_lines(n, d.log_text()[marks[n]:], t0)
-        return [f"one setup of ours, {cond.label}: {took * 1000:.1f} ms from `up` to the CHILD_SA listed",
-                *(text for _, text in sorted(lines, key=lambda x: x[0]))]
-    finally:
-        driver.stop()
-        lab.teardown()
+
+    with build_lab(cond) as lab:
+        site = mtr.site_dir(lab.dir)
+        driver = OursMediation(lab, {**LAN, **INNER} if cond.public_bob else None, BEFORE, path_first=site)
+        driver.start()
+        try:
+            driver.bring_up_mediation()
+            daemons = {"carol": driver.med.server, **driver.med.clients}
+            for d in daemons.values():
+                assert d is not None
+                d.ctl({"cmd": "loglevel", "level": "debug"})
+            driver.initiate_and_wait(10.0)  # a first setup warms every path
+            driver.reset()
+            marks = {n: len(d.log_text()) for n, d in daemons.items() if d is not None}
+            took = driver.initiate_and_wait(10.0)
+            t0 = driver.marks["up sent"]
+            lines: list[tuple[float, str]] = [(t, f"{(t - t0) * 1000:8.2f} ms  {'bench':<6} {what}")
+                                              for what, t in driver.marks.items()]
+            for n, d in daemons.items():
+                assert d is not None
+                lines += mtr.step_lines(n, d.log_text()[marks[n]:], t0)
+            return [f"one setup of ours, {cond.label}: {took * 1000:.1f} ms from `up` to the CHILD_SA listed",
+                    *(text for _, text in sorted(lines, key=lambda x: x[0]))]
+        finally:
+            driver.stop()
 
 
 def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str]:
@@ -558,22 +393,18 @@ def timeline(cond: Condition, rounds: int, runs: int, verbose: bool) -> list[str
         _runs(driver, Result(side, cond.result_key), WARMUP, 10.0, False)
         return driver
 
-    lab = build_lab(cond)
-    try:
+    with build_lab(cond) as lab:
         return [f"per-step times from captures, {cond.label}; {rounds} rounds x {runs} setups per side "
                 "(after 1 warm-up each); each step from one event to the next on the critical path",
                 *mt.collect(lab, {"alice": LAN["alice"], "carol": CAROL, "bob": LAN["bob"]},
                             rotated(rounds, SIDES), started, runs, PACE, verbose)]
-    finally:
-        lab.teardown()
 
 
 def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:
     """Both sides at 0 ms, `runs` setups each, in four alternating blocks; counts runs over `timeout`."""
     res = {d: Result(d, "0ms") for d in ("ours", "charon")}
     cond = CONDITIONS["0"]
-    lab = build_lab(cond)
-    try:
+    with build_lab(cond) as lab:
         blocks = 2
         per = [runs // blocks + (1 if i < runs % blocks else 0) for i in range(blocks)]
         for r, side in results_io.interleave(blocks, ["ours", "charon"]):
@@ -583,8 +414,6 @@ def hang_check(runs: int, timeout: float, verbose: bool) -> dict[str, Result]:
                 driver = _runs(driver, res[side], per[r], timeout, verbose, restart)
             finally:
                 driver.stop()
-    finally:
-        lab.teardown()
     return res
 
 

@@ -57,11 +57,12 @@ if _startup is not None and hasattr(_startup, "TimedFormatter"):
 """
 
 
-def site_dir() -> str:
-    """A new directory holding MICROSECOND_LOGS as sitecustomize.py (to put first on the daemons' path)."""
-    site = tempfile.mkdtemp(prefix="medtrace-")
-    Path(site, "sitecustomize.py").write_text(MICROSECOND_LOGS)
-    return site
+def site_dir(under: Path) -> str:
+    """A new directory in ``under`` (the lab's: removed with it) holding MICROSECOND_LOGS as
+    sitecustomize.py (to put first on the daemons' path)."""
+    site = Path(tempfile.mkdtemp(prefix="medtrace-", dir=under))
+    (site / "sitecustomize.py").write_text(MICROSECOND_LOGS)
+    return str(site)
 
 
 def step_lines(name: str, log: str, t0: float) -> list[tuple[float, str]]:
