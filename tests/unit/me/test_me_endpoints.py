@@ -19,6 +19,7 @@ from core_ike.me.endpoints import (
     make_endpoint,
     remove_redundant,
     srflx_endpoint,
+    with_base,
 )
 
 
@@ -90,6 +91,23 @@ def test_decoded_endpoints_are_kept_per_octets() -> None:
 def test_addressless_ignores_port() -> None:
     ep = decode_endpoint(bytes.fromhex("0040ffff00031194"))
     assert ep.family == MeEndpointFamily.NONE and ep.address is None and ep.port == 0
+
+
+def test_addr_and_base_follow_the_endpoint_made() -> None:
+    """addr and local_base are kept per endpoint once read: an endpoint made from another (with_base,
+    the base of a learnt or mapped one) has its own, and an address-less one raises every time."""
+    host = make_endpoint(MeEndpointType.HOST, "192.0.2.1", 4500)
+    assert host.addr == ("192.0.2.1", 4500) and host.local_base == ("192.0.2.1", 4500)
+    based = with_base(host, ("10.0.0.1", 4500))
+    assert based.local_base == ("10.0.0.1", 4500) and host.local_base == ("192.0.2.1", 4500)
+    assert based == Endpoint(host.type, host.family, host.address, host.port, host.priority, ("10.0.0.1", 4500))
+    srflx = srflx_endpoint("198.51.100.7", 61000, base=("10.0.0.1", 4500))
+    assert srflx.addr == ("198.51.100.7", 61000) and srflx.local_base == ("10.0.0.1", 4500)
+    bare = addressless_endpoint(MeEndpointType.SERVER_REFLEXIVE)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="no transport address"):
+            _ = bare.addr
+    assert hash(host) == hash(make_endpoint(MeEndpointType.HOST, "192.0.2.1", 4500))
 
 
 def test_remove_redundant_same_address_and_base() -> None:
