@@ -174,6 +174,8 @@ class SourceLimiter:
 
 
 V = TypeVar("V")
+# dict's own slots, called without super(): its object and lookups per call
+_dict_set, _dict_del = dict.__setitem__, dict.__delitem__
 
 
 class InitIndex(dict[tuple[bytes, Addr], V]):
@@ -181,22 +183,26 @@ class InitIndex(dict[tuple[bytes, Addr], V]):
     its SPIi values: the batch pre-filter asks by SPIi alone, without making the peer's address string
     for every datagram of a flood."""
 
+    __slots__ = ("spis",)
+
     def __init__(self) -> None:
         super().__init__()
         self.spis: dict[bytes, int] = {}
 
     def __setitem__(self, key: tuple[bytes, Addr], value: V) -> None:
         if key not in self:
-            self.spis[key[0]] = self.spis.get(key[0], 0) + 1
-        super().__setitem__(key, value)
+            spis = self.spis
+            spis[key[0]] = spis.get(key[0], 0) + 1
+        _dict_set(self, key, value)
 
     def __delitem__(self, key: tuple[bytes, Addr]) -> None:
-        super().__delitem__(key)
-        n = self.spis[key[0]] - 1
+        _dict_del(self, key)
+        spis = self.spis
+        n = spis[key[0]] - 1
         if n:
-            self.spis[key[0]] = n
+            spis[key[0]] = n
         else:
-            del self.spis[key[0]]
+            del spis[key[0]]
 
     def pop(self, key: tuple[bytes, Addr], *default: Any) -> Any:
         if key in self:
