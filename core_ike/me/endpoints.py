@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 from ..constants import ME_TYPE_PREFERENCE, MeEndpointFamily, MeEndpointType, NotifyType
 from ..errors import ProtocolError
@@ -80,15 +80,13 @@ class Endpoint:
     priority: int
     base: Addr | None = None
 
-    # made on first use and kept in the instance (an endpoint's fields never change): pairing, pruning and
-    # every check sent or answered read them, a few dozen times per mediated setup
-    @cached_property
+    @property
     def addr(self) -> Addr:
         if self.address is None:
             raise ValueError("address-less endpoint has no transport address")
         return (self.address, self.port)
 
-    @cached_property
+    @property
     def local_base(self) -> Addr:
         """The base of a local endpoint: the address packets really leave from (host: itself)."""
         return self.base if self.base is not None else self.addr
