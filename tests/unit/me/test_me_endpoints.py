@@ -94,8 +94,8 @@ def test_addressless_ignores_port() -> None:
 
 
 def test_addr_and_base_follow_the_endpoint_made() -> None:
-    """addr and local_base are kept per endpoint once read: an endpoint made from another (with_base,
-    the base of a learnt or mapped one) has its own, and an address-less one raises every time."""
+    """An endpoint made from another (with_base: the base of a learnt or mapped one) has its own addr and
+    local_base, the original keeps its, and an address-less one raises at every read."""
     host = make_endpoint(MeEndpointType.HOST, "192.0.2.1", 4500)
     assert host.addr == ("192.0.2.1", 4500) and host.local_base == ("192.0.2.1", 4500)
     based = with_base(host, ("10.0.0.1", 4500))
