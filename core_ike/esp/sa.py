@@ -28,7 +28,7 @@ import functools
 import hmac as stdlib_hmac  # compare_digest only; every MAC is computed with `cryptography`
 import itertools
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -63,6 +63,9 @@ _HDR_IV = struct.Struct(">IIQ")  # SPI | Seq | explicit IV (the 64-bit counter)
 _PADS = [bytes(range(1, n + 1)) for n in range(256)]
 
 CBC_IV = 16
+
+SealRun = tuple[bytearray, int, list[int], int]
+"""`EspSa.seal_into`'s run of inner packets: (buffer, stride, lengths, next header)."""
 
 
 @dataclass(slots=True)
@@ -207,67 +210,81 @@ class EspSa:
         """Can `seal_into` run (an AEAD whose cipher writes into a caller's buffer)?"""
         return self._into is not None
 
-    def seal_into(self, plain: bytearray, stride: int, lengths: list[int], next_header: int,
-                  out: bytearray, now: float = 0.0) -> list[int]:
-        """`seal` for a run of inner packets laid out in `plain` (packet i at i * `stride`, `lengths[i]`
-        octets, all of one length but the last, which may be shorter, each followed by at least 5 spare
-        octets for its trailer): the ESP packets are written back to back into `out` (grown when too
-        small), as one UDP_SEGMENT send wants them; returns their sizes.
+    def seal_into(self, runs: Sequence[SealRun], out: bytearray, now: float = 0.0) -> tuple[int, list[list[int]]]:
+        """`seal` for runs of inner packets, each laid out in a buffer of its own: a run is (plain, stride,
+        lengths, next header), packet i of it at i * `stride` of `plain`, `lengths[i]` octets, each followed
+        by at least 5 spare octets for its trailer. All packets of all runs have one length but each run's
+        last, which may be shorter (a TSO super-packet's segments: `core_ike.io.offload.segment_into`).
+        Sequence numbers follow the runs' order. The ESP packets are written into `out` (grown when too
+        small) one every `size` octets, the runs one after the other, so that each run's packets lie back
+        to back as one UDP_SEGMENT send wants them; returns `size` and each run's packet sizes.
 
         Header, IV, AAD and trailer (RFC 4303 2.4 padding, Pad Length, Next Header) are those of
-        `seal`; they are written for all packets at once (numpy rows), then one AEAD call per packet
-        encrypts straight into `out`."""
+        `seal`; headers and nonces are written for all packets at once (numpy rows), trailers once per
+        run, then one AEAD call per packet encrypts straight into `out`."""
         # imported here: only the batch data plane needs numpy, and the mediation server, which
         # imports this package for its algorithm tables, would carry its ~12 MiB for nothing
         import numpy as np
 
         into = self._into
-        n = len(lengths)
-        if into is None or not n:
+        if into is None or not runs or not all(r[2] for r in runs):
             raise LocalError("seal_into needs an AEAD with a full-length ICV and at least one packet")
-        length, tail = lengths[0], lengths[-1]
-        if tail > length or lengths.count(length) < n - 1 or stride < length + 5:
-            raise LocalError("seal_into: packets of one length (the last may be shorter) with room for the trailer")
+        length = max(r[2][0] for r in runs)
+        n = 0
+        for _, stride, lengths, _ in runs:
+            k = len(lengths)
+            if lengths[-1] > length or lengths.count(length) < k - 1 or stride < length + 5:
+                raise LocalError("seal_into: packets of one length (a run's last may be shorter) with room for the trailer")
+            n += k
         seq0 = self.seq_out
         if seq0 + n > self.seq_max:
             raise SequenceExhaustedError(f"ESP SPI {self.spi:08x}: sequence numbers exhausted")
         icv, salt = self.icv_len, self._salt
-        pad, tail_pad = -(length + 2) & 3, -(tail + 2) & 3
-        size, tail_size = 16 + length + pad + 2 + icv, 16 + tail + tail_pad + 2 + icv
-        full_size = size
+        pad = -(length + 2) & 3
+        clen = length + pad + 2
+        size = 16 + clen + icv
         VIEWS.grow(out, n * size)
         # every packet's SPI | Seq | IV written as two big-endian 64-bit numpy columns over `out` (the
         # ciphertext goes between them next); the IV is the 64-bit counter, Seq its low 32 bits (RFC 4303 2.2)
-        seqs = range(seq0 + 1, seq0 + n + 1)
         ivs = np.arange(seq0 + 1, seq0 + n + 1, dtype=np.uint64)
         VIEWS.column(out, 0, size, n, ">u8")[:] = (ivs & 0xFFFFFFFF) | (self.spi << 32)
         VIEWS.column(out, 8, size, n, ">u8")[:] = ivs
-        # every row's trailer through one strided view of `plain` (no view of the whole rows)
-        np.ndarray((n, pad + 2), np.uint8, plain, length, (stride, 1))[:] = np.frombuffer(
-            _PADS[pad] + bytes((pad, next_header)), np.uint8)
-        plain[(n - 1) * stride + tail : (n - 1) * stride + tail + tail_pad + 2] = _PADS[tail_pad] + bytes((tail_pad, next_header))
         # nonce = salt | IV (RFC 4106 4, RFC 4309 4, RFC 7634 2), written as two numpy columns; then one AEAD
         # call per packet through map() over slices cut once per layout (`VIEWS`)
         nl = len(salt) + AEAD_IV
         nonces = VIEWS.nonces(n)
         np.ndarray((n, len(salt)), np.uint8, nonces, 0, (nl, 1))[:] = np.frombuffer(salt, np.uint8)
         VIEWS.column(nonces, len(salt), nl, n, ">u8")[:] = ivs
-        encrypt, clen, m = into[0], length + pad + 2, n - 1
-        if m:
-            # RFC 4106 5, RFC 4309 5, RFC 7634 2.1: AAD = SPI | Seq, or SPI | Seq-high | Seq-low with ESN
-            aads: Iterable[Buffer] = ([self._spi_bytes + _Q.pack(q) for q in seqs[:m]] if self.esn
-                                      else VIEWS.rows(out, 0, size, 8, m))
-            _drain(map(encrypt, itertools.islice(VIEWS.rows(nonces, 0, nl, nl, m), m),
-                       VIEWS.rows(plain, 0, stride, clen, m), aads, VIEWS.rows(out, 16, size, clen + icv, m)))
-        p, o, nv, ov = m * stride, m * size, memoryview(nonces), memoryview(out)
-        encrypt(nv[m * nl : n * nl], memoryview(plain)[p : p + tail + tail_pad + 2],
-                self._spi_bytes + _Q.pack(seqs[m]) if self.esn else ov[o : o + 8], ov[o + 16 : o + tail_size])
+        # RFC 4106 5, RFC 4309 5, RFC 7634 2.1: AAD = SPI | Seq, or SPI | Seq-high | Seq-low with ESN
+        aads: Sequence[Buffer] = ([self._spi_bytes + _Q.pack(q) for q in range(seq0 + 1, seq0 + n + 1)] if self.esn
+                              else VIEWS.rows(out, 0, size, 8, n))
+        nv, ov = VIEWS.rows(nonces, 0, nl, nl, n), VIEWS.rows(out, 16, size, clen + icv, n)
+        encrypt, mo = into[0], memoryview(out)
+        trailer = _PADS[pad] + bytes((pad, 0))
+        sizes: list[list[int]] = []
+        r = nbytes = 0
+        for plain, stride, lengths, next_header in runs:
+            m, tail = len(lengths) - 1, lengths[-1]
+            if m:
+                # the trailers of the run's full packets through one strided view of `plain`
+                np.ndarray((m, pad + 2), np.uint8, plain, length, (stride, 1))[:] = np.frombuffer(
+                    trailer[:-1] + bytes((next_header,)), np.uint8)
+                _drain(map(encrypt, nv[r : r + m], VIEWS.rows(plain, 0, stride, clen, m), aads[r : r + m],
+                           ov[r : r + m]))
+            tail_pad = -(tail + 2) & 3
+            p, o = m * stride, (r + m) * size
+            plain[p + tail : p + tail + tail_pad + 2] = _PADS[tail_pad] + bytes((tail_pad, next_header))
+            tail_size = 16 + tail + tail_pad + 2 + icv
+            encrypt(nv[r + m], memoryview(plain)[p : p + tail + tail_pad + 2], aads[r + m], mo[o + 16 : o + tail_size])
+            sizes.append([size] * m + [tail_size])
+            nbytes += length * m + tail
+            r += m + 1
         self.seq_out = seq0 + n
         c = self.counters
-        c.bytes_out += length * (n - 1) + tail
+        c.bytes_out += nbytes
         c.packets_out += n
         c.last_out = now
-        return [full_size] * (n - 1) + [tail_size]
+        return size, sizes
 
     @property
     def seq_remaining(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_MAX_LAYOUTS = 64  # past it every kept slice list is dropped (bounded memory with many buffers)
+_MAX_LAYOUTS = 256  # past it every kept slice list is dropped (bounded memory with many buffers)
 
 Buffer = bytearray | memoryview | bytes
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..esp import EspError, InboundSad, SequenceExhaustedError
-from ..esp.views import VIEWS
+from ..esp.sa import SealRun
 from .fastpath import UdpEspIo
 from .offload import NO_OFFLOAD, Coalescer, VnetHdr, merge_run, segment_into
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .userspace import _SaState
 
 log = logging.getLogger("core_ike.io.userspace")
+SEAL_FRAMES = 8  # TSO super-packets `_seal_laid_out` keeps for one `seal_into` call (bounded memory: 64 KiB each)
 
 
 class BatchSteps:
@@ -35,7 +36,9 @@ class BatchSteps:
     _vnet: bool
     _udp: UdpEspIo | None
     _pending: dict[tuple[str, int], list[bytes]]
-    _plain: bytearray
+    _seal_plains: list[bytearray]
+    _seal_runs: list[SealRun]
+    _seal_st: _SaState | None
     _esp_out: bytearray
     _rx_plain: bytearray
     _tun_fd: int
@@ -58,36 +61,59 @@ class BatchSteps:
         def _needs_ports(self) -> bool: ...
 
     def _seal_laid_out(self, frame: memoryview, vh: VnetHdr, now: float) -> bool:
-        """The `seal_batch` step: a TSO super-packet's segments cut into one buffer, sealed into
-        another (one AEAD call per segment, no per-packet objects) and sent as slices of it; False
-        when the frame or its SA needs the per-packet path (one segment, no SA, plain ESP, a cipher
-        without `seal_into`)."""
-        plain = self._plain
+        """The `seal_batch` step: a TSO super-packet's segments cut into a buffer of their own and kept
+        for `_seal_pending`, which seals the kept super-packets of one SA together (one AEAD call per
+        segment, no per-packet objects) and sends each as slices of one buffer; False when the frame
+        needs the per-packet path (one segment). A frame whose SA cannot be sealed so (no SA, plain
+        ESP, a cipher without `seal_into`), or of another SA or segment size than those kept, first
+        lets the kept ones go (packets leave in the order the TUN device gave them)."""
+        runs, plains = self._seal_runs, self._seal_plains
+        if len(plains) == len(runs):
+            plains.append(bytearray())  # at most SEAL_FRAMES: `_seal_pending` runs when that many are kept
+        plain = plains[len(runs)]
         laid = segment_into(frame, vh, plain)
         if laid is None:
             return False
         stride, lengths = laid
         st = self._sa_out(plain)  # every segment has the first one's addresses and ports
+        if runs and (st is not self._seal_st or lengths[0] != runs[0][2][0]):
+            plains[0], plains[len(runs)] = plain, plains[0]  # this frame's buffer first: the others are free after
+            self._seal_pending(now)
         if st is None or not st.params.encap or not st.esp.seals_into or self._udp is None:
             for i, length in enumerate(lengths):
                 self._outbound(bytes(plain[i * stride : i * stride + length]), now, True)
             self.tso_frames += 1
             self.tso_segments += len(lengths)
             return True
-        VIEWS.grow(self._esp_out, len(lengths) * (stride + 40))
+        runs.append((plain, stride, lengths, 41 if plain[0] >> 4 == 6 else 4))
+        self._seal_st = st
+        if len(runs) >= SEAL_FRAMES:
+            self._seal_pending(now)
+        return True
+
+    def _seal_pending(self, now: float) -> None:
+        """The super-packets `_seal_laid_out` kept, sealed in one `EspSa.seal_into` call and sent, each
+        in one UDP_SEGMENT send (or as few as it needs) of a slice of one buffer."""
+        runs, st = self._seal_runs, self._seal_st
+        if not runs or st is None or self._udp is None:
+            return
         try:
-            sizes = st.esp.seal_into(plain, stride, lengths, 41 if plain[0] >> 4 == 6 else 4, self._esp_out, now)
+            size, sizes = st.esp.seal_into(runs, self._esp_out, now)
         except SequenceExhaustedError:
             self._expire(st, True, "sequence")
-            return True
+            return
+        finally:
+            runs.clear()
         self._sent(st)  # its byte, packet and sequence marks (core_ike/io/satimers.py)
-        self.tso_frames += 1
-        self.tso_segments += len(lengths)
-        self.batch_seals += 1
+        self.tso_frames += len(sizes)
+        self.tso_segments += sum(map(len, sizes))
+        self.batch_seals += len(sizes)
         if st.addr in self._pending:  # what this peer has queued leaves first
             self._flush_sends()
-        self._udp.send_laid_out(memoryview(self._esp_out)[: sum(sizes)], sizes, st.addr)
-        return True
+        view, o = memoryview(self._esp_out), 0
+        for run in sizes:
+            self._udp.send_laid_out(view[o : o + size * (len(run) - 1) + run[-1]], run, st.addr)
+            o += size * len(run)
 
     def _receive_batch(self, packets: list[tuple[bytes, tuple[str, int]]]) -> None:
         """Decrypt a batch of ESP packets and write the inner packets to the TUN device, TCP segments

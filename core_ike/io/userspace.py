@@ -31,6 +31,7 @@ from typing import Any
 from pyroute2 import NetlinkError  # type: ignore[import-untyped]
 
 from ..esp import USERSPACE, EspSa, InboundSad, SequenceExhaustedError
+from ..esp.sa import SealRun
 from .acquire import AcquireLimiter
 from .batchsteps import BatchSteps
 from .dataplane import (
@@ -112,8 +113,10 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         self._udp: UdpEspIo | None = None  # the NAT-T sockets, once `attach_transport` ran
         self._pending: dict[tuple[str, int], list[bytes]] = {}  # sealed ESP-in-UDP per peer, for one send
         self._rbuf = bytearray(VNET_HDR_LEN + 65535)
-        self._plain = bytearray()  # `seal_batch`: a super-packet's segments, then its ESP packets
-        self._esp_out = bytearray()
+        self._seal_plains: list[bytearray] = []  # `seal_batch`: super-packets' segments, one buffer each
+        self._seal_runs: list[SealRun] = []  # those kept for one seal, and their SA
+        self._seal_st: _SaState | None = None
+        self._esp_out = bytearray()  # their ESP packets
         self._rx_plain = bytearray()  # `open_batch`: a GRO read's decrypted packets
         self.tun_name = tun_name
         self.mtu = mtu
@@ -437,6 +440,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
                     vh = VnetHdr.parse(view[:n])
                     if seal_batch and self._seal_laid_out(view[VNET_HDR_LEN:n], vh, now):
                         continue
+                    self._seal_pending(now)  # the super-packets kept so far leave before this frame
                     pkts = segment(view[VNET_HDR_LEN:n], vh)
                 except OffloadError as e:
                     self.drop_bad_frame += 1
@@ -450,6 +454,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
                 if len(self._pending) > 1 or sum(map(len, self._pending.values())) >= 64:
                     self._flush_sends()
         finally:
+            self._seal_pending(now)
             self._flush_sends()
 
     def _flush_sends(self) -> None:

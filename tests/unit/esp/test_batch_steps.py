@@ -57,7 +57,7 @@ def sealed_run(tx: EspSa, payload: bytes, mss: int, v6: bool = False) -> tuple[b
     plain, out = bytearray(), bytearray()
     laid = segment_into(frame, gso_hdr(v6, mss, OPTS), plain)
     assert laid is not None
-    sizes = tx.seal_into(plain, laid[0], laid[1], 41 if v6 else 4, out)
+    _, (sizes,) = tx.seal_into([(plain, laid[0], laid[1], 41 if v6 else 4)], out)
     return bytes(out[: sum(sizes)]), sizes, laid_out(plain, *laid)
 
 
@@ -96,21 +96,60 @@ def test_seal_into_equals_seal(encr: EncrId, bits: int, esn: bool) -> None:
         b.seq_out, b.counters.packets_out, b.counters.bytes_out)
 
 
+@pytest.mark.parametrize("encr,bits,esn", AEADS_INTO)
+def test_seal_into_runs_equal_frame_by_frame(encr: EncrId, bits: int, esn: bool) -> None:
+    """Several super-packets (IPv4 and IPv6, each its own buffer, each with a shorter last segment) sealed
+    in one call give exactly the packets one call per super-packet gives, and those `seal` gives: the
+    sequence numbers run on across the runs in order, every packet opens (ICV, replay window), and the
+    counters are the same."""
+    a, b, rx = sa_trio(encr, bits, esn)  # `b` seals packet by packet, `rx` opens
+    a.seq_out = b.seq_out = rx.window.top = 0xFFFFFFE0 if esn else 9  # ESN: the runs cross into the high half
+    frames = [(False, 9 * 1300 + 77), (True, 5 * 1300 + 1), (False, 3 * 1300 + 1000), (False, 2 * 1300)]
+    laid: list[tuple[bytearray, int, list[int], int]] = []
+    for v6, size in frames:
+        plain = bytearray()
+        got = segment_into(tcp_packet(v6, os.urandom(size), options=OPTS), gso_hdr(v6, 1300 - (20 if v6 else 0), OPTS),
+                           plain)
+        assert got is not None
+        laid.append((plain, got[0], got[1], 41 if v6 else 4))
+    segs = [laid_out(p, stride, lengths) for p, stride, lengths, _ in laid]
+    assert len({lengths[0] for _, _, lengths, _ in laid}) == 1  # one segment length: one layout
+    out = bytearray(b"\xee" * 10)
+    size, sizes = a.seal_into(laid, out)
+    got_pkts, o = [], 0
+    for run in sizes:
+        got_pkts.append([bytes(out[o + i * size : o + i * size + s]) for i, s in enumerate(run)])
+        o += size * len(run)
+    # what one call per super-packet and `seal` per packet give (the same keys, the same start)
+    one = [[b.seal(s, nh, 0.0) for s in ss] for ss, (_, _, _, nh) in zip(segs, laid, strict=True)]
+    assert got_pkts == one and sizes == [[len(p) for p in run] for run in one]
+    assert (a.seq_out, a.counters.packets_out, a.counters.bytes_out) == (
+        b.seq_out, b.counters.packets_out, b.counters.bytes_out)
+    opened = [rx.open(p) for run in got_pkts for p in run]
+    assert opened == [(nh, s) for ss, (_, _, _, nh) in zip(segs, laid, strict=True) for s in ss]
+
+
 def test_seal_into_refuses_what_it_cannot_do() -> None:
     for encr, bits, integ in ((EncrId.AES_GCM_8, 128, IntegId.NONE), (EncrId.AES_CBC, 128, IntegId.HMAC_SHA2_256_128)):
         el, il = key_lengths(encr, bits, integ)
         sa = EspSa(0x99, encr, bits, os.urandom(el), integ, os.urandom(il))
         assert not sa.seals_into
         with pytest.raises(LocalError):
-            sa.seal_into(bytearray(64), 32, [20], 4, bytearray())
+            sa.seal_into([(bytearray(64), 32, [20], 4)], bytearray())
     a, _ = sa_pair(EncrId.AES_GCM_16, 128)
     assert a.seals_into
     with pytest.raises(LocalError):  # packets of different lengths cannot leave in one UDP_SEGMENT send
-        a.seal_into(bytearray(200), 100, [20, 40], 4, bytearray())
-    a.seq_out = 0xFFFFFFFF - 1  # RFC 4303 3.3.3: the counter must not cycle
+        a.seal_into([(bytearray(200), 100, [20, 40], 4)], bytearray())
+    with pytest.raises(LocalError):  # ... nor runs of different lengths share one layout
+        a.seal_into([(bytearray(200), 100, [40, 40], 4), (bytearray(200), 100, [20, 20], 4)], bytearray())
+    with pytest.raises(LocalError):
+        a.seal_into([], bytearray())
+    a.seq_out = 0xFFFFFFFF - 3  # RFC 4303 3.3.3: the counter must not cycle, whichever run would pass it
     with pytest.raises(SequenceExhaustedError):
-        a.seal_into(bytearray(200), 100, [40, 40], 4, bytearray())
-    assert a.seq_out == 0xFFFFFFFF - 1 and a.counters.packets_out == 0
+        a.seal_into([(bytearray(200), 100, [40, 40], 4), (bytearray(200), 100, [40, 40], 4)], bytearray())
+    assert a.seq_out == 0xFFFFFFFF - 3 and a.counters.packets_out == 0
+    a.seal_into([(bytearray(200), 100, [40, 40], 4), (bytearray(200), 100, [40], 4)], bytearray())
+    assert a.seq_out == 0xFFFFFFFF and a.counters.packets_out == 3  # the last sequence number is still used
 
 
 @pytest.mark.parametrize("encr,bits", [(EncrId.AES_GCM_16, 128), (EncrId.CHACHA20_POLY1305, 256),
