@@ -79,9 +79,7 @@ class Story:
         else:
             # a passed run leaves nothing behind; a failed one keeps its files (configs, logs, captures)
             for lab in self.labs:
-                lab.teardown(remove_dir=not self.failures)
-                if self.failures:
-                    self.say(f"files of the failed run: {lab.dir}")
+                lab.close(passed=not self.failures, say=self.say)
         verdict = "PASSED" if not self.failures else f"FAILED ({len(self.failures)} of {self.checks} checks)"
         self.step(f"{self.name}: {verdict}")
         for f in self.failures:

@@ -68,7 +68,7 @@ def two_hosts(prefix: str | None = None, names: tuple[str, str] = ("alice", "bob
                 lab.addr(host, "lo", f"{ip}/32")
                 lab.info["inner"][host] = ip
     except BaseException:
-        lab.teardown()
+        lab.close(passed=False)
         raise
     return lab
 
@@ -90,7 +90,7 @@ def nat_lab(prefix: str | None = None, nat_a: NatKind = "eim", nat_b: NatKind = 
     try:
         _build_nat_lab(lab, nat_a, nat_b, same_nat_peer, delay_ms, loss, wan_drop)
     except BaseException:
-        lab.teardown()
+        lab.close(passed=False)
         raise
     return lab
 

@@ -199,7 +199,8 @@ def run_cell(cell: Cell, t: Timing, story: Story, charon: bool) -> dict[str, Any
                            "expected_a": "/".join(EXPECTED[cell.nat_a]), "expected_b": "/".join(
                                EXPECTED[cell.nat_a if cell.same_nat else cell.nat_b])}
     story.step(f"cell {cell.label}")
-    lab = nat_lab(nat_a=cell.nat_a, nat_b=cell.nat_b, same_nat_peer=cell.same_nat)  # type: ignore[arg-type]
+    # registered: torn down below, its directory removed by story.finish() when the story passed
+    lab = story.lab(nat_lab(nat_a=cell.nat_a, nat_b=cell.nat_b, same_nat_peer=cell.same_nat))  # type: ignore[arg-type]
     gw = None
     try:
         add_carol_alt(lab)
@@ -222,7 +223,8 @@ def run_cell(cell: Cell, t: Timing, story: Story, charon: bool) -> dict[str, Any
     finally:
         if gw is not None:
             gw.stop()
-        lab.teardown()
+        if not story.keep:  # --keep: story.finish() leaves every cell's namespaces for inspection
+            lab.teardown()
     return out
 
 
