@@ -148,7 +148,7 @@ def callgrind(valgrind: str, side: str, wakeups: int, frames: int) -> int:
         subprocess.run([valgrind, "--tool=callgrind", "--toggle-collect=builtin_sorted", f"--callgrind-out-file={out}",
                         sys.executable, __file__,
                         "--side", side, "--wakeups", str(wakeups), "--frames", str(frames)],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})  # same dict layouts each run
         m = re.search(r"^summary:\s+(\d+)", out.read_text(), re.M)
         assert m is not None
         return int(m.group(1))

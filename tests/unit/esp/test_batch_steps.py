@@ -10,10 +10,12 @@ import os
 import struct
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core_ike.constants import EncrId, IntegId
 from core_ike.errors import LocalError
 from core_ike.esp import EspSa, InboundSad, ReplayWindow, SequenceExhaustedError, key_lengths
+from core_ike.esp.errors import EspPaddingError
 from core_ike.io.offload import (
     F_NEEDS_CSUM,
     GSO_NONE,
@@ -213,6 +215,31 @@ def test_open_into_refuses_without_changing_state() -> None:
     assert esn_rx.open_into(memoryview(edata), esizes[0], len(esizes), esizes[-1], plain) is None
 
 
+@pytest.mark.parametrize("at,octet", [(-4, 9), (-3, 1), (-2, 3), (-1, 59)])  # padding, Pad Length, Next Header
+def test_open_into_refuses_a_bad_trailer_inside_a_run(at: int, octet: int) -> None:
+    """One full-size packet of a run with a wrong trailer octet (RFC 4303 2.4, 2.6) under a valid ICV:
+    open_into leaves the run to open_many (nothing changed), which drops that packet (bad padding) or
+    hands its next header up, the others opened."""
+    key = bytes(range(20))
+    tx, rx, ref = (EspSa(0x4242, EncrId.AES_GCM_16, 128, key) for _ in range(3))
+    data, sizes, segs = sealed_run(tx, os.urandom(6 * 1000 + 10), 1000)
+    size, n, tail = sizes[0], len(sizes), sizes[-1]
+    aead = AESGCM(key[:16])
+    k = 2 * size  # the third packet: its trailer is padding 1 2, Pad Length 2, Next Header 4
+    nonce, aad = key[16:] + data[k + 8 : k + 16], data[k : k + 8]
+    inner = bytearray(aead.decrypt(nonce, data[k + 16 : k + size], aad))
+    assert inner[-4:] == b"\x01\x02\x02\x04"
+    inner[at] = octet
+    bad = data[: k + 16] + aead.encrypt(nonce, bytes(inner), aad) + data[k + size :]
+    before = (rx.window.top, rx.window.bitmap, rx.counters.packets_in)
+    assert rx.open_into(memoryview(bad), size, n, tail, bytearray()) is None
+    assert (rx.window.top, rx.window.bitmap, rx.counters.packets_in) == before
+    res = rx.open_many([bad[i * size : i * size + (size if i < n - 1 else tail)] for i in range(n)])
+    want = ref.open_many([data[i * size : i * size + (size if i < n - 1 else tail)] for i in range(n)])
+    assert [r for i, r in enumerate(res) if i != 2] == [w for i, w in enumerate(want) if i != 2]
+    assert isinstance(res[2], EspPaddingError) if at < -1 else res[2] == (59, segs[2])
+
+
 def test_replay_window_update_run_equals_updates() -> None:
     for size, start, count in ((128, 3, 47), (128, 100, 200), (64, 5, 3), (1024, 900, 64)):
         a, b = ReplayWindow(size), ReplayWindow(size)
@@ -278,6 +305,12 @@ def test_merge_run_refuses_what_coalescer_would_not_merge() -> None:
     assert merge_run(mutated(3, 20 + 13, 0x08), stride, lengths) is None  # PSH in the middle
     assert merge_run(mutated(3, 20 + 1, 1), stride, lengths) is None  # another connection (port)
     assert merge_run(plain, stride, lengths[:1]) is None  # one packet: nothing to merge
+    for i, at, fix in ((3, 3, 11), (len(lengths) - 1, 3, 11), (len(lengths) - 1, 20 + 13, 20 + 17)):
+        # another IP length (the header checksum fixed to match), or FIN on the last (the TCP checksum fixed)
+        p = bytearray(plain)
+        p[i * stride + at] += 1
+        p[i * stride + fix] -= 1
+        assert merge_run(p, stride, lengths) is None
     for i in (3, len(lengths) - 1):  # another ack and window, the checksum still right (their sum unchanged)
         p = bytearray(plain)
         p[i * stride + 20 + 11] += 1  # ack 555: low octet
