@@ -352,20 +352,25 @@ class KeyPool:
     `rng`, are made one at a time. A process that forks must not share a pool with its child.
     """
 
-    __slots__ = ("_keys", "batch")
+    __slots__ = ("_empty", "_keys", "batch")
 
     def __init__(self, batch: int = 8) -> None:
         self.batch = batch
         self._keys: dict[int, list[KeyExchange]] = {}
+        # the groups whose pairs `take` used up, for `refill`: it finds them without a walk over every group
+        # held (run after every wake-up, a walk's dict iteration is code otherwise cold)
+        self._empty: list[int] = []
 
     def take(self, group: int, rng: Rng) -> KeyExchange:
         keys = self._keys.get(group)  # only curve groups are held: one made ahead is one lookup away
-        if keys:
-            return keys.pop(0)  # in the order made
-        if not is_pooled(group):
-            return new_key_exchange(group, rng)
-        keys = self._keys[group] = [new_key_exchange(group, rng) for _ in range(self.batch)]
-        return keys.pop(0)
+        if not keys:
+            if not is_pooled(group):
+                return new_key_exchange(group, rng)
+            keys = self._keys[group] = [new_key_exchange(group, rng) for _ in range(self.batch)]
+        key = keys.pop(0)  # in the order made
+        if not keys:
+            self._empty.append(group)
+        return key
 
     def refill(self, rng: Rng) -> int:
         """Make the next `batch` key pairs of each group taken before whose pairs are used up, so that
@@ -373,8 +378,11 @@ class KeyPool:
         datagrams of a wake-up left). At most `batch` pairs per curve group are held. Returns how many
         were made."""
         made = 0
-        for group, keys in self._keys.items():
-            if not keys:
+        empty = self._empty
+        while empty:
+            group = empty.pop()
+            keys = self._keys[group]
+            if not keys:  # not made again by a `take` since it ran empty
                 keys += [new_key_exchange(group, rng) for _ in range(self.batch)]
                 made += self.batch
         return made

@@ -237,3 +237,15 @@ def test_the_key_pool_refills_used_up_groups_only() -> None:
     assert len({k.public for k in first + nxt}) == 4
     pool.take(DhId.MODP_2048, RNG)
     assert pool.refill(RNG) == 2 and len(pool) == 3  # x25519 again; MODP is never pooled
+
+
+def test_the_key_pool_refills_a_group_used_up_twice_once() -> None:
+    """A group whose pairs ran out twice between two refills (the second batch made by `take` itself) gets one
+    batch from the next refill, not one per time it ran out: at most `batch` pairs per group are held."""
+    pool = dh.KeyPool(batch=2)
+    taken = [pool.take(DhId.CURVE25519, RNG) for _ in range(4)]  # two batches made by take, both used up
+    assert len(pool) == 0 and len({k.public for k in taken}) == 4
+    assert pool.refill(RNG) == 2 and len(pool) == 2
+    assert pool.refill(RNG) == 0
+    pool.take(DhId.CURVE25519, RNG)
+    assert pool.refill(RNG) == 0 and len(pool) == 1  # one left: nothing made
