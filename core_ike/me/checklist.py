@@ -76,9 +76,6 @@ class CheckList:
         self.flush: Callable[[], None] | None = None
         self.pairs: list[Pair] = []
         self._initiator, self._responder = _Side(), _Side()
-        # ours and the peer's, by the fixed role: read for every check made and answered (filled in place)
-        self._local, self._remote = ((self._initiator, self._responder) if is_initiator
-                                     else (self._responder, self._initiator))
         self._by_id: dict[int, Pair] = {}
         self._triggered: deque[Pair] = deque()
         self._ladder: list[Pair] = []  # pairs to the peer's predicted ports, checked first (predict.py)
@@ -125,7 +122,7 @@ class CheckList:
         """Data of the ME_CONNECT initiator (own data on A, the peer's on B); state stays NONE."""
         if self._initiator.key is not None:
             raise LocalError("initiator data already set")
-        self._initiator.key, self._initiator.endpoints = key, self._accept(endpoints, local=self.is_initiator)
+        self._initiator = _Side(key, self._accept(endpoints, local=self.is_initiator))
 
     def set_responder_data(self, key: bytes, endpoints: Sequence[Endpoint], now: float, *,
                            start: bool = True) -> None:
@@ -136,7 +133,7 @@ class CheckList:
         the server's answer is not held until it comes."""
         if self._initiator.key is None or self._responder.key is not None:
             raise LocalError("responder data out of order")
-        self._responder.key, self._responder.endpoints = key, self._accept(endpoints, local=not self.is_initiator)
+        self._responder = _Side(key, self._accept(endpoints, local=not self.is_initiator))
         self._build_pairs()
         if start:
             self.start_checks(now)
@@ -171,6 +168,14 @@ class CheckList:
         if not local:
             eps = limit_endpoints(remove_redundant(eps), self.config.max_remote_endpoints)
         return eps
+
+    @property
+    def _local(self) -> _Side:
+        return self._initiator if self.is_initiator else self._responder
+
+    @property
+    def _remote(self) -> _Side:
+        return self._responder if self.is_initiator else self._initiator
 
     # --- pairing ([ME] §5.1, docs/protocol.md §6.2) --------------------------------------------------
 
