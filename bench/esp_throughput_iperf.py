@@ -231,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     cleanup_orphans()
     runs: dict[str, list[dict[str, dict[str, float]]]] = {s: [] for s in sides}
     infos: dict[str, dict[str, Any]] = {}
-    lab = two_hosts()
-    try:
+    with two_hosts() as lab:
         for r, side in results_io.interleave(rounds, sides):
             res, info = run_side(lab, side, seconds, args.esp)
             runs[side].append(res)
@@ -240,8 +239,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1} {side}: " + ", ".join(
                 f"{d} {v['mbps']:.0f} Mbit/s (CPU tx {v['cpu_tx']:.0f} % rx {v['cpu_rx']:.0f} %, "
                 f"{v['retrans']:.0f} retransmits)" for d, v in res.items()), flush=True)
-    finally:
-        lab.teardown()
     header = results_io.finish_header(header, args.quick, rounds)
     return report(args, header, sides, runs, infos, seconds)
 
