@@ -465,6 +465,12 @@ class Reassembler:
         Raises IntegrityError for a fragment failing its ICV (drop it, keep the others),
         DecodeError when a limit is exceeded (the whole reassembly is dropped).
         """
+        done = self.add_plain(msg, protector, now)
+        return None if done is None else reassembled(*done)
+
+    def add_plain(self, msg: Message, protector: SkProtector, now: float) -> tuple[Message, bytes] | None:
+        """`add`, the complete message given undecoded: fragment 1 (its header and Next Payload, without
+        its ciphertext) and the reassembled plaintext of the inner payloads (`reassembled` decodes them)."""
         skf = msg.sk
         if not isinstance(skf, SkfPayload):
             raise LocalError("Reassembler.add needs a message carrying an SKF payload")
@@ -530,11 +536,17 @@ class Reassembler:
                                    f"incomplete messages exceed the total of {self.budget.max_total} octets")
 
 
-def _assemble(part: _Partial) -> Message:
+def _assemble(part: _Partial) -> tuple[Message, bytes]:
     first = part.first
-    assert first is not None and isinstance(first.sk, SkfPayload)  # all numbers 1..total present
-    data = b"".join(part.parts[i] for i in range(1, part.total + 1))
-    return _with_inner(first, _parse_inner(data, first.sk.first_inner))
+    assert first is not None  # all numbers 1..total present
+    return first, b"".join(part.parts[i] for i in range(1, part.total + 1))
+
+
+def reassembled(first: Message, plaintext: bytes) -> Message:
+    """The message `Reassembler.add_plain` completed, decrypted: fragment 1's header and plaintext
+    payloads, then the inner payloads decoded from `plaintext` (RFC 7383 2.6)."""
+    assert isinstance(first.sk, SkfPayload)
+    return _with_inner(first, _parse_inner(plaintext, first.sk.first_inner))
 
 
 # --- UDP 4500 demultiplexing -----------------------------------------------------------------------

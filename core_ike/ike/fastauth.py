@@ -17,6 +17,11 @@ decoded message, rule check or task per request for the IKE_SA's part. This
 matters because a responder usually handles each request right after waking up, when every line of
 code it runs must come back into the CPU caches first.
 
+A request that came in fragments (RFC 7383 2.5: one with the initiator's certificate, SA and TS payloads
+is often longer than the initiator's fragment size) is handed over by the TaskManager once its fragments
+are reassembled (`answer_reassembled`, the plaintext undecoded) and answered by the same code; a
+retransmitted fragment set then gets the same response (RFC 7383 2.6.1: core_ike/ike/fragments.py).
+
 Anything else goes the general way, which decides it in full, before anything is changed here: another
 payload or an error notify, a CP payload, an SA without both TS payloads (or TS payloads without an SA),
 more than one of SA, TSi or TSr, EAP, a peer whose AUTH or certificate does not
@@ -42,7 +47,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..buffer import Buffer
-from ..codec.payloads import NotifyPayload, Payload, SaPayload, TrafficSelector, TsPayload
+from ..codec.message import Message
+from ..codec.payloads import NotifyPayload, Payload, SaPayload, SkfPayload, TrafficSelector, TsPayload
 from ..codec.sawire import pull_sa_body
 from ..codec.summary import PAYLOAD_ABBREV, bracket, notify_payload_name
 from ..codec.wire import encode_payloads, pull_body
@@ -68,6 +74,7 @@ _SELECTOR = struct.Struct("!BBHHH")  # RFC 7296 3.13.1: TS Type, IP Protocol ID,
 _TS_TYPES = {7: (TsType.IPV4_ADDR_RANGE, 4), 8: (TsType.IPV6_ADDR_RANGE, 16)}  # TS type -> (type, address octets)
 
 SK, IDI, IDR, CERT, CERTREQ, AUTH, NOTIFY = 46, 35, 36, 37, 38, 39, 41  # RFC 7296 3.2 payload types
+SKF = 53  # RFC 7383 2.5
 SA, TSI, TSR = 33, 44, 45
 IKE_AUTH = 35
 INITIATOR, RESPONSE = 0x08, 0x20  # RFC 7296 3.1 header flags
@@ -76,6 +83,7 @@ PSK = int(AuthMethod.PSK)
 # the header after the SPIs up to the Length (RFC 7296 3.1) of the request and of our response
 _AUTH_REQUEST_HEAD = bytes((SK, VERSION, IKE_AUTH, INITIATOR, 0, 0, 0, 1))
 _AUTH_RESPONSE_HEAD = bytes((SK, VERSION, IKE_AUTH, RESPONSE, 0, 0, 0, 1))
+_AUTH_FRAGMENTS_HEAD = bytes((SKF, VERSION, IKE_AUTH, INITIATOR, 0, 0, 0, 1))  # fragment 1's (RFC 7383 2.5)
 RSA_SIG, DIGITAL_SIGNATURE = int(AuthMethod.RSA_SIG), int(AuthMethod.DIGITAL_SIGNATURE)
 # enum members bound once: reading one off its class runs Python 3.11's EnumType.__getattr__ hook
 CREATED, DESTROYED = IkeState.CREATED, IkeState.DESTROYED
@@ -312,7 +320,7 @@ def _config(engine: Engine, local: Addr, remote: Addr, peer: Identity, wanted: I
 def _target(engine: Engine, data: bytes) -> IkeSa | None:
     """The half-open IKE_SA a common IKE_AUTH request `data` is for: header as RFC 7296 3.1 has it for
     the first IKE_AUTH request (Message ID 1, from the original initiator, SK first), an SA we answered
-    IKE_SA_INIT for and whose next request is this one."""
+    IKE_SA_INIT for and whose next request is this one (`_answerable` tells), no fragments of it held."""
     n = len(data)
     if n < 32:
         return None
@@ -321,13 +329,24 @@ def _target(engine: Engine, data: bytes) -> IkeSa | None:
     if (data[16:24] != _AUTH_REQUEST_HEAD or int.from_bytes(data[24:28], "big") != n):
         return None  # Next Payload SK, version, IKE_AUTH, flags, Message ID 1; the Length
     sa = engine.sas.get(data[8:16])
-    if (sa is None or sa.is_original_initiator or sa.spi_i != data[:8] or sa.state is not CREATED
-            or sa.in_prot is None or sa.out_prot is None):
-        return None
-    tm = sa.tm
-    if tm.peer_mid != 1 or tm.outstanding is not None or tm.fragments is not None or sa.established_at is not None:
+    if sa is None or sa.spi_i != data[:8] or sa.tm.fragments is not None:
         return None
     return sa
+
+
+def _answerable(sa: IkeSa) -> bool | None:
+    """Whether info lines are logged; None when the general path must answer `sa`'s next request: `sa`
+    is not one we answered IKE_SA_INIT for, with its keys, whose next request is the first IKE_AUTH
+    (Message ID 1, RFC 7296 1.2) and with nothing of ours in flight, or debug lines are logged (only
+    when info lines are: levels are ordered), or an engine extension is not `_neutral`."""
+    tm = sa.tm
+    if (sa.is_original_initiator or sa.state is not CREATED or sa.in_prot is None or sa.out_prot is None
+            or tm.peer_mid != 1 or tm.outstanding is not None or sa.established_at is not None):
+        return None
+    info = log.isEnabledFor(logging.INFO)
+    if (info and log.isEnabledFor(logging.DEBUG)) or not all(map(_neutral, sa.engine.extensions)):
+        return None
+    return info
 
 
 _NEUTRAL: dict[type, bool] = {}
@@ -362,16 +381,35 @@ def answer(engine: Engine, data: bytes, local: Addr, remote: Addr, now: float) -
     """Answer `data` if it is a common IKE_AUTH request (see the module's docstring); False, with nothing
     changed, when the general path must (always while debug lines are logged). While info lines are
     logged, it logs those the general path logs for the request."""
-    info = log.isEnabledFor(logging.INFO)  # debug lines are logged only when info lines are (levels are ordered)
-    if (info and log.isEnabledFor(logging.DEBUG)) or not all(map(_neutral, engine.extensions)):
-        return False
     sa = _target(engine, data)
-    if sa is None:
+    info = _answerable(sa) if sa is not None else None
+    if sa is None or info is None:
         return False
-    a = _answer_of(engine, sa, data, local, remote)
+    a = _answer_of(engine, sa, _request_of(sa, data), local, remote)
     if a is None:
         return False
-    _commit(engine, a, data, local, remote, now, info)
+    _commit(engine, a, len(data), local, remote, now, info)
+    return True
+
+
+def answer_reassembled(sa: IkeSa, first: Message, plain: bytes, now: float) -> bool:
+    """`answer` for a request that came in fragments (RFC 7383 2.6), reassembled for `sa`: `first` is
+    fragment 1 (its header), `plain` the inner payloads' octets; the addresses are those
+    Engine._dispatch updated for its last fragment. False, with nothing changed, when the general path
+    must answer; a retransmission of the fragments gets this response again (RFC 7383 2.6.1,
+    FragmentReceiver)."""
+    raw, skf = first.raw, first.sk
+    # SKF first (no payload outside it, RFC 7296 3.14), version, IKE_AUTH, flags, Message ID 1 (RFC 7296 3.1)
+    if raw[16:24] != _AUTH_FRAGMENTS_HEAD or raw[:8] != sa.spi_i or not isinstance(skf, SkfPayload):
+        return False
+    info = _answerable(sa)
+    if info is None:
+        return False
+    engine, local, remote = sa.engine, sa.local, sa.remote
+    a = _answer_of(engine, sa, parse_inner(plain, skf.first_inner), local, remote)
+    if a is None:
+        return False
+    _commit(engine, a, None, local, remote, now, info)  # Engine.receive logged each fragment's datagram
     return True
 
 
@@ -388,10 +426,10 @@ def _request_of(sa: IkeSa, data: bytes) -> Request | None:
     return parse_inner(plain, nxt)
 
 
-def _answer_of(engine: Engine, sa: IkeSa, data: bytes, local: Addr, remote: Addr) -> _Answer | None:
-    """The request decrypted and checked, the response's plaintext written; None when the general path
-    must answer. Changes nothing."""
-    req, out = _request_of(sa, data), sa.out_prot
+def _answer_of(engine: Engine, sa: IkeSa, req: Request | None, local: Addr, remote: Addr) -> _Answer | None:
+    """The request `req` (None: not of the common shape) checked, the response's plaintext written; None
+    when the general path must answer. Changes nothing."""
+    out = sa.out_prot
     if req is None or out is None:
         return None
     idi, idr, psk = req.idi, req.idr, req.method == PSK
@@ -502,15 +540,17 @@ def _cert_payloads(certs: list[x509.Certificate]) -> list[tuple[int, bytes]]:
     return hit[1]
 
 
-def _commit(engine: Engine, a: _Answer, data: bytes, local: Addr, remote: Addr, now: float, info: bool) -> None:
-    """The general path's steps for the request, in its order: the IKE_SA's addresses and liveness, its
+def _commit(engine: Engine, a: _Answer, size: int | None, local: Addr, remote: Addr, now: float,
+            info: bool) -> None:
+    """The general path's steps for the request of `size` octets (None: in fragments, RFC 7383), in its
+    order: the IKE_SA's addresses and liveness, its
     configuration and identities, the peer authenticated, the CHILD_SA selected (ChildCreate.select_r),
     our AUTH, established, the CHILD_SA's payloads and installation (ChildCreate.build_r), the response
     sealed, kept and sent."""
     sa, cfg, req = a.sa, a.cfg, a.req
-    if info:  # Engine.receive's line for a request it decoded
+    if info and size is not None:  # Engine.receive's line for a request it decoded
         log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1], local[0],
-                 local[1], len(data))
+                 local[1], size)
     sa.local, sa.remote = local, a.remote
     sa.last_in = now
     sa.dpd_pending = False

@@ -46,8 +46,9 @@ class FragmentReceiver:
         self.log_at = float("-inf")  # no drop line before this time
         self.suppressed = 0  # drop lines left out since the last one
 
-    def receive(self, sa: IkeSa, msg: Message, prot: SkProtector, now: float) -> Message | None:
-        """One SKF message for `sa`; the reassembled, decrypted message once complete."""
+    def receive(self, sa: IkeSa, msg: Message, prot: SkProtector, now: float) -> tuple[Message, bytes] | None:
+        """One SKF message for `sa`; once the message is complete, fragment 1 (its header) and the
+        reassembled plaintext of the inner payloads (codec.message.reassembled decodes them)."""
         skf = msg.sk
         assert isinstance(skf, SkfPayload)
         mid, response = msg.message_id, msg.is_response
@@ -71,7 +72,7 @@ class FragmentReceiver:
             if key[3] == response and key[2] != mid:
                 r.discard(key, "replaced")
         try:
-            full = r.add(msg, prot, now)  # RFC 7383 2.6
+            full = r.add_plain(msg, prot, now)  # RFC 7383 2.6
         except IntegrityError as e:
             self._report(sa, now)
             self._drop(sa, now, Drop((msg.spi_i, msg.spi_r, mid, response), "integrity", 1, 0),

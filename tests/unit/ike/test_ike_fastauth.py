@@ -56,14 +56,20 @@ def _run(monkeypatch: pytest.MonkeyPatch, fast: bool, rounds: int = 2, notifies:
     """`rounds` IKE_SAs from a to b (the first with N(INITIAL_CONTACT), the others without); the pair and
     how many of b's IKE_AUTH requests the direct answer took."""
     taken = [0]
-    orig = fastauth.answer
+    orig, orig_reassembled = fastauth.answer, fastauth.answer_reassembled
 
     def counting(*a: Any) -> bool:
         r = orig(*a)
         taken[0] += r and a[0] is p.b
         return r
 
+    def counting_reassembled(*a: Any) -> bool:  # a request in fragments (RFC 7383), once reassembled
+        r = orig_reassembled(*a)
+        taken[0] += r and a[0].engine is p.b
+        return r
+
     monkeypatch.setattr(fastauth, "answer", counting if fast else (lambda *a: False))
+    monkeypatch.setattr(fastauth, "answer_reassembled", counting_reassembled if fast else (lambda *a: False))
     if notifies:
         _with_notifies(monkeypatch, notifies)
     p = make_pair(seed=11, **kw)
