@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import copy
 import logging
@@ -204,29 +203,24 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     logged outside a running loop (start-up, shutdown, other threads such as the netlink worker).
     flush() and close() write the batch; logging's exit hook (logging.shutdown, run atexit) flushes
     every handler, so a normal stop, SIGTERM or an exception that ends the daemon loses nothing; a
-    SIGKILL loses at most the records of the callback it interrupts.
-
-    The batch is a deque: appending a record needs no lock (deque.append and popleft are atomic, the
-    collections docs), so a record kept for later takes no lock; the handler's lock is held by each
-    write (which takes the records it finds, in order, from the front) and by flush, so the threads'
-    writes never interleave and every record appended is written by the write that finds it or a later
-    one."""
+    SIGKILL loses at most the records of the callback it interrupts. The handler's lock (held by
+    Handler.handle around emit, taken by flush and the loop callback) orders the threads."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
-        self._batch: collections.deque[tuple[logging.LogRecord, str | None]] = collections.deque()
+        self._batch: list[tuple[logging.LogRecord, str | None]] = []  # a record, its message if made already
         self._loop: asyncio.AbstractEventLoop | None = None  # where the write after the callback is queued
         self._thread = 0  # the thread that runs self._loop
 
     def handle(self, record: logging.LogRecord) -> bool:
-        """logging.Handler.handle, without the filter call when the handler has no filters and without
-        the lock around emit (emit takes it when it writes)."""
+        """logging.Handler.handle, without the filter call when the handler has no filters."""
         if self.filters:
             return super().handle(record)
-        self.emit(record)
+        with self.lock:  # type: ignore[union-attr]
+            self.emit(record)
         return True
 
-    def emit(self, record: logging.LogRecord) -> None:  # the lock may be held (Handler.handle) or not
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held (Handler.handle)
         text = None
         args = record.args  # the common case first: a tuple of built-in values
         if args and (type(args) is not tuple or not _FIXED_TYPES.issuperset(map(type, args))) \
@@ -256,35 +250,31 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             loop.call_soon(self._after_callback)
 
     def _after_callback(self) -> None:
-        self._loop = None
-        self._write()
+        with self.lock:  # type: ignore[union-attr]
+            self._loop = None
+            self._write()
 
     def _write(self) -> None:
         if not self._batch:
             return
-        with self.lock:  # type: ignore[union-attr]
-            kept = self._batch
-            take = kept.popleft
-            batch = [take() for _ in range(len(kept))]  # a record appended meanwhile is the next write's
-            if not batch:
+        batch, self._batch = self._batch, []
+        lines = self._lines(batch)
+        try:
+            stream = self._stream()
+            if not lines or stream is None:
                 return
-            lines = self._lines(batch)
-            try:
-                stream = self._stream()
-                if not lines or stream is None:
-                    return
-                data = "".join(lines)
-                if len(data) <= ATOMIC_WRITE // 4 or (len(data) <= ATOMIC_WRITE and data.isascii()):
-                    stream.write(data)  # one atomic write (write_pieces would not cut it)
+            data = "".join(lines)
+            if len(data) <= ATOMIC_WRITE // 4 or (len(data) <= ATOMIC_WRITE and data.isascii()):
+                stream.write(data)  # one atomic write (write_pieces would not cut it)
+                stream.flush()
+            else:
+                for piece in write_pieces(lines):
+                    stream.write(piece)
                     stream.flush()
-                else:
-                    for piece in write_pieces(lines):
-                        stream.write(piece)
-                        stream.flush()
-            except RecursionError:
-                raise
-            except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
-                self.handleError(batch[0][0])
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: reported by handleError
+            self.handleError(batch[0][0])
 
     def _lines(self, batch: list[tuple[logging.LogRecord, str | None]]) -> list[str]:
         """The batch's lines as self.format gives them: by the formatter's lines() in one call when it is
@@ -340,7 +330,7 @@ class LoopBatchingFileHandler(LoopBatchingHandler, logging.FileHandler):
 
     def __init__(self, filename: str) -> None:
         logging.FileHandler.__init__(self, filename)
-        self._batch = collections.deque()
+        self._batch = []
         self._loop = None
         self._thread = 0
 
