@@ -250,16 +250,13 @@ def ensure_recordings(auths: list[str], count: int, inflight: int, into: Path, i
 
         cleanup_orphans()
         pki = ci.make_pki(count if "rsa" in need else 0)
-        lab = two_hosts(prefix="ikecold", inner=False)
-        try:
+        with two_hosts(prefix="ikecold", inner=False) as lab:
             for auth in need:
                 (into / recording_name(auth, id_type)).mkdir(parents=True, exist_ok=True)
                 r = ci.record(lab, auth, pki, count, inflight, into / recording_name(auth, id_type), id_type=id_type)
                 print(f"  recorded {auth}: {r.established}/{count} IKE_SAs", file=sys.stderr, flush=True)
                 if r.established != count:
                     raise RuntimeError(f"recording {auth}: {r.established} of {count} IKE_SAs established")
-        finally:
-            lab.teardown()
     return {a: into / recording_name(a, id_type) for a in auths}
 
 

@@ -16,10 +16,10 @@ import readme_table  # noqa: E402
 import results_io  # noqa: E402
 
 
-def run_quick(name: str, tmp: Path, *extra: str, timeout: float = 240, ok_codes: tuple[int, ...] = (0,),
-              closes_labs: bool = True) -> dict[str, Any]:
+def run_quick(name: str, tmp: Path, *extra: str, timeout: float = 240, ok_codes: tuple[int, ...] = (0,)
+              ) -> dict[str, Any]:
     """bench/NAME.py --quick --out TMP/NAME.txt; returns NAME.json after checking its shape and the header,
-    and (``closes_labs``) that a run that passed left no lab directory behind (scenarios.lab.netns.Lab.close)."""
+    and that a run that passed left no lab directory behind (scenarios.lab.netns.Lab.close)."""
     out = tmp / f"{name}.txt"
     with subprocess.Popen([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", "--out", str(out), *extra],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as proc:
@@ -29,7 +29,7 @@ def run_quick(name: str, tmp: Path, *extra: str, timeout: float = 240, ok_codes:
             proc.kill()
             raise
     assert proc.returncode in ok_codes, stdout[-3000:] + stderr[-3000:]
-    if closes_labs and proc.returncode == 0:
+    if proc.returncode == 0:
         assert labs_left(proc.pid) == [], stderr[-3000:]
     doc: dict[str, Any] = json.loads(out.with_suffix(".json").read_text())
     assert results_io.validate(doc) == [], doc

@@ -34,9 +34,7 @@ def valgrind() -> None:
 
 @pytest.mark.usefixtures("valgrind")
 def test_cold_replay_reports_both_trees(tmp_path: Path) -> None:
-    # closes_labs: bench/ike_cold.py still ends its recording lab with teardown(), which keeps the directory
-    doc = run_quick("ike_cold", tmp_path, "--auth", "psk", "--before", BEFORE, "--entry-points", "5", timeout=600,
-                    closes_labs=False)
+    doc = run_quick("ike_cold", tmp_path, "--auth", "psk", "--before", BEFORE, "--entry-points", "5", timeout=600)
     figs = figures(doc)
     ours, before = figs["ike_cold_psk_instructions"], figs["ike_cold_psk_instructions_before"]
     for f in (ours, before):
