@@ -162,6 +162,14 @@ def test_info_lines_the_same_as_the_general_path(monkeypatch: pytest.MonkeyPatch
                                                  shape: dict[str, Any]) -> None:
     """At info level (our users' default) the direct answer is taken and logs the general path's lines:
     the same text, level, logger and order (the whole transcript, both sides)."""
+    logged = info_transcripts(monkeypatch, caplog, shape)
+    assert any(m.startswith("IKE_SA gw[") and "established" in m for _, _, m in logged)
+
+
+def info_transcripts(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                     shape: dict[str, Any]) -> Records:
+    """The info lines of `_run` with the direct answer (taking both IKE_AUTH requests) and without it,
+    checked equal; returns them."""
     logged: list[Records] = []
     for fast in (True, False):
         caplog.set_level(logging.INFO)
@@ -170,7 +178,7 @@ def test_info_lines_the_same_as_the_general_path(monkeypatch: pytest.MonkeyPatch
         assert taken == (2 if fast else 0)
         logged.append([(r.name, r.levelno, r.getMessage()) for r in caplog.records])
     assert logged[0] == logged[1]
-    assert any(m.startswith("IKE_SA gw[") and "established" in m for _, _, m in logged[0])
+    return logged[0]
 
 
 _CAS: list[Any] = []

@@ -6,11 +6,19 @@ general path's octets, state, events and info lines; a retransmitted fragment se
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
-from test_ike_fastauth import CHILD_NOTIFIES, _certified, _ike, _run, _same, _untrusted, _wrong_secret
+from test_ike_fastauth import (
+    CHILD_NOTIFIES,
+    _certified,
+    _ike,
+    _run,
+    _same,
+    _untrusted,
+    _wrong_secret,
+    info_transcripts,
+)
 
 from core_ike.codec.message import decode_message
 from core_ike.constants import ExchangeType, NotifyType
@@ -77,15 +85,8 @@ def test_a_two_fragment_signed_request_gets_the_general_paths_response(monkeypat
 @pytest.mark.parametrize("shape", [SIGNED_CHILD, {"with_child": True, "a_conf": {"fragment_size": 200}}])
 def test_info_lines_of_a_fragmented_request_the_same_as_the_general_path(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, shape: dict[str, Any]) -> None:
-    logged: list[list[tuple[str, int, str]]] = []
-    for fast in (True, False):
-        caplog.set_level(logging.INFO)
-        caplog.clear()
-        _, taken = _run(monkeypatch, fast, **shape)
-        assert taken == (2 if fast else 0)
-        logged.append([(r.name, r.levelno, r.getMessage()) for r in caplog.records])
-    assert logged[0] == logged[1]
-    assert any(m.endswith("reassembled fragmented IKE message") for _, _, m in logged[0])
+    logged = info_transcripts(monkeypatch, caplog, shape)
+    assert any(m.endswith("reassembled fragmented IKE message") for _, _, m in logged)
 
 
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
