@@ -288,8 +288,13 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
     ) -> None:
         st = self._get(spi, direction)
         given: dict[str, Any] = {"src": src, "dst": dst, "src_port": src_port, "dst_port": dst_port, "encap": encap}
-        st.params = p = dataclasses.replace(st.params, **{k: v for k, v in given.items() if v is not None})
+        old = st.params
+        st.params = p = dataclasses.replace(old, **{k: v for k, v in given.items() if v is not None})
         st.addr = (p.dst, p.dst_port)
+        if direction == Direction.IN and (p.src, p.src_port) != (old.src, old.src_port):
+            # the SA moved (a followed mapping, RFC 7296 2.23, or a path of our choice): the peer's packets
+            # still in flight on the path left are not a new mapping (`_check_mapping`'s second starts now)
+            self._mapping_seen[spi] = self.clock()
         self._schedule_keepalive(st)  # encapsulation may have come (RFC 3948 2.3)
         if direction == Direction.OUT:
             if not p.encap:
@@ -305,6 +310,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         self._disarm(st)
         if direction == Direction.IN:
             self.sad.remove(spi)
+            self._mapping_seen.pop(spi, None)
             self._in_cache.clear()
         else:
             reqid = st.params.reqid
@@ -537,9 +543,9 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
     def _check_mapping(self, spi: int, src: tuple[str, int]) -> None:
         """After ESP of inbound SA `spi` from `src` was opened: its byte and packet marks (`SaTimers`),
         then its peer. Authenticated UDP-encapsulated ESP from another address or port than the SA's
-        peer: its NAT mapping changed. Reported (at most once a second per SA) to `on_mapping`, as the
-        kernel reports XFRM_MSG_MAPPING; the IKE side follows and verifies (core_ike/ike/engine.py
-        peer_mapping)."""
+        peer: its NAT mapping changed. Reported (at most once a second per SA, and not in the second
+        after the SA moved: `update_sa`) to `on_mapping`, as the kernel reports XFRM_MSG_MAPPING; the IKE
+        side follows and verifies (core_ike/ike/engine.py peer_mapping)."""
         st = self._sas.get((spi, Direction.IN))
         if st is None:
             return

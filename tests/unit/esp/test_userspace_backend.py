@@ -122,6 +122,34 @@ def test_outbound_inbound_and_make_before_break(
     assert rows == {(0x2000, "in")}
 
 
+def test_packets_in_flight_on_a_path_left_are_no_new_mapping(
+    pair: tuple[UserspaceDataPlane, UserspaceDataPlane, list[tuple[bytes, tuple[str, int]]], int],
+) -> None:
+    """A mediated IKE_SA moved from the relay to a direct path (or a followed NAT mapping): the peer's ESP
+    already on its way over the path left arrives after the move and must not move the SA back; ESP that
+    still comes that way a second later is the peer's real mapping again, reported."""
+    a, b, sent, _tun = pair
+    clock = b.clock
+    assert isinstance(clock, Clock)
+    a.install_sa(sa(0x1000, Direction.OUT))
+    b.install_sa(sa(0x1000, Direction.IN))
+    reported: list[tuple[int, tuple[str, int]]] = []
+    b.on_mapping = lambda spi, src: reported.append((spi, src))
+    for _ in range(3):
+        a._outbound(ipv4(A, B), 1.0)
+    old, new = ("192.0.2.2", 4500), ("198.51.100.7", 4500)  # the inbound SA's peer (sa()), then the new path
+    b.receive_esp(sent[0][0], old)
+    b.update_sa(0x1000, Direction.IN, src=new[0], src_port=new[1])  # the move
+    clock.t += 0.2
+    b.receive_esp(sent[1][0], old)  # in flight on the path left
+    assert reported == [] and b.list_sas()[0].counters["packets_in"] == 2  # delivered, not reported
+    clock.t += 1.0
+    b.receive_esp(sent[2][0], old)  # still coming that way: the peer is there
+    assert reported == [(0x1000, old)]
+    b.delete_sa(0x1000, Direction.IN)
+    assert 0x1000 not in b._mapping_seen  # nothing kept per deleted SA
+
+
 def test_bad_input_counted(
     pair: tuple[UserspaceDataPlane, UserspaceDataPlane, list[tuple[bytes, tuple[str, int]]], int],
 ) -> None:
