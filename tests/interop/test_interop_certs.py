@@ -150,6 +150,9 @@ def test_charon_initiator_sends_its_certificate_when_asked(two_hosts_per_test: L
         assert 'sending end entity cert "CN=bob"' in log, log[-3000:]
         (ours,) = iked.list_sas()
         assert ours["remote-id"] == "bob@lab" and ours["state"] == "ESTABLISHED"
+        # charon's IKE_AUTH with its certificate and the CHILD_SA is over its default fragment size (RFC 7383):
+        # ours reassembled it and answered it (core_ike/ike/fastauth.py answer_reassembled, or the general path)
+        assert "reassembled fragmented IKE message" in iked.log_text(), iked.log_tail(40)
         assert lab.ping("bob", A_IN, source=B_IN, count=2, interval=0.05)[1] == 2
     finally:
         iked.stop()
