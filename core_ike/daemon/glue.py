@@ -5,6 +5,12 @@ CHILD_SA proposals, ours and the peer's, are restricted to those (core_ike/ike/t
 A CHILD_SA the data plane refuses anyway is deleted (DELETE to the peer, RFC 7296 1.4.1) and reported
 as that CHILD_SA's failure: its ChildSaEstablished event becomes a ChildSaFailed for every other
 consumer (`ikectl up` fails with the reason, the status writers see a failure).
+
+Rekeying (RFC 7296 2.8): the new SAs are installed before the old ones go (make-before-break). A
+CHILD_SA the engine reports with `outbound_deferred` (we answered the peer's rekey) gets its inbound SA
+at once and its outbound SA at the engine's ChildSaOutbound, which comes right before the replaced
+CHILD_SA's ChildSaDeleted: until then we send on the old SA, which the rekey initiator still accepts,
+and not on one it has not installed yet (docs/protocol.md, "CHILD_SA rekeying").
 """
 
 from __future__ import annotations
@@ -57,10 +63,12 @@ class _Installed:
     ike: int = 0  # unique id of the IKE_SA carrying it
     local: Addr = ("", 0)  # the outer addresses and ports its SAs have now (RFC 7296 §2.23 moves them)
     remote: Addr = ("", 0)
+    out: SaParams | None = None  # its outbound SA while not installed (ChildSaEstablished.outbound_deferred)
 
 
 class DataPlaneGlue(Extension):
-    """Make-before-break: a rekeyed CHILD_SA's new SAs are installed before the old ones go."""
+    """Make-before-break: a rekeyed CHILD_SA's new SAs are installed before the old ones go (a rekey
+    responder's outbound SA when the engine says, ChildSaOutbound)."""
 
     def __init__(self, dp: DataPlane, delete_child: DeleteChild | None = None) -> None:
         self.dp = dp
@@ -81,6 +89,8 @@ class DataPlaneGlue(Extension):
                 return self._failed(e, error)
         elif isinstance(e, ev.ChildSaDeleted):
             self.remove(e)
+        elif isinstance(e, ev.ChildSaOutbound):
+            self.install_outbound(e)
         elif isinstance(e, ev.PeerAddressChanged):
             self.follow(e.ike_unique_id, e.remote, e.local)
         elif isinstance(e, PathChanged) and e.local is not None:
@@ -140,8 +150,11 @@ class DataPlaneGlue(Extension):
             here = local or inst.local
             if (here, remote) == (inst.local, inst.remote):
                 continue
-            self._quietly(self.dp.update_sa, inst.spi_out, Direction.OUT, src=here[0], src_port=here[1],
-                          dst=remote[0], dst_port=remote[1])
+            if inst.out is not None:  # not installed yet: installed where the SAs are then
+                inst.out = replace(inst.out, src=here[0], src_port=here[1], dst=remote[0], dst_port=remote[1])
+            else:
+                self._quietly(self.dp.update_sa, inst.spi_out, Direction.OUT, src=here[0], src_port=here[1],
+                              dst=remote[0], dst_port=remote[1])
             self._quietly(self.dp.update_sa, inst.spi_in, Direction.IN, src=remote[0], src_port=remote[1],
                           dst=here[0], dst_port=here[1])
             inst.local, inst.remote = here, remote
@@ -170,8 +183,8 @@ class DataPlaneGlue(Extension):
         return next((i.ike for i in self.children.values() if i.spi_in == spi_in), None)
 
     def install(self, e: ev.ChildSaEstablished) -> str | None:
-        """Install both SAs and, for a new reqid, the policies; the error text when that failed (then
-        nothing of this CHILD_SA stays installed)."""
+        """Install both SAs (the outbound one later when `e.outbound_deferred`) and, for a new reqid, the
+        policies; the error text when that failed (then nothing of this CHILD_SA stays installed)."""
         k = e.keys
         encr, integ = _ENCR.get(k.encr_id), _INTEG.get(k.integ_id)
         if encr is None or integ is None:  # not a known transform: the enum's own ValueError
@@ -185,10 +198,11 @@ class DataPlaneGlue(Extension):
                                         there_port, here_port, e.encap, e.reqid, _NO_LIMITS, e.replay_window,
                                         k.esn))
             done.append((k.spi_in, _IN))
-            self.dp.install_sa(SaParams(k.spi_out, _OUT, here, there, encr, bits, k.key_out, integ,
-                                        k.integ_out, here_port, there_port, e.encap, e.reqid, _NO_LIMITS,
-                                        e.replay_window, k.esn))
-            done.append((k.spi_out, _OUT))
+            out = SaParams(k.spi_out, _OUT, here, there, encr, bits, k.key_out, integ, k.integ_out, here_port,
+                           there_port, e.encap, e.reqid, _NO_LIMITS, e.replay_window, k.esn)
+            if not e.outbound_deferred:
+                self.dp.install_sa(out)
+                done.append((k.spi_out, _OUT))
             if e.reqid not in self.policies:
                 for p in _policies(e):
                     self.dp.install_policy(p)
@@ -201,7 +215,8 @@ class DataPlaneGlue(Extension):
             return str(err) or type(err).__name__
         if e.unique_id in self.children:  # the same CHILD_SA reported again: its SAs replaced, counted once
             self._forget(e.unique_id)
-        self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out, e.ike_unique_id, e.local, e.remote)
+        self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out, e.ike_unique_id, e.local, e.remote,
+                                                out if e.outbound_deferred else None)
         self._users[e.reqid] = self._users.get(e.reqid, 0) + 1
         if new_pols:
             self.policies[e.reqid] = new_pols
@@ -210,6 +225,25 @@ class DataPlaneGlue(Extension):
             log.debug("installed CHILD_SA %s{%d} in the %s data plane (%s, %s)", e.name, e.unique_id,
                       getattr(self.dp, "name", "?"), e.proposal, "UDP-encapsulated" if e.encap else "plain ESP")
         return None
+
+    def install_outbound(self, e: ev.ChildSaOutbound) -> None:
+        """The deferred outbound SA of a rekey responder's CHILD_SA (RFC 7296 2.8), installed before the
+        replaced CHILD_SA's SAs go: the data plane sends on the newest outbound SA of the reqid. One the
+        data plane refuses leaves the CHILD_SA unable to send: it is deleted (DELETE to the peer)."""
+        inst = self.children.get(e.unique_id)
+        if inst is None or inst.out is None:
+            return
+        try:
+            self.dp.install_sa(inst.out)
+        except Exception as err:  # noqa: BLE001 - any refusal: the CHILD_SA goes, the daemon stays
+            reason = (f"the {getattr(self.dp, 'name', '?')} data plane could not install its outbound SA: "
+                      f"{str(err) or type(err).__name__}")
+            log.error("unable to install CHILD_SA %s{%d}'s outbound SA: %s; deleting it", e.name, e.unique_id,
+                      reason)
+            if self.delete_child is not None:
+                self.delete_child(e.ike_unique_id, e.unique_id, reason)
+            return
+        inst.out = None
 
     def _failed(self, e: ev.ChildSaEstablished, error: str) -> ev.ChildSaFailed:
         reason = f"the {getattr(self.dp, 'name', '?')} data plane could not install it ({e.proposal}): {error}"
@@ -222,8 +256,9 @@ class DataPlaneGlue(Extension):
         inst = self.children.pop(e.unique_id, None)
         if inst is None:
             return
-        for spi, d in ((inst.spi_in, _IN), (inst.spi_out, _OUT)):
-            self._quietly(self.dp.delete_sa, spi, d)
+        self._quietly(self.dp.delete_sa, inst.spi_in, _IN)
+        if inst.out is None:  # else never installed
+            self._quietly(self.dp.delete_sa, inst.spi_out, _OUT)
         self._release(inst.reqid)
 
     def _forget(self, unique_id: int) -> None:

@@ -115,18 +115,37 @@ class ChildSaEstablished:
     proposal: str
     rekeyed_from: int | None = None  # unique id of the CHILD_SA this one replaces (make-before-break)
     replay_window: int = 128  # RFC 4303 3.4.3, from the CHILD_SA's config
+    # RFC 7296 2.8: install only the inbound SA now; the outbound SA follows at a ChildSaOutbound event
+    # naming this CHILD_SA (the rekey responder's: when the replaced CHILD_SA ends), or never (the
+    # redundant SA of a rekey collision, 2.8.1, deleted at once). docs/protocol.md, "CHILD_SA rekeying".
+    outbound_deferred: bool = False
 
     def __init__(  # noqa: PLR0913, PLR0917 - the dataclass fields, positional as the generated __init__
         self, ike_name: str, ike_unique_id: int, name: str, unique_id: int, reqid: int, local: Addr, remote: Addr,
         encap: bool, local_ts: tuple[str, ...], remote_ts: tuple[str, ...], keys: ChildKeys, proposal: str,
-        rekeyed_from: int | None = None, replay_window: int = 128,
+        rekeyed_from: int | None = None, replay_window: int = 128, outbound_deferred: bool = False,
     ) -> None:
         _set(self, "__dict__", {
             "ike_name": ike_name, "ike_unique_id": ike_unique_id, "name": name, "unique_id": unique_id,
             "reqid": reqid, "local": local, "remote": remote, "encap": encap, "local_ts": local_ts,
             "remote_ts": remote_ts, "keys": keys, "proposal": proposal, "rekeyed_from": rekeyed_from,
-            "replay_window": replay_window,
+            "replay_window": replay_window, "outbound_deferred": outbound_deferred,
         })
+
+
+@dataclass(frozen=True)
+class ChildSaOutbound:
+    """RFC 7296 2.8: the outbound SA of CHILD_SA `unique_id`, established with `outbound_deferred`, is to
+    be installed now, before the CHILD_SA it replaces (`replaces`) is removed (make-before-break: its
+    ChildSaDeleted follows). The rekey responder's new CHILD_SA until then sends on the old one, which the
+    rekey initiator accepts until its DELETE exchange completes."""
+
+    ike_name: str
+    ike_unique_id: int
+    name: str
+    unique_id: int
+    spi_out: int
+    replaces: int
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,6 @@ class PeerAddressChanged:
 
 
 Event = (
-    IkeSaEstablished | IkeSaFailed | IkeSaDeleted | ChildSaEstablished | ChildSaFailed | ChildSaDeleted
-    | PeerAddressChanged | VirtualIpAssigned
+    IkeSaEstablished | IkeSaFailed | IkeSaDeleted | ChildSaEstablished | ChildSaOutbound | ChildSaFailed
+    | ChildSaDeleted | PeerAddressChanged | VirtualIpAssigned
 )

@@ -9,7 +9,9 @@ Direct lab (``two_hosts``): iked on alice 192.0.2.1 and on bob 192.0.2.2, ``enca
 
 Checked: ping both ways through the tunnel; a capture on the link shows only ESP-in-UDP on 4500 (NAT)
 or protocol-50 ESP (direct) with exactly the CHILD_SA SPIs and no plain ICMP; per-SA counters in the
-control ``list`` reply; a CHILD_SA rekey under ``ping -i 0.01 -c 300`` loses no packet.
+control ``list`` reply; a CHILD_SA rekey under ``ping -i 0.01 -c 300`` loses no packet, and our rekey
+responder (bob) sends on the new CHILD_SA only from alice's DELETE of the old one (RFC 7296 2.8,
+docs/protocol.md "CHILD_SA rekeying").
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ def test_child_rekey_under_ping(request: pytest.FixtureRequest, pair: str) -> No
         env.a.up("net", "net")
         one_child(env.b)
         ours, lab, host, dst, src = env.a, env.lab, "alice", C_IN, A_IN
+    responder = env.b if pair == "iked-direct" else None
     sa, old = one_child(ours)
 
     def rekey() -> None:
@@ -158,4 +161,11 @@ def test_child_rekey_under_ping(request: pytest.FixtureRequest, pair: str) -> No
     _, new = one_child(ours)
     assert new["spi-in"] != old["spi-in"], "CHILD_SA was not rekeyed"
     assert sent == 300 and received == 300, f"lost icmp_seq {_missing(out)}\n{ours.log_tail()}"
+    if responder is not None:  # its outbound SA switched when alice's DELETE of the old CHILD_SA arrived
+        log = responder.log_path
+        switched = f"now sends with SPI {new['spi-in']}_o"
+        deleted = f"received DELETE for ESP CHILD_SA with SPI {old['spi-in']}"
+        wait_files(lambda: switched in log.read_text(), 10, [log], what="outbound switched")
+        text = log.read_text()
+        assert deleted in text and text.index(deleted) < text.index(switched), text[-3000:]
     _ping(lab, host, dst, src)

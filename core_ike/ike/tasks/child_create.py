@@ -580,9 +580,11 @@ class ChildCreate(Task):
         if log.isEnabledFor(_INFO):  # the event's texts, as tsmod.list_text writes them
             log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s", child.name, uid,
                      self.spi_in, spi_out, " ".join(local_text), " ".join(remote_text))
+        # RFC 7296 2.8: a rekey responder's outbound SA waits for the end of the CHILD_SA it replaces
+        deferred = self.rekey is not None and collisions.outbound_deferred(sa, self, initiator)
         ctx.emit(ev.ChildSaEstablished(
             sa.name, sa.unique_id, child.name, uid, reqid, sa.local, sa.remote, encap, local_text, remote_text,
-            keys, child.proposal_text, child.rekeyed_from, self.cfg.replay_window))
+            keys, child.proposal_text, child.rekeyed_from, self.cfg.replay_window, deferred))
         if self.rekey is not None:
             if initiator:
                 sa.queue.extend(collisions.child_rekey_done(sa, self, self.rekey))

@@ -16,14 +16,13 @@ from ...constants import ExchangeType, NotifyType
 from ...errors import ProtocolError
 from ..context import IkeSaView, Task
 from ..state import ChildSa, ChildState, IkeState
-from .informational import ChildDelete, IkeDelete
+from .informational import ChildDelete, IkeDelete, defer_outbound, drop_outbound
 
 if TYPE_CHECKING:  # these two import this module; at run time tasks are told apart by `Task.name`
     from .child_create import ChildCreate
     from .ike_rekey import IkeRekey
 
 log = logging.getLogger("core_ike.ike")
-
 
 
 def ours_is_redundant(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -> bool:
@@ -79,18 +78,42 @@ def child_rekey_answered(sa: IkeSaView, responder: ChildCreate, old: ChildSa) ->
         sa.queue.remove(mine)
 
 
+def _redundant(mine: ChildCreate) -> bool:
+    """RFC 7296 2.8.1: our rekey collided with the peer's and our new SA has the lowest nonce."""
+    theirs = mine.collision
+    return theirs is not None and mine.child is not None and \
+        ours_is_redundant((mine.nonce, mine.peer_nonce), (theirs.nonce, theirs.peer_nonce))
+
+
+def outbound_deferred(sa: IkeSaView, new: ChildCreate, initiator: bool) -> bool:
+    """RFC 7296 2.8: whether our outbound SA of `new.child`, the replacement of `new.rekey`, is installed
+    later rather than now. As responder it waits for the end of the old CHILD_SA: the initiator installs
+    its inbound SA only when our response arrives, ESP we sent on the new SA before that would be dropped,
+    while it accepts the old SA until its DELETE is answered. As the initiator that lost a collision
+    (2.8.1) never: the SA is redundant, we delete it at once, and the peer's replacement, waiting as
+    above, takes over when the peer deletes the old CHILD_SA."""
+    assert new.rekey is not None and new.child is not None
+    if not initiator:
+        defer_outbound(sa, new.rekey, new.child)
+        return True
+    return _redundant(new)
+
+
 def child_rekey_done(sa: IkeSaView, mine: ChildCreate, old: ChildSa) -> list[Task]:
     """Our rekey of `old` completed; returns the deletes to queue (RFC 7296 2.8.1)."""
     theirs = mine.collision
     if theirs is None or mine.child is None:
         # RFC 7296 1.3.3 / 2.8: the rekey initiator deletes the old CHILD_SA
         return [ChildDelete(child=old, reason="rekeyed")]
-    if ours_is_redundant((mine.nonce, mine.peer_nonce), (theirs.nonce, theirs.peer_nonce)):
+    if _redundant(mine):
         # RFC 7296 2.8.1: our new SA has the lowest nonce: we close it; the peer closes the old one
         log.info("CHILD_SA rekey collision lost: closing redundant CHILD_SA %s{%d}", mine.child.name,
                  mine.child.unique_id)
         return [ChildDelete(child=mine.child, reason="rekey collision (redundant)")]
     log.info("CHILD_SA rekey collision won: the peer closes its redundant CHILD_SA")
+    if theirs.child is not None:
+        # the peer's replacement, which we answered, never sends: ours does, from now on
+        drop_outbound(sa, old, theirs.child)
     return [ChildDelete(child=old, reason="rekeyed")]
 
 

@@ -1,4 +1,8 @@
-"""INFORMATIONAL exchanges: DELETE of CHILD_SAs and IKE_SAs, liveness checks (RFC 7296 1.4, 1.5, 2.4)."""
+"""INFORMATIONAL exchanges: DELETE of CHILD_SAs and IKE_SAs, liveness checks (RFC 7296 1.4, 1.5, 2.4).
+
+A CHILD_SA ends here (our DELETE answered or failed, the peer's DELETE): `end_child` first has the
+outbound SA of a rekey responder's replacement installed (RFC 7296 2.8, `OutboundWaits`), then removes it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,54 @@ from ...codec.message import Message
 from ...codec.payloads import DeletePayload, NotifyPayload
 from ...constants import ExchangeType, NotifyType, PayloadType, ProtocolId, name_of
 from ..context import IkeSaView, Status, Task
+from ..context import events as ev
 from ..state import ChildSa, ChildState, IkeState
 
 log = logging.getLogger("core_ike.ike")
+_OUTBOUND_DUE = frozenset({ChildState.INSTALLED, ChildState.REKEYING})
+
+
+class OutboundWaits:
+    """Per IKE_SA (RFC 7296 2.8): the CHILD_SAs we created as rekey responder whose outbound SA is not
+    installed yet, by the unique id of the CHILD_SA each replaces. The initiator installs its inbound SA
+    only when our response arrives, so we go on sending on the old CHILD_SA until it ends: normally at
+    the initiator's DELETE, else when we delete it (expiry, a user's `down`). The IKE_SA's rekeyed
+    successor takes its CHILD_SAs (RFC 7296 2.18) and this same record (CHILD_SA ids are engine-wide)."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, ChildSa] = {}
+
+    def for_successor(self) -> OutboundWaits:
+        return self
+
+
+def defer_outbound(sa: IkeSaView, old: ChildSa, new: ChildSa) -> None:
+    """`new`, our answer to the peer's rekey of `old`, sends on `old` until `old` ends."""
+    sa.extension(OutboundWaits).waiting[old.unique_id] = new
+
+
+def drop_outbound(sa: IkeSaView, old: ChildSa, new: ChildSa) -> None:
+    """`new`, waiting for the end of `old`, never gets an outbound SA (the redundant SA of a rekey
+    collision, RFC 7296 2.8.1: its creator deletes it)."""
+    waits = sa.find_extension(OutboundWaits)
+    if waits is not None and waits.waiting.get(old.unique_id) is new:
+        del waits.waiting[old.unique_id]
+
+
+def end_child(sa: IkeSaView, child: ChildSa, reason: str) -> None:
+    """`child` is gone: the replacement waiting for it gets its outbound SA first (make-before-break:
+    the data plane never lacks an outbound SA for the CHILD_SA's reqid), then `child` is removed. A
+    replacement that is itself being replaced or deleted meanwhile gets none (its own successor sends)."""
+    waits = sa.find_extension(OutboundWaits)
+    new = waits.waiting.pop(child.unique_id, None) if waits is not None else None
+    if new is not None and new.state in _OUTBOUND_DUE and sa.children.get(new.unique_id) is new:
+        log.info("CHILD_SA %s{%d} now sends with SPI %08x_o (replaced %s{%d})", new.name, new.unique_id,
+                 new.spi_out, child.name, child.unique_id)
+        sa.ctx.emit(ev.ChildSaOutbound(sa.name, sa.unique_id, new.name, new.unique_id, new.spi_out,
+                                       child.unique_id))
+    sa.remove_child(child, reason)
 
 
 class ChildDelete(Task):
@@ -31,14 +80,16 @@ class ChildDelete(Task):
         msg.payloads.append(DeletePayload(ProtocolId.ESP, [struct.pack("!I", self.spi_in)]))
 
     def process_i(self, sa: IkeSaView, msg: Message, now: float) -> Status:
-        # RFC 7296 1.4.1: the response carries the peer's half; either way our half is gone
+        # RFC 7296 1.4.1: the response carries the peer's half; either way our half is gone. Until now
+        # we accepted ESP on our inbound SA: the peer may have sent on its outbound one until our DELETE
+        # reached it (RFC 7296 2.8)
         if self.child is not None:
-            sa.remove_child(self.child, self.reason)
+            end_child(sa, self.child, self.reason)
         return Status.DONE
 
     def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
         if self.child is not None:
-            sa.remove_child(self.child, self.reason)
+            end_child(sa, self.child, self.reason)
 
 
 class IkeDelete(Task):
@@ -115,7 +166,7 @@ class Informational(Task):
             if c.state is not ChildState.DELETING:
                 spis.append(struct.pack("!I", c.spi_in))
             log.info("closing CHILD_SA %s{%d} with SPIs %08x_i %08x_o", c.name, c.unique_id, c.spi_in, c.spi_out)
-            sa.remove_child(c, "deleted by peer")
+            end_child(sa, c, "deleted by peer")
         if spis:
             msg.payloads.append(DeletePayload(ProtocolId.ESP, spis))
 
