@@ -46,6 +46,7 @@ RW = {"carol": "192.0.2.100", "dave": "192.0.2.200", "erin": "192.0.2.150"}
 PSK = {"carol": "FpZAZqEN6Ti9sqt4ZP5EWcqX", "dave": "jVzONCF02ncsgiS1mIXeqhGN", "erin": "Kq7wUaE3rTz9pYb2nLc5"}
 MOON_ID = "moon.strongswan.org"
 OPERATOR, OP_PASSWORD = "op", "operator password 42"
+ECHO_WAIT = 5.0  # seconds an echo reply is waited for (ends at the reply); a loaded machine delays some
 
 
 def ident(name: str) -> str:
@@ -163,22 +164,44 @@ class RoadWarriors:
         return str(vip)
 
     def ping(self, who: str, vip: str) -> tuple[int, str]:
-        """The echo replies received of three, and where the missing ones went when one is missing."""
-        # erin's route into ipsec0 names her virtual IP as its source: her ping chooses none
-        _, received, out = self.lab.ping(who, MOON_NET, source=None if who == "erin" else vip, count=3, interval=0.05)
-        return received, "" if received == 3 else self.evidence(who, vip, out)
+        """The echo replies received of three, and where the missing ones went when one is missing.
 
-    def evidence(self, who: str, vip: str, out: str) -> str:
-        """ping's summary, the route each end takes to the other's inner address and the drops our data
-        planes counted (moon's, and erin's own): the state right after a lost echo, for its FAIL line."""
+        One echo request at a time, each reply waited for up to ECHO_WAIT s (ping ends at the reply):
+        `ping -c 3` waits only twice its largest round trip so far (at least its interval) after its
+        last request once a reply came (ping(8), -W), so a reply a loaded machine delayed by more than
+        that counted as lost while both data planes had carried it."""
+        before = self.drops(who)
+        # erin's route into ipsec0 names her virtual IP as its source: her ping chooses none
+        source = None if who == "erin" else vip
+        runs = [self.lab.ping(who, MOON_NET, source=source, count=1, wait=ECHO_WAIT) for _ in range(3)]
+        received = sum(r for _, r, _ in runs)
+        if received == 3:
+            return received, ""
+        return received, self.evidence(who, vip, "\n".join(out for _, _, out in runs), before)
+
+    def drops(self, who: str) -> dict[str, dict[str, int]]:
+        """The drops our data planes counted so far (moon's, and erin's own when she pings), by daemon."""
+        ours = [("moon", self.moon)] + ([("erin", self.erin)] if who == "erin" else [])
+        return {name: {k: v for k, v in d.ctl({"cmd": "stats"}).get("stats", {}).get("dataplane", {}).items()
+                       if k.startswith("drop")} for name, d in ours}
+
+    def evidence(self, who: str, vip: str, out: str, before: dict[str, dict[str, int]]) -> str:
+        """ping's summaries, the route each end takes to the other's inner address, the drops our data
+        planes counted while `who` pinged and the packets the CHILD_SA carried at each end (the pings
+        are its first traffic): the state right after a lost echo, for its FAIL line. The drops are
+        those since `before`: the totals also count the TUN device's own IPv6 router solicitations
+        (0, 4, 12, 28 ... s after it came up), which meet no policy."""
         lines = [line for line in out.splitlines() if "transmitted" in line or "icmp_seq" in line]
         for host, dst in (("moon", vip), (who, MOON_NET)):
             res = self.lab.run(host, ["ip", "route", "get", dst], check=False)
             lines.append(f"{host}: {' '.join((res.stdout + res.stderr).split())}")
-        for name, d in [("moon", self.moon)] + ([("erin", self.erin)] if who == "erin" else []):
-            stats = d.ctl({"cmd": "stats"}).get("stats", {}).get("dataplane", {})
-            drops = ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("drop") and v)
-            lines.append(f"{name}'s data plane dropped: {drops or 'nothing'}")
+        for name, now in self.drops(who).items():
+            grew = ", ".join(f"{k} +{v - before[name].get(k, 0)}" for k, v in now.items() if v > before[name].get(k, 0))
+            lines.append(f"{name}'s data plane dropped while {who} pinged: {grew or 'nothing'}")
+        moon_side = [s for s in self.moon.list_sas() if s["remote-id"] == ident(who)]
+        own = self.charons[who].list_sas() if who in self.charons else self.erin.list_sas()
+        lines.append(f"moon's CHILD_SA with {who}: {child_counters(moon_side)}")
+        lines.append(f"{who}'s CHILD_SA: {child_counters(own)}")
         return "\n" + "\n".join(f"             {line}" for line in lines)
 
     def erin_vips(self) -> str:
@@ -194,6 +217,15 @@ class RoadWarriors:
         """Until `who` has no SA left, checked again at each line its daemon logs."""
         daemon = self.charons.get(who) or self.erin
         return wait_daemons(lambda: self.gone(who), timeout, [daemon], what=f"{who} down")
+
+
+def child_counters(sas: list[dict[str, Any]]) -> str:
+    """The packets each CHILD_SA of `sas` carried in and out (and its drops), from `list` (ours: a
+    list of CHILD_SAs) or vici's list-sas (charon: a dict of them)."""
+    children = [c for s in sas for c in (s["child-sas"].values() if isinstance(s["child-sas"], dict)
+                                         else s["child-sas"])]
+    return "; ".join(f"packets in {c.get('packets-in')} out {c.get('packets-out')}"
+                     + (f" drops {c['drops']}" if c.get("drops") else "") for c in children) or "none"
 
 
 def connect_all(story: Story, rws: RoadWarriors, pool: str, before: dict[str, str] | None = None) -> dict[str, str]:
