@@ -10,7 +10,7 @@ Rekeying (RFC 7296 2.8): the new SAs are installed before the old ones go (make-
 CHILD_SA the engine reports with `outbound_deferred` (we answered the peer's rekey) gets its inbound SA
 at once and its outbound SA at the engine's ChildSaOutbound, which comes right before the replaced
 CHILD_SA's ChildSaDeleted: until then we send on the old SA, which the rekey initiator still accepts,
-and not on one it has not installed yet (docs/protocol.md, "CHILD_SA rekeying").
+and not on one it has not installed yet (docs/architecture.md, "CHILD_SA rekeying").
 """
 
 from __future__ import annotations

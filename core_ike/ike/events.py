@@ -117,7 +117,7 @@ class ChildSaEstablished:
     replay_window: int = 128  # RFC 4303 3.4.3, from the CHILD_SA's config
     # RFC 7296 2.8: install only the inbound SA now; the outbound SA follows at a ChildSaOutbound event
     # naming this CHILD_SA (the rekey responder's: when the replaced CHILD_SA ends), or never (the
-    # redundant SA of a rekey collision, 2.8.1, deleted at once). docs/protocol.md, "CHILD_SA rekeying".
+    # redundant SA of a rekey collision, 2.8.1, deleted at once). docs/architecture.md, "CHILD_SA rekeying".
     outbound_deferred: bool = False
 
     def __init__(  # noqa: PLR0913, PLR0917 - the dataclass fields, positional as the generated __init__

@@ -6,7 +6,11 @@ it: `core_ike.io.userspace.UserspaceDataPlane` (ESP over TUN in Python, the defa
 kernel lacks ESP) and `core_ike.io.xfrm.XfrmDataPlane` (kernel SAs through NETLINK_XFRM).
 
 Make-before-break rekey (RFC 7296 2.8): install the new inbound SA, then the new outbound SA with
-`update_sa`/`install_sa`, then delete the old SAs; both inbound SAs are accepted meanwhile.
+`install_sa`, then delete the old SAs; both inbound SAs are accepted meanwhile. A backend sends on the
+newest outbound SA installed for a reqid (falling back to an older one when the newest is deleted), so
+the time of `install_sa` of an outbound SA is when the CHILD_SA starts sending on it: at once for the
+rekey initiator, at the end of the old CHILD_SA for the rekey responder (the daemon's glue installs it
+at the engine's ChildSaOutbound; docs/architecture.md, "CHILD_SA rekeying").
 """
 
 from __future__ import annotations

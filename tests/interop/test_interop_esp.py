@@ -11,7 +11,7 @@ Checked: ping both ways through the tunnel; a capture on the link shows only ESP
 or protocol-50 ESP (direct) with exactly the CHILD_SA SPIs and no plain ICMP; per-SA counters in the
 control ``list`` reply; a CHILD_SA rekey under ``ping -i 0.01 -c 300`` loses no packet, and our rekey
 responder (bob) sends on the new CHILD_SA only from alice's DELETE of the old one (RFC 7296 2.8,
-docs/protocol.md "CHILD_SA rekeying").
+docs/architecture.md, "CHILD_SA rekeying").
 """
 
 from __future__ import annotations
