@@ -12,6 +12,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TRACE_STEPS = re.compile(r"ME_CONNECT|checklist \w+: (NONE|pair \d+: \w+ -> |selected|check \d+ from)|checks stopped|"
                          r"IKE_SA_INIT|IKE_AUTH|established|installed CHILD_SA|control: ")
@@ -101,17 +102,17 @@ def cpu_ns(pids: list[int]) -> int:
 # callgrind: a run of N setups minus a run of none, over N). Each tree (default: this checkout; e.g. a
 # `git archive` of another revision) runs in a child of its own. Repeat runs give the same figures.
 
-def _sim_child(tree: str, setups: int, profile: bool) -> None:
-    import cProfile
+def _sim_net(tree: str, send_now: bool = False) -> tuple[Any, Any, Any, Any]:
+    """(mex_net, the simulated net, alice, bob) of the public-peer setup from `tree`, both peers registered;
+    with `send_now` the peers' and the server's immediate sends put their datagrams on the wire at once, as
+    the daemons' do (mediation_client/daemon.py, mediation_server/daemon.py)."""
     import logging
-    import pstats
     import sys
     sys.path[:0] = [tree, f"{tree}/tests/unit/me_ext"]
     import mex_net as mx  # type: ignore[import-not-found]
 
     from core_ike.daemon.logrecords import cheap_records
     from core_ike.daemon.startup import log_handler
-    from core_ike.ike import events as ev
     from mediation_server.datarelay import RelayConfig
     logging.getLogger().addHandler(log_handler("file:/dev/null", "sim"))
     logging.getLogger().setLevel(logging.INFO)
@@ -119,35 +120,124 @@ def _sim_child(tree: str, setups: int, profile: bool) -> None:
     net = mx.make_net(latency=0.0005, relay=RelayConfig(ports=(50000, 50999)))
     net.nodes["bob"].nat = None  # bob on a public address
     mx.register(net)
-    alice, bob = net.nodes["alice"], net.nodes["bob"]
+    if send_now:
+        for n in net.nodes.values():
+            put = (lambda node: lambda d, local, remote: net.put(node, d, local, remote))(n)
+            if hasattr(n.ext, "config"):
+                n.ext.config.send_now = put
+            else:
+                n.ext.send_now = put
+    return mx, net, net.nodes["alice"], net.nodes["bob"]
 
-    def one(prof: cProfile.Profile | None) -> None:
-        seen = [len(alice.events), len(bob.events)]
 
-        def both() -> bool:  # only the events since the last look are read
-            for i, node in enumerate((alice, bob)):
-                if seen[i] >= 0:
-                    new = node.events[seen[i]:]
-                    seen[i] = -1 if any(type(e) is ev.ChildSaEstablished for _, e in new) else len(node.events)
-            return seen == [-1, -1]
-        if prof is not None:
-            prof.enable()
-        alice.ext.connect("bob", net.now)
-        net.run(5.0, until=both)
-        if prof is not None:
-            prof.disable()
-        assert seen == [-1, -1], "no mediated CHILD_SA on both peers"
-        sa = next(s for s in alice.engine.ike_sas() if s.config.name == "bob" and s.established)
-        alice.engine.terminate(sa, net.now)
-        net.run(20.0)  # the DELETE, and the unused relay freed (its timeout is 15 s)
+def _sim_setup(net: Any, alice: Any, bob: Any, prof: Any = None) -> None:
+    """One mediated setup from alice's connect() to both CHILD_SAs (profiled by `prof`, a cProfile.Profile,
+    when given), then its IKE_SA deleted and the relay freed."""
+    from core_ike.ike import events as ev
+    seen = [len(alice.events), len(bob.events)]
 
+    def both() -> bool:  # only the events since the last look are read
+        for i, node in enumerate((alice, bob)):
+            if seen[i] >= 0:
+                new = node.events[seen[i]:]
+                seen[i] = -1 if any(type(e) is ev.ChildSaEstablished for _, e in new) else len(node.events)
+        return seen == [-1, -1]
+    if prof is not None:
+        prof.enable()
+    alice.ext.connect("bob", net.now)
+    net.run(5.0, until=both)
+    if prof is not None:
+        prof.disable()
+    assert seen == [-1, -1], "no mediated CHILD_SA on both peers"
+    sa = next(s for s in alice.engine.ike_sas() if s.config.name == "bob" and s.established)
+    alice.engine.terminate(sa, net.now)
+    net.run(20.0)  # the DELETE, and the unused relay freed (its timeout is 15 s)
+
+
+def _sim_child(tree: str, setups: int, profile: bool) -> None:
+    import cProfile
+    import pstats
+    _, net, alice, bob = _sim_net(tree)
     for _ in range(3):
-        one(None)
+        _sim_setup(net, alice, bob)
     prof = cProfile.Profile() if profile else None
     for _ in range(setups):
-        one(prof)
+        _sim_setup(net, alice, bob, prof)
     if prof is not None:
         print(f"{pstats.Stats(prof).total_calls / setups:.1f}")  # type: ignore[attr-defined]
+
+
+_KINDS = {240: "ME_CONNECT", 34: "IKE_SA_INIT", 35: "IKE_AUTH", 37: "INFORMATIONAL"}
+
+
+def _kind(data: bytes) -> str:
+    """An IKE datagram's exchange and direction (a connectivity check: plaintext INFORMATIONAL, SPIs 0)."""
+    d = data[4:] if data[:4] == bytes(4) else data
+    if len(d) < 28:
+        return "?"
+    kind = "check" if d[18] == 37 and d[:16] == bytes(16) else _KINDS.get(d[18], str(d[18]))
+    return f"{kind} {'response' if d[19] & 0x20 else 'request'}"
+
+
+def _hops_child(tree: str, setups: int) -> None:
+    """Per hop of the setup (a datagram delivered to a daemon), the Python calls (function and built-in
+    calls, sys.setprofile's count: the same on every run) until the first datagram it sends and until the
+    hop's end, median over `setups`. The daemons' immediate sends are wired (`_sim_net`); what the engine
+    queued leaves at the hop's end (the daemons send it after forwarding the engine's events, which the
+    simulation does not have: those calls come on top live)."""
+    import statistics
+    import sys
+    mx, net, alice, bob = _sim_net(tree, send_now=True)
+    put, receive = mx.Net.put, mx.Net._receive
+    count = [0]
+    hop: dict[str, Any] | None = None
+    hops: list[dict[str, Any]] = []
+
+    def counter(frame: Any, event: str, arg: Any) -> None:
+        if event in ("call", "c_call"):
+            count[0] += 1
+
+    def timed_put(self: Any, node: Any, data: bytes, local: Any, remote: Any) -> None:
+        if hop is not None and hop["first"] is None and hop["node"] == node.name:
+            hop["first"], hop["out"] = count[0], _kind(data)
+        put(self, node, data, local, remote)
+
+    def timed_receive(self: Any, n: Any, data: bytes, src: Any, local: Any) -> None:
+        nonlocal hop
+        if not measuring:
+            receive(self, n, data, src, local)
+            return
+        hop = {"node": n.name, "in": _kind(data), "first": None, "out": "-"}
+        count[0] = 0
+        sys.setprofile(counter)
+        try:
+            receive(self, n, data, src, local)
+            queued = n.engine.datagrams_to_send()
+        finally:
+            sys.setprofile(None)
+        for d, local_, remote in queued:
+            timed_put(self, n, d, local_, remote)
+        hop["total"] = count[0]
+        hops.append(hop)
+        hop = None
+    mx.Net.put, mx.Net._receive = timed_put, timed_receive
+    measuring = False
+    for _ in range(3):
+        _sim_setup(net, alice, bob)
+    per: dict[str, list[tuple[int, int]]] = {}
+    for _ in range(setups):
+        measuring = True
+        hops.clear()
+        _sim_setup(net, alice, bob)  # the DELETE after the CHILD_SAs is measured too: left out below
+        measuring = False
+        for h in hops:
+            if h["in"].startswith("INFORMATIONAL"):
+                break
+            per.setdefault(f"{h['node']:<6} {h['in']:<20} -> {h['out']:<20}", []).append(
+                (h["first"] if h["first"] is not None else h["total"], h["total"]))
+    for key, v in per.items():
+        print(f"{key} n={len(v):3d}  calls to the first send {statistics.median(x for x, _ in v):7.0f}, "
+              f"in all {statistics.median(y for _, y in v):7.0f}")
 
 
 def _sim_main(args: list[str]) -> int:
@@ -159,11 +249,18 @@ def _sim_main(args: list[str]) -> int:
     ap.add_argument("--tree", action="append", help="a checkout to measure (repeatable; default this one)")
     ap.add_argument("--setups", type=int, default=20)
     ap.add_argument("--callgrind", action="store_true", help="also instructions per setup (valgrind)")
+    ap.add_argument("--hops", action="store_true",
+                    help="per hop, the Python calls from a datagram's arrival to the first datagram sent (the "
+                         "critical path's work), and in all")
     a = ap.parse_args(args)
     here = str(Path(__file__).resolve().parent.parent)
     me = [sys.executable, str(Path(__file__).resolve())]
     os.environ["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every child: the counts repeat closer
     for tree in [str(Path(t).resolve()) for t in a.tree or [here]]:
+        if a.hops:
+            print(f"{tree}:", flush=True)
+            subprocess.run([*me, "--hops-child", tree, str(a.setups)], check=True)
+            continue
         calls = subprocess.run([*me, "--sim-child", tree, str(a.setups), "profile"], check=True, text=True,
                                capture_output=True).stdout.split()[-1]
         line = f"{tree}: {calls} calls per setup"
@@ -185,7 +282,9 @@ if __name__ == "__main__":
     import sys
     if sys.argv[1:2] == ["--sim-child"]:
         _sim_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "profile")
+    elif sys.argv[1:2] == ["--hops-child"]:
+        _hops_child(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1:2] == ["--sim"]:
         sys.exit(_sim_main(sys.argv[2:]))
     else:
-        print("usage: bench/mediated_trace.py --sim [--tree DIR ...] [--setups N] [--callgrind]")
+        print("usage: bench/mediated_trace.py --sim [--tree DIR ...] [--setups N] [--callgrind | --hops]")

@@ -646,8 +646,9 @@ class CheckList:
             self._finish_at = None
             return
         self._finish()
-        log.info("checklist %s: selected pair %s", self.connect_id.hex(), best.info())
-        self._events.append(CheckListSucceeded(self.connect_id, best.info(), self.tried()))
+        info = best.info()
+        log.info("checklist %s: selected pair %s", self.connect_id.hex(), info)
+        self._events.append(CheckListSucceeded(self.connect_id, info, self.tried()))
 
     def _fail(self, reason: str) -> None:
         self._finish()

@@ -517,6 +517,9 @@ class MediationClient(TargetRole, Extension):
             return
         finally:
             self._initiating = None
+        # our IKE_SA_INIT leaves when it is made, as our ME_CONNECT does (MeOutbox.flush): the peer waits for
+        # it, nobody for what follows (the path watch below, the events and log lines of this datagram)
+        send_queued(self.engine, self.config.send_now)
         att.sa_id = sa.unique_id
         sess = self.sessions.get(att.connect_id)
         self.paths.track(sa.unique_id, self.checks.get(att.connect_id), sess.peer_nat if sess is not None else None)
