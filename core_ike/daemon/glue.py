@@ -10,11 +10,14 @@ Rekeying (RFC 7296 2.8): the new SAs are installed before the old ones go (make-
 CHILD_SA the engine reports with `outbound_deferred` (we answered the peer's rekey) gets its inbound SA
 at once and its outbound SA at the engine's ChildSaOutbound, which comes right before the replaced
 CHILD_SA's ChildSaDeleted: until then we send on the old SA, which the rekey initiator still accepts,
-and not on one it has not installed yet (docs/architecture.md, "CHILD_SA rekeying").
+and not on one it has not installed yet. The inbound SA of a CHILD_SA replaced by a rekey stays
+`REKEYED_INBOUND_LINGER` seconds after its deletion, for ESP the peer sent on it before (docs/architecture.md,
+"CHILD_SA rekeying").
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable
@@ -51,6 +54,24 @@ _ENCR: dict[int, EncrId] = {int(e): e for e in EncrId}
 _INTEG: dict[int, IntegId] = {int(i): i for i in IntegId}
 DeleteChild = Callable[[int, int, str], None]
 """`delete_child(ike_unique_id, child_unique_id, reason)`: send a DELETE for that CHILD_SA."""
+Later = Callable[[float, Callable[[], None]], object]
+"""`later(seconds, fn)`: call `fn` that much later (the event loop's call_later)."""
+REKEYED_INBOUND_LINGER = 2.0
+"""Seconds the inbound SA of a CHILD_SA replaced by a rekey (RFC 7296 2.8) stays installed after the
+CHILD_SA's deletion: ESP the peer sealed with it before the DELETE exchange may still wait in a socket's
+queue, plain ESP (IP protocol 50) and IKE arriving on different sockets, read in no set order (strongSwan
+keeps it too: charon.delete_rekeyed_delay)."""
+
+
+def loop_later(seconds: float, fn: Callable[[], None]) -> object:
+    """`later` on the running event loop (the daemon's); with none running (a test driving the glue by
+    hand), at once."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        fn()
+        return None
+    return loop.call_later(seconds, fn)
 
 
 @dataclass(slots=True)
@@ -70,8 +91,10 @@ class DataPlaneGlue(Extension):
     """Make-before-break: a rekeyed CHILD_SA's new SAs are installed before the old ones go (a rekey
     responder's outbound SA when the engine says, ChildSaOutbound)."""
 
-    def __init__(self, dp: DataPlane, delete_child: DeleteChild | None = None) -> None:
+    def __init__(self, dp: DataPlane, delete_child: DeleteChild | None = None, later: Later = loop_later) -> None:
         self.dp = dp
+        self.later = later
+        self.replaced: set[int] = set()  # CHILD_SAs (unique ids) a rekey replaced, installed or not
         self.esp_transforms = dp.esp_transforms  # read by the CHILD_SA proposal selection
         self.delete_child = delete_child
         self.children: dict[int, _Installed] = {}  # by CHILD_SA unique id
@@ -218,6 +241,8 @@ class DataPlaneGlue(Extension):
         self.children[e.unique_id] = _Installed(e.reqid, k.spi_in, k.spi_out, e.ike_unique_id, e.local, e.remote,
                                                 out if e.outbound_deferred else None)
         self._users[e.reqid] = self._users.get(e.reqid, 0) + 1
+        if e.rekeyed_from in self.children:
+            self.replaced.add(e.rekeyed_from)
         if new_pols:
             self.policies[e.reqid] = new_pols
         # debug: "CHILD_SA ... established with SPIs ... and TS ..." says it at info, a failure is an error line
@@ -256,9 +281,13 @@ class DataPlaneGlue(Extension):
         inst = self.children.pop(e.unique_id, None)
         if inst is None:
             return
-        self._quietly(self.dp.delete_sa, inst.spi_in, _IN)
         if inst.out is None:  # else never installed
             self._quietly(self.dp.delete_sa, inst.spi_out, _OUT)
+        if e.unique_id in self.replaced:  # its successor sends; ESP the peer sent on it may be queued still
+            self.replaced.discard(e.unique_id)
+            self.later(REKEYED_INBOUND_LINGER, functools.partial(self._quietly, self.dp.delete_sa, inst.spi_in, _IN))
+        else:
+            self._quietly(self.dp.delete_sa, inst.spi_in, _IN)
         self._release(inst.reqid)
 
     def _forget(self, unique_id: int) -> None:

@@ -133,6 +133,16 @@ def _ping_during_rekey(lab: Lab, host: str, dst: str, src: str, rekey: Any) -> t
     return int(m.group(1)), int(m.group(2)), out
 
 
+def _drops(*daemons: Iked | None) -> list[dict[str, int]]:
+    """Each daemon's data-plane drop counters that are not zero (which side lost what)."""
+    out = []
+    for d in daemons:
+        if d is not None:
+            dp = d.ctl({"cmd": "stats"})["stats"]["dataplane"]
+            out.append({k: v for k, v in dp.items() if k.startswith("drop_") and v})
+    return out
+
+
 def _missing(out: str) -> list[int]:
     seqs = {int(x) for x in re.findall(r"icmp_seq=(\d+)", out)}
     return [i for i in range(1, 301) if i not in seqs]
@@ -160,7 +170,8 @@ def test_child_rekey_under_ping(request: pytest.FixtureRequest, pair: str) -> No
     sent, received, out = _ping_during_rekey(lab, host, dst, src, rekey)
     _, new = one_child(ours)
     assert new["spi-in"] != old["spi-in"], "CHILD_SA was not rekeyed"
-    assert sent == 300 and received == 300, f"lost icmp_seq {_missing(out)}\n{ours.log_tail()}"
+    assert sent == 300 and received == 300, (f"lost icmp_seq {_missing(out)}, data plane drops "
+                                             f"{_drops(ours, responder)}\n{ours.log_tail()}")
     if responder is not None:  # its outbound SA switched when alice's DELETE of the old CHILD_SA arrived
         log = responder.log_path
         switched = f"now sends with SPI {new['spi-in']}_o"

@@ -20,7 +20,7 @@ import pytest
 from ike_pair import Pair, make_pair
 
 from core_ike.constants import NON_ESP_MARKER
-from core_ike.daemon.glue import DataPlaneGlue, engine_child_deleter
+from core_ike.daemon.glue import REKEYED_INBOUND_LINGER, DataPlaneGlue, engine_child_deleter
 from core_ike.ike import events as ev
 from core_ike.ike.sa import IkeSa
 from core_ike.io.userspace import UserspaceDataPlane
@@ -272,11 +272,13 @@ class Host:
 
     def __init__(self, p: Pair, side: str, clock: Callable[[], float]) -> None:
         self.sent: list[bytes] = []
+        self.later: list[tuple[float, Callable[[], None]]] = []  # the glue's delayed calls, run by hand
         self.dp = UserspaceDataPlane(lambda d, addr: self.sent.append(d), clock=clock)
         self.tun_r, w = os.pipe()
         os.set_blocking(self.tun_r, False)
         self.dp._tun_fd = w
-        self.glue = DataPlaneGlue(self.dp, engine_child_deleter(p.engine(side)))
+        self.glue = DataPlaneGlue(self.dp, engine_child_deleter(p.engine(side)),
+                                  lambda t, fn: self.later.append((t, fn)))
         p.engine(side).extensions.append(self.glue)  # CHILD_SA proposals: what this data plane installs
 
     def seal(self, src: str, dst: str, n: int, now: float) -> list[bytes]:
@@ -372,6 +374,8 @@ def test_userspace_no_packet_lost_while_the_rekey_response_is_held_back(
     assert a.open(b.seal(H_B, H_A, 20, p.now), at_a) == 20
     assert b.open(a.seal(H_A, H_B, 20, p.now), at_b) == 20
     assert a.dp.stats()["drop_unknown_spi"] == 0 and b.dp.stats()["drop_unknown_spi"] == 0
+    for _, fn in a.later:  # the old inbound SA, kept a while (REKEYED_INBOUND_LINGER)
+        fn()
     assert {r.spi for r in a.dp.list_sas()} == {new_a.spi_in, new_a.spi_out}
 
 
@@ -381,6 +385,7 @@ def test_userspace_ike_sa_deleted_while_the_outbound_sa_waits(hosts: tuple[Stepp
     p = s.p
     (sa_a,) = p.a.ike_sas()
     (sa_b,) = p.b.ike_sas()
+    (old_b,) = sa_b.children.values()
     p.a.rekey_child(sa_a, next(iter(sa_a.children)), now=p.now)
     s.run(hold="b->a")
     new_b = p.of("b", ev.ChildSaEstablished)[-1]
@@ -391,5 +396,37 @@ def test_userspace_ike_sa_deleted_while_the_outbound_sa_waits(hosts: tuple[Stepp
     s.checking = False  # the IKE_SA's DELETE ends everything at A at once, at B when answered
     p.b.terminate(sa_b, now=p.now)
     s.run()
-    assert not b.dp.list_sas() and not b.glue.children and not b.glue.policies
+    assert not b.glue.children and not b.glue.policies
+    # the replaced CHILD_SA's inbound SA stays its REKEYED_INBOUND_LINGER, then nothing is left
+    assert {r.spi for r in b.dp.list_sas()} == {old_b.spi_in} and len(b.later) == 1
+    b.later[0][1]()
+    assert not b.dp.list_sas()
     assert not a.dp.list_sas() and not a.glue.children
+
+
+def test_userspace_replaced_inbound_sa_kept_a_while_after_the_delete(hosts: tuple[Stepped, Host, Host]) -> None:
+    """ESP the peer sealed with the old CHILD_SA before the DELETE exchange, arriving after it (plain ESP
+    and IKE come in on different sockets, read in no set order), is still opened, on both sides, until
+    REKEYED_INBOUND_LINGER later; the outbound SAs go at once."""
+    s, a, b = hosts
+    p = s.p
+    at_a, at_b = (p.a.ike_sas()[0].remote, p.b.ike_sas()[0].remote)
+    (sa_a,) = p.a.ike_sas()
+    (old_a,) = sa_a.children.values()
+    p.a.rekey_child(sa_a, old_a.unique_id, now=p.now)
+    s.run(hold="b->a")
+    from_b = b.seal(H_B, H_A, 5, p.now)  # on the old SA (B has not switched)
+    s.release_one()  # the response: A switches
+    from_a_late = a.seal(H_A, H_B, 5, p.now)  # on the new SA
+    s.run()  # the DELETE exchange, completed
+    assert old_a.unique_id not in sa_a.children
+    assert [t for t, _ in a.later] == [REKEYED_INBOUND_LINGER] and [t for t, _ in b.later] == [REKEYED_INBOUND_LINGER]
+    assert {r.spi for r in a.dp.list_sas()} == {old_a.spi_in} | {c.spi_in for c in sa_a.children.values()} | \
+        {c.spi_out for c in sa_a.children.values()}  # the old outbound SA is gone, its inbound one stays
+    assert a.open(from_b, at_a) == 5 and b.open(from_a_late, at_b) == 5
+    for h in (a, b):
+        for _, fn in h.later:
+            fn()
+    assert a.open(from_b, at_a) == 0 and a.dp.stats()["drop_unknown_spi"] == 5
+    assert {r.spi for r in a.dp.list_sas()} == {c.spi_in for c in sa_a.children.values()} | \
+        {c.spi_out for c in sa_a.children.values()}
