@@ -220,6 +220,23 @@ def _hops_child(tree: str, setups: int) -> None:
         hop["total"] = count[0]
         hops.append(hop)
         hop = None
+    connect = alice.ext.connect
+
+    def timed_connect(name: str, now: float) -> Any:  # the control call's hop: `up` to the ME_CONNECT
+        nonlocal hop
+        if not measuring:
+            return connect(name, now)
+        hop = {"node": "alice", "in": "connect()", "first": None, "out": "-"}
+        count[0] = 0
+        sys.setprofile(counter)
+        try:
+            return connect(name, now)
+        finally:
+            sys.setprofile(None)
+            hop["total"] = count[0]
+            hops.append(hop)
+            hop = None
+    alice.ext.connect = timed_connect
     mx.Net.put, mx.Net._receive = timed_put, timed_receive
     measuring = False
     for _ in range(3):

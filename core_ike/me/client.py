@@ -130,8 +130,9 @@ class MediationClient(TargetRole, Extension):
             return old
         att = Attempt(name, med.name, cfg.mediation_peer, now, deadline=now + self.config.server_timeout)
         self.attempts[name] = att
-        log.info("mediated connection '%s': mediating with '%s' via '%s'", name, att.peer, med.name)
-        self.engine.emit(mev.MediatedConnecting(name, str(att.peer), now))
+        peer = str(att.peer)  # its text once, for the line and the event (a str: the line is formatted after the send)
+        log.info("mediated connection '%s': mediating with '%s' via '%s'", name, peer, med.name)
+        self.engine.emit(mev.MediatedConnecting(name, peer, now))
         for sess in self.sessions.values():
             if not sess.initiator and sess.peer == att.peer and sess.mediation == med.name \
                     and self.checks.get(sess.connect_id) is not None:
