@@ -134,6 +134,55 @@ def _through_ffi(step: Any) -> Any:
     return run
 
 
+KEY_POOL_FLAG = "--key-pool-child"
+KEY_POOL_WARM = 64  # wake-ups run uncounted first: the pool's batches grow to their steady size
+
+
+def _key_pool_child(tree: str, evict_mb: int, n: int) -> int:
+    """Runs in the process valgrind starts: `n` IKE_SA_INIT wake-ups of a responder's key pool alone, as the
+    engine drives it (one X25519 pair taken, then `Engine.prepare`'s refill), the pairs made as live (OpenSSL's
+    CSPRNG, no seeded randomness), each wake-up from cold caches, counted through libffi's ffi_call as the
+    replay; KEY_POOL_WARM wake-ups uncounted first."""
+    import hashlib
+
+    sys.path.insert(0, tree)
+    from core_ike.constants import DhId
+    from core_ike.crypto.dh import KeyPool
+    from core_ike.sysrng import SystemRng
+
+    pool, rng, buf = KeyPool(), SystemRng(), bytes(evict_mb * 2**20)
+
+    def wake_up(_: Any, __: Any) -> None:
+        pool.take(DhId.CURVE25519, rng)
+        pool.refill(rng)
+
+    counted = _through_ffi(wake_up)
+    for _ in range(KEY_POOL_WARM):
+        wake_up(None, None)
+    subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True, timeout=120)
+    for _ in range(n):
+        hashlib.md5(buf).digest()  # evicts the simulated caches, not counted
+        counted(None, None)
+    print(f"key pool: {n} wake-ups", flush=True)
+    return 0
+
+
+def key_pool_cost(tree: Path, n: int, evict_mb: int) -> dict[str, float]:
+    """Instructions and LL misses per X25519 key pair taken from a responder's KeyPool (`_key_pool_child`)."""
+    with tempfile.TemporaryDirectory(prefix="ike-cold-keys-") as work:
+        cg = Path(work) / "callgrind.out"
+        cmd = ["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--LL={LL_BYTES},16,64", "--instr-atstart=no",
+               "--collect-atstart=no", "--toggle-collect=ffi_call", f"--callgrind-out-file={cg}",
+               sys.executable, str(Path(__file__).resolve()), KEY_POOL_FLAG, str(tree), str(evict_mb), str(n)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
+        text = cg.read_text(errors="replace") if cg.exists() else ""
+        names, tot = re.search(r"^events: (.*)$", text, re.M), re.search(r"^(?:summary|totals): (.*)$", text, re.M)
+        if p.returncode != 0 or names is None or tot is None:
+            raise RuntimeError(f"key pool run by {tree} failed ({p.returncode}): {(p.stdout + p.stderr)[-1500:]}")
+    t = dict(zip(names.group(1).split(), (int(x) for x in tot.group(1).split()), strict=False))
+    return {"instructions": t["Ir"] / n, "ll_misses": (t["ILmr"] + t["DLmr"] + t["DLmw"]) / n}
+
+
 # ====================================================================== running and reading callgrind
 def valgrind_missing() -> str | None:
     """Why this mode cannot run here (None when it can)."""
@@ -333,6 +382,24 @@ def _before_tree(before: str | None) -> tuple[Path | None, bool]:
     return results_io.git_tree(before, prefix="ike-cold-before-"), False
 
 
+def _key_pool_main(a: Any, rounds: int) -> int:
+    if why := valgrind_missing():
+        print(f"ike_cold: skipped: {why}", file=sys.stderr)
+        return 3
+    before, given = _before_tree(a.before)
+    try:
+        for rnd, side in results_io.interleave(rounds, ["ours", "before"] if before else ["ours"]):
+            tree = ROOT if side == "ours" else before
+            assert tree is not None
+            c = key_pool_cost(tree, a.key_pool, a.evict)
+            print(f"round {rnd + 1} {side}: {c['instructions']:.0f} instructions, {c['ll_misses']:.0f} LL misses "
+                  f"per X25519 key pair taken ({a.key_pool} wake-ups)", flush=True)
+    finally:
+        if before is not None and not given:
+            shutil.rmtree(before, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -353,23 +420,27 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"also list the N functions with the most LL misses per datagram (self cost; N <= {TOP_FUNCTIONS})")
     ap.add_argument("--keep", type=Path, metavar="DIR",
                     help="keep callgrind's output files in DIR (callgrind.AUTH.SIDE.ROUND; callgrind_annotate)")
+    ap.add_argument("--key-pool", type=int, default=0, metavar="N",
+                    help="instead of the replay: N IKE_SA_INIT wake-ups of a responder's key pool alone (an X25519 "
+                         "pair taken, then the refill; made as live, not seeded), cold caches before each: "
+                         "instructions and LL misses per pair, by this tree and --before, interleaved")
     results_io.add_args(ap, rounds=1)
     a = ap.parse_args(args_in)
     rounds = results_io.rounds_of(a)
+    if a.key_pool:
+        return _key_pool_main(a, rounds)
     if a.quick:
         a.count, a.datagrams = min(a.count, 4), min(a.datagrams or 8, 8)
-    why = valgrind_missing()
-    if why:
+    if why := valgrind_missing():
         print(f"ike_cold: skipped: {why}", file=sys.stderr)
         return 3
     header = results_io.start_header(args_in, "bench/ike_cold.py")
-    auths = a.auth.split(",")
     work = Path(tempfile.mkdtemp(prefix="ike-cold-"))
     before, given = _before_tree(a.before)
     try:
-        recs = ensure_recordings(auths, a.count, a.inflight, a.recording or work / "rec", a.id_type)
+        recs = ensure_recordings(a.auth.split(","), a.count, a.inflight, a.recording or work / "rec", a.id_type)
         res: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        for auth in auths:
+        for auth in recs:
             rec_dir, auth = recs[auth], recording_name(auth, a.id_type)  # figures named rsa-fqdn apart from rsa's
             res[auth] = {"ours": [], "before": []}
             for rnd, side in results_io.interleave(rounds, ["ours", "before"] if before else ["ours"]):
@@ -402,4 +473,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == REPLAY_FLAG:
         sys.exit(_replay_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
+    if len(sys.argv) == 5 and sys.argv[1] == KEY_POOL_FLAG:
+        sys.exit(_key_pool_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     sys.exit(main())
