@@ -423,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key-pool", type=int, default=0, metavar="N",
                     help="instead of the replay: N IKE_SA_INIT wake-ups of a responder's key pool alone (an X25519 "
                          "pair taken, then the refill; made as live, not seeded), cold caches before each: "
-                         "instructions and LL misses per pair, by this tree and --before, interleaved")
+                         "instructions and LL misses per pair, by this tree and --before, interleaved (N a multiple of "
+                         "the pools' batch, 32 here, 8 before 409cef5: each batch's cold start counted as often as live)")
     results_io.add_args(ap, rounds=1)
     a = ap.parse_args(args_in)
     rounds = results_io.rounds_of(a)

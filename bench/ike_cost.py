@@ -64,8 +64,10 @@ def _seeded_randomness(seed: str) -> Any:
 
 def _recording_iked() -> int:
     """iked (its usual main) with seeded randomness, keeping what Engine.receive gets and the thread CPU
-    time spent in the engine (receive, timers) and in the daemon's event handling (Daemon.on_event, which
-    the transport calls outside the engine); SIGUSR2 writes both."""
+    time spent in the engine (receive, timers, and `Engine.prepare`: the keys of the IKE_SAs just answered
+    and the key pool's refill, which the transport calls once a wake-up's replies left, as `_replay` does)
+    and in the daemon's event handling (Daemon.on_event, which the transport calls outside the engine);
+    SIGUSR2 writes both."""
     from core_ike.daemon.main import main as iked_main
     from core_ike.daemon.runtime import Daemon
     from core_ike.ike.engine import Engine
@@ -73,7 +75,7 @@ def _recording_iked() -> int:
     _seeded_randomness("bench")
     rec: list[tuple[bytes, Any, Any]] = []
     cpu = {"engine": 0.0, "events": 0.0}
-    orig, orig_timer, orig_event = Engine.receive, Engine.handle_timer, Daemon.on_event
+    orig, orig_timer, orig_event, orig_prepare = Engine.receive, Engine.handle_timer, Daemon.on_event, Engine.prepare
     clock = time.thread_time
 
     def receive(self: Any, data: bytes, local: Any, remote: Any, now: float) -> None:
@@ -91,6 +93,13 @@ def _recording_iked() -> int:
         finally:
             cpu["engine"] += clock() - t
 
+    def prepare(self: Any) -> None:
+        t = clock()
+        try:
+            orig_prepare(self)
+        finally:
+            cpu["engine"] += clock() - t
+
     def on_event(self: Any, e: object) -> None:
         t = clock()
         try:
@@ -100,6 +109,7 @@ def _recording_iked() -> int:
 
     Engine.receive = receive  # type: ignore[method-assign]
     Engine.handle_timer = handle_timer  # type: ignore[method-assign]
+    Engine.prepare = prepare  # type: ignore[method-assign]
     Daemon.on_event = on_event  # type: ignore[method-assign]
 
     def dump(*_: Any) -> None:

@@ -1,0 +1,35 @@
+"""bench/ike_cold.py --key-pool: a responder's KeyPool alone (an X25519 pair taken and the refill per wake-up,
+made as live) under callgrind from cold caches; one line per side and round with instructions and LL misses
+per key pair taken."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.guards import REQUIRE_ALL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_key_pool_cost_per_pair_is_reported() -> None:
+    gone = [t for t in ("valgrind", "callgrind_control") if not shutil.which(t)]
+    if gone:
+        why = f"{' and '.join(gone)} not on PATH (Debian package valgrind, scripts/setup.sh)"
+        if os.environ.get(REQUIRE_ALL) == "1":
+            pytest.fail(f"{why} ({REQUIRE_ALL}=1: every component must be installed)", pytrace=False)
+        pytest.skip(why)
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "ike_cold.py"), "--key-pool", "32"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    m = re.search(r"round 1 ours: (\d+) instructions, (\d+) LL misses per X25519 key pair taken \(32 wake-ups\)",
+                  p.stdout)
+    assert m is not None, p.stdout
+    assert int(m.group(1)) > 100_000  # an X25519 key pair (a scalar multiplication) at least: one batch of 32 made
+    assert int(m.group(2)) > 0  # from cold caches
