@@ -3,7 +3,9 @@ lines microseconds, and the step lines of one setup picked from a daemon's log w
 
 Run by itself, ``bench/mediated_trace.py --sim [--tree DIR ...] [--setups N] [--callgrind]``: the
 deterministic cost of one public-peer setup (Python calls, instructions) in the in-process simulation
-(`_sim_main` below), of this checkout and of other trees (e.g. ``git archive REV | tar -x -C DIR``)."""
+(`_sim_main` below), of this checkout and of other trees (e.g. ``git archive REV | tar -x -C DIR``); with
+``--hops``, per hop of that setup the Python calls from a datagram's arrival to the first datagram the daemon
+sends (the critical path's work) and in all (`_hops_child`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import contextlib
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +188,6 @@ def _hops_child(tree: str, setups: int) -> None:
     hop's end, median over `setups`. The daemons' immediate sends are wired (`_sim_net`); what the engine
     queued leaves at the hop's end (the daemons send it after forwarding the engine's events, which the
     simulation does not have: those calls come on top live)."""
-    import statistics
     import sys
     mx, net, alice, bob = _sim_net(tree, send_now=True)
     put, receive = mx.Net.put, mx.Net._receive
@@ -202,51 +204,52 @@ def _hops_child(tree: str, setups: int) -> None:
             hop["first"], hop["out"] = count[0], _kind(data)
         put(self, node, data, local, remote)
 
-    def timed_receive(self: Any, n: Any, data: bytes, src: Any, local: Any) -> None:
+    def measured(node: str, what: str, fn: Callable[[], Any]) -> Any:
+        """fn() as one hop of `node`, started by `what`; the engine's queued datagrams leave at its end."""
         nonlocal hop
         if not measuring:
-            receive(self, n, data, src, local)
-            return
-        hop = {"node": n.name, "in": _kind(data), "first": None, "out": "-"}
+            return fn()
+        hop = {"node": node, "in": what, "first": None, "out": "-"}
         count[0] = 0
         sys.setprofile(counter)
         try:
-            receive(self, n, data, src, local)
-            queued = n.engine.datagrams_to_send()
+            result = fn()
+            queued = net.nodes[node].engine.datagrams_to_send()
         finally:
             sys.setprofile(None)
-        for d, local_, remote in queued:
-            timed_put(self, n, d, local_, remote)
+        for d, local, remote in queued:
+            timed_put(net, net.nodes[node], d, local, remote)
         hop["total"] = count[0]
         hops.append(hop)
         hop = None
+        return result
+
+    def timed_receive(self: Any, n: Any, data: bytes, src: Any, local: Any) -> None:
+        measured(n.name, _kind(data), lambda: receive(self, n, data, src, local))
     connect = alice.ext.connect
 
     def timed_connect(name: str, now: float) -> Any:  # the control call's hop: `up` to the ME_CONNECT
-        nonlocal hop
-        if not measuring:
-            return connect(name, now)
-        hop = {"node": "alice", "in": "connect()", "first": None, "out": "-"}
-        count[0] = 0
-        sys.setprofile(counter)
-        try:
-            return connect(name, now)
-        finally:
-            sys.setprofile(None)
-            hop["total"] = count[0]
-            hops.append(hop)
-            hop = None
+        return measured("alice", "connect()", lambda: connect(name, now))
     alice.ext.connect = timed_connect
     mx.Net.put, mx.Net._receive = timed_put, timed_receive
     measuring = False
     for _ in range(3):
         _sim_setup(net, alice, bob)
-    per: dict[str, list[tuple[int, int]]] = {}
+    runs: list[list[dict[str, Any]]] = []
     for _ in range(setups):
         measuring = True
         hops.clear()
         _sim_setup(net, alice, bob)  # the DELETE after the CHILD_SAs is measured too: left out below
         measuring = False
+        runs.append(list(hops))
+    _print_hops(runs)
+
+
+def _print_hops(runs: list[list[dict[str, Any]]]) -> None:
+    """The hops of `runs` (each a setup's hops in order, up to its first INFORMATIONAL), medians per hop."""
+    import statistics
+    per: dict[str, list[tuple[int, int]]] = {}
+    for hops in runs:
         for h in hops:
             if h["in"].startswith("INFORMATIONAL"):
                 break
