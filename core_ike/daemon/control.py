@@ -22,16 +22,20 @@ from ..ike import ts as tsmod
 from ..ike.config import IkeConfig
 from ..ike.engine import Engine
 from ..ike.sa import IkeSa
+from ..ike.tasks.informational import OutboundWaits
 from ..me import events as mev
+from .glue import DataPlaneGlue
 from .startup import flush_logs
 
 log = logging.getLogger("core_ike.control")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def sa_info(sa: IkeSa, now: float,
-            usage: Callable[[int, int], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One IKE_SA as swanctl --list-sas shows it (state, SPIs, algorithms, addresses, rekey times)."""
+def sa_info(sa: IkeSa, now: float, usage: Callable[[int, int], dict[str, Any]] | None = None,
+            outbound_pending: Callable[[int], bool] | None = None) -> dict[str, Any]:
+    """One IKE_SA as swanctl --list-sas shows it (state, SPIs, algorithms, addresses, rekey times).
+    `outbound_pending(child_unique_id)`: whether the data plane has that CHILD_SA's outbound SA not yet
+    (the glue's `DataPlaneGlue.outbound_pending`); such a CHILD_SA gets an "outbound" field saying so."""
     children = []
     for c in sa.children.values():
         d: dict[str, Any] = {
@@ -46,6 +50,8 @@ def sa_info(sa: IkeSa, now: float,
         }
         if usage is not None:
             d.update(usage(c.spi_in, c.spi_out))
+        if outbound_pending is not None and outbound_pending(c.unique_id):
+            d["outbound"] = _outbound_wait(sa, c.unique_id)
         children.append(d)
     return {
         "name": sa.name, "uniqueid": sa.unique_id, "state": sa.state.value,
@@ -60,6 +66,15 @@ def sa_info(sa: IkeSa, now: float,
         "remote-vips": [str(sa.peer_vip)] if sa.peer_vip is not None else [],
         "child-sas": children,
     }
+
+
+def _outbound_wait(sa: IkeSa, unique_id: int) -> str:
+    """What CHILD_SA `unique_id`, whose outbound SA is not installed, waits for: the end of the CHILD_SA
+    it replaces (RFC 7296 2.8, the engine's `OutboundWaits`), or nothing (the redundant SA of a rekey
+    collision, 2.8.1, or one replaced itself meanwhile: it never sends)."""
+    waits = sa.find_extension(OutboundWaits)
+    old = next((o for o, new in waits.waiting.items() if new.unique_id == unique_id), None) if waits else None
+    return "not installed" if old is None else f"pending until the replaced CHILD_SA #{old} ends"
 
 
 def conn_info(c: IkeConfig) -> dict[str, Any]:
@@ -219,7 +234,9 @@ class EngineControl:
         if handler is not None:
             return await handler(req)
         if cmd == "list":
-            return {"ok": True, "sas": [sa_info(s, now, self.usage) for s in self.engine.ike_sas()]}
+            glue = next((x for x in self.engine.extensions if isinstance(x, DataPlaneGlue)), None)
+            pending = glue.outbound_pending if glue is not None else None
+            return {"ok": True, "sas": [sa_info(s, now, self.usage, pending) for s in self.engine.ike_sas()]}
         if cmd == "conns":
             return {"ok": True, "conns": [conn_info(c) for c in self.engine.configs]}
         if cmd == "up":

@@ -98,7 +98,8 @@ def format_sas(sas: list[dict[str, Any]]) -> str:
             out.append(f"    installed {c['install-time']}s ago{extra}")
             if c.get("rekey-time") is not None:
                 out.append(f"    rekeying in {c['rekey-time']}s, expires in {c['life-time']}s")
-            out.append(f"    in  {c['spi-in']}, out {c['spi-out']}")
+            pending = f" (outbound SA {c['outbound']})" if c.get("outbound") else ""
+            out.append(f"    in  {c['spi-in']}, out {c['spi-out']}{pending}")
             out.append(f"    local  {' '.join(c['local-ts'])}")
             out.append(f"    remote {' '.join(c['remote-ts'])}")
     return "\n".join(out)

@@ -251,6 +251,12 @@ class DataPlaneGlue(Extension):
                       getattr(self.dp, "name", "?"), e.proposal, "UDP-encapsulated" if e.encap else "plain ESP")
         return None
 
+    def outbound_pending(self, unique_id: int) -> bool:
+        """Whether CHILD_SA `unique_id` is installed without its outbound SA (a rekey responder's new
+        CHILD_SA until the replaced one ends, RFC 7296 2.8): we do not send on it yet."""
+        inst = self.children.get(unique_id)
+        return inst is not None and inst.out is not None
+
     def install_outbound(self, e: ev.ChildSaOutbound) -> None:
         """The deferred outbound SA of a rekey responder's CHILD_SA (RFC 7296 2.8), installed before the
         replaced CHILD_SA's SAs go: the data plane sends on the newest outbound SA of the reqid. One the
