@@ -24,7 +24,6 @@ from ..ike.engine import Engine
 from ..ike.sa import IkeSa
 from ..ike.tasks.informational import OutboundWaits
 from ..me import events as mev
-from .glue import DataPlaneGlue
 from .startup import flush_logs
 
 log = logging.getLogger("core_ike.control")
@@ -212,6 +211,9 @@ class EngineControl:
         self.engine = engine
         self.flush = flush
         self.usage = usage
+        # whether a CHILD_SA's outbound SA is not installed yet (DataPlaneGlue.outbound_pending, set by the
+        # daemon that has a data plane)
+        self.outbound_pending: Callable[[int], bool] | None = None
         self.waiters: list[Waiter] = []
         self.extra: dict[str, Handler] = {}
         # parts of every `status` reply, whichever daemon's own handler (extra["status"]) makes the rest:
@@ -234,9 +236,8 @@ class EngineControl:
         if handler is not None:
             return await handler(req)
         if cmd == "list":
-            glue = next((x for x in self.engine.extensions if isinstance(x, DataPlaneGlue)), None)
-            pending = glue.outbound_pending if glue is not None else None
-            return {"ok": True, "sas": [sa_info(s, now, self.usage, pending) for s in self.engine.ike_sas()]}
+            return {"ok": True, "sas": [sa_info(s, now, self.usage, self.outbound_pending)
+                                        for s in self.engine.ike_sas()]}
         if cmd == "conns":
             return {"ok": True, "conns": [conn_info(c) for c in self.engine.configs]}
         if cmd == "up":

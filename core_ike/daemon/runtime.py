@@ -360,6 +360,7 @@ class Daemon:
                 self.dp.route_settings = RouteSettings(st.install_routes, st.routing_table, st.routing_table_prio)
             self.glue = DataPlaneGlue(self.dp, engine_child_deleter(self.engine))
             self.engine.extensions.append(self.glue)  # CHILD_SA proposals: only what the data plane installs
+            self.control.outbound_pending = self.glue.outbound_pending
             if hasattr(self.dp, "on_mapping"):
                 self.dp.on_mapping = self._esp_mapping
             if hasattr(self.dp, "read_events"):  # XFRM: the kernel's expire/acquire messages

@@ -31,6 +31,7 @@ class Responder:
         self.glue = DataPlaneGlue(self.dp, engine_child_deleter(p.b), lambda t, fn: self.later.append((t, fn)))
         p.b.extensions.append(self.glue)
         self.control = EngineControl(p.b, lambda: None)
+        self.control.outbound_pending = self.glue.outbound_pending  # as the daemon wires them (runtime.py)
         self.fed = 0
 
     def feed(self) -> None:
