@@ -144,6 +144,21 @@ def limit_tun_gso(ipr: Any, index: int, name: str, mtu: int) -> None:
         log.info("TUN %s: gso_max_segs refused (%s); super-packets of the kernel's default size", name, e)
 
 
+def quiet_tun_ipv6(ipr: Any, index: int, name: str) -> None:
+    """Set the TUN device's IPv6 address generation mode to none (IFLA_INET6_ADDR_GEN_MODE) before it
+    comes up: it gets no link-local address, so the kernel sends no router solicitations (RFC 4861
+    6.3.7) or MLD reports of its own into it, which would match no policy and count as
+    `drop_no_policy`; IPv6 that routes send into it still flows. A kernel without IPv6 refuses it
+    (logged at debug)."""
+    from pyroute2 import NetlinkError
+
+    spec = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}  # IN6_ADDR_GEN_MODE_NONE
+    try:
+        ipr.link("set", index=index, IFLA_AF_SPEC=spec)
+    except NetlinkError as e:
+        log.debug("TUN %s: IPv6 address generation mode left as it was (%s)", name, e)
+
+
 def grow_rcvbuf(s: socket.socket, size: int = 4 << 20) -> None:
     """Enlarge an ESP receive socket's buffer: with the default (~200 KB) a TCP burst through the
     tunnel overflows it while the event loop is busy sealing, and every overflow is a TCP loss."""

@@ -45,7 +45,15 @@ from .dataplane import (
     SaUsage,
     SendDatagram,
 )
-from .fastpath import DEFAULT_STEPS, OFFLOAD_STEPS, UdpEspIo, grow_rcvbuf, limit_tun_gso, open_tun
+from .fastpath import (
+    DEFAULT_STEPS,
+    OFFLOAD_STEPS,
+    UdpEspIo,
+    grow_rcvbuf,
+    limit_tun_gso,
+    open_tun,
+    quiet_tun_ipv6,
+)
 from .netlink import Address, NetlinkWorker, RouteSocket, add_host_address, del_host_address
 from .offload import (
     VNET_HDR_LEN,
@@ -168,6 +176,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
 
         def setup(ipr: Any) -> int:
             index = int(ipr.link_lookup(ifname=self.tun_name)[0])
+            quiet_tun_ipv6(ipr, index, self.tun_name)  # before "up": no link-local address, no RS/MLD
             ipr.link("set", index=index, mtu=self.mtu, state="up")
             if self._tso and "gso" in off:
                 limit_tun_gso(ipr, index, self.tun_name, self.mtu)
