@@ -79,10 +79,6 @@ def _ping(lab: Lab, host: str, dst: str, src: str, count: int = 3) -> None:
 def test_nat_esp_in_udp_both_ways(nat_pair: Pair, who: str) -> None:
     env = nat_pair
     _sa, child, _ = bring_up(env, who)
-    # the kernel's own IPv6 chatter on the TUN (router solicitations 0, 4, 12, 28 ... s after it came up)
-    # meets no policy and would count as drop_no_policy whenever it falls between the two readings: IPv6
-    # off on it, so that the data plane's drops below are the pings' alone
-    env.lab.run("alice", ["sysctl", "-qw", "net.ipv6.conf.ipsec0.disable_ipv6=1"])
     before = env.iked.ctl({"cmd": "stats"})["stats"]["dataplane"]  # drops not attributable to one SA
     with env.lab.capture("natA", "wan0", "udp or esp or icmp") as cap:
         _ping(env.lab, "alice", C_IN, A_IN)
