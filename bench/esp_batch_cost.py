@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The userspace ESP data plane's cost per TSO super-packet, counted in instructions (callgrind), through
-the daemon's own read handlers on real sockets: the sender's TUN reader (`_on_tun_readable`: lay_frame per
-super-packet, finish_frames and seal_into per wake-up, UDP_SEGMENT send) and the receiver's NAT-T reader (`UdpEspIo._readable`: UDP_GRO reads,
+the daemon's own read handlers on real sockets: the sender's TUN reader (`_on_tun_readable`: segment_into,
+seal_into, UDP_SEGMENT send) and the receiver's NAT-T reader (`UdpEspIo._readable`: UDP_GRO reads,
 open_into, merge_run, TUN write).
 
 Usage:

@@ -1,6 +1,6 @@
 """The `seal_batch` and `open_batch` steps of the userspace ESP data plane (`core_ike.io.fastpath`):
-the TSO super-packets of one TUN wake-up (up to SEAL_FRAMES of one SA) segmented together into one
-buffer, sealed together into another and sent from it, a UDP_GRO read of ESP opened and written to the TUN device
+the TSO super-packets of one TUN wake-up (up to SEAL_FRAMES of one SA) segmented into a buffer each,
+sealed together into one and sent from it, a UDP_GRO read of ESP opened and written to the TUN device
 from one, with no per-packet objects (measured step by step in bench/esp_throughput_iperf.py, in
 instructions per super-packet by bench/esp_batch_cost.py; the cost per packet of each stage:
 docs/architecture.md); and the
