@@ -92,19 +92,6 @@ def _drain(it: Iterable[object]) -> None:
     collections.deque(it, maxlen=0)
 
 
-def _first_rows(runs: Sequence[SealRun]) -> list[int]:
-    """Each run's first row in its buffer (`EspSa.seal_into`): 0, or the row after the last one of the run
-    before it when that one is in the same buffer."""
-    rows: list[int] = []
-    row, prev = 0, None
-    for plain, _, lengths, _ in runs:
-        row = row if plain is prev else 0
-        rows.append(row)
-        row += len(lengths)
-        prev = plain
-    return rows
-
-
 @functools.lru_cache(maxsize=256)
 def _run_heads(size: int, count: int) -> struct.Struct:
     """SPI and Seq of `count` ESP packets of `size` octets lying back to back (the last may be shorter)."""
@@ -224,11 +211,9 @@ class EspSa:
         return self._into is not None
 
     def seal_into(self, runs: Sequence[SealRun], out: bytearray, now: float = 0.0) -> tuple[int, list[list[int]]]:
-        """`seal` for runs of inner packets laid out in buffers: a run is (plain, stride, lengths, next
-        header), its packet i at row r + i of `plain` (row j at j * `stride`), `lengths[i]` octets, each
-        followed by at least 5 spare octets for its trailer; r is 0, or for a run in the buffer of the run
-        before it, the row after that one's last (the frames of one TUN wake-up segmented into one buffer
-        by `core_ike.io.offload.segment_frames_into`). All packets of all runs have one length but each run's
+        """`seal` for runs of inner packets, each laid out in a buffer of its own: a run is (plain, stride,
+        lengths, next header), packet i of it at i * `stride` of `plain`, `lengths[i]` octets, each followed
+        by at least 5 spare octets for its trailer. All packets of all runs have one length but each run's
         last, which may be shorter (a TSO super-packet's segments: `core_ike.io.offload.segment_into`).
         Sequence numbers follow the runs' order. The ESP packets are written into `out` (grown when too
         small) one every `size` octets, the runs one after the other, so that each run's packets lie back
@@ -278,17 +263,16 @@ class EspSa:
         trailer = _PADS[pad] + bytes((pad, 0))
         sizes: list[list[int]] = []
         r = nbytes = 0
-        for (plain, stride, lengths, next_header), row in zip(runs, _first_rows(runs), strict=True):
+        for plain, stride, lengths, next_header in runs:
             m, tail = len(lengths) - 1, lengths[-1]
-            p = row * stride
             if m:
                 # the trailers of the run's full packets through one strided view of `plain`
-                np.ndarray((m, pad + 2), np.uint8, plain, p + length, (stride, 1))[:] = np.frombuffer(
+                np.ndarray((m, pad + 2), np.uint8, plain, length, (stride, 1))[:] = np.frombuffer(
                     trailer[:-1] + bytes((next_header,)), np.uint8)
-                _drain(map(encrypt, nv[r : r + m], VIEWS.rows(plain, 0, stride, clen, row + m)[row : row + m],
-                           aads[r : r + m], ov[r : r + m]))
+                _drain(map(encrypt, nv[r : r + m], VIEWS.rows(plain, 0, stride, clen, m), aads[r : r + m],
+                           ov[r : r + m]))
             tail_pad = -(tail + 2) & 3
-            p, o = p + m * stride, (r + m) * size
+            p, o = m * stride, (r + m) * size
             plain[p + tail : p + tail + tail_pad + 2] = _PADS[tail_pad] + bytes((tail_pad, next_header))
             tail_size = 16 + tail + tail_pad + 2 + icv
             encrypt(nv[r + m], memoryview(plain)[p : p + tail + tail_pad + 2], aads[r + m], mo[o + 16 : o + tail_size])

@@ -26,7 +26,7 @@ class BufferViews:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[int, int, int, int], tuple[Any, list[memoryview]]] = {}
-        self._columns: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._columns: dict[tuple[int, int, int, int, Any], tuple[Any, Any]] = {}
         self.scratch = bytearray(12 * 256)  # nonces of one batch (`EspSa`), grown by `grow`
 
     def rows(self, buf: Buffer, start: int, step: int, length: int, count: int) -> list[memoryview]:
@@ -60,24 +60,6 @@ class BufferViews:
         col = np.ndarray((n,), dtype, buf, at, (stride,))
         self._columns[key] = (buf, col)
         return col
-
-    def grid(self, buf: bytearray, at: int, block: int, stride: int, count: int, n: int, dtype: Any,
-             width: int = 0) -> Any:
-        """`column` for `count` blocks of `n` rows each, `block` octets apart: a (count, n) numpy array over
-        `buf`, or with `width` the (count, n, width) array of that many items from each row's field on."""
-        key = (id(buf), at, block, stride, count, n, dtype, width)
-        hit = self._columns.get(key)
-        if hit is not None and hit[0] is buf:
-            return hit[1]
-        import numpy as np  # only the batch steps come here (numpy stays out of the mediation server)
-
-        if len(self._columns) >= _MAX_LAYOUTS:
-            self._columns.clear()
-        item = np.dtype(dtype).itemsize
-        shape, strides = ((count, n, width), (block, stride, item)) if width else ((count, n), (block, stride))
-        grid = np.ndarray(shape, dtype, buf, at, strides)
-        self._columns[key] = (buf, grid)
-        return grid
 
     def forget(self, buf: Buffer) -> None:
         """Drop the slices and columns of `buf` (before it is resized or replaced)."""

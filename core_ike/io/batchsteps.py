@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -22,31 +21,14 @@ import numpy as np
 
 from ..esp import EspError, InboundSad, SequenceExhaustedError
 from ..esp.sa import SealRun
-from ..esp.views import VIEWS
 from .fastpath import UdpEspIo
-from .offload import (
-    NO_OFFLOAD,
-    TRAILER_ROOM,
-    Coalescer,
-    TsoLayout,
-    VnetHdr,
-    finish_frames,
-    lay_frame,
-    merge_run,
-    segment_frames_into,
-    segment_lengths,
-    tso_layout,
-)
+from .offload import NO_OFFLOAD, Coalescer, VnetHdr, merge_run, segment_into
 
 if TYPE_CHECKING:
     from .userspace import _SaState
 
 log = logging.getLogger("core_ike.io.userspace")
 SEAL_FRAMES = 8  # TSO super-packets `_seal_laid_out` keeps for one `seal_into` call (bounded memory: 64 KiB each)
-_KEPT = struct.Struct("=HHHHI")  # a kept super-packet's layout (`tso_layout`) and size
-# the kept super-packets' segments, laid out by `_seal_pending` and sealed in the same call (scratch: no
-# data plane leaves anything in it between calls, so the data planes of one process share it)
-_SEGMENTS = bytearray()
 
 
 class BatchSteps:
@@ -81,54 +63,42 @@ class BatchSteps:
         def _needs_ports(self) -> bool: ...
 
     def _seal_laid_out(self, frame: memoryview, vh: VnetHdr, now: float) -> bool:
-        """The `seal_batch` step: a TSO super-packet's headers and payload laid out in the rows of one
-        buffer after those of the super-packets kept before it (`lay_frame`), its layout kept (in a
-        buffer of its own), for `_seal_pending`, which finishes the segments of the kept super-packets
-        of one SA and segment length together (`finish_frames`), seals them together (one AEAD call per
-        segment, no per-packet objects) and sends each as slices of one buffer; False when the frame needs the per-packet path
-        (one segment). A frame whose SA cannot be sealed so (no SA, plain ESP, a cipher without
-        `seal_into`), or of another SA or segment length than those kept, first lets the kept ones go
-        (packets leave in the order the TUN device gave them)."""
+        """The `seal_batch` step: a TSO super-packet's segments cut into a buffer of their own and kept
+        for `_seal_pending`, which seals the kept super-packets of one SA together (one AEAD call per
+        segment, no per-packet objects) and sends each as slices of one buffer; False when the frame
+        needs the per-packet path (one segment). A frame whose SA cannot be sealed so (no SA, plain
+        ESP, a cipher without `seal_into`), or of another SA or segment size than those kept, first
+        lets the kept ones go (packets leave in the order the TUN device gave them)."""
         runs, plains = self._seal_runs, self._seal_plains
         if len(plains) == len(runs):
-            plains.append(bytearray(_KEPT.size))  # at most SEAL_FRAMES: `_seal_pending` runs when that many are kept
-        layout = tso_layout(frame, vh)
-        if layout is None:
+            plains.append(bytearray())  # at most SEAL_FRAMES: `_seal_pending` runs when that many are kept
+        plain = plains[len(runs)]
+        laid = segment_into(frame, vh, plain)
+        if laid is None:
             return False
-        st = self._sa_out(bytes(frame[:64]))  # every segment has the frame's addresses and ports
-        size = len(frame)
-        lengths = segment_lengths(layout, size)
+        stride, lengths = laid
+        st = self._sa_out(plain)  # every segment has the first one's addresses and ports
         if runs and (st is not self._seal_st or lengths[0] != runs[0][2][0]):
+            plains[0], plains[len(runs)] = plain, plains[0]  # this frame's buffer first: the others are free after
             self._seal_pending(now)
         if st is None or not st.params.encap or not st.esp.seals_into or self._udp is None:
-            stride, (lengths,) = segment_frames_into([(frame, layout)], _SEGMENTS)
             for i, length in enumerate(lengths):
-                self._outbound(bytes(_SEGMENTS[i * stride : i * stride + length]), now, True)
+                self._outbound(bytes(plain[i * stride : i * stride + length]), now, True)
             self.tso_frames += 1
             self.tso_segments += len(lengths)
             return True
-        stride = (lengths[0] + TRAILER_ROOM + 7) & ~7
-        row = sum(len(r[2]) for r in runs)
-        VIEWS.grow(_SEGMENTS, (row + len(lengths)) * stride)
-        lay_frame(_SEGMENTS, row, stride, frame, layout)
-        _KEPT.pack_into(plains[len(runs)], 0, *layout, size)
-        runs.append((_SEGMENTS, stride, lengths, 41 if layout[0] else 4))
+        runs.append((plain, stride, lengths, 41 if plain[0] >> 4 == 6 else 4))
         self._seal_st = st
         if len(runs) >= SEAL_FRAMES:
             self._seal_pending(now)
         return True
 
     def _seal_pending(self, now: float) -> None:
-        """The super-packets `_seal_laid_out` kept, their segments finished (`finish_frames`), sealed in one `EspSa.seal_into` call and sent, each in one UDP_SEGMENT send (or as few as it
-        needs) of a slice of one buffer."""
+        """The super-packets `_seal_laid_out` kept, sealed in one `EspSa.seal_into` call and sent, each
+        in one UDP_SEGMENT send (or as few as it needs) of a slice of one buffer."""
         runs, st = self._seal_runs, self._seal_st
         if not runs or st is None or self._udp is None:
             return
-        kept: list[tuple[TsoLayout, int]] = []
-        for plain in self._seal_plains[: len(runs)]:
-            v6, off, h, mss, size = _KEPT.unpack_from(plain)
-            kept.append(((bool(v6), off, h, mss), size))
-        finish_frames(_SEGMENTS, runs[0][1], kept)
         try:
             size, sizes = st.esp.seal_into(runs, self._esp_out, now)
         except SequenceExhaustedError:

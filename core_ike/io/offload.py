@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..esp.views import VIEWS, Buffer
+from ..esp.views import VIEWS
 
 try:  # sums of many packets in one call; without it, one int.from_bytes per packet
     import numpy as _np
@@ -238,207 +238,129 @@ def segment(frame: bytes | memoryview, hdr: VnetHdr) -> list[bytes]:
     return out
 
 
-TRAILER_ROOM = 8  # spare octets behind each packet `segment_frames_into` lays out (ESP's trailer: at most 5)
-
-TsoLayout = tuple[bool, int, int, int]
-"""(IPv6?, TCP header offset, IP and TCP header length, MSS) of a TCP GSO frame: `tso_layout`."""
+TRAILER_ROOM = 8  # spare octets behind each packet `segment_into` lays out (ESP's trailer: at most 5)
 
 
-def tso_layout(frame: bytes | memoryview, hdr: VnetHdr) -> TsoLayout | None:
-    """The layout of a TCP GSO frame of several segments (for `segment_frames_into`); None for a frame
-    that is one packet, or without numpy (then `segment` handles it); OffloadError for a bad one."""
+def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> tuple[int, list[int]] | None:
+    """`segment` for a TCP GSO frame of several segments, laid out in `plain` instead of returned as
+    bytes: segment i at i * stride, `TRAILER_ROOM` spare octets behind each; returns (stride, lengths),
+    or None for a frame that is one packet, or without numpy (then `segment` handles it). `plain`
+    grows when too small.
+
+    The frame's headers are copied to every row and the payload cut into the rows with numpy (one
+    call each); the fields that differ per segment (IP total or payload length, IPv4 ID and header
+    checksum, TCP sequence number, flags and checksum) are computed for all rows at once as numpy
+    int64 columns and written through strided views of `plain` (`_segment_fields`): no Python work
+    per segment. Checksums are `segment`'s sums of parts, kept as numbers (big-endian words): a sum
+    of little-endian words, as `row_sums` gives the payload's, is 256 times its big-endian sum
+    modulo 0xFFFF (RFC 1071 2(B))."""
     gso = hdr.gso_type & ~GSO_ECN
     if gso == GSO_NONE or not HAVE_NUMPY:
         return None
     v6, off, thl = _gso_tcp(frame, hdr, gso)
-    if len(frame) - off - thl <= hdr.gso_size:
+    h = off + thl
+    mss = hdr.gso_size
+    total = len(frame) - h
+    if total <= mss:
         return None
-    return v6, off, off + thl, hdr.gso_size
-
-
-def segment_lengths(layout: TsoLayout, size: int) -> list[int]:
-    """The lengths of the segments of a frame of `size` octets with this layout: all of the headers
-    and one MSS, the last one possibly shorter."""
-    h, mss = layout[2], layout[3]
-    m = (size - h - 1) // mss  # the full segments before the last
-    return [h + mss] * m + [size - m * mss]
-
-
-def segment_into(frame: bytes | memoryview, hdr: VnetHdr, plain: bytearray) -> tuple[int, list[int]] | None:
-    """`segment` for one TCP GSO frame of several segments, laid out in `plain` instead of returned
-    as bytes (`segment_frames_into` for a batch of one): returns (stride, lengths), or None for a
-    frame that is one packet, or without numpy (then `segment` handles it)."""
-    layout = tso_layout(frame, hdr)
-    if layout is None:
-        return None
-    stride, (lengths,) = segment_frames_into([(frame, layout)], plain)
-    return stride, lengths
-
-
-def segment_frames_into(frames: Sequence[tuple[Buffer, TsoLayout]], plain: bytearray) -> tuple[int, list[list[int]]]:
-    """`segment` for TCP GSO frames whose segments have one length (headers + MSS; `tso_layout` gives
-    each frame's layout), laid out in `plain` instead of returned as bytes: all frames' segments one
-    after the other, segment i at i * stride, `TRAILER_ROOM` spare octets behind each; returns stride
-    and each frame's segment lengths. `plain` grows when too small.
-
-    In two steps, which the seal_batch step runs apart (core_ike/io/batchsteps.py: each frame laid
-    out as the TUN device gives it, the rest once for the frames of a wake-up): `lay_frame` copies a
-    frame's headers and payload (the payload cut into the rows with one numpy call); `finish_frames`
-    does the rest for each group of frames of one layout and size at once: the headers copied to
-    every row, the payload sums, and the fields that differ per segment (IP total or payload length,
-    IPv4 ID and header checksum, TCP sequence number, flags and checksum) computed as numpy columns
-    and written through strided views of `plain`: no Python work per segment, and numpy's cost per
-    call shared by the frames of a group."""
-    length = frames[0][1][2] + frames[0][1][3]
-    if any(lay[2] + lay[3] != length for _, lay in frames):
-        raise OffloadError("frames laid out together need one segment length")
-    stride = (length + TRAILER_ROOM + 7) & ~7
-    lengths = [segment_lengths(lay, len(f)) for f, lay in frames]
-    VIEWS.grow(plain, sum(map(len, lengths)) * stride)  # the batch steps keep slices of it
-    row = 0
-    for (frame, layout), frame_lengths in zip(frames, lengths, strict=True):
-        lay_frame(plain, row, stride, frame, layout)
-        row += len(frame_lengths)
-    finish_frames(plain, stride, [(layout, len(frame)) for frame, layout in frames])
-    return stride, lengths
-
-
-def lay_frame(plain: bytearray, row: int, stride: int, frame: Buffer, layout: TsoLayout) -> None:
-    """`segment_frames_into`'s first step for one frame, its segments from `row` on (`plain` long enough):
-    its headers into the first row, its payload cut into the rows, the short last segment's payload
-    zero-padded to whole 32-bit words (the payload sums', `finish_frames`)."""
-    h, mss = layout[2], layout[3]
-    size = len(frame)
-    full = (size - h) // mss
-    last = size - h - full * mss  # the short last segment's payload (0: none)
-    at = row * stride
-    plain[at : at + h] = frame[:h]
-    _np.ndarray((full, mss), _U1, plain, at + h, (stride, 1))[:] = _np.ndarray((full, mss), _U1, frame, h, (mss, 1))
-    if last:
-        at += full * stride + h
-        plain[at : at + last] = frame[h + full * mss : size]
-        plain[at + last : at + ((mss + 3) & ~3)] = bytes(((mss + 3) & ~3) - last)
-
-
-def finish_frames(plain: bytearray, stride: int, frames: Sequence[tuple[TsoLayout, int]]) -> None:
-    """`segment_frames_into`'s second step, for frames (layout and size) that `lay_frame` laid out one
-    after the other from row 0 of `plain`: the rest, for each group of frames of one layout and size."""
-    row = i = 0
-    while i < len(frames):
-        j = i + 1
-        while j < len(frames) and frames[j] == frames[i]:
-            j += 1
-        layout, size = frames[i]
-        _segment_group(plain, row, stride, j - i, layout, size)
-        row += (j - i) * ((size - layout[2] + layout[3] - 1) // layout[3])
-        i = j
-
-
-def _segment_group(plain: bytearray, row: int, stride: int, count: int, layout: TsoLayout, size: int) -> None:
-    """`finish_frames` for `count` frames of one layout and `size`, their segments from `row` on.
-
-    Checksums are `segment`'s sums of parts, kept as numbers (big-endian words): a sum of
-    little-endian words, as the payload's are taken, is 256 times its big-endian sum modulo 0xFFFF
-    (RFC 1071 2(B))."""
     np = _np
-    _, _, h, mss = layout
-    total = size - h
     n = (total + mss - 1) // mss
     full = total // mss
-    width = (mss + 3) & ~3  # payload sums over 32-bit words: each row's payload zero-padded to a multiple of 4
-    base, block = row * stride, n * stride
-    rows = VIEWS.grid(plain, base, block, stride, count, n, _U1, stride)
-    rows[:, 1:, :h] = rows[:, :1, :h]
-    if width > mss:
-        rows[:, :full, h + mss : h + width] = 0
-    # payload sums (little-endian words; an odd last octet is the low half of a word, RFC 1071): a 32-bit
-    # word's value is congruent to the sum of its two 16-bit halves modulo 0xFFFF (2^16 is 1 modulo 0xFFFF)
-    sums = np.add.reduce(VIEWS.grid(plain, base + h, block, stride, count, n, _LE_U4, width // 4), axis=2, dtype=np.int64)
-    _segment_fields(plain, base, stride, count, layout, size, n, sums)
+    last = total - full * mss
+    stride = (h + mss + TRAILER_ROOM + 7) & ~7
+    VIEWS.grow(plain, n * stride)  # the batch steps keep slices of it
+    rows = np.frombuffer(plain, np.uint8, n * stride).reshape(n, stride)
+    src = np.frombuffer(frame, np.uint8)
+    head = bytes(frame[:h])
+    rows[:, :h] = src[:h]
+    payload = src[h : h + full * mss].reshape(full, mss)
+    rows[:full, h : h + mss] = payload
+    if last:
+        plain[full * stride + h : full * stride + h + last] = frame[h + full * mss :]
+    # payload sums (little-endian words; an odd last chunk ends with the low half of a word, RFC 1071)
+    sums = np.empty(n, np.int64)
+    if mss % 2 == 0:
+        np.add.reduce(payload.view(_LE_U4 if mss % 4 == 0 else _LE_U2), axis=1, dtype=np.int64, out=sums[:full])
+    else:
+        sums[:full] = [csum_le(frame[h + i * mss : h + (i + 1) * mss]) for i in range(full)]
+    if last:
+        sums[full] = csum_le(frame[h + full * mss :])
+    _segment_fields(plain, stride, head, v6, off, mss, total, sums)
+    return stride, [off + thl + mss] * (n - 1) + [h + total - (n - 1) * mss]
 
 
-def _segment_fields(plain: bytearray, base: int, stride: int, count: int, layout: TsoLayout, size: int, n: int,
+def _segment_fields(plain: bytearray, stride: int, head: bytes, v6: bool, off: int, mss: int, total: int,
                     sums: Any) -> None:
-    """`_segment_group`'s per-segment fields, written into every row (each a copy of its frame's headers)
-    as numpy columns of shape (frames, segments): IP total (IPv4) or payload (IPv6) length, IPv4 ID and
-    header checksum, TCP sequence number, flags and checksum. `sums`: each segment's payload sum (int64;
-    used as scratch)."""
+    """`segment_into`'s per-segment fields, written into every row of `plain` (each a copy of the frame's
+    headers `head`) as numpy columns: IP total (IPv4) or payload (IPv6) length, IPv4 ID and header
+    checksum, TCP sequence number, flags and checksum (`off`: the TCP header's offset in `head`). `sums`:
+    each segment's payload sum (int64; used as scratch). The first and last rows' exceptions are
+    written afterwards with struct (cheaper than numpy's scalar item access)."""
     np = _np
-    v6, off, h, mss = layout
-    block = n * stride
-    thl = h - off
+    n = len(sums)
+    thl = len(head) - off
     tcp_len = thl + mss
-    tail_len = size - off - (n - 1) * mss
-    steps = _steps(n, mss)[0]
-    # per frame: its first sequence number and IPv4 ID, the TCP checksum's constant part and the
-    # corrections of the first and last segments (RFC 9293 3.1, RFC 8200 8.1: pseudo-header addresses
-    # and protocol, the header's constant words (ports, ack, data offset, window, urgent pointer,
-    # options), the length and flags of a middle segment); only the first segment carries CWR, FIN
-    # and PSH stay on the last (RFC 3168 6.1.2, as Linux TSO does)
-    seq0s: list[list[int]] = []
-    consts: list[list[int]] = []
-    mids: list[list[int]] = []
-    ips: list[list[int]] = []
-    for f in range(count):
-        head = bytes(plain[base + f * block : base + f * block + h])
-        flags = head[off + 13]
-        mid_f = flags & ~(_FIN | _PSH | _CWR)
-        first_f, last_f = flags & ~(_FIN | _PSH), flags & ~_CWR
-        at = base + f * block + off + 13
-        plain[at] = first_f
-        plain[at + block - stride] = last_f
-        tcp = bytearray(head[off:h])
-        tcp[4:8] = bytes(4)
-        tcp[13] = 0
-        tcp[16:18] = bytes(2)
-        k = int.from_bytes(head[8:40] if v6 else head[12:20], "big") + _TCP + int.from_bytes(tcp, "big") + tcp_len + mid_f
-        seq0s.append([_I.unpack_from(head, off + 4)[0]])
-        consts.append([-(k % 0xFFFF), mid_f - first_f, mid_f - last_f - tail_len + tcp_len])
-        mids.append([mid_f])
-        if not v6:
-            ip = bytearray(head[:off])
-            ip[2:6] = bytes(4)
-            ip[10:12] = bytes(2)
-            # RFC 791 3.1: all of the header checksum but length and ID, complemented (kept above 0:
-            # ID <= 0xFFFF, the sum < 0xFFFF), and the first ID
-            ips.append([0x1FFFE - (int.from_bytes(ip, "big") + off + tcp_len) % 0xFFFF, _H.unpack_from(head, 4)[0]])
-    column = VIEWS.grid
-    column(plain, base + off + 13, block, stride, count, n, _U1)[:, 1:-1] = np.array(mids, _U1)
-    seqs = np.add(np.array(seq0s, np.uint32), steps)  # uint32: wraps modulo 2^32 as sequence numbers do
-    column(plain, base + off + 4, block, stride, count, n, _BE_U4)[:] = seqs
-    # the TCP checksum: the complement of sum * 256 + seq + constant, modulo 0xFFFF (numpy's % is floored)
-    c = np.array(consts, np.int64)
-    sums *= 256
+    tail_len = thl + total - (n - 1) * mss
+    end = (n - 1) * stride  # the last row
+    seq0 = _I.unpack_from(head, off + 4)[0]
+    steps, counts = _steps(n, mss)
+    seqs = np.add(steps, seq0)  # uint32 (a Python int takes the array's type): wraps modulo 2^32 as sequence numbers do
+    flags = head[off + 13]
+    mid_f = flags & ~(_FIN | _PSH | _CWR)
+    first_f = flags & ~(_FIN | _PSH)  # only the first segment carries CWR (RFC 3168 6.1.2, as Linux TSO does)
+    last_f = flags & ~_CWR  # FIN and PSH stay on the last one
+    VIEWS.column(plain, off + 13, stride, n, _U1)[:] = mid_f
+    plain[off + 13] = first_f
+    plain[end + off + 13] = last_f
+    VIEWS.column(plain, off + 4, stride, n, _BE_U4)[:] = seqs
+    # TCP checksum (RFC 9293 3.1, RFC 8200 8.1): pseudo-header addresses and protocol, the header's
+    # constant words (ports, ack, data offset, window, urgent pointer, options), then per segment its
+    # length, sequence number (a 32-bit word's value is congruent to the sum of its halves), flags
+    # and payload (a sum of little-endian words is 256 times the big-endian one modulo 0xFFFF,
+    # RFC 1071 2(B)); the field is the complement, 0 for a sum congruent to 0
+    tcp = bytearray(head[off : off + thl])
+    tcp[4:8] = bytes(4)
+    tcp[13] = 0
+    tcp[16:18] = bytes(2)
+    k = int.from_bytes(head[8:40] if v6 else head[12:20], "big") + _TCP + int.from_bytes(tcp, "big") + tcp_len + mid_f
+    k %= 0xFFFF  # congruent, and small enough for int64 arithmetic
+    first_sum, last_sum = int(sums[0]), int(sums[n - 1])
+    sums *= 256  # in place: the complement of sum * 256 + seq + k, modulo 0xFFFF (numpy's % is floored)
     sums += seqs
-    np.subtract(c[:, :1], sums, out=sums)
-    sums[:, 0] += c[:, 1]
-    sums[:, -1] += c[:, 2]
+    np.subtract(-k, sums, out=sums)
     sums %= 0xFFFF
-    column(plain, base + off + 16, block, stride, count, n, _BE_U2)[:] = sums
+    VIEWS.column(plain, off + 16, stride, n, _BE_U2)[:] = sums
+    _H.pack_into(plain, off + 16, (-(first_sum * 256 + seq0 + k) - first_f + mid_f) % 0xFFFF)
+    seq_last = (seq0 + (n - 1) * mss) & 0xFFFFFFFF
+    _H.pack_into(plain, end + off + 16, (-(last_sum * 256 + seq_last + k) - last_f + mid_f - tail_len + tcp_len) % 0xFFFF)
     if v6:
-        lens = column(plain, base + 4, block, stride, count, n, _BE_U2)
-        lens[:] = off - 40 + tcp_len  # extension headers count in the IPv6 payload length
-        lens[:, -1] = off - 40 + tail_len
+        ext = off - 40  # extension headers count in the IPv6 payload length
+        VIEWS.column(plain, 4, stride, n, _BE_U2)[:] = ext + tcp_len
+        _H.pack_into(plain, end + 4, ext + tail_len)
         return
-    _ipv4_fields(plain, base, block, stride, n, np.array(ips, np.uint32), off + tcp_len, off + tail_len)
+    _ipv4_fields(plain, stride, head, off, n, counts, off + tcp_len, off + tail_len)
 
 
-def _ipv4_fields(plain: bytearray, base: int, block: int, stride: int, n: int, ips: Any, length: int,
+def _ipv4_fields(plain: bytearray, stride: int, head: bytes, off: int, n: int, counts: Any, length: int,
                  tail_length: int) -> None:
-    """`_segment_fields`' IPv4 total length (`length`, each frame's last row `tail_length`), ID and header
-    checksum; `ips`: per frame the complemented checksum of the header but length and ID, and the first ID."""
+    """`_segment_fields`' IPv4 total length (`length`, the last row `tail_length`), ID and header checksum."""
     np = _np
-    count = len(ips)
-    column = VIEWS.grid
+    end = (n - 1) * stride
     # IPv4 total length and ID (adjacent) as one 32-bit column; consecutive IDs, as Linux TSO (RFC 6864 4.1)
-    ids = np.add(ips[:, 1:], _steps(n, 1)[1])
+    id0 = _H.unpack_from(head, 4)[0]
+    ids = np.add(counts, id0)
     ids &= 0xFFFF
-    column(plain, base + 2, block, stride, count, n, _BE_U4)[:] = ids + (length << 16)
-    column(plain, base + 2, block, stride, count, n, _BE_U2)[:, -1] = tail_length
-    np.subtract(ips[:, :1], ids, out=ids)  # RFC 791 3.1
-    ids[:, -1] += length - tail_length
+    id_last = (id0 + n - 1) & 0xFFFF
+    VIEWS.column(plain, 2, stride, n, _BE_U4)[:] = ids + (length << 16)
+    _H.pack_into(plain, end + 2, tail_length)
+    ip = bytearray(head[:off])
+    ip[2:6] = bytes(4)
+    ip[10:12] = bytes(2)
+    c = (int.from_bytes(ip, "big") + length) % 0xFFFF  # RFC 791 3.1: all but length and ID
+    np.subtract(0x1FFFE - c, ids, out=ids)  # the complement; uint32, kept above 0 (ID <= 0xFFFF, c < 0xFFFF)
     ids %= 0xFFFF
-    column(plain, base + 10, block, stride, count, n, _BE_U2)[:] = ids
+    VIEWS.column(plain, 10, stride, n, _BE_U2)[:] = ids
+    _H.pack_into(plain, end + 10, (-(id_last + c) - tail_length + length) % 0xFFFF)
 
 
 @functools.lru_cache(maxsize=64)
