@@ -135,7 +135,7 @@ def _through_ffi(step: Any) -> Any:
 
 
 KEY_POOL_FLAG = "--key-pool-child"
-KEY_POOL_WARM = 64  # wake-ups run uncounted first: the pool's batches grow to their steady size
+KEY_POOL_WARM = 64  # wake-ups run uncounted first: the pool in its steady state
 
 
 def _key_pool_child(tree: str, evict_mb: int, n: int) -> int:
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of the replay: N IKE_SA_INIT wake-ups of a responder's key pool alone (an X25519 "
                          "pair taken, then the refill; made as live, not seeded), cold caches before each: "
                          "instructions and LL misses per pair, by this tree and --before, interleaved (N a multiple of "
-                         "the pools' batch, 32 here, 8 before 409cef5: each batch's cold start counted as often as live)")
+                         "the pool's batch, 8: each batch's cold start counted as often as live)")
     results_io.add_args(ap, rounds=1)
     a = ap.parse_args(args_in)
     rounds = results_io.rounds_of(a)

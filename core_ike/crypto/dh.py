@@ -342,29 +342,23 @@ def is_pooled(group: int) -> bool:
 
 
 class KeyPool:
-    """Fresh key pairs of the curve groups made several at a time, each handed out once.
+    """Fresh key pairs of the curve groups made a few at a time, each handed out once.
 
     A responder makes one key pair per IKE_SA_INIT (RFC 7296 1.2: its own KEr), typically right after
-    waking up for that datagram, when the curve's code and tables are out of the CPU caches: the first
-    pair of a batch pays that cold start (about 2,300 last-level cache misses for X25519 under callgrind,
-    bench/ike_cold.py --key-pool), each further one little more (about 10). So each group's batches double,
-    from one pair up to `batch`: a process taking many (a responder) makes them `batch` at a time, one
-    taking a pair now and then (an initiator, a mediation client) makes few it does not use. Each IKE_SA
-    still gets its own pair, used for that exchange only (no reuse across IKE_SAs, RFC 7296 2.12 not
-    needed). A pair `take` finds missing is made for that caller alone (its message waits for no batch);
-    the batches are made by `refill`, once nothing waits. The private keys come from OpenSSL's CSPRNG as
-    in `new_key_exchange`; MODP groups, whose exponent comes from `rng`, are made one at a time. A process
-    that forks must not share a pool with its child.
+    waking up for that datagram, when the curve's code and tables are out of the CPU caches: making
+    `batch` of them together costs little more than one made cold, and each IKE_SA still gets its own
+    pair, used for that exchange only (no reuse across IKE_SAs, RFC 7296 2.12 not needed). The private
+    keys come from OpenSSL's CSPRNG as in `new_key_exchange`; MODP groups, whose exponent comes from
+    `rng`, are made one at a time. A process that forks must not share a pool with its child.
     """
 
-    __slots__ = ("_empty", "_keys", "_last", "batch")
+    __slots__ = ("_empty", "_keys", "batch")
 
-    def __init__(self, batch: int = 32) -> None:
+    def __init__(self, batch: int = 8) -> None:
         self.batch = batch
         self._keys: dict[int, list[KeyExchange]] = {}
-        self._last: dict[int, int] = {}  # the size of each group's last batch (it doubles, up to `batch`)
-        # the groups whose pairs ran out, for `refill`: it finds them without a walk over every group held
-        # (run after every wake-up, a walk's dict iteration is code otherwise cold)
+        # the groups whose pairs `take` used up, for `refill`: it finds them without a walk over every group
+        # held (run after every wake-up, a walk's dict iteration is code otherwise cold)
         self._empty: list[int] = []
 
     def take(self, group: int, rng: Rng) -> KeyExchange:
@@ -372,29 +366,25 @@ class KeyPool:
         if not keys:
             if not is_pooled(group):
                 return new_key_exchange(group, rng)
-            if keys is None:
-                self._keys[group] = []
-            if group not in self._empty:
-                self._empty.append(group)
-            return new_key_exchange(group, rng)  # this caller's alone: the batch comes from `refill`
+            keys = self._keys[group] = [new_key_exchange(group, rng) for _ in range(self.batch)]
         key = keys.pop(0)  # in the order made
         if not keys:
             self._empty.append(group)
         return key
 
     def refill(self, rng: Rng) -> int:
-        """Make the next batch of each group whose pairs ran out (twice the group's last batch, one to
-        start with, at most `batch`), so that the next `take` finds one made: for an adapter to call when
-        nothing waits for it (after the datagrams of a wake-up left). Returns how many were made."""
+        """Make the next `batch` key pairs of each group taken before whose pairs are used up, so that
+        the next `take` finds one made: for an adapter to call when nothing waits for it (after the
+        datagrams of a wake-up left). At most `batch` pairs per curve group are held. Returns how many
+        were made."""
         made = 0
         empty = self._empty
         while empty:
             group = empty.pop()
             keys = self._keys[group]
-            if not keys:  # not made again since it ran out
-                n = self._last[group] = min(self.batch, 2 * self._last.get(group, 0) or 1)
-                keys += [new_key_exchange(group, rng) for _ in range(n)]
-                made += n
+            if not keys:  # not made again by a `take` since it ran empty
+                keys += [new_key_exchange(group, rng) for _ in range(self.batch)]
+                made += self.batch
         return made
 
     def __len__(self) -> int:

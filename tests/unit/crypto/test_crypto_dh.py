@@ -204,77 +204,48 @@ def test_unsupported_group() -> None:
 
 @pytest.mark.parametrize("group", [DhId.CURVE25519, DhId.ECP_256])
 def test_the_key_pool_hands_out_each_fresh_pair_once(group: int) -> None:
-    """RFC 7296 1.2 / 2.12: every exchange gets its own key pair, whether made ahead in a batch or made
-    for the caller alone (the pool empty)."""
+    """RFC 7296 1.2 / 2.12: every exchange gets its own key pair; the pool only makes them in batches."""
     pool = dh.KeyPool(batch=4)
-    taken = []
-    for _ in range(10):
-        taken.append(pool.take(group, RNG))
-        pool.refill(RNG)  # as Engine.prepare after each wake-up
+    taken = [pool.take(group, RNG) for _ in range(10)]
+    assert len(pool) == 2  # three batches of 4 made, 10 taken
     assert len({k.public for k in taken}) == 10 and all(k.group == group for k in taken)
     peer = dh.new_key_exchange(group, RNG)
     assert taken[0].compute(peer.public) == peer.compute(taken[0].public)  # a working pair
-    assert taken[-1].compute(peer.public) == peer.compute(taken[-1].public)
 
 
-def test_a_take_from_an_empty_pool_makes_the_callers_pair_alone() -> None:
-    """The message that finds no pair made waits for its own pair only: the batch is `refill`'s (after
-    the wake-up's datagrams left). Groups are kept apart; MODP pairs are made when taken, never held."""
+def test_the_key_pool_keeps_groups_apart_and_makes_modp_on_demand() -> None:
     pool = dh.KeyPool(batch=3)
     assert pool.take(DhId.CURVE25519, RNG).group == DhId.CURVE25519
     assert pool.take(DhId.CURVE448, RNG).group == DhId.CURVE448
-    assert len(pool) == 0
+    assert len(pool) == 4
     assert pool.take(DhId.MODP_2048, RNG).group == DhId.MODP_2048  # its exponent from `rng`, one at a time
-    assert pool.refill(RNG) == 2 and len(pool) == 2  # one of each curve group; nothing for MODP
+    assert len(pool) == 4
     with pytest.raises(LocalError):
         pool.take(999, RNG)
 
 
-def test_the_key_pool_batches_double_up_to_the_batch_size() -> None:
-    """Each refill of a group that ran out makes twice its last batch, from one up to `batch`: a responder
-    taking a pair per IKE_SA_INIT reaches full batches (the cold start paid once per batch), a process
-    taking one now and then makes few it does not use."""
-    pool = dh.KeyPool(batch=8)
-    sizes = []
-    for _ in range(40):
-        pool.take(DhId.CURVE25519, RNG)
-        made = pool.refill(RNG)
-        if made:
-            sizes.append(made)
-    assert sizes == [1, 2, 4, 8, 8, 8, 8, 8]  # 40 taken: 1 made by take, 1 + 2 + 4 + 8 * 4 from batches
-    assert len(pool) == 8  # the batch made after the 40th
-    one = dh.KeyPool(batch=8)
-    one.take(DhId.CURVE25519, RNG)
-    assert one.refill(RNG) == 1 and len(one) == 1  # an initiator's single IKE_SA: one pair ahead, not 8
-
-
 def test_the_key_pool_refills_used_up_groups_only() -> None:
-    """KeyPool.refill (called when nothing waits): the next batch of each group whose pairs ran out,
+    """KeyPool.refill (called when nothing waits): the next batch of each group whose pairs are used up,
     none for groups never taken or still holding pairs; a take then finds a pair made."""
     pool = dh.KeyPool(batch=2)
     assert pool.refill(RNG) == 0  # nothing taken yet: nothing made
-    first = [pool.take(DhId.CURVE25519, RNG)]
-    assert pool.refill(RNG) == 1
-    first += [pool.take(DhId.CURVE25519, RNG)]  # made ahead
-    assert pool.refill(RNG) == 2 and len(pool) == 2  # the next batch, twice the last
-    pool.take(DhId.CURVE25519, RNG)  # one of two left
-    assert pool.refill(RNG) == 0 and len(pool) == 1  # bounded: nothing made while pairs are held
-    nxt = [pool.take(DhId.CURVE25519, RNG), pool.take(DhId.CURVE25519, RNG)]  # the last held, then one made
-    assert len(pool) == 0 and len({k.public for k in first + nxt}) == 4
+    first = [pool.take(DhId.CURVE25519, RNG) for _ in range(2)]
+    pool.take(DhId.ECP_256, RNG)  # one of two left
+    assert pool.refill(RNG) == 2 and len(pool) == 3  # x25519's next batch; ECP-256 still holds one
+    assert pool.refill(RNG) == 0  # bounded: at most a batch per group
+    nxt = [pool.take(DhId.CURVE25519, RNG) for _ in range(2)]
+    assert len({k.public for k in first + nxt}) == 4
     pool.take(DhId.MODP_2048, RNG)
-    assert pool.refill(RNG) == 2 and len(pool) == 2  # x25519 again (at most `batch`); MODP is never pooled
+    assert pool.refill(RNG) == 2 and len(pool) == 3  # x25519 again; MODP is never pooled
 
 
-def test_the_key_pool_refills_a_group_run_out_twice_once() -> None:
-    """A group that ran out twice between two refills (its pairs made by `take` for their callers) gets
-    one batch from the next refill, not one per time it ran out: at most `batch` pairs per group are held."""
+def test_the_key_pool_refills_a_group_used_up_twice_once() -> None:
+    """A group whose pairs ran out twice between two refills (the second batch made by `take` itself) gets one
+    batch from the next refill, not one per time it ran out: at most `batch` pairs per group are held."""
     pool = dh.KeyPool(batch=2)
-    taken = [pool.take(DhId.CURVE25519, RNG) for _ in range(4)]  # each made for its caller
+    taken = [pool.take(DhId.CURVE25519, RNG) for _ in range(4)]  # two batches made by take, both used up
     assert len(pool) == 0 and len({k.public for k in taken}) == 4
-    assert pool.refill(RNG) == 1 and len(pool) == 1
-    assert pool.refill(RNG) == 0
-    pool.take(DhId.CURVE25519, RNG)
-    pool.take(DhId.CURVE25519, RNG)
     assert pool.refill(RNG) == 2 and len(pool) == 2
+    assert pool.refill(RNG) == 0
     pool.take(DhId.CURVE25519, RNG)
     assert pool.refill(RNG) == 0 and len(pool) == 1  # one left: nothing made
