@@ -50,6 +50,13 @@ def _tun() -> str | None:
     return None if Path("/dev/net/tun").exists() else "/dev/net/tun is missing (kernel module tun)"
 
 
+def _commands(package: str, *names: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        gone = [n for n in names if not shutil.which(n)]
+        return f"{' and '.join(gone)} not on PATH (Debian package {package})" if gone else None
+    return check
+
+
 def _files(package: str, *paths: str) -> Callable[[], str | None]:
     def check() -> str | None:
         gone = [p for p in paths if not os.path.exists(p)]
@@ -73,6 +80,7 @@ COMPONENTS: dict[str, Callable[[], str | None]] = {
     "iproute2": _command("ip", "iproute2"),
     "setpriv": _command("setpriv", "util-linux"),
     "tun": _tun,
+    "valgrind": _commands("valgrind", "valgrind", "callgrind_annotate", "callgrind_control"),
 }
 
 

@@ -4,35 +4,23 @@ both trees, the shares per object group, and the note saying what it measures.""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 from bench_run import figures, run_quick
 
-from tests.guards import REQUIRE_ALL, needs
+from tests.guards import needs
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.interop,
     needs("root", "strongswan", why="the recording: a strongSwan charon initiator in network namespaces"),
+    needs("valgrind", why="the replay runs under callgrind"),
 ]
 
 BEFORE = "521e634"  # an older commit: the before side replays another source tree
 
 
-@pytest.fixture
-def valgrind() -> None:
-    gone = [t for t in ("valgrind", "callgrind_annotate", "callgrind_control") if not shutil.which(t)]
-    if gone:
-        why = f"{' and '.join(gone)} not on PATH (Debian package valgrind, scripts/setup.sh)"
-        if os.environ.get(REQUIRE_ALL) == "1":
-            pytest.fail(f"{why} ({REQUIRE_ALL}=1: every component must be installed)", pytrace=False)
-        pytest.skip(why)
-
-
-@pytest.mark.usefixtures("valgrind")
 def test_cold_replay_reports_both_trees(tmp_path: Path) -> None:
     doc = run_quick("ike_cold", tmp_path, "--auth", "psk", "--before", BEFORE, "--entry-points", "5", timeout=600)
     figs = figures(doc)

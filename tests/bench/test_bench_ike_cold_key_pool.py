@@ -4,27 +4,18 @@ per key pair taken."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.guards import REQUIRE_ALL
+from tests.guards import needs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@needs("valgrind", why="the key pool runs under callgrind")
 def test_key_pool_cost_per_pair_is_reported() -> None:
-    gone = [t for t in ("valgrind", "callgrind_control") if not shutil.which(t)]
-    if gone:
-        why = f"{' and '.join(gone)} not on PATH (Debian package valgrind, scripts/setup.sh)"
-        if os.environ.get(REQUIRE_ALL) == "1":
-            pytest.fail(f"{why} ({REQUIRE_ALL}=1: every component must be installed)", pytrace=False)
-        pytest.skip(why)
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "ike_cold.py"), "--key-pool", "8"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
