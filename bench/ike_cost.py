@@ -75,42 +75,28 @@ def _recording_iked() -> int:
     _seeded_randomness("bench")
     rec: list[tuple[bytes, Any, Any]] = []
     cpu = {"engine": 0.0, "events": 0.0}
-    orig, orig_timer, orig_event, orig_prepare = Engine.receive, Engine.handle_timer, Daemon.on_event, Engine.prepare
     clock = time.thread_time
+
+    def timed(fn: Any, key: str) -> Any:
+        """`fn` with its thread CPU time added to cpu[key]."""
+        def wrapper(*args: Any) -> None:
+            t = clock()
+            try:
+                fn(*args)
+            finally:
+                cpu[key] += clock() - t
+        return wrapper
+
+    engine_receive = timed(Engine.receive, "engine")
 
     def receive(self: Any, data: bytes, local: Any, remote: Any, now: float) -> None:
         rec.append((bytes(data), local, remote))
-        t = clock()
-        try:
-            orig(self, data, local, remote, now)
-        finally:
-            cpu["engine"] += clock() - t
-
-    def handle_timer(self: Any, now: float) -> None:
-        t = clock()
-        try:
-            orig_timer(self, now)
-        finally:
-            cpu["engine"] += clock() - t
-
-    def prepare(self: Any) -> None:
-        t = clock()
-        try:
-            orig_prepare(self)
-        finally:
-            cpu["engine"] += clock() - t
-
-    def on_event(self: Any, e: object) -> None:
-        t = clock()
-        try:
-            orig_event(self, e)
-        finally:
-            cpu["events"] += clock() - t
+        engine_receive(self, data, local, remote, now)
 
     Engine.receive = receive  # type: ignore[method-assign]
-    Engine.handle_timer = handle_timer  # type: ignore[method-assign]
-    Engine.prepare = prepare  # type: ignore[method-assign]
-    Daemon.on_event = on_event  # type: ignore[method-assign]
+    Engine.handle_timer = timed(Engine.handle_timer, "engine")  # type: ignore[method-assign]
+    Engine.prepare = timed(Engine.prepare, "engine")  # type: ignore[method-assign]
+    Daemon.on_event = timed(Daemon.on_event, "events")  # type: ignore[method-assign]
 
     def dump(*_: Any) -> None:
         final = Path(os.environ[RECORD_ENV])
