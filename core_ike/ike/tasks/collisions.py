@@ -16,7 +16,7 @@ from ...constants import ExchangeType, NotifyType
 from ...errors import ProtocolError
 from ..context import IkeSaView, Task
 from ..state import ChildSa, ChildState, IkeState
-from .informational import ChildDelete, IkeDelete, defer_outbound, drop_outbound
+from .informational import ChildDelete, IkeDelete, defer_outbound, drop_outbound, hand_over
 
 if TYPE_CHECKING:  # these two import this module; at run time tasks are told apart by `Task.name`
     from .child_create import ChildCreate
@@ -56,9 +56,12 @@ def check_create_child(sa: IkeSaView, msg: Message, ike_rekey: bool, old: ChildS
         # RFC 7296 2.25 / 2.25.2: no new CHILD_SAs on an IKE_SA that is being rekeyed or closed, and a
         # request to rekey an IKE_SA we are closing is answered with TEMPORARY_FAILURE
         raise ProtocolError(f"IKE_SA is {sa.state.value}", NotifyType.TEMPORARY_FAILURE)
-    if ike_rekey and sa.outstanding is not None and sa.outstanding.exchange == ExchangeType.CREATE_CHILD_SA \
-            and sa.state is not IkeState.REKEYING:
-        # RFC 7296 2.25: our own CHILD_SA exchange is still open on this IKE_SA; the peer retries later
+    out = sa.outstanding
+    if ike_rekey and out is not None and sa.state is not IkeState.REKEYING and \
+            (out.exchange == ExchangeType.CREATE_CHILD_SA or own_task(sa, "CHILD_DELETE")[1]):
+        # RFC 7296 2.25: our own CHILD_SA exchange (a CREATE_CHILD_SA, a DELETE of a CHILD_SA) is still open
+        # on this IKE_SA, and its answer would come here after the CHILD_SAs moved to the new IKE_SA (2.18);
+        # the peer retries later (strongSwan's IKE rekey responder refuses likewise)
         raise ProtocolError("CHILD_SA exchange in progress", NotifyType.TEMPORARY_FAILURE)
     if old is not None and old.state is ChildState.DELETING:
         # RFC 7296 2.25.1: a request to rekey a CHILD_SA we are closing gets TEMPORARY_FAILURE
@@ -149,8 +152,7 @@ def ike_rekey_done(old: IkeSaView, mine: IkeRekey, new: IkeSaView, now: float) -
         # RFC 7296 2.8.2: our new IKE_SA has the lowest nonce: we delete it; the CHILD_SAs stay on the
         # peer's new IKE_SA and the peer, which initiated the surviving rekey, deletes the old IKE_SA
         log.info("IKE_SA rekey collision lost: deleting redundant IKE_SA %s", new.label)
-        theirs.children.update(new.children)
-        new.children = {}
+        hand_over(new, theirs)
         new.queue.append(IkeDelete(reason="rekey collision (redundant)"))
         move_queue(old, theirs)
         theirs.initiate_next(now)
@@ -158,8 +160,7 @@ def ike_rekey_done(old: IkeSaView, mine: IkeRekey, new: IkeSaView, now: float) -
     # RFC 7296 2.8.2: our new IKE_SA survives and carries the CHILD_SAs; the peer deletes its redundant
     # one (its children moved here before its DELETE arrives) and we delete the old IKE_SA
     log.info("IKE_SA rekey collision won: %s survives, the peer deletes %s", new.label, theirs.label)
-    new.children.update(theirs.children)
-    theirs.children = {}
+    hand_over(theirs, new)
     move_queue(old, new)
     return True
 

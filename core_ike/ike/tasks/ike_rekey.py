@@ -19,7 +19,7 @@ from ..state import IkeState
 from . import collisions
 from .ike_auth import established
 from .ike_init import NONCE_LEN, algorithms, first_group
-from .informational import IkeDelete
+from .informational import IkeDelete, hand_over
 
 log = logging.getLogger("core_ike.ike")
 
@@ -134,8 +134,7 @@ class IkeRekey(Task):
         new.out_prot, new.in_prot = ike_protectors(keys, suite, initiator, old.ctx.rng)
         new.proposal, new.proposal_text = self.chosen, describe(self.chosen)
         new.ni, new.nr = ni, nr
-        new.children = old.children
-        old.children = {}
+        hand_over(old, new)
         new.set_state(IkeState.CONNECTING)
         new.rekeyed_from = old.unique_id
         log.info("IKE_SA %s rekeyed to %s, %s", old.label, new.label, new.proposal_text)

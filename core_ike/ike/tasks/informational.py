@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterator
 
 from ...codec.message import Message
 from ...codec.payloads import DeletePayload, NotifyPayload
@@ -49,10 +50,54 @@ def drop_outbound(sa: IkeSaView, old: ChildSa, new: ChildSa) -> None:
         del waits.waiting[old.unique_id]
 
 
+class Successor:
+    """Per rekeyed IKE_SA: the IKE_SA that took its CHILD_SAs (RFC 7296 2.18, `hand_over`). Until it is
+    deleted, the old IKE_SA still carries exchanges about them that began before the move: the peer's
+    DELETE of one of them, sent before the rekey (RFC 7296 1.4: under the IKE_SA that made the CHILD_SA
+    or its successor), and the answer to ours. Not inherited: each rekey makes its own."""
+
+    __slots__ = ("sa",)
+
+    def __init__(self) -> None:
+        self.sa: IkeSaView | None = None
+
+    def for_successor(self) -> None:
+        return None
+
+
+def hand_over(old: IkeSaView, new: IkeSaView) -> None:
+    """`new` takes every CHILD_SA of `old` (RFC 7296 2.18: the rekeyed IKE_SA; 2.8.2: the surviving one
+    of a collision), and `old` remembers where they went."""
+    new.children.update(old.children)
+    old.children = {}
+    old.extension(Successor).sa = new
+
+
+def _lineage(sa: IkeSaView) -> Iterator[IkeSaView]:
+    """`sa`, then each IKE_SA its CHILD_SAs moved to since (`hand_over`), in order."""
+    nxt: IkeSaView | None = sa
+    while nxt is not None:
+        yield nxt
+        succ = nxt.find_extension(Successor)
+        nxt = succ.sa if succ is not None else None
+
+
+def _holder(sa: IkeSaView, child: ChildSa) -> IkeSaView:
+    """The IKE_SA `child` is on: `sa`, or the successor it moved to meanwhile."""
+    return next((s for s in _lineage(sa) if child.unique_id in s.children), sa)
+
+
+def _peer_child(sa: IkeSaView, spi: int) -> ChildSa | None:
+    """The CHILD_SA whose outbound SPI is `spi`, on `sa` or the successor it moved to."""
+    return next((c for s in _lineage(sa) if (c := s.child_by_spi(spi, inbound=False)) is not None), None)
+
+
 def end_child(sa: IkeSaView, child: ChildSa, reason: str) -> None:
     """`child` is gone: the replacement waiting for it gets its outbound SA first (make-before-break:
     the data plane never lacks an outbound SA for the CHILD_SA's reqid), then `child` is removed. A
-    replacement that is itself being replaced or deleted meanwhile gets none (its own successor sends)."""
+    replacement that is itself being replaced or deleted meanwhile gets none (its own successor sends).
+    `sa` is the IKE_SA the exchange ran on: if it was rekeyed meanwhile, `child` ends on its successor."""
+    sa = _holder(sa, child)
     waits = sa.find_extension(OutboundWaits)
     new = waits.waiting.pop(child.unique_id, None) if waits is not None else None
     if new is not None and new.state in _OUTBOUND_DUE and sa.children.get(new.unique_id) is new:
@@ -146,7 +191,7 @@ class Informational(Task):
                 self.delete_ike = True
             elif p.protocol in (ProtocolId.ESP, ProtocolId.AH):
                 for spi in p.spis:
-                    c = sa.child_by_spi(int.from_bytes(spi, "big"), inbound=False)
+                    c = _peer_child(sa, int.from_bytes(spi, "big"))
                     if c is None:
                         log.info("received DELETE for unknown ESP CHILD_SA with SPI %s", spi.hex())
                         continue
@@ -159,6 +204,7 @@ class Informational(Task):
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         if self.delete_ike:
+            _carry_over(sa, now)
             return
         spis: list[bytes] = []
         for c in self.deleted:
@@ -173,3 +219,17 @@ class Informational(Task):
     @property
     def closes_ike(self) -> bool:
         return self.delete_ike
+
+
+def _carry_over(sa: IkeSaView, now: float) -> None:
+    """The peer deletes `sa`, a rekeyed IKE_SA, while our DELETE of a CHILD_SA that has moved to the
+    successor is unanswered here (a peer that answered its rekey meanwhile; we refuse such a rekey,
+    collisions.check_create_child): it is never answered now, so it goes again on the successor, which
+    carries the CHILD_SA's control messages (RFC 7296 2.8, 2.18). A peer that had ended it answers as for
+    an unknown CHILD_SA, and it ends here."""
+    out = sa.outstanding
+    for t in out.tasks if out is not None else ():
+        if isinstance(t, ChildDelete) and t.child is not None and t.child.state.live:
+            holder = _holder(sa, t.child)
+            if holder is not sa:
+                holder.queue_task(ChildDelete(t.child, reason=t.reason), now)
