@@ -1,0 +1,105 @@
+"""Our CHILD_SA DELETE crossing charon's IKE_SA rekey (RFC 7296 2.25, 2.18), with a real strongSwan charon.
+
+The race is made deterministic by holding our IKE datagrams back (an nftables drop of our outbound UDP
+500/4500 in alice's namespace): our DELETE of the CHILD_SA leaves (and is dropped), then charon's IKE
+rekey request reaches us while that DELETE is in flight, which we wait for in our log. We refuse the
+rekey with TEMPORARY_FAILURE, as charon itself does while a CHILD_SA of its own is being deleted. Then the
+drop goes: the retransmissions deliver our DELETE and our refusal in either order; charon deletes the
+CHILD_SA (it is still on the old IKE_SA there) and rekeys again later (strongSwan retries in 5-15 s).
+
+Before the fix we answered the rekey and moved the CHILD_SA (DELETING) to the new IKE_SA; the DELETE's
+answer on the old one then ended nothing (or charon, having moved it too, answered as for an unknown
+CHILD_SA): both sides listed the deleted CHILD_SA until it expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from scenarios.lab import Lab
+from scenarios.lab.charon import Charon
+from scenarios.lab.events import wait_daemons
+from scenarios.lab.iked import Iked
+from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml
+from tests.guards import needs
+from tests.interop.charon_pair import clear, one_child
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.interop,
+    needs("root", "strongswan", why="strongSwan charon in network namespaces"),
+]
+
+A, B = "192.0.2.1", "192.0.2.2"
+A_IN, B_IN = "10.10.1.1", "10.10.2.1"
+PSK = "rekey-race-secret-0123456789"
+HOLD = "race_hold"
+HOLD_RULESET = f"""table inet {HOLD} {{
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    ip daddr {B} udp dport {{ 500, 4500 }} counter drop
+  }}
+}}
+"""
+
+
+@dataclass
+class Env:
+    lab: Lab
+    iked: Iked
+    charon: Charon
+
+
+@pytest.fixture(scope="module")
+def env(two_hosts_per_module: Lab) -> Iterator[Env]:
+    lab = two_hosts_per_module
+    charon = Charon(lab, "bob", name="charon",
+                    conf=charon_psk_conf(Tunnel(B, A, "bob@lab", "alice@lab", B_IN, A_IN, PSK)))
+    iked = Iked(lab, "alice", iked_psk_toml(Tunnel(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK)))
+    try:
+        charon.start()
+        iked.start()
+        yield Env(lab, iked, charon)
+    finally:
+        lab.run("alice", ["nft", "delete", "table", "inet", HOLD], check=False)
+        iked.stop()
+        charon.stop()
+
+
+@pytest.mark.parametrize("who", ["ours", "charon"])
+def test_rekey_while_our_child_delete_is_in_flight(env: Env, who: str) -> None:
+    """`who` initiated the IKE_SA (our role in it differs; the race is the same)."""
+    clear(env.iked, env.charon)
+    if who == "ours":
+        env.iked.up("net", "net")
+    else:
+        env.charon.initiate(child="net", ike="net", timeout=15)
+    sa, child = one_child(env.iked)
+    env.charon.wait_child("net", timeout=5)
+    refusals = env.iked.log_text().count("failed: CHILD_SA exchange in progress")
+    env.lab.nft("alice", HOLD_RULESET)
+    try:
+        # our DELETE goes out and is dropped: in flight until the retransmissions get through
+        r = env.iked.ctl({"cmd": "down", "ike": sa["uniqueid"], "child": child["uniqueid"], "timeout": 0.2})
+        assert not r["ok"], r  # not confirmed: held back
+        mark = env.charon.log_mark()
+        env.charon.swanctl("--rekey", "--ike", "net")
+        env.iked.wait_log("failed: CHILD_SA exchange in progress", timeout=10, count=refusals + 1)
+    finally:
+        env.lab.run("alice", ["nft", "delete", "table", "inet", HOLD])
+    # charon: the refusal, then a later rekey that succeeds; the CHILD_SA is gone on both sides
+    env.charon.wait_log("IKE_SA rekeying failed, trying again", timeout=20, since=mark)
+
+    def settled() -> bool:
+        ours, theirs = env.iked.list_sas(), env.charon.list_sas()
+        return (len(ours) == 1 and len(theirs) == 1 and ours[0]["initiator-spi"] != sa["initiator-spi"]
+                and ours[0]["initiator-spi"] == theirs[0]["initiator-spi"]
+                and ours[0]["state"] == "ESTABLISHED" and theirs[0]["state"] == "ESTABLISHED")
+
+    wait_daemons(settled, 30, [env.iked, env.charon], what="IKE_SA rekeyed on both sides after the refusal")
+    (ours,) = env.iked.list_sas()
+    assert ours["child-sas"] == [], ours
+    assert env.charon.child_sas() == []
