@@ -242,3 +242,31 @@ def test_refusal_is_temporary_failure(caplog: pytest.LogCaptureFixture) -> None:
         w.deliver("b", 1)
     assert "rekeying failed: peer sent TEMPORARY_FAILURE" in caplog.text
     assert sa_b.state is IkeState.ESTABLISHED and sa_b.rekey_at == p.now + sa_b.config.ike_rekey_retry
+
+
+@pytest.mark.parametrize("first", ["ike-rekey", "child-delete"])
+def test_one_peer_deleting_and_rekeying_serializes_them(first: str) -> None:
+    """The same peer deletes a CHILD_SA and rekeys the IKE_SA: one exchange at a time (window 1). A DELETE
+    asked for while its IKE rekey is in flight goes on the new IKE_SA, and the old IKE_SA's own DELETE is
+    the last request sent on it (RFC 7296 2.8); a rekey asked for while the DELETE is in flight waits."""
+    w, sa_a, _ = _up()
+    p = w.p
+    (ca,) = sa_a.children
+    victim = _pair_ids(w, ca)
+    if first == "ike-rekey":
+        p.a.rekey_ike(sa_a, now=p.now)
+        p.a.terminate_child(sa_a, ca, now=p.now)
+        assert [t.name for t in sa_a.queue] == ["CHILD_DELETE"]
+        w.deliver("b")  # the rekey request
+        w.deliver("a")  # its answer
+        (new_a,) = (s for s in p.a.ike_sas() if s is not sa_a)
+        assert sa_a.outstanding is not None and [t.name for t in sa_a.outstanding.tasks] == ["IKE_DELETE"]
+        assert not sa_a.queue
+        assert new_a.outstanding is not None and [t.name for t in new_a.outstanding.tasks] == ["CHILD_DELETE"]
+    else:
+        p.a.terminate_child(sa_a, ca, now=p.now)
+        p.a.rekey_ike(sa_a, now=p.now)
+        assert sa_a.outstanding is not None and [t.name for t in sa_a.outstanding.tasks] == ["CHILD_DELETE"]
+        assert [t.name for t in sa_a.queue] == ["IKE_REKEY"] and sa_a.state is IkeState.ESTABLISHED
+    w.settle()
+    _assert_truthful(w, victim)
