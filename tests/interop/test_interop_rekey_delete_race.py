@@ -1,4 +1,4 @@
-"""Our CHILD_SA DELETE crossing charon's IKE_SA rekey (RFC 7296 2.25, 2.18), with a real strongSwan charon.
+"""A CHILD_SA DELETE crossing an IKE_SA rekey (RFC 7296 2.25, 2.18), with a real strongSwan charon.
 
 The race is made deterministic by holding our IKE datagrams back (an nftables drop of our outbound UDP
 500/4500 in alice's namespace): our DELETE of the CHILD_SA leaves (and is dropped), then charon's IKE
@@ -10,12 +10,17 @@ CHILD_SA (it is still on the old IKE_SA there) and rekeys again later (strongSwa
 Before the fix we answered the rekey and moved the CHILD_SA (DELETING) to the new IKE_SA; the DELETE's
 answer on the old one then ended nothing (or charon, having moved it too, answered as for an unknown
 CHILD_SA): both sides listed the deleted CHILD_SA until it expired.
+
+The other way round (charon's DELETE in flight, our rekey) charon refuses and we retry after our
+`ike_rekey_retry` (2 s here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -37,13 +42,23 @@ A, B = "192.0.2.1", "192.0.2.2"
 A_IN, B_IN = "10.10.1.1", "10.10.2.1"
 PSK = "rekey-race-secret-0123456789"
 HOLD = "race_hold"
-HOLD_RULESET = f"""table inet {HOLD} {{
+HOLD_RULESET = """table inet {table} {{
   chain output {{
     type filter hook output priority filter; policy accept;
-    ip daddr {B} udp dport {{ 500, 4500 }} counter drop
+    ip daddr {peer} udp dport {{ 500, 4500 }} counter drop
   }}
 }}
 """
+
+
+@contextmanager
+def _held(lab: Lab, host: str, peer: str) -> Iterator[None]:
+    """What `host` sends to `peer`'s IKE ports is dropped meanwhile (retransmitted after)."""
+    lab.nft(host, HOLD_RULESET.format(table=HOLD, peer=peer))
+    try:
+        yield
+    finally:
+        lab.run(host, ["nft", "delete", "table", "inet", HOLD])
 
 
 @dataclass
@@ -58,20 +73,21 @@ def env(two_hosts_per_module: Lab) -> Iterator[Env]:
     lab = two_hosts_per_module
     charon = Charon(lab, "bob", name="charon",
                     conf=charon_psk_conf(Tunnel(B, A, "bob@lab", "alice@lab", B_IN, A_IN, PSK)))
-    iked = Iked(lab, "alice", iked_psk_toml(Tunnel(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK)))
+    toml = iked_psk_toml(Tunnel(A, B, "alice@lab", "bob@lab", A_IN, B_IN, PSK))
+    toml = toml.replace("rekey_time = 0\n", 'rekey_time = 0\nike_rekey_retry = "2s"\n', 1)  # the IKE_SA's
+    iked = Iked(lab, "alice", toml)
     try:
         charon.start()
         iked.start()
         yield Env(lab, iked, charon)
     finally:
-        lab.run("alice", ["nft", "delete", "table", "inet", HOLD], check=False)
+        for host in ("alice", "bob"):
+            lab.run(host, ["nft", "delete", "table", "inet", HOLD], check=False)
         iked.stop()
         charon.stop()
 
 
-@pytest.mark.parametrize("who", ["ours", "charon"])
-def test_rekey_while_our_child_delete_is_in_flight(env: Env, who: str) -> None:
-    """`who` initiated the IKE_SA (our role in it differs; the race is the same)."""
+def _up(env: Env, who: str) -> tuple[dict[str, Any], dict[str, Any]]:
     clear(env.iked, env.charon)
     if who == "ours":
         env.iked.up("net", "net")
@@ -79,23 +95,14 @@ def test_rekey_while_our_child_delete_is_in_flight(env: Env, who: str) -> None:
         env.charon.initiate(child="net", ike="net", timeout=15)
     sa, child = one_child(env.iked)
     env.charon.wait_child("net", timeout=5)
-    refusals = env.iked.log_text().count("failed: CHILD_SA exchange in progress")
-    env.lab.nft("alice", HOLD_RULESET)
-    try:
-        # our DELETE goes out and is dropped: in flight until the retransmissions get through
-        r = env.iked.ctl({"cmd": "down", "ike": sa["uniqueid"], "child": child["uniqueid"], "timeout": 0.2})
-        assert not r["ok"], r  # not confirmed: held back
-        mark = env.charon.log_mark()
-        env.charon.swanctl("--rekey", "--ike", "net")
-        env.iked.wait_log("failed: CHILD_SA exchange in progress", timeout=10, count=refusals + 1)
-    finally:
-        env.lab.run("alice", ["nft", "delete", "table", "inet", HOLD])
-    # charon: the refusal, then a later rekey that succeeds; the CHILD_SA is gone on both sides
-    env.charon.wait_log("IKE_SA rekeying failed, trying again", timeout=20, since=mark)
+    return sa, child
 
+
+def _settled(env: Env, old_spi: str) -> None:
+    """One IKE_SA on each side, rekeyed (a new SPI) and agreed on, with no CHILD_SA left."""
     def settled() -> bool:
         ours, theirs = env.iked.list_sas(), env.charon.list_sas()
-        return (len(ours) == 1 and len(theirs) == 1 and ours[0]["initiator-spi"] != sa["initiator-spi"]
+        return (len(ours) == 1 and len(theirs) == 1 and ours[0]["initiator-spi"] != old_spi
                 and ours[0]["initiator-spi"] == theirs[0]["initiator-spi"]
                 and ours[0]["state"] == "ESTABLISHED" and theirs[0]["state"] == "ESTABLISHED")
 
@@ -103,3 +110,37 @@ def test_rekey_while_our_child_delete_is_in_flight(env: Env, who: str) -> None:
     (ours,) = env.iked.list_sas()
     assert ours["child-sas"] == [], ours
     assert env.charon.child_sas() == []
+
+
+@pytest.mark.parametrize("who", ["ours", "charon"])
+def test_rekey_while_our_child_delete_is_in_flight(env: Env, who: str) -> None:
+    """`who` initiated the IKE_SA (our role in it differs; the race is the same)."""
+    sa, child = _up(env, who)
+    refusals = env.iked.log_text().count("failed: CHILD_SA exchange in progress")
+    mark = env.charon.log_mark()
+    with _held(env.lab, "alice", B):
+        # our DELETE goes out and is dropped: in flight until the retransmissions get through
+        r = env.iked.ctl({"cmd": "down", "ike": sa["uniqueid"], "child": child["uniqueid"], "timeout": 0.2})
+        assert not r["ok"], r  # not confirmed: held back
+        env.charon.swanctl("--rekey", "--ike", "net")
+        env.iked.wait_log("failed: CHILD_SA exchange in progress", timeout=10, count=refusals + 1)
+    # charon: the refusal, then a later rekey that succeeds; the CHILD_SA is gone on both sides
+    env.charon.wait_log("IKE_SA rekeying failed, trying again", timeout=20, since=mark)
+    _settled(env, sa["initiator-spi"])
+
+
+@pytest.mark.parametrize("who", ["ours", "charon"])
+def test_our_rekey_while_charons_child_delete_is_in_flight(env: Env, who: str) -> None:
+    """The other way round: charon's DELETE is held back while our IKE rekey request reaches it; charon
+    refuses the rekey (TEMPORARY_FAILURE), we answer its DELETE as usual (RFC 7296 2.25.2: our rekey is
+    only in flight, the CHILD_SA still on the old IKE_SA) and rekey again after `ike_rekey_retry`."""
+    sa, _ = _up(env, who)
+    failures = env.iked.log_text().count("rekeying failed: peer sent TEMPORARY_FAILURE")
+    mark = env.charon.log_mark()
+    with _held(env.lab, "bob", A):
+        env.charon.swanctl("--terminate", "--child", "net", "--timeout", "1", check=False)
+        env.charon.wait_log("sending DELETE for ESP CHILD_SA", timeout=10, since=mark)
+        assert env.iked.ctl({"cmd": "rekey", "ike": sa["uniqueid"]})["ok"]
+        env.charon.wait_log("child is half-open", timeout=10, since=mark)
+    env.iked.wait_log("rekeying failed: peer sent TEMPORARY_FAILURE", timeout=20, count=failures + 1)
+    _settled(env, sa["initiator-spi"])
