@@ -159,6 +159,7 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         self.drop_bad_frame = 0  # TUN frame with a virtio header we cannot segment
         self.tso_frames = self.tso_segments = self.coalesced = self.tun_writes = 0
         self.batch_seals = 0  # super-packets sealed by the seal_batch step
+        self.tun_wakeups = self.tun_frames = 0  # TUN reader wake-ups and the frames they read
         self.keepalives_sent = 0
         # (spi_in, new source) of authenticated ESP from a changed NAT mapping; set by the daemon
         self.on_mapping: Callable[[int, tuple[str, int]], None] | None = None
@@ -437,15 +438,18 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
         batch = self._udp is not None and (self._vnet or self._udp.gso or self._udp.mmsg)
         buf, view = self._rbuf, memoryview(self._rbuf)
         seal_batch = batch and "seal_batch" in self.offload
+        self.tun_wakeups += 1
         try:
             for _ in range(_READ_BATCH):
                 try:
                     if not self._vnet:
                         pkt = os.read(fd, 65535)
+                        self.tun_frames += 1
                         if pkt:
                             self._outbound(pkt, now, batch)
                         continue
                     n = os.readv(fd, [buf])
+                    self.tun_frames += 1
                 except BlockingIOError:
                     return
                 except OSError as e:
@@ -660,6 +664,8 @@ class UserspaceDataPlane(BatchSteps, SaTimers):
             "drop_bad_frame": self.drop_bad_frame,
             "tso_frames": self.tso_frames,  # super-packets read from the TUN device
             "tso_segments": self.tso_segments,
+            "tun_wakeups": self.tun_wakeups,  # frames per wake-up: tun_frames / tun_wakeups
+            "tun_frames": self.tun_frames,
             "tun_writes": self.tun_writes,
             "coalesced": self.coalesced,  # segments written inside another one's TUN write
             "batch_seals": self.batch_seals,

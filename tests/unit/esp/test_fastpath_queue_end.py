@@ -104,6 +104,8 @@ def test_queued_messages_and_esp_after_ike_in_one_wake_up(gro: bool) -> None:
         assert [[d for d, _ in batch] for batch in esp] == [[b"\x00\x00\x10\x01esp-packet"]]
         assert s.reads == 4 and s.empty == 1  # three datagrams, then the end of the queue
         assert tr.stats["rx"] == 3 and tr.stats["esp"] == 1
+        # the data plane's batching figures: one wake-up, one ESP datagram (the IKE messages not counted)
+        assert (io.counters()["esp_rx_wakeups"], io.counters()["esp_datagrams_in"]) == (1, 1)
 
 
 @pytest.mark.parametrize("gro", [False, True])
@@ -115,3 +117,7 @@ def test_esp_first_reads_to_the_end_of_the_queue(gro: bool) -> None:
         io._readable(s, s.getsockname())
         assert [[d for d, _ in batch] for batch in esp] == [[b"\x00\x00\x10\x01esp"]]
         assert (s.reads, s.empty) == (2, 1)  # ESP is not asked about: a busy tunnel reads on
+        c.send(b"\x00\x00\x10\x01esp2")
+        c.send(b"\x00\x00\x10\x01esp3")
+        io._readable(s, s.getsockname())
+        assert (io.counters()["esp_rx_wakeups"], io.counters()["esp_datagrams_in"]) == (2, 3)

@@ -113,6 +113,7 @@ def test_wakeup_of_frames_equals_frame_by_frame(
         ref.seq_out, ref.counters.packets_out, ref.counters.bytes_out)
     st = dp.stats()
     assert st["batch_seals"] == frames and st["tso_frames"] == frames and st["drop_send_error"] == 0
+    assert (st["tun_wakeups"], st["tun_frames"]) == (1, len(queued))  # every frame read in the one wake-up
     # at most SEAL_FRAMES super-packets per seal_into call: the buffers kept stay bounded
     assert len(dp._seal_plains) == min(frames, SEAL_FRAMES) and not dp._seal_runs
 
