@@ -176,22 +176,28 @@ def decode_message(data: bytes) -> Message:
 
 
 def _pull_encrypted(buf: Buffer, data: bytes, ptype: int) -> SkPayload | SkfPayload:
-    start = buf.pos
-    nxt, _crit, body_len = pull_header(buf)
-    if body_len != buf.remaining:
+    """The SK (RFC 7296 3.14) or SKF (RFC 7383 2.5) payload at the buffer's position, read from the
+    octets with one unpack per header (as pull_chain reads generic headers); a broken generic header
+    is pull_header's to describe."""
+    start, n = buf.pos, len(data)
+    if n - start < SK_HEADER_LEN:
+        pull_header(buf)  # raises with the details
+    nxt, _crit, length = _GENERIC.unpack_from(data, start)
+    if length < SK_HEADER_LEN or start + length > n:
+        pull_header(buf)  # raises with the details
+    if start + length != n:
         # RFC 7296 3.14 / RFC 7383 2.5: SK and SKF are the last payload; one per message
         raise DecodeError(
-            f"{buf.remaining - body_len} octets after the encrypted payload (type {ptype}); it must be last"
+            f"{n - start - length} octets after the encrypted payload (type {ptype}); it must be last"
         )
     if ptype == PayloadType.SK:
         return SkPayload(nxt, data[: start + SK_HEADER_LEN], data[start + SK_HEADER_LEN :])
-    if body_len < 4:
-        raise DecodeError(f"SKF payload body of {body_len} octets lacks fragment number and total")
-    number = buf.pull_u16()
-    total = buf.pull_u16()
+    if length < SKF_HEADER_LEN:
+        raise DecodeError(f"SKF payload body of {length - SK_HEADER_LEN} octets lacks fragment number and total")
+    _, _, _, number, total = _SKF_HEADER.unpack_from(data, start)
     if number == 0 or number > total:
         # RFC 7383 2.6: invalid fragment numbers are discarded
-        raise DecodeError(f"SKF fragment number {number} invalid for total {total}")
+        raise DecodeError(f"SKF fragment {number} invalid for total {total}")
     if number != 1 and nxt != PayloadType.NONE:
         raise DecodeError(f"SKF fragment {number} has Next Payload {nxt}; only fragment 1 may")  # 2.5
     split = start + SKF_HEADER_LEN
@@ -422,11 +428,12 @@ class Reassembler:
         return out
 
     def next_deadline(self) -> float | None:
-        return min((p.deadline for p in self._partials.values()), default=None)
+        # asked after every datagram of an IKE_SA that ever received a fragment; mostly none is held
+        return min((p.deadline for p in self._partials.values()), default=None) if self._partials else None
 
     def expire(self, now: float) -> list[ReassemblyKey]:
         """Drop reassemblies whose deadline passed; returns their keys (for a log line)."""
-        gone = [k for k, p in self._partials.items() if p.deadline <= now]
+        gone = [k for k, p in self._partials.items() if p.deadline <= now] if self._partials else []
         for k in gone:
             self.drops.append(self._remove(k, "expired"))
         return gone
@@ -522,24 +529,24 @@ class Reassembler:
     def _make_room(self, cost: int, part: _Partial | None, key: ReassemblyKey) -> None:
         """The memory caps: drop the oldest other incomplete messages (here, then anywhere under the
         budget) until `cost` more octets fit; if they never do, the message at hand goes."""
-        if self.max_bytes is not None:
+        if self.max_bytes is not None and self.used + cost > self.max_bytes:  # the others listed only then
             for k in [k for k in self._partials if self._partials[k] is not part]:
                 if self.used + cost <= self.max_bytes:
                     break
                 self.drops.append(self._remove(k, "memory"))
             if self.used + cost > self.max_bytes:
                 raise self._refuse(key, "memory", f"incomplete messages exceed {self.max_bytes} octets")
-        if self.budget is not None:
-            self.drops += self.budget._make_room(cost, part)
-            if self.budget.used + cost > self.budget.max_total:
-                raise self._refuse(key, "memory",
-                                   f"incomplete messages exceed the total of {self.budget.max_total} octets")
+        budget = self.budget
+        if budget is not None and budget.used + cost > budget.max_total:  # as its _make_room's loop asks
+            self.drops += budget._make_room(cost, part)
+            if budget.used + cost > budget.max_total:
+                raise self._refuse(key, "memory", f"incomplete messages exceed the total of {budget.max_total} octets")
 
 
 def _assemble(part: _Partial) -> tuple[Message, bytes]:
     first = part.first
     assert first is not None  # all numbers 1..total present
-    return first, b"".join(part.parts[i] for i in range(1, part.total + 1))
+    return first, b"".join(map(part.parts.__getitem__, range(1, part.total + 1)))
 
 
 def reassembled(first: Message, plaintext: bytes) -> Message:
