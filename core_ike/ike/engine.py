@@ -175,7 +175,8 @@ class Engine:
             log.info("received packet: from %s[%d] to %s[%d] (%d bytes)", remote[0], remote[1],
                      local[0], local[1], len(data))
         self._dispatch(msg, local, remote, now)
-        self._run_deferred(now)
+        if self.established_index.deferred:  # as above
+            self._run_deferred(now)
 
     def prepare(self) -> None:
         """Work no datagram waits for: the keys of IKE_SAs just answered (`derive_keys`), the next KEr key
@@ -223,14 +224,13 @@ class Engine:
 
     def get_timer(self) -> float | None:
         """The earliest deadline (asked after every datagram: a running minimum, no temporaries)."""
-        timers = self._timers
+        timers, best = self._timers, None
         while timers:
             t, _, sa = timers[0]
-            if sa.state is _DESTROYED or t != sa.timer_at:
-                heapq.heappop(timers)
-                continue
-            break
-        best = timers[0][0] if timers else None
+            if sa.state is not _DESTROYED and t == sa.timer_at:
+                best = t  # the earliest live entry
+                break
+            heapq.heappop(timers)  # a destroyed SA's, or one its later `_schedule` superseded
         for x in self.extensions:
             d = x.next_deadline()
             if d is not None and (best is None or d < best):
