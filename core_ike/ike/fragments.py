@@ -82,8 +82,9 @@ class FragmentReceiver:
             self._report(sa, now, str(e))
             return None
         self._report(sa, now)
-        log.info("received fragment #%d of %d%s", skf.number, skf.total,
-                 ", reassembled fragmented IKE message" if full is not None else ", waiting for the rest")
+        if log.isEnabledFor(logging.INFO):  # the arguments cost more than the disabled call
+            log.info("received fragment #%d of %d%s", skf.number, skf.total,
+                     ", reassembled fragmented IKE message" if full is not None else ", waiting for the rest")
         return full
 
     def _retransmitted(self, sa: IkeSa, msg: Message, skf: SkfPayload, prot: SkProtector, now: float) -> None:
