@@ -144,15 +144,27 @@ def _build_nat_lab(lab: Lab, nat_a: NatKind, nat_b: NatKind, same_nat_peer: bool
 
 
 @contextlib.contextmanager
-def lab_session(build: Callable[..., Lab], **kw: Any) -> Iterator[Lab]:
+def lab_session(build: Callable[..., Lab], *, failed: Callable[[], bool] | None = None,
+                say: Callable[[str], object] | None = None, **kw: Any) -> Iterator[Lab]:
     """``with lab_session(nat_lab, nat_b="symmetric") as lab:`` removes the namespaces of dead runs
-    (:func:`cleanup_orphans`), builds the lab with ``build(**kw)`` and tears it down at the end."""
+    (:func:`cleanup_orphans`), builds the lab with ``build(**kw)`` and ends it with :meth:`Lab.close`: a body
+    that passed leaves nothing behind; one that raised keeps the lab's files (daemon logs, captures) and the
+    exception's notes say where (shown under its traceback), as does ``say`` (default: a line on stderr).
+
+    A pytest fixture's body does not see its tests fail (pytest raises nothing at its ``yield``): it passes
+    ``failed``, asked at the end (e.g. whether the session counts more failed tests than when the lab was
+    built), and a true answer keeps the files as a raise does."""
     cleanup_orphans()
     lab = build(**kw)
+    passed = False
     try:
         yield lab
+        passed = failed is None or not failed()
+    except BaseException as e:
+        e.add_note(f"lab {lab.prefix}: files of the failed run: {lab.dir}")
+        raise
     finally:
-        lab.teardown()
+        lab.close(passed, say)
 
 
 def start_delay_hub(lab: Lab, ports: list[tuple[str, str]], delay_ms: float, loss: float = 0.0,
