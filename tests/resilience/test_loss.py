@@ -4,19 +4,26 @@ Our mediation server and clients on a nat_lab: a mediated connection alice -> bo
 before the loss starts; alice <-> carol crosses one lossy NAT, alice <-> bob two), and a direct IKE_SA +
 CHILD_SA alice -> carol (iked on both). Each setup must succeed; the times are printed, not asserted
 (bench/loss_setup.py measures the distribution: bench/results/loss_setup.txt).
+
+Even daemons that do everything right fail a mediated setup by chance about once in 50 (alice-bob: four lossy
+crossings per try, about 20 tries in 50 s: tests/resilience/test_loss_budget.py), so a failed setup is tried
+once more from fresh daemons. A mediated setup runs with captures on both sides of both NATs
+(scenarios/lab/loss.py, ``watch_hops``): a failed try prints, per hop, which packets of each flow crossed it,
+the NATs' conntrack tables and both peers' logs; a failed test keeps the lab's directory (pcaps, logs) and
+names it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from scenarios.lab import lab_session, nat_lab
 from scenarios.lab.direct import OurDirect
 from scenarios.lab.events import wait_daemons
-from scenarios.lab.loss import add_loss, loss_counters
+from scenarios.lab.loss import add_loss, loss_counters, watch_hops
 from scenarios.lab.mediation import OurMediation
 from scenarios.lab.medsetup import forget_direct_mappings
 from tests.guards import needs
@@ -25,11 +32,19 @@ pytestmark = [pytest.mark.netns, needs("root", why="daemons behind lossy NATs in
 
 LOSS = 30
 RUNS = 3
+BUDGET = 50.0  # seconds each mediated setup may take
+ATTEMPTS = 2  # tries per mediated setup (test_mediated_setup_under_loss)
+
+
+def _failed_since(request: pytest.FixtureRequest) -> Callable[[], bool]:
+    """Whether a test failed after now (the lab then keeps its files: lab_session)."""
+    before = request.session.testsfailed
+    return lambda: request.session.testsfailed > before
 
 
 @pytest.fixture(scope="module")
-def mediation() -> Iterator[OurMediation]:
-    with lab_session(nat_lab) as lab:
+def mediation(request: pytest.FixtureRequest) -> Iterator[OurMediation]:
+    with lab_session(nat_lab, failed=_failed_since(request)) as lab:
         med = OurMediation(lab)
         try:
             med.start_server()
@@ -42,8 +57,8 @@ def mediation() -> Iterator[OurMediation]:
 
 
 @pytest.fixture(scope="module")
-def direct() -> Iterator[OurDirect]:
-    with lab_session(nat_lab) as lab:
+def direct(request: pytest.FixtureRequest) -> Iterator[OurDirect]:
+    with lab_session(nat_lab, failed=_failed_since(request)) as lab:
         d = OurDirect(lab)
         try:
             d.start()
@@ -64,21 +79,55 @@ def _forget_mediated(med: OurMediation) -> None:
     forget_direct_mappings(med.lab)
 
 
+def _mediated_setup(med: OurMediation, name: str) -> tuple[float | None, str]:
+    """`up` bob on alice under LOSS, captured at both NATs (scenarios/lab/loss.py, watch_hops): (seconds, "")
+    or (None, what the failure looked like: per hop and in both peers' logs)."""
+    lab, alice, bob = med.lab, med.clients["alice"], med.clients["bob"]
+    with watch_hops(lab, name=name.replace(" ", "-")) as hops:
+        add_loss(lab, percent=LOSS)
+        try:
+            t0 = time.monotonic()
+            r = alice.ctl({"cmd": "up", "conn": "bob", "timeout": BUDGET}, timeout=BUDGET + 5)
+            took = time.monotonic() - t0
+            dropped = loss_counters(lab)
+        finally:
+            add_loss(lab, percent=0)
+    if r.get("ok"):
+        print(f"{name} under {LOSS} % loss per NAT: {took:.2f} s ({sum(dropped.values())} packets dropped)")
+        return took, ""
+    return None, (f"{name}: {r.get('error')}; dropped per NAT {dropped}; lab files {lab.dir}\n{hops.report()}\n"
+                  f"alice:\n{alice.log_tail(60)}\nbob:\n{bob.log_tail(60)}")
+
+
+def _restart_peers(med: OurMediation) -> None:
+    """After a failed setup: both clients afresh (the attempt and its IKE_SA may still be under way on either
+    side), the NATs' mappings forgotten, both registered again."""
+    for p in ("alice", "bob"):
+        med.clients[p].stop()
+    med.lab.flush_conntrack()
+    for p in ("bob", "alice"):
+        med.clients[p].start().wait_sas(lambda sas: any(s["name"] == "medsrv" and s["state"] == "ESTABLISHED"
+                                                        for s in sas), timeout=15)
+    med.wait_registered("alice", "bob", timeout=15)
+
+
 @pytest.mark.parametrize("run", range(1, RUNS + 1))
 def test_mediated_setup_under_loss(mediation: OurMediation, run: int) -> None:
-    lab, alice = mediation.lab, mediation.clients["alice"]
-    add_loss(lab, percent=LOSS)
-    try:
-        t0 = time.monotonic()
-        r = alice.ctl({"cmd": "up", "conn": "bob", "timeout": 50}, timeout=55)
-        took = time.monotonic() - t0
-        dropped = sum(loss_counters(lab).values())
-    finally:
-        add_loss(lab, percent=0)
-    assert r.get("ok"), f"{r.get('error')}\n{alice.log_tail(60)}"
-    (sa,) = [s for s in alice.list_sas() if s["name"] == "bob"]
+    """A setup that fails within BUDGET gets ATTEMPTS - 1 more, each from fresh daemons: a correct one still
+    fails by chance about once in 50 setups (`chance_failure`, tests/resilience/test_loss_budget.py), so one
+    try each would fail this module about once in 20 runs; a failed try's trace is printed."""
+    failures: list[str] = []
+    for attempt in range(1, ATTEMPTS + 1):
+        name = f"mediated setup {run}" + (f" try {attempt}" if attempt > 1 else "")
+        took, failure = _mediated_setup(mediation, name)
+        if took is not None:
+            break
+        failures.append(failure)
+        print(failure)
+        _restart_peers(mediation)
+    assert took is not None, "\n\n".join(failures)
+    (sa,) = [s for s in mediation.clients["alice"].list_sas() if s["name"] == "bob"]
     assert sa["state"] == "ESTABLISHED" and sa["child-sas"]
-    print(f"mediated setup {run} under {LOSS} % loss per NAT: {took:.2f} s ({dropped} packets dropped)")
     _forget_mediated(mediation)
 
 
