@@ -16,6 +16,7 @@ names it.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -115,7 +116,9 @@ def _restart_peers(med: OurMediation) -> None:
 def test_mediated_setup_under_loss(mediation: OurMediation, run: int) -> None:
     """A setup that fails within BUDGET gets ATTEMPTS - 1 more, each from fresh daemons: a correct one still
     fails by chance about once in 50 setups (`chance_failure`, tests/resilience/test_loss_budget.py), so one
-    try each would fail this module about once in 20 runs; a failed try's trace is printed."""
+    try each would fail this module about once in 20 runs; a failed try's trace is printed and a warning names
+    it. After a last failed try the daemons are fresh too, so the next run does not meet its leftovers (an IKE_SA
+    that came up late installs a tunnel between the peers' addresses)."""
     failures: list[str] = []
     for attempt in range(1, ATTEMPTS + 1):
         name = f"mediated setup {run}" + (f" try {attempt}" if attempt > 1 else "")
@@ -124,6 +127,8 @@ def test_mediated_setup_under_loss(mediation: OurMediation, run: int) -> None:
             break
         failures.append(failure)
         print(failure)
+        # in the run's summary though the next try passes (its trace is in the test's captured output)
+        warnings.warn(f"{failure.splitlines()[0]}: tried again from fresh daemons", stacklevel=1)
         _restart_peers(mediation)
     assert took is not None, "\n\n".join(failures)
     (sa,) = [s for s in mediation.clients["alice"].list_sas() if s["name"] == "bob"]
