@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from core_ike.constants import DhId
+from core_ike.crypto import dh
 from core_ike.crypto.dh import _SMALL_ORDER, SUPPORTED_GROUPS, check_public, new_key_exchange, public_length
 from core_ike.errors import ProtocolError
 from core_ike.rng import SeededRng
@@ -67,3 +68,27 @@ def test_modp_out_of_range_and_ecp_off_the_curve_are_refused() -> None:
         check_public(DhId.ECP_256, off)
     with pytest.raises(ProtocolError):
         new_key_exchange(DhId.ECP_256, SeededRng("w")).compute(off)
+
+
+@pytest.mark.parametrize("group", [DhId.ECP_256, DhId.ECP_384])
+def test_an_ecp_point_check_public_loaded_is_taken_by_compute_once(group: int) -> None:
+    rng = SeededRng("kept")
+    ours, again, theirs = (new_key_exchange(group, rng) for _ in range(3))
+    dh._ECP_CHECKED.clear()
+    check_public(group, theirs.public)
+    assert (group, theirs.public) in dh._ECP_CHECKED
+    z = ours.compute(theirs.public)
+    assert z == theirs.compute(ours.public)  # the kept point gives the secret a fresh load gives
+    assert (group, theirs.public) not in dh._ECP_CHECKED  # taken, not held for the IKE_SA's lifetime
+    assert again.compute(theirs.public) == theirs.compute(again.public)  # without a check: loaded anew
+
+
+def test_points_checked_but_never_computed_are_bounded() -> None:
+    dh._ECP_CHECKED.clear()
+    rng = SeededRng("bound")
+    values = [new_key_exchange(DhId.ECP_256, rng).public for _ in range(dh._ECP_CHECKED_MAX + 3)]
+    for v in values:
+        check_public(DhId.ECP_256, v)
+    assert 0 < len(dh._ECP_CHECKED) <= dh._ECP_CHECKED_MAX
+    assert (DhId.ECP_256, values[-1]) in dh._ECP_CHECKED
+    dh._ECP_CHECKED.clear()
