@@ -448,7 +448,10 @@ class UdpTransport:
         engine = self.engine
         out = engine.datagrams_to_send()
         ev = engine.next_event()
-        if ev is None:
+        if ev is None or not out:  # nothing to send, or nothing that could wait: the events in their order
+            if ev is not None:
+                self._forward(ev)
+                out = engine.datagrams_to_send()  # handlers may have produced work (e.g. initiating)
             if out:
                 self._send_all(out)
             return
