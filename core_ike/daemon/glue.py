@@ -128,16 +128,6 @@ class DataPlaneGlue(Extension):
             self.drop_vip(e.unique_id)
         return e
 
-    @staticmethod
-    def precedes_send(e: object) -> bool:
-        """Whether the data plane must act on `e` before the datagrams the engine made with it leave (the
-        transport's `before_send`): a CHILD_SA's SAs are installed before the response that completes it
-        (RFC 7296 §1.3.1: the initiator may send on it at once) or the DELETE that makes the peer send on
-        it (§2.8), a rekey responder's outbound SA before its answer to the replaced CHILD_SA's DELETE,
-        and a virtual IP before its CHILD_SA (§2.19). Every other event (the IKE_SA's, mediation's, a
-        CHILD_SA's deletion) is handled after the reply left."""
-        return isinstance(e, ev.ChildSaEstablished | ev.ChildSaOutbound | ev.VirtualIpAssigned)
-
     def add_vip(self, ike: int, address: str) -> None:
         """Make the assigned virtual IP a local address before the CHILD_SA that uses it is installed
         (the CFG_REPLY comes with it, RFC 7296 §2.19); a refusal leaves the IKE_SA up, logged."""

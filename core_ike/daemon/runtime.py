@@ -348,7 +348,6 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):  # from the first moment: a stop during start-up is clean
             loop.add_signal_handler(sig, self.stopped.set)
         self.transport.start(loop)
-        self.transport.before_send = _no_event  # without a data plane no event must precede a reply
         self.dp = make_dataplane(self.cfg.settings.dataplane, self.cfg.settings.tun, self.transport,
                                  self.cfg.settings.natt_port, self.cfg.settings.esp_offload)
         if self.dp is not None:
@@ -360,7 +359,6 @@ class Daemon:
                 st = self.cfg.settings
                 self.dp.route_settings = RouteSettings(st.install_routes, st.routing_table, st.routing_table_prio)
             self.glue = DataPlaneGlue(self.dp, engine_child_deleter(self.engine))
-            self.transport.before_send = self.glue.precedes_send
             self.engine.extensions.append(self.glue)  # CHILD_SA proposals: only what the data plane installs
             self.control.outbound_pending = self.glue.outbound_pending
             if hasattr(self.dp, "on_mapping"):
@@ -465,10 +463,6 @@ class Daemon:
         if self.traps is not None:
             self.traps.unroute_all()
         log.info("%s stopped", self.prog)
-
-
-def _no_event(e: object) -> bool:
-    return False
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

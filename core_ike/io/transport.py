@@ -254,10 +254,6 @@ def _set_receive_buffer(s: socket.socket, size: int) -> int:
     return s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice what it grants
 
 
-def _every_event(ev: Any) -> bool:
-    return True
-
-
 class UdpTransport:
     """Owns the sockets and the timer of one engine; forwards events to `on_event`."""
 
@@ -271,10 +267,6 @@ class UdpTransport:
         self.addresses = addresses
         self.ports = ports
         self.on_event = on_event
-        # the events whose handling must come before the datagrams the engine made with them (the daemon's
-        # data plane glue says which: a CHILD_SA installed before the response that completes it); by
-        # default every event
-        self.before_send: Callable[[Any], bool] = _every_event
         self.esp_sink = esp_sink
         self.pool: Any = None  # extra NAT-T sockets of many-port probing (core_ike/io/portpool.py SocketPool)
         self.clock = clock
@@ -439,39 +431,15 @@ class UdpTransport:
         self._settle()  # each datagram's events and replies went in `_answer`: the engine has none left
 
     def _answer(self) -> None:
-        """What the engine made since the last call (for the datagram just delivered, a timer, a command),
-        sent now (one sendto each), and its events handled: those `before_send` names first, then the
-        datagrams, then the other events (and what their handlers made). So a CHILD_SA is installed before
-        the response that completes it (RFC 7296 §1.2, §1.3.1: with that response the CHILD_SA exists at
-        the initiator, which may send on it at once), while a reply whose events install nothing does not
-        wait for their handlers."""
+        """The events of the datagram just delivered, then its replies, sent now (one sendto each): a
+        CHILD_SA is installed before the response that completes it (RFC 7296 §1.2, §1.3.1: with that
+        response the CHILD_SA exists at the initiator, which may send on it at once)."""
         engine = self.engine
         out = engine.datagrams_to_send()
-        ev = engine.next_event()
-        if ev is None or not out:  # nothing to send, or nothing that could wait: the events in their order
-            if ev is not None:
-                self._forward(ev)
-                out = engine.datagrams_to_send()  # handlers may have produced work (e.g. initiating)
-            if out:
-                self._send_all(out)
-            return
-        events = [ev]
-        while (ev := engine.next_event()) is not None:
-            events.append(ev)
-        before, first = self.before_send, 0
-        for i, e in enumerate(events):
-            if before(e):
-                first = i + 1
-        for e in events[:first]:
-            self._handle(e)
-        out += engine.datagrams_to_send()
-        if out:
-            self._send_all(out)
-        for e in events[first:]:
-            self._handle(e)
         if (ev := engine.next_event()) is not None:
             self._forward(ev)
-        if out := engine.datagrams_to_send():  # handlers may have produced more work (e.g. initiating)
+            out += engine.datagrams_to_send()
+        if out:
             self._send_all(out)
 
     def _read_batches(self, s: socket.socket, local: Addr) -> None:
@@ -601,19 +569,23 @@ class UdpTransport:
         """`ev` and every event queued after it to `on_event`."""
         engine = self.engine
         while ev is not None:
-            self._handle(ev)
+            if self.on_event is not None:
+                try:
+                    self.on_event(ev)
+                except Exception:  # an event handler must not kill the daemon
+                    log.exception("event handler failed for %r", ev)
             ev = engine.next_event()
 
-    def _handle(self, ev: Any) -> None:
-        if self.on_event is not None:
-            try:
-                self.on_event(ev)
-            except Exception:  # an event handler must not kill the daemon
-                log.exception("event handler failed for %r", ev)
-
     def flush(self) -> None:
-        """Send what the engine produced and handle its events (`_answer`'s order), then `_settle`."""
-        self._answer()
+        """Forward the engine's events, then send what it produced (a CHILD_SA is installed before the
+        message that completes it leaves, `_answer`), then `_settle`."""
+        engine = self.engine
+        out = engine.datagrams_to_send()
+        if (ev := engine.next_event()) is not None:
+            self._forward(ev)
+            out += engine.datagrams_to_send()  # handlers may have produced more work (e.g. initiating)
+        if out:
+            self._send_all(out)
         self._settle()
 
     def _settle(self) -> None:

@@ -139,7 +139,6 @@ def test_the_child_sa_is_installed_before_the_ike_auth_response_leaves(reader: s
             b.extensions.append(glue)
             with started(b, [LO], [port, natt]) as t:  # type: ignore[arg-type]
                 t.on_event = glue.handle
-                t.before_send = glue.precedes_send  # as the daemon has it (core_ike/daemon/runtime.py)
                 if reader != "transport":
                     steps = frozenset() if reader == "none" else frozenset({reader})
                     UdpEspIo(t, port, steps, lambda esp: None).start(asyncio.get_running_loop())
