@@ -544,7 +544,7 @@ def merge_run(plain: bytearray, stride: int, lengths: list[int],
             i = a
             out.append([NO_OFFLOAD, view[i * stride : i * stride + lengths[i]]])
             continue
-        size = h + sum(map(len, chunk))
+        size = sum(lengths[a : a + len(chunk)]) - (len(chunk) - 1) * h  # one header and the payloads
         psh = a + len(chunk) == n and flags[-1] == _ACK | _PSH
         out.append([*gso_header(first, off, h, v6, size, plen, psh), *chunk])
     return out
