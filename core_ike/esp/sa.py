@@ -250,15 +250,15 @@ class EspSa:
         VIEWS.column(out, 0, size, n, ">u8")[:] = (ivs & 0xFFFFFFFF) | (self.spi << 32)
         VIEWS.column(out, 8, size, n, ">u8")[:] = ivs
         # nonce = salt | IV (RFC 4106 4, RFC 4309 4, RFC 7634 2), written as two numpy columns; then one AEAD
-        # call per packet through map() over slices cut once per layout (`VIEWS`)
+        # call per packet through map() over slices cut once per layout (`VIEWS`), nonces and AADs as bytes
         nl = len(salt) + AEAD_IV
         nonces = VIEWS.nonces(n)
         np.ndarray((n, len(salt)), np.uint8, nonces, 0, (nl, 1))[:] = np.frombuffer(salt, np.uint8)
         VIEWS.column(nonces, len(salt), nl, n, ">u8")[:] = ivs
         # RFC 4106 5, RFC 4309 5, RFC 7634 2.1: AAD = SPI | Seq, or SPI | Seq-high | Seq-low with ESN
         aads: Sequence[Buffer] = ([self._spi_bytes + _Q.pack(q) for q in range(seq0 + 1, seq0 + n + 1)] if self.esn
-                              else VIEWS.rows(out, 0, size, 8, n))
-        nv, ov = VIEWS.rows(nonces, 0, nl, nl, n), VIEWS.rows(out, 16, size, clen + icv, n)
+                              else VIEWS.fields(out, 0, size, 8, n))
+        nv, ov = VIEWS.fields(nonces, 0, nl, nl, n), VIEWS.rows(out, 16, size, clen + icv, n)
         encrypt, mo = into[0], memoryview(out)
         trailer = _PADS[pad] + bytes((pad, 0))
         sizes: list[list[int]] = []
@@ -382,8 +382,8 @@ class EspSa:
         decrypt, o = into[1], m * size
         try:
             if m:
-                _drain(map(decrypt, itertools.islice(VIEWS.rows(nonces, 0, nl, nl, m), m), VIEWS.rows(buf, 16, size, size - 16, m),
-                           VIEWS.rows(buf, 0, size, 8, m), VIEWS.rows(plain, 0, size, clen, m)))
+                _drain(map(decrypt, VIEWS.fields(nonces, 0, nl, nl, m), VIEWS.rows(buf, 16, size, size - 16, m),
+                           VIEWS.fields(buf, 0, size, 8, m), VIEWS.rows(plain, 0, size, clen, m)))
             bv = memoryview(buf)
             decrypt(memoryview(nonces)[m * nl : count * nl], bv[o + 16 : o + tail], bv[o : o + 8],
                     memoryview(plain)[o : o + tail - fixed])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
+import pytest
 
 from core_ike.esp.views import BufferViews
 
@@ -28,3 +31,19 @@ def test_grow_drops_the_columns_so_the_buffer_can_resize() -> None:
     col = views.column(buf, 0, 10, 10, "u1")
     col[:] = 9
     assert buf[90] == 9
+
+
+def test_fields_are_copies_of_each_row_field() -> None:
+    """`BufferViews.fields`: the AEAD calls' nonces and AADs as bytes, one per row, copied (not views)."""
+    views = BufferViews()
+    buf = bytearray(range(50))
+    got = views.fields(buf, 3, 10, 4, 5)
+    assert got == tuple(bytes(buf[3 + i * 10 : 7 + i * 10]) for i in range(5))
+    assert all(type(f) is bytes for f in got)
+    buf[3] = 0xFF
+    views.grow(buf, 100)  # no view of it kept: the buffer resizes
+    assert got[0][0] == 3 and views.fields(buf, 3, 10, 4, 1) == (b"\xff\x04\x05\x06",)
+    with pytest.raises(ValueError):
+        views.fields(buf, 0, 4, 8, 2)  # fields longer than their step would overlap
+    with pytest.raises(struct.error):
+        views.fields(buf, 0, 10, 8, 11)  # past the buffer's end
