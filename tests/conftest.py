@@ -177,41 +177,43 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 # -- labs (scenarios/lab): imported when a test asks for one, so unit-test runs need no pyroute2 ----------
 
 
-def _lab(topology: str) -> Iterator[Lab]:
+def _lab(topology: str, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The lab keeps its files when a test failed while it stood (lab_session: a fixture's body sees no failure)."""
     import scenarios.lab as labs
 
-    with labs.lab_session(getattr(labs, topology)) as lab:
+    before = request.session.testsfailed
+    with labs.lab_session(getattr(labs, topology), failed=lambda: request.session.testsfailed > before) as lab:
         yield lab
 
 
 @pytest.fixture(scope="module")
-def nat_lab_per_module() -> Iterator[Lab]:
+def nat_lab_per_module(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """One ``nat_lab()`` for the test module: alice behind natA, bob behind natB (EIM NATs with the WAN
     drop rule), carol on the internet segment. Flush conntrack between cases that must not share mappings."""
-    yield from _lab("nat_lab")
+    yield from _lab("nat_lab", request)
 
 
 @pytest.fixture
-def nat_lab_per_test() -> Iterator[Lab]:
+def nat_lab_per_test(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A fresh ``nat_lab()`` for one test."""
-    yield from _lab("nat_lab")
+    yield from _lab("nat_lab", request)
 
 
 @pytest.fixture(scope="module")
-def two_hosts_per_module() -> Iterator[Lab]:
+def two_hosts_per_module(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """One ``two_hosts()`` lab for the test module: alice 192.0.2.1 <-> bob 192.0.2.2, inner addresses
     10.10.1.1 / 10.10.2.1 on ``lo``."""
-    yield from _lab("two_hosts")
+    yield from _lab("two_hosts", request)
 
 
 @pytest.fixture
-def two_hosts_per_test() -> Iterator[Lab]:
+def two_hosts_per_test(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A fresh ``two_hosts()`` lab for one test."""
-    yield from _lab("two_hosts")
+    yield from _lab("two_hosts", request)
 
 
-# Each lab keeps its directory (daemon logs, captures) after its teardown, for a failed test's post-mortem.
-# A session without failures removes the lab directories made while it ran whose maker has exited (labs are
+# A lab whose tests failed keeps its directory (daemon logs, captures) for the post-mortem (lab_session);
+# one that passed removes it. A session without failures also removes the lab directories made while it ran whose maker has exited (labs are
 # named lab-lb<pid>x..., scenarios.lab.netns.unique_prefix), leaving labs kept by `scenarios/run --keep`
 # (marked in scenarios.lab.netns.KEPT_DIR) and those of processes still running (another session's).
 _LAB_DIRS_AT_START: set[str] = set()
