@@ -223,9 +223,9 @@ class UdpEspIo:
         self.udp_sends = 0  # ESP datagrams sent
         self.udp_reads = 0
         self.gro_reads = 0  # reads that returned several datagrams
-        # wake-ups of the readers and the ESP datagrams they took: datagrams per wake-up tells whether
-        # batching across a wake-up's reads can pay (bench/esp_throughput_iperf.py prints them)
-        self.rx_wakeups = self.datagrams_in = 0
+        # wake-ups of the readers: over the ESP datagrams they took (the transport's "esp" count), datagrams
+        # per wake-up tells whether batching across a wake-up's reads can pay (bench/esp_throughput_iperf.py)
+        self.rx_wakeups = 0
         # `open_batch`: a UDP_GRO read of several datagrams goes whole to `on_run` (buffer, datagram
         # size, count, last one's size, peer); False = not taken (nothing done), split as without it.
         # The buffer is always the same object (`_rxbuf`, longer than the read): the batch steps keep
@@ -256,7 +256,7 @@ class UdpEspIo:
         return {"esp_udp_sends": self.udp_sends, "esp_gso_sends": self.gso_sends,
                 "esp_udp_reads": self.udp_reads, "esp_gro_reads": self.gro_reads, "esp_run_reads": self.run_reads,
                 "esp_mmsg_reads": self.mmsg_reads, "esp_mmsg_sends": self.mmsg_sends,
-                "esp_rx_wakeups": self.rx_wakeups, "esp_datagrams_in": self.datagrams_in}
+                "esp_rx_wakeups": self.rx_wakeups, "esp_datagrams_in": self.transport.stats["esp"]}
 
     def sockets(self) -> list[socket.socket]:
         return [s for s, _ in self._taken]
@@ -386,7 +386,6 @@ class UdpEspIo:
             self.gro_reads += 1
             self.run_reads += 1
             self.transport.stats["esp"] += count
-            self.datagrams_in += count
         return taken
 
     def _datagrams(self, data: bytes, anc: list[tuple[int, int, bytes]]) -> list[bytes]:
@@ -401,7 +400,6 @@ class UdpEspIo:
     def _hand_off(self, esp: list[tuple[bytes, Addr]], other: int) -> None:
         """The batch's ESP packets to the data plane; the IKE answers the batch caused out."""
         self.transport.stats["esp"] += len(esp)
-        self.datagrams_in += len(esp)
         if esp:
             try:
                 self.on_esp(esp)
