@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.guards import REQUIRE_ALL, require
+from tests.outcome import failed_since
 
 if TYPE_CHECKING:
     from scenarios.lab import Lab
@@ -178,11 +179,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 
 def _lab(topology: str, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """The lab keeps its files when a test failed while it stood (lab_session: a fixture's body sees no failure)."""
+    """The lab keeps its files when a test failed while it stood (tests/outcome.py)."""
     import scenarios.lab as labs
 
-    before = request.session.testsfailed
-    with labs.lab_session(getattr(labs, topology), failed=lambda: request.session.testsfailed > before) as lab:
+    with labs.lab_session(getattr(labs, topology), failed=failed_since(request)) as lab:
         yield lab
 
 

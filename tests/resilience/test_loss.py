@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,6 +28,7 @@ from scenarios.lab.loss import add_loss, loss_counters, watch_hops
 from scenarios.lab.mediation import OurMediation
 from scenarios.lab.medsetup import forget_direct_mappings
 from tests.guards import needs
+from tests.outcome import failed_since
 
 pytestmark = [pytest.mark.netns, needs("root", why="daemons behind lossy NATs in network namespaces")]
 
@@ -37,15 +38,9 @@ BUDGET = 50.0  # seconds each mediated setup may take
 ATTEMPTS = 2  # tries per mediated setup (test_mediated_setup_under_loss)
 
 
-def _failed_since(request: pytest.FixtureRequest) -> Callable[[], bool]:
-    """Whether a test failed after now (the lab then keeps its files: lab_session)."""
-    before = request.session.testsfailed
-    return lambda: request.session.testsfailed > before
-
-
 @pytest.fixture(scope="module")
 def mediation(request: pytest.FixtureRequest) -> Iterator[OurMediation]:
-    with lab_session(nat_lab, failed=_failed_since(request)) as lab:
+    with lab_session(nat_lab, failed=failed_since(request)) as lab:
         med = OurMediation(lab)
         try:
             med.start_server()
@@ -59,7 +54,7 @@ def mediation(request: pytest.FixtureRequest) -> Iterator[OurMediation]:
 
 @pytest.fixture(scope="module")
 def direct(request: pytest.FixtureRequest) -> Iterator[OurDirect]:
-    with lab_session(nat_lab, failed=_failed_since(request)) as lab:
+    with lab_session(nat_lab, failed=failed_since(request)) as lab:
         d = OurDirect(lab)
         try:
             d.start()

@@ -18,6 +18,7 @@ from scenarios.lab.events import wait_files
 from scenarios.lab.netns import read_text
 from scenarios.lab.pcap import classify_udp
 from tests.guards import needs
+from tests.outcome import failed_since
 
 root_only = needs("root", why="network namespaces")
 
@@ -43,8 +44,8 @@ for port in (3478, 3479):
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with lab_session(nat_lab, nat_a="eim", nat_b="symmetric") as lab:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    with lab_session(nat_lab, nat_a="eim", nat_b="symmetric", failed=failed_since(request)) as lab:
         yield lab
 
 
