@@ -214,9 +214,7 @@ class MediationServer(Extension):
 
     def on_destroyed(self, sa: IkeSaView, now: float) -> None:
         for task in self.outbox.drop(sa):
-            if not task.completed and task.on_failed is not None:
-                task.completed = True
-                task.on_failed(sa, "mediation SA gone", now)
+            task.failed(sa, "mediation SA gone", now)
         me = sa.find_extension(MeSaState)
         if me is None or me.role != "server" or sa.peer_id is None:
             return

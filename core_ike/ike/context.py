@@ -92,7 +92,10 @@ class Task:
         """Responder: the response built by this task was sent; default: nothing."""
 
     def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
-        """The exchange carrying this task failed (timeout, error notify); default: nothing."""
+        """The exchange carrying this task failed (timeout, error notify), or the IKE_SA ended before it
+        was answered or sent (`sa.state` is DESTROYED, `reason` the end's); called at most once, it must
+        not queue work on an ended SA (docs/architecture.md "Tasks when the IKE_SA ends");
+        default: nothing."""
 
     @property
     def closes_ike(self) -> bool:

@@ -262,7 +262,7 @@ class IkeSa:
         if self.established_at is not None and not failed:
             self.engine.emit(ev.IkeSaDeleted(self.name, self.unique_id, reason))
         self.set_state(_DESTROYED)
-        self.tm.close(now)
+        self.tm.close(reason, now)
         self.engine.forget(self)
 
     def remove_child(self, child: ChildSa, reason: str) -> None:

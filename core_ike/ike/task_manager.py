@@ -566,10 +566,17 @@ class TaskManager:
         log.info("%s: the peer answered INVALID_IKE_SPI, it has lost this IKE_SA", sa.label)
         sa.destroy("the peer lost this IKE_SA (INVALID_IKE_SPI: it restarted)", now)
 
-    def close(self, now: float) -> None:
-        """The SA is destroyed: nothing more goes out, fragments give back their memory share."""
-        self.outstanding = None
-        self.queue.clear()
+    def close(self, reason: str, now: float) -> None:
+        """The SA is destroyed (`reason`): nothing more goes out, the tasks of the request in flight and the
+        queued ones are told (`Task.failed`, once: a task already told by its exchange's failure is no
+        longer here; docs/architecture.md "Tasks when the IKE_SA ends"), fragments give back their memory
+        share."""
+        out, queued = self.outstanding, self.queue
+        self.outstanding, self.queue = None, []
+        for t in out.tasks if out is not None else ():
+            t.failed(self.sa, reason, now)
+        for t in queued:
+            t.failed(self.sa, reason, now)
         if self.fragments is not None:
             self.fragments.close(self.sa, now)  # gives back its share of the engine-wide budget
             self.fragments = None

@@ -217,10 +217,7 @@ class MediationClient(TargetRole, Extension):
 
     def on_destroyed(self, sa: IkeSaView, now: float) -> None:
         for task in self.outbox.drop(sa):
-            if not task.completed:
-                task.completed = True
-                if task.on_failed is not None:
-                    task.on_failed(sa, "mediation connection lost", now)
+            task.failed(sa, "mediation connection lost", now)
         self._target_sas.pop(sa.unique_id, None)
         self.probes.release(sa.local)
         link = sa.find_extension(PathLink)

@@ -22,6 +22,7 @@ from ..codec.payloads import NotifyPayload, Payload, VendorIdPayload
 from ..constants import ExchangeType, MeEndpointType, NotifyType, PayloadType
 from ..errors import ProtocolError
 from ..ike.context import IkeSaView, Status, Task
+from ..ike.state import IkeState
 from .connect import ConnectResult, parse_connect_response
 from .endpoints import (
     IMPL_VENDOR_ID,
@@ -139,8 +140,8 @@ class MeOutbox:
 
     def _pump(self, sa: IkeSaView, now: float) -> None:
         q = self._queues.get(sa.unique_id)
-        if sa.unique_id in self._busy or not q:
-            return
+        if sa.unique_id in self._busy or not q or sa.state is IkeState.DESTROYED:
+            return  # an ended SA takes no request: the rest are told by `drop`'s owner
         task = q.popleft()
         self._busy[sa.unique_id] = task
         sa.queue.append(task)
@@ -163,10 +164,11 @@ class MeOutbox:
         return False
 
     def drop(self, sa: IkeSaView) -> list[MeConnectRequest]:
-        """The SA is gone: the requests that never completed (their owners get `failed`)."""
-        out = list(self._queues.pop(sa.unique_id, deque()))
-        busy = self._busy.pop(sa.unique_id, None)
-        return ([busy] if busy is not None else []) + out
+        """The SA is gone: the requests still waiting here, never handed to it (the caller tells each,
+        `MeConnectRequest.failed`). The one it carried was told by the SA's end (docs/architecture.md
+        "Tasks when the IKE_SA ends"), which finished it here."""
+        self._busy.pop(sa.unique_id, None)
+        return list(self._queues.pop(sa.unique_id, ()))
 
     def pending(self, sa: IkeSaView) -> int:
         return len(self._queues.get(sa.unique_id, ())) + (1 if sa.unique_id in self._busy else 0)

@@ -42,7 +42,7 @@ from ...esp.algorithms import EspTransforms
 from ..context import ChildConfig, IkeSaView, Status, Task
 from ..context import events as ev
 from ..context import ts as tsmod
-from ..state import ChildSa, ChildState
+from ..state import ChildSa, ChildState, IkeState
 from . import collisions
 from .informational import ChildDelete
 
@@ -294,6 +294,16 @@ def schedule(sa: IkeSaView, child: ChildSa, now: float, rekey_initiator: bool) -
     child.expire_at = now + life if life else None
 
 
+def _reported(sa: IkeSaView, task: ChildCreate) -> bool:
+    """The end of `sa` (docs/architecture.md "Tasks when the IKE_SA ends") already said what became of
+    `task`'s CHILD_SA: a rekey's, by the ChildSaDeleted of the CHILD_SA it would have replaced; one asked
+    of an IKE_SA that was never established, by the IKE_SA's failure (IkeSaFailed, `sa.failure`).
+    Otherwise the caller waiting for it (an `up`, a trap) hears of it only through ChildSaFailed."""
+    if sa.state is not IkeState.DESTROYED:
+        return False  # the exchange failed: reported as before
+    return task.rekey is not None or (sa.established_at is None and sa.failure is not None)
+
+
 class ChildCreate(Task):
     name = "CHILD_CREATE"
     # immutable starting values as class attributes: an instance sets only what it changes (one is made
@@ -429,9 +439,11 @@ class ChildCreate(Task):
         sa.ctx.emit(ev.ChildSaFailed(sa.name, self.cfg.name, reason))
 
     def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
-        if self.cfg is not None and sa.established:
+        if self.cfg is None or _reported(sa, self):
+            return
+        if sa.established:
             self._fail(sa, reason, now)
-        elif self.cfg is not None:
+        else:
             sa.ctx.emit(ev.ChildSaFailed(sa.name, self.cfg.name, reason))
 
     # ---------------------------------------------------------------- responder

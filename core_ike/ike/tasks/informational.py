@@ -133,8 +133,20 @@ class ChildDelete(Task):
         return Status.DONE
 
     def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
-        if self.child is not None:
-            end_child(sa, self.child, self.reason)
+        """Unanswered: the CHILD_SA ends, unless `sa` ended while the CHILD_SA had moved to its rekeyed
+        successor (a peer that answered that rekey meanwhile; we refuse such a rekey,
+        collisions.check_create_child): the DELETE goes again on the successor, which carries the
+        CHILD_SA's control messages (RFC 7296 2.8, 2.18). A peer that had ended it answers as for an
+        unknown CHILD_SA, and it ends there."""
+        child = self.child
+        if child is None:
+            return
+        holder = _holder(sa, child)
+        if sa.state is IkeState.DESTROYED and holder is not sa and holder.state is not IkeState.DESTROYED \
+                and child.state.live:
+            holder.queue_task(ChildDelete(child, reason=self.reason), now)
+        else:
+            end_child(sa, child, self.reason)
 
 
 class IkeDelete(Task):
@@ -204,8 +216,7 @@ class Informational(Task):
 
     def build_r(self, sa: IkeSaView, msg: Message, now: float) -> None:
         if self.delete_ike:
-            _carry_over(sa, now)
-            return
+            return  # the IKE_SA's end tells our request in flight (ChildDelete.failed)
         spis: list[bytes] = []
         for c in self.deleted:
             # RFC 7296 1.4.1: answer with our inbound SPI unless we already deleted it ourselves
@@ -220,16 +231,3 @@ class Informational(Task):
     def closes_ike(self) -> bool:
         return self.delete_ike
 
-
-def _carry_over(sa: IkeSaView, now: float) -> None:
-    """The peer deletes `sa`, a rekeyed IKE_SA, while our DELETE of a CHILD_SA that has moved to the
-    successor is unanswered here (a peer that answered its rekey meanwhile; we refuse such a rekey,
-    collisions.check_create_child): it is never answered now, so it goes again on the successor, which
-    carries the CHILD_SA's control messages (RFC 7296 2.8, 2.18). A peer that had ended it answers as for
-    an unknown CHILD_SA, and it ends here."""
-    out = sa.outstanding
-    for t in out.tasks if out is not None else ():
-        if isinstance(t, ChildDelete) and t.child is not None and t.child.state.live:
-            holder = _holder(sa, t.child)
-            if holder is not sa:
-                holder.queue_task(ChildDelete(t.child, reason=t.reason), now)

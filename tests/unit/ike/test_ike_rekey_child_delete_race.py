@@ -270,3 +270,28 @@ def test_one_peer_deleting_and_rekeying_serializes_them(first: str) -> None:
         assert [t.name for t in sa_a.queue] == ["IKE_REKEY"] and sa_a.state is IkeState.ESTABLISHED
     w.settle()
     _assert_truthful(w, victim)
+
+
+@pytest.mark.parametrize("deleter", ["a", "b"])
+def test_delete_unanswered_when_the_old_ike_sa_ends_goes_again_on_the_successor(deleter: str) -> None:
+    """The deleter's DELETE is lost; the deleter answers the rekey (the CHILD_SA moves, DELETING), and the
+    rekeyer deletes the old IKE_SA: the end of the old IKE_SA tells the unanswered DELETE
+    (ChildDelete.failed), which goes again on the successor (RFC 7296 2.8, 2.18). Without that the
+    CHILD_SA stayed listed DELETING at the deleter and live at the rekeyer."""
+    w, sa_a, _ = _up()
+    p = w.p
+    p.a.initiate("home", child="net", now=p.now)
+    p.pump()
+    victim_a, keep = list(sa_a.children)
+    victim = _pair_ids(w, victim_a)
+    rekeyer = _other(deleter)
+    _start(w, deleter, victim)
+    w.held[rekeyer].pop(0)  # the DELETE is lost
+    _rekey_reaches_deleter(w, deleter, peer_answers=True)
+    w.deliver(rekeyer)  # the rekey's answer: the rekeyer deletes the old IKE_SA
+    old = next(sa for sa in p.engine(deleter).ike_sas() if sa.state is IkeState.REKEYED)
+    w.deliver(deleter)  # that DELETE: the old IKE_SA ends with our DELETE unanswered
+    assert old.state is IkeState.DESTROYED
+    w.settle()
+    _assert_truthful(w, victim)
+    assert list(_sa(p, "a").children) == [keep]

@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from core_ike.ike.state import IkeState
 from core_ike.me.tasks import MeConnectRequest, MeOutbox
 
 
 class FakeSa:
     def __init__(self, uid: int) -> None:
         self.unique_id = uid
+        self.state = IkeState.ESTABLISHED
         self.queue: list[Any] = []
         self.started = 0
 
