@@ -313,7 +313,7 @@ class Engine:
         if sa.established:
             sa.queue_task(IkeDelete("terminated by user"), self.now)
         else:
-            sa.destroy("terminated by user", self.now, failed=True)
+            sa.destroy("terminated by user", self.now)  # no failure: its CHILD_SAs asked for say why
 
     def terminate_child(self, sa: IkeSa, unique_id: int, now: float | None = None) -> None:
         if now is not None:

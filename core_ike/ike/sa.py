@@ -255,8 +255,13 @@ class IkeSa:
 
     # ------------------------------------------------------------------ teardown
     def destroy(self, reason: str, now: float, failed: bool = False) -> None:
+        """The IKE_SA ends (`reason`). `failed`: the caller reported the end as the SA's failure
+        (IkeSaFailed, a mediation's MediationFailed), kept as `failure` if none is yet: no IkeSaDeleted,
+        and its tasks do not report it again (docs/architecture.md "Tasks when the IKE_SA ends")."""
         if self.state is _DESTROYED:
             return
+        if failed and self.tm.failure is None:
+            self.tm.failure = Failure(reason)
         for child in list(self.children.values()):
             self.remove_child(child, reason)
         if self.established_at is not None and not failed:

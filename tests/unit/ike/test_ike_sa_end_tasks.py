@@ -171,3 +171,19 @@ def test_in_flight_and_queued_tasks_are_told_once_with_the_reason() -> None:
     sa.destroy("the end", p.now)
     assert calls == ["the end"] * 2
     assert sa.outstanding is None and sa.queue == [] and sa.next_deadline() is None
+
+
+def test_second_down_while_our_delete_is_unanswered_reports_the_deletion() -> None:
+    """A `down` of an IKE_SA whose DELETE is unanswered (DELETING) ends it at once: it was established,
+    so IkeSaDeleted says so (the daemon's glue and status writers learn it is gone), and the DELETE's
+    task is told."""
+    p = make_pair()
+    sa = _up(p)
+    _lose_a_to_b(p)
+    p.a.terminate(sa, now=p.now)
+    assert sa.state is IkeState.DELETING
+    p.a.terminate(sa, now=p.now)
+    p._drain()
+    assert sa.state is IkeState.DESTROYED and p.a.ike_sas() == []
+    assert [(type(e), getattr(e, "reason", None)) for e in p.events_a] == \
+        [(ev.ChildSaDeleted, "terminated by user"), (ev.IkeSaDeleted, "terminated by user")]
