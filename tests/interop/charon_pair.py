@@ -11,6 +11,7 @@ IKE_SA ``nat`` with CHILD_SA ``net`` on both sides, aes128gcm16 (``BASE_ESP``), 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,3 +147,30 @@ def esp_on_wire(packets: list[Packet], kinds: tuple[str, ...], spis: set[str], a
     assert not [p for p in packets if p.kind in ("esp", "esp-in-udp") and p.kind not in kinds], \
         "unexpected ESP encapsulation"
     return esp
+
+
+# an nftables drop of what one host sends to its peer's IKE ports: holds back a request (or an answer) so
+# that a race becomes certain; retransmissions get through once it is lifted
+IKE_HOLD = "ike_hold"
+_IKE_HOLD_RULESET = """table inet {table} {{
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    ip daddr {peer} udp dport {{ 500, 4500 }} counter drop
+  }}
+}}
+"""
+
+
+@contextmanager
+def ike_held(lab: Lab, host: str, peer: str) -> Iterator[None]:
+    """What `host` sends to `peer`'s IKE ports (UDP 500, 4500) is dropped meanwhile."""
+    lab.nft(host, _IKE_HOLD_RULESET.format(table=IKE_HOLD, peer=peer))
+    try:
+        yield
+    finally:
+        lift_ike_hold(lab, host)
+
+
+def lift_ike_hold(lab: Lab, host: str) -> None:
+    """No `ike_held` drop on `host` (none there is fine)."""
+    lab.run(host, ["nft", "delete", "table", "inet", IKE_HOLD], check=False)

@@ -18,7 +18,6 @@ The other way round (charon's DELETE in flight, our rekey) charon refuses and we
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from scenarios.lab.events import wait_daemons
 from scenarios.lab.iked import Iked
 from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml
 from tests.guards import needs
-from tests.interop.charon_pair import clear, one_child
+from tests.interop.charon_pair import clear, ike_held, lift_ike_hold, one_child
 
 pytestmark = [
     pytest.mark.netns,
@@ -41,24 +40,6 @@ pytestmark = [
 A, B = "192.0.2.1", "192.0.2.2"
 A_IN, B_IN = "10.10.1.1", "10.10.2.1"
 PSK = "rekey-race-secret-0123456789"
-HOLD = "race_hold"
-HOLD_RULESET = """table inet {table} {{
-  chain output {{
-    type filter hook output priority filter; policy accept;
-    ip daddr {peer} udp dport {{ 500, 4500 }} counter drop
-  }}
-}}
-"""
-
-
-@contextmanager
-def _held(lab: Lab, host: str, peer: str) -> Iterator[None]:
-    """What `host` sends to `peer`'s IKE ports is dropped meanwhile (retransmitted after)."""
-    lab.nft(host, HOLD_RULESET.format(table=HOLD, peer=peer))
-    try:
-        yield
-    finally:
-        lab.run(host, ["nft", "delete", "table", "inet", HOLD])
 
 
 @dataclass
@@ -82,7 +63,7 @@ def env(two_hosts_per_module: Lab) -> Iterator[Env]:
         yield Env(lab, iked, charon)
     finally:
         for host in ("alice", "bob"):
-            lab.run(host, ["nft", "delete", "table", "inet", HOLD], check=False)
+            lift_ike_hold(lab, host)
         iked.stop()
         charon.stop()
 
@@ -118,7 +99,7 @@ def test_rekey_while_our_child_delete_is_in_flight(env: Env, who: str) -> None:
     sa, child = _up(env, who)
     refusals = env.iked.log_text().count("failed: CHILD_SA exchange in progress")
     mark = env.charon.log_mark()
-    with _held(env.lab, "alice", B):
+    with ike_held(env.lab, "alice", B):
         # our DELETE goes out and is dropped: in flight until the retransmissions get through
         r = env.iked.ctl({"cmd": "down", "ike": sa["uniqueid"], "child": child["uniqueid"], "timeout": 0.2})
         assert not r["ok"], r  # not confirmed: held back
@@ -137,7 +118,7 @@ def test_our_rekey_while_charons_child_delete_is_in_flight(env: Env, who: str) -
     sa, _ = _up(env, who)
     failures = env.iked.log_text().count("rekeying failed: peer sent TEMPORARY_FAILURE")
     mark = env.charon.log_mark()
-    with _held(env.lab, "bob", A):
+    with ike_held(env.lab, "bob", A):
         env.charon.swanctl("--terminate", "--child", "net", "--timeout", "1", check=False)
         env.charon.wait_log("sending DELETE for ESP CHILD_SA", timeout=10, since=mark)
         assert env.iked.ctl({"cmd": "rekey", "ike": sa["uniqueid"]})["ok"]

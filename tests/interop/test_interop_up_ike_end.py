@@ -6,10 +6,7 @@ charon's DELETE comes in, our answer to it is dropped too (charon gives up on it
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pytest
 
@@ -18,7 +15,7 @@ from scenarios.lab.charon import Charon
 from scenarios.lab.iked import Iked
 from scenarios.lab.tunnels import Tunnel, charon_psk_conf, iked_psk_toml
 from tests.guards import needs
-from tests.interop.charon_pair import one_child
+from tests.interop.charon_pair import ike_held, one_child
 
 pytestmark = [
     pytest.mark.netns,
@@ -29,24 +26,7 @@ pytestmark = [
 A, B = "192.0.2.1", "192.0.2.2"
 A_IN, B_IN = "10.10.1.1", "10.10.2.1"
 PSK = "up-ike-end-secret-0123456789"
-HOLD = "up_hold"
-HOLD_RULESET = """table inet {table} {{
-  chain output {{
-    type filter hook output priority filter; policy accept;
-    ip daddr {peer} udp dport {{ 500, 4500 }} counter drop
-  }}
-}}
-"""
 UP_TIMEOUT = 30.0
-
-
-@contextmanager
-def _held(lab: Lab, host: str, peer: str) -> Iterator[None]:
-    lab.nft(host, HOLD_RULESET.format(table=HOLD, peer=peer))
-    try:
-        yield
-    finally:
-        lab.run(host, ["nft", "delete", "table", "inet", HOLD], check=False)
 
 
 def test_up_answered_when_charon_deletes_the_ike_sa(two_hosts_per_test: Lab) -> None:
@@ -61,17 +41,15 @@ def test_up_answered_when_charon_deletes_the_ike_sa(two_hosts_per_test: Lab) -> 
         one_child(iked)
         charon.wait_child("net", timeout=5)
         sent = iked.log_text().count("generating CREATE_CHILD_SA request")
-        with _held(lab, "alice", B), ThreadPoolExecutor(1) as pool:
+        with ike_held(lab, "alice", B), ThreadPoolExecutor(1) as pool:
             # a second CHILD_SA on the IKE_SA: its request goes out and is dropped
             reply = pool.submit(iked.ctl, {"cmd": "up", "conn": "net", "child": "net", "timeout": UP_TIMEOUT},
                                 UP_TIMEOUT + 5)
             iked.wait_log("generating CREATE_CHILD_SA request", timeout=10, count=sent + 1)
-            t0 = time.monotonic()
             charon.swanctl("--terminate", "--ike", "net", "--timeout", "1", check=False)
             r = reply.result(timeout=UP_TIMEOUT + 5)
-            elapsed = time.monotonic() - t0
+        # the reason, not the `up`'s own timeout (which would say it timed out after UP_TIMEOUT)
         assert r == {"ok": False, "conn": "net", "error": "CHILD_SA 'net' failed: deleted by peer"}, r
-        assert elapsed < 5.0, f"the `up` answered {elapsed:.1f} s after charon's DELETE"
         assert iked.list_sas() == []
     finally:
         iked.stop()
