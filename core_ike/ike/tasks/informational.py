@@ -133,17 +133,16 @@ class ChildDelete(Task):
         return Status.DONE
 
     def failed(self, sa: IkeSaView, reason: str, now: float) -> None:
-        """Unanswered: the CHILD_SA ends, unless `sa` ended while the CHILD_SA had moved to its rekeyed
-        successor (a peer that answered that rekey meanwhile; we refuse such a rekey,
-        collisions.check_create_child): the DELETE goes again on the successor, which carries the
+        """Unanswered (the exchange failed or `sa` ended): the CHILD_SA ends, unless it has moved to a
+        rekeyed successor of `sa` meanwhile (a peer that answered that rekey; we refuse such a rekey,
+        collisions.check_create_child): then the DELETE goes again on the successor, which carries the
         CHILD_SA's control messages (RFC 7296 2.8, 2.18). A peer that had ended it answers as for an
-        unknown CHILD_SA, and it ends there."""
+        unknown CHILD_SA, and it ends there. A successor's end ends its CHILD_SAs (not live then)."""
         child = self.child
         if child is None:
             return
         holder = _holder(sa, child)
-        if sa.state is IkeState.DESTROYED and holder is not sa and holder.state is not IkeState.DESTROYED \
-                and child.state.live:
+        if holder is not sa and child.state.live:
             holder.queue_task(ChildDelete(child, reason=self.reason), now)
         else:
             end_child(sa, child, self.reason)

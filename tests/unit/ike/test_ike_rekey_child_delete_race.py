@@ -295,3 +295,35 @@ def test_delete_unanswered_when_the_old_ike_sa_ends_goes_again_on_the_successor(
     w.settle()
     _assert_truthful(w, victim)
     assert list(_sa(p, "a").children) == [keep]
+
+
+@pytest.mark.parametrize("deleter", ["a", "b"])
+def test_delete_timed_out_on_the_old_ike_sa_goes_again_on_the_successor(deleter: str) -> None:
+    """As above, but nothing gets through after the rekey's answer until both old IKE_SAs have given up:
+    the deleter's DELETE runs out of retransmissions on the old IKE_SA (the rekeyer's DELETE of that
+    IKE_SA, lost too, runs out on its side). Unanswered either way, the DELETE goes again on the
+    successor (ChildDelete.failed): ending the CHILD_SA only at the deleter left it live at the rekeyer."""
+    w, sa_a, _ = _up()
+    p = w.p
+    p.a.initiate("home", child="net", now=p.now)
+    p.pump()
+    victim_a, keep = list(sa_a.children)
+    victim = _pair_ids(w, victim_a)
+    rekeyer = _other(deleter)
+    _start(w, deleter, victim)
+    w.held[rekeyer].pop(0)  # the DELETE is lost
+    _rekey_reaches_deleter(w, deleter, peer_answers=True)
+    old = _sa(p, deleter)
+    w.deliver(rekeyer)  # the rekey's answer: the rekeyer deletes the old IKE_SA
+    w.collect()
+    w.held = {"a": [], "b": []}
+    p.drop = lambda side, data: True  # every retransmission lost, until both old IKE_SAs gave up
+    for _ in range(600):
+        if old.state is IkeState.DESTROYED and len(p.engine(rekeyer).ike_sas()) == 1:
+            break
+        p.advance(1)
+    p.drop = None
+    assert old.state is IkeState.DESTROYED
+    w.settle()
+    _assert_truthful(w, victim)
+    assert list(_sa(p, "a").children) == [keep]
