@@ -473,7 +473,7 @@ class TaskManager:
             best = _children_deadline(sa, best)
         if state is _ESTABLISHED or state is _REKEYING:  # sa.established
             d = _liveness_deadline(sa, state is _ESTABLISHED and out is None)
-        elif not sa.is_original_initiator:
+        elif not sa.is_original_initiator and sa.established_at is None:  # half-open (never established)
             d = sa.created_at + sa.engine.half_open_timeout
         else:
             d = None
@@ -494,8 +494,9 @@ class TaskManager:
             self._retransmit(out, now)
         if sa.state is _DESTROYED:
             return
-        if not sa.established:
-            if not sa.is_original_initiator and now >= sa.created_at + sa.engine.half_open_timeout:
+        if not sa.established:  # half-open, or rekeyed or being deleted: only its exchange in flight
+            if sa.established_at is None and not sa.is_original_initiator \
+                    and now >= sa.created_at + sa.engine.half_open_timeout:
                 log.info("%s: half-open IKE_SA timed out", sa.label)
                 sa.destroy("half-open timeout", now, failed=True)
             return
@@ -538,14 +539,16 @@ class TaskManager:
                 reason = f"peer {sa.remote[0]} unreachable: no response to IKE_SA_INIT ({reason})"
             else:
                 reason = f"peer not responding: {reason}"
-            log.warning("%s %s: %s", "IKE_SA" if sa.established else "establishing IKE_SA", sa.label, reason)
+            # an IKE_SA once established (rekeyed or being deleted too) ends as deleted, not as a failed setup
+            setup = sa.established_at is None
+            log.warning("%s %s: %s", "establishing IKE_SA" if setup else "IKE_SA", sa.label, reason)
             self.outstanding = None
             self.failure = self.failure or Failure(reason, timeout=True)
             for t in out.tasks:
                 t.failed(sa, reason, now)
-            if not sa.established:
+            if setup:
                 sa.engine.emit(ev.IkeSaFailed(sa.name, sa.unique_id, reason, None, sa.is_original_initiator))
-            sa.destroy(reason, now, failed=not sa.established)
+            sa.destroy(reason, now, failed=setup)
             return
         out.attempt += 1
         log.info("retransmit %d of request with message ID %d", out.attempt, out.mid)

@@ -1,6 +1,6 @@
 """An IKE_SA's next deadline (TaskManager.next_deadline) is the earliest of every timer it keeps: the
 request in flight (RFC 7296 2.1), IKE and CHILD_SA rekeying and expiry (2.8), liveness (1.4), NAT
-keepalives (RFC 3948 4), the half-open timeout and fragment reassembly (RFC 7383 2.6)."""
+keepalives (RFC 3948 4), the half-open timeout (an IKE_SA never established) and fragment reassembly (RFC 7383 2.6)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _reference(sa: IkeSa) -> float | None:
             ds.append(sa.last_in + cfg.dpd_delay)
         if sa.nat_here and cfg.keepalive_interval > 0:
             ds.append(sa.last_out + cfg.keepalive_interval)
-    elif not sa.is_original_initiator:
+    elif not sa.is_original_initiator and sa.established_at is None:  # half-open: never established
         ds.append(sa.created_at + sa.engine.half_open_timeout)
     return min(ds) if ds else None
 
@@ -49,6 +49,7 @@ def test_next_deadline_is_the_earliest_timer() -> None:
             s.set_state(rnd.choice([IkeState.CREATED, IkeState.CONNECTING, IkeState.ESTABLISHED,
                                     IkeState.REKEYING, IkeState.DELETING]))
             s.rekey_at = maybe()
+            s.established_at = rnd.choice([None, 1000.0])  # never established (half-open), or once
             s.dpd_pending = rnd.random() < 0.3
             s.nat_here = rnd.random() < 0.5
             s.last_in, s.last_out = rnd.uniform(900.0, 1100.0), rnd.uniform(900.0, 1100.0)

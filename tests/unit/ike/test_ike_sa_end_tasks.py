@@ -187,3 +187,23 @@ def test_second_down_while_our_delete_is_unanswered_reports_the_deletion() -> No
     assert sa.state is IkeState.DESTROYED and p.a.ike_sas() == []
     assert [(type(e), getattr(e, "reason", None)) for e in p.events_a] == \
         [(ev.ChildSaDeleted, "terminated by user"), (ev.IkeSaDeleted, "terminated by user")]
+
+
+def test_responder_down_retransmits_its_delete_past_the_half_open_timeout() -> None:
+    """A `down` at the original responder whose DELETE goes unanswered: the DELETE is retransmitted on its
+    schedule and the IKE_SA ends as deleted (IkeSaDeleted, "terminated by user"). The half-open timeout
+    is for IKE_SAs never established: it cut such a DELETE short once the IKE_SA was older than
+    half_open_timeout, and ended the IKE_SA as a failed setup (no IkeSaDeleted: status writers never
+    heard of its end)."""
+    p = make_pair()
+    _up(p)
+    (sb,) = p.b.ike_sas()
+    p.drop = lambda side, data: True
+    p.b.terminate(sb, now=p.now)
+    p.advance(p.b.half_open_timeout + 1)
+    assert sb.state is IkeState.DELETING
+    p.advance(600)
+    assert sb.state is IkeState.DESTROYED
+    (deleted,) = p.of("b", ev.IkeSaDeleted)
+    assert deleted.reason == "terminated by user"
+    assert not p.of("b", ev.IkeSaFailed)
