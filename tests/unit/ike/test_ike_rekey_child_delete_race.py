@@ -272,24 +272,31 @@ def test_one_peer_deleting_and_rekeying_serializes_them(first: str) -> None:
     _assert_truthful(w, victim)
 
 
-@pytest.mark.parametrize("deleter", ["a", "b"])
-def test_delete_unanswered_when_the_old_ike_sa_ends_goes_again_on_the_successor(deleter: str) -> None:
-    """The deleter's DELETE is lost; the deleter answers the rekey (the CHILD_SA moves, DELETING), and the
-    rekeyer deletes the old IKE_SA: the end of the old IKE_SA tells the unanswered DELETE
-    (ChildDelete.failed), which goes again on the successor (RFC 7296 2.8, 2.18). Without that the
-    CHILD_SA stayed listed DELETING at the deleter and live at the rekeyer."""
+def _delete_lost_rekey_answered(deleter: str) -> tuple[Wire, dict[str, int], int, IkeSa]:
+    """Two CHILD_SAs; the deleter's DELETE of one is lost and the deleter answers the other side's IKE
+    rekey (the CHILD_SAs move, the victim DELETING): (wire, the victim's ids, the kept CHILD_SA's id at
+    a, the deleter's old IKE_SA)."""
     w, sa_a, _ = _up()
     p = w.p
     p.a.initiate("home", child="net", now=p.now)
     p.pump()
     victim_a, keep = list(sa_a.children)
     victim = _pair_ids(w, victim_a)
-    rekeyer = _other(deleter)
     _start(w, deleter, victim)
-    w.held[rekeyer].pop(0)  # the DELETE is lost
+    w.held[_other(deleter)].pop(0)  # the DELETE is lost
     _rekey_reaches_deleter(w, deleter, peer_answers=True)
+    return w, victim, keep, _sa(p, deleter)
+
+
+@pytest.mark.parametrize("deleter", ["a", "b"])
+def test_delete_unanswered_when_the_old_ike_sa_ends_goes_again_on_the_successor(deleter: str) -> None:
+    """The deleter's DELETE is lost; the deleter answers the rekey (the CHILD_SA moves, DELETING), and the
+    rekeyer deletes the old IKE_SA: the end of the old IKE_SA tells the unanswered DELETE
+    (ChildDelete.failed), which goes again on the successor (RFC 7296 2.8, 2.18). Without that the
+    CHILD_SA stayed listed DELETING at the deleter and live at the rekeyer."""
+    w, victim, keep, old = _delete_lost_rekey_answered(deleter)
+    p, rekeyer = w.p, _other(deleter)
     w.deliver(rekeyer)  # the rekey's answer: the rekeyer deletes the old IKE_SA
-    old = next(sa for sa in p.engine(deleter).ike_sas() if sa.state is IkeState.REKEYED)
     w.deliver(deleter)  # that DELETE: the old IKE_SA ends with our DELETE unanswered
     assert old.state is IkeState.DESTROYED
     w.settle()
@@ -303,17 +310,8 @@ def test_delete_timed_out_on_the_old_ike_sa_goes_again_on_the_successor(deleter:
     the deleter's DELETE runs out of retransmissions on the old IKE_SA (the rekeyer's DELETE of that
     IKE_SA, lost too, runs out on its side). Unanswered either way, the DELETE goes again on the
     successor (ChildDelete.failed): ending the CHILD_SA only at the deleter left it live at the rekeyer."""
-    w, sa_a, _ = _up()
-    p = w.p
-    p.a.initiate("home", child="net", now=p.now)
-    p.pump()
-    victim_a, keep = list(sa_a.children)
-    victim = _pair_ids(w, victim_a)
-    rekeyer = _other(deleter)
-    _start(w, deleter, victim)
-    w.held[rekeyer].pop(0)  # the DELETE is lost
-    _rekey_reaches_deleter(w, deleter, peer_answers=True)
-    old = _sa(p, deleter)
+    w, victim, keep, old = _delete_lost_rekey_answered(deleter)
+    p, rekeyer = w.p, _other(deleter)
     w.deliver(rekeyer)  # the rekey's answer: the rekeyer deletes the old IKE_SA
     w.collect()
     w.held = {"a": [], "b": []}
